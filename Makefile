@@ -1,0 +1,49 @@
+# The training platform's commands. `make test` and `make demo` set everything up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+COMPONENTS := -e ./sdk -e ./services/backend -e ./services/trainer_timm -e ./services/trainer_ultralytics
+SETUP_STAMP := $(VENV)/.setup-stamp
+export BUF_CACHE_DIR := $(CURDIR)/.cache/buf
+
+.PHONY: setup test test-fast demo proto proto-check lint breaking bench bench-smoke clean
+
+setup: $(SETUP_STAMP) node_modules/.package-lock.json
+
+# Re-run only when a dependency list changes; pip itself is idempotent.
+$(SETUP_STAMP): sdk/pyproject.toml services/*/pyproject.toml requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(COMPONENTS) -r requirements-dev.txt
+	touch $@
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) -m trainingplatform_backend.demo
+
+proto: setup
+	$(BUF) generate --template buf.gen.python.yaml
+
+# Fails when the committed generated code differs from what the protos produce.
+proto-check: proto
+	@git diff --exit-code --stat -- sdk/gen && test -z "$$(git status --porcelain -- sdk/gen)" \
+	  || { echo "protos changed: run 'make proto' and commit sdk/gen"; exit 1; }
+
+lint: setup
+	$(BUF) lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Breaking-change check of the contracts against the previous commit of main.
+breaking: setup
+	tools/buf_breaking.sh
+
+clean:
+	rm -rf $(VENV) node_modules .cache

@@ -1,0 +1,3 @@
+"""The training platform's trainer-side SDK."""
+
+__version__ = "0.1.0"
