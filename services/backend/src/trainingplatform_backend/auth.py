@@ -1,0 +1,193 @@
+"""Metadata-token authentication and the authorization rules of every RPC.
+
+Three kinds of token travel as `authorization: Bearer <token>`:
+- the internal service token (INTERNAL_AUTH_TOKEN): every RPC;
+- the read token (READ_AUTH_TOKEN, optional): the read RPCs of JobsService;
+- a job's telemetry token, `<job_id>.<secret>`: that job's telemetry and reads of that job only.
+Job tokens are stored as SHA-256 hashes and every comparison is constant-time. No token is ever logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from trainingplatform_backend.errors import PermissionDenied, Unauthenticated
+
+
+class Kind(enum.Enum):
+    """Who a caller is."""
+
+    INTERNAL = "internal"
+    READ = "read"
+    JOB = "job"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller; `job_id` is set for a job's telemetry token."""
+
+    kind: Kind
+    job_id: str = ""
+
+
+_TELEMETRY = "/trainingplatform.telemetry.v1.TrainingTelemetryService/"
+_JOBS = "/trainingplatform.jobs.v1.JobsService/"
+_ALL = frozenset(Kind)
+_JOB_SCOPED_READ = frozenset({Kind.INTERNAL, Kind.READ, Kind.JOB})
+
+# Which kinds of caller may call each method. A method missing here is refused (deny by default).
+METHOD_RIGHTS: dict[str, frozenset[Kind]] = {
+    **{
+        _TELEMETRY + name: frozenset({Kind.INTERNAL, Kind.JOB})
+        for name in (
+            "StreamMetrics",
+            "StreamLogs",
+            "UpdateStatus",
+            "RecordEpochSummary",
+            "ReportRunInfo",
+            "GetStreamCursor",
+        )
+    },
+    _JOBS + "CreateJob": frozenset({Kind.INTERNAL}),
+    _JOBS + "CancelJob": frozenset({Kind.INTERNAL}),
+    _JOBS + "ListJobs": frozenset({Kind.INTERNAL, Kind.READ}),
+    _JOBS + "GetJob": _JOB_SCOPED_READ,
+    _JOBS + "ListMetrics": _JOB_SCOPED_READ,
+    _JOBS + "ListLogs": _JOB_SCOPED_READ,
+    _JOBS + "SubscribeTelemetry": _JOB_SCOPED_READ,
+}
+
+# Probes and tooling need these without a token; they reveal nothing about jobs.
+PUBLIC_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token: SHA-256 hex (tokens are random, so no salt or slow hash is needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def mint_job_token(job_id: str) -> tuple[str, str]:
+    """A new telemetry token for `job_id` and its hash."""
+    token = f"{job_id}.{secrets.token_urlsafe(32)}"
+    return token, hash_token(token)
+
+
+def set_principal(principal: Principal) -> contextvars.Token[Principal]:
+    """Makes `principal` the caller of the current RPC (done by the interceptor)."""
+    return _current.set(principal)
+
+
+def reset_principal(token: contextvars.Token[Principal]) -> None:
+    """Undoes set_principal."""
+    _current.reset(token)
+
+
+def current_principal() -> Principal:
+    """The caller of the RPC being served."""
+    return _current.get()
+
+
+def authorize_job(job_id: str) -> None:
+    """Checks that the caller may act on `job_id`: a telemetry token only covers its own job.
+
+    Raises:
+        PermissionDenied: a telemetry token of another job.
+    """
+    principal = _current.get()
+    if principal.kind is Kind.JOB and principal.job_id != job_id:
+        raise PermissionDenied("this telemetry token belongs to another job")
+
+
+class Authenticator:
+    """Turns the `authorization` metadata value into a Principal."""
+
+    def __init__(
+        self,
+        *,
+        internal_token: str,
+        read_token: str,
+        job_token_hash: Callable[[str], str | None],
+        cache_size: int = 10_000,
+    ) -> None:
+        """Args:
+        internal_token: the service token (required, non-empty).
+        read_token: the read-only token, or empty for none.
+        job_token_hash: looks up the stored hash of a job's token (blocking; run in a thread), None if no job.
+        cache_size: how many job token hashes to keep in memory; hashes never change.
+        """
+        if not internal_token:
+            raise ValueError("the internal service token must not be empty")
+        self._internal = internal_token.encode()
+        self._read = read_token.encode() if read_token else b""
+        self._lookup = job_token_hash
+        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def authenticate(self, header: str | None) -> Principal:
+        """Returns the caller for an `authorization` value.
+
+        Raises:
+            Unauthenticated: no bearer token, or one the server does not know.
+        """
+        if not header:
+            raise Unauthenticated("missing `authorization: Bearer <token>` metadata")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the authorization metadata must be `Bearer <token>`")
+        raw = token.strip().encode()
+        if hmac.compare_digest(raw, self._internal):
+            return Principal(Kind.INTERNAL)
+        if self._read and hmac.compare_digest(raw, self._read):
+            return Principal(Kind.READ)
+        job_id, dot, _ = token.strip().partition(".")
+        if dot and _is_uuid(job_id):
+            stored = await self._job_hash(job_id)
+            if stored is not None and hmac.compare_digest(hash_token(token.strip()), stored):
+                return Principal(Kind.JOB, job_id)
+        raise Unauthenticated("unknown token")
+
+    async def _job_hash(self, job_id: str) -> str | None:
+        cached = self._cache.get(job_id)
+        if cached is not None:
+            self._cache.move_to_end(job_id)
+            return cached
+        stored = await asyncio.to_thread(self._lookup, job_id)
+        if stored is not None:
+            self._cache[job_id] = stored
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return stored
+
+
+def check_method(method: str, principal: Principal) -> None:
+    """Checks that `principal` may call `method` at all.
+
+    Raises:
+        PermissionDenied: the token's kind has no right to this method.
+    """
+    allowed = METHOD_RIGHTS.get(method, frozenset())
+    if principal.kind not in allowed:
+        raise PermissionDenied(f"a {principal.kind.value} token may not call {method.rsplit('/', 1)[-1]}")
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

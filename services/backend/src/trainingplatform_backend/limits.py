@@ -1,0 +1,35 @@
+"""Input limits, in one place, so the contract's comments, the docs and the checks agree."""
+
+MAX_KEY_CHARS = 250
+"""Longest metric key (MLflow's limit), in characters."""
+
+MAX_LOG_MESSAGE_BYTES = 16 * 1024
+"""Longest log record text kept, in UTF-8 bytes; longer text is truncated with a marker."""
+
+MAX_SOURCE_CHARS = 250
+"""Longest log source (logger name)."""
+
+MAX_ERROR_MESSAGE_BYTES = 4 * 1024
+"""Longest one-line error message of a status change; longer is truncated."""
+
+MAX_ERROR_DETAIL_BYTES = 64 * 1024
+"""Longest error detail (traceback) of a status change; longer is truncated."""
+
+MAX_NAME_CHARS = 250
+"""Longest model name, display name, framework name, artifact name."""
+
+MAX_URI_CHARS = 2000
+"""Longest artifact or tracking URI."""
+
+MAX_EPOCHS = 1_000_000
+"""Most epochs a job may ask for."""
+
+
+def truncate_utf8(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, ending with a marker that says how much was cut."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    marker_room = 40
+    kept = data[: limit - marker_room].decode("utf-8", "ignore")
+    return f"{kept}...[truncated {len(data) - len(kept.encode())} bytes]"

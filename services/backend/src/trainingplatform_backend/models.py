@@ -1,0 +1,196 @@
+"""The backend's tables, as SQLAlchemy 2.0 typed declarative models.
+
+The schema is created and changed only by the Alembic migrations in `migrations/`; a test runs `alembic check`
+to prove the migrations and these models agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names so migrations are the same on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only makes INTEGER PRIMARY KEY an auto-increment rowid alias.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+METRICS_STREAM = "metrics"
+LOGS_STREAM = "logs"
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC timestamp on every database (SQLite keeps no zone, so it is added back on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: the backend stores UTC-aware timestamps only")
+        return value.astimezone(dt.UTC) if value is not None else None
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the project's naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Job(Base):
+    """A training job: its full specification, status and where its results are."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), unique=True)
+    framework: Mapped[str] = mapped_column(String(64), index=True)
+    display_name: Mapped[str] = mapped_column(String(250), default="")
+    model_name: Mapped[str] = mapped_column(String(250))
+    model_config: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    dataset_config: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    training_config: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    advanced_config: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    error_detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    trainer_address: Mapped[str] = mapped_column(String(250), default="")
+    trainer_run_id: Mapped[str] = mapped_column(String(250), default="")
+    mlflow_run_id: Mapped[str] = mapped_column(String(250), default="")
+    mlflow_tracking_uri: Mapped[str] = mapped_column(String(1000), default="")
+    # SHA-256 of the job's telemetry token; the token itself is never stored.
+    telemetry_token_hash: Mapped[str] = mapped_column(String(64))
+    # Number of status events so far: the next event's sequence is this + 1.
+    status_sequence: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class JobArtifact(Base):
+    """A file a job produced (checkpoint, results), by name."""
+
+    __tablename__ = "job_artifacts"
+
+    job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(250), primary_key=True)
+    uri: Mapped[str] = mapped_column(String(2000))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Metric(Base):
+    """One metric point. The primary key (job, sequence) is what makes ingest exactly-once.
+
+    `value` is NULL only for NaN: SQLite turns a bound NaN into NULL, so NULL is read back as NaN everywhere.
+    """
+
+    __tablename__ = "metrics"
+    # The hot table has no foreign key and no secondary index: each halves PostgreSQL's ingest rate (measured),
+    # the job is resolved before any insert and jobs are never deleted. History reads by key scan the job's
+    # primary-key range.
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    job_pk: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    key: Mapped[str] = mapped_column(String(250))
+    value: Mapped[float | None] = mapped_column(Float(precision=53))
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    epoch: Mapped[int | None] = mapped_column(BigInteger)
+    wall_time: Mapped[float] = mapped_column(Float(precision=53))
+
+
+class LogRecord(Base):
+    """One log record; the primary key (job, sequence) makes ingest exactly-once."""
+
+    __tablename__ = "logs"
+    # No foreign key, like `metrics`: this is a hot table.
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    job_pk: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger)
+    message: Mapped[str] = mapped_column(Text)
+    epoch: Mapped[int | None] = mapped_column(BigInteger)
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    wall_time: Mapped[float] = mapped_column(Float(precision=53))
+    source: Mapped[str] = mapped_column(String(250), default="")
+    rank: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StatusEvent(Base):
+    """One status transition of a job, with its time and reason."""
+
+    __tablename__ = "status_events"
+
+    job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    from_status: Mapped[str] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class EpochSummary(Base):
+    """The summary of one epoch of a job (the old `log_epoch_summary`)."""
+
+    __tablename__ = "epoch_summaries"
+
+    job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    duration_seconds: Mapped[float] = mapped_column(Float(precision=53))
+    end_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class EpochSummaryMetric(Base):
+    """One metric of an epoch summary. Rows, not a JSON document, so NaN and Infinity survive exactly."""
+
+    __tablename__ = "epoch_summary_metrics"
+
+    job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float(precision=53))
+
+
+class IngestCursor(Base):
+    """A job's committed position in one telemetry stream, advanced in the same transaction as the rows."""
+
+    __tablename__ = "ingest_cursors"
+
+    job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    committed_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    duplicate_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    missing_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

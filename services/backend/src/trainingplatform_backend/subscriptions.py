@@ -1,0 +1,183 @@
+"""Live fan-out of committed telemetry to subscribers, in this process and across processes.
+
+After each commit the telemetry service publishes an event to the hub. Metric and log batches carry their points,
+so a subscriber that is caught up gets them straight from memory; every other event (status change, epoch
+summary, a batch that contained duplicates, a notification from another backend process) is a *poke*: the
+subscriber re-reads the database from its cursor. The database is always the source of truth, so a subscriber
+can never miss or double an event; memory is only a shortcut.
+
+Each subscriber has a bounded buffer (counted in points). A subscriber that falls behind overflows it: its
+buffer is dropped, it is told (`Lagged`), and it continues from the database at its cursor. Ingest never waits
+for a subscriber.
+
+Across processes (several backends on one PostgreSQL) every commit sends `NOTIFY tp_telemetry, '<instance>:<job>'`
+inside its transaction; each backend LISTENs and pokes its own subscribers of that job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Committed points of one stream kind, in sequence order, with no duplicate and no gap inside."""
+
+    kind: str
+    first_sequence: int
+    last_sequence: int
+    items: Any
+
+
+POKE = "poke"
+
+
+class Subscriber:
+    """One subscription's live buffer."""
+
+    def __init__(self, capacity_points: int) -> None:
+        self._capacity = capacity_points
+        self._events: collections.deque[Batch | str] = collections.deque()
+        self._size = 0
+        self._wakeup = asyncio.Event()
+        self.dropped = 0
+        self.overflowed = False
+        self.closed = False
+
+    def offer(self, event: Batch | str) -> None:
+        """Adds an event without ever blocking; on overflow the buffer is dropped and the subscriber flagged."""
+        if self.overflowed:
+            self.dropped += 1
+            return
+        weight = len(event.items) if isinstance(event, Batch) else 1
+        if self._size + weight > self._capacity:
+            self.dropped += len(self._events) + 1
+            self._events.clear()
+            self._size = 0
+            self.overflowed = True
+        else:
+            self._events.append(event)
+            self._size += weight
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Ends the subscription (server shutdown)."""
+        self.closed = True
+        self._wakeup.set()
+
+    async def wait(self) -> None:
+        """Returns when there is something to do: events, an overflow, or the end."""
+        if self._events or self.overflowed or self.closed:
+            return
+        self._wakeup.clear()
+        await self._wakeup.wait()
+
+    def drain(self) -> list[Batch | str]:
+        """Takes every buffered event."""
+        events = list(self._events)
+        self._events.clear()
+        self._size = 0
+        return events
+
+    def reset_overflow(self) -> int:
+        """Clears the overflow flag; returns how many events were dropped."""
+        dropped, self.dropped, self.overflowed = self.dropped, 0, False
+        return dropped
+
+
+class Hub:
+    """Subscribers by job, and the cross-process listener."""
+
+    def __init__(self, capacity_points: int) -> None:
+        self._capacity = capacity_points
+        self._subscribers: dict[int, set[Subscriber]] = collections.defaultdict(set)
+        self._closed = False
+
+    def subscribe(self, job_pk: int) -> Subscriber:
+        """Registers a subscriber of a job; register before replaying so nothing committed meanwhile is missed."""
+        subscriber = Subscriber(self._capacity)
+        if self._closed:
+            subscriber.close()
+        self._subscribers[job_pk].add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, job_pk: int, subscriber: Subscriber) -> None:
+        """Removes a subscriber."""
+        subscribers = self._subscribers.get(job_pk)
+        if subscribers is not None:
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._subscribers[job_pk]
+
+    def has_subscribers(self, job_pk: int) -> bool:
+        """Whether anyone follows the job (publishers skip building events otherwise)."""
+        return job_pk in self._subscribers
+
+    def publish(self, job_pk: int, event: Batch | str) -> None:
+        """Hands an event to every subscriber of the job. Never blocks."""
+        for subscriber in tuple(self._subscribers.get(job_pk, ())):
+            subscriber.offer(event)
+
+    def close(self) -> None:
+        """Ends every subscription (server shutdown)."""
+        self._closed = True
+        for subscribers in self._subscribers.values():
+            for subscriber in subscribers:
+                subscriber.close()
+
+
+class PostgresListener:
+    """LISTENs for other backend processes' commits and pokes local subscribers of those jobs."""
+
+    def __init__(self, dsn: str, channel: str, instance_id: str, hub: Hub) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._instance_id = instance_id
+        self._hub = hub
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    def start(self) -> None:
+        """Starts listening in the background (reconnecting after errors)."""
+        self._task = asyncio.create_task(self._run(), name="postgres-listener")
+
+    async def stop(self) -> None:
+        """Stops listening."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        import psycopg
+
+        delay = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {self._channel}")
+                    self.ready.set()
+                    delay = 0.5
+                    # Events committed while the connection was down are caught by a poke of everyone.
+                    for job_pk in list(self._hub._subscribers):
+                        self._hub.publish(job_pk, POKE)
+                    async for notify in conn.notifies():
+                        instance, _, job = notify.payload.partition(":")
+                        if instance != self._instance_id and job.isdigit():
+                            self._hub.publish(int(job), POKE)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.ready.clear()
+                log.warning(
+                    "PostgreSQL LISTEN connection lost (%s); reconnecting in %.1fs", type(error).__name__, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)

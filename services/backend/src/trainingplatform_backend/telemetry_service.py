@@ -1,0 +1,255 @@
+"""TrainingTelemetryService: what trainer processes call to report metrics, logs, status and results."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+
+from trainingplatform_backend import limits
+from trainingplatform_backend.auth import authorize_job
+from trainingplatform_backend.errors import InvalidArgument, Unavailable
+from trainingplatform_backend.ingest import BatchResult, Ingestor, check_metric_key
+from trainingplatform_backend.models import LOGS_STREAM, METRICS_STREAM
+from trainingplatform_backend.statemachine import status_name
+from trainingplatform_backend.store import Store, utcnow
+from trainingplatform_backend.subscriptions import POKE, Batch, Hub
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Backend:
+    """What the servicers share: the store, the ingestor, the hub and the shutdown signal."""
+
+    def __init__(self, store: Store, hub: Hub) -> None:
+        self.store = store
+        self.ingestor = Ingestor(store)
+        self.hub = hub
+        self.shutting_down = asyncio.Event()
+        self._job_pks: dict[str, int] = {}
+
+    async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Runs a blocking database operation in a worker thread."""
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    async def job_pk(self, job_id: str) -> int:
+        """The internal key of a job (cached: it never changes).
+
+        Raises:
+            InvalidArgument: empty job id.
+            NotFound: no such job.
+        """
+        if not job_id:
+            raise InvalidArgument("job_id is required")
+        pk = self._job_pks.get(job_id)
+        if pk is None:
+            pk = await self.run(self.store.job_pk, job_id)
+            if len(self._job_pks) > 100_000:
+                self._job_pks.clear()
+            self._job_pks[job_id] = pk
+        return pk
+
+    async def messages(self, requests: AsyncIterator[T]) -> AsyncIterator[T]:
+        """The messages of a client stream, ended with UNAVAILABLE as soon as the server starts shutting down
+        (the client resumes from the cursor on another server or after the restart)."""
+        iterator = aiter(requests)
+        shutdown = asyncio.ensure_future(self.shutting_down.wait())
+        try:
+            while True:
+                next_message = asyncio.ensure_future(anext(iterator))
+                await asyncio.wait({next_message, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_message.done():
+                    next_message.cancel()
+                    raise Unavailable("the backend is shutting down; resume from GetStreamCursor")
+                try:
+                    yield next_message.result()
+                except StopAsyncIteration:
+                    return
+        finally:
+            shutdown.cancel()
+
+
+def _publish(backend: Backend, job_pk: int, kind: str, items: Any, result: BatchResult) -> None:
+    if not backend.hub.has_subscribers(job_pk):
+        return
+    clean = (
+        result.duplicates == 0
+        and result.max_sequence - result.first_sequence + 1 == len(items)
+        and all(a.sequence < b.sequence for a, b in itertools.pairwise(items))
+    )
+    event = Batch(kind, result.first_sequence, result.max_sequence, list(items)) if clean else POKE
+    backend.hub.publish(job_pk, event)
+
+
+class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
+    """Implements TrainingTelemetryService; see telemetry.proto for the contract."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    async def _ingest_stream(
+        self,
+        requests: AsyncIterator[Any],
+        items_field: str,
+        kind: str,
+        commit: Callable[[int, Any], BatchResult],
+        rpc: str,
+    ) -> tuple[int, int, int, int]:
+        backend = self._backend
+        job_id = ""
+        job_pk = 0
+        committed = duplicates = missing = 0
+        last = 0
+        pending: asyncio.Future[BatchResult] | None = None
+        pending_items: Any = None
+        try:
+            async for request in backend.messages(requests):
+                if not job_id:
+                    if not request.job_id:
+                        raise InvalidArgument(f"the first {rpc} message must name the job (job_id)")
+                    authorize_job(request.job_id)
+                    job_pk = await backend.job_pk(request.job_id)
+                    job_id = request.job_id
+                elif request.job_id and request.job_id != job_id:
+                    raise InvalidArgument(f"one {rpc} call carries one job: got {request.job_id!r} after {job_id!r}")
+                items = getattr(request, items_field)
+                if not items:
+                    continue
+                # Commit batch N in a worker thread while the next message is received and parsed.
+                if pending is not None:
+                    result = await pending
+                    _publish(backend, job_pk, kind, pending_items, result)
+                    committed += result.committed
+                    duplicates += result.duplicates
+                    missing += result.missing
+                    last = result.last_sequence
+                pending = asyncio.ensure_future(backend.run(commit, job_pk, items))
+                pending_items = items
+        finally:
+            # Everything received is committed, even when the stream ends with an error or a shutdown.
+            if pending is not None:
+                result = await pending
+                _publish(backend, job_pk, kind, pending_items, result)
+                committed += result.committed
+                duplicates += result.duplicates
+                missing += result.missing
+                last = result.last_sequence
+        if not job_id:
+            raise InvalidArgument(f"the {rpc} stream ended before any message named a job")
+        if not last:
+            last = (await backend.run(backend.store.cursor, job_pk))[0 if kind == METRICS_STREAM else 1]
+        return committed, duplicates, missing, last
+
+    async def StreamMetrics(
+        self, request_iterator: AsyncIterator[telemetry_pb2.StreamMetricsRequest], context: grpc.aio.ServicerContext
+    ) -> telemetry_pb2.StreamMetricsResponse:
+        committed, duplicates, missing, last = await self._ingest_stream(
+            request_iterator, "points", METRICS_STREAM, self._backend.ingestor.commit_metrics, "StreamMetrics"
+        )
+        return telemetry_pb2.StreamMetricsResponse(
+            points_committed=committed,
+            duplicates_ignored=duplicates,
+            last_committed_sequence=last,
+            missing_sequences=missing,
+        )
+
+    async def StreamLogs(
+        self, request_iterator: AsyncIterator[telemetry_pb2.StreamLogsRequest], context: grpc.aio.ServicerContext
+    ) -> telemetry_pb2.StreamLogsResponse:
+        committed, duplicates, missing, last = await self._ingest_stream(
+            request_iterator, "records", LOGS_STREAM, self._backend.ingestor.commit_logs, "StreamLogs"
+        )
+        return telemetry_pb2.StreamLogsResponse(
+            records_committed=committed,
+            duplicates_ignored=duplicates,
+            last_committed_sequence=last,
+            missing_sequences=missing,
+        )
+
+    async def UpdateStatus(
+        self, request: telemetry_pb2.UpdateStatusRequest, context: grpc.aio.ServicerContext
+    ) -> telemetry_pb2.UpdateStatusResponse:
+        authorize_job(request.job_id)
+        await self._backend.job_pk(request.job_id)
+        target = status_name(request.status)
+        transition = await self._backend.run(
+            self._backend.store.transition,
+            request.job_id,
+            target,
+            reason=limits.truncate_utf8(request.reason, limits.MAX_ERROR_MESSAGE_BYTES),
+            error_message=limits.truncate_utf8(request.error_message, limits.MAX_ERROR_MESSAGE_BYTES),
+            error_detail=limits.truncate_utf8(request.error_detail, limits.MAX_ERROR_DETAIL_BYTES),
+        )
+        if transition.changed:
+            log.info("job %s is now %s", request.job_id, transition.status)
+            self._backend.hub.publish(transition.job_pk, POKE)
+        return telemetry_pb2.UpdateStatusResponse(status=request.status, changed=transition.changed)
+
+    async def RecordEpochSummary(
+        self, request: telemetry_pb2.RecordEpochSummaryRequest, context: grpc.aio.ServicerContext
+    ) -> telemetry_pb2.RecordEpochSummaryResponse:
+        authorize_job(request.job_id)
+        job_pk = await self._backend.job_pk(request.job_id)
+        summary = request.summary
+        if summary.epoch < 0:
+            raise InvalidArgument(f"summary epoch must be >= 0; got {summary.epoch}")
+        if not math.isfinite(summary.duration_seconds) or summary.duration_seconds < 0:
+            raise InvalidArgument("summary duration_seconds must be a finite number >= 0")
+        for key in summary.metrics:
+            check_metric_key(key)
+        end_time = summary.end_time.ToDatetime(dt.UTC) if summary.HasField("end_time") else utcnow()
+        await self._backend.run(
+            self._backend.store.record_epoch_summary,
+            job_pk,
+            epoch=summary.epoch,
+            duration_seconds=summary.duration_seconds,
+            end_time=end_time,
+            metrics=dict(summary.metrics),
+        )
+        self._backend.hub.publish(job_pk, POKE)
+        return telemetry_pb2.RecordEpochSummaryResponse()
+
+    async def ReportRunInfo(
+        self, request: telemetry_pb2.ReportRunInfoRequest, context: grpc.aio.ServicerContext
+    ) -> telemetry_pb2.ReportRunInfoResponse:
+        authorize_job(request.job_id)
+        job_pk = await self._backend.job_pk(request.job_id)
+        if len(request.mlflow_run_id) > limits.MAX_NAME_CHARS:
+            raise InvalidArgument(f"mlflow_run_id is longer than {limits.MAX_NAME_CHARS} characters")
+        if len(request.mlflow_tracking_uri) > limits.MAX_URI_CHARS:
+            raise InvalidArgument(f"mlflow_tracking_uri is longer than {limits.MAX_URI_CHARS} characters")
+        artifacts = []
+        for artifact in request.artifacts:
+            if not artifact.name or len(artifact.name) > limits.MAX_NAME_CHARS:
+                raise InvalidArgument(f"artifact name must be 1 to {limits.MAX_NAME_CHARS} characters")
+            if not artifact.uri or len(artifact.uri) > limits.MAX_URI_CHARS:
+                raise InvalidArgument(
+                    f"artifact {artifact.name!r} needs a URI of at most {limits.MAX_URI_CHARS} characters"
+                )
+            if artifact.size_bytes < 0:
+                raise InvalidArgument(f"artifact {artifact.name!r} size_bytes must be >= 0")
+            artifacts.append((artifact.name, artifact.uri, artifact.size_bytes))
+        await self._backend.run(
+            self._backend.store.report_run_info,
+            job_pk,
+            mlflow_run_id=request.mlflow_run_id,
+            mlflow_tracking_uri=request.mlflow_tracking_uri,
+            artifacts=artifacts,
+        )
+        return telemetry_pb2.ReportRunInfoResponse()
+
+    async def GetStreamCursor(
+        self, request: telemetry_pb2.GetStreamCursorRequest, context: grpc.aio.ServicerContext
+    ) -> telemetry_pb2.GetStreamCursorResponse:
+        authorize_job(request.job_id)
+        job_pk = await self._backend.job_pk(request.job_id)
+        metric, log_sequence = await self._backend.run(self._backend.store.cursor, job_pk)
+        return telemetry_pb2.GetStreamCursorResponse(last_metric_sequence=metric, last_log_sequence=log_sequence)

@@ -1,0 +1,34 @@
+"""Fixtures shared by every test: real databases and a real backend process."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support.backend import BackendProcess, postgres_database
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated-on-start, empty database: a SQLite file, or a PostgreSQL database made for the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'backend.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def backend(database_url: str, tmp_path: Path) -> Iterator[BackendProcess]:
+    """A running backend process on `database_url`."""
+    process = BackendProcess(database_url, tmp_path / "backend-data")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.close()
