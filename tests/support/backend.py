@@ -75,6 +75,7 @@ class BackendProcess:
         port: int | None = None,
         extra_env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.database_url = database_url
         self.data_dir = data_dir
@@ -88,6 +89,13 @@ class BackendProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._engine = create_engine(database_url)
         self._channel: grpc.Channel | None = None
+        self.credentials = credentials
+
+    def open_channel(self) -> grpc.Channel:
+        """A new channel to the backend (TLS when the process was given credentials)."""
+        if self.credentials is not None:
+            return grpc.secure_channel(self.address, self.credentials)
+        return grpc.insecure_channel(self.address)
 
     # --- process control ---------------------------------------------------------------------------------
 
@@ -117,7 +125,7 @@ class BackendProcess:
     def wait_healthy(self, timeout: float = 60) -> None:
         """Waits until the health check answers SERVING."""
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
+        with self.open_channel() as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.process is not None and self.process.poll() is not None:
@@ -174,7 +182,7 @@ class BackendProcess:
     def channel(self) -> grpc.Channel:
         """A shared plaintext channel to the backend."""
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address)
+            self._channel = self.open_channel()
         return self._channel
 
     def jobs(self) -> jobs_pb2_grpc.JobsServiceStub:

@@ -42,8 +42,6 @@ SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name,
 )
 
-SUBSCRIBER_BUFFER_POINTS_PER_EVENT = 200
-
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments of the server: message size limits and keepalive."""
@@ -108,7 +106,7 @@ async def start(settings: Settings) -> RunningServer:
         await asyncio.to_thread(db.migrate, url)
     engine = db.create_db_engine(url)
     store = Store(engine, instance_id=uuid.uuid4().hex)
-    hub = Hub(capacity_points=settings.subscriber_buffer_events * SUBSCRIBER_BUFFER_POINTS_PER_EVENT)
+    hub = Hub(capacity_points=settings.subscriber_buffer_points)
     backend = Backend(store, hub)
     authenticator = Authenticator(
         internal_token=settings.internal_auth_token,

@@ -55,8 +55,9 @@ class Settings:
     """TP_MAX_CONNECTION_AGE_S: close connections after this age so streams rebalance behind a load
     balancer (clients resume from the cursor). 0 disables it."""
 
-    subscriber_buffer_events: int = 256
-    """TP_SUBSCRIBER_BUFFER_EVENTS: live events buffered per subscriber before it is marked lagged."""
+    subscriber_buffer_points: int = 50_000
+    """TP_SUBSCRIBER_BUFFER_POINTS: live points (or events) buffered per subscriber; past it the subscriber is
+    told it lagged and continues from the database."""
 
     migrate_on_start: bool = True
     """TP_MIGRATE_ON_START: apply Alembic migrations when the server starts (`tp-backend migrate` otherwise)."""
@@ -124,7 +125,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         max_message_bytes=max_bytes,
         shutdown_grace_s=float(pick("shutdown_grace_s", "TP_SHUTDOWN_GRACE_S", "10")),
         max_connection_age_s=float(env.get("TP_MAX_CONNECTION_AGE_S", "0")),
-        subscriber_buffer_events=int(env.get("TP_SUBSCRIBER_BUFFER_EVENTS", "256")),
+        subscriber_buffer_points=int(env.get("TP_SUBSCRIBER_BUFFER_POINTS", "50000")),
         migrate_on_start=migrate,
         log_level=pick("log_level", "TP_LOG_LEVEL", "INFO").upper(),
     )

@@ -57,15 +57,19 @@ class Backend:
             self._job_pks[job_id] = pk
         return pk
 
-    async def messages(self, requests: AsyncIterator[T]) -> AsyncIterator[T]:
-        """The messages of a client stream, ended with UNAVAILABLE as soon as the server starts shutting down
-        (the client resumes from the cursor on another server or after the restart)."""
+    async def messages(self, requests: AsyncIterator[T], *, drain_idle_s: float = 0.5) -> AsyncIterator[T]:
+        """The messages of a client stream. Once the server starts shutting down, messages that keep arriving
+        are still read and committed until the client goes quiet for `drain_idle_s`; then the call ends with
+        UNAVAILABLE and the client resumes from the cursor (on another replica or after the restart)."""
         iterator = aiter(requests)
         shutdown = asyncio.ensure_future(self.shutting_down.wait())
         try:
             while True:
                 next_message = asyncio.ensure_future(anext(iterator))
-                await asyncio.wait({next_message, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+                if not shutdown.done():
+                    await asyncio.wait({next_message, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_message.done():
+                    await asyncio.wait({next_message}, timeout=drain_idle_s)
                 if not next_message.done():
                     next_message.cancel()
                     raise Unavailable("the backend is shutting down; resume from GetStreamCursor")

@@ -1,0 +1,205 @@
+"""The auth matrix on every RPC of the backend, secrets kept out of logs, TLS and mutual TLS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.backend import BackendProcess, auth
+from support.certs import make_pki
+from trainingplatform.common.v1 import common_pb2
+from trainingplatform.jobs.v1 import jobs_pb2
+from trainingplatform.telemetry.v1 import telemetry_pb2
+
+OK = grpc.StatusCode.OK
+UNAUTH = grpc.StatusCode.UNAUTHENTICATED
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+# Expected status per caller: none, wrong token, another job's token, the job's own token, read token, internal.
+CALLERS = ("none", "wrong", "other_job", "own_job", "read", "internal")
+TELEMETRY_RULE = (UNAUTH, UNAUTH, DENIED, OK, DENIED, OK)
+JOB_READ_RULE = (UNAUTH, UNAUTH, DENIED, OK, OK, OK)
+ADMIN_RULE = (UNAUTH, UNAUTH, DENIED, DENIED, DENIED, OK)
+LIST_RULE = (UNAUTH, UNAUTH, DENIED, DENIED, OK, OK)
+
+
+def _call(backend: BackendProcess, rpc: str, job_id: str, metadata) -> grpc.StatusCode:
+    """Calls one RPC about `job_id` and returns its status code."""
+    telemetry, jobs = backend.telemetry(), backend.jobs()
+    point = telemetry_pb2.MetricPoint(key="k", value=1.0, wall_time=1.0, sequence=1)
+    record = telemetry_pb2.LogRecord(level=common_pb2.LOG_LEVEL_INFO, message="m", wall_time=1.0, sequence=1)
+    spec = common_pb2.JobSpec(
+        framework="timm",
+        model=common_pb2.ModelConfig(name="resnet10t"),
+        dataset=common_pb2.DatasetConfig(name="digits"),
+        training=common_pb2.TrainingConfig(epochs=1),
+    )
+    calls: dict[str, Callable[[], object]] = {
+        "StreamMetrics": lambda: telemetry.StreamMetrics(
+            iter([telemetry_pb2.StreamMetricsRequest(job_id=job_id, points=[point])]), metadata=metadata
+        ),
+        "StreamLogs": lambda: telemetry.StreamLogs(
+            iter([telemetry_pb2.StreamLogsRequest(job_id=job_id, records=[record])]), metadata=metadata
+        ),
+        "UpdateStatus": lambda: telemetry.UpdateStatus(
+            telemetry_pb2.UpdateStatusRequest(job_id=job_id, status=common_pb2.JOB_STATUS_RUNNING), metadata=metadata
+        ),
+        "RecordEpochSummary": lambda: telemetry.RecordEpochSummary(
+            telemetry_pb2.RecordEpochSummaryRequest(
+                job_id=job_id, summary=telemetry_pb2.EpochSummary(epoch=0, metrics={"a": 1.0})
+            ),
+            metadata=metadata,
+        ),
+        "ReportRunInfo": lambda: telemetry.ReportRunInfo(
+            telemetry_pb2.ReportRunInfoRequest(job_id=job_id, mlflow_run_id="r"), metadata=metadata
+        ),
+        "GetStreamCursor": lambda: telemetry.GetStreamCursor(
+            telemetry_pb2.GetStreamCursorRequest(job_id=job_id), metadata=metadata
+        ),
+        "CreateJob": lambda: jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec, dispatch=False), metadata=metadata),
+        "GetJob": lambda: jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=metadata),
+        "ListJobs": lambda: jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=metadata),
+        "CancelJob": lambda: jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id), metadata=metadata),
+        "ListMetrics": lambda: jobs.ListMetrics(jobs_pb2.ListMetricsRequest(job_id=job_id), metadata=metadata),
+        "ListLogs": lambda: jobs.ListLogs(jobs_pb2.ListLogsRequest(job_id=job_id), metadata=metadata),
+        "SubscribeTelemetry": lambda: next(
+            iter(
+                jobs.SubscribeTelemetry(
+                    jobs_pb2.SubscribeTelemetryRequest(job_id=job_id), metadata=metadata, timeout=10
+                )
+            )
+        ),
+    }
+    try:
+        calls[rpc]()
+    except grpc.RpcError as error:
+        return error.code()
+    return OK
+
+
+MATRIX = {
+    **{
+        name: TELEMETRY_RULE
+        for name in (
+            "StreamMetrics",
+            "StreamLogs",
+            "UpdateStatus",
+            "RecordEpochSummary",
+            "ReportRunInfo",
+            "GetStreamCursor",
+        )
+    },
+    "CreateJob": ADMIN_RULE,
+    "CancelJob": ADMIN_RULE,
+    "ListJobs": LIST_RULE,
+    **{name: JOB_READ_RULE for name in ("GetJob", "ListMetrics", "ListLogs", "SubscribeTelemetry")},
+}
+
+
+def test_every_rpc_is_covered_by_the_matrix():
+    services = [
+        telemetry_pb2.DESCRIPTOR.services_by_name["TrainingTelemetryService"],
+        jobs_pb2.DESCRIPTOR.services_by_name["JobsService"],
+    ]
+    assert sorted(m.name for s in services for m in s.methods) == sorted(MATRIX)
+
+
+@pytest.fixture
+def debug_backend(database_url: str, tmp_path: Path):
+    process = BackendProcess(database_url, tmp_path / "data", extra_env={"TP_LOG_LEVEL": "DEBUG"})
+    process.start()
+    yield process
+    process.close()
+
+
+def test_auth_matrix_on_every_rpc_and_no_token_in_logs(debug_backend: BackendProcess):
+    backend = debug_backend
+    tokens: list[str] = [backend.internal_token, backend.read_token]
+    failures = []
+    for rpc, expected in MATRIX.items():
+        for caller, want in zip(CALLERS, expected, strict=True):
+            job_id, own_token = backend.create_job()
+            _, other_token = backend.create_job()
+            tokens += [own_token, other_token]
+            metadata = {
+                "none": (),
+                "wrong": auth("not-a-token"),
+                "other_job": auth(other_token),
+                "own_job": auth(own_token),
+                "read": auth(backend.read_token),
+                "internal": auth(backend.internal_token),
+            }[caller]
+            got = _call(backend, rpc, job_id, metadata)
+            if got != want:
+                failures.append(f"{rpc} as {caller}: expected {want.name}, got {got.name}")
+    assert not failures, "\n".join(failures)
+    # A forged token that names a real job but carries a wrong secret is refused too.
+    job_id, _ = backend.create_job()
+    assert _call(backend, "GetStreamCursor", job_id, auth(f"{job_id}.forged-secret")) == UNAUTH
+    log_text = backend.log_text()
+    assert "refused" in log_text  # the refusals were logged ...
+    for token in tokens:
+        assert token not in log_text  # ... without any token
+        assert token.split(".")[-1] not in log_text
+
+
+def test_health_and_reflection_need_no_token(backend: BackendProcess):
+    health = health_pb2_grpc.HealthStub(backend.channel)
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service="trainingplatform.jobs.v1.JobsService")).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_tls_serves_only_tls_clients(database_url: str, tmp_path: Path):
+    pki = make_pki(tmp_path / "pki")
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca_cert.read_bytes())
+    backend = BackendProcess(
+        database_url,
+        tmp_path / "data",
+        credentials=credentials,
+        extra_env={"TP_TLS_CERT_FILE": str(pki.server_cert), "TP_TLS_KEY_FILE": str(pki.server_key)},
+    )
+    backend.start()
+    try:
+        job_id, token = backend.create_job()
+        assert backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=auth(token)).job.job_id == job_id
+        with grpc.insecure_channel(backend.address) as plain, pytest.raises(grpc.RpcError) as refused:
+            health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_mutual_tls_requires_a_client_certificate(database_url: str, tmp_path: Path):
+    pki = make_pki(tmp_path / "pki")
+    with_cert = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca_cert.read_bytes(),
+        private_key=pki.client_key.read_bytes(),
+        certificate_chain=pki.client_cert.read_bytes(),
+    )
+    backend = BackendProcess(
+        database_url,
+        tmp_path / "data",
+        credentials=with_cert,
+        extra_env={
+            "TP_TLS_CERT_FILE": str(pki.server_cert),
+            "TP_TLS_KEY_FILE": str(pki.server_key),
+            "TP_TLS_CLIENT_CA_FILE": str(pki.ca_cert),
+        },
+    )
+    backend.start()
+    try:
+        job_id, token = backend.create_job()
+        assert backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=auth(token)).job.job_id == job_id
+        without_cert = grpc.ssl_channel_credentials(root_certificates=pki.ca_cert.read_bytes())
+        with grpc.secure_channel(backend.address, without_cert) as channel, pytest.raises(grpc.RpcError) as refused:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        backend.close()

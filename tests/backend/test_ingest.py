@@ -1,0 +1,193 @@
+"""Exactly-once ingest against a real backend process on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import grpc
+import pytest
+from support.backend import auth
+from support.streams import metric_messages
+from trainingplatform.jobs.v1 import jobs_pb2
+from trainingplatform.telemetry.v1 import telemetry_pb2
+
+
+def test_batches_commit_and_resends_count_as_duplicates(backend):
+    job_id, token = backend.create_job()
+    telemetry = backend.telemetry()
+    first = telemetry.StreamMetrics(metric_messages(job_id, 1, 5000), metadata=auth(token))
+    assert (first.points_committed, first.duplicates_ignored, first.last_committed_sequence) == (5000, 0, 5000)
+    # A client that lost the response resends an overlapping range: the overlap is ignored, the rest stored.
+    second = telemetry.StreamMetrics(metric_messages(job_id, 4001, 7000), metadata=auth(token))
+    assert (second.points_committed, second.duplicates_ignored, second.last_committed_sequence) == (2000, 1000, 7000)
+    assert backend.metric_sequences(job_id) == list(range(1, 7001))
+    cursor = telemetry.GetStreamCursor(telemetry_pb2.GetStreamCursorRequest(job_id=job_id), metadata=auth(token))
+    assert (cursor.last_metric_sequence, cursor.last_log_sequence) == (7000, 0)
+    assert backend.cursor_row(job_id) == {
+        "last_sequence": 7000,
+        "committed_count": 7000,
+        "duplicate_count": 1000,
+        "missing_count": 0,
+    }
+
+
+def test_gaps_are_accepted_and_counted(backend):
+    job_id, token = backend.create_job()
+    request = telemetry_pb2.StreamMetricsRequest(job_id=job_id)
+    for seq in (1, 2, 3, 7, 8, 20):
+        request.points.add(key="k", value=seq, wall_time=1.0, sequence=seq)
+    response = backend.telemetry().StreamMetrics(iter([request]), metadata=auth(token))
+    assert (response.points_committed, response.missing_sequences, response.last_committed_sequence) == (6, 14, 20)
+    # A late point inside the hole is still stored (never refused), not counted as a duplicate.
+    late = telemetry_pb2.StreamMetricsRequest(job_id=job_id)
+    late.points.add(key="k", value=5, wall_time=1.0, sequence=5)
+    response = backend.telemetry().StreamMetrics(iter([late]), metadata=auth(token))
+    assert (response.points_committed, response.duplicates_ignored, response.last_committed_sequence) == (1, 0, 20)
+    assert backend.metric_sequences(job_id) == [1, 2, 3, 5, 7, 8, 20]
+
+
+def test_nan_and_infinity_round_trip_exactly(backend):
+    job_id, token = backend.create_job()
+    values = [math.nan, math.inf, -math.inf, -0.0, 5e-324, 1.7976931348623157e308, 0.1]
+    request = telemetry_pb2.StreamMetricsRequest(job_id=job_id)
+    for seq, value in enumerate(values, start=1):
+        request.points.add(key="loss", value=value, wall_time=1.0, sequence=seq)
+    backend.telemetry().StreamMetrics(iter([request]), metadata=auth(token))
+    listed = backend.jobs().ListMetrics(jobs_pb2.ListMetricsRequest(job_id=job_id), metadata=auth(token))
+    got = [p.value for p in listed.points]
+    assert math.isnan(got[0])
+    assert got[1:] == values[1:]
+    # The summary path keeps them too.
+    backend.telemetry().RecordEpochSummary(
+        telemetry_pb2.RecordEpochSummaryRequest(
+            job_id=job_id,
+            summary=telemetry_pb2.EpochSummary(
+                epoch=0, metrics={"loss": math.nan, "grad": math.inf}, duration_seconds=1.5
+            ),
+        ),
+        metadata=auth(token),
+    )
+    events = backend.jobs().SubscribeTelemetry(
+        jobs_pb2.SubscribeTelemetryRequest(job_id=job_id, keep_following=True), metadata=auth(token)
+    )
+    for event in events:
+        if event.HasField("epoch_summary"):
+            assert math.isnan(event.epoch_summary.metrics["loss"])
+            assert event.epoch_summary.metrics["grad"] == math.inf
+            events.cancel()
+            break
+
+
+def test_exactly_once_across_kill_9_and_restart_during_a_stream(backend):
+    """The client resends from the committed cursor after each crash: rows equal points sent, no duplicates."""
+    job_id, token = backend.create_job()
+    total = 60_000
+    kills_at = {15, 45}  # message numbers (of 1000 points) after which the backend is killed
+    telemetry = backend.telemetry()
+    sent_messages = 0
+    crashes = 0
+
+    def stream_from(first: int):
+        nonlocal sent_messages
+        for message in metric_messages(job_id, first, total):
+            sent_messages += 1
+            if sent_messages in kills_at:
+                backend.kill()  # SIGKILL while earlier messages may still be in flight or mid-commit
+            yield message
+
+    while True:
+        cursor = None
+        while cursor is None:
+            try:
+                cursor = telemetry.GetStreamCursor(
+                    telemetry_pb2.GetStreamCursorRequest(job_id=job_id), metadata=auth(token), timeout=5
+                ).last_metric_sequence
+            except grpc.RpcError:
+                backend.restart()
+        if cursor == total:
+            break
+        try:
+            telemetry.StreamMetrics(stream_from(cursor + 1), metadata=auth(token), timeout=60)
+        except grpc.RpcError as error:
+            assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), error
+            crashes += 1
+    assert crashes == 2
+    assert backend.metric_sequences(job_id) == list(range(1, total + 1))
+
+
+def test_graceful_shutdown_commits_everything_received(backend):
+    job_id, token = backend.create_job()
+    sent = threading.Event()
+    release = threading.Event()
+
+    def messages():
+        yield from metric_messages(job_id, 1, 20_000)
+        sent.set()
+        release.wait(30)  # keep the stream open: the server must end it, not the client
+
+    outcome: dict[str, object] = {}
+
+    def call():
+        try:
+            outcome["response"] = backend.telemetry().StreamMetrics(messages(), metadata=auth(token), timeout=60)
+        except grpc.RpcError as error:
+            outcome["error"] = error
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert sent.wait(30)
+    exit_code = backend.stop()
+    release.set()
+    caller.join(30)
+    assert exit_code == 0
+    assert outcome["error"].code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[union-attr]
+    assert "GetStreamCursor" in outcome["error"].details()  # type: ignore[union-attr]
+    # Everything the client had sent before the shutdown was read and committed.
+    assert backend.metric_sequences(job_id) == list(range(1, 20_001))
+
+
+def test_log_records_are_stored_with_truncation_of_long_text(backend):
+    job_id, token = backend.create_job()
+    request = telemetry_pb2.StreamLogsRequest(job_id=job_id)
+    request.records.add(
+        level=2,
+        message="Starting training: resnet10t",
+        wall_time=time.time(),
+        sequence=1,
+        source="trainer",
+        rank=0,
+        epoch=0,
+    )
+    request.records.add(level=4, message="x" * 100_000, wall_time=time.time(), sequence=2, source="trainer")
+    request.records.add(level=3, message="nul\x00inside", wall_time=time.time(), sequence=3)
+    response = backend.telemetry().StreamLogs(iter([request]), metadata=auth(token))
+    assert response.records_committed == 3
+    logs = backend.jobs().ListLogs(jobs_pb2.ListLogsRequest(job_id=job_id), metadata=auth(token)).records
+    assert logs[0].message == "Starting training: resnet10t" and logs[0].epoch == 0 and logs[0].level == 2
+    assert len(logs[1].message.encode()) <= 16 * 1024 and "[truncated" in logs[1].message
+    assert logs[2].message == "nul\ufffdinside"
+    warnings_up = backend.jobs().ListLogs(jobs_pb2.ListLogsRequest(job_id=job_id, min_level=3), metadata=auth(token))
+    assert [r.sequence for r in warnings_up.records] == [2, 3]
+
+
+@pytest.mark.parametrize("page_size", [1, 3, 1000])
+def test_history_pages_cover_everything_once(backend, page_size):
+    job_id, token = backend.create_job()
+    request = telemetry_pb2.StreamMetricsRequest(job_id=job_id)
+    for seq in range(1, 11):
+        request.points.add(key="a" if seq % 2 else "b", value=seq, wall_time=1.0, sequence=seq)
+    backend.telemetry().StreamMetrics(iter([request]), metadata=auth(token))
+    seen: list[int] = []
+    token_ = ""
+    while True:
+        page = backend.jobs().ListMetrics(
+            jobs_pb2.ListMetricsRequest(job_id=job_id, keys=["a"], page_size=page_size, page_token=token_),
+            metadata=auth(token),
+        )
+        seen += [p.sequence for p in page.points]
+        token_ = page.next_page_token
+        if not token_:
+            break
+    assert seen == [1, 3, 5, 7, 9]

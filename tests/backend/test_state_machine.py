@@ -1,0 +1,140 @@
+"""The job status state machine, over the real UpdateStatus and CancelJob RPCs."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from support.backend import auth
+from trainingplatform.common.v1 import common_pb2
+from trainingplatform.jobs.v1 import jobs_pb2
+from trainingplatform.telemetry.v1 import telemetry_pb2
+
+S = common_pb2
+
+
+def update(backend, job_id, token, status, **fields):
+    return backend.telemetry().UpdateStatus(
+        telemetry_pb2.UpdateStatusRequest(job_id=job_id, status=status, **fields), metadata=auth(token)
+    )
+
+
+def test_happy_path_stores_every_transition_with_reason_and_times(backend):
+    job_id, token = backend.create_job()
+    for status in (S.JOB_STATUS_QUEUED, S.JOB_STATUS_RUNNING, S.JOB_STATUS_COMPLETED):
+        assert update(backend, job_id, token, status, reason=f"to {status}").changed
+    job = backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=auth(token))
+    assert job.job.status == S.JOB_STATUS_COMPLETED
+    assert [(e.from_status, e.to_status) for e in job.status_events] == [
+        (S.JOB_STATUS_UNSPECIFIED, S.JOB_STATUS_PENDING),
+        (S.JOB_STATUS_PENDING, S.JOB_STATUS_QUEUED),
+        (S.JOB_STATUS_QUEUED, S.JOB_STATUS_RUNNING),
+        (S.JOB_STATUS_RUNNING, S.JOB_STATUS_COMPLETED),
+    ]
+    assert [e.sequence for e in job.status_events] == [1, 2, 3, 4]
+    assert job.status_events[2].reason == f"to {S.JOB_STATUS_RUNNING}"
+    assert job.job.HasField("start_time") and job.job.HasField("end_time")
+    assert job.job.end_time.ToDatetime() >= job.job.start_time.ToDatetime()
+
+
+def test_repeating_the_current_status_is_a_safe_retry(backend):
+    job_id, token = backend.create_job()
+    assert update(backend, job_id, token, S.JOB_STATUS_RUNNING).changed
+    again = update(backend, job_id, token, S.JOB_STATUS_RUNNING)
+    assert again.changed is False and again.status == S.JOB_STATUS_RUNNING
+    assert backend.status_events(job_id) == ["PENDING", "RUNNING"]
+
+
+def test_failed_keeps_the_error_message_and_detail(backend):
+    job_id, token = backend.create_job()
+    update(backend, job_id, token, S.JOB_STATUS_RUNNING)
+    update(
+        backend,
+        job_id,
+        token,
+        S.JOB_STATUS_FAILED,
+        error_message="CUDA out of memory",
+        error_detail="Traceback ...\n" + "frame\n" * 20_000,
+    )
+    job = backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=auth(token)).job
+    assert job.error_message == "CUDA out of memory"
+    assert job.error_detail.startswith("Traceback") and "[truncated" in job.error_detail
+    assert len(job.error_detail.encode()) <= 64 * 1024
+
+
+@pytest.mark.parametrize(
+    ("path", "invalid"),
+    [
+        ((S.JOB_STATUS_RUNNING, S.JOB_STATUS_COMPLETED), S.JOB_STATUS_RUNNING),
+        ((S.JOB_STATUS_RUNNING, S.JOB_STATUS_FAILED), S.JOB_STATUS_COMPLETED),
+        ((S.JOB_STATUS_CANCELLED,), S.JOB_STATUS_RUNNING),
+        ((S.JOB_STATUS_RUNNING,), S.JOB_STATUS_QUEUED),
+        ((S.JOB_STATUS_QUEUED,), S.JOB_STATUS_COMPLETED),
+        ((), S.JOB_STATUS_COMPLETED),
+    ],
+)
+def test_invalid_transitions_are_refused_naming_the_current_status(backend, path, invalid):
+    job_id, token = backend.create_job()
+    for status in path:
+        update(backend, job_id, token, status)
+    before = backend.status_events(job_id)
+    with pytest.raises(grpc.RpcError) as refused:
+        update(backend, job_id, token, invalid)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    current = backend.job_status(job_id)
+    assert f"job is {current}" in refused.value.details()
+    assert backend.status_events(job_id) == before  # nothing stored
+
+
+def test_cancel_from_pending_queued_and_running_and_not_after_completion(backend):
+    jobs = backend.jobs()
+    for path in ((), (S.JOB_STATUS_QUEUED,), (S.JOB_STATUS_QUEUED, S.JOB_STATUS_RUNNING)):
+        job_id, token = backend.create_job()
+        for status in path:
+            update(backend, job_id, token, status)
+        cancelled = jobs.CancelJob(
+            jobs_pb2.CancelJobRequest(job_id=job_id, reason="user asked"), metadata=auth(backend.internal_token)
+        )
+        assert cancelled.job.status == S.JOB_STATUS_CANCELLED
+        # Cancelling again succeeds without a new event.
+        jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id), metadata=auth(backend.internal_token))
+        assert backend.status_events(job_id)[-1] == "CANCELLED"
+        assert backend.status_events(job_id).count("CANCELLED") == 1
+    job_id, token = backend.create_job()
+    update(backend, job_id, token, S.JOB_STATUS_RUNNING)
+    update(backend, job_id, token, S.JOB_STATUS_COMPLETED)
+    with pytest.raises(grpc.RpcError) as refused:
+        jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id), metadata=auth(backend.internal_token))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "COMPLETED" in refused.value.details()
+
+
+def test_list_jobs_filters_and_pages(backend):
+    created = []
+    for _ in range(5):
+        created.append(backend.create_job()[0])
+    running = created[1]
+    update(backend, running, backend.internal_token, S.JOB_STATUS_RUNNING)
+    jobs = backend.jobs()
+    internal = auth(backend.internal_token)
+    only_running = jobs.ListJobs(jobs_pb2.ListJobsRequest(statuses=[S.JOB_STATUS_RUNNING]), metadata=internal)
+    assert [j.job_id for j in only_running.jobs] == [running]
+    seen, token = [], ""
+    while True:
+        page = jobs.ListJobs(
+            jobs_pb2.ListJobsRequest(framework="timm", page_size=2, page_token=token), metadata=internal
+        )
+        seen += [j.job_id for j in page.jobs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(created))  # newest first, each once
+    with pytest.raises(grpc.RpcError) as refused:
+        jobs.ListJobs(
+            jobs_pb2.ListJobsRequest(framework="ultralytics", page_token=page_token_of(jobs, internal)),
+            metadata=internal,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def page_token_of(jobs, metadata) -> str:
+    return jobs.ListJobs(jobs_pb2.ListJobsRequest(framework="timm", page_size=1), metadata=metadata).next_page_token
