@@ -95,21 +95,24 @@ class TrainingTelemetryServiceServicer:
 
     def StreamMetrics(self, request_iterator, context):
         """Streams a job's metric points for the whole run. The first message must name the job; later messages may
-        leave `job_id` empty or repeat it. Each message is committed before the next is read. The response, sent
-        after the client half-closes, totals what this call committed.
+        leave `job_id` empty or repeat it. Each message is committed (one transaction with the cursor) before the
+        next is read; a message with an invalid point is refused whole. Points are accepted whatever the job's
+        status, so telemetry delivered late (a replayed spool) is never lost. The response, sent after the client
+        half-closes, totals what this call committed.
 
         Errors: INVALID_ARGUMENT (first message without a job id, a later message naming another job, empty or
-        over-long key, sequence < 1, negative step or epoch), NOT_FOUND (unknown job), FAILED_PRECONDITION (the
-        job is in a terminal status), RESOURCE_EXHAUSTED (a message over the server's size limit),
-        UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is shutting down; resume from the cursor).
+        over-long key, sequence < 1, negative step or epoch), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a
+        message over the server's size limit), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is
+        shutting down; resume from the cursor).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamLogs(self, request_iterator, context):
-        """Streams a job's log records for the whole run; the same rules as StreamMetrics. A message longer than the
-        server's limit (16 KiB) is truncated with a marker, not refused.
+        """Streams a job's log records for the whole run; the same rules as StreamMetrics, plus: an unspecified or
+        unknown level gets INVALID_ARGUMENT; a record text longer than 16 KiB is truncated with a marker, not
+        refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
