@@ -22,7 +22,8 @@ $(SETUP_STAMP): sdk/pyproject.toml services/*/pyproject.toml requirements-dev.tx
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
-test: setup
+# Lint (ruff, buf) then every test suite; the PostgreSQL tests need the server on 127.0.0.1:5432.
+test: setup lint
 	$(PY) -m pytest
 
 demo: setup
@@ -47,3 +48,9 @@ breaking: setup
 
 clean:
 	rm -rf $(VENV) node_modules .cache
+
+bench: setup
+	$(PY) bench/run.py
+
+bench-smoke: setup
+	$(PY) bench/run.py --smoke

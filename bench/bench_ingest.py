@@ -1,4 +1,5 @@
-"""Ingest throughput: points per second persisted through one StreamMetrics call, SQLite and PostgreSQL.
+"""Ingest throughput: points per second persisted through one StreamMetrics call, SQLite and PostgreSQL, beside
+the old design (one HTTP POST per metric, one row per request, same SQLite schema) measured in the same run.
 
 The client prebuilds its messages (the SDK builds them on its own thread), streams them over one call on a real
 channel to a real `tp-backend` process, and counts the time from the first message to the committed response.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import legacy_http
 from support.backend import BackendProcess, auth, postgres_database
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
@@ -61,13 +63,16 @@ def measure(database_url: str, points: int, batch: int) -> float:
             backend.close()
 
 
-def run(points: int, batch: int) -> dict[str, float]:
+def run(points: int, batch: int, legacy_seconds: float = 3.0) -> dict[str, float]:
     """Both databases, in one run."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["ingest_sqlite_points_per_s"] = measure(f"sqlite:///{tmp}/bench.db", points, batch)
     with postgres_database() as url:
         results["ingest_postgres_points_per_s"] = measure(url, points, batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        results["legacy_http_points_per_s"] = legacy_http.measure(Path(tmp) / "legacy.db", legacy_seconds)
+    results["ingest_vs_legacy_ratio"] = results["ingest_sqlite_points_per_s"] / results["legacy_http_points_per_s"]
     return results
 
 
@@ -75,8 +80,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--legacy-seconds", type=float, default=3.0)
     args = parser.parse_args()
-    print(json.dumps(run(args.points, args.batch), indent=2))
+    print(json.dumps(run(args.points, args.batch, args.legacy_seconds), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""Runs the benchmarks, prints a table with targets, and writes bench/results/latest.json.
+
+.venv/bin/python bench/run.py            # full (make bench)
+.venv/bin/python bench/run.py --smoke    # every benchmark briefly, no verdicts (make bench-smoke, CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+# name -> (module, full arguments, smoke arguments)
+BENCHMARKS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
+    "ingest": (
+        "bench_ingest",
+        {"points": 1_000_000, "batch": 5000, "legacy_seconds": 5.0},
+        {"points": 20_000, "batch": 5000, "legacy_seconds": 0.5},
+    ),
+    "latency": ("bench_latency", {"seconds": 10.0}, {"seconds": 1.0}),
+}
+
+# key -> (target, comparison) ; a missed target is shown as missed.
+TARGETS: dict[str, tuple[float, Callable[[float, float], bool], str]] = {
+    "ingest_sqlite_points_per_s": (250_000, lambda v, t: v >= t, ">="),
+    "ingest_postgres_points_per_s": (250_000, lambda v, t: v >= t, ">="),
+    "ingest_vs_legacy_ratio": (500, lambda v, t: v >= t, ">="),
+    "latency_ms_p99_50k": (100, lambda v, t: v <= t, "<="),
+    "log_metric_us_median": (2, lambda v, t: v <= t, "<="),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="run everything briefly; no verdicts")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
+    args = parser.parse_args()
+    results: dict[str, float] = {}
+    for name, (module_name, full, smoke) in BENCHMARKS.items():
+        if args.only and name not in args.only:
+            continue
+        module = importlib.import_module(module_name)
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results.update(module.run(**(smoke if args.smoke else full)))
+    print(f"\n{'metric':34} {'value':>14}  target")
+    for key, value in results.items():
+        verdict = ""
+        if key in TARGETS and not args.smoke:
+            target, passes, sign = TARGETS[key]
+            verdict = f"{sign} {target:,}  {'met' if passes(value, target) else 'MISSED'}"
+        print(f"{key:34} {value:>14,.2f}  {verdict}")
+    out = HERE / "results" / ("smoke.json" if args.smoke else "latest.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+                "smoke": args.smoke,
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"\nwrote {out.relative_to(HERE.parent)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""`make bench-smoke`: every benchmark runs briefly end to end and reports every number (no speed assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke_reports_every_metric():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    report = json.loads((ROOT / "bench" / "results" / "smoke.json").read_text())
+    results = report["results"]
+    for key in (
+        "ingest_sqlite_points_per_s",
+        "ingest_postgres_points_per_s",
+        "legacy_http_points_per_s",
+        "ingest_vs_legacy_ratio",
+        "latency_ms_p50_1k",
+        "latency_ms_p99_1k",
+        "latency_ms_p50_50k",
+        "latency_ms_p99_50k",
+    ):
+        assert results[key] > 0, key
+    assert "ingest_sqlite_points_per_s" in result.stdout  # the table was printed
