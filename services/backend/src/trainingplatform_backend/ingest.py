@@ -123,18 +123,25 @@ class Ingestor:
         Raises:
             InvalidArgument: a point breaks the contract's rules; nothing of the batch is stored.
         """
-        sequences = [p.sequence for p in points]
-        keys = [p.key for p in points]
-        steps = [p.step if p.HasField("step") else None for p in points]
-        epochs = [p.epoch if p.HasField("epoch") else None for p in points]
-        wall_times = [p.wall_time for p in points]
+        # One pass over the messages (the costly part), then columns for the checks. SQLite stores a bound NaN
+        # as NULL by itself and NULL is read back as NaN; PostgreSQL stores NaN.
+        rows = [
+            (
+                job_pk,
+                p.sequence,
+                p.key,
+                p.value,
+                p.step if p.HasField("step") else None,
+                p.epoch if p.HasField("epoch") else None,
+                p.wall_time,
+            )
+            for p in points
+        ]
+        _, sequences, keys, _, steps, epochs, wall_times = zip(*rows, strict=True)
         _check_common(sequences, steps, epochs, wall_times, "metric")
         for key in set(keys):
             check_metric_key(key)
-        # SQLite stores a bound NaN as NULL by itself; NULL is read back as NaN. PostgreSQL stores NaN.
-        values = [p.value for p in points]
-        columns = [sequences, keys, values, steps, epochs, wall_times]
-        return self._commit(job_pk, METRICS_STREAM, columns)
+        return self._commit(job_pk, METRICS_STREAM, rows, sequences)
 
     def commit_logs(self, job_pk: int, records: Sequence[telemetry_pb2.LogRecord]) -> BatchResult:
         """Validates and commits one batch of log records (all or nothing); over-long text is truncated.
@@ -142,34 +149,36 @@ class Ingestor:
         Raises:
             InvalidArgument: a record breaks the contract's rules; nothing of the batch is stored.
         """
-        sequences = [r.sequence for r in records]
-        levels = [r.level for r in records]
-        steps = [r.step if r.HasField("step") else None for r in records]
-        epochs = [r.epoch if r.HasField("epoch") else None for r in records]
-        wall_times = [r.wall_time for r in records]
+        # PostgreSQL text cannot hold NUL; it is replaced rather than refusing the record.
+        rows = [
+            (
+                job_pk,
+                r.sequence,
+                r.level,
+                limits.truncate_utf8(r.message, limits.MAX_LOG_MESSAGE_BYTES).replace("\x00", "\ufffd"),
+                r.epoch if r.HasField("epoch") else None,
+                r.step if r.HasField("step") else None,
+                r.wall_time,
+                r.source[: limits.MAX_SOURCE_CHARS].replace("\x00", "\ufffd"),
+                r.rank,
+            )
+            for r in records
+        ]
+        _, sequences, levels, _, epochs, steps, wall_times, _, _ = zip(*rows, strict=True)
         _check_common(sequences, steps, epochs, wall_times, "log record")
         if min(levels) < 1 or max(levels) > _MAX_LEVEL:
             bad = next(level for level in levels if level < 1 or level > _MAX_LEVEL)
             raise InvalidArgument(f"log level {bad} is not a LogLevel (use LOG_LEVEL_DEBUG .. LOG_LEVEL_CRITICAL)")
-        # PostgreSQL text cannot hold NUL; it is replaced rather than refusing the record.
-        messages = [
-            limits.truncate_utf8(r.message, limits.MAX_LOG_MESSAGE_BYTES).replace("\x00", "\ufffd") for r in records
-        ]
-        sources = [r.source[: limits.MAX_SOURCE_CHARS].replace("\x00", "\ufffd") for r in records]
-        ranks = [r.rank for r in records]
-        columns = [sequences, levels, messages, epochs, steps, wall_times, sources, ranks]
-        return self._commit(job_pk, LOGS_STREAM, columns)
+        return self._commit(job_pk, LOGS_STREAM, rows, sequences)
 
-    def _commit(self, job_pk: int, stream: str, columns: list[list[Any]]) -> BatchResult:
+    def _commit(self, job_pk: int, stream: str, rows: list[tuple[Any, ...]], sequences: Sequence[int]) -> BatchResult:
         table = self._tables[stream]
-        sequences: list[int] = columns[0]
         with self._store.write_lock(), self._engine.begin() as conn:
             previous = conn.exec_driver_sql(self._read_cursor, (job_pk, stream)).scalar_one()
             if self._store.is_sqlite:
-                rows = list(zip([job_pk] * len(sequences), *columns, strict=True))
                 committed = conn.exec_driver_sql(table.insert, rows).rowcount
             else:
-                committed = self._write_postgres(conn, table, job_pk, previous, columns)
+                committed = self._write_postgres(conn, table, previous, rows, sequences)
             duplicates = len(sequences) - committed
             highest = max(sequences)
             last = max(previous, highest)
@@ -190,32 +199,29 @@ class Ingestor:
         return BatchResult(committed, duplicates, missing, last, min(sequences), highest)
 
     @staticmethod
-    def _write_postgres(conn: Any, table: _Table, job_pk: int, previous: int, columns: list[list[Any]]) -> int:
+    def _write_postgres(
+        conn: Any, table: _Table, previous: int, rows: list[tuple[Any, ...]], sequences: Sequence[int]
+    ) -> int:
         """COPYs the rows above the cursor (they cannot exist yet: the cursor row is locked and is the highest
         stored sequence) and inserts the others with ON CONFLICT DO NOTHING. Returns the rows stored."""
-        sequences = columns[0]
         increasing = sequences[0] > previous and all(a < b for a, b in itertools.pairwise(sequences))
         if increasing:
-            fresh, older = range(len(sequences)), []
+            fresh, older = rows, []
         else:
-            first_index: dict[int, int] = {}
-            for index, sequence in enumerate(sequences):
-                first_index.setdefault(sequence, index)
-            fresh = [i for s, i in first_index.items() if s > previous]
-            older = [i for s, i in first_index.items() if s <= previous]
-        driver = conn.connection.driver_connection
+            first: dict[int, tuple[Any, ...]] = {}
+            for row in rows:
+                first.setdefault(row[1], row)
+            fresh = [row for sequence, row in first.items() if sequence > previous]
+            older = [row for sequence, row in first.items() if sequence <= previous]
         stored = 0
-        if len(fresh):
+        if fresh:
+            driver = conn.connection.driver_connection
             with driver.cursor() as cursor, cursor.copy(table.copy) as copy:
                 copy.set_types(list(table.pg_types))
-                if increasing:
-                    for row in zip(*columns, strict=True):
-                        copy.write_row((job_pk, *row))
-                else:
-                    for i in fresh:
-                        copy.write_row((job_pk, *(column[i] for column in columns)))
+                for row in fresh:
+                    copy.write_row(row)
             stored += len(fresh)
         if older:
-            params = (job_pk, *([column[i] for i in older] for column in columns))
-            stored += conn.exec_driver_sql(table.insert, params).rowcount
+            columns = list(zip(*older, strict=True))
+            stored += conn.exec_driver_sql(table.insert, (older[0][0], *(list(c) for c in columns[1:]))).rowcount
         return stored
