@@ -15,9 +15,10 @@ from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from trainingplatform_backend import convert, limits, statemachine
 from trainingplatform_backend.auth import authorize_job
+from trainingplatform_backend.dispatch import Dispatcher
 from trainingplatform_backend.errors import FailedPrecondition, InvalidArgument, Unavailable
 from trainingplatform_backend.models import METRICS_STREAM
-from trainingplatform_backend.subscriptions import Batch, Subscriber
+from trainingplatform_backend.subscriptions import POKE, Batch, Subscriber
 from trainingplatform_backend.telemetry_service import Backend
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,9 @@ def validate_spec(spec: common_pb2.JobSpec) -> None:
 class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     """Implements JobsService; see jobs.proto for the contract."""
 
-    def __init__(self, backend: Backend, *, trainers: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, backend: Backend, dispatcher: Dispatcher) -> None:
         self._backend = backend
-        self._trainers = trainers or {}
+        self._dispatcher = dispatcher
 
     async def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
@@ -92,7 +93,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         if len(request.display_name) > limits.MAX_NAME_CHARS:
             raise InvalidArgument(f"display_name is longer than {limits.MAX_NAME_CHARS} characters")
         dispatch = request.dispatch if request.HasField("dispatch") else True
-        if dispatch and not self._trainers.get(request.spec.framework):
+        if dispatch and not self._dispatcher.has_trainer(request.spec.framework):
             raise FailedPrecondition(
                 f"no trainer service is configured for framework {request.spec.framework!r} (set TP_TRAINERS), "
                 "or create the job with dispatch=false and run the trainer yourself"
@@ -109,6 +110,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             advanced_config=convert.message_to_dict(spec.advanced),
         )
         log.info("created job %s (%s %s)", view.job.job_id, spec.framework, spec.model.name)
+        if dispatch:
+            await self._dispatcher.dispatch(view.job.job_id, spec, token)
+            view = await self._backend.run(self._backend.store.get_job, view.job.job_id)
         return jobs_pb2.CreateJobResponse(job=convert.job_to_proto(view), telemetry_token=token)
 
     async def GetJob(
@@ -153,9 +157,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         transition = await self._backend.run(
             self._backend.store.transition, request.job_id, statemachine.CANCELLED, reason=reason
         )
-        if transition.changed:
-            self._backend.hub.publish(job_pk, "poke")
         view = await self._backend.run(self._backend.store.get_job, request.job_id)
+        if transition.changed:
+            self._backend.hub.publish(job_pk, POKE)
+            await self._dispatcher.cancel(request.job_id, view.job.trainer_address)
         return jobs_pb2.CancelJobResponse(job=convert.job_to_proto(view))
 
     async def ListMetrics(

@@ -28,6 +28,7 @@ from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from trainingplatform_backend import db
 from trainingplatform_backend import settings as settings_module
 from trainingplatform_backend.auth import Authenticator
+from trainingplatform_backend.dispatch import Dispatcher, DispatchSettings
 from trainingplatform_backend.interceptors import ServiceInterceptor
 from trainingplatform_backend.jobs_service import JobsServicer
 from trainingplatform_backend.settings import Settings
@@ -81,6 +82,7 @@ class RunningServer:
     backend: Backend
     health: health.aio.HealthServicer
     listener: PostgresListener | None
+    dispatcher: Dispatcher
     settings: Settings
 
     async def stop(self) -> None:
@@ -92,6 +94,7 @@ class RunningServer:
         self.backend.shutting_down.set()
         self.backend.hub.close()
         await self.server.stop(self.settings.shutdown_grace_s)
+        await self.dispatcher.stop()
         if self.listener is not None:
             await self.listener.stop()
         self.backend.store.engine.dispose()
@@ -115,7 +118,18 @@ async def start(settings: Settings) -> RunningServer:
     )
     server = grpc.aio.server(interceptors=[ServiceInterceptor(authenticator)], options=server_options(settings))
     telemetry_pb2_grpc.add_TrainingTelemetryServiceServicer_to_server(TelemetryServicer(backend), server)
-    jobs_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(backend), server)
+    dispatcher = Dispatcher(
+        store,
+        hub,
+        DispatchSettings(
+            trainers=settings.trainers,
+            telemetry_endpoint=settings.effective_telemetry_endpoint,
+            internal_token=settings.internal_auth_token,
+            lease_s=settings.trainer_lease_s,
+            watch_interval_s=settings.watch_interval_s,
+        ),
+    )
+    jobs_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(backend, dispatcher), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -132,6 +146,7 @@ async def start(settings: Settings) -> RunningServer:
         listener.start()
         await asyncio.wait_for(listener.ready.wait(), timeout=30)
     await server.start()
+    dispatcher.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = settings.listen.rsplit(":", 1)[0]
@@ -142,7 +157,7 @@ async def start(settings: Settings) -> RunningServer:
         "TLS" if settings.tls_enabled else "plaintext",
         make_url(url).render_as_string(hide_password=True),
     )
-    return RunningServer(server, port, backend, health_servicer, listener, settings)
+    return RunningServer(server, port, backend, health_servicer, listener, dispatcher, settings)
 
 
 async def serve(settings: Settings) -> None:

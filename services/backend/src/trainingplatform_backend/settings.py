@@ -65,6 +65,21 @@ class Settings:
     log_level: str = "INFO"
     """TP_LOG_LEVEL: the backend's logging level."""
 
+    trainers: dict[str, list[str]] = field(default_factory=dict)
+    """TP_TRAINERS: trainer services by framework, `timm=host:port,timm=host2:port,ultralytics=host:port`
+    (several replicas per framework allowed). Empty: jobs can only be created with dispatch=false."""
+
+    telemetry_endpoint: str = ""
+    """TP_TELEMETRY_ENDPOINT: this backend's address as trainers reach it, handed to them with each job.
+    Empty means the listen address (127.0.0.1 for a wildcard host), `https://` when TLS is on."""
+
+    trainer_lease_s: float = 60.0
+    """TP_TRAINER_LEASE_S: a live job whose trainer no longer runs it (process gone without a final status,
+    trainer unreachable or restarted) is FAILED after this long."""
+
+    watch_interval_s: float = 10.0
+    """TP_WATCH_INTERVAL_S: how often the backend asks trainers about their live jobs' runs."""
+
     @property
     def effective_database_url(self) -> str:
         """The database URL with the embedded default filled in and psycopg 3 chosen for PostgreSQL."""
@@ -74,6 +89,16 @@ class Settings:
         return url
 
     @property
+    def effective_telemetry_endpoint(self) -> str:
+        """Where trainers send telemetry: the configured endpoint or one derived from the listen address."""
+        if self.telemetry_endpoint:
+            return self.telemetry_endpoint
+        host, _, port = self.listen.rpartition(":")
+        if host in ("", "0.0.0.0", "[::]", "::"):
+            host = "127.0.0.1"
+        return f"{'https' if self.tls_enabled else 'grpc'}://{host}:{port}"
+
+    @property
     def tls_enabled(self) -> bool:
         """Whether the server listens with TLS."""
         return bool(self.tls_cert_file and self.tls_key_file)
@@ -81,6 +106,21 @@ class Settings:
 
 def _env_bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def parse_trainers(value: str) -> dict[str, list[str]]:
+    """Parses TP_TRAINERS (`framework=host:port,...`).
+
+    Raises:
+        ValueError: an entry is not `framework=host:port`.
+    """
+    trainers: dict[str, list[str]] = {}
+    for entry in filter(None, (part.strip() for part in value.split(","))):
+        framework, sep, address = entry.partition("=")
+        if not sep or not framework.strip() or ":" not in address:
+            raise ValueError(f"TP_TRAINERS entry {entry!r} must be framework=host:port")
+        trainers.setdefault(framework.strip(), []).append(address.strip())
+    return trainers
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace-s", type=float, help="grace period on SIGTERM (TP_SHUTDOWN_GRACE_S)")
     parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations on start")
     parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL)")
+    parser.add_argument("--trainers", help="trainer services, framework=host:port,... (TP_TRAINERS)")
 
 
 def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -128,6 +169,10 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         subscriber_buffer_points=int(env.get("TP_SUBSCRIBER_BUFFER_POINTS", "50000")),
         migrate_on_start=migrate,
         log_level=pick("log_level", "TP_LOG_LEVEL", "INFO").upper(),
+        trainers=parse_trainers(pick("trainers", "TP_TRAINERS", "")),
+        telemetry_endpoint=env.get("TP_TELEMETRY_ENDPOINT", ""),
+        trainer_lease_s=float(env.get("TP_TRAINER_LEASE_S", "60")),
+        watch_interval_s=float(env.get("TP_WATCH_INTERVAL_S", "10")),
     )
 
 

@@ -1,0 +1,47 @@
+"""Dispatch to trainer services: what happens when no trainer can take the job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from support.backend import BackendProcess, auth, free_port
+from trainingplatform.common.v1 import common_pb2
+from trainingplatform.jobs.v1 import jobs_pb2
+
+SPEC = common_pb2.JobSpec(
+    framework="timm",
+    model=common_pb2.ModelConfig(name="resnet10t"),
+    dataset=common_pb2.DatasetConfig(name="digits"),
+    training=common_pb2.TrainingConfig(epochs=1),
+)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_unreachable_trainers_fail_the_job_with_every_reason(database_url: str, tmp_path: Path):
+    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    backend = BackendProcess(
+        database_url, tmp_path / "data", extra_env={"TP_TRAINERS": ",".join(f"timm={a}" for a in dead)}
+    )
+    backend.start()
+    try:
+        created = backend.jobs().CreateJob(
+            jobs_pb2.CreateJobRequest(spec=SPEC), metadata=auth(backend.internal_token), timeout=60
+        )
+        job = created.job
+        assert job.status == common_pb2.JOB_STATUS_FAILED
+        assert "no timm trainer accepted the job" in job.error_message
+        for address in dead:  # both replicas were tried, and each reason is named
+            assert address in job.error_message
+        assert "UNAVAILABLE" in job.error_message
+        assert backend.status_events(job.job_id) == ["PENDING", "QUEUED", "FAILED"]
+        # A framework with no trainer at all is refused before anything is stored.
+        other = common_pb2.JobSpec()
+        other.CopyFrom(SPEC)
+        other.framework = "ultralytics"
+        with pytest.raises(grpc.RpcError) as refused:
+            backend.jobs().CreateJob(jobs_pb2.CreateJobRequest(spec=other), metadata=auth(backend.internal_token))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        backend.close()
