@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
-COMPONENTS := -e ./sdk -e ./services/backend -e ./services/trainer_timm -e ./services/trainer_ultralytics
+COMPONENTS := -e "./sdk[server,cli]" -e ./services/backend -e ./services/trainer_timm -e ./services/trainer_ultralytics
 SETUP_STAMP := $(VENV)/.setup-stamp
 export BUF_CACHE_DIR := $(CURDIR)/.cache/buf
 
@@ -27,7 +27,7 @@ test: setup lint
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) -m trainingplatform_backend.demo
+	$(VENV)/bin/tp demo
 
 proto: setup
 	$(BUF) generate --template buf.gen.python.yaml

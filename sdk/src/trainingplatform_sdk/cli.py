@@ -1,0 +1,429 @@
+"""`tp`: the platform's command line.
+
+    tp up                                   start the backend and both trainers locally (Ctrl-C stops them)
+    tp train --framework timm --model resnet10t --dataset digits --epochs 3 [--advanced-config JSON|@file]
+    tp jobs | show JOB | watch JOB | logs JOB [--follow] | metrics JOB [--key K] [--plot F.png] | cancel JOB
+    tp demo                                 the whole platform end to end on embedded defaults
+
+The backend is TP_BACKEND_ADDRESS (or BACKEND_API_URL, default 127.0.0.1:50051) and the token
+INTERNAL_AUTH_TOKEN (or the one a local backend wrote to .data/internal_auth_token). Errors are one line on
+stderr. `train` and `watch` exit 0 when the job COMPLETED, 1 when it FAILED, 3 when it was CANCELLED; any
+other error exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from trainingplatform_sdk.clients import Job, JobsClient, PlatformError, TelemetryEvent, default_token
+
+EXIT_FOR_STATUS = {"COMPLETED": 0, "FAILED": 1, "CANCELLED": 3}
+EXIT_ERROR = 2
+
+
+class CliError(Exception):
+    """An error shown as one line."""
+
+
+def _client(args: argparse.Namespace) -> JobsClient:
+    address = (
+        args.backend or os.environ.get("TP_BACKEND_ADDRESS") or os.environ.get("BACKEND_API_URL") or "127.0.0.1:50051"
+    )
+    return JobsClient(address, default_token(args.data_dir))
+
+
+def _load_json(value: str | None) -> dict[str, Any]:
+    if not value:
+        return {}
+    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CliError(f"--advanced-config is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise CliError("--advanced-config must be a JSON object")
+    return data
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+# --- following a job ----------------------------------------------------------------------------------------
+
+
+class Follower:
+    """Renders a job's live telemetry: a progress bar over epochs and steps, latest metrics, log lines."""
+
+    SHOWN = ("train/loss", "train/batch_loss", "val/loss", "val/accuracy", "train/box_loss", "metrics/mAP50")
+
+    def __init__(self, job: Job, out: TextIO = sys.stdout, *, show_logs: bool = True) -> None:
+        self.job = job
+        self.out = out
+        self.tty = out.isatty()
+        self.show_logs = show_logs
+        self.epoch = 0
+        self.step = 0
+        self.latest: dict[str, float] = {}
+        self.final_status = job.status
+        self._last_line = 0.0
+
+    def feed(self, event: TelemetryEvent) -> None:
+        """Takes one subscription event."""
+        if event.kind == "metrics":
+            for point in event.metrics:
+                self.latest[point.key] = point.value
+                if point.epoch is not None:
+                    self.epoch = max(self.epoch, point.epoch)
+                if point.step is not None:
+                    self.step = max(self.step, point.step)
+            self._progress()
+        elif event.kind == "logs" and self.show_logs:
+            for line in event.logs:
+                self._print(f"[{line.level.lower():7}] {line.message}")
+        elif event.kind == "epoch_summary" and event.epoch_summary is not None:
+            summary = event.epoch_summary
+            shown = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(summary.metrics.items()) if "/" in k)
+            self._print(f"epoch {summary.epoch + 1}/{self.job.epochs} done in {summary.duration_seconds:.1f}s: {shown}")
+        elif event.kind == "status" and event.status is not None:
+            self.final_status = event.status.to_status
+            reason = f" ({event.status.reason})" if event.status.reason else ""
+            self._print(f"status {event.status.to_status}{reason}")
+            if event.status.error_message:
+                self._print(f"error: {event.status.error_message}")
+        elif event.kind == "lagged":
+            self._print("(fell behind the live stream; catching up from the database)")
+
+    def _bar(self) -> str:
+        total = max(self.job.epochs, 1)
+        done = min(self.epoch, total)
+        width = 24
+        filled = int(width * done / total)
+        shown = " ".join(f"{k} {_fmt(self.latest[k])}" for k in self.SHOWN if k in self.latest)
+        return (
+            f"epoch {min(self.epoch + 1, total)}/{total} [{'#' * filled}{'.' * (width - filled)}] "
+            f"step {self.step} {shown}"
+        )
+
+    def _progress(self) -> None:
+        if self.tty:
+            self.out.write("\r\033[K" + self._bar())
+            self.out.flush()
+        elif time.monotonic() - self._last_line > 2.0:  # a log file gets a line every 2 s, not a flood
+            self._last_line = time.monotonic()
+            self.out.write(self._bar() + "\n")
+            self.out.flush()
+
+    def _print(self, text: str) -> None:
+        if self.tty:
+            self.out.write("\r\033[K" + text + "\n" + self._bar())
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        """Ends the progress line."""
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def follow(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> Job:
+    """Follows a job to its end, printing progress; returns the final job."""
+    follower = Follower(job, out)
+    for event in client.subscribe(job.job_id):
+        follower.feed(event)
+    follower.finish()
+    return client.get_job(job.job_id)
+
+
+def print_summary(job: Job, out: TextIO = sys.stdout, client: JobsClient | None = None) -> None:
+    """The final summary of a job: status, time, last metrics, where its results are."""
+    duration = ""
+    if job.started_at and job.ended_at:
+        duration = f" in {(job.ended_at - job.started_at).total_seconds():.1f}s"
+    out.write(f"\njob {job.job_id}: {job.status}{duration}\n")
+    if job.error_message:
+        out.write(f"  error: {job.error_message}\n")
+    if client is not None:
+        latest: dict[str, float] = {}
+        for point in client.metrics(job.job_id):
+            latest[point.key] = point.value
+        for key in sorted(k for k in latest if not k.startswith("lr")):
+            out.write(f"  {key:24} {_fmt(latest[key])}\n")
+    if job.mlflow_run_id:
+        out.write(f"  MLflow run {job.mlflow_run_id} at {job.mlflow_tracking_uri}\n")
+    for name, uri in sorted(job.artifacts.items()):
+        out.write(f"  artifact {name}: {uri}\n")
+    out.flush()
+
+
+# --- commands -----------------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from trainingplatform_sdk.stack import Stack
+
+    stack = Stack(
+        Path(args.data_dir),
+        backend_port=args.backend_port,
+        timm_port=args.timm_port,
+        ultralytics_port=args.ultralytics_port,
+    )
+    print(f"starting the stack in {stack.data_dir} ...", flush=True)
+    stack.start()
+    for service in stack.services:
+        print(f"  {service.name:20} {service.address}  (log {service.log_path})")
+    print(f"database {stack.database}\nCtrl-C stops everything.", flush=True)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping:
+            if any(s.process is not None and s.process.poll() is not None for s in stack.services):
+                dead = [s.name for s in stack.services if s.process is not None and s.process.poll() is not None]
+                print(f"error: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+                return EXIT_ERROR
+            time.sleep(0.2)
+    finally:
+        print("\nstopping ...", flush=True)
+        stack.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        created = client.create_job(
+            framework=args.framework,
+            model=args.model,
+            dataset=args.dataset or "",
+            dataset_path=args.dataset_path or "",
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            image_size=args.image_size,
+            device=args.device or "",
+            log_every_n_steps=args.log_every_n_steps,
+            advanced=_load_json(args.advanced_config),
+            display_name=args.name or "",
+        )
+        job = created.job
+        print(
+            f"job {job.job_id} ({job.framework} {job.model} on {job.dataset}, {job.epochs} epochs): {job.status}",
+            flush=True,
+        )
+        if not job.finished:
+            job = follow(client, job)
+        print_summary(job, client=client)
+        return EXIT_FOR_STATUS.get(job.status, EXIT_ERROR)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.get_job(args.job)
+        if not job.finished:
+            job = follow(client, job)
+        print_summary(job, client=client)
+        return EXIT_FOR_STATUS.get(job.status, EXIT_ERROR)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(f"{'JOB':36}  {'STATUS':9}  {'FRAMEWORK':11}  {'MODEL':18}  CREATED")
+        for count, job in enumerate(client.list_jobs(statuses=args.status or (), framework=args.framework or "")):
+            if count >= args.limit:
+                break
+            created = job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else ""
+            print(f"{job.job_id:36}  {job.status:9}  {job.framework:11}  {job.model[:18]:18}  {created}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.get_job(args.job)
+        print(f"job {job.job_id}  {job.status}")
+        print(
+            f"  {job.framework} {job.model} on {job.dataset}, {job.epochs} epochs; trainer {job.trainer_address or '-'}"
+        )
+        print(f"  metrics committed up to {job.last_metric_sequence}, logs up to {job.last_log_sequence}")
+        for event in job.status_events:
+            when = event.time.strftime("%H:%M:%S") if event.time else ""
+            print(f"  {when} {event.from_status:>11} -> {event.to_status:9} {event.reason}")
+        print_summary(job)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if not args.follow:
+            for line in client.logs(args.job, min_level=args.level or ""):
+                print(
+                    f"{time.strftime('%H:%M:%S', time.localtime(line.wall_time))} [{line.level.lower()}] {line.message}"
+                )
+            return 0
+        for event in client.subscribe(args.job):
+            for line in event.logs:
+                print(
+                    f"{time.strftime('%H:%M:%S', time.localtime(line.wall_time))} [{line.level.lower()}] "
+                    f"{line.message}",
+                    flush=True,
+                )
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        series: dict[str, list[tuple[float, float]]] = {}
+        for point in client.metrics(args.job, keys=args.key or ()):
+            x = point.step if point.step is not None else (point.epoch if point.epoch is not None else point.sequence)
+            series.setdefault(point.key, []).append((x, point.value))
+    if not series:
+        raise CliError(f"job {args.job} has no metrics" + (f" with keys {args.key}" if args.key else ""))
+    for key, values in sorted(series.items()):
+        print(f"{key:28} {len(values):7} points  last {_fmt(values[-1][1])}")
+    if args.plot:
+        plot_series({args.job[:8]: series}, Path(args.plot))
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def plot_series(
+    jobs: dict[str, dict[str, list[tuple[float, float]]]], path: Path, keys: Iterable[str] | None = None
+) -> None:
+    """A PNG with one panel per job: the curves of its (loss) metrics against step or epoch."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CliError("--plot needs matplotlib: pip install 'trainingplatform-sdk[cli]'") from None
+    figure, axes = plt.subplots(1, len(jobs), figsize=(6 * len(jobs), 4), squeeze=False)
+    for axis, (title, series) in zip(axes[0], jobs.items(), strict=True):
+        wanted = list(keys) if keys else sorted(series)
+        for key in wanted:
+            if key in series:
+                xs, ys = zip(*series[key], strict=True)
+                axis.plot(xs, ys, label=key, marker="." if len(xs) < 20 else None)
+        axis.set_title(title)
+        axis.set_xlabel("epoch / step")
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.cancel_job(args.job, reason=args.reason or "cancelled from the command line")
+        print(f"job {job.job_id}: {job.status}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from trainingplatform_sdk.demo import run_demo
+
+    return run_demo(Path(args.data_dir))
+
+
+# --- parser -------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `tp`."""
+    parser = argparse.ArgumentParser(prog="tp", description="The training platform's command line.")
+    parser.add_argument("--backend", help="backend address (TP_BACKEND_ADDRESS, default 127.0.0.1:50051)")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("TP_DATA_DIR", ".data"),
+        help="local data directory (TP_DATA_DIR, default .data)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start the backend and both trainer services locally")
+    up.add_argument("--backend-port", type=int, default=50051)
+    up.add_argument("--timm-port", type=int, default=50061)
+    up.add_argument("--ultralytics-port", type=int, default=50062)
+    up.set_defaults(run=cmd_up)
+
+    train = commands.add_parser("train", help="submit a job and follow it live")
+    train.add_argument("--framework", required=True, choices=("timm", "ultralytics"))
+    train.add_argument("--model", required=True, help="timm model name or ultralytics yaml / .pt")
+    train.add_argument("--dataset", help="built-in dataset (digits, shapes)")
+    train.add_argument("--dataset-path", help="ImageFolder directory or YOLO data.yaml on the trainer")
+    train.add_argument("--epochs", type=int, default=3)
+    train.add_argument("--batch-size", type=int, default=0)
+    train.add_argument("--lr", type=float, default=0.0)
+    train.add_argument("--image-size", type=int, default=0)
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    train.add_argument("--log-every-n-steps", type=int, default=0)
+    train.add_argument("--advanced-config", help="JSON object or @file.json")
+    train.add_argument("--name", help="display name")
+    train.set_defaults(run=cmd_train)
+
+    jobs = commands.add_parser("jobs", help="list jobs, newest first")
+    jobs.add_argument("--status", action="append", help="filter by status (repeatable)")
+    jobs.add_argument("--framework")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.set_defaults(run=cmd_jobs)
+
+    for name, function, text in (
+        ("show", cmd_show, "one job and its status history"),
+        ("watch", cmd_watch, "follow a job live until it ends"),
+        ("cancel", cmd_cancel, "cancel a job"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("job")
+        command.set_defaults(run=function)
+        if name == "cancel":
+            command.add_argument("--reason")
+
+    logs = commands.add_parser("logs", help="a job's log lines")
+    logs.add_argument("job")
+    logs.add_argument("--follow", "-f", action="store_true")
+    logs.add_argument("--level", help="minimum level: debug, info, warning, error, critical")
+    logs.set_defaults(run=cmd_logs)
+
+    metrics = commands.add_parser("metrics", help="a job's metrics; --plot writes a PNG of the curves")
+    metrics.add_argument("job")
+    metrics.add_argument("--key", action="append", help="only this key (repeatable)")
+    metrics.add_argument("--plot", help="write a PNG of the curves")
+    metrics.set_defaults(run=cmd_metrics)
+
+    demo = commands.add_parser("demo", help="run the platform end to end on embedded defaults")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `tp`."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (PlatformError, CliError, OSError, TimeoutError, RuntimeError, ValueError) as error:
+        message = error.details if isinstance(error, PlatformError) else str(error).splitlines()[0]
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

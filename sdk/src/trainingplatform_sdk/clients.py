@@ -1,0 +1,653 @@
+"""Typed Python clients of the platform's services, for other services and the CLI.
+
+    from trainingplatform_sdk.clients import JobsClient
+
+    with JobsClient("127.0.0.1:50051", token) as jobs:
+        created = jobs.create_job(framework="timm", model="resnet10t", dataset="digits", epochs=3)
+        for event in jobs.subscribe(created.job.job_id):
+            ...
+
+Callers never touch protobufs: results are frozen dataclasses and errors are `PlatformError` subclasses that
+carry the gRPC status. Idempotent calls are retried by gRPC itself on UNAVAILABLE (a service config with a
+retry policy); CreateJob and StartTraining are not (they are not idempotent). Every call has a deadline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NoReturn, Self
+
+import grpc
+from google.protobuf import timestamp_pb2
+from trainingplatform.common.v1 import common_pb2
+from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+from trainingplatform_sdk._channel import auth_metadata, parse_backend_address
+from trainingplatform_sdk.configs import AdvancedConfig
+
+# --- errors -------------------------------------------------------------------------------------------------
+
+
+class PlatformError(Exception):
+    """A call to the platform failed; `code` is the gRPC status code, `details` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class InvalidArgumentError(PlatformError):
+    """The request was malformed (INVALID_ARGUMENT)."""
+
+
+class NotFoundError(PlatformError):
+    """The job or run does not exist (NOT_FOUND)."""
+
+
+class FailedPreconditionError(PlatformError):
+    """Not possible in the current state (FAILED_PRECONDITION), e.g. cancelling a completed job."""
+
+
+class UnauthenticatedError(PlatformError):
+    """No token or an unknown token (UNAUTHENTICATED)."""
+
+
+class PermissionDeniedError(PlatformError):
+    """The token has no right to this call (PERMISSION_DENIED)."""
+
+
+class ResourceExhaustedError(PlatformError):
+    """A limit was hit (RESOURCE_EXHAUSTED)."""
+
+
+class UnavailableError(PlatformError):
+    """The service is unreachable or shutting down (UNAVAILABLE, DEADLINE_EXCEEDED); retry later."""
+
+
+_ERRORS: dict[grpc.StatusCode, type[PlatformError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
+}
+
+
+def _raise(error: grpc.RpcError) -> NoReturn:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = (error.details() if hasattr(error, "details") else None) or str(error)
+    raise _ERRORS.get(code, PlatformError)(code, details) from None
+
+
+# --- results ------------------------------------------------------------------------------------------------
+
+
+def _time(stamp: timestamp_pb2.Timestamp, present: bool = True) -> dt.datetime | None:
+    return stamp.ToDatetime(dt.UTC) if present else None
+
+
+def _status(value: int) -> str:
+    return common_pb2.JobStatus.Name(value).removeprefix("JOB_STATUS_")
+
+
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """One status transition of a job."""
+
+    sequence: int
+    from_status: str
+    to_status: str
+    reason: str
+    error_message: str
+    time: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A training job as the backend reports it."""
+
+    job_id: str
+    status: str
+    """`PENDING`, `QUEUED`, `RUNNING`, `COMPLETED`, `FAILED` or `CANCELLED`."""
+    framework: str
+    model: str
+    dataset: str
+    epochs: int
+    display_name: str
+    error_message: str
+    error_detail: str
+    created_at: dt.datetime | None
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    trainer_address: str
+    mlflow_run_id: str
+    mlflow_tracking_uri: str
+    artifacts: dict[str, str]
+    """Artifact name -> URI (`s3://...` or `file://...`)."""
+    last_metric_sequence: int
+    last_log_sequence: int
+    status_events: tuple[StatusChange, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job reached a terminal status."""
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class CreatedJob:
+    """The result of create_job: the job and its telemetry token (returned only once)."""
+
+    job: Job
+    telemetry_token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One committed metric value."""
+
+    key: str
+    value: float
+    step: int | None
+    epoch: int | None
+    wall_time: float
+    sequence: int
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One committed log record."""
+
+    level: str
+    message: str
+    epoch: int | None
+    step: int | None
+    wall_time: float
+    sequence: int
+    source: str
+    rank: int
+
+
+@dataclass(frozen=True)
+class EpochSummary:
+    """The summary of one epoch."""
+
+    epoch: int
+    metrics: dict[str, float]
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in a job's telemetry; pass it back to subscribe() to resume."""
+
+    metric_sequence: int = 0
+    log_sequence: int = 0
+    status_sequence: int = 0
+    epoch_summary_sequence: int = 0
+
+
+@dataclass(frozen=True)
+class TelemetryEvent:
+    """One event of a subscription; exactly one of the payload fields is set, according to `kind`."""
+
+    kind: str
+    """`metrics`, `logs`, `status`, `epoch_summary` or `lagged`."""
+    cursor: Cursor
+    metrics: tuple[MetricPoint, ...] = ()
+    logs: tuple[LogLine, ...] = ()
+    status: StatusChange | None = None
+    epoch_summary: EpochSummary | None = None
+
+
+def _job(message: jobs_pb2.Job, events: Sequence[jobs_pb2.StatusEvent] = ()) -> Job:
+    spec = message.spec
+    return Job(
+        job_id=message.job_id,
+        status=_status(message.status),
+        framework=spec.framework,
+        model=spec.model.name,
+        dataset=spec.dataset.name or spec.dataset.path,
+        epochs=spec.training.epochs,
+        display_name=message.display_name,
+        error_message=message.error_message,
+        error_detail=message.error_detail,
+        created_at=_time(message.create_time, message.HasField("create_time")),
+        started_at=_time(message.start_time, message.HasField("start_time")),
+        ended_at=_time(message.end_time, message.HasField("end_time")),
+        trainer_address=message.trainer_address,
+        mlflow_run_id=message.mlflow_run_id,
+        mlflow_tracking_uri=message.mlflow_tracking_uri,
+        artifacts={a.name: a.uri for a in message.artifacts},
+        last_metric_sequence=message.cursor.last_metric_sequence,
+        last_log_sequence=message.cursor.last_log_sequence,
+        status_events=tuple(_status_change(e) for e in events),
+    )
+
+
+def _status_change(event: jobs_pb2.StatusEvent) -> StatusChange:
+    return StatusChange(
+        sequence=event.sequence,
+        from_status=_status(event.from_status),
+        to_status=_status(event.to_status),
+        reason=event.reason,
+        error_message=event.error_message,
+        time=_time(event.time, event.HasField("time")),
+    )
+
+
+def _metric(point: Any) -> MetricPoint:
+    return MetricPoint(
+        key=point.key,
+        value=point.value,
+        step=point.step if point.HasField("step") else None,
+        epoch=point.epoch if point.HasField("epoch") else None,
+        wall_time=point.wall_time,
+        sequence=point.sequence,
+    )
+
+
+def _log(record: Any) -> LogLine:
+    return LogLine(
+        level=common_pb2.LogLevel.Name(record.level).removeprefix("LOG_LEVEL_"),
+        message=record.message,
+        epoch=record.epoch if record.HasField("epoch") else None,
+        step=record.step if record.HasField("step") else None,
+        wall_time=record.wall_time,
+        sequence=record.sequence,
+        source=record.source,
+        rank=record.rank,
+    )
+
+
+# --- connections --------------------------------------------------------------------------------------------
+
+_IDEMPOTENT = {
+    "trainingplatform.jobs.v1.JobsService": ("GetJob", "ListJobs", "CancelJob", "ListMetrics", "ListLogs"),
+    "trainingplatform.trainer.v1.TrainerService": ("GetTraining", "ListTrainings", "CancelTraining", "GetCapabilities"),
+}
+
+
+def _service_config() -> str:
+    names = [{"service": service, "method": method} for service, methods in _IDEMPOTENT.items() for method in methods]
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": names,
+                    "retryPolicy": {
+                        "maxAttempts": 5,
+                        "initialBackoff": "0.2s",
+                        "maxBackoff": "3s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+def open_channel(
+    address: str,
+    *,
+    root_certificates: bytes | None = None,
+    private_key: bytes | None = None,
+    certificate_chain: bytes | None = None,
+) -> grpc.Channel:
+    """A channel to a platform service. `address` is `host:port`, `grpc://host:port` or `https://host:port`
+    (TLS; system roots unless `root_certificates` is given; a client key and chain for mutual TLS)."""
+    parsed = parse_backend_address(address)
+    options = [
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", _service_config()),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ]
+    if not parsed.tls:
+        return grpc.insecure_channel(parsed.target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
+    )
+    return grpc.secure_channel(parsed.target, credentials, options=options)
+
+
+def default_token(data_dir: str | os.PathLike[str] = ".data") -> str:
+    """INTERNAL_AUTH_TOKEN, else the token the local backend generated in its data directory.
+
+    Raises:
+        UnauthenticatedError: neither exists.
+    """
+    token = os.environ.get("INTERNAL_AUTH_TOKEN", "")
+    if token:
+        return token
+    path = Path(os.environ.get("TP_DATA_DIR", data_dir)) / "internal_auth_token"
+    if path.exists():
+        return path.read_text().strip()
+    raise UnauthenticatedError(
+        grpc.StatusCode.UNAUTHENTICATED, f"no token: set INTERNAL_AUTH_TOKEN or start the backend so it writes {path}"
+    )
+
+
+class _Client:
+    def __init__(
+        self,
+        address: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+    ) -> None:
+        self._channel = open_channel(
+            address, root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
+        )
+        self._metadata = auth_metadata(token)
+        self.timeout = timeout
+        self.address = address
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return method(request, metadata=self._metadata, timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            _raise(error)
+
+
+class JobsClient(_Client):
+    """The backend's JobsService: create jobs, read their history, follow them live."""
+
+    def __init__(self, address: str, token: str, **kwargs: Any) -> None:
+        """Args:
+        address: the backend, `host:port`, `grpc://host:port` or `https://host:port`.
+        token: the internal token, the read token, or a job's telemetry token (for that job's reads).
+        **kwargs: `timeout` (seconds per call, default 30) and TLS material (`root_certificates`,
+            `private_key`, `certificate_chain`, PEM bytes).
+        """
+        super().__init__(address, token, **kwargs)
+        self._stub = jobs_pb2_grpc.JobsServiceStub(self._channel)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> JobsClient:
+        """A client of TP_BACKEND_ADDRESS (or BACKEND_API_URL, default 127.0.0.1:50051) with `default_token()`."""
+        address = os.environ.get("TP_BACKEND_ADDRESS") or os.environ.get("BACKEND_API_URL") or "127.0.0.1:50051"
+        return cls(address, default_token(), **kwargs)
+
+    def create_job(
+        self,
+        *,
+        framework: str,
+        model: str,
+        dataset: str = "",
+        dataset_path: str = "",
+        epochs: int = 1,
+        batch_size: int = 0,
+        learning_rate: float = 0.0,
+        image_size: int = 0,
+        pretrained: bool = False,
+        device: str = "",
+        log_every_n_steps: int = 0,
+        advanced: AdvancedConfig | Mapping[str, Any] | None = None,
+        display_name: str = "",
+        dispatch: bool = True,
+    ) -> CreatedJob:
+        """Creates a job and (unless `dispatch` is False) hands it to a trainer of its framework.
+
+        Raises:
+            InvalidArgumentError: a bad field (the message names it), including advanced config types.
+            FailedPreconditionError: no trainer is configured for the framework.
+        """
+        if isinstance(advanced, AdvancedConfig):
+            advanced_config = advanced
+        else:
+            try:
+                advanced_config = AdvancedConfig.from_mapping(advanced or {})
+            except ValueError as error:
+                raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        spec = common_pb2.JobSpec(
+            framework=framework,
+            model=common_pb2.ModelConfig(name=model, pretrained=pretrained, image_size=image_size),
+            dataset=common_pb2.DatasetConfig(name=dataset, path=dataset_path),
+            training=common_pb2.TrainingConfig(
+                epochs=epochs,
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                device=device,
+                log_every_n_steps=log_every_n_steps,
+            ),
+            advanced=advanced_config.to_proto(),
+        )
+        response = self._call(
+            self._stub.CreateJob,
+            jobs_pb2.CreateJobRequest(spec=spec, display_name=display_name, dispatch=dispatch),
+            timeout=max(self.timeout, 60.0),
+        )
+        return CreatedJob(_job(response.job), response.telemetry_token)
+
+    def get_job(self, job_id: str) -> Job:
+        """One job with its status history."""
+        response = self._call(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
+        return _job(response.job, response.status_events)
+
+    def list_jobs(self, *, statuses: Sequence[str] = (), framework: str = "", page_size: int = 100) -> Iterator[Job]:
+        """Every job, newest first, optionally filtered; pages are fetched as the iterator advances."""
+        values = [common_pb2.JobStatus.Value(f"JOB_STATUS_{s.upper()}") for s in statuses]
+        token = ""
+        while True:
+            page = self._call(
+                self._stub.ListJobs,
+                jobs_pb2.ListJobsRequest(statuses=values, framework=framework, page_size=page_size, page_token=token),
+            )
+            yield from (_job(j) for j in page.jobs)
+            token = page.next_page_token
+            if not token:
+                return
+
+    def cancel_job(self, job_id: str, reason: str = "") -> Job:
+        """Cancels a job (its trainer is told to stop).
+
+        Raises:
+            FailedPreconditionError: the job already completed or failed.
+        """
+        return _job(self._call(self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason)).job)
+
+    def metrics(self, job_id: str, *, keys: Sequence[str] = (), page_size: int = 10_000) -> Iterator[MetricPoint]:
+        """A job's committed metric points in sequence order."""
+        token = ""
+        while True:
+            page = self._call(
+                self._stub.ListMetrics,
+                jobs_pb2.ListMetricsRequest(job_id=job_id, keys=list(keys), page_size=page_size, page_token=token),
+            )
+            yield from (_metric(p) for p in page.points)
+            token = page.next_page_token
+            if not token:
+                return
+
+    def logs(self, job_id: str, *, min_level: str = "", page_size: int = 10_000) -> Iterator[LogLine]:
+        """A job's committed log records in sequence order, from `min_level` (e.g. `WARNING`) up."""
+        level = common_pb2.LogLevel.Value(f"LOG_LEVEL_{min_level.upper()}") if min_level else 0
+        token = ""
+        while True:
+            page = self._call(
+                self._stub.ListLogs,
+                jobs_pb2.ListLogsRequest(job_id=job_id, min_level=level, page_size=page_size, page_token=token),
+            )
+            yield from (_log(r) for r in page.records)
+            token = page.next_page_token
+            if not token:
+                return
+
+    def subscribe(
+        self, job_id: str, *, after: Cursor | None = None, keep_following: bool = False, max_reconnect_s: float = 60.0
+    ) -> Iterator[TelemetryEvent]:
+        """Replays the job's telemetry after `after`, then follows it live, until its terminal status (or
+        forever with `keep_following`). A broken subscription is resumed from the last cursor, with backoff,
+        for up to `max_reconnect_s` without progress."""
+        cursor = after or Cursor()
+        delay, deadline = 0.2, time.monotonic() + max_reconnect_s
+        while True:
+            request = jobs_pb2.SubscribeTelemetryRequest(
+                job_id=job_id, keep_following=keep_following, after=jobs_pb2.TelemetryCursor(**cursor.__dict__)
+            )
+            try:
+                for response in self._stub.SubscribeTelemetry(request, metadata=self._metadata):
+                    event = _event(response)
+                    cursor = event.cursor
+                    delay, deadline = 0.2, time.monotonic() + max_reconnect_s
+                    yield event
+                return
+            except grpc.RpcError as error:
+                if (
+                    error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+                    or time.monotonic() > deadline
+                ):
+                    _raise(error)
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 5.0)
+
+
+def _event(response: jobs_pb2.SubscribeTelemetryResponse) -> TelemetryEvent:
+    c = response.cursor
+    cursor = Cursor(c.metric_sequence, c.log_sequence, c.status_sequence, c.epoch_summary_sequence)
+    kind = response.WhichOneof("event")
+    if kind == "metrics":
+        return TelemetryEvent("metrics", cursor, metrics=tuple(_metric(p) for p in response.metrics.points))
+    if kind == "logs":
+        return TelemetryEvent("logs", cursor, logs=tuple(_log(r) for r in response.logs.records))
+    if kind == "status_event":
+        return TelemetryEvent("status", cursor, status=_status_change(response.status_event))
+    if kind == "epoch_summary":
+        summary = response.epoch_summary
+        return TelemetryEvent(
+            "epoch_summary",
+            cursor,
+            epoch_summary=EpochSummary(summary.epoch, dict(summary.metrics), summary.duration_seconds),
+        )
+    return TelemetryEvent("lagged", cursor)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A run as a trainer service reports it."""
+
+    run_id: str
+    job_id: str
+    state: str
+    """`STARTING`, `RUNNING`, `SUCCEEDED`, `FAILED` or `CANCELLED`."""
+    pid: int
+    current_epoch: int
+    total_epochs: int
+    latest_metrics: dict[str, float]
+    exit_code: int
+    error_message: str
+    output_dir: str
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a trainer service can train."""
+
+    framework: str
+    tasks: tuple[str, ...]
+    models: tuple[str, ...]
+    devices: tuple[str, ...]
+    builtin_datasets: tuple[str, ...]
+    max_concurrent_jobs: int
+
+
+def _run(run: trainer_pb2.TrainingRun) -> TrainingRun:
+    return TrainingRun(
+        run.run_id,
+        run.job_id,
+        trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_"),
+        run.pid,
+        run.current_epoch,
+        run.total_epochs,
+        dict(run.latest_metrics),
+        run.exit_code,
+        run.error_message,
+        run.output_dir,
+    )
+
+
+class TrainerClient(_Client):
+    """A trainer service's TrainerService (internal token only)."""
+
+    def __init__(self, address: str, token: str, **kwargs: Any) -> None:
+        """Args: as JobsClient; `token` is the internal service token."""
+        super().__init__(address, token, **kwargs)
+        self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
+
+    def capabilities(self) -> Capabilities:
+        """What the service trains."""
+        c = self._call(self._stub.GetCapabilities, trainer_pb2.GetCapabilitiesRequest())
+        return Capabilities(
+            c.framework,
+            tuple(c.tasks),
+            tuple(c.models),
+            tuple(c.devices),
+            tuple(c.builtin_datasets),
+            c.max_concurrent_jobs,
+        )
+
+    def start_training(
+        self, job_id: str, spec: common_pb2.JobSpec, *, telemetry_endpoint: str = "", telemetry_token: str = ""
+    ) -> str:
+        """Starts a run; returns its run id."""
+        request = trainer_pb2.StartTrainingRequest(
+            job_id=job_id, spec=spec, telemetry_endpoint=telemetry_endpoint, telemetry_token=telemetry_token
+        )
+        return self._call(self._stub.StartTraining, request).run_id
+
+    def get_training(self, *, run_id: str = "", job_id: str = "") -> TrainingRun:
+        """One run, by run id or job id."""
+        return _run(
+            self._call(self._stub.GetTraining, trainer_pb2.GetTrainingRequest(run_id=run_id, job_id=job_id)).run
+        )
+
+    def list_trainings(self) -> Iterator[TrainingRun]:
+        """Every run the service knows, newest first."""
+        token = ""
+        while True:
+            page = self._call(self._stub.ListTrainings, trainer_pb2.ListTrainingsRequest(page_token=token))
+            yield from (_run(r) for r in page.runs)
+            token = page.next_page_token
+            if not token:
+                return
+
+    def cancel_training(self, *, run_id: str = "", job_id: str = "", grace_period_s: int = 0) -> TrainingRun:
+        """Stops a run (SIGTERM, then SIGKILL after the grace period)."""
+        return _run(
+            self._call(
+                self._stub.CancelTraining,
+                trainer_pb2.CancelTrainingRequest(run_id=run_id, job_id=job_id, grace_period_seconds=grace_period_s),
+            ).run
+        )

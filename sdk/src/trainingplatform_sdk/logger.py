@@ -1,0 +1,454 @@
+"""TrainingLogger: a trainer's metrics, logs, status and run information, delivered exactly once to the backend."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+from trainingplatform.common.v1 import common_pb2
+from trainingplatform.telemetry.v1 import telemetry_pb2
+
+from trainingplatform_sdk._channel import auth_metadata, create_channel, parse_backend_address
+from trainingplatform_sdk._report import DeliveryReport
+from trainingplatform_sdk._sender import CALL, FLUSH, LOG, METRIC, Sender, Waiter
+from trainingplatform_sdk._spool import Spool
+from trainingplatform_sdk.settings import LoggerSettings
+
+_LOG = logging.getLogger("trainingplatform_sdk.logger")
+
+_STATUSES = {
+    "pending": common_pb2.JOB_STATUS_PENDING,
+    "queued": common_pb2.JOB_STATUS_QUEUED,
+    "running": common_pb2.JOB_STATUS_RUNNING,
+    "completed": common_pb2.JOB_STATUS_COMPLETED,
+    "failed": common_pb2.JOB_STATUS_FAILED,
+    "cancelled": common_pb2.JOB_STATUS_CANCELLED,
+    "canceled": common_pb2.JOB_STATUS_CANCELLED,
+}
+_LEVELS = {
+    "DEBUG": common_pb2.LOG_LEVEL_DEBUG,
+    "INFO": common_pb2.LOG_LEVEL_INFO,
+    "WARN": common_pb2.LOG_LEVEL_WARNING,
+    "WARNING": common_pb2.LOG_LEVEL_WARNING,
+    "ERROR": common_pb2.LOG_LEVEL_ERROR,
+    "CRITICAL": common_pb2.LOG_LEVEL_CRITICAL,
+    "FATAL": common_pb2.LOG_LEVEL_CRITICAL,
+}
+_MAX_ERROR_MESSAGE_BYTES = 4 * 1024
+_MAX_ERROR_DETAIL_BYTES = 64 * 1024
+_UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+# Loggers not yet closed: the atexit hook closes them and a forked child disables them.
+_LIVE: set[TrainingLogger] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def default_spool_dir(job_id: str) -> Path:
+    """Where a job's spool lives by default: `$TP_SPOOL_DIR/<job>` or `~/.cache/trainingplatform/spool/<job>`."""
+    root = os.environ.get("TP_SPOOL_DIR") or Path.home() / ".cache" / "trainingplatform" / "spool"
+    return Path(root) / _UNSAFE_PATH_CHARS.sub("_", job_id)
+
+
+class TrainingLogger:
+    """Reports a training job's metrics, logs, status and run information to the backend.
+
+    Logging a point costs the calling thread one append to an in-memory buffer; a background thread numbers,
+    batches and streams the points, keeps them (in memory, then on disk) until the backend has committed them,
+    and resumes from the backend's cursor after any failure, so each point is stored exactly once. Unary calls
+    (status, epoch summary, run information) wait until everything logged before them is committed.
+
+    A logger without a backend address or token is disabled: every call is a cheap no-op. In a process forked
+    from the one that created it (a DataLoader worker), a logger is disabled too and never touches the channel.
+
+    Example:
+        with TrainingLogger.from_env(job_id) as logger:
+            logger.update_status("running")
+            logger.log_metric("train/loss", 0.42, step=10, epoch=0)
+            logger.update_status("completed")
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        *,
+        backend_address: str | None,
+        token: str | None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        settings: LoggerSettings | None = None,
+    ) -> None:
+        """Creates a logger and starts its sender thread (the streams open on the first point).
+
+        Args:
+            job_id: The job the telemetry belongs to.
+            backend_address: The backend's gRPC address, `host:port`, `grpc://host:port` or `https://host:port`;
+                None disables the logger.
+            token: The job's telemetry token (or the internal service token); None disables the logger.
+            spool_dir: Directory of this job's spool (for example `<output dir>/telemetry-spool`); default
+                `$TP_SPOOL_DIR/<job>` or `~/.cache/trainingplatform/spool/<job>`. A later logger for the same job and
+                directory replays what is left there and continues the numbering.
+            settings: Batching, buffering, spooling and reconnect settings.
+
+        Raises:
+            ValueError: The job id is empty, the address is malformed, or the spool belongs to another job.
+            trainingplatform_sdk._spool.SpoolLockedError: Another live process uses the same spool directory.
+            OSError: The spool directory cannot be created.
+        """
+        if not job_id:
+            raise ValueError("job_id is required")
+        self.job_id = job_id
+        self.settings = settings or LoggerSettings()
+        self._buffer: deque[tuple] = deque()
+        # Checked first by every logging call: True when disabled, closed, or in a forked child.
+        self._off = True
+        self._sender: Sender | None = None
+        self._pid = os.getpid()
+        self._close_lock = threading.Lock()
+        self._final_report: DeliveryReport | None = None
+        if not backend_address:
+            _LOG.warning("job %s: telemetry disabled: no backend address (BACKEND_API_URL is not set)", job_id)
+            return
+        if not token:
+            _LOG.warning(
+                "job %s: telemetry disabled: no token (neither JOB_TELEMETRY_TOKEN nor INTERNAL_AUTH_TOKEN is set)",
+                job_id,
+            )
+            return
+        address = parse_backend_address(backend_address)
+        directory = Path(spool_dir) if spool_dir is not None else default_spool_dir(job_id)
+        spool = Spool(directory, job_id, self.settings.spool_max_bytes, self.settings.spool_segment_bytes)
+        try:
+            channel = create_channel(address, self.settings)
+        except BaseException:
+            spool.close()
+            raise
+        self._sender = Sender(job_id, self._buffer, channel, auth_metadata(token), spool, self.settings, _rank())
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        self._off = False
+        self._sender.start()
+        _LOG.info(
+            "job %s: telemetry to %s (%s), spool %s",
+            job_id,
+            address.target,
+            "TLS" if address.tls else "plaintext",
+            directory,
+        )
+
+    @classmethod
+    def from_env(
+        cls,
+        job_id: str,
+        *,
+        spool_dir: str | os.PathLike[str] | None = None,
+        settings: LoggerSettings | None = None,
+    ) -> TrainingLogger:
+        """Creates a logger configured by the environment.
+
+        BACKEND_API_URL is the backend's gRPC address (`host:port`, `grpc://host:port` for plaintext,
+        `https://host:port` for TLS with the system roots or the CA bundle in TP_TLS_CA_FILE). The token is
+        JOB_TELEMETRY_TOKEN, else INTERNAL_AUTH_TOKEN. Without an address the logger is disabled.
+
+        Args:
+            job_id: The job the telemetry belongs to.
+            spool_dir: Directory of this job's spool; see the constructor.
+            settings: Batching, buffering, spooling and reconnect settings.
+        """
+        address = os.environ.get("BACKEND_API_URL", "").strip() or None
+        token = os.environ.get("JOB_TELEMETRY_TOKEN") or os.environ.get("INTERNAL_AUTH_TOKEN") or None
+        return cls(job_id, backend_address=address, token=token, spool_dir=spool_dir, settings=settings)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calls are delivered (False when disabled, closed, or in a forked child)."""
+        return not self._off
+
+    @property
+    def stats(self) -> DeliveryReport:
+        """The delivery counters so far; readable at any time from any thread."""
+        if self._final_report is not None:
+            return self._final_report
+        if self._sender is None:
+            return DeliveryReport()
+        return self._sender.report()
+
+    def log_metric(self, key: str, value: float, step: int | None = None, epoch: int | None = None) -> None:
+        """Logs one metric value; costs an append to a buffer, nothing is checked or sent on this thread.
+
+        Args:
+            key: Metric name, 1 to 250 characters without control characters, for example `train/loss`.
+            value: The value; NaN and infinities are kept. A value that is not a number is counted invalid.
+            step: Optimizer step (at least 0), if the value belongs to one.
+            epoch: Epoch (0-based), if the value belongs to one.
+        """
+        if self._off:
+            return
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = None  # the sender counts and reports it
+        self._buffer.append((METRIC, key, value, step, epoch, time.time()))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, epoch: int | None = None) -> None:
+        """Logs several metric values of the same step and epoch.
+
+        Args:
+            metrics: Values by metric name.
+            step: Optimizer step (at least 0), if the values belong to one.
+            epoch: Epoch (0-based), if the values belong to one.
+        """
+        if self._off:
+            return
+        wall_time = time.time()
+        append = self._buffer.append
+        for key, value in metrics.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = None
+            append((METRIC, key, number, step, epoch, wall_time))
+
+    def log_message(
+        self, message: str, level: str | int = "INFO", epoch: int | None = None, step: int | None = None
+    ) -> None:
+        """Logs one line of text to the job's log stream.
+
+        Args:
+            message: The text; beyond 16 KiB of UTF-8 it is truncated with a `...[truncated N bytes]` marker.
+            level: `DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL` (any case), a `logging` level number, or a
+                `common_pb2.LogLevel` value. Anything else is logged as INFO.
+            epoch: Epoch (0-based), if the line belongs to one.
+            step: Optimizer step, if the line belongs to one.
+        """
+        if self._off:
+            return
+        self._buffer.append((LOG, _truncate(str(message), 16 * 1024), _log_level(level), epoch, step, time.time()))
+
+    def update_status(
+        self,
+        status: str | int,
+        error: str | None = None,
+        *,
+        error_detail: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Moves the job to a new status once everything logged before this call is committed.
+
+        The call is delivered reliably (retried, and kept in the spool at close if the backend stays unreachable)
+        and never overtakes the metrics and logs logged before it, so COMPLETED arrives after the last metrics.
+
+        Args:
+            status: `queued`, `running`, `completed`, `failed` or `cancelled` (any case), or a
+                `common_pb2.JobStatus` value.
+            error: On failure, the error in one line (truncated to 4 KiB).
+            error_detail: On failure, the detail such as a traceback (truncated to 64 KiB).
+            reason: Why the status changed, in a sentence.
+
+        Raises:
+            ValueError: The status is unknown.
+        """
+        request = telemetry_pb2.UpdateStatusRequest(
+            job_id=self.job_id,
+            status=_job_status(status),
+            reason=reason or "",
+            error_message=_truncate(error or "", _MAX_ERROR_MESSAGE_BYTES),
+            error_detail=_truncate(error_detail or "", _MAX_ERROR_DETAIL_BYTES),
+        )
+        self._call("UpdateStatus", request)
+
+    def log_epoch_summary(
+        self, epoch: int, metrics: Mapping[str, float], duration_seconds: float | None = None
+    ) -> None:
+        """Records the summary of a finished epoch, after everything logged before it is committed.
+
+        Args:
+            epoch: The epoch (0-based).
+            metrics: The epoch's final metrics by key, for example `{"val/accuracy": 0.93}`.
+            duration_seconds: How long the epoch took, if known.
+        """
+        summary = telemetry_pb2.EpochSummary(
+            epoch=epoch,
+            metrics={key: float(value) for key, value in metrics.items()},
+            duration_seconds=duration_seconds or 0.0,
+        )
+        summary.end_time.FromNanoseconds(time.time_ns())
+        self._call("RecordEpochSummary", telemetry_pb2.RecordEpochSummaryRequest(job_id=self.job_id, summary=summary))
+
+    def report_run_info(
+        self,
+        *,
+        mlflow_run_id: str | None = None,
+        mlflow_tracking_uri: str | None = None,
+        artifacts: Mapping[str, str] | None = None,
+    ) -> None:
+        """Records where the run is tracked and stored; fields left None keep their stored values.
+
+        Args:
+            mlflow_run_id: The MLflow run id of the job.
+            mlflow_tracking_uri: The MLflow tracking URI (never with credentials).
+            artifacts: Artifact URIs by name, for example `{"best_checkpoint": "s3://bucket/key"}`.
+        """
+        request = telemetry_pb2.ReportRunInfoRequest(
+            job_id=self.job_id,
+            mlflow_run_id=mlflow_run_id or "",
+            mlflow_tracking_uri=mlflow_tracking_uri or "",
+            artifacts=[telemetry_pb2.Artifact(name=name, uri=uri) for name, uri in (artifacts or {}).items()],
+        )
+        self._call("ReportRunInfo", request)
+
+    def _call(self, method: str, request: telemetry_pb2.UpdateStatusRequest) -> None:
+        if self._off:
+            return
+        self._buffer.append((CALL, method, request))
+        self._sender.wake.set()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Sends what is buffered now and waits until everything logged so far is committed.
+
+        Args:
+            timeout: Seconds to wait; None waits as long as it takes.
+
+        Returns:
+            True when every point and call logged before this call is committed (also when nothing was, or the
+            logger is disabled); False on timeout, after a final error, or when points were dropped.
+        """
+        sender = self._sender
+        if sender is None or os.getpid() != self._pid:
+            return True
+        if self._off:
+            return self.stats.pending_metrics == 0 and self.stats.pending_logs == 0
+        waiter = Waiter()
+        self._buffer.append((FLUSH, waiter))
+        sender.request_flush()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if remaining <= 0:
+                return False
+            if waiter.event.wait(remaining):
+                return waiter.result
+            if not sender.is_alive():
+                return False
+
+    def close(self, timeout: float | None = None) -> DeliveryReport:
+        """Delivers what it can within `timeout`, half-closes the streams and stops the sender.
+
+        Whatever is not delivered stays in the spool (points, and the calls not yet made) for the next logger of
+        the same job and spool directory. Calling close again returns the same report.
+
+        Args:
+            timeout: Seconds to spend delivering; default `settings.close_timeout_s`.
+
+        Returns:
+            The final delivery report.
+        """
+        with self._close_lock:
+            if self._final_report is not None:
+                return self._final_report
+            sender = self._sender
+            if sender is None or os.getpid() != self._pid:
+                self._off = True
+                return self.stats
+            self._off = True
+            with _LIVE_LOCK:
+                _LIVE.discard(self)
+            timeout = self.settings.close_timeout_s if timeout is None else max(0.0, timeout)
+            sender.request_close(timeout)
+            # The sender checks its deadline between calls; one call and the half-close may run past it.
+            sender.join(timeout + self.settings.rpc_timeout_s + 1.0)
+            if sender.is_alive():
+                _LOG.warning("job %s: the telemetry sender did not stop in time", self.job_id)
+            self._final_report = sender.report()
+            return self._final_report
+
+    def __enter__(self) -> TrainingLogger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _after_fork_in_child(self) -> None:
+        # The child shares the parent's channel and spool: it must never send, write or close them.
+        self._off = True
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _job_status(status: str | int) -> int:
+    if isinstance(status, str):
+        value = _STATUSES.get(status.strip().lower())
+        if value is None:
+            raise ValueError(f"unknown job status {status!r}; expected one of {sorted(_STATUSES)}")
+        return value
+    if status in common_pb2.JobStatus.values() and status != common_pb2.JOB_STATUS_UNSPECIFIED:
+        return int(status)
+    raise ValueError(f"unknown job status {status!r}")
+
+
+def _log_level(level: str | int) -> int:
+    if isinstance(level, str):
+        return _LEVELS.get(level.strip().upper(), common_pb2.LOG_LEVEL_INFO)
+    if common_pb2.LOG_LEVEL_DEBUG <= level <= common_pb2.LOG_LEVEL_CRITICAL:
+        return int(level)
+    # A `logging` module level: DEBUG=10, INFO=20, WARNING=30, ERROR=40, CRITICAL=50.
+    if level >= logging.CRITICAL:
+        return common_pb2.LOG_LEVEL_CRITICAL
+    if level >= logging.ERROR:
+        return common_pb2.LOG_LEVEL_ERROR
+    if level >= logging.WARNING:
+        return common_pb2.LOG_LEVEL_WARNING
+    if level >= logging.INFO:
+        return common_pb2.LOG_LEVEL_INFO
+    return common_pb2.LOG_LEVEL_DEBUG if level > 0 else common_pb2.LOG_LEVEL_INFO
+
+
+def _truncate(text: str, max_bytes: int) -> str:
+    """Cuts text to at most `max_bytes` of UTF-8, ending with `...[truncated N bytes]` as the backend does."""
+    if len(text) * 4 <= max_bytes:
+        return text
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= max_bytes:
+        return text
+    keep = max_bytes - len(f"...[truncated {len(encoded)} bytes]".encode())
+    marker = f"...[truncated {len(encoded) - keep} bytes]"
+    return encoded[:keep].decode("utf-8", "ignore") + marker
+
+
+def _close_at_exit() -> None:
+    with _LIVE_LOCK:
+        loggers = list(_LIVE)
+    for logger in loggers:
+        try:
+            logger.close()
+        except Exception:
+            _LOG.exception("job %s: closing the telemetry logger at exit failed", logger.job_id)
+
+
+def _after_fork_in_child() -> None:
+    # A fork can happen while another thread holds the lock; the child has no such thread, so a new lock is safe.
+    global _LIVE_LOCK
+    _LIVE_LOCK = threading.Lock()
+    for logger in list(_LIVE):
+        logger._after_fork_in_child()
+    _LIVE.clear()
+
+
+atexit.register(_close_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,102 @@
+"""Tuning knobs of the TrainingLogger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The backend refuses messages above 8 MiB; a batch must stay under it with room for the envelope.
+SERVER_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# A single log record (16 KiB of text, a source name, the other fields) must always fit in one batch.
+MIN_BATCH_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class LoggerSettings:
+    """How the TrainingLogger batches, buffers, spools and reconnects.
+
+    The defaults suit a training process on one machine; every field can be overridden by keyword.
+    """
+
+    flush_interval_s: float = 0.05
+    """Longest time a point waits in the sender before a partial batch is sent (at most 0.05 s by default)."""
+
+    max_batch_points: int = 5000
+    """Most points (or log records) in one stream message."""
+
+    max_batch_bytes: int = 1024 * 1024
+    """Largest serialized stream message the sender builds; never above the server's 8 MiB limit."""
+
+    memory_buffer_points: int = 100_000
+    """Points of one stream kind held in memory while not yet known committed; beyond it they spill to disk."""
+
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    """Disk cap of the spool. Only points that would go past it are dropped (counted, logged once, reported)."""
+
+    spool_segment_bytes: int = 8 * 1024 * 1024
+    """Size at which the spool starts a new append-only segment file (committed segments are deleted whole)."""
+
+    reconnect_initial_backoff_s: float = 0.1
+    """Upper bound of the first reconnect delay."""
+
+    reconnect_max_backoff_s: float = 5.0
+    """Largest upper bound of a reconnect delay, however many attempts failed."""
+
+    reconnect_backoff_multiplier: float = 2.0
+    """Growth of the delay bound per failed attempt."""
+
+    reconnect_jitter: float = 1.0
+    """Share of the delay bound drawn at random: 1.0 is full jitter (uniform between 0 and the bound)."""
+
+    rpc_timeout_s: float = 5.0
+    """Deadline of each unary call (GetStreamCursor, UpdateStatus, RecordEpochSummary, ReportRunInfo)."""
+
+    cursor_poll_interval_s: float = 1.0
+    """How often the sender asks the committed cursor while points are in flight, to release their memory."""
+
+    close_timeout_s: float = 30.0
+    """Timeout of close() when none is given, and of the atexit hook that closes a logger never closed."""
+
+    keepalive_time_ms: int = 30_000
+    """Interval of HTTP/2 keepalive pings (the backend permits one every 10 s or more)."""
+
+    keepalive_timeout_ms: int = 10_000
+    """How long a keepalive ping may go unanswered before the connection is considered dead."""
+
+    keepalive_permit_without_calls: bool = True
+    """Ping even when no call is active, so a dead connection is noticed before the next batch."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "flush_interval_s": self.flush_interval_s,
+            "max_batch_points": self.max_batch_points,
+            "memory_buffer_points": self.memory_buffer_points,
+            "spool_segment_bytes": self.spool_segment_bytes,
+            "reconnect_initial_backoff_s": self.reconnect_initial_backoff_s,
+            "reconnect_max_backoff_s": self.reconnect_max_backoff_s,
+            "rpc_timeout_s": self.rpc_timeout_s,
+            "cursor_poll_interval_s": self.cursor_poll_interval_s,
+            "keepalive_time_ms": self.keepalive_time_ms,
+            "keepalive_timeout_ms": self.keepalive_timeout_ms,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if not MIN_BATCH_BYTES <= self.max_batch_bytes <= SERVER_MAX_MESSAGE_BYTES - MIN_BATCH_BYTES:
+            raise ValueError(
+                f"max_batch_bytes must be between {MIN_BATCH_BYTES} and {SERVER_MAX_MESSAGE_BYTES - MIN_BATCH_BYTES}"
+                f" (the server refuses messages over {SERVER_MAX_MESSAGE_BYTES}), got {self.max_batch_bytes}"
+            )
+        if self.memory_buffer_points < self.max_batch_points:
+            raise ValueError("memory_buffer_points must be at least max_batch_points")
+        if self.spool_max_bytes < 0:
+            raise ValueError("spool_max_bytes must be 0 or more")
+        if self.reconnect_max_backoff_s < self.reconnect_initial_backoff_s:
+            raise ValueError("reconnect_max_backoff_s must be at least reconnect_initial_backoff_s")
+        if self.reconnect_backoff_multiplier < 1:
+            raise ValueError("reconnect_backoff_multiplier must be at least 1")
+        if not 0 <= self.reconnect_jitter <= 1:
+            raise ValueError("reconnect_jitter must be between 0 and 1")
+        if self.keepalive_time_ms < 10_000:
+            raise ValueError("keepalive_time_ms must be at least 10000: the backend answers faster pings with GOAWAY")
+        if self.close_timeout_s < 0:
+            raise ValueError("close_timeout_s must be 0 or more")

@@ -1,0 +1,225 @@
+"""The training entry point: runs one job's adapter in this process and reports its status.
+
+    tp-train --job-id JOB --framework timm \\
+        --model-config '{"name": "resnet10t", "image_size": 32}' \\
+        --dataset-config '{"name": "digits"}' \\
+        --training-config '{"epochs": 3}' \\
+        --advanced-config @advanced.json \\
+        --output-dir /data/jobs/JOB
+
+Each config is JSON or `@path` of a JSON file; `--advanced-config` is optional. `--framework` is `timm`,
+`ultralytics` or a `module:Class` path to any TrainingAdapter subclass. Telemetry goes to the backend named by the
+environment (`TrainingLogger.from_env`, spooling under OUTPUT_DIR/spool); nothing is read from a database.
+
+The job's status: RUNNING once the configs are valid and the adapter is built, then COMPLETED, FAILED (with the
+error and the traceback) or CANCELLED. Exit codes:
+
+- 0: COMPLETED.
+- 1: FAILED (a bad config, an unknown model, an exception in training).
+- 2: bad command-line arguments (argparse); no status is reported, there may be no job to report to.
+- 143 (128 + SIGTERM): CANCELLED. SIGTERM (or SIGINT) stops training at the next batch boundary, writes the last
+  checkpoint and exits 143, so a supervisor can tell a cancelled run from a completed one by the exit code alone.
+  A second signal kills the process at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from trainingplatform_sdk.adapter import NullSink, Status, TelemetrySink, TrainingAdapter
+from trainingplatform_sdk.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+
+__all__ = ["EXIT_CANCELLED", "EXIT_FAILED", "FRAMEWORKS", "load_config_argument", "main", "resolve_adapter", "run_job"]
+
+_log = logging.getLogger("trainingplatform_sdk.train")
+
+#: Adapter class of each framework name, imported only when used (each pulls in torch and its framework).
+FRAMEWORKS = {
+    "timm": "trainingplatform_trainer_timm.adapter:TimmAdapter",
+    "ultralytics": "trainingplatform_trainer_ultralytics.adapter:UltralyticsAdapter",
+}
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+EXIT_CANCELLED = 128 + signal.SIGTERM
+#: Seconds `close()` may take to deliver the last telemetry.
+CLOSE_TIMEOUT_S = 30.0
+
+
+def resolve_adapter(framework: str) -> type[TrainingAdapter]:
+    """Imports the adapter class of a framework name or a `module:Class` path.
+
+    Raises:
+        ValueError: Unknown framework, or the path does not name a TrainingAdapter subclass.
+        ImportError: The module cannot be imported.
+    """
+    path = FRAMEWORKS.get(framework, framework)
+    module_name, _, class_name = path.partition(":")
+    if not module_name or not class_name:
+        raise ValueError(f"unknown framework {framework!r}: use one of {sorted(FRAMEWORKS)} or a module:Class path")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, TrainingAdapter)):
+        raise ValueError(f"{path!r} is not a TrainingAdapter subclass")
+    return cls
+
+
+def load_config_argument(text: str | None, name: str) -> dict[str, Any]:
+    """Parses a config argument: JSON, `@path` of a JSON file, or empty/None for `{}`.
+
+    Raises:
+        ConfigError: The file is missing or the text is not a JSON object; the message names the argument.
+    """
+    if not text:
+        return {}
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"--{name}: cannot read {text[1:]!r}: {error.strerror}") from error
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--{name}: not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise ConfigError(f"--{name}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def run_job(
+    *,
+    job_id: str,
+    framework: str,
+    model_config: Mapping[str, Any] | ModelConfig,
+    dataset_config: Mapping[str, Any] | DatasetConfig,
+    training_config: Mapping[str, Any] | TrainingConfig,
+    advanced_config: Mapping[str, Any] | AdvancedConfig | None,
+    output_dir: str | Path,
+    logger: TelemetrySink,
+) -> int:
+    """Runs one job with `logger` and returns the process exit code; reports every status through `logger`.
+
+    Configs may be dataclasses or plain mappings (parsed JSON). When called from the main thread, SIGTERM and
+    SIGINT request a graceful stop for the duration of the call. The logger is not closed.
+
+    Returns:
+        0 (COMPLETED), 1 (FAILED) or 143 (CANCELLED).
+    """
+    stop = threading.Event()
+    adapter: TrainingAdapter | None = None
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        if adapter is not None:
+            adapter.request_stop()
+        # A second signal should end the process at once, not wait for a batch boundary again.
+        signal.signal(signum, signal.SIG_DFL)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        model = model_config if isinstance(model_config, ModelConfig) else ModelConfig.from_mapping(model_config)
+        _report(logger, f"Starting training: {model.name}")
+        adapter_cls = resolve_adapter(framework)
+        adapter = adapter_cls(
+            model_config=model,
+            dataset_config=_typed(DatasetConfig, dataset_config),
+            training_config=_typed(TrainingConfig, training_config),
+            output_dir=Path(output_dir),
+            job_id=job_id,
+            logger=logger,
+            advanced_config=_typed(AdvancedConfig, advanced_config or {}),
+        )
+        if stop.is_set():
+            adapter.request_stop()
+        logger.update_status(Status.RUNNING)
+        result = adapter.train()
+        if result.status == Status.CANCELLED:
+            _report(logger, f"Training cancelled after {result.epochs_completed} epoch(s)")
+            logger.update_status(Status.CANCELLED, reason="stop requested (SIGTERM)")
+            return EXIT_CANCELLED
+        _report(logger, f"Training completed: {result.epochs_completed} epoch(s)")
+        logger.update_status(Status.COMPLETED)
+        return EXIT_COMPLETED
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}"
+        detail = traceback.format_exc()
+        _report(logger, f"Training failed: {message}\n{detail}", level="ERROR")
+        logger.update_status(Status.FAILED, message, error_detail=detail, reason="exception in training")
+        return EXIT_FAILED
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def build_logger(job_id: str, output_dir: Path) -> TelemetrySink:
+    """The SDK's TrainingLogger configured from the environment, or a NullSink when the SDK has none yet."""
+    try:
+        from trainingplatform_sdk.logger import TrainingLogger
+    except ModuleNotFoundError as error:
+        if error.name != "trainingplatform_sdk.logger":
+            raise
+        _log.warning("trainingplatform_sdk.logger is not available: telemetry is disabled for job %s", job_id)
+        return NullSink()
+    return TrainingLogger.from_env(job_id, spool_dir=output_dir / "spool")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `tp-train` command. Returns the exit code (see the module docstring)."""
+    parser = argparse.ArgumentParser(prog="tp-train", description="Run one training job of the training platform.")
+    parser.add_argument("--job-id", required=True, help="the backend's job id")
+    parser.add_argument("--framework", required=True, help="timm, ultralytics or a module:Class adapter path")
+    parser.add_argument("--model-config", required=True, help="ModelConfig as JSON or @file")
+    parser.add_argument("--dataset-config", required=True, help="DatasetConfig as JSON or @file")
+    parser.add_argument("--training-config", default="{}", help="TrainingConfig as JSON or @file")
+    parser.add_argument("--advanced-config", default="{}", help="AdvancedConfig as JSON or @file")
+    parser.add_argument("--output-dir", required=True, type=Path, help="checkpoints, spool and framework files")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    logger = build_logger(args.job_id, args.output_dir)
+    try:
+        try:
+            configs = {
+                name: load_config_argument(getattr(args, name), name.replace("_", "-"))
+                for name in ("model_config", "dataset_config", "training_config", "advanced_config")
+            }
+        except ConfigError as error:
+            # The job exists and waits for a status: a bad argument must end it FAILED, not leave it QUEUED.
+            _report(logger, f"Training failed: {error}", level="ERROR")
+            logger.update_status(Status.FAILED, str(error), reason="invalid configuration")
+            return EXIT_FAILED
+        # progress.json in the output dir is how a trainer service reads the epoch and the latest metrics.
+        from trainingplatform_sdk.trainer_service.progress import ProgressSink
+
+        epochs = configs["training_config"].get("epochs")
+        logger = ProgressSink(logger, args.output_dir, total_epochs=epochs if isinstance(epochs, int) else 0)
+        return run_job(
+            job_id=args.job_id, framework=args.framework, output_dir=args.output_dir, logger=logger, **configs
+        )
+    finally:
+        logger.close(timeout=CLOSE_TIMEOUT_S)
+
+
+def _typed(cls: Any, value: Any) -> Any:
+    return value if isinstance(value, cls) else cls.from_mapping(value)
+
+
+def _report(logger: TelemetrySink, message: str, level: str = "INFO") -> None:
+    _log.log(logging.getLevelName(level), message)
+    logger.log_message(message, level=level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

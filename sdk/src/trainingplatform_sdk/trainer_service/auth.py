@@ -1,0 +1,118 @@
+"""The server interceptor: checks the internal service token on every call and maps errors to status codes.
+
+Only one kind of caller exists here: a service holding INTERNAL_AUTH_TOKEN (the backend, operators' tools).
+Health and reflection are public so that probes and grpcurl work without a token; they reveal nothing about jobs.
+The token is compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from trainingplatform_sdk.trainer_service.errors import ServiceError, Unauthenticated, status_of
+
+__all__ = ["PUBLIC_METHOD_PREFIXES", "TokenInterceptor"]
+
+_log = logging.getLogger(__name__)
+
+PUBLIC_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without `authorization: Bearer <internal token>` (UNAUTHENTICATED) and turns exceptions
+    raised by handlers into statuses (ServiceError keeps its code and message; anything else is INTERNAL).
+
+    Args:
+        internal_token: The service token callers must present; must not be empty.
+    """
+
+    def __init__(self, internal_token: str) -> None:
+        if not internal_token:
+            raise ValueError("the internal service token must not be empty")
+        self._token = internal_token.encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(PUBLIC_METHOD_PREFIXES):
+            return handler
+        header = ""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                header = value if isinstance(value, str) else value.decode()
+                break
+        refusal = self._check(header)
+        if refusal is not None:
+            _log.info("refused %s: %s", details.method, refusal.message)
+        return _wrap(handler, refusal)
+
+    def _check(self, header: str) -> ServiceError | None:
+        if not header:
+            return Unauthenticated("missing `authorization: Bearer <token>` metadata")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return Unauthenticated("the authorization metadata must be `Bearer <token>`")
+        if not hmac.compare_digest(token.strip().encode(), self._token):
+            return Unauthenticated("unknown token: this trainer accepts only the internal service token")
+        return None
+
+
+def _wrap(handler: grpc.RpcMethodHandler, refusal: ServiceError | None) -> Any:
+    """A handler of the same shape that aborts with `refusal`, or runs the original and maps its errors."""
+
+    async def fail(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+        code, message = status_of(error)
+        if code is grpc.StatusCode.INTERNAL:
+            _log.error("unexpected error in a handler", exc_info=error)
+        await context.abort(code, message)
+
+    if handler.unary_unary or handler.stream_unary:
+        behavior = handler.unary_unary or handler.stream_unary
+
+        async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if refusal is not None:
+                await fail(context, refusal)
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await fail(context, error)
+
+        wrapped: Any = single
+        factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+    else:
+        behavior = handler.unary_stream or handler.stream_stream
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if refusal is not None:
+                await fail(context, refusal)
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await fail(context, error)
+
+        wrapped = streaming
+        factory = (
+            grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        )
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

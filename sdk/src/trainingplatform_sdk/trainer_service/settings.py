@@ -1,0 +1,149 @@
+"""The trainer service's settings: one object, read from flags, then environment variables, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["TrainerSettings", "add_arguments", "load"]
+
+TOKEN_FILE_NAME = "internal_auth_token"
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Everything a trainer service is configured with.
+
+    Each field names its environment variable; a command-line flag of the same name overrides it.
+    """
+
+    listen: str
+    """TP_TRAINER_LISTEN: address to serve on, `host:port`. The default is the framework's: 127.0.0.1:50061
+    (timm), 127.0.0.1:50062 (ultralytics), loopback only."""
+
+    internal_auth_token: str = field(repr=False)
+    """INTERNAL_AUTH_TOKEN: the service token every caller must send (the backend's internal token). When unset,
+    `<data_dir>/internal_auth_token` is read (the file the backend generates); without either the service
+    refuses to start."""
+
+    data_dir: Path = Path(".data")
+    """TP_DATA_DIR: runs write to `<data_dir>/runs/<job_id>/<run_id>` (checkpoints, spool, train.log)."""
+
+    max_concurrent_jobs: int = 1
+    """TP_MAX_CONCURRENT_JOBS: most training processes at once; StartTraining past it gets RESOURCE_EXHAUSTED
+    (there is no queue: the caller retries or picks another trainer)."""
+
+    cancel_grace_s: float = 30.0
+    """TP_CANCEL_GRACE_S: seconds between SIGTERM and SIGKILL when a run is cancelled without its own grace
+    period, and when the service shuts down."""
+
+    shutdown_grace_s: float = 5.0
+    """TP_SHUTDOWN_GRACE_S: seconds open calls get to finish once the runs have stopped on SIGTERM."""
+
+    adapter: str = ""
+    """TP_TRAINER_ADAPTER: the `--framework` value handed to `tp-train`. Empty means the service's framework;
+    a `module:Class` path runs another TrainingAdapter subclass for the same framework (tests use one)."""
+
+    tls_cert_file: str = ""
+    """TP_TLS_CERT_FILE: PEM server certificate; with TP_TLS_KEY_FILE it turns TLS on."""
+
+    tls_key_file: str = ""
+    """TP_TLS_KEY_FILE: PEM private key of the server certificate."""
+
+    tls_client_ca_file: str = ""
+    """TP_TLS_CLIENT_CA_FILE: PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
+
+    log_level: str = "INFO"
+    """TP_LOG_LEVEL: the service's logging level."""
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the server listens with TLS."""
+        return bool(self.tls_cert_file and self.tls_key_file)
+
+    @property
+    def runs_dir(self) -> Path:
+        """The directory holding every run's output directory."""
+        return self.data_dir / "runs"
+
+
+def add_arguments(parser: argparse.ArgumentParser, default_listen: str) -> None:
+    """Adds one flag per setting; a flag left out falls back to its environment variable. Tokens have no flag:
+    a token on a command line is visible to every user of the host."""
+    parser.add_argument("--listen", help=f"address to serve on (TP_TRAINER_LISTEN, default {default_listen})")
+    parser.add_argument("--data-dir", help="data directory (TP_DATA_DIR, default .data)")
+    parser.add_argument("--max-concurrent-jobs", type=int, help="most jobs at once (TP_MAX_CONCURRENT_JOBS, default 1)")
+    parser.add_argument("--cancel-grace-s", type=float, help="SIGTERM to SIGKILL delay (TP_CANCEL_GRACE_S, default 30)")
+    parser.add_argument("--shutdown-grace-s", type=float, help="grace for open calls (TP_SHUTDOWN_GRACE_S, default 5)")
+    parser.add_argument("--adapter", help="tp-train --framework value (TP_TRAINER_ADAPTER, default the framework)")
+    parser.add_argument("--tls-cert-file", help="PEM server certificate (TP_TLS_CERT_FILE)")
+    parser.add_argument("--tls-key-file", help="PEM server key (TP_TLS_KEY_FILE)")
+    parser.add_argument("--tls-client-ca-file", help="PEM CA for client certificates (TP_TLS_CLIENT_CA_FILE)")
+    parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL, default INFO)")
+
+
+def load(
+    default_listen: str, args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
+) -> TrainerSettings:
+    """Builds the settings from parsed flags, then the environment, then the defaults.
+
+    Args:
+        default_listen: The framework's default address.
+        args: Parsed flags from `add_arguments`; None reads only the environment.
+        env: The environment; None means `os.environ`.
+
+    Raises:
+        ValueError: A value out of range, or no service token; the message names the setting to fix.
+    """
+    env = os.environ if env is None else env
+
+    def pick(flag: str, var: str, default: str) -> str:
+        value = getattr(args, flag, None) if args is not None else None
+        return str(value) if value is not None else env.get(var, default)
+
+    data_dir = Path(pick("data_dir", "TP_DATA_DIR", ".data"))
+    try:
+        max_jobs = int(pick("max_concurrent_jobs", "TP_MAX_CONCURRENT_JOBS", "1"))
+        cancel_grace = float(pick("cancel_grace_s", "TP_CANCEL_GRACE_S", "30"))
+        shutdown_grace = float(pick("shutdown_grace_s", "TP_SHUTDOWN_GRACE_S", "5"))
+    except ValueError as error:
+        raise ValueError(f"a numeric setting is not a number: {error}") from None
+    if max_jobs < 1:
+        raise ValueError(f"TP_MAX_CONCURRENT_JOBS must be at least 1, got {max_jobs}")
+    if cancel_grace < 0 or shutdown_grace < 0:
+        raise ValueError("TP_CANCEL_GRACE_S and TP_SHUTDOWN_GRACE_S must be 0 or more")
+    settings = TrainerSettings(
+        listen=pick("listen", "TP_TRAINER_LISTEN", default_listen),
+        internal_auth_token=_internal_token(env, data_dir),
+        data_dir=data_dir,
+        max_concurrent_jobs=max_jobs,
+        cancel_grace_s=cancel_grace,
+        shutdown_grace_s=shutdown_grace,
+        adapter=pick("adapter", "TP_TRAINER_ADAPTER", ""),
+        tls_cert_file=pick("tls_cert_file", "TP_TLS_CERT_FILE", ""),
+        tls_key_file=pick("tls_key_file", "TP_TLS_KEY_FILE", ""),
+        tls_client_ca_file=pick("tls_client_ca_file", "TP_TLS_CLIENT_CA_FILE", ""),
+        log_level=pick("log_level", "TP_LOG_LEVEL", "INFO").upper(),
+    )
+    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
+        raise ValueError("TLS needs both TP_TLS_CERT_FILE and TP_TLS_KEY_FILE")
+    return settings
+
+
+def _internal_token(env: Mapping[str, str], data_dir: Path) -> str:
+    token = env.get("INTERNAL_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    path = data_dir / TOKEN_FILE_NAME
+    # Unlike the backend, a trainer never generates a token: one nobody else knows would lock every caller out.
+    if path.is_file():
+        token = path.read_text().strip()
+        if token:
+            return token
+    raise ValueError(
+        f"no service token: set INTERNAL_AUTH_TOKEN to the backend's internal token, or point TP_DATA_DIR at "
+        f"a data directory holding {TOKEN_FILE_NAME} (looked for {path})"
+    )

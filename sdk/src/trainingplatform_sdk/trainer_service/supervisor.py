@@ -1,0 +1,406 @@
+"""Training processes: starting them, watching them end, stopping them, and what the service knows of each run.
+
+Each run is a `tp-train` process in its own session (so its process group, data loader workers included, can be
+signalled as a whole and a crash or an OOM kill stays outside the service), writing to `<output_dir>/train.log`.
+One watcher task per run waits for its exit and decides the final state:
+
+- exit 0: SUCCEEDED (the process reported COMPLETED itself);
+- any other end after CancelTraining (or the service's shutdown): CANCELLED;
+- any other end: FAILED, naming the exit code or the signal.
+
+Then the service reports the matching terminal status to the backend itself (COMPLETED, CANCELLED or FAILED with
+the exit code or signal): a killed process could not, and one that lost its connection at the end left its
+status in a spool that no later logger of the finished job will replay. The backend's state machine makes this
+safe when the process did report: repeating a status changes nothing, and a different terminal status is refused
+with FAILED_PRECONDITION, which is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainingplatform.common.v1 import common_pb2
+from trainingplatform.trainer.v1 import trainer_pb2
+
+from trainingplatform_sdk.trainer_service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from trainingplatform_sdk.trainer_service.framework import Catalog
+from trainingplatform_sdk.trainer_service.progress import read_progress
+from trainingplatform_sdk.trainer_service.reporting import report_status
+from trainingplatform_sdk.trainer_service.settings import TrainerSettings
+from trainingplatform_sdk.trainer_service.validation import JobRequest, validate_job_id, validate_start
+
+__all__ = ["LOG_FILE_NAME", "Run", "Supervisor"]
+
+_log = logging.getLogger(__name__)
+
+LOG_FILE_NAME = "train.log"
+# Never handed to a training process: it runs arbitrary model code and needs only its job's telemetry token.
+_WITHHELD_ENV = ("INTERNAL_AUTH_TOKEN", "READ_AUTH_TOKEN", "BACKEND_API_URL", "JOB_TELEMETRY_TOKEN")
+_CANCELLED_BY_REQUEST = "cancelled by CancelTraining"
+_CANCELLED_BY_SHUTDOWN = "the trainer service shut down"
+
+
+@dataclass(eq=False)
+class Run:
+    """One training process and what the service knows of it."""
+
+    run_id: str
+    job_id: str
+    sequence: int
+    """Order of acceptance: ListTrainings' newest first and its page tokens."""
+    output_dir: Path
+    total_epochs: int
+    start_time: float
+    telemetry_endpoint: str = ""
+    telemetry_token: str = field(default="", repr=False)
+    state: trainer_pb2.RunState.ValueType = trainer_pb2.RUN_STATE_STARTING
+    pid: int = 0
+    exit_code: int = 0
+    error_message: str = ""
+    end_time: float | None = None
+    current_epoch: int = 0
+    latest_metrics: dict[str, float] = field(default_factory=dict)
+    cancel_reason: str = ""
+    """Set once the run was asked to stop; the stop decides a non-zero exit is CANCELLED."""
+    killed_after_grace: bool = False
+    exited: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def live(self) -> bool:
+        """True until the process has exited."""
+        return self.end_time is None
+
+    def refresh(self) -> None:
+        """Reads the process's progress file: epoch, metrics, and STARTING -> RUNNING once training began."""
+        progress = read_progress(self.output_dir)
+        if progress is None:
+            return
+        self.current_epoch = progress.epoch
+        self.latest_metrics = progress.metrics
+        if self.live and self.state == trainer_pb2.RUN_STATE_STARTING:
+            self.state = trainer_pb2.RUN_STATE_RUNNING
+
+    def to_proto(self) -> trainer_pb2.TrainingRun:
+        """The run as the API returns it."""
+        if self.live:
+            self.refresh()
+        message = trainer_pb2.TrainingRun(
+            run_id=self.run_id,
+            job_id=self.job_id,
+            state=self.state,
+            pid=self.pid,
+            current_epoch=self.current_epoch,
+            total_epochs=self.total_epochs,
+            latest_metrics=self.latest_metrics,
+            exit_code=self.exit_code,
+            error_message=self.error_message,
+            output_dir=str(self.output_dir),
+        )
+        message.start_time.FromNanoseconds(int(self.start_time * 1e9))
+        if self.end_time is not None:
+            message.end_time.FromNanoseconds(int(self.end_time * 1e9))
+        return message
+
+
+class Supervisor:
+    """Starts, watches and stops the training processes of one trainer service.
+
+    Args:
+        settings: The service's settings (data directory, concurrency limit, grace periods, adapter).
+        catalog: The framework's models and devices, for validation.
+    """
+
+    def __init__(self, settings: TrainerSettings, catalog: Catalog) -> None:
+        self._settings = settings
+        self._catalog = catalog
+        self._adapter = settings.adapter or catalog.description.framework
+        self._runs: dict[str, Run] = {}
+        self._ordered: list[Run] = []
+        self._latest_by_job: dict[str, Run] = {}
+        self._live: dict[str, Run] = {}
+        self._sequence = itertools.count(1)
+        # Serialises starts, so the idempotency and concurrency checks see every run started before.
+        self._start_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._shutting_down = False
+
+    # --- Queries ----------------------------------------------------------------------------------------------
+
+    @property
+    def live_count(self) -> int:
+        """Processes not yet exited."""
+        return len(self._live)
+
+    def find(self, run_id: str, job_id: str) -> Run:
+        """The run with `run_id`, else the latest run of `job_id` (its live run, when it has one).
+
+        Raises:
+            InvalidArgument: Neither id given.
+            NotFound: No such run on this trainer.
+        """
+        if run_id:
+            run = self._runs.get(run_id)
+            if run is None or (job_id and run.job_id != job_id):
+                raise NotFound(f"run {run_id!r} is not known to this trainer")
+            return run
+        if job_id:
+            run = self._latest_by_job.get(job_id)
+            if run is None:
+                raise NotFound(f"job {job_id!r} has no run on this trainer")
+            return run
+        raise InvalidArgument("give run_id or job_id")
+
+    def newest_first(self, before_sequence: int | None, limit: int) -> tuple[list[Run], int | None]:
+        """Up to `limit` runs older than `before_sequence` (all when None), newest first, and the sequence to
+        continue from (None on the last page)."""
+        older = [run for run in reversed(self._ordered) if before_sequence is None or run.sequence < before_sequence]
+        page = older[:limit]
+        return page, (page[-1].sequence if len(older) > limit else None)
+
+    # --- Starting ---------------------------------------------------------------------------------------------
+
+    async def start(self, request: trainer_pb2.StartTrainingRequest) -> Run:
+        """Validates the request and starts its process, or returns the job's live run (idempotent retry).
+
+        Raises:
+            ServiceError: INVALID_ARGUMENT or NOT_FOUND from validation; RESOURCE_EXHAUSTED at the concurrency
+                limit; UNAVAILABLE while shutting down; FAILED_PRECONDITION when the process cannot be started.
+        """
+        validate_job_id(request.job_id)
+        async with self._start_lock:
+            live = self._live_run(request.job_id)
+            if live is not None:
+                return live
+            if self._shutting_down:
+                raise Unavailable("this trainer is shutting down; start the job on another trainer or retry later")
+            job = await asyncio.to_thread(validate_start, request, self._catalog)
+            if len(self._live) >= self._settings.max_concurrent_jobs:
+                raise ResourceExhausted(
+                    f"this trainer already runs {len(self._live)} of its {self._settings.max_concurrent_jobs} "
+                    "concurrent job(s) and keeps no queue; retry later or use another trainer"
+                )
+            return await self._spawn(job)
+
+    async def _spawn(self, job: JobRequest) -> Run:
+        run_id = uuid.uuid4().hex
+        output_dir = (self._settings.runs_dir / job.job_id / run_id).absolute()
+        run = Run(
+            run_id=run_id,
+            job_id=job.job_id,
+            sequence=next(self._sequence),
+            output_dir=output_dir,
+            total_epochs=job.training.epochs,
+            start_time=time.time(),
+            telemetry_endpoint=job.telemetry_endpoint,
+            telemetry_token=job.telemetry_token,
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "trainingplatform_sdk.train",
+            "--job-id",
+            job.job_id,
+            "--framework",
+            self._adapter,
+            "--model-config",
+            json.dumps(job.model.to_dict()),
+            "--dataset-config",
+            json.dumps(job.dataset.to_dict()),
+            "--training-config",
+            json.dumps(job.training.to_dict()),
+            "--advanced-config",
+            json.dumps(job.advanced.to_dict()),
+            "--output-dir",
+            str(output_dir),
+        ]
+        try:
+            output_dir.mkdir(parents=True)
+            with (output_dir / LOG_FILE_NAME).open("ab") as log_file:
+                process = await asyncio.create_subprocess_exec(
+                    *command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=asyncio.subprocess.STDOUT,
+                    # The run directory, so framework files written to the working directory stay with the run.
+                    cwd=output_dir,
+                    env=_child_env(job),
+                    # Its own session and process group: signals reach its workers, and the service's don't reach it.
+                    start_new_session=True,
+                )
+        except OSError as error:
+            _log.error("cannot start the training process of job %s: %s", job.job_id, error)
+            raise FailedPrecondition(
+                f"cannot start the training process in {output_dir}: {error.strerror or error}; check TP_DATA_DIR"
+            ) from None
+        run.pid = process.pid
+        self._runs[run_id] = run
+        self._ordered.append(run)
+        self._latest_by_job[job.job_id] = run
+        self._live[run_id] = run
+        self._spawn_task(self._watch(run, process))
+        _log.info("started run %s of job %s: pid %d, output %s", run_id, job.job_id, process.pid, output_dir)
+        return run
+
+    def _live_run(self, job_id: str) -> Run | None:
+        run = self._latest_by_job.get(job_id)
+        return run if run is not None and run.live else None
+
+    # --- Stopping ---------------------------------------------------------------------------------------------
+
+    def cancel(self, run: Run, grace_s: float | None = None) -> Run:
+        """Asks the run's process group to stop (SIGTERM) and kills it (SIGKILL) after the grace period.
+
+        A run already stopping or ended is returned unchanged. The run becomes CANCELLED when its process exits.
+
+        Args:
+            run: The run.
+            grace_s: Seconds between SIGTERM and SIGKILL; None means TP_CANCEL_GRACE_S.
+        """
+        if run.live and not run.cancel_reason:
+            self._stop(run, self._settings.cancel_grace_s if grace_s is None else grace_s, _CANCELLED_BY_REQUEST)
+        return run
+
+    def _stop(self, run: Run, grace_s: float, reason: str) -> None:
+        run.cancel_reason = reason
+        _log.info(
+            "stopping run %s of job %s (%s): SIGTERM, SIGKILL after %.0fs", run.run_id, run.job_id, reason, grace_s
+        )
+        _signal_group(run, signal.SIGTERM)
+        self._spawn_task(self._kill_after(run, grace_s))
+
+    async def _kill_after(self, run: Run, grace_s: float) -> None:
+        try:
+            await asyncio.wait_for(run.exited.wait(), grace_s)
+        except TimeoutError:
+            run.killed_after_grace = True
+            _log.warning("run %s did not stop within %.0fs of SIGTERM: SIGKILL", run.run_id, grace_s)
+            _signal_group(run, signal.SIGKILL)
+
+    async def shutdown(self) -> None:
+        """Refuses new starts, stops every live run (SIGTERM, SIGKILL after TP_CANCEL_GRACE_S), waits for the
+        processes to exit and for the status reports to the backend."""
+        self._shutting_down = True
+        async with self._start_lock:  # a start in progress finishes first, and its run is stopped too
+            live = list(self._live.values())
+        for run in live:
+            if not run.cancel_reason:
+                self._stop(run, self._settings.cancel_grace_s, _CANCELLED_BY_SHUTDOWN)
+        await asyncio.gather(*(run.exited.wait() for run in live))
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=60)
+
+    # --- Watching ---------------------------------------------------------------------------------------------
+
+    async def _watch(self, run: Run, process: asyncio.subprocess.Process) -> None:
+        returncode = await process.wait()
+        self._finish(run, returncode)
+        if not run.telemetry_endpoint:
+            return
+        if run.state == trainer_pb2.RUN_STATE_SUCCEEDED:
+            await self._report(run, common_pb2.JOB_STATUS_COMPLETED, "the training process exited with code 0")
+        elif run.state == trainer_pb2.RUN_STATE_CANCELLED:
+            reason = run.cancel_reason
+            if run.killed_after_grace:
+                reason += "; the process did not stop within its grace period and was killed"
+            await self._report(run, common_pb2.JOB_STATUS_CANCELLED, reason)
+        else:
+            await self._report(
+                run,
+                common_pb2.JOB_STATUS_FAILED,
+                "the trainer service saw the training process end abnormally",
+                run.error_message,
+            )
+
+    def _finish(self, run: Run, returncode: int) -> None:
+        run.refresh()
+        # Data loader workers outlive a killed parent; they belong to the run and go with it.
+        _signal_group(run, signal.SIGKILL)
+        run.pid = 0
+        run.exit_code = returncode
+        run.end_time = time.time()
+        if returncode == 0:
+            run.state = trainer_pb2.RUN_STATE_SUCCEEDED
+        elif run.cancel_reason:
+            run.state = trainer_pb2.RUN_STATE_CANCELLED
+        else:
+            run.state = trainer_pb2.RUN_STATE_FAILED
+            run.error_message = _describe_exit(returncode, run.output_dir)
+        self._live.pop(run.run_id, None)
+        run.exited.set()
+        _log.info(
+            "run %s of job %s ended %s (exit code %d)",
+            run.run_id,
+            run.job_id,
+            trainer_pb2.RunState.Name(run.state),
+            returncode,
+        )
+
+    async def _report(self, run: Run, status: common_pb2.JobStatus.ValueType, reason: str, error: str = "") -> None:
+        try:
+            await report_status(
+                endpoint=run.telemetry_endpoint,
+                token=run.telemetry_token,
+                job_id=run.job_id,
+                status=status,
+                reason=reason,
+                error_message=error,
+            )
+        except Exception:
+            _log.exception("reporting the end of run %s failed", run.run_id)
+
+    def _spawn_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("a supervisor task failed", exc_info=task.exception())
+
+
+def _child_env(job: JobRequest) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in _WITHHELD_ENV}
+    env["PYTHONUNBUFFERED"] = "1"  # train.log shows progress as it happens
+    if job.telemetry_endpoint:
+        env["BACKEND_API_URL"] = job.telemetry_endpoint
+        env["JOB_TELEMETRY_TOKEN"] = job.telemetry_token
+    return env
+
+
+def _signal_group(run: Run, signum: signal.Signals) -> None:
+    if run.pid <= 0:
+        return
+    # The process group id is the pid: the process leads its own session.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(run.pid, signum)
+
+
+def _describe_exit(returncode: int, output_dir: Path) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        hint = ": out of memory, or killed from outside the service" if -returncode == signal.SIGKILL else ""
+        return f"training process killed by signal {-returncode} ({name}){hint}"
+    return f"training process exited with code {returncode}; see {output_dir / LOG_FILE_NAME}"

@@ -1,0 +1,362 @@
+"""Image classification with any timm model: the TimmAdapter.
+
+Metrics reported (epoch is 0-based, step is the global optimizer step, counted from 1):
+
+| key                  | when                         | value                                                       |
+| -------------------- | ---------------------------- | ----------------------------------------------------------- |
+| `train/batch_loss`   | every `log_every_n_steps`    | loss of that batch (step = the step just taken)             |
+| `train/loss`         | each epoch                   | mean training loss over the epoch (augmented data)          |
+| `train/accuracy`     | each epoch                   | top-1 accuracy on the epoch's training batches              |
+| `val/loss`           | each epoch                   | mean validation loss                                        |
+| `val/accuracy`       | each epoch                   | top-1 validation accuracy (picks the best checkpoint)       |
+| `lr`                 | each epoch                   | learning rate of the first parameter group after the epoch  |
+| `epoch_time_s`       | each epoch                   | wall time of training plus validation                       |
+| `train/images_per_s` | each epoch                   | training throughput                                         |
+
+Per-epoch metrics carry step = the global step at the epoch's end; an epoch summary follows each epoch.
+
+`advanced_config`: `optimizer` (any `timm.optim.create_optimizer_v2` name; default adamw), `lr_scheduler`
+(cosine (default), step (x0.1 at 1/3 and 2/3 of training), linear (to 0), constant), `warmup_epochs` (linear,
+fractional allowed), `weight_decay` (default 0.05), `momentum` (SGD-style optimizers), `augmentation` (off by
+default: see datasets.py), `mixed_precision` (float16 autocast on CUDA; ignored with a log line on CPU), `seed`
+(default 0). `extra` keys used: `num_threads` (torch threads; default: the CPUs this process may use),
+`label_smoothing` (cross-entropy label smoothing), `drop_rate` (classifier dropout). Other keys get a warning.
+
+Checkpoints: `output_dir/weights/last.pt` after every epoch and `best.pt` for the best validation accuracy, each a
+`torch.save` dict with `state_dict` and metadata (model name, classes, image size, epoch, metrics, job id).
+`model_config.name` may also be the path of such a checkpoint, to continue from its weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+# Set before timm imports huggingface_hub, which reads it once at import: without it, pretrained=True with an
+# empty cache retries the network for ~50 s before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import get_pretrained_cfg
+from timm.optim import create_optimizer_v2
+from torch import nn
+from torch.utils.data import DataLoader
+from trainingplatform_sdk.adapter import TrainingAdapter
+from trainingplatform_sdk.configs import ConfigError, MetricsResult
+
+from trainingplatform_trainer_timm import datasets
+
+__all__ = ["TimmAdapter", "resolve_model_name"]
+
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_OPTIMIZER = "adamw"
+DEFAULT_WEIGHT_DECAY = 0.05
+DEFAULT_SEED = 0
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+def resolve_model_name(name: str) -> str:
+    """Returns `name` when timm knows it (with or without a `.pretrained_tag`).
+
+    Raises:
+        ValueError: Unknown name; the message lists the closest valid names.
+    """
+    architecture = name.split(".", 1)[0]
+    if timm.is_model(architecture):
+        return name
+    close = difflib.get_close_matches(architecture, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; closest valid names: {', '.join(close)}" if close else ""
+    raise ValueError(f"unknown timm model {name!r}{hint}")
+
+
+def _is_checkpoint_path(name: str) -> bool:
+    return name.endswith(CHECKPOINT_SUFFIXES)
+
+
+def _usable_cpus() -> int:
+    # sched_getaffinity honours CPU pinning (containers, taskset) where os.cpu_count() does not.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class TimmAdapter(TrainingAdapter):
+    """Trains a timm image classifier; see the module docstring for metrics and options."""
+
+    framework = "timm"
+    best_metric = "val/accuracy"
+    best_mode = "max"
+    supported_extra_keys = frozenset({"num_threads", "label_smoothing", "drop_rate"})
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+    def check(self) -> None:
+        """Checks the model name (or checkpoint file) and the dataset without building anything."""
+        name = self.model_config.name
+        if _is_checkpoint_path(name):
+            if not Path(name).is_file():
+                raise FileNotFoundError(f"model checkpoint {name!r} does not exist")
+        else:
+            resolve_model_name(name)
+        datasets.check_dataset(self.dataset_config)
+        extra = self.advanced_config.extra
+        for key, kinds in (("num_threads", int), ("label_smoothing", (int, float)), ("drop_rate", (int, float))):
+            if key in extra and (not isinstance(extra[key], kinds) or isinstance(extra[key], bool)):
+                raise ConfigError(f"advanced_config.extra.{key}: expected a number, got {extra[key]!r}")
+
+    # --- Building -------------------------------------------------------------------------------------------
+
+    def build_data(self) -> None:
+        """Picks the device and threads, seeds, and builds the data loaders."""
+        advanced = self.advanced_config
+        self.device = self._select_device()
+        threads = int(advanced.extra.get("num_threads") or _usable_cpus())
+        torch.set_num_threads(threads)
+        self.seed = advanced.seed if advanced.seed is not None else DEFAULT_SEED
+        random.seed(self.seed)
+        torch.manual_seed(self.seed)
+        self.use_amp = bool(advanced.mixed_precision) and self.device.type == "cuda"
+        if advanced.mixed_precision and not self.use_amp:
+            self.log("mixed_precision is ignored on CPU: training in float32", level="WARNING")
+        self.log(f"Device {self.device}, {torch.get_num_threads()} CPU threads, seed {self.seed}")
+
+        self.checkpoint_meta = self._checkpoint_metadata()
+        self.image_size = self._image_size()
+        data = datasets.load_classification_data(
+            self.dataset_config,
+            self.image_size,
+            advanced.augmentation,
+            mean=IMAGENET_DEFAULT_MEAN,
+            std=IMAGENET_DEFAULT_STD,
+        )
+        self.classes = data.classes
+        batch_size = self.training_config.batch_size or DEFAULT_BATCH_SIZE
+        workers = self.training_config.num_workers
+        common: dict[str, Any] = {
+            "batch_size": batch_size,
+            "num_workers": workers,
+            "pin_memory": self.device.type == "cuda",
+            "persistent_workers": workers > 0,
+        }
+        generator = torch.Generator().manual_seed(self.seed)
+        self.train_loader = DataLoader(data.train, shuffle=True, drop_last=False, generator=generator, **common)
+        self.val_loader = DataLoader(data.val, shuffle=False, **common)
+        self.log(
+            f"Dataset {self.dataset_config.name or self.dataset_config.path}: {len(data.train)} train, "
+            f"{len(data.val)} val images, {len(self.classes)} classes, {self.image_size}x{self.image_size}"
+        )
+
+    def build_model(self) -> None:
+        """Creates the model, optimizer, schedule and loss."""
+        advanced = self.advanced_config
+        num_classes = self.model_config.num_classes or len(self.classes)
+        if num_classes < len(self.classes):
+            raise ConfigError(
+                f"model_config.num_classes is {num_classes} but the dataset has {len(self.classes)} classes"
+            )
+        self.model_name = self.checkpoint_meta.get("model_name", self.model_config.name)
+        self.model = self._create_model(num_classes).to(self.device)
+        if "state_dict" in self.checkpoint_meta:
+            self.model.load_state_dict(self.checkpoint_meta.pop("state_dict"))
+        self.num_classes = num_classes
+
+        optimizer_name = advanced.optimizer or DEFAULT_OPTIMIZER
+        optimizer_args: dict[str, Any] = {
+            "opt": optimizer_name,
+            "lr": self.training_config.learning_rate or DEFAULT_LEARNING_RATE,
+            "weight_decay": advanced.weight_decay if advanced.weight_decay is not None else DEFAULT_WEIGHT_DECAY,
+        }
+        if advanced.momentum is not None:
+            optimizer_args["momentum"] = advanced.momentum
+        try:
+            self.optimizer = create_optimizer_v2(self.model, **optimizer_args)
+        except (AssertionError, ValueError) as error:
+            raise ConfigError(f"advanced_config.optimizer: {optimizer_name!r} is not usable: {error}") from error
+
+        steps_per_epoch = max(1, len(self.train_loader))
+        total_steps = steps_per_epoch * self.training_config.epochs
+        warmup_steps = round((advanced.warmup_epochs or 0.0) * steps_per_epoch)
+        schedule = advanced.lr_scheduler or "cosine"
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, schedule)
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(advanced.extra.get("label_smoothing", 0.0)))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        parameters = sum(p.numel() for p in self.model.parameters())
+        self.log(
+            f"Model {self.model_name}: {parameters / 1e6:.2f}M parameters, {num_classes} classes, "
+            f"optimizer {optimizer_name}, schedule {schedule}, {warmup_steps} warm-up steps"
+        )
+
+    def _create_model(self, num_classes: int) -> nn.Module:
+        name = self.model_name
+        kwargs: dict[str, Any] = {"num_classes": num_classes}
+        if "drop_rate" in self.advanced_config.extra:
+            kwargs["drop_rate"] = float(self.advanced_config.extra["drop_rate"])
+        pretrained = self.model_config.pretrained and "state_dict" not in self.checkpoint_meta
+        if not pretrained:
+            return timm.create_model(name, pretrained=False, **kwargs)
+        # huggingface_hub reads HF_HUB_OFFLINE once at import; a process that imported it before this module would
+        # otherwise still try the network.
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        # Weights hosted outside the Hugging Face hub are fetched by torch.hub, which has no offline switch.
+        cfg = get_pretrained_cfg(name)
+        if cfg is not None and not cfg.hf_hub_id and cfg.url:
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
+            if not cached.is_file():
+                raise FileNotFoundError(f"pretrained weights of {name!r} are not in the local cache ({cached})")
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except (OSError, RuntimeError) as error:
+            raise FileNotFoundError(
+                f"pretrained weights of {name!r} are not in the local cache "
+                f"({huggingface_hub.constants.HF_HUB_CACHE} or {torch.hub.get_dir()}); trainers never download. "
+                f"Put the weights there or set pretrained=false. ({type(error).__name__}: {error})"
+            ) from error
+
+    def _select_device(self) -> torch.device:
+        requested = self.training_config.device
+        if requested == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"training_config.device is {requested!r} but CUDA is not available here")
+        return torch.device(requested)
+
+    def _image_size(self) -> int:
+        if self.model_config.image_size:
+            return self.model_config.image_size
+        if "image_size" in self.checkpoint_meta:
+            return int(self.checkpoint_meta["image_size"])
+        if self.dataset_config.resolved_format == "builtin":
+            return datasets.DIGITS_IMAGE_SIZE
+        cfg = get_pretrained_cfg(str(self.checkpoint_meta.get("model_name", self.model_config.name)))
+        return int(cfg.input_size[-1]) if cfg is not None else 224
+
+    def _checkpoint_metadata(self) -> dict[str, Any]:
+        """The checkpoint given as model name, loaded; {} for a timm model name."""
+        if not _is_checkpoint_path(self.model_config.name):
+            return {}
+        checkpoint = torch.load(self.model_config.name, map_location="cpu", weights_only=True)
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "model_name" not in checkpoint:
+            raise ConfigError(f"model_config.name: {self.model_config.name!r} is not a checkpoint of this trainer")
+        return checkpoint
+
+    # --- The loop -------------------------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> MetricsResult:
+        """Trains one epoch; reports `train/batch_loss` every `log_every_n_steps` steps."""
+        self.model.train()
+        interval = self.training_config.log_interval
+        # Sums stay on the device: reading them every batch would synchronise with the GPU each step.
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        stopped = False
+        started = time.perf_counter()
+        for images, targets in self.train_loader:
+            if self.stop_requested:
+                stopped = True
+                break
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                logits = self.model(images)
+                loss = self.criterion(logits, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.global_step += 1
+
+            count = targets.size(0)
+            seen += count
+            loss_sum += loss.detach() * count
+            correct += (logits.detach().argmax(dim=1) == targets).sum()
+            if self.global_step % interval == 0:
+                self.logger.log_metric("train/batch_loss", loss.item(), step=self.global_step, epoch=epoch)
+        duration = time.perf_counter() - started
+        metrics = {
+            "train/loss": loss_sum.item() / max(seen, 1),
+            "train/accuracy": correct.item() / max(seen, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train/images_per_s": seen / duration if duration > 0 else 0.0,
+        }
+        return MetricsResult(metrics=metrics, num_samples=seen, duration_seconds=duration, stopped=stopped)
+
+    def validate(self, epoch: int) -> MetricsResult:
+        """Evaluates loss and top-1 accuracy on the validation set."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for images, targets in self.val_loader:
+                images = images.to(self.device, non_blocking=True)
+                targets = targets.to(self.device, non_blocking=True)
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                    logits = self.model(images)
+                    loss = self.criterion(logits, targets)
+                loss_sum += loss.float() * targets.size(0)
+                correct += (logits.argmax(dim=1) == targets).sum()
+                seen += targets.size(0)
+        metrics = {"val/loss": loss_sum.item() / max(seen, 1), "val/accuracy": correct.item() / max(seen, 1)}
+        return MetricsResult(metrics=metrics, num_samples=seen, duration_seconds=time.perf_counter() - started)
+
+    def save_checkpoint(self, epoch: int, is_best: bool) -> Path:
+        """Writes `weights/last.pt`, and copies it to `weights/best.pt` when `is_best`."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = {
+            "framework": self.framework,
+            "model_name": self.model_name,
+            "num_classes": self.num_classes,
+            "classes": self.classes,
+            "image_size": self.image_size,
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "metrics": dict(self.epoch_metrics),
+            "job_id": self.job_id,
+            "timm_version": timm.__version__,
+            "state_dict": self.model.state_dict(),
+        }
+        # Write then rename, so a process killed mid-write never leaves a truncated checkpoint behind.
+        partial = self.last_checkpoint_path.with_suffix(".pt.partial")
+        torch.save(checkpoint, partial)
+        os.replace(partial, self.last_checkpoint_path)
+        if is_best:
+            shutil.copyfile(self.last_checkpoint_path, partial)
+            os.replace(partial, self.best_checkpoint_path)
+        return self.last_checkpoint_path
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Learning-rate multiplier after `step` optimizer steps: linear warm-up, then the named schedule.
+
+    Args:
+        step: Steps taken so far (0 before the first step).
+        total_steps: Steps of the whole run.
+        warmup_steps: Steps of linear warm-up from ~0 to the full rate.
+        schedule: `cosine` (to 0), `linear` (to 0), `step` (x0.1 at 1/3 and 2/3) or `constant`.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "step":
+        return 0.1 ** min(2, int(progress * 3))
+    return 1.0

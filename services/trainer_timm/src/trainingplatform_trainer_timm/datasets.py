@@ -1,0 +1,167 @@
+"""Image classification datasets for the timm trainer: ImageFolder directories and the built-in `digits`.
+
+`digits` is scikit-learn's bundled `load_digits()` (1797 real 8x8 grey images of handwritten digits, 10 classes,
+no download), upscaled to the requested size and repeated to 3 channels, with a fixed stratified 80/20
+train/val split (1437 / 360 images) so every run and every test sees the same data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchvision import datasets as tv_datasets
+from torchvision.transforms import v2
+from trainingplatform_sdk.configs import Augmentation, ConfigError, DatasetConfig
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "DIGITS_IMAGE_SIZE",
+    "ClassificationData",
+    "TensorImageDataset",
+    "check_dataset",
+    "load_classification_data",
+]
+
+BUILTIN_DATASETS = ("digits",)
+#: Default input size of `digits`.
+DIGITS_IMAGE_SIZE = 32
+# Augmentation strengths used when `augmentation.enabled` is True and a field is left unset.
+_DEFAULT_FLIP = 0.5
+_DEFAULT_SCALE = 0.5
+
+
+@dataclass
+class ClassificationData:
+    """A train/val pair of datasets yielding (image tensor CxHxW, class index)."""
+
+    train: Dataset
+    val: Dataset
+    classes: list[str]
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as one float tensor (N, 3, H, W) in [0, 1], with an optional per-image transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform | None = None) -> None:
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+def check_dataset(config: DatasetConfig) -> None:
+    """Checks that the dataset exists, without loading it.
+
+    Raises:
+        FileNotFoundError: The ImageFolder directory or its train/ or val/ subdirectory does not exist.
+        ConfigError: An unknown built-in name, or a format the timm trainer does not read.
+    """
+    fmt = config.resolved_format
+    if fmt == "builtin":
+        if config.name not in BUILTIN_DATASETS:
+            raise ConfigError(
+                f"dataset_config.name: unknown built-in dataset {config.name!r}; the timm trainer has "
+                f"{list(BUILTIN_DATASETS)} (or give an ImageFolder `path`)"
+            )
+        return
+    if fmt != "imagefolder":
+        raise ConfigError(f"dataset_config.format: the timm trainer reads imagefolder or builtin, not {fmt!r}")
+    root = Path(config.path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset path {config.path!r} does not exist or is not a directory")
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise FileNotFoundError(
+                f"dataset path {config.path!r} has no {split}/ directory (an ImageFolder dataset needs train/ and val/)"
+            )
+
+
+def load_classification_data(
+    config: DatasetConfig,
+    image_size: int,
+    augmentation: Augmentation,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> ClassificationData:
+    """Loads the dataset with training augmentation and normalisation applied.
+
+    Args:
+        config: The dataset.
+        image_size: Square size the images are resized to.
+        augmentation: Training augmentation; the validation data is never augmented.
+        mean: Normalisation mean per channel.
+        std: Normalisation standard deviation per channel.
+    """
+    check_dataset(config)
+    train_augment = _augmentation_transforms(augmentation, image_size)
+    normalize = v2.Normalize(mean=list(mean), std=list(std))
+    if config.resolved_format == "builtin":
+        return _load_digits(image_size, train_augment, normalize)
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    resize = v2.Resize((image_size, image_size), antialias=True)
+    # RandomResizedCrop resizes itself; otherwise every training image is resized like the validation ones.
+    sizing = [] if any(isinstance(t, v2.RandomResizedCrop) for t in train_augment) else [resize]
+    train = tv_datasets.ImageFolder(
+        str(Path(config.path) / "train"), transform=v2.Compose([*to_tensor, *sizing, *train_augment, normalize])
+    )
+    val = tv_datasets.ImageFolder(str(Path(config.path) / "val"), transform=v2.Compose([*to_tensor, resize, normalize]))
+    if train.classes != val.classes:
+        raise ConfigError(
+            f"dataset {config.path!r}: train/ and val/ have different classes ({train.classes} vs {val.classes})"
+        )
+    return ClassificationData(train=train, val=val, classes=list(train.classes))
+
+
+def _augmentation_transforms(augmentation: Augmentation, image_size: int) -> list[v2.Transform]:
+    """Training transforms for the augmentation settings: none by default or when disabled."""
+    if augmentation.enabled is False:
+        return []
+    flip = augmentation.horizontal_flip_probability
+    scale = augmentation.scale
+    if augmentation.enabled and flip is None and scale is None and augmentation.color_jitter is None:
+        flip, scale = _DEFAULT_FLIP, _DEFAULT_SCALE
+    transforms: list[v2.Transform] = []
+    if scale is not None and scale < 1.0:
+        transforms.append(v2.RandomResizedCrop(image_size, scale=(scale, 1.0), antialias=True))
+    if flip:
+        transforms.append(v2.RandomHorizontalFlip(p=flip))
+    if augmentation.color_jitter:
+        strength = augmentation.color_jitter
+        transforms.append(v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength))
+    return transforms
+
+
+def _load_digits(image_size: int, train_augment: list[v2.Transform], normalize: v2.Normalize) -> ClassificationData:
+    # Imported here: scikit-learn is only needed for the built-in dataset.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    # Pixel values are 0..16; scale to [0, 1], upscale once, and repeat the grey channel for RGB models.
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    images = images.clamp(0.0, 1.0).repeat(1, 3, 1, 1)
+    labels = torch.tensor(digits.target, dtype=torch.long)
+    train_idx, val_idx = train_test_split(
+        list(range(len(labels))), test_size=0.2, random_state=0, stratify=digits.target
+    )
+    # Without augmentation the normalised tensors are computed once instead of per image per epoch.
+    val_images = normalize(images[val_idx])
+    if train_augment:
+        train = TensorImageDataset(images[train_idx], labels[train_idx], v2.Compose([*train_augment, normalize]))
+    else:
+        train = TensorImageDataset(normalize(images[train_idx]), labels[train_idx])
+    classes = [str(name) for name in digits.target_names]
+    return ClassificationData(train=train, val=TensorImageDataset(val_images, labels[val_idx]), classes=classes)

@@ -1,0 +1,332 @@
+"""YOLO object detection with ultralytics: the UltralyticsAdapter.
+
+Ultralytics owns its training loop, so this adapter overrides `fit()` and reports through ultralytics' callbacks.
+Metrics reported (epoch is 0-based, step is the global batch count, from 1):
+
+| key                                                  | when                      | value                             |
+| ---------------------------------------------------- | ------------------------- | --------------------------------- |
+| `train/batch_loss`                                   | every `log_every_n_steps` | box + cls + dfl loss of the batch |
+| `train/box_loss`, `train/cls_loss`, `train/dfl_loss` | each epoch                | mean training losses              |
+| `val/box_loss`, `val/cls_loss`, `val/dfl_loss`       | each epoch                | validation losses                 |
+| `metrics/precision`, `metrics/recall`                | each epoch                | box precision and recall          |
+| `metrics/mAP50`, `metrics/mAP50-95`                  | each epoch                | box mAP (mAP50-95 picks best.pt)  |
+| `lr/pg0`, `lr/pg1`, `lr/pg2`                         | each epoch                | learning rate per parameter group |
+| `epoch_time_s`                                       | each epoch                | wall time of training + validation|
+
+Per-epoch metrics carry step = the global batch count at the epoch's end; an epoch summary follows each epoch.
+Ultralytics validates best.pt once more after the last epoch (its `on_fit_epoch_end` fires again, with
+epoch == epochs): that result is logged as a message and returned in the TrainingResult, never as a second set of
+per-epoch points.
+
+`advanced_config` maps onto ultralytics' train arguments: optimizer (sgd, adam, adamw, nadam, radam, rmsprop,
+adamax, auto), weight_decay, momentum, warmup_epochs, seed, mixed_precision -> amp, lr_scheduler (cosine ->
+cos_lr; linear -> ultralytics' linear decay; constant -> lrf=1; step is not supported and is warned about), and
+augmentation: horizontal_flip_probability -> fliplr, scale -> scale, color_jitter c -> hsv_s = hsv_v = c, and
+enabled=false -> every augmentation off (mosaic included). `extra` keys that are ultralytics train arguments
+(`mosaic`, `close_mosaic`, `patience`, `plots`, ...) are passed through; `num_threads` sets the CPU threads;
+every other key gets a warning.
+
+Checkpoints are ultralytics' own: `output_dir/weights/best.pt` and `last.pt`. Everything ultralytics writes
+(settings, font, plots, label caches, the `shapes` dataset) stays under `output_dir` — see offline.py.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from functools import cache
+from importlib.util import find_spec
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainingplatform_sdk.adapter import Status, TrainingAdapter, TrainingResult
+from trainingplatform_sdk.configs import ConfigError
+
+from trainingplatform_trainer_ultralytics import datasets
+from trainingplatform_trainer_ultralytics.offline import prepare_offline, set_threads
+
+if TYPE_CHECKING:
+    from ultralytics.engine.trainer import BaseTrainer
+
+__all__ = ["UltralyticsAdapter", "available_model_yamls", "resolve_model"]
+
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_IMAGE_SIZE = 640
+#: Image size of the built-in `shapes` dataset, and its training size when model_config.image_size is 0.
+SHAPES_IMAGE_SIZE = 128
+OPTIMIZERS = {
+    "sgd": "SGD",
+    "adam": "Adam",
+    "adamw": "AdamW",
+    "nadam": "NAdam",
+    "radam": "RAdam",
+    "rmsprop": "RMSProp",
+    "adamax": "Adamax",
+    "auto": "auto",
+}
+#: Train arguments this adapter sets itself: `extra` may not override them.
+OWNED_ARGS = frozenset({"model", "data", "epochs", "project", "name", "exist_ok", "mode", "task", "save_dir", "resume"})
+#: Augmentation arguments zeroed by `augmentation.enabled = false`.
+AUGMENTATION_ARGS_OFF = (
+    *("hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud", "fliplr"),
+    *("mosaic", "mixup", "cutmix", "copy_paste"),
+)
+# Ultralytics' metric names carry the task suffix "(B)" (boxes); the platform's keys do not.
+_BOX_SUFFIX = re.compile(r"\(B\)$")
+
+
+@cache
+def available_model_yamls() -> tuple[str, ...]:
+    """The model yaml names ultralytics ships, with each scale spelled out (`yolo11n.yaml`, `yolov8s.yaml`...)."""
+    root = Path(find_spec("ultralytics").origin).parent / "cfg" / "models"  # type: ignore[union-attr, arg-type]
+    names: set[str] = set()
+    for path in root.rglob("*.yaml"):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        scales = re.search(r"^scales:.*\n((?:[ \t]+.*\n)+)", text, re.MULTILINE)
+        letters = re.findall(r"^\s+([nslmxt]):", scales.group(1), re.MULTILINE) if scales else []
+        names.add(path.name)
+        # Ultralytics reads the scale from the name: yolo11n.yaml is yolo11.yaml at scale n.
+        names.update(re.sub(r"(\d+)", rf"\g<1>{letter}", path.stem, count=1) + ".yaml" for letter in letters)
+    return tuple(sorted(names))
+
+
+def resolve_model(name: str) -> str:
+    """Checks a model name: a yaml ultralytics ships, or an existing local `.pt`/`.yaml` file.
+
+    Raises:
+        FileNotFoundError: A `.pt` that is not a local file (ultralytics would download it; trainers never do).
+        ValueError: An unknown model yaml; the message lists the closest valid names.
+    """
+    if Path(name).is_file():
+        return str(Path(name).resolve())
+    if name.endswith(".pt"):
+        raise FileNotFoundError(
+            f"model {name!r} is not a local file; trainers never download weights: give a model yaml "
+            f"(e.g. yolo11n.yaml) or the path of a local .pt"
+        )
+    valid = available_model_yamls()
+    if name in valid:
+        return name
+    stem = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+    close = difflib.get_close_matches(stem, valid, n=5, cutoff=0.6)
+    hint = f"; closest valid names: {', '.join(close)}" if close else ""
+    raise ValueError(f"unknown ultralytics model {name!r} (a model yaml or a local .pt){hint}")
+
+
+class UltralyticsAdapter(TrainingAdapter):
+    """Trains a YOLO detector with ultralytics; see the module docstring for metrics and options."""
+
+    framework = "ultralytics"
+    best_metric = "metrics/mAP50-95"
+    best_mode = "max"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The ultralytics trainer once training started (for callbacks and tests).
+        self.trainer: BaseTrainer | None = None
+        self._result = TrainingResult(status=Status.COMPLETED, epochs_completed=0)
+        self._epoch_open = False
+        self._epoch_train_metrics: dict[str, float] = {}
+        self._stopped_in_epoch = False
+        self._num_threads = 0
+        self._prepared = False
+
+    def _prepare(self) -> None:
+        """Sets up ultralytics for offline use; everything that imports ultralytics calls this first."""
+        if not self._prepared:
+            self._num_threads = int(self.advanced_config.extra.get("num_threads") or _usable_cpus())
+            prepare_offline(self.output_dir / ".ultralytics", self._num_threads)
+            self._prepared = True
+
+    def accepted_extra_keys(self) -> set[str]:
+        """`num_threads` and ultralytics' own train arguments (except those the adapter sets itself)."""
+        self._prepare()
+        from ultralytics.utils import DEFAULT_CFG_KEYS
+
+        return {"num_threads", *(set(DEFAULT_CFG_KEYS) - OWNED_ARGS)}
+
+    def check(self) -> None:
+        """Checks the model name, `pretrained` and the dataset without importing ultralytics' trainer."""
+        model = resolve_model(self.model_config.name)
+        if self.model_config.pretrained and not model.endswith(".pt"):
+            raise ConfigError(
+                "model_config.pretrained: ultralytics pretrained weights come from a local .pt; "
+                "give its path as model_config.name"
+            )
+        datasets.check_dataset(self.dataset_config)
+        optimizer = self.advanced_config.optimizer
+        if optimizer is not None and optimizer.lower() not in OPTIMIZERS:
+            raise ConfigError(
+                f"advanced_config.optimizer: ultralytics supports {sorted(OPTIMIZERS)}, got {optimizer!r}"
+            )
+        threads = self.advanced_config.extra.get("num_threads")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ConfigError(f"advanced_config.extra.num_threads: expected a positive integer, got {threads!r}")
+
+    def fit(self) -> TrainingResult:
+        """Runs ultralytics' training with the platform's callbacks."""
+        self._prepare()
+        from ultralytics import YOLO
+
+        image_size = self.model_config.image_size or (
+            SHAPES_IMAGE_SIZE if self.dataset_config.resolved_format == "builtin" else DEFAULT_IMAGE_SIZE
+        )
+        seed = self.advanced_config.seed if self.advanced_config.seed is not None else 0
+        data_yaml = datasets.resolve_data_yaml(
+            self.dataset_config, self.output_dir / "data", image_size=SHAPES_IMAGE_SIZE, seed=seed
+        )
+        model = YOLO(resolve_model(self.model_config.name))
+        if model.task != "detect":
+            raise ConfigError(f"model_config.name: {self.model_config.name!r} is a {model.task} model, not detect")
+        for event, callback in (
+            ("on_train_start", self._on_train_start),
+            ("on_train_epoch_start", self._on_train_epoch_start),
+            ("on_train_batch_end", self._on_train_batch_end),
+            ("on_train_epoch_end", self._on_train_epoch_end),
+            ("on_fit_epoch_end", self._on_fit_epoch_end),
+        ):
+            model.add_callback(event, callback)
+        args = self.train_args(data_yaml, image_size)
+        self.log(f"Training {self.model_config.name} on {data_yaml} ({self._num_threads} CPU threads): {args}")
+        if self.stop_requested:
+            self._result.status = Status.CANCELLED
+            return self._result
+        model.train(**args)
+
+        if self.last_checkpoint_path.exists():
+            self._result.last_checkpoint = self.last_checkpoint_path
+        if self.best_checkpoint_path.exists():
+            self._result.best_checkpoint = self.best_checkpoint_path
+        if self.stop_requested:
+            self._result.status = Status.CANCELLED
+        return self._result
+
+    def train_args(self, data_yaml: Path, image_size: int) -> dict[str, Any]:
+        """The keyword arguments of `YOLO.train` for this job's configs."""
+        training, advanced = self.training_config, self.advanced_config
+        args: dict[str, Any] = {
+            "data": str(data_yaml),
+            "epochs": training.epochs,
+            "imgsz": image_size,
+            "batch": training.batch_size or DEFAULT_BATCH_SIZE,
+            "workers": training.num_workers,
+            "device": _device_arg(training.device),
+            # project/name/exist_ok make ultralytics' save_dir exactly output_dir (weights/ lands inside it).
+            "project": str(self.output_dir.resolve().parent),
+            "name": self.output_dir.name,
+            "exist_ok": True,
+            "plots": False,
+            "verbose": False,
+            "seed": advanced.seed if advanced.seed is not None else 0,
+        }
+        if training.learning_rate:
+            args["lr0"] = training.learning_rate
+        if advanced.optimizer is not None:
+            args["optimizer"] = OPTIMIZERS[advanced.optimizer.lower()]
+        for name in ("weight_decay", "momentum", "warmup_epochs"):
+            if getattr(advanced, name) is not None:
+                args[name] = getattr(advanced, name)
+        if advanced.mixed_precision is not None:
+            args["amp"] = advanced.mixed_precision
+        if advanced.lr_scheduler == "cosine":
+            args["cos_lr"] = True
+        elif advanced.lr_scheduler == "constant":
+            args["lrf"] = 1.0
+        elif advanced.lr_scheduler == "step":
+            self.log("advanced_config.lr_scheduler 'step' is not supported by ultralytics: using linear", "WARNING")
+
+        augmentation = advanced.augmentation
+        if augmentation.enabled is False:
+            args.update(dict.fromkeys(AUGMENTATION_ARGS_OFF, 0.0))
+        else:
+            if augmentation.horizontal_flip_probability is not None:
+                args["fliplr"] = augmentation.horizontal_flip_probability
+            if augmentation.scale is not None:
+                args["scale"] = augmentation.scale
+            if augmentation.color_jitter is not None:
+                args["hsv_s"] = args["hsv_v"] = augmentation.color_jitter
+
+        accepted = set(self.accepted_extra_keys()) - {"num_threads"}
+        args.update({key: value for key, value in advanced.extra.items() if key in accepted})
+        return args
+
+    # --- Callbacks (run on the training thread) ---------------------------------------------------------------
+
+    def _on_train_start(self, trainer: BaseTrainer) -> None:
+        self.trainer = trainer
+        # Ultralytics reset the threads when it selected the device; set them once more, deliberately.
+        set_threads(self._num_threads)
+
+    def _on_train_epoch_start(self, trainer: BaseTrainer) -> None:
+        self._epoch_open = False
+
+    def _on_train_batch_end(self, trainer: BaseTrainer) -> None:
+        self.global_step += 1
+        if self.global_step % self.training_config.log_interval == 0 and trainer.loss_items is not None:
+            loss = float(sum(value.sum() for value in _loss_values(trainer.loss_items)))
+            self.logger.log_metric("train/batch_loss", loss, step=self.global_step, epoch=trainer.epoch)
+        if self.stop_requested and not trainer.stop:
+            # Ultralytics checks trainer.stop right after this callback and leaves the batch loop; it then
+            # validates and saves last.pt like at the end of an epoch.
+            trainer.stop = True
+            self._stopped_in_epoch = True
+            self.log(f"Stopping at step {self.global_step}", epoch=trainer.epoch, step=self.global_step)
+
+    def _on_train_epoch_end(self, trainer: BaseTrainer) -> None:
+        self._epoch_open = True
+        # label_loss_items turns ultralytics' dict of loss tensors into {"train/box_loss": float, ...}.
+        self._epoch_train_metrics = {
+            **{k: float(v) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()},
+            **{k: float(v) for k, v in trainer.lr.items()},
+        }
+
+    def _on_fit_epoch_end(self, trainer: BaseTrainer) -> None:
+        validation = {_BOX_SUFFIX.sub("", key): float(value) for key, value in (trainer.metrics or {}).items()}
+        if not self._epoch_open:
+            # The extra call after the final validation of best.pt: no new epoch, so no per-epoch points.
+            self.log("Final validation of best.pt: " + _format(validation))
+            return
+        self._epoch_open = False
+        epoch = trainer.epoch
+        if self._stopped_in_epoch:
+            return  # a partial epoch: checkpointed by ultralytics, not reported as an epoch
+        metrics = {**self._epoch_train_metrics, **validation}
+        metrics.pop("fitness", None)
+        duration = float(trainer.epoch_time) if trainer.epoch_time is not None else None
+        if duration is not None:
+            metrics["epoch_time_s"] = duration
+        self.epoch_metrics = metrics
+        self.logger.log_metrics(metrics, step=self.global_step, epoch=epoch)
+        self.logger.log_epoch_summary(epoch, metrics, duration_seconds=duration)
+        self.log(f"Epoch {epoch + 1}/{trainer.epochs}: " + _format(metrics), epoch=epoch, step=self.global_step)
+
+        value = metrics.get(self.best_metric)
+        result = self._result
+        if value is not None and math.isfinite(value) and (result.best_value is None or value > result.best_value):
+            result.best_epoch, result.best_value = epoch, value
+        result.epochs_completed += 1
+        result.metrics = metrics
+
+
+def _loss_values(loss_items: Any) -> list[Any]:
+    # Ultralytics 8.4 gives a dict of tensors; older versions a single tensor.
+    return list(loss_items.values()) if isinstance(loss_items, dict) else [loss_items]
+
+
+def _device_arg(device: str) -> str | None:
+    """TrainingConfig.device in ultralytics' spelling: None (auto), `cpu`, `0`."""
+    if device == "auto":
+        return None
+    if device == "cuda":
+        return "0"
+    return device.removeprefix("cuda:")
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{key}={value:.4g}" for key, value in metrics.items())

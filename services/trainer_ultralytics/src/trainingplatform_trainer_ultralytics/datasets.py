@@ -1,0 +1,106 @@
+"""Detection datasets for the ultralytics trainer: a YOLO data.yaml, or the built-in synthetic `shapes`.
+
+`shapes` is generated on the fly (no download): images of filled rectangles and circles in random colours on a
+random background, with exact YOLO labels. The same seed always writes the same images, so runs and tests are
+reproducible. It is small on purpose: losses fall within a couple of epochs, but mAP stays low with so few images.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+from trainingplatform_sdk.configs import ConfigError, DatasetConfig
+
+__all__ = ["BUILTIN_DATASETS", "SHAPES_CLASSES", "check_dataset", "resolve_data_yaml", "write_shapes_dataset"]
+
+BUILTIN_DATASETS = ("shapes",)
+SHAPES_CLASSES = ("rectangle", "circle")
+
+
+def check_dataset(config: DatasetConfig) -> None:
+    """Checks that the dataset exists, without reading it.
+
+    Raises:
+        FileNotFoundError: The data.yaml does not exist.
+        ConfigError: An unknown built-in name, or a format the ultralytics trainer does not read.
+    """
+    fmt = config.resolved_format
+    if fmt == "builtin":
+        if config.name not in BUILTIN_DATASETS:
+            raise ConfigError(
+                f"dataset_config.name: unknown built-in dataset {config.name!r}; the ultralytics trainer has "
+                f"{list(BUILTIN_DATASETS)} (or give the `path` of a YOLO data.yaml)"
+            )
+        return
+    if fmt != "yolo":
+        raise ConfigError(f"dataset_config.format: the ultralytics trainer reads yolo or builtin, not {fmt!r}")
+    if not Path(config.path).is_file():
+        raise FileNotFoundError(f"dataset path {config.path!r} does not exist (expected a YOLO data.yaml file)")
+
+
+def resolve_data_yaml(config: DatasetConfig, work_dir: Path, image_size: int, seed: int = 0) -> Path:
+    """Returns the data.yaml to train on, writing the built-in dataset under `work_dir` first."""
+    check_dataset(config)
+    if config.resolved_format == "builtin":
+        return write_shapes_dataset(work_dir / config.name, image_size=image_size, seed=seed)
+    return Path(config.path).resolve()
+
+
+def write_shapes_dataset(
+    root: Path, *, train_images: int = 24, val_images: int = 8, image_size: int = 128, seed: int = 0
+) -> Path:
+    """Writes the synthetic shapes dataset in YOLO layout under `root` and returns its data.yaml.
+
+    Args:
+        root: Directory to write `images/{train,val}`, `labels/{train,val}` and `data.yaml` into.
+        train_images: Number of training images.
+        val_images: Number of validation images.
+        image_size: Width and height of each image in pixels.
+        seed: Random seed; the same seed writes the same dataset.
+    """
+    rng = random.Random(seed)
+    for split, count in (("train", train_images), ("val", val_images)):
+        image_dir, label_dir = root / "images" / split, root / "labels" / split
+        image_dir.mkdir(parents=True, exist_ok=True)
+        label_dir.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            image, labels = _shapes_image(rng, image_size)
+            image.save(image_dir / f"{index:04d}.png")
+            (label_dir / f"{index:04d}.txt").write_text("".join(f"{line}\n" for line in labels))
+    # Absolute paths: ultralytics would otherwise resolve a relative `path` against its own datasets directory.
+    names = "".join(f"  {i}: {name}\n" for i, name in enumerate(SHAPES_CLASSES))
+    data_yaml = root / "data.yaml"
+    data_yaml.write_text(f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}")
+    return data_yaml
+
+
+def _shapes_image(rng: random.Random, size: int) -> tuple[Image.Image, list[str]]:
+    """One image with 1-3 non-overlapping shapes and its YOLO label lines (class cx cy w h, normalised)."""
+    background = tuple(rng.randint(0, 80) for _ in range(3))
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    labels: list[str] = []
+    boxes: list[tuple[int, int, int, int]] = []
+    for _ in range(rng.randint(1, 3)):
+        for _attempt in range(20):
+            w = rng.randint(size // 6, size // 2)
+            h = w if rng.random() < 0.5 else rng.randint(size // 6, size // 2)
+            x0, y0 = rng.randint(0, size - w), rng.randint(0, size - h)
+            box = (x0, y0, x0 + w, y0 + h)
+            if all(box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1] for b in boxes):
+                break
+        else:
+            continue
+        boxes.append(box)
+        cls = rng.randrange(len(SHAPES_CLASSES))
+        colour = tuple(rng.randint(120, 255) for _ in range(3))
+        if SHAPES_CLASSES[cls] == "circle":
+            w = h = min(w, h)
+            box = (x0, y0, x0 + w, y0 + h)
+            draw.ellipse(box, fill=colour)
+        else:
+            draw.rectangle(box, fill=colour)
+        labels.append(f"{cls} {(x0 + w / 2) / size:.6f} {(y0 + h / 2) / size:.6f} {w / size:.6f} {h / size:.6f}")
+    return image, labels

@@ -1,0 +1,68 @@
+"""Make ultralytics work fully offline and keep it out of the user's home and the working directory.
+
+Call `prepare_offline()` before anything imports `ultralytics`: its configuration directory, settings file and
+thread defaults are read once, at import. Out of the box, on a machine without internet, ultralytics
+
+- downloads Arial.ttf for its plots (even with plots=False) and tries to install missing packages;
+- writes its settings to ~/.config/Ultralytics and would sync anonymous usage events;
+- turns on its own MLflow autologging, which joins or starts a run in `sqlite:///<cwd>/mlflow.db`: a second
+  MLflow run beside the platform's own;
+- sets OMP_NUM_THREADS=1 when it is unset, and resets torch to `cpu_count - 1` threads (1 on 2 cores) on CPU.
+
+This module turns all of that off. It imports ultralytics itself, after setting the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+__all__ = ["INTEGRATIONS", "prepare_offline", "set_threads"]
+
+#: Ultralytics' experiment-tracker integrations, all disabled: the platform tracks runs itself.
+INTEGRATIONS = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
+
+
+def prepare_offline(config_dir: str | Path, num_threads: int) -> Path:
+    """Configures the environment and ultralytics' settings for offline use, then imports ultralytics.
+
+    Args:
+        config_dir: Ultralytics' configuration directory (settings, font) when YOLO_CONFIG_DIR is not already set.
+            A process that imported ultralytics before keeps the directory it imported with.
+        num_threads: CPU threads for torch and OpenMP.
+
+    Returns:
+        The configuration directory ultralytics uses.
+    """
+    if "ultralytics" not in sys.modules:
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(config_dir).resolve()))
+        os.environ["YOLO_OFFLINE"] = "1"
+        os.environ["YOLO_AUTOINSTALL"] = "false"
+        # Otherwise `import ultralytics` sets 1, which halves torch's speed on 2 cores in this process.
+        os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
+        os.environ.setdefault("MPLCONFIGDIR", str(Path(os.environ["YOLO_CONFIG_DIR"]) / "matplotlib"))
+    import matplotlib
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+    # check_font() looks in USER_CONFIG_DIR first: any TTF there stops the download. matplotlib ships DejaVuSans.
+    font = USER_CONFIG_DIR / "Arial.ttf"
+    if not font.exists():
+        USER_CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", font)
+    wanted = {"sync": False, **dict.fromkeys(INTEGRATIONS, False)}
+    if any(SETTINGS.get(key) != value for key, value in wanted.items()):
+        SETTINGS.update(wanted)
+    set_threads(num_threads)
+    return USER_CONFIG_DIR.parent
+
+
+def set_threads(num_threads: int) -> None:
+    """Sets torch's CPU threads, and the count ultralytics resets them to when it selects the CPU."""
+    import torch
+    from ultralytics.utils import torch_utils
+
+    torch.set_num_threads(num_threads)
+    # select_device() calls torch.set_num_threads(NUM_THREADS) on CPU, with NUM_THREADS = cpu_count - 1.
+    torch_utils.NUM_THREADS = num_threads

@@ -1,0 +1,148 @@
+"""The whole platform: `tp` commands as subprocesses against a real stack (backend + both trainer services)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.backend import free_port
+from trainingplatform_sdk.clients import JobsClient, TrainerClient
+from trainingplatform_sdk.stack import Stack
+
+TP = str(Path(sys.executable).parent / "tp")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data = tmp_path_factory.mktemp("stack")
+    platform = Stack(
+        data,
+        backend_port=free_port(),
+        timm_port=free_port(),
+        ultralytics_port=free_port(),
+        frameworks=("timm",),
+        backend_env={"TP_WATCH_INTERVAL_S": "0.5", "TP_TRAINER_LEASE_S": "3"},
+    )
+    platform.start()
+    yield platform
+    platform.stop()
+
+
+def tp(stack: Stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TP_BACKEND_ADDRESS": stack.backend_address, "INTERNAL_AUTH_TOKEN": stack.token}
+    return subprocess.run([TP, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def wait_for(condition, timeout: float = 120, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met")
+
+
+def test_train_follows_a_job_to_completion_and_the_read_commands_work(stack: Stack, tmp_path: Path):
+    result = tp(
+        stack,
+        "train",
+        "--framework",
+        "timm",
+        "--model",
+        "resnet10t",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--image-size",
+        "32",
+        "--log-every-n-steps",
+        "5",
+        "--advanced-config",
+        '{"optimizer": "adamw", "seed": 1, "not_a_setting": 3}',
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "status RUNNING" in out and "status COMPLETED" in out
+    assert "epoch 2/2 done" in out
+    assert "Starting training: resnet10t" in out
+    job_id = out.split("job ", 1)[1].split(" ", 1)[0]
+    with JobsClient(stack.backend_address, stack.token) as client:
+        job = client.get_job(job_id)
+        assert job.status == "COMPLETED"
+        accuracy = [p.value for p in client.metrics(job_id, keys=["val/accuracy"])]
+        assert len(accuracy) == 2 and accuracy[-1] > 0.8
+        warnings = [line.message for line in client.logs(job_id, min_level="WARNING")]
+        assert any("not_a_setting" in message for message in warnings)  # unknown advanced keys are warned about
+    listed = tp(stack, "jobs")
+    assert listed.returncode == 0 and job_id in listed.stdout and "COMPLETED" in listed.stdout
+    shown = tp(stack, "show", job_id)
+    assert shown.returncode == 0 and "QUEUED" in shown.stdout and "RUNNING" in shown.stdout
+    logs = tp(stack, "logs", job_id)
+    assert logs.returncode == 0 and "Starting training: resnet10t" in logs.stdout
+    png = tmp_path / "curves.png"
+    metrics = tp(stack, "metrics", job_id, "--key", "train/loss", "--key", "val/loss", "--plot", str(png))
+    assert metrics.returncode == 0, metrics.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    watched = tp(stack, "watch", job_id)
+    assert watched.returncode == 0 and "COMPLETED" in watched.stdout
+
+
+def test_cancel_ends_the_job_cancelled_and_keeps_its_telemetry(stack: Stack):
+    with JobsClient(stack.backend_address, stack.token) as client:
+        job = client.create_job(
+            framework="timm", model="resnet10t", dataset="digits", epochs=50, image_size=32, log_every_n_steps=1
+        ).job
+        wait_for(lambda: client.get_job(job.job_id).last_metric_sequence > 0)
+        result = tp(stack, "cancel", job.job_id)
+        assert result.returncode == 0 and "CANCELLED" in result.stdout
+        watched = tp(stack, "watch", job.job_id)
+        assert watched.returncode == 3
+        with TrainerClient(client.get_job(job.job_id).trainer_address, stack.token) as trainer:
+            run = wait_for(lambda: (r := trainer.get_training(job_id=job.job_id)).state != "RUNNING" and r)
+            assert run.state == "CANCELLED"
+        assert client.get_job(job.job_id).status == "CANCELLED"
+        assert client.get_job(job.job_id).last_metric_sequence > 0
+
+
+def test_a_killed_training_process_fails_the_job_with_the_signal(stack: Stack):
+    with JobsClient(stack.backend_address, stack.token) as client:
+        job = client.create_job(framework="timm", model="resnet10t", dataset="digits", epochs=50, image_size=32).job
+        wait_for(lambda: client.get_job(job.job_id).status == "RUNNING")
+        address = client.get_job(job.job_id).trainer_address
+        with TrainerClient(address, stack.token) as trainer:
+            pid = wait_for(lambda: trainer.get_training(job_id=job.job_id).pid)
+            os.kill(pid, signal.SIGKILL)
+        failed = wait_for(lambda: (j := client.get_job(job.job_id)).finished and j, timeout=30)
+        assert failed.status == "FAILED"
+        assert "signal 9" in failed.error_message or "SIGKILL" in failed.error_message
+
+
+def test_errors_are_one_line_without_a_traceback(stack: Stack):
+    result = tp(stack, "show", "00000000-0000-0000-0000-000000000000")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: job") and "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    bad = tp(stack, "train", "--framework", "timm", "--model", "resnet10tt", "--dataset", "digits", "--epochs", "1")
+    assert bad.returncode == 1  # the job exists and FAILED: the trainer refused the unknown model
+    assert "resnet10t" in bad.stdout  # the closest valid name is suggested
+    wrong_type = tp(
+        stack,
+        "train",
+        "--framework",
+        "timm",
+        "--model",
+        "resnet10t",
+        "--dataset",
+        "digits",
+        "--advanced-config",
+        '{"weight_decay": "lots"}',
+    )
+    assert wrong_type.returncode == 2 and "weight_decay" in wrong_type.stderr

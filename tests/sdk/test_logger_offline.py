@@ -1,0 +1,322 @@
+"""TrainingLogger behaviour that needs no backend: disabled mode, spooling while unreachable, restart, fork."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from trainingplatform.common.v1 import common_pb2
+from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk import DeliveryReport, LoggerSettings, TrainingLogger
+from trainingplatform_sdk._spool import Spool, SpoolLockedError
+from trainingplatform_sdk.logger import _job_status, _log_level, _truncate, default_spool_dir
+
+TRAINER = Path(__file__).with_name("trainer_script.py")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Polls `condition` until it holds; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def spooled_sequences(directory: Path, kind: str = "metrics") -> list[int]:
+    """Every sequence stored in a (closed) spool directory, in order."""
+    spool = Spool(directory, "job-1", 1 << 30, 1 << 20)
+    request_type = telemetry_pb2.StreamMetricsRequest if kind == "metrics" else telemetry_pb2.StreamLogsRequest
+    sequences = []
+    for record in spool.records(kind):
+        request = request_type.FromString(spool.read(record))
+        items = request.points if kind == "metrics" else request.records
+        sequences.extend(item.sequence for item in items)
+    spool.close()
+    return sequences
+
+
+def test_disabled_without_address(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv("BACKEND_API_URL", raising=False)
+    monkeypatch.setenv("JOB_TELEMETRY_TOKEN", "token")
+    with caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"):
+        logger = TrainingLogger.from_env("job-1")
+    assert not logger.enabled
+    warnings = [r for r in caplog.records if r.name == "trainingplatform_sdk.logger"]
+    assert len(warnings) == 1 and "BACKEND_API_URL" in warnings[0].getMessage()
+
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="trainingplatform_sdk.logger"):
+        for step in range(1000):
+            logger.log_metric("loss", 1.0, step=step)
+        logger.log_metrics({"a": 1.0}, step=1)
+        logger.log_message("hello")
+        logger.update_status("running")
+        logger.log_epoch_summary(0, {"val/accuracy": 0.5})
+        logger.report_run_info(mlflow_run_id="abc")
+        assert logger.flush(1)
+        report = logger.close()
+    assert caplog.records == []
+    assert report == DeliveryReport()
+    assert threading.active_count() == 1 or not any(
+        t.name.startswith("trainingplatform-telemetry") for t in threading.enumerate()
+    )
+
+
+def test_disabled_without_token(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("BACKEND_API_URL", "127.0.0.1:1")
+    monkeypatch.delenv("JOB_TELEMETRY_TOKEN", raising=False)
+    monkeypatch.delenv("INTERNAL_AUTH_TOKEN", raising=False)
+    with caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"):
+        logger = TrainingLogger.from_env("job-1")
+    assert not logger.enabled
+    assert "token" in caplog.text
+
+
+def test_from_env_reads_address_and_token(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, unreachable_address: str
+) -> None:
+    monkeypatch.setenv("BACKEND_API_URL", f"grpc://{unreachable_address}")
+    monkeypatch.delenv("JOB_TELEMETRY_TOKEN", raising=False)
+    monkeypatch.setenv("INTERNAL_AUTH_TOKEN", "internal-secret-token")
+    monkeypatch.setenv("TP_SPOOL_DIR", str(tmp_path))
+    with TrainingLogger.from_env("job/1") as logger:
+        assert logger.enabled
+        assert default_spool_dir("job/1") == tmp_path / "job_1"
+    assert not logger.enabled
+    assert (tmp_path / "job_1" / "state.json").exists()
+
+
+def test_malformed_address_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        TrainingLogger("job-1", backend_address="grpc://no-port", token="t", spool_dir=tmp_path)
+
+
+def test_unreachable_backend_spools_and_never_logs_the_token(
+    tmp_path: Path, unreachable_address: str, fast_settings: LoggerSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = "very-secret-token-value"
+    with caplog.at_level(logging.DEBUG, logger="trainingplatform_sdk.logger"):
+        logger = TrainingLogger(
+            "job-1", backend_address=unreachable_address, token=token, spool_dir=tmp_path, settings=fast_settings
+        )
+        for step in range(2500):
+            logger.log_metric("train/loss", 1.0 / (step + 1), step=step, epoch=0)
+        logger.log_metrics({"val/loss": 0.5, "val/accuracy": 0.9}, step=2500, epoch=0)
+        logger.log_message("epoch 0 done", level="warning", epoch=0)
+        logger.update_status("running")
+        wait_until(lambda: logger.stats.spooled == 2503)
+        assert not logger.flush(0.2)
+        report = logger.close(0.5)
+    assert report.logged_metrics == 2502 and report.logged_logs == 1
+    assert report.committed_metrics == 0 and report.pending_metrics == 2502 and report.pending_logs == 1
+    assert report.spooled == 2503 and report.dropped == 0 and report.calls_pending == 1
+    assert token not in caplog.text
+    assert "unreachable" in caplog.text
+    assert spooled_sequences(tmp_path) == list(range(1, 2503))
+    assert spooled_sequences(tmp_path, "logs") == [1]
+
+
+def test_restart_replays_the_spool_and_continues_the_numbering(
+    tmp_path: Path, unreachable_address: str, fast_settings: LoggerSettings
+) -> None:
+    first = TrainingLogger(
+        "job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path, settings=fast_settings
+    )
+    for step in range(1000):
+        first.log_metric("loss", float(step), step=step)
+    first.log_message("first run")
+    first.update_status("running")
+    first.close(0.2)
+
+    second = TrainingLogger(
+        "job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path, settings=fast_settings
+    )
+    assert second.stats.replayed == 1001
+    assert second.stats.calls_pending == 1
+    for step in range(1000, 1500):
+        second.log_metric("loss", float(step), step=step)
+    second.log_message("second run")
+    second.update_status("completed")
+    report = second.close(0.2)
+    assert report.pending_metrics == 1500 and report.pending_logs == 2 and report.calls_pending == 2
+
+    assert spooled_sequences(tmp_path) == list(range(1, 1501))
+    assert spooled_sequences(tmp_path, "logs") == [1, 2]
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["metrics"]["assigned"] == 1500
+    calls = [
+        telemetry_pb2.UpdateStatusRequest.FromString(__import__("base64").b64decode(c["request"])).status
+        for c in state["calls"]
+    ]
+    assert calls == [common_pb2.JOB_STATUS_RUNNING, common_pb2.JOB_STATUS_COMPLETED]
+
+
+def test_a_killed_process_leaves_a_spool_the_next_one_replays(tmp_path: Path, unreachable_address: str) -> None:
+    spool_dir = tmp_path / "spool"
+    env = {**os.environ, "BACKEND_API_URL": unreachable_address, "JOB_TELEMETRY_TOKEN": "t"}
+    process = subprocess.Popen(
+        [sys.executable, str(TRAINER), "job-1", str(spool_dir), "0", "3000", "hang-when-spooled"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        events = [json.loads(process.stdout.readline()) for _ in range(2)]
+        assert events[-1]["event"] == "ready"
+    finally:
+        process.kill()
+        process.wait()
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=spool_dir)
+    assert logger.stats.replayed == 3000
+    logger.log_metric("train/index", 3000.0, step=3000)
+    logger.close(0.2)
+    assert spooled_sequences(spool_dir) == list(range(1, 3002))
+
+
+def test_spool_cap_drops_counts_and_logs_once(
+    tmp_path: Path, unreachable_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = LoggerSettings(spool_max_bytes=20_000, reconnect_initial_backoff_s=0.05, reconnect_max_backoff_s=0.1)
+    with caplog.at_level(logging.ERROR, logger="trainingplatform_sdk.logger"):
+        logger = TrainingLogger(
+            "job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path, settings=settings
+        )
+        for step in range(5000):
+            logger.log_metric("train/loss", 1.0, step=step)
+            if step % 500 == 0:
+                time.sleep(0.06)  # several spills, so the cap is hit more than once
+        report = logger.close(0.2)
+    assert report.dropped > 0
+    assert report.spooled + report.dropped == 5000
+    assert report.pending_metrics == report.spooled
+    assert len([r for r in caplog.records if "cap" in r.getMessage()]) == 1
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.seg")) <= 20_000
+
+
+def test_invalid_points_are_counted_not_sent(tmp_path: Path, unreachable_address: str) -> None:
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    logger.log_metric("", 1.0)
+    logger.log_metric("k" * 251, 1.0)
+    logger.log_metric("bad\nkey", 1.0)
+    logger.log_metric("loss", "not a number")  # type: ignore[arg-type]
+    logger.log_metric("loss", 1.0, step=-1)
+    logger.log_metric(["not", "a", "key"], 1.0)  # type: ignore[arg-type]
+    logger.log_metric("bad\ud800key", 1.0)
+    logger.log_metric("loss", 1.0, epoch=2**63)
+    logger.log_metric("loss", float("nan"), step=1)  # legal: kept
+    logger.log_message("x", step=-2)
+    logger.log_message("lone surrogate \ud800 replaced")  # kept, made encodable
+    report = logger.close(0.2)
+    assert report.invalid == 9
+    assert report.logged_metrics == 1 and report.logged_logs == 1
+    assert spooled_sequences(tmp_path) == [1]
+    assert spooled_sequences(tmp_path, "logs") == [1]
+
+
+def test_a_second_logger_on_the_same_spool_is_refused(tmp_path: Path, unreachable_address: str) -> None:
+    with TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path) as logger:
+        with pytest.raises(SpoolLockedError):
+            TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+        assert logger.enabled
+
+
+def test_close_is_idempotent_and_stops_the_thread(tmp_path: Path, unreachable_address: str) -> None:
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    logger.log_metric("loss", 1.0)
+    first = logger.close(0.2)
+    assert logger.close(0.2) is first
+    assert not any(t.name.startswith("trainingplatform-telemetry") and t.is_alive() for t in threading.enumerate())
+    logger.log_metric("loss", 2.0)  # a no-op after close
+    assert logger.stats.logged_metrics == 1
+
+
+def test_logging_from_many_threads_numbers_every_point_once(tmp_path: Path, unreachable_address: str) -> None:
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+
+    def work(thread: int) -> None:
+        for step in range(2000):
+            logger.log_metric(f"thread{thread}/loss", float(step), step=step)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    report = logger.close(0.5)
+    assert report.logged_metrics == 8000
+    assert spooled_sequences(tmp_path) == list(range(1, 8001))
+
+
+def test_forked_child_is_disabled(tmp_path: Path, unreachable_address: str) -> None:
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    logger.log_metric("loss", 1.0)
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code, never raise
+        ok = not logger.enabled
+        logger.log_metric("loss", 2.0)
+        ok = ok and len(logger._buffer) <= 1 and logger.flush(1) and logger.close(1) is not None
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert logger.enabled
+    logger.log_metric("loss", 3.0)
+    report = logger.close(0.2)
+    assert report.logged_metrics == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("running", common_pb2.JOB_STATUS_RUNNING),
+        ("COMPLETED", common_pb2.JOB_STATUS_COMPLETED),
+        ("Failed", common_pb2.JOB_STATUS_FAILED),
+        ("cancelled", common_pb2.JOB_STATUS_CANCELLED),
+        ("queued", common_pb2.JOB_STATUS_QUEUED),
+        (common_pb2.JOB_STATUS_RUNNING, common_pb2.JOB_STATUS_RUNNING),
+    ],
+)
+def test_job_status_names(status: str | int, expected: int) -> None:
+    assert _job_status(status) == expected
+
+
+@pytest.mark.parametrize("status", ["done", "", 0, 99])
+def test_unknown_status_is_refused(status: str | int) -> None:
+    with pytest.raises(ValueError):
+        _job_status(status)
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        ("info", common_pb2.LOG_LEVEL_INFO),
+        ("WARNING", common_pb2.LOG_LEVEL_WARNING),
+        ("warn", common_pb2.LOG_LEVEL_WARNING),
+        ("Error", common_pb2.LOG_LEVEL_ERROR),
+        ("critical", common_pb2.LOG_LEVEL_CRITICAL),
+        ("debug", common_pb2.LOG_LEVEL_DEBUG),
+        ("chatty", common_pb2.LOG_LEVEL_INFO),
+        (logging.ERROR, common_pb2.LOG_LEVEL_ERROR),
+        (logging.DEBUG, common_pb2.LOG_LEVEL_DEBUG),
+        (common_pb2.LOG_LEVEL_WARNING, common_pb2.LOG_LEVEL_WARNING),
+    ],
+)
+def test_log_levels(level: str | int, expected: int) -> None:
+    assert _log_level(level) == expected
+
+
+def test_truncate_keeps_the_limit_and_marks_the_cut() -> None:
+    assert _truncate("short", 16) == "short"
+    text = "é" * 20_000  # 40,000 bytes of UTF-8
+    cut = _truncate(text, 16 * 1024)
+    assert len(cut.encode()) <= 16 * 1024
+    assert cut.endswith("bytes]") and "...[truncated " in cut
+    assert cut.startswith("é" * 1000)

@@ -1,0 +1,139 @@
+"""The on-disk spool: records, trimming by the cursor, torn writes, restarts, the lock and the cap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from trainingplatform_sdk._spool import Spool, SpoolLockedError
+
+
+def _open(directory: Path, job_id: str = "job-1", max_bytes: int = 1 << 30, segment_bytes: int = 1 << 20) -> Spool:
+    return Spool(directory, job_id, max_bytes, segment_bytes)
+
+
+def test_records_survive_a_reopen(tmp_path: Path) -> None:
+    spool = _open(tmp_path)
+    assert spool.append("metrics", b"first batch", 1, 10, 10)
+    assert spool.append("metrics", b"second batch", 11, 15, 5)
+    assert spool.append("logs", b"log batch", 1, 3, 3)
+    spool.state["metrics"] = {"assigned": 15}
+    spool.save_state()
+    spool.close()
+
+    reopened = _open(tmp_path)
+    assert [(r.first, r.last, r.count) for r in reopened.records("metrics")] == [(1, 10, 10), (11, 15, 5)]
+    assert [reopened.read(r) for r in reopened.records("metrics")] == [b"first batch", b"second batch"]
+    assert reopened.pending == {"metrics": 15, "logs": 3}
+    assert reopened.highest_sequence("metrics") == 15
+    assert reopened.state["metrics"] == {"assigned": 15}
+    reopened.close()
+
+
+def test_trim_forgets_committed_points_and_deletes_empty_segments(tmp_path: Path) -> None:
+    spool = _open(tmp_path, segment_bytes=1)  # one record per segment
+    for first in (1, 11, 21):
+        spool.append("metrics", b"x" * 100, first, first + 9, 10)
+    assert len(list(tmp_path.glob("metrics-*.seg"))) == 3
+
+    assert spool.trim("metrics", 15) == 15
+    assert [(r.first, r.last, r.count) for r in spool.records("metrics")] == [(16, 20, 5), (21, 30, 10)]
+    assert spool.lowest_sequence("metrics") == 16
+    assert len(list(tmp_path.glob("metrics-*.seg"))) == 2
+    assert spool.pending["metrics"] == 15
+
+    assert spool.trim("metrics", 30) == 15
+    assert spool.records("metrics") == []
+    assert spool.lowest_sequence("metrics") is None
+    assert list(tmp_path.glob("metrics-*.seg")) == []
+    assert spool.size_bytes == 0
+    spool.close()
+
+
+def test_a_torn_record_is_ignored(tmp_path: Path) -> None:
+    spool = _open(tmp_path)
+    spool.append("metrics", b"complete", 1, 2, 2)
+    spool.append("metrics", b"torn by a crash", 3, 4, 2)
+    spool.close()
+    segment = next(tmp_path.glob("metrics-*.seg"))
+    segment.write_bytes(segment.read_bytes()[:-3])
+
+    reopened = _open(tmp_path)
+    assert [(r.first, r.last) for r in reopened.records("metrics")] == [(1, 2)]
+    # New records go to a new segment, never after the torn tail.
+    reopened.append("metrics", b"after restart", 5, 5, 1)
+    reopened.close()
+    again = _open(tmp_path)
+    assert [again.read(r) for r in again.records("metrics")] == [b"complete", b"after restart"]
+    again.close()
+
+
+def test_a_corrupted_record_fails_its_checksum(tmp_path: Path) -> None:
+    spool = _open(tmp_path)
+    spool.append("metrics", b"payload", 1, 1, 1)
+    spool.close()
+    segment = next(tmp_path.glob("metrics-*.seg"))
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    reopened = _open(tmp_path)
+    assert reopened.records("metrics") == []
+    reopened.close()
+
+
+def test_the_cap_refuses_appends(tmp_path: Path) -> None:
+    spool = _open(tmp_path, max_bytes=200)
+    assert spool.append("metrics", b"x" * 100, 1, 1, 1)
+    assert not spool.append("metrics", b"x" * 100, 2, 2, 1)
+    assert spool.pending["metrics"] == 1
+    spool.close()
+
+
+def test_one_process_at_a_time(tmp_path: Path) -> None:
+    spool = _open(tmp_path)
+    with pytest.raises(SpoolLockedError):
+        _open(tmp_path)
+    spool.close()
+    _open(tmp_path).close()
+
+
+def test_a_spool_belongs_to_one_job(tmp_path: Path) -> None:
+    spool = _open(tmp_path, job_id="job-1")
+    spool.save_state()
+    spool.close()
+    with pytest.raises(ValueError, match="belongs to job"):
+        _open(tmp_path, job_id="job-2")
+    # The refused open released the lock.
+    _open(tmp_path, job_id="job-1").close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batch_sizes=st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=20),
+    cursors=st.lists(st.integers(min_value=0, max_value=1100), max_size=8),
+)
+def test_trim_accounts_for_every_point_once(tmp_path_factory: pytest.TempPathFactory, batch_sizes, cursors) -> None:  # type: ignore[no-untyped-def]
+    directory = tmp_path_factory.mktemp("spool")
+    spool = _open(directory, segment_bytes=64)
+    sequence = 0
+    for size in batch_sizes:
+        spool.append("metrics", b"p" * size, sequence + 1, sequence + size, size)
+        sequence += size
+    removed = 0
+    committed = 0
+    for cursor in sorted(cursors):
+        removed += spool.trim("metrics", cursor)
+        committed = max(committed, min(cursor, sequence))
+        assert removed == committed
+        assert spool.pending["metrics"] == sequence - committed
+        lowest = spool.lowest_sequence("metrics")
+        assert lowest == (committed + 1 if committed < sequence else None)
+    spool.close()
+    # A record's committed prefix is forgotten in memory only; the sender keeps the cursor in the state and trims
+    # again after a restart.
+    reopened = _open(directory)
+    reopened.trim("metrics", committed)
+    assert reopened.pending["metrics"] == sequence - committed
+    reopened.close()

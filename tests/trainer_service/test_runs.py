@@ -1,0 +1,189 @@
+"""Training processes under the service: a real timm run, concurrency, cancel, kill, failure, listing, shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.backend import BackendProcess
+from trainingplatform.trainer.v1 import trainer_pb2
+
+from .trainer_process import FAKE_ADAPTER, TrainerProcess, spec, wait_until
+
+RUNNING = trainer_pb2.RUN_STATE_RUNNING
+SUCCEEDED = trainer_pb2.RUN_STATE_SUCCEEDED
+FAILED = trainer_pb2.RUN_STATE_FAILED
+CANCELLED = trainer_pb2.RUN_STATE_CANCELLED
+# Long enough that only a cancel or a kill ends it.
+ENDLESS = {"fake_batches": 5, "fake_batch_s": 0.05}
+ENDLESS_EPOCHS = 100_000
+
+
+def _backend_status(backend: BackendProcess, job_id: str, status: str) -> None:
+    wait_until(lambda: backend.job_status(job_id) == status, 60, f"backend job {job_id} to be {status}")
+
+
+def test_real_timm_run_succeeds_and_completes_the_job(timm_trainer: TrainerProcess, backend: BackendProcess) -> None:
+    job_id, token = backend.create_job(framework="timm", model="resnet10t", epochs=1)
+    run_id = timm_trainer.start_training(job_id, spec(epochs=1, image_size=32), backend.address, token)
+
+    run = timm_trainer.wait_state(run_id, SUCCEEDED, timeout=600)
+    assert run.job_id == job_id
+    assert run.exit_code == 0
+    assert run.pid == 0
+    assert run.total_epochs == 1
+    assert run.HasField("end_time") and run.end_time.ToNanoseconds() >= run.start_time.ToNanoseconds()
+    assert Path(run.output_dir, "weights", "last.pt").is_file()
+    assert "Training completed" in timm_trainer.train_log(run)
+    _backend_status(backend, job_id, "COMPLETED")
+    assert backend.status_events(job_id)[-2:] == ["RUNNING", "COMPLETED"]
+    assert backend.metric_sequences(job_id)
+    assert timm_trainer.get(job_id=job_id).run_id == run_id
+
+
+def test_progress_is_reported_while_running(fake_trainer: TrainerProcess) -> None:
+    run_id = fake_trainer.start_training(f"job-{uuid.uuid4().hex}", spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS))
+    running = fake_trainer.wait_state(run_id, RUNNING)
+    assert running.pid > 0
+    assert running.total_epochs == ENDLESS_EPOCHS
+    run = wait_until(
+        lambda: (r := fake_trainer.get(run_id)).current_epoch >= 1 and "val/accuracy" in r.latest_metrics and r,
+        what="progress of epoch 1",
+    )
+    assert "train/batch_loss" in run.latest_metrics
+    assert not run.HasField("end_time")
+
+
+def test_concurrency_limit_and_idempotent_start(fake_trainer: TrainerProcess) -> None:
+    jobs = [f"job-{uuid.uuid4().hex}" for _ in range(3)]
+    first = fake_trainer.start_training(jobs[0], spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS))
+    second = fake_trainer.start_training(jobs[1], spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS))
+    assert first != second
+
+    with pytest.raises(grpc.RpcError) as caught:
+        fake_trainer.start_training(jobs[2], spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2 of its 2" in caught.value.details()
+
+    # A retried start of a live job returns its run, even at the limit.
+    assert fake_trainer.start_training(jobs[0], spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS)) == first
+
+    fake_trainer.cancel(first, grace=1)
+    fake_trainer.wait_state(first, CANCELLED)
+    third = fake_trainer.start_training(jobs[2], spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS))
+    assert fake_trainer.get(third).job_id == jobs[2]
+
+
+def test_cancel_stops_the_run_and_the_job_ends_cancelled(fake_trainer: TrainerProcess, backend: BackendProcess) -> None:
+    job_id, token = backend.create_job(epochs=ENDLESS_EPOCHS)
+    run_id = fake_trainer.start_training(job_id, spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS), backend.address, token)
+    fake_trainer.wait_state(run_id, RUNNING)
+    _backend_status(backend, job_id, "RUNNING")
+
+    response = fake_trainer.stub.CancelTraining(
+        trainer_pb2.CancelTrainingRequest(job_id=job_id), metadata=fake_trainer.metadata, timeout=10
+    )
+    assert response.run.run_id == run_id
+
+    run = fake_trainer.wait_state(run_id, CANCELLED)
+    assert run.exit_code == 128 + signal.SIGTERM  # tp-train stopped gracefully
+    assert run.error_message == ""
+    assert Path(run.output_dir, "weights", "last.pt").is_file()
+    _backend_status(backend, job_id, "CANCELLED")
+    assert backend.metric_sequences(job_id)  # telemetry sent before the cancel is kept
+
+    again = fake_trainer.cancel(run_id)
+    assert again == run  # cancelling an ended run changes nothing
+
+
+def test_a_run_ignoring_sigterm_is_killed_after_the_grace_period(
+    fake_trainer: TrainerProcess, backend: BackendProcess
+) -> None:
+    job_id, token = backend.create_job(epochs=1)
+    stubborn = {"fake_mode": "stubborn", "fake_batches": 1_000_000, "fake_batch_s": 0.05}
+    run_id = fake_trainer.start_training(job_id, spec(epochs=1, extra=stubborn), backend.address, token)
+    fake_trainer.wait_state(run_id, RUNNING)
+
+    fake_trainer.cancel(run_id, grace=1)
+    run = fake_trainer.wait_state(run_id, CANCELLED)
+    assert run.exit_code == -signal.SIGKILL
+    # The process could not report; the service did.
+    _backend_status(backend, job_id, "CANCELLED")
+
+
+def test_a_killed_run_fails_naming_the_signal_and_the_service_keeps_serving(
+    fake_trainer: TrainerProcess, backend: BackendProcess
+) -> None:
+    job_id, token = backend.create_job(epochs=ENDLESS_EPOCHS)
+    run_id = fake_trainer.start_training(job_id, spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS), backend.address, token)
+    pid = fake_trainer.wait_state(run_id, RUNNING).pid
+
+    os.kill(pid, signal.SIGKILL)
+
+    run = fake_trainer.wait_state(run_id, FAILED)
+    assert run.exit_code == -signal.SIGKILL
+    assert "killed by signal 9 (SIGKILL)" in run.error_message
+    assert run.pid == 0
+    _backend_status(backend, job_id, "FAILED")
+    assert backend.status_events(job_id)[-1] == "FAILED"
+
+    health = health_pb2_grpc.HealthStub(fake_trainer.channel)
+    assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    next_job, next_token = backend.create_job(epochs=1)
+    next_run = fake_trainer.start_training(next_job, spec(epochs=1), backend.address, next_token)
+    fake_trainer.wait_state(next_run, SUCCEEDED)
+    _backend_status(backend, next_job, "COMPLETED")
+
+
+def test_an_exception_in_training_fails_the_run_and_the_job(
+    fake_trainer: TrainerProcess, backend: BackendProcess
+) -> None:
+    job_id, token = backend.create_job(epochs=1)
+    run_id = fake_trainer.start_training(job_id, spec(epochs=1, extra={"fake_mode": "fail"}), backend.address, token)
+
+    run = fake_trainer.wait_state(run_id, FAILED)
+    assert run.exit_code == 1
+    assert "exited with code 1" in run.error_message
+    assert "fake failure in training" in fake_trainer.train_log(run)
+    _backend_status(backend, job_id, "FAILED")
+
+
+def test_list_trainings_pages_newest_first(fake_trainer: TrainerProcess) -> None:
+    run_ids = []
+    for _ in range(3):
+        run_id = fake_trainer.start_training(f"job-{uuid.uuid4().hex}", spec(epochs=1, extra={"fake_batches": 1}))
+        fake_trainer.wait_state(run_id, SUCCEEDED)
+        run_ids.append(run_id)
+
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = fake_trainer.stub.ListTrainings(
+            trainer_pb2.ListTrainingsRequest(page_size=2, page_token=token), metadata=fake_trainer.metadata, timeout=10
+        )
+        assert len(page.runs) <= 2
+        seen.extend(run.run_id for run in page.runs)
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(seen) == len(set(seen))
+    assert [run_id for run_id in seen if run_id in run_ids] == list(reversed(run_ids))
+
+
+def test_shutdown_stops_running_jobs(tmp_path: Path, backend: BackendProcess) -> None:
+    trainer = TrainerProcess(tmp_path / "trainer", env={"TP_TRAINER_ADAPTER": FAKE_ADAPTER}).start()
+    try:
+        job_id, token = backend.create_job(epochs=ENDLESS_EPOCHS)
+        run_id = trainer.start_training(job_id, spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS), backend.address, token)
+        trainer.wait_state(run_id, RUNNING)
+
+        assert trainer.stop() == 0
+        _backend_status(backend, job_id, "CANCELLED")
+        assert "stopping run" in trainer.log_text()
+    finally:
+        trainer.close()

@@ -1,0 +1,54 @@
+"""Settings: defaults, the service token and refusing to start without one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from trainingplatform_sdk.trainer_service import settings as settings_module
+
+from .trainer_process import VENV_BIN
+
+LISTEN = "127.0.0.1:50061"
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = settings_module.load(LISTEN, env={"INTERNAL_AUTH_TOKEN": "secret", "TP_DATA_DIR": str(tmp_path)})
+    assert settings.listen == LISTEN
+    assert settings.max_concurrent_jobs == 1
+    assert settings.cancel_grace_s == 30
+    assert settings.runs_dir == tmp_path / "runs"
+    assert not settings.tls_enabled
+    assert "secret" not in repr(settings)
+
+
+def test_token_from_the_data_directory(tmp_path: Path) -> None:
+    (tmp_path / "internal_auth_token").write_text("from-file\n")
+    settings = settings_module.load(LISTEN, env={"TP_DATA_DIR": str(tmp_path)})
+    assert settings.internal_auth_token == "from-file"
+
+
+def test_no_token_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="INTERNAL_AUTH_TOKEN"):
+        settings_module.load(LISTEN, env={"TP_DATA_DIR": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("TP_MAX_CONCURRENT_JOBS", "0"), ("TP_CANCEL_GRACE_S", "-1"), ("TP_MAX_CONCURRENT_JOBS", "many")],
+)
+def test_bad_values_are_refused(variable: str, value: str) -> None:
+    with pytest.raises(ValueError, match=variable if value != "many" else "not a number"):
+        settings_module.load(LISTEN, env={"INTERNAL_AUTH_TOKEN": "t", variable: value})
+
+
+def test_service_without_token_exits_with_a_message(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "INTERNAL_AUTH_TOKEN"}
+    env["TP_DATA_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [str(VENV_BIN / "tp-trainer-timm")], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2
+    assert "no service token: set INTERNAL_AUTH_TOKEN" in result.stderr

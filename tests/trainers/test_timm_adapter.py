@@ -1,0 +1,226 @@
+"""The timm adapter, training for real on real small data (scikit-learn's digits) on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from recording import RecordingSink
+from trainingplatform_sdk.adapter import Status
+from trainingplatform_sdk.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_trainer_timm.adapter import TimmAdapter, lr_factor
+
+EPOCH_KEYS = {
+    "train/loss",
+    "train/accuracy",
+    "val/loss",
+    "val/accuracy",
+    "lr",
+    "epoch_time_s",
+    "train/images_per_s",
+}
+DIGITS_TRAIN_IMAGES = 1437
+BATCH_SIZE = 64
+STEPS_PER_EPOCH = math.ceil(DIGITS_TRAIN_IMAGES / BATCH_SIZE)  # 23
+
+
+def make_adapter(tmp_path, sink, *, model="resnet10t", dataset=None, epochs=1, advanced=None, **training):
+    return TimmAdapter(
+        ModelConfig(name=model, image_size=32),
+        dataset or DatasetConfig(name="digits"),
+        TrainingConfig(epochs=epochs, **training),
+        tmp_path / "out",
+        "job-timm",
+        logger=sink,
+        advanced_config=AdvancedConfig.from_mapping(advanced or {}),
+    )
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """resnet10t on digits at 32x32 for 3 epochs, batch loss every 5 steps, with one unknown advanced key."""
+    tmp_path = tmp_path_factory.mktemp("digits")
+    sink = RecordingSink()
+    adapter = make_adapter(
+        tmp_path, sink, epochs=3, batch_size=BATCH_SIZE, log_every_n_steps=5, advanced={"not_an_option": 1}
+    )
+    result = adapter.train()
+    accuracies = [round(p.value, 4) for p in sink.series("val/accuracy")]
+    times = [round(p.value, 2) for p in sink.series("epoch_time_s")]
+    print(f"\ndigits resnet10t 32x32: val/accuracy per epoch {accuracies}, epoch_time_s {times}")
+    return adapter, result, sink
+
+
+def test_digits_reaches_90_percent_in_3_epochs(digits_run) -> None:
+    _, result, sink = digits_run
+    assert result.status == Status.COMPLETED and result.epochs_completed == 3
+    assert sink.series("val/accuracy")[-1].value >= 0.9
+    assert result.best_value >= 0.9
+
+
+def test_every_epoch_reports_each_key_once_at_the_epoch_end_step(digits_run) -> None:
+    _, _, sink = digits_run
+    by_epoch = sink.keys_by_epoch()
+    assert set(by_epoch) == {0, 1, 2}
+    for keys in by_epoch.values():
+        assert sorted(keys) == sorted(EPOCH_KEYS)
+    assert [p.step for p in sink.series("val/loss")] == [STEPS_PER_EPOCH * e for e in (1, 2, 3)]
+    assert all(math.isfinite(p.value) and p.value > 0 for p in sink.series("train/images_per_s"))
+    # The default cosine schedule ends at 0 after the last step.
+    lrs = [p.value for p in sink.series("lr")]
+    assert lrs[0] > lrs[1] > lrs[2] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_batch_loss_every_n_steps_with_the_global_step(digits_run) -> None:
+    _, _, sink = digits_run
+    points = sink.series("train/batch_loss")
+    assert [p.step for p in points] == list(range(5, 3 * STEPS_PER_EPOCH + 1, 5))
+    assert [p.epoch for p in points] == [(p.step - 1) // STEPS_PER_EPOCH for p in points]
+    assert all(math.isfinite(p.value) for p in points)
+
+
+def test_epoch_summaries_match_the_reported_metrics(digits_run) -> None:
+    _, _, sink = digits_run
+    summaries = sink.summaries()
+    assert [epoch for epoch, _, _ in summaries] == [0, 1, 2]
+    for epoch, metrics, duration in summaries:
+        assert set(metrics) == EPOCH_KEYS
+        assert metrics["val/accuracy"] == sink.series("val/accuracy")[epoch].value
+        assert duration > 0
+
+
+def test_best_and_last_checkpoints_load_into_a_fresh_model(digits_run) -> None:
+    adapter, result, sink = digits_run
+    last = torch.load(result.last_checkpoint, weights_only=True)
+    best = torch.load(result.best_checkpoint, weights_only=True)
+    assert result.last_checkpoint == adapter.output_dir / "weights" / "last.pt"
+    assert last["epoch"] == 2 and last["model_name"] == "resnet10t" and last["job_id"] == "job-timm"
+    assert last["classes"] == [str(i) for i in range(10)] and last["image_size"] == 32
+    accuracies = [p.value for p in sink.series("val/accuracy")]
+    assert best["epoch"] == accuracies.index(max(accuracies)) == result.best_epoch
+    assert best["metrics"]["val/accuracy"] == max(accuracies)
+    model = timm.create_model("resnet10t", num_classes=10)
+    model.load_state_dict(best["state_dict"])
+
+
+def test_unknown_advanced_keys_are_warned_in_the_job_log(digits_run) -> None:
+    _, _, sink = digits_run
+    warnings = [m for m in sink.messages("WARNING") if "not_an_option" in m]
+    assert len(warnings) == 1
+
+
+def test_unknown_model_suggests_close_names(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"unknown timm model 'resnet10x'; closest valid names: .*resnet10t"):
+        make_adapter(tmp_path, RecordingSink(), model="resnet10x").train()
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"dataset path .*nowhere.* does not exist"):
+        make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(path=str(tmp_path / "nowhere"))).train()
+    (tmp_path / "half" / "train").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="has no val/ directory"):
+        make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(path=str(tmp_path / "half"))).train()
+    with pytest.raises(ConfigError, match="unknown built-in dataset 'mnist'"):
+        make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(name="mnist")).train()
+
+
+def test_bad_extra_option_type_is_rejected(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"advanced_config.extra.num_threads: expected a number, got 'two'"):
+        make_adapter(tmp_path, RecordingSink(), advanced={"num_threads": "two"}).train()
+
+
+def test_pretrained_weights_missing_from_the_cache_fail_fast(tmp_path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    adapter = TimmAdapter(
+        ModelConfig(name="resnet10t", pretrained=True, image_size=32),
+        DatasetConfig(name="digits"),
+        TrainingConfig(epochs=1),
+        tmp_path / "out",
+        "job-pretrained",
+    )
+    with pytest.raises(FileNotFoundError, match=r"pretrained weights of 'resnet10t' are not in the local cache"):
+        adapter.train()
+
+
+@pytest.fixture
+def tiny_imagefolder(tmp_path):
+    """An ImageFolder dataset of 2 classes (dark and bright squares), 10 train and 4 val images per class."""
+    root = tmp_path / "images"
+    for split, count in (("train", 10), ("val", 4)):
+        for name, base in (("dark", 30), ("bright", 220)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (20, 24), (base + i, base, base - i)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_imagefolder_with_advanced_options_and_a_stop_request(tmp_path, tiny_imagefolder) -> None:
+    sink = RecordingSink()
+    adapter = make_adapter(
+        tmp_path,
+        sink,
+        dataset=DatasetConfig(path=str(tiny_imagefolder)),
+        epochs=3,
+        batch_size=4,
+        log_every_n_steps=1,
+        advanced={
+            "optimizer": "sgd",
+            "momentum": 0.8,
+            "weight_decay": 0.001,
+            "lr_scheduler": "step",
+            "warmup_epochs": 1,
+            "mixed_precision": True,
+            "seed": 3,
+            "augmentation": {"horizontal_flip_probability": 0.5, "scale": 0.6, "color_jitter": 0.2},
+            "extra": {"num_threads": 1, "label_smoothing": 0.1},
+        },
+    )
+    # Stop after the second batch of epoch 1 (5 batches of 4 per epoch): a partial epoch.
+    sink.on_metric = lambda p: adapter.request_stop() if p.key == "train/batch_loss" and p.step == 7 else None
+    result = adapter.train()
+
+    assert result.status == Status.CANCELLED and result.epochs_completed == 1
+    assert adapter.classes == ["bright", "dark"]
+    groups = adapter.optimizer.param_groups
+    assert isinstance(adapter.optimizer, torch.optim.SGD)
+    assert {g["momentum"] for g in groups} == {0.8}
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.001}  # timm exempts biases and norms from decay
+    assert torch.get_num_threads() == 1
+    assert adapter.criterion.label_smoothing == 0.1
+    # One epoch of warm-up (5 steps) into the step schedule: epoch 0 ends at the full rate of 0.001.
+    assert sink.series("lr")[0].value == pytest.approx(1e-3)
+    assert sink.keys_by_epoch().keys() == {0}  # epoch 1 was cut short: not reported
+    assert torch.load(result.last_checkpoint, weights_only=True)["global_step"] == 7
+    assert sink.messages("WARNING") == ["mixed_precision is ignored on CPU: training in float32"]
+
+
+def test_lr_schedules_with_warmup() -> None:
+    assert [lr_factor(s, 10, 2, "constant") for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    assert lr_factor(2, 10, 2, "cosine") == 1.0 and lr_factor(10, 10, 2, "cosine") == pytest.approx(0.0)
+    assert lr_factor(6, 10, 2, "linear") == pytest.approx(0.5)
+    assert [lr_factor(s, 9, 0, "step") for s in (0, 3, 6, 9)] == pytest.approx([1.0, 0.1, 0.01, 0.01])
+
+
+def test_a_checkpoint_path_as_model_name_continues_from_its_weights(tmp_path, digits_run) -> None:
+    _, first, _ = digits_run
+    sink = RecordingSink()
+    adapter = TimmAdapter(
+        ModelConfig(name=str(first.best_checkpoint)),  # image size and architecture come from the checkpoint
+        DatasetConfig(name="digits"),
+        TrainingConfig(epochs=1, batch_size=BATCH_SIZE, log_every_n_steps=1),
+        tmp_path / "out",
+        "job-continue",
+        logger=sink,
+    )
+    sink.on_metric = lambda p: adapter.request_stop() if p.key == "train/batch_loss" else None
+    result = adapter.train()
+    assert result.status == Status.CANCELLED
+    assert (adapter.model_name, adapter.image_size) == ("resnet10t", 32)
+    # Continuing from trained weights: the first batch's loss is far below an untrained model's ln(10) = 2.3.
+    assert sink.series("train/batch_loss")[0].value < 0.5
+    assert torch.load(result.last_checkpoint, weights_only=True)["model_name"] == "resnet10t"

@@ -1,0 +1,236 @@
+"""The ultralytics adapter, training YOLO for real on the built-in synthetic shapes dataset on the CPU.
+
+With 24 training images mAP stays near 0 after 1-2 epochs, so the tests assert on losses, callbacks and files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from recording import RecordingSink
+from trainingplatform_sdk.adapter import Status
+from trainingplatform_sdk.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_trainer_ultralytics.adapter import UltralyticsAdapter, resolve_model
+from trainingplatform_trainer_ultralytics.datasets import write_shapes_dataset
+
+LOSS_KEYS = {f"{split}/{name}_loss" for split in ("train", "val") for name in ("box", "cls", "dfl")}
+EPOCH_KEYS = LOSS_KEYS | {
+    "metrics/precision",
+    "metrics/recall",
+    "metrics/mAP50",
+    "metrics/mAP50-95",
+    "lr/pg0",
+    "lr/pg1",
+    "lr/pg2",
+    "epoch_time_s",
+}
+BATCHES_PER_EPOCH = 3  # 24 shapes training images, batch 8
+
+
+def make_adapter(tmp_path, sink, *, model="yolo11n.yaml", dataset=None, epochs=1, advanced=None, **training):
+    return UltralyticsAdapter(
+        ModelConfig(name=model, image_size=64),
+        dataset or DatasetConfig(name="shapes"),
+        TrainingConfig(epochs=epochs, batch_size=8, device="cpu", **training),
+        tmp_path / "out",
+        "job-yolo",
+        logger=sink,
+        advanced_config=AdvancedConfig.from_mapping(advanced or {}),
+    )
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    """yolo11n on shapes at 64 px for 2 epochs, batch loss every 2 batches, with advanced options mapped."""
+    tmp_path = tmp_path_factory.mktemp("shapes")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    previous = os.getcwd()
+    os.chdir(cwd)  # ultralytics' MLflow autologging would create mlflow.db in the working directory
+    try:
+        sink = RecordingSink()
+        adapter = make_adapter(
+            tmp_path,
+            sink,
+            epochs=2,
+            log_every_n_steps=2,
+            advanced={
+                "optimizer": "adamw",
+                "lr_scheduler": "cosine",
+                "warmup_epochs": 0,
+                "seed": 1,
+                "augmentation": {"horizontal_flip_probability": 0.25, "color_jitter": 0.3},
+                "mosaic": 0.0,
+                "not_an_option": 1,
+                "extra": {"close_mosaic": 0},
+            },
+        )
+        result = adapter.train()
+    finally:
+        os.chdir(previous)
+    times = [round(p.value, 2) for p in sink.series("epoch_time_s")]
+    print(f"\nyolo11n shapes 64px: epoch_time_s {times}")
+    return adapter, result, sink, cwd
+
+
+def test_training_completes_with_ultralytics_checkpoints(shapes_run) -> None:
+    adapter, result, _, _ = shapes_run
+    assert result.status == Status.COMPLETED and result.epochs_completed == 2
+    assert result.best_checkpoint == adapter.output_dir / "weights" / "best.pt"
+    assert result.last_checkpoint == adapter.output_dir / "weights" / "last.pt"
+    assert result.best_checkpoint.stat().st_size > 0 and result.last_checkpoint.stat().st_size > 0
+
+
+def test_each_epoch_reports_each_key_once_and_losses_are_finite(shapes_run) -> None:
+    _, _, sink, _ = shapes_run
+    by_epoch = sink.keys_by_epoch()
+    # Epochs 0 and 1 only: the extra on_fit_epoch_end after the final validation (epoch == 2) adds no points.
+    assert set(by_epoch) == {0, 1}
+    for keys in by_epoch.values():
+        assert sorted(keys) == sorted(EPOCH_KEYS)
+    for key in LOSS_KEYS:
+        assert all(math.isfinite(p.value) and p.value > 0 for p in sink.series(key)), key
+    assert [p.step for p in sink.series("train/box_loss")] == [BATCHES_PER_EPOCH, 2 * BATCHES_PER_EPOCH]
+    assert any(m.startswith("Final validation of best.pt") for m in sink.messages("INFO"))
+
+
+def test_batch_loss_every_n_batches(shapes_run) -> None:
+    _, _, sink, _ = shapes_run
+    points = sink.series("train/batch_loss")
+    assert [(p.step, p.epoch) for p in points] == [(2, 0), (4, 1), (6, 1)]
+    assert all(math.isfinite(p.value) and p.value > 0 for p in points)
+
+
+def test_epoch_summaries(shapes_run) -> None:
+    _, _, sink, _ = shapes_run
+    summaries = sink.summaries()
+    assert [epoch for epoch, _, _ in summaries] == [0, 1]
+    assert all(set(metrics) == EPOCH_KEYS and duration > 0 for _, metrics, duration in summaries)
+
+
+def test_advanced_config_maps_onto_train_arguments(shapes_run) -> None:
+    adapter, _, sink, _ = shapes_run
+    args = adapter.trainer.args
+    assert (args.optimizer, args.cos_lr, args.warmup_epochs, args.seed) == ("AdamW", True, 0, 1)
+    assert (args.fliplr, args.hsv_s, args.hsv_v, args.mosaic, args.close_mosaic) == (0.25, 0.3, 0.3, 0.0, 0)
+    assert (args.imgsz, args.batch, args.epochs) == (64, 8, 2)
+    assert Path(adapter.trainer.save_dir) == adapter.output_dir.resolve()
+    warnings = sink.messages("WARNING")
+    assert [w for w in warnings if "advanced_config" in w] == [
+        "advanced_config: unknown key 'not_an_option' is ignored by the ultralytics trainer"
+    ]
+
+
+def test_ultralytics_stays_offline_and_out_of_home_and_mlflow(shapes_run) -> None:
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+    _, _, _, cwd = shapes_run
+    assert list(cwd.iterdir()) == []  # no mlflow.db, no runs/
+    assert SETTINGS["mlflow"] is False and SETTINGS["sync"] is False
+    assert (USER_CONFIG_DIR / "Arial.ttf").is_file()
+    assert Path.home() / ".config" not in USER_CONFIG_DIR.parents
+
+
+def test_stop_request_ends_the_epoch_at_the_next_batch_from_a_local_pt(tmp_path, shapes_run) -> None:
+    sink = RecordingSink()
+    local_pt = str(shapes_run[1].last_checkpoint)
+    adapter = make_adapter(tmp_path, sink, model=local_pt, epochs=3, log_every_n_steps=1, advanced={"mosaic": 0.0})
+    sink.on_metric = lambda p: adapter.request_stop() if p.key == "train/batch_loss" and p.step == 1 else None
+    result = adapter.train()
+    assert result.status == Status.CANCELLED
+    # The request came while step 1 was being reported: ultralytics leaves the loop right after that batch.
+    assert [p.step for p in sink.series("train/batch_loss")] == [1]
+    assert adapter.trainer.stop is True
+    assert sink.keys_by_epoch() == {}  # the partial epoch is not reported
+    assert result.last_checkpoint is not None and result.last_checkpoint.exists()
+
+
+def test_unknown_model_suggests_close_names(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"unknown ultralytics model 'yolo11q.yaml'.*closest valid names: .*yolo11n"):
+        resolve_model("yolo11q.yaml")
+    with pytest.raises(FileNotFoundError, match="trainers never download"):
+        make_adapter(tmp_path, RecordingSink(), model="yolo11n.pt").train()
+
+
+def test_missing_dataset_and_bad_options_are_clear_errors(tmp_path) -> None:
+    missing = DatasetConfig(path=str(tmp_path / "none" / "data.yaml"))
+    with pytest.raises(FileNotFoundError, match=r"dataset path .*data.yaml' does not exist"):
+        make_adapter(tmp_path, RecordingSink(), dataset=missing).train()
+    with pytest.raises(ConfigError, match="unknown built-in dataset 'coco'"):
+        make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(name="coco")).train()
+    with pytest.raises(ConfigError, match=r"advanced_config\.extra\.num_threads"):
+        make_adapter(tmp_path, RecordingSink(), advanced={"num_threads": 0}).train()
+    with pytest.raises(ConfigError, match=r"advanced_config\.optimizer: ultralytics supports"):
+        make_adapter(tmp_path, RecordingSink(), advanced={"optimizer": "lamb"}).train()
+
+
+def test_shapes_dataset_is_deterministic(tmp_path) -> None:
+    first = write_shapes_dataset(tmp_path / "a", train_images=4, val_images=2, seed=5)
+    second = write_shapes_dataset(tmp_path / "b", train_images=4, val_images=2, seed=5)
+    for split, count in (("train", 4), ("val", 2)):
+        labels = sorted((first.parent / "labels" / split).glob("*.txt"))
+        assert len(labels) == count
+        for path in labels:
+            assert path.read_text() == (second.parent / "labels" / split / path.name).read_text()
+            for line in path.read_text().splitlines():
+                cls, *box = line.split()
+                assert cls in {"0", "1"} and all(0 < float(v) <= 1 for v in box)
+    assert "names:\n  0: rectangle\n  1: circle\n" in first.read_text()
+
+
+def test_cli_in_a_clean_home_writes_nothing_outside_the_output_dir(tmp_path) -> None:
+    home, cwd, out = tmp_path / "home", tmp_path / "cwd", tmp_path / "out"
+    home.mkdir()
+    cwd.mkdir()
+    removed = ("BACKEND_API_URL", "YOLO_CONFIG_DIR", "MPLCONFIGDIR", "XDG_CONFIG_HOME", "OMP_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in removed}
+    env["HOME"] = str(home)
+    command = [
+        sys.executable,
+        "-m",
+        "trainingplatform_sdk.train",
+        "--job-id=job-cli",
+        "--framework=ultralytics",
+        '--model-config={"name": "yolo11n.yaml", "image_size": 64}',
+        '--dataset-config={"name": "shapes"}',
+        '--training-config={"epochs": 1, "batch_size": 8}',
+        f"--advanced-config={json.dumps({'mosaic': 0.0})}",
+        f"--output-dir={out}",
+    ]
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert list(home.iterdir()) == [] and list(cwd.iterdir()) == []
+    settings = json.loads((out / ".ultralytics" / "Ultralytics" / "settings.json").read_text())
+    assert settings["mlflow"] is False and settings["sync"] is False
+    assert (out / "weights" / "last.pt").is_file()
+
+
+def test_augmentation_off_constant_schedule_and_step_warning(tmp_path) -> None:
+    sink = RecordingSink()
+    adapter = make_adapter(
+        tmp_path,
+        sink,
+        learning_rate=0.02,
+        advanced={
+            "augmentation": {"enabled": False},
+            "lr_scheduler": "step",
+            "mixed_precision": False,
+            "optimizer": "SGD",
+            "momentum": 0.5,
+            "extra": {"patience": 3, "epochs": 99},
+        },
+    )
+    args = adapter.train_args(tmp_path / "data.yaml", 64)
+    assert all(args[key] == 0.0 for key in ("fliplr", "mosaic", "hsv_s", "scale", "translate"))
+    assert (args["optimizer"], args["momentum"], args["amp"], args["lr0"]) == ("SGD", 0.5, False, 0.02)
+    assert "cos_lr" not in args and args["patience"] == 3
+    assert args["epochs"] == 1  # `extra` cannot override what the adapter owns
+    assert any("'step' is not supported" in m for m in sink.messages("WARNING"))
+    adapter.advanced_config.lr_scheduler = "constant"
+    assert adapter.train_args(tmp_path / "data.yaml", 64)["lrf"] == 1.0
