@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from trainingplatform_backend import auth
-from trainingplatform_backend.errors import ServiceError, status_of
+from trainingplatform_backend.errors import InvalidArgument, ServiceError, status_of
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,41 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return _wrap(handler, principal, None)
 
 
+class _Malformed:
+    """Stands in for a request whose bytes are not a valid message, so the handler can answer INVALID_ARGUMENT
+    (gRPC's own deserialiser failure would be an opaque UNKNOWN)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:
+            return _Malformed(error)
+
+    return parse
+
+
+def _check(request: Any) -> Any:
+    if isinstance(request, _Malformed):
+        raise InvalidArgument(f"the request is not a valid protobuf message for this method ({request.error})")
+    return request
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _check(request)
+
+
 def _wrap(handler: grpc.RpcMethodHandler, principal: auth.Principal | None, refusal: ServiceError | None) -> Any:
-    """A handler of the same shape whose behaviour sets the principal (or aborts with the refusal)."""
+    """A handler of the same shape whose behaviour sets the principal (or aborts with the refusal), and whose
+    requests that fail to parse are answered with INVALID_ARGUMENT."""
 
     async def fail(context: grpc.aio.ServicerContext, error: BaseException) -> None:
         code, message = status_of(error)
@@ -61,7 +94,8 @@ def _wrap(handler: grpc.RpcMethodHandler, principal: auth.Principal | None, refu
                 await fail(context, refusal)
             token = auth.set_principal(principal)  # type: ignore[arg-type]
             try:
-                return await behavior(request, context)
+                requests = _checked(request) if handler.stream_unary else _check(request)
+                return await behavior(requests, context)
             except grpc.aio.AbortError:
                 raise
             except Exception as error:
@@ -79,7 +113,8 @@ def _wrap(handler: grpc.RpcMethodHandler, principal: auth.Principal | None, refu
                 await fail(context, refusal)
             token = auth.set_principal(principal)  # type: ignore[arg-type]
             try:
-                async for response in behavior(request, context):
+                requests = _checked(request) if handler.stream_stream else _check(request)
+                async for response in behavior(requests, context):
                     yield response
             except grpc.aio.AbortError:
                 raise
@@ -94,6 +129,6 @@ def _wrap(handler: grpc.RpcMethodHandler, principal: auth.Principal | None, refu
         )
     return factory(
         wrapped,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_lenient(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
