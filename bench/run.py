@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
         {"points": 20_000, "batch": 5000, "legacy_seconds": 0.5},
     ),
     "latency": ("bench_latency", {"seconds": 10.0}, {"seconds": 1.0}),
+    "mlflow": ("bench_mlflow", {"seconds": 5.0}, {"seconds": 0.5}),
 }
 
 # key -> (target, comparison) ; a missed target is shown as missed.
