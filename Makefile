@@ -10,7 +10,7 @@ export BUF_CACHE_DIR := $(CURDIR)/.cache/buf
 
 .PHONY: setup test test-fast demo proto proto-check lint breaking bench bench-smoke clean
 
-setup: $(SETUP_STAMP) node_modules/.package-lock.json
+setup: $(SETUP_STAMP) node_modules/.package-lock.json sdk/node/node_modules/.package-lock.json
 
 # Re-run only when a dependency list changes; pip itself is idempotent.
 $(SETUP_STAMP): sdk/pyproject.toml services/*/pyproject.toml requirements-dev.txt
@@ -22,6 +22,10 @@ $(SETUP_STAMP): sdk/pyproject.toml services/*/pyproject.toml requirements-dev.tx
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
+# The Node client (sdk/node) and its code generator.
+sdk/node/node_modules/.package-lock.json: sdk/node/package.json sdk/node/package-lock.json
+	npm ci --prefix sdk/node --no-audit --no-fund --loglevel=error
+
 # Lint (ruff, buf) then every test suite; the PostgreSQL tests need the server on 127.0.0.1:5432.
 test: setup lint
 	$(PY) -m pytest
@@ -31,11 +35,13 @@ demo: setup
 
 proto: setup
 	$(BUF) generate --template buf.gen.python.yaml
+	$(BUF) generate --template buf.gen.ts.yaml
 
 # Fails when the committed generated code differs from what the protos produce.
 proto-check: proto
-	@git diff --exit-code --stat -- sdk/gen && test -z "$$(git status --porcelain -- sdk/gen)" \
-	  || { echo "protos changed: run 'make proto' and commit sdk/gen"; exit 1; }
+	@git diff --exit-code --stat -- sdk/gen sdk/node/src/gen \
+	  && test -z "$$(git status --porcelain -- sdk/gen sdk/node/src/gen)" \
+	  || { echo "protos changed: run 'make proto' and commit sdk/gen and sdk/node/src/gen"; exit 1; }
 
 lint: setup
 	$(BUF) lint
@@ -47,7 +53,7 @@ breaking: setup
 	tools/buf_breaking.sh
 
 clean:
-	rm -rf $(VENV) node_modules .cache
+	rm -rf $(VENV) node_modules sdk/node/node_modules .cache
 
 bench: setup
 	$(PY) bench/run.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
@@ -21,17 +22,24 @@ SPEC = common_pb2.JobSpec(
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_unreachable_trainers_fail_the_job_with_every_reason(database_url: str, tmp_path: Path):
     dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    trainers = ",".join(f"timm={a}" for a in dead)
     backend = BackendProcess(
-        database_url, tmp_path / "data", extra_env={"TP_TRAINERS": ",".join(f"timm={a}" for a in dead)}
+        database_url, tmp_path / "data", extra_env={"TP_TRAINERS": trainers, "TP_DISPATCH_TIMEOUT_S": "3"}
     )
     backend.start()
     try:
         created = backend.jobs().CreateJob(
             jobs_pb2.CreateJobRequest(spec=SPEC), metadata=auth(backend.internal_token), timeout=60
         )
-        job = created.job
+        # Every replica down: the job waits QUEUED while the backend retries, then fails with the reasons.
+        assert created.job.status == common_pb2.JOB_STATUS_QUEUED
+        job_id = created.job.job_id
+        deadline = time.monotonic() + 60
+        while backend.job_status(job_id) == "QUEUED" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        job = backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=auth(backend.internal_token)).job
         assert job.status == common_pb2.JOB_STATUS_FAILED
-        assert "no timm trainer accepted the job" in job.error_message
+        assert "no timm trainer accepted the job within 3 s" in job.error_message
         for address in dead:  # both replicas were tried, and each reason is named
             assert address in job.error_message
         assert "UNAVAILABLE" in job.error_message

@@ -11,11 +11,15 @@ Each config is JSON or `@path` of a JSON file; `--advanced-config` is optional. 
 `ultralytics` or a `module:Class` path to any TrainingAdapter subclass. Telemetry goes to the backend named by the
 environment (`TrainingLogger.from_env`, spooling under OUTPUT_DIR/spool); nothing is read from a database.
 
-The job's status: RUNNING once the configs are valid and the adapter is built, then COMPLETED, FAILED (with the
-error and the traceback) or CANCELLED. Exit codes:
+The job's status: RUNNING once the configs are valid, the tracking and artifact stores answer and the adapter is
+built, then COMPLETED, FAILED (with the error and the traceback) or CANCELLED. Before training, `tp-train` checks
+MLflow (MLFLOW_TRACKING_URI) and artifact storage (TP_ARTIFACTS_BUCKET, AWS_S3_ENDPOINT_URL, AWS_*), creates the
+job's MLflow run and stores its config; checkpoints and results are stored when training ends
+(`trainingplatform_sdk.recorder`, settings in docs/tracking.md). Exit codes:
 
 - 0: COMPLETED.
-- 1: FAILED (a bad config, an unknown model, an exception in training).
+- 1: FAILED (a bad config, an unknown model, an exception in training, MLflow or the artifact store unusable: the
+  message names the setting to fix).
 - 2: bad command-line arguments (argparse); no status is reported, there may be no job to report to.
 - 143 (128 + SIGTERM): CANCELLED. SIGTERM (or SIGINT) stops training at the next batch boundary, writes the last
   checkpoint and exits 143, so a supervisor can tell a cancelled run from a completed one by the exit code alone.
@@ -28,6 +32,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -38,7 +43,10 @@ from types import FrameType
 from typing import Any
 
 from trainingplatform_sdk.adapter import NullSink, Status, TelemetrySink, TrainingAdapter
+from trainingplatform_sdk.artifacts import StorageError
 from trainingplatform_sdk.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.recorder import JobRecorder, RecorderSettings
+from trainingplatform_sdk.tracking import TrackingError
 
 __all__ = ["EXIT_CANCELLED", "EXIT_FAILED", "FRAMEWORKS", "load_config_argument", "main", "resolve_adapter", "run_job"]
 
@@ -54,6 +62,8 @@ EXIT_FAILED = 1
 EXIT_CANCELLED = 128 + signal.SIGTERM
 #: Seconds `close()` may take to deliver the last telemetry.
 CLOSE_TIMEOUT_S = 30.0
+#: The config sections, as named in MLflow params and config.json.
+_SECTIONS = ("model", "dataset", "training", "advanced")
 
 
 def resolve_adapter(framework: str) -> type[TrainingAdapter]:
@@ -105,17 +115,23 @@ def run_job(
     advanced_config: Mapping[str, Any] | AdvancedConfig | None,
     output_dir: str | Path,
     logger: TelemetrySink,
+    recorder_settings: RecorderSettings | None = None,
 ) -> int:
     """Runs one job with `logger` and returns the process exit code; reports every status through `logger`.
 
     Configs may be dataclasses or plain mappings (parsed JSON). When called from the main thread, SIGTERM and
     SIGINT request a graceful stop for the duration of the call. The logger is not closed.
 
+    Args:
+        recorder_settings: Where the job's MLflow run and artifacts go (`RecorderSettings.from_env`); both are
+            checked before training starts. None records nothing outside the backend.
+
     Returns:
         0 (COMPLETED), 1 (FAILED) or 143 (CANCELLED).
     """
     stop = threading.Event()
     adapter: TrainingAdapter | None = None
+    recorder: JobRecorder | None = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -130,15 +146,32 @@ def run_job(
     try:
         model = model_config if isinstance(model_config, ModelConfig) else ModelConfig.from_mapping(model_config)
         _report(logger, f"Starting training: {model.name}")
+        dataset = _typed(DatasetConfig, dataset_config)
+        training = _typed(TrainingConfig, training_config)
+        advanced = _typed(AdvancedConfig, advanced_config or {})
+        sink = logger
+        # Before the framework import (torch: seconds): a misconfigured store fails the job as fast as it can.
+        if recorder_settings is not None:
+            configs = {c: v.to_dict() for c, v in zip(_SECTIONS, (model, dataset, training, advanced), strict=True)}
+            recorder = JobRecorder.start(
+                recorder_settings,
+                job_id=job_id,
+                framework=framework,
+                configs=configs,
+                output_dir=Path(output_dir),
+                logger=logger,
+            )
+            sink = recorder.wrap(logger)
+            _report(logger, recorder.describe())
         adapter_cls = resolve_adapter(framework)
         adapter = adapter_cls(
             model_config=model,
-            dataset_config=_typed(DatasetConfig, dataset_config),
-            training_config=_typed(TrainingConfig, training_config),
+            dataset_config=dataset,
+            training_config=training,
             output_dir=Path(output_dir),
             job_id=job_id,
-            logger=logger,
-            advanced_config=_typed(AdvancedConfig, advanced_config or {}),
+            logger=sink,
+            advanced_config=advanced,
         )
         if stop.is_set():
             adapter.request_stop()
@@ -146,15 +179,28 @@ def run_job(
         result = adapter.train()
         if result.status == Status.CANCELLED:
             _report(logger, f"Training cancelled after {result.epochs_completed} epoch(s)")
+            if recorder is not None:
+                recorder.abort(Status.CANCELLED, result=result)
             logger.update_status(Status.CANCELLED, reason="stop requested (SIGTERM)")
             return EXIT_CANCELLED
         _report(logger, f"Training completed: {result.epochs_completed} epoch(s)")
+        if recorder is not None:
+            recorder.finish(result)
         logger.update_status(Status.COMPLETED)
         return EXIT_COMPLETED
+    except (TrackingError, StorageError) as error:
+        # A setting to fix, named in the message: a traceback would only bury it.
+        message = str(error)
+        _report(logger, f"Training failed: {message}", level="ERROR")
+        logger.update_status(Status.FAILED, message, reason="tracking or artifact storage unusable")
+        return EXIT_FAILED
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
         detail = traceback.format_exc()
         _report(logger, f"Training failed: {message}\n{detail}", level="ERROR")
+        if recorder is not None:
+            last = adapter.last_checkpoint_path if adapter is not None else None
+            recorder.abort(Status.FAILED, last_checkpoint=last)
         logger.update_status(Status.FAILED, message, error_detail=detail, reason="exception in training")
         return EXIT_FAILED
     finally:
@@ -195,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name: load_config_argument(getattr(args, name), name.replace("_", "-"))
                 for name in ("model_config", "dataset_config", "training_config", "advanced_config")
             }
-        except ConfigError as error:
+            recorder_settings = RecorderSettings.from_env(os.environ, output_dir=args.output_dir)
+        except (ConfigError, StorageError) as error:
             # The job exists and waits for a status: a bad argument must end it FAILED, not leave it QUEUED.
             _report(logger, f"Training failed: {error}", level="ERROR")
             logger.update_status(Status.FAILED, str(error), reason="invalid configuration")
@@ -206,7 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs = configs["training_config"].get("epochs")
         logger = ProgressSink(logger, args.output_dir, total_epochs=epochs if isinstance(epochs, int) else 0)
         return run_job(
-            job_id=args.job_id, framework=args.framework, output_dir=args.output_dir, logger=logger, **configs
+            job_id=args.job_id,
+            framework=args.framework,
+            output_dir=args.output_dir,
+            logger=logger,
+            recorder_settings=recorder_settings,
+            **configs,
         )
     finally:
         logger.close(timeout=CLOSE_TIMEOUT_S)

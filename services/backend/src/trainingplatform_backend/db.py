@@ -29,12 +29,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _ensure_sqlite_directory(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def create_db_engine(url: str, *, pool_size: int = 8) -> Engine:
     """Creates an engine for `url`, with SQLite pragmas or a PostgreSQL connection pool."""
     parsed = make_url(url)
+    _ensure_sqlite_directory(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -52,4 +57,5 @@ def alembic_config(url: str) -> Config:
 def migrate(url: str) -> None:
     """Applies every pending migration: the only way the schema is created or changed."""
     log.info("applying database migrations to %s", make_url(url).render_as_string(hide_password=True))
+    _ensure_sqlite_directory(url)
     command.upgrade(alembic_config(url), "head")

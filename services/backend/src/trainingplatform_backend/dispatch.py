@@ -2,10 +2,12 @@
 
 Replica policy: a framework may list several trainer addresses (TP_TRAINERS). A job goes to the replica with
 the fewest of this database's live (QUEUED or RUNNING) jobs, ties broken in configuration order. When a replica
-is unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), the next one is tried; when none
-accepts, the job ends FAILED with every replica's reason. A trainer refusing the request itself
-(INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION: an unknown model, a missing dataset) fails the job with the
-trainer's message.
+is unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), the next one is tried. When none
+accepts, the job stays QUEUED and this backend retries in the background (backoff from 1 s to 10 s) for up to
+`dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s), then fails it with every replica's last reason. A trainer
+refusing the request itself (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION: an unknown model, a missing
+dataset) fails the job at once with the trainer's message. Retries live in the memory of the backend that took
+the job; if it stops, the lease below fails the job once the retries would have ended.
 
 Lease: every `watch_interval_s` the backend asks each live job's trainer about its run (GetTraining). A job is
 failed, with the reason, when its run ended without the job reaching a terminal status for `lease_s` (the
@@ -17,6 +19,7 @@ unreachable for `lease_s`. So a job whose trainer dies is FAILED within lease_s 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Sequence
@@ -30,7 +33,7 @@ from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainingplatform_backend import statemachine
 from trainingplatform_backend.errors import FailedPrecondition
 from trainingplatform_backend.models import Job
-from trainingplatform_backend.store import Store, Transition
+from trainingplatform_backend.store import Store, Transition, utcnow
 from trainingplatform_backend.subscriptions import POKE, Hub
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,8 @@ class DispatchSettings:
     """The service token sent to trainers."""
     call_timeout_s: float = 30.0
     """Deadline of StartTraining and CancelTraining calls."""
+    dispatch_timeout_s: float = 600.0
+    """TP_DISPATCH_TIMEOUT_S: how long a job waits for a free or reachable trainer before it fails."""
     lease_s: float = 60.0
     """TP_TRAINER_LEASE_S: how long a live job may go without a trainer that runs it."""
     watch_interval_s: float = 10.0
@@ -72,6 +77,7 @@ class Dispatcher:
         self._unreachable_since: dict[str, float] = {}
         self._run_ended_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._retries: dict[str, asyncio.Task[None]] = {}
 
     def has_trainer(self, framework: str) -> bool:
         """Whether a trainer is configured for the framework."""
@@ -115,7 +121,8 @@ class Dispatcher:
         return transition
 
     async def dispatch(self, job_id: str, spec: common_pb2.JobSpec, telemetry_token: str) -> None:
-        """QUEUED, then StartTraining on the first replica that accepts; FAILED with the reasons otherwise."""
+        """QUEUED, then StartTraining on the first replica that accepts. When every replica is busy or down, the
+        job stays QUEUED and is retried in the background; a trainer refusing the job fails it."""
         await self._transition(job_id, statemachine.QUEUED, "dispatching to a trainer")
         request = trainer_pb2.StartTrainingRequest(
             job_id=job_id,
@@ -123,7 +130,18 @@ class Dispatcher:
             telemetry_endpoint=self._settings.telemetry_endpoint,
             telemetry_token=telemetry_token,
         )
-        replicas = await asyncio.to_thread(self._replicas, spec.framework)
+        reasons = await self._try_replicas(job_id, request)
+        if reasons:
+            log.info("job %s waits for a %s trainer: %s", job_id, spec.framework, "; ".join(reasons))
+            deadline = time.monotonic() + self._settings.dispatch_timeout_s
+            self._retries[job_id] = asyncio.create_task(
+                self._retry(job_id, request, deadline, reasons), name=f"dispatch-{job_id}"
+            )
+
+    async def _try_replicas(self, job_id: str, request: trainer_pb2.StartTrainingRequest) -> list[str]:
+        """One pass over the replicas. Returns [] when the job was handed over or failed for good, else the
+        reasons every replica gave (all retryable)."""
+        replicas = await asyncio.to_thread(self._replicas, request.spec.framework)
         reasons: list[str] = []
         for address in replicas:
             try:
@@ -140,15 +158,36 @@ class Dispatcher:
                     "the trainer refused the job",
                     f"trainer {address} refused the job: {error.details()}",
                 )
-                return
+                return []
             await asyncio.to_thread(
                 self._store.set_dispatch, job_id, trainer_address=address, trainer_run_id=response.run_id
             )
             log.info("job %s dispatched to %s (run %s)", job_id, address, response.run_id)
-            return
-        message = f"no {spec.framework} trainer accepted the job: " + "; ".join(reasons)
-        log.warning("job %s: %s", job_id, message)
-        await self._transition(job_id, statemachine.FAILED, "no trainer reachable", message)
+            return []
+        return reasons
+
+    async def _retry(
+        self, job_id: str, request: trainer_pb2.StartTrainingRequest, deadline: float, reasons: list[str]
+    ) -> None:
+        delay = 1.0
+        try:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                view = await asyncio.to_thread(self._store.get_job, job_id)
+                if view.job.status != statemachine.QUEUED:
+                    return  # cancelled meanwhile
+                reasons = await self._try_replicas(job_id, request)
+                if not reasons:
+                    return
+            message = (
+                f"no {request.spec.framework} trainer accepted the job within "
+                f"{self._settings.dispatch_timeout_s:.0f} s: " + "; ".join(reasons)
+            )
+            log.warning("job %s: %s", job_id, message)
+            await self._transition(job_id, statemachine.FAILED, "no trainer accepted the job", message)
+        finally:
+            self._retries.pop(job_id, None)
 
     async def cancel(self, job_id: str, trainer_address: str) -> None:
         """Asks the job's trainer to stop its run; an unreachable trainer is logged, not fatal."""
@@ -174,9 +213,10 @@ class Dispatcher:
 
     async def stop(self) -> None:
         """Stops the watch loop and closes the channels."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in [self._task, *self._retries.values()]:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for channel in self._channels.values():
             await channel.close()
 
@@ -199,10 +239,30 @@ class Dispatcher:
                 )
             ]
 
+    def _orphans(self, older_than: dt.datetime) -> Sequence[str]:
+        with self._store.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(Job.job_id).where(
+                        Job.status == statemachine.QUEUED, Job.trainer_address == "", Job.updated_at < older_than
+                    )
+                ).scalars()
+            )
+
     async def check_leases(self) -> None:
-        """One round of the lease: fails live jobs whose trainer no longer runs them."""
+        """One round of the lease: fails live jobs whose trainer no longer runs them, and queued jobs whose
+        dispatch retries stopped with the backend that held them."""
         now = time.monotonic()
         lease = self._settings.lease_s
+        cutoff = utcnow() - dt.timedelta(seconds=self._settings.dispatch_timeout_s + lease)
+        for job_id in await asyncio.to_thread(self._orphans, cutoff):
+            if job_id not in self._retries:
+                await self._transition(
+                    job_id,
+                    statemachine.FAILED,
+                    "never dispatched",
+                    "the backend that queued this job stopped before a trainer accepted it",
+                )
         for job_id, address in await asyncio.to_thread(self._live_jobs):
             try:
                 run = (

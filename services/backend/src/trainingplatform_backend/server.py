@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
@@ -125,6 +126,7 @@ async def start(settings: Settings) -> RunningServer:
             trainers=settings.trainers,
             telemetry_endpoint=settings.effective_telemetry_endpoint,
             internal_token=settings.internal_auth_token,
+            dispatch_timeout_s=settings.dispatch_timeout_s,
             lease_s=settings.trainer_lease_s,
             watch_interval_s=settings.watch_interval_s,
         ),
@@ -190,11 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    if args.command == "migrate":
-        db.migrate(settings.effective_database_url)
-        return 0
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(settings))
+    try:
+        if args.command == "migrate":
+            db.migrate(settings.effective_database_url)
+            return 0
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings))
+    except (OSError, SQLAlchemyError, TimeoutError) as error:
+        # A startup failure (database unreachable, port taken, unreadable TLS file) is one clear line.
+        log.error("cannot start: %s", str(error).splitlines()[0])
+        return 1
     return 0
 
 

@@ -73,6 +73,10 @@ class Settings:
     """TP_TELEMETRY_ENDPOINT: this backend's address as trainers reach it, handed to them with each job.
     Empty means the listen address (127.0.0.1 for a wildcard host), `https://` when TLS is on."""
 
+    dispatch_timeout_s: float = 600.0
+    """TP_DISPATCH_TIMEOUT_S: how long a job stays QUEUED waiting for a free or reachable trainer (retried with
+    backoff) before it fails."""
+
     trainer_lease_s: float = 60.0
     """TP_TRAINER_LEASE_S: a live job whose trainer no longer runs it (process gone without a final status,
     trainer unreachable or restarted) is FAILED after this long."""
@@ -171,6 +175,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         log_level=pick("log_level", "TP_LOG_LEVEL", "INFO").upper(),
         trainers=parse_trainers(pick("trainers", "TP_TRAINERS", "")),
         telemetry_endpoint=env.get("TP_TELEMETRY_ENDPOINT", ""),
+        dispatch_timeout_s=float(env.get("TP_DISPATCH_TIMEOUT_S", "600")),
         trainer_lease_s=float(env.get("TP_TRAINER_LEASE_S", "60")),
         watch_interval_s=float(env.get("TP_WATCH_INTERVAL_S", "10")),
     )

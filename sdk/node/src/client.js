@@ -1,0 +1,282 @@
+// @ts-check
+/**
+ * A Node.js client of the backend's JobsService, over gRPC (HTTP/2) with Connect.
+ *
+ *     import { createPlatformClient } from "./src/client.js";
+ *
+ *     const platform = createPlatformClient({ address: "127.0.0.1:50051", token });
+ *     const { job } = await platform.createJob({ framework: "timm", model: "resnet10t", dataset: "digits" });
+ *     for await (const event of platform.subscribeTelemetry(job.jobId)) { ... }
+ *     platform.close();
+ *
+ * The messages and the service descriptor are generated into ./gen by `buf generate --template
+ * buf.gen.ts.yaml` (never edited by hand). Every call carries `authorization: Bearer <token>` and a deadline;
+ * errors are Connect's `ConnectError`, whose `code` is the gRPC status (`Code.NotFound`...).
+ */
+
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { JobStatus, JobStatusSchema, LogLevel, LogLevelSchema } from "./gen/trainingplatform/common/v1/common_pb.js";
+import { JobsService } from "./gen/trainingplatform/jobs/v1/jobs_pb.js";
+
+export { Code, ConnectError, JobStatus, LogLevel };
+
+/** @typedef {import("@connectrpc/connect").Client<typeof JobsService>} JobsServiceClient */
+/** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").CreateJobResponse} CreateJobResponse */
+/** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").GetJobResponse} GetJobResponse */
+/** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").ListMetricsResponse} ListMetricsResponse */
+/** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").ListLogsResponse} ListLogsResponse */
+/** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").SubscribeTelemetryResponse} TelemetryEvent */
+/** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").TelemetryCursor} TelemetryCursor */
+/** @typedef {import("@bufbuild/protobuf").MessageInitShape<typeof import("./gen/trainingplatform/common/v1/common_pb.js").AdvancedConfigSchema>} AdvancedConfigInit */
+
+/**
+ * TLS material, PEM. `true` means TLS with the system's roots.
+ * @typedef {boolean | { ca?: string | Uint8Array, cert?: string | Uint8Array, key?: string | Uint8Array }} TlsOptions
+ */
+
+/** Terminal statuses: nothing follows them. */
+export const TERMINAL_STATUSES = new Set([JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED]);
+
+/** Subscription errors after which the contract says to resubscribe from the last cursor. */
+const RESUMABLE = new Set([Code.Unavailable, Code.Internal]);
+
+/**
+ * The proto name of a job status, as the protobuf JSON mapping prints it: `JOB_STATUS_COMPLETED`.
+ * @param {JobStatus} status
+ */
+export function statusName(status) {
+  return JobStatusSchema.value[status]?.name ?? `JOB_STATUS_${status}`;
+}
+
+/**
+ * The proto name of a log level: `LOG_LEVEL_INFO`.
+ * @param {LogLevel} level
+ */
+export function logLevelName(level) {
+  return LogLevelSchema.value[level]?.name ?? `LOG_LEVEL_${level}`;
+}
+
+/**
+ * The base URL of a backend address, read like the Python SDK reads it: `host:port` and `grpc://` or `http://`
+ * are plaintext, `https://` and `grpcs://` are TLS (port 443 when omitted). `tls` forces TLS.
+ * @param {string} address
+ * @param {boolean} tls
+ */
+export function baseUrl(address, tls = false) {
+  const text = address.trim();
+  if (!text) throw new Error("backend address is empty");
+  const match = /^([a-z]+):\/\/(.*)$/i.exec(text);
+  const scheme = match ? match[1].toLowerCase() : "";
+  if (match && !["grpc", "http", "https", "grpcs"].includes(scheme)) {
+    throw new Error(`backend address ${JSON.stringify(address)}: scheme must be grpc://, http://, https:// or grpcs://`);
+  }
+  const secure = tls || scheme === "https" || scheme === "grpcs";
+  const authority = (match ? match[2] : text).split("/")[0];
+  const url = new URL(`${secure ? "https" : "http"}://${authority}`);
+  if (!url.hostname || (!/:\d+$/.test(authority) && !secure)) {
+    throw new Error(`backend address ${JSON.stringify(address)}: expected host:port`);
+  }
+  return url.origin;
+}
+
+/**
+ * A client of the backend's JobsService.
+ *
+ * @param {object} options
+ * @param {string} options.address `host:port`, `grpc://host:port` or `https://host:port` (TLS).
+ * @param {string} options.token the internal token, the read token, or a job's telemetry token (that job's reads).
+ * @param {TlsOptions} [options.tls] TLS material (PEM) or `true`; implied by an `https://` address.
+ * @param {number} [options.timeoutMs] deadline of every unary call (default 30 s; CreateJob at least 60 s).
+ */
+export function createPlatformClient({ address, token, tls = false, timeoutMs = 30_000 }) {
+  if (!token) throw new Error("a token is required: the internal token, the read token or a job's token");
+  const url = baseUrl(address, Boolean(tls));
+  const nodeOptions = typeof tls === "object" ? { ca: tls.ca, cert: tls.cert, key: tls.key } : {};
+  // The same keepalive as the Python SDK: a ping every 30 s is three times slower than the backend's floor
+  // (10 s), so a subscription held for days is never closed with GOAWAY too_many_pings.
+  const sessionManager = new Http2SessionManager(
+    url,
+    { pingIntervalMs: 30_000, pingTimeoutMs: 10_000, pingIdleConnection: true },
+    nodeOptions,
+  );
+  /** @type {import("@connectrpc/connect").Interceptor} */
+  const authorize = (next) => (request) => {
+    request.header.set("authorization", `Bearer ${token}`);
+    return next(request);
+  };
+  const transport = createGrpcTransport({
+    baseUrl: url,
+    sessionManager,
+    interceptors: [authorize],
+    defaultTimeoutMs: timeoutMs,
+    readMaxBytes: 16 * 1024 * 1024,
+  });
+  /** @type {JobsServiceClient} */
+  const jobs = createClient(JobsService, transport);
+
+  return {
+    /** The generated, typed JobsService client: every RPC, with the token and default deadline already set. */
+    jobs,
+
+    /**
+     * Creates a job and (unless `dispatch` is false) hands it to a trainer of its framework. Not retried: it
+     * is not idempotent. The response's `telemetryToken` is returned only here.
+     *
+     * @param {object} spec
+     * @param {string} spec.framework `timm` or `ultralytics`.
+     * @param {string} spec.model the framework's model name (`resnet10t`, `yolo11n.yaml`).
+     * @param {string} [spec.dataset] a built-in dataset (`digits`, `shapes`) or a label for `datasetPath`.
+     * @param {string} [spec.datasetPath] a dataset on the trainer's file system.
+     * @param {number} [spec.epochs] at least 1 (default 1).
+     * @param {number} [spec.batchSize] 0: the trainer's default.
+     * @param {number} [spec.learningRate] 0: the trainer's default.
+     * @param {number} [spec.imageSize] 0: the model's default.
+     * @param {boolean} [spec.pretrained] weights must already be in the trainer's cache.
+     * @param {string} [spec.device] `auto`, `cpu`, `cuda`, `cuda:N`.
+     * @param {number} [spec.logEveryNSteps] 0: the trainer's default (100).
+     * @param {AdvancedConfigInit} [spec.advanced] optimizer, scheduler, augmentation, `extra`...
+     * @param {string} [spec.displayName]
+     * @param {boolean} [spec.dispatch] false: stays PENDING, the caller runs the trainer itself.
+     * @returns {Promise<CreateJobResponse>}
+     */
+    createJob({
+      framework,
+      model,
+      dataset = "",
+      datasetPath = "",
+      epochs = 1,
+      batchSize = 0,
+      learningRate = 0,
+      imageSize = 0,
+      pretrained = false,
+      device = "",
+      logEveryNSteps = 0,
+      advanced = undefined,
+      displayName = "",
+      dispatch = true,
+    }) {
+      return jobs.createJob(
+        {
+          spec: {
+            framework,
+            model: { name: model, pretrained, imageSize },
+            dataset: { name: dataset, path: datasetPath },
+            training: { epochs, batchSize, learningRate, device, logEveryNSteps },
+            advanced,
+          },
+          displayName,
+          dispatch,
+        },
+        { timeoutMs: Math.max(timeoutMs, 60_000) },
+      );
+    },
+
+    /**
+     * One job with its status history (`statusEvents`, oldest first).
+     * @param {string} jobId
+     * @returns {Promise<GetJobResponse>}
+     */
+    getJob(jobId) {
+      return retrying(() => jobs.getJob({ jobId }));
+    },
+
+    /**
+     * A job's committed metric points in sequence order, one page (a ListMetricsResponse) at a time.
+     * @param {string} jobId
+     * @param {{ keys?: string[], pageSize?: number }} [options] `pageSize` at most 10,000 (default).
+     * @returns {AsyncGenerator<ListMetricsResponse>}
+     */
+    async *listMetrics(jobId, { keys = [], pageSize = 10_000 } = {}) {
+      let pageToken = "";
+      do {
+        const page = await retrying(() => jobs.listMetrics({ jobId, keys, pageSize, pageToken }));
+        yield page;
+        pageToken = page.nextPageToken;
+      } while (pageToken);
+    },
+
+    /**
+     * A job's committed log records in sequence order, one page (a ListLogsResponse) at a time.
+     * @param {string} jobId
+     * @param {{ minLevel?: LogLevel, pageSize?: number }} [options] `minLevel` e.g. `LogLevel.WARNING`.
+     * @returns {AsyncGenerator<ListLogsResponse>}
+     */
+    async *listLogs(jobId, { minLevel = LogLevel.UNSPECIFIED, pageSize = 10_000 } = {}) {
+      let pageToken = "";
+      do {
+        const page = await retrying(() => jobs.listLogs({ jobId, minLevel, pageSize, pageToken }));
+        yield page;
+        pageToken = page.nextPageToken;
+      } while (pageToken);
+    },
+
+    /**
+     * Replays the job's telemetry after `after`, then follows it live, until its terminal status event (or
+     * until `signal` aborts, with `keepFollowing`). A subscription broken with UNAVAILABLE or INTERNAL is
+     * resumed from the last cursor, with backoff, for up to `maxReconnectMs` without progress. No deadline.
+     *
+     * @param {string} jobId
+     * @param {{ after?: Partial<TelemetryCursor>, keepFollowing?: boolean, signal?: AbortSignal, maxReconnectMs?: number }} [options]
+     * @returns {AsyncGenerator<TelemetryEvent>}
+     */
+    async *subscribeTelemetry(jobId, { after = {}, keepFollowing = false, signal, maxReconnectMs = 60_000 } = {}) {
+      let cursor = {
+        metricSequence: after.metricSequence ?? 0n,
+        logSequence: after.logSequence ?? 0n,
+        statusSequence: after.statusSequence ?? 0n,
+        epochSummarySequence: after.epochSummarySequence ?? 0n,
+      };
+      let delayMs = 200;
+      let deadline = Date.now() + maxReconnectMs;
+      for (;;) {
+        try {
+          const stream = jobs.subscribeTelemetry({ jobId, after: cursor, keepFollowing }, { signal, timeoutMs: 0 });
+          for await (const event of stream) {
+            if (event.cursor) cursor = event.cursor;
+            delayMs = 200;
+            deadline = Date.now() + maxReconnectMs;
+            yield event;
+          }
+          return;
+        } catch (error) {
+          const code = ConnectError.from(error).code;
+          if (signal?.aborted || !RESUMABLE.has(code) || Date.now() > deadline) throw error;
+        }
+        await sleep(delayMs * (0.5 + Math.random() / 2));
+        delayMs = Math.min(delayMs * 2, 5_000);
+      }
+    },
+
+    /** Closes the HTTP/2 connection and every call still open on it. */
+    close() {
+      sessionManager.abort();
+    },
+  };
+}
+
+/** @param {number} ms */
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Runs an idempotent read, retrying UNAVAILABLE (the backend restarting) like the Python client: 5 attempts,
+ * backoff from 200 ms doubling to 3 s.
+ * @template T
+ * @param {() => Promise<T>} call
+ * @returns {Promise<T>}
+ */
+async function retrying(call) {
+  let delayMs = 200;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await call();
+    } catch (error) {
+      if (attempt >= 5 || ConnectError.from(error).code !== Code.Unavailable) throw error;
+    }
+    await sleep(delayMs * (0.5 + Math.random() / 2));
+    delayMs = Math.min(delayMs * 2, 3_000);
+  }
+}

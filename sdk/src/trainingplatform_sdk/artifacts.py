@@ -1,0 +1,255 @@
+"""Artifact storage of a training job: an S3-compatible bucket (AWS S3, Cloudflare R2, MinIO, SeaweedFS) or a local
+directory.
+
+Settings come from the environment (see docs/tracking.md):
+
+- `TP_ARTIFACTS_BUCKET`: the bucket. Unset means local storage under `<data dir>/artifacts/<job_id>/`.
+- `AWS_S3_ENDPOINT_URL`: the S3 endpoint (`https://<account>.r2.cloudflarestorage.com` for R2); unset means AWS.
+- `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`: the credentials, read by boto3 itself (never by this module, so
+  they cannot end up in a message or a log).
+- `TP_ARTIFACTS_PREFIX`: a key prefix inside the bucket; default none.
+- `AWS_REGION`: default `auto` (what R2 expects; S3-compatible servers ignore it).
+
+Objects go under `<prefix>/jobs/<job_id>/` (`weights/best.pt`, `results.json`, ...) and are reported as
+`s3://bucket/key`; local files as `file:///...`. Uploads use boto3's managed transfer: multipart above 8 MiB.
+
+`boto3` is imported inside functions only: the SDK installs without it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from trainingplatform_sdk.tracking import redact_uri
+
+__all__ = [
+    "MULTIPART_THRESHOLD",
+    "ArtifactStore",
+    "LocalArtifactStore",
+    "S3ArtifactStore",
+    "StorageError",
+    "StorageSettings",
+    "open_store",
+]
+
+#: Files larger than this are uploaded in parts of this size (boto3's TransferConfig).
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+DEFAULT_REGION = "auto"
+
+
+class StorageError(RuntimeError):
+    """Artifact storage is misconfigured or unreachable. The message names the setting to fix, never a secret."""
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where a job's artifacts go: a bucket when `bucket` is set, else `local_dir`."""
+
+    local_dir: Path
+    """Root of local storage: `<data dir>/artifacts`."""
+    bucket: str = ""
+    """The S3 bucket; empty means local storage."""
+    endpoint_url: str | None = None
+    """The S3 endpoint; None means AWS."""
+    prefix: str = ""
+    """Key prefix inside the bucket, without leading or trailing slashes."""
+    region: str = DEFAULT_REGION
+    """The region requests are signed for."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, data_dir: Path) -> StorageSettings:
+        """Reads the settings.
+
+        Args:
+            env: The environment (`os.environ`).
+            data_dir: The data directory of local storage.
+
+        Raises:
+            StorageError: AWS_S3_ENDPOINT_URL is set without TP_ARTIFACTS_BUCKET (artifacts would silently stay local).
+        """
+        bucket = env.get("TP_ARTIFACTS_BUCKET", "").strip()
+        endpoint = env.get("AWS_S3_ENDPOINT_URL", "").strip() or None
+        if endpoint and not bucket:
+            raise StorageError(
+                f"AWS_S3_ENDPOINT_URL={redact_uri(endpoint)} is set but TP_ARTIFACTS_BUCKET is not: set the bucket "
+                "(or unset AWS_S3_ENDPOINT_URL to keep artifacts in the local data directory)"
+            )
+        return cls(
+            local_dir=(data_dir / "artifacts").absolute(),
+            bucket=bucket,
+            endpoint_url=endpoint,
+            prefix=env.get("TP_ARTIFACTS_PREFIX", "").strip().strip("/"),
+            region=env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip() or DEFAULT_REGION,
+        )
+
+    @property
+    def endpoint_setting(self) -> str:
+        """How error messages name the endpoint."""
+        if self.endpoint_url:
+            return f"AWS_S3_ENDPOINT_URL={redact_uri(self.endpoint_url)}"
+        return "AWS S3 (AWS_S3_ENDPOINT_URL is not set)"
+
+
+class ArtifactStore(Protocol):
+    """Where one job's files go."""
+
+    def check(self) -> None:
+        """Fails fast when the store cannot be used.
+
+        Raises:
+            StorageError: The message names the setting to fix.
+        """
+        ...
+
+    def upload(self, path: Path, name: str) -> str:
+        """Stores a local file as `name` (a relative path such as `weights/best.pt`) and returns its URI.
+
+        Raises:
+            StorageError: The upload failed.
+        """
+        ...
+
+
+class LocalArtifactStore:
+    """Files copied under `root` (`<data dir>/artifacts/<job_id>`), reported as `file://` URIs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def check(self) -> None:
+        """Creates the directory.
+
+        Raises:
+            StorageError: It cannot be created (names TP_DATA_DIR, which decides where it is).
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(
+                f"the local artifacts directory {self.root} cannot be created (set TP_DATA_DIR, or "
+                f"TP_ARTIFACTS_BUCKET for S3 storage): {error.strerror or error}"
+            ) from error
+
+    def upload(self, path: Path, name: str) -> str:
+        """Copies the file (write then rename, so a reader never sees half a file)."""
+        target = self.root / name
+        partial = target.with_name(target.name + ".partial")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, partial)
+            os.replace(partial, target)
+        except OSError as error:
+            raise StorageError(f"copying {path} to {target} failed: {error.strerror or error}") from error
+        return target.as_uri()
+
+
+class S3ArtifactStore:
+    """Objects under `<prefix>/jobs/<job_id>/` in an S3-compatible bucket.
+
+    Args:
+        settings: The bucket, endpoint, prefix and region.
+        job_id: The job whose files these are.
+    """
+
+    def __init__(self, settings: StorageSettings, job_id: str) -> None:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as error:
+            raise StorageError(
+                f"TP_ARTIFACTS_BUCKET={settings.bucket!r} needs boto3, which is not installed in this trainer"
+            ) from error
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.key_prefix = "/".join(part for part in (settings.prefix, "jobs", job_id) if part)
+        config = Config(
+            signature_version="s3v4",
+            # Path-style works with every S3-compatible server (R2, MinIO, SeaweedFS) and with any bucket name.
+            s3={"addressing_style": "path"},
+            # Only the checksums S3 requires: newer boto3 adds CRC32 headers some S3-compatible servers reject.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"max_attempts": 3, "mode": "standard"},
+        )
+        self.client: Any = boto3.session.Session().client(
+            "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config
+        )
+
+    def uri(self, name: str) -> str:
+        """The `s3://` URI of a stored name."""
+        return f"s3://{self.bucket}/{self.key_prefix}/{name}"
+
+    def check(self) -> None:
+        """Checks that the endpoint answers, the credentials are accepted and the bucket exists (HeadBucket).
+
+        Raises:
+            StorageError: The message names AWS_S3_ENDPOINT_URL, the credentials or TP_ARTIFACTS_BUCKET.
+        """
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as error:
+            raise self._error(error, "checking the bucket") from error
+
+    def upload(self, path: Path, name: str) -> str:
+        """Uploads with boto3's managed transfer (multipart above MULTIPART_THRESHOLD)."""
+        from boto3.s3.transfer import TransferConfig
+
+        transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
+        try:
+            self.client.upload_file(str(path), self.bucket, f"{self.key_prefix}/{name}", Config=transfer)
+        except Exception as error:
+            raise self._error(error, f"uploading {path.name} to {self.uri(name)}") from error
+        return self.uri(name)
+
+    def _error(self, error: Exception, action: str) -> StorageError:
+        """A StorageError naming the setting behind a boto3 error."""
+        from botocore.exceptions import (
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ParamValidationError,
+        )
+
+        endpoint, bucket = self.settings.endpoint_setting, f"TP_ARTIFACTS_BUCKET={self.bucket!r}"
+        if isinstance(error, NoCredentialsError):
+            return StorageError(f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set; {bucket} needs them")
+        if isinstance(error, EndpointConnectionError | ConnectTimeoutError):
+            return StorageError(f"{endpoint} is not reachable ({action}): {error}")
+        if isinstance(error, ParamValidationError):
+            return StorageError(f"{bucket} is not a valid bucket name: {error}")
+        if isinstance(error, ClientError):
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = error.response.get("Error", {}).get("Message", "") or code
+            if code in ("404", "NoSuchBucket"):
+                return StorageError(f"{bucket} does not exist at {endpoint}: create it or fix the name")
+            if status in (401, 403) or code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+                return StorageError(
+                    f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY were rejected by {endpoint} for {bucket} "
+                    f"({action}: {status} {message}): check the keys and their access to the bucket"
+                )
+            if status == 301 or code in ("PermanentRedirect", "AuthorizationHeaderMalformed"):
+                return StorageError(
+                    f"{bucket} is in another region than AWS_REGION={self.settings.region!r}: {message}"
+                )
+            return StorageError(f"{action} failed at {endpoint} for {bucket}: {status} {message}")
+        return StorageError(f"{action} failed at {endpoint} for {bucket}: {type(error).__name__}: {error}")
+
+
+def open_store(settings: StorageSettings, job_id: str) -> ArtifactStore:
+    """The store of one job: S3 when a bucket is set, else the local directory. Call `check()` before use.
+
+    Raises:
+        StorageError: boto3 is missing for a bucket.
+    """
+    if settings.bucket:
+        return S3ArtifactStore(settings, job_id)
+    return LocalArtifactStore(settings.local_dir / job_id)

@@ -1,0 +1,320 @@
+"""What a job leaves behind outside the backend: its MLflow run and its files in artifact storage.
+
+`JobRecorder.start` runs at job start, before training: it checks the artifact store (bucket reachable,
+credentials accepted) and the MLflow server (reachable, experiment usable), creates the run with the job's params,
+and stores the job's config.json in both — a first real upload that proves both stores accept writes. Any problem
+fails the job at once with a message naming the setting (TrackingError or StorageError), never minutes into
+training. The MLflow run id and tracking URI (without credentials) and the config's URI go to the backend through
+`report_run_info`, so `GetJob` shows them while the job runs.
+
+During training, `wrap()`'s sink logs each epoch summary's metrics to MLflow (one request per epoch). At the end:
+
+- completed: best and last checkpoints, results.json (final metrics) and results.csv (when the framework wrote
+  one) go to the artifact store; the best checkpoint, results.json and results.csv to MLflow; the URIs to the
+  backend; the run ends FINISHED. A failed upload fails the job (its message names the setting).
+- cancelled or failed: the last checkpoint and results.json are stored best effort (a problem is a WARNING line),
+  and the run ends KILLED or FAILED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainingplatform_sdk.adapter import Status, TelemetrySink, TrainingResult
+from trainingplatform_sdk.artifacts import ArtifactStore, StorageError, StorageSettings, open_store
+from trainingplatform_sdk.tracking import MlflowRun, TrackingError, TrackingSettings, flatten_params
+
+__all__ = ["JobRecorder", "RecorderSettings"]
+
+_log = logging.getLogger(__name__)
+
+#: MLflow run status of each final job status.
+_RUN_STATUS = {Status.COMPLETED: "FINISHED", Status.FAILED: "FAILED", Status.CANCELLED: "KILLED"}
+
+
+@dataclass(frozen=True)
+class RecorderSettings:
+    """Where a job's MLflow run and files go."""
+
+    tracking: TrackingSettings | None
+    """The MLflow settings; None when tracking is turned off."""
+    storage: StorageSettings
+    """The artifact storage settings."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, output_dir: Path) -> RecorderSettings:
+        """Reads the settings. The data directory of the local defaults is TP_DATA_DIR, else `output_dir`'s parent.
+
+        Raises:
+            StorageError: Contradictory storage settings.
+        """
+        data_dir = Path(env.get("TP_DATA_DIR", "").strip() or Path(output_dir).absolute().parent)
+        return cls(
+            tracking=TrackingSettings.from_env(env, data_dir=data_dir),
+            storage=StorageSettings.from_env(env, data_dir=data_dir),
+        )
+
+
+class JobRecorder:
+    """One job's MLflow run and artifact store; see the module docstring. Build it with `start`."""
+
+    def __init__(
+        self, *, job_id: str, run: MlflowRun | None, store: ArtifactStore, output_dir: Path, logger: TelemetrySink
+    ) -> None:
+        self.job_id = job_id
+        self.run = run
+        self.store = store
+        self.output_dir = output_dir
+        self.logger = logger
+        #: Artifact URIs by name, as reported to the backend.
+        self.artifacts: dict[str, str] = {}
+        self._ended = False
+
+    @classmethod
+    def start(
+        cls,
+        settings: RecorderSettings,
+        *,
+        job_id: str,
+        framework: str,
+        configs: Mapping[str, Mapping[str, Any]],
+        output_dir: Path,
+        logger: TelemetrySink,
+    ) -> JobRecorder:
+        """Checks both stores, creates the MLflow run and stores the config; see the module docstring.
+
+        Args:
+            settings: Where the run and the files go.
+            job_id: The backend's job id.
+            framework: The job's framework.
+            configs: The job's configs by section (`model`, `dataset`, `training`, `advanced`), as dicts.
+            output_dir: The job's output directory; config.json and results.json are written there.
+            logger: Where `report_run_info` and warnings go.
+
+        Raises:
+            StorageError: The artifact store cannot be used; the message names the setting.
+            TrackingError: MLflow cannot be used; the message names the setting.
+        """
+        store = open_store(settings.storage, job_id)
+        store.check()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config_path = output_dir / "config.json"
+        config_path.write_text(
+            json.dumps({"job_id": job_id, "framework": framework, **configs}, indent=2, default=str), encoding="utf-8"
+        )
+        recorder = cls(job_id=job_id, run=None, store=store, output_dir=output_dir, logger=logger)
+        recorder.artifacts["config"] = store.upload(config_path, "config.json")
+        if settings.tracking is not None:
+            model_name = str(configs.get("model", {}).get("name", ""))
+            run = MlflowRun.start(
+                settings.tracking,
+                job_id=job_id,
+                framework=framework,
+                model_name=model_name,
+                params={"framework": framework, **flatten_params(configs)},
+            )
+            try:
+                run.log_artifact(config_path, fail_fast=True)
+            except Exception as error:
+                _end_quietly(run, "FAILED")
+                raise TrackingError(
+                    f"{settings.tracking.setting}: the run's artifact store does not accept files (check the "
+                    f"server's --artifacts-destination, or MLFLOW_S3_ENDPOINT_URL and the AWS_* credentials for "
+                    f"artifacts the trainer writes itself): {run.describe_error(error)}"
+                ) from error
+            recorder.run = run
+        logger.report_run_info(
+            mlflow_run_id=recorder.run.run_id if recorder.run else None,
+            mlflow_tracking_uri=settings.tracking.display_uri if settings.tracking else None,
+            artifacts=dict(recorder.artifacts),
+        )
+        return recorder
+
+    def describe(self) -> str:
+        """One line for the job's logs: where the run and the files go."""
+        where = self.artifacts["config"].rpartition("/")[0] + "/"
+        if self.run is None:
+            return f"MLflow tracking is off; artifacts go to {where}"
+        settings = self.run.settings
+        return (
+            f"MLflow run {self.run.run_id} in experiment {settings.experiment_name!r} at {settings.display_uri}; "
+            f"artifacts go to {where}"
+        )
+
+    def wrap(self, sink: TelemetrySink) -> TelemetrySink:
+        """A sink that forwards everything to `sink` and also logs each epoch summary's metrics to MLflow."""
+        return _EpochTrackingSink(sink, self.run) if self.run is not None else sink
+
+    def finish(self, result: TrainingResult) -> None:
+        """Stores the results of a completed job and ends the run FINISHED.
+
+        Raises:
+            StorageError: An upload to the artifact store failed.
+            TrackingError: An upload to MLflow failed.
+        """
+        results = self._write_results(result)
+        csv = self.output_dir / "results.csv"
+        uploads = {
+            "best_checkpoint": (result.best_checkpoint, "weights/best.pt"),
+            "last_checkpoint": (result.last_checkpoint, "weights/last.pt"),
+            "results": (results, "results.json"),
+            "results_csv": (csv if csv.is_file() else None, "results.csv"),
+        }
+        try:
+            for name, (path, key) in uploads.items():
+                if path is not None and Path(path).is_file():
+                    self.artifacts[name] = self.store.upload(Path(path), key)
+            if self.run is not None:
+                checkpoint = result.best_checkpoint or result.last_checkpoint
+                if checkpoint is not None and Path(checkpoint).is_file():
+                    self._log_to_mlflow(Path(checkpoint), "checkpoints")
+                self._log_to_mlflow(results, None)
+                if csv.is_file():
+                    self._log_to_mlflow(csv, None)
+        except (StorageError, TrackingError):
+            self.logger.report_run_info(artifacts=dict(self.artifacts))
+            self._end_run(Status.FAILED)
+            raise
+        self.logger.report_run_info(artifacts=dict(self.artifacts))
+        self._end_run(Status.COMPLETED)
+
+    def abort(
+        self, status: Status, *, result: TrainingResult | None = None, last_checkpoint: Path | None = None
+    ) -> None:
+        """Best effort for a cancelled or failed job: stores the last checkpoint and results.json, ends the run.
+
+        Never raises: a problem is logged as a WARNING line in the job's logs.
+
+        Args:
+            status: `Status.CANCELLED` or `Status.FAILED`.
+            result: The adapter's result when it returned one (cancel).
+            last_checkpoint: The last checkpoint, when no result names it.
+        """
+        checkpoint = (result.last_checkpoint if result else None) or last_checkpoint
+        try:
+            results = self._write_results(result, status=status)
+            if checkpoint is not None and Path(checkpoint).is_file():
+                self.artifacts["last_checkpoint"] = self.store.upload(Path(checkpoint), "weights/last.pt")
+            self.artifacts["results"] = self.store.upload(results, "results.json")
+            if self.run is not None:
+                if checkpoint is not None and Path(checkpoint).is_file():
+                    self._log_to_mlflow(Path(checkpoint), "checkpoints")
+                self._log_to_mlflow(results, None)
+        except Exception as error:
+            self._warn(f"Storing the {status.value} job's last checkpoint failed: {error}")
+        if self.artifacts:
+            self.logger.report_run_info(artifacts=dict(self.artifacts))
+        self._end_run(status)
+
+    def _log_to_mlflow(self, path: Path, artifact_path: str | None) -> None:
+        assert self.run is not None
+        try:
+            self.run.log_artifact(path, artifact_path)
+        except Exception as error:
+            raise TrackingError(
+                f"{self.run.settings.setting}: uploading {path.name} to the MLflow run failed: "
+                f"{self.run.describe_error(error)}"
+            ) from error
+
+    def _write_results(self, result: TrainingResult | None, *, status: Status | None = None) -> Path:
+        path = self.output_dir / "results.json"
+        content: dict[str, Any] = {"job_id": self.job_id, "status": (status or Status.COMPLETED).value}
+        if result is not None:
+            content.update(
+                status=(status or result.status).value,
+                epochs_completed=result.epochs_completed,
+                best_epoch=result.best_epoch,
+                best_value=result.best_value,
+                metrics=result.metrics,
+            )
+        path.write_text(json.dumps(content, indent=2), encoding="utf-8")
+        return path
+
+    def _end_run(self, status: Status) -> None:
+        if self.run is None or self._ended:
+            return
+        self._ended = True
+        try:
+            self.run.end(_RUN_STATUS[status])
+        except Exception as error:
+            self._warn(f"Ending the MLflow run {self.run.run_id} failed: {self.run.describe_error(error)}")
+
+    def _warn(self, message: str) -> None:
+        _log.warning(message)
+        self.logger.log_message(message, level="WARNING")
+
+
+def _end_quietly(run: MlflowRun, status: str) -> None:
+    try:
+        run.end(status)
+    except Exception as error:
+        _log.warning("ending the MLflow run %s failed: %s", run.run_id, run.describe_error(error))
+
+
+class _EpochTrackingSink:
+    """Forwards every call to the inner sink; logs each epoch summary's metrics to the MLflow run as well.
+
+    An MLflow error during training is one WARNING line in the job's logs, and MLflow metric logging stops for the
+    job: the server answered at job start, and training should not wait on it epoch after epoch.
+    """
+
+    def __init__(self, inner: TelemetrySink, run: MlflowRun) -> None:
+        self._inner = inner
+        self._run: MlflowRun | None = run
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything beyond the TelemetrySink protocol (stats, ...) is the inner sink's.
+        return getattr(self._inner, name)
+
+    def log_metric(self, key: str, value: float, step: int | None = None, epoch: int | None = None) -> None:
+        """Forwards the value."""
+        self._inner.log_metric(key, value, step=step, epoch=epoch)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, epoch: int | None = None) -> None:
+        """Forwards the values."""
+        self._inner.log_metrics(metrics, step=step, epoch=epoch)
+
+    def log_message(self, message: str, level: str = "INFO", epoch: int | None = None, step: int | None = None) -> None:
+        """Forwards the line."""
+        self._inner.log_message(message, level=level, epoch=epoch, step=step)
+
+    def update_status(
+        self, status: str, error: str | None = None, *, error_detail: str | None = None, reason: str | None = None
+    ) -> None:
+        """Forwards the status."""
+        self._inner.update_status(status, error, error_detail=error_detail, reason=reason)
+
+    def log_epoch_summary(
+        self, epoch: int, metrics: Mapping[str, float], duration_seconds: float | None = None
+    ) -> None:
+        """Forwards the summary and logs its metrics to MLflow with step = `epoch`."""
+        self._inner.log_epoch_summary(epoch, metrics, duration_seconds=duration_seconds)
+        if self._run is None:
+            return
+        try:
+            self._run.log_epoch(epoch, metrics)
+        except Exception as error:
+            message = (
+                f"MLflow metric logging stopped at epoch {epoch}: {self._run.settings.setting}: "
+                f"{self._run.describe_error(error)}"
+            )
+            _log.warning(message)
+            self._inner.log_message(message, level="WARNING", epoch=epoch)
+            self._run = None
+
+    def report_run_info(self, **kwargs: Any) -> None:
+        """Forwards the information."""
+        self._inner.report_run_info(**kwargs)
+
+    def flush(self, timeout: float | None = None) -> Any:
+        """Flushes the inner sink."""
+        return self._inner.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> Any:
+        """Closes the inner sink."""
+        return self._inner.close(timeout)
