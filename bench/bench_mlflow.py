@@ -26,9 +26,20 @@ def _free_port() -> int:
 
 def _start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-               f"sqlite:///{directory / 'mlflow.db'}", "--artifacts-destination", str(directory / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{directory / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(directory / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = (directory / "mlflow.log").open("wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
