@@ -1,8 +1,9 @@
-"""Latency from a point leaving the producer to its receipt by a live subscriber, at a steady rate.
+"""Latency from `TrainingLogger.log_metric` to the point's receipt by a live subscriber, at a steady rate.
 
-A producer streams points at a fixed rate over one StreamMetrics call (a message every 10 ms, each point stamped
-with its send time); a subscriber on JobsService.SubscribeTelemetry records when each point arrives. Reported:
-p50 and p99 in milliseconds, at 1,000 and 50,000 points/s, against a real `tp-backend` on SQLite.
+A producer calls `log_metric` at a fixed rate (a burst every 10 ms; each point carries the wall time of its
+`log_metric` call); the SDK batches and streams them (flush interval 50 ms by default) to a real `tp-backend` on
+SQLite, which commits each batch and pushes it to a subscriber on JobsService.SubscribeTelemetry. Reported: p50 and
+p99 in milliseconds at 1,000 and 50,000 points/s. The SDK's flush interval is part of what is measured.
 
     .venv/bin/python bench/bench_latency.py [--seconds 10]
 """
@@ -11,69 +12,65 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from support.backend import BackendProcess, auth
-from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
-from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk import TrainingLogger
 
 TICK_S = 0.01
+
+
+def _subscribe(address: str, token: str, job_id: str, total: int, ready, results) -> None:
+    """The subscriber, in its own process as another service would be: latency of each point on receipt."""
+    import grpc
+    from trainingplatform.jobs.v1 import jobs_pb2_grpc
+
+    latencies: list[float] = []
+    with grpc.insecure_channel(address) as channel:
+        call = jobs_pb2_grpc.JobsServiceStub(channel).SubscribeTelemetry(
+            jobs_pb2.SubscribeTelemetryRequest(job_id=job_id), metadata=auth(token)
+        )
+        for event in call:
+            ready.set()
+            now = time.time()
+            latencies.extend((now - point.wall_time) * 1000 for point in event.metrics.points)
+            if len(latencies) >= total:
+                call.cancel()
+                break
+    results.put(sorted(latencies))
 
 
 def measure(backend: BackendProcess, rate: int, seconds: float) -> tuple[float, float]:
     """(p50, p99) latency in ms of `rate` points/s for `seconds`."""
     job_id, token = backend.create_job()
-    latencies: list[float] = []
     total = int(rate * seconds)
-    started = threading.Event()
-
-    def subscribe() -> None:
-        call = backend.jobs().SubscribeTelemetry(
-            jobs_pb2.SubscribeTelemetryRequest(job_id=job_id), metadata=auth(token)
-        )
-        received = 0
-        for event in call:
-            started.set()
-            now = time.time()
-            for point in event.metrics.points:
-                latencies.append((now - point.wall_time) * 1000)
-            received += len(event.metrics.points)
-            if received >= total:
-                call.cancel()
-                return
-
-    subscriber = threading.Thread(target=subscribe, daemon=True)
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Event(), context.Queue()
+    subscriber = context.Process(target=_subscribe, args=(backend.address, token, job_id, total, ready, results))
     subscriber.start()
-    started.wait(10)  # the PENDING creation event arrives first
-
-    def produce():
+    ready.wait(60)  # the PENDING creation event arrives first
+    with tempfile.TemporaryDirectory() as spool:
+        logger = TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=spool)
         per_tick = max(1, int(rate * TICK_S))
-        sequence = 0
+        logged = 0
         next_tick = time.perf_counter()
-        while sequence < total:
-            request = telemetry_pb2.StreamMetricsRequest(job_id=job_id)
-            now = time.time()
-            for _ in range(min(per_tick, total - sequence)):
-                sequence += 1
-                request.points.add(key="train/batch_loss", value=0.5, step=sequence, wall_time=now, sequence=sequence)
-            yield request
+        while logged < total:
+            for _ in range(min(per_tick, total - logged)):
+                logged += 1
+                logger.log_metric("train/batch_loss", 0.5, step=logged)
             next_tick += TICK_S
             time.sleep(max(0.0, next_tick - time.perf_counter()))
-
-    backend.telemetry().StreamMetrics(produce(), metadata=auth(token))
-    backend.telemetry().UpdateStatus(
-        telemetry_pb2.UpdateStatusRequest(job_id=job_id, status=common_pb2.JOB_STATUS_RUNNING), metadata=auth(token)
-    )
-    subscriber.join(60)
-    ordered = sorted(latencies)
+        logger.close(60)
+    ordered = results.get(timeout=120)
+    subscriber.join(30)
     return statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
 
 

@@ -198,6 +198,24 @@ def bench_http(calls: int) -> dict[str, float]:
         server.wait(10)
 
 
+def run(quick: bool = False) -> dict[str, float]:
+    """The flat numbers of `bench/run.py`: log_metric's per-call cost (median over batches of 100 calls, p99 over
+    single calls), beside a synchronous unary gRPC call and an HTTP POST per metric."""
+    log_calls, rpc_calls = (20_000, 200) if quick else (500_000, 2_000)
+    with tempfile.TemporaryDirectory() as workdir, local_backend(Path(workdir)) as (address, internal_token):
+        job_id, token = create_job(address, internal_token)
+        logged = bench_log_metric(address, token, job_id, log_calls)
+        unary = bench_unary(address, token, job_id, rpc_calls)
+    http_post = bench_http(rpc_calls)
+    return {
+        "log_metric_us_median": logged["batch_of_100"]["median_us"],
+        "log_metric_us_p99": logged["single_call_including_clock"]["p99_us"],
+        "sync_unary_us_median": unary["GetStreamCursor"]["median_us"],
+        "http_post_us_median": http_post["median_us"],
+        "sync_unary_vs_log_metric_ratio": unary["GetStreamCursor"]["median_us"] / logged["batch_of_100"]["median_us"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--address", help="a running backend (default: start one)")

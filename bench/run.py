@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     ),
     "latency": ("bench_latency", {"seconds": 10.0}, {"seconds": 1.0}),
     "mlflow": ("bench_mlflow", {"seconds": 5.0}, {"seconds": 0.5}),
+    "log_metric": ("bench_log_metric", {"quick": False}, {"quick": True}),
 }
 
 # key -> (target, comparison) ; a missed target is shown as missed.

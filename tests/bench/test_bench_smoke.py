@@ -30,6 +30,11 @@ def test_bench_smoke_reports_every_metric():
         "latency_ms_p99_1k",
         "latency_ms_p50_50k",
         "latency_ms_p99_50k",
+        "mlflow_log_metric_points_per_s",
+        "mlflow_log_batch_points_per_s",
+        "log_metric_us_median",
+        "log_metric_us_p99",
+        "sync_unary_us_median",
     ):
         assert results[key] > 0, key
     assert "ingest_sqlite_points_per_s" in result.stdout  # the table was printed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import itertools
 import logging
 import math
@@ -81,9 +82,10 @@ class Backend:
             shutdown.cancel()
 
 
-def _publish(backend: Backend, job_pk: int, kind: str, items: Any, result: BatchResult) -> None:
-    if not backend.hub.has_subscribers(job_pk):
+def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, done: asyncio.Future[BatchResult]) -> None:
+    if done.cancelled() or done.exception() is not None or not backend.hub.has_subscribers(job_pk):
         return
+    result = done.result()
     clean = (
         result.duplicates == 0
         and result.max_sequence - result.first_sequence + 1 == len(items)
@@ -113,7 +115,6 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         committed = duplicates = missing = 0
         last = 0
         pending: asyncio.Future[BatchResult] | None = None
-        pending_items: Any = None
         try:
             async for request in backend.messages(requests):
                 if not job_id:
@@ -130,18 +131,17 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                 # Commit batch N in a worker thread while the next message is received and parsed.
                 if pending is not None:
                     result = await pending
-                    _publish(backend, job_pk, kind, pending_items, result)
                     committed += result.committed
                     duplicates += result.duplicates
                     missing += result.missing
                     last = result.last_sequence
                 pending = asyncio.ensure_future(backend.run(commit, job_pk, items))
-                pending_items = items
+                # Subscribers get the batch the moment it is committed, not when the next message arrives.
+                pending.add_done_callback(functools.partial(_publish_committed, backend, job_pk, kind, items))
         finally:
             # Everything received is committed, even when the stream ends with an error or a shutdown.
             if pending is not None:
                 result = await pending
-                _publish(backend, job_pk, kind, pending_items, result)
                 committed += result.committed
                 duplicates += result.duplicates
                 missing += result.missing
