@@ -29,6 +29,12 @@ BENCHMARKS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "latency": ("bench_latency", {"seconds": 10.0}, {"seconds": 1.0}),
     "mlflow": ("bench_mlflow", {"seconds": 5.0}, {"seconds": 0.5}),
     "log_metric": ("bench_log_metric", {"quick": False}, {"quick": True}),
+    "fanin": (
+        "bench_fanin",
+        {"streams": 100, "rate": 1000, "seconds": 30.0},
+        {"streams": 4, "rate": 100, "seconds": 1.0},
+    ),
+    "training_overhead": ("bench_training_overhead", {"runs": 3, "epochs": 3}, {"runs": 1, "epochs": 2}),
 }
 
 # key -> (target, comparison) ; a missed target is shown as missed.
@@ -38,6 +44,11 @@ TARGETS: dict[str, tuple[float, Callable[[float, float], bool], str]] = {
     "ingest_vs_legacy_ratio": (500, lambda v, t: v >= t, ">="),
     "latency_ms_p99_50k": (100, lambda v, t: v <= t, "<="),
     "log_metric_us_median": (2, lambda v, t: v <= t, "<="),
+    "fanin_points_per_s": (100_000, lambda v, t: v >= t, ">="),
+    "fanin_lost": (0, lambda v, t: v <= t, "=="),
+    "fanin_duplicates": (0, lambda v, t: v <= t, "=="),
+    "fanin_backend_peak_rss_mib": (1024, lambda v, t: v <= t, "<="),
+    "training_overhead_pct": (3, lambda v, t: v <= t, "<="),
 }
 
 

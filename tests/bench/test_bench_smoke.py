@@ -35,6 +35,11 @@ def test_bench_smoke_reports_every_metric():
         "log_metric_us_median",
         "log_metric_us_p99",
         "sync_unary_us_median",
+        "fanin_streams",
+        "fanin_points_per_s",
+        "fanin_backend_peak_rss_mib",
     ):
         assert results[key] > 0, key
+    assert results["fanin_lost"] == 0 and results["fanin_duplicates"] == 0
+    assert "training_overhead_pct" in results
     assert "ingest_sqlite_points_per_s" in result.stdout  # the table was printed

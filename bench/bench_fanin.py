@@ -1,0 +1,132 @@
+"""Fan-in: many trainer streams at once against one backend (PostgreSQL), nothing lost or doubled, bounded memory.
+
+`streams` TrainingLoggers (one job each, spread over a few producer processes, as trainers would be) each log
+`rate` points/s for `seconds`, then close. Reported: the points/s committed over the whole run, points lost
+(logged but not stored) and doubled (stored twice: impossible by the primary key, counted anyway), resends the
+backend ignored, and the backend's peak resident memory (VmHWM).
+
+    .venv/bin/python bench/bench_fanin.py [--streams 100] [--rate 1000] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from sqlalchemy import create_engine, text
+from support.backend import BackendProcess, postgres_database
+
+PRODUCERS = 4
+TICK_S = 0.01
+
+
+def _produce(address: str, jobs: list[tuple[str, str]], rate: int, seconds: float, start_at: float, results) -> None:  # noqa: ANN001 - a multiprocessing queue
+    """One producer process: a logger per job, `rate` points/s each, then close and report what was logged."""
+    from trainingplatform_sdk import TrainingLogger
+
+    with tempfile.TemporaryDirectory() as spool_root:
+        loggers = [
+            TrainingLogger(job_id, backend_address=address, token=token, spool_dir=f"{spool_root}/{i}")
+            for i, (job_id, token) in enumerate(jobs)
+        ]
+        per_tick = max(1, int(rate * TICK_S))
+        ticks = int(seconds / TICK_S)
+        time.sleep(max(0.0, start_at - time.time()))
+        next_tick = time.perf_counter()
+        step = 0
+        for _ in range(ticks):
+            for logger in loggers:
+                for _ in range(per_tick):
+                    logger.log_metric("train/batch_loss", 0.5, step=step)
+            step += 1
+            next_tick += TICK_S
+            time.sleep(max(0.0, next_tick - time.perf_counter()))
+        reports = [logger.close(120) for logger in loggers]
+    results.put(
+        [(job_id, report.logged_metrics, report.dropped) for (job_id, _), report in zip(jobs, reports, strict=True)]
+    )
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run(streams: int = 100, rate: int = 1000, seconds: float = 30.0) -> dict[str, float]:
+    """The fan-in numbers for `streams` concurrent streams of `rate` points/s for `seconds`."""
+    with postgres_database() as url, tempfile.TemporaryDirectory() as tmp:
+        backend = BackendProcess(url, Path(tmp) / "data")
+        backend.start()
+        try:
+            jobs = [backend.create_job() for _ in range(streams)]
+            context = multiprocessing.get_context("spawn")
+            results = context.Queue()
+            start_at = time.time() + 5  # every producer has its loggers ready by then
+            shares = [jobs[i::PRODUCERS] for i in range(PRODUCERS)]
+            producers = [
+                context.Process(target=_produce, args=(backend.address, share, rate, seconds, start_at, results))
+                for share in shares
+                if share
+            ]
+            for producer in producers:
+                producer.start()
+            logged: dict[str, int] = {}
+            dropped = 0
+            for _ in producers:
+                for job_id, count, lost in results.get(timeout=seconds + 300):
+                    logged[job_id] = count
+                    dropped += lost
+            elapsed = time.time() - start_at
+            for producer in producers:
+                producer.join(30)
+            peak_rss = _peak_rss_mib(backend.process.pid)  # type: ignore[union-attr]
+            engine = create_engine(url)
+            with engine.connect() as conn:
+                rows = dict(
+                    conn.execute(
+                        text(
+                            "SELECT j.job_id, count(m.sequence) FROM jobs j LEFT JOIN metrics m ON m.job_pk = j.id "
+                            "GROUP BY j.job_id"
+                        )
+                    ).all()
+                )
+                distinct = conn.execute(
+                    text("SELECT count(*) FROM (SELECT DISTINCT job_pk, sequence FROM metrics) d")
+                ).scalar_one()
+                resends = conn.execute(
+                    text("SELECT coalesce(sum(duplicate_count), 0) FROM ingest_cursors")
+                ).scalar_one()
+            engine.dispose()
+        finally:
+            backend.close()
+    stored = sum(rows.values())
+    return {
+        "fanin_streams": float(streams),
+        "fanin_points_per_s": stored / elapsed,
+        "fanin_lost": float(sum(max(0, logged[j] - rows.get(j, 0)) for j in logged) + dropped),
+        "fanin_duplicates": float(stored - distinct),
+        "fanin_resends_ignored": float(resends),
+        "fanin_backend_peak_rss_mib": peak_rss,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    print(json.dumps(run(args.streams, args.rate, args.seconds), indent=2))
+
+
+if __name__ == "__main__":
+    main()
