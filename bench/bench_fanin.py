@@ -27,7 +27,7 @@ PRODUCERS = 4
 TICK_S = 0.01
 
 
-def _produce(address: str, jobs: list[tuple[str, str]], rate: int, seconds: float, start_at: float, results) -> None:  # noqa: ANN001 - a multiprocessing queue
+def _produce(address: str, jobs: list[tuple[str, str]], rate: int, seconds: float, start_at: float, results) -> None:
     """One producer process: a logger per job, `rate` points/s each, then close and report what was logged."""
     from trainingplatform_sdk import TrainingLogger
 
@@ -40,12 +40,10 @@ def _produce(address: str, jobs: list[tuple[str, str]], rate: int, seconds: floa
         ticks = int(seconds / TICK_S)
         time.sleep(max(0.0, start_at - time.time()))
         next_tick = time.perf_counter()
-        step = 0
-        for _ in range(ticks):
+        for step in range(ticks):
             for logger in loggers:
                 for _ in range(per_tick):
                     logger.log_metric("train/batch_loss", 0.5, step=step)
-            step += 1
             next_tick += TICK_S
             time.sleep(max(0.0, next_tick - time.perf_counter()))
         reports = [logger.close(120) for logger in loggers]
