@@ -11,6 +11,7 @@ SQLite gets one `executemany`, PostgreSQL one `INSERT ... SELECT FROM unnest(arr
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -95,8 +96,18 @@ class _Table:
         self.copy = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
 
 
+@dataclass
+class Prepared:
+    """A validated batch of one stream, as rows ready to insert."""
+
+    job_pk: int
+    stream: str
+    rows: list[tuple[Any, ...]]
+    sequences: Sequence[int]
+
+
 class Ingestor:
-    """Commits metric and log batches for the telemetry service."""
+    """Validates telemetry batches and commits them, several streams' batches per transaction."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -107,21 +118,17 @@ class Ingestor:
             LOGS_STREAM: _Table("logs", _LOG_COLUMNS, _LOG_TYPES, sqlite),
         }
         param = "?" if sqlite else "%s"
-        lock = "" if sqlite else " FOR UPDATE"
-        self._read_cursor = (
-            f"SELECT last_sequence FROM ingest_cursors WHERE job_pk = {param} AND stream = {param}{lock}"
-        )
         self._advance_cursor = (
             f"UPDATE ingest_cursors SET last_sequence = {param}, committed_count = committed_count + {param}, "
             f"duplicate_count = duplicate_count + {param}, missing_count = missing_count + {param}, "
             f"updated_at = {param} WHERE job_pk = {param} AND stream = {param}"
         )
 
-    def commit_metrics(self, job_pk: int, points: Sequence[telemetry_pb2.MetricPoint]) -> BatchResult:
-        """Validates and commits one batch of metric points (all or nothing).
+    def prepare_metrics(self, job_pk: int, points: Sequence[telemetry_pb2.MetricPoint]) -> Prepared:
+        """Validates one batch of metric points and turns it into rows.
 
         Raises:
-            InvalidArgument: a point breaks the contract's rules; nothing of the batch is stored.
+            InvalidArgument: a point breaks the contract's rules; the batch must be refused whole.
         """
         # One pass over the messages (the costly part), then columns for the checks. SQLite stores a bound NaN
         # as NULL by itself and NULL is read back as NaN; PostgreSQL stores NaN.
@@ -141,13 +148,13 @@ class Ingestor:
         _check_common(sequences, steps, epochs, wall_times, "metric")
         for key in set(keys):
             check_metric_key(key)
-        return self._commit(job_pk, METRICS_STREAM, rows, sequences)
+        return Prepared(job_pk, METRICS_STREAM, rows, sequences)
 
-    def commit_logs(self, job_pk: int, records: Sequence[telemetry_pb2.LogRecord]) -> BatchResult:
-        """Validates and commits one batch of log records (all or nothing); over-long text is truncated.
+    def prepare_logs(self, job_pk: int, records: Sequence[telemetry_pb2.LogRecord]) -> Prepared:
+        """Validates one batch of log records and turns it into rows; over-long text is truncated.
 
         Raises:
-            InvalidArgument: a record breaks the contract's rules; nothing of the batch is stored.
+            InvalidArgument: a record breaks the contract's rules; the batch must be refused whole.
         """
         # PostgreSQL text cannot hold NUL; it is replaced rather than refusing the record.
         rows = [
@@ -169,59 +176,169 @@ class Ingestor:
         if min(levels) < 1 or max(levels) > _MAX_LEVEL:
             bad = next(level for level in levels if level < 1 or level > _MAX_LEVEL)
             raise InvalidArgument(f"log level {bad} is not a LogLevel (use LOG_LEVEL_DEBUG .. LOG_LEVEL_CRITICAL)")
-        return self._commit(job_pk, LOGS_STREAM, rows, sequences)
+        return Prepared(job_pk, LOGS_STREAM, rows, sequences)
 
-    def _commit(self, job_pk: int, stream: str, rows: list[tuple[Any, ...]], sequences: Sequence[int]) -> BatchResult:
-        table = self._tables[stream]
+    def commit(self, batches: Sequence[Prepared]) -> list[BatchResult]:
+        """Commits the batches of any streams in ONE transaction, with every affected cursor: a round of the
+        group commit. Each batch is all or nothing with the others; results come in the order given."""
+        keys = sorted({(b.job_pk, b.stream) for b in batches})
         with self._store.write_lock(), self._engine.begin() as conn:
-            previous = conn.exec_driver_sql(self._read_cursor, (job_pk, stream)).scalar_one()
-            if self._store.is_sqlite:
-                committed = conn.exec_driver_sql(table.insert, rows).rowcount
-            else:
-                committed = self._write_postgres(conn, table, previous, rows, sequences)
-            duplicates = len(sequences) - committed
-            highest = max(sequences)
-            last = max(previous, highest)
-            # Sequences skipped above the previous cursor: reported, never refused (the points that arrived are
-            # kept; a later batch may still fill the hole, it is stored then but not counted back).
-            missing = (last - previous) - len({s for s in sequences if s > previous})
-            conn.exec_driver_sql(self._advance_cursor, (last, committed, duplicates, missing, utcnow(), job_pk, stream))
-            self._store.notify(conn, job_pk)
-        if missing:
-            log.warning(
-                "job_pk=%d %s stream skipped %d sequence numbers (cursor %d -> %d)",
-                job_pk,
-                stream,
-                missing,
-                previous,
-                last,
+            cursors = self._lock_cursors(conn, keys)
+            running = dict(cursors)
+            plans = []
+            for batch in batches:
+                previous = running[(batch.job_pk, batch.stream)]
+                fresh, older = _split(batch, previous)
+                highest = max(batch.sequences)
+                last = max(previous, highest)
+                # Sequences skipped above the previous cursor: reported, never refused (a later batch may still
+                # fill the hole: it is stored then, not counted back).
+                missing = (last - previous) - len({s for s in batch.sequences if s > previous})
+                running[(batch.job_pk, batch.stream)] = last
+                plans.append((batch, fresh, older, previous, last, missing))
+            stored = self._insert(conn, plans)
+            results = []
+            totals: dict[tuple[int, str], list[int]] = {key: [0, 0, 0] for key in keys}
+            for (batch, _, _, previous, last, missing), committed in zip(plans, stored, strict=True):
+                duplicates = len(batch.sequences) - committed
+                total = totals[(batch.job_pk, batch.stream)]
+                total[0] += committed
+                total[1] += duplicates
+                total[2] += missing
+                results.append(
+                    BatchResult(committed, duplicates, missing, last, min(batch.sequences), max(batch.sequences))
+                )
+                if missing:
+                    log.warning(
+                        "job_pk=%d %s stream skipped %d sequence numbers (cursor %d -> %d)",
+                        batch.job_pk,
+                        batch.stream,
+                        missing,
+                        previous,
+                        last,
+                    )
+            now = utcnow()
+            conn.exec_driver_sql(
+                self._advance_cursor,
+                [(running[key], *totals[key], now, *key) for key in keys],
             )
-        return BatchResult(committed, duplicates, missing, last, min(sequences), highest)
+            self._store.notify(conn, {key[0] for key in keys})
+        return results
 
-    @staticmethod
-    def _write_postgres(
-        conn: Any, table: _Table, previous: int, rows: list[tuple[Any, ...]], sequences: Sequence[int]
-    ) -> int:
-        """COPYs the rows above the cursor (they cannot exist yet: the cursor row is locked and is the highest
-        stored sequence) and inserts the others with ON CONFLICT DO NOTHING. Returns the rows stored."""
-        increasing = sequences[0] > previous and all(a < b for a, b in itertools.pairwise(sequences))
-        if increasing:
-            fresh, older = rows, []
+    def _lock_cursors(self, conn: Any, keys: list[tuple[int, str]]) -> dict[tuple[int, str], int]:
+        """The cursors of the batches' streams, locked (PostgreSQL, in key order so concurrent replicas cannot
+        deadlock; SQLite holds the process's write lock)."""
+        cursors: dict[tuple[int, str], int] = {}
+        job_pks = sorted({k[0] for k in keys})
+        if self._store.is_sqlite:
+            marks = ", ".join("?" * len(job_pks))
+            query = f"SELECT job_pk, stream, last_sequence FROM ingest_cursors WHERE job_pk IN ({marks})"
+            params: Any = tuple(job_pks)
         else:
-            first: dict[int, tuple[Any, ...]] = {}
-            for row in rows:
-                first.setdefault(row[1], row)
-            fresh = [row for sequence, row in first.items() if sequence > previous]
-            older = [row for sequence, row in first.items() if sequence <= previous]
-        stored = 0
-        if fresh:
-            driver = conn.connection.driver_connection
+            query = (
+                "SELECT job_pk, stream, last_sequence FROM ingest_cursors WHERE job_pk = ANY(%s) "
+                "ORDER BY job_pk, stream FOR UPDATE"
+            )
+            params = (job_pks,)
+        for job_pk, stream, last in conn.exec_driver_sql(query, params):
+            cursors[(job_pk, stream)] = last
+        return {key: cursors[key] for key in keys}
+
+    def _insert(
+        self, conn: Any, plans: list[tuple[Prepared, list[tuple[Any, ...]], list[tuple[Any, ...]], int, int, int]]
+    ) -> list[int]:
+        """Inserts every plan's rows; returns the rows stored per plan."""
+        stored = [len(fresh) for _, fresh, _, _, _, _ in plans]
+        if self._store.is_sqlite:
+            # No network here: one executemany per batch keeps each batch's exact count of stored rows.
+            for index, (batch, fresh, older, *_) in enumerate(plans):
+                stored[index] = conn.exec_driver_sql(self._tables[batch.stream].insert, fresh + older).rowcount
+            return stored
+        # Rows above the locked cursor cannot exist yet: they go in one binary COPY per table for the whole round.
+        driver = conn.connection.driver_connection
+        for stream, table in self._tables.items():
+            fresh_rows = [row for batch, fresh, *_ in plans if batch.stream == stream for row in fresh]
+            if not fresh_rows:
+                continue
             with driver.cursor() as cursor, cursor.copy(table.copy) as copy:
                 copy.set_types(list(table.pg_types))
-                for row in fresh:
+                for row in fresh_rows:
                     copy.write_row(row)
-            stored += len(fresh)
-        if older:
-            columns = list(zip(*older, strict=True))
-            stored += conn.exec_driver_sql(table.insert, (older[0][0], *(list(c) for c in columns[1:]))).rowcount
+        # Rows at or below the cursor (resends, holes being filled) may exist: ON CONFLICT DO NOTHING, counted.
+        for index, (batch, _, older, *_) in enumerate(plans):
+            if older:
+                columns = list(zip(*older, strict=True))
+                params = (batch.job_pk, *(list(c) for c in columns[1:]))
+                stored[index] += conn.exec_driver_sql(self._tables[batch.stream].insert, params).rowcount
         return stored
+
+
+def _split(batch: Prepared, previous: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The batch's rows above `previous` (first occurrence of each sequence) and the others."""
+    sequences = batch.sequences
+    if sequences[0] > previous and all(a < b for a, b in itertools.pairwise(sequences)):
+        return batch.rows, []
+    first: dict[int, tuple[Any, ...]] = {}
+    for row in batch.rows:
+        first.setdefault(row[1], row)
+    fresh = [row for sequence, row in first.items() if sequence > previous]
+    older = [row for sequence, row in first.items() if sequence <= previous]
+    return fresh, older
+
+
+class GroupCommitter:
+    """Gathers the batches every open stream submits and commits them together, one transaction per round.
+
+    With a hundred trainers each sending a small batch every 50 ms, a transaction per batch would spend the
+    backend's time on commits; a round takes whatever arrived while the previous one committed. Each stream
+    still waits for its own batch's commit before it acknowledges anything.
+    """
+
+    def __init__(self, ingestor: Ingestor, *, max_round_rows: int = 100_000) -> None:
+        self._ingestor = ingestor
+        self._max_round_rows = max_round_rows
+        self._queue: list[tuple[Prepared, asyncio.Future[BatchResult]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Starts the committing task."""
+        self._task = asyncio.create_task(self._run(), name="group-commit")
+
+    async def submit(self, batch: Prepared) -> BatchResult:
+        """Queues a batch for the next round and waits for its commit."""
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((batch, future))
+        self._wakeup.set()
+        return await future
+
+    async def close(self) -> None:
+        """Commits what is queued, then stops."""
+        if self._task is None:
+            return
+        while self._queue:
+            self._wakeup.set()
+            await asyncio.sleep(0.01)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                round_, rows = [], 0
+                while self._queue and (not round_ or rows + len(self._queue[0][0].rows) <= self._max_round_rows):
+                    item = self._queue.pop(0)
+                    round_.append(item)
+                    rows += len(item[0].rows)
+                try:
+                    results = await asyncio.to_thread(self._ingestor.commit, [batch for batch, _ in round_])
+                except Exception as error:  # the round failed as a whole: every stream in it gets the error
+                    for _, future in round_:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for (_, future), result in zip(round_, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)

@@ -95,6 +95,7 @@ class RunningServer:
         self.backend.shutting_down.set()
         self.backend.hub.close()
         await self.server.stop(self.settings.shutdown_grace_s)
+        await self.backend.committer.close()
         await self.dispatcher.stop()
         if self.listener is not None:
             await self.listener.stop()
@@ -147,6 +148,7 @@ async def start(settings: Settings) -> RunningServer:
         listener = PostgresListener(dsn, NOTIFY_CHANNEL, store.instance_id, hub)
         listener.start()
         await asyncio.wait_for(listener.ready.wait(), timeout=30)
+    backend.committer.start()
     await server.start()
     dispatcher.start()
     for name in ("", *SERVICE_NAMES):

@@ -11,7 +11,7 @@ import datetime as dt
 import math
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,15 +100,19 @@ class Store:
         with self._sqlite_write_lock:
             yield
 
-    def notify(self, session_or_conn: Any, job_pk: int) -> None:
-        """Tells other backend processes (PostgreSQL LISTEN/NOTIFY) that `job_pk` has new telemetry.
+    def notify(self, session_or_conn: Any, job_pks: int | Iterable[int]) -> None:
+        """Tells other backend processes (PostgreSQL LISTEN/NOTIFY) that these jobs have new telemetry.
 
-        Sent inside the writing transaction, so it is delivered exactly when the data is committed.
+        Sent inside the writing transaction, so it is delivered exactly when the data is committed. The payload is
+        `<instance>:<job>,<job>,...`, several notifications when the jobs do not fit PostgreSQL's 8000 bytes.
         """
-        if not self.is_sqlite:
+        if self.is_sqlite:
+            return
+        pks = [job_pks] if isinstance(job_pks, int) else sorted(job_pks)
+        for start in range(0, len(pks), 500):
+            payload = f"{self.instance_id}:" + ",".join(map(str, pks[start : start + 500]))
             session_or_conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": NOTIFY_CHANNEL, "payload": f"{self.instance_id}:{job_pk}"},
+                text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": payload}
             )
 
     # --- jobs -------------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ Each subscriber has a bounded buffer (counted in points). A subscriber that fall
 buffer is dropped, it is told (`Lagged`), and it continues from the database at its cursor. Ingest never waits
 for a subscriber.
 
-Across processes (several backends on one PostgreSQL) every commit sends `NOTIFY tp_telemetry, '<instance>:<job>'`
-inside its transaction; each backend LISTENs and pokes its own subscribers of that job.
+Across processes (several backends on one PostgreSQL) every commit sends
+`NOTIFY tp_telemetry, '<instance>:<job>,<job>...'` inside its transaction; each backend LISTENs and pokes its own
+subscribers of those jobs.
 """
 
 from __future__ import annotations
@@ -169,9 +170,12 @@ class PostgresListener:
                     for job_pk in list(self._hub._subscribers):
                         self._hub.publish(job_pk, POKE)
                     async for notify in conn.notifies():
-                        instance, _, job = notify.payload.partition(":")
-                        if instance != self._instance_id and job.isdigit():
-                            self._hub.publish(int(job), POKE)
+                        instance, _, jobs = notify.payload.partition(":")
+                        if instance == self._instance_id:
+                            continue
+                        for job in jobs.split(","):
+                            if job.isdigit():
+                                self._hub.publish(int(job), POKE)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

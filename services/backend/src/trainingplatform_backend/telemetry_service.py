@@ -17,7 +17,7 @@ from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from trainingplatform_backend import limits
 from trainingplatform_backend.auth import authorize_job
 from trainingplatform_backend.errors import InvalidArgument, Unavailable
-from trainingplatform_backend.ingest import BatchResult, Ingestor, check_metric_key
+from trainingplatform_backend.ingest import BatchResult, GroupCommitter, Ingestor, Prepared, check_metric_key
 from trainingplatform_backend.models import LOGS_STREAM, METRICS_STREAM
 from trainingplatform_backend.statemachine import status_name
 from trainingplatform_backend.store import Store, utcnow
@@ -33,6 +33,7 @@ class Backend:
     def __init__(self, store: Store, hub: Hub) -> None:
         self.store = store
         self.ingestor = Ingestor(store)
+        self.committer = GroupCommitter(self.ingestor)
         self.hub = hub
         self.shutting_down = asyncio.Event()
         self._job_pks: dict[str, int] = {}
@@ -106,7 +107,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         requests: AsyncIterator[Any],
         items_field: str,
         kind: str,
-        commit: Callable[[int, Any], BatchResult],
+        prepare: Callable[[int, Any], Prepared],
         rpc: str,
     ) -> tuple[int, int, int, int]:
         backend = self._backend
@@ -135,7 +136,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     duplicates += result.duplicates
                     missing += result.missing
                     last = result.last_sequence
-                pending = asyncio.ensure_future(backend.run(commit, job_pk, items))
+                pending = asyncio.ensure_future(self._commit(prepare, job_pk, items))
                 # Subscribers get the batch the moment it is committed, not when the next message arrives.
                 pending.add_done_callback(functools.partial(_publish_committed, backend, job_pk, kind, items))
         finally:
@@ -152,11 +153,16 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
             last = (await backend.run(backend.store.cursor, job_pk))[0 if kind == METRICS_STREAM else 1]
         return committed, duplicates, missing, last
 
+    async def _commit(self, prepare: Callable[[int, Any], Prepared], job_pk: int, items: Any) -> BatchResult:
+        """Validates a batch in a worker thread, then commits it in the next group-commit round."""
+        batch = await self._backend.run(prepare, job_pk, items)
+        return await self._backend.committer.submit(batch)
+
     async def StreamMetrics(
         self, request_iterator: AsyncIterator[telemetry_pb2.StreamMetricsRequest], context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.StreamMetricsResponse:
         committed, duplicates, missing, last = await self._ingest_stream(
-            request_iterator, "points", METRICS_STREAM, self._backend.ingestor.commit_metrics, "StreamMetrics"
+            request_iterator, "points", METRICS_STREAM, self._backend.ingestor.prepare_metrics, "StreamMetrics"
         )
         return telemetry_pb2.StreamMetricsResponse(
             points_committed=committed,
@@ -169,7 +175,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         self, request_iterator: AsyncIterator[telemetry_pb2.StreamLogsRequest], context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.StreamLogsResponse:
         committed, duplicates, missing, last = await self._ingest_stream(
-            request_iterator, "records", LOGS_STREAM, self._backend.ingestor.commit_logs, "StreamLogs"
+            request_iterator, "records", LOGS_STREAM, self._backend.ingestor.prepare_logs, "StreamLogs"
         )
         return telemetry_pb2.StreamLogsResponse(
             records_committed=committed,
