@@ -71,7 +71,8 @@ class TrackingSettings:
     experiment_name: str = DEFAULT_EXPERIMENT_NAME
     """The experiment of the run, created when missing."""
     artifact_location: str | None = None
-    """Artifact root of a newly created experiment; None lets the server choose (set for the local default)."""
+    """Artifact root of a newly created experiment: `mlartifacts` beside a SQLite store; None lets the server
+    choose."""
     from_env_var: bool = True
     """True when MLFLOW_TRACKING_URI set the URI, False for the local default."""
 
@@ -87,6 +88,10 @@ class TrackingSettings:
             return None
         experiment = env.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT_NAME
         uri = env.get("MLFLOW_TRACKING_URI", "").strip()
+        if uri.startswith("sqlite:///"):
+            # MLflow would put a new experiment's artifacts in ./mlruns of whatever directory the trainer runs in.
+            artifacts = Path(uri.removeprefix("sqlite:///")).absolute().parent / "mlartifacts"
+            return cls(tracking_uri=uri, experiment_name=experiment, artifact_location=artifacts.as_uri())
         if uri:
             return cls(tracking_uri=uri, experiment_name=experiment)
         data_dir = data_dir.absolute()
@@ -230,6 +235,9 @@ class MlflowRun:
                 f"(install mlflow, or set TP_MLFLOW_ENABLED=false): {error}"
             ) from error
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", DEFAULT_HTTP_MAX_RETRIES)
+        # MLflow prints "View run <url>" built from the raw tracking URI, credentials included; the job's logs
+        # already say where the run is.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         with _fail_fast_http():
             try:
                 client = MlflowClient(tracking_uri=settings.tracking_uri)

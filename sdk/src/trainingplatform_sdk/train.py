@@ -24,6 +24,14 @@ job's MLflow run and stores its config; checkpoints and results are stored when 
 - 143 (128 + SIGTERM): CANCELLED. SIGTERM (or SIGINT) stops training at the next batch boundary, writes the last
   checkpoint and exits 143, so a supervisor can tell a cancelled run from a completed one by the exit code alone.
   A second signal kills the process at once.
+
+Under torchrun (`torchrun --nproc_per_node N -m trainingplatform_sdk.train ...`, WORLD_SIZE > 1), every rank runs
+this entry point and the adapter trains with DistributedDataParallel (docs/distributed.md). The job is one job:
+rank 0 alone reports its telemetry, status, MLflow run and artifacts, and writes progress.json (the backend numbers
+a job's stream from one writer: a second would collide). The other ranks report nothing — their sink discards —
+and log to their stderr, each line naming the rank. A rank that fails writes its error to
+OUTPUT_DIR/ranks/rank-N.error.json before it exits; rank 0, failing in turn when the connection to it closes,
+reports FAILED with that rank's error.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,7 +57,16 @@ from trainingplatform_sdk.configs import AdvancedConfig, ConfigError, DatasetCon
 from trainingplatform_sdk.recorder import JobRecorder, RecorderSettings
 from trainingplatform_sdk.tracking import TrackingError
 
-__all__ = ["EXIT_CANCELLED", "EXIT_FAILED", "FRAMEWORKS", "load_config_argument", "main", "resolve_adapter", "run_job"]
+__all__ = [
+    "EXIT_CANCELLED",
+    "EXIT_FAILED",
+    "FRAMEWORKS",
+    "load_config_argument",
+    "main",
+    "resolve_adapter",
+    "run_job",
+    "torchrun_rank",
+]
 
 _log = logging.getLogger("trainingplatform_sdk.train")
 
@@ -64,6 +82,10 @@ EXIT_CANCELLED = 128 + signal.SIGTERM
 CLOSE_TIMEOUT_S = 30.0
 #: The config sections, as named in MLflow params and config.json.
 _SECTIONS = ("model", "dataset", "training", "advanced")
+#: Seconds rank 0, failing, waits for a peer's error file: a failed peer writes it before its connections close.
+PEER_ERROR_WAIT_S = 2.0
+# A peer's error file older than this process is from an earlier attempt.
+_PROCESS_STARTED = time.time()
 
 
 def resolve_adapter(framework: str) -> type[TrainingAdapter]:
@@ -197,15 +219,64 @@ def run_job(
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
         detail = traceback.format_exc()
+        reason = "exception in training"
+        rank, world_size = torchrun_rank(os.environ)
+        if rank != 0:
+            _write_rank_error(Path(output_dir), rank, message, detail)
+        elif world_size > 1 and (peer := _read_peer_error(Path(output_dir), world_size)) is not None:
+            # Rank 0's own error is then only the closed connection to the rank that failed first.
+            reason = f"exception in training on rank {peer['rank']}"
+            detail = f"{peer['detail']}\nRank 0 then failed with:\n{detail}"
+            message = f"rank {peer['rank']}: {peer['message']}"
         _report(logger, f"Training failed: {message}\n{detail}", level="ERROR")
         if recorder is not None:
             last = adapter.last_checkpoint_path if adapter is not None else None
             recorder.abort(Status.FAILED, last_checkpoint=last)
-        logger.update_status(Status.FAILED, message, error_detail=detail, reason="exception in training")
+        logger.update_status(Status.FAILED, message, error_detail=detail, reason=reason)
         return EXIT_FAILED
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def torchrun_rank(env: Mapping[str, str]) -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) as torchrun sets them; (0, 1) for a single process."""
+    try:
+        return int(env.get("RANK") or 0), max(1, int(env.get("WORLD_SIZE") or 1))
+    except ValueError:
+        return 0, 1
+
+
+def _rank_error_path(output_dir: Path, rank: int) -> Path:
+    return output_dir / "ranks" / f"rank-{rank}.error.json"
+
+
+def _write_rank_error(output_dir: Path, rank: int, message: str, detail: str) -> None:
+    path = _rank_error_path(output_dir, rank)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps({"rank": rank, "message": message, "detail": detail}), encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as error:  # this rank's stderr still has the traceback
+        _log.warning("cannot write %s for rank 0 to report: %s", path, error)
+
+
+def _read_peer_error(output_dir: Path, world_size: int) -> dict[str, Any] | None:
+    """The error of the lowest rank that failed during this attempt, waiting up to PEER_ERROR_WAIT_S for one."""
+    deadline = time.monotonic() + PEER_ERROR_WAIT_S
+    while True:
+        for rank in range(1, world_size):
+            path = _rank_error_path(output_dir, rank)
+            try:
+                if path.stat().st_mtime < _PROCESS_STARTED:
+                    continue
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
 
 
 def build_logger(job_id: str, output_dir: Path) -> TelemetrySink:
@@ -231,10 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--advanced-config", default="{}", help="AdvancedConfig as JSON or @file")
     parser.add_argument("--output-dir", required=True, type=Path, help="checkpoints, spool and framework files")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    rank, world_size = torchrun_rank(os.environ)
+    # Every rank's stderr goes to the same terminal or log file under torchrun: each line names its rank.
+    where = f" rank {rank}/{world_size}" if world_size > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    logger = build_logger(args.job_id, args.output_dir)
+    # One writer per job stream: the backend numbers a job's telemetry from one sender, so only rank 0 reports.
+    logger = build_logger(args.job_id, args.output_dir) if rank == 0 else NullSink()
     try:
         try:
             configs = {
@@ -250,14 +325,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # progress.json in the output dir is how a trainer service reads the epoch and the latest metrics.
         from trainingplatform_sdk.trainer_service.progress import ProgressSink
 
-        epochs = configs["training_config"].get("epochs")
-        logger = ProgressSink(logger, args.output_dir, total_epochs=epochs if isinstance(epochs, int) else 0)
+        if rank == 0:
+            epochs = configs["training_config"].get("epochs")
+            logger = ProgressSink(logger, args.output_dir, total_epochs=epochs if isinstance(epochs, int) else 0)
         return run_job(
             job_id=args.job_id,
             framework=args.framework,
             output_dir=args.output_dir,
             logger=logger,
-            recorder_settings=recorder_settings,
+            # Settings are read on every rank, so a bad one fails them all alike; only rank 0 records.
+            recorder_settings=recorder_settings if rank == 0 else None,
             **configs,
         )
     finally:

@@ -1,0 +1,53 @@
+"""A wrong MLflow URI, wrong S3 credentials or a missing bucket fail the job at start, naming the setting."""
+
+from __future__ import annotations
+
+from support.backend import free_port
+from trainingplatform.common.v1 import common_pb2
+
+
+def unreachable_url() -> str:
+    """A loopback URL where nothing listens: connections are refused at once."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def assert_failed_at_start(run, expected: str, *, secrets: tuple[str, ...] = ()) -> None:
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert run.job.status == common_pb2.JOB_STATUS_FAILED
+    assert expected in run.job.error_message
+    assert "Traceback" not in run.stderr  # the message, not a stack trace
+    assert not (run.output_dir / "weights").exists()  # failed before any training
+    for secret in secrets:
+        assert secret not in run.job.error_message and secret not in run.stderr
+
+
+def test_wrong_tracking_uri(run_training, s3) -> None:
+    url = unreachable_url()
+    run = run_training({**s3.env(), "MLFLOW_TRACKING_URI": url})
+    assert_failed_at_start(run, f"MLFLOW_TRACKING_URI={url} is not reachable", secrets=(s3.secret_key,))
+
+
+def test_credentials_in_the_tracking_uri_are_never_shown(run_training, s3) -> None:
+    url = unreachable_url()
+    run = run_training({**s3.env(), "MLFLOW_TRACKING_URI": url.replace("//", "//ann:s3cr3t@")})
+    assert_failed_at_start(run, f"MLFLOW_TRACKING_URI={url} is not reachable", secrets=("s3cr3t",))
+
+
+def test_wrong_s3_secret(run_training, s3, mlflow_server) -> None:
+    env = {**s3.env(), "AWS_SECRET_ACCESS_KEY": "not-the-secret", "MLFLOW_TRACKING_URI": mlflow_server.uri}
+    run = run_training(env)
+    expected = f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY were rejected by AWS_S3_ENDPOINT_URL={s3.endpoint_url}"
+    assert_failed_at_start(run, expected, secrets=("not-the-secret",))
+
+
+def test_missing_bucket(run_training, s3, mlflow_server) -> None:
+    env = {**s3.env(), "TP_ARTIFACTS_BUCKET": "no-such-bucket", "MLFLOW_TRACKING_URI": mlflow_server.uri}
+    run = run_training(env)
+    expected = f"TP_ARTIFACTS_BUCKET='no-such-bucket' does not exist at AWS_S3_ENDPOINT_URL={s3.endpoint_url}"
+    assert_failed_at_start(run, expected, secrets=(s3.secret_key,))
+
+
+def test_unreachable_s3_endpoint(run_training, s3, mlflow_server) -> None:
+    url = unreachable_url()
+    run = run_training({**s3.env(), "AWS_S3_ENDPOINT_URL": url, "MLFLOW_TRACKING_URI": mlflow_server.uri})
+    assert_failed_at_start(run, f"AWS_S3_ENDPOINT_URL={url} is not reachable", secrets=(s3.secret_key,))
