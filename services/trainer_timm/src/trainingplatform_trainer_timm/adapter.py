@@ -25,6 +25,16 @@ default: see datasets.py), `mixed_precision` (float16 autocast on CUDA; ignored 
 Checkpoints: `output_dir/weights/last.pt` after every epoch and `best.pt` for the best validation accuracy, each a
 `torch.save` dict with `state_dict` and metadata (model name, classes, image size, epoch, metrics, job id).
 `model_config.name` may also be the path of such a checkpoint, to continue from its weights.
+
+Distributed data-parallel: started by `torchrun` (WORLD_SIZE > 1 in the environment), every rank runs this adapter
+and joins one process group (`gloo` on CPU, `nccl` on CUDA, each rank on `cuda:LOCAL_RANK`). The model is wrapped
+in DistributedDataParallel with the same initial weights on every rank; each rank trains on its DistributedSampler
+shard (`batch_size` is per rank: a step sees `batch_size x WORLD_SIZE` images) with its own augmentation seed
+(`seed + RANK`), and validates on every WORLD_SIZE-th image with the sums added across ranks, so the metrics cover
+each validation image exactly once. `train/batch_loss` is the mean over the ranks' batches, the epoch metrics sum
+every rank's images. Only rank 0 writes checkpoints; telemetry is rank 0's alone (`tp-train` gives the other ranks
+a sink that discards it), and rank 0's log names the world size and each rank's device. A stop (SIGTERM) is agreed
+across ranks at each batch boundary, so all ranks stop at the same step. See docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +56,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import timm
 import torch
+import torch.distributed as dist
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import get_pretrained_cfg
 from timm.optim import create_optimizer_v2
 from torch import nn
-from torch.utils.data import DataLoader
-from trainingplatform_sdk.adapter import TrainingAdapter
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from trainingplatform_sdk.adapter import TrainingAdapter, TrainingResult
 from trainingplatform_sdk.configs import ConfigError, MetricsResult
 
 from trainingplatform_trainer_timm import datasets
 
-__all__ = ["TimmAdapter", "resolve_model_name"]
+__all__ = ["DistributedRun", "TimmAdapter", "resolve_model_name"]
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_LEARNING_RATE = 1e-3
@@ -87,6 +101,34 @@ def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+@dataclass(frozen=True)
+class DistributedRun:
+    """This process's place in a torchrun job (the variables torchrun sets)."""
+
+    rank: int
+    """RANK: 0 reports the job's telemetry and writes checkpoints."""
+    world_size: int
+    """WORLD_SIZE: processes in the job, on all machines."""
+    local_rank: int
+    """LOCAL_RANK: this process's index on its machine, and its CUDA device."""
+    local_world_size: int
+    """LOCAL_WORLD_SIZE: processes on this machine, which share its CPUs."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DistributedRun | None:
+        """The run described by `env`; None for a single process (WORLD_SIZE unset or 1)."""
+        world_size = int(env.get("WORLD_SIZE") or 1)
+        if world_size <= 1:
+            return None
+        local_world_size = int(env.get("LOCAL_WORLD_SIZE") or world_size)
+        return cls(
+            rank=int(env.get("RANK") or 0),
+            world_size=world_size,
+            local_rank=int(env.get("LOCAL_RANK") or 0),
+            local_world_size=local_world_size,
+        )
+
+
 class TimmAdapter(TrainingAdapter):
     """Trains a timm image classifier; see the module docstring for metrics and options."""
 
@@ -98,6 +140,15 @@ class TimmAdapter(TrainingAdapter):
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Set under torchrun; None for a single process.
+        self.distributed = DistributedRun.from_env(os.environ)
+        # True while this adapter's process group is up: stop requests are then agreed across ranks.
+        self._group_active = False
+        self._owns_group = False
+        self._stop_agreed = False
 
     def check(self) -> None:
         """Checks the model name (or checkpoint file) and the dataset without building anything."""
@@ -118,8 +169,14 @@ class TimmAdapter(TrainingAdapter):
     def build_data(self) -> None:
         """Picks the device and threads, seeds, and builds the data loaders."""
         advanced = self.advanced_config
+        if self.distributed is not None:
+            # First, before anything that could fail on one rank only: the others then fail at their next
+            # collective instead of waiting for this rank to join.
+            self._init_process_group()
         self.device = self._select_device()
-        threads = int(advanced.extra.get("num_threads") or _usable_cpus())
+        # Ranks on one machine share its CPUs: one rank each using all of them would oversubscribe them.
+        local_ranks = self.distributed.local_world_size if self.distributed is not None else 1
+        threads = int(advanced.extra.get("num_threads") or max(1, _usable_cpus() // local_ranks))
         torch.set_num_threads(threads)
         self.seed = advanced.seed if advanced.seed is not None else DEFAULT_SEED
         random.seed(self.seed)
@@ -147,13 +204,31 @@ class TimmAdapter(TrainingAdapter):
             "pin_memory": self.device.type == "cuda",
             "persistent_workers": workers > 0,
         }
-        generator = torch.Generator().manual_seed(self.seed)
-        self.train_loader = DataLoader(data.train, shuffle=True, drop_last=False, generator=generator, **common)
-        self.val_loader = DataLoader(data.val, shuffle=False, **common)
+        run = self.distributed
+        if run is None:
+            generator = torch.Generator().manual_seed(self.seed)
+            self.train_loader = DataLoader(data.train, shuffle=True, drop_last=False, generator=generator, **common)
+            self.val_loader = DataLoader(data.val, shuffle=False, **common)
+        else:
+            # The same seed on every rank: the shards are one shuffle of the dataset, cut in WORLD_SIZE parts.
+            sampler = DistributedSampler(data.train, num_replicas=run.world_size, rank=run.rank, seed=self.seed)
+            self.train_loader = DataLoader(data.train, sampler=sampler, drop_last=False, **common)
+            # Not a DistributedSampler: it pads the shards with repeated images, which would count twice.
+            self.val_loader = DataLoader(data.val, sampler=range(run.rank, len(data.val), run.world_size), **common)
         self.log(
             f"Dataset {self.dataset_config.name or self.dataset_config.path}: {len(data.train)} train, "
             f"{len(data.val)} val images, {len(self.classes)} classes, {self.image_size}x{self.image_size}"
         )
+        if run is not None:
+            devices: list[Any] = [None] * run.world_size
+            dist.all_gather_object(devices, str(self.device))
+            self.log(
+                f"Distributed data-parallel: world size {run.world_size}, backend {dist.get_backend()}, "
+                "rank 0 reports the job; "
+                + ", ".join(f"rank {rank}: {device}" for rank, device in enumerate(devices))
+                + f"; batch size {batch_size} per rank ({batch_size * run.world_size} per step), "
+                f"{len(self.train_loader)} steps per epoch"
+            )
 
     def build_model(self) -> None:
         """Creates the model, optimizer, schedule and loss."""
@@ -168,6 +243,15 @@ class TimmAdapter(TrainingAdapter):
         if "state_dict" in self.checkpoint_meta:
             self.model.load_state_dict(self.checkpoint_meta.pop("state_dict"))
         self.num_classes = num_classes
+        # `model` stays the plain module (checkpoints, validation); `train_model` is what the training step runs.
+        self.train_model: nn.Module = self.model
+        if self.distributed is not None:
+            # Every rank created the same weights from the same seed, and DDP broadcasts rank 0's anyway.
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            # From here each rank draws its own augmentation and dropout.
+            random.seed(self.seed + self.distributed.rank)
+            torch.manual_seed(self.seed + self.distributed.rank)
 
         optimizer_name = advanced.optimizer or DEFAULT_OPTIMIZER
         optimizer_args: dict[str, Any] = {
@@ -228,10 +312,79 @@ class TimmAdapter(TrainingAdapter):
     def _select_device(self) -> torch.device:
         requested = self.training_config.device
         if requested == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if requested.startswith("cuda") and not torch.cuda.is_available():
+            requested = "cuda" if torch.cuda.is_available() else "cpu"
+        elif requested.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"training_config.device is {requested!r} but CUDA is not available here")
-        return torch.device(requested)
+        if self.distributed is None or requested == "cpu":
+            return torch.device(requested)
+        if requested != "cuda":
+            raise ConfigError(
+                f"training_config.device is {requested!r}, but under torchrun each rank uses cuda:LOCAL_RANK: "
+                "use auto or cuda"
+            )
+        device = torch.device("cuda", self.distributed.local_rank)
+        torch.cuda.set_device(device)
+        return device
+
+    # --- Distributed ----------------------------------------------------------------------------------------
+
+    def _init_process_group(self) -> None:
+        if dist.is_initialized():  # set up by whoever embeds this adapter: use it, leave it to them
+            self._group_active = True
+            return
+        on_cuda = self.training_config.device != "cpu" and torch.cuda.is_available()
+        # The env:// rendezvous: MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE, as torchrun sets them.
+        dist.init_process_group(backend="nccl" if on_cuda else "gloo")
+        self._group_active = self._owns_group = True
+
+    def _finish_process_group(self) -> None:
+        if not self._group_active:
+            return
+        dist.barrier()  # rank 0's last checkpoint is written before any rank leaves
+        self._group_active = False
+        if self._owns_group:
+            dist.destroy_process_group()
+            self._owns_group = False
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once a stop was requested; under torchrun, once any rank's was (every rank must read it in step).
+
+        A rank that stopped alone would leave the others waiting in the next gradient all-reduce, so each read
+        agrees across ranks with one all-reduce of one number. The loop reads it at the same points on every rank.
+        """
+        local = self._stop.is_set()
+        if not self._group_active or self._stop_agreed:
+            return local or self._stop_agreed
+        flag = torch.tensor([1.0 if local else 0.0], device=self.device)
+        dist.all_reduce(flag)
+        self._stop_agreed = flag.item() > 0
+        return self._stop_agreed
+
+    def _mean_over_ranks(self, value: torch.Tensor) -> float:
+        if not self._group_active:
+            return value.item()
+        total = value.detach().float().reshape(1).clone()
+        dist.all_reduce(total)  # SUM: gloo has no AVG
+        return total.item() / dist.get_world_size()
+
+    def _sums_over_ranks(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, int, int]:
+        if not self._group_active:
+            return loss_sum.item(), int(correct.item()), seen
+        count = torch.tensor(float(seen), dtype=torch.float64, device=self.device)
+        totals = torch.stack([loss_sum.double(), correct.double(), count])
+        dist.all_reduce(totals)
+        return totals[0].item(), round(totals[1].item()), round(totals[2].item())
+
+    def fit(self) -> TrainingResult:
+        """The base loop; under torchrun, then leaves the process group.
+
+        After an exception the group is left as it is: the process exits, and its peers see the connection close
+        only after `tp-train` has recorded this rank's error for rank 0 to report.
+        """
+        result = super().fit()
+        self._finish_process_group()
+        return result
 
     def _image_size(self) -> int:
         if self.model_config.image_size:
@@ -256,7 +409,10 @@ class TimmAdapter(TrainingAdapter):
 
     def train_epoch(self, epoch: int) -> MetricsResult:
         """Trains one epoch; reports `train/batch_loss` every `log_every_n_steps` steps."""
-        self.model.train()
+        model = self.train_model
+        model.train()
+        if isinstance(self.train_loader.sampler, DistributedSampler):
+            self.train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         interval = self.training_config.log_interval
         # Sums stay on the device: reading them every batch would synchronise with the GPU each step.
         loss_sum = torch.zeros((), device=self.device)
@@ -271,7 +427,7 @@ class TimmAdapter(TrainingAdapter):
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                logits = self.model(images)
+                logits = model(images)
                 loss = self.criterion(logits, targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -285,11 +441,13 @@ class TimmAdapter(TrainingAdapter):
             loss_sum += loss.detach() * count
             correct += (logits.detach().argmax(dim=1) == targets).sum()
             if self.global_step % interval == 0:
-                self.logger.log_metric("train/batch_loss", loss.item(), step=self.global_step, epoch=epoch)
+                batch_loss = self._mean_over_ranks(loss)
+                self.logger.log_metric("train/batch_loss", batch_loss, step=self.global_step, epoch=epoch)
         duration = time.perf_counter() - started
+        total_loss, total_correct, seen = self._sums_over_ranks(loss_sum, correct, seen)
         metrics = {
-            "train/loss": loss_sum.item() / max(seen, 1),
-            "train/accuracy": correct.item() / max(seen, 1),
+            "train/loss": total_loss / max(seen, 1),
+            "train/accuracy": total_correct / max(seen, 1),
             "lr": self.optimizer.param_groups[0]["lr"],
             "train/images_per_s": seen / duration if duration > 0 else 0.0,
         }
@@ -298,6 +456,10 @@ class TimmAdapter(TrainingAdapter):
     def validate(self, epoch: int) -> MetricsResult:
         """Evaluates loss and top-1 accuracy on the validation set."""
         self.model.eval()
+        if self._group_active:
+            # Batch-norm statistics drift apart per rank: every rank evaluates rank 0's, which is what it saves.
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
@@ -312,11 +474,14 @@ class TimmAdapter(TrainingAdapter):
                 loss_sum += loss.float() * targets.size(0)
                 correct += (logits.argmax(dim=1) == targets).sum()
                 seen += targets.size(0)
-        metrics = {"val/loss": loss_sum.item() / max(seen, 1), "val/accuracy": correct.item() / max(seen, 1)}
+        total_loss, total_correct, seen = self._sums_over_ranks(loss_sum, correct, seen)
+        metrics = {"val/loss": total_loss / max(seen, 1), "val/accuracy": total_correct / max(seen, 1)}
         return MetricsResult(metrics=metrics, num_samples=seen, duration_seconds=time.perf_counter() - started)
 
     def save_checkpoint(self, epoch: int, is_best: bool) -> Path:
-        """Writes `weights/last.pt`, and copies it to `weights/best.pt` when `is_best`."""
+        """Writes `weights/last.pt`, and copies it to `weights/best.pt` when `is_best` (under torchrun: rank 0)."""
+        if self.distributed is not None and self.distributed.rank != 0:
+            return self.last_checkpoint_path  # the weights are the same on every rank: rank 0 writes them
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = {
             "framework": self.framework,
