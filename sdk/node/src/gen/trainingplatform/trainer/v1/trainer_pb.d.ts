@@ -467,8 +467,9 @@ export declare const TrainerService: GenService<{
    *
    * Errors: INVALID_ARGUMENT (unknown model, with the closest valid names; bad config values; a framework
    * this service does not train), NOT_FOUND (the dataset path does not exist), RESOURCE_EXHAUSTED (the
-   * service already runs its maximum of concurrent jobs), FAILED_PRECONDITION (tracking or artifact storage
-   * misconfigured; the message names the setting), UNAUTHENTICATED.
+   * service already runs its maximum of concurrent jobs), UNAVAILABLE (the service is shutting down),
+   * UNAUTHENTICATED. Misconfigured tracking or artifact storage (MLflow, S3) is found by the training process
+   * within seconds of the start, before training: the job ends FAILED with a message naming the setting.
    *
    * @generated from rpc trainingplatform.trainer.v1.TrainerService.StartTraining
    */
