@@ -187,3 +187,24 @@ def test_shutdown_stops_running_jobs(tmp_path: Path, backend: BackendProcess) ->
         assert "stopping run" in trainer.log_text()
     finally:
         trainer.close()
+
+
+def test_a_run_that_ended_during_a_backend_outage_is_delivered_from_its_spool(
+    fake_trainer: TrainerProcess, backend: BackendProcess
+) -> None:
+    """The backend is down for the whole run: the process spools everything and exits; once the backend is back,
+    the service replays the spool, and only then reports the final status, after every metric."""
+    job_id, token = backend.create_job()
+    backend.stop()
+    run_id = fake_trainer.start_training(
+        job_id, spec(epochs=2, extra={"fake_batches": 20, "fake_batch_s": 0.01}), backend.address, token
+    )
+    fake_trainer.wait_state(run_id, trainer_pb2.RUN_STATE_SUCCEEDED, timeout=180)
+    spool = Path(fake_trainer.get(run_id).output_dir) / "spool"
+    assert any(spool.glob("*")), "the process left its telemetry in the spool"
+    backend.restart()
+    wait_until(lambda: backend.job_status(job_id) == "COMPLETED", timeout=120, what="the job to complete")
+    steps = [row[3] for row in backend.metric_rows(job_id) if row[1] == "train/batch_loss"]
+    assert steps == list(range(1, 41))  # every batch loss, once, in order
+    assert backend.status_events(job_id) == ["PENDING", "RUNNING", "COMPLETED"]
+    assert backend.cursor_row(job_id)["duplicate_count"] == 0

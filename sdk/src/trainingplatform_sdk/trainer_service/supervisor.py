@@ -8,11 +8,13 @@ One watcher task per run waits for its exit and decides the final state:
 - any other end after CancelTraining (or the service's shutdown): CANCELLED;
 - any other end: FAILED, naming the exit code or the signal.
 
-Then the service reports the matching terminal status to the backend itself (COMPLETED, CANCELLED or FAILED with
-the exit code or signal): a killed process could not, and one that lost its connection at the end left its
-status in a spool that no later logger of the finished job will replay. The backend's state machine makes this
-safe when the process did report: repeating a status changes nothing, and a different terminal status is refused
-with FAILED_PRECONDITION, which is ignored.
+Then the service delivers whatever the process left in its spool (`<output_dir>/spool`: telemetry it could not
+send before it exited, a backend outage for instance) by opening a TrainingLogger on that spool, which replays it
+in order, retrying with backoff while the backend is unreachable (up to `SPOOL_REPLAY_MAX_S`). Only then does it
+report the matching terminal status itself (COMPLETED, CANCELLED or FAILED with the exit code or signal): a killed
+process could not, and the order matters: a status never overtakes the metrics logged before it. The backend's
+state machine makes this safe when the process did report: repeating a status changes nothing, and a different
+terminal status is refused with FAILED_PRECONDITION, which is ignored.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ LOG_FILE_NAME = "train.log"
 _WITHHELD_ENV = ("INTERNAL_AUTH_TOKEN", "READ_AUTH_TOKEN", "BACKEND_API_URL", "JOB_TELEMETRY_TOKEN")
 _CANCELLED_BY_REQUEST = "cancelled by CancelTraining"
 _CANCELLED_BY_SHUTDOWN = "the trainer service shut down"
+#: How long an ended run's leftover spool is retried while the backend is unreachable, in seconds.
+SPOOL_REPLAY_MAX_S = 3600.0
 
 
 @dataclass(eq=False)
@@ -315,6 +319,7 @@ class Supervisor:
         self._finish(run, returncode)
         if not run.telemetry_endpoint:
             return
+        await self._deliver_spool(run)
         if run.state == trainer_pb2.RUN_STATE_SUCCEEDED:
             await self._report(run, common_pb2.JOB_STATUS_COMPLETED, "the training process exited with code 0")
         elif run.state == trainer_pb2.RUN_STATE_CANCELLED:
@@ -354,6 +359,28 @@ class Supervisor:
             returncode,
         )
 
+    async def _deliver_spool(self, run: Run) -> None:
+        """Replays what the ended process left in its spool, retrying while the backend is unreachable."""
+        spool = run.output_dir / "spool"
+        if not spool.is_dir():
+            return
+        delay, deadline = 1.0, time.monotonic() + SPOOL_REPLAY_MAX_S
+        while True:
+            try:
+                delivered = await asyncio.to_thread(_replay_spool, run, spool)
+            except Exception:
+                _log.exception("replaying the spool of run %s failed", run.run_id)
+                return
+            if delivered:
+                return
+            if time.monotonic() + delay > deadline:
+                _log.error(
+                    "run %s: the backend stayed unreachable; its spool %s is kept undelivered", run.run_id, spool
+                )
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
     async def _report(self, run: Run, status: common_pb2.JobStatus.ValueType, reason: str, error: str = "") -> None:
         try:
             await report_status(
@@ -376,6 +403,20 @@ class Supervisor:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("a supervisor task failed", exc_info=task.exception())
+
+
+def _replay_spool(run: Run, spool: Path) -> bool:
+    """Delivers a spool through a TrainingLogger of the job (replayed on creation); True when nothing is left."""
+    from trainingplatform_sdk.logger import TrainingLogger
+
+    logger = TrainingLogger(
+        run.job_id, backend_address=run.telemetry_endpoint, token=run.telemetry_token, spool_dir=spool
+    )
+    report = logger.close(timeout=60)
+    left = report.pending_metrics + report.pending_logs + report.calls_pending
+    if report.replayed or left:
+        _log.info("run %s: replayed %d points left in its spool, %d still pending", run.run_id, report.replayed, left)
+    return left == 0 and not report.error
 
 
 def _child_env(job: JobRequest) -> dict[str, str]:
