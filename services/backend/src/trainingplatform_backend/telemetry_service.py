@@ -65,6 +65,7 @@ class Backend:
         UNAVAILABLE and the client resumes from the cursor (on another replica or after the restart)."""
         iterator = aiter(requests)
         shutdown = asyncio.ensure_future(self.shutting_down.wait())
+        next_message: asyncio.Future[T] | None = None
         try:
             while True:
                 next_message = asyncio.ensure_future(anext(iterator))
@@ -81,6 +82,17 @@ class Backend:
                     return
         finally:
             shutdown.cancel()
+            if next_message is not None:
+                # A read left pending when the call ends (client gone, grace over) may still finish with an
+                # exception; retrieve it so asyncio does not log it as an error nobody handled.
+                if not next_message.done():
+                    next_message.cancel()
+                next_message.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, done: asyncio.Future[BatchResult]) -> None:

@@ -1,0 +1,1 @@
+"""Reliability suite: crashes, cut connections, killed trainers, shutdowns and outages, bounded in time."""
