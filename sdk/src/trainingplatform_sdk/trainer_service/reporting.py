@@ -42,8 +42,10 @@ async def report_status(
 ) -> bool:
     """Calls UpdateStatus with the job's telemetry token, retrying transient errors with a growing delay.
 
-    FAILED_PRECONDITION means the job already reached a terminal status (the process reported it before it
-    ended): that is success, nothing is overwritten. Other failures are logged, never raised: a report that cannot
+    FAILED_PRECONDITION means the backend refused the transition: nearly always because the job already reached
+    a terminal status (the process reported it before it ended), which counts as success: nothing is overwritten.
+    It can also mean the job never left QUEUED (its RUNNING was never delivered); the backend's lease fails such a
+    job with the reason. Other failures are logged, never raised: a report that cannot
     be delivered must not disturb the service.
 
     Args:
