@@ -43,7 +43,9 @@ def create_db_engine(url: str, *, pool_size: int = 8) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per checkout on the hot path. A connection that died with a database
+    # restart fails its call once (UNAVAILABLE: clients retry) and the pool replaces it.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
 def alembic_config(url: str) -> Config:

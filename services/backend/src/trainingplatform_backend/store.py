@@ -88,6 +88,7 @@ class Store:
         self.is_sqlite = engine.dialect.name == "sqlite"
         self.instance_id = instance_id or uuid.uuid4().hex
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._cursor_query = text("SELECT stream, last_sequence FROM ingest_cursors WHERE job_pk = :job_pk")
         # SQLite has one writer at a time; serialising writers in-process avoids SQLITE_BUSY on lock upgrades.
         self._sqlite_write_lock = threading.Lock() if self.is_sqlite else None
 
@@ -331,13 +332,10 @@ class Store:
     # --- history reads ----------------------------------------------------------------------------------
 
     def cursor(self, job_pk: int) -> tuple[int, int]:
-        """The committed (metric, log) sequences of a job."""
-        with self._sessions() as session:
-            cursors = dict(
-                session.execute(
-                    select(IngestCursor.stream, IngestCursor.last_sequence).where(IngestCursor.job_pk == job_pk)
-                ).all()
-            )
+        """The committed (metric, log) sequences of a job. Every trainer asks it about once a second, so it is a
+        plain query on a pooled connection, without an ORM session."""
+        with self.engine.connect() as conn:
+            cursors = dict(conn.execute(self._cursor_query, {"job_pk": job_pk}).all())
         return cursors.get(METRICS_STREAM, 0), cursors.get(LOGS_STREAM, 0)
 
     def metrics_after(
