@@ -146,3 +146,22 @@ def test_errors_are_one_line_without_a_traceback(stack: Stack):
         '{"weight_decay": "lots"}',
     )
     assert wrong_type.returncode == 2 and "weight_decay" in wrong_type.stderr
+
+
+def test_a_job_whose_trainer_service_and_process_die_fails_within_the_lease(stack: Stack):
+    """The whole trainer is gone (service and training process killed): the backend's lease fails the job with the
+    reason, within TP_TRAINER_LEASE_S + TP_WATCH_INTERVAL_S (3 s + 0.5 s here)."""
+    with JobsClient(stack.backend_address, stack.token) as client:
+        job = client.create_job(framework="timm", model="resnet10t", dataset="digits", epochs=50, image_size=32).job
+        wait_for(lambda: client.get_job(job.job_id).status == "RUNNING")
+        service = next(s for s in stack.services if s.name == "trainer-timm")
+        with TrainerClient(service.address, stack.token) as trainer:
+            pid = wait_for(lambda: trainer.get_training(job_id=job.job_id).pid)
+        os.killpg(service.process.pid, signal.SIGKILL)  # the service, in its own session
+        os.killpg(pid, signal.SIGKILL)  # the training process, in another
+        failed = wait_for(lambda: (j := client.get_job(job.job_id)).finished and j, timeout=60)
+        assert failed.status == "FAILED"
+        assert "unreachable" in failed.error_message and service.address in failed.error_message
+        # The stack's trainer is gone: start it again for any later test.
+        service.process.wait(10)
+        stack.restart_service(service.name)

@@ -98,22 +98,31 @@ class Stack:
 
     def start(self, timeout: float = 120.0) -> None:
         """Starts every service and waits until each answers its health check."""
-        logs = self.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
         for service in self.services:
-            service.log_path = logs / f"{service.name}.log"
-            with service.log_path.open("ab") as log:
-                service.process = subprocess.Popen(
-                    service.command,
-                    env={**os.environ, **service.env},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.data_dir.parent,
-                    start_new_session=True,
-                )
+            self._launch(service)
         deadline = time.monotonic() + timeout
         for service in self.services:
             self._wait_healthy(service, deadline)
+
+    def restart_service(self, name: str, timeout: float = 120.0) -> None:
+        """Starts one service again (after it died) and waits until it is healthy."""
+        service = next(s for s in self.services if s.name == name)
+        self._launch(service)
+        self._wait_healthy(service, time.monotonic() + timeout)
+
+    def _launch(self, service: Service) -> None:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        service.log_path = logs / f"{service.name}.log"
+        with service.log_path.open("ab") as log:
+            service.process = subprocess.Popen(
+                service.command,
+                env={**os.environ, **service.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir.parent,
+                start_new_session=True,
+            )
 
     def _wait_healthy(self, service: Service, deadline: float) -> None:
         with grpc.insecure_channel(service.address) as channel:

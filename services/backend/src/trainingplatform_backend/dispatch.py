@@ -11,9 +11,10 @@ the job; if it stops, the lease below fails the job once the retries would have 
 
 Lease: every `watch_interval_s` the backend asks each live job's trainer about its run (GetTraining). A job is
 failed, with the reason, when its run ended without the job reaching a terminal status for `lease_s` (the
-process died before reporting), when the trainer no longer knows the run, or when the trainer has been
-unreachable for `lease_s`. So a job whose trainer dies is FAILED within lease_s + watch_interval_s
-(70 s by default).
+process died before reporting), or when the trainer no longer knows the run or has been unreachable, and the
+job's telemetry has not moved, for `lease_s` (a training process outlives a crashed trainer service and keeps
+reporting on its own: it is not failed while it does). So a job whose trainer and process die is FAILED within
+lease_s + watch_interval_s (70 s by default).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 from trainingplatform_backend import statemachine
 from trainingplatform_backend.errors import FailedPrecondition
-from trainingplatform_backend.models import Job
+from trainingplatform_backend.models import IngestCursor, Job
 from trainingplatform_backend.store import Store, Transition, utcnow
 from trainingplatform_backend.subscriptions import POKE, Hub
 
@@ -75,6 +76,8 @@ class Dispatcher:
         self._settings = settings
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unreachable_since: dict[str, float] = {}
+        self._last_committed: dict[str, int] = {}
+        self._quiet_since: dict[str, float] = {}
         self._run_ended_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._retries: dict[str, asyncio.Task[None]] = {}
@@ -228,14 +231,20 @@ class Dispatcher:
             except Exception:  # the loop must survive anything; the next round retries
                 log.exception("lease check failed")
 
-    def _live_jobs(self) -> Sequence[tuple[str, str]]:
+    def _live_jobs(self) -> Sequence[tuple[str, str, int]]:
+        """Live dispatched jobs with their trainer and how much telemetry they committed so far."""
+        committed = (
+            select(IngestCursor.job_pk, func.sum(IngestCursor.last_sequence).label("total"))
+            .group_by(IngestCursor.job_pk)
+            .subquery()
+        )
         with self._store.engine.connect() as conn:
             return [
-                tuple(row)
-                for row in conn.execute(
-                    select(Job.job_id, Job.trainer_address).where(
-                        Job.status.in_([statemachine.QUEUED, statemachine.RUNNING]), Job.trainer_address != ""
-                    )
+                (job_id, address, int(total or 0))
+                for job_id, address, total in conn.execute(
+                    select(Job.job_id, Job.trainer_address, committed.c.total)
+                    .join(committed, committed.c.job_pk == Job.id, isouter=True)
+                    .where(Job.status.in_([statemachine.QUEUED, statemachine.RUNNING]), Job.trainer_address != "")
                 )
             ]
 
@@ -263,7 +272,13 @@ class Dispatcher:
                     "never dispatched",
                     "the backend that queued this job stopped before a trainer accepted it",
                 )
-        for job_id, address in await asyncio.to_thread(self._live_jobs):
+        for job_id, address, committed in await asyncio.to_thread(self._live_jobs):
+            # A job whose telemetry still moves is alive, whatever its trainer service says: the training process
+            # outlives a crashed or restarted service and keeps reporting with its own token.
+            if self._last_committed.get(job_id) != committed:
+                self._last_committed[job_id] = committed
+                self._quiet_since[job_id] = now
+            quiet = now - self._quiet_since.setdefault(job_id, now)
             try:
                 run = (
                     await self._stub(address).GetTraining(
@@ -272,15 +287,16 @@ class Dispatcher:
                 ).run
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.NOT_FOUND:
-                    await self._transition(
-                        job_id,
-                        statemachine.FAILED,
-                        "trainer lost the run",
-                        f"trainer {address} no longer knows this job's run (was it restarted?)",
-                    )
+                    if quiet >= lease:
+                        await self._transition(
+                            job_id,
+                            statemachine.FAILED,
+                            "trainer lost the run",
+                            f"trainer {address} no longer knows this job's run (was it restarted?)",
+                        )
                     continue
                 since = self._unreachable_since.setdefault(address, now)
-                if now - since >= lease:
+                if now - since >= lease and quiet >= lease:
                     await self._transition(
                         job_id,
                         statemachine.FAILED,
