@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from trainingplatform_sdk.grpc_handlers import wrap_handler
 from trainingplatform_sdk.trainer_service.errors import ServiceError, Unauthenticated, status_of
 
 __all__ = ["PUBLIC_METHOD_PREFIXES", "TokenInterceptor"]
@@ -71,48 +72,4 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
 
 def _wrap(handler: grpc.RpcMethodHandler, refusal: ServiceError | None) -> Any:
     """A handler of the same shape that aborts with `refusal`, or runs the original and maps its errors."""
-
-    async def fail(context: grpc.aio.ServicerContext, error: BaseException) -> None:
-        code, message = status_of(error)
-        if code is grpc.StatusCode.INTERNAL:
-            _log.error("unexpected error in a handler", exc_info=error)
-        await context.abort(code, message)
-
-    if handler.unary_unary or handler.stream_unary:
-        behavior = handler.unary_unary or handler.stream_unary
-
-        async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if refusal is not None:
-                await fail(context, refusal)
-            try:
-                return await behavior(request, context)
-            except grpc.aio.AbortError:
-                raise
-            except Exception as error:
-                await fail(context, error)
-
-        wrapped: Any = single
-        factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
-    else:
-        behavior = handler.unary_stream or handler.stream_stream
-
-        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            if refusal is not None:
-                await fail(context, refusal)
-            try:
-                async for response in behavior(request, context):
-                    yield response
-            except grpc.aio.AbortError:
-                raise
-            except Exception as error:
-                await fail(context, error)
-
-        wrapped = streaming
-        factory = (
-            grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
-        )
-    return factory(
-        wrapped,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return wrap_handler(handler, status_of=status_of, log=_log, refusal=refusal)

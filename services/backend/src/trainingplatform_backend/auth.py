@@ -73,7 +73,8 @@ PUBLIC_METHOD_PREFIXES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 
-_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
+CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
+"""The authenticated caller of the RPC being served (set by the interceptor)."""
 
 
 def hash_token(token: str) -> str:
@@ -87,19 +88,9 @@ def mint_job_token(job_id: str) -> tuple[str, str]:
     return token, hash_token(token)
 
 
-def set_principal(principal: Principal) -> contextvars.Token[Principal]:
-    """Makes `principal` the caller of the current RPC (done by the interceptor)."""
-    return _current.set(principal)
-
-
-def reset_principal(token: contextvars.Token[Principal]) -> None:
-    """Undoes set_principal."""
-    _current.reset(token)
-
-
 def current_principal() -> Principal:
     """The caller of the RPC being served."""
-    return _current.get()
+    return CALLER.get()
 
 
 def authorize_job(job_id: str) -> None:
@@ -108,7 +99,7 @@ def authorize_job(job_id: str) -> None:
     Raises:
         PermissionDenied: a telemetry token of another job.
     """
-    principal = _current.get()
+    principal = CALLER.get()
     if principal.kind is Kind.JOB and principal.job_id != job_id:
         raise PermissionDenied("this telemetry token belongs to another job")
 

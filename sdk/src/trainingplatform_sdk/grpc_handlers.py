@@ -1,0 +1,134 @@
+"""Wrapping a grpc.aio method handler: refusing a call, running it with the caller in a context variable, turning
+its exceptions into statuses, and answering requests that do not parse with INVALID_ARGUMENT.
+
+Shared by the services' interceptors (the backend's and the trainer services'), so every server of the platform
+treats bad input the same way. Each service keeps its own exceptions and its one function mapping them to status
+codes (`status_of`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+StatusOf = Callable[[BaseException], tuple[grpc.StatusCode, str]]
+
+
+class MalformedRequest(Exception):
+    """The request's bytes are not a valid message of the method's request type."""
+
+
+class _Unparsed:
+    """Stands in for a request that failed to parse, so the handler answers INVALID_ARGUMENT (gRPC's own
+    deserialiser failure would be an opaque UNKNOWN)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:
+            return _Unparsed(error)
+
+    return parse
+
+
+def _check(request: Any) -> Any:
+    if isinstance(request, _Unparsed):
+        raise MalformedRequest(f"the request is not a valid protobuf message for this method ({request.error})")
+    return request
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _check(request)
+
+
+def wrap_handler(
+    handler: grpc.RpcMethodHandler,
+    *,
+    status_of: StatusOf,
+    log: logging.Logger,
+    refusal: BaseException | None = None,
+    caller: tuple[contextvars.ContextVar[Any], Any] | None = None,
+) -> Any:
+    """A handler of the same shape as `handler`.
+
+    Args:
+        handler: The service's handler.
+        status_of: Maps an exception to the status to send (the service's one mapping).
+        log: Where unexpected errors (INTERNAL) are logged with their traceback.
+        refusal: When set, every call is refused with it (authentication failed).
+        caller: A context variable and the value it holds while the handler runs (the authenticated caller).
+    """
+
+    async def fail(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+        if isinstance(error, MalformedRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        code, message = status_of(error)
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("unexpected error in a handler", exc_info=error)
+        await context.abort(code, message)
+
+    def enter() -> contextvars.Token[Any] | None:
+        return caller[0].set(caller[1]) if caller is not None else None
+
+    def leave(token: contextvars.Token[Any] | None) -> None:
+        if caller is not None and token is not None:
+            caller[0].reset(token)
+
+    streaming_request = bool(handler.stream_unary or handler.stream_stream)
+    if handler.unary_unary or handler.stream_unary:
+        behavior = handler.unary_unary or handler.stream_unary
+
+        async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if refusal is not None:
+                await fail(context, refusal)
+            token = enter()
+            try:
+                return await behavior(_checked(request) if streaming_request else _check(request), context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await fail(context, error)
+            finally:
+                leave(token)
+
+        wrapped: Any = single
+        factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+    else:
+        behavior = handler.unary_stream or handler.stream_stream
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if refusal is not None:
+                await fail(context, refusal)
+            token = enter()
+            try:
+                async for response in behavior(_checked(request) if streaming_request else _check(request), context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await fail(context, error)
+            finally:
+                leave(token)
+
+        wrapped = streaming
+        factory = (
+            grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        )
+    return factory(
+        wrapped,
+        request_deserializer=_lenient(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
