@@ -3,7 +3,9 @@
 A producer calls `log_metric` at a fixed rate (a burst every 10 ms; each point carries the wall time of its
 `log_metric` call); the SDK batches and streams them (flush interval 50 ms by default) to a real `tp-backend` on
 SQLite, which commits each batch and pushes it to a subscriber on JobsService.SubscribeTelemetry. Reported: p50 and
-p99 in milliseconds at 1,000 and 50,000 points/s. The SDK's flush interval is part of what is measured.
+p99 in milliseconds at 1,000 and 50,000 points/s. The SDK's flush interval is part of what is measured. The
+backend's own part (a batch sent on the stream -> committed -> received by the subscriber) is measured too, at
+50,000 points/s, as `commit_latency_ms_*`: an upper bound of "commit to subscriber".
 
     .venv/bin/python bench/bench_latency.py [--seconds 10]
 """
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from support.backend import BackendProcess, auth
 from trainingplatform.jobs.v1 import jobs_pb2
+from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import TrainingLogger
 
 TICK_S = 0.01
@@ -48,8 +51,30 @@ def _subscribe(address: str, token: str, job_id: str, total: int, ready, results
     results.put(sorted(latencies))
 
 
-def measure(backend: BackendProcess, rate: int, seconds: float) -> tuple[float, float]:
-    """(p50, p99) latency in ms of `rate` points/s for `seconds`."""
+def _stream_directly(backend: BackendProcess, job_id: str, token: str, rate: int, total: int) -> None:
+    """Sends the points on one StreamMetrics call, a message per tick, each point stamped as it is sent: what a
+    subscriber then measures is the backend's part (receive, commit, fan out), the SDK's batching left out."""
+
+    def messages():
+        per_tick = max(1, int(rate * TICK_S))
+        sequence = 0
+        next_tick = time.perf_counter()
+        while sequence < total:
+            request = telemetry_pb2.StreamMetricsRequest(job_id=job_id)
+            now = time.time()
+            for _ in range(min(per_tick, total - sequence)):
+                sequence += 1
+                request.points.add(key="train/batch_loss", value=0.5, step=sequence, wall_time=now, sequence=sequence)
+            yield request
+            next_tick += TICK_S
+            time.sleep(max(0.0, next_tick - time.perf_counter()))
+
+    backend.telemetry().StreamMetrics(messages(), metadata=auth(token), timeout=600)
+
+
+def measure(backend: BackendProcess, rate: int, seconds: float, *, via_sdk: bool = True) -> tuple[float, float]:
+    """(p50, p99) latency in ms of `rate` points/s for `seconds`: from log_metric (via_sdk) or from the moment a
+    batch is sent on the stream (the backend's part alone) to the subscriber's receipt."""
     job_id, token = backend.create_job()
     total = int(rate * seconds)
     context = multiprocessing.get_context("spawn")
@@ -57,6 +82,11 @@ def measure(backend: BackendProcess, rate: int, seconds: float) -> tuple[float, 
     subscriber = context.Process(target=_subscribe, args=(backend.address, token, job_id, total, ready, results))
     subscriber.start()
     ready.wait(60)  # the PENDING creation event arrives first
+    if not via_sdk:
+        _stream_directly(backend, job_id, token, rate, total)
+        ordered = results.get(timeout=120)
+        subscriber.join(30)
+        return statistics.median(ordered), ordered[int(len(ordered) * 0.99) - 1]
     with tempfile.TemporaryDirectory() as spool:
         logger = TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=spool)
         per_tick = max(1, int(rate * TICK_S))
@@ -85,6 +115,9 @@ def run(seconds: float) -> dict[str, float]:
                 p50, p99 = measure(backend, rate, seconds)
                 results[f"latency_ms_p50_{label}"] = p50
                 results[f"latency_ms_p99_{label}"] = p99
+            p50, p99 = measure(backend, 50_000, seconds, via_sdk=False)
+            results["commit_latency_ms_p50_50k"] = p50
+            results["commit_latency_ms_p99_50k"] = p99
         finally:
             backend.close()
     return results

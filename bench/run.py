@@ -43,6 +43,7 @@ TARGETS: dict[str, tuple[float, Callable[[float, float], bool], str]] = {
     "ingest_postgres_points_per_s": (250_000, lambda v, t: v >= t, ">="),
     "ingest_vs_legacy_ratio": (500, lambda v, t: v >= t, ">="),
     "latency_ms_p99_50k": (100, lambda v, t: v <= t, "<="),
+    "commit_latency_ms_p99_50k": (100, lambda v, t: v <= t, "<="),
     "log_metric_us_median": (2, lambda v, t: v <= t, "<="),
     "fanin_points_per_s": (100_000, lambda v, t: v >= t, ">="),
     "fanin_lost": (0, lambda v, t: v <= t, "=="),
