@@ -22,7 +22,6 @@ import http.client
 import json
 import os
 import platform
-import secrets
 import socket
 import statistics
 import subprocess
@@ -35,9 +34,11 @@ from pathlib import Path
 
 import grpc
 from trainingplatform.common.v1 import common_pb2
-from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.backend import BackendProcess
 
 _HTTP_SERVER = """
 import http.server, sys
@@ -74,52 +75,15 @@ def wait_for_port(port: int, timeout: float = 60) -> None:
 
 
 @contextmanager
-def local_backend(workdir: Path) -> Iterator[tuple[str, str]]:
-    """A real `tp-backend` on SQLite; yields (address, internal token)."""
-    port = free_port()
-    token = secrets.token_urlsafe(24)
-    env = {
-        **os.environ,
-        "INTERNAL_AUTH_TOKEN": token,
-        "DATABASE_URL": f"sqlite:///{workdir / 'backend.db'}",
-        "TP_DATA_DIR": str(workdir / "data"),
-    }
-    with open(workdir / "backend.log", "wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("tp-backend")), "--listen", f"127.0.0.1:{port}"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+def local_backend(workdir: Path) -> Iterator[tuple[str, str, str]]:
+    """A real `tp-backend` on SQLite (the tests' BackendProcess); yields (address, job id, telemetry token)."""
+    backend = BackendProcess(f"sqlite:///{workdir / 'backend.db'}", workdir / "data")
+    backend.start()
     try:
-        wait_for_port(port)
-        yield f"127.0.0.1:{port}", token
+        job_id, token = backend.create_job()
+        yield backend.address, job_id, token
     finally:
-        process.terminate()
-        process.wait(30)
-
-
-def create_job(address: str, token: str) -> tuple[str, str]:
-    with grpc.insecure_channel(address) as channel:
-        spec = common_pb2.JobSpec(
-            framework="timm",
-            model=common_pb2.ModelConfig(name="resnet10t"),
-            dataset=common_pb2.DatasetConfig(name="digits"),
-            training=common_pb2.TrainingConfig(epochs=1),
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                response = jobs_pb2_grpc.JobsServiceStub(channel).CreateJob(
-                    jobs_pb2.CreateJobRequest(spec=spec, dispatch=False),
-                    metadata=(("authorization", f"Bearer {token}"),),
-                    timeout=5,
-                )
-                return response.job.job_id, response.telemetry_token
-            except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        backend.close()
 
 
 def summarize(per_call_ns: list[float]) -> dict[str, float]:
@@ -202,8 +166,7 @@ def run(quick: bool = False) -> dict[str, float]:
     """The flat numbers of `bench/run.py`: log_metric's per-call cost (median over batches of 100 calls, p99 over
     single calls), beside a synchronous unary gRPC call and an HTTP POST per metric."""
     log_calls, rpc_calls = (20_000, 200) if quick else (500_000, 2_000)
-    with tempfile.TemporaryDirectory() as workdir, local_backend(Path(workdir)) as (address, internal_token):
-        job_id, token = create_job(address, internal_token)
+    with tempfile.TemporaryDirectory() as workdir, local_backend(Path(workdir)) as (address, job_id, token):
         logged = bench_log_metric(address, token, job_id, log_calls)
         unary = bench_unary(address, token, job_id, rpc_calls)
     http_post = bench_http(rpc_calls)
@@ -238,8 +201,7 @@ def main() -> None:
     if args.address:
         result = run(args.address, args.token, args.job_id)
     else:
-        with tempfile.TemporaryDirectory() as workdir, local_backend(Path(workdir)) as (address, internal_token):
-            job_id, token = create_job(address, internal_token)
+        with tempfile.TemporaryDirectory() as workdir, local_backend(Path(workdir)) as (address, job_id, token):
             result = run(address, token, job_id)
     text = json.dumps(result, indent=2)
     print(text)

@@ -146,7 +146,7 @@ def test_auth_matrix_on_every_rpc_and_no_token_in_logs(debug_backend: BackendPro
         assert token.split(".")[-1] not in log_text
 
 
-def test_health_and_reflection_need_no_token(backend: BackendProcess):
+def test_health_needs_no_token(backend: BackendProcess):
     health = health_pb2_grpc.HealthStub(backend.channel)
     assert (
         health.Check(health_pb2.HealthCheckRequest(service="trainingplatform.jobs.v1.JobsService")).status
