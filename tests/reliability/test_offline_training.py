@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from support.backend import BackendProcess
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
+from trainingplatform_sdk._spool import read_state
 from trainingplatform_sdk.clients import JobsClient
 
 from reliability.polling import StatusWatch
@@ -64,7 +65,7 @@ def test_a_run_trained_while_the_backend_is_down_is_delivered_from_its_spool(
     assert "Training completed: 1 epoch(s)" in trained.stderr
 
     spool_dir = output_dir / "spool"
-    state = json.loads((spool_dir / "state.json").read_text())
+    state = read_state(spool_dir)
     metrics, logs = state["metrics"]["assigned"], state["logs"]["assigned"]
     assert state["metrics"]["committed"] == state["logs"]["committed"] == 0  # nothing reached the backend
     methods = [call["method"] for call in state["calls"]]
@@ -105,4 +106,4 @@ def test_a_run_trained_while_the_backend_is_down_is_delivered_from_its_spool(
     assert [summary.epoch for summary in summaries] == [0] and "val/accuracy" in summaries[0].metrics
     assert job.status == "COMPLETED" and job.mlflow_run_id and "best_checkpoint" in job.artifacts
     assert list(spool_dir.glob("*.seg")) == []
-    assert json.loads((spool_dir / "state.json").read_text())["calls"] == []
+    assert read_state(spool_dir)["calls"] == []

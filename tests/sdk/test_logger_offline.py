@@ -16,7 +16,7 @@ import pytest
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import DeliveryReport, LoggerSettings, TrainingLogger
-from trainingplatform_sdk._spool import Spool, SpoolLockedError
+from trainingplatform_sdk._spool import Spool, SpoolLockedError, read_state
 from trainingplatform_sdk.logger import _job_status, _log_level, _truncate, default_spool_dir
 
 TRAINER = Path(__file__).with_name("trainer_script.py")
@@ -92,7 +92,7 @@ def test_from_env_reads_address_and_token(
         assert logger.enabled
         assert default_spool_dir("job/1") == tmp_path / "job_1"
     assert not logger.enabled
-    assert (tmp_path / "job_1" / "state.json").exists()
+    assert read_state(tmp_path / "job_1")["job_id"] == "job/1"
 
 
 def test_malformed_address_is_an_error(tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_restart_replays_the_spool_and_continues_the_numbering(
 
     assert spooled_sequences(tmp_path) == list(range(1, 1501))
     assert spooled_sequences(tmp_path, "logs") == [1, 2]
-    state = json.loads((tmp_path / "state.json").read_text())
+    state = read_state(tmp_path)
     assert state["metrics"]["assigned"] == 1500
     calls = [
         telemetry_pb2.UpdateStatusRequest.FromString(__import__("base64").b64decode(c["request"])).status

@@ -137,3 +137,57 @@ def test_trim_accounts_for_every_point_once(tmp_path_factory: pytest.TempPathFac
     reopened.trim("metrics", committed)
     assert reopened.pending["metrics"] == sequence - committed
     reopened.close()
+
+
+def test_a_save_torn_by_a_crash_leaves_the_previous_state(tmp_path: Path) -> None:
+    spool = _open(tmp_path)
+    spool.state["metrics"] = {"assigned": 10}
+    spool.save_state()
+    spool.state["metrics"] = {"assigned": 20}
+    spool.save_state()
+    spool.close()
+    assert _open_state(tmp_path) == {"assigned": 20}
+
+    # The newer slot is torn (a crash in the middle of its write): the older one, one save behind, is used.
+    newest = next(path for path in tmp_path.glob("state.*") if b'"assigned":20' in path.read_bytes())
+    newest.write_bytes(newest.read_bytes()[:-2])
+    assert _open_state(tmp_path) == {"assigned": 10}
+
+    # Saving again overwrites the torn slot, never the good one.
+    spool = _open(tmp_path)
+    spool.state["metrics"] = {"assigned": 30}
+    spool.save_state()
+    spool.close()
+    assert _open_state(tmp_path) == {"assigned": 30}
+
+
+def test_a_shorter_state_overwrites_a_longer_one_in_place(tmp_path: Path) -> None:
+    spool = _open(tmp_path)
+    spool.state["calls"] = [{"method": "UpdateStatus", "request": "x" * 5000}]
+    spool.save_state()
+    spool.save_state()
+    spool.state["calls"] = []
+    spool.save_state()
+    spool.save_state()
+    spool.close()
+    reopened = _open(tmp_path)
+    assert reopened.state["calls"] == []
+    reopened.close()
+
+
+def test_the_state_file_of_earlier_versions_is_read_then_replaced(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text('{"job_id": "job-1", "metrics": {"assigned": 42, "committed": 40}}')
+    spool = _open(tmp_path)
+    assert spool.state["metrics"] == {"assigned": 42, "committed": 40}
+    spool.save_state()
+    spool.close()
+    assert not (tmp_path / "state.json").exists()
+    assert _open_state(tmp_path) == {"assigned": 42, "committed": 40}
+
+
+def _open_state(directory: Path) -> dict:
+    spool = _open(directory)
+    try:
+        return spool.state.get("metrics", {})
+    finally:
+        spool.close()

@@ -1,8 +1,11 @@
 """The on-disk spool: points not yet committed, kept across restarts of the trainer process.
 
 Layout of a spool directory (one job):
-  - `state.json`: the highest sequence ever assigned per stream kind and the unary calls not yet delivered,
-    replaced atomically (write a temporary file, then rename) so a crash leaves the old or the new version;
+  - `state.0`, `state.1`: the highest sequence ever assigned per stream kind, the committed cursors and the unary
+    calls not yet delivered, as JSON behind a header (length, CRC-32, generation). Each save overwrites the older
+    slot in place with one `pwrite`, so a crash tears at most the slot being written and the other one still holds
+    the previous state; the valid slot with the higher generation wins. The sender saves the state on every batch
+    it numbers, so this costs one system call where a write-and-rename cost a file creation and a rename;
   - `<kind>-<first sequence>.seg`: append-only segments of records. A record is a header (payload length, CRC-32,
     first and last sequence, point count) and a payload (a serialized StreamMetricsRequest or StreamLogsRequest).
     A record torn by a crash fails its length or CRC check and ends the segment's readable part;
@@ -26,7 +29,9 @@ _LOG = logging.getLogger("trainingplatform_sdk.logger")
 
 KINDS = ("metrics", "logs")
 _HEADER = struct.Struct("<IIqqI")
-_STATE_FILE = "state.json"
+_STATE_HEADER = struct.Struct("<IIQ")  # payload length, CRC-32 of the payload, generation
+_STATE_SLOTS = ("state.0", "state.1")
+_LEGACY_STATE_FILE = "state.json"  # written by earlier versions (replaced whole on each save); read, then removed
 _LOCK_FILE = "lock"
 
 
@@ -80,7 +85,9 @@ class Spool:
         except BlockingIOError:
             os.close(self._lock_fd)
             raise SpoolLockedError(f"spool {directory} is in use by another process") from None
-        self.state: dict[str, Any] = self._read_state()
+        self._state_fds: list[int] = []
+        self._generation, state, self._legacy_state = _load_state(directory)
+        self.state: dict[str, Any] = state
         if self.state.get("job_id", job_id) != job_id:
             self.close()
             raise ValueError(f"spool {directory} belongs to job {self.state['job_id']!r}, not {job_id!r}")
@@ -93,19 +100,6 @@ class Spool:
             for path in sorted(directory.glob(f"{kind}-*.seg")):
                 self._load_segment(kind, path)
             self._segments[kind].sort(key=lambda segment: segment.records[0].first)
-
-    def _read_state(self) -> dict[str, Any]:
-        path = self.directory / _STATE_FILE
-        try:
-            with open(path, encoding="utf-8") as handle:
-                state = json.load(handle)
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            # The state is replaced atomically, so this is damage from outside; the segments still hold the points.
-            _LOG.error("spool state %s is unreadable (%s); continuing from the segments", path, exc)
-            return {}
-        return state if isinstance(state, dict) else {}
 
     def _load_segment(self, kind: str, path: Path) -> None:
         data = path.read_bytes()
@@ -221,18 +215,83 @@ class Spool:
         return removed
 
     def save_state(self) -> None:
-        """Writes the state file atomically: a crash leaves either the old or the new version."""
-        path = self.directory / _STATE_FILE
-        temporary = path.with_name(f".{_STATE_FILE}.{os.getpid()}.tmp")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(self.state, handle, separators=(",", ":"))
-        os.replace(temporary, path)
+        """Writes the state into the older of the two slots: a crash leaves the previous state in the other one.
+
+        Raises:
+            OSError: The slot cannot be written.
+        """
+        if not self._state_fds:
+            self._state_fds = [os.open(self.directory / name, os.O_WRONLY | os.O_CREAT, 0o600) for name in _STATE_SLOTS]
+        payload = json.dumps(self.state, separators=(",", ":")).encode("utf-8")
+        generation = self._generation + 1
+        # Bytes of a longer earlier payload may follow; the header's length says where this one ends.
+        record = _STATE_HEADER.pack(len(payload), zlib.crc32(payload), generation) + payload
+        os.pwrite(self._state_fds[generation % 2], record, 0)
+        self._generation = generation
+        if self._legacy_state:  # its content now lives in a slot
+            (self.directory / _LEGACY_STATE_FILE).unlink(missing_ok=True)
+            self._legacy_state = False
 
     def close(self) -> None:
         """Closes the open segments and releases the directory lock."""
         for kind in KINDS:
             with contextlib.suppress(AttributeError):
                 self._close_active(kind)
+        for fd in self._state_fds:
+            os.close(fd)
+        self._state_fds = []
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    """The last saved state of the spool in `directory` ({} if none), read without taking its lock."""
+    return _load_state(directory)[1]
+
+
+def _load_state(directory: Path) -> tuple[int, dict[str, Any], bool]:
+    """(generation, state, read from the legacy file) of the newest valid state slot, else the legacy file."""
+    best: tuple[int, dict[str, Any]] | None = None
+    for name in _STATE_SLOTS:
+        path = directory / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        slot = _parse_state_slot(data)
+        if slot is None:
+            if data:
+                # Torn by a crash while it was written: the other slot holds the state before that save.
+                _LOG.warning("spool state slot %s is torn or damaged; using the other slot", path)
+            continue
+        if best is None or slot[0] > best[0]:
+            best = slot
+    if best is not None:
+        return best[0], best[1], False
+    path = directory / _LEGACY_STATE_FILE
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except FileNotFoundError:
+        return 0, {}, False
+    except (OSError, ValueError) as exc:
+        # That file was replaced atomically, so this is damage from outside; the segments still hold the points.
+        _LOG.error("spool state %s is unreadable (%s); continuing from the segments", path, exc)
+        return 0, {}, True
+    return 0, state if isinstance(state, dict) else {}, True
+
+
+def _parse_state_slot(data: bytes) -> tuple[int, dict[str, Any]] | None:
+    """(generation, state) of a state slot, or None when it is empty, torn or damaged."""
+    if len(data) < _STATE_HEADER.size:
+        return None
+    length, crc, generation = _STATE_HEADER.unpack_from(data)
+    payload = data[_STATE_HEADER.size : _STATE_HEADER.size + length]
+    if len(payload) != length or zlib.crc32(payload) != crc:
+        return None
+    try:
+        state = json.loads(payload)
+    except ValueError:
+        return None
+    return (generation, state) if isinstance(state, dict) else None
