@@ -101,6 +101,16 @@ class Store:
         with self._sqlite_write_lock:
             yield
 
+    def try_write_lock(self) -> bool:
+        """Takes SQLite's in-process write lock if it is free right now (True on PostgreSQL, which has none);
+        a True must be paired with `release_write_lock`."""
+        return self._sqlite_write_lock is None or self._sqlite_write_lock.acquire(blocking=False)
+
+    def release_write_lock(self) -> None:
+        """Releases what `try_write_lock` took."""
+        if self._sqlite_write_lock is not None:
+            self._sqlite_write_lock.release()
+
     def notify(self, session_or_conn: Any, job_pks: int | Iterable[int]) -> None:
         """Tells other backend processes (PostgreSQL LISTEN/NOTIFY) that these jobs have new telemetry.
 
