@@ -92,7 +92,7 @@ class RunningServer:
         log.info("shutting down: health NOT_SERVING, grace %.1fs", self.settings.shutdown_grace_s)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.backend.shutting_down.set()
+        self.backend.begin_shutdown()
         self.backend.hub.close()
         await self.server.stop(self.settings.shutdown_grace_s)
         await self.backend.committer.close()

@@ -29,6 +29,7 @@ T = TypeVar("T")
 # Batches of up to this many points or records are validated on the event loop (about 4 µs a point); larger ones
 # in a worker thread.
 _INLINE_PREPARE_ITEMS = 256
+_SHUTDOWN_MESSAGE = "the backend is shutting down; resume from GetStreamCursor"
 
 
 class Backend:
@@ -40,6 +41,10 @@ class Backend:
         self.committer = GroupCommitter(self.ingestor)
         self.hub = hub
         self.shutting_down = asyncio.Event()
+        #: How long a stream may stay quiet once the shutdown began before it is ended (see `messages`).
+        self.drain_idle_s = 0.5
+        self._reading: set[asyncio.Task[Any]] = set()
+        self._interrupted: set[asyncio.Task[Any]] = set()
         self._job_pks: dict[str, int] = {}
 
     async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -63,40 +68,51 @@ class Backend:
             self._job_pks[job_id] = pk
         return pk
 
-    async def messages(self, requests: AsyncIterator[T], *, drain_idle_s: float = 0.5) -> AsyncIterator[T]:
+    def begin_shutdown(self) -> None:
+        """Starts the drain of every open stream: see `messages`."""
+        self.shutting_down.set()
+        loop = asyncio.get_running_loop()
+        for task in list(self._reading):
+            loop.call_later(self.drain_idle_s, self._interrupt_idle_reader, task)
+
+    def _interrupt_idle_reader(self, task: asyncio.Task[Any]) -> None:
+        # Still waiting for the message it was waiting for when the shutdown began: the client is quiet.
+        if task in self._reading:
+            self._interrupted.add(task)
+            task.cancel()
+
+    async def messages(self, requests: AsyncIterator[T]) -> AsyncIterator[T]:
         """The messages of a client stream. Once the server starts shutting down, messages that keep arriving
         are still read and committed until the client goes quiet for `drain_idle_s`; then the call ends with
-        UNAVAILABLE and the client resumes from the cursor (on another replica or after the restart)."""
+        UNAVAILABLE and the client resumes from the cursor (on another replica or after the restart).
+
+        Until the shutdown, a read is a plain await (no task or timer per message: this is every message's path);
+        a read still waiting `drain_idle_s` after the shutdown began is interrupted by `begin_shutdown`'s timer.
+        """
         iterator = aiter(requests)
-        shutdown = asyncio.ensure_future(self.shutting_down.wait())
-        next_message: asyncio.Future[T] | None = None
-        try:
-            while True:
-                next_message = asyncio.ensure_future(anext(iterator))
-                if not shutdown.done():
-                    await asyncio.wait({next_message, shutdown}, return_when=asyncio.FIRST_COMPLETED)
-                if not next_message.done():
-                    await asyncio.wait({next_message}, timeout=drain_idle_s)
-                if not next_message.done():
-                    next_message.cancel()
-                    raise Unavailable("the backend is shutting down; resume from GetStreamCursor")
-                try:
-                    yield next_message.result()
-                except StopAsyncIteration:
-                    return
-        finally:
-            shutdown.cancel()
-            if next_message is not None:
-                # A read left pending when the call ends (client gone, grace over) may still finish with an
-                # exception; retrieve it so asyncio does not log it as an error nobody handled.
-                if not next_message.done():
-                    next_message.cancel()
-                next_message.add_done_callback(_retrieve)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
+        task = asyncio.current_task()
+        while True:
+            try:
+                if self.shutting_down.is_set():
+                    message = await asyncio.wait_for(anext(iterator), self.drain_idle_s)
+                else:
+                    self._reading.add(task)
+                    try:
+                        message = await anext(iterator)
+                    finally:
+                        self._reading.discard(task)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise Unavailable(_SHUTDOWN_MESSAGE) from None
+            except asyncio.CancelledError:
+                if task not in self._interrupted:
+                    raise
+                self._interrupted.discard(task)
+                if task.uncancel() > 0:  # cancelled by gRPC too (the call ended): stay cancelled
+                    raise
+                raise Unavailable(_SHUTDOWN_MESSAGE) from None
+            yield message
 
 
 def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, done: asyncio.Future[BatchResult]) -> None:
