@@ -59,6 +59,7 @@ _METRIC_OVERHEAD = 56
 _LOG_OVERHEAD = 72
 # Messages handed to a stream but not yet written; a small window keeps memory in our buffers, not gRPC's.
 _STREAM_WINDOW = 2
+_IDLE_REQUEST_WAIT_S = 5.0
 _KNOWN_KEYS_LIMIT = 10_000
 
 
@@ -96,33 +97,47 @@ class _Call:
 
 
 class _Stream:
-    """One open client-streaming call and the queue its request iterator reads from."""
+    """One open client-streaming call and the queue its request iterator reads from.
 
-    def __init__(self, method: grpc.StreamUnaryMultiCallable, metadata: Any, on_take: Callable[[], None]) -> None:
+    `on_event` wakes the sender when the call ends and when a message leaves a full window, and only then: at a
+    few messages a second a wake-up per message would cost more than the message.
+    """
+
+    def __init__(self, method: grpc.StreamUnaryMultiCallable, metadata: Any, on_event: Callable[[], None]) -> None:
         self._queue: deque[Message | None] = deque()
         self._ready = threading.Event()
-        self._on_take = on_take
+        self._on_event = on_event
         self._stopped = False
         self.queued = 0
         self.taken = 0
         self.half_closed = False
+        #: Set (from gRPC's thread) once the call has ended, however it ended.
+        self.finished = False
         self.future: grpc.Future | None = None
         self.future = method.future(self._requests(), metadata=metadata)
+        self.future.add_done_callback(self._done)
+
+    def _done(self, _future: grpc.Future) -> None:
+        self.finished = True
+        self._ready.set()
+        self._on_event()
 
     def _requests(self) -> Iterator[Message]:
-        # gRPC's consumer thread runs this; it must return once the call is over or it would wait forever.
+        # gRPC's consumer thread runs this; it must return once the call is over or it would wait forever (the
+        # done callback wakes it; the timeout is a safety net).
         while True:
             if not self._queue:
-                self._ready.wait(0.25)
+                self._ready.wait(_IDLE_REQUEST_WAIT_S)
                 self._ready.clear()
-                if self._stopped or (self.future is not None and self.future.done()):
+                if self._stopped or self.finished:
                     return
                 continue
             item = self._queue.popleft()
             if item is None:
                 return
             self.taken += 1
-            self._on_take()
+            if self.queued - self.taken + 1 >= _STREAM_WINDOW:
+                self._on_event()  # the window was full: the sender may be waiting to send more
             yield item
 
     @property
@@ -574,7 +589,7 @@ class Sender(threading.Thread):
     def _check_streams(self) -> None:
         for kind in (self._metrics, self._logs):
             stream = kind.stream
-            if stream is None or not stream.future.done() or stream.half_closed:
+            if stream is None or not stream.finished or stream.half_closed:
                 continue
             kind.stream = None
             exc = stream.future.exception() if not stream.future.cancelled() else None
