@@ -1,17 +1,25 @@
 """What telemetry costs training: timm epoch time with the TrainingLogger streaming to a real backend (batch loss
 every step) against the same training with telemetry off (a sink that discards), median of several epochs.
 
-Runs alternate off/on so that drift of a noisy machine hits both; the first epoch of each run (warm-up) is left
-out. resnet10t on the built-in digits data at 32x32.
+Runs alternate off/on, and which of the two goes first alternates too, so that drift of a noisy machine hits both
+alike; the first epoch of each run (warm-up) is left out. resnet10t on the built-in digits data at 32x32.
 
-    .venv/bin/python bench/bench_training_overhead.py [--runs 2] [--epochs 3]
+Two placements of the backend, each compared with training on the same CPUs with telemetry off:
+  - `training_overhead_pct`: the backend shares every core with the training (the worst case; on a deployment it
+    runs on another machine), so its CPU per message counts against training as much as the SDK's does;
+  - `training_overhead_pct_backend_own_core`: training (and with it the SDK's sender) on the first CPU, the backend
+    on the second, as a trainer machine and a backend machine would be; needs two CPUs.
+
+    .venv/bin/python bench/bench_training_overhead.py [--runs 5] [--epochs 4] [--pinned-runs 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -59,25 +67,66 @@ def _train(sink: Any, output_dir: Path, epochs: int) -> list[float]:
     return recorder.times[1:]  # the first epoch warms up caches and allocators
 
 
-def run(runs: int = 2, epochs: int = 3) -> dict[str, float]:
-    """Median epoch time with telemetry off and on, and the overhead in percent."""
+def run(runs: int = 5, epochs: int = 4, pinned_runs: int = 3) -> dict[str, float]:
+    """Median epoch times with telemetry off and on and the overhead in percent, for both placements."""
+    results = _measure(runs, epochs)
+    cpus = sorted(os.sched_getaffinity(0))
+    if pinned_runs and len(cpus) >= 2:
+        # A child process pinned before torch starts a thread, so every thread of the training runs on cpus[0].
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--runs",
+                str(pinned_runs),
+                "--epochs",
+                str(epochs),
+                "--backend-cpu",
+                str(cpus[1]),
+            ],
+            preexec_fn=lambda: os.sched_setaffinity(0, {cpus[0]}),
+            capture_output=True,
+            text=True,
+        )
+        if child.returncode != 0:
+            raise RuntimeError(f"the pinned measurement failed:\n{child.stderr[-3000:]}")
+        pinned = json.loads(child.stdout)
+        results.update(
+            {
+                "training_epoch_s_telemetry_off_backend_own_core": pinned["training_epoch_s_telemetry_off"],
+                "training_epoch_s_telemetry_on_backend_own_core": pinned["training_epoch_s_telemetry_on"],
+                "training_overhead_pct_backend_own_core": pinned["training_overhead_pct"],
+            }
+        )
+    return results
+
+
+def _measure(runs: int, epochs: int, backend_cpu: int | None = None) -> dict[str, float]:
     off: list[float] = []
     on: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        backend = BackendProcess(f"sqlite:///{root / 'bench.db'}", root / "data")
+        cpus = {backend_cpu} if backend_cpu is not None else None
+        backend = BackendProcess(f"sqlite:///{root / 'bench.db'}", root / "data", cpus=cpus)
         backend.start()
+
+        def train_off(index: int) -> None:
+            off.extend(_train(NullSink(), root / f"off{index}", epochs))
+
+        def train_on(index: int) -> None:
+            job_id, token = backend.create_job()
+            logger = TrainingLogger(
+                job_id, backend_address=backend.address, token=token, spool_dir=root / f"spool{index}"
+            )
+            on.extend(_train(logger, root / f"on{index}", epochs))
+            report = logger.close(60)
+            if report.pending_metrics or report.dropped or report.committed_metrics != report.logged_metrics:
+                raise RuntimeError(f"telemetry was not all delivered: {report}")
+
         try:
             for index in range(runs):
-                off += _train(NullSink(), root / f"off{index}", epochs)
-                job_id, token = backend.create_job()
-                logger = TrainingLogger(
-                    job_id, backend_address=backend.address, token=token, spool_dir=root / f"spool{index}"
-                )
-                on += _train(logger, root / f"on{index}", epochs)
-                report = logger.close(60)
-                if report.pending_metrics or report.dropped:
-                    raise RuntimeError(f"telemetry was not all delivered: {report}")
+                for train in (train_off, train_on) if index % 2 == 0 else (train_on, train_off):
+                    train(index)
         finally:
             backend.close()
     median_off, median_on = statistics.median(off), statistics.median(on)
@@ -90,10 +139,16 @@ def run(runs: int = 2, epochs: int = 3) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--pinned-runs", type=int, default=3, help="runs with the backend on its own core (0: none)")
+    parser.add_argument("--backend-cpu", type=int, help=argparse.SUPPRESS)  # the pinned child: one placement only
     args = parser.parse_args()
-    print(json.dumps(run(args.runs, args.epochs), indent=2))
+    if args.backend_cpu is not None:
+        results = _measure(args.runs, args.epochs, args.backend_cpu)
+    else:
+        results = run(args.runs, args.epochs, args.pinned_runs)
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,4 +43,8 @@ def test_bench_smoke_reports_every_metric():
         assert results[key] > 0, key
     assert results["fanin_lost"] == 0 and results["fanin_duplicates"] == 0
     assert "training_overhead_pct" in results
+    assert results["training_epoch_s_telemetry_on"] > 0 and results["training_epoch_s_telemetry_off"] > 0
+    if len(os.sched_getaffinity(0)) >= 2:  # the placement with the backend on its own core needs a second CPU
+        assert results["training_epoch_s_telemetry_on_backend_own_core"] > 0
+        assert "training_overhead_pct_backend_own_core" in results
     assert "ingest_sqlite_points_per_s" in result.stdout  # the table was printed

@@ -76,8 +76,10 @@ class BackendProcess:
         extra_env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        cpus: set[int] | None = None,
     ) -> None:
         self.database_url = database_url
+        self.cpus = cpus  # CPUs the process (all its threads) may run on; None: any
         self.data_dir = data_dir
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -118,6 +120,7 @@ class BackendProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
         )
         log.close()
         self.wait_healthy(timeout)
