@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
         {"streams": 100, "rate": 1000, "seconds": 30.0},
         {"streams": 4, "rate": 100, "seconds": 1.0},
     ),
+    "message_cpu": ("bench_message_cpu", {"seconds": 10.0}, {"seconds": 1.0}),
     "training_overhead": (
         "bench_training_overhead",
         {"runs": 5, "epochs": 4, "pinned_runs": 3},

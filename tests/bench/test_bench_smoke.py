@@ -39,6 +39,8 @@ def test_bench_smoke_reports_every_metric():
         "fanin_streams",
         "fanin_points_per_s",
         "fanin_backend_peak_rss_mib",
+        "message_cpu_ms_backend",
+        "message_cpu_ms_sdk",
     ):
         assert results[key] > 0, key
     assert results["fanin_lost"] == 0 and results["fanin_duplicates"] == 0

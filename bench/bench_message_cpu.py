@@ -1,0 +1,84 @@
+"""What one telemetry message costs in CPU, on each side: a TrainingLogger sending every point as its own message
+(a point every 10 ms, a 5 ms flush interval) to a real backend on SQLite.
+
+This is the cost behind the training overhead: a trainer that logs a batch loss every step sends about one message
+per step, so the CPU per message, not per point, is what telemetry takes from training. The backend's CPU is read
+from /proc (all its threads); the SDK's is this process's CPU time (the sender thread, gRPC's threads and the loop
+that logs, which mostly sleeps).
+
+    .venv/bin/python bench/bench_message_cpu.py [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support.backend import BackendProcess
+from trainingplatform_sdk import LoggerSettings, TrainingLogger
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User plus system CPU of every thread of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
+def run(seconds: float = 10.0) -> dict[str, float]:
+    """CPU per one-point message in the backend and in the SDK, in milliseconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        backend = BackendProcess(f"sqlite:///{root / 'bench.db'}", root / "data")
+        backend.start()
+        try:
+            job_id, token = backend.create_job()
+            logger = TrainingLogger(
+                job_id,
+                backend_address=backend.address,
+                token=token,
+                spool_dir=root / "spool",
+                settings=LoggerSettings(flush_interval_s=0.005),
+            )
+            logger.log_metric("warm-up", 0.0)  # the streams open outside the measurement
+            if not logger.flush(30):
+                raise RuntimeError("the warm-up point was not delivered")
+            backend_before, sdk_before = _process_cpu_s(backend.process.pid), time.process_time()
+            points = 0
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                logger.log_metric("train/batch_loss", 0.5, step=points, epoch=0)
+                points += 1
+                time.sleep(0.01)
+            if not logger.flush(60):
+                raise RuntimeError("the points were not all delivered")
+            backend_cpu = _process_cpu_s(backend.process.pid) - backend_before
+            sdk_cpu = time.process_time() - sdk_before
+            report = logger.close(30)
+            if report.committed_metrics != report.logged_metrics:
+                raise RuntimeError(f"telemetry was not all delivered: {report}")
+        finally:
+            backend.close()
+    return {
+        "message_cpu_ms_backend": backend_cpu / points * 1000,
+        "message_cpu_ms_sdk": sdk_cpu / points * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    print(json.dumps(run(args.seconds), indent=2))
+
+
+if __name__ == "__main__":
+    main()
