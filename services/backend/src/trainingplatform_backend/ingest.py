@@ -29,6 +29,10 @@ from trainingplatform_backend.store import Store, utcnow
 
 log = logging.getLogger(__name__)
 
+# Batches and group-commit rounds of up to this many rows are validated and (SQLite) committed on the event loop:
+# that takes microseconds, a hop to a worker thread and back costs more. Larger ones go to a worker thread.
+INLINE_ROWS = 256
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_LEVEL = max(v.number for v in telemetry_pb2.LogRecord.DESCRIPTOR.fields_by_name["level"].enum_type.values)
 
@@ -349,7 +353,9 @@ class GroupCommitter:
     more CPU than the commit itself.
     """
 
-    def __init__(self, ingestor: Ingestor, *, max_round_rows: int = 100_000, inline_round_rows: int = 256) -> None:
+    def __init__(
+        self, ingestor: Ingestor, *, max_round_rows: int = 100_000, inline_round_rows: int = INLINE_ROWS
+    ) -> None:
         self._ingestor = ingestor
         self._max_round_rows = max_round_rows
         self._inline_round_rows = inline_round_rows

@@ -17,7 +17,14 @@ from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from trainingplatform_backend import limits
 from trainingplatform_backend.auth import authorize_job
 from trainingplatform_backend.errors import InvalidArgument, Unavailable
-from trainingplatform_backend.ingest import BatchResult, GroupCommitter, Ingestor, Prepared, check_metric_key
+from trainingplatform_backend.ingest import (
+    INLINE_ROWS,
+    BatchResult,
+    GroupCommitter,
+    Ingestor,
+    Prepared,
+    check_metric_key,
+)
 from trainingplatform_backend.models import LOGS_STREAM, METRICS_STREAM
 from trainingplatform_backend.statemachine import status_name
 from trainingplatform_backend.store import Store, utcnow
@@ -26,9 +33,6 @@ from trainingplatform_backend.subscriptions import POKE, Batch, Hub
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Batches of up to this many points or records are validated on the event loop (about 4 µs a point); larger ones
-# in a worker thread.
-_INLINE_PREPARE_ITEMS = 256
 _SHUTDOWN_MESSAGE = "the backend is shutting down; resume from GetStreamCursor"
 
 
@@ -169,7 +173,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     duplicates += result.duplicates
                     missing += result.missing
                     last = result.last_sequence
-                if len(items) <= _INLINE_PREPARE_ITEMS:
+                if len(items) <= INLINE_ROWS:
                     # Validating a few points takes microseconds; a hop to a worker thread and back costs more.
                     pending = backend.committer.enqueue(prepare(job_pk, items))
                 else:
