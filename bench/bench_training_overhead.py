@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from support.backend import BackendProcess
 from trainingplatform_sdk import TrainingLogger
-from trainingplatform_sdk.adapter import NullSink
-from trainingplatform_sdk.configs import AdvancedConfig, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.spec.configs import AdvancedConfig, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.training.adapter import NullSink
 
 
 class EpochTimes:

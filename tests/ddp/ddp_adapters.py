@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainingplatform_sdk.configs import MetricsResult
+from trainingplatform_sdk.spec.configs import MetricsResult
 from trainingplatform_trainer_timm.adapter import TimmAdapter
 
 

@@ -54,7 +54,7 @@ def start_torchrun(
         "--nproc_per_node",
         "2",
         "-m",
-        "trainingplatform_sdk.train",
+        "trainingplatform_sdk.training.train",
         "--job-id",
         job_id,
         "--framework",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from support.backend import free_port
+from trainingplatform_sdk.cli.stack import Stack
 from trainingplatform_sdk.clients import JobsClient, TrainerClient
-from trainingplatform_sdk.stack import Stack
 
 TP = str(Path(sys.executable).parent / "tp")
 

@@ -15,8 +15,8 @@ import grpc
 import pytest
 from support.backend import BackendProcess, free_port
 from support.certs import make_pki
+from trainingplatform_sdk.cli.stack import Stack
 from trainingplatform_sdk.clients import JobsClient
-from trainingplatform_sdk.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_SDK = ROOT / "sdk" / "node"

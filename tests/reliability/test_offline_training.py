@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from support.backend import BackendProcess
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
-from trainingplatform_sdk._spool import read_state
 from trainingplatform_sdk.clients import JobsClient
+from trainingplatform_sdk.telemetry.spool import read_state
 
 from reliability.polling import StatusWatch
 
@@ -41,7 +41,7 @@ def test_a_run_trained_while_the_backend_is_down_is_delivered_from_its_spool(
         [
             sys.executable,
             "-m",
-            "trainingplatform_sdk.train",
+            "trainingplatform_sdk.training.train",
             "--job-id",
             job_id,
             "--framework",

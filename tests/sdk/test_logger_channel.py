@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from trainingplatform_sdk import LoggerSettings
-from trainingplatform_sdk._channel import BackendAddress, auth_metadata, channel_options, parse_backend_address
+from trainingplatform_sdk.channel import BackendAddress, auth_metadata, parse_backend_address
+from trainingplatform_sdk.telemetry.settings import channel_options
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ import pytest
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import DeliveryReport, LoggerSettings, TrainingLogger
-from trainingplatform_sdk._spool import Spool, SpoolLockedError, read_state
-from trainingplatform_sdk.logger import _job_status, _log_level, _truncate, default_spool_dir
+from trainingplatform_sdk.telemetry.logger import _job_status, _log_level, _truncate, default_spool_dir
+from trainingplatform_sdk.telemetry.spool import Spool, SpoolLockedError, read_state
 
 TRAINER = Path(__file__).with_name("trainer_script.py")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from trainingplatform_sdk._spool import Spool, SpoolLockedError
+from trainingplatform_sdk.telemetry.spool import Spool, SpoolLockedError
 
 
 def _open(directory: Path, job_id: str = "job-1", max_bytes: int = 1 << 30, segment_bytes: int = 1 << 20) -> Spool:

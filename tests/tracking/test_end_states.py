@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 from trainingplatform.common.v1 import common_pb2
-from trainingplatform_sdk.train import EXIT_CANCELLED
+from trainingplatform_sdk.training.train import EXIT_CANCELLED
 
 
 @pytest.mark.slow

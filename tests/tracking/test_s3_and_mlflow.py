@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 from support.mlflow_server import MlflowServer
 from support.s3 import SeaweedS3
 from trainingplatform.common.v1 import common_pb2
-from trainingplatform_sdk.artifacts import MULTIPART_THRESHOLD
+from trainingplatform_sdk.training.artifacts import MULTIPART_THRESHOLD
 
 PREFIX = "platform-tests"
 

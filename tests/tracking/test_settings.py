@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trainingplatform_sdk.artifacts import StorageError, StorageSettings
-from trainingplatform_sdk.recorder import RecorderSettings
-from trainingplatform_sdk.tracking import TrackingSettings, flatten_params, metric_name, redact_uri
+from trainingplatform_sdk.training.artifacts import StorageError, StorageSettings
+from trainingplatform_sdk.training.recorder import RecorderSettings
+from trainingplatform_sdk.training.tracking import TrackingSettings, flatten_params, metric_name, redact_uri
 
 
 def test_defaults_are_local_stores_in_the_data_dir(tmp_path: Path) -> None:

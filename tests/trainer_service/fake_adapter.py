@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainingplatform_sdk.adapter import TrainingAdapter
-from trainingplatform_sdk.configs import MetricsResult
+from trainingplatform_sdk.spec.configs import MetricsResult
 from trainingplatform_sdk.trainer_service import ProgressSink, write_progress
+from trainingplatform_sdk.training.adapter import TrainingAdapter
 
 
 class FakeAdapter(TrainingAdapter):

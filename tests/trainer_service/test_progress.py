@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from trainingplatform_sdk.adapter import NullSink
 from trainingplatform_sdk.trainer_service import ProgressSink, read_progress, write_progress
+from trainingplatform_sdk.training.adapter import NullSink
 
 
 def test_write_then_read(tmp_path: Path) -> None:

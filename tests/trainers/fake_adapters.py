@@ -11,8 +11,8 @@ import signal
 import time
 from pathlib import Path
 
-from trainingplatform_sdk.adapter import TrainingAdapter
-from trainingplatform_sdk.configs import MetricsResult
+from trainingplatform_sdk.spec.configs import MetricsResult
+from trainingplatform_sdk.training.adapter import TrainingAdapter
 
 BATCHES_PER_EPOCH = 4
 # Made-up validation accuracy per epoch: epoch 1 is the best, so best and last checkpoints differ.

@@ -9,8 +9,7 @@ import pytest
 from fake_adapters import VAL_ACCURACY, CountingAdapter
 from recording import RecordingSink
 from trainingplatform.common.v1 import common_pb2
-from trainingplatform_sdk.adapter import NullSink, Status, TelemetrySink
-from trainingplatform_sdk.configs import (
+from trainingplatform_sdk.spec.configs import (
     AdvancedConfig,
     Augmentation,
     ConfigError,
@@ -18,6 +17,7 @@ from trainingplatform_sdk.configs import (
     ModelConfig,
     TrainingConfig,
 )
+from trainingplatform_sdk.training.adapter import NullSink, Status, TelemetrySink
 
 
 def test_configs_round_trip_through_protobuf() -> None:
@@ -126,7 +126,8 @@ def test_defaults_and_derived_values() -> None:
 
 def test_sdk_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, trainingplatform_sdk.adapter, trainingplatform_sdk.configs, trainingplatform_sdk.train\n"
+        "import sys, trainingplatform_sdk.training.adapter, trainingplatform_sdk.spec.configs\n"
+        "import trainingplatform_sdk.training.train\n"
         "heavy = sorted(m for m in ('torch', 'timm', 'ultralytics', 'numpy') if m in sys.modules)\n"
         "assert not heavy, heavy"
     )

@@ -9,8 +9,8 @@ import timm
 import torch
 from PIL import Image
 from recording import RecordingSink
-from trainingplatform_sdk.adapter import Status
-from trainingplatform_sdk.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.training.adapter import Status
 from trainingplatform_trainer_timm.adapter import TimmAdapter, lr_factor
 
 EPOCH_KEYS = {

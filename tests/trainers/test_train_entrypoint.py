@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from recording import RecordingSink
 from trainingplatform_sdk import train
-from trainingplatform_sdk.adapter import Status
+from trainingplatform_sdk.training.adapter import Status
 
 TESTS_DIR = Path(__file__).resolve().parent
 BASIC = {
@@ -108,7 +108,7 @@ def _command(tmp_path: Path, framework: str, epochs: int = 3) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "trainingplatform_sdk.train",
+        "trainingplatform_sdk.training.train",
         "--job-id",
         "job-cli",
         "--framework",

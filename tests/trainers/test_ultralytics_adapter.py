@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from recording import RecordingSink
-from trainingplatform_sdk.adapter import Status
-from trainingplatform_sdk.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.training.adapter import Status
 from trainingplatform_trainer_ultralytics.adapter import UltralyticsAdapter, resolve_model
 from trainingplatform_trainer_ultralytics.datasets import write_shapes_dataset
 
@@ -194,7 +194,7 @@ def test_cli_in_a_clean_home_writes_nothing_outside_the_output_dir(tmp_path) -> 
     command = [
         sys.executable,
         "-m",
-        "trainingplatform_sdk.train",
+        "trainingplatform_sdk.training.train",
         "--job-id=job-cli",
         "--framework=ultralytics",
         '--model-config={"name": "yolo11n.yaml", "image_size": 64}',

@@ -14,8 +14,8 @@ from typing import Any
 
 import grpc
 
-from trainingplatform_sdk.grpc_handlers import wrap_handler
-from trainingplatform_sdk.trainer_service.errors import ServiceError, Unauthenticated, status_of
+from trainingplatform_sdk.server.handlers import wrap_handler
+from trainingplatform_sdk.trainer_service.errors import PlatformError, UnauthenticatedError, status_of
 
 __all__ = ["PUBLIC_METHOD_PREFIXES", "TokenInterceptor"]
 
@@ -30,7 +30,7 @@ PUBLIC_METHOD_PREFIXES = (
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without `authorization: Bearer <internal token>` (UNAUTHENTICATED) and turns exceptions
-    raised by handlers into statuses (ServiceError keeps its code and message; anything else is INTERNAL).
+    raised by handlers into statuses (PlatformError keeps its code and message; anything else is INTERNAL).
 
     Args:
         internal_token: The service token callers must present; must not be empty.
@@ -59,17 +59,17 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
             _log.info("refused %s: %s", details.method, refusal.message)
         return _wrap(handler, refusal)
 
-    def _check(self, header: str) -> ServiceError | None:
+    def _check(self, header: str) -> PlatformError | None:
         if not header:
-            return Unauthenticated("missing `authorization: Bearer <token>` metadata")
+            return UnauthenticatedError("missing `authorization: Bearer <token>` metadata")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return Unauthenticated("the authorization metadata must be `Bearer <token>`")
+            return UnauthenticatedError("the authorization metadata must be `Bearer <token>`")
         if not hmac.compare_digest(token.strip().encode(), self._token):
-            return Unauthenticated("unknown token: this trainer accepts only the internal service token")
+            return UnauthenticatedError("unknown token: this trainer accepts only the internal service token")
         return None
 
 
-def _wrap(handler: grpc.RpcMethodHandler, refusal: ServiceError | None) -> Any:
+def _wrap(handler: grpc.RpcMethodHandler, refusal: PlatformError | None) -> Any:
     """A handler of the same shape that aborts with `refusal`, or runs the original and maps its errors."""
     return wrap_handler(handler, status_of=status_of, log=_log, refusal=refusal)

@@ -9,30 +9,30 @@ from __future__ import annotations
 
 import grpc
 
-from trainingplatform_sdk.service_errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    ServiceError,
-    Unauthenticated,
-    Unavailable,
+from trainingplatform_sdk.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PlatformError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
 )
 
 __all__ = [
-    "FailedPrecondition",
-    "InvalidArgument",
-    "NotFound",
-    "ResourceExhausted",
-    "ServiceError",
-    "Unauthenticated",
-    "Unavailable",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "PlatformError",
+    "ResourceExhaustedError",
+    "UnauthenticatedError",
+    "UnavailableError",
     "status_of",
 ]
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message to send for `error`."""
-    if isinstance(error, ServiceError):
+    if isinstance(error, PlatformError):
         return error.code, error.message
     return grpc.StatusCode.INTERNAL, "internal error in the trainer service; the server log has the details"

@@ -11,7 +11,7 @@ import grpc
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
-from trainingplatform_sdk._channel import auth_metadata, parse_backend_address
+from trainingplatform_sdk.channel import auth_metadata, parse_backend_address
 
 __all__ = ["report_status"]
 

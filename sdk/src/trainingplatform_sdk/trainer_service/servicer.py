@@ -9,7 +9,7 @@ import binascii
 import grpc
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
-from trainingplatform_sdk.trainer_service.errors import InvalidArgument
+from trainingplatform_sdk.trainer_service.errors import InvalidArgumentError
 from trainingplatform_sdk.trainer_service.framework import Catalog
 from trainingplatform_sdk.trainer_service.supervisor import Supervisor
 
@@ -21,7 +21,7 @@ _TOKEN_PREFIX = "before:"
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    """Serves trainingplatform.trainer.v1.TrainerService. Errors are raised as ServiceError and turned into
+    """Serves trainingplatform.trainer.v1.TrainerService. Errors are raised as PlatformError and turned into
     statuses by the interceptor.
 
     Args:
@@ -51,7 +51,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self, request: trainer_pb2.ListTrainingsRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.ListTrainingsResponse:
         if request.page_size < 0:
-            raise InvalidArgument(f"page_size: must be 0 or more, got {request.page_size}")
+            raise InvalidArgumentError(f"page_size: must be 0 or more, got {request.page_size}")
         limit = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         runs, next_sequence = self._supervisor.newest_first(_decode_page_token(request.page_token), limit)
         return trainer_pb2.ListTrainingsResponse(
@@ -63,7 +63,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self, request: trainer_pb2.CancelTrainingRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.CancelTrainingResponse:
         if request.grace_period_seconds < 0:
-            raise InvalidArgument(f"grace_period_seconds: must be 0 or more, got {request.grace_period_seconds}")
+            raise InvalidArgumentError(f"grace_period_seconds: must be 0 or more, got {request.grace_period_seconds}")
         run = self._supervisor.find(request.run_id, request.job_id)
         self._supervisor.cancel(run, request.grace_period_seconds or None)
         return trainer_pb2.CancelTrainingResponse(run=run.to_proto())
@@ -97,4 +97,4 @@ def _decode_page_token(token: str) -> int | None:
             return int(text.removeprefix(_TOKEN_PREFIX))
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
-    raise InvalidArgument("page_token: not a next_page_token of ListTrainings")
+    raise InvalidArgumentError("page_token: not a next_page_token of ListTrainings")

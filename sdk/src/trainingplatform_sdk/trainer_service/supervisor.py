@@ -38,11 +38,11 @@ from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2
 
 from trainingplatform_sdk.trainer_service.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    Unavailable,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
 )
 from trainingplatform_sdk.trainer_service.framework import Catalog
 from trainingplatform_sdk.trainer_service.progress import read_progress
@@ -158,20 +158,20 @@ class Supervisor:
         """The run with `run_id`, else the latest run of `job_id` (its live run, when it has one).
 
         Raises:
-            InvalidArgument: Neither id given.
-            NotFound: No such run on this trainer.
+            InvalidArgumentError: Neither id given.
+            NotFoundError: No such run on this trainer.
         """
         if run_id:
             run = self._runs.get(run_id)
             if run is None or (job_id and run.job_id != job_id):
-                raise NotFound(f"run {run_id!r} is not known to this trainer")
+                raise NotFoundError(f"run {run_id!r} is not known to this trainer")
             return run
         if job_id:
             run = self._latest_by_job.get(job_id)
             if run is None:
-                raise NotFound(f"job {job_id!r} has no run on this trainer")
+                raise NotFoundError(f"job {job_id!r} has no run on this trainer")
             return run
-        raise InvalidArgument("give run_id or job_id")
+        raise InvalidArgumentError("give run_id or job_id")
 
     def newest_first(self, before_sequence: int | None, limit: int) -> tuple[list[Run], int | None]:
         """Up to `limit` runs older than `before_sequence` (all when None), newest first, and the sequence to
@@ -186,7 +186,7 @@ class Supervisor:
         """Validates the request and starts its process, or returns the job's live run (idempotent retry).
 
         Raises:
-            ServiceError: INVALID_ARGUMENT or NOT_FOUND from validation; RESOURCE_EXHAUSTED at the concurrency
+            PlatformError: INVALID_ARGUMENT or NOT_FOUND from validation; RESOURCE_EXHAUSTED at the concurrency
                 limit; UNAVAILABLE while shutting down; FAILED_PRECONDITION when the process cannot be started.
         """
         validate_job_id(request.job_id)
@@ -195,10 +195,10 @@ class Supervisor:
             if live is not None:
                 return live
             if self._shutting_down:
-                raise Unavailable("this trainer is shutting down; start the job on another trainer or retry later")
+                raise UnavailableError("this trainer is shutting down; start the job on another trainer or retry later")
             job = await asyncio.to_thread(validate_start, request, self._catalog)
             if len(self._live) >= self._settings.max_concurrent_jobs:
-                raise ResourceExhausted(
+                raise ResourceExhaustedError(
                     f"this trainer already runs {len(self._live)} of its {self._settings.max_concurrent_jobs} "
                     "concurrent job(s) and keeps no queue; retry later or use another trainer"
                 )
@@ -220,7 +220,7 @@ class Supervisor:
         command = [
             sys.executable,
             "-m",
-            "trainingplatform_sdk.train",
+            "trainingplatform_sdk.training.train",
             "--job-id",
             job.job_id,
             "--framework",
@@ -252,7 +252,7 @@ class Supervisor:
                 )
         except OSError as error:
             _log.error("cannot start the training process of job %s: %s", job.job_id, error)
-            raise FailedPrecondition(
+            raise FailedPreconditionError(
                 f"cannot start the training process in {output_dir}: {error.strerror or error}; check TP_DATA_DIR"
             ) from None
         run.pid = process.pid
@@ -407,7 +407,7 @@ class Supervisor:
 
 def _replay_spool(run: Run, spool: Path) -> bool:
     """Delivers a spool through a TrainingLogger of the job (replayed on creation); True when nothing is left."""
-    from trainingplatform_sdk.logger import TrainingLogger
+    from trainingplatform_sdk.telemetry.logger import TrainingLogger
 
     logger = TrainingLogger(
         run.job_id, backend_address=run.telemetry_endpoint, token=run.telemetry_token, spool_dir=spool

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from trainingplatform.trainer.v1 import trainer_pb2
 
-from trainingplatform_sdk._channel import parse_backend_address
-from trainingplatform_sdk.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
-from trainingplatform_sdk.trainer_service.errors import InvalidArgument, NotFound
+from trainingplatform_sdk.channel import parse_backend_address
+from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.trainer_service.errors import InvalidArgumentError, NotFoundError
 from trainingplatform_sdk.trainer_service.framework import Catalog
 
 __all__ = ["JobRequest", "validate_job_id", "validate_start"]
@@ -43,12 +43,12 @@ def validate_job_id(job_id: str) -> str:
     """Returns `job_id` when it is usable as a directory name.
 
     Raises:
-        InvalidArgument: Empty, too long, or with characters other than letters, digits, `.`, `_` and `-`.
+        InvalidArgumentError: Empty, too long, or with characters other than letters, digits, `.`, `_` and `-`.
     """
     if not job_id:
-        raise InvalidArgument("job_id: required")
+        raise InvalidArgumentError("job_id: required")
     if not _JOB_ID.match(job_id):
-        raise InvalidArgument(
+        raise InvalidArgumentError(
             "job_id: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit, got " + repr(job_id)
         )
     return job_id
@@ -58,19 +58,19 @@ def validate_start(request: trainer_pb2.StartTrainingRequest, catalog: Catalog) 
     """Checks a StartTraining request against the framework.
 
     Raises:
-        InvalidArgument: A missing or bad field, a framework this service does not train, an unknown model
+        InvalidArgumentError: A missing or bad field, a framework this service does not train, an unknown model
             (with the closest valid names) or built-in dataset, a device this trainer lacks.
-        NotFound: The dataset path or the model checkpoint does not exist.
+        NotFoundError: The dataset path or the model checkpoint does not exist.
     """
     description = catalog.description
     job_id = validate_job_id(request.job_id)
     if not request.HasField("spec"):
-        raise InvalidArgument("spec: required")
+        raise InvalidArgumentError("spec: required")
     spec = request.spec
     if not spec.framework:
-        raise InvalidArgument(f"spec.framework: required (this trainer trains {description.framework!r})")
+        raise InvalidArgumentError(f"spec.framework: required (this trainer trains {description.framework!r})")
     if spec.framework != description.framework:
-        raise InvalidArgument(
+        raise InvalidArgumentError(
             f"spec.framework: this trainer trains {description.framework!r}, not {spec.framework!r}; "
             f"send the job to the {spec.framework} trainer"
         )
@@ -85,7 +85,7 @@ def validate_start(request: trainer_pb2.StartTrainingRequest, catalog: Catalog) 
             telemetry_token=request.telemetry_token,
         )
     except ConfigError as error:
-        raise InvalidArgument(str(error)) from None
+        raise InvalidArgumentError(str(error)) from None
     _check_telemetry(job)
     job = replace(job, model=_check_model(job.model, catalog), dataset=_check_dataset(job.dataset, catalog))
     _check_device(job.training, catalog)
@@ -93,9 +93,9 @@ def validate_start(request: trainer_pb2.StartTrainingRequest, catalog: Catalog) 
         try:
             description.check_job(job)
         except FileNotFoundError as error:
-            raise NotFound(str(error)) from None
+            raise NotFoundError(str(error)) from None
         except ValueError as error:
-            raise InvalidArgument(str(error)) from None
+            raise InvalidArgumentError(str(error)) from None
     return job
 
 
@@ -105,9 +105,9 @@ def _check_telemetry(job: JobRequest) -> None:
     try:
         parse_backend_address(job.telemetry_endpoint)
     except ValueError as error:
-        raise InvalidArgument(f"telemetry_endpoint: {error}") from None
+        raise InvalidArgumentError(f"telemetry_endpoint: {error}") from None
     if not job.telemetry_token:
-        raise InvalidArgument("telemetry_token: required when telemetry_endpoint is set")
+        raise InvalidArgumentError("telemetry_token: required when telemetry_endpoint is set")
 
 
 def _check_model(model: ModelConfig, catalog: Catalog) -> ModelConfig:
@@ -115,7 +115,7 @@ def _check_model(model: ModelConfig, catalog: Catalog) -> ModelConfig:
     if model.name.endswith(description.checkpoint_suffixes):
         path = Path(model.name).expanduser().absolute()
         if not path.is_file():
-            raise NotFound(
+            raise NotFoundError(
                 f"model_config.name: the checkpoint {model.name!r} does not exist on this trainer "
                 "(a model name or a local checkpoint path; trainers never download)"
             )
@@ -125,14 +125,14 @@ def _check_model(model: ModelConfig, catalog: Catalog) -> ModelConfig:
     key = description.model_key(model.name)
     close = difflib.get_close_matches(key, catalog.models(), n=5, cutoff=0.6)
     hint = f"; closest valid names: {', '.join(close)}" if close else "; GetCapabilities lists the valid names"
-    raise InvalidArgument(f"model_config.name: unknown {description.framework} model {model.name!r}{hint}")
+    raise InvalidArgumentError(f"model_config.name: unknown {description.framework} model {model.name!r}{hint}")
 
 
 def _check_dataset(dataset: DatasetConfig, catalog: Catalog) -> DatasetConfig:
     description = catalog.description
     fmt = dataset.resolved_format
     if fmt not in description.dataset_formats:
-        raise InvalidArgument(
+        raise InvalidArgumentError(
             f"dataset_config.format: the {description.framework} trainer reads "
             f"{' or '.join(description.dataset_formats)}, not {fmt!r}"
         )
@@ -140,14 +140,14 @@ def _check_dataset(dataset: DatasetConfig, catalog: Catalog) -> DatasetConfig:
         if dataset.name not in description.builtin_datasets:
             close = difflib.get_close_matches(dataset.name, description.builtin_datasets, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise InvalidArgument(
+            raise InvalidArgumentError(
                 f"dataset_config.name: unknown built-in dataset {dataset.name!r}; the {description.framework} "
                 f"trainer has {list(description.builtin_datasets)}{hint} (or give a dataset `path`)"
             )
         return dataset
     path = Path(dataset.path).expanduser().absolute()
     if not path.exists():
-        raise NotFound(f"dataset_config.path: {dataset.path!r} does not exist on this trainer")
+        raise NotFoundError(f"dataset_config.path: {dataset.path!r} does not exist on this trainer")
     return replace(dataset, path=str(path))
 
 
@@ -157,6 +157,6 @@ def _check_device(training: TrainingConfig, catalog: Catalog) -> None:
     devices = catalog.devices()
     wanted = [d for d in devices if d.startswith("cuda")] if training.device == "cuda" else [training.device]
     if not wanted or wanted[0] not in devices:
-        raise InvalidArgument(
+        raise InvalidArgumentError(
             f"training_config.device: {training.device!r} is not available on this trainer (it has {list(devices)})"
         )

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from trainingplatform_backend.errors import PermissionDenied, Unauthenticated
+from trainingplatform_backend.errors import PermissionDeniedError, UnauthenticatedError
 
 
 class Kind(enum.Enum):
@@ -97,11 +97,11 @@ def authorize_job(job_id: str) -> None:
     """Checks that the caller may act on `job_id`: a telemetry token only covers its own job.
 
     Raises:
-        PermissionDenied: a telemetry token of another job.
+        PermissionDeniedError: a telemetry token of another job.
     """
     principal = CALLER.get()
     if principal.kind is Kind.JOB and principal.job_id != job_id:
-        raise PermissionDenied("this telemetry token belongs to another job")
+        raise PermissionDeniedError("this telemetry token belongs to another job")
 
 
 class Authenticator:
@@ -133,13 +133,13 @@ class Authenticator:
         """Returns the caller for an `authorization` value.
 
         Raises:
-            Unauthenticated: no bearer token, or one the server does not know.
+            UnauthenticatedError: no bearer token, or one the server does not know.
         """
         if not header:
-            raise Unauthenticated("missing `authorization: Bearer <token>` metadata")
+            raise UnauthenticatedError("missing `authorization: Bearer <token>` metadata")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("the authorization metadata must be `Bearer <token>`")
+            raise UnauthenticatedError("the authorization metadata must be `Bearer <token>`")
         raw = token.strip().encode()
         if hmac.compare_digest(raw, self._internal):
             return Principal(Kind.INTERNAL)
@@ -150,7 +150,7 @@ class Authenticator:
             stored = await self._job_hash(job_id)
             if stored is not None and hmac.compare_digest(hash_token(token.strip()), stored):
                 return Principal(Kind.JOB, job_id)
-        raise Unauthenticated("unknown token")
+        raise UnauthenticatedError("unknown token")
 
     async def _job_hash(self, job_id: str) -> str | None:
         cached = self._cache.get(job_id)
@@ -169,11 +169,11 @@ def check_method(method: str, principal: Principal) -> None:
     """Checks that `principal` may call `method` at all.
 
     Raises:
-        PermissionDenied: the token's kind has no right to this method.
+        PermissionDeniedError: the token's kind has no right to this method.
     """
     allowed = METHOD_RIGHTS.get(method, frozenset())
     if principal.kind not in allowed:
-        raise PermissionDenied(f"a {principal.kind.value} token may not call {method.rsplit('/', 1)[-1]}")
+        raise PermissionDeniedError(f"a {principal.kind.value} token may not call {method.rsplit('/', 1)[-1]}")
 
 
 def _is_uuid(value: str) -> bool:

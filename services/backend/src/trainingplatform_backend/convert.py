@@ -13,7 +13,7 @@ from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
-from trainingplatform_backend.errors import InvalidArgument
+from trainingplatform_backend.errors import InvalidArgumentError
 from trainingplatform_backend.models import LogRecord, StatusEvent
 from trainingplatform_backend.statemachine import status_value
 from trainingplatform_backend.store import JobView, SummaryView, nan_from_null
@@ -128,14 +128,16 @@ def decode_page_token(token: str, *, scope: str) -> dict[str, Any]:
     """The position in a page token made by `encode_page_token` for the same request kind and filters.
 
     Raises:
-        InvalidArgument: the token is malformed or was issued for another request.
+        InvalidArgumentError: the token is malformed or was issued for another request.
     """
     try:
         position = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, TypeError):
-        raise InvalidArgument("page_token is not a token this server issued") from None
+        raise InvalidArgumentError("page_token is not a token this server issued") from None
     if not isinstance(position, dict) or position.get("scope") != scope:
-        raise InvalidArgument("page_token was issued for a different request or filters; start from an empty token")
+        raise InvalidArgumentError(
+            "page_token was issued for a different request or filters; start from an empty token"
+        )
     return position
 
 
@@ -143,8 +145,8 @@ def page_size(requested: int, *, default: int, maximum: int) -> int:
     """The page size to use for a request.
 
     Raises:
-        InvalidArgument: a negative or too large size.
+        InvalidArgumentError: a negative or too large size.
     """
     if requested < 0 or requested > maximum:
-        raise InvalidArgument(f"page_size must be between 0 and {maximum}; got {requested}")
+        raise InvalidArgumentError(f"page_size must be between 0 and {maximum}; got {requested}")
     return requested or default

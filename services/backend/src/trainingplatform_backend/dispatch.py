@@ -32,7 +32,7 @@ from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 from trainingplatform_backend import statemachine
-from trainingplatform_backend.errors import FailedPrecondition
+from trainingplatform_backend.errors import FailedPreconditionError
 from trainingplatform_backend.models import IngestCursor, Job
 from trainingplatform_backend.store import Store, Transition, utcnow
 from trainingplatform_backend.subscriptions import POKE, Hub
@@ -117,7 +117,7 @@ class Dispatcher:
             transition = await asyncio.to_thread(
                 self._store.transition, job_id, target, reason=reason, error_message=error
             )
-        except FailedPrecondition:
+        except FailedPreconditionError:
             return None  # the job moved on meanwhile (the trainer reported first): nothing to do
         if transition.changed:
             self._hub.publish(transition.job_pk, POKE)

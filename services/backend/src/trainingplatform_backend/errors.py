@@ -9,33 +9,33 @@ from __future__ import annotations
 
 import grpc
 from sqlalchemy.exc import OperationalError
-from trainingplatform_sdk.service_errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    ServiceError,
-    Unauthenticated,
-    Unavailable,
+from trainingplatform_sdk.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    PlatformError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
 )
 
 __all__ = [
-    "FailedPrecondition",
-    "InvalidArgument",
-    "NotFound",
-    "PermissionDenied",
-    "ResourceExhausted",
-    "ServiceError",
-    "Unauthenticated",
-    "Unavailable",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PlatformError",
+    "ResourceExhaustedError",
+    "UnauthenticatedError",
+    "UnavailableError",
     "status_of",
 ]
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message to send for `error`."""
-    if isinstance(error, ServiceError):
+    if isinstance(error, PlatformError):
         return error.code, error.message
     if isinstance(error, OperationalError):
         return grpc.StatusCode.UNAVAILABLE, "the backend's database is unavailable; retry later"

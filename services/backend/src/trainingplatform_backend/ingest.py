@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk.spec import limits
 
-from trainingplatform_backend import limits
-from trainingplatform_backend.errors import InvalidArgument
+from trainingplatform_backend.errors import InvalidArgumentError
 from trainingplatform_backend.models import LOGS_STREAM, METRICS_STREAM
 from trainingplatform_backend.store import Store, utcnow
 
@@ -57,27 +57,27 @@ def _check_common(
     what: str,
 ) -> None:
     if min(sequences) < 1:
-        raise InvalidArgument(f"{what} sequence numbers start at 1; got {min(sequences)}")
+        raise InvalidArgumentError(f"{what} sequence numbers start at 1; got {min(sequences)}")
     present_steps = [s for s in steps if s is not None]
     if present_steps and min(present_steps) < 0:
-        raise InvalidArgument(f"{what} step must be >= 0")
+        raise InvalidArgumentError(f"{what} step must be >= 0")
     present_epochs = [e for e in epochs if e is not None]
     if present_epochs and min(present_epochs) < 0:
-        raise InvalidArgument(f"{what} epoch must be >= 0")
+        raise InvalidArgumentError(f"{what} epoch must be >= 0")
     if not all(map(math.isfinite, wall_times)):
-        raise InvalidArgument(f"{what} wall_time must be a finite number of seconds since the Unix epoch")
+        raise InvalidArgumentError(f"{what} wall_time must be a finite number of seconds since the Unix epoch")
 
 
 def check_metric_key(key: str) -> None:
-    """Raises InvalidArgument unless `key` is 1 to 250 characters without control characters."""
+    """Raises InvalidArgumentError unless `key` is 1 to 250 characters without control characters."""
     if not key:
-        raise InvalidArgument("metric key must not be empty")
+        raise InvalidArgumentError("metric key must not be empty")
     if len(key) > limits.MAX_KEY_CHARS:
-        raise InvalidArgument(
+        raise InvalidArgumentError(
             f"metric key {key[:40]!r}... is {len(key)} characters; the limit is {limits.MAX_KEY_CHARS}"
         )
     if _CONTROL.search(key):
-        raise InvalidArgument(f"metric key {key!r} contains control characters")
+        raise InvalidArgumentError(f"metric key {key!r} contains control characters")
 
 
 _METRIC_COLUMNS = ("sequence", "key", "value", "step", "epoch", "wall_time")
@@ -134,7 +134,7 @@ class Ingestor:
         """Validates one batch of metric points and turns it into rows.
 
         Raises:
-            InvalidArgument: a point breaks the contract's rules; the batch must be refused whole.
+            InvalidArgumentError: a point breaks the contract's rules; the batch must be refused whole.
         """
         # One pass over the messages (the costly part), then the checks on columns. HasField costs as much as the
         # rest of a point, so it is asked only when the value reads 0 (an unset optional field also reads 0).
@@ -161,7 +161,7 @@ class Ingestor:
         """Validates one batch of log records and turns it into rows; over-long text is truncated.
 
         Raises:
-            InvalidArgument: a record breaks the contract's rules; the batch must be refused whole.
+            InvalidArgumentError: a record breaks the contract's rules; the batch must be refused whole.
         """
         # PostgreSQL text cannot hold NUL; it is replaced rather than refusing the record.
         rows = [
@@ -182,7 +182,7 @@ class Ingestor:
         _check_common(sequences, steps, epochs, wall_times, "log record")
         if min(levels) < 1 or max(levels) > _MAX_LEVEL:
             bad = next(level for level in levels if level < 1 or level > _MAX_LEVEL)
-            raise InvalidArgument(f"log level {bad} is not a LogLevel (use LOG_LEVEL_DEBUG .. LOG_LEVEL_CRITICAL)")
+            raise InvalidArgumentError(f"log level {bad} is not a LogLevel (use LOG_LEVEL_DEBUG .. LOG_LEVEL_CRITICAL)")
         return Prepared(job_pk, LOGS_STREAM, rows, sequences)
 
     def commit(self, batches: Sequence[Prepared]) -> list[BatchResult]:

@@ -7,17 +7,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from trainingplatform_sdk.grpc_handlers import wrap_handler
+from trainingplatform_sdk.server.handlers import wrap_handler
 
 from trainingplatform_backend import auth
-from trainingplatform_backend.errors import ServiceError, status_of
+from trainingplatform_backend.errors import PlatformError, status_of
 
 log = logging.getLogger(__name__)
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates the caller from metadata, checks its right to the method, and turns exceptions raised by
-    the handlers into gRPC statuses (ServiceError keeps its code and message; anything else is INTERNAL)."""
+    the handlers into gRPC statuses (PlatformError keeps its code and message; anything else is INTERNAL)."""
 
     def __init__(self, authenticator: auth.Authenticator) -> None:
         self._authenticator = authenticator
@@ -39,13 +39,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         try:
             principal = await self._authenticator.authenticate(header)
             auth.check_method(method, principal)
-        except ServiceError as error:
+        except PlatformError as error:
             log.info("refused %s: %s", method, error.message)
             return _wrap(handler, None, error)
         return _wrap(handler, principal, None)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, principal: auth.Principal | None, refusal: ServiceError | None) -> Any:
+def _wrap(handler: grpc.RpcMethodHandler, principal: auth.Principal | None, refusal: PlatformError | None) -> Any:
     """A handler of the same shape that refuses the call, or runs it with `principal` as the caller."""
     return wrap_handler(
         handler,

@@ -12,11 +12,12 @@ import grpc
 from google.protobuf import struct_pb2
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from trainingplatform_sdk.spec import limits
 
-from trainingplatform_backend import convert, limits, statemachine
+from trainingplatform_backend import convert, statemachine
 from trainingplatform_backend.auth import authorize_job
 from trainingplatform_backend.dispatch import Dispatcher
-from trainingplatform_backend.errors import FailedPrecondition, InvalidArgument, Unavailable
+from trainingplatform_backend.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from trainingplatform_backend.models import METRICS_STREAM
 from trainingplatform_backend.subscriptions import POKE, Batch, Subscriber
 from trainingplatform_backend.telemetry_service import Backend
@@ -35,7 +36,7 @@ def _check_struct(value: struct_pb2.Value | struct_pb2.Struct, path: str) -> Non
         return
     kind = value.WhichOneof("kind")
     if kind == "number_value" and not math.isfinite(value.number_value):
-        raise InvalidArgument(f"{path} must be a finite number")
+        raise InvalidArgumentError(f"{path} must be a finite number")
     if kind == "struct_value":
         _check_struct(value.struct_value, path)
     if kind == "list_value":
@@ -47,35 +48,37 @@ def validate_spec(spec: common_pb2.JobSpec) -> None:
     """Checks a job specification against the contract's rules.
 
     Raises:
-        InvalidArgument: naming the field to fix.
+        InvalidArgumentError: naming the field to fix.
     """
     if not _FRAMEWORK.match(spec.framework):
-        raise InvalidArgument("spec.framework is required: a lower-case name such as `timm` or `ultralytics`")
+        raise InvalidArgumentError("spec.framework is required: a lower-case name such as `timm` or `ultralytics`")
     if not spec.model.name or len(spec.model.name) > limits.MAX_NAME_CHARS:
-        raise InvalidArgument(f"spec.model.name is required, at most {limits.MAX_NAME_CHARS} characters")
+        raise InvalidArgumentError(f"spec.model.name is required, at most {limits.MAX_NAME_CHARS} characters")
     if spec.model.num_classes < 0 or spec.model.image_size < 0:
-        raise InvalidArgument("spec.model.num_classes and image_size must be >= 0 (0 means the default)")
+        raise InvalidArgumentError("spec.model.num_classes and image_size must be >= 0 (0 means the default)")
     if len(spec.dataset.name) > limits.MAX_NAME_CHARS or len(spec.dataset.path) > limits.MAX_URI_CHARS:
-        raise InvalidArgument("spec.dataset.name or path is too long")
+        raise InvalidArgumentError("spec.dataset.name or path is too long")
     if not spec.dataset.name and not spec.dataset.path:
-        raise InvalidArgument("spec.dataset needs a built-in name (e.g. `digits`) or a path")
+        raise InvalidArgumentError("spec.dataset needs a built-in name (e.g. `digits`) or a path")
     training = spec.training
     if not 1 <= training.epochs <= limits.MAX_EPOCHS:
-        raise InvalidArgument(f"spec.training.epochs must be between 1 and {limits.MAX_EPOCHS}; got {training.epochs}")
+        raise InvalidArgumentError(
+            f"spec.training.epochs must be between 1 and {limits.MAX_EPOCHS}; got {training.epochs}"
+        )
     if training.batch_size < 0 or training.log_every_n_steps < 0 or training.num_workers < 0:
-        raise InvalidArgument("spec.training batch_size, log_every_n_steps and num_workers must be >= 0")
+        raise InvalidArgumentError("spec.training batch_size, log_every_n_steps and num_workers must be >= 0")
     if not math.isfinite(training.learning_rate) or training.learning_rate < 0:
-        raise InvalidArgument("spec.training.learning_rate must be a finite number >= 0")
+        raise InvalidArgumentError("spec.training.learning_rate must be a finite number >= 0")
     advanced = spec.advanced
     for name in ("weight_decay", "warmup_epochs"):
         if advanced.HasField(name) and not (math.isfinite(getattr(advanced, name)) and getattr(advanced, name) >= 0):
-            raise InvalidArgument(f"spec.advanced.{name} must be a finite number >= 0")
+            raise InvalidArgumentError(f"spec.advanced.{name} must be a finite number >= 0")
     if advanced.HasField("momentum") and not 0 <= advanced.momentum < 1:
-        raise InvalidArgument("spec.advanced.momentum must be in [0, 1)")
+        raise InvalidArgumentError("spec.advanced.momentum must be in [0, 1)")
     augmentation = advanced.augmentation
     for name in ("horizontal_flip_probability", "scale", "color_jitter"):
         if augmentation.HasField(name) and not 0 <= getattr(augmentation, name) <= 1:
-            raise InvalidArgument(f"spec.advanced.augmentation.{name} must be in [0, 1]")
+            raise InvalidArgumentError(f"spec.advanced.augmentation.{name} must be in [0, 1]")
     _check_struct(advanced.extra, "spec.advanced.extra")
 
 
@@ -91,10 +94,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     ) -> jobs_pb2.CreateJobResponse:
         validate_spec(request.spec)
         if len(request.display_name) > limits.MAX_NAME_CHARS:
-            raise InvalidArgument(f"display_name is longer than {limits.MAX_NAME_CHARS} characters")
+            raise InvalidArgumentError(f"display_name is longer than {limits.MAX_NAME_CHARS} characters")
         dispatch = request.dispatch if request.HasField("dispatch") else True
         if dispatch and not self._dispatcher.has_trainer(request.spec.framework):
-            raise FailedPrecondition(
+            raise FailedPreconditionError(
                 f"no trainer service is configured for framework {request.spec.framework!r} (set TP_TRAINERS), "
                 "or create the job with dispatch=false and run the trainer yourself"
             )
@@ -119,7 +122,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
         if not request.job_id:
-            raise InvalidArgument("job_id is required")
+            raise InvalidArgumentError("job_id is required")
         authorize_job(request.job_id)
         view = await self._backend.run(self._backend.store.get_job, request.job_id, with_events=True)
         return jobs_pb2.GetJobResponse(
@@ -138,7 +141,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             try:
                 after = (dt.datetime.fromisoformat(position["created"]), int(position["pk"]))
             except (KeyError, ValueError, TypeError):
-                raise InvalidArgument("page_token is not a token this server issued") from None
+                raise InvalidArgumentError("page_token is not a token this server issued") from None
         views = await self._backend.run(
             self._backend.store.list_jobs, statuses=statuses, framework=request.framework, limit=size + 1, after=after
         )
@@ -186,7 +189,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         job_pk = await self._backend.job_pk(request.job_id)
         size = convert.page_size(request.page_size, default=1000, maximum=10_000)
         if request.min_level and request.min_level not in common_pb2.LogLevel.values():
-            raise InvalidArgument(f"min_level {request.min_level} is not a LogLevel")
+            raise InvalidArgumentError(f"min_level {request.min_level} is not a LogLevel")
         scope = f"logs:{request.job_id}:{request.min_level}"
         after = self._after(request.page_token, scope)
         rows = await self._backend.run(self._backend.store.logs_after, job_pk, after, size + 1, request.min_level)
@@ -203,7 +206,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         position = convert.decode_page_token(page_token, scope=scope)
         after = position.get("after")
         if not isinstance(after, int) or after < 0:
-            raise InvalidArgument("page_token is not a token this server issued")
+            raise InvalidArgumentError("page_token is not a token this server issued")
         return after
 
     async def SubscribeTelemetry(
@@ -214,7 +217,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         cursor = jobs_pb2.TelemetryCursor()
         cursor.CopyFrom(request.after)
         if min(cursor.metric_sequence, cursor.log_sequence, cursor.status_sequence, cursor.epoch_summary_sequence) < 0:
-            raise InvalidArgument("cursor positions must be >= 0")
+            raise InvalidArgumentError("cursor positions must be >= 0")
         hub = self._backend.hub
         subscriber = hub.subscribe(job_pk)  # before the replay, so nothing committed meanwhile is missed
         try:
@@ -241,7 +244,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         while True:
             await subscriber.wait()
             if subscriber.closed:
-                raise Unavailable("the backend is shutting down; resubscribe from your last cursor")
+                raise UnavailableError("the backend is shutting down; resubscribe from your last cursor")
             if subscriber.overflowed:
                 dropped = subscriber.reset_overflow()
                 subscriber.drain()

@@ -8,8 +8,9 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainingplatform_sdk.spec.limits import DEFAULT_MAX_MESSAGE_BYTES
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)

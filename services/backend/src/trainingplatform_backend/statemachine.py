@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from trainingplatform.common.v1 import common_pb2
 
-from trainingplatform_backend.errors import FailedPrecondition, InvalidArgument
+from trainingplatform_backend.errors import FailedPreconditionError, InvalidArgumentError
 
 PENDING, QUEUED, RUNNING = "PENDING", "QUEUED", "RUNNING"
 COMPLETED, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"
@@ -25,11 +25,11 @@ ALLOWED: dict[str, frozenset[str]] = {
 def status_name(value: int) -> str:
     """The stored name (`RUNNING`) of a JobStatus enum value; INVALID_ARGUMENT for unspecified or unknown."""
     if value == common_pb2.JOB_STATUS_UNSPECIFIED:
-        raise InvalidArgument("status is required (JOB_STATUS_UNSPECIFIED is not a status)")
+        raise InvalidArgumentError("status is required (JOB_STATUS_UNSPECIFIED is not a status)")
     try:
         return common_pb2.JobStatus.Name(value).removeprefix("JOB_STATUS_")
     except ValueError:
-        raise InvalidArgument(f"unknown job status value {value}") from None
+        raise InvalidArgumentError(f"unknown job status value {value}") from None
 
 
 def status_value(name: str) -> int:
@@ -41,11 +41,11 @@ def check_transition(current: str, target: str) -> bool:
     """Returns False when `target` is already the status (a retried call), True when it is a valid change.
 
     Raises:
-        FailedPrecondition: the state machine does not allow the change; the message names the current status.
+        FailedPreconditionError: the state machine does not allow the change; the message names the current status.
     """
     if current == target:
         return False
     if target not in ALLOWED[current]:
         final = " (a terminal status is final)" if current in TERMINAL else ""
-        raise FailedPrecondition(f"job is {current}{final}; it cannot move to {target}")
+        raise FailedPreconditionError(f"job is {current}{final}; it cannot move to {target}")
     return True

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trainingplatform_backend import statemachine
 from trainingplatform_backend.auth import mint_job_token
-from trainingplatform_backend.errors import NotFound
+from trainingplatform_backend.errors import NotFoundError
 from trainingplatform_backend.models import (
     LOGS_STREAM,
     METRICS_STREAM,
@@ -202,24 +202,24 @@ class Store:
         """The internal key of a job.
 
         Raises:
-            NotFound: no job has this id.
+            NotFoundError: no job has this id.
         """
         with self._sessions() as session:
             pk = session.scalar(select(Job.id).where(Job.job_id == job_id))
         if pk is None:
-            raise NotFound(f"job {job_id!r} does not exist")
+            raise NotFoundError(f"job {job_id!r} does not exist")
         return pk
 
     def get_job(self, job_id: str, *, with_events: bool = False) -> JobView:
         """One job with its artifacts and cursor (and status events when asked).
 
         Raises:
-            NotFound: no job has this id.
+            NotFoundError: no job has this id.
         """
         with self._sessions() as session:
             job = session.scalar(select(Job).where(Job.job_id == job_id))
             if job is None:
-                raise NotFound(f"job {job_id!r} does not exist")
+                raise NotFoundError(f"job {job_id!r} does not exist")
             return self._view(session, job, with_events=with_events)
 
     def _view(self, session: Session, job: Job, *, with_events: bool) -> JobView:
@@ -259,7 +259,7 @@ class Store:
         with self.write_lock(), self._sessions.begin() as session:
             job = session.scalar(select(Job).where(Job.job_id == job_id))
             if job is None:
-                raise NotFound(f"job {job_id!r} does not exist")
+                raise NotFoundError(f"job {job_id!r} does not exist")
             job.trainer_address = trainer_address
             job.trainer_run_id = trainer_run_id
             job.updated_at = utcnow()
@@ -270,14 +270,14 @@ class Store:
         """Moves a job to `target`, storing the event; a repeat of the current status changes nothing.
 
         Raises:
-            NotFound: no such job.
-            FailedPrecondition: the state machine forbids the change.
+            NotFoundError: no such job.
+            FailedPreconditionError: the state machine forbids the change.
         """
         now = utcnow()
         with self.write_lock(), self._sessions.begin() as session:
             job = session.scalar(select(Job).where(Job.job_id == job_id).with_for_update())
             if job is None:
-                raise NotFound(f"job {job_id!r} does not exist")
+                raise NotFoundError(f"job {job_id!r} does not exist")
             if not statemachine.check_transition(job.status, target):
                 return Transition(job.id, job.status, False)
             job.status_sequence += 1
@@ -329,7 +329,7 @@ class Store:
         with self.write_lock(), self._sessions.begin() as session:
             job = session.get(Job, job_pk)
             if job is None:
-                raise NotFound("job does not exist")
+                raise NotFoundError("job does not exist")
             if mlflow_run_id:
                 job.mlflow_run_id = mlflow_run_id
             if mlflow_tracking_uri:

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 import grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from trainingplatform_sdk.spec import limits
 
-from trainingplatform_backend import limits
 from trainingplatform_backend.auth import authorize_job
-from trainingplatform_backend.errors import InvalidArgument, Unavailable
+from trainingplatform_backend.errors import InvalidArgumentError, UnavailableError
 from trainingplatform_backend.ingest import (
     INLINE_ROWS,
     BatchResult,
@@ -59,11 +59,11 @@ class Backend:
         """The internal key of a job (cached: it never changes).
 
         Raises:
-            InvalidArgument: empty job id.
-            NotFound: no such job.
+            InvalidArgumentError: empty job id.
+            NotFoundError: no such job.
         """
         if not job_id:
-            raise InvalidArgument("job_id is required")
+            raise InvalidArgumentError("job_id is required")
         pk = self._job_pks.get(job_id)
         if pk is None:
             pk = await self.run(self.store.job_pk, job_id)
@@ -108,14 +108,14 @@ class Backend:
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                raise Unavailable(_SHUTDOWN_MESSAGE) from None
+                raise UnavailableError(_SHUTDOWN_MESSAGE) from None
             except asyncio.CancelledError:
                 if task not in self._interrupted:
                     raise
                 self._interrupted.discard(task)
                 if task.uncancel() > 0:  # cancelled by gRPC too (the call ended): stay cancelled
                     raise
-                raise Unavailable(_SHUTDOWN_MESSAGE) from None
+                raise UnavailableError(_SHUTDOWN_MESSAGE) from None
             yield message
 
 
@@ -156,12 +156,14 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
             async for request in backend.messages(requests):
                 if not job_id:
                     if not request.job_id:
-                        raise InvalidArgument(f"the first {rpc} message must name the job (job_id)")
+                        raise InvalidArgumentError(f"the first {rpc} message must name the job (job_id)")
                     authorize_job(request.job_id)
                     job_pk = await backend.job_pk(request.job_id)
                     job_id = request.job_id
                 elif request.job_id and request.job_id != job_id:
-                    raise InvalidArgument(f"one {rpc} call carries one job: got {request.job_id!r} after {job_id!r}")
+                    raise InvalidArgumentError(
+                        f"one {rpc} call carries one job: got {request.job_id!r} after {job_id!r}"
+                    )
                 items = getattr(request, items_field)
                 if not items:
                     continue
@@ -189,7 +191,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                 missing += result.missing
                 last = result.last_sequence
         if not job_id:
-            raise InvalidArgument(f"the {rpc} stream ended before any message named a job")
+            raise InvalidArgumentError(f"the {rpc} stream ended before any message named a job")
         if not last:
             last = (await backend.run(backend.store.cursor, job_pk))[0 if kind == METRICS_STREAM else 1]
         return committed, duplicates, missing, last
@@ -252,9 +254,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         job_pk = await self._backend.job_pk(request.job_id)
         summary = request.summary
         if summary.epoch < 0:
-            raise InvalidArgument(f"summary epoch must be >= 0; got {summary.epoch}")
+            raise InvalidArgumentError(f"summary epoch must be >= 0; got {summary.epoch}")
         if not math.isfinite(summary.duration_seconds) or summary.duration_seconds < 0:
-            raise InvalidArgument("summary duration_seconds must be a finite number >= 0")
+            raise InvalidArgumentError("summary duration_seconds must be a finite number >= 0")
         for key in summary.metrics:
             check_metric_key(key)
         end_time = summary.end_time.ToDatetime(dt.UTC) if summary.HasField("end_time") else utcnow()
@@ -275,19 +277,19 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         authorize_job(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
         if len(request.mlflow_run_id) > limits.MAX_NAME_CHARS:
-            raise InvalidArgument(f"mlflow_run_id is longer than {limits.MAX_NAME_CHARS} characters")
+            raise InvalidArgumentError(f"mlflow_run_id is longer than {limits.MAX_NAME_CHARS} characters")
         if len(request.mlflow_tracking_uri) > limits.MAX_URI_CHARS:
-            raise InvalidArgument(f"mlflow_tracking_uri is longer than {limits.MAX_URI_CHARS} characters")
+            raise InvalidArgumentError(f"mlflow_tracking_uri is longer than {limits.MAX_URI_CHARS} characters")
         artifacts = []
         for artifact in request.artifacts:
             if not artifact.name or len(artifact.name) > limits.MAX_NAME_CHARS:
-                raise InvalidArgument(f"artifact name must be 1 to {limits.MAX_NAME_CHARS} characters")
+                raise InvalidArgumentError(f"artifact name must be 1 to {limits.MAX_NAME_CHARS} characters")
             if not artifact.uri or len(artifact.uri) > limits.MAX_URI_CHARS:
-                raise InvalidArgument(
+                raise InvalidArgumentError(
                     f"artifact {artifact.name!r} needs a URI of at most {limits.MAX_URI_CHARS} characters"
                 )
             if artifact.size_bytes < 0:
-                raise InvalidArgument(f"artifact {artifact.name!r} size_bytes must be >= 0")
+                raise InvalidArgumentError(f"artifact {artifact.name!r} size_bytes must be >= 0")
             artifacts.append((artifact.name, artifact.uri, artifact.size_bytes))
         await self._backend.run(
             self._backend.store.report_run_info,

@@ -63,8 +63,8 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from trainingplatform_sdk.adapter import TrainingAdapter, TrainingResult
-from trainingplatform_sdk.configs import ConfigError, MetricsResult
+from trainingplatform_sdk.spec.configs import ConfigError, MetricsResult
+from trainingplatform_sdk.training.adapter import TrainingAdapter, TrainingResult
 
 from trainingplatform_trainer_timm import datasets
 

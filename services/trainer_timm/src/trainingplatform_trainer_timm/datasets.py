@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
-from trainingplatform_sdk.configs import Augmentation, ConfigError, DatasetConfig
+from trainingplatform_sdk.spec.configs import Augmentation, ConfigError, DatasetConfig
 
 __all__ = [
     "BUILTIN_DATASETS",

@@ -41,8 +41,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainingplatform_sdk.adapter import Status, TrainingAdapter, TrainingResult
-from trainingplatform_sdk.configs import ConfigError
+from trainingplatform_sdk.spec.configs import ConfigError
+from trainingplatform_sdk.training.adapter import Status, TrainingAdapter, TrainingResult
 
 from trainingplatform_trainer_ultralytics import datasets
 from trainingplatform_trainer_ultralytics.offline import prepare_offline, set_threads

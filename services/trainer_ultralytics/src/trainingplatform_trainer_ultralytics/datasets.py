@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-from trainingplatform_sdk.configs import ConfigError, DatasetConfig
+from trainingplatform_sdk.spec.configs import ConfigError, DatasetConfig
 
 __all__ = ["BUILTIN_DATASETS", "SHAPES_CLASSES", "check_dataset", "resolve_data_yaml", "write_shapes_dataset"]
 

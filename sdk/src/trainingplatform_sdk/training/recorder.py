@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainingplatform_sdk.adapter import Status, TelemetrySink, TrainingResult
-from trainingplatform_sdk.artifacts import ArtifactStore, StorageError, StorageSettings, open_store
-from trainingplatform_sdk.tracking import MlflowRun, TrackingError, TrackingSettings, flatten_params
+from trainingplatform_sdk.training.adapter import Status, TelemetrySink, TrainingResult
+from trainingplatform_sdk.training.artifacts import ArtifactStore, StorageError, StorageSettings, open_store
+from trainingplatform_sdk.training.tracking import MlflowRun, TrackingError, TrackingSettings, flatten_params
 
 __all__ = ["JobRecorder", "RecorderSettings"]
 

@@ -15,82 +15,21 @@ retry policy); CreateJob and StartTraining are not (they are not idempotent). Ev
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import Any, NoReturn, Self
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
-from trainingplatform_sdk._channel import auth_metadata, parse_backend_address
-from trainingplatform_sdk.configs import AdvancedConfig
-
-# --- errors -------------------------------------------------------------------------------------------------
-
-
-class PlatformError(Exception):
-    """A call to the platform failed; `code` is the gRPC status code, `details` the server's message."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-
-
-class InvalidArgumentError(PlatformError):
-    """The request was malformed (INVALID_ARGUMENT)."""
-
-
-class NotFoundError(PlatformError):
-    """The job or run does not exist (NOT_FOUND)."""
-
-
-class FailedPreconditionError(PlatformError):
-    """Not possible in the current state (FAILED_PRECONDITION), e.g. cancelling a completed job."""
-
-
-class UnauthenticatedError(PlatformError):
-    """No token or an unknown token (UNAUTHENTICATED)."""
-
-
-class PermissionDeniedError(PlatformError):
-    """The token has no right to this call (PERMISSION_DENIED)."""
-
-
-class ResourceExhaustedError(PlatformError):
-    """A limit was hit (RESOURCE_EXHAUSTED)."""
-
-
-class UnavailableError(PlatformError):
-    """The service is unreachable or shutting down (UNAVAILABLE, DEADLINE_EXCEEDED); retry later."""
-
-
-_ERRORS: dict[grpc.StatusCode, type[PlatformError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
-    grpc.StatusCode.NOT_FOUND: NotFoundError,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
-    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-    grpc.StatusCode.UNAVAILABLE: UnavailableError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
-}
-
-
-def _raise(error: grpc.RpcError) -> NoReturn:
-    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = (error.details() if hasattr(error, "details") else None) or str(error)
-    raise _ERRORS.get(code, PlatformError)(code, details) from None
-
+from trainingplatform_sdk.clients._base import Client, default_token, raise_platform_error
+from trainingplatform_sdk.errors import InvalidArgumentError
+from trainingplatform_sdk.spec.configs import AdvancedConfig
 
 # --- results ------------------------------------------------------------------------------------------------
 
@@ -276,112 +215,7 @@ def _log(record: Any) -> LogLine:
     )
 
 
-# --- connections --------------------------------------------------------------------------------------------
-
-_IDEMPOTENT = {
-    "trainingplatform.jobs.v1.JobsService": ("GetJob", "ListJobs", "CancelJob", "ListMetrics", "ListLogs"),
-    "trainingplatform.trainer.v1.TrainerService": ("GetTraining", "ListTrainings", "CancelTraining", "GetCapabilities"),
-}
-
-
-def _service_config() -> str:
-    names = [{"service": service, "method": method} for service, methods in _IDEMPOTENT.items() for method in methods]
-    return json.dumps(
-        {
-            "methodConfig": [
-                {
-                    "name": names,
-                    "retryPolicy": {
-                        "maxAttempts": 5,
-                        "initialBackoff": "0.2s",
-                        "maxBackoff": "3s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
-        }
-    )
-
-
-def open_channel(
-    address: str,
-    *,
-    root_certificates: bytes | None = None,
-    private_key: bytes | None = None,
-    certificate_chain: bytes | None = None,
-) -> grpc.Channel:
-    """A channel to a platform service. `address` is `host:port`, `grpc://host:port` or `https://host:port`
-    (TLS; system roots unless `root_certificates` is given; a client key and chain for mutual TLS)."""
-    parsed = parse_backend_address(address)
-    options = [
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", _service_config()),
-        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ]
-    if not parsed.tls:
-        return grpc.insecure_channel(parsed.target, options=options)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
-    )
-    return grpc.secure_channel(parsed.target, credentials, options=options)
-
-
-def default_token(data_dir: str | os.PathLike[str] = ".data") -> str:
-    """INTERNAL_AUTH_TOKEN, else the token the local backend generated in its data directory.
-
-    Raises:
-        UnauthenticatedError: neither exists.
-    """
-    token = os.environ.get("INTERNAL_AUTH_TOKEN", "")
-    if token:
-        return token
-    path = Path(os.environ.get("TP_DATA_DIR", data_dir)) / "internal_auth_token"
-    if path.exists():
-        return path.read_text().strip()
-    raise UnauthenticatedError(
-        grpc.StatusCode.UNAUTHENTICATED, f"no token: set INTERNAL_AUTH_TOKEN or start the backend so it writes {path}"
-    )
-
-
-class _Client:
-    def __init__(
-        self,
-        address: str,
-        token: str,
-        *,
-        timeout: float = 30.0,
-        root_certificates: bytes | None = None,
-        private_key: bytes | None = None,
-        certificate_chain: bytes | None = None,
-    ) -> None:
-        self._channel = open_channel(
-            address, root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
-        )
-        self._metadata = auth_metadata(token)
-        self.timeout = timeout
-        self.address = address
-
-    def close(self) -> None:
-        """Closes the channel."""
-        self._channel.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
-        try:
-            return method(request, metadata=self._metadata, timeout=timeout or self.timeout)
-        except grpc.RpcError as error:
-            _raise(error)
-
-
-class JobsClient(_Client):
+class JobsClient(Client):
     """The backend's JobsService: create jobs, read their history, follow them live."""
 
     def __init__(self, address: str, token: str, **kwargs: Any) -> None:
@@ -430,7 +264,7 @@ class JobsClient(_Client):
             try:
                 advanced_config = AdvancedConfig.from_mapping(advanced or {})
             except ValueError as error:
-                raise InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+                raise InvalidArgumentError(str(error)) from None
         spec = common_pb2.JobSpec(
             framework=framework,
             model=common_pb2.ModelConfig(name=model, pretrained=pretrained, image_size=image_size),
@@ -529,7 +363,7 @@ class JobsClient(_Client):
                     error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
                     or time.monotonic() > deadline
                 ):
-                    _raise(error)
+                    raise_platform_error(error)
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 5.0)
 
@@ -552,102 +386,3 @@ def _event(response: jobs_pb2.SubscribeTelemetryResponse) -> TelemetryEvent:
             epoch_summary=EpochSummary(summary.epoch, dict(summary.metrics), summary.duration_seconds),
         )
     return TelemetryEvent("lagged", cursor)
-
-
-@dataclass(frozen=True)
-class TrainingRun:
-    """A run as a trainer service reports it."""
-
-    run_id: str
-    job_id: str
-    state: str
-    """`STARTING`, `RUNNING`, `SUCCEEDED`, `FAILED` or `CANCELLED`."""
-    pid: int
-    current_epoch: int
-    total_epochs: int
-    latest_metrics: dict[str, float]
-    exit_code: int
-    error_message: str
-    output_dir: str
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a trainer service can train."""
-
-    framework: str
-    tasks: tuple[str, ...]
-    models: tuple[str, ...]
-    devices: tuple[str, ...]
-    builtin_datasets: tuple[str, ...]
-    max_concurrent_jobs: int
-
-
-def _run(run: trainer_pb2.TrainingRun) -> TrainingRun:
-    return TrainingRun(
-        run.run_id,
-        run.job_id,
-        trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_"),
-        run.pid,
-        run.current_epoch,
-        run.total_epochs,
-        dict(run.latest_metrics),
-        run.exit_code,
-        run.error_message,
-        run.output_dir,
-    )
-
-
-class TrainerClient(_Client):
-    """A trainer service's TrainerService (internal token only)."""
-
-    def __init__(self, address: str, token: str, **kwargs: Any) -> None:
-        """Args: as JobsClient; `token` is the internal service token."""
-        super().__init__(address, token, **kwargs)
-        self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
-
-    def capabilities(self) -> Capabilities:
-        """What the service trains."""
-        c = self._call(self._stub.GetCapabilities, trainer_pb2.GetCapabilitiesRequest())
-        return Capabilities(
-            c.framework,
-            tuple(c.tasks),
-            tuple(c.models),
-            tuple(c.devices),
-            tuple(c.builtin_datasets),
-            c.max_concurrent_jobs,
-        )
-
-    def start_training(
-        self, job_id: str, spec: common_pb2.JobSpec, *, telemetry_endpoint: str = "", telemetry_token: str = ""
-    ) -> str:
-        """Starts a run; returns its run id."""
-        request = trainer_pb2.StartTrainingRequest(
-            job_id=job_id, spec=spec, telemetry_endpoint=telemetry_endpoint, telemetry_token=telemetry_token
-        )
-        return self._call(self._stub.StartTraining, request).run_id
-
-    def get_training(self, *, run_id: str = "", job_id: str = "") -> TrainingRun:
-        """One run, by run id or job id."""
-        return _run(
-            self._call(self._stub.GetTraining, trainer_pb2.GetTrainingRequest(run_id=run_id, job_id=job_id)).run
-        )
-
-    def list_trainings(self) -> Iterator[TrainingRun]:
-        """Every run the service knows, newest first."""
-        token = ""
-        while True:
-            page = self._call(self._stub.ListTrainings, trainer_pb2.ListTrainingsRequest(page_token=token))
-            yield from (_run(r) for r in page.runs)
-            token = page.next_page_token
-            if not token:
-                return
-
-    def cancel_training(self, *, run_id: str = "", job_id: str = "", grace_period_s: int = 0) -> TrainingRun:
-        """Stops a run (SIGTERM, then SIGKILL after the grace period)."""
-        return _run(
-            self._call(
-                self._stub.CancelTraining,
-                trainer_pb2.CancelTrainingRequest(run_id=run_id, job_id=job_id, grace_period_seconds=grace_period_s),
-            ).run
-        )

@@ -23,9 +23,9 @@ import grpc
 from google.protobuf.message import Message
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
-from trainingplatform_sdk._report import DeliveryReport
-from trainingplatform_sdk._spool import Spool
-from trainingplatform_sdk.settings import LoggerSettings
+from trainingplatform_sdk.telemetry.report import DeliveryReport
+from trainingplatform_sdk.telemetry.settings import LoggerSettings
+from trainingplatform_sdk.telemetry.spool import Spool
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
 

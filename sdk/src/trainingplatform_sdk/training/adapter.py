@@ -32,7 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from trainingplatform_sdk.configs import AdvancedConfig, DatasetConfig, MetricsResult, ModelConfig, TrainingConfig
+from trainingplatform_sdk.spec.configs import AdvancedConfig, DatasetConfig, MetricsResult, ModelConfig, TrainingConfig
 
 __all__ = ["NullSink", "Status", "TelemetrySink", "TrainingAdapter", "TrainingResult"]
 

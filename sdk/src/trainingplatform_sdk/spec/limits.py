@@ -1,4 +1,7 @@
-"""Input limits, in one place, so the contract's comments, the docs and the checks agree."""
+"""Input limits, in one place, so the contract's comments, the docs, the servers' checks and the SDK agree."""
+
+DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+"""Largest request message a server accepts by default (the backend's TP_MAX_MESSAGE_BYTES)."""
 
 MAX_KEY_CHARS = 250
 """Longest metric key (MLflow's limit), in characters."""

@@ -16,11 +16,11 @@ from types import TracebackType
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
-from trainingplatform_sdk._channel import auth_metadata, create_channel, parse_backend_address
-from trainingplatform_sdk._report import DeliveryReport
-from trainingplatform_sdk._sender import CALL, FLUSH, LOG, METRIC, Sender, Waiter
-from trainingplatform_sdk._spool import Spool
-from trainingplatform_sdk.settings import LoggerSettings
+from trainingplatform_sdk.channel import auth_metadata, open_channel, parse_backend_address
+from trainingplatform_sdk.telemetry.report import DeliveryReport
+from trainingplatform_sdk.telemetry.sender import CALL, FLUSH, LOG, METRIC, Sender, Waiter
+from trainingplatform_sdk.telemetry.settings import LoggerSettings, channel_options
+from trainingplatform_sdk.telemetry.spool import Spool
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
 
@@ -98,7 +98,7 @@ class TrainingLogger:
 
         Raises:
             ValueError: The job id is empty, the address is malformed, or the spool belongs to another job.
-            trainingplatform_sdk._spool.SpoolLockedError: Another live process uses the same spool directory.
+            trainingplatform_sdk.errors.SpoolLockedError: Another live process uses the same spool directory.
             OSError: The spool directory cannot be created.
         """
         if not job_id:
@@ -125,7 +125,7 @@ class TrainingLogger:
         directory = Path(spool_dir) if spool_dir is not None else default_spool_dir(job_id)
         spool = Spool(directory, job_id, self.settings.spool_max_bytes, self.settings.spool_segment_bytes)
         try:
-            channel = create_channel(address, self.settings)
+            channel = open_channel(address, options=channel_options(self.settings))
         except BaseException:
             spool.close()
             raise

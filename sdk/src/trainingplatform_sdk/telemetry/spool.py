@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainingplatform_sdk.errors import SpoolLockedError
+
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
 
 KINDS = ("metrics", "logs")
@@ -33,10 +35,6 @@ _STATE_HEADER = struct.Struct("<IIQ")  # payload length, CRC-32 of the payload, 
 _STATE_SLOTS = ("state.0", "state.1")
 _LEGACY_STATE_FILE = "state.json"  # written by earlier versions (replaced whole on each save); read, then removed
 _LOCK_FILE = "lock"
-
-
-class SpoolLockedError(RuntimeError):
-    """Another live process uses the spool directory (the same job logged twice at once)."""
 
 
 @dataclass

@@ -25,9 +25,10 @@ job's MLflow run and stores its config; checkpoints and results are stored when 
   checkpoint and exits 143, so a supervisor can tell a cancelled run from a completed one by the exit code alone.
   A second signal kills the process at once.
 
-Under torchrun (`torchrun --nproc_per_node N -m trainingplatform_sdk.train ...`, WORLD_SIZE > 1), every rank runs
-this entry point and the adapter trains with DistributedDataParallel (docs/distributed.md). The job is one job:
-rank 0 alone reports its telemetry, status, MLflow run and artifacts, and writes progress.json (the backend numbers
+Under torchrun (`torchrun --nproc_per_node N -m trainingplatform_sdk.training.train ...`, WORLD_SIZE > 1),
+every rank runs this entry point and the adapter trains with DistributedDataParallel (docs/distributed.md). The
+job is one job: rank 0 alone reports its telemetry, status, MLflow run and artifacts, and writes progress.json
+(the backend numbers
 a job's stream from one writer: a second would collide). The other ranks report nothing — their sink discards —
 and log to their stderr, each line naming the rank. A rank that fails writes its error to
 OUTPUT_DIR/ranks/rank-N.error.json before it exits; rank 0, failing in turn when the connection to it closes,
@@ -51,11 +52,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from trainingplatform_sdk.adapter import NullSink, Status, TelemetrySink, TrainingAdapter
-from trainingplatform_sdk.artifacts import StorageError
-from trainingplatform_sdk.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
-from trainingplatform_sdk.recorder import JobRecorder, RecorderSettings
-from trainingplatform_sdk.tracking import TrackingError
+from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.training.adapter import NullSink, Status, TelemetrySink, TrainingAdapter
+from trainingplatform_sdk.training.artifacts import StorageError
+from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings
+from trainingplatform_sdk.training.tracking import TrackingError
 
 __all__ = [
     "EXIT_CANCELLED",
@@ -68,7 +69,7 @@ __all__ = [
     "torchrun_rank",
 ]
 
-_log = logging.getLogger("trainingplatform_sdk.train")
+_log = logging.getLogger("trainingplatform_sdk.training.train")
 
 #: Adapter class of each framework name, imported only when used (each pulls in torch and its framework).
 FRAMEWORKS = {
@@ -282,7 +283,7 @@ def _read_peer_error(output_dir: Path, world_size: int) -> dict[str, Any] | None
 def build_logger(job_id: str, output_dir: Path) -> TelemetrySink:
     """The SDK's TrainingLogger configured from the environment, or a NullSink when the SDK has none yet."""
     try:
-        from trainingplatform_sdk.logger import TrainingLogger
+        from trainingplatform_sdk.telemetry.logger import TrainingLogger
     except ModuleNotFoundError as error:
         if error.name != "trainingplatform_sdk.logger":
             raise

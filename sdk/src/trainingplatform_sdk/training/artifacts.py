@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainingplatform_sdk.tracking import redact_uri
+from trainingplatform_sdk.errors import StorageError
+from trainingplatform_sdk.training.tracking import redact_uri
 
 __all__ = [
     "MULTIPART_THRESHOLD",
@@ -40,10 +41,6 @@ __all__ = [
 #: Files larger than this are uploaded in parts of this size (boto3's TransferConfig).
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 DEFAULT_REGION = "auto"
-
-
-class StorageError(RuntimeError):
-    """Artifact storage is misconfigured or unreachable. The message names the setting to fix, never a secret."""
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import socket
 import sys
 from pathlib import Path
 
-from trainingplatform_sdk.cli import follow, plot_series, print_summary
+from trainingplatform_sdk.cli.output import follow, plot_series, print_summary
+from trainingplatform_sdk.cli.stack import Stack
 from trainingplatform_sdk.clients import Job, JobsClient
-from trainingplatform_sdk.stack import Stack
 
 JOBS = (
     {

@@ -1,4 +1,6 @@
-"""Backend address parsing, the gRPC channel (TLS, keepalive, message limits) and the auth metadata."""
+"""The one channel factory of the platform's clients: address parsing, TLS, options and the auth metadata.
+
+The TrainingLogger, the typed clients, the CLI and the backend's dispatcher all open their channels here."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from urllib.parse import urlsplit
 # Callers that import grpc first, or set the variable, keep their choice.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-import grpc
+from collections.abc import Sequence
+from typing import Any
 
-from trainingplatform_sdk.settings import SERVER_MAX_MESSAGE_BYTES, LoggerSettings
+import grpc
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
 
@@ -76,35 +79,39 @@ def parse_backend_address(address: str) -> BackendAddress:
     return BackendAddress(target=f"{host}:{port}", tls=tls)
 
 
-def channel_options(settings: LoggerSettings) -> list[tuple[str, int]]:
-    """The channel arguments: keepalive matched to the backend's ping policy, message limits, fast reconnects."""
-    return [
-        ("grpc.keepalive_time_ms", settings.keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", int(settings.keepalive_permit_without_calls)),
-        # 0 lets pings go out on an idle stream; the server permits one every 10 s, we send one every 30 s.
-        ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.max_send_message_length", SERVER_MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", SERVER_MAX_MESSAGE_BYTES),
-        # gRPC's own reconnect backoff (up to 120 s by default) would keep a restarted backend unused for minutes.
-        ("grpc.initial_reconnect_backoff_ms", int(settings.reconnect_initial_backoff_s * 1000)),
-        ("grpc.min_reconnect_backoff_ms", int(settings.reconnect_initial_backoff_s * 1000)),
-        ("grpc.max_reconnect_backoff_ms", int(settings.reconnect_max_backoff_s * 1000)),
-    ]
+def open_channel(
+    address: str | BackendAddress,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+    root_certificates: bytes | None = None,
+    private_key: bytes | None = None,
+    certificate_chain: bytes | None = None,
+) -> grpc.Channel:
+    """Opens a channel to a platform service.
 
+    Args:
+        address: `host:port`, `grpc://host:port` (plaintext) or `https://host[:port]` (TLS), or a parsed address.
+        options: gRPC channel arguments.
+        root_certificates: PEM roots for TLS; None uses the CA bundle named by TP_TLS_CA_FILE, else the system roots.
+        private_key: PEM client key, for mutual TLS.
+        certificate_chain: PEM client certificate chain, for mutual TLS.
 
-def create_channel(address: BackendAddress, settings: LoggerSettings) -> grpc.Channel:
-    """Opens a channel to the backend; TLS uses the system roots, or the CA bundle named by TP_TLS_CA_FILE."""
-    options = channel_options(settings)
-    if not address.tls:
-        return grpc.insecure_channel(address.target, options=options)
-    root_certificates = None
-    ca_file = os.environ.get("TP_TLS_CA_FILE")
-    if ca_file:
-        with open(ca_file, "rb") as handle:
-            root_certificates = handle.read()
-    credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-    return grpc.secure_channel(address.target, credentials, options=options)
+    Raises:
+        ValueError: The address is malformed.
+        OSError: TP_TLS_CA_FILE cannot be read.
+    """
+    parsed = parse_backend_address(address) if isinstance(address, str) else address
+    if not parsed.tls:
+        return grpc.insecure_channel(parsed.target, options=list(options))
+    if root_certificates is None:
+        ca_file = os.environ.get("TP_TLS_CA_FILE")
+        if ca_file:
+            with open(ca_file, "rb") as handle:
+                root_certificates = handle.read()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
+    )
+    return grpc.secure_channel(parsed.target, credentials, options=list(options))
 
 
 def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The backend refuses messages above 8 MiB; a batch must stay under it with room for the envelope.
-SERVER_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+from trainingplatform_sdk.spec.limits import DEFAULT_MAX_MESSAGE_BYTES as SERVER_MAX_MESSAGE_BYTES
+
 # A single log record (16 KiB of text, a source name, the other fields) must always fit in one batch.
 MIN_BATCH_BYTES = 64 * 1024
 
@@ -100,3 +100,21 @@ class LoggerSettings:
             raise ValueError("keepalive_time_ms must be at least 10000: the backend answers faster pings with GOAWAY")
         if self.close_timeout_s < 0:
             raise ValueError("close_timeout_s must be 0 or more")
+
+
+def channel_options(settings: LoggerSettings) -> list[tuple[str, int]]:
+    """The logger's channel arguments: keepalive matched to the backend's ping policy, message limits, fast
+    reconnects."""
+    return [
+        ("grpc.keepalive_time_ms", settings.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", int(settings.keepalive_permit_without_calls)),
+        # 0 lets pings go out on an idle stream; the server permits one every 10 s, we send one every 30 s.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_send_message_length", SERVER_MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", SERVER_MAX_MESSAGE_BYTES),
+        # gRPC's own reconnect backoff (up to 120 s by default) would keep a restarted backend unused for minutes.
+        ("grpc.initial_reconnect_backoff_ms", int(settings.reconnect_initial_backoff_s * 1000)),
+        ("grpc.min_reconnect_backoff_ms", int(settings.reconnect_initial_backoff_s * 1000)),
+        ("grpc.max_reconnect_backoff_ms", int(settings.reconnect_max_backoff_s * 1000)),
+    ]

@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from trainingplatform_sdk.clients import Job, JobsClient, PlatformError, TelemetryEvent, default_token
+from trainingplatform_sdk.cli.output import CliError, fmt_value, follow, plot_series, print_summary
+from trainingplatform_sdk.clients import JobsClient, default_token
+from trainingplatform_sdk.errors import PlatformError
 
 EXIT_FOR_STATUS = {"COMPLETED": 0, "FAILED": 1, "CANCELLED": 3}
 EXIT_ERROR = 2
-
-
-class CliError(Exception):
-    """An error shown as one line."""
 
 
 def _client(args: argparse.Namespace) -> JobsClient:
@@ -54,126 +51,11 @@ def _load_json(value: str | None) -> dict[str, Any]:
     return data
 
 
-def _fmt(value: float) -> str:
-    if math.isnan(value) or math.isinf(value):
-        return str(value)
-    return f"{value:.4g}"
-
-
-# --- following a job ----------------------------------------------------------------------------------------
-
-
-class Follower:
-    """Renders a job's live telemetry: a progress bar over epochs and steps, latest metrics, log lines."""
-
-    SHOWN = ("train/loss", "train/batch_loss", "val/loss", "val/accuracy", "train/box_loss", "metrics/mAP50")
-
-    def __init__(self, job: Job, out: TextIO = sys.stdout, *, show_logs: bool = True) -> None:
-        self.job = job
-        self.out = out
-        self.tty = out.isatty()
-        self.show_logs = show_logs
-        self.epoch = 0
-        self.step = 0
-        self.latest: dict[str, float] = {}
-        self.final_status = job.status
-        self._last_line = 0.0
-
-    def feed(self, event: TelemetryEvent) -> None:
-        """Takes one subscription event."""
-        if event.kind == "metrics":
-            for point in event.metrics:
-                self.latest[point.key] = point.value
-                if point.epoch is not None:
-                    self.epoch = max(self.epoch, point.epoch)
-                if point.step is not None:
-                    self.step = max(self.step, point.step)
-            self._progress()
-        elif event.kind == "logs" and self.show_logs:
-            for line in event.logs:
-                self._print(f"[{line.level.lower():7}] {line.message}")
-        elif event.kind == "epoch_summary" and event.epoch_summary is not None:
-            summary = event.epoch_summary
-            shown = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(summary.metrics.items()) if "/" in k)
-            self._print(f"epoch {summary.epoch + 1}/{self.job.epochs} done in {summary.duration_seconds:.1f}s: {shown}")
-        elif event.kind == "status" and event.status is not None:
-            self.final_status = event.status.to_status
-            reason = f" ({event.status.reason})" if event.status.reason else ""
-            self._print(f"status {event.status.to_status}{reason}")
-            if event.status.error_message:
-                self._print(f"error: {event.status.error_message}")
-        elif event.kind == "lagged":
-            self._print("(fell behind the live stream; catching up from the database)")
-
-    def _bar(self) -> str:
-        total = max(self.job.epochs, 1)
-        done = min(self.epoch, total)
-        width = 24
-        filled = int(width * done / total)
-        shown = " ".join(f"{k} {_fmt(self.latest[k])}" for k in self.SHOWN if k in self.latest)
-        return (
-            f"epoch {min(self.epoch + 1, total)}/{total} [{'#' * filled}{'.' * (width - filled)}] "
-            f"step {self.step} {shown}"
-        )
-
-    def _progress(self) -> None:
-        if self.tty:
-            self.out.write("\r\033[K" + self._bar())
-            self.out.flush()
-        elif time.monotonic() - self._last_line > 2.0:  # a log file gets a line every 2 s, not a flood
-            self._last_line = time.monotonic()
-            self.out.write(self._bar() + "\n")
-            self.out.flush()
-
-    def _print(self, text: str) -> None:
-        if self.tty:
-            self.out.write("\r\033[K" + text + "\n" + self._bar())
-        else:
-            self.out.write(text + "\n")
-        self.out.flush()
-
-    def finish(self) -> None:
-        """Ends the progress line."""
-        if self.tty:
-            self.out.write("\n")
-            self.out.flush()
-
-
-def follow(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> Job:
-    """Follows a job to its end, printing progress; returns the final job."""
-    follower = Follower(job, out)
-    for event in client.subscribe(job.job_id):
-        follower.feed(event)
-    follower.finish()
-    return client.get_job(job.job_id)
-
-
-def print_summary(job: Job, out: TextIO = sys.stdout, client: JobsClient | None = None) -> None:
-    """The final summary of a job: status, time, last metrics, where its results are."""
-    duration = ""
-    if job.started_at and job.ended_at:
-        duration = f" in {(job.ended_at - job.started_at).total_seconds():.1f}s"
-    out.write(f"\njob {job.job_id}: {job.status}{duration}\n")
-    if job.error_message:
-        out.write(f"  error: {job.error_message}\n")
-    if client is not None:
-        latest: dict[str, float] = {}
-        for point in client.metrics(job.job_id):
-            latest[point.key] = point.value
-        for key in sorted(k for k in latest if not k.startswith("lr")):
-            out.write(f"  {key:24} {_fmt(latest[key])}\n")
-    if job.mlflow_run_id:
-        out.write(f"  MLflow run {job.mlflow_run_id} at {job.mlflow_tracking_uri}\n")
-    for name, uri in sorted(job.artifacts.items()):
-        out.write(f"  artifact {name}: {uri}\n")
-    out.flush()
-
-
 # --- commands -----------------------------------------------------------------------------------------------
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from trainingplatform_sdk.stack import Stack
+    from trainingplatform_sdk.cli.stack import Stack
 
     stack = Stack(
         Path(args.data_dir),
@@ -297,37 +179,11 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if not series:
         raise CliError(f"job {args.job} has no metrics" + (f" with keys {args.key}" if args.key else ""))
     for key, values in sorted(series.items()):
-        print(f"{key:28} {len(values):7} points  last {_fmt(values[-1][1])}")
+        print(f"{key:28} {len(values):7} points  last {fmt_value(values[-1][1])}")
     if args.plot:
         plot_series({args.job[:8]: series}, Path(args.plot))
         print(f"wrote {args.plot}")
     return 0
-
-
-def plot_series(
-    jobs: dict[str, dict[str, list[tuple[float, float]]]], path: Path, keys: Iterable[str] | None = None
-) -> None:
-    """A PNG with one panel per job: the curves of its (loss) metrics against step or epoch."""
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CliError("--plot needs matplotlib: pip install 'trainingplatform-sdk[cli]'") from None
-    figure, axes = plt.subplots(1, len(jobs), figsize=(6 * len(jobs), 4), squeeze=False)
-    for axis, (title, series) in zip(axes[0], jobs.items(), strict=True):
-        wanted = list(keys) if keys else sorted(series)
-        for key in wanted:
-            if key in series:
-                xs, ys = zip(*series[key], strict=True)
-                axis.plot(xs, ys, label=key, marker="." if len(xs) < 20 else None)
-        axis.set_title(title)
-        axis.set_xlabel("epoch / step")
-        axis.legend(fontsize=8)
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -338,7 +194,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from trainingplatform_sdk.demo import run_demo
+    from trainingplatform_sdk.cli.demo import run_demo
 
     return run_demo(Path(args.data_dir))
 

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from trainingplatform_sdk.errors import TrackingError
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -56,10 +58,6 @@ _FALSE = ("0", "false", "no", "off")
 # Names MLflow accepts for params and metrics (mlflow.utils.validation.validate_param_and_metric_name).
 _BAD_NAME_CHARACTERS = re.compile(r"[^/\w.\- :]")
 _SECRET_QUERY_KEYS = re.compile(r"pass|secret|token|key|credential|signature", re.IGNORECASE)
-
-
-class TrackingError(RuntimeError):
-    """MLflow is misconfigured or unreachable. The message names the setting to fix and never holds a secret."""
 
 
 @dataclass(frozen=True)

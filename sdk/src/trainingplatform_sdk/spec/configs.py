@@ -22,6 +22,8 @@ from typing import Any, ClassVar, Self
 from google.protobuf import json_format
 from trainingplatform.common.v1 import common_pb2
 
+from trainingplatform_sdk.errors import ConfigError
+
 __all__ = [
     "DEVICE_CHOICES",
     "LR_SCHEDULERS",
@@ -42,10 +44,6 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DATASET_FORMATS = ("", "builtin", "imagefolder", "yolo")
 #: `TrainingConfig.log_every_n_steps` when it is 0.
 DEFAULT_LOG_EVERY_N_STEPS = 100
-
-
-class ConfigError(ValueError):
-    """A configuration value has the wrong type or is out of range. The message names the key."""
 
 
 _TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
