@@ -1,9 +1,8 @@
 """Wrapping a grpc.aio method handler: refusing a call, running it with the caller in a context variable, turning
 its exceptions into statuses, and answering requests that do not parse with INVALID_ARGUMENT.
 
-Shared by the services' interceptors (the backend's and the trainer services'), so every server of the platform
-treats bad input the same way. Each service keeps its own exceptions and its one function mapping them to status
-codes (`status_of`).
+Used by the interceptor every server of the platform builds on (`interceptor.py`), so every server treats bad
+input the same way. The mapping of exceptions to status codes is the service's `status_of` (`status.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +14,9 @@ from typing import Any
 
 import grpc
 
-StatusOf = Callable[[BaseException], tuple[grpc.StatusCode, str]]
+from trainingplatform_sdk.server.status import StatusOf
+
+__all__ = ["MalformedRequest", "wrap_handler"]
 
 
 class MalformedRequest(Exception):

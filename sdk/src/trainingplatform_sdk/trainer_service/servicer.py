@@ -9,7 +9,7 @@ import binascii
 import grpc
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
-from trainingplatform_sdk.trainer_service.errors import InvalidArgumentError
+from trainingplatform_sdk.errors import InvalidArgumentError
 from trainingplatform_sdk.trainer_service.framework import Catalog
 from trainingplatform_sdk.trainer_service.supervisor import Supervisor
 

@@ -1,6 +1,6 @@
 """Metadata-token authentication and the authorization rules of every RPC.
 
-Three kinds of token travel as `authorization: Bearer <token>`:
+Three kinds of token travel as `authorization: Bearer <token>` (read by `trainingplatform_sdk.server.metadata`):
 - the internal service token (INTERNAL_AUTH_TOKEN): every RPC;
 - the read token (READ_AUTH_TOKEN, optional): the read RPCs of JobsService;
 - a job's telemetry token, `<job_id>.<secret>`: that job's telemetry and reads of that job only.
@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from trainingplatform_backend.errors import PermissionDeniedError, UnauthenticatedError
+from trainingplatform_sdk.errors import PermissionDeniedError, UnauthenticatedError
 
 
 class Kind(enum.Enum):
@@ -41,7 +41,6 @@ class Principal:
 
 _TELEMETRY = "/trainingplatform.telemetry.v1.TrainingTelemetryService/"
 _JOBS = "/trainingplatform.jobs.v1.JobsService/"
-_ALL = frozenset(Kind)
 _JOB_SCOPED_READ = frozenset({Kind.INTERNAL, Kind.READ, Kind.JOB})
 
 # Which kinds of caller may call each method. A method missing here is refused (deny by default).
@@ -66,13 +65,6 @@ METHOD_RIGHTS: dict[str, frozenset[Kind]] = {
     _JOBS + "SubscribeTelemetry": _JOB_SCOPED_READ,
 }
 
-# Probes and tooling need these without a token; they reveal nothing about jobs.
-PUBLIC_METHOD_PREFIXES = (
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-    "/grpc.reflection.v1.ServerReflection/",
-)
-
 CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
 """The authenticated caller of the RPC being served (set by the interceptor)."""
 
@@ -88,11 +80,6 @@ def mint_job_token(job_id: str) -> tuple[str, str]:
     return token, hash_token(token)
 
 
-def current_principal() -> Principal:
-    """The caller of the RPC being served."""
-    return CALLER.get()
-
-
 def authorize_job(job_id: str) -> None:
     """Checks that the caller may act on `job_id`: a telemetry token only covers its own job.
 
@@ -105,7 +92,7 @@ def authorize_job(job_id: str) -> None:
 
 
 class Authenticator:
-    """Turns the `authorization` metadata value into a Principal."""
+    """Turns the bearer token of a call into a Principal."""
 
     def __init__(
         self,
@@ -129,26 +116,21 @@ class Authenticator:
         self._cache: OrderedDict[str, str] = OrderedDict()
         self._cache_size = cache_size
 
-    async def authenticate(self, header: str | None) -> Principal:
-        """Returns the caller for an `authorization` value.
+    async def authenticate(self, token: str) -> Principal:
+        """Returns the caller presenting `token` (the bearer token, without surrounding white space).
 
         Raises:
-            UnauthenticatedError: no bearer token, or one the server does not know.
+            UnauthenticatedError: a token the server does not know.
         """
-        if not header:
-            raise UnauthenticatedError("missing `authorization: Bearer <token>` metadata")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise UnauthenticatedError("the authorization metadata must be `Bearer <token>`")
-        raw = token.strip().encode()
+        raw = token.encode()
         if hmac.compare_digest(raw, self._internal):
             return Principal(Kind.INTERNAL)
         if self._read and hmac.compare_digest(raw, self._read):
             return Principal(Kind.READ)
-        job_id, dot, _ = token.strip().partition(".")
+        job_id, dot, _ = token.partition(".")
         if dot and _is_uuid(job_id):
             stored = await self._job_hash(job_id)
-            if stored is not None and hmac.compare_digest(hash_token(token.strip()), stored):
+            if stored is not None and hmac.compare_digest(hash_token(token), stored):
                 return Principal(Kind.JOB, job_id)
         raise UnauthenticatedError("unknown token")
 

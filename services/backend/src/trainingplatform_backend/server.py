@@ -1,9 +1,8 @@
 """The backend's gRPC server and its command line (`tp-backend`).
 
-Keepalive, agreed with the SDK's client settings (docs/architecture.md keeps both together):
-- the server pings an idle connection every 60 s and drops it when no answer comes within 20 s;
-- it accepts client pings as often as every 10 s, with or without an active call; the SDK pings every 30 s,
-  so a trainer's stream is never closed with GOAWAY "too_many_pings", and can stay open for days.
+It is built from `trainingplatform_sdk.server` like the trainer services: keepalive agreed with the SDK's client
+settings (`trainingplatform_sdk.server.options`; docs/architecture.md keeps both together), TLS, health,
+reflection, and health NOT_SERVING first on shutdown.
 """
 
 from __future__ import annotations
@@ -12,19 +11,17 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from trainingplatform_sdk.server.lifecycle import GrpcServer, configure_logging, run_until_signal
+from trainingplatform_sdk.server.options import server_options
+from trainingplatform_sdk.server.tls import TlsFiles
 
 from trainingplatform_backend import db
 from trainingplatform_backend import settings as settings_module
@@ -45,43 +42,12 @@ SERVICE_NAMES = (
 )
 
 
-def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Channel arguments of the server: message size limits and keepalive."""
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_ping_strikes", 2),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
-    if settings.max_connection_age_s > 0:
-        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
-        options.append(("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_s * 1000)))
-    return options
-
-
-def server_credentials(settings: Settings) -> grpc.ServerCredentials:
-    """TLS credentials from the configured PEM files; client certificates are required when a CA is set."""
-    key = Path(settings.tls_key_file).read_bytes()
-    cert = Path(settings.tls_cert_file).read_bytes()
-    client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
-
-
 @dataclass
 class RunningServer:
     """A started backend: the gRPC server and what must be closed with it."""
 
-    server: grpc.aio.Server
-    port: int
+    server: GrpcServer
     backend: Backend
-    health: health.aio.HealthServicer
     listener: PostgresListener | None
     dispatcher: Dispatcher
     settings: Settings
@@ -90,17 +56,18 @@ class RunningServer:
         """Graceful shutdown: NOT_SERVING first, then open streams end after committing what they received,
         then the grace period for other calls, then the database is closed."""
         log.info("shutting down: health NOT_SERVING, grace %.1fs", self.settings.shutdown_grace_s)
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.backend.begin_shutdown()
-        self.backend.hub.close()
-        await self.server.stop(self.settings.shutdown_grace_s)
+        await self.server.stop(self.settings.shutdown_grace_s, drain=self._end_streams)
         await self.backend.committer.close()
         await self.dispatcher.stop()
         if self.listener is not None:
             await self.listener.stop()
         self.backend.store.engine.dispose()
         log.info("stopped")
+
+    async def _end_streams(self) -> None:
+        """Open telemetry streams end after committing what they received; subscriptions are closed."""
+        self.backend.begin_shutdown()
+        self.backend.hub.close()
 
 
 async def start(settings: Settings) -> RunningServer:
@@ -118,8 +85,12 @@ async def start(settings: Settings) -> RunningServer:
         read_token=settings.read_auth_token,
         job_token_hash=store.token_hash,
     )
-    server = grpc.aio.server(interceptors=[ServiceInterceptor(authenticator)], options=server_options(settings))
-    telemetry_pb2_grpc.add_TrainingTelemetryServiceServicer_to_server(TelemetryServicer(backend), server)
+    server = GrpcServer(
+        SERVICE_NAMES,
+        interceptors=[ServiceInterceptor(authenticator)],
+        options=server_options(settings.max_message_bytes, settings.max_connection_age_s, settings.shutdown_grace_s),
+    )
+    telemetry_pb2_grpc.add_TrainingTelemetryServiceServicer_to_server(TelemetryServicer(backend), server.server)
     dispatcher = Dispatcher(
         store,
         hub,
@@ -132,16 +103,9 @@ async def start(settings: Settings) -> RunningServer:
             watch_interval_s=settings.watch_interval_s,
         ),
     )
-    jobs_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(backend, dispatcher), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if settings.tls_enabled:
-        port = server.add_secure_port(settings.listen, server_credentials(settings))
-    else:
-        port = server.add_insecure_port(settings.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
+    jobs_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(backend, dispatcher), server.server)
+    tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    port = server.bind(settings.listen, tls if settings.tls_enabled else None)
     listener = None
     if not store.is_sqlite:
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -149,10 +113,7 @@ async def start(settings: Settings) -> RunningServer:
         listener.start()
         await asyncio.wait_for(listener.ready.wait(), timeout=30)
     backend.committer.start()
-    await server.start()
-    dispatcher.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await server.start(before_serving=dispatcher.start)
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "serving on %s:%d (%s, database %s)",
@@ -161,18 +122,7 @@ async def start(settings: Settings) -> RunningServer:
         "TLS" if settings.tls_enabled else "plaintext",
         make_url(url).render_as_string(hide_password=True),
     )
-    return RunningServer(server, port, backend, health_servicer, listener, dispatcher, settings)
-
-
-async def serve(settings: Settings) -> None:
-    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
-    running = await start(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await running.stop()
+    return RunningServer(server, backend, listener, dispatcher, settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,15 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_module.load(args)
     except ValueError as error:
         parser.error(str(error))
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level)
     try:
         if args.command == "migrate":
             db.migrate(settings.effective_database_url)
             return 0
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(settings))
+            asyncio.run(run_until_signal(start(settings)))
     except (OSError, SQLAlchemyError, TimeoutError) as error:
         # A startup failure (database unreachable, port taken, unreadable TLS file) is one clear line.
         log.error("cannot start: %s", str(error).splitlines()[0])

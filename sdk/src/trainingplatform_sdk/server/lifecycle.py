@@ -1,0 +1,128 @@
+"""Starting and stopping a gRPC server of the platform: health checking and reflection for its services, the
+listening port (plaintext or TLS), health SERVING once it serves and NOT_SERVING first when it stops, and the
+process's loop that serves until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from trainingplatform_sdk.server.tls import TlsFiles
+
+__all__ = ["LOG_FORMAT", "GrpcServer", "Stoppable", "configure_logging", "run_until_signal"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""The format of every server process's log lines (on stderr)."""
+
+
+class Stoppable(Protocol):
+    """What `run_until_signal` stops: a started service."""
+
+    async def stop(self) -> None:
+        """Shuts the service down gracefully."""
+
+
+class GrpcServer:
+    """A `grpc.aio` server with the health service and reflection for the services it serves.
+
+    The caller adds its servicers to `server`, then calls `bind`, `start` and, to shut down, `stop`.
+
+    Args:
+        service_names: The full names of the services served (`package.Service`); health reports each of them and
+            "" (the whole server), reflection lists them with health and reflection.
+        interceptors: The server's interceptors, outermost first.
+        options: Channel arguments (`options.server_options`).
+    """
+
+    def __init__(
+        self,
+        service_names: Sequence[str],
+        *,
+        interceptors: Sequence[grpc.aio.ServerInterceptor],
+        options: Sequence[tuple[str, int]],
+    ) -> None:
+        self.service_names = tuple(service_names)
+        self.server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = 0
+
+    def bind(self, address: str, tls: TlsFiles | None = None) -> int:
+        """Listens on `address` (`host:port`; port 0 picks a free one), with TLS when `tls` is given.
+
+        Returns:
+            The port bound.
+
+        Raises:
+            OSError: The address cannot be bound, or a TLS file cannot be read.
+        """
+        port: int
+        if tls is not None:
+            port = self.server.add_secure_port(address, tls.credentials())
+        else:
+            port = self.server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        self.port = port
+        return port
+
+    async def start(self, *, before_serving: Callable[[], object] | None = None) -> None:
+        """Starts serving, then turns health SERVING for "" and every service.
+
+        Args:
+            before_serving: Runs once the server takes calls and before health reports SERVING (what the services
+                need running before probes see the server ready).
+        """
+        await self.server.start()
+        if before_serving is not None:
+            before_serving()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float, *, drain: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Graceful shutdown: health NOT_SERVING for "" and every service first (probes and load balancers stop
+        sending calls), then `drain`, then the server stops, letting open calls finish within `grace_s` seconds.
+
+        Args:
+            grace_s: How long calls still open may run before they are cancelled.
+            drain: What the service ends while the server still answers (refusing new work, closing streams).
+        """
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if drain is not None:
+            await drain()
+        await self.server.stop(grace_s)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+
+async def run_until_signal(start: Awaitable[Stoppable]) -> None:
+    """Awaits `start` (a coroutine that starts a service), serves until SIGTERM or SIGINT, then stops the service.
+
+    Args:
+        start: Starts the service and returns it; its errors (OSError for a port taken, ...) propagate.
+    """
+    running = await start
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await running.stop()
+
+
+def configure_logging(level: int | str) -> None:
+    """Sends the process's log records of `level` and above to stderr as `LOG_FORMAT` lines."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)

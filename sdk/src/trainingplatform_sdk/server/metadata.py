@@ -1,0 +1,49 @@
+"""What a server reads from a call's metadata: the `authorization: Bearer <token>` header, and which methods are
+public (callable without it).
+
+No token is ever logged or put in a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from trainingplatform_sdk.errors import UnauthenticatedError
+
+__all__ = ["PUBLIC_METHOD_PREFIXES", "Metadata", "bearer_token", "is_public"]
+
+Metadata = Sequence[tuple[str, str | bytes]] | None
+"""A call's invocation metadata, as `grpc.HandlerCallDetails.invocation_metadata` holds it."""
+
+PUBLIC_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+"""Probes and tooling (health checks, grpcurl) call these without a token; they reveal nothing about jobs."""
+
+
+def is_public(method: str) -> bool:
+    """Whether `method` (`/package.Service/Method`) may be called without a token."""
+    return method.startswith(PUBLIC_METHOD_PREFIXES)
+
+
+def bearer_token(invocation_metadata: Metadata) -> str:
+    """The token of the call's `authorization: Bearer <token>` metadata, without surrounding white space.
+
+    The scheme is matched without regard to case. Whether the server knows the token is the caller's check.
+
+    Raises:
+        UnauthenticatedError: the metadata is missing, or not of the form `Bearer <token>`.
+    """
+    header = ""
+    for key, value in invocation_metadata or ():
+        if key == "authorization":
+            header = value if isinstance(value, str) else value.decode()
+            break
+    if not header:
+        raise UnauthenticatedError("missing `authorization: Bearer <token>` metadata")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UnauthenticatedError("the authorization metadata must be `Bearer <token>`")
+    return token.strip()

@@ -1,0 +1,62 @@
+"""The channel arguments of every gRPC server of the platform.
+
+Keepalive, agreed with the SDK's client settings (docs/architecture.md keeps both together):
+- the server pings an idle connection every 60 s and drops it when no answer comes within 20 s;
+- it accepts client pings as often as every 10 s, with or without an active call; the SDK pings every 30 s,
+  so a trainer's stream is never closed with GOAWAY "too_many_pings", and can stay open for days.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KEEPALIVE_TIMEOUT_MS",
+    "KEEPALIVE_TIME_MS",
+    "MAX_PING_STRIKES",
+    "MIN_CLIENT_PING_INTERVAL_MS",
+    "server_options",
+]
+
+KEEPALIVE_TIME_MS = 60_000
+"""How long a connection may stay idle before the server pings it."""
+
+KEEPALIVE_TIMEOUT_MS = 20_000
+"""How long the server waits for the answer to its ping before it drops the connection."""
+
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
+"""The shortest interval between client pings the server accepts (the SDK pings every 30 s)."""
+
+MAX_PING_STRIKES = 2
+"""How many too-early client pings the server tolerates before it closes with GOAWAY "too_many_pings"."""
+
+
+def server_options(
+    max_message_bytes: int | None = None, max_connection_age_s: float = 0, connection_age_grace_s: float = 0
+) -> list[tuple[str, int]]:
+    """Channel arguments of a server: message size limits, keepalive and connection age.
+
+    Args:
+        max_message_bytes: The largest message received or sent; None keeps gRPC's defaults.
+        max_connection_age_s: When above 0, connections are closed (GOAWAY) after this long, so clients
+            reconnect and spread over the replicas behind a load balancer; 0 keeps them open.
+        connection_age_grace_s: How long calls still open on a connection that reached its age may go on.
+
+    Returns:
+        The `options` of `grpc.aio.server`.
+    """
+    options: list[tuple[str, int]] = []
+    if max_message_bytes is not None:
+        options.append(("grpc.max_receive_message_length", max_message_bytes))
+        options.append(("grpc.max_send_message_length", max_message_bytes))
+    options += [
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if max_connection_age_s > 0:
+        options.append(("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)))
+        options.append(("grpc.max_connection_age_grace_ms", int(connection_age_grace_s * 1000)))
+    return options
