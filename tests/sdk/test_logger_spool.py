@@ -175,16 +175,6 @@ def test_a_shorter_state_overwrites_a_longer_one_in_place(tmp_path: Path) -> Non
     reopened.close()
 
 
-def test_the_state_file_of_earlier_versions_is_read_then_replaced(tmp_path: Path) -> None:
-    (tmp_path / "state.json").write_text('{"job_id": "job-1", "metrics": {"assigned": 42, "committed": 40}}')
-    spool = _open(tmp_path)
-    assert spool.state["metrics"] == {"assigned": 42, "committed": 40}
-    spool.save_state()
-    spool.close()
-    assert not (tmp_path / "state.json").exists()
-    assert _open_state(tmp_path) == {"assigned": 42, "committed": 40}
-
-
 def _open_state(directory: Path) -> dict:
     spool = _open(directory)
     try:

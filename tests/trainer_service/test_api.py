@@ -74,6 +74,12 @@ def _with(changes: dict[str, object]) -> common_pb2.JobSpec:
     return job_spec
 
 
+def _with_extra(extra: dict[str, object]) -> common_pb2.JobSpec:
+    job_spec = spec()
+    job_spec.advanced.extra.update(extra)
+    return job_spec
+
+
 def _image_folder_without_val(tmp_path: Path) -> str:
     (tmp_path / "train" / "cat").mkdir(parents=True)
     return str(tmp_path)
@@ -143,6 +149,13 @@ INVALID = [
         lambda p: ("j1", _with({"advanced.momentum": 1.5}), "", ""),
         grpc.StatusCode.INVALID_ARGUMENT,
         "advanced_config.momentum",
+    ),
+    (
+        # A rule of the shared spec checks (spec.validation) that the configs themselves do not make.
+        "non-finite number in advanced.extra",
+        lambda p: ("j1", _with_extra({"ratio": float("nan")}), "", ""),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "advanced_config.extra.ratio must be a finite number",
     ),
     (
         "absent device",

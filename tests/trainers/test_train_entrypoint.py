@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from recording import RecordingSink
-from trainingplatform_sdk import train
+from trainingplatform_sdk.training import registry, train
 from trainingplatform_sdk.training.adapter import Status
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -67,8 +67,8 @@ def test_unknown_framework_fails_the_job(tmp_path) -> None:
 
 
 def test_builtin_frameworks_resolve_lazily() -> None:
-    assert train.resolve_adapter("timm").__name__ == "TimmAdapter"
-    assert train.resolve_adapter("ultralytics").__name__ == "UltralyticsAdapter"
+    assert registry.resolve_adapter("timm").__name__ == "TimmAdapter"
+    assert registry.resolve_adapter("ultralytics").__name__ == "UltralyticsAdapter"
 
 
 def test_sigterm_stops_at_a_batch_boundary_checkpoints_and_cancels(tmp_path) -> None:

@@ -87,7 +87,7 @@ def open_channel(
     private_key: bytes | None = None,
     certificate_chain: bytes | None = None,
 ) -> grpc.Channel:
-    """Opens a channel to a platform service.
+    """Opens a (synchronous) channel to a platform service.
 
     Args:
         address: `host:port`, `grpc://host:port` (plaintext) or `https://host[:port]` (TLS), or a parsed address.
@@ -100,18 +100,44 @@ def open_channel(
         ValueError: The address is malformed.
         OSError: TP_TLS_CA_FILE cannot be read.
     """
-    parsed = parse_backend_address(address) if isinstance(address, str) else address
+    parsed = _parsed(address)
     if not parsed.tls:
         return grpc.insecure_channel(parsed.target, options=list(options))
+    credentials = _credentials(root_certificates, private_key, certificate_chain)
+    return grpc.secure_channel(parsed.target, credentials, options=list(options))
+
+
+def open_aio_channel(
+    address: str | BackendAddress,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+    root_certificates: bytes | None = None,
+    private_key: bytes | None = None,
+    certificate_chain: bytes | None = None,
+) -> grpc.aio.Channel:
+    """Opens an asyncio channel to a platform service; the arguments are those of `open_channel`."""
+    parsed = _parsed(address)
+    if not parsed.tls:
+        return grpc.aio.insecure_channel(parsed.target, options=list(options))
+    credentials = _credentials(root_certificates, private_key, certificate_chain)
+    return grpc.aio.secure_channel(parsed.target, credentials, options=list(options))
+
+
+def _parsed(address: str | BackendAddress) -> BackendAddress:
+    return parse_backend_address(address) if isinstance(address, str) else address
+
+
+def _credentials(
+    root_certificates: bytes | None, private_key: bytes | None, certificate_chain: bytes | None
+) -> grpc.ChannelCredentials:
     if root_certificates is None:
         ca_file = os.environ.get("TP_TLS_CA_FILE")
         if ca_file:
             with open(ca_file, "rb") as handle:
                 root_certificates = handle.read()
-    credentials = grpc.ssl_channel_credentials(
+    return grpc.ssl_channel_credentials(
         root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
     )
-    return grpc.secure_channel(parsed.target, credentials, options=list(options))
 
 
 def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -30,6 +30,7 @@ from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform_sdk.clients._base import Client, default_token, raise_platform_error
 from trainingplatform_sdk.errors import InvalidArgumentError
 from trainingplatform_sdk.spec.configs import AdvancedConfig
+from trainingplatform_sdk.spec.validation import validate_spec
 
 # --- results ------------------------------------------------------------------------------------------------
 
@@ -278,6 +279,7 @@ class JobsClient(Client):
             ),
             advanced=advanced_config.to_proto(),
         )
+        validate_spec(spec)  # the backend's own checks: a bad field fails here, without a round trip
         response = self._call(
             self._stub.CreateJob,
             jobs_pb2.CreateJobRequest(spec=spec, display_name=display_name, dispatch=dispatch),
@@ -292,7 +294,7 @@ class JobsClient(Client):
 
     def list_jobs(self, *, statuses: Sequence[str] = (), framework: str = "", page_size: int = 100) -> Iterator[Job]:
         """Every job, newest first, optionally filtered; pages are fetched as the iterator advances."""
-        values = [common_pb2.JobStatus.Value(f"JOB_STATUS_{s.upper()}") for s in statuses]
+        values = [cast(common_pb2.JobStatus, common_pb2.JobStatus.Value(f"JOB_STATUS_{s.upper()}")) for s in statuses]
         token = ""
         while True:
             page = self._call(
@@ -327,7 +329,9 @@ class JobsClient(Client):
 
     def logs(self, job_id: str, *, min_level: str = "", page_size: int = 10_000) -> Iterator[LogLine]:
         """A job's committed log records in sequence order, from `min_level` (e.g. `WARNING`) up."""
-        level = common_pb2.LogLevel.Value(f"LOG_LEVEL_{min_level.upper()}") if min_level else 0
+        level = common_pb2.LOG_LEVEL_UNSPECIFIED
+        if min_level:
+            level = cast(common_pb2.LogLevel, common_pb2.LogLevel.Value(f"LOG_LEVEL_{min_level.upper()}"))
         token = ""
         while True:
             page = self._call(

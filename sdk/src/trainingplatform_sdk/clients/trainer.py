@@ -83,7 +83,8 @@ class TrainerClient(Client):
         request = trainer_pb2.StartTrainingRequest(
             job_id=job_id, spec=spec, telemetry_endpoint=telemetry_endpoint, telemetry_token=telemetry_token
         )
-        return self._call(self._stub.StartTraining, request).run_id
+        response: trainer_pb2.StartTrainingResponse = self._call(self._stub.StartTraining, request)
+        return response.run_id
 
     def get_training(self, *, run_id: str = "", job_id: str = "") -> TrainingRun:
         """One run, by run id or job id."""

@@ -16,6 +16,7 @@ from trainingplatform_sdk.spec.configs import (
     ModelConfig,
     TrainingConfig,
 )
+from trainingplatform_sdk.spec.validation import validate_spec
 
 __all__ = [
     "DEVICE_CHOICES",
@@ -28,4 +29,5 @@ __all__ = [
     "ModelConfig",
     "TrainingConfig",
     "limits",
+    "validate_spec",
 ]

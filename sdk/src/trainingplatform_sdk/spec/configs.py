@@ -23,6 +23,7 @@ from google.protobuf import json_format
 from trainingplatform.common.v1 import common_pb2
 
 from trainingplatform_sdk.errors import ConfigError
+from trainingplatform_sdk.spec.validation import check_finite_struct
 
 __all__ = [
     "DEVICE_CHOICES",
@@ -106,7 +107,8 @@ class _Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the config as a JSON-serialisable dict that `from_mapping` reads back."""
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        result: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return result
 
 
 @dataclass
@@ -379,6 +381,8 @@ class AdvancedConfig(_Config):
         `extra` is a `google.protobuf.Struct`, whose numbers are all doubles: integral values come back as ints
         so that integer framework options (ultralytics' `close_mosaic`) keep their type.
         """
+        if message.HasField("extra"):
+            check_finite_struct(message.extra, "advanced_config.extra")  # JSON has no NaN: refuse it by name
         extra = json_format.MessageToDict(message.extra) if message.HasField("extra") else {}
         extra = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in extra.items()}
         return cls(

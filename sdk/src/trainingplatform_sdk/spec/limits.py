@@ -27,6 +27,18 @@ MAX_URI_CHARS = 2000
 MAX_EPOCHS = 1_000_000
 """Most epochs a job may ask for."""
 
+DEFAULT_JOBS_PAGE = 50
+"""Jobs in a ListJobs page when the caller asks for none."""
+
+MAX_JOBS_PAGE = 1000
+"""Most jobs in one ListJobs page."""
+
+DEFAULT_HISTORY_PAGE = 1000
+"""Points or records in a ListMetrics or ListLogs page when the caller asks for none."""
+
+MAX_HISTORY_PAGE = 10_000
+"""Most points or records in one ListMetrics or ListLogs page."""
+
 
 def truncate_utf8(text: str, limit: int) -> str:
     """`text` cut to at most `limit` UTF-8 bytes, ending with a marker that says how much was cut."""

@@ -33,7 +33,6 @@ KINDS = ("metrics", "logs")
 _HEADER = struct.Struct("<IIqqI")
 _STATE_HEADER = struct.Struct("<IIQ")  # payload length, CRC-32 of the payload, generation
 _STATE_SLOTS = ("state.0", "state.1")
-_LEGACY_STATE_FILE = "state.json"  # written by earlier versions (replaced whole on each save); read, then removed
 _LOCK_FILE = "lock"
 
 
@@ -84,7 +83,7 @@ class Spool:
             os.close(self._lock_fd)
             raise SpoolLockedError(f"spool {directory} is in use by another process") from None
         self._state_fds: list[int] = []
-        self._generation, state, self._legacy_state = _load_state(directory)
+        self._generation, state = _load_state(directory)
         self.state: dict[str, Any] = state
         if self.state.get("job_id", job_id) != job_id:
             self.close()
@@ -226,9 +225,6 @@ class Spool:
         record = _STATE_HEADER.pack(len(payload), zlib.crc32(payload), generation) + payload
         os.pwrite(self._state_fds[generation % 2], record, 0)
         self._generation = generation
-        if self._legacy_state:  # its content now lives in a slot
-            (self.directory / _LEGACY_STATE_FILE).unlink(missing_ok=True)
-            self._legacy_state = False
 
     def close(self) -> None:
         """Closes the open segments and releases the directory lock."""
@@ -248,8 +244,8 @@ def read_state(directory: Path) -> dict[str, Any]:
     return _load_state(directory)[1]
 
 
-def _load_state(directory: Path) -> tuple[int, dict[str, Any], bool]:
-    """(generation, state, read from the legacy file) of the newest valid state slot, else the legacy file."""
+def _load_state(directory: Path) -> tuple[int, dict[str, Any]]:
+    """(generation, state) of the newest valid state slot; (0, {}) when there is none."""
     best: tuple[int, dict[str, Any]] | None = None
     for name in _STATE_SLOTS:
         path = directory / name
@@ -265,19 +261,7 @@ def _load_state(directory: Path) -> tuple[int, dict[str, Any], bool]:
             continue
         if best is None or slot[0] > best[0]:
             best = slot
-    if best is not None:
-        return best[0], best[1], False
-    path = directory / _LEGACY_STATE_FILE
-    try:
-        with open(path, encoding="utf-8") as handle:
-            state = json.load(handle)
-    except FileNotFoundError:
-        return 0, {}, False
-    except (OSError, ValueError) as exc:
-        # That file was replaced atomically, so this is damage from outside; the segments still hold the points.
-        _LOG.error("spool state %s is unreadable (%s); continuing from the segments", path, exc)
-        return 0, {}, True
-    return 0, state if isinstance(state, dict) else {}, True
+    return best if best is not None else (0, {})
 
 
 def _parse_state_slot(data: bytes) -> tuple[int, dict[str, Any]] | None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from trainingplatform_sdk.trainer_service.framework import FrameworkDescription
-from trainingplatform_sdk.trainer_service.progress import Progress, ProgressSink, read_progress, write_progress
+from trainingplatform_sdk.trainer_service.job import JobRequest
 from trainingplatform_sdk.trainer_service.settings import TrainerSettings
-from trainingplatform_sdk.trainer_service.validation import JobRequest
+from trainingplatform_sdk.training.progress import Progress, ProgressSink, read_progress, write_progress
 
 if TYPE_CHECKING:
     from trainingplatform_sdk.trainer_service.server import serve

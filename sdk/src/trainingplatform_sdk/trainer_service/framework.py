@@ -5,10 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from trainingplatform_sdk.trainer_service.validation import JobRequest
+from trainingplatform_sdk.trainer_service.job import JobRequest
 
 __all__ = ["Catalog", "FrameworkDescription"]
 

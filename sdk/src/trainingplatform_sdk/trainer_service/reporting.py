@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from pathlib import Path
 
 import grpc
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 
-from trainingplatform_sdk.channel import auth_metadata, parse_backend_address
+from trainingplatform_sdk.channel import auth_metadata, open_aio_channel
 
 __all__ = ["report_status"]
 
@@ -34,7 +32,7 @@ async def report_status(
     endpoint: str,
     token: str,
     job_id: str,
-    status: common_pb2.JobStatus.ValueType,
+    status: common_pb2.JobStatus,
     reason: str,
     error_message: str = "",
     attempts: int = 5,
@@ -61,13 +59,7 @@ async def report_status(
     Returns:
         True when the backend holds a terminal status for the job afterwards.
     """
-    address = parse_backend_address(endpoint)
-    if address.tls:
-        ca_file = os.environ.get("TP_TLS_CA_FILE")
-        roots = Path(ca_file).read_bytes() if ca_file else None
-        channel = grpc.aio.secure_channel(address.target, grpc.ssl_channel_credentials(root_certificates=roots))
-    else:
-        channel = grpc.aio.insecure_channel(address.target)
+    channel = open_aio_channel(endpoint)
     request = telemetry_pb2.UpdateStatusRequest(
         job_id=job_id, status=status, reason=reason, error_message=error_message
     )
@@ -88,7 +80,7 @@ async def report_status(
                     "could not report %s for job %s to %s: %s %s",
                     name,
                     job_id,
-                    address.target,
+                    endpoint,
                     error.code().name,
                     error.details(),
                 )

@@ -37,7 +37,7 @@ from typing import Any
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2
 
-from trainingplatform_sdk.trainer_service.errors import (
+from trainingplatform_sdk.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -45,10 +45,11 @@ from trainingplatform_sdk.trainer_service.errors import (
     UnavailableError,
 )
 from trainingplatform_sdk.trainer_service.framework import Catalog
-from trainingplatform_sdk.trainer_service.progress import read_progress
+from trainingplatform_sdk.trainer_service.job import JobRequest
 from trainingplatform_sdk.trainer_service.reporting import report_status
 from trainingplatform_sdk.trainer_service.settings import TrainerSettings
-from trainingplatform_sdk.trainer_service.validation import JobRequest, validate_job_id, validate_start
+from trainingplatform_sdk.trainer_service.validation import validate_job_id, validate_start
+from trainingplatform_sdk.training.progress import read_progress
 
 __all__ = ["LOG_FILE_NAME", "Run", "Supervisor"]
 
@@ -76,7 +77,7 @@ class Run:
     start_time: float
     telemetry_endpoint: str = ""
     telemetry_token: str = field(default="", repr=False)
-    state: trainer_pb2.RunState.ValueType = trainer_pb2.RUN_STATE_STARTING
+    state: trainer_pb2.RunState = trainer_pb2.RUN_STATE_STARTING
     pid: int = 0
     exit_code: int = 0
     error_message: str = ""
@@ -381,7 +382,7 @@ class Supervisor:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-    async def _report(self, run: Run, status: common_pb2.JobStatus.ValueType, reason: str, error: str = "") -> None:
+    async def _report(self, run: Run, status: common_pb2.JobStatus, reason: str, error: str = "") -> None:
         try:
             await report_status(
                 endpoint=run.telemetry_endpoint,

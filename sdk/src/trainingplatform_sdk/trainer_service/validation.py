@@ -8,35 +8,22 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from trainingplatform.trainer.v1 import trainer_pb2
 
 from trainingplatform_sdk.channel import parse_backend_address
+from trainingplatform_sdk.errors import InvalidArgumentError, NotFoundError
 from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
-from trainingplatform_sdk.trainer_service.errors import InvalidArgumentError, NotFoundError
+from trainingplatform_sdk.spec.validation import validate_spec
 from trainingplatform_sdk.trainer_service.framework import Catalog
+from trainingplatform_sdk.trainer_service.job import JobRequest
 
-__all__ = ["JobRequest", "validate_job_id", "validate_start"]
+__all__ = ["validate_job_id", "validate_start"]
 
 # The job id becomes a directory name: no separators, no `..`, nothing a shell or a file system minds.
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    """A validated StartTraining request. Paths in `model` and `dataset` are absolute."""
-
-    job_id: str
-    model: ModelConfig
-    dataset: DatasetConfig
-    training: TrainingConfig
-    advanced: AdvancedConfig
-    telemetry_endpoint: str = ""
-    """The backend's telemetry address; empty disables telemetry."""
-    telemetry_token: str = field(default="", repr=False)
-    """The job's telemetry token. Never logged (hence repr=False)."""
 
 
 def validate_job_id(job_id: str) -> str:
@@ -86,6 +73,7 @@ def validate_start(request: trainer_pb2.StartTrainingRequest, catalog: Catalog) 
         )
     except ConfigError as error:
         raise InvalidArgumentError(str(error)) from None
+    validate_spec(spec)  # the contract's rules the configs leave to the backend (sizes, finite numbers)
     _check_telemetry(job)
     job = replace(job, model=_check_model(job.model, catalog), dataset=_check_dataset(job.dataset, catalog))
     _check_device(job.training, catalog)

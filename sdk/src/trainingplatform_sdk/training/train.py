@@ -7,8 +7,9 @@
         --advanced-config @advanced.json \\
         --output-dir /data/jobs/JOB
 
-Each config is JSON or `@path` of a JSON file; `--advanced-config` is optional. `--framework` is `timm`,
-`ultralytics` or a `module:Class` path to any TrainingAdapter subclass. Telemetry goes to the backend named by the
+Each config is JSON or `@path` of a JSON file; `--advanced-config` is optional. `--framework` is the name of an
+installed framework (`timm`, `ultralytics`: the `trainingplatform.adapters` entry points, `training.registry`) or
+a `module:Class` path to any TrainingAdapter subclass. Telemetry goes to the backend named by the
 environment (`TrainingLogger.from_env`, spooling under OUTPUT_DIR/spool); nothing is read from a database.
 
 The job's status: RUNNING once the configs are valid, the tracking and artifact stores answer and the adapter is
@@ -38,7 +39,6 @@ reports FAILED with that rank's error.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -53,15 +53,16 @@ from types import FrameType
 from typing import Any
 
 from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.telemetry import TrainingLogger
 from trainingplatform_sdk.training.adapter import NullSink, Status, TelemetrySink, TrainingAdapter
 from trainingplatform_sdk.training.artifacts import StorageError
 from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings
+from trainingplatform_sdk.training.registry import resolve_adapter
 from trainingplatform_sdk.training.tracking import TrackingError
 
 __all__ = [
     "EXIT_CANCELLED",
     "EXIT_FAILED",
-    "FRAMEWORKS",
     "load_config_argument",
     "main",
     "resolve_adapter",
@@ -71,11 +72,6 @@ __all__ = [
 
 _log = logging.getLogger("trainingplatform_sdk.training.train")
 
-#: Adapter class of each framework name, imported only when used (each pulls in torch and its framework).
-FRAMEWORKS = {
-    "timm": "trainingplatform_trainer_timm.adapter:TimmAdapter",
-    "ultralytics": "trainingplatform_trainer_ultralytics.adapter:UltralyticsAdapter",
-}
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
 EXIT_CANCELLED = 128 + signal.SIGTERM
@@ -87,23 +83,6 @@ _SECTIONS = ("model", "dataset", "training", "advanced")
 PEER_ERROR_WAIT_S = 2.0
 # A peer's error file older than this process is from an earlier attempt.
 _PROCESS_STARTED = time.time()
-
-
-def resolve_adapter(framework: str) -> type[TrainingAdapter]:
-    """Imports the adapter class of a framework name or a `module:Class` path.
-
-    Raises:
-        ValueError: Unknown framework, or the path does not name a TrainingAdapter subclass.
-        ImportError: The module cannot be imported.
-    """
-    path = FRAMEWORKS.get(framework, framework)
-    module_name, _, class_name = path.partition(":")
-    if not module_name or not class_name:
-        raise ValueError(f"unknown framework {framework!r}: use one of {sorted(FRAMEWORKS)} or a module:Class path")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, TrainingAdapter)):
-        raise ValueError(f"{path!r} is not a TrainingAdapter subclass")
-    return cls
 
 
 def load_config_argument(text: str | None, name: str) -> dict[str, Any]:
@@ -281,14 +260,7 @@ def _read_peer_error(output_dir: Path, world_size: int) -> dict[str, Any] | None
 
 
 def build_logger(job_id: str, output_dir: Path) -> TelemetrySink:
-    """The SDK's TrainingLogger configured from the environment, or a NullSink when the SDK has none yet."""
-    try:
-        from trainingplatform_sdk.telemetry.logger import TrainingLogger
-    except ModuleNotFoundError as error:
-        if error.name != "trainingplatform_sdk.logger":
-            raise
-        _log.warning("trainingplatform_sdk.logger is not available: telemetry is disabled for job %s", job_id)
-        return NullSink()
+    """The SDK's TrainingLogger configured from the environment, spooling under `output_dir/spool`."""
     return TrainingLogger.from_env(job_id, spool_dir=output_dir / "spool")
 
 
@@ -324,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.update_status(Status.FAILED, str(error), reason="invalid configuration")
             return EXIT_FAILED
         # progress.json in the output dir is how a trainer service reads the epoch and the latest metrics.
-        from trainingplatform_sdk.trainer_service.progress import ProgressSink
+        from trainingplatform_sdk.training.progress import ProgressSink
 
         if rank == 0:
             epochs = configs["training_config"].get("epochs")

@@ -30,14 +30,19 @@ import grpc
 from sqlalchemy import func, select
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from trainingplatform_sdk.channel import open_aio_channel
+from trainingplatform_sdk.errors import FailedPreconditionError
 
 from trainingplatform_backend import statemachine
-from trainingplatform_backend.errors import FailedPreconditionError
 from trainingplatform_backend.models import IngestCursor, Job
 from trainingplatform_backend.store import Store, Transition, utcnow
 from trainingplatform_backend.subscriptions import POKE, Hub
 
 log = logging.getLogger(__name__)
+
+# A busy or unreachable trainer is asked again after 1 s, then twice as long each time, up to 10 s.
+RETRY_FIRST_DELAY_S = 1.0
+RETRY_MAX_DELAY_S = 10.0
 
 RETRY_NEXT = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -89,7 +94,7 @@ class Dispatcher:
     def _stub(self, address: str) -> trainer_pb2_grpc.TrainerServiceStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address)
+            channel = open_aio_channel(address)
             self._channels[address] = channel
         return trainer_pb2_grpc.TrainerServiceStub(channel)
 
@@ -172,11 +177,11 @@ class Dispatcher:
     async def _retry(
         self, job_id: str, request: trainer_pb2.StartTrainingRequest, deadline: float, reasons: list[str]
     ) -> None:
-        delay = 1.0
+        delay = RETRY_FIRST_DELAY_S
         try:
             while time.monotonic() < deadline:
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, RETRY_MAX_DELAY_S)
                 view = await asyncio.to_thread(self._store.get_job, job_id)
                 if view.job.status != statemachine.QUEUED:
                     return  # cancelled meanwhile

@@ -4,82 +4,25 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
-import re
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf import struct_pb2
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from trainingplatform_sdk.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from trainingplatform_sdk.spec import limits
+from trainingplatform_sdk.spec.validation import validate_spec
 
 from trainingplatform_backend import convert, statemachine
 from trainingplatform_backend.auth import authorize_job
 from trainingplatform_backend.dispatch import Dispatcher
-from trainingplatform_backend.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from trainingplatform_backend.models import METRICS_STREAM
 from trainingplatform_backend.subscriptions import POKE, Batch, Subscriber
 from trainingplatform_backend.telemetry_service import Backend
 
 log = logging.getLogger(__name__)
 
-_FRAMEWORK = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _REPLAY_PAGE = 5000
-
-
-def _check_struct(value: struct_pb2.Value | struct_pb2.Struct, path: str) -> None:
-    """Struct values are stored as JSON, which has no NaN or Infinity."""
-    if isinstance(value, struct_pb2.Struct):
-        for key, item in value.fields.items():
-            _check_struct(item, f"{path}.{key}")
-        return
-    kind = value.WhichOneof("kind")
-    if kind == "number_value" and not math.isfinite(value.number_value):
-        raise InvalidArgumentError(f"{path} must be a finite number")
-    if kind == "struct_value":
-        _check_struct(value.struct_value, path)
-    if kind == "list_value":
-        for index, item in enumerate(value.list_value.values):
-            _check_struct(item, f"{path}[{index}]")
-
-
-def validate_spec(spec: common_pb2.JobSpec) -> None:
-    """Checks a job specification against the contract's rules.
-
-    Raises:
-        InvalidArgumentError: naming the field to fix.
-    """
-    if not _FRAMEWORK.match(spec.framework):
-        raise InvalidArgumentError("spec.framework is required: a lower-case name such as `timm` or `ultralytics`")
-    if not spec.model.name or len(spec.model.name) > limits.MAX_NAME_CHARS:
-        raise InvalidArgumentError(f"spec.model.name is required, at most {limits.MAX_NAME_CHARS} characters")
-    if spec.model.num_classes < 0 or spec.model.image_size < 0:
-        raise InvalidArgumentError("spec.model.num_classes and image_size must be >= 0 (0 means the default)")
-    if len(spec.dataset.name) > limits.MAX_NAME_CHARS or len(spec.dataset.path) > limits.MAX_URI_CHARS:
-        raise InvalidArgumentError("spec.dataset.name or path is too long")
-    if not spec.dataset.name and not spec.dataset.path:
-        raise InvalidArgumentError("spec.dataset needs a built-in name (e.g. `digits`) or a path")
-    training = spec.training
-    if not 1 <= training.epochs <= limits.MAX_EPOCHS:
-        raise InvalidArgumentError(
-            f"spec.training.epochs must be between 1 and {limits.MAX_EPOCHS}; got {training.epochs}"
-        )
-    if training.batch_size < 0 or training.log_every_n_steps < 0 or training.num_workers < 0:
-        raise InvalidArgumentError("spec.training batch_size, log_every_n_steps and num_workers must be >= 0")
-    if not math.isfinite(training.learning_rate) or training.learning_rate < 0:
-        raise InvalidArgumentError("spec.training.learning_rate must be a finite number >= 0")
-    advanced = spec.advanced
-    for name in ("weight_decay", "warmup_epochs"):
-        if advanced.HasField(name) and not (math.isfinite(getattr(advanced, name)) and getattr(advanced, name) >= 0):
-            raise InvalidArgumentError(f"spec.advanced.{name} must be a finite number >= 0")
-    if advanced.HasField("momentum") and not 0 <= advanced.momentum < 1:
-        raise InvalidArgumentError("spec.advanced.momentum must be in [0, 1)")
-    augmentation = advanced.augmentation
-    for name in ("horizontal_flip_probability", "scale", "color_jitter"):
-        if augmentation.HasField(name) and not 0 <= getattr(augmentation, name) <= 1:
-            raise InvalidArgumentError(f"spec.advanced.augmentation.{name} must be in [0, 1]")
-    _check_struct(advanced.extra, "spec.advanced.extra")
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
@@ -132,7 +75,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
-        size = convert.page_size(request.page_size, default=50, maximum=1000)
+        size = convert.page_size(request.page_size, default=limits.DEFAULT_JOBS_PAGE, maximum=limits.MAX_JOBS_PAGE)
         statuses = sorted({statemachine.status_name(s) for s in request.statuses})
         scope = f"jobs:{','.join(statuses)}:{request.framework}"
         after = None
@@ -171,7 +114,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     ) -> jobs_pb2.ListMetricsResponse:
         authorize_job(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
-        size = convert.page_size(request.page_size, default=1000, maximum=10_000)
+        size = convert.page_size(
+            request.page_size, default=limits.DEFAULT_HISTORY_PAGE, maximum=limits.MAX_HISTORY_PAGE
+        )
         keys = sorted(set(request.keys))
         scope = f"metrics:{request.job_id}:{','.join(keys)}"
         after = self._after(request.page_token, scope)
@@ -187,7 +132,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     ) -> jobs_pb2.ListLogsResponse:
         authorize_job(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
-        size = convert.page_size(request.page_size, default=1000, maximum=10_000)
+        size = convert.page_size(
+            request.page_size, default=limits.DEFAULT_HISTORY_PAGE, maximum=limits.MAX_HISTORY_PAGE
+        )
         if request.min_level and request.min_level not in common_pb2.LogLevel.values():
             raise InvalidArgumentError(f"min_level {request.min_level} is not a LogLevel")
         scope = f"logs:{request.job_id}:{request.min_level}"
