@@ -4,11 +4,12 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
+TEST_WORKERS ?= auto
 COMPONENTS := -e "./sdk[server,cli]" -e ./services/backend -e ./services/trainer_timm -e ./services/trainer_ultralytics
 SETUP_STAMP := $(VENV)/.setup-stamp
 export BUF_CACHE_DIR := $(CURDIR)/.cache/buf
 
-.PHONY: setup test test-fast demo proto proto-check lint breaking bench bench-smoke clean
+.PHONY: setup test demo proto proto-check lint breaking bench bench-smoke clean
 
 setup: $(SETUP_STAMP) node_modules/.package-lock.json sdk/node/node_modules/.package-lock.json
 
@@ -26,9 +27,10 @@ node_modules/.package-lock.json: package.json package-lock.json
 sdk/node/node_modules/.package-lock.json: sdk/node/package.json sdk/node/package-lock.json
 	npm ci --prefix sdk/node --no-audit --no-fund --loglevel=error
 
-# Lint (ruff, buf) then every test suite; the PostgreSQL tests need the server on 127.0.0.1:5432.
+# Lint then every test suite, spread over the cores (pytest-xdist: every test makes its own servers, ports and
+# databases); the PostgreSQL tests need the server on 127.0.0.1:5432.
 test: setup lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 demo: setup
 	$(VENV)/bin/tp demo
@@ -43,12 +45,15 @@ proto-check: proto
 	  && test -z "$$(git status --porcelain -- sdk/gen sdk/node/src/gen)" \
 	  || { echo "protos changed: run 'make proto' and commit sdk/gen and sdk/node/src/gen"; exit 1; }
 
+# ruff (code and Markdown), buf (the contracts), import-linter (the package map in docs/architecture.md), mypy.
 lint: setup
 	$(BUF) lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
-# Breaking-change check of the contracts against the previous commit of main.
+# Breaking-change check of the contracts against the merge base of this branch with main.
 breaking: setup
 	tools/buf_breaking.sh
 

@@ -64,3 +64,32 @@ def test_the_breaking_check_catches_a_breaking_change(buf: Path, tmp_path: Path)
     proto.write_text(proto.read_text().replace("int64 sequence = 6;", "int64 sequence = 16;"))
     result = run([str(buf), "breaking", str(work), "--against", str(image)])
     assert result.returncode != 0 and "sequence" in result.stdout + result.stderr
+
+
+def test_the_breaking_check_compares_with_the_merge_base_of_main(buf: Path, tmp_path: Path):
+    """A breaking change two commits back on a branch is still reported: the check looks at the whole branch."""
+    work = tmp_path / "repo"
+    shutil.copytree(ROOT / "protos", work / "protos")
+    shutil.copy(ROOT / "buf.yaml", work / "buf.yaml")
+    (work / "tools").mkdir()
+    shutil.copy(ROOT / "tools" / "buf_breaking.sh", work / "tools" / "buf_breaking.sh")
+    (work / "node_modules").symlink_to(ROOT / "node_modules")
+    (work / ".gitignore").write_text("node_modules\n")
+
+    def git(*args: str) -> None:
+        result = run(["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@t", *args])
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    git("init", "--quiet", "--initial-branch=main")
+    git("add", ".")
+    git("commit", "--quiet", "-m", "main")
+    git("checkout", "--quiet", "-b", "feature")
+    proto = work / "protos" / "trainingplatform" / "telemetry" / "v1" / "telemetry.proto"
+    proto.write_text(proto.read_text().replace("int64 sequence = 6;", "int64 sequence = 16;"))
+    git("commit", "--quiet", "-am", "breaking")
+    (work / "README").write_text("an unrelated change after the breaking one\n")
+    git("add", "README")
+    git("commit", "--quiet", "-m", "unrelated")
+
+    result = run([str(work / "tools" / "buf_breaking.sh")])
+    assert result.returncode != 0 and "sequence" in result.stdout + result.stderr

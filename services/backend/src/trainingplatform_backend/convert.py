@@ -6,14 +6,14 @@ import base64
 import datetime as dt
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format, timestamp_pb2
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk.errors import InvalidArgumentError
 
-from trainingplatform_backend.errors import InvalidArgumentError
 from trainingplatform_backend.models import LogRecord, StatusEvent
 from trainingplatform_backend.statemachine import status_value
 from trainingplatform_backend.store import JobView, SummaryView, nan_from_null
@@ -68,7 +68,9 @@ def status_event_to_proto(event: StatusEvent) -> jobs_pb2.StatusEvent:
     """The StatusEvent message of a stored transition."""
     return jobs_pb2.StatusEvent(
         sequence=event.sequence,
-        from_status=0 if event.from_status == "UNSPECIFIED" else status_value(event.from_status),
+        from_status=common_pb2.JOB_STATUS_UNSPECIFIED
+        if event.from_status == "UNSPECIFIED"
+        else status_value(event.from_status),
         to_status=status_value(event.to_status),
         reason=event.reason,
         error_message=event.error_message,
@@ -94,7 +96,7 @@ def log_records(rows: Iterable[LogRecord]) -> list[telemetry_pb2.LogRecord]:
     records = []
     for row in rows:
         record = telemetry_pb2.LogRecord(
-            level=row.level,
+            level=cast(common_pb2.LogLevel, row.level),
             message=row.message,
             wall_time=row.wall_time,
             sequence=row.sequence,

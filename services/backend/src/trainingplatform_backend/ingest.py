@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk.errors import InvalidArgumentError
 from trainingplatform_sdk.spec import limits
 
-from trainingplatform_backend.errors import InvalidArgumentError
 from trainingplatform_backend.models import LOGS_STREAM, METRICS_STREAM
 from trainingplatform_backend.store import Store, utcnow
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 INLINE_ROWS = 256
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_MAX_LEVEL = max(v.number for v in telemetry_pb2.LogRecord.DESCRIPTOR.fields_by_name["level"].enum_type.values)
+_MAX_LEVEL = max(common_pb2.LogLevel.values())
 
 
 @dataclass(frozen=True)
@@ -209,8 +210,8 @@ class Ingestor:
         if not self._store.is_sqlite:
             with self._engine.begin() as conn:
                 return self._write_round(conn, batches)
-        # SQLite: the DBAPI connection directly. SQLAlchemy's Connection costs about 60 µs of Python a round, more
-        # than a small transaction itself, and a file database has no dropped connections for it to handle.
+        # SQLite: the DBAPI connection directly. SQLAlchemy's Connection adds more Python per round than a small
+        # transaction costs, and a file database has no dropped connections for it to handle.
         raw = self._engine.raw_connection()
         try:
             results = self._write_round(_SqliteConnection(raw.cursor()), batches)
@@ -393,7 +394,8 @@ class GroupCommitter:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                round_, rows = [], 0
+                round_: list[Any] = []
+                rows = 0
                 while self._queue and (not round_ or rows + len(self._queue[0][0].rows) <= self._max_round_rows):
                     item = self._queue.pop(0)
                     round_.append(item)

@@ -114,7 +114,7 @@ class Metric(Base):
     """
 
     __tablename__ = "metrics"
-    # The hot table has no foreign key and no secondary index: each halves PostgreSQL's ingest rate (measured),
+    # The hot table has no foreign key and no secondary index: each would halve PostgreSQL's ingest rate;
     # the job is resolved before any insert and jobs are never deleted. History reads by key scan the job's
     # primary-key range.
     __table_args__ = ({"sqlite_with_rowid": False},)

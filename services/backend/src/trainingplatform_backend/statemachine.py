@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from trainingplatform.common.v1 import common_pb2
+from typing import cast
 
-from trainingplatform_backend.errors import FailedPreconditionError, InvalidArgumentError
+from trainingplatform.common.v1 import common_pb2
+from trainingplatform_sdk.errors import FailedPreconditionError, InvalidArgumentError
 
 PENDING, QUEUED, RUNNING = "PENDING", "QUEUED", "RUNNING"
 COMPLETED, FAILED, CANCELLED = "COMPLETED", "FAILED", "CANCELLED"
@@ -32,9 +33,9 @@ def status_name(value: int) -> str:
         raise InvalidArgumentError(f"unknown job status value {value}") from None
 
 
-def status_value(name: str) -> int:
+def status_value(name: str) -> common_pb2.JobStatus:
     """The JobStatus enum value of a stored status name."""
-    return common_pb2.JobStatus.Value(f"JOB_STATUS_{name}")
+    return cast(common_pb2.JobStatus, common_pb2.JobStatus.Value(f"JOB_STATUS_{name}"))
 
 
 def check_transition(current: str, target: str) -> bool:

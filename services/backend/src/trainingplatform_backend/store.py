@@ -15,12 +15,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, text, tuple_
+from sqlalchemy import Engine, and_, delete, or_, select, text, tuple_
 from sqlalchemy.orm import Session, sessionmaker
+from trainingplatform_sdk.errors import NotFoundError
 
 from trainingplatform_backend import statemachine
 from trainingplatform_backend.auth import mint_job_token
-from trainingplatform_backend.errors import NotFoundError
 from trainingplatform_backend.models import (
     LOGS_STREAM,
     METRICS_STREAM,
@@ -35,6 +35,8 @@ from trainingplatform_backend.models import (
 )
 
 NOTIFY_CHANNEL = "tp_telemetry"
+# Job ids per NOTIFY payload: 500 ids of up to 15 characters stay under PostgreSQL's 8000-byte payload limit.
+NOTIFY_JOBS_PER_PAYLOAD = 500
 
 
 def utcnow() -> dt.datetime:
@@ -120,8 +122,9 @@ class Store:
         if self.is_sqlite:
             return
         pks = [job_pks] if isinstance(job_pks, int) else sorted(job_pks)
-        for start in range(0, len(pks), 500):
-            payload = f"{self.instance_id}:" + ",".join(map(str, pks[start : start + 500]))
+        for start in range(0, len(pks), NOTIFY_JOBS_PER_PAYLOAD):
+            chunk = pks[start : start + NOTIFY_JOBS_PER_PAYLOAD]
+            payload = f"{self.instance_id}:" + ",".join(map(str, chunk))
             session_or_conn.execute(
                 text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": payload}
             )
@@ -310,7 +313,7 @@ class Store:
         """Stores (or replaces) the summary of one epoch."""
         with self.write_lock(), self._sessions.begin() as session:
             session.execute(
-                EpochSummaryMetric.__table__.delete().where(
+                delete(EpochSummaryMetric).where(
                     and_(EpochSummaryMetric.job_pk == job_pk, EpochSummaryMetric.epoch == epoch)
                 )
             )
@@ -345,7 +348,7 @@ class Store:
         """The committed (metric, log) sequences of a job. Every trainer asks it about once a second, so it is a
         plain query on a pooled connection, without an ORM session."""
         with self.engine.connect() as conn:
-            cursors = dict(conn.execute(self._cursor_query, {"job_pk": job_pk}).all())
+            cursors: dict[str, int] = dict(conn.execute(self._cursor_query, {"job_pk": job_pk}).all())
         return cursors.get(METRICS_STREAM, 0), cursors.get(LOGS_STREAM, 0)
 
     def metrics_after(

@@ -26,6 +26,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# Longest wait between two attempts to re-open the PostgreSQL LISTEN connection.
+LISTEN_RECONNECT_MAX_DELAY_S = 10.0
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -184,4 +187,4 @@ class PostgresListener:
                     "PostgreSQL LISTEN connection lost (%s); reconnecting in %.1fs", type(error).__name__, delay
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, LISTEN_RECONNECT_MAX_DELAY_S)

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 import grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from trainingplatform_sdk.errors import InvalidArgumentError, UnavailableError
 from trainingplatform_sdk.spec import limits
 
 from trainingplatform_backend.auth import authorize_job
-from trainingplatform_backend.errors import InvalidArgumentError, UnavailableError
 from trainingplatform_backend.ingest import (
     INLINE_ROWS,
     BatchResult,
@@ -95,6 +95,7 @@ class Backend:
         """
         iterator = aiter(requests)
         task = asyncio.current_task()
+        assert task is not None  # a handler always runs in a task
         while True:
             try:
                 if self.shutting_down.is_set():

@@ -45,10 +45,10 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 # Set before timm imports huggingface_hub, which reads it once at import: without it, pretrained=True with an
 # empty cache retries the network for ~50 s before failing.
@@ -204,6 +204,8 @@ class TimmAdapter(TrainingAdapter):
             "pin_memory": self.device.type == "cuda",
             "persistent_workers": workers > 0,
         }
+        # torch's Dataset declares no __len__; these (tensor and image-folder datasets) have one.
+        train_size, val_size = len(cast(Sized, data.train)), len(cast(Sized, data.val))
         run = self.distributed
         if run is None:
             generator = torch.Generator().manual_seed(self.seed)
@@ -211,13 +213,15 @@ class TimmAdapter(TrainingAdapter):
             self.val_loader = DataLoader(data.val, shuffle=False, **common)
         else:
             # The same seed on every rank: the shards are one shuffle of the dataset, cut in WORLD_SIZE parts.
-            sampler = DistributedSampler(data.train, num_replicas=run.world_size, rank=run.rank, seed=self.seed)
+            sampler: DistributedSampler[Any] = DistributedSampler(
+                data.train, num_replicas=run.world_size, rank=run.rank, seed=self.seed
+            )
             self.train_loader = DataLoader(data.train, sampler=sampler, drop_last=False, **common)
             # Not a DistributedSampler: it pads the shards with repeated images, which would count twice.
-            self.val_loader = DataLoader(data.val, sampler=range(run.rank, len(data.val), run.world_size), **common)
+            self.val_loader = DataLoader(data.val, sampler=range(run.rank, val_size, run.world_size), **common)
         self.log(
-            f"Dataset {self.dataset_config.name or self.dataset_config.path}: {len(data.train)} train, "
-            f"{len(data.val)} val images, {len(self.classes)} classes, {self.image_size}x{self.image_size}"
+            f"Dataset {self.dataset_config.name or self.dataset_config.path}: {train_size} train, "
+            f"{val_size} val images, {len(self.classes)} classes, {self.image_size}x{self.image_size}"
         )
         if run is not None:
             devices: list[Any] = [None] * run.world_size
@@ -297,7 +301,7 @@ class TimmAdapter(TrainingAdapter):
         # Weights hosted outside the Hugging Face hub are fetched by torch.hub, which has no offline switch.
         cfg = get_pretrained_cfg(name)
         if cfg is not None and not cfg.hf_hub_id and cfg.url:
-            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(str(cfg.url)).name
             if not cached.is_file():
                 raise FileNotFoundError(f"pretrained weights of {name!r} are not in the local cache ({cached})")
         try:

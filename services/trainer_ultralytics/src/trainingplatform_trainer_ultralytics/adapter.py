@@ -283,7 +283,8 @@ class UltralyticsAdapter(TrainingAdapter):
         }
 
     def _on_fit_epoch_end(self, trainer: BaseTrainer) -> None:
-        validation = {_BOX_SUFFIX.sub("", key): float(value) for key, value in (trainer.metrics or {}).items()}
+        metrics: dict[str, float] = trainer.metrics or {}
+        validation = {_BOX_SUFFIX.sub("", key): float(value) for key, value in metrics.items()}
         if not self._epoch_open:
             # The extra call after the final validation of best.pt: no new epoch, so no per-epoch points.
             self.log("Final validation of best.pt: " + _format(validation))
