@@ -1,19 +1,32 @@
-"""Reports a job's status to the backend on behalf of a training process that could not do it itself."""
+"""The end of a run, reported to the backend on behalf of a training process that could not do it itself.
+
+When a run ends, `report_end` first delivers whatever the process left in its spool, then the terminal status its
+exit implies, so a status never overtakes the metrics logged before it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from pathlib import Path
 
 import grpc
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from trainingplatform.trainer.v1 import trainer_pb2
 
 from trainingplatform_sdk.channel import auth_metadata, open_aio_channel
+from trainingplatform_sdk.trainer_service.run import Run
 
-__all__ = ["report_status"]
+__all__ = ["SPOOL_REPLAY_MAX_S", "report_end", "report_status"]
 
 _log = logging.getLogger(__name__)
+
+#: How long an ended run's leftover spool is retried while the backend is unreachable, in seconds.
+SPOOL_REPLAY_MAX_S = 3600.0
+#: Longest wait between two attempts to deliver an ended run's spool, in seconds.
+SPOOL_REPLAY_MAX_DELAY_S = 30.0
 
 # Worth another try: the backend restarting or briefly overloaded.
 _RETRYABLE = frozenset(
@@ -94,3 +107,71 @@ async def report_status(
         return False
     finally:
         await channel.close()
+
+
+async def report_end(run: Run) -> None:
+    """Delivers an ended run's leftover spool, then reports the terminal status its end implies."""
+    await _deliver_spool(run)
+    if run.state == trainer_pb2.RUN_STATE_SUCCEEDED:
+        await _report(run, common_pb2.JOB_STATUS_COMPLETED, "the training process exited with code 0")
+    elif run.state == trainer_pb2.RUN_STATE_CANCELLED:
+        reason = run.cancel_reason
+        if run.killed_after_grace:
+            reason += "; the process did not stop within its grace period and was killed"
+        await _report(run, common_pb2.JOB_STATUS_CANCELLED, reason)
+    else:
+        await _report(
+            run,
+            common_pb2.JOB_STATUS_FAILED,
+            "the trainer service saw the training process end abnormally",
+            run.error_message,
+        )
+
+
+async def _deliver_spool(run: Run) -> None:
+    """Replays what the ended process left in its spool, retrying while the backend is unreachable."""
+    spool = run.output_dir / "spool"
+    if not spool.is_dir():
+        return
+    delay, deadline = 1.0, time.monotonic() + SPOOL_REPLAY_MAX_S
+    while True:
+        try:
+            delivered = await asyncio.to_thread(_replay_spool, run, spool)
+        except Exception:
+            _log.exception("replaying the spool of run %s failed", run.run_id)
+            return
+        if delivered:
+            return
+        if time.monotonic() + delay > deadline:
+            _log.error("run %s: the backend stayed unreachable; its spool %s is kept undelivered", run.run_id, spool)
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, SPOOL_REPLAY_MAX_DELAY_S)
+
+
+async def _report(run: Run, status: common_pb2.JobStatus, reason: str, error: str = "") -> None:
+    try:
+        await report_status(
+            endpoint=run.telemetry_endpoint,
+            token=run.telemetry_token,
+            job_id=run.job_id,
+            status=status,
+            reason=reason,
+            error_message=error,
+        )
+    except Exception:
+        _log.exception("reporting the end of run %s failed", run.run_id)
+
+
+def _replay_spool(run: Run, spool: Path) -> bool:
+    """Delivers a spool through a TrainingLogger of the job (replayed on creation); True when nothing is left."""
+    from trainingplatform_sdk.telemetry.logger import TrainingLogger
+
+    logger = TrainingLogger(
+        run.job_id, backend_address=run.telemetry_endpoint, token=run.telemetry_token, spool_dir=spool
+    )
+    report = logger.close(timeout=60)
+    left = report.pending_metrics + report.pending_logs + report.calls_pending
+    if report.replayed or left:
+        _log.info("run %s: replayed %d points left in its spool, %d still pending", run.run_id, report.replayed, left)
+    return left == 0 and not report.error

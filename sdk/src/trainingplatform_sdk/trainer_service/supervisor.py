@@ -10,7 +10,7 @@ One watcher task per run waits for its exit and decides the final state:
 
 Then the service delivers whatever the process left in its spool (`<output_dir>/spool`: telemetry it could not
 send before it exited, a backend outage for instance) by opening a TrainingLogger on that spool, which replays it
-in order, retrying with backoff while the backend is unreachable (up to `SPOOL_REPLAY_MAX_S`). Only then does it
+in order, retrying with backoff while the backend is unreachable (up to `reporting.SPOOL_REPLAY_MAX_S`). Only then does it
 report the matching terminal status itself (COMPLETED, CANCELLED or FAILED with the exit code or signal): a killed
 process could not, and the order matters: a status never overtakes the metrics logged before it. The backend's
 state machine makes this safe when the process did report: repeating a status changes nothing, and a different
@@ -30,11 +30,8 @@ import sys
 import time
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2
 
 from trainingplatform_sdk.errors import (
@@ -46,84 +43,19 @@ from trainingplatform_sdk.errors import (
 )
 from trainingplatform_sdk.trainer_service.framework import Catalog
 from trainingplatform_sdk.trainer_service.job import JobRequest
-from trainingplatform_sdk.trainer_service.reporting import report_status
+from trainingplatform_sdk.trainer_service.reporting import report_end
+from trainingplatform_sdk.trainer_service.run import LOG_FILE_NAME, Run, describe_exit
 from trainingplatform_sdk.trainer_service.settings import TrainerSettings
 from trainingplatform_sdk.trainer_service.validation import validate_job_id, validate_start
-from trainingplatform_sdk.training.progress import read_progress
 
 __all__ = ["LOG_FILE_NAME", "Run", "Supervisor"]
 
 _log = logging.getLogger(__name__)
 
-LOG_FILE_NAME = "train.log"
 # Never handed to a training process: it runs arbitrary model code and needs only its job's telemetry token.
 _WITHHELD_ENV = ("INTERNAL_AUTH_TOKEN", "READ_AUTH_TOKEN", "BACKEND_API_URL", "JOB_TELEMETRY_TOKEN")
 _CANCELLED_BY_REQUEST = "cancelled by CancelTraining"
 _CANCELLED_BY_SHUTDOWN = "the trainer service shut down"
-#: How long an ended run's leftover spool is retried while the backend is unreachable, in seconds.
-SPOOL_REPLAY_MAX_S = 3600.0
-
-
-@dataclass(eq=False)
-class Run:
-    """One training process and what the service knows of it."""
-
-    run_id: str
-    job_id: str
-    sequence: int
-    """Order of acceptance: ListTrainings' newest first and its page tokens."""
-    output_dir: Path
-    total_epochs: int
-    start_time: float
-    telemetry_endpoint: str = ""
-    telemetry_token: str = field(default="", repr=False)
-    state: trainer_pb2.RunState = trainer_pb2.RUN_STATE_STARTING
-    pid: int = 0
-    exit_code: int = 0
-    error_message: str = ""
-    end_time: float | None = None
-    current_epoch: int = 0
-    latest_metrics: dict[str, float] = field(default_factory=dict)
-    cancel_reason: str = ""
-    """Set once the run was asked to stop; the stop decides a non-zero exit is CANCELLED."""
-    killed_after_grace: bool = False
-    exited: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    @property
-    def live(self) -> bool:
-        """True until the process has exited."""
-        return self.end_time is None
-
-    def refresh(self) -> None:
-        """Reads the process's progress file: epoch, metrics, and STARTING -> RUNNING once training began."""
-        progress = read_progress(self.output_dir)
-        if progress is None:
-            return
-        self.current_epoch = progress.epoch
-        self.latest_metrics = progress.metrics
-        if self.live and self.state == trainer_pb2.RUN_STATE_STARTING:
-            self.state = trainer_pb2.RUN_STATE_RUNNING
-
-    def to_proto(self) -> trainer_pb2.TrainingRun:
-        """The run as the API returns it."""
-        if self.live:
-            self.refresh()
-        message = trainer_pb2.TrainingRun(
-            run_id=self.run_id,
-            job_id=self.job_id,
-            state=self.state,
-            pid=self.pid,
-            current_epoch=self.current_epoch,
-            total_epochs=self.total_epochs,
-            latest_metrics=self.latest_metrics,
-            exit_code=self.exit_code,
-            error_message=self.error_message,
-            output_dir=str(self.output_dir),
-        )
-        message.start_time.FromNanoseconds(int(self.start_time * 1e9))
-        if self.end_time is not None:
-            message.end_time.FromNanoseconds(int(self.end_time * 1e9))
-        return message
 
 
 class Supervisor:
@@ -318,23 +250,8 @@ class Supervisor:
     async def _watch(self, run: Run, process: asyncio.subprocess.Process) -> None:
         returncode = await process.wait()
         self._finish(run, returncode)
-        if not run.telemetry_endpoint:
-            return
-        await self._deliver_spool(run)
-        if run.state == trainer_pb2.RUN_STATE_SUCCEEDED:
-            await self._report(run, common_pb2.JOB_STATUS_COMPLETED, "the training process exited with code 0")
-        elif run.state == trainer_pb2.RUN_STATE_CANCELLED:
-            reason = run.cancel_reason
-            if run.killed_after_grace:
-                reason += "; the process did not stop within its grace period and was killed"
-            await self._report(run, common_pb2.JOB_STATUS_CANCELLED, reason)
-        else:
-            await self._report(
-                run,
-                common_pb2.JOB_STATUS_FAILED,
-                "the trainer service saw the training process end abnormally",
-                run.error_message,
-            )
+        if run.telemetry_endpoint:
+            await report_end(run)
 
     def _finish(self, run: Run, returncode: int) -> None:
         run.refresh()
@@ -349,7 +266,7 @@ class Supervisor:
             run.state = trainer_pb2.RUN_STATE_CANCELLED
         else:
             run.state = trainer_pb2.RUN_STATE_FAILED
-            run.error_message = _describe_exit(returncode, run.output_dir)
+            run.error_message = describe_exit(returncode, run.output_dir)
         self._live.pop(run.run_id, None)
         run.exited.set()
         _log.info(
@@ -360,41 +277,6 @@ class Supervisor:
             returncode,
         )
 
-    async def _deliver_spool(self, run: Run) -> None:
-        """Replays what the ended process left in its spool, retrying while the backend is unreachable."""
-        spool = run.output_dir / "spool"
-        if not spool.is_dir():
-            return
-        delay, deadline = 1.0, time.monotonic() + SPOOL_REPLAY_MAX_S
-        while True:
-            try:
-                delivered = await asyncio.to_thread(_replay_spool, run, spool)
-            except Exception:
-                _log.exception("replaying the spool of run %s failed", run.run_id)
-                return
-            if delivered:
-                return
-            if time.monotonic() + delay > deadline:
-                _log.error(
-                    "run %s: the backend stayed unreachable; its spool %s is kept undelivered", run.run_id, spool
-                )
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-    async def _report(self, run: Run, status: common_pb2.JobStatus, reason: str, error: str = "") -> None:
-        try:
-            await report_status(
-                endpoint=run.telemetry_endpoint,
-                token=run.telemetry_token,
-                job_id=run.job_id,
-                status=status,
-                reason=reason,
-                error_message=error,
-            )
-        except Exception:
-            _log.exception("reporting the end of run %s failed", run.run_id)
-
     def _spawn_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
@@ -404,20 +286,6 @@ class Supervisor:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("a supervisor task failed", exc_info=task.exception())
-
-
-def _replay_spool(run: Run, spool: Path) -> bool:
-    """Delivers a spool through a TrainingLogger of the job (replayed on creation); True when nothing is left."""
-    from trainingplatform_sdk.telemetry.logger import TrainingLogger
-
-    logger = TrainingLogger(
-        run.job_id, backend_address=run.telemetry_endpoint, token=run.telemetry_token, spool_dir=spool
-    )
-    report = logger.close(timeout=60)
-    left = report.pending_metrics + report.pending_logs + report.calls_pending
-    if report.replayed or left:
-        _log.info("run %s: replayed %d points left in its spool, %d still pending", run.run_id, report.replayed, left)
-    return left == 0 and not report.error
 
 
 def _child_env(job: JobRequest) -> dict[str, str]:
@@ -435,14 +303,3 @@ def _signal_group(run: Run, signum: signal.Signals) -> None:
     # The process group id is the pid: the process leads its own session.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(run.pid, signum)
-
-
-def _describe_exit(returncode: int, output_dir: Path) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = "unknown signal"
-        hint = ": out of memory, or killed from outside the service" if -returncode == signal.SIGKILL else ""
-        return f"training process killed by signal {-returncode} ({name}){hint}"
-    return f"training process exited with code {returncode}; see {output_dir / LOG_FILE_NAME}"
