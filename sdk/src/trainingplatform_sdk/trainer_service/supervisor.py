@@ -10,7 +10,8 @@ One watcher task per run waits for its exit and decides the final state:
 
 Then the service delivers whatever the process left in its spool (`<output_dir>/spool`: telemetry it could not
 send before it exited, a backend outage for instance) by opening a TrainingLogger on that spool, which replays it
-in order, retrying with backoff while the backend is unreachable (up to `reporting.SPOOL_REPLAY_MAX_S`). Only then does it
+in order, retrying with backoff while the backend is unreachable (up to
+`reporting.SPOOL_REPLAY_MAX_S`). Only then does it
 report the matching terminal status itself (COMPLETED, CANCELLED or FAILED with the exit code or signal): a killed
 process could not, and the order matters: a status never overtakes the metrics logged before it. The backend's
 state machine makes this safe when the process did report: repeating a status changes nothing, and a different
