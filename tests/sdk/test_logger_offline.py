@@ -16,8 +16,11 @@ import pytest
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import DeliveryReport, LoggerSettings, TrainingLogger
-from trainingplatform_sdk.telemetry.logger import _job_status, _log_level, _truncate, default_spool_dir
+from trainingplatform_sdk.spec.limits import truncate_utf8 as _truncate
+from trainingplatform_sdk.telemetry.logger import default_spool_dir
 from trainingplatform_sdk.telemetry.spool import Spool, SpoolLockedError, read_state
+from trainingplatform_sdk.telemetry.values import job_status as _job_status
+from trainingplatform_sdk.telemetry.values import log_level as _log_level
 
 TRAINER = Path(__file__).with_name("trainer_script.py")
 

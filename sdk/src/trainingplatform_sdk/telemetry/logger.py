@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import re
@@ -13,42 +12,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from trainingplatform.common.v1 import common_pb2
+from google.protobuf.message import Message
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
 from trainingplatform_sdk.channel import auth_metadata, open_channel, parse_backend_address
+from trainingplatform_sdk.spec.limits import (
+    MAX_ERROR_DETAIL_BYTES,
+    MAX_ERROR_MESSAGE_BYTES,
+    MAX_LOG_MESSAGE_BYTES,
+    truncate_utf8,
+)
+from trainingplatform_sdk.telemetry import lifetime
 from trainingplatform_sdk.telemetry.report import DeliveryReport
-from trainingplatform_sdk.telemetry.sender import CALL, FLUSH, LOG, METRIC, Sender, Waiter
+from trainingplatform_sdk.telemetry.sender import CALL, FLUSH, LOG, METRIC, BufferItem, FlushWaiter, Sender
 from trainingplatform_sdk.telemetry.settings import LoggerSettings, channel_options
 from trainingplatform_sdk.telemetry.spool import Spool
+from trainingplatform_sdk.telemetry.values import job_status, log_level, torchrun_rank
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
 
-_STATUSES = {
-    "pending": common_pb2.JOB_STATUS_PENDING,
-    "queued": common_pb2.JOB_STATUS_QUEUED,
-    "running": common_pb2.JOB_STATUS_RUNNING,
-    "completed": common_pb2.JOB_STATUS_COMPLETED,
-    "failed": common_pb2.JOB_STATUS_FAILED,
-    "cancelled": common_pb2.JOB_STATUS_CANCELLED,
-    "canceled": common_pb2.JOB_STATUS_CANCELLED,
-}
-_LEVELS = {
-    "DEBUG": common_pb2.LOG_LEVEL_DEBUG,
-    "INFO": common_pb2.LOG_LEVEL_INFO,
-    "WARN": common_pb2.LOG_LEVEL_WARNING,
-    "WARNING": common_pb2.LOG_LEVEL_WARNING,
-    "ERROR": common_pb2.LOG_LEVEL_ERROR,
-    "CRITICAL": common_pb2.LOG_LEVEL_CRITICAL,
-    "FATAL": common_pb2.LOG_LEVEL_CRITICAL,
-}
-_MAX_ERROR_MESSAGE_BYTES = 4 * 1024
-_MAX_ERROR_DETAIL_BYTES = 64 * 1024
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-
-# Loggers not yet closed: the atexit hook closes them and a forked child disables them.
-_LIVE: set[TrainingLogger] = set()
-_LIVE_LOCK = threading.Lock()
 
 
 def default_spool_dir(job_id: str) -> Path:
@@ -105,7 +88,7 @@ class TrainingLogger:
             raise ValueError("job_id is required")
         self.job_id = job_id
         self.settings = settings or LoggerSettings()
-        self._buffer: deque[tuple] = deque()
+        self._buffer: deque[BufferItem] = deque()
         # Checked first by every logging call: True when disabled, closed, or in a forked child.
         self._off = True
         self._sender: Sender | None = None
@@ -129,9 +112,10 @@ class TrainingLogger:
         except BaseException:
             spool.close()
             raise
-        self._sender = Sender(job_id, self._buffer, channel, auth_metadata(token), spool, self.settings, _rank())
-        with _LIVE_LOCK:
-            _LIVE.add(self)
+        self._sender = Sender(
+            job_id, self._buffer, channel, auth_metadata(token), spool, self.settings, torchrun_rank()
+        )
+        lifetime.register(self)
         self._off = False
         self._sender.start()
         _LOG.info(
@@ -190,11 +174,12 @@ class TrainingLogger:
         """
         if self._off:
             return
+        number: float | None
         try:
-            value = float(value)
+            number = float(value)
         except (TypeError, ValueError):
-            value = None  # the sender counts and reports it
-        self._buffer.append((METRIC, key, value, step, epoch, time.time()))
+            number = None  # the sender counts and reports it
+        self._buffer.append((METRIC, key, number, step, epoch, time.time()))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, epoch: int | None = None) -> None:
         """Logs several metric values of the same step and epoch.
@@ -229,7 +214,9 @@ class TrainingLogger:
         """
         if self._off:
             return
-        self._buffer.append((LOG, _truncate(str(message), 16 * 1024), _log_level(level), epoch, step, time.time()))
+        self._buffer.append(
+            (LOG, truncate_utf8(str(message), MAX_LOG_MESSAGE_BYTES), log_level(level), epoch, step, time.time())
+        )
 
     def update_status(
         self,
@@ -256,10 +243,10 @@ class TrainingLogger:
         """
         request = telemetry_pb2.UpdateStatusRequest(
             job_id=self.job_id,
-            status=_job_status(status),
+            status=job_status(status),
             reason=reason or "",
-            error_message=_truncate(error or "", _MAX_ERROR_MESSAGE_BYTES),
-            error_detail=_truncate(error_detail or "", _MAX_ERROR_DETAIL_BYTES),
+            error_message=truncate_utf8(error or "", MAX_ERROR_MESSAGE_BYTES),
+            error_detail=truncate_utf8(error_detail or "", MAX_ERROR_DETAIL_BYTES),
         )
         self._call("UpdateStatus", request)
 
@@ -303,11 +290,12 @@ class TrainingLogger:
         )
         self._call("ReportRunInfo", request)
 
-    def _call(self, method: str, request: telemetry_pb2.UpdateStatusRequest) -> None:
-        if self._off:
+    def _call(self, method: str, request: Message) -> None:
+        sender = self._sender
+        if self._off or sender is None:
             return
         self._buffer.append((CALL, method, request))
-        self._sender.wake.set()
+        sender.wake.set()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Sends what is buffered now and waits until everything logged so far is committed.
@@ -324,7 +312,7 @@ class TrainingLogger:
             return True
         if self._off:
             return self.stats.pending_metrics == 0 and self.stats.pending_logs == 0
-        waiter = Waiter()
+        waiter = FlushWaiter()
         self._buffer.append((FLUSH, waiter))
         sender.request_flush()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -357,8 +345,7 @@ class TrainingLogger:
                 self._off = True
                 return self.stats
             self._off = True
-            with _LIVE_LOCK:
-                _LIVE.discard(self)
+            lifetime.unregister(self)
             timeout = self.settings.close_timeout_s if timeout is None else max(0.0, timeout)
             sender.request_close(timeout)
             # The sender checks its deadline between calls; one call and the half-close may run past it.
@@ -379,76 +366,7 @@ class TrainingLogger:
     ) -> None:
         self.close()
 
-    def _after_fork_in_child(self) -> None:
-        # The child shares the parent's channel and spool: it must never send, write or close them.
+    def disable_in_forked_child(self) -> None:
+        """Turns the logger off in a forked child: it shares the parent's channel and spool and must never send,
+        write or close them."""
         self._off = True
-
-
-def _rank() -> int:
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
-def _job_status(status: str | int) -> int:
-    if isinstance(status, str):
-        value = _STATUSES.get(status.strip().lower())
-        if value is None:
-            raise ValueError(f"unknown job status {status!r}; expected one of {sorted(_STATUSES)}")
-        return value
-    if status in common_pb2.JobStatus.values() and status != common_pb2.JOB_STATUS_UNSPECIFIED:
-        return int(status)
-    raise ValueError(f"unknown job status {status!r}")
-
-
-def _log_level(level: str | int) -> int:
-    if isinstance(level, str):
-        return _LEVELS.get(level.strip().upper(), common_pb2.LOG_LEVEL_INFO)
-    if common_pb2.LOG_LEVEL_DEBUG <= level <= common_pb2.LOG_LEVEL_CRITICAL:
-        return int(level)
-    # A `logging` module level: DEBUG=10, INFO=20, WARNING=30, ERROR=40, CRITICAL=50.
-    if level >= logging.CRITICAL:
-        return common_pb2.LOG_LEVEL_CRITICAL
-    if level >= logging.ERROR:
-        return common_pb2.LOG_LEVEL_ERROR
-    if level >= logging.WARNING:
-        return common_pb2.LOG_LEVEL_WARNING
-    if level >= logging.INFO:
-        return common_pb2.LOG_LEVEL_INFO
-    return common_pb2.LOG_LEVEL_DEBUG if level > 0 else common_pb2.LOG_LEVEL_INFO
-
-
-def _truncate(text: str, max_bytes: int) -> str:
-    """Cuts text to at most `max_bytes` of UTF-8, ending with `...[truncated N bytes]` as the backend does."""
-    if len(text) * 4 <= max_bytes:
-        return text
-    encoded = text.encode("utf-8", "replace")
-    if len(encoded) <= max_bytes:
-        return text
-    keep = max_bytes - len(f"...[truncated {len(encoded)} bytes]".encode())
-    marker = f"...[truncated {len(encoded) - keep} bytes]"
-    return encoded[:keep].decode("utf-8", "ignore") + marker
-
-
-def _close_at_exit() -> None:
-    with _LIVE_LOCK:
-        loggers = list(_LIVE)
-    for logger in loggers:
-        try:
-            logger.close()
-        except Exception:
-            _LOG.exception("job %s: closing the telemetry logger at exit failed", logger.job_id)
-
-
-def _after_fork_in_child() -> None:
-    # A fork can happen while another thread holds the lock; the child has no such thread, so a new lock is safe.
-    global _LIVE_LOCK
-    _LIVE_LOCK = threading.Lock()
-    for logger in list(_LIVE):
-        logger._after_fork_in_child()
-    _LIVE.clear()
-
-
-atexit.register(_close_at_exit)
-os.register_at_fork(after_in_child=_after_fork_in_child)

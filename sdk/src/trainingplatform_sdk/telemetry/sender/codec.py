@@ -1,0 +1,136 @@
+"""How the buffered points of one stream become stream requests: sizes, building, and parsing spooled records.
+
+A point waits in memory as a plain tuple (cheaper than a message per point); a codec turns a batch of them into one
+request, bounding the request's size without serializing it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from typing import ClassVar, Generic, TypeVar
+
+from trainingplatform.telemetry.v1 import telemetry_pb2
+
+from trainingplatform_sdk.telemetry.settings import LoggerSettings
+
+BufferedMetric = tuple[int, str, float, int | None, int | None, float]
+"""A numbered metric point in memory: (sequence, key, value, step, epoch, wall time)."""
+
+BufferedLog = tuple[int, str, int, int | None, int | None, float]
+"""A numbered log record in memory: (sequence, message, level, epoch, step, wall time)."""
+
+Point = TypeVar("Point", BufferedMetric, BufferedLog)
+"""A buffered point of either stream; element 0 is its sequence, element 1 its text (key or message)."""
+
+StreamRequest = telemetry_pb2.StreamMetricsRequest | telemetry_pb2.StreamLogsRequest
+StreamResponse = telemetry_pb2.StreamMetricsResponse | telemetry_pb2.StreamLogsResponse
+
+# Upper bounds of a point's encoding beyond its text (tags, varints, doubles, the repeated-field envelope).
+METRIC_POINT_OVERHEAD_BYTES = 56
+LOG_RECORD_OVERHEAD_BYTES = 72
+# A character takes at most 4 bytes of UTF-8: the bound of a text's encoded size without encoding it.
+MAX_UTF8_BYTES_PER_CHAR = 4
+# A request's bytes besides its points and the characters of its job id: the job_id field's tag and length prefix,
+# with room to spare.
+REQUEST_ENVELOPE_BYTES = 16
+
+
+class Codec(abc.ABC, Generic[Point]):
+    """The requests of one stream: batch sizing, building from buffered points, parsing spooled records."""
+
+    name: ClassVar[str]
+    """The stream's name in the spool and its state ("metrics", "logs")."""
+    method: ClassVar[str]
+    """The client-streaming method of TrainingTelemetryService that carries the requests."""
+    point_overhead: ClassVar[int]
+    """Upper bound of one point's encoded size beyond its text."""
+    request_type: ClassVar[type[telemetry_pb2.StreamMetricsRequest] | type[telemetry_pb2.StreamLogsRequest]]
+    points_field: ClassVar[str]
+    """The request's repeated field of points."""
+
+    def __init__(self, job_id: str, settings: LoggerSettings) -> None:
+        self.job_id = job_id
+        self.max_points = settings.max_batch_points
+        # What the points of one request may take so that the whole request stays within max_batch_bytes.
+        self.budget = settings.max_batch_bytes - REQUEST_ENVELOPE_BYTES - MAX_UTF8_BYTES_PER_CHAR * len(job_id)
+
+    def take_batch(self, points: Iterable[Point]) -> tuple[list[Point], bool]:
+        """The next points that fit one message; `full` says whether a limit (not the end) cut the batch."""
+        batch: list[Point] = []
+        size = 0
+        max_points = self.max_points
+        budget = self.budget
+        overhead = self.point_overhead
+        for point in points:
+            text = point[1]
+            point_size = overhead + (len(text) if text.isascii() else MAX_UTF8_BYTES_PER_CHAR * len(text))
+            if batch and size + point_size > budget:
+                return batch, True
+            batch.append(point)
+            size += point_size
+            if len(batch) >= max_points:
+                return batch, True
+        return batch, False
+
+    def request(self, batch: Sequence[Point]) -> StreamRequest:
+        """The request that sends `batch`."""
+        return self._build(batch, self.job_id)
+
+    def spool_payload(self, batch: Sequence[Point]) -> bytes:
+        """`batch` as a spool record's payload: a request without the job id (the spool belongs to one job)."""
+        return self._build(batch, "").SerializeToString()
+
+    def parse(self, payload: bytes, sent: int) -> StreamRequest:
+        """The request that sends a spooled record's points above `sent` (those below went on the current stream)."""
+        request = self.request_type.FromString(payload)
+        points = getattr(request, self.points_field)
+        skip = 0
+        while skip < len(points) and points[skip].sequence <= sent:
+            skip += 1
+        del points[:skip]
+        request.job_id = self.job_id
+        return request
+
+    @abc.abstractmethod
+    def _build(self, batch: Sequence[Point], job_id: str) -> StreamRequest:
+        """The request holding `batch`, addressed to `job_id`."""
+
+
+class MetricCodec(Codec[BufferedMetric]):
+    """The requests of StreamMetrics."""
+
+    name = "metrics"
+    method = "StreamMetrics"
+    point_overhead = METRIC_POINT_OVERHEAD_BYTES
+    request_type = telemetry_pb2.StreamMetricsRequest
+    points_field = "points"
+
+    def _build(self, batch: Sequence[BufferedMetric], job_id: str) -> StreamRequest:
+        request = telemetry_pb2.StreamMetricsRequest(job_id=job_id)
+        add = request.points.add
+        for sequence, key, value, step, epoch, wall in batch:
+            add(key=key, value=value, step=step, epoch=epoch, wall_time=wall, sequence=sequence)
+        return request
+
+
+class LogCodec(Codec[BufferedLog]):
+    """The requests of StreamLogs; every record carries the process's rank."""
+
+    name = "logs"
+    method = "StreamLogs"
+    point_overhead = LOG_RECORD_OVERHEAD_BYTES
+    request_type = telemetry_pb2.StreamLogsRequest
+    points_field = "records"
+
+    def __init__(self, job_id: str, settings: LoggerSettings, rank: int) -> None:
+        super().__init__(job_id, settings)
+        self.rank = rank
+
+    def _build(self, batch: Sequence[BufferedLog], job_id: str) -> StreamRequest:
+        request = telemetry_pb2.StreamLogsRequest(job_id=job_id)
+        add = request.records.add
+        rank = self.rank
+        for sequence, message, level, epoch, step, wall in batch:
+            add(level=level, message=message, epoch=epoch, step=step, wall_time=wall, sequence=sequence, rank=rank)
+        return request

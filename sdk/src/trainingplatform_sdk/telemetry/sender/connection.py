@@ -1,0 +1,261 @@
+"""The sender's connection to the backend: its state, reconnect backoff, the final error, and open streams."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+from google.protobuf.message import Message
+from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+
+from trainingplatform_sdk.telemetry.sender.codec import StreamRequest, StreamResponse
+from trainingplatform_sdk.telemetry.settings import LoggerSettings
+
+_LOG = logging.getLogger("trainingplatform_sdk.logger")
+
+Metadata = tuple[tuple[str, str], ...]
+
+# Codes after which retrying cannot help: the token, the job or our own messages are wrong.
+FINAL_CODES = {
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+}
+# Codes that end one unary call for good without stopping the rest (an illegal status transition).
+CALL_REFUSED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
+
+# Messages handed to a stream but not yet written; a small window keeps memory in our buffers, not gRPC's.
+STREAM_WINDOW = 2
+# Longest wait of a stream's request iterator for its next message before it checks whether the call is over.
+_IDLE_REQUEST_WAIT_S = 5.0
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and details of a failed call; UNKNOWN and the text of any other exception."""
+    code: grpc.StatusCode = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details: str = exc.details() if hasattr(exc, "details") else str(exc)
+    return code, details
+
+
+class ConnectionState(enum.Enum):
+    """Where the sender stands with the backend."""
+
+    DISCONNECTED = "disconnected"
+    """Not connected yet, or lost: the next attempt waits until `Connection.retry_at`."""
+    CONNECTED = "connected"
+    """The committed cursor was read: points and calls may be sent."""
+    FAILED = "failed"
+    """The backend refused telemetry for good (`Connection.error`): nothing more is sent."""
+
+
+class OpenStream:
+    """One open client-streaming call and the queue its request iterator reads from.
+
+    `on_event` wakes the sender when the call ends and when a message leaves a full window, and only then: at a
+    few messages a second a wake-up per message would cost more than the message.
+    """
+
+    def __init__(
+        self,
+        method: grpc.StreamUnaryMultiCallable[StreamRequest, StreamResponse],
+        metadata: Metadata,
+        on_event: Callable[[], None],
+    ) -> None:
+        self._queue: deque[StreamRequest | None] = deque()
+        self._ready = threading.Event()
+        self._on_event = on_event
+        self._stopped = False
+        self.queued = 0
+        self.taken = 0
+        self.half_closed = False
+        #: Set (from gRPC's thread) once the call has ended, however it ended.
+        self.finished = False
+        self.future: grpc.Future[StreamResponse] = method.future(self._requests(), metadata=metadata)
+        self.future.add_done_callback(self._done)
+
+    def _done(self, _future: grpc.Future[StreamResponse]) -> None:
+        self.finished = True
+        self._ready.set()
+        self._on_event()
+
+    def _requests(self) -> Iterator[StreamRequest]:
+        # gRPC's consumer thread runs this; it must return once the call is over or it would wait forever (the
+        # done callback wakes it; the timeout is a safety net).
+        while True:
+            if not self._queue:
+                self._ready.wait(_IDLE_REQUEST_WAIT_S)
+                self._ready.clear()
+                if self._stopped or self.finished:
+                    return
+                continue
+            item = self._queue.popleft()
+            if item is None:
+                return
+            self.taken += 1
+            if self.queued - self.taken + 1 >= STREAM_WINDOW:
+                self._on_event()  # the window was full: the sender may be waiting to send more
+            yield item
+
+    @property
+    def has_room(self) -> bool:
+        """Whether the window takes another message."""
+        return self.queued - self.taken < STREAM_WINDOW
+
+    def send(self, message: StreamRequest) -> None:
+        self.queued += 1
+        self._queue.append(message)
+        self._ready.set()
+
+    def half_close(self) -> None:
+        self.half_closed = True
+        self._queue.append(None)
+        self._ready.set()
+
+    def cancel(self) -> None:
+        self._stopped = True
+        self._ready.set()
+        self.future.cancel()
+
+
+class Connection:
+    """The channel to the backend, whether it is usable, and when to try again after losing it.
+
+    Failures other than a final one back off exponentially with jitter; an outage is logged once, at its start,
+    and counted as a reconnect at its end.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        channel: grpc.Channel,
+        metadata: Metadata,
+        settings: LoggerSettings,
+        spool_directory: Path,
+        on_event: Callable[[], None],
+    ) -> None:
+        """`on_event` is called (from gRPC's threads) when a stream ends or frees room in its window."""
+        self.job_id = job_id
+        self.settings = settings
+        self.state = ConnectionState.DISCONNECTED
+        #: `state is CONNECTED`, kept with the state: the loop reads it several times per message.
+        self.connected = False
+        self.error: str | None = None
+        self.reconnects = 0
+        #: When the next attempt may start (time.monotonic()).
+        self.retry_at = 0.0
+        self._channel = channel
+        self._stub = telemetry_pb2_grpc.TrainingTelemetryServiceStub(channel)
+        self._metadata = metadata
+        self._spool_directory = spool_directory
+        self._on_event = on_event
+        self._attempt = 0
+        self._outage_logged = False
+
+    # -- calls -------------------------------------------------------------------------------------------------------
+
+    def read_cursor(self) -> telemetry_pb2.GetStreamCursorResponse:
+        """The backend's committed cursor of the job.
+
+        Raises:
+            grpc.RpcError: The call failed.
+        """
+        response: telemetry_pb2.GetStreamCursorResponse = self._stub.GetStreamCursor(
+            telemetry_pb2.GetStreamCursorRequest(job_id=self.job_id),
+            metadata=self._metadata,
+            timeout=self.settings.rpc_timeout_s,
+        )
+        return response
+
+    def call(self, method: str, request: Message) -> None:
+        """Makes one unary call of TrainingTelemetryService.
+
+        Raises:
+            grpc.RpcError: The call failed.
+        """
+        getattr(self._stub, method)(request, metadata=self._metadata, timeout=self.settings.rpc_timeout_s)
+
+    def open_stream(self, method: str) -> OpenStream:
+        """Opens a client-streaming call of TrainingTelemetryService."""
+        return OpenStream(getattr(self._stub, method), self._metadata, self._on_event)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # -- state -------------------------------------------------------------------------------------------------------
+
+    def established(self, metric_cursor: int, log_cursor: int) -> None:
+        """Marks the connection usable once the cursor was read; ends an outage (counted and logged)."""
+        if self._outage_logged:
+            self.reconnects += 1
+            _LOG.warning(
+                "job %s: backend reachable again; resending from metric %d / log %d",
+                self.job_id,
+                metric_cursor,
+                log_cursor,
+            )
+        self._enter(ConnectionState.CONNECTED)
+        self._attempt = 0
+        self._outage_logged = False
+
+    def disconnect(self) -> None:
+        """Marks a usable connection unusable (a final failure stays final)."""
+        if self.connected:
+            self._enter(ConnectionState.DISCONNECTED)
+
+    def retry_now(self) -> None:
+        """Lets the next attempt start at once (the server ended a stream on its own: no backoff)."""
+        self.retry_at = time.monotonic()
+
+    def lost(self, exc: BaseException, what: str) -> bool:
+        """Handles a failed call or a broken stream; returns True when the failure is final.
+
+        A final failure stops delivery for good; any other schedules the next attempt with backoff.
+        """
+        code, details = status_of(exc)
+        self.disconnect()
+        if code in FINAL_CODES:
+            self._fail(f"{what}: {code.name}: {details}")
+            return True
+        settings = self.settings
+        delay_bound = min(
+            settings.reconnect_max_backoff_s,
+            settings.reconnect_initial_backoff_s * settings.reconnect_backoff_multiplier**self._attempt,
+        )
+        delay = delay_bound * (1 - settings.reconnect_jitter * random.random())
+        self._attempt += 1
+        self.retry_at = time.monotonic() + delay
+        if not self._outage_logged:
+            self._outage_logged = True
+            _LOG.warning(
+                "job %s: backend unreachable (%s: %s: %s); spooling and retrying with backoff",
+                self.job_id,
+                what,
+                code.name,
+                details,
+            )
+        else:
+            _LOG.debug("job %s: reconnect attempt failed (%s), next in %.2f s", self.job_id, code.name, delay)
+        return False
+
+    def _enter(self, state: ConnectionState) -> None:
+        self.state = state
+        self.connected = state is ConnectionState.CONNECTED
+
+    def _fail(self, message: str) -> None:
+        self._enter(ConnectionState.FAILED)
+        self.error = message
+        _LOG.error(
+            "job %s: the backend refused telemetry for good (%s); nothing more is sent, "
+            "points stay in the spool %s for a later replay",
+            self.job_id,
+            message,
+            self._spool_directory,
+        )

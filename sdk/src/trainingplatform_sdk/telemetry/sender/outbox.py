@@ -1,0 +1,162 @@
+"""The outbox of one stream: its numbering and its uncommitted points, on disk then in memory."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from typing import Generic
+
+from trainingplatform_sdk.telemetry.sender.codec import BufferedLog, BufferedMetric, Codec, Point, StreamRequest
+from trainingplatform_sdk.telemetry.sender.connection import OpenStream
+from trainingplatform_sdk.telemetry.spool import Spool
+
+_LOG = logging.getLogger("trainingplatform_sdk.logger")
+
+
+class Outbox(Generic[Point]):
+    """The uncommitted points of one stream: in the spool (lower sequences), then in memory (higher).
+
+    Sequences: `assigned` is the highest ever given to a point (persisted in the spool state before a point carrying
+    it leaves memory), `committed` the highest the backend is known to hold, `sent` the highest handed to the
+    current stream. A point is forgotten only when the committed cursor has passed it.
+    """
+
+    def __init__(self, codec: Codec[Point], spool: Spool) -> None:
+        """Takes up the numbering and the cursor an earlier process left in the spool state."""
+        self.codec: Codec[Point] = codec
+        self.name = codec.name
+        self._spool = spool
+        saved = spool.state.get(self.name, {})
+        self.assigned = max(int(saved.get("assigned", 0)), spool.highest_sequence(self.name))
+        #: `assigned` as loaded at start, until the backend's cursor shows it was lost (see `continue_after`).
+        self.base = self.assigned
+        self.committed = int(saved.get("committed", 0))
+        # Records are append-only, so a partly committed one is trimmed again from the saved cursor.
+        spool.trim(self.name, self.committed)
+        self.sent = 0
+        #: Numbered points with contiguous sequences above the spool's.
+        self.memory: deque[Point] = deque()
+        self.stream: OpenStream | None = None
+        # Counters of the delivery report.
+        self.replayed = spool.pending[self.name]
+        self.logged = 0
+        self.committed_count = 0
+        self.spooled = 0
+        self.dropped = 0
+        self.invalid = 0
+        self._invalid_reported: set[str] = set()
+
+    def state(self) -> dict[str, int]:
+        """The numbering as the spool state keeps it."""
+        return {"assigned": self.assigned, "committed": self.committed}
+
+    @property
+    def pending(self) -> int:
+        """Points not yet known committed; safe from any thread."""
+        return len(self.memory) + self._spool.pending[self.name]
+
+    def lowest(self) -> int | None:
+        """The lowest uncommitted sequence, if any."""
+        lowest = self._spool.lowest_sequence(self.name)
+        if lowest is not None:
+            return lowest
+        return self.memory[0][0] if self.memory else None
+
+    def refuse(self, problem: str) -> None:
+        """Counts a point refused before sending, logging each kind of problem once."""
+        self.invalid += 1
+        if problem not in self._invalid_reported:
+            self._invalid_reported.add(problem)
+            _LOG.warning("job %s: %s refused before sending: %s (logged once)", self.codec.job_id, self.name, problem)
+
+    def advance(self, cursor: int) -> bool:
+        """Forgets what the committed cursor covers; returns whether the cursor moved."""
+        if cursor <= self.committed:
+            return False
+        self.committed = cursor
+        removed = self._spool.trim(self.name, cursor)
+        memory = self.memory
+        while memory and memory[0][0] <= cursor:
+            memory.popleft()
+            removed += 1
+        self.committed_count += removed
+        return True
+
+    def continue_after(self, cursor: int) -> int:
+        """Moves the numbering above a cursor that is ahead of what the spool state remembers (state lost).
+
+        Returns the shift of the numbering, 0 when the cursor is not ahead. `base` becomes the cursor.
+        """
+        if cursor <= self.base:
+            return 0
+        shift = cursor - self.base
+        job_id = self.codec.job_id
+        if self._spool.highest_sequence(self.name) > self.base:
+            _LOG.error(
+                "job %s: the backend already holds %s up to %d but the spool numbered from %d; "
+                "points spooled since may be taken for duplicates",
+                job_id,
+                self.name,
+                cursor,
+                self.base,
+            )
+        _LOG.warning(
+            "job %s: the spool state knew %s up to %d, the backend %d; numbering continues after %d",
+            job_id,
+            self.name,
+            self.base,
+            cursor,
+            cursor,
+        )
+        # Concatenation, not `(point[0] + shift, *point[1:])`: mypy cannot type that under a constrained TypeVar.
+        self.memory = deque((point[0] + shift,) + point[1:] for point in self.memory)  # noqa: RUF005
+        self.assigned += shift
+        self.base = cursor
+        return shift
+
+    def next_message(self, partial: bool) -> tuple[StreamRequest, int] | None:
+        """The next request to send and its last sequence: spooled records first, then memory.
+
+        From memory only a full batch, unless `partial`; None when there is nothing (more) to send.
+        """
+        record = self._spool.first_record_after(self.name, self.sent)
+        if record is not None:
+            return self.codec.parse(self._spool.read(record), self.sent), record.last
+        memory = self.memory
+        if not memory or memory[-1][0] <= self.sent:
+            return None
+        start = max(0, self.sent + 1 - memory[0][0])
+        batch, full = self.codec.take_batch(itertools.islice(memory, start, None))
+        if not full and not partial:
+            return None
+        return self.codec.request(batch), batch[-1][0]
+
+    def spill(self) -> int:
+        """Moves every point in memory to the spool; returns how many were dropped at the spool's cap."""
+        if not self.memory:
+            return 0
+        points = list(self.memory)
+        self.memory = deque()
+        codec = self.codec
+        dropped = 0
+        start = 0
+        while start < len(points):
+            batch, _ = codec.take_batch(points[start : start + codec.max_points])
+            start += len(batch)
+            if self._spool.append(self.name, codec.spool_payload(batch), batch[0][0], batch[-1][0], len(batch)):
+                self.spooled += len(batch)
+            else:
+                self.dropped += len(batch)
+                dropped += len(batch)
+        return dropped
+
+    def cancel_stream(self) -> None:
+        """Cancels the open stream, if any."""
+        if self.stream is not None:
+            self.stream.cancel()
+            self.stream = None
+
+
+AnyOutbox = Outbox[BufferedMetric] | Outbox[BufferedLog]
+"""The outbox of either stream."""

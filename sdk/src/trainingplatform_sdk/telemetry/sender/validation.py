@@ -1,0 +1,97 @@
+"""The checks of what the caller logged, made before a point is numbered: key, value, step and epoch.
+
+Pure: no I/O and no gRPC. A refused point raises `InvalidPoint` with the problem in words, the same words for the
+same kind of problem, so that the sender can count it and log each kind once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TypeGuard
+
+from trainingplatform_sdk.spec.limits import MAX_KEY_CHARS
+from trainingplatform_sdk.telemetry.sender.buffer import LogItem, MetricItem
+
+INT64_END = 2**63
+"""Step and epoch are int64 fields: they must stay below this (and be at least 0)."""
+
+KNOWN_KEYS_LIMIT = 10_000
+"""Most keys remembered as valid (each is checked once); past it the memory starts again, empty."""
+
+_CONTROL_CHARS = re.compile("[\x00-\x1f\x7f]")
+
+ValidMetric = tuple[str, float, int | None, int | None, float]
+"""A metric point that passed the checks: (key, value, step, epoch, wall time)."""
+
+ValidLog = tuple[str, int, int | None, int | None, float]
+"""A log record that passed the checks: (message, level, epoch, step, wall time)."""
+
+
+class InvalidPoint(ValueError):
+    """A point or record refused before sending; its message says why."""
+
+
+def valid_key(key: object) -> TypeGuard[str]:
+    """Whether `key` is a metric key: 1 to MAX_KEY_CHARS characters, no control characters, encodable as UTF-8."""
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_CHARS or _CONTROL_CHARS.search(key):
+        return False
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def position(step: int | None, epoch: int | None) -> tuple[int | None, int | None]:
+    """(step, epoch) as ints in the int64 range, at least 0.
+
+    Raises:
+        InvalidPoint: One is not an integer or out of range.
+    """
+    try:
+        step = None if step is None else int(step)
+        epoch = None if epoch is None else int(epoch)
+    except (TypeError, ValueError):
+        raise InvalidPoint("step and epoch must be integers") from None
+    if any(value is not None and not 0 <= value < INT64_END for value in (step, epoch)):
+        raise InvalidPoint("step and epoch must be between 0 and 2**63 - 1")
+    return step, epoch
+
+
+class Validator:
+    """Checks metric points and log records; remembers the keys it has seen valid."""
+
+    def __init__(self) -> None:
+        self._known_keys: set[str] = set()
+
+    def metric(self, item: MetricItem) -> ValidMetric:
+        """The checked fields of a metric point.
+
+        Raises:
+            InvalidPoint: The key, the value, the step or the epoch is not acceptable.
+        """
+        _, key, value, step, epoch, wall = item
+        if type(key) is not str or key not in self._known_keys:
+            if not valid_key(key):
+                raise InvalidPoint(f"a key must be 1 to {MAX_KEY_CHARS} characters, no control characters")
+            if len(self._known_keys) >= KNOWN_KEYS_LIMIT:
+                self._known_keys.clear()
+            self._known_keys.add(key)
+        if value is None:
+            raise InvalidPoint(f"the value of {key!r} is not a number")
+        step, epoch = position(step, epoch)
+        return key, value, step, epoch, wall
+
+    @staticmethod
+    def log(item: LogItem) -> ValidLog:
+        """The checked fields of a log record; text that UTF-8 cannot encode is replaced.
+
+        Raises:
+            InvalidPoint: The step or the epoch is not acceptable.
+        """
+        _, message, level, epoch, step, wall = item
+        step, epoch = position(step, epoch)
+        if not message.isascii():
+            # Lone surrogates cannot be encoded as UTF-8 and would make the whole batch unbuildable.
+            message = message.encode("utf-8", "replace").decode("utf-8")
+        return message, level, epoch, step, wall
