@@ -41,10 +41,11 @@ MAX_HISTORY_PAGE = 10_000
 
 
 def truncate_utf8(text: str, limit: int) -> str:
-    """`text` cut to at most `limit` UTF-8 bytes, ending with a marker that says how much was cut."""
-    data = text.encode("utf-8", "replace")
-    if len(data) <= limit:
+    """`text` cut to at most `limit` UTF-8 bytes, ending with `...[truncated N bytes]` (N: the bytes cut)."""
+    if len(text) * 4 <= limit:  # a UTF-8 character is at most 4 bytes: no need to encode
         return text
-    marker_room = 40
-    kept = data[: limit - marker_room].decode("utf-8", "ignore")
-    return f"{kept}...[truncated {len(data) - len(kept.encode())} bytes]"
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return text
+    keep = limit - len(f"...[truncated {len(encoded)} bytes]".encode())
+    return encoded[:keep].decode("utf-8", "ignore") + f"...[truncated {len(encoded) - keep} bytes]"
