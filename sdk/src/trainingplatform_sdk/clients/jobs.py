@@ -9,7 +9,9 @@
 
 Callers never touch protobufs: results are frozen dataclasses and errors are `PlatformError` subclasses that
 carry the gRPC status. Idempotent calls are retried by gRPC itself on UNAVAILABLE (a service config with a
-retry policy); CreateJob and StartTraining are not (they are not idempotent). Every call has a deadline.
+retry policy); StartTraining is not. CreateJob is made idempotent by its `request_id`: `create_job` sends a new
+one per job and retries UNAVAILABLE and DEADLINE_EXCEEDED with the same one, so a lost response never makes a
+second job. Every call has a deadline.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import datetime as dt
 import os
 import random
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -28,7 +31,7 @@ from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from trainingplatform_sdk.clients._base import Client, default_token, raise_platform_error
-from trainingplatform_sdk.errors import InvalidArgumentError
+from trainingplatform_sdk.errors import InvalidArgumentError, UnavailableError
 from trainingplatform_sdk.spec.configs import AdvancedConfig
 from trainingplatform_sdk.spec.validation import validate_spec
 
@@ -252,8 +255,14 @@ class JobsClient(Client):
         advanced: AdvancedConfig | Mapping[str, Any] | None = None,
         display_name: str = "",
         dispatch: bool = True,
+        request_id: str = "",
+        attempts: int = 5,
     ) -> CreatedJob:
         """Creates a job and (unless `dispatch` is False) hands it to a trainer of its framework.
+
+        The call is sent with an idempotency key (`request_id`, a new UUID unless given) and retried with the
+        same key up to `attempts` times when the backend is unreachable or the deadline passes: a retry whose
+        first try was in fact committed returns that job, never a second one.
 
         Raises:
             InvalidArgumentError: a bad field (the message names it), including advanced config types.
@@ -280,12 +289,21 @@ class JobsClient(Client):
             advanced=advanced_config.to_proto(),
         )
         validate_spec(spec)  # the backend's own checks: a bad field fails here, without a round trip
-        response = self._call(
-            self._stub.CreateJob,
-            jobs_pb2.CreateJobRequest(spec=spec, display_name=display_name, dispatch=dispatch),
-            timeout=max(self.timeout, 60.0),
+        request = jobs_pb2.CreateJobRequest(
+            spec=spec, display_name=display_name, dispatch=dispatch, request_id=request_id or str(uuid.uuid4())
         )
-        return CreatedJob(_job(response.job), response.telemetry_token)
+        delay = 0.2
+        for attempt in range(1, max(1, attempts) + 1):
+            try:
+                response = self._call(self._stub.CreateJob, request, timeout=max(self.timeout, 60.0))
+            except UnavailableError:  # UNAVAILABLE or DEADLINE_EXCEEDED: the job may or may not exist
+                if attempt >= attempts:
+                    raise
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 3.0)
+                continue
+            return CreatedJob(_job(response.job), response.telemetry_token)
+        raise AssertionError("unreachable")
 
     def get_job(self, job_id: str) -> Job:
         """One job with its status history."""

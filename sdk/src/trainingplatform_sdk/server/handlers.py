@@ -13,8 +13,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from grpc._cython import cygrpc
 
+from trainingplatform_sdk.errors import UnavailableError
 from trainingplatform_sdk.server.status import StatusOf
+
+# What reading a client stream raises once the server has stopped (grpc.aio has no public name for it).
+_SERVER_STOPPED: tuple[type[BaseException], ...] = tuple(
+    error for error in (getattr(cygrpc, "_ServerStoppedError", None),) if isinstance(error, type)
+)
 
 __all__ = ["MalformedRequest", "wrap_handler"]
 
@@ -51,8 +58,12 @@ def _check(request: Any) -> Any:
 
 
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
-        yield _check(request)
+    try:
+        async for request in requests:
+            yield _check(request)
+    except _SERVER_STOPPED as error:
+        # The grace period ended while the stream was open: not a fault of the handler, and the client resumes.
+        raise UnavailableError("the server is shutting down; resume from GetStreamCursor") from error
 
 
 def wrap_handler(

@@ -27,6 +27,16 @@ MAX_URI_CHARS = 2000
 MAX_EPOCHS = 1_000_000
 """Most epochs a job may ask for."""
 
+MAX_EPOCH = 999_999_999
+"""Largest epoch number a metric point, log record or epoch summary may carry (epochs count from 0)."""
+
+MAX_STEP = 2**53 - 1
+"""Largest step a metric point or log record may carry: JavaScript's largest safe integer, so every client reads
+it exactly."""
+
+MAX_SEQUENCE = 2**53 - 1
+"""Largest sequence number of a metric point or log record (same bound as MAX_STEP, for the same reason)."""
+
 DEFAULT_JOBS_PAGE = 50
 """Jobs in a ListJobs page when the caller asks for none."""
 

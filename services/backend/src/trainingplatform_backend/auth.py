@@ -3,13 +3,16 @@
 Three kinds of token travel as `authorization: Bearer <token>` (read by `trainingplatform_sdk.server.metadata`):
 - the internal service token (INTERNAL_AUTH_TOKEN): every RPC;
 - the read token (READ_AUTH_TOKEN, optional): the read RPCs of JobsService;
-- a job's telemetry token, `<job_id>.<secret>`: that job's telemetry and reads of that job only.
+- a job's telemetry token, `<job_id>.<secret>`: that job's telemetry and reads of that job only; the token a
+  dispatch attempt hands to a trainer, `<job_id>.<attempt>.<secret>`, is scoped to that attempt (a superseded
+  attempt's telemetry is refused: `Backend.check_attempt`).
 Job tokens are stored as SHA-256 hashes and every comparison is constant-time. No token is ever logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import enum
 import hashlib
@@ -33,10 +36,12 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller; `job_id` is set for a job's telemetry token."""
+    """An authenticated caller; `job_id` is set for a job's telemetry token, `attempt` for a dispatch attempt's
+    token (0: the token CreateJob returned)."""
 
     kind: Kind
     job_id: str = ""
+    attempt: int = 0
 
 
 _TELEMETRY = "/trainingplatform.telemetry.v1.TrainingTelemetryService/"
@@ -77,6 +82,20 @@ def hash_token(token: str) -> str:
 def mint_job_token(job_id: str) -> tuple[str, str]:
     """A new telemetry token for `job_id` and its hash."""
     token = f"{job_id}.{secrets.token_urlsafe(32)}"
+    return token, hash_token(token)
+
+
+def derive_job_token(key: str, job_id: str, attempt: int = 0) -> tuple[str, str]:
+    """The telemetry token of `job_id` derived from the internal service token (`key`) and its hash; with an
+    `attempt` (>= 1), the token of that dispatch attempt, `<job_id>.<attempt>.<secret>`.
+
+    The backend can derive it again: to return the job's token to a CreateJob retry, and to check an attempt's
+    token without storing it. Only the job token's hash is stored; deriving needs the internal token, whose
+    holder has every right anyway.
+    """
+    message = f"tp-job-token:{job_id}" + (f":{attempt}" if attempt else "")
+    secret = base64.urlsafe_b64encode(hmac.new(key.encode(), message.encode(), hashlib.sha256).digest())
+    token = f"{job_id}.{f'{attempt}.' if attempt else ''}{secret.rstrip(b'=').decode()}"
     return token, hash_token(token)
 
 
@@ -127,7 +146,13 @@ class Authenticator:
             return Principal(Kind.INTERNAL)
         if self._read and hmac.compare_digest(raw, self._read):
             return Principal(Kind.READ)
-        job_id, dot, _ = token.partition(".")
+        job_id, dot, rest = token.partition(".")
+        attempt, attempt_dot, _ = rest.partition(".")
+        if dot and attempt_dot and attempt.isdecimal() and 0 < len(attempt) <= 9 and _is_uuid(job_id):
+            expected, _ = derive_job_token(self._internal.decode(), job_id, int(attempt))
+            if hmac.compare_digest(raw, expected.encode()):
+                return Principal(Kind.JOB, job_id, int(attempt))
+            raise UnauthenticatedError("unknown token")
         if dot and _is_uuid(job_id):
             stored = await self._job_hash(job_id)
             if stored is not None and hmac.compare_digest(hash_token(token), stored):

@@ -1,41 +1,60 @@
-"""Hands jobs to trainer services, cancels them there, and fails jobs whose trainer is gone (the lease).
+"""Hands queued jobs to trainer services, cancels them there, and fails jobs whose trainer is gone (the lease).
+
+Durable dispatch: `CreateJob` stores the job QUEUED and returns; the dispatcher of every backend process works
+from the database. It picks QUEUED jobs no trainer accepted yet (`Store.dispatchable`), takes one with a claim
+in the jobs table (`dispatch_claimed_until`: of several backends one wins; a claim left by a backend that
+stopped expires) and calls StartTraining. So a caller's deadline never interrupts a dispatch, and a restarted
+backend (or another replica) resumes dispatching the jobs still queued.
 
 Replica policy: a framework may list several trainer addresses (TP_TRAINERS). A job goes to the replica with
 the fewest of this database's live (QUEUED or RUNNING) jobs, ties broken in configuration order. When a replica
 is unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), the next one is tried. When none
-accepts, the job stays QUEUED and this backend retries in the background (backoff from 1 s to 10 s) for up to
-`dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s), then fails it with every replica's last reason. A trainer
-refusing the request itself (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION: an unknown model, a missing
-dataset) fails the job at once with the trainer's message. Retries live in the memory of the backend that took
-the job; if it stops, the lease below fails the job once the retries would have ended.
+accepts, the job stays QUEUED and is tried again (backoff from 1 s to 10 s) until it has been QUEUED for
+`dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s, counted from its creation), then it fails with every
+replica's last reason. A trainer refusing the request itself (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION:
+an unknown model, a missing dataset) fails the job at once with the trainer's message.
 
-Lease: every `watch_interval_s` the backend asks each live job's trainer about its run (GetTraining). A job is
-failed, with the reason, when its run ended without the job reaching a terminal status for `lease_s` (the
-process died before reporting), or when the trainer no longer knows the run or has been unreachable, and the
-job's telemetry has not moved, for `lease_s` (a training process outlives a crashed trainer service and keeps
-reporting on its own: it is not failed while it does). So a job whose trainer and process die is FAILED within
-lease_s + watch_interval_s (70 s by default).
+Cancel during dispatch: the trainer is recorded under the job's row lock (`Store.set_dispatch`), which also
+returns the job's status; a job cancelled while its trainer was accepting it (CancelJob saw no trainer yet) has
+its run cancelled at once, so it stays CANCELLED and nothing trains.
+
+Attempts: every StartTraining is a numbered dispatch attempt (`jobs.dispatch_attempt`) with its own telemetry
+token (`auth.derive_job_token(..., attempt)`). Sending the job to the same trainer again reuses the attempt
+(StartTraining is idempotent per job there); sending it to another trainer (the previous one timed out, and may
+have started a run) makes a new attempt, cancels the previous trainer's run, and fences it: the telemetry
+service refuses a superseded attempt's token with ABORTED (`Backend.check_attempt`).
+
+Lease: every `watch_interval_s` the backend asks each trainer of live jobs about its runs (one ListTrainings per
+trainer). A job is failed, with the reason, when its run ended without the job reaching a terminal status and
+its telemetry has not moved for `lease_s` (the process died before reporting; a run whose trainer still replays
+its spool keeps delivering, and is waited for), or when the trainer no longer knows the run or has been
+unreachable, and the job's telemetry has not moved, for `lease_s` (a training process outlives a crashed
+trainer service and keeps reporting on its own: it is not failed while it does). So a job whose trainer and
+process die is FAILED within lease_s + watch_interval_s (70 s by default). The lease's per-job memory is pruned
+as jobs end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 from sqlalchemy import func, select
-from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainingplatform_sdk.channel import open_aio_channel
 from trainingplatform_sdk.errors import FailedPreconditionError
 
-from trainingplatform_backend import statemachine
+from trainingplatform_backend import convert, statemachine
+from trainingplatform_backend.auth import derive_job_token
 from trainingplatform_backend.models import IngestCursor, Job
-from trainingplatform_backend.store import Store, Transition, utcnow
+from trainingplatform_backend.store import JobView, Store, Transition, utcnow
 from trainingplatform_backend.subscriptions import POKE, Hub
 
 log = logging.getLogger(__name__)
@@ -43,6 +62,11 @@ log = logging.getLogger(__name__)
 # A busy or unreachable trainer is asked again after 1 s, then twice as long each time, up to 10 s.
 RETRY_FIRST_DELAY_S = 1.0
 RETRY_MAX_DELAY_S = 10.0
+# How often the database is checked for queued jobs when nothing wakes the dispatcher (another replica's jobs,
+# jobs left by a stopped backend, retries).
+DISPATCH_POLL_S = 0.5
+# Runs asked per ListTrainings page.
+LIST_PAGE_SIZE = 1000
 
 RETRY_NEXT = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -75,21 +99,44 @@ class DispatchSettings:
 class Dispatcher:
     """Talks to trainer services on behalf of the backend."""
 
-    def __init__(self, store: Store, hub: Hub, settings: DispatchSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        settings: DispatchSettings,
+        *,
+        on_attempt: Callable[[str, int], None] | None = None,
+    ) -> None:
+        """`on_attempt(job_id, attempt)` is told of each new dispatch attempt (the telemetry service's fence)."""
         self._store = store
+        self._on_attempt = on_attempt
         self._hub = hub
         self._settings = settings
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unreachable_since: dict[str, float] = {}
+        # Per live job (pruned each lease round): telemetry seen, since when it is quiet, since when its run ended.
         self._last_committed: dict[str, int] = {}
         self._quiet_since: dict[str, float] = {}
         self._run_ended_at: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._retries: dict[str, asyncio.Task[None]] = {}
+        # Per queued job (pruned each dispatch round): the next try and the backoff delay.
+        self._next_try: dict[str, float] = {}
+        self._delay: dict[str, float] = {}
+        self._dispatching: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._cancels: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
 
     def has_trainer(self, framework: str) -> bool:
         """Whether a trainer is configured for the framework."""
         return bool(self._settings.trainers.get(framework))
+
+    def job_token(self, job_id: str) -> tuple[str, str]:
+        """The job's telemetry token and its hash (derived: see `auth.derive_job_token`)."""
+        return derive_job_token(self._settings.internal_token, job_id)
+
+    def wake(self) -> None:
+        """Tells the dispatcher a job was queued: it looks at the database now rather than at its next poll."""
+        self._wake.set()
 
     def _stub(self, address: str) -> trainer_pb2_grpc.TrainerServiceStub:
         channel = self._channels.get(address)
@@ -128,23 +175,84 @@ class Dispatcher:
             self._hub.publish(transition.job_pk, POKE)
         return transition
 
-    async def dispatch(self, job_id: str, spec: common_pb2.JobSpec, telemetry_token: str) -> None:
-        """QUEUED, then StartTraining on the first replica that accepts. When every replica is busy or down, the
-        job stays QUEUED and is retried in the background; a trainer refusing the job fails it."""
-        await self._transition(job_id, statemachine.QUEUED, "dispatching to a trainer")
+    # --- dispatch ----------------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), DISPATCH_POLL_S)
+            self._wake.clear()
+            try:
+                await self.dispatch_queued()
+            except Exception:  # the loop must survive anything (a database restart); the next round retries
+                log.exception("dispatch round failed")
+
+    async def dispatch_queued(self) -> None:
+        """One round: starts a dispatch of every queued job that is due and held by no backend."""
+        queued = await asyncio.to_thread(self._store.dispatchable, utcnow())
+        waiting = set(queued)
+        for memory in (self._next_try, self._delay):
+            for job_id in [j for j in memory if j not in waiting and j not in self._dispatching]:
+                del memory[job_id]
+        now = time.monotonic()
+        for job_id in queued:
+            if job_id in self._dispatching or self._next_try.get(job_id, 0.0) > now:
+                continue
+            task = asyncio.create_task(self._dispatch(job_id), name=f"dispatch-{job_id}")
+            self._dispatching[job_id] = task
+            task.add_done_callback(functools.partial(self._dispatched, job_id))
+
+    def _dispatched(self, job_id: str, _task: asyncio.Task[None]) -> None:
+        self._dispatching.pop(job_id, None)
+
+    async def _dispatch(self, job_id: str) -> None:
+        """Claims the job, then one pass over the replicas; when none accepts, the claim is released for the next
+        try, or the job fails once it has been queued for `dispatch_timeout_s`."""
+        try:
+            framework = await self._claim_and_try(job_id)
+        except Exception:
+            log.exception("dispatch of job %s failed; it is tried again", job_id)
+            self._backoff(job_id)
+            return
+        if framework is None:
+            self._next_try.pop(job_id, None)
+            self._delay.pop(job_id, None)
+
+    def _backoff(self, job_id: str) -> None:
+        delay = self._delay.get(job_id, RETRY_FIRST_DELAY_S / 2) * 2
+        self._delay[job_id] = min(delay, RETRY_MAX_DELAY_S)
+        self._next_try[job_id] = time.monotonic() + self._delay[job_id]
+
+    async def _claim_and_try(self, job_id: str) -> str | None:
+        """Returns None when the job is settled (handed over, failed, or not ours), else its framework."""
+        settings = self._settings
+        now = utcnow()
+        replicas = max((len(addresses) for addresses in settings.trainers.values()), default=1)
+        hold = dt.timedelta(seconds=settings.call_timeout_s * replicas + 60)
+        job = await asyncio.to_thread(self._store.claim_dispatch, job_id, now=now, until=now + hold)
+        if job is None:
+            return None
+        spec = convert.job_to_proto(JobView(job)).spec
         request = trainer_pb2.StartTrainingRequest(
-            job_id=job_id,
-            spec=spec,
-            telemetry_endpoint=self._settings.telemetry_endpoint,
-            telemetry_token=telemetry_token,
+            job_id=job_id, spec=spec, telemetry_endpoint=settings.telemetry_endpoint
         )
         reasons = await self._try_replicas(job_id, request)
-        if reasons:
-            log.info("job %s waits for a %s trainer: %s", job_id, spec.framework, "; ".join(reasons))
-            deadline = time.monotonic() + self._settings.dispatch_timeout_s
-            self._retries[job_id] = asyncio.create_task(
-                self._retry(job_id, request, deadline, reasons), name=f"dispatch-{job_id}"
+        if not reasons:
+            return None
+        if utcnow() >= job.created_at + dt.timedelta(seconds=settings.dispatch_timeout_s):
+            message = (
+                f"no {spec.framework} trainer accepted the job within {settings.dispatch_timeout_s:.0f} s: "
+                + "; ".join(reasons)
             )
+            log.warning("job %s: %s", job_id, message)
+            await self._transition(job_id, statemachine.FAILED, "no trainer accepted the job", message)
+            await asyncio.to_thread(self._store.release_dispatch, job_id, reasons="; ".join(reasons))
+            return None
+        if job_id not in self._delay:
+            log.info("job %s waits for a %s trainer: %s", job_id, spec.framework, "; ".join(reasons))
+        await asyncio.to_thread(self._store.release_dispatch, job_id, reasons="; ".join(reasons))
+        self._backoff(job_id)
+        return spec.framework
 
     async def _try_replicas(self, job_id: str, request: trainer_pb2.StartTrainingRequest) -> list[str]:
         """One pass over the replicas. Returns [] when the job was handed over or failed for good, else the
@@ -152,6 +260,19 @@ class Dispatcher:
         replicas = await asyncio.to_thread(self._replicas, request.spec.framework)
         reasons: list[str] = []
         for address in replicas:
+            # Every StartTraining is an attempt with its own token; a new trainer supersedes the previous attempt,
+            # whose run (a StartTraining past its deadline may have started one) is cancelled and fenced.
+            attempt, superseded = await asyncio.to_thread(self._store.begin_attempt, job_id, address)
+            if self._on_attempt is not None:
+                self._on_attempt(job_id, attempt)
+            if superseded:
+                log.info(
+                    "job %s: attempt %d goes to %s; cancelling any run on %s", job_id, attempt, address, superseded
+                )
+                task = asyncio.create_task(self.cancel(job_id, superseded), name=f"cancel-{job_id}")
+                self._cancels.add(task)
+                task.add_done_callback(self._cancels.discard)
+            request.telemetry_token = derive_job_token(self._settings.internal_token, job_id, attempt)[0]
             try:
                 response = await self._stub(address).StartTraining(
                     request, metadata=self._metadata(), timeout=self._settings.call_timeout_s
@@ -167,35 +288,23 @@ class Dispatcher:
                     f"trainer {address} refused the job: {error.details()}",
                 )
                 return []
-            await asyncio.to_thread(
+            status = await asyncio.to_thread(
                 self._store.set_dispatch, job_id, trainer_address=address, trainer_run_id=response.run_id
             )
+            if status in statemachine.TERMINAL:
+                # Cancelled (or failed) while the trainer was accepting it: CancelJob found no trainer to tell.
+                log.info(
+                    "job %s ended %s while %s accepted it (run %s): cancelling the run",
+                    job_id,
+                    status,
+                    address,
+                    response.run_id,
+                )
+                await self.cancel(job_id, address)
+                return []
             log.info("job %s dispatched to %s (run %s)", job_id, address, response.run_id)
             return []
         return reasons
-
-    async def _retry(
-        self, job_id: str, request: trainer_pb2.StartTrainingRequest, deadline: float, reasons: list[str]
-    ) -> None:
-        delay = RETRY_FIRST_DELAY_S
-        try:
-            while time.monotonic() < deadline:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_DELAY_S)
-                view = await asyncio.to_thread(self._store.get_job, job_id)
-                if view.job.status != statemachine.QUEUED:
-                    return  # cancelled meanwhile
-                reasons = await self._try_replicas(job_id, request)
-                if not reasons:
-                    return
-            message = (
-                f"no {request.spec.framework} trainer accepted the job within "
-                f"{self._settings.dispatch_timeout_s:.0f} s: " + "; ".join(reasons)
-            )
-            log.warning("job %s: %s", job_id, message)
-            await self._transition(job_id, statemachine.FAILED, "no trainer accepted the job", message)
-        finally:
-            self._retries.pop(job_id, None)
 
     async def cancel(self, job_id: str, trainer_address: str) -> None:
         """Asks the job's trainer to stop its run; an unreachable trainer is logged, not fatal."""
@@ -215,16 +324,19 @@ class Dispatcher:
     # --- the lease ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Starts the watch loop."""
+        """Starts the dispatch loop and the watch loop."""
         if any(self._settings.trainers.values()):
-            self._task = asyncio.create_task(self._watch(), name="trainer-lease")
+            self._tasks = [
+                asyncio.create_task(self._dispatch_loop(), name="dispatcher"),
+                asyncio.create_task(self._watch(), name="trainer-lease"),
+            ]
 
     async def stop(self) -> None:
-        """Stops the watch loop and closes the channels."""
-        for task in [self._task, *self._retries.values()]:
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        """Stops the loops and the dispatches in flight (their claims expire; any backend resumes them), then
+        closes the channels."""
+        for task in [*self._tasks, *self._dispatching.values(), *self._cancels]:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         for channel in self._channels.values():
             await channel.close()
 
@@ -253,46 +365,63 @@ class Dispatcher:
                 )
             ]
 
-    def _orphans(self, older_than: dt.datetime) -> Sequence[str]:
-        with self._store.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(Job.job_id).where(
-                        Job.status == statemachine.QUEUED, Job.trainer_address == "", Job.updated_at < older_than
-                    )
-                ).scalars()
+    async def _runs(self, address: str) -> dict[str, trainer_pb2.TrainingRun]:
+        """The newest run of each job the trainer knows (every page of one ListTrainings walk)."""
+        runs: dict[str, trainer_pb2.TrainingRun] = {}
+        token = ""
+        while True:
+            page = await self._stub(address).ListTrainings(
+                trainer_pb2.ListTrainingsRequest(page_size=LIST_PAGE_SIZE, page_token=token),
+                metadata=self._metadata(),
+                timeout=10,
             )
+            for run in page.runs:  # newest first
+                runs.setdefault(run.job_id, run)
+            token = page.next_page_token
+            if not token:
+                return runs
 
     async def check_leases(self) -> None:
-        """One round of the lease: fails live jobs whose trainer no longer runs them, and queued jobs whose
-        dispatch retries stopped with the backend that held them."""
+        """One round of the lease: fails live jobs whose trainer no longer runs them."""
         now = time.monotonic()
         lease = self._settings.lease_s
-        cutoff = utcnow() - dt.timedelta(seconds=self._settings.dispatch_timeout_s + lease)
-        for job_id in await asyncio.to_thread(self._orphans, cutoff):
-            if job_id not in self._retries:
-                await self._transition(
-                    job_id,
-                    statemachine.FAILED,
-                    "never dispatched",
-                    "the backend that queued this job stopped before a trainer accepted it",
-                )
-        for job_id, address, committed in await asyncio.to_thread(self._live_jobs):
-            # A job whose telemetry still moves is alive, whatever its trainer service says: the training process
-            # outlives a crashed or restarted service and keeps reporting with its own token.
-            if self._last_committed.get(job_id) != committed:
-                self._last_committed[job_id] = committed
-                self._quiet_since[job_id] = now
-            quiet = now - self._quiet_since.setdefault(job_id, now)
+        live = await asyncio.to_thread(self._live_jobs)
+        ids = {job_id for job_id, _, _ in live}
+        for memory in (self._last_committed, self._quiet_since, self._run_ended_at):
+            for job_id in [j for j in memory if j not in ids]:
+                del memory[job_id]
+        by_trainer: dict[str, list[tuple[str, int]]] = {}
+        for job_id, address, committed in live:
+            by_trainer.setdefault(address, []).append((job_id, committed))
+        for address in [a for a in self._unreachable_since if a not in by_trainer]:
+            del self._unreachable_since[address]
+        for address, jobs in by_trainer.items():
+            quiet: dict[str, float] = {}
+            for job_id, committed in jobs:
+                # A job whose telemetry still moves is alive, whatever its trainer service says: the training
+                # process outlives a crashed or restarted service, and a trainer replays an ended run's spool.
+                if self._last_committed.get(job_id) != committed:
+                    self._last_committed[job_id] = committed
+                    self._quiet_since[job_id] = now
+                quiet[job_id] = now - self._quiet_since.setdefault(job_id, now)
             try:
-                run = (
-                    await self._stub(address).GetTraining(
-                        trainer_pb2.GetTrainingRequest(job_id=job_id), metadata=self._metadata(), timeout=10
-                    )
-                ).run
+                runs = await self._runs(address)
             except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    if quiet >= lease:
+                since = self._unreachable_since.setdefault(address, now)
+                for job_id, _ in jobs:
+                    if now - since >= lease and quiet[job_id] >= lease:
+                        await self._transition(
+                            job_id,
+                            statemachine.FAILED,
+                            "trainer unreachable",
+                            f"trainer {address} unreachable for {now - since:.0f} s ({error.code().name})",
+                        )
+                continue
+            self._unreachable_since.pop(address, None)
+            for job_id, _ in jobs:
+                run = runs.get(job_id)
+                if run is None:
+                    if quiet[job_id] >= lease:
                         await self._transition(
                             job_id,
                             statemachine.FAILED,
@@ -300,19 +429,11 @@ class Dispatcher:
                             f"trainer {address} no longer knows this job's run (was it restarted?)",
                         )
                     continue
-                since = self._unreachable_since.setdefault(address, now)
-                if now - since >= lease and quiet >= lease:
-                    await self._transition(
-                        job_id,
-                        statemachine.FAILED,
-                        "trainer unreachable",
-                        f"trainer {address} unreachable for {now - since:.0f} s ({error.code().name})",
-                    )
-                continue
-            self._unreachable_since.pop(address, None)
-            if run.state in ENDED_RUN_STATES:
+                if run.state not in ENDED_RUN_STATES:
+                    self._run_ended_at.pop(job_id, None)
+                    continue
                 ended = self._run_ended_at.setdefault(job_id, now)
-                if now - ended >= lease:
+                if now - ended >= lease and quiet[job_id] >= lease:
                     state = trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_")
                     detail = run.error_message or f"exit code {run.exit_code}"
                     await self._transition(
@@ -321,4 +442,3 @@ class Dispatcher:
                         "training process ended without a status",
                         f"the training process ended ({state}, {detail}) without reporting a final status",
                     )
-                    self._run_ended_at.pop(job_id, None)

@@ -59,12 +59,24 @@ def _check_common(
 ) -> None:
     if min(sequences) < 1:
         raise InvalidArgumentError(f"{what} sequence numbers start at 1; got {min(sequences)}")
+    if max(sequences) > limits.MAX_SEQUENCE:
+        raise InvalidArgumentError(
+            f"{what} sequence must be at most {limits.MAX_SEQUENCE} (MAX_SEQUENCE); got {max(sequences)}"
+        )
     present_steps = [s for s in steps if s is not None]
     if present_steps and min(present_steps) < 0:
         raise InvalidArgumentError(f"{what} step must be >= 0")
+    if present_steps and max(present_steps) > limits.MAX_STEP:
+        raise InvalidArgumentError(
+            f"{what} step must be at most {limits.MAX_STEP} (MAX_STEP); got {max(present_steps)}"
+        )
     present_epochs = [e for e in epochs if e is not None]
     if present_epochs and min(present_epochs) < 0:
         raise InvalidArgumentError(f"{what} epoch must be >= 0")
+    if present_epochs and max(present_epochs) > limits.MAX_EPOCH:
+        raise InvalidArgumentError(
+            f"{what} epoch must be at most {limits.MAX_EPOCH} (MAX_EPOCH); got {max(present_epochs)}"
+        )
     if not all(map(math.isfinite, wall_times)):
         raise InvalidArgumentError(f"{what} wall_time must be a finite number of seconds since the Unix epoch")
 

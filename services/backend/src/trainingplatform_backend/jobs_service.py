@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from trainingplatform.common.v1 import common_pb2
@@ -17,12 +19,13 @@ from trainingplatform_backend import convert, statemachine
 from trainingplatform_backend.auth import authorize_job
 from trainingplatform_backend.dispatch import Dispatcher
 from trainingplatform_backend.models import METRICS_STREAM
-from trainingplatform_backend.subscriptions import POKE, Batch, Subscriber
+from trainingplatform_backend.subscriptions import POKE, Batch, StreamPosition, Subscriber
 from trainingplatform_backend.telemetry_service import Backend
 
 log = logging.getLogger(__name__)
 
 _REPLAY_PAGE = 5000
+_MAX_REQUEST_ID_CHARS = 64
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
@@ -44,9 +47,26 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
                 f"no trainer service is configured for framework {request.spec.framework!r} (set TP_TRAINERS), "
                 "or create the job with dispatch=false and run the trainer yourself"
             )
+        if len(request.request_id) > _MAX_REQUEST_ID_CHARS:
+            raise InvalidArgumentError(f"request_id is longer than {_MAX_REQUEST_ID_CHARS} characters")
+        request_hash = ""
+        if request.request_id:
+            # What a retry must repeat: the request without its key, `dispatch` made explicit.
+            unkeyed = jobs_pb2.CreateJobRequest()
+            unkeyed.CopyFrom(request)
+            unkeyed.request_id = ""
+            unkeyed.dispatch = dispatch
+            request_hash = hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).hexdigest()
         spec = request.spec
-        view, token = await self._backend.run(
+        job_id = str(uuid.uuid4())
+        token, token_hash = self._dispatcher.job_token(job_id)
+        view, created = await self._backend.run(
             self._backend.store.create_job,
+            job_id=job_id,
+            token_hash=token_hash,
+            queued=dispatch,
+            request_id=request.request_id,
+            request_hash=request_hash,
             framework=spec.framework,
             model_name=spec.model.name,
             display_name=request.display_name,
@@ -55,10 +75,19 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             training_config=convert.message_to_dict(spec.training),
             advanced_config=convert.message_to_dict(spec.advanced),
         )
+        if not created:
+            # A retry: the job its key created, with the same token (derived again; only its hash is stored).
+            token, token_hash = self._dispatcher.job_token(view.job.job_id)
+            if token_hash != view.job.telemetry_token_hash:
+                raise FailedPreconditionError(
+                    f"request_id {request.request_id!r} created job {view.job.job_id}, whose telemetry token can no "
+                    "longer be returned (the internal service token changed)"
+                )
+            log.info("CreateJob retried with request_id %r: job %s", request.request_id, view.job.job_id)
+            return jobs_pb2.CreateJobResponse(job=convert.job_to_proto(view), telemetry_token=token)
         log.info("created job %s (%s %s)", view.job.job_id, spec.framework, spec.model.name)
         if dispatch:
-            await self._dispatcher.dispatch(view.job.job_id, spec, token)
-            view = await self._backend.run(self._backend.store.get_job, view.job.job_id)
+            self._dispatcher.wake()  # the dispatcher hands it to a trainer, outside this call
         return jobs_pb2.CreateJobResponse(job=convert.job_to_proto(view), telemetry_token=token)
 
     async def GetJob(
@@ -165,29 +194,27 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         cursor.CopyFrom(request.after)
         if min(cursor.metric_sequence, cursor.log_sequence, cursor.status_sequence, cursor.epoch_summary_sequence) < 0:
             raise InvalidArgumentError("cursor positions must be >= 0")
+        state = _Subscription(cursor)
         hub = self._backend.hub
         subscriber = hub.subscribe(job_pk)  # before the replay, so nothing committed meanwhile is missed
         try:
             while True:
-                ended = False
-                async for response in self._replay(job_pk, cursor):
+                async for response in self._replay(job_pk, state):
                     yield response
-                    if (
-                        response.HasField("status_event")
-                        and statemachine.status_name(response.status_event.to_status) in statemachine.TERMINAL
-                    ):
-                        ended = True
-                if ended and not request.keep_following:
+                # The job had ended when the replay began: everything committed before its end has been sent
+                # (whatever the cursor was, also when nothing lay after it).
+                if state.ended and not request.keep_following:
                     return
-                async for response in self._follow(subscriber, cursor):
+                async for response in self._follow(subscriber, state):
                     yield response
         finally:
             hub.unsubscribe(job_pk, subscriber)
 
     async def _follow(
-        self, subscriber: Subscriber, cursor: jobs_pb2.TelemetryCursor
+        self, subscriber: Subscriber, state: _Subscription
     ) -> AsyncIterator[jobs_pb2.SubscribeTelemetryResponse]:
         """Yields live batches while they continue the cursor; returns when a database read is needed."""
+        cursor = state.cursor
         while True:
             await subscriber.wait()
             if subscriber.closed:
@@ -200,13 +227,13 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             for event in subscriber.drain():
                 if not isinstance(event, Batch):
                     return  # a poke: re-read the database (it also covers the rest of the buffer)
-                field = "metric_sequence" if event.kind == METRICS_STREAM else "log_sequence"
-                position = getattr(cursor, field)
-                if event.last_sequence <= position:
-                    continue  # already delivered by the replay
-                if event.first_sequence != position + 1:
-                    return  # a hole (another process, a late batch): the database has the truth
-                setattr(cursor, field, event.last_sequence)
+                position = state.metrics if event.kind == METRICS_STREAM else state.logs
+                if event.first_sequence != position.high + 1:
+                    if event.last_sequence <= position.high and not position.holes:
+                        continue  # already delivered by the replay
+                    return  # a hole, or a late batch that may fill one: the database has the truth
+                position.high = event.last_sequence
+                state.sync()
                 if event.kind == METRICS_STREAM:
                     yield jobs_pb2.SubscribeTelemetryResponse(
                         metrics=jobs_pb2.MetricBatch(points=event.items), cursor=cursor
@@ -216,34 +243,77 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
                         logs=jobs_pb2.LogBatch(records=event.items), cursor=cursor
                     )
 
-    async def _replay(
-        self, job_pk: int, cursor: jobs_pb2.TelemetryCursor
-    ) -> AsyncIterator[jobs_pb2.SubscribeTelemetryResponse]:
-        """Yields everything committed after the cursor, advancing it. Status events are read first and sent
-        last, so everything committed before a terminal status is sent before it."""
-        store, run = self._backend.store, self._backend.run
-        events = await run(store.status_events_after, job_pk, cursor.status_sequence)
-        while True:
-            rows = await run(store.metrics_after, job_pk, cursor.metric_sequence, _REPLAY_PAGE)
-            if not rows:
-                break
-            cursor.metric_sequence = rows[-1][0]
-            yield jobs_pb2.SubscribeTelemetryResponse(
-                metrics=jobs_pb2.MetricBatch(points=convert.metric_points(rows)), cursor=cursor
-            )
-        while True:
-            records = await run(store.logs_after, job_pk, cursor.log_sequence, _REPLAY_PAGE)
-            if not records:
-                break
-            cursor.log_sequence = records[-1].sequence
-            yield jobs_pb2.SubscribeTelemetryResponse(
-                logs=jobs_pb2.LogBatch(records=convert.log_records(records)), cursor=cursor
-            )
-        for summary in await run(store.epoch_summaries_after, job_pk, cursor.epoch_summary_sequence - 1):
-            cursor.epoch_summary_sequence = summary.epoch + 1
-            yield jobs_pb2.SubscribeTelemetryResponse(
-                epoch_summary=convert.epoch_summary_to_proto(summary), cursor=cursor
-            )
+    async def _replay(self, job_pk: int, state: _Subscription) -> AsyncIterator[jobs_pb2.SubscribeTelemetryResponse]:
+        """Yields everything committed after the cursor, and what filled the subscription's holes since it passed
+        them, advancing the cursor. Status events are read first and sent last, so everything committed before a
+        terminal status is sent before it. Pages are read and turned into protobuf in a worker thread."""
+        store, run, cursor = self._backend.store, self._backend.run, state.cursor
+        status, events = await run(store.status_and_events_after, job_pk, cursor.status_sequence)
+        state.ended = status in statemachine.TERMINAL
+        for position, page in ((state.metrics, self._metric_page), (state.logs, self._log_page)):
+            for holes in position.hole_chunks():  # points that filled a hole late
+                after = holes[0][0] - 1
+                while built := await run(page, job_pk, after, holes):
+                    sequences, response = built
+                    position.fill(sequences)
+                    after = sequences[-1]
+                    yield state.stamp(response)
+            while built := await run(page, job_pk, position.high, ()):
+                sequences, response = built
+                position.advance(sequences)
+                yield state.stamp(response)
+        while summaries := await run(self._summary_page, job_pk, cursor.epoch_summary_sequence - 1):
+            for epoch, response in summaries:
+                cursor.epoch_summary_sequence = epoch + 1  # epoch <= limits.MAX_EPOCH: no overflow
+                yield state.stamp(response)
         for event in events:
             cursor.status_sequence = event.sequence
             yield jobs_pb2.SubscribeTelemetryResponse(status_event=convert.status_event_to_proto(event), cursor=cursor)
+
+    def _metric_page(
+        self, job_pk: int, after: int, within: Sequence[tuple[int, int]]
+    ) -> tuple[list[int], jobs_pb2.SubscribeTelemetryResponse] | None:
+        """A replay page of metric points (worker thread): their sequences and the response, without cursor."""
+        rows = self._backend.store.metrics_after(job_pk, after, _REPLAY_PAGE, within=within)
+        if not rows:
+            return None
+        response = jobs_pb2.SubscribeTelemetryResponse(metrics=jobs_pb2.MetricBatch(points=convert.metric_points(rows)))
+        return [row[0] for row in rows], response
+
+    def _log_page(
+        self, job_pk: int, after: int, within: Sequence[tuple[int, int]]
+    ) -> tuple[list[int], jobs_pb2.SubscribeTelemetryResponse] | None:
+        """A replay page of log records (worker thread): their sequences and the response, without cursor."""
+        records = self._backend.store.logs_after(job_pk, after, _REPLAY_PAGE, within=within)
+        if not records:
+            return None
+        response = jobs_pb2.SubscribeTelemetryResponse(logs=jobs_pb2.LogBatch(records=convert.log_records(records)))
+        return [record.sequence for record in records], response
+
+    def _summary_page(self, job_pk: int, after_epoch: int) -> list[tuple[int, jobs_pb2.SubscribeTelemetryResponse]]:
+        """A replay page of epoch summaries (worker thread): (epoch, response without cursor) each."""
+        return [
+            (summary.epoch, jobs_pb2.SubscribeTelemetryResponse(epoch_summary=convert.epoch_summary_to_proto(summary)))
+            for summary in self._backend.store.epoch_summaries_after(job_pk, after_epoch)
+        ]
+
+
+class _Subscription:
+    """One subscription's position: the cursor it reports and where it stands in each stream."""
+
+    def __init__(self, cursor: jobs_pb2.TelemetryCursor) -> None:
+        self.cursor = cursor
+        self.metrics = StreamPosition(cursor.metric_sequence)
+        self.logs = StreamPosition(cursor.log_sequence)
+        self.ended = False
+
+    def sync(self) -> None:
+        """Puts the streams' low-water marks in the cursor."""
+        self.cursor.metric_sequence = self.metrics.low()
+        self.cursor.log_sequence = self.logs.low()
+
+    def stamp(self, response: jobs_pb2.SubscribeTelemetryResponse) -> jobs_pb2.SubscribeTelemetryResponse:
+        """The response with the current cursor."""
+        self.sync()
+        response.cursor.CopyFrom(self.cursor)
+        return response

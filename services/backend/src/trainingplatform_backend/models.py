@@ -94,6 +94,18 @@ class Job(Base):
     telemetry_token_hash: Mapped[str] = mapped_column(String(64))
     # Number of status events so far: the next event's sequence is this + 1.
     status_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    # CreateJob's idempotency key (CreateJobRequest.request_id); NULL when the caller sent none.
+    request_id: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    # SHA-256 of the rest of the request that created the job, to tell a retry from a reused key.
+    request_hash: Mapped[str] = mapped_column(String(64), default="")
+    # The current dispatch attempt (1, 2, ...; 0 before the first): its token is the only trainer token accepted.
+    dispatch_attempt: Mapped[int] = mapped_column(Integer, default=0)
+    # The trainer the current attempt was sent to.
+    dispatch_attempt_address: Mapped[str] = mapped_column(String(250), default="")
+    # A backend dispatching this QUEUED job holds it until then; another (or a restarted one) takes it after.
+    dispatch_claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Why the last dispatch pass found no trainer (every replica's reason), for the dispatch timeout's error.
+    dispatch_reasons: Mapped[str] = mapped_column(Text, default="")
 
 
 class JobArtifact(Base):

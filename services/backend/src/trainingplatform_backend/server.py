@@ -90,7 +90,9 @@ async def start(settings: Settings) -> RunningServer:
         interceptors=[ServiceInterceptor(authenticator)],
         options=server_options(settings.max_message_bytes, settings.max_connection_age_s, settings.shutdown_grace_s),
     )
-    telemetry_pb2_grpc.add_TrainingTelemetryServiceServicer_to_server(TelemetryServicer(backend), server.server)
+    telemetry_pb2_grpc.add_TrainingTelemetryServiceServicer_to_server(
+        TelemetryServicer(backend, settings.max_message_bytes), server.server
+    )
     dispatcher = Dispatcher(
         store,
         hub,
@@ -101,7 +103,9 @@ async def start(settings: Settings) -> RunningServer:
             dispatch_timeout_s=settings.dispatch_timeout_s,
             lease_s=settings.trainer_lease_s,
             watch_interval_s=settings.watch_interval_s,
+            call_timeout_s=settings.trainer_call_timeout_s,
         ),
+        on_attempt=backend.note_attempt,
     )
     jobs_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(backend, dispatcher), server.server)
     tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)

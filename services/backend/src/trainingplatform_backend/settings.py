@@ -85,6 +85,10 @@ class Settings:
     watch_interval_s: float = 10.0
     """TP_WATCH_INTERVAL_S: how often the backend asks trainers about their live jobs' runs."""
 
+    trainer_call_timeout_s: float = 30.0
+    """TP_TRAINER_CALL_TIMEOUT_S: deadline of StartTraining and CancelTraining calls. A StartTraining past it may
+    still have started a run: the job then goes to the next replica as a new attempt, and the first is fenced."""
+
     @property
     def effective_database_url(self) -> str:
         """The database URL with the embedded default filled in and psycopg 3 chosen for PostgreSQL."""
@@ -179,6 +183,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         dispatch_timeout_s=float(env.get("TP_DISPATCH_TIMEOUT_S", "600")),
         trainer_lease_s=float(env.get("TP_TRAINER_LEASE_S", "60")),
         watch_interval_s=float(env.get("TP_WATCH_INTERVAL_S", "10")),
+        trainer_call_timeout_s=float(env.get("TP_TRAINER_CALL_TIMEOUT_S", "30")),
     )
 
 

@@ -15,9 +15,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, or_, select, text, tuple_
+import grpc
+from sqlalchemy import Engine, and_, delete, or_, select, text, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
-from trainingplatform_sdk.errors import NotFoundError
+from trainingplatform_sdk.errors import NotFoundError, PlatformError
+from trainingplatform_sdk.spec import limits
 
 from trainingplatform_backend import statemachine
 from trainingplatform_backend.auth import mint_job_token
@@ -134,6 +137,11 @@ class Store:
     def create_job(
         self,
         *,
+        job_id: str = "",
+        token_hash: str = "",
+        queued: bool = False,
+        request_id: str = "",
+        request_hash: str = "",
         framework: str,
         model_name: str,
         display_name: str,
@@ -141,10 +149,71 @@ class Store:
         dataset_config: dict[str, Any],
         training_config: dict[str, Any],
         advanced_config: dict[str, Any],
-    ) -> tuple[JobView, str]:
-        """Stores a PENDING job with its creation event and empty cursors; returns it and its telemetry token."""
-        job_id = str(uuid.uuid4())
-        token, token_hash = mint_job_token(job_id)
+    ) -> tuple[JobView, bool]:
+        """Stores a PENDING job (then QUEUED when `queued`: the dispatcher takes it from there) with its events and
+        empty cursors; returns it and True. With a `request_id` an earlier job created with it is returned
+        instead, with False. Without `job_id` and `token_hash` a new id and a random token's hash are used.
+
+        Raises:
+            PlatformError: ALREADY_EXISTS, the request_id was used by a request with another `request_hash`.
+        """
+        job_id = job_id or str(uuid.uuid4())
+        token_hash = token_hash or mint_job_token(job_id)[1]
+        if request_id:
+            existing = self._job_of_request(request_id, request_hash)
+            if existing is not None:
+                return existing, False
+        try:
+            self._insert_job(
+                job_id=job_id,
+                token_hash=token_hash,
+                queued=queued,
+                request_id=request_id,
+                request_hash=request_hash,
+                framework=framework,
+                model_name=model_name,
+                display_name=display_name,
+                model_config=model_config,
+                dataset_config=dataset_config,
+                training_config=training_config,
+                advanced_config=advanced_config,
+            )
+        except IntegrityError:
+            existing = self._job_of_request(request_id, request_hash) if request_id else None
+            if existing is None:
+                raise
+            return existing, False  # a concurrent retry with the same key won
+        return self.get_job(job_id), True
+
+    def _job_of_request(self, request_id: str, request_hash: str) -> JobView | None:
+        with self._sessions() as session:
+            job = session.scalar(select(Job).where(Job.request_id == request_id))
+            if job is None:
+                return None
+            if job.request_hash != request_hash:
+                raise PlatformError(
+                    f"request_id {request_id!r} was already used by a different CreateJob request (job "
+                    f"{job.job_id}); send a new request_id for a new job",
+                    code=grpc.StatusCode.ALREADY_EXISTS,
+                )
+            return self._view(session, job, with_events=False)
+
+    def _insert_job(
+        self,
+        *,
+        job_id: str,
+        token_hash: str,
+        queued: bool,
+        request_id: str,
+        request_hash: str,
+        framework: str,
+        model_name: str,
+        display_name: str,
+        model_config: dict[str, Any],
+        dataset_config: dict[str, Any],
+        training_config: dict[str, Any],
+        advanced_config: dict[str, Any],
+    ) -> None:
         now = utcnow()
         with self.write_lock(), self._sessions.begin() as session:
             job = Job(
@@ -166,8 +235,15 @@ class Store:
                 mlflow_run_id="",
                 mlflow_tracking_uri="",
                 telemetry_token_hash=token_hash,
-                status_sequence=1,
+                status_sequence=2 if queued else 1,
+                request_id=request_id or None,
+                request_hash=request_hash,
+                dispatch_attempt=0,
+                dispatch_attempt_address="",
+                dispatch_reasons="",
             )
+            if queued:
+                job.status = statemachine.QUEUED
             session.add(job)
             session.flush()
             session.add(
@@ -181,6 +257,18 @@ class Store:
                     created_at=now,
                 )
             )
+            if queued:
+                session.add(
+                    StatusEvent(
+                        job_pk=job.id,
+                        sequence=2,
+                        from_status=statemachine.PENDING,
+                        to_status=statemachine.QUEUED,
+                        reason="waiting for a trainer",
+                        error_message="",
+                        created_at=now,
+                    )
+                )
             for stream in (METRICS_STREAM, LOGS_STREAM):
                 session.add(
                     IngestCursor(
@@ -194,7 +282,6 @@ class Store:
                     )
                 )
             self.notify(session, job.id)
-        return self.get_job(job_id), token
 
     def token_hash(self, job_id: str) -> str | None:
         """The stored telemetry token hash of a job, or None when there is no such job."""
@@ -257,15 +344,88 @@ class Store:
         with self._sessions() as session:
             return [self._view(session, job, with_events=False) for job in session.scalars(query)]
 
-    def set_dispatch(self, job_id: str, *, trainer_address: str, trainer_run_id: str) -> None:
-        """Records which trainer runs the job."""
+    def dispatchable(self, now: dt.datetime) -> list[str]:
+        """QUEUED jobs no trainer has accepted yet and no backend holds (its claim expired or never was), oldest
+        first."""
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(Job.job_id)
+                    .where(
+                        Job.status == statemachine.QUEUED,
+                        Job.trainer_address == "",
+                        or_(Job.dispatch_claimed_until.is_(None), Job.dispatch_claimed_until < now),
+                    )
+                    .order_by(Job.id)
+                ).scalars()
+            )
+
+    def claim_dispatch(self, job_id: str, *, now: dt.datetime, until: dt.datetime) -> Job | None:
+        """Takes a dispatchable job for this backend until `until` (one UPDATE: of several backends, one wins);
+        returns the job, or None when it is no longer QUEUED, already dispatched or held by another backend."""
         with self.write_lock(), self._sessions.begin() as session:
-            job = session.scalar(select(Job).where(Job.job_id == job_id))
+            claimed = session.execute(
+                update(Job)
+                .where(
+                    Job.job_id == job_id,
+                    Job.status == statemachine.QUEUED,
+                    Job.trainer_address == "",
+                    or_(Job.dispatch_claimed_until.is_(None), Job.dispatch_claimed_until < now),
+                )
+                .values(dispatch_claimed_until=until)
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return session.scalar(select(Job).where(Job.job_id == job_id))
+
+    def begin_attempt(self, job_id: str, trainer_address: str) -> tuple[int, str]:
+        """The dispatch attempt to send to `trainer_address`: the current one again when it went to the same
+        trainer (StartTraining is idempotent per job there: a run it started is that attempt's), else a new one,
+        which supersedes the current. Returns the attempt and the trainer of the superseded attempt ("" if none),
+        whose run, if it started one, must be cancelled."""
+        with self.write_lock(), self._sessions.begin() as session:
+            job = session.scalar(select(Job).where(Job.job_id == job_id).with_for_update())
+            if job is None:
+                raise NotFoundError(f"job {job_id!r} does not exist")
+            if job.dispatch_attempt and job.dispatch_attempt_address == trainer_address:
+                return job.dispatch_attempt, ""
+            superseded = job.dispatch_attempt_address
+            job.dispatch_attempt += 1
+            job.dispatch_attempt_address = trainer_address
+            return job.dispatch_attempt, superseded
+
+    def current_attempt(self, job_id: str) -> int:
+        """The job's current dispatch attempt (0 before the first)."""
+        with self.engine.connect() as conn:
+            attempt = conn.execute(select(Job.dispatch_attempt).where(Job.job_id == job_id)).scalar()
+        if attempt is None:
+            raise NotFoundError(f"job {job_id!r} does not exist")
+        return int(attempt)
+
+    def release_dispatch(self, job_id: str, *, reasons: str) -> None:
+        """Gives up this backend's claim on a job no trainer accepted, keeping why for the timeout's message."""
+        with self.write_lock(), self._sessions.begin() as session:
+            session.execute(
+                update(Job)
+                .where(Job.job_id == job_id)
+                .values(dispatch_claimed_until=None, dispatch_reasons=reasons)
+                .execution_options(synchronize_session=False)
+            )
+
+    def set_dispatch(self, job_id: str, *, trainer_address: str, trainer_run_id: str) -> str:
+        """Records which trainer runs the job and returns the job's status, read under the same row lock as
+        every transition: a job cancelled while its trainer was accepting it is seen CANCELLED here, and the
+        caller must cancel the run."""
+        with self.write_lock(), self._sessions.begin() as session:
+            job = session.scalar(select(Job).where(Job.job_id == job_id).with_for_update())
             if job is None:
                 raise NotFoundError(f"job {job_id!r} does not exist")
             job.trainer_address = trainer_address
             job.trainer_run_id = trainer_run_id
+            job.dispatch_claimed_until = None
             job.updated_at = utcnow()
+            return job.status
 
     def transition(
         self, job_id: str, target: str, *, reason: str = "", error_message: str = "", error_detail: str = ""
@@ -352,10 +512,15 @@ class Store:
         return cursors.get(METRICS_STREAM, 0), cursors.get(LOGS_STREAM, 0)
 
     def metrics_after(
-        self, job_pk: int, after: int, limit: int, keys: Sequence[str] = ()
+        self,
+        job_pk: int,
+        after: int,
+        limit: int,
+        keys: Sequence[str] = (),
+        within: Sequence[tuple[int, int]] = (),
     ) -> list[tuple[int, str, float | None, int | None, int | None, float]]:
-        """Up to `limit` points with sequence > `after`, in sequence order:
-        (sequence, key, value, step, epoch, wall_time)."""
+        """Up to `limit` points with sequence > `after` (and, when `within` is given, inside one of its inclusive
+        ranges), in sequence order: (sequence, key, value, step, epoch, wall_time)."""
         query = (
             select(Metric.sequence, Metric.key, Metric.value, Metric.step, Metric.epoch, Metric.wall_time)
             .where(Metric.job_pk == job_pk, Metric.sequence > after)
@@ -364,11 +529,16 @@ class Store:
         )
         if keys:
             query = query.where(Metric.key.in_(list(keys)))
+        if within:
+            query = query.where(or_(*(Metric.sequence.between(low, high) for low, high in within)))
         with self.engine.connect() as conn:
             return [tuple(row) for row in conn.execute(query)]  # type: ignore[misc]
 
-    def logs_after(self, job_pk: int, after: int, limit: int, min_level: int = 0) -> list[LogRecord]:
-        """Up to `limit` log records with sequence > `after`, in sequence order."""
+    def logs_after(
+        self, job_pk: int, after: int, limit: int, min_level: int = 0, within: Sequence[tuple[int, int]] = ()
+    ) -> list[LogRecord]:
+        """Up to `limit` log records with sequence > `after` (and, when `within` is given, inside one of its
+        inclusive ranges), in sequence order."""
         query = (
             select(LogRecord)
             .where(LogRecord.job_pk == job_pk, LogRecord.sequence > after)
@@ -377,27 +547,44 @@ class Store:
         )
         if min_level:
             query = query.where(LogRecord.level >= min_level)
+        if within:
+            query = query.where(or_(*(LogRecord.sequence.between(low, high) for low, high in within)))
         with self._sessions() as session:
             return list(session.scalars(query))
 
     def status_events_after(self, job_pk: int, after: int) -> list[StatusEvent]:
         """Status events with sequence > `after`, oldest first."""
+        return self.status_and_events_after(job_pk, after)[1]
+
+    def status_and_events_after(self, job_pk: int, after: int) -> tuple[str, list[StatusEvent]]:
+        """The job's current status and its status events with sequence > `after` (oldest first), read together:
+        a terminal status comes with its event unless `after` is past it."""
         with self._sessions() as session:
-            return list(
+            status = session.scalar(select(Job.status).where(Job.id == job_pk))
+            if status is None:
+                raise NotFoundError("job does not exist")
+            events = list(
                 session.scalars(
                     select(StatusEvent)
                     .where(StatusEvent.job_pk == job_pk, StatusEvent.sequence > after)
                     .order_by(StatusEvent.sequence)
                 )
             )
+            return status, events
 
     def epoch_summaries_after(self, job_pk: int, after_epoch: int, limit: int = 1000) -> list[SummaryView]:
-        """Epoch summaries with epoch > `after_epoch` (use -1 for all), in epoch order."""
+        """Up to `limit` epoch summaries with `after_epoch` < epoch <= `limits.MAX_EPOCH` (use -1 for all), in
+        epoch order. Rows above MAX_EPOCH (stored before ingest refused them) are left out: no cursor could
+        count past them."""
         with self._sessions() as session:
             summaries = list(
                 session.scalars(
                     select(EpochSummary)
-                    .where(EpochSummary.job_pk == job_pk, EpochSummary.epoch > after_epoch)
+                    .where(
+                        EpochSummary.job_pk == job_pk,
+                        EpochSummary.epoch > after_epoch,
+                        EpochSummary.epoch <= limits.MAX_EPOCH,
+                    )
                     .order_by(EpochSummary.epoch)
                     .limit(limit)
                 )

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,64 @@ class Batch:
 
 
 POKE = "poke"
+
+# Holes asked about per database query when a subscriber looks for points that filled them late.
+HOLES_PER_QUERY = 100
+
+
+class StreamPosition:
+    """Where one subscription stands in one stream (metrics or logs).
+
+    It has sent every committed sequence up to `high` except those in `holes`: inclusive ranges, in order, that
+    were missing when it passed them. A point that fills a hole later is still sent (out of order) and its
+    sequence leaves the hole. The cursor the subscription reports is `low()`, the contiguous low-water mark: the
+    highest sequence at or below which nothing is missing. A subscriber resuming from it therefore gets every
+    point it could have missed, late fills included; only points above a hole that is still open may come again.
+    """
+
+    __slots__ = ("high", "holes")
+
+    def __init__(self, high: int) -> None:
+        self.high = high
+        self.holes: list[tuple[int, int]] = []
+
+    def low(self) -> int:
+        """The cursor to report: everything at or below it has been sent."""
+        return self.holes[0][0] - 1 if self.holes else self.high
+
+    def advance(self, sequences: Sequence[int]) -> None:
+        """Records sent sequences above `high`, in increasing order; numbers skipped become holes."""
+        if not sequences:
+            return
+        if sequences[0] == self.high + 1 and sequences[-1] - sequences[0] + 1 == len(sequences):
+            self.high = sequences[-1]  # the common case: contiguous
+            return
+        high = self.high
+        for sequence in sequences:
+            if sequence > high + 1:
+                self.holes.append((high + 1, sequence - 1))
+            high = max(high, sequence)
+        self.high = high
+
+    def fill(self, sequences: Sequence[int]) -> None:
+        """Takes sent sequences (increasing, below `high`) out of the holes."""
+        index, remaining = 0, []
+        for low, high in self.holes:
+            start = low
+            while index < len(sequences) and sequences[index] <= high:
+                sequence = sequences[index]
+                if sequence >= start:
+                    if sequence > start:
+                        remaining.append((start, sequence - 1))
+                    start = sequence + 1
+                index += 1
+            if start <= high:
+                remaining.append((start, high))
+        self.holes = remaining
+
+    def hole_chunks(self) -> list[list[tuple[int, int]]]:
+        """The holes, a database query's worth at a time."""
+        return [self.holes[i : i + HOLES_PER_QUERY] for i in range(0, len(self.holes), HOLES_PER_QUERY)]
 
 
 class Subscriber:

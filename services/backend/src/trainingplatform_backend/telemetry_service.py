@@ -8,15 +8,16 @@ import functools
 import itertools
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
-from trainingplatform_sdk.errors import InvalidArgumentError, UnavailableError
+from trainingplatform_sdk.errors import InvalidArgumentError, PlatformError, UnavailableError
 from trainingplatform_sdk.spec import limits
 
-from trainingplatform_backend.auth import authorize_job
+from trainingplatform_backend.auth import CALLER, authorize_job
 from trainingplatform_backend.ingest import (
     INLINE_ROWS,
     BatchResult,
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _SHUTDOWN_MESSAGE = "the backend is shutting down; resume from GetStreamCursor"
+# How old this process's knowledge of a job's current dispatch attempt may be before it is read again.
+ATTEMPT_REFRESH_S = 1.0
 
 
 class Backend:
@@ -50,6 +53,8 @@ class Backend:
         self._reading: set[asyncio.Task[Any]] = set()
         self._interrupted: set[asyncio.Task[Any]] = set()
         self._job_pks: dict[str, int] = {}
+        # job id -> (current dispatch attempt, when it was read): the fence of superseded attempts' telemetry.
+        self._attempts: dict[str, tuple[int, float]] = {}
 
     async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Runs a blocking database operation in a worker thread."""
@@ -71,6 +76,37 @@ class Backend:
                 self._job_pks.clear()
             self._job_pks[job_id] = pk
         return pk
+
+    def note_attempt(self, job_id: str, attempt: int) -> None:
+        """Told by this process's dispatcher of a job's new dispatch attempt: its fence applies at once."""
+        if len(self._attempts) > 100_000:
+            self._attempts.clear()
+        self._attempts[job_id] = (attempt, time.monotonic())
+
+    async def check_attempt(self, job_id: str) -> None:
+        """Refuses the caller when it holds the token of a superseded dispatch attempt of the job (a trainer that
+        accepted the job too late, after it went to another one): its telemetry would mix with the current
+        attempt's under the same sequence numbers. Checked on every message; the current attempt is re-read at
+        most every ATTEMPT_REFRESH_S (another backend replica may have made a new one), at once when this
+        process's dispatcher makes one.
+
+        Raises:
+            PlatformError: ABORTED (final: the SDK's sender stops), the attempt was superseded.
+        """
+        attempt = CALLER.get().attempt
+        if not attempt:
+            return  # the job's own token (CreateJob's), or the internal token
+        current, read_at = self._attempts.get(job_id, (0, -math.inf))
+        now = time.monotonic()
+        if attempt > current or now - read_at > ATTEMPT_REFRESH_S:
+            current = await self.run(self.store.current_attempt, job_id)
+            self.note_attempt(job_id, current)
+        if attempt < current:
+            raise PlatformError(
+                f"dispatch attempt {attempt} of job {job_id} was superseded by attempt {current} (the job was "
+                "handed to another trainer): this run's telemetry is refused; stop it",
+                code=grpc.StatusCode.ABORTED,
+            )
 
     def begin_shutdown(self) -> None:
         """Starts the drain of every open stream: see `messages`."""
@@ -136,8 +172,10 @@ def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, don
 class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
     """Implements TrainingTelemetryService; see telemetry.proto for the contract."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        """`max_message_bytes` is the server's request size limit, told to clients by GetStreamCursor."""
         self._backend = backend
+        self._max_message_bytes = max_message_bytes
 
     async def _ingest_stream(
         self,
@@ -168,6 +206,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                 items = getattr(request, items_field)
                 if not items:
                     continue
+                await backend.check_attempt(job_id)
                 # Batch N is committed while the next message is received and parsed.
                 if pending is not None:
                     result = await pending
@@ -233,6 +272,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         self, request: telemetry_pb2.UpdateStatusRequest, context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.UpdateStatusResponse:
         authorize_job(request.job_id)
+        await self._backend.check_attempt(request.job_id)
         await self._backend.job_pk(request.job_id)
         target = status_name(request.status)
         transition = await self._backend.run(
@@ -252,10 +292,13 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         self, request: telemetry_pb2.RecordEpochSummaryRequest, context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.RecordEpochSummaryResponse:
         authorize_job(request.job_id)
+        await self._backend.check_attempt(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
         summary = request.summary
-        if summary.epoch < 0:
-            raise InvalidArgumentError(f"summary epoch must be >= 0; got {summary.epoch}")
+        if summary.epoch < 0 or summary.epoch > limits.MAX_EPOCH:
+            raise InvalidArgumentError(
+                f"summary epoch must be between 0 and {limits.MAX_EPOCH} (MAX_EPOCH); got {summary.epoch}"
+            )
         if not math.isfinite(summary.duration_seconds) or summary.duration_seconds < 0:
             raise InvalidArgumentError("summary duration_seconds must be a finite number >= 0")
         for key in summary.metrics:
@@ -276,6 +319,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         self, request: telemetry_pb2.ReportRunInfoRequest, context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.ReportRunInfoResponse:
         authorize_job(request.job_id)
+        await self._backend.check_attempt(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
         if len(request.mlflow_run_id) > limits.MAX_NAME_CHARS:
             raise InvalidArgumentError(f"mlflow_run_id is longer than {limits.MAX_NAME_CHARS} characters")
@@ -305,6 +349,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         self, request: telemetry_pb2.GetStreamCursorRequest, context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.GetStreamCursorResponse:
         authorize_job(request.job_id)
+        await self._backend.check_attempt(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
         metric, log_sequence = await self._backend.run(self._backend.store.cursor, job_pk)
-        return telemetry_pb2.GetStreamCursorResponse(last_metric_sequence=metric, last_log_sequence=log_sequence)
+        return telemetry_pb2.GetStreamCursorResponse(
+            last_metric_sequence=metric, last_log_sequence=log_sequence, max_message_bytes=self._max_message_bytes
+        )

@@ -64,14 +64,16 @@ class StatusEvent(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., from_status: _Optional[_Union[_common_pb2.JobStatus, str]] = ..., to_status: _Optional[_Union[_common_pb2.JobStatus, str]] = ..., reason: _Optional[str] = ..., error_message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("spec", "display_name", "dispatch")
+    __slots__ = ("spec", "display_name", "dispatch", "request_id")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DISPATCH_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     spec: _common_pb2.JobSpec
     display_name: str
     dispatch: bool
-    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., display_name: _Optional[str] = ..., dispatch: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., display_name: _Optional[str] = ..., dispatch: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateJobResponse(_message.Message):
     __slots__ = ("job", "telemetry_token")

@@ -92,8 +92,13 @@ class JobsServiceServicer:
         """Stores a new job (PENDING), mints its telemetry token and dispatches it to a trainer service of its
         framework (QUEUED), unless `dispatch` is false.
 
-        Errors: INVALID_ARGUMENT (missing framework or model name, epochs < 1, a field out of range),
-        FAILED_PRECONDITION (no trainer configured for the framework), UNAUTHENTICATED, PERMISSION_DENIED.
+        The job is stored QUEUED and the call returns at once: the backend's dispatcher hands queued jobs to
+        trainers from the database (retrying busy or unreachable trainers, and resuming after a backend restart),
+        so a caller's deadline never interrupts a dispatch. Retries with the same `request_id` return the same job.
+
+        Errors: INVALID_ARGUMENT (missing framework or model name, epochs < 1, a field out of range, request_id
+        longer than 64 characters), FAILED_PRECONDITION (no trainer configured for the framework), ALREADY_EXISTS
+        (request_id already used by a different request), UNAUTHENTICATED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,7 +154,17 @@ class JobsServiceServicer:
     def SubscribeTelemetry(self, request, context):
         """Replays a job's telemetry after a cursor (metrics, logs, status changes and epoch summaries), then
         follows it live. Events of one kind arrive in sequence order; every response carries the cursor to
-        resume from. The stream ends after the job's terminal status change unless `keep_following` is set.
+        resume from. The stream ends after the job's terminal status change unless `keep_following` is set; a
+        subscription to a job that has already ended (COMPLETED, FAILED, CANCELLED) sends what lies after its
+        cursor and then ends, whatever the cursor (also when nothing lies after it, or it is past the terminal
+        status event).
+
+        Gaps: a metric or log sequence that is missing when the subscription passes it is a hole. Points above a
+        hole are sent as usual; a point committed later inside a hole is sent too, when it is committed (out of
+        sequence order). The metric and log positions of the cursor are therefore contiguous low-water marks: the
+        highest sequence at or below which nothing is missing, so resuming from a cursor never misses a point
+        that fills a hole later; points above a hole that is still open may be sent again after a resume
+        (identify them by sequence). Without holes (the normal case) every point is sent exactly once.
 
         A subscriber that reads more slowly than the job produces never slows ingest: when its buffer (bounded)
         overflows it receives a `lagged` notice and the server continues from the database at its cursor, so

@@ -33,6 +33,12 @@ class TrainingTelemetryServiceStub:
     that job only) or the internal service token (INTERNAL_AUTH_TOKEN). A missing or unknown token gets
     UNAUTHENTICATED; a telemetry token used for another job gets PERMISSION_DENIED.
 
+    Dispatch attempts: every StartTraining the backend sends is an attempt with its own token, scoped to that
+    attempt. When a job goes to another trainer (a StartTraining past its deadline may still have started a
+    run), the earlier attempt is superseded: every call and stream message carrying its token gets ABORTED
+    ("... superseded ...") on every RPC of this service, and its run is cancelled. ABORTED is final: the run
+    must stop sending.
+
     Exactly-once delivery: the client numbers the points of each stream kind (metrics, logs) of a job 1, 2, 3...
     The backend commits each received batch in one transaction together with the job's cursor (the highest
     committed sequence), and ignores a point whose sequence is already stored (counted as a duplicate). After a
@@ -85,6 +91,12 @@ class TrainingTelemetryServiceServicer:
     job's telemetry token (minted by the backend when the job is created and handed to the trainer; valid for
     that job only) or the internal service token (INTERNAL_AUTH_TOKEN). A missing or unknown token gets
     UNAUTHENTICATED; a telemetry token used for another job gets PERMISSION_DENIED.
+
+    Dispatch attempts: every StartTraining the backend sends is an attempt with its own token, scoped to that
+    attempt. When a job goes to another trainer (a StartTraining past its deadline may still have started a
+    run), the earlier attempt is superseded: every call and stream message carrying its token gets ABORTED
+    ("... superseded ...") on every RPC of this service, and its run is cancelled. ABORTED is final: the run
+    must stop sending.
 
     Exactly-once delivery: the client numbers the points of each stream kind (metrics, logs) of a job 1, 2, 3...
     The backend commits each received batch in one transaction together with the job's cursor (the highest
@@ -207,6 +219,12 @@ class TrainingTelemetryService:
     job's telemetry token (minted by the backend when the job is created and handed to the trainer; valid for
     that job only) or the internal service token (INTERNAL_AUTH_TOKEN). A missing or unknown token gets
     UNAUTHENTICATED; a telemetry token used for another job gets PERMISSION_DENIED.
+
+    Dispatch attempts: every StartTraining the backend sends is an attempt with its own token, scoped to that
+    attempt. When a job goes to another trainer (a StartTraining past its deadline may still have started a
+    run), the earlier attempt is superseded: every call and stream message carrying its token gets ABORTED
+    ("... superseded ...") on every RPC of this service, and its run is cancelled. ABORTED is final: the run
+    must stop sending.
 
     Exactly-once delivery: the client numbers the points of each stream kind (metrics, logs) of a job 1, 2, 3...
     The backend commits each received batch in one transaction together with the job's cursor (the highest

@@ -223,6 +223,19 @@ export declare type CreateJobRequest = Message<"trainingplatform.jobs.v1.CreateJ
    * @generated from field: optional bool dispatch = 3;
    */
   dispatch?: boolean | undefined;
+
+  /**
+   * Idempotency key, at most 64 characters; empty means none. A CreateJob with a key that an earlier CreateJob
+   * used returns that earlier job instead of creating another, so a caller that retries after a lost response
+   * (a deadline, a broken connection) gets one job: send a new random key (a UUID) per job, the same key on
+   * every retry of it. The retry's response carries the job as it is now and the same telemetry token again
+   * (only the internal service token may call CreateJob, so the token goes back to the caller it was minted
+   * for). A key is never released; reusing it with a different request (spec, display_name or dispatch) gets
+   * ALREADY_EXISTS naming the key.
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
 };
 
 /**
@@ -563,14 +576,14 @@ export declare const ListLogsResponseSchema: GenMessage<ListLogsResponse>;
  */
 export declare type TelemetryCursor = Message<"trainingplatform.jobs.v1.TelemetryCursor"> & {
   /**
-   * Last metric sequence seen.
+   * Metric points seen: every sequence up to this one (the contiguous low-water mark; see SubscribeTelemetry).
    *
    * @generated from field: int64 metric_sequence = 1;
    */
   metricSequence: bigint;
 
   /**
-   * Last log sequence seen.
+   * Log records seen: every sequence up to this one (the contiguous low-water mark; see SubscribeTelemetry).
    *
    * @generated from field: int64 log_sequence = 2;
    */
@@ -774,8 +787,13 @@ export declare const JobsService: GenService<{
    * Stores a new job (PENDING), mints its telemetry token and dispatches it to a trainer service of its
    * framework (QUEUED), unless `dispatch` is false.
    *
-   * Errors: INVALID_ARGUMENT (missing framework or model name, epochs < 1, a field out of range),
-   * FAILED_PRECONDITION (no trainer configured for the framework), UNAUTHENTICATED, PERMISSION_DENIED.
+   * The job is stored QUEUED and the call returns at once: the backend's dispatcher hands queued jobs to
+   * trainers from the database (retrying busy or unreachable trainers, and resuming after a backend restart),
+   * so a caller's deadline never interrupts a dispatch. Retries with the same `request_id` return the same job.
+   *
+   * Errors: INVALID_ARGUMENT (missing framework or model name, epochs < 1, a field out of range, request_id
+   * longer than 64 characters), FAILED_PRECONDITION (no trainer configured for the framework), ALREADY_EXISTS
+   * (request_id already used by a different request), UNAUTHENTICATED, PERMISSION_DENIED.
    *
    * @generated from rpc trainingplatform.jobs.v1.JobsService.CreateJob
    */
@@ -849,7 +867,17 @@ export declare const JobsService: GenService<{
   /**
    * Replays a job's telemetry after a cursor (metrics, logs, status changes and epoch summaries), then
    * follows it live. Events of one kind arrive in sequence order; every response carries the cursor to
-   * resume from. The stream ends after the job's terminal status change unless `keep_following` is set.
+   * resume from. The stream ends after the job's terminal status change unless `keep_following` is set; a
+   * subscription to a job that has already ended (COMPLETED, FAILED, CANCELLED) sends what lies after its
+   * cursor and then ends, whatever the cursor (also when nothing lies after it, or it is past the terminal
+   * status event).
+   *
+   * Gaps: a metric or log sequence that is missing when the subscription passes it is a hole. Points above a
+   * hole are sent as usual; a point committed later inside a hole is sent too, when it is committed (out of
+   * sequence order). The metric and log positions of the cursor are therefore contiguous low-water marks: the
+   * highest sequence at or below which nothing is missing, so resuming from a cursor never misses a point
+   * that fills a hole later; points above a hole that is still open may be sent again after a resume
+   * (identify them by sequence). Without holes (the normal case) every point is sent exactly once.
    *
    * A subscriber that reads more slowly than the job produces never slows ingest: when its buffer (bounded)
    * overflows it receives a `lagged` notice and the server continues from the database at its cursor, so

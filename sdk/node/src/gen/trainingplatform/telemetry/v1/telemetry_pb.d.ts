@@ -560,6 +560,15 @@ export declare type GetStreamCursorResponse = Message<"trainingplatform.telemetr
    * @generated from field: int64 last_log_sequence = 2;
    */
   lastLogSequence: bigint;
+
+  /**
+   * Largest request message, in bytes, that the server accepts (its TP_MAX_MESSAGE_BYTES); a larger one is refused
+   * with RESOURCE_EXHAUSTED. Clients size their stream messages under it. 0 when the server does not say (an older
+   * server): assume 8 MiB. Not set where this message is embedded in a Job.
+   *
+   * @generated from field: int64 max_message_bytes = 3;
+   */
+  maxMessageBytes: bigint;
 };
 
 /**
@@ -575,6 +584,12 @@ export declare const GetStreamCursorResponseSchema: GenMessage<GetStreamCursorRe
  * job's telemetry token (minted by the backend when the job is created and handed to the trainer; valid for
  * that job only) or the internal service token (INTERNAL_AUTH_TOKEN). A missing or unknown token gets
  * UNAUTHENTICATED; a telemetry token used for another job gets PERMISSION_DENIED.
+ *
+ * Dispatch attempts: every StartTraining the backend sends is an attempt with its own token, scoped to that
+ * attempt. When a job goes to another trainer (a StartTraining past its deadline may still have started a
+ * run), the earlier attempt is superseded: every call and stream message carrying its token gets ABORTED
+ * ("... superseded ...") on every RPC of this service, and its run is cancelled. ABORTED is final: the run
+ * must stop sending.
  *
  * Exactly-once delivery: the client numbers the points of each stream kind (metrics, logs) of a job 1, 2, 3...
  * The backend commits each received batch in one transaction together with the job's cursor (the highest

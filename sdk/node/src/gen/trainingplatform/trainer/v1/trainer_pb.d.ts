@@ -44,7 +44,8 @@ export declare type StartTrainingRequest = Message<"trainingplatform.trainer.v1.
   telemetryEndpoint: string;
 
   /**
-   * The job's telemetry token for the telemetry endpoint. Never logged.
+   * The job's telemetry token for the telemetry endpoint, scoped to this dispatch attempt: once the backend
+   * hands the job to another trainer, telemetry sent with it gets ABORTED (final). Never logged.
    *
    * @generated from field: string telemetry_token = 4;
    */
