@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
         {"streams": 4, "rate": 100, "seconds": 1.0},
     ),
     "message_cpu": ("bench_message_cpu", {"seconds": 10.0}, {"seconds": 1.0}),
+    "reconnect": ("bench_reconnect", {"restarts": 10}, {"restarts": 2}),
     "training_overhead": (
         "bench_training_overhead",
         {"runs": 5, "epochs": 4, "pinned_runs": 3},
@@ -54,6 +55,7 @@ TARGETS: dict[str, tuple[float, Callable[[float, float], bool], str]] = {
     "fanin_lost": (0, lambda v, t: v <= t, "=="),
     "fanin_duplicates": (0, lambda v, t: v <= t, "=="),
     "fanin_backend_peak_rss_mib": (1024, lambda v, t: v <= t, "<="),
+    "reconnect_ms_p99": (1000, lambda v, t: v <= t, "<="),
     "training_overhead_pct": (3, lambda v, t: v <= t, "<="),
     "training_overhead_pct_backend_own_core": (3, lambda v, t: v <= t, "<="),
 }

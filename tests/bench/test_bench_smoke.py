@@ -41,8 +41,10 @@ def test_bench_smoke_reports_every_metric():
         "fanin_backend_peak_rss_mib",
         "message_cpu_ms_backend",
         "message_cpu_ms_sdk",
+        "reconnect_ms_p50",
+        "reconnect_ms_p99",
     ):
-        assert results[key] > 0, key
+        assert results[key] >= 0 if key.startswith("reconnect_ms") else results[key] > 0, key
     assert results["fanin_lost"] == 0 and results["fanin_duplicates"] == 0
     assert "training_overhead_pct" in results
     assert results["training_epoch_s_telemetry_on"] > 0 and results["training_epoch_s_telemetry_off"] > 0

@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.backend import BackendProcess
 from trainingplatform_sdk import DeliveryReport, LoggerSettings, TrainingLogger
+from trainingplatform_sdk.telemetry.sender.state import SEQUENCE_BLOCK
 
 TRAINER = Path(__file__).with_name("trainer_script.py")
 SETTINGS = LoggerSettings(reconnect_initial_backoff_s=0.05, reconnect_max_backoff_s=0.5)
@@ -129,7 +130,11 @@ def test_trainer_killed_with_a_spool_is_replayed_by_its_restart(backend: Backend
     assert _events(second, "started")["replayed"] == 3000
     report = _events(second, "closed")["report"]
     assert second.wait() == 0
-    assert backend.metric_sequences(job_id) == list(range(1, 5001))
+    # The killed process never released its block of reserved sequences: the restart numbers after it.
+    sequences = backend.metric_sequences(job_id)
+    assert sequences[:3000] == list(range(1, 3001))
+    assert 3000 < sequences[3000] <= 3001 + SEQUENCE_BLOCK
+    assert sequences[3000:] == list(range(sequences[3000], sequences[3000] + 2000))
     assert [row[2] for row in backend.metric_rows(job_id)] == [float(i) for i in range(5000)]
     assert report["committed_metrics"] == 5000 and report["logged_metrics"] == 2000
     assert report["pending_metrics"] == 0 and report["duplicates"] == 0

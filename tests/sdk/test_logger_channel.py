@@ -45,5 +45,17 @@ def test_channel_options_match_the_backend_ping_policy() -> None:
     assert options["grpc.max_send_message_length"] >= 4 * 1024 * 1024
 
 
+def test_channel_reconnects_within_the_sender_backoff_and_never_cuts_a_handshake_short() -> None:
+    settings = LoggerSettings(reconnect_initial_backoff_s=0.1, reconnect_max_backoff_s=5.0)
+    options = dict(channel_options(settings))
+    assert options["grpc.initial_reconnect_backoff_ms"] == 100
+    # The channel's own attempts stay frequent (a restarted backend is used within a second) ...
+    assert options["grpc.max_reconnect_backoff_ms"] <= 1000
+    # ... and gRPC's "min" backoff, its connect deadline, keeps its default.
+    assert options["grpc.min_reconnect_backoff_ms"] == 20_000
+    slow = dict(channel_options(LoggerSettings(reconnect_initial_backoff_s=60.0, reconnect_max_backoff_s=60.0)))
+    assert slow["grpc.initial_reconnect_backoff_ms"] <= slow["grpc.max_reconnect_backoff_ms"] <= 1000
+
+
 def test_auth_metadata_is_a_bearer_token() -> None:
     assert auth_metadata("s3cret") == (("authorization", "Bearer s3cret"),)

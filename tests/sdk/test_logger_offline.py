@@ -18,6 +18,7 @@ from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import DeliveryReport, LoggerSettings, TrainingLogger
 from trainingplatform_sdk.spec.limits import truncate_utf8 as _truncate
 from trainingplatform_sdk.telemetry.logger import default_spool_dir
+from trainingplatform_sdk.telemetry.sender.state import SEQUENCE_BLOCK
 from trainingplatform_sdk.telemetry.spool import Spool, SpoolLockedError, read_state
 from trainingplatform_sdk.telemetry.values import job_status as _job_status
 from trainingplatform_sdk.telemetry.values import log_level as _log_level
@@ -182,7 +183,11 @@ def test_a_killed_process_leaves_a_spool_the_next_one_replays(tmp_path: Path, un
     assert logger.stats.replayed == 3000
     logger.log_metric("train/index", 3000.0, step=3000)
     logger.close(0.2)
-    assert spooled_sequences(spool_dir) == list(range(1, 3002))
+    # The killed process never released its block of reserved sequences: the next one numbers after it (a gap,
+    # never a reuse).
+    sequences = spooled_sequences(spool_dir)
+    assert sequences[:3000] == list(range(1, 3001))
+    assert len(sequences) == 3001 and 3000 < sequences[3000] <= 3001 + SEQUENCE_BLOCK
 
 
 def test_spool_cap_drops_counts_and_logs_once(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +186,53 @@ def _open_state(directory: Path) -> dict:
         return spool.state.get("metrics", {})
     finally:
         spool.close()
+
+
+def _locked_in_another_process(directory: Path) -> bool:
+    """Whether a new process is refused the spool in `directory`."""
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from trainingplatform_sdk.telemetry.spool import Spool, SpoolLockedError\n"
+        "try:\n    Spool(Path(sys.argv[1]), 'job-1', 1 << 30, 1 << 20).close()\n"
+        "except SpoolLockedError:\n    sys.exit(3)\n"
+    )
+    return subprocess.run([sys.executable, "-c", script, str(directory)], check=False).returncode == 3
+
+
+def test_a_forked_child_does_not_inherit_the_lock(tmp_path: Path) -> None:
+    # A DataLoader worker forked while the spool is open outlives the training process: the spool must still be
+    # free for the replay once the training process has closed it.
+    spool = _open(tmp_path)
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        spool.close()
+        assert not _locked_in_another_process(tmp_path)
+        _open(tmp_path).close()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
+def test_a_refused_second_open_in_the_same_process_keeps_the_lock(tmp_path: Path) -> None:
+    spool = _open(tmp_path)
+    with pytest.raises(SpoolLockedError):
+        _open(tmp_path)
+    assert _locked_in_another_process(tmp_path)
+    spool.close()
+    assert not _locked_in_another_process(tmp_path)
+
+
+def test_remove_deletes_an_empty_spool_only(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = _open(directory)
+    spool.append("metrics", b"pending", 1, 1, 1)
+    spool.save_state()
+    assert not spool.remove()  # a point is pending: kept
+    assert directory.is_dir()
+    spool = _open(directory)
+    spool.trim("metrics", 1)
+    assert spool.remove()
+    assert not directory.exists()

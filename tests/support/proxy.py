@@ -6,6 +6,8 @@
         proxy.pause()                 # new connections are reset as soon as they are accepted
         proxy.resume()
         proxy.cut_all()               # reset every open connection now
+        proxy.stall()                 # accept and hold every connection, forward nothing (a network stall)
+        proxy.unstall()               # forward again, held bytes first
 
 A cut aborts both sockets of each connection (RST, no FIN), as a crashed peer or a dropped NAT entry would:
 the client sees its calls fail with UNAVAILABLE, the server sees its streams end mid-message. The proxy runs an
@@ -47,6 +49,8 @@ class ChaosProxy:
         self._connections: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._chaos: asyncio.Task[None] | None = None
         self._paused = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
         self.accepted = 0
         self.refused = 0
@@ -72,6 +76,7 @@ class ChaosProxy:
         if not self._thread.is_alive():
             return
         self.stop_chaos()
+        self.unstall()
         self.cut_all()
         if self._server is not None:
             self._server.close()
@@ -101,6 +106,14 @@ class ChaosProxy:
     def resume(self) -> None:
         """Forwards new connections again."""
         self._paused = False
+
+    def stall(self) -> None:
+        """Stops forwarding: open and new connections stay open but no byte goes through, until `unstall()`."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def unstall(self) -> None:
+        """Forwards again; what was held during the stall goes through first."""
+        self._loop.call_soon_threadsafe(self._flowing.set)
 
     def start_chaos(self, min_interval_s: float = 0.2, max_interval_s: float = 1.5) -> None:
         """Cuts every open connection at random intervals drawn uniformly (from the seeded RNG) between the bounds."""
@@ -149,6 +162,7 @@ class ChaosProxy:
             self.refused += 1
             client_writer.transport.abort()
             return
+        await self._flowing.wait()
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         except OSError:
@@ -164,10 +178,10 @@ class ChaosProxy:
             client_writer.transport.abort()
             upstream_writer.transport.abort()
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(_CHUNK):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
             if writer.can_write_eof():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import logging
 import os
 import re
@@ -13,9 +15,11 @@ from pathlib import Path
 from types import TracebackType
 
 from google.protobuf.message import Message
+from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
 from trainingplatform_sdk.channel import auth_metadata, open_channel, parse_backend_address
+from trainingplatform_sdk.errors import SpoolLockedError
 from trainingplatform_sdk.spec.limits import (
     MAX_ERROR_DETAIL_BYTES,
     MAX_ERROR_MESSAGE_BYTES,
@@ -27,11 +31,24 @@ from trainingplatform_sdk.telemetry.report import DeliveryReport
 from trainingplatform_sdk.telemetry.sender import CALL, FLUSH, LOG, METRIC, BufferItem, FlushWaiter, Sender
 from trainingplatform_sdk.telemetry.settings import LoggerSettings, channel_options
 from trainingplatform_sdk.telemetry.spool import Spool
-from trainingplatform_sdk.telemetry.values import job_status, log_level, torchrun_rank
+from trainingplatform_sdk.telemetry.values import job_status, log_level, log_text, metric_value, torchrun_rank
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
 
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+_TERMINAL = frozenset({common_pb2.JOB_STATUS_COMPLETED, common_pb2.JOB_STATUS_FAILED, common_pb2.JOB_STATUS_CANCELLED})
+
+
+def _ends_the_job(saved_call: object) -> bool:
+    """Whether a call kept in a spool state is an UpdateStatus to a terminal status."""
+    if not isinstance(saved_call, dict) or saved_call.get("method") != "UpdateStatus":
+        return False
+    try:
+        request = telemetry_pb2.UpdateStatusRequest.FromString(base64.b64decode(saved_call["request"]))
+    except Exception:
+        return False
+    return request.status in _TERMINAL
 
 
 def default_spool_dir(job_id: str) -> Path:
@@ -76,7 +93,8 @@ class TrainingLogger:
             token: The job's telemetry token (or the internal service token); None disables the logger.
             spool_dir: Directory of this job's spool (for example `<output dir>/telemetry-spool`); default
                 `$TP_SPOOL_DIR/<job>` or `~/.cache/trainingplatform/spool/<job>`. A later logger for the same job and
-                directory replays what is left there and continues the numbering.
+                directory replays what is left there and continues the numbering. `close()` removes the directory
+                once the job has ended (a terminal status delivered) and nothing in it is pending.
             settings: Batching, buffering, spooling and reconnect settings.
 
         Raises:
@@ -89,8 +107,14 @@ class TrainingLogger:
         self.job_id = job_id
         self.settings = settings or LoggerSettings()
         self._buffer: deque[BufferItem] = deque()
-        # Checked first by every logging call: True when disabled, closed, or in a forked child.
+        # Checked first by every logging call: True when disabled, closed, in a forked child, or the sender stopped.
         self._off = True
+        # True once the sender stopped on its own: what is logged from then on is counted as dropped.
+        self._discarding = False
+        self._discarded = 0
+        # Whether a terminal status was asked of this logger (or left in its spool): the job has ended.
+        self._ended = False
+        self._spool_dir: Path | None = None
         self._sender: Sender | None = None
         self._pid = os.getpid()
         self._close_lock = threading.Lock()
@@ -112,9 +136,12 @@ class TrainingLogger:
         except BaseException:
             spool.close()
             raise
+        self._spool_dir = directory
+        self._ended = any(_ends_the_job(call) for call in spool.state.get("calls", []))
         self._sender = Sender(
             job_id, self._buffer, channel, auth_metadata(token), spool, self.settings, torchrun_rank()
         )
+        self._sender.on_exit = self._sender_stopped
         lifetime.register(self)
         self._off = False
         self._sender.start()
@@ -151,7 +178,8 @@ class TrainingLogger:
 
     @property
     def enabled(self) -> bool:
-        """Whether calls are delivered (False when disabled, closed, or in a forked child)."""
+        """Whether calls are delivered (False when disabled, closed, in a forked child, or once the sender stopped on
+        its own: what is logged then is counted as dropped)."""
         return not self._off
 
     @property
@@ -161,44 +189,46 @@ class TrainingLogger:
             return self._final_report
         if self._sender is None:
             return DeliveryReport()
-        return self._sender.report()
+        report = self._sender.report()
+        if self._discarded:
+            report = dataclasses.replace(report, dropped=report.dropped + self._discarded)
+        return report
 
     def log_metric(self, key: str, value: float, step: int | None = None, epoch: int | None = None) -> None:
         """Logs one metric value; costs an append to a buffer, nothing is checked or sent on this thread.
 
         Args:
             key: Metric name, 1 to 250 characters without control characters, for example `train/loss`.
-            value: The value; NaN and infinities are kept. A value that is not a number is counted invalid.
+            value: The value: anything `float()` takes but text (numpy scalars, 0-d tensors, ints of any size: too
+                large for a float is +-infinity); NaN and infinities are kept. Anything else (None, a string) is
+                counted invalid and warned about once per key. Never raises.
             step: Optimizer step (at least 0), if the value belongs to one.
             epoch: Epoch (0-based), if the value belongs to one.
         """
         if self._off:
+            if self._discarding:
+                self._discarded += 1
             return
-        number: float | None
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = None  # the sender counts and reports it
+        # None when not a number: the sender counts and reports it.
+        number = value if type(value) is float else metric_value(value)
         self._buffer.append((METRIC, key, number, step, epoch, time.time()))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, epoch: int | None = None) -> None:
         """Logs several metric values of the same step and epoch.
 
         Args:
-            metrics: Values by metric name.
+            metrics: Values by metric name; each value as in `log_metric`.
             step: Optimizer step (at least 0), if the values belong to one.
             epoch: Epoch (0-based), if the values belong to one.
         """
         if self._off:
+            if self._discarding:
+                self._discarded += len(metrics)
             return
         wall_time = time.time()
         append = self._buffer.append
         for key, value in metrics.items():
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                number = None
-            append((METRIC, key, number, step, epoch, wall_time))
+            append((METRIC, key, value if type(value) is float else metric_value(value), step, epoch, wall_time))
 
     def log_message(
         self, message: str, level: str | int = "INFO", epoch: int | None = None, step: int | None = None
@@ -206,16 +236,19 @@ class TrainingLogger:
         """Logs one line of text to the job's log stream.
 
         Args:
-            message: The text; beyond 16 KiB of UTF-8 it is truncated with a `...[truncated N bytes]` marker.
+            message: The text (anything else is logged as its `str()`); beyond 16 KiB of UTF-8 it is truncated
+                with a `...[truncated N bytes]` marker. Never raises.
             level: `DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL` (any case), a `logging` level number, or a
                 `common_pb2.LogLevel` value. Anything else is logged as INFO.
             epoch: Epoch (0-based), if the line belongs to one.
             step: Optimizer step, if the line belongs to one.
         """
         if self._off:
+            if self._discarding:
+                self._discarded += 1
             return
         self._buffer.append(
-            (LOG, truncate_utf8(str(message), MAX_LOG_MESSAGE_BYTES), log_level(level), epoch, step, time.time())
+            (LOG, truncate_utf8(log_text(message), MAX_LOG_MESSAGE_BYTES), log_level(level), epoch, step, time.time())
         )
 
     def update_status(
@@ -248,6 +281,8 @@ class TrainingLogger:
             error_message=truncate_utf8(error or "", MAX_ERROR_MESSAGE_BYTES),
             error_detail=truncate_utf8(error_detail or "", MAX_ERROR_DETAIL_BYTES),
         )
+        if request.status in _TERMINAL and not self._off:
+            self._ended = True
         self._call("UpdateStatus", request)
 
     def log_epoch_summary(
@@ -260,9 +295,10 @@ class TrainingLogger:
             metrics: The epoch's final metrics by key, for example `{"val/accuracy": 0.93}`.
             duration_seconds: How long the epoch took, if known.
         """
+        values = {key: metric_value(value) for key, value in metrics.items()}
         summary = telemetry_pb2.EpochSummary(
             epoch=epoch,
-            metrics={key: float(value) for key, value in metrics.items()},
+            metrics={key: value for key, value in values.items() if value is not None},
             duration_seconds=duration_seconds or 0.0,
         )
         summary.end_time.FromNanoseconds(time.time_ns())
@@ -329,7 +365,9 @@ class TrainingLogger:
         """Delivers what it can within `timeout`, half-closes the streams and stops the sender.
 
         Whatever is not delivered stays in the spool (points, and the calls not yet made) for the next logger of
-        the same job and spool directory. Calling close again returns the same report.
+        the same job and spool directory. When the job has ended (this logger delivered a terminal status, or
+        replayed one from the spool) and nothing is pending, the spool directory is removed. Calling close again
+        returns the same report.
 
         Args:
             timeout: Seconds to spend delivering; default `settings.close_timeout_s`.
@@ -352,8 +390,61 @@ class TrainingLogger:
             sender.join(timeout + self.settings.rpc_timeout_s + 1.0)
             if sender.is_alive():
                 _LOG.warning("job %s: the telemetry sender did not stop in time", self.job_id)
-            self._final_report = sender.report()
-            return self._final_report
+            self._discard_buffer()
+            report = self.stats
+            self._final_report = report
+            if (
+                self._ended
+                and not sender.is_alive()
+                and report.pending_metrics == report.pending_logs == report.calls_pending == 0
+                and report.error is None
+            ):
+                self._remove_spool()
+            return report
+
+    def _sender_stopped(self) -> None:
+        """On the sender thread as it ends: unless the logger is closing, stop buffering what nobody will send."""
+        if self._off:
+            return
+        self._discarding = True
+        self._off = True
+        _LOG.error(
+            "job %s: the telemetry sender stopped; what is logged from now on is dropped (counted in the delivery "
+            "report)",
+            self.job_id,
+        )
+        self._discard_buffer()
+
+    def _discard_buffer(self) -> None:
+        """Drops what is left in the caller's buffer after the sender's last drain, counting points and records."""
+        while True:
+            try:
+                item = self._buffer.popleft()
+            except IndexError:
+                return
+            if item[0] == METRIC or item[0] == LOG:
+                self._discarded += 1
+            elif item[0] == FLUSH:
+                item[1].finish(False)
+
+    def _remove_spool(self) -> None:
+        """Removes the spool directory of an ended job once nothing in it is pending (checked again under its lock)."""
+        directory = self._spool_dir
+        if directory is None:
+            return
+        try:
+            spool = Spool(directory, self.job_id, self.settings.spool_max_bytes, self.settings.spool_segment_bytes)
+        except (SpoolLockedError, ValueError, OSError) as exc:
+            _LOG.debug("job %s: spool %s not removed (%s)", self.job_id, directory, exc)
+            return
+        try:
+            removed = spool.remove()
+        except OSError as exc:
+            spool.close()
+            _LOG.warning("job %s: cannot remove the spool %s (%s)", self.job_id, directory, exc)
+            return
+        if removed:
+            _LOG.info("job %s: the job ended and everything is delivered; spool %s removed", self.job_id, directory)
 
     def __enter__(self) -> TrainingLogger:
         return self

@@ -8,6 +8,11 @@ from trainingplatform_sdk.spec.limits import DEFAULT_MAX_MESSAGE_BYTES as SERVER
 
 # A single log record (16 KiB of text, a source name, the other fields) must always fit in one batch.
 MIN_BATCH_BYTES = 64 * 1024
+# Longest pause between two of the channel's own connection attempts (a TCP connect and a handshake) while the
+# backend is unreachable: it bounds how late a sender notices a backend that is back.
+CHANNEL_MAX_RECONNECT_BACKOFF_S = 0.5
+# Deadline of one connection attempt of the channel (gRPC's default): a slow handshake is never cut short.
+CHANNEL_CONNECT_TIMEOUT_MS = 20_000
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,8 @@ class LoggerSettings:
     """Most points (or log records) in one stream message."""
 
     max_batch_bytes: int = 1024 * 1024
-    """Largest serialized stream message the sender builds; never above the server's 8 MiB limit."""
+    """Largest serialized stream message the sender builds; never above the server's 8 MiB limit. A server with a
+    smaller limit (TP_MAX_MESSAGE_BYTES) tells it in GetStreamCursor and the sender builds smaller messages."""
 
     memory_buffer_points: int = 100_000
     """Points of one stream kind held in memory while not yet known committed; beyond it they spill to disk."""
@@ -39,7 +45,9 @@ class LoggerSettings:
     """Upper bound of the first reconnect delay."""
 
     reconnect_max_backoff_s: float = 5.0
-    """Largest upper bound of a reconnect delay, however many attempts failed."""
+    """Largest upper bound of a reconnect delay, however many attempts failed. While the backend is unreachable
+    the channel itself tries to connect at least every 0.5 s, and a reconnect attempt waits for it; the sender
+    resumes as soon as the channel is connected again, whatever its own delay."""
 
     reconnect_backoff_multiplier: float = 2.0
     """Growth of the delay bound per failed attempt."""
@@ -105,6 +113,7 @@ class LoggerSettings:
 def channel_options(settings: LoggerSettings) -> list[tuple[str, int]]:
     """The logger's channel arguments: keepalive matched to the backend's ping policy, message limits, fast
     reconnects."""
+    max_backoff_s = min(settings.reconnect_max_backoff_s, CHANNEL_MAX_RECONNECT_BACKOFF_S)
     return [
         ("grpc.keepalive_time_ms", settings.keepalive_time_ms),
         ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_ms),
@@ -113,8 +122,11 @@ def channel_options(settings: LoggerSettings) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_send_message_length", SERVER_MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", SERVER_MAX_MESSAGE_BYTES),
-        # gRPC's own reconnect backoff (up to 120 s by default) would keep a restarted backend unused for minutes.
-        ("grpc.initial_reconnect_backoff_ms", int(settings.reconnect_initial_backoff_s * 1000)),
-        ("grpc.min_reconnect_backoff_ms", int(settings.reconnect_initial_backoff_s * 1000)),
-        ("grpc.max_reconnect_backoff_ms", int(settings.reconnect_max_backoff_s * 1000)),
+        # gRPC's own reconnect backoff (up to 120 s by default) would keep a restarted backend unused for minutes:
+        # it starts at the sender's first delay and stays within CHANNEL_MAX_RECONNECT_BACKOFF_S (a connection
+        # attempt is cheap); the sender's reconnect attempts wait for the channel (wait_for_ready), so the two
+        # backoffs do not add up. The "min" one is gRPC's connect deadline, not a delay.
+        ("grpc.initial_reconnect_backoff_ms", int(min(settings.reconnect_initial_backoff_s, max_backoff_s) * 1000)),
+        ("grpc.max_reconnect_backoff_ms", int(max_backoff_s * 1000)),
+        ("grpc.min_reconnect_backoff_ms", CHANNEL_CONNECT_TIMEOUT_MS),
     ]

@@ -1,25 +1,35 @@
 """The on-disk spool: points not yet committed, kept across restarts of the trainer process.
 
 Layout of a spool directory (one job):
-  - `state.0`, `state.1`: the highest sequence ever assigned per stream kind, the committed cursors and the unary
-    calls not yet delivered, as JSON behind a header (length, CRC-32, generation). Each save overwrites the older
-    slot in place with one `pwrite`, so a crash tears at most the slot being written and the other one still holds
-    the previous state; the valid slot with the higher generation wins. The sender saves the state on every batch
-    it numbers, so this costs one system call where a write-and-rename cost a file creation and a rename;
+  - `state.0`, `state.1`: per stream kind the highest sequence assigned and the end of the block of sequences
+    reserved, the committed cursors and the unary calls not yet delivered, as JSON behind a header (length,
+    CRC-32, generation). Each save overwrites the older slot in place with one `pwrite`, so a crash tears at most
+    the slot being written and the other one still holds the previous state; the valid slot with the higher
+    generation wins. The sender saves the state on every batch it numbers, so this costs one system call where a
+    write-and-rename cost a file creation and a rename. Those saves are not synced; a durable save
+    (`save_state(durable=True)`, once per block of sequences reserved) writes and fsyncs both slots, so after a
+    power loss every valid slot holds at least the last reservation, and a restart never reuses a sequence;
   - `<kind>-<first sequence>.seg`: append-only segments of records. A record is a header (payload length, CRC-32,
     first and last sequence, point count) and a payload (a serialized StreamMetricsRequest or StreamLogsRequest).
     A record torn by a crash fails its length or CRC check and ends the segment's readable part;
-  - `lock`: flock-ed while a logger uses the directory, so two processes never number the same job's points.
+  - `lock`: locked while a logger uses the directory, so two processes never number the same job's points. A POSIX
+    record lock (`lockf`): unlike `flock`, a forked child (a DataLoader worker) does not inherit it, so a child
+    that outlives the training process never keeps the spool from being replayed. Such a lock does not exclude
+    the process holding it, so the directories locked by this process are also kept in `_HELD`.
+
+A spool is removed (`remove`) by the logger at close once the job has ended and nothing in it is pending.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +44,20 @@ _HEADER = struct.Struct("<IIqqI")
 _STATE_HEADER = struct.Struct("<IIQ")  # payload length, CRC-32 of the payload, generation
 _STATE_SLOTS = ("state.0", "state.1")
 _LOCK_FILE = "lock"
+
+# (device, inode) of the lock files this process holds: a POSIX lock is never refused to its own process.
+_HELD: set[tuple[int, int]] = set()
+_HELD_LOCK = threading.Lock()
+
+
+def _forget_locks_in_child() -> None:
+    # A forked child holds none of its parent's POSIX locks.
+    global _HELD_LOCK
+    _HELD_LOCK = threading.Lock()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 @dataclass
@@ -76,12 +100,8 @@ class Spool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise SpoolLockedError(f"spool {directory} is in use by another process") from None
+        self._lock_fd = -1
+        self._lock_key = self._lock(directory)
         self._state_fds: list[int] = []
         self._generation, state = _load_state(directory)
         self.state: dict[str, Any] = state
@@ -97,6 +117,31 @@ class Spool:
             for path in sorted(directory.glob(f"{kind}-*.seg")):
                 self._load_segment(kind, path)
             self._segments[kind].sort(key=lambda segment: segment.records[0].first)
+
+    def _lock(self, directory: Path) -> tuple[int, int]:
+        path = directory / _LOCK_FILE
+        in_use = SpoolLockedError(f"spool {directory} is in use by another logger of this process")
+        with _HELD_LOCK:
+            # Checked before opening: closing any descriptor of the file would release this process's lock on it.
+            with contextlib.suppress(FileNotFoundError):
+                info = os.stat(path)
+                if (info.st_dev, info.st_ino) in _HELD:
+                    raise in_use
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            info = os.fstat(fd)
+            key = (info.st_dev, info.st_ino)
+            if key in _HELD:  # the file appeared between the two looks: leave the descriptor open, never release
+                raise in_use
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EACCES, errno.EAGAIN):
+                    raise SpoolLockedError(f"spool {directory} is in use by another process") from None
+                raise
+            _HELD.add(key)
+        self._lock_fd = fd
+        return key
 
     def _load_segment(self, kind: str, path: Path) -> None:
         data = path.read_bytes()
@@ -141,7 +186,12 @@ class Spool:
         return segments[-1].records[-1].last if segments else 0
 
     def append(self, kind: str, payload: bytes, first: int, last: int, count: int) -> bool:
-        """Appends one record; returns False (and writes nothing) when it would take the spool past its cap."""
+        """Appends one record; returns False (and writes nothing) when it would take the spool past its cap.
+
+        Raises:
+            OSError: The record cannot be written (disk full, read-only, permission denied...). Nothing of it is
+                left behind: a partly written record is cut off again, and the spool stays usable.
+        """
         size = _HEADER.size + len(payload)
         if self.size_bytes + size > self.max_bytes:
             return False
@@ -149,8 +199,15 @@ class Spool:
         if active is None or active[0].size >= self.segment_bytes:
             active = self._open_segment(kind, first)
         segment, fd = active
-        # One write per record: a crash tears at most this record, which the CRC check then discards.
-        os.write(fd, _HEADER.pack(len(payload), zlib.crc32(payload), first, last, count) + payload)
+        data = _HEADER.pack(len(payload), zlib.crc32(payload), first, last, count) + payload
+        try:
+            # One write per record: a crash tears at most this record, which the CRC check then discards.
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write to {segment.path} ({written} of {len(data)} bytes)")
+        except OSError:
+            self._abandon_active(kind)
+            raise
         segment.records.append(SpoolRecord(segment, segment.size + _HEADER.size, len(payload), first, last, count))
         segment.size += size
         self.size_bytes += size
@@ -164,11 +221,26 @@ class Spool:
         while path.exists():
             suffix += 1
             path = self.directory / f"{kind}-{first:015d}-{suffix}.seg"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         segment = Segment(path=path, size=0)
         self._segments[kind].append(segment)
         self._active[kind] = (segment, fd)
         return segment, fd
+
+    def _abandon_active(self, kind: str) -> None:
+        """After a failed write: cuts the active segment back to its last whole record and stops appending to it (a
+        new segment is opened for the next record); a segment left without records is deleted."""
+        active = self._active[kind]
+        if active is None:
+            return
+        segment, fd = active
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, segment.size)
+        self._close_active(kind)
+        if not segment.records:
+            self._segments[kind].remove(segment)
+            with contextlib.suppress(OSError):
+                segment.path.unlink(missing_ok=True)
 
     def _close_active(self, kind: str) -> None:
         active = self._active[kind]
@@ -206,25 +278,48 @@ class Spool:
             if active is not None and active[0] is segment:
                 self._close_active(kind)
             segments.pop(0)
-            segment.path.unlink(missing_ok=True)
+            try:
+                segment.path.unlink(missing_ok=True)
+            except OSError as exc:  # a read-only disk: the records are forgotten all the same (the cursor passed them)
+                _LOG.warning("cannot delete the committed spool segment %s (%s)", segment.path, exc)
             self.size_bytes -= segment.size
         self.pending[kind] -= removed
         return removed
 
-    def save_state(self) -> None:
+    def save_state(self, durable: bool = False) -> None:
         """Writes the state into the older of the two slots: a crash leaves the previous state in the other one.
 
+        Args:
+            durable: Also write it into the other slot, and fsync each slot after its write: after a power loss
+                both slots hold this state or a later one (a slot torn by a later, unsynced save is ignored).
+
         Raises:
-            OSError: The slot cannot be written.
+            OSError: A slot cannot be written.
         """
         if not self._state_fds:
-            self._state_fds = [os.open(self.directory / name, os.O_WRONLY | os.O_CREAT, 0o600) for name in _STATE_SLOTS]
+            created = not all((self.directory / name).exists() for name in _STATE_SLOTS)
+            fds: list[int] = []
+            try:
+                for name in _STATE_SLOTS:
+                    fds.append(os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            except OSError:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            self._state_fds = fds
+            if created:
+                durable = True  # the slots' directory entries must survive a power loss too
+                _fsync_directory(self.directory)
         payload = json.dumps(self.state, separators=(",", ":")).encode("utf-8")
-        generation = self._generation + 1
-        # Bytes of a longer earlier payload may follow; the header's length says where this one ends.
-        record = _STATE_HEADER.pack(len(payload), zlib.crc32(payload), generation) + payload
-        os.pwrite(self._state_fds[generation % 2], record, 0)
-        self._generation = generation
+        for _ in range(2 if durable else 1):
+            generation = self._generation + 1
+            # Bytes of a longer earlier payload may follow; the header's length says where this one ends.
+            record = _STATE_HEADER.pack(len(payload), zlib.crc32(payload), generation) + payload
+            fd = self._state_fds[generation % 2]
+            os.pwrite(fd, record, 0)
+            if durable:
+                os.fsync(fd)
+            self._generation = generation
 
     def close(self) -> None:
         """Closes the open segments and releases the directory lock."""
@@ -235,8 +330,38 @@ class Spool:
             os.close(fd)
         self._state_fds = []
         if self._lock_fd >= 0:
+            # Closing the descriptor releases the POSIX lock.
             os.close(self._lock_fd)
             self._lock_fd = -1
+            with _HELD_LOCK:
+                _HELD.discard(self._lock_key)
+
+    def remove(self) -> bool:
+        """Deletes the spool's files and then its directory, if nothing in it is pending; closes the spool.
+
+        The directory itself stays when it holds files of someone else. Returns whether the spool was removed.
+        """
+        if any(self.pending.values()) or self.state.get("calls"):
+            self.close()
+            return False
+        for kind in KINDS:
+            self._close_active(kind)
+        for segment in (segment for kind in KINDS for segment in self._segments[kind]):
+            segment.path.unlink(missing_ok=True)
+        for name in (*_STATE_SLOTS, _LOCK_FILE):  # the lock last, while it is still held
+            (self.directory / name).unlink(missing_ok=True)
+        self.close()
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
+        return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_state(directory: Path) -> dict[str, Any]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import cast
 
 from trainingplatform.common.v1 import common_pb2
 
-__all__ = ["job_status", "log_level", "torchrun_rank"]
+__all__ = ["job_status", "log_level", "log_text", "metric_value", "torchrun_rank"]
 
 _STATUSES: dict[str, common_pb2.JobStatus] = {
     "pending": common_pb2.JOB_STATUS_PENDING,
@@ -28,6 +29,35 @@ _LEVELS: dict[str, common_pb2.LogLevel] = {
     "CRITICAL": common_pb2.LOG_LEVEL_CRITICAL,
     "FATAL": common_pb2.LOG_LEVEL_CRITICAL,
 }
+
+
+def metric_value(value: object) -> float | None:
+    """A metric value as a float, or None when it is not a number; never raises.
+
+    Anything `float()` takes is a number (ints, bools, numpy scalars, 0-d tensors, Decimal...) except text
+    (`"1.5"` is a mistake, not a number); an int too large for a float is +-infinity.
+    """
+    if isinstance(value, (str, bytes, bytearray)):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except OverflowError:
+        try:
+            return math.inf if value > 0 else -math.inf  # type: ignore[operator]
+        except Exception:
+            return None
+    except Exception:
+        return None
+
+
+def log_text(message: object) -> str:
+    """A log message as text; never raises (an object that cannot be printed is named by its type)."""
+    if type(message) is str:
+        return message
+    try:
+        return str(message)
+    except Exception:
+        return f"<unprintable {type(message).__name__}>"
 
 
 def torchrun_rank() -> int:
@@ -55,7 +85,10 @@ def job_status(status: str | int) -> common_pb2.JobStatus:
 
 
 def log_level(level: str | int) -> common_pb2.LogLevel:
-    """The LogLevel of a name (`WARNING`, any case), a LogLevel value, or a `logging` level; else INFO."""
+    """The LogLevel of a name (`WARNING`, any case), a LogLevel value, or a `logging` level; else INFO (also for
+    anything that is neither a string nor an int: never raises)."""
+    if isinstance(level, bool) or not isinstance(level, (str, int)):
+        return common_pb2.LOG_LEVEL_INFO
     if isinstance(level, str):
         return _LEVELS.get(level.strip().upper(), common_pb2.LOG_LEVEL_INFO)
     if common_pb2.LOG_LEVEL_DEBUG <= level <= common_pb2.LOG_LEVEL_CRITICAL:

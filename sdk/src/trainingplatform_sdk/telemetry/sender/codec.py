@@ -12,6 +12,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
+from trainingplatform_sdk.spec.limits import DEFAULT_MAX_MESSAGE_BYTES as SERVER_MAX_MESSAGE_BYTES
 from trainingplatform_sdk.telemetry.settings import LoggerSettings
 
 BufferedMetric = tuple[int, str, float, int | None, int | None, float]
@@ -34,6 +35,12 @@ MAX_UTF8_BYTES_PER_CHAR = 4
 # A request's bytes besides its points and the characters of its job id: the job_id field's tag and length prefix,
 # with room to spare.
 REQUEST_ENVELOPE_BYTES = 16
+# Kept free under the server's message size limit (GetStreamCursorResponse.max_message_bytes), for safety.
+SERVER_LIMIT_HEADROOM_BYTES = 1024
+# The smallest message size a RESOURCE_EXHAUSTED answer shrinks the messages to: any metric point fits in it.
+MIN_MESSAGE_BYTES = 2048
+# A repeated point's bytes besides the point itself: its tag and its length prefix (a point is under 2 MiB).
+POINT_FIELD_BYTES = 4
 
 
 class Codec(abc.ABC, Generic[Point]):
@@ -52,8 +59,42 @@ class Codec(abc.ABC, Generic[Point]):
     def __init__(self, job_id: str, settings: LoggerSettings) -> None:
         self.job_id = job_id
         self.max_points = settings.max_batch_points
-        # What the points of one request may take so that the whole request stays within max_batch_bytes.
-        self.budget = settings.max_batch_bytes - REQUEST_ENVELOPE_BYTES - MAX_UTF8_BYTES_PER_CHAR * len(job_id)
+        self._settings_max_bytes = settings.max_batch_bytes
+        self._server_max_bytes = SERVER_MAX_MESSAGE_BYTES - SERVER_LIMIT_HEADROOM_BYTES
+        self._refused_max_bytes = SERVER_MAX_MESSAGE_BYTES
+        self.max_bytes = 0
+        """Largest request this codec builds: max_batch_bytes, under the server's limit and any refused size."""
+        self.budget = 0
+        """What the points of one request may take so that the whole request stays within `max_bytes`."""
+        self._size()
+
+    def _size(self) -> None:
+        self.max_bytes = min(self._settings_max_bytes, self._server_max_bytes, self._refused_max_bytes)
+        self.budget = self.max_bytes - REQUEST_ENVELOPE_BYTES - MAX_UTF8_BYTES_PER_CHAR * len(self.job_id)
+
+    def apply_server_limit(self, server_max_bytes: int) -> None:
+        """Sizes the requests under the server's message size limit (from GetStreamCursor; 0: not told)."""
+        limit = server_max_bytes if server_max_bytes > 0 else SERVER_MAX_MESSAGE_BYTES
+        self._server_max_bytes = max(MIN_MESSAGE_BYTES, limit - SERVER_LIMIT_HEADROOM_BYTES)
+        self._size()
+
+    def shrink(self) -> bool:
+        """Halves the largest request after the server refused one as too large; False when already smallest."""
+        if self.max_bytes <= MIN_MESSAGE_BYTES:
+            return False
+        self._refused_max_bytes = max(MIN_MESSAGE_BYTES, self.max_bytes // 2)
+        self._size()
+        return True
+
+    def fits(self, request: StreamRequest) -> bool:
+        """Whether `request` (exactly measured: call it for small requests only) is within `max_bytes`."""
+        return request.ByteSize() <= self.max_bytes
+
+    def last_sequence(self, request: StreamRequest) -> int:
+        """The sequence of the last point of a (non-empty) request."""
+        points = getattr(request, self.points_field)
+        sequence: int = points[len(points) - 1].sequence
+        return sequence
 
     def take_batch(self, points: Iterable[Point]) -> tuple[list[Point], bool]:
         """The next points that fit one message; `full` says whether a limit (not the end) cut the batch."""
@@ -82,13 +123,26 @@ class Codec(abc.ABC, Generic[Point]):
         return self._build(batch, "").SerializeToString()
 
     def parse(self, payload: bytes, sent: int) -> StreamRequest:
-        """The request that sends a spooled record's points above `sent` (those below went on the current stream)."""
+        """The request that sends a spooled record's points above `sent` (those below went on the current stream).
+
+        A record written under a larger budget (another process, a server with a larger limit) is cut to the
+        leading points that fit `budget`; the rest go in the next requests. At least one point is kept.
+        """
         request = self.request_type.FromString(payload)
         points = getattr(request, self.points_field)
         skip = 0
         while skip < len(points) and points[skip].sequence <= sent:
             skip += 1
         del points[:skip]
+        if len(payload) > self.budget:
+            size = 0
+            keep = 0
+            for point in points:
+                size += point.ByteSize() + POINT_FIELD_BYTES
+                if keep and size > self.budget:
+                    break
+                keep += 1
+            del points[keep:]
         request.job_id = self.job_id
         return request
 

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -28,9 +29,15 @@ FINAL_CODES = {
     grpc.StatusCode.PERMISSION_DENIED,
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ABORTED,  # the backend fenced this run: its dispatch attempt was superseded
 }
-# Codes that end one unary call for good without stopping the rest (an illegal status transition).
-CALL_REFUSED_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
+# Codes that end one unary call for good without stopping the rest (an illegal status transition, a request over
+# the server's message size limit): sending it again unchanged cannot succeed.
+CALL_REFUSED_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 # Messages handed to a stream but not yet written; a small window keeps memory in our buffers, not gRPC's.
 STREAM_WINDOW = 2
@@ -129,7 +136,10 @@ class Connection:
     """The channel to the backend, whether it is usable, and when to try again after losing it.
 
     Failures other than a final one back off exponentially with jitter; an outage is logged once, at its start,
-    and counted as a reconnect at its end.
+    and counted as a reconnect at its end. Every call is non-blocking (a future whose end wakes the sender), so
+    the sender keeps draining and spooling whatever the network does. A reconnect attempt waits for the channel to
+    be ready (gRPC reconnects it with its own, matched backoff) rather than failing at once and sleeping on top,
+    and the channel becoming ready again wakes the sender out of its backoff.
     """
 
     def __init__(
@@ -158,29 +168,36 @@ class Connection:
         self._on_event = on_event
         self._attempt = 0
         self._outage_logged = False
+        # No channel.subscribe() to hear when the channel is READY again: its polling thread sits inside gRPC and
+        # makes a fork (a DataLoader worker) abort. Attempts after the first use wait_for_ready instead.
 
     # -- calls -------------------------------------------------------------------------------------------------------
 
-    def read_cursor(self) -> telemetry_pb2.GetStreamCursorResponse:
-        """The backend's committed cursor of the job.
+    def read_cursor(self, wait_for_ready: bool = False) -> grpc.Future[telemetry_pb2.GetStreamCursorResponse]:
+        """Starts reading the backend's committed cursor of the job; its end wakes the sender.
 
-        Raises:
-            grpc.RpcError: The call failed.
+        `wait_for_ready` lets the call wait (up to the deadline) for the channel to connect instead of failing
+        at once while it is not.
         """
-        response: telemetry_pb2.GetStreamCursorResponse = self._stub.GetStreamCursor(
+        future: grpc.Future[telemetry_pb2.GetStreamCursorResponse] = self._stub.GetStreamCursor.future(
             telemetry_pb2.GetStreamCursorRequest(job_id=self.job_id),
             metadata=self._metadata,
             timeout=self.settings.rpc_timeout_s,
+            wait_for_ready=wait_for_ready,
         )
-        return response
+        future.add_done_callback(self._wake)
+        return future
 
-    def call(self, method: str, request: Message) -> None:
-        """Makes one unary call of TrainingTelemetryService.
+    def call(self, method: str, request: Message) -> grpc.Future[Message]:
+        """Starts one unary call of TrainingTelemetryService; its end wakes the sender."""
+        future: grpc.Future[Message] = getattr(self._stub, method).future(
+            request, metadata=self._metadata, timeout=self.settings.rpc_timeout_s
+        )
+        future.add_done_callback(self._wake)
+        return future
 
-        Raises:
-            grpc.RpcError: The call failed.
-        """
-        getattr(self._stub, method)(request, metadata=self._metadata, timeout=self.settings.rpc_timeout_s)
+    def _wake(self, _future: grpc.Future[Any]) -> None:
+        self._on_event()
 
     def open_stream(self, method: str) -> OpenStream:
         """Opens a client-streaming call of TrainingTelemetryService."""
@@ -210,27 +227,52 @@ class Connection:
         if self.connected:
             self._enter(ConnectionState.DISCONNECTED)
 
+    @property
+    def unreachable(self) -> bool:
+        """Whether an outage is under way (an attempt failed since the last connection) or delivery failed."""
+        return self.state is ConnectionState.FAILED or (not self.connected and self._outage_logged)
+
     def retry_now(self) -> None:
         """Lets the next attempt start at once (the server ended a stream on its own: no backoff)."""
         self.retry_at = time.monotonic()
 
-    def lost(self, exc: BaseException, what: str) -> bool:
+    def fail(self, message: str) -> None:
+        """Stops delivery for good with `message` as the final error."""
+        self.disconnect()
+        self._fail(message)
+
+    def lost(self, exc: BaseException, what: str, waited: bool = False) -> bool:
         """Handles a failed call or a broken stream; returns True when the failure is final.
 
-        A final failure stops delivery for good; any other schedules the next attempt with backoff.
+        A final failure stops delivery for good. A broken connection (UNAVAILABLE from a call that did not wait)
+        makes the next attempt start at once, waiting for the channel to connect; a call that waited its whole
+        deadline for that also lets the next start at once. Any other failure schedules the next attempt with
+        backoff.
         """
         code, details = status_of(exc)
         self.disconnect()
         if code in FINAL_CODES:
             self._fail(f"{what}: {code.name}: {details}")
             return True
-        settings = self.settings
-        delay_bound = min(
-            settings.reconnect_max_backoff_s,
-            settings.reconnect_initial_backoff_s * settings.reconnect_backoff_multiplier**self._attempt,
-        )
-        delay = delay_bound * (1 - settings.reconnect_jitter * random.random())
-        self._attempt += 1
+        if waited and code is grpc.StatusCode.DEADLINE_EXCEEDED and self._outage_logged:
+            self.retry_at = time.monotonic()
+            _LOG.debug(
+                "job %s: the backend is still unreachable after %.1f s", self.job_id, self.settings.rpc_timeout_s
+            )
+            return False
+        if not waited and code is grpc.StatusCode.UNAVAILABLE:
+            # The connection broke: the next attempt waits for the channel to connect again (gRPC's reconnect
+            # backoff, at most 0.5 s apart), so it starts at once and resumes as soon as the backend is back.
+            # Only an attempt that reached the channel and still failed backs off below.
+            delay = 0.0
+        else:
+            settings = self.settings
+            delay_bound = min(
+                settings.reconnect_max_backoff_s,
+                settings.reconnect_initial_backoff_s * settings.reconnect_backoff_multiplier**self._attempt,
+            )
+            delay = delay_bound * (1 - settings.reconnect_jitter * random.random())
+            self._attempt += 1
         self.retry_at = time.monotonic() + delay
         if not self._outage_logged:
             self._outage_logged = True

@@ -1,14 +1,20 @@
-"""The network side of the sender: reading the committed cursor, feeding the streams, making the calls."""
+"""The network side of the sender: reading the committed cursor, feeding the streams, making the calls.
+
+Nothing here blocks the sender thread: the cursor reads and the unary calls are futures (one at a time) whose end
+wakes the sender, and the streams are fed through bounded windows; so the sender keeps draining the caller's
+buffer into memory and the spool during a network stall.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any, Literal
 
 import grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
-from trainingplatform_sdk.telemetry.sender.calls import CallQueue
+from trainingplatform_sdk.telemetry.sender.calls import CallQueue, PendingCall
 from trainingplatform_sdk.telemetry.sender.codec import BufferedLog, BufferedMetric
 from trainingplatform_sdk.telemetry.sender.connection import CALL_REFUSED_CODES, Connection, status_of
 from trainingplatform_sdk.telemetry.sender.outbox import AnyOutbox, Outbox
@@ -16,6 +22,8 @@ from trainingplatform_sdk.telemetry.sender.state import SavedState
 from trainingplatform_sdk.telemetry.settings import LoggerSettings
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
+
+_TOO_LARGE = "larger than the server's message size limit on its own"
 
 
 class Delivery:
@@ -45,31 +53,70 @@ class Delivery:
         self._calls = calls
         self._state = state
         self._numbering_checked = False
+        self._attempted = False
         self._last_poll = 0.0
+        #: The one outstanding cursor read ("connect", "poll") or unary call ("call"), if any.
+        self._pending: tuple[Literal["connect", "poll", "call"], grpc.Future[Any]] | None = None
+        self._connect_waits = False
+        #: Per stream, sequences dropped as too large to send (the cursor is taken past them once reached).
+        self._skipped: dict[str, set[int]] = {outbox.name: set() for outbox in self._outboxes}
 
     def deliver(self, partial: bool, now: float, closing: bool) -> None:
-        """Connects if it is time to, then sends what is due; `partial` sends batches that are not full."""
+        """Takes the answer of the outstanding call, connects if it is time to, then sends what is due; `partial`
+        sends batches that are not full. Never waits for the network."""
+        self._collect()
         connection = self._connection
         if not connection.connected:
-            if now < connection.retry_at:
-                return
-            self.connect()
-            if not connection.connected:
-                return
+            if self._pending is None and now >= connection.retry_at:
+                self.connect()
+            return
         self._check_streams()
         if connection.connected:
             self._send(self._metrics, partial)
             self._send(self._logs, partial)
-        if connection.connected and self._cursor_due(now, closing):
-            self._poll_cursor()
-        if connection.connected:
+        if connection.connected and self._pending is None and self._cursor_due(now, closing):
+            self._pending = ("poll", self._connection.read_cursor())
+        if connection.connected and self._pending is None:
             self._deliver_calls()
 
     def connect(self) -> None:
-        """Reads the cursor and resumes every stream from it (the first time, also checks the numbering)."""
-        cursor = self._read_cursor()
-        if cursor is None:
+        """Starts reading the cursor; when it answers, every stream resumes from it (see `_established`).
+
+        The first attempt fails at once when the backend is unreachable (the points go to the spool); later ones
+        wait for the channel to connect, so delivery resumes as soon as the backend is back.
+        """
+        self._connect_waits = self._attempted
+        self._pending = ("connect", self._connection.read_cursor(wait_for_ready=self._connect_waits))
+        self._attempted = True
+
+    def _collect(self) -> None:
+        """Handles the outstanding cursor read or call once it has ended."""
+        pending = self._pending
+        if pending is None or not pending[1].done():
             return
+        self._pending = None
+        kind, future = pending
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if kind == "call":
+            self._call_ended(exc)
+            return
+        if exc is not None:
+            self._rpc_failed(exc, "GetStreamCursor", waited=kind == "connect" and self._connect_waits)
+            return
+        self._last_poll = time.monotonic()
+        cursor: telemetry_pb2.GetStreamCursorResponse = future.result()
+        if kind == "connect":
+            self._established(cursor)
+        else:
+            self._advance(self._metrics, cursor.last_metric_sequence)
+            self._advance(self._logs, cursor.last_log_sequence)
+
+    def _established(self, cursor: telemetry_pb2.GetStreamCursorResponse) -> None:
+        """Resumes every stream from the cursor (the first time, also checks the numbering)."""
+        for outbox in self._outboxes:
+            outbox.codec.apply_server_limit(cursor.max_message_bytes)
         sequences = ((self._metrics, cursor.last_metric_sequence), (self._logs, cursor.last_log_sequence))
         if not self._numbering_checked:
             self._numbering_checked = True
@@ -81,8 +128,12 @@ class Delivery:
         self._connection.established(cursor.last_metric_sequence, cursor.last_log_sequence)
 
     def disconnect(self) -> None:
-        """Cancels the open streams; what they carried is sent again from the cursor on the next connection."""
+        """Cancels the open streams and the outstanding call; what they carried is sent again from the cursor on
+        the next connection."""
         self._connection.disconnect()
+        if self._pending is not None:
+            self._pending[1].cancel()
+            self._pending = None
         self._calls.waiting = False
         for outbox in self._outboxes:
             outbox.cancel_stream()
@@ -103,15 +154,6 @@ class Delivery:
 
     # -- the cursor --------------------------------------------------------------------------------------------------
 
-    def _read_cursor(self) -> telemetry_pb2.GetStreamCursorResponse | None:
-        try:
-            cursor = self._connection.read_cursor()
-        except grpc.RpcError as exc:
-            self._rpc_failed(exc, "GetStreamCursor")
-            return None
-        self._last_poll = time.monotonic()
-        return cursor
-
     def _check_numbering(self, outbox: AnyOutbox, cursor: int) -> None:
         """Moves the numbering above a cursor that is ahead of what the spool state remembers (state lost)."""
         base = outbox.base
@@ -130,15 +172,14 @@ class Delivery:
             return True
         return now - self._last_poll >= self.settings.cursor_poll_interval_s
 
-    def _poll_cursor(self) -> None:
-        cursor = self._read_cursor()
-        if cursor is None:
-            return
-        self._advance(self._metrics, cursor.last_metric_sequence)
-        self._advance(self._logs, cursor.last_log_sequence)
-
     def _advance(self, outbox: AnyOutbox, cursor: int) -> None:
-        """Forgets what the committed cursor covers."""
+        """Forgets what the committed cursor covers, and the points dropped as too large right above it."""
+        skipped = self._skipped[outbox.name]
+        if skipped:
+            cursor = max(cursor, outbox.committed)
+            while cursor + 1 in skipped:
+                cursor += 1
+            skipped.difference_update([sequence for sequence in skipped if sequence <= cursor])
         if outbox.advance(cursor):
             self._state.dirty = True
 
@@ -150,6 +191,9 @@ class Delivery:
             if message is None:
                 return
             request, last = message
+            if len(getattr(request, outbox.codec.points_field)) == 1 and not outbox.codec.fits(request):
+                self._drop_too_large(outbox, request, last)
+                continue
             if outbox.stream is None:
                 outbox.stream = self._connection.open_stream(outbox.codec.method)
             outbox.stream.send(request)
@@ -171,29 +215,69 @@ class Delivery:
                 self.disconnect()
                 self._connection.retry_now()
                 return
+            if status_of(exc)[0] is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self._refused_as_too_large(outbox, exc)
+                return
             self._rpc_failed(exc, outbox.codec.method)
             return
 
+    def _drop_too_large(self, outbox: AnyOutbox, request: object, last: int) -> None:
+        """Drops a point that cannot fit in any message the server takes: counted invalid, logged once."""
+        outbox.sent = last
+        skipped = self._skipped[outbox.name]
+        if last in skipped:
+            return  # dropped before a reconnect already, counted then
+        skipped.add(last)
+        outbox.refuse(f"a point {_TOO_LARGE} ({outbox.codec.max_bytes} bytes)")
+        self._advance(outbox, outbox.committed)
+
+    def _refused_as_too_large(self, outbox: AnyOutbox, exc: BaseException) -> None:
+        """The server refused a message as too large: the messages are halved and resent from the cursor, never
+        unchanged; a server refusing even the smallest ones stops delivery."""
+        self.disconnect()
+        codec = outbox.codec
+        _, details = status_of(exc)
+        if not codec.shrink():
+            self._connection.fail(f"{codec.method}: RESOURCE_EXHAUSTED: {details}")
+            self._calls.finish_flushes(False)
+            return
+        _LOG.warning(
+            "job %s: the backend refused a %s message as too large (%s); messages are now at most %d bytes",
+            self.job_id,
+            outbox.name,
+            details,
+            codec.max_bytes,
+        )
+        self._connection.retry_now()
+
     def _deliver_calls(self) -> None:
+        """Starts the call at the head of the queue once every point before it is committed."""
         calls = self._calls
         calls.waiting = False
-        while (call := calls.next_call()) is not None:
-            try:
-                self._connection.call(call.method, call.request)
-            except grpc.RpcError as exc:
-                code, details = status_of(exc)
-                if code not in CALL_REFUSED_CODES:
-                    self._rpc_failed(exc, call.method)
-                    return
-                calls.failed += 1
-                _LOG.error("job %s: %s refused (%s: %s); not retried", self.job_id, call.method, code.name, details)
-            else:
-                calls.delivered += 1
-            calls.pop()
-            self._state.dirty = True
+        call = calls.next_call()
+        if call is not None:
+            self._pending = ("call", self._connection.call(call.method, call.request))
 
-    def _rpc_failed(self, exc: BaseException, what: str) -> None:
+    def _call_ended(self, exc: BaseException | None) -> None:
+        """Handles the end of the call at the head of the queue: made, refused for good, or to be made again."""
+        calls = self._calls
+        call = calls.next_call()
+        if not isinstance(call, PendingCall):  # cannot happen: the head stays while its call is outstanding
+            return
+        if exc is not None:
+            code, details = status_of(exc)
+            if code not in CALL_REFUSED_CODES:
+                self._rpc_failed(exc, call.method)
+                return
+            calls.failed += 1
+            _LOG.error("job %s: %s refused (%s: %s); not retried", self.job_id, call.method, code.name, details)
+        else:
+            calls.delivered += 1
+        calls.pop()
+        self._state.dirty = True
+
+    def _rpc_failed(self, exc: BaseException, what: str, waited: bool = False) -> None:
         """Handles a failed call or a broken stream: a final error stops delivery, anything else reconnects."""
         self.disconnect()
-        if self._connection.lost(exc, what):
+        if self._connection.lost(exc, what, waited):
             self._calls.finish_flushes(False)

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import grpc
 
@@ -58,6 +59,8 @@ class Sender(threading.Thread):
         self._metrics = Outbox(MetricCodec(job_id, settings), spool)
         self._logs = Outbox(LogCodec(job_id, settings, rank), spool)
         self._outboxes: tuple[AnyOutbox, ...] = (self._metrics, self._logs)
+        for outbox in self._outboxes:
+            outbox.memory_limit = settings.memory_buffer_points
         self._calls = CallQueue(self._outboxes)
         self._state = SavedState(job_id, spool, self._metrics, self._logs, self._calls)
         self._connection = Connection(job_id, channel, metadata, settings, spool.directory, self.wake.set)
@@ -66,6 +69,8 @@ class Sender(threading.Thread):
         self._flush_now = False
         self._close_deadline: float | None = None
         self._dropped_logged = False
+        #: Called on this thread when it ends, for whatever reason (the logger stops buffering for it).
+        self.on_exit: Callable[[], None] | None = None
         self._calls.load(spool.state.get("calls", []))
         replayed = self._metrics.replayed + self._logs.replayed
         if replayed or len(self._calls):
@@ -115,13 +120,16 @@ class Sender(threading.Thread):
 
     def run(self) -> None:
         try:
-            # Ask the cursor before numbering anything, so a lost spool state cannot reuse committed sequences.
+            # Ask the cursor before numbering anything, so a lost spool state cannot reuse committed sequences (the
+            # answer comes on a later iteration: nothing is spilled until then, and memory renumbered if needed).
             self._delivery.connect()
             self._loop()
         except Exception:
             _LOG.exception("job %s: the telemetry sender failed; undelivered points stay in the spool", self.job_id)
         finally:
             self._finish()
+            if self.on_exit is not None:
+                self.on_exit()
 
     def _loop(self) -> None:
         interval = self.settings.flush_interval_s
@@ -149,7 +157,7 @@ class Sender(threading.Thread):
             self._calls.release_flushes()
             # Unreachable or stopped: move memory to disk so an outage of minutes costs no memory and no data.
             if (
-                not connection.connected
+                connection.unreachable
                 or len(self._metrics.memory) > memory_limit
                 or len(self._logs.memory) > memory_limit
             ):
@@ -195,7 +203,7 @@ class Sender(threading.Thread):
                     metrics.logged += 1
                     metrics.memory.append((metrics.assigned, *point))
                     if len(metrics.memory) > memory_limit:
-                        state.save()
+                        state.reserve()
                         self._spill(metrics)
             elif item[0] == LOG:
                 try:
@@ -207,7 +215,7 @@ class Sender(threading.Thread):
                     logs.logged += 1
                     logs.memory.append((logs.assigned, *record))
                     if len(logs.memory) > memory_limit:
-                        state.save()
+                        state.reserve()
                         self._spill(logs)
             elif item[0] == CALL:
                 self._calls.add_call(item[1], item[2])
@@ -222,18 +230,29 @@ class Sender(threading.Thread):
 
     # -- spooling and the end ----------------------------------------------------------------------------------------
 
-    def _spill(self, *outboxes: AnyOutbox) -> None:
-        """Moves the points in memory to the spool; points past its cap are dropped (counted, logged once)."""
+    def _spill(self, *outboxes: AnyOutbox, force: bool = False) -> None:
+        """Moves the points in memory to the spool; points past its cap, or past memory_buffer_points while the
+        spool cannot be written, are dropped (counted, logged once)."""
         for outbox in outboxes:
-            if outbox.spill() and not self._dropped_logged:
+            if outbox.spill(force) and not self._dropped_logged:
                 self._dropped_logged = True
-                _LOG.error(
-                    "job %s: the spool %s reached its cap of %d bytes; points are dropped (counted in the "
-                    "delivery report, logged once)",
-                    self.job_id,
-                    self._spool.directory,
-                    self._spool.max_bytes,
-                )
+                if outbox.spool_error is not None:
+                    _LOG.error(
+                        "job %s: the spool %s cannot be written (%s) and %d points are in memory; points are "
+                        "dropped (counted in the delivery report, logged once)",
+                        self.job_id,
+                        self._spool.directory,
+                        outbox.spool_error,
+                        outbox.memory_limit,
+                    )
+                else:
+                    _LOG.error(
+                        "job %s: the spool %s reached its cap of %d bytes; points are dropped (counted in the "
+                        "delivery report, logged once)",
+                        self.job_id,
+                        self._spool.directory,
+                        self._spool.max_bytes,
+                    )
 
     def _finish(self) -> None:
         try:
@@ -243,8 +262,11 @@ class Sender(threading.Thread):
                     max(self._close_deadline or 0.0, time.monotonic() + _CLOSE_RESPONSE_WAIT_S)
                 )
             self._delivery.disconnect()
-            self._spill(*self._outboxes)
-            self._state.save()
+            self._spill(*self._outboxes, force=True)
+            if any([outbox.drop_memory() for outbox in self._outboxes]) and not self._dropped_logged:
+                self._dropped_logged = True
+                _LOG.error("job %s: points the spool could not take are dropped (counted, logged once)", self.job_id)
+            self._state.release()
         except Exception:
             _LOG.exception("job %s: error while closing the telemetry sender", self.job_id)
         finally:

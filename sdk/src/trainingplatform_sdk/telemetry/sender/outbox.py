@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections import deque
 from typing import Generic
 
@@ -13,13 +14,18 @@ from trainingplatform_sdk.telemetry.spool import Spool
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
 
+SPOOL_RETRY_S = 1.0
+"""After a spool write failed (disk full, read-only...), how long the points wait in memory before the next try."""
+
 
 class Outbox(Generic[Point]):
     """The uncommitted points of one stream: in the spool (lower sequences), then in memory (higher).
 
-    Sequences: `assigned` is the highest ever given to a point (persisted in the spool state before a point carrying
-    it leaves memory), `committed` the highest the backend is known to hold, `sent` the highest handed to the
-    current stream. A point is forgotten only when the committed cursor has passed it.
+    Sequences: `assigned` is the highest ever given to a point, `reserved` the end of the block of sequences
+    reserved in the spool state (fsync-ed before any point numbered in it leaves memory, so a restart, even after
+    a power loss, numbers after it), `committed` the highest the backend is known to hold, `sent` the highest
+    handed to the current stream. A point is forgotten only when the committed cursor has passed it, or dropped
+    (counted) when neither the spool nor memory (`memory_limit` points) can keep it.
     """
 
     def __init__(self, codec: Codec[Point], spool: Spool) -> None:
@@ -28,7 +34,12 @@ class Outbox(Generic[Point]):
         self.name = codec.name
         self._spool = spool
         saved = spool.state.get(self.name, {})
-        self.assigned = max(int(saved.get("assigned", 0)), spool.highest_sequence(self.name))
+        # A restart numbers after the block reserved last, so a state saved (unsynced) later but lost to a crash
+        # cannot make it reuse a sequence; after a clean close the block ends at the last sequence assigned.
+        self.assigned = max(
+            int(saved.get("assigned", 0)), int(saved.get("reserved", 0)), spool.highest_sequence(self.name)
+        )
+        self.reserved = self.assigned
         #: `assigned` as loaded at start, until the backend's cursor shows it was lost (see `continue_after`).
         self.base = self.assigned
         self.committed = int(saved.get("committed", 0))
@@ -46,10 +57,15 @@ class Outbox(Generic[Point]):
         self.dropped = 0
         self.invalid = 0
         self._invalid_reported: set[str] = set()
+        #: Most points kept in memory while the spool cannot be written; beyond it the oldest are dropped.
+        self.memory_limit = 100_000
+        #: The last error of a spool write, None once a write succeeds again.
+        self.spool_error: OSError | None = None
+        self._spool_retry_at = 0.0
 
     def state(self) -> dict[str, int]:
         """The numbering as the spool state keeps it."""
-        return {"assigned": self.assigned, "committed": self.committed}
+        return {"assigned": self.assigned, "reserved": self.reserved, "committed": self.committed}
 
     @property
     def pending(self) -> int:
@@ -111,7 +127,7 @@ class Outbox(Generic[Point]):
         )
         # Concatenation, not `(point[0] + shift, *point[1:])`: mypy cannot type that under a constrained TypeVar.
         self.memory = deque((point[0] + shift,) + point[1:] for point in self.memory)  # noqa: RUF005
-        self.assigned += shift
+        self.assigned += shift  # past `reserved` now, if it was in the block: the next save reserves a new one
         self.base = cursor
         return shift
 
@@ -122,7 +138,9 @@ class Outbox(Generic[Point]):
         """
         record = self._spool.first_record_after(self.name, self.sent)
         if record is not None:
-            return self.codec.parse(self._spool.read(record), self.sent), record.last
+            # The codec may cut a record written under a larger budget: the rest follows in the next message.
+            request = self.codec.parse(self._spool.read(record), self.sent)
+            return request, self.codec.last_sequence(request)
         memory = self.memory
         if not memory or memory[-1][0] <= self.sent:
             return None
@@ -132,10 +150,17 @@ class Outbox(Generic[Point]):
             return None
         return self.codec.request(batch), batch[-1][0]
 
-    def spill(self) -> int:
-        """Moves every point in memory to the spool; returns how many were dropped at the spool's cap."""
+    def spill(self, force: bool = False) -> int:
+        """Moves every point in memory to the spool; returns how many were dropped.
+
+        Points past the spool's cap are dropped. When the spool cannot be written (disk full, read-only, no
+        permission), the points stay in memory, the newest `memory_limit` of them, and the writes are tried again
+        after SPOOL_RETRY_S (at once when `force`); the older ones are dropped.
+        """
         if not self.memory:
             return 0
+        if self.spool_error is not None and not force and time.monotonic() < self._spool_retry_at:
+            return self._drop_oldest()
         points = list(self.memory)
         self.memory = deque()
         codec = self.codec
@@ -143,13 +168,54 @@ class Outbox(Generic[Point]):
         start = 0
         while start < len(points):
             batch, _ = codec.take_batch(points[start : start + codec.max_points])
+            try:
+                appended = self._spool.append(
+                    self.name, codec.spool_payload(batch), batch[0][0], batch[-1][0], len(batch)
+                )
+            except OSError as exc:
+                self._spool_failed(exc)
+                self.memory = deque(points[start:])
+                return dropped + self._drop_oldest()
+            if self.spool_error is not None:
+                _LOG.warning("job %s: the %s spool can be written again", self.codec.job_id, self.name)
+                self.spool_error = None
             start += len(batch)
-            if self._spool.append(self.name, codec.spool_payload(batch), batch[0][0], batch[-1][0], len(batch)):
+            if appended:
                 self.spooled += len(batch)
             else:
                 self.dropped += len(batch)
                 dropped += len(batch)
         return dropped
+
+    def _spool_failed(self, exc: OSError) -> None:
+        if self.spool_error is None:
+            _LOG.error(
+                "job %s: cannot write the %s spool (%s); keeping up to %d points in memory and trying again",
+                self.codec.job_id,
+                self.name,
+                exc,
+                self.memory_limit,
+            )
+        self.spool_error = exc
+        self._spool_retry_at = time.monotonic() + SPOOL_RETRY_S
+
+    def _drop_oldest(self) -> int:
+        """Drops the oldest points beyond `memory_limit` (memory stays contiguous); returns how many."""
+        excess = len(self.memory) - self.memory_limit
+        if excess <= 0:
+            return 0
+        popleft = self.memory.popleft
+        for _ in range(excess):
+            popleft()
+        self.dropped += excess
+        return excess
+
+    def drop_memory(self) -> int:
+        """Drops every point left in memory (the sender is stopping and could not spool them); returns how many."""
+        count = len(self.memory)
+        self.memory = deque()
+        self.dropped += count
+        return count
 
     def cancel_stream(self) -> None:
         """Cancels the open stream, if any."""

@@ -6,17 +6,25 @@ import logging
 
 from trainingplatform_sdk.telemetry.sender.calls import CallQueue
 from trainingplatform_sdk.telemetry.sender.codec import BufferedLog, BufferedMetric
-from trainingplatform_sdk.telemetry.sender.outbox import Outbox
+from trainingplatform_sdk.telemetry.sender.outbox import AnyOutbox, Outbox
 from trainingplatform_sdk.telemetry.spool import Spool
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
+
+SEQUENCE_BLOCK = 10_000
+"""Sequences reserved at a time per stream: one durable (fsync-ed) save of the state per block."""
 
 
 class SavedState:
     """Writes the numbering and the pending calls into the spool state.
 
-    Saved as `{"metrics": {"assigned", "committed"}, "logs": {...}, "calls": [...]}` next to what the spool keeps
-    there itself. `dirty` says that something changed since the last save that succeeded.
+    Saved as `{"metrics": {"assigned", "reserved", "committed"}, "logs": {...}, "calls": [...]}` next to what the
+    spool keeps there itself. `dirty` says that something changed since the last save that succeeded.
+
+    Sequences are reserved in blocks of SEQUENCE_BLOCK: before a point numbered past the reserved block leaves
+    memory, the block is moved past it and the state is saved durably (fsync); other saves are not synced. A
+    restart numbers after the reserved block, so a crash, even a power loss, never makes a sequence reused (it
+    leaves a gap, which the backend accepts). A clean `release` ends the block at the last sequence assigned.
     """
 
     def __init__(
@@ -29,13 +37,39 @@ class SavedState:
     ) -> None:
         self.job_id = job_id
         self.dirty = False
+        self._failing = False
         self._spool = spool
         self._metrics = metrics
         self._logs = logs
         self._calls = calls
 
+    def reserve(self) -> None:
+        """Makes sure every sequence assigned is in a reserved block, saving durably when it was not."""
+        if self._metrics.assigned > self._metrics.reserved or self._logs.assigned > self._logs.reserved:
+            self.save()
+
+    def release(self) -> None:
+        """Ends the reserved blocks at the last sequences assigned (the sender stops), saved durably."""
+        for outbox in (self._metrics, self._logs):
+            outbox.reserved = outbox.assigned
+        self._write(durable=True)
+
     def save(self) -> None:
-        """Writes the state now; a failure is logged and leaves it dirty."""
+        """Writes the state now (durably when a new block of sequences is reserved); a failure is logged and leaves
+        it dirty."""
+        outboxes: tuple[AnyOutbox, ...] = (self._metrics, self._logs)
+        reserved = [outbox.reserved for outbox in outboxes]
+        durable = False
+        for outbox in outboxes:
+            if outbox.assigned > outbox.reserved:
+                outbox.reserved = outbox.assigned + SEQUENCE_BLOCK
+                durable = True
+        if not self._write(durable) and durable:
+            # Not reserved after all: the next save tries again.
+            for outbox, before in zip(outboxes, reserved, strict=True):
+                outbox.reserved = before
+
+    def _write(self, durable: bool) -> bool:
         self._spool.state.update(
             {
                 self._metrics.name: self._metrics.state(),
@@ -44,7 +78,14 @@ class SavedState:
             }
         )
         try:
-            self._spool.save_state()
-            self.dirty = False
+            self._spool.save_state(durable)
         except OSError as exc:
-            _LOG.error("job %s: cannot write the spool state (%s)", self.job_id, exc)
+            if not self._failing:
+                self._failing = True
+                _LOG.error("job %s: cannot write the spool state (%s); logged once until it can", self.job_id, exc)
+            return False
+        if self._failing:
+            self._failing = False
+            _LOG.warning("job %s: the spool state can be written again", self.job_id)
+        self.dirty = False
+        return True

@@ -1,0 +1,213 @@
+"""TrainingLogger under faults of its caller and of its own: odd values, a dead sender, spool I/O errors, and when
+a spool directory is removed."""
+
+from __future__ import annotations
+
+import decimal
+import errno
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from support.backend import BackendProcess
+from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk import LoggerSettings, TrainingLogger
+from trainingplatform_sdk.telemetry.sender.validation import Validator
+from trainingplatform_sdk.telemetry.spool import Spool
+
+SETTINGS = LoggerSettings(reconnect_initial_backoff_s=0.05, reconnect_max_backoff_s=0.5)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def spooled_points(directory: Path) -> list[telemetry_pb2.MetricPoint]:
+    spool = Spool(directory, "job-1", 1 << 30, 1 << 20)
+    try:
+        return [
+            point
+            for record in spool.records("metrics")
+            for point in telemetry_pb2.StreamMetricsRequest.FromString(spool.read(record)).points
+        ]
+    finally:
+        spool.close()
+
+
+class Unconvertible:
+    def __float__(self) -> float:
+        raise RuntimeError("not today")
+
+    def __str__(self) -> str:
+        raise RuntimeError("not printable either")
+
+
+def test_logging_never_raises_for_a_value(
+    tmp_path: Path, unreachable_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"):
+        logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+        logger.log_metric("huge", 10**400)  # type: ignore[arg-type]
+        logger.log_metric("minus_huge", -(10**400))  # type: ignore[arg-type]
+        logger.log_metric("int", 3)
+        logger.log_metric("numpy_f32", np.float32(1.5))  # type: ignore[arg-type]
+        logger.log_metric("numpy_i64", np.int64(7))  # type: ignore[arg-type]
+        logger.log_metric("tensor", torch.tensor(2.5))  # type: ignore[arg-type]
+        logger.log_metric("decimal", decimal.Decimal("0.25"))  # type: ignore[arg-type]
+        logger.log_metric("bool", True)
+        for _ in range(3):  # each refused key is warned about once
+            logger.log_metric("none", None)  # type: ignore[arg-type]
+            logger.log_metric("text", "1.5")  # type: ignore[arg-type]
+            logger.log_metric("vector", torch.tensor([1.0, 2.0]))  # type: ignore[arg-type]
+            logger.log_metric("broken", Unconvertible())  # type: ignore[arg-type]
+        logger.log_metrics({"many/huge": 10**400, "many/none": None, "many/numpy": np.float64(4.0)})  # type: ignore[dict-item]
+        logger.log_message(Unconvertible(), level=None)  # type: ignore[arg-type]
+        logger.log_message("odd level", level=object())  # type: ignore[arg-type]
+        report = logger.close(0.2)
+    values = {point.key: point.value for point in spooled_points(tmp_path)}
+    assert values == {
+        "huge": math.inf,
+        "minus_huge": -math.inf,
+        "int": 3.0,
+        "numpy_f32": 1.5,
+        "numpy_i64": 7.0,
+        "tensor": 2.5,
+        "decimal": 0.25,
+        "bool": 1.0,
+        "many/huge": math.inf,
+        "many/numpy": 4.0,
+    }
+    assert report.invalid == 13 and report.logged_logs == 2
+    refused = [record.getMessage() for record in caplog.records if "refused before sending" in record.getMessage()]
+    assert len(refused) == 5, refused
+    for key in ("none", "text", "vector", "broken", "many/none"):
+        assert sum(f"'{key}'" in message for message in refused) == 1, refused
+
+
+def test_a_dead_sender_turns_the_logger_off_and_counts_what_it_discards(
+    tmp_path: Path, unreachable_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(self: Validator, item: object) -> None:
+        raise RuntimeError("a bug in the sender")
+
+    monkeypatch.setattr(Validator, "metric", crash)
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    logger.log_metric("loss", 1.0)
+    sender = logger._sender
+    assert sender is not None
+    sender.join(10)
+    assert not sender.is_alive()
+    wait_until(lambda: not logger.enabled)
+    for step in range(10_000):
+        logger.log_metric("loss", 1.0, step=step)
+    logger.log_metrics({"a": 1.0, "b": 2.0})
+    logger.log_message("lost too")
+    assert len(logger._buffer) == 0  # nothing piles up
+    report = logger.close(0.2)
+    assert report.dropped >= 10_003
+    assert logger.close(0.2) is report
+
+
+def test_the_sender_survives_spool_write_errors(
+    tmp_path: Path, unreachable_address: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Segments cannot be written (read-only, permission denied, disk full): the sender keeps memory_buffer_points
+    # points in memory, drops the oldest beyond, counts and logs the loss once, and writes again once it can.
+    failing = {"on": True}
+    real_append = Spool.append
+
+    def append(self: Spool, *args: object) -> bool:
+        if failing["on"]:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_append(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Spool, "append", append)
+    settings = LoggerSettings(memory_buffer_points=5000, max_batch_points=1000, reconnect_initial_backoff_s=0.05)
+    with caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"):
+        logger = TrainingLogger(
+            "job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path, settings=settings
+        )
+        for step in range(20_000):
+            logger.log_metric("loss", float(step), step=step)
+        wait_until(lambda: logger.stats.logged_metrics == 20_000)
+        wait_until(lambda: logger.stats.dropped == 15_000)
+        assert logger.enabled and logger._sender is not None and logger._sender.is_alive()
+        assert logger.stats.pending_metrics == 5000
+        failing["on"] = False
+        report = logger.close(0.5)
+    assert report.dropped == 15_000 and report.spooled == 5000 and report.pending_metrics == 5000
+    # The newest points are kept.
+    assert [point.sequence for point in spooled_points(tmp_path)] == list(range(15_001, 20_001))
+    assert len([r for r in caplog.records if "points are dropped" in r.getMessage()]) == 1
+
+
+def test_a_failed_segment_write_leaves_no_torn_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path, "job-1", 1 << 30, 1 << 20)
+    assert spool.append("metrics", b"first", 1, 1, 1)
+    real_write = os.write
+
+    def short_write(fd: int, data: bytes) -> int:
+        real_write(fd, data[:5])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", short_write)
+    with pytest.raises(OSError):
+        spool.append("metrics", b"second", 2, 2, 1)
+    monkeypatch.setattr(os, "write", real_write)
+    assert spool.append("metrics", b"third", 3, 3, 1)
+    assert spool.pending["metrics"] == 2
+    spool.close()
+    reopened = Spool(tmp_path, "job-1", 1 << 30, 1 << 20)
+    assert [reopened.read(record) for record in reopened.records("metrics")] == [b"first", b"third"]
+    reopened.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_spool_is_removed_once_the_job_ended_and_everything_is_delivered(
+    backend: BackendProcess, tmp_path: Path
+) -> None:
+    job_id, token = backend.create_job()
+    spool_dir = tmp_path / "spool"
+    logger = TrainingLogger(
+        job_id, backend_address=backend.address, token=token, spool_dir=spool_dir, settings=SETTINGS
+    )
+    logger.update_status("running")
+    for step in range(1000):
+        logger.log_metric("loss", float(step), step=step)
+    logger.update_status("completed")
+    report = logger.close(30)
+    assert report.pending_metrics == 0 and report.calls_pending == 0 and report.calls_delivered == 2
+    assert not spool_dir.exists()
+    assert backend.job_status(job_id) == "COMPLETED"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_spool_stays_until_the_job_ended(backend: BackendProcess, tmp_path: Path) -> None:
+    job_id, token = backend.create_job()
+    spool_dir = tmp_path / "spool"
+    logger = TrainingLogger(
+        job_id, backend_address=backend.address, token=token, spool_dir=spool_dir, settings=SETTINGS
+    )
+    logger.update_status("running")
+    logger.log_metric("loss", 1.0)
+    assert logger.close(30).pending_metrics == 0
+    assert spool_dir.is_dir()  # no terminal status: the trainer service may still have to report one
+
+
+def test_the_spool_stays_while_anything_is_pending(tmp_path: Path, unreachable_address: str) -> None:
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path / "spool")
+    logger.log_metric("loss", 1.0)
+    logger.update_status("completed")
+    report = logger.close(0.2)
+    assert report.pending_metrics == 1 and report.calls_pending == 1
+    assert [point.value for point in spooled_points(tmp_path / "spool")] == [1.0]
