@@ -1,7 +1,9 @@
 """The end of a run, reported to the backend on behalf of a training process that could not do it itself.
 
 When a run ends, `report_end` first delivers whatever the process left in its spool, then the terminal status its
-exit implies, so a status never overtakes the metrics logged before it.
+exit implies, so a status never overtakes the metrics logged before it. The spool is retried with backoff, for up
+to SPOOL_REPLAY_MAX_S, while the backend is unreachable and while another process still holds its lock; the
+status waits for it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from trainingplatform.trainer.v1 import trainer_pb2
 
 from trainingplatform_sdk.channel import auth_metadata, open_aio_channel
+from trainingplatform_sdk.errors import SpoolLockedError
 from trainingplatform_sdk.trainer_service.run import Run
 
 __all__ = ["SPOOL_REPLAY_MAX_S", "report_end", "report_status"]
@@ -129,7 +132,9 @@ async def report_end(run: Run) -> None:
 
 
 async def _deliver_spool(run: Run) -> None:
-    """Replays what the ended process left in its spool, retrying while the backend is unreachable."""
+    """Replays what the ended process left in its spool, retrying while the backend is unreachable or while
+    another process still holds the spool's lock (a forked data loader worker of the ended process, which may
+    outlive it for a moment)."""
     spool = run.output_dir / "spool"
     if not spool.is_dir():
         return
@@ -137,13 +142,20 @@ async def _deliver_spool(run: Run) -> None:
     while True:
         try:
             delivered = await asyncio.to_thread(_replay_spool, run, spool)
+        except SpoolLockedError as error:
+            _log.info("run %s: %s; retrying in %.0fs", run.run_id, error, delay)
+            delivered = False
         except Exception:
             _log.exception("replaying the spool of run %s failed", run.run_id)
             return
         if delivered:
             return
         if time.monotonic() + delay > deadline:
-            _log.error("run %s: the backend stayed unreachable; its spool %s is kept undelivered", run.run_id, spool)
+            _log.error(
+                "run %s: the backend stayed unreachable or the spool locked; its spool %s is kept undelivered",
+                run.run_id,
+                spool,
+            )
             return
         await asyncio.sleep(delay)
         delay = min(delay * 2, SPOOL_REPLAY_MAX_DELAY_S)

@@ -7,7 +7,8 @@ Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING, StartTraining answers UN
 stopped like a cancel (SIGTERM, SIGKILL after TP_CANCEL_GRACE_S; checkpoints and telemetry so far are kept, the
 jobs end CANCELLED), reads keep being answered until the processes have exited, then the server stops with
 TP_SHUTDOWN_GRACE_S for open calls. Runs are stopped rather than left behind because nothing would watch,
-cancel or report a process that outlives its service.
+cancel or report a process that outlives its service. A service killed without its shutdown leaves its runs
+training; the next service started on the same runs directory adopts them (`Supervisor.adopt`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ async def start(description: FrameworkDescription, settings: TrainerSettings) ->
     """
     catalog = Catalog(description)
     supervisor = Supervisor(settings, catalog)
+    # Before serving: the first GetTraining already knows the runs a killed predecessor left.
+    await supervisor.adopt()
     server = GrpcServer(
         (SERVICE_NAME,), interceptors=[TokenInterceptor(settings.internal_auth_token)], options=server_options()
     )

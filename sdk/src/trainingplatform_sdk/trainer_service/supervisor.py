@@ -10,12 +10,27 @@ One watcher task per run waits for its exit and decides the final state:
 
 Then the service delivers whatever the process left in its spool (`<output_dir>/spool`: telemetry it could not
 send before it exited, a backend outage for instance) by opening a TrainingLogger on that spool, which replays it
-in order, retrying with backoff while the backend is unreachable (up to
-`reporting.SPOOL_REPLAY_MAX_S`). Only then does it
+in order, retrying with backoff while the backend is unreachable or another process (a data loader worker of
+the ended process) still holds the spool's lock (up to `reporting.SPOOL_REPLAY_MAX_S`). Only then does it
 report the matching terminal status itself (COMPLETED, CANCELLED or FAILED with the exit code or signal): a killed
 process could not, and the order matters: a status never overtakes the metrics logged before it. The backend's
 state machine makes this safe when the process did report: repeating a status changes nothing, and a different
 terminal status is refused with FAILED_PRECONDITION, which is ignored.
+
+Every run is also saved in `<output_dir>/run.json` (`Run.save`, mode 0600) on each change: when it starts, when it
+is asked to stop, when it ends, and once its end is reported. A service killed without its shutdown (SIGKILL, a
+crash) leaves its training processes running, in their own sessions; the next service on the same runs directory
+adopts them on start (`adopt`):
+
+- a run whose process is still alive (same pid and same process start time, so a reused pid is not mistaken for
+  it) is watched until it exits, polling every `ADOPTED_POLL_S`: it is no longer the service's child, so its exit
+  code is read from the final line `tp-train` wrote to train.log. It can be cancelled like any run, counts
+  towards the concurrency limit, and its end is reported like any other;
+- a run whose process died while no service watched it ends FAILED (or CANCELLED when a stop was asked), unless
+  its train.log ends with `tp-train`'s final line, and is reported;
+- a run that ended without its end reported (the service died meanwhile) is reported now: its spool first, then
+  its status;
+- every other run is listed as it ended.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ import sys
 import time
 import uuid
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from trainingplatform.trainer.v1 import trainer_pb2
@@ -45,7 +61,14 @@ from trainingplatform_sdk.errors import (
 from trainingplatform_sdk.trainer_service.framework import Catalog
 from trainingplatform_sdk.trainer_service.job import JobRequest
 from trainingplatform_sdk.trainer_service.reporting import report_end
-from trainingplatform_sdk.trainer_service.run import LOG_FILE_NAME, Run, describe_exit
+from trainingplatform_sdk.trainer_service.run import (
+    LOG_FILE_NAME,
+    RUN_FILE_NAME,
+    Run,
+    describe_exit,
+    infer_exit,
+    process_start_time,
+)
 from trainingplatform_sdk.trainer_service.settings import TrainerSettings
 from trainingplatform_sdk.trainer_service.validation import validate_job_id, validate_start
 
@@ -57,6 +80,8 @@ _log = logging.getLogger(__name__)
 _WITHHELD_ENV = ("INTERNAL_AUTH_TOKEN", "READ_AUTH_TOKEN", "BACKEND_API_URL", "JOB_TELEMETRY_TOKEN")
 _CANCELLED_BY_REQUEST = "cancelled by CancelTraining"
 _CANCELLED_BY_SHUTDOWN = "the trainer service shut down"
+#: Seconds between two checks of an adopted process, which is not the service's child.
+ADOPTED_POLL_S = 0.2
 
 
 class Supervisor:
@@ -80,6 +105,46 @@ class Supervisor:
         self._start_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shutting_down = False
+
+    # --- Adopting what a previous service left -------------------------------------------------------------------
+
+    async def adopt(self) -> None:
+        """Takes over the runs a previous service on the same runs directory left (see the module docstring).
+
+        Call once, before serving.
+        """
+        runs = await asyncio.to_thread(_load_runs, self._settings.runs_dir)
+        runs.sort(key=lambda run: (run.sequence, run.start_time))
+        for run in runs:
+            self._runs[run.run_id] = run
+            self._ordered.append(run)
+            self._latest_by_job[run.job_id] = run
+        if runs:
+            self._sequence = itertools.count(max(run.sequence for run in runs) + 1)
+        for run in runs:
+            if run.live and run.pid_start_time and process_start_time(run.pid) == run.pid_start_time:
+                self._live[run.run_id] = run
+                self._spawn_task(self._watch_adopted(run))
+                _log.info("adopted run %s of job %s: pid %d still training", run.run_id, run.job_id, run.pid)
+            elif run.live:
+                _log.warning(
+                    "run %s of job %s: its process (pid %d) ended while no service watched it",
+                    run.run_id,
+                    run.job_id,
+                    run.pid,
+                )
+                run.pid = 0  # gone: never signal a pid that may have been reused
+                self._finish(run, infer_exit(run.output_dir))
+                self._spawn_task(self._report_end(run))
+            elif not run.reported:
+                _log.info("run %s of job %s ended without its end reported: reporting it", run.run_id, run.job_id)
+                self._spawn_task(self._report_end(run))
+
+    async def _watch_adopted(self, run: Run) -> None:
+        while process_start_time(run.pid) == run.pid_start_time:
+            await asyncio.sleep(ADOPTED_POLL_S)
+        self._finish(run, infer_exit(run.output_dir))
+        await self._report_end(run)
 
     # --- Queries ----------------------------------------------------------------------------------------------
 
@@ -190,6 +255,8 @@ class Supervisor:
                 f"cannot start the training process in {output_dir}: {error.strerror or error}; check TP_DATA_DIR"
             ) from None
         run.pid = process.pid
+        run.pid_start_time = process_start_time(process.pid) or 0
+        run.save()
         self._runs[run_id] = run
         self._ordered.append(run)
         self._latest_by_job[job.job_id] = run
@@ -219,6 +286,7 @@ class Supervisor:
 
     def _stop(self, run: Run, grace_s: float, reason: str) -> None:
         run.cancel_reason = reason
+        run.save()
         _log.info(
             "stopping run %s of job %s (%s): SIGTERM, SIGKILL after %.0fs", run.run_id, run.job_id, reason, grace_s
         )
@@ -251,15 +319,22 @@ class Supervisor:
     async def _watch(self, run: Run, process: asyncio.subprocess.Process) -> None:
         returncode = await process.wait()
         self._finish(run, returncode)
+        await self._report_end(run)
+
+    async def _report_end(self, run: Run) -> None:
         if run.telemetry_endpoint:
             await report_end(run)
+        run.reported = True
+        run.save()
 
-    def _finish(self, run: Run, returncode: int) -> None:
+    def _finish(self, run: Run, returncode: int | None) -> None:
+        """Records the end of the run's process; `returncode` None: unknown (a process adopted after a restart
+        that wrote no final line)."""
         run.refresh()
         # Data loader workers outlive a killed parent; they belong to the run and go with it.
         _signal_group(run, signal.SIGKILL)
         run.pid = 0
-        run.exit_code = returncode
+        run.exit_code = 1 if returncode is None else returncode
         run.end_time = time.time()
         if returncode == 0:
             run.state = trainer_pb2.RUN_STATE_SUCCEEDED
@@ -269,13 +344,14 @@ class Supervisor:
             run.state = trainer_pb2.RUN_STATE_FAILED
             run.error_message = describe_exit(returncode, run.output_dir)
         self._live.pop(run.run_id, None)
+        run.save()
         run.exited.set()
         _log.info(
-            "run %s of job %s ended %s (exit code %d)",
+            "run %s of job %s ended %s (exit code %s)",
             run.run_id,
             run.job_id,
             trainer_pb2.RunState.Name(run.state),
-            returncode,
+            "unknown" if returncode is None else returncode,
         )
 
     def _spawn_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -287,6 +363,16 @@ class Supervisor:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("a supervisor task failed", exc_info=task.exception())
+
+
+def _load_runs(runs_dir: Path) -> list[Run]:
+    """Every run saved under `<runs_dir>/<job_id>/<run_id>/run.json`."""
+    runs = []
+    for path in sorted(runs_dir.glob(f"*/*/{RUN_FILE_NAME}")):
+        run = Run.load(path)
+        if run is not None:
+            runs.append(run)
+    return runs
 
 
 def _child_env(job: JobRequest) -> dict[str, str]:

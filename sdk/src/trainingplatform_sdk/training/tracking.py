@@ -11,6 +11,14 @@ The run is named after the job id and tagged with `job_id`, `framework` and `mod
 params (flattened: `model.name`, `advanced.extra.mosaic`, ...); each epoch's metrics are one `log_batch` call with
 step = the epoch (0-based).
 
+Several training processes may share one local SQLite store (a trainer service running concurrent jobs on the
+default `sqlite:///<data dir>/mlflow.db`). SQLite allows one writer, and MLflow creates its schema (and migrates
+it) in the first process that opens the store, with nothing to stop a second process doing the same meanwhile.
+So every write to a `sqlite:///` store (schema creation, the experiment, the run, params, metrics, the end) is
+serialised between processes by a file lock next to the store (`<store>.lock`, a POSIX lock, which a forked data
+loader worker does not inherit), and a write that still meets
+"database is locked" (another program using the store) is retried for up to `LOCKED_RETRY_S` seconds.
+
 `mlflow` is imported inside functions only: this module is part of the SDK, which installs without it, and only
 a trainer process that tracks a run pays for the import.
 """
@@ -18,14 +26,17 @@ a trainer process that tracks a run pays for the import.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import re
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from trainingplatform_sdk.errors import TrackingError
@@ -42,6 +53,11 @@ __all__ = [
     "redact_uri",
 ]
 
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+# POSIX locks belong to the process: threads of one process take this one first.
+_THREAD_LOCK = threading.Lock()
+
 DEFAULT_EXPERIMENT_NAME = "trainingplatform"
 #: MLflow's limits (mlflow.utils.validation), repeated here so that building params needs no mlflow import.
 MAX_PARAM_KEY_LENGTH = 250
@@ -53,6 +69,10 @@ PREFLIGHT_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUE
 #: Retries of later calls unless the environment sets its own: MLflow's default (7, with exponential backoff)
 #: would hold a finished job for minutes when the server went away during training.
 DEFAULT_HTTP_MAX_RETRIES = "3"
+#: Longest wait for the lock of a local SQLite store while other jobs write to it, in seconds.
+STORE_LOCK_TIMEOUT_S = 300.0
+#: How long a write that meets "database is locked" is retried, in seconds.
+LOCKED_RETRY_S = 60.0
 
 _FALSE = ("0", "false", "no", "off")
 # Names MLflow accepts for params and metrics (mlflow.utils.validation.validate_param_and_metric_name).
@@ -157,6 +177,81 @@ def metric_name(key: str) -> str:
     return "/".join(segments) or "_"
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for any other store (and for an in-memory one)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path).absolute() if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def store_lock(settings: TrackingSettings) -> Iterator[None]:
+    """Holds the inter-process lock of a local SQLite store (`<store>.lock`); does nothing for a server.
+
+    A POSIX record lock (`lockf`), not `flock`: a child forked meanwhile (a data loader worker) does not inherit it,
+    so it cannot keep the store locked for the rest of training.
+
+    Raises:
+        TrackingError: Other processes held the lock for longer than STORE_LOCK_TIMEOUT_S.
+    """
+    path = _sqlite_path(settings.tracking_uri)
+    if path is None:
+        yield
+        return
+    lock_path = path.with_name(path.name + ".lock")
+    deadline = time.monotonic() + STORE_LOCK_TIMEOUT_S
+    # The thread lock is held until the descriptor is closed: closing any descriptor of the file releases every
+    # POSIX lock this process holds on it, another thread's included.
+    if not _THREAD_LOCK.acquire(timeout=STORE_LOCK_TIMEOUT_S):
+        raise TrackingError(f"{settings.setting}: {lock_path} stayed held for more than {STORE_LOCK_TIMEOUT_S:.0f}s")
+    try:
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:  # the store's directory is unusable: MLflow's own error says so
+            _log.warning("cannot open the MLflow store's lock %s: %s", lock_path, error)
+            fd = -1
+        if fd < 0:
+            yield
+            return
+        try:
+            while True:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:  # EACCES or EAGAIN: another process holds it
+                    if time.monotonic() > deadline:
+                        raise TrackingError(
+                            f"{settings.setting}: other jobs held {lock_path} for more than {STORE_LOCK_TIMEOUT_S:.0f}s"
+                        ) from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+    finally:
+        _THREAD_LOCK.release()
+
+
+def _is_locked(error: BaseException) -> bool:
+    text = str(error).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def retry_locked(call: Callable[[], _T], *, timeout_s: float = LOCKED_RETRY_S) -> _T:
+    """Calls `call`, again with a growing delay while it fails with SQLite's "database is locked"."""
+    deadline, delay = time.monotonic() + timeout_s, 0.05
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if not _is_locked(error) or time.monotonic() + delay > deadline:
+                raise
+            _log.info("the MLflow store is locked by another writer; retrying in %.2fs", delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
 @contextlib.contextmanager
 def _fail_fast_http() -> Iterator[None]:
     """No retries and a short timeout for the calls inside, whatever the environment says."""
@@ -236,10 +331,11 @@ class MlflowRun:
         # MLflow prints "View run <url>" built from the raw tracking URI, credentials included; the job's logs
         # already say where the run is.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-        with _fail_fast_http():
+        # The lock covers MLflow's creation (or migration) of a local store's schema, the experiment and the run.
+        with store_lock(settings), _fail_fast_http():
             try:
                 client = MlflowClient(tracking_uri=settings.tracking_uri)
-                client.search_experiments(max_results=1)
+                retry_locked(lambda: client.search_experiments(max_results=1))
             except Exception as error:
                 if _http_status(error) in (401, 403):
                     raise TrackingError(
@@ -252,10 +348,12 @@ class MlflowRun:
                 ) from error
             experiment_id = cls._experiment_id(client, settings)
             try:
-                run = client.create_run(
-                    experiment_id,
-                    run_name=job_id,
-                    tags={"job_id": job_id, "framework": framework, "model": model_name},
+                run = retry_locked(
+                    lambda: client.create_run(
+                        experiment_id,
+                        run_name=job_id,
+                        tags={"job_id": job_id, "framework": framework, "model": model_name},
+                    )
                 )
             except Exception as error:
                 raise TrackingError(
@@ -264,9 +362,9 @@ class MlflowRun:
                 ) from error
             tracked = cls(client, run.info.run_id, settings)
             try:
-                tracked.log_params(params)
+                tracked._log_params(params)
             except Exception as error:
-                tracked.end("FAILED")
+                retry_locked(lambda: client.set_terminated(tracked.run_id, "FAILED"))
                 raise TrackingError(
                     f"{settings.setting}: logging the job's params failed: {_describe(error, settings)}"
                 ) from error
@@ -276,13 +374,15 @@ class MlflowRun:
     def _experiment_id(client: MlflowClient, settings: TrackingSettings) -> str:
         name = settings.experiment_name
         try:
-            experiment = client.get_experiment_by_name(name)
+            experiment = retry_locked(lambda: client.get_experiment_by_name(name))
             if experiment is None:
                 try:
-                    return client.create_experiment(name, artifact_location=settings.artifact_location)
+                    return retry_locked(
+                        lambda: client.create_experiment(name, artifact_location=settings.artifact_location)
+                    )
                 except Exception:
                     # Another job may have created it in the meantime.
-                    experiment = client.get_experiment_by_name(name)
+                    experiment = retry_locked(lambda: client.get_experiment_by_name(name))
                     if experiment is None:
                         raise
         except Exception as error:
@@ -298,11 +398,16 @@ class MlflowRun:
 
     def log_params(self, params: Mapping[str, str]) -> None:
         """Logs params in batches of MLflow's maximum size."""
+        with store_lock(self.settings):
+            self._log_params(params)
+
+    def _log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
         items = [Param(key, value) for key, value in params.items()]
         for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[start : start + MAX_PARAMS_PER_BATCH])
+            batch = items[start : start + MAX_PARAMS_PER_BATCH]
+            retry_locked(lambda batch=batch: self.client.log_batch(self.run_id, params=batch))  # type: ignore[misc]
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Logs one epoch's metrics with step = `epoch`, in one request (per 1,000 metrics)."""
@@ -310,8 +415,10 @@ class MlflowRun:
 
         timestamp = int(time.time() * 1000)
         items = [Metric(metric_name(key), float(value), timestamp, epoch) for key, value in metrics.items()]
-        for start in range(0, len(items), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=items[start : start + MAX_METRICS_PER_BATCH])
+        with store_lock(self.settings):
+            for start in range(0, len(items), MAX_METRICS_PER_BATCH):
+                batch = items[start : start + MAX_METRICS_PER_BATCH]
+                retry_locked(lambda batch=batch: self.client.log_batch(self.run_id, metrics=batch))  # type: ignore[misc]
 
     def log_artifact(self, path: Path, artifact_path: str | None = None, *, fail_fast: bool = False) -> None:
         """Uploads one file into the run's artifacts (under `artifact_path`, a directory, when given).
@@ -322,11 +429,13 @@ class MlflowRun:
             fail_fast: No retries and a short timeout: for the start-of-job check of the artifact store.
         """
         with _fail_fast_http() if fail_fast else contextlib.nullcontext():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            # Not under the store's lock: a checkpoint's upload must not hold other jobs' writes.
+            retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def end(self, status: str) -> None:
         """Ends the run: `FINISHED`, `FAILED` or `KILLED`."""
-        self.client.set_terminated(self.run_id, status)
+        with store_lock(self.settings):
+            retry_locked(lambda: self.client.set_terminated(self.run_id, status))
 
     def describe_error(self, error: BaseException) -> str:
         """An error's text for the job's logs, with the tracking URI's credentials redacted."""
