@@ -14,6 +14,7 @@ import grpc
 from trainingplatform_sdk.errors import PlatformError
 from trainingplatform_sdk.server.handlers import wrap_handler
 from trainingplatform_sdk.server.metadata import bearer_token, is_public
+from trainingplatform_sdk.server.refusals import RefusalLog
 from trainingplatform_sdk.server.status import StatusOf
 
 __all__ = ["AuthInterceptor"]
@@ -25,8 +26,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor, Generic[CallerT]):
     """Refuses calls whose `authorization: Bearer <token>` is missing, malformed or refused by `authenticate`,
     and turns exceptions raised by the handlers into statuses (`status_of`). Health and reflection are public.
 
-    A refused call is logged at INFO as `refused <method>: <reason>` (never with the token) and answered with the
-    refusal's status when the handler is invoked.
+    Refused calls are logged at INFO without the token: the first of each reason at once, the rest as one count
+    per reason and minute (`refusals.RefusalLog`). Each is answered with the refusal's status.
 
     Args:
         status_of: The service's mapping of exceptions to statuses (`status.status_mapping`).
@@ -44,6 +45,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor, Generic[CallerT]):
         self._status_of = status_of
         self._log = log
         self._caller = caller
+        self._refusals = RefusalLog(log)
 
     @abc.abstractmethod
     async def authenticate(self, method: str, token: str) -> CallerT:
@@ -67,7 +69,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor, Generic[CallerT]):
         try:
             caller = await self.authenticate(method, bearer_token(details.invocation_metadata))
         except PlatformError as error:
-            self._log.info("refused %s: %s", method, error.message)
+            self._refusals.refused(method, error.message)
             return wrap_handler(handler, status_of=self._status_of, log=self._log, refusal=error)
         return wrap_handler(
             handler,
