@@ -10,11 +10,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from reliability.polling import wait_until
 from support.backend import BackendProcess, auth, free_port
 from support.fake_trainer import FakeTrainer
 from trainingplatform.common.v1 import common_pb2
@@ -28,17 +29,6 @@ SPEC = common_pb2.JobSpec(
     dataset=common_pb2.DatasetConfig(name="digits"),
     training=common_pb2.TrainingConfig(epochs=1),
 )
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -89,13 +79,13 @@ def test_a_cancel_during_dispatch_cancels_the_run_the_trainer_accepted(
                 fresh = [job.job_id for job in jobs if job.job_id not in seen]
                 return fresh[0] if fresh else None
 
-            job_id = str(wait_for(new_job, 10, "the new job"))
+            job_id = str(wait_until(new_job, 10, "the new job"))
             seen.add(job_id)
             time.sleep(delay_ms / 1000)
             stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id, reason="test"), metadata=metadata, timeout=30)
             creating.join(30)
             # Give a late StartTraining every chance to land, then check: CANCELLED, and nothing trains.
-            wait_for(
+            wait_until(
                 lambda job_id=job_id: not slow_trainer.training(job_id),
                 10,
                 f"the run of {job_id} to be cancelled ({delay_ms} ms)",
@@ -142,7 +132,7 @@ def test_a_create_job_retry_returns_one_job(database_url: str, tmp_path: Path):
                 jobs_pb2.CreateJobRequest(spec=SPEC, request_id=str(uuid.uuid4())), metadata=metadata, timeout=30
             )
             assert second.job.job_id != first.job.job_id
-            wait_for(lambda: len(trainer.runs) == 2, 30, "both jobs dispatched")
+            wait_until(lambda: len(trainer.runs) == 2, 30, "both jobs dispatched")
             assert sorted(run.job_id for run in trainer.runs) == sorted([first.job.job_id, second.job.job_id])
         finally:
             backend.close()
@@ -194,7 +184,7 @@ def test_a_create_job_with_a_short_deadline_is_still_dispatched(sqlite_url: str,
             created = stub.CreateJob(jobs_pb2.CreateJobRequest(spec=SPEC), metadata=metadata, timeout=0.5)
             assert created.job.status == common_pb2.JOB_STATUS_QUEUED
             job_id = created.job.job_id
-            job = wait_for(
+            job = wait_until(
                 lambda: (
                     (
                         j := stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=metadata, timeout=10).job
@@ -223,8 +213,8 @@ def test_a_restarted_backend_dispatches_its_queued_jobs(database_url: str, tmp_p
         backend.kill()
         with FakeTrainer(port=port) as trainer:
             backend.restart()
-            wait_for(lambda: trainer.training(job_id), 30, "the queued job dispatched after the restart")
-            wait_for(
+            wait_until(lambda: trainer.training(job_id), 30, "the queued job dispatched after the restart")
+            wait_until(
                 lambda: (
                     backend.jobs()
                     .GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=metadata, timeout=10)
@@ -253,7 +243,7 @@ def test_the_lease_waits_while_an_ended_run_still_delivers_telemetry(sqlite_url:
             stub, metadata = backend.jobs(), auth(backend.internal_token)
             created = stub.CreateJob(jobs_pb2.CreateJobRequest(spec=SPEC), metadata=metadata, timeout=30)
             job_id, token = created.job.job_id, created.telemetry_token
-            wait_for(lambda: trainer.training(job_id), 30, "the job dispatched")
+            wait_until(lambda: trainer.training(job_id), 30, "the job dispatched")
             telemetry = backend.telemetry()
             telemetry.UpdateStatus(
                 telemetry_pb2.UpdateStatusRequest(job_id=job_id, status=common_pb2.JOB_STATUS_RUNNING),
@@ -378,10 +368,10 @@ def test_two_writers_for_one_job(sqlite_url: str, tmp_path: Path):
         try:
             stub, metadata = backend.jobs(), auth(backend.internal_token)
             job_id = stub.CreateJob(jobs_pb2.CreateJobRequest(spec=SPEC), metadata=metadata, timeout=30).job.job_id
-            wait_for(lambda: second.training(job_id), 30, "the job handed to the second replica")
+            wait_until(lambda: second.training(job_id), 30, "the job handed to the second replica")
             first_run, second_run = late.runs_of(job_id)[0], second.runs_of(job_id)[0]
             assert first_run.telemetry_token != second_run.telemetry_token  # a token per attempt
-            wait_for(lambda: not late.training(job_id), 10, "the first attempt's run cancelled")
+            wait_until(lambda: not late.training(job_id), 10, "the first attempt's run cancelled")
             telemetry = backend.telemetry()
             # The winner writes; the superseded writer is refused, for good.
             winner = telemetry.StreamMetrics(

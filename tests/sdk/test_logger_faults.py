@@ -8,13 +8,12 @@ import errno
 import logging
 import math
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from reliability.polling import wait_until
 from support.backend import BackendProcess
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
@@ -22,14 +21,6 @@ from trainingplatform_sdk.telemetry.sender.validation import Validator
 from trainingplatform_sdk.telemetry.spool import Spool
 
 SETTINGS = LoggerSettings(reconnect_initial_backoff_s=0.05, reconnect_max_backoff_s=0.5)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def spooled_points(directory: Path) -> list[telemetry_pb2.MetricPoint]:
@@ -107,7 +98,7 @@ def test_a_dead_sender_turns_the_logger_off_and_counts_what_it_discards(
     assert sender is not None
     sender.join(10)
     assert not sender.is_alive()
-    wait_until(lambda: not logger.enabled)
+    wait_until(lambda: not logger.enabled, 30, "the logger turned itself off")
     for step in range(10_000):
         logger.log_metric("loss", 1.0, step=step)
     logger.log_metrics({"a": 1.0, "b": 2.0})
@@ -139,8 +130,8 @@ def test_the_sender_survives_spool_write_errors(
         )
         for step in range(20_000):
             logger.log_metric("loss", float(step), step=step)
-        wait_until(lambda: logger.stats.logged_metrics == 20_000)
-        wait_until(lambda: logger.stats.dropped == 15_000)
+        wait_until(lambda: logger.stats.logged_metrics == 20_000, 30, "every point taken from the buffer")
+        wait_until(lambda: logger.stats.dropped == 15_000, 30, "the points past memory dropped")
         assert logger.enabled and logger._sender is not None and logger._sender.is_alive()
         assert logger.stats.pending_metrics == 5000
         failing["on"] = False
