@@ -14,8 +14,8 @@ from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from trainingplatform_sdk.server.reflection import enable_reflection
 from trainingplatform_sdk.server.tls import TlsFiles
 
 __all__ = ["LOG_FORMAT", "GrpcServer", "Stoppable", "configure_logging", "run_until_signal"]
@@ -41,6 +41,8 @@ class GrpcServer:
             "" (the whole server), reflection lists them with health and reflection.
         interceptors: The server's interceptors, outermost first.
         options: Channel arguments (`options.server_options`).
+        max_concurrent_rpcs: The most calls the server runs at once, streams included; past it a call is answered
+            RESOURCE_EXHAUSTED at once. None: no limit.
     """
 
     def __init__(
@@ -49,14 +51,15 @@ class GrpcServer:
         *,
         interceptors: Sequence[grpc.aio.ServerInterceptor],
         options: Sequence[tuple[str, int]],
+        max_concurrent_rpcs: int | None = None,
     ) -> None:
         self.service_names = tuple(service_names)
-        self.server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
+        self.server = grpc.aio.server(
+            interceptors=list(interceptors), options=list(options), maximum_concurrent_rpcs=max_concurrent_rpcs
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        enable_reflection((*self.service_names, health.SERVICE_NAME), self.server)
         self.port = 0
 
     def bind(self, address: str, tls: TlsFiles | None = None) -> int:
