@@ -31,18 +31,26 @@ FINAL_CODES = {
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.ABORTED,  # the backend fenced this run: its dispatch attempt was superseded
 }
-# Codes that end one unary call for good without stopping the rest (an illegal status transition, a request over
-# the server's message size limit): sending it again unchanged cannot succeed.
+# Codes that end one unary call for good without stopping the rest (an illegal status transition): sending it
+# again unchanged cannot succeed. A request over the server's message size limit is refused too (`too_large`);
+# any other RESOURCE_EXHAUSTED (a server or job at its limit of open calls) is retried with backoff.
 CALL_REFUSED_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 # Messages handed to a stream but not yet written; a small window keeps memory in our buffers, not gRPC's.
 STREAM_WINDOW = 2
 # Longest wait of a stream's request iterator for its next message before it checks whether the call is over.
 _IDLE_REQUEST_WAIT_S = 5.0
+
+
+def too_large(exc: BaseException) -> bool:
+    """Whether a call failed because a message passed gRPC's size limit (the server's receive limit, "Received
+    message larger than max", or the channel's send limit, "Sent message larger than max"), as opposed to a limit
+    of open calls, which is also RESOURCE_EXHAUSTED but passes."""
+    code, details = status_of(exc)
+    return code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

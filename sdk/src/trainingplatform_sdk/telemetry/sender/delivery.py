@@ -16,7 +16,7 @@ from trainingplatform.telemetry.v1 import telemetry_pb2
 
 from trainingplatform_sdk.telemetry.sender.calls import CallQueue, PendingCall
 from trainingplatform_sdk.telemetry.sender.codec import BufferedLog, BufferedMetric
-from trainingplatform_sdk.telemetry.sender.connection import CALL_REFUSED_CODES, Connection, status_of
+from trainingplatform_sdk.telemetry.sender.connection import CALL_REFUSED_CODES, Connection, status_of, too_large
 from trainingplatform_sdk.telemetry.sender.outbox import AnyOutbox, Outbox
 from trainingplatform_sdk.telemetry.sender.state import SavedState
 from trainingplatform_sdk.telemetry.settings import LoggerSettings
@@ -215,7 +215,7 @@ class Delivery:
                 self.disconnect()
                 self._connection.retry_now()
                 return
-            if status_of(exc)[0] is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            if too_large(exc):
                 self._refused_as_too_large(outbox, exc)
                 return
             self._rpc_failed(exc, outbox.codec.method)
@@ -266,7 +266,7 @@ class Delivery:
             return
         if exc is not None:
             code, details = status_of(exc)
-            if code not in CALL_REFUSED_CODES:
+            if code not in CALL_REFUSED_CODES and not too_large(exc):
                 self._rpc_failed(exc, call.method)
                 return
             calls.failed += 1
