@@ -77,7 +77,15 @@ __all__ = ["LOG_FILE_NAME", "Run", "Supervisor"]
 _log = logging.getLogger(__name__)
 
 # Never handed to a training process: it runs arbitrary model code and needs only its job's telemetry token.
-_WITHHELD_ENV = ("INTERNAL_AUTH_TOKEN", "READ_AUTH_TOKEN", "BACKEND_API_URL", "JOB_TELEMETRY_TOKEN")
+# The service's own credentials never reach model code; the run gets only its job's token.
+_WITHHELD_ENV = (
+    "INTERNAL_AUTH_TOKEN",
+    "READ_AUTH_TOKEN",
+    "FRONTEND_AUTH_TOKEN",
+    "TP_AUTH_TOKEN",
+    "BACKEND_API_URL",
+    "JOB_TELEMETRY_TOKEN",
+)
 _CANCELLED_BY_REQUEST = "cancelled by CancelTraining"
 _CANCELLED_BY_SHUTDOWN = "the trainer service shut down"
 #: Seconds between two checks of an adopted process, which is not the service's child.
