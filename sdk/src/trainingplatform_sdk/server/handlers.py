@@ -1,6 +1,11 @@
 """Wrapping a grpc.aio method handler: refusing a call, running it with the caller in a context variable, turning
 its exceptions into statuses, and answering requests that do not parse with INVALID_ARGUMENT.
 
+A refused call is answered before its request is read: grpc.aio reads and parses a unary request before it calls
+the handler, so the refusal is a handler with a streaming request whose messages it never reads (they are read only
+when iterated); its client, unary or streaming, just sees the status. A flood of large requests without a valid
+token therefore costs the server no memory for their messages.
+
 Used by the interceptor every server of the platform builds on (`interceptor.py`), so every server treats bad
 input the same way. The mapping of exceptions to status codes is the service's `status_of` (`status.py`).
 """
@@ -9,13 +14,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc._cython import cygrpc
 
-from trainingplatform_sdk.errors import UnavailableError
+from trainingplatform_sdk.errors import UnavailableError, cap_status_message
 from trainingplatform_sdk.server.status import StatusOf
 
 # What reading a client stream raises once the server has stopped (grpc.aio has no public name for it).
@@ -80,17 +85,22 @@ def wrap_handler(
         handler: The service's handler.
         status_of: Maps an exception to the status to send (the service's one mapping).
         log: Where unexpected errors (INTERNAL) are logged with their traceback.
-        refusal: When set, every call is refused with it (authentication failed).
+        refusal: When set, every call is refused with it (authentication failed), before its request is read.
         caller: A context variable and the value it holds while the handler runs (the authenticated caller).
     """
 
     async def fail(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+        # Every message is capped: one longer than a client's metadata limit would reach it as RESOURCE_EXHAUSTED
+        # "Stream removed" instead of the error.
         if isinstance(error, MalformedRequest):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, cap_status_message(str(error)))
         code, message = status_of(error)
         if code is grpc.StatusCode.INTERNAL:
             log.error("unexpected error in a handler", exc_info=error)
-        await context.abort(code, message)
+        await context.abort(code, cap_status_message(message))
+
+    if refusal is not None:
+        return _refusing(handler, refusal, fail)
 
     def enter() -> contextvars.Token[Any] | None:
         return caller[0].set(caller[1]) if caller is not None else None
@@ -104,8 +114,6 @@ def wrap_handler(
         behavior = handler.unary_unary or handler.stream_unary
 
         async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if refusal is not None:
-                await fail(context, refusal)
             token = enter()
             try:
                 return await behavior(_checked(request) if streaming_request else _check(request), context)
@@ -122,8 +130,6 @@ def wrap_handler(
         behavior = handler.unary_stream or handler.stream_stream
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            if refusal is not None:
-                await fail(context, refusal)
             token = enter()
             try:
                 async for response in behavior(_checked(request) if streaming_request else _check(request), context):
@@ -144,3 +150,27 @@ def wrap_handler(
         request_deserializer=_lenient(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
+
+
+def _refusing(
+    handler: grpc.RpcMethodHandler,
+    refusal: BaseException,
+    fail: Callable[[grpc.aio.ServicerContext, BaseException], Awaitable[None]],
+) -> Any:
+    """A handler that answers every call with `refusal`'s status without reading its request.
+
+    Its request is a stream whatever the method's (so grpc.aio does not read a unary request before calling it)
+    and is never iterated; nor is it parsed (no deserialiser). The response keeps the method's cardinality.
+    """
+    if handler.unary_unary or handler.stream_unary:
+
+        async def refuse(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            await fail(context, refusal)
+
+        return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
+
+    async def refuse_streaming(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await fail(context, refusal)
+        yield  # never reached: makes this an async generator, as grpc.aio expects of a streaming response
+
+    return grpc.stream_stream_rpc_method_handler(refuse_streaming, response_serializer=handler.response_serializer)

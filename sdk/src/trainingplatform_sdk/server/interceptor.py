@@ -27,7 +27,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor, Generic[CallerT]):
     and turns exceptions raised by the handlers into statuses (`status_of`). Health and reflection are public.
 
     Refused calls are logged at INFO without the token: the first of each reason at once, the rest as one count
-    per reason and minute (`refusals.RefusalLog`). Each is answered with the refusal's status.
+    per reason and minute (`refusals.RefusalLog`). Each is answered with the refusal's status before its request
+    message is read or parsed (`handlers.wrap_handler`), so refused calls cost no memory for their requests.
 
     Args:
         status_of: The service's mapping of exceptions to statuses (`status.status_mapping`).

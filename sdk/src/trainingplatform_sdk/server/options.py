@@ -4,6 +4,13 @@ Keepalive, agreed with the SDK's client settings (docs/architecture.md keeps bot
 - the server pings an idle connection every 60 s and drops it when no answer comes within 20 s;
 - it accepts client pings as often as every 10 s, with or without an active call; the SDK pings every 30 s,
   so a trainer's stream is never closed with GOAWAY "too_many_pings", and can stay open for days.
+
+Memory: the server never probes the bandwidth-delay product to grow its HTTP/2 receive windows
+(`grpc.http2.bdp_probe` off). With it, a fast client makes every new stream's window grow to megabytes, and a
+flood of large requests that are refused unread (no token) still fills the server with megabytes per stream in
+flight; without it a stream's window is 64 KiB until the server reads a message, then that message's size, so a
+request the server reads still arrives at full speed. Each client connection may open at most
+`max_concurrent_streams` calls at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; further calls wait on the client).
 """
 
 from __future__ import annotations
@@ -30,15 +37,21 @@ MAX_PING_STRIKES = 2
 
 
 def server_options(
-    max_message_bytes: int | None = None, max_connection_age_s: float = 0, connection_age_grace_s: float = 0
+    max_message_bytes: int | None = None,
+    max_connection_age_s: float = 0,
+    connection_age_grace_s: float = 0,
+    max_concurrent_streams: int | None = None,
 ) -> list[tuple[str, int]]:
-    """Channel arguments of a server: message size limits, keepalive and connection age.
+    """Channel arguments of a server: message size limits, keepalive, connection age, HTTP/2 windows (see the
+    module docstring) and streams per connection.
 
     Args:
         max_message_bytes: The largest message received or sent; None keeps gRPC's defaults.
         max_connection_age_s: When above 0, connections are closed (GOAWAY) after this long, so clients
             reconnect and spread over the replicas behind a load balancer; 0 keeps them open.
         connection_age_grace_s: How long calls still open on a connection that reached its age may go on.
+        max_concurrent_streams: The most calls open at once on one client connection; None keeps gRPC's default
+            (no limit).
 
     Returns:
         The `options` of `grpc.aio.server`.
@@ -55,7 +68,10 @@ def server_options(
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
         ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.bdp_probe", 0),
     ]
+    if max_concurrent_streams is not None:
+        options.append(("grpc.max_concurrent_streams", max_concurrent_streams))
     if max_connection_age_s > 0:
         options.append(("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)))
         options.append(("grpc.max_connection_age_grace_ms", int(connection_age_grace_s * 1000)))

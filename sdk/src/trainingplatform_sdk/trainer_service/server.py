@@ -60,12 +60,15 @@ async def start(description: FrameworkDescription, settings: TrainerSettings) ->
     Raises:
         OSError: The address cannot be bound.
     """
-    catalog = Catalog(description)
+    catalog = Catalog(description, settings)
     supervisor = Supervisor(settings, catalog)
     # Before serving: the first GetTraining already knows the runs a killed predecessor left.
     await supervisor.adopt()
     server = GrpcServer(
-        (SERVICE_NAME,), interceptors=[TokenInterceptor(settings.internal_auth_token)], options=server_options()
+        (SERVICE_NAME,),
+        interceptors=[TokenInterceptor(settings.internal_auth_token)],
+        options=server_options(max_concurrent_streams=settings.max_concurrent_streams),
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     trainer_pb2_grpc.add_TrainerServiceServicer_to_server(
         TrainerServicer(supervisor, catalog, settings.max_concurrent_jobs), server.server
