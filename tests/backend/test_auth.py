@@ -18,12 +18,14 @@ OK = grpc.StatusCode.OK
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 
-# Expected status per caller: none, wrong token, another job's token, the job's own token, read token, internal.
-CALLERS = ("none", "wrong", "other_job", "own_job", "read", "internal")
-TELEMETRY_RULE = (UNAUTH, UNAUTH, DENIED, OK, DENIED, OK)
-JOB_READ_RULE = (UNAUTH, UNAUTH, DENIED, OK, OK, OK)
-ADMIN_RULE = (UNAUTH, UNAUTH, DENIED, DENIED, DENIED, OK)
-LIST_RULE = (UNAUTH, UNAUTH, DENIED, DENIED, OK, OK)
+# Expected status per caller: none, wrong token, another job's token, the job's own token, read token, front-end
+# token, internal.
+CALLERS = ("none", "wrong", "other_job", "own_job", "read", "frontend", "internal")
+TELEMETRY_RULE = (UNAUTH, UNAUTH, DENIED, OK, DENIED, DENIED, OK)
+JOB_READ_RULE = (UNAUTH, UNAUTH, DENIED, OK, OK, OK, OK)
+JOB_WRITE_RULE = (UNAUTH, UNAUTH, DENIED, DENIED, DENIED, OK, OK)
+LIST_RULE = (UNAUTH, UNAUTH, DENIED, DENIED, OK, OK, OK)
+FRONTEND_TOKEN = "frontend-token-for-the-auth-matrix"
 
 
 def _call(backend: BackendProcess, rpc: str, job_id: str, metadata) -> grpc.StatusCode:
@@ -64,6 +66,9 @@ def _call(backend: BackendProcess, rpc: str, job_id: str, metadata) -> grpc.Stat
         "ListJobs": lambda: jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=metadata),
         "CancelJob": lambda: jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id), metadata=metadata),
         "ListMetrics": lambda: jobs.ListMetrics(jobs_pb2.ListMetricsRequest(job_id=job_id), metadata=metadata),
+        "GetMetricSeries": lambda: jobs.GetMetricSeries(
+            jobs_pb2.GetMetricSeriesRequest(job_id=job_id), metadata=metadata
+        ),
         "ListLogs": lambda: jobs.ListLogs(jobs_pb2.ListLogsRequest(job_id=job_id), metadata=metadata),
         "SubscribeTelemetry": lambda: next(
             iter(
@@ -92,10 +97,10 @@ MATRIX = {
             "GetStreamCursor",
         )
     },
-    "CreateJob": ADMIN_RULE,
-    "CancelJob": ADMIN_RULE,
+    "CreateJob": JOB_WRITE_RULE,
+    "CancelJob": JOB_WRITE_RULE,
     "ListJobs": LIST_RULE,
-    **{name: JOB_READ_RULE for name in ("GetJob", "ListMetrics", "ListLogs", "SubscribeTelemetry")},
+    **{name: JOB_READ_RULE for name in ("GetJob", "ListMetrics", "GetMetricSeries", "ListLogs", "SubscribeTelemetry")},
 }
 
 
@@ -109,7 +114,9 @@ def test_every_rpc_is_covered_by_the_matrix():
 
 @pytest.fixture
 def debug_backend(database_url: str, tmp_path: Path):
-    process = BackendProcess(database_url, tmp_path / "data", extra_env={"TP_LOG_LEVEL": "DEBUG"})
+    process = BackendProcess(
+        database_url, tmp_path / "data", extra_env={"TP_LOG_LEVEL": "DEBUG", "FRONTEND_AUTH_TOKEN": FRONTEND_TOKEN}
+    )
     process.start()
     yield process
     process.close()
@@ -117,7 +124,7 @@ def debug_backend(database_url: str, tmp_path: Path):
 
 def test_auth_matrix_on_every_rpc_and_no_token_in_logs(debug_backend: BackendProcess):
     backend = debug_backend
-    tokens: list[str] = [backend.internal_token, backend.read_token]
+    tokens: list[str] = [backend.internal_token, backend.read_token, FRONTEND_TOKEN]
     failures = []
     for rpc, expected in MATRIX.items():
         for caller, want in zip(CALLERS, expected, strict=True):
@@ -130,6 +137,7 @@ def test_auth_matrix_on_every_rpc_and_no_token_in_logs(debug_backend: BackendPro
                 "other_job": auth(other_token),
                 "own_job": auth(own_token),
                 "read": auth(backend.read_token),
+                "frontend": auth(FRONTEND_TOKEN),
                 "internal": auth(backend.internal_token),
             }[caller]
             got = _call(backend, rpc, job_id, metadata)

@@ -13,6 +13,7 @@ from support.streams import metric_messages
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk.spec.limits import MAX_EPOCH, MAX_SEQUENCE
 
 
 class Collector(threading.Thread):
@@ -216,9 +217,12 @@ def test_a_resubscription_to_an_ended_job_ends_whatever_the_cursor(backend, term
     assert not partial.is_alive() and partial.error is None
     assert partial.metric_sequences == list(range(1001, 1501))
     assert partial.statuses == []
-    # A cursor beyond everything the job has.
+    # A cursor beyond everything the job has (the largest positions a cursor may hold; beyond: INVALID_ARGUMENT).
     beyond = jobs_pb2.TelemetryCursor(
-        metric_sequence=10**6, log_sequence=10**6, status_sequence=99, epoch_summary_sequence=2**63 - 1
+        metric_sequence=MAX_SEQUENCE,
+        log_sequence=MAX_SEQUENCE,
+        status_sequence=99,
+        epoch_summary_sequence=MAX_EPOCH + 1,
     )
     far = _collect(backend, job_id, token, after=beyond)
     far.join(30)

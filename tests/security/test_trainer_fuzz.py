@@ -8,12 +8,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.backend import auth
-from trainer_service.trainer_process import FAKE_ADAPTER, TrainerProcess
+from trainer_service.trainer_process import FAKE_ADAPTER, TERMINAL_STATES, TrainerProcess
 from trainingplatform.trainer.v1 import trainer_pb2
 
-from .test_fuzz import ALLOWED, MALFORMED, raw_call
+from .test_fuzz import ALLOWED, MALFORMED, boundary_cases, call_for_status, raw_call
 
 SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
 
@@ -59,3 +60,77 @@ def _spec():
     from trainer_service.trainer_process import spec
 
     return spec(epochs=1, extra={"fake_batches": 2, "fake_batch_s": 0.01})
+
+
+# --- boundary values on every field of every request (see test_fuzz.py) -----------------------------------------
+
+BOUNDARY_ALLOWED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(trainer: TrainerProcess) -> trainer_pb2.TrainingRun:
+    """A run that has ended, for GetTraining and CancelTraining to find."""
+    run_id = trainer.start_training("fuzz-finished", _spec(), "", "")
+    return trainer.wait_state(run_id, *TERMINAL_STATES, timeout=120)
+
+
+def _trainer_bases(run: trainer_pb2.TrainingRun) -> dict[str, Message]:
+    start = trainer_pb2.StartTrainingRequest(
+        job_id="fuzz-job", spec=_spec(), telemetry_endpoint="127.0.0.1:1", telemetry_token="t", validate_only=True
+    )
+    return {
+        "StartTraining": start,
+        "GetTraining": trainer_pb2.GetTrainingRequest(run_id=run.run_id, job_id=run.job_id),
+        "ListTrainings": trainer_pb2.ListTrainingsRequest(page_size=5),
+        "CancelTraining": trainer_pb2.CancelTrainingRequest(run_id=run.run_id, job_id=run.job_id),
+        "GetCapabilities": trainer_pb2.GetCapabilitiesRequest(),
+    }
+
+
+def _run_count(trainer: TrainerProcess) -> int:
+    return len(trainer.list_all())
+
+
+@pytest.mark.parametrize("method", list(SERVICE.methods), ids=lambda m: m.name)
+def test_boundary_values_of_every_field_get_a_documented_status(
+    trainer: TrainerProcess, finished_run: trainer_pb2.TrainingRun, method
+) -> None:
+    base = _trainer_bases(finished_run)[method.name]
+    code, details = call_for_status(trainer.channel, SERVICE, method, base.SerializeToString(), trainer.metadata)
+    assert code in BOUNDARY_ALLOWED, (code, details)
+    failures = []
+    for label, request in boundary_cases(base):
+        if label.startswith("validate_only="):
+            continue  # a real start: its checks are the same (validate_only runs every one of them)
+        before = _run_count(trainer)
+        code, details = call_for_status(trainer.channel, SERVICE, method, request.SerializeToString(), trainer.metadata)
+        if code not in BOUNDARY_ALLOWED:
+            failures.append((label, code, details[:200]))
+        elif len(details) > 2100:  # at most the status message cap (errors.MAX_STATUS_MESSAGE_BYTES), a marker
+            failures.append((label, code, f"a {len(details)}-character message"))
+        if _run_count(trainer) != before:
+            failures.append((label, code, "a run was started"))
+    assert not failures, failures
+    status = health_pb2_grpc.HealthStub(trainer.channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert "Traceback" not in trainer.log_text()
+
+
+@pytest.mark.parametrize("field", ["job_id", "run_id"])
+@pytest.mark.parametrize("method", ["StartTraining", "GetTraining", "CancelTraining"])
+def test_a_20000_character_id_gets_a_short_readable_error(trainer: TrainerProcess, method: str, field: str) -> None:
+    if method == "StartTraining" and field == "run_id":
+        return
+    request_type = getattr(trainer_pb2, f"{method}Request")
+    request = request_type(**{field: "j" * 20_000})
+    if method == "StartTraining":
+        request = trainer_pb2.StartTrainingRequest(job_id="j" * 20_000, spec=_spec(), validate_only=True)
+    with pytest.raises(grpc.RpcError) as caught:
+        getattr(trainer.stub, method)(request, metadata=trainer.metadata, timeout=10)
+    assert caught.value.code() in {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}, caught.value
+    assert len(caught.value.details() or "") < 2100

@@ -114,6 +114,10 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
     def StartTraining(
         self, request: trainer_pb2.StartTrainingRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.StartTrainingResponse:
+        if request.validate_only:
+            # CreateJob's check (StartTraining with validate_only): counted apart, starts nothing, always passes.
+            self._count("ValidateTraining")
+            return trainer_pb2.StartTrainingResponse()
         self._count("StartTraining")
         time.sleep(self.accept_delay_s)
         if self.refuse is not None:

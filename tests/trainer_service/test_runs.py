@@ -21,7 +21,7 @@ FAILED = trainer_pb2.RUN_STATE_FAILED
 CANCELLED = trainer_pb2.RUN_STATE_CANCELLED
 # Long enough that only a cancel or a kill ends it.
 ENDLESS = {"fake_batches": 5, "fake_batch_s": 0.05}
-ENDLESS_EPOCHS = 100_000
+ENDLESS_EPOCHS = 10_000  # TP_MAX_EPOCHS by default; 0.25 s each: about 40 minutes
 
 
 def _backend_status(backend: BackendProcess, job_id: str, status: str) -> None:

@@ -61,8 +61,11 @@ def spec(
 class TrainerProcess:
     """A `tp-trainer-timm` subprocess with its own data directory and token, and a client for it."""
 
-    def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, env: dict[str, str] | None = None, executable: str = "tp-trainer-timm"
+    ) -> None:
         self.data_dir = data_dir
+        self.executable = executable
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.token = secrets.token_urlsafe(24)
@@ -80,12 +83,14 @@ class TrainerProcess:
             **os.environ,
             "INTERNAL_AUTH_TOKEN": self.token,
             "TP_DATA_DIR": str(self.data_dir),
+            # Dataset paths must lie under the data roots: the tests' temporary directories sit beside data_dir.
+            "TP_DATA_ROOTS": str(self.data_dir.parent),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])),
             **self.extra_env,
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(VENV_BIN / "tp-trainer-timm"), "--listen", self.address],
+                [str(VENV_BIN / self.executable), "--listen", self.address],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

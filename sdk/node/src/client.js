@@ -26,6 +26,7 @@ export { Code, ConnectError, JobStatus, LogLevel };
 /** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").CreateJobResponse} CreateJobResponse */
 /** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").GetJobResponse} GetJobResponse */
 /** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").ListMetricsResponse} ListMetricsResponse */
+/** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").GetMetricSeriesResponse} GetMetricSeriesResponse */
 /** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").ListLogsResponse} ListLogsResponse */
 /** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").SubscribeTelemetryResponse} TelemetryEvent */
 /** @typedef {import("./gen/trainingplatform/jobs/v1/jobs_pb.js").TelemetryCursor} TelemetryCursor */
@@ -195,6 +196,20 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
         yield page;
         pageToken = page.nextPageToken;
       } while (pageToken);
+    },
+
+    /**
+     * A job's metric series bucketed by step on the server (GetMetricSeries), one call whatever their length:
+     * per key at most `maxPoints` buckets, each with its first and last step, min, max, last value and count, so
+     * a chart draws the min/max band and the last-value line without hiding a spike. Subscribe with
+     * `{ after: { metricSequence: response.lastSequence } }` to continue live without a gap or a duplicate.
+     * @param {string} jobId
+     * @param {{ keys?: string[], maxPoints?: number, minStep?: bigint, maxStep?: bigint }} [options] `keys` empty:
+     *   every key; `maxPoints` 0: 1000 (at most 10,000); `minStep`/`maxStep` unset: the whole series.
+     * @returns {Promise<GetMetricSeriesResponse>}
+     */
+    metricSeries(jobId, { keys = [], maxPoints = 0, minStep = undefined, maxStep = undefined } = {}) {
+      return retrying(() => jobs.getMetricSeries({ jobId, keys, maxPoints, minStep, maxStep }));
     },
 
     /**

@@ -1,12 +1,22 @@
 """The one channel factory of the platform's clients: address parsing, TLS, options and the auth metadata.
 
-The TrainingLogger, the typed clients, the CLI and the backend's dispatcher all open their channels here."""
+The TrainingLogger, the typed clients, the CLI, the trainer service's reports and the backend's dispatcher all open
+their channels here.
+
+TLS material of a client, when the caller passes none, comes from the environment:
+- TP_TLS_CA_FILE: PEM roots that signed the server's certificate (else the system roots);
+- TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE: the client certificate (chain) and its key, presented to a
+  server that requires mutual TLS. One without the other is an error.
+A caller with its own configuration (the backend's dispatcher: TP_TRAINER_TLS_*) passes a `ClientTls`, and the
+environment is not read.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 # Read by gRPC when it is imported. Our streams are always active, so gRPC's fork handlers would be skipped anyway
@@ -23,6 +33,78 @@ _LOG = logging.getLogger("trainingplatform_sdk.logger")
 
 _PLAINTEXT_SCHEMES = {"grpc", "http"}
 _TLS_SCHEMES = {"https", "grpcs"}
+
+
+CA_FILE_ENV = "TP_TLS_CA_FILE"
+CLIENT_CERT_FILE_ENV = "TP_TLS_CLIENT_CERT_FILE"
+CLIENT_KEY_FILE_ENV = "TP_TLS_CLIENT_KEY_FILE"
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """The TLS material of a client channel, PEM bytes.
+
+    Attributes:
+        root_certificates: Roots that signed the server's certificate; None: the system roots.
+        certificate_chain: The client certificate (chain) for mutual TLS; None: no client certificate.
+        private_key: The key of `certificate_chain`.
+    """
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_files(
+        cls, ca_file: str = "", cert_file: str = "", key_file: str = "", *, names: tuple[str, str, str] | None = None
+    ) -> ClientTls:
+        """Reads the named PEM files (an empty name: not used).
+
+        Args:
+            ca_file: The roots; empty: the system roots.
+            cert_file: The client certificate; needs `key_file`.
+            key_file: Its key; needs `cert_file`.
+            names: How the three settings are called in messages (default: the TP_TLS_* variables).
+
+        Raises:
+            ValueError: a certificate without its key or a key without its certificate.
+            OSError: a file cannot be read (the message names the setting and the file).
+        """
+        ca_name, cert_name, key_name = names or (CA_FILE_ENV, CLIENT_CERT_FILE_ENV, CLIENT_KEY_FILE_ENV)
+        if bool(cert_file) != bool(key_file):
+            raise ValueError(f"a client certificate needs both {cert_name} and {key_name}")
+
+        def read(path: str, name: str) -> bytes | None:
+            if not path:
+                return None
+            try:
+                with open(path, "rb") as handle:
+                    return handle.read()
+            except OSError as error:
+                raise OSError(f"{name}: cannot read {path}: {error.strerror or error}") from None
+
+        return cls(read(ca_file, ca_name), read(cert_file, cert_name), read(key_file, key_name))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ClientTls:
+        """The material named by TP_TLS_CA_FILE, TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE.
+
+        Raises:
+            ValueError: only one of the client certificate and its key is set.
+            OSError: a file cannot be read.
+        """
+        env = os.environ if env is None else env
+        return cls.from_files(
+            env.get(CA_FILE_ENV, ""), env.get(CLIENT_CERT_FILE_ENV, ""), env.get(CLIENT_KEY_FILE_ENV, "")
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The gRPC channel credentials."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
 
 
 @dataclass(frozen=True)
@@ -86,6 +168,8 @@ def open_channel(
     root_certificates: bytes | None = None,
     private_key: bytes | None = None,
     certificate_chain: bytes | None = None,
+    tls: ClientTls | None = None,
+    force_tls: bool = False,
 ) -> grpc.Channel:
     """Opens a (synchronous) channel to a platform service.
 
@@ -94,16 +178,19 @@ def open_channel(
         options: gRPC channel arguments.
         root_certificates: PEM roots for TLS; None uses the CA bundle named by TP_TLS_CA_FILE, else the system roots.
         private_key: PEM client key, for mutual TLS.
-        certificate_chain: PEM client certificate chain, for mutual TLS.
+        certificate_chain: PEM client certificate chain, for mutual TLS. Without it and `private_key`, the files
+            named by TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE, when set.
+        tls: The whole TLS material instead of the three arguments above; the environment is then not read.
+        force_tls: Use TLS even for an address without a TLS scheme (`host:port`).
 
     Raises:
-        ValueError: The address is malformed.
-        OSError: TP_TLS_CA_FILE cannot be read.
+        ValueError: The address is malformed, or only one of TP_TLS_CLIENT_CERT_FILE and its key is set.
+        OSError: A TLS file named by the environment cannot be read.
     """
     parsed = _parsed(address)
-    if not parsed.tls:
+    if not (parsed.tls or force_tls):
         return grpc.insecure_channel(parsed.target, options=list(options))
-    credentials = _credentials(root_certificates, private_key, certificate_chain)
+    credentials = _credentials(tls, root_certificates, private_key, certificate_chain)
     return grpc.secure_channel(parsed.target, credentials, options=list(options))
 
 
@@ -114,12 +201,14 @@ def open_aio_channel(
     root_certificates: bytes | None = None,
     private_key: bytes | None = None,
     certificate_chain: bytes | None = None,
+    tls: ClientTls | None = None,
+    force_tls: bool = False,
 ) -> grpc.aio.Channel:
     """Opens an asyncio channel to a platform service; the arguments are those of `open_channel`."""
     parsed = _parsed(address)
-    if not parsed.tls:
+    if not (parsed.tls or force_tls):
         return grpc.aio.insecure_channel(parsed.target, options=list(options))
-    credentials = _credentials(root_certificates, private_key, certificate_chain)
+    credentials = _credentials(tls, root_certificates, private_key, certificate_chain)
     return grpc.aio.secure_channel(parsed.target, credentials, options=list(options))
 
 
@@ -128,16 +217,22 @@ def _parsed(address: str | BackendAddress) -> BackendAddress:
 
 
 def _credentials(
-    root_certificates: bytes | None, private_key: bytes | None, certificate_chain: bytes | None
+    tls: ClientTls | None,
+    root_certificates: bytes | None,
+    private_key: bytes | None,
+    certificate_chain: bytes | None,
 ) -> grpc.ChannelCredentials:
+    if tls is not None:
+        return tls.credentials()
+    env = os.environ
     if root_certificates is None:
-        ca_file = os.environ.get("TP_TLS_CA_FILE")
-        if ca_file:
-            with open(ca_file, "rb") as handle:
-                root_certificates = handle.read()
-    return grpc.ssl_channel_credentials(
-        root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
-    )
+        root_certificates = ClientTls.from_files(ca_file=env.get(CA_FILE_ENV, "")).root_certificates
+    if private_key is None and certificate_chain is None:
+        client = ClientTls.from_files(
+            cert_file=env.get(CLIENT_CERT_FILE_ENV, ""), key_file=env.get(CLIENT_KEY_FILE_ENV, "")
+        )
+        private_key, certificate_chain = client.private_key, client.certificate_chain
+    return ClientTls(root_certificates, certificate_chain, private_key).credentials()
 
 
 def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:

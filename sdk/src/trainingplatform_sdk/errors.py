@@ -40,7 +40,47 @@ __all__ = [
     "TrackingError",
     "UnauthenticatedError",
     "UnavailableError",
+    "cap_status_message",
+    "quote",
 ]
+
+QUOTE_CHARS = 100
+"""How many characters of a client's value an error message quotes (`quote`)."""
+
+MAX_STATUS_MESSAGE_BYTES = 2048
+"""Longest status message a server sends, in UTF-8 bytes (`cap_status_message`). gRPC sends it percent-encoded in
+a trailer, so even all non-ASCII it stays well under the 8 KiB a client accepts for metadata: a longer message
+would reach the client as RESOURCE_EXHAUSTED "Stream removed" instead of the error."""
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """`repr(value)`, cut to about `limit` characters with a marker saying how long it was: how an error message
+    echoes a client's input, so a huge value never makes a huge message.
+
+    >>> quote("abc")
+    "'abc'"
+    >>> quote("x" * 1000, limit=10)
+    "'xxxxxxxxx...[1000 characters]"
+    """
+    if isinstance(value, str | bytes):
+        text, length, cut = repr(value[: limit + 1]), len(value), len(value) > limit
+    else:
+        text = repr(value)
+        length, cut = len(text), False
+    if len(text) <= limit + 2 and not cut:
+        return text
+    return f"{text[:limit]}...[{length} characters]"
+
+
+def cap_status_message(message: str, limit: int = MAX_STATUS_MESSAGE_BYTES) -> str:
+    """`message` cut to at most `limit` UTF-8 bytes, ending with `...[truncated N bytes]` when cut."""
+    if len(message) * 4 <= limit:
+        return message
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= limit:
+        return message
+    keep = limit - len(f"...[truncated {len(encoded)} bytes]".encode())
+    return encoded[:keep].decode("utf-8", "ignore") + f"...[truncated {len(encoded) - keep} bytes]"
 
 
 class PlatformError(Exception):

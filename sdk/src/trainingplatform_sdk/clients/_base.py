@@ -28,7 +28,14 @@ def raise_platform_error(error: grpc.RpcError) -> NoReturn:
 # --- connections --------------------------------------------------------------------------------------------
 
 _IDEMPOTENT = {
-    "trainingplatform.jobs.v1.JobsService": ("GetJob", "ListJobs", "CancelJob", "ListMetrics", "ListLogs"),
+    "trainingplatform.jobs.v1.JobsService": (
+        "GetJob",
+        "ListJobs",
+        "CancelJob",
+        "ListMetrics",
+        "GetMetricSeries",
+        "ListLogs",
+    ),
     "trainingplatform.trainer.v1.TrainerService": ("GetTraining", "ListTrainings", "CancelTraining", "GetCapabilities"),
 }
 
@@ -77,19 +84,41 @@ def client_channel(
     )
 
 
+TOKEN_ENV = "TP_AUTH_TOKEN"
+"""The environment variable holding a front end's token (the backend's FRONTEND_AUTH_TOKEN, or its read token)."""
+FRONTEND_TOKEN_FILE = "frontend_auth_token"
+INTERNAL_TOKEN_FILE = "internal_auth_token"
+
+
 def default_token(data_dir: str | os.PathLike[str] = ".data") -> str:
-    """INTERNAL_AUTH_TOKEN, else the token the local backend generated in its data directory.
+    """The token of a front end (the `tp` CLI, `JobsClient.from_env`), the first of:
+
+    1. TP_AUTH_TOKEN (the backend's FRONTEND_AUTH_TOKEN, or its READ_AUTH_TOKEN for read-only use);
+    2. INTERNAL_AUTH_TOKEN (kept for compatibility: it may do everything, trainers' RPCs included);
+    3. `<data_dir>/frontend_auth_token`, the front-end token a local backend generated (TP_DATA_DIR, when set,
+       is the data directory);
+    4. `<data_dir>/internal_auth_token`, the local backend's service token (compatibility).
+
+    A variable set beats a file, so a token chosen for this call is never overridden by a local backend's.
 
     Raises:
-        UnauthenticatedError: neither exists.
+        UnauthenticatedError: none exists.
     """
-    token = os.environ.get("INTERNAL_AUTH_TOKEN", "")
-    if token:
-        return token
-    path = Path(os.environ.get("TP_DATA_DIR", data_dir)) / "internal_auth_token"
-    if path.exists():
-        return path.read_text().strip()
-    raise UnauthenticatedError(f"no token: set INTERNAL_AUTH_TOKEN or start the backend so it writes {path}")
+    for name in (TOKEN_ENV, "INTERNAL_AUTH_TOKEN"):
+        token = os.environ.get(name, "").strip()
+        if token:
+            return token
+    directory = Path(os.environ.get("TP_DATA_DIR", data_dir))
+    for file_name in (FRONTEND_TOKEN_FILE, INTERNAL_TOKEN_FILE):
+        path = directory / file_name
+        if path.exists():
+            token = path.read_text().strip()
+            if token:
+                return token
+    raise UnauthenticatedError(
+        f"no token: set {TOKEN_ENV} (the backend's FRONTEND_AUTH_TOKEN) or start the backend so it writes "
+        f"{directory / FRONTEND_TOKEN_FILE}"
+    )
 
 
 class Client:

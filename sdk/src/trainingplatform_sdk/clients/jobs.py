@@ -114,6 +114,43 @@ class MetricPoint:
 
 
 @dataclass(frozen=True)
+class MetricBucket:
+    """The points of one key within a step bucket of `metric_series`: draw `min`..`max` as a band and `last` as the
+    line, and no spike is hidden."""
+
+    first_step: int
+    last_step: int
+    min: float
+    """Lowest value, NaN left out (NaN when every value is NaN)."""
+    max: float
+    """Highest value, NaN left out (NaN when every value is NaN)."""
+    last: float
+    """Value of the most recently logged point (the one at `last_step` when steps only grow); may be NaN."""
+    count: int
+    nan_count: int
+    first_epoch: int | None
+    last_epoch: int | None
+
+
+@dataclass(frozen=True)
+class MetricSeries:
+    """One key's bucketed series: buckets in step order, never overlapping."""
+
+    key: str
+    buckets: tuple[MetricBucket, ...]
+    total_points: int
+
+
+@dataclass(frozen=True)
+class MetricSeriesResult:
+    """What `metric_series` returns: a series per key (in key order) and the metric cursor it includes."""
+
+    series: dict[str, MetricSeries]
+    last_sequence: int
+    """Pass `Cursor(metric_sequence=last_sequence)` to `subscribe` to continue live without a gap or duplicate."""
+
+
+@dataclass(frozen=True)
 class LogLine:
     """One committed log record."""
 
@@ -204,6 +241,24 @@ def _metric(point: Any) -> MetricPoint:
         wall_time=point.wall_time,
         sequence=point.sequence,
     )
+
+
+def _series(message: jobs_pb2.MetricSeries) -> MetricSeries:
+    buckets = tuple(
+        MetricBucket(
+            first_step=b.first_step,
+            last_step=b.last_step,
+            min=b.min,
+            max=b.max,
+            last=b.last,
+            count=b.count,
+            nan_count=b.nan_count,
+            first_epoch=b.first_epoch if b.HasField("first_epoch") else None,
+            last_epoch=b.last_epoch if b.HasField("last_epoch") else None,
+        )
+        for b in message.buckets
+    )
+    return MetricSeries(message.key, buckets, message.total_points)
 
 
 def _log(record: Any) -> LogLine:
@@ -344,6 +399,44 @@ class JobsClient(Client):
             token = page.next_page_token
             if not token:
                 return
+
+    def metric_series(
+        self,
+        job_id: str,
+        *,
+        keys: Sequence[str] = (),
+        max_points: int = 0,
+        min_step: int | None = None,
+        max_step: int | None = None,
+    ) -> MetricSeriesResult:
+        """A job's metric series bucketed by step on the server (GetMetricSeries): one call whatever their length.
+
+        Args:
+            job_id: The job.
+            keys: Only these keys (at most 1000); empty means every key of the job.
+            max_points: At most this many buckets per key, 1 to 10000; 0 means the server's default, 1000. A key
+                with fewer distinct steps in the range gets one bucket per step (exact values).
+            min_step: Only points at this step or above (a zoom, with `max_step`); None means from the first.
+            max_step: Only points at this step or below; None means to the last.
+
+        Returns:
+            The series of every key with points in the range (points without a step are in none), in key order,
+            and `last_sequence`, the metric cursor the answer includes.
+
+        Raises:
+            InvalidArgumentError: a bad key, max_points out of range, min_step above max_step.
+            NotFoundError: no such job.
+            PermissionDeniedError: a job token of another job.
+        """
+        request = jobs_pb2.GetMetricSeriesRequest(job_id=job_id, keys=list(keys), max_points=max_points)
+        if min_step is not None:
+            request.min_step = min_step
+        if max_step is not None:
+            request.max_step = max_step
+        response = self._call(self._stub.GetMetricSeries, request)
+        return MetricSeriesResult(
+            series={s.key: _series(s) for s in response.series}, last_sequence=response.last_sequence
+        )
 
     def logs(self, job_id: str, *, min_level: str = "", page_size: int = 10_000) -> Iterator[LogLine]:
         """A job's committed log records in sequence order, from `min_level` (e.g. `WARNING`) up."""

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Self
 from google.protobuf import json_format
 from trainingplatform.common.v1 import common_pb2
 
-from trainingplatform_sdk.errors import ConfigError
+from trainingplatform_sdk.errors import ConfigError, quote
 from trainingplatform_sdk.spec.validation import check_finite_struct
 
 __all__ = [
@@ -62,7 +62,7 @@ def _check_type(where: str, value: Any, kind: type, optional: bool) -> Any:
     if kind in (str, bool) and isinstance(value, kind):
         return value
     expected = _TYPE_NAMES[kind] + (" or null" if optional else "")
-    raise ConfigError(f"{where}: expected {expected}, got {type(value).__name__} ({value!r})")
+    raise ConfigError(f"{where}: expected {expected}, got {type(value).__name__} ({quote(value)})")
 
 
 def _check_range(where: str, value: float | None, low: float, high: float, *, high_open: bool = False) -> None:
@@ -71,7 +71,7 @@ def _check_range(where: str, value: float | None, low: float, high: float, *, hi
     too_high = value >= high if high_open else value > high
     if math.isnan(value) or value < low or too_high:
         bracket = ")" if high_open else "]"
-        raise ConfigError(f"{where}: must be in [{low}, {high}{bracket}, got {value!r}")
+        raise ConfigError(f"{where}: must be in [{low}, {high}{bracket}, got {quote(value)}")
 
 
 class _Config:
@@ -102,7 +102,7 @@ class _Config:
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         unknown = sorted(set(data) - set(names))
         if unknown:
-            raise ConfigError(f"{cls._section}: unknown key(s) {unknown}; valid keys are {names}")
+            raise ConfigError(f"{cls._section}: unknown key(s) {quote(unknown)}; valid keys are {names}")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,7 +170,9 @@ class DatasetConfig(_Config):
         if not self.name and not self.path:
             raise ConfigError("dataset_config: give a built-in dataset `name` or a `path`")
         if self.format not in DATASET_FORMATS:
-            raise ConfigError(f"dataset_config.format: must be one of {list(DATASET_FORMATS)}, got {self.format!r}")
+            raise ConfigError(
+                f"dataset_config.format: must be one of {list(DATASET_FORMATS)}, got {quote(self.format)}"
+            )
 
     @property
     def resolved_format(self) -> str:
@@ -221,7 +223,7 @@ class TrainingConfig(_Config):
         self.device = self.device or "auto"
         index = self.device.removeprefix("cuda:")
         if self.device not in DEVICE_CHOICES and not (self.device.startswith("cuda:") and index.isdigit()):
-            raise ConfigError(f"training_config.device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            raise ConfigError(f"training_config.device: must be auto, cpu, cuda or cuda:N, got {quote(self.device)}")
 
     @property
     def log_interval(self) -> int:
@@ -315,7 +317,7 @@ class AdvancedConfig(_Config):
         self._check_field_types()
         if self.lr_scheduler is not None and self.lr_scheduler not in LR_SCHEDULERS:
             raise ConfigError(
-                f"advanced_config.lr_scheduler: must be one of {list(LR_SCHEDULERS)}, got {self.lr_scheduler!r}"
+                f"advanced_config.lr_scheduler: must be one of {list(LR_SCHEDULERS)}, got {quote(self.lr_scheduler)}"
             )
         _check_range("advanced_config.weight_decay", self.weight_decay, 0.0, math.inf)
         _check_range("advanced_config.momentum", self.momentum, 0.0, 1.0, high_open=True)

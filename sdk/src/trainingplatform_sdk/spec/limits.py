@@ -37,6 +37,81 @@ it exactly."""
 MAX_SEQUENCE = 2**53 - 1
 """Largest sequence number of a metric point or log record (same bound as MAX_STEP, for the same reason)."""
 
+MAX_JOB_ID_CHARS = 128
+"""Longest job id a request may carry (the backend mints UUIDs, 36 characters; a trainer's job id becomes a
+directory name): letters, digits, `.`, `_` and `-`, starting with a letter or digit (`JOB_ID`)."""
+
+JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+"""The form of a job id (a regular expression): usable as a directory name, nothing a shell or file system minds."""
+
+MAX_REQUEST_ID_CHARS = 64
+"""Longest CreateJob idempotency key (`request_id`)."""
+
+MAX_SHORT_NAME_CHARS = 64
+"""Longest short identifier of a spec: framework, dataset format, device, optimizer, learning-rate scheduler."""
+
+MAX_PATH_CHARS = MAX_URI_CHARS
+"""Longest dataset path of a spec (a path on the trainer's file system)."""
+
+DEFAULT_MAX_SPEC_BYTES = 64 * 1024
+"""Largest serialized JobSpec a server accepts by default (the backend's TP_MAX_SPEC_BYTES; a stored job is
+returned by every GetJob and ListJobs, so its size bounds theirs)."""
+
+MAX_EXTRA_BYTES = 64 * 1024
+"""Largest serialized `spec.advanced.extra` (the framework's own options)."""
+
+DEFAULT_MAX_EPOCHS = 10_000
+"""Most epochs a job may ask for by default (the backend's and the trainers' TP_MAX_EPOCHS, at most
+MAX_EPOCHS)."""
+
+MAX_BATCH_SIZE = 65_536
+"""Largest `spec.training.batch_size`."""
+
+MAX_IMAGE_SIZE = 8192
+"""Largest `spec.model.image_size`, in pixels."""
+
+MAX_NUM_CLASSES = 1_000_000
+"""Largest `spec.model.num_classes`."""
+
+MAX_NUM_WORKERS = 1024
+"""Largest `spec.training.num_workers` (a trainer may also refuse more workers than it has CPUs)."""
+
+MAX_LOG_EVERY_N_STEPS = 1_000_000
+"""Largest `spec.training.log_every_n_steps`."""
+
+MAX_LEARNING_RATE = 100.0
+"""Largest `spec.training.learning_rate`."""
+
+MAX_WEIGHT_DECAY = 100.0
+"""Largest `spec.advanced.weight_decay`."""
+
+MAX_WARMUP_EPOCHS = float(MAX_EPOCHS)
+"""Largest `spec.advanced.warmup_epochs`."""
+
+MAX_SEED = 2**32 - 1
+"""Largest `spec.advanced.seed` (seeds are 0 to 2^32-1, what every framework's random generators take)."""
+
+MAX_FILTER_KEYS = 1000
+"""Most metric keys in one ListMetrics filter."""
+
+MAX_SUMMARY_METRICS = 10_000
+"""Most metrics in one epoch summary."""
+
+MAX_ARTIFACTS = 1000
+"""Most artifacts in one ReportRunInfo call."""
+
+MAX_STATUS_SEQUENCE = MAX_SEQUENCE
+"""Largest status event position a subscription cursor may carry."""
+
+MAX_DURATION_SECONDS = 1e12
+"""Longest epoch duration (about 31,700 years: anything finite that is not absurd)."""
+
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+"""Earliest google.protobuf.Timestamp accepted: 0001-01-01T00:00:00Z (the well-known type's own range)."""
+
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+"""Latest google.protobuf.Timestamp accepted: 9999-12-31T23:59:59Z; nanos are 0 to 999,999,999."""
+
 DEFAULT_JOBS_PAGE = 50
 """Jobs in a ListJobs page when the caller asks for none."""
 

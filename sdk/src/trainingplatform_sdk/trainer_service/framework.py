@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
+from trainingplatform_sdk.spec.configs import DatasetConfig
 from trainingplatform_sdk.trainer_service.job import JobRequest
+from trainingplatform_sdk.trainer_service.settings import TrainerSettings
 
-__all__ = ["Catalog", "FrameworkDescription"]
+__all__ = ["Catalog", "ExtraOption", "FrameworkDescription", "HostLimits"]
+
+#: What an `advanced_config.extra` value must be: `int`, `number` (int or float), `fraction` (a number in
+#: [0, 1]), `bool`, `str`, `any` (checked by the framework's `check_job`), or `owned` (set by the platform from
+#: another field: refused, naming that field).
+OptionKind = Literal["int", "number", "fraction", "bool", "str", "any", "owned"]
+#: A host limit an option's value is capped by: the CPU count, the batch size or image size bound, TP_MAX_EPOCHS.
+OptionBound = Literal["", "cpus", "batch_size", "image_size", "epochs"]
+
+
+@dataclass(frozen=True)
+class ExtraOption:
+    """One `advanced_config.extra` key a framework accepts, and what its value must be."""
+
+    kind: OptionKind = "any"
+    """The value's type (see `OptionKind`)."""
+    low: float | None = None
+    """Smallest value allowed (numbers only), None for no lower bound."""
+    high: float | None = None
+    """Largest value allowed (numbers only), None for no upper bound beyond `bound`."""
+    choices: tuple[str, ...] = ()
+    """For `str`: the values allowed (compared case-insensitively); empty allows any string."""
+    bound: OptionBound = ""
+    """The host limit the value may not exceed."""
+    use_instead: str = ""
+    """For `owned`: the JobSpec field that sets this option."""
 
 
 def _cpu_only() -> list[str]:
@@ -60,26 +90,92 @@ class FrameworkDescription:
     (INVALID_ARGUMENT) or FileNotFoundError (NOT_FOUND) with a message naming the field, or
     `errors.FailedPrecondition` for a misconfigured tracking or artifact store (the message names the setting).
     Starts wait for it, so network checks need short timeouts."""
+    list_optimizers: Callable[[], Iterable[str]] | None = None
+    """Returns the `advanced_config.optimizer` names the framework accepts (lower case); None accepts any name
+    (then `check_job` should check it)."""
+    dataset_paths: Callable[[DatasetConfig], Iterable[str]] | None = None
+    """Returns the other paths a dataset file refers to (a YOLO data.yaml's `path`, `train`, `val`, `test`),
+    absolute; each must lie under the data roots too. Raises ValueError (INVALID_ARGUMENT) for a file it cannot
+    read, FileNotFoundError (NOT_FOUND) for a path that does not exist."""
+    extra_options: Callable[[], Mapping[str, ExtraOption]] | None = None
+    """Returns every `advanced_config.extra` key the framework's adapter accepts, with its type and range. An
+    `extra` key outside it is refused with the closest valid keys. None accepts any key unchecked."""
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    """What StartTraining checks a request against on this host, beyond the framework."""
+
+    data_roots: tuple[Path, ...] = ()
+    """Resolved directories dataset paths must lie under (TP_DATA_ROOTS); empty refuses every dataset path."""
+    max_epochs: int = 10_000
+    """TP_MAX_EPOCHS."""
+    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """CPUs of the host (`os.cpu_count()`): num_workers and thread counts may not exceed it."""
+    adapter: str = ""
+    """TP_TRAINER_ADAPTER: a `module:Class` adapter run instead of the framework's; the `extra` keys in its
+    `supported_extra_keys` are accepted too."""
+
+    @classmethod
+    def from_settings(cls, settings: TrainerSettings) -> HostLimits:
+        """The limits of a trainer service's settings."""
+        return cls(data_roots=settings.effective_data_roots, max_epochs=settings.max_epochs, adapter=settings.adapter)
 
 
 class Catalog:
-    """The description's model list and devices, computed once on first use (thread-safe).
+    """The description's model list, devices and options, computed once on first use (thread-safe), and the
+    host's limits.
 
     Args:
         description: The framework.
+        settings: The service's settings (data roots, epoch limit, adapter); None: `TrainerSettings` defaults
+            (dataset paths under `.data/datasets`).
     """
 
-    def __init__(self, description: FrameworkDescription) -> None:
+    def __init__(self, description: FrameworkDescription, settings: TrainerSettings | None = None) -> None:
         self.description = description
+        self.limits = (
+            HostLimits.from_settings(settings)
+            if settings is not None
+            else HostLimits(data_roots=((Path(".data") / "datasets").resolve(),))
+        )
         self._lock = threading.Lock()
         self._models: tuple[str, ...] | None = None
         self._model_set: frozenset[str] = frozenset()
         self._devices: tuple[str, ...] | None = None
+        self._optimizers: frozenset[str] | None = None
+        self._extra_options: dict[str, ExtraOption] | None = None
 
     def load(self) -> None:
-        """Computes the model list and the devices now (blocking; the server calls it in a thread at start)."""
+        """Computes the model list, devices and options now (blocking; the server calls it in a thread at start)."""
         self.models()
         self.devices()
+        self.optimizers()
+        self.extra_options()
+
+    def optimizers(self) -> frozenset[str] | None:
+        """The optimizer names the framework accepts (lower case), None when it does not list them."""
+        if self.description.list_optimizers is None:
+            return None
+        with self._lock:
+            if self._optimizers is None:
+                self._optimizers = frozenset(name.lower() for name in self.description.list_optimizers())
+            return self._optimizers
+
+    def extra_options(self) -> dict[str, ExtraOption] | None:
+        """The `advanced_config.extra` keys accepted, None when any key is (the framework lists none).
+
+        With a custom adapter (TP_TRAINER_ADAPTER `module:Class`), its `supported_extra_keys` are added, unchecked.
+        """
+        if self.description.extra_options is None:
+            return None
+        with self._lock:
+            if self._extra_options is None:
+                options = dict(self.description.extra_options())
+                for key in _adapter_extra_keys(self.limits.adapter, self.description.framework):
+                    options.setdefault(key, ExtraOption())
+                self._extra_options = options
+            return self._extra_options
 
     def models(self) -> tuple[str, ...]:
         """Model names, sorted."""
@@ -100,3 +196,12 @@ class Catalog:
             if self._devices is None:
                 self._devices = tuple(self.description.list_devices())
             return self._devices
+
+
+def _adapter_extra_keys(adapter: str, framework: str) -> frozenset[str]:
+    if not adapter or adapter == framework or ":" not in adapter:
+        return frozenset()
+    # Imported here: the registry imports the training package, which a service needs only for this.
+    from trainingplatform_sdk.training.registry import resolve_adapter
+
+    return frozenset(resolve_adapter(adapter).supported_extra_keys)

@@ -12,6 +12,7 @@ from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainingplatform_sdk.errors import InvalidArgumentError
 from trainingplatform_sdk.trainer_service.framework import Catalog
 from trainingplatform_sdk.trainer_service.supervisor import Supervisor
+from trainingplatform_sdk.trainer_service.validation import validate_start
 
 __all__ = ["TrainerServicer"]
 
@@ -38,6 +39,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def StartTraining(
         self, request: trainer_pb2.StartTrainingRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.StartTrainingResponse:
+        if request.validate_only:
+            # Every check a start runs, and nothing else: no run, no process, no slot of the concurrency limit.
+            await asyncio.to_thread(validate_start, request, self._catalog)
+            return trainer_pb2.StartTrainingResponse()
         run = await self._supervisor.start(request)
         return trainer_pb2.StartTrainingResponse(run_id=run.run_id)
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainingplatform_sdk.spec.limits import DEFAULT_MAX_EPOCHS, MAX_EPOCHS
+
 __all__ = ["TrainerSettings", "add_arguments", "load"]
 
 TOKEN_FILE_NAME = "internal_auth_token"
@@ -59,6 +61,27 @@ class TrainerSettings:
     log_level: str = "INFO"
     """TP_LOG_LEVEL: the service's logging level."""
 
+    data_roots: tuple[Path, ...] = ()
+    """TP_DATA_ROOTS: the directories dataset paths must lie under, separated by `:` (os.pathsep). Empty means
+    `<data_dir>/datasets`. A path outside them, or one that leaves them through `..` or a symlink, is refused
+    with INVALID_ARGUMENT; built-in data sets are always allowed."""
+
+    max_epochs: int = DEFAULT_MAX_EPOCHS
+    """TP_MAX_EPOCHS: most epochs a job may ask for (the backend has the same setting)."""
+
+    max_concurrent_rpcs: int = 1_000
+    """TP_MAX_CONCURRENT_RPCS: most calls the service runs at once; past it a call gets RESOURCE_EXHAUSTED."""
+
+    max_concurrent_streams: int = 100
+    """TP_MAX_CONCURRENT_STREAMS: most calls open at once on one client connection (HTTP/2
+    `grpc.max_concurrent_streams`)."""
+
+    @property
+    def effective_data_roots(self) -> tuple[Path, ...]:
+        """The data roots, resolved (symlinks followed): the configured ones or `<data_dir>/datasets`."""
+        roots = self.data_roots or (self.data_dir / "datasets",)
+        return tuple(root.expanduser().resolve() for root in roots)
+
     @property
     def tls_enabled(self) -> bool:
         """Whether the server listens with TLS."""
@@ -83,6 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser, default_listen: str) -> None:
     parser.add_argument("--tls-key-file", help="PEM server key (TP_TLS_KEY_FILE)")
     parser.add_argument("--tls-client-ca-file", help="PEM CA for client certificates (TP_TLS_CLIENT_CA_FILE)")
     parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL, default INFO)")
+    parser.add_argument("--data-roots", help="directories dataset paths must lie under, ':'-separated (TP_DATA_ROOTS)")
+    parser.add_argument("--max-epochs", type=int, help="most epochs a job may ask for (TP_MAX_EPOCHS, default 10000)")
 
 
 def load(
@@ -109,10 +134,21 @@ def load(
         max_jobs = int(pick("max_concurrent_jobs", "TP_MAX_CONCURRENT_JOBS", "1"))
         cancel_grace = float(pick("cancel_grace_s", "TP_CANCEL_GRACE_S", "30"))
         shutdown_grace = float(pick("shutdown_grace_s", "TP_SHUTDOWN_GRACE_S", "5"))
+        max_epochs = int(pick("max_epochs", "TP_MAX_EPOCHS", str(DEFAULT_MAX_EPOCHS)))
+        max_rpcs = int(env.get("TP_MAX_CONCURRENT_RPCS", "1000"))
+        max_streams = int(env.get("TP_MAX_CONCURRENT_STREAMS", "100"))
     except ValueError as error:
         raise ValueError(f"a numeric setting is not a number: {error}") from None
-    if max_jobs < 1:
-        raise ValueError(f"TP_MAX_CONCURRENT_JOBS must be at least 1, got {max_jobs}")
+    for name, value in (
+        ("TP_MAX_CONCURRENT_JOBS", max_jobs),
+        ("TP_MAX_EPOCHS", max_epochs),
+        ("TP_MAX_CONCURRENT_RPCS", max_rpcs),
+        ("TP_MAX_CONCURRENT_STREAMS", max_streams),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if max_epochs > MAX_EPOCHS:
+        raise ValueError(f"TP_MAX_EPOCHS must be at most {MAX_EPOCHS}, got {max_epochs}")
     if cancel_grace < 0 or shutdown_grace < 0:
         raise ValueError("TP_CANCEL_GRACE_S and TP_SHUTDOWN_GRACE_S must be 0 or more")
     settings = TrainerSettings(
@@ -127,6 +163,10 @@ def load(
         tls_key_file=pick("tls_key_file", "TP_TLS_KEY_FILE", ""),
         tls_client_ca_file=pick("tls_client_ca_file", "TP_TLS_CLIENT_CA_FILE", ""),
         log_level=pick("log_level", "TP_LOG_LEVEL", "INFO").upper(),
+        data_roots=tuple(Path(part) for part in pick("data_roots", "TP_DATA_ROOTS", "").split(os.pathsep) if part),
+        max_epochs=max_epochs,
+        max_concurrent_rpcs=max_rpcs,
+        max_concurrent_streams=max_streams,
     )
     if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
         raise ValueError("TLS needs both TP_TLS_CERT_FILE and TP_TLS_KEY_FILE")

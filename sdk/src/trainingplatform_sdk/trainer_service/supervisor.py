@@ -57,6 +57,7 @@ from trainingplatform_sdk.errors import (
     NotFoundError,
     ResourceExhaustedError,
     UnavailableError,
+    quote,
 )
 from trainingplatform_sdk.trainer_service.framework import Catalog
 from trainingplatform_sdk.trainer_service.job import JobRequest
@@ -171,12 +172,12 @@ class Supervisor:
         if run_id:
             run = self._runs.get(run_id)
             if run is None or (job_id and run.job_id != job_id):
-                raise NotFoundError(f"run {run_id!r} is not known to this trainer")
+                raise NotFoundError(f"run {quote(run_id)} is not known to this trainer")
             return run
         if job_id:
             run = self._latest_by_job.get(job_id)
             if run is None:
-                raise NotFoundError(f"job {job_id!r} has no run on this trainer")
+                raise NotFoundError(f"job {quote(job_id)} has no run on this trainer")
             return run
         raise InvalidArgumentError("give run_id or job_id")
 

@@ -1,11 +1,15 @@
 """Metadata-token authentication and the authorization rules of every RPC.
 
-Three kinds of token travel as `authorization: Bearer <token>` (read by `trainingplatform_sdk.server.metadata`):
-- the internal service token (INTERNAL_AUTH_TOKEN): every RPC;
+Four kinds of token travel as `authorization: Bearer <token>` (read by `trainingplatform_sdk.server.metadata`):
+- the internal service token (INTERNAL_AUTH_TOKEN): every RPC; the only token trainer services accept, so only
+  the backend (and operators' tools holding it) can start training;
+- the front-end token (FRONTEND_AUTH_TOKEN, generated into `<data_dir>/frontend_auth_token` when unset): every
+  JobsService RPC (create, cancel, read, subscribe), no telemetry;
 - the read token (READ_AUTH_TOKEN, optional): the read RPCs of JobsService;
 - a job's telemetry token, `<job_id>.<secret>`: that job's telemetry and reads of that job only; the token a
   dispatch attempt hands to a trainer, `<job_id>.<attempt>.<secret>`, is scoped to that attempt (a superseded
-  attempt's telemetry is refused: `Backend.check_attempt`).
+  attempt's telemetry is refused: `Backend.check_attempt`). Once the job has ended, a job token writes for
+  `TP_JOB_TOKEN_GRACE_S` more (a spool replay), then only reads (`JobTokenWindow`).
 Job tokens are stored as SHA-256 hashes and every comparison is constant-time. No token is ever logged.
 """
 
@@ -14,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import datetime as dt
 import enum
 import hashlib
 import hmac
+import math
 import secrets
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,6 +37,7 @@ class Kind(enum.Enum):
     """Who a caller is."""
 
     INTERNAL = "internal"
+    FRONTEND = "front-end"
     READ = "read"
     JOB = "job"
 
@@ -46,7 +54,7 @@ class Principal:
 
 _TELEMETRY = "/trainingplatform.telemetry.v1.TrainingTelemetryService/"
 _JOBS = "/trainingplatform.jobs.v1.JobsService/"
-_JOB_SCOPED_READ = frozenset({Kind.INTERNAL, Kind.READ, Kind.JOB})
+_JOB_SCOPED_READ = frozenset({Kind.INTERNAL, Kind.FRONTEND, Kind.READ, Kind.JOB})
 
 # Which kinds of caller may call each method. A method missing here is refused (deny by default).
 METHOD_RIGHTS: dict[str, frozenset[Kind]] = {
@@ -61,11 +69,12 @@ METHOD_RIGHTS: dict[str, frozenset[Kind]] = {
             "GetStreamCursor",
         )
     },
-    _JOBS + "CreateJob": frozenset({Kind.INTERNAL}),
-    _JOBS + "CancelJob": frozenset({Kind.INTERNAL}),
-    _JOBS + "ListJobs": frozenset({Kind.INTERNAL, Kind.READ}),
+    _JOBS + "CreateJob": frozenset({Kind.INTERNAL, Kind.FRONTEND}),
+    _JOBS + "CancelJob": frozenset({Kind.INTERNAL, Kind.FRONTEND}),
+    _JOBS + "ListJobs": frozenset({Kind.INTERNAL, Kind.FRONTEND, Kind.READ}),
     _JOBS + "GetJob": _JOB_SCOPED_READ,
     _JOBS + "ListMetrics": _JOB_SCOPED_READ,
+    _JOBS + "GetMetricSeries": _JOB_SCOPED_READ,
     _JOBS + "ListLogs": _JOB_SCOPED_READ,
     _JOBS + "SubscribeTelemetry": _JOB_SCOPED_READ,
 }
@@ -119,11 +128,13 @@ class Authenticator:
         internal_token: str,
         read_token: str,
         job_token_hash: Callable[[str], str | None],
+        frontend_token: str = "",
         cache_size: int = 10_000,
     ) -> None:
         """Args:
         internal_token: the service token (required, non-empty).
         read_token: the read-only token, or empty for none.
+        frontend_token: the front ends' token, or empty for none.
         job_token_hash: looks up the stored hash of a job's token (blocking; run in a thread), None if no job.
         cache_size: how many job token hashes to keep in memory; hashes never change.
         """
@@ -131,6 +142,7 @@ class Authenticator:
             raise ValueError("the internal service token must not be empty")
         self._internal = internal_token.encode()
         self._read = read_token.encode() if read_token else b""
+        self._frontend = frontend_token.encode() if frontend_token else b""
         self._lookup = job_token_hash
         self._cache: OrderedDict[str, str] = OrderedDict()
         self._cache_size = cache_size
@@ -144,6 +156,8 @@ class Authenticator:
         raw = token.encode()
         if hmac.compare_digest(raw, self._internal):
             return Principal(Kind.INTERNAL)
+        if self._frontend and hmac.compare_digest(raw, self._frontend):
+            return Principal(Kind.FRONTEND)
         if self._read and hmac.compare_digest(raw, self._read):
             return Principal(Kind.READ)
         job_id, dot, rest = token.partition(".")
@@ -170,6 +184,60 @@ class Authenticator:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return stored
+
+
+class JobTokenWindow:
+    """Stops a job's tokens (the job's own and every attempt's) writing `grace_s` after the job ended.
+
+    A job's end time never changes once set, so it is kept in memory for good. A job not ended when last read
+    cannot stop writing before that read plus `grace_s`, so it is read again only then (at least `refresh_s`
+    apart): a stream's messages cost no database query.
+    """
+
+    def __init__(
+        self,
+        grace_s: float,
+        ended_at: Callable[[str], dt.datetime | None],
+        *,
+        refresh_s: float = 1.0,
+        cache_size: int = 100_000,
+    ) -> None:
+        """Args:
+        grace_s: how long after its job ended a job token may still write (TP_JOB_TOKEN_GRACE_S).
+        ended_at: reads when a job ended, None while it runs (blocking; run in a thread).
+        refresh_s: the least time between two reads of a running job's end time.
+        cache_size: how many jobs to remember.
+        """
+        self.grace_s = grace_s
+        self._lookup = ended_at
+        self._refresh_s = refresh_s
+        self._cache_size = cache_size
+        # job id -> (end time as a POSIX timestamp or None while running, when it was read).
+        self._ended: dict[str, tuple[float | None, float]] = {}
+
+    async def check_write(self, job_id: str, principal: Principal | None = None) -> None:
+        """Refuses a job token's write to `job_id` once its job ended more than `grace_s` ago; any other caller
+        passes.
+
+        Raises:
+            PermissionDeniedError: naming the job, when it ended and when its token stopped writing.
+        """
+        principal = principal or CALLER.get()
+        if principal.kind is not Kind.JOB:
+            return
+        now = time.time()
+        ended, read_at = self._ended.get(job_id, (None, -math.inf))
+        if ended is None and now - read_at >= max(self.grace_s, self._refresh_s):
+            value = await asyncio.to_thread(self._lookup, job_id)
+            ended = value.timestamp() if value is not None else None
+            if len(self._ended) >= self._cache_size:
+                self._ended.clear()
+            self._ended[job_id] = (ended, now)
+        if ended is not None and now >= ended + self.grace_s:
+            at = dt.datetime.fromtimestamp(ended, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            raise PermissionDeniedError(
+                f"job {job_id} ended at {at}; its token stopped writing {self.grace_s:g} s later"
+            )
 
 
 def check_method(method: str, principal: Principal) -> None:

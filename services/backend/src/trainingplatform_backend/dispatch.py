@@ -47,8 +47,9 @@ from dataclasses import dataclass, field
 
 import grpc
 from sqlalchemy import func, select
+from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from trainingplatform_sdk.channel import open_aio_channel
+from trainingplatform_sdk.channel import ClientTls, open_aio_channel
 from trainingplatform_sdk.errors import FailedPreconditionError
 
 from trainingplatform_backend import convert, statemachine
@@ -94,6 +95,10 @@ class DispatchSettings:
     """TP_TRAINER_LEASE_S: how long a live job may go without a trainer that runs it."""
     watch_interval_s: float = 10.0
     """TP_WATCH_INTERVAL_S: how often live jobs' trainers are asked about their runs."""
+    trainer_tls: ClientTls | None = None
+    """TLS to trainers (TP_TRAINER_TLS_CA_FILE, with TP_TRAINER_TLS_CERT_FILE and TP_TRAINER_TLS_KEY_FILE for mutual
+    TLS): every trainer channel uses it, whatever the address's scheme. None: plaintext for `host:port` (TLS with
+    the TP_TLS_* client files of the environment for an `https://` address)."""
 
 
 class Dispatcher:
@@ -141,12 +146,50 @@ class Dispatcher:
     def _stub(self, address: str) -> trainer_pb2_grpc.TrainerServiceStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = open_aio_channel(address)
+            tls = self._settings.trainer_tls
+            channel = open_aio_channel(address, tls=tls, force_tls=tls is not None)
             self._channels[address] = channel
         return trainer_pb2_grpc.TrainerServiceStub(channel)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self._settings.internal_token}"),)
+
+    async def validate(self, spec: common_pb2.JobSpec, job_id: str, timeout_s: float = 5.0) -> None:
+        """Asks a trainer of the spec's framework to run every check StartTraining runs, starting nothing
+        (StartTraining with `validate_only`): CreateJob refuses at once a job that would fail at dispatch.
+
+        The trainers are asked in configuration order until one answers, all within `timeout_s`. A trainer that is
+        down, slow or answers anything but a refusal is logged and the job accepted: the dispatch's StartTraining
+        checks it again.
+
+        Raises:
+            InvalidArgumentError: A trainer refused the spec (INVALID_ARGUMENT), with its message.
+            NotFoundError: A trainer found no dataset or checkpoint at the spec's path (NOT_FOUND), with its message.
+        """
+        from trainingplatform_sdk.errors import InvalidArgumentError, NotFoundError
+
+        request = trainer_pb2.StartTrainingRequest(job_id=job_id, spec=spec, validate_only=True)
+        deadline = time.monotonic() + timeout_s
+        for address in self._settings.trainers.get(spec.framework, []):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                await self._stub(address).StartTraining(request, metadata=self._metadata(), timeout=left)
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise InvalidArgumentError(error.details() or "the trainer refused the job spec") from None
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    raise NotFoundError(error.details() or "the trainer found no such file") from None
+                log.info(
+                    "job %s: trainer %s could not validate the spec (%s %s); accepting it, the dispatch checks it",
+                    job_id,
+                    address,
+                    error.code().name,
+                    error.details(),
+                )
+        log.info("job %s: no trainer validated the spec; accepted, the dispatch checks it", job_id)
 
     def _replicas(self, framework: str) -> list[str]:
         """The framework's trainers, least loaded first."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
-from trainingplatform_sdk.errors import InvalidArgumentError
+from trainingplatform_sdk.errors import InvalidArgumentError, quote
 from trainingplatform_sdk.spec import limits
 
 from trainingplatform_backend.models import LOGS_STREAM, METRICS_STREAM
@@ -81,16 +81,17 @@ def _check_common(
         raise InvalidArgumentError(f"{what} wall_time must be a finite number of seconds since the Unix epoch")
 
 
-def check_metric_key(key: str) -> None:
-    """Raises InvalidArgumentError unless `key` is 1 to 250 characters without control characters."""
+def check_metric_key(key: str, field: str = "key") -> None:
+    """Raises InvalidArgumentError (naming `field`) unless `key` is 1 to 250 characters without control
+    characters."""
     if not key:
-        raise InvalidArgumentError("metric key must not be empty")
+        raise InvalidArgumentError(f"{field}: a metric key must not be empty")
     if len(key) > limits.MAX_KEY_CHARS:
         raise InvalidArgumentError(
-            f"metric key {key[:40]!r}... is {len(key)} characters; the limit is {limits.MAX_KEY_CHARS}"
+            f"{field}: metric key {quote(key, 40)} is {len(key)} characters; the limit is {limits.MAX_KEY_CHARS}"
         )
     if _CONTROL.search(key):
-        raise InvalidArgumentError(f"metric key {key!r} contains control characters")
+        raise InvalidArgumentError(f"{field}: metric key {quote(key)} contains control characters")
 
 
 _METRIC_COLUMNS = ("sequence", "key", "value", "step", "epoch", "wall_time")
@@ -191,8 +192,10 @@ class Ingestor:
             )
             for r in records
         ]
-        _, sequences, levels, _, epochs, steps, wall_times, _, _ = zip(*rows, strict=True)
+        _, sequences, levels, _, epochs, steps, wall_times, _, ranks = zip(*rows, strict=True)
         _check_common(sequences, steps, epochs, wall_times, "log record")
+        if min(ranks) < 0:
+            raise InvalidArgumentError(f"log record rank must be >= 0; got {min(ranks)}")
         if min(levels) < 1 or max(levels) > _MAX_LEVEL:
             bad = next(level for level in levels if level < 1 or level > _MAX_LEVEL)
             raise InvalidArgumentError(f"log level {bad} is not a LogLevel (use LOG_LEVEL_DEBUG .. LOG_LEVEL_CRITICAL)")

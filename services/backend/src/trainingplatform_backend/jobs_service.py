@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -11,44 +12,75 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from trainingplatform_sdk.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError, quote
 from trainingplatform_sdk.spec import limits
-from trainingplatform_sdk.spec.validation import validate_spec
+from trainingplatform_sdk.spec.validation import check_int, check_job_id, check_text, validate_spec
 
 from trainingplatform_backend import convert, statemachine
-from trainingplatform_backend.auth import authorize_job
+from trainingplatform_backend.auth import CALLER, Kind, authorize_job
 from trainingplatform_backend.dispatch import Dispatcher
+from trainingplatform_backend.ingest import check_metric_key
 from trainingplatform_backend.models import METRICS_STREAM
 from trainingplatform_backend.subscriptions import POKE, Batch, StreamPosition, Subscriber
-from trainingplatform_backend.telemetry_service import Backend
+from trainingplatform_backend.telemetry_service import Backend, OpenCalls
 
 log = logging.getLogger(__name__)
 
 _REPLAY_PAGE = 5000
-_MAX_REQUEST_ID_CHARS = 64
+# GetMetricSeries: buckets per key when the caller asks for none, and the most it may ask for.
+DEFAULT_SERIES_POINTS = 1000
+MAX_SERIES_POINTS = 10_000
+# What a list or replay response needs beside its items (next_page_token, cursor, framing), at most.
+_RESPONSE_RESERVE_BYTES = 4096
+# Rows fetched first for a byte-bounded page (then 4 times more each time): jobs (a spec stored before the spec
+# size limit may be megabytes) and log records (up to 16 KiB) are read a little at a time; metric points are small.
+_FIRST_JOBS = 16
+_FIRST_LOGS = 256
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     """Implements JobsService; see jobs.proto for the contract."""
 
-    def __init__(self, backend: Backend, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        dispatcher: Dispatcher,
+        *,
+        max_epochs: int = limits.DEFAULT_MAX_EPOCHS,
+        max_spec_bytes: int = limits.DEFAULT_MAX_SPEC_BYTES,
+        max_subscriptions_per_caller: int = 64,
+        max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES,
+        page_tokens: convert.PageTokens | None = None,
+    ) -> None:
+        """`max_epochs` and `max_spec_bytes` are the server's TP_MAX_EPOCHS and TP_MAX_SPEC_BYTES."""
         self._backend = backend
         self._dispatcher = dispatcher
+        # Open SubscribeTelemetry calls per caller (TP_MAX_SUBSCRIPTIONS_PER_CALLER): per token kind, and per job
+        # for job tokens.
+        self._subscriptions: OpenCalls[tuple[str, str]] = OpenCalls(
+            max_subscriptions_per_caller, _too_many_subscriptions
+        )
+        self._max_epochs = max_epochs
+        self._max_spec_bytes = max_spec_bytes
+        # Every list (and replay) response stays within half the largest message (TP_MAX_MESSAGE_BYTES; 4 MiB by
+        # default, which is also gRPC's default receive limit of clients), whatever is stored: pages end early by
+        # bytes, and a job too large alone is listed trimmed (`convert.job_within`).
+        self._page_bytes = max_message_bytes // 2 - _RESPONSE_RESERVE_BYTES
+        self._page_tokens = page_tokens or convert.PageTokens()
 
     async def CreateJob(
         self, request: jobs_pb2.CreateJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.CreateJobResponse:
-        validate_spec(request.spec)
-        if len(request.display_name) > limits.MAX_NAME_CHARS:
-            raise InvalidArgumentError(f"display_name is longer than {limits.MAX_NAME_CHARS} characters")
+        validate_spec(request.spec, max_epochs=self._max_epochs, max_spec_bytes=self._max_spec_bytes)
+        check_text(request.display_name, "display_name", limits.MAX_NAME_CHARS)
+        check_text(request.request_id, "request_id", limits.MAX_REQUEST_ID_CHARS)
         dispatch = request.dispatch if request.HasField("dispatch") else True
         if dispatch and not self._dispatcher.has_trainer(request.spec.framework):
             raise FailedPreconditionError(
-                f"no trainer service is configured for framework {request.spec.framework!r} (set TP_TRAINERS), "
+                f"no trainer service is configured for framework {quote(request.spec.framework)} (set TP_TRAINERS), "
                 "or create the job with dispatch=false and run the trainer yourself"
             )
-        if len(request.request_id) > _MAX_REQUEST_ID_CHARS:
-            raise InvalidArgumentError(f"request_id is longer than {_MAX_REQUEST_ID_CHARS} characters")
         request_hash = ""
         if request.request_id:
             # What a retry must repeat: the request without its key, `dispatch` made explicit.
@@ -59,6 +91,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             request_hash = hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).hexdigest()
         spec = request.spec
         job_id = str(uuid.uuid4())
+        if dispatch:
+            # A trainer of the framework checks what the backend cannot (models, dataset paths, framework options,
+            # its host's bounds), so a job that would fail at dispatch is refused now; an unreachable trainer is not.
+            await self._dispatcher.validate(spec, job_id)
         token, token_hash = self._dispatcher.job_token(job_id)
         view, created = await self._backend.run(
             self._backend.store.create_job,
@@ -80,10 +116,10 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             token, token_hash = self._dispatcher.job_token(view.job.job_id)
             if token_hash != view.job.telemetry_token_hash:
                 raise FailedPreconditionError(
-                    f"request_id {request.request_id!r} created job {view.job.job_id}, whose telemetry token can no "
-                    "longer be returned (the internal service token changed)"
+                    f"request_id {quote(request.request_id)} created job {view.job.job_id}, whose telemetry token can "
+                    "no longer be returned (the internal service token changed)"
                 )
-            log.info("CreateJob retried with request_id %r: job %s", request.request_id, view.job.job_id)
+            log.info("CreateJob retried with request_id %s: job %s", quote(request.request_id), view.job.job_id)
             return jobs_pb2.CreateJobResponse(job=convert.job_to_proto(view), telemetry_token=token)
         log.info("created job %s (%s %s)", view.job.job_id, spec.framework, spec.model.name)
         if dispatch:
@@ -93,8 +129,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.GetJobResponse:
-        if not request.job_id:
-            raise InvalidArgumentError("job_id is required")
+        check_job_id(request.job_id)
         authorize_job(request.job_id)
         view = await self._backend.run(self._backend.store.get_job, request.job_id, with_events=True)
         return jobs_pb2.GetJobResponse(
@@ -104,31 +139,42 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
+        check_text(request.framework, "framework", limits.MAX_SHORT_NAME_CHARS)
         size = convert.page_size(request.page_size, default=limits.DEFAULT_JOBS_PAGE, maximum=limits.MAX_JOBS_PAGE)
         statuses = sorted({statemachine.status_name(s) for s in request.statuses})
-        scope = f"jobs:{','.join(statuses)}:{request.framework}"
+        scope = _scope("jobs", statuses, request.framework)
         after = None
         if request.page_token:
-            position = convert.decode_page_token(request.page_token, scope=scope)
-            try:
-                after = (dt.datetime.fromisoformat(position["created"]), int(position["pk"]))
-            except (KeyError, ValueError, TypeError):
-                raise InvalidArgumentError("page_token is not a token this server issued") from None
-        views = await self._backend.run(
-            self._backend.store.list_jobs, statuses=statuses, framework=request.framework, limit=size + 1, after=after
+            created, pk = self._page_tokens.position(request.page_token, scope=scope, length=2)
+            after = (convert.micros_to_time(created), pk)
+        jobs, last = await self._backend.run(self._jobs_page, statuses, request.framework, size, after)
+        token = "" if last is None else self._page_tokens.issue(scope, (convert.time_to_micros(last[0]), last[1]))
+        return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
+
+    def _jobs_page(
+        self, statuses: list[str], framework: str, size: int, after: tuple[dt.datetime, int] | None
+    ) -> tuple[list[jobs_pb2.Job], tuple[dt.datetime, int] | None]:
+        """A byte-bounded page of jobs (worker thread), each whole or, when it alone is too large, trimmed."""
+        store = self._backend.store
+        return convert.bounded_page(
+            lambda position, limit: store.list_jobs(
+                statuses=statuses, framework=framework, limit=limit, after=position
+            ),
+            lambda views: [convert.job_within(convert.job_to_proto(view), self._page_bytes) for view in views],
+            lambda view: (view.job.created_at, view.job.id),
+            after,
+            size=size,
+            budget=self._page_bytes,
+            first_chunk=_FIRST_JOBS,
         )
-        token = ""
-        if len(views) > size:
-            views = views[:size]
-            last = views[-1].job
-            token = convert.encode_page_token({"scope": scope, "created": last.created_at.isoformat(), "pk": last.id})
-        return jobs_pb2.ListJobsResponse(jobs=[convert.job_to_proto(v) for v in views], next_page_token=token)
 
     async def CancelJob(
         self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.CancelJobResponse:
+        check_job_id(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
         reason = limits.truncate_utf8(request.reason or "cancelled on request", limits.MAX_ERROR_MESSAGE_BYTES)
+        reason = reason.replace("\x00", "\ufffd")  # no database text column holds NUL
         transition = await self._backend.run(
             self._backend.store.transition, request.job_id, statemachine.CANCELLED, reason=reason
         )
@@ -141,24 +187,73 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
     async def ListMetrics(
         self, request: jobs_pb2.ListMetricsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListMetricsResponse:
+        check_job_id(request.job_id)
+        if len(request.keys) > limits.MAX_FILTER_KEYS:
+            raise InvalidArgumentError(f"keys holds {len(request.keys)} keys; the limit is {limits.MAX_FILTER_KEYS}")
+        for key in request.keys:
+            check_metric_key(key, "keys")
         authorize_job(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
         size = convert.page_size(
             request.page_size, default=limits.DEFAULT_HISTORY_PAGE, maximum=limits.MAX_HISTORY_PAGE
         )
         keys = sorted(set(request.keys))
-        scope = f"metrics:{request.job_id}:{','.join(keys)}"
+        scope = _scope("metrics", request.job_id, keys)
         after = self._after(request.page_token, scope)
-        rows = await self._backend.run(self._backend.store.metrics_after, job_pk, after, size + 1, keys)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = convert.encode_page_token({"scope": scope, "after": rows[-1][0]})
-        return jobs_pb2.ListMetricsResponse(points=convert.metric_points(rows), next_page_token=token)
+        points, last = await self._backend.run(self._metrics_page, job_pk, after, size, keys, ())
+        token = "" if last is None else self._page_tokens.issue(scope, (last,))
+        return jobs_pb2.ListMetricsResponse(points=points, next_page_token=token)
+
+    async def GetMetricSeries(
+        self, request: jobs_pb2.GetMetricSeriesRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.GetMetricSeriesResponse:
+        check_job_id(request.job_id)
+        if len(request.keys) > limits.MAX_FILTER_KEYS:
+            raise InvalidArgumentError(f"keys holds {len(request.keys)} keys; the limit is {limits.MAX_FILTER_KEYS}")
+        for key in request.keys:
+            check_metric_key(key, "keys")
+        max_points = check_int(request.max_points, "max_points", 0, MAX_SERIES_POINTS) or DEFAULT_SERIES_POINTS
+        min_step = max_step = None
+        if request.HasField("min_step"):
+            min_step = check_int(request.min_step, "min_step", 0, limits.MAX_STEP)
+        if request.HasField("max_step"):
+            max_step = check_int(request.max_step, "max_step", 0, limits.MAX_STEP)
+        if min_step is not None and max_step is not None and min_step > max_step:
+            raise InvalidArgumentError(f"min_step ({min_step}) must not be above max_step ({max_step})")
+        authorize_job(request.job_id)
+        job_pk = await self._backend.job_pk(request.job_id)
+        keys = sorted(set(request.keys))
+        return await self._backend.run(self._metric_series, job_pk, keys, max_points, min_step, max_step)
+
+    def _metric_series(
+        self, job_pk: int, keys: Sequence[str], max_points: int, min_step: int | None, max_step: int | None
+    ) -> jobs_pb2.GetMetricSeriesResponse:
+        """GetMetricSeries's answer (worker thread): the database buckets, this builds the messages."""
+        # Within half the largest message, like a history page, whatever the number of keys.
+        series, cursor = self._backend.store.metric_series(
+            job_pk, keys, max_points, min_step, max_step, max_bytes=self._page_bytes
+        )
+        response = jobs_pb2.GetMetricSeriesResponse(last_sequence=cursor)
+        for key, buckets in series.items():
+            item = response.series.add(key=key, total_points=sum(b.points for b in buckets))
+            for b in buckets:
+                item.buckets.add(
+                    first_step=b.first_step,
+                    last_step=b.last_step,
+                    min=b.min,
+                    max=b.max,
+                    last=b.last,
+                    count=b.points,
+                    first_epoch=b.first_epoch,
+                    last_epoch=b.last_epoch,
+                    nan_count=b.nan_count,
+                )
+        return response
 
     async def ListLogs(
         self, request: jobs_pb2.ListLogsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListLogsResponse:
+        check_job_id(request.job_id)
         authorize_job(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
         size = convert.page_size(
@@ -166,36 +261,69 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         )
         if request.min_level and request.min_level not in common_pb2.LogLevel.values():
             raise InvalidArgumentError(f"min_level {request.min_level} is not a LogLevel")
-        scope = f"logs:{request.job_id}:{request.min_level}"
+        scope = _scope("logs", request.job_id, request.min_level)
         after = self._after(request.page_token, scope)
-        rows = await self._backend.run(self._backend.store.logs_after, job_pk, after, size + 1, request.min_level)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = convert.encode_page_token({"scope": scope, "after": rows[-1].sequence})
-        return jobs_pb2.ListLogsResponse(records=convert.log_records(rows), next_page_token=token)
+        records, last = await self._backend.run(self._logs_page, job_pk, after, size, request.min_level, ())
+        token = "" if last is None else self._page_tokens.issue(scope, (last,))
+        return jobs_pb2.ListLogsResponse(records=records, next_page_token=token)
 
-    @staticmethod
-    def _after(page_token: str, scope: str) -> int:
+    def _after(self, page_token: str, scope: str) -> int:
+        """The sequence a history page token continues after (0 without a token)."""
         if not page_token:
             return 0
-        position = convert.decode_page_token(page_token, scope=scope)
-        after = position.get("after")
-        if not isinstance(after, int) or after < 0:
-            raise InvalidArgumentError("page_token is not a token this server issued")
+        (after,) = self._page_tokens.position(page_token, scope=scope, length=1)
+        if after > limits.MAX_SEQUENCE:
+            raise InvalidArgumentError(convert.BAD_PAGE_TOKEN)
         return after
+
+    def _metrics_page(
+        self, job_pk: int, after: int, size: int, keys: Sequence[str], within: Sequence[tuple[int, int]]
+    ) -> tuple[list[telemetry_pb2.MetricPoint], int | None]:
+        """A byte-bounded page of metric points after `after` (worker thread), and the sequence of its last point
+        when more follow."""
+        store = self._backend.store
+        return convert.bounded_page(
+            lambda position, limit: store.metrics_after(job_pk, position, limit, keys, within),
+            convert.metric_points,
+            lambda row: row[0],
+            after,
+            size=size,
+            budget=self._page_bytes,
+            first_chunk=size + 1,
+        )
+
+    def _logs_page(
+        self, job_pk: int, after: int, size: int, min_level: int, within: Sequence[tuple[int, int]]
+    ) -> tuple[list[telemetry_pb2.LogRecord], int | None]:
+        """A byte-bounded page of log records after `after` (worker thread), and the sequence of its last record
+        when more follow."""
+        store = self._backend.store
+        return convert.bounded_page(
+            lambda position, limit: store.logs_after(job_pk, position, limit, min_level, within),
+            convert.log_records,
+            lambda record: record.sequence,
+            after,
+            size=size,
+            budget=self._page_bytes,
+            first_chunk=_FIRST_LOGS,
+        )
 
     async def SubscribeTelemetry(
         self, request: jobs_pb2.SubscribeTelemetryRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[jobs_pb2.SubscribeTelemetryResponse]:
-        authorize_job(request.job_id)
-        job_pk = await self._backend.job_pk(request.job_id)
+        check_job_id(request.job_id)
         cursor = jobs_pb2.TelemetryCursor()
         cursor.CopyFrom(request.after)
-        if min(cursor.metric_sequence, cursor.log_sequence, cursor.status_sequence, cursor.epoch_summary_sequence) < 0:
-            raise InvalidArgumentError("cursor positions must be >= 0")
+        check_int(cursor.metric_sequence, "cursor after.metric_sequence", 0, limits.MAX_SEQUENCE)
+        check_int(cursor.log_sequence, "cursor after.log_sequence", 0, limits.MAX_SEQUENCE)
+        check_int(cursor.status_sequence, "cursor after.status_sequence", 0, limits.MAX_STATUS_SEQUENCE)
+        check_int(cursor.epoch_summary_sequence, "cursor after.epoch_summary_sequence", 0, limits.MAX_EPOCH + 1)
+        authorize_job(request.job_id)
+        job_pk = await self._backend.job_pk(request.job_id)
         state = _Subscription(cursor)
         hub = self._backend.hub
+        caller = _subscriber_key()
+        self._subscriptions.open(caller)
         subscriber = hub.subscribe(job_pk)  # before the replay, so nothing committed meanwhile is missed
         try:
             while True:
@@ -209,6 +337,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
                     yield response
         finally:
             hub.unsubscribe(job_pk, subscriber)
+            self._subscriptions.close(caller)
 
     async def _follow(
         self, subscriber: Subscriber, state: _Subscription
@@ -274,20 +403,20 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self, job_pk: int, after: int, within: Sequence[tuple[int, int]]
     ) -> tuple[list[int], jobs_pb2.SubscribeTelemetryResponse] | None:
         """A replay page of metric points (worker thread): their sequences and the response, without cursor."""
-        rows = self._backend.store.metrics_after(job_pk, after, _REPLAY_PAGE, within=within)
-        if not rows:
+        points, _ = self._metrics_page(job_pk, after, _REPLAY_PAGE, (), within)
+        if not points:
             return None
-        response = jobs_pb2.SubscribeTelemetryResponse(metrics=jobs_pb2.MetricBatch(points=convert.metric_points(rows)))
-        return [row[0] for row in rows], response
+        response = jobs_pb2.SubscribeTelemetryResponse(metrics=jobs_pb2.MetricBatch(points=points))
+        return [point.sequence for point in points], response
 
     def _log_page(
         self, job_pk: int, after: int, within: Sequence[tuple[int, int]]
     ) -> tuple[list[int], jobs_pb2.SubscribeTelemetryResponse] | None:
         """A replay page of log records (worker thread): their sequences and the response, without cursor."""
-        records = self._backend.store.logs_after(job_pk, after, _REPLAY_PAGE, within=within)
+        records, _ = self._logs_page(job_pk, after, _REPLAY_PAGE, 0, within)
         if not records:
             return None
-        response = jobs_pb2.SubscribeTelemetryResponse(logs=jobs_pb2.LogBatch(records=convert.log_records(records)))
+        response = jobs_pb2.SubscribeTelemetryResponse(logs=jobs_pb2.LogBatch(records=records))
         return [record.sequence for record in records], response
 
     def _summary_page(self, job_pk: int, after_epoch: int) -> list[tuple[int, jobs_pb2.SubscribeTelemetryResponse]]:
@@ -296,6 +425,26 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             (summary.epoch, jobs_pb2.SubscribeTelemetryResponse(epoch_summary=convert.epoch_summary_to_proto(summary)))
             for summary in self._backend.store.epoch_summaries_after(job_pk, after_epoch)
         ]
+
+
+def _subscriber_key() -> tuple[str, str]:
+    """Whose subscriptions a SubscribeTelemetry call counts among: its token's kind, and the job of a job token."""
+    principal = CALLER.get()
+    return principal.kind.value, principal.job_id if principal.kind is Kind.JOB else ""
+
+
+def _too_many_subscriptions(caller: tuple[str, str], limit: int) -> str:
+    kind, job_id = caller
+    who = f"the telemetry token of job {job_id}" if job_id else f"the {kind} token"
+    return (
+        f"{who} already has {limit} SubscribeTelemetry call(s) open, the most allowed per caller "
+        "(TP_MAX_SUBSCRIPTIONS_PER_CALLER); end one before subscribing again"
+    )
+
+
+def _scope(*parts: object) -> str:
+    """What a page token is bound to: the request kind and every filter, unambiguously."""
+    return json.dumps(parts, separators=(",", ":"))
 
 
 class _Subscription:

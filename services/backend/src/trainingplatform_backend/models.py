@@ -23,7 +23,9 @@ from sqlalchemy import (
     TypeDecorator,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine, UserDefinedType
 
 # Stable constraint names so migrations are the same on every database.
 NAMING_CONVENTION = {
@@ -57,6 +59,33 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)
         return value
+
+
+class _NoAffinity(UserDefinedType[float]):
+    """SQLite's column without a declared type: no type affinity, so a bound double is stored as it is."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return ""
+
+
+class ExactDouble(TypeDecorator[float]):
+    """A 64-bit float column that keeps every double bit for bit (NaN, which SQLite stores as NULL, aside).
+
+    PostgreSQL: `double precision`. SQLite: a column without a declared type. SQLite writes an integral value into
+    a column of REAL affinity as an integer, which loses the sign of -0.0; a column without affinity stores the
+    double's 8 bytes as they are. The values are still numbers (storage class REAL) that SQL compares, sorts and
+    aggregates (min, max, avg) like any REAL column.
+    """
+
+    impl = Float(precision=53)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(_NoAffinity())
+        return dialect.type_descriptor(Float(precision=53))
 
 
 class Base(DeclarativeBase):
@@ -123,6 +152,7 @@ class Metric(Base):
     """One metric point. The primary key (job, sequence) is what makes ingest exactly-once.
 
     `value` is NULL only for NaN: SQLite turns a bound NaN into NULL, so NULL is read back as NaN everywhere.
+    Every other double, -0.0 included, is stored exactly (`ExactDouble`).
     """
 
     __tablename__ = "metrics"
@@ -134,10 +164,10 @@ class Metric(Base):
     job_pk: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     key: Mapped[str] = mapped_column(String(250))
-    value: Mapped[float | None] = mapped_column(Float(precision=53))
+    value: Mapped[float | None] = mapped_column(ExactDouble)
     step: Mapped[int | None] = mapped_column(BigInteger)
     epoch: Mapped[int | None] = mapped_column(BigInteger)
-    wall_time: Mapped[float] = mapped_column(Float(precision=53))
+    wall_time: Mapped[float] = mapped_column(ExactDouble)
 
 
 class LogRecord(Base):
@@ -153,7 +183,7 @@ class LogRecord(Base):
     message: Mapped[str] = mapped_column(Text)
     epoch: Mapped[int | None] = mapped_column(BigInteger)
     step: Mapped[int | None] = mapped_column(BigInteger)
-    wall_time: Mapped[float] = mapped_column(Float(precision=53))
+    wall_time: Mapped[float] = mapped_column(ExactDouble)
     source: Mapped[str] = mapped_column(String(250), default="")
     rank: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -179,7 +209,7 @@ class EpochSummary(Base):
 
     job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    duration_seconds: Mapped[float] = mapped_column(Float(precision=53))
+    duration_seconds: Mapped[float] = mapped_column(ExactDouble)
     end_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
@@ -191,7 +221,7 @@ class EpochSummaryMetric(Base):
     job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
-    value: Mapped[float | None] = mapped_column(Float(precision=53))
+    value: Mapped[float | None] = mapped_column(ExactDouble)
 
 
 class IngestCursor(Base):

@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from trainingplatform_sdk.channel import ClientTls
 from trainingplatform_sdk.server.lifecycle import GrpcServer, configure_logging, run_until_signal
 from trainingplatform_sdk.server.options import server_options
 from trainingplatform_sdk.server.tls import TlsFiles
@@ -26,6 +27,7 @@ from trainingplatform_sdk.server.tls import TlsFiles
 from trainingplatform_backend import db
 from trainingplatform_backend import settings as settings_module
 from trainingplatform_backend.auth import Authenticator
+from trainingplatform_backend.convert import PageTokens
 from trainingplatform_backend.dispatch import Dispatcher, DispatchSettings
 from trainingplatform_backend.interceptors import ServiceInterceptor
 from trainingplatform_backend.jobs_service import JobsServicer
@@ -72,26 +74,35 @@ class RunningServer:
 
 async def start(settings: Settings) -> RunningServer:
     """Migrates the database (unless disabled), builds the servicers and starts serving."""
-    settings = settings_module.ensure_internal_token(settings)
+    settings = settings_module.ensure_frontend_token(settings_module.ensure_internal_token(settings))
+    trainer_tls = _trainer_tls(settings)
     url = settings.effective_database_url
     if settings.migrate_on_start:
         await asyncio.to_thread(db.migrate, url)
     engine = db.create_db_engine(url)
     store = Store(engine, instance_id=uuid.uuid4().hex)
     hub = Hub(capacity_points=settings.subscriber_buffer_points)
-    backend = Backend(store, hub)
+    backend = Backend(store, hub, job_token_grace_s=settings.job_token_grace_s)
     authenticator = Authenticator(
         internal_token=settings.internal_auth_token,
         read_token=settings.read_auth_token,
+        frontend_token=settings.frontend_auth_token,
         job_token_hash=store.token_hash,
     )
     server = GrpcServer(
         SERVICE_NAMES,
         interceptors=[ServiceInterceptor(authenticator)],
-        options=server_options(settings.max_message_bytes, settings.max_connection_age_s, settings.shutdown_grace_s),
+        options=server_options(
+            settings.max_message_bytes,
+            settings.max_connection_age_s,
+            settings.shutdown_grace_s,
+            max_concurrent_streams=settings.max_concurrent_streams,
+        ),
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     telemetry_pb2_grpc.add_TrainingTelemetryServiceServicer_to_server(
-        TelemetryServicer(backend, settings.max_message_bytes), server.server
+        TelemetryServicer(backend, settings.max_message_bytes, max_streams_per_job=settings.max_streams_per_job),
+        server.server,
     )
     dispatcher = Dispatcher(
         store,
@@ -104,10 +115,22 @@ async def start(settings: Settings) -> RunningServer:
             lease_s=settings.trainer_lease_s,
             watch_interval_s=settings.watch_interval_s,
             call_timeout_s=settings.trainer_call_timeout_s,
+            trainer_tls=trainer_tls,
         ),
         on_attempt=backend.note_attempt,
     )
-    jobs_pb2_grpc.add_JobsServiceServicer_to_server(JobsServicer(backend, dispatcher), server.server)
+    jobs_pb2_grpc.add_JobsServiceServicer_to_server(
+        JobsServicer(
+            backend,
+            dispatcher,
+            max_subscriptions_per_caller=settings.max_subscriptions_per_caller,
+            max_epochs=settings.max_epochs,
+            max_spec_bytes=settings.max_spec_bytes,
+            max_message_bytes=settings.max_message_bytes,
+            page_tokens=PageTokens.for_deployment(settings.page_token_key, settings.internal_auth_token),
+        ),
+        server.server,
+    )
     tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
     port = server.bind(settings.listen, tls if settings.tls_enabled else None)
     listener = None
@@ -127,6 +150,22 @@ async def start(settings: Settings) -> RunningServer:
         make_url(url).render_as_string(hide_password=True),
     )
     return RunningServer(server, backend, listener, dispatcher, settings)
+
+
+def _trainer_tls(settings: Settings) -> ClientTls | None:
+    """The dispatcher's TLS to trainers (TP_TRAINER_TLS_*), read once at start; None when no CA is set.
+
+    Raises:
+        OSError: a file cannot be read (the message names the setting).
+    """
+    if not settings.trainer_tls_ca_file:
+        return None
+    return ClientTls.from_files(
+        settings.trainer_tls_ca_file,
+        settings.trainer_tls_cert_file,
+        settings.trainer_tls_key_file,
+        names=("TP_TRAINER_TLS_CA_FILE", "TP_TRAINER_TLS_CERT_FILE", "TP_TRAINER_TLS_KEY_FILE"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

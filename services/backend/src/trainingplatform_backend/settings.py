@@ -8,7 +8,12 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainingplatform_sdk.spec.limits import DEFAULT_MAX_MESSAGE_BYTES
+from trainingplatform_sdk.spec.limits import (
+    DEFAULT_MAX_EPOCHS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MAX_SPEC_BYTES,
+    MAX_EPOCHS,
+)
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -89,6 +94,53 @@ class Settings:
     """TP_TRAINER_CALL_TIMEOUT_S: deadline of StartTraining and CancelTraining calls. A StartTraining past it may
     still have started a run: the job then goes to the next replica as a new attempt, and the first is fenced."""
 
+    frontend_auth_token: str = field(default="", repr=False)
+    """FRONTEND_AUTH_TOKEN: the token of front ends (the `tp` CLI, the dashboard, other services): it may create,
+    cancel and read jobs, but not call trainers' RPCs or write telemetry. Empty means a random token is generated
+    once and kept in `<data_dir>/frontend_auth_token` (mode 0600), where `tp` finds it."""
+
+    job_token_grace_s: float = 3600.0
+    """TP_JOB_TOKEN_GRACE_S: how long after its job ended a job's token may still write telemetry (long enough for
+    a spool replay); reads stay allowed."""
+
+    trainer_tls_ca_file: str = ""
+    """TP_TRAINER_TLS_CA_FILE: PEM CA bundle that signed the trainers' certificates; when set, the dispatcher
+    opens TLS channels to trainers."""
+
+    trainer_tls_cert_file: str = ""
+    """TP_TRAINER_TLS_CERT_FILE: PEM client certificate the dispatcher presents to trainers (mutual TLS)."""
+
+    trainer_tls_key_file: str = ""
+    """TP_TRAINER_TLS_KEY_FILE: PEM private key of TP_TRAINER_TLS_CERT_FILE."""
+
+    max_concurrent_streams: int = 100
+    """TP_MAX_CONCURRENT_STREAMS: most calls open at once on one client connection (HTTP/2
+    `grpc.max_concurrent_streams`); a client past it waits for a free stream."""
+
+    max_concurrent_rpcs: int = 10_000
+    """TP_MAX_CONCURRENT_RPCS: most calls the server runs at once, streams included; past it a call gets
+    RESOURCE_EXHAUSTED."""
+
+    max_streams_per_job: int = 8
+    """TP_MAX_STREAMS_PER_JOB: most telemetry streams (StreamMetrics and StreamLogs together) open at once for one
+    job; past it a stream gets RESOURCE_EXHAUSTED."""
+
+    max_subscriptions_per_caller: int = 64
+    """TP_MAX_SUBSCRIPTIONS_PER_CALLER: most SubscribeTelemetry calls open at once per token (each job token
+    counts on its own); past it a subscription gets RESOURCE_EXHAUSTED."""
+
+    max_epochs: int = DEFAULT_MAX_EPOCHS
+    """TP_MAX_EPOCHS: most epochs a job may ask for."""
+
+    max_spec_bytes: int = DEFAULT_MAX_SPEC_BYTES
+    """TP_MAX_SPEC_BYTES: largest serialized JobSpec CreateJob accepts (64 KiB; at least 1 KiB, at most
+    TP_MAX_MESSAGE_BYTES); a larger one gets INVALID_ARGUMENT. Every GetJob and ListJobs returns stored specs, so
+    this bounds their size too."""
+
+    page_token_key: str = field(default="", repr=False)
+    """TP_PAGE_TOKEN_KEY: the key that signs page tokens (HMAC-SHA256). Empty derives it from the internal token,
+    so every replica of a deployment accepts the others' tokens."""
+
     @property
     def effective_database_url(self) -> str:
         """The database URL with the embedded default filled in and psycopg 3 chosen for PostgreSQL."""
@@ -163,7 +215,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
     migrate = _env_bool(env.get("TP_MIGRATE_ON_START", "true"))
     if args is not None and getattr(args, "no_migrate", False):
         migrate = False
-    return Settings(
+    settings = Settings(
         listen=pick("listen", "TP_BACKEND_LISTEN", DEFAULT_LISTEN),
         data_dir=Path(pick("data_dir", "TP_DATA_DIR", ".data")),
         database_url=pick("database_url", "DATABASE_URL", ""),
@@ -184,18 +236,108 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         trainer_lease_s=float(env.get("TP_TRAINER_LEASE_S", "60")),
         watch_interval_s=float(env.get("TP_WATCH_INTERVAL_S", "10")),
         trainer_call_timeout_s=float(env.get("TP_TRAINER_CALL_TIMEOUT_S", "30")),
+        frontend_auth_token=env.get("FRONTEND_AUTH_TOKEN", ""),
+        job_token_grace_s=_non_negative("TP_JOB_TOKEN_GRACE_S", float(env.get("TP_JOB_TOKEN_GRACE_S", "3600"))),
+        trainer_tls_ca_file=env.get("TP_TRAINER_TLS_CA_FILE", ""),
+        trainer_tls_cert_file=env.get("TP_TRAINER_TLS_CERT_FILE", ""),
+        trainer_tls_key_file=env.get("TP_TRAINER_TLS_KEY_FILE", ""),
+        max_concurrent_streams=_positive("TP_MAX_CONCURRENT_STREAMS", env.get("TP_MAX_CONCURRENT_STREAMS", "100")),
+        max_concurrent_rpcs=_positive("TP_MAX_CONCURRENT_RPCS", env.get("TP_MAX_CONCURRENT_RPCS", "10000")),
+        max_streams_per_job=_positive("TP_MAX_STREAMS_PER_JOB", env.get("TP_MAX_STREAMS_PER_JOB", "8")),
+        max_subscriptions_per_caller=_positive(
+            "TP_MAX_SUBSCRIPTIONS_PER_CALLER", env.get("TP_MAX_SUBSCRIPTIONS_PER_CALLER", "64")
+        ),
+        max_epochs=_positive("TP_MAX_EPOCHS", env.get("TP_MAX_EPOCHS", str(DEFAULT_MAX_EPOCHS)), maximum=MAX_EPOCHS),
+        max_spec_bytes=_spec_bytes(env.get("TP_MAX_SPEC_BYTES", str(DEFAULT_MAX_SPEC_BYTES)), max_bytes),
+        page_token_key=env.get("TP_PAGE_TOKEN_KEY", ""),
     )
+    _check_trainer_tls(settings)
+    if settings.frontend_auth_token and settings.frontend_auth_token in (
+        settings.internal_auth_token,
+        settings.read_auth_token,
+    ):
+        raise ValueError("FRONTEND_AUTH_TOKEN must differ from INTERNAL_AUTH_TOKEN and READ_AUTH_TOKEN")
+    return settings
+
+
+def _check_trainer_tls(settings: Settings) -> None:
+    """Mutual TLS to trainers needs both the client certificate and its key, and TLS to trainers needs the CA.
+
+    Raises:
+        ValueError: naming the settings.
+    """
+    if bool(settings.trainer_tls_cert_file) != bool(settings.trainer_tls_key_file):
+        raise ValueError(
+            "a client certificate for trainers needs both TP_TRAINER_TLS_CERT_FILE and TP_TRAINER_TLS_KEY_FILE"
+        )
+    if settings.trainer_tls_cert_file and not settings.trainer_tls_ca_file:
+        raise ValueError(
+            "TP_TRAINER_TLS_CERT_FILE and TP_TRAINER_TLS_KEY_FILE need TP_TRAINER_TLS_CA_FILE: TLS to trainers is on "
+            "when the CA that signed their certificates is set"
+        )
+
+
+def _positive(name: str, value: str, maximum: int | None = None) -> int:
+    """`value` as an integer of at least 1 (and at most `maximum`).
+
+    Raises:
+        ValueError: naming the setting.
+    """
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if number < 1 or (maximum is not None and number > maximum):
+        bound = f" and at most {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name} must be at least 1{bound}, got {number}")
+    return number
+
+
+def _spec_bytes(value: str, max_message_bytes: int) -> int:
+    """TP_MAX_SPEC_BYTES: at least 1 KiB, at most the message size limit.
+
+    Raises:
+        ValueError: naming the setting.
+    """
+    number = _positive("TP_MAX_SPEC_BYTES", value, maximum=max_message_bytes)
+    if number < 1024:
+        raise ValueError(f"TP_MAX_SPEC_BYTES must be at least 1024, got {number}")
+    return number
+
+
+def _non_negative(name: str, value: float) -> float:
+    if value < 0:
+        raise ValueError(f"{name} must be 0 or more, got {value}")
+    return value
 
 
 def ensure_internal_token(settings: Settings) -> Settings:
     """Returns settings with a service token: the configured one, or one generated once into the data dir."""
     if settings.internal_auth_token:
         return settings
-    path = settings.data_dir / "internal_auth_token"
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
-    token = path.read_text().strip()
+    token = _token_file(settings.data_dir, "internal_auth_token")
     return Settings(**{**settings.__dict__, "internal_auth_token": token})
+
+
+def ensure_frontend_token(settings: Settings) -> Settings:
+    """Returns settings with a front-end token: the configured one (FRONTEND_AUTH_TOKEN), or one generated once
+    into `<data_dir>/frontend_auth_token` (mode 0600), where `tp` finds it."""
+    if settings.frontend_auth_token:
+        return settings
+    token = _token_file(settings.data_dir, "frontend_auth_token")
+    return Settings(**{**settings.__dict__, "frontend_auth_token": token})
+
+
+def _token_file(data_dir: Path, name: str) -> str:
+    """The token kept in `<data_dir>/<name>`, written there first (random, mode 0600) when the file does not exist."""
+    path = data_dir / name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process wrote it meanwhile
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()

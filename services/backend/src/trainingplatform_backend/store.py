@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from sqlalchemy import Engine, and_, delete, or_, select, text, tuple_, update
@@ -79,6 +79,52 @@ class SummaryView:
     duration_seconds: float
     end_time: dt.datetime
     metrics: dict[str, float]
+
+
+class SeriesBucket(NamedTuple):
+    """The points of one key within one step bucket (`Store.metric_series`). A named tuple: an answer has up to
+    tens of thousands."""
+
+    first_step: int
+    last_step: int
+    min: float
+    max: float
+    last: float
+    points: int  # `count` on the wire (a named tuple has a count method)
+    first_epoch: int | None
+    last_epoch: int | None
+    nan_count: int
+
+
+# Most bytes of a MetricBucket on the wire (9 fields of at most 10 bytes each, and its framing), and of a
+# MetricSeries beside its key and buckets: what bounds GetMetricSeries's answer.
+SERIES_BUCKET_BYTES = 96
+SERIES_KEY_BYTES = 24
+# (key, bucket) as one integer group number, key index * this + bucket: above any max_points.
+_SERIES_GROUPS_PER_KEY = 1 << 20
+_SERIES_RANGES_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS series_ranges "
+    "(key TEXT PRIMARY KEY, idx INTEGER, lo INTEGER, hi INTEGER, width INTEGER) WITHOUT ROWID"
+)
+# The bucketing of `Store.metric_series`: one scan of the job's points in its primary-key range. `{idx}` is the
+# key's index in the sorted ranges, `{value}` the value with NaN as NULL (PostgreSQL stores NaN, which would be the
+# highest of every bucket holding one), `{bucket}` the group number: `(step - lo) / width` over the key's range
+# (integer division; a width of ceil(span / max_points) makes at most max_points buckets, without the overflow of
+# step * max_points). The last value is read back by primary key at the bucket's highest sequence, in a correlated
+# subquery: a join lets PostgreSQL, which cannot estimate the number of buckets, hash the job's every point.
+_SERIES_BUCKETS = """
+SELECT b.idx, b.first_step, b.last_step, b.vmin, b.vmax, b.n, b.nan_n, b.e0, b.e1,
+    (SELECT l.value FROM metrics l WHERE l.job_pk = :job_pk AND l.sequence = b.last_sequence) AS last_value
+FROM (
+    SELECT {idx} AS idx, {bucket} AS bucket, min(m.step) AS first_step, max(m.step) AS last_step,
+        min({value}) AS vmin, max({value}) AS vmax, count(*) AS n, count(*) - count({value}) AS nan_n,
+        min(m.epoch) AS e0, max(m.epoch) AS e1, max(m.sequence) AS last_sequence
+    FROM metrics m {ranges}
+    WHERE m.job_pk = :job_pk AND m.sequence <= :cursor AND {step_range}
+    GROUP BY bucket
+) b
+ORDER BY b.idx, b.first_step
+"""
 
 
 class Store:
@@ -403,6 +449,11 @@ class Store:
             raise NotFoundError(f"job {job_id!r} does not exist")
         return int(attempt)
 
+    def ended_at(self, job_id: str) -> dt.datetime | None:
+        """When the job reached its final status; None while it has not (or when there is no such job)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(Job.ended_at).where(Job.job_id == job_id)).scalar()
+
     def release_dispatch(self, job_id: str, *, reasons: str) -> None:
         """Gives up this backend's claim on a job no trainer accepted, keeping why for the timeout's message."""
         with self.write_lock(), self._sessions.begin() as session:
@@ -533,6 +584,125 @@ class Store:
             query = query.where(or_(*(Metric.sequence.between(low, high) for low, high in within)))
         with self.engine.connect() as conn:
             return [tuple(row) for row in conn.execute(query)]  # type: ignore[misc]
+
+    def metric_series(
+        self,
+        job_pk: int,
+        keys: Sequence[str],
+        max_points: int,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        max_bytes: int | None = None,
+    ) -> tuple[dict[str, list[SeriesBucket]], int]:
+        """The job's metric series bucketed by step in the database (GetMetricSeries), and the metric cursor the
+        answer includes.
+
+        Each key's points with a step in [min_step, max_step] (points without a step are left out) go into at most
+        `max_points` buckets of equal step width over the key's lowest to highest step there (fewer, the same number
+        for every key, when the answer would otherwise need more than `max_bytes` on the wire). Min and max leave
+        NaN out (NaN when every value of the bucket is); the last value is the one of the bucket's highest
+        sequence. Two scans of the job's primary-key range (the keys' step ranges, then the buckets), both limited
+        to the committed cursor read first, so the answer holds exactly the points up to it (bar a point filling a
+        gap below it later) whatever is committed meanwhile. Keys in key order, buckets in step order.
+        """
+        low = 0 if min_step is None else min_step
+        high = limits.MAX_STEP if max_step is None else max_step
+        params: dict[str, Any] = {"job_pk": job_pk, "low": low, "high": high}
+        key_filter = ""
+        if keys:
+            names = {f"k{i}": key for i, key in enumerate(keys)}
+            params.update(names)
+            key_filter = " AND key IN (" + ", ".join(f":{name}" for name in names) + ")"
+        with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                # PostgreSQL cannot estimate the number of buckets (it guesses a fifth of the points): its JIT would
+                # then spend longer compiling the statement than running it, and its sort would spill to disk.
+                conn.execute(text("SET LOCAL jit = off"))
+                conn.execute(text("SET LOCAL work_mem = '64MB'"))
+            cursor = conn.execute(
+                text("SELECT last_sequence FROM ingest_cursors WHERE job_pk = :job_pk AND stream = :stream"),
+                {"job_pk": job_pk, "stream": METRICS_STREAM},
+            ).scalar()
+            params["cursor"] = int(cursor or 0)
+            # One key needs no GROUP BY, which would sort the key's points (SQLite groups by sorting).
+            selected, grouped = ("NULL", "") if len(keys) == 1 else ("key", " GROUP BY key")
+            ranges = [
+                (keys[0] if len(keys) == 1 else key, int(first), int(last))
+                for key, first, last in conn.execute(
+                    text(
+                        f"SELECT {selected}, min(step), max(step) FROM metrics WHERE job_pk = :job_pk "
+                        f"AND sequence <= :cursor AND step BETWEEN :low AND :high{key_filter}{grouped}"
+                    ),
+                    params,
+                )
+                if first is not None
+            ]
+            if not ranges:
+                return {}, params["cursor"]
+            ranges.sort()  # key order (PostgreSQL groups by hashing: any order)
+            if max_bytes is not None:
+                room = max_bytes - sum(len(key.encode()) + SERIES_KEY_BYTES for key, _, _ in ranges)
+                max_points = max(1, min(max_points, room // (SERIES_BUCKET_BYTES * len(ranges))))
+            value = "m.value" if self.is_sqlite else "NULLIF(m.value, CAST('NaN' AS DOUBLE PRECISION))"
+            # The ranges' numbers are integers read from the database, written into the statement as literals (so
+            # that PostgreSQL divides integers, whatever type a driver would give a bound parameter).
+            if len(ranges) == 1:
+                # One key (the usual chart): its range is in the WHERE clause, the bucket a plain expression.
+                key, first, last = ranges[0]
+                params["key"] = key
+                query = _SERIES_BUCKETS.format(
+                    idx="0",
+                    bucket=f"(m.step - {first}) / {(last - first + max_points) // max_points}",
+                    value=value,
+                    ranges="",
+                    step_range=f"m.key = :key AND m.step BETWEEN {first} AND {last}",
+                )
+            else:
+                # Several keys: their ranges joined by key; one integer group number per (key, bucket).
+                rows = [
+                    (key, index, first, last, (last - first + max_points) // max_points)
+                    for index, (key, first, last) in enumerate(ranges)
+                ]
+                if self.is_sqlite:
+                    # A temporary table with a primary key (this connection's, rolled back with its read): SQLite
+                    # scans a VALUES list for every row, which costs as many comparisons per point as keys.
+                    conn.execute(text(_SERIES_RANGES_TABLE))
+                    conn.execute(text("DELETE FROM temp.series_ranges"))
+                    conn.execute(
+                        text("INSERT INTO temp.series_ranges VALUES (:key, :idx, :lo, :hi, :width)"),
+                        [dict(zip(("key", "idx", "lo", "hi", "width"), row, strict=True)) for row in rows],
+                    )
+                    table = "CROSS JOIN temp.series_ranges AS r"  # CROSS: the metrics outside, the ranges inside
+                else:
+                    values = []
+                    for key, index, first, last, width in rows:
+                        params[f"rk{index}"] = key
+                        values.append(f"(:rk{index}, {index}, {first}, {last}, {width})")
+                    table = f"JOIN (VALUES {', '.join(values)}) AS r(key, idx, lo, hi, width)"
+                query = _SERIES_BUCKETS.format(
+                    idx="min(r.idx)",
+                    bucket=f"r.idx * {_SERIES_GROUPS_PER_KEY} + (m.step - r.lo) / r.width",
+                    value=value,
+                    ranges=f"{table} ON m.key = r.key",
+                    step_range="m.step BETWEEN r.lo AND r.hi",
+                )
+            series: dict[str, list[SeriesBucket]] = {}
+            found = conn.execute(text(query), params).all()
+            for idx, first, last, vmin, vmax, count, nans, e0, e1, last_value in found:
+                series.setdefault(ranges[idx][0], []).append(
+                    SeriesBucket(
+                        first,
+                        last,
+                        nan_from_null(vmin),
+                        nan_from_null(vmax),
+                        nan_from_null(last_value),
+                        count,
+                        e0,
+                        e1,
+                        nans,
+                    )
+                )
+        return series, params["cursor"]
 
     def logs_after(
         self, job_pk: int, after: int, limit: int, min_level: int = 0, within: Sequence[tuple[int, int]] = ()

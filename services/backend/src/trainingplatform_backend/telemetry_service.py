@@ -10,14 +10,21 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
-from trainingplatform_sdk.errors import InvalidArgumentError, PlatformError, UnavailableError
+from trainingplatform_sdk.errors import (
+    InvalidArgumentError,
+    PlatformError,
+    ResourceExhaustedError,
+    UnavailableError,
+    quote,
+)
 from trainingplatform_sdk.spec import limits
+from trainingplatform_sdk.spec.validation import check_job_id, check_number, check_text, check_timestamp
 
-from trainingplatform_backend.auth import CALLER, authorize_job
+from trainingplatform_backend.auth import CALLER, JobTokenWindow, authorize_job
 from trainingplatform_backend.ingest import (
     INLINE_ROWS,
     BatchResult,
@@ -33,6 +40,7 @@ from trainingplatform_backend.subscriptions import POKE, Batch, Hub
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+K = TypeVar("K")
 
 _SHUTDOWN_MESSAGE = "the backend is shutting down; resume from GetStreamCursor"
 # How old this process's knowledge of a job's current dispatch attempt may be before it is read again.
@@ -42,7 +50,8 @@ ATTEMPT_REFRESH_S = 1.0
 class Backend:
     """What the servicers share: the store, the ingestor, the hub and the shutdown signal."""
 
-    def __init__(self, store: Store, hub: Hub) -> None:
+    def __init__(self, store: Store, hub: Hub, *, job_token_grace_s: float = 3600.0) -> None:
+        """`job_token_grace_s`: how long after its job ended a job token may still write (TP_JOB_TOKEN_GRACE_S)."""
         self.store = store
         self.ingestor = Ingestor(store)
         self.committer = GroupCommitter(self.ingestor)
@@ -55,6 +64,8 @@ class Backend:
         self._job_pks: dict[str, int] = {}
         # job id -> (current dispatch attempt, when it was read): the fence of superseded attempts' telemetry.
         self._attempts: dict[str, tuple[int, float]] = {}
+        # When a job's tokens stop writing (its end plus the grace).
+        self.token_window = JobTokenWindow(job_token_grace_s, store.ended_at)
 
     async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Runs a blocking database operation in a worker thread."""
@@ -67,8 +78,7 @@ class Backend:
             InvalidArgumentError: empty job id.
             NotFoundError: no such job.
         """
-        if not job_id:
-            raise InvalidArgumentError("job_id is required")
+        check_job_id(job_id)
         pk = self._job_pks.get(job_id)
         if pk is None:
             pk = await self.run(self.store.job_pk, job_id)
@@ -83,17 +93,24 @@ class Backend:
             self._attempts.clear()
         self._attempts[job_id] = (attempt, time.monotonic())
 
-    async def check_attempt(self, job_id: str) -> None:
+    async def check_attempt(self, job_id: str, *, write: bool = True) -> None:
         """Refuses the caller when it holds the token of a superseded dispatch attempt of the job (a trainer that
         accepted the job too late, after it went to another one): its telemetry would mix with the current
         attempt's under the same sequence numbers. Checked on every message; the current attempt is re-read at
         most every ATTEMPT_REFRESH_S (another backend replica may have made a new one), at once when this
         process's dispatcher makes one.
 
+        A write (`write`, every RPC but GetStreamCursor) with a job token is also refused once the job ended more
+        than TP_JOB_TOKEN_GRACE_S ago (`auth.JobTokenWindow`, from memory on the hot path).
+
         Raises:
             PlatformError: ABORTED (final: the SDK's sender stops), the attempt was superseded.
+            PermissionDeniedError: a job token's write after its job ended and the grace passed.
         """
-        attempt = CALLER.get().attempt
+        caller = CALLER.get()
+        if write:
+            await self.token_window.check_write(job_id, caller)
+        attempt = caller.attempt
         if not attempt:
             return  # the job's own token (CreateJob's), or the internal token
         current, read_at = self._attempts.get(job_id, (0, -math.inf))
@@ -156,6 +173,12 @@ class Backend:
             yield message
 
 
+def _text(text: str, limit: int) -> str:
+    """A client's free text as stored: cut to `limit` UTF-8 bytes with a marker, NUL (which no database text
+    column holds) replaced."""
+    return limits.truncate_utf8(text, limit).replace("\x00", "\ufffd")
+
+
 def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, done: asyncio.Future[BatchResult]) -> None:
     if done.cancelled() or done.exception() is not None or not backend.hub.has_subscribers(job_pk):
         return
@@ -169,13 +192,60 @@ def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, don
     backend.hub.publish(job_pk, event)
 
 
+class OpenCalls(Generic[K]):
+    """How many calls of each key (a job, a caller) are open, up to a limit: `open` counts one in or refuses it,
+    `close` counts it out. Keys with no open call are forgotten, so memory follows the open calls only."""
+
+    def __init__(self, limit: int, refusal: Callable[[K, int], str]) -> None:
+        """`refusal(key, limit)` is the message of the RESOURCE_EXHAUSTED sent past the limit."""
+        self.limit = limit
+        self._refusal = refusal
+        self._open: dict[K, int] = {}
+
+    def open(self, key: K) -> None:
+        """Counts one more open call of `key`.
+
+        Raises:
+            ResourceExhaustedError: `key` already has `limit` calls open.
+        """
+        count = self._open.get(key, 0)
+        if count >= self.limit:
+            raise ResourceExhaustedError(self._refusal(key, self.limit))
+        self._open[key] = count + 1
+
+    def close(self, key: K) -> None:
+        """Counts one open call of `key` out (it ended, whatever way)."""
+        count = self._open.pop(key, 0) - 1
+        if count > 0:
+            self._open[key] = count
+
+    def count(self, key: K) -> int:
+        """How many calls of `key` are open."""
+        return self._open.get(key, 0)
+
+
+def _too_many_streams(job_id: str, limit: int) -> str:
+    return (
+        f"job {job_id} already has {limit} telemetry stream(s) open (StreamMetrics and StreamLogs together), the "
+        "most allowed (TP_MAX_STREAMS_PER_JOB); end one before opening another"
+    )
+
+
 class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
     """Implements TrainingTelemetryService; see telemetry.proto for the contract."""
 
-    def __init__(self, backend: Backend, max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES) -> None:
-        """`max_message_bytes` is the server's request size limit, told to clients by GetStreamCursor."""
+    def __init__(
+        self,
+        backend: Backend,
+        max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        max_streams_per_job: int = 8,
+    ) -> None:
+        """`max_message_bytes` is the server's request size limit, told to clients by GetStreamCursor;
+        `max_streams_per_job` (TP_MAX_STREAMS_PER_JOB) the most telemetry streams open at once per job."""
         self._backend = backend
         self._max_message_bytes = max_message_bytes
+        self._streams: OpenCalls[str] = OpenCalls(max_streams_per_job, _too_many_streams)
 
     async def _ingest_stream(
         self,
@@ -196,12 +266,14 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                 if not job_id:
                     if not request.job_id:
                         raise InvalidArgumentError(f"the first {rpc} message must name the job (job_id)")
+                    check_job_id(request.job_id)
                     authorize_job(request.job_id)
                     job_pk = await backend.job_pk(request.job_id)
+                    self._streams.open(request.job_id)  # released below, however the stream ends
                     job_id = request.job_id
                 elif request.job_id and request.job_id != job_id:
                     raise InvalidArgumentError(
-                        f"one {rpc} call carries one job: got {request.job_id!r} after {job_id!r}"
+                        f"one {rpc} call carries one job: got job_id {quote(request.job_id)} after {job_id!r}"
                     )
                 items = getattr(request, items_field)
                 if not items:
@@ -223,6 +295,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                 # Subscribers get the batch the moment it is committed, not when the next message arrives.
                 pending.add_done_callback(functools.partial(_publish_committed, backend, job_pk, kind, items))
         finally:
+            if job_id:
+                self._streams.close(job_id)
             # Everything received is committed, even when the stream ends with an error or a shutdown.
             if pending is not None:
                 result = await pending
@@ -271,6 +345,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
     async def UpdateStatus(
         self, request: telemetry_pb2.UpdateStatusRequest, context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.UpdateStatusResponse:
+        check_job_id(request.job_id)
         authorize_job(request.job_id)
         await self._backend.check_attempt(request.job_id)
         await self._backend.job_pk(request.job_id)
@@ -279,9 +354,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
             self._backend.store.transition,
             request.job_id,
             target,
-            reason=limits.truncate_utf8(request.reason, limits.MAX_ERROR_MESSAGE_BYTES),
-            error_message=limits.truncate_utf8(request.error_message, limits.MAX_ERROR_MESSAGE_BYTES),
-            error_detail=limits.truncate_utf8(request.error_detail, limits.MAX_ERROR_DETAIL_BYTES),
+            reason=_text(request.reason, limits.MAX_ERROR_MESSAGE_BYTES),
+            error_message=_text(request.error_message, limits.MAX_ERROR_MESSAGE_BYTES),
+            error_detail=_text(request.error_detail, limits.MAX_ERROR_DETAIL_BYTES),
         )
         if transition.changed:
             log.info("job %s is now %s", request.job_id, transition.status)
@@ -291,6 +366,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
     async def RecordEpochSummary(
         self, request: telemetry_pb2.RecordEpochSummaryRequest, context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.RecordEpochSummaryResponse:
+        check_job_id(request.job_id)
         authorize_job(request.job_id)
         await self._backend.check_attempt(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
@@ -299,11 +375,17 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
             raise InvalidArgumentError(
                 f"summary epoch must be between 0 and {limits.MAX_EPOCH} (MAX_EPOCH); got {summary.epoch}"
             )
-        if not math.isfinite(summary.duration_seconds) or summary.duration_seconds < 0:
-            raise InvalidArgumentError("summary duration_seconds must be a finite number >= 0")
+        check_number(summary.duration_seconds, "summary.duration_seconds", 0.0, limits.MAX_DURATION_SECONDS)
+        if len(summary.metrics) > limits.MAX_SUMMARY_METRICS:
+            raise InvalidArgumentError(
+                f"summary.metrics holds {len(summary.metrics)} metrics; the limit is {limits.MAX_SUMMARY_METRICS}"
+            )
         for key in summary.metrics:
-            check_metric_key(key)
-        end_time = summary.end_time.ToDatetime(dt.UTC) if summary.HasField("end_time") else utcnow()
+            check_metric_key(key, "summary.metrics")
+        if summary.HasField("end_time"):
+            end_time = check_timestamp(summary.end_time, "summary.end_time").ToDatetime(dt.UTC)
+        else:
+            end_time = utcnow()
         await self._backend.run(
             self._backend.store.record_epoch_summary,
             job_pk,
@@ -318,23 +400,28 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
     async def ReportRunInfo(
         self, request: telemetry_pb2.ReportRunInfoRequest, context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.ReportRunInfoResponse:
+        check_job_id(request.job_id)
         authorize_job(request.job_id)
         await self._backend.check_attempt(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
-        if len(request.mlflow_run_id) > limits.MAX_NAME_CHARS:
-            raise InvalidArgumentError(f"mlflow_run_id is longer than {limits.MAX_NAME_CHARS} characters")
-        if len(request.mlflow_tracking_uri) > limits.MAX_URI_CHARS:
-            raise InvalidArgumentError(f"mlflow_tracking_uri is longer than {limits.MAX_URI_CHARS} characters")
+        check_text(request.mlflow_run_id, "mlflow_run_id", limits.MAX_NAME_CHARS)
+        check_text(request.mlflow_tracking_uri, "mlflow_tracking_uri", limits.MAX_URI_CHARS)
+        if len(request.artifacts) > limits.MAX_ARTIFACTS:
+            raise InvalidArgumentError(
+                f"artifacts holds {len(request.artifacts)} artifacts; the limit is {limits.MAX_ARTIFACTS}"
+            )
         artifacts = []
         for artifact in request.artifacts:
-            if not artifact.name or len(artifact.name) > limits.MAX_NAME_CHARS:
+            if not artifact.name:
                 raise InvalidArgumentError(f"artifact name must be 1 to {limits.MAX_NAME_CHARS} characters")
-            if not artifact.uri or len(artifact.uri) > limits.MAX_URI_CHARS:
+            check_text(artifact.name, "artifacts.name", limits.MAX_NAME_CHARS)
+            if not artifact.uri:
                 raise InvalidArgumentError(
-                    f"artifact {artifact.name!r} needs a URI of at most {limits.MAX_URI_CHARS} characters"
+                    f"artifact {quote(artifact.name)} needs a URI of at most {limits.MAX_URI_CHARS} characters"
                 )
+            check_text(artifact.uri, "artifacts.uri", limits.MAX_URI_CHARS)
             if artifact.size_bytes < 0:
-                raise InvalidArgumentError(f"artifact {artifact.name!r} size_bytes must be >= 0")
+                raise InvalidArgumentError(f"artifact {quote(artifact.name)} size_bytes must be >= 0")
             artifacts.append((artifact.name, artifact.uri, artifact.size_bytes))
         await self._backend.run(
             self._backend.store.report_run_info,
@@ -348,8 +435,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
     async def GetStreamCursor(
         self, request: telemetry_pb2.GetStreamCursorRequest, context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.GetStreamCursorResponse:
+        check_job_id(request.job_id)
         authorize_job(request.job_id)
-        await self._backend.check_attempt(request.job_id)
+        await self._backend.check_attempt(request.job_id, write=False)
         job_pk = await self._backend.job_pk(request.job_id)
         metric, log_sequence = await self._backend.run(self._backend.store.cursor, job_pk)
         return telemetry_pb2.GetStreamCursorResponse(

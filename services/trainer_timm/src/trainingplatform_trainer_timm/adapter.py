@@ -20,7 +20,8 @@ Per-epoch metrics carry step = the global step at the epoch's end; an epoch summ
 fractional allowed), `weight_decay` (default 0.05), `momentum` (SGD-style optimizers), `augmentation` (off by
 default: see datasets.py), `mixed_precision` (float16 autocast on CUDA; ignored with a log line on CPU), `seed`
 (default 0). `extra` keys used: `num_threads` (torch threads; default: the CPUs this process may use),
-`label_smoothing` (cross-entropy label smoothing), `drop_rate` (classifier dropout). Other keys get a warning.
+`label_smoothing` (cross-entropy label smoothing), `drop_rate` (classifier dropout). Other keys get a warning here;
+the trainer service refuses them at submit (see server.py).
 
 Checkpoints: `output_dir/weights/last.pt` after every epoch and `best.pt` for the best validation accuracy, each a
 `torch.save` dict with `state_dict` and metadata (model name, classes, image size, epoch, metrics, job id).

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from trainingplatform_sdk.trainer_service import FrameworkDescription, JobRequest, serve
+from trainingplatform_sdk.trainer_service.framework import ExtraOption
 
-__all__ = ["DESCRIPTION", "main"]
+__all__ = ["DESCRIPTION", "EXTRA_OPTIONS", "main"]
+
+#: The `advanced_config.extra` keys the TimmAdapter reads (adapter.py), with their types and ranges.
+EXTRA_OPTIONS = {
+    "num_threads": ExtraOption("int", low=1, bound="cpus"),
+    "label_smoothing": ExtraOption("fraction"),
+    "drop_rate": ExtraOption("fraction"),
+}
 
 
 def _models() -> list[str]:
@@ -31,11 +40,45 @@ def _model_key(name: str) -> str:
     return name.split(".", 1)[0]
 
 
+def _optimizers() -> list[str]:
+    import timm.optim
+
+    names = [str(name) for name in timm.optim.list_optimizers()]
+    # create_optimizer_v2 also takes `lookahead_<name>`.
+    return names + [f"lookahead_{name}" for name in names]
+
+
 def _check_job(job: JobRequest) -> None:
     # The train/ and val/ subdirectories of an ImageFolder dataset, checked the way the adapter will read them.
     from trainingplatform_trainer_timm import datasets
 
     datasets.check_dataset(job.dataset)
+    _check_optimizer(job)
+
+
+def _check_optimizer(job: JobRequest) -> None:
+    """Builds the optimizer the adapter will build, on a one-parameter model: a name timm lists but cannot build
+    here (APEX or bitsandbytes without CUDA or the package) is refused now, not in the training process."""
+    import torch
+    from timm.optim import create_optimizer_v2
+
+    from trainingplatform_trainer_timm.adapter import DEFAULT_OPTIMIZER, DEFAULT_WEIGHT_DECAY
+
+    advanced = job.advanced
+    name = advanced.optimizer or DEFAULT_OPTIMIZER
+    args: dict[str, Any] = {
+        "lr": job.training.learning_rate or 1e-3,
+        "weight_decay": advanced.weight_decay if advanced.weight_decay is not None else DEFAULT_WEIGHT_DECAY,
+    }
+    if advanced.momentum is not None:
+        args["momentum"] = advanced.momentum
+    try:
+        create_optimizer_v2(torch.nn.Linear(1, 1), opt=name, **args)
+    except Exception as error:
+        raise ValueError(
+            f"advanced_config.optimizer: timm cannot build {name[:100]!r} on this trainer: "
+            f"{type(error).__name__}: {str(error)[:300]}"
+        ) from None
 
 
 DESCRIPTION = FrameworkDescription(
@@ -48,6 +91,8 @@ DESCRIPTION = FrameworkDescription(
     list_devices=_devices,
     model_key=_model_key,
     check_job=_check_job,
+    list_optimizers=_optimizers,
+    extra_options=lambda: EXTRA_OPTIONS,
 )
 
 

@@ -19,12 +19,13 @@ epoch == epochs): that result is logged as a message and returned in the Trainin
 per-epoch points.
 
 `advanced_config` maps onto ultralytics' train arguments: optimizer (sgd, adam, adamw, nadam, radam, rmsprop,
-adamax, auto), weight_decay, momentum, warmup_epochs, seed, mixed_precision -> amp, lr_scheduler (cosine ->
+adamax, musgd, auto), weight_decay, momentum, warmup_epochs, seed, mixed_precision -> amp, lr_scheduler (cosine ->
 cos_lr; linear -> ultralytics' linear decay; constant -> lrf=1; step is not supported and is warned about), and
 augmentation: horizontal_flip_probability -> fliplr, scale -> scale, color_jitter c -> hsv_s = hsv_v = c, and
 enabled=false -> every augmentation off (mosaic included). `extra` keys that are ultralytics train arguments
 (`mosaic`, `close_mosaic`, `patience`, `plots`, ...) are passed through; `num_threads` sets the CPU threads;
-every other key gets a warning.
+every other key gets a warning here; the trainer service refuses unknown keys and bad values at submit
+(options.py).
 
 Checkpoints are ultralytics' own: `output_dir/weights/best.pt` and `last.pt`. Everything ultralytics writes
 (settings, font, plots, label caches, the `shapes` dataset) stays under `output_dir` — see offline.py.
@@ -64,10 +65,14 @@ OPTIMIZERS = {
     "radam": "RAdam",
     "rmsprop": "RMSProp",
     "adamax": "Adamax",
+    "musgd": "MuSGD",
     "auto": "auto",
 }
 #: Train arguments this adapter sets itself: `extra` may not override them.
-OWNED_ARGS = frozenset({"model", "data", "epochs", "project", "name", "exist_ok", "mode", "task", "save_dir", "resume"})
+OWNED_ARGS = frozenset(
+    {"model", "data", "epochs", "project", "name", "exist_ok", "mode", "task", "save_dir", "resume"}
+    | {"device", "cfg", "distill_model"}
+)
 #: Augmentation arguments zeroed by `augmentation.enabled = false`.
 AUGMENTATION_ARGS_OFF = (
     *("hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud", "fliplr"),

@@ -13,7 +13,14 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from trainingplatform_sdk.spec.configs import ConfigError, DatasetConfig
 
-__all__ = ["BUILTIN_DATASETS", "SHAPES_CLASSES", "check_dataset", "resolve_data_yaml", "write_shapes_dataset"]
+__all__ = [
+    "BUILTIN_DATASETS",
+    "SHAPES_CLASSES",
+    "check_dataset",
+    "referenced_paths",
+    "resolve_data_yaml",
+    "write_shapes_dataset",
+]
 
 BUILTIN_DATASETS = ("shapes",)
 SHAPES_CLASSES = ("rectangle", "circle")
@@ -38,6 +45,55 @@ def check_dataset(config: DatasetConfig) -> None:
         raise ConfigError(f"dataset_config.format: the ultralytics trainer reads yolo or builtin, not {fmt!r}")
     if not Path(config.path).is_file():
         raise FileNotFoundError(f"dataset path {config.path!r} does not exist (expected a YOLO data.yaml file)")
+
+
+def referenced_paths(config: DatasetConfig) -> list[str]:
+    """The directories and files a YOLO data.yaml points ultralytics at: its `path` and its `train`, `val` and
+    `test` entries, absolute. The trainer service checks that each lies under its data roots.
+
+    Raises:
+        ValueError: The file is not a YOLO data.yaml (a mapping with `train` and `val`), or its `path` is relative
+            (ultralytics would resolve it against its own working or datasets directory, not the yaml's).
+        FileNotFoundError: A `train` or `val` entry does not exist (ultralytics would try to download it).
+    """
+    if config.resolved_format != "yolo":
+        return []
+    import yaml  # type: ignore[import-untyped]
+
+    yaml_path = Path(config.path)
+    try:
+        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(
+            f"{str(yaml_path)[:100]!r} is not a readable YOLO data.yaml ({type(error).__name__})"
+        ) from None
+    if not isinstance(data, dict) or "train" not in data or "val" not in data:
+        raise ValueError(f"{str(yaml_path)[:100]!r} is not a YOLO data.yaml: it needs `train` and `val` entries")
+    base_value = data.get("path")
+    if base_value in (None, ""):
+        base = yaml_path.parent
+    elif isinstance(base_value, str) and Path(base_value).is_absolute():
+        base = Path(base_value)
+    else:
+        raise ValueError(
+            f"the `path` of {str(yaml_path)[:100]!r} must be absolute, or left out for the yaml's directory"
+        )
+    paths = [str(base)]
+    for key in ("train", "val", "test"):
+        entries = data.get(key)
+        if entries in (None, ""):
+            continue
+        for entry in entries if isinstance(entries, list) else [entries]:
+            if not isinstance(entry, str):
+                raise ValueError(f"`{key}` of {str(yaml_path)[:100]!r}: expected a path or a list of paths")
+            target = base / entry
+            if key != "test" and not target.exists():
+                raise FileNotFoundError(
+                    f"`{key}` of {str(yaml_path)[:100]!r} names {str(target)[:100]!r}, which does not exist "
+                    "(trainers never download data sets)"
+                )
+            paths.append(str(target))
+    return paths
 
 
 def resolve_data_yaml(config: DatasetConfig, work_dir: Path, image_size: int, seed: int = 0) -> Path:

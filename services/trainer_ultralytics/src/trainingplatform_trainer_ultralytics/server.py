@@ -13,7 +13,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainingplatform_sdk.trainer_service import FrameworkDescription, serve
+from trainingplatform_sdk.spec.configs import DatasetConfig
+from trainingplatform_sdk.trainer_service import FrameworkDescription, JobRequest, serve
+
+from trainingplatform_trainer_ultralytics.options import MAX_SEED, check_extra_values, extra_options
 
 __all__ = ["DESCRIPTION", "detection_model_yamls", "main"]
 
@@ -51,6 +54,29 @@ def _devices() -> list[str]:
     return ["cpu"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())]
 
 
+def _optimizers() -> list[str]:
+    from trainingplatform_trainer_ultralytics.adapter import OPTIMIZERS
+
+    return list(OPTIMIZERS)
+
+
+def _dataset_paths(dataset: DatasetConfig) -> list[str]:
+    from trainingplatform_trainer_ultralytics import datasets
+
+    return datasets.referenced_paths(dataset)
+
+
+def _check_job(job: JobRequest) -> None:
+    # The dataset as the adapter reads it, and the values ultralytics accepts several types for.
+    from trainingplatform_trainer_ultralytics import datasets
+
+    datasets.check_dataset(job.dataset)
+    seed = job.advanced.seed
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"advanced_config.seed: from 0 to {MAX_SEED} for ultralytics (a numpy seed), got {seed}")
+    check_extra_values(job.advanced.extra)
+
+
 DESCRIPTION = FrameworkDescription(
     framework="ultralytics",
     tasks=("object_detection",),
@@ -59,6 +85,10 @@ DESCRIPTION = FrameworkDescription(
     default_listen="127.0.0.1:50062",
     list_models=detection_model_yamls,
     list_devices=_devices,
+    check_job=_check_job,
+    dataset_paths=_dataset_paths,
+    list_optimizers=_optimizers,
+    extra_options=extra_options,
 )
 
 

@@ -226,3 +226,57 @@ class LogBatch(_message.Message):
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[_telemetry_pb2.LogRecord]
     def __init__(self, records: _Optional[_Iterable[_Union[_telemetry_pb2.LogRecord, _Mapping]]] = ...) -> None: ...
+
+class GetMetricSeriesRequest(_message.Message):
+    __slots__ = ("job_id", "keys", "max_points", "min_step", "max_step")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_STEP_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEP_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    max_points: int
+    min_step: int
+    max_step: int
+    def __init__(self, job_id: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., max_points: _Optional[int] = ..., min_step: _Optional[int] = ..., max_step: _Optional[int] = ...) -> None: ...
+
+class MetricBucket(_message.Message):
+    __slots__ = ("first_step", "last_step", "min", "max", "last", "count", "first_epoch", "last_epoch", "nan_count")
+    FIRST_STEP_FIELD_NUMBER: _ClassVar[int]
+    LAST_STEP_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LAST_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    NAN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    first_step: int
+    last_step: int
+    min: float
+    max: float
+    last: float
+    count: int
+    first_epoch: int
+    last_epoch: int
+    nan_count: int
+    def __init__(self, first_step: _Optional[int] = ..., last_step: _Optional[int] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., last: _Optional[float] = ..., count: _Optional[int] = ..., first_epoch: _Optional[int] = ..., last_epoch: _Optional[int] = ..., nan_count: _Optional[int] = ...) -> None: ...
+
+class MetricSeries(_message.Message):
+    __slots__ = ("key", "buckets", "total_points")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_POINTS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    buckets: _containers.RepeatedCompositeFieldContainer[MetricBucket]
+    total_points: int
+    def __init__(self, key: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[MetricBucket, _Mapping]]] = ..., total_points: _Optional[int] = ...) -> None: ...
+
+class GetMetricSeriesResponse(_message.Message):
+    __slots__ = ("series", "last_sequence")
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    series: _containers.RepeatedCompositeFieldContainer[MetricSeries]
+    last_sequence: int
+    def __init__(self, series: _Optional[_Iterable[_Union[MetricSeries, _Mapping]]] = ..., last_sequence: _Optional[int] = ...) -> None: ...

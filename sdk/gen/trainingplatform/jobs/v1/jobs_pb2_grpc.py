@@ -28,11 +28,18 @@ if _version_not_supported:
 class JobsServiceStub:
     """JobsService is served by the backend.
 
-    Authentication: `authorization: Bearer <token>` metadata. CreateJob and CancelJob need the internal service
-    token. Reads (GetJob, ListJobs, ListMetrics, ListLogs, SubscribeTelemetry) accept the internal service token
-    or the read token (READ_AUTH_TOKEN, for dashboards); a job's telemetry token may read that job only
-    (GetJob, ListMetrics, ListLogs, SubscribeTelemetry) and cannot list jobs. A missing or unknown token gets
-    UNAUTHENTICATED; a token without the right gets PERMISSION_DENIED.
+    Authentication: `authorization: Bearer <token>` metadata. CreateJob and CancelJob need the front-end token
+    (FRONTEND_AUTH_TOKEN: the CLI, dashboards and other services) or the internal service token. Reads (GetJob,
+    ListJobs, ListMetrics, GetMetricSeries, ListLogs, SubscribeTelemetry and the other read RPCs) also accept the read
+    token (READ_AUTH_TOKEN); a job's telemetry token may read that job only and cannot list jobs. A missing or unknown
+    token gets UNAUTHENTICATED; a token without the right gets PERMISSION_DENIED. A call without a valid token is
+    refused before its request is read.
+
+    Limits (each answered RESOURCE_EXHAUSTED): TP_MAX_CONCURRENT_RPCS calls at once per server (10,000),
+    TP_MAX_CONCURRENT_STREAMS calls at once per connection (100; more wait on the client),
+    TP_MAX_SUBSCRIPTIONS_PER_CALLER open SubscribeTelemetry calls per token, per job for job tokens (64), and a
+    request message of at most TP_MAX_MESSAGE_BYTES (8 MiB). No status message is longer than 2 KiB, and one
+    quotes at most about 100 characters of an input.
     """
 
     def __init__(self, channel):
@@ -76,16 +83,28 @@ class JobsServiceStub:
                 request_serializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.SubscribeTelemetryRequest.SerializeToString,
                 response_deserializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.SubscribeTelemetryResponse.FromString,
                 _registered_method=True)
+        self.GetMetricSeries = channel.unary_unary(
+                '/trainingplatform.jobs.v1.JobsService/GetMetricSeries',
+                request_serializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesRequest.SerializeToString,
+                response_deserializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesResponse.FromString,
+                _registered_method=True)
 
 
 class JobsServiceServicer:
     """JobsService is served by the backend.
 
-    Authentication: `authorization: Bearer <token>` metadata. CreateJob and CancelJob need the internal service
-    token. Reads (GetJob, ListJobs, ListMetrics, ListLogs, SubscribeTelemetry) accept the internal service token
-    or the read token (READ_AUTH_TOKEN, for dashboards); a job's telemetry token may read that job only
-    (GetJob, ListMetrics, ListLogs, SubscribeTelemetry) and cannot list jobs. A missing or unknown token gets
-    UNAUTHENTICATED; a token without the right gets PERMISSION_DENIED.
+    Authentication: `authorization: Bearer <token>` metadata. CreateJob and CancelJob need the front-end token
+    (FRONTEND_AUTH_TOKEN: the CLI, dashboards and other services) or the internal service token. Reads (GetJob,
+    ListJobs, ListMetrics, GetMetricSeries, ListLogs, SubscribeTelemetry and the other read RPCs) also accept the read
+    token (READ_AUTH_TOKEN); a job's telemetry token may read that job only and cannot list jobs. A missing or unknown
+    token gets UNAUTHENTICATED; a token without the right gets PERMISSION_DENIED. A call without a valid token is
+    refused before its request is read.
+
+    Limits (each answered RESOURCE_EXHAUSTED): TP_MAX_CONCURRENT_RPCS calls at once per server (10,000),
+    TP_MAX_CONCURRENT_STREAMS calls at once per connection (100; more wait on the client),
+    TP_MAX_SUBSCRIPTIONS_PER_CALLER open SubscribeTelemetry calls per token, per job for job tokens (64), and a
+    request message of at most TP_MAX_MESSAGE_BYTES (8 MiB). No status message is longer than 2 KiB, and one
+    quotes at most about 100 characters of an input.
     """
 
     def CreateJob(self, request, context):
@@ -96,9 +115,15 @@ class JobsServiceServicer:
         trainers from the database (retrying busy or unreachable trainers, and resuming after a backend restart),
         so a caller's deadline never interrupts a dispatch. Retries with the same `request_id` return the same job.
 
-        Errors: INVALID_ARGUMENT (missing framework or model name, epochs < 1, a field out of range, request_id
-        longer than 64 characters), FAILED_PRECONDITION (no trainer configured for the framework), ALREADY_EXISTS
-        (request_id already used by a different request), UNAUTHENTICATED, PERMISSION_DENIED.
+        Errors: INVALID_ARGUMENT (missing framework or model name, epochs < 1 or above TP_MAX_EPOCHS, a field out
+        of its range (the bounds are on each field of JobSpec), a spec over TP_MAX_SPEC_BYTES, a display_name or
+        request_id too long or with control characters; and, for a job to be dispatched, whatever a trainer of the
+        framework refuses when asked to validate the spec (StartTraining with validate_only): an unknown model or
+        option with the closest valid names, a value out of range, a dataset path outside the trainer's data roots),
+        NOT_FOUND (the trainer has no such dataset path or checkpoint), FAILED_PRECONDITION (no trainer configured for
+        the framework), ALREADY_EXISTS (request_id already used by a different request), UNAUTHENTICATED,
+        PERMISSION_DENIED. A trainer that cannot be reached within 5 s does not block the job: it is validated again
+        when dispatched.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,7 +132,7 @@ class JobsServiceServicer:
     def GetJob(self, request, context):
         """Returns one job with its status history.
 
-        Errors: NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
+        Errors: INVALID_ARGUMENT (a job_id that is not one), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,6 +140,19 @@ class JobsServiceServicer:
 
     def ListJobs(self, request, context):
         """Lists jobs, newest first, optionally filtered by status and framework.
+
+        Pages: a page ends at `page_size` items, or earlier when one more item would make the response larger than
+        half the server's largest message (TP_MAX_MESSAGE_BYTES) less 4 KiB: 4 MiB - 4 KiB by default, within
+        gRPC's default receive limit of clients. `next_page_token` is then set: a page may hold fewer items than
+        asked while more follow. Page tokens are opaque and signed by the deployment (TP_PAGE_TOKEN_KEY); a token
+        is valid only for the request kind and filters it was issued for. A token this server did not issue for
+        them (forged, altered, truncated, longer than 1024 characters, issued for other filters or by another
+        deployment) gets INVALID_ARGUMENT "page_token is not a token this server issued (start again without it)".
+
+        A job too large to fit in a page alone (possible only for a spec stored before the spec size limit) is
+        listed trimmed: its spec holds only the framework and the model name and, if that is still too large, it
+        has no artifacts and no error detail. GetJob returns it whole (when it fits in the largest message). No
+        stored job can make ListJobs fail.
 
         Errors: INVALID_ARGUMENT (bad page token or page size), UNAUTHENTICATED, PERMISSION_DENIED.
         """
@@ -126,8 +164,8 @@ class JobsServiceServicer:
         """Cancels a job: its trainer is told to stop and the job ends CANCELLED. Cancelling a job that already
         ended CANCELLED succeeds.
 
-        Errors: NOT_FOUND, FAILED_PRECONDITION (the job already COMPLETED or FAILED), UNAUTHENTICATED,
-        PERMISSION_DENIED.
+        Errors: INVALID_ARGUMENT (a job_id that is not one), NOT_FOUND, FAILED_PRECONDITION (the job already
+        COMPLETED or FAILED), UNAUTHENTICATED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +173,8 @@ class JobsServiceServicer:
 
     def ListMetrics(self, request, context):
         """Reads a job's committed metric points in sequence order, optionally only some keys.
+
+        Pages: as ListJobs (a page ends early by bytes, with `next_page_token` set).
 
         Errors: INVALID_ARGUMENT (bad page token or page size), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
         """
@@ -144,6 +184,8 @@ class JobsServiceServicer:
 
     def ListLogs(self, request, context):
         """Reads a job's committed log records in sequence order, optionally from a minimum level.
+
+        Pages: as ListJobs (a page of long records ends early by bytes).
 
         Errors: INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
         """
@@ -170,8 +212,36 @@ class JobsServiceServicer:
         overflows it receives a `lagged` notice and the server continues from the database at its cursor, so
         nothing is skipped.
 
-        Errors: NOT_FOUND, INVALID_ARGUMENT (negative cursor), UNAUTHENTICATED, PERMISSION_DENIED,
+        Errors: NOT_FOUND, INVALID_ARGUMENT (a job_id that is not one, a cursor position out of its range),
+        UNAUTHENTICATED, PERMISSION_DENIED,
         UNAVAILABLE (the server is shutting down; resubscribe from the last cursor).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMetricSeries(self, request, context):
+        """Reads a job's metric series bucketed on the server, for charts of any length: each key's points with a
+        step in [min_step, max_step] are split by step into at most `max_points` buckets of equal step width (the
+        key's lowest to highest step in that range, divided evenly), and each bucket gives its first and last
+        step, the lowest and highest value, the last value and the number of points. A chart draws the min/max
+        band and the last-value line, so a spike is never hidden however many points a bucket holds. A bucket
+        holding at most one point per step is exact: with fewer distinct steps than `max_points`, every point
+        has a bucket of its own.
+
+        Points without a step (per-epoch values logged without one) are in no bucket. Keys come in key order,
+        buckets in step order; empty buckets are left out. The answer is one consistent read: it holds every
+        point committed up to `last_sequence` and none after, so a SubscribeTelemetry with
+        `after.metric_sequence = last_sequence` continues it live without a gap or a duplicate.
+
+        A key's 1,000,000 points are read in well under a second (bench/bench_series.py): the bucketing runs in
+        the database (one scan of the job's points), the answer is at most `max_points` buckets per key.
+
+        Auth: as ListMetrics (the internal, front-end or read token; a job's telemetry token for that job only).
+
+        Errors: INVALID_ARGUMENT (a job_id that is not one; more than 1000 keys or a key breaking
+        MetricPoint.key's rules; max_points outside 0 to 10000; min_step or max_step outside 0 to 2^53-1;
+        min_step above max_step), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,6 +285,11 @@ def add_JobsServiceServicer_to_server(servicer, server):
                     request_deserializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.SubscribeTelemetryRequest.FromString,
                     response_serializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.SubscribeTelemetryResponse.SerializeToString,
             ),
+            'GetMetricSeries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMetricSeries,
+                    request_deserializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesRequest.FromString,
+                    response_serializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'trainingplatform.jobs.v1.JobsService', rpc_method_handlers)
@@ -226,11 +301,18 @@ def add_JobsServiceServicer_to_server(servicer, server):
 class JobsService:
     """JobsService is served by the backend.
 
-    Authentication: `authorization: Bearer <token>` metadata. CreateJob and CancelJob need the internal service
-    token. Reads (GetJob, ListJobs, ListMetrics, ListLogs, SubscribeTelemetry) accept the internal service token
-    or the read token (READ_AUTH_TOKEN, for dashboards); a job's telemetry token may read that job only
-    (GetJob, ListMetrics, ListLogs, SubscribeTelemetry) and cannot list jobs. A missing or unknown token gets
-    UNAUTHENTICATED; a token without the right gets PERMISSION_DENIED.
+    Authentication: `authorization: Bearer <token>` metadata. CreateJob and CancelJob need the front-end token
+    (FRONTEND_AUTH_TOKEN: the CLI, dashboards and other services) or the internal service token. Reads (GetJob,
+    ListJobs, ListMetrics, GetMetricSeries, ListLogs, SubscribeTelemetry and the other read RPCs) also accept the read
+    token (READ_AUTH_TOKEN); a job's telemetry token may read that job only and cannot list jobs. A missing or unknown
+    token gets UNAUTHENTICATED; a token without the right gets PERMISSION_DENIED. A call without a valid token is
+    refused before its request is read.
+
+    Limits (each answered RESOURCE_EXHAUSTED): TP_MAX_CONCURRENT_RPCS calls at once per server (10,000),
+    TP_MAX_CONCURRENT_STREAMS calls at once per connection (100; more wait on the client),
+    TP_MAX_SUBSCRIPTIONS_PER_CALLER open SubscribeTelemetry calls per token, per job for job tokens (64), and a
+    request message of at most TP_MAX_MESSAGE_BYTES (8 MiB). No status message is longer than 2 KiB, and one
+    quotes at most about 100 characters of an input.
     """
 
     @staticmethod
@@ -412,6 +494,33 @@ class JobsService:
             '/trainingplatform.jobs.v1.JobsService/SubscribeTelemetry',
             trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.SubscribeTelemetryRequest.SerializeToString,
             trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.SubscribeTelemetryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMetricSeries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainingplatform.jobs.v1.JobsService/GetMetricSeries',
+            trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesRequest.SerializeToString,
+            trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,7 +31,11 @@ class TrainingTelemetryServiceStub:
     Authentication: every call carries `authorization: Bearer <token>` metadata, where the token is either the
     job's telemetry token (minted by the backend when the job is created and handed to the trainer; valid for
     that job only) or the internal service token (INTERNAL_AUTH_TOKEN). A missing or unknown token gets
-    UNAUTHENTICATED; a telemetry token used for another job gets PERMISSION_DENIED.
+    UNAUTHENTICATED, before the request is read; a telemetry token used for another job gets PERMISSION_DENIED.
+    A job's token stops writing TP_JOB_TOKEN_GRACE_S (1 hour) after its job ended: its writes then get
+    PERMISSION_DENIED naming the end time; it can still read. At most TP_MAX_STREAMS_PER_JOB (8) StreamMetrics and
+    StreamLogs calls are open at once per job; past it a stream gets RESOURCE_EXHAUSTED (the SDK waits and
+    retries).
 
     Dispatch attempts: every StartTraining the backend sends is an attempt with its own token, scoped to that
     attempt. When a job goes to another trainer (a StartTraining past its deadline may still have started a
@@ -90,7 +94,11 @@ class TrainingTelemetryServiceServicer:
     Authentication: every call carries `authorization: Bearer <token>` metadata, where the token is either the
     job's telemetry token (minted by the backend when the job is created and handed to the trainer; valid for
     that job only) or the internal service token (INTERNAL_AUTH_TOKEN). A missing or unknown token gets
-    UNAUTHENTICATED; a telemetry token used for another job gets PERMISSION_DENIED.
+    UNAUTHENTICATED, before the request is read; a telemetry token used for another job gets PERMISSION_DENIED.
+    A job's token stops writing TP_JOB_TOKEN_GRACE_S (1 hour) after its job ended: its writes then get
+    PERMISSION_DENIED naming the end time; it can still read. At most TP_MAX_STREAMS_PER_JOB (8) StreamMetrics and
+    StreamLogs calls are open at once per job; past it a stream gets RESOURCE_EXHAUSTED (the SDK waits and
+    retries).
 
     Dispatch attempts: every StartTraining the backend sends is an attempt with its own token, scoped to that
     attempt. When a job goes to another trainer (a StartTraining past its deadline may still have started a
@@ -112,8 +120,9 @@ class TrainingTelemetryServiceServicer:
         status, so telemetry delivered late (a replayed spool) is never lost. The response, sent after the client
         half-closes, totals what this call committed.
 
-        Errors: INVALID_ARGUMENT (first message without a job id, a later message naming another job, empty or
-        over-long key, sequence < 1, negative step or epoch), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a
+        Errors: INVALID_ARGUMENT (first message without a job id, a job_id that is not one, a later message naming
+        another job, a field out of its range: an empty, over-long or control-character key, a sequence, step or
+        epoch out of its bounds, a wall_time that is not finite), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a
         message over the server's size limit), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is
         shutting down; resume from the cursor).
         """
@@ -134,7 +143,7 @@ class TrainingTelemetryServiceServicer:
         """Moves the job to a new status. Repeating the current status succeeds without a new event, so a client can
         retry safely.
 
-        Errors: INVALID_ARGUMENT (unspecified status), NOT_FOUND, FAILED_PRECONDITION (a transition the state
+        Errors: INVALID_ARGUMENT (unspecified status, a job_id that is not one), NOT_FOUND, FAILED_PRECONDITION (a transition the state
         machine does not allow; the message names the current status), UNAUTHENTICATED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -145,8 +154,8 @@ class TrainingTelemetryServiceServicer:
         """Records the summary of one epoch (the old `log_epoch_summary`). Idempotent per (job, epoch): a resent
         summary replaces the stored one.
 
-        Errors: INVALID_ARGUMENT (negative epoch or duration, bad metric key), NOT_FOUND, UNAUTHENTICATED,
-        PERMISSION_DENIED.
+        Errors: INVALID_ARGUMENT (epoch or duration out of its range, bad metric key, too many metrics, an end_time
+        that is not a valid Timestamp), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,7 +174,7 @@ class TrainingTelemetryServiceServicer:
     def GetStreamCursor(self, request, context):
         """Returns the committed cursor of a job's streams: where a client resumes after a broken stream.
 
-        Errors: NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
+        Errors: INVALID_ARGUMENT (a job_id that is not one), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,7 +227,11 @@ class TrainingTelemetryService:
     Authentication: every call carries `authorization: Bearer <token>` metadata, where the token is either the
     job's telemetry token (minted by the backend when the job is created and handed to the trainer; valid for
     that job only) or the internal service token (INTERNAL_AUTH_TOKEN). A missing or unknown token gets
-    UNAUTHENTICATED; a telemetry token used for another job gets PERMISSION_DENIED.
+    UNAUTHENTICATED, before the request is read; a telemetry token used for another job gets PERMISSION_DENIED.
+    A job's token stops writing TP_JOB_TOKEN_GRACE_S (1 hour) after its job ended: its writes then get
+    PERMISSION_DENIED naming the end time; it can still read. At most TP_MAX_STREAMS_PER_JOB (8) StreamMetrics and
+    StreamLogs calls are open at once per job; past it a stream gets RESOURCE_EXHAUSTED (the SDK waits and
+    retries).
 
     Dispatch attempts: every StartTraining the backend sends is an attempt with its own token, scoped to that
     attempt. When a job goes to another trainer (a StartTraining past its deadline may still have started a

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from trainingplatform.common.v1 import common_pb2 as trainingplatform_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)trainingplatform/trainer/v1/trainer.proto\x12\x1btrainingplatform.trainer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'trainingplatform/common/v1/common.proto\"\xbe\x01\n\x14StartTrainingRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x37\n\x04spec\x18\x02 \x01(\x0b\x32#.trainingplatform.common.v1.JobSpecR\x04spec\x12-\n\x12telemetry_endpoint\x18\x03 \x01(\tR\x11telemetryEndpoint\x12\'\n\x0ftelemetry_token\x18\x04 \x01(\tR\x0etelemetryToken\".\n\x15StartTrainingResponse\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\"\xcb\x04\n\x0bTrainingRun\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x15\n\x06job_id\x18\x02 \x01(\tR\x05jobId\x12;\n\x05state\x18\x03 \x01(\x0e\x32%.trainingplatform.trainer.v1.RunStateR\x05state\x12\x10\n\x03pid\x18\x04 \x01(\x05R\x03pid\x12#\n\rcurrent_epoch\x18\x05 \x01(\x03R\x0c\x63urrentEpoch\x12!\n\x0ctotal_epochs\x18\x06 \x01(\x03R\x0btotalEpochs\x12\x62\n\x0elatest_metrics\x18\x07 \x03(\x0b\x32;.trainingplatform.trainer.v1.TrainingRun.LatestMetricsEntryR\rlatestMetrics\x12\x1b\n\texit_code\x18\x08 \x01(\x05R\x08\x65xitCode\x12#\n\rerror_message\x18\t \x01(\tR\x0c\x65rrorMessage\x12\x39\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x1d\n\noutput_dir\x18\x0c \x01(\tR\toutputDir\x1a@\n\x12LatestMetricsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value:\x02\x38\x01\"B\n\x12GetTrainingRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x15\n\x06job_id\x18\x02 \x01(\tR\x05jobId\"Q\n\x13GetTrainingResponse\x12:\n\x03run\x18\x01 \x01(\x0b\x32(.trainingplatform.trainer.v1.TrainingRunR\x03run\"R\n\x14ListTrainingsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"}\n\x15ListTrainingsResponse\x12<\n\x04runs\x18\x01 \x03(\x0b\x32(.trainingplatform.trainer.v1.TrainingRunR\x04runs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"w\n\x15\x43\x61ncelTrainingRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x15\n\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x30\n\x14grace_period_seconds\x18\x03 \x01(\x05R\x12gracePeriodSeconds\"T\n\x16\x43\x61ncelTrainingResponse\x12:\n\x03run\x18\x01 \x01(\x0b\x32(.trainingplatform.trainer.v1.TrainingRunR\x03run\"\x18\n\x16GetCapabilitiesRequest\"\xda\x01\n\x17GetCapabilitiesResponse\x12\x1c\n\tframework\x18\x01 \x01(\tR\tframework\x12\x14\n\x05tasks\x18\x02 \x03(\tR\x05tasks\x12\x16\n\x06models\x18\x03 \x03(\tR\x06models\x12\x18\n\x07\x64\x65vices\x18\x04 \x03(\tR\x07\x64\x65vices\x12)\n\x10\x62uiltin_datasets\x18\x05 \x03(\tR\x0f\x62uiltinDatasets\x12.\n\x13max_concurrent_jobs\x18\x06 \x01(\x05R\x11maxConcurrentJobs*\x9c\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATE_STARTING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05\x32\xeb\x04\n\x0eTrainerService\x12v\n\rStartTraining\x12\x31.trainingplatform.trainer.v1.StartTrainingRequest\x1a\x32.trainingplatform.trainer.v1.StartTrainingResponse\x12p\n\x0bGetTraining\x12/.trainingplatform.trainer.v1.GetTrainingRequest\x1a\x30.trainingplatform.trainer.v1.GetTrainingResponse\x12v\n\rListTrainings\x12\x31.trainingplatform.trainer.v1.ListTrainingsRequest\x1a\x32.trainingplatform.trainer.v1.ListTrainingsResponse\x12y\n\x0e\x43\x61ncelTraining\x12\x32.trainingplatform.trainer.v1.CancelTrainingRequest\x1a\x33.trainingplatform.trainer.v1.CancelTrainingResponse\x12|\n\x0fGetCapabilities\x12\x33.trainingplatform.trainer.v1.GetCapabilitiesRequest\x1a\x34.trainingplatform.trainer.v1.GetCapabilitiesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)trainingplatform/trainer/v1/trainer.proto\x12\x1btrainingplatform.trainer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'trainingplatform/common/v1/common.proto\"\xe3\x01\n\x14StartTrainingRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x37\n\x04spec\x18\x02 \x01(\x0b\x32#.trainingplatform.common.v1.JobSpecR\x04spec\x12-\n\x12telemetry_endpoint\x18\x03 \x01(\tR\x11telemetryEndpoint\x12\'\n\x0ftelemetry_token\x18\x04 \x01(\tR\x0etelemetryToken\x12#\n\rvalidate_only\x18\x05 \x01(\x08R\x0cvalidateOnly\".\n\x15StartTrainingResponse\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\"\xcb\x04\n\x0bTrainingRun\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x15\n\x06job_id\x18\x02 \x01(\tR\x05jobId\x12;\n\x05state\x18\x03 \x01(\x0e\x32%.trainingplatform.trainer.v1.RunStateR\x05state\x12\x10\n\x03pid\x18\x04 \x01(\x05R\x03pid\x12#\n\rcurrent_epoch\x18\x05 \x01(\x03R\x0c\x63urrentEpoch\x12!\n\x0ctotal_epochs\x18\x06 \x01(\x03R\x0btotalEpochs\x12\x62\n\x0elatest_metrics\x18\x07 \x03(\x0b\x32;.trainingplatform.trainer.v1.TrainingRun.LatestMetricsEntryR\rlatestMetrics\x12\x1b\n\texit_code\x18\x08 \x01(\x05R\x08\x65xitCode\x12#\n\rerror_message\x18\t \x01(\tR\x0c\x65rrorMessage\x12\x39\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\x1d\n\noutput_dir\x18\x0c \x01(\tR\toutputDir\x1a@\n\x12LatestMetricsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value:\x02\x38\x01\"B\n\x12GetTrainingRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x15\n\x06job_id\x18\x02 \x01(\tR\x05jobId\"Q\n\x13GetTrainingResponse\x12:\n\x03run\x18\x01 \x01(\x0b\x32(.trainingplatform.trainer.v1.TrainingRunR\x03run\"R\n\x14ListTrainingsRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\"}\n\x15ListTrainingsResponse\x12<\n\x04runs\x18\x01 \x03(\x0b\x32(.trainingplatform.trainer.v1.TrainingRunR\x04runs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"w\n\x15\x43\x61ncelTrainingRequest\x12\x15\n\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x15\n\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x30\n\x14grace_period_seconds\x18\x03 \x01(\x05R\x12gracePeriodSeconds\"T\n\x16\x43\x61ncelTrainingResponse\x12:\n\x03run\x18\x01 \x01(\x0b\x32(.trainingplatform.trainer.v1.TrainingRunR\x03run\"\x18\n\x16GetCapabilitiesRequest\"\xda\x01\n\x17GetCapabilitiesResponse\x12\x1c\n\tframework\x18\x01 \x01(\tR\tframework\x12\x14\n\x05tasks\x18\x02 \x03(\tR\x05tasks\x12\x16\n\x06models\x18\x03 \x03(\tR\x06models\x12\x18\n\x07\x64\x65vices\x18\x04 \x03(\tR\x07\x64\x65vices\x12)\n\x10\x62uiltin_datasets\x18\x05 \x03(\tR\x0f\x62uiltinDatasets\x12.\n\x13max_concurrent_jobs\x18\x06 \x01(\x05R\x11maxConcurrentJobs*\x9c\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATE_STARTING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05\x32\xeb\x04\n\x0eTrainerService\x12v\n\rStartTraining\x12\x31.trainingplatform.trainer.v1.StartTrainingRequest\x1a\x32.trainingplatform.trainer.v1.StartTrainingResponse\x12p\n\x0bGetTraining\x12/.trainingplatform.trainer.v1.GetTrainingRequest\x1a\x30.trainingplatform.trainer.v1.GetTrainingResponse\x12v\n\rListTrainings\x12\x31.trainingplatform.trainer.v1.ListTrainingsRequest\x1a\x32.trainingplatform.trainer.v1.ListTrainingsResponse\x12y\n\x0e\x43\x61ncelTraining\x12\x32.trainingplatform.trainer.v1.CancelTrainingRequest\x1a\x33.trainingplatform.trainer.v1.CancelTrainingResponse\x12|\n\x0fGetCapabilities\x12\x33.trainingplatform.trainer.v1.GetCapabilitiesRequest\x1a\x34.trainingplatform.trainer.v1.GetCapabilitiesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +35,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRAININGRUN_LATESTMETRICSENTRY']._loaded_options = None
   _globals['_TRAININGRUN_LATESTMETRICSENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATE']._serialized_start=1796
-  _globals['_RUNSTATE']._serialized_end=1952
+  _globals['_RUNSTATE']._serialized_start=1833
+  _globals['_RUNSTATE']._serialized_end=1989
   _globals['_STARTTRAININGREQUEST']._serialized_start=149
-  _globals['_STARTTRAININGREQUEST']._serialized_end=339
-  _globals['_STARTTRAININGRESPONSE']._serialized_start=341
-  _globals['_STARTTRAININGRESPONSE']._serialized_end=387
-  _globals['_TRAININGRUN']._serialized_start=390
-  _globals['_TRAININGRUN']._serialized_end=977
-  _globals['_TRAININGRUN_LATESTMETRICSENTRY']._serialized_start=913
-  _globals['_TRAININGRUN_LATESTMETRICSENTRY']._serialized_end=977
-  _globals['_GETTRAININGREQUEST']._serialized_start=979
-  _globals['_GETTRAININGREQUEST']._serialized_end=1045
-  _globals['_GETTRAININGRESPONSE']._serialized_start=1047
-  _globals['_GETTRAININGRESPONSE']._serialized_end=1128
-  _globals['_LISTTRAININGSREQUEST']._serialized_start=1130
-  _globals['_LISTTRAININGSREQUEST']._serialized_end=1212
-  _globals['_LISTTRAININGSRESPONSE']._serialized_start=1214
-  _globals['_LISTTRAININGSRESPONSE']._serialized_end=1339
-  _globals['_CANCELTRAININGREQUEST']._serialized_start=1341
-  _globals['_CANCELTRAININGREQUEST']._serialized_end=1460
-  _globals['_CANCELTRAININGRESPONSE']._serialized_start=1462
-  _globals['_CANCELTRAININGRESPONSE']._serialized_end=1546
-  _globals['_GETCAPABILITIESREQUEST']._serialized_start=1548
-  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1572
-  _globals['_GETCAPABILITIESRESPONSE']._serialized_start=1575
-  _globals['_GETCAPABILITIESRESPONSE']._serialized_end=1793
-  _globals['_TRAINERSERVICE']._serialized_start=1955
-  _globals['_TRAINERSERVICE']._serialized_end=2574
+  _globals['_STARTTRAININGREQUEST']._serialized_end=376
+  _globals['_STARTTRAININGRESPONSE']._serialized_start=378
+  _globals['_STARTTRAININGRESPONSE']._serialized_end=424
+  _globals['_TRAININGRUN']._serialized_start=427
+  _globals['_TRAININGRUN']._serialized_end=1014
+  _globals['_TRAININGRUN_LATESTMETRICSENTRY']._serialized_start=950
+  _globals['_TRAININGRUN_LATESTMETRICSENTRY']._serialized_end=1014
+  _globals['_GETTRAININGREQUEST']._serialized_start=1016
+  _globals['_GETTRAININGREQUEST']._serialized_end=1082
+  _globals['_GETTRAININGRESPONSE']._serialized_start=1084
+  _globals['_GETTRAININGRESPONSE']._serialized_end=1165
+  _globals['_LISTTRAININGSREQUEST']._serialized_start=1167
+  _globals['_LISTTRAININGSREQUEST']._serialized_end=1249
+  _globals['_LISTTRAININGSRESPONSE']._serialized_start=1251
+  _globals['_LISTTRAININGSRESPONSE']._serialized_end=1376
+  _globals['_CANCELTRAININGREQUEST']._serialized_start=1378
+  _globals['_CANCELTRAININGREQUEST']._serialized_end=1497
+  _globals['_CANCELTRAININGRESPONSE']._serialized_start=1499
+  _globals['_CANCELTRAININGRESPONSE']._serialized_end=1583
+  _globals['_GETCAPABILITIESREQUEST']._serialized_start=1585
+  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1609
+  _globals['_GETCAPABILITIESRESPONSE']._serialized_start=1612
+  _globals['_GETCAPABILITIESRESPONSE']._serialized_end=1830
+  _globals['_TRAINERSERVICE']._serialized_start=1992
+  _globals['_TRAINERSERVICE']._serialized_end=2611
 # @@protoc_insertion_point(module_scope)

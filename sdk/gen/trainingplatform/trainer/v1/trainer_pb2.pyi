@@ -27,16 +27,18 @@ RUN_STATE_FAILED: RunState
 RUN_STATE_CANCELLED: RunState
 
 class StartTrainingRequest(_message.Message):
-    __slots__ = ("job_id", "spec", "telemetry_endpoint", "telemetry_token")
+    __slots__ = ("job_id", "spec", "telemetry_endpoint", "telemetry_token", "validate_only")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: _common_pb2.JobSpec
     telemetry_endpoint: str
     telemetry_token: str
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., telemetry_endpoint: _Optional[str] = ..., telemetry_token: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., telemetry_endpoint: _Optional[str] = ..., telemetry_token: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class StartTrainingResponse(_message.Message):
     __slots__ = ("run_id",)

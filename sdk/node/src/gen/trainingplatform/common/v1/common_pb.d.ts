@@ -21,7 +21,8 @@ export declare const file_trainingplatform_common_v1_common: GenFile;
 export declare type ModelConfig = Message<"trainingplatform.common.v1.ModelConfig"> & {
   /**
    * The framework's model name: a timm model name (`resnet10t`), an ultralytics model yaml (`yolo11n.yaml`)
-   * or the path of a local checkpoint readable by the trainer. Required, at most 250 characters.
+   * or the path of a local checkpoint readable by the trainer. Required, at most 250 characters, no control
+   * characters.
    *
    * @generated from field: string name = 1;
    */
@@ -35,14 +36,14 @@ export declare type ModelConfig = Message<"trainingplatform.common.v1.ModelConfi
   pretrained: boolean;
 
   /**
-   * Number of output classes; 0 means "take it from the dataset".
+   * Number of output classes, 0 to 1,000,000; 0 means "take it from the dataset".
    *
    * @generated from field: int32 num_classes = 3;
    */
   numClasses: number;
 
   /**
-   * Square input size in pixels; 0 means the framework's default for the model.
+   * Square input size in pixels, 0 to 8192; 0 means the framework's default for the model.
    *
    * @generated from field: int32 image_size = 4;
    */
@@ -63,6 +64,7 @@ export declare const ModelConfigSchema: GenMessage<ModelConfig>;
 export declare type DatasetConfig = Message<"trainingplatform.common.v1.DatasetConfig"> & {
   /**
    * A built-in dataset name (`digits` for timm, `shapes` for ultralytics) or a free label when `path` is set.
+   * At most 250 characters, no control characters.
    *
    * @generated from field: string name = 1;
    */
@@ -70,14 +72,15 @@ export declare type DatasetConfig = Message<"trainingplatform.common.v1.DatasetC
 
   /**
    * Path on the trainer's file system: an ImageFolder directory with train/ and val/ (timm) or a YOLO
-   * data.yaml (ultralytics). Empty for built-in datasets.
+   * data.yaml (ultralytics). Empty for built-in datasets. At most 2000 characters, no control characters.
    *
    * @generated from field: string path = 2;
    */
   path: string;
 
   /**
-   * Dataset format: `builtin`, `imagefolder` or `yolo`. Empty means inferred from `name` and `path`.
+   * Dataset format: `builtin`, `imagefolder` or `yolo`. Empty means inferred from `name` and `path`. At most 64
+   * characters.
    *
    * @generated from field: string format = 3;
    */
@@ -97,42 +100,45 @@ export declare const DatasetConfigSchema: GenMessage<DatasetConfig>;
  */
 export declare type TrainingConfig = Message<"trainingplatform.common.v1.TrainingConfig"> & {
   /**
-   * Number of epochs to train; at least 1.
+   * Number of epochs to train: 1 to the server's TP_MAX_EPOCHS (10,000 by default; the setting is at most
+   * 1,000,000, the bound a client checks).
    *
    * @generated from field: int32 epochs = 1;
    */
   epochs: number;
 
   /**
-   * Images per batch; 0 means the trainer's default.
+   * Images per batch, 0 to 65,536; 0 means the trainer's default.
    *
    * @generated from field: int32 batch_size = 2;
    */
   batchSize: number;
 
   /**
-   * Initial learning rate; 0 means the trainer's default.
+   * Initial learning rate, a finite number from 0 to 100; 0 means the trainer's default.
    *
    * @generated from field: double learning_rate = 3;
    */
   learningRate: number;
 
   /**
-   * Device to train on: `auto` (or empty: CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`.
+   * Device to train on: `auto` (or empty: CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`. At most 64
+   * characters.
    *
    * @generated from field: string device = 4;
    */
   device: string;
 
   /**
-   * Report the batch loss every this many optimizer steps; 0 means the trainer's default (100).
+   * Report the batch loss every this many optimizer steps, 0 to 1,000,000; 0 means the trainer's default (100).
    *
    * @generated from field: int32 log_every_n_steps = 5;
    */
   logEveryNSteps: number;
 
   /**
-   * Data loader worker processes; 0 loads in the training process.
+   * Data loader worker processes, 0 to 1024 (a trainer may refuse more than its CPUs); 0 loads in the training
+   * process.
    *
    * @generated from field: int32 num_workers = 6;
    */
@@ -195,21 +201,21 @@ export declare const AugmentationSchema: GenMessage<Augmentation>;
 export declare type AdvancedConfig = Message<"trainingplatform.common.v1.AdvancedConfig"> & {
   /**
    * Optimizer name: `sgd`, `adam`, `adamw` (timm: any name `timm.optim.create_optimizer_v2` accepts;
-   * ultralytics: its `optimizer` argument).
+   * ultralytics: its `optimizer` argument). At most 64 characters.
    *
    * @generated from field: optional string optimizer = 1;
    */
   optimizer?: string | undefined;
 
   /**
-   * Learning-rate schedule: `cosine`, `step`, `linear`, `constant`.
+   * Learning-rate schedule: `cosine`, `step`, `linear`, `constant`. At most 64 characters.
    *
    * @generated from field: optional string lr_scheduler = 2;
    */
   lrScheduler?: string | undefined;
 
   /**
-   * L2 weight decay, at least 0.
+   * L2 weight decay, a finite number from 0 to 100.
    *
    * @generated from field: optional double weight_decay = 3;
    */
@@ -223,7 +229,7 @@ export declare type AdvancedConfig = Message<"trainingplatform.common.v1.Advance
   momentum?: number | undefined;
 
   /**
-   * Epochs of linear learning-rate warm-up, at least 0.
+   * Epochs of linear learning-rate warm-up, a finite number from 0 to 1,000,000.
    *
    * @generated from field: optional double warmup_epochs = 5;
    */
@@ -237,7 +243,7 @@ export declare type AdvancedConfig = Message<"trainingplatform.common.v1.Advance
   mixedPrecision?: boolean | undefined;
 
   /**
-   * Random seed for reproducible runs.
+   * Random seed for reproducible runs, 0 to 2^32-1.
    *
    * @generated from field: optional int64 seed = 7;
    */
@@ -251,7 +257,8 @@ export declare type AdvancedConfig = Message<"trainingplatform.common.v1.Advance
   augmentation?: Augmentation | undefined;
 
   /**
-   * Framework-specific options passed through to the framework (for example ultralytics' `mosaic`).
+   * Framework-specific options passed through to the framework (for example ultralytics' `mosaic`). At most
+   * 64 KiB serialized; finite numbers only (no NaN or infinity); no NUL character in a key or string.
    *
    * @generated from field: google.protobuf.Struct extra = 9;
    */
@@ -266,13 +273,14 @@ export declare const AdvancedConfigSchema: GenMessage<AdvancedConfig>;
 
 /**
  * Everything a trainer needs to run a job. The backend stores it and hands it to the trainer unchanged:
- * trainers never read the backend's database.
+ * trainers never read the backend's database. At most the backend's TP_MAX_SPEC_BYTES serialized (64 KiB by
+ * default); a spec beyond any bound of its fields gets INVALID_ARGUMENT naming the field.
  *
  * @generated from message trainingplatform.common.v1.JobSpec
  */
 export declare type JobSpec = Message<"trainingplatform.common.v1.JobSpec"> & {
   /**
-   * Framework that trains the job: `timm` or `ultralytics` (lower case). Required.
+   * Framework that trains the job: `timm` or `ultralytics` (lower case, at most 64 characters). Required.
    *
    * @generated from field: string framework = 1;
    */

@@ -36,28 +36,29 @@ export declare type MetricPoint = Message<"trainingplatform.telemetry.v1.MetricP
   value: number;
 
   /**
-   * Optimizer step (global batch index) the value belongs to, at least 0; unset for per-epoch values.
+   * Optimizer step (global batch index) the value belongs to, 0 to 2^53-1; unset for per-epoch values.
    *
    * @generated from field: optional int64 step = 3;
    */
   step?: bigint | undefined;
 
   /**
-   * Epoch the value belongs to (0-based), at least 0; unset when not tied to an epoch.
+   * Epoch the value belongs to (0-based), 0 to 999,999,999; unset when not tied to an epoch.
    *
    * @generated from field: optional int64 epoch = 4;
    */
   epoch?: bigint | undefined;
 
   /**
-   * When the value was logged, in seconds since the Unix epoch (UTC), with sub-second precision.
+   * When the value was logged, in seconds since the Unix epoch (UTC), with sub-second precision. Finite.
    *
    * @generated from field: double wall_time = 5;
    */
   wallTime: number;
 
   /**
-   * Position of the point in the job's metric stream: 1, 2, 3... assigned by the client, never reused.
+   * Position of the point in the job's metric stream: 1, 2, 3... assigned by the client, never reused. At most
+   * 2^53-1.
    *
    * @generated from field: int64 sequence = 6;
    */
@@ -78,6 +79,7 @@ export declare const MetricPointSchema: GenMessage<MetricPoint>;
 export declare type StreamMetricsRequest = Message<"trainingplatform.telemetry.v1.StreamMetricsRequest"> & {
   /**
    * The job the points belong to. Required in the first message of a call; later messages may leave it empty.
+   * At most 128 letters, digits, `.`, `_` or `-`, starting with a letter or digit.
    *
    * @generated from field: string job_id = 1;
    */
@@ -159,42 +161,43 @@ export declare type LogRecord = Message<"trainingplatform.telemetry.v1.LogRecord
   message: string;
 
   /**
-   * Epoch the record belongs to (0-based), at least 0; unset when not tied to an epoch.
+   * Epoch the record belongs to (0-based), 0 to 999,999,999; unset when not tied to an epoch.
    *
    * @generated from field: optional int64 epoch = 3;
    */
   epoch?: bigint | undefined;
 
   /**
-   * Optimizer step the record belongs to, at least 0; unset when not tied to a step.
+   * Optimizer step the record belongs to, 0 to 2^53-1; unset when not tied to a step.
    *
    * @generated from field: optional int64 step = 4;
    */
   step?: bigint | undefined;
 
   /**
-   * When the record was emitted, in seconds since the Unix epoch (UTC).
+   * When the record was emitted, in seconds since the Unix epoch (UTC). Finite.
    *
    * @generated from field: double wall_time = 5;
    */
   wallTime: number;
 
   /**
-   * Position of the record in the job's log stream: 1, 2, 3... assigned by the client, never reused.
+   * Position of the record in the job's log stream: 1, 2, 3... assigned by the client, never reused. At most
+   * 2^53-1.
    *
    * @generated from field: int64 sequence = 6;
    */
   sequence: bigint;
 
   /**
-   * The emitting logger's name (for example `trainer.timm`), at most 250 characters.
+   * The emitting logger's name (for example `trainer.timm`), at most 250 characters (longer is cut).
    *
    * @generated from field: string source = 7;
    */
   source: string;
 
   /**
-   * Distributed rank of the emitting process (0 for single-process training).
+   * Distributed rank of the emitting process (0 for single-process training), at least 0.
    *
    * @generated from field: int32 rank = 8;
    */
@@ -214,7 +217,8 @@ export declare const LogRecordSchema: GenMessage<LogRecord>;
  */
 export declare type StreamLogsRequest = Message<"trainingplatform.telemetry.v1.StreamLogsRequest"> & {
   /**
-   * The job the records belong to. Required in the first message of a call.
+   * The job the records belong to. Required in the first message of a call. At most 128 letters, digits, `.`,
+   * `_` or `-`, starting with a letter or digit.
    *
    * @generated from field: string job_id = 1;
    */
@@ -282,7 +286,7 @@ export declare const StreamLogsResponseSchema: GenMessage<StreamLogsResponse>;
  */
 export declare type UpdateStatusRequest = Message<"trainingplatform.telemetry.v1.UpdateStatusRequest"> & {
   /**
-   * The job. Required.
+   * The job. Required: at most 128 letters, digits, `.`, `_` or `-`, starting with a letter or digit.
    *
    * @generated from field: string job_id = 1;
    */
@@ -296,14 +300,15 @@ export declare type UpdateStatusRequest = Message<"trainingplatform.telemetry.v1
   status: JobStatus;
 
   /**
-   * Why the status changed, in a sentence (for example `trainer process exited with signal 9`).
+   * Why the status changed, in a sentence (for example `trainer process exited with signal 9`). At most 4 KiB
+   * of UTF-8; longer is truncated. A NUL character is stored as U+FFFD (also in the two fields below).
    *
    * @generated from field: string reason = 3;
    */
   reason: string;
 
   /**
-   * On FAILED: the error in one line (an exception's text). At most 4 KiB.
+   * On FAILED: the error in one line (an exception's text). At most 4 KiB; longer is truncated.
    *
    * @generated from field: string error_message = 4;
    */
@@ -357,28 +362,30 @@ export declare const UpdateStatusResponseSchema: GenMessage<UpdateStatusResponse
  */
 export declare type EpochSummary = Message<"trainingplatform.telemetry.v1.EpochSummary"> & {
   /**
-   * The epoch (0-based), at least 0.
+   * The epoch (0-based), 0 to 999,999,999.
    *
    * @generated from field: int64 epoch = 1;
    */
   epoch: bigint;
 
   /**
-   * The epoch's final metrics by key (for example `val/accuracy`). Keys follow MetricPoint.key's rules.
+   * The epoch's final metrics by key (for example `val/accuracy`), at most 10,000. Keys follow MetricPoint.key's
+   * rules; values may be NaN or infinite.
    *
    * @generated from field: map<string, double> metrics = 2;
    */
   metrics: { [key: string]: number };
 
   /**
-   * Wall-clock duration of the epoch in seconds, at least 0.
+   * Wall-clock duration of the epoch in seconds, a finite number from 0 to 1e12.
    *
    * @generated from field: double duration_seconds = 3;
    */
   durationSeconds: number;
 
   /**
-   * When the epoch ended.
+   * When the epoch ended; unset means when the backend received it. A valid Timestamp: seconds within
+   * 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, nanos 0 to 999,999,999.
    *
    * @generated from field: google.protobuf.Timestamp end_time = 4;
    */
@@ -398,7 +405,7 @@ export declare const EpochSummarySchema: GenMessage<EpochSummary>;
  */
 export declare type RecordEpochSummaryRequest = Message<"trainingplatform.telemetry.v1.RecordEpochSummaryRequest"> & {
   /**
-   * The job. Required.
+   * The job. Required: at most 128 letters, digits, `.`, `_` or `-`, starting with a letter or digit.
    *
    * @generated from field: string job_id = 1;
    */
@@ -439,21 +446,22 @@ export declare const RecordEpochSummaryResponseSchema: GenMessage<RecordEpochSum
  */
 export declare type Artifact = Message<"trainingplatform.telemetry.v1.Artifact"> & {
   /**
-   * Short name, unique within the job: `best_checkpoint`, `last_checkpoint`, `results`.
+   * Short name, unique within the job: `best_checkpoint`, `last_checkpoint`, `results`. 1 to 250 characters, no
+   * control characters.
    *
    * @generated from field: string name = 1;
    */
   name: string;
 
   /**
-   * Where it is: `s3://bucket/key` or `file:///path`.
+   * Where it is: `s3://bucket/key` or `file:///path`. 1 to 2000 characters, no control characters.
    *
    * @generated from field: string uri = 2;
    */
   uri: string;
 
   /**
-   * Size in bytes; 0 when unknown.
+   * Size in bytes, at least 0; 0 when unknown.
    *
    * @generated from field: int64 size_bytes = 3;
    */
@@ -473,28 +481,29 @@ export declare const ArtifactSchema: GenMessage<Artifact>;
  */
 export declare type ReportRunInfoRequest = Message<"trainingplatform.telemetry.v1.ReportRunInfoRequest"> & {
   /**
-   * The job. Required.
+   * The job. Required: at most 128 letters, digits, `.`, `_` or `-`, starting with a letter or digit.
    *
    * @generated from field: string job_id = 1;
    */
   jobId: string;
 
   /**
-   * MLflow run id of the job; empty leaves the stored value.
+   * MLflow run id of the job; empty leaves the stored value. At most 250 characters, no control characters.
    *
    * @generated from field: string mlflow_run_id = 2;
    */
   mlflowRunId: string;
 
   /**
-   * MLflow tracking URI the run lives in (never with credentials); empty leaves the stored value.
+   * MLflow tracking URI the run lives in (never with credentials); empty leaves the stored value. At most 2000
+   * characters, no control characters.
    *
    * @generated from field: string mlflow_tracking_uri = 3;
    */
   mlflowTrackingUri: string;
 
   /**
-   * Artifacts to add or replace, by name.
+   * Artifacts to add or replace, by name; at most 1000.
    *
    * @generated from field: repeated trainingplatform.telemetry.v1.Artifact artifacts = 4;
    */
@@ -528,7 +537,7 @@ export declare const ReportRunInfoResponseSchema: GenMessage<ReportRunInfoRespon
  */
 export declare type GetStreamCursorRequest = Message<"trainingplatform.telemetry.v1.GetStreamCursorRequest"> & {
   /**
-   * The job. Required.
+   * The job. Required: at most 128 letters, digits, `.`, `_` or `-`, starting with a letter or digit.
    *
    * @generated from field: string job_id = 1;
    */
@@ -583,7 +592,11 @@ export declare const GetStreamCursorResponseSchema: GenMessage<GetStreamCursorRe
  * Authentication: every call carries `authorization: Bearer <token>` metadata, where the token is either the
  * job's telemetry token (minted by the backend when the job is created and handed to the trainer; valid for
  * that job only) or the internal service token (INTERNAL_AUTH_TOKEN). A missing or unknown token gets
- * UNAUTHENTICATED; a telemetry token used for another job gets PERMISSION_DENIED.
+ * UNAUTHENTICATED, before the request is read; a telemetry token used for another job gets PERMISSION_DENIED.
+ * A job's token stops writing TP_JOB_TOKEN_GRACE_S (1 hour) after its job ended: its writes then get
+ * PERMISSION_DENIED naming the end time; it can still read. At most TP_MAX_STREAMS_PER_JOB (8) StreamMetrics and
+ * StreamLogs calls are open at once per job; past it a stream gets RESOURCE_EXHAUSTED (the SDK waits and
+ * retries).
  *
  * Dispatch attempts: every StartTraining the backend sends is an attempt with its own token, scoped to that
  * attempt. When a job goes to another trainer (a StartTraining past its deadline may still have started a
@@ -607,8 +620,9 @@ export declare const TrainingTelemetryService: GenService<{
    * status, so telemetry delivered late (a replayed spool) is never lost. The response, sent after the client
    * half-closes, totals what this call committed.
    *
-   * Errors: INVALID_ARGUMENT (first message without a job id, a later message naming another job, empty or
-   * over-long key, sequence < 1, negative step or epoch), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a
+   * Errors: INVALID_ARGUMENT (first message without a job id, a job_id that is not one, a later message naming
+   * another job, a field out of its range: an empty, over-long or control-character key, a sequence, step or
+   * epoch out of its bounds, a wall_time that is not finite), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a
    * message over the server's size limit), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is
    * shutting down; resume from the cursor).
    *
@@ -635,7 +649,7 @@ export declare const TrainingTelemetryService: GenService<{
    * Moves the job to a new status. Repeating the current status succeeds without a new event, so a client can
    * retry safely.
    *
-   * Errors: INVALID_ARGUMENT (unspecified status), NOT_FOUND, FAILED_PRECONDITION (a transition the state
+   * Errors: INVALID_ARGUMENT (unspecified status, a job_id that is not one), NOT_FOUND, FAILED_PRECONDITION (a transition the state
    * machine does not allow; the message names the current status), UNAUTHENTICATED, PERMISSION_DENIED.
    *
    * @generated from rpc trainingplatform.telemetry.v1.TrainingTelemetryService.UpdateStatus
@@ -649,8 +663,8 @@ export declare const TrainingTelemetryService: GenService<{
    * Records the summary of one epoch (the old `log_epoch_summary`). Idempotent per (job, epoch): a resent
    * summary replaces the stored one.
    *
-   * Errors: INVALID_ARGUMENT (negative epoch or duration, bad metric key), NOT_FOUND, UNAUTHENTICATED,
-   * PERMISSION_DENIED.
+   * Errors: INVALID_ARGUMENT (epoch or duration out of its range, bad metric key, too many metrics, an end_time
+   * that is not a valid Timestamp), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
    *
    * @generated from rpc trainingplatform.telemetry.v1.TrainingTelemetryService.RecordEpochSummary
    */
@@ -675,7 +689,7 @@ export declare const TrainingTelemetryService: GenService<{
   /**
    * Returns the committed cursor of a job's streams: where a client resumes after a broken stream.
    *
-   * Errors: NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
+   * Errors: INVALID_ARGUMENT (a job_id that is not one), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
    *
    * @generated from rpc trainingplatform.telemetry.v1.TrainingTelemetryService.GetStreamCursor
    */

@@ -133,7 +133,11 @@ export const GetStreamCursorResponseSchema = /*@__PURE__*/
  * Authentication: every call carries `authorization: Bearer <token>` metadata, where the token is either the
  * job's telemetry token (minted by the backend when the job is created and handed to the trainer; valid for
  * that job only) or the internal service token (INTERNAL_AUTH_TOKEN). A missing or unknown token gets
- * UNAUTHENTICATED; a telemetry token used for another job gets PERMISSION_DENIED.
+ * UNAUTHENTICATED, before the request is read; a telemetry token used for another job gets PERMISSION_DENIED.
+ * A job's token stops writing TP_JOB_TOKEN_GRACE_S (1 hour) after its job ended: its writes then get
+ * PERMISSION_DENIED naming the end time; it can still read. At most TP_MAX_STREAMS_PER_JOB (8) StreamMetrics and
+ * StreamLogs calls are open at once per job; past it a stream gets RESOURCE_EXHAUSTED (the SDK waits and
+ * retries).
  *
  * Dispatch attempts: every StartTraining the backend sends is an attempt with its own token, scoped to that
  * attempt. When a job goes to another trainer (a StartTraining past its deadline may still have started a

@@ -1,0 +1,161 @@
+"""What ultralytics accepts as train arguments, read from its own files without importing it.
+
+The trainer service checks every `advanced_config.extra` key of a job against ultralytics' argument table
+(`ultralytics/cfg/default.yaml`) and its type sets (`CFG_FLOAT_KEYS`, `CFG_FRACTION_KEYS`, `CFG_INT_KEYS`,
+`CFG_INT_MIN`, `CFG_BOOL_KEYS`, `CFG_STR_KEYS` in `ultralytics/cfg/__init__.py`), the way `check_cfg` will at
+training time, so a bad key or value is refused at StartTraining instead of failing the job seconds later.
+
+Both files are read as text: importing ultralytics in the service would set OMP_NUM_THREADS=1 and write settings
+under the user's home, and every training process the service starts would inherit that.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from functools import cache
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import yaml  # type: ignore[import-untyped]
+from trainingplatform_sdk.trainer_service.framework import ExtraOption
+
+__all__ = ["MAX_SEED", "OWNED", "check_extra_values", "extra_options", "ultralytics_dir"]
+
+#: Train arguments the platform sets from the JobSpec or the trainer: `extra` may not set them. Each names what
+#: sets it instead.
+OWNED = {
+    "model": "model_config.name",
+    "data": "dataset_config.path",
+    "epochs": "training_config.epochs",
+    "device": "training_config.device",
+    "project": "nothing (the trainer picks the output directory)",
+    "name": "nothing (the trainer picks the output directory)",
+    "exist_ok": "nothing (the trainer picks the output directory)",
+    "save_dir": "nothing (the trainer picks the output directory)",
+    "mode": "nothing (the trainer trains)",
+    "task": "nothing (the trainer trains detection models)",
+    "resume": "model_config.name (the path of a checkpoint to continue from)",
+    "cfg": "advanced_config.extra keys (a config file on the trainer host is not read)",
+    "distill_model": "nothing (a teacher model from the trainer host is not loaded)",
+}
+#: Largest seed ultralytics can use (it seeds numpy, whose seeds are 32-bit).
+MAX_SEED = 2**32 - 1
+#: Keys `extra` may set besides ultralytics' own arguments.
+PLATFORM_KEYS = {"num_threads": ExtraOption("int", low=1, bound="cpus")}
+# Host limits some arguments are capped by (the generic check applies them).
+_BOUNDS = {"workers": "cpus", "batch": "batch_size", "imgsz": "image_size"}
+_SET_NAMES = ("CFG_FLOAT_KEYS", "CFG_FRACTION_KEYS", "CFG_INT_KEYS", "CFG_BOOL_KEYS", "CFG_STR_KEYS")
+
+
+def ultralytics_dir() -> Path | None:
+    """The installed ultralytics package's directory, None when it is not installed."""
+    spec = find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@cache
+def _tables() -> tuple[dict[str, Any], dict[str, frozenset[str]], dict[str, int]]:
+    root = ultralytics_dir()
+    if root is None:
+        return {}, {}, {}
+    defaults = yaml.safe_load((root / "cfg" / "default.yaml").read_text(encoding="utf-8")) or {}
+    tree = ast.parse((root / "cfg" / "__init__.py").read_text(encoding="utf-8"))
+    sets: dict[str, frozenset[str]] = {}
+    minimums: dict[str, int] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        target = node.targets[0].id
+        if target in _SET_NAMES and isinstance(node.value, ast.Call) and node.value.args:
+            sets[target] = frozenset(ast.literal_eval(node.value.args[0]))
+        elif target in _SET_NAMES:
+            sets[target] = frozenset(ast.literal_eval(node.value))
+        elif target == "CFG_INT_MIN":
+            minimums = dict(ast.literal_eval(node.value))
+    return dict(defaults), sets, minimums
+
+
+def extra_options() -> dict[str, ExtraOption]:
+    """Every key `advanced_config.extra` may hold for the ultralytics trainer, with its type and range."""
+    defaults, sets, minimums = _tables()
+    options: dict[str, ExtraOption] = dict(PLATFORM_KEYS)
+    for key in defaults:
+        bound = _BOUNDS.get(key, "")
+        if key in OWNED:
+            options[key] = ExtraOption("owned", use_instead=OWNED[key])
+        elif key == "batch":
+            # An int, -1 for AutoBatch, or a fraction of the GPU memory: ultralytics' own check covers the rest.
+            options[key] = ExtraOption("number", low=-1, bound="batch_size")
+        elif key == "imgsz":
+            options[key] = ExtraOption("int", low=1, bound="image_size")
+        elif key == "workers":
+            options[key] = ExtraOption("int", low=0, bound="cpus")
+        elif key in sets.get("CFG_BOOL_KEYS", ()):
+            options[key] = ExtraOption("bool")
+        elif key == "seed":
+            options[key] = ExtraOption("int", low=0, high=MAX_SEED)  # numpy's seeds are 32-bit
+        elif key in sets.get("CFG_INT_KEYS", ()):
+            options[key] = ExtraOption("int", low=minimums.get(key), bound=bound)  # type: ignore[arg-type]
+        elif key in sets.get("CFG_FRACTION_KEYS", ()) and key != "fraction":
+            options[key] = ExtraOption("fraction")
+        elif key in sets.get("CFG_FLOAT_KEYS", ()):
+            options[key] = ExtraOption("number", low=0 if key == "time" else None)
+        elif key == "optimizer":
+            from trainingplatform_trainer_ultralytics.adapter import OPTIMIZERS
+
+            options[key] = ExtraOption("str", choices=tuple(OPTIMIZERS.values()))
+        elif key in sets.get("CFG_STR_KEYS", ()):
+            options[key] = ExtraOption("str")
+        else:
+            options[key] = ExtraOption("any")  # several types allowed: check_extra_values checks the ones used
+    return options
+
+
+def check_extra_values(extra: dict[str, Any]) -> None:
+    """Checks the `extra` values of the keys ultralytics accepts several types for, as its `check_cfg` does.
+
+    Raises:
+        ValueError: A value ultralytics would refuse; the message names the key.
+    """
+    for key, value in extra.items():
+        where = f"advanced_config.extra.{key}"
+        if key == "pretrained" and not isinstance(value, bool):
+            # A string is the path of weights on the trainer host (or a download): give model_config.name instead.
+            raise ValueError(f"{where}: true or false (for a checkpoint, give its path as model_config.name)")
+        if key == "amp" and not (isinstance(value, bool) or str(value).lower() in {"fp16", "bf16", "fp32"}):
+            raise ValueError(f"{where}: true, false, 'fp16', 'bf16' or 'fp32', got {_short(value)}")
+        if key == "cache" and not (isinstance(value, bool) or value in ("ram", "disk")):
+            raise ValueError(f"{where}: true, false, 'ram' or 'disk', got {_short(value)}")
+        if key == "compile" and not isinstance(value, bool | str):
+            raise ValueError(f"{where}: true, false or a torch.compile mode, got {_short(value)}")
+        if key == "scale" and not (_number_in(value, 0.0, 1.0) or _pair(value)):
+            raise ValueError(f"{where}: a number in [0, 1] or a [min, max] pair, got {_short(value)}")
+        if key == "fraction" and not (_number_in(value, 0.0, 1.0, low_open=True) or (_int(value) and value > 1)):
+            raise ValueError(f"{where}: a ratio in (0, 1] or a count of images above 1, got {_short(value)}")
+        if key == "freeze" and not (
+            value is None or _int(value) or (isinstance(value, list) and all(_int(v) for v in value))
+        ):
+            raise ValueError(f"{where}: a number of layers or a list of layer indices, got {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else f"{text[:100]}... ({len(text)} characters)"
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _number_in(value: Any, low: float, high: float, *, low_open: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    return (low < value if low_open else low <= value) and value <= high
+
+
+def _pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_number_in(v, 0.0, math.inf) for v in value)
