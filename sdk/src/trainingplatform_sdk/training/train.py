@@ -12,6 +12,10 @@ installed framework (`timm`, `ultralytics`: the `trainingplatform.adapters` entr
 a `module:Class` path to any TrainingAdapter subclass. Telemetry goes to the backend named by the
 environment (`TrainingLogger.from_env`, spooling under OUTPUT_DIR/spool); nothing is read from a database.
 
+While the adapter trains, the process's and the host's CPU and memory use (and NVIDIA GPUs' utilization and memory,
+when nvidia-ml-py and a driver are there) are logged every 5 s as `system/...` metrics at the current step
+(`telemetry.system`): TP_SYSTEM_METRICS=0 turns this off, TP_SYSTEM_METRICS_INTERVAL_S sets the interval.
+
 The job's status: RUNNING once the configs are valid, the tracking and artifact stores answer and the adapter is
 built, then COMPLETED, FAILED (with the error and the traceback) or CANCELLED. Before training, `tp-train` checks
 MLflow (MLFLOW_TRACKING_URI) and artifact storage (TP_ARTIFACTS_BUCKET, AWS_S3_ENDPOINT_URL, AWS_*), creates the
@@ -53,7 +57,7 @@ from types import FrameType
 from typing import Any
 
 from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
-from trainingplatform_sdk.telemetry import TrainingLogger
+from trainingplatform_sdk.telemetry import SystemMetricsSampler, TrainingLogger
 from trainingplatform_sdk.training.adapter import NullSink, Status, TelemetrySink, TrainingAdapter
 from trainingplatform_sdk.training.artifacts import StorageError
 from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings
@@ -118,6 +122,7 @@ def run_job(
     output_dir: str | Path,
     logger: TelemetrySink,
     recorder_settings: RecorderSettings | None = None,
+    system_metrics: SystemMetricsSampler | None = None,
 ) -> int:
     """Runs one job with `logger` and returns the process exit code; reports every status through `logger`.
 
@@ -127,6 +132,10 @@ def run_job(
     Args:
         recorder_settings: Where the job's MLflow run and artifacts go (`RecorderSettings.from_env`); both are
             checked before training starts. None records nothing outside the backend.
+        system_metrics: Sampled from when the adapter is built until training ends (stamped with the adapter's
+            `global_step`), stopped before the final status is reported. `tp-train` passes
+            `SystemMetricsSampler.from_env` (on by default; TP_SYSTEM_METRICS=0 turns it off,
+            TP_SYSTEM_METRICS_INTERVAL_S sets the interval, 5 s by default). None samples nothing.
 
     Returns:
         0 (COMPLETED), 1 (FAILED) or 143 (CANCELLED).
@@ -177,8 +186,13 @@ def run_job(
         )
         if stop.is_set():
             adapter.request_stop()
+        if system_metrics is not None:
+            built = adapter
+            system_metrics.start(step=lambda: getattr(built, "global_step", None))
         logger.update_status(Status.RUNNING)
         result = adapter.train()
+        if system_metrics is not None:
+            system_metrics.stop()  # no sample after the final status
         if result.status == Status.CANCELLED:
             _report(logger, f"Training cancelled after {result.epochs_completed} epoch(s)")
             if recorder is not None:
@@ -191,12 +205,16 @@ def run_job(
         logger.update_status(Status.COMPLETED)
         return EXIT_COMPLETED
     except (TrackingError, StorageError) as error:
+        if system_metrics is not None:
+            system_metrics.stop()
         # A setting to fix, named in the message: a traceback would only bury it.
         message = str(error)
         _report(logger, f"Training failed: {message}", level="ERROR")
         logger.update_status(Status.FAILED, message, reason="tracking or artifact storage unusable")
         return EXIT_FAILED
     except Exception as error:
+        if system_metrics is not None:
+            system_metrics.stop()
         message = f"{type(error).__name__}: {error}"
         detail = traceback.format_exc()
         reason = "exception in training"
@@ -215,6 +233,8 @@ def run_job(
         logger.update_status(Status.FAILED, message, error_detail=detail, reason=reason)
         return EXIT_FAILED
     finally:
+        if system_metrics is not None:
+            system_metrics.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
@@ -283,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     # One writer per job stream: the backend numbers a job's telemetry from one sender, so only rank 0 reports.
     logger = build_logger(args.job_id, args.output_dir) if rank == 0 else NullSink()
+    # CPU, memory and GPU use as `system/` metrics, straight to the logger (rank 0: one writer per job stream).
+    sampler = SystemMetricsSampler.from_env(logger) if isinstance(logger, TrainingLogger) else None
     try:
         try:
             configs = {
@@ -308,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger=logger,
             # Settings are read on every rank, so a bad one fails them all alike; only rank 0 records.
             recorder_settings=recorder_settings if rank == 0 else None,
+            system_metrics=sampler,
             **configs,
         )
     finally:
