@@ -5,13 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 TEST_WORKERS ?= auto
-COMPONENTS := -e "./sdk[server,cli]" -e ./services/backend -e ./services/trainer_timm -e ./services/trainer_ultralytics
+COMPONENTS := -e "./sdk[server,cli]" -e ./services/backend -e ./services/trainer_timm -e ./services/trainer_ultralytics -e ./services/dashboard
 SETUP_STAMP := $(VENV)/.setup-stamp
 export BUF_CACHE_DIR := $(CURDIR)/.cache/buf
 
-.PHONY: setup test demo proto proto-check lint breaking bench bench-smoke clean
+.PHONY: setup browser test demo proto proto-check lint breaking bench bench-smoke clean
 
-setup: $(SETUP_STAMP) node_modules/.package-lock.json sdk/node/node_modules/.package-lock.json
+setup: $(SETUP_STAMP) node_modules/.package-lock.json sdk/node/node_modules/.package-lock.json browser
 
 # Re-run only when a dependency list changes; pip itself is idempotent.
 $(SETUP_STAMP): sdk/pyproject.toml services/*/pyproject.toml requirements-dev.txt
@@ -19,6 +19,15 @@ $(SETUP_STAMP): sdk/pyproject.toml services/*/pyproject.toml requirements-dev.tx
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(COMPONENTS) -r requirements-dev.txt
 	touch $@
+
+# Chromium for the dashboard's browser tests (Playwright drives Debian's build: it cannot download its own here).
+# Installed with apt-get when missing and possible (root, apt-get); otherwise the browser tests fail saying so.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: $(CHROMIUM) is missing and cannot be installed here (needs root and apt-get): the browser tests will fail until 'apt-get install chromium' is run"; fi
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

@@ -36,6 +36,13 @@ BENCHMARKS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     ),
     "message_cpu": ("bench_message_cpu", {"seconds": 10.0}, {"seconds": 1.0}),
     "reconnect": ("bench_reconnect", {"restarts": 10}, {"restarts": 2}),
+    "flood": ("bench_flood", {"seconds": 10.0, "concurrency": 32}, {"seconds": 1.0, "concurrency": 4}),
+    "series": ("bench_series", {"points": 1_000_000, "runs": 5}, {"points": 20_000, "runs": 1}),
+    "dashboard": (
+        "bench_dashboard",
+        {"seconds": 10.0, "clients": 200, "fanout_seconds": 10.0, "series_points": 1_000_000, "runs": 5},
+        {"seconds": 1.0, "clients": 5, "fanout_seconds": 1.0, "series_points": 20_000, "runs": 1},
+    ),
     "training_overhead": (
         "bench_training_overhead",
         {"runs": 5, "epochs": 4, "pinned_runs": 3},
@@ -56,6 +63,14 @@ TARGETS: dict[str, tuple[float, Callable[[float, float], bool], str]] = {
     "fanin_duplicates": (0, lambda v, t: v <= t, "=="),
     "fanin_backend_peak_rss_mib": (1024, lambda v, t: v <= t, "<="),
     "reconnect_ms_p99": (1000, lambda v, t: v <= t, "<="),
+    "flood_rss_growth_mib": (100, lambda v, t: v <= t, "<="),
+    "flood_not_unauthenticated": (0, lambda v, t: v <= t, "=="),
+    "series_sqlite_ms_1key": (1000, lambda v, t: v <= t, "<="),
+    "series_postgres_ms_1key": (1000, lambda v, t: v <= t, "<="),
+    "dashboard_latency_ms_p99": (250, lambda v, t: v <= t, "<="),
+    "dashboard_fanout": (200, lambda v, t: v >= t, ">="),
+    "dashboard_fanout_backend_subscriptions": (1, lambda v, t: v <= t, "=="),
+    "dashboard_series_open_ms": (1000, lambda v, t: v <= t, "<="),
     "training_overhead_pct": (3, lambda v, t: v <= t, "<="),
     "training_overhead_pct_backend_own_core": (3, lambda v, t: v <= t, "<="),
 }

@@ -43,9 +43,20 @@ def test_bench_smoke_reports_every_metric():
         "message_cpu_ms_sdk",
         "reconnect_ms_p50",
         "reconnect_ms_p99",
+        "flood_rss_peak_mib",
+        "flood_calls_per_s",
+        "series_sqlite_ms_1key",
+        "series_postgres_ms_1key",
+        "dashboard_latency_ms_p50",
+        "dashboard_latency_ms_p99",
+        "dashboard_series_open_ms",
+        "dashboard_fanout_rss_mib",
     ):
         assert results[key] >= 0 if key.startswith("reconnect_ms") else results[key] > 0, key
     assert results["fanin_lost"] == 0 and results["fanin_duplicates"] == 0
+    assert results["flood_not_unauthenticated"] == 0
+    assert results["dashboard_fanout"] == results["dashboard_fanout_clients"]
+    assert results["dashboard_fanout_backend_subscriptions"] == 1
     assert "training_overhead_pct" in results
     assert results["training_epoch_s_telemetry_on"] > 0 and results["training_epoch_s_telemetry_off"] > 0
     if len(os.sched_getaffinity(0)) >= 2:  # the placement with the backend on its own core needs a second CPU

@@ -1,13 +1,15 @@
 """`tp`: the platform's command line.
 
-    tp up                                   start the backend and both trainers locally (Ctrl-C stops them)
+    tp up                                   start the backend, both trainers and the dashboard (Ctrl-C stops them)
     tp train --framework timm --model resnet10t --dataset digits --epochs 3 [--advanced-config JSON|@file]
     tp jobs | show JOB | watch JOB | logs JOB [--follow] | metrics JOB [--key K] [--plot F.png] | cancel JOB
     tp demo                                 the whole platform end to end on embedded defaults
 
-The backend is TP_BACKEND_ADDRESS (or BACKEND_API_URL, default 127.0.0.1:50051) and the token
-INTERNAL_AUTH_TOKEN (or the one a local backend wrote to .data/internal_auth_token). Errors are one line on
-stderr. `train` and `watch` exit 0 when the job COMPLETED, 1 when it FAILED, 3 when it was CANCELLED; any
+The backend is TP_BACKEND_ADDRESS (or BACKEND_API_URL, default 127.0.0.1:50051; `https://` for TLS, with the CA in
+TP_TLS_CA_FILE and, for mutual TLS, TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE). The token is a front end's:
+TP_AUTH_TOKEN (the backend's FRONTEND_AUTH_TOKEN), else INTERNAL_AUTH_TOKEN, else the front-end token a local
+backend wrote to .data/frontend_auth_token, else .data/internal_auth_token (`clients.default_token`). Errors are one
+line on stderr. `train` and `watch` exit 0 when the job COMPLETED, 1 when it FAILED, 3 when it was CANCELLED; any
 other error exits 2.
 """
 
@@ -62,12 +64,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         backend_port=args.backend_port,
         timm_port=args.timm_port,
         ultralytics_port=args.ultralytics_port,
+        data_roots=tuple(Path(root) for root in (args.data_root or [Path.cwd()])),
+        dashboard_port=None if args.no_dashboard else args.dashboard_port,
     )
     print(f"starting the stack in {stack.data_dir} ...", flush=True)
+    print(f"trainers read data sets under {', '.join(str(root) for root in stack.data_roots)}", flush=True)
     stack.start()
     for service in stack.services:
         print(f"  {service.name:20} {service.address}  (log {service.log_path})")
-    print(f"database {stack.database}\nCtrl-C stops everything.", flush=True)
+    print(f"database {stack.database}", flush=True)
+    token_file = stack.data_dir / "frontend_auth_token"
+    if token_file.exists():
+        print(f"front-end token in {token_file} (`tp` reads it; TP_AUTH_TOKEN for other front ends)", flush=True)
+    if stack.dashboard_login_url:
+        print(f"dashboard: open {stack.dashboard_login_url}", flush=True)
+        print("  (the login link of this start: it sets a session cookie and leads to the plain URL; keep it private)")
+    print("Ctrl-C stops everything.", flush=True)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -213,10 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="start the backend and both trainer services locally")
+    up = commands.add_parser("up", help="start the backend, both trainer services and the dashboard locally")
     up.add_argument("--backend-port", type=int, default=50051)
+    up.add_argument("--dashboard-port", type=int, default=8080, help="the dashboard's port on 127.0.0.1 (default 8080)")
+    up.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
     up.add_argument("--timm-port", type=int, default=50061)
     up.add_argument("--ultralytics-port", type=int, default=50062)
+    up.add_argument(
+        "--data-root",
+        action="append",
+        metavar="DIR",
+        help="a directory whose data sets the trainers may read, besides <data-dir>/datasets (repeatable; "
+        "default: the current directory). Dataset paths outside these are refused",
+    )
     up.set_defaults(run=cmd_up)
 
     train = commands.add_parser("train", help="submit a job and follow it live")

@@ -1,4 +1,5 @@
-"""A local stack: the backend and both trainer services as child processes, on embedded defaults.
+"""A local stack: the backend, both trainer services and (optionally) the dashboard as child processes, on
+embedded defaults.
 
 Used by `tp up` and `tp demo`. Everything listens on loopback; the data directory holds the SQLite database, the
 generated service token, the runs' outputs, the local MLflow store and the artifacts.
@@ -13,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +23,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 TOKEN_FILE = "internal_auth_token"
+FRONTEND_TOKEN_FILE = "frontend_auth_token"
+READ_TOKEN_FILE = "read_auth_token"
+# Front-end tokens a trainer (and the training code it runs) must not hold: with one it could create jobs.
+_TRAINER_WITHHELD_ENV = ("FRONTEND_AUTH_TOKEN", "TP_AUTH_TOKEN", "READ_AUTH_TOKEN", "TP_DASHBOARD_TOKEN")
+# The dashboard holds the front-end token (as TP_AUTH_TOKEN) and the read token, never the service token.
+_DASHBOARD_WITHHELD_ENV = ("INTERNAL_AUTH_TOKEN", "FRONTEND_AUTH_TOKEN")
 
 
 @dataclass
@@ -30,16 +39,22 @@ class Service:
     command: list[str]
     address: str
     env: dict[str, str] = field(default_factory=dict)
+    withheld_env: tuple[str, ...] = ()
+    """Variables of this process's environment the service does not inherit."""
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    health_url: str = ""
+    """An HTTP URL answering 200 when the service is up (the dashboard); empty: the gRPC health check."""
 
 
-def ensure_token(data_dir: Path) -> str:
-    """The stack's service token: INTERNAL_AUTH_TOKEN, or one kept in `<data_dir>/internal_auth_token`."""
-    token = os.environ.get("INTERNAL_AUTH_TOKEN", "")
+def ensure_token(data_dir: Path, variable: str = "INTERNAL_AUTH_TOKEN", file_name: str = TOKEN_FILE) -> str:
+    """A token of the stack: the `variable` of the environment, or one kept in `<data_dir>/<file_name>` (written
+    once, mode 0600). By default the service token (INTERNAL_AUTH_TOKEN, `internal_auth_token`); the front-end
+    token is FRONTEND_AUTH_TOKEN, `frontend_auth_token`."""
+    token = os.environ.get(variable, "")
     if token:
         return token
-    path = data_dir / TOKEN_FILE
+    path = data_dir / file_name
     data_dir.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -71,9 +86,24 @@ class Stack:
         ultralytics_port: int = 50062,
         frameworks: tuple[str, ...] = ("timm", "ultralytics"),
         backend_env: dict[str, str] | None = None,
+        data_roots: tuple[Path, ...] = (),
+        dashboard_port: int | None = None,
     ) -> None:
+        """`data_roots`: directories, besides `<data_dir>/datasets`, whose data sets the trainers may read
+        (their TP_DATA_ROOTS). `dashboard_port`: also start `tp-dashboard` on 127.0.0.1 at that port (None: no
+        dashboard); its one-time login URL is `dashboard_login_url`."""
         self.data_dir = data_dir.resolve()
+        self.data_roots = ((self.data_dir / "datasets"), *(Path(root).resolve() for root in data_roots))
+        """What the trainers accept dataset paths under (TP_DATA_ROOTS): `<data_dir>/datasets` and `data_roots`."""
         self.token = ensure_token(self.data_dir)
+        """The service token (INTERNAL_AUTH_TOKEN): the backend's and the trainers'."""
+        self.frontend_token = ensure_token(self.data_dir, "FRONTEND_AUTH_TOKEN", FRONTEND_TOKEN_FILE)
+        """The front ends' token (FRONTEND_AUTH_TOKEN): create, cancel and read jobs; what `tp` uses."""
+        self.read_token = ensure_token(self.data_dir, "READ_AUTH_TOKEN", READ_TOKEN_FILE)
+        """The backend's read-only token (READ_AUTH_TOKEN): what the dashboard reads with."""
+        self.dashboard_token = os.environ.get("TP_DASHBOARD_TOKEN", "").strip() or secrets.token_urlsafe(24)
+        """The dashboard's login token (TP_DASHBOARD_TOKEN, else random per start)."""
+        self.dashboard_url = f"http://127.0.0.1:{dashboard_port}" if dashboard_port else ""
         self.backend_address = f"127.0.0.1:{backend_port}"
         ports = {"timm": timm_port, "ultralytics": ultralytics_port}
         trainers = {fw: f"127.0.0.1:{ports[fw]}" for fw in frameworks}
@@ -83,13 +113,48 @@ class Stack:
                 "backend",
                 [_executable("tp-backend"), "--listen", self.backend_address],
                 self.backend_address,
-                {**base_env, "TP_TRAINERS": ",".join(f"{fw}={a}" for fw, a in trainers.items()), **(backend_env or {})},
+                {
+                    **base_env,
+                    "FRONTEND_AUTH_TOKEN": self.frontend_token,
+                    "READ_AUTH_TOKEN": self.read_token,
+                    "TP_TRAINERS": ",".join(f"{fw}={a}" for fw, a in trainers.items()),
+                    **(backend_env or {}),
+                },
             ),
             *(
-                Service(f"trainer-{fw}", [_executable(f"tp-trainer-{fw}"), "--listen", address], address, base_env)
+                Service(
+                    f"trainer-{fw}",
+                    [_executable(f"tp-trainer-{fw}"), "--listen", address],
+                    address,
+                    {**base_env, "TP_DATA_ROOTS": os.pathsep.join(str(root) for root in self.data_roots)},
+                    withheld_env=_TRAINER_WITHHELD_ENV,
+                )
                 for fw, address in trainers.items()
             ),
         ]
+        if dashboard_port:
+            self.services.append(
+                Service(
+                    "dashboard",
+                    [_executable("tp-dashboard")],
+                    f"127.0.0.1:{dashboard_port}",
+                    {
+                        "TP_DATA_DIR": str(self.data_dir),
+                        "TP_BACKEND_ADDRESS": self.backend_address,
+                        "TP_DASHBOARD_LISTEN": f"127.0.0.1:{dashboard_port}",
+                        "TP_DASHBOARD_TOKEN": self.dashboard_token,
+                        "TP_AUTH_TOKEN": self.frontend_token,
+                        "READ_AUTH_TOKEN": self.read_token,
+                    },
+                    withheld_env=_DASHBOARD_WITHHELD_ENV,
+                    health_url=f"{self.dashboard_url}/healthz",
+                )
+            )
+
+    @property
+    def dashboard_login_url(self) -> str:
+        """The dashboard's one-time login URL (empty without a dashboard): it sets the session cookie."""
+        return f"{self.dashboard_url}/login?token={self.dashboard_token}" if self.dashboard_url else ""
 
     @property
     def database(self) -> Path:
@@ -117,7 +182,10 @@ class Stack:
         with service.log_path.open("ab") as log:
             service.process = subprocess.Popen(
                 service.command,
-                env={**os.environ, **service.env},
+                env={
+                    **{k: v for k, v in os.environ.items() if k not in service.withheld_env},
+                    **service.env,
+                },
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir.parent,
@@ -125,6 +193,9 @@ class Stack:
             )
 
     def _wait_healthy(self, service: Service, deadline: float) -> None:
+        if service.health_url:
+            self._wait_http(service, deadline)
+            return
         with grpc.insecure_channel(service.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
@@ -143,6 +214,24 @@ class Stack:
                         f"{service.name} did not become healthy on {service.address}; see {service.log_path}"
                     )
                 time.sleep(0.1)
+
+    def _wait_http(self, service: Service, deadline: float) -> None:
+        while True:
+            assert service.process is not None
+            if service.process.poll() is not None:
+                tail = service.log_path.read_text(errors="replace")[-2000:] if service.log_path else ""
+                raise RuntimeError(f"{service.name} exited with code {service.process.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(service.health_url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{service.name} did not become healthy on {service.address}; see {service.log_path}"
+                )
+            time.sleep(0.1)
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM to every service (trainers first, so their jobs report), then SIGKILL whatever remains."""

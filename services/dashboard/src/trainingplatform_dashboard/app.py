@@ -1,0 +1,546 @@
+"""The dashboard's Starlette app: pages, the JSON API and the event streams (the HTTP contract).
+
+Every backend error becomes an HTTP error in `errors` (one place); every answer passes `security`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from trainingplatform.common.v1 import common_pb2
+from trainingplatform.jobs.v1 import jobs_pb2
+from trainingplatform_sdk.errors import PlatformError
+from trainingplatform_sdk.spec import AdvancedConfig, validate_spec
+
+from trainingplatform_dashboard import convert
+from trainingplatform_dashboard.backend import Backend
+from trainingplatform_dashboard.errors import ApiError, from_platform_error, from_rpc_error
+from trainingplatform_dashboard.fanout import Client, Cursor, FanOut
+from trainingplatform_dashboard.feed import JobsFeed
+from trainingplatform_dashboard.security import COOKIE, SecurityMiddleware, Sessions, unauthorized
+from trainingplatform_dashboard.settings import Settings
+from trainingplatform_dashboard.sse import EventStream
+
+__all__ = ["Dashboard", "create_app"]
+
+_LOG = logging.getLogger("trainingplatform_dashboard")
+
+STATIC_DIR = Path(__file__).parent / "static"
+_PAGES = {"jobs": "jobs.html", "job": "job.html", "system": "system.html", "compare": "compare.html", "new": "new.html"}
+_TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+_MAX_BODY_BYTES = 1024 * 1024
+_LOG_LEVELS = {name.removeprefix("LOG_LEVEL_"): value for name, value in common_pb2.LogLevel.items()}
+_STATUSES = {name.removeprefix("JOB_STATUS_"): value for name, value in common_pb2.JobStatus.items()}
+_SUMMARY_IDLE_S = 0.3
+_SUMMARY_BUDGET_S = 3.0
+_SUMMARY_LIVE_BUDGET_S = 1.0
+
+
+class Dashboard:
+    """What the routes share: the settings, the backend connection, the fan-out, the jobs feed, the sessions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sessions = Sessions(settings.login_token, settings.session_ttl_s)
+        self.backend: Backend | None = None
+        self.fanout: FanOut | None = None
+        self.feed: JobsFeed | None = None
+        self.started = time.time()
+
+    async def start(self) -> None:
+        """Opens the backend channel (inside the server's event loop)."""
+        self.backend = Backend(self.settings)
+        self.fanout = FanOut(
+            self.backend,
+            linger_s=self.settings.linger_s,
+            history_events=int(self.settings.history_events),
+            client_queue_events=int(self.settings.client_queue_events),
+        )
+        self.feed = JobsFeed(
+            self.backend,
+            poll_interval_s=self.settings.poll_interval_s,
+            linger_s=self.settings.linger_s,
+            max_events=int(self.settings.client_queue_events),
+        )
+
+    async def stop(self) -> None:
+        """Ends every subscription and closes the channel."""
+        if self.feed is not None:
+            await self.feed.close()
+        if self.fanout is not None:
+            await self.fanout.close()
+        if self.backend is not None:
+            await self.backend.close()
+
+
+def _parts(request: Request) -> tuple[Dashboard, Backend, FanOut, JobsFeed]:
+    dashboard: Dashboard = request.app.state.dashboard
+    assert dashboard.backend is not None and dashboard.fanout is not None and dashboard.feed is not None
+    return dashboard, dashboard.backend, dashboard.fanout, dashboard.feed
+
+
+async def _call(coro: Any) -> Any:
+    """Awaits a backend call; a failed one becomes its HTTP error."""
+    try:
+        return await coro
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error) from None
+
+
+# --- login, session, health ---------------------------------------------------------------------------------
+
+
+async def login(request: Request) -> Response:
+    """GET /login?token=T: a new session cookie and a redirect to `/` (the token leaves the address bar)."""
+    dashboard: Dashboard = request.app.state.dashboard
+    if not dashboard.sessions.check_login(request.query_params.get("token", "")):
+        return unauthorized("/login", "That login link is not valid (wrong or old token).")
+    cookie, _ = dashboard.sessions.create()
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        cookie,
+        max_age=int(dashboard.sessions.ttl_s),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=dashboard.settings.secure_cookie,
+    )
+    return response
+
+
+async def session(request: Request) -> Response:
+    """GET /api/session: the session's CSRF token."""
+    return JSONResponse({"csrf_token": request.scope["state"]["session"].csrf_token})
+
+
+async def healthz(request: Request) -> Response:
+    """GET /healthz (no session needed; counters only, no secrets)."""
+    dashboard, backend, fanout, feed = _parts(request)
+    return JSONResponse(
+        {
+            "status": "ok",
+            "uptime_s": round(time.time() - dashboard.started, 3),
+            "backend_connected": await backend.ready(),
+            "reads_with_read_token": backend.reads_with_read_token,
+            "job_subscriptions_open": fanout.open_subscriptions,
+            "job_subscriptions_total": fanout.counters.hub_subscriptions_total,
+            "catchup_subscriptions_total": fanout.counters.catchup_subscriptions_total,
+            "event_stream_clients": len(fanout.clients),
+            "event_stream_clients_total": fanout.counters.clients_total,
+            "slow_clients_dropped_total": fanout.counters.slow_clients_dropped_total,
+            "backend_events_total": fanout.counters.events_received_total,
+            "jobs_feed_clients": len(feed.clients),
+            "jobs_polls_total": feed.polls_total,
+            "sessions": len(dashboard.sessions),
+        }
+    )
+
+
+# --- pages ----------------------------------------------------------------------------------------------------
+
+
+def _page(name: str) -> Response:
+    path = STATIC_DIR / _PAGES[name]
+    if not path.is_file():
+        return PlainTextResponse(f"{_PAGES[name]} is missing from this installation", status_code=404)
+    return FileResponse(path, media_type="text/html; charset=utf-8", headers={"cache-control": "no-cache"})
+
+
+async def page_jobs(request: Request) -> Response:
+    """GET /: the jobs page."""
+    return _page("jobs")
+
+
+async def page_job(request: Request) -> Response:
+    """GET /jobs/{job_id}: one job."""
+    return _page("job")
+
+
+async def page_system(request: Request) -> Response:
+    """GET /jobs/{job_id}/system: a job's system metrics."""
+    return _page("system")
+
+
+async def page_compare(request: Request) -> Response:
+    """GET /compare?jobs=a,b: several jobs overlaid."""
+    return _page("compare")
+
+
+async def page_new(request: Request) -> Response:
+    """GET /new: the new-job form."""
+    return _page("new")
+
+
+# --- reads ----------------------------------------------------------------------------------------------------
+
+
+async def list_jobs(request: Request) -> Response:
+    """GET /api/jobs?status=RUNNING&framework=timm&q=text: {"jobs": [Job]}, newest first, at most 500."""
+    _, backend, _, feed = _parts(request)
+    statuses: list[int] = []
+    for name in filter(None, (s.strip().upper() for s in request.query_params.get("status", "").split(","))):
+        if name not in _STATUSES or name == "UNSPECIFIED":
+            raise ApiError(400, "INVALID_ARGUMENT", f"status {name[:40]!r} is not a job status", "status")
+        statuses.append(_STATUSES[name])
+    framework = request.query_params.get("framework", "").strip()
+    query = request.query_params.get("q", "").strip().lower()
+    jobs = await _call(backend.list_jobs(statuses=tuple(statuses), framework=framework, limit=500))
+    if query:
+        jobs = [
+            job
+            for job in jobs
+            if query in job.display_name.lower() or query in job.job_id.lower() or query in job.spec.model.name.lower()
+        ]
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await feed.refresh_latest(jobs)
+    return JSONResponse({"jobs": [feed.job_json(job) for job in jobs]})
+
+
+async def _epoch_summaries(backend: Backend, job: jobs_pb2.Job) -> list[dict[str, Any]]:
+    """The job's epoch summaries, from a subscription that skips its points and records (complete for an ended
+    job; for a live one, those the replay gives within a short budget: the event stream brings the rest)."""
+    after = jobs_pb2.TelemetryCursor(
+        metric_sequence=job.cursor.last_metric_sequence, log_sequence=job.cursor.last_log_sequence
+    )
+    summaries: dict[int, dict[str, Any]] = {}
+    call: Any = backend.subscribe(job.job_id, after)
+    live = convert.status_name(job.status) not in _TERMINAL
+    deadline = time.monotonic() + (_SUMMARY_LIVE_BUDGET_S if live else _SUMMARY_BUDGET_S)
+    try:
+        iterator = call.__aiter__()
+        while True:
+            budget = deadline - time.monotonic()
+            if budget <= 0:
+                break
+            try:
+                response = await asyncio.wait_for(
+                    iterator.__anext__(), timeout=min(budget, _SUMMARY_IDLE_S) if live else budget
+                )
+            except (StopAsyncIteration, TimeoutError):
+                break
+            kind = response.WhichOneof("event")
+            if kind == "epoch_summary":
+                data = convert.epoch_summary_json(response.epoch_summary)
+                summaries[data["epoch"]] = data
+            elif live and kind in ("metrics", "logs"):
+                break  # live telemetry: the replay is over (the event stream brings what follows)
+    except grpc.aio.AioRpcError as error:
+        _LOG.debug("epoch summaries of %s: %s", job.job_id, error.code().name)
+    finally:
+        call.cancel()
+    return [summaries[epoch] for epoch in sorted(summaries)]
+
+
+async def get_job(request: Request) -> Response:
+    """GET /api/jobs/{id}: the job, its spec, status events, epoch summaries, artifacts and MLflow run."""
+    _, backend, _, feed = _parts(request)
+    response = await _call(backend.get_job(request.path_params["job_id"]))
+    job = response.job
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await feed.refresh_latest([job])
+    mlflow = None
+    if job.mlflow_run_id:
+        mlflow = {
+            "tracking_uri": job.mlflow_tracking_uri,
+            "run_id": job.mlflow_run_id,
+            "run_url": convert.mlflow_run_url(job.mlflow_tracking_uri, job.mlflow_run_id),
+        }
+    return JSONResponse(
+        {
+            "job": feed.job_json(job),
+            "spec": convert.spec_json(job.spec),
+            "status_events": [convert.status_event_json(event) for event in response.status_events],
+            "epoch_summaries": await _epoch_summaries(backend, job),
+            "artifacts": convert.artifacts_json(job.artifacts),
+            "mlflow": mlflow,
+        }
+    )
+
+
+def _int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    text = request.query_params.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, "INVALID_ARGUMENT", f"{name} must be a whole number, got {text[:40]!r}", name) from None
+    if not low <= value <= high:
+        raise ApiError(400, "INVALID_ARGUMENT", f"{name} must be between {low} and {high}, got {value}", name)
+    return value
+
+
+_MAX_STEP = 2**53 - 1
+
+
+async def get_series(request: Request) -> Response:
+    """GET /api/jobs/{id}/series?keys=a,b&max_points=1000&min_step=&max_step=: bucketed series (GetMetricSeries)."""
+    _, backend, _, _ = _parts(request)
+    keys = [key for key in request.query_params.get("keys", "").split(",") if key]
+    series_request = jobs_pb2.GetMetricSeriesRequest(
+        job_id=request.path_params["job_id"],
+        keys=keys,
+        max_points=_int_param(request, "max_points", 1000, 1, 10_000) or 1000,
+    )
+    min_step = _int_param(request, "min_step", None, 0, _MAX_STEP)
+    max_step = _int_param(request, "max_step", None, 0, _MAX_STEP)
+    if min_step is not None:
+        series_request.min_step = min_step
+    if max_step is not None:
+        series_request.max_step = max_step
+    response = await _call(backend.metric_series(series_request))
+    return JSONResponse(convert.series_json(response))
+
+
+async def get_logs(request: Request) -> Response:
+    """GET /api/jobs/{id}/logs?after=0&limit=1000&min_level=INFO: {"records": [...], "next_after": N}."""
+    _, backend, _, _ = _parts(request)
+    after = _int_param(request, "after", 0, 0, _MAX_STEP) or 0
+    limit = _int_param(request, "limit", 1000, 1, 10_000) or 1000
+    level_name = request.query_params.get("min_level", "").strip().upper()
+    if level_name and level_name not in _LOG_LEVELS:
+        raise ApiError(400, "INVALID_ARGUMENT", f"min_level {level_name[:40]!r} is not a log level", "min_level")
+    level = _LOG_LEVELS.get(level_name, 0)
+    records: list[dict[str, Any]] = []
+    token = ""
+    while len(records) < limit:
+        page = await _call(
+            backend.list_logs(request.path_params["job_id"], min_level=level, page_size=10_000, page_token=token)
+        )
+        for record in page.records:
+            if record.sequence > after:
+                records.append(convert.log_json(record))
+                if len(records) >= limit:
+                    break
+        token = page.next_page_token
+        if not token:
+            break
+    next_after = records[-1]["sequence"] if records else after
+    return JSONResponse({"records": records, "next_after": next_after})
+
+
+# --- event streams --------------------------------------------------------------------------------------------
+
+
+async def job_events(request: Request) -> Response:
+    """GET /api/jobs/{id}/events[?after=cursor] (Last-Event-ID wins): the job's telemetry as Server-Sent Events."""
+    dashboard, backend, fanout, _ = _parts(request)
+    job_id = request.path_params["job_id"]
+    text = request.headers.get("last-event-id") or request.query_params.get("after", "")
+    try:
+        cursor = Cursor.parse(text) if text else Cursor()
+    except ValueError as error:
+        raise ApiError(400, "INVALID_ARGUMENT", str(error), "after") from None
+    response = await _call(backend.get_job(job_id))
+    live = convert.status_name(response.job.status) not in _TERMINAL
+    # An id past what the job has committed (forged or from another deployment) would start the job's shared
+    # subscription past events other tabs need: metrics and logs resume at most from the job's cursor.
+    committed = response.job.cursor
+    last_status = max((event.sequence for event in response.status_events), default=0)
+    cursor = Cursor(
+        min(cursor.m, committed.last_metric_sequence),
+        min(cursor.l, committed.last_log_sequence),
+        min(cursor.s, last_status),
+        cursor.e,
+    )
+    client = Client(cursor, int(dashboard.settings.client_queue_events))
+    task = fanout.attach(job_id, client, live=live)
+
+    def close() -> None:
+        if task is not None:
+            task.cancel()
+        fanout.detach(client)
+
+    return EventStream(client, dashboard.settings.ping_interval_s, close)
+
+
+async def jobs_events(request: Request) -> Response:
+    """GET /api/events/jobs: `event: job` for every job that appears or changes (one poll for every tab)."""
+    dashboard, _, _, feed = _parts(request)
+    client = feed.follow()
+    return EventStream(client, dashboard.settings.ping_interval_s, lambda: feed.unfollow(client))
+
+
+# --- changes --------------------------------------------------------------------------------------------------
+
+
+def _body_error(message: str, field: str | None) -> ApiError:
+    return ApiError(400, "INVALID_ARGUMENT", message, field)
+
+
+def _optional_int(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value.strip())
+        raise _body_error(f"{name} must be a whole number, got {convert.dumps(value)[:40]}", name)
+    return value
+
+
+def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
+    """The JobSpec and display name of a create request, checked as the backend checks them.
+
+    Raises:
+        ApiError: 400 naming the field.
+    """
+
+    def text(name: str) -> str:
+        value = body.get(name, "")
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise _body_error(f"{name} must be a string", name)
+        return value.strip()
+
+    dataset = body.get("dataset") or {}
+    if isinstance(dataset, str):
+        dataset = {"name": dataset}
+    if not isinstance(dataset, dict):
+        raise _body_error('dataset must be {"name": ...} or {"path": ...}', "dataset")
+    dataset_name, dataset_path = dataset.get("name") or "", dataset.get("path") or ""
+    if not isinstance(dataset_name, str) or not isinstance(dataset_path, str):
+        raise _body_error("dataset.name and dataset.path must be strings", "dataset")
+    advanced = body.get("advanced_config")
+    if isinstance(advanced, str):
+        try:
+            advanced = json.loads(advanced) if advanced.strip() else {}
+        except json.JSONDecodeError as error:
+            raise _body_error(f"advanced_config: not valid JSON: {error}", "advanced_config") from None
+    try:
+        advanced_config = AdvancedConfig.from_mapping(advanced or {})
+    except PlatformError as error:
+        raise from_platform_error(error) from None
+    except (TypeError, ValueError) as error:
+        raise _body_error(f"advanced_config: {error}", "advanced_config") from None
+    spec = common_pb2.JobSpec(
+        framework=text("framework"),
+        model=common_pb2.ModelConfig(name=text("model"), image_size=_optional_int(body, "image_size")),
+        dataset=common_pb2.DatasetConfig(name=dataset_name.strip(), path=dataset_path.strip()),
+        training=common_pb2.TrainingConfig(
+            epochs=_optional_int(body, "epochs"), batch_size=_optional_int(body, "batch_size")
+        ),
+        advanced=advanced_config.to_proto(),
+    )
+    try:
+        validate_spec(spec)
+    except PlatformError as error:
+        raise from_platform_error(error) from None
+    except ValueError as error:
+        raise _body_error(str(error), None) from None
+    return spec, text("display_name")
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > _MAX_BODY_BYTES:
+        raise ApiError(413, "INVALID_ARGUMENT", f"the request body is over {_MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _body_error(f"the request body is not JSON: {error}", None) from None
+    if not isinstance(body, dict):
+        raise _body_error("the request body must be a JSON object", None)
+    return body
+
+
+async def create_job(request: Request) -> Response:
+    """POST /api/jobs (CSRF): creates a job with the front-end token; 201 {"job": Job}."""
+    _, backend, _, feed = _parts(request)
+    spec, display_name = spec_from_body(await _json_body(request))
+    created = await _call(
+        backend.create_job(
+            jobs_pb2.CreateJobRequest(spec=spec, display_name=display_name, request_id=str(uuid.uuid4()))
+        )
+    )
+    return JSONResponse({"job": feed.job_json(created.job)}, status_code=201)
+
+
+async def cancel_job(request: Request) -> Response:
+    """POST /api/jobs/{id}/cancel (CSRF): cancels the job with the front-end token; 200 {"job": Job}."""
+    _, backend, _, feed = _parts(request)
+    response = await _call(backend.cancel_job(request.path_params["job_id"], "cancelled from the dashboard"))
+    return JSONResponse({"job": feed.job_json(response.job)})
+
+
+# --- the app --------------------------------------------------------------------------------------------------
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/api/"):
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERROR")
+        return ApiError(exc.status_code, code, str(exc.detail)).response()
+    return PlainTextResponse(str(exc.detail), status_code=exc.status_code)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app of `settings`."""
+    dashboard = Dashboard(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await dashboard.start()
+        try:
+            yield
+        finally:
+            await dashboard.stop()
+
+    routes = [
+        Route("/login", login),
+        Route("/healthz", healthz),
+        Route("/", page_jobs),
+        Route("/jobs/{job_id}", page_job),
+        Route("/jobs/{job_id}/system", page_system),
+        Route("/compare", page_compare),
+        Route("/new", page_new),
+        Route("/api/session", session),
+        Route("/api/jobs", list_jobs, methods=["GET"]),
+        Route("/api/jobs", create_job, methods=["POST"]),
+        Route("/api/jobs/{job_id}", get_job),
+        Route("/api/jobs/{job_id}/series", get_series),
+        Route("/api/jobs/{job_id}/logs", get_logs),
+        Route("/api/jobs/{job_id}/events", job_events),
+        Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+        Route("/api/events/jobs", jobs_events),
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(SecurityMiddleware, sessions=dashboard.sessions)],
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+    )
+    app.state.dashboard = dashboard
+    return app

@@ -1,0 +1,186 @@
+"""The dashboard's one connection to the backend: a grpc.aio channel to JobsService, and the token of each action.
+
+The least-privileged token is used for each call: READ_AUTH_TOKEN for every read when the backend has one, the
+front-end token (TP_AUTH_TOKEN, else `<TP_DATA_DIR>/frontend_auth_token`) for CreateJob and CancelJob, and for reads
+only when there is no read token. Tokens stay in this process: no answer to a browser ever holds one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from trainingplatform_sdk.channel import auth_metadata, open_aio_channel
+
+from trainingplatform_dashboard.errors import ApiError
+from trainingplatform_dashboard.settings import FRONTEND_TOKEN_FILE, Settings
+
+__all__ = ["Backend"]
+
+_RECEIVE_BYTES = 16 * 1024 * 1024
+_READS = ("GetJob", "ListJobs", "ListMetrics", "ListLogs", "GetMetricSeries")
+
+
+def _service_config() -> str:
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": "trainingplatform.jobs.v1.JobsService", "method": m} for m in _READS],
+                    "retryPolicy": {
+                        "maxAttempts": 4,
+                        "initialBackoff": "0.1s",
+                        "maxBackoff": "1s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+class Backend:
+    """JobsService through one asyncio channel, with the right token for each call.
+
+    Calls raise `grpc.aio.AioRpcError` (turned into HTTP answers by `errors.from_rpc_error`), or `ApiError` when the
+    dashboard has no token for the action.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._channel = open_aio_channel(
+            settings.backend_address,
+            options=[
+                ("grpc.enable_retries", 1),
+                ("grpc.service_config", _service_config()),
+                ("grpc.max_receive_message_length", _RECEIVE_BYTES),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+            ],
+        )
+        self.stub = jobs_pb2_grpc.JobsServiceStub(self._channel)
+        self._write_token = settings.write_token
+
+    async def close(self) -> None:
+        """Closes the channel (open calls are cancelled)."""
+        await self._channel.close()
+
+    # --- tokens -----------------------------------------------------------------------------------------------
+
+    def write_token(self) -> str:
+        """The front-end token: TP_AUTH_TOKEN, else `<TP_DATA_DIR>/frontend_auth_token` (read when first needed:
+        a local backend writes it when it starts).
+
+        Raises:
+            ApiError: 503 when neither exists.
+        """
+        if not self._write_token:
+            path = self._settings.data_dir / FRONTEND_TOKEN_FILE
+            try:
+                self._write_token = path.read_text().strip()
+            except OSError:
+                self._write_token = ""
+            if not self._write_token:
+                raise ApiError(
+                    503,
+                    "UNAVAILABLE",
+                    "the dashboard has no backend token to create or cancel jobs: set TP_AUTH_TOKEN "
+                    "(the backend's FRONTEND_AUTH_TOKEN)",
+                )
+        return self._write_token
+
+    def read_token(self) -> str:
+        """READ_AUTH_TOKEN when set, else the front-end token."""
+        return self._settings.read_token or self.write_token()
+
+    @property
+    def reads_with_read_token(self) -> bool:
+        """Whether reads use the backend's read-only token."""
+        return bool(self._settings.read_token)
+
+    def _read(self) -> tuple[tuple[str, str], ...]:
+        return auth_metadata(self.read_token())
+
+    def _write(self) -> tuple[tuple[str, str], ...]:
+        return auth_metadata(self.write_token())
+
+    # --- calls ------------------------------------------------------------------------------------------------
+
+    @property
+    def _timeout(self) -> float:
+        return self._settings.call_timeout_s
+
+    async def get_job(self, job_id: str) -> jobs_pb2.GetJobResponse:
+        """GetJob with the read token."""
+        return await self.stub.GetJob(
+            jobs_pb2.GetJobRequest(job_id=job_id), metadata=self._read(), timeout=self._timeout
+        )
+
+    async def list_jobs(self, *, statuses: tuple[int, ...] = (), framework: str = "", limit: int = 500) -> list[Any]:
+        """ListJobs with the read token: the newest `limit` jobs (pages followed)."""
+        jobs: list[Any] = []
+        token = ""
+        while len(jobs) < limit:
+            response = await self.stub.ListJobs(
+                jobs_pb2.ListJobsRequest(
+                    statuses=list(statuses),  # type: ignore[arg-type]
+                    framework=framework,
+                    page_size=min(1000, limit - len(jobs)),
+                    page_token=token,
+                ),
+                metadata=self._read(),
+                timeout=self._timeout,
+            )
+            jobs.extend(response.jobs)
+            token = response.next_page_token
+            if not token:
+                break
+        return jobs[:limit]
+
+    async def list_logs(self, job_id: str, *, min_level: int, page_size: int, page_token: str = "") -> Any:
+        """One ListLogs page with the read token."""
+        return await self.stub.ListLogs(
+            jobs_pb2.ListLogsRequest(
+                job_id=job_id,
+                min_level=min_level,  # type: ignore[arg-type]
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            metadata=self._read(),
+            timeout=self._timeout,
+        )
+
+    async def metric_series(self, request: jobs_pb2.GetMetricSeriesRequest) -> jobs_pb2.GetMetricSeriesResponse:
+        """GetMetricSeries with the read token."""
+        return await self.stub.GetMetricSeries(request, metadata=self._read(), timeout=self._timeout)
+
+    def subscribe(
+        self, job_id: str, after: jobs_pb2.TelemetryCursor | None = None
+    ) -> AsyncIterator[jobs_pb2.SubscribeTelemetryResponse]:
+        """A SubscribeTelemetry call with the read token (cancel it to end it)."""
+        request = jobs_pb2.SubscribeTelemetryRequest(job_id=job_id)
+        if after is not None:
+            request.after.CopyFrom(after)
+        call: Any = self.stub.SubscribeTelemetry(request, metadata=self._read())
+        return call
+
+    async def create_job(self, request: jobs_pb2.CreateJobRequest) -> jobs_pb2.CreateJobResponse:
+        """CreateJob with the front-end token (never the read token: it may not create)."""
+        return await self.stub.CreateJob(request, metadata=self._write(), timeout=max(self._timeout, 60.0))
+
+    async def cancel_job(self, job_id: str, reason: str) -> jobs_pb2.CancelJobResponse:
+        """CancelJob with the front-end token."""
+        return await self.stub.CancelJob(
+            jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason), metadata=self._write(), timeout=self._timeout
+        )
+
+    async def ready(self) -> bool:
+        """Whether the channel is connected (or connecting without failure)."""
+        state = self._channel.get_state(try_to_connect=True)
+        return state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.IDLE)

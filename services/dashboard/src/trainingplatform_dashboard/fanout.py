@@ -1,0 +1,442 @@
+"""One backend subscription per watched job, fanned out to every browser watching it over Server-Sent Events.
+
+A `JobHub` holds the job's single `SubscribeTelemetry` call and the last `history_events` events it received. A
+browser stream (`Client`) starts from a cursor (its EventSource's Last-Event-ID, or `after=`):
+
+- when the hub's retained history starts at or before that cursor (every position), the client joins the hub:
+  the retained events after its cursor are replayed to it, then it follows live;
+- otherwise (a tab that slept through more than the retained history) it catches up on a subscription of its own
+  from its cursor, and joins the hub as soon as its position reaches the start of the hub's history.
+
+Every SSE event carries `id: <cursor>` (`Cursor.text`): the position after that event, so a reconnecting browser
+resumes with nothing missed and nothing twice (events a client's cursor already covers are filtered out per
+client: points and records by sequence, status changes by their sequence, epoch summaries by position).
+
+A browser that falls `client_queue_events` events behind is disconnected; its EventSource reconnects with the id
+of the last event it received and resumes from there, so a slow tab never holds back the others or the hub. The
+hub's subscription ends when the job ends (its clients get `event: end`), or `linger_s` after its last client left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from trainingplatform.jobs.v1 import jobs_pb2
+
+from trainingplatform_dashboard import convert
+from trainingplatform_dashboard.backend import Backend
+from trainingplatform_dashboard.errors import ApiError, from_rpc_error
+
+__all__ = ["Client", "Counters", "Cursor", "Event", "FanOut", "JobHub"]
+
+_LOG = logging.getLogger("trainingplatform_dashboard.fanout")
+
+_CURSOR = re.compile(r"^(?:m(\d{1,16}))?(?:l(\d{1,16}))?(?:s(\d{1,16}))?(?:e(\d{1,16}))?$")
+_TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in a job's telemetry: the last metric, log, status and epoch-summary sequence seen.
+
+    Its text form (the SSE event id) is `m<metric>l<log>s<status>e<epoch_summary>`; a part left out is 0, so
+    `m1200` means "metrics after sequence 1200, everything else from the start".
+    """
+
+    m: int = 0
+    l: int = 0  # noqa: E741 - the letter of the text form
+    s: int = 0
+    e: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        """Parses the text form.
+
+        Raises:
+            ValueError: not a cursor.
+        """
+        match = _CURSOR.match(text.strip())
+        if match is None:
+            raise ValueError(f"not a dashboard event id: {text[:40]!r}")
+        return cls(*(int(part) if part else 0 for part in match.groups()))
+
+    @classmethod
+    def from_proto(cls, cursor: jobs_pb2.TelemetryCursor) -> Cursor:
+        """The cursor of a SubscribeTelemetry response."""
+        return cls(cursor.metric_sequence, cursor.log_sequence, cursor.status_sequence, cursor.epoch_summary_sequence)
+
+    def proto(self) -> jobs_pb2.TelemetryCursor:
+        """The backend's form."""
+        return jobs_pb2.TelemetryCursor(
+            metric_sequence=self.m, log_sequence=self.l, status_sequence=self.s, epoch_summary_sequence=self.e
+        )
+
+    def text(self) -> str:
+        """The SSE event id."""
+        return f"m{self.m}l{self.l}s{self.s}e{self.e}"
+
+    def covers(self, other: Cursor) -> bool:
+        """Whether every position is at or after `other`'s."""
+        return self.m >= other.m and self.l >= other.l and self.s >= other.s and self.e >= other.e
+
+    def max(self, other: Cursor) -> Cursor:
+        """The later of each position."""
+        if self.covers(other):
+            return self
+        return Cursor(max(self.m, other.m), max(self.l, other.l), max(self.s, other.s), max(self.e, other.e))
+
+
+@dataclass
+class Event:
+    """One backend event, converted once for every client.
+
+    Attributes:
+        kind: The SSE event name: metrics, logs, status or epoch_summary.
+        after: The backend's cursor after the event.
+        data: The JSON of the whole event.
+        low: The lowest sequence it holds (points, records, a status change) or its epoch-summary position.
+        items: The points or records (for filtering), else empty.
+        status: The status a `status` event moves to.
+    """
+
+    kind: str
+    after: Cursor
+    data: str
+    low: int
+    items: list[dict[str, Any]] = field(default_factory=list)
+    status: str = ""
+
+
+def build_event(response: jobs_pb2.SubscribeTelemetryResponse) -> Event | None:
+    """The event of a response (None for a `lagged` notice, which only moves the cursor)."""
+    after = Cursor.from_proto(response.cursor)
+    which = response.WhichOneof("event")
+    if which == "metrics":
+        points = [convert.point_json(point) for point in response.metrics.points]
+        if not points:
+            return None
+        low = min(p["sequence"] for p in points)
+        return Event("metrics", after, convert.dumps({"points": points}), low, points)
+    if which == "logs":
+        records = [convert.log_json(record) for record in response.logs.records]
+        if not records:
+            return None
+        low = min(r["sequence"] for r in records)
+        return Event("logs", after, convert.dumps({"records": records}), low, records)
+    if which == "status_event":
+        data = convert.status_event_json(response.status_event)
+        return Event("status", after, convert.dumps(data), response.status_event.sequence, status=data["status"])
+    if which == "epoch_summary":
+        return Event("epoch_summary", after, convert.dumps(convert.epoch_summary_json(response.epoch_summary)), after.e)
+    return None
+
+
+@dataclass
+class Counters:
+    """What /healthz reports about the fan-out (no secrets)."""
+
+    hub_subscriptions_total: int = 0
+    """Backend subscriptions opened by hubs (resubscriptions after a backend error included)."""
+    catchup_subscriptions_total: int = 0
+    """Backend subscriptions of single clients catching up, or reading a job that has ended."""
+    clients_total: int = 0
+    slow_clients_dropped_total: int = 0
+    events_received_total: int = 0
+
+
+class Client:
+    """One browser's event stream: a bounded queue of SSE chunks, filtered by its cursor."""
+
+    def __init__(self, cursor: Cursor, max_events: int) -> None:
+        self.cursor = cursor
+        self.max_events = max_events
+        self.queue: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.overflowed = False
+        self.closed = False
+        self.hub: JobHub | None = None
+        """The hub the client joined (None while it catches up on its own subscription)."""
+        self.drained = asyncio.Event()
+        self.interrupt: Callable[[], object] | None = None
+        """Set by the stream while a send is in flight: cancels it (a client that overflows is dropped at once,
+        even while its socket accepts nothing)."""
+
+    def take(self) -> bytes:
+        """Everything queued, as one chunk (empty when nothing is)."""
+        chunk = b"".join(self.queue)
+        self.queue.clear()
+        self.drained.set()
+        return chunk
+
+    async def room(self) -> None:
+        """Waits until the queue is at most half full (a catch-up, which reads for this client alone, waits
+        for the browser instead of overflowing)."""
+        while len(self.queue) > self.max_events // 2 and not self.closed:
+            self.drained.clear()
+            await self.drained.wait()
+
+    def offer(self, event: Event) -> None:
+        """Queues the part of `event` after the client's cursor (never blocks; past the bound the client is
+        marked overflowed and receives nothing more: its stream ends and the browser resumes from its id)."""
+        if self.closed or self.overflowed:
+            return
+        cursor = self.cursor
+        data: str | None = event.data
+        if event.kind == "metrics":
+            if event.low <= cursor.m:
+                kept = [p for p in event.items if p["sequence"] > cursor.m]
+                data = convert.dumps({"points": kept}) if kept else None
+        elif event.kind == "logs":
+            if event.low <= cursor.l:
+                kept = [r for r in event.items if r["sequence"] > cursor.l]
+                data = convert.dumps({"records": kept}) if kept else None
+        elif event.kind == "status":
+            if event.low and event.low <= cursor.s:
+                data = None
+        elif event.kind == "epoch_summary" and event.after.e <= cursor.e:
+            data = None
+        self.cursor = cursor.max(event.after)
+        if data is None:
+            return
+        if len(self.queue) >= self.max_events:
+            self.overflowed = True
+            self.wake.set()
+            if self.interrupt is not None:
+                self.interrupt()
+            return
+        self.queue.append(f"id: {self.cursor.text()}\nevent: {event.kind}\ndata: {data}\n\n".encode())
+        self.wake.set()
+
+    def finish(self, status: str | None) -> None:
+        """Queues `event: end` and closes the stream after it."""
+        if self.closed:
+            return
+        self.queue.append(f"event: end\ndata: {convert.dumps({'status': status})}\n\n".encode())
+        self.closed = True
+        self.wake.set()
+
+    def fail(self, code: str, message: str) -> None:
+        """Queues `event: error` ({"error": {code, message}}) and closes the stream after it."""
+        if self.closed:
+            return
+        payload = convert.dumps({"error": {"code": code, "message": message, "field": None}})
+        self.queue.append(f"event: error\ndata: {payload}\n\n".encode())
+        self.closed = True
+        self.wake.set()
+
+
+class JobHub:
+    """The one backend subscription of a job and the clients it feeds."""
+
+    def __init__(self, fanout: FanOut, job_id: str, start: Cursor) -> None:
+        self.fanout = fanout
+        self.job_id = job_id
+        self.base = start
+        """Where the retained history starts: a client whose cursor covers it can join."""
+        self.position = start
+        self.history: deque[Event] = deque()
+        self.clients: set[Client] = set()
+        self.finished = False
+        self.status = ""
+        self._linger: asyncio.TimerHandle | None = None
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"hub-{job_id}")
+
+    def can_join(self, client: Client) -> bool:
+        """Whether the client's cursor lies within the retained history (or after it)."""
+        return not self.finished and client.cursor.covers(self.base)
+
+    def join(self, client: Client) -> None:
+        """Adds a client whose cursor `can_join`: replays the retained events after it, then it follows live."""
+        for event in self.history:
+            client.offer(event)
+        self.clients.add(client)
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+
+    def leave(self, client: Client) -> None:
+        """Removes a client; the subscription ends `linger_s` after the last one left."""
+        self.clients.discard(client)
+        if not self.clients and not self.finished and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(self.fanout.linger_s, self.close)
+
+    def close(self) -> None:
+        """Ends the subscription now (its clients' streams end; browsers reconnect and resume)."""
+        self._linger = None
+        if self.clients:
+            return
+        self.finished = True
+        self.fanout.forget(self)
+        self._task.cancel()
+
+    def _record(self, event: Event) -> None:
+        self.history.append(event)
+        while len(self.history) > self.fanout.history_events:
+            self.base = self.history.popleft().after
+
+    async def _run(self) -> None:
+        delay = 0.2
+        try:
+            while True:
+                self.fanout.counters.hub_subscriptions_total += 1
+                call: Any = self.fanout.backend.subscribe(self.job_id, self.position.proto())
+                try:
+                    async for response in call:
+                        delay = 0.2
+                        self.fanout.counters.events_received_total += 1
+                        event = build_event(response)
+                        self.position = self.position.max(Cursor.from_proto(response.cursor))
+                        if event is None:
+                            continue
+                        if event.kind == "status":
+                            self.status = event.status
+                        self._record(event)
+                        for client in tuple(self.clients):
+                            client.offer(event)
+                    break  # the job ended: the backend ends the stream after its terminal status
+                except grpc.aio.AioRpcError as error:
+                    if error.code() not in _RETRYABLE:
+                        self._fail(error)
+                        return
+                    _LOG.info("subscription of job %s broke (%s); resubscribing", self.job_id, error.code().name)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                finally:
+                    call.cancel()
+            self._end()
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # never leave clients hanging on a hub that died
+            _LOG.exception("subscription of job %s failed", self.job_id)
+            self._fail_all("BACKEND_ERROR", "the dashboard's subscription failed; reload to retry")
+
+    def _end(self) -> None:
+        self.finished = True
+        self.fanout.forget(self)
+        for client in tuple(self.clients):
+            client.finish(self.status or None)
+
+    def _fail(self, error: grpc.aio.AioRpcError) -> None:
+        api = from_rpc_error(error)
+        self._fail_all(api.code, api.message)
+
+    def _fail_all(self, code: str, message: str) -> None:
+        self.finished = True
+        self.fanout.forget(self)
+        for client in tuple(self.clients):
+            client.fail(code, message)
+
+
+class FanOut:
+    """The hubs of every watched job, and the catch-up of clients that start behind them."""
+
+    def __init__(self, backend: Backend, *, linger_s: float, history_events: int, client_queue_events: int) -> None:
+        self.backend = backend
+        self.linger_s = linger_s
+        self.history_events = history_events
+        self.client_queue_events = client_queue_events
+        self.hubs: dict[str, JobHub] = {}
+        self.clients: set[Client] = set()
+        self.counters = Counters()
+
+    def forget(self, hub: JobHub) -> None:
+        """Drops a hub that ended (a new one is made for the next client)."""
+        if self.hubs.get(hub.job_id) is hub:
+            del self.hubs[hub.job_id]
+
+    def _hub_for(self, job_id: str, client: Client) -> JobHub | None:
+        """The hub the client can join now: the job's own, or a new one starting at the client's cursor."""
+        hub = self.hubs.get(job_id)
+        if hub is None or hub.finished:
+            hub = JobHub(self, job_id, client.cursor)
+            self.hubs[job_id] = hub
+            return hub
+        return hub if hub.can_join(client) else None
+
+    def attach(self, job_id: str, client: Client, *, live: bool) -> asyncio.Task[None] | None:
+        """Starts feeding `client`: it joins the job's hub at once when it can (returns None), else a task catches
+        it up on a subscription of its own and then joins the hub (cancel the task when the browser leaves).
+        `live`: the job has not ended (an ended job's stream is a finite replay of its own, ending with
+        `event: end`)."""
+        self.counters.clients_total += 1
+        self.clients.add(client)
+        if live:
+            hub = self._hub_for(job_id, client)
+            if hub is not None:
+                hub.join(client)
+                client.hub = hub
+                return None
+        return asyncio.get_running_loop().create_task(self._catch_up(job_id, client, live=live))
+
+    def detach(self, client: Client) -> None:
+        """The client's stream ended (browser gone, overflow, end of job)."""
+        self.clients.discard(client)
+        if client.overflowed:
+            self.counters.slow_clients_dropped_total += 1
+        if client.hub is not None:
+            client.hub.leave(client)
+            client.hub = None
+
+    async def _catch_up(self, job_id: str, client: Client, *, live: bool) -> None:
+        self.counters.catchup_subscriptions_total += 1
+        try:
+            call: Any = self.backend.subscribe(job_id, client.cursor.proto())
+        except ApiError as error:  # no backend token
+            client.fail(error.code, error.message)
+            return
+        status = ""
+        try:
+            async for response in call:
+                event = build_event(response)
+                if event is not None:
+                    if event.kind == "status":
+                        status = event.status
+                    client.offer(event)
+                else:
+                    client.cursor = client.cursor.max(Cursor.from_proto(response.cursor))
+                if client.closed or client.overflowed:
+                    return
+                if live and status not in _TERMINAL:
+                    hub = self._hub_for(job_id, client)
+                    if hub is not None:
+                        hub.join(client)
+                        client.hub = hub
+                        return
+                await client.room()
+            client.finish(status or None)
+        except grpc.aio.AioRpcError as error:
+            api = from_rpc_error(error)
+            client.fail(api.code, api.message)
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        """Ends every subscription (shutdown)."""
+        for hub in list(self.hubs.values()):
+            hub.finished = True
+            hub._task.cancel()
+            with contextlib.suppress(BaseException):
+                await hub._task
+        self.hubs.clear()
+
+    @property
+    def open_subscriptions(self) -> int:
+        """Hubs with an open backend subscription."""
+        return len(self.hubs)

@@ -1,0 +1,208 @@
+"""The jobs feed: one ListJobs poll a second for every open jobs page together, pushed as `event: job`.
+
+While at least one browser follows /api/events/jobs, the feed polls the newest 500 jobs every `poll_interval_s`
+and sends each job that appeared or changed (status, times, name, latest metric) to every follower. A follower
+first receives every job of the last poll, so a page that reconnects is whole again.
+
+The latest metric of a job (the jobs page's "latest key metric") comes from GetMetricSeries with one bucket per
+key; it is read again only when the job's metric cursor moved, at most every `LATEST_REFRESH_S` per job, and never
+again once the job has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from trainingplatform.jobs.v1 import jobs_pb2
+
+from trainingplatform_dashboard import convert
+from trainingplatform_dashboard.backend import Backend
+from trainingplatform_dashboard.fanout import Client, Cursor
+
+__all__ = ["JobsFeed", "pick_key_metric"]
+
+_LOG = logging.getLogger("trainingplatform_dashboard.feed")
+
+LATEST_REFRESH_S = 5.0
+"""A running job's latest metric is read at most this often."""
+_LATEST_CONCURRENCY = 8
+_LATEST_PER_ROUND = 50
+_TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+_PREFERRED = (
+    "val/accuracy",
+    "val/acc",
+    "val/top1",
+    "val/acc1",
+    "metrics/mAP50-95(B)",
+    "metrics/mAP50(B)",
+)
+
+
+def pick_key_metric(keys: Iterable[str]) -> str | None:
+    """The key a jobs list shows: a validation accuracy or mAP when the job has one, else another validation
+    metric, else the training loss, else another training metric, else the first key that is not a system metric."""
+    names = sorted(key for key in keys if not key.startswith("system/"))
+    for preferred in _PREFERRED:
+        if preferred in names:
+            return preferred
+    validation = [key for key in names if key.startswith("val/")]
+    if validation:
+        return validation[0]
+    if "train/loss" in names:
+        return "train/loss"
+    training = [key for key in names if key.startswith("train/")]
+    candidates = training or names
+    return candidates[0] if candidates else None
+
+
+@dataclass
+class _Latest:
+    metric_sequence: int
+    read_at: float
+    value: dict[str, Any] | None
+
+
+class JobsFeed:
+    """The shared ListJobs poller and its followers."""
+
+    def __init__(self, backend: Backend, *, poll_interval_s: float, linger_s: float, max_events: int) -> None:
+        self.backend = backend
+        self.poll_interval_s = poll_interval_s
+        self.linger_s = linger_s
+        self.max_events = max_events
+        self.clients: set[Client] = set()
+        self.snapshot: dict[str, str] = {}
+        """Job id -> the JSON last sent (without the duration, which changes every second)."""
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.polls_total = 0
+        self._latest: dict[str, _Latest] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._idle_since: float | None = None
+
+    # --- latest metrics ---------------------------------------------------------------------------------------
+
+    def latest(self, job_id: str) -> dict[str, Any] | None:
+        """The cached latest key metric of a job, {key, value, step} or None."""
+        entry = self._latest.get(job_id)
+        return entry.value if entry else None
+
+    async def refresh_latest(self, jobs: list[jobs_pb2.Job]) -> None:
+        """Reads the latest key metric of the jobs whose metric cursor moved (bounded per call)."""
+        now = time.monotonic()
+        stale: list[jobs_pb2.Job] = []
+        for job in jobs:
+            sequence = job.cursor.last_metric_sequence
+            if sequence == 0:
+                continue
+            entry = self._latest.get(job.job_id)
+            if entry is not None and (
+                entry.metric_sequence == sequence
+                or (now - entry.read_at < LATEST_REFRESH_S and convert.status_name(job.status) not in _TERMINAL)
+            ):
+                continue
+            stale.append(job)
+            if len(stale) >= _LATEST_PER_ROUND:
+                break
+        if not stale:
+            return
+        semaphore = asyncio.Semaphore(_LATEST_CONCURRENCY)
+
+        async def read(job: jobs_pb2.Job) -> None:
+            async with semaphore:
+                try:
+                    response = await self.backend.metric_series(
+                        jobs_pb2.GetMetricSeriesRequest(job_id=job.job_id, max_points=1)
+                    )
+                except grpc.aio.AioRpcError as error:
+                    _LOG.debug("latest metric of %s: %s", job.job_id, error.code().name)
+                    return
+                by_key = {series.key: series for series in response.series if series.buckets}
+                key = pick_key_metric(by_key)
+                value = None
+                if key is not None:
+                    bucket = by_key[key].buckets[-1]
+                    value = {"key": key, "value": convert.number(bucket.last), "step": bucket.last_step}
+                self._latest[job.job_id] = _Latest(response.last_sequence, time.monotonic(), value)
+
+        await asyncio.gather(*(read(job) for job in stale))
+
+    def job_json(self, job: jobs_pb2.Job) -> dict[str, Any]:
+        """The contract's Job with its cached latest metric."""
+        return convert.job_json(job, self.latest(job.job_id))
+
+    # --- followers --------------------------------------------------------------------------------------------
+
+    def follow(self) -> Client:
+        """A new follower: queued the last poll's jobs, then every change."""
+        client = Client(cursor=Cursor(), max_events=self.max_events + len(self.jobs))
+        for job in self.jobs.values():
+            client.queue.append(_job_chunk(job))
+        client.wake.set()
+        self.clients.add(client)
+        self._idle_since = None
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="jobs-feed")
+        return client
+
+    def unfollow(self, client: Client) -> None:
+        """A follower left."""
+        self.clients.discard(client)
+        if not self.clients:
+            self._idle_since = time.monotonic()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                idle = self._idle_since
+                if not self.clients and idle is not None and time.monotonic() - idle >= self.linger_s:
+                    return
+                started = time.monotonic()
+                try:
+                    await self.poll()
+                except grpc.aio.AioRpcError as error:
+                    _LOG.warning("jobs feed: ListJobs failed: %s", error.code().name)
+                except Exception:
+                    _LOG.exception("jobs feed: poll failed")
+                await asyncio.sleep(max(0.05, self.poll_interval_s - (time.monotonic() - started)))
+        except asyncio.CancelledError:
+            pass
+
+    async def poll(self) -> None:
+        """One ListJobs; sends what changed to every follower."""
+        jobs = await self.backend.list_jobs(limit=500)
+        self.polls_total += 1
+        await self.refresh_latest(jobs)
+        seen: dict[str, dict[str, Any]] = {}
+        for job in jobs:
+            data = self.job_json(job)
+            seen[job.job_id] = data
+            signature = convert.dumps({**data, "duration_s": None})
+            if self.snapshot.get(job.job_id) != signature:
+                self.snapshot[job.job_id] = signature
+                chunk = _job_chunk(data)
+                for client in tuple(self.clients):
+                    client.queue.append(chunk)
+                    if len(client.queue) > client.max_events:
+                        client.overflowed = True
+                    client.wake.set()
+        for gone in set(self.snapshot) - set(seen):
+            del self.snapshot[gone]
+        self.jobs = seen
+
+    async def close(self) -> None:
+        """Stops polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+
+def _job_chunk(job: dict[str, Any]) -> bytes:
+    return f"event: job\ndata: {convert.dumps(job)}\n\n".encode()

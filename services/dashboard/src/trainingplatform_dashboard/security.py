@@ -1,0 +1,175 @@
+"""Sessions, CSRF and the security headers of every answer.
+
+- A browser logs in once with the dashboard's login token (`GET /login?token=...`, the URL `tp up` prints) and gets
+  a session cookie `tp_session` (HttpOnly, SameSite=Strict, Path=/), then a redirect to a URL without the token.
+- Every page, static file and API call without a valid session answers 401 (only /login and /healthz are open).
+- A request that changes anything (any method but GET and HEAD) also needs the header `X-CSRF-Token` equal to its
+  session's CSRF token (`GET /api/session`), else 403.
+- Every answer carries a Content-Security-Policy without inline script or style, `nosniff` and `no-referrer`.
+
+Sessions live in this process's memory: a restart logs browsers out (they log in again with the printed URL).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "COOKIE",
+    "CSP",
+    "CSRF_HEADER",
+    "SecurityMiddleware",
+    "Session",
+    "Sessions",
+]
+
+COOKIE = "tp_session"
+CSRF_HEADER = "x-csrf-token"
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+_HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cross-origin-opener-policy": "same-origin",
+}
+_OPEN_PATHS = ("/login", "/healthz")
+_SAFE_METHODS = ("GET", "HEAD")
+_MAX_SESSIONS = 10_000
+
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Training platform: log in</title></head>
+<body><h1>Log in to the dashboard</h1>
+<p>{reason} Open the login URL that <code>tp up</code> (or <code>tp-dashboard</code>) printed:
+<code>http://HOST:PORT/login?token=...</code></p></body></html>
+"""
+
+
+@dataclass
+class Session:
+    """A logged-in browser."""
+
+    csrf_token: str
+    expires: float
+
+
+class Sessions:
+    """The sessions of this process, by cookie value."""
+
+    def __init__(self, login_token: str, ttl_s: float) -> None:
+        self._login_token = login_token.encode()
+        self._ttl_s = ttl_s
+        self._sessions: dict[str, Session] = {}
+
+    def check_login(self, token: str) -> bool:
+        """Whether `token` is the login token (constant time)."""
+        return bool(token) and hmac.compare_digest(token.encode(), self._login_token)
+
+    def create(self) -> tuple[str, Session]:
+        """A new session: (cookie value, session)."""
+        now = time.time()
+        if len(self._sessions) >= _MAX_SESSIONS:
+            self._sessions = {k: s for k, s in self._sessions.items() if s.expires > now}
+            while len(self._sessions) >= _MAX_SESSIONS:
+                self._sessions.pop(next(iter(self._sessions)))
+        cookie = secrets.token_urlsafe(32)
+        session = Session(csrf_token=secrets.token_urlsafe(32), expires=now + self._ttl_s)
+        self._sessions[cookie] = session
+        return cookie, session
+
+    def get(self, cookie: str | None) -> Session | None:
+        """The live session of a cookie value, or None."""
+        if not cookie:
+            return None
+        session = self._sessions.get(cookie)
+        if session is None:
+            return None
+        if session.expires <= time.time():
+            del self._sessions[cookie]
+            return None
+        return session
+
+    @property
+    def ttl_s(self) -> float:
+        """How long a session lasts."""
+        return self._ttl_s
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+def unauthorized(path: str, reason: str = "You are not logged in.") -> Response:
+    """401: JSON for /api/*, else a small page saying how to log in."""
+    if path.startswith("/api/"):
+        return JSONResponse(
+            {
+                "error": {
+                    "code": "UNAUTHENTICATED",
+                    "message": "no session: open the dashboard's login URL first",
+                    "field": None,
+                }
+            },
+            status_code=401,
+        )
+    return HTMLResponse(LOGIN_PAGE.format(reason=reason), status_code=401)
+
+
+class SecurityMiddleware:
+    """Adds the security headers to every answer, and refuses requests without a session (401) or, when they
+    change something, without the session's CSRF token (403). The session is put in `scope["state"]["session"]`."""
+
+    def __init__(self, app: ASGIApp, sessions: Sessions) -> None:
+        self.app = app
+        self.sessions = sessions
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in _HEADERS.items():
+                    headers[name] = value
+                if "cache-control" not in headers:
+                    headers["cache-control"] = "no-store"
+            await send(message)
+
+        path: str = scope["path"]
+        if path in _OPEN_PATHS:
+            await self.app(scope, receive, send_with_headers)
+            return
+        connection = HTTPConnection(scope)
+        session = self.sessions.get(connection.cookies.get(COOKIE))
+        if session is None:
+            await unauthorized(path)(scope, receive, send_with_headers)
+            return
+        if scope["method"] not in _SAFE_METHODS:
+            given = connection.headers.get(CSRF_HEADER, "")
+            if not given or not hmac.compare_digest(given.encode(), session.csrf_token.encode()):
+                response = JSONResponse(
+                    {
+                        "error": {
+                            "code": "PERMISSION_DENIED",
+                            "message": "missing or wrong X-CSRF-Token header (GET /api/session gives it)",
+                            "field": None,
+                        }
+                    },
+                    status_code=403,
+                )
+                await response(scope, receive, send_with_headers)
+                return
+        scope.setdefault("state", {})["session"] = session
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,65 @@
+"""`tp-dashboard`: serves the dashboard with uvicorn until SIGTERM or SIGINT.
+
+    tp-dashboard [--listen 127.0.0.1:8080] [--backend 127.0.0.1:50051] [--data-dir .data] [--log-level INFO]
+
+Settings and their environment variables are in `settings.py`. When TP_DASHBOARD_TOKEN is not set, a random login
+token is made for this start and the login URL is printed (as Jupyter does): open it in a browser to log in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from trainingplatform_dashboard import settings as settings_module
+from trainingplatform_dashboard.app import create_app
+
+__all__ = ["main"]
+
+_LOG = logging.getLogger("trainingplatform_dashboard")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the dashboard; returns the exit code (2 for a bad setting)."""
+    parser = argparse.ArgumentParser(prog="tp-dashboard", description="The training platform's web dashboard.")
+    settings_module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    token_given = bool(os.environ.get("TP_DASHBOARD_TOKEN", "").strip())
+    try:
+        settings = settings_module.load(args)
+    except ValueError as error:
+        print(f"tp-dashboard: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
+    )
+    _LOG.info("dashboard for backend %s on %s", settings.backend_address, settings.url)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        _LOG.warning("listening on %s: reachable from other hosts (only the login token protects it)", settings.host)
+    if token_given:
+        print(f"dashboard: {settings.url}/ (log in with the URL that started it)", flush=True)
+    else:
+        print(f"dashboard: open {settings.url}/login?token={settings.login_token}", flush=True)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # the access log would hold /login?token=...
+        server_header=False,
+        proxy_headers=False,
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

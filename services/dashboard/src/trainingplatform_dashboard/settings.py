@@ -1,0 +1,159 @@
+"""The dashboard's settings: one object, read from flags, then environment variables, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_BACKEND = "127.0.0.1:50051"
+FRONTEND_TOKEN_FILE = "frontend_auth_token"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the dashboard is configured with.
+
+    Each field names its environment variable; command-line flags of the same name override them. Tokens are
+    only read from the environment: a token on a command line is visible to every user of the host.
+    """
+
+    listen: str = DEFAULT_LISTEN
+    """TP_DASHBOARD_LISTEN: address to serve HTTP on, `host:port`. Default 127.0.0.1:8080 (loopback only)."""
+
+    backend_address: str = DEFAULT_BACKEND
+    """TP_BACKEND_ADDRESS (else BACKEND_API_URL): the backend, `host:port`, `grpc://host:port` or `https://host:port`
+    (TLS; roots in TP_TLS_CA_FILE, client certificate in TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE, as
+    every client of the SDK reads them). Default 127.0.0.1:50051."""
+
+    data_dir: Path = Path(".data")
+    """TP_DATA_DIR: where a local backend wrote `frontend_auth_token`, read when TP_AUTH_TOKEN is not set."""
+
+    write_token: str = field(default="", repr=False)
+    """TP_AUTH_TOKEN: the backend token used to create and cancel jobs (the backend's FRONTEND_AUTH_TOKEN). Empty:
+    `<TP_DATA_DIR>/frontend_auth_token`, read when first needed."""
+
+    read_token: str = field(default="", repr=False)
+    """READ_AUTH_TOKEN: the backend's read-only token, used for every read when set (else the write token)."""
+
+    login_token: str = field(default="", repr=False)
+    """TP_DASHBOARD_TOKEN: the token a browser exchanges at /login?token=... for a session. Empty: a random one
+    per start, printed with the login URL."""
+
+    poll_interval_s: float = 1.0
+    """TP_DASHBOARD_POLL_S: how often the jobs feed polls ListJobs (once for all open tabs)."""
+
+    linger_s: float = 5.0
+    """TP_DASHBOARD_LINGER_S: how long a job's backend subscription stays open after its last browser left, so a
+    reloaded tab finds it."""
+
+    client_queue_events: int = 1000
+    """TP_DASHBOARD_CLIENT_QUEUE: events queued per browser stream; a browser further behind is disconnected and
+    its EventSource resumes from its last event id."""
+
+    history_events: int = 4096
+    """TP_DASHBOARD_HISTORY_EVENTS: recent events a job's subscription keeps, so a browser resuming from a recent
+    id joins it without a backend call of its own."""
+
+    ping_interval_s: float = 15.0
+    """TP_DASHBOARD_PING_S: seconds between `: ping` comments on an idle event stream."""
+
+    session_ttl_s: float = 7 * 24 * 3600.0
+    """TP_DASHBOARD_SESSION_TTL_S: how long a session lasts after login (sessions live in memory: a restart
+    logs every browser out)."""
+
+    secure_cookie: bool = False
+    """TP_DASHBOARD_SECURE_COOKIE: mark the session cookie `Secure` (behind an HTTPS reverse proxy)."""
+
+    call_timeout_s: float = 30.0
+    """TP_DASHBOARD_CALL_TIMEOUT_S: deadline of each unary backend call."""
+
+    log_level: str = "INFO"
+    """TP_LOG_LEVEL: the dashboard's logging level."""
+
+    @property
+    def host(self) -> str:
+        """The host part of `listen` (brackets of an IPv6 address removed)."""
+        return self.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        """The port part of `listen`."""
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def url(self) -> str:
+        """The dashboard's base URL as a local browser reaches it."""
+        host = self.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per non-secret setting; a flag left out falls back to its environment variable."""
+    parser.add_argument("--listen", help=f"address to serve on (TP_DASHBOARD_LISTEN, default {DEFAULT_LISTEN})")
+    parser.add_argument("--backend", help=f"backend address (TP_BACKEND_ADDRESS, default {DEFAULT_BACKEND})")
+    parser.add_argument("--data-dir", help="where the backend's frontend_auth_token is (TP_DATA_DIR, default .data)")
+    parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL)")
+
+
+def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Builds the settings from parsed flags, then the environment, then the defaults.
+
+    Raises:
+        ValueError: a setting is malformed (the message names it).
+    """
+    env = dict(os.environ if env is None else env)
+
+    def pick(flag: str, var: str, default: str) -> str:
+        value = getattr(args, flag, None) if args is not None else None
+        return str(value) if value is not None else env.get(var, default)
+
+    listen = pick("listen", "TP_DASHBOARD_LISTEN", DEFAULT_LISTEN)
+    _, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"TP_DASHBOARD_LISTEN must be host:port, got {listen!r}")
+    backend = pick("backend", "TP_BACKEND_ADDRESS", "") or env.get("BACKEND_API_URL", "") or DEFAULT_BACKEND
+    return Settings(
+        listen=listen,
+        backend_address=backend,
+        data_dir=Path(pick("data_dir", "TP_DATA_DIR", ".data")),
+        write_token=env.get("TP_AUTH_TOKEN", "").strip(),
+        read_token=env.get("READ_AUTH_TOKEN", "").strip(),
+        login_token=env.get("TP_DASHBOARD_TOKEN", "").strip() or secrets.token_urlsafe(24),
+        poll_interval_s=_positive("TP_DASHBOARD_POLL_S", env.get("TP_DASHBOARD_POLL_S", "1")),
+        linger_s=_non_negative("TP_DASHBOARD_LINGER_S", env.get("TP_DASHBOARD_LINGER_S", "5")),
+        client_queue_events=int(_positive("TP_DASHBOARD_CLIENT_QUEUE", env.get("TP_DASHBOARD_CLIENT_QUEUE", "1000"))),
+        history_events=int(_positive("TP_DASHBOARD_HISTORY_EVENTS", env.get("TP_DASHBOARD_HISTORY_EVENTS", "4096"))),
+        ping_interval_s=_positive("TP_DASHBOARD_PING_S", env.get("TP_DASHBOARD_PING_S", "15")),
+        session_ttl_s=_positive("TP_DASHBOARD_SESSION_TTL_S", env.get("TP_DASHBOARD_SESSION_TTL_S", str(7 * 86400))),
+        secure_cookie=env.get("TP_DASHBOARD_SECURE_COOKIE", "").strip().lower() in {"1", "true", "yes", "on"},
+        call_timeout_s=_positive("TP_DASHBOARD_CALL_TIMEOUT_S", env.get("TP_DASHBOARD_CALL_TIMEOUT_S", "30")),
+        log_level=pick("log_level", "TP_LOG_LEVEL", "INFO").upper(),
+    )
+
+
+def _positive(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not number > 0:
+        raise ValueError(f"{name} must be above 0, got {value!r}")
+    return number
+
+
+def _non_negative(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not number >= 0:
+        raise ValueError(f"{name} must be 0 or more, got {value!r}")
+    return number

@@ -1,0 +1,102 @@
+"""The Server-Sent Events response: a client's queued chunks as they come, `: ping` when idle.
+
+A browser that stops reading is never waited for: while a chunk is being sent, the stream also watches its
+client, and when the client overflows (its queue passed its bound because the socket accepts nothing) the
+connection is dropped at once. The browser's EventSource then reconnects with the id of the last event it received
+and resumes from there, so nothing is lost; meanwhile no other browser and no backend subscription waited for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from trainingplatform_dashboard.fanout import Client
+
+__all__ = ["EventStream"]
+
+_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
+
+
+class EventStream(Response):
+    """text/event-stream of one `Client` until it is closed (end of the job: the response completes), overflows
+    (too slow: the connection is dropped) or the browser goes away. `on_close` runs once, whatever the end."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, client: Client, ping_s: float, on_close: Callable[[], None]) -> None:
+        self.client = client
+        self.ping_s = ping_s
+        self.on_close = on_close
+        self.status_code = 200
+        self.background = None
+        self.init_headers(_HEADERS)
+        self._gone = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        listener = asyncio.get_running_loop().create_task(self._listen(receive))
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            if await self._pump(send):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # Otherwise return without completing the response: the server closes the connection.
+        except OSError:
+            pass  # the browser went away mid-send
+        finally:
+            listener.cancel()
+            with contextlib.suppress(BaseException):
+                await listener
+            self.on_close()
+
+    async def _listen(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._gone = True
+                self.client.wake.set()
+                if self.client.interrupt is not None:
+                    self.client.interrupt()
+                return
+
+    async def _pump(self, send: Send) -> bool:
+        """Sends until the end; True when the response may complete normally, False to drop the connection."""
+        client = self.client
+        if not await self._send(send, b"retry: 1000\n\n"):
+            return False
+        while True:
+            client.wake.clear()
+            if self._gone:
+                return False
+            if client.queue:
+                if not await self._send(send, client.take()):
+                    return False
+                continue
+            if client.closed:
+                return True
+            if client.overflowed:
+                return False
+            try:
+                await asyncio.wait_for(client.wake.wait(), timeout=self.ping_s)
+            except TimeoutError:
+                if not await self._send(send, b": ping\n\n"):
+                    return False
+
+    async def _send(self, send: Send, chunk: bytes) -> bool:
+        """Sends one chunk; gives up (False) when the client overflows or leaves while the socket is full."""
+        if self.client.overflowed or self._gone:
+            return False
+        task = asyncio.ensure_future(send({"type": "http.response.body", "body": chunk, "more_body": True}))
+        self.client.interrupt = task.cancel
+        try:
+            await task
+        except asyncio.CancelledError:
+            if task.cancelled() and (self.client.overflowed or self._gone):
+                return False  # interrupted: dropped, not cancelled ourselves
+            raise
+        finally:
+            self.client.interrupt = None
+        return True

@@ -1,0 +1,491 @@
+// Metric charts drawn with the vendored uPlot (global `uPlot`, loaded by the page before the modules).
+//
+// A series comes from GET /api/jobs/{id}/series as buckets {first_step, last_step, min, max, last, count, ...}:
+// the chart draws the min/max band and the last-value line (W&B's full-fidelity mode), so a single spike among a
+// million points stays visible. Live points (SSE `metrics`) append raw, as one-point buckets; past RAW_BOUND raw
+// points a key is re-bucketed by the server. Zooming (drag across the chart) re-queries the visible range;
+// a double click goes back to the whole run.
+
+import { api, el, formatTick, formatValue } from "./common.js";
+
+export const PALETTE = ["#2f6db5", "#d9622b", "#2e8b57", "#8e44ad", "#b8860b", "#c0392b", "#16a085", "#7f8c8d"];
+const RAW_BOUND = 2000;
+
+/** A drawable number: the API sends non-finite values as the strings "NaN", "Infinity", "-Infinity" (gaps). */
+export function finite(value) {
+  const n = typeof value === "number" ? value : Number(value);
+  return Number.isFinite(n) ? n : null;
+}
+
+/** `#rrggbb` with an alpha, for the band. */
+function alpha(hex, a) {
+  const n = parseInt(hex.slice(1), 16);
+  return `rgba(${(n >> 16) & 255}, ${(n >> 8) & 255}, ${n & 255}, ${a})`;
+}
+
+/** The buckets' budget for a chart: about one per pixel, at most 1000. */
+export function maxPointsFor(width) {
+  return Math.max(100, Math.min(1000, Math.round(width || 800)));
+}
+
+/** "train/loss" -> "train"; keys without a slash go to "other". */
+export function prefixOf(key) {
+  const slash = key.indexOf("/");
+  return slash > 0 ? key.slice(0, slash) : "other";
+}
+
+/** One job's series, bucketed by the server plus raw live points, with the cursors that keep each point once. */
+export class SeriesStore {
+  constructor(jobId) {
+    this.jobId = jobId;
+    this.keys = new Map(); // key -> {buckets, raw, base (last_sequence the buckets include), lastSeq}
+    this.lastSequence = 0; // of the first full load: the SSE stream resumes after it
+    this.epochs = new Map(); // epoch -> [min step, max step]
+  }
+
+  entry(key) {
+    let entry = this.keys.get(key);
+    if (!entry) {
+      entry = { buckets: [], raw: [], base: this.lastSequence, lastSeq: this.lastSequence, totalPoints: 0 };
+      this.keys.set(key, entry);
+    }
+    return entry;
+  }
+
+  async fetch({ keys = [], maxPoints = 1000, minStep = null, maxStep = null } = {}) {
+    const query = new URLSearchParams({ keys: keys.join(","), max_points: String(maxPoints) });
+    if (minStep !== null) query.set("min_step", String(Math.floor(minStep)));
+    if (maxStep !== null) query.set("max_step", String(Math.ceil(maxStep)));
+    return api(`/api/jobs/${encodeURIComponent(this.jobId)}/series?${query}`);
+  }
+
+  /** The first load: every key (or `keys`) over the whole run. */
+  async load(maxPoints, keys = []) {
+    const answer = await this.fetch({ keys, maxPoints });
+    this.lastSequence = answer.last_sequence || 0;
+    for (const series of answer.series) this.replace(series.key, series.buckets, this.lastSequence);
+    return answer;
+  }
+
+  /** New buckets for a key that include every point up to `base`; raw points after it stay. */
+  replace(key, buckets, base) {
+    const entry = this.entry(key);
+    entry.buckets = buckets;
+    entry.base = base;
+    entry.raw = entry.raw.filter((p) => p.sequence > base);
+    entry.lastSeq = Math.max(entry.lastSeq, base);
+    for (const b of buckets) {
+      this.noteEpoch(b.first_epoch, b.first_step);
+      this.noteEpoch(b.last_epoch, b.last_step);
+    }
+    this.count(entry);
+  }
+
+  count(entry) {
+    entry.totalPoints = entry.raw.length + entry.buckets.reduce((sum, b) => sum + (b.count || 0), 0);
+  }
+
+  noteEpoch(epoch, step) {
+    if (epoch === null || epoch === undefined || step === null || step === undefined) return;
+    const range = this.epochs.get(epoch);
+    if (!range) this.epochs.set(epoch, [step, step]);
+    else {
+      range[0] = Math.min(range[0], step);
+      range[1] = Math.max(range[1], step);
+    }
+  }
+
+  /** Appends live points; returns the keys that changed. A point at or before a key's cursor is already shown. */
+  append(points) {
+    const changed = new Set();
+    for (const p of points) {
+      const entry = this.entry(p.key);
+      if (p.sequence <= entry.lastSeq) continue;
+      entry.lastSeq = p.sequence;
+      entry.raw.push({ step: p.step, value: p.value, epoch: p.epoch, sequence: p.sequence });
+      entry.totalPoints += 1;
+      this.noteEpoch(p.epoch, p.step);
+      changed.add(p.key);
+    }
+    return changed;
+  }
+
+  needsRebucket(key) {
+    const entry = this.keys.get(key);
+    return entry !== undefined && entry.raw.length > RAW_BOUND;
+  }
+
+  /** Asks the server to bucket one key again (past the raw bound). */
+  async rebucket(key, maxPoints) {
+    const answer = await this.fetch({ keys: [key], maxPoints });
+    const series = answer.series.find((s) => s.key === key);
+    this.replace(key, series ? series.buckets : [], answer.last_sequence || 0);
+  }
+
+  /** A step's x: the step, or the epoch plus the step's fraction of that epoch's steps. */
+  xOf(step, epoch, mode) {
+    if (mode !== "epoch") return step;
+    if (epoch === null || epoch === undefined) return null;
+    const range = this.epochs.get(epoch);
+    if (!range || range[1] <= range[0]) return epoch;
+    return epoch + (step - range[0]) / (range[1] - range[0] + 1);
+  }
+
+  /** The inverse of xOf, for turning a zoomed epoch range back into steps (approximate, widened). */
+  stepOf(x, mode, upper) {
+    if (mode !== "epoch") return x;
+    const epoch = Math.floor(x);
+    const range = this.epochs.get(epoch);
+    if (!range) {
+      const all = [...this.epochs.values()];
+      if (all.length === 0) return upper ? null : 0;
+      return upper ? Math.max(...all.map((r) => r[1])) : Math.min(...all.map((r) => r[0]));
+    }
+    return range[0] + (x - epoch) * (range[1] - range[0] + 1);
+  }
+
+  /** [x, min, max, last] columns for uPlot from buckets (and raw points after `base`). */
+  table(key, mode, buckets = null, base = null) {
+    const entry = this.keys.get(key);
+    if (!entry) return [[], [], [], []];
+    const rows = [];
+    for (const b of buckets ?? entry.buckets) {
+      rows.push([this.xOf(b.last_step, b.last_epoch, mode), finite(b.min), finite(b.max), finite(b.last)]);
+    }
+    const after = base ?? entry.base;
+    for (const p of entry.raw) {
+      if (p.sequence > after) {
+        const value = finite(p.value);
+        rows.push([this.xOf(p.step, p.epoch, mode), value, value, value]);
+      }
+    }
+    const clean = rows.filter((r) => r[0] !== null && Number.isFinite(r[0]));
+    clean.sort((a, b) => a[0] - b[0]);
+    return [0, 1, 2, 3].map((i) => clean.map((r) => r[i]));
+  }
+}
+
+/** A y-axis label that fits beside the chart: the key without its prefix, shortened. */
+function axisLabel(key) {
+  const name = key.includes("/") ? key.slice(key.indexOf("/") + 1) : key;
+  return name.length > 28 ? `${name.slice(0, 27)}…` : name;
+}
+
+/** For a log scale: values that are not positive cannot be drawn. */
+function positiveOnly(column) {
+  return column.map((v) => (v !== null && v > 0 ? v : null));
+}
+
+/**
+ * One uPlot chart with its own legend. `lines`: [{label, color}]; setTables() gets one [x, min, max, last]
+ * table per line.
+ */
+export class MetricChart {
+  constructor(parent, { title, xLabel, yLabel, lines, log = false, height = 220, onZoom, onReset }) {
+    this.lines = lines;
+    this.log = log;
+    this.xLabel = xLabel;
+    this.yLabel = yLabel ?? axisLabel(title);
+    this.height = height;
+    this.onZoom = onZoom;
+    this.onReset = onReset;
+    this.zoomed = false;
+    this.plot = null;
+    this.tables = lines.map(() => [[], [], [], []]);
+    this.legendValues = [];
+    const legend = el(
+      "div",
+      { class: "legend" },
+      lines.map((line, i) => {
+        const value = el("span", { class: "legend-value", text: "" });
+        this.legendValues[i] = value;
+        return el(
+          "span",
+          { class: "legend-item" },
+          el("span", { class: "swatch", "data-color": String(i % PALETTE.length) }),
+          el("span", { class: "legend-label", text: line.label }),
+          value,
+        );
+      }),
+      el("span", { class: "legend-note", text: "band: min–max of each bucket" }),
+    );
+    this.zoomNote = el("button", { type: "button", class: "link-button", text: "reset zoom", hidden: true });
+    this.zoomNote.addEventListener("click", () => this.resetZoom());
+    this.box = el("div", { class: "plot" });
+    this.root = el(
+      "figure",
+      { class: "chart", "data-key": title },
+      el("figcaption", {}, el("span", { class: "chart-title", text: title }), this.zoomNote),
+      this.box,
+      legend,
+    );
+    parent.append(this.root);
+    this.resize = new ResizeObserver(() => {
+      if (this.plot && this.box.clientWidth > 0) this.plot.setSize({ width: this.box.clientWidth, height: this.height });
+    });
+    this.resize.observe(this.box);
+  }
+
+  options() {
+    const series = [{ label: this.xLabel }];
+    const bands = [];
+    this.lines.forEach((line, i) => {
+      const color = PALETTE[i % PALETTE.length];
+      const base = 1 + i * 3;
+      series.push(
+        { label: `${line.label} min`, stroke: alpha(color, 0.35), width: 1, spanGaps: true, points: { show: false } },
+        { label: `${line.label} max`, stroke: alpha(color, 0.35), width: 1, spanGaps: true, points: { show: false } },
+        // Points show by themselves where the line is sparse (a series of one point is still visible).
+        { label: line.label, stroke: color, width: 1.5, spanGaps: true, points: { size: 5, fill: color } },
+      );
+      bands.push({ series: [base + 1, base], fill: alpha(color, 0.15) });
+    });
+    const axis = { stroke: "#444", grid: { stroke: "#eceef1", width: 1 }, ticks: { stroke: "#d0d4da", width: 1 } };
+    return {
+      width: Math.max(200, this.box.clientWidth || 600),
+      height: this.height,
+      legend: { show: false },
+      scales: { x: { time: false }, y: this.log ? { distr: 3 } : { auto: true } },
+      axes: [
+        { ...axis, label: this.xLabel, labelSize: 18, size: 36, values: (u, values) => values.map((v) => formatTick(v)) },
+        {
+          ...axis,
+          label: this.yLabel,
+          labelSize: 18,
+          size: 64,
+          // Log axes leave some ticks unlabelled (null) so that labels never overlap.
+          values: (u, values) => values.map((v) => formatTick(v)),
+        },
+      ],
+      series,
+      bands,
+      cursor: { drag: { x: true, y: false, setScale: true }, points: { show: false } },
+      hooks: {
+        setSelect: [(u) => this.selected(u)],
+        setCursor: [(u) => this.showCursor(u)],
+      },
+    };
+  }
+
+  build() {
+    this.plot?.destroy();
+    this.plot = new uPlot(this.options(), this.data(), this.box);
+    this.plot.over.addEventListener("dblclick", () => this.resetZoom());
+    this.showCursor(this.plot);
+  }
+
+  data() {
+    const tables = this.tables.map((t) => (this.log ? [t[0], positiveOnly(t[1]), positiveOnly(t[2]), positiveOnly(t[3])] : t));
+    if (tables.length === 1) return tables[0];
+    return uPlot.join(tables);
+  }
+
+  setTables(tables, { keepScale = this.zoomed } = {}) {
+    this.tables = tables;
+    if (!this.plot) this.build();
+    else this.plot.setData(this.data(), !keepScale);
+    this.showCursor(this.plot);
+  }
+
+  setLog(log) {
+    if (log === this.log) return;
+    this.log = log;
+    if (this.plot) this.build();
+  }
+
+  setXLabel(label) {
+    this.xLabel = label;
+    if (this.plot) this.build();
+  }
+
+  /** Legend values: under the cursor, else the last value of each line. */
+  showCursor(u) {
+    const idx = u.cursor.idx;
+    this.lines.forEach((line, i) => {
+      const column = u.data[3 + i * 3] || [];
+      let value = null;
+      if (idx !== null && idx !== undefined) value = column[idx];
+      else {
+        for (let j = column.length - 1; j >= 0; j--) {
+          if (column[j] !== null && column[j] !== undefined) {
+            value = column[j];
+            break;
+          }
+        }
+      }
+      this.legendValues[i].textContent = value === null || value === undefined ? "" : formatValue(value);
+    });
+  }
+
+  selected(u) {
+    if (u.select.width < 2) return;
+    const min = u.posToVal(u.select.left, "x");
+    const max = u.posToVal(u.select.left + u.select.width, "x");
+    this.zoomed = true;
+    this.zoomNote.hidden = false;
+    this.onZoom?.(min, max);
+  }
+
+  resetZoom() {
+    this.zoomed = false;
+    this.zoomNote.hidden = true;
+    if (this.onReset) this.onReset();
+    else this.plot?.setData(this.data(), true);
+  }
+
+  destroy() {
+    this.resize.disconnect();
+    this.plot?.destroy();
+    this.root.remove();
+  }
+}
+
+/**
+ * Every key of one job as charts, grouped by prefix into sections; live points are appended through
+ * `append(points)`. `filter(key)` picks the keys (the job page shows all but `system/`; the system page only those).
+ */
+export class JobCharts {
+  constructor(container, store, { filter = () => true, xMode = "step", log = false } = {}) {
+    this.container = container;
+    this.store = store;
+    this.filter = filter;
+    this.xMode = xMode;
+    this.log = log;
+    this.charts = new Map(); // key -> {chart, zoom: null | {buckets, base, min, max}}
+    this.sections = new Map();
+    this.dirty = new Set();
+    this.frame = null;
+    this.rebucketing = new Set();
+    this.empty = el("p", { class: "muted empty", text: "No metrics yet: charts appear with the first point." });
+    container.append(this.empty);
+  }
+
+  maxPoints() {
+    return maxPointsFor(this.container.clientWidth / 2);
+  }
+
+  section(prefix) {
+    let section = this.sections.get(prefix);
+    if (!section) {
+      const grid = el("div", { class: "chart-grid" });
+      section = el("section", { class: "chart-section", "data-prefix": prefix }, el("h3", { text: `${prefix}/` }), grid);
+      section.grid = grid;
+      const later = [...this.sections.keys()].filter((p) => p > prefix).sort()[0];
+      this.container.insertBefore(section, later ? this.sections.get(later) : null);
+      this.sections.set(prefix, section);
+    }
+    return section;
+  }
+
+  ensure(key) {
+    let item = this.charts.get(key);
+    if (item || !this.filter(key)) return item;
+    this.empty.remove();
+    const section = this.section(prefixOf(key));
+    const chart = new MetricChart(section.grid, {
+      title: key,
+      xLabel: this.xMode,
+      lines: [{ label: key }],
+      log: this.log,
+      onZoom: (min, max) => this.zoom(key, min, max),
+      onReset: () => this.resetZoom(key),
+    });
+    item = { chart, zoom: null };
+    // Insert in key order within the section.
+    const siblings = [...section.grid.children].filter((n) => n !== chart.root);
+    const next = siblings.find((n) => n.dataset.key > key);
+    if (next) section.grid.insertBefore(chart.root, next);
+    this.charts.set(key, item);
+    return item;
+  }
+
+  /** Draws every key the store holds. */
+  renderAll() {
+    for (const key of [...this.store.keys.keys()].sort()) {
+      if (this.ensure(key)) this.dirty.add(key);
+    }
+    this.flush();
+  }
+
+  append(points) {
+    for (const key of this.store.append(points)) {
+      if (!this.ensure(key)) continue;
+      this.dirty.add(key);
+      if (this.store.needsRebucket(key) && !this.rebucketing.has(key)) {
+        this.rebucketing.add(key);
+        this.store
+          .rebucket(key, this.maxPoints())
+          .then(() => this.dirty.add(key))
+          .catch(() => {})
+          .finally(() => {
+            this.rebucketing.delete(key);
+            this.schedule();
+          });
+      }
+    }
+    this.schedule();
+  }
+
+  schedule() {
+    if (this.frame !== null) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = null;
+      this.flush();
+    });
+  }
+
+  flush() {
+    for (const key of this.dirty) {
+      const item = this.charts.get(key);
+      if (!item) continue;
+      const entry = this.store.keys.get(key);
+      const table = item.zoom
+        ? this.store.table(key, this.xMode, item.zoom.buckets, item.zoom.base)
+        : this.store.table(key, this.xMode);
+      item.chart.setTables([table]);
+      const root = item.chart.root;
+      root.dataset.totalPoints = String(entry.totalPoints);
+      root.dataset.rawPoints = String(entry.raw.length);
+      root.dataset.buckets = String(entry.buckets.length);
+      root.dataset.drawnPoints = String(table[0].length);
+      root.dataset.yMax = String(Math.max(...table[2].filter((v) => v !== null)));
+    }
+    this.dirty.clear();
+  }
+
+  async zoom(key, min, max) {
+    const item = this.charts.get(key);
+    const minStep = this.store.stepOf(min, this.xMode, false);
+    const maxStep = this.store.stepOf(max, this.xMode, true);
+    const answer = await this.store.fetch({ keys: [key], maxPoints: this.maxPoints(), minStep, maxStep });
+    if (!item.chart.zoomed) return;
+    const series = answer.series.find((s) => s.key === key);
+    item.zoom = { buckets: series ? series.buckets : [], base: answer.last_sequence || 0 };
+    this.dirty.add(key);
+    this.flush();
+  }
+
+  resetZoom(key) {
+    // The chart is no longer zoomed, so the redraw fits the scales to the whole run again.
+    this.charts.get(key).zoom = null;
+    this.dirty.add(key);
+    this.flush();
+  }
+
+  setXMode(mode) {
+    this.xMode = mode;
+    for (const [key, item] of this.charts) {
+      item.zoom = null;
+      item.chart.zoomed = false;
+      item.chart.zoomNote.hidden = true;
+      item.chart.xLabel = mode;
+      item.chart.tables = [this.store.table(key, mode)];
+      item.chart.build();
+    }
+  }
+
+  setLog(log) {
+    this.log = log;
+    for (const item of this.charts.values()) item.chart.setLog(log);
+  }
+}

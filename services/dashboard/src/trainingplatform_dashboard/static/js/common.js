@@ -1,0 +1,207 @@
+// Shared helpers of every page: DOM building (text only, never HTML), the JSON API with the CSRF header,
+// formatting, and the page header. Every string that comes from a job is set with textContent.
+
+/** Creates an element; `props` sets attributes/properties (never innerHTML), children are nodes or text. */
+export function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(props)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name === "text") node.textContent = String(value);
+    else if (name === "dataset") Object.assign(node.dataset, value);
+    else if (name.startsWith("on") && typeof value === "function") node.addEventListener(name.slice(2), value);
+    else if (name === "href") node.setAttribute("href", safeUrl(value) ?? "#");
+    else if (value === true) node.setAttribute(name, "");
+    else node.setAttribute(name, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+/** Only same-origin paths and http(s) URLs become links (no javascript: or data: URLs from a job). */
+export function safeUrl(value) {
+  const text = String(value ?? "");
+  if (text.startsWith("/") && !text.startsWith("//")) return text;
+  try {
+    const url = new URL(text);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    const error = (body && body.error) || {};
+    super(error.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = error.code || String(status);
+    this.field = error.field || null;
+  }
+}
+
+let csrfToken = null;
+
+async function csrf() {
+  if (csrfToken === null) csrfToken = (await api("/api/session")).csrf_token;
+  return csrfToken;
+}
+
+/** GET (or POST with `body`) a JSON API path; throws ApiError with the server's code, message and field. */
+export async function api(path, { method = "GET", body } = {}) {
+  const headers = { Accept: "application/json" };
+  const init = { method, headers, credentials: "same-origin" };
+  if (method !== "GET") {
+    headers["X-CSRF-Token"] = await csrf();
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body ?? {});
+  }
+  const response = await fetch(path, init);
+  let payload = null;
+  try {
+    payload = await response.json();
+  } catch {
+    payload = null;
+  }
+  if (!response.ok) {
+    const error = new ApiError(response.status, payload);
+    if (response.status === 401) showBanner("Your session has ended: open the login URL that `tp up` (or tp-dashboard) printed.");
+    throw error;
+  }
+  return payload;
+}
+
+/** A message strip at the top of the page (errors, a lost session, the backend being down). */
+export function showBanner(message, kind = "error") {
+  let banner = document.getElementById("banner");
+  if (!banner) {
+    banner = el("div", { id: "banner", role: "status" });
+    document.querySelector("main")?.prepend(banner);
+  }
+  banner.className = `banner ${kind}`;
+  banner.textContent = message;
+  banner.hidden = !message;
+}
+
+export function clearBanner() {
+  const banner = document.getElementById("banner");
+  if (banner) banner.hidden = true;
+}
+
+/** The shared header: product name and navigation, the current page marked. */
+export function header(current) {
+  const links = [
+    ["jobs", "/", "Jobs"],
+    ["compare", "/compare", "Compare"],
+    ["new", "/new", "New job"],
+  ];
+  const nav = el(
+    "nav",
+    {},
+    links.map(([id, href, label]) => el("a", { href, class: id === current ? "current" : "", text: label })),
+  );
+  const top = el("header", { class: "top" }, el("a", { class: "brand", href: "/", text: "Training platform" }), nav);
+  document.body.prepend(top);
+}
+
+export function statusBadge(status) {
+  const name = String(status || "UNKNOWN");
+  return el("span", { class: `status status-${name.toLowerCase()}`, text: name, "data-status": name });
+}
+
+export const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
+
+/** 3 s, 4 min 5 s, 2 h 3 min, 3 d 4 h. */
+export function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "—";
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+export function formatAge(iso) {
+  if (!iso) return "—";
+  const seconds = (Date.now() - Date.parse(iso)) / 1000;
+  return `${formatDuration(seconds)} ago`;
+}
+
+export function formatTime(iso) {
+  if (!iso) return "—";
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleString();
+}
+
+/** A metric value with 4 significant digits (integers as they are). */
+export function formatValue(value) {
+  if (value === null || value === undefined) return "—";
+  if (typeof value === "string") {
+    // Non-finite values arrive as "NaN", "Infinity", "-Infinity".
+    if (value === "Infinity") return "∞";
+    if (value === "-Infinity") return "−∞";
+    if (value === "NaN") return "NaN";
+    value = Number(value);
+  }
+  if (Number.isNaN(value)) return "NaN";
+  if (Number.isInteger(value) && Math.abs(value) < 1e6) return String(value);
+  const abs = Math.abs(value);
+  if (abs !== 0 && (abs < 1e-3 || abs >= 1e6)) return value.toExponential(3);
+  return String(Number(value.toPrecision(4)));
+}
+
+/** A job's duration: the server's duration_s, or counting live from started_at while it runs. */
+export function jobDuration(job) {
+  if (job.started_at && !job.ended_at && !TERMINAL.has(job.status)) {
+    return (Date.now() - Date.parse(job.started_at)) / 1000;
+  }
+  return job.duration_s;
+}
+
+export function jobName(job) {
+  return job.display_name || job.job_id;
+}
+
+/** {a: {b: 1}} -> [["a.b", 1]]; arrays and scalars are leaves (arrays as JSON). */
+export function flatten(value, prefix = "", out = []) {
+  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+    const keys = Object.keys(value).sort();
+    if (keys.length === 0 && prefix) out.push([prefix, "{}"]);
+    for (const key of keys) flatten(value[key], prefix ? `${prefix}.${key}` : key, out);
+  } else if (prefix) {
+    out.push([prefix, Array.isArray(value) ? JSON.stringify(value) : value]);
+  }
+  return out;
+}
+
+export function formatSpecValue(value) {
+  if (value === null || value === undefined) return "—";
+  if (typeof value === "string") return value === "" ? "\u2014" : value;
+  return typeof value === "number" ? formatValue(value) : String(value);
+}
+
+/** Shows a thrown error where the page's content would be. */
+export function renderError(container, error) {
+  container.replaceChildren(el("p", { class: "error-text", text: error.message || String(error) }));
+}
+
+const SI = [
+  [1e12, "T"],
+  [1e9, "G"],
+  [1e6, "M"],
+  [1e3, "k"],
+];
+
+/** An axis tick: short enough to sit beside the chart (12.5k, 1.53G, 0.0025, 1e-5). */
+export function formatTick(value) {
+  if (value === null || value === undefined || !Number.isFinite(value)) return "";
+  const abs = Math.abs(value);
+  for (const [size, suffix] of SI) {
+    if (abs >= size) return `${Number((value / size).toPrecision(3))}${suffix}`;
+  }
+  if (abs !== 0 && abs < 1e-3) return value.toExponential(1).replace("e-", "e-").replace(".0e", "e");
+  return String(Number(value.toPrecision(3)));
+}

@@ -1,0 +1,149 @@
+// New job: framework, model, dataset, epochs and advanced_config JSON. The backend's INVALID_ARGUMENT message
+// (suggestions included) is shown beside the field it concerns (the API's error.field).
+
+import { ApiError, api, el, header } from "./common.js";
+
+const main = document.getElementById("main");
+
+// Which input an error field path concerns; the most specific rule first.
+const FIELD_RULES = [
+  [/image_size/, "image_size"],
+  [/batch_size/, "batch_size"],
+  [/epochs/, "epochs"],
+  [/display_name/, "display_name"],
+  [/^(spec\.)?advanced|advanced_config|extra/, "advanced_config"],
+  [/model/, "model"],
+  [/dataset/, "dataset"],
+  [/framework/, "framework"],
+];
+
+export function inputFor(fieldPath) {
+  if (!fieldPath) return null;
+  for (const [pattern, name] of FIELD_RULES) if (pattern.test(fieldPath)) return name;
+  return null;
+}
+
+const FIELDS = [
+  { name: "framework", label: "Framework", hint: "timm (classification) or ultralytics (detection)", kind: "framework" },
+  { name: "model", label: "Model", hint: "e.g. resnet18, yolov8n.pt", placeholder: "resnet18", required: true },
+  { name: "dataset", label: "Dataset", hint: "a built-in name (digits, coco8) or a path", placeholder: "digits", required: true },
+  { name: "epochs", label: "Epochs", type: "number", min: "1", value: "3", required: true },
+  { name: "display_name", label: "Name", hint: "optional", placeholder: "my experiment" },
+  { name: "image_size", label: "Image size", type: "number", min: "0", hint: "optional, pixels" },
+  { name: "batch_size", label: "Batch size", type: "number", min: "0", hint: "optional" },
+  { name: "advanced_config", label: "advanced_config", hint: "JSON object, e.g. {\"optimizer\": \"adamw\", \"extra\": {…}}", kind: "json" },
+];
+
+const inputs = new Map();
+const errors = new Map();
+
+function control(field) {
+  if (field.kind === "framework") {
+    const select = el(
+      "select",
+      { id: field.name, name: field.name },
+      el("option", { value: "timm", text: "timm" }),
+      el("option", { value: "ultralytics", text: "ultralytics" }),
+    );
+    return select;
+  }
+  if (field.kind === "json") {
+    return el("textarea", { id: field.name, name: field.name, spellcheck: "false", placeholder: "{}" });
+  }
+  return el("input", {
+    id: field.name,
+    name: field.name,
+    type: field.type || "text",
+    min: field.min,
+    value: field.value,
+    placeholder: field.placeholder,
+    required: field.required,
+    autocomplete: "off",
+  });
+}
+
+function clearErrors() {
+  for (const [name, box] of errors) {
+    box.textContent = "";
+    inputs.get(name).classList.remove("invalid");
+    inputs.get(name).removeAttribute("aria-invalid");
+  }
+  formError.textContent = "";
+}
+
+function showError(name, message) {
+  const box = name ? errors.get(name) : null;
+  if (!box) {
+    formError.textContent = message;
+    return;
+  }
+  box.textContent = message;
+  const input = inputs.get(name);
+  input.classList.add("invalid");
+  input.setAttribute("aria-invalid", "true");
+  input.focus();
+}
+
+function body() {
+  const value = (name) => inputs.get(name).value.trim();
+  const dataset = value("dataset");
+  const payload = {
+    framework: value("framework"),
+    model: value("model"),
+    dataset: dataset.includes("/") ? { path: dataset } : { name: dataset },
+    epochs: Number(value("epochs")),
+    display_name: value("display_name"),
+  };
+  if (value("image_size")) payload.image_size = Number(value("image_size"));
+  if (value("batch_size")) payload.batch_size = Number(value("batch_size"));
+  const advanced = value("advanced_config");
+  if (advanced) {
+    let parsed;
+    try {
+      parsed = JSON.parse(advanced);
+    } catch (error) {
+      throw new ApiError(400, { error: { message: `advanced_config is not valid JSON: ${error.message}`, field: "advanced_config" } });
+    }
+    if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+      throw new ApiError(400, { error: { message: "advanced_config must be a JSON object", field: "advanced_config" } });
+    }
+    payload.advanced_config = parsed;
+  } else payload.advanced_config = {};
+  return payload;
+}
+
+const formError = el("p", { class: "error-text", id: "form-error", role: "alert" });
+const submit = el("button", { type: "submit", class: "button primary", id: "submit", text: "Create job" });
+const form = el("form", { class: "new-job", id: "new-job", novalidate: true });
+
+for (const field of FIELDS) {
+  const input = control(field);
+  const error = el("div", { class: "field-error", id: `${field.name}-error`, role: "alert", "data-field": field.name });
+  input.setAttribute("aria-describedby", error.id);
+  inputs.set(field.name, input);
+  errors.set(field.name, error);
+  form.append(
+    el("label", { for: field.name }, field.label, field.hint ? el("span", { class: "hint", text: field.hint }) : null),
+    input,
+    error,
+  );
+}
+form.append(formError, el("div", { class: "form-actions" }, submit, el("a", { href: "/", text: "Back to jobs" })));
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearErrors();
+  submit.disabled = true;
+  try {
+    const answer = await api("/api/jobs", { method: "POST", body: body() });
+    location.href = `/jobs/${encodeURIComponent(answer.job.job_id)}`;
+  } catch (error) {
+    if (error instanceof ApiError) showError(inputFor(error.field), error.message);
+    else showError(null, String(error));
+  } finally {
+    submit.disabled = false;
+  }
+});
+
+header("new");
+main.replaceChildren(el("div", { class: "page-head" }, el("h1", { text: "New job" })), form);

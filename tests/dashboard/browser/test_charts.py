@@ -1,0 +1,114 @@
+"""Long series drawn honestly in the browser: server buckets with their min/max band (a spike stays visible),
+zooming re-queries the visible range, live points past a bound are re-bucketed; and the system page."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Platform
+from .helpers import chart, fed_job, shot, wait_js
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def dataset(page: Any, key: str, name: str) -> str:
+    return chart(page, key).get_attribute(f"data-{name}") or ""
+
+
+def test_a_long_series_is_bucketed_keeps_its_spike_and_zooming_requeries(
+    page: Any, stack: Platform, tmp_path: Path
+) -> None:
+    job_id, logger = fed_job(stack, tmp_path)
+    key = "train/loss"
+    total = 5000
+    with logger:
+        logger.update_status("running")
+        for step in range(1, total + 1):
+            logger.log_metric(key, 100.0 if step == 2500 else 1 / math.sqrt(step), step=step, epoch=step // 2500)
+        logger.update_status("completed")
+    series_requests: list[str] = []
+    page.on("request", lambda request: series_requests.append(request.url) if "/series" in request.url else None)
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    chart(page, key).locator("canvas").wait_for()
+    wait_js(page, f"document.querySelector('figure.chart[data-key=\"{key}\"]')?.dataset.totalPoints === '{total}'")
+    drawn = int(dataset(page, key, "drawn-points"))
+    assert drawn <= 1000, f"{drawn} points drawn: the series was not bucketed"
+    assert dataset(page, key, "y-max") == "100"  # the one spike among 5000 points is in the band
+    shot(page, tmp_path, "bucketed")
+
+    # Drag across the middle fifth of the plot: the page asks the server for that range only.
+    over = chart(page, key).locator(".u-over")
+    box = over.bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.4, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, y, steps=8)
+    page.mouse.up()
+    chart(page, key).locator("button", has_text="reset zoom").wait_for()
+    wait_js(page, "performance.getEntriesByType('resource').some(e => e.name.includes('min_step='))")
+    zoom = [url for url in series_requests if "min_step=" in url]
+    assert zoom and "max_step=" in zoom[-1], series_requests
+    page.wait_for_timeout(500)
+    assert dataset(page, key, "y-max") == "100"  # the spike lies in the zoomed range and stays visible
+    shot(page, tmp_path, "zoomed")
+
+    # A double click goes back to the whole run.
+    over.dblclick()
+    chart(page, key).locator("button", has_text="reset zoom").wait_for(state="hidden")
+    assert int(dataset(page, key, "drawn-points")) == drawn
+
+
+def test_live_points_past_the_bound_are_rebucketed_each_once(page: Any, stack: Platform, tmp_path: Path) -> None:
+    job_id, logger = fed_job(stack, tmp_path)
+    key = "train/loss"
+    total = 3000
+    with logger:
+        logger.update_status("running")
+        logger.log_metric(key, 1.0, step=1, epoch=0)
+        logger.flush(10)
+        page.goto(f"{stack.url}/jobs/{job_id}")
+        wait_js(page, f"document.querySelector('figure.chart[data-key=\"{key}\"]')?.dataset.totalPoints === '1'")
+        for step in range(2, total + 1):
+            logger.log_metric(key, 1 / math.sqrt(step), step=step, epoch=0)
+            if step % 250 == 0:
+                logger.flush(10)
+        logger.update_status("completed")
+    wait_js(page, f"document.querySelector('figure.chart[data-key=\"{key}\"]')?.dataset.totalPoints === '{total}'", 30)
+    # Past 2000 raw points the page asked the server to bucket the key again: fewer raw points, none lost.
+    wait_js(page, f"+document.querySelector('figure.chart[data-key=\"{key}\"]').dataset.rawPoints < 2000", 30)
+    assert int(dataset(page, key, "buckets")) > 0
+    assert int(dataset(page, key, "drawn-points")) < total
+    assert dataset(page, key, "total-points") == str(total)
+
+
+def test_system_page_shows_the_system_metrics(page: Any, stack: Platform, tmp_path: Path) -> None:
+    job_id, logger = fed_job(stack, tmp_path)
+    with logger:
+        logger.update_status("running")
+        for step in range(1, 31):
+            logger.log_metrics(
+                {
+                    "system/cpu_percent": 50 + 10 * math.sin(step / 3),
+                    "system/memory_rss_bytes": 1.5e9 + step * 1e6,
+                    "train/loss": 1 / step,
+                },
+                step=step,
+                epoch=0,
+            )
+        logger.update_status("completed")
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    chart(page, "train/loss").wait_for()
+    assert chart(page, "system/cpu_percent").count() == 0  # on their own page
+    assert "2 system/ metrics" in page.locator("#system-note").inner_text()
+    page.click("text=System metrics")
+    page.wait_for_url(f"**/jobs/{job_id}/system")
+    for key in ("system/cpu_percent", "system/memory_rss_bytes"):
+        chart(page, key).locator("canvas").wait_for()
+        assert dataset(page, key, "total-points") == "30"
+    assert chart(page, "train/loss").count() == 0
+    shot(page, tmp_path, "system")
