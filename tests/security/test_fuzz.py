@@ -357,6 +357,9 @@ def _base_requests(jobs: dict[str, str]):  # type: ignore[no-untyped-def]
         "ListJobs": jobs_pb2.ListJobsRequest(statuses=[common_pb2.JOB_STATUS_PENDING], framework="timm", page_size=5),
         "CancelJob": jobs_pb2.CancelJobRequest(job_id=ended, reason="r"),
         "ListMetrics": jobs_pb2.ListMetricsRequest(job_id=live, keys=["acc"], page_size=5),
+        "GetMetricSeries": jobs_pb2.GetMetricSeriesRequest(
+            job_id=live, keys=["acc"], max_points=10, min_step=0, max_step=100
+        ),
         "ListLogs": jobs_pb2.ListLogsRequest(job_id=live, min_level=common_pb2.LOG_LEVEL_INFO, page_size=5),
         "SubscribeTelemetry": jobs_pb2.SubscribeTelemetryRequest(
             job_id=ended, after=jobs_pb2.TelemetryCursor(metric_sequence=1)

@@ -33,7 +33,9 @@ def _sync_playwright() -> Any:
     return sync_playwright
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in this thread while it is open,
+# and asyncio.run() in another module's test on the same xdist worker would then fail.
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """A headless Chromium (Debian's build)."""
     if not os.access(CHROMIUM, os.X_OK):
