@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,32 @@ sys.path.insert(0, str(Path(__file__).parent))
 from support.backend import BackendProcess, postgres_database
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`tp up` writes a per-user config (TP_CONFIG): in tests, a temporary file, never the user's own."""
+    previous = os.environ.get("TP_CONFIG")
+    if previous is None:
+        os.environ["TP_CONFIG"] = str(tmp_path_factory.mktemp("tp-config") / "config.json")
+    yield
+    if previous is None:
+        os.environ.pop("TP_CONFIG", None)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated-on-start, empty database: a SQLite file, or a PostgreSQL database made for the test."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'backend.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`database_url` for a module's shared backend: each module runs once per database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'backend.db'}"
     else:
         with postgres_database() as url:
             yield url

@@ -33,9 +33,9 @@ ALLOWED = {
 
 
 @pytest.fixture(scope="module")
-def fuzz_backend(tmp_path_factory: pytest.TempPathFactory):
+def fuzz_backend(tmp_path_factory: pytest.TempPathFactory, module_database_url: str):
     data = tmp_path_factory.mktemp("fuzz")
-    backend = BackendProcess(f"sqlite:///{data / 'fuzz.db'}", data / "data")
+    backend = BackendProcess(module_database_url, data / "data")
     backend.start()
     yield backend
     backend.close()

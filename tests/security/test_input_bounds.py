@@ -23,9 +23,9 @@ SHORT_MESSAGE = 300  # characters: an error echoes at most a quote of the input
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
+def backend(tmp_path_factory: pytest.TempPathFactory, module_database_url: str) -> Iterator[BackendProcess]:
     data = tmp_path_factory.mktemp("bounds")
-    process = BackendProcess(f"sqlite:///{data / 'bounds.db'}", data / "data")
+    process = BackendProcess(module_database_url, data / "data")
     process.start()
     yield process
     process.close()

@@ -26,11 +26,11 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def make_backend(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], BackendProcess]]:
+def make_backend(tmp_path: Path, database_url: str) -> Iterator[Callable[[dict[str, str]], BackendProcess]]:
     started: list[BackendProcess] = []
 
     def make(env: dict[str, str]) -> BackendProcess:
-        process = BackendProcess(f"sqlite:///{tmp_path / 'limits.db'}", tmp_path / "data", extra_env=env)
+        process = BackendProcess(database_url, tmp_path / "data", extra_env=env)
         started.append(process)
         process.start()
         return process

@@ -105,8 +105,8 @@ async def idle_streams(address: str, count: int) -> collections.Counter[grpc.Sta
 
 
 @pytest.fixture
-def sqlite_backend(tmp_path: Path) -> Iterator[BackendProcess]:
-    process = BackendProcess(f"sqlite:///{tmp_path / 'flood.db'}", tmp_path / "data")
+def db_backend(tmp_path: Path, database_url: str) -> Iterator[BackendProcess]:
+    process = BackendProcess(database_url, tmp_path / "data")
     process.start()
     try:
         yield process
@@ -114,8 +114,8 @@ def sqlite_backend(tmp_path: Path) -> Iterator[BackendProcess]:
         process.close()
 
 
-def test_large_unauthenticated_requests_are_refused_without_growing_memory(sqlite_backend: BackendProcess) -> None:
-    backend = sqlite_backend
+def test_large_unauthenticated_requests_are_refused_without_growing_memory(db_backend: BackendProcess) -> None:
+    backend = db_backend
     assert backend.process is not None
     pid = backend.process.pid
     # Warm up (imports, the first calls' allocations) so the baseline is the steady state.
@@ -137,13 +137,13 @@ def test_large_unauthenticated_requests_are_refused_without_growing_memory(sqlit
     backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=auth(token), timeout=10)
 
 
-def test_idle_unauthenticated_streams_are_all_refused_with_unauthenticated(sqlite_backend: BackendProcess) -> None:
-    codes = asyncio.run(idle_streams(sqlite_backend.address, IDLE_STREAMS))
+def test_idle_unauthenticated_streams_are_all_refused_with_unauthenticated(db_backend: BackendProcess) -> None:
+    codes = asyncio.run(idle_streams(db_backend.address, IDLE_STREAMS))
     assert codes == {grpc.StatusCode.UNAUTHENTICATED: IDLE_STREAMS}, codes
 
 
 def test_streams_idle_after_a_first_message_are_all_refused_with_unauthenticated(
-    sqlite_backend: BackendProcess,
+    db_backend: BackendProcess,
 ) -> None:
     release = threading.Event()
 
@@ -152,7 +152,7 @@ def test_streams_idle_after_a_first_message_are_all_refused_with_unauthenticated
         release.wait(30)  # then idle: never half-closed while the call is open
 
     codes: collections.Counter[grpc.StatusCode] = collections.Counter()
-    with grpc.insecure_channel(sqlite_backend.address) as channel:
+    with grpc.insecure_channel(db_backend.address) as channel:
         stub = telemetry_pb2_grpc.TrainingTelemetryServiceStub(channel)
         try:
             futures = [stub.StreamMetrics.future(requests(), timeout=30) for _ in range(IDLE_STREAMS)]
@@ -164,12 +164,12 @@ def test_streams_idle_after_a_first_message_are_all_refused_with_unauthenticated
     assert codes == {grpc.StatusCode.UNAUTHENTICATED: IDLE_STREAMS}, codes
 
 
-def test_a_request_without_a_token_is_refused_before_it_is_read(sqlite_backend: BackendProcess) -> None:
+def test_a_request_without_a_token_is_refused_before_it_is_read(db_backend: BackendProcess) -> None:
     # Bytes that are no message and larger than the backend accepts (TP_MAX_MESSAGE_BYTES): read, they would be
     # refused with RESOURCE_EXHAUSTED; unread, every call without a valid token gets UNAUTHENTICATED, whatever
     # the method's shape.
     payload = b"\xff" * (MAX_MESSAGE_BYTES + 1024)
-    channel = sqlite_backend.channel
+    channel = db_backend.channel
     calls = {
         GET_JOB: lambda metadata: channel.unary_unary(GET_JOB)(payload, metadata=metadata, timeout=10),
         STREAM_METRICS: lambda metadata: channel.stream_unary(STREAM_METRICS)(
@@ -187,5 +187,5 @@ def test_a_request_without_a_token_is_refused_before_it_is_read(sqlite_backend: 
                 call(metadata)
             assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED, method
         with pytest.raises(grpc.RpcError) as read:
-            call(auth(sqlite_backend.internal_token))
+            call(auth(db_backend.internal_token))
         assert read.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, method

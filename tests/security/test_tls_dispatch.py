@@ -61,7 +61,7 @@ def mtls_trainer(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def _backend(
-    pki: Pki, trainer: TrainerProcess, data: Path, *, client_cert: bool, timeout_s: int = 60
+    pki: Pki, trainer: TrainerProcess, data: Path, *, client_cert: bool, timeout_s: int = 60, database_url: str = ""
 ) -> BackendProcess:
     env = {
         "TP_TRAINERS": f"timm={trainer.address}",
@@ -74,7 +74,7 @@ def _backend(
     if client_cert:
         env |= {"TP_TRAINER_TLS_CERT_FILE": str(pki.client_cert), "TP_TRAINER_TLS_KEY_FILE": str(pki.client_key)}
     backend = BackendProcess(
-        f"sqlite:///{data / 'backend.db'}", data, extra_env=env, credentials=_client_credentials(pki)
+        database_url or f"sqlite:///{data / 'backend.db'}", data, extra_env=env, credentials=_client_credentials(pki)
     )
     backend.internal_token = trainer.token  # the trainer trusts the backend's internal token
     backend.start()
@@ -99,8 +99,10 @@ def _create(backend: BackendProcess) -> str:
     return created.job.job_id
 
 
-def test_a_job_dispatched_over_mutual_tls_completes(pki: Pki, mtls_trainer: TrainerProcess, tmp_path: Path):
-    backend = _backend(pki, mtls_trainer, tmp_path / "data", client_cert=True)
+def test_a_job_dispatched_over_mutual_tls_completes(
+    pki: Pki, mtls_trainer: TrainerProcess, tmp_path: Path, database_url: str
+):
+    backend = _backend(pki, mtls_trainer, tmp_path / "data", client_cert=True, database_url=database_url)
     try:
         job_id = _create(backend)
         job = _wait_final(backend, job_id, timeout=180)

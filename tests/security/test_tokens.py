@@ -45,20 +45,18 @@ def _point(sequence: int) -> telemetry_pb2.MetricPoint:
 
 
 @pytest.fixture
-def sqlite_backend(tmp_path: Path) -> Iterator[BackendProcess]:
+def db_backend(tmp_path: Path, database_url: str) -> Iterator[BackendProcess]:
     """A backend whose front-end token is generated into its data directory (FRONTEND_AUTH_TOKEN unset)."""
-    process = BackendProcess(
-        f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data", extra_env={"FRONTEND_AUTH_TOKEN": ""}
-    )
+    process = BackendProcess(database_url, tmp_path / "data", extra_env={"FRONTEND_AUTH_TOKEN": ""})
     process.start()
     yield process
     process.close()
 
 
 def test_the_front_end_token_creates_cancels_and_reads_but_writes_no_telemetry(
-    sqlite_backend: BackendProcess, tmp_path: Path
+    db_backend: BackendProcess, tmp_path: Path
 ):
-    backend = sqlite_backend
+    backend = db_backend
     path = backend.data_dir / "frontend_auth_token"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     token = path.read_text().strip()
@@ -143,10 +141,8 @@ def test_a_trainer_refuses_the_front_end_token(tmp_path: Path):
         trainer.close()
 
 
-def test_a_job_token_stops_writing_after_its_job_ended_plus_the_grace(tmp_path: Path):
-    backend = BackendProcess(
-        f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data", extra_env={"TP_JOB_TOKEN_GRACE_S": "1"}
-    )
+def test_a_job_token_stops_writing_after_its_job_ended_plus_the_grace(tmp_path: Path, database_url: str):
+    backend = BackendProcess(database_url, tmp_path / "data", extra_env={"TP_JOB_TOKEN_GRACE_S": "1"})
     backend.start()
     try:
         telemetry, jobs = backend.telemetry(), backend.jobs()
