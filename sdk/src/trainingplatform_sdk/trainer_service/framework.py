@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from trainingplatform_sdk.spec.configs import DatasetConfig
 from trainingplatform_sdk.trainer_service.job import JobRequest
@@ -39,6 +39,12 @@ class ExtraOption:
     """The host limit the value may not exceed."""
     use_instead: str = ""
     """For `owned`: the JobSpec field that sets this option."""
+    default: Any = None
+    """What the adapter uses when the key is not given (shown by `tp frameworks`; None: nothing set)."""
+    doc: str = ""
+    """One line on what the option does (shown by `tp frameworks`)."""
+    accepts: str = ""
+    """For `any`: the values the framework's `check_job` accepts, in words (shown by `tp frameworks`)."""
 
 
 def _cpu_only() -> list[str]:
@@ -100,6 +106,9 @@ class FrameworkDescription:
     extra_options: Callable[[], Mapping[str, ExtraOption]] | None = None
     """Returns every `advanced_config.extra` key the framework's adapter accepts, with its type and range. An
     `extra` key outside it is refused with the closest valid keys. None accepts any key unchecked."""
+    advanced_defaults: Callable[[], Mapping[str, Any]] | None = None
+    """Returns what the adapter uses for each typed `advanced_config` field left unset (`optimizer`,
+    `augmentation.scale`, ...): a value, or a few words. Only shown (`tp frameworks`, `--describe`); checks nothing."""
 
 
 @dataclass(frozen=True)

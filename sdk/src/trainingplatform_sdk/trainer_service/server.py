@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,12 +113,28 @@ def serve(description: FrameworkDescription, argv: Sequence[str] | None = None) 
         description=f"The training platform's {description.framework} trainer service.",
     )
     settings_module.add_arguments(parser, description.default_listen)
+    parser.add_argument(
+        "--describe",
+        action="store_true",
+        help="print what this trainer accepts (advanced_config keys with types, ranges and defaults, optimizers) "
+        "as one line of JSON and exit, starting nothing; `tp frameworks` renders it",
+    )
     args = parser.parse_args(argv)
+    if args.describe:
+        # Imported here: the framework's lists load only for this.
+        from trainingplatform_sdk.trainer_service.describe import describe
+
+        print(json.dumps(describe(description), ensure_ascii=False), flush=True)
+        return 0
     try:
         settings = settings_module.load(description.default_listen, args)
     except ValueError as error:
         parser.error(str(error))
     configure_logging(settings.log_level)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_until_signal(start(description, settings)))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_until_signal(start(description, settings)))
+    except OSError as error:  # the port is taken, a TLS file unreadable: one clear line (tp up shows it)
+        _log.error("cannot start: %s", str(error).splitlines()[0])
+        return 1
     return 0

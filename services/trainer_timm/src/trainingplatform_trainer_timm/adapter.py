@@ -76,6 +76,7 @@ DEFAULT_LEARNING_RATE = 1e-3
 DEFAULT_OPTIMIZER = "adamw"
 DEFAULT_WEIGHT_DECAY = 0.05
 DEFAULT_SEED = 0
+DEFAULT_LR_SCHEDULER = "cosine"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
 
@@ -274,7 +275,7 @@ class TimmAdapter(TrainingAdapter):
         steps_per_epoch = max(1, len(self.train_loader))
         total_steps = steps_per_epoch * self.training_config.epochs
         warmup_steps = round((advanced.warmup_epochs or 0.0) * steps_per_epoch)
-        schedule = advanced.lr_scheduler or "cosine"
+        schedule = advanced.lr_scheduler or DEFAULT_LR_SCHEDULER
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, schedule)
         )

@@ -17,9 +17,11 @@ __all__ = ["DESCRIPTION", "EXTRA_OPTIONS", "main"]
 
 #: The `advanced_config.extra` keys the TimmAdapter reads (adapter.py), with their types and ranges.
 EXTRA_OPTIONS = {
-    "num_threads": ExtraOption("int", low=1, bound="cpus"),
-    "label_smoothing": ExtraOption("fraction"),
-    "drop_rate": ExtraOption("fraction"),
+    "num_threads": ExtraOption(
+        "int", low=1, bound="cpus", default="the CPUs the process may use", doc="torch's CPU threads"
+    ),
+    "label_smoothing": ExtraOption("fraction", default=0.0, doc="label smoothing of the cross-entropy loss"),
+    "drop_rate": ExtraOption("fraction", default="the model's (0.0 for most)", doc="dropout before the classifier"),
 }
 
 
@@ -46,6 +48,28 @@ def _optimizers() -> list[str]:
     names = [str(name) for name in timm.optim.list_optimizers()]
     # create_optimizer_v2 also takes `lookahead_<name>`.
     return names + [f"lookahead_{name}" for name in names]
+
+
+def _advanced_defaults() -> dict[str, Any]:
+    """What the TimmAdapter uses for each typed advanced_config field left unset (adapter.py, datasets.py)."""
+    from trainingplatform_trainer_timm import adapter, datasets
+
+    return {
+        "optimizer": adapter.DEFAULT_OPTIMIZER,
+        "lr_scheduler": adapter.DEFAULT_LR_SCHEDULER,
+        "weight_decay": adapter.DEFAULT_WEIGHT_DECAY,
+        "momentum": "the optimizer's own",
+        "warmup_epochs": 0.0,
+        "mixed_precision": False,
+        "seed": adapter.DEFAULT_SEED,
+        "augmentation.enabled": (
+            f"off (true alone: flip {datasets._DEFAULT_FLIP:g} and scale {datasets._DEFAULT_SCALE:g}; "
+            "with a field below set: that field only)"
+        ),
+        "augmentation.horizontal_flip_probability": "none (no flips)",
+        "augmentation.scale": "none (no random crops)",
+        "augmentation.color_jitter": "none (no jitter)",
+    }
 
 
 def _check_job(job: JobRequest) -> None:
@@ -93,6 +117,7 @@ DESCRIPTION = FrameworkDescription(
     check_job=_check_job,
     list_optimizers=_optimizers,
     extra_options=lambda: EXTRA_OPTIONS,
+    advanced_defaults=_advanced_defaults,
 )
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import math
+import re
+from dataclasses import replace
 from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
@@ -21,7 +23,15 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]
 from trainingplatform_sdk.trainer_service.framework import ExtraOption
 
-__all__ = ["MAX_SEED", "OWNED", "check_extra_values", "extra_options", "ultralytics_dir"]
+__all__ = [
+    "ACCEPTS",
+    "MAX_SEED",
+    "OWNED",
+    "advanced_defaults",
+    "check_extra_values",
+    "extra_options",
+    "ultralytics_dir",
+]
 
 #: Train arguments the platform sets from the JobSpec or the trainer: `extra` may not set them. Each names what
 #: sets it instead.
@@ -43,10 +53,26 @@ OWNED = {
 #: Largest seed ultralytics can use (it seeds numpy, whose seeds are 32-bit).
 MAX_SEED = 2**32 - 1
 #: Keys `extra` may set besides ultralytics' own arguments.
-PLATFORM_KEYS = {"num_threads": ExtraOption("int", low=1, bound="cpus")}
+PLATFORM_KEYS = {
+    "num_threads": ExtraOption(
+        "int", low=1, bound="cpus", default="the CPUs the process may use", doc="torch's CPU threads"
+    )
+}
 # Host limits some arguments are capped by (the generic check applies them).
 _BOUNDS = {"workers": "cpus", "batch": "batch_size", "imgsz": "image_size"}
 _SET_NAMES = ("CFG_FLOAT_KEYS", "CFG_FRACTION_KEYS", "CFG_INT_KEYS", "CFG_BOOL_KEYS", "CFG_STR_KEYS")
+#: What `check_extra_values` accepts for the keys ultralytics takes several types for (its messages say the same).
+ACCEPTS = {
+    "pretrained": "true or false (for a checkpoint, give its path as model_config.name)",
+    "amp": "true, false, 'fp16', 'bf16' or 'fp32'",
+    "cache": "true, false, 'ram' or 'disk'",
+    "compile": "true, false or a torch.compile mode",
+    "scale": "a number in [0, 1] or a [min, max] pair",
+    "fraction": "a ratio in (0, 1] or a count of images above 1",
+    "freeze": "a number of layers or a list of layer indices",
+}
+# `key: value  # (type) what it does` in default.yaml: the comment, without the type, is an option's `doc`.
+_COMMENTED_KEY = re.compile(r"^([A-Za-z_]\w*):[^#\n]*#\s*(?:\([^)]*\)\s*)?(.*?)\s*$", re.MULTILINE)
 
 
 def ultralytics_dir() -> Path | None:
@@ -55,6 +81,54 @@ def ultralytics_dir() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+@cache
+def _docs() -> dict[str, str]:
+    root = ultralytics_dir()
+    if root is None:
+        return {}
+    text = (root / "cfg" / "default.yaml").read_text(encoding="utf-8")
+    return {match.group(1): match.group(2) for match in _COMMENTED_KEY.finditer(text)}
+
+
+def _adapter_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
+    """The train arguments the UltralyticsAdapter sets itself when `extra` does not (adapter.py `train_args`)."""
+    from trainingplatform_trainer_ultralytics.adapter import DEFAULT_BATCH_SIZE, DEFAULT_IMAGE_SIZE, SHAPES_IMAGE_SIZE
+
+    return {
+        "batch": f"training_config.batch_size, else {DEFAULT_BATCH_SIZE}",
+        "imgsz": f"model_config.image_size, else {DEFAULT_IMAGE_SIZE} ({SHAPES_IMAGE_SIZE} for shapes)",
+        "workers": "training_config.num_workers (0)",
+        "lr0": f"training_config.learning_rate, else {defaults.get('lr0')}",
+        "plots": False,
+        "verbose": False,
+        "seed": "advanced_config.seed, else 0",
+    }
+
+
+def advanced_defaults() -> dict[str, Any]:
+    """What ultralytics uses for each typed advanced_config field left unset: its own defaults (default.yaml),
+    through the adapter's mapping (adapter.py `train_args`)."""
+    defaults = _tables()[0]
+    if not defaults:
+        return {}
+    return {
+        "optimizer": defaults.get("optimizer"),
+        "lr_scheduler": (
+            ("cosine" if defaults.get("cos_lr") else "linear") + f" (to lr0 x lrf = {defaults.get('lrf')}; "
+            "`step` runs as linear, with a warning)"
+        ),
+        "weight_decay": defaults.get("weight_decay"),
+        "momentum": defaults.get("momentum"),
+        "warmup_epochs": defaults.get("warmup_epochs"),
+        "mixed_precision": f"amp {str(defaults.get('amp')).lower()} (effective on CUDA)",
+        "seed": 0,
+        "augmentation.enabled": "on: ultralytics' defaults (false turns every augmentation off, mosaic included)",
+        "augmentation.horizontal_flip_probability": f"fliplr {defaults.get('fliplr')}",
+        "augmentation.scale": f"scale {defaults.get('scale')}",
+        "augmentation.color_jitter": f"hsv_s {defaults.get('hsv_s')}, hsv_v {defaults.get('hsv_v')}",
+    }
 
 
 @cache
@@ -83,6 +157,25 @@ def extra_options() -> dict[str, ExtraOption]:
     """Every key `advanced_config.extra` may hold for the ultralytics trainer, with its type and range."""
     defaults, sets, minimums = _tables()
     options: dict[str, ExtraOption] = dict(PLATFORM_KEYS)
+    options.update(_checked_options(defaults, sets, minimums))
+    # What `tp frameworks` shows: the default the adapter or ultralytics uses, and default.yaml's comment.
+    docs, adapter_defaults = _docs(), _adapter_defaults(defaults)
+    for key, option in options.items():
+        if option.kind == "owned":
+            continue
+        default = adapter_defaults.get(key, defaults.get(key, option.default))
+        accepts = ACCEPTS.get(
+            key, "any JSON value (ultralytics checks it when training)" if option.kind == "any" else ""
+        )
+        options[key] = replace(option, default=default, doc=docs.get(key, option.doc), accepts=accepts)
+    return options
+
+
+def _checked_options(
+    defaults: dict[str, Any], sets: dict[str, frozenset[str]], minimums: dict[str, int]
+) -> dict[str, ExtraOption]:
+    """Each ultralytics train argument's type and range, as `check_cfg` checks it."""
+    options: dict[str, ExtraOption] = {}
     for key in defaults:
         bound = _BOUNDS.get(key, "")
         if key in OWNED:
@@ -125,21 +218,21 @@ def check_extra_values(extra: dict[str, Any]) -> None:
         where = f"advanced_config.extra.{key}"
         if key == "pretrained" and not isinstance(value, bool):
             # A string is the path of weights on the trainer host (or a download): give model_config.name instead.
-            raise ValueError(f"{where}: true or false (for a checkpoint, give its path as model_config.name)")
+            raise ValueError(f"{where}: {ACCEPTS[key]}")
         if key == "amp" and not (isinstance(value, bool) or str(value).lower() in {"fp16", "bf16", "fp32"}):
-            raise ValueError(f"{where}: true, false, 'fp16', 'bf16' or 'fp32', got {_short(value)}")
+            raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "cache" and not (isinstance(value, bool) or value in ("ram", "disk")):
-            raise ValueError(f"{where}: true, false, 'ram' or 'disk', got {_short(value)}")
+            raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "compile" and not isinstance(value, bool | str):
-            raise ValueError(f"{where}: true, false or a torch.compile mode, got {_short(value)}")
+            raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "scale" and not (_number_in(value, 0.0, 1.0) or _pair(value)):
-            raise ValueError(f"{where}: a number in [0, 1] or a [min, max] pair, got {_short(value)}")
+            raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "fraction" and not (_number_in(value, 0.0, 1.0, low_open=True) or (_int(value) and value > 1)):
-            raise ValueError(f"{where}: a ratio in (0, 1] or a count of images above 1, got {_short(value)}")
+            raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "freeze" and not (
             value is None or _int(value) or (isinstance(value, list) and all(_int(v) for v in value))
         ):
-            raise ValueError(f"{where}: a number of layers or a list of layer indices, got {_short(value)}")
+            raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
 
 
 def _short(value: Any) -> str:

@@ -16,7 +16,12 @@ from pathlib import Path
 from trainingplatform_sdk.spec.configs import DatasetConfig
 from trainingplatform_sdk.trainer_service import FrameworkDescription, JobRequest, serve
 
-from trainingplatform_trainer_ultralytics.options import MAX_SEED, check_extra_values, extra_options
+from trainingplatform_trainer_ultralytics.options import (
+    MAX_SEED,
+    advanced_defaults,
+    check_extra_values,
+    extra_options,
+)
 
 __all__ = ["DESCRIPTION", "detection_model_yamls", "main"]
 
@@ -89,6 +94,7 @@ DESCRIPTION = FrameworkDescription(
     dataset_paths=_dataset_paths,
     list_optimizers=_optimizers,
     extra_options=extra_options,
+    advanced_defaults=advanced_defaults,
 )
 
 
