@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import enum
 import logging
 import os
 import re
@@ -27,6 +29,7 @@ from trainingplatform_sdk.spec.limits import (
     truncate_utf8,
 )
 from trainingplatform_sdk.telemetry import lifetime
+from trainingplatform_sdk.telemetry.relay import relay_job_id, write_relayed
 from trainingplatform_sdk.telemetry.report import DeliveryReport
 from trainingplatform_sdk.telemetry.sender import CALL, FLUSH, LOG, METRIC, BufferItem, FlushWaiter, Sender
 from trainingplatform_sdk.telemetry.settings import LoggerSettings, channel_options
@@ -51,6 +54,15 @@ def _ends_the_job(saved_call: object) -> bool:
     return request.status in _TERMINAL
 
 
+class _FromEnv(enum.Enum):
+    """The default of an argument read from the environment when not passed (None, passed, means "none")."""
+
+    FROM_ENV = "from the environment"
+
+
+FROM_ENV = _FromEnv.FROM_ENV
+
+
 def default_spool_dir(job_id: str) -> Path:
     """Where a job's spool lives by default: `$TP_SPOOL_DIR/<job>` or `~/.cache/trainingplatform/spool/<job>`."""
     root = os.environ.get("TP_SPOOL_DIR") or Path.home() / ".cache" / "trainingplatform" / "spool"
@@ -68,8 +80,12 @@ class TrainingLogger:
     A logger without a backend address or token is disabled: every call is a cheap no-op. In a process forked
     from the one that created it (a DataLoader worker), a logger is disabled too and never touches the channel.
 
+    `TrainingLogger(job_id)` (or `TrainingLogger.from_env(job_id)`) reads the backend and the token from the
+    environment: BACKEND_API_URL, JOB_TELEMETRY_TOKEN (else INTERNAL_AUTH_TOKEN). Under `tp run`, the log records
+    and status changes of a logger of the run's job go through `tp run` (`telemetry/relay.py`).
+
     Example:
-        with TrainingLogger.from_env(job_id) as logger:
+        with TrainingLogger(job_id) as logger:
             logger.update_status("running")
             logger.log_metric("train/loss", 0.42, step=10, epoch=0)
             logger.update_status("completed")
@@ -77,34 +93,49 @@ class TrainingLogger:
 
     def __init__(
         self,
-        job_id: str,
+        job_id: str | None = None,
+        enabled: bool = True,
         *,
-        backend_address: str | None,
-        token: str | None,
+        backend_address: str | _FromEnv | None = FROM_ENV,
+        token: str | _FromEnv | None = FROM_ENV,
         spool_dir: str | os.PathLike[str] | None = None,
         settings: LoggerSettings | None = None,
     ) -> None:
         """Creates a logger and starts its sender thread (the streams open on the first point).
 
+        `TrainingLogger(job_id=args.job_id, enabled=True)`, as the old Platform SDK's guide wrote it, reads the
+        backend and the token from the environment, as `from_env` does.
+
         Args:
-            job_id: The job the telemetry belongs to.
+            job_id: The job the telemetry belongs to; default TP_JOB_ID, else JOB_ID (both set by `tp run`).
+            enabled: False gives a disabled logger (every call a no-op), whatever the environment says.
             backend_address: The backend's gRPC address, `host:port`, `grpc://host:port` or `https://host:port`;
-                None disables the logger.
-            token: The job's telemetry token (or the internal service token); None disables the logger.
+                None disables the logger. Default: BACKEND_API_URL (unset or empty disables the logger).
+            token: The job's telemetry token (or the internal service token); None disables the logger. Default:
+                JOB_TELEMETRY_TOKEN, else INTERNAL_AUTH_TOKEN.
             spool_dir: Directory of this job's spool (for example `<output dir>/telemetry-spool`); default
                 `$TP_SPOOL_DIR/<job>` or `~/.cache/trainingplatform/spool/<job>`. A later logger for the same job and
                 directory replays what is left there and continues the numbering. `close()` removes the directory
                 once the job has ended (a terminal status delivered) and nothing in it is pending.
             settings: Batching, buffering, spooling and reconnect settings.
 
+        A disabled logger logs one warning saying why (enabled=False, no backend address, no token).
+
         Raises:
-            ValueError: The job id is empty, the address is malformed, or the spool belongs to another job.
+            ValueError: No job id though the logger would be enabled, the address is malformed, or the spool
+                belongs to another job.
             trainingplatform_sdk.errors.SpoolLockedError: Another live process uses the same spool directory.
             OSError: The spool directory cannot be created.
         """
+        if isinstance(backend_address, _FromEnv):
+            backend_address = os.environ.get("BACKEND_API_URL", "").strip() or None
+        if isinstance(token, _FromEnv):
+            token = os.environ.get("JOB_TELEMETRY_TOKEN") or os.environ.get("INTERNAL_AUTH_TOKEN") or None
         if not job_id:
-            raise ValueError("job_id is required")
-        self.job_id = job_id
+            job_id = os.environ.get("TP_JOB_ID", "").strip() or os.environ.get("JOB_ID", "").strip()
+        if not job_id and enabled and backend_address and token:
+            raise ValueError("job_id is required (pass it, or set TP_JOB_ID)")
+        self.job_id = job_id or ""
         self.settings = settings or LoggerSettings()
         self._buffer: deque[BufferItem] = deque()
         # Checked first by every logging call: True when disabled, closed, in a forked child, or the sender stopped.
@@ -119,8 +150,13 @@ class TrainingLogger:
         self._pid = os.getpid()
         self._close_lock = threading.Lock()
         self._final_report: DeliveryReport | None = None
+        # Under `tp run` for this job: log records and statuses go to `tp run` on stderr (telemetry/relay.py).
+        self._relay = False
+        if not enabled:
+            _LOG.warning("job %s: telemetry disabled (enabled=False): every call is a no-op", job_id or "-")
+            return
         if not backend_address:
-            _LOG.warning("job %s: telemetry disabled: no backend address (BACKEND_API_URL is not set)", job_id)
+            _LOG.warning("job %s: telemetry disabled: no backend address (BACKEND_API_URL is not set)", job_id or "-")
             return
         if not token:
             _LOG.warning(
@@ -128,6 +164,7 @@ class TrainingLogger:
                 job_id,
             )
             return
+        assert job_id
         address = parse_backend_address(backend_address)
         directory = Path(spool_dir) if spool_dir is not None else default_spool_dir(job_id)
         spool = Spool(directory, job_id, self.settings.spool_max_bytes, self.settings.spool_segment_bytes)
@@ -142,6 +179,7 @@ class TrainingLogger:
             job_id, self._buffer, channel, auth_metadata(token), spool, self.settings, torchrun_rank()
         )
         self._sender.on_exit = self._sender_stopped
+        self._relay = relay_job_id() == job_id
         lifetime.register(self)
         self._off = False
         self._sender.start()
@@ -247,6 +285,14 @@ class TrainingLogger:
             if self._discarding:
                 self._discarded += 1
             return
+        if self._relay:
+            record: dict[str, object] = {"kind": "log", "level": int(log_level(level)), "message": log_text(message)}
+            for name, number in (("epoch", epoch), ("step", step)):
+                if number is not None:
+                    with contextlib.suppress(TypeError, ValueError, OverflowError):
+                        record[name] = int(number)  # numpy and torch integers too
+            write_relayed(record)
+            return
         self._buffer.append(
             (LOG, truncate_utf8(log_text(message), MAX_LOG_MESSAGE_BYTES), log_level(level), epoch, step, time.time())
         )
@@ -283,19 +329,67 @@ class TrainingLogger:
         )
         if request.status in _TERMINAL and not self._off:
             self._ended = True
+        if self._relay and not self._off:
+            # `tp run` moves the job after the log lines before this call; what this logger sent goes first.
+            if request.status in _TERMINAL:
+                self.flush(self.settings.close_timeout_s)
+            write_relayed(
+                {
+                    "kind": "status",
+                    "status": int(request.status),
+                    "error": request.error_message,
+                    "error_detail": request.error_detail,
+                    "reason": request.reason,
+                }
+            )
+            return
         self._call("UpdateStatus", request)
 
     def log_epoch_summary(
-        self, epoch: int, metrics: Mapping[str, float], duration_seconds: float | None = None
+        self,
+        epoch: int,
+        metrics: Mapping[str, float] | None = None,
+        duration_seconds: float | None = None,
+        *,
+        train_loss: float | None = None,
+        train_accuracy: float | None = None,
+        val_loss: float | None = None,
+        val_accuracy: float | None = None,
+        learning_rate: float | None = None,
+        epoch_time: float | None = None,
     ) -> None:
         """Records the summary of a finished epoch, after everything logged before it is committed.
+
+        Two forms are accepted, alone or together: `log_epoch_summary(epoch, {"val/accuracy": 0.93},
+        duration_seconds=12.5)`, and the old Platform SDK's keywords, `log_epoch_summary(epoch, train_loss=0.4,
+        val_loss=0.5, val_accuracy=0.93, learning_rate=1e-3, epoch_time=12.5)`, stored as `train/loss`,
+        `train/accuracy`, `val/loss`, `val/accuracy` and `train/learning_rate` (docs/migrating.md). A key given
+        both ways keeps the keyword's value.
 
         Args:
             epoch: The epoch (0-based).
             metrics: The epoch's final metrics by key, for example `{"val/accuracy": 0.93}`.
             duration_seconds: How long the epoch took, if known.
+            train_loss: Old form: the epoch's training loss (`train/loss`).
+            train_accuracy: Old form: the epoch's training accuracy (`train/accuracy`).
+            val_loss: Old form: the validation loss (`val/loss`).
+            val_accuracy: Old form: the validation accuracy (`val/accuracy`).
+            learning_rate: Old form: the learning rate at the end of the epoch (`train/learning_rate`).
+            epoch_time: Old form of `duration_seconds`, in seconds.
         """
-        values = {key: metric_value(value) for key, value in metrics.items()}
+        merged: dict[str, object] = dict(metrics or {})
+        for key, value in (
+            ("train/loss", train_loss),
+            ("train/accuracy", train_accuracy),
+            ("val/loss", val_loss),
+            ("val/accuracy", val_accuracy),
+            ("train/learning_rate", learning_rate),
+        ):
+            if value is not None:
+                merged[key] = value
+        if duration_seconds is None:
+            duration_seconds = epoch_time
+        values = {key: metric_value(value) for key, value in merged.items()}
         summary = telemetry_pb2.EpochSummary(
             epoch=epoch,
             metrics={key: value for key, value in values.items() if value is not None},

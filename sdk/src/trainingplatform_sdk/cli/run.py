@@ -1,0 +1,432 @@
+"""`tp run`: your own training script as a tracked job.
+
+    tp run [--name N] [--framework F] [--model M] [--dataset D] -- python my_train.py --epochs 3
+
+1. Creates a job that no trainer service runs (`dispatch=false`; framework `custom`, model the script's name,
+   dataset `custom` and the command's `--epochs` unless given) and moves it to RUNNING.
+2. Runs the command with, in its environment: `BACKEND_API_URL` (the backend `tp` uses), `JOB_TELEMETRY_TOKEN`
+   (the job's token; INTERNAL_AUTH_TOKEN and TP_AUTH_TOKEN are removed), the job id as `TP_JOB_ID` and as `JOB_ID`
+   (the old guide's scripts read `--job-id` from it), `TP_RUN_JOB_ID` (see below) and `PYTHONUNBUFFERED=1`. So
+   `TrainingLogger(job_id=...)`, `TrainingLogger()` and `TrainingLogger.from_env(...)` in the script report to the
+   job with no other setup.
+3. Echoes the command's stdout and stderr to the terminal as they come and stores each line in the job's logs:
+   stdout lines at INFO, stderr lines at WARNING, but ERROR for a traceback and a line naming its level
+   (`ERROR`, `INFO: ...`, Python's `logging` default format) at that level. A line redrawn with carriage returns
+   (a progress bar) is stored once, as last drawn.
+4. Forwards SIGINT (Ctrl-C), SIGTERM and SIGHUP to the command's process group (the command runs in a group of its
+   own, so a Ctrl-C reaches it once, through `tp run`; there it reads an empty stdin instead of the terminal).
+5. Sends SIGINT to the command when the job is cancelled meanwhile (`tp cancel JOB`, the dashboard): it stays
+   CANCELLED.
+6. Sets the final status, unless the script set one (or the job was cancelled): COMPLETED on exit code 0;
+   CANCELLED when a signal was forwarded to it and it then exited non-zero or died (a stop the user asked for);
+   FAILED otherwise, with the last stderr line and the exit code as the error and the last stderr lines as its
+   detail.
+7. Exits with the command's exit code (128 + N when it died of signal N).
+
+One writer per log stream: a job's log records are numbered by their writer, and two writers would collide.
+`tp run` writes the job's logs; a `TrainingLogger` of the same job in the script (`TP_RUN_JOB_ID`) therefore hands
+its log records and status changes to `tp run` on its stderr (`telemetry/relay.py`), and streams its metrics,
+epoch summaries and run information itself. A final status the script sets is applied once the script has exited
+and its last output is stored, so `tp watch` and subscribers see every line before the job ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from trainingplatform_sdk.cli.output import CliError
+from trainingplatform_sdk.clients import JobsClient
+from trainingplatform_sdk.telemetry import TrainingLogger, default_spool_dir
+from trainingplatform_sdk.telemetry.relay import RELAY_JOB_ENV, RELAY_MARKER, parse_relayed
+from trainingplatform_sdk.telemetry.values import job_status
+
+__all__ = ["add_run_parser", "run_tracked"]
+
+#: Environment variables the command gets besides BACKEND_API_URL and JOB_TELEMETRY_TOKEN: the job id.
+JOB_ID_ENVS = ("TP_JOB_ID", "JOB_ID")
+#: Front-end and service tokens never reach the script: the job's own token is all it needs.
+REMOVED_ENVS = ("INTERNAL_AUTH_TOKEN", "TP_AUTH_TOKEN")
+#: Stderr lines kept for the error of a failed command.
+ERROR_TAIL_LINES = 20
+#: Seconds to wait for the output pipes to end once the command exited (a grandchild may still hold them).
+DRAIN_TIMEOUT_S = 5.0
+#: A line longer than this without a newline is stored as it is.
+MAX_LINE_BYTES = 1 << 20
+#: Seconds between two looks at the job's status (a `tp cancel` stops the command).
+CANCEL_POLL_S = 2.0
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_MARKER = RELAY_MARKER.encode()
+_LEVEL_WORD = re.compile(r"\b(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL)\b")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(:|$)")
+_TERMINAL = frozenset(job_status(name) for name in ("completed", "failed", "cancelled"))
+_LEVEL_NAMES = {1: "debug", 2: "info", 3: "warning", 4: "error", 5: "critical"}
+
+
+def add_run_parser(commands: Any) -> argparse.ArgumentParser:
+    """Adds `tp run` to the subcommands of `tp` and returns its parser (the caller sets its handler)."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "run",
+        help="run your own training script as a tracked job: tp run [--name N] -- python my_train.py ...",
+        description="Creates a job (no trainer service runs it), runs COMMAND with BACKEND_API_URL, "
+        "JOB_TELEMETRY_TOKEN, TP_JOB_ID and JOB_ID set, stores its output as the job's logs, forwards Ctrl-C "
+        "and SIGTERM to it, sets COMPLETED, FAILED or CANCELLED from its exit unless it set a final status, and "
+        "exits with its exit code.",
+    )
+    parser.add_argument("--name", help="the job's display name (default: the command)")
+    parser.add_argument("--framework", default="custom", help="the job's framework label (default: custom)")
+    parser.add_argument("--model", help="the job's model label (default: the script's file name)")
+    parser.add_argument("--dataset", default="custom", help="the job's dataset label (default: custom)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="the job's number of epochs, for progress displays (default: the command's --epochs, else 1)",
+    )
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command to run, after `--`"
+    )
+    return parser
+
+
+def _script_name(command: Sequence[str]) -> str:
+    for part in command[1:]:
+        if part.endswith(".py"):
+            return Path(part).name
+    if len(command) > 2 and command[1] == "-m":
+        return command[2]
+    return Path(command[0]).name
+
+
+def _epochs_of(command: Sequence[str]) -> int:
+    """The value of an `--epochs N` or `--epochs=N` in the command, else 1."""
+    for index, part in enumerate(command):
+        value = None
+        if part == "--epochs" and index + 1 < len(command):
+            value = command[index + 1]
+        elif part.startswith("--epochs="):
+            value = part.split("=", 1)[1]
+        if value is not None and value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def _level_of(text: str, stream: str, in_traceback: bool) -> str:
+    if stream == "stderr" and (in_traceback or text.startswith("Traceback (most recent call last)")):
+        return "ERROR"
+    if stream == "stderr" and _EXCEPTION_LINE.match(text):
+        return "ERROR"
+    found = _LEVEL_WORD.search(text[:60])
+    if found:
+        return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(found.group(1), found.group(1))
+    return "INFO" if stream == "stdout" else "WARNING"
+
+
+class _Run:
+    """One command under `tp run`: its output pumps, the signals forwarded to it, the statuses it relayed."""
+
+    def __init__(self, logger: TrainingLogger) -> None:
+        self.logger = logger
+        self.child: subprocess.Popen[bytes] | None = None
+        self.forwarded: int | None = None
+        self.final_status: dict[str, Any] | None = None
+        self.stderr_tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
+        self._lock = threading.Lock()
+
+    # --- signals ---------------------------------------------------------------------------------------------
+
+    def forward(self, signum: int, _frame: FrameType | None = None) -> None:
+        """A signal handler: passes the signal on to the command's process group."""
+        self.forwarded = signum
+        child = self.child
+        if child is None or child.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signum)
+
+    # --- output ----------------------------------------------------------------------------------------------
+
+    def pump(self, source: IO[bytes], echo: IO[str], stream: str) -> None:
+        """Reads one output pipe to its end: echoes what comes at once and stores each line."""
+        echo_bytes = getattr(echo, "buffer", None)
+        fd = source.fileno()
+        pending = b""
+        echoed = 0  # bytes of `pending` already echoed (a partial line, such as a progress bar)
+        in_traceback = False
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            pending += chunk
+            while b"\n" in pending or len(pending) > MAX_LINE_BYTES:
+                if b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                else:
+                    line, pending = pending, b""
+                in_traceback = self._line(line, echoed, echo, echo_bytes, stream, in_traceback)
+                echoed = 0
+            if pending and b"\x1e" not in pending and len(pending) > echoed:
+                self._echo(echo, echo_bytes, pending[echoed:])
+                echoed = len(pending)
+        if pending:
+            self._line(pending, echoed, echo, echo_bytes, stream, in_traceback)
+
+    def _line(self, raw: bytes, echoed: int, echo: IO[str], echo_bytes: Any, stream: str, in_traceback: bool) -> bool:
+        if _MARKER in raw:
+            relayed = parse_relayed(raw.decode("utf-8", "replace"))
+            if relayed is not None:
+                before, record = relayed
+                if before.strip():
+                    in_traceback = self._line(before.encode(), 0, echo, echo_bytes, stream, in_traceback)
+                self._relayed(record)
+                return in_traceback
+        self._echo(echo, echo_bytes, raw[echoed:] + b"\n")
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        text = text.rsplit("\r", 1)[-1]  # a redrawn line (progress bar): its last state
+        if not text.strip():
+            return in_traceback
+        level = _level_of(text, stream, in_traceback)
+        if stream == "stderr":
+            with self._lock:
+                self.stderr_tail.append(text)
+            if text.startswith("Traceback (most recent call last)"):
+                in_traceback = True
+            elif in_traceback and not text.startswith((" ", "\t")) and _EXCEPTION_LINE.match(text):
+                in_traceback = False
+        self.logger.log_message(text, level=level)
+        return in_traceback
+
+    def _relayed(self, record: dict[str, Any]) -> None:
+        kind = record.get("kind")
+        if kind == "log":
+            level = record.get("level", 2)
+            message = str(record.get("message", ""))
+            epoch, step = record.get("epoch"), record.get("step")
+            self.logger.log_message(
+                message,
+                level=level if isinstance(level, int) else 2,
+                epoch=epoch if isinstance(epoch, int) else None,
+                step=step if isinstance(step, int) else None,
+            )
+            name = _LEVEL_NAMES.get(level, "info") if isinstance(level, int) else "info"
+            out = sys.stdout if name in ("debug", "info") else sys.stderr
+            self._echo(out, getattr(out, "buffer", None), f"[{name}] {message}\n".encode())
+        elif kind == "status":
+            try:
+                status = job_status(record.get("status", 0))
+            except ValueError:
+                return
+            if status in _TERMINAL:
+                # Applied once the command has exited and its last lines are stored.
+                with self._lock:
+                    if self.final_status is None:
+                        self.final_status = record
+                return
+            self.logger.update_status(
+                status, error_detail=str(record.get("error_detail") or ""), reason=str(record.get("reason") or "")
+            )
+
+    @staticmethod
+    def _echo(echo: IO[str], echo_bytes: Any, data: bytes) -> None:
+        try:
+            if echo_bytes is not None:
+                echo_bytes.write(data)
+                echo_bytes.flush()
+            else:
+                echo.write(data.decode("utf-8", "replace"))
+                echo.flush()
+        except (OSError, ValueError):
+            pass  # the terminal or pipe is gone: the lines are still stored
+
+
+def _stdin_is_a_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdin.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _exit_code(returncode: int) -> int:
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def _say(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        print(f"tp run: {message}", file=sys.stderr, flush=True)
+
+
+def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> int:
+    """`tp run`: runs `args.command` as a tracked job on the backend at `address`; returns the exit code."""
+    command = list(args.command or [])
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise CliError("tp run needs a command: tp run [--name N] -- python my_train.py ...")
+    created = client.create_job(
+        framework=args.framework or "custom",
+        model=args.model or _script_name(command),
+        dataset=args.dataset or "custom",
+        epochs=args.epochs or _epochs_of(command),
+        display_name=args.name or shlex.join(command)[:200],
+        dispatch=False,
+    )
+    job_id, token = created.job.job_id, created.telemetry_token
+    logger = TrainingLogger(
+        job_id, backend_address=address, token=token, spool_dir=default_spool_dir(f"{job_id}.tp-run")
+    )
+    run = _Run(logger)
+    previous: dict[int, Any] = {}
+    try:
+        for signum in FORWARDED_SIGNALS:
+            previous[signum] = signal.signal(signum, run.forward)
+        logger.update_status("running", reason=f"tp run: {shlex.join(command)}"[:1000])
+        _say(f"job {job_id} ({args.name or _script_name(command)}): running {shlex.join(command)}")
+        env = {**os.environ, "BACKEND_API_URL": address, "JOB_TELEMETRY_TOKEN": token, RELAY_JOB_ENV: job_id}
+        env.update(dict.fromkeys(JOB_ID_ENVS, job_id))
+        env["PYTHONUNBUFFERED"] = "1"
+        for name in REMOVED_ENVS:
+            env.pop(name, None)
+        if run.forwarded is not None:  # stopped before the command started
+            logger.update_status("cancelled", reason=f"{signal.Signals(run.forwarded).name} before the command started")
+            _say(f"job {job_id}: CANCELLED before the command started")
+            return 128 + run.forwarded
+        try:
+            run.child = subprocess.Popen(
+                command,
+                env=env,
+                # In a process group of its own the command may not read the terminal (it would be stopped): it
+                # reads an empty stdin there, and a redirected stdin as it is.
+                stdin=subprocess.DEVNULL if _stdin_is_a_terminal() else None,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                process_group=0,
+            )
+        except OSError as error:
+            message = f"cannot run {command[0]}: {error.strerror or error}"
+            logger.log_message(message, level="ERROR")
+            logger.update_status("failed", error=message)
+            _say(f"{message}; job {job_id} FAILED")
+            return 127
+        if run.forwarded is not None:  # a signal came while the command was starting: pass it on
+            run.forward(run.forwarded)
+        assert run.child.stdout is not None and run.child.stderr is not None
+        pumps = [
+            threading.Thread(target=run.pump, args=(run.child.stdout, sys.stdout, "stdout"), daemon=True),
+            threading.Thread(target=run.pump, args=(run.child.stderr, sys.stderr, "stderr"), daemon=True),
+        ]
+        for pump in pumps:
+            pump.start()
+        exited = threading.Event()
+        watcher = threading.Thread(target=_watch_cancel, args=(run, client, job_id, exited), daemon=True)
+        watcher.start()
+        returncode = run.child.wait()
+        exited.set()
+        _drain(run.child.pid, pumps)
+        status = _final_status(run, client, job_id, returncode)
+        _say(f"job {job_id}: {status} (exit code {_exit_code(returncode)})")
+        return _exit_code(returncode)
+    finally:
+        for forwarded, handler in previous.items():
+            signal.signal(forwarded, handler)
+        if run.child is not None and run.child.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(run.child.pid, signal.SIGKILL)
+            run.child.wait()
+        report = logger.close()
+        if report.pending_logs or report.calls_pending:
+            _say(
+                "the backend did not take every log line and status yet; they are kept in "
+                f"{default_spool_dir(f'{job_id}.tp-run')} for the next logger of the job"
+            )
+
+
+def _watch_cancel(run: _Run, client: JobsClient, job_id: str, exited: threading.Event) -> None:
+    """`tp cancel JOB` (or the dashboard) while the command runs: the command gets SIGINT, as from a Ctrl-C."""
+    while not exited.wait(CANCEL_POLL_S):
+        try:
+            status = client.get_job(job_id).status
+        except Exception:  # the backend is away for a moment: the command runs on
+            continue
+        if status == "CANCELLED" and not exited.is_set():
+            _say(f"job {job_id} was cancelled; stopping the command (SIGINT)")
+            child = run.child
+            if child is not None and child.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGINT)
+            return
+
+
+def _drain(group: int, pumps: list[threading.Thread]) -> None:
+    """Waits for the output pipes to end; processes the command left behind that hold them (its process group)
+    get SIGTERM, then SIGKILL, so nothing it started outlives `tp run`."""
+    for signum in (None, signal.SIGTERM, signal.SIGKILL):
+        if signum is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signum)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        for pump in pumps:
+            pump.join(max(0.0, deadline - time.monotonic()))
+        if not any(pump.is_alive() for pump in pumps):
+            return
+
+
+def _final_status(run: _Run, client: JobsClient, job_id: str, returncode: int) -> str:
+    """Sets the job's final status (the one the script asked for, else one from the exit) and returns it."""
+    logger = run.logger
+    relayed = run.final_status
+    if relayed is not None:
+        status = job_status(relayed.get("status", 0))
+        logger.update_status(
+            status,
+            error=str(relayed.get("error") or ""),
+            error_detail=str(relayed.get("error_detail") or ""),
+            reason=str(relayed.get("reason") or "set by the script"),
+        )
+        return _TERMINAL_NAMES[status]
+    logger.flush(30)
+    job = client.get_job(job_id)
+    if job.finished:  # ended some other way (`tp cancel`, another client): kept; repeating it changes nothing
+        logger.update_status(job.status.lower(), reason="ended while tp run ran the command")
+        return job.status
+    code = _exit_code(returncode)
+    if returncode == 0:
+        logger.update_status("completed", reason="the command exited with code 0")
+        return "COMPLETED"
+    if run.forwarded is not None:
+        name = signal.Signals(run.forwarded).name
+        logger.update_status("cancelled", reason=f"{name} forwarded by tp run; the command exited with code {code}")
+        return "CANCELLED"
+    with run._lock:
+        tail = list(run.stderr_tail)
+    how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {code}"
+    last = tail[-1].strip() if tail else ""
+    logger.update_status(
+        "failed",
+        error=f"{last} ({how})" if last else f"the command failed ({how})",
+        error_detail="\n".join(tail),
+        reason=f"the command exited: {how}",
+    )
+    return "FAILED"
+
+
+_TERMINAL_NAMES = {
+    job_status("completed"): "COMPLETED",
+    job_status("failed"): "FAILED",
+    job_status("cancelled"): "CANCELLED",
+}

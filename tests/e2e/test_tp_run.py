@@ -1,0 +1,302 @@
+"""`tp run`: your own script as a tracked job, the CLI as a subprocess against a real backend process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from support.backend import BackendProcess
+from trainingplatform_sdk.clients import Job, JobsClient, LogLine
+
+TP = str(Path(sys.executable).parent / "tp")
+OLD_SCRIPT = Path(__file__).parents[1] / "sdk" / "old_style_train.py"
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def tp_env(backend: BackendProcess, tmp_path: Path) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("TP_") and key not in {"BACKEND_API_URL", "JOB_TELEMETRY_TOKEN", "JOB_ID"}
+    }
+    return {
+        **env,
+        "TP_BACKEND_ADDRESS": backend.address,
+        "INTERNAL_AUTH_TOKEN": backend.internal_token,
+        "TP_CONFIG": str(tmp_path / "no-config.json"),
+        "TP_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+
+
+def tp_run(backend: BackendProcess, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TP, "run", *args],
+        capture_output=True,
+        text=True,
+        env=tp_env(backend, tmp_path),
+        timeout=180,
+        cwd=tmp_path,
+    )
+
+
+def script(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def job_of(output: str) -> str:
+    found = re.search(r"tp run: job ([0-9a-f-]{36})", output)
+    assert found, output
+    return found.group(1)
+
+
+def read_job(backend: BackendProcess, job_id: str) -> tuple[Job, list[LogLine]]:
+    with JobsClient(backend.address, backend.internal_token) as client:
+        return client.get_job(job_id), list(client.logs(job_id))
+
+
+def assert_nothing_left(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    assert not spool.exists() or list(spool.iterdir()) == []  # both spools removed: the job ended, all delivered
+
+
+def test_success_stores_the_output_and_completes(backend: BackendProcess, tmp_path: Path) -> None:
+    path = script(
+        tmp_path,
+        "train.py",
+        """
+        import os, sys
+        print("hello from stdout")
+        print("careful: lr is high", file=sys.stderr)
+        print("ERROR: not really, just a level word", file=sys.stderr)
+        for i in range(3):
+            print(f"progress {i}/3", end="\\r", flush=True)
+        print()
+        assert os.environ["TP_JOB_ID"] == os.environ["JOB_ID"] and os.environ["JOB_TELEMETRY_TOKEN"]
+        assert "INTERNAL_AUTH_TOKEN" not in os.environ and os.environ["BACKEND_API_URL"]
+        print("job", os.environ["TP_JOB_ID"])
+        """,
+    )
+    result = tp_run(backend, tmp_path, "--name", "my run", "--", sys.executable, path)
+    assert result.returncode == 0, result.stderr
+    job_id = job_of(result.stderr)
+    assert "hello from stdout" in result.stdout and f"job {job_id}" in result.stdout  # echoed
+    assert "careful: lr is high" in result.stderr
+    assert f"job {job_id}: COMPLETED (exit code 0)" in result.stderr
+    job, logs = read_job(backend, job_id)
+    assert job.status == "COMPLETED" and job.display_name == "my run"
+    assert (job.framework, job.model, job.dataset) == ("custom", "train.py", "custom")
+    assert backend.status_events(job_id) == ["PENDING", "RUNNING", "COMPLETED"]
+    lines = [(line.level, line.message) for line in logs]
+    assert ("INFO", "hello from stdout") in lines
+    assert ("WARNING", "careful: lr is high") in lines
+    assert ("ERROR", "ERROR: not really, just a level word") in lines
+    assert ("INFO", "progress 2/3") in lines and ("INFO", "progress 0/3") not in lines  # a redrawn line, once
+    assert_nothing_left(tmp_path)
+
+
+def test_failure_passes_the_exit_code_and_fails_with_the_last_stderr_lines(
+    backend: BackendProcess, tmp_path: Path
+) -> None:
+    path = script(
+        tmp_path,
+        "crash.py",
+        """
+        import sys
+        print("loading data")
+        def load():
+            raise RuntimeError("dataset not found: /nope")
+        try:
+            load()
+        except RuntimeError as error:
+            print("fatal:", error, file=sys.stderr)
+            sys.exit(3)
+        """,
+    )
+    result = tp_run(backend, tmp_path, "--", sys.executable, path)
+    assert result.returncode == 3
+    job_id = job_of(result.stderr)
+    job, logs = read_job(backend, job_id)
+    assert job.status == "FAILED"
+    assert "fatal: dataset not found: /nope" in job.error_message and "exit code 3" in job.error_message
+    assert backend.status_events(job_id) == ["PENDING", "RUNNING", "FAILED"]
+
+    traceback = script(tmp_path, "raises.py", 'raise ValueError("bad value in config")\n')
+    result = tp_run(backend, tmp_path, "--", sys.executable, traceback)
+    assert result.returncode == 1
+    job, logs = read_job(backend, job_of(result.stderr))
+    assert job.status == "FAILED" and "ValueError: bad value in config" in job.error_message
+    assert job.error_detail.startswith("Traceback (most recent call last)")
+    assert [line.level for line in logs] == ["ERROR"] * len(logs) and len(logs) >= 3
+
+    missing = tp_run(backend, tmp_path, "--", str(tmp_path / "no-such-program"))
+    assert missing.returncode == 127
+    job, _ = read_job(backend, job_of(missing.stderr))
+    assert job.status == "FAILED" and job.error_message.startswith("cannot run")
+    assert_nothing_left(tmp_path)
+
+
+def test_ctrl_c_reaches_the_script_cancels_the_job_and_leaves_no_process(
+    backend: BackendProcess, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    path = script(
+        tmp_path,
+        "long.py",
+        f"""
+        import os, subprocess, sys, time
+        helper = subprocess.Popen(["sleep", "600"])
+        open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{helper.pid}}")
+        print("ready", flush=True)
+        try:
+            while True:
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            print("got SIGINT, stopping", flush=True)
+            raise
+        """,
+    )
+    process = subprocess.Popen(
+        [TP, "run", "--", sys.executable, path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=tp_env(backend, tmp_path),
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        child, helper = (int(pid) for pid in pids.read_text().split())
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "got SIGINT, stopping" in stdout
+    job_id = job_of(stderr)
+    job, logs = read_job(backend, job_id)
+    assert job.status == "CANCELLED"
+    assert "got SIGINT, stopping" in [line.message for line in logs]
+    assert any("KeyboardInterrupt" in line.message for line in logs)
+    for pid in (child, helper):  # the script and what it started are gone
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), pid
+    assert_nothing_left(tmp_path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_the_old_guides_script_under_tp_run(backend: BackendProcess, tmp_path: Path) -> None:
+    result = tp_run(backend, tmp_path, "--name", "old", "--", sys.executable, str(OLD_SCRIPT), "--epochs", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    job_id = job_of(result.stderr)
+    assert "[info] Starting training: tiny-mlp" in result.stdout  # relayed records are echoed
+    job, logs = read_job(backend, job_id)
+    assert job.status == "COMPLETED" and job.epochs == 2  # the command's --epochs
+    assert backend.status_events(job_id) == ["PENDING", "RUNNING", "COMPLETED"]
+    assert [line.message for line in logs if line.epoch is not None] == [
+        line.message for line in logs if line.message.startswith("Epoch ")
+    ]
+    assert [line.epoch for line in logs if line.message.startswith("Epoch ")] == [0, 1]
+    messages = [line.message for line in logs]
+    assert messages[0] == "Starting training: tiny-mlp" and messages[-1] == "training finished"
+    assert len(backend.log_sequences(job_id)) == len(logs) == len(set(backend.log_sequences(job_id)))
+    assert len(backend.metric_rows(job_id)) == 8  # metrics go straight from the script
+    assert_nothing_left(tmp_path)
+
+
+def test_a_final_status_set_by_the_script_is_kept(backend: BackendProcess, tmp_path: Path) -> None:
+    # The old script fails the job itself with its error, then raises: the script's error is kept.
+    result = tp_run(backend, tmp_path, "--", sys.executable, str(OLD_SCRIPT), "--fail-at-epoch", "1")
+    assert result.returncode == 1
+    job_id = job_of(result.stderr)
+    job, logs = read_job(backend, job_id)
+    assert job.status == "FAILED" and job.error_message == "loss diverged at epoch 1"
+    assert backend.status_events(job_id) == ["PENDING", "RUNNING", "FAILED"]
+    assert any(line.message == "RuntimeError: loss diverged at epoch 1" for line in logs)  # stored before FAILED
+
+    # A script that exits 0 but reports FAILED keeps FAILED.
+    path = script(
+        tmp_path,
+        "judge.py",
+        """
+        from trainingplatform_sdk import TrainingLogger
+        logger = TrainingLogger()
+        logger.log_metric("val/accuracy", 0.1, epoch=0)
+        logger.update_status("failed", error="accuracy 0.1 is below the bar")
+        print("done")
+        """,
+    )
+    result = tp_run(backend, tmp_path, "--", sys.executable, path)
+    assert result.returncode == 0, result.stderr
+    job_id = job_of(result.stderr)
+    job, _ = read_job(backend, job_id)
+    assert job.status == "FAILED" and job.error_message == "accuracy 0.1 is below the bar"
+    assert f"job {job_id}: FAILED (exit code 0)" in result.stderr
+    assert_nothing_left(tmp_path)
+
+
+def test_tp_cancel_stops_the_script(backend: BackendProcess, tmp_path: Path) -> None:
+    path = script(
+        tmp_path,
+        "forever.py",
+        """
+        import time
+        print("ready", flush=True)
+        try:
+            while True:
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            print("stopping on request", flush=True)
+            raise SystemExit(4)
+        """,
+    )
+    process = subprocess.Popen(
+        [TP, "run", "--", sys.executable, path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=tp_env(backend, tmp_path),
+        cwd=tmp_path,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        first = ""
+        while "tp run: job" not in first:  # tp run's first line names the job
+            first = process.stderr.readline()
+            assert first, "tp run ended before naming its job"
+        job_id = job_of(first)
+        assert process.stdout.readline().strip() == "ready"
+        with JobsClient(backend.address, backend.internal_token) as client:
+            assert client.cancel_job(job_id, reason="enough").status == "CANCELLED"
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 4, stderr
+    assert "stopping on request" in stdout and f"job {job_id}: CANCELLED" in stderr
+    job, logs = read_job(backend, job_id)
+    assert job.status == "CANCELLED" and "stopping on request" in [line.message for line in logs]
+    assert_nothing_left(tmp_path)
