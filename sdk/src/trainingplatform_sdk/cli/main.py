@@ -3,41 +3,100 @@
     tp up                                   start the backend, both trainers and the dashboard (Ctrl-C stops them)
     tp train --framework timm --model resnet10t --dataset digits --epochs 3 [--advanced-config JSON|@file]
     tp jobs | show JOB | watch JOB | logs JOB [--follow] | metrics JOB [--key K] [--plot F.png] | cancel JOB
+    tp gc [--older-than 7d | --keep N] [--dry-run]   delete ended jobs' local run files and artifacts
+    tp run [--name N] -- python my_train.py ...   your own script as a tracked job (its logs, exit, Ctrl-C)
     tp demo                                 the whole platform end to end on embedded defaults
 
-The backend is TP_BACKEND_ADDRESS (or BACKEND_API_URL, default 127.0.0.1:50051; `https://` for TLS, with the CA in
-TP_TLS_CA_FILE and, for mutual TLS, TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE). The token is a front end's:
-TP_AUTH_TOKEN (the backend's FRONTEND_AUTH_TOKEN), else INTERNAL_AUTH_TOKEN, else the front-end token a local
-backend wrote to .data/frontend_auth_token, else .data/internal_auth_token (`clients.default_token`). Errors are one
-line on stderr. `train` and `watch` exit 0 when the job COMPLETED, 1 when it FAILED, 3 when it was CANCELLED; any
-other error exits 2.
+Every command finds the backend and its token the same way, from any directory (`clients.resolve_connection`):
+flags, then the environment, then the per-user config `tp up` writes (`~/.config/trainingplatform/config.json`, or
+under XDG_CONFIG_HOME; TP_CONFIG names another), then `./.data`. The backend is --backend, else TP_BACKEND_ADDRESS
+(or BACKEND_API_URL), else the config's, else 127.0.0.1:50051 (`https://` for TLS, with the CA in TP_TLS_CA_FILE
+and, for mutual TLS, TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE). The token is a front end's: the token
+file in --data-dir, else TP_AUTH_TOKEN (the backend's FRONTEND_AUTH_TOKEN), else INTERNAL_AUTH_TOKEN, else the
+token file in TP_DATA_DIR, else the one the config names, else .data/frontend_auth_token. A job is named by its id
+or any unique prefix of it, as in git. Errors are one line on stderr. `train` and `watch` exit 0 when the job
+COMPLETED, 1 when it FAILED, 3 when it was CANCELLED; any other error exits 2; Ctrl-C on them exits 130 and leaves
+the job running.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import json
 import os
+import re
+import select
+import shutil
 import signal
+import stat
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainingplatform_sdk.cli.output import CliError, fmt_value, follow, plot_series, print_summary
-from trainingplatform_sdk.clients import JobsClient, default_token
-from trainingplatform_sdk.errors import PlatformError
+from trainingplatform_sdk.cli.frameworks import add_frameworks_command
+from trainingplatform_sdk.cli.output import (
+    CliError,
+    fmt_value,
+    follow,
+    plot_families,
+    plot_series,
+    print_epochs,
+    print_summary,
+    safe_write,
+)
+from trainingplatform_sdk.cli.run import add_run_parser
+from trainingplatform_sdk.clients import Connection, Job, JobsClient, resolve_connection
+from trainingplatform_sdk.errors import PlatformError, UnauthenticatedError, UnavailableError
 
 EXIT_FOR_STATUS = {"COMPLETED": 0, "FAILED": 1, "CANCELLED": 3}
 EXIT_ERROR = 2
 
 
+_connection: Connection | None = None
+"""The backend and token of this invocation (for error messages)."""
+
+
+def _data_dir_given(argv: Sequence[str]) -> bool:
+    return any(arg == "--data-dir" or arg.startswith("--data-dir=") for arg in argv)
+
+
 def _client(args: argparse.Namespace) -> JobsClient:
-    address = (
-        args.backend or os.environ.get("TP_BACKEND_ADDRESS") or os.environ.get("BACKEND_API_URL") or "127.0.0.1:50051"
-    )
-    return JobsClient(address, default_token(args.data_dir))
+    """A client of the backend found by `resolve_connection` (flags, environment, per-user config, ./.data)."""
+    global _connection
+    _connection = resolve_connection(args.backend, args.data_dir if getattr(args, "data_dir_given", False) else None)
+    return JobsClient(_connection.address, _connection.token)
+
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def resolve_job(client: JobsClient, job: str) -> str:
+    """A job id from the id or a unique prefix of it (as git resolves commits).
+
+    Raises:
+        CliError: no job or more than one starts with `job`.
+    """
+    wanted = job.strip().lower()
+    if _UUID.match(wanted):
+        return wanted
+    if not wanted:
+        raise CliError("name a job (its id, or a prefix of it)")
+    matches = [j for j in client.list_jobs() if j.job_id.startswith(wanted)]
+    if not matches:
+        raise CliError(f"no job id starts with {job!r} (`tp jobs` lists them)")
+    if len(matches) > 1:
+        shown = ", ".join(f"{j.job_id} ({j.display_name or j.model}, {j.status})" for j in matches[:10])
+        more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+        raise CliError(f"job prefix {job!r} is ambiguous: {shown}{more}")
+    return matches[0].job_id
+
+
+def _job_label(job: Job) -> str:
+    return f"{job.display_name!r}, " if job.display_name else ""
 
 
 def _load_json(value: str | None) -> dict[str, Any]:
@@ -56,9 +115,49 @@ def _load_json(value: str | None) -> dict[str, Any]:
 # --- commands -----------------------------------------------------------------------------------------------
 
 
+def _reader_gone(fd: int) -> bool:
+    """Whether `fd` is a pipe whose reading end was closed (`tp up | tee` after tee ended)."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from trainingplatform_sdk.cli.stack import Stack
+    from trainingplatform_sdk.clients import write_config
 
+    stopping: list[str] = []
+
+    def silence(stream: Any) -> None:
+        """The reader of `stream` went away: what is printed from now on (and what is still buffered) goes to
+        /dev/null, so neither a later print nor the flush at exit fails."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+
+    def say(text: str, stream: Any = None) -> None:
+        """Prints; a closed stdout (the pipe's reader ended) stops the stack instead of killing `tp up`."""
+        stream = stream or sys.stdout
+        if not safe_write(stream, text + "\n"):
+            if not stopping:
+                stopping.append("output closed")
+            silence(stream)
+
+    started = False
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signal.Signals(signum).name)
+        if not started:
+            raise KeyboardInterrupt  # during start: stop what was started, then exit
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     stack = Stack(
         Path(args.data_dir),
         backend_port=args.backend_port,
@@ -67,38 +166,48 @@ def cmd_up(args: argparse.Namespace) -> int:
         data_roots=tuple(Path(root) for root in (args.data_root or [Path.cwd()])),
         dashboard_port=None if args.no_dashboard else args.dashboard_port,
     )
-    print(f"starting the stack in {stack.data_dir} ...", flush=True)
-    print(f"trainers read data sets under {', '.join(str(root) for root in stack.data_roots)}", flush=True)
-    stack.start()
-    for service in stack.services:
-        print(f"  {service.name:20} {service.address}  (log {service.log_path})")
-    print(f"database {stack.database}", flush=True)
-    token_file = stack.data_dir / "frontend_auth_token"
-    if token_file.exists():
-        print(f"front-end token in {token_file} (`tp` reads it; TP_AUTH_TOKEN for other front ends)", flush=True)
-    if stack.dashboard_login_url:
-        print(f"dashboard: open {stack.dashboard_login_url}", flush=True)
-        print("  (the login link of this start: it sets a session cookie and leads to the plain URL; keep it private)")
-    print("Ctrl-C stops everything.", flush=True)
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    say(f"starting the stack in {stack.data_dir} ...")
+    say(f"trainers read data sets under {', '.join(str(root) for root in stack.data_roots)}")
     try:
+        stack.start()  # stops what it started when it fails
+    except KeyboardInterrupt:
+        say("stopped before the stack was up")
+        return 130
+    started = True
+    try:
+        for service in stack.services:
+            pid = service.process.pid if service.process is not None else "-"
+            say(f"  {service.name:20} {service.address}  (pid {pid}, log {service.log_path})")
+        say(f"database {stack.database}")
+        token_file = stack.data_dir / "frontend_auth_token"
+        if not token_file.exists():
+            token_file = stack.data_dir / "internal_auth_token"
+        config = write_config(backend_address=stack.backend_address, token_file=token_file, data_dir=stack.data_dir)
+        say(f"every `tp` command finds this stack through {config} (from any directory); other front ends:")
+        say(f"  export TP_BACKEND_ADDRESS={stack.backend_address}")
+        say(f'  export TP_AUTH_TOKEN="$(cat {token_file})"')
+        if stack.dashboard_login_url:
+            say(f"dashboard: open {stack.dashboard_login_url}")
+            say(
+                "  (the login link of this start: it sets a session cookie and leads to the plain URL; keep it private)"
+            )
+        say("Ctrl-C stops everything.")
         while not stopping:
-            if any(s.process is not None and s.process.poll() is not None for s in stack.services):
-                dead = [s.name for s in stack.services if s.process is not None and s.process.poll() is not None]
-                print(f"error: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+            dead = [s.name for s in stack.services if s.process is not None and s.process.poll() is not None]
+            if dead:
+                say(f"error: {', '.join(dead)} exited; stopping the stack", sys.stderr)
                 return EXIT_ERROR
+            if _reader_gone(sys.stdout.fileno()):
+                stopping.append("output closed")
+                silence(sys.stdout)
+                break
             time.sleep(0.2)
     finally:
-        print("\nstopping ...", flush=True)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+        say("\nstopping ...")
         stack.stop()
-        print("stopped", flush=True)
+        say("stopped")
     return 0
 
 
@@ -120,39 +229,65 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         job = created.job
         print(
-            f"job {job.job_id} ({job.framework} {job.model} on {job.dataset}, {job.epochs} epochs): {job.status}",
+            f"job {job.job_id} ({_job_label(job)}{job.framework} {job.model} on {job.dataset}, {job.epochs} epochs): "
+            f"{job.status}",
             flush=True,
         )
-        if not job.finished:
-            job = follow(client, job)
+        try:
+            if not job.finished:
+                job = follow(client, job)
+        except KeyboardInterrupt:
+            _detached(job.job_id)
+            return 130
         print_summary(job, client=client)
         return EXIT_FOR_STATUS.get(job.status, EXIT_ERROR)
 
 
+def _detached(job_id: str) -> None:
+    print(
+        f"\ninterrupted: job {job_id} goes on running on its trainer. Watch it with `tp watch {job_id[:8]}`, "
+        f"cancel it with `tp cancel {job_id[:8]}`.",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        job = client.get_job(args.job)
-        if not job.finished:
-            job = follow(client, job)
-        print_summary(job, client=client)
+        job = client.get_job(resolve_job(client, args.job))
+        try:
+            if not job.finished:
+                job = follow(client, job)
+                print_summary(job, client=client)
+            else:
+                print_summary(job, client=client, epochs=True)
+        except KeyboardInterrupt:
+            _detached(job.job_id)
+            return 130
         return EXIT_FOR_STATUS.get(job.status, EXIT_ERROR)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        print(f"{'JOB':36}  {'STATUS':9}  {'FRAMEWORK':11}  {'MODEL':18}  CREATED")
-        for count, job in enumerate(client.list_jobs(statuses=args.status or (), framework=args.framework or "")):
-            if count >= args.limit:
+        listed: list[Job] = []
+        for job in client.list_jobs(statuses=args.status or (), framework=args.framework or ""):
+            if len(listed) >= args.limit:
                 break
+            listed.append(job)
+        print(f"{'JOB':36}  {'NAME':20}  {'STATUS':9}  {'FRAMEWORK':11}  {'MODEL':18}  CREATED")
+        for job in listed:
             created = job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else ""
-            print(f"{job.job_id:36}  {job.status:9}  {job.framework:11}  {job.model[:18]:18}  {created}")
+            name = job.display_name or "-"
+            print(
+                f"{job.job_id:36}  {name[:20]:20}  {job.status:9}  {job.framework:11}  {job.model[:18]:18}  {created}"
+            )
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        job = client.get_job(args.job)
-        print(f"job {job.job_id}  {job.status}")
+        job = client.get_job(resolve_job(client, args.job))
+        print(f"job {job.job_id}  {job.status}" + (f"  {job.display_name!r}" if job.display_name else ""))
         print(
             f"  {job.framework} {job.model} on {job.dataset}, {job.epochs} epochs; trainer {job.trainer_address or '-'}"
         )
@@ -160,12 +295,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         for event in job.status_events:
             when = event.time.strftime("%H:%M:%S") if event.time else ""
             print(f"  {when} {event.from_status:>11} -> {event.to_status:9} {event.reason}")
-        print_summary(job)
+        print_summary(job, client=client, epochs=True)
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        args.job = resolve_job(client, args.job)
         if not args.follow:
             for line in client.logs(args.job, min_level=args.level or ""):
                 print(
@@ -184,25 +320,113 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        job = client.get_job(resolve_job(client, args.job))
         series: dict[str, list[tuple[float, float]]] = {}
-        for point in client.metrics(args.job, keys=args.key or ()):
+        for point in client.metrics(job.job_id, keys=args.key or ()):
             x = point.step if point.step is not None else (point.epoch if point.epoch is not None else point.sequence)
             series.setdefault(point.key, []).append((x, point.value))
-    if not series:
-        raise CliError(f"job {args.job} has no metrics" + (f" with keys {args.key}" if args.key else ""))
-    for key, values in sorted(series.items()):
-        print(f"{key:28} {len(values):7} points  last {fmt_value(values[-1][1])}")
+        if not series:
+            raise CliError(f"job {job.job_id} has no metrics" + (f" with keys {args.key}" if args.key else ""))
+        for key, values in sorted(series.items()):
+            print(f"{key:28} {len(values):7} points  last {fmt_value(values[-1][1])}")
+        if job.finished:
+            print("epochs:")
+            print_epochs(client, job)
     if args.plot:
-        plot_series({args.job[:8]: series}, Path(args.plot))
+        title = f"{job.display_name or job.job_id[:8]}: {job.framework} {job.model} on {job.dataset}"
+        if args.key:
+            plot_series({title: series}, Path(args.plot))
+        else:
+            panels = plot_families(series, Path(args.plot), title)
+            print(f"panels: {', '.join(panels)}")
         print(f"wrote {args.plot}")
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        job = client.cancel_job(args.job, reason=args.reason or "cancelled from the command line")
+        job = client.cancel_job(resolve_job(client, args.job), reason=args.reason or "cancelled from the command line")
         print(f"job {job.job_id}: {job.status}")
     return 0
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+_AGE_UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _age_seconds(text: str) -> float:
+    match = _AGE.match(text.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age: use e.g. 30m, 12h, 7d, 2w")
+    return float(match.group(1)) * _AGE_UNITS[match.group(2)]
+
+
+def _size(paths: list[Path]) -> int:
+    """Bytes trees hold on disk, a hard-linked file once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root, _dirs, files in (entry for path in paths for entry in os.walk(path)):
+        for name in files:
+            try:
+                info = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+    return total
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Deletes the local files of ended jobs (run directories, local artifacts, local MLflow artifacts), by age
+    or count."""
+    if args.older_than is None and args.keep is None:
+        raise CliError("say what to delete: --older-than AGE (e.g. 7d) and/or --keep N")
+    from trainingplatform_sdk.clients import read_config
+
+    # The data directory as the backend is found: --data-dir, TP_DATA_DIR, the one `tp up` wrote to the config.
+    data_dir = Path(args.data_dir)
+    if not args.data_dir_given and not os.environ.get("TP_DATA_DIR", "").strip():
+        data_dir = Path(read_config().get("data_dir") or args.data_dir)
+    data_dir = data_dir.resolve()
+    with _client(args) as client:
+        ended = [job for job in client.list_jobs() if job.finished]
+    ended.sort(key=lambda j: j.ended_at or j.created_at or dt.datetime.min.replace(tzinfo=dt.UTC), reverse=True)
+    now = dt.datetime.now(dt.UTC)
+    doomed: list[Job] = []
+    for index, job in enumerate(ended):
+        when = job.ended_at or job.created_at
+        too_old = args.older_than is not None and when is not None and (now - when).total_seconds() > args.older_than
+        beyond = args.keep is not None and index >= args.keep
+        if (args.older_than is None or too_old) and (args.keep is None or beyond):
+            doomed.append(job)
+    freed, count = 0, 0
+    for job in doomed:
+        paths = [p for p in (data_dir / "runs" / job.job_id, data_dir / "artifacts" / job.job_id) if p.exists()]
+        if job.mlflow_run_id and (data_dir / "mlartifacts").is_dir():  # the local MLflow store's copy
+            for pattern in (job.mlflow_run_id, f"*/{job.mlflow_run_id}"):
+                paths += [p for p in (data_dir / "mlartifacts").glob(pattern) if p.is_dir()]
+        if not paths:
+            continue
+        size = _size(paths)
+        freed, count = freed + size, count + 1
+        verb = "would delete" if args.dry_run else "deleting"
+        print(f"{verb} {job.job_id} ({job.status}, {_job_label(job)}{size / 1e6:.1f} MB): {', '.join(map(str, paths))}")
+        if not args.dry_run:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+    kept = len(ended) - len(doomed)
+    summary = "would free" if args.dry_run else "freed"
+    print(f"{summary} {freed / 1e6:.1f} MB from {count} ended job(s) in {data_dir}; {kept} ended job(s) kept")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from trainingplatform_sdk.cli.run import run_tracked
+
+    with _client(args) as client:
+        assert _connection is not None
+        return run_tracked(args, client, _connection.address)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -214,23 +438,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser -------------------------------------------------------------------------------------------------
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default in --help when it has one worth showing (not None, False or already said)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every `tp` parser shows each option's default in --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `tp`."""
-    parser = argparse.ArgumentParser(prog="tp", description="The training platform's command line.")
-    parser.add_argument("--backend", help="backend address (TP_BACKEND_ADDRESS, default 127.0.0.1:50051)")
+    parser = _Parser(prog="tp", description="The training platform's command line.")
+    parser.add_argument(
+        "--backend",
+        help="backend address; else TP_BACKEND_ADDRESS, BACKEND_API_URL, the address `tp up` wrote to the per-user "
+        "config, 127.0.0.1:50051",
+    )
     parser.add_argument(
         "--data-dir",
         default=os.environ.get("TP_DATA_DIR", ".data"),
-        help="local data directory (TP_DATA_DIR, default .data)",
+        help="local data directory (TP_DATA_DIR); given, its front-end token is used",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     up = commands.add_parser("up", help="start the backend, both trainer services and the dashboard locally")
-    up.add_argument("--backend-port", type=int, default=50051)
-    up.add_argument("--dashboard-port", type=int, default=8080, help="the dashboard's port on 127.0.0.1 (default 8080)")
+    up.add_argument("--backend-port", type=int, default=50051, help="the backend's gRPC port on 127.0.0.1")
+    up.add_argument("--dashboard-port", type=int, default=8080, help="the dashboard's port on 127.0.0.1")
     up.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
-    up.add_argument("--timm-port", type=int, default=50061)
-    up.add_argument("--ultralytics-port", type=int, default=50062)
+    up.add_argument("--timm-port", type=int, default=50061, help="the timm trainer's gRPC port on 127.0.0.1")
+    up.add_argument(
+        "--ultralytics-port", type=int, default=50062, help="the ultralytics trainer's gRPC port on 127.0.0.1"
+    )
     up.add_argument(
         "--data-root",
         action="append",
@@ -241,24 +489,26 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(run=cmd_up)
 
     train = commands.add_parser("train", help="submit a job and follow it live")
-    train.add_argument("--framework", required=True, choices=("timm", "ultralytics"))
+    train.add_argument("--framework", required=True, choices=("timm", "ultralytics"), help="the trainer to run on")
     train.add_argument("--model", required=True, help="timm model name or ultralytics yaml / .pt")
     train.add_argument("--dataset", help="built-in dataset (digits, shapes)")
     train.add_argument("--dataset-path", help="ImageFolder directory or YOLO data.yaml on the trainer")
-    train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--batch-size", type=int, default=0)
-    train.add_argument("--lr", type=float, default=0.0)
-    train.add_argument("--image-size", type=int, default=0)
-    train.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    train.add_argument("--log-every-n-steps", type=int, default=0)
+    train.add_argument("--epochs", type=int, default=3, help="epochs to train")
+    train.add_argument("--batch-size", type=int, default=0, help="batch size; 0: the framework's default")
+    train.add_argument("--lr", type=float, default=0.0, help="learning rate; 0: the framework's default")
+    train.add_argument("--image-size", type=int, default=0, help="input size in pixels; 0: the model's default")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: auto)")
+    train.add_argument(
+        "--log-every-n-steps", type=int, default=0, help="log batch metrics every N steps; 0: the default"
+    )
     train.add_argument("--advanced-config", help="JSON object or @file.json")
     train.add_argument("--name", help="display name")
     train.set_defaults(run=cmd_train)
 
     jobs = commands.add_parser("jobs", help="list jobs, newest first")
     jobs.add_argument("--status", action="append", help="filter by status (repeatable)")
-    jobs.add_argument("--framework")
-    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--framework", help="only this framework's jobs")
+    jobs.add_argument("--limit", type=int, default=50, help="list at most this many")
     jobs.set_defaults(run=cmd_jobs)
 
     for name, function, text in (
@@ -267,36 +517,81 @@ def build_parser() -> argparse.ArgumentParser:
         ("cancel", cmd_cancel, "cancel a job"),
     ):
         command = commands.add_parser(name, help=text)
-        command.add_argument("job")
+        command.add_argument("job", help="the job's id or a unique prefix of it")
         command.set_defaults(run=function)
         if name == "cancel":
-            command.add_argument("--reason")
+            command.add_argument("--reason", help="why (kept in the job's status history)")
 
     logs = commands.add_parser("logs", help="a job's log lines")
-    logs.add_argument("job")
-    logs.add_argument("--follow", "-f", action="store_true")
+    logs.add_argument("job", help="the job's id or a unique prefix of it")
+    logs.add_argument("--follow", "-f", action="store_true", help="follow new lines until the job ends")
     logs.add_argument("--level", help="minimum level: debug, info, warning, error, critical")
     logs.set_defaults(run=cmd_logs)
 
     metrics = commands.add_parser("metrics", help="a job's metrics; --plot writes a PNG of the curves")
-    metrics.add_argument("job")
+    metrics.add_argument("job", help="the job's id or a unique prefix of it")
     metrics.add_argument("--key", action="append", help="only this key (repeatable)")
-    metrics.add_argument("--plot", help="write a PNG of the curves")
+    metrics.add_argument(
+        "--plot", metavar="FILE.png", help="write a PNG of the curves: one panel per family (loss, accuracy, ...)"
+    )
     metrics.set_defaults(run=cmd_metrics)
+
+    gc = commands.add_parser(
+        "gc",
+        help="delete ended jobs' local files in the data directory: run directories, artifacts, the local MLflow "
+        "store's artifacts (the job records and MLflow runs stay)",
+    )
+    gc.add_argument(
+        "--older-than", type=_age_seconds, metavar="AGE", help="jobs that ended longer ago than AGE (30m, 12h, 7d)"
+    )
+    gc.add_argument("--keep", type=int, metavar="N", help="keep the files of the N most recently ended jobs")
+    gc.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    gc.set_defaults(run=cmd_gc)
+
+    add_frameworks_command(commands)
+
+    add_run_parser(commands).set_defaults(run=cmd_run)
 
     demo = commands.add_parser("demo", help="run the platform end to end on embedded defaults")
     demo.set_defaults(run=cmd_demo)
     return parser
 
 
+_UNREACHABLE = ("failed to connect", "connection refused", "dns resolution", "connect failed", "deadline exceeded")
+
+
+def _error_line(error: BaseException) -> str:
+    """One line for an error; a backend that does not answer gets a hint to run `tp up`, a refused token names
+    where it came from."""
+    if isinstance(error, PlatformError):
+        message = (
+            (error.details or str(error)).splitlines()[0] if (error.details or str(error)) else type(error).__name__
+        )
+        connection = _connection
+        if (
+            connection is not None
+            and isinstance(error, UnavailableError)
+            and any(part in message.lower() for part in _UNREACHABLE)
+        ):
+            return (
+                f"no backend answers at {connection.address} (from {connection.address_source}): start one with "
+                f"`tp up`, or pass --backend / set TP_BACKEND_ADDRESS"
+            )
+        if connection is not None and isinstance(error, UnauthenticatedError):
+            return f"the backend at {connection.address} refused the token from {connection.token_source}: {message}"
+        return message
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `tp`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.data_dir_given = _data_dir_given(argv)
     try:
         return args.run(args)
     except (PlatformError, CliError, OSError, TimeoutError, RuntimeError, ValueError) as error:
-        message = error.details if isinstance(error, PlatformError) else str(error).splitlines()[0]
-        print(f"error: {message}", file=sys.stderr)
+        safe_write(sys.stderr, f"error: {_error_line(error)}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
-from trainingplatform_sdk.clients import Job, JobsClient, TelemetryEvent
+from trainingplatform_sdk.clients import Cursor, EpochSummary, Job, JobsClient, TelemetryEvent
 
 
 class CliError(Exception):
     """An error shown as one line."""
+
+
+def safe_write(out: TextIO, text: str) -> bool:
+    """Writes and flushes; False (and nothing raised) when the reader went away (a closed pipe, a closed terminal)."""
+    try:
+        out.write(text)
+        out.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        return False
+    return True
 
 
 def fmt_value(value: float) -> str:
@@ -24,6 +35,9 @@ def fmt_value(value: float) -> str:
 
 
 # --- following a job ----------------------------------------------------------------------------------------
+
+
+_EPOCH_LOG = re.compile(r"^Epoch (\d+)/\d+: ")
 
 
 class Follower:
@@ -38,6 +52,10 @@ class Follower:
         self.show_logs = show_logs
         self.epoch = 0
         self.step = 0
+        self.done_epochs = 0
+        """Epochs finished: the highest epoch summary + 1, all of them once the job COMPLETED."""
+        self.printed_epochs: set[int] = set()
+        self.last_log_sequence = 0
         self.latest: dict[str, float] = {}
         self.final_status = job.status
         self._last_line = 0.0
@@ -52,73 +70,137 @@ class Follower:
                 if point.step is not None:
                     self.step = max(self.step, point.step)
             self._progress()
-        elif event.kind == "logs" and self.show_logs:
+        elif event.kind == "logs":
             for line in event.logs:
-                self._print(f"[{line.level.lower():7}] {line.message}")
+                if line.sequence and line.sequence <= self.last_log_sequence:
+                    continue
+                self.last_log_sequence = max(self.last_log_sequence, line.sequence)
+                epoch = _EPOCH_LOG.match(line.message)
+                if epoch:  # the trainer's own "Epoch 2/3: ..." line says what the epoch summary says
+                    if int(epoch.group(1)) - 1 in self.printed_epochs:
+                        continue
+                    self.printed_epochs.add(int(epoch.group(1)) - 1)
+                if self.show_logs:
+                    self.say(f"[{line.level.lower():7}] {line.message}")
         elif event.kind == "epoch_summary" and event.epoch_summary is not None:
             summary = event.epoch_summary
-            shown = ", ".join(f"{k} {fmt_value(v)}" for k, v in sorted(summary.metrics.items()) if "/" in k)
-            self._print(f"epoch {summary.epoch + 1}/{self.job.epochs} done in {summary.duration_seconds:.1f}s: {shown}")
+            self.done_epochs = max(self.done_epochs, summary.epoch + 1)
+            if summary.epoch in self.printed_epochs:  # a replay, or the trainer's log line said it: each epoch once
+                return
+            self.printed_epochs.add(summary.epoch)
+            self.say(epoch_line(summary, self.job.epochs))
         elif event.kind == "status" and event.status is not None:
             self.final_status = event.status.to_status
+            if self.final_status == "COMPLETED":
+                self.done_epochs = max(self.job.epochs, 1)
             reason = f" ({event.status.reason})" if event.status.reason else ""
-            self._print(f"status {event.status.to_status}{reason}")
+            self.say(f"status {event.status.to_status}{reason}")
             if event.status.error_message:
-                self._print(f"error: {event.status.error_message}")
+                self.say(f"error: {event.status.error_message}")
         elif event.kind == "lagged":
-            self._print("(fell behind the live stream; catching up from the database)")
+            self.say("(fell behind the live stream; catching up from the database)")
 
     def _bar(self) -> str:
         total = max(self.job.epochs, 1)
-        done = min(self.epoch, total)
+        done = min(max(self.done_epochs, self.epoch), total)
         width = 24
         filled = int(width * done / total)
         shown = " ".join(f"{k} {fmt_value(self.latest[k])}" for k in self.SHOWN if k in self.latest)
+        current = total if done >= total else min(max(self.epoch, self.done_epochs) + 1, total)
         return (
-            f"epoch {min(self.epoch + 1, total)}/{total} [{'#' * filled}{'.' * (width - filled)}] "
+            f"epoch {current}/{total} [{'#' * filled}{'.' * (width - filled)}] {100 * done // total:3d}% "
             f"step {self.step} {shown}"
-        )
+        ).rstrip()
 
     def _progress(self) -> None:
         if self.tty:
-            self.out.write("\r\033[K" + self._bar())
-            self.out.flush()
+            safe_write(self.out, "\r\033[K" + self._bar())
         elif time.monotonic() - self._last_line > 2.0:  # a log file gets a line every 2 s, not a flood
             self._last_line = time.monotonic()
-            self.out.write(self._bar() + "\n")
-            self.out.flush()
+            safe_write(self.out, self._bar() + "\n")
 
-    def _print(self, text: str) -> None:
+    def say(self, text: str) -> None:
         if self.tty:
-            self.out.write("\r\033[K" + text + "\n" + self._bar())
+            safe_write(self.out, "\r\033[K" + text + "\n" + self._bar())
         else:
-            self.out.write(text + "\n")
-        self.out.flush()
+            safe_write(self.out, text + "\n")
 
     def finish(self) -> None:
-        """Ends the progress line."""
+        """Ends the progress line: the bar as it ends (full when the job completed)."""
         if self.tty:
-            self.out.write("\n")
-            self.out.flush()
+            safe_write(self.out, "\r\033[K" + self._bar() + "\n")
+        else:
+            safe_write(self.out, self._bar() + "\n")
+
+
+def epoch_line(summary: EpochSummary, epochs: int) -> str:
+    """One epoch summary as a line: `epoch 2/3 done in 4.1s: train/loss 0.41, val/accuracy 0.93`."""
+    shown = ", ".join(f"{k} {fmt_value(v)}" for k, v in sorted(summary.metrics.items()) if "/" in k)
+    return f"epoch {summary.epoch + 1}/{epochs} done in {summary.duration_seconds:.1f}s: {shown}"
+
+
+LATE_RESULTS_S = 15.0
+"""How long `follow` waits, after a job was cancelled or failed, for its trainer's last logs and checkpoint."""
 
 
 def follow(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> Job:
-    """Follows a job to its end, printing progress; returns the final job."""
+    """Follows a job to its end, printing progress; returns the final job.
+
+    A cancelled (or failed) job's trainer still writes its last logs and stores its last checkpoint after the
+    status changed: those are waited for (up to LATE_RESULTS_S, until the job reports its `results`) and printed
+    before the summary."""
     follower = Follower(job, out)
     for event in client.subscribe(job.job_id):
         follower.feed(event)
+    final = client.get_job(job.job_id)
+    if final.status in ("CANCELLED", "FAILED") and final.trainer_address:
+        # A killed process stores nothing: a failed job is given less time than a cancelled one.
+        deadline = time.monotonic() + (LATE_RESULTS_S if final.status == "CANCELLED" else LATE_RESULTS_S / 3)
+        while True:
+            for line in client.logs(job.job_id):
+                if line.sequence > follower.last_log_sequence:
+                    follower.last_log_sequence = line.sequence
+                    follower.say(f"[{line.level.lower():7}] {line.message}")
+            if "results" in final.artifacts or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+            final = client.get_job(job.job_id)
     follower.finish()
-    return client.get_job(job.job_id)
+    return final
 
 
-def print_summary(job: Job, out: TextIO = sys.stdout, client: JobsClient | None = None) -> None:
-    """The final summary of a job: status, time, last metrics, where its results are."""
+def epoch_summaries(client: JobsClient, job: Job) -> list[EpochSummary]:
+    """The epoch summaries of an ended job (a replay of its subscription after its metrics and logs)."""
+    if not job.finished:
+        return []
+    after = Cursor(metric_sequence=job.last_metric_sequence, log_sequence=job.last_log_sequence)
+    found: dict[int, EpochSummary] = {}
+    for event in client.subscribe(job.job_id, after=after, max_reconnect_s=5):
+        if event.kind == "epoch_summary" and event.epoch_summary is not None:
+            found[event.epoch_summary.epoch] = event.epoch_summary
+    return [found[epoch] for epoch in sorted(found)]
+
+
+def print_epochs(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> None:
+    """The epoch summaries of an ended job, one line each."""
+    for summary in epoch_summaries(client, job):
+        safe_write(out, "  " + epoch_line(summary, job.epochs) + "\n")
+
+
+def print_summary(
+    job: Job, out: TextIO = sys.stdout, client: JobsClient | None = None, *, epochs: bool = False
+) -> None:
+    """The final summary of a job: status, time, (with `epochs`, its epoch summaries,) last metrics, where its
+    results are."""
     duration = ""
     if job.started_at and job.ended_at:
         duration = f" in {(job.ended_at - job.started_at).total_seconds():.1f}s"
-    out.write(f"\njob {job.job_id}: {job.status}{duration}\n")
+    name = f" ({job.display_name})" if job.display_name else ""
+    out.write(f"\njob {job.job_id}{name}: {job.status}{duration}\n")
     if job.error_message:
         out.write(f"  error: {job.error_message}\n")
+    if client is not None and epochs:
+        print_epochs(client, job, out)
     if client is not None:
         latest: dict[str, float] = {}
         for point in client.metrics(job.job_id):
@@ -156,3 +238,71 @@ def plot_series(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def metric_family(key: str) -> str:
+    """The panel a metric is drawn in by `plot_families`: keys of one kind and scale share an axis."""
+    k = key.lower()
+    name = k.rsplit("/", 1)[-1]
+    if k.startswith("system/"):
+        if "percent" in name or "util" in name:
+            return "system (%)"
+        if any(part in name for part in ("mem", "bytes", "_mb", "_gb")):
+            return "system memory"
+        return "system"
+    if "loss" in name:
+        return "loss"
+    if name in ("lr", "learning_rate") or name.startswith("lr") or "learning_rate" in name:
+        return "learning rate"
+    if any(part in name for part in ("per_s", "per_sec", "throughput", "it_s", "/s")):
+        return "throughput (per s)"
+    if any(part in name for part in ("acc", "map", "precision", "recall", "f1", "top1", "top5", "iou")):
+        return "accuracy / mAP"
+    if any(part in name for part in ("time", "duration", "seconds")):
+        return "time (s)"
+    return "other"
+
+
+def plot_families(series: dict[str, list[tuple[float, float]]], path: Path, title: str) -> list[str]:
+    """A PNG with one panel per metric family (losses, accuracies, throughput, learning rate, ...; `metric_family`),
+    so a throughput of ~600 never flattens the losses; "other" keys are split by order of magnitude. Each panel has
+    its y label; the figure has `title`. Returns the panels' names."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CliError("--plot needs matplotlib: pip install 'trainingplatform-sdk[cli]'") from None
+    panels: dict[str, list[str]] = {}
+    for key in sorted(series):
+        family = metric_family(key)
+        if family == "other":
+            values = [abs(v) for _, v in series[key] if math.isfinite(v)]
+            top = max(values, default=0.0)
+            family = f"other (~1e{math.floor(math.log10(top)) if top > 0 else 0})"
+        panels.setdefault(family, []).append(key)
+    order = ("loss", "accuracy / mAP", "learning rate", "throughput (per s)", "time (s)")
+    panels = dict(
+        sorted(panels.items(), key=lambda item: (order.index(item[0]) if item[0] in order else len(order), item[0]))
+    )
+    count = len(panels)
+    columns = min(count, 3)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.6 * rows + 0.6), squeeze=False)
+    for index, (family, keys) in enumerate(panels.items()):
+        axis = axes[index // columns][index % columns]
+        for key in keys:
+            xs, ys = zip(*series[key], strict=True)
+            axis.plot(xs, ys, label=key, marker="." if len(xs) < 20 else None)
+        axis.set_title(family, fontsize=10)
+        axis.set_ylabel(family)
+        axis.set_xlabel("step (or epoch)")
+        axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
+    for index in range(count, rows * columns):
+        axes[index // columns][index % columns].set_visible(False)
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return list(panels)

@@ -3,19 +3,28 @@ embedded defaults.
 
 Used by `tp up` and `tp demo`. Everything listens on loopback; the data directory holds the SQLite database, the
 generated service token, the runs' outputs, the local MLflow store and the artifacts.
+
+No orphans: every child gets SIGTERM from the kernel when the process that started it dies, however it dies
+(PR_SET_PDEATHSIG on Linux), so a `tp up` killed by a closed pipe, SIGHUP or SIGKILL never leaves a service
+running. One listener per port: `start` first checks that every port is free and fails naming the busy one; a
+service that still exits at start has its reason (the last error line of its log) in the error.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +70,57 @@ def ensure_token(data_dir: Path, variable: str = "INTERNAL_AUTH_TOKEN", file_nam
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get SIGTERM when its parent dies (Linux), or None elsewhere.
+
+    libc and `prctl` are looked up here, before the fork, so the child only makes two system calls."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would send the signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_signal
+
+
+class PortInUseError(OSError):
+    """A port the stack needs is taken."""
+
+
+def port_in_use(address: str) -> bool:
+    """Whether `host:port` cannot be bound now (another process listens there)."""
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host.strip("[]"), int(port)))
+        except OSError:
+            return True
+    return False
+
+
+def failure_reason(log_path: Path | None) -> str:
+    """The last error line of a service's log (`cannot start: ...`, an ERROR line or an exception), else ''."""
+    if log_path is None or not log_path.exists():
+        return ""
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines()[-200:] if line.strip()]
+    for marker in ("cannot start", "ERROR", "Error:", "error:"):
+        found = [line for line in lines if marker in line]
+        if found:
+            return found[-1]
+    return lines[-1] if lines else ""
 
 
 def _executable(name: str) -> str:
@@ -162,12 +222,30 @@ class Stack:
         return self.data_dir / "backend.db"
 
     def start(self, timeout: float = 120.0) -> None:
-        """Starts every service and waits until each answers its health check."""
+        """Checks that every port is free, starts every service and waits until each answers its health check.
+        On any failure, stops what was started.
+
+        Raises:
+            PortInUseError: a port is taken (one line naming it and the service).
+            RuntimeError: a service exited at start (with the reason from its log).
+            TimeoutError: a service did not become healthy in time.
+        """
         for service in self.services:
-            self._launch(service)
-        deadline = time.monotonic() + timeout
-        for service in self.services:
-            self._wait_healthy(service, deadline)
+            if port_in_use(service.address):
+                port = service.address.rpartition(":")[2]
+                raise PortInUseError(
+                    f"port {port} ({service.name}, {service.address}) is already in use: stop what listens there "
+                    f"(another `tp up`?) or choose another port"
+                )
+        try:
+            for service in self.services:
+                self._launch(service)
+            deadline = time.monotonic() + timeout
+            for service in self.services:
+                self._wait_healthy(service, deadline)
+        except BaseException:
+            self.stop(timeout=10)
+            raise
 
     def restart_service(self, name: str, timeout: float = 120.0) -> None:
         """Starts one service again (after it died) and waits until it is healthy."""
@@ -188,8 +266,10 @@ class Stack:
                 },
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 cwd=self.data_dir.parent,
                 start_new_session=True,
+                preexec_fn=_parent_death_signal(),  # two system calls in the child
             )
 
     def _wait_healthy(self, service: Service, deadline: float) -> None:
@@ -201,8 +281,7 @@ class Stack:
             while True:
                 assert service.process is not None
                 if service.process.poll() is not None:
-                    tail = service.log_path.read_text(errors="replace")[-2000:] if service.log_path else ""
-                    raise RuntimeError(f"{service.name} exited with code {service.process.returncode}:\n{tail}")
+                    raise self._exited(service)
                 try:
                     status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                     if status == health_pb2.HealthCheckResponse.SERVING:
@@ -215,12 +294,21 @@ class Stack:
                     )
                 time.sleep(0.1)
 
+    @staticmethod
+    def _exited(service: Service) -> RuntimeError:
+        assert service.process is not None
+        reason = failure_reason(service.log_path)
+        return RuntimeError(
+            f"{service.name} exited with code {service.process.returncode}"
+            + (f": {reason}" if reason else "")
+            + f" (log {service.log_path})"
+        )
+
     def _wait_http(self, service: Service, deadline: float) -> None:
         while True:
             assert service.process is not None
             if service.process.poll() is not None:
-                tail = service.log_path.read_text(errors="replace")[-2000:] if service.log_path else ""
-                raise RuntimeError(f"{service.name} exited with code {service.process.returncode}:\n{tail}")
+                raise self._exited(service)
             try:
                 with urllib.request.urlopen(service.health_url, timeout=1) as response:
                     if response.status == 200:

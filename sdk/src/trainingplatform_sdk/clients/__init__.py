@@ -12,7 +12,15 @@ carry the gRPC status. Idempotent calls are retried by gRPC itself on UNAVAILABL
 retry policy); CreateJob and StartTraining are not (they are not idempotent). Every call has a deadline.
 """
 
-from trainingplatform_sdk.clients._base import client_channel, default_token
+from trainingplatform_sdk.clients._base import (
+    Connection,
+    client_channel,
+    config_path,
+    default_token,
+    read_config,
+    resolve_connection,
+    write_config,
+)
 from trainingplatform_sdk.clients.jobs import (
     TERMINAL_STATUSES,
     CreatedJob,
@@ -43,6 +51,7 @@ from trainingplatform_sdk.errors import (
 __all__ = [
     "TERMINAL_STATUSES",
     "Capabilities",
+    "Connection",
     "CreatedJob",
     "Cursor",
     "EpochSummary",
@@ -66,5 +75,9 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "client_channel",
+    "config_path",
     "default_token",
+    "read_config",
+    "resolve_connection",
+    "write_config",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn, Self
@@ -88,9 +89,131 @@ TOKEN_ENV = "TP_AUTH_TOKEN"
 """The environment variable holding a front end's token (the backend's FRONTEND_AUTH_TOKEN, or its read token)."""
 FRONTEND_TOKEN_FILE = "frontend_auth_token"
 INTERNAL_TOKEN_FILE = "internal_auth_token"
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_DATA_DIR = ".data"
+CONFIG_ENV = "TP_CONFIG"
+"""The environment variable naming the per-user config file (default `$XDG_CONFIG_HOME/trainingplatform/config.json`,
+`~/.config/trainingplatform/config.json`)."""
 
 
-def default_token(data_dir: str | os.PathLike[str] = ".data") -> str:
+def config_path() -> Path:
+    """The per-user config `tp up` writes: TP_CONFIG, else `$XDG_CONFIG_HOME/trainingplatform/config.json`, else
+    `~/.config/trainingplatform/config.json`."""
+    explicit = os.environ.get(CONFIG_ENV, "").strip()
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME", "").strip()
+    root = Path(base).expanduser() if base else Path.home() / ".config"
+    return root / "trainingplatform" / "config.json"
+
+
+def read_config() -> dict[str, str]:
+    """The per-user config (`config_path()`): `backend_address`, `token_file`, `data_dir`; empty when there is none
+    or it cannot be read."""
+    try:
+        data = json.loads(config_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
+
+
+def write_config(*, backend_address: str, token_file: Path, data_dir: Path) -> Path:
+    """Writes the per-user config (mode 0600; the token file's path, never the token) and returns its path."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = path.with_name(path.name + f".{os.getpid()}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(
+            {"backend_address": backend_address, "token_file": str(token_file), "data_dir": str(data_dir)},
+            handle,
+            indent=2,
+        )
+        handle.write("\n")
+    os.chmod(partial, 0o600)
+    os.replace(partial, path)
+    return path
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where a front end finds the backend and its token, and where each came from (for error messages)."""
+
+    address: str
+    address_source: str
+    """`--backend`, `TP_BACKEND_ADDRESS`, `BACKEND_API_URL`, `the config <path>` or `the default`."""
+    token: str = field(repr=False)
+    token_source: str
+    """`TP_AUTH_TOKEN`, `INTERNAL_AUTH_TOKEN`, or the token file's path (with how it was found)."""
+
+
+def _token_file(directory: Path) -> Path | None:
+    for file_name in (FRONTEND_TOKEN_FILE, INTERNAL_TOKEN_FILE):
+        path = directory / file_name
+        if path.is_file() and path.read_text().strip():
+            return path
+    return None
+
+
+def resolve_connection(address: str | None = None, data_dir: str | os.PathLike[str] | None = None) -> Connection:
+    """The backend and the token of a front end, each the first of: flags (`address`, `data_dir`), the environment,
+    the per-user config `tp up` writes (`config_path()`), then `./.data` (and 127.0.0.1:50051).
+
+    Address: `address`, TP_BACKEND_ADDRESS, BACKEND_API_URL, the config's `backend_address`, 127.0.0.1:50051.
+    Token: the token file in `data_dir` (a flag), TP_AUTH_TOKEN, INTERNAL_AUTH_TOKEN, the token file in TP_DATA_DIR,
+    the config's `token_file`, the token file in `./.data` (`frontend_auth_token`, else `internal_auth_token`).
+
+    Raises:
+        UnauthenticatedError: no token is found; the message lists where it was looked for.
+    """
+    config = read_config()
+    where = f"the config {config_path()}"
+    if address:
+        resolved, address_source = address, "--backend"
+    elif os.environ.get("TP_BACKEND_ADDRESS", "").strip():
+        resolved, address_source = os.environ["TP_BACKEND_ADDRESS"].strip(), "TP_BACKEND_ADDRESS"
+    elif os.environ.get("BACKEND_API_URL", "").strip():
+        resolved, address_source = os.environ["BACKEND_API_URL"].strip(), "BACKEND_API_URL"
+    elif config.get("backend_address"):
+        resolved, address_source = config["backend_address"], where
+    else:
+        resolved, address_source = DEFAULT_ADDRESS, "the default"
+
+    def found(path: Path, how: str) -> Connection:
+        return Connection(resolved, address_source, path.read_text().strip(), f"{path} ({how})")
+
+    if data_dir is not None:
+        path = _token_file(Path(data_dir))
+        if path is not None:
+            return found(path, "--data-dir")
+    for name in (TOKEN_ENV, "INTERNAL_AUTH_TOKEN"):
+        token = os.environ.get(name, "").strip()
+        if token:
+            return Connection(resolved, address_source, token, name)
+    looked = [f"{TOKEN_ENV}, INTERNAL_AUTH_TOKEN"]
+    if os.environ.get("TP_DATA_DIR", "").strip():
+        path = _token_file(Path(os.environ["TP_DATA_DIR"].strip()))
+        if path is not None:
+            return found(path, "TP_DATA_DIR")
+        looked.append(f"TP_DATA_DIR={os.environ['TP_DATA_DIR'].strip()}")
+    if config.get("token_file"):
+        path = Path(config["token_file"])
+        if path.is_file() and path.read_text().strip():
+            return found(path, where)
+        looked.append(f"{path} (named by {where})")
+    path = _token_file(Path(DEFAULT_DATA_DIR))
+    if path is not None:
+        return found(path, "./.data")
+    looked.append(str(Path(DEFAULT_DATA_DIR).absolute() / FRONTEND_TOKEN_FILE))
+    raise UnauthenticatedError(
+        f"no token: looked in {'; '.join(looked)}. Start a local stack with `tp up` (it writes {config_path()}) or "
+        f"set {TOKEN_ENV} (the backend's FRONTEND_AUTH_TOKEN)"
+    )
+
+
+def default_token(data_dir: str | os.PathLike[str] | None = None) -> str:
     """The token of a front end (the `tp` CLI, `JobsClient.from_env`), the first of:
 
     1. TP_AUTH_TOKEN (the backend's FRONTEND_AUTH_TOKEN, or its READ_AUTH_TOKEN for read-only use);
@@ -99,16 +222,21 @@ def default_token(data_dir: str | os.PathLike[str] = ".data") -> str:
        is the data directory);
     4. `<data_dir>/internal_auth_token`, the local backend's service token (compatibility).
 
+    Without `data_dir` and TP_DATA_DIR, the token file named by the per-user config `tp up` writes
+    (`config_path()`) comes before `./.data`'s (`resolve_connection`).
+
     A variable set beats a file, so a token chosen for this call is never overridden by a local backend's.
 
     Raises:
         UnauthenticatedError: none exists.
     """
+    if data_dir is None and not os.environ.get("TP_DATA_DIR", "").strip():
+        return resolve_connection().token
     for name in (TOKEN_ENV, "INTERNAL_AUTH_TOKEN"):
         token = os.environ.get(name, "").strip()
         if token:
             return token
-    directory = Path(os.environ.get("TP_DATA_DIR", data_dir))
+    directory = Path(os.environ.get("TP_DATA_DIR", "") or data_dir or DEFAULT_DATA_DIR)
     for file_name in (FRONTEND_TOKEN_FILE, INTERNAL_TOKEN_FILE):
         path = directory / file_name
         if path.exists():

@@ -17,7 +17,6 @@ second job. Every call has a deadline.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import time
 import uuid
@@ -30,7 +29,7 @@ from google.protobuf import timestamp_pb2
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
-from trainingplatform_sdk.clients._base import Client, default_token, raise_platform_error
+from trainingplatform_sdk.clients._base import Client, raise_platform_error, resolve_connection
 from trainingplatform_sdk.errors import InvalidArgumentError, UnavailableError
 from trainingplatform_sdk.spec.configs import AdvancedConfig
 from trainingplatform_sdk.spec.validation import validate_spec
@@ -289,9 +288,10 @@ class JobsClient(Client):
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> JobsClient:
-        """A client of TP_BACKEND_ADDRESS (or BACKEND_API_URL, default 127.0.0.1:50051) with `default_token()`."""
-        address = os.environ.get("TP_BACKEND_ADDRESS") or os.environ.get("BACKEND_API_URL") or "127.0.0.1:50051"
-        return cls(address, default_token(), **kwargs)
+        """A client of the backend found as `tp` finds it (`resolve_connection`): TP_BACKEND_ADDRESS, BACKEND_API_URL,
+        the per-user config `tp up` writes, then 127.0.0.1:50051; the token likewise."""
+        connection = resolve_connection()
+        return cls(connection.address, connection.token, **kwargs)
 
     def create_job(
         self,

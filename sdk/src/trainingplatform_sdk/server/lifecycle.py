@@ -72,12 +72,15 @@ class GrpcServer:
             OSError: The address cannot be bound, or a TLS file cannot be read.
         """
         port: int
-        if tls is not None:
-            port = self.server.add_secure_port(address, tls.credentials())
-        else:
-            port = self.server.add_insecure_port(address)
+        try:
+            if tls is not None:
+                port = self.server.add_secure_port(address, tls.credentials())
+            else:
+                port = self.server.add_insecure_port(address)
+        except RuntimeError as error:  # grpc's "Failed to bind to address": with so_reuseport off, a port in use
+            raise OSError(f"cannot listen on {address}: the port is in use or the address is not local") from error
         if port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise OSError(f"cannot listen on {address}: the port is in use or the address is not local")
         self.port = port
         return port
 

@@ -11,6 +11,10 @@ flood of large requests that are refused unread (no token) still fills the serve
 flight; without it a stream's window is 64 KiB until the server reads a message, then that message's size, so a
 request the server reads still arrives at full speed. Each client connection may open at most
 `max_concurrent_streams` calls at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; further calls wait on the client).
+
+One listener per port (`grpc.so_reuseport` off): gRPC sets SO_REUSEPORT by default, so a second server on a port
+already served "succeeds" and the kernel spreads connections over both at random. With it off, binding a port
+that is in use fails, and the server says so at start.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def server_options(
     max_concurrent_streams: int | None = None,
 ) -> list[tuple[str, int]]:
     """Channel arguments of a server: message size limits, keepalive, connection age, HTTP/2 windows (see the
-    module docstring) and streams per connection.
+    module docstring), streams per connection, and one listener per port (`grpc.so_reuseport` off).
 
     Args:
         max_message_bytes: The largest message received or sent; None keeps gRPC's defaults.
@@ -69,6 +73,7 @@ def server_options(
         ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.bdp_probe", 0),
+        ("grpc.so_reuseport", 0),
     ]
     if max_concurrent_streams is not None:
         options.append(("grpc.max_concurrent_streams", max_concurrent_streams))

@@ -38,6 +38,9 @@ __all__ = [
     "open_store",
 ]
 
+#: Files a local store hard-links instead of copying (one copy on disk for the run directory and the artifacts).
+CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".safetensors", ".bin", ".onnx"})
+
 #: Files larger than this are uploaded in parts of this size (boto3's TransferConfig).
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 DEFAULT_REGION = "auto"
@@ -113,7 +116,8 @@ class ArtifactStore(Protocol):
 
 
 class LocalArtifactStore:
-    """Files copied under `root` (`<data dir>/artifacts/<job_id>`), reported as `file://` URIs."""
+    """Files stored under `root` (`<data dir>/artifacts/<job_id>`), reported as `file://` URIs; checkpoints are
+    hard links to the run directory's file (one copy on disk), other files copies."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -133,12 +137,26 @@ class LocalArtifactStore:
             ) from error
 
     def upload(self, path: Path, name: str) -> str:
-        """Copies the file (write then rename, so a reader never sees half a file)."""
+        """Stores the file under `name` (write then rename, so a reader never sees half a file).
+
+        A checkpoint (CHECKPOINT_SUFFIXES) is hard-linked rather than copied when it can be (same file system):
+        the run directory and the artifacts then share one copy on disk, and either path stays valid when the
+        other is deleted. Checkpoints are stored once training ended, so the run never rewrites the linked file.
+        Anything else, or a checkpoint on another file system, is copied."""
         target = self.root / name
         partial = target.with_name(target.name + ".partial")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, partial)
+            partial.unlink(missing_ok=True)
+            linked = False
+            if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+                try:
+                    os.link(path, partial)
+                    linked = True
+                except OSError:
+                    linked = False
+            if not linked:
+                shutil.copyfile(path, partial)
             os.replace(partial, target)
         except OSError as error:
             raise StorageError(f"copying {path} to {target} failed: {error.strerror or error}") from error
