@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import httpx
 import psutil
-from sqlalchemy import create_engine, text
+from bench_series import fill
 from support.backend import BackendProcess
 from support.dashboard import DashboardProcess
 from trainingplatform_sdk import TrainingLogger
@@ -167,37 +167,9 @@ def _stream_test(
     }
 
 
-def _fill(url: str, job_id: str, points: int) -> None:
-    """Writes `points` points of `train/loss` for the job and moves its metric cursor past them."""
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            job_pk = conn.execute(text("SELECT id FROM jobs WHERE job_id = :j"), {"j": job_id}).scalar_one()
-        raw = engine.raw_connection()
-        try:
-            rows = (
-                (job_pk, i + 1, "train/loss", 1.0 + math.sin(i / 5000.0), i, i // 10_000, 1.7e9 + i / 1000)
-                for i in range(points)
-            )
-            raw.cursor().executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            raw.commit()
-        finally:
-            raw.close()
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE ingest_cursors SET last_sequence = :n, committed_count = :n "
-                    "WHERE job_pk = :p AND stream = 'metrics'"
-                ),
-                {"n": points, "p": job_pk},
-            )
-    finally:
-        engine.dispose()
-
-
 def _series_open(backend: BackendProcess, dashboard: DashboardProcess, points: int, runs: int) -> float:
     job_id, _ = backend.create_job()
-    _fill(backend.database_url, job_id, points)
+    fill(backend.database_url, job_id, points)
     with httpx.Client(base_url=dashboard.url, cookies=_login(dashboard), timeout=120) as client:
         path = f"/api/jobs/{job_id}/series?keys=train/loss&max_points=1000"
         first = client.get(path)

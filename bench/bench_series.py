@@ -40,7 +40,7 @@ def _rows(job_pk: int, points: int, keys: int) -> Iterator[tuple[int, int, str, 
         yield job_pk, index + 1, key, 1.0 + math.sin(index / 5000.0), step, step // 10_000, 1.7e9 + index / 1000
 
 
-def _fill(url: str, job_id: str, points: int, keys: int) -> None:
+def fill(url: str, job_id: str, points: int, keys: int = 1) -> None:
     """Writes the job's points and moves its metric cursor past them."""
     engine = create_engine(url)
     try:
@@ -105,8 +105,8 @@ def run(points: int = 1_000_000, runs: int = 5) -> dict[str, float]:
             try:
                 one_key, _ = backend.create_job()
                 many_keys, _ = backend.create_job()
-                _fill(url, one_key, points, 1)
-                _fill(url, many_keys, points, KEYS)
+                fill(url, one_key, points, 1)
+                fill(url, many_keys, points, KEYS)
                 ms, buckets = _time_calls(backend, one_key, ["train/loss"], runs)
                 assert buckets == min(MAX_POINTS, points), buckets
                 results[f"series_{name}_ms_1key"] = round(ms, 1)
