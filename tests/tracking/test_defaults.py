@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import pytest
 from mlflow import MlflowClient
@@ -37,3 +38,7 @@ def test_default_is_a_local_store_and_local_artifacts_in_the_data_dir(run_traini
     }
     for uri in run.artifacts.values():
         assert Path(urlsplit(uri).path).is_file(), uri
+    # One copy on disk: the local MLflow store's checkpoint is a hard link to the same file as the job's own.
+    mlflow_best = Path(url2pathname(urlsplit(mlflow_run.info.artifact_uri).path)) / "checkpoints" / "best.pt"
+    assert mlflow_best.stat().st_ino == (local / "weights" / "best.pt").stat().st_ino
+    assert mlflow_best.stat().st_nlink >= 3, "run directory, artifacts and MLflow store share one file"

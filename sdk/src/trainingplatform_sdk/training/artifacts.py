@@ -18,14 +18,13 @@ Objects go under `<prefix>/jobs/<job_id>/` (`weights/best.pt`, `results.json`, .
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from trainingplatform_sdk.errors import StorageError
+from trainingplatform_sdk.training.files import store_file
 from trainingplatform_sdk.training.tracking import redact_uri
 
 __all__ = [
@@ -37,9 +36,6 @@ __all__ = [
     "StorageSettings",
     "open_store",
 ]
-
-#: Files a local store hard-links instead of copying (one copy on disk for the run directory and the artifacts).
-CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".safetensors", ".bin", ".onnx"})
 
 #: Files larger than this are uploaded in parts of this size (boto3's TransferConfig).
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
@@ -139,25 +135,13 @@ class LocalArtifactStore:
     def upload(self, path: Path, name: str) -> str:
         """Stores the file under `name` (write then rename, so a reader never sees half a file).
 
-        A checkpoint (CHECKPOINT_SUFFIXES) is hard-linked rather than copied when it can be (same file system):
+        A checkpoint (`files.CHECKPOINT_SUFFIXES`) is hard-linked rather than copied when it can be (same file system):
         the run directory and the artifacts then share one copy on disk, and either path stays valid when the
         other is deleted. Checkpoints are stored once training ended, so the run never rewrites the linked file.
         Anything else, or a checkpoint on another file system, is copied."""
         target = self.root / name
-        partial = target.with_name(target.name + ".partial")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial.unlink(missing_ok=True)
-            linked = False
-            if path.suffix.lower() in CHECKPOINT_SUFFIXES:
-                try:
-                    os.link(path, partial)
-                    linked = True
-                except OSError:
-                    linked = False
-            if not linked:
-                shutil.copyfile(path, partial)
-            os.replace(partial, target)
+            store_file(path, target)
         except OSError as error:
             raise StorageError(f"copying {path} to {target} failed: {error.strerror or error}") from error
         return target.as_uri()

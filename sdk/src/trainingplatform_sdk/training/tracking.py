@@ -38,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.request import url2pathname
 
 from trainingplatform_sdk.errors import TrackingError
+from trainingplatform_sdk.training.files import is_checkpoint, store_file
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -288,12 +290,16 @@ class MlflowRun:
         client: The MLflow client of the tracking URI.
         run_id: The run's id.
         settings: Where the run lives.
+        artifact_uri: The run's artifact root; a `file://` root (a local store) gets checkpoints as hard links.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, settings: TrackingSettings) -> None:
+    def __init__(
+        self, client: MlflowClient, run_id: str, settings: TrackingSettings, artifact_uri: str | None = None
+    ) -> None:
         self.client = client
         self.run_id = run_id
         self.settings = settings
+        self.artifact_uri = artifact_uri
 
     @classmethod
     def start(
@@ -360,7 +366,7 @@ class MlflowRun:
                     f"{settings.setting}: cannot create a run in experiment MLFLOW_EXPERIMENT_NAME="
                     f"{settings.experiment_name!r}: {_describe(error, settings)}"
                 ) from error
-            tracked = cls(client, run.info.run_id, settings)
+            tracked = cls(client, run.info.run_id, settings, run.info.artifact_uri)
             try:
                 tracked._log_params(params)
             except Exception as error:
@@ -428,9 +434,21 @@ class MlflowRun:
             artifact_path: Directory inside the run's artifacts; None for the top level.
             fail_fast: No retries and a short timeout: for the start-of-job check of the artifact store.
         """
+        local = self._local_artifact_dir()
+        if local is not None and is_checkpoint(path):
+            # A local store: MLflow would copy the checkpoint; a hard link keeps one copy on disk (issue 15).
+            store_file(path, local / (artifact_path or "") / path.name)
+            return
         with _fail_fast_http() if fail_fast else contextlib.nullcontext():
             # Not under the store's lock: a checkpoint's upload must not hold other jobs' writes.
             retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def _local_artifact_dir(self) -> Path | None:
+        """The run's artifact directory when its artifacts live on this machine's disk (`file://`), else None."""
+        uri = self.artifact_uri or ""
+        if not uri.startswith("file://"):
+            return None
+        return Path(url2pathname(urlsplit(uri).path))
 
     def end(self, status: str) -> None:
         """Ends the run: `FINISHED`, `FAILED` or `KILLED`."""
