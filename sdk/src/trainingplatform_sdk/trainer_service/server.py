@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -131,6 +132,10 @@ def serve(description: FrameworkDescription, argv: Sequence[str] | None = None) 
     except ValueError as error:
         parser.error(str(error))
     configure_logging(settings.log_level)
+    # torch (imported by timm and ultralytics, here and in every training) keeps its compile cache in
+    # /tmp/torchinductor_<user> by default: a file left in the temporary directory by every session. It goes
+    # with the rest of the trainer's files instead; the training subprocesses inherit the setting.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((settings.data_dir / "cache" / "torchinductor").absolute()))
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_until_signal(start(description, settings)))
