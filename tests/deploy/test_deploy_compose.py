@@ -152,6 +152,7 @@ def test_backend_settings_accept_the_backend_environment(resolved: dict):
     assert loaded.listen == "0.0.0.0:50051"
     assert loaded.internal_auth_token == env_example()["INTERNAL_AUTH_TOKEN"]
     assert loaded.effective_telemetry_endpoint == "grpc://backend:50051"
+    assert loaded.metrics_port == 9090
     url = urlsplit(loaded.effective_database_url)
     assert (url.scheme, url.hostname, url.port, url.path) == ("postgresql+psycopg", "postgres", 5432, "/platform")
     assert url.password == env_example()["POSTGRES_PASSWORD"]
@@ -169,6 +170,7 @@ def test_trainer_settings_accept_the_trainer_environment(resolved: dict, name: s
     loaded = trainer_settings.load(f"127.0.0.1:{OUR_SERVICES[name]}", env={**env, "TP_DATA_DIR": str(tmp_path)})
     assert loaded.listen == f"0.0.0.0:{OUR_SERVICES[name]}"
     assert loaded.internal_auth_token == env_example()["INTERNAL_AUTH_TOKEN"]
+    assert loaded.metrics_port == 9090
     assert not {"DATABASE_URL", "POSTGRES_PASSWORD"} & set(env), "trainers never see the database"
 
 

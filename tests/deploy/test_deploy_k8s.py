@@ -266,7 +266,8 @@ def test_every_pod_is_probed_limited_and_locked_down(rendered: dict, overlay: st
         assert "readinessProbe" in main and "livenessProbe" in main, name
         if name in SERVICE_PORTS:
             port = SERVICE_PORTS[name]
-            assert [p["containerPort"] for p in main["ports"]] == [port]
+            # gRPC, and Prometheus metrics (TP_METRICS_PORT; test_deploy_metrics.py checks the annotations).
+            assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"grpc": port, "metrics": 9090}
             assert main["readinessProbe"]["grpc"] == {"port": port}, name
             assert main["livenessProbe"]["grpc"] == {"port": port}, name
 
@@ -293,7 +294,7 @@ def test_backend_settings_accept_the_backend_config(rendered: dict, overlay: str
     resources = rendered[overlay]
     loaded = backend_settings.load(env=config_map(resources, "backend-config"))
     services = by_kind(resources, "Service")
-    assert loaded.listen == "0.0.0.0:50051" and loaded.migrate_on_start is False
+    assert loaded.listen == "0.0.0.0:50051" and loaded.migrate_on_start is False and loaded.metrics_port == 9090
     # The trainers and the telemetry endpoint are Services of the build, on the ports the pods listen on.
     for framework, (address,) in loaded.trainers.items():
         host, port = address.split(":")

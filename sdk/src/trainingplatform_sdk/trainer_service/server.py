@@ -27,6 +27,7 @@ from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainingplatform_sdk.server.lifecycle import GrpcServer, configure_logging, run_until_signal
 from trainingplatform_sdk.server.options import server_options
 from trainingplatform_sdk.server.tls import TlsFiles
+from trainingplatform_sdk.trainer_service import metrics
 from trainingplatform_sdk.trainer_service import settings as settings_module
 from trainingplatform_sdk.trainer_service.auth import TokenInterceptor
 from trainingplatform_sdk.trainer_service.framework import Catalog, FrameworkDescription
@@ -77,6 +78,14 @@ async def start(description: FrameworkDescription, settings: TrainerSettings) ->
     )
     tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
     port = server.bind(settings.listen, tls if settings.tls_enabled else None)
+    if settings.metrics_port:
+        metrics.watch(
+            description.framework,
+            settings.max_concurrent_jobs,
+            lambda: supervisor.live_count,
+            lambda: supervisor.unreported_count,
+        )
+        metrics.serve_metrics(settings.metrics_port, settings.listen.rsplit(":", 1)[0])
     await server.start()
     # Importing the framework takes seconds: serve at once and load its model list meanwhile, so the first
     # StartTraining or GetCapabilities rarely waits for it.

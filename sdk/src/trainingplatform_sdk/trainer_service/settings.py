@@ -76,6 +76,9 @@ class TrainerSettings:
     """TP_MAX_CONCURRENT_STREAMS: most calls open at once on one client connection (HTTP/2
     `grpc.max_concurrent_streams`)."""
 
+    metrics_port: int = 0
+    """TP_METRICS_PORT: serve Prometheus metrics on `http://<listen host>:<port>/metrics`. 0 (the default): off."""
+
     @property
     def effective_data_roots(self) -> tuple[Path, ...]:
         """The data roots, resolved (symlinks followed): the configured ones or `<data_dir>/datasets`."""
@@ -108,6 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser, default_listen: str) -> None:
     parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL, default INFO)")
     parser.add_argument("--data-roots", help="directories dataset paths must lie under, ':'-separated (TP_DATA_ROOTS)")
     parser.add_argument("--max-epochs", type=int, help="most epochs a job may ask for (TP_MAX_EPOCHS, default 10000)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (TP_METRICS_PORT, default off)"
+    )
 
 
 def load(
@@ -137,6 +143,7 @@ def load(
         max_epochs = int(pick("max_epochs", "TP_MAX_EPOCHS", str(DEFAULT_MAX_EPOCHS)))
         max_rpcs = int(env.get("TP_MAX_CONCURRENT_RPCS", "1000"))
         max_streams = int(env.get("TP_MAX_CONCURRENT_STREAMS", "100"))
+        metrics_port = int(pick("metrics_port", "TP_METRICS_PORT", "0") or "0")
     except ValueError as error:
         raise ValueError(f"a numeric setting is not a number: {error}") from None
     for name, value in (
@@ -147,6 +154,8 @@ def load(
     ):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if not 0 <= metrics_port <= 65535:
+        raise ValueError(f"TP_METRICS_PORT must be a port (1 to 65535) or 0 for off, got {metrics_port}")
     if max_epochs > MAX_EPOCHS:
         raise ValueError(f"TP_MAX_EPOCHS must be at most {MAX_EPOCHS}, got {max_epochs}")
     if cancel_grace < 0 or shutdown_grace < 0:
@@ -167,6 +176,7 @@ def load(
         max_epochs=max_epochs,
         max_concurrent_rpcs=max_rpcs,
         max_concurrent_streams=max_streams,
+        metrics_port=metrics_port,
     )
     if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
         raise ValueError("TLS needs both TP_TLS_CERT_FILE and TP_TLS_KEY_FILE")

@@ -59,6 +59,7 @@ from trainingplatform_sdk.errors import (
     UnavailableError,
     quote,
 )
+from trainingplatform_sdk.trainer_service import metrics
 from trainingplatform_sdk.trainer_service.framework import Catalog
 from trainingplatform_sdk.trainer_service.job import JobRequest
 from trainingplatform_sdk.trainer_service.reporting import report_end
@@ -162,6 +163,11 @@ class Supervisor:
         """Processes not yet exited."""
         return len(self._live)
 
+    @property
+    def unreported_count(self) -> int:
+        """Ended runs whose end (spool, then status) is still being reported to the backend."""
+        return sum(1 for run in self._ordered if not run.live and not run.reported)
+
     def find(self, run_id: str, job_id: str) -> Run:
         """The run with `run_id`, else the latest run of `job_id` (its live run, when it has one).
 
@@ -206,6 +212,7 @@ class Supervisor:
                 raise UnavailableError("this trainer is shutting down; start the job on another trainer or retry later")
             job = await asyncio.to_thread(validate_start, request, self._catalog)
             if len(self._live) >= self._settings.max_concurrent_jobs:
+                metrics.REFUSED_STARTS.labels(self._catalog.description.framework).inc()
                 raise ResourceExhaustedError(
                     f"this trainer already runs {len(self._live)} of its {self._settings.max_concurrent_jobs} "
                     "concurrent job(s) and keeps no queue; retry later or use another trainer"
@@ -271,6 +278,7 @@ class Supervisor:
         self._latest_by_job[job.job_id] = run
         self._live[run_id] = run
         self._spawn_task(self._watch(run, process))
+        metrics.STARTED.labels(self._catalog.description.framework).inc()
         _log.info("started run %s of job %s: pid %d, output %s", run_id, job.job_id, process.pid, output_dir)
         return run
 
@@ -355,6 +363,7 @@ class Supervisor:
         self._live.pop(run.run_id, None)
         run.save()
         run.exited.set()
+        metrics.ENDED.labels(self._catalog.description.framework, _state_label(run.state)).inc()
         _log.info(
             "run %s of job %s ended %s (exit code %s)",
             run.run_id,
@@ -372,6 +381,11 @@ class Supervisor:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("a supervisor task failed", exc_info=task.exception())
+
+
+def _state_label(state: trainer_pb2.RunState) -> str:
+    """`succeeded`, `failed` or `cancelled`: a run's final state as a metric label."""
+    return trainer_pb2.RunState.Name(state).removeprefix("RUN_STATE_").lower()
 
 
 def _load_runs(runs_dir: Path) -> list[Run]:

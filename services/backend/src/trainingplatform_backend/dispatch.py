@@ -52,7 +52,7 @@ from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainingplatform_sdk.channel import ClientTls, open_aio_channel
 from trainingplatform_sdk.errors import FailedPreconditionError
 
-from trainingplatform_backend import convert, statemachine
+from trainingplatform_backend import convert, metrics, statemachine
 from trainingplatform_backend.auth import derive_job_token
 from trainingplatform_backend.models import IngestCursor, Job
 from trainingplatform_backend.store import JobView, Store, Transition, utcnow
@@ -234,6 +234,7 @@ class Dispatcher:
         """One round: starts a dispatch of every queued job that is due and held by no backend."""
         queued = await asyncio.to_thread(self._store.dispatchable, utcnow())
         waiting = set(queued)
+        metrics.DISPATCH_QUEUE.set(len(queued))
         for memory in (self._next_try, self._delay):
             for job_id in [j for j in memory if j not in waiting and j not in self._dispatching]:
                 del memory[job_id]
@@ -288,12 +289,14 @@ class Dispatcher:
                 + "; ".join(reasons)
             )
             log.warning("job %s: %s", job_id, message)
+            metrics.DISPATCHES.labels("timed_out").inc()
             await self._transition(job_id, statemachine.FAILED, "no trainer accepted the job", message)
             await asyncio.to_thread(self._store.release_dispatch, job_id, reasons="; ".join(reasons))
             return None
         if job_id not in self._delay:
             log.info("job %s waits for a %s trainer: %s", job_id, spec.framework, "; ".join(reasons))
         await asyncio.to_thread(self._store.release_dispatch, job_id, reasons="; ".join(reasons))
+        metrics.DISPATCHES.labels("retried").inc()
         self._backoff(job_id)
         return spec.framework
 
@@ -324,6 +327,7 @@ class Dispatcher:
                 reasons.append(f"{address}: {error.code().name} {error.details()}")
                 if error.code() in RETRY_NEXT:
                     continue
+                metrics.DISPATCHES.labels("refused").inc()
                 await self._transition(
                     job_id,
                     statemachine.FAILED,
@@ -346,6 +350,7 @@ class Dispatcher:
                 await self.cancel(job_id, address)
                 return []
             log.info("job %s dispatched to %s (run %s)", job_id, address, response.run_id)
+            metrics.DISPATCHES.labels("started").inc()
             return []
         return reasons
 

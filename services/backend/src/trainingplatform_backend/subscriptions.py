@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trainingplatform_backend import metrics
+
 log = logging.getLogger(__name__)
 
 # Longest wait between two attempts to re-open the PostgreSQL LISTEN connection.
@@ -125,6 +127,7 @@ class Subscriber:
             self._events.clear()
             self._size = 0
             self.overflowed = True
+            metrics.SUBSCRIBER_LAGS.inc()
         else:
             self._events.append(event)
             self._size += weight
@@ -169,12 +172,14 @@ class Hub:
         if self._closed:
             subscriber.close()
         self._subscribers[job_pk].add(subscriber)
+        metrics.SUBSCRIBERS.inc()
         return subscriber
 
     def unsubscribe(self, job_pk: int, subscriber: Subscriber) -> None:
         """Removes a subscriber."""
         subscribers = self._subscribers.get(job_pk)
-        if subscribers is not None:
+        if subscribers is not None and subscriber in subscribers:
+            metrics.SUBSCRIBERS.dec()
             subscribers.discard(subscriber)
             if not subscribers:
                 del self._subscribers[job_pk]

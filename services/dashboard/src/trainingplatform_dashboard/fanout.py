@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 from trainingplatform.jobs.v1 import jobs_pb2
 
-from trainingplatform_dashboard import convert
+from trainingplatform_dashboard import convert, metrics
 from trainingplatform_dashboard.backend import Backend
 from trainingplatform_dashboard.errors import ApiError, from_rpc_error
 
@@ -222,6 +222,7 @@ class Client:
                 self.interrupt()
             return
         self.queue.append(f"id: {self.cursor.text()}\nevent: {event.kind}\ndata: {data}\n\n".encode())
+        metrics.EVENTS_SENT.labels(event.kind).inc()
         self.wake.set()
 
     def finish(self, status: str | None) -> None:

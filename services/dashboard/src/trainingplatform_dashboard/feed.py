@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from trainingplatform.jobs.v1 import jobs_pb2
 
-from trainingplatform_dashboard import convert
+from trainingplatform_dashboard import convert, metrics
 from trainingplatform_dashboard.backend import Backend
 from trainingplatform_dashboard.fanout import Client, Cursor
 
@@ -192,6 +192,7 @@ class JobsFeed:
                     if len(client.queue) > client.max_events:
                         client.overflowed = True
                     client.wake.set()
+                metrics.EVENTS_SENT.labels("job").inc(len(self.clients))
         for gone in set(self.snapshot) - set(seen):
             del self.snapshot[gone]
         self.jobs = seen

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from trainingplatform_dashboard import metrics
 from trainingplatform_dashboard import settings as settings_module
 from trainingplatform_dashboard.app import create_app
 
@@ -45,8 +46,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dashboard: {settings.url}/ (log in with the URL that started it)", flush=True)
     else:
         print(f"dashboard: open {settings.url}/login?token={settings.login_token}", flush=True)
+    app = create_app(settings)
+    if settings.metrics_port:
+        try:
+            metrics.serve_metrics(app.state.dashboard, settings.metrics_port, settings.host)
+        except OSError as error:
+            print(f"tp-dashboard: cannot serve metrics on port {settings.metrics_port}: {error}", file=sys.stderr)
+            return 1
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -74,6 +74,9 @@ class Settings:
     log_level: str = "INFO"
     """TP_LOG_LEVEL: the dashboard's logging level."""
 
+    metrics_port: int = 0
+    """TP_METRICS_PORT: serve Prometheus metrics on `http://<listen host>:<port>/metrics`. 0 (the default): off."""
+
     @property
     def host(self) -> str:
         """The host part of `listen` (brackets of an IPv6 address removed)."""
@@ -101,6 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", help=f"backend address (TP_BACKEND_ADDRESS, default {DEFAULT_BACKEND})")
     parser.add_argument("--data-dir", help="where the backend's frontend_auth_token is (TP_DATA_DIR, default .data)")
     parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (TP_METRICS_PORT)")
 
 
 def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -119,6 +123,9 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
     _, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"TP_DASHBOARD_LISTEN must be host:port, got {listen!r}")
+    metrics_port = pick("metrics_port", "TP_METRICS_PORT", "0") or "0"
+    if not metrics_port.isdigit() or int(metrics_port) > 65535:
+        raise ValueError(f"TP_METRICS_PORT must be a port (1 to 65535) or 0 for off, got {metrics_port!r}")
     backend = pick("backend", "TP_BACKEND_ADDRESS", "") or env.get("BACKEND_API_URL", "") or DEFAULT_BACKEND
     return Settings(
         listen=listen,
@@ -136,6 +143,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         secure_cookie=env.get("TP_DASHBOARD_SECURE_COOKIE", "").strip().lower() in {"1", "true", "yes", "on"},
         call_timeout_s=_positive("TP_DASHBOARD_CALL_TIMEOUT_S", env.get("TP_DASHBOARD_CALL_TIMEOUT_S", "30")),
         log_level=pick("log_level", "TP_LOG_LEVEL", "INFO").upper(),
+        metrics_port=int(metrics_port),
     )
 
 
