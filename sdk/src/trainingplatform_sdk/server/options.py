@@ -14,7 +14,8 @@ request the server reads still arrives at full speed. Each client connection may
 
 One listener per port (`grpc.so_reuseport` off): gRPC sets SO_REUSEPORT by default, so a second server on a port
 already served "succeeds" and the kernel spreads connections over both at random. With it off, binding a port
-that is in use fails, and the server says so at start.
+that is in use fails, and the server says so at start. Only the worker processes of one `tp-backend --workers N`
+turn it on (`reuse_port`), to share their port on purpose; their supervisor checks first that nothing else holds it.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ def server_options(
     max_connection_age_s: float = 0,
     connection_age_grace_s: float = 0,
     max_concurrent_streams: int | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> list[tuple[str, int]]:
     """Channel arguments of a server: message size limits, keepalive, connection age, HTTP/2 windows (see the
-    module docstring), streams per connection, and one listener per port (`grpc.so_reuseport` off).
+    module docstring), streams per connection, and one listener per port (`grpc.so_reuseport` off unless
+    `reuse_port`).
 
     Args:
         max_message_bytes: The largest message received or sent; None keeps gRPC's defaults.
@@ -56,6 +60,8 @@ def server_options(
         connection_age_grace_s: How long calls still open on a connection that reached its age may go on.
         max_concurrent_streams: The most calls open at once on one client connection; None keeps gRPC's default
             (no limit).
+        reuse_port: Whether other processes may listen on the same port (SO_REUSEPORT; the kernel spreads
+            connections over them): only for worker processes of one server that share the port on purpose.
 
     Returns:
         The `options` of `grpc.aio.server`.
@@ -73,7 +79,7 @@ def server_options(
         ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.bdp_probe", 0),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     if max_concurrent_streams is not None:
         options.append(("grpc.max_concurrent_streams", max_concurrent_streams))

@@ -2,7 +2,8 @@
 
 It is built from `trainingplatform_sdk.server` like the trainer services: keepalive agreed with the SDK's client
 settings (`trainingplatform_sdk.server.options`; docs/architecture.md keeps both together), TLS, health,
-reflection, and health NOT_SERVING first on shutdown.
+reflection, and health NOT_SERVING first on shutdown. `tp-backend --workers N` runs N such servers on one port, as
+worker processes of the supervisor in `workers.py`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import sys
 import uuid
 from dataclasses import dataclass
@@ -20,11 +23,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from trainingplatform_sdk.channel import ClientTls
-from trainingplatform_sdk.server.lifecycle import GrpcServer, configure_logging, run_until_signal
+from trainingplatform_sdk.server.lifecycle import LOG_FORMAT, GrpcServer, configure_logging, run_until_signal
 from trainingplatform_sdk.server.options import server_options
 from trainingplatform_sdk.server.tls import TlsFiles
 
-from trainingplatform_backend import db
+from trainingplatform_backend import db, metrics, workers
 from trainingplatform_backend import settings as settings_module
 from trainingplatform_backend.auth import Authenticator
 from trainingplatform_backend.convert import PageTokens
@@ -53,6 +56,7 @@ class RunningServer:
     listener: PostgresListener | None
     dispatcher: Dispatcher
     settings: Settings
+    metrics_task: asyncio.Task[None] | None = None
 
     async def stop(self) -> None:
         """Graceful shutdown: NOT_SERVING first, then open streams end after committing what they received,
@@ -61,6 +65,8 @@ class RunningServer:
         await self.server.stop(self.settings.shutdown_grace_s, drain=self._end_streams)
         await self.backend.committer.close()
         await self.dispatcher.stop()
+        if self.metrics_task is not None:
+            self.metrics_task.cancel()
         if self.listener is not None:
             await self.listener.stop()
         self.backend.store.engine.dispose()
@@ -72,8 +78,10 @@ class RunningServer:
         self.backend.hub.close()
 
 
-async def start(settings: Settings) -> RunningServer:
-    """Migrates the database (unless disabled), builds the servicers and starts serving."""
+async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServer:
+    """Migrates the database (unless disabled), builds the servicers and starts serving.
+
+    `reuse_port`: share the port with the other workers of `--workers N` (SO_REUSEPORT; see `workers`)."""
     settings = settings_module.ensure_frontend_token(settings_module.ensure_internal_token(settings))
     trainer_tls = _trainer_tls(settings)
     url = settings.effective_database_url
@@ -97,6 +105,7 @@ async def start(settings: Settings) -> RunningServer:
             settings.max_connection_age_s,
             settings.shutdown_grace_s,
             max_concurrent_streams=settings.max_concurrent_streams,
+            reuse_port=reuse_port,
         ),
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -139,6 +148,7 @@ async def start(settings: Settings) -> RunningServer:
         listener = PostgresListener(dsn, NOTIFY_CHANNEL, store.instance_id, hub)
         listener.start()
         await asyncio.wait_for(listener.ready.wait(), timeout=30)
+    metrics_task = metrics.start(settings.metrics_port, settings.listen.rsplit(":", 1)[0], store.engine)
     backend.committer.start()
     await server.start(before_serving=dispatcher.start)
     host = settings.listen.rsplit(":", 1)[0]
@@ -149,7 +159,7 @@ async def start(settings: Settings) -> RunningServer:
         "TLS" if settings.tls_enabled else "plaintext",
         make_url(url).render_as_string(hide_password=True),
     )
-    return RunningServer(server, backend, listener, dispatcher, settings)
+    return RunningServer(server, backend, listener, dispatcher, settings, metrics_task)
 
 
 def _trainer_tls(settings: Settings) -> ClientTls | None:
@@ -168,6 +178,19 @@ def _trainer_tls(settings: Settings) -> ClientTls | None:
     )
 
 
+async def _serve_as_worker(settings: Settings) -> RunningServer:
+    """A worker of `tp-backend --workers N`: serves the shared port, then tells the supervisor it does."""
+    running = await start(settings, reuse_port=True)
+    log.info(
+        "worker %d (pid %d) serves as instance %s",
+        workers.worker_index(),
+        os.getpid(),
+        running.backend.store.instance_id,
+    )
+    workers.report_ready()
+    return running
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `tp-backend [serve|migrate]`."""
     parser = argparse.ArgumentParser(prog="tp-backend", description="The training platform's backend.")
@@ -184,13 +207,29 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_module.load(args)
     except ValueError as error:
         parser.error(str(error))
-    configure_logging(settings.log_level)
+    if workers.is_worker():
+        worker_format = LOG_FORMAT.replace("%(name)s:", f"%(name)s [worker {workers.worker_index()}]:")
+        logging.basicConfig(level=settings.log_level, format=worker_format, stream=sys.stderr)
+    else:
+        configure_logging(settings.log_level)
+    reason = workers.refusal(settings) if args.command == "serve" and not workers.is_worker() else ""
+    if reason:
+        print(f"tp-backend: error: {reason}", file=sys.stderr)
+        return 2
     try:
         if args.command == "migrate":
             db.migrate(settings.effective_database_url)
             return 0
+        if workers.is_worker():
+            serving = _serve_as_worker(dataclasses.replace(settings, migrate_on_start=False))  # the supervisor did
+        elif settings.workers > 1:
+            with contextlib.suppress(KeyboardInterrupt):
+                return workers.supervise(settings, sys.argv[1:] if argv is None else argv)
+            return 0
+        else:
+            serving = start(settings)
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_until_signal(start(settings)))
+            asyncio.run(run_until_signal(serving))
     except (OSError, SQLAlchemyError, TimeoutError) as error:
         # A startup failure (database unreachable, port taken, unreadable TLS file) is one clear line.
         log.error("cannot start: %s", str(error).splitlines()[0])

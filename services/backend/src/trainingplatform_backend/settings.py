@@ -141,6 +141,15 @@ class Settings:
     """TP_PAGE_TOKEN_KEY: the key that signs page tokens (HMAC-SHA256). Empty derives it from the internal token,
     so every replica of a deployment accepts the others' tokens."""
 
+    workers: int = 1
+    """TP_BACKEND_WORKERS: server processes sharing the listen port (SO_REUSEPORT; the kernel spreads connections
+    over them), each with its own event loop and database connections, under a supervisor that restarts one that
+    dies. More than 1 needs PostgreSQL."""
+
+    metrics_port: int = 0
+    """TP_METRICS_PORT: serve Prometheus metrics on `http://<listen host>:<port>/metrics` (with several workers,
+    the supervisor serves them all together). 0 (the default): off."""
+
     @property
     def effective_database_url(self) -> str:
         """The database URL with the embedded default filled in and psycopg 3 chosen for PostgreSQL."""
@@ -196,6 +205,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations on start")
     parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL)")
     parser.add_argument("--trainers", help="trainer services, framework=host:port,... (TP_TRAINERS)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (TP_METRICS_PORT)")
+    parser.add_argument(
+        "--workers", type=int, help="server processes sharing the port, PostgreSQL only (TP_BACKEND_WORKERS, default 1)"
+    )
 
 
 def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -250,6 +263,8 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         max_epochs=_positive("TP_MAX_EPOCHS", env.get("TP_MAX_EPOCHS", str(DEFAULT_MAX_EPOCHS)), maximum=MAX_EPOCHS),
         max_spec_bytes=_spec_bytes(env.get("TP_MAX_SPEC_BYTES", str(DEFAULT_MAX_SPEC_BYTES)), max_bytes),
         page_token_key=env.get("TP_PAGE_TOKEN_KEY", ""),
+        workers=_positive("TP_BACKEND_WORKERS", pick("workers", "TP_BACKEND_WORKERS", "1")),
+        metrics_port=_port("TP_METRICS_PORT", pick("metrics_port", "TP_METRICS_PORT", "0")),
     )
     _check_trainer_tls(settings)
     if settings.frontend_auth_token and settings.frontend_auth_token in (
@@ -290,6 +305,21 @@ def _positive(name: str, value: str, maximum: int | None = None) -> int:
     if number < 1 or (maximum is not None and number > maximum):
         bound = f" and at most {maximum}" if maximum is not None else ""
         raise ValueError(f"{name} must be at least 1{bound}, got {number}")
+    return number
+
+
+def _port(name: str, value: str) -> int:
+    """`value` as a TCP port, or 0 for off.
+
+    Raises:
+        ValueError: naming the setting.
+    """
+    try:
+        number = int(value or "0")
+    except ValueError:
+        raise ValueError(f"{name} must be a port number, got {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{name} must be a port (1 to 65535) or 0 for off, got {number}")
     return number
 
 
