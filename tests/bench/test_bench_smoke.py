@@ -55,6 +55,15 @@ def test_bench_smoke_reports_every_metric():
         assert results[key] >= 0 if key.startswith("reconnect_ms") else results[key] > 0, key
     assert results["fanin_lost"] == 0 and results["fanin_duplicates"] == 0
     assert results["flood_not_unauthenticated"] == 0
+    for prefix in ("streams_20", "streams_20_w2") if "streams_20_w2_lost" in results else ("streams_20",):
+        assert results[f"{prefix}_points_stored"] > 0 and results[f"{prefix}_p99_ms"] > 0, prefix
+        assert results[f"{prefix}_backend_rss_mib"] > 0 and results[f"{prefix}_backend_cpu_ms_per_message"] > 0, prefix
+        for key in ("lost", "unacked", "duplicates", "subscriber_missed", "subscriber_duplicates"):
+            assert results[f"{prefix}_{key}"] == 0, f"{prefix}_{key}"
+    # bench_peers, the SDK's case only: the peers need their own venv, which only the full run makes
+    assert results["peer_loggers_measured"] == 1 and "peer_slowdown_pct_sdk" in results
+    assert results["peer_points_per_s_sdk"] > 0 and results["peer_cpu_ms_per_1k_sdk"] > 0
+    assert results["peer_caller_us_sdk"] >= 0 and results["peer_caller_us_p999_sdk"] >= 0
     assert results["dashboard_fanout"] == results["dashboard_fanout_clients"]
     assert results["dashboard_fanout_backend_subscriptions"] == 1
     assert "training_overhead_pct" in results
