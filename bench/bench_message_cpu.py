@@ -6,6 +6,9 @@ per step, so the CPU per message, not per point, is what telemetry takes from tr
 from /proc (all its threads); the SDK's is this process's CPU time (the sender thread, gRPC's threads and the loop
 that logs, which mostly sleeps).
 
+Then the other end of the scale, the backend's CPU per point when every message is full (`points_per_message`,
+5,000 points: the SDK's largest batch): prebuilt messages on one StreamMetrics call, `4 * seconds` of them.
+
     .venv/bin/python bench/bench_message_cpu.py [--seconds 10]
 """
 
@@ -21,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.backend import BackendProcess
+from support.backend import BackendProcess, auth
+from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -33,8 +37,9 @@ def _process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
-def run(seconds: float = 10.0) -> dict[str, float]:
-    """CPU per one-point message in the backend and in the SDK, in milliseconds."""
+def run(seconds: float = 10.0, *, points_per_message: int = 5000) -> dict[str, float]:
+    """CPU per one-point message in the backend and in the SDK, in milliseconds; the backend's CPU per point in
+    messages of `points_per_message` points, in microseconds."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         backend = BackendProcess(f"sqlite:///{root / 'bench.db'}", root / "data")
@@ -65,12 +70,45 @@ def run(seconds: float = 10.0) -> dict[str, float]:
             report = logger.close(30)
             if report.committed_metrics != report.logged_metrics:
                 raise RuntimeError(f"telemetry was not all delivered: {report}")
+            large_cpu, large_points = _full_messages(backend, max(2, round(4 * seconds)), points_per_message)
         finally:
             backend.close()
     return {
         "message_cpu_ms_backend": backend_cpu / points * 1000,
         "message_cpu_ms_sdk": sdk_cpu / points * 1000,
+        "backend_cpu_us_per_point": large_cpu / large_points * 1e6,
     }
+
+
+def _full_messages(backend: BackendProcess, messages: int, size: int) -> tuple[float, int]:
+    """Streams `messages` prebuilt messages of `size` points to a new job; the backend's CPU for them, and the
+    points."""
+    job_id, token = backend.create_job()
+    now = time.time()
+    requests = [
+        telemetry_pb2.StreamMetricsRequest(
+            job_id=job_id if index == 0 else "",
+            points=[
+                telemetry_pb2.MetricPoint(
+                    key=f"train/metric_{sequence % 8}",
+                    value=sequence * 0.001,
+                    step=sequence,
+                    epoch=sequence // 100_000,
+                    wall_time=now,
+                    sequence=sequence,
+                )
+                for sequence in range(index * size + 1, (index + 1) * size + 1)
+            ],
+        )
+        for index in range(messages)
+    ]
+    stub = backend.telemetry()
+    before = _process_cpu_s(backend.process.pid)
+    response = stub.StreamMetrics(iter(requests), metadata=auth(token), timeout=120)
+    cpu = _process_cpu_s(backend.process.pid) - before
+    if response.points_committed != messages * size:
+        raise RuntimeError(f"{response.points_committed} of {messages * size} points were committed")
+    return cpu, messages * size
 
 
 def main() -> None:

@@ -186,6 +186,9 @@ class Authenticator:
         return stored
 
 
+_UNREAD: tuple[float | None, float] = (None, -math.inf)
+
+
 class JobTokenWindow:
     """Stops a job's tokens (the job's own and every attempt's) writing `grace_s` after the job ended.
 
@@ -223,16 +226,33 @@ class JobTokenWindow:
             PermissionDeniedError: naming the job, when it ended and when its token stopped writing.
         """
         principal = principal or CALLER.get()
-        if principal.kind is not Kind.JOB:
+        if self.check_write_now(job_id, principal):
             return
         now = time.time()
-        ended, read_at = self._ended.get(job_id, (None, -math.inf))
+        value = await asyncio.to_thread(self._lookup, job_id)
+        ended = value.timestamp() if value is not None else None
+        if len(self._ended) >= self._cache_size:
+            self._ended.clear()
+        self._ended[job_id] = (ended, now)
+        self._refuse_after_end(job_id, ended, now)
+
+    def check_write_now(self, job_id: str, principal: Principal) -> bool:
+        """`check_write` from memory alone, for every message of a stream: True when the caller may write, False
+        when the job's end time must be read first (then await `check_write`).
+
+        Raises:
+            PermissionDeniedError: as `check_write`, when memory already tells.
+        """
+        if principal.kind is not Kind.JOB:
+            return True
+        now = time.time()
+        ended, read_at = self._ended.get(job_id, _UNREAD)
         if ended is None and now - read_at >= max(self.grace_s, self._refresh_s):
-            value = await asyncio.to_thread(self._lookup, job_id)
-            ended = value.timestamp() if value is not None else None
-            if len(self._ended) >= self._cache_size:
-                self._ended.clear()
-            self._ended[job_id] = (ended, now)
+            return False
+        self._refuse_after_end(job_id, ended, now)
+        return True
+
+    def _refuse_after_end(self, job_id: str, ended: float | None, now: float) -> None:
         if ended is not None and now >= ended + self.grace_s:
             at = dt.datetime.fromtimestamp(ended, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
             raise PermissionDeniedError(

@@ -5,18 +5,22 @@ rows are inserted with ON CONFLICT DO NOTHING, so a resent point is counted as a
 job's cursor (highest committed sequence) advances in the same transaction, so a client that asks for it after
 a broken stream resumes exactly where the commits stopped.
 
-This is the backend's hot path (hundreds of thousands of points per second), so it bypasses the ORM:
-SQLite gets one `executemany`, PostgreSQL one `INSERT ... SELECT FROM unnest(arrays)` per batch.
+This is the backend's hot path (hundreds of thousands of points per second, or a message per training step from
+each trainer), so it bypasses the ORM: the new rows of a group-commit round (above the locked cursors) go in one
+`executemany` per table on SQLite (on a connection of the ingestor's own), one binary COPY per table on PostgreSQL;
+resent rows through `INSERT ... ON CONFLICT DO NOTHING`, counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import math
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +29,7 @@ from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk.errors import InvalidArgumentError, quote
 from trainingplatform_sdk.spec import limits
 
+from trainingplatform_backend import metrics
 from trainingplatform_backend.models import LOGS_STREAM, METRICS_STREAM
 from trainingplatform_backend.store import Store, utcnow
 
@@ -57,20 +62,21 @@ def _check_common(
     wall_times: Sequence[float],
     what: str,
 ) -> None:
+    # Whole columns at a time (min and max in C), filtering the unset values only when there are any.
     if min(sequences) < 1:
         raise InvalidArgumentError(f"{what} sequence numbers start at 1; got {min(sequences)}")
     if max(sequences) > limits.MAX_SEQUENCE:
         raise InvalidArgumentError(
             f"{what} sequence must be at most {limits.MAX_SEQUENCE} (MAX_SEQUENCE); got {max(sequences)}"
         )
-    present_steps = [s for s in steps if s is not None]
+    present_steps: Sequence[int] = [s for s in steps if s is not None] if None in steps else steps  # type: ignore[assignment]
     if present_steps and min(present_steps) < 0:
         raise InvalidArgumentError(f"{what} step must be >= 0")
     if present_steps and max(present_steps) > limits.MAX_STEP:
         raise InvalidArgumentError(
             f"{what} step must be at most {limits.MAX_STEP} (MAX_STEP); got {max(present_steps)}"
         )
-    present_epochs = [e for e in epochs if e is not None]
+    present_epochs: Sequence[int] = [e for e in epochs if e is not None] if None in epochs else epochs  # type: ignore[assignment]
     if present_epochs and min(present_epochs) < 0:
         raise InvalidArgumentError(f"{what} epoch must be >= 0")
     if present_epochs and max(present_epochs) > limits.MAX_EPOCH:
@@ -81,9 +87,22 @@ def _check_common(
         raise InvalidArgumentError(f"{what} wall_time must be a finite number of seconds since the Unix epoch")
 
 
+def _one_in_range(sequence: int, step: int | None, epoch: int | None, wall_time: float) -> bool:
+    """`_check_common` of a single point in a few comparisons: True when it passes; when not, `_check_common` says
+    why."""
+    return (
+        1 <= sequence <= limits.MAX_SEQUENCE
+        and (step is None or 0 <= step <= limits.MAX_STEP)
+        and (epoch is None or 0 <= epoch <= limits.MAX_EPOCH)
+        and math.isfinite(wall_time)
+    )
+
+
 def check_metric_key(key: str, field: str = "key") -> None:
     """Raises InvalidArgumentError (naming `field`) unless `key` is 1 to 250 characters without control
     characters."""
+    if key in _VALID_KEYS:
+        return
     if not key:
         raise InvalidArgumentError(f"{field}: a metric key must not be empty")
     if len(key) > limits.MAX_KEY_CHARS:
@@ -92,6 +111,14 @@ def check_metric_key(key: str, field: str = "key") -> None:
         )
     if _CONTROL.search(key):
         raise InvalidArgumentError(f"{field}: metric key {quote(key)} contains control characters")
+    if len(_VALID_KEYS) >= _VALID_KEYS_KEPT:
+        _VALID_KEYS.clear()
+    _VALID_KEYS.add(key)
+
+
+# Keys already found valid: a run logs the same few keys in every message, so each is checked once.
+_VALID_KEYS: set[str] = set()
+_VALID_KEYS_KEPT = 10_000
 
 
 _METRIC_COLUMNS = ("sequence", "key", "value", "step", "epoch", "wall_time")
@@ -143,6 +170,15 @@ class Ingestor:
             f"duplicate_count = duplicate_count + {param}, missing_count = missing_count + {param}, "
             f"updated_at = {param} WHERE job_pk = {param} AND stream = {param}"
         )
+        # SQLite: the one DBAPI connection every round uses (opened on the first; see `_commit_sqlite`).
+        self._sqlite: Any = None
+
+    def close(self) -> None:
+        """Closes the connection the SQLite rounds use (a later round opens another)."""
+        with self._store.write_lock():
+            if self._sqlite is not None:
+                self._sqlite.close()
+                self._sqlite = None
 
     def prepare_metrics(self, job_pk: int, points: Sequence[telemetry_pb2.MetricPoint]) -> Prepared:
         """Validates one batch of metric points and turns it into rows.
@@ -165,9 +201,13 @@ class Ingestor:
             )
             for p in points
         ]
-        sequences = [row[1] for row in rows]
-        _check_common(sequences, [row[4] for row in rows], [row[5] for row in rows], [row[6] for row in rows], "metric")
-        for key in {row[2] for row in rows}:
+        if len(rows) == 1:  # the usual message: a few comparisons, no columns
+            _, sequence, key, _, step, epoch, wall_time = rows[0]
+            if _one_in_range(sequence, step, epoch, wall_time) and key in _VALID_KEYS:
+                return Prepared(job_pk, METRICS_STREAM, rows, (sequence,))
+        _, sequences, keys, _, steps, epochs, wall_times = zip(*rows, strict=True)
+        _check_common(sequences, steps, epochs, wall_times, "metric")
+        for key in set(keys):
             check_metric_key(key)
         return Prepared(job_pk, METRICS_STREAM, rows, sequences)
 
@@ -225,18 +265,34 @@ class Ingestor:
         if not self._store.is_sqlite:
             with self._engine.begin() as conn:
                 return self._write_round(conn, batches)
-        # SQLite: the DBAPI connection directly. SQLAlchemy's Connection adds more Python per round than a small
-        # transaction costs, and a file database has no dropped connections for it to handle.
-        raw = self._engine.raw_connection()
+        return self._commit_sqlite(batches)
+
+    def _commit_sqlite(self, batches: Sequence[Prepared]) -> list[BatchResult]:
+        # One DBAPI connection of the ingestor's own, kept open and taken out of SQLAlchemy's pool: a checkout, reset
+        # and checkin of the pool cost more Python than a one-point round's transaction, and a file database has no
+        # dropped connections for the pool to handle. Only used under the store's write lock: one thread at a time.
+        # Explicit BEGIN IMMEDIATE: the cursors are read inside the write transaction, one lock and snapshot per round.
+        raw = self._sqlite
+        if raw is None:
+            fairy = self._engine.raw_connection()  # the engine's connect events (pragmas) run on it
+            raw = fairy.driver_connection
+            assert raw is not None
+            fairy.detach()
+            raw.isolation_level = None  # transactions begin and end only where this method says
+            self._sqlite = raw
+        cursor = raw.cursor()
         try:
-            results = self._write_round(_SqliteConnection(raw.cursor()), batches)
-            raw.commit()
+            cursor.execute("BEGIN IMMEDIATE")
+            results = self._write_round(_SqliteConnection(cursor), batches)
+            cursor.execute("COMMIT")
             return results
         except BaseException:
-            raw.rollback()
+            try:
+                raw.rollback()
+            except Exception:  # the connection is unusable: the next round opens another
+                self._sqlite = None
+                raw.close()
             raise
-        finally:
-            raw.close()
 
     def _write_round(self, conn: Any, batches: Sequence[Prepared]) -> list[BatchResult]:
         """The statements of one round, inside the caller's transaction."""
@@ -307,21 +363,25 @@ class Ingestor:
     ) -> list[int]:
         """Inserts every plan's rows; returns the rows stored per plan."""
         stored = [len(fresh) for _, fresh, _, _, _, _ in plans]
-        if self._store.is_sqlite:
-            # No network here: one executemany per batch keeps each batch's exact count of stored rows.
-            for index, (batch, fresh, older, *_) in enumerate(plans):
-                stored[index] = conn.exec_driver_sql(self._tables[batch.stream].insert, fresh + older).rowcount
-            return stored
-        # Rows above the locked cursor cannot exist yet: they go in one binary COPY per table for the whole round.
-        driver = conn.connection.driver_connection
+        # Rows above the locked cursor cannot exist yet (the cursor moves with the rows): they go in one statement per
+        # table for the whole round, a binary COPY on PostgreSQL, an executemany on SQLite.
         for stream, table in self._tables.items():
             fresh_rows = [row for batch, fresh, *_ in plans if batch.stream == stream for row in fresh]
             if not fresh_rows:
                 continue
-            with driver.cursor() as cursor, cursor.copy(table.copy) as copy:
+            if self._store.is_sqlite:
+                conn.exec_driver_sql(table.insert, fresh_rows)
+                continue
+            with conn.connection.driver_connection.cursor() as cursor, cursor.copy(table.copy) as copy:
                 copy.set_types(list(table.pg_types))
                 for row in fresh_rows:
                     copy.write_row(row)
+        if self._store.is_sqlite:
+            # No network here: one executemany per batch keeps each batch's exact count of stored rows.
+            for index, (batch, _, older, *_) in enumerate(plans):
+                if older:
+                    stored[index] += conn.exec_driver_sql(self._tables[batch.stream].insert, older).rowcount
+            return stored
         # Rows at or below the cursor (resends, holes being filled) may exist: ON CONFLICT DO NOTHING, counted.
         for index, (batch, _, older, *_) in enumerate(plans):
             if older:
@@ -367,66 +427,165 @@ class GroupCommitter:
     the database (`Ingestor.commit_without_waiting`); any other round goes to a worker thread. A trainer that logs a
     few points per flush interval then costs no thread hand-offs, which on a machine shared with training cost
     more CPU than the commit itself.
+
+    With `linger_s`, a round of small batches waits that long after its first batch for more (a trainer sending a
+    message every few milliseconds then costs one transaction per `linger_s`, not one per message), unless
+    `inline_round_rows` rows are queued or `flush` is asked (a cursor read, a status change, the end of a stream,
+    the shutdown): nothing is acknowledged before it is committed, so this only delays what the cursor and the
+    subscribers see, by at most `linger_s`.
     """
 
     def __init__(
-        self, ingestor: Ingestor, *, max_round_rows: int = 100_000, inline_round_rows: int = INLINE_ROWS
+        self,
+        ingestor: Ingestor,
+        *,
+        max_round_rows: int = 100_000,
+        inline_round_rows: int = INLINE_ROWS,
+        linger_s: float = 0.0,
     ) -> None:
         self._ingestor = ingestor
         self._max_round_rows = max_round_rows
         self._inline_round_rows = inline_round_rows
-        self._queue: list[tuple[Prepared, asyncio.Future[BatchResult]]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.linger_s = linger_s
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._queued_rows = 0
+        self._flush_scheduled = False
+        # The round waiting for its linger to pass, if any.
+        self._lingering: asyncio.TimerHandle | None = None
+        # The round committing in a worker thread, if any: the next round waits for it.
+        self._threaded: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Starts the committing task."""
-        self._task = asyncio.create_task(self._run(), name="group-commit")
+        """Nothing to start: the first batch queued after a round schedules the next one on the event loop."""
 
-    def enqueue(self, batch: Prepared) -> asyncio.Future[BatchResult]:
-        """Queues a batch for the next round; the future completes with its commit (or the round's error)."""
-        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((batch, future))
-        self._wakeup.set()
+    def enqueue(
+        self, batch: Prepared, on_commit: Callable[[BatchResult], None] | None = None, *, linger: bool = True
+    ) -> asyncio.Future[BatchResult]:
+        """Queues a batch for the next round; the future completes with its commit (or the round's error).
+
+        `on_commit(result)` is called the moment the batch is committed, before the future completes (where a
+        stream publishes it to the subscribers: no task or callback is scheduled for that). `linger=False` (a
+        batch someone watches live) commits the round without waiting for `linger_s`.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[BatchResult] = loop.create_future()
+        self._queue.append((batch, future, on_commit))
+        self._queued_rows += len(batch.rows)
+        if self._threaded is None:
+            if linger and self.linger_s > 0 and self._queued_rows < self._inline_round_rows:
+                if self._lingering is None and not self._flush_scheduled:
+                    self._lingering = loop.call_later(self.linger_s, self._flush)
+            else:
+                self._flush_soon()
         return future
+
+    def flush_soon(self) -> None:
+        """Ends the linger of what is queued: it is committed in the next iteration of the event loop."""
+        if self._queue and self._threaded is None:
+            self._flush_soon()
+
+    async def flush(self) -> None:
+        """Commits everything queued so far without lingering, and returns once it is committed (or failed)."""
+        waiting: set[asyncio.Future[Any]] = {future for _, future, _ in self._queue}
+        if self._threaded is not None:
+            waiting.add(self._threaded)
+        if waiting:
+            self.flush_soon()
+            await asyncio.wait(waiting)
+
+    def _flush_soon(self) -> None:
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
+        if not self._flush_scheduled:
+            # A plain callback, not a task: it runs once the loop has read what every ready stream sent meanwhile,
+            # so those batches share the round, and it costs no task wake-up per message.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def submit(self, batch: Prepared) -> BatchResult:
         """Queues a batch for the next round and waits for its commit."""
         return await self.enqueue(batch)
 
     async def close(self) -> None:
-        """Commits what is queued, then stops."""
-        if self._task is None:
-            return
-        while self._queue:
-            self._wakeup.set()
-            await asyncio.sleep(0.01)
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        """Commits what is queued, then closes the ingestor's connection (a batch queued later opens another)."""
+        while self._queue or self._threaded is not None:
+            if self._threaded is not None:
+                await asyncio.wait({self._threaded})
+            else:
+                self._flush()
+        await asyncio.to_thread(self._ingestor.close)
 
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                round_: list[Any] = []
-                rows = 0
-                while self._queue and (not round_ or rows + len(self._queue[0][0].rows) <= self._max_round_rows):
-                    item = self._queue.pop(0)
-                    round_.append(item)
-                    rows += len(item[0].rows)
-                batches = [batch for batch, _ in round_]
-                try:
-                    results = None
-                    if rows <= self._inline_round_rows:
-                        results = self._ingestor.commit_without_waiting(batches)
-                    if results is None:
-                        results = await asyncio.to_thread(self._ingestor.commit, batches)
-                except Exception as error:  # the round failed as a whole: every stream in it gets the error
-                    for _, future in round_:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                for (_, future), result in zip(round_, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+    def _flush(self) -> None:
+        """Commits the queued batches round after round on the event loop, until one must go to a worker thread
+        (too large, another writer holds SQLite, or PostgreSQL): that one is committed there, then the rest."""
+        self._flush_scheduled = False
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
+        while self._queue and self._threaded is None:
+            round_ = [self._queue.popleft()]
+            rows = len(round_[0][0].rows)
+            while self._queue and rows + len(self._queue[0][0].rows) <= self._max_round_rows:
+                item = self._queue.popleft()
+                round_.append(item)
+                rows += len(item[0].rows)
+            self._queued_rows -= rows
+            batches = [item[0] for item in round_]
+            started = time.perf_counter()
+            try:
+                results = self._ingestor.commit_without_waiting(batches) if rows <= self._inline_round_rows else None
+            except Exception as error:  # the round failed as a whole: every stream in it gets the error
+                self._fail(round_, error)
+                continue
+            if results is None:
+                self._threaded = asyncio.get_running_loop().create_task(
+                    self._commit_in_thread(round_, batches, started), name="group-commit"
+                )
+                return
+            _deliver(round_, batches, results, started)
+
+    def _fail(self, round_: list[_Queued], error: Exception) -> None:
+        """Fails a round and every batch queued behind it from the same streams: a stream's later batch must never
+        be committed past a failed one (its points would be lost: the client resumes above the cursor)."""
+        streams = {(batch.job_pk, batch.stream) for batch, _, _ in round_}
+        failed = list(round_)
+        kept: collections.deque[_Queued] = collections.deque()
+        for item in self._queue:
+            (failed if (item[0].job_pk, item[0].stream) in streams else kept).append(item)
+        self._queue = kept
+        self._queued_rows = sum(len(item[0].rows) for item in kept)
+        for _, future, _ in failed:
+            if not future.done():
+                future.set_exception(error)
+
+    async def _commit_in_thread(self, round_: list[_Queued], batches: list[Prepared], started: float) -> None:
+        try:
+            results = await asyncio.to_thread(self._ingestor.commit, batches)
+        except Exception as error:
+            self._fail(round_, error)
+        except BaseException:  # cancelled (the loop is closing): the round's streams end with it
+            for _, future, _ in round_:
+                future.cancel()
+            raise
+        else:
+            _deliver(round_, batches, results, started)
+        finally:
+            self._threaded = None
+            if self._queue:
+                self._flush_soon()
+
+
+_Queued = tuple[Prepared, "asyncio.Future[BatchResult]", "Callable[[BatchResult], None] | None"]
+
+
+def _deliver(round_: list[_Queued], batches: list[Prepared], results: list[BatchResult], started: float) -> None:
+    metrics.record_round(batches, results, time.perf_counter() - started)
+    for (_, future, on_commit), result in zip(round_, results, strict=True):
+        if on_commit is not None:
+            try:
+                on_commit(result)
+            except Exception:  # a subscriber's trouble never fails a commit
+                log.exception("publishing a committed batch failed")
+        if not future.done():
+            future.set_result(result)

@@ -9,16 +9,18 @@ import grpc
 from sqlalchemy.exc import OperationalError
 from trainingplatform_sdk.server import AuthInterceptor, status_mapping
 
-from trainingplatform_backend import auth
+from trainingplatform_backend import auth, metrics
 
 log = logging.getLogger(__name__)
 
-status_of = status_mapping(
-    "backend",
-    {OperationalError: (grpc.StatusCode.UNAVAILABLE, "the backend's database is unavailable; retry later")},
+status_of = metrics.counting_refusals(
+    status_mapping(
+        "backend",
+        {OperationalError: (grpc.StatusCode.UNAVAILABLE, "the backend's database is unavailable; retry later")},
+    )
 )
 """PlatformError keeps its code and message, a database that cannot be reached is UNAVAILABLE, anything else is
-INTERNAL."""
+INTERNAL; each status given is counted (`tp_backend_refused_calls`)."""
 
 
 class ServiceInterceptor(AuthInterceptor[auth.Principal]):

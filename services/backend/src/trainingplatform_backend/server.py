@@ -90,7 +90,9 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
     engine = db.create_db_engine(url)
     store = Store(engine, instance_id=uuid.uuid4().hex)
     hub = Hub(capacity_points=settings.subscriber_buffer_points)
-    backend = Backend(store, hub, job_token_grace_s=settings.job_token_grace_s)
+    backend = Backend(
+        store, hub, job_token_grace_s=settings.job_token_grace_s, commit_linger_s=settings.commit_linger_s
+    )
     authenticator = Authenticator(
         internal_token=settings.internal_auth_token,
         read_token=settings.read_auth_token,

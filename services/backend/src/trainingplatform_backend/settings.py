@@ -103,6 +103,11 @@ class Settings:
     """TP_JOB_TOKEN_GRACE_S: how long after its job ended a job's token may still write telemetry (long enough for
     a spool replay); reads stay allowed."""
 
+    commit_linger_s: float = 0.05
+    """TP_COMMIT_LINGER_S: how long a commit round of small telemetry batches, of jobs nobody watches live in this
+    process, waits for more before it is written (one transaction for many messages). Nothing is acknowledged
+    before it is committed; 0 commits every round at once."""
+
     trainer_tls_ca_file: str = ""
     """TP_TRAINER_TLS_CA_FILE: PEM CA bundle that signed the trainers' certificates; when set, the dispatcher
     opens TLS channels to trainers."""
@@ -251,6 +256,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         trainer_call_timeout_s=float(env.get("TP_TRAINER_CALL_TIMEOUT_S", "30")),
         frontend_auth_token=env.get("FRONTEND_AUTH_TOKEN", ""),
         job_token_grace_s=_non_negative("TP_JOB_TOKEN_GRACE_S", float(env.get("TP_JOB_TOKEN_GRACE_S", "3600"))),
+        commit_linger_s=_linger(env.get("TP_COMMIT_LINGER_S", "0.05")),
         trainer_tls_ca_file=env.get("TP_TRAINER_TLS_CA_FILE", ""),
         trainer_tls_cert_file=env.get("TP_TRAINER_TLS_CERT_FILE", ""),
         trainer_tls_key_file=env.get("TP_TRAINER_TLS_KEY_FILE", ""),
@@ -333,6 +339,16 @@ def _spec_bytes(value: str, max_message_bytes: int) -> int:
     if number < 1024:
         raise ValueError(f"TP_MAX_SPEC_BYTES must be at least 1024, got {number}")
     return number
+
+
+def _linger(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"TP_COMMIT_LINGER_S must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value <= 1:
+        raise ValueError(f"TP_COMMIT_LINGER_S must be between 0 and 1 (seconds), got {value}")
+    return value
 
 
 def _non_negative(name: str, value: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import functools
 import itertools
@@ -24,7 +25,8 @@ from trainingplatform_sdk.errors import (
 from trainingplatform_sdk.spec import limits
 from trainingplatform_sdk.spec.validation import check_job_id, check_number, check_text, check_timestamp
 
-from trainingplatform_backend.auth import CALLER, JobTokenWindow, authorize_job
+from trainingplatform_backend import metrics
+from trainingplatform_backend.auth import CALLER, JobTokenWindow, Principal, authorize_job
 from trainingplatform_backend.ingest import (
     INLINE_ROWS,
     BatchResult,
@@ -45,16 +47,27 @@ K = TypeVar("K")
 _SHUTDOWN_MESSAGE = "the backend is shutting down; resume from GetStreamCursor"
 # How old this process's knowledge of a job's current dispatch attempt may be before it is read again.
 ATTEMPT_REFRESH_S = 1.0
+# How long a group-commit round of small batches of jobs nobody here watches live waits for more: a trainer sending
+# a message every few milliseconds then costs the backend one transaction per COMMIT_LINGER_S, not one per message
+# (about half of its CPU per message). Nothing is acknowledged before it is committed: a cursor read, a status
+# change and the end of a stream end the wait, and a job with a subscriber in this process is committed at once;
+# history reads, and subscribers of other backend processes, see the points up to this much later.
+COMMIT_LINGER_S = 0.05
+# How many received batches a stream may have waiting for their commit before it stops reading (memory bound).
+MAX_PENDING_BATCHES = 64
 
 
 class Backend:
     """What the servicers share: the store, the ingestor, the hub and the shutdown signal."""
 
-    def __init__(self, store: Store, hub: Hub, *, job_token_grace_s: float = 3600.0) -> None:
-        """`job_token_grace_s`: how long after its job ended a job token may still write (TP_JOB_TOKEN_GRACE_S)."""
+    def __init__(
+        self, store: Store, hub: Hub, *, job_token_grace_s: float = 3600.0, commit_linger_s: float = COMMIT_LINGER_S
+    ) -> None:
+        """`job_token_grace_s`: how long after its job ended a job token may still write (TP_JOB_TOKEN_GRACE_S);
+        `commit_linger_s`: how long a group-commit round of small batches waits for more (`GroupCommitter`)."""
         self.store = store
         self.ingestor = Ingestor(store)
-        self.committer = GroupCommitter(self.ingestor)
+        self.committer = GroupCommitter(self.ingestor, linger_s=commit_linger_s)
         self.hub = hub
         self.shutting_down = asyncio.Event()
         #: How long a stream may stay quiet once the shutdown began before it is ended (see `messages`).
@@ -113,17 +126,33 @@ class Backend:
         attempt = caller.attempt
         if not attempt:
             return  # the job's own token (CreateJob's), or the internal token
-        current, read_at = self._attempts.get(job_id, (0, -math.inf))
+        current, read_at = self._attempts.get(job_id, _UNREAD_ATTEMPT)
         now = time.monotonic()
         if attempt > current or now - read_at > ATTEMPT_REFRESH_S:
             current = await self.run(self.store.current_attempt, job_id)
             self.note_attempt(job_id, current)
         if attempt < current:
-            raise PlatformError(
-                f"dispatch attempt {attempt} of job {job_id} was superseded by attempt {current} (the job was "
-                "handed to another trainer): this run's telemetry is refused; stop it",
-                code=grpc.StatusCode.ABORTED,
-            )
+            raise _superseded(job_id, attempt, current)
+
+    def check_attempt_now(self, job_id: str, caller: Principal) -> bool:
+        """`check_attempt` of a write from memory alone, for every message of a stream: True when `caller` may
+        write, False when the database must be read first (then await `check_attempt`).
+
+        Raises:
+            PlatformError: ABORTED, as `check_attempt`, when memory already tells.
+            PermissionDeniedError: as `check_attempt`, when memory already tells.
+        """
+        if not self.token_window.check_write_now(job_id, caller):
+            return False
+        attempt = caller.attempt
+        if not attempt:
+            return True
+        current, read_at = self._attempts.get(job_id, _UNREAD_ATTEMPT)
+        if attempt > current or time.monotonic() - read_at > ATTEMPT_REFRESH_S:
+            return False
+        if attempt < current:
+            raise _superseded(job_id, attempt, current)
+        return True
 
     def begin_shutdown(self) -> None:
         """Starts the drain of every open stream: see `messages`."""
@@ -173,16 +202,26 @@ class Backend:
             yield message
 
 
+_UNREAD_ATTEMPT: tuple[int, float] = (0, -math.inf)
+
+
+def _superseded(job_id: str, attempt: int, current: int) -> PlatformError:
+    return PlatformError(
+        f"dispatch attempt {attempt} of job {job_id} was superseded by attempt {current} (the job was "
+        "handed to another trainer): this run's telemetry is refused; stop it",
+        code=grpc.StatusCode.ABORTED,
+    )
+
+
 def _text(text: str, limit: int) -> str:
     """A client's free text as stored: cut to `limit` UTF-8 bytes with a marker, NUL (which no database text
     column holds) replaced."""
     return limits.truncate_utf8(text, limit).replace("\x00", "\ufffd")
 
 
-def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, done: asyncio.Future[BatchResult]) -> None:
-    if done.cancelled() or done.exception() is not None or not backend.hub.has_subscribers(job_pk):
+def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, result: BatchResult) -> None:
+    if not backend.hub.has_subscribers(job_pk):
         return
-    result = done.result()
     clean = (
         result.duplicates == 0
         and result.max_sequence - result.first_sequence + 1 == len(items)
@@ -190,6 +229,21 @@ def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, don
     )
     event = Batch(kind, result.first_sequence, result.max_sequence, list(items)) if clean else POKE
     backend.hub.publish(job_pk, event)
+
+
+class _Totals:
+    """What one stream's batches committed, counted as they are."""
+
+    __slots__ = ("committed", "duplicates", "last", "missing")
+
+    def __init__(self) -> None:
+        self.committed = self.duplicates = self.missing = self.last = 0
+
+    def add(self, result: BatchResult) -> None:
+        self.committed += result.committed
+        self.duplicates += result.duplicates
+        self.missing += result.missing
+        self.last = result.last_sequence
 
 
 class OpenCalls(Generic[K]):
@@ -258,9 +312,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         backend = self._backend
         job_id = ""
         job_pk = 0
-        committed = duplicates = missing = 0
-        last = 0
-        pending: asyncio.Future[BatchResult] | None = None
+        totals = _Totals()
+        # The batches received and not yet counted, oldest first (each stream's batches are committed in order).
+        pending: collections.deque[asyncio.Future[BatchResult]] = collections.deque()
+        large = False
+        caller = CALLER.get()
         try:
             async for request in backend.messages(requests):
                 if not job_id:
@@ -270,6 +326,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     authorize_job(request.job_id)
                     job_pk = await backend.job_pk(request.job_id)
                     self._streams.open(request.job_id)  # released below, however the stream ends
+                    metrics.OPEN_STREAMS.labels(kind).inc()
                     job_id = request.job_id
                 elif request.job_id and request.job_id != job_id:
                     raise InvalidArgumentError(
@@ -278,43 +335,57 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                 items = getattr(request, items_field)
                 if not items:
                     continue
-                await backend.check_attempt(job_id)
-                # Batch N is committed while the next message is received and parsed.
-                if pending is not None:
-                    result = await pending
-                    pending = None
-                    committed += result.committed
-                    duplicates += result.duplicates
-                    missing += result.missing
-                    last = result.last_sequence
-                if len(items) <= INLINE_ROWS:
-                    # Validating a few points takes microseconds; a hop to a worker thread and back costs more.
-                    pending = backend.committer.enqueue(prepare(job_pk, items))
-                else:
-                    pending = asyncio.ensure_future(self._commit(prepare, job_pk, items))
+                if not backend.check_attempt_now(job_id, caller):
+                    await backend.check_attempt(job_id)
+                # Earlier batches commit while this one is received and parsed; a failed commit ends the stream
+                # before anything after it is queued (the committer fails what was queued behind it). A large batch
+                # is validated in a worker thread and queued only then: everything before it is committed first,
+                # and it is, before anything after it is queued.
+                barrier = large or len(items) > INLINE_ROWS
+                while pending and (barrier or len(pending) >= MAX_PENDING_BATCHES or pending[0].done()):
+                    if not pending[0].done():
+                        backend.committer.flush_soon()
+                    totals.add(await pending.popleft())
                 # Subscribers get the batch the moment it is committed, not when the next message arrives.
-                pending.add_done_callback(functools.partial(_publish_committed, backend, job_pk, kind, items))
+                publish = functools.partial(_publish_committed, backend, job_pk, kind, items)
+                large = len(items) > INLINE_ROWS
+                if not large:
+                    # Validating a few points takes microseconds; a hop to a worker thread and back costs more.
+                    batch = prepare(job_pk, items)
+                    # A job watched live here is committed at once; any other lingers (see COMMIT_LINGER_S).
+                    linger = not backend.hub.has_subscribers(job_pk)
+                    pending.append(backend.committer.enqueue(batch, publish, linger=linger))
+                else:
+                    pending.append(asyncio.ensure_future(self._commit(prepare, job_pk, items, publish)))
         finally:
             if job_id:
                 self._streams.close(job_id)
+                metrics.OPEN_STREAMS.labels(kind).dec()
             # Everything received is committed, even when the stream ends with an error or a shutdown.
-            if pending is not None:
-                result = await pending
-                committed += result.committed
-                duplicates += result.duplicates
-                missing += result.missing
-                last = result.last_sequence
+            if pending:
+                backend.committer.flush_soon()
+                for outcome in await asyncio.gather(*pending, return_exceptions=True):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                    totals.add(outcome)
         if not job_id:
             raise InvalidArgumentError(f"the {rpc} stream ended before any message named a job")
+        last = totals.last
         if not last:
             last = (await backend.run(backend.store.cursor, job_pk))[0 if kind == METRICS_STREAM else 1]
-        return committed, duplicates, missing, last
+        return totals.committed, totals.duplicates, totals.missing, last
 
-    async def _commit(self, prepare: Callable[[int, Any], Prepared], job_pk: int, items: Any) -> BatchResult:
+    async def _commit(
+        self,
+        prepare: Callable[[int, Any], Prepared],
+        job_pk: int,
+        items: Any,
+        on_commit: Callable[[BatchResult], None],
+    ) -> BatchResult:
         """Validates a large batch in a worker thread (the loop keeps serving the other streams meanwhile), then
         commits it in the next group-commit round."""
         batch = await self._backend.run(prepare, job_pk, items)
-        return await self._backend.committer.submit(batch)
+        return await self._backend.committer.enqueue(batch, on_commit)
 
     async def StreamMetrics(
         self, request_iterator: AsyncIterator[telemetry_pb2.StreamMetricsRequest], context: grpc.aio.ServicerContext
@@ -350,6 +421,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         await self._backend.check_attempt(request.job_id)
         await self._backend.job_pk(request.job_id)
         target = status_name(request.status)
+        await self._backend.committer.flush()  # telemetry received before a status is committed before it
         transition = await self._backend.run(
             self._backend.store.transition,
             request.job_id,
@@ -439,6 +511,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         authorize_job(request.job_id)
         await self._backend.check_attempt(request.job_id, write=False)
         job_pk = await self._backend.job_pk(request.job_id)
+        await self._backend.committer.flush()  # the cursor covers every message received before this call
         metric, log_sequence = await self._backend.run(self._backend.store.cursor, job_pk)
         return telemetry_pb2.GetStreamCursorResponse(
             last_metric_sequence=metric, last_log_sequence=log_sequence, max_message_bytes=self._max_message_bytes

@@ -615,8 +615,9 @@ export declare const GetStreamCursorResponseSchema: GenMessage<GetStreamCursorRe
 export declare const TrainingTelemetryService: GenService<{
   /**
    * Streams a job's metric points for the whole run. The first message must name the job; later messages may
-   * leave `job_id` empty or repeat it. Each message is committed (one transaction with the cursor) before the
-   * next is read; a message with an invalid point is refused whole. Points are accepted whatever the job's
+   * leave `job_id` empty or repeat it. Messages are committed in the order received, each whole, in a
+   * transaction with the cursor (the server may group several messages, of one or many streams, into one
+   * transaction); a message with an invalid point is refused whole. Points are accepted whatever the job's
    * status, so telemetry delivered late (a replayed spool) is never lost. The response, sent after the client
    * half-closes, totals what this call committed.
    *
