@@ -4,6 +4,8 @@ Starts a real backend (`tp-backend` from this venv, SQLite in a temporary direct
 --job-id name a running one, then measures on the calling thread, in one run:
 
   - `log_metric` while the logger streams to the backend (the sender thread competes for the GIL, as in training);
+  - `log_metric` timed call by call during a burst that keeps the sender busy building full messages: the
+    99.9th percentile (`log_metric_us_p999`) is how long a call can wait for the sender's work (the GIL);
   - a synchronous unary gRPC call per metric against the same backend: GetStreamCursor (a read) and UpdateStatus
     repeating the current status (an idempotent write path), what a per-metric RPC design would cost at least;
   - one HTTP POST per metric (the old logger's design) to a minimal local HTTP server in another process that
@@ -130,6 +132,37 @@ def bench_log_metric(address: str, token: str, job_id: str, calls: int) -> dict[
     }
 
 
+def bench_burst(address: str, token: str, job_id: str, calls: int) -> dict[str, object]:
+    """Each call timed alone while the sender is busy: `calls` points logged as fast as the caller can, so the
+    sender drains, numbers and builds full messages (5,000 points, 1 MiB) meanwhile. Its tail is the time a call
+    waits for the GIL while the sender holds it; the median is the call itself plus the clock."""
+    clock = time.perf_counter_ns
+    with tempfile.TemporaryDirectory() as spool:
+        logger = TrainingLogger(
+            job_id, backend_address=address, token=token, spool_dir=spool, settings=LoggerSettings()
+        )
+        log_metric = logger.log_metric
+        log_metric("warmup", 0.0, step=0)
+        logger.flush(30)
+        samples = []
+        append = samples.append
+        for index in range(calls):
+            start = clock()
+            log_metric("train/loss", 0.5, step=index, epoch=2)
+            append(clock() - start)
+        delivered = logger.flush(120)
+        report = logger.close(30)
+    ordered = sorted(samples)
+    return {
+        "median_us": round(statistics.median(ordered) / 1000, 3),
+        "p99_us": round(ordered[int(len(ordered) * 0.99)] / 1000, 3),
+        "p999_us": round(ordered[int(len(ordered) * 0.999)] / 1000, 3),
+        "max_us": round(ordered[-1] / 1000, 3),
+        "samples": len(ordered),
+        "all_committed": delivered and report.pending_metrics == 0,
+    }
+
+
 def bench_unary(address: str, token: str, job_id: str, calls: int) -> dict[str, object]:
     metadata = (("authorization", f"Bearer {token}"),)
     with grpc.insecure_channel(address) as channel:
@@ -168,11 +201,13 @@ def run(quick: bool = False) -> dict[str, float]:
     log_calls, rpc_calls = (20_000, 200) if quick else (500_000, 2_000)
     with tempfile.TemporaryDirectory() as workdir, local_backend(Path(workdir)) as (address, job_id, token):
         logged = bench_log_metric(address, token, job_id, log_calls)
+        burst = bench_burst(address, token, job_id, log_calls)
         unary = bench_unary(address, token, job_id, rpc_calls)
     http_post = bench_http(rpc_calls)
     return {
         "log_metric_us_median": logged["batch_of_100"]["median_us"],
         "log_metric_us_p99": logged["single_call_including_clock"]["p99_us"],
+        "log_metric_us_p999": burst["p999_us"],
         "sync_unary_us_median": unary["GetStreamCursor"]["median_us"],
         "http_post_us_median": http_post["median_us"],
         "sync_unary_vs_log_metric_ratio": unary["GetStreamCursor"]["median_us"] / logged["batch_of_100"]["median_us"],
@@ -194,6 +229,7 @@ def main() -> None:
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
             "backend": address if args.address else f"tp-backend on SQLite, started by this script at {address}",
             "log_metric": bench_log_metric(address, token, job_id, log_calls),
+            "log_metric_while_the_sender_is_busy": bench_burst(address, token, job_id, log_calls),
             "unary_grpc_per_metric": bench_unary(address, token, job_id, rpc_calls),
             "http_post_per_metric_no_database": bench_http(rpc_calls),
         }
