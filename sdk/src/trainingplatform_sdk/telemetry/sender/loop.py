@@ -3,18 +3,6 @@
 The caller's thread only appends tuples to a deque. This thread alone takes them out, numbers them (so the
 numbering follows the deque's total order even with several logging threads), and owns every other structure,
 so nothing here needs a lock. A point is forgotten only when the backend's committed cursor has passed it.
-
-The thread sleeps until something is due: the flush deadline of the points not yet sent, a timer (cursor poll,
-reconnect, close), or an event (a call ended, a stream's window freed, a flush or a call). While points keep coming
-it looks at the buffer once per `flush_interval_s` (no wake-up costs the caller anything); after ACTIVE_INTERVALS
-quiet intervals it sleeps (`idle`) until the caller's next point wakes it, and that point goes at once when no
-partial batch went during the last interval. So a point never waits more than the interval, a trainer logging
-now and then gets each point out at once, one logging fast sends at most one partial message per interval and
-stream, and an idle logger wakes about once a second.
-
-Long work (a burst of points, a large message, a spill, a cursor that releases many points) is cut into slices,
-and between slices the thread sleeps for a moment whenever it has held the GIL for PACE_S, so the training thread
-never waits long for the GIL (`GilPacer`).
 """
 
 from __future__ import annotations
@@ -41,40 +29,10 @@ from trainingplatform_sdk.telemetry.spool import Spool
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
 
-# How often the cursor is asked while a flush or a call waits for it (otherwise once per poll interval).
+# How often the cursor is asked while a flush or a call waits for it (otherwise once per tick at most).
 _BARRIER_POLL_S = 0.01
 # Least time the streams' final responses get at close, even past the close deadline.
 _CLOSE_RESPONSE_WAIT_S = 0.5
-# Longest sleep of the thread when nothing is due (housekeeping: a spool to retry, memory to spill, the state).
-IDLE_WAKE_S = 1.0
-# Flush intervals after the last point during which the thread looks at the buffer each interval on its own;
-# after them it sleeps until the caller's next point wakes it (`Sender.idle`).
-ACTIVE_INTERVALS = 10
-# Longest time the thread holds the GIL in one go while it has work queued, and how long it then lets go.
-PACE_S = 0.0005
-_PACE_PAUSE_S = 0.00005
-# Items of the caller's buffer taken between two looks at the pacer.
-_DRAIN_SLICE = 256
-
-
-class GilPacer:
-    """Lets other threads have the GIL during long work: `pause()` sleeps for a moment (releasing the GIL until a
-    waiting thread takes it) once PACE_S has passed since the last pause or `restart()`."""
-
-    def __init__(self) -> None:
-        self._since = time.perf_counter()
-        #: Pauses made so far.
-        self.pauses = 0
-
-    def restart(self) -> None:
-        self._since = time.perf_counter()
-
-    def pause(self) -> None:
-        if time.perf_counter() - self._since >= PACE_S:
-            # A real sleep, not sleep(0): a waiting thread takes the GIL only if it is free when it wakes.
-            time.sleep(_PACE_PAUSE_S)
-            self.pauses += 1
-            self._since = time.perf_counter()
 
 
 class Sender(threading.Thread):
@@ -96,15 +54,6 @@ class Sender(threading.Thread):
         self.settings = settings
         #: Set to make the thread look at its buffer and streams before its next tick.
         self.wake = threading.Event()
-        #: True while the thread sleeps with nothing logged to send: the caller's next point must wake it.
-        self.idle = False
-        #: When the oldest point not yet sent must go (a partial batch), None when every point is sent.
-        self._due: float | None = None
-        #: When partial batches last went: the next go `flush_interval_s` later at the earliest.
-        self._flushed_at = 0.0
-        #: Until when the thread looks at the buffer each interval on its own (points came lately).
-        self._active_until = 0.0
-        self.pacer = GilPacer()
         self._buffer = buffer
         self._spool = spool
         self._metrics = Outbox(MetricCodec(job_id, settings), spool)
@@ -112,7 +61,6 @@ class Sender(threading.Thread):
         self._outboxes: tuple[AnyOutbox, ...] = (self._metrics, self._logs)
         for outbox in self._outboxes:
             outbox.memory_limit = settings.memory_buffer_points
-            outbox.codec.pause = self.pacer.pause
         self._calls = CallQueue(self._outboxes)
         self._state = SavedState(job_id, spool, self._metrics, self._logs, self._calls)
         self._connection = Connection(job_id, channel, metadata, settings, spool.directory, self.wake.set)
@@ -135,11 +83,6 @@ class Sender(threading.Thread):
             )
 
     # -- the caller's side (any thread) --------------------------------------------------------------------------
-
-    def point_logged(self) -> None:
-        """Wakes the `idle` thread: the caller's buffer is no longer empty. The caller calls it after an append that
-        left the buffer non-empty while `idle` was True, and only then."""
-        self.wake.set()
 
     def request_flush(self) -> None:
         """Sends partial batches now instead of at the next tick."""
@@ -188,68 +131,29 @@ class Sender(threading.Thread):
             if self.on_exit is not None:
                 self.on_exit()
 
-    def _next_wake(self, now: float) -> float:
-        """Seconds until something is due: a flush deadline, a look at the buffer, a cursor poll, a reconnect, the
-        close deadline; sets `idle` when only the caller's next point can make anything due."""
-        delivery = self._delivery
-        connection = self._connection
-        wake_at = now + IDLE_WAKE_S
-        # `idle` is set before the buffer is looked at: a point appended after the look sees it and wakes us.
-        self.idle = True
-        if self._buffer and self._due is None:
-            self._set_due(now)
-        if self._due is not None:
-            self.idle = False
-            if delivery.can_send():
-                wake_at = min(wake_at, self._due)
-        if now < self._active_until:
-            # Points came lately: look at the buffer each interval rather than have the caller wake the thread.
-            self.idle = False
-            wake_at = min(wake_at, now + self.settings.flush_interval_s)
-        if connection.connected:
-            if self._calls.waiting:
-                wake_at = min(wake_at, now + _BARRIER_POLL_S)
-            poll_at = delivery.next_poll()
-            if poll_at is not None:
-                wake_at = min(wake_at, poll_at)
-        elif connection.state is ConnectionState.DISCONNECTED and delivery.idle:
-            wake_at = min(wake_at, connection.retry_at)
-        if self._close_deadline is not None:
-            wake_at = min(wake_at, self._close_deadline)
-        return wake_at - now
-
-    def _set_due(self, now: float) -> None:
-        # At once when no partial batch went for an interval (a trainer logging now and then gets its points out
-        # without delay), else one interval after the last: at most one partial message per interval and stream.
-        self._due = max(now, self._flushed_at + self.settings.flush_interval_s)
-
     def _loop(self) -> None:
         interval = self.settings.flush_interval_s
         memory_limit = self.settings.memory_buffer_points
         connection = self._connection
-        delivery = self._delivery
+        next_tick = time.monotonic() + interval
         while True:
-            delay = self._next_wake(time.monotonic())
+            now = time.monotonic()
+            delay = next_tick - now
+            if self._calls.waiting and connection.connected:
+                delay = min(delay, _BARRIER_POLL_S)
             if delay > 0:
                 self.wake.wait(delay)
             self.wake.clear()
-            self.idle = False
-            self.pacer.restart()
             now = time.monotonic()
+            tick = now >= next_tick
+            if tick:
+                next_tick = now + interval
             closing = self._close_deadline is not None
-            if self._drain():
-                self._active_until = now + ACTIVE_INTERVALS * interval
-                if self._due is None:
-                    self._set_due(now)
-            due = self._due
-            partial = self._flush_now or closing or (due is not None and now >= due)
+            partial = tick or self._flush_now or closing
             self._flush_now = False
+            self._drain()
             if connection.state is not ConnectionState.FAILED:
-                delivery.deliver(partial, now, closing)
-            if partial:
-                self._flushed_at = now
-                if not (self._metrics.unsent() or self._logs.unsent()):
-                    self._due = None
+                self._delivery.deliver(partial, now, closing)
             self._calls.release_flushes()
             # Unreachable or stopped: move memory to disk so an outage of minutes costs no memory and no data.
             if (
@@ -258,7 +162,8 @@ class Sender(threading.Thread):
                 or len(self._logs.memory) > memory_limit
             ):
                 self._spill(*self._outboxes)
-            self._state.save_if_due()
+            if self._state.dirty:
+                self._state.save()
             if self._close_deadline is not None and (
                 self._all_delivered()
                 or connection.state is ConnectionState.FAILED
@@ -274,9 +179,8 @@ class Sender(threading.Thread):
             and self._calls.only_flushes()
         )
 
-    def _drain(self) -> int:
-        """Numbers the points the caller logged since the last drain and queues its calls and flushes; returns how
-        many items it took."""
+    def _drain(self) -> None:
+        """Numbers the points the caller logged since the last drain and queues its calls and flushes."""
         buffer = self._buffer
         metrics = self._metrics
         logs = self._logs
@@ -284,16 +188,11 @@ class Sender(threading.Thread):
         check_metric = self._validator.metric
         check_log = self._validator.log
         memory_limit = self.settings.memory_buffer_points
-        pause = self.pacer.pause
-        taken = 0
         while True:
             try:
                 item = buffer.popleft()
             except IndexError:
                 break
-            taken += 1
-            if not taken % _DRAIN_SLICE:
-                pause()
             if item[0] == METRIC:
                 try:
                     point = check_metric(item)
@@ -320,16 +219,14 @@ class Sender(threading.Thread):
                         self._spill(logs)
             elif item[0] == CALL:
                 self._calls.add_call(item[1], item[2])
-                state.urgent = True
             else:
                 self._calls.add_flush(item[1])
                 if self._connection.error is not None:
                     item[1].finish(False)
             state.dirty = True
-        # The end of the reserved block is on disk before any point numbered past it leaves memory (sent or
-        # spooled), and a new call is on disk at once.
-        state.save_if_due()
-        return taken
+        if state.dirty:
+            # The highest sequence is on disk before any point carrying it leaves memory (sent or spooled).
+            state.save()
 
     # -- spooling and the end ----------------------------------------------------------------------------------------
 
