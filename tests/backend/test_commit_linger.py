@@ -6,55 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
-import pytest
-from sqlalchemy import text
-from trainingplatform.telemetry.v1 import telemetry_pb2
-from trainingplatform_backend.db import create_db_engine, migrate
-from trainingplatform_backend.ingest import GroupCommitter, Ingestor, Prepared
+from support.ingest import metric_batch, new_job, stored_sequences
+from trainingplatform_backend.ingest import GroupCommitter, Ingestor
 from trainingplatform_backend.store import Store
 
 
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    migrate(database_url)
-    engine = create_db_engine(database_url)
-    try:
-        yield Store(engine)
-    finally:
-        engine.dispose()
-
-
-def _job(store: Store) -> int:
-    view, _ = store.create_job(
-        framework="timm",
-        model_name="resnet10t",
-        display_name="linger",
-        model_config={},
-        dataset_config={},
-        training_config={},
-        advanced_config={},
-    )
-    return store.job_pk(view.job.job_id)
-
-
-def _batch(ingestor: Ingestor, job_pk: int, first: int, count: int) -> Prepared:
-    points = [
-        telemetry_pb2.MetricPoint(key="train/loss", value=float(seq), step=seq, wall_time=1.0, sequence=seq)
-        for seq in range(first, first + count)
-    ]
-    return ingestor.prepare_metrics(job_pk, points)
-
-
-def _sequences(store: Store, job_pk: int) -> list[int]:
-    with store.engine.connect() as conn:
-        rows = conn.execute(text("SELECT sequence FROM metrics WHERE job_pk = :pk ORDER BY sequence"), {"pk": job_pk})
-        return [row[0] for row in rows]
-
-
 def test_a_round_of_small_batches_lingers_then_commits_them_together(store: Store) -> None:
-    job_pk = _job(store)
+    job_pk = new_job(store)
     ingestor = Ingestor(store)
     committed: list[int] = []
 
@@ -62,12 +21,14 @@ def test_a_round_of_small_batches_lingers_then_commits_them_together(store: Stor
         committer = GroupCommitter(ingestor, linger_s=0.3)
         started = time.monotonic()
         futures = [
-            committer.enqueue(_batch(ingestor, job_pk, first, 2), lambda result: committed.append(result.max_sequence))
+            committer.enqueue(
+                metric_batch(ingestor, job_pk, first, 2), lambda result: committed.append(result.max_sequence)
+            )
             for first in (1, 3, 5)
         ]
         await asyncio.sleep(0.1)
         assert not any(future.done() for future in futures)
-        assert _sequences(store, job_pk) == [] and committed == []
+        assert stored_sequences(store, job_pk) == [] and committed == []
         results = await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
         assert [r.committed for r in results] == [2, 2, 2]
         assert [r.last_sequence for r in results] == [2, 4, 6]
@@ -76,36 +37,36 @@ def test_a_round_of_small_batches_lingers_then_commits_them_together(store: Stor
 
     assert asyncio.run(scenario()) >= 0.25
     assert committed == [2, 4, 6]  # each batch published the moment it was committed, in order
-    assert _sequences(store, job_pk) == list(range(1, 7))
+    assert stored_sequences(store, job_pk) == list(range(1, 7))
 
 
 def test_a_flush_a_watched_batch_a_full_round_and_the_shutdown_end_the_linger(store: Store) -> None:
-    job_pk = _job(store)
+    job_pk = new_job(store)
     ingestor = Ingestor(store)
 
     async def scenario() -> None:
         committer = GroupCommitter(ingestor, linger_s=60, inline_round_rows=8)
         # A flush (a cursor read, a status change) commits everything queued before it.
-        lingering = [committer.enqueue(_batch(ingestor, job_pk, first, 2)) for first in (1, 3)]
+        lingering = [committer.enqueue(metric_batch(ingestor, job_pk, first, 2)) for first in (1, 3)]
         await asyncio.sleep(0.05)
         assert not any(future.done() for future in lingering)
         await asyncio.wait_for(committer.flush(), timeout=10)
         assert all(future.done() for future in lingering)
-        assert _sequences(store, job_pk) == [1, 2, 3, 4]
+        assert stored_sequences(store, job_pk) == [1, 2, 3, 4]
         # A batch someone watches live does not wait, nor does what lingered before it.
-        before = committer.enqueue(_batch(ingestor, job_pk, 5, 1))
-        watched = committer.enqueue(_batch(ingestor, job_pk, 6, 1), linger=False)
+        before = committer.enqueue(metric_batch(ingestor, job_pk, 5, 1))
+        watched = committer.enqueue(metric_batch(ingestor, job_pk, 6, 1), linger=False)
         await asyncio.wait_for(asyncio.gather(before, watched), timeout=10)
         # A round that reaches inline_round_rows is committed at once.
-        full = [committer.enqueue(_batch(ingestor, job_pk, first, 4)) for first in (7, 11)]
+        full = [committer.enqueue(metric_batch(ingestor, job_pk, first, 4)) for first in (7, 11)]
         await asyncio.wait_for(asyncio.gather(*full), timeout=10)
         # The shutdown commits what still lingers.
-        last = committer.enqueue(_batch(ingestor, job_pk, 15, 1))
+        last = committer.enqueue(metric_batch(ingestor, job_pk, 15, 1))
         await asyncio.wait_for(committer.close(), timeout=10)
         assert last.done() and last.result().committed == 1
 
     asyncio.run(scenario())
-    assert _sequences(store, job_pk) == list(range(1, 16))
+    assert stored_sequences(store, job_pk) == list(range(1, 16))
 
 
 def test_a_flush_with_nothing_queued_returns_at_once(store: Store) -> None:
@@ -118,15 +79,15 @@ def test_a_flush_with_nothing_queued_returns_at_once(store: Store) -> None:
 
 
 def test_a_failed_round_fails_what_its_streams_queued_behind_it_and_nothing_else(store: Store) -> None:
-    job_pk = _job(store)
+    job_pk = new_job(store)
     ingestor = Ingestor(store)
     missing_job = job_pk + 1000  # no cursor rows: its round fails
 
     async def scenario() -> None:
         committer = GroupCommitter(ingestor, linger_s=60, max_round_rows=1)  # one batch per round
-        failing = committer.enqueue(_batch(ingestor, missing_job, 1, 1))
-        other = committer.enqueue(_batch(ingestor, job_pk, 1, 1))
-        behind = committer.enqueue(_batch(ingestor, missing_job, 2, 1))  # would commit past the failed batch
+        failing = committer.enqueue(metric_batch(ingestor, missing_job, 1, 1))
+        other = committer.enqueue(metric_batch(ingestor, job_pk, 1, 1))
+        behind = committer.enqueue(metric_batch(ingestor, missing_job, 2, 1))  # would commit past the failed batch
         await asyncio.wait_for(committer.flush(), timeout=10)
         for future in (failing, behind):
             assert isinstance(future.exception(), Exception)
@@ -134,8 +95,8 @@ def test_a_failed_round_fails_what_its_streams_queued_behind_it_and_nothing_else
         await committer.close()
 
     asyncio.run(scenario())
-    assert _sequences(store, job_pk) == [1]
-    assert _sequences(store, missing_job) == []
+    assert stored_sequences(store, job_pk) == [1]
+    assert stored_sequences(store, missing_job) == []
 
 
 def test_the_linger_is_a_documented_setting_with_a_clear_error(tmp_path) -> None:

@@ -5,74 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import text
-from trainingplatform.telemetry.v1 import telemetry_pb2
-from trainingplatform_backend.db import create_db_engine, migrate
-from trainingplatform_backend.ingest import GroupCommitter, Ingestor, Prepared
+from support.ingest import metric_batch, new_job, stored_sequences
+from trainingplatform_backend.ingest import GroupCommitter, Ingestor
 from trainingplatform_backend.store import Store
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    migrate(database_url)
-    engine = create_db_engine(database_url)
-    try:
-        yield Store(engine)
-    finally:
-        engine.dispose()
-
-
-def _job(store: Store) -> int:
-    view, _ = store.create_job(
-        framework="timm",
-        model_name="resnet10t",
-        display_name="group commit",
-        model_config={},
-        dataset_config={},
-        training_config={},
-        advanced_config={},
-    )
-    return store.job_pk(view.job.job_id)
-
-
-def _batch(ingestor: Ingestor, job_pk: int, first: int, count: int) -> Prepared:
-    points = [
-        telemetry_pb2.MetricPoint(key="train/loss", value=float(seq), step=seq, wall_time=1.0, sequence=seq)
-        for seq in range(first, first + count)
-    ]
-    return ingestor.prepare_metrics(job_pk, points)
-
-
-def _sequences(store: Store, job_pk: int) -> list[int]:
-    with store.engine.connect() as conn:
-        rows = conn.execute(text("SELECT sequence FROM metrics WHERE job_pk = :pk ORDER BY sequence"), {"pk": job_pk})
-        return [row[0] for row in rows]
 
 
 def test_commit_without_waiting_commits_on_sqlite_only_when_the_write_lock_is_free(store: Store) -> None:
     ingestor = Ingestor(store)
-    job_pk = _job(store)
+    job_pk = new_job(store)
     assert store.try_write_lock()
     try:
         # Another writer holds the database: nothing is done, the caller must use the waiting path.
-        assert ingestor.commit_without_waiting([_batch(ingestor, job_pk, 1, 3)]) is None
+        assert ingestor.commit_without_waiting([metric_batch(ingestor, job_pk, 1, 3)]) is None
     finally:
         store.release_write_lock()
-    assert _sequences(store, job_pk) == []
+    assert stored_sequences(store, job_pk) == []
 
-    results = ingestor.commit_without_waiting([_batch(ingestor, job_pk, 1, 3)])
+    results = ingestor.commit_without_waiting([metric_batch(ingestor, job_pk, 1, 3)])
     if not store.is_sqlite:
         assert results is None  # PostgreSQL commits wait on the network: never on the event loop
-        assert _sequences(store, job_pk) == []
+        assert stored_sequences(store, job_pk) == []
         return
     assert results is not None
     assert [(r.committed, r.duplicates, r.last_sequence) for r in results] == [(3, 0, 3)]
-    assert _sequences(store, job_pk) == [1, 2, 3]
+    assert stored_sequences(store, job_pk) == [1, 2, 3]
     # The lock was released: a blocking commit goes through at once, and a resend is a duplicate.
-    again = ingestor.commit([_batch(ingestor, job_pk, 3, 2)])
+    again = ingestor.commit([metric_batch(ingestor, job_pk, 3, 2)])
     assert [(r.committed, r.duplicates, r.last_sequence) for r in again] == [(1, 1, 4)]
 
 
@@ -80,7 +40,7 @@ def test_commit_without_waiting_commits_on_sqlite_only_when_the_write_lock_is_fr
 def test_a_round_waits_for_a_writer_that_holds_the_database_and_loses_nothing(store: Store) -> None:
     # SQLite only: PostgreSQL has no process-wide write lock (row locks serialise its writers).
     ingestor = Ingestor(store)
-    job_pk = _job(store)
+    job_pk = new_job(store)
 
     async def scenario() -> list[tuple[int, int, int]]:
         committer = GroupCommitter(ingestor)
@@ -97,7 +57,7 @@ def test_a_round_waits_for_a_writer_that_holds_the_database_and_loses_nothing(st
         writer.start()
         held.wait(10)
         # Small rounds while the lock is held: they cannot commit on the loop, so they wait in a worker thread.
-        futures = [committer.enqueue(_batch(ingestor, job_pk, first, 2)) for first in (1, 3, 5)]
+        futures = [committer.enqueue(metric_batch(ingestor, job_pk, first, 2)) for first in (1, 3, 5)]
         # Had the loop waited for the lock itself, this sleep would end only once the writer gave up (5 s), with
         # the rounds committed by then.
         await asyncio.sleep(0.2)
@@ -105,10 +65,10 @@ def test_a_round_waits_for_a_writer_that_holds_the_database_and_loses_nothing(st
         release.set()
         results = await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
         # Once the database is free, a small round commits again (on the loop for SQLite).
-        results.append(await asyncio.wait_for(committer.submit(_batch(ingestor, job_pk, 7, 1)), timeout=10))
+        results.append(await asyncio.wait_for(committer.submit(metric_batch(ingestor, job_pk, 7, 1)), timeout=10))
         writer.join()
         await committer.close()
         return [(r.committed, r.duplicates, r.last_sequence) for r in results]
 
     assert asyncio.run(scenario()) == [(2, 0, 2), (2, 0, 4), (2, 0, 6), (1, 0, 7)]
-    assert _sequences(store, job_pk) == list(range(1, 8))
+    assert stored_sequences(store, job_pk) == list(range(1, 8))

@@ -12,8 +12,6 @@ service that still exits at start has its reason (the last error line of its log
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import secrets
 import shutil
@@ -24,12 +22,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from trainingplatform_sdk.server.processes import parent_death_signal
 
 TOKEN_FILE = "internal_auth_token"
 FRONTEND_TOKEN_FILE = "frontend_auth_token"
@@ -70,29 +69,6 @@ def ensure_token(data_dir: Path, variable: str = "INTERNAL_AUTH_TOKEN", file_nam
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32))
     return path.read_text().strip()
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A `preexec_fn` that makes the child get SIGTERM when its parent dies (Linux), or None elsewhere.
-
-    libc and `prctl` are looked up here, before the fork, so the child only makes two system calls."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def set_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl: nobody would send the signal
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return set_signal
 
 
 class PortInUseError(OSError):
@@ -269,7 +245,7 @@ class Stack:
                 stdin=subprocess.DEVNULL,
                 cwd=self.data_dir.parent,
                 start_new_session=True,
-                preexec_fn=_parent_death_signal(),  # two system calls in the child
+                preexec_fn=parent_death_signal(),  # two system calls in the child
             )
 
     def _wait_healthy(self, service: Service, deadline: float) -> None:

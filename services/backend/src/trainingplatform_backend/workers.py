@@ -31,8 +31,6 @@ once all are gone. Workers get SIGTERM when the supervisor dies, however it dies
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
 import importlib
 import logging
@@ -45,10 +43,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, ModuleType
+
+from trainingplatform_sdk.server.processes import parent_death_signal
 
 from trainingplatform_backend import db
 from trainingplatform_backend import settings as settings_module
@@ -75,8 +75,6 @@ STABLE_AFTER_S = 60.0
 POLL_S = 0.2
 STOP_MARGIN_S = 20.0
 """How long a draining worker may take beyond TP_SHUTDOWN_GRACE_S before it is killed."""
-
-_PR_SET_PDEATHSIG = 1
 
 
 def is_worker() -> bool:
@@ -175,26 +173,6 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A `preexec_fn` that makes the child get SIGTERM when the supervisor dies (Linux), or None elsewhere.
-
-    libc and `prctl` are looked up here, before the fork, so the child only makes two system calls."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def set_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the supervisor died before prctl: nobody would send the signal
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return set_signal
-
-
 def _describe_exit(code: int) -> str:
     if code < 0:
         with contextlib.suppress(ValueError):
@@ -229,7 +207,7 @@ class Supervisor:
         self.workers = [_Worker(index) for index in range(settings.workers)]
         self._env = dict(os.environ)
         self._stopping = False
-        self._preexec = _parent_death_signal()
+        self._preexec = parent_death_signal()
         self._metrics: ModuleType | None = None
         self._metrics_dir = ""
 
