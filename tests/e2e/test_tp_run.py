@@ -156,8 +156,8 @@ def test_ctrl_c_reaches_the_script_cancels_the_job_and_leaves_no_process(
         import os, subprocess, sys, time
         helper = subprocess.Popen(["sleep", "600"])
         open({str(pids)!r}, "w").write(f"{{os.getpid()}} {{helper.pid}}")
-        print("ready", flush=True)
-        try:
+        try:  # "ready" inside: a SIGINT that lands as print() returns is still caught here
+            print("ready", flush=True)
             while True:
                 time.sleep(0.1)
         except KeyboardInterrupt:
@@ -183,7 +183,7 @@ def test_ctrl_c_reaches_the_script_cancels_the_job_and_leaves_no_process(
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, stderr
-    assert "got SIGINT, stopping" in stdout
+    assert "got SIGINT, stopping" in stdout, stderr
     job_id = job_of(stderr)
     job, logs = read_job(backend, job_id)
     assert job.status == "CANCELLED"
@@ -264,8 +264,8 @@ def test_tp_cancel_stops_the_script(backend: BackendProcess, tmp_path: Path) -> 
         "forever.py",
         """
         import time
-        print("ready", flush=True)
-        try:
+        try:  # "ready" inside: a SIGINT that lands as print() returns is still caught here
+            print("ready", flush=True)
             while True:
                 time.sleep(0.1)
         except KeyboardInterrupt:
