@@ -54,6 +54,18 @@ def _ends_the_job(saved_call: object) -> bool:
     return request.status in _TERMINAL
 
 
+class _Idle:
+    """Stands for the sender of a logger without one: never idle, so never told of a point."""
+
+    idle = False
+
+    def point_logged(self) -> None:
+        pass
+
+
+_NEVER_IDLE = _Idle()
+
+
 class _FromEnv(enum.Enum):
     """The default of an argument read from the environment when not passed (None, passed, means "none")."""
 
@@ -72,8 +84,9 @@ def default_spool_dir(job_id: str) -> Path:
 class TrainingLogger:
     """Reports a training job's metrics, logs, status and run information to the backend.
 
-    Logging a point costs the calling thread one append to an in-memory buffer; a background thread numbers,
-    batches and streams the points, keeps them (in memory, then on disk) until the backend has committed them,
+    Logging a point costs the calling thread one append to an in-memory buffer (and a wake-up of the sleeping sender
+    when the buffer was empty); a background thread numbers, batches and streams the points, keeps them (in
+    memory, then on disk) until the backend has committed them,
     and resumes from the backend's cursor after any failure, so each point is stored exactly once. Unary calls
     (status, epoch summary, run information) wait until everything logged before them is committed.
 
@@ -147,6 +160,9 @@ class TrainingLogger:
         self._ended = False
         self._spool_dir: Path | None = None
         self._sender: Sender | None = None
+        # The sender, whose `idle` says it sleeps until told of a point; `point_logged` tells it. The sender's
+        # twin below while there is none, so that the logging calls need no check.
+        self._wake: _Idle | Sender = _NEVER_IDLE
         self._pid = os.getpid()
         self._close_lock = threading.Lock()
         self._final_report: DeliveryReport | None = None
@@ -179,6 +195,7 @@ class TrainingLogger:
             job_id, self._buffer, channel, auth_metadata(token), spool, self.settings, torchrun_rank()
         )
         self._sender.on_exit = self._sender_stopped
+        self._wake = self._sender
         self._relay = relay_job_id() == job_id
         lifetime.register(self)
         self._off = False
@@ -249,7 +266,10 @@ class TrainingLogger:
             return
         # None when not a number: the sender counts and reports it.
         number = value if type(value) is float else metric_value(value)
-        self._buffer.append((METRIC, key, number, step, epoch, time.time()))
+        buffer = self._buffer
+        buffer.append((METRIC, key, number, step, epoch, time.time()))
+        if len(buffer) == 1 and self._wake.idle:
+            self._wake.point_logged()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, epoch: int | None = None) -> None:
         """Logs several metric values of the same step and epoch.
@@ -264,9 +284,12 @@ class TrainingLogger:
                 self._discarded += len(metrics)
             return
         wall_time = time.time()
-        append = self._buffer.append
+        buffer = self._buffer
+        append = buffer.append
         for key, value in metrics.items():
             append((METRIC, key, value if type(value) is float else metric_value(value), step, epoch, wall_time))
+        if buffer and self._wake.idle:
+            self._wake.point_logged()
 
     def log_message(
         self, message: str, level: str | int = "INFO", epoch: int | None = None, step: int | None = None
@@ -293,9 +316,12 @@ class TrainingLogger:
                         record[name] = int(number)  # numpy and torch integers too
             write_relayed(record)
             return
-        self._buffer.append(
+        buffer = self._buffer
+        buffer.append(
             (LOG, truncate_utf8(log_text(message), MAX_LOG_MESSAGE_BYTES), log_level(level), epoch, step, time.time())
         )
+        if len(buffer) == 1 and self._wake.idle:
+            self._wake.point_logged()
 
     def update_status(
         self,

@@ -1,7 +1,7 @@
 """How the buffered points of one stream become stream requests: sizes, building, and parsing spooled records.
 
-A point waits in memory as a plain tuple (cheaper than a message per point); a codec turns a batch of them into one
-request, bounding the request's size without serializing it.
+A point waits in memory as a plain tuple (cheaper than a message per point); a codec turns a batch of them straight
+into one serialized request, bounding the request's size without serializing it first.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class Codec(abc.ABC, Generic[Point]):
         """Largest request this codec builds: max_batch_bytes, under the server's limit and any refused size."""
         self.budget = 0
         """What the points of one request may take so that the whole request stays within `max_bytes`."""
+        self._job_field = self.request_type(job_id=job_id).SerializeToString()
         self._size()
 
     def _size(self) -> None:
@@ -86,16 +87,6 @@ class Codec(abc.ABC, Generic[Point]):
         self._size()
         return True
 
-    def fits(self, request: StreamRequest) -> bool:
-        """Whether `request` (exactly measured: call it for small requests only) is within `max_bytes`."""
-        return request.ByteSize() <= self.max_bytes
-
-    def last_sequence(self, request: StreamRequest) -> int:
-        """The sequence of the last point of a (non-empty) request."""
-        points = getattr(request, self.points_field)
-        sequence: int = points[len(points) - 1].sequence
-        return sequence
-
     def take_batch(self, points: Iterable[Point]) -> tuple[list[Point], bool]:
         """The next points that fit one message; `full` says whether a limit (not the end) cut the batch."""
         batch: list[Point] = []
@@ -114,16 +105,17 @@ class Codec(abc.ABC, Generic[Point]):
                 return batch, True
         return batch, False
 
-    def request(self, batch: Sequence[Point]) -> StreamRequest:
-        """The request that sends `batch`."""
-        return self._build(batch, self.job_id)
+    def encode(self, batch: Sequence[Point]) -> bytes:
+        """The serialized request that sends `batch`."""
+        return self._job_field + self.spool_payload(batch)
 
     def spool_payload(self, batch: Sequence[Point]) -> bytes:
         """`batch` as a spool record's payload: a request without the job id (the spool belongs to one job)."""
-        return self._build(batch, "").SerializeToString()
+        return self._build(batch).SerializeToString()
 
-    def parse(self, payload: bytes, sent: int) -> StreamRequest:
-        """The request that sends a spooled record's points above `sent` (those below went on the current stream).
+    def parse(self, payload: bytes, sent: int) -> tuple[bytes, int, int]:
+        """The serialized request that sends a spooled record's points above `sent` (those below went on the current
+        stream), its last sequence and its number of points.
 
         A record written under a larger budget (another process, a server with a larger limit) is cut to the
         leading points that fit `budget`; the rest go in the next requests. At least one point is kept.
@@ -133,6 +125,9 @@ class Codec(abc.ABC, Generic[Point]):
         skip = 0
         while skip < len(points) and points[skip].sequence <= sent:
             skip += 1
+        if not skip and len(payload) <= self.budget:
+            # The whole record, as it is on disk.
+            return self._job_field + payload, points[len(points) - 1].sequence, len(points)
         del points[:skip]
         if len(payload) > self.budget:
             size = 0
@@ -144,11 +139,11 @@ class Codec(abc.ABC, Generic[Point]):
                 keep += 1
             del points[keep:]
         request.job_id = self.job_id
-        return request
+        return request.SerializeToString(), points[len(points) - 1].sequence, len(points)
 
     @abc.abstractmethod
-    def _build(self, batch: Sequence[Point], job_id: str) -> StreamRequest:
-        """The request holding `batch`, addressed to `job_id`."""
+    def _build(self, batch: Sequence[Point]) -> StreamRequest:
+        """The request holding `batch`, without a job id."""
 
 
 class MetricCodec(Codec[BufferedMetric]):
@@ -160,8 +155,8 @@ class MetricCodec(Codec[BufferedMetric]):
     request_type = telemetry_pb2.StreamMetricsRequest
     points_field = "points"
 
-    def _build(self, batch: Sequence[BufferedMetric], job_id: str) -> StreamRequest:
-        request = telemetry_pb2.StreamMetricsRequest(job_id=job_id)
+    def _build(self, batch: Sequence[BufferedMetric]) -> StreamRequest:
+        request = telemetry_pb2.StreamMetricsRequest()
         add = request.points.add
         for sequence, key, value, step, epoch, wall in batch:
             add(key=key, value=value, step=step, epoch=epoch, wall_time=wall, sequence=sequence)
@@ -181,8 +176,8 @@ class LogCodec(Codec[BufferedLog]):
         super().__init__(job_id, settings)
         self.rank = rank
 
-    def _build(self, batch: Sequence[BufferedLog], job_id: str) -> StreamRequest:
-        request = telemetry_pb2.StreamLogsRequest(job_id=job_id)
+    def _build(self, batch: Sequence[BufferedLog]) -> StreamRequest:
+        request = telemetry_pb2.StreamLogsRequest()
         add = request.records.add
         rank = self.rank
         for sequence, message, level, epoch, step, wall in batch:

@@ -152,6 +152,26 @@ class Delivery:
             self.duplicates += response.duplicates_ignored
             self._advance(outbox, response.last_committed_sequence)
 
+    def next_poll(self) -> float | None:
+        """When the cursor is next due to be read while points are in flight (None: nothing in flight, or a read
+        or call is outstanding and its end wakes the sender)."""
+        if self._pending is not None or not self._connection.connected:
+            return None
+        if self._metrics.sent <= self._metrics.committed and self._logs.sent <= self._logs.committed:
+            return None
+        return self._last_poll + self.settings.cursor_poll_interval_s
+
+    @property
+    def idle(self) -> bool:
+        """Whether no cursor read or call is outstanding."""
+        return self._pending is None
+
+    def can_send(self) -> bool:
+        """Whether a message could go now: connected, and no open stream's window is full."""
+        return self._connection.connected and all(
+            outbox.stream is None or outbox.stream.has_room for outbox in self._outboxes
+        )
+
     # -- the cursor --------------------------------------------------------------------------------------------------
 
     def _check_numbering(self, outbox: AnyOutbox, cursor: int) -> None:
@@ -190,13 +210,13 @@ class Delivery:
             message = outbox.next_message(partial)
             if message is None:
                 return
-            request, last = message
-            if len(getattr(request, outbox.codec.points_field)) == 1 and not outbox.codec.fits(request):
-                self._drop_too_large(outbox, request, last)
+            payload, last, count = message
+            if count == 1 and len(payload) > outbox.codec.max_bytes:
+                self._drop_too_large(outbox, last)
                 continue
             if outbox.stream is None:
                 outbox.stream = self._connection.open_stream(outbox.codec.method)
-            outbox.stream.send(request)
+            outbox.stream.send(payload)
             outbox.sent = last
 
     def _check_streams(self) -> None:
@@ -221,7 +241,7 @@ class Delivery:
             self._rpc_failed(exc, outbox.codec.method)
             return
 
-    def _drop_too_large(self, outbox: AnyOutbox, request: object, last: int) -> None:
+    def _drop_too_large(self, outbox: AnyOutbox, last: int) -> None:
         """Drops a point that cannot fit in any message the server takes: counted invalid, logged once."""
         outbox.sent = last
         skipped = self._skipped[outbox.name]
@@ -275,6 +295,7 @@ class Delivery:
             calls.delivered += 1
         calls.pop()
         self._state.dirty = True
+        self._state.urgent = True
 
     def _rpc_failed(self, exc: BaseException, what: str, waited: bool = False) -> None:
         """Handles a failed call or a broken stream: a final error stops delivery, anything else reconnects."""

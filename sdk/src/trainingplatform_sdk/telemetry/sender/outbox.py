@@ -8,7 +8,7 @@ import time
 from collections import deque
 from typing import Generic
 
-from trainingplatform_sdk.telemetry.sender.codec import BufferedLog, BufferedMetric, Codec, Point, StreamRequest
+from trainingplatform_sdk.telemetry.sender.codec import BufferedLog, BufferedMetric, Codec, Point
 from trainingplatform_sdk.telemetry.sender.connection import OpenStream
 from trainingplatform_sdk.telemetry.spool import Spool
 
@@ -131,24 +131,29 @@ class Outbox(Generic[Point]):
         self.base = cursor
         return shift
 
-    def next_message(self, partial: bool) -> tuple[StreamRequest, int] | None:
-        """The next request to send and its last sequence: spooled records first, then memory.
+    def next_message(self, partial: bool) -> tuple[bytes, int, int] | None:
+        """The next request to send, serialized, with its last sequence and its number of points: spooled records
+        first, then memory.
 
         From memory only a full batch, unless `partial`; None when there is nothing (more) to send.
         """
         record = self._spool.first_record_after(self.name, self.sent)
         if record is not None:
             # The codec may cut a record written under a larger budget: the rest follows in the next message.
-            request = self.codec.parse(self._spool.read(record), self.sent)
-            return request, self.codec.last_sequence(request)
+            return self.codec.parse(self._spool.read(record), self.sent)
         memory = self.memory
         if not memory or memory[-1][0] <= self.sent:
             return None
         start = max(0, self.sent + 1 - memory[0][0])
-        batch, full = self.codec.take_batch(itertools.islice(memory, start, None))
+        points = memory if start == 0 else itertools.islice(memory, start, None)
+        batch, full = self.codec.take_batch(points)
         if not full and not partial:
             return None
-        return self.codec.request(batch), batch[-1][0]
+        return self.codec.encode(batch), batch[-1][0], len(batch)
+
+    def unsent(self) -> bool:
+        """Whether points in memory wait for a message (those in the spool are sent whenever there is room)."""
+        return bool(self.memory) and self.memory[-1][0] > self.sent
 
     def spill(self, force: bool = False) -> int:
         """Moves every point in memory to the spool; returns how many were dropped.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from trainingplatform_sdk.telemetry.sender.calls import CallQueue
 from trainingplatform_sdk.telemetry.sender.codec import BufferedLog, BufferedMetric
@@ -13,6 +14,9 @@ _LOG = logging.getLogger("trainingplatform_sdk.logger")
 
 SEQUENCE_BLOCK = 10_000
 """Sequences reserved at a time per stream: one durable (fsync-ed) save of the state per block."""
+
+SAVE_INTERVAL_S = 0.25
+"""Longest time a change of the numbering or of the cursor waits before it is saved (`save_if_due`)."""
 
 
 class SavedState:
@@ -25,6 +29,11 @@ class SavedState:
     memory, the block is moved past it and the state is saved durably (fsync); other saves are not synced. A
     restart numbers after the reserved block, so a crash, even a power loss, never makes a sequence reused (it
     leaves a gap, which the backend accepts). A clean `release` ends the block at the last sequence assigned.
+
+    A change of the calls (`urgent`) or a new block is saved at once; a sequence assigned inside the block or a
+    cursor that moved is saved within SAVE_INTERVAL_S (`save_if_due`): losing it to a crash costs nothing (the
+    restart numbers after the block, and resends what the backend then says it lacks), and saving it per message
+    cost more CPU than the message.
     """
 
     def __init__(
@@ -37,6 +46,9 @@ class SavedState:
     ) -> None:
         self.job_id = job_id
         self.dirty = False
+        #: Set with `dirty` when the pending calls changed: saved at the next `save_if_due`, whatever the interval.
+        self.urgent = False
+        self._saved_at = 0.0
         self._failing = False
         self._spool = spool
         self._metrics = metrics
@@ -46,6 +58,18 @@ class SavedState:
     def reserve(self) -> None:
         """Makes sure every sequence assigned is in a reserved block, saving durably when it was not."""
         if self._metrics.assigned > self._metrics.reserved or self._logs.assigned > self._logs.reserved:
+            self.save()
+
+    def save_if_due(self) -> None:
+        """Saves a dirty state when the calls changed, a new block must be reserved, or SAVE_INTERVAL_S passed."""
+        if not self.dirty:
+            return
+        if (
+            self.urgent
+            or self._metrics.assigned > self._metrics.reserved
+            or self._logs.assigned > self._logs.reserved
+            or time.monotonic() - self._saved_at >= SAVE_INTERVAL_S
+        ):
             self.save()
 
     def release(self) -> None:
@@ -88,4 +112,6 @@ class SavedState:
             self._failing = False
             _LOG.warning("job %s: the spool state can be written again", self.job_id)
         self.dirty = False
+        self.urgent = False
+        self._saved_at = time.monotonic()
         return True

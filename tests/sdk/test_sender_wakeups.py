@@ -1,0 +1,205 @@
+"""When the sender wakes and what each wake-up sends: flush deadlines, idle sleep, one wake-up for both streams,
+large messages built straight to bytes, and the state saved without a write per message."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from support.backend import BackendProcess
+from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk import LoggerSettings, TrainingLogger
+from trainingplatform_sdk.telemetry.sender import loop
+from trainingplatform_sdk.telemetry.sender import state as state_module
+from trainingplatform_sdk.telemetry.sender.codec import LogCodec, MetricCodec
+from trainingplatform_sdk.telemetry.sender.connection import OpenStream
+from trainingplatform_sdk.telemetry.sender.loop import ACTIVE_INTERVALS, IDLE_WAKE_S, Sender
+from trainingplatform_sdk.telemetry.spool import Spool, read_state
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def sender(tmp_path: Path) -> Iterator[Sender]:
+    """A connected sender that is never started: its deadlines are computed, nothing is sent."""
+    spool = Spool(tmp_path / "spool", "job", 1 << 30, 8 << 20)
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    sender = Sender("job", deque(), channel, (), spool, LoggerSettings(), 0)
+    sender._connection.established(0, 0)
+    yield sender
+    spool.close()
+    channel.close()
+
+
+def test_a_point_after_a_quiet_interval_is_due_at_once(sender: Sender) -> None:
+    now = time.monotonic()
+    sender._buffer.append((0, "loss", 1.0, None, None, 0.0))
+    assert sender._next_wake(now) <= 0
+    assert sender._due == now and not sender.idle
+
+
+def test_a_point_right_after_a_flush_waits_at_most_one_interval(sender: Sender) -> None:
+    interval = sender.settings.flush_interval_s
+    now = time.monotonic()
+    sender._flushed_at = now - interval / 4
+    sender._buffer.append((0, "loss", 1.0, None, None, 0.0))
+    delay = sender._next_wake(now)
+    assert 0 < delay <= interval + 1e-9
+    assert sender._due == pytest.approx(now + interval * 3 / 4)
+
+
+def test_an_active_sender_looks_each_interval_and_a_quiet_one_sleeps_until_told(sender: Sender) -> None:
+    interval = sender.settings.flush_interval_s
+    now = time.monotonic()
+    sender._active_until = now + ACTIVE_INTERVALS * interval
+    assert sender._next_wake(now) == pytest.approx(interval)
+    assert not sender.idle
+    later = sender._active_until + interval
+    assert sender._next_wake(later) == pytest.approx(IDLE_WAKE_S)
+    assert sender.idle
+
+
+@pytest.mark.parametrize("interval", [0.005, 0.05, 0.1])
+def test_a_sender_awake_each_interval_is_never_idle_whatever_the_rounding(tmp_path: Path, interval: float) -> None:
+    # Idle would make the caller wake it at every point (an Event.set per point: 0.07 ms of the caller's CPU per
+    # message in profile_sdk.py). `now + 0.005 - now` exceeds 0.005 in floating point, which once made it idle.
+    spool = Spool(tmp_path / "spool", "job", 1 << 30, 8 << 20)
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    try:
+        sender = Sender("job", deque(), channel, (), spool, LoggerSettings(flush_interval_s=interval), 0)
+        sender._connection.established(0, 0)
+        now = time.monotonic()
+        sender._active_until = now + 100
+        for tick in range(1000):
+            assert sender._next_wake(now + tick * 1e-3) == pytest.approx(interval)
+            assert not sender.idle, tick
+    finally:
+        spool.close()
+        channel.close()
+
+
+def test_a_sender_whose_batch_cannot_go_is_still_woken_by_the_next_point(sender: Sender) -> None:
+    # The backend away or the window full: a due batch waits. Sleeping past an interval, the sender must be `idle`
+    # (the caller's next point wakes it); it once slept a whole second unwakeable, and a caller logging in a tight
+    # loop filled 150,000 points into its buffer meanwhile.
+    interval = sender.settings.flush_interval_s
+    sender._delivery.can_send = lambda: False  # type: ignore[method-assign]
+    now = time.monotonic()
+    sender._due = now - interval
+    sender._active_until = now - interval
+    assert sender._next_wake(now) > interval
+    assert sender.idle
+    sender._buffer.append((0, "loss", 1.0, None, None, 0.0))  # points waiting: taken within an interval
+    assert sender._next_wake(now) <= interval
+    assert not sender.idle
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_idle_sender_is_woken_by_the_next_point(
+    backend: BackendProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the point's wake-up the sender would sleep for a minute: only the caller can make it send.
+    monkeypatch.setattr(loop, "IDLE_WAKE_S", 60.0)
+    job_id, token = backend.create_job()
+    settings = LoggerSettings(flush_interval_s=0.01, cursor_poll_interval_s=0.05)
+    with TrainingLogger(
+        job_id, backend_address=backend.address, token=token, spool_dir=tmp_path, settings=settings
+    ) as logger:
+        logger.log_metric("warm-up", 0.0)
+        assert logger.flush(30)
+        sender = logger._sender
+        assert sender is not None
+        wait_until(lambda: sender.idle and logger.stats.committed_metrics == 1)
+        logger.log_metric("train/loss", 0.5, step=1)
+        logger.log_message("one line")
+        wait_until(lambda: logger.stats.committed_metrics == 2 and logger.stats.committed_logs == 1)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_metrics_and_logs_due_together_go_in_one_wake_up(
+    backend: BackendProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iterations = [0]
+    sends: list[tuple[int, int]] = []  # (iteration, message size)
+    drain = Sender._drain
+    send = OpenStream.send
+
+    def counting_drain(self: Sender) -> int:
+        iterations[0] += 1
+        return drain(self)
+
+    def recording_send(self: OpenStream, message: bytes) -> None:
+        sends.append((iterations[0], len(message)))
+        send(self, message)
+
+    monkeypatch.setattr(Sender, "_drain", counting_drain)
+    monkeypatch.setattr(OpenStream, "send", recording_send)
+    job_id, token = backend.create_job()
+    # A long interval: the metric and the record logged now are both due at the same deadline.
+    settings = LoggerSettings(flush_interval_s=1.0)
+    with TrainingLogger(
+        job_id, backend_address=backend.address, token=token, spool_dir=tmp_path, settings=settings
+    ) as logger:
+        logger.log_metric("warm-up", 0.0)
+        logger.log_message("warm-up")
+        assert logger.flush(30)
+        sends.clear()
+        logger.log_metric("train/loss", 0.5, step=1)
+        logger.log_message("epoch 1 done")
+        wait_until(lambda: logger.stats.committed_metrics == 2 and logger.stats.committed_logs == 2)
+        assert len(sends) == 2
+        assert sends[0][0] == sends[1][0], "the metric and the log record went in different wake-ups"
+
+
+def test_a_large_batch_is_encoded_into_one_request_with_every_point() -> None:
+    settings = LoggerSettings()
+    metrics = MetricCodec("job-1", settings)
+    batch = [(index + 1, f"k{index % 7}", index * 0.5, index, None, 1.5) for index in range(1027)]
+    request = telemetry_pb2.StreamMetricsRequest.FromString(metrics.encode(batch))
+    assert request.job_id == "job-1"
+    assert [(p.sequence, p.key, p.value, p.step, p.HasField("epoch")) for p in request.points] == [
+        (sequence, key, value, step, False) for sequence, key, value, step, _, _ in batch
+    ]
+
+    logs = LogCodec("job-1", settings, rank=3)
+    records = [(index + 1, f"line {index}", 20, 0, index, 2.5) for index in range(257)]
+    parsed = telemetry_pb2.StreamLogsRequest.FromString(logs.encode(records))
+    assert [(r.sequence, r.message, r.rank) for r in parsed.records] == [(s, m, 3) for s, m, *_ in records]
+
+
+def test_the_numbering_is_saved_within_the_interval_and_calls_at_once(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "job", 1 << 30, 8 << 20)
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    try:
+        sender = Sender("job", deque(), channel, (), spool, LoggerSettings(), 0)
+        saved = sender._state
+        sender._metrics.assigned = 5
+        saved.dirty = True
+        saved.save_if_due()  # a new block: saved (durably) at once
+        assert read_state(tmp_path)["metrics"]["reserved"] >= 5
+        sender._metrics.assigned = 6
+        sender._metrics.committed = 4
+        saved.dirty = True
+        saved.save_if_due()  # inside the block, just saved: waits
+        assert read_state(tmp_path)["metrics"]["committed"] == 0
+        saved.urgent = True
+        saved.save_if_due()  # the calls changed: at once
+        assert read_state(tmp_path)["metrics"]["committed"] == 4
+        sender._metrics.committed = 6
+        saved.dirty = True
+        saved._saved_at -= state_module.SAVE_INTERVAL_S
+        saved.save_if_due()  # the interval passed
+        assert read_state(tmp_path)["metrics"]["committed"] == 6
+    finally:
+        spool.close()
+        channel.close()
