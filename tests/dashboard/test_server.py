@@ -7,6 +7,7 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -517,3 +518,39 @@ def test_reads_use_the_read_token_and_changes_the_front_end_token(backend: Backe
     finally:
         wrong_writer.close()
         reader_only.close()
+
+
+def test_200_tabs_opened_at_once_share_one_subscription(tmp_path: Path) -> None:
+    # 200 tabs opened at once make 200 GetJob calls on the dashboard's one connection, twice the backend's streams
+    # per connection (TP_MAX_CONCURRENT_STREAMS, 100): every tab still gets every point, on one hub subscription.
+    # (bench_dashboard's fan-out once saw the hub's stream refused, RST_STREAM REFUSED_STREAM, 7 s into its run,
+    # and one resubscription; this burst does not reproduce that.)
+    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "backend-data")
+    backend.start()
+    dashboard = DashboardProcess(backend, tmp_path, {"TP_LOG_LEVEL": "INFO"})
+    tabs: list[SseReader] = []
+    try:
+        dashboard.start()
+        job_id, token = backend.create_job()
+        logger = logger_for(backend, job_id, token, tmp_path)
+        logger.update_status("RUNNING")
+        client = httpx.Client(base_url=dashboard.url, timeout=30, limits=httpx.Limits(max_connections=250))
+        assert client.get(dashboard.login_url, follow_redirects=False).status_code == 303
+        before = dashboard.health()
+        with ThreadPoolExecutor(200) as pool:
+            tabs = list(pool.map(lambda _: SseReader(client, f"/api/jobs/{job_id}/events"), range(200)))
+        for step in range(1, 21):
+            logger.log_metric("train/acc", step / 100, step=step)
+        for tab in tabs:
+            assert sorted(collect_points(tab, set(range(1, 21)))) == list(range(1, 21))
+        after = dashboard.health()
+        log = dashboard.log_path.read_text()
+        assert "resubscribing" not in log, log[-2000:]
+        assert after["job_subscriptions_total"] - before["job_subscriptions_total"] == 1
+        logger.update_status("COMPLETED")
+        logger.close(timeout=15)
+    finally:
+        for tab in tabs:
+            tab.close()
+        dashboard.close()
+        backend.close()

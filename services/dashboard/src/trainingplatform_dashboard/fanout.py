@@ -316,7 +316,12 @@ class JobHub:
                     if error.code() not in _RETRYABLE:
                         self._fail(error)
                         return
-                    _LOG.info("subscription of job %s broke (%s); resubscribing", self.job_id, error.code().name)
+                    _LOG.info(
+                        "subscription of job %s broke (%s: %s); resubscribing",
+                        self.job_id,
+                        error.code().name,
+                        error.details(),
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                 finally:
