@@ -9,27 +9,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from reliability.polling import wait_until
 from support.backend import BackendProcess
 from trainingplatform_sdk import DeliveryReport, LoggerSettings, TrainingLogger
 from trainingplatform_sdk.telemetry.sender.state import SEQUENCE_BLOCK
 
 TRAINER = Path(__file__).with_name("trainer_script.py")
 SETTINGS = LoggerSettings(reconnect_initial_backoff_s=0.05, reconnect_max_backoff_s=0.5)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Polls `condition` until it holds; fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 def assert_report_matches_database(report: DeliveryReport, backend: BackendProcess, job_id: str) -> None:
@@ -60,7 +51,11 @@ def test_exactly_once_while_the_backend_is_killed_twice(backend: BackendProcess,
     trainer = threading.Thread(target=train)
     trainer.start()
     for committed_before_kill, gate in zip((10_000, 40_000), kills.values(), strict=True):
-        wait_until(lambda n=committed_before_kill: logger.stats.committed_metrics >= n)
+        wait_until(
+            lambda n=committed_before_kill: logger.stats.committed_metrics >= n,
+            60,
+            "the points before the kill committed",
+        )
         backend.kill()
         gate.set()
         backend.restart()
@@ -85,7 +80,7 @@ def test_backend_down_at_start_then_delivered(backend: BackendProcess, tmp_path:
     for step in range(5000):
         logger.log_metric("train/loss", 1.0 / (step + 1), step=step, epoch=0)
     logger.log_message("first epoch started", level="INFO", epoch=0)
-    wait_until(lambda: logger.stats.spooled == 5001)
+    wait_until(lambda: logger.stats.spooled == 5001, 60, "5001 points spooled")
     assert not logger.flush(0.2)
 
     backend.restart()
@@ -145,7 +140,7 @@ def test_trainer_killed_while_streaming_never_reuses_a_sequence(backend: Backend
     spool_dir = str(tmp_path / "spool")
     first = _run_trainer(backend, token, job_id, spool_dir, "0", "0", "stream")
     try:
-        wait_until(lambda: len(backend.metric_sequences(job_id)) >= 500)
+        wait_until(lambda: len(backend.metric_sequences(job_id)) >= 500, 60, "500 points stored")
     finally:
         first.kill()
         first.wait()
@@ -220,7 +215,7 @@ class TlsBackendProcess(BackendProcess):
         credentials = grpc.ssl_channel_credentials(self.certificate.read_bytes())
         with grpc.secure_channel(self.address, credentials) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            wait_until(lambda: _serving(health), timeout)
+            wait_until(lambda: _serving(health), timeout, "the backend serving")
 
 
 def _serving(health: health_pb2_grpc.HealthStub) -> bool:

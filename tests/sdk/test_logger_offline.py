@@ -9,10 +9,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from reliability.polling import wait_until
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import DeliveryReport, LoggerSettings, TrainingLogger
@@ -24,15 +24,6 @@ from trainingplatform_sdk.telemetry.values import job_status as _job_status
 from trainingplatform_sdk.telemetry.values import log_level as _log_level
 
 TRAINER = Path(__file__).with_name("trainer_script.py")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Polls `condition` until it holds; fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def spooled_sequences(directory: Path, kind: str = "metrics") -> list[int]:
@@ -117,7 +108,7 @@ def test_unreachable_backend_spools_and_never_logs_the_token(
         logger.log_metrics({"val/loss": 0.5, "val/accuracy": 0.9}, step=2500, epoch=0)
         logger.log_message("epoch 0 done", level="warning", epoch=0)
         logger.update_status("running")
-        wait_until(lambda: logger.stats.spooled == 2503)
+        wait_until(lambda: logger.stats.spooled == 2503, 30, "2503 points spooled")
         assert not logger.flush(0.2)
         report = logger.close(0.5)
     assert report.logged_metrics == 2502 and report.logged_logs == 1

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from reliability.polling import wait_until
 from support.backend import BackendProcess
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
@@ -19,14 +20,6 @@ from trainingplatform_sdk.telemetry.sender.codec import LogCodec, MetricCodec
 from trainingplatform_sdk.telemetry.sender.connection import OpenStream
 from trainingplatform_sdk.telemetry.sender.loop import ACTIVE_INTERVALS, IDLE_WAKE_S, Sender
 from trainingplatform_sdk.telemetry.spool import Spool, read_state
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 @pytest.fixture
@@ -119,10 +112,14 @@ def test_an_idle_sender_is_woken_by_the_next_point(
         assert logger.flush(30)
         sender = logger._sender
         assert sender is not None
-        wait_until(lambda: sender.idle and logger.stats.committed_metrics == 1)
+        wait_until(
+            lambda: sender.idle and logger.stats.committed_metrics == 1, 30, "the warm-up committed, the sender idle"
+        )
         logger.log_metric("train/loss", 0.5, step=1)
         logger.log_message("one line")
-        wait_until(lambda: logger.stats.committed_metrics == 2 and logger.stats.committed_logs == 1)
+        wait_until(
+            lambda: logger.stats.committed_metrics == 2 and logger.stats.committed_logs == 1, 30, "both committed"
+        )
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -156,7 +153,9 @@ def test_metrics_and_logs_due_together_go_in_one_wake_up(
         sends.clear()
         logger.log_metric("train/loss", 0.5, step=1)
         logger.log_message("epoch 1 done")
-        wait_until(lambda: logger.stats.committed_metrics == 2 and logger.stats.committed_logs == 2)
+        wait_until(
+            lambda: logger.stats.committed_metrics == 2 and logger.stats.committed_logs == 2, 30, "both committed"
+        )
         assert len(sends) == 2
         assert sends[0][0] == sends[1][0], "the metric and the log record went in different wake-ups"
 
