@@ -114,6 +114,10 @@ class GrpcServer:
             await self.health.set(name, status)
 
 
+#: Longest wait, after a service stopped, for the tasks still finishing (see `_let_tasks_finish`).
+FINAL_TASKS_WAIT_S = 1.0
+
+
 async def run_until_signal(start: Awaitable[Stoppable]) -> None:
     """Awaits `start` (a coroutine that starts a service), serves until SIGTERM or SIGINT, then stops the service.
 
@@ -127,6 +131,17 @@ async def run_until_signal(start: Awaitable[Stoppable]) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await running.stop()
+    await _let_tasks_finish(FINAL_TASKS_WAIT_S)
+
+
+async def _let_tasks_finish(timeout: float) -> None:
+    """Waits up to `timeout` seconds for the loop's other tasks. A call a client cancelled while the server
+    stopped leaves gRPC's coroutine for it finishing after `server.stop` returned; the loop's teardown would
+    cancel it mid-way, which gRPC logs as an unhandled error of the servicer."""
+    current = asyncio.current_task()
+    pending = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
 
 
 def configure_logging(level: int | str) -> None:
