@@ -7,6 +7,7 @@ only when there is no read token. Tokens stay in this process: no answer to a br
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,10 @@ from trainingplatform_dashboard.settings import FRONTEND_TOKEN_FILE, Settings
 __all__ = ["Backend"]
 
 _RECEIVE_BYTES = 16 * 1024 * 1024
+#: Unary calls in flight at once on the channel. The backend takes 100 streams per connection by default
+#: (TP_MAX_CONCURRENT_STREAMS): 200 tabs opening at once must not fill them with GetJob calls and leave the
+#: subscriptions (the job hubs, the catch-ups) to be refused.
+MAX_UNARY_CALLS = 32
 _READS = ("GetJob", "ListJobs", "ListMetrics", "ListLogs", "GetMetricSeries")
 
 
@@ -66,6 +71,7 @@ class Backend:
         )
         self.stub = jobs_pb2_grpc.JobsServiceStub(self._channel)
         self._write_token = settings.write_token
+        self._unary = asyncio.Semaphore(MAX_UNARY_CALLS)
 
     async def close(self) -> None:
         """Closes the channel (open calls are cancelled)."""
@@ -118,25 +124,27 @@ class Backend:
 
     async def get_job(self, job_id: str) -> jobs_pb2.GetJobResponse:
         """GetJob with the read token."""
-        return await self.stub.GetJob(
-            jobs_pb2.GetJobRequest(job_id=job_id), metadata=self._read(), timeout=self._timeout
-        )
+        async with self._unary:
+            return await self.stub.GetJob(
+                jobs_pb2.GetJobRequest(job_id=job_id), metadata=self._read(), timeout=self._timeout
+            )
 
     async def list_jobs(self, *, statuses: tuple[int, ...] = (), framework: str = "", limit: int = 500) -> list[Any]:
         """ListJobs with the read token: the newest `limit` jobs (pages followed)."""
         jobs: list[Any] = []
         token = ""
         while len(jobs) < limit:
-            response = await self.stub.ListJobs(
-                jobs_pb2.ListJobsRequest(
-                    statuses=list(statuses),  # type: ignore[arg-type]
-                    framework=framework,
-                    page_size=min(1000, limit - len(jobs)),
-                    page_token=token,
-                ),
-                metadata=self._read(),
-                timeout=self._timeout,
-            )
+            async with self._unary:
+                response = await self.stub.ListJobs(
+                    jobs_pb2.ListJobsRequest(
+                        statuses=list(statuses),  # type: ignore[arg-type]
+                        framework=framework,
+                        page_size=min(1000, limit - len(jobs)),
+                        page_token=token,
+                    ),
+                    metadata=self._read(),
+                    timeout=self._timeout,
+                )
             jobs.extend(response.jobs)
             token = response.next_page_token
             if not token:
@@ -145,20 +153,22 @@ class Backend:
 
     async def list_logs(self, job_id: str, *, min_level: int, page_size: int, page_token: str = "") -> Any:
         """One ListLogs page with the read token."""
-        return await self.stub.ListLogs(
-            jobs_pb2.ListLogsRequest(
-                job_id=job_id,
-                min_level=min_level,  # type: ignore[arg-type]
-                page_size=page_size,
-                page_token=page_token,
-            ),
-            metadata=self._read(),
-            timeout=self._timeout,
-        )
+        async with self._unary:
+            return await self.stub.ListLogs(
+                jobs_pb2.ListLogsRequest(
+                    job_id=job_id,
+                    min_level=min_level,  # type: ignore[arg-type]
+                    page_size=page_size,
+                    page_token=page_token,
+                ),
+                metadata=self._read(),
+                timeout=self._timeout,
+            )
 
     async def metric_series(self, request: jobs_pb2.GetMetricSeriesRequest) -> jobs_pb2.GetMetricSeriesResponse:
         """GetMetricSeries with the read token."""
-        return await self.stub.GetMetricSeries(request, metadata=self._read(), timeout=self._timeout)
+        async with self._unary:
+            return await self.stub.GetMetricSeries(request, metadata=self._read(), timeout=self._timeout)
 
     def subscribe(
         self, job_id: str, after: jobs_pb2.TelemetryCursor | None = None
@@ -172,13 +182,15 @@ class Backend:
 
     async def create_job(self, request: jobs_pb2.CreateJobRequest) -> jobs_pb2.CreateJobResponse:
         """CreateJob with the front-end token (never the read token: it may not create)."""
-        return await self.stub.CreateJob(request, metadata=self._write(), timeout=max(self._timeout, 60.0))
+        async with self._unary:
+            return await self.stub.CreateJob(request, metadata=self._write(), timeout=max(self._timeout, 60.0))
 
     async def cancel_job(self, job_id: str, reason: str) -> jobs_pb2.CancelJobResponse:
         """CancelJob with the front-end token."""
-        return await self.stub.CancelJob(
-            jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason), metadata=self._write(), timeout=self._timeout
-        )
+        async with self._unary:
+            return await self.stub.CancelJob(
+                jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason), metadata=self._write(), timeout=self._timeout
+            )
 
     async def ready(self) -> bool:
         """Whether the channel is connected (or connecting without failure)."""
