@@ -12,8 +12,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from support.backend import BackendProcess
-from support.dashboard import DashboardProcess, SseReader
+from support.dashboard import SseReader, own_stack
 from trainingplatform_dashboard.errors import field_of, from_platform_error
 from trainingplatform_dashboard.fanout import Client, Cursor, Event
 from trainingplatform_dashboard.feed import pick_key_metric
@@ -101,11 +100,7 @@ def test_the_jobs_list_shows_a_validation_metric_before_a_loss() -> None:
 
 
 def test_a_tab_behind_the_retained_history_catches_up_then_shares_the_subscription(tmp_path: Path) -> None:
-    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "backend-data")
-    backend.start()
-    dashboard = DashboardProcess(backend, tmp_path, {"TP_DASHBOARD_HISTORY_EVENTS": "2"})
-    try:
-        dashboard.start()
+    with own_stack(tmp_path, {"TP_DASHBOARD_HISTORY_EVENTS": "2"}) as (backend, dashboard):
         job_id, token = backend.create_job()
         client = httpx.Client(base_url=dashboard.url, timeout=30)
         assert client.get(dashboard.login_url, follow_redirects=False).status_code == 303
@@ -146,17 +141,10 @@ def test_a_tab_behind_the_retained_history_catches_up_then_shares_the_subscripti
         late.close()
         logger.update_status("COMPLETED")
         logger.close(timeout=15)
-    finally:
-        dashboard.close()
-        backend.close()
 
 
 def test_a_backend_restart_breaks_nothing_the_stream_resumes_from_its_cursor(tmp_path: Path) -> None:
-    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "backend-data")
-    backend.start()
-    dashboard = DashboardProcess(backend, tmp_path)
-    try:
-        dashboard.start()
+    with own_stack(tmp_path) as (backend, dashboard):
         job_id, token = backend.create_job()
         client = httpx.Client(base_url=dashboard.url, timeout=30)
         assert client.get(dashboard.login_url, follow_redirects=False).status_code == 303
@@ -187,18 +175,10 @@ def test_a_backend_restart_breaks_nothing_the_stream_resumes_from_its_cursor(tmp
         reader.close()
         logger.update_status("COMPLETED")
         logger.close(timeout=30)
-    finally:
-        dashboard.close()
-        backend.close()
 
 
 def test_a_tab_that_stops_reading_is_dropped_and_never_holds_back_the_others(tmp_path: Path) -> None:
-    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "backend-data")
-    backend.start()
-    dashboard = DashboardProcess(backend, tmp_path, {"TP_DASHBOARD_CLIENT_QUEUE": "4"})
-    stalled = socket.socket()
-    try:
-        dashboard.start()
+    with own_stack(tmp_path, {"TP_DASHBOARD_CLIENT_QUEUE": "4"}) as (backend, dashboard), socket.socket() as stalled:
         job_id, token = backend.create_job()
         client = httpx.Client(base_url=dashboard.url, timeout=30)
         login = client.get(dashboard.login_url, follow_redirects=False)
@@ -243,7 +223,3 @@ def test_a_tab_that_stops_reading_is_dropped_and_never_holds_back_the_others(tmp
         reader.close()
         logger.update_status("COMPLETED")
         logger.close(timeout=30)
-    finally:
-        stalled.close()
-        dashboard.close()
-        backend.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.backend import BackendProcess
-from support.dashboard import DashboardProcess, SseReader
+from support.dashboard import DashboardProcess, SseReader, own_stack
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.telemetry import LoggerSettings
 
@@ -27,16 +27,8 @@ CSP = (
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BackendProcess, DashboardProcess]]:
     """One backend (SQLite: the dashboard never touches the database) and one dashboard for the module."""
-    tmp = tmp_path_factory.mktemp("dashboard")
-    backend = BackendProcess(f"sqlite:///{tmp / 'backend.db'}", tmp / "backend-data")
-    backend.start()
-    dashboard = DashboardProcess(backend, tmp, {"TP_DASHBOARD_LINGER_S": "0.5"})
-    try:
-        dashboard.start()
-        yield backend, dashboard
-    finally:
-        dashboard.close()
-        backend.close()
+    with own_stack(tmp_path_factory.mktemp("dashboard"), {"TP_DASHBOARD_LINGER_S": "0.5"}) as pair:
+        yield pair
 
 
 @pytest.fixture
@@ -526,11 +518,7 @@ def test_200_tabs_opened_at_once_share_one_subscription(tmp_path: Path) -> None:
     # per connection (TP_MAX_CONCURRENT_STREAMS, 100). With all of them in flight the backend refused the hub's
     # subscription stream (RST_STREAM REFUSED_STREAM: UNAVAILABLE) and the hub subscribed twice (bench_dashboard's
     # fan-out, 4 runs of 4); the dashboard now keeps its unary calls to MAX_UNARY_CALLS at once.
-    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "backend-data")
-    backend.start()
-    dashboard = DashboardProcess(backend, tmp_path, {"TP_LOG_LEVEL": "INFO"})
-    try:
-        dashboard.start()
+    with own_stack(tmp_path, {"TP_LOG_LEVEL": "INFO"}) as (backend, dashboard):
         job_id, token = backend.create_job()
         logger = logger_for(backend, job_id, token, tmp_path)
         logger.update_status("RUNNING")
@@ -567,6 +555,3 @@ def test_200_tabs_opened_at_once_share_one_subscription(tmp_path: Path) -> None:
         assert dashboard.health()["job_subscriptions_total"] - before["job_subscriptions_total"] == 1
         logger.update_status("COMPLETED")
         logger.close(timeout=15)
-    finally:
-        dashboard.close()
-        backend.close()

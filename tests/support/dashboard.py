@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,23 @@ class DashboardProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def own_stack(
+    tmp_path: Path, dashboard_env: dict[str, str] | None = None
+) -> Iterator[tuple[BackendProcess, DashboardProcess]]:
+    """A backend on SQLite and a dashboard in front of it, both under `tmp_path`, for one test; both stopped at the
+    end."""
+    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "backend-data")
+    backend.start()
+    dashboard = DashboardProcess(backend, tmp_path, dashboard_env)
+    try:
+        dashboard.start()
+        yield backend, dashboard
+    finally:
+        dashboard.close()
+        backend.close()
 
 
 @dataclass
