@@ -122,29 +122,32 @@ class Backend:
     def _timeout(self) -> float:
         return self._settings.call_timeout_s
 
+    async def _unary_call(
+        self, method: Any, request: Any, metadata: tuple[tuple[str, str], ...], timeout: float | None = None
+    ) -> Any:
+        """One unary call, at most MAX_UNARY_CALLS at once (the wait for a turn is not part of its timeout)."""
+        async with self._unary:
+            return await method(request, metadata=metadata, timeout=timeout or self._timeout)
+
     async def get_job(self, job_id: str) -> jobs_pb2.GetJobResponse:
         """GetJob with the read token."""
-        async with self._unary:
-            return await self.stub.GetJob(
-                jobs_pb2.GetJobRequest(job_id=job_id), metadata=self._read(), timeout=self._timeout
-            )
+        return await self._unary_call(self.stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id), self._read())
 
     async def list_jobs(self, *, statuses: tuple[int, ...] = (), framework: str = "", limit: int = 500) -> list[Any]:
         """ListJobs with the read token: the newest `limit` jobs (pages followed)."""
         jobs: list[Any] = []
         token = ""
         while len(jobs) < limit:
-            async with self._unary:
-                response = await self.stub.ListJobs(
-                    jobs_pb2.ListJobsRequest(
-                        statuses=list(statuses),  # type: ignore[arg-type]
-                        framework=framework,
-                        page_size=min(1000, limit - len(jobs)),
-                        page_token=token,
-                    ),
-                    metadata=self._read(),
-                    timeout=self._timeout,
-                )
+            response = await self._unary_call(
+                self.stub.ListJobs,
+                jobs_pb2.ListJobsRequest(
+                    statuses=list(statuses),  # type: ignore[arg-type]
+                    framework=framework,
+                    page_size=min(1000, limit - len(jobs)),
+                    page_token=token,
+                ),
+                self._read(),
+            )
             jobs.extend(response.jobs)
             token = response.next_page_token
             if not token:
@@ -153,22 +156,20 @@ class Backend:
 
     async def list_logs(self, job_id: str, *, min_level: int, page_size: int, page_token: str = "") -> Any:
         """One ListLogs page with the read token."""
-        async with self._unary:
-            return await self.stub.ListLogs(
-                jobs_pb2.ListLogsRequest(
-                    job_id=job_id,
-                    min_level=min_level,  # type: ignore[arg-type]
-                    page_size=page_size,
-                    page_token=page_token,
-                ),
-                metadata=self._read(),
-                timeout=self._timeout,
-            )
+        return await self._unary_call(
+            self.stub.ListLogs,
+            jobs_pb2.ListLogsRequest(
+                job_id=job_id,
+                min_level=min_level,  # type: ignore[arg-type]
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            self._read(),
+        )
 
     async def metric_series(self, request: jobs_pb2.GetMetricSeriesRequest) -> jobs_pb2.GetMetricSeriesResponse:
         """GetMetricSeries with the read token."""
-        async with self._unary:
-            return await self.stub.GetMetricSeries(request, metadata=self._read(), timeout=self._timeout)
+        return await self._unary_call(self.stub.GetMetricSeries, request, self._read())
 
     def subscribe(
         self, job_id: str, after: jobs_pb2.TelemetryCursor | None = None
@@ -182,15 +183,13 @@ class Backend:
 
     async def create_job(self, request: jobs_pb2.CreateJobRequest) -> jobs_pb2.CreateJobResponse:
         """CreateJob with the front-end token (never the read token: it may not create)."""
-        async with self._unary:
-            return await self.stub.CreateJob(request, metadata=self._write(), timeout=max(self._timeout, 60.0))
+        return await self._unary_call(self.stub.CreateJob, request, self._write(), max(self._timeout, 60.0))
 
     async def cancel_job(self, job_id: str, reason: str) -> jobs_pb2.CancelJobResponse:
         """CancelJob with the front-end token."""
-        async with self._unary:
-            return await self.stub.CancelJob(
-                jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason), metadata=self._write(), timeout=self._timeout
-            )
+        return await self._unary_call(
+            self.stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason), self._write()
+        )
 
     async def ready(self) -> bool:
         """Whether the channel is connected (or connecting without failure)."""

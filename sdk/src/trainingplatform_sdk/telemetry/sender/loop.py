@@ -73,7 +73,7 @@ class Sender(threading.Thread):
         self.settings = settings
         #: Set to make the thread look at its buffer and streams before its next tick.
         self.wake = threading.Event()
-        #: True while the thread sleeps with nothing logged to send: the caller's next point must wake it.
+        #: True while the thread sleeps for longer than a flush interval: the caller's next point must wake it.
         self.idle = False
         #: When the oldest point not yet sent must go (a partial batch), None when every point is sent.
         self._due: float | None = None
@@ -165,7 +165,7 @@ class Sender(threading.Thread):
 
     def _next_wake(self, now: float) -> float:
         """Seconds until something is due: a flush deadline, a look at the buffer, a cursor poll, a reconnect, the
-        close deadline; sets `idle` when only the caller's next point can make anything due."""
+        close deadline; sets `idle` when that is more than a flush interval away."""
         delivery = self._delivery
         connection = self._connection
         interval = self.settings.flush_interval_s

@@ -141,9 +141,9 @@ class Outbox(Generic[Point]):
         if record is not None:
             # The codec may cut a record written under a larger budget: the rest follows in the next message.
             return self.codec.parse(self._spool.read(record), self.sent)
-        memory = self.memory
-        if not memory or memory[-1][0] <= self.sent:
+        if not self.unsent():
             return None
+        memory = self.memory
         start = max(0, self.sent + 1 - memory[0][0])
         points = memory if start == 0 else itertools.islice(memory, start, None)
         batch, full = self.codec.take_batch(points)
