@@ -19,7 +19,9 @@ Measured for each logger, on the same work:
     the same way around nothing, is subtracted), median and p99.9;
   - points/s until durable: the same points, from the first call until the store has them (the SDK: `flush`
     returns once the backend committed them; wandb: `finish`; MLflow: `flush_async_logging`; Aim: `close`); then
-    every point is read back from the store and counted, and a short count fails the benchmark;
+    every point is read back from the store and counted (for up to READ_BACK_WAIT_S more, in case the store
+    finishes writing after its "durable" call returned): a short count fails the benchmark for this SDK, and is
+    reported for a peer as `peer_lost_<logger>` (points missing over all of its runs);
   - CPU per 1,000 points over that window, of the whole process tree: the logging process, its helpers (wandb's
     service process) and, for the SDK, the backend process;
   - the slowdown of a training loop (a fixed ~2 ms of pure-Python work per step, which holds the GIL as a Python
@@ -59,6 +61,8 @@ PEERS = LOGGERS[1:]
 KEY = "train/loss"
 LOOP_KEYS = ("train/loss", "train/lr", "train/grad_norm")
 _RESULT_MARK = "BENCH_PEERS_RESULT "
+# How long a read-back that comes up short is retried before the missing points count as lost.
+READ_BACK_WAIT_S = 10.0
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
@@ -356,11 +360,25 @@ CASES: dict[str, type[Case]] = {"sdk": SdkCase, "wandb": WandbCase, "mlflow": Ml
 # --- what one subprocess measures --------------------------------------------------------------------------------
 
 
-def _check(steps: list[int], expected: range, what: str) -> None:
-    if sorted(steps) != list(expected):
-        raise RuntimeError(
-            f"{what}: read back {len(steps)} points ({len(set(steps))} distinct steps), expected {len(expected)}"
-        )
+def _lost(case: Case, key: str, expected: range, what: str) -> int:
+    """How many of the `expected` steps of `key` the store does not hold, read back until it holds them all or
+    READ_BACK_WAIT_S passed. A point stored twice or one never logged fails the benchmark whatever the logger, and so
+    does a lost point of this SDK."""
+    deadline = time.monotonic() + READ_BACK_WAIT_S
+    while True:
+        steps = case.read_back(key)
+        if len(steps) != len(set(steps)) or not set(steps) <= set(expected):
+            raise RuntimeError(
+                f"{what}: read back {len(steps)} points ({len(set(steps))} distinct steps), expected "
+                f"{len(expected)} distinct steps of {expected}"
+            )
+        lost = len(expected) - len(steps)
+        if lost == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if lost and isinstance(case, SdkCase):
+        raise RuntimeError(f"{what}: the SDK lost {lost} of {len(expected)} points")
+    return lost
 
 
 def measure_throughput(case: Case, points: int) -> dict[str, float]:
@@ -382,7 +400,7 @@ def measure_throughput(case: Case, points: int) -> dict[str, float]:
         samples[step] = clock() - start
     case.durable()
     elapsed, cpu = time.perf_counter() - started, tree_cpu_s() - cpu_before
-    _check(case.read_back(KEY), range(points), "points/s")
+    lost = _lost(case, KEY, range(points), "points/s")
     samples.sort()
     return {
         "caller_us": max(0.0, samples[points // 2] - clock_ns) / 1000,
@@ -391,6 +409,7 @@ def measure_throughput(case: Case, points: int) -> dict[str, float]:
         "clock_ns": clock_ns,
         "points_per_s": points / elapsed,
         "cpu_ms_per_1k": cpu * 1000 / points * 1000,
+        "lost": lost,
     }
 
 
@@ -406,11 +425,11 @@ def measure_loop(case: Case | None, steps: int, iterations: int) -> dict[str, fl
         if log_many is not None:
             log_many({LOOP_KEYS[0]: loss, LOOP_KEYS[1]: 0.1, LOOP_KEYS[2]: 2.0 * loss}, step)
     loop_s = time.perf_counter() - started
+    lost = 0
     if case is not None:
         case.durable()
-        for key in LOOP_KEYS:
-            _check(case.read_back(key), range(steps), f"loop {key}")
-    return {"loop_s": loop_s}
+        lost = sum(_lost(case, key, range(steps), f"loop {key}") for key in LOOP_KEYS)
+    return {"loop_s": loop_s, "lost": lost}
 
 
 def worker(name: str, mode: str, points: int, steps: int, iterations: int) -> dict[str, float]:
@@ -499,10 +518,12 @@ def run(
     throughput: dict[str, list[dict[str, float]]] = {name: [] for name in loggers}
     loop_on: dict[str, list[float]] = {name: [] for name in loggers}
     loop_off: dict[str, list[float]] = {name: [] for name in loggers}
+    lost: dict[str, int] = dict.fromkeys(loggers, 0)
     for index in range(rounds):
         for name in loggers[index % len(loggers) :] + loggers[: index % len(loggers)]:
             result = run_case(name, "throughput", points=points)
             throughput[name].append(result)
+            lost[name] += int(result.get("lost", 0))
             print(
                 f"  throughput {index + 1}/{rounds} {name}: {result['caller_us']:.2f} us/call "
                 f"(p99.9 {result['caller_us_p999']:.1f}), {result['points_per_s']:,.0f} points/s, "
@@ -515,6 +536,7 @@ def run(
             for side in ("off", "on") if index % 2 == 0 else ("on", "off"):
                 result = run_case(name, "loop" if side == "on" else "off", steps=steps, iterations=iterations)
                 (loop_on if side == "on" else loop_off)[name].append(result["loop_s"])
+                lost[name] += int(result.get("lost", 0))
             print(
                 f"  loop {index + 1}/{loop_runs} {name}: off {loop_off[name][-1]:.3f} s, on {loop_on[name][-1]:.3f} s",
                 file=sys.stderr,
@@ -526,6 +548,7 @@ def run(
             results[f"peer_{key}_{name}"] = statistics.median(r[key] for r in throughput[name])
         off, on = statistics.median(loop_off[name]), statistics.median(loop_on[name])
         results[f"peer_slowdown_pct_{name}"] = (on - off) / off * 100
+        results[f"peer_lost_{name}"] = float(lost[name])
     for name in loggers:
         if name == "sdk" or "sdk" not in loggers:
             continue

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,6 +106,7 @@ TARGETS: dict[str, tuple[float, Callable[[float, float], bool], str]] = {
     # bench_peers: the SDK's training-loop slowdown, and every ratio to a peer at least the one of 2026-12-02
     # (caller µs peer/SDK, points/s SDK/peer, CPU per point peer/SDK).
     "peer_slowdown_pct_sdk": (2, lambda v, t: v <= t, "<="),
+    "peer_lost_sdk": (0, lambda v, t: v <= t, "=="),
     "peer_ratio_caller_wandb": (575, lambda v, t: v >= t, ">="),
     "peer_ratio_caller_mlflow": (912, lambda v, t: v >= t, ">="),
     "peer_ratio_caller_aim": (406, lambda v, t: v >= t, ">="),
@@ -144,12 +146,21 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
     args = parser.parse_args()
     results: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    out = HERE / "results" / ("smoke.json" if args.smoke else "latest.json")
     for name, (module_name, full, smoke) in BENCHMARKS.items():
         if args.only and name not in args.only:
             continue
-        module = importlib.import_module(module_name)
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results.update(module.run(**(smoke if args.smoke else full)))
+        # One benchmark that fails (a peer's store, a service that would not start) is reported and the others
+        # still run: a full run takes half an hour.
+        try:
+            module = importlib.import_module(module_name)
+            results.update(module.run(**(smoke if args.smoke else full)))
+        except Exception:
+            failed[name] = traceback.format_exc()
+            print(f"{name} FAILED:\n{failed[name]}", file=sys.stderr, flush=True)
+        _write(out, args.smoke, results, failed)  # what ran so far survives an interrupted run
     print(f"\n{'metric':48} {'value':>14}  target")
     for key, value in results.items():
         verdict = ""
@@ -157,21 +168,27 @@ def main() -> None:
             target, passes, sign = TARGETS[key]
             verdict = f"{sign} {target:,}  {'met' if passes(value, target) else 'MISSED'}"
         print(f"{key:48} {value:>14,.2f}  {verdict}")
-    out = HERE / "results" / ("smoke.json" if args.smoke else "latest.json")
+    print(f"\nwrote {out.relative_to(HERE.parent)}")
+    if failed:
+        print(f"failed: {', '.join(failed)} (tracebacks above and in {out.name})", file=sys.stderr)
+        sys.exit(1)
+
+
+def _write(out: Path, smoke: bool, results: dict[str, float], failed: dict[str, str]) -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(
         json.dumps(
             {
                 "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                "smoke": args.smoke,
+                "smoke": smoke,
                 "results": results,
+                "failed": failed,
             },
             indent=2,
         )
         + "\n"
     )
-    print(f"\nwrote {out.relative_to(HERE.parent)}")
 
 
 if __name__ == "__main__":
