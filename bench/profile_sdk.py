@@ -77,7 +77,7 @@ def run(seconds: float, top: int) -> list[str]:
                 backend_address=backend.address,
                 token=token,
                 spool_dir=root / "spool",
-                settings=LoggerSettings(flush_interval_s=0.005),
+                settings=LoggerSettings(flush_interval_s=0.005, unwatched_flush_interval_s=0.005),
             )
             logger.log_metric("warm-up", 0.0)
             if not logger.flush(30):

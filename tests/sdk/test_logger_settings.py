@@ -24,6 +24,8 @@ def test_settings_are_frozen() -> None:
     "overrides",
     [
         {"flush_interval_s": 0},
+        {"unwatched_flush_interval_s": 0},
+        {"unwatched_flush_interval_s": float("nan")},
         {"max_batch_points": 0},
         {"max_batch_bytes": 8 * 1024 * 1024},
         {"max_batch_bytes": 1000},

@@ -51,6 +51,25 @@ def test_a_point_right_after_a_flush_waits_at_most_one_interval(sender: Sender) 
     assert sender._due == pytest.approx(now + interval * 3 / 4)
 
 
+def test_while_nobody_watches_a_partial_batch_waits_the_long_interval_and_the_buffer_is_still_read(
+    sender: Sender,
+) -> None:
+    settings = sender.settings
+    assert settings.unwatched_flush_interval_s > settings.flush_interval_s
+    sender._delivery.unwatched = True
+    now = time.monotonic()
+    sender._flushed_at = now - 2 * settings.flush_interval_s
+    sender._buffer.append((0, "loss", 1.0, None, None, 0.0))
+    delay = sender._next_wake(now)
+    assert sender._due == pytest.approx(sender._flushed_at + settings.unwatched_flush_interval_s)
+    assert 0 < delay <= settings.flush_interval_s + 1e-9, "the caller's buffer is read each short interval"
+    # Quiet for longer than the long interval: the point goes at once, as a watched one would.
+    sender._due = None
+    sender._flushed_at = now - 2 * settings.unwatched_flush_interval_s
+    assert sender._next_wake(now) <= 0
+    assert sender._due == now
+
+
 def test_an_active_sender_looks_each_interval_and_a_quiet_one_sleeps_until_told(sender: Sender) -> None:
     interval = sender.settings.flush_interval_s
     now = time.monotonic()

@@ -23,7 +23,14 @@ class LoggerSettings:
     """
 
     flush_interval_s: float = 0.05
-    """Longest time a point waits in the sender before a partial batch is sent (at most 0.05 s by default)."""
+    """Longest time a point waits in the sender before a partial batch is sent (at most 0.05 s by default), while
+    someone watches the job live."""
+
+    unwatched_flush_interval_s: float = 1.0
+    """The same while the backend says nobody watches the job live (GetStreamCursor's `unwatched`): a trainer
+    logging every step then sends a message a second instead of one per step, and its points reach history reads
+    up to this much later. A new subscriber is heard of at the next cursor read (at most `cursor_poll_interval_s`
+    after the next partial batch). A value at or below `flush_interval_s` keeps `flush_interval_s` always."""
 
     max_batch_points: int = 5000
     """Most points (or log records) in one stream message."""
@@ -76,6 +83,7 @@ class LoggerSettings:
     def __post_init__(self) -> None:
         positive = {
             "flush_interval_s": self.flush_interval_s,
+            "unwatched_flush_interval_s": self.unwatched_flush_interval_s,
             "max_batch_points": self.max_batch_points,
             "memory_buffer_points": self.memory_buffer_points,
             "spool_segment_bytes": self.spool_segment_bytes,

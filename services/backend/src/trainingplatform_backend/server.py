@@ -147,7 +147,7 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
     listener = None
     if not store.is_sqlite:
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        listener = PostgresListener(dsn, NOTIFY_CHANNEL, store.instance_id, hub)
+        listener = PostgresListener(dsn, NOTIFY_CHANNEL, store.instance_id, hub, store.announce_watched)
         listener.start()
         await asyncio.wait_for(listener.ready.wait(), timeout=30)
     metrics_task = metrics.start(settings.metrics_port, settings.listen.rsplit(":", 1)[0], store.engine)

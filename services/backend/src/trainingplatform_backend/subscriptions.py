@@ -13,6 +13,12 @@ for a subscriber.
 Across processes (several backends on one PostgreSQL) every commit sends
 `NOTIFY tp_telemetry, '<instance>:<job>,<job>...'` inside its transaction; each backend LISTENs and pokes its own
 subscribers of those jobs.
+
+Whether a job is watched (`Hub.watched`) is known across processes too: every WATCH_ANNOUNCE_S each backend with
+live subscribers sends `NOTIFY tp_telemetry, '<instance>:w<job>,w<job>...'`, and the others hold that word for
+WATCH_TTL_S. A trainer's stream may land on one process and the job's subscriber on another: GetStreamCursor tells
+the trainer whether anyone watches (it flushes less often when nobody does), and the commit of a watched job does
+not linger.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +38,11 @@ log = logging.getLogger(__name__)
 
 # Longest wait between two attempts to re-open the PostgreSQL LISTEN connection.
 LISTEN_RECONNECT_MAX_DELAY_S = 10.0
+# How often a backend process with live subscribers tells the others which jobs they watch, and how long the
+# others hold that word: a subscriber is known everywhere within about WATCH_ANNOUNCE_S, and forgotten within
+# WATCH_TTL_S of its end (or of its process's death).
+WATCH_ANNOUNCE_S = 1.0
+WATCH_TTL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -164,13 +176,19 @@ class Hub:
     def __init__(self, capacity_points: int) -> None:
         self._capacity = capacity_points
         self._subscribers: dict[int, set[Subscriber]] = collections.defaultdict(set)
+        # job -> until when (time.monotonic()) another backend process's word that it has subscribers holds
+        self._watched_elsewhere: dict[int, float] = {}
         self._closed = False
+        #: Called when a job gets its first subscriber in this process (the listener announces it at once).
+        self.on_newly_watched: Callable[[], None] | None = None
 
     def subscribe(self, job_pk: int) -> Subscriber:
         """Registers a subscriber of a job; register before replaying so nothing committed meanwhile is missed."""
         subscriber = Subscriber(self._capacity)
         if self._closed:
             subscriber.close()
+        if job_pk not in self._subscribers and self.on_newly_watched is not None:
+            self.on_newly_watched()
         self._subscribers[job_pk].add(subscriber)
         metrics.SUBSCRIBERS.inc()
         return subscriber
@@ -185,8 +203,34 @@ class Hub:
                 del self._subscribers[job_pk]
 
     def has_subscribers(self, job_pk: int) -> bool:
-        """Whether anyone follows the job (publishers skip building events otherwise)."""
+        """Whether anyone follows the job in this process (publishers skip building events otherwise)."""
         return job_pk in self._subscribers
+
+    def watched(self, job_pk: int) -> bool:
+        """Whether anyone follows the job live: a subscriber in this process, or one another backend process
+        announced within WATCH_TTL_S."""
+        if job_pk in self._subscribers:
+            return True
+        until = self._watched_elsewhere.get(job_pk)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._watched_elsewhere[job_pk]
+        return False
+
+    def watched_here(self) -> list[int]:
+        """The jobs with a subscriber in this process."""
+        return list(self._subscribers)
+
+    def watched_elsewhere(self, job_pks: Sequence[int]) -> None:
+        """Records another backend process's word that it has subscribers of these jobs (held WATCH_TTL_S)."""
+        until = time.monotonic() + WATCH_TTL_S
+        for job_pk in job_pks:
+            self._watched_elsewhere[job_pk] = until
+        if len(self._watched_elsewhere) > 100_000:  # words of processes that died: drop the expired
+            now = time.monotonic()
+            self._watched_elsewhere = {job: t for job, t in self._watched_elsewhere.items() if t > now}
 
     def publish(self, job_pk: int, event: Batch | str) -> None:
         """Hands an event to every subscriber of the job. Never blocks."""
@@ -204,24 +248,50 @@ class Hub:
 class PostgresListener:
     """LISTENs for other backend processes' commits and pokes local subscribers of those jobs."""
 
-    def __init__(self, dsn: str, channel: str, instance_id: str, hub: Hub) -> None:
+    def __init__(
+        self, dsn: str, channel: str, instance_id: str, hub: Hub, announce: Callable[[list[int]], None]
+    ) -> None:
+        """`announce(job_pks)` (blocking, run in a worker thread) tells the other processes which jobs have
+        subscribers here (`Store.announce_watched`)."""
         self._dsn = dsn
         self._channel = channel
         self._instance_id = instance_id
         self._hub = hub
-        self._task: asyncio.Task[None] | None = None
+        self._announce = announce
+        self._announce_now = asyncio.Event()
+        hub.on_newly_watched = self._announce_now.set
+        self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
 
     def start(self) -> None:
-        """Starts listening in the background (reconnecting after errors)."""
-        self._task = asyncio.create_task(self._run(), name="postgres-listener")
+        """Starts listening, and announcing this process's watched jobs, in the background (reconnecting after
+        errors)."""
+        self._tasks = [
+            asyncio.create_task(self._run(), name="postgres-listener"),
+            asyncio.create_task(self._announce_watched(), name="watch-announcer"),
+        ]
 
     async def stop(self) -> None:
-        """Stops listening."""
-        if self._task is not None:
-            self._task.cancel()
+        """Stops listening and announcing."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+
+    async def _announce_watched(self) -> None:
+        while True:
+            # Every WATCH_ANNOUNCE_S, and at once when a job gets its first subscriber here.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._announce_now.wait(), WATCH_ANNOUNCE_S)
+            self._announce_now.clear()
+            watched = self._hub.watched_here()
+            if not watched:
+                continue
+            try:
+                await asyncio.to_thread(self._announce, watched)
+            except Exception as error:  # the database is away: the others forget the word after WATCH_TTL_S
+                log.debug("could not announce the watched jobs (%s)", type(error).__name__)
 
     async def _run(self) -> None:
         import psycopg
@@ -240,9 +310,14 @@ class PostgresListener:
                         instance, _, jobs = notify.payload.partition(":")
                         if instance == self._instance_id:
                             continue
+                        watched = []
                         for job in jobs.split(","):
                             if job.isdigit():
                                 self._hub.publish(int(job), POKE)
+                            elif job.startswith("w") and job[1:].isdigit():
+                                watched.append(int(job[1:]))
+                        if watched:
+                            self._hub.watched_elsewhere(watched)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -50,8 +50,8 @@ ATTEMPT_REFRESH_S = 1.0
 # How long a group-commit round of small batches of jobs nobody here watches live waits for more: a trainer sending
 # a message every few milliseconds then costs the backend one transaction per COMMIT_LINGER_S, not one per message
 # (about half of its CPU per message). Nothing is acknowledged before it is committed: a cursor read, a status
-# change and the end of a stream end the wait, and a job with a subscriber in this process is committed at once;
-# history reads, and subscribers of other backend processes, see the points up to this much later.
+# change and the end of a stream end the wait, and a job watched live (`Hub.watched`: a subscriber in this process,
+# or one another process announced) is committed at once; history reads see the points up to this much later.
 COMMIT_LINGER_S = 0.05
 # How many received batches a stream may have waiting for their commit before it stops reading (memory bound).
 MAX_PENDING_BATCHES = 64
@@ -352,8 +352,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                 if not large:
                     # Validating a few points takes microseconds; a hop to a worker thread and back costs more.
                     batch = prepare(job_pk, items)
-                    # A job watched live here is committed at once; any other lingers (see COMMIT_LINGER_S).
-                    linger = not backend.hub.has_subscribers(job_pk)
+                    # A job watched live is committed at once; any other lingers (see COMMIT_LINGER_S).
+                    linger = not backend.hub.watched(job_pk)
                     pending.append(backend.committer.enqueue(batch, publish, linger=linger))
                 else:
                     pending.append(asyncio.ensure_future(self._commit(prepare, job_pk, items, publish)))
@@ -514,5 +514,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         await self._backend.committer.flush()  # the cursor covers every message received before this call
         metric, log_sequence = await self._backend.run(self._backend.store.cursor, job_pk)
         return telemetry_pb2.GetStreamCursorResponse(
-            last_metric_sequence=metric, last_log_sequence=log_sequence, max_message_bytes=self._max_message_bytes
+            last_metric_sequence=metric,
+            last_log_sequence=log_sequence,
+            max_message_bytes=self._max_message_bytes,
+            unwatched=not self._backend.hub.watched(job_pk),
         )

@@ -172,11 +172,13 @@ class GetStreamCursorRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class GetStreamCursorResponse(_message.Message):
-    __slots__ = ("last_metric_sequence", "last_log_sequence", "max_message_bytes")
+    __slots__ = ("last_metric_sequence", "last_log_sequence", "max_message_bytes", "unwatched")
     LAST_METRIC_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LAST_LOG_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UNWATCHED_FIELD_NUMBER: _ClassVar[int]
     last_metric_sequence: int
     last_log_sequence: int
     max_message_bytes: int
-    def __init__(self, last_metric_sequence: _Optional[int] = ..., last_log_sequence: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    unwatched: bool
+    def __init__(self, last_metric_sequence: _Optional[int] = ..., last_log_sequence: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., unwatched: _Optional[bool] = ...) -> None: ...

@@ -60,6 +60,8 @@ class Delivery:
         self._connect_waits = False
         #: Per stream, sequences dropped as too large to send (the cursor is taken past them once reached).
         self._skipped: dict[str, set[int]] = {outbox.name: set() for outbox in self._outboxes}
+        #: What the last cursor read said: nobody watches the job live (the sender may send less often).
+        self.unwatched = False
 
     def deliver(self, partial: bool, now: float, closing: bool) -> None:
         """Takes the answer of the outstanding call, connects if it is time to, then sends what is due; `partial`
@@ -107,6 +109,7 @@ class Delivery:
             return
         self._last_poll = time.monotonic()
         cursor: telemetry_pb2.GetStreamCursorResponse = future.result()
+        self.unwatched = cursor.unwatched
         if kind == "connect":
             self._established(cursor)
         else:

@@ -202,7 +202,13 @@ class Sender(threading.Thread):
     def _set_due(self, now: float) -> None:
         # At once when no partial batch went for an interval (a trainer logging now and then gets its points out
         # without delay), else one interval after the last: at most one partial message per interval and stream.
-        self._due = max(now, self._flushed_at + self.settings.flush_interval_s)
+        # While nobody watches the job live the interval is the longer `unwatched_flush_interval_s` (fewer
+        # messages); the buffer is still looked at each `flush_interval_s`, so the caller's memory stays bounded.
+        settings = self.settings
+        interval = settings.flush_interval_s
+        if self._delivery.unwatched:
+            interval = max(interval, settings.unwatched_flush_interval_s)
+        self._due = max(now, self._flushed_at + interval)
 
     def _loop(self) -> None:
         interval = self.settings.flush_interval_s
@@ -222,10 +228,14 @@ class Sender(threading.Thread):
                 if self._due is None:
                     self._set_due(now)
             due = self._due
-            partial = self._flush_now or closing or (due is not None and now >= due)
+            # A queued call (a status, a summary) waits for the points logged before it: they go now.
+            partial = self._flush_now or closing or bool(len(self._calls)) or (due is not None and now >= due)
             self._flush_now = False
             if connection.state is not ConnectionState.FAILED:
+                unwatched = delivery.unwatched
                 delivery.deliver(partial, now, closing)
+                if unwatched and not delivery.unwatched and self._due is not None:
+                    self._set_due(now)  # someone watches now: what waits goes within the short interval
             if partial:
                 self._flushed_at = now
                 if not (self._metrics.unsent() or self._logs.unsent()):

@@ -578,6 +578,17 @@ export declare type GetStreamCursorResponse = Message<"trainingplatform.telemetr
    * @generated from field: int64 max_message_bytes = 3;
    */
   maxMessageBytes: bigint;
+
+  /**
+   * True when nobody follows the job live now: no SubscribeTelemetry call on any backend process (a subscriber
+   * on another process is known within about a second). A client may then send less often (the SDK's
+   * unwatched_flush_interval_s, 1 s by default, instead of its flush_interval_s): fewer messages, and the
+   * points reach history reads later. It learns of a new subscriber at its next cursor read. False from an older
+   * server, and where this message is embedded in a Job.
+   *
+   * @generated from field: bool unwatched = 4;
+   */
+  unwatched: boolean;
 };
 
 /**

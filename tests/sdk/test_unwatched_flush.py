@@ -1,0 +1,81 @@
+"""Fewer messages for a job nobody watches: the SDK sends partial batches every `unwatched_flush_interval_s` while
+the backend's cursor says `unwatched`, and at its short `flush_interval_s` again once someone subscribes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from reliability.polling import wait_until
+from support.backend import BackendProcess, auth, free_port
+from support.metrics import scrape
+from trainingplatform.jobs.v1 import jobs_pb2
+from trainingplatform_sdk import LoggerSettings, TrainingLogger
+
+MESSAGES = "tp_backend_messages_committed_total"
+
+
+@pytest.fixture
+def metered(tmp_path: Path) -> Iterator[tuple[BackendProcess, int]]:
+    port = free_port()
+    backend = BackendProcess(
+        f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data", extra_env={"TP_METRICS_PORT": str(port)}
+    )
+    backend.start()
+    try:
+        yield backend, port
+    finally:
+        backend.close()
+
+
+def _messages(port: int) -> float:
+    return scrape(port).value(MESSAGES, stream="metrics")
+
+
+def _log_steps(logger: TrainingLogger, first: int, seconds: float) -> int:
+    """A point every 10 ms for `seconds`, as a trainer logging each step; returns the next step."""
+    step = first
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        logger.log_metric("train/batch_loss", 0.5, step=step)
+        step += 1
+        time.sleep(0.01)
+    return step
+
+
+def test_a_job_nobody_watches_gets_fewer_messages_until_someone_subscribes(
+    metered: tuple[BackendProcess, int], tmp_path: Path
+) -> None:
+    backend, port = metered
+    job_id, token = backend.create_job()
+    settings = LoggerSettings(flush_interval_s=0.02, unwatched_flush_interval_s=1.0)
+    with TrainingLogger(
+        job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=settings
+    ) as logger:
+        logger.log_metric("warm-up", 0.0)
+        assert logger.flush(30)
+        before = _messages(port)
+        step = _log_steps(logger, 1, 3.0)
+        assert logger.flush(30)
+        unwatched = _messages(port) - before
+        # About 300 points: at most one message a second (3), the flush, one sent before the cursor said unwatched.
+        assert 1 <= unwatched <= 6, unwatched
+
+        subscription = backend.jobs().SubscribeTelemetry(
+            jobs_pb2.SubscribeTelemetryRequest(job_id=job_id), metadata=auth(token)
+        )
+        try:
+            next(subscription)
+            before = _messages(port)
+            # The sender hears of the subscriber at its next cursor read (within about a second of points in
+            # flight), then sends every 20 ms: about 100 messages in the last two seconds.
+            step = _log_steps(logger, step, 3.0)
+            assert logger.flush(30)
+            watched = _messages(port) - before
+            assert watched >= 30, watched
+        finally:
+            subscription.cancel()
+        assert logger.close(30).committed_metrics == step
+    wait_until(lambda: len(backend.metric_sequences(job_id)) == step, 10, "every point stored")
