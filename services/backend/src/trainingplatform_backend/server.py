@@ -35,7 +35,7 @@ from trainingplatform_backend.dispatch import Dispatcher, DispatchSettings
 from trainingplatform_backend.interceptors import ServiceInterceptor
 from trainingplatform_backend.jobs_service import JobsServicer
 from trainingplatform_backend.settings import Settings
-from trainingplatform_backend.store import NOTIFY_CHANNEL, Store
+from trainingplatform_backend.store import NOTIFY_CHANNEL, WATCH_CHANNEL, Store
 from trainingplatform_backend.subscriptions import Hub, PostgresListener
 from trainingplatform_backend.telemetry_service import Backend, TelemetryServicer
 
@@ -147,7 +147,7 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
     listener = None
     if not store.is_sqlite:
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        listener = PostgresListener(dsn, NOTIFY_CHANNEL, store.instance_id, hub, store.announce_watched)
+        listener = PostgresListener(dsn, NOTIFY_CHANNEL, WATCH_CHANNEL, store.instance_id, hub, store.announce_watched)
         listener.start()
         await asyncio.wait_for(listener.ready.wait(), timeout=30)
     metrics_task = metrics.start(settings.metrics_port, settings.listen.rsplit(":", 1)[0], store.engine)

@@ -38,8 +38,10 @@ from trainingplatform_backend.models import (
 )
 
 NOTIFY_CHANNEL = "tp_telemetry"
-# Job entries per NOTIFY payload: 450 of up to 17 characters (a "w", 15 digits, a comma) and the instance id stay
-# under PostgreSQL's 8000-byte payload limit.
+#: Where backend processes announce the jobs they have live subscribers of (`announce_watched`).
+WATCH_CHANNEL = "tp_watched"
+# Job ids per NOTIFY payload: 450 of up to 16 characters (15 digits, a comma) and the instance id stay under
+# PostgreSQL's 8000-byte payload limit.
 NOTIFY_JOBS_PER_PAYLOAD = 450
 
 
@@ -171,25 +173,26 @@ class Store:
         """
         if self.is_sqlite:
             return
-        self._notify(session_or_conn, [job_pks] if isinstance(job_pks, int) else sorted(job_pks), "")
+        self._notify(session_or_conn, NOTIFY_CHANNEL, [job_pks] if isinstance(job_pks, int) else sorted(job_pks))
 
     def announce_watched(self, job_pks: Iterable[int]) -> None:
         """Tells other backend processes that this one has live subscribers of these jobs (their telemetry streams
         may land on another process, which then tells its trainers to keep their short flush interval).
 
-        The payload is `<instance>:w<job>,w<job>,...`: a process that does not know the `w` entries skips them.
+        `NOTIFY tp_watched, '<instance>:<job>,<job>,...'`, on a channel of its own: the commits' channel keeps its
+        payload.
         """
         if self.is_sqlite:
             return
         with self.engine.begin() as conn:
-            self._notify(conn, sorted(job_pks), "w")
+            self._notify(conn, WATCH_CHANNEL, sorted(job_pks))
 
-    def _notify(self, session_or_conn: Any, pks: list[int], prefix: str) -> None:
+    def _notify(self, session_or_conn: Any, channel: str, pks: list[int]) -> None:
         for start in range(0, len(pks), NOTIFY_JOBS_PER_PAYLOAD):
             chunk = pks[start : start + NOTIFY_JOBS_PER_PAYLOAD]
-            payload = f"{self.instance_id}:" + ",".join(f"{prefix}{pk}" for pk in chunk)
+            payload = f"{self.instance_id}:" + ",".join(map(str, chunk))
             session_or_conn.execute(
-                text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": payload}
+                text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload}
             )
 
     # --- jobs -------------------------------------------------------------------------------------------

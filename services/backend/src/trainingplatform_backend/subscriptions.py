@@ -14,11 +14,11 @@ Across processes (several backends on one PostgreSQL) every commit sends
 `NOTIFY tp_telemetry, '<instance>:<job>,<job>...'` inside its transaction; each backend LISTENs and pokes its own
 subscribers of those jobs.
 
-Whether a job is watched (`Hub.watched`) is known across processes too: every WATCH_ANNOUNCE_S each backend with
-live subscribers sends `NOTIFY tp_telemetry, '<instance>:w<job>,w<job>...'`, and the others hold that word for
-WATCH_TTL_S. A trainer's stream may land on one process and the job's subscriber on another: GetStreamCursor tells
-the trainer whether anyone watches (it flushes less often when nobody does), and the commit of a watched job does
-not linger.
+Whether a job is watched (`Hub.watched`) is known across processes too: every WATCH_ANNOUNCE_S, and at once on a
+job's first subscriber, each backend with live subscribers sends `NOTIFY tp_watched, '<instance>:<job>,<job>...'`,
+and the others hold that word for WATCH_TTL_S. A trainer's stream may land on one process and the job's subscriber
+on another: GetStreamCursor tells the trainer whether anyone watches (it flushes less often when nobody does), and
+the commit of a watched job does not linger.
 """
 
 from __future__ import annotations
@@ -249,12 +249,20 @@ class PostgresListener:
     """LISTENs for other backend processes' commits and pokes local subscribers of those jobs."""
 
     def __init__(
-        self, dsn: str, channel: str, instance_id: str, hub: Hub, announce: Callable[[list[int]], None]
+        self,
+        dsn: str,
+        channel: str,
+        watch_channel: str,
+        instance_id: str,
+        hub: Hub,
+        announce: Callable[[list[int]], None],
     ) -> None:
-        """`announce(job_pks)` (blocking, run in a worker thread) tells the other processes which jobs have
-        subscribers here (`Store.announce_watched`)."""
+        """`channel` carries other processes' commits, `watch_channel` their watched jobs; `announce(job_pks)`
+        (blocking, run in a worker thread) tells the other processes which jobs have subscribers here
+        (`Store.announce_watched`)."""
         self._dsn = dsn
         self._channel = channel
+        self._watch_channel = watch_channel
         self._instance_id = instance_id
         self._hub = hub
         self._announce = announce
@@ -301,6 +309,7 @@ class PostgresListener:
             try:
                 async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {self._channel}")
+                    await conn.execute(f"LISTEN {self._watch_channel}")
                     self.ready.set()
                     delay = 0.5
                     # Events committed while the connection was down are caught by a poke of everyone.
@@ -310,14 +319,12 @@ class PostgresListener:
                         instance, _, jobs = notify.payload.partition(":")
                         if instance == self._instance_id:
                             continue
-                        watched = []
-                        for job in jobs.split(","):
-                            if job.isdigit():
-                                self._hub.publish(int(job), POKE)
-                            elif job.startswith("w") and job[1:].isdigit():
-                                watched.append(int(job[1:]))
-                        if watched:
-                            self._hub.watched_elsewhere(watched)
+                        pks = [int(job) for job in jobs.split(",") if job.isdigit()]
+                        if notify.channel == self._watch_channel:
+                            self._hub.watched_elsewhere(pks)
+                            continue
+                        for pk in pks:
+                            self._hub.publish(pk, POKE)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
