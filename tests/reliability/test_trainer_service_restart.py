@@ -81,6 +81,9 @@ def test_a_run_that_died_while_its_service_was_down_is_reported_by_the_next_one(
         run_id = first.start_training(job_id, job_spec, backend.address, token)
         pid = first.wait_state(run_id, trainer_pb2.RUN_STATE_RUNNING).pid
         wait_until(lambda: backend.job_status(job_id) == "RUNNING", 60, "the job RUNNING")
+        # Points reach the backend within the flush interval (a second while nobody watches): some have, and the
+        # killed process's last unsent ones die with it.
+        wait_until(lambda: backend.metric_sequences(job_id), 30, "some points committed")
         _kill(first)
         os.killpg(pid, signal.SIGKILL)  # the process dies too, while no service watches it: nobody reports it
         wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 30, "the process gone")

@@ -228,8 +228,15 @@ class Sender(threading.Thread):
                 if self._due is None:
                     self._set_due(now)
             due = self._due
-            # A queued call (a status, a summary) waits for the points logged before it: they go now.
-            partial = self._flush_now or closing or bool(len(self._calls)) or (due is not None and now >= due)
+            # While nobody watches, a queued call (a status, a summary) does not wait the long interval for the
+            # points logged before it. (Watched, the interval is short, and sending at once would let a log line
+            # logged right after an epoch summary reach a live view before the summary does.)
+            partial = (
+                self._flush_now
+                or closing
+                or (due is not None and now >= due)
+                or (delivery.unwatched and bool(len(self._calls)))
+            )
             self._flush_now = False
             if connection.state is not ConnectionState.FAILED:
                 unwatched = delivery.unwatched
