@@ -4,8 +4,10 @@ A real `tp-backend` on SQLite and a real `tp-dashboard` in front of it (its read
 in with a session cookie as a browser is.
 
 - `dashboard_latency_ms_p50` / `_p99`: a TrainingLogger (default settings, as in a trainer) logs 1,000 points a
-  second for `seconds`; one client follows the job's /api/jobs/{id}/events. For every point: from the
-  `log_metric` call to the moment the SSE event holding it is parsed at the client (same process, same clock).
+  second for `seconds`; one client follows the job's /api/jobs/{id}/events, opened before the logger starts (a
+  job watched from its start; one opened later gets live points within about two seconds, then these numbers).
+  For every point: from the `log_metric` call to the moment the SSE event holding it is parsed at the client
+  (same process, same clock).
 - `dashboard_fanout`: `clients` event streams on one job while it logs 1,000 points a second for
   `fanout_seconds`: the number of clients that received every point exactly once (the target is all of them),
   with `dashboard_fanout_backend_subscriptions` (backend subscriptions the dashboard opened for them: 1), the
@@ -112,8 +114,7 @@ def _stream_test(
     while dashboard.health()["job_subscriptions_open"] and time.monotonic() < deadline:
         time.sleep(0.1)  # the previous run's subscription has ended: every subscription counted below is ours
     job_id, token = backend.create_job()
-    logger = TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=f"{tmp}/spool-{job_id}")
-    logger.update_status("RUNNING")
+    logger: TrainingLogger | None = None
     points = int(RATE * seconds)
     logged_at: dict[int, float] = {}
     latencies: list[float] = []
@@ -126,10 +127,18 @@ def _stream_test(
     elapsed = 0.0
 
     async def main() -> None:
-        nonlocal peak_rss, cpu, elapsed
+        nonlocal peak_rss, cpu, elapsed, logger
         readies = [asyncio.Event() for _ in range(clients)]
         tasks = [asyncio.create_task(_follow(url, cookies, points, latencies, logged_at, ready)) for ready in readies]
         await asyncio.wait_for(asyncio.gather(*(ready.wait() for ready in readies)), 60)
+        # The trainer starts once the job is watched, as under `tp train` or a dashboard opened on a queued job: a
+        # logger that started unwatched sends every second until its next cursor read (README, Using it).
+        for _ in range(300):
+            if dashboard.health()["job_subscriptions_open"]:
+                break
+            await asyncio.sleep(0.1)
+        logger = TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=f"{tmp}/spool-{job_id}")
+        logger.update_status("RUNNING")
         cpu_before = sum(process.cpu_times()[:2]) if process else 0.0
         started = time.perf_counter()
         producer = threading.Thread(target=_produce, args=(logger, points, logged_at), daemon=True)
@@ -152,8 +161,9 @@ def _stream_test(
     try:
         asyncio.run(main())
     finally:
-        logger.update_status("COMPLETED")
-        logger.close(30)
+        if logger is not None:
+            logger.update_status("COMPLETED")
+            logger.close(30)
     after = dashboard.health()
     complete = sum(1 for distinct, duplicates in results if distinct == points and duplicates == 0)
     ordered = sorted(latencies) or [math.nan]
