@@ -53,9 +53,9 @@ def test_bench_smoke_reports_every_metric():
         "dashboard_fanout_rss_mib",
     ):
         assert results[key] >= 0 if key.startswith("reconnect_ms") else results[key] > 0, key
-    # gRPC's floor: the bench itself checks that the bare server read every message; the client's share may round
-    # to 0 in a 1-second run
-    assert results["grpc_floor_ms_server"] >= 0 and results["grpc_floor_ms_client"] >= 0
+    # gRPC's floor: the bench itself fails unless the bare server read every message; the server's CPU for 100
+    # messages is several clock ticks, the client's share (less an idle loop) may round to 0 in a 1-second run
+    assert results["grpc_floor_ms_server"] > 0 and "grpc_floor_ms_client" in results
     assert results["fanin_lost"] == 0 and results["fanin_duplicates"] == 0
     assert results["flood_not_unauthenticated"] == 0
     for prefix in ("streams_20", "streams_20_w2") if "streams_20_w2_lost" in results else ("streams_20",):

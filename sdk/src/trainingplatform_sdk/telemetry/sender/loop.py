@@ -235,7 +235,7 @@ class Sender(threading.Thread):
                 self._flush_now
                 or closing
                 or (due is not None and now >= due)
-                or (delivery.unwatched and bool(len(self._calls)))
+                or (delivery.unwatched and bool(self._calls))
             )
             self._flush_now = False
             if connection.state is not ConnectionState.FAILED:
