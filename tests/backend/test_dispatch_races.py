@@ -229,6 +229,28 @@ def test_a_restarted_backend_dispatches_its_queued_jobs(database_url: str, tmp_p
         backend.close()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_backend_killed_during_start_training_leaves_a_claim_that_soon_expires(database_url: str, tmp_path: Path):
+    """The backend is SIGKILLed while its StartTraining call hangs, so its claim on the job is never released. A
+    claim is a short lease renewed while the call lasts: the restarted backend dispatches the job within
+    seconds, not after the longest possible pass over the replicas (90 s)."""
+    port = free_port()
+    with FakeTrainer(port=port, accept_delay_s=5.0, refuse=grpc.StatusCode.UNAVAILABLE) as hanging:
+        backend = start_backend(database_url, tmp_path, f"127.0.0.1:{port}")
+        stub, metadata = backend.jobs(), auth(backend.internal_token)
+        created = stub.CreateJob(jobs_pb2.CreateJobRequest(spec=SPEC), metadata=metadata, timeout=30)
+        job_id = created.job.job_id
+        wait_until(lambda: hanging.calls.get("StartTraining"), 30, "the backend inside StartTraining")
+        backend.kill()
+    try:
+        with FakeTrainer(port=port) as trainer:
+            backend.restart()
+            wait_until(lambda: trainer.training(job_id), 30, "the job dispatched by the restarted backend")
+            assert len(trainer.runs_of(job_id)) == 1
+    finally:
+        backend.close()
+
+
 # --- 17: the lease and a spool still being replayed ----------------------------------------------------------
 
 
@@ -339,6 +361,64 @@ def test_the_dispatcher_forgets_jobs_that_ended(sqlite_url: str):
 
     try:
         with FakeTrainer() as trainer:
+            asyncio.run(scenario(trainer))
+    finally:
+        engine.dispose()
+
+
+def test_a_dispatch_longer_than_the_claim_lease_keeps_its_claim(sqlite_url: str, monkeypatch: pytest.MonkeyPatch):
+    """StartTraining takes 2.5 s, the claim lease is 1 s: the claim is renewed while the call lasts, so no other
+    backend can take the job meanwhile; once the trainer accepts, the claim is gone (in process, on one
+    database)."""
+    import asyncio
+
+    from trainingplatform_backend import dispatch
+    from trainingplatform_backend.db import create_db_engine, migrate
+    from trainingplatform_backend.store import Store, utcnow
+    from trainingplatform_backend.subscriptions import Hub
+
+    monkeypatch.setattr(dispatch, "CLAIM_LEASE_S", 1.0)
+    monkeypatch.setattr(dispatch, "CLAIM_RENEW_S", 0.2)
+    migrate(sqlite_url)
+    engine = create_db_engine(sqlite_url)
+
+    async def scenario(trainer: FakeTrainer) -> None:
+        store = Store(engine)
+        settings = dispatch.DispatchSettings(
+            trainers={"timm": [trainer.address]}, telemetry_endpoint="127.0.0.1:1", internal_token="secret"
+        )
+        dispatcher = dispatch.Dispatcher(store, Hub(capacity_points=100), settings)
+        job_id = str(uuid.uuid4())
+        store.create_job(
+            job_id=job_id,
+            token_hash=dispatcher.job_token(job_id)[1],
+            queued=True,
+            framework="timm",
+            model_name="resnet10t",
+            display_name="",
+            model_config={"name": "resnet10t"},
+            dataset_config={"name": "digits"},
+            training_config={"epochs": 1},
+            advanced_config={},
+        )
+        await dispatcher.dispatch_queued()
+        for _ in range(4):  # 2 s in all: twice the lease
+            await asyncio.sleep(0.5)
+            assert trainer.calls.get("StartTraining") == 1 and not trainer.runs  # still inside the call
+            assert job_id not in store.dispatchable(utcnow()), "the claim expired while the dispatch lasted"
+            now = utcnow()
+            assert store.claim_dispatch(job_id, now=now, until=now) is None  # another backend cannot take it
+        await asyncio.gather(*list(dispatcher._dispatching.values()))
+        assert [run.job_id for run in trainer.runs] == [job_id]
+        with engine.connect() as conn:
+            claimed = conn.exec_driver_sql(
+                "SELECT dispatch_claimed_until FROM jobs WHERE job_id = ?", (job_id,)
+            ).scalar()
+        assert claimed is None
+        await dispatcher.stop()
+
+    try:
+        with FakeTrainer(accept_delay_s=2.5) as trainer:
             asyncio.run(scenario(trainer))
     finally:
         engine.dispose()

@@ -2,9 +2,10 @@
 
 Durable dispatch: `CreateJob` stores the job QUEUED and returns; the dispatcher of every backend process works
 from the database. It picks QUEUED jobs no trainer accepted yet (`Store.dispatchable`), takes one with a claim
-in the jobs table (`dispatch_claimed_until`: of several backends one wins; a claim left by a backend that
-stopped expires) and calls StartTraining. So a caller's deadline never interrupts a dispatch, and a restarted
-backend (or another replica) resumes dispatching the jobs still queued.
+in the jobs table (`dispatch_claimed_until`: of several backends one wins; the claim is a lease renewed while
+the dispatch lasts, so one left by a killed backend expires within CLAIM_LEASE_S, 15 s) and calls StartTraining.
+So a caller's deadline never interrupts a dispatch, and a restarted backend (or another replica) resumes
+dispatching the jobs still queued.
 
 Replica policy: a framework may list several trainer addresses (TP_TRAINERS). A job goes to the replica with
 the fewest of this database's live (QUEUED or RUNNING) jobs, ties broken in configuration order. When a replica
@@ -66,6 +67,10 @@ RETRY_MAX_DELAY_S = 10.0
 # How often the database is checked for queued jobs when nothing wakes the dispatcher (another replica's jobs,
 # jobs left by a stopped backend, retries).
 DISPATCH_POLL_S = 0.5
+# A dispatch claim is a lease: held for CLAIM_LEASE_S and renewed every CLAIM_RENEW_S while this backend's pass
+# over the replicas lasts, so a backend killed mid-dispatch holds its jobs for at most CLAIM_LEASE_S.
+CLAIM_LEASE_S = 15.0
+CLAIM_RENEW_S = 5.0
 # Runs asked per ListTrainings page.
 LIST_PAGE_SIZE = 1000
 
@@ -269,13 +274,33 @@ class Dispatcher:
 
     async def _claim_and_try(self, job_id: str) -> str | None:
         """Returns None when the job is settled (handed over, failed, or not ours), else its framework."""
-        settings = self._settings
         now = utcnow()
-        replicas = max((len(addresses) for addresses in settings.trainers.values()), default=1)
-        hold = dt.timedelta(seconds=settings.call_timeout_s * replicas + 60)
-        job = await asyncio.to_thread(self._store.claim_dispatch, job_id, now=now, until=now + hold)
+        until = now + dt.timedelta(seconds=CLAIM_LEASE_S)
+        job = await asyncio.to_thread(self._store.claim_dispatch, job_id, now=now, until=until)
         if job is None:
             return None
+        holding = asyncio.create_task(self._hold_claim(job_id, until), name=f"claim-{job_id}")
+        try:
+            return await self._try_claimed(job)
+        finally:
+            holding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
+
+    async def _hold_claim(self, job_id: str, until: dt.datetime) -> None:
+        """Renews the claim on `job_id` until cancelled, or until it is found lost."""
+        while True:
+            await asyncio.sleep(CLAIM_RENEW_S)
+            renewed = utcnow() + dt.timedelta(seconds=CLAIM_LEASE_S)
+            if not await asyncio.to_thread(self._store.renew_dispatch, job_id, held=until, until=renewed):
+                log.warning("job %s: this backend's dispatch claim was lost (it expired or was released)", job_id)
+                return
+            until = renewed
+
+    async def _try_claimed(self, job: Job) -> str | None:
+        """One pass over the replicas for a job this backend holds; returns as `_claim_and_try`."""
+        settings = self._settings
+        job_id = job.job_id
         spec = convert.job_to_proto(JobView(job)).spec
         request = trainer_pb2.StartTrainingRequest(
             job_id=job_id, spec=spec, telemetry_endpoint=settings.telemetry_endpoint

@@ -442,6 +442,19 @@ class Store:
                 return None
             return session.scalar(select(Job).where(Job.job_id == job_id))
 
+    def renew_dispatch(self, job_id: str, *, held: dt.datetime, until: dt.datetime) -> bool:
+        """Extends this backend's claim, still `held` (compare and set: the claim's expiry is its owner's mark), to
+        `until`. False when the claim is no longer this backend's: released, settled, or taken over after it
+        expired."""
+        with self.write_lock(), self._sessions.begin() as session:
+            renewed = session.execute(
+                update(Job)
+                .where(Job.job_id == job_id, Job.dispatch_claimed_until == held)
+                .values(dispatch_claimed_until=until)
+                .execution_options(synchronize_session=False)
+            )
+            return renewed.rowcount == 1  # type: ignore[attr-defined]
+
     def begin_attempt(self, job_id: str, trainer_address: str) -> tuple[int, str]:
         """The dispatch attempt to send to `trainer_address`: the current one again when it went to the same
         trainer (StartTraining is idempotent per job there: a run it started is that attempt's), else a new one,
