@@ -18,7 +18,7 @@ from trainingplatform_sdk.telemetry.sender import loop
 from trainingplatform_sdk.telemetry.sender import state as state_module
 from trainingplatform_sdk.telemetry.sender.codec import LogCodec, MetricCodec
 from trainingplatform_sdk.telemetry.sender.connection import OpenStream
-from trainingplatform_sdk.telemetry.sender.loop import ACTIVE_INTERVALS, IDLE_WAKE_S, Sender
+from trainingplatform_sdk.telemetry.sender.loop import ACTIVE_INTERVALS, IDLE_WAKE_S, MIN_FLUSH_INTERVAL_S, Sender
 from trainingplatform_sdk.telemetry.spool import Spool, read_state
 
 
@@ -79,6 +79,45 @@ def test_an_active_sender_looks_each_interval_and_a_quiet_one_sleeps_until_told(
     later = sender._active_until + interval
     assert sender._next_wake(later) == pytest.approx(IDLE_WAKE_S)
     assert sender.idle
+
+
+def test_points_coming_fast_shorten_the_interval_to_the_target_batch_and_a_slower_rate_restores_it(
+    sender: Sender,
+) -> None:
+    settings = sender.settings
+    interval, target = settings.flush_interval_s, settings.target_batch_points
+    now = time.monotonic()
+    sender._adapt_interval(now, 1)  # the first drain after a long quiet: nothing to go on
+    assert sender._interval == interval
+    # Four times the target per interval: a partial message every quarter interval.
+    now += interval
+    sender._adapt_interval(now, 4 * target)
+    assert sender._interval == pytest.approx(interval / 4)
+    sender._flushed_at = now
+    sender._buffer.append((0, "loss", 1.0, None, None, 0.0))
+    assert sender._next_wake(now) == pytest.approx(interval / 4)
+    assert sender._due == pytest.approx(now + interval / 4)
+    assert not sender.idle  # looking each short interval, the caller need not wake it
+    # Far faster: never below the floor.
+    now += interval / 4
+    sender._adapt_interval(now, 1000 * target)
+    assert sender._interval == MIN_FLUSH_INTERVAL_S
+    # Below the target per interval: back to the configured interval.
+    now += interval
+    sender._adapt_interval(now, target // 2)
+    assert sender._interval == interval
+
+
+def test_a_short_interval_does_not_shorten_the_wait_while_nobody_watches(sender: Sender) -> None:
+    settings = sender.settings
+    now = time.monotonic()
+    sender._drained_at = now - settings.flush_interval_s
+    sender._adapt_interval(now, 100 * settings.target_batch_points)
+    assert sender._interval == MIN_FLUSH_INTERVAL_S
+    sender._delivery.unwatched = True
+    sender._flushed_at = now
+    sender._set_due(now)
+    assert sender._due == pytest.approx(now + settings.unwatched_flush_interval_s)
 
 
 @pytest.mark.parametrize("interval", [0.005, 0.05, 0.1])

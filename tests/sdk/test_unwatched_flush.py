@@ -1,5 +1,7 @@
-"""Fewer messages for a job nobody watches: the SDK sends partial batches every `unwatched_flush_interval_s` while
-the backend's cursor says `unwatched`, and at its short `flush_interval_s` again once someone subscribes."""
+"""How many messages a logger sends for its points, counted by the backend: fewer for a job nobody watches (partial
+batches every `unwatched_flush_interval_s` while the backend's cursor says `unwatched`, every `flush_interval_s`
+again once someone subscribes), and more, smaller ones while points come faster than `target_batch_points` per
+interval."""
 
 from __future__ import annotations
 
@@ -79,3 +81,40 @@ def test_a_job_nobody_watches_gets_fewer_messages_until_someone_subscribes(
             subscription.cancel()
         assert logger.close(30).committed_metrics == step
     wait_until(lambda: len(backend.metric_sequences(job_id)) == step, 10, "every point stored")
+
+
+def _log_fast(logger: TrainingLogger, per_tick: int, seconds: float) -> int:
+    """`per_tick` points every 10 ms for `seconds`; returns how many."""
+    logged = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for _ in range(per_tick):
+            logged += 1
+            logger.log_metric("train/batch_loss", 0.5, step=logged)
+        time.sleep(0.01)
+    return logged
+
+
+@pytest.mark.parametrize("target", [1000, 50])
+def test_points_coming_faster_than_the_target_batch_go_in_smaller_messages_sooner(
+    metered: tuple[BackendProcess, int], tmp_path: Path, target: int
+) -> None:
+    """About 5,000 points/s for 2 s with a 100 ms interval: 500 points per interval. Under a target of 1,000 the
+    interval holds (about 20 messages); with a target of 50 partial messages go about every 10 ms (up to 200)."""
+    backend, port = metered
+    job_id, token = backend.create_job()
+    settings = LoggerSettings(flush_interval_s=0.1, unwatched_flush_interval_s=0.1, target_batch_points=target)
+    with TrainingLogger(
+        job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=settings
+    ) as logger:
+        logger.log_metric("warm-up", 0.0)
+        assert logger.flush(30)
+        before = _messages(port)
+        logged = _log_fast(logger, 50, 2.0)
+        assert logger.flush(30)
+        messages = _messages(port) - before
+        assert logger.close(30).committed_metrics == logged + 1
+    if target == 1000:
+        assert messages <= 30, messages
+    else:
+        assert messages >= 60, messages

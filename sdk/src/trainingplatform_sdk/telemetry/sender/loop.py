@@ -6,11 +6,14 @@ so nothing here needs a lock. A point is forgotten only when the backend's commi
 
 The thread sleeps until something is due: the flush deadline of the points not yet sent, a timer (cursor poll,
 reconnect, close), or an event (a call ended, a stream's window freed, a flush or a call). While points keep coming
-it looks at the buffer once per `flush_interval_s` (no wake-up costs the caller anything); after ACTIVE_INTERVALS
-quiet intervals it sleeps (`idle`) until the caller's next point wakes it, and that point goes at once when no
-partial batch went during the last interval. So a point never waits more than the interval, a trainer logging
-now and then gets each point out at once, one logging fast sends at most one partial message per interval and
-stream, and an idle logger wakes about once a second. Whenever the thread sleeps longer than an interval it is
+it looks at the buffer once per interval (no wake-up costs the caller anything); after ACTIVE_INTERVALS quiet
+intervals it sleeps (`idle`) until the caller's next point wakes it, and that point goes at once when no partial
+batch went during the last interval. So a point never waits more than the interval, a trainer logging now and then
+gets each point out at once, one logging fast sends at most one partial message per interval and stream, and an
+idle logger wakes about once a second. The interval is `flush_interval_s`, shorter while more than
+`target_batch_points` come per `flush_interval_s` (down to MIN_FLUSH_INTERVAL_S): a message's points reach a
+subscriber once the backend has committed and fanned out all of them, so at a high rate smaller messages are
+sooner. Whenever the thread sleeps longer than an interval it is
 `idle`, even with a batch that cannot go now (backend away, window full): a caller logging on is never left to
 fill its buffer unread.
 
@@ -49,6 +52,8 @@ _BARRIER_POLL_S = 0.01
 _CLOSE_RESPONSE_WAIT_S = 0.5
 # Longest sleep of the thread when nothing is due (housekeeping: a spool to retry, memory to spill, the state).
 IDLE_WAKE_S = 1.0
+# Shortest flush interval the sender adapts to while points come fast (`LoggerSettings.target_batch_points`).
+MIN_FLUSH_INTERVAL_S = 0.01
 # Flush intervals after the last point during which the thread looks at the buffer each interval on its own;
 # after them it sleeps until the caller's next point wakes it (`Sender.idle`).
 ACTIVE_INTERVALS = 10
@@ -77,8 +82,12 @@ class Sender(threading.Thread):
         self.idle = False
         #: When the oldest point not yet sent must go (a partial batch), None when every point is sent.
         self._due: float | None = None
-        #: When partial batches last went: the next go `flush_interval_s` later at the earliest.
+        #: When partial batches last went: the next go `_interval` later at the earliest.
         self._flushed_at = 0.0
+        #: The flush interval in force: `flush_interval_s`, shorter while points come fast (`_adapt_interval`).
+        self._interval = settings.flush_interval_s
+        #: When the caller's buffer last gave points.
+        self._drained_at = 0.0
         #: Until when the thread looks at the buffer each interval on its own (points came lately).
         self._active_until = 0.0
         self._buffer = buffer
@@ -168,7 +177,7 @@ class Sender(threading.Thread):
         close deadline; sets `idle` when that is more than a flush interval away."""
         delivery = self._delivery
         connection = self._connection
-        interval = self.settings.flush_interval_s
+        interval = self._interval
         wake_at = now + IDLE_WAKE_S
         # `idle` is True while the buffer is looked at: a point appended after the look sees it and wakes us.
         self.idle = True
@@ -196,7 +205,7 @@ class Sender(threading.Thread):
         # Asleep for longer than an interval: the caller's next point must wake us, whatever else is pending (a
         # due batch that cannot go, a reconnect in a while), or the buffer would grow unread until then. Compared
         # as times, not as `wake_at - now`: `now + 0.005 - now > 0.005` in floating point.
-        self.idle = wake_at > now + interval
+        self.idle = wake_at > now + self.settings.flush_interval_s
         return wake_at - now
 
     def _set_due(self, now: float) -> None:
@@ -205,10 +214,21 @@ class Sender(threading.Thread):
         # While nobody watches the job live the interval is the longer `unwatched_flush_interval_s` (fewer
         # messages); the buffer is still looked at each `flush_interval_s`, so the caller's memory stays bounded.
         settings = self.settings
-        interval = settings.flush_interval_s
-        if self._delivery.unwatched:
-            interval = max(interval, settings.unwatched_flush_interval_s)
+        interval = self._interval
+        if self._delivery.unwatched and settings.unwatched_flush_interval_s > settings.flush_interval_s:
+            interval = settings.unwatched_flush_interval_s
         self._due = max(now, self._flushed_at + interval)
+
+    def _adapt_interval(self, now: float, taken: int) -> None:
+        """Sets the flush interval from the rate of the last drain (`taken` items since the previous drain that gave
+        any): so that a partial message carries about `target_batch_points`, between MIN_FLUSH_INTERVAL_S and
+        `flush_interval_s`. A point's message waits for the backend to commit and fan out all of it, so at a high
+        rate smaller messages, sent sooner, reach a live subscriber sooner; at a lower rate nothing changes."""
+        settings = self.settings
+        elapsed = now - self._drained_at
+        self._drained_at = now
+        wanted = settings.target_batch_points * elapsed / taken
+        self._interval = min(settings.flush_interval_s, max(MIN_FLUSH_INTERVAL_S, wanted))
 
     def _loop(self) -> None:
         interval = self.settings.flush_interval_s
@@ -223,7 +243,9 @@ class Sender(threading.Thread):
             self.idle = False
             now = time.monotonic()
             closing = self._close_deadline is not None
-            if self._drain():
+            taken = self._drain()
+            if taken:
+                self._adapt_interval(now, taken)
                 self._active_until = now + ACTIVE_INTERVALS * interval
                 if self._due is None:
                     self._set_due(now)
