@@ -3,7 +3,10 @@
 `streams` TrainingLoggers (one job each, spread over a few producer processes, as trainers would be) each log
 `rate` points/s for `seconds`, then close. Reported: the points/s committed over the whole run, points lost
 (logged but not stored) and doubled (stored twice: impossible by the primary key, counted anyway), resends the
-backend ignored, and the backend's peak resident memory (VmHWM).
+backend ignored, and the backend's peak resident memory (VmHWM). Where the machine's CPU went over the run, as a
+share of all its cores' time: the producers (the loggers, their sender threads and gRPC), the backend, and
+PostgreSQL (`fanin_cpu_share_*`); and the backend's CPU per committed point (`fanin_backend_cpu_us_per_point`),
+what one backend core would hold with the trainers on other machines.
 
     .venv/bin/python bench/bench_fanin.py [--streams 100] [--rate 1000] [--seconds 30]
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -20,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from proc_cpu import postgres_cpu_s, process_cpu_s
 from sqlalchemy import create_engine, text
 from support.backend import BackendProcess, postgres_database
 
@@ -39,6 +44,7 @@ def _produce(address: str, jobs: list[tuple[str, str]], rate: int, seconds: floa
         per_tick = max(1, int(rate * TICK_S))
         ticks = int(seconds / TICK_S)
         time.sleep(max(0.0, start_at - time.time()))
+        before = os.times()
         next_tick = time.perf_counter()
         for step in range(ticks):
             for logger in loggers:
@@ -47,9 +53,9 @@ def _produce(address: str, jobs: list[tuple[str, str]], rate: int, seconds: floa
             next_tick += TICK_S
             time.sleep(max(0.0, next_tick - time.perf_counter()))
         reports = [logger.close(120) for logger in loggers]
-    results.put(
-        [(job_id, report.logged_metrics, report.dropped) for (job_id, _), report in zip(jobs, reports, strict=True)]
-    )
+        after = os.times()
+    counts = [(job, report.logged_metrics, report.dropped) for (job, _), report in zip(jobs, reports, strict=True)]
+    results.put((counts, after.user + after.system - before.user - before.system))
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -69,6 +75,7 @@ def run(streams: int = 100, rate: int = 1000, seconds: float = 30.0) -> dict[str
             context = multiprocessing.get_context("spawn")
             results = context.Queue()
             start_at = time.time() + 5  # every producer has its loggers ready by then
+            backend_cpu, postgres_cpu = process_cpu_s(backend.process.pid), postgres_cpu_s()  # type: ignore[union-attr]
             shares = [jobs[i::PRODUCERS] for i in range(PRODUCERS)]
             producers = [
                 context.Process(target=_produce, args=(backend.address, share, rate, seconds, start_at, results))
@@ -79,11 +86,16 @@ def run(streams: int = 100, rate: int = 1000, seconds: float = 30.0) -> dict[str
                 producer.start()
             logged: dict[str, int] = {}
             dropped = 0
+            producers_cpu = 0.0
             for _ in producers:
-                for job_id, count, lost in results.get(timeout=seconds + 300):
+                counts, cpu = results.get(timeout=seconds + 300)
+                producers_cpu += cpu
+                for job_id, count, lost in counts:
                     logged[job_id] = count
                     dropped += lost
             elapsed = time.time() - start_at
+            backend_cpu = process_cpu_s(backend.process.pid) - backend_cpu  # type: ignore[union-attr]
+            postgres_cpu = postgres_cpu_s() - postgres_cpu
             for producer in producers:
                 producer.join(30)
             peak_rss = _peak_rss_mib(backend.process.pid)  # type: ignore[union-attr]
@@ -107,6 +119,7 @@ def run(streams: int = 100, rate: int = 1000, seconds: float = 30.0) -> dict[str
         finally:
             backend.close()
     stored = sum(rows.values())
+    cores = os.cpu_count() or 1
     return {
         "fanin_streams": float(streams),
         "fanin_points_per_s": stored / elapsed,
@@ -114,6 +127,10 @@ def run(streams: int = 100, rate: int = 1000, seconds: float = 30.0) -> dict[str
         "fanin_duplicates": float(stored - distinct),
         "fanin_resends_ignored": float(resends),
         "fanin_backend_peak_rss_mib": peak_rss,
+        "fanin_backend_cpu_us_per_point": backend_cpu / stored * 1e6,
+        "fanin_cpu_share_producers": producers_cpu / (elapsed * cores),
+        "fanin_cpu_share_backend": backend_cpu / (elapsed * cores),
+        "fanin_cpu_share_postgres": postgres_cpu / (elapsed * cores),
     }
 
 

@@ -19,28 +19,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import queue
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
+from proc_cpu import process_cpu_s
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
 _SERVICE = "bench.Floor"
 _METHOD = f"/{_SERVICE}/Stream"
 _GAP_S = 0.01
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def _process_cpu_s(pid: int) -> float:
-    """User plus system CPU of every thread of a process, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
 def _serve(port: int) -> None:
@@ -108,11 +100,11 @@ def run(seconds: float = 10.0) -> dict[str, float]:
             outbox.put(message)  # the call is open before the measurement
             time.sleep(0.5)
             idle_cpu = _loop(messages, lambda: None)
-            server_before = _process_cpu_s(server.pid)
+            server_before = process_cpu_s(server.pid)
             client_cpu = _loop(messages, lambda: outbox.put(message))
             outbox.put(None)
             received = int.from_bytes(call.result(timeout=60), "little")
-            server_cpu = _process_cpu_s(server.pid) - server_before
+            server_cpu = process_cpu_s(server.pid) - server_before
         if received != messages + 1:
             raise RuntimeError(f"the bare server read {received} of {messages + 1} messages")
     finally:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -25,17 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from proc_cpu import process_cpu_s
 from support.backend import BackendProcess, auth
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
-
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def _process_cpu_s(pid: int) -> float:
-    """User plus system CPU of every thread of a process, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
 def run(seconds: float = 10.0, *, points_per_message: int = 5000) -> dict[str, float]:
@@ -57,7 +49,7 @@ def run(seconds: float = 10.0, *, points_per_message: int = 5000) -> dict[str, f
             logger.log_metric("warm-up", 0.0)  # the streams open outside the measurement
             if not logger.flush(30):
                 raise RuntimeError("the warm-up point was not delivered")
-            backend_before, sdk_before = _process_cpu_s(backend.process.pid), time.process_time()
+            backend_before, sdk_before = process_cpu_s(backend.process.pid), time.process_time()
             points = 0
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
@@ -66,7 +58,7 @@ def run(seconds: float = 10.0, *, points_per_message: int = 5000) -> dict[str, f
                 time.sleep(0.01)
             if not logger.flush(60):
                 raise RuntimeError("the points were not all delivered")
-            backend_cpu = _process_cpu_s(backend.process.pid) - backend_before
+            backend_cpu = process_cpu_s(backend.process.pid) - backend_before
             sdk_cpu = time.process_time() - sdk_before
             report = logger.close(30)
             if report.committed_metrics != report.logged_metrics:
@@ -104,9 +96,9 @@ def _full_messages(backend: BackendProcess, messages: int, size: int) -> tuple[f
         for index in range(messages)
     ]
     stub = backend.telemetry()
-    before = _process_cpu_s(backend.process.pid)
+    before = process_cpu_s(backend.process.pid)
     response = stub.StreamMetrics(iter(requests), metadata=auth(token), timeout=120)
-    cpu = _process_cpu_s(backend.process.pid) - before
+    cpu = process_cpu_s(backend.process.pid) - before
     if response.points_committed != messages * size:
         raise RuntimeError(f"{response.points_committed} of {messages * size} points were committed")
     return cpu, messages * size

@@ -100,7 +100,10 @@ ROWS: list[Row] = [
         "2 cores",
         lambda r: (
             f"{_n(r['fanin_points_per_s'], -3)} points/s, {_n(r['fanin_lost'])} lost, "
-            f"{_n(r['fanin_duplicates'])} doubled, peak RSS {_n(r['fanin_backend_peak_rss_mib'])} MiB"
+            f"{_n(r['fanin_duplicates'])} doubled, peak RSS {_n(r['fanin_backend_peak_rss_mib'])} MiB; CPU of the 2 "
+            f"cores: loggers {_n(100 * r['fanin_cpu_share_producers'])} %, backend "
+            f"{_n(100 * r['fanin_cpu_share_backend'])} %, PostgreSQL {_n(100 * r['fanin_cpu_share_postgres'])} %; "
+            f"backend {_n(r['fanin_backend_cpu_us_per_point'], 1)} µs per point"
         ),
         lambda r: (
             "≥ 150,000 — "
