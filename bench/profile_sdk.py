@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -42,7 +43,7 @@ def _threads_cpu_s() -> dict[int, float]:
     return result
 
 
-def _summarize(raw: str, top: int) -> list[str]:
+def summarize(raw: str, top: int) -> list[str]:
     """The top functions of py-spy's collapsed stacks ("frame;frame;... count"), self and inclusive."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
@@ -113,16 +114,17 @@ def run(seconds: float, top: int) -> list[str]:
         if used > 0:
             name = names.get(thread_id, "(gRPC's native thread)")
             lines.append(f"  {used / points * 1000:.3f} ms/message  {name[:60]}")
-    return [*lines, "", *_summarize(raw, top)]
+    return [*lines, "", *summarize(raw, top)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
+def main(profile: Callable[[float, int], list[str]] = run, doc: str = __doc__, seconds: float = 10.0) -> None:
+    """The command line of a profiler: `profile(seconds, top)` printed, and written to --output."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=seconds)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    text = "\n".join(run(args.seconds, args.top)) + "\n"
+    text = "\n".join(profile(args.seconds, args.top)) + "\n"
     print(text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -302,6 +303,22 @@ def test_the_lease_waits_while_an_ended_run_still_delivers_telemetry(sqlite_url:
             backend.close()
 
 
+def _create_queued_job(store: Any, dispatcher: Any, job_id: str) -> None:
+    """A QUEUED timm job in the store, as CreateJob leaves it for the dispatcher."""
+    store.create_job(
+        job_id=job_id,
+        token_hash=dispatcher.job_token(job_id)[1],
+        queued=True,
+        framework="timm",
+        model_name="resnet10t",
+        display_name="",
+        model_config={"name": "resnet10t"},
+        dataset_config={"name": "digits"},
+        training_config={"epochs": 1},
+        advanced_config={},
+    )
+
+
 def test_the_dispatcher_forgets_jobs_that_ended(sqlite_url: str):
     """The lease's and the dispatcher's per-job memory is pruned once jobs end (in process, on one database)."""
     import asyncio
@@ -323,18 +340,7 @@ def test_the_dispatcher_forgets_jobs_that_ended(sqlite_url: str):
         jobs = []
         for _ in range(3):
             job_id = str(uuid.uuid4())
-            store.create_job(
-                job_id=job_id,
-                token_hash=dispatcher.job_token(job_id)[1],
-                queued=True,
-                framework="timm",
-                model_name="resnet10t",
-                display_name="",
-                model_config={"name": "resnet10t"},
-                dataset_config={"name": "digits"},
-                training_config={"epochs": 1},
-                advanced_config={},
-            )
+            _create_queued_job(store, dispatcher, job_id)
             jobs.append(job_id)
         await dispatcher.dispatch_queued()
         await asyncio.gather(*list(dispatcher._dispatching.values()))
@@ -389,18 +395,7 @@ def test_a_dispatch_longer_than_the_claim_lease_keeps_its_claim(sqlite_url: str,
         )
         dispatcher = dispatch.Dispatcher(store, Hub(capacity_points=100), settings)
         job_id = str(uuid.uuid4())
-        store.create_job(
-            job_id=job_id,
-            token_hash=dispatcher.job_token(job_id)[1],
-            queued=True,
-            framework="timm",
-            model_name="resnet10t",
-            display_name="",
-            model_config={"name": "resnet10t"},
-            dataset_config={"name": "digits"},
-            training_config={"epochs": 1},
-            advanced_config={},
-        )
+        _create_queued_job(store, dispatcher, job_id)
         await dispatcher.dispatch_queued()
         for _ in range(4):  # 2 s in all: twice the lease
             await asyncio.sleep(0.5)

@@ -57,6 +57,10 @@ def test_bench_smoke_reports_every_metric():
     # messages is several clock ticks, the client's share (less an idle loop) may round to 0 in a 1-second run
     assert results["grpc_floor_ms_server"] > 0 and "grpc_floor_ms_client" in results
     assert results["fanin_lost"] == 0 and results["fanin_duplicates"] == 0
+    # where the fan-in's CPU went: the loggers and the backend worked (PostgreSQL's share may round to 0 in 1 s)
+    assert results["fanin_backend_cpu_us_per_point"] > 0
+    assert results["fanin_cpu_share_producers"] > 0 and results["fanin_cpu_share_backend"] > 0
+    assert results["fanin_cpu_share_postgres"] >= 0
     assert results["flood_not_unauthenticated"] == 0
     for prefix in ("streams_20", "streams_20_w2") if "streams_20_w2_lost" in results else ("streams_20",):
         assert results[f"{prefix}_points_stored"] > 0 and results[f"{prefix}_p99_ms"] > 0, prefix
