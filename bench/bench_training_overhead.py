@@ -4,6 +4,12 @@ every step) against the same training with telemetry off (a sink that discards),
 Runs alternate off/on, and which of the two goes first alternates too, so that drift of a noisy machine hits both
 alike; the first epoch of each run (warm-up) is left out. resnet10t on the built-in digits data at 32x32.
 
+The difference of two noisy epoch times cannot show an overhead of a percent or two on this machine, so the
+telemetry's CPU is also measured directly, as a share of the training's wall time with telemetry on (median of the
+runs): `training_sdk_cpu_pct`, the CPU of the SDK's threads in the training process (its sender thread, gRPC's
+Python threads and gRPC's native threads, from /proc/self/task), and `training_backend_cpu_pct`, the backend
+process's. What the training loses is at most their sum spread over the cores they share.
+
 Two placements of the backend, each compared with training on the same CPUs with telemetry off:
   - `training_overhead_pct`: the backend shares every core with the training (the worst case; on a deployment it
     runs on another machine), so its CPU per message counts against training as much as the SDK's does;
@@ -22,12 +28,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from proc_cpu import process_cpu_s
 from support.backend import BackendProcess
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.spec.configs import AdvancedConfig, DatasetConfig, ModelConfig, TrainingConfig
@@ -48,6 +57,28 @@ class EpochTimes:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _telemetry_threads_cpu_s() -> dict[int, float]:
+    """CPU seconds of each thread of this process that is not the training's: every Python thread but the main one
+    (the SDK's sender, gRPC's request consumer and channel spin), and every native thread not named like the
+    process (gRPC's event engine and timers; torch's own threads keep the process's name)."""
+    main = threading.main_thread().native_id
+    python_threads = {thread.native_id for thread in threading.enumerate()} - {main}
+    own_name = Path(f"/proc/self/task/{main}/comm").read_text().strip()
+    result = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            name = Path(f"/proc/self/task/{task}/comm").read_text().strip()
+            fields = Path(f"/proc/self/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(task) in python_threads or name != own_name:
+            result[int(task)] = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+    return result
 
 
 def _train(sink: Any, output_dir: Path, epochs: int) -> list[float]:
@@ -96,6 +127,8 @@ def run(runs: int = 5, epochs: int = 4, pinned_runs: int = 3) -> dict[str, float
                 "training_epoch_s_telemetry_off_backend_own_core": pinned["training_epoch_s_telemetry_off"],
                 "training_epoch_s_telemetry_on_backend_own_core": pinned["training_epoch_s_telemetry_on"],
                 "training_overhead_pct_backend_own_core": pinned["training_overhead_pct"],
+                "training_sdk_cpu_pct_backend_own_core": pinned["training_sdk_cpu_pct"],
+                "training_backend_cpu_pct_backend_own_core": pinned["training_backend_cpu_pct"],
             }
         )
     return results
@@ -104,6 +137,8 @@ def run(runs: int = 5, epochs: int = 4, pinned_runs: int = 3) -> dict[str, float
 def _measure(runs: int, epochs: int, backend_cpu: int | None = None) -> dict[str, float]:
     off: list[float] = []
     on: list[float] = []
+    sdk_pct: list[float] = []
+    backend_pct: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cpus = {backend_cpu} if backend_cpu is not None else None
@@ -115,10 +150,17 @@ def _measure(runs: int, epochs: int, backend_cpu: int | None = None) -> dict[str
 
         def train_on(index: int) -> None:
             job_id, token = backend.create_job()
+            threads_before, backend_before = _telemetry_threads_cpu_s(), process_cpu_s(backend.process.pid)  # type: ignore[union-attr]
+            started = time.perf_counter()
             logger = TrainingLogger(
                 job_id, backend_address=backend.address, token=token, spool_dir=root / f"spool{index}"
             )
             on.extend(_train(logger, root / f"on{index}", epochs))
+            wall = time.perf_counter() - started
+            threads = _telemetry_threads_cpu_s()
+            sdk_cpu = sum(cpu - threads_before.get(tid, 0.0) for tid, cpu in threads.items())
+            sdk_pct.append(sdk_cpu / wall * 100)
+            backend_pct.append((process_cpu_s(backend.process.pid) - backend_before) / wall * 100)  # type: ignore[union-attr]
             report = logger.close(60)
             if report.pending_metrics or report.dropped or report.committed_metrics != report.logged_metrics:
                 raise RuntimeError(f"telemetry was not all delivered: {report}")
@@ -134,6 +176,8 @@ def _measure(runs: int, epochs: int, backend_cpu: int | None = None) -> dict[str
         "training_epoch_s_telemetry_off": median_off,
         "training_epoch_s_telemetry_on": median_on,
         "training_overhead_pct": (median_on - median_off) / median_off * 100,
+        "training_sdk_cpu_pct": statistics.median(sdk_pct),
+        "training_backend_cpu_pct": statistics.median(backend_pct),
     }
 
 

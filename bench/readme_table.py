@@ -178,7 +178,10 @@ ROWS: list[Row] = [
             f"{_n(r['training_epoch_s_telemetry_on'], 2)} vs {_n(r['training_epoch_s_telemetry_off'], 2)} s: "
             f"{r['training_overhead_pct']:+.1f} % / {_n(r['training_epoch_s_telemetry_on_backend_own_core'], 2)} vs "
             f"{_n(r['training_epoch_s_telemetry_off_backend_own_core'], 2)} s: "
-            f"{r['training_overhead_pct_backend_own_core']:+.1f} %"
+            f"{r['training_overhead_pct_backend_own_core']:+.1f} %; telemetry's CPU in % of the training's wall "
+            f"time, SDK threads / backend: {_n(r['training_sdk_cpu_pct'], 2)} / {_n(r['training_backend_cpu_pct'], 2)}"
+            f" % and {_n(r['training_sdk_cpu_pct_backend_own_core'], 2)} / "
+            f"{_n(r['training_backend_cpu_pct_backend_own_core'], 2)} %"
         ),
         lambda r: "≤ 2 % / ≤ 1 % — " + _verdict(r, "training_overhead_pct", "training_overhead_pct_backend_own_core"),
     ),

@@ -75,7 +75,11 @@ def test_bench_smoke_reports_every_metric():
     assert results["dashboard_fanout_backend_subscriptions"] == 1
     assert "training_overhead_pct" in results
     assert results["training_epoch_s_telemetry_on"] > 0 and results["training_epoch_s_telemetry_off"] > 0
+    # telemetry's own CPU during training, read from /proc in clock ticks (a short run may round to 0)
+    assert results["training_sdk_cpu_pct"] >= 0 and results["training_backend_cpu_pct"] >= 0
     if len(os.sched_getaffinity(0)) >= 2:  # the placement with the backend on its own core needs a second CPU
         assert results["training_epoch_s_telemetry_on_backend_own_core"] > 0
         assert "training_overhead_pct_backend_own_core" in results
+        assert results["training_sdk_cpu_pct_backend_own_core"] >= 0
+        assert results["training_backend_cpu_pct_backend_own_core"] >= 0
     assert "ingest_sqlite_points_per_s" in result.stdout  # the table was printed
