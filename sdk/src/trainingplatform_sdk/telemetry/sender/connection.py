@@ -189,6 +189,8 @@ class Connection:
         self._on_event = on_event
         self._attempt = 0
         self._outage_logged = False
+        #: Whether this outage's one immediate retry after a waited UNAVAILABLE was used (`lost`).
+        self._quick_retry_used = False
         # No channel.subscribe() to hear when the channel is READY again: its polling thread sits inside gRPC and
         # makes a fork (a DataLoader worker) abort. Attempts after the first use wait_for_ready instead.
 
@@ -242,6 +244,7 @@ class Connection:
         self._enter(ConnectionState.CONNECTED)
         self._attempt = 0
         self._outage_logged = False
+        self._quick_retry_used = False
 
     def disconnect(self) -> None:
         """Marks a usable connection unusable (a final failure stays final)."""
@@ -265,10 +268,10 @@ class Connection:
     def lost(self, exc: BaseException, what: str, waited: bool = False) -> bool:
         """Handles a failed call or a broken stream; returns True when the failure is final.
 
-        A final failure stops delivery for good. A broken connection (UNAVAILABLE from a call that did not wait)
-        makes the next attempt start at once, waiting for the channel to connect; a call that waited its whole
-        deadline for that also lets the next start at once. Any other failure schedules the next attempt with
-        backoff.
+        A final failure stops delivery for good. A broken connection (UNAVAILABLE from a call that did not wait,
+        or from the first that did in this outage) makes the next attempt start at once, waiting for the channel to
+        connect; a call that waited its whole deadline for that also lets the next start at once. Any other failure
+        schedules the next attempt with backoff.
         """
         code, details = status_of(exc)
         self.disconnect()
@@ -281,10 +284,14 @@ class Connection:
                 "job %s: the backend is still unreachable after %.1f s", self.job_id, self.settings.rpc_timeout_s
             )
             return False
-        if not waited and code is grpc.StatusCode.UNAVAILABLE:
+        if code is grpc.StatusCode.UNAVAILABLE and (not waited or not self._quick_retry_used):
             # The connection broke: the next attempt waits for the channel to connect again (gRPC's reconnect
-            # backoff, at most 0.5 s apart), so it starts at once and resumes as soon as the backend is back.
-            # Only an attempt that reached the channel and still failed backs off below.
+            # backoff, at most 0.5 s apart), so it starts at once and resumes as soon as the backend is back. The
+            # first attempt that waited may still have gone out on the dead connection before gRPC noticed, and
+            # failed UNAVAILABLE too: it is retried at once, once per outage. Only an attempt that reached the
+            # channel and still failed after that backs off below (a backend whose database is down).
+            if waited:
+                self._quick_retry_used = True
             delay = 0.0
         else:
             settings = self.settings
