@@ -98,8 +98,8 @@ def test_points_coming_fast_shorten_the_interval_to_the_target_batch_and_a_slowe
     assert sender._next_wake(now) == pytest.approx(interval / 4)
     assert sender._due == pytest.approx(now + interval / 4)
     assert not sender.idle  # looking each short interval, the caller need not wake it
-    # Far faster: never below the floor.
-    now += interval / 4
+    # Far faster over the next interval: never below the floor.
+    now += interval
     sender._adapt_interval(now, 1000 * target)
     assert sender._interval == MIN_FLUSH_INTERVAL_S
     # Below the target per interval: back to the configured interval.
@@ -108,10 +108,24 @@ def test_points_coming_fast_shorten_the_interval_to_the_target_batch_and_a_slowe
     assert sender._interval == interval
 
 
+def test_a_burst_within_an_interval_does_not_shorten_it(sender: Sender) -> None:
+    # An epoch's end: a few metrics, a summary and a log line drained in wake-ups a millisecond apart. Taken over
+    # that millisecond their rate looks high; over the interval it is not, and the log line must not go sooner.
+    settings = sender.settings
+    interval, target = settings.flush_interval_s, settings.target_batch_points
+    now = time.monotonic()
+    sender._window_start = now
+    for tick in range(1, 5):
+        sender._adapt_interval(now + tick * 1e-3, 20)
+        assert sender._interval == interval
+    sender._adapt_interval(now + interval, target // 2)  # the window closes below the target
+    assert sender._interval == interval
+
+
 def test_a_short_interval_does_not_shorten_the_wait_while_nobody_watches(sender: Sender) -> None:
     settings = sender.settings
     now = time.monotonic()
-    sender._drained_at = now - settings.flush_interval_s
+    sender._window_start = now - settings.flush_interval_s
     sender._adapt_interval(now, 100 * settings.target_batch_points)
     assert sender._interval == MIN_FLUSH_INTERVAL_S
     sender._delivery.unwatched = True

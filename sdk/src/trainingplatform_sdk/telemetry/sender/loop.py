@@ -86,8 +86,9 @@ class Sender(threading.Thread):
         self._flushed_at = 0.0
         #: The flush interval in force: `flush_interval_s`, shorter while points come fast (`_adapt_interval`).
         self._interval = settings.flush_interval_s
-        #: When the caller's buffer last gave points.
-        self._drained_at = 0.0
+        #: The window over which the rate is measured (`_adapt_interval`): when it began, and the items since.
+        self._window_start = 0.0
+        self._window_items = 0
         #: Until when the thread looks at the buffer each interval on its own (points came lately).
         self._active_until = 0.0
         self._buffer = buffer
@@ -220,15 +221,20 @@ class Sender(threading.Thread):
         self._due = max(now, self._flushed_at + interval)
 
     def _adapt_interval(self, now: float, taken: int) -> None:
-        """Sets the flush interval from the rate of the last drain (`taken` items since the previous drain that gave
-        any): so that a partial message carries about `target_batch_points`, between MIN_FLUSH_INTERVAL_S and
-        `flush_interval_s`. A point's message waits for the backend to commit and fan out all of it, so at a high
-        rate smaller messages, sent sooner, reach a live subscriber sooner; at a lower rate nothing changes."""
+        """Counts `taken` drained items and, once a window of at least `flush_interval_s` is complete, sets the
+        flush interval from the window's rate: so that a partial message carries about `target_batch_points`,
+        between MIN_FLUSH_INTERVAL_S and `flush_interval_s`. A point's message waits for the backend to commit and
+        fan out all of it, so at a high rate smaller messages, sent sooner, reach a live subscriber sooner; at a
+        lower rate nothing changes. A burst of a few items (the metrics, summary and log line of an epoch's end)
+        never shortens the interval: the rate is taken over a whole interval at least."""
         settings = self.settings
-        elapsed = now - self._drained_at
-        self._drained_at = now
-        wanted = settings.target_batch_points * elapsed / taken
+        self._window_items += taken
+        elapsed = now - self._window_start
+        if elapsed < settings.flush_interval_s:
+            return
+        wanted = settings.target_batch_points * elapsed / self._window_items
         self._interval = min(settings.flush_interval_s, max(MIN_FLUSH_INTERVAL_S, wanted))
+        self._window_start, self._window_items = now, 0
 
     def _loop(self) -> None:
         interval = self.settings.flush_interval_s
