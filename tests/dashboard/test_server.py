@@ -10,6 +10,7 @@ import queue
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -74,8 +75,12 @@ def wait_for(predicate, timeout: float = 15, what: str = "condition"):  # type: 
         time.sleep(0.05)
 
 
-def collect_points(reader: SseReader, expected: set[int], timeout: float = 20) -> list[int]:
-    """Metric sequences read from the stream until every expected one arrived (a list: duplicates would show)."""
+def collect_points(
+    reader: SseReader, expected: set[int], timeout: float = 20, others: dict[str, list[Any]] | None = None
+) -> list[int]:
+    """Metric sequences read from the stream until every expected one arrived (a list: duplicates would show).
+    The other events read meanwhile go to `others` by kind, when given: metrics and logs are separate streams, so a
+    log line logged after the points may arrive before the last of them."""
     seen: list[int] = []
     deadline = time.monotonic() + timeout
     while not expected.issubset(seen):
@@ -83,6 +88,8 @@ def collect_points(reader: SseReader, expected: set[int], timeout: float = 20) -
         assert event is not None, f"stream ended; got {len(seen)} of {len(expected)} points"
         if event.event == "metrics":
             seen.extend(point["sequence"] for point in event.json()["points"])
+        elif others is not None:
+            others.setdefault(event.event, []).append(event)
     return seen
 
 
@@ -298,12 +305,12 @@ def test_events_arrive_live_and_the_stream_ends_with_the_job(
             logger.log_metric("train/loss", 1.0 / step, step=step)
         logger.log_message("epoch 0 done")
         logger.log_epoch_summary(0, {"val/accuracy": 0.5})
-        seen = collect_points(reader, set(range(1, 201)))
+        kinds: dict[str, list[Any]] = {}
+        seen = collect_points(reader, set(range(1, 201)), others=kinds)
         assert sorted(seen) == list(range(1, 201)), "every point exactly once"
         assert time.monotonic() - started < 10
         logger.update_status("COMPLETED")
         logger.close(timeout=15)
-        kinds: dict[str, list] = {}
         while True:
             event = reader.next(timeout=15)
             if event is None:
