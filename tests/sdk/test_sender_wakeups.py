@@ -125,8 +125,8 @@ def test_a_burst_within_an_interval_does_not_shorten_it(sender: Sender) -> None:
 def test_a_short_interval_does_not_shorten_the_wait_while_nobody_watches(sender: Sender) -> None:
     settings = sender.settings
     now = time.monotonic()
-    sender._window_start = now - settings.flush_interval_s
-    sender._adapt_interval(now, 100 * settings.target_batch_points)
+    sender._window_start = now - 2 * settings.flush_interval_s
+    sender._adapt_interval(now, 200 * settings.target_batch_points)
     assert sender._interval == MIN_FLUSH_INTERVAL_S
     sender._delivery.unwatched = True
     sender._flushed_at = now

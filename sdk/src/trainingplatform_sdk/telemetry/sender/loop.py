@@ -229,10 +229,9 @@ class Sender(threading.Thread):
         never shortens the interval: the rate is taken over a whole interval at least."""
         settings = self.settings
         self._window_items += taken
-        elapsed = now - self._window_start
-        if elapsed < settings.flush_interval_s:
+        if now < self._window_start + settings.flush_interval_s:  # compared as times (see `_next_wake`)
             return
-        wanted = settings.target_batch_points * elapsed / self._window_items
+        wanted = settings.target_batch_points * (now - self._window_start) / self._window_items
         self._interval = min(settings.flush_interval_s, max(MIN_FLUSH_INTERVAL_S, wanted))
         self._window_start, self._window_items = now, 0
 
