@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from proc_cpu import process_cpu_s
+from proc_cpu import process_cpu_s, threads_cpu_s
 from support.backend import BackendProcess
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.spec.configs import AdvancedConfig, DatasetConfig, ModelConfig, TrainingConfig
@@ -59,26 +59,15 @@ class EpochTimes:
         return getattr(self.inner, name)
 
 
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
 def _telemetry_threads_cpu_s() -> dict[int, float]:
     """CPU seconds of each thread of this process that is not the training's: every Python thread but the main one
     (the SDK's sender, gRPC's request consumer and channel spin), and every native thread not named like the
     process (gRPC's event engine and timers; torch's own threads keep the process's name)."""
     main = threading.main_thread().native_id
     python_threads = {thread.native_id for thread in threading.enumerate()} - {main}
-    own_name = Path(f"/proc/self/task/{main}/comm").read_text().strip()
-    result = {}
-    for task in os.listdir("/proc/self/task"):
-        try:
-            name = Path(f"/proc/self/task/{task}/comm").read_text().strip()
-            fields = Path(f"/proc/self/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(task) in python_threads or name != own_name:
-            result[int(task)] = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
-    return result
+    threads = threads_cpu_s()
+    own_name = threads[main][0]
+    return {tid: cpu for tid, (name, cpu) in threads.items() if tid in python_threads or name != own_name}
 
 
 def _train(sink: Any, output_dir: Path, epochs: int) -> list[float]:

@@ -11,7 +11,6 @@ SDK's side).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -21,25 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from proc_cpu import threads_cpu_s
 from profile_sdk import main, summarize
 from support.backend import BackendProcess
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
-
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def _threads(pid: int) -> dict[int, tuple[str, float]]:
-    """Name and user plus system CPU of each thread of a process, by thread id."""
-    result = {}
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            text = Path(f"/proc/{pid}/task/{task}/stat").read_text()
-        except FileNotFoundError:
-            continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        result[int(task)] = (name, (int(fields[11]) + int(fields[12])) / _TICKS_PER_S)
-    return result
 
 
 def run(seconds: float, top: int) -> list[str]:
@@ -66,7 +50,7 @@ def run(seconds: float, top: int) -> list[str]:
             command += ["--duration", str(int(seconds)), "--output", str(raw_path), "--nonblocking"]
             profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)  # py-spy attaches
-            before = _threads(pid)
+            before = threads_cpu_s(pid)
             points = 0
             deadline = time.monotonic() + seconds - 1.5
             while time.monotonic() < deadline:
@@ -75,7 +59,7 @@ def run(seconds: float, top: int) -> list[str]:
                 time.sleep(0.01)
             if not logger.flush(60):
                 raise RuntimeError("the points were not all delivered")
-            after = _threads(pid)
+            after = threads_cpu_s(pid)
             profiler.wait(seconds + 30)
             logger.close(30)
             raw = raw_path.read_text() if raw_path.exists() else ""

@@ -25,22 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from proc_cpu import threads_cpu_s
 from support.backend import BackendProcess
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
 
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
-
-def _threads_cpu_s() -> dict[int, float]:
-    """User plus system CPU of each thread of this process, by native thread id."""
-    result = {}
-    for task in os.listdir("/proc/self/task"):
-        try:
-            fields = Path(f"/proc/self/task/{task}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        result[int(task)] = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
-    return result
+def _cpu_by_thread() -> dict[int, float]:
+    return {tid: cpu for tid, (_, cpu) in threads_cpu_s().items()}
 
 
 def summarize(raw: str, top: int) -> list[str]:
@@ -92,7 +83,7 @@ def run(seconds: float, top: int) -> list[str]:
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)  # py-spy attaches
-            before, cpu_before = _threads_cpu_s(), time.process_time()
+            before, cpu_before = _cpu_by_thread(), time.process_time()
             points = 0
             deadline = time.monotonic() + seconds - 1.5
             while time.monotonic() < deadline:
@@ -101,7 +92,7 @@ def run(seconds: float, top: int) -> list[str]:
                 time.sleep(0.01)
             if not logger.flush(60):
                 raise RuntimeError("the points were not all delivered")
-            after, cpu = _threads_cpu_s(), time.process_time() - cpu_before
+            after, cpu = _cpu_by_thread(), time.process_time() - cpu_before
             names = {thread.native_id: thread.name for thread in threading.enumerate()}
             profiler.wait(seconds + 30)
             logger.close(30)

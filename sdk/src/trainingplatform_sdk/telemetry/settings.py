@@ -37,7 +37,7 @@ class LoggerSettings:
     `flush_interval_s`, the sender sends sooner, down to every 10 ms. A message's points wait for the backend to
     commit and fan out the whole message, which takes time in proportion to its size, so at 50,000 points/s a
     fixed 50 ms interval (2,500-point messages) gave a p99 of 134 ms from `log_metric` to a live subscriber, and
-    10 ms gave 52-69 ms. Below 10,000 points/s (500 per 50 ms) nothing changes."""
+    500-point messages 65 ms (`bench/bench_latency.py`). Below 10,000 points/s (500 per 50 ms) nothing changes."""
 
     max_batch_points: int = 5000
     """Most points (or log records) in one stream message."""
