@@ -48,6 +48,12 @@ def position(step: int | None, epoch: int | None) -> tuple[int | None, int | Non
     Raises:
         InvalidPoint: One is not an integer or out of range.
     """
+    # The common case first, without a call or a generator: plain ints in range, or None. (`type() is int` leaves
+    # bools and numpy integers to the general path below, which converts them.)
+    if (step is None or (type(step) is int and 0 <= step < INT64_END)) and (
+        epoch is None or (type(epoch) is int and 0 <= epoch < INT64_END)
+    ):
+        return step, epoch
     try:
         step = None if step is None else int(step)
         epoch = None if epoch is None else int(epoch)

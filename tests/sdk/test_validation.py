@@ -1,0 +1,57 @@
+"""The checks the sender makes before it numbers a point: the same answer on the fast path (plain ints) and on the
+general one (bools, numpy integers, floats, text)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from trainingplatform_sdk.telemetry.sender.validation import INT64_END, InvalidPoint, Validator, position
+
+
+@pytest.mark.parametrize(
+    ("step", "epoch", "expected"),
+    [
+        (None, None, (None, None)),
+        (0, None, (0, None)),
+        (None, 0, (None, 0)),
+        (INT64_END - 1, INT64_END - 1, (INT64_END - 1, INT64_END - 1)),
+        (True, False, (1, 0)),
+        (np.int64(7), np.int32(2), (7, 2)),
+        (3.9, None, (3, None)),
+        ("12", None, (12, None)),
+    ],
+)
+def test_a_step_and_epoch_in_range_are_kept_as_ints(step: object, epoch: object, expected: tuple) -> None:
+    result = position(step, epoch)  # type: ignore[arg-type]
+    assert result == expected
+    assert all(value is None or type(value) is int for value in result)
+
+
+@pytest.mark.parametrize(
+    ("step", "epoch", "problem"),
+    [
+        (-1, None, "between 0 and 2**63 - 1"),
+        (None, -1, "between 0 and 2**63 - 1"),
+        (INT64_END, None, "between 0 and 2**63 - 1"),
+        (0, INT64_END, "between 0 and 2**63 - 1"),
+        (np.int64(-5), None, "between 0 and 2**63 - 1"),
+        ("x", None, "must be integers"),
+        (None, [1], "must be integers"),
+        (float("nan"), None, "must be integers"),
+    ],
+)
+def test_a_step_or_epoch_out_of_range_or_not_an_integer_is_refused(step: object, epoch: object, problem: str) -> None:
+    with pytest.raises(InvalidPoint, match=problem.replace("*", r"\*")):
+        position(step, epoch)  # type: ignore[arg-type]
+
+
+def test_a_metric_point_is_checked_field_by_field() -> None:
+    validator = Validator()
+    assert validator.metric((0, "train/loss", 0.5, 3, 1, 10.0)) == ("train/loss", 0.5, 3, 1, 10.0)
+    assert validator.metric((0, "train/loss", 0.25, None, None, 11.0)) == ("train/loss", 0.25, None, None, 11.0)
+    with pytest.raises(InvalidPoint, match="not a number"):
+        validator.metric((0, "train/loss", None, 3, 1, 12.0))
+    with pytest.raises(InvalidPoint, match="1 to"):
+        validator.metric((0, "", 0.5, 3, 1, 12.0))
+    with pytest.raises(InvalidPoint, match="between 0"):
+        validator.metric((0, "train/loss", 0.5, -3, 1, 12.0))
