@@ -222,7 +222,7 @@ class Client:
                 self.interrupt()
             return
         self.queue.append(f"id: {self.cursor.text()}\nevent: {event.kind}\ndata: {data}\n\n".encode())
-        metrics.EVENTS_SENT.labels(event.kind).inc()
+        metrics.count_events_sent(event.kind)
         self.wake.set()
 
     def finish(self, status: str | None) -> None:

@@ -192,7 +192,7 @@ class JobsFeed:
                     if len(client.queue) > client.max_events:
                         client.overflowed = True
                     client.wake.set()
-                metrics.EVENTS_SENT.labels("job").inc(len(self.clients))
+                metrics.count_events_sent("job", len(self.clients))
         for gone in set(self.snapshot) - set(seen):
             del self.snapshot[gone]
         self.jobs = seen
