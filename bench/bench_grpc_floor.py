@@ -5,11 +5,14 @@ call) with nothing of this project on either side:
 - the server is a bare `grpc.aio` server in its own process whose handler only counts the messages it reads (no
   parsing, no validation, no database);
 - the client is this process: a thread puts the prebuilt serialized message into a queue that gRPC's request
-  iterator reads, as the SDK hands its messages to gRPC.
+  iterator reads, as the SDK hands its messages to gRPC;
+- then the same with the other client API, as an SDK built on it would send: a `grpc.aio` channel on an event loop
+  in a thread of its own, the ticking thread handing it each message with `call_soon_threadsafe`.
 
-Reported: `grpc_floor_ms_server` (the server process's CPU per message) and `grpc_floor_ms_client` (this process's
-CPU per message, less that of the same loop sending nothing, measured beside it). What the platform's numbers have
-above these is what its own code costs; a target below them cannot be met without another transport.
+Reported: `grpc_floor_ms_server` (the server process's CPU per message), `grpc_floor_ms_client` and
+`grpc_floor_ms_client_aio` (this process's CPU per message, less that of the same loop sending nothing, measured
+beside it). What the platform's numbers have above these is what its own code costs; a target below them cannot be
+met without another transport.
 
     .venv/bin/python bench/bench_grpc_floor.py [--seconds 10]
 """
@@ -23,6 +26,7 @@ import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -76,6 +80,53 @@ def _loop(messages: int, send) -> float:  # type: ignore[no-untyped-def]
     return time.process_time() - before
 
 
+def _aio_client_cpu_s(address: str, messages: int, message: bytes) -> tuple[float, float]:
+    """This process's CPU for `messages` ticks sending nothing and for as many sending `message` each, through a
+    `grpc.aio` channel on an event loop in its own thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="floor-aio-loop", daemon=True)
+    thread.start()
+
+    async def open_call() -> tuple[asyncio.Queue[bytes | None], asyncio.Task[int]]:
+        channel = grpc.aio.insecure_channel(address)
+        await channel.channel_ready()
+        call = channel.stream_unary(_METHOD)()
+        outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def pump() -> int:
+            while (item := await outbox.get()) is not None:
+                await call.write(item)
+            await call.done_writing()
+            received = int.from_bytes(await call, "little")
+            await channel.close()
+            return received
+
+        return outbox, asyncio.ensure_future(pump())
+
+    async def result(task: asyncio.Task[int]) -> int:
+        return await asyncio.wait_for(task, 60)
+
+    try:
+        outbox, pump = asyncio.run_coroutine_threadsafe(open_call(), loop).result(30)
+
+        def put(item: bytes | None) -> None:
+            loop.call_soon_threadsafe(outbox.put_nowait, item)
+
+        put(message)  # the call is open before the measurement
+        time.sleep(0.5)
+        idle_cpu = _loop(messages, lambda: None)
+        client_cpu = _loop(messages, lambda: put(message))
+        put(None)
+        received = asyncio.run_coroutine_threadsafe(result(pump), loop).result(90)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+    if received != messages + 1:
+        raise RuntimeError(f"the bare server read {received} of {messages + 1} messages from the grpc.aio client")
+    return idle_cpu, client_cpu
+
+
 def run(seconds: float = 10.0) -> dict[str, float]:
     """The bare client's and server's CPU per one-point message, in milliseconds."""
     with socket.socket() as probe:
@@ -107,11 +158,13 @@ def run(seconds: float = 10.0) -> dict[str, float]:
             server_cpu = process_cpu_s(server.pid) - server_before
         if received != messages + 1:
             raise RuntimeError(f"the bare server read {received} of {messages + 1} messages")
+        aio_idle_cpu, aio_client_cpu = _aio_client_cpu_s(f"127.0.0.1:{port}", messages, message)
     finally:
         server.kill()
         server.wait()
     return {
         "grpc_floor_ms_client": max(0.0, client_cpu - idle_cpu) / messages * 1000,
+        "grpc_floor_ms_client_aio": max(0.0, aio_client_cpu - aio_idle_cpu) / messages * 1000,
         "grpc_floor_ms_server": server_cpu / messages * 1000,
     }
 

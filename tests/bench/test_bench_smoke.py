@@ -55,7 +55,8 @@ def test_bench_smoke_reports_every_metric():
         assert results[key] >= 0 if key.startswith("reconnect_ms") else results[key] > 0, key
     # gRPC's floor: the bench itself fails unless the bare server read every message; the server's CPU for 100
     # messages is several clock ticks, the client's share (less an idle loop) may round to 0 in a 1-second run
-    assert results["grpc_floor_ms_server"] > 0 and "grpc_floor_ms_client" in results
+    assert results["grpc_floor_ms_server"] > 0
+    assert "grpc_floor_ms_client" in results and "grpc_floor_ms_client_aio" in results
     assert results["fanin_lost"] == 0 and results["fanin_duplicates"] == 0
     # where the fan-in's CPU went: the loggers and the backend worked (PostgreSQL's share may round to 0 in 1 s)
     assert results["fanin_backend_cpu_us_per_point"] > 0
