@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# gRPC's fork handlers off, as in a training process (the SDK's package sets this before anything imports grpc;
+# here the test helpers import grpc first). Tests fork beside live loggers, as DataLoader workers do.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from support.backend import BackendProcess, postgres_database
 

@@ -15,17 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
-
-# Read by gRPC when it is imported. Our streams are always active, so gRPC's fork handlers would be skipped anyway
-# (with a log line per fork, i.e. per DataLoader worker); a forked child never uses the parent's channel.
-# Callers that import grpc first, or set the variable, keep their choice.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
-from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 
