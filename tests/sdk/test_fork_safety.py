@@ -48,12 +48,14 @@ def _fork_support_seen_by_grpc(module: str, env: dict[str, str] | None = None) -
     return done.stdout.strip()
 
 
-def test_grpc_is_imported_with_its_fork_handlers_off_whichever_sdk_module_comes_first() -> None:
+def test_grpc_is_imported_with_its_fork_handlers_off_whichever_platform_module_comes_first() -> None:
     for module in (
         "trainingplatform_sdk",
         "trainingplatform_sdk.telemetry",
         "trainingplatform_sdk.clients",
         "trainingplatform_sdk.training.train",
+        "trainingplatform_backend.server",
+        "trainingplatform_dashboard.app",
     ):
         assert _fork_support_seen_by_grpc(module) == "false", module
 
