@@ -99,3 +99,38 @@ def test_a_trainer_that_forks_while_its_sender_connects_survives() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "survived", (
         f"exit {done.returncode}: {done.stdout[-1000:]}\n{done.stderr[-3000:]}"
     )
+
+
+_TWO_LOGGERS = textwrap.dedent(
+    """
+    import logging, sys, tempfile
+    from pathlib import Path
+
+    logging.basicConfig(level=logging.WARNING)
+    if sys.argv[1] == "grpc-first":
+        import grpc  # noqa: F401
+    from trainingplatform_sdk import TrainingLogger
+
+    with tempfile.TemporaryDirectory() as spool:
+        for job in ("job-1", "job-2"):
+            TrainingLogger(job, backend_address="{address}", token="t", spool_dir=Path(spool) / job).close(0.1)
+    """
+)
+
+
+def _warnings_of_two_loggers(order: str, env: dict[str, str] | None = None) -> list[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    environment.update(env or {})
+    script = _TWO_LOGGERS.format(address=f"127.0.0.1:{free_port()}")
+    done = subprocess.run(
+        [sys.executable, "-c", script, order], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [line for line in done.stderr.splitlines() if "fork handlers are on" in line]
+
+
+def test_a_process_that_imported_grpc_first_is_told_once_how_to_turn_the_handlers_off() -> None:
+    (warning,) = _warnings_of_two_loggers("grpc-first")
+    assert "GRPC_ENABLE_FORK_SUPPORT=false" in warning and "import trainingplatform_sdk before grpc" in warning
+    assert _warnings_of_two_loggers("sdk-first") == []
+    assert _warnings_of_two_loggers("grpc-first", {"GRPC_ENABLE_FORK_SUPPORT": "false"}) == []

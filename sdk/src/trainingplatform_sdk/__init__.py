@@ -13,16 +13,8 @@ The top level holds what a training script and a client service need most; each 
 docs/architecture.md has the package map and what each package may import.
 """
 
-import os
-
-# gRPC's fork handlers off, before any module of this package imports grpc (gRPC reads the variable when it is
-# imported). A training process forks DataLoader workers while its TrainingLogger's streams are open, and with the
-# handlers on, a fork that lands while gRPC starts a thread crashed the parent or the child with a segmentation
-# fault (tests/sdk/test_fork_safety.py). A forked child never uses the parent's channels (the logger turns itself
-# off there), so nothing needs the handlers. A process that imported grpc first, or set the variable, keeps its
-# choice.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
+# First, before any module of this package imports grpc: turns gRPC's fork handlers off (grpc_env says why).
+from trainingplatform_sdk import grpc_env  # noqa: F401
 from trainingplatform_sdk.clients import JobsClient, TrainerClient
 from trainingplatform_sdk.errors import (
     ConfigError,

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
+from trainingplatform_sdk import grpc_env
 from trainingplatform_sdk.channel import auth_metadata, open_channel, parse_backend_address
 from trainingplatform_sdk.errors import SpoolLockedError
 from trainingplatform_sdk.spec.limits import (
@@ -200,6 +201,7 @@ class TrainingLogger:
         lifetime.register(self)
         self._off = False
         self._sender.start()
+        grpc_env.warn_if_fork_handlers_on()
         _LOG.info(
             "job %s: telemetry to %s (%s), spool %s",
             job_id,

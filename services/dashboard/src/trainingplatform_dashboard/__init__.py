@@ -4,11 +4,8 @@ A Starlette app served by uvicorn and a gRPC client of the backend's JobsService
 API and Server-Sent Events (one backend subscription per watched job, fanned out to every open tab).
 """
 
-import os
-
-# gRPC's fork handlers off before grpc is imported, as in the SDK (trainingplatform_sdk/__init__.py says why):
-# a fork of this process, should anything fork it, must not run gRPC's fork handlers.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+# First, before grpc is imported: gRPC's fork handlers off, as in every process of the platform (see the module).
+import trainingplatform_sdk.grpc_env  # noqa: F401
 
 from trainingplatform_dashboard.app import create_app
 from trainingplatform_dashboard.settings import Settings, load
