@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-# gRPC's fork handlers off, as in a training process (the SDK's package sets this before anything imports grpc;
-# here the test helpers import grpc first). Tests fork beside live loggers, as DataLoader workers do.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
+# Before the test helpers import grpc: gRPC's fork handlers off, as in every process of the platform. Tests fork
+# beside live loggers, as DataLoader workers do.
+import trainingplatform_sdk.grpc_env  # noqa: F401
 from support.backend import BackendProcess, postgres_database
 
 

@@ -1,9 +1,9 @@
 """A training process forks (DataLoader workers, each epoch) while its TrainingLogger's sender talks to gRPC.
 
 gRPC's own fork handlers must be off in such a process: with them on, a fork that lands while gRPC starts one of its
-threads crashed the parent, the training itself, with a segmentation fault (reproduced: 2 crashes in 2 runs of 300
-forks beside a connecting sender, none in 600 with the handlers off). The SDK turns them off unless the process
-chose otherwise, and it must do so before gRPC is imported, which its own modules do.
+threads crashed the parent (the training itself) or the child with a segmentation fault (reproduced: 2 crashes in 2
+runs of 300 forks beside a connecting sender, none in 600 with the handlers off). The SDK turns them off unless the
+process chose otherwise, and it must do so before gRPC is imported, which its own modules do.
 """
 
 from __future__ import annotations
@@ -34,12 +34,15 @@ _WHAT_GRPC_SAW = textwrap.dedent(
 )
 
 
-def _fork_support_seen_by_grpc(module: str, env: dict[str, str] | None = None) -> str:
-    environment = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
-    environment.update(env or {})
+def _environment(**extra: str) -> dict[str, str]:
+    """This process's environment without the variable (a fresh process, as a user starts one), plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}, **extra}
+
+
+def _fork_support_seen_by_grpc(module: str, **env: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", _WHAT_GRPC_SAW.format(module=module)],
-        env=environment,
+        env=_environment(**env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -61,7 +64,7 @@ def test_grpc_is_imported_with_its_fork_handlers_off_whichever_platform_module_c
 
 
 def test_a_process_that_chose_grpc_fork_support_keeps_its_choice() -> None:
-    assert _fork_support_seen_by_grpc("trainingplatform_sdk", {"GRPC_ENABLE_FORK_SUPPORT": "true"}) == "true"
+    assert _fork_support_seen_by_grpc("trainingplatform_sdk", GRPC_ENABLE_FORK_SUPPORT="true") == "true"
 
 
 _FORKING_TRAINER = textwrap.dedent(
@@ -94,8 +97,9 @@ _FORKING_TRAINER = textwrap.dedent(
 def test_a_trainer_that_forks_while_its_sender_connects_survives() -> None:
     # The backend is unreachable, so every logger's sender is busy connecting (and failing) when the fork lands.
     script = _FORKING_TRAINER.format(forks=200, address=f"127.0.0.1:{free_port()}")
-    environment = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
-    done = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=_environment(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0 and done.stdout.strip() == "survived", (
         f"exit {done.returncode}: {done.stdout[-1000:]}\n{done.stderr[-3000:]}"
     )
@@ -118,12 +122,10 @@ _TWO_LOGGERS = textwrap.dedent(
 )
 
 
-def _warnings_of_two_loggers(order: str, env: dict[str, str] | None = None) -> list[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
-    environment.update(env or {})
+def _warnings_of_two_loggers(order: str, **env: str) -> list[str]:
     script = _TWO_LOGGERS.format(address=f"127.0.0.1:{free_port()}")
     done = subprocess.run(
-        [sys.executable, "-c", script, order], env=environment, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, order], env=_environment(**env), capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return [line for line in done.stderr.splitlines() if "fork handlers are on" in line]
@@ -133,4 +135,4 @@ def test_a_process_that_imported_grpc_first_is_told_once_how_to_turn_the_handler
     (warning,) = _warnings_of_two_loggers("grpc-first")
     assert "GRPC_ENABLE_FORK_SUPPORT=false" in warning and "import trainingplatform_sdk before grpc" in warning
     assert _warnings_of_two_loggers("sdk-first") == []
-    assert _warnings_of_two_loggers("grpc-first", {"GRPC_ENABLE_FORK_SUPPORT": "false"}) == []
+    assert _warnings_of_two_loggers("grpc-first", GRPC_ENABLE_FORK_SUPPORT="false") == []
