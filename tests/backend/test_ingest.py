@@ -48,6 +48,36 @@ def test_gaps_are_accepted_and_counted(backend):
     assert backend.metric_sequences(job_id) == [1, 2, 3, 5, 7, 8, 20]
 
 
+@pytest.mark.parametrize("count", [1, 63, 64, 65, 203])
+def test_every_row_of_a_batch_is_stored_exactly_once_whatever_its_size(backend, count):
+    """Batches are inserted in statements of several rows (SQLite): sizes around and past one statement's rows keep
+    every field of every row, and count exactly what a resend stored and what it found there already."""
+    job_id, token = backend.create_job()
+    sent = {
+        seq: (f"loss/{seq % 3}", seq / 7, seq if seq % 2 else None, seq // 5 if seq % 3 else None, 1.7e9 + seq / 3)
+        for seq in range(1, 2 * count)
+    }
+
+    def request(sequences):
+        message = telemetry_pb2.StreamMetricsRequest(job_id=job_id)
+        for seq in sequences:
+            key, value, step, epoch, wall_time = sent[seq]
+            message.points.add(key=key, value=value, step=step, epoch=epoch, wall_time=wall_time, sequence=seq)
+        return message
+
+    telemetry = backend.telemetry()
+    odd = telemetry.StreamMetrics(iter([request(range(1, 2 * count, 2))]), metadata=auth(token))
+    assert (odd.points_committed, odd.missing_sequences) == (count, count - 1)
+    # Every sequence again: the even ones fill the holes below the cursor, the odd ones are already there.
+    every = telemetry.StreamMetrics(iter([request(range(1, 2 * count))]), metadata=auth(token))
+    assert (every.points_committed, every.duplicates_ignored, every.last_committed_sequence) == (
+        count - 1,
+        count,
+        2 * count - 1,
+    )
+    assert backend.metric_rows(job_id) == [(seq, *fields) for seq, fields in sent.items()]
+
+
 def test_nan_and_infinity_round_trip_exactly(backend):
     job_id, token = backend.create_job()
     values = [math.nan, math.inf, -math.inf, -0.0, 5e-324, 1.7976931348623157e308, 0.1]

@@ -7,8 +7,8 @@ a broken stream resumes exactly where the commits stopped.
 
 This is the backend's hot path (hundreds of thousands of points per second, or a message per training step from
 each trainer), so it bypasses the ORM: the new rows of a group-commit round (above the locked cursors) go in one
-`executemany` per table on SQLite (on a connection of the ingestor's own), one binary COPY per table on PostgreSQL;
-resent rows through `INSERT ... ON CONFLICT DO NOTHING`, counted.
+multi-row `INSERT` per SQLITE_ROWS_PER_STATEMENT rows on SQLite (on a connection of the ingestor's own), one binary
+COPY per table on PostgreSQL; resent rows through `INSERT ... ON CONFLICT DO NOTHING`, counted.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ log = logging.getLogger(__name__)
 # Batches and group-commit rounds of up to this many rows are validated and (SQLite) committed on the event loop:
 # that takes microseconds, a hop to a worker thread and back costs more. Larger ones go to a worker thread.
 INLINE_ROWS = 256
+
+# Rows per SQLite INSERT statement: one statement of many VALUES tuples costs about 40 % less CPU per row than an
+# executemany of one-row statements (1.0 against 1.7 microseconds per metric row measured here; little changes past 64
+# rows), and 64 rows of 9 columns stay under the 999 bound parameters of SQLite before 3.32.
+SQLITE_ROWS_PER_STATEMENT = 64
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_LEVEL = max(common_pb2.LogLevel.values())
@@ -133,10 +138,17 @@ class _Table:
     def __init__(self, table: str, columns: tuple[str, ...], pg_types: tuple[str, ...], sqlite: bool) -> None:
         names = ", ".join(("job_pk", *columns))
         self.pg_types = ("int8", *pg_types)
+        self.sqlite_inserts: dict[int, str] = {}
+        """SQLite: the INSERT of 1, 2, 4 ... SQLITE_ROWS_PER_STATEMENT rows; any count is a few of them, each
+        prepared once and kept in sqlite3's statement cache."""
+        self.insert = ""
+        """PostgreSQL: the INSERT of rows passed as one array per column (resent rows, counted)."""
         if sqlite:
-            self.insert = (
-                f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * (len(columns) + 1))}) ON CONFLICT DO NOTHING"
-            )
+            row = f"({', '.join('?' * (len(columns) + 1))})"
+            self.sqlite_inserts = {
+                size: f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * size)} ON CONFLICT DO NOTHING"
+                for size in (1 << bit for bit in range(SQLITE_ROWS_PER_STATEMENT.bit_length()))
+            }
         else:
             arrays = ", ".join(f"%s::{t}[]" for t in pg_types)
             self.insert = f"INSERT INTO {table} ({names}) SELECT %s, * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
@@ -370,17 +382,17 @@ class Ingestor:
             if not fresh_rows:
                 continue
             if self._store.is_sqlite:
-                conn.exec_driver_sql(table.insert, fresh_rows)
+                _sqlite_insert(conn, table, fresh_rows)
                 continue
             with conn.connection.driver_connection.cursor() as cursor, cursor.copy(table.copy) as copy:
                 copy.set_types(list(table.pg_types))
                 for row in fresh_rows:
                     copy.write_row(row)
         if self._store.is_sqlite:
-            # No network here: one executemany per batch keeps each batch's exact count of stored rows.
+            # No network here: statements per batch keep each batch's exact count of stored rows.
             for index, (batch, _, older, *_) in enumerate(plans):
                 if older:
-                    stored[index] += conn.exec_driver_sql(self._tables[batch.stream].insert, older).rowcount
+                    stored[index] += _sqlite_insert(conn, self._tables[batch.stream], older)
             return stored
         # Rows at or below the cursor (resends, holes being filled) may exist: ON CONFLICT DO NOTHING, counted.
         for index, (batch, _, older, *_) in enumerate(plans):
@@ -402,6 +414,20 @@ def _split(batch: Prepared, previous: int) -> tuple[list[tuple[Any, ...]], list[
     fresh = [row for sequence, row in first.items() if sequence > previous]
     older = [row for sequence, row in first.items() if sequence <= previous]
     return fresh, older
+
+
+def _sqlite_insert(conn: Any, table: _Table, rows: list[tuple[Any, ...]]) -> int:
+    """Inserts `rows` into `table` on SQLite, SQLITE_ROWS_PER_STATEMENT rows per statement and the rest in
+    power-of-two statements; returns how many were stored (the others' keys existed)."""
+    stored = 0
+    start = 0
+    statements = table.sqlite_inserts
+    chain = itertools.chain.from_iterable
+    while start < len(rows):
+        size = min(SQLITE_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
+        stored += conn.exec_driver_sql(statements[size], tuple(chain(rows[start : start + size]))).rowcount
+        start += size
+    return stored
 
 
 class _SqliteConnection:
