@@ -30,6 +30,25 @@ def point(**fields) -> telemetry_pb2.MetricPoint:
     return telemetry_pb2.MetricPoint(**values)
 
 
+def columns(job_id: str, **changes) -> telemetry_pb2.StreamMetricsRequest:
+    """Two valid points as MetricColumns, with `changes` replacing whole columns (a list) or adding points."""
+    values = {
+        "keys": ["loss", "lr"],
+        "key_indexes": [0, 1],
+        "values": [1.0, 0.1],
+        "steps": [1, -1],
+        "epochs": [],
+        "wall_times": [1.0, 1.0],
+        "sequences": [1, 2],
+        **changes,
+    }
+    return telemetry_pb2.StreamMetricsRequest(job_id=job_id, columns=telemetry_pb2.MetricColumns(**values))
+
+
+def stream_columns(b, t, request):
+    return b.telemetry().StreamMetrics(iter([request]), metadata=auth(t))
+
+
 def log_request(job_id: str, **fields) -> telemetry_pb2.StreamLogsRequest:
     values = {"level": common_pb2.LOG_LEVEL_INFO, "message": "m", "wall_time": 1.0, "sequence": 1, **fields}
     return telemetry_pb2.StreamLogsRequest(job_id=job_id, records=[telemetry_pb2.LogRecord(**values)])
@@ -109,6 +128,60 @@ CASES = [
         lambda b, j, t: b.telemetry().StreamMetrics(iter([metrics(j, point(wall_time=math.nan))]), metadata=auth(t)),
         INVALID,
         "wall_time",
+    ),
+    (
+        "points and columns in one message",
+        lambda b, j, t: stream_columns(
+            b,
+            t,
+            telemetry_pb2.StreamMetricsRequest.FromString(
+                columns(j).SerializeToString() + metrics(j).SerializeToString()
+            ),
+        ),
+        INVALID,
+        "not both",
+    ),
+    (
+        "columns of different lengths",
+        lambda b, j, t: stream_columns(b, t, columns(j, values=[1.0])),
+        INVALID,
+        "values has 1 entries",
+    ),
+    (
+        "steps column shorter than the points",
+        lambda b, j, t: stream_columns(b, t, columns(j, steps=[3])),
+        INVALID,
+        "steps has 1 entries",
+    ),
+    (
+        "key index past the keys",
+        lambda b, j, t: stream_columns(b, t, columns(j, key_indexes=[0, 2])),
+        INVALID,
+        "key index 2 is past the 2 key(s)",
+    ),
+    (
+        "step below -1 in columns",
+        lambda b, j, t: stream_columns(b, t, columns(j, steps=[1, -2])),
+        INVALID,
+        "-1 in columns for none",
+    ),
+    (
+        "control character in a column key",
+        lambda b, j, t: stream_columns(b, t, columns(j, keys=["loss", "l\tr"])),
+        INVALID,
+        "columns.keys",
+    ),
+    (
+        "NaN wall time in columns",
+        lambda b, j, t: stream_columns(b, t, columns(j, wall_times=[1.0, math.nan])),
+        INVALID,
+        "wall_time",
+    ),
+    (
+        "sequence zero in columns",
+        lambda b, j, t: stream_columns(b, t, columns(j, sequences=[0, 1])),
+        INVALID,
+        "start at 1",
     ),
     (
         "first message names no job",

@@ -9,7 +9,7 @@ import time
 import grpc
 import pytest
 from support.backend import auth
-from support.streams import metric_messages
+from support.streams import metric_messages, request_points
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
@@ -76,6 +76,47 @@ def test_every_row_of_a_batch_is_stored_exactly_once_whatever_its_size(backend, 
         2 * count - 1,
     )
     assert backend.metric_rows(job_id) == [(seq, *fields) for seq, fields in sent.items()]
+
+
+def test_points_sent_as_columns_are_stored_exactly_and_reach_a_live_subscriber_as_points(backend):
+    job_id, token = backend.create_job()
+    subscription = backend.jobs().SubscribeTelemetry(
+        jobs_pb2.SubscribeTelemetryRequest(job_id=job_id, keep_following=True),
+        metadata=auth(backend.read_token),
+        timeout=60,
+    )
+    events = iter(subscription)
+    assert next(events).WhichOneof("event") == "status_event"  # live from here on
+    columns = telemetry_pb2.MetricColumns(
+        keys=["loss", "lr"],
+        key_indexes=[0, 1, 0, 1],
+        values=[math.nan, -0.0, 5e-324, 1.7976931348623157e308],
+        steps=[-1, 0, 7, 2**53 - 1],
+        epochs=[3, -1, -1, 0],
+        wall_times=[1.7e9, 1.7e9 + 0.25, 1.7e9 + 0.5, 1.7e9 + 0.75],
+        sequences=[1, 2, 3, 4],
+    )
+    request = telemetry_pb2.StreamMetricsRequest(job_id=job_id, columns=columns)
+    response = backend.telemetry().StreamMetrics(iter([request]), metadata=auth(token))
+    assert (response.points_committed, response.last_committed_sequence) == (4, 4)
+    sent = request_points(request)
+    rows = backend.metric_rows(job_id)
+    assert [row[:2] for row in rows] == [(p.sequence, p.key) for p in sent]
+    values = [row[2] for row in rows]
+    # SQLite keeps NaN as NULL (read back as NaN by every reader), PostgreSQL as NaN.
+    assert values[0] is None or math.isnan(values[0])
+    assert math.copysign(1, values[1]) == -1 and values[2:] == [5e-324, 1.7976931348623157e308]
+    steps_epochs_walls = [
+        (None, 3, 1.7e9),
+        (0, None, 1.7e9 + 0.25),
+        (7, None, 1.7e9 + 0.5),
+        (2**53 - 1, 0, 1.7e9 + 0.75),
+    ]
+    assert [row[3:] for row in rows] == steps_epochs_walls
+    event = next(e for e in events if e.WhichOneof("event") == "metrics")
+    subscription.cancel()
+    # The same points, field presence and NaN bits included.
+    assert [p.SerializeToString() for p in event.metrics.points] == [p.SerializeToString() for p in sent]
 
 
 def test_nan_and_infinity_round_trip_exactly(backend):

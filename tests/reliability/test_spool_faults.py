@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
+from support.streams import request_points
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
 from trainingplatform_sdk.telemetry.spool import Spool
@@ -55,7 +56,7 @@ def spooled_sequences(directory: Path, job_id: str) -> list[int]:
         return [
             point.sequence
             for record in spool.records("metrics")
-            for point in telemetry_pb2.StreamMetricsRequest.FromString(spool.read(record)).points
+            for point in request_points(telemetry_pb2.StreamMetricsRequest.FromString(spool.read(record)))
         ]
     finally:
         spool.close()

@@ -15,6 +15,7 @@ import pytest
 import torch
 from reliability.polling import wait_until
 from support.backend import BackendProcess
+from support.streams import request_points
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
 from trainingplatform_sdk.telemetry.sender.validation import Validator
@@ -29,7 +30,7 @@ def spooled_points(directory: Path) -> list[telemetry_pb2.MetricPoint]:
         return [
             point
             for record in spool.records("metrics")
-            for point in telemetry_pb2.StreamMetricsRequest.FromString(spool.read(record)).points
+            for point in request_points(telemetry_pb2.StreamMetricsRequest.FromString(spool.read(record)))
         ]
     finally:
         spool.close()

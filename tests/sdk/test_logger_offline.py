@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from reliability.polling import wait_until
+from support.streams import request_points
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import DeliveryReport, LoggerSettings, TrainingLogger
@@ -33,7 +34,7 @@ def spooled_sequences(directory: Path, kind: str = "metrics") -> list[int]:
     sequences = []
     for record in spool.records(kind):
         request = request_type.FromString(spool.read(record))
-        items = request.points if kind == "metrics" else request.records
+        items = request_points(request) if kind == "metrics" else request.records
         sequences.extend(item.sequence for item in items)
     spool.close()
     return sequences

@@ -3,6 +3,7 @@ large messages built straight to bytes, and the state saved without a write per 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import grpc
 import pytest
 from reliability.polling import wait_until
 from support.backend import BackendProcess
+from support.streams import request_points
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
 from trainingplatform_sdk.telemetry.sender import loop
@@ -235,12 +237,22 @@ def test_metrics_and_logs_due_together_go_in_one_wake_up(
 def test_a_large_batch_is_encoded_into_one_request_with_every_point() -> None:
     settings = LoggerSettings()
     metrics = MetricCodec("job-1", settings)
-    batch = [(index + 1, f"k{index % 7}", index * 0.5, index, None, 1.5) for index in range(1027)]
+    batch = [(index + 1, f"k{index % 7}", index * 0.5, index, None, 1.5 + index) for index in range(1027)]
     request = telemetry_pb2.StreamMetricsRequest.FromString(metrics.encode(batch))
     assert request.job_id == "job-1"
-    assert [(p.sequence, p.key, p.value, p.step, p.HasField("epoch")) for p in request.points] == [
-        (sequence, key, value, step, False) for sequence, key, value, step, _, _ in batch
-    ]
+    # As columns: each key once, no epoch column since no point has an epoch.
+    assert not request.points and sorted(request.columns.keys) == [f"k{index}" for index in range(7)]
+    assert not request.columns.epochs
+    decoded = [(p.sequence, p.key, p.value, p.step, p.HasField("epoch"), p.wall_time) for p in request_points(request)]
+    assert decoded == [(sequence, key, value, step, False, wall) for sequence, key, value, step, _, wall in batch]
+    # Some points with a step or an epoch and some without: -1 stands for none in a column that is there.
+    mixed = [(1, "a", 0.5, None, 0, 1.0), (2, "b", -0.0, 0, None, 2.0), (3, "a", math.nan, 2**53 - 1, 7, 3.0)]
+    request = telemetry_pb2.StreamMetricsRequest.FromString(metrics.encode(mixed))
+    assert list(request.columns.steps) == [-1, 0, 2**53 - 1] and list(request.columns.epochs) == [0, -1, 7]
+    decoded = [(p.sequence, p.key, p.value, p.step if p.HasField("step") else None) for p in request_points(request)]
+    assert decoded[:2] == [(1, "a", 0.5, None), (2, "b", -0.0, 0)] and math.copysign(1, decoded[1][2]) == -1
+    assert decoded[2][0:2] == (3, "a") and math.isnan(decoded[2][2]) and decoded[2][3] == 2**53 - 1
+    assert [p.epoch if p.HasField("epoch") else None for p in request_points(request)] == [0, None, 7]
 
     logs = LogCodec("job-1", settings, rank=3)
     records = [(index + 1, f"line {index}", 20, 0, index, 2.5) for index in range(257)]

@@ -142,6 +142,28 @@ def _points():
     )
 
 
+def _columns():
+    """MetricColumns of n points (steps and epochs: n entries or none), keys and key indexes that may not match."""
+
+    def of_length(n):
+        def column(elements):
+            return st.lists(elements, min_size=n, max_size=n)
+
+        floats = st.floats(allow_nan=True, allow_infinity=True)
+        return st.builds(
+            telemetry_pb2.MetricColumns,
+            keys=st.lists(st.text(max_size=300), max_size=4),
+            key_indexes=column(st.integers(min_value=0, max_value=5)),
+            values=column(floats),
+            steps=st.one_of(st.just([]), column(st.integers(min_value=-5, max_value=2**40))),
+            epochs=st.one_of(st.just([]), column(st.integers(min_value=-5, max_value=1000))),
+            wall_times=column(floats),
+            sequences=column(st.integers(min_value=-5, max_value=2**40)),
+        )
+
+    return st.integers(min_value=0, max_value=8).flatmap(of_length)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_generated_requests_get_a_status_and_the_server_stays_up(fuzz_backend: BackendProcess, data):
@@ -151,6 +173,8 @@ def test_generated_requests_get_a_status_and_the_server_stays_up(fuzz_backend: B
     request = data.draw(_message_strategy(cls, [job_id, "", "00000000-0000-0000-0000-000000000000"]))
     if method.input_type.name == "StreamMetricsRequest":
         request.points.extend(data.draw(_points()))
+        if data.draw(st.booleans()):
+            request.columns.CopyFrom(data.draw(_columns()))
     metadata = auth(data.draw(st.sampled_from([token, fuzz_backend.internal_token, "junk"])))
     code = raw_call(fuzz_backend.channel, service, method, request.SerializeToString(), metadata)
     assert code in ALLOWED, (method.name, request, code)

@@ -20,3 +20,23 @@ def metric_messages(
             )
         sequence += batch
         yield request
+
+
+def request_points(request: telemetry_pb2.StreamMetricsRequest) -> list[telemetry_pb2.MetricPoint]:
+    """The points of a StreamMetrics message as MetricPoint messages, whether it carries them as `points` or as
+    `columns` (decoded here by the contract's own words, independently of the SDK and the backend)."""
+    columns = request.columns
+    points = list(request.points)
+    for i in range(len(columns.sequences)):
+        point = telemetry_pb2.MetricPoint(
+            key=columns.keys[columns.key_indexes[i]],
+            value=columns.values[i],
+            wall_time=columns.wall_times[i],
+            sequence=columns.sequences[i],
+        )
+        if columns.steps and columns.steps[i] != -1:
+            point.step = columns.steps[i]
+        if columns.epochs and columns.epochs[i] != -1:
+            point.epoch = columns.epochs[i]
+        points.append(point)
+    return points

@@ -155,6 +155,64 @@ class _Table:
         self.copy = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
 
 
+@dataclass(frozen=True)
+class MetricColumns:
+    """The `columns` of a StreamMetricsRequest with its number of points (the longest column: a shorter one is
+    refused by `Ingestor.prepare_metrics`)."""
+
+    message: telemetry_pb2.MetricColumns
+    count: int
+
+    @classmethod
+    def of(cls, message: telemetry_pb2.MetricColumns) -> MetricColumns:
+        """`message` with its point count."""
+        count = max(
+            len(message.key_indexes),
+            len(message.values),
+            len(message.steps),
+            len(message.epochs),
+            len(message.wall_times),
+            len(message.sequences),
+        )
+        return cls(message, count)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def points(self) -> list[telemetry_pb2.MetricPoint]:
+        """The points as MetricPoint messages (what subscribers get), once `prepare_metrics` accepted them."""
+        columns = self.message
+        keys = columns.keys
+        steps = columns.steps or [-1] * self.count
+        epochs = columns.epochs or [-1] * self.count
+        point = telemetry_pb2.MetricPoint
+        return [
+            point(
+                key=keys[index],
+                value=value,
+                step=step if step >= 0 else None,
+                epoch=epoch if epoch >= 0 else None,
+                wall_time=wall_time,
+                sequence=sequence,
+            )
+            for index, value, step, epoch, wall_time, sequence in zip(
+                columns.key_indexes, columns.values, steps, epochs, columns.wall_times, columns.sequences, strict=True
+            )
+        ]
+
+
+def _optional_column(column: Sequence[int], count: int, what: str) -> Sequence[int | None]:
+    """A column of steps or epochs with -1 meaning none, as values or None; empty means none for every point."""
+    if not column:
+        return [None] * count
+    lowest = min(column)
+    if lowest >= 0:
+        return column
+    if lowest < -1:
+        raise InvalidArgumentError(f"metric {what} must be >= 0, or -1 in columns for none; got {lowest}")
+    return [None if value < 0 else value for value in column]
+
+
 @dataclass
 class Prepared:
     """A validated batch of one stream, as rows ready to insert."""
@@ -192,12 +250,14 @@ class Ingestor:
                 self._sqlite.close()
                 self._sqlite = None
 
-    def prepare_metrics(self, job_pk: int, points: Sequence[telemetry_pb2.MetricPoint]) -> Prepared:
-        """Validates one batch of metric points and turns it into rows.
+    def prepare_metrics(self, job_pk: int, points: Sequence[telemetry_pb2.MetricPoint] | MetricColumns) -> Prepared:
+        """Validates one batch of metric points, as messages or as columns, and turns it into rows.
 
         Raises:
             InvalidArgumentError: a point breaks the contract's rules; the batch must be refused whole.
         """
+        if isinstance(points, MetricColumns):
+            return self._prepare_metric_columns(job_pk, points)
         # One pass over the messages (the costly part), then the checks on columns. HasField costs as much as the
         # rest of a point, so it is asked only when the value reads 0 (an unset optional field also reads 0).
         # SQLite stores a bound NaN as NULL by itself and NULL is read back as NaN; PostgreSQL stores NaN.
@@ -221,6 +281,43 @@ class Ingestor:
         _check_common(sequences, steps, epochs, wall_times, "metric")
         for key in set(keys):
             check_metric_key(key)
+        return Prepared(job_pk, METRICS_STREAM, rows, sequences)
+
+    def _prepare_metric_columns(self, job_pk: int, batch: MetricColumns) -> Prepared:
+        # Whole columns at a time: the packed arrays come out of the message as lists in C.
+        columns, count = batch.message, batch.count
+        for name in ("key_indexes", "values", "wall_times", "sequences", "steps", "epochs"):
+            length = len(getattr(columns, name))
+            if length != count and not (length == 0 and name in ("steps", "epochs")):
+                raise InvalidArgumentError(
+                    f"metric columns: {name} has {length} entries and another column {count}; every column holds "
+                    "one entry per point (steps and epochs may instead be empty)"
+                )
+        keys = list(columns.keys)
+        for key in keys:
+            check_metric_key(key, "columns.keys")
+        key_indexes = columns.key_indexes
+        if max(key_indexes) >= len(keys):
+            raise InvalidArgumentError(
+                f"metric columns: key index {max(key_indexes)} is past the {len(keys)} key(s) of the message"
+            )
+        sequences = list(columns.sequences)
+        steps = _optional_column(columns.steps, count, "step")
+        epochs = _optional_column(columns.epochs, count, "epoch")
+        wall_times = columns.wall_times
+        _check_common(sequences, steps, epochs, wall_times, "metric")
+        rows = list(
+            zip(
+                itertools.repeat(job_pk, count),
+                sequences,
+                [keys[index] for index in key_indexes],
+                columns.values,
+                steps,
+                epochs,
+                wall_times,
+                strict=True,
+            )
+        )
         return Prepared(job_pk, METRICS_STREAM, rows, sequences)
 
     def prepare_logs(self, job_pk: int, records: Sequence[telemetry_pb2.LogRecord]) -> Prepared:

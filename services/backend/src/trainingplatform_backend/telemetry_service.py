@@ -32,6 +32,7 @@ from trainingplatform_backend.ingest import (
     BatchResult,
     GroupCommitter,
     Ingestor,
+    MetricColumns,
     Prepared,
     check_metric_key,
 )
@@ -222,6 +223,8 @@ def _text(text: str, limit: int) -> str:
 def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, result: BatchResult) -> None:
     if not backend.hub.has_subscribers(job_pk):
         return
+    if isinstance(items, MetricColumns):
+        items = items.points()
     clean = (
         result.duplicates == 0
         and result.max_sequence - result.first_sequence + 1 == len(items)
@@ -229,6 +232,26 @@ def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, res
     )
     event = Batch(kind, result.first_sequence, result.max_sequence, list(items)) if clean else POKE
     backend.hub.publish(job_pk, event)
+
+
+def _metric_items(request: telemetry_pb2.StreamMetricsRequest) -> Any:
+    """The points of a StreamMetrics message: its `points`, or its `columns`.
+
+    Raises:
+        InvalidArgumentError: the message sets both.
+    """
+    if not request.HasField("columns"):
+        return request.points
+    if request.points:
+        raise InvalidArgumentError(
+            "a StreamMetrics message carries its points in `points` or in `columns`, not both; send two messages"
+        )
+    return MetricColumns.of(request.columns)
+
+
+def _log_items(request: telemetry_pb2.StreamLogsRequest) -> Any:
+    """The records of a StreamLogs message."""
+    return request.records
 
 
 class _Totals:
@@ -304,7 +327,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
     async def _ingest_stream(
         self,
         requests: AsyncIterator[Any],
-        items_field: str,
+        items_of: Callable[[Any], Any],
         kind: str,
         prepare: Callable[[int, Any], Prepared],
         rpc: str,
@@ -332,7 +355,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     raise InvalidArgumentError(
                         f"one {rpc} call carries one job: got job_id {quote(request.job_id)} after {job_id!r}"
                     )
-                items = getattr(request, items_field)
+                items = items_of(request)
                 if not items:
                     continue
                 if not backend.check_attempt_now(job_id, caller):
@@ -391,7 +414,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         self, request_iterator: AsyncIterator[telemetry_pb2.StreamMetricsRequest], context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.StreamMetricsResponse:
         committed, duplicates, missing, last = await self._ingest_stream(
-            request_iterator, "points", METRICS_STREAM, self._backend.ingestor.prepare_metrics, "StreamMetrics"
+            request_iterator, _metric_items, METRICS_STREAM, self._backend.ingestor.prepare_metrics, "StreamMetrics"
         )
         return telemetry_pb2.StreamMetricsResponse(
             points_committed=committed,
@@ -404,7 +427,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         self, request_iterator: AsyncIterator[telemetry_pb2.StreamLogsRequest], context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.StreamLogsResponse:
         committed, duplicates, missing, last = await self._ingest_stream(
-            request_iterator, "records", LOGS_STREAM, self._backend.ingestor.prepare_logs, "StreamLogs"
+            request_iterator, _log_items, LOGS_STREAM, self._backend.ingestor.prepare_logs, "StreamLogs"
         )
         return telemetry_pb2.StreamLogsResponse(
             records_committed=committed,

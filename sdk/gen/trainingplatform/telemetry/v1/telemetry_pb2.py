@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from trainingplatform.common.v1 import common_pb2 as trainingplatform_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-trainingplatform/telemetry/v1/telemetry.proto\x12\x1dtrainingplatform.telemetry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'trainingplatform/common/v1/common.proto\"\xb5\x01\n\x0bMetricPoint\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value\x12\x17\n\x04step\x18\x03 \x01(\x03H\x00R\x04step\x88\x01\x01\x12\x19\n\x05\x65poch\x18\x04 \x01(\x03H\x01R\x05\x65poch\x88\x01\x01\x12\x1b\n\twall_time\x18\x05 \x01(\x01R\x08wallTime\x12\x1a\n\x08sequence\x18\x06 \x01(\x03R\x08sequenceB\x07\n\x05_stepB\x08\n\x06_epoch\"q\n\x14StreamMetricsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x42\n\x06points\x18\x02 \x03(\x0b\x32*.trainingplatform.telemetry.v1.MetricPointR\x06points\"\xd6\x01\n\x15StreamMetricsResponse\x12)\n\x10points_committed\x18\x01 \x01(\x03R\x0fpointsCommitted\x12-\n\x12\x64uplicates_ignored\x18\x02 \x01(\x03R\x11\x64uplicatesIgnored\x12\x36\n\x17last_committed_sequence\x18\x03 \x01(\x03R\x15lastCommittedSequence\x12+\n\x11missing_sequences\x18\x04 \x01(\x03R\x10missingSequences\"\x8d\x02\n\tLogRecord\x12:\n\x05level\x18\x01 \x01(\x0e\x32$.trainingplatform.common.v1.LogLevelR\x05level\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\x19\n\x05\x65poch\x18\x03 \x01(\x03H\x00R\x05\x65poch\x88\x01\x01\x12\x17\n\x04step\x18\x04 \x01(\x03H\x01R\x04step\x88\x01\x01\x12\x1b\n\twall_time\x18\x05 \x01(\x01R\x08wallTime\x12\x1a\n\x08sequence\x18\x06 \x01(\x03R\x08sequence\x12\x16\n\x06source\x18\x07 \x01(\tR\x06source\x12\x12\n\x04rank\x18\x08 \x01(\x05R\x04rankB\x08\n\x06_epochB\x07\n\x05_step\"n\n\x11StreamLogsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x42\n\x07records\x18\x02 \x03(\x0b\x32(.trainingplatform.telemetry.v1.LogRecordR\x07records\"\xd5\x01\n\x12StreamLogsResponse\x12+\n\x11records_committed\x18\x01 \x01(\x03R\x10recordsCommitted\x12-\n\x12\x64uplicates_ignored\x18\x02 \x01(\x03R\x11\x64uplicatesIgnored\x12\x36\n\x17last_committed_sequence\x18\x03 \x01(\x03R\x15lastCommittedSequence\x12+\n\x11missing_sequences\x18\x04 \x01(\x03R\x10missingSequences\"\xcb\x01\n\x13UpdateStatusRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12=\n\x06status\x18\x02 \x01(\x0e\x32%.trainingplatform.common.v1.JobStatusR\x06status\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12#\n\rerror_message\x18\x04 \x01(\tR\x0c\x65rrorMessage\x12!\n\x0c\x65rror_detail\x18\x05 \x01(\tR\x0b\x65rrorDetail\"o\n\x14UpdateStatusResponse\x12=\n\x06status\x18\x01 \x01(\x0e\x32%.trainingplatform.common.v1.JobStatusR\x06status\x12\x18\n\x07\x63hanged\x18\x02 \x01(\x08R\x07\x63hanged\"\x96\x02\n\x0c\x45pochSummary\x12\x14\n\x05\x65poch\x18\x01 \x01(\x03R\x05\x65poch\x12R\n\x07metrics\x18\x02 \x03(\x0b\x32\x38.trainingplatform.telemetry.v1.EpochSummary.MetricsEntryR\x07metrics\x12)\n\x10\x64uration_seconds\x18\x03 \x01(\x01R\x0f\x64urationSeconds\x12\x35\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x1a:\n\x0cMetricsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value:\x02\x38\x01\"y\n\x19RecordEpochSummaryRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x45\n\x07summary\x18\x02 \x01(\x0b\x32+.trainingplatform.telemetry.v1.EpochSummaryR\x07summary\"\x1c\n\x1aRecordEpochSummaryResponse\"O\n\x08\x41rtifact\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n\x03uri\x18\x02 \x01(\tR\x03uri\x12\x1d\n\nsize_bytes\x18\x03 \x01(\x03R\tsizeBytes\"\xc8\x01\n\x14ReportRunInfoRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\"\n\rmlflow_run_id\x18\x02 \x01(\tR\x0bmlflowRunId\x12.\n\x13mlflow_tracking_uri\x18\x03 \x01(\tR\x11mlflowTrackingUri\x12\x45\n\tartifacts\x18\x04 \x03(\x0b\x32\'.trainingplatform.telemetry.v1.ArtifactR\tartifacts\"\x17\n\x15ReportRunInfoResponse\"/\n\x16GetStreamCursorRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"\xc1\x01\n\x17GetStreamCursorResponse\x12\x30\n\x14last_metric_sequence\x18\x01 \x01(\x03R\x12lastMetricSequence\x12*\n\x11last_log_sequence\x18\x02 \x01(\x03R\x0flastLogSequence\x12*\n\x11max_message_bytes\x18\x03 \x01(\x03R\x0fmaxMessageBytes\x12\x1c\n\tunwatched\x18\x04 \x01(\x08R\tunwatched2\x91\x06\n\x18TrainingTelemetryService\x12|\n\rStreamMetrics\x12\x33.trainingplatform.telemetry.v1.StreamMetricsRequest\x1a\x34.trainingplatform.telemetry.v1.StreamMetricsResponse(\x01\x12s\n\nStreamLogs\x12\x30.trainingplatform.telemetry.v1.StreamLogsRequest\x1a\x31.trainingplatform.telemetry.v1.StreamLogsResponse(\x01\x12w\n\x0cUpdateStatus\x12\x32.trainingplatform.telemetry.v1.UpdateStatusRequest\x1a\x33.trainingplatform.telemetry.v1.UpdateStatusResponse\x12\x89\x01\n\x12RecordEpochSummary\x12\x38.trainingplatform.telemetry.v1.RecordEpochSummaryRequest\x1a\x39.trainingplatform.telemetry.v1.RecordEpochSummaryResponse\x12z\n\rReportRunInfo\x12\x33.trainingplatform.telemetry.v1.ReportRunInfoRequest\x1a\x34.trainingplatform.telemetry.v1.ReportRunInfoResponse\x12\x80\x01\n\x0fGetStreamCursor\x12\x35.trainingplatform.telemetry.v1.GetStreamCursorRequest\x1a\x36.trainingplatform.telemetry.v1.GetStreamCursorResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-trainingplatform/telemetry/v1/telemetry.proto\x12\x1dtrainingplatform.telemetry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'trainingplatform/common/v1/common.proto\"\xb5\x01\n\x0bMetricPoint\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value\x12\x17\n\x04step\x18\x03 \x01(\x03H\x00R\x04step\x88\x01\x01\x12\x19\n\x05\x65poch\x18\x04 \x01(\x03H\x01R\x05\x65poch\x88\x01\x01\x12\x1b\n\twall_time\x18\x05 \x01(\x01R\x08wallTime\x12\x1a\n\x08sequence\x18\x06 \x01(\x03R\x08sequenceB\x07\n\x05_stepB\x08\n\x06_epoch\"\xc7\x01\n\rMetricColumns\x12\x12\n\x04keys\x18\x01 \x03(\tR\x04keys\x12\x1f\n\x0bkey_indexes\x18\x02 \x03(\rR\nkeyIndexes\x12\x16\n\x06values\x18\x03 \x03(\x01R\x06values\x12\x14\n\x05steps\x18\x04 \x03(\x12R\x05steps\x12\x16\n\x06\x65pochs\x18\x05 \x03(\x12R\x06\x65pochs\x12\x1d\n\nwall_times\x18\x06 \x03(\x01R\twallTimes\x12\x1c\n\tsequences\x18\x07 \x03(\x03R\tsequences\"\xb9\x01\n\x14StreamMetricsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x42\n\x06points\x18\x02 \x03(\x0b\x32*.trainingplatform.telemetry.v1.MetricPointR\x06points\x12\x46\n\x07\x63olumns\x18\x03 \x01(\x0b\x32,.trainingplatform.telemetry.v1.MetricColumnsR\x07\x63olumns\"\xd6\x01\n\x15StreamMetricsResponse\x12)\n\x10points_committed\x18\x01 \x01(\x03R\x0fpointsCommitted\x12-\n\x12\x64uplicates_ignored\x18\x02 \x01(\x03R\x11\x64uplicatesIgnored\x12\x36\n\x17last_committed_sequence\x18\x03 \x01(\x03R\x15lastCommittedSequence\x12+\n\x11missing_sequences\x18\x04 \x01(\x03R\x10missingSequences\"\x8d\x02\n\tLogRecord\x12:\n\x05level\x18\x01 \x01(\x0e\x32$.trainingplatform.common.v1.LogLevelR\x05level\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\x19\n\x05\x65poch\x18\x03 \x01(\x03H\x00R\x05\x65poch\x88\x01\x01\x12\x17\n\x04step\x18\x04 \x01(\x03H\x01R\x04step\x88\x01\x01\x12\x1b\n\twall_time\x18\x05 \x01(\x01R\x08wallTime\x12\x1a\n\x08sequence\x18\x06 \x01(\x03R\x08sequence\x12\x16\n\x06source\x18\x07 \x01(\tR\x06source\x12\x12\n\x04rank\x18\x08 \x01(\x05R\x04rankB\x08\n\x06_epochB\x07\n\x05_step\"n\n\x11StreamLogsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x42\n\x07records\x18\x02 \x03(\x0b\x32(.trainingplatform.telemetry.v1.LogRecordR\x07records\"\xd5\x01\n\x12StreamLogsResponse\x12+\n\x11records_committed\x18\x01 \x01(\x03R\x10recordsCommitted\x12-\n\x12\x64uplicates_ignored\x18\x02 \x01(\x03R\x11\x64uplicatesIgnored\x12\x36\n\x17last_committed_sequence\x18\x03 \x01(\x03R\x15lastCommittedSequence\x12+\n\x11missing_sequences\x18\x04 \x01(\x03R\x10missingSequences\"\xcb\x01\n\x13UpdateStatusRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12=\n\x06status\x18\x02 \x01(\x0e\x32%.trainingplatform.common.v1.JobStatusR\x06status\x12\x16\n\x06reason\x18\x03 \x01(\tR\x06reason\x12#\n\rerror_message\x18\x04 \x01(\tR\x0c\x65rrorMessage\x12!\n\x0c\x65rror_detail\x18\x05 \x01(\tR\x0b\x65rrorDetail\"o\n\x14UpdateStatusResponse\x12=\n\x06status\x18\x01 \x01(\x0e\x32%.trainingplatform.common.v1.JobStatusR\x06status\x12\x18\n\x07\x63hanged\x18\x02 \x01(\x08R\x07\x63hanged\"\x96\x02\n\x0c\x45pochSummary\x12\x14\n\x05\x65poch\x18\x01 \x01(\x03R\x05\x65poch\x12R\n\x07metrics\x18\x02 \x03(\x0b\x32\x38.trainingplatform.telemetry.v1.EpochSummary.MetricsEntryR\x07metrics\x12)\n\x10\x64uration_seconds\x18\x03 \x01(\x01R\x0f\x64urationSeconds\x12\x35\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x1a:\n\x0cMetricsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x01R\x05value:\x02\x38\x01\"y\n\x19RecordEpochSummaryRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x45\n\x07summary\x18\x02 \x01(\x0b\x32+.trainingplatform.telemetry.v1.EpochSummaryR\x07summary\"\x1c\n\x1aRecordEpochSummaryResponse\"O\n\x08\x41rtifact\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n\x03uri\x18\x02 \x01(\tR\x03uri\x12\x1d\n\nsize_bytes\x18\x03 \x01(\x03R\tsizeBytes\"\xc8\x01\n\x14ReportRunInfoRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\"\n\rmlflow_run_id\x18\x02 \x01(\tR\x0bmlflowRunId\x12.\n\x13mlflow_tracking_uri\x18\x03 \x01(\tR\x11mlflowTrackingUri\x12\x45\n\tartifacts\x18\x04 \x03(\x0b\x32\'.trainingplatform.telemetry.v1.ArtifactR\tartifacts\"\x17\n\x15ReportRunInfoResponse\"/\n\x16GetStreamCursorRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"\xc1\x01\n\x17GetStreamCursorResponse\x12\x30\n\x14last_metric_sequence\x18\x01 \x01(\x03R\x12lastMetricSequence\x12*\n\x11last_log_sequence\x18\x02 \x01(\x03R\x0flastLogSequence\x12*\n\x11max_message_bytes\x18\x03 \x01(\x03R\x0fmaxMessageBytes\x12\x1c\n\tunwatched\x18\x04 \x01(\x08R\tunwatched2\x91\x06\n\x18TrainingTelemetryService\x12|\n\rStreamMetrics\x12\x33.trainingplatform.telemetry.v1.StreamMetricsRequest\x1a\x34.trainingplatform.telemetry.v1.StreamMetricsResponse(\x01\x12s\n\nStreamLogs\x12\x30.trainingplatform.telemetry.v1.StreamLogsRequest\x1a\x31.trainingplatform.telemetry.v1.StreamLogsResponse(\x01\x12w\n\x0cUpdateStatus\x12\x32.trainingplatform.telemetry.v1.UpdateStatusRequest\x1a\x33.trainingplatform.telemetry.v1.UpdateStatusResponse\x12\x89\x01\n\x12RecordEpochSummary\x12\x38.trainingplatform.telemetry.v1.RecordEpochSummaryRequest\x1a\x39.trainingplatform.telemetry.v1.RecordEpochSummaryResponse\x12z\n\rReportRunInfo\x12\x33.trainingplatform.telemetry.v1.ReportRunInfoRequest\x1a\x34.trainingplatform.telemetry.v1.ReportRunInfoResponse\x12\x80\x01\n\x0fGetStreamCursor\x12\x35.trainingplatform.telemetry.v1.GetStreamCursorRequest\x1a\x36.trainingplatform.telemetry.v1.GetStreamCursorResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,38 +37,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EPOCHSUMMARY_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_METRICPOINT']._serialized_start=155
   _globals['_METRICPOINT']._serialized_end=336
-  _globals['_STREAMMETRICSREQUEST']._serialized_start=338
-  _globals['_STREAMMETRICSREQUEST']._serialized_end=451
-  _globals['_STREAMMETRICSRESPONSE']._serialized_start=454
-  _globals['_STREAMMETRICSRESPONSE']._serialized_end=668
-  _globals['_LOGRECORD']._serialized_start=671
-  _globals['_LOGRECORD']._serialized_end=940
-  _globals['_STREAMLOGSREQUEST']._serialized_start=942
-  _globals['_STREAMLOGSREQUEST']._serialized_end=1052
-  _globals['_STREAMLOGSRESPONSE']._serialized_start=1055
-  _globals['_STREAMLOGSRESPONSE']._serialized_end=1268
-  _globals['_UPDATESTATUSREQUEST']._serialized_start=1271
-  _globals['_UPDATESTATUSREQUEST']._serialized_end=1474
-  _globals['_UPDATESTATUSRESPONSE']._serialized_start=1476
-  _globals['_UPDATESTATUSRESPONSE']._serialized_end=1587
-  _globals['_EPOCHSUMMARY']._serialized_start=1590
-  _globals['_EPOCHSUMMARY']._serialized_end=1868
-  _globals['_EPOCHSUMMARY_METRICSENTRY']._serialized_start=1810
-  _globals['_EPOCHSUMMARY_METRICSENTRY']._serialized_end=1868
-  _globals['_RECORDEPOCHSUMMARYREQUEST']._serialized_start=1870
-  _globals['_RECORDEPOCHSUMMARYREQUEST']._serialized_end=1991
-  _globals['_RECORDEPOCHSUMMARYRESPONSE']._serialized_start=1993
-  _globals['_RECORDEPOCHSUMMARYRESPONSE']._serialized_end=2021
-  _globals['_ARTIFACT']._serialized_start=2023
-  _globals['_ARTIFACT']._serialized_end=2102
-  _globals['_REPORTRUNINFOREQUEST']._serialized_start=2105
-  _globals['_REPORTRUNINFOREQUEST']._serialized_end=2305
-  _globals['_REPORTRUNINFORESPONSE']._serialized_start=2307
-  _globals['_REPORTRUNINFORESPONSE']._serialized_end=2330
-  _globals['_GETSTREAMCURSORREQUEST']._serialized_start=2332
-  _globals['_GETSTREAMCURSORREQUEST']._serialized_end=2379
-  _globals['_GETSTREAMCURSORRESPONSE']._serialized_start=2382
-  _globals['_GETSTREAMCURSORRESPONSE']._serialized_end=2575
-  _globals['_TRAININGTELEMETRYSERVICE']._serialized_start=2578
-  _globals['_TRAININGTELEMETRYSERVICE']._serialized_end=3363
+  _globals['_METRICCOLUMNS']._serialized_start=339
+  _globals['_METRICCOLUMNS']._serialized_end=538
+  _globals['_STREAMMETRICSREQUEST']._serialized_start=541
+  _globals['_STREAMMETRICSREQUEST']._serialized_end=726
+  _globals['_STREAMMETRICSRESPONSE']._serialized_start=729
+  _globals['_STREAMMETRICSRESPONSE']._serialized_end=943
+  _globals['_LOGRECORD']._serialized_start=946
+  _globals['_LOGRECORD']._serialized_end=1215
+  _globals['_STREAMLOGSREQUEST']._serialized_start=1217
+  _globals['_STREAMLOGSREQUEST']._serialized_end=1327
+  _globals['_STREAMLOGSRESPONSE']._serialized_start=1330
+  _globals['_STREAMLOGSRESPONSE']._serialized_end=1543
+  _globals['_UPDATESTATUSREQUEST']._serialized_start=1546
+  _globals['_UPDATESTATUSREQUEST']._serialized_end=1749
+  _globals['_UPDATESTATUSRESPONSE']._serialized_start=1751
+  _globals['_UPDATESTATUSRESPONSE']._serialized_end=1862
+  _globals['_EPOCHSUMMARY']._serialized_start=1865
+  _globals['_EPOCHSUMMARY']._serialized_end=2143
+  _globals['_EPOCHSUMMARY_METRICSENTRY']._serialized_start=2085
+  _globals['_EPOCHSUMMARY_METRICSENTRY']._serialized_end=2143
+  _globals['_RECORDEPOCHSUMMARYREQUEST']._serialized_start=2145
+  _globals['_RECORDEPOCHSUMMARYREQUEST']._serialized_end=2266
+  _globals['_RECORDEPOCHSUMMARYRESPONSE']._serialized_start=2268
+  _globals['_RECORDEPOCHSUMMARYRESPONSE']._serialized_end=2296
+  _globals['_ARTIFACT']._serialized_start=2298
+  _globals['_ARTIFACT']._serialized_end=2377
+  _globals['_REPORTRUNINFOREQUEST']._serialized_start=2380
+  _globals['_REPORTRUNINFOREQUEST']._serialized_end=2580
+  _globals['_REPORTRUNINFORESPONSE']._serialized_start=2582
+  _globals['_REPORTRUNINFORESPONSE']._serialized_end=2605
+  _globals['_GETSTREAMCURSORREQUEST']._serialized_start=2607
+  _globals['_GETSTREAMCURSORREQUEST']._serialized_end=2654
+  _globals['_GETSTREAMCURSORRESPONSE']._serialized_start=2657
+  _globals['_GETSTREAMCURSORRESPONSE']._serialized_end=2850
+  _globals['_TRAININGTELEMETRYSERVICE']._serialized_start=2853
+  _globals['_TRAININGTELEMETRYSERVICE']._serialized_end=3638
 # @@protoc_insertion_point(module_scope)

@@ -26,13 +26,33 @@ class MetricPoint(_message.Message):
     sequence: int
     def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ..., step: _Optional[int] = ..., epoch: _Optional[int] = ..., wall_time: _Optional[float] = ..., sequence: _Optional[int] = ...) -> None: ...
 
+class MetricColumns(_message.Message):
+    __slots__ = ("keys", "key_indexes", "values", "steps", "epochs", "wall_times", "sequences")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    KEY_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    WALL_TIMES_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    key_indexes: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    epochs: _containers.RepeatedScalarFieldContainer[int]
+    wall_times: _containers.RepeatedScalarFieldContainer[float]
+    sequences: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ..., key_indexes: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., steps: _Optional[_Iterable[int]] = ..., epochs: _Optional[_Iterable[int]] = ..., wall_times: _Optional[_Iterable[float]] = ..., sequences: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class StreamMetricsRequest(_message.Message):
-    __slots__ = ("job_id", "points")
+    __slots__ = ("job_id", "points", "columns")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
-    def __init__(self, job_id: _Optional[str] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ...) -> None: ...
+    columns: MetricColumns
+    def __init__(self, job_id: _Optional[str] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., columns: _Optional[_Union[MetricColumns, _Mapping]] = ...) -> None: ...
 
 class StreamMetricsResponse(_message.Message):
     __slots__ = ("points_committed", "duplicates_ignored", "last_committed_sequence", "missing_sequences")

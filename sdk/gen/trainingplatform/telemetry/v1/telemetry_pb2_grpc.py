@@ -123,9 +123,10 @@ class TrainingTelemetryServiceServicer:
 
         Errors: INVALID_ARGUMENT (first message without a job id, a job_id that is not one, a later message naming
         another job, a field out of its range: an empty, over-long or control-character key, a sequence, step or
-        epoch out of its bounds, a wall_time that is not finite), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a
-        message over the server's size limit), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is
-        shutting down; resume from the cursor).
+        epoch out of its bounds, a wall_time that is not finite, a message with both `points` and `columns`, columns
+        of different lengths, a key index past `keys`), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a message over
+        the server's size limit), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is shutting down; resume
+        from the cursor).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -72,7 +72,72 @@ export declare type MetricPoint = Message<"trainingplatform.telemetry.v1.MetricP
 export declare const MetricPointSchema: GenMessage<MetricPoint>;
 
 /**
- * A request message of StreamMetrics: one batch of points.
+ * The points of one StreamMetricsRequest as columns: point i is (keys[key_indexes[i]], values[i], steps[i],
+ * epochs[i], wall_times[i], sequences[i]), under the same rules as a MetricPoint. The same points as `points`, in
+ * about half the bytes, and much cheaper to build and to read in bulk (one packed array per field instead of a
+ * message per point): the Python SDK sends its batches this way.
+ *
+ * @generated from message trainingplatform.telemetry.v1.MetricColumns
+ */
+export declare type MetricColumns = Message<"trainingplatform.telemetry.v1.MetricColumns"> & {
+  /**
+   * The distinct metric keys of the batch, each as MetricPoint.key.
+   *
+   * @generated from field: repeated string keys = 1;
+   */
+  keys: string[];
+
+  /**
+   * Per point: the index of its key in `keys`.
+   *
+   * @generated from field: repeated uint32 key_indexes = 2;
+   */
+  keyIndexes: number[];
+
+  /**
+   * Per point: the value, as MetricPoint.value.
+   *
+   * @generated from field: repeated double values = 3;
+   */
+  values: number[];
+
+  /**
+   * Per point: the step, or -1 for a point with none. Empty when no point has one.
+   *
+   * @generated from field: repeated sint64 steps = 4;
+   */
+  steps: bigint[];
+
+  /**
+   * Per point: the epoch, or -1 for a point with none. Empty when no point has one.
+   *
+   * @generated from field: repeated sint64 epochs = 5;
+   */
+  epochs: bigint[];
+
+  /**
+   * Per point: the wall time, as MetricPoint.wall_time.
+   *
+   * @generated from field: repeated double wall_times = 6;
+   */
+  wallTimes: number[];
+
+  /**
+   * Per point: the sequence, as MetricPoint.sequence.
+   *
+   * @generated from field: repeated int64 sequences = 7;
+   */
+  sequences: bigint[];
+};
+
+/**
+ * Describes the message trainingplatform.telemetry.v1.MetricColumns.
+ * Use `create(MetricColumnsSchema)` to create a new message.
+ */
+export declare const MetricColumnsSchema: GenMessage<MetricColumns>;
+
+/**
+ * A request message of StreamMetrics: one batch of points, as `points` or as `columns` (not both).
  *
  * @generated from message trainingplatform.telemetry.v1.StreamMetricsRequest
  */
@@ -91,6 +156,13 @@ export declare type StreamMetricsRequest = Message<"trainingplatform.telemetry.v
    * @generated from field: repeated trainingplatform.telemetry.v1.MetricPoint points = 2;
    */
   points: MetricPoint[];
+
+  /**
+   * The points as columns, in increasing sequence order; a message that sets both this and `points` is refused.
+   *
+   * @generated from field: trainingplatform.telemetry.v1.MetricColumns columns = 3;
+   */
+  columns?: MetricColumns | undefined;
 };
 
 /**
@@ -634,9 +706,10 @@ export declare const TrainingTelemetryService: GenService<{
    *
    * Errors: INVALID_ARGUMENT (first message without a job id, a job_id that is not one, a later message naming
    * another job, a field out of its range: an empty, over-long or control-character key, a sequence, step or
-   * epoch out of its bounds, a wall_time that is not finite), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a
-   * message over the server's size limit), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is
-   * shutting down; resume from the cursor).
+   * epoch out of its bounds, a wall_time that is not finite, a message with both `points` and `columns`, columns
+   * of different lengths, a key index past `keys`), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a message over
+   * the server's size limit), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is shutting down; resume
+   * from the cursor).
    *
    * @generated from rpc trainingplatform.telemetry.v1.TrainingTelemetryService.StreamMetrics
    */

@@ -1,0 +1,53 @@
+"""How spooled metric records become requests again: as they are on disk when they fit, cut to the server's limit
+when not, and sent as columns when an earlier SDK spooled them as MetricPoint messages."""
+
+from __future__ import annotations
+
+from support.streams import request_points
+from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk import LoggerSettings
+from trainingplatform_sdk.telemetry.sender.codec import MetricCodec
+
+BATCH = [
+    (sequence, f"train/k{sequence % 3}", sequence / 3, sequence if sequence % 2 else None, None, 1.7e9 + sequence)
+    for sequence in range(1, 3001)
+]
+
+
+def fields(points: list[telemetry_pb2.MetricPoint]) -> list[tuple]:
+    return [(p.sequence, p.key, p.value, p.step if p.HasField("step") else None, None, p.wall_time) for p in points]
+
+
+def test_a_record_that_fits_is_sent_as_it_is_on_disk() -> None:
+    codec = MetricCodec("job-1", LoggerSettings())
+    payload = codec.spool_payload(BATCH)
+    data, last, count = codec.parse(payload, 0)
+    assert data == codec.encode(BATCH) and (last, count) == (3000, 3000)
+    request = telemetry_pb2.StreamMetricsRequest.FromString(data)
+    assert request.job_id == "job-1" and fields(request_points(request)) == BATCH
+
+
+def test_a_record_is_resent_from_the_point_after_the_last_sent_and_cut_to_a_smaller_server_limit() -> None:
+    payload = MetricCodec("job-1", LoggerSettings()).spool_payload(BATCH)
+    small = MetricCodec("job-1", LoggerSettings())
+    small.apply_server_limit(8192)
+    sent, received = 1000, []
+    while sent < 3000:
+        data, last, count = small.parse(payload, sent)
+        assert len(data) <= small.max_bytes
+        points = request_points(telemetry_pb2.StreamMetricsRequest.FromString(data))
+        assert (points[0].sequence, points[-1].sequence, len(points)) == (sent + 1, last, count)
+        received += points
+        sent = last
+    assert fields(received) == BATCH[1000:]
+
+
+def test_a_record_spooled_as_point_messages_by_an_earlier_sdk_is_sent_as_columns() -> None:
+    old = telemetry_pb2.StreamMetricsRequest()
+    for sequence, key, value, step, epoch, wall_time in BATCH:
+        old.points.add(key=key, value=value, step=step, epoch=epoch, wall_time=wall_time, sequence=sequence)
+    codec = MetricCodec("job-1", LoggerSettings())
+    data, last, count = codec.parse(old.SerializeToString(), 10)
+    request = telemetry_pb2.StreamMetricsRequest.FromString(data)
+    assert not request.points and request.HasField("columns")
+    assert (last, count) == (3000, 2990) and fields(request_points(request)) == BATCH[10:]
