@@ -3,6 +3,8 @@ when not, and sent as columns when an earlier SDK spooled them as MetricPoint me
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.streams import request_points
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import LoggerSettings
@@ -51,3 +53,30 @@ def test_a_record_spooled_as_point_messages_by_an_earlier_sdk_is_sent_as_columns
     request = telemetry_pb2.StreamMetricsRequest.FromString(data)
     assert not request.points and request.HasField("columns")
     assert (last, count) == (3000, 2990) and fields(request_points(request)) == BATCH[10:]
+
+
+def _bound(codec: MetricCodec, points: list) -> int:
+    """What the contract of `take_batch` bounds: each point's overhead plus its text at 1 byte a character when ASCII,
+    4 when not."""
+    return sum(codec.point_overhead + len(p[1]) * (1 if p[1].isascii() else 4) for p in points)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.lists(st.text(min_size=1, max_size=300), min_size=1, max_size=4),
+    count=st.integers(min_value=0, max_value=400),
+    max_points=st.integers(min_value=1, max_value=300),
+    server_limit=st.sampled_from([0, 4096, 9000, 65536]),
+)
+def test_take_batch_takes_the_longest_prefix_under_both_limits(keys, count, max_points, server_limit) -> None:
+    codec = MetricCodec("job-1", LoggerSettings(max_batch_points=max_points))
+    codec.apply_server_limit(server_limit)
+    points = [(sequence, keys[sequence % len(keys)], 0.5, None, None, 1.0) for sequence in range(1, count + 1)]
+    batch, full = codec.take_batch(iter(points))
+    assert batch == points[: len(batch)]
+    assert len(batch) <= max_points
+    assert len(batch) == 1 or _bound(codec, batch) <= codec.budget
+    cut = len(batch) < len(points)
+    assert full == (cut or len(batch) == max_points)
+    if cut and len(batch) < max_points:  # the budget cut it: one more point would not have fit
+        assert _bound(codec, points[: len(batch) + 1]) > codec.budget
