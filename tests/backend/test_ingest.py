@@ -48,10 +48,12 @@ def test_gaps_are_accepted_and_counted(backend):
     assert backend.metric_sequences(job_id) == [1, 2, 3, 5, 7, 8, 20]
 
 
+@pytest.mark.parametrize("form", ["points", "columns"])
 @pytest.mark.parametrize("count", [1, 63, 64, 65, 203])
-def test_every_row_of_a_batch_is_stored_exactly_once_whatever_its_size(backend, count):
+def test_every_row_of_a_batch_is_stored_exactly_once_whatever_its_size(backend, count, form):
     """Batches are inserted in statements of several rows (SQLite): sizes around and past one statement's rows keep
-    every field of every row, and count exactly what a resend stored and what it found there already."""
+    every field of every row, and count exactly what a resend stored and what it found there already, whether the
+    points came as messages or as columns."""
     job_id, token = backend.create_job()
     sent = {
         seq: (f"loss/{seq % 3}", seq / 7, seq if seq % 2 else None, seq // 5 if seq % 3 else None, 1.7e9 + seq / 3)
@@ -63,6 +65,8 @@ def test_every_row_of_a_batch_is_stored_exactly_once_whatever_its_size(backend, 
         for seq in sequences:
             key, value, step, epoch, wall_time = sent[seq]
             message.points.add(key=key, value=value, step=step, epoch=epoch, wall_time=wall_time, sequence=seq)
+        if form == "columns":
+            return as_columns(message)
         return message
 
     telemetry = backend.telemetry()
@@ -76,6 +80,21 @@ def test_every_row_of_a_batch_is_stored_exactly_once_whatever_its_size(backend, 
         2 * count - 1,
     )
     assert backend.metric_rows(job_id) == [(seq, *fields) for seq, fields in sent.items()]
+
+
+def as_columns(request: telemetry_pb2.StreamMetricsRequest) -> telemetry_pb2.StreamMetricsRequest:
+    """The same request with its points as MetricColumns."""
+    keys = sorted({p.key for p in request.points})
+    columns = telemetry_pb2.MetricColumns(
+        keys=keys,
+        key_indexes=[keys.index(p.key) for p in request.points],
+        values=[p.value for p in request.points],
+        steps=[p.step if p.HasField("step") else -1 for p in request.points],
+        epochs=[p.epoch if p.HasField("epoch") else -1 for p in request.points],
+        wall_times=[p.wall_time for p in request.points],
+        sequences=[p.sequence for p in request.points],
+    )
+    return telemetry_pb2.StreamMetricsRequest(job_id=request.job_id, columns=columns)
 
 
 def test_points_sent_as_columns_are_stored_exactly_and_reach_a_live_subscriber_as_points(backend):

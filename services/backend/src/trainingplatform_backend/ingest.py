@@ -137,6 +137,8 @@ class _Table:
 
     def __init__(self, table: str, columns: tuple[str, ...], pg_types: tuple[str, ...], sqlite: bool) -> None:
         names = ", ".join(("job_pk", *columns))
+        self.width = len(columns) + 1
+        """Values per row."""
         self.pg_types = ("int8", *pg_types)
         self.sqlite_inserts: dict[int, str] = {}
         """SQLite: the INSERT of 1, 2, 4 ... SQLITE_ROWS_PER_STATEMENT rows; any count is a few of them, each
@@ -213,14 +215,49 @@ def _optional_column(column: Sequence[int], count: int, what: str) -> Sequence[i
     return [None if value < 0 else value for value in column]
 
 
-@dataclass
 class Prepared:
-    """A validated batch of one stream, as rows ready to insert."""
+    """A validated batch of one stream, ready to insert: its rows, or its columns (a batch that came as
+    MetricColumns), from which the rows are made only where they are needed."""
 
-    job_pk: int
-    stream: str
-    rows: list[tuple[Any, ...]]
-    sequences: Sequence[int]
+    __slots__ = ("_rows", "columns", "job_pk", "sequences", "stream")
+
+    def __init__(
+        self,
+        job_pk: int,
+        stream: str,
+        rows: list[tuple[Any, ...]] | None,
+        sequences: Sequence[int],
+        columns: tuple[Sequence[Any], ...] | None = None,
+    ) -> None:
+        """`rows` or `columns` (every column of the table, job_pk first, one entry per point); `sequences` in
+        the batch's order."""
+        self.job_pk = job_pk
+        self.stream = stream
+        self.sequences = sequences
+        self.columns = columns
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The rows, in the batch's order."""
+        if self._rows is None:
+            assert self.columns is not None
+            self._rows = list(zip(*self.columns, strict=True))
+        return self._rows
+
+    def flat(self) -> list[Any]:
+        """Every row's values one after the other (what a multi-row INSERT binds), made from the columns without
+        a tuple per row when the batch has them."""
+        if self.columns is None or self._rows is not None:
+            return list(itertools.chain.from_iterable(self.rows))
+        width = len(self.columns)
+        flat: list[Any] = [None] * (width * len(self.sequences))
+        for index, column in enumerate(self.columns):
+            flat[index::width] = column
+        return flat
 
 
 class Ingestor:
@@ -306,19 +343,17 @@ class Ingestor:
         epochs = _optional_column(columns.epochs, count, "epoch")
         wall_times = columns.wall_times
         _check_common(sequences, steps, epochs, wall_times, "metric")
-        rows = list(
-            zip(
-                itertools.repeat(job_pk, count),
-                sequences,
-                [keys[index] for index in key_indexes],
-                columns.values,
-                steps,
-                epochs,
-                wall_times,
-                strict=True,
-            )
+        # The table's columns, in _METRIC_COLUMNS order after job_pk.
+        table_columns = (
+            [job_pk] * count,
+            sequences,
+            [keys[index] for index in key_indexes],
+            columns.values,
+            steps,
+            epochs,
+            wall_times,
         )
-        return Prepared(job_pk, METRICS_STREAM, rows, sequences)
+        return Prepared(job_pk, METRICS_STREAM, None, sequences, table_columns)
 
     def prepare_logs(self, job_pk: int, records: Sequence[telemetry_pb2.LogRecord]) -> Prepared:
         """Validates one batch of log records and turns it into rows; over-long text is truncated.
@@ -416,7 +451,8 @@ class Ingestor:
             last = max(previous, highest)
             # Sequences skipped above the previous cursor: reported, never refused (a later batch may still
             # fill the hole: it is stored then, not counted back).
-            missing = (last - previous) - len({s for s in batch.sequences if s > previous})
+            above = len(batch) if fresh is None else len({s for s in batch.sequences if s > previous})
+            missing = (last - previous) - above
             running[(batch.job_pk, batch.stream)] = last
             plans.append((batch, fresh, older, previous, last, missing))
         stored = self._insert(conn, plans)
@@ -468,18 +504,30 @@ class Ingestor:
         return {key: cursors[key] for key in keys}
 
     def _insert(
-        self, conn: Any, plans: list[tuple[Prepared, list[tuple[Any, ...]], list[tuple[Any, ...]], int, int, int]]
+        self,
+        conn: Any,
+        plans: list[tuple[Prepared, list[tuple[Any, ...]] | None, list[tuple[Any, ...]], int, int, int]],
     ) -> list[int]:
         """Inserts every plan's rows; returns the rows stored per plan."""
-        stored = [len(fresh) for _, fresh, _, _, _, _ in plans]
+        stored = [len(batch) if fresh is None else len(fresh) for batch, fresh, _, _, _, _ in plans]
         # Rows above the locked cursor cannot exist yet (the cursor moves with the rows): they go in one statement per
-        # table for the whole round, a binary COPY on PostgreSQL, an executemany on SQLite.
+        # table for the whole round, a binary COPY on PostgreSQL, multi-row INSERTs on SQLite.
         for stream, table in self._tables.items():
-            fresh_rows = [row for batch, fresh, *_ in plans if batch.stream == stream for row in fresh]
-            if not fresh_rows:
-                continue
             if self._store.is_sqlite:
-                _sqlite_insert(conn, table, fresh_rows)
+                flat: list[Any] = []
+                for batch, fresh, *_ in plans:
+                    if batch.stream == stream:
+                        flat += batch.flat() if fresh is None else itertools.chain.from_iterable(fresh)
+                if flat:
+                    _sqlite_insert(conn, table, flat)
+                continue
+            fresh_rows = [
+                row
+                for batch, fresh, *_ in plans
+                if batch.stream == stream
+                for row in (batch.rows if fresh is None else fresh)
+            ]
+            if not fresh_rows:
                 continue
             with conn.connection.driver_connection.cursor() as cursor, cursor.copy(table.copy) as copy:
                 copy.set_types(list(table.pg_types))
@@ -489,7 +537,9 @@ class Ingestor:
             # No network here: statements per batch keep each batch's exact count of stored rows.
             for index, (batch, _, older, *_) in enumerate(plans):
                 if older:
-                    stored[index] += _sqlite_insert(conn, self._tables[batch.stream], older)
+                    stored[index] += _sqlite_insert(
+                        conn, self._tables[batch.stream], list(itertools.chain.from_iterable(older))
+                    )
             return stored
         # Rows at or below the cursor (resends, holes being filled) may exist: ON CONFLICT DO NOTHING, counted.
         for index, (batch, _, older, *_) in enumerate(plans):
@@ -500,11 +550,12 @@ class Ingestor:
         return stored
 
 
-def _split(batch: Prepared, previous: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The batch's rows above `previous` (first occurrence of each sequence) and the others."""
+def _split(batch: Prepared, previous: int) -> tuple[list[tuple[Any, ...]] | None, list[tuple[Any, ...]]]:
+    """The batch's rows above `previous` (first occurrence of each sequence) and the others; None for the first
+    when every row is above `previous`, in increasing order (the usual batch: its rows need not be made)."""
     sequences = batch.sequences
     if sequences[0] > previous and all(a < b for a, b in itertools.pairwise(sequences)):
-        return batch.rows, []
+        return None, []
     first: dict[int, tuple[Any, ...]] = {}
     for row in batch.rows:
         first.setdefault(row[1], row)
@@ -513,29 +564,36 @@ def _split(batch: Prepared, previous: int) -> tuple[list[tuple[Any, ...]], list[
     return fresh, older
 
 
-def _sqlite_insert(conn: Any, table: _Table, rows: list[tuple[Any, ...]]) -> int:
-    """Inserts `rows` into `table` on SQLite, SQLITE_ROWS_PER_STATEMENT rows per statement and the rest in
-    power-of-two statements; returns how many were stored (the others' keys existed)."""
+def _sqlite_insert(conn: _SqliteConnection, table: _Table, flat: list[Any]) -> int:
+    """Inserts rows, given as their values one after the other, into `table` on SQLite: SQLITE_ROWS_PER_STATEMENT
+    rows per statement and the rest in power-of-two statements; returns how many were stored (the others' keys
+    existed)."""
     stored = 0
+    width = table.width
+    rows = len(flat) // width
     start = 0
     statements = table.sqlite_inserts
-    chain = itertools.chain.from_iterable
-    while start < len(rows):
-        size = min(SQLITE_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
-        stored += conn.exec_driver_sql(statements[size], tuple(chain(rows[start : start + size]))).rowcount
+    while start < rows:
+        size = min(SQLITE_ROWS_PER_STATEMENT, 1 << ((rows - start).bit_length() - 1))
+        stored += conn.execute(statements[size], flat[start * width : (start + size) * width]).rowcount
         start += size
     return stored
 
 
 class _SqliteConnection:
-    """The one method of SQLAlchemy's Connection that a round uses, over a DBAPI cursor of sqlite3."""
+    """The one method of SQLAlchemy's Connection that a round uses, over a DBAPI cursor of sqlite3, and `execute`."""
 
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
 
     def exec_driver_sql(self, statement: str, parameters: Any = ()) -> Any:
+        """As SQLAlchemy's: a list of parameter tuples runs the statement once for each."""
         if isinstance(parameters, list):
             return self._cursor.executemany(statement, parameters)
+        return self._cursor.execute(statement, parameters)
+
+    def execute(self, statement: str, parameters: Sequence[Any]) -> Any:
+        """Runs the statement once with `parameters`, a list included."""
         return self._cursor.execute(statement, parameters)
 
 
@@ -593,7 +651,7 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[BatchResult] = loop.create_future()
         self._queue.append((batch, future, on_commit))
-        self._queued_rows += len(batch.rows)
+        self._queued_rows += len(batch)
         if self._threaded is None:
             if linger and self.linger_s > 0 and self._queued_rows < self._inline_round_rows:
                 if self._lingering is None and not self._flush_scheduled:
@@ -648,11 +706,11 @@ class GroupCommitter:
             self._lingering = None
         while self._queue and self._threaded is None:
             round_ = [self._queue.popleft()]
-            rows = len(round_[0][0].rows)
-            while self._queue and rows + len(self._queue[0][0].rows) <= self._max_round_rows:
+            rows = len(round_[0][0])
+            while self._queue and rows + len(self._queue[0][0]) <= self._max_round_rows:
                 item = self._queue.popleft()
                 round_.append(item)
-                rows += len(item[0].rows)
+                rows += len(item[0])
             self._queued_rows -= rows
             batches = [item[0] for item in round_]
             started = time.perf_counter()
@@ -677,7 +735,7 @@ class GroupCommitter:
         for item in self._queue:
             (failed if (item[0].job_pk, item[0].stream) in streams else kept).append(item)
         self._queue = kept
-        self._queued_rows = sum(len(item[0].rows) for item in kept)
+        self._queued_rows = sum(len(item[0]) for item in kept)
         for _, future, _ in failed:
             if not future.done():
                 future.set_exception(error)

@@ -154,10 +154,10 @@ _DUPLICATES = {stream: DUPLICATES.labels(stream) for stream in _STREAMS}
 
 
 def record_round(batches: Sequence[Any], results: Sequence[Any], seconds: float) -> None:
-    """Counts one committed group-commit round: `batches` (each with `.stream` and `.rows`; one stream message
-    each) and their `results` (each with `.committed` and `.duplicates`), which took `seconds`."""
+    """Counts one committed group-commit round: `batches` (each with `.stream` and a length, its rows; one stream
+    message each) and their `results` (each with `.committed` and `.duplicates`), which took `seconds`."""
     COMMIT_SECONDS.observe(seconds)
-    COMMIT_ROWS.observe(sum(len(batch.rows) for batch in batches))
+    COMMIT_ROWS.observe(sum(len(batch) for batch in batches))
     for batch, result in zip(batches, results, strict=True):
         _MESSAGES[batch.stream].inc()
         if result.committed:
