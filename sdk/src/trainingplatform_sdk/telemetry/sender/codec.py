@@ -171,7 +171,12 @@ class MetricCodec(Codec[BufferedMetric]):
         if not batch:
             return request
         columns = request.columns
-        sequences, keys, values, steps, epochs, wall_times = zip(*batch, strict=True)
+        # One pass per field with itemgetter, not zip(*batch): that makes an iterator object per point, which the
+        # garbage collector finds alive mid-transpose and promotes, and so triggers full collections (measured:
+        # 0.45 microseconds a point of GC in the peers' burst, most of it full collections).
+        sequences, keys, values, steps, epochs, wall_times = (
+            tuple(map(operator.itemgetter(field), batch)) for field in range(6)
+        )
         index: dict[str, int] = {}
         columns.key_indexes.extend([index.setdefault(key, len(index)) for key in keys])
         columns.keys.extend(index)
