@@ -18,6 +18,7 @@ import collections
 import itertools
 import logging
 import math
+import operator
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -314,7 +315,7 @@ class Ingestor:
             _, sequence, key, _, step, epoch, wall_time = rows[0]
             if _one_in_range(sequence, step, epoch, wall_time) and key in _VALID_KEYS:
                 return Prepared(job_pk, METRICS_STREAM, rows, (sequence,))
-        _, sequences, keys, _, steps, epochs, wall_times = zip(*rows, strict=True)
+        _, sequences, keys, _, steps, epochs, wall_times = _transpose(rows, 7)
         _check_common(sequences, steps, epochs, wall_times, "metric")
         for key in set(keys):
             check_metric_key(key)
@@ -376,7 +377,7 @@ class Ingestor:
             )
             for r in records
         ]
-        _, sequences, levels, _, epochs, steps, wall_times, _, ranks = zip(*rows, strict=True)
+        _, sequences, levels, _, epochs, steps, wall_times, _, ranks = _transpose(rows, 9)
         _check_common(sequences, steps, epochs, wall_times, "log record")
         if min(ranks) < 0:
             raise InvalidArgumentError(f"log record rank must be >= 0; got {min(ranks)}")
@@ -544,10 +545,17 @@ class Ingestor:
         # Rows at or below the cursor (resends, holes being filled) may exist: ON CONFLICT DO NOTHING, counted.
         for index, (batch, _, older, *_) in enumerate(plans):
             if older:
-                columns = list(zip(*older, strict=True))
+                columns = _transpose(older, self._tables[batch.stream].width)
                 params = (batch.job_pk, *(list(c) for c in columns[1:]))
                 stored[index] += conn.exec_driver_sql(self._tables[batch.stream].insert, params).rowcount
         return stored
+
+
+def _transpose(rows: Sequence[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    """The columns of `rows` (each `width` long). Not `zip(*rows)`: that makes an iterator object per row, which the
+    garbage collector finds alive mid-transpose and promotes, and so triggers full collections (measured: 0.58
+    microseconds a point of GC in the backend, ingesting 5,000-point messages)."""
+    return [tuple(map(operator.itemgetter(index), rows)) for index in range(width)]
 
 
 def _split(batch: Prepared, previous: int) -> tuple[list[tuple[Any, ...]] | None, list[tuple[Any, ...]]]:
