@@ -315,7 +315,7 @@ class Ingestor:
             _, sequence, key, _, step, epoch, wall_time = rows[0]
             if _one_in_range(sequence, step, epoch, wall_time) and key in _VALID_KEYS:
                 return Prepared(job_pk, METRICS_STREAM, rows, (sequence,))
-        _, sequences, keys, _, steps, epochs, wall_times = _transpose(rows, 7)
+        _, sequences, keys, _, steps, epochs, wall_times = _transpose(rows, self._tables[METRICS_STREAM].width)
         _check_common(sequences, steps, epochs, wall_times, "metric")
         for key in set(keys):
             check_metric_key(key)
@@ -377,7 +377,7 @@ class Ingestor:
             )
             for r in records
         ]
-        _, sequences, levels, _, epochs, steps, wall_times, _, ranks = _transpose(rows, 9)
+        _, sequences, levels, _, epochs, steps, wall_times, _, ranks = _transpose(rows, self._tables[LOGS_STREAM].width)
         _check_common(sequences, steps, epochs, wall_times, "log record")
         if min(ranks) < 0:
             raise InvalidArgumentError(f"log record rank must be >= 0; got {min(ranks)}")
