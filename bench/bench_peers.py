@@ -367,11 +367,18 @@ CASES: dict[str, type[Case]] = {"sdk": SdkCase, "wandb": WandbCase, "mlflow": Ml
 
 def _lost(case: Case, key: str, expected: range, what: str) -> int:
     """How many of the `expected` steps of `key` the store does not hold, read back until it holds them all or
-    READ_BACK_WAIT_S passed. A point stored twice or one never logged fails the benchmark whatever the logger, and so
-    does a lost point of this SDK."""
+    READ_BACK_WAIT_S passed (a peer's read-back that raises is tried again within that time too). A point stored
+    twice or one never logged fails the benchmark whatever the logger, and so does a lost point of this SDK."""
     deadline = time.monotonic() + READ_BACK_WAIT_S
     while True:
-        steps = case.read_back(key)
+        try:
+            steps = case.read_back(key)
+        except Exception as error:  # a peer's store may be mid-compaction (Aim's RocksDB removed a file it opened)
+            if case.lossless or time.monotonic() > deadline:
+                raise
+            print(f"{what}: reading back failed ({error!r}); trying again", file=sys.stderr, flush=True)
+            time.sleep(0.5)
+            continue
         if len(steps) != len(set(steps)) or not set(steps) <= set(expected):
             raise RuntimeError(
                 f"{what}: read back {len(steps)} points ({len(set(steps))} distinct steps), expected "
