@@ -147,7 +147,7 @@ class _Table:
         self.insert = ""
         """PostgreSQL: the INSERT of rows passed as one array per column (resent rows, counted)."""
         if sqlite:
-            row = f"({', '.join('?' * (len(columns) + 1))})"
+            row = f"({', '.join('?' * self.width)})"
             self.sqlite_inserts = {
                 size: f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * size)} ON CONFLICT DO NOTHING"
                 for size in (1 << bit for bit in range(SQLITE_ROWS_PER_STATEMENT.bit_length()))
@@ -156,6 +156,11 @@ class _Table:
             arrays = ", ".join(f"%s::{t}[]" for t in pg_types)
             self.insert = f"INSERT INTO {table} ({names}) SELECT %s, * FROM unnest({arrays}) ON CONFLICT DO NOTHING"
         self.copy = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
+
+
+# The fields of MetricColumns with an entry per point; the optional ones may instead be empty (none for every point).
+_PER_POINT_COLUMNS = ("key_indexes", "values", "steps", "epochs", "wall_times", "sequences")
+_OPTIONAL_COLUMNS = ("steps", "epochs")
 
 
 @dataclass(frozen=True)
@@ -169,15 +174,7 @@ class MetricColumns:
     @classmethod
     def of(cls, message: telemetry_pb2.MetricColumns) -> MetricColumns:
         """`message` with its point count."""
-        count = max(
-            len(message.key_indexes),
-            len(message.values),
-            len(message.steps),
-            len(message.epochs),
-            len(message.wall_times),
-            len(message.sequences),
-        )
-        return cls(message, count)
+        return cls(message, max(len(getattr(message, name)) for name in _PER_POINT_COLUMNS))
 
     def __len__(self) -> int:
         return self.count
@@ -324,9 +321,9 @@ class Ingestor:
     def _prepare_metric_columns(self, job_pk: int, batch: MetricColumns) -> Prepared:
         # Whole columns at a time: the packed arrays come out of the message as lists in C.
         columns, count = batch.message, batch.count
-        for name in ("key_indexes", "values", "wall_times", "sequences", "steps", "epochs"):
+        for name in _PER_POINT_COLUMNS:
             length = len(getattr(columns, name))
-            if length != count and not (length == 0 and name in ("steps", "epochs")):
+            if length != count and not (length == 0 and name in _OPTIONAL_COLUMNS):
                 raise InvalidArgumentError(
                     f"metric columns: {name} has {length} entries and another column {count}; every column holds "
                     "one entry per point (steps and epochs may instead be empty)"
