@@ -130,3 +130,25 @@ def test_a_message_refused_as_too_large_is_split_not_resent(
     print(report)
     _assert_all_committed(backend, job_id, report)
     assert any("too large" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.timeout(120)
+def test_points_on_a_refused_message_go_again_while_the_caller_logs_nothing_more(
+    small_limit_backend: BackendProcess,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    open_logger: Callable[..., TrainingLogger],
+) -> None:
+    """The caller logs a burst and then nothing (a long evaluation): the message that carried the burst's last
+    points is refused as too large, and its points are sent again in smaller messages on their own, without a
+    flush, a close or a next point to wake the sender."""
+    monkeypatch.setattr(codec_module.Codec, "apply_server_limit", lambda self, limit: None)
+    backend = small_limit_backend
+    job_id, token = backend.create_job()
+    logger = open_logger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path, settings=SETTINGS)
+    lines = 20  # 320 KiB: whatever the drains take, the message with the last lines is over 64 KiB
+    for index in range(lines):
+        logger.log_message(f"{index} {LOG_LINE}")
+    wait_until(lambda: logger.stats.committed_logs == lines, 30, "every line committed with no flush")
+    assert backend.log_sequences(job_id) == list(range(1, lines + 1))
+    assert logger.stats.reconnects == 0 and logger.stats.error is None

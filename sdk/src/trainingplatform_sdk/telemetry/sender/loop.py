@@ -272,8 +272,14 @@ class Sender(threading.Thread):
                     self._set_due(now)  # someone watches now: what waits goes within the short interval
             if partial:
                 self._flushed_at = now
-                if not (self._metrics.unsent() or self._logs.unsent()):
-                    self._due = None
+            unsent = self._metrics.unsent() or self._logs.unsent()
+            if partial and not unsent:
+                self._due = None
+            elif unsent and self._due is None:
+                # Points already sent are unsent again: a stream broke or a message was refused as too large, and
+                # the reconnect resends from the cursor. They go within an interval, not at the caller's next point
+                # (a trainer in a long evaluation may log nothing for minutes).
+                self._set_due(now)
             self._calls.release_flushes()
             # Unreachable or stopped: move memory to disk so an outage of minutes costs no memory and no data.
             if (
