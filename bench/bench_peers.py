@@ -16,7 +16,9 @@ that any request that slipped through fails at once instead of leaving the machi
 
 Measured for each logger, on the same work:
   - caller cost: time.perf_counter_ns around each single `log` call of one key (the clock's own cost, measured
-    the same way around nothing, is subtracted), median and p99.9;
+    the same way around nothing, is subtracted), median and p99.9. This SDK's `log_metric` takes the harness's
+    (key, value, step) as it is and is called directly; each peer's call goes through a lambda that adapts them
+    (about 0.03 microseconds, under 0.05 % of a peer's cost, but 15 % of this SDK's);
   - points/s until durable: the same points, from the first call until the store has them (the SDK: `flush`
     returns once the backend committed them; wandb: `finish`; MLflow: `flush_async_logging`; Aim: `close`); then
     every point is read back from the store and counted (for up to READ_BACK_WAIT_S more, in case the store
@@ -201,8 +203,9 @@ class SdkCase(Case):
         self.logger = TrainingLogger(
             self.job_id, backend_address=self.backend.address, token=token, spool_dir=workdir / "spool"
         )
-        self.log = lambda key, value, step: self.logger.log_metric(key, value, step=step)  # type: ignore[method-assign]
-        self.log_many = lambda values, step: self.logger.log_metrics(values, step=step)  # type: ignore[method-assign]
+        # The logger's own methods, called positionally as (key, value, step) and (values, step): no adapter.
+        self.log = self.logger.log_metric  # type: ignore[method-assign]
+        self.log_many = self.logger.log_metrics  # type: ignore[method-assign]
 
     def warm(self) -> None:
         if not self.logger.flush(60):  # the streams open outside the measurement

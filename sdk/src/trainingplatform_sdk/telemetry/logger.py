@@ -38,6 +38,9 @@ from trainingplatform_sdk.telemetry.spool import Spool
 from trainingplatform_sdk.telemetry.values import job_status, log_level, log_text, metric_value, torchrun_rank
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
+# The wall clock of a point, bound once: `log_metric` runs at every training step and an attribute lookup per call
+# is a tenth of its cost.
+_wall_time = time.time
 
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -266,11 +269,11 @@ class TrainingLogger:
             if self._discarding:
                 self._discarded += 1
             return
-        # None when not a number: the sender counts and reports it.
-        number = value if type(value) is float else metric_value(value)
         buffer = self._buffer
-        buffer.append((METRIC, key, number, step, epoch, time.time()))
-        if len(buffer) == 1 and self._wake.idle:
+        # The value is None when not a number: the sender counts and reports it.
+        buffer.append((METRIC, key, value if type(value) is float else metric_value(value), step, epoch, _wall_time()))
+        # `idle` first: while the sender is awake (a trainer logging at every step) that ends the test at once.
+        if self._wake.idle and len(buffer) == 1:
             self._wake.point_logged()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, epoch: int | None = None) -> None:
@@ -285,7 +288,7 @@ class TrainingLogger:
             if self._discarding:
                 self._discarded += len(metrics)
             return
-        wall_time = time.time()
+        wall_time = _wall_time()
         buffer = self._buffer
         append = buffer.append
         for key, value in metrics.items():
@@ -320,7 +323,7 @@ class TrainingLogger:
             return
         buffer = self._buffer
         buffer.append(
-            (LOG, truncate_utf8(log_text(message), MAX_LOG_MESSAGE_BYTES), log_level(level), epoch, step, time.time())
+            (LOG, truncate_utf8(log_text(message), MAX_LOG_MESSAGE_BYTES), log_level(level), epoch, step, _wall_time())
         )
         if len(buffer) == 1 and self._wake.idle:
             self._wake.point_logged()
