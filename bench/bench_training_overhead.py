@@ -110,6 +110,7 @@ def run(runs: int = 5, epochs: int = 4, pinned_runs: int = 3) -> dict[str, float
         )
         if child.returncode != 0:
             raise RuntimeError(f"the pinned measurement failed:\n{child.stderr[-3000:]}")
+        print(child.stderr, end="", file=sys.stderr, flush=True)
         pinned = json.loads(child.stdout)
         results.update(
             {
@@ -154,10 +155,18 @@ def _measure(runs: int, epochs: int, backend_cpu: int | None = None) -> dict[str
             if report.pending_metrics or report.dropped or report.committed_metrics != report.logged_metrics:
                 raise RuntimeError(f"telemetry was not all delivered: {report}")
 
+        kept = max(0, epochs - 1)  # epochs per run after the warm-up
         try:
             for index in range(runs):
                 for train in (train_off, train_on) if index % 2 == 0 else (train_on, train_off):
                     train(index)
+                # Each run's epochs on stderr: how far they swing between runs is the noise the medians face.
+                print(
+                    f"  run {index + 1}/{runs}{'' if backend_cpu is None else ' (backend on its own core)'}: "
+                    f"epochs off {_seconds(off[len(off) - kept :])}, on {_seconds(on[len(on) - kept :])}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             backend.close()
     median_off, median_on = statistics.median(off), statistics.median(on)
@@ -168,6 +177,10 @@ def _measure(runs: int, epochs: int, backend_cpu: int | None = None) -> dict[str
         "training_sdk_cpu_pct": statistics.median(sdk_pct),
         "training_backend_cpu_pct": statistics.median(backend_pct),
     }
+
+
+def _seconds(times: list[float]) -> str:
+    return " ".join(f"{time_s:.2f}" for time_s in times) + " s"
 
 
 def main() -> None:
