@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-# Before the test helpers import grpc: gRPC's fork handlers off, as in every process of the platform. Tests fork
-# beside live loggers, as DataLoader workers do.
-import trainingplatform_sdk.grpc_env  # noqa: F401
+# The `support` package turns gRPC's fork handlers off before any helper imports grpc (tests fork beside live
+# loggers, as DataLoader workers do): it is imported before anything else that imports grpc.
 from support.backend import BackendProcess, postgres_database
 
 
