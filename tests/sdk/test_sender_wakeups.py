@@ -40,7 +40,7 @@ def test_a_point_after_a_quiet_interval_is_due_at_once(sender: Sender) -> None:
     now = time.monotonic()
     sender._buffer.append((0, "loss", 1.0, None, None, 0.0))
     assert sender._next_wake(now) <= 0
-    assert sender._due == now and not sender.idle
+    assert sender._due == now and sender.wake_at_length == 0
 
 
 def test_a_point_right_after_a_flush_waits_at_most_one_interval(sender: Sender) -> None:
@@ -53,7 +53,7 @@ def test_a_point_right_after_a_flush_waits_at_most_one_interval(sender: Sender) 
     assert sender._due == pytest.approx(now + interval * 3 / 4)
 
 
-def test_while_nobody_watches_a_partial_batch_waits_the_long_interval_and_the_buffer_is_still_read(
+def test_while_nobody_watches_a_partial_batch_waits_the_long_interval_unless_a_full_message_waits(
     sender: Sender,
 ) -> None:
     settings = sender.settings
@@ -61,15 +61,24 @@ def test_while_nobody_watches_a_partial_batch_waits_the_long_interval_and_the_bu
     sender._delivery.unwatched = True
     now = time.monotonic()
     sender._flushed_at = now - 2 * settings.flush_interval_s
+    sender._active_until = now + ACTIVE_INTERVALS * settings.flush_interval_s  # points come at every step
     sender._buffer.append((0, "loss", 1.0, None, None, 0.0))
     delay = sender._next_wake(now)
     assert sender._due == pytest.approx(sender._flushed_at + settings.unwatched_flush_interval_s)
-    assert 0 < delay <= settings.flush_interval_s + 1e-9, "the caller's buffer is read each short interval"
+    # Asleep until then, not each short interval: the caller wakes it once its buffer holds a full message.
+    assert delay == pytest.approx(sender._due - now)
+    assert sender.wake_at_length == settings.max_batch_points
     # Quiet for longer than the long interval: the point goes at once, as a watched one would.
     sender._due = None
     sender._flushed_at = now - 2 * settings.unwatched_flush_interval_s
     assert sender._next_wake(now) <= 0
-    assert sender._due == now
+    assert sender._due == now and sender.wake_at_length == 0
+    # Everything sent and nothing logged for a while: idle, woken by the next point.
+    sender._buffer.clear()
+    sender._due = None
+    sender._active_until = now - 1
+    assert sender._next_wake(now) == pytest.approx(IDLE_WAKE_S)
+    assert sender.wake_at_length == 1
 
 
 def test_an_active_sender_looks_each_interval_and_a_quiet_one_sleeps_until_told(sender: Sender) -> None:
@@ -77,10 +86,10 @@ def test_an_active_sender_looks_each_interval_and_a_quiet_one_sleeps_until_told(
     now = time.monotonic()
     sender._active_until = now + ACTIVE_INTERVALS * interval
     assert sender._next_wake(now) == pytest.approx(interval)
-    assert not sender.idle
+    assert sender.wake_at_length == 0
     later = sender._active_until + interval
     assert sender._next_wake(later) == pytest.approx(IDLE_WAKE_S)
-    assert sender.idle
+    assert sender.wake_at_length == 1
 
 
 def test_points_coming_fast_shorten_the_interval_to_the_target_batch_and_a_slower_rate_restores_it(
@@ -99,7 +108,7 @@ def test_points_coming_fast_shorten_the_interval_to_the_target_batch_and_a_slowe
     sender._buffer.append((0, "loss", 1.0, None, None, 0.0))
     assert sender._next_wake(now) == pytest.approx(interval / 4)
     assert sender._due == pytest.approx(now + interval / 4)
-    assert not sender.idle  # looking each short interval, the caller need not wake it
+    assert sender.wake_at_length == 0  # looking each short interval, the caller need not wake it
     # Far faster over the next interval: never below the floor.
     now += interval
     sender._adapt_interval(now, 1000 * target)
@@ -138,8 +147,9 @@ def test_a_short_interval_does_not_shorten_the_wait_while_nobody_watches(sender:
 
 @pytest.mark.parametrize("interval", [0.005, 0.05, 0.1])
 def test_a_sender_awake_each_interval_is_never_idle_whatever_the_rounding(tmp_path: Path, interval: float) -> None:
-    # Idle would make the caller wake it at every point (an Event.set per point: 0.07 ms of the caller's CPU per
-    # message in profile_sdk.py). `now + 0.005 - now` exceeds 0.005 in floating point, which once made it idle.
+    # Asking to be woken would make the caller wake it at every point (an Event.set per point: 0.07 ms of the
+    # caller's CPU per message in profile_sdk.py). `now + 0.005 - now` exceeds 0.005 in floating point, which once
+    # made it ask.
     spool = Spool(tmp_path / "spool", "job", 1 << 30, 8 << 20)
     channel = grpc.insecure_channel("127.0.0.1:1")
     try:
@@ -149,14 +159,14 @@ def test_a_sender_awake_each_interval_is_never_idle_whatever_the_rounding(tmp_pa
         sender._active_until = now + 100
         for tick in range(1000):
             assert sender._next_wake(now + tick * 1e-3) == pytest.approx(interval)
-            assert not sender.idle, tick
+            assert sender.wake_at_length == 0, tick
     finally:
         spool.close()
         channel.close()
 
 
 def test_a_sender_whose_batch_cannot_go_is_still_woken_by_the_next_point(sender: Sender) -> None:
-    # The backend away or the window full: a due batch waits. Sleeping past an interval, the sender must be `idle`
+    # The backend away or the window full: a due batch waits. Sleeping past an interval, the sender must be wakeable
     # (the caller's next point wakes it); it once slept a whole second unwakeable, and a caller logging in a tight
     # loop filled 150,000 points into its buffer meanwhile.
     interval = sender.settings.flush_interval_s
@@ -165,10 +175,10 @@ def test_a_sender_whose_batch_cannot_go_is_still_woken_by_the_next_point(sender:
     sender._due = now - interval
     sender._active_until = now - interval
     assert sender._next_wake(now) > interval
-    assert sender.idle
+    assert sender.wake_at_length == 1
     sender._buffer.append((0, "loss", 1.0, None, None, 0.0))  # points waiting: taken within an interval
     assert sender._next_wake(now) <= interval + 1e-9
-    assert not sender.idle
+    assert sender.wake_at_length == 0
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -187,7 +197,9 @@ def test_an_idle_sender_is_woken_by_the_next_point(
         sender = logger._sender
         assert sender is not None
         wait_until(
-            lambda: sender.idle and logger.stats.committed_metrics == 1, 30, "the warm-up committed, the sender idle"
+            lambda: sender.wake_at_length == 1 and logger.stats.committed_metrics == 1,
+            30,
+            "the warm-up committed, the sender idle",
         )
         logger.log_metric("train/loss", 0.5, step=1)
         logger.log_message("one line")

@@ -15,6 +15,8 @@ from support.backend import BackendProcess, auth, free_port
 from support.metrics import scrape
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
+from trainingplatform_sdk.telemetry.sender import loop
+from trainingplatform_sdk.telemetry.sender.loop import Sender
 
 MESSAGES = "tp_backend_messages_committed_total"
 
@@ -118,3 +120,66 @@ def test_points_coming_faster_than_the_target_batch_go_in_smaller_messages_soone
         assert messages <= 30, messages
     else:
         assert messages >= 60, messages
+
+
+def test_a_job_nobody_watches_costs_its_sender_a_few_wake_ups_a_second_not_one_per_step(
+    metered: tuple[BackendProcess, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer logging every 10 ms: while nobody watches, its points wait the long interval, and the sender reads
+    the caller's buffer when they are due, not every `flush_interval_s`. Each wake-up costs CPU on the training's
+    cores and a context switch of the training thread (bench_training_overhead.py)."""
+    wakes = [0]
+    drain = Sender._drain
+
+    def counting_drain(self: Sender) -> int:
+        wakes[0] += 1
+        return drain(self)
+
+    monkeypatch.setattr(Sender, "_drain", counting_drain)
+    backend, _ = metered
+    job_id, token = backend.create_job()
+    settings = LoggerSettings(flush_interval_s=0.05, unwatched_flush_interval_s=1.0)
+    with TrainingLogger(
+        job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=settings
+    ) as logger:
+        logger.log_metric("warm-up", 0.0)
+        assert logger.flush(30)
+        sender = logger._sender
+        assert sender is not None
+        wait_until(lambda: sender._delivery.unwatched, 10, "the cursor says nobody watches")
+        _log_steps(logger, 1, 1.0)  # past the interval that began watched
+        before = wakes[0]
+        step = _log_steps(logger, 1000, 3.0)
+        during = wakes[0] - before
+        # A flush wake-up and a cursor answer per second (about 6), where each short interval gave 60.
+        assert during <= 15, during
+        report = logger.close(30)
+    assert step > 1000 and report.committed_metrics == report.logged_metrics
+    assert len(backend.metric_sequences(job_id)) == report.logged_metrics
+
+
+def test_a_caller_with_a_full_message_buffered_wakes_a_sender_waiting_the_long_interval(
+    metered: tuple[BackendProcess, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sender no longer reads the buffer each short interval while nobody watches: the caller's memory stays
+    # bounded because the point that fills a message wakes it.
+    monkeypatch.setattr(loop, "IDLE_WAKE_S", 60.0)
+    backend, _ = metered
+    job_id, token = backend.create_job()
+    settings = LoggerSettings(unwatched_flush_interval_s=60.0, max_batch_points=200, cursor_poll_interval_s=0.05)
+    with TrainingLogger(
+        job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=settings
+    ) as logger:
+        logger.log_metric("warm-up", 0.0)
+        assert logger.flush(30)
+        sender = logger._sender
+        assert sender is not None
+        wait_until(lambda: sender._delivery.unwatched, 10, "the cursor says nobody watches")
+        # Due a minute after the warm-up's flush: only the caller's wake-up can make the sender read them sooner. (The
+        # first point may wake an idle sender, which then waits for a full message more.)
+        for step in range(2 * settings.max_batch_points):
+            logger.log_metric("train/batch_loss", 0.5, step=step)
+        wait_until(
+            lambda: logger.stats.committed_metrics >= 1 + settings.max_batch_points, 10, "a full message committed"
+        )
+        assert sender.wake_at_length == settings.max_batch_points, "what is left waits the long interval"

@@ -58,9 +58,9 @@ def _ends_the_job(saved_call: object) -> bool:
 
 
 class _Idle:
-    """Stands for the sender of a logger without one: never idle, so never told of a point."""
+    """Stands for the sender of a logger without one: never asks to be told of a point."""
 
-    idle = False
+    wake_at_length = 0
 
     def point_logged(self) -> None:
         pass
@@ -163,8 +163,9 @@ class TrainingLogger:
         self._ended = False
         self._spool_dir: Path | None = None
         self._sender: Sender | None = None
-        # The sender, whose `idle` says it sleeps until told of a point; `point_logged` tells it. The sender's
-        # twin below while there is none, so that the logging calls need no check.
+        # The sender, whose `wake_at_length` says at what length of the buffer it must be told (0: never, it looks
+        # on its own); `point_logged` tells it. The sender's twin below while there is none, so that the logging
+        # calls need no check.
         self._wake: _Idle | Sender = _NEVER_IDLE
         self._pid = os.getpid()
         self._close_lock = threading.Lock()
@@ -271,9 +272,10 @@ class TrainingLogger:
         buffer = self._buffer
         # The value is None when not a number: the sender counts and reports it.
         buffer.append((METRIC, key, value if type(value) is float else metric_value(value), step, epoch, _wall_time()))
-        # Only an idle sender needs waking, by the point that made the buffer non-empty. `idle` is asked first: while
-        # a trainer logs at every step the sender is awake, and the length is never asked.
-        if self._wake.idle and len(buffer) == 1:
+        # Only a sender asleep for longer than an interval needs waking, by the point that made the buffer as long as
+        # it asked (1 when idle). It is asked first: while a trainer logs at every step the sender looks at the
+        # buffer on its own, and the length is never asked.
+        if (wake_at := self._wake.wake_at_length) and len(buffer) == wake_at:
             self._wake.point_logged()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, epoch: int | None = None) -> None:
@@ -293,7 +295,7 @@ class TrainingLogger:
         append = buffer.append
         for key, value in metrics.items():
             append((METRIC, key, value if type(value) is float else metric_value(value), step, epoch, wall_time))
-        if buffer and self._wake.idle:
+        if (wake_at := self._wake.wake_at_length) and len(buffer) >= wake_at:
             self._wake.point_logged()
 
     def log_message(
@@ -325,7 +327,7 @@ class TrainingLogger:
         buffer.append(
             (LOG, truncate_utf8(log_text(message), MAX_LOG_MESSAGE_BYTES), log_level(level), epoch, step, _wall_time())
         )
-        if self._wake.idle and len(buffer) == 1:
+        if (wake_at := self._wake.wake_at_length) and len(buffer) == wake_at:
             self._wake.point_logged()
 
     def update_status(

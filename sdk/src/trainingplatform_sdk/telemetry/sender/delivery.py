@@ -77,6 +77,9 @@ class Delivery:
             self._send(self._metrics, partial)
             self._send(self._logs, partial)
         if connection.connected and self._pending is None and self._cursor_due(now, closing):
+            # Timed from when it is asked, so the next read falls on the wake-up that sends the next partial batch
+            # an interval later, not on one of its own a few milliseconds after.
+            self._last_poll = now
             self._pending = ("poll", self._connection.read_cursor())
         if connection.connected and self._pending is None:
             self._deliver_calls()
@@ -88,6 +91,7 @@ class Delivery:
         wait for the channel to connect, so delivery resumes as soon as the backend is back.
         """
         self._connect_waits = self._attempted
+        self._last_poll = time.monotonic()
         self._pending = ("connect", self._connection.read_cursor(wait_for_ready=self._connect_waits))
         self._attempted = True
 
@@ -107,7 +111,6 @@ class Delivery:
         if exc is not None:
             self._rpc_failed(exc, "GetStreamCursor", waited=kind == "connect" and self._connect_waits)
             return
-        self._last_poll = time.monotonic()
         cursor: telemetry_pb2.GetStreamCursorResponse = future.result()
         self.unwatched = cursor.unwatched
         if kind == "connect":
