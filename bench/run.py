@@ -38,6 +38,12 @@ BENCHMARKS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "message_cpu": ("bench_message_cpu", {"seconds": 10.0}, {"seconds": 1.0}),
     # the same traffic with a bare gRPC server and client: gRPC's own floor under message_cpu's numbers
     "grpc_floor": ("bench_grpc_floor", {"seconds": 10.0}, {"seconds": 1.0}),
+    # a trainer's once-a-second GetStreamCursor, which docs/capacity.md counts beside its message
+    "cursor_read": (
+        "bench_cursor_read",
+        {"rate": 500.0, "jobs": 200, "seconds": 10.0},
+        {"rate": 100.0, "jobs": 5, "seconds": 1.0},
+    ),
     "reconnect": ("bench_reconnect", {"restarts": 10}, {"restarts": 2}),
     "flood": ("bench_flood", {"seconds": 10.0, "concurrency": 32}, {"seconds": 1.0, "concurrency": 4}),
     "series": ("bench_series", {"points": 1_000_000, "runs": 5}, {"points": 20_000, "runs": 1}),

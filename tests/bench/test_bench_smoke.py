@@ -53,6 +53,8 @@ def test_bench_smoke_reports_every_metric():
         "dashboard_fanout_rss_mib",
     ):
         assert results[key] >= 0 if key.startswith("reconnect_ms") else results[key] > 0, key
+    # 100 cursor reads at about a millisecond each: several clock ticks of the backend's CPU
+    assert results["cursor_read_cpu_ms_backend"] > 0 and results["cursor_reads_per_s"] > 0
     # gRPC's floor: the bench itself fails unless the bare server read every message; the server's CPU for 100
     # messages is several clock ticks, the client's share (less an idle loop) may round to 0 in a 1-second run
     assert results["grpc_floor_ms_server"] > 0
