@@ -119,3 +119,57 @@ def test_the_linger_is_a_documented_setting_with_a_clear_error(tmp_path) -> None
         )
         assert result.returncode == 2, result.stderr
         assert "TP_COMMIT_LINGER_S" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_flush_for_one_job_commits_what_that_job_queued_and_leaves_other_jobs_lingering(store: Store) -> None:
+    # A trainer's cursor read needs its own job's batches committed, not everyone's: a read that committed every
+    # job's lingering batches cut every unwatched job's group commit short (docs/capacity.md).
+    job_pk, other_pk, idle_pk = new_job(store), new_job(store), new_job(store)
+    ingestor = Ingestor(store)
+
+    async def scenario() -> None:
+        committer = GroupCommitter(ingestor, linger_s=60)
+        lingering = committer.enqueue(metric_batch(ingestor, other_pk, 1, 2))
+        await asyncio.wait_for(committer.flush(idle_pk), timeout=1)  # nothing of its own queued: at once
+        assert not lingering.done() and stored_sequences(store, other_pk) == []
+        mine = committer.enqueue(metric_batch(ingestor, job_pk, 1, 3))
+        await asyncio.wait_for(committer.flush(job_pk), timeout=10)
+        assert mine.done() and mine.result().committed == 3
+        # The round took what was queued before (the other job's batch too): a round is not split by job.
+        assert lingering.done()
+        # A batch committing in a worker thread (PostgreSQL, or a large round) is waited for too.
+        watched = committer.enqueue(metric_batch(ingestor, job_pk, 4, 2), linger=False)
+        await asyncio.wait_for(committer.flush(job_pk), timeout=10)
+        assert watched.done() and watched.result().committed == 2
+        await committer.close()
+
+    asyncio.run(scenario())
+    assert stored_sequences(store, job_pk) == [1, 2, 3, 4, 5]
+    assert stored_sequences(store, other_pk) == [1, 2]
+
+
+def test_the_jobs_a_flush_can_wait_for_are_forgotten_once_committed(store: Store, monkeypatch) -> None:
+    # One entry per job that queued a batch: a backend serving many short jobs must not keep one per job forever,
+    # and must never forget a job whose batches are still queued.
+    from trainingplatform_backend import ingest
+
+    monkeypatch.setattr(ingest, "_MAX_TRACKED_JOBS", 2)
+    first, second, third, fourth = (new_job(store) for _ in range(4))
+    ingestor = Ingestor(store)
+
+    async def scenario() -> None:
+        committer = GroupCommitter(ingestor, linger_s=60)
+        for job_pk in (first, second):
+            committer.enqueue(metric_batch(ingestor, job_pk, 1, 1))
+        await committer.flush()
+        lingering = committer.enqueue(metric_batch(ingestor, third, 1, 1))  # the committed two are dropped
+        assert set(committer._last_queued) == {third}
+        other = committer.enqueue(metric_batch(ingestor, fourth, 1, 1))
+        await asyncio.wait_for(committer.flush(first), timeout=1)  # forgotten, and nothing of it queued
+        assert not lingering.done() and not other.done()
+        await asyncio.wait_for(committer.flush(third), timeout=10)
+        assert lingering.done() and other.done()
+        await committer.close()
+
+    asyncio.run(scenario())
+    assert [stored_sequences(store, job_pk) for job_pk in (first, second, third, fourth)] == [[1]] * 4

@@ -602,6 +602,10 @@ class _SqliteConnection:
         return self._cursor.execute(statement, parameters)
 
 
+# Jobs whose last queued batch the committer remembers before it drops those already committed.
+_MAX_TRACKED_JOBS = 10_000
+
+
 class GroupCommitter:
     """Gathers the batches every open stream submits and commits them together, one transaction per round.
 
@@ -640,6 +644,10 @@ class GroupCommitter:
         self._lingering: asyncio.TimerHandle | None = None
         # The round committing in a worker thread, if any: the next round waits for it.
         self._threaded: asyncio.Task[None] | None = None
+        # Per job, the future of the batch it queued last: rounds commit in queue order, so once it is done, every
+        # batch the job queued before it is too (`flush(job_pk)`). Done entries are dropped when there are many.
+        self._last_queued: dict[int, asyncio.Future[BatchResult]] = {}
+        self._prune_at = _MAX_TRACKED_JOBS
 
     def start(self) -> None:
         """Nothing to start: the first batch queued after a round schedules the next one on the event loop."""
@@ -657,6 +665,11 @@ class GroupCommitter:
         future: asyncio.Future[BatchResult] = loop.create_future()
         self._queue.append((batch, future, on_commit))
         self._queued_rows += len(batch)
+        last_queued = self._last_queued
+        if len(last_queued) >= self._prune_at and batch.job_pk not in last_queued:
+            self._last_queued = last_queued = {job: queued for job, queued in last_queued.items() if not queued.done()}
+            self._prune_at = max(_MAX_TRACKED_JOBS, 2 * len(last_queued))  # many jobs queued at once: prune less
+        last_queued[batch.job_pk] = future
         if self._threaded is None:
             if linger and self.linger_s > 0 and self._queued_rows < self._inline_round_rows:
                 if self._lingering is None and not self._flush_scheduled:
@@ -670,11 +683,20 @@ class GroupCommitter:
         if self._queue and self._threaded is None:
             self._flush_soon()
 
-    async def flush(self) -> None:
-        """Commits everything queued so far without lingering, and returns once it is committed (or failed)."""
-        waiting: set[asyncio.Future[Any]] = {future for _, future, _ in self._queue}
-        if self._threaded is not None:
-            waiting.add(self._threaded)
+    async def flush(self, job_pk: int | None = None) -> None:
+        """Commits everything queued so far without lingering, and returns once it is committed (or failed).
+
+        With `job_pk`, only when that job has batches queued or committing, and returns once they are: a cursor
+        read of one trainer then does not cut short the linger of every other job's round.
+        """
+        waiting: set[asyncio.Future[Any]]
+        if job_pk is not None:
+            last = self._last_queued.get(job_pk)
+            waiting = {last} if last is not None and not last.done() else set()
+        else:
+            waiting = {future for _, future, _ in self._queue}
+            if self._threaded is not None:
+                waiting.add(self._threaded)
         if waiting:
             self.flush_soon()
             await asyncio.wait(waiting)

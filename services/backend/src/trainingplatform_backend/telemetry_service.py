@@ -534,7 +534,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         authorize_job(request.job_id)
         await self._backend.check_attempt(request.job_id, write=False)
         job_pk = await self._backend.job_pk(request.job_id)
-        await self._backend.committer.flush()  # the cursor covers every message received before this call
+        # The cursor covers every message of this job received before this call; other jobs' rounds keep lingering.
+        await self._backend.committer.flush(job_pk)
         metric, log_sequence = await self._backend.run(self._backend.store.cursor, job_pk)
         return telemetry_pb2.GetStreamCursorResponse(
             last_metric_sequence=metric,

@@ -73,14 +73,17 @@ class Delivery:
                 self.connect()
             return
         self._check_streams()
+        if connection.connected and self._pending is None and self._cursor_due(now, closing):
+            # Timed from when it is asked, so the next read falls on the wake-up that sends the next partial batch
+            # an interval later, not on one of its own a few milliseconds after. Asked before that batch goes: the
+            # backend answers a read once the job's batches received before it are committed, so a read right
+            # behind a batch would commit it at once and cut short the round in which the backend gathers the
+            # batches of every job nobody watches (`TP_COMMIT_LINGER_S`).
+            self._last_poll = now
+            self._pending = ("poll", self._connection.read_cursor())
         if connection.connected:
             self._send(self._metrics, partial)
             self._send(self._logs, partial)
-        if connection.connected and self._pending is None and self._cursor_due(now, closing):
-            # Timed from when it is asked, so the next read falls on the wake-up that sends the next partial batch
-            # an interval later, not on one of its own a few milliseconds after.
-            self._last_poll = now
-            self._pending = ("poll", self._connection.read_cursor())
         if connection.connected and self._pending is None:
             self._deliver_calls()
 
