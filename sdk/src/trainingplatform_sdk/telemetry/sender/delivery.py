@@ -73,19 +73,27 @@ class Delivery:
                 self.connect()
             return
         self._check_streams()
-        if connection.connected and self._pending is None and self._cursor_due(now, closing):
-            # Timed from when it is asked, so the next read falls on the wake-up that sends the next partial batch
-            # an interval later, not on one of its own a few milliseconds after. Asked before that batch goes: the
-            # backend answers a read once the job's batches received before it are committed, so a read right
-            # behind a batch would commit it at once and cut short the round in which the backend gathers the
-            # batches of every job nobody watches (`TP_COMMIT_LINGER_S`).
-            self._last_poll = now
-            self._pending = ("poll", self._connection.read_cursor())
+        # A read that a flush, a call or the close waits for goes behind this wake-up's batches, so that its answer
+        # covers them (the backend commits a job's queued batches before it answers). The once-a-second read goes
+        # before them: the backend then answers from what it has committed, and the batches linger with the other
+        # jobs' for the group commit (`TP_COMMIT_LINGER_S`) instead of being committed at once.
+        barrier = self._calls.waiting or closing
+        if not barrier:
+            self._poll_if_due(now, closing)
         if connection.connected:
             self._send(self._metrics, partial)
             self._send(self._logs, partial)
+        if barrier:
+            self._poll_if_due(now, closing)
         if connection.connected and self._pending is None:
             self._deliver_calls()
+
+    def _poll_if_due(self, now: float, closing: bool) -> None:
+        if self._connection.connected and self._pending is None and self._cursor_due(now, closing):
+            # Timed from when it is asked, so the next read falls on the wake-up that sends the next partial batch
+            # an interval later, not on one of its own a few milliseconds after.
+            self._last_poll = now
+            self._pending = ("poll", self._connection.read_cursor())
 
     def connect(self) -> None:
         """Starts reading the cursor; when it answers, every stream resumes from it (see `_established`).
