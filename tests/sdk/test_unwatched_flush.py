@@ -5,6 +5,7 @@ interval."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,19 @@ def metered(tmp_path: Path) -> Iterator[tuple[BackendProcess, int]]:
         backend.close()
 
 
+@contextlib.contextmanager
+def _warm_logger(
+    backend: BackendProcess, job_id: str, token: str, tmp_path: Path, settings: LoggerSettings
+) -> Iterator[TrainingLogger]:
+    """A logger whose streams are open and whose first point is committed (the backend's cursor answered)."""
+    with TrainingLogger(
+        job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=settings
+    ) as logger:
+        logger.log_metric("warm-up", 0.0)
+        assert logger.flush(30)
+        yield logger
+
+
 def _messages(port: int) -> float:
     return scrape(port).value(MESSAGES, stream="metrics")
 
@@ -55,11 +69,7 @@ def test_a_job_nobody_watches_gets_fewer_messages_until_someone_subscribes(
     backend, port = metered
     job_id, token = backend.create_job()
     settings = LoggerSettings(flush_interval_s=0.02, unwatched_flush_interval_s=1.0)
-    with TrainingLogger(
-        job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=settings
-    ) as logger:
-        logger.log_metric("warm-up", 0.0)
-        assert logger.flush(30)
+    with _warm_logger(backend, job_id, token, tmp_path, settings) as logger:
         before = _messages(port)
         step = _log_steps(logger, 1, 3.0)
         assert logger.flush(30)
@@ -106,11 +116,7 @@ def test_points_coming_faster_than_the_target_batch_go_in_smaller_messages_soone
     backend, port = metered
     job_id, token = backend.create_job()
     settings = LoggerSettings(flush_interval_s=0.1, unwatched_flush_interval_s=0.1, target_batch_points=target)
-    with TrainingLogger(
-        job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=settings
-    ) as logger:
-        logger.log_metric("warm-up", 0.0)
-        assert logger.flush(30)
+    with _warm_logger(backend, job_id, token, tmp_path, settings) as logger:
         before = _messages(port)
         logged = _log_fast(logger, 50, 2.0)
         assert logger.flush(30)
@@ -139,11 +145,7 @@ def test_a_job_nobody_watches_costs_its_sender_a_few_wake_ups_a_second_not_one_p
     backend, _ = metered
     job_id, token = backend.create_job()
     settings = LoggerSettings(flush_interval_s=0.05, unwatched_flush_interval_s=1.0)
-    with TrainingLogger(
-        job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=settings
-    ) as logger:
-        logger.log_metric("warm-up", 0.0)
-        assert logger.flush(30)
+    with _warm_logger(backend, job_id, token, tmp_path, settings) as logger:
         sender = logger._sender
         assert sender is not None
         wait_until(lambda: sender._delivery.unwatched, 10, "the cursor says nobody watches")
@@ -167,11 +169,7 @@ def test_a_caller_with_a_full_message_buffered_wakes_a_sender_waiting_the_long_i
     backend, _ = metered
     job_id, token = backend.create_job()
     settings = LoggerSettings(unwatched_flush_interval_s=60.0, max_batch_points=200, cursor_poll_interval_s=0.05)
-    with TrainingLogger(
-        job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=settings
-    ) as logger:
-        logger.log_metric("warm-up", 0.0)
-        assert logger.flush(30)
+    with _warm_logger(backend, job_id, token, tmp_path, settings) as logger:
         sender = logger._sender
         assert sender is not None
         wait_until(lambda: sender._delivery.unwatched, 10, "the cursor says nobody watches")

@@ -191,7 +191,7 @@ class Sender(threading.Thread):
         # The caller's next point wakes us while the buffer is looked at: a point appended after the look sees it.
         self.wake_at_length = 1
         # Nobody watches: points wait the long interval, and the caller wakes us when a full message waits.
-        unwatched = delivery.unwatched and settings.unwatched_flush_interval_s > settings.flush_interval_s
+        unwatched = self._long_interval()
         if self._buffer:
             # Points wait in the caller's buffer: they are taken within an interval whether or not they can go now
             # (with the backend away they move to the spool), so the caller's memory stays bounded.
@@ -236,11 +236,14 @@ class Sender(threading.Thread):
         # without delay), else one interval after the last: at most one partial message per interval and stream.
         # While nobody watches the job live the interval is the longer `unwatched_flush_interval_s` (fewer
         # messages); the caller wakes the thread when a full message waits, so its memory stays bounded.
-        settings = self.settings
-        interval = self._interval
-        if self._delivery.unwatched and settings.unwatched_flush_interval_s > settings.flush_interval_s:
-            interval = settings.unwatched_flush_interval_s
+        interval = self.settings.unwatched_flush_interval_s if self._long_interval() else self._interval
         self._due = max(now, self._flushed_at + interval)
+
+    def _long_interval(self) -> bool:
+        """Whether partial batches wait `unwatched_flush_interval_s`: nobody watches the job live, and that interval
+        is the longer one."""
+        settings = self.settings
+        return self._delivery.unwatched and settings.unwatched_flush_interval_s > settings.flush_interval_s
 
     def _adapt_interval(self, now: float, taken: int) -> None:
         """Counts `taken` drained items and, once a window of at least `flush_interval_s` is complete, sets the
