@@ -82,6 +82,11 @@ OPEN_STREAMS = Gauge(
     ["stream"],
     multiprocess_mode="livesum",
 )
+STREAMS_ENDED_FOR_WATCH = Counter(
+    "tp_backend_streams_ended_for_watch",
+    "Telemetry streams ended with OK because their job got its first live subscriber: the trainer then reads the "
+    "cursor at once and sends at the watched rate.",
+)
 SUBSCRIBERS = Gauge(
     "tp_backend_subscribers",
     "SubscribeTelemetry calls open now.",

@@ -17,8 +17,10 @@ subscribers of those jobs.
 Whether a job is watched (`Hub.watched`) is known across processes too: every WATCH_ANNOUNCE_S, and at once on a
 job's first subscriber, each backend with live subscribers sends `NOTIFY tp_watched, '<instance>:<job>,<job>...'`,
 and the others hold that word for WATCH_TTL_S. A trainer's stream may land on one process and the job's subscriber
-on another: GetStreamCursor tells the trainer whether anyone watches (it flushes less often when nobody does), and
-the commit of a watched job does not linger.
+on another: GetStreamCursor tells the trainer whether anyone watches (it flushes and reads the cursor less often
+when nobody does), and the commit of a watched job does not linger. When a job that nobody watched gets a
+subscriber, every process that hears of it (at once here, by the announcement elsewhere) ends the job's open
+telemetry streams with OK (`Hub.on_watch_started`): the trainer resumes from the cursor, which then says watched.
 """
 
 from __future__ import annotations
@@ -181,14 +183,21 @@ class Hub:
         self._closed = False
         #: Called when a job gets its first subscriber in this process (the listener announces it at once).
         self.on_newly_watched: Callable[[], None] | None = None
+        #: Called with a job that was not watched anywhere and now is (a first subscriber here, or another
+        #: process's word about a job not watched until then): its trainer's streams here are ended so that it
+        #: reads the cursor, which now says watched (`Backend.end_streams_of`).
+        self.on_watch_started: Callable[[int], None] | None = None
 
     def subscribe(self, job_pk: int) -> Subscriber:
         """Registers a subscriber of a job; register before replaying so nothing committed meanwhile is missed."""
         subscriber = Subscriber(self._capacity)
         if self._closed:
             subscriber.close()
-        if job_pk not in self._subscribers and self.on_newly_watched is not None:
-            self.on_newly_watched()
+        if job_pk not in self._subscribers:
+            if self.on_watch_started is not None and not self.watched(job_pk):
+                self.on_watch_started(job_pk)
+            if self.on_newly_watched is not None:
+                self.on_newly_watched()
         self._subscribers[job_pk].add(subscriber)
         metrics.SUBSCRIBERS.inc()
         return subscriber
@@ -226,7 +235,10 @@ class Hub:
     def watched_elsewhere(self, job_pks: Sequence[int]) -> None:
         """Records another backend process's word that it has subscribers of these jobs (held WATCH_TTL_S)."""
         until = time.monotonic() + WATCH_TTL_S
+        started = self.on_watch_started
         for job_pk in job_pks:
+            if started is not None and not self.watched(job_pk):
+                started(job_pk)
             self._watched_elsewhere[job_pk] = until
         if len(self._watched_elsewhere) > 100_000:  # words of processes that died: drop the expired
             now = time.monotonic()

@@ -75,6 +75,10 @@ class Backend:
         self.drain_idle_s = 0.5
         self._reading: set[asyncio.Task[Any]] = set()
         self._interrupted: set[asyncio.Task[Any]] = set()
+        # The open telemetry streams by job (their handlers' tasks), and those to end because the job is watched now.
+        self._streams: dict[int, set[asyncio.Task[Any]]] = {}
+        self._ending: set[asyncio.Task[Any]] = set()
+        hub.on_watch_started = self.end_streams_of
         self._job_pks: dict[str, int] = {}
         # job id -> (current dispatch attempt, when it was read): the fence of superseded attempts' telemetry.
         self._attempts: dict[str, tuple[int, float]] = {}
@@ -155,6 +159,38 @@ class Backend:
             raise _superseded(job_id, attempt, current)
         return True
 
+    def stream_opened(self, job_pk: int) -> None:
+        """Counts the current task (a stream's handler) among the job's open streams, until `stream_closed`."""
+        task = asyncio.current_task()
+        assert task is not None  # a handler always runs in a task
+        self._streams.setdefault(job_pk, set()).add(task)
+
+    def stream_closed(self, job_pk: int) -> None:
+        """Forgets the current task as one of the job's open streams."""
+        task = asyncio.current_task()
+        tasks = self._streams.get(job_pk)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._streams[job_pk]
+        self._ending.discard(task)
+
+    def end_streams_of(self, job_pk: int) -> None:
+        """The job was not watched live and now is: ends its open streams in this process with OK and their totals,
+        as if the client had half-closed them. A trainer told `unwatched` reads the cursor rarely; a stream that
+        ends makes it resume from the cursor at once, which then says watched, and it sends at the watched rate
+        from there. What a stream received is committed first; what was in flight behind it is resent from the
+        cursor (nothing is lost or doubled)."""
+        tasks = self._streams.get(job_pk)
+        if not tasks:
+            return
+        for task in tasks - self._ending:
+            self._ending.add(task)
+            metrics.STREAMS_ENDED_FOR_WATCH.inc()
+            if task in self._reading:  # waiting for its next message: interrupted (see `messages`)
+                self._interrupted.add(task)
+                task.cancel()
+
     def begin_shutdown(self) -> None:
         """Starts the drain of every open stream: see `messages`."""
         self.shutting_down.set()
@@ -175,11 +211,14 @@ class Backend:
 
         Until the shutdown, a read is a plain await (no task or timer per message: this is every message's path);
         a read still waiting `drain_idle_s` after the shutdown began is interrupted by `begin_shutdown`'s timer.
+        A stream of a job that became watched (`end_streams_of`) ends here too, without an error.
         """
         iterator = aiter(requests)
         task = asyncio.current_task()
         assert task is not None  # a handler always runs in a task
         while True:
+            if self._ending and task in self._ending:
+                return  # the job is watched now (`end_streams_of`): the call ends as if the client half-closed it
             try:
                 if self.shutting_down.is_set():
                     message = await asyncio.wait_for(anext(iterator), self.drain_idle_s)
@@ -199,6 +238,8 @@ class Backend:
                 self._interrupted.discard(task)
                 if task.uncancel() > 0:  # cancelled by gRPC too (the call ended): stay cancelled
                     raise
+                if task in self._ending:
+                    return
                 raise UnavailableError(_SHUTDOWN_MESSAGE) from None
             yield message
 
@@ -350,6 +391,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     job_pk = await backend.job_pk(request.job_id)
                     self._streams.open(request.job_id)  # released below, however the stream ends
                     metrics.OPEN_STREAMS.labels(kind).inc()
+                    backend.stream_opened(job_pk)
                     job_id = request.job_id
                 elif request.job_id and request.job_id != job_id:
                     raise InvalidArgumentError(
@@ -384,6 +426,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
             if job_id:
                 self._streams.close(job_id)
                 metrics.OPEN_STREAMS.labels(kind).dec()
+                backend.stream_closed(job_pk)
             # Everything received is committed, even when the stream ends with an error or a shutdown.
             if pending:
                 backend.committer.flush_soon()

@@ -127,6 +127,10 @@ class TrainingTelemetryServiceServicer:
         of different lengths, a key index past `keys`), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a message over
         the server's size limit), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is shutting down; resume
         from the cursor).
+
+        The server may end the call with OK before the client half-closes: when the job gets its first live subscriber
+        (see GetStreamCursorResponse.unwatched). The response then totals what the call committed; messages the client
+        sent after those are not read, and the client resumes from GetStreamCursor as after a broken stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,7 +139,7 @@ class TrainingTelemetryServiceServicer:
     def StreamLogs(self, request_iterator, context):
         """Streams a job's log records for the whole run; the same rules as StreamMetrics, plus: an unspecified or
         unknown level gets INVALID_ARGUMENT; a record text longer than 16 KiB is truncated with a marker, not
-        refused.
+        refused. It too ends with OK when the job gets its first live subscriber.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -655,8 +655,13 @@ export declare type GetStreamCursorResponse = Message<"trainingplatform.telemetr
    * True when nobody follows the job live now: no SubscribeTelemetry call on any backend process (a subscriber
    * on another process is known within about a second). A client may then send less often (the SDK's
    * unwatched_flush_interval_s, 1 s by default, instead of its flush_interval_s): fewer messages, and the
-   * points reach history reads later. It learns of a new subscriber at its next cursor read. False from an older
-   * server, and where this message is embedded in a Job.
+   * points reach history reads later; and read this cursor less often (the SDK's
+   * unwatched_cursor_poll_interval_s, 10 s). When the job gets its first subscriber, every backend process ends
+   * the job's open StreamMetrics and StreamLogs calls with OK (at once in the subscriber's process, within about a
+   * second in the others): the client resumes from this cursor, which then says false. A stream opened while the
+   * job was already watched is not ended; a client that opens one after reading true should read the cursor once
+   * more soon after (its first message reached the server). False from an older server, and where this message
+   * is embedded in a Job.
    *
    * @generated from field: bool unwatched = 4;
    */
@@ -711,6 +716,10 @@ export declare const TrainingTelemetryService: GenService<{
    * the server's size limit), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is shutting down; resume
    * from the cursor).
    *
+   * The server may end the call with OK before the client half-closes: when the job gets its first live subscriber
+   * (see GetStreamCursorResponse.unwatched). The response then totals what the call committed; messages the client
+   * sent after those are not read, and the client resumes from GetStreamCursor as after a broken stream.
+   *
    * @generated from rpc trainingplatform.telemetry.v1.TrainingTelemetryService.StreamMetrics
    */
   streamMetrics: {
@@ -721,7 +730,7 @@ export declare const TrainingTelemetryService: GenService<{
   /**
    * Streams a job's log records for the whole run; the same rules as StreamMetrics, plus: an unspecified or
    * unknown level gets INVALID_ARGUMENT; a record text longer than 16 KiB is truncated with a marker, not
-   * refused.
+   * refused. It too ends with OK when the job gets its first live subscriber.
    *
    * @generated from rpc trainingplatform.telemetry.v1.TrainingTelemetryService.StreamLogs
    */
