@@ -26,6 +26,8 @@ def test_settings_are_frozen() -> None:
         {"flush_interval_s": 0},
         {"unwatched_flush_interval_s": 0},
         {"unwatched_flush_interval_s": float("nan")},
+        {"unwatched_cursor_poll_interval_s": 0},
+        {"unwatched_cursor_poll_interval_s": -1.0},
         {"max_batch_points": 0},
         {"max_batch_bytes": 8 * 1024 * 1024},
         {"max_batch_bytes": 1000},

@@ -181,6 +181,26 @@ def test_a_sender_whose_batch_cannot_go_is_still_woken_by_the_next_point(sender:
     assert sender.wake_at_length == 0
 
 
+def test_while_nobody_watches_the_cursor_is_read_rarely_but_soon_after_a_stream_opens(sender: Sender) -> None:
+    settings = sender.settings
+    delivery = sender._delivery
+    now = time.monotonic()
+    delivery._last_poll = now
+    sender._metrics.sent = 5  # points in flight: the cursor is read to release them
+    assert delivery.next_poll() == pytest.approx(now + settings.cursor_poll_interval_s)
+    delivery.unwatched = True
+    assert delivery.next_poll() == pytest.approx(now + settings.unwatched_cursor_poll_interval_s)
+    assert settings.unwatched_cursor_poll_interval_s > settings.cursor_poll_interval_s
+    # The backend can end a stream for a new subscriber only once it knows of it: a read a short interval after a
+    # stream opened catches a subscriber that came before.
+    delivery._stream_opened()
+    assert delivery.next_poll() == pytest.approx(time.monotonic() + settings.cursor_poll_interval_s, abs=0.05)
+    delivery.unwatched = False
+    delivery._last_poll = now
+    delivery._stream_opened()
+    assert delivery.next_poll() == pytest.approx(now + settings.cursor_poll_interval_s), "watched: nothing changes"
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_an_idle_sender_is_woken_by_the_next_point(
     backend: BackendProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -1,7 +1,8 @@
 """How many messages a logger sends for its points, counted by the backend: fewer for a job nobody watches (partial
 batches every `unwatched_flush_interval_s` while the backend's cursor says `unwatched`, every `flush_interval_s`
-again once someone subscribes), and more, smaller ones while points come faster than `target_batch_points` per
-interval."""
+again once someone subscribes: the backend ends the job's streams and the sender reads the cursor at once), and more,
+smaller ones while points come faster than `target_batch_points` per interval. While nobody watches, the cursor is
+read every `unwatched_cursor_poll_interval_s`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from reliability.polling import wait_until
@@ -17,6 +19,7 @@ from support.metrics import scrape
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
 from trainingplatform_sdk.telemetry.sender import loop
+from trainingplatform_sdk.telemetry.sender.connection import Connection
 from trainingplatform_sdk.telemetry.sender.loop import Sender
 
 MESSAGES = "tp_backend_messages_committed_total"
@@ -68,7 +71,10 @@ def test_a_job_nobody_watches_gets_fewer_messages_until_someone_subscribes(
 ) -> None:
     backend, port = metered
     job_id, token = backend.create_job()
-    settings = LoggerSettings(flush_interval_s=0.02, unwatched_flush_interval_s=1.0)
+    # A cursor read a minute apart while unwatched: only the backend ending the stream can tell of the subscriber.
+    settings = LoggerSettings(
+        flush_interval_s=0.02, unwatched_flush_interval_s=1.0, unwatched_cursor_poll_interval_s=60
+    )
     with _warm_logger(backend, job_id, token, tmp_path, settings) as logger:
         before = _messages(port)
         step = _log_steps(logger, 1, 3.0)
@@ -83,12 +89,13 @@ def test_a_job_nobody_watches_gets_fewer_messages_until_someone_subscribes(
         try:
             next(subscription)
             before = _messages(port)
-            # The sender hears of the subscriber at its next cursor read (within about a second of points in
-            # flight), then sends every 20 ms: about 100 messages in the last two seconds.
+            # The backend ends the job's stream for the subscriber; the sender resumes from the cursor, which says
+            # watched, and sends every 20 ms: about 150 messages in 3 s.
             step = _log_steps(logger, step, 3.0)
             assert logger.flush(30)
             watched = _messages(port) - before
             assert watched >= 30, watched
+            assert scrape(port).value("tp_backend_streams_ended_for_watch_total") == 1
         finally:
             subscription.cancel()
         assert logger.close(30).committed_metrics == step
@@ -142,22 +149,52 @@ def test_a_job_nobody_watches_costs_its_sender_a_few_wake_ups_a_second_not_one_p
         return drain(self)
 
     monkeypatch.setattr(Sender, "_drain", counting_drain)
-    backend, _ = metered
-    job_id, token = backend.create_job()
     settings = LoggerSettings(flush_interval_s=0.05, unwatched_flush_interval_s=1.0)
+    # past the interval that began watched
+    during = _counted_while_unwatched(metered[0], tmp_path, settings, wakes, settle_s=1.0)
+    # A flush wake-up and a cursor answer per second (about 6), where each short interval gave 60.
+    assert during <= 15, during
+
+
+def _counted_while_unwatched(
+    backend: BackendProcess, tmp_path: Path, settings: LoggerSettings, counter: list[int], settle_s: float
+) -> int:
+    """How much `counter` grew during 3 s of a step every 10 ms on a job nobody watches, `settle_s` after the cursor
+    said so; checks that every point was committed and stored."""
+    job_id, token = backend.create_job()
     with _warm_logger(backend, job_id, token, tmp_path, settings) as logger:
         sender = logger._sender
         assert sender is not None
         wait_until(lambda: sender._delivery.unwatched, 10, "the cursor says nobody watches")
-        _log_steps(logger, 1, 1.0)  # past the interval that began watched
-        before = wakes[0]
+        _log_steps(logger, 1, settle_s)
+        before = counter[0]
         step = _log_steps(logger, 1000, 3.0)
-        during = wakes[0] - before
-        # A flush wake-up and a cursor answer per second (about 6), where each short interval gave 60.
-        assert during <= 15, during
+        during = counter[0] - before
         report = logger.close(30)
     assert step > 1000 and report.committed_metrics == report.logged_metrics
     assert len(backend.metric_sequences(job_id)) == report.logged_metrics
+    return during
+
+
+def test_a_job_nobody_watches_has_its_cursor_read_every_unwatched_interval_not_every_second(
+    metered: tuple[BackendProcess, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cursor read costs the backend about as much CPU as a message (bench_cursor_read.py). While nobody
+    watches, the sender reads it every `unwatched_cursor_poll_interval_s`; it learns of a subscriber from the backend
+    ending its stream instead."""
+    reads = [0]
+    read_cursor = Connection.read_cursor
+
+    def counting_read(self: Connection, wait_for_ready: bool = False) -> Any:
+        reads[0] += 1
+        return read_cursor(self, wait_for_ready)
+
+    monkeypatch.setattr(Connection, "read_cursor", counting_read)
+    settings = LoggerSettings(cursor_poll_interval_s=0.2, unwatched_flush_interval_s=0.2)
+    # past the read that comes a poll interval after a stream opened
+    during = _counted_while_unwatched(metered[0], tmp_path, settings, reads, settle_s=0.5)
+    # Every 0.2 s would be 15 reads; every 10 s (the default) is at most one.
+    assert during <= 1, during
 
 
 def test_a_caller_with_a_full_message_buffered_wakes_a_sender_waiting_the_long_interval(
@@ -168,7 +205,12 @@ def test_a_caller_with_a_full_message_buffered_wakes_a_sender_waiting_the_long_i
     monkeypatch.setattr(loop, "IDLE_WAKE_S", 60.0)
     backend, _ = metered
     job_id, token = backend.create_job()
-    settings = LoggerSettings(unwatched_flush_interval_s=60.0, max_batch_points=200, cursor_poll_interval_s=0.05)
+    settings = LoggerSettings(
+        unwatched_flush_interval_s=60.0,
+        max_batch_points=200,
+        cursor_poll_interval_s=0.05,
+        unwatched_cursor_poll_interval_s=0.05,
+    )
     with _warm_logger(backend, job_id, token, tmp_path, settings) as logger:
         sender = logger._sender
         assert sender is not None

@@ -29,8 +29,9 @@ class LoggerSettings:
     unwatched_flush_interval_s: float = 1.0
     """The same while the backend says nobody watches the job live (GetStreamCursor's `unwatched`): a trainer
     logging every step then sends a message a second instead of one per step, and its points reach history reads
-    up to this much later. A new subscriber is heard of at the next cursor read (at most `cursor_poll_interval_s`
-    after the next partial batch). A value at or below `flush_interval_s` keeps `flush_interval_s` always."""
+    up to this much later. A new subscriber is heard of at once: the backend ends the job's streams, and the sender
+    resumes from the cursor, which then says watched. A value at or below `flush_interval_s` keeps
+    `flush_interval_s` always."""
 
     target_batch_points: int = 500
     """Points a partial message should carry at most while points come fast: past this many per
@@ -75,6 +76,14 @@ class LoggerSettings:
     cursor_poll_interval_s: float = 1.0
     """How often the sender asks the committed cursor while points are in flight, to release their memory."""
 
+    unwatched_cursor_poll_interval_s: float = 10.0
+    """The same while the backend says nobody watches the job live: each read costs the backend about as much CPU
+    as a message. The backend ends the job's streams when someone subscribes, so the sender does not wait for
+    this read to hear of it; the read still comes `cursor_poll_interval_s` after a stream opens (a subscriber that
+    came before the backend knew of the stream), and at once when half of `memory_buffer_points` waits. A value at
+    or below `cursor_poll_interval_s` keeps `cursor_poll_interval_s` always (a backend that does not end streams
+    for a new subscriber: before 2026-12)."""
+
     close_timeout_s: float = 30.0
     """Timeout of close() when none is given, and of the atexit hook that closes a logger never closed."""
 
@@ -99,6 +108,7 @@ class LoggerSettings:
             "reconnect_max_backoff_s": self.reconnect_max_backoff_s,
             "rpc_timeout_s": self.rpc_timeout_s,
             "cursor_poll_interval_s": self.cursor_poll_interval_s,
+            "unwatched_cursor_poll_interval_s": self.unwatched_cursor_poll_interval_s,
             "keepalive_time_ms": self.keepalive_time_ms,
             "keepalive_timeout_ms": self.keepalive_timeout_ms,
         }

@@ -176,7 +176,15 @@ class Delivery:
             return None
         if self._metrics.sent <= self._metrics.committed and self._logs.sent <= self._logs.committed:
             return None
-        return self._last_poll + self.settings.cursor_poll_interval_s
+        return self._last_poll + self._poll_interval()
+
+    def _poll_interval(self) -> float:
+        """How often the cursor is read while points are in flight: rarely while nobody watches the job, since the
+        backend ends the streams when someone subscribes (see `_stream_opened`)."""
+        settings = self.settings
+        if self.unwatched:
+            return max(settings.cursor_poll_interval_s, settings.unwatched_cursor_poll_interval_s)
+        return settings.cursor_poll_interval_s
 
     @property
     def idle(self) -> bool:
@@ -207,7 +215,7 @@ class Delivery:
         half_memory = self.settings.memory_buffer_points // 2
         if len(self._metrics.memory) > half_memory or len(self._logs.memory) > half_memory:
             return True
-        return now - self._last_poll >= self.settings.cursor_poll_interval_s
+        return now - self._last_poll >= self._poll_interval()
 
     def _advance(self, outbox: AnyOutbox, cursor: int) -> None:
         """Forgets what the committed cursor covers, and the points dropped as too large right above it."""
@@ -233,6 +241,7 @@ class Delivery:
                 continue
             if outbox.stream is None:
                 outbox.stream = self._connection.open_stream(outbox.codec.method)
+                self._stream_opened()
             outbox.stream.send(payload)
             outbox.sent = last
 
@@ -257,6 +266,14 @@ class Delivery:
                 return
             self._rpc_failed(exc, outbox.codec.method)
             return
+
+    def _stream_opened(self) -> None:
+        """A stream opened while the cursor said nobody watches: the backend can end it for a new subscriber only
+        once its first message arrived, so the next read comes within `cursor_poll_interval_s` (not the unwatched
+        interval) and catches a subscriber that came before."""
+        if self.unwatched:
+            soon = time.monotonic() + self.settings.cursor_poll_interval_s - self._poll_interval()
+            self._last_poll = min(self._last_poll, soon)
 
     def _drop_too_large(self, outbox: AnyOutbox, last: int) -> None:
         """Drops a point that cannot fit in any message the server takes: counted invalid, logged once."""
