@@ -99,6 +99,16 @@ ROWS: list[Row] = [
         lambda r: "",
     ),
     (
+        "a trainer nobody watches (3 keys every 100 ms, default settings: a message a second, a cursor read every "
+        "10 s), backend CPU per trainer-second, 40 at once on PostgreSQL (`bench_unwatched_trainers.py`); in the "
+        "same run with a cursor read every second, as before",
+        lambda r: (
+            f"{_n(r['unwatched_trainer_cpu_ms_backend'], 2)} ms "
+            f"({_n(r['unwatched_trainer_cpu_ms_backend_1s_reads'], 2)} ms)"
+        ),
+        lambda r: "",
+    ),
+    (
         "fan-in: 100 loggers × 2,000 points/s offered for 30 s, nobody watching, one backend on PostgreSQL, all on "
         "2 cores",
         lambda r: (

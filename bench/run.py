@@ -44,6 +44,13 @@ BENCHMARKS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
         {"rate": 500.0, "jobs": 200, "seconds": 10.0},
         {"rate": 100.0, "jobs": 5, "seconds": 1.0},
     ),
+    # trainers nobody watches, on default settings and with the cursor read every second as before: what
+    # docs/capacity.md prices an unwatched trainer at
+    "unwatched_trainers": (
+        "bench_unwatched_trainers",
+        {"trainers": 40, "seconds": 15.0, "rounds": 2},
+        {"trainers": 3, "seconds": 1.0, "rounds": 1},
+    ),
     "reconnect": ("bench_reconnect", {"restarts": 10}, {"restarts": 2}),
     "flood": ("bench_flood", {"seconds": 10.0, "concurrency": 32}, {"seconds": 1.0, "concurrency": 4}),
     "series": ("bench_series", {"points": 1_000_000, "runs": 5}, {"points": 20_000, "runs": 1}),

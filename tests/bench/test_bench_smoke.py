@@ -55,6 +55,9 @@ def test_bench_smoke_reports_every_metric():
         assert results[key] >= 0 if key.startswith("reconnect_ms") else results[key] > 0, key
     # 100 cursor reads at about a millisecond each: several clock ticks of the backend's CPU
     assert results["cursor_read_cpu_ms_backend"] > 0 and results["cursor_reads_per_s"] > 0
+    # the bench itself fails unless every point of every trainer was committed and stored
+    assert results["unwatched_trainers"] == 3
+    assert results["unwatched_trainer_cpu_ms_backend"] > 0 and results["unwatched_trainer_cpu_ms_backend_1s_reads"] > 0
     # gRPC's floor: the bench itself fails unless the bare server read every message; the server's CPU for 100
     # messages is several clock ticks, the client's share (less an idle loop) may round to 0 in a 1-second run
     assert results["grpc_floor_ms_server"] > 0
