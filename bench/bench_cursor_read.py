@@ -4,7 +4,7 @@ a real backend on PostgreSQL, with the backend's CPU read from /proc (all its th
 A trainer asks its committed cursor once a second while points are in flight (`cursor_poll_interval_s`), to forget
 what the backend has committed and to hear whether someone watches the job; while nobody watches, every 10 s
 (`unwatched_cursor_poll_interval_s`: the backend ends its streams when someone subscribes). `docs/capacity.md`
-counts the read beside the message; `bench_unwatched_trainers.py` measures both together.
+counts the read beside the message; `bench_trainer_cpu.py` measures a whole trainer.
 
 The calls are futures from one client process (the shared loopback channel), spread over `jobs` jobs that each
 have a committed point, so every read finds a cursor.

@@ -99,12 +99,12 @@ ROWS: list[Row] = [
         lambda r: "",
     ),
     (
-        "a trainer nobody watches (3 keys every 100 ms, default settings: a message a second, a cursor read every "
-        "10 s), backend CPU per trainer-second, 40 at once on PostgreSQL (`bench_unwatched_trainers.py`); in the "
-        "same run with a cursor read every second, as before",
+        "backend CPU per trainer-second, 3 keys every 100 ms on default settings, 40 trainers at once on PostgreSQL "
+        "(`bench_trainer_cpu.py`): nobody watching (a message a second, a cursor read every 10 s) / the same with a "
+        "cursor read every second, as before 2026-12-06 / each watched by a live subscriber",
         lambda r: (
-            f"{_n(r['unwatched_trainer_cpu_ms_backend'], 2)} ms "
-            f"({_n(r['unwatched_trainer_cpu_ms_backend_1s_reads'], 2)} ms)"
+            f"{_n(r['trainer_cpu_ms_backend_unwatched'], 2)} / "
+            f"{_n(r['trainer_cpu_ms_backend_unwatched_1s_reads'], 2)} / {_n(r['trainer_cpu_ms_backend_watched'], 1)} ms"
         ),
         lambda r: "",
     ),

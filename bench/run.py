@@ -44,10 +44,10 @@ BENCHMARKS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
         {"rate": 500.0, "jobs": 200, "seconds": 10.0},
         {"rate": 100.0, "jobs": 5, "seconds": 1.0},
     ),
-    # trainers nobody watches, on default settings and with the cursor read every second as before: what
-    # docs/capacity.md prices an unwatched trainer at
-    "unwatched_trainers": (
-        "bench_unwatched_trainers",
+    # trainers nobody watches, on default settings and with the cursor read every second as before, and watched
+    # ones: what docs/capacity.md prices a trainer at
+    "trainer_cpu": (
+        "bench_trainer_cpu",
         {"trainers": 40, "seconds": 15.0, "rounds": 2},
         {"trainers": 3, "seconds": 1.0, "rounds": 1},
     ),

@@ -55,9 +55,11 @@ def test_bench_smoke_reports_every_metric():
         assert results[key] >= 0 if key.startswith("reconnect_ms") else results[key] > 0, key
     # 100 cursor reads at about a millisecond each: several clock ticks of the backend's CPU
     assert results["cursor_read_cpu_ms_backend"] > 0 and results["cursor_reads_per_s"] > 0
-    # the bench itself fails unless every point of every trainer was committed and stored
-    assert results["unwatched_trainers"] == 3
-    assert results["unwatched_trainer_cpu_ms_backend"] > 0 and results["unwatched_trainer_cpu_ms_backend_1s_reads"] > 0
+    # the bench itself fails unless every point of every trainer was committed and stored; 3 trainers nobody
+    # watches for a second may cost the backend less than a clock tick, 3 watched ones several
+    assert results["trainer_cpu_trainers"] == 3 and results["trainer_cpu_ms_backend_watched"] > 0
+    for arm in ("unwatched", "unwatched_1s_reads"):
+        assert results[f"trainer_cpu_ms_backend_{arm}"] >= 0, arm
     # gRPC's floor: the bench itself fails unless the bare server read every message; the server's CPU for 100
     # messages is several clock ticks, the client's share (less an idle loop) may round to 0 in a 1-second run
     assert results["grpc_floor_ms_server"] > 0
