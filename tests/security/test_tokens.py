@@ -242,13 +242,17 @@ def test_a_job_token_stops_writing_after_its_job_ended_plus_the_grace(tmp_path: 
                     rf"job {job_id} ended at \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ; its token stopped writing 1 s later",
                     refused.value.details(),
                 ), refused.value.details()
-            for rpc, call in reads(metadata).items():
-                assert _code(call) == grpc.StatusCode.OK, (name, rpc)
+        # The stream opened before the end is refused at its next message. (Checked before the reads below subscribe
+        # to the job: a job's first subscriber ends its open streams with OK, and the client would resume from the
+        # cursor, its writes refused as above.)
         proceed.set()
         with pytest.raises(grpc.RpcError) as refused:
             stream.result(timeout=30)
         assert refused.value.code() == DENIED
         assert 501 not in backend.metric_sequences(job_id)
+        for name, metadata in tokens.items():
+            for rpc, call in reads(metadata).items():
+                assert _code(call) == grpc.StatusCode.OK, (name, rpc)
 
         # The internal token is unaffected: late telemetry is still accepted from it.
         internal = auth(backend.internal_token)
