@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from reliability.polling import wait_until
-from support.backend import BackendProcess, auth, free_port, postgres_database
+from support.backend import BackendProcess, auth, metered_backend, postgres_database
 from support.metrics import scrape
 from support.streams import metric_messages
 from trainingplatform.jobs.v1 import jobs_pb2
@@ -56,12 +56,7 @@ class _OpenStream:
 
 
 def test_a_new_subscriber_ends_the_job_open_streams_with_their_totals_and_no_other_job(tmp_path: Path) -> None:
-    port = free_port()
-    backend = BackendProcess(
-        f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data", extra_env={"TP_METRICS_PORT": str(port)}
-    )
-    backend.start()
-    try:
+    with metered_backend(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data") as (backend, port):
         job_id, token = backend.create_job()
         other_id, other_token = backend.create_job()
         stream, other = _OpenStream(backend, job_id, token), _OpenStream(backend, other_id, other_token)
@@ -88,8 +83,6 @@ def test_a_new_subscriber_ends_the_job_open_streams_with_their_totals_and_no_oth
         finally:
             stream.close()
             other.close()
-    finally:
-        backend.close()
 
 
 def test_the_cursor_says_whether_anyone_watches_the_job(backend: BackendProcess) -> None:

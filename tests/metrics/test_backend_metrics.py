@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support.backend import BackendProcess, auth, free_port
+from support.backend import BackendProcess, auth, free_port, metered_backend
 from support.metrics import Scrape, scrape, scrape_until
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
@@ -32,13 +32,8 @@ REFUSED = "tp_backend_refused_calls_total"
 @pytest.fixture
 def metered(database_url: str, tmp_path: Path) -> Iterator[tuple[BackendProcess, int]]:
     """A backend process serving /metrics on a free port."""
-    port = free_port()
-    process = BackendProcess(database_url, tmp_path / "backend-data", extra_env={"TP_METRICS_PORT": str(port)})
-    process.start()
-    try:
-        yield process, port
-    finally:
-        process.close()
+    with metered_backend(database_url, tmp_path / "backend-data") as metered:
+        yield metered
 
 
 def delta(after: Scrape, before: Scrape, name: str, **labels: str) -> float:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.backend import BackendProcess, auth, free_port
+from support.backend import BackendProcess, auth, metered_backend
 from support.metrics import scrape
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
@@ -19,13 +19,8 @@ from trainingplatform_sdk import LoggerSettings, TrainingLogger
 
 @pytest.fixture
 def metered(database_url: str, tmp_path: Path) -> Iterator[tuple[BackendProcess, int]]:
-    port = free_port()
-    backend = BackendProcess(database_url, tmp_path / "backend-data", extra_env={"TP_METRICS_PORT": str(port)})
-    backend.start()
-    try:
-        yield backend, port
-    finally:
-        backend.close()
+    with metered_backend(database_url, tmp_path / "backend-data") as metered:
+        yield metered
 
 
 @pytest.mark.timeout(180)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from reliability.polling import wait_until
-from support.backend import BackendProcess, auth, free_port
+from support.backend import BackendProcess, auth, metered_backend
 from support.metrics import scrape
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
@@ -27,15 +27,8 @@ MESSAGES = "tp_backend_messages_committed_total"
 
 @pytest.fixture
 def metered(tmp_path: Path) -> Iterator[tuple[BackendProcess, int]]:
-    port = free_port()
-    backend = BackendProcess(
-        f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data", extra_env={"TP_METRICS_PORT": str(port)}
-    )
-    backend.start()
-    try:
-        yield backend, port
-    finally:
-        backend.close()
+    with metered_backend(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data") as metered:
+        yield metered
 
 
 @contextlib.contextmanager

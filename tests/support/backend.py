@@ -276,3 +276,15 @@ class BackendProcess:
                 {"p": pk, "s": stream},
             ).one()
             return dict(row._mapping)
+
+
+@contextlib.contextmanager
+def metered_backend(database_url: str, data_dir: Path) -> Iterator[tuple[BackendProcess, int]]:
+    """A running backend process that serves its Prometheus /metrics on a free port: (the process, the port)."""
+    port = free_port()
+    process = BackendProcess(database_url, data_dir, extra_env={"TP_METRICS_PORT": str(port)})
+    process.start()
+    try:
+        yield process, port
+    finally:
+        process.close()
