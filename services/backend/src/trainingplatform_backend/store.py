@@ -586,8 +586,8 @@ class Store:
     # --- history reads ----------------------------------------------------------------------------------
 
     def cursor(self, job_pk: int) -> tuple[int, int]:
-        """The committed (metric, log) sequences of a job. Every trainer asks it about once a second, so it is a
-        plain query on a pooled connection, without an ORM session."""
+        """The committed (metric, log) sequences of a job. Every trainer asks it once a second while watched (every
+        10 s while not), so it is a plain query on a pooled connection, without an ORM session."""
         with self.engine.connect() as conn:
             cursors: dict[str, int] = dict(conn.execute(self._cursor_query, {"job_pk": job_pk}).all())
         return cursors.get(METRICS_STREAM, 0), cursors.get(LOGS_STREAM, 0)
