@@ -185,7 +185,7 @@ class Hub:
         self.on_newly_watched: Callable[[], None] | None = None
         #: Called with a job that was not watched anywhere and now is (a first subscriber here, or another
         #: process's word about a job not watched until then): its trainer's streams here are ended so that it
-        #: reads the cursor, which now says watched (`Backend.end_streams_of`).
+        #: reads the cursor, which now says watched (`TelemetryServicer.end_streams_of`).
         self.on_watch_started: Callable[[int], None] | None = None
 
     def subscribe(self, job_pk: int) -> Subscriber:

@@ -75,10 +75,8 @@ class Backend:
         self.drain_idle_s = 0.5
         self._reading: set[asyncio.Task[Any]] = set()
         self._interrupted: set[asyncio.Task[Any]] = set()
-        # The open telemetry streams by job (their handlers' tasks), and those to end because the job is watched now.
-        self._streams: dict[int, set[asyncio.Task[Any]]] = {}
+        # Streams to end without an error at their next read (`end_stream`).
         self._ending: set[asyncio.Task[Any]] = set()
-        hub.on_watch_started = self.end_streams_of
         self._job_pks: dict[str, int] = {}
         # job id -> (current dispatch attempt, when it was read): the fence of superseded attempts' telemetry.
         self._attempts: dict[str, tuple[int, float]] = {}
@@ -159,47 +157,30 @@ class Backend:
             raise _superseded(job_id, attempt, current)
         return True
 
-    def stream_opened(self, job_pk: int) -> None:
-        """Counts the current task (a stream's handler) among the job's open streams, until `stream_closed`."""
-        task = asyncio.current_task()
-        assert task is not None  # a handler always runs in a task
-        self._streams.setdefault(job_pk, set()).add(task)
+    def end_stream(self, task: asyncio.Task[Any]) -> bool:
+        """Makes the stream handled by `task` end at its next read without an error, as if the client had
+        half-closed it (`messages`); a read already waiting is interrupted. Returns False when it was already
+        ending. `stream_ended` forgets it."""
+        if task in self._ending:
+            return False
+        self._ending.add(task)
+        self._interrupt_read(task)
+        return True
 
-    def stream_closed(self, job_pk: int) -> None:
-        """Forgets the current task as one of the job's open streams."""
-        task = asyncio.current_task()
-        tasks = self._streams.get(job_pk)
-        if tasks is not None:
-            tasks.discard(task)
-            if not tasks:
-                del self._streams[job_pk]
+    def stream_ended(self, task: asyncio.Task[Any]) -> None:
+        """Forgets a stream's handler that returned (see `end_stream`)."""
         self._ending.discard(task)
-
-    def end_streams_of(self, job_pk: int) -> None:
-        """The job was not watched live and now is: ends its open streams in this process with OK and their totals,
-        as if the client had half-closed them. A trainer told `unwatched` reads the cursor rarely; a stream that
-        ends makes it resume from the cursor at once, which then says watched, and it sends at the watched rate
-        from there. What a stream received is committed first; what was in flight behind it is resent from the
-        cursor (nothing is lost or doubled)."""
-        tasks = self._streams.get(job_pk)
-        if not tasks:
-            return
-        for task in tasks - self._ending:
-            self._ending.add(task)
-            metrics.STREAMS_ENDED_FOR_WATCH.inc()
-            if task in self._reading:  # waiting for its next message: interrupted (see `messages`)
-                self._interrupted.add(task)
-                task.cancel()
 
     def begin_shutdown(self) -> None:
         """Starts the drain of every open stream: see `messages`."""
         self.shutting_down.set()
         loop = asyncio.get_running_loop()
         for task in list(self._reading):
-            loop.call_later(self.drain_idle_s, self._interrupt_idle_reader, task)
+            # Still waiting then for the message it was waiting for when the shutdown began: the client is quiet.
+            loop.call_later(self.drain_idle_s, self._interrupt_read, task)
 
-    def _interrupt_idle_reader(self, task: asyncio.Task[Any]) -> None:
-        # Still waiting for the message it was waiting for when the shutdown began: the client is quiet.
+    def _interrupt_read(self, task: asyncio.Task[Any]) -> None:
+        """Interrupts the stream handled by `task` if it is waiting for its next message (see `messages`)."""
         if task in self._reading:
             self._interrupted.add(task)
             task.cancel()
@@ -211,14 +192,13 @@ class Backend:
 
         Until the shutdown, a read is a plain await (no task or timer per message: this is every message's path);
         a read still waiting `drain_idle_s` after the shutdown began is interrupted by `begin_shutdown`'s timer.
-        A stream of a job that became watched (`end_streams_of`) ends here too, without an error.
+        A stream that `end_stream` ends (its job became watched) ends here too, without an error.
         """
         iterator = aiter(requests)
-        task = asyncio.current_task()
-        assert task is not None  # a handler always runs in a task
+        task = _handler_task()
         while True:
             if self._ending and task in self._ending:
-                return  # the job is watched now (`end_streams_of`): the call ends as if the client half-closed it
+                return  # `end_stream`: the call ends as if the client half-closed it
             try:
                 if self.shutting_down.is_set():
                     message = await asyncio.wait_for(anext(iterator), self.drain_idle_s)
@@ -245,6 +225,13 @@ class Backend:
 
 
 _UNREAD_ATTEMPT: tuple[int, float] = (0, -math.inf)
+
+
+def _handler_task() -> asyncio.Task[Any]:
+    """The task running the current RPC handler."""
+    task = asyncio.current_task()
+    assert task is not None  # a handler always runs in a task
+    return task
 
 
 def _superseded(job_id: str, attempt: int, current: int) -> PlatformError:
@@ -311,8 +298,9 @@ class _Totals:
 
 
 class OpenCalls(Generic[K]):
-    """How many calls of each key (a job, a caller) are open, up to a limit: `open` counts one in or refuses it,
-    `close` counts it out. Keys with no open call are forgotten, so memory follows the open calls only."""
+    """How many calls of each key (a caller's subscriptions) are open, up to a limit: `open` counts one in or
+    refuses it, `close` counts it out. Keys with no open call are forgotten, so memory follows the open calls
+    only."""
 
     def __init__(self, limit: int, refusal: Callable[[K, int], str]) -> None:
         """`refusal(key, limit)` is the message of the RESOURCE_EXHAUSTED sent past the limit."""
@@ -363,7 +351,40 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         `max_streams_per_job` (TP_MAX_STREAMS_PER_JOB) the most telemetry streams open at once per job."""
         self._backend = backend
         self._max_message_bytes = max_message_bytes
-        self._streams: OpenCalls[str] = OpenCalls(max_streams_per_job, _too_many_streams)
+        self._max_streams_per_job = max_streams_per_job
+        # The open StreamMetrics and StreamLogs calls by job: their handlers' tasks.
+        self._streams: dict[int, set[asyncio.Task[Any]]] = {}
+        backend.hub.on_watch_started = self.end_streams_of
+
+    def _open_stream(self, job_id: str, job_pk: int) -> None:
+        """Counts the current task (a stream's handler) among the job's open streams, until `_close_stream`.
+
+        Raises:
+            ResourceExhaustedError: the job already has `max_streams_per_job` streams open.
+        """
+        tasks = self._streams.setdefault(job_pk, set())
+        if len(tasks) >= self._max_streams_per_job:  # never empty here: the limit is at least 1
+            raise ResourceExhaustedError(_too_many_streams(job_id, self._max_streams_per_job))
+        tasks.add(_handler_task())
+
+    def _close_stream(self, job_pk: int) -> None:
+        """Counts the current task out of the job's open streams (it ended, whatever way)."""
+        task = _handler_task()
+        tasks = self._streams[job_pk]
+        tasks.discard(task)
+        if not tasks:
+            del self._streams[job_pk]
+        self._backend.stream_ended(task)
+
+    def end_streams_of(self, job_pk: int) -> None:
+        """The job was not watched live and now is (`Hub.on_watch_started`): ends its open streams in this process
+        with OK and their totals, as if the client had half-closed them. A trainer told `unwatched` reads the
+        cursor rarely; a stream that ends makes it resume from the cursor at once, which then says watched, and it
+        sends at the watched rate from there. What a stream received is committed first; what was in flight behind
+        it is resent from the cursor (nothing is lost or doubled)."""
+        for task in self._streams.get(job_pk, ()):
+            if self._backend.end_stream(task):
+                metrics.STREAMS_ENDED_FOR_WATCH.inc()
 
     async def _ingest_stream(
         self,
@@ -389,9 +410,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     check_job_id(request.job_id)
                     authorize_job(request.job_id)
                     job_pk = await backend.job_pk(request.job_id)
-                    self._streams.open(request.job_id)  # released below, however the stream ends
+                    self._open_stream(request.job_id, job_pk)  # closed below, however the stream ends
                     metrics.OPEN_STREAMS.labels(kind).inc()
-                    backend.stream_opened(job_pk)
                     job_id = request.job_id
                 elif request.job_id and request.job_id != job_id:
                     raise InvalidArgumentError(
@@ -424,9 +444,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     pending.append(asyncio.ensure_future(self._commit(prepare, job_pk, items, publish)))
         finally:
             if job_id:
-                self._streams.close(job_id)
+                self._close_stream(job_pk)
                 metrics.OPEN_STREAMS.labels(kind).dec()
-                backend.stream_closed(job_pk)
             # Everything received is committed, even when the stream ends with an error or a shutdown.
             if pending:
                 backend.committer.flush_soon()
