@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.backend import BackendProcess
@@ -173,3 +175,80 @@ def test_a_failing_step_source_or_sink_never_stops_sampling_or_raises(caplog: py
         _wait_for(lambda: len(sink.calls) >= 3)
     assert all(step is None for _, step in sink.calls)
     assert len([r for r in caplog.records if "a sample failed" in r.getMessage()]) == 1
+
+
+class _FakeCpuTimes:
+    """Stands in for `psutil.cpu_times()`: the host's CPU clock stands still until the test `advance`s it (as
+    between two kernel ticks), so an interval of zero length, or one measured from the wrong reference, shows."""
+
+    def __init__(self, real: Any) -> None:
+        self._now = real._replace(**dict.fromkeys(real._fields, 0.0))
+
+    def advance(self, *, busy: float, idle: float) -> None:
+        self._now = self._now._replace(user=self._now.user + busy, idle=self._now.idle + idle)
+
+    def __call__(self, percpu: bool = False) -> Any:
+        assert not percpu
+        return self._now
+
+
+def test_the_first_host_cpu_sample_covers_the_interval_since_start(monkeypatch: pytest.MonkeyPatch):
+    """The first `host_cpu_percent` once read 0.0 in every training: start() primed psutil's system-wide
+    cpu_percent on the caller's thread, while psutil keeps that reference point per thread (7.x) or in one
+    module global any caller resets (5.x), so the sampling thread's first reading covered no time at all."""
+    psutil = pytest.importorskip("psutil")
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    clock = _FakeCpuTimes(psutil.cpu_times())
+    monkeypatch.setattr(psutil, "cpu_times", clock)
+    sink = _Sink()
+    sampler = SystemMetricsSampler(sink, interval_s=0.2).start()
+    # Between the start and the first sample: the host works (3 busy ticks, 1 idle), and third-party code (an
+    # MLflow or ultralytics monitor) reads psutil's cpu_percent on its own account.
+    clock.advance(busy=3.0, idle=1.0)
+    psutil.cpu_percent(None)
+    psutil.cpu_percent(None)
+    _wait_for(lambda: len(sink.calls) >= 1)
+    sampler.stop()
+    first, _ = sink.calls[0]
+    assert first["system/host_cpu_percent"] == pytest.approx(75.0)
+
+
+def test_a_sample_over_no_host_cpu_time_leaves_host_cpu_out(monkeypatch: pytest.MonkeyPatch):
+    psutil = pytest.importorskip("psutil")
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    clock = _FakeCpuTimes(psutil.cpu_times())
+    monkeypatch.setattr(psutil, "cpu_times", clock)
+    sampler = SystemMetricsSampler(_Sink(), interval_s=600).start()  # the thread never samples: the test does
+    try:
+        values = sampler.sample()  # the clock has not moved since start(): no percentage, rather than a false 0
+        assert "system/host_cpu_percent" not in values
+        assert set(values) == CPU_AND_MEMORY - {"system/host_cpu_percent"}
+        clock.advance(busy=1.0, idle=3.0)
+        assert sampler.sample()["system/host_cpu_percent"] == pytest.approx(25.0)
+        clock.advance(busy=3.0, idle=1.0)  # measured from the previous sample, not from start()
+        assert sampler.sample()["system/host_cpu_percent"] == pytest.approx(75.0)
+    finally:
+        sampler.stop()
+
+
+def test_the_first_host_cpu_sample_of_a_busy_host_is_not_zero():
+    psutil = pytest.importorskip("psutil")
+    stop = threading.Event()
+
+    def burn() -> None:  # keeps a core busy, as a training does
+        while not stop.is_set():
+            pass
+
+    burner = threading.Thread(target=burn, daemon=True)
+    burner.start()
+    sink = _Sink()
+    try:
+        sampler = SystemMetricsSampler(sink, interval_s=0.3, gpus=False).start()
+        psutil.cpu_percent(None)  # another caller, between the start and the first sample
+        _wait_for(lambda: len(sink.calls) >= 1)
+        sampler.stop()
+    finally:
+        stop.set()
+        burner.join()
+    first, _ = sink.calls[0]
+    assert 0 < first["system/host_cpu_percent"] <= 100

@@ -12,7 +12,7 @@ The samples are ordinary metrics under the reserved prefix `system/`, logged thr
 | --- | --- |
 | `system/cpu_percent` | CPU use of this process, in percent of one core (above 100 on several cores) |
 | `system/memory_rss_mb` | resident memory of this process, MiB |
-| `system/host_cpu_percent` | CPU use of the whole host, in percent of all its cores |
+| `system/host_cpu_percent` | CPU use of the whole host since the last sample, percent of all its cores (see below) |
 | `system/host_memory_percent` | memory in use on the host, percent |
 | `system/host_memory_used_mb` | memory in use on the host, MiB |
 | `system/gpu<N>_utilization_percent` | GPU N busy, percent of the last sample period (NVIDIA only) |
@@ -23,6 +23,10 @@ Sampling runs in a daemon thread (`tp-system-metrics`) and never blocks training
 calls and a `log_metrics` (an append to the logger's buffer). CPU and memory come from psutil; GPUs from
 nvidia-ml-py (`pynvml`), imported when the sampler starts: when it is not installed, or there is no NVIDIA driver or
 GPU, the GPU part is skipped (one debug line says why) and costs nothing after.
+
+`host_cpu_percent` is computed from the sampler's own `psutil.cpu_times()` snapshots, not `psutil.cpu_percent`, whose
+reference point psutil keeps per thread (or, in psutil 5, in one global any other caller resets); a sample over
+which the host counted no CPU time leaves it out rather than report a false 0.
 
 `tp-train` samples by default (`from_env`):
 
@@ -151,6 +155,7 @@ class SystemMetricsSampler:
         self._gpus: _Gpus | None = None
         self._process: Any = None
         self._psutil: Any = None
+        self._host_cpu_times: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failed = False
@@ -208,7 +213,10 @@ class SystemMetricsSampler:
             self._psutil = psutil
             self._process = psutil.Process()
             self._process.cpu_percent(None)  # the first call only sets the reference point
-            psutil.cpu_percent(None)
+            # The host's reference point is ours, not psutil.cpu_percent's: psutil keeps that one per thread (7.x:
+            # a prime here, on the caller's thread, is no reference for the sampling thread, whose first reading
+            # then covers no time and reads 0.0) or in one module global that any other caller resets (5.x).
+            self._host_cpu_times = psutil.cpu_times()
         if self._want_gpus:
             self._gpus = _Gpus()
         self._thread = threading.Thread(target=self._run, name="tp-system-metrics", daemon=True)
@@ -236,12 +244,31 @@ class SystemMetricsSampler:
                 values[PREFIX + "cpu_percent"] = float(process.cpu_percent(None))
                 values[PREFIX + "memory_rss_mb"] = process.memory_info().rss / _MIB
             memory = psutil.virtual_memory()
-            values[PREFIX + "host_cpu_percent"] = float(psutil.cpu_percent(None))
+            host_cpu = self._host_cpu_percent()
+            if host_cpu is not None:
+                values[PREFIX + "host_cpu_percent"] = host_cpu
             values[PREFIX + "host_memory_percent"] = float(memory.percent)
             values[PREFIX + "host_memory_used_mb"] = (memory.total - memory.available) / _MIB
         if self._gpus is not None:
             self._gpus.sample(values)
         return values
+
+    def _host_cpu_percent(self) -> float | None:
+        """The host's CPU use since the previous sample (or `start`), from our own `cpu_times` snapshots (as
+        psutil.cpu_percent computes it); None when no CPU time has passed, or there is no previous snapshot: a
+        percentage over no time would be a false 0."""
+        now = self._psutil.cpu_times()
+        before, self._host_cpu_times = self._host_cpu_times, now
+        if before is None:
+            return None
+        # Each field's growth; a field that went backwards (a kernel quirk psutil and top also ignore) counts 0.
+        delta = {field: max(0.0, getattr(now, field) - getattr(before, field)) for field in now._fields}
+        # Linux counts guest time in user and nice already; iowait is idle time.
+        total = sum(delta.values()) - delta.get("guest", 0.0) - delta.get("guest_nice", 0.0)
+        if total <= 0:
+            return None
+        busy = total - delta["idle"] - delta.get("iowait", 0.0)
+        return float(min(100.0, max(0.0, 100.0 * busy / total)))
 
     def _current_step(self) -> int | None:
         if self._step is None:
