@@ -50,6 +50,7 @@ from trainingplatform_sdk.cli.output import (
 )
 from trainingplatform_sdk.cli.run import add_run_parser
 from trainingplatform_sdk.clients import Connection, Job, JobsClient, resolve_connection
+from trainingplatform_sdk.clients.jobs import JOB_STATUS_NAMES, LOG_LEVEL_NAMES
 from trainingplatform_sdk.errors import PlatformError, UnauthenticatedError, UnavailableError
 
 EXIT_FOR_STATUS = {"COMPLETED": 0, "FAILED": 1, "CANCELLED": 3}
@@ -361,6 +362,17 @@ def _age_seconds(text: str) -> float:
     return float(match.group(1)) * _AGE_UNITS[match.group(2)]
 
 
+def _one_of(names: tuple[str, ...], what: str) -> Any:
+    """An argparse type: one of `names`, any case, as given in lower case."""
+
+    def parse(text: str) -> str:
+        if text.strip().lower() not in names:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}: must be one of {', '.join(names)}")
+        return text.strip().lower()
+
+    return parse
+
+
 def _size(paths: list[Path]) -> int:
     """Bytes trees hold on disk, a hard-linked file once."""
     seen: set[tuple[int, int]] = set()
@@ -506,7 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=cmd_train)
 
     jobs = commands.add_parser("jobs", help="list jobs, newest first")
-    jobs.add_argument("--status", action="append", help="filter by status (repeatable)")
+    jobs.add_argument(
+        "--status",
+        action="append",
+        type=_one_of(JOB_STATUS_NAMES, "status"),
+        help=f"filter by status: {', '.join(JOB_STATUS_NAMES)} (repeatable)",
+    )
     jobs.add_argument("--framework", help="only this framework's jobs")
     jobs.add_argument("--limit", type=int, default=50, help="list at most this many")
     jobs.set_defaults(run=cmd_jobs)
@@ -525,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     logs = commands.add_parser("logs", help="a job's log lines")
     logs.add_argument("job", help="the job's id or a unique prefix of it")
     logs.add_argument("--follow", "-f", action="store_true", help="follow new lines until the job ends")
-    logs.add_argument("--level", help="minimum level: debug, info, warning, error, critical")
+    logs.add_argument(
+        "--level", type=_one_of(LOG_LEVEL_NAMES, "level"), help=f"minimum level: {', '.join(LOG_LEVEL_NAMES)}"
+    )
     logs.set_defaults(run=cmd_logs)
 
     metrics = commands.add_parser("metrics", help="a job's metrics; --plot writes a PNG of the curves")

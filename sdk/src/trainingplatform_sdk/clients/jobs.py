@@ -48,6 +48,45 @@ def _status(value: int) -> str:
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
 
+JOB_STATUS_NAMES = tuple(
+    value.name.removeprefix("JOB_STATUS_").lower()
+    for value in common_pb2.JobStatus.DESCRIPTOR.values
+    if value.number != common_pb2.JOB_STATUS_UNSPECIFIED
+)
+"""The job statuses a caller may name (any case): pending, queued, running, completed, failed, cancelled."""
+LOG_LEVEL_NAMES = tuple(
+    value.name.removeprefix("LOG_LEVEL_").lower()
+    for value in common_pb2.LogLevel.DESCRIPTOR.values
+    if value.number != common_pb2.LOG_LEVEL_UNSPECIFIED
+)
+"""The log levels a caller may name (any case): debug, info, warning, error, critical."""
+
+
+def _enum_value(name: str, names: tuple[str, ...], prefix: str, enum: Any, what: str) -> int:
+    wanted = name.strip().lower()
+    if wanted not in names:
+        raise ValueError(f"unknown {what} {name!r}: must be one of {', '.join(names)}")
+    return int(enum.Value(f"{prefix}{wanted.upper()}"))
+
+
+def job_status_value(name: str) -> int:
+    """The `common_pb2.JobStatus` of a status name (`running`, `COMPLETED`, ...).
+
+    Raises:
+        ValueError: not one of JOB_STATUS_NAMES; the message lists them.
+    """
+    return _enum_value(name, JOB_STATUS_NAMES, "JOB_STATUS_", common_pb2.JobStatus, "job status")
+
+
+def log_level_value(name: str) -> int:
+    """The `common_pb2.LogLevel` of a level name (`info`, `WARNING`, ...).
+
+    Raises:
+        ValueError: not one of LOG_LEVEL_NAMES; the message lists them.
+    """
+    return _enum_value(name, LOG_LEVEL_NAMES, "LOG_LEVEL_", common_pb2.LogLevel, "log level")
+
+
 @dataclass(frozen=True)
 class StatusChange:
     """One status transition of a job."""
@@ -366,8 +405,12 @@ class JobsClient(Client):
         return _job(response.job, response.status_events)
 
     def list_jobs(self, *, statuses: Sequence[str] = (), framework: str = "", page_size: int = 100) -> Iterator[Job]:
-        """Every job, newest first, optionally filtered; pages are fetched as the iterator advances."""
-        values = [cast(common_pb2.JobStatus, common_pb2.JobStatus.Value(f"JOB_STATUS_{s.upper()}")) for s in statuses]
+        """Every job, newest first, optionally filtered; pages are fetched as the iterator advances.
+
+        Raises:
+            ValueError: a status that is not one of JOB_STATUS_NAMES (any case); the message lists them.
+        """
+        values = [cast(common_pb2.JobStatus, job_status_value(s)) for s in statuses]
         token = ""
         while True:
             page = self._call(
@@ -439,10 +482,14 @@ class JobsClient(Client):
         )
 
     def logs(self, job_id: str, *, min_level: str = "", page_size: int = 10_000) -> Iterator[LogLine]:
-        """A job's committed log records in sequence order, from `min_level` (e.g. `WARNING`) up."""
+        """A job's committed log records in sequence order, from `min_level` (e.g. `WARNING`) up.
+
+        Raises:
+            ValueError: a `min_level` that is not one of LOG_LEVEL_NAMES (any case); the message lists them.
+        """
         level = common_pb2.LOG_LEVEL_UNSPECIFIED
         if min_level:
-            level = cast(common_pb2.LogLevel, common_pb2.LogLevel.Value(f"LOG_LEVEL_{min_level.upper()}"))
+            level = cast(common_pb2.LogLevel, log_level_value(min_level))
         token = ""
         while True:
             page = self._call(

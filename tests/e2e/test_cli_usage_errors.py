@@ -1,0 +1,113 @@
+"""`tp` as a subprocess against a real backend: bad input is a usage error (exit 2) with one clear line, a closed
+stdout ends a command quietly (exit 141, as a Unix tool killed by SIGPIPE), what `--plot` wrote is what it says it
+wrote, and a cut table cell says it was cut.
+
+- every port flag of `tp up` is checked at parse time (1 to 65535);
+- `tp jobs | head -1`, `tp show JOB | head -1`, `tp logs JOB | head -1` print nothing on stderr, exit 141;
+- `tp metrics JOB --plot P`: P without a suffix gets `.png`, an existing directory (or a path ending in /) gets
+  `<job id>.png` inside it, and the line printed names the file written;
+- `--status` and `--level` list the valid names; `--limit` is at least 1, `--keep` at least 0;
+- a malformed TP_CONFIG is named with what is wrong with it; a token that is not printable ASCII is named by its
+  source, without gRPC's own log lines.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.backend import BackendProcess
+from trainingplatform_sdk import TrainingLogger
+from trainingplatform_sdk.clients import JobsClient
+
+TP = str(Path(sys.executable).parent / "tp")
+LONG_NAME = "a-very-long-display-name-for-truncation"
+EXACT_NAME = "twenty-chars-exactly"  # 20 characters: fits the NAME column as it is
+_CLEARED = (
+    "TP_BACKEND_ADDRESS",
+    "BACKEND_API_URL",
+    "TP_AUTH_TOKEN",
+    "INTERNAL_AUTH_TOKEN",
+    "FRONTEND_AUTH_TOKEN",
+    "READ_AUTH_TOKEN",
+    "TP_DATA_DIR",
+    "TP_CONFIG",
+)
+
+
+class Seeded:
+    def __init__(self, backend: BackendProcess, job_id: str, config: Path) -> None:
+        self.backend = backend
+        self.job_id = job_id
+        self.config = config
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+        return {
+            **env,
+            "TP_CONFIG": str(self.config),
+            "TP_BACKEND_ADDRESS": self.backend.address,
+            "INTERNAL_AUTH_TOKEN": self.backend.internal_token,
+            **extra,
+        }
+
+    def tp(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([TP, *args], capture_output=True, text=True, env=env or self.env(), timeout=120, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    """A backend (SQLite) with a job that has metrics and log lines, and two more whose names test the table."""
+    data = tmp_path_factory.mktemp("usage")
+    backend = BackendProcess(f"sqlite:///{data / 'backend.db'}", data / "backend-data")
+    backend.start()
+    try:
+        with JobsClient(backend.address, backend.internal_token) as client:
+            created = client.create_job(
+                framework="timm", model="resnet10t", dataset="digits", epochs=2, dispatch=False, display_name="plotted"
+            )
+            for name in (LONG_NAME, EXACT_NAME):
+                client.create_job(
+                    framework="timm", model="resnet10t", dataset="digits", dispatch=False, display_name=name
+                )
+        logger = TrainingLogger(
+            created.job.job_id,
+            backend_address=backend.address,
+            token=created.telemetry_token,
+            spool_dir=data / "spool",
+        )
+        for step in range(20):
+            logger.log_metric("train/loss", 1.0 / (step + 1), step=step)
+            logger.log_message(f"line {step}")
+        report = logger.close(timeout=30)
+        assert report.pending_metrics == 0 and report.pending_logs == 0
+        yield Seeded(backend, created.job.job_id, data / "no-config.json")
+    finally:
+        backend.close()
+
+
+# --- 4. status and level names ---------------------------------------------------------------------------------
+
+
+def test_jobs_status_lists_the_valid_statuses(seeded: Seeded):
+    result = seeded.tp("jobs", "--status", "bogus")
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert "--status" in error and "must be one of pending, queued, running, completed, failed, cancelled" in error
+    assert "Enum" not in result.stderr and "JOB_STATUS" not in result.stderr
+    fine = seeded.tp("jobs", "--status", "Pending", "--status", "QUEUED")
+    assert fine.returncode == 0 and LONG_NAME[:10] in fine.stdout
+
+
+def test_logs_level_lists_the_valid_levels(seeded: Seeded):
+    result = seeded.tp("logs", seeded.job_id, "--level", "bogus")
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert "--level" in error and "must be one of debug, info, warning, error, critical" in error
+    assert "LOG_LEVEL" not in result.stderr
+    fine = seeded.tp("logs", seeded.job_id, "--level", "Info")
+    assert fine.returncode == 0 and "line 19" in fine.stdout
