@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from support.backend import BackendProcess
 from trainingplatform_sdk import TrainingLogger
+from trainingplatform_sdk.cli.stack import Stack
 from trainingplatform_sdk.clients import JobsClient
 
 TP = str(Path(sys.executable).parent / "tp")
@@ -90,6 +91,34 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         backend.close()
 
 
+# --- 1. ports --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--backend-port", "--dashboard-port", "--timm-port", "--ultralytics-port"])
+@pytest.mark.parametrize("value", ["99999", "-1", "0", "http"])
+def test_up_refuses_a_port_out_of_range_at_parse_time(flag: str, value: str, tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+    env["TP_CONFIG"] = str(tmp_path / "config.json")
+    result = subprocess.run(
+        [TP, "--data-dir", str(tmp_path / "data"), "up", flag, value],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert flag in error and "1-65535" in error, result.stderr
+    assert not (tmp_path / "data").exists()  # nothing was started
+
+
+def test_a_stack_refuses_a_port_out_of_range_before_writing_anything(tmp_path: Path):
+    with pytest.raises(ValueError, match="timm_port must be 1-65535, got 70000"):
+        Stack(tmp_path / "data", timm_port=70000)
+    assert not (tmp_path / "data").exists()
+
+
 # --- 4. status and level names ---------------------------------------------------------------------------------
 
 
@@ -111,3 +140,21 @@ def test_logs_level_lists_the_valid_levels(seeded: Seeded):
     assert "LOG_LEVEL" not in result.stderr
     fine = seeded.tp("logs", seeded.job_id, "--level", "Info")
     assert fine.returncode == 0 and "line 19" in fine.stdout
+
+
+# --- 5. --keep and --limit -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_jobs_limit_below_one_is_refused(seeded: Seeded, value: str):
+    result = seeded.tp("jobs", "--limit", value)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--limit" in result.stderr and "at least 1" in result.stderr
+
+
+def test_gc_keep_negative_is_refused_and_zero_keeps_none(seeded: Seeded, tmp_path: Path):
+    result = seeded.tp("--data-dir", str(tmp_path), "gc", "--keep", "-1", "--dry-run")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--keep" in result.stderr and "at least 0" in result.stderr
+    zero = seeded.tp("--data-dir", str(tmp_path), "gc", "--keep", "0", "--dry-run")
+    assert zero.returncode == 0, zero.stderr

@@ -362,6 +362,32 @@ def _age_seconds(text: str) -> float:
     return float(match.group(1)) * _AGE_UNITS[match.group(2)]
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port to listen on, 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: must be a number 1-65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: must be 1-65535")
+    return port
+
+
+def _at_least(minimum: int) -> Any:
+    """An argparse type: an integer not below `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
+        return number
+
+    return parse
+
+
 def _one_of(names: tuple[str, ...], what: str) -> Any:
     """An argparse type: one of `names`, any case, as given in lower case."""
 
@@ -484,12 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     up = commands.add_parser("up", help="start the backend, both trainer services and the dashboard locally")
-    up.add_argument("--backend-port", type=int, default=50051, help="the backend's gRPC port on 127.0.0.1")
-    up.add_argument("--dashboard-port", type=int, default=8080, help="the dashboard's port on 127.0.0.1")
+    up.add_argument("--backend-port", type=_port, default=50051, help="the backend's gRPC port on 127.0.0.1")
+    up.add_argument("--dashboard-port", type=_port, default=8080, help="the dashboard's port on 127.0.0.1")
     up.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
-    up.add_argument("--timm-port", type=int, default=50061, help="the timm trainer's gRPC port on 127.0.0.1")
+    up.add_argument("--timm-port", type=_port, default=50061, help="the timm trainer's gRPC port on 127.0.0.1")
     up.add_argument(
-        "--ultralytics-port", type=int, default=50062, help="the ultralytics trainer's gRPC port on 127.0.0.1"
+        "--ultralytics-port", type=_port, default=50062, help="the ultralytics trainer's gRPC port on 127.0.0.1"
     )
     up.add_argument(
         "--data-root",
@@ -525,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"filter by status: {', '.join(JOB_STATUS_NAMES)} (repeatable)",
     )
     jobs.add_argument("--framework", help="only this framework's jobs")
-    jobs.add_argument("--limit", type=int, default=50, help="list at most this many")
+    jobs.add_argument("--limit", type=_at_least(1), default=50, help="list at most this many (at least 1)")
     jobs.set_defaults(run=cmd_jobs)
 
     for name, function, text in (
@@ -563,7 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--older-than", type=_age_seconds, metavar="AGE", help="jobs that ended longer ago than AGE (30m, 12h, 7d)"
     )
-    gc.add_argument("--keep", type=int, metavar="N", help="keep the files of the N most recently ended jobs")
+    gc.add_argument(
+        "--keep",
+        type=_at_least(0),
+        metavar="N",
+        help="keep the files of the N most recently ended jobs (0: keep none)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     gc.set_defaults(run=cmd_gc)
 

@@ -127,7 +127,19 @@ class Stack:
     ) -> None:
         """`data_roots`: directories, besides `<data_dir>/datasets`, whose data sets the trainers may read
         (their TP_DATA_ROOTS). `dashboard_port`: also start `tp-dashboard` on 127.0.0.1 at that port (None: no
-        dashboard); its one-time login URL is `dashboard_login_url`."""
+        dashboard); its one-time login URL is `dashboard_login_url`.
+
+        Raises:
+            ValueError: a port is not 1-65535 (checked before anything is written).
+        """
+        for name, port in (
+            ("backend_port", backend_port),
+            ("timm_port", timm_port),
+            ("ultralytics_port", ultralytics_port),
+            ("dashboard_port", dashboard_port or 1),
+        ):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{name} must be 1-65535, got {port}")
         self.data_dir = data_dir.resolve()
         self.data_roots = ((self.data_dir / "datasets"), *(Path(root).resolve() for root in data_roots))
         """What the trainers accept dataset paths under (TP_DATA_ROOTS): `<data_dir>/datasets` and `data_roots`."""
