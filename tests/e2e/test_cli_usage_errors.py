@@ -119,6 +119,40 @@ def test_a_stack_refuses_a_port_out_of_range_before_writing_anything(tmp_path: P
     assert not (tmp_path / "data").exists()
 
 
+# --- 2. a closed stdout ----------------------------------------------------------------------------------------
+
+
+def _with_closed_stdout(seeded: Seeded, *args: str) -> tuple[int, str]:
+    """Runs `tp` with stdout a pipe whose reader has gone (what `| head -1` leaves once head exited)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        process = subprocess.Popen([TP, *args], stdout=write, stderr=subprocess.PIPE, env=seeded.env())
+    finally:
+        os.close(write)
+    _, err = process.communicate(timeout=120)
+    return process.returncode, err.decode(errors="replace")
+
+
+@pytest.mark.parametrize("command", ["jobs", "show", "logs", "metrics"])
+def test_a_closed_stdout_ends_the_command_quietly_with_141(seeded: Seeded, command: str):
+    args = [command] if command == "jobs" else [command, seeded.job_id]
+    returncode, stderr = _with_closed_stdout(seeded, *args)
+    assert (returncode, stderr) == (141, "")
+
+
+def test_head_of_a_pipe_gets_the_first_line_and_no_error(seeded: Seeded):
+    result = subprocess.run(
+        ["bash", "-c", f'"{TP}" logs {seeded.job_id} | head -1; echo "status ${{PIPESTATUS[0]}}" >&2'],
+        capture_output=True,
+        text=True,
+        env=seeded.env(),
+        timeout=120,
+    )
+    assert result.stdout.strip().endswith("line 0")
+    assert result.stderr.strip() in ("status 0", "status 141"), result.stderr
+
+
 # --- 4. status and level names ---------------------------------------------------------------------------------
 
 

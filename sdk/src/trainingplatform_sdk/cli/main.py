@@ -16,7 +16,7 @@ file in --data-dir, else TP_AUTH_TOKEN (the backend's FRONTEND_AUTH_TOKEN), else
 token file in TP_DATA_DIR, else the one the config names, else .data/frontend_auth_token. A job is named by its id
 or any unique prefix of it, as in git. Errors are one line on stderr. `train` and `watch` exit 0 when the job
 COMPLETED, 1 when it FAILED, 3 when it was CANCELLED; any other error exits 2; Ctrl-C on them exits 130 and leaves
-the job running.
+the job running. A closed stdout (`tp jobs | head -1`) ends a command quietly with 141 (128 + SIGPIPE).
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ from trainingplatform_sdk.errors import PlatformError, UnauthenticatedError, Una
 
 EXIT_FOR_STATUS = {"COMPLETED": 0, "FAILED": 1, "CANCELLED": 3}
 EXIT_ERROR = 2
+EXIT_SIGPIPE = 128 + signal.SIGPIPE
+"""The exit status when stdout's reader went away (`tp jobs | head -1`), as a Unix tool killed by SIGPIPE."""
 
 
 _connection: Connection | None = None
@@ -128,19 +130,20 @@ def _reader_gone(fd: int) -> bool:
         return False
 
 
+def _silence(stream: Any) -> None:
+    """The reader of `stream` went away: what is printed from now on (and what is still buffered) goes to
+    /dev/null, so neither a later print nor the flush at exit fails."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from trainingplatform_sdk.cli.stack import Stack
     from trainingplatform_sdk.clients import write_config
 
     stopping: list[str] = []
-
-    def silence(stream: Any) -> None:
-        """The reader of `stream` went away: what is printed from now on (and what is still buffered) goes to
-        /dev/null, so neither a later print nor the flush at exit fails."""
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stream.fileno())
-            os.close(devnull)
 
     def say(text: str, stream: Any = None) -> None:
         """Prints; a closed stdout (the pipe's reader ended) stops the stack instead of killing `tp up`."""
@@ -148,7 +151,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if not safe_write(stream, text + "\n"):
             if not stopping:
                 stopping.append("output closed")
-            silence(stream)
+            _silence(stream)
 
     started = False
 
@@ -200,7 +203,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 return EXIT_ERROR
             if _reader_gone(sys.stdout.fileno()):
                 stopping.append("output closed")
-                silence(sys.stdout)
+                _silence(sys.stdout)
                 break
             time.sleep(0.2)
     finally:
@@ -633,13 +636,35 @@ def _error_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
+def _stdout_closed() -> bool:
+    """Whether a broken pipe was stdout's: its reader went away (stdout not a pipe: assumed so, as nothing else
+    `tp` writes to is a pipe of its own)."""
+    try:
+        fd = sys.stdout.fileno()
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return _reader_gone(fd)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `tp`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.data_dir_given = _data_dir_given(argv)
     try:
-        return args.run(args)
+        code = int(args.run(args))
+        sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's flush at exit
+        return code
+    except BrokenPipeError as error:
+        if not _stdout_closed():
+            safe_write(sys.stderr, f"error: {_error_line(error)}\n")
+            return EXIT_ERROR
+        # `tp jobs | head -1`: the reader has what it wanted. End quietly, as a Unix tool killed by SIGPIPE does;
+        # stdout goes to /dev/null so that the interpreter's own flush at exit does not fail again.
+        _silence(sys.stdout)
+        return EXIT_SIGPIPE
     except (PlatformError, CliError, OSError, TimeoutError, RuntimeError, ValueError) as error:
         safe_write(sys.stderr, f"error: {_error_line(error)}\n")
         return EXIT_ERROR
