@@ -153,6 +153,39 @@ def test_head_of_a_pipe_gets_the_first_line_and_no_error(seeded: Seeded):
     assert result.stderr.strip() in ("status 0", "status 141"), result.stderr
 
 
+# --- 3. --plot -------------------------------------------------------------------------------------------------
+
+
+def test_plot_to_an_existing_directory_writes_a_file_named_after_the_job(seeded: Seeded, tmp_path: Path):
+    result = seeded.tp("metrics", seeded.job_id, "--plot", f"{tmp_path}/")
+    assert result.returncode == 0, result.stderr
+    written = tmp_path / f"{seeded.job_id}.png"
+    assert written.read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {written}\n" in result.stdout
+    assert not Path(f"{tmp_path}.png").exists()
+
+
+def test_plot_to_a_new_directory_ending_in_a_slash_creates_it(seeded: Seeded, tmp_path: Path):
+    result = seeded.tp("metrics", seeded.job_id, "--key", "train/loss", "--plot", f"{tmp_path}/plots/")
+    assert result.returncode == 0, result.stderr
+    written = tmp_path / "plots" / f"{seeded.job_id}.png"
+    assert written.read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {written}\n" in result.stdout
+
+
+def test_plot_to_a_path_without_a_suffix_gets_png(seeded: Seeded, tmp_path: Path):
+    result = seeded.tp("metrics", seeded.job_id, "--plot", str(tmp_path / "curves"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {tmp_path / 'curves.png'}\n" in result.stdout
+
+
+def test_plot_help_says_where_the_file_goes(seeded: Seeded):
+    result = seeded.tp("metrics", "--help")
+    text = " ".join(result.stdout.split())
+    assert ".png is added" in text and "<job id>.png" in text
+
+
 # --- 4. status and level names ---------------------------------------------------------------------------------
 
 

@@ -337,14 +337,27 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             print("epochs:")
             print_epochs(client, job)
     if args.plot:
+        path = plot_path(args.plot, job.job_id)
         title = f"{job.display_name or job.job_id[:8]}: {job.framework} {job.model} on {job.dataset}"
         if args.key:
-            plot_series({title: series}, Path(args.plot))
+            plot_series({title: series}, path)
         else:
-            panels = plot_families(series, Path(args.plot), title)
+            panels = plot_families(series, path, title)
             print(f"panels: {', '.join(panels)}")
-        print(f"wrote {args.plot}")
+        print(f"wrote {path}")
     return 0
+
+
+def plot_path(value: str, job_id: str) -> Path:
+    """The file `tp metrics --plot VALUE` writes: `<job_id>.png` inside a directory (one that exists, or VALUE
+    ending in a slash), VALUE with `.png` added when it has no suffix (as matplotlib would add it, unsaid), else
+    VALUE (its suffix picks the format: .png, .svg, .pdf, ...)."""
+    path = Path(value).expanduser()
+    if value.endswith(("/", os.sep)) or path.is_dir():
+        return path / f"{job_id}.png"
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    return path
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -580,7 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("job", help="the job's id or a unique prefix of it")
     metrics.add_argument("--key", action="append", help="only this key (repeatable)")
     metrics.add_argument(
-        "--plot", metavar="FILE.png", help="write a PNG of the curves: one panel per family (loss, accuracy, ...)"
+        "--plot",
+        metavar="FILE.png",
+        help="write a PNG of the curves: one panel per family (loss, accuracy, ...). Without a suffix, .png is "
+        "added; a directory (existing, or ending in /) gets <job id>.png inside it; the file written is printed",
     )
     metrics.set_defaults(run=cmd_metrics)
 
