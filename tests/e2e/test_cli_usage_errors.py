@@ -225,3 +225,50 @@ def test_gc_keep_negative_is_refused_and_zero_keeps_none(seeded: Seeded, tmp_pat
     assert "--keep" in result.stderr and "at least 0" in result.stderr
     zero = seeded.tp("--data-dir", str(tmp_path), "gc", "--keep", "0", "--dry-run")
     assert zero.returncode == 0, zero.stderr
+
+
+# --- 6. a malformed TP_CONFIG ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "wrong"),
+    [
+        ("{not json", "is not valid JSON"),
+        ('["a", "list"]', "must hold a JSON object"),
+        ('{"token_file": 3}', "token_file"),
+    ],
+)
+def test_a_malformed_config_is_named_with_what_is_wrong(seeded: Seeded, tmp_path: Path, content: str, wrong: str):
+    config = tmp_path / "config.json"
+    config.write_text(content)
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+    env["TP_CONFIG"] = str(config)
+    result = seeded.tp("jobs", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(config) in lines[0] and wrong in lines[0], result.stderr
+    assert "no token" not in result.stderr
+
+
+# --- 8. a token that is not printable ASCII --------------------------------------------------------------------
+
+
+def test_a_non_ascii_token_is_one_line_naming_its_source(seeded: Seeded):
+    env = seeded.env(TP_AUTH_TOKEN="bad token é")
+    result = seeded.tp("jobs", env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "TP_AUTH_TOKEN" in lines[0] and "printable ASCII" in lines[0]
+    assert "é" not in lines[0] and "bad token" not in lines[0]  # the token is a secret: not echoed
+
+
+def test_a_token_file_with_a_control_character_names_the_file(seeded: Seeded, tmp_path: Path):
+    (tmp_path / "frontend_auth_token").write_text("abc\x01def\n")
+    env = seeded.env()
+    del env["INTERNAL_AUTH_TOKEN"]
+    result = seeded.tp("--data-dir", str(tmp_path), "jobs", env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(tmp_path / "frontend_auth_token") in lines[0], result.stderr
+    assert "printable ASCII" in lines[0]
