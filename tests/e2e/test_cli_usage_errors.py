@@ -250,6 +250,16 @@ def test_a_malformed_config_is_named_with_what_is_wrong(seeded: Seeded, tmp_path
     assert "no token" not in result.stderr
 
 
+# --- 7. a cut cell ---------------------------------------------------------------------------------------------
+
+
+def test_jobs_marks_a_cut_name(seeded: Seeded):
+    result = seeded.tp("jobs")
+    assert result.returncode == 0, result.stderr
+    assert f"  {LONG_NAME[:19]}…  " in result.stdout
+    assert f"  {EXACT_NAME}  " in result.stdout
+
+
 # --- 8. a token that is not printable ASCII --------------------------------------------------------------------
 
 

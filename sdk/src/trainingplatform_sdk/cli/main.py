@@ -40,6 +40,7 @@ from typing import Any
 from trainingplatform_sdk.cli.frameworks import add_frameworks_command
 from trainingplatform_sdk.cli.output import (
     CliError,
+    cell,
     fmt_value,
     follow,
     plot_families,
@@ -337,7 +338,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             created = job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else ""
             name = job.display_name or "-"
             print(
-                f"{job.job_id:36}  {name[:20]:20}  {job.status:9}  {job.framework:11}  {job.model[:18]:18}  {created}"
+                f"{job.job_id:36}  {cell(name, 20)}  {job.status:9}  {job.framework:11}  {cell(job.model, 18)}  "
+                f"{created}"
             )
     return 0
 

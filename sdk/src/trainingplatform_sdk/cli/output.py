@@ -28,6 +28,18 @@ def safe_write(out: TextIO, text: str) -> bool:
     return True
 
 
+def cell(text: str, width: int, out: TextIO = sys.stdout) -> str:
+    """`text` in a table column `width` wide: padded, or cut to end in '…' so that the cut shows ('~' where `out`
+    cannot encode '…')."""
+    if len(text) > width:
+        try:
+            mark = "…" if "…".encode(out.encoding or "ascii") else "~"
+        except (LookupError, UnicodeEncodeError, AttributeError):
+            mark = "~"
+        text = text[: width - 1] + mark
+    return f"{text:{width}}"
+
+
 def fmt_value(value: float) -> str:
     if math.isnan(value) or math.isinf(value):
         return str(value)
