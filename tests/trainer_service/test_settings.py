@@ -40,7 +40,7 @@ def test_no_token_is_refused(tmp_path: Path) -> None:
     [("TP_MAX_CONCURRENT_JOBS", "0"), ("TP_CANCEL_GRACE_S", "-1"), ("TP_MAX_CONCURRENT_JOBS", "many")],
 )
 def test_bad_values_are_refused(variable: str, value: str) -> None:
-    with pytest.raises(ValueError, match=variable if value != "many" else "not a number"):
+    with pytest.raises(ValueError, match=variable):
         settings_module.load(LISTEN, env={"INTERNAL_AUTH_TOKEN": "t", variable: value})
 
 

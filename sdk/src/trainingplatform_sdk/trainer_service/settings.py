@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainingplatform_sdk import setting_values as values
 from trainingplatform_sdk.spec.limits import DEFAULT_MAX_EPOCHS, MAX_EPOCHS
 
 __all__ = ["TrainerSettings", "add_arguments", "load"]
@@ -136,32 +137,17 @@ def load(
         return str(value) if value is not None else env.get(var, default)
 
     data_dir = Path(pick("data_dir", "TP_DATA_DIR", ".data"))
-    try:
-        max_jobs = int(pick("max_concurrent_jobs", "TP_MAX_CONCURRENT_JOBS", "1"))
-        cancel_grace = float(pick("cancel_grace_s", "TP_CANCEL_GRACE_S", "30"))
-        shutdown_grace = float(pick("shutdown_grace_s", "TP_SHUTDOWN_GRACE_S", "5"))
-        max_epochs = int(pick("max_epochs", "TP_MAX_EPOCHS", str(DEFAULT_MAX_EPOCHS)))
-        max_rpcs = int(env.get("TP_MAX_CONCURRENT_RPCS", "1000"))
-        max_streams = int(env.get("TP_MAX_CONCURRENT_STREAMS", "100"))
-        metrics_port = int(pick("metrics_port", "TP_METRICS_PORT", "0") or "0")
-    except ValueError as error:
-        raise ValueError(f"a numeric setting is not a number: {error}") from None
-    for name, value in (
-        ("TP_MAX_CONCURRENT_JOBS", max_jobs),
-        ("TP_MAX_EPOCHS", max_epochs),
-        ("TP_MAX_CONCURRENT_RPCS", max_rpcs),
-        ("TP_MAX_CONCURRENT_STREAMS", max_streams),
-    ):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-    if not 0 <= metrics_port <= 65535:
-        raise ValueError(f"TP_METRICS_PORT must be a port (1 to 65535) or 0 for off, got {metrics_port}")
-    if max_epochs > MAX_EPOCHS:
-        raise ValueError(f"TP_MAX_EPOCHS must be at most {MAX_EPOCHS}, got {max_epochs}")
-    if cancel_grace < 0 or shutdown_grace < 0:
-        raise ValueError("TP_CANCEL_GRACE_S and TP_SHUTDOWN_GRACE_S must be 0 or more")
+    max_jobs = values.whole_number("TP_MAX_CONCURRENT_JOBS", pick("max_concurrent_jobs", "TP_MAX_CONCURRENT_JOBS", "1"))
+    cancel_grace = values.number("TP_CANCEL_GRACE_S", pick("cancel_grace_s", "TP_CANCEL_GRACE_S", "30"))
+    shutdown_grace = values.number("TP_SHUTDOWN_GRACE_S", pick("shutdown_grace_s", "TP_SHUTDOWN_GRACE_S", "5"))
+    max_epochs = values.whole_number(
+        "TP_MAX_EPOCHS", pick("max_epochs", "TP_MAX_EPOCHS", str(DEFAULT_MAX_EPOCHS)), maximum=MAX_EPOCHS
+    )
+    max_rpcs = values.whole_number("TP_MAX_CONCURRENT_RPCS", env.get("TP_MAX_CONCURRENT_RPCS", "1000"))
+    max_streams = values.whole_number("TP_MAX_CONCURRENT_STREAMS", env.get("TP_MAX_CONCURRENT_STREAMS", "100"))
+    metrics_port = values.port("TP_METRICS_PORT", pick("metrics_port", "TP_METRICS_PORT", "0"))
     settings = TrainerSettings(
-        listen=pick("listen", "TP_TRAINER_LISTEN", default_listen),
+        listen=values.listen_address("TP_TRAINER_LISTEN", pick("listen", "TP_TRAINER_LISTEN", default_listen)),
         internal_auth_token=_internal_token(env, data_dir),
         data_dir=data_dir,
         max_concurrent_jobs=max_jobs,
@@ -171,7 +157,7 @@ def load(
         tls_cert_file=pick("tls_cert_file", "TP_TLS_CERT_FILE", ""),
         tls_key_file=pick("tls_key_file", "TP_TLS_KEY_FILE", ""),
         tls_client_ca_file=pick("tls_client_ca_file", "TP_TLS_CLIENT_CA_FILE", ""),
-        log_level=pick("log_level", "TP_LOG_LEVEL", "INFO").upper(),
+        log_level=values.log_level("TP_LOG_LEVEL", pick("log_level", "TP_LOG_LEVEL", "INFO")),
         data_roots=tuple(Path(part) for part in pick("data_roots", "TP_DATA_ROOTS", "").split(os.pathsep) if part),
         max_epochs=max_epochs,
         max_concurrent_rpcs=max_rpcs,

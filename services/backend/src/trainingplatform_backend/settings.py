@@ -8,6 +8,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainingplatform_sdk import setting_values as values
+from trainingplatform_sdk.channel import parse_backend_address
 from trainingplatform_sdk.spec.limits import (
     DEFAULT_MAX_EPOCHS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -179,10 +181,6 @@ class Settings:
         return bool(self.tls_cert_file and self.tls_key_file)
 
 
-def _env_bool(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
 def parse_trainers(value: str) -> dict[str, list[str]]:
     """Parses TP_TRAINERS (`framework=host:port,...`).
 
@@ -227,14 +225,22 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         value = getattr(args, flag, None) if args is not None else None
         return str(value) if value is not None else env.get(var, default)
 
-    max_bytes = int(pick("max_message_bytes", "TP_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES)))
-    if max_bytes < 64 * 1024:
-        raise ValueError(f"TP_MAX_MESSAGE_BYTES must be at least 65536, got {max_bytes}")
-    migrate = _env_bool(env.get("TP_MIGRATE_ON_START", "true"))
+    max_bytes = values.whole_number(
+        "TP_MAX_MESSAGE_BYTES",
+        pick("max_message_bytes", "TP_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES)),
+        minimum=64 * 1024,
+    )
+    migrate = values.flag("TP_MIGRATE_ON_START", env.get("TP_MIGRATE_ON_START", "true"))
     if args is not None and getattr(args, "no_migrate", False):
         migrate = False
+
+    def seconds(var: str, default: str, *, above: bool = False, flag: str = "") -> float:
+        """A duration setting: 0 or more seconds, or more than 0 when `above`."""
+        text = pick(flag, var, default) if flag else env.get(var, default)
+        return values.number(var, text, above=above)
+
     settings = Settings(
-        listen=pick("listen", "TP_BACKEND_LISTEN", DEFAULT_LISTEN),
+        listen=values.listen_address("TP_BACKEND_LISTEN", pick("listen", "TP_BACKEND_LISTEN", DEFAULT_LISTEN)),
         data_dir=Path(pick("data_dir", "TP_DATA_DIR", ".data")),
         database_url=pick("database_url", "DATABASE_URL", ""),
         internal_auth_token=env.get("INTERNAL_AUTH_TOKEN", ""),
@@ -243,34 +249,45 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         tls_key_file=pick("tls_key_file", "TP_TLS_KEY_FILE", ""),
         tls_client_ca_file=pick("tls_client_ca_file", "TP_TLS_CLIENT_CA_FILE", ""),
         max_message_bytes=max_bytes,
-        shutdown_grace_s=float(pick("shutdown_grace_s", "TP_SHUTDOWN_GRACE_S", "10")),
-        max_connection_age_s=float(env.get("TP_MAX_CONNECTION_AGE_S", "0")),
-        subscriber_buffer_points=int(env.get("TP_SUBSCRIBER_BUFFER_POINTS", "50000")),
+        shutdown_grace_s=seconds("TP_SHUTDOWN_GRACE_S", "10", flag="shutdown_grace_s"),
+        max_connection_age_s=seconds("TP_MAX_CONNECTION_AGE_S", "0"),
+        subscriber_buffer_points=values.whole_number(
+            "TP_SUBSCRIBER_BUFFER_POINTS", env.get("TP_SUBSCRIBER_BUFFER_POINTS", "50000")
+        ),
         migrate_on_start=migrate,
-        log_level=pick("log_level", "TP_LOG_LEVEL", "INFO").upper(),
+        log_level=values.log_level("TP_LOG_LEVEL", pick("log_level", "TP_LOG_LEVEL", "INFO")),
         trainers=parse_trainers(pick("trainers", "TP_TRAINERS", "")),
-        telemetry_endpoint=env.get("TP_TELEMETRY_ENDPOINT", ""),
-        dispatch_timeout_s=float(env.get("TP_DISPATCH_TIMEOUT_S", "600")),
-        trainer_lease_s=float(env.get("TP_TRAINER_LEASE_S", "60")),
-        watch_interval_s=float(env.get("TP_WATCH_INTERVAL_S", "10")),
-        trainer_call_timeout_s=float(env.get("TP_TRAINER_CALL_TIMEOUT_S", "30")),
+        telemetry_endpoint=_endpoint(env.get("TP_TELEMETRY_ENDPOINT", "")),
+        dispatch_timeout_s=seconds("TP_DISPATCH_TIMEOUT_S", "600", above=True),
+        trainer_lease_s=seconds("TP_TRAINER_LEASE_S", "60", above=True),
+        watch_interval_s=seconds("TP_WATCH_INTERVAL_S", "10", above=True),
+        trainer_call_timeout_s=seconds("TP_TRAINER_CALL_TIMEOUT_S", "30", above=True),
         frontend_auth_token=env.get("FRONTEND_AUTH_TOKEN", ""),
-        job_token_grace_s=_non_negative("TP_JOB_TOKEN_GRACE_S", float(env.get("TP_JOB_TOKEN_GRACE_S", "3600"))),
-        commit_linger_s=_linger(env.get("TP_COMMIT_LINGER_S", "0.05")),
+        job_token_grace_s=seconds("TP_JOB_TOKEN_GRACE_S", "3600"),
+        commit_linger_s=values.number("TP_COMMIT_LINGER_S", env.get("TP_COMMIT_LINGER_S", "0.05"), maximum=1),
         trainer_tls_ca_file=env.get("TP_TRAINER_TLS_CA_FILE", ""),
         trainer_tls_cert_file=env.get("TP_TRAINER_TLS_CERT_FILE", ""),
         trainer_tls_key_file=env.get("TP_TRAINER_TLS_KEY_FILE", ""),
-        max_concurrent_streams=_positive("TP_MAX_CONCURRENT_STREAMS", env.get("TP_MAX_CONCURRENT_STREAMS", "100")),
-        max_concurrent_rpcs=_positive("TP_MAX_CONCURRENT_RPCS", env.get("TP_MAX_CONCURRENT_RPCS", "10000")),
-        max_streams_per_job=_positive("TP_MAX_STREAMS_PER_JOB", env.get("TP_MAX_STREAMS_PER_JOB", "8")),
-        max_subscriptions_per_caller=_positive(
+        max_concurrent_streams=values.whole_number(
+            "TP_MAX_CONCURRENT_STREAMS", env.get("TP_MAX_CONCURRENT_STREAMS", "100")
+        ),
+        max_concurrent_rpcs=values.whole_number("TP_MAX_CONCURRENT_RPCS", env.get("TP_MAX_CONCURRENT_RPCS", "10000")),
+        max_streams_per_job=values.whole_number("TP_MAX_STREAMS_PER_JOB", env.get("TP_MAX_STREAMS_PER_JOB", "8")),
+        max_subscriptions_per_caller=values.whole_number(
             "TP_MAX_SUBSCRIPTIONS_PER_CALLER", env.get("TP_MAX_SUBSCRIPTIONS_PER_CALLER", "64")
         ),
-        max_epochs=_positive("TP_MAX_EPOCHS", env.get("TP_MAX_EPOCHS", str(DEFAULT_MAX_EPOCHS)), maximum=MAX_EPOCHS),
-        max_spec_bytes=_spec_bytes(env.get("TP_MAX_SPEC_BYTES", str(DEFAULT_MAX_SPEC_BYTES)), max_bytes),
+        max_epochs=values.whole_number(
+            "TP_MAX_EPOCHS", env.get("TP_MAX_EPOCHS", str(DEFAULT_MAX_EPOCHS)), maximum=MAX_EPOCHS
+        ),
+        max_spec_bytes=values.whole_number(
+            "TP_MAX_SPEC_BYTES",
+            env.get("TP_MAX_SPEC_BYTES", str(DEFAULT_MAX_SPEC_BYTES)),
+            minimum=1024,
+            maximum=max_bytes,
+        ),
         page_token_key=env.get("TP_PAGE_TOKEN_KEY", ""),
-        workers=_positive("TP_BACKEND_WORKERS", pick("workers", "TP_BACKEND_WORKERS", "1")),
-        metrics_port=_port("TP_METRICS_PORT", pick("metrics_port", "TP_METRICS_PORT", "0")),
+        workers=values.whole_number("TP_BACKEND_WORKERS", pick("workers", "TP_BACKEND_WORKERS", "1")),
+        metrics_port=values.port("TP_METRICS_PORT", pick("metrics_port", "TP_METRICS_PORT", "0")),
     )
     _check_trainer_tls(settings)
     if settings.frontend_auth_token and settings.frontend_auth_token in (
@@ -298,63 +315,18 @@ def _check_trainer_tls(settings: Settings) -> None:
         )
 
 
-def _positive(name: str, value: str, maximum: int | None = None) -> int:
-    """`value` as an integer of at least 1 (and at most `maximum`).
+def _endpoint(text: str) -> str:
+    """TP_TELEMETRY_ENDPOINT: empty, or an address a trainer's channel takes (`parse_backend_address`).
 
     Raises:
         ValueError: naming the setting.
     """
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if number < 1 or (maximum is not None and number > maximum):
-        bound = f" and at most {maximum}" if maximum is not None else ""
-        raise ValueError(f"{name} must be at least 1{bound}, got {number}")
-    return number
-
-
-def _port(name: str, value: str) -> int:
-    """`value` as a TCP port, or 0 for off.
-
-    Raises:
-        ValueError: naming the setting.
-    """
-    try:
-        number = int(value or "0")
-    except ValueError:
-        raise ValueError(f"{name} must be a port number, got {value!r}") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"{name} must be a port (1 to 65535) or 0 for off, got {number}")
-    return number
-
-
-def _spec_bytes(value: str, max_message_bytes: int) -> int:
-    """TP_MAX_SPEC_BYTES: at least 1 KiB, at most the message size limit.
-
-    Raises:
-        ValueError: naming the setting.
-    """
-    number = _positive("TP_MAX_SPEC_BYTES", value, maximum=max_message_bytes)
-    if number < 1024:
-        raise ValueError(f"TP_MAX_SPEC_BYTES must be at least 1024, got {number}")
-    return number
-
-
-def _linger(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"TP_COMMIT_LINGER_S must be a number of seconds, got {raw!r}") from None
-    if not 0 <= value <= 1:
-        raise ValueError(f"TP_COMMIT_LINGER_S must be between 0 and 1 (seconds), got {value}")
-    return value
-
-
-def _non_negative(name: str, value: float) -> float:
-    if value < 0:
-        raise ValueError(f"{name} must be 0 or more, got {value}")
-    return value
+    if text.strip():
+        try:
+            parse_backend_address(text)
+        except ValueError as error:
+            raise ValueError(f"TP_TELEMETRY_ENDPOINT: {error}") from None
+    return text.strip()
 
 
 def ensure_internal_token(settings: Settings) -> Settings:

@@ -8,6 +8,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainingplatform_sdk import setting_values as values
+
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_BACKEND = "127.0.0.1:50051"
 FRONTEND_TOKEN_FILE = "frontend_auth_token"
@@ -119,13 +121,10 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         value = getattr(args, flag, None) if args is not None else None
         return str(value) if value is not None else env.get(var, default)
 
-    listen = pick("listen", "TP_DASHBOARD_LISTEN", DEFAULT_LISTEN)
-    _, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"TP_DASHBOARD_LISTEN must be host:port, got {listen!r}")
-    metrics_port = pick("metrics_port", "TP_METRICS_PORT", "0") or "0"
-    if not metrics_port.isdigit() or int(metrics_port) > 65535:
-        raise ValueError(f"TP_METRICS_PORT must be a port (1 to 65535) or 0 for off, got {metrics_port!r}")
+    listen = values.listen_address(
+        "TP_DASHBOARD_LISTEN", pick("listen", "TP_DASHBOARD_LISTEN", DEFAULT_LISTEN), any_port=False
+    )
+    metrics_port = values.port("TP_METRICS_PORT", pick("metrics_port", "TP_METRICS_PORT", "0"))
     backend = pick("backend", "TP_BACKEND_ADDRESS", "") or env.get("BACKEND_API_URL", "") or DEFAULT_BACKEND
     return Settings(
         listen=listen,
@@ -134,34 +133,27 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         write_token=env.get("TP_AUTH_TOKEN", "").strip(),
         read_token=env.get("READ_AUTH_TOKEN", "").strip(),
         login_token=env.get("TP_DASHBOARD_TOKEN", "").strip() or secrets.token_urlsafe(24),
-        poll_interval_s=_positive("TP_DASHBOARD_POLL_S", env.get("TP_DASHBOARD_POLL_S", "1")),
-        linger_s=_non_negative("TP_DASHBOARD_LINGER_S", env.get("TP_DASHBOARD_LINGER_S", "5")),
-        client_queue_events=int(_positive("TP_DASHBOARD_CLIENT_QUEUE", env.get("TP_DASHBOARD_CLIENT_QUEUE", "1000"))),
-        history_events=int(_positive("TP_DASHBOARD_HISTORY_EVENTS", env.get("TP_DASHBOARD_HISTORY_EVENTS", "4096"))),
-        ping_interval_s=_positive("TP_DASHBOARD_PING_S", env.get("TP_DASHBOARD_PING_S", "15")),
-        session_ttl_s=_positive("TP_DASHBOARD_SESSION_TTL_S", env.get("TP_DASHBOARD_SESSION_TTL_S", str(7 * 86400))),
-        secure_cookie=env.get("TP_DASHBOARD_SECURE_COOKIE", "").strip().lower() in {"1", "true", "yes", "on"},
-        call_timeout_s=_positive("TP_DASHBOARD_CALL_TIMEOUT_S", env.get("TP_DASHBOARD_CALL_TIMEOUT_S", "30")),
-        log_level=pick("log_level", "TP_LOG_LEVEL", "INFO").upper(),
-        metrics_port=int(metrics_port),
+        poll_interval_s=_seconds("TP_DASHBOARD_POLL_S", env.get("TP_DASHBOARD_POLL_S", "1")),
+        linger_s=values.number("TP_DASHBOARD_LINGER_S", env.get("TP_DASHBOARD_LINGER_S", "5")),
+        client_queue_events=values.whole_number(
+            "TP_DASHBOARD_CLIENT_QUEUE", env.get("TP_DASHBOARD_CLIENT_QUEUE", "1000")
+        ),
+        history_events=values.whole_number(
+            "TP_DASHBOARD_HISTORY_EVENTS", env.get("TP_DASHBOARD_HISTORY_EVENTS", "4096")
+        ),
+        ping_interval_s=_seconds("TP_DASHBOARD_PING_S", env.get("TP_DASHBOARD_PING_S", "15")),
+        session_ttl_s=_seconds("TP_DASHBOARD_SESSION_TTL_S", env.get("TP_DASHBOARD_SESSION_TTL_S", str(7 * 86400))),
+        secure_cookie=values.flag("TP_DASHBOARD_SECURE_COOKIE", env.get("TP_DASHBOARD_SECURE_COOKIE", "") or "false"),
+        call_timeout_s=_seconds("TP_DASHBOARD_CALL_TIMEOUT_S", env.get("TP_DASHBOARD_CALL_TIMEOUT_S", "30")),
+        log_level=values.log_level("TP_LOG_LEVEL", pick("log_level", "TP_LOG_LEVEL", "INFO")),
+        metrics_port=metrics_port,
     )
 
 
-def _positive(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not number > 0:
-        raise ValueError(f"{name} must be above 0, got {value!r}")
-    return number
+def _seconds(name: str, text: str) -> float:
+    """A duration of more than 0 seconds.
 
-
-def _non_negative(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not number >= 0:
-        raise ValueError(f"{name} must be 0 or more, got {value!r}")
-    return number
+    Raises:
+        ValueError: naming the setting.
+    """
+    return values.number(name, text, above=True)

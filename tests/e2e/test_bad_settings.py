@@ -1,0 +1,105 @@
+"""A setting with a bad value stops a service at start, in one line that names the setting: never a traceback, never
+a value used as it came (a port past 65535 wrapped around, a grace period below 0, a word read as "off")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from support.backend import VENV_BIN
+from trainingplatform_backend import settings as backend_settings
+from trainingplatform_dashboard import settings as dashboard_settings
+from trainingplatform_sdk.trainer_service import settings as trainer_settings
+
+BACKEND_CASES = [
+    ({"TP_BACKEND_LISTEN": "127.0.0.1:65537"}, "TP_BACKEND_LISTEN"),
+    ({"TP_BACKEND_LISTEN": "127.0.0.1"}, "TP_BACKEND_LISTEN"),
+    ({"TP_LOG_LEVEL": "loud"}, "TP_LOG_LEVEL"),
+    ({"TP_SHUTDOWN_GRACE_S": "abc"}, "TP_SHUTDOWN_GRACE_S"),
+    ({"TP_SHUTDOWN_GRACE_S": "-1"}, "TP_SHUTDOWN_GRACE_S"),
+    ({"TP_MIGRATE_ON_START": "maybe"}, "TP_MIGRATE_ON_START"),
+    ({"TP_SUBSCRIBER_BUFFER_POINTS": "-1"}, "TP_SUBSCRIBER_BUFFER_POINTS"),
+    ({"TP_TELEMETRY_ENDPOINT": "ftp://backend:50051"}, "TP_TELEMETRY_ENDPOINT"),
+    ({"TP_MAX_CONNECTION_AGE_S": "-5"}, "TP_MAX_CONNECTION_AGE_S"),
+    ({"TP_DISPATCH_TIMEOUT_S": "0"}, "TP_DISPATCH_TIMEOUT_S"),
+    ({"TP_TRAINER_LEASE_S": "soon"}, "TP_TRAINER_LEASE_S"),
+    ({"TP_WATCH_INTERVAL_S": "0"}, "TP_WATCH_INTERVAL_S"),
+    ({"TP_TRAINER_CALL_TIMEOUT_S": "nan"}, "TP_TRAINER_CALL_TIMEOUT_S"),
+    ({"TP_JOB_TOKEN_GRACE_S": "an hour"}, "TP_JOB_TOKEN_GRACE_S"),
+    ({"TP_MAX_MESSAGE_BYTES": "8MiB"}, "TP_MAX_MESSAGE_BYTES"),
+]
+
+
+@pytest.mark.parametrize(("env", "name"), BACKEND_CASES, ids=[f"{name}={env[name]}" for env, name in BACKEND_CASES])
+def test_the_backend_refuses_a_bad_setting_naming_it(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ValueError, match=name) as refused:
+        backend_settings.load(env=env)
+    assert repr(env[name]) in str(refused.value) or env[name] in str(refused.value), "the message shows the value"
+
+
+def test_the_backend_reads_good_values_of_the_same_settings() -> None:
+    settings = backend_settings.load(
+        env={
+            "TP_BACKEND_LISTEN": "[::1]:0",
+            "TP_LOG_LEVEL": "warn",
+            "TP_SHUTDOWN_GRACE_S": "0",
+            "TP_MIGRATE_ON_START": "OFF",
+            "TP_TELEMETRY_ENDPOINT": "https://backend.example.com",
+            "TP_MAX_CONNECTION_AGE_S": "0",
+        }
+    )
+    assert (settings.listen, settings.log_level, settings.shutdown_grace_s) == ("[::1]:0", "WARNING", 0)
+    assert settings.migrate_on_start is False
+    assert settings.effective_telemetry_endpoint == "https://backend.example.com"
+
+
+TRAINER_CASES = [
+    ({"TP_TRAINER_LISTEN": "127.0.0.1:99999"}, "TP_TRAINER_LISTEN"),
+    ({"TP_LOG_LEVEL": "chatty"}, "TP_LOG_LEVEL"),
+    ({"TP_SHUTDOWN_GRACE_S": "abc"}, "TP_SHUTDOWN_GRACE_S"),
+    ({"TP_MAX_CONCURRENT_RPCS": "lots"}, "TP_MAX_CONCURRENT_RPCS"),
+]
+
+
+@pytest.mark.parametrize(("env", "name"), TRAINER_CASES, ids=[f"{name}={env[name]}" for env, name in TRAINER_CASES])
+def test_a_trainer_refuses_a_bad_setting_naming_it(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        trainer_settings.load("127.0.0.1:50061", env={"INTERNAL_AUTH_TOKEN": "t", **env})
+
+
+DASHBOARD_CASES = [
+    ({"TP_LOG_LEVEL": "verbose"}, "TP_LOG_LEVEL"),
+    ({"TP_DASHBOARD_SECURE_COOKIE": "maybe"}, "TP_DASHBOARD_SECURE_COOKIE"),
+]
+
+
+@pytest.mark.parametrize(("env", "name"), DASHBOARD_CASES, ids=[f"{name}={env[name]}" for env, name in DASHBOARD_CASES])
+def test_the_dashboard_refuses_a_bad_setting_naming_it(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        dashboard_settings.load(env=env)
+
+
+@pytest.mark.parametrize(
+    ("program", "args", "env", "name"),
+    [
+        ("tp-backend", ["--listen", "127.0.0.1:65537"], {}, "TP_BACKEND_LISTEN"),
+        ("tp-backend", ["--log-level", "LOUD"], {}, "TP_LOG_LEVEL"),
+        ("tp-backend", ["--shutdown-grace-s", "-1"], {}, "TP_SHUTDOWN_GRACE_S"),
+        ("tp-trainer-timm", ["--listen", "127.0.0.1:65537"], {"INTERNAL_AUTH_TOKEN": "t"}, "TP_TRAINER_LISTEN"),
+        ("tp-dashboard", [], {"TP_LOG_LEVEL": "verbose"}, "TP_LOG_LEVEL"),
+    ],
+)
+def test_a_service_started_with_a_bad_setting_exits_2_in_one_line(
+    tmp_path: Path, program: str, args: list[str], env: dict[str, str], name: str
+) -> None:
+    environment = {**os.environ, "TP_DATA_DIR": str(tmp_path), **env}
+    result = subprocess.run(
+        [str(VENV_BIN / program), *args], env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output
+    assert name in output.strip().splitlines()[-1], output
+    assert not (tmp_path / "backend.db").exists(), "nothing was started"
