@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
+from trainingplatform.trainer.v1 import trainer_pb2
 from trainingplatform_sdk.trainer_service import settings as settings_module
 
-from .trainer_process import VENV_BIN
+from .trainer_process import FAKE_ADAPTER, VENV_BIN, TrainerProcess, spec
 
 LISTEN = "127.0.0.1:50061"
 
@@ -52,3 +54,23 @@ def test_service_without_token_exits_with_a_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "no service token: set INTERNAL_AUTH_TOKEN" in result.stderr
+
+
+def test_data_dir_given_as_a_flag_reaches_the_training_process(tmp_path: Path) -> None:
+    """`--data-dir data` (relative, TP_DATA_DIR unset): the run's MLflow store and artifacts go to the documented
+    `<data dir>/mlflow.db` and `<data dir>/artifacts/<job_id>/`, not under the run's own directory."""
+    trainer = TrainerProcess(Path("data"), env={"TP_TRAINER_ADAPTER": FAKE_ADAPTER}, flags=True, cwd=tmp_path)
+    try:
+        trainer.start()
+        job_id = uuid.uuid4().hex
+        run_id = trainer.start_training(job_id, spec(extra={"fake_batches": 1}))
+        run = trainer.wait_state(run_id, trainer_pb2.RUN_STATE_SUCCEEDED)
+    finally:
+        trainer.close()
+    data_dir = tmp_path / "data"
+    assert Path(run.output_dir).is_relative_to(data_dir / "runs" / job_id)
+    log = trainer.train_log(run)
+    assert (data_dir / "mlflow.db").is_file(), log[-3000:]
+    assert (data_dir / "artifacts" / job_id / "config.json").is_file(), log[-3000:]
+    assert not (data_dir / "runs" / job_id / "mlflow.db").exists()
+    assert not (data_dir / "runs" / job_id / "artifacts").exists()

@@ -62,14 +62,24 @@ class TrainerProcess:
     """A `tp-trainer-timm` subprocess with its own data directory and token, and a client for it."""
 
     def __init__(
-        self, data_dir: Path, *, env: dict[str, str] | None = None, executable: str = "tp-trainer-timm"
+        self,
+        data_dir: Path,
+        *,
+        env: dict[str, str] | None = None,
+        executable: str = "tp-trainer-timm",
+        flags: bool = False,
+        cwd: Path | None = None,
     ) -> None:
+        """`flags`: give the data directory and the data roots as `--data-dir` and `--data-roots` (relative to
+        `cwd`, the service's working directory, when `data_dir` is), with TP_DATA_DIR and TP_DATA_ROOTS unset."""
         self.data_dir = data_dir
         self.executable = executable
+        self.flags = flags
+        self.cwd = cwd
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.token = secrets.token_urlsafe(24)
-        self.log_path = data_dir / "trainer.log"
+        self.log_path = (cwd or Path.cwd()) / data_dir / "trainer.log"
         self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
         self.channel = grpc.insecure_channel(self.address)
@@ -78,20 +88,25 @@ class TrainerProcess:
 
     def start(self, timeout: float = 120) -> TrainerProcess:
         """Starts the service and waits until its health check answers SERVING."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        where = (self.cwd or Path.cwd()) / self.data_dir
+        where.mkdir(parents=True, exist_ok=True)
+        # Dataset paths must lie under the data roots: the tests' temporary directories sit beside data_dir.
+        data_settings = {"TP_DATA_DIR": str(self.data_dir), "TP_DATA_ROOTS": str(where.parent)}
         env = {
-            **os.environ,
+            **{key: value for key, value in os.environ.items() if key not in data_settings},
             "INTERNAL_AUTH_TOKEN": self.token,
-            "TP_DATA_DIR": str(self.data_dir),
-            # Dataset paths must lie under the data roots: the tests' temporary directories sit beside data_dir.
-            "TP_DATA_ROOTS": str(self.data_dir.parent),
+            **({} if self.flags else data_settings),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])),
             **self.extra_env,
         }
+        command = [str(VENV_BIN / self.executable), "--listen", self.address]
+        if self.flags:
+            command += ["--data-dir", data_settings["TP_DATA_DIR"], "--data-roots", data_settings["TP_DATA_ROOTS"]]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(VENV_BIN / self.executable), "--listen", self.address],
+                command,
                 env=env,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -261,7 +261,7 @@ class Supervisor:
                     stderr=asyncio.subprocess.STDOUT,
                     # The run directory, so framework files written to the working directory stay with the run.
                     cwd=output_dir,
-                    env=_child_env(job),
+                    env=_child_env(job, self._settings),
                     # Its own session and process group: signals reach its workers, and the service's don't reach it.
                     start_new_session=True,
                 )
@@ -398,9 +398,20 @@ def _load_runs(runs_dir: Path) -> list[Run]:
     return runs
 
 
-def _child_env(job: JobRequest) -> dict[str, str]:
+def _child_env(job: JobRequest, settings: TrainerSettings) -> dict[str, str]:
+    """The training process's environment: the service's, less the withheld variables, plus the job's telemetry
+    and the service's settings the process reads (absolute, as its working directory is its run directory).
+
+    A setting given as a flag (`--data-dir`) is not in the service's environment: without TP_DATA_DIR the
+    process would take its output directory's parent for the data directory and put MLflow and the artifacts
+    under `runs/<job_id>/` instead of `<data_dir>/`. TP_DATA_ROOTS is handed over too, so the process never sees
+    an environment value the service overrode with `--data-roots`.
+    """
     env = {key: value for key, value in os.environ.items() if key not in _WITHHELD_ENV}
     env["PYTHONUNBUFFERED"] = "1"  # train.log shows progress as it happens
+    env["TP_DATA_DIR"] = str(settings.data_dir.absolute())
+    if settings.data_roots:
+        env["TP_DATA_ROOTS"] = os.pathsep.join(str(root.absolute()) for root in settings.data_roots)
     if job.telemetry_endpoint:
         env["BACKEND_API_URL"] = job.telemetry_endpoint
         env["JOB_TELEMETRY_TOKEN"] = job.telemetry_token
