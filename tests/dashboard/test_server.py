@@ -273,6 +273,98 @@ def test_create_maps_backend_errors_with_their_field(backend: BackendProcess, da
     assert response.json()["error"]["code"] == "FAILED_PRECONDITION"
 
 
+# Every number the new-job form (or a script) can send, as raw JSON text: non-finite values and integers past what
+# the spec's fields hold are refused with 400 naming the field, never a 500 and never stored.
+_BASE_BODY = '"framework":"timm","model":"resnet10t","dataset":"digits"'
+_TOP_LEVEL_INTS = ["epochs", "image_size", "batch_size"]
+_ADVANCED_NUMBERS = [
+    "weight_decay",
+    "momentum",
+    "warmup_epochs",
+    "seed",
+    "augmentation.horizontal_flip_probability",
+    "augmentation.scale",
+    "augmentation.color_jitter",
+    "extra.learning_rate",
+    "learning_rate",  # not a field of advanced_config: kept in its extra
+]
+_BAD_NUMBERS = [
+    "1e400",
+    "-1e400",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "99999999999999999999999",
+    "-99999999999999999999999",
+    "1e10",
+    "4294967296",  # past int32 and past a seed's 2**32 - 1
+    "1" + "0" * 5000,  # past Python's 4300-digit limit for int(str)
+]
+
+
+def _body_with(field: str, raw: str) -> str:
+    epochs = "" if field == "epochs" else ',"epochs":1'
+    if field in _TOP_LEVEL_INTS:
+        return f'{{{_BASE_BODY}{epochs},"{field}":{raw}}}'
+    section, _, key = field.rpartition(".")
+    inner = f'{{"{key}":{raw}}}'
+    advanced = f'{{"{section}":{inner}}}' if section else inner
+    return f'{{{_BASE_BODY}{epochs},"advanced_config":{advanced}}}'
+
+
+_NON_FINITE = ["1e400", "-1e400", "NaN", "Infinity", "-Infinity"]
+_EXTRA_NUMBERS = ["extra.learning_rate", "learning_rate"]  # a finite number in extra is the framework's to check
+
+
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [
+        pytest.param(field, raw, id=f"{field}={raw[:24]}")
+        for field in _TOP_LEVEL_INTS + _ADVANCED_NUMBERS
+        for raw in (_NON_FINITE if field in _EXTRA_NUMBERS else _BAD_NUMBERS)
+    ],
+)
+def test_create_refuses_a_non_finite_or_out_of_range_number_by_name(
+    backend: BackendProcess, dashboard: DashboardProcess, field: str, raw: str
+) -> None:
+    client = logged_in(dashboard)
+    headers = {**csrf(client), "Content-Type": "application/json"}
+    log_before = len(dashboard.log_text())
+    response = client.post("/api/jobs", content=_body_with(field, raw), headers=headers)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT"
+    name = field.rpartition(".")[2]
+    if len(raw) > 4300:
+        assert error["field"] is None and "not JSON" in error["message"], error  # json.loads refuses it
+    elif field in _TOP_LEVEL_INTS:
+        assert error["field"] == field, error
+        assert field in error["message"], error
+    elif name == "seed" and raw[0] in "-129":
+        assert error["field"].startswith("advanced_config"), error  # protobuf's range: the section is named
+    else:
+        assert name in error["field"], error
+    assert len(error["message"]) < 300, error
+    assert "Traceback" not in dashboard.log_text()[log_before:]
+
+
+def test_create_names_the_field_of_a_whole_number_given_as_odd_text(
+    backend: BackendProcess, dashboard: DashboardProcess
+) -> None:
+    client = logged_in(dashboard)
+    headers = csrf(client)
+    base = {"framework": "timm", "model": "resnet10t", "dataset": "digits"}
+    for value in ["\u00b2", "1e400", "99999999999999999999999", "- 3", "NaN"]:
+        response = client.post("/api/jobs", json={**base, "epochs": value}, headers=headers)
+        assert response.status_code == 400, (value, response.text)
+        assert response.json()["error"]["field"] == "epochs", response.text
+    # The error quotes a non-finite number as the JSON that was sent.
+    response = client.post(
+        "/api/jobs", content='{"epochs":NaN}', headers={**headers, "Content-Type": "application/json"}
+    )
+    assert response.json()["error"]["message"] == "epochs must be a whole number, got NaN", response.text
+
+
 def test_cancel_ends_the_job_cancelled(backend: BackendProcess, dashboard: DashboardProcess) -> None:
     job_id, _ = backend.create_job()
     client = logged_in(dashboard)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -387,21 +388,42 @@ async def jobs_events(request: Request) -> Response:
 # --- changes --------------------------------------------------------------------------------------------------
 
 
+_INT32_MAX = 2**31 - 1
+_WHOLE_NUMBER = re.compile(r"^-?[0-9]{1,20}$")
+
+
 def _body_error(message: str, field: str | None) -> ApiError:
     return ApiError(400, "INVALID_ARGUMENT", message, field)
 
 
+def _shown(value: Any) -> str:
+    """`value` as the JSON it came in (NaN and Infinity included), cut to 40 characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        return f"{str(value)[:40]}...[{len(str(value))} digits]"  # str() of a huge int is slow, then refused
+    text = json.dumps(value, ensure_ascii=False, allow_nan=True)
+    return text if len(text) <= 40 else f"{text[:40]}..."
+
+
 def _optional_int(body: dict[str, Any], name: str) -> int:
+    """The whole number `body[name]` (0 when absent), within int32: the spec's fields are int32, and protobuf
+    raises ValueError on anything larger. The field's own bounds are `validate_spec`'s and the backend's."""
     value = body.get(name)
     if value is None or value == "":
         return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value.strip())
-        raise _body_error(f"{name} must be a whole number, got {convert.dumps(value)[:40]}", name)
-    return value
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():  # False for NaN and the infinities
+        number = int(value)
+    elif isinstance(value, str) and _WHOLE_NUMBER.match(value.strip()):
+        number = int(value.strip())
+    if number is None:
+        raise _body_error(f"{name} must be a whole number, got {_shown(value)}", name)
+    if number > _INT32_MAX:
+        raise _body_error(f"{name} is too large, got {_shown(value)}", name)
+    if number < -_INT32_MAX - 1:
+        raise _body_error(f"{name} is too small, got {_shown(value)}", name)
+    return number
 
 
 def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
@@ -439,6 +461,10 @@ def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
         raise from_platform_error(error) from None
     except (TypeError, ValueError) as error:
         raise _body_error(f"advanced_config: {error}", "advanced_config") from None
+    try:
+        advanced_proto = advanced_config.to_proto()
+    except ValueError as error:  # an integer past its protobuf field's range (the seed)
+        raise _body_error(f"advanced_config: a number is out of range ({error})"[:200], "advanced_config") from None
     spec = common_pb2.JobSpec(
         framework=text("framework"),
         model=common_pb2.ModelConfig(name=text("model"), image_size=_optional_int(body, "image_size")),
@@ -446,7 +472,7 @@ def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
         training=common_pb2.TrainingConfig(
             epochs=_optional_int(body, "epochs"), batch_size=_optional_int(body, "batch_size")
         ),
-        advanced=advanced_config.to_proto(),
+        advanced=advanced_proto,
     )
     try:
         validate_spec(spec)
@@ -463,8 +489,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise ApiError(413, "INVALID_ARGUMENT", f"the request body is over {_MAX_BODY_BYTES} bytes")
     try:
         body = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise _body_error(f"the request body is not JSON: {error}", None) from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
+        raise _body_error(f"the request body is not JSON: {str(error)[:200]}", None) from None
     if not isinstance(body, dict):
         raise _body_error("the request body must be a JSON object", None)
     return body
