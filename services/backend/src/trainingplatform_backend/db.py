@@ -8,6 +8,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
@@ -61,3 +63,35 @@ def migrate(url: str) -> None:
     log.info("applying database migrations to %s", make_url(url).render_as_string(hide_password=True))
     _ensure_sqlite_directory(url)
     command.upgrade(alembic_config(url), "head")
+
+
+class SchemaError(RuntimeError):
+    """The database's schema is not the one this backend's migrations make (it was started with migrations off)."""
+
+
+def check_schema(engine: Engine) -> None:
+    """Checks that the database is at this backend's migration head, for a backend started with migrations off.
+
+    Raises:
+        SchemaError: saying what the database is at and what to run.
+    """
+    url = engine.url.render_as_string(hide_password=True)
+    script = ScriptDirectory.from_config(alembic_config(url))
+    heads = set(script.get_heads())
+    with engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    if current == heads:
+        return
+    fix = "run `tp-backend migrate` (or start without --no-migrate / TP_MIGRATE_ON_START=false)"
+    if not current:
+        raise SchemaError(f"the database {url} has no schema: no migration was applied to it; {fix}")
+    known = {revision.revision for revision in script.walk_revisions()}
+    if not current <= known:
+        raise SchemaError(
+            f"the database {url} is at revision {', '.join(sorted(current))}, which this backend does not know "
+            f"(a newer version migrated it); run the version that did, or a newer one"
+        )
+    raise SchemaError(
+        f"the database {url} is at revision {', '.join(sorted(current))}; this backend needs "
+        f"{', '.join(sorted(heads))}: {fix}"
+    )

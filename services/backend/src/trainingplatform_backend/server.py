@@ -88,6 +88,8 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
     if settings.migrate_on_start:
         await asyncio.to_thread(db.migrate, url)
     engine = db.create_db_engine(url)
+    if not settings.migrate_on_start:
+        await asyncio.to_thread(db.check_schema, engine)
     store = Store(engine, instance_id=uuid.uuid4().hex)
     hub = Hub(capacity_points=settings.subscriber_buffer_points)
     backend = Backend(
@@ -232,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             serving = start(settings)
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_until_signal(serving))
-    except (OSError, SQLAlchemyError, TimeoutError) as error:
-        # A startup failure (database unreachable, port taken, unreadable TLS file) is one clear line.
+    except (OSError, SQLAlchemyError, TimeoutError, db.SchemaError) as error:
+        # A startup failure (database unreachable or not migrated, port taken, unreadable TLS file) is one line.
         log.error("cannot start: %s", str(error).splitlines()[0])
         return 1
     return 0
