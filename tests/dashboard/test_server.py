@@ -365,6 +365,33 @@ def test_create_names_the_field_of_a_whole_number_given_as_odd_text(
     assert response.json()["error"]["message"] == "epochs must be a whole number, got NaN", response.text
 
 
+def test_create_leaves_the_epochs_ceiling_to_the_backend(backend: BackendProcess, dashboard: DashboardProcess) -> None:
+    """Too many epochs: the backend's TP_MAX_EPOCHS (10000 by default) applies and its error is passed on as 400."""
+    client = logged_in(dashboard)
+    headers = csrf(client)
+    base = {"framework": "timm", "model": "resnet10t", "dataset": "digits"}
+    response = client.post("/api/jobs", json={**base, "epochs": 20_000}, headers=headers)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["field"] == "spec.training.epochs" and "10000" in error["message"], error
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the message is trainingplatform_sdk.spec.validate_spec's: with a client's default max_epochs it states "
+    "limits.MAX_EPOCHS (1000000) as the bound; to be fixed in sdk/src/trainingplatform_sdk/spec",
+)
+def test_create_states_no_wrong_epochs_bound_for_too_few(backend: BackendProcess, dashboard: DashboardProcess) -> None:
+    client = logged_in(dashboard)
+    headers = csrf(client)
+    base = {"framework": "timm", "model": "resnet10t", "dataset": "digits"}
+    response = client.post("/api/jobs", json={**base, "epochs": -3}, headers=headers)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["field"] == "spec.training.epochs", error
+    assert "1000000" not in error["message"], error
+
+
 def test_cancel_ends_the_job_cancelled(backend: BackendProcess, dashboard: DashboardProcess) -> None:
     job_id, _ = backend.create_job()
     client = logged_in(dashboard)
