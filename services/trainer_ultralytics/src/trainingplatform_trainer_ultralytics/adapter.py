@@ -42,7 +42,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainingplatform_sdk.spec.configs import ConfigError
+from trainingplatform_sdk.spec.configs import ConfigError, ModelConfig
 from trainingplatform_sdk.training.adapter import Status, TrainingAdapter, TrainingResult
 
 from trainingplatform_trainer_ultralytics import datasets
@@ -51,7 +51,7 @@ from trainingplatform_trainer_ultralytics.offline import prepare_offline, set_th
 if TYPE_CHECKING:
     from ultralytics.engine.trainer import BaseTrainer
 
-__all__ = ["UltralyticsAdapter", "available_model_yamls", "resolve_model"]
+__all__ = ["UltralyticsAdapter", "available_model_yamls", "check_pretrained", "resolve_model"]
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_IMAGE_SIZE = 640
@@ -120,6 +120,21 @@ def resolve_model(name: str) -> str:
     raise ValueError(f"unknown ultralytics model {name!r} (a model yaml or a local .pt){hint}")
 
 
+def check_pretrained(model: ModelConfig) -> None:
+    """`pretrained` needs a checkpoint: ultralytics' pretrained weights are a `.pt`, which trainers never download.
+
+    The trainer service runs this at StartTraining (server.py's `check_job`), the adapter again in `check()`.
+
+    Raises:
+        ConfigError: `pretrained` with a model yaml.
+    """
+    if model.pretrained and not model.name.endswith(".pt"):
+        raise ConfigError(
+            "model_config.pretrained: ultralytics pretrained weights come from a local .pt; "
+            "give its path as model_config.name"
+        )
+
+
 class UltralyticsAdapter(TrainingAdapter):
     """Trains a YOLO detector with ultralytics; see the module docstring for metrics and options."""
 
@@ -154,12 +169,8 @@ class UltralyticsAdapter(TrainingAdapter):
 
     def check(self) -> None:
         """Checks the model name, `pretrained` and the dataset without importing ultralytics' trainer."""
-        model = resolve_model(self.model_config.name)
-        if self.model_config.pretrained and not model.endswith(".pt"):
-            raise ConfigError(
-                "model_config.pretrained: ultralytics pretrained weights come from a local .pt; "
-                "give its path as model_config.name"
-            )
+        resolve_model(self.model_config.name)
+        check_pretrained(self.model_config)
         datasets.check_dataset(self.dataset_config)
         optimizer = self.advanced_config.optimizer
         if optimizer is not None and optimizer.lower() not in OPTIMIZERS:

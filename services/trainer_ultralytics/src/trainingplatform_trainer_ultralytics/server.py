@@ -72,9 +72,12 @@ def _dataset_paths(dataset: DatasetConfig) -> list[str]:
 
 
 def _check_job(job: JobRequest) -> None:
-    # The dataset as the adapter reads it, and the values ultralytics accepts several types for.
+    # The model and dataset rules of the adapter's own check(), and the values ultralytics accepts several
+    # types for. The adapter module imports no ultralytics.
     from trainingplatform_trainer_ultralytics import datasets
+    from trainingplatform_trainer_ultralytics.adapter import check_pretrained
 
+    check_pretrained(job.model)
     datasets.check_dataset(job.dataset)
     seed = job.advanced.seed
     if seed is not None and not 0 <= seed <= MAX_SEED:

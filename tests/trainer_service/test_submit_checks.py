@@ -1,0 +1,51 @@
+"""Spec values the training process used to refuse only after it started are refused by StartTraining (and its
+`validate_only`, which the backend's CreateJob asks) with the same message, starting nothing.
+
+Real services: `tp-trainer-timm` and `tp-trainer-ultralytics` with their real adapters; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from trainingplatform.common.v1 import common_pb2
+from trainingplatform.trainer.v1 import trainer_pb2
+
+from .trainer_process import TrainerProcess, spec
+
+
+@pytest.fixture(scope="module")
+def ultralytics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProcess]:
+    process = TrainerProcess(tmp_path_factory.mktemp("checks-ultra"), executable="tp-trainer-ultralytics").start()
+    yield process
+    process.close()
+
+
+def _ultra_spec() -> common_pb2.JobSpec:
+    return spec(framework="ultralytics", model="yolo11n.yaml", dataset="shapes", image_size=64)
+
+
+def _refused(trainer: TrainerProcess, job_id: str, job_spec: common_pb2.JobSpec, *, validate_only: bool) -> str:
+    """StartTraining's INVALID_ARGUMENT message; asserts that nothing started."""
+    request = trainer_pb2.StartTrainingRequest(job_id=job_id, spec=job_spec, validate_only=validate_only)
+    with pytest.raises(grpc.RpcError) as caught:
+        trainer.stub.StartTraining(request, metadata=trainer.metadata, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert not any(run.job_id == job_id for run in trainer.list_all())
+    assert not (trainer.data_dir / "runs" / job_id).exists()
+    return caught.value.details()
+
+
+@pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
+def test_ultralytics_pretrained_without_a_checkpoint_is_refused(
+    ultralytics: TrainerProcess, validate_only: bool
+) -> None:
+    job_spec = _ultra_spec()
+    job_spec.model.pretrained = True
+    details = _refused(ultralytics, f"pretrained-{validate_only}", job_spec, validate_only=validate_only)
+    assert details == (
+        "model_config.pretrained: ultralytics pretrained weights come from a local .pt; "
+        "give its path as model_config.name"
+    )
