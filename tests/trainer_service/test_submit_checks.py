@@ -17,6 +17,13 @@ from .trainer_process import TrainerProcess, spec
 
 
 @pytest.fixture(scope="module")
+def timm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProcess]:
+    process = TrainerProcess(tmp_path_factory.mktemp("checks-timm")).start()
+    yield process
+    process.close()
+
+
+@pytest.fixture(scope="module")
 def ultralytics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProcess]:
     process = TrainerProcess(tmp_path_factory.mktemp("checks-ultra"), executable="tp-trainer-ultralytics").start()
     yield process
@@ -49,3 +56,21 @@ def test_ultralytics_pretrained_without_a_checkpoint_is_refused(
         "model_config.pretrained: ultralytics pretrained weights come from a local .pt; "
         "give its path as model_config.name"
     )
+
+
+@pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
+def test_timm_num_classes_below_a_builtin_datasets_classes_is_refused(
+    timm: TrainerProcess, validate_only: bool
+) -> None:
+    job_spec = spec()
+    job_spec.model.num_classes = 1
+    details = _refused(timm, f"classes-{validate_only}", job_spec, validate_only=validate_only)
+    assert details == "model_config.num_classes is 1 but the dataset has 10 classes"
+
+
+def test_timm_num_classes_of_a_builtin_dataset_or_more_is_accepted(timm: TrainerProcess) -> None:
+    for num_classes in (10, 12):
+        job_spec = spec()
+        job_spec.model.num_classes = num_classes
+        request = trainer_pb2.StartTrainingRequest(job_id=f"classes-{num_classes}", spec=job_spec, validate_only=True)
+        assert timm.stub.StartTraining(request, metadata=timm.metadata, timeout=60).run_id == ""

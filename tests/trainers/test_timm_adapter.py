@@ -12,6 +12,7 @@ from recording import RecordingSink
 from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
 from trainingplatform_sdk.training.adapter import Status
 from trainingplatform_trainer_timm.adapter import TimmAdapter, lr_factor
+from trainingplatform_trainer_timm.datasets import BUILTIN_CLASS_COUNTS, BUILTIN_DATASETS
 
 EPOCH_KEYS = {
     "train/loss",
@@ -125,6 +126,14 @@ def test_missing_dataset_is_a_clear_error(tmp_path) -> None:
         make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(path=str(tmp_path / "half"))).train()
     with pytest.raises(ConfigError, match="unknown built-in dataset 'mnist'"):
         make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(name="mnist")).train()
+
+
+def test_builtin_class_counts_are_the_datasets_own() -> None:
+    """The counts the service checks `num_classes` against at submit, before any dataset is loaded."""
+    from sklearn.datasets import load_digits
+
+    assert {"digits": len(load_digits().target_names)} == BUILTIN_CLASS_COUNTS
+    assert set(BUILTIN_CLASS_COUNTS) == set(BUILTIN_DATASETS)
 
 
 def test_bad_extra_option_type_is_rejected(tmp_path) -> None:

@@ -161,6 +161,7 @@ class TimmAdapter(TrainingAdapter):
         else:
             resolve_model_name(name)
         datasets.check_dataset(self.dataset_config)
+        datasets.check_num_classes(self.model_config, self.dataset_config)
         extra = self.advanced_config.extra
         for key, kinds in (("num_threads", int), ("label_smoothing", (int, float)), ("drop_rate", (int, float))):
             if key in extra and (not isinstance(extra[key], kinds) or isinstance(extra[key], bool)):
@@ -239,11 +240,8 @@ class TimmAdapter(TrainingAdapter):
     def build_model(self) -> None:
         """Creates the model, optimizer, schedule and loss."""
         advanced = self.advanced_config
+        datasets.check_num_classes(self.model_config, self.dataset_config, len(self.classes))
         num_classes = self.model_config.num_classes or len(self.classes)
-        if num_classes < len(self.classes):
-            raise ConfigError(
-                f"model_config.num_classes is {num_classes} but the dataset has {len(self.classes)} classes"
-            )
         self.model_name = self.checkpoint_meta.get("model_name", self.model_config.name)
         self.model = self._create_model(num_classes).to(self.device)
         if "state_dict" in self.checkpoint_meta:

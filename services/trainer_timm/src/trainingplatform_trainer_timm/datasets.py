@@ -15,18 +15,22 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
-from trainingplatform_sdk.spec.configs import Augmentation, ConfigError, DatasetConfig
+from trainingplatform_sdk.spec.configs import Augmentation, ConfigError, DatasetConfig, ModelConfig
 
 __all__ = [
+    "BUILTIN_CLASS_COUNTS",
     "BUILTIN_DATASETS",
     "DIGITS_IMAGE_SIZE",
     "ClassificationData",
     "TensorImageDataset",
     "check_dataset",
+    "check_num_classes",
     "load_classification_data",
 ]
 
 BUILTIN_DATASETS = ("digits",)
+#: Classes of each built-in dataset, known without loading it: `num_classes` is checked against it at submit.
+BUILTIN_CLASS_COUNTS = {"digits": 10}
 #: Default input size of `digits`.
 DIGITS_IMAGE_SIZE = 32
 # Augmentation strengths used when `augmentation.enabled` is True and a field is left unset.
@@ -86,6 +90,30 @@ def check_dataset(config: DatasetConfig) -> None:
             raise FileNotFoundError(
                 f"dataset path {config.path!r} has no {split}/ directory (an ImageFolder dataset needs train/ and val/)"
             )
+
+
+def check_num_classes(model: ModelConfig, dataset: DatasetConfig, dataset_classes: int | None = None) -> None:
+    """Checks that `model.num_classes` (0: the dataset's) leaves room for every class of the dataset.
+
+    Args:
+        model: The model config.
+        dataset: The dataset config.
+        dataset_classes: The dataset's class count; None: a built-in dataset's known count (an ImageFolder's is
+            known only once it is read, so nothing is checked).
+
+    Raises:
+        ConfigError: Fewer classes than the dataset has.
+    """
+    if dataset_classes is None:
+        if dataset.resolved_format != "builtin":
+            return
+        dataset_classes = BUILTIN_CLASS_COUNTS.get(dataset.name)
+        if dataset_classes is None:
+            return
+    if model.num_classes and model.num_classes < dataset_classes:
+        raise ConfigError(
+            f"model_config.num_classes is {model.num_classes} but the dataset has {dataset_classes} classes"
+        )
 
 
 def load_classification_data(

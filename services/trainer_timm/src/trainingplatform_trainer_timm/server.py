@@ -73,10 +73,12 @@ def _advanced_defaults() -> dict[str, Any]:
 
 
 def _check_job(job: JobRequest) -> None:
-    # The train/ and val/ subdirectories of an ImageFolder dataset, checked the way the adapter will read them.
+    # The train/ and val/ subdirectories of an ImageFolder dataset, checked the way the adapter will read them,
+    # and num_classes against a built-in dataset's classes.
     from trainingplatform_trainer_timm import datasets
 
     datasets.check_dataset(job.dataset)
+    datasets.check_num_classes(job.model, job.dataset)
     _check_optimizer(job)
 
 
