@@ -492,6 +492,46 @@ def test_a_reconnect_with_last_event_id_misses_nothing_and_repeats_nothing(
     assert bad.status_code == 400
 
 
+@pytest.mark.parametrize(
+    "after",
+    [
+        "m0l0s0e9999999999999999",
+        "e1000000001",  # the backend's limit: the last epoch (999999999) + 1
+        "m9007199254740992",  # 2**53: past the backend's MAX_SEQUENCE
+        "l9999999999999999",
+        "s9999999999999999",
+        "m00000000000000000",  # 17 digits
+    ],
+)
+def test_events_refuse_a_cursor_part_out_of_range_before_the_stream_starts(
+    backend: BackendProcess, dashboard: DashboardProcess, after: str
+) -> None:
+    job_id, _ = backend.create_job()
+    client = logged_in(dashboard)
+    for headers, query in (({}, f"?after={after}"), ({"Last-Event-ID": after}, "")):
+        with client.stream("GET", f"/api/jobs/{job_id}/events{query}", headers=headers, timeout=10) as response:
+            assert response.status_code == 400, (after, response.status_code)
+            response.read()
+            error = response.json()["error"]
+        assert error["code"] == "INVALID_ARGUMENT" and error["field"] == "after", error
+
+
+def test_events_accept_the_largest_cursor_the_backend_takes(
+    backend: BackendProcess, dashboard: DashboardProcess
+) -> None:
+    job_id, _ = backend.create_job()
+    client = logged_in(dashboard)
+    reader = SseReader(client, f"/api/jobs/{job_id}/events?after=m9007199254740991l0s0e1000000000")
+    try:
+        assert reader.status_code == 200
+        event = reader.next(timeout=5)
+        assert event is None or event.event != "error", event
+    except queue.Empty:
+        pass  # nothing to send, and no error
+    finally:
+        reader.close()
+
+
 def test_two_tabs_share_one_backend_subscription(
     backend: BackendProcess, dashboard: DashboardProcess, tmp_path: Path
 ) -> None:

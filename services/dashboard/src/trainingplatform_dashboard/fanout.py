@@ -30,6 +30,7 @@ from typing import Any
 
 import grpc
 from trainingplatform.jobs.v1 import jobs_pb2
+from trainingplatform_sdk.spec import limits
 
 from trainingplatform_dashboard import convert, metrics
 from trainingplatform_dashboard.backend import Backend
@@ -75,7 +76,17 @@ class Cursor:
         match = _CURSOR.match(text.strip())
         if match is None:
             raise ValueError(f"not a dashboard event id: {text[:40]!r}")
-        return cls(*(int(part) if part else 0 for part in match.groups()))
+        cursor = cls(*(int(part) if part else 0 for part in match.groups()))
+        # The backend's SubscribeTelemetry bounds: a part past them would fail inside the stream, after a 200.
+        for letter, value, high in (
+            ("m", cursor.m, limits.MAX_SEQUENCE),
+            ("l", cursor.l, limits.MAX_SEQUENCE),
+            ("s", cursor.s, limits.MAX_STATUS_SEQUENCE),
+            ("e", cursor.e, limits.MAX_EPOCH + 1),
+        ):
+            if value > high:
+                raise ValueError(f"event id {text[:40]!r}: {letter} must be at most {high}, got {value}")
+        return cursor
 
     @classmethod
     def from_proto(cls, cursor: jobs_pb2.TelemetryCursor) -> Cursor:
