@@ -74,3 +74,41 @@ def test_timm_num_classes_of_a_builtin_dataset_or_more_is_accepted(timm: Trainer
         job_spec.model.num_classes = num_classes
         request = trainer_pb2.StartTrainingRequest(job_id=f"classes-{num_classes}", spec=job_spec, validate_only=True)
         assert timm.stub.StartTraining(request, metadata=timm.metadata, timeout=60).run_id == ""
+
+
+@pytest.mark.parametrize(
+    ("key", "suggested"),
+    [("optimiser", "'optimizer'"), ("weight_decai", "'weight_decay'"), ("augmentation.scal", "'augmentation.scale'")],
+)
+def test_timm_unknown_advanced_key_suggests_every_valid_key(timm: TrainerProcess, key: str, suggested: str) -> None:
+    """`--advanced-config '{"optimiser": "sgd"}'`: the unknown key lands in `extra`; the suggestion and the hint
+    cover the typed fields too, not only timm's own extra options."""
+    job_spec = spec(extra={key: "sgd"})
+    details = _refused(timm, "unknown-key", job_spec, validate_only=True)
+    assert f"unknown timm option {key!r}" in details
+    assert f"did you mean {suggested}" in details
+
+
+def test_timm_unknown_advanced_key_lists_every_valid_key(timm: TrainerProcess) -> None:
+    details = _refused(timm, "unknown-key", spec(extra={"zzz": 1}), validate_only=True)
+    assert "valid keys: " in details
+    listed = details.split("valid keys: ", 1)[1]
+    for key in ("optimizer", "lr_scheduler", "seed", "augmentation.scale", "drop_rate", "num_threads"):
+        assert key in listed, details
+
+
+def test_ultralytics_unknown_advanced_key_still_suggests(ultralytics: TrainerProcess) -> None:
+    details = _refused(ultralytics, "unknown-key", _set_extra(_ultra_spec(), {"optimiser": "SGD"}), validate_only=True)
+    assert "did you mean 'optimizer'" in details
+
+
+def _set_extra(job_spec: common_pb2.JobSpec, extra: dict[str, object]) -> common_pb2.JobSpec:
+    job_spec.advanced.extra.update(extra)
+    return job_spec
+
+
+def test_a_typed_field_put_under_extra_names_the_field(timm: TrainerProcess) -> None:
+    details = _refused(timm, "typed-in-extra", _set_extra(spec(), {"optimizer": "sgd"}), validate_only=True)
+    assert details == (
+        "advanced_config.extra: 'optimizer' is not a timm option but a field: set advanced_config.optimizer instead"
+    )

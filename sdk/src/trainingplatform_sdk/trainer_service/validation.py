@@ -6,6 +6,7 @@ servicer runs it in a worker thread.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -20,7 +21,14 @@ from trainingplatform.trainer.v1 import trainer_pb2
 from trainingplatform_sdk.channel import parse_backend_address
 from trainingplatform_sdk.errors import QUOTE_CHARS, InvalidArgumentError, NotFoundError, quote
 from trainingplatform_sdk.spec import limits as spec_limits
-from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.spec.configs import (
+    AdvancedConfig,
+    Augmentation,
+    ConfigError,
+    DatasetConfig,
+    ModelConfig,
+    TrainingConfig,
+)
 from trainingplatform_sdk.spec.validation import validate_spec
 from trainingplatform_sdk.trainer_service.framework import Catalog, ExtraOption, HostLimits
 from trainingplatform_sdk.trainer_service.job import JobRequest
@@ -29,6 +37,11 @@ __all__ = ["suggest", "validate_job_id", "validate_start"]
 
 #: Extra keys every adapter reads the same way: torch's CPU threads, at most the CPU count.
 THREAD_KEYS = ("num_threads",)
+#: The typed `advanced_config` keys every framework takes, as written at the top level of `advanced_config`.
+TYPED_ADVANCED_KEYS = (
+    *(f.name for f in dataclasses.fields(AdvancedConfig) if f.name not in ("augmentation", "extra", "unknown_keys")),
+    *(f"augmentation.{f.name}" for f in dataclasses.fields(Augmentation)),
+)
 _DATA_ROOTS_HINT = (
     "allow a directory with TP_DATA_ROOTS or --data-roots on the trainer service (or `tp up --data-root` for the "
     "local stack)"
@@ -160,8 +173,16 @@ def _check_advanced(job: JobRequest, catalog: Catalog) -> None:
     for key, value in advanced.extra.items():
         where = f"advanced_config.extra.{key[:QUOTE_CHARS]}"
         option = options.get(key)
+        if option is None and key in TYPED_ADVANCED_KEYS:
+            raise InvalidArgumentError(
+                f"advanced_config.extra: {quote(key)} is not a {description.framework} option but a field: "
+                f"set advanced_config.{key} instead"
+            )
         if option is None:
-            hint = suggest(key, options) or f"; valid keys: {_short_list(sorted(options))}"
+            # A misspelt typed field (`optimiser`) lands in `extra` too: the hint covers every key the framework
+            # takes, the typed fields first, so that the nearest one is suggested whichever kind it is.
+            valid = [*TYPED_ADVANCED_KEYS, *sorted(set(options) - set(TYPED_ADVANCED_KEYS))]
+            hint = suggest(key, valid) or f"; valid keys: {_short_list(valid, most=len(TYPED_ADVANCED_KEYS) + 12)}"
             raise InvalidArgumentError(
                 f"advanced_config.extra: unknown {description.framework} option {quote(key)}{hint}"
             )
