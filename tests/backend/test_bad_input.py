@@ -130,6 +130,18 @@ CASES = [
         "wall_time",
     ),
     (
+        "wall time past the year 9999",
+        lambda b, j, t: b.telemetry().StreamMetrics(iter([metrics(j, point(wall_time=1e300))]), metadata=auth(t)),
+        INVALID,
+        "9999-12-31",
+    ),
+    (
+        "wall time before the year 1",
+        lambda b, j, t: b.telemetry().StreamMetrics(iter([metrics(j, point(wall_time=-1e30))]), metadata=auth(t)),
+        INVALID,
+        "0001-01-01",
+    ),
+    (
         "points and columns in one message",
         lambda b, j, t: stream_columns(
             b,
@@ -174,6 +186,12 @@ CASES = [
     (
         "NaN wall time in columns",
         lambda b, j, t: stream_columns(b, t, columns(j, wall_times=[1.0, math.nan])),
+        INVALID,
+        "wall_time",
+    ),
+    (
+        "wall time past the year 9999 in columns",
+        lambda b, j, t: stream_columns(b, t, columns(j, wall_times=[1.0, 3e11])),
         INVALID,
         "wall_time",
     ),
@@ -233,6 +251,12 @@ CASES = [
         "LogLevel",
     ),
     (
+        "log wall time past the year 9999",
+        lambda b, j, t: b.telemetry().StreamLogs(iter([log_request(j, wall_time=1e300)]), metadata=auth(t)),
+        INVALID,
+        "wall_time",
+    ),
+    (
         "negative log epoch",
         lambda b, j, t: b.telemetry().StreamLogs(iter([log_request(j, epoch=-1)]), metadata=auth(t)),
         INVALID,
@@ -260,6 +284,14 @@ CASES = [
         ),
         INVALID,
         "epoch",
+    ),
+    (
+        "epoch summary without a summary",
+        lambda b, j, t: b.telemetry().RecordEpochSummary(
+            telemetry_pb2.RecordEpochSummaryRequest(job_id=j), metadata=auth(t)
+        ),
+        INVALID,
+        "summary is required",
     ),
     (
         "artifact without URI",

@@ -89,8 +89,21 @@ def _check_common(
         raise InvalidArgumentError(
             f"{what} epoch must be at most {limits.MAX_EPOCH} (MAX_EPOCH); got {max(present_epochs)}"
         )
-    if not all(map(math.isfinite, wall_times)):
-        raise InvalidArgumentError(f"{what} wall_time must be a finite number of seconds since the Unix epoch")
+    if (
+        not all(map(math.isfinite, wall_times))
+        or min(wall_times) < limits.MIN_TIMESTAMP_SECONDS
+        or max(wall_times) > limits.MAX_TIMESTAMP_SECONDS
+    ):
+        raise InvalidArgumentError(
+            f"{what} wall_time must be seconds since the Unix epoch from 0001-01-01 to 9999-12-31 "
+            f"({limits.MIN_TIMESTAMP_SECONDS} to {limits.MAX_TIMESTAMP_SECONDS}); got {_worst(wall_times)}"
+        )
+
+
+def _worst(wall_times: Sequence[float]) -> float:
+    """The first wall time out of range (for the error message)."""
+    low, high = limits.MIN_TIMESTAMP_SECONDS, limits.MAX_TIMESTAMP_SECONDS
+    return next(t for t in wall_times if not low <= t <= high)
 
 
 def _one_in_range(sequence: int, step: int | None, epoch: int | None, wall_time: float) -> bool:
@@ -100,7 +113,7 @@ def _one_in_range(sequence: int, step: int | None, epoch: int | None, wall_time:
         1 <= sequence <= limits.MAX_SEQUENCE
         and (step is None or 0 <= step <= limits.MAX_STEP)
         and (epoch is None or 0 <= epoch <= limits.MAX_EPOCH)
-        and math.isfinite(wall_time)
+        and limits.MIN_TIMESTAMP_SECONDS <= wall_time <= limits.MAX_TIMESTAMP_SECONDS  # False for NaN as well
     )
 
 

@@ -527,6 +527,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         authorize_job(request.job_id)
         await self._backend.check_attempt(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
+        if not request.HasField("summary"):
+            raise InvalidArgumentError("summary is required: the epoch's number, duration_seconds and metrics")
         summary = request.summary
         if summary.epoch < 0 or summary.epoch > limits.MAX_EPOCH:
             raise InvalidArgumentError(

@@ -123,7 +123,7 @@ class TrainingTelemetryServiceServicer:
 
         Errors: INVALID_ARGUMENT (first message without a job id, a job_id that is not one, a later message naming
         another job, a field out of its range: an empty, over-long or control-character key, a sequence, step or
-        epoch out of its bounds, a wall_time that is not finite, a message with both `points` and `columns`, columns
+        epoch out of its bounds, a wall_time that is not finite or outside 0001-01-01 to 9999-12-31, a message with both `points` and `columns`, columns
         of different lengths, a key index past `keys`), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a message over
         the server's size limit), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is shutting down; resume
         from the cursor).
@@ -160,7 +160,7 @@ class TrainingTelemetryServiceServicer:
         """Records the summary of one epoch (the old `log_epoch_summary`). Idempotent per (job, epoch): a resent
         summary replaces the stored one.
 
-        Errors: INVALID_ARGUMENT (epoch or duration out of its range, bad metric key, too many metrics, an end_time
+        Errors: INVALID_ARGUMENT (no summary, epoch or duration out of its range, bad metric key, too many metrics, an end_time
         that is not a valid Timestamp), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -50,7 +50,8 @@ export declare type MetricPoint = Message<"trainingplatform.telemetry.v1.MetricP
   epoch?: bigint | undefined;
 
   /**
-   * When the value was logged, in seconds since the Unix epoch (UTC), with sub-second precision. Finite.
+   * When the value was logged, in seconds since the Unix epoch (UTC), with sub-second precision. Finite, from
+   * 0001-01-01 to 9999-12-31 (-62135596800 to 253402300799).
    *
    * @generated from field: double wall_time = 5;
    */
@@ -247,7 +248,8 @@ export declare type LogRecord = Message<"trainingplatform.telemetry.v1.LogRecord
   step?: bigint | undefined;
 
   /**
-   * When the record was emitted, in seconds since the Unix epoch (UTC). Finite.
+   * When the record was emitted, in seconds since the Unix epoch (UTC). Finite, from 0001-01-01 to 9999-12-31, as
+   * MetricPoint.wall_time.
    *
    * @generated from field: double wall_time = 5;
    */
@@ -484,7 +486,7 @@ export declare type RecordEpochSummaryRequest = Message<"trainingplatform.teleme
   jobId: string;
 
   /**
-   * The summary.
+   * The summary. Required.
    *
    * @generated from field: trainingplatform.telemetry.v1.EpochSummary summary = 2;
    */
@@ -711,7 +713,7 @@ export declare const TrainingTelemetryService: GenService<{
    *
    * Errors: INVALID_ARGUMENT (first message without a job id, a job_id that is not one, a later message naming
    * another job, a field out of its range: an empty, over-long or control-character key, a sequence, step or
-   * epoch out of its bounds, a wall_time that is not finite, a message with both `points` and `columns`, columns
+   * epoch out of its bounds, a wall_time that is not finite or outside 0001-01-01 to 9999-12-31, a message with both `points` and `columns`, columns
    * of different lengths, a key index past `keys`), NOT_FOUND (unknown job), RESOURCE_EXHAUSTED (a message over
    * the server's size limit), UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (the server is shutting down; resume
    * from the cursor).
@@ -757,7 +759,7 @@ export declare const TrainingTelemetryService: GenService<{
    * Records the summary of one epoch (the old `log_epoch_summary`). Idempotent per (job, epoch): a resent
    * summary replaces the stored one.
    *
-   * Errors: INVALID_ARGUMENT (epoch or duration out of its range, bad metric key, too many metrics, an end_time
+   * Errors: INVALID_ARGUMENT (no summary, epoch or duration out of its range, bad metric key, too many metrics, an end_time
    * that is not a valid Timestamp), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
    *
    * @generated from rpc trainingplatform.telemetry.v1.TrainingTelemetryService.RecordEpochSummary
