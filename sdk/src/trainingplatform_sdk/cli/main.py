@@ -41,6 +41,7 @@ from trainingplatform_sdk.cli.frameworks import add_frameworks_command
 from trainingplatform_sdk.cli.output import (
     CliError,
     cell,
+    clock,
     fmt_value,
     follow,
     plot_families,
@@ -364,17 +365,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
         args.job = resolve_job(client, args.job)
         if not args.follow:
             for line in client.logs(args.job, min_level=args.level or ""):
-                print(
-                    f"{time.strftime('%H:%M:%S', time.localtime(line.wall_time))} [{line.level.lower()}] {line.message}"
-                )
+                print(f"{clock(line.wall_time)} [{line.level.lower()}] {line.message}")
             return 0
         for event in client.subscribe(args.job):
             for line in event.logs:
-                print(
-                    f"{time.strftime('%H:%M:%S', time.localtime(line.wall_time))} [{line.level.lower()}] "
-                    f"{line.message}",
-                    flush=True,
-                )
+                print(f"{clock(line.wall_time)} [{line.level.lower()}] {line.message}", flush=True)
     return 0
 
 

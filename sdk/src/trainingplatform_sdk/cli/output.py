@@ -40,6 +40,15 @@ def cell(text: str, width: int, out: TextIO = sys.stdout) -> str:
     return f"{text:{width}}"
 
 
+def clock(wall_time: float) -> str:
+    """A wall time as the local HH:MM:SS, or `--:--:--` for one no clock shows (not finite, or past what the
+    platform's time functions take: data stored before the backend checked the range)."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(wall_time))
+    except (OverflowError, OSError, ValueError):
+        return "--:--:--"
+
+
 def fmt_value(value: float) -> str:
     if math.isnan(value) or math.isinf(value):
         return str(value)
