@@ -51,3 +51,17 @@ def test_unreachable_s3_endpoint(run_training, s3, mlflow_server) -> None:
     url = unreachable_url()
     run = run_training({**s3.env(), "AWS_S3_ENDPOINT_URL": url, "MLFLOW_TRACKING_URI": mlflow_server.uri})
     assert_failed_at_start(run, f"AWS_S3_ENDPOINT_URL={url} is not reachable", secrets=(s3.secret_key,))
+
+
+def test_credentials_in_the_s3_endpoint_are_never_shown(run_training) -> None:
+    """botocore repeats the endpoint URL, user:password included, in its own message: the job's error must not."""
+    url = unreachable_url()
+    env = {
+        "AWS_S3_ENDPOINT_URL": url.replace("//", "//u:pw-s3cr3t@"),
+        "TP_ARTIFACTS_BUCKET": "bkt",
+        "AWS_ACCESS_KEY_ID": "key-id",
+        "AWS_SECRET_ACCESS_KEY": "key-secret",
+    }
+    run = run_training(env)
+    assert_failed_at_start(run, f"AWS_S3_ENDPOINT_URL={url} is not reachable", secrets=("pw-s3cr3t", "u:pw"))
+    assert f'"{url}/bkt"' in run.job.error_message  # botocore's URL stays, without its credentials

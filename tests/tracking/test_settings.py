@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 from trainingplatform_sdk.training.artifacts import StorageError, StorageSettings
 from trainingplatform_sdk.training.recorder import RecorderSettings
-from trainingplatform_sdk.training.tracking import TrackingSettings, flatten_params, metric_name, redact_uri
+from trainingplatform_sdk.training.tracking import (
+    TrackingSettings,
+    flatten_params,
+    metric_name,
+    redact_uri,
+    redact_urls,
+)
 
 
 def test_defaults_are_local_stores_in_the_data_dir(tmp_path: Path) -> None:
@@ -59,6 +65,22 @@ def test_an_endpoint_without_a_bucket_is_an_error_naming_both(tmp_path: Path) ->
 def test_uris_are_shown_without_credentials(uri: str, shown: str) -> None:
     assert redact_uri(uri) == shown
     assert TrackingSettings(tracking_uri=uri).display_uri == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            'Could not connect to the endpoint URL: "http://u:pw@127.0.0.1:1/bkt"',
+            'Could not connect to the endpoint URL: "http://127.0.0.1:1/bkt"',
+        ),
+        ("at https://a:b@s3:8333/x and http://c:d@other/ too", "at https://s3:8333/x and http://other/ too"),
+        ("no URL: user:password@host", "no URL: user:password@host"),
+        ("sqlite:////data/mlflow.db and http://host/a@b", "sqlite:////data/mlflow.db and http://host/a@b"),
+    ],
+)
+def test_urls_inside_a_message_lose_their_credentials(text: str, shown: str) -> None:
+    assert redact_urls(text) == shown
 
 
 def test_configs_flatten_into_mlflow_params() -> None:

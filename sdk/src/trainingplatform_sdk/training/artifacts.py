@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from trainingplatform_sdk.errors import StorageError
 from trainingplatform_sdk.training.files import store_file
-from trainingplatform_sdk.training.tracking import redact_uri
+from trainingplatform_sdk.training.tracking import redact_uri, redact_urls
 
 __all__ = [
     "MULTIPART_THRESHOLD",
@@ -208,7 +208,11 @@ class S3ArtifactStore:
         return self.uri(name)
 
     def _error(self, error: Exception, action: str) -> StorageError:
-        """A StorageError naming the setting behind a boto3 error."""
+        """A StorageError naming the setting behind a boto3 error, with the credentials of every URL in it
+        removed (botocore's messages repeat the endpoint URL as it was given)."""
+        return StorageError(redact_urls(self._describe(error, action)))
+
+    def _describe(self, error: Exception, action: str) -> str:
         from botocore.exceptions import (
             ClientError,
             ConnectTimeoutError,
@@ -219,28 +223,26 @@ class S3ArtifactStore:
 
         endpoint, bucket = self.settings.endpoint_setting, f"TP_ARTIFACTS_BUCKET={self.bucket!r}"
         if isinstance(error, NoCredentialsError):
-            return StorageError(f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set; {bucket} needs them")
+            return f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set; {bucket} needs them"
         if isinstance(error, EndpointConnectionError | ConnectTimeoutError):
-            return StorageError(f"{endpoint} is not reachable ({action}): {error}")
+            return f"{endpoint} is not reachable ({action}): {error}"
         if isinstance(error, ParamValidationError):
-            return StorageError(f"{bucket} is not a valid bucket name: {error}")
+            return f"{bucket} is not a valid bucket name: {error}"
         if isinstance(error, ClientError):
             code = str(error.response.get("Error", {}).get("Code", ""))
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             message = error.response.get("Error", {}).get("Message", "") or code
             if code in ("404", "NoSuchBucket"):
-                return StorageError(f"{bucket} does not exist at {endpoint}: create it or fix the name")
+                return f"{bucket} does not exist at {endpoint}: create it or fix the name"
             if status in (401, 403) or code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
-                return StorageError(
+                return (
                     f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY were rejected by {endpoint} for {bucket} "
                     f"({action}: {status} {message}): check the keys and their access to the bucket"
                 )
             if status == 301 or code in ("PermanentRedirect", "AuthorizationHeaderMalformed"):
-                return StorageError(
-                    f"{bucket} is in another region than AWS_REGION={self.settings.region!r}: {message}"
-                )
-            return StorageError(f"{action} failed at {endpoint} for {bucket}: {status} {message}")
-        return StorageError(f"{action} failed at {endpoint} for {bucket}: {type(error).__name__}: {error}")
+                return f"{bucket} is in another region than AWS_REGION={self.settings.region!r}: {message}"
+            return f"{action} failed at {endpoint} for {bucket}: {status} {message}"
+        return f"{action} failed at {endpoint} for {bucket}: {type(error).__name__}: {error}"
 
 
 def open_store(settings: StorageSettings, job_id: str) -> ArtifactStore:

@@ -53,6 +53,7 @@ __all__ = [
     "TrackingSettings",
     "flatten_params",
     "redact_uri",
+    "redact_urls",
 ]
 
 _log = logging.getLogger(__name__)
@@ -147,6 +148,17 @@ def redact_uri(uri: str) -> str:
         return uri  # unchanged: urlunsplit would turn `sqlite:////abs/path` into `sqlite://abs/path`
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(kept), parts.fragment))
+
+
+#: A URL inside free text (an exception's message): a scheme, `://`, then anything up to a space or a quote.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>`]+")
+
+
+def redact_urls(text: str) -> str:
+    """Returns `text` with every URL in it passed through `redact_uri`: a library's message (botocore's
+    `Could not connect to the endpoint URL: "http://user:password@host/bucket"`) repeats the URL it was given,
+    credentials included."""
+    return _URL_IN_TEXT.sub(lambda match: redact_uri(match.group(0)), text)
 
 
 def flatten_params(sections: Mapping[str, Any]) -> dict[str, str]:
@@ -275,7 +287,7 @@ def _describe(error: BaseException, settings: TrackingSettings) -> str:
     if settings.tracking_uri != settings.display_uri:
         text = text.replace(settings.tracking_uri, settings.display_uri)
         text = text.replace(settings.tracking_uri.rstrip("/"), settings.display_uri.rstrip("/"))
-    return text[:500]
+    return redact_urls(text)[:500]
 
 
 def _http_status(error: BaseException) -> int | None:
