@@ -376,11 +376,6 @@ def test_create_leaves_the_epochs_ceiling_to_the_backend(backend: BackendProcess
     assert error["field"] == "spec.training.epochs" and "10000" in error["message"], error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the message is trainingplatform_sdk.spec.validate_spec's: with a client's default max_epochs it states "
-    "limits.MAX_EPOCHS (1000000) as the bound; to be fixed in sdk/src/trainingplatform_sdk/spec",
-)
 def test_create_states_no_wrong_epochs_bound_for_too_few(backend: BackendProcess, dashboard: DashboardProcess) -> None:
     client = logged_in(dashboard)
     headers = csrf(client)

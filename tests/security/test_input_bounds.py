@@ -418,3 +418,29 @@ def test_a_backend_with_a_smaller_spec_limit_refuses_a_larger_spec(tmp_path: Pat
         process.create_job()  # a small spec still passes
     finally:
         process.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "wanted", "not_wanted"),
+    [
+        # A client does not know the server's TP_MAX_EPOCHS: too few epochs must not state a ceiling it made up.
+        ("training.epochs", -3, "spec.training.epochs must be at least 1; got -3", str(limits.MAX_EPOCHS)),
+        ("framework", "TIMM", "spec.framework must be a lower-case name", "is required"),
+        ("framework", "", "spec.framework is required", "must be a lower-case"),
+    ],
+)
+def test_validate_spec_says_what_is_wrong_and_nothing_it_does_not_know(
+    path: str, value: object, wanted: str, not_wanted: str
+) -> None:
+    from trainingplatform_sdk.errors import InvalidArgumentError
+    from trainingplatform_sdk.spec.validation import validate_spec
+
+    spec = _spec()
+    *parents, leaf = path.split(".")
+    target = spec
+    for parent in parents:
+        target = getattr(target, parent)
+    setattr(target, leaf, value)
+    with pytest.raises(InvalidArgumentError) as caught:
+        validate_spec(spec)
+    assert wanted in str(caught.value) and not_wanted not in str(caught.value), str(caught.value)

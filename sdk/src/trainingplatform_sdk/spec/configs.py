@@ -23,6 +23,7 @@ from google.protobuf import json_format
 from trainingplatform.common.v1 import common_pb2
 
 from trainingplatform_sdk.errors import ConfigError, quote
+from trainingplatform_sdk.spec import limits
 from trainingplatform_sdk.spec.validation import check_finite_struct
 
 __all__ = [
@@ -72,6 +73,16 @@ def _check_range(where: str, value: float | None, low: float, high: float, *, hi
     if math.isnan(value) or value < low or too_high:
         bracket = ")" if high_open else "]"
         raise ConfigError(f"{where}: must be in [{low}, {high}{bracket}, got {quote(value)}")
+
+
+def _check_count(where: str, value: int | None, low: int, high: int) -> None:
+    """A whole number from `low` to `high` (the contract's bounds, within its protobuf field's range)."""
+    if value is None:
+        return
+    if value < low:
+        raise ConfigError(f"{where}: must be at least {low}, got {value}")
+    if value > high:
+        raise ConfigError(f"{where}: must be at most {high}, got {value}")
 
 
 class _Config:
@@ -132,10 +143,8 @@ class ModelConfig(_Config):
             raise ConfigError("model_config.name: required")
         if len(self.name) > 250:
             raise ConfigError("model_config.name: at most 250 characters")
-        if self.num_classes < 0:
-            raise ConfigError(f"model_config.num_classes: must be at least 0, got {self.num_classes}")
-        if self.image_size < 0:
-            raise ConfigError(f"model_config.image_size: must be at least 0, got {self.image_size}")
+        _check_count("model_config.num_classes", self.num_classes, 0, limits.MAX_NUM_CLASSES)
+        _check_count("model_config.image_size", self.image_size, 0, limits.MAX_IMAGE_SIZE)
 
     @classmethod
     def from_proto(cls, message: common_pb2.ModelConfig) -> Self:
@@ -214,12 +223,11 @@ class TrainingConfig(_Config):
 
     def __post_init__(self) -> None:
         self._check_field_types()
-        if self.epochs < 1:
-            raise ConfigError(f"training_config.epochs: must be at least 1, got {self.epochs}")
-        for name in ("batch_size", "log_every_n_steps", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"training_config.{name}: must be at least 0, got {getattr(self, name)}")
-        _check_range("training_config.learning_rate", self.learning_rate, 0.0, math.inf)
+        _check_count("training_config.epochs", self.epochs, 1, limits.MAX_EPOCHS)
+        _check_count("training_config.batch_size", self.batch_size, 0, limits.MAX_BATCH_SIZE)
+        _check_count("training_config.log_every_n_steps", self.log_every_n_steps, 0, limits.MAX_LOG_EVERY_N_STEPS)
+        _check_count("training_config.num_workers", self.num_workers, 0, limits.MAX_NUM_WORKERS)
+        _check_range("training_config.learning_rate", self.learning_rate, 0.0, limits.MAX_LEARNING_RATE)
         self.device = self.device or "auto"
         index = self.device.removeprefix("cuda:")
         if self.device not in DEVICE_CHOICES and not (self.device.startswith("cuda:") and index.isdigit()):
@@ -319,9 +327,10 @@ class AdvancedConfig(_Config):
             raise ConfigError(
                 f"advanced_config.lr_scheduler: must be one of {list(LR_SCHEDULERS)}, got {quote(self.lr_scheduler)}"
             )
-        _check_range("advanced_config.weight_decay", self.weight_decay, 0.0, math.inf)
+        _check_range("advanced_config.weight_decay", self.weight_decay, 0.0, limits.MAX_WEIGHT_DECAY)
         _check_range("advanced_config.momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _check_range("advanced_config.warmup_epochs", self.warmup_epochs, 0.0, math.inf)
+        _check_range("advanced_config.warmup_epochs", self.warmup_epochs, 0.0, limits.MAX_WARMUP_EPOCHS)
+        _check_count("advanced_config.seed", self.seed, 0, limits.MAX_SEED)
         if not isinstance(self.augmentation, Augmentation):
             raise ConfigError("advanced_config.augmentation: expected an Augmentation")
         if not isinstance(self.extra, dict) or not all(isinstance(k, str) for k in self.extra):

@@ -160,8 +160,9 @@ def validate_spec(
     if size > max_spec_bytes:
         raise InvalidArgumentError(f"spec is {size} bytes serialized; the limit is {max_spec_bytes}")
     if not FRAMEWORK_NAME.match(spec.framework):
+        what = "is required:" if not spec.framework else "must be"
         raise InvalidArgumentError(
-            "spec.framework is required: a lower-case name such as `timm` or `ultralytics`, at most "
+            f"spec.framework {what} a lower-case name such as `timm` or `ultralytics`, at most "
             f"{limits.MAX_SHORT_NAME_CHARS} characters; got {quote(spec.framework)}"
         )
     model = spec.model
@@ -175,6 +176,8 @@ def validate_spec(
     if not dataset.name and not dataset.path:
         raise InvalidArgumentError("spec.dataset needs a built-in name (e.g. `digits`) or a path")
     training = spec.training
+    if training.epochs < 1:  # the bound above is the server's: a client's default ceiling is not worth stating here
+        raise InvalidArgumentError(f"spec.training.epochs must be at least 1; got {training.epochs}")
     check_int(training.epochs, "spec.training.epochs", 1, max_epochs)
     check_int(training.batch_size, "spec.training.batch_size", 0, limits.MAX_BATCH_SIZE)
     check_int(training.log_every_n_steps, "spec.training.log_every_n_steps", 0, limits.MAX_LOG_EVERY_N_STEPS)
