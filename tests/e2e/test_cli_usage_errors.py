@@ -282,3 +282,12 @@ def test_a_token_file_with_a_control_character_names_the_file(seeded: Seeded, tm
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(tmp_path / "frontend_auth_token") in lines[0], result.stderr
     assert "printable ASCII" in lines[0]
+
+
+def test_tls_to_a_plaintext_backend_is_one_line_without_grpc_log_lines(seeded: Seeded):
+    # An https:// address for a backend that speaks plaintext: the TLS handshake fails. gRPC's core printed its
+    # "Handshake failed" lines on stderr before the CLI's own error.
+    result = seeded.tp("--backend", f"https://{seeded.backend.address}", "jobs")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no backend answers at https://"), result.stderr
