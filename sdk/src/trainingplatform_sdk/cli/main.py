@@ -51,7 +51,7 @@ from trainingplatform_sdk.cli.output import (
     safe_write,
 )
 from trainingplatform_sdk.cli.run import add_run_parser
-from trainingplatform_sdk.clients import Connection, Job, JobsClient, config_path, resolve_connection
+from trainingplatform_sdk.clients import Connection, Job, JobsClient, resolve_connection
 from trainingplatform_sdk.clients.jobs import JOB_STATUS_NAMES, LOG_LEVEL_NAMES
 from trainingplatform_sdk.errors import PlatformError, UnauthenticatedError, UnavailableError
 
@@ -69,64 +69,10 @@ def _data_dir_given(argv: Sequence[str]) -> bool:
     return any(arg == "--data-dir" or arg.startswith("--data-dir=") for arg in argv)
 
 
-_CONFIG_KEYS = ("backend_address", "token_file", "data_dir")
-
-
-def check_config() -> None:
-    """A per-user config that exists (`config_path()`, TP_CONFIG) must be a JSON object whose known keys are
-    strings: `read_config` passes over a malformed one, and the user would be told, wrongly, that there is no
-    token.
-
-    Raises:
-        CliError: the file cannot be read or is malformed; the message names it and what is wrong.
-    """
-    path = config_path()
-    where = f"the config {path}" + (" (TP_CONFIG)" if os.environ.get("TP_CONFIG", "").strip() else "")
-    remedy = "fix it, or remove it and run `tp up` to write it again"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return
-    except UnicodeDecodeError:
-        raise CliError(f"{where} is not UTF-8 text: {remedy}") from None
-    except OSError as error:
-        raise CliError(f"cannot read {where}: {error.strerror or error}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise CliError(f"{where} is not valid JSON ({error}): {remedy}") from None
-    if not isinstance(data, dict):
-        raise CliError(f"{where} must hold a JSON object ({', '.join(_CONFIG_KEYS)}), not {_json_type(data)}: {remedy}")
-    for key in _CONFIG_KEYS:
-        if key in data and not isinstance(data[key], str):
-            raise CliError(f"{where}: {key} must be a string, not {_json_type(data[key])}: {remedy}")
-
-
-def _json_type(value: object) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
-    return "null" if value is None else names.get(type(value), "a number")
-
-
-def check_token(connection: Connection) -> None:
-    """The token must be printable ASCII (it travels in a gRPC header): anything else would end in gRPC's own
-    log lines and 'Invalid metadata'.
-
-    Raises:
-        CliError: it is not; the message names where it came from, never the token.
-    """
-    for index, char in enumerate(connection.token):
-        if not " " <= char <= "~":
-            raise CliError(
-                f"the token from {connection.token_source} must be printable ASCII; its character {index + 1} is not"
-            )
-
-
 def _client(args: argparse.Namespace) -> JobsClient:
     """A client of the backend found by `resolve_connection` (flags, environment, per-user config, ./.data)."""
     global _connection
-    check_config()
     _connection = resolve_connection(args.backend, args.data_dir if getattr(args, "data_dir_given", False) else None)
-    check_token(_connection)
     return JobsClient(_connection.address, _connection.token)
 
 
@@ -490,10 +436,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from trainingplatform_sdk.clients import read_config
 
     # The data directory as the backend is found: --data-dir, TP_DATA_DIR, the one `tp up` wrote to the config.
-    check_config()
+    config = read_config()  # a malformed one is named here, before anything is deleted
     data_dir = Path(args.data_dir)
     if not args.data_dir_given and not os.environ.get("TP_DATA_DIR", "").strip():
-        data_dir = Path(read_config().get("data_dir") or args.data_dir)
+        data_dir = Path(config.get("data_dir") or args.data_dir)
     data_dir = data_dir.resolve()
     with _client(args) as client:
         ended = [job for job in client.list_jobs() if job.finished]

@@ -13,7 +13,7 @@ from typing import Any, NoReturn, Self
 import grpc
 
 from trainingplatform_sdk.channel import auth_metadata, open_channel
-from trainingplatform_sdk.errors import PlatformError, UnauthenticatedError
+from trainingplatform_sdk.errors import ConfigError, InvalidArgumentError, PlatformError, UnauthenticatedError
 
 # Pages of history reach 10,000 points: more than gRPC's 4 MiB default when keys are long.
 CLIENT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024
@@ -107,16 +107,60 @@ def config_path() -> Path:
     return root / "trainingplatform" / "config.json"
 
 
+_CONFIG_KEYS = ("backend_address", "token_file", "data_dir")
+
+
 def read_config() -> dict[str, str]:
-    """The per-user config (`config_path()`): `backend_address`, `token_file`, `data_dir`; empty when there is none
-    or it cannot be read."""
+    """The per-user config (`config_path()`): `backend_address`, `token_file`, `data_dir`; empty when there is none.
+
+    Raises:
+        ConfigError: the file exists but cannot be read, is not a JSON object, or a known key is not a string; the
+            message names the file and what is wrong (passing over it would tell the user, wrongly, that there is
+            no token and to run `tp up`).
+    """
+    path = config_path()
+    where = f"the config {path}" + (" (TP_CONFIG)" if os.environ.get(CONFIG_ENV, "").strip() else "")
+    remedy = "fix it, or remove it and run `tp up` to write it again"
     try:
-        data = json.loads(config_path().read_text())
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not UTF-8 text: {remedy}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {where}: {error.strerror or error}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{where} is not valid JSON ({error}): {remedy}") from None
     if not isinstance(data, dict):
-        return {}
-    return {str(k): str(v) for k, v in data.items() if isinstance(v, str)}
+        raise ConfigError(
+            f"{where} must hold a JSON object ({', '.join(_CONFIG_KEYS)}), not {_json_type(data)}: {remedy}"
+        )
+    for key in _CONFIG_KEYS:
+        if key in data and not isinstance(data[key], str):
+            raise ConfigError(f"{where}: {key} must be a string, not {_json_type(data[key])}: {remedy}")
+    return {str(k): v for k, v in data.items() if isinstance(v, str)}
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    return "null" if value is None else names.get(type(value), "a number")
+
+
+def check_token(token: str, source: str) -> str:
+    """Returns `token` when it is printable ASCII, as a gRPC header value must be (anything else ends in gRPC's own
+    log lines and 'Invalid metadata').
+
+    Raises:
+        InvalidArgumentError: naming where the token came from (`source`), never the token.
+    """
+    for index, char in enumerate(token):
+        if not " " <= char <= "~":
+            raise InvalidArgumentError(
+                f"the token from {source} must be printable ASCII; its character {index + 1} is not"
+            )
+    return token
 
 
 def write_config(*, backend_address: str, token_file: Path, data_dir: Path) -> Path:
@@ -182,7 +226,8 @@ def resolve_connection(address: str | None = None, data_dir: str | os.PathLike[s
         resolved, address_source = DEFAULT_ADDRESS, "the default"
 
     def found(path: Path, how: str) -> Connection:
-        return Connection(resolved, address_source, path.read_text().strip(), f"{path} ({how})")
+        source = f"{path} ({how})"
+        return Connection(resolved, address_source, check_token(path.read_text().strip(), source), source)
 
     if data_dir is not None:
         path = _token_file(Path(data_dir))
@@ -191,7 +236,7 @@ def resolve_connection(address: str | None = None, data_dir: str | os.PathLike[s
     for name in (TOKEN_ENV, "INTERNAL_AUTH_TOKEN"):
         token = os.environ.get(name, "").strip()
         if token:
-            return Connection(resolved, address_source, token, name)
+            return Connection(resolved, address_source, check_token(token, name), name)
     looked = [f"{TOKEN_ENV}, INTERNAL_AUTH_TOKEN"]
     if os.environ.get("TP_DATA_DIR", "").strip():
         path = _token_file(Path(os.environ["TP_DATA_DIR"].strip()))
@@ -265,7 +310,7 @@ class Client:
         self._channel = client_channel(
             address, root_certificates=root_certificates, private_key=private_key, certificate_chain=certificate_chain
         )
-        self._metadata = auth_metadata(token)
+        self._metadata = auth_metadata(check_token(token, "the caller"))
         self.timeout = timeout
         self.address = address
 
