@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -22,8 +23,9 @@ def test_a_training_process_gets_its_job_token_and_none_of_the_services(monkeypa
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("TP_SOMETHING_HARMLESS", "kept")
     job = cast(Any, SimpleNamespace(telemetry_endpoint="grpc://127.0.0.1:1", telemetry_token="job.1.secret"))
+    settings = cast(Any, SimpleNamespace(data_dir=Path("/srv/data"), data_roots=()))
 
-    env = supervisor._child_env(job)
+    env = supervisor._child_env(job, settings)
 
     assert env["JOB_TELEMETRY_TOKEN"] == "job.1.secret"
     assert env["BACKEND_API_URL"] == "grpc://127.0.0.1:1"

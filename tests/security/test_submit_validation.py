@@ -119,7 +119,9 @@ def test_huge_values_are_not_echoed(timm: TrainerProcess, field: str) -> None:
     details = _refused(timm, "huge", _set(spec(), {field: "x" * 20_000}), validate_only=False)
     assert len(details) < 300, details
     huge_key = _refused(timm, "huge", _set(spec(), {"extra": {"k" * 20_000: 1}}), validate_only=False)
-    assert len(huge_key) < 400, huge_key
+    # The key is quoted cut to about 100 characters; the rest of the message lists the framework's valid keys.
+    assert "k" * 120 not in huge_key and "[20000 characters]" in huge_key, huge_key
+    assert len(huge_key) < 2048, huge_key
 
 
 def test_valid_specs_pass_and_validate_only_starts_nothing(timm: TrainerProcess) -> None:
