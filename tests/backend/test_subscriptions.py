@@ -110,6 +110,8 @@ def test_replay_then_live_until_the_terminal_status(backend):
         common_pb2.JOB_STATUS_COMPLETED,
     ]
     assert collector.order[-1] == "status_event"  # the terminal status comes after everything before it
+    # The replay tells a live job's state first (`tp watch` printed the first log lines before PENDING, RUNNING).
+    assert collector.order[:2] == ["status_event", "status_event"], collector.order[:5]
     assert collector.last_cursor.metric_sequence == 10_000
 
 

@@ -374,11 +374,18 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
 
     async def _replay(self, job_pk: int, state: _Subscription) -> AsyncIterator[jobs_pb2.SubscribeTelemetryResponse]:
         """Yields everything committed after the cursor, and what filled the subscription's holes since it passed
-        them, advancing the cursor. Status events are read first and sent last, so everything committed before a
-        terminal status is sent before it. Pages are read and turned into protobuf in a worker thread."""
+        them, advancing the cursor. Status events are read first; those before a terminal status are sent first (a
+        view shows the job's state before its telemetry), and a terminal one last, so everything committed before
+        it is sent before it. Pages are read and turned into protobuf in a worker thread."""
         store, run, cursor = self._backend.store, self._backend.run, state.cursor
         status, events = await run(store.status_and_events_after, job_pk, cursor.status_sequence)
         state.ended = status in statemachine.TERMINAL
+        # A terminal status is final: when there is one, it is the last event.
+        split = len(events) - 1 if events and events[-1].to_status in statemachine.TERMINAL else len(events)
+        events, ending = events[:split], events[split:]
+        for event in events:
+            cursor.status_sequence = event.sequence
+            yield jobs_pb2.SubscribeTelemetryResponse(status_event=convert.status_event_to_proto(event), cursor=cursor)
         for position, page in ((state.metrics, self._metric_page), (state.logs, self._log_page)):
             for holes in position.hole_chunks():  # points that filled a hole late
                 after = holes[0][0] - 1
@@ -395,7 +402,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             for epoch, response in summaries:
                 cursor.epoch_summary_sequence = epoch + 1  # epoch <= limits.MAX_EPOCH: no overflow
                 yield state.stamp(response)
-        for event in events:
+        for event in ending:
             cursor.status_sequence = event.sequence
             yield jobs_pb2.SubscribeTelemetryResponse(status_event=convert.status_event_to_proto(event), cursor=cursor)
 

@@ -196,7 +196,8 @@ class JobsServiceServicer:
     def SubscribeTelemetry(self, request, context):
         """Replays a job's telemetry after a cursor (metrics, logs, status changes and epoch summaries), then
         follows it live. Events of one kind arrive in sequence order; every response carries the cursor to
-        resume from. The stream ends after the job's terminal status change unless `keep_following` is set; a
+        resume from. A replay sends the job's status changes first, except a terminal one, which comes last, after
+        everything committed before it. The stream ends after the job's terminal status change unless `keep_following` is set; a
         subscription to a job that has already ended (COMPLETED, FAILED, CANCELLED) sends what lies after its
         cursor and then ends, whatever the cursor (also when nothing lies after it, or it is past the terminal
         status event).
