@@ -212,11 +212,14 @@ def test_invalid_points_are_counted_not_sent(tmp_path: Path, unreachable_address
     logger.log_metric(["not", "a", "key"], 1.0)  # type: ignore[arg-type]
     logger.log_metric("bad\ud800key", 1.0)
     logger.log_metric("loss", 1.0, epoch=2**63)
+    logger.log_metric("loss", 1.0, step=2**53)  # past the backend's MAX_STEP: it would refuse the whole stream
+    logger.log_metric("loss", 1.0, epoch=10**9)  # past the backend's MAX_EPOCH
     logger.log_metric("loss", float("nan"), step=1)  # legal: kept
     logger.log_message("x", step=-2)
+    logger.log_message("x", epoch=10**9)
     logger.log_message("lone surrogate \ud800 replaced")  # kept, made encodable
     report = logger.close(0.2)
-    assert report.invalid == 9
+    assert report.invalid == 12
     assert report.logged_metrics == 1 and report.logged_logs == 1
     assert spooled_sequences(tmp_path) == [1]
     assert spooled_sequences(tmp_path, "logs") == [1]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import re
 from typing import TypeGuard
 
-from trainingplatform_sdk.spec.limits import MAX_KEY_CHARS
+from trainingplatform_sdk.spec.limits import MAX_EPOCH, MAX_KEY_CHARS, MAX_STEP
 from trainingplatform_sdk.telemetry.sender.buffer import LogItem, MetricItem
 
-INT64_END = 2**63
-"""Step and epoch are int64 fields: they must stay below this (and be at least 0)."""
+_OUT_OF_RANGE = f"step must be between 0 and 2**53 - 1, epoch between 0 and {MAX_EPOCH}"
+"""The backend's bounds (MAX_STEP, MAX_EPOCH): a point past them would make it refuse the whole stream."""
 
 KNOWN_KEYS_LIMIT = 10_000
 """Most keys remembered as valid (each is checked once); past it the memory starts again, empty."""
@@ -43,15 +43,15 @@ def valid_key(key: object) -> TypeGuard[str]:
 
 
 def position(step: int | None, epoch: int | None) -> tuple[int | None, int | None]:
-    """(step, epoch) as ints in the int64 range, at least 0.
+    """(step, epoch) as ints within the backend's bounds: step 0 to MAX_STEP (2**53 - 1), epoch 0 to MAX_EPOCH.
 
     Raises:
         InvalidPoint: One is not an integer or out of range.
     """
     # The common case first, without a call or a generator: plain ints in range, or None. (`type() is int` leaves
     # bools and numpy integers to the general path below, which converts them.)
-    if (step is None or (type(step) is int and 0 <= step < INT64_END)) and (
-        epoch is None or (type(epoch) is int and 0 <= epoch < INT64_END)
+    if (step is None or (type(step) is int and 0 <= step <= MAX_STEP)) and (
+        epoch is None or (type(epoch) is int and 0 <= epoch <= MAX_EPOCH)
     ):
         return step, epoch
     try:
@@ -59,8 +59,8 @@ def position(step: int | None, epoch: int | None) -> tuple[int | None, int | Non
         epoch = None if epoch is None else int(epoch)
     except (TypeError, ValueError):
         raise InvalidPoint("step and epoch must be integers") from None
-    if any(value is not None and not 0 <= value < INT64_END for value in (step, epoch)):
-        raise InvalidPoint("step and epoch must be between 0 and 2**63 - 1")
+    if (step is not None and not 0 <= step <= MAX_STEP) or (epoch is not None and not 0 <= epoch <= MAX_EPOCH):
+        raise InvalidPoint(_OUT_OF_RANGE)
     return step, epoch
 
 
