@@ -8,7 +8,6 @@ import pytest
 from support.backend import BackendProcess
 from trainingplatform_sdk.clients import JobsClient
 from trainingplatform_sdk.clients._base import write_config
-from trainingplatform_sdk.errors import InvalidArgumentError
 
 
 def test_from_env_uses_the_config_tp_up_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,8 +51,8 @@ def test_a_token_that_is_not_printable_ascii_is_named_by_its_source_and_never_sh
 ) -> None:
     monkeypatch.setenv("TP_CONFIG", str(tmp_path / "none.json"))
     monkeypatch.setenv("TP_AUTH_TOKEN", "bad token é")
-    with pytest.raises(InvalidArgumentError) as refused:
+    with pytest.raises(ValueError) as refused:
         JobsClient.from_env()
     assert "TP_AUTH_TOKEN" in str(refused.value) and "bad token" not in str(refused.value)
-    with pytest.raises(InvalidArgumentError, match="printable ASCII"):
+    with pytest.raises(ValueError, match="printable ASCII"):
         JobsClient("127.0.0.1:1", "tab\tinside")

@@ -323,3 +323,21 @@ def test_truncate_keeps_the_limit_and_marks_the_cut() -> None:
     assert len(cut.encode()) <= 16 * 1024
     assert cut.endswith("bytes]") and "...[truncated " in cut
     assert cut.startswith("é" * 1000)
+
+
+def test_a_token_that_is_not_printable_ascii_is_refused_at_construction_naming_its_source(
+    tmp_path: Path, unreachable_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, the logger retried "Invalid metadata" for ever, gRPC printed an error line each try, and flush()
+    # and close() reported nothing final.
+    with pytest.raises(ValueError, match="the token argument must be printable ASCII") as refused:
+        TrainingLogger("job-1", backend_address=unreachable_address, token="tökén", spool_dir=tmp_path)
+    assert "tökén" not in str(refused.value)
+    monkeypatch.setenv("JOB_TELEMETRY_TOKEN", "job.1.\x07bell")
+    with pytest.raises(ValueError, match="JOB_TELEMETRY_TOKEN must be printable ASCII"):
+        TrainingLogger("job-1", backend_address=unreachable_address, spool_dir=tmp_path / "env")
+
+
+def test_a_token_read_from_a_file_keeps_no_newline(tmp_path: Path, unreachable_address: str) -> None:
+    with TrainingLogger("job-1", backend_address=unreachable_address, token="job.1.secret\n", spool_dir=tmp_path) as lg:
+        assert lg.enabled

@@ -228,6 +228,19 @@ def _credentials(
     return ClientTls(root_certificates, certificate_chain, private_key).credentials()
 
 
+def check_token(token: str, source: str) -> str:
+    """Returns `token` when it is printable ASCII, as a gRPC header value must be (anything else ends in gRPC's own
+    log lines and 'Invalid metadata', retried for ever by a logger).
+
+    Raises:
+        ValueError: naming where the token came from (`source`), never the token.
+    """
+    for index, char in enumerate(token):
+        if not " " <= char <= "~":
+            raise ValueError(f"the token from {source} must be printable ASCII; its character {index + 1} is not")
+    return token
+
+
 def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
     """The metadata sent with every call."""
     return (("authorization", f"Bearer {token}"),)

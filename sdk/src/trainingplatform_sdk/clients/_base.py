@@ -12,8 +12,8 @@ from typing import Any, NoReturn, Self
 
 import grpc
 
-from trainingplatform_sdk.channel import auth_metadata, open_channel
-from trainingplatform_sdk.errors import ConfigError, InvalidArgumentError, PlatformError, UnauthenticatedError
+from trainingplatform_sdk.channel import auth_metadata, check_token, open_channel
+from trainingplatform_sdk.errors import ConfigError, PlatformError, UnauthenticatedError
 
 # Pages of history reach 10,000 points: more than gRPC's 4 MiB default when keys are long.
 CLIENT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024
@@ -146,21 +146,6 @@ def read_config() -> dict[str, str]:
 def _json_type(value: object) -> str:
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
     return "null" if value is None else names.get(type(value), "a number")
-
-
-def check_token(token: str, source: str) -> str:
-    """Returns `token` when it is printable ASCII, as a gRPC header value must be (anything else ends in gRPC's own
-    log lines and 'Invalid metadata').
-
-    Raises:
-        InvalidArgumentError: naming where the token came from (`source`), never the token.
-    """
-    for index, char in enumerate(token):
-        if not " " <= char <= "~":
-            raise InvalidArgumentError(
-                f"the token from {source} must be printable ASCII; its character {index + 1} is not"
-            )
-    return token
 
 
 def write_config(*, backend_address: str, token_file: Path, data_dir: Path) -> Path:

@@ -21,7 +21,7 @@ from trainingplatform.common.v1 import common_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
 from trainingplatform_sdk import grpc_env
-from trainingplatform_sdk.channel import auth_metadata, open_channel, parse_backend_address
+from trainingplatform_sdk.channel import auth_metadata, check_token, open_channel, parse_backend_address
 from trainingplatform_sdk.errors import SpoolLockedError
 from trainingplatform_sdk.spec.limits import (
     MAX_ERROR_DETAIL_BYTES,
@@ -138,15 +138,19 @@ class TrainingLogger:
         A disabled logger logs one warning saying why (enabled=False, no backend address, no token).
 
         Raises:
-            ValueError: No job id though the logger would be enabled, the address is malformed, or the spool
-                belongs to another job.
+            ValueError: No job id though the logger would be enabled, the address is malformed, the token is not
+                printable ASCII (surrounding whitespace is stripped), or the spool belongs to another job.
             trainingplatform_sdk.errors.SpoolLockedError: Another live process uses the same spool directory.
             OSError: The spool directory cannot be created.
         """
         if isinstance(backend_address, _FromEnv):
             backend_address = os.environ.get("BACKEND_API_URL", "").strip() or None
+        token_source = "the token argument"
         if isinstance(token, _FromEnv):
+            token_source = "JOB_TELEMETRY_TOKEN" if os.environ.get("JOB_TELEMETRY_TOKEN") else "INTERNAL_AUTH_TOKEN"
             token = os.environ.get("JOB_TELEMETRY_TOKEN") or os.environ.get("INTERNAL_AUTH_TOKEN") or None
+        if token is not None:
+            token = token.strip() or None  # a token read from a file keeps its newline
         if not job_id:
             job_id = os.environ.get("TP_JOB_ID", "").strip() or os.environ.get("JOB_ID", "").strip()
         if not job_id and enabled and backend_address and token:
@@ -186,6 +190,7 @@ class TrainingLogger:
             return
         assert job_id
         address = parse_backend_address(backend_address)
+        check_token(token, token_source)
         directory = Path(spool_dir) if spool_dir is not None else default_spool_dir(job_id)
         spool = Spool(directory, job_id, self.settings.spool_max_bytes, self.settings.spool_segment_bytes)
         try:
