@@ -23,6 +23,7 @@ from trainingplatform_sdk.telemetry.sender.state import SEQUENCE_BLOCK
 from trainingplatform_sdk.telemetry.spool import Spool, SpoolLockedError, read_state
 from trainingplatform_sdk.telemetry.values import job_status as _job_status
 from trainingplatform_sdk.telemetry.values import log_level as _log_level
+from trainingplatform_sdk.telemetry.values import torchrun_rank
 
 TRAINER = Path(__file__).with_name("trainer_script.py")
 
@@ -341,3 +342,32 @@ def test_a_token_that_is_not_printable_ascii_is_refused_at_construction_naming_i
 def test_a_token_read_from_a_file_keeps_no_newline(tmp_path: Path, unreachable_address: str) -> None:
     with TrainingLogger("job-1", backend_address=unreachable_address, token="job.1.secret\n", spool_dir=tmp_path) as lg:
         assert lg.enabled
+
+
+def test_update_status_takes_the_exception_itself_as_the_error(tmp_path: Path, unreachable_address: str) -> None:
+    # `except Exception as error: logger.update_status("failed", error=error)` raised TypeError (no len()) inside
+    # the except block, hiding the training's own exception.
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    try:
+        raise ValueError("the loss went NaN")
+    except ValueError as error:
+        logger.update_status("failed", error=error)  # type: ignore[arg-type]
+    logger.close(0.2)
+    (call,) = read_state(tmp_path)["calls"]
+    request = telemetry_pb2.UpdateStatusRequest.FromString(__import__("base64").b64decode(call["request"]))
+    assert request.status == common_pb2.JOB_STATUS_FAILED
+    assert request.error_message == "ValueError: the loss went NaN"
+
+
+@pytest.mark.parametrize("rank", ["-1", "99999999999", "two"])
+def test_a_rank_variable_out_of_range_is_read_as_0_and_the_records_still_go(
+    tmp_path: Path, unreachable_address: str, monkeypatch: pytest.MonkeyPatch, rank: str
+) -> None:
+    # RANK=-1 made the backend refuse the log stream for good; RANK past int32 crashed the sender thread.
+    monkeypatch.setenv("RANK", rank)
+    assert torchrun_rank() == 0  # what every log record carries
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    logger.log_message("hello")
+    report = logger.close(0.5)
+    assert report.pending_logs == 1 and report.dropped == 0 and report.error is None
+    assert spooled_sequences(tmp_path, "logs") == [1]

@@ -46,6 +46,15 @@ _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _TERMINAL = frozenset({common_pb2.JOB_STATUS_COMPLETED, common_pb2.JOB_STATUS_FAILED, common_pb2.JOB_STATUS_CANCELLED})
 
 
+def _error_text(error: object) -> str:
+    """An error for UpdateStatus: text as it is, an exception as `<type>: <message>` (its type alone when empty)."""
+    if error is None or isinstance(error, str):
+        return error or ""
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return str(error)
+
+
 def _ends_the_job(saved_call: object) -> bool:
     """Whether a call kept in a spool state is an UpdateStatus to a terminal status."""
     if not isinstance(saved_call, dict) or saved_call.get("method") != "UpdateStatus":
@@ -338,7 +347,7 @@ class TrainingLogger:
     def update_status(
         self,
         status: str | int,
-        error: str | None = None,
+        error: str | BaseException | None = None,
         *,
         error_detail: str | None = None,
         reason: str | None = None,
@@ -351,7 +360,8 @@ class TrainingLogger:
         Args:
             status: `queued`, `running`, `completed`, `failed` or `cancelled` (any case), or a
                 `common_pb2.JobStatus` value.
-            error: On failure, the error in one line (truncated to 4 KiB).
+            error: On failure, the error in one line (truncated to 4 KiB), or the exception itself (stored as
+                `<type>: <message>`).
             error_detail: On failure, the detail such as a traceback (truncated to 64 KiB).
             reason: Why the status changed, in a sentence.
 
@@ -362,7 +372,7 @@ class TrainingLogger:
             job_id=self.job_id,
             status=job_status(status),
             reason=reason or "",
-            error_message=truncate_utf8(error or "", MAX_ERROR_MESSAGE_BYTES),
+            error_message=truncate_utf8(_error_text(error), MAX_ERROR_MESSAGE_BYTES),
             error_detail=truncate_utf8(error_detail or "", MAX_ERROR_DETAIL_BYTES),
         )
         if request.status in _TERMINAL and not self._off:

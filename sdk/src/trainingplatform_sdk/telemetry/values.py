@@ -60,12 +60,17 @@ def log_text(message: object) -> str:
         return f"<unprintable {type(message).__name__}>"
 
 
+_MAX_RANK = 2**31 - 1  # LogRecord.rank is an int32 of at least 0
+
+
 def torchrun_rank() -> int:
-    """This process's RANK under torchrun (0 when not set or not a number): written on every log record."""
+    """This process's RANK under torchrun, written on every log record: 0 when it is not set, not a number, or out of
+    the record's range (0 to 2**31 - 1; the backend would refuse every record, or the sender could not build one)."""
     try:
-        return int(os.environ.get("RANK", "0"))
+        rank = int(os.environ.get("RANK", "0"))
     except ValueError:
         return 0
+    return rank if 0 <= rank <= _MAX_RANK else 0
 
 
 def job_status(status: str | int) -> common_pb2.JobStatus:
