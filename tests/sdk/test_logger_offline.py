@@ -371,3 +371,27 @@ def test_a_rank_variable_out_of_range_is_read_as_0_and_the_records_still_go(
     report = logger.close(0.5)
     assert report.pending_logs == 1 and report.dropped == 0 and report.error is None
     assert spooled_sequences(tmp_path, "logs") == [1]
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "problem"),
+    [
+        ((1.5, {"val/accuracy": 0.9}), {}, "epoch must be a whole number"),
+        ((2**64, {"val/accuracy": 0.9}), {}, "epoch must be between 0 and 999999999"),
+        ((-1, {"val/accuracy": 0.9}), {}, "epoch must be between 0 and 999999999"),
+        ((0, {5: 0.9}), {}, "metric keys must be text"),
+        ((0, {"val/accuracy": 0.9}), {"duration_seconds": "12"}, "duration_seconds must be a number"),
+        ((0, {"val/accuracy": 0.9}), {"duration_seconds": -1.0}, "duration_seconds must be"),
+    ],
+)
+def test_a_malformed_epoch_summary_is_warned_about_and_not_sent_never_raised(
+    tmp_path: Path, unreachable_address: str, caplog: pytest.LogCaptureFixture, args: tuple, kwargs: dict, problem: str
+) -> None:
+    # It raised TypeError or protobuf's "Value out of range" into the training loop.
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"):
+        logger.log_epoch_summary(*args, **kwargs)
+    logger.log_epoch_summary(1, {"val/accuracy": 0.95}, duration_seconds=2.0)  # a good one still goes
+    logger.close(0.2)
+    assert any(problem in record.getMessage() for record in caplog.records), [r.getMessage() for r in caplog.records]
+    assert [call["method"] for call in read_state(tmp_path)["calls"]] == ["RecordEpochSummary"]

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import operator
 import os
 import re
 import threading
@@ -15,6 +16,7 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from google.protobuf.message import Message
 from trainingplatform.common.v1 import common_pb2
@@ -24,6 +26,8 @@ from trainingplatform_sdk import grpc_env
 from trainingplatform_sdk.channel import auth_metadata, check_token, open_channel, parse_backend_address
 from trainingplatform_sdk.errors import SpoolLockedError
 from trainingplatform_sdk.spec.limits import (
+    MAX_DURATION_SECONDS,
+    MAX_EPOCH,
     MAX_ERROR_DETAIL_BYTES,
     MAX_ERROR_MESSAGE_BYTES,
     MAX_LOG_MESSAGE_BYTES,
@@ -53,6 +57,40 @@ def _error_text(error: object) -> str:
     if isinstance(error, BaseException):
         return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return str(error)
+
+
+def _epoch_summary(
+    epoch: object, metrics: Mapping[Any, object], duration_seconds: object
+) -> telemetry_pb2.EpochSummary:
+    """The EpochSummary message of `log_epoch_summary`, ended now.
+
+    Raises:
+        TypeError, ValueError: saying which argument is wrong, in the contract's words.
+    """
+    try:
+        number = operator.index(epoch)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"epoch must be a whole number, got {type(epoch).__name__}") from None
+    if not 0 <= number <= MAX_EPOCH:
+        raise ValueError(f"epoch must be between 0 and {MAX_EPOCH}, got {number}")
+    if not all(isinstance(key, str) for key in metrics):
+        raise TypeError("metric keys must be text")
+    values = {key: metric_value(value) for key, value in metrics.items()}
+    try:
+        if isinstance(duration_seconds, str | bytes):
+            raise TypeError
+        duration = float(duration_seconds or 0.0)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"duration_seconds must be a number, got {type(duration_seconds).__name__}") from None
+    if not 0 <= duration <= MAX_DURATION_SECONDS:
+        raise ValueError(f"duration_seconds must be from 0 to {MAX_DURATION_SECONDS:g} seconds, got {duration!r}")
+    summary = telemetry_pb2.EpochSummary(
+        epoch=number,
+        metrics={key: value for key, value in values.items() if value is not None},
+        duration_seconds=duration,
+    )
+    summary.end_time.FromNanoseconds(time.time_ns())
+    return summary
 
 
 def _ends_the_job(saved_call: object) -> bool:
@@ -437,13 +475,11 @@ class TrainingLogger:
                 merged[key] = value
         if duration_seconds is None:
             duration_seconds = epoch_time
-        values = {key: metric_value(value) for key, value in merged.items()}
-        summary = telemetry_pb2.EpochSummary(
-            epoch=epoch,
-            metrics={key: value for key, value in values.items() if value is not None},
-            duration_seconds=duration_seconds or 0.0,
-        )
-        summary.end_time.FromNanoseconds(time.time_ns())
+        try:
+            summary = _epoch_summary(epoch, merged, duration_seconds)
+        except (TypeError, ValueError) as error:  # telemetry never stops the training: said, and not sent
+            _LOG.warning("job %s: epoch summary of epoch %r not recorded: %s", self.job_id, epoch, error)
+            return
         self._call("RecordEpochSummary", telemetry_pb2.RecordEpochSummaryRequest(job_id=self.job_id, summary=summary))
 
     def report_run_info(
