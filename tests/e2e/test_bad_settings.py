@@ -101,5 +101,6 @@ def test_a_service_started_with_a_bad_setting_exits_2_in_one_line(
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert "Traceback" not in output
-    assert name in output.strip().splitlines()[-1], output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{program}: error: ") and name in lines[0], output
     assert not (tmp_path / "backend.db").exists(), "nothing was started"

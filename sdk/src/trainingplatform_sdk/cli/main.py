@@ -543,15 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="submit a job and follow it live")
     train.add_argument("--framework", required=True, choices=("timm", "ultralytics"), help="the trainer to run on")
     train.add_argument("--model", required=True, help="timm model name or ultralytics yaml / .pt")
-    train.add_argument("--dataset", help="built-in dataset (digits, shapes)")
+    train.add_argument("--dataset", help="built-in dataset (digits, shapes); this or --dataset-path")
     train.add_argument("--dataset-path", help="ImageFolder directory or YOLO data.yaml on the trainer")
     train.add_argument("--epochs", type=int, default=3, help="epochs to train")
-    train.add_argument("--batch-size", type=int, default=0, help="batch size; 0: the framework's default")
-    train.add_argument("--lr", type=float, default=0.0, help="learning rate; 0: the framework's default")
-    train.add_argument("--image-size", type=int, default=0, help="input size in pixels; 0: the model's default")
+    train.add_argument("--batch-size", type=int, default=0, help="batch size (default: 0, the framework's own)")
+    train.add_argument("--lr", type=float, default=0.0, help="learning rate (default: 0, the framework's own)")
+    train.add_argument("--image-size", type=int, default=0, help="input size in pixels (default: 0, the model's own)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: auto)")
     train.add_argument(
-        "--log-every-n-steps", type=int, default=0, help="log batch metrics every N steps; 0: the default"
+        "--log-every-n-steps", type=int, default=0, help="log batch metrics every N steps (default: 0, every 100)"
     )
     train.add_argument("--advanced-config", help="JSON object or @file.json")
     train.add_argument("--name", help="display name")
@@ -583,7 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("job", help="the job's id or a unique prefix of it")
     logs.add_argument("--follow", "-f", action="store_true", help="follow new lines until the job ends")
     logs.add_argument(
-        "--level", type=_one_of(LOG_LEVEL_NAMES, "level"), help=f"minimum level: {', '.join(LOG_LEVEL_NAMES)}"
+        "--level",
+        type=_one_of(LOG_LEVEL_NAMES, "level"),
+        help=f"minimum level: {', '.join(LOG_LEVEL_NAMES)} (default: all)",
     )
     logs.set_defaults(run=cmd_logs)
 

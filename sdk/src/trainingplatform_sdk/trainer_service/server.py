@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -138,8 +139,9 @@ def serve(description: FrameworkDescription, argv: Sequence[str] | None = None) 
         return 0
     try:
         settings = settings_module.load(description.default_listen, args)
-    except ValueError as error:
-        parser.error(str(error))
+    except ValueError as error:  # one line, without argparse's usage block: the flags were fine
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     # torch (imported by timm and ultralytics, here and in every training) keeps its compile cache in
     # /tmp/torchinductor_<user> by default: a file left in the temporary directory by every session. It goes

@@ -209,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = settings_module.load(args)
-    except ValueError as error:
-        parser.error(str(error))
+    except ValueError as error:  # one line, without argparse's usage block: the flags were fine
+        print(f"tp-backend: error: {error}", file=sys.stderr)
+        return 2
     if workers.is_worker():
         worker_format = LOG_FORMAT.replace("%(name)s:", f"%(name)s [worker {workers.worker_index()}]:")
         logging.basicConfig(level=settings.log_level, format=worker_format, stream=sys.stderr)

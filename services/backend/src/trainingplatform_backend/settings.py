@@ -204,11 +204,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert-file", help="PEM server certificate (TP_TLS_CERT_FILE)")
     parser.add_argument("--tls-key-file", help="PEM server key (TP_TLS_KEY_FILE)")
     parser.add_argument("--tls-client-ca-file", help="PEM CA for client certificates (TP_TLS_CLIENT_CA_FILE)")
-    parser.add_argument("--shutdown-grace-s", type=float, help="grace period on SIGTERM (TP_SHUTDOWN_GRACE_S)")
+    parser.add_argument(
+        "--shutdown-grace-s", type=float, help="grace period on SIGTERM, seconds (TP_SHUTDOWN_GRACE_S, default 10)"
+    )
     parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations on start")
-    parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL)")
+    parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL, default INFO)")
     parser.add_argument("--trainers", help="trainer services, framework=host:port,... (TP_TRAINERS)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (TP_METRICS_PORT)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (TP_METRICS_PORT, default 0: off)"
+    )
     parser.add_argument(
         "--workers", type=int, help="server processes sharing the port, PostgreSQL only (TP_BACKEND_WORKERS, default 1)"
     )

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_module.load(args)
     except ValueError as error:
-        print(f"tp-dashboard: {error}", file=sys.stderr)
+        print(f"tp-dashboard: error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout

@@ -105,8 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", help=f"address to serve on (TP_DASHBOARD_LISTEN, default {DEFAULT_LISTEN})")
     parser.add_argument("--backend", help=f"backend address (TP_BACKEND_ADDRESS, default {DEFAULT_BACKEND})")
     parser.add_argument("--data-dir", help="where the backend's frontend_auth_token is (TP_DATA_DIR, default .data)")
-    parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL)")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (TP_METRICS_PORT)")
+    parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL, default INFO)")
+    parser.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (TP_METRICS_PORT, default 0: off)"
+    )
 
 
 def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Settings:
