@@ -320,6 +320,22 @@ def test_status_messages_are_capped_in_utf8_bytes() -> None:
         assert capped.endswith("bytes]")
 
 
+def _refusal_of(path: str, value: object) -> str:
+    """validate_spec's message for the test spec with the field at `path` (dotted) set to `value`."""
+    from trainingplatform_sdk.errors import InvalidArgumentError
+    from trainingplatform_sdk.spec.validation import validate_spec
+
+    spec = _spec()
+    *parents, leaf = path.split(".")
+    target = spec
+    for parent in parents:
+        target = getattr(target, parent)
+    setattr(target, leaf, value)
+    with pytest.raises(InvalidArgumentError) as caught:
+        validate_spec(spec)
+    return str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("path", "value", "field"),
     [
@@ -344,18 +360,8 @@ def test_status_messages_are_capped_in_utf8_bytes() -> None:
     ],
 )
 def test_validate_spec_bounds_every_numeric_and_string_field(path: str, value: object, field: str) -> None:
-    from trainingplatform_sdk.errors import InvalidArgumentError
-    from trainingplatform_sdk.spec.validation import validate_spec
-
-    spec = _spec()
-    *parents, leaf = path.split(".")
-    target = spec
-    for parent in parents:
-        target = getattr(target, parent)
-    setattr(target, leaf, value)
-    with pytest.raises(InvalidArgumentError) as caught:
-        validate_spec(spec)
-    assert field in str(caught.value) and len(str(caught.value)) < SHORT_MESSAGE
+    message = _refusal_of(path, value)
+    assert field in message and len(message) < SHORT_MESSAGE
 
 
 def test_validate_spec_takes_the_servers_epoch_and_size_limits() -> None:
@@ -432,15 +438,5 @@ def test_a_backend_with_a_smaller_spec_limit_refuses_a_larger_spec(tmp_path: Pat
 def test_validate_spec_says_what_is_wrong_and_nothing_it_does_not_know(
     path: str, value: object, wanted: str, not_wanted: str
 ) -> None:
-    from trainingplatform_sdk.errors import InvalidArgumentError
-    from trainingplatform_sdk.spec.validation import validate_spec
-
-    spec = _spec()
-    *parents, leaf = path.split(".")
-    target = spec
-    for parent in parents:
-        target = getattr(target, parent)
-    setattr(target, leaf, value)
-    with pytest.raises(InvalidArgumentError) as caught:
-        validate_spec(spec)
-    assert wanted in str(caught.value) and not_wanted not in str(caught.value), str(caught.value)
+    message = _refusal_of(path, value)
+    assert wanted in message and not_wanted not in message, message
