@@ -60,6 +60,11 @@ def fmt_value(value: float) -> str:
 
 _EPOCH_LOG = re.compile(r"^Epoch (\d+)/\d+: ")
 
+EPOCH_LINE_WAIT_S = 2.0
+"""How long the trainer's own "Epoch N/M: ..." line waits for the epoch's summary, which says the same and is
+printed instead when it comes. The trainer logs the line right after the summary, but the summary is a call made
+once the epoch's points are committed, so the line can reach the view first."""
+
 
 class Follower:
     """Renders a job's live telemetry: a progress bar over epochs and steps, latest metrics, log lines."""
@@ -80,9 +85,15 @@ class Follower:
         self.latest: dict[str, float] = {}
         self.final_status = job.status
         self._last_line = 0.0
+        # The trainer's "Epoch N/M" line waiting for epoch N-1's summary: (epoch, when it came, the line).
+        self._held: tuple[int, float, str] | None = None
 
     def feed(self, event: TelemetryEvent) -> None:
         """Takes one subscription event."""
+        if self._held is not None and (
+            event.kind not in ("metrics", "epoch_summary") or time.monotonic() - self._held[1] > EPOCH_LINE_WAIT_S
+        ):
+            self._print_held()  # before the next line, or the summary is late: the trainer's line it is
         if event.kind == "metrics":
             for point in event.metrics:
                 self.latest[point.key] = point.value
@@ -96,16 +107,24 @@ class Follower:
                 if line.sequence and line.sequence <= self.last_log_sequence:
                     continue
                 self.last_log_sequence = max(self.last_log_sequence, line.sequence)
+                text = f"[{line.level.lower():7}] {line.message}"
+                if self._held is not None:
+                    self._print_held()  # it keeps its place before this line
                 epoch = _EPOCH_LOG.match(line.message)
                 if epoch:  # the trainer's own "Epoch 2/3: ..." line says what the epoch summary says
                     if int(epoch.group(1)) - 1 in self.printed_epochs:
                         continue
+                    if self.show_logs:
+                        self._held = (int(epoch.group(1)) - 1, time.monotonic(), text)
+                        continue
                     self.printed_epochs.add(int(epoch.group(1)) - 1)
                 if self.show_logs:
-                    self.say(f"[{line.level.lower():7}] {line.message}")
+                    self.say(text)
         elif event.kind == "epoch_summary" and event.epoch_summary is not None:
             summary = event.epoch_summary
             self.done_epochs = max(self.done_epochs, summary.epoch + 1)
+            if self._held is not None and self._held[0] == summary.epoch:
+                self._held = None  # the summary says it, as one line
             if summary.epoch in self.printed_epochs:  # a replay, or the trainer's log line said it: each epoch once
                 return
             self.printed_epochs.add(summary.epoch)
@@ -146,8 +165,18 @@ class Follower:
         else:
             safe_write(self.out, text + "\n")
 
+    def _print_held(self) -> None:
+        assert self._held is not None
+        epoch, _, text = self._held
+        self._held = None
+        if epoch not in self.printed_epochs:
+            self.printed_epochs.add(epoch)
+            self.say(text)
+
     def finish(self) -> None:
         """Ends the progress line: the bar as it ends (full when the job completed)."""
+        if self._held is not None:
+            self._print_held()
         if self.tty:
             safe_write(self.out, "\r\033[K" + self._bar() + "\n")
         else:
