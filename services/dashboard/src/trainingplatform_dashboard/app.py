@@ -461,10 +461,6 @@ def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
         raise from_platform_error(error) from None
     except (TypeError, ValueError) as error:
         raise _body_error(f"advanced_config: {error}", "advanced_config") from None
-    try:
-        advanced_proto = advanced_config.to_proto()
-    except ValueError as error:  # an integer past its protobuf field's range (the seed)
-        raise _body_error(f"advanced_config: a number is out of range ({error})"[:200], "advanced_config") from None
     spec = common_pb2.JobSpec(
         framework=text("framework"),
         model=common_pb2.ModelConfig(name=text("model"), image_size=_optional_int(body, "image_size")),
@@ -472,7 +468,7 @@ def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
         training=common_pb2.TrainingConfig(
             epochs=_optional_int(body, "epochs"), batch_size=_optional_int(body, "batch_size")
         ),
-        advanced=advanced_proto,
+        advanced=advanced_config.to_proto(),
     )
     try:
         validate_spec(spec)
