@@ -395,3 +395,43 @@ def test_a_malformed_epoch_summary_is_warned_about_and_not_sent_never_raised(
     logger.close(0.2)
     assert any(problem in record.getMessage() for record in caplog.records), [r.getMessage() for r in caplog.records]
     assert [call["method"] for call in read_state(tmp_path)["calls"]] == ["RecordEpochSummary"]
+
+
+@pytest.mark.parametrize("metrics", [None, 0.5, "loss", [("loss", 0.5)]])
+def test_log_metrics_of_something_not_a_mapping_is_counted_invalid_never_raised(
+    tmp_path: Path, unreachable_address: str, caplog: pytest.LogCaptureFixture, metrics: object
+) -> None:
+    # It raised AttributeError ('NoneType' object has no attribute 'items') into the training loop.
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"):
+        logger.log_metrics(metrics, step=1)  # type: ignore[arg-type]
+        logger.log_metrics(metrics, step=2)  # type: ignore[arg-type]
+    logger.log_metrics({"loss": 0.5}, step=3)  # a good one still goes
+    report = logger.close(0.2)
+    warnings = [r.getMessage() for r in caplog.records if "log_metrics takes a mapping" in r.getMessage()]
+    assert len(warnings) == 1 and type(metrics).__name__ in warnings[0], [r.getMessage() for r in caplog.records]
+    assert report.invalid == 2 and report.logged_metrics == 1
+    assert spooled_sequences(tmp_path) == [1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"mlflow_run_id": 5}, "mlflow_run_id must be text, got int"),
+        ({"mlflow_tracking_uri": b"file:///x"}, "mlflow_tracking_uri must be text, got bytes"),
+        ({"artifacts": {"best": 5}}, "artifacts must map names to URIs, both text"),
+        ({"artifacts": {7: "s3://b/k"}}, "artifacts must map names to URIs, both text"),
+        ({"artifacts": ["s3://b/k"]}, "artifacts must map names to URIs, both text"),
+    ],
+)
+def test_malformed_run_info_is_warned_about_and_not_sent_never_raised(
+    tmp_path: Path, unreachable_address: str, caplog: pytest.LogCaptureFixture, kwargs: dict, problem: str
+) -> None:
+    # protobuf's TypeError reached the caller.
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"):
+        logger.report_run_info(**kwargs)
+    logger.report_run_info(mlflow_run_id="abc", artifacts={"best": "s3://b/k"})  # a good one still goes
+    logger.close(0.2)
+    assert any(problem in record.getMessage() for record in caplog.records), [r.getMessage() for r in caplog.records]
+    assert [call["method"] for call in read_state(tmp_path)["calls"]] == ["ReportRunInfo"]

@@ -93,6 +93,35 @@ def _epoch_summary(
     return summary
 
 
+def _run_info(
+    job_id: str,
+    mlflow_run_id: object,
+    mlflow_tracking_uri: object,
+    artifacts: object,
+) -> telemetry_pb2.ReportRunInfoRequest:
+    """The ReportRunInfoRequest of `report_run_info`'s arguments.
+
+    Raises:
+        TypeError: An argument is not text (or None), or the artifacts are not a mapping of text to text.
+    """
+    texts = {"mlflow_run_id": mlflow_run_id, "mlflow_tracking_uri": mlflow_tracking_uri}
+    for name, value in texts.items():
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be text, got {type(value).__name__}")
+        texts[name] = value or ""
+    pairs = list(artifacts.items()) if isinstance(artifacts, Mapping) else None
+    if artifacts is not None and (
+        pairs is None or not all(isinstance(name, str) and isinstance(uri, str) for name, uri in pairs)
+    ):
+        raise TypeError("artifacts must map names to URIs, both text, for example {'best_checkpoint': 's3://b/k'}")
+    return telemetry_pb2.ReportRunInfoRequest(
+        job_id=job_id,
+        mlflow_run_id=str(texts["mlflow_run_id"]),
+        mlflow_tracking_uri=str(texts["mlflow_tracking_uri"]),
+        artifacts=[telemetry_pb2.Artifact(name=str(name), uri=str(uri)) for name, uri in pairs or ()],
+    )
+
+
 def _ends_the_job(saved_call: object) -> bool:
     """Whether a call kept in a spool state is an UpdateStatus to a terminal status."""
     if not isinstance(saved_call, dict) or saved_call.get("method") != "UpdateStatus":
@@ -210,6 +239,7 @@ class TrainingLogger:
         # True once the sender stopped on its own: what is logged from then on is counted as dropped.
         self._discarding = False
         self._discarded = 0
+        self._not_mappings = 0
         # Whether a terminal status was asked of this logger (or left in its spool): the job has ended.
         self._ended = False
         self._spool_dir: Path | None = None
@@ -304,6 +334,8 @@ class TrainingLogger:
         report = self._sender.report()
         if self._discarded:
             report = dataclasses.replace(report, dropped=report.dropped + self._discarded)
+        if self._not_mappings:
+            report = dataclasses.replace(report, invalid=report.invalid + self._not_mappings)
         return report
 
     def log_metric(self, key: str, value: float, step: int | None = None, epoch: int | None = None) -> None:
@@ -334,10 +366,16 @@ class TrainingLogger:
         """Logs several metric values of the same step and epoch.
 
         Args:
-            metrics: Values by metric name; each value as in `log_metric`.
+            metrics: Values by metric name; each value as in `log_metric`. Anything but a mapping is counted as one
+                invalid point and warned about once. Never raises.
             step: Optimizer step (at least 0), if the values belong to one.
             epoch: Epoch (0-based), if the values belong to one.
         """
+        try:
+            items = metrics.items()
+        except AttributeError:  # telemetry never stops the training: counted invalid and said once
+            self._not_a_mapping(metrics)
+            return
         if self._off:
             if self._discarding:
                 self._discarded += len(metrics)
@@ -345,7 +383,7 @@ class TrainingLogger:
         wall_time = _wall_time()
         buffer = self._buffer
         append = buffer.append
-        for key, value in metrics.items():
+        for key, value in items:
             append((METRIC, key, value if type(value) is float else metric_value(value), step, epoch, wall_time))
         if (wake_at := self._wake.wake_at_length) and len(buffer) >= wake_at:
             self._wake.point_logged()
@@ -496,13 +534,23 @@ class TrainingLogger:
             mlflow_tracking_uri: The MLflow tracking URI (never with credentials).
             artifacts: Artifact URIs by name, for example `{"best_checkpoint": "s3://bucket/key"}`.
         """
-        request = telemetry_pb2.ReportRunInfoRequest(
-            job_id=self.job_id,
-            mlflow_run_id=mlflow_run_id or "",
-            mlflow_tracking_uri=mlflow_tracking_uri or "",
-            artifacts=[telemetry_pb2.Artifact(name=name, uri=uri) for name, uri in (artifacts or {}).items()],
-        )
+        try:
+            request = _run_info(self.job_id, mlflow_run_id, mlflow_tracking_uri, artifacts)
+        except TypeError as error:  # telemetry never stops the training: said, and not sent
+            _LOG.warning("job %s: run info not recorded: %s", self.job_id, error)
+            return
         self._call("ReportRunInfo", request)
+
+    def _not_a_mapping(self, metrics: object) -> None:
+        """Counts a `log_metrics` argument that is not a mapping as one invalid point, warning the first time."""
+        self._not_mappings += 1
+        if self._not_mappings == 1:
+            _LOG.warning(
+                "job %s: log_metrics takes a mapping of metric names to values, got %s: nothing logged (counted "
+                "invalid; said once)",
+                self.job_id,
+                type(metrics).__name__,
+            )
 
     def _call(self, method: str, request: Message) -> None:
         sender = self._sender
