@@ -76,6 +76,7 @@ def test_uris_are_shown_without_credentials(uri: str, shown: str) -> None:
         ),
         ("at https://a:b@s3:8333/x and http://c:d@other/ too", "at https://s3:8333/x and http://other/ too"),
         ("no URL: user:password@host", "no URL: user:password@host"),
+        ("fetch https://u:p@h/x?token=t: reset (see https://h/y).", "fetch https://h/x: reset (see https://h/y)."),
         ("sqlite:////data/mlflow.db and http://host/a@b", "sqlite:////data/mlflow.db and http://host/a@b"),
     ],
 )

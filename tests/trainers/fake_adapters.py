@@ -64,6 +64,15 @@ class FailingAdapter(CountingAdapter):
         return super().train_epoch(epoch)
 
 
+class LeakingAdapter(CountingAdapter):
+    """Fails with an exception whose message holds a URL with credentials, as a data loader's or a client's would."""
+
+    URL = "https://reader:" + "hunter2" + "@data.example/shards?X-Amz-Signature=" + "s3cret"
+
+    def train_epoch(self, epoch: int) -> MetricsResult:
+        raise ConnectionError(f"could not fetch {self.URL}: connection reset")
+
+
 class SelfTerminatingAdapter(CountingAdapter):
     """Sends itself SIGTERM before the third batch of epoch 1, as a supervisor cancelling the job would."""
 

@@ -51,6 +51,17 @@ def test_failing_adapter_reports_failed_with_the_error_and_traceback(tmp_path) -
     assert len(sink.summaries()) == 1  # epoch 0 finished before the failure and stays reported
 
 
+def test_a_failure_reports_urls_without_their_credentials(tmp_path) -> None:
+    # The job's error, its traceback and its log line carried the password and the signature as they came.
+    sink = RecordingSink()
+    assert run(tmp_path, "fake_adapters:LeakingAdapter", sink) == train.EXIT_FAILED
+    _, error, detail, _ = sink.status_calls()[-1]
+    reported = [error, detail, *sink.messages("ERROR")]
+    assert not [text for text in reported if "hunter2" in text or "s3cret" in text], reported
+    assert error == "ConnectionError: could not fetch https://data.example/shards: connection reset"
+    assert "ConnectionError" in detail and "fake_adapters.py" in detail
+
+
 def test_bad_config_fails_the_job_before_running(tmp_path) -> None:
     sink = RecordingSink()
     code = run(tmp_path, "fake_adapters:CountingAdapter", sink, advanced_config={"weight_decay": "lots"})

@@ -150,8 +150,9 @@ def redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(kept), parts.fragment))
 
 
-#: A URL inside free text (an exception's message): a scheme, `://`, then anything up to a space or a quote.
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>`]+")
+#: A URL inside free text (an exception's message): a scheme, `://`, then anything up to a space or a quote, less
+#: the punctuation that ends a sentence or a clause (`... at https://host/x: connection reset`).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>`]+(?<![.,:;!?)\]])")
 
 
 def redact_urls(text: str) -> str:

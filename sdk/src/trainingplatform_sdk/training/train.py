@@ -62,7 +62,7 @@ from trainingplatform_sdk.training.adapter import NullSink, Status, TelemetrySin
 from trainingplatform_sdk.training.artifacts import StorageError
 from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings
 from trainingplatform_sdk.training.registry import resolve_adapter
-from trainingplatform_sdk.training.tracking import TrackingError
+from trainingplatform_sdk.training.tracking import TrackingError, redact_urls
 
 __all__ = [
     "EXIT_CANCELLED",
@@ -215,8 +215,9 @@ def run_job(
     except Exception as error:
         if system_metrics is not None:
             system_metrics.stop()
-        message = f"{type(error).__name__}: {error}"
-        detail = traceback.format_exc()
+        # A library's message repeats the URLs it was given, credentials included: none reaches the job or a log.
+        message = redact_urls(f"{type(error).__name__}: {error}")
+        detail = redact_urls(traceback.format_exc())
         reason = "exception in training"
         rank, world_size = torchrun_rank(os.environ)
         if rank != 0:
@@ -314,8 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             recorder_settings = RecorderSettings.from_env(os.environ, output_dir=args.output_dir)
         except (ConfigError, StorageError) as error:
             # The job exists and waits for a status: a bad argument must end it FAILED, not leave it QUEUED.
-            _report(logger, f"Training failed: {error}", level="ERROR")
-            logger.update_status(Status.FAILED, str(error), reason="invalid configuration")
+            message = redact_urls(str(error))
+            _report(logger, f"Training failed: {message}", level="ERROR")
+            logger.update_status(Status.FAILED, message, reason="invalid configuration")
             return EXIT_FAILED
         # progress.json in the output dir is how a trainer service reads the epoch and the latest metrics.
         from trainingplatform_sdk.training.progress import ProgressSink
