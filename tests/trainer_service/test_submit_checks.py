@@ -15,10 +15,20 @@ from trainingplatform.trainer.v1 import trainer_pb2
 
 from .trainer_process import TrainerProcess, spec
 
+#: A Hugging Face hub cache holding (a stand-in for) resnet18's default weights, as `hf download` leaves it.
+CACHED_REPO, CACHED_REVISION = "timm/resnet18.a1_in1k", "0123456789abcdef0123456789abcdef01234567"
+
 
 @pytest.fixture(scope="module")
 def timm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProcess]:
-    process = TrainerProcess(tmp_path_factory.mktemp("checks-timm")).start()
+    caches = tmp_path_factory.mktemp("checks-timm-caches")
+    repo = caches / "hub" / f"models--{CACHED_REPO.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(CACHED_REVISION)
+    (repo / "snapshots" / CACHED_REVISION).mkdir(parents=True)
+    (repo / "snapshots" / CACHED_REVISION / "model.safetensors").write_bytes(b"weights")
+    env = {"HF_HUB_CACHE": str(caches / "hub"), "TORCH_HOME": str(caches / "torch")}
+    process = TrainerProcess(tmp_path_factory.mktemp("checks-timm"), env=env).start()
     yield process
     process.close()
 
@@ -73,6 +83,32 @@ def test_timm_num_classes_of_a_builtin_dataset_or_more_is_accepted(timm: Trainer
         job_spec = spec()
         job_spec.model.num_classes = num_classes
         request = trainer_pb2.StartTrainingRequest(job_id=f"classes-{num_classes}", spec=job_spec, validate_only=True)
+        assert timm.stub.StartTraining(request, metadata=timm.metadata, timeout=60).run_id == ""
+
+
+@pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
+def test_timm_pretrained_weights_missing_from_the_cache_are_refused(timm: TrainerProcess, validate_only: bool) -> None:
+    # The job was accepted and failed a few seconds into the training process.
+    job_spec = spec(model="resnet10t")
+    job_spec.model.pretrained = True
+    details = _refused(timm, f"pretrained-{validate_only}", job_spec, validate_only=validate_only)
+    assert details.startswith("model_config.pretrained: the pretrained weights of 'resnet10t' are not in the local")
+    assert "timm/resnet10t.c3_in1k in " in details and "trainers never download" in details
+
+
+def test_timm_pretrained_for_a_model_timm_has_no_weights_of_is_refused(timm: TrainerProcess) -> None:
+    # timm would train it from random weights, with only a warning in the log.
+    job_spec = spec(model="botnet50ts_256")
+    job_spec.model.pretrained = True
+    details = _refused(timm, "no-weights", job_spec, validate_only=True)
+    assert details == "model_config.pretrained: timm has no pretrained weights of 'botnet50ts_256'; set it to false"
+
+
+def test_timm_pretrained_weights_in_the_cache_are_accepted(timm: TrainerProcess) -> None:
+    for model in ("resnet18", "resnet18.a1_in1k", "resnet10t"):
+        job_spec = spec(model=model)
+        job_spec.model.pretrained = model.startswith("resnet18")
+        request = trainer_pb2.StartTrainingRequest(job_id=f"cached-{model}", spec=job_spec, validate_only=True)
         assert timm.stub.StartTraining(request, metadata=timm.metadata, timeout=60).run_id == ""
 
 

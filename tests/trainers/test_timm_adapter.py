@@ -152,7 +152,7 @@ def test_pretrained_weights_missing_from_the_cache_fail_fast(tmp_path, monkeypat
         tmp_path / "out",
         "job-pretrained",
     )
-    with pytest.raises(FileNotFoundError, match=r"pretrained weights of 'resnet10t' are not in the local cache"):
+    with pytest.raises(ConfigError, match=r"pretrained weights of 'resnet10t' are not in the local cache"):
         adapter.train()
 
 

@@ -50,6 +50,7 @@ from collections.abc import Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 # Set before timm imports huggingface_hub, which reads it once at import: without it, pretrained=True with an
 # empty cache retries the network for ~50 s before failing.
@@ -64,12 +65,12 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from trainingplatform_sdk.spec.configs import ConfigError, MetricsResult
+from trainingplatform_sdk.spec.configs import ConfigError, MetricsResult, ModelConfig
 from trainingplatform_sdk.training.adapter import TrainingAdapter, TrainingResult
 
 from trainingplatform_trainer_timm import datasets
 
-__all__ = ["DistributedRun", "TimmAdapter", "resolve_model_name"]
+__all__ = ["DistributedRun", "TimmAdapter", "check_pretrained", "resolve_model_name"]
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_LEARNING_RATE = 1e-3
@@ -96,6 +97,61 @@ def resolve_model_name(name: str) -> str:
 
 def _is_checkpoint_path(name: str) -> bool:
     return name.endswith(CHECKPOINT_SUFFIXES)
+
+
+def check_pretrained(model: ModelConfig) -> None:
+    """`pretrained` needs timm's weights of the model in a local cache: trainers never download.
+
+    Looks where `timm.create_model(pretrained=True)` would (the Hugging Face hub cache, `HF_HUB_CACHE`, or torch.hub's
+    `TORCH_HOME`), without loading anything. A model given as a checkpoint path brings its own weights. The trainer
+    service runs this at StartTraining (server.py's `check_job`), the adapter again before it builds the model.
+
+    Raises:
+        ConfigError: `pretrained` for a model timm has no weights of, or whose weights are not cached.
+    """
+    if model.pretrained and not _is_checkpoint_path(model.name):
+        _check_pretrained_weights(resolve_model_name(model.name))
+
+
+def _check_pretrained_weights(name: str) -> None:
+    where = _cached_weights(name)
+    if where is None:
+        raise ConfigError(f"model_config.pretrained: timm has no pretrained weights of {name!r}; set it to false")
+    location, cached = where
+    if not cached:
+        raise ConfigError(
+            f"model_config.pretrained: the pretrained weights of {name!r} are not in the local cache ({location}); "
+            "trainers never download: put them there, or set it to false"
+        )
+
+
+def _cached_weights(name: str) -> tuple[str, bool] | None:
+    """Where timm reads `name`'s pretrained weights from, and whether they are there; None when it has none."""
+    import huggingface_hub.constants
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models._builder import _resolve_pretrained_source  # what create_model(pretrained=True) follows
+    from timm.models._hub import HF_WEIGHTS_NAME, _get_safe_alternatives, hf_split
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    source, location = _resolve_pretrained_source(cfg.to_dict())
+    if source == "hf-hub":
+        repo, filename = location if isinstance(location, tuple) else (location, HF_WEIGHTS_NAME)
+        repo_id, revision = hf_split(repo)
+        names = [filename] if filename.endswith(".safetensors") else [*_get_safe_alternatives(filename), filename]
+        cache = huggingface_hub.constants.HF_HUB_CACHE
+        found = any(
+            isinstance(try_to_load_from_cache(repo_id, file, cache_dir=cache, revision=revision), str)
+            for file in names
+        )
+        return f"{repo_id} in {cache}", found
+    if source == "url":
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlsplit(str(location)).path).name
+        return str(cached), cached.is_file()
+    if source in ("file", "local-dir"):
+        return str(location), Path(str(location)).exists()
+    return None if source == "" else ("the model's pretrained config", True)
 
 
 def _usable_cpus() -> int:
@@ -162,6 +218,7 @@ class TimmAdapter(TrainingAdapter):
             resolve_model_name(name)
         datasets.check_dataset(self.dataset_config)
         datasets.check_num_classes(self.model_config, self.dataset_config)
+        check_pretrained(self.model_config)
         extra = self.advanced_config.extra
         for key, kinds in (("num_threads", int), ("label_smoothing", (int, float)), ("drop_rate", (int, float))):
             if key in extra and (not isinstance(extra[key], kinds) or isinstance(extra[key], bool)):
@@ -298,12 +355,8 @@ class TimmAdapter(TrainingAdapter):
         import huggingface_hub.constants
 
         huggingface_hub.constants.HF_HUB_OFFLINE = True
-        # Weights hosted outside the Hugging Face hub are fetched by torch.hub, which has no offline switch.
-        cfg = get_pretrained_cfg(name)
-        if cfg is not None and not cfg.hf_hub_id and cfg.url:
-            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(str(cfg.url)).name
-            if not cached.is_file():
-                raise FileNotFoundError(f"pretrained weights of {name!r} are not in the local cache ({cached})")
+        # torch.hub, which fetches weights hosted outside the hub, has no offline switch: nothing missing gets that far.
+        _check_pretrained_weights(name)
         try:
             return timm.create_model(name, pretrained=True, **kwargs)
         except (OSError, RuntimeError) as error:

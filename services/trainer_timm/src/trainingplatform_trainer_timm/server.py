@@ -74,11 +74,13 @@ def _advanced_defaults() -> dict[str, Any]:
 
 def _check_job(job: JobRequest) -> None:
     # The train/ and val/ subdirectories of an ImageFolder dataset, checked the way the adapter will read them,
-    # and num_classes against a built-in dataset's classes.
+    # num_classes against a built-in dataset's classes, and pretrained weights in the local cache.
     from trainingplatform_trainer_timm import datasets
+    from trainingplatform_trainer_timm.adapter import check_pretrained
 
     datasets.check_dataset(job.dataset)
     datasets.check_num_classes(job.model, job.dataset)
+    check_pretrained(job.model)
     _check_optimizer(job)
 
 
