@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import uuid
@@ -44,6 +45,29 @@ def test_real_timm_run_succeeds_and_completes_the_job(timm_trainer: TrainerProce
     assert backend.status_events(job_id)[-2:] == ["RUNNING", "COMPLETED"]
     assert backend.metric_sequences(job_id)
     assert timm_trainer.get(job_id=job_id).run_id == run_id
+
+
+def test_cancelling_a_real_timm_run_with_loader_workers_stops_it_cleanly(
+    timm_trainer: TrainerProcess, backend: BackendProcess
+) -> None:
+    # The group's SIGTERM killed the DataLoader workers too: the training process died of "DataLoader worker (pid
+    # ...) is killed by signal: Terminated", exit 1, with no last checkpoint and results recorded. (Ultralytics
+    # loads with workers on a GPU only; tests/trainers/test_ultralytics_adapter.py covers its loader.)
+    job_id, token = backend.create_job(framework="timm", model="resnet10t", epochs=50)
+    job_spec = spec(epochs=50, image_size=32)
+    job_spec.training.num_workers = 2
+    run_id = timm_trainer.start_training(job_id, job_spec, backend.address, token)
+    wait_until(lambda: timm_trainer.get(run_id).current_epoch >= 1, 300, "the first epoch to end")
+
+    timm_trainer.cancel(run_id)
+    run = timm_trainer.wait_state(run_id, CANCELLED, timeout=120)
+    log = timm_trainer.train_log(run)
+    assert run.exit_code == 128 + signal.SIGTERM, log[-3000:]
+    assert "DataLoader worker" not in log and "Training cancelled after" in log
+    results = json.loads(Path(run.output_dir, "results.json").read_text())
+    assert results["status"] == "cancelled"
+    assert Path(run.output_dir, "weights", "last.pt").is_file()
+    _backend_status(backend, job_id, "CANCELLED")
 
 
 def test_progress_is_reported_while_running(fake_trainer: TrainerProcess) -> None:

@@ -234,3 +234,59 @@ def test_augmentation_off_constant_schedule_and_step_warning(tmp_path) -> None:
     assert any("'step' is not supported" in m for m in sink.messages("WARNING"))
     adapter.advanced_config.lr_scheduler = "constant"
     assert adapter.train_args(tmp_path / "data.yaml", 64)["lrf"] == 1.0
+
+
+#: A training process that loads with ultralytics' loader and 2 workers, stops on SIGTERM at a batch boundary as
+#: tp-train does, and prints its workers' pids, then how its batches went.
+_LOADING_PROCESS = """
+import os, signal, sys, time
+from trainingplatform_trainer_ultralytics.adapter import loader_workers_ignore_stop_signals
+from ultralytics.data.build import build_dataloader
+
+class Numbers:
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, index):
+        return index
+
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+loader_workers_ignore_stop_signals()
+loader = build_dataloader(Numbers(), batch=4, workers=2, shuffle=False, device="cpu")
+batches = iter(loader)
+next(batches)
+workers = loader.iterator._workers
+while any(os.getpgid(worker.pid) != worker.pid for worker in workers):  # until each ran its worker_init_fn
+    time.sleep(0.01)
+print(*[worker.pid for worker in workers], flush=True)
+while not stop:
+    time.sleep(0.01)
+time.sleep(0.5)
+print("batches", *[len(next(batches)) for _ in range(10)], flush=True)
+"""
+
+
+def test_loader_workers_outlive_a_stop_signal_sent_to_the_process_group() -> None:
+    # On a GPU ultralytics loads with workers (on the CPU with none). A cancel sends SIGTERM to the whole process
+    # group: a worker killed by it made torch raise "DataLoader worker (pid ...) is killed by signal: Terminated"
+    # in the training process before it could stop at a batch boundary.
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", _LOADING_PROCESS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        workers = [int(pid) for pid in process.stdout.readline().split()]
+        assert len(workers) == 2, process.stderr.read()
+        os.killpg(process.pid, signal.SIGTERM)  # as the trainer service cancels a run
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert "killed by signal" not in err
+    assert out.split() == ["batches"] + ["4"] * 10

@@ -6,6 +6,13 @@ A framework's adapter is found through the `trainingplatform.adapters` entry-poi
 package installed beside the SDK adds a framework. `tp-train` (`training.train`) runs one job in this process.
 """
 
-from trainingplatform_sdk.training.adapter import NullSink, Status, TelemetrySink, TrainingAdapter, TrainingResult
+from trainingplatform_sdk.training.adapter import (
+    NullSink,
+    Status,
+    TelemetrySink,
+    TrainingAdapter,
+    TrainingResult,
+    loader_worker_init,
+)
 
-__all__ = ["NullSink", "Status", "TelemetrySink", "TrainingAdapter", "TrainingResult"]
+__all__ = ["NullSink", "Status", "TelemetrySink", "TrainingAdapter", "TrainingResult", "loader_worker_init"]

@@ -24,6 +24,7 @@ This module imports nothing heavy: the SDK installs without torch.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -34,7 +35,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from trainingplatform_sdk.spec.configs import AdvancedConfig, DatasetConfig, MetricsResult, ModelConfig, TrainingConfig
 
-__all__ = ["NullSink", "Status", "TelemetrySink", "TrainingAdapter", "TrainingResult"]
+__all__ = ["NullSink", "Status", "TelemetrySink", "TrainingAdapter", "TrainingResult", "loader_worker_init"]
 
 _log = logging.getLogger(__name__)
 
@@ -223,7 +224,11 @@ class TrainingAdapter:
         """
 
     def build_data(self) -> None:
-        """Builds the datasets and loaders. Called before `build_model`."""
+        """Builds the datasets and loaders. Called before `build_model`.
+
+        A loader with workers takes `worker_init_fn=loader_worker_init`, so that a cancel stops the training at a
+        batch boundary instead of killing its workers under it.
+        """
         raise NotImplementedError
 
     def build_model(self) -> None:
@@ -344,6 +349,22 @@ class TrainingAdapter:
 
     def _is_better(self, value: float, best: float) -> bool:
         return value > best if self.best_mode == "max" else value < best
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """A DataLoader `worker_init_fn` that keeps the loader's worker processes out of the job's stop signals.
+
+    A cancel sends SIGTERM to the run's whole process group (and torchrun to each rank's), Ctrl-C sends SIGINT to
+    the terminal's. A loader worker killed by it makes torch raise "DataLoader worker (pid ...) is killed by
+    signal" in the training process, at whatever line it runs, before the batch boundary where it would stop, save
+    its last checkpoint and report CANCELLED. So the worker leaves that group for one of its own: the training
+    process shuts it down as it stops (or terminates it, as torch and multiprocessing do), and torch ends a worker
+    whose training process died within seconds (its watchdog), a SIGKILL of the group included.
+
+    Args:
+        worker_id: The worker's index, as DataLoader passes it (unused).
+    """
+    os.setpgid(0, 0)
 
 
 def _format_metrics(metrics: Mapping[str, float]) -> str:

@@ -66,7 +66,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from trainingplatform_sdk.spec.configs import ConfigError, MetricsResult, ModelConfig
-from trainingplatform_sdk.training.adapter import TrainingAdapter, TrainingResult
+from trainingplatform_sdk.training.adapter import TrainingAdapter, TrainingResult, loader_worker_init
 
 from trainingplatform_trainer_timm import datasets
 
@@ -142,8 +142,7 @@ def _cached_weights(name: str) -> tuple[str, bool] | None:
         names = [filename] if filename.endswith(".safetensors") else [*_get_safe_alternatives(filename), filename]
         cache = huggingface_hub.constants.HF_HUB_CACHE
         found = any(
-            isinstance(try_to_load_from_cache(repo_id, file, cache_dir=cache, revision=revision), str)
-            for file in names
+            isinstance(try_to_load_from_cache(repo_id, file, cache_dir=cache, revision=revision), str) for file in names
         )
         return f"{repo_id} in {cache}", found
     if source == "url":
@@ -263,6 +262,7 @@ class TimmAdapter(TrainingAdapter):
             "num_workers": workers,
             "pin_memory": self.device.type == "cuda",
             "persistent_workers": workers > 0,
+            "worker_init_fn": loader_worker_init,
         }
         # torch's Dataset declares no __len__; these (tensor and image-folder datasets) have one.
         train_size, val_size = len(cast(Sized, data.train)), len(cast(Sized, data.val))

@@ -37,13 +37,14 @@ import difflib
 import math
 import os
 import re
+from collections.abc import Callable
 from functools import cache
 from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainingplatform_sdk.spec.configs import ConfigError, ModelConfig
-from trainingplatform_sdk.training.adapter import Status, TrainingAdapter, TrainingResult
+from trainingplatform_sdk.training.adapter import Status, TrainingAdapter, TrainingResult, loader_worker_init
 
 from trainingplatform_trainer_ultralytics import datasets
 from trainingplatform_trainer_ultralytics.offline import prepare_offline, set_threads
@@ -51,7 +52,13 @@ from trainingplatform_trainer_ultralytics.offline import prepare_offline, set_th
 if TYPE_CHECKING:
     from ultralytics.engine.trainer import BaseTrainer
 
-__all__ = ["UltralyticsAdapter", "available_model_yamls", "check_pretrained", "resolve_model"]
+__all__ = [
+    "UltralyticsAdapter",
+    "available_model_yamls",
+    "check_pretrained",
+    "loader_workers_ignore_stop_signals",
+    "resolve_model",
+]
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_IMAGE_SIZE = 640
@@ -135,6 +142,31 @@ def check_pretrained(model: ModelConfig) -> None:
         )
 
 
+def loader_workers_ignore_stop_signals() -> None:
+    """Makes ultralytics' loader workers run the platform's `loader_worker_init` after their own seeding.
+
+    On a GPU ultralytics loads with worker processes (on the CPU with none), and a cancel's SIGTERM to the run's
+    process group would kill them under the training: see `loader_worker_init`. `build_dataloader` reads its
+    `seed_worker` from its module at each call, so this replaces it there. Idempotent.
+    """
+    from ultralytics.data import build
+
+    if build.seed_worker is not _seed_worker:
+        global _ultralytics_seed_worker
+        _ultralytics_seed_worker = build.seed_worker
+        build.seed_worker = _seed_worker
+
+
+#: ultralytics' own `seed_worker`, which `_seed_worker` runs first.
+_ultralytics_seed_worker: Callable[[int], None] | None = None
+
+
+def _seed_worker(worker_id: int) -> None:
+    if _ultralytics_seed_worker is not None:
+        _ultralytics_seed_worker(worker_id)
+    loader_worker_init(worker_id)
+
+
 class UltralyticsAdapter(TrainingAdapter):
     """Trains a YOLO detector with ultralytics; see the module docstring for metrics and options."""
 
@@ -158,6 +190,7 @@ class UltralyticsAdapter(TrainingAdapter):
         if not self._prepared:
             self._num_threads = int(self.advanced_config.extra.get("num_threads") or _usable_cpus())
             prepare_offline(self.output_dir / ".ultralytics", self._num_threads)
+            loader_workers_ignore_stop_signals()
             self._prepared = True
 
     def accepted_extra_keys(self) -> set[str]:
