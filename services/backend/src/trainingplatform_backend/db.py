@@ -11,11 +11,45 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+SECRET_QUERY_PARAMETERS = frozenset({"password", "sslpassword"})
+"""libpq connection parameters that are secrets (the password, the passphrase of the client key): a URL may carry
+them in its query string (`?password=...`); `display_url` and `redact` show them as `***`."""
+
+MASK = "***"
+
+
+def display_url(url: str | URL) -> str:
+    """`url` as it may be shown in a log line or an error: its password (`user:password@`) and its secret query
+    parameters (`?password=`, `?sslpassword=`) are `***`."""
+    parsed = make_url(url)
+    query = {key: (MASK if key.lower() in SECRET_QUERY_PARAMETERS else value) for key, value in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", MASK)
+
+
+def secrets_of(url: str | URL) -> list[str]:
+    """The secrets `url` carries: its password and the values of its secret query parameters."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL SQLAlchemy reads: nothing known to hide
+        return []
+    found = [parsed.password] if parsed.password else []
+    for key, value in parsed.query.items():
+        if key.lower() in SECRET_QUERY_PARAMETERS:
+            found.extend([value] if isinstance(value, str) else value)
+    return [str(secret) for secret in found if secret]
+
+
+def redact(text: str, url: str | URL) -> str:
+    """`text` (an error message) with every secret of `url` replaced by `***`."""
+    for secret in sorted(secrets_of(url), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -60,7 +94,7 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str) -> None:
     """Applies every pending migration: the only way the schema is created or changed."""
-    log.info("applying database migrations to %s", make_url(url).render_as_string(hide_password=True))
+    log.info("applying database migrations to %s", display_url(url))
     _ensure_sqlite_directory(url)
     command.upgrade(alembic_config(url), "head")
 
@@ -75,7 +109,7 @@ def check_schema(engine: Engine) -> None:
     Raises:
         SchemaError: saying what the database is at and what to run.
     """
-    url = engine.url.render_as_string(hide_password=True)
+    url = display_url(engine.url)
     script = ScriptDirectory.from_config(alembic_config(url))
     heads = set(script.get_heads())
     with engine.connect() as connection:

@@ -161,7 +161,7 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
         host,
         port,
         "TLS" if settings.tls_enabled else "plaintext",
-        make_url(url).render_as_string(hide_password=True),
+        db.display_url(url),
     )
     return RunningServer(server, backend, listener, dispatcher, settings, metrics_task)
 
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_until_signal(serving))
     except (OSError, SQLAlchemyError, TimeoutError, db.SchemaError) as error:
         # A startup failure (database unreachable or not migrated, port taken, unreadable TLS file) is one line.
-        log.error("cannot start: %s", str(error).splitlines()[0])
+        log.error("cannot start: %s", db.redact(str(error).splitlines()[0], settings.effective_database_url))
         return 1
     return 0
 
