@@ -23,6 +23,39 @@ them in its query string (`?password=...`); `display_url` and `redact` show them
 
 MASK = "***"
 
+DEFAULT_CONNECT_TIMEOUT_S = 10
+"""How long a PostgreSQL connection may take to open (libpq's `connect_timeout`) when DATABASE_URL sets none: a host
+that accepts the connection and never answers stops the backend at start instead of hanging it."""
+
+
+def with_connect_timeout(url: str) -> str:
+    """`url` with `connect_timeout=10` (DEFAULT_CONNECT_TIMEOUT_S) added for PostgreSQL, unless it sets one."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: the start says so, in one line, where the database is opened
+        return url
+    if parsed.get_backend_name() != "postgresql" or "connect_timeout" in parsed.query:
+        return url
+    timeout = {"connect_timeout": str(DEFAULT_CONNECT_TIMEOUT_S)}
+    return parsed.update_query_dict(timeout).render_as_string(hide_password=False)
+
+
+def describe_error(error: BaseException, url: str) -> str:
+    """The first line of a start failure's message, without the URL's secrets; a connection that timed out names
+    the host and the timeout (and where to set it)."""
+    orig = getattr(error, "orig", None)
+    if type(orig).__name__ == "ConnectionTimeout" or type(error).__name__ == "ConnectionTimeout":
+        parsed = make_url(url)
+        timeout = parsed.query.get("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT_S))
+        text = (
+            f"(psycopg.errors.ConnectionTimeout) connection to server at {parsed.host or 'localhost'}:"
+            f"{parsed.port or 5432} failed: no answer within {timeout} s (connect_timeout; the default is "
+            f"{DEFAULT_CONNECT_TIMEOUT_S} s, DATABASE_URL's ?connect_timeout=N sets it)"
+        )
+    else:
+        text = (str(error).splitlines() or [type(error).__name__])[0]
+    return redact(text, url)
+
 
 def display_url(url: str | URL) -> str:
     """`url` as it may be shown in a log line or an error: its password (`user:password@`) and its secret query

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_until_signal(serving))
     except (OSError, SQLAlchemyError, TimeoutError, db.SchemaError) as error:
         # A startup failure (database unreachable or not migrated, port taken, unreadable TLS file) is one line.
-        log.error("cannot start: %s", db.redact(str(error).splitlines()[0], settings.effective_database_url))
+        log.error("cannot start: %s", db.describe_error(error, settings.effective_database_url))
         return 1
     return 0
 

@@ -17,6 +17,8 @@ from trainingplatform_sdk.spec.limits import (
     MAX_EPOCHS,
 )
 
+from trainingplatform_backend import db
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
 
@@ -35,7 +37,8 @@ class Settings:
 
     database_url: str = ""
     """DATABASE_URL: SQLAlchemy URL. Empty means `sqlite:///<data_dir>/backend.db`. PostgreSQL:
-    `postgresql+psycopg://user@host:5432/db` (a `postgresql://` URL is read as psycopg 3)."""
+    `postgresql+psycopg://user@host:5432/db` (a `postgresql://` URL is read as psycopg 3). A connection that takes
+    longer than its `connect_timeout` (`?connect_timeout=N`; 10 s when the URL sets none) fails the start."""
 
     internal_auth_token: str = field(default="", repr=False)
     """INTERNAL_AUTH_TOKEN: the service token for service-to-service calls. Empty means a random token is
@@ -163,7 +166,7 @@ class Settings:
         url = self.database_url or f"sqlite:///{(self.data_dir / 'backend.db').resolve()}"
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        return url
+        return db.with_connect_timeout(url)
 
     @property
     def effective_telemetry_endpoint(self) -> str:
