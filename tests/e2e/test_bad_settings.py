@@ -87,6 +87,14 @@ def test_the_dashboard_refuses_a_bad_setting_naming_it(env: dict[str, str], name
         ("tp-backend", ["--listen", "127.0.0.1:65537"], {}, "TP_BACKEND_LISTEN"),
         ("tp-backend", ["--log-level", "LOUD"], {}, "TP_LOG_LEVEL"),
         ("tp-backend", ["--shutdown-grace-s", "-1"], {}, "TP_SHUTDOWN_GRACE_S"),
+        ("tp-backend", ["--shutdown-grace-s", "soon"], {}, "TP_SHUTDOWN_GRACE_S"),
+        ("tp-backend", ["--workers", "abc"], {}, "TP_BACKEND_WORKERS"),
+        ("tp-backend", ["--workers", "0"], {}, "TP_BACKEND_WORKERS"),
+        ("tp-backend", ["--metrics-port", "abc"], {}, "TP_METRICS_PORT"),
+        ("tp-backend", ["--metrics-port", "70000"], {}, "TP_METRICS_PORT"),
+        ("tp-trainer-timm", ["--metrics-port", "abc"], {"INTERNAL_AUTH_TOKEN": "t"}, "TP_METRICS_PORT"),
+        ("tp-trainer-timm", ["--max-concurrent-jobs", "many"], {"INTERNAL_AUTH_TOKEN": "t"}, "TP_MAX_CONCURRENT_JOBS"),
+        ("tp-dashboard", ["--metrics-port", "abc"], {}, "TP_METRICS_PORT"),
         ("tp-trainer-timm", ["--listen", "127.0.0.1:65537"], {"INTERNAL_AUTH_TOKEN": "t"}, "TP_TRAINER_LISTEN"),
         ("tp-dashboard", [], {"TP_LOG_LEVEL": "verbose"}, "TP_LOG_LEVEL"),
     ],
@@ -104,3 +112,24 @@ def test_a_service_started_with_a_bad_setting_exits_2_in_one_line(
     lines = output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{program}: error: ") and name in lines[0], output
     assert not (tmp_path / "backend.db").exists(), "nothing was started"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--workers", "0"], {}, "--workers (TP_BACKEND_WORKERS) must be"),
+        ([], {"TP_BACKEND_WORKERS": "0"}, "error: TP_BACKEND_WORKERS must be"),
+        (["--metrics-port", "abc"], {}, "--metrics-port (TP_METRICS_PORT) must be"),
+        ([], {"TP_METRICS_PORT": "abc"}, "error: TP_METRICS_PORT must be"),
+        (["--listen", "nowhere"], {}, "--listen (TP_BACKEND_LISTEN) must be"),
+    ],
+)
+def test_the_backend_names_the_flag_or_the_variable_the_user_set(
+    tmp_path: Path, args: list[str], env: dict[str, str], named: str
+) -> None:
+    environment = {**os.environ, "TP_DATA_DIR": str(tmp_path), **env}
+    result = subprocess.run(
+        [str(VENV_BIN / "tp-backend"), *args], env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr, result.stderr

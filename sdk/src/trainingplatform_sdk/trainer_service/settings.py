@@ -102,19 +102,17 @@ def add_arguments(parser: argparse.ArgumentParser, default_listen: str) -> None:
     a token on a command line is visible to every user of the host."""
     parser.add_argument("--listen", help=f"address to serve on (TP_TRAINER_LISTEN, default {default_listen})")
     parser.add_argument("--data-dir", help="data directory (TP_DATA_DIR, default .data)")
-    parser.add_argument("--max-concurrent-jobs", type=int, help="most jobs at once (TP_MAX_CONCURRENT_JOBS, default 1)")
-    parser.add_argument("--cancel-grace-s", type=float, help="SIGTERM to SIGKILL delay (TP_CANCEL_GRACE_S, default 30)")
-    parser.add_argument("--shutdown-grace-s", type=float, help="grace for open calls (TP_SHUTDOWN_GRACE_S, default 5)")
+    parser.add_argument("--max-concurrent-jobs", help="most jobs at once (TP_MAX_CONCURRENT_JOBS, default 1)")
+    parser.add_argument("--cancel-grace-s", help="SIGTERM to SIGKILL delay (TP_CANCEL_GRACE_S, default 30)")
+    parser.add_argument("--shutdown-grace-s", help="grace for open calls (TP_SHUTDOWN_GRACE_S, default 5)")
     parser.add_argument("--adapter", help="tp-train --framework value (TP_TRAINER_ADAPTER, default the framework)")
     parser.add_argument("--tls-cert-file", help="PEM server certificate (TP_TLS_CERT_FILE)")
     parser.add_argument("--tls-key-file", help="PEM server key (TP_TLS_KEY_FILE)")
     parser.add_argument("--tls-client-ca-file", help="PEM CA for client certificates (TP_TLS_CLIENT_CA_FILE)")
     parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL, default INFO)")
     parser.add_argument("--data-roots", help="directories dataset paths must lie under, ':'-separated (TP_DATA_ROOTS)")
-    parser.add_argument("--max-epochs", type=int, help="most epochs a job may ask for (TP_MAX_EPOCHS, default 10000)")
-    parser.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (TP_METRICS_PORT, default off)"
-    )
+    parser.add_argument("--max-epochs", help="most epochs a job may ask for (TP_MAX_EPOCHS, default 10000)")
+    parser.add_argument("--metrics-port", help="serve Prometheus /metrics on this port (TP_METRICS_PORT, default off)")
 
 
 def load(

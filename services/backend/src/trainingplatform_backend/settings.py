@@ -207,17 +207,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert-file", help="PEM server certificate (TP_TLS_CERT_FILE)")
     parser.add_argument("--tls-key-file", help="PEM server key (TP_TLS_KEY_FILE)")
     parser.add_argument("--tls-client-ca-file", help="PEM CA for client certificates (TP_TLS_CLIENT_CA_FILE)")
-    parser.add_argument(
-        "--shutdown-grace-s", type=float, help="grace period on SIGTERM, seconds (TP_SHUTDOWN_GRACE_S, default 10)"
-    )
+    parser.add_argument("--shutdown-grace-s", help="grace period on SIGTERM, seconds (TP_SHUTDOWN_GRACE_S, default 10)")
     parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations on start")
     parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL, default INFO)")
     parser.add_argument("--trainers", help="trainer services, framework=host:port,... (TP_TRAINERS)")
     parser.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (TP_METRICS_PORT, default 0: off)"
+        "--metrics-port", help="serve Prometheus /metrics on this port (TP_METRICS_PORT, default 0: off)"
     )
     parser.add_argument(
-        "--workers", type=int, help="server processes sharing the port, PostgreSQL only (TP_BACKEND_WORKERS, default 1)"
+        "--workers", help="server processes sharing the port, PostgreSQL only (TP_BACKEND_WORKERS, default 1)"
     )
 
 
@@ -232,6 +230,11 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         value = getattr(args, flag, None) if args is not None else None
         return str(value) if value is not None else env.get(var, default)
 
+    def named(flag: str, var: str) -> str:
+        """How a message names the setting: `--flag (VAR)` when the flag set it, VAR otherwise."""
+        given = args is not None and getattr(args, flag, None) is not None
+        return f"--{flag.replace('_', '-')} ({var})" if given else var
+
     max_bytes = values.whole_number(
         "TP_MAX_MESSAGE_BYTES",
         pick("max_message_bytes", "TP_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES)),
@@ -244,10 +247,12 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
     def seconds(var: str, default: str, *, above: bool = False, flag: str = "") -> float:
         """A duration setting: 0 or more seconds, or more than 0 when `above`."""
         text = pick(flag, var, default) if flag else env.get(var, default)
-        return values.number(var, text, above=above)
+        return values.number(named(flag, var) if flag else var, text, above=above)
 
     settings = Settings(
-        listen=values.listen_address("TP_BACKEND_LISTEN", pick("listen", "TP_BACKEND_LISTEN", DEFAULT_LISTEN)),
+        listen=values.listen_address(
+            named("listen", "TP_BACKEND_LISTEN"), pick("listen", "TP_BACKEND_LISTEN", DEFAULT_LISTEN)
+        ),
         data_dir=Path(pick("data_dir", "TP_DATA_DIR", ".data")),
         database_url=pick("database_url", "DATABASE_URL", ""),
         internal_auth_token=env.get("INTERNAL_AUTH_TOKEN", ""),
@@ -262,7 +267,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
             "TP_SUBSCRIBER_BUFFER_POINTS", env.get("TP_SUBSCRIBER_BUFFER_POINTS", "50000")
         ),
         migrate_on_start=migrate,
-        log_level=values.log_level("TP_LOG_LEVEL", pick("log_level", "TP_LOG_LEVEL", "INFO")),
+        log_level=values.log_level(named("log_level", "TP_LOG_LEVEL"), pick("log_level", "TP_LOG_LEVEL", "INFO")),
         trainers=parse_trainers(pick("trainers", "TP_TRAINERS", "")),
         telemetry_endpoint=_endpoint(env.get("TP_TELEMETRY_ENDPOINT", "")),
         dispatch_timeout_s=seconds("TP_DISPATCH_TIMEOUT_S", "600", above=True),
@@ -293,8 +298,10 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
             maximum=max_bytes,
         ),
         page_token_key=env.get("TP_PAGE_TOKEN_KEY", ""),
-        workers=values.whole_number("TP_BACKEND_WORKERS", pick("workers", "TP_BACKEND_WORKERS", "1")),
-        metrics_port=values.port("TP_METRICS_PORT", pick("metrics_port", "TP_METRICS_PORT", "0")),
+        workers=values.whole_number(named("workers", "TP_BACKEND_WORKERS"), pick("workers", "TP_BACKEND_WORKERS", "1")),
+        metrics_port=values.port(
+            named("metrics_port", "TP_METRICS_PORT"), pick("metrics_port", "TP_METRICS_PORT", "0")
+        ),
     )
     _check_trainer_tls(settings)
     if settings.frontend_auth_token and settings.frontend_auth_token in (

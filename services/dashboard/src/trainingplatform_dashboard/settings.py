@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="where the backend's frontend_auth_token is (TP_DATA_DIR, default .data)")
     parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL, default INFO)")
     parser.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus /metrics on this port (TP_METRICS_PORT, default 0: off)"
+        "--metrics-port", help="serve Prometheus /metrics on this port (TP_METRICS_PORT, default 0: off)"
     )
 
 
