@@ -105,3 +105,32 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_two_services_of_a_framework_never_share_a_runs_directory(backend: BackendProcess, tmp_path: Path) -> None:
+    # A second service on the same data directory (a second `tp up`) adopted the first one's live runs, and
+    # cancelled them when it stopped; the ultralytics service of a stack adopted the timm service's runs too.
+    data_dir = tmp_path / "trainer"
+    first = TrainerProcess(data_dir, env=_ENV).start()
+    try:
+        job_id, token = backend.create_job(epochs=1000)
+        job_spec = spec(epochs=1000, extra={"fake_batches": 5, "fake_batch_s": 0.05})
+        run_id = first.start_training(job_id, job_spec, backend.address, token)
+        first.wait_state(run_id, trainer_pb2.RUN_STATE_RUNNING)
+
+        second = TrainerProcess(data_dir, env=_ENV)
+        with pytest.raises(RuntimeError, match="trainer exited with 1"):
+            second.start()
+        assert f"another tp-trainer-timm (pid {first.process.pid}) serves the runs in" in second.log_text()
+
+        other = TrainerProcess(data_dir, env=_ENV, executable="tp-trainer-ultralytics").start()
+        try:
+            assert other.list_all() == []
+        finally:
+            other.close()  # a graceful stop: it stops its own runs, and has none
+        assert first.get(run_id).state == trainer_pb2.RUN_STATE_RUNNING
+        assert "adopted run" not in other.log_text() and "stopping run" not in other.log_text()
+    finally:
+        first.close()

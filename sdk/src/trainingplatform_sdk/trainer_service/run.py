@@ -33,6 +33,7 @@ RUN_FILE_NAME = "run.json"
 _SAVED_FIELDS = (
     "run_id",
     "job_id",
+    "framework",
     "sequence",
     "total_epochs",
     "start_time",
@@ -65,6 +66,8 @@ class Run:
     start_time: float
     telemetry_endpoint: str = ""
     telemetry_token: str = field(default="", repr=False)
+    framework: str = ""
+    """The service's framework: a service adopts only its own runs (empty in a run.json from before it was saved)."""
     state: trainer_pb2.RunState = trainer_pb2.RUN_STATE_STARTING
     pid: int = 0
     exit_code: int = 0

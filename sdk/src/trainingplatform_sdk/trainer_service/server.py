@@ -8,7 +8,7 @@ stopped like a cancel (SIGTERM, SIGKILL after TP_CANCEL_GRACE_S; checkpoints and
 jobs end CANCELLED), reads keep being answered until the processes have exited, then the server stops with
 TP_SHUTDOWN_GRACE_S for open calls. Runs are stopped rather than left behind because nothing would watch,
 cancel or report a process that outlives its service. A service killed without its shutdown leaves its runs
-training; the next service started on the same runs directory adopts them (`Supervisor.adopt`).
+training; the next service of its framework started on the same runs directory adopts them (`Supervisor.adopt`).
 """
 
 from __future__ import annotations

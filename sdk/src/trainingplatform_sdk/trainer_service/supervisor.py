@@ -19,8 +19,11 @@ terminal status is refused with FAILED_PRECONDITION, which is ignored.
 
 Every run is also saved in `<output_dir>/run.json` (`Run.save`, mode 0600) on each change: when it starts, when it
 is asked to stop, when it ends, and once its end is reported. A service killed without its shutdown (SIGKILL, a
-crash) leaves its training processes running, in their own sessions; the next service on the same runs directory
-adopts them on start (`adopt`):
+crash) leaves its training processes running, in their own sessions; the next service of the same framework on the
+same runs directory adopts them on start (`adopt`). It first locks `<runs_dir>/.<framework>-service.lock` for as long
+as it lives (flock, released however the process ends): a second service of the framework on the directory would
+adopt the first one's live runs and stop them when it stops, so it is refused. Services of other frameworks may share
+the directory (`tp up` runs them so) and leave each other's runs alone.
 
 - a run whose process is still alive (same pid and same process start time, so a reused pid is not mistaken for
   it) is watched until it exits, polling every `ADOPTED_POLL_S`: it is no longer the service's child, so its exit
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
@@ -115,6 +119,7 @@ class Supervisor:
         self._start_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shutting_down = False
+        self._lock_fd = -1
 
     # --- Adopting what a previous service left -------------------------------------------------------------------
 
@@ -123,7 +128,9 @@ class Supervisor:
 
         Call once, before serving.
         """
-        runs = await asyncio.to_thread(_load_runs, self._settings.runs_dir)
+        framework = self._catalog.description.framework
+        self._lock_fd = _claim_runs_dir(self._settings.runs_dir, framework)
+        runs = await asyncio.to_thread(_load_runs, self._settings.runs_dir, framework)
         runs.sort(key=lambda run: (run.sequence, run.start_time))
         for run in runs:
             self._runs[run.run_id] = run
@@ -231,6 +238,7 @@ class Supervisor:
             start_time=time.time(),
             telemetry_endpoint=job.telemetry_endpoint,
             telemetry_token=job.telemetry_token,
+            framework=self._catalog.description.framework,
         )
         command = [
             sys.executable,
@@ -388,12 +396,36 @@ def _state_label(state: trainer_pb2.RunState) -> str:
     return trainer_pb2.RunState.Name(state).removeprefix("RUN_STATE_").lower()
 
 
-def _load_runs(runs_dir: Path) -> list[Run]:
-    """Every run saved under `<runs_dir>/<job_id>/<run_id>/run.json`."""
+def _claim_runs_dir(runs_dir: Path, framework: str) -> int:
+    """Locks `<runs_dir>/.<framework>-service.lock` for the life of this process; returns the lock's descriptor.
+
+    Close-on-exec: the training processes, which may outlive the service, never hold it.
+
+    Raises:
+        OSError: Another service of the framework holds it (its pid in the message), or the directory is unusable.
+    """
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(runs_dir / f".{framework}-service.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise OSError(
+            f"another tp-trainer-{framework} (pid {holder}) serves the runs in {runs_dir.absolute()}: "
+            "two services of a framework must never share one data directory (TP_DATA_DIR)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _load_runs(runs_dir: Path, framework: str) -> list[Run]:
+    """Every run of `framework` saved under `<runs_dir>/<job_id>/<run_id>/run.json` (and those saved without one)."""
     runs = []
     for path in sorted(runs_dir.glob(f"*/*/{RUN_FILE_NAME}")):
         run = Run.load(path)
-        if run is not None:
+        if run is not None and run.framework in ("", framework):
             runs.append(run)
     return runs
 
