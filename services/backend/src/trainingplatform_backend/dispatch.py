@@ -33,6 +33,11 @@ unreachable, and the job's telemetry has not moved, for `lease_s` (a training pr
 trainer service and keeps reporting on its own: it is not failed while it does). So a job whose trainer and
 process die is FAILED within lease_s + watch_interval_s (70 s by default). The lease's per-job memory is pruned
 as jobs end.
+
+Stray runs: a job cancelled (or failed) while its trainer was unreachable keeps training there, and a restarted
+trainer service adopts the run. So each round of the lease also asks the trainers of jobs that ended CANCELLED or
+FAILED between `lease_s` and `stray_run_window_s` (an hour, as long as the job's token may still write) ago about
+their runs, and cancels every one still live; a trainer still unreachable is asked again at the next round.
 """
 
 from __future__ import annotations
@@ -100,6 +105,8 @@ class DispatchSettings:
     """TP_TRAINER_LEASE_S: how long a live job may go without a trainer that runs it."""
     watch_interval_s: float = 10.0
     """TP_WATCH_INTERVAL_S: how often live jobs' trainers are asked about their runs."""
+    stray_run_window_s: float = 3600.0
+    """How long after a job ended CANCELLED or FAILED a run its trainer still reports live is cancelled there."""
     trainer_tls: ClientTls | None = None
     """TLS to trainers (TP_TRAINER_TLS_CA_FILE, with TP_TRAINER_TLS_CERT_FILE and TP_TRAINER_TLS_KEY_FILE for mutual
     TLS): every trainer channel uses it, whatever the address's scheme. None: plaintext for `host:port` (TLS with
@@ -124,6 +131,7 @@ class Dispatcher:
         self._settings = settings
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unreachable_since: dict[str, float] = {}
+        self._stray_stopped: set[tuple[str, str]] = set()
         # Per live job (pruned each lease round): telemetry seen, since when it is quiet, since when its run ended.
         self._last_committed: dict[str, int] = {}
         self._quiet_since: dict[str, float] = {}
@@ -133,7 +141,7 @@ class Dispatcher:
         self._delay: dict[str, float] = {}
         self._dispatching: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
-        self._cancels: set[asyncio.Task[None]] = set()
+        self._cancels: set[asyncio.Task[bool]] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     def has_trainer(self, framework: str) -> bool:
@@ -379,10 +387,11 @@ class Dispatcher:
             return []
         return reasons
 
-    async def cancel(self, job_id: str, trainer_address: str) -> None:
-        """Asks the job's trainer to stop its run; an unreachable trainer is logged, not fatal."""
+    async def cancel(self, job_id: str, trainer_address: str) -> bool:
+        """Asks the job's trainer to stop its run; returns whether it answered. An unreachable trainer is logged, not
+        fatal: the lease's round finds the run still live once the trainer is back, and cancels it then."""
         if not trainer_address:
-            return
+            return True
         try:
             await self._stub(trainer_address).CancelTraining(
                 trainer_pb2.CancelTrainingRequest(job_id=job_id),
@@ -390,9 +399,17 @@ class Dispatcher:
                 timeout=self._settings.call_timeout_s,
             )
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return True  # no run of the job there: nothing to stop
             log.warning(
-                "could not cancel job %s on %s: %s %s", job_id, trainer_address, error.code().name, error.details()
+                "could not cancel job %s on %s: %s %s; tried again once the trainer answers",
+                job_id,
+                trainer_address,
+                error.code().name,
+                error.details(),
             )
+            return False
+        return True
 
     # --- the lease ---------------------------------------------------------------------------------------
 
@@ -454,8 +471,49 @@ class Dispatcher:
             if not token:
                 return runs
 
+    def _ended_jobs(self) -> Sequence[tuple[str, str, str]]:
+        """Jobs that ended CANCELLED or FAILED more than `lease_s` ago (a run stopping as asked has ended by then)
+        and within `stray_run_window_s`, with their trainer and status."""
+        now = utcnow()
+        since = now - dt.timedelta(seconds=self._settings.stray_run_window_s)
+        before = now - dt.timedelta(seconds=self._settings.lease_s)
+        with self._store.engine.connect() as conn:
+            return [
+                (job_id, address, status)
+                for job_id, address, status in conn.execute(
+                    select(Job.job_id, Job.trainer_address, Job.status).where(
+                        Job.status.in_([statemachine.CANCELLED, statemachine.FAILED]),
+                        Job.trainer_address != "",
+                        Job.ended_at >= since,
+                        Job.ended_at <= before,
+                    )
+                )
+            ]
+
+    async def stop_stray_runs(self) -> None:
+        """Cancels the runs that trainers still report live for jobs that ended CANCELLED or FAILED."""
+        by_trainer: dict[str, list[tuple[str, str]]] = {}
+        ended = await asyncio.to_thread(self._ended_jobs)
+        for job_id, address, status in ended:
+            by_trainer.setdefault(address, []).append((job_id, status))
+        ids = {job_id for job_id, _, _ in ended}
+        self._stray_stopped = {(job_id, run_id) for job_id, run_id in self._stray_stopped if job_id in ids}
+        for address, jobs in by_trainer.items():
+            try:
+                runs = await self._runs(address)
+            except grpc.aio.AioRpcError:
+                continue  # still unreachable: the next round asks again
+            for job_id, status in jobs:
+                run = runs.get(job_id)
+                if run is None or run.state in ENDED_RUN_STATES or (job_id, run.run_id) in self._stray_stopped:
+                    continue
+                log.warning("job %s ended %s but its run on %s still trains: cancelling it", job_id, status, address)
+                if await self.cancel(job_id, address):
+                    self._stray_stopped.add((job_id, run.run_id))
+
     async def check_leases(self) -> None:
-        """One round of the lease: fails live jobs whose trainer no longer runs them."""
+        """One round of the lease: fails live jobs whose trainer no longer runs them, and stops stray runs."""
+        await self.stop_stray_runs()
         now = time.monotonic()
         lease = self._settings.lease_s
         live = await asyncio.to_thread(self._live_jobs)
