@@ -40,8 +40,32 @@ export { Code, ConnectError, JobStatus, LogLevel };
 /** Terminal statuses: nothing follows them. */
 export const TERMINAL_STATUSES = new Set([JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED]);
 
-/** Subscription errors after which the contract says to resubscribe from the last cursor. */
-const RESUMABLE = new Set([Code.Unavailable, Code.Internal]);
+/**
+ * Subscription errors after which the contract says to resubscribe from the last cursor. CANCELED is how Connect
+ * reports an HTTP/2 stream or connection that broke under the call (the backend killed, a proxy restarted:
+ * `http/2 stream closed with error code CANCEL`), where gRPC's Python client sees UNAVAILABLE; a cancellation the
+ * caller asked for (its AbortSignal, `close()`) is never resumed.
+ */
+const RESUMABLE = new Set([Code.Unavailable, Code.Internal, Code.Canceled]);
+
+/** The options `createJob` takes: any other is refused rather than dropped. */
+const CREATE_JOB_OPTIONS = new Set([
+  "framework",
+  "model",
+  "dataset",
+  "datasetPath",
+  "epochs",
+  "batchSize",
+  "learningRate",
+  "imageSize",
+  "pretrained",
+  "device",
+  "logEveryNSteps",
+  "advanced",
+  "displayName",
+  "dispatch",
+  "requestId",
+]);
 
 /**
  * The proto name of a job status, as the protobuf JSON mapping prints it: `JOB_STATUS_COMPLETED`.
@@ -116,14 +140,20 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
   });
   /** @type {JobsServiceClient} */
   const jobs = createClient(JobsService, transport);
+  // Counts close() calls: a subscription open across one must end, not reconnect (the session manager would
+  // connect again on the next call, as it does for calls made after close()).
+  let closes = 0;
 
   return {
     /** The generated, typed JobsService client: every RPC, with the token and default deadline already set. */
     jobs,
 
     /**
-     * Creates a job and (unless `dispatch` is false) hands it to a trainer of its framework. Not retried: it
-     * is not idempotent. The response's `telemetryToken` is returned only here.
+     * Creates a job and (unless `dispatch` is false) hands it to a trainer of its framework. Not retried by the
+     * client. To retry it safely yourself, pass an idempotency key, `requestId` (a new UUID per job, the same on
+     * every retry of it): a CreateJob with a key already used returns that job (and its telemetry token) instead
+     * of creating another, as the Python client's `create_job(request_id=...)` does. The response's
+     * `telemetryToken` is returned only here. An option not listed below throws a TypeError before any call.
      *
      * @param {object} spec
      * @param {string} spec.framework `timm` or `ultralytics`.
@@ -140,24 +170,34 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
      * @param {AdvancedConfigInit} [spec.advanced] optimizer, scheduler, augmentation, `extra`...
      * @param {string} [spec.displayName]
      * @param {boolean} [spec.dispatch] false: stays PENDING, the caller runs the trainer itself.
+     * @param {string} [spec.requestId] idempotency key, at most 64 characters; empty: none.
      * @returns {Promise<CreateJobResponse>}
      */
-    createJob({
-      framework,
-      model,
-      dataset = "",
-      datasetPath = "",
-      epochs = 1,
-      batchSize = 0,
-      learningRate = 0,
-      imageSize = 0,
-      pretrained = false,
-      device = "",
-      logEveryNSteps = 0,
-      advanced = undefined,
-      displayName = "",
-      dispatch = true,
-    }) {
+    createJob(spec) {
+      const unknown = Object.keys(spec ?? {}).filter((name) => !CREATE_JOB_OPTIONS.has(name));
+      if (unknown.length) {
+        throw new TypeError(
+          `createJob: unknown option${unknown.length > 1 ? "s" : ""} ${unknown.join(", ")} ` +
+            `(known: ${[...CREATE_JOB_OPTIONS].join(", ")})`,
+        );
+      }
+      const {
+        framework,
+        model,
+        dataset = "",
+        datasetPath = "",
+        epochs = 1,
+        batchSize = 0,
+        learningRate = 0,
+        imageSize = 0,
+        pretrained = false,
+        device = "",
+        logEveryNSteps = 0,
+        advanced = {},
+        displayName = "",
+        dispatch = true,
+        requestId = "",
+      } = spec;
       return jobs.createJob(
         {
           spec: {
@@ -165,10 +205,13 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
             model: { name: model, pretrained, imageSize },
             dataset: { name: dataset, path: datasetPath },
             training: { epochs, batchSize, learningRate, device, logEveryNSteps },
+            // Always set, empty by default, as the Python client sends it: the backend recognises a retry by the
+            // request's bytes, so the same job made by either client with the same requestId is the same request.
             advanced,
           },
           displayName,
           dispatch,
+          requestId,
         },
         { timeoutMs: Math.max(timeoutMs, 60_000) },
       );
@@ -229,8 +272,10 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
 
     /**
      * Replays the job's telemetry after `after`, then follows it live, until its terminal status event (or
-     * until `signal` aborts, with `keepFollowing`). A subscription broken with UNAVAILABLE or INTERNAL is
-     * resumed from the last cursor, with backoff, for up to `maxReconnectMs` without progress. No deadline.
+     * until `signal` aborts, with `keepFollowing`). A subscription broken with UNAVAILABLE, INTERNAL or CANCELED
+     * (the connection broke: the backend killed or restarted, a proxy restarted) is resumed from the last cursor,
+     * with backoff, for up to `maxReconnectMs` without progress; one ended by the caller (`signal` aborted,
+     * `close()`) is not. No deadline.
      *
      * @param {string} jobId
      * @param {{ after?: Partial<TelemetryCursor>, keepFollowing?: boolean, signal?: AbortSignal, maxReconnectMs?: number }} [options]
@@ -245,7 +290,10 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
       };
       let delayMs = 200;
       let deadline = Date.now() + maxReconnectMs;
+      const closesAtStart = closes;
+      const closed = () => closes !== closesAtStart;
       for (;;) {
+        if (closed()) throw new ConnectError("the client was closed", Code.Canceled);
         try {
           const stream = jobs.subscribeTelemetry({ jobId, after: cursor, keepFollowing }, { signal, timeoutMs: 0 });
           for await (const event of stream) {
@@ -257,23 +305,38 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
           return;
         } catch (error) {
           const code = ConnectError.from(error).code;
-          if (signal?.aborted || !RESUMABLE.has(code) || Date.now() > deadline) throw error;
+          // The caller's own cancellation (its signal, close()) also surfaces as CANCELED: never resumed.
+          if (signal?.aborted || closed() || !RESUMABLE.has(code) || Date.now() > deadline) throw error;
         }
-        await sleep(delayMs * (0.5 + Math.random() / 2));
+        await sleep(delayMs * (0.5 + Math.random() / 2), signal);
         delayMs = Math.min(delayMs * 2, 5_000);
       }
     },
 
     /** Closes the HTTP/2 connection and every call still open on it. */
     close() {
+      closes++;
       sessionManager.abort();
     },
   };
 }
 
-/** @param {number} ms */
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+/**
+ * Waits `ms`, or less when `signal` aborts (the caller then sees the abort on its next call).
+ * @param {number} ms
+ * @param {AbortSignal} [signal]
+ */
+function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve(undefined);
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve(undefined);
+    }
+    signal?.addEventListener("abort", done, { once: true });
+  });
 }
 
 /**
