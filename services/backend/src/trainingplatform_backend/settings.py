@@ -154,7 +154,7 @@ class Settings:
     workers: int = 1
     """TP_BACKEND_WORKERS: server processes sharing the listen port (SO_REUSEPORT; the kernel spreads connections
     over them), each with its own event loop and database connections, under a supervisor that restarts one that
-    dies. More than 1 needs PostgreSQL."""
+    dies. More than 1 needs PostgreSQL; at most 4 per CPU and 64 in all (`max_workers`)."""
 
     metrics_port: int = 0
     """TP_METRICS_PORT: serve Prometheus metrics on `http://<listen host>:<port>/metrics` (with several workers,
@@ -298,7 +298,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
             maximum=max_bytes,
         ),
         page_token_key=env.get("TP_PAGE_TOKEN_KEY", ""),
-        workers=values.whole_number(named("workers", "TP_BACKEND_WORKERS"), pick("workers", "TP_BACKEND_WORKERS", "1")),
+        workers=_workers(named("workers", "TP_BACKEND_WORKERS"), pick("workers", "TP_BACKEND_WORKERS", "1")),
         metrics_port=values.port(
             named("metrics_port", "TP_METRICS_PORT"), pick("metrics_port", "TP_METRICS_PORT", "0")
         ),
@@ -310,6 +310,34 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
     ):
         raise ValueError("FRONTEND_AUTH_TOKEN must differ from INTERNAL_AUTH_TOKEN and READ_AUTH_TOKEN")
     return settings
+
+
+MAX_WORKERS_PER_CPU = 4
+MAX_WORKERS = 64
+"""The most `--workers` a backend runs: 4 per CPU it may run on, and 64 at most. Each worker is a whole backend
+(about 90 MB and up to 17 database connections): past a few per CPU they only cost memory and connections."""
+
+
+def max_workers() -> int:
+    """The most workers this host runs: MAX_WORKERS_PER_CPU per CPU this process may use, at most MAX_WORKERS."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(MAX_WORKERS, MAX_WORKERS_PER_CPU * max(1, cpus))
+
+
+def _workers(name: str, text: str) -> int:
+    """TP_BACKEND_WORKERS: a whole number from 1 to `max_workers()`.
+
+    Raises:
+        ValueError: naming the setting.
+    """
+    workers = values.whole_number(name, text)
+    bound = max_workers()
+    if workers > bound:
+        raise ValueError(
+            f"{name} must be at most {bound} on this host ({MAX_WORKERS_PER_CPU} per CPU, {MAX_WORKERS} at most: "
+            f"each worker holds about 90 MB and up to 17 database connections), got {workers}"
+        )
+    return workers
 
 
 def _check_trainer_tls(settings: Settings) -> None:

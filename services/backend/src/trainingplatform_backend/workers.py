@@ -23,9 +23,10 @@ nothing listens there (a one-process backend, anything else), and says so in one
 started later fails to bind, as before.
 
 Lifecycle: a worker that dies is restarted after a delay (0.5 s, doubling up to 30 s; back to 0.5 s once a worker
-has served for a minute), and each death is logged with its exit code or signal. SIGTERM or SIGINT: every worker
-gets SIGTERM and drains (its own graceful shutdown: everything received is committed), and the supervisor exits 0
-once all are gone. Workers get SIGTERM when the supervisor dies, however it dies (PR_SET_PDEATHSIG on Linux).
+has served for a minute), and each death is logged with its exit code or signal. SIGTERM or SIGINT (also while the
+workers are still being started: no more are started): every worker gets SIGTERM and drains (its own graceful
+shutdown: everything received is committed), and the supervisor exits 0 once all are gone. Workers get SIGTERM
+when the supervisor dies, however it dies (PR_SET_PDEATHSIG on Linux).
 """
 
 from __future__ import annotations
@@ -218,6 +219,13 @@ class Supervisor:
         try:
             self._serve_metrics()
             for worker in self.workers:
+                if self._stopping:  # SIGTERM while starting them: no more; the started ones drain below
+                    log.info(
+                        "signalled while starting the workers: %d of %d started",
+                        sum(w.process is not None for w in self.workers),
+                        len(self.workers),
+                    )
+                    break
                 self._spawn(worker)
             if not self._wait_all_ready():
                 self._stop()
