@@ -11,6 +11,7 @@ that every process reads alike (jobs by status, the dispatch queue).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -135,8 +136,26 @@ def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
 
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-    start_http_server(port, addr=host.strip("[]"), registry=registry)
+    try:
+        start_http_server(port, addr=host.strip("[]"), registry=registry)
+    except OSError as error:
+        raise port_error("serve metrics", host, port, "TP_METRICS_PORT", error) from None
     log.info("metrics on http://%s:%d/metrics", host, port)
+
+
+def port_error(what: str, host: str, port: int, setting: str, error: OSError) -> OSError:
+    """The one-line error of a port that cannot be bound: `cannot <what> on host:port (SETTING): why`."""
+    bare = host.strip("[]") or "0.0.0.0"
+    address = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+    if error.errno == errno.EADDRINUSE:
+        why = "the port is in use"
+    elif error.errno == errno.EADDRNOTAVAIL:
+        why = "the address is not local"
+    else:
+        why = error.strerror or str(error)
+    refused = OSError(f"cannot {what} on {address} ({setting}): {why}")  # str() is the message alone
+    refused.errno = error.errno
+    return refused
 
 
 def should_serve(port: int) -> bool:
@@ -196,17 +215,17 @@ def set_jobs(counts: Mapping[str, int], statuses: tuple[str, ...]) -> None:
         JOBS.labels(status).set(counts.get(status, 0))
 
 
-def start(port: int, host: str, engine: Engine) -> asyncio.Task[None] | None:
+def start(port: int, host: str, engine: Engine, *, serve: bool = True) -> asyncio.Task[None] | None:
     """Turns the metrics on when `port` is set (TP_METRICS_PORT): serves them (unless this process is a worker of
-    `--workers`, whose supervisor serves) and starts the task that keeps `tp_backend_jobs` current, which the
-    caller cancels on shutdown. None when off.
+    `--workers`, whose supervisor serves, or `serve` is False: the caller served them already) and starts the task
+    that keeps `tp_backend_jobs` current, which the caller cancels on shutdown. None when off.
 
     Raises:
         OSError: the port cannot be bound.
     """
     if not port:
         return None
-    if should_serve(port):
+    if serve and should_serve(port):
         serve_metrics(port, host)
     return asyncio.create_task(refresh_jobs(lambda: count_jobs(engine), JOB_STATUSES), name="metrics-jobs")
 

@@ -85,6 +85,9 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
     settings = settings_module.ensure_frontend_token(settings_module.ensure_internal_token(settings))
     trainer_tls = _trainer_tls(settings)
     url = settings.effective_database_url
+    host = settings.listen.rsplit(":", 1)[0]
+    if metrics.should_serve(settings.metrics_port):  # before the migrations: a port in use is said at once
+        metrics.serve_metrics(settings.metrics_port, host)
     if settings.migrate_on_start:
         await asyncio.to_thread(db.migrate, url)
     engine = db.create_db_engine(url)
@@ -152,10 +155,9 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
         listener = PostgresListener(dsn, NOTIFY_CHANNEL, WATCH_CHANNEL, store.instance_id, hub, store.announce_watched)
         listener.start()
         await asyncio.wait_for(listener.ready.wait(), timeout=30)
-    metrics_task = metrics.start(settings.metrics_port, settings.listen.rsplit(":", 1)[0], store.engine)
+    metrics_task = metrics.start(settings.metrics_port, host, store.engine, serve=False)
     backend.committer.start()
     await server.start(before_serving=dispatcher.start)
-    host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "serving on %s:%d (%s, database %s)",
         host,

@@ -304,6 +304,11 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         ),
     )
     _check_trainer_tls(settings)
+    if settings.metrics_port and str(settings.metrics_port) == settings.listen.rpartition(":")[2]:
+        raise ValueError(
+            f"{named('metrics_port', 'TP_METRICS_PORT')} must differ from the port of "
+            f"{named('listen', 'TP_BACKEND_LISTEN')}: both are {settings.metrics_port}"
+        )
     if settings.frontend_auth_token and settings.frontend_auth_token in (
         settings.internal_auth_token,
         settings.read_auth_token,

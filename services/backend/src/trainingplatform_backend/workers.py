@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, ModuleType
@@ -128,9 +128,11 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
     # The token files are written once here, before N workers would race to create them.
     settings = settings_module.ensure_frontend_token(settings_module.ensure_internal_token(settings))
     with claim_port(settings.listen):
-        if settings.migrate_on_start:
-            db.migrate(settings.effective_database_url)
-        return Supervisor(settings, argv).run()
+        migrate = settings.migrate_on_start
+        # The metrics port is bound before the migrations: a port in use is said at once.
+        return Supervisor(settings, argv).run(
+            before_workers=(lambda: db.migrate(settings.effective_database_url)) if migrate else None
+        )
 
 
 @contextlib.contextmanager
@@ -212,12 +214,16 @@ class Supervisor:
         self._metrics: ModuleType | None = None
         self._metrics_dir = ""
 
-    def run(self) -> int:
-        """Serves until SIGTERM or SIGINT; returns the exit code (1 when the workers could not start)."""
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+    def run(self, before_workers: Callable[[], None] | None = None) -> int:
+        """Serves until SIGTERM or SIGINT; returns the exit code (1 when the workers could not start).
+
+        `before_workers` (the migrations) runs once `/metrics` is served, before the first worker starts."""
         try:
             self._serve_metrics()
+            if before_workers is not None:
+                before_workers()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._on_signal)
             for worker in self.workers:
                 if self._stopping:  # SIGTERM while starting them: no more; the started ones drain below
                     log.info(

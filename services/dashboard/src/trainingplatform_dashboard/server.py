@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout
     )
+    app = create_app(settings)
+    try:
+        # The ports first: a port in use is one line, and no login URL is printed for a server that never starts.
+        sock = _listen_socket(settings.host, settings.port)
+    except OSError as error:
+        print(f"tp-dashboard: error: {error}", file=sys.stderr)
+        return 1
+    try:
+        if settings.metrics_port:
+            metrics.serve_metrics(app.state.dashboard, settings.metrics_port, settings.host)
+    except OSError as error:
+        sock.close()
+        print(f"tp-dashboard: error: {error}", file=sys.stderr)
+        return 1
     _LOG.info("dashboard for backend %s on %s", settings.backend_address, settings.url)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         _LOG.warning("listening on %s: reachable from other hosts (only the login token protects it)", settings.host)
@@ -46,13 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dashboard: {settings.url}/ (log in with the URL that started it)", flush=True)
     else:
         print(f"dashboard: open {settings.url}/login?token={settings.login_token}", flush=True)
-    app = create_app(settings)
-    if settings.metrics_port:
-        try:
-            metrics.serve_metrics(app.state.dashboard, settings.metrics_port, settings.host)
-        except OSError as error:
-            print(f"tp-dashboard: cannot serve metrics on port {settings.metrics_port}: {error}", file=sys.stderr)
-            return 1
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -65,8 +73,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
-    server.run()
+    with sock:
+        server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """The dashboard's listening socket on `host:port`, bound here (uvicorn serves it).
+
+    Raises:
+        OSError: one line naming the address and TP_DASHBOARD_LISTEN.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise metrics.port_error("listen", host, port, "TP_DASHBOARD_LISTEN", error) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        raise metrics.port_error("listen", host, port, "TP_DASHBOARD_LISTEN", error) from None
+    return sock
 
 
 if __name__ == "__main__":
