@@ -18,9 +18,9 @@ and it needs PostgreSQL (SQLite takes one writing process: more than one worker 
   TP_MAX_CONCURRENT_RPCS, TP_MAX_CONCURRENT_STREAMS) and the subscribers' buffers (TP_SUBSCRIBER_BUFFER_POINTS).
 
 The port: with SO_REUSEPORT a worker would also join any other server of the same user on that port, at random.
-So the supervisor first takes a lock file of the port (a second `--workers` supervisor fails on it) and checks that
-nothing listens there (a one-process backend, anything else), and says so in one line; a one-process backend
-started later fails to bind, as before.
+So the supervisor first takes a lock file of the listen address (a second `--workers` supervisor on the same host and
+port fails on it; it is removed on exit) and checks that nothing listens there (a one-process backend, anything
+else), and says so in one line; a one-process backend started later fails to bind, as before.
 
 Lifecycle: a worker that dies is restarted after a delay (0.5 s, doubling up to 30 s; back to 0.5 s once a worker
 has served for a minute), and each death is logged with its exit code or signal. SIGTERM or SIGINT (also while the
@@ -36,6 +36,7 @@ import fcntl
 import importlib
 import logging
 import os
+import re
 import select
 import shutil
 import signal
@@ -137,26 +138,48 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
 
 @contextlib.contextmanager
 def claim_port(listen: str) -> Iterator[None]:
-    """Holds the port for this supervisor's workers: a lock file of the port (per user: only the same user's
-    sockets can share a port), then a check that nothing listens there.
+    """Holds the listen address for this supervisor's workers: a lock file of the address, host and port (per user:
+    only the same user's sockets can share a port), then a check that nothing listens there. The lock file is
+    removed when the supervisor ends.
 
     Raises:
-        OSError: another supervisor holds the port, or something listens on it.
+        OSError: another supervisor holds the address, or something listens on it.
     """
     host, _, port = listen.rpartition(":")
     directory = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    path = Path(directory) / f"tp-backend-{os.getuid()}-port-{port}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    key = re.sub(r"[^A-Za-z0-9.]+", "_", host.strip("[]")) or "any"
+    path = Path(directory) / f"tp-backend-{os.getuid()}-{key}-port-{port}.lock"
+    fd = _lock(path, listen)
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise OSError(f"cannot listen on {listen}: another tp-backend --workers serves port {port}") from None
         if _port_in_use(host.strip("[]"), int(port)):
             raise OSError(f"cannot listen on {listen}: the port is in use or the address is not local")
         yield
     finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # still locked: a supervisor that opened it meanwhile sees it gone and opens a new one
         os.close(fd)
+
+
+def _lock(path: Path, listen: str) -> int:
+    """Opens and locks `path`; returns its descriptor.
+
+    Raises:
+        OSError: another supervisor holds it.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OSError(f"cannot listen on {listen}: another tp-backend --workers serves it") from None
+        try:
+            held, named = os.fstat(fd), os.stat(path)
+        except FileNotFoundError:
+            named = None
+        if named is not None and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+            return fd
+        os.close(fd)  # its holder removed it between the open and the lock: the lock of a file nobody finds
 
 
 def _port_in_use(host: str, port: int) -> bool:
