@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from support.backend import BackendProcess, auth, free_port
+from support.fake_trainer import FakeTrainer
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 
@@ -53,3 +54,40 @@ def test_unreachable_trainers_fail_the_job_with_every_reason(database_url: str, 
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         backend.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_queued_jobs_start_in_the_order_they_were_created(database_url: str, tmp_path: Path):
+    # Each job retried on its own backoff (1 s doubling to 10 s): the job that had waited longest was asked least
+    # often, so newer jobs took the freed slot before it, and it was the one to time out under load.
+    with FakeTrainer(capacity=1) as trainer:
+        backend = BackendProcess(database_url, tmp_path / "data", extra_env={"TP_TRAINERS": f"timm={trainer.address}"})
+        backend.start()
+        try:
+            jobs = backend.jobs()
+
+            def create() -> str:
+                request = jobs_pb2.CreateJobRequest(spec=SPEC)
+                return jobs.CreateJob(request, metadata=auth(backend.internal_token), timeout=60).job.job_id
+
+            def wait(condition, what: str) -> None:
+                deadline = time.monotonic() + 60
+                while not condition():
+                    assert time.monotonic() < deadline, what
+                    time.sleep(0.05)
+
+            first = create()
+            wait(lambda: trainer.training(first), "the first job to start")
+            oldest = create()
+            # The oldest waiting job has been refused (the slot is taken) several times: its backoff is long.
+            wait(lambda: trainer.calls.get("StartTraining", 0) >= 5, "the oldest waiting job to be retried")
+            newer = [create() for _ in range(3)]
+            order = [first]
+            for _ in range(4):
+                trainer.finish(order[-1])
+                wait(lambda: any(trainer.training(job) for job in [oldest, *newer]), "the next job to start")
+                order.append(next(job for job in [oldest, *newer] if trainer.training(job)))
+            assert order == [first, oldest, *newer]
+        finally:
+            backend.close()

@@ -48,12 +48,16 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
         accept_delay_s: float = 0.0,
         reply_delay_s: float = 0.0,
         refuse: grpc.StatusCode | None = None,
+        capacity: int | None = None,
     ) -> None:
+        """`capacity`: runs it trains at once; past it StartTraining is RESOURCE_EXHAUSTED, like the real service's
+        TP_MAX_CONCURRENT_JOBS (None: no limit)."""
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.accept_delay_s = accept_delay_s
         self.reply_delay_s = reply_delay_s
         self.refuse = refuse
+        self.capacity = capacity
         self.runs: list[FakeRun] = []
         self.calls: dict[str, int] = {}
         self._ids = itertools.count(1)
@@ -124,6 +128,9 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
             context.abort(self.refuse, "the fake trainer refuses")
         with self._lock:
             run = self._live(request.job_id)  # idempotent per job, like the real service
+            live = sum(run.state == trainer_pb2.RUN_STATE_RUNNING for run in self.runs)
+            if run is None and self.capacity is not None and live >= self.capacity:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"this trainer already runs {live} of {live}")
             if run is None:
                 run = FakeRun(f"run-{next(self._ids)}", request.job_id, request.telemetry_token)
                 run.accepted_at = time.monotonic()

@@ -9,8 +9,10 @@ dispatching the jobs still queued.
 
 Replica policy: a framework may list several trainer addresses (TP_TRAINERS). A job goes to the replica with
 the fewest of this database's live (QUEUED or RUNNING) jobs, ties broken in configuration order. When a replica
-is unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), the next one is tried. When none
-accepts, the job stays QUEUED and is tried again (backoff from 1 s to 10 s) until it has been QUEUED for
+is unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), the next one is tried. Jobs are
+dispatched in the order they were created, one framework's at a time (`dispatch_queued`): a freed slot goes to the
+job that waited longest. When no replica accepts, the job stays QUEUED and the framework's oldest job is tried
+again (backoff from 1 s to 10 s) until it has been QUEUED for
 `dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s, counted from its creation), then it fails with every
 replica's last reason. A trainer refusing the request itself (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION:
 an unknown model, a missing dataset) fails the job at once with the trainer's message.
@@ -136,10 +138,12 @@ class Dispatcher:
         self._last_committed: dict[str, int] = {}
         self._quiet_since: dict[str, float] = {}
         self._run_ended_at: dict[str, float] = {}
-        # Per queued job (pruned each dispatch round): the next try and the backoff delay.
+        # Per framework, and per queued job whose dispatch raised (pruned each dispatch round): the next try and the
+        # backoff delay; the jobs whose "waits for a trainer" was logged; the dispatches in flight, with framework.
         self._next_try: dict[str, float] = {}
         self._delay: dict[str, float] = {}
-        self._dispatching: dict[str, asyncio.Task[None]] = {}
+        self._announced: set[str] = set()
+        self._dispatching: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
         self._cancels: set[asyncio.Task[bool]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -244,41 +248,55 @@ class Dispatcher:
                 log.exception("dispatch round failed")
 
     async def dispatch_queued(self) -> None:
-        """One round: starts a dispatch of every queued job that is due and held by no backend."""
+        """One round: for each framework, starts the dispatch of its oldest queued job held by no backend, unless
+        one of the framework's is in flight or the framework waits out a backoff (its trainers were all busy or
+        unreachable). So jobs start in the order they were created, and a freed slot goes to the job that waited
+        longest; a job whose dispatch raised waits out a backoff of its own, the others going first."""
         queued = await asyncio.to_thread(self._store.dispatchable, utcnow())
-        waiting = set(queued)
         metrics.DISPATCH_QUEUE.set(len(queued))
+        waiting = {job_id for job_id, _ in queued} | {framework for _, framework in queued}
         for memory in (self._next_try, self._delay):
-            for job_id in [j for j in memory if j not in waiting and j not in self._dispatching]:
-                del memory[job_id]
+            for key in [key for key in memory if key not in waiting and key not in self._dispatching]:
+                del memory[key]
+        self._announced &= waiting
         now = time.monotonic()
-        for job_id in queued:
+        busy = {framework for framework, _ in self._dispatching.values()}
+        for job_id, framework in queued:
+            if framework in busy or self._next_try.get(framework, 0.0) > now:
+                continue
             if job_id in self._dispatching or self._next_try.get(job_id, 0.0) > now:
                 continue
-            task = asyncio.create_task(self._dispatch(job_id), name=f"dispatch-{job_id}")
-            self._dispatching[job_id] = task
+            busy.add(framework)
+            task = asyncio.create_task(self._dispatch(job_id, framework), name=f"dispatch-{job_id}")
+            self._dispatching[job_id] = (framework, task)
             task.add_done_callback(functools.partial(self._dispatched, job_id))
 
     def _dispatched(self, job_id: str, _task: asyncio.Task[None]) -> None:
         self._dispatching.pop(job_id, None)
+        self._wake.set()  # the framework's next job, at once
 
-    async def _dispatch(self, job_id: str) -> None:
-        """Claims the job, then one pass over the replicas; when none accepts, the claim is released for the next
-        try, or the job fails once it has been queued for `dispatch_timeout_s`."""
+    async def _dispatch(self, job_id: str, framework: str) -> None:
+        """Claims the job, then one pass over the replicas; when none accepts, the claim is released and the
+        framework backs off before its oldest job is tried again, or the job fails once it has been queued for
+        `dispatch_timeout_s`."""
         try:
-            framework = await self._claim_and_try(job_id)
+            waiting = await self._claim_and_try(job_id)
         except Exception:
             log.exception("dispatch of job %s failed; it is tried again", job_id)
             self._backoff(job_id)
             return
-        if framework is None:
-            self._next_try.pop(job_id, None)
-            self._delay.pop(job_id, None)
+        if waiting is None:
+            for key in (job_id, framework):
+                self._next_try.pop(key, None)
+                self._delay.pop(key, None)
+        else:
+            self._backoff(framework)
 
-    def _backoff(self, job_id: str) -> None:
-        delay = self._delay.get(job_id, RETRY_FIRST_DELAY_S / 2) * 2
-        self._delay[job_id] = min(delay, RETRY_MAX_DELAY_S)
-        self._next_try[job_id] = time.monotonic() + self._delay[job_id]
+    def _backoff(self, key: str) -> None:
+        """Delays the next try of a framework (or of one job whose dispatch raised): 1 s, doubling up to 10 s."""
+        delay = self._delay.get(key, RETRY_FIRST_DELAY_S / 2) * 2
+        self._delay[key] = min(delay, RETRY_MAX_DELAY_S)
+        self._next_try[key] = time.monotonic() + self._delay[key]
 
     async def _claim_and_try(self, job_id: str) -> str | None:
         """Returns None when the job is settled (handed over, failed, or not ours), else its framework."""
@@ -326,11 +344,11 @@ class Dispatcher:
             await self._transition(job_id, statemachine.FAILED, "no trainer accepted the job", message)
             await asyncio.to_thread(self._store.release_dispatch, job_id, reasons="; ".join(reasons))
             return None
-        if job_id not in self._delay:
+        if job_id not in self._announced:
+            self._announced.add(job_id)
             log.info("job %s waits for a %s trainer: %s", job_id, spec.framework, "; ".join(reasons))
         await asyncio.to_thread(self._store.release_dispatch, job_id, reasons="; ".join(reasons))
         metrics.DISPATCHES.labels("retried").inc()
-        self._backoff(job_id)
         return spec.framework
 
     async def _try_replicas(self, job_id: str, request: trainer_pb2.StartTrainingRequest) -> list[str]:
@@ -424,7 +442,7 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stops the loops and the dispatches in flight (their claims expire; any backend resumes them), then
         closes the channels."""
-        for task in [*self._tasks, *self._dispatching.values(), *self._cancels]:
+        for task in [*self._tasks, *(task for _, task in self._dispatching.values()), *self._cancels]:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         for channel in self._channels.values():

@@ -407,20 +407,20 @@ class Store:
         with self._sessions() as session:
             return [self._view(session, job, with_events=False) for job in session.scalars(query)]
 
-    def dispatchable(self, now: dt.datetime) -> list[str]:
+    def dispatchable(self, now: dt.datetime) -> list[tuple[str, str]]:
         """QUEUED jobs no trainer has accepted yet and no backend holds (its claim expired or never was), oldest
-        first."""
+        first, as (job id, framework)."""
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
-                    select(Job.job_id)
+                    select(Job.job_id, Job.framework)
                     .where(
                         Job.status == statemachine.QUEUED,
                         Job.trainer_address == "",
                         or_(Job.dispatch_claimed_until.is_(None), Job.dispatch_claimed_until < now),
                     )
                     .order_by(Job.id)
-                ).scalars()
+                ).tuples()
             )
 
     def claim_dispatch(self, job_id: str, *, now: dt.datetime, until: dt.datetime) -> Job | None:
