@@ -170,7 +170,7 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_and_cancels_the_j
 
     assert backend.status_events(job_id) == ["PENDING", "RUNNING", "CANCELLED"], stderr[-5000:]
     # Both ranks agreed on the step to stop at (one would otherwise wait for the other in the next all-reduce).
-    stopped = re.findall(r"rank (\d)/2 \S+: Stopped during epoch \d+ at step (\d+)", stderr)
+    stopped = re.findall(r"rank (\d)/2 \S+: Stopped during epoch \d+/\d+ at step (\d+)", stderr)
     assert sorted(rank for rank, _ in stopped) == ["0", "1"] and len({step for _, step in stopped}) == 1, stderr
     steps = [step for _, key, _, step, _, _ in backend.metric_rows(job_id) if key == "train/batch_loss"]
     assert steps == list(range(1, int(stopped[0][1]) + 1))

@@ -91,6 +91,8 @@ def test_sigterm_stops_at_a_batch_boundary_checkpoints_and_cancels(tmp_path) -> 
     assert sink.statuses() == ["running", "cancelled"]
     # SIGTERM arrived before batch 2 of epoch 1: steps 5 and 6 ran, and the checkpoint holds them.
     assert json.loads((tmp_path / "weights" / "last.pt").read_text())["step"] == 6
+    # Counted from 1, as the trainer's "Epoch N/M" lines are: it said "epoch 1" of the second epoch.
+    assert "Stopped during epoch 2/4 at step 6" in sink.messages("INFO")
     assert [epoch for epoch, _, _ in sink.summaries()] == [0]
     assert signal.getsignal(signal.SIGTERM) is before
 

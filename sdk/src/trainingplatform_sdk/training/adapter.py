@@ -323,7 +323,11 @@ class TrainingAdapter:
             if trained.stopped:
                 self.epoch_metrics = {}  # the partial epoch was not validated: its checkpoint carries no metrics
                 result.last_checkpoint = self.save_checkpoint(epoch, is_best=False)
-                self.log(f"Stopped during epoch {epoch} at step {self.global_step}", epoch=epoch, step=self.global_step)
+                self.log(
+                    f"Stopped during epoch {epoch + 1}/{epochs} at step {self.global_step}",
+                    epoch=epoch,
+                    step=self.global_step,
+                )
                 break
             validated = self.validate(epoch)
             duration = time.monotonic() - started
