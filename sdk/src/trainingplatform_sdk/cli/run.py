@@ -160,7 +160,8 @@ class _Run:
     # --- output ----------------------------------------------------------------------------------------------
 
     def pump(self, source: IO[bytes], echo: IO[str], stream: str) -> None:
-        """Reads one output pipe to its end: echoes what comes at once and stores each line."""
+        """Reads one output pipe to its end: echoes what comes at once, byte for byte (less the relayed lines,
+        echoed as `[level] message`), and stores each line."""
         echo_bytes = getattr(echo, "buffer", None)
         fd = source.fileno()
         pending = b""
@@ -173,31 +174,48 @@ class _Run:
                 chunk = b""
             if not chunk:
                 break
+            searched = len(pending)
             pending += chunk
-            while b"\n" in pending or len(pending) > MAX_LINE_BYTES:
-                if b"\n" in pending:
-                    line, pending = pending.split(b"\n", 1)
+            while True:
+                newline = pending.find(b"\n", searched)
+                if newline >= 0:
+                    line, pending, ended = pending[:newline], pending[newline + 1 :], True
+                elif len(pending) > MAX_LINE_BYTES:  # stored in pieces, echoed as it is
+                    line, pending, ended = pending, b"", False
                 else:
-                    line, pending = pending, b""
-                in_traceback = self._line(line, echoed, echo, echo_bytes, stream, in_traceback)
-                echoed = 0
-            if pending and b"\x1e" not in pending and len(pending) > echoed:
-                self._echo(echo, echo_bytes, pending[echoed:])
-                echoed = len(pending)
+                    break
+                in_traceback = self._line(line, echoed, ended, echo, echo_bytes, stream, in_traceback)
+                echoed = searched = 0
+            # The partial line so far, up to what may start a relayed line (it is echoed once the line is whole).
+            marker = pending.find(b"\x1e", echoed)
+            upto = len(pending) if marker < 0 else marker
+            if upto > echoed:
+                self._echo(echo, echo_bytes, pending[echoed:upto])
+                echoed = upto
         if pending:
-            self._line(pending, echoed, echo, echo_bytes, stream, in_traceback)
+            self._line(pending, echoed, False, echo, echo_bytes, stream, in_traceback)
 
-    def _line(self, raw: bytes, echoed: int, echo: IO[str], echo_bytes: Any, stream: str, in_traceback: bool) -> bool:
+    def _line(
+        self, raw: bytes, echoed: int, ended: bool, echo: IO[str], echo_bytes: Any, stream: str, in_traceback: bool
+    ) -> bool:
+        """Echoes the rest of one line (`ended`: with the newline that ended it) and stores it; returns whether a
+        traceback goes on."""
         if _MARKER in raw:
             relayed = parse_relayed(raw.decode("utf-8", "replace"))
             if relayed is not None:
                 before, record = relayed
+                # The command's bytes less the relayed line: what came before the marker stays on its line.
+                self._echo(echo, echo_bytes, raw[echoed : raw.find(_MARKER)])
                 if before.strip():
-                    in_traceback = self._line(before.encode(), 0, echo, echo_bytes, stream, in_traceback)
+                    in_traceback = self._store(before, stream, in_traceback)
                 self._relayed(record)
                 return in_traceback
-        self._echo(echo, echo_bytes, raw[echoed:] + b"\n")
+        self._echo(echo, echo_bytes, raw[echoed:] + b"\n" if ended else raw[echoed:])
         text = raw.decode("utf-8", "replace").rstrip("\r")
+        return self._store(text, stream, in_traceback)
+
+    def _store(self, text: str, stream: str, in_traceback: bool) -> bool:
+        """Stores one line of the command's output as a log record; returns whether a traceback goes on."""
         text = text.rsplit("\r", 1)[-1]  # a redrawn line (progress bar): its last state
         if not text.strip():
             return in_traceback
