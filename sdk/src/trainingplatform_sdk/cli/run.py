@@ -68,6 +68,8 @@ DRAIN_TIMEOUT_S = 5.0
 MAX_LINE_BYTES = 1 << 20
 #: Seconds between two looks at the job's status (a `tp cancel` stops the command).
 CANCEL_POLL_S = 2.0
+#: Seconds a relayed line waits for a partial line of the command on the same terminal stream to end.
+RELAYED_LINE_WAIT_S = 0.5
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _MARKER = RELAY_MARKER.encode()
@@ -135,6 +137,52 @@ def _level_of(text: str, stream: str, in_traceback: bool) -> str:
     return "INFO" if stream == "stdout" else "WARNING"
 
 
+class _Echo:
+    """One terminal stream (stdout or stderr) that the command's output and the relayed lines are echoed to, by one
+    writer at a time: a relayed line waits for a partial line of the command (print() writes its newline apart)
+    to end, so that the two are never merged on one line."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._bytes: Any = getattr(stream, "buffer", None)
+        self._ended = threading.Condition()
+        #: Whether the last bytes echoed from the command ended without a newline.
+        self._partial = False
+        #: Whether a relayed line waited in vain for the partial line to end (it will not soon: a progress bar).
+        self._stuck = False
+
+    def command(self, data: bytes) -> None:
+        """Echoes bytes of the command's own output."""
+        if not data:
+            return
+        with self._ended:
+            self._write(data)
+            self._partial = not data.endswith(b"\n")
+            if not self._partial:
+                self._stuck = False
+                self._ended.notify_all()
+
+    def line(self, data: bytes, wait: bool) -> None:
+        """Echoes a whole line of `tp run`'s own (a relayed record) at a line start: after the command's partial
+        line ends (`wait`: up to RELAYED_LINE_WAIT_S, once per partial line), else on a line of its own."""
+        with self._ended:
+            if self._partial and wait and not self._stuck:
+                self._stuck = not self._ended.wait_for(lambda: not self._partial, RELAYED_LINE_WAIT_S)
+            self._write(b"\n" + data if self._partial else data)
+            self._partial = False  # at a line start now: the command's partial line goes on below
+
+    def _write(self, data: bytes) -> None:
+        try:
+            if self._bytes is not None:
+                self._bytes.write(data)
+                self._bytes.flush()
+            else:
+                self._stream.write(data.decode("utf-8", "replace"))
+                self._stream.flush()
+        except (OSError, ValueError):
+            pass  # the terminal or pipe is gone: the lines are still stored
+
+
 class _Run:
     """One command under `tp run`: its output pumps, the signals forwarded to it, the statuses it relayed."""
 
@@ -145,6 +193,8 @@ class _Run:
         self.final_status: dict[str, Any] | None = None
         self.stderr_tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
         self._lock = threading.Lock()
+        self.stdout = _Echo(sys.stdout)
+        self.stderr = _Echo(sys.stderr)
 
     # --- signals ---------------------------------------------------------------------------------------------
 
@@ -159,10 +209,9 @@ class _Run:
 
     # --- output ----------------------------------------------------------------------------------------------
 
-    def pump(self, source: IO[bytes], echo: IO[str], stream: str) -> None:
+    def pump(self, source: IO[bytes], echo: _Echo, stream: str) -> None:
         """Reads one output pipe to its end: echoes what comes at once, byte for byte (less the relayed lines,
         echoed as `[level] message`), and stores each line."""
-        echo_bytes = getattr(echo, "buffer", None)
         fd = source.fileno()
         pending = b""
         echoed = 0  # bytes of `pending` already echoed (a partial line, such as a progress bar)
@@ -184,20 +233,18 @@ class _Run:
                     line, pending, ended = pending, b"", False
                 else:
                     break
-                in_traceback = self._line(line, echoed, ended, echo, echo_bytes, stream, in_traceback)
+                in_traceback = self._line(line, echoed, ended, echo, stream, in_traceback)
                 echoed = searched = 0
             # The partial line so far, up to what may start a relayed line (it is echoed once the line is whole).
             marker = pending.find(b"\x1e", echoed)
             upto = len(pending) if marker < 0 else marker
             if upto > echoed:
-                self._echo(echo, echo_bytes, pending[echoed:upto])
+                echo.command(pending[echoed:upto])
                 echoed = upto
         if pending:
-            self._line(pending, echoed, False, echo, echo_bytes, stream, in_traceback)
+            self._line(pending, echoed, False, echo, stream, in_traceback)
 
-    def _line(
-        self, raw: bytes, echoed: int, ended: bool, echo: IO[str], echo_bytes: Any, stream: str, in_traceback: bool
-    ) -> bool:
+    def _line(self, raw: bytes, echoed: int, ended: bool, echo: _Echo, stream: str, in_traceback: bool) -> bool:
         """Echoes the rest of one line (`ended`: with the newline that ended it) and stores it; returns whether a
         traceback goes on."""
         if _MARKER in raw:
@@ -205,12 +252,12 @@ class _Run:
             if relayed is not None:
                 before, record = relayed
                 # The command's bytes less the relayed line: what came before the marker stays on its line.
-                self._echo(echo, echo_bytes, raw[echoed : raw.find(_MARKER)])
+                echo.command(raw[echoed : raw.find(_MARKER)])
                 if before.strip():
                     in_traceback = self._store(before, stream, in_traceback)
-                self._relayed(record)
+                self._relayed(record, echo)
                 return in_traceback
-        self._echo(echo, echo_bytes, raw[echoed:] + b"\n" if ended else raw[echoed:])
+        echo.command(raw[echoed:] + b"\n" if ended else raw[echoed:])
         text = raw.decode("utf-8", "replace").rstrip("\r")
         return self._store(text, stream, in_traceback)
 
@@ -230,7 +277,7 @@ class _Run:
         self.logger.log_message(text, level=level)
         return in_traceback
 
-    def _relayed(self, record: dict[str, Any]) -> None:
+    def _relayed(self, record: dict[str, Any], source: _Echo) -> None:
         kind = record.get("kind")
         if kind == "log":
             level = record.get("level", 2)
@@ -243,8 +290,9 @@ class _Run:
                 step=step if isinstance(step, int) else None,
             )
             name = _LEVEL_NAMES.get(level, "info") if isinstance(level, int) else "info"
-            out = sys.stdout if name in ("debug", "info") else sys.stderr
-            self._echo(out, getattr(out, "buffer", None), f"[{name}] {message}\n".encode())
+            out = self.stdout if name in ("debug", "info") else self.stderr
+            # A partial line on the stream the record came on ends only with what this thread reads next.
+            out.line(f"[{name}] {message}\n".encode(), wait=out is not source)
         elif kind == "status":
             try:
                 status = job_status(record.get("status", 0))
@@ -259,18 +307,6 @@ class _Run:
             self.logger.update_status(
                 status, error_detail=str(record.get("error_detail") or ""), reason=str(record.get("reason") or "")
             )
-
-    @staticmethod
-    def _echo(echo: IO[str], echo_bytes: Any, data: bytes) -> None:
-        try:
-            if echo_bytes is not None:
-                echo_bytes.write(data)
-                echo_bytes.flush()
-            else:
-                echo.write(data.decode("utf-8", "replace"))
-                echo.flush()
-        except (OSError, ValueError):
-            pass  # the terminal or pipe is gone: the lines are still stored
 
 
 def _stdin_is_a_terminal() -> bool:
@@ -345,8 +381,8 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
             run.forward(run.forwarded)
         assert run.child.stdout is not None and run.child.stderr is not None
         pumps = [
-            threading.Thread(target=run.pump, args=(run.child.stdout, sys.stdout, "stdout"), daemon=True),
-            threading.Thread(target=run.pump, args=(run.child.stderr, sys.stderr, "stderr"), daemon=True),
+            threading.Thread(target=run.pump, args=(run.child.stdout, run.stdout, "stdout"), daemon=True),
+            threading.Thread(target=run.pump, args=(run.child.stderr, run.stderr, "stderr"), daemon=True),
         ]
         for pump in pumps:
             pump.start()
