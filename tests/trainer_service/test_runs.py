@@ -11,7 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.backend import BackendProcess
+from support.backend import BackendProcess, auth
+from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.trainer.v1 import trainer_pb2
 
 from .trainer_process import FAKE_ADAPTER, TrainerProcess, spec, wait_until
@@ -209,6 +210,10 @@ def test_shutdown_stops_running_jobs(tmp_path: Path, backend: BackendProcess) ->
         assert trainer.stop() == 0
         _backend_status(backend, job_id, "CANCELLED")
         assert "stopping run" in trainer.log_text()
+        # The job's history says why: it read "stop requested (SIGTERM)", as if someone had cancelled it.
+        request = jobs_pb2.GetJobRequest(job_id=job_id)
+        events = backend.jobs().GetJob(request, metadata=auth(backend.internal_token), timeout=10).status_events
+        assert events[-1].reason == "stop requested: the trainer service shut down"
     finally:
         trainer.close()
 

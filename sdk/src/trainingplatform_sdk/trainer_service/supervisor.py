@@ -77,6 +77,7 @@ from trainingplatform_sdk.trainer_service.run import (
 )
 from trainingplatform_sdk.trainer_service.settings import TrainerSettings
 from trainingplatform_sdk.trainer_service.validation import validate_job_id, validate_start
+from trainingplatform_sdk.training.progress import STOP_REASON_FILE
 
 __all__ = ["LOG_FILE_NAME", "Run", "Supervisor"]
 
@@ -315,6 +316,10 @@ class Supervisor:
         _log.info(
             "stopping run %s of job %s (%s): SIGTERM, SIGKILL after %.0fs", run.run_id, run.job_id, reason, grace_s
         )
+        try:  # the job's CANCELLED status says why (tp-train reads it); without it, only that it was asked to stop
+            (run.output_dir / STOP_REASON_FILE).write_text(reason + "\n", encoding="utf-8")
+        except OSError as error:
+            _log.warning("cannot write the stop reason of run %s: %s", run.run_id, error)
         _signal_group(run, signal.SIGTERM)
         self._spawn_task(self._kill_after(run, grace_s))
 

@@ -8,6 +8,9 @@ A file rather than a pipe or a socket: the process stays a plain command that ru
 service around it, and a service restarted mid-run can still read it. Writes are atomic (a temporary file renamed
 over the old one), so a reader never sees half a file.
 
+The other way, a service that stops the process (SIGTERM) may first write why into `<output_dir>/stop_reason`
+(`STOP_REASON_FILE`, one line): the process gives it as the reason of the job's CANCELLED status.
+
 This module imports only the standard library: the training process loads it beside torch.
 """
 
@@ -23,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROGRESS_FILE_NAME", "Progress", "ProgressSink", "read_progress", "write_progress"]
+__all__ = ["PROGRESS_FILE_NAME", "STOP_REASON_FILE", "Progress", "ProgressSink", "read_progress", "write_progress"]
 
 PROGRESS_FILE_NAME = "progress.json"
+#: Why a service stopped the process, in one line, written before its SIGTERM.
+STOP_REASON_FILE = "stop_reason"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,9 @@ job's MLflow run and stores its config; checkpoints and results are stored when 
 - 2: bad command-line arguments (argparse); no status is reported, there may be no job to report to.
 - 143 (128 + SIGTERM): CANCELLED. SIGTERM (or SIGINT) stops training at the next batch boundary, writes the last
   checkpoint and exits 143, so a supervisor can tell a cancelled run from a completed one by the exit code alone.
-  A second signal kills the process at once.
+  A second signal kills the process at once. A supervisor may first write why into `<output_dir>/stop_reason`
+  (`progress.STOP_REASON_FILE`, one line): the CANCELLED status then gives `stop requested: <that line>` as its
+  reason.
 
 Under torchrun (`torchrun --nproc_per_node N -m trainingplatform_sdk.training.train ...`, WORLD_SIZE > 1),
 every rank runs this entry point and the adapter trains with DistributedDataParallel (docs/distributed.md). The
@@ -60,6 +62,7 @@ from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, Datas
 from trainingplatform_sdk.telemetry import SystemMetricsSampler, TrainingLogger
 from trainingplatform_sdk.training.adapter import NullSink, Status, TelemetrySink, TrainingAdapter
 from trainingplatform_sdk.training.artifacts import StorageError
+from trainingplatform_sdk.training.progress import STOP_REASON_FILE
 from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings
 from trainingplatform_sdk.training.registry import resolve_adapter
 from trainingplatform_sdk.training.tracking import TrackingError, redact_urls
@@ -87,6 +90,15 @@ _SECTIONS = ("model", "dataset", "training", "advanced")
 PEER_ERROR_WAIT_S = 2.0
 # A peer's error file older than this process is from an earlier attempt.
 _PROCESS_STARTED = time.time()
+
+
+def _stop_reason(output_dir: Path) -> str:
+    """The CANCELLED status's reason: what the supervisor wrote into STOP_REASON_FILE, if anything."""
+    try:
+        why = (output_dir / STOP_REASON_FILE).read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        why = ""
+    return f"stop requested: {why.splitlines()[0][:200]}" if why else "stop requested (SIGTERM)"
 
 
 def load_config_argument(text: str | None, name: str) -> dict[str, Any]:
@@ -197,7 +209,7 @@ def run_job(
             _report(logger, f"Training cancelled after {result.epochs_completed} epoch(s)")
             if recorder is not None:
                 recorder.abort(Status.CANCELLED, result=result)
-            logger.update_status(Status.CANCELLED, reason="stop requested (SIGTERM)")
+            logger.update_status(Status.CANCELLED, reason=_stop_reason(Path(output_dir)))
             return EXIT_CANCELLED
         _report(logger, f"Training completed: {result.epochs_completed} epoch(s)")
         if recorder is not None:
