@@ -14,7 +14,8 @@
    (`ERROR`, `INFO: ...`, Python's `logging` default format) at that level. A line redrawn with carriage returns
    (a progress bar) is stored once, as last drawn.
 4. Forwards SIGINT (Ctrl-C), SIGTERM and SIGHUP to the command's process group (the command runs in a group of its
-   own, so a Ctrl-C reaches it once, through `tp run`; there it reads an empty stdin instead of the terminal).
+   own, so a Ctrl-C reaches it once, through `tp run`; there it reads an empty stdin instead of the terminal). A
+   second one sends SIGTERM, a third SIGKILL, for a command that ignores Ctrl-C; each is said in a line on stderr.
 5. Sends SIGINT to the command when the job is cancelled meanwhile (`tp cancel JOB`, the dashboard): it stays
    CANCELLED.
 6. Sets the final status, unless the script set one (or the job was cancelled): COMPLETED on exit code 0;
@@ -189,7 +190,9 @@ class _Run:
     def __init__(self, logger: TrainingLogger) -> None:
         self.logger = logger
         self.child: subprocess.Popen[bytes] | None = None
+        #: The first signal forwarded (Ctrl-C, SIGTERM, SIGHUP), and how many came.
         self.forwarded: int | None = None
+        self.signals = 0
         self.final_status: dict[str, Any] | None = None
         self.stderr_tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
         self._lock = threading.Lock()
@@ -199,8 +202,27 @@ class _Run:
     # --- signals ---------------------------------------------------------------------------------------------
 
     def forward(self, signum: int, _frame: FrameType | None = None) -> None:
-        """A signal handler: passes the signal on to the command's process group."""
-        self.forwarded = signum
+        """A signal handler: passes the first signal on to the command's process group, sends SIGTERM on the
+        second and SIGKILL from the third on (a command that ignores Ctrl-C still stops), each said on stderr."""
+        self.signals += 1
+        if self.forwarded is None:
+            self.forwarded = signum
+        child = self.child
+        if child is None or child.returncode is not None:
+            return
+        name = signal.Signals(signum).name
+        if self.signals == 1:
+            _say(f"{name} forwarded to the command; again sends it SIGTERM")
+            self.send(signum)
+        elif self.signals == 2:
+            _say(f"{name} again: sending SIGTERM to the command; once more sends SIGKILL")
+            self.send(signal.SIGTERM)
+        else:
+            _say(f"{name} again: sending SIGKILL to the command")
+            self.send(signal.SIGKILL)
+
+    def send(self, signum: int) -> None:
+        """Sends a signal to the command's process group, if it still runs."""
         child = self.child
         if child is None or child.returncode is not None:
             return
@@ -321,7 +343,7 @@ def _exit_code(returncode: int) -> int:
 
 
 def _say(message: str) -> None:
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, RuntimeError):  # RuntimeError: a reentrant call from a handler
         print(f"tp run: {message}", file=sys.stderr, flush=True)
 
 
@@ -378,7 +400,7 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
             _say(f"{message}; job {job_id} FAILED")
             return 127
         if run.forwarded is not None:  # a signal came while the command was starting: pass it on
-            run.forward(run.forwarded)
+            run.send(run.forwarded)
         assert run.child.stdout is not None and run.child.stderr is not None
         pumps = [
             threading.Thread(target=run.pump, args=(run.child.stdout, run.stdout, "stdout"), daemon=True),
