@@ -2,7 +2,7 @@
 stdout ends a command quietly (exit 141, as a Unix tool killed by SIGPIPE), what `--plot` wrote is what it says it
 wrote, and a cut table cell says it was cut.
 
-- every port flag of `tp up` is checked at parse time (1 to 65535);
+- every port flag of `tp up` is checked at parse time (1 to 65535), and a data directory it cannot use is named;
 - `tp jobs | head -1`, `tp show JOB | head -1`, `tp logs JOB | head -1` print nothing on stderr, exit 141;
 - `tp metrics JOB --plot P`: P without a suffix gets `.png`, an existing directory (or a path ending in /) gets
   `<job id>.png` inside it, and the line printed names the file written;
@@ -117,6 +117,31 @@ def test_a_stack_refuses_a_port_out_of_range_before_writing_anything(tmp_path: P
     with pytest.raises(ValueError, match="timm_port must be 1-65535, got 70000"):
         Stack(tmp_path / "data", timm_port=70000)
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"), [("a file", "it is a file"), ("under a file", "Not a directory"), ("proc", "")]
+)
+def test_up_names_a_data_directory_it_cannot_use(kind: str, why: str, tmp_path: Path):
+    # It printed the bare OSError: "error: [Errno 17] File exists: '/tmp/.../afile'".
+    if kind == "a file":
+        data_dir = tmp_path / "afile"
+        data_dir.write_text("")
+    elif kind == "under a file":
+        (tmp_path / "afile").write_text("")
+        data_dir = tmp_path / "afile" / "data"
+    else:
+        data_dir = Path("/proc/self")  # a directory no file can be created in, even by root
+    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+    env["TP_CONFIG"] = str(tmp_path / "config.json")
+    result = subprocess.run(
+        [TP, "--data-dir", str(data_dir), "up", "--no-dashboard"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: the data directory {data_dir} cannot be used: {why}"), lines
+    assert lines[0].endswith("; give another one with --data-dir or TP_DATA_DIR"), lines
 
 
 # --- 2. a closed stdout ----------------------------------------------------------------------------------------

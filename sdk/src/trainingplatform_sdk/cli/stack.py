@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -53,6 +54,28 @@ class Service:
     log_path: Path | None = None
     health_url: str = ""
     """An HTTP URL answering 200 when the service is up (the dashboard); empty: the gRPC health check."""
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """Creates `data_dir` when missing and checks that a file can be created in it.
+
+    Raises:
+        ValueError: It is a file, or a directory where nothing can be written; the message names it as given.
+    """
+    why = ""
+    if data_dir.exists() and not data_dir.is_dir():
+        why = "it is a file"
+    else:
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=data_dir):
+                pass
+        except OSError as error:
+            why = error.strerror or str(error)
+    if why:
+        raise ValueError(
+            f"the data directory {data_dir} cannot be used: {why}; give another one with --data-dir or TP_DATA_DIR"
+        )
 
 
 def ensure_token(data_dir: Path, variable: str = "INTERNAL_AUTH_TOKEN", file_name: str = TOKEN_FILE) -> str:
@@ -130,7 +153,8 @@ class Stack:
         dashboard); its one-time login URL is `dashboard_login_url`.
 
         Raises:
-            ValueError: a port is not 1-65535 (checked before anything is written).
+            ValueError: a port is not 1-65535 (checked before anything is written), or the data directory cannot be
+                used (a file, not writable).
         """
         for name, port in (
             ("backend_port", backend_port),
@@ -140,6 +164,7 @@ class Stack:
         ):
             if not 1 <= port <= 65535:
                 raise ValueError(f"{name} must be 1-65535, got {port}")
+        check_data_dir(data_dir)
         self.data_dir = data_dir.resolve()
         self.data_roots = ((self.data_dir / "datasets"), *(Path(root).resolve() for root in data_roots))
         """What the trainers accept dataset paths under (TP_DATA_ROOTS): `<data_dir>/datasets` and `data_roots`."""
