@@ -592,7 +592,8 @@ class TrainingLogger:
 
         Whatever is not delivered stays in the spool (points, and the calls not yet made) for the next logger of
         the same job and spool directory. When the job has ended (this logger delivered a terminal status, or
-        replayed one from the spool) and nothing is pending, the spool directory is removed. Calling close again
+        replayed one from the spool, or it relays to `tp run`, which ends the job) and nothing is pending, the spool
+        directory is removed. Calling close again
         returns the same report.
 
         Args:
@@ -619,8 +620,10 @@ class TrainingLogger:
             self._discard_buffer()
             report = self.stats
             self._final_report = report
+            # Under `tp run` the job's end is `tp run`'s to deliver, after this process exits: a relaying logger
+            # removes its spool once nothing in it is pending.
             if (
-                self._ended
+                (self._ended or self._relay)
                 and not sender.is_alive()
                 and report.pending_metrics == report.pending_logs == report.calls_pending == 0
                 and report.error is None
