@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,7 +61,7 @@ def test_unreachable_trainers_fail_the_job_with_every_reason(database_url: str, 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_queued_jobs_start_in_the_order_they_were_created(database_url: str, tmp_path: Path):
+def test_queued_jobs_start_in_the_order_they_were_created_and_say_why_they_wait(database_url: str, tmp_path: Path):
     # Each job retried on its own backoff (1 s doubling to 10 s): the job that had waited longest was asked least
     # often, so newer jobs took the freed slot before it, and it was the one to time out under load.
     with FakeTrainer(capacity=1) as trainer:
@@ -82,6 +85,19 @@ def test_queued_jobs_start_in_the_order_they_were_created(database_url: str, tmp
             oldest = create()
             # The oldest waiting job has been refused (the slot is taken) several times: its backoff is long.
             wait(lambda: trainer.calls.get("StartTraining", 0) >= 5, "the oldest waiting job to be retried")
+            # Why it waits is the job's, not only the backend log's (`tp show` prints it).
+            get = jobs_pb2.GetJobRequest(job_id=oldest)
+            waiting = jobs.GetJob(get, metadata=auth(backend.internal_token)).job.waiting_reason
+            assert waiting == f"{trainer.address}: RESOURCE_EXHAUSTED this trainer already runs 1 of 1"
+            env = {**os.environ, "TP_AUTH_TOKEN": backend.internal_token, "TP_CONFIG": str(tmp_path / "none.json")}
+            shown = subprocess.run(
+                [str(Path(sys.executable).parent / "tp"), "--backend", backend.address, "show", oldest],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+            )
+            assert f"  waiting for a trainer: {waiting}" in shown.stdout.splitlines(), shown.stdout + shown.stderr
             newer = [create() for _ in range(3)]
             order = [first]
             for _ in range(4):
@@ -89,5 +105,6 @@ def test_queued_jobs_start_in_the_order_they_were_created(database_url: str, tmp
                 wait(lambda: any(trainer.training(job) for job in [oldest, *newer]), "the next job to start")
                 order.append(next(job for job in [oldest, *newer] if trainer.training(job)))
             assert order == [first, oldest, *newer]
+            assert jobs.GetJob(get, metadata=auth(backend.internal_token)).job.waiting_reason == ""  # it runs
         finally:
             backend.close()

@@ -299,6 +299,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"  {job.framework} {job.model} on {job.dataset}, {job.epochs} epochs; trainer {job.trainer_address or '-'}"
         )
         print(f"  metrics committed up to {job.last_metric_sequence}, logs up to {job.last_log_sequence}")
+        if job.waiting_reason:
+            print(f"  waiting for a trainer: {job.waiting_reason}")
         for event in job.status_events:
             when = event.time.strftime("%H:%M:%S") if event.time else ""
             print(f"  {when} {event.from_status:>11} -> {event.to_status:9} {event.reason}")

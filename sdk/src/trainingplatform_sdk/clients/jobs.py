@@ -124,6 +124,8 @@ class Job:
     last_metric_sequence: int
     last_log_sequence: int
     status_events: tuple[StatusChange, ...] = ()
+    waiting_reason: str = ""
+    """While QUEUED and no trainer took the job yet: each trainer's last answer (busy, unreachable)."""
 
     @property
     def finished(self) -> bool:
@@ -256,6 +258,7 @@ def _job(message: jobs_pb2.Job, events: Sequence[jobs_pb2.StatusEvent] = ()) -> 
         last_metric_sequence=message.cursor.last_metric_sequence,
         last_log_sequence=message.cursor.last_log_sequence,
         status_events=tuple(_status_change(e) for e in events),
+        waiting_reason=message.waiting_reason,
     )
 
 

@@ -67,6 +67,7 @@ def job_to_proto(view: JobView) -> jobs_pb2.Job:
         cursor=telemetry_pb2.GetStreamCursorResponse(
             last_metric_sequence=view.cursor[0], last_log_sequence=view.cursor[1]
         ),
+        waiting_reason=job.dispatch_reasons if job.status == "QUEUED" and not job.trainer_address else "",
     )
     return message
 

@@ -27,7 +27,7 @@ from trainingplatform.common.v1 import common_pb2 as trainingplatform_dot_common
 from trainingplatform.telemetry.v1 import telemetry_pb2 as trainingplatform_dot_telemetry_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#trainingplatform/jobs/v1/jobs.proto\x12\x18trainingplatform.jobs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'trainingplatform/common/v1/common.proto\x1a-trainingplatform/telemetry/v1/telemetry.proto\"\xa5\x06\n\x03Job\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x37\n\x04spec\x18\x02 \x01(\x0b\x32#.trainingplatform.common.v1.JobSpecR\x04spec\x12=\n\x06status\x18\x03 \x01(\x0e\x32%.trainingplatform.common.v1.JobStatusR\x06status\x12#\n\rerror_message\x18\x04 \x01(\tR\x0c\x65rrorMessage\x12!\n\x0c\x65rror_detail\x18\x05 \x01(\tR\x0b\x65rrorDetail\x12;\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12\x39\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\'\n\x0ftrainer_address\x18\n \x01(\tR\x0etrainerAddress\x12$\n\x0etrainer_run_id\x18\x0b \x01(\tR\x0ctrainerRunId\x12\"\n\rmlflow_run_id\x18\x0c \x01(\tR\x0bmlflowRunId\x12.\n\x13mlflow_tracking_uri\x18\r \x01(\tR\x11mlflowTrackingUri\x12\x45\n\tartifacts\x18\x0e \x03(\x0b\x32\'.trainingplatform.telemetry.v1.ArtifactR\tartifacts\x12!\n\x0c\x64isplay_name\x18\x0f \x01(\tR\x0b\x64isplayName\x12N\n\x06\x63ursor\x18\x10 \x01(\x0b\x32\x36.trainingplatform.telemetry.v1.GetStreamCursorResponseR\x06\x63ursor\"\xa2\x02\n\x0bStatusEvent\x12\x1a\n\x08sequence\x18\x01 \x01(\x03R\x08sequence\x12\x46\n\x0b\x66rom_status\x18\x02 \x01(\x0e\x32%.trainingplatform.common.v1.JobStatusR\nfromStatus\x12\x42\n\tto_status\x18\x03 \x01(\x0e\x32%.trainingplatform.common.v1.JobStatusR\x08toStatus\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12#\n\rerror_message\x18\x05 \x01(\tR\x0c\x65rrorMessage\x12.\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\"\xbb\x01\n\x10\x43reateJobRequest\x12\x37\n\x04spec\x18\x01 \x01(\x0b\x32#.trainingplatform.common.v1.JobSpecR\x04spec\x12!\n\x0c\x64isplay_name\x18\x02 \x01(\tR\x0b\x64isplayName\x12\x1f\n\x08\x64ispatch\x18\x03 \x01(\x08H\x00R\x08\x64ispatch\x88\x01\x01\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestIdB\x0b\n\t_dispatch\"m\n\x11\x43reateJobResponse\x12/\n\x03job\x18\x01 \x01(\x0b\x32\x1d.trainingplatform.jobs.v1.JobR\x03job\x12\'\n\x0ftelemetry_token\x18\x02 \x01(\tR\x0etelemetryToken\"&\n\rGetJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x8d\x01\n\x0eGetJobResponse\x12/\n\x03job\x18\x01 \x01(\x0b\x32\x1d.trainingplatform.jobs.v1.JobR\x03job\x12J\n\rstatus_events\x18\x02 \x03(\x0b\x32%.trainingplatform.jobs.v1.StatusEventR\x0cstatusEvents\"\xae\x01\n\x0fListJobsRequest\x12\x41\n\x08statuses\x18\x01 \x03(\x0e\x32%.trainingplatform.common.v1.JobStatusR\x08statuses\x12\x1c\n\tframework\x18\x02 \x01(\tR\tframework\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\"m\n\x10ListJobsResponse\x12\x31\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.trainingplatform.jobs.v1.JobR\x04jobs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"A\n\x10\x43\x61ncelJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"D\n\x11\x43\x61ncelJobResponse\x12/\n\x03job\x18\x01 \x01(\x0b\x32\x1d.trainingplatform.jobs.v1.JobR\x03job\"{\n\x12ListMetricsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n\x04keys\x18\x02 \x03(\tR\x04keys\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\"\x81\x01\n\x13ListMetricsResponse\x12\x42\n\x06points\x18\x01 \x03(\x0b\x32*.trainingplatform.telemetry.v1.MetricPointR\x06points\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa7\x01\n\x0fListLogsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x41\n\tmin_level\x18\x02 \x01(\x0e\x32$.trainingplatform.common.v1.LogLevelR\x08minLevel\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\"~\n\x10ListLogsResponse\x12\x42\n\x07records\x18\x01 \x03(\x0b\x32(.trainingplatform.telemetry.v1.LogRecordR\x07records\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbc\x01\n\x0fTelemetryCursor\x12\'\n\x0fmetric_sequence\x18\x01 \x01(\x03R\x0emetricSequence\x12!\n\x0clog_sequence\x18\x02 \x01(\x03R\x0blogSequence\x12\'\n\x0fstatus_sequence\x18\x03 \x01(\x03R\x0estatusSequence\x12\x34\n\x16\x65poch_summary_sequence\x18\x04 \x01(\x03R\x14\x65pochSummarySequence\"\x9a\x01\n\x19SubscribeTelemetryRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12?\n\x05\x61\x66ter\x18\x02 \x01(\x0b\x32).trainingplatform.jobs.v1.TelemetryCursorR\x05\x61\x66ter\x12%\n\x0ekeep_following\x18\x03 \x01(\x08R\rkeepFollowing\"/\n\x06Lagged\x12%\n\x0e\x64ropped_events\x18\x01 \x01(\x03R\rdroppedEvents\"\xc1\x03\n\x1aSubscribeTelemetryResponse\x12\x41\n\x07metrics\x18\x01 \x01(\x0b\x32%.trainingplatform.jobs.v1.MetricBatchH\x00R\x07metrics\x12\x38\n\x04logs\x18\x02 \x01(\x0b\x32\".trainingplatform.jobs.v1.LogBatchH\x00R\x04logs\x12J\n\x0cstatus_event\x18\x03 \x01(\x0b\x32%.trainingplatform.jobs.v1.StatusEventH\x00R\x0bstatusEvent\x12R\n\repoch_summary\x18\x04 \x01(\x0b\x32+.trainingplatform.telemetry.v1.EpochSummaryH\x00R\x0c\x65pochSummary\x12:\n\x06lagged\x18\x05 \x01(\x0b\x32 .trainingplatform.jobs.v1.LaggedH\x00R\x06lagged\x12\x41\n\x06\x63ursor\x18\x06 \x01(\x0b\x32).trainingplatform.jobs.v1.TelemetryCursorR\x06\x63ursorB\x07\n\x05\x65vent\"Q\n\x0bMetricBatch\x12\x42\n\x06points\x18\x01 \x03(\x0b\x32*.trainingplatform.telemetry.v1.MetricPointR\x06points\"N\n\x08LogBatch\x12\x42\n\x07records\x18\x01 \x03(\x0b\x32(.trainingplatform.telemetry.v1.LogRecordR\x07records\"\xbc\x01\n\x16GetMetricSeriesRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n\x04keys\x18\x02 \x03(\tR\x04keys\x12\x1d\n\nmax_points\x18\x03 \x01(\x05R\tmaxPoints\x12\x1e\n\x08min_step\x18\x04 \x01(\x03H\x00R\x07minStep\x88\x01\x01\x12\x1e\n\x08max_step\x18\x05 \x01(\x03H\x01R\x07maxStep\x88\x01\x01\x42\x0b\n\t_min_stepB\x0b\n\t_max_step\"\x9e\x02\n\x0cMetricBucket\x12\x1d\n\nfirst_step\x18\x01 \x01(\x03R\tfirstStep\x12\x1b\n\tlast_step\x18\x02 \x01(\x03R\x08lastStep\x12\x10\n\x03min\x18\x03 \x01(\x01R\x03min\x12\x10\n\x03max\x18\x04 \x01(\x01R\x03max\x12\x12\n\x04last\x18\x05 \x01(\x01R\x04last\x12\x14\n\x05\x63ount\x18\x06 \x01(\x03R\x05\x63ount\x12$\n\x0b\x66irst_epoch\x18\x07 \x01(\x03H\x00R\nfirstEpoch\x88\x01\x01\x12\"\n\nlast_epoch\x18\x08 \x01(\x03H\x01R\tlastEpoch\x88\x01\x01\x12\x1b\n\tnan_count\x18\t \x01(\x03R\x08nanCountB\x0e\n\x0c_first_epochB\r\n\x0b_last_epoch\"\x85\x01\n\x0cMetricSeries\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12@\n\x07\x62uckets\x18\x02 \x03(\x0b\x32&.trainingplatform.jobs.v1.MetricBucketR\x07\x62uckets\x12!\n\x0ctotal_points\x18\x03 \x01(\x03R\x0btotalPoints\"~\n\x17GetMetricSeriesResponse\x12>\n\x06series\x18\x01 \x03(\x0b\x32&.trainingplatform.jobs.v1.MetricSeriesR\x06series\x12#\n\rlast_sequence\x18\x02 \x01(\x03R\x0clastSequence2\xe4\x06\n\x0bJobsService\x12\x64\n\tCreateJob\x12*.trainingplatform.jobs.v1.CreateJobRequest\x1a+.trainingplatform.jobs.v1.CreateJobResponse\x12[\n\x06GetJob\x12\'.trainingplatform.jobs.v1.GetJobRequest\x1a(.trainingplatform.jobs.v1.GetJobResponse\x12\x61\n\x08ListJobs\x12).trainingplatform.jobs.v1.ListJobsRequest\x1a*.trainingplatform.jobs.v1.ListJobsResponse\x12\x64\n\tCancelJob\x12*.trainingplatform.jobs.v1.CancelJobRequest\x1a+.trainingplatform.jobs.v1.CancelJobResponse\x12j\n\x0bListMetrics\x12,.trainingplatform.jobs.v1.ListMetricsRequest\x1a-.trainingplatform.jobs.v1.ListMetricsResponse\x12\x61\n\x08ListLogs\x12).trainingplatform.jobs.v1.ListLogsRequest\x1a*.trainingplatform.jobs.v1.ListLogsResponse\x12\x81\x01\n\x12SubscribeTelemetry\x12\x33.trainingplatform.jobs.v1.SubscribeTelemetryRequest\x1a\x34.trainingplatform.jobs.v1.SubscribeTelemetryResponse0\x01\x12v\n\x0fGetMetricSeries\x12\x30.trainingplatform.jobs.v1.GetMetricSeriesRequest\x1a\x31.trainingplatform.jobs.v1.GetMetricSeriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#trainingplatform/jobs/v1/jobs.proto\x12\x18trainingplatform.jobs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'trainingplatform/common/v1/common.proto\x1a-trainingplatform/telemetry/v1/telemetry.proto\"\xcc\x06\n\x03Job\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x37\n\x04spec\x18\x02 \x01(\x0b\x32#.trainingplatform.common.v1.JobSpecR\x04spec\x12=\n\x06status\x18\x03 \x01(\x0e\x32%.trainingplatform.common.v1.JobStatusR\x06status\x12#\n\rerror_message\x18\x04 \x01(\tR\x0c\x65rrorMessage\x12!\n\x0c\x65rror_detail\x18\x05 \x01(\tR\x0b\x65rrorDetail\x12;\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\ncreateTime\x12;\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nupdateTime\x12\x39\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartTime\x12\x35\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07\x65ndTime\x12\'\n\x0ftrainer_address\x18\n \x01(\tR\x0etrainerAddress\x12$\n\x0etrainer_run_id\x18\x0b \x01(\tR\x0ctrainerRunId\x12\"\n\rmlflow_run_id\x18\x0c \x01(\tR\x0bmlflowRunId\x12.\n\x13mlflow_tracking_uri\x18\r \x01(\tR\x11mlflowTrackingUri\x12\x45\n\tartifacts\x18\x0e \x03(\x0b\x32\'.trainingplatform.telemetry.v1.ArtifactR\tartifacts\x12!\n\x0c\x64isplay_name\x18\x0f \x01(\tR\x0b\x64isplayName\x12N\n\x06\x63ursor\x18\x10 \x01(\x0b\x32\x36.trainingplatform.telemetry.v1.GetStreamCursorResponseR\x06\x63ursor\x12%\n\x0ewaiting_reason\x18\x11 \x01(\tR\rwaitingReason\"\xa2\x02\n\x0bStatusEvent\x12\x1a\n\x08sequence\x18\x01 \x01(\x03R\x08sequence\x12\x46\n\x0b\x66rom_status\x18\x02 \x01(\x0e\x32%.trainingplatform.common.v1.JobStatusR\nfromStatus\x12\x42\n\tto_status\x18\x03 \x01(\x0e\x32%.trainingplatform.common.v1.JobStatusR\x08toStatus\x12\x16\n\x06reason\x18\x04 \x01(\tR\x06reason\x12#\n\rerror_message\x18\x05 \x01(\tR\x0c\x65rrorMessage\x12.\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\"\xbb\x01\n\x10\x43reateJobRequest\x12\x37\n\x04spec\x18\x01 \x01(\x0b\x32#.trainingplatform.common.v1.JobSpecR\x04spec\x12!\n\x0c\x64isplay_name\x18\x02 \x01(\tR\x0b\x64isplayName\x12\x1f\n\x08\x64ispatch\x18\x03 \x01(\x08H\x00R\x08\x64ispatch\x88\x01\x01\x12\x1d\n\nrequest_id\x18\x04 \x01(\tR\trequestIdB\x0b\n\t_dispatch\"m\n\x11\x43reateJobResponse\x12/\n\x03job\x18\x01 \x01(\x0b\x32\x1d.trainingplatform.jobs.v1.JobR\x03job\x12\'\n\x0ftelemetry_token\x18\x02 \x01(\tR\x0etelemetryToken\"&\n\rGetJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x8d\x01\n\x0eGetJobResponse\x12/\n\x03job\x18\x01 \x01(\x0b\x32\x1d.trainingplatform.jobs.v1.JobR\x03job\x12J\n\rstatus_events\x18\x02 \x03(\x0b\x32%.trainingplatform.jobs.v1.StatusEventR\x0cstatusEvents\"\xae\x01\n\x0fListJobsRequest\x12\x41\n\x08statuses\x18\x01 \x03(\x0e\x32%.trainingplatform.common.v1.JobStatusR\x08statuses\x12\x1c\n\tframework\x18\x02 \x01(\tR\tframework\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\"m\n\x10ListJobsResponse\x12\x31\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.trainingplatform.jobs.v1.JobR\x04jobs\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"A\n\x10\x43\x61ncelJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"D\n\x11\x43\x61ncelJobResponse\x12/\n\x03job\x18\x01 \x01(\x0b\x32\x1d.trainingplatform.jobs.v1.JobR\x03job\"{\n\x12ListMetricsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n\x04keys\x18\x02 \x03(\tR\x04keys\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\"\x81\x01\n\x13ListMetricsResponse\x12\x42\n\x06points\x18\x01 \x03(\x0b\x32*.trainingplatform.telemetry.v1.MetricPointR\x06points\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa7\x01\n\x0fListLogsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x41\n\tmin_level\x18\x02 \x01(\x0e\x32$.trainingplatform.common.v1.LogLevelR\x08minLevel\x12\x1b\n\tpage_size\x18\x03 \x01(\x05R\x08pageSize\x12\x1d\n\npage_token\x18\x04 \x01(\tR\tpageToken\"~\n\x10ListLogsResponse\x12\x42\n\x07records\x18\x01 \x03(\x0b\x32(.trainingplatform.telemetry.v1.LogRecordR\x07records\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbc\x01\n\x0fTelemetryCursor\x12\'\n\x0fmetric_sequence\x18\x01 \x01(\x03R\x0emetricSequence\x12!\n\x0clog_sequence\x18\x02 \x01(\x03R\x0blogSequence\x12\'\n\x0fstatus_sequence\x18\x03 \x01(\x03R\x0estatusSequence\x12\x34\n\x16\x65poch_summary_sequence\x18\x04 \x01(\x03R\x14\x65pochSummarySequence\"\x9a\x01\n\x19SubscribeTelemetryRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12?\n\x05\x61\x66ter\x18\x02 \x01(\x0b\x32).trainingplatform.jobs.v1.TelemetryCursorR\x05\x61\x66ter\x12%\n\x0ekeep_following\x18\x03 \x01(\x08R\rkeepFollowing\"/\n\x06Lagged\x12%\n\x0e\x64ropped_events\x18\x01 \x01(\x03R\rdroppedEvents\"\xc1\x03\n\x1aSubscribeTelemetryResponse\x12\x41\n\x07metrics\x18\x01 \x01(\x0b\x32%.trainingplatform.jobs.v1.MetricBatchH\x00R\x07metrics\x12\x38\n\x04logs\x18\x02 \x01(\x0b\x32\".trainingplatform.jobs.v1.LogBatchH\x00R\x04logs\x12J\n\x0cstatus_event\x18\x03 \x01(\x0b\x32%.trainingplatform.jobs.v1.StatusEventH\x00R\x0bstatusEvent\x12R\n\repoch_summary\x18\x04 \x01(\x0b\x32+.trainingplatform.telemetry.v1.EpochSummaryH\x00R\x0c\x65pochSummary\x12:\n\x06lagged\x18\x05 \x01(\x0b\x32 .trainingplatform.jobs.v1.LaggedH\x00R\x06lagged\x12\x41\n\x06\x63ursor\x18\x06 \x01(\x0b\x32).trainingplatform.jobs.v1.TelemetryCursorR\x06\x63ursorB\x07\n\x05\x65vent\"Q\n\x0bMetricBatch\x12\x42\n\x06points\x18\x01 \x03(\x0b\x32*.trainingplatform.telemetry.v1.MetricPointR\x06points\"N\n\x08LogBatch\x12\x42\n\x07records\x18\x01 \x03(\x0b\x32(.trainingplatform.telemetry.v1.LogRecordR\x07records\"\xbc\x01\n\x16GetMetricSeriesRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n\x04keys\x18\x02 \x03(\tR\x04keys\x12\x1d\n\nmax_points\x18\x03 \x01(\x05R\tmaxPoints\x12\x1e\n\x08min_step\x18\x04 \x01(\x03H\x00R\x07minStep\x88\x01\x01\x12\x1e\n\x08max_step\x18\x05 \x01(\x03H\x01R\x07maxStep\x88\x01\x01\x42\x0b\n\t_min_stepB\x0b\n\t_max_step\"\x9e\x02\n\x0cMetricBucket\x12\x1d\n\nfirst_step\x18\x01 \x01(\x03R\tfirstStep\x12\x1b\n\tlast_step\x18\x02 \x01(\x03R\x08lastStep\x12\x10\n\x03min\x18\x03 \x01(\x01R\x03min\x12\x10\n\x03max\x18\x04 \x01(\x01R\x03max\x12\x12\n\x04last\x18\x05 \x01(\x01R\x04last\x12\x14\n\x05\x63ount\x18\x06 \x01(\x03R\x05\x63ount\x12$\n\x0b\x66irst_epoch\x18\x07 \x01(\x03H\x00R\nfirstEpoch\x88\x01\x01\x12\"\n\nlast_epoch\x18\x08 \x01(\x03H\x01R\tlastEpoch\x88\x01\x01\x12\x1b\n\tnan_count\x18\t \x01(\x03R\x08nanCountB\x0e\n\x0c_first_epochB\r\n\x0b_last_epoch\"\x85\x01\n\x0cMetricSeries\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12@\n\x07\x62uckets\x18\x02 \x03(\x0b\x32&.trainingplatform.jobs.v1.MetricBucketR\x07\x62uckets\x12!\n\x0ctotal_points\x18\x03 \x01(\x03R\x0btotalPoints\"~\n\x17GetMetricSeriesResponse\x12>\n\x06series\x18\x01 \x03(\x0b\x32&.trainingplatform.jobs.v1.MetricSeriesR\x06series\x12#\n\rlast_sequence\x18\x02 \x01(\x03R\x0clastSequence2\xe4\x06\n\x0bJobsService\x12\x64\n\tCreateJob\x12*.trainingplatform.jobs.v1.CreateJobRequest\x1a+.trainingplatform.jobs.v1.CreateJobResponse\x12[\n\x06GetJob\x12\'.trainingplatform.jobs.v1.GetJobRequest\x1a(.trainingplatform.jobs.v1.GetJobResponse\x12\x61\n\x08ListJobs\x12).trainingplatform.jobs.v1.ListJobsRequest\x1a*.trainingplatform.jobs.v1.ListJobsResponse\x12\x64\n\tCancelJob\x12*.trainingplatform.jobs.v1.CancelJobRequest\x1a+.trainingplatform.jobs.v1.CancelJobResponse\x12j\n\x0bListMetrics\x12,.trainingplatform.jobs.v1.ListMetricsRequest\x1a-.trainingplatform.jobs.v1.ListMetricsResponse\x12\x61\n\x08ListLogs\x12).trainingplatform.jobs.v1.ListLogsRequest\x1a*.trainingplatform.jobs.v1.ListLogsResponse\x12\x81\x01\n\x12SubscribeTelemetry\x12\x33.trainingplatform.jobs.v1.SubscribeTelemetryRequest\x1a\x34.trainingplatform.jobs.v1.SubscribeTelemetryResponse0\x01\x12v\n\x0fGetMetricSeries\x12\x30.trainingplatform.jobs.v1.GetMetricSeriesRequest\x1a\x31.trainingplatform.jobs.v1.GetMetricSeriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,53 +35,53 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trainingplatform.jobs.v1.jo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOB']._serialized_start=187
-  _globals['_JOB']._serialized_end=992
-  _globals['_STATUSEVENT']._serialized_start=995
-  _globals['_STATUSEVENT']._serialized_end=1285
-  _globals['_CREATEJOBREQUEST']._serialized_start=1288
-  _globals['_CREATEJOBREQUEST']._serialized_end=1475
-  _globals['_CREATEJOBRESPONSE']._serialized_start=1477
-  _globals['_CREATEJOBRESPONSE']._serialized_end=1586
-  _globals['_GETJOBREQUEST']._serialized_start=1588
-  _globals['_GETJOBREQUEST']._serialized_end=1626
-  _globals['_GETJOBRESPONSE']._serialized_start=1629
-  _globals['_GETJOBRESPONSE']._serialized_end=1770
-  _globals['_LISTJOBSREQUEST']._serialized_start=1773
-  _globals['_LISTJOBSREQUEST']._serialized_end=1947
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1949
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2058
-  _globals['_CANCELJOBREQUEST']._serialized_start=2060
-  _globals['_CANCELJOBREQUEST']._serialized_end=2125
-  _globals['_CANCELJOBRESPONSE']._serialized_start=2127
-  _globals['_CANCELJOBRESPONSE']._serialized_end=2195
-  _globals['_LISTMETRICSREQUEST']._serialized_start=2197
-  _globals['_LISTMETRICSREQUEST']._serialized_end=2320
-  _globals['_LISTMETRICSRESPONSE']._serialized_start=2323
-  _globals['_LISTMETRICSRESPONSE']._serialized_end=2452
-  _globals['_LISTLOGSREQUEST']._serialized_start=2455
-  _globals['_LISTLOGSREQUEST']._serialized_end=2622
-  _globals['_LISTLOGSRESPONSE']._serialized_start=2624
-  _globals['_LISTLOGSRESPONSE']._serialized_end=2750
-  _globals['_TELEMETRYCURSOR']._serialized_start=2753
-  _globals['_TELEMETRYCURSOR']._serialized_end=2941
-  _globals['_SUBSCRIBETELEMETRYREQUEST']._serialized_start=2944
-  _globals['_SUBSCRIBETELEMETRYREQUEST']._serialized_end=3098
-  _globals['_LAGGED']._serialized_start=3100
-  _globals['_LAGGED']._serialized_end=3147
-  _globals['_SUBSCRIBETELEMETRYRESPONSE']._serialized_start=3150
-  _globals['_SUBSCRIBETELEMETRYRESPONSE']._serialized_end=3599
-  _globals['_METRICBATCH']._serialized_start=3601
-  _globals['_METRICBATCH']._serialized_end=3682
-  _globals['_LOGBATCH']._serialized_start=3684
-  _globals['_LOGBATCH']._serialized_end=3762
-  _globals['_GETMETRICSERIESREQUEST']._serialized_start=3765
-  _globals['_GETMETRICSERIESREQUEST']._serialized_end=3953
-  _globals['_METRICBUCKET']._serialized_start=3956
-  _globals['_METRICBUCKET']._serialized_end=4242
-  _globals['_METRICSERIES']._serialized_start=4245
-  _globals['_METRICSERIES']._serialized_end=4378
-  _globals['_GETMETRICSERIESRESPONSE']._serialized_start=4380
-  _globals['_GETMETRICSERIESRESPONSE']._serialized_end=4506
-  _globals['_JOBSSERVICE']._serialized_start=4509
-  _globals['_JOBSSERVICE']._serialized_end=5377
+  _globals['_JOB']._serialized_end=1031
+  _globals['_STATUSEVENT']._serialized_start=1034
+  _globals['_STATUSEVENT']._serialized_end=1324
+  _globals['_CREATEJOBREQUEST']._serialized_start=1327
+  _globals['_CREATEJOBREQUEST']._serialized_end=1514
+  _globals['_CREATEJOBRESPONSE']._serialized_start=1516
+  _globals['_CREATEJOBRESPONSE']._serialized_end=1625
+  _globals['_GETJOBREQUEST']._serialized_start=1627
+  _globals['_GETJOBREQUEST']._serialized_end=1665
+  _globals['_GETJOBRESPONSE']._serialized_start=1668
+  _globals['_GETJOBRESPONSE']._serialized_end=1809
+  _globals['_LISTJOBSREQUEST']._serialized_start=1812
+  _globals['_LISTJOBSREQUEST']._serialized_end=1986
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1988
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2097
+  _globals['_CANCELJOBREQUEST']._serialized_start=2099
+  _globals['_CANCELJOBREQUEST']._serialized_end=2164
+  _globals['_CANCELJOBRESPONSE']._serialized_start=2166
+  _globals['_CANCELJOBRESPONSE']._serialized_end=2234
+  _globals['_LISTMETRICSREQUEST']._serialized_start=2236
+  _globals['_LISTMETRICSREQUEST']._serialized_end=2359
+  _globals['_LISTMETRICSRESPONSE']._serialized_start=2362
+  _globals['_LISTMETRICSRESPONSE']._serialized_end=2491
+  _globals['_LISTLOGSREQUEST']._serialized_start=2494
+  _globals['_LISTLOGSREQUEST']._serialized_end=2661
+  _globals['_LISTLOGSRESPONSE']._serialized_start=2663
+  _globals['_LISTLOGSRESPONSE']._serialized_end=2789
+  _globals['_TELEMETRYCURSOR']._serialized_start=2792
+  _globals['_TELEMETRYCURSOR']._serialized_end=2980
+  _globals['_SUBSCRIBETELEMETRYREQUEST']._serialized_start=2983
+  _globals['_SUBSCRIBETELEMETRYREQUEST']._serialized_end=3137
+  _globals['_LAGGED']._serialized_start=3139
+  _globals['_LAGGED']._serialized_end=3186
+  _globals['_SUBSCRIBETELEMETRYRESPONSE']._serialized_start=3189
+  _globals['_SUBSCRIBETELEMETRYRESPONSE']._serialized_end=3638
+  _globals['_METRICBATCH']._serialized_start=3640
+  _globals['_METRICBATCH']._serialized_end=3721
+  _globals['_LOGBATCH']._serialized_start=3723
+  _globals['_LOGBATCH']._serialized_end=3801
+  _globals['_GETMETRICSERIESREQUEST']._serialized_start=3804
+  _globals['_GETMETRICSERIESREQUEST']._serialized_end=3992
+  _globals['_METRICBUCKET']._serialized_start=3995
+  _globals['_METRICBUCKET']._serialized_end=4281
+  _globals['_METRICSERIES']._serialized_start=4284
+  _globals['_METRICSERIES']._serialized_end=4417
+  _globals['_GETMETRICSERIESRESPONSE']._serialized_start=4419
+  _globals['_GETMETRICSERIESRESPONSE']._serialized_end=4545
+  _globals['_JOBSSERVICE']._serialized_start=4548
+  _globals['_JOBSSERVICE']._serialized_end=5416
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "spec", "status", "error_message", "error_detail", "create_time", "update_time", "start_time", "end_time", "trainer_address", "trainer_run_id", "mlflow_run_id", "mlflow_tracking_uri", "artifacts", "display_name", "cursor")
+    __slots__ = ("job_id", "spec", "status", "error_message", "error_detail", "create_time", "update_time", "start_time", "end_time", "trainer_address", "trainer_run_id", "mlflow_run_id", "mlflow_tracking_uri", "artifacts", "display_name", "cursor", "waiting_reason")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class Job(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: _common_pb2.JobSpec
     status: _common_pb2.JobStatus
@@ -45,7 +46,8 @@ class Job(_message.Message):
     artifacts: _containers.RepeatedCompositeFieldContainer[_telemetry_pb2.Artifact]
     display_name: str
     cursor: _telemetry_pb2.GetStreamCursorResponse
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.JobStatus, str]] = ..., error_message: _Optional[str] = ..., error_detail: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trainer_address: _Optional[str] = ..., trainer_run_id: _Optional[str] = ..., mlflow_run_id: _Optional[str] = ..., mlflow_tracking_uri: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[_telemetry_pb2.Artifact, _Mapping]]] = ..., display_name: _Optional[str] = ..., cursor: _Optional[_Union[_telemetry_pb2.GetStreamCursorResponse, _Mapping]] = ...) -> None: ...
+    waiting_reason: str
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.JobSpec, _Mapping]] = ..., status: _Optional[_Union[_common_pb2.JobStatus, str]] = ..., error_message: _Optional[str] = ..., error_detail: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trainer_address: _Optional[str] = ..., trainer_run_id: _Optional[str] = ..., mlflow_run_id: _Optional[str] = ..., mlflow_tracking_uri: _Optional[str] = ..., artifacts: _Optional[_Iterable[_Union[_telemetry_pb2.Artifact, _Mapping]]] = ..., display_name: _Optional[str] = ..., cursor: _Optional[_Union[_telemetry_pb2.GetStreamCursorResponse, _Mapping]] = ..., waiting_reason: _Optional[str] = ...) -> None: ...
 
 class StatusEvent(_message.Message):
     __slots__ = ("sequence", "from_status", "to_status", "reason", "error_message", "time")

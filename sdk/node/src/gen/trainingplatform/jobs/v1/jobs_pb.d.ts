@@ -133,6 +133,15 @@ export declare type Job = Message<"trainingplatform.jobs.v1.Job"> & {
    * @generated from field: trainingplatform.telemetry.v1.GetStreamCursorResponse cursor = 16;
    */
   cursor?: GetStreamCursorResponse | undefined;
+
+  /**
+   * While QUEUED and not yet taken by a trainer: why, each trainer's last answer (for example
+   * `127.0.0.1:50061: RESOURCE_EXHAUSTED this trainer already runs 1 of 1`); empty before the first try, once a
+   * trainer took the job, and in every other status.
+   *
+   * @generated from field: string waiting_reason = 17;
+   */
+  waitingReason: string;
 };
 
 /**
