@@ -208,6 +208,8 @@ def test_reads_name_what_is_missing(timm_trainer: TrainerProcess) -> None:
         ),
         (stub.ListTrainings, trainer_pb2.ListTrainingsRequest(page_token="garbage"), grpc.StatusCode.INVALID_ARGUMENT),
         (stub.ListTrainings, trainer_pb2.ListTrainingsRequest(page_size=-1), grpc.StatusCode.INVALID_ARGUMENT),
+        # "at most 1000", as ListJobs, which refuses more (ListTrainings took 1001 as 1000).
+        (stub.ListTrainings, trainer_pb2.ListTrainingsRequest(page_size=1001), grpc.StatusCode.INVALID_ARGUMENT),
     ]
     for call, request, code in cases:
         with pytest.raises(grpc.RpcError) as caught:

@@ -55,9 +55,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def ListTrainings(
         self, request: trainer_pb2.ListTrainingsRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.ListTrainingsResponse:
-        if request.page_size < 0:
-            raise InvalidArgumentError(f"page_size: must be 0 or more, got {request.page_size}")
-        limit = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+            raise InvalidArgumentError(f"page_size must be between 0 and {MAX_PAGE_SIZE}; got {request.page_size}")
+        limit = request.page_size or DEFAULT_PAGE_SIZE
         runs, next_sequence = self._supervisor.newest_first(_decode_page_token(request.page_token), limit)
         return trainer_pb2.ListTrainingsResponse(
             runs=[run.to_proto() for run in runs],

@@ -103,7 +103,7 @@ class TrainerServiceServicer:
     def ListTrainings(self, request, context):
         """Lists the runs this service knows, newest first.
 
-        Errors: INVALID_ARGUMENT (bad page token), UNAUTHENTICATED.
+        Errors: INVALID_ARGUMENT (bad page token, page_size outside 0 to 1000), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -509,7 +509,7 @@ export declare const TrainerService: GenService<{
   /**
    * Lists the runs this service knows, newest first.
    *
-   * Errors: INVALID_ARGUMENT (bad page token), UNAUTHENTICATED.
+   * Errors: INVALID_ARGUMENT (bad page token, page_size outside 0 to 1000), UNAUTHENTICATED.
    *
    * @generated from rpc trainingplatform.trainer.v1.TrainerService.ListTrainings
    */
