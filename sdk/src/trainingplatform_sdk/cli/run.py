@@ -23,6 +23,11 @@
    FAILED otherwise, with the last stderr line and the exit code as the error and the last stderr lines as its
    detail.
 7. Exits with the command's exit code (128 + N when it died of signal N).
+8. Delivers the last log lines and the final status for up to 30 s after the command exited while the backend does
+   not answer (--delivery-timeout, TP_RUN_DELIVERY_TIMEOUT_S). What is left then stays in its spool,
+   `$TP_SPOOL_DIR/<job>.tp-run` (final status included, with the job's token in `tp-run.json`, mode 0600), and
+   `tp run` says the command that delivers it: `tp run --resume SPOOL_DIR` (exit code 0 once all is delivered,
+   2 while the backend still does not take it). The exit code is the command's all the same.
 
 One writer per log stream: a job's log records are numbered by their writer, and two writers would collide.
 `tp run` writes the job's logs; a `TrainingLogger` of the same job in the script (`TP_RUN_JOB_ID`) therefore hands
@@ -34,7 +39,9 @@ and its last output is stored, so `tp watch` and subscribers see every line befo
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -49,13 +56,17 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from trainingplatform.telemetry.v1 import telemetry_pb2
+
 from trainingplatform_sdk.cli.output import CliError
 from trainingplatform_sdk.clients import JobsClient
+from trainingplatform_sdk.errors import PlatformError, SpoolLockedError
 from trainingplatform_sdk.telemetry import TrainingLogger, default_spool_dir
 from trainingplatform_sdk.telemetry.relay import RELAY_JOB_ENV, RELAY_MARKER, parse_relayed
+from trainingplatform_sdk.telemetry.spool import Spool, read_state
 from trainingplatform_sdk.telemetry.values import job_status
 
-__all__ = ["add_run_parser", "run_tracked"]
+__all__ = ["add_run_parser", "resume_delivery", "run_tracked"]
 
 #: Environment variables the command gets besides BACKEND_API_URL and JOB_TELEMETRY_TOKEN: the job id.
 JOB_ID_ENVS = ("TP_JOB_ID", "JOB_ID")
@@ -71,6 +82,12 @@ MAX_LINE_BYTES = 1 << 20
 CANCEL_POLL_S = 2.0
 #: Seconds a relayed line waits for a partial line of the command on the same terminal stream to end.
 RELAYED_LINE_WAIT_S = 0.5
+#: Seconds `tp run` keeps delivering once the command exited (the last lines, the final status), unless
+#: --delivery-timeout or TP_RUN_DELIVERY_TIMEOUT_S says otherwise; what is left is kept for `tp run --resume`.
+DEFAULT_DELIVERY_TIMEOUT_S = 30.0
+DELIVERY_TIMEOUT_ENV = "TP_RUN_DELIVERY_TIMEOUT_S"
+#: The file in `tp run`'s spool that `tp run --resume` reads: the job, the backend and the job's token (0600).
+RESUME_FILE = "tp-run.json"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _MARKER = RELAY_MARKER.encode()
@@ -98,6 +115,19 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
         "--epochs",
         type=int,
         help="the job's number of epochs, for progress displays (default: the command's --epochs, else 1)",
+    )
+    parser.add_argument(
+        "--delivery-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long to keep delivering the last log lines and the final status once the command exited, while "
+        f"the backend does not answer; what is left then is kept for `tp run --resume` (default: "
+        f"${DELIVERY_TIMEOUT_ENV}, else {DEFAULT_DELIVERY_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="SPOOL_DIR",
+        help="deliver what an earlier `tp run` kept in SPOOL_DIR (it says so, with this command) and exit",
     )
     parser.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command to run, after `--`"
@@ -352,6 +382,11 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
     command = list(args.command or [])
     if command and command[0] == "--":
         command = command[1:]
+    timeout = _delivery_timeout(args)
+    if args.resume:
+        if command:
+            raise CliError("tp run --resume SPOOL_DIR takes no command")
+        return resume_delivery(Path(args.resume), address, timeout)
     if not command:
         raise CliError("tp run needs a command: tp run [--name N] -- python my_train.py ...")
     created = client.create_job(
@@ -363,11 +398,13 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
         dispatch=False,
     )
     job_id, token = created.job.job_id, created.telemetry_token
-    logger = TrainingLogger(
-        job_id, backend_address=address, token=token, spool_dir=default_spool_dir(f"{job_id}.tp-run")
-    )
+    spool = default_spool_dir(f"{job_id}.tp-run")
+    logger = TrainingLogger(job_id, backend_address=address, token=token, spool_dir=spool)
+    _write_resume_file(spool, job_id, address, token)
     run = _Run(logger)
     previous: dict[int, Any] = {}
+    deadline: float | None = None
+    outcome = ""
     try:
         for signum in FORWARDED_SIGNALS:
             previous[signum] = signal.signal(signum, run.forward)
@@ -414,8 +451,9 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
         returncode = run.child.wait()
         exited.set()
         _drain(run.child.pid, pumps)
-        status = _final_status(run, client, job_id, returncode)
-        _say(f"job {job_id}: {status} (exit code {_exit_code(returncode)})")
+        deadline = time.monotonic() + timeout
+        status = _final_status(run, client, job_id, returncode, address, token, deadline)
+        outcome = f"job {job_id}: {status} (exit code {_exit_code(returncode)})"
         return _exit_code(returncode)
     finally:
         for forwarded, handler in previous.items():
@@ -424,11 +462,22 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(run.child.pid, signal.SIGKILL)
             run.child.wait()
-        report = logger.close()
-        if report.pending_logs or report.calls_pending:
+        left = timeout if deadline is None else max(0.0, deadline - time.monotonic())
+        report = logger.close(left)
+        if outcome:
+            _say(outcome)
+        delivered = not (report.pending_logs or report.pending_metrics or report.calls_pending)
+        script_spool = default_spool_dir(job_id)
+        if delivered and not script_spool.exists():
+            _remove_resume_file(spool)
+        else:
+            what = _pending_words(report.pending_logs, spool)
+            if script_spool.exists():
+                what.append(f"what the script's logger left in {script_spool}")
             _say(
-                "the backend did not take every log line and status yet; they are kept in "
-                f"{default_spool_dir(f'{job_id}.tp-run')} for the next logger of the job"
+                f"the backend did not take {' and '.join(what) or 'everything'} within {timeout:g} s; kept in {spool}. "
+                "Nothing is lost: deliver them with: "
+                + shlex.join(["tp", "--backend", address, "run", "--resume", str(spool)])
             )
 
 
@@ -462,9 +511,17 @@ def _drain(group: int, pumps: list[threading.Thread]) -> None:
             return
 
 
-def _final_status(run: _Run, client: JobsClient, job_id: str, returncode: int) -> str:
-    """Sets the job's final status (the one the script asked for, else one from the exit) and returns it."""
+def _final_status(
+    run: _Run, client: JobsClient, job_id: str, returncode: int, address: str, token: str, deadline: float
+) -> str:
+    """Sets the job's final status (the one the script asked for, else one from the exit) and returns it; it is
+    delivered after the last lines (and after what the script's logger left undelivered in its spool), or kept in
+    the spool when the backend does not answer by `deadline`."""
     logger = run.logger
+    answers = logger.flush(max(0.0, deadline - time.monotonic()))
+    script_spool = default_spool_dir(job_id)
+    if answers and script_spool.exists():  # the script's logger could not deliver everything: try again
+        _deliver_spool(job_id, address, token, script_spool, max(0.0, deadline - time.monotonic()))
     relayed = run.final_status
     if relayed is not None:
         status = job_status(relayed.get("status", 0))
@@ -475,9 +532,13 @@ def _final_status(run: _Run, client: JobsClient, job_id: str, returncode: int) -
             reason=str(relayed.get("reason") or "set by the script"),
         )
         return _TERMINAL_NAMES[status]
-    logger.flush(30)
-    job = client.get_job(job_id)
-    if job.finished:  # ended some other way (`tp cancel`, another client): kept; repeating it changes nothing
+    job = None
+    if answers:
+        with contextlib.suppress(PlatformError):
+            job = client.get_job(job_id)
+    # Ended some other way (`tp cancel`, another client): kept; repeating it changes nothing. Unknown while the
+    # backend does not answer: the status from the exit is kept in the spool, and the backend keeps an ended job's.
+    if job is not None and job.finished:
         logger.update_status(job.status.lower(), reason="ended while tp run ran the command")
         return job.status
     code = _exit_code(returncode)
@@ -506,3 +567,108 @@ _TERMINAL_NAMES = {
     job_status("failed"): "FAILED",
     job_status("cancelled"): "CANCELLED",
 }
+
+
+def _delivery_timeout(args: argparse.Namespace) -> float:
+    value: object = getattr(args, "delivery_timeout", None)
+    source = "--delivery-timeout"
+    if value is None:
+        value = os.environ.get(DELIVERY_TIMEOUT_ENV, "").strip() or DEFAULT_DELIVERY_TIMEOUT_S
+        source = DELIVERY_TIMEOUT_ENV
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise CliError(f"{source} must be a number of seconds, got {value!r}") from None
+    if not 0 <= seconds <= 86400:
+        raise CliError(f"{source} must be from 0 to 86400 seconds, got {value!r}")
+    return seconds
+
+
+def _write_resume_file(spool: Path, job_id: str, address: str, token: str) -> None:
+    """Writes what `tp run --resume` needs to deliver the spool later (the job's token: mode 0600)."""
+    path = spool / RESUME_FILE
+    data = json.dumps({"job_id": job_id, "backend": address, "token": token}).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _remove_resume_file(spool: Path) -> None:
+    """Removes the resume file and the spool directory, once the logger removed the spool's own files."""
+    with contextlib.suppress(OSError):
+        if read_state(spool):  # the logger kept the spool: something in it is pending
+            return
+        (spool / RESUME_FILE).unlink(missing_ok=True)
+        spool.rmdir()
+
+
+def _kept_status(spool: Path) -> str | None:
+    """The final status kept in a spool's pending calls, if any (COMPLETED, FAILED, CANCELLED)."""
+    for call in read_state(spool).get("calls", []):
+        if not isinstance(call, dict) or call.get("method") != "UpdateStatus":
+            continue
+        try:
+            request = telemetry_pb2.UpdateStatusRequest.FromString(base64.b64decode(call["request"]))
+        except Exception:
+            continue
+        if request.status in _TERMINAL_NAMES:
+            return _TERMINAL_NAMES[request.status]
+    return None
+
+
+def _pending_words(pending_logs: int, spool: Path) -> list[str]:
+    what = [f"{pending_logs} log line(s)"] if pending_logs else []
+    status = _kept_status(spool)
+    if status is not None:
+        what.append(f"the final status {status}")
+    return what
+
+
+def _deliver_spool(job_id: str, address: str, token: str, directory: Path, timeout: float) -> bool:
+    """Replays a spool of the job (a logger of it delivers what an earlier one left) for up to `timeout` seconds;
+    removes it once everything is delivered. Returns whether it was."""
+    try:
+        logger = TrainingLogger(job_id, backend_address=address, token=token, spool_dir=directory)
+    except (SpoolLockedError, ValueError, OSError) as error:
+        _say(f"cannot deliver {directory}: {error}")
+        return False
+    report = logger.close(timeout)
+    if report.pending_logs or report.pending_metrics or report.calls_pending or report.error is not None:
+        return False
+    with contextlib.suppress(SpoolLockedError, ValueError, OSError):
+        Spool(directory, job_id, logger.settings.spool_max_bytes, logger.settings.spool_segment_bytes).remove()
+    return True
+
+
+def resume_delivery(spool: Path, address: str, timeout: float) -> int:
+    """`tp run --resume SPOOL_DIR`: delivers what an earlier `tp run` kept (its log lines, the final status, and
+    what the script's logger left next to it); 0 once everything is delivered, 2 when something is left."""
+    try:
+        saved = json.loads((spool / RESUME_FILE).read_text())
+        job_id, token = str(saved["job_id"]), str(saved["token"])
+    except FileNotFoundError:
+        raise CliError(f"nothing to deliver in {spool}: no {RESUME_FILE} there (already delivered?)") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CliError(f"cannot read {spool / RESUME_FILE}: {error}") from None
+    deadline = time.monotonic() + timeout
+    script_spool = spool.parent / default_spool_dir(job_id).name
+    ok = True
+    if script_spool.exists():  # the script's metrics go before the final status
+        ok = _deliver_spool(job_id, address, token, script_spool, timeout)
+    status = _kept_status(spool)
+    if ok:
+        ok = _deliver_spool(job_id, address, token, spool, max(0.0, deadline - time.monotonic()))
+    if not ok:
+        _say(f"job {job_id}: the backend at {address} did not take everything yet; still kept in {spool}: run again")
+        return 2
+    _remove_resume_file(spool)
+    if status is None:
+        _say(
+            f"job {job_id}: delivered; no final status was kept (tp run stopped before the command ended): the job "
+            f"stays as it is; `tp cancel {job_id}` ends it"
+        )
+    else:
+        _say(f"job {job_id}: everything delivered; {status}")
+    return 0
