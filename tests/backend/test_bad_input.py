@@ -80,7 +80,17 @@ def nan_struct() -> common_pb2.JobSpec:
 UNKNOWN_JOB = "00000000-0000-0000-0000-000000000000"
 
 # (name, call(backend, job_id, token) -> None, expected code, text the message must contain)
+LONG_UNKNOWN_JOB = "j" * 128  # the longest valid job id
+
 CASES = [
+    (
+        "unknown job with the longest id: quoted cut short",
+        lambda b, j, t: b.jobs().GetJob(
+            jobs_pb2.GetJobRequest(job_id=LONG_UNKNOWN_JOB), metadata=auth(b.internal_token)
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "...[128 characters] does not exist",
+    ),
     (
         "unknown job",
         lambda b, j, t: b.telemetry().StreamMetrics(iter([metrics(UNKNOWN_JOB)]), metadata=auth(b.internal_token)),

@@ -19,7 +19,7 @@ import grpc
 from sqlalchemy import Engine, and_, delete, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
-from trainingplatform_sdk.errors import NotFoundError, PlatformError
+from trainingplatform_sdk.errors import NotFoundError, PlatformError, quote
 from trainingplatform_sdk.spec import limits
 
 from trainingplatform_backend import statemachine
@@ -360,7 +360,7 @@ class Store:
         with self._sessions() as session:
             pk = session.scalar(select(Job.id).where(Job.job_id == job_id))
         if pk is None:
-            raise NotFoundError(f"job {job_id!r} does not exist")
+            raise NotFoundError(f"job {quote(job_id)} does not exist")
         return pk
 
     def get_job(self, job_id: str, *, with_events: bool = False) -> JobView:
@@ -372,7 +372,7 @@ class Store:
         with self._sessions() as session:
             job = session.scalar(select(Job).where(Job.job_id == job_id))
             if job is None:
-                raise NotFoundError(f"job {job_id!r} does not exist")
+                raise NotFoundError(f"job {quote(job_id)} does not exist")
             return self._view(session, job, with_events=with_events)
 
     def _view(self, session: Session, job: Job, *, with_events: bool) -> JobView:
@@ -463,7 +463,7 @@ class Store:
         with self.write_lock(), self._sessions.begin() as session:
             job = session.scalar(select(Job).where(Job.job_id == job_id).with_for_update())
             if job is None:
-                raise NotFoundError(f"job {job_id!r} does not exist")
+                raise NotFoundError(f"job {quote(job_id)} does not exist")
             if job.dispatch_attempt and job.dispatch_attempt_address == trainer_address:
                 return job.dispatch_attempt, ""
             superseded = job.dispatch_attempt_address
@@ -476,7 +476,7 @@ class Store:
         with self.engine.connect() as conn:
             attempt = conn.execute(select(Job.dispatch_attempt).where(Job.job_id == job_id)).scalar()
         if attempt is None:
-            raise NotFoundError(f"job {job_id!r} does not exist")
+            raise NotFoundError(f"job {quote(job_id)} does not exist")
         return int(attempt)
 
     def ended_at(self, job_id: str) -> dt.datetime | None:
@@ -501,7 +501,7 @@ class Store:
         with self.write_lock(), self._sessions.begin() as session:
             job = session.scalar(select(Job).where(Job.job_id == job_id).with_for_update())
             if job is None:
-                raise NotFoundError(f"job {job_id!r} does not exist")
+                raise NotFoundError(f"job {quote(job_id)} does not exist")
             job.trainer_address = trainer_address
             job.trainer_run_id = trainer_run_id
             job.dispatch_claimed_until = None
@@ -521,7 +521,7 @@ class Store:
         with self.write_lock(), self._sessions.begin() as session:
             job = session.scalar(select(Job).where(Job.job_id == job_id).with_for_update())
             if job is None:
-                raise NotFoundError(f"job {job_id!r} does not exist")
+                raise NotFoundError(f"job {quote(job_id)} does not exist")
             if not statemachine.check_transition(job.status, target):
                 return Transition(job.id, job.status, False)
             job.status_sequence += 1
