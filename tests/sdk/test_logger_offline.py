@@ -435,3 +435,31 @@ def test_malformed_run_info_is_warned_about_and_not_sent_never_raised(
     logger.close(0.2)
     assert any(problem in record.getMessage() for record in caplog.records), [r.getMessage() for r in caplog.records]
     assert [call["method"] for call in read_state(tmp_path)["calls"]] == ["ReportRunInfo"]
+
+
+def test_closing_with_undelivered_telemetry_says_what_is_kept_and_where(
+    tmp_path: Path, unreachable_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The with-block form drops the DeliveryReport: after a silent wait, nothing said that the job's data and its
+    # final status were still undelivered.
+    with caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"):
+        logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+        logger.update_status("running")
+        for step in range(1000):
+            logger.log_metric("loss", 1.0, step=step)
+        logger.log_message("done")
+        logger.update_status("completed")
+        logger.close(0.2)
+    said = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert said == [
+        f"job job-1: closed with 1000 metric points, 1 log records and 2 calls not delivered; they are kept in "
+        f"{tmp_path} for the next logger of this job"
+    ], [r.getMessage() for r in caplog.records]
+
+
+def test_closing_with_everything_delivered_says_nothing_more(
+    tmp_path: Path, unreachable_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"):
+        TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path).close(0.2)
+    assert not [r for r in caplog.records if "not delivered" in r.getMessage()]

@@ -591,7 +591,7 @@ class TrainingLogger:
         """Delivers what it can within `timeout`, half-closes the streams and stops the sender.
 
         Whatever is not delivered stays in the spool (points, and the calls not yet made) for the next logger of
-        the same job and spool directory. When the job has ended (this logger delivered a terminal status, or
+        the same job and spool directory, and one WARNING says how much and where. When the job has ended (this logger delivered a terminal status, or
         replayed one from the spool, or it relays to `tp run`, which ends the job) and nothing is pending, the spool
         directory is removed. Calling close again
         returns the same report.
@@ -620,6 +620,15 @@ class TrainingLogger:
             self._discard_buffer()
             report = self.stats
             self._final_report = report
+            undelivered = (report.pending_metrics, report.pending_logs, report.calls_pending)
+            if any(undelivered):  # the with-block form drops the report: say it here
+                _LOG.warning(
+                    "job %s: closed with %d metric points, %d log records and %d calls not delivered; they are kept "
+                    "in %s for the next logger of this job",
+                    self.job_id,
+                    *undelivered,
+                    self._spool_dir,
+                )
             # Under `tp run` the job's end is `tp run`'s to deliver, after this process exits: a relaying logger
             # removes its spool once nothing in it is pending.
             if (
