@@ -7,7 +7,9 @@ dashboard print that message as one line and exit 2, instead of a traceback or a
 
 from __future__ import annotations
 
-__all__ = ["LOG_LEVELS", "flag", "listen_address", "log_level", "number", "port", "whole_number"]
+import errno
+
+__all__ = ["LOG_LEVELS", "flag", "listen_address", "log_level", "number", "port", "port_error", "whole_number"]
 
 #: The logging levels a service's TP_LOG_LEVEL may name (WARN is read as WARNING).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -108,3 +110,18 @@ def log_level(name: str, text: str) -> str:
     if level not in LOG_LEVELS:
         raise ValueError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
     return level
+
+
+def port_error(what: str, host: str, port: int, setting: str, error: OSError) -> OSError:
+    """The one-line error of a port that cannot be bound: `cannot <what> on host:port (SETTING): why`."""
+    bare = host.strip("[]") or "0.0.0.0"
+    address = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+    if error.errno == errno.EADDRINUSE:
+        why = "the port is in use"
+    elif error.errno == errno.EADDRNOTAVAIL:
+        why = "the address is not local"
+    else:
+        why = error.strerror or str(error)
+    refused = OSError(f"cannot {what} on {address} ({setting}): {why}")  # str() is the message alone
+    refused.errno = error.errno
+    return refused

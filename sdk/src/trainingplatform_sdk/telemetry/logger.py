@@ -591,10 +591,9 @@ class TrainingLogger:
         """Delivers what it can within `timeout`, half-closes the streams and stops the sender.
 
         Whatever is not delivered stays in the spool (points, and the calls not yet made) for the next logger of
-        the same job and spool directory, and one WARNING says how much and where. When the job has ended (this logger delivered a terminal status, or
-        replayed one from the spool, or it relays to `tp run`, which ends the job) and nothing is pending, the spool
-        directory is removed. Calling close again
-        returns the same report.
+        the same job and spool directory, and one WARNING says how much and where. When the job has ended (this
+        logger delivered a terminal status, or replayed one from the spool, or it relays to `tp run`, which ends the
+        job) and nothing is pending, the spool directory is removed. Calling close again returns the same report.
 
         Args:
             timeout: Seconds to spend delivering; default `settings.close_timeout_s`.

@@ -8,11 +8,12 @@ because they were full, and the ended runs whose telemetry and final status are 
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, start_http_server
+
+from trainingplatform_sdk import setting_values as values
 
 __all__ = ["serve_metrics", "watch"]
 
@@ -58,20 +59,5 @@ def serve_metrics(port: int, host: str) -> None:
     try:
         start_http_server(port, addr=host.strip("[]"))
     except OSError as error:
-        raise port_error("serve metrics", host, port, "TP_METRICS_PORT", error) from None
+        raise values.port_error("serve metrics", host, port, "TP_METRICS_PORT", error) from None
     _log.info("metrics on http://%s:%d/metrics", host, port)
-
-
-def port_error(what: str, host: str, port: int, setting: str, error: OSError) -> OSError:
-    """The one-line error of a port that cannot be bound: `cannot <what> on host:port (SETTING): why`."""
-    bare = host.strip("[]") or "0.0.0.0"
-    address = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
-    if error.errno == errno.EADDRINUSE:
-        why = "the port is in use"
-    elif error.errno == errno.EADDRNOTAVAIL:
-        why = "the address is not local"
-    else:
-        why = error.strerror or str(error)
-    refused = OSError(f"cannot {what} on {address} ({setting}): {why}")  # str() is the message alone
-    refused.errno = error.errno
-    return refused

@@ -11,7 +11,6 @@ that every process reads alike (jobs by status, the dispatch queue).
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +20,7 @@ import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
+from trainingplatform_sdk import setting_values as values
 from trainingplatform_sdk.server import StatusOf
 
 from trainingplatform_backend import statemachine
@@ -139,23 +139,8 @@ def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
     try:
         start_http_server(port, addr=host.strip("[]"), registry=registry)
     except OSError as error:
-        raise port_error("serve metrics", host, port, "TP_METRICS_PORT", error) from None
+        raise values.port_error("serve metrics", host, port, "TP_METRICS_PORT", error) from None
     log.info("metrics on http://%s:%d/metrics", host, port)
-
-
-def port_error(what: str, host: str, port: int, setting: str, error: OSError) -> OSError:
-    """The one-line error of a port that cannot be bound: `cannot <what> on host:port (SETTING): why`."""
-    bare = host.strip("[]") or "0.0.0.0"
-    address = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
-    if error.errno == errno.EADDRINUSE:
-        why = "the port is in use"
-    elif error.errno == errno.EADDRNOTAVAIL:
-        why = "the address is not local"
-    else:
-        why = error.strerror or str(error)
-    refused = OSError(f"cannot {what} on {address} ({setting}): {why}")  # str() is the message alone
-    refused.errno = error.errno
-    return refused
 
 
 def should_serve(port: int) -> bool:

@@ -6,7 +6,6 @@ counted twice; only the events sent to browsers are counted where they are queue
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import REGISTRY, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from trainingplatform_sdk import setting_values as values
 
 if TYPE_CHECKING:
     from trainingplatform_dashboard.app import Dashboard
@@ -103,20 +103,5 @@ def serve_metrics(dashboard: Dashboard, port: int, host: str) -> None:
     try:
         start_http_server(port, addr=host)
     except OSError as error:
-        raise port_error("serve metrics", host, port, "TP_METRICS_PORT", error) from None
+        raise values.port_error("serve metrics", host, port, "TP_METRICS_PORT", error) from None
     _LOG.info("metrics on http://%s:%d/metrics", host, port)
-
-
-def port_error(what: str, host: str, port: int, setting: str, error: OSError) -> OSError:
-    """The one-line error of a port that cannot be bound: `cannot <what> on host:port (SETTING): why`."""
-    bare = host.strip("[]") or "0.0.0.0"
-    address = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
-    if error.errno == errno.EADDRINUSE:
-        why = "the port is in use"
-    elif error.errno == errno.EADDRNOTAVAIL:
-        why = "the address is not local"
-    else:
-        why = error.strerror or str(error)
-    refused = OSError(f"cannot {what} on {address} ({setting}): {why}")  # str() is the message alone
-    refused.errno = error.errno
-    return refused

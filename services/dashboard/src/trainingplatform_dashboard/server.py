@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 import uvicorn
+from trainingplatform_sdk import setting_values as values
 
 from trainingplatform_dashboard import metrics
 from trainingplatform_dashboard import settings as settings_module
@@ -90,14 +91,14 @@ def _listen_socket(host: str, port: int) -> socket.socket:
         )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as error:
-        raise metrics.port_error("listen", host, port, "TP_DASHBOARD_LISTEN", error) from None
+        raise values.port_error("listen", host, port, "TP_DASHBOARD_LISTEN", error) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(2048)
     except OSError as error:
         sock.close()
-        raise metrics.port_error("listen", host, port, "TP_DASHBOARD_LISTEN", error) from None
+        raise values.port_error("listen", host, port, "TP_DASHBOARD_LISTEN", error) from None
     return sock
 
 
