@@ -10,7 +10,7 @@ import pytest
 from trainingplatform_sdk.cli import output
 from trainingplatform_sdk.cli.output import Follower
 from trainingplatform_sdk.clients import Cursor, EpochSummary, Job, TelemetryEvent
-from trainingplatform_sdk.clients.jobs import LogLine
+from trainingplatform_sdk.clients.jobs import LogLine, StatusChange
 
 
 def _job() -> Job:
@@ -97,4 +97,44 @@ def test_a_held_line_keeps_its_place_before_the_next_log_line_and_is_not_lost_at
         "Epoch 3/3: train/loss=0.05",
         "Training completed: 3 epoch(s)",
         "Epoch 9/9: a line no summary follows",
+    ]
+
+
+def test_the_last_epochs_summary_is_printed_though_the_next_line_came_with_the_trainers_line(clock: _Clock) -> None:
+    # `make demo` printed the trainer's "Epoch 3/3: ..." line for the last epoch: "Training completed" came in the
+    # same batch of log lines, and any next line ended the wait for the summary.
+    out = io.StringIO()
+    follower = Follower(_job(), out)
+    lines = (
+        LogLine("INFO", "Epoch 3/3: train/loss=0.05", None, None, 0.0, 1, "", 0),
+        LogLine("INFO", "Training completed: 3 epoch(s)", None, None, 0.0, 2, "", 0),
+    )
+    follower.feed(TelemetryEvent(kind="logs", cursor=Cursor(), logs=lines))
+    clock.now += 0.3
+    follower.feed(_summary(2))
+    status = StatusChange(3, "RUNNING", "COMPLETED", "", "", None)
+    follower.feed(TelemetryEvent(kind="status", cursor=Cursor(), status=status))
+    follower.finish()
+    printed = [line for line in out.getvalue().splitlines() if not line.startswith("epoch 3/3 [")]
+    assert printed == [
+        "epoch 3/3 done in 3.2s: val/accuracy 0.9",
+        "[info   ] Training completed: 3 epoch(s)",
+        "status COMPLETED",
+    ]
+
+
+def test_a_status_ends_the_wait_and_keeps_every_line_in_its_place(clock: _Clock) -> None:
+    out = io.StringIO()
+    follower = Follower(_job(), out)
+    follower.feed(_log(1, "Epoch 3/3: train/loss=0.05"))
+    follower.feed(_log(2, "Training completed: 3 epoch(s)"))
+    status = StatusChange(3, "RUNNING", "COMPLETED", "", "", None)
+    follower.feed(TelemetryEvent(kind="status", cursor=Cursor(), status=status))
+    follower.feed(_summary(2))  # after the status: the epoch was printed as the trainer's line
+    follower.finish()
+    printed = [line for line in out.getvalue().splitlines() if not line.startswith("epoch 3/3 [")]
+    assert printed == [
+        "[info   ] Epoch 3/3: train/loss=0.05",
+        "[info   ] Training completed: 3 epoch(s)",
+        "status COMPLETED",
     ]

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
-from trainingplatform_sdk.clients import Cursor, EpochSummary, Job, JobsClient, TelemetryEvent
+from trainingplatform_sdk.clients import Cursor, EpochSummary, Job, JobsClient, LogLine, TelemetryEvent
 
 
 class CliError(Exception):
@@ -63,7 +63,8 @@ _EPOCH_LOG = re.compile(r"^Epoch (\d+)/\d+: ")
 EPOCH_LINE_WAIT_S = 2.0
 """How long the trainer's own "Epoch N/M: ..." line waits for the epoch's summary, which says the same and is
 printed instead when it comes. The trainer logs the line right after the summary, but the summary is a call made
-once the epoch's points are committed, so the line can reach the view first."""
+once the epoch's points are committed, so the line can reach the view first. The log lines after it wait with it,
+keeping their order; a status ends the wait (the trainer's summary call comes before its status call)."""
 
 
 class Follower:
@@ -85,15 +86,17 @@ class Follower:
         self.latest: dict[str, float] = {}
         self.final_status = job.status
         self._last_line = 0.0
-        # The trainer's "Epoch N/M" line waiting for epoch N-1's summary: (epoch, when it came, the line).
+        # The trainer's "Epoch N/M" line waiting for epoch N-1's summary: (epoch, when it came, the line), and the
+        # log lines that came after it, waiting with it.
         self._held: tuple[int, float, str] | None = None
+        self._waiting: list[LogLine] = []
 
     def feed(self, event: TelemetryEvent) -> None:
         """Takes one subscription event."""
         if self._held is not None and (
-            event.kind not in ("metrics", "epoch_summary") or time.monotonic() - self._held[1] > EPOCH_LINE_WAIT_S
+            event.kind in ("status", "lagged") or time.monotonic() - self._held[1] > EPOCH_LINE_WAIT_S
         ):
-            self._print_held()  # before the next line, or the summary is late: the trainer's line it is
+            self._release()  # the summary is late, or will not come: the trainer's line it is
         if event.kind == "metrics":
             for point in event.metrics:
                 self.latest[point.key] = point.value
@@ -107,28 +110,18 @@ class Follower:
                 if line.sequence and line.sequence <= self.last_log_sequence:
                     continue
                 self.last_log_sequence = max(self.last_log_sequence, line.sequence)
-                text = f"[{line.level.lower():7}] {line.message}"
-                if self._held is not None:
-                    self._print_held()  # it keeps its place before this line
-                epoch = _EPOCH_LOG.match(line.message)
-                if epoch:  # the trainer's own "Epoch 2/3: ..." line says what the epoch summary says
-                    if int(epoch.group(1)) - 1 in self.printed_epochs:
-                        continue
-                    if self.show_logs:
-                        self._held = (int(epoch.group(1)) - 1, time.monotonic(), text)
-                        continue
-                    self.printed_epochs.add(int(epoch.group(1)) - 1)
-                if self.show_logs:
-                    self.say(text)
+                self._log_line(line)
         elif event.kind == "epoch_summary" and event.epoch_summary is not None:
             summary = event.epoch_summary
             self.done_epochs = max(self.done_epochs, summary.epoch + 1)
-            if self._held is not None and self._held[0] == summary.epoch:
+            answered = self._held is not None and self._held[0] == summary.epoch
+            if answered:
                 self._held = None  # the summary says it, as one line
-            if summary.epoch in self.printed_epochs:  # a replay, or the trainer's log line said it: each epoch once
-                return
-            self.printed_epochs.add(summary.epoch)
-            self.say(epoch_line(summary, self.job.epochs))
+            if summary.epoch not in self.printed_epochs:  # else a replay, or the trainer's line said it: once
+                self.printed_epochs.add(summary.epoch)
+                self.say(epoch_line(summary, self.job.epochs))
+            if answered:
+                self._replay_waiting()
         elif event.kind == "status" and event.status is not None:
             self.final_status = event.status.to_status
             if self.final_status == "COMPLETED":
@@ -165,18 +158,43 @@ class Follower:
         else:
             safe_write(self.out, text + "\n")
 
-    def _print_held(self) -> None:
-        assert self._held is not None
-        epoch, _, text = self._held
-        self._held = None
-        if epoch not in self.printed_epochs:
-            self.printed_epochs.add(epoch)
+    def _log_line(self, line: LogLine) -> None:
+        if self._held is not None:
+            self._waiting.append(line)  # it keeps its place after the held line
+            return
+        text = f"[{line.level.lower():7}] {line.message}"
+        epoch = _EPOCH_LOG.match(line.message)
+        if epoch:  # the trainer's own "Epoch 2/3: ..." line says what the epoch summary says
+            if int(epoch.group(1)) - 1 in self.printed_epochs:
+                return
+            if self.show_logs:
+                self._held = (int(epoch.group(1)) - 1, time.monotonic(), text)
+                return
+            self.printed_epochs.add(int(epoch.group(1)) - 1)
+        if self.show_logs:
             self.say(text)
+
+    def _release(self) -> None:
+        """Prints the held line (its summary did not come in time), then the lines that waited with it."""
+        while self._held is not None:
+            epoch, _, text = self._held
+            self._held = None
+            if epoch not in self.printed_epochs:
+                self.printed_epochs.add(epoch)
+                self.say(text)
+            self._replay_waiting()  # may hold another epoch's line: released too
+
+    def _replay_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for index, line in enumerate(waiting):
+            self._log_line(line)
+            if self._held is not None:  # another epoch's line: the rest wait with it, in order
+                self._waiting = waiting[index + 1 :] + self._waiting
+                return
 
     def finish(self) -> None:
         """Ends the progress line: the bar as it ends (full when the job completed)."""
-        if self._held is not None:
-            self._print_held()
+        self._release()
         if self.tty:
             safe_write(self.out, "\r\033[K" + self._bar() + "\n")
         else:
