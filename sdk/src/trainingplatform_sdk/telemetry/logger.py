@@ -95,30 +95,27 @@ def _epoch_summary(
 
 def _run_info(
     job_id: str,
-    mlflow_run_id: object,
-    mlflow_tracking_uri: object,
-    artifacts: object,
+    mlflow_run_id: str | None,
+    mlflow_tracking_uri: str | None,
+    artifacts: Mapping[str, str] | None,
 ) -> telemetry_pb2.ReportRunInfoRequest:
-    """The ReportRunInfoRequest of `report_run_info`'s arguments.
+    """The ReportRunInfoRequest of `report_run_info`'s arguments, checked: the annotations are not enforced.
 
     Raises:
         TypeError: An argument is not text (or None), or the artifacts are not a mapping of text to text.
     """
-    texts = {"mlflow_run_id": mlflow_run_id, "mlflow_tracking_uri": mlflow_tracking_uri}
-    for name, value in texts.items():
+    for name, value in (("mlflow_run_id", mlflow_run_id), ("mlflow_tracking_uri", mlflow_tracking_uri)):
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{name} must be text, got {type(value).__name__}")
-        texts[name] = value or ""
-    pairs = list(artifacts.items()) if isinstance(artifacts, Mapping) else None
-    if artifacts is not None and (
-        pairs is None or not all(isinstance(name, str) and isinstance(uri, str) for name, uri in pairs)
+    if artifacts is not None and not (
+        isinstance(artifacts, Mapping) and all(isinstance(n, str) and isinstance(u, str) for n, u in artifacts.items())
     ):
         raise TypeError("artifacts must map names to URIs, both text, for example {'best_checkpoint': 's3://b/k'}")
     return telemetry_pb2.ReportRunInfoRequest(
         job_id=job_id,
-        mlflow_run_id=str(texts["mlflow_run_id"]),
-        mlflow_tracking_uri=str(texts["mlflow_tracking_uri"]),
-        artifacts=[telemetry_pb2.Artifact(name=str(name), uri=str(uri)) for name, uri in pairs or ()],
+        mlflow_run_id=mlflow_run_id or "",
+        mlflow_tracking_uri=mlflow_tracking_uri or "",
+        artifacts=[telemetry_pb2.Artifact(name=name, uri=uri) for name, uri in (artifacts or {}).items()],
     )
 
 

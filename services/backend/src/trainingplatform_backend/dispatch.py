@@ -52,6 +52,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import grpc
 from sqlalchemy import func, select
@@ -508,8 +509,22 @@ class Dispatcher:
                 )
             ]
 
-    async def stop_stray_runs(self) -> None:
-        """Cancels the runs that trainers still report live for jobs that ended CANCELLED or FAILED."""
+    async def _runs_once(self, address: str, fetched: dict[str, Any]) -> dict[str, trainer_pb2.TrainingRun]:
+        """`_runs(address)`, asked once per lease round (`fetched` keeps the answer, or the error it raised)."""
+        if address not in fetched:
+            try:
+                fetched[address] = await self._runs(address)
+            except grpc.aio.AioRpcError as error:
+                fetched[address] = error
+        answer = fetched[address]
+        if isinstance(answer, grpc.aio.AioRpcError):
+            raise answer
+        return cast(dict[str, trainer_pb2.TrainingRun], answer)
+
+    async def stop_stray_runs(self, fetched: dict[str, Any] | None = None) -> None:
+        """Cancels the runs that trainers still report live for jobs that ended CANCELLED or FAILED; `fetched`: the
+        trainers' runs already asked this round (see `_runs_once`)."""
+        fetched = {} if fetched is None else fetched
         by_trainer: dict[str, list[tuple[str, str]]] = {}
         ended = await asyncio.to_thread(self._ended_jobs)
         for job_id, address, status in ended:
@@ -518,7 +533,7 @@ class Dispatcher:
         self._stray_stopped = {(job_id, run_id) for job_id, run_id in self._stray_stopped if job_id in ids}
         for address, jobs in by_trainer.items():
             try:
-                runs = await self._runs(address)
+                runs = await self._runs_once(address, fetched)
             except grpc.aio.AioRpcError:
                 continue  # still unreachable: the next round asks again
             for job_id, status in jobs:
@@ -531,7 +546,8 @@ class Dispatcher:
 
     async def check_leases(self) -> None:
         """One round of the lease: fails live jobs whose trainer no longer runs them, and stops stray runs."""
-        await self.stop_stray_runs()
+        fetched: dict[str, Any] = {}  # one ListTrainings walk per trainer and round
+        await self.stop_stray_runs(fetched)
         now = time.monotonic()
         lease = self._settings.lease_s
         live = await asyncio.to_thread(self._live_jobs)
@@ -554,7 +570,7 @@ class Dispatcher:
                     self._quiet_since[job_id] = now
                 quiet[job_id] = now - self._quiet_since.setdefault(job_id, now)
             try:
-                runs = await self._runs(address)
+                runs = await self._runs_once(address, fetched)
             except grpc.aio.AioRpcError as error:
                 since = self._unreachable_since.setdefault(address, now)
                 for job_id, _ in jobs:
