@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from reliability.polling import wait_until
 from support.backend import BackendProcess, auth
 from support.streams import metric_messages
 from trainingplatform.common.v1 import common_pb2
@@ -71,7 +72,22 @@ class Collector(threading.Thread):
 
 
 def stream(backend: BackendProcess, job_id: str, token: str, first: int, last: int, batch: int = 1000):
-    return backend.telemetry().StreamMetrics(metric_messages(job_id, first, last, batch), metadata=auth(token))
+    response = backend.telemetry().StreamMetrics(metric_messages(job_id, first, last, batch), metadata=auth(token))
+    # The server ends a call early, with OK and what it committed, when the job gets its first live subscriber (the
+    # contract's words); these tests stream only once every backend process knows of the subscriber.
+    assert response.last_committed_sequence >= last, f"the call committed up to {response.last_committed_sequence}"
+    return response
+
+
+def wait_watched(backend: BackendProcess, job_id: str, token: str) -> None:
+    """Waits until `backend` knows that the job has a live subscriber (on PostgreSQL another backend process hears
+    of it over LISTEN/NOTIFY, within about WATCH_ANNOUNCE_S): until then, a stream it holds may be ended early."""
+
+    def watched() -> bool:
+        request = telemetry_pb2.GetStreamCursorRequest(job_id=job_id)
+        return not backend.telemetry().GetStreamCursor(request, metadata=auth(token), timeout=10).unwatched
+
+    wait_until(watched, 30, "the backend to hear of the job's subscriber", interval=0.05)
 
 
 def set_status(backend: BackendProcess, job_id: str, token: str, status: int) -> None:
@@ -170,6 +186,7 @@ def test_a_subscriber_on_a_second_backend_sees_what_the_first_ingests(database_u
         collector = Collector(second, job_id, token)
         collector.start()
         assert collector.first_event.wait(30)
+        wait_watched(first, job_id, token)
         set_status(first, job_id, token, common_pb2.JOB_STATUS_RUNNING)
         for start in range(1, 20_001, 5000):
             stream(first, job_id, token, start, start + 4999)
@@ -410,6 +427,7 @@ def test_late_points_and_log_records_reach_a_subscriber_on_another_backend(datab
         set_status(first, job_id, token, common_pb2.JOB_STATUS_RUNNING)
         collector = _collect(second, job_id, token)
         assert collector.first_event.wait(30)
+        wait_watched(first, job_id, token)
         stream(first, job_id, token, 1, 50)
         stream(first, job_id, token, 71, 100)
         _logs(first, job_id, token, range(1, 4))
