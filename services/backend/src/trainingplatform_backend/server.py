@@ -34,6 +34,7 @@ from trainingplatform_backend.convert import PageTokens
 from trainingplatform_backend.dispatch import Dispatcher, DispatchSettings
 from trainingplatform_backend.interceptors import ServiceInterceptor
 from trainingplatform_backend.jobs_service import JobsServicer
+from trainingplatform_backend.reporter_lease import ReporterLease, contact_write_interval
 from trainingplatform_backend.settings import Settings
 from trainingplatform_backend.store import NOTIFY_CHANNEL, WATCH_CHANNEL, Store
 from trainingplatform_backend.subscriptions import Hub, PostgresListener
@@ -55,6 +56,7 @@ class RunningServer:
     backend: Backend
     listener: PostgresListener | None
     dispatcher: Dispatcher
+    reporter_lease: ReporterLease
     settings: Settings
     metrics_task: asyncio.Task[None] | None = None
 
@@ -65,6 +67,7 @@ class RunningServer:
         await self.server.stop(self.settings.shutdown_grace_s, drain=self._end_streams)
         await self.backend.committer.close()
         await self.dispatcher.stop()
+        await self.reporter_lease.stop()
         if self.metrics_task is not None:
             self.metrics_task.cancel()
         if self.listener is not None:
@@ -96,7 +99,14 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
     store = Store(engine, instance_id=uuid.uuid4().hex)
     hub = Hub(capacity_points=settings.subscriber_buffer_points)
     backend = Backend(
-        store, hub, job_token_grace_s=settings.job_token_grace_s, commit_linger_s=settings.commit_linger_s
+        store,
+        hub,
+        job_token_grace_s=settings.job_token_grace_s,
+        commit_linger_s=settings.commit_linger_s,
+        contact_write_s=contact_write_interval(settings.reporter_timeout_s),
+    )
+    reporter_lease = ReporterLease(
+        store, hub, timeout_s=settings.reporter_timeout_s, interval_s=settings.watch_interval_s
     )
     authenticator = Authenticator(
         internal_token=settings.internal_auth_token,
@@ -158,6 +168,7 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
     metrics_task = metrics.start(settings.metrics_port, host, store.engine, serve=False)
     backend.committer.start()
     await server.start(before_serving=dispatcher.start)
+    reporter_lease.start()
     log.info(
         "serving on %s:%d (%s, database %s)",
         host,
@@ -165,7 +176,7 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
         "TLS" if settings.tls_enabled else "plaintext",
         db.display_url(url),
     )
-    return RunningServer(server, backend, listener, dispatcher, settings, metrics_task)
+    return RunningServer(server, backend, listener, dispatcher, reporter_lease, settings, metrics_task)
 
 
 def _trainer_tls(settings: Settings) -> ClientTls | None:

@@ -93,7 +93,14 @@ class Settings:
     trainer unreachable or restarted) is FAILED after this long."""
 
     watch_interval_s: float = 10.0
-    """TP_WATCH_INTERVAL_S: how often the backend asks trainers about their live jobs' runs."""
+    """TP_WATCH_INTERVAL_S: how often the backend asks trainers about their live jobs' runs, and looks for jobs
+    whose reporter fell silent (TP_REPORTER_TIMEOUT_S)."""
+
+    reporter_timeout_s: float = 300.0
+    """TP_REPORTER_TIMEOUT_S: a RUNNING job that no trainer runs (created with dispatch=false: `tp run`, a script
+    of your own with a TrainingLogger) is FAILED when no telemetry call of its token reached the backend for this
+    long (its process was killed before it reported a final status). The SDK's logger calls at least every 30 s
+    while open. Counted from the backend's start at the latest. 0: never."""
 
     trainer_call_timeout_s: float = 30.0
     """TP_TRAINER_CALL_TIMEOUT_S: deadline of StartTraining and CancelTraining calls. A StartTraining past it may
@@ -273,6 +280,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         dispatch_timeout_s=seconds("TP_DISPATCH_TIMEOUT_S", "600", above=True),
         trainer_lease_s=seconds("TP_TRAINER_LEASE_S", "60", above=True),
         watch_interval_s=seconds("TP_WATCH_INTERVAL_S", "10", above=True),
+        reporter_timeout_s=seconds("TP_REPORTER_TIMEOUT_S", "300"),
         trainer_call_timeout_s=seconds("TP_TRAINER_CALL_TIMEOUT_S", "30", above=True),
         frontend_auth_token=env.get("FRONTEND_AUTH_TOKEN", ""),
         job_token_grace_s=seconds("TP_JOB_TOKEN_GRACE_S", "3600"),

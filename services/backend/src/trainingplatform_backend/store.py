@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import grpc
-from sqlalchemy import Engine, and_, delete, or_, select, text, tuple_, update
+from sqlalchemy import Engine, and_, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from trainingplatform_sdk.errors import NotFoundError, PlatformError, quote
@@ -483,6 +483,32 @@ class Store:
         """When the job reached its final status; None while it has not (or when there is no such job)."""
         with self.engine.connect() as conn:
             return conn.execute(select(Job.ended_at).where(Job.job_id == job_id)).scalar()
+
+    def note_reporter_contact(self, job_pk: int) -> None:
+        """Records that a telemetry call of the job's reporter arrived now, for a live job that no trainer runs (the
+        reporter lease, `reporter_lease`); any other job is left as it is."""
+        with self.write_lock(), self.engine.begin() as conn:
+            conn.execute(
+                update(Job)
+                .where(
+                    Job.id == job_pk,
+                    Job.trainer_address == "",
+                    Job.status.in_([statemachine.PENDING, statemachine.RUNNING]),
+                )
+                .values(reporter_seen_at=utcnow())
+            )
+
+    def silent_reporters(self, before: dt.datetime) -> list[tuple[str, dt.datetime]]:
+        """RUNNING jobs that no trainer runs whose reporter was last heard from (or, never heard from, which started)
+        before `before`, with that time."""
+        last = func.coalesce(Job.reporter_seen_at, Job.started_at, Job.updated_at)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Job.job_id, last).where(
+                    Job.status == statemachine.RUNNING, Job.trainer_address == "", last < before
+                )
+            ).all()
+        return [(job_id, seen) for job_id, seen in rows]
 
     def release_dispatch(self, job_id: str, *, reasons: str) -> None:
         """Gives up this backend's claim on a job no trainer accepted, keeping why for the timeout's message."""

@@ -62,10 +62,17 @@ class Backend:
     """What the servicers share: the store, the ingestor, the hub and the shutdown signal."""
 
     def __init__(
-        self, store: Store, hub: Hub, *, job_token_grace_s: float = 3600.0, commit_linger_s: float = COMMIT_LINGER_S
+        self,
+        store: Store,
+        hub: Hub,
+        *,
+        job_token_grace_s: float = 3600.0,
+        commit_linger_s: float = COMMIT_LINGER_S,
+        contact_write_s: float = 0.0,
     ) -> None:
         """`job_token_grace_s`: how long after its job ended a job token may still write (TP_JOB_TOKEN_GRACE_S);
-        `commit_linger_s`: how long a group-commit round of small batches waits for more (`GroupCommitter`)."""
+        `commit_linger_s`: how long a group-commit round of small batches waits for more (`GroupCommitter`);
+        `contact_write_s`: how often, at most, a job's reporter contact is written per job (`heard_from`; 0: never)."""
         self.store = store
         self.ingestor = Ingestor(store)
         self.committer = GroupCommitter(self.ingestor, linger_s=commit_linger_s)
@@ -82,6 +89,10 @@ class Backend:
         self._attempts: dict[str, tuple[int, float]] = {}
         # When a job's tokens stop writing (its end plus the grace).
         self.token_window = JobTokenWindow(job_token_grace_s, store.ended_at)
+        self._contact_write_s = contact_write_s
+        # job -> when its reporter's contact was last written from this process (`heard_from`).
+        self._contact_written: dict[int, float] = {}
+        self._contact_writes: set[asyncio.Task[None]] = set()
 
     async def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Runs a blocking database operation in a worker thread."""
@@ -102,6 +113,28 @@ class Backend:
                 self._job_pks.clear()
             self._job_pks[job_id] = pk
         return pk
+
+    def heard_from(self, job_pk: int) -> None:
+        """Notes a telemetry call of the job's reporter, for the reporter lease (`reporter_lease`): written to the
+        database in the background, at most every `contact_write_s` per job from this process. Costs a dict lookup
+        on every message."""
+        if not self._contact_write_s:
+            return
+        now = time.monotonic()
+        if now - self._contact_written.get(job_pk, -math.inf) < self._contact_write_s:
+            return
+        if len(self._contact_written) > 100_000:
+            self._contact_written.clear()
+        self._contact_written[job_pk] = now
+        task = asyncio.ensure_future(self.run(self.store.note_reporter_contact, job_pk))
+        self._contact_writes.add(task)
+        task.add_done_callback(self._contact_write_done)
+
+    def _contact_write_done(self, task: asyncio.Task[None]) -> None:
+        self._contact_writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The database is away: the lease cannot fail anything meanwhile either; the next call writes again.
+            log.warning("could not record a reporter's contact (%s)", type(task.exception()).__name__)
 
     def note_attempt(self, job_id: str, attempt: int) -> None:
         """Told by this process's dispatcher of a job's new dispatch attempt: its fence applies at once."""
@@ -417,6 +450,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     raise InvalidArgumentError(
                         f"one {rpc} call carries one job: got job_id {quote(request.job_id)} after {job_id!r}"
                     )
+                backend.heard_from(job_pk)
                 items = items_of(request)
                 if not items:
                     continue
@@ -504,7 +538,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         check_job_id(request.job_id)
         authorize_job(request.job_id)
         await self._backend.check_attempt(request.job_id)
-        await self._backend.job_pk(request.job_id)
+        self._backend.heard_from(await self._backend.job_pk(request.job_id))
         target = status_name(request.status)
         await self._backend.committer.flush()  # telemetry received before a status is committed before it
         transition = await self._backend.run(
@@ -527,6 +561,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         authorize_job(request.job_id)
         await self._backend.check_attempt(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
+        self._backend.heard_from(job_pk)
         if not request.HasField("summary"):
             raise InvalidArgumentError("summary is required: the epoch's number, duration_seconds and metrics")
         summary = request.summary
@@ -563,6 +598,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         authorize_job(request.job_id)
         await self._backend.check_attempt(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
+        self._backend.heard_from(job_pk)
         check_text(request.mlflow_run_id, "mlflow_run_id", limits.MAX_NAME_CHARS)
         check_text(request.mlflow_tracking_uri, "mlflow_tracking_uri", limits.MAX_URI_CHARS)
         if len(request.artifacts) > limits.MAX_ARTIFACTS:
@@ -598,6 +634,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         authorize_job(request.job_id)
         await self._backend.check_attempt(request.job_id, write=False)
         job_pk = await self._backend.job_pk(request.job_id)
+        self._backend.heard_from(job_pk)
         # The cursor covers every message of this job received before this call; other jobs' rounds keep lingering.
         await self._backend.committer.flush(job_pk)
         metric, log_sequence = await self._backend.run(self._backend.store.cursor, job_pk)
