@@ -11,7 +11,9 @@ During training, `wrap()`'s sink logs each epoch summary's metrics to MLflow (on
 
 - completed: best and last checkpoints, results.json (final metrics) and results.csv (when the framework wrote
   one) go to the artifact store; the best checkpoint, results.json and results.csv to MLflow; the URIs to the
-  backend; the run ends FINISHED. A failed upload fails the job (its message names the setting).
+  backend; the run ends FINISHED. A failed upload fails the job (its message names the setting) and ends the run
+  FAILED; results.json then says `failed`, with that message, in the output directory and wherever the completed
+  one was already stored (best effort: a problem is a WARNING line).
 - cancelled or failed: the last checkpoint and results.json are stored best effort (a problem is a WARNING line),
   and the run ends KILLED or FAILED.
 """
@@ -27,7 +29,13 @@ from typing import Any
 
 from trainingplatform_sdk.training.adapter import Status, TelemetrySink, TrainingResult
 from trainingplatform_sdk.training.artifacts import ArtifactStore, StorageError, StorageSettings, open_store
-from trainingplatform_sdk.training.tracking import MlflowRun, TrackingError, TrackingSettings, flatten_params
+from trainingplatform_sdk.training.tracking import (
+    MlflowRun,
+    TrackingError,
+    TrackingSettings,
+    flatten_params,
+    redact_urls,
+)
 
 __all__ = ["JobRecorder", "RecorderSettings"]
 
@@ -151,7 +159,8 @@ class JobRecorder:
         return _EpochTrackingSink(sink, self.run) if self.run is not None else sink
 
     def finish(self, result: TrainingResult) -> None:
-        """Stores the results of a completed job and ends the run FINISHED.
+        """Stores the results of a completed job and ends the run FINISHED; after a failed upload, ends it FAILED
+        and leaves a results.json that says so (see the module docstring).
 
         Raises:
             StorageError: An upload to the artifact store failed.
@@ -165,6 +174,7 @@ class JobRecorder:
             "results": (results, "results.json"),
             "results_csv": (csv if csv.is_file() else None, "results.csv"),
         }
+        in_mlflow = False  # whether the MLflow run holds the completed results.json
         try:
             for name, (path, key) in uploads.items():
                 if path is not None and Path(path).is_file():
@@ -174,9 +184,11 @@ class JobRecorder:
                 if checkpoint is not None and Path(checkpoint).is_file():
                     self._log_to_mlflow(Path(checkpoint), "checkpoints")
                 self._log_to_mlflow(results, None)
+                in_mlflow = True
                 if csv.is_file():
                     self._log_to_mlflow(csv, None)
-        except (StorageError, TrackingError):
+        except (StorageError, TrackingError) as error:
+            self._store_failed_results(result, redact_urls(str(error)), in_mlflow=in_mlflow)
             self.logger.report_run_info(artifacts=dict(self.artifacts))
             self._end_run(Status.FAILED)
             raise
@@ -211,6 +223,30 @@ class JobRecorder:
             self.logger.report_run_info(artifacts=dict(self.artifacts))
         self._end_run(status)
 
+    def _store_failed_results(self, result: TrainingResult, error: str, *, in_mlflow: bool) -> None:
+        """After a failed upload in `finish`: results.json says `failed`, with `error`, in the output directory, and
+        replaces the completed one wherever it was already stored (the artifact store, the MLflow run). Nothing is
+        sent to a store that never got it: the store may be what failed. Never raises: a problem is a WARNING line.
+        """
+        try:
+            results = self._write_results(result, status=Status.FAILED, error=error)
+        except OSError as write_error:
+            self._warn(f"Writing the failed job's results.json failed: {write_error}")
+            return
+        if "results" in self.artifacts:
+            try:
+                self.artifacts["results"] = self.store.upload(results, "results.json")
+            except Exception as upload_error:
+                self._warn(
+                    "Replacing the stored results.json of the failed job failed (it still says completed): "
+                    + redact_urls(str(upload_error))
+                )
+        if in_mlflow:
+            try:
+                self._log_to_mlflow(results, None)
+            except TrackingError as log_error:
+                self._warn(f"Replacing the MLflow run's results.json failed (it still says completed): {log_error}")
+
     def _log_to_mlflow(self, path: Path, artifact_path: str | None) -> None:
         assert self.run is not None
         try:
@@ -221,9 +257,13 @@ class JobRecorder:
                 f"{self.run.describe_error(error)}"
             ) from error
 
-    def _write_results(self, result: TrainingResult | None, *, status: Status | None = None) -> Path:
+    def _write_results(
+        self, result: TrainingResult | None, *, status: Status | None = None, error: str | None = None
+    ) -> Path:
         path = self.output_dir / "results.json"
         content: dict[str, Any] = {"job_id": self.job_id, "status": (status or Status.COMPLETED).value}
+        if error is not None:
+            content["error"] = error
         if result is not None:
             content.update(
                 status=(status or result.status).value,

@@ -1,0 +1,49 @@
+"""Adapters that train (the counting adapter of tests/trainers, milliseconds) and then break the job's artifact
+store for real before `tp-train` stores the results, so that an upload after training fails.
+
+`tp-train` loads them as `store_breaking_adapters:Class` with tests/tracking and tests/trainers on PYTHONPATH
+(test_upload_failure.py); the job's store settings are the process environment's, as `tp-train` reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from fake_adapters import CountingAdapter
+from trainingplatform_sdk.training.adapter import TrainingResult
+
+
+class EndpointClosingAdapter(CountingAdapter):
+    """Trains, writes `trained` in the output dir for the test to close the S3 endpoint (a proxy it owns), and
+    returns once the endpoint (AWS_S3_ENDPOINT_URL) refuses connections: every upload of the results then fails."""
+
+    def fit(self) -> TrainingResult:
+        result = super().fit()
+        (self.output_dir / "trained").touch()
+        endpoint = urlsplit(os.environ["AWS_S3_ENDPOINT_URL"])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((endpoint.hostname, endpoint.port), timeout=1).close()
+            except ConnectionRefusedError:
+                return result
+            time.sleep(0.05)
+        raise TimeoutError(f"the test did not close {endpoint.hostname}:{endpoint.port} within 60 s")
+
+
+class CsvBlockingAdapter(CountingAdapter):
+    """Trains and writes results.csv (as ultralytics does), then puts a directory where the local artifact store
+    (`TP_DATA_DIR/artifacts/<job_id>`) stores results.csv: the checkpoints and results.json are stored, then
+    storing results.csv fails (a file cannot replace a directory)."""
+
+    def fit(self) -> TrainingResult:
+        result = super().fit()
+        (self.output_dir / "results.csv").write_text("epoch,val/accuracy\n0,0.5\n", encoding="utf-8")
+        blocker = Path(os.environ["TP_DATA_DIR"]) / "artifacts" / self.job_id / "results.csv"
+        blocker.mkdir(parents=True)
+        (blocker / "in-the-way").touch()
+        return result
