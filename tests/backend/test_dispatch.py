@@ -10,10 +10,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from reliability.polling import wait_until
 from support.backend import BackendProcess, auth, free_port
 from support.fake_trainer import FakeTrainer
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
+from trainingplatform.telemetry.v1 import telemetry_pb2
 
 SPEC = common_pb2.JobSpec(
     framework="timm",
@@ -106,5 +108,37 @@ def test_queued_jobs_start_in_the_order_they_were_created_and_say_why_they_wait(
                 order.append(next(job for job in [oldest, *newer] if trainer.training(job)))
             assert order == [first, oldest, *newer]
             assert jobs.GetJob(get, metadata=auth(backend.internal_token)).job.waiting_reason == ""  # it runs
+        finally:
+            backend.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_job_ending_hands_its_slot_to_the_oldest_queued_job_without_waiting_out_the_backoff(
+    database_url: str, tmp_path: Path
+):
+    # The framework's backoff (1 s doubling to 10 s) left a freed slot idle until its next try: up to 10 s.
+    with FakeTrainer(capacity=1) as trainer:
+        backend = BackendProcess(database_url, tmp_path / "data", extra_env={"TP_TRAINERS": f"timm={trainer.address}"})
+        backend.start()
+        try:
+            jobs = backend.jobs()
+            first = jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=SPEC), metadata=auth(backend.internal_token)).job
+            wait_until(lambda: trainer.training(first.job_id), 60, "the first job to start")
+            second = jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=SPEC), metadata=auth(backend.internal_token)).job
+            # Refused 5 times (the slot is taken): the backoff is now at its longest. Right after a refusal, the
+            # first job ends, as a trainer reports it.
+            wait_until(lambda: trainer.calls.get("StartTraining", 0) >= 6, 60, "the second job refused 5 times")
+            refused = trainer.calls["StartTraining"]
+            wait_until(lambda: trainer.calls["StartTraining"] > refused, 30, "one more refusal")
+            trainer.finish(first.job_id)
+            ended = time.monotonic()
+            for status in (common_pb2.JOB_STATUS_RUNNING, common_pb2.JOB_STATUS_COMPLETED):
+                backend.telemetry().UpdateStatus(
+                    telemetry_pb2.UpdateStatusRequest(job_id=first.job_id, status=status),
+                    metadata=auth(backend.internal_token),
+                    timeout=10,
+                )
+            wait_until(lambda: trainer.training(second.job_id), 30, "the second job to start")
+            assert time.monotonic() - ended < 5, "the freed slot waited out the backoff (10 s)"
         finally:
             backend.close()

@@ -12,9 +12,9 @@ the fewest of this database's live (QUEUED or RUNNING) jobs, ties broken in conf
 is unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), the next one is tried. Jobs are
 dispatched in the order they were created, one framework's at a time (`dispatch_queued`): a freed slot goes to the
 job that waited longest. When no replica accepts, the job stays QUEUED and the framework's oldest job is tried
-again (backoff from 1 s to 10 s) until it has been QUEUED for
-`dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s, counted from its creation), then it fails with every
-replica's last reason. A trainer refusing the request itself (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION:
+again (backoff from 1 s to 10 s, ended at once when a job ends: its slot may be free, `slot_freed`) until it has
+been QUEUED for `dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s, counted from its creation), then it fails
+with every replica's last reason. A trainer refusing the request itself (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION:
 an unknown model, a missing dataset) fails the job at once with the trainer's message.
 
 Cancel during dispatch: the trainer is recorded under the job's row lock (`Store.set_dispatch`), which also
@@ -161,6 +161,15 @@ class Dispatcher:
         """Tells the dispatcher a job was queued: it looks at the database now rather than at its next poll."""
         self._wake.set()
 
+    def slot_freed(self) -> None:
+        """Told that a job ended (its trainer reported a final status, or the lease failed it): a trainer may have a
+        free slot now, so every framework's backoff ends and a round starts at once, instead of the oldest queued
+        job waiting up to RETRY_MAX_DELAY_S for its framework's next try."""
+        for framework in self._settings.trainers:
+            self._next_try.pop(framework, None)
+            self._delay.pop(framework, None)
+        self._wake.set()
+
     def _stub(self, address: str) -> trainer_pb2_grpc.TrainerServiceStub:
         channel = self._channels.get(address)
         if channel is None:
@@ -234,6 +243,8 @@ class Dispatcher:
             return None  # the job moved on meanwhile (the trainer reported first): nothing to do
         if transition.changed:
             self._hub.publish(transition.job_pk, POKE)
+            if transition.status in statemachine.TERMINAL:
+                self.slot_freed()
         return transition
 
     # --- dispatch ----------------------------------------------------------------------------------------

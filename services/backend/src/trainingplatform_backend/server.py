@@ -145,6 +145,7 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
         ),
         on_attempt=backend.note_attempt,
     )
+    backend.on_job_ended = dispatcher.slot_freed
     jobs_pb2_grpc.add_JobsServiceServicer_to_server(
         JobsServicer(
             backend,

@@ -37,7 +37,7 @@ from trainingplatform_backend.ingest import (
     check_metric_key,
 )
 from trainingplatform_backend.models import LOGS_STREAM, METRICS_STREAM
-from trainingplatform_backend.statemachine import status_name
+from trainingplatform_backend.statemachine import TERMINAL, status_name
 from trainingplatform_backend.store import Store, utcnow
 from trainingplatform_backend.subscriptions import POKE, Batch, Hub
 
@@ -89,6 +89,9 @@ class Backend:
         self._attempts: dict[str, tuple[int, float]] = {}
         # When a job's tokens stop writing (its end plus the grace).
         self.token_window = JobTokenWindow(job_token_grace_s, store.ended_at)
+        #: Called when a reporter says its job ended (a terminal status, new or repeated): a trainer reports it once
+        #: the run's process exited, so its slot is free (`Dispatcher.slot_freed`).
+        self.on_job_ended: Callable[[], None] | None = None
         self._contact_write_s = contact_write_s
         # job -> when its reporter's contact was last written from this process (`heard_from`).
         self._contact_written: dict[int, float] = {}
@@ -552,6 +555,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         if transition.changed:
             log.info("job %s is now %s", request.job_id, transition.status)
             self._backend.hub.publish(transition.job_pk, POKE)
+        if target in TERMINAL and self._backend.on_job_ended is not None:
+            self._backend.on_job_ended()
         return telemetry_pb2.UpdateStatusResponse(status=request.status, changed=transition.changed)
 
     async def RecordEpochSummary(
