@@ -27,7 +27,9 @@ class DeliveryReport:
         invalid: Points and records refused before sending (empty or too long key, negative step, non-numeric
             value...); each kind of problem is logged once.
         replayed: Points and records found in the spool at start, left by an earlier process for this job.
-        pending_metrics: Metric points not yet known committed (in memory or in the spool).
+        pending_metrics: Metric points not yet known committed (in memory or in the spool). After a final error,
+            `close()` reads the committed cursor once more (a job's token still reads it once its job ended), so
+            what the backend committed before refusing the stream is not counted.
         pending_logs: Log records not yet known committed.
         calls_delivered: Unary calls (status, epoch summary, run info) the backend accepted.
         calls_pending: Unary calls not yet delivered (kept in the spool's state at close).

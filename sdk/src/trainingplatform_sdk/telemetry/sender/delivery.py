@@ -169,6 +169,16 @@ class Delivery:
             self.duplicates += response.duplicates_ignored
             self._advance(outbox, response.last_committed_sequence)
 
+    def read_cursor_until(self, deadline: float) -> None:
+        """Reads the committed cursor once, waiting until `deadline`, and forgets what it covers; a failed read
+        changes nothing. After a final refusal: a job's token still reads its cursor once the job ended."""
+        try:
+            cursor = self._connection.read_cursor().result(timeout=max(0.0, deadline - time.monotonic()))
+        except (grpc.RpcError, grpc.FutureTimeoutError, grpc.FutureCancelledError):
+            return
+        self._advance(self._metrics, cursor.last_metric_sequence)
+        self._advance(self._logs, cursor.last_log_sequence)
+
     def next_poll(self) -> float | None:
         """When the cursor is next due to be read while points are in flight (None: nothing in flight, or a read
         or call is outstanding and its end wakes the sender)."""

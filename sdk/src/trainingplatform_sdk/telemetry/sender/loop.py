@@ -417,6 +417,11 @@ class Sender(threading.Thread):
                 self._delivery.close_streams(
                     max(self._close_deadline or 0.0, time.monotonic() + _CLOSE_RESPONSE_WAIT_S)
                 )
+            elif self._connection.state is ConnectionState.FAILED:
+                # What the backend committed before refusing us for good is delivered, not pending.
+                self._delivery.read_cursor_until(
+                    max(self._close_deadline or 0.0, time.monotonic() + _CLOSE_RESPONSE_WAIT_S)
+                )
             self._delivery.disconnect()
             self._spill(*self._outboxes, force=True)
             if any([outbox.drop_memory() for outbox in self._outboxes]) and not self._dropped_logged:
