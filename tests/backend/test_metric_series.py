@@ -235,3 +235,13 @@ def test_many_keys_get_fewer_buckets_each_within_half_the_largest_message(job: _
     # One key alone gets its full resolution.
     (alone,) = job.series(keys=[keys[7]], max_points=10_000).series
     assert len(alone.buckets) == 2000
+
+
+def test_more_keys_than_a_32_bit_group_number_holds_are_still_answered(job: _Job):
+    # (key index) * 2**20 + bucket overflowed PostgreSQL's 32-bit integer from the 2,048th key: INTERNAL.
+    keys = [f"class_{index:04d}/recall" for index in range(2100)]
+    job.stream([(key, step, 0, float(index + step)) for step in range(3) for index, key in enumerate(keys)])
+    response = job.series(max_points=10)
+    assert [s.key for s in response.series] == sorted(keys)
+    last = {s.key: s for s in response.series}[keys[-1]]
+    assert last.total_points == 3 and max(b.max for b in last.buckets) == 2099.0 + 2

@@ -737,7 +737,8 @@ class Store:
                     table = f"JOIN (VALUES {', '.join(values)}) AS r(key, idx, lo, hi, width)"
                 query = _SERIES_BUCKETS.format(
                     idx="min(r.idx)",
-                    bucket=f"r.idx * {_SERIES_GROUPS_PER_KEY} + (m.step - r.lo) / r.width",
+                    # 64-bit: a PostgreSQL VALUES column of small literals is a 32-bit integer (2,048 keys overflow).
+                    bucket=f"CAST(r.idx AS BIGINT) * {_SERIES_GROUPS_PER_KEY} + (m.step - r.lo) / r.width",
                     value=value,
                     ranges=f"{table} ON m.key = r.key",
                     step_range="m.step BETWEEN r.lo AND r.hi",
