@@ -48,11 +48,12 @@ from trainingplatform_sdk.cli.output import (
     plot_series,
     print_epochs,
     print_summary,
+    printable,
     safe_write,
 )
 from trainingplatform_sdk.cli.run import add_run_parser
 from trainingplatform_sdk.clients import Connection, Job, JobsClient, resolve_connection
-from trainingplatform_sdk.clients.jobs import JOB_STATUS_NAMES, LOG_LEVEL_NAMES
+from trainingplatform_sdk.clients.jobs import JOB_STATUS_NAMES, LOG_LEVEL_NAMES, LogLine
 from trainingplatform_sdk.errors import PlatformError, UnauthenticatedError, UnavailableError
 
 EXIT_FOR_STATUS = {"COMPLETED": 0, "FAILED": 1, "CANCELLED": 3}
@@ -94,14 +95,19 @@ def resolve_job(client: JobsClient, job: str) -> str:
     if not matches:
         raise CliError(f"no job id starts with {job!r} (`tp jobs` lists them)")
     if len(matches) > 1:
-        shown = ", ".join(f"{j.job_id} ({j.display_name or j.model}, {j.status})" for j in matches[:10])
+        shown = ", ".join(f"{j.job_id} ({printable(j.display_name or j.model)}, {j.status})" for j in matches[:10])
         more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
         raise CliError(f"job prefix {job!r} is ambiguous: {shown}{more}")
     return matches[0].job_id
 
 
+def _quoted(text: str) -> str:
+    """A client's name in quotes, `printable`."""
+    return f"'{printable(text)}'"
+
+
 def _job_label(job: Job) -> str:
-    return f"{job.display_name!r}, " if job.display_name else ""
+    return f"{_quoted(job.display_name)}, " if job.display_name else ""
 
 
 def _load_json(value: str | None) -> dict[str, Any]:
@@ -235,7 +241,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         job = created.job
         print(
-            f"job {job.job_id} ({_job_label(job)}{job.framework} {job.model} on {job.dataset}, {job.epochs} epochs): "
+            f"job {job.job_id} ({_job_label(job)}{printable(job.framework)} {printable(job.model)} on "
+            f"{printable(job.dataset)}, {job.epochs} epochs): "
             f"{job.status}",
             flush=True,
         )
@@ -285,7 +292,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             created = job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else ""
             name = job.display_name or "-"
             print(
-                f"{job.job_id:36}  {cell(name, 20)}  {job.status:9}  {job.framework:11}  {cell(job.model, 18)}  "
+                f"{job.job_id:36}  {cell(name, 20)}  {job.status:9}  {cell(job.framework, 11)}  {cell(job.model, 18)}  "
                 f"{created}"
             )
     return 0
@@ -294,16 +301,17 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.get_job(resolve_job(client, args.job))
-        print(f"job {job.job_id}  {job.status}" + (f"  {job.display_name!r}" if job.display_name else ""))
+        print(f"job {job.job_id}  {job.status}" + (f"  {_quoted(job.display_name)}" if job.display_name else ""))
         print(
-            f"  {job.framework} {job.model} on {job.dataset}, {job.epochs} epochs; trainer {job.trainer_address or '-'}"
+            f"  {printable(job.framework)} {printable(job.model)} on {printable(job.dataset)}, {job.epochs} epochs; "
+            f"trainer {printable(job.trainer_address or '-')}"
         )
         print(f"  metrics committed up to {job.last_metric_sequence}, logs up to {job.last_log_sequence}")
         if job.waiting_reason:
-            print(f"  waiting for a trainer: {job.waiting_reason}")
+            print(f"  waiting for a trainer: {printable(job.waiting_reason)}")
         for event in job.status_events:
             when = event.time.strftime("%H:%M:%S") if event.time else ""
-            print(f"  {when} {event.from_status:>11} -> {event.to_status:9} {event.reason}")
+            print(f"  {when} {event.from_status:>11} -> {event.to_status:9} {printable(event.reason)}")
         print_summary(job, client=client, epochs=True)
     return 0
 
@@ -313,12 +321,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
         args.job = resolve_job(client, args.job)
         if not args.follow:
             for line in client.logs(args.job, min_level=args.level or ""):
-                print(f"{clock(line.wall_time)} [{line.level.lower()}] {line.message}")
+                print(_log_line(line))
             return 0
         for event in client.subscribe(args.job):
             for line in event.logs:
-                print(f"{clock(line.wall_time)} [{line.level.lower()}] {line.message}", flush=True)
+                print(_log_line(line), flush=True)
     return 0
+
+
+def _log_line(line: LogLine) -> str:
+    """A record as `tp logs` prints it: `HH:MM:SS [level] message`, the message's continuation lines under it."""
+    head = f"{clock(line.wall_time)} [{line.level.lower()}] "
+    return head + printable(line.message, " " * len(head))
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -331,7 +345,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         if not series:
             raise CliError(f"job {job.job_id} has no metrics" + (f" with keys {args.key}" if args.key else ""))
         for key, values in sorted(series.items()):
-            print(f"{key:28} {len(values):7} points  last {fmt_value(values[-1][1])}")
+            print(f"{printable(key):28} {len(values):7} points  last {fmt_value(values[-1][1])}")
         if job.finished:
             print("epochs:")
             print_epochs(client, job)
@@ -677,14 +691,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError as error:
         if not _stdout_closed():
-            safe_write(sys.stderr, f"error: {_error_line(error)}\n")
+            safe_write(sys.stderr, f"error: {printable(_error_line(error))}\n")
             return EXIT_ERROR
         # `tp jobs | head -1`: the reader has what it wanted. End quietly, as a Unix tool killed by SIGPIPE does;
         # stdout goes to /dev/null so that the interpreter's own flush at exit does not fail again.
         _silence(sys.stdout)
         return EXIT_SIGPIPE
     except (PlatformError, CliError, OSError, TimeoutError, RuntimeError, ValueError) as error:
-        safe_write(sys.stderr, f"error: {_error_line(error)}\n")
+        safe_write(sys.stderr, f"error: {printable(_error_line(error))}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -28,9 +28,40 @@ def safe_write(out: TextIO, text: str) -> bool:
     return True
 
 
+_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+"""What a terminal must never get from text it did not write: the C0 control characters but the tab (ESC starts
+the sequences that set the title or clear the screen; "\\r" and "\\n" start a line that passes for one of `tp`'s
+own), DEL, the C1 controls (U+009B is a CSI of its own), the line and paragraph separators and the bidi embeddings,
+overrides and isolates (which reorder what follows them, in a table the rest of the row)."""
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str, continuation: str | None = None) -> str:
+    """`text` as `tp` prints anything that came from the backend (log records, error messages, display names,
+    reasons, metric keys: whatever a client of the backend could set): each character in `_UNSAFE` escaped as
+    Python writes it (`\\x1b`, `\\r`, `\\n`, `\\x9b`, `\\u202e`), so it is visible and the terminal does nothing
+    with it. With `continuation` (the blanks as wide as the prefix printed before the text), line breaks stay,
+    each line after the first starting with `continuation`, so that no line of a multi-line record (a traceback)
+    can pass for a line of its own (a "\\r\\n" is a line break too; trailing ones are dropped). Tabs stay."""
+    if continuation is not None:
+        text = text.replace("\r\n", "\n").rstrip("\n")
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        if char == "\n" and continuation is not None:
+            return "\n" + continuation
+        if char in _NAMED:
+            return _NAMED[char]
+        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+    return _UNSAFE.sub(escape, text)
+
+
 def cell(text: str, width: int, out: TextIO = sys.stdout) -> str:
-    """`text` in a table column `width` wide: padded, or cut to end in '…' so that the cut shows ('~' where `out`
-    cannot encode '…')."""
+    """`text` in a table column `width` wide: `printable` (a tab escaped too), padded, or cut to end in '…' so that
+    the cut shows ('~' where `out` cannot encode '…'). No bidi override reaches the row: it is escaped."""
+    text = printable(text).replace("\t", "\\t")
     if len(text) > width:
         try:
             mark = "…" if "…".encode(out.encoding or "ascii") else "~"
@@ -126,10 +157,10 @@ class Follower:
             self.final_status = event.status.to_status
             if self.final_status == "COMPLETED":
                 self.done_epochs = max(self.job.epochs, 1)
-            reason = f" ({event.status.reason})" if event.status.reason else ""
+            reason = f" ({printable(event.status.reason)})" if event.status.reason else ""
             self.say(f"status {event.status.to_status}{reason}")
             if event.status.error_message:
-                self.say(f"error: {event.status.error_message}")
+                self.say(f"error: {printable(event.status.error_message, ' ' * 7)}")
         elif event.kind == "lagged":
             self.say("(fell behind the live stream; catching up from the database)")
 
@@ -162,7 +193,7 @@ class Follower:
         if self._held is not None:
             self._waiting.append(line)  # it keeps its place after the held line
             return
-        text = f"[{line.level.lower():7}] {line.message}"
+        text = log_text(line)
         epoch = _EPOCH_LOG.match(line.message)
         if epoch:  # the trainer's own "Epoch 2/3: ..." line says what the epoch summary says
             if int(epoch.group(1)) - 1 in self.printed_epochs:
@@ -201,9 +232,16 @@ class Follower:
             safe_write(self.out, self._bar() + "\n")
 
 
+def log_text(line: LogLine, prefix: str = "") -> str:
+    """A log record as `tp` prints it: `<prefix>[info   ] message`, its message `printable` with any continuation
+    lines indented under the message."""
+    head = f"{prefix}[{line.level.lower():7}] "
+    return head + printable(line.message, " " * len(head))
+
+
 def epoch_line(summary: EpochSummary, epochs: int) -> str:
     """One epoch summary as a line: `epoch 2/3 done in 4.1s: train/loss 0.41, val/accuracy 0.93`."""
-    shown = ", ".join(f"{k} {fmt_value(v)}" for k, v in sorted(summary.metrics.items()) if "/" in k)
+    shown = ", ".join(f"{printable(k)} {fmt_value(v)}" for k, v in sorted(summary.metrics.items()) if "/" in k)
     return f"epoch {summary.epoch + 1}/{epochs} done in {summary.duration_seconds:.1f}s: {shown}"
 
 
@@ -228,7 +266,7 @@ def follow(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> Job:
             for line in client.logs(job.job_id):
                 if line.sequence > follower.last_log_sequence:
                     follower.last_log_sequence = line.sequence
-                    follower.say(f"[{line.level.lower():7}] {line.message}")
+                    follower.say(log_text(line))
             if "results" in final.artifacts or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -263,10 +301,10 @@ def print_summary(
     duration = ""
     if job.started_at and job.ended_at:
         duration = f" in {(job.ended_at - job.started_at).total_seconds():.1f}s"
-    name = f" ({job.display_name})" if job.display_name else ""
+    name = f" ({printable(job.display_name)})" if job.display_name else ""
     out.write(f"\njob {job.job_id}{name}: {job.status}{duration}\n")
     if job.error_message:
-        out.write(f"  error: {job.error_message}\n")
+        out.write(f"  error: {printable(job.error_message, ' ' * 9)}\n")
     if client is not None and epochs:
         print_epochs(client, job, out)
     if client is not None:
@@ -274,11 +312,11 @@ def print_summary(
         for point in client.metrics(job.job_id):
             latest[point.key] = point.value
         for key in sorted(k for k in latest if not k.startswith("lr")):
-            out.write(f"  {key:24} {fmt_value(latest[key])}\n")
+            out.write(f"  {printable(key):24} {fmt_value(latest[key])}\n")
     if job.mlflow_run_id:
-        out.write(f"  MLflow run {job.mlflow_run_id} at {job.mlflow_tracking_uri}\n")
+        out.write(f"  MLflow run {printable(job.mlflow_run_id)} at {printable(job.mlflow_tracking_uri)}\n")
     for name, uri in sorted(job.artifacts.items()):
-        out.write(f"  artifact {name}: {uri}\n")
+        out.write(f"  artifact {printable(name)}: {printable(uri)}\n")
     out.flush()
 
 
