@@ -6,6 +6,7 @@ Every backend error becomes an HTTP error in `errors` (one place); every answer 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -198,8 +199,40 @@ async def page_new(request: Request) -> Response:
 # --- reads ----------------------------------------------------------------------------------------------------
 
 
+_LIST_LIMIT = 500
+_LIST_MAX_LIMIT = 1000
+_BACKEND_PAGE = 1000
+_SEARCH_SCAN = 20_000
+"""A search reads at most this many jobs per request (then answers what it found, with a token to go on)."""
+
+
+def _list_token(backend_token: str, skip: int) -> str:
+    """The list's page token: the backend page to read next and how many of its jobs were already answered."""
+    raw = json.dumps([backend_token, skip], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_list_token(text: str) -> tuple[str, int]:
+    try:
+        backend_token, skip = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except (ValueError, TypeError):
+        raise ApiError(400, "INVALID_ARGUMENT", "page_token is not a token this list gave", "page_token") from None
+    if not isinstance(backend_token, str) or not isinstance(skip, int) or not 0 <= skip <= _BACKEND_PAGE:
+        raise ApiError(400, "INVALID_ARGUMENT", "page_token is not a token this list gave", "page_token")
+    return backend_token, skip
+
+
+def _matches(job: jobs_pb2.Job, query: str) -> bool:
+    return query in job.display_name.lower() or query in job.job_id.lower() or query in job.spec.model.name.lower()
+
+
 async def list_jobs(request: Request) -> Response:
-    """GET /api/jobs?status=RUNNING&framework=timm&q=text: {"jobs": [Job]}, newest first, at most 500."""
+    """GET /api/jobs?status=RUNNING&framework=timm&q=text&limit=500&page_token=: {"jobs": [Job], "next_page_token"},
+    newest first, `limit` (500) at most per answer; `next_page_token` (empty on the last page) gives the older ones.
+
+    Status and framework are ListJobs filters; the search (name, id, model) reads the backend's pages in turn,
+    at most `_SEARCH_SCAN` jobs per answer, so it finds any job however old while memory stays bounded.
+    """
     _, backend, _, feed = _parts(request)
     statuses: list[int] = []
     for name in filter(None, (s.strip().upper() for s in request.query_params.get("status", "").split(","))):
@@ -208,16 +241,38 @@ async def list_jobs(request: Request) -> Response:
         statuses.append(_STATUSES[name])
     framework = request.query_params.get("framework", "").strip()
     query = request.query_params.get("q", "").strip().lower()
-    jobs = await _call(backend.list_jobs(statuses=tuple(statuses), framework=framework, limit=500))
-    if query:
-        jobs = [
-            job
-            for job in jobs
-            if query in job.display_name.lower() or query in job.job_id.lower() or query in job.spec.model.name.lower()
-        ]
+    limit = _int_param(request, "limit", _LIST_LIMIT, 1, _LIST_MAX_LIMIT) or _LIST_LIMIT
+    token_text = request.query_params.get("page_token", "").strip()
+    backend_token, skip = _parse_list_token(token_text) if token_text else ("", 0)
+    jobs: list[jobs_pb2.Job] = []
+    scanned = 0
+    next_token = ""
+    while True:
+        page_size = _BACKEND_PAGE if query else min(_BACKEND_PAGE, skip + limit - len(jobs))
+        page = await _call(
+            backend.list_jobs_page(
+                statuses=tuple(statuses), framework=framework, page_size=page_size, page_token=backend_token
+            )
+        )
+        full = False
+        for index in range(skip, len(page.jobs)):
+            job = page.jobs[index]
+            scanned += 1
+            if not query or _matches(job, query):
+                jobs.append(job)
+            if len(jobs) >= limit or scanned >= _SEARCH_SCAN:
+                full = True
+                if index + 1 < len(page.jobs):
+                    next_token = _list_token(backend_token, index + 1)
+                elif page.next_page_token:
+                    next_token = _list_token(page.next_page_token, 0)
+                break
+        if full or not page.next_page_token:
+            break
+        backend_token, skip = page.next_page_token, 0
     with contextlib.suppress(grpc.aio.AioRpcError):
         await feed.refresh_latest(jobs)
-    return JSONResponse({"jobs": [feed.job_json(job) for job in jobs]})
+    return JSONResponse({"jobs": [feed.job_json(job) for job in jobs], "next_page_token": next_token})
 
 
 async def _epoch_summaries(backend: Backend, job: jobs_pb2.Job) -> list[dict[str, Any]]:

@@ -154,6 +154,21 @@ class Backend:
                 break
         return jobs[:limit]
 
+    async def list_jobs_page(
+        self, *, statuses: tuple[int, ...] = (), framework: str = "", page_size: int, page_token: str = ""
+    ) -> jobs_pb2.ListJobsResponse:
+        """One ListJobs page with the read token (newest first)."""
+        return await self._unary_call(
+            self.stub.ListJobs,
+            jobs_pb2.ListJobsRequest(
+                statuses=list(statuses),  # type: ignore[arg-type]
+                framework=framework,
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            self._read(),
+        )
+
     async def list_logs(self, job_id: str, *, min_level: int, page_size: int, page_token: str = "") -> Any:
         """One ListLogs page with the read token."""
         return await self._unary_call(

@@ -22,12 +22,15 @@ const selected = (new URLSearchParams(location.search).get("jobs") || "")
   .filter(Boolean);
 const chosen = new Set(selected);
 
-function picker(jobs) {
+/** The jobs to pick from: /api/jobs's newest page, older pages on "Load more" (`next`: their page token). */
+function picker(first) {
+  const jobs = [...first.jobs];
+  let next = first.next_page_token || "";
   const button = el("button", { type: "button", class: "button primary", id: "compare-apply", text: "Compare selected" });
   button.addEventListener("click", () => {
     location.href = `/compare?jobs=${[...chosen].map(encodeURIComponent).join(",")}`;
   });
-  const rows = jobs.map((job) => {
+  const row = (job) => {
     const box = el("input", { type: "checkbox", value: job.job_id, "aria-label": `compare ${jobName(job)}`, checked: chosen.has(job.job_id) });
     box.addEventListener("change", () => (box.checked ? chosen.add(job.job_id) : chosen.delete(job.job_id)));
     return el(
@@ -41,11 +44,36 @@ function picker(jobs) {
       el("td", { text: job.dataset || "—" }),
       el("td", { class: "muted", text: formatAge(job.created_at) }),
     );
+  };
+  const tbody = el("tbody", {}, jobs.map(row));
+  const summary = el("summary", { id: "compare-picker-count" });
+  const more = el("button", { type: "button", class: "button", id: "compare-load-more", text: "Load more" });
+  const counted = () => {
+    // Cut for size: the count says so, and "Load more" brings the older jobs.
+    summary.textContent = next ? `Pick jobs (showing the newest ${jobs.length}; older ones not loaded)` : `Pick jobs (${jobs.length})`;
+    more.hidden = !next;
+  };
+  more.addEventListener("click", async () => {
+    more.disabled = true;
+    try {
+      const answer = await api(`/api/jobs?page_token=${encodeURIComponent(next)}`);
+      const known = new Set(jobs.map((j) => j.job_id));
+      const fresh = answer.jobs.filter((j) => !known.has(j.job_id));
+      jobs.push(...fresh);
+      tbody.append(...fresh.map(row));
+      next = answer.next_page_token || "";
+      counted();
+    } catch (error) {
+      more.textContent = `Load more (failed: ${error.message})`;
+    } finally {
+      more.disabled = false;
+    }
   });
+  counted();
   return el(
     "details",
     { class: "panel", open: selected.length < 2 },
-    el("summary", { text: `Pick jobs (${jobs.length})` }),
+    summary,
     el(
       "div",
       { class: "table-wrap picker" },
@@ -53,10 +81,10 @@ function picker(jobs) {
         "table",
         { id: "compare-picker" },
         el("thead", {}, el("tr", {}, ["", "Name", "Status", "Framework", "Model", "Dataset", "Age"].map((h) => el("th", { text: h })))),
-        el("tbody", {}, rows),
+        tbody,
       ),
     ),
-    el("div", { class: "toolbar" }, button),
+    el("div", { class: "toolbar" }, more, button),
   );
 }
 
@@ -223,7 +251,7 @@ async function start() {
   main.replaceChildren(el("div", { class: "page-head" }, el("h1", { text: "Compare jobs" })), content);
   try {
     const list = await api("/api/jobs");
-    content.append(picker(list.jobs));
+    content.append(picker(list));
     if (selected.length === 0) {
       content.append(el("p", { class: "muted", text: "Pick two or more jobs above." }));
       return;

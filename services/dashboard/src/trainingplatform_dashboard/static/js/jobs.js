@@ -1,5 +1,6 @@
 // The jobs page: every job, filters by status and framework, a search by name, statuses updating live from
-// /api/events/jobs, and a selection to compare.
+// /api/events/jobs, and a selection to compare. /api/jobs answers a page at a time (the newest 500): older jobs
+// come with "Load more", and a search or filter is answered by the server over every job, however old.
 
 import {
   api,
@@ -26,6 +27,8 @@ const state = {
   jobs: new Map(),
   selected: new Set(),
   frameworks: new Set(),
+  next: "", // the page token of the older jobs of the current filters ("" once every job is loaded)
+  loading: false,
 };
 
 const statusSelect = el(
@@ -37,6 +40,8 @@ const frameworkSelect = el("select", { id: "filter-framework", name: "framework"
 const search = el("input", { id: "filter-q", type: "search", name: "q", placeholder: "Search by name", value: state.q });
 const compareButton = el("button", { type: "button", id: "compare-selected", class: "button", text: "Compare selected", disabled: true });
 const count = el("span", { class: "muted", id: "job-count" });
+const moreButton = el("button", { type: "button", id: "load-more", class: "button", text: "Load more", hidden: true });
+const moreNote = el("p", { class: "muted more-note", id: "more-note", hidden: true }, moreButton);
 const tbody = el("tbody", { id: "jobs-body" });
 const table = el(
   "table",
@@ -60,7 +65,8 @@ function matches(job) {
   if (state.framework && job.framework !== state.framework) return false;
   if (state.q) {
     const q = state.q.toLowerCase();
-    if (!jobName(job).toLowerCase().includes(q) && !job.job_id.toLowerCase().includes(q)) return false;
+    const fields = [jobName(job), job.job_id, job.model || ""];
+    if (!fields.some((f) => f.toLowerCase().includes(q))) return false;
   }
   return true;
 }
@@ -124,9 +130,15 @@ function render() {
   jobs.sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
   tbody.replaceChildren(...jobs.map(row));
   if (jobs.length === 0) {
-    tbody.append(el("tr", {}, el("td", { colspan: "9", class: "muted empty", text: "No jobs match." })));
+    const text = state.next ? "No jobs match among the newest jobs; load more to look at older ones." : "No jobs match.";
+    tbody.append(el("tr", {}, el("td", { colspan: "9", class: "muted empty", text })));
   }
-  count.textContent = `${jobs.length} job${jobs.length === 1 ? "" : "s"}`;
+  const plural = `job${jobs.length === 1 ? "" : "s"}`;
+  // Cut for size: say so, with the way to the rest.
+  count.textContent = state.next ? `Showing ${jobs.length} ${plural}, newest first; older ones not loaded` : `${jobs.length} ${plural}`;
+  count.dataset.complete = state.next ? "false" : "true";
+  moreButton.hidden = !state.next;
+  moreNote.hidden = !state.next;
 }
 
 let frame = null;
@@ -150,14 +162,28 @@ function upsert(job) {
   }
 }
 
-async function load() {
+function filters() {
   const query = new URLSearchParams();
   if (state.status) query.set("status", state.status);
   if (state.framework) query.set("framework", state.framework);
   if (state.q) query.set("q", state.q);
-  history.replaceState(null, "", query.toString() ? `/?${query}` : "/");
+  return query;
+}
+
+let generation = 0;
+
+/** The newest page of the current filters (`more`: the next older page instead). */
+async function load(more = false) {
+  const query = filters();
+  if (!more) history.replaceState(null, "", query.toString() ? `/?${query}` : "/");
+  if (more) query.set("page_token", state.next);
+  const mine = ++generation;
+  state.loading = true;
+  moreButton.disabled = true;
   try {
     const answer = await api(`/api/jobs?${query}`);
+    if (mine !== generation) return; // the filters changed meanwhile
+    state.next = answer.next_page_token || "";
     // The filtered answer replaces the jobs that match; jobs seen live stay known for later filter changes.
     for (const job of answer.jobs) {
       addFramework(job.framework);
@@ -166,9 +192,18 @@ async function load() {
     clearBanner();
     render();
   } catch (error) {
-    renderError(tbody, error);
+    if (mine === generation) renderError(tbody, error);
+  } finally {
+    if (mine === generation) {
+      state.loading = false;
+      moreButton.disabled = false;
+    }
   }
 }
+
+moreButton.addEventListener("click", () => {
+  if (state.next && !state.loading) load(true);
+});
 
 function follow() {
   const events = new EventSource("/api/events/jobs");
@@ -222,6 +257,7 @@ main.replaceChildren(
     compareButton,
   ),
   el("div", { class: "table-wrap" }, table),
+  moreNote,
 );
 // Ages and running durations move on their own.
 setInterval(() => {
