@@ -3,7 +3,8 @@ stdout ends a command quietly (exit 141, as a Unix tool killed by SIGPIPE), what
 wrote, and a cut table cell says it was cut.
 
 - every port flag of `tp up` is checked at parse time (1 to 65535), and a data directory it cannot use is named;
-- `tp jobs | head -1`, `tp show JOB | head -1`, `tp logs JOB | head -1` print nothing on stderr, exit 141;
+- `tp jobs | head -1`, `tp show JOB | head -1`, `tp logs JOB | head -1` print nothing on stderr, exit 141, and so
+  does any command started with stdout closed (`tp jobs >&-`); with stderr closed an error still exits 2;
 - `tp metrics JOB --plot P`: P without a suffix gets `.png`, an existing directory (or a path ending in /) gets
   `<job id>.png` inside it, and the line printed names the file written;
 - `--status` and `--level` list the valid names; `--limit` is at least 1, `--keep` at least 0;
@@ -164,6 +165,30 @@ def test_a_closed_stdout_ends_the_command_quietly_with_141(seeded: Seeded, comma
     args = [command] if command == "jobs" else [command, seeded.job_id]
     returncode, stderr = _with_closed_stdout(seeded, *args)
     assert (returncode, stderr) == (141, "")
+
+
+@pytest.mark.parametrize("command", ["jobs", "show", "logs", "metrics", "frameworks"])
+def test_a_closed_stdout_descriptor_ends_the_command_quietly_with_141(seeded: Seeded, command: str):
+    # `tp jobs >&-`: no stdout at all (Python's sys.stdout is None). It ended with rc 1 and
+    # "AttributeError: 'NoneType' object has no attribute 'write'".
+    args = [command, seeded.job_id] if command in ("show", "logs", "metrics") else [command]
+    result = subprocess.run(
+        ["bash", "-c", 'exec "$0" "$@" >&-', TP, *args], capture_output=True, text=True, env=seeded.env(), timeout=120
+    )
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_a_closed_stderr_keeps_the_exit_status_of_the_error(seeded: Seeded):
+    # `tp show ffffffff 2>&-`: the error cannot be said, but the exit status still says it (it was 1, a traceback
+    # written nowhere).
+    result = subprocess.run(
+        ["bash", "-c", 'exec "$0" "$@" 2>&-', TP, "show", "ffffffff"],
+        capture_output=True,
+        text=True,
+        env=seeded.env(),
+        timeout=120,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
 
 
 def test_head_of_a_pipe_gets_the_first_line_and_no_error(seeded: Seeded):

@@ -16,7 +16,8 @@ file in --data-dir, else TP_AUTH_TOKEN (the backend's FRONTEND_AUTH_TOKEN), else
 token file in TP_DATA_DIR, else the one the config names, else .data/frontend_auth_token. A job is named by its id
 or any unique prefix of it, as in git. Errors are one line on stderr. `train` and `watch` exit 0 when the job
 COMPLETED, 1 when it FAILED, 3 when it was CANCELLED; any other error exits 2; Ctrl-C on them exits 130 and leaves
-the job running. A closed stdout (`tp jobs | head -1`) ends a command quietly with 141 (128 + SIGPIPE).
+the job running. A closed stdout (`tp jobs | head -1`, `tp jobs >&-`) ends a command quietly with 141 (128 +
+SIGPIPE); a closed stderr silences errors, not their exit status.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import errno
+import io
 import json
 import os
 import re
@@ -680,8 +683,35 @@ def _stdout_closed() -> bool:
     return True
 
 
+class _ClosedStdout(io.TextIOBase):
+    """`sys.stdout` of a `tp` started without one (`tp jobs >&-`, where Python leaves it None): a write fails as a
+    write to a pipe whose reader went away, so that the command ends as it does then (quietly, 141)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EPIPE, "stdout is closed")
+
+
+def _closed_streams() -> None:
+    """A `tp` started with stdout or stderr closed: the descriptor gets /dev/null (so that no file or socket opened
+    later takes its number, and a child inheriting it writes nowhere), a closed stdout a `_ClosedStdout`, a closed
+    stderr a stream to /dev/null (errors are not said, but the exit status still says them)."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+        if name == "stdout":
+            sys.stdout = _ClosedStdout()
+        else:
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (for the process's life)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `tp`."""
+    _closed_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.data_dir_given = _data_dir_given(argv)
