@@ -84,6 +84,12 @@ class LoggerSettings:
     or below `cursor_poll_interval_s` keeps `cursor_poll_interval_s` always (a backend that does not end streams
     for a new subscriber: before 2026-12)."""
 
+    heartbeat_interval_s: float = 30.0
+    """Longest time the logger goes without a call to the backend while open: when nothing else went for this long
+    it reads the cursor. The backend fails a RUNNING job that no trainer runs (dispatch=false: `tp run`, your own
+    script) once no call of its token arrived for TP_REPORTER_TIMEOUT_S (300 s by default), so a quiet stretch of
+    training (evaluation, a slow checkpoint) must not look like a killed process. Keep it well under that timeout."""
+
     close_timeout_s: float = 30.0
     """Timeout of close() when none is given, and of the atexit hook that closes a logger never closed."""
 
@@ -109,6 +115,7 @@ class LoggerSettings:
             "rpc_timeout_s": self.rpc_timeout_s,
             "cursor_poll_interval_s": self.cursor_poll_interval_s,
             "unwatched_cursor_poll_interval_s": self.unwatched_cursor_poll_interval_s,
+            "heartbeat_interval_s": self.heartbeat_interval_s,
             "keepalive_time_ms": self.keepalive_time_ms,
             "keepalive_timeout_ms": self.keepalive_timeout_ms,
         }

@@ -178,7 +178,8 @@ class TrainingTelemetryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStreamCursor(self, request, context):
-        """Returns the committed cursor of a job's streams: where a client resumes after a broken stream.
+        """Returns the committed cursor of a job's streams: where a client resumes after a broken stream. Like every call
+        here, it also tells the backend that the job's reporter lives (see CreateJobRequest.dispatch).
 
         Errors: INVALID_ARGUMENT (a job_id that is not one), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
         """

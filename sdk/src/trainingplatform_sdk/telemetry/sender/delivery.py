@@ -54,7 +54,7 @@ class Delivery:
         self._state = state
         self._numbering_checked = False
         self._attempted = False
-        self._last_poll = 0.0
+        self._last_poll = time.monotonic()
         #: The one outstanding cursor read ("connect", "poll") or unary call ("call"), if any.
         self._pending: tuple[Literal["connect", "poll", "call"], grpc.Future[Any]] | None = None
         self._connect_waits = False
@@ -180,12 +180,13 @@ class Delivery:
         self._advance(self._logs, cursor.last_log_sequence)
 
     def next_poll(self) -> float | None:
-        """When the cursor is next due to be read while points are in flight (None: nothing in flight, or a read
-        or call is outstanding and its end wakes the sender)."""
+        """When the cursor is next due to be read: while points are in flight, every poll interval; with nothing in
+        flight, every `heartbeat_interval_s` (the backend fails a job without a trainer whose reporter is silent).
+        None: a read or call is outstanding and its end wakes the sender, or not connected."""
         if self._pending is not None or not self._connection.connected:
             return None
         if self._metrics.sent <= self._metrics.committed and self._logs.sent <= self._logs.committed:
-            return None
+            return self._last_poll + self.settings.heartbeat_interval_s
         return self._last_poll + self._poll_interval()
 
     def _poll_interval(self) -> float:
@@ -219,7 +220,8 @@ class Delivery:
 
     def _cursor_due(self, now: float, closing: bool) -> bool:
         if self._metrics.sent <= self._metrics.committed and self._logs.sent <= self._logs.committed:
-            return False  # nothing in flight
+            # Nothing in flight: only the heartbeat (cursor reads and calls are the backend's word from the job).
+            return not closing and now - self._last_poll >= self.settings.heartbeat_interval_s
         if self._calls.waiting or closing:
             return True
         half_memory = self.settings.memory_buffer_points // 2

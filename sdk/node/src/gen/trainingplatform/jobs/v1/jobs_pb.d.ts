@@ -227,7 +227,10 @@ export declare type CreateJobRequest = Message<"trainingplatform.jobs.v1.CreateJ
 
   /**
    * Dispatch the job to a trainer service. When false the job stays PENDING and the caller runs the trainer
-   * itself with the returned telemetry token. Unset means true.
+   * itself with the returned telemetry token. Such a job, once RUNNING, is FAILED ("reporter silent") when no
+   * telemetry call of its token reaches the backend for TP_REPORTER_TIMEOUT_S (300 s by default): its reporter was
+   * killed before it reported a final status. A reporter that may stay quiet longer calls GetStreamCursor
+   * meanwhile (the Python SDK's logger does at least every 30 s). Unset means true.
    *
    * @generated from field: optional bool dispatch = 3;
    */

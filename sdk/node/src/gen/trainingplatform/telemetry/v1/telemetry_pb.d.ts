@@ -783,7 +783,8 @@ export declare const TrainingTelemetryService: GenService<{
     output: typeof ReportRunInfoResponseSchema;
   },
   /**
-   * Returns the committed cursor of a job's streams: where a client resumes after a broken stream.
+   * Returns the committed cursor of a job's streams: where a client resumes after a broken stream. Like every call
+   * here, it also tells the backend that the job's reporter lives (see CreateJobRequest.dispatch).
    *
    * Errors: INVALID_ARGUMENT (a job_id that is not one), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
    *
