@@ -42,7 +42,9 @@ from typing import Any
 
 from trainingplatform_sdk.cli.frameworks import add_frameworks_command
 from trainingplatform_sdk.cli.output import (
+    RECONNECT_S,
     CliError,
+    OutageNotice,
     cell,
     clock,
     fmt_value,
@@ -326,7 +328,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             for line in client.logs(args.job, min_level=args.level or ""):
                 print(_log_line(line))
             return 0
-        for event in client.subscribe(args.job):
+        for event in client.subscribe(args.job, max_reconnect_s=RECONNECT_S, on_reconnect=OutageNotice(client.address)):
             for line in event.logs:
                 print(_log_line(line), flush=True)
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from trainingplatform_sdk.clients import Cursor, EpochSummary, Job, JobsClient, LogLine, TelemetryEvent
+from trainingplatform_sdk.errors import PlatformError, UnavailableError
 
 
 class CliError(Exception):
@@ -245,6 +246,34 @@ def epoch_line(summary: EpochSummary, epochs: int) -> str:
     return f"epoch {summary.epoch + 1}/{epochs} done in {summary.duration_seconds:.1f}s: {shown}"
 
 
+RECONNECT_S = 60.0
+"""How long `tp watch`, `tp train` and `tp logs -f` keep resuming a subscription to a backend that does not answer
+(counted from the last event, or the last time it answered) before they give up (exit 2)."""
+
+
+class OutageNotice:
+    """A subscription's `on_reconnect` for `tp`: says on stderr, once per outage, that the backend does not answer
+    and that the command keeps retrying, and once it answers again, that it is back. The job's output (stdout) gets
+    neither."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.down = False
+
+    def __call__(self, error: PlatformError | None) -> None:
+        if error is None:
+            if self.down:
+                self.down = False
+                safe_write(sys.stderr, f"tp: the backend at {self.address} is back; following again\n")
+        elif isinstance(error, UnavailableError) and not self.down:
+            self.down = True
+            safe_write(
+                sys.stderr,
+                f"tp: the backend at {self.address} is unreachable; retrying for up to "
+                f"{RECONNECT_S:.0f}s without an answer (Ctrl-C stops following, not the job)\n",
+            )
+
+
 LATE_RESULTS_S = 15.0
 """How long `follow` waits, after a job was cancelled or failed, for its trainer's last logs and checkpoint."""
 
@@ -256,7 +285,8 @@ def follow(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> Job:
     status changed: those are waited for (up to LATE_RESULTS_S, until the job reports its `results`) and printed
     before the summary."""
     follower = Follower(job, out)
-    for event in client.subscribe(job.job_id):
+    notice = OutageNotice(client.address)
+    for event in client.subscribe(job.job_id, max_reconnect_s=RECONNECT_S, on_reconnect=notice):
         follower.feed(event)
     final = client.get_job(job.job_id)
     if final.status in ("CANCELLED", "FAILED") and final.trainer_address:

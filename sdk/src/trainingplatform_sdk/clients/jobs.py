@@ -20,7 +20,7 @@ import datetime as dt
 import random
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -30,7 +30,7 @@ from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 
 from trainingplatform_sdk.clients._base import Client, raise_platform_error, resolve_connection
-from trainingplatform_sdk.errors import InvalidArgumentError, UnavailableError
+from trainingplatform_sdk.errors import InvalidArgumentError, PlatformError, UnavailableError
 from trainingplatform_sdk.spec.configs import AdvancedConfig
 from trainingplatform_sdk.spec.validation import validate_spec
 
@@ -505,13 +505,24 @@ class JobsClient(Client):
                 return
 
     def subscribe(
-        self, job_id: str, *, after: Cursor | None = None, keep_following: bool = False, max_reconnect_s: float = 60.0
+        self,
+        job_id: str,
+        *,
+        after: Cursor | None = None,
+        keep_following: bool = False,
+        max_reconnect_s: float = 60.0,
+        on_reconnect: Callable[[PlatformError | None], None] | None = None,
     ) -> Iterator[TelemetryEvent]:
         """Replays the job's telemetry after `after`, then follows it live, until its terminal status (or
         forever with `keep_following`). A broken subscription is resumed from the last cursor, with backoff,
-        for up to `max_reconnect_s` without progress."""
+        for up to `max_reconnect_s` without progress.
+
+        `on_reconnect`, when given, hears of it: called with the error each time a broken subscription is about
+        to be resumed, and with None once the backend answers again (the channel connected again, or the resumed
+        subscription delivered an event), so that a caller can say the backend is gone, and back."""
         cursor = after or Cursor()
         delay, deadline = 0.2, time.monotonic() + max_reconnect_s
+        broken = False
         while True:
             request = jobs_pb2.SubscribeTelemetryRequest(
                 job_id=job_id, keep_following=keep_following, after=jobs_pb2.TelemetryCursor(**cursor.__dict__)
@@ -521,6 +532,9 @@ class JobsClient(Client):
                     event = _event(response)
                     cursor = event.cursor
                     delay, deadline = 0.2, time.monotonic() + max_reconnect_s
+                    if broken and on_reconnect is not None:
+                        broken = False
+                        on_reconnect(None)
                     yield event
                 return
             except grpc.RpcError as error:
@@ -529,8 +543,33 @@ class JobsClient(Client):
                     or time.monotonic() > deadline
                 ):
                     raise_platform_error(error)
-            time.sleep(delay * random.uniform(0.5, 1.0))
+                if on_reconnect is not None:
+                    broken = True
+                    on_reconnect(_platform_error(error))
+            pause = delay * random.uniform(0.5, 1.0)
+            if broken and on_reconnect is not None:
+                # Waits for the channel to connect again (or the pause to end): a quiet job's caller hears that
+                # the backend is back when it is, not with the next event.
+                started = time.monotonic()
+                try:
+                    grpc.channel_ready_future(self._channel).result(timeout=pause)
+                except grpc.FutureTimeoutError:
+                    pass
+                else:
+                    broken = False
+                    delay, deadline = 0.2, time.monotonic() + max_reconnect_s
+                    on_reconnect(None)
+                pause -= time.monotonic() - started
+            time.sleep(max(pause, 0.0))
             delay = min(delay * 2, 5.0)
+
+
+def _platform_error(error: grpc.RpcError) -> PlatformError:
+    """The `PlatformError` of a failed call, to pass on rather than raise."""
+    try:
+        raise_platform_error(error)
+    except PlatformError as platform_error:
+        return platform_error
 
 
 def _event(response: jobs_pb2.SubscribeTelemetryResponse) -> TelemetryEvent:
