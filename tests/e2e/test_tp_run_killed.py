@@ -84,3 +84,58 @@ def test_an_open_logger_keeps_a_quiet_job_running_and_a_closed_one_does_not(tmp_
         wait_until(lambda: backend.job_status(job_id) == "FAILED", 30, "the job of the closed logger FAILED")
     finally:
         backend.close()
+
+
+def test_a_resume_after_the_lease_failed_the_job_delivers_the_lines_and_says_the_status_was_refused(
+    tmp_path: Path,
+) -> None:
+    # `tp run` kept its last lines and final status (backend down as the command ended); the backend came back, and
+    # nobody vouched for the job for TP_REPORTER_TIMEOUT_S, so it failed it. A later --resume must not claim that
+    # the job is COMPLETED.
+    backend = _backend(tmp_path)
+    try:
+        go_on = tmp_path / "go-on"
+        path = script(
+            tmp_path,
+            "outage.py",
+            f"""
+            import os, time
+            print("line 1", flush=True)
+            while not os.path.exists({str(go_on)!r}):
+                time.sleep(0.05)
+            print("line 2", flush=True)
+            """,
+        )
+        env = {**tp_env(backend, tmp_path), "TP_RUN_DELIVERY_TIMEOUT_S": "1"}
+        process = subprocess.Popen(
+            [TP, "--backend", backend.address, "run", "--", sys.executable, path],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "line 1"
+            backend.stop()
+            go_on.touch()
+            _, stderr = process.communicate(timeout=150)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        job_id = job_of(stderr)
+        resume = next(line for line in stderr.splitlines() if "--resume" in line).split("deliver them with: ")[1]
+        backend.start()
+        wait_until(lambda: backend.job_status(job_id) == "FAILED", 30, "the lease to fail the silent job")
+        delivered = subprocess.run(
+            [TP, *resume.split()[1:]], capture_output=True, text=True, env=tp_env(backend, tmp_path), timeout=120
+        )
+        assert delivered.returncode == 0, delivered.stderr
+        _, logs = read_job(backend, job_id)
+        assert "line 2" in [line.message for line in logs]  # the lines are still stored (the token's grace)
+        assert "everything delivered; COMPLETED" not in delivered.stderr, delivered.stderr
+        assert "the job had already ended FAILED" in delivered.stderr, delivered.stderr
+        assert "refused" in delivered.stderr and "COMPLETED" in delivered.stderr, delivered.stderr
+    finally:
+        backend.close()

@@ -626,20 +626,32 @@ def _pending_words(pending_logs: int, spool: Path) -> list[str]:
     return what
 
 
-def _deliver_spool(job_id: str, address: str, token: str, directory: Path, timeout: float) -> bool:
+def _deliver_spool(job_id: str, address: str, token: str, directory: Path, timeout: float) -> tuple[bool, int]:
     """Replays a spool of the job (a logger of it delivers what an earlier one left) for up to `timeout` seconds;
-    removes it once everything is delivered. Returns whether it was."""
+    removes it once everything is delivered. Returns whether it was, and how many of its calls (a status) the backend
+    refused for good."""
     try:
         logger = TrainingLogger(job_id, backend_address=address, token=token, spool_dir=directory)
     except (SpoolLockedError, ValueError, OSError) as error:
         _say(f"cannot deliver {directory}: {error}")
-        return False
+        return False, 0
     report = logger.close(timeout)
     if report.pending_logs or report.pending_metrics or report.calls_pending or report.error is not None:
-        return False
+        return False, report.calls_failed
     with contextlib.suppress(SpoolLockedError, ValueError, OSError):
         Spool(directory, job_id, logger.settings.spool_max_bytes, logger.settings.spool_segment_bytes).remove()
-    return True
+    return True, report.calls_failed
+
+
+def _status_now(job_id: str, address: str, token: str) -> str:
+    """The job's status as the backend has it (read with the job's token), or why it could not be read."""
+    try:
+        with JobsClient(address, token) as client:
+            job = client.get_job(job_id)
+    except PlatformError as error:
+        return f"unknown ({error})"
+    reason = f": {job.error_message}" if job.error_message else ""
+    return f"{job.status}{reason}"
 
 
 def resume_delivery(spool: Path, address: str, timeout: float) -> int:
@@ -654,12 +666,12 @@ def resume_delivery(spool: Path, address: str, timeout: float) -> int:
         raise CliError(f"cannot read {spool / RESUME_FILE}: {error}") from None
     deadline = time.monotonic() + timeout
     script_spool = spool.parent / default_spool_dir(job_id).name
-    ok = True
+    ok, refused = True, 0
     if script_spool.exists():  # the script's metrics go before the final status
-        ok = _deliver_spool(job_id, address, token, script_spool, timeout)
+        ok, _ = _deliver_spool(job_id, address, token, script_spool, timeout)
     status = _kept_status(spool)
     if ok:
-        ok = _deliver_spool(job_id, address, token, spool, max(0.0, deadline - time.monotonic()))
+        ok, refused = _deliver_spool(job_id, address, token, spool, max(0.0, deadline - time.monotonic()))
     if not ok:
         _say(f"job {job_id}: the backend at {address} did not take everything yet; still kept in {spool}: run again")
         return 2
@@ -668,6 +680,12 @@ def resume_delivery(spool: Path, address: str, timeout: float) -> int:
         _say(
             f"job {job_id}: delivered; no final status was kept (tp run stopped before the command ended): the job "
             f"stays as it is; `tp cancel {job_id}` ends it"
+        )
+    elif refused:
+        # The job ended meanwhile (cancelled, or failed because nothing vouched for it: TP_REPORTER_TIMEOUT_S).
+        _say(
+            f"job {job_id}: the lines were delivered, but the backend refused the final status {status}: the job had "
+            f"already ended {_status_now(job_id, address, token)}"
         )
     else:
         _say(f"job {job_id}: everything delivered; {status}")
