@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from trainingplatform_dashboard.backend import Backend
 from trainingplatform_dashboard.errors import ApiError, from_platform_error, from_rpc_error
 from trainingplatform_dashboard.fanout import Client, Cursor, FanOut
 from trainingplatform_dashboard.feed import JobsFeed
-from trainingplatform_dashboard.security import COOKIE, SecurityMiddleware, Sessions, unauthorized
+from trainingplatform_dashboard.security import COOKIE, SecurityMiddleware, Session, Sessions, unauthorized
 from trainingplatform_dashboard.settings import Settings
 from trainingplatform_dashboard.sse import EventStream
 
@@ -401,6 +401,12 @@ async def get_logs(request: Request) -> Response:
 # --- event streams --------------------------------------------------------------------------------------------
 
 
+def _session_end(request: Request) -> Callable[[], float]:
+    """When the request's session ends (0 once dropped): an event stream ends with it."""
+    session: Session = request.scope["state"]["session"]
+    return lambda: session.expires
+
+
 async def job_events(request: Request) -> Response:
     """GET /api/jobs/{id}/events[?after=cursor] (Last-Event-ID wins): the job's telemetry as Server-Sent Events."""
     dashboard, backend, fanout, _ = _parts(request)
@@ -430,14 +436,14 @@ async def job_events(request: Request) -> Response:
             task.cancel()
         fanout.detach(client)
 
-    return EventStream(client, dashboard.settings.ping_interval_s, close)
+    return EventStream(client, dashboard.settings.ping_interval_s, close, _session_end(request))
 
 
 async def jobs_events(request: Request) -> Response:
     """GET /api/events/jobs: `event: job` for every job that appears or changes (one poll for every tab)."""
     dashboard, _, _, feed = _parts(request)
     client = feed.follow()
-    return EventStream(client, dashboard.settings.ping_interval_s, lambda: feed.unfollow(client))
+    return EventStream(client, dashboard.settings.ping_interval_s, lambda: feed.unfollow(client), _session_end(request))
 
 
 # --- changes --------------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class Sessions:
         if len(self._sessions) >= _MAX_SESSIONS:
             self._sessions = {k: s for k, s in self._sessions.items() if s.expires > now}
             while len(self._sessions) >= _MAX_SESSIONS:
-                self._sessions.pop(next(iter(self._sessions)))
+                self._sessions.pop(next(iter(self._sessions))).expires = 0.0  # its event streams end
         cookie = secrets.token_urlsafe(32)
         session = Session(csrf_token=secrets.token_urlsafe(32), expires=now + self._ttl_s)
         self._sessions[cookie] = session

@@ -4,12 +4,17 @@ A browser that stops reading is never waited for: while a chunk is being sent, t
 client, and when the client overflows (its queue passed its bound because the socket accepts nothing) the
 connection is dropped at once. The browser's EventSource then reconnects with the id of the last event it received
 and resumes from there, so nothing is lost; meanwhile no other browser and no backend subscription waited for it.
+
+A stream lives no longer than its session: when the session expires (or is dropped) the stream sends
+`event: session_ended` and completes, within a chunk or at the expiry time, however busy or quiet the job is (the
+browser's reconnect then gets a 401).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 from starlette.responses import Response
@@ -20,16 +25,28 @@ from trainingplatform_dashboard.fanout import Client
 __all__ = ["EventStream"]
 
 _HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
+SESSION_ENDED = (
+    b'event: session_ended\ndata: {"error":{"code":"UNAUTHENTICATED","message":'
+    b'"your session has ended: open the login URL again","field":null}}\n\n'
+)
 
 
 class EventStream(Response):
     """text/event-stream of one `Client` until it is closed (end of the job: the response completes), overflows
-    (too slow: the connection is dropped) or the browser goes away. `on_close` runs once, whatever the end."""
+    (too slow: the connection is dropped), the session ends (`expires()`: the session's end, time.time() seconds;
+    0 once it was dropped) or the browser goes away. `on_close` runs once, whatever the end."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, client: Client, ping_s: float, on_close: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        client: Client,
+        ping_s: float,
+        on_close: Callable[[], None],
+        expires: Callable[[], float] | None = None,
+    ) -> None:
         self.client = client
+        self.expires = expires
         self.ping_s = ping_s
         self.on_close = on_close
         self.status_code = 200
@@ -71,6 +88,9 @@ class EventStream(Response):
             client.wake.clear()
             if self._gone:
                 return False
+            left = self._session_left()
+            if left <= 0:
+                return await self._send(send, SESSION_ENDED)
             if client.queue:
                 if not await self._send(send, client.take()):
                     return False
@@ -80,10 +100,16 @@ class EventStream(Response):
             if client.overflowed:
                 return False
             try:
-                await asyncio.wait_for(client.wake.wait(), timeout=self.ping_s)
+                await asyncio.wait_for(client.wake.wait(), timeout=min(self.ping_s, left))
             except TimeoutError:
-                if not await self._send(send, b": ping\n\n"):
+                if self._session_left() > 0 and not await self._send(send, b": ping\n\n"):
                     return False
+
+    def _session_left(self) -> float:
+        """Seconds until the session ends (infinite without a session to watch)."""
+        if self.expires is None:
+            return float("inf")
+        return self.expires() - time.time()
 
     async def _send(self, send: Send, chunk: bytes) -> bool:
         """Sends one chunk; gives up (False) when the client overflows or leaves while the socket is full."""

@@ -68,10 +68,22 @@ export async function api(path, { method = "GET", body } = {}) {
   }
   if (!response.ok) {
     const error = new ApiError(response.status, payload);
-    if (response.status === 401) showBanner("Your session has ended: open the login URL that `tp up` (or tp-dashboard) printed.");
+    if (response.status === 401) showBanner(SESSION_ENDED);
     throw error;
   }
   return payload;
+}
+
+export const SESSION_ENDED = "Your session has ended: open the login URL that `tp up` (or tp-dashboard) printed.";
+
+/** An event stream ends with its session (`event: session_ended`): stop it (a reconnect would only get a 401) and
+ * say so. */
+export function endWithSession(events) {
+  events.addEventListener("session_ended", () => {
+    events.close();
+    document.body.dataset.live = "false";
+    showBanner(SESSION_ENDED);
+  });
 }
 
 /** A message strip at the top of the page (errors, a lost session, the backend being down). */

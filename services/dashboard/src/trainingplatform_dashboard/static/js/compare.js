@@ -6,6 +6,7 @@ import {
   TERMINAL,
   api,
   el,
+  endWithSession,
   flatten,
   formatAge,
   formatSpecValue,
@@ -196,6 +197,7 @@ async function compare(jobsBox) {
   stores.forEach((store, i) => {
     if (TERMINAL.has(jobs[i].status)) return;
     const events = new EventSource(`/api/jobs/${encodeURIComponent(store.jobId)}/events?after=m${store.lastSequence}`);
+    endWithSession(events);
     events.addEventListener("metrics", (e) => {
       for (const key of store.append(JSON.parse(e.data).points || [])) dirty.add(key);
       if (frame === null) frame = requestAnimationFrame(redraw);

@@ -9,6 +9,7 @@ import {
   api,
   clearBanner,
   el,
+  endWithSession,
   flatten,
   formatDuration,
   formatSpecValue,
@@ -314,6 +315,7 @@ logList.addEventListener("scroll", () => {
 
 function follow(lastSequence) {
   events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events?after=m${lastSequence}`);
+  endWithSession(events);
   events.addEventListener("open", () => {
     document.body.dataset.live = "true";
     clearBanner();

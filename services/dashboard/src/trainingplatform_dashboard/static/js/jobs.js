@@ -6,6 +6,7 @@ import {
   api,
   clearBanner,
   el,
+  endWithSession,
   formatAge,
   formatDuration,
   formatValue,
@@ -207,6 +208,7 @@ moreButton.addEventListener("click", () => {
 
 function follow() {
   const events = new EventSource("/api/events/jobs");
+  endWithSession(events);
   events.addEventListener("job", (event) => upsert(JSON.parse(event.data)));
   events.addEventListener("open", () => {
     document.body.dataset.live = "true";

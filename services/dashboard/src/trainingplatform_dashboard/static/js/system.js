@@ -1,7 +1,18 @@
 // System metrics of one job: the `system/` keys the SDK samples (CPU, memory, GPU where present), live.
 
 import { JobCharts, SeriesStore, maxPointsFor } from "./charts.js";
-import { TERMINAL, api, clearBanner, el, header, jobName, renderError, showBanner, statusBadge } from "./common.js";
+import {
+  TERMINAL,
+  api,
+  clearBanner,
+  el,
+  endWithSession,
+  header,
+  jobName,
+  renderError,
+  showBanner,
+  statusBadge,
+} from "./common.js";
 
 const main = document.getElementById("main");
 const jobId = decodeURIComponent(location.pathname.split("/")[2] || "");
@@ -48,6 +59,7 @@ async function start() {
   charts.renderAll();
   if (TERMINAL.has(job.status)) return;
   const events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events?after=m${store.lastSequence}`);
+  endWithSession(events);
   events.addEventListener("open", clearBanner);
   events.addEventListener("metrics", (e) => charts.append(JSON.parse(e.data).points || []));
   events.addEventListener("status", (e) => status.replaceChildren(statusBadge(JSON.parse(e.data).status)));
