@@ -269,6 +269,16 @@ def test_jobs_limit_below_one_is_refused(seeded: Seeded, value: str):
     assert "--limit" in result.stderr and "at least 1" in result.stderr
 
 
+def test_jobs_cut_by_the_limit_says_so_on_stderr_only(seeded: Seeded):
+    # The seeded backend holds 3 jobs: --limit 2 cuts the listing, --limit 3 does not.
+    cut = seeded.tp("jobs", "--limit", "2")
+    assert cut.returncode == 0, cut.stderr
+    assert len(cut.stdout.splitlines()) == 3  # the header and 2 jobs: stdout stays the table
+    assert cut.stderr == "tp: showing the 2 newest jobs; more exist (--limit N)\n"
+    whole = seeded.tp("jobs", "--limit", "3")
+    assert whole.returncode == 0 and whole.stderr == "" and len(whole.stdout.splitlines()) == 4
+
+
 def test_gc_keep_negative_is_refused_and_zero_keeps_none(seeded: Seeded, tmp_path: Path):
     result = seeded.tp("--data-dir", str(tmp_path), "gc", "--keep", "-1", "--dry-run")
     assert result.returncode == 2 and result.stdout == ""

@@ -288,8 +288,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         listed: list[Job] = []
+        more = False
         for job in client.list_jobs(statuses=args.status or (), framework=args.framework or ""):
             if len(listed) >= args.limit:
+                more = True
                 break
             listed.append(job)
         print(f"{'JOB':36}  {'NAME':20}  {'STATUS':9}  {'FRAMEWORK':11}  {'MODEL':18}  CREATED")
@@ -300,6 +302,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 f"{job.job_id:36}  {cell(name, 20)}  {job.status:9}  {cell(job.framework, 11)}  {cell(job.model, 18)}  "
                 f"{created}"
             )
+        if more:  # on stderr: a pipe gets the table and nothing else
+            sys.stdout.flush()
+            shown = "the newest job" if args.limit == 1 else f"the {args.limit} newest jobs"
+            safe_write(sys.stderr, f"tp: showing {shown}; more exist (--limit N)\n")
     return 0
 
 
@@ -586,7 +592,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"filter by status: {', '.join(JOB_STATUS_NAMES)} (repeatable)",
     )
     jobs.add_argument("--framework", help="only this framework's jobs")
-    jobs.add_argument("--limit", type=_at_least(1), default=50, help="list at most this many (at least 1)")
+    jobs.add_argument(
+        "--limit",
+        type=_at_least(1),
+        default=50,
+        help="list at most this many (at least 1); a listing cut short says so on stderr",
+    )
     jobs.set_defaults(run=cmd_jobs)
 
     for name, function, text in (
