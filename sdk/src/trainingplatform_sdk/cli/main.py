@@ -661,6 +661,25 @@ def build_parser() -> argparse.ArgumentParser:
 _UNREACHABLE = ("failed to connect", "connection refused", "dns resolution", "connect failed", "deadline exceeded")
 
 
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "RECORD_TOO_LARGE")
+"""OpenSSL's reasons for a handshake whose peer answered, but not in TLS (a plaintext gRPC server answers an
+https:// client's hello with an HTTP/2 frame)."""
+
+
+def _handshake_failed(address: str, message: str) -> str:
+    """The line for a backend that answered but whose TLS handshake failed (gRPC says "failed to connect", which
+    read as "no backend answers")."""
+    reason = re.search(r"OPENSSL_internal:([A-Z0-9_]+)", message)
+    why = f" ({reason.group(1)})" if reason else ""
+    if reason and reason.group(1) in _NOT_TLS:
+        return f"the TLS handshake with {address} failed{why}: the server may not speak TLS; try without https://"
+    return (
+        f"the TLS handshake with {address} failed{why}: check that TP_TLS_CA_FILE holds the CA of its certificate "
+        f"(and, for mutual TLS, TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE); a server that may not speak "
+        f"TLS: try without https://"
+    )
+
+
 def _error_line(error: BaseException) -> str:
     """One line for an error; a backend that does not answer gets a hint to run `tp up`, a refused token names
     where it came from."""
@@ -669,6 +688,8 @@ def _error_line(error: BaseException) -> str:
             (error.details or str(error)).splitlines()[0] if (error.details or str(error)) else type(error).__name__
         )
         connection = _connection
+        if connection is not None and isinstance(error, UnavailableError) and "handshake failed" in message.lower():
+            return _handshake_failed(connection.address, message)
         if (
             connection is not None
             and isinstance(error, UnavailableError)
