@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
@@ -59,17 +60,40 @@ def printable(text: str, continuation: str | None = None) -> str:
     return _UNSAFE.sub(escape, text)
 
 
+def _char_width(char: str) -> int:
+    """The terminal columns one character takes: 0 for a combining mark, a format character (zero-width space,
+    joiner) or a variation selector, 2 for an East Asian wide or fullwidth one (CJK, most emoji), else 1."""
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf") or "\ufe00" <= char <= "\ufe0f":
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def display_width(text: str) -> int:
+    """The terminal columns `text` takes (`_char_width` of each character)."""
+    return sum(_char_width(char) for char in text)
+
+
 def cell(text: str, width: int, out: TextIO = sys.stdout) -> str:
-    """`text` in a table column `width` wide: `printable` (a tab escaped too), padded, or cut to end in '…' so that
-    the cut shows ('~' where `out` cannot encode '…'). No bidi override reaches the row: it is escaped."""
+    """`text` in a table column `width` terminal columns wide (`display_width`: a CJK character or an emoji takes
+    two, a combining mark none): `printable` (a tab escaped too), padded, or cut to end in '…' so that the cut
+    shows ('~' where `out` cannot encode '…'). A cut never parts a combining mark from its base character. No bidi
+    override reaches the row: it is escaped."""
     text = printable(text).replace("\t", "\\t")
-    if len(text) > width:
+    used = display_width(text)
+    if used > width:
         try:
             mark = "…" if "…".encode(out.encoding or "ascii") else "~"
         except (LookupError, UnicodeEncodeError, AttributeError):
             mark = "~"
-        text = text[: width - 1] + mark
-    return f"{text:{width}}"
+        kept, used = [], 0
+        for char in text:
+            columns = _char_width(char)
+            if columns and used + columns > width - 1:
+                break  # the next base character does not fit; its marks go with it
+            kept.append(char)
+            used += columns
+        text, used = "".join(kept) + mark, used + 1
+    return text + " " * (width - used)
 
 
 def clock(wall_time: float) -> str:
