@@ -67,6 +67,9 @@ class Backend:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.max_pings_without_data", 0),
+                # A backend that comes back is found within seconds (gRPC's default backoff grows to 120 s).
+                ("grpc.initial_reconnect_backoff_ms", 500),
+                ("grpc.max_reconnect_backoff_ms", 3000),
             ],
         )
         self.stub = jobs_pb2_grpc.JobsServiceStub(self._channel)

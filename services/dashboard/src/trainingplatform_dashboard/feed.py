@@ -4,6 +4,10 @@ While at least one browser follows /api/events/jobs, the feed polls the newest 5
 and sends each job that appeared or changed (status, times, name, latest metric) to every follower. A follower
 first receives every job of the last poll, so a page that reconnects is whole again.
 
+While ListJobs fails, the followers keep the jobs of the last good poll and receive `event: backend`
+{"reachable": false, "since": ISO time, "message"} (a new follower first), then {"reachable": true} once a poll
+succeeds again: the page says that what it shows is stale.
+
 The latest metric of a job (the jobs page's "latest key metric") comes from GetMetricSeries with one bucket per
 key; it is read again only when the job's metric cursor moved, at most every `LATEST_REFRESH_S` per job, and never
 again once the job has ended.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 from collections.abc import Iterable
@@ -82,6 +87,9 @@ class JobsFeed:
         """Job id -> the JSON last sent (without the duration, which changes every second)."""
         self.jobs: dict[str, dict[str, Any]] = {}
         self.polls_total = 0
+        self.unreachable_since: float | None = None
+        """When ListJobs started failing (time.time()), None while it answers."""
+        self.unreachable_message = ""
         self._latest: dict[str, _Latest] = {}
         self._task: asyncio.Task[None] | None = None
         self._idle_since: float | None = None
@@ -144,6 +152,8 @@ class JobsFeed:
         client = Client(cursor=Cursor(), max_events=self.max_events + len(self.jobs))
         for job in self.jobs.values():
             client.queue.append(_job_chunk(job))
+        if self.unreachable_since is not None:
+            client.queue.append(self._backend_chunk())
         client.wake.set()
         self.clients.add(client)
         self._idle_since = None
@@ -168,11 +178,40 @@ class JobsFeed:
                     await self.poll()
                 except grpc.aio.AioRpcError as error:
                     _LOG.warning("jobs feed: ListJobs failed: %s", error.code().name)
+                    self._unreachable(f"{error.code().name}: {error.details() or ''}".strip(": "))
                 except Exception:
                     _LOG.exception("jobs feed: poll failed")
+                else:
+                    self._reachable()
                 await asyncio.sleep(max(0.05, self.poll_interval_s - (time.monotonic() - started)))
         except asyncio.CancelledError:
             pass
+
+    def _backend_chunk(self) -> bytes:
+        if self.unreachable_since is None:
+            data: dict[str, Any] = {"reachable": True}
+        else:
+            since = datetime.datetime.fromtimestamp(self.unreachable_since, datetime.UTC)
+            data = {"reachable": False, "since": since.isoformat(), "message": self.unreachable_message[:300]}
+        return f"event: backend\ndata: {convert.dumps(data)}\n\n".encode()
+
+    def _unreachable(self, message: str) -> None:
+        if self.unreachable_since is None:
+            self.unreachable_since = time.time()
+            self.unreachable_message = message
+            self._broadcast(self._backend_chunk())
+
+    def _reachable(self) -> None:
+        if self.unreachable_since is not None:
+            self.unreachable_since = None
+            self._broadcast(self._backend_chunk())
+
+    def _broadcast(self, chunk: bytes) -> None:
+        for client in tuple(self.clients):
+            client.queue.append(chunk)
+            if len(client.queue) > client.max_events:
+                client.overflowed = True
+            client.wake.set()
 
     async def poll(self) -> None:
         """One ListJobs; sends what changed to every follower."""
@@ -186,12 +225,7 @@ class JobsFeed:
             signature = convert.dumps({**data, "duration_s": None})
             if self.snapshot.get(job.job_id) != signature:
                 self.snapshot[job.job_id] = signature
-                chunk = _job_chunk(data)
-                for client in tuple(self.clients):
-                    client.queue.append(chunk)
-                    if len(client.queue) > client.max_events:
-                        client.overflowed = True
-                    client.wake.set()
+                self._broadcast(_job_chunk(data))
                 metrics.count_events_sent("job", len(self.clients))
         for gone in set(self.snapshot) - set(seen):
             del self.snapshot[gone]

@@ -402,14 +402,26 @@ async function start() {
     renderError(main, new Error("No job id in the address."));
     return;
   }
-  try {
-    detail = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
-  } catch (error) {
-    if (error instanceof ApiError && error.status === 404) {
-      renderError(main, new Error(`No job ${jobId}.`));
-    } else renderError(main, error);
-    return;
+  // While the backend (or the dashboard) is unreachable, say so and try again by itself, backing off to 10 s.
+  for (let delay = 1000; ; delay = Math.min(delay * 2, 10000)) {
+    try {
+      detail = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
+      break;
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 404) {
+        renderError(main, new Error(`No job ${jobId}.`));
+        return;
+      }
+      if (error instanceof ApiError && error.status < 500) {
+        renderError(main, error);
+        return;
+      }
+      renderError(main, new Error(`${error.message} (trying again in ${delay / 1000} s)`));
+      document.body.dataset.retrying = "true";
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
   }
+  delete document.body.dataset.retrying;
   job = detail.job;
   for (const event of detail.status_events || []) addStatusEvent(event);
   for (const summary of detail.epoch_summaries || []) summaries.set(summary.epoch, summary);

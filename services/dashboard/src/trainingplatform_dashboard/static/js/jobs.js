@@ -3,12 +3,14 @@
 // come with "Load more", and a search or filter is answered by the server over every job, however old.
 
 import {
+  ApiError,
   api,
   clearBanner,
   el,
   endWithSession,
   formatAge,
   formatDuration,
+  formatTime,
   formatValue,
   header,
   jobDuration,
@@ -30,7 +32,20 @@ const state = {
   frameworks: new Set(),
   next: "", // the page token of the older jobs of the current filters ("" once every job is loaded)
   loading: false,
+  unreachable: null, // {since, message} while the backend is unreachable: the rows are the last known ones
 };
+
+/** Says that the rows are stale while the backend is unreachable (from the feed, or a failed load). */
+function showStale() {
+  document.body.dataset.stale = state.unreachable ? "true" : "false";
+  if (!state.unreachable) return;
+  const since = state.unreachable.since ? ` since ${formatTime(state.unreachable.since)}` : "";
+  const why = state.unreachable.message ? ` (${state.unreachable.message})` : "";
+  showBanner(
+    `The backend is unreachable${since}${why}: the list shows what the dashboard last knew and updates again once it is back.`,
+    "warning",
+  );
+}
 
 const statusSelect = el(
   "select",
@@ -172,6 +187,7 @@ function filters() {
 }
 
 let generation = 0;
+let retryTimer = null;
 
 /** The newest page of the current filters (`more`: the next older page instead). */
 async function load(more = false) {
@@ -184,16 +200,27 @@ async function load(more = false) {
   try {
     const answer = await api(`/api/jobs?${query}`);
     if (mine !== generation) return; // the filters changed meanwhile
+    clearTimeout(retryTimer);
     state.next = answer.next_page_token || "";
     // The filtered answer replaces the jobs that match; jobs seen live stay known for later filter changes.
     for (const job of answer.jobs) {
       addFramework(job.framework);
       state.jobs.set(job.job_id, job);
     }
-    clearBanner();
+    if (!state.unreachable) clearBanner();
     render();
   } catch (error) {
-    if (mine === generation) renderError(tbody, error);
+    if (mine !== generation) return;
+    if (error instanceof ApiError && error.status < 500) {
+      renderError(tbody, error);
+      return;
+    }
+    // The backend (or the dashboard) is unreachable: keep what is shown, say it is stale, try again.
+    if (!state.unreachable) state.unreachable = { since: new Date().toISOString(), message: error.message };
+    showStale();
+    render();
+    clearTimeout(retryTimer);
+    retryTimer = setTimeout(() => load(more), 3000);
   } finally {
     if (mine === generation) {
       state.loading = false;
@@ -210,9 +237,22 @@ function follow() {
   const events = new EventSource("/api/events/jobs");
   endWithSession(events);
   events.addEventListener("job", (event) => upsert(JSON.parse(event.data)));
+  events.addEventListener("backend", (event) => {
+    const backend = JSON.parse(event.data);
+    if (backend.reachable) {
+      const wasStale = state.unreachable !== null;
+      state.unreachable = null;
+      showStale();
+      clearBanner();
+      if (wasStale) load();
+    } else {
+      state.unreachable = { since: backend.since, message: backend.message };
+      showStale();
+    }
+  });
   events.addEventListener("open", () => {
     document.body.dataset.live = "true";
-    clearBanner();
+    if (!state.unreachable) clearBanner();
   });
   events.addEventListener("error", () => {
     document.body.dataset.live = "false";
