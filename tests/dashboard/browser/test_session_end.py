@@ -1,4 +1,5 @@
-"""A job page whose session expires while the job streams: the banner says so at once and the charts stop."""
+"""Sessions in the browser: a job page whose session expires while the job streams says so at once and its charts
+stop; a deep link opened without a session is where the login lands."""
 
 from __future__ import annotations
 
@@ -64,3 +65,23 @@ def test_the_job_page_stops_and_says_so_when_the_session_expires(
         trainer.join(5)
         logger.update_status("COMPLETED")
         logger.close(timeout=15)
+
+
+def test_a_deep_link_opened_before_the_login_is_where_the_login_lands(
+    chromium: Any, stack: Platform, problems: PageProblems
+) -> None:
+    job_id, _ = stack.backend.create_job()
+    assert stack.dashboard is not None
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        problems.watch(page)
+        response = page.goto(f"{stack.url}/jobs/{job_id}")
+        assert response is not None and response.status == 401
+        page.goto(stack.dashboard.login_url)
+        assert page.url == f"{stack.url}/jobs/{job_id}", f"the login landed on {page.url}"
+        assert wait_js(page, "document.getElementById('job-title')?.textContent") == job_id
+        page.goto(f"{stack.dashboard.login_url}&next=//evil.example")
+        assert page.url == f"{stack.url}/"
+    finally:
+        context.close()

@@ -41,7 +41,16 @@ from trainingplatform_dashboard.backend import Backend
 from trainingplatform_dashboard.errors import ApiError, from_platform_error, from_rpc_error
 from trainingplatform_dashboard.fanout import Client, Cursor, FanOut
 from trainingplatform_dashboard.feed import JobsFeed
-from trainingplatform_dashboard.security import COOKIE, SecurityMiddleware, Session, Sessions, unauthorized
+from trainingplatform_dashboard.security import (
+    COOKIE,
+    NEXT_COOKIE,
+    SecurityMiddleware,
+    Session,
+    Sessions,
+    next_from_cookie,
+    safe_next,
+    unauthorized,
+)
 from trainingplatform_dashboard.settings import Settings
 from trainingplatform_dashboard.sse import EventStream
 
@@ -115,12 +124,19 @@ async def _call(coro: Any) -> Any:
 
 
 async def login(request: Request) -> Response:
-    """GET /login?token=T: a new session cookie and a redirect to `/` (the token leaves the address bar)."""
+    """GET /login?token=T[&next=/jobs/x]: a new session cookie and a redirect (the token leaves the address bar) to
+    `next`, else to the page asked for without a session (cookie `tp_next`), else to `/`; only to a path of this
+    dashboard (`safe_next`)."""
     dashboard: Dashboard = request.app.state.dashboard
     if not dashboard.sessions.check_login(request.query_params.get("token", "")):
         return unauthorized("/login", "That login link is not valid (wrong or old token).")
     cookie, _ = dashboard.sessions.create()
-    response = RedirectResponse("/", status_code=303)
+    wanted = request.query_params.get("next")
+    if wanted is None:
+        wanted = next_from_cookie(request.cookies.get(NEXT_COOKIE))
+    response = RedirectResponse(safe_next(wanted), status_code=303)
+    if NEXT_COOKIE in request.cookies:
+        response.delete_cookie(NEXT_COOKIE, path="/login", httponly=True, samesite="lax")
     response.set_cookie(
         COOKIE,
         cookie,

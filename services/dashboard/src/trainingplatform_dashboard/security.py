@@ -3,6 +3,9 @@
 - A browser logs in once with the dashboard's login token (`GET /login?token=...`, the URL `tp up` prints) and gets
   a session cookie `tp_session` (HttpOnly, SameSite=Strict, Path=/), then a redirect to a URL without the token.
 - Every page, static file and API call without a valid session answers 401 (only /login and /healthz are open).
+  A page asked for without a session is remembered for ten minutes (cookie `tp_next`, sent only to /login), and
+  the login then lands on it; `/login?token=...&next=/path` does the same. Only a same-origin relative path is
+  followed (`safe_next`), never another site.
 - A request that changes anything (any method but GET and HEAD) also needs the header `X-CSRF-Token` equal to its
   session's CSRF token (`GET /api/session`), else 403.
 - Every answer carries a Content-Security-Policy without inline script or style, `nosniff` and `no-referrer`.
@@ -16,6 +19,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
@@ -29,9 +33,12 @@ __all__ = [
     "SecurityMiddleware",
     "Session",
     "Sessions",
+    "safe_next",
 ]
 
 COOKIE = "tp_session"
+NEXT_COOKIE = "tp_next"
+_NEXT_TTL_S = 600
 CSRF_HEADER = "x-csrf-token"
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -109,6 +116,35 @@ class Sessions:
         return len(self._sessions)
 
 
+def safe_next(text: str | None) -> str:
+    """`text` when it is a path of this dashboard to go to after the login (`/jobs/x?y=1`), else `/`: never another
+    site (`https://...`, `//host`, `/\\host`), a scheme, control characters or the login itself."""
+    if not text or len(text) > 2000 or not text.startswith("/") or text.startswith("//") or "\\" in text:
+        return "/"
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        return "/"
+    parts = urlsplit(text)
+    if parts.scheme or parts.netloc or parts.path == "/login":
+        return "/"
+    return text
+
+
+def next_from_cookie(value: str | None) -> str | None:
+    """The page remembered by `remember_next`, if any."""
+    return unquote(value) if value else None
+
+
+def remember_next(response: Response, scope: Scope) -> None:
+    """Remembers the page a browser without a session asked for, for the login to land on."""
+    path = scope["path"]
+    if scope["query_string"]:
+        path = f"{path}?{scope['query_string'].decode('latin-1')}"
+    if safe_next(path) == path:
+        response.set_cookie(
+            NEXT_COOKIE, quote(path, safe=""), max_age=_NEXT_TTL_S, path="/login", httponly=True, samesite="lax"
+        )
+
+
 def unauthorized(path: str, reason: str = "You are not logged in.") -> Response:
     """401: JSON for /api/*, else a small page saying how to log in."""
     if path.startswith("/api/"):
@@ -154,7 +190,10 @@ class SecurityMiddleware:
         connection = HTTPConnection(scope)
         session = self.sessions.get(connection.cookies.get(COOKIE))
         if session is None:
-            await unauthorized(path)(scope, receive, send_with_headers)
+            response = unauthorized(path)
+            if scope["method"] == "GET" and not path.startswith(("/api/", "/static/")):
+                remember_next(response, scope)
+            await response(scope, receive, send_with_headers)
             return
         if scope["method"] not in _SAFE_METHODS:
             given = connection.headers.get(CSRF_HEADER, "")
