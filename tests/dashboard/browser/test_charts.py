@@ -112,3 +112,30 @@ def test_system_page_shows_the_system_metrics(page: Any, stack: Platform, tmp_pa
         assert dataset(page, key, "total-points") == "30"
     assert chart(page, "train/loss").count() == 0
     shot(page, tmp_path, "system")
+
+
+def test_non_finite_values_show_in_the_legend_and_the_chart_says_it_cannot_draw_them(
+    page: Any, stack: Platform, tmp_path: Path
+) -> None:
+    job_id, logger = fed_job(stack, tmp_path)
+    logger.update_status("RUNNING")
+    for key, values in (
+        ("train/nan", [math.nan, math.nan]),
+        ("train/inf", [math.inf, math.inf]),
+        ("train/neginf", [-math.inf, -math.inf]),
+        ("train/mixed", [0.5, 0.25, math.inf]),
+    ):
+        for step, value in enumerate(values, start=1):
+            logger.log_metric(key, value, step=step)
+    logger.update_status("COMPLETED")
+    logger.close(timeout=15)
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    for key, shown in (("train/nan", "NaN"), ("train/inf", "∞"), ("train/neginf", "\u2212∞"), ("train/mixed", "∞")):
+        chart(page, key).wait_for()
+        legend = chart(page, key).locator(".legend-value").inner_text()
+        assert legend == shown, f"the legend of {key} shows {legend!r}, not {shown!r}"
+        note = chart(page, key).locator(".chart-note")
+        assert note.is_visible(), f"the chart of {key} says nothing of the values it cannot draw"
+        assert "cannot be drawn" in note.inner_text()
+    assert "every value" in chart(page, "train/nan").locator(".chart-note").inner_text()
+    assert "1 of 3" in chart(page, "train/mixed").locator(".chart-note").inner_text()

@@ -144,25 +144,39 @@ export class SeriesStore {
     return range[0] + (x - epoch) * (range[1] - range[0] + 1);
   }
 
-  /** [x, min, max, last] columns for uPlot from buckets (and raw points after `base`). */
+  /** [x, min, max, last] columns for uPlot from buckets (and raw points after `base`); the table's `shown` holds
+   * each row's last value as it came ("NaN", "Infinity", "-Infinity" included: drawn as gaps, shown as text). */
   table(key, mode, buckets = null, base = null) {
     const entry = this.keys.get(key);
-    if (!entry) return [[], [], [], []];
+    if (!entry) return withShown([[], [], [], []], []);
     const rows = [];
     for (const b of buckets ?? entry.buckets) {
-      rows.push([this.xOf(b.last_step, b.last_epoch, mode), finite(b.min), finite(b.max), finite(b.last)]);
+      rows.push([this.xOf(b.last_step, b.last_epoch, mode), finite(b.min), finite(b.max), finite(b.last), b.last]);
     }
     const after = base ?? entry.base;
     for (const p of entry.raw) {
       if (p.sequence > after) {
         const value = finite(p.value);
-        rows.push([this.xOf(p.step, p.epoch, mode), value, value, value]);
+        rows.push([this.xOf(p.step, p.epoch, mode), value, value, value, p.value]);
       }
     }
     const clean = rows.filter((r) => r[0] !== null && Number.isFinite(r[0]));
     clean.sort((a, b) => a[0] - b[0]);
-    return [0, 1, 2, 3].map((i) => clean.map((r) => r[i]));
+    return withShown(
+      [0, 1, 2, 3].map((i) => clean.map((r) => r[i])),
+      clean.map((r) => r[4]),
+    );
   }
+}
+
+function withShown(table, shown) {
+  table.shown = shown;
+  return table;
+}
+
+/** Whether a value as it came is NaN or ±∞ (a string from the API, or a number). */
+function nonFinite(value) {
+  return value !== null && value !== undefined && finite(value) === null;
 }
 
 /** A y-axis label that fits beside the chart: the key without its prefix, shortened. */
@@ -209,6 +223,7 @@ export class MetricChart {
       }),
       el("span", { class: "legend-note", text: "band: min–max of each bucket" }),
     );
+    this.note = el("p", { class: "chart-note muted small", hidden: true });
     this.zoomNote = el("button", { type: "button", class: "link-button", text: "reset zoom", hidden: true });
     this.zoomNote.addEventListener("click", () => this.resetZoom());
     this.box = el("div", { class: "plot" });
@@ -217,6 +232,7 @@ export class MetricChart {
       { class: "chart", "data-key": title },
       el("figcaption", {}, el("span", { class: "chart-title", text: title }), this.zoomNote),
       this.box,
+      this.note,
       legend,
     );
     parent.append(this.root);
@@ -285,6 +301,25 @@ export class MetricChart {
     if (!this.plot) this.build();
     else this.plot.setData(this.data(), !keepScale);
     this.showCursor(this.plot);
+    this.noteNonFinite();
+  }
+
+  /** Says on the chart how many values are NaN or ±∞: they are gaps in the lines, shown as text in the legend. */
+  noteNonFinite() {
+    let odd = 0;
+    let all = 0;
+    for (const table of this.tables) {
+      const shown = table.shown || [];
+      all += shown.length;
+      odd += shown.filter(nonFinite).length;
+    }
+    this.root.dataset.nonFinite = String(odd);
+    this.note.hidden = odd === 0;
+    if (odd === 0) return;
+    this.note.textContent =
+      odd === all
+        ? "NaN or ±∞: every value of this chart is NaN, ∞ or −∞, which cannot be drawn (the legend shows them)."
+        : `${odd} of ${all} values are NaN, ∞ or −∞ and cannot be drawn: they are gaps (the legend shows them).`;
   }
 
   setLog(log) {
@@ -298,17 +333,21 @@ export class MetricChart {
     if (this.plot) this.build();
   }
 
-  /** Legend values: under the cursor, else the last value of each line. */
+  /** Legend values: under the cursor, else the last value of each line (NaN, ∞ and −∞ as text: they have no
+   * place on the chart). */
   showCursor(u) {
     const idx = u.cursor.idx;
     this.lines.forEach((line, i) => {
-      const column = u.data[3 + i * 3] || [];
+      const table = this.tables[i] || [[]];
+      const shown = table.shown || table[3] || [];
       let value = null;
-      if (idx !== null && idx !== undefined) value = column[idx];
-      else {
-        for (let j = column.length - 1; j >= 0; j--) {
-          if (column[j] !== null && column[j] !== undefined) {
-            value = column[j];
+      if (idx !== null && idx !== undefined) {
+        const row = table[0].indexOf(u.data[0][idx]);
+        if (row >= 0) value = shown[row];
+      } else {
+        for (let j = shown.length - 1; j >= 0; j--) {
+          if (shown[j] !== null && shown[j] !== undefined) {
+            value = shown[j];
             break;
           }
         }
