@@ -139,3 +139,21 @@ def test_non_finite_values_show_in_the_legend_and_the_chart_says_it_cannot_draw_
         assert "cannot be drawn" in note.inner_text()
     assert "every value" in chart(page, "train/nan").locator(".chart-note").inner_text()
     assert "1 of 3" in chart(page, "train/mixed").locator(".chart-note").inner_text()
+
+
+def test_keys_are_grouped_only_by_a_leading_name_not_at_any_slash(page: Any, stack: Platform, tmp_path: Path) -> None:
+    job_id, logger = fed_job(stack, tmp_path)
+    logger.update_status("RUNNING")
+    script = '<script>alert("xss")</script>'
+    for key in (script, "val/top-1/acc", "loss"):
+        logger.log_metric(key, 0.5, step=1)
+    logger.update_status("COMPLETED")
+    logger.close(timeout=15)
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    chart(page, "loss").wait_for()
+    prefixes = page.evaluate("[...document.querySelectorAll('section.chart-section')].map((s) => s.dataset.prefix)")
+    assert script.split("/")[0] not in prefixes, f"a key was grouped at a slash inside it: {prefixes}"
+    assert sorted(prefixes) == ["other", "val"]
+    other = page.locator('section.chart-section[data-prefix="other"]')
+    assert other.locator("figure.chart").count() == 2
+    assert sorted(other.locator("figure.chart .chart-title").all_inner_texts()) == sorted(["loss", script])

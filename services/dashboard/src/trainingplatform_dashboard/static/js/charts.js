@@ -28,10 +28,13 @@ export function maxPointsFor(width) {
   return Math.max(100, Math.min(1000, Math.round(width || 800)));
 }
 
-/** "train/loss" -> "train"; keys without a slash go to "other". */
+const PREFIX = /^([A-Za-z_][A-Za-z0-9_.-]{0,63})\//;
+
+/** "train/loss" -> "train": a key is grouped by its first segment when that looks like a name (letters, digits,
+ * `_`, `.`, `-`); any other key (no slash, or a slash inside something else: `<script>…</script>`) goes to "other". */
 export function prefixOf(key) {
-  const slash = key.indexOf("/");
-  return slash > 0 ? key.slice(0, slash) : "other";
+  const match = PREFIX.exec(key);
+  return match ? match[1] : "other";
 }
 
 /** One job's series, bucketed by the server plus raw live points, with the cursors that keep each point once. */
@@ -181,7 +184,8 @@ function nonFinite(value) {
 
 /** A y-axis label that fits beside the chart: the key without its prefix, shortened. */
 function axisLabel(key) {
-  const name = key.includes("/") ? key.slice(key.indexOf("/") + 1) : key;
+  const prefix = prefixOf(key);
+  const name = prefix !== "other" ? key.slice(prefix.length + 1) : key;
   return name.length > 28 ? `${name.slice(0, 27)}…` : name;
 }
 
