@@ -14,8 +14,8 @@ dispatched in the order they were created, one framework's at a time (`dispatch_
 job that waited longest. When no replica accepts, the job stays QUEUED and the framework's oldest job is tried
 again (backoff from 1 s to 10 s, ended at once when a job ends: its slot may be free, `slot_freed`) until it has
 been QUEUED for `dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s, counted from its creation), then it fails
-with every replica's last reason. A trainer refusing the request itself (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION:
-an unknown model, a missing dataset) fails the job at once with the trainer's message.
+with every replica's last reason. A trainer refusing the request itself (INVALID_ARGUMENT, NOT_FOUND,
+FAILED_PRECONDITION: an unknown model, a missing dataset) fails the job at once with the trainer's message.
 
 Cancel during dispatch: the trainer is recorded under the job's row lock (`Store.set_dispatch`), which also
 returns the job's status; a job cancelled while its trainer was accepting it (CancelJob saw no trainer yet) has
