@@ -138,3 +138,47 @@ def test_list_jobs_filters_and_pages(backend):
 
 def page_token_of(jobs, metadata) -> str:
     return jobs.ListJobs(jobs_pb2.ListJobsRequest(framework="timm", page_size=1), metadata=metadata).next_page_token
+
+
+def test_list_jobs_finds_text_in_the_name_id_or_model_in_every_case_and_pages_with_it(backend):
+    jobs = backend.jobs()
+    internal = auth(backend.internal_token)
+
+    def create(name: str, model: str = "resnet10t") -> str:
+        spec = common_pb2.JobSpec(
+            framework="timm",
+            model=common_pb2.ModelConfig(name=model),
+            dataset=common_pb2.DatasetConfig(name="digits"),
+            training=common_pb2.TrainingConfig(epochs=1),
+        )
+        request = jobs_pb2.CreateJobRequest(spec=spec, display_name=name, dispatch=False)
+        return jobs.CreateJob(request, metadata=internal).job.job_id
+
+    sweep = [create(f"LR sweep {i}") for i in range(3)]
+    other = create("baseline", model="efficientnet_b0")
+    literal = create("100% _done_")
+
+    def found(text: str, page_size: int = 0) -> list[str]:
+        seen, token = [], ""
+        while True:
+            request = jobs_pb2.ListJobsRequest(text=text, page_size=page_size, page_token=token)
+            page = jobs.ListJobs(request, metadata=internal)
+            seen += [job.job_id for job in page.jobs]
+            if not (token := page.next_page_token):
+                return seen
+
+    assert found("lr SWEEP", page_size=2) == list(reversed(sweep))  # paged with the filter, newest first
+    assert found("EfficientNet") == [other]
+    assert found(other[4:20]) == [other]  # part of the job id
+    assert found("0% _") == [literal] and found("%") == [literal] and found("_d") == [literal]
+    assert found("nothing like it") == []
+    # A page token is bound to its filter.
+    first = jobs.ListJobs(jobs_pb2.ListJobsRequest(text="sweep", page_size=1), metadata=internal)
+    with pytest.raises(grpc.RpcError) as refused:
+        jobs.ListJobs(jobs_pb2.ListJobsRequest(text="baseline", page_token=first.next_page_token), metadata=internal)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for bad in ("x" * 251, "a\x1bb"):
+        with pytest.raises(grpc.RpcError) as refused:
+            jobs.ListJobs(jobs_pb2.ListJobsRequest(text=bad), metadata=internal)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "text" in refused.value.details()

@@ -279,6 +279,17 @@ def test_jobs_cut_by_the_limit_says_so_on_stderr_only(seeded: Seeded):
     assert whole.returncode == 0 and whole.stderr == "" and len(whole.stdout.splitlines()) == 4
 
 
+def test_jobs_search_lists_the_jobs_whose_name_id_or_model_holds_the_text(seeded: Seeded):
+    found = seeded.tp("jobs", "--search", "PLOTTED")
+    assert found.returncode == 0, found.stderr
+    rows = found.stdout.splitlines()[1:]
+    assert len(rows) == 1 and rows[0].startswith(seeded.job_id), found.stdout
+    by_id = seeded.tp("jobs", "--search", seeded.job_id[:8])
+    assert [row.split()[0] for row in by_id.stdout.splitlines()[1:]] == [seeded.job_id], by_id.stdout
+    none = seeded.tp("jobs", "--search", "no job is named like this")
+    assert none.returncode == 0 and none.stdout.splitlines()[1:] == []
+
+
 def test_gc_keep_negative_is_refused_and_zero_keeps_none(seeded: Seeded, tmp_path: Path):
     result = seeded.tp("--data-dir", str(tmp_path), "gc", "--keep", "-1", "--dry-run")
     assert result.returncode == 2 and result.stdout == ""

@@ -289,7 +289,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         listed: list[Job] = []
         more = False
-        for job in client.list_jobs(statuses=args.status or (), framework=args.framework or ""):
+        for job in client.list_jobs(statuses=args.status or (), framework=args.framework or "", text=args.search):
             if len(listed) >= args.limit:
                 more = True
                 break
@@ -592,6 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"filter by status: {', '.join(JOB_STATUS_NAMES)} (repeatable)",
     )
     jobs.add_argument("--framework", help="only this framework's jobs")
+    jobs.add_argument(
+        "--search", default="", metavar="TEXT", help="only jobs whose name, id or model contains TEXT (any case)"
+    )
     jobs.add_argument(
         "--limit",
         type=_at_least(1),

@@ -407,8 +407,11 @@ class JobsClient(Client):
         response = self._call(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
         return _job(response.job, response.status_events)
 
-    def list_jobs(self, *, statuses: Sequence[str] = (), framework: str = "", page_size: int = 100) -> Iterator[Job]:
-        """Every job, newest first, optionally filtered; pages are fetched as the iterator advances.
+    def list_jobs(
+        self, *, statuses: Sequence[str] = (), framework: str = "", text: str = "", page_size: int = 100
+    ) -> Iterator[Job]:
+        """Every job, newest first, optionally filtered (`text`: in the display name, job id or model name, ASCII
+        letters in any case); pages are fetched as the iterator advances.
 
         Raises:
             ValueError: a status that is not one of JOB_STATUS_NAMES (any case); the message lists them.
@@ -418,7 +421,9 @@ class JobsClient(Client):
         while True:
             page = self._call(
                 self._stub.ListJobs,
-                jobs_pb2.ListJobsRequest(statuses=values, framework=framework, page_size=page_size, page_token=token),
+                jobs_pb2.ListJobsRequest(
+                    statuses=values, framework=framework, text=text, page_size=page_size, page_token=token
+                ),
             )
             yield from (_job(j) for j in page.jobs)
             token = page.next_page_token

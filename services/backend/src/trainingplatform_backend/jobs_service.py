@@ -140,25 +140,26 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:
         check_text(request.framework, "framework", limits.MAX_SHORT_NAME_CHARS)
+        check_text(request.text, "text", limits.MAX_NAME_CHARS)
         size = convert.page_size(request.page_size, default=limits.DEFAULT_JOBS_PAGE, maximum=limits.MAX_JOBS_PAGE)
         statuses = sorted({statemachine.status_name(s) for s in request.statuses})
-        scope = _scope("jobs", statuses, request.framework)
+        scope = _scope("jobs", statuses, request.framework, request.text)
         after = None
         if request.page_token:
             created, pk = self._page_tokens.position(request.page_token, scope=scope, length=2)
             after = (convert.micros_to_time(created), pk)
-        jobs, last = await self._backend.run(self._jobs_page, statuses, request.framework, size, after)
+        jobs, last = await self._backend.run(self._jobs_page, statuses, request.framework, request.text, size, after)
         token = "" if last is None else self._page_tokens.issue(scope, (convert.time_to_micros(last[0]), last[1]))
         return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     def _jobs_page(
-        self, statuses: list[str], framework: str, size: int, after: tuple[dt.datetime, int] | None
+        self, statuses: list[str], framework: str, text: str, size: int, after: tuple[dt.datetime, int] | None
     ) -> tuple[list[jobs_pb2.Job], tuple[dt.datetime, int] | None]:
         """A byte-bounded page of jobs (worker thread), each whole or, when it alone is too large, trimmed."""
         store = self._backend.store
         return convert.bounded_page(
             lambda position, limit: store.list_jobs(
-                statuses=statuses, framework=framework, limit=limit, after=position
+                statuses=statuses, framework=framework, text=text, limit=limit, after=position
             ),
             lambda views: [convert.job_within(convert.job_to_proto(view), self._page_bytes) for view in views],
             lambda view: (view.job.created_at, view.job.id),

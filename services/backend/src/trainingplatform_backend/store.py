@@ -392,14 +392,26 @@ class Store:
         return JobView(job, artifacts, (cursors.get(METRICS_STREAM, 0), cursors.get(LOGS_STREAM, 0)), events)
 
     def list_jobs(
-        self, *, statuses: Sequence[str], framework: str, limit: int, after: tuple[dt.datetime, int] | None
+        self,
+        *,
+        statuses: Sequence[str],
+        framework: str,
+        limit: int,
+        after: tuple[dt.datetime, int] | None,
+        text: str = "",
     ) -> list[JobView]:
-        """Jobs newest first (by creation time, then id), after the keyset position `after`."""
+        """Jobs newest first (by creation time, then id), after the keyset position `after`; with `text`, only those
+        whose display name, job id or model name contains it (ASCII letters in any case; `%` and `_` literal)."""
         query = select(Job)
         if statuses:
             query = query.where(Job.status.in_(list(statuses)))
         if framework:
             query = query.where(Job.framework == framework)
+        if text:
+            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            query = query.where(
+                or_(*(column.ilike(pattern, escape="\\") for column in (Job.display_name, Job.job_id, Job.model_name)))
+            )
         if after is not None:
             created, pk = after
             query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < pk)))

@@ -158,14 +158,21 @@ class Backend:
         return jobs[:limit]
 
     async def list_jobs_page(
-        self, *, statuses: tuple[int, ...] = (), framework: str = "", page_size: int, page_token: str = ""
+        self,
+        *,
+        statuses: tuple[int, ...] = (),
+        framework: str = "",
+        text: str = "",
+        page_size: int,
+        page_token: str = "",
     ) -> jobs_pb2.ListJobsResponse:
-        """One ListJobs page with the read token (newest first)."""
+        """One ListJobs page with the read token (newest first; `text`: in the name, id or model, any case)."""
         return await self._unary_call(
             self.stub.ListJobs,
             jobs_pb2.ListJobsRequest(
                 statuses=list(statuses),  # type: ignore[arg-type]
                 framework=framework,
+                text=text,
                 page_size=page_size,
                 page_token=page_token,
             ),

@@ -100,16 +100,18 @@ class GetJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., status_events: _Optional[_Iterable[_Union[StatusEvent, _Mapping]]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("statuses", "framework", "page_size", "page_token")
+    __slots__ = ("statuses", "framework", "page_size", "page_token", "text")
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     statuses: _containers.RepeatedScalarFieldContainer[_common_pb2.JobStatus]
     framework: str
     page_size: int
     page_token: str
-    def __init__(self, statuses: _Optional[_Iterable[_Union[_common_pb2.JobStatus, str]]] = ..., framework: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    text: str
+    def __init__(self, statuses: _Optional[_Iterable[_Union[_common_pb2.JobStatus, str]]] = ..., framework: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_page_token")

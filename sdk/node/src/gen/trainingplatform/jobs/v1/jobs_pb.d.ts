@@ -363,6 +363,14 @@ export declare type ListJobsRequest = Message<"trainingplatform.jobs.v1.ListJobs
    * @generated from field: string page_token = 4;
    */
   pageToken: string;
+
+  /**
+   * Only jobs whose display name, job id or model name contains this text, ignoring the case of ASCII letters
+   * (`%` and `_` are plain characters); empty means all. At most 250 characters, no control characters.
+   *
+   * @generated from field: string text = 5;
+   */
+  text: string;
 };
 
 /**
