@@ -8,6 +8,7 @@ Real services: `tp-trainer-timm` (running the FakeAdapter, so the accepted specs
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -230,3 +231,24 @@ def test_create_job_asks_a_trainer(timm: TrainerProcess, tmp_path: Path) -> None
         assert accepted.job.status == common_pb2.JOB_STATUS_QUEUED
     finally:
         backend.close()
+
+
+def test_a_checkpoint_outside_the_data_roots_is_refused_whether_or_not_it_exists(
+    ultralytics: TrainerProcess, tmp_path: Path
+) -> None:
+    # A .pt checkpoint is a pickle: loading one runs whatever code it holds, in the training process. Any file on
+    # the host was loaded (a security review ran code this way); an absent one answered NOT_FOUND, which told a
+    # caller which files exist. The fixture's data roots are the tests' temporary directory (tmp_path lies in it).
+    with tempfile.TemporaryDirectory(prefix="tp-outside-roots-", dir="/tmp") as elsewhere:
+        outside = Path(elsewhere) / "elsewhere.pt"
+        outside.write_bytes(b"not a checkpoint")
+        escape = f"{tmp_path}/{'../' * len(tmp_path.parts)}{outside.relative_to('/')}"
+        for name in (str(outside), str(Path(elsewhere) / "absent.pt"), escape):
+            job_spec = _set(_ultra_spec(), {"model.name": name, "model.pretrained": True})
+            details = _refused(ultralytics, f"ckpt-{abs(hash(name)) % 10**8}", job_spec, validate_only=False)
+            assert "model_config.name" in details and "outside this trainer's data roots" in details, details
+    inside = tmp_path / "mine.pt"
+    inside.write_bytes(b"not a checkpoint either")
+    good = _set(_ultra_spec(), {"model.name": str(inside), "model.pretrained": True})
+    request = trainer_pb2.StartTrainingRequest(job_id="ckpt-inside", spec=good, validate_only=True)
+    assert ultralytics.stub.StartTraining(request, metadata=ultralytics.metadata, timeout=60).run_id == ""

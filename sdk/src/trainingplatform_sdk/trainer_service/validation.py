@@ -256,7 +256,9 @@ def _check_telemetry(job: JobRequest) -> None:
 def _check_model(model: ModelConfig, catalog: Catalog) -> ModelConfig:
     description = catalog.description
     if model.name.endswith(description.checkpoint_suffixes):
-        path = Path(model.name).expanduser().absolute()
+        # A checkpoint is a pickle (loading one runs the code it holds): only from under the data roots, which the
+        # operator trusts, and checked before its existence, so that a path elsewhere tells nothing.
+        path = _inside_data_roots(model.name, catalog.limits.data_roots, field="model_config.name", what="checkpoint")
         if not path.is_file():
             raise NotFoundError(
                 f"model_config.name: the checkpoint {quote(model.name)} does not exist on this trainer "
@@ -304,26 +306,34 @@ def _check_dataset(dataset: DatasetConfig, catalog: Catalog) -> DatasetConfig:
     return dataset
 
 
-def _inside_data_roots(given: str, roots: tuple[Path, ...], referenced_by: str = "") -> Path:
-    """The dataset path resolved (every symlink followed, `..` removed), when it lies under a data root.
+def _inside_data_roots(
+    given: str,
+    roots: tuple[Path, ...],
+    referenced_by: str = "",
+    *,
+    field: str = "dataset_config.path",
+    what: str = "dataset",
+) -> Path:
+    """The path (of a dataset, or of a checkpoint: `field`, `what`) resolved (every symlink followed, `..`
+    removed), when it lies under a data root.
 
     The check comes before any existence check, so paths outside the roots tell nothing about what exists there.
     A relative path is relative to the service's working directory, like any path the service is given.
     """
     roots_text = ", ".join(str(root) for root in roots) or "none"
     if "\x00" in given:
-        raise InvalidArgumentError("dataset_config.path: must not contain NUL characters")
+        raise InvalidArgumentError(f"{field}: must not contain NUL characters")
     try:
         path = Path(given).expanduser().absolute()
         resolved = Path(os.path.realpath(path))
     except (OSError, RuntimeError, ValueError) as error:
-        raise InvalidArgumentError(f"dataset_config.path: {quote(given)} cannot be resolved ({error})") from None
+        raise InvalidArgumentError(f"{field}: {quote(given)} cannot be resolved ({error})") from None
     if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
         escapes = ".." in Path(given).parts or resolved != Path(os.path.normpath(path))
         how = " (it leaves them through '..' or a symbolic link)" if escapes else ""
         where = f" (named in {quote(referenced_by)})" if referenced_by else ""
         raise InvalidArgumentError(
-            f"dataset_config.path: {quote(given)}{where} is outside this trainer's data roots{how}; dataset paths must "
+            f"{field}: {quote(given)}{where} is outside this trainer's data roots{how}; {what} paths must "
             f"lie under {roots_text}: {_DATA_ROOTS_HINT}"
         )
     return resolved
