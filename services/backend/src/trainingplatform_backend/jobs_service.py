@@ -31,6 +31,9 @@ _REPLAY_PAGE = 5000
 # GetMetricSeries: buckets per key when the caller asks for none, and the most it may ask for.
 DEFAULT_SERIES_POINTS = 1000
 MAX_SERIES_POINTS = 10_000
+MAX_SERIES_KEYS = 1000
+"""Most keys one GetMetricSeries answer covers (the first in key order; `next_key` names the key to continue from):
+bounds the work, the memory and the size of an answer however many keys a job has (as the proto documents)."""
 # What a list or replay response needs beside its items (next_page_token, cursor, framing), at most.
 _RESPONSE_RESERVE_BYTES = 4096
 # Rows fetched first for a byte-bounded page (then 4 times more each time): jobs (a spec stored before the spec
@@ -213,6 +216,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             raise InvalidArgumentError(f"keys holds {len(request.keys)} keys; the limit is {limits.MAX_FILTER_KEYS}")
         for key in request.keys:
             check_metric_key(key, "keys")
+        if request.start_key:
+            check_metric_key(request.start_key, "start_key")
         max_points = check_int(request.max_points, "max_points", 0, MAX_SERIES_POINTS) or DEFAULT_SERIES_POINTS
         min_step = max_step = None
         if request.HasField("min_step"):
@@ -224,17 +229,33 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         authorize_job(request.job_id)
         job_pk = await self._backend.job_pk(request.job_id)
         keys = sorted(set(request.keys))
-        return await self._backend.run(self._metric_series, job_pk, keys, max_points, min_step, max_step)
+        return await self._backend.run(
+            self._metric_series, job_pk, keys, max_points, min_step, max_step, request.start_key
+        )
 
     def _metric_series(
-        self, job_pk: int, keys: Sequence[str], max_points: int, min_step: int | None, max_step: int | None
+        self,
+        job_pk: int,
+        keys: Sequence[str],
+        max_points: int,
+        min_step: int | None,
+        max_step: int | None,
+        start_key: str,
     ) -> jobs_pb2.GetMetricSeriesResponse:
         """GetMetricSeries's answer (worker thread): the database buckets, this builds the messages."""
-        # Within half the largest message, like a history page, whatever the number of keys.
-        series, cursor = self._backend.store.metric_series(
-            job_pk, keys, max_points, min_step, max_step, max_bytes=self._page_bytes
+        # Within half the largest message, like a history page: at most MAX_SERIES_KEYS keys, each with fewer
+        # buckets when they would not fit.
+        series, cursor, next_key = self._backend.store.metric_series(
+            job_pk,
+            keys,
+            max_points,
+            min_step,
+            max_step,
+            max_bytes=self._page_bytes,
+            start_key=start_key,
+            max_keys=MAX_SERIES_KEYS,
         )
-        response = jobs_pb2.GetMetricSeriesResponse(last_sequence=cursor)
+        response = jobs_pb2.GetMetricSeriesResponse(last_sequence=cursor, next_key=next_key)
         for key, buckets in series.items():
             item = response.series.add(key=key, total_points=sum(b.points for b in buckets))
             for b in buckets:

@@ -661,9 +661,17 @@ class Store:
         min_step: int | None = None,
         max_step: int | None = None,
         max_bytes: int | None = None,
-    ) -> tuple[dict[str, list[SeriesBucket]], int]:
-        """The job's metric series bucketed by step in the database (GetMetricSeries), and the metric cursor the
-        answer includes.
+        *,
+        start_key: str = "",
+        max_keys: int | None = None,
+    ) -> tuple[dict[str, list[SeriesBucket]], int, str]:
+        """The job's metric series bucketed by step in the database (GetMetricSeries), the metric cursor the
+        answer includes, and the first key left out ("" when none is).
+
+        Only the first `max_keys` keys (all when None) at or after `start_key` in key order (code point order: the
+        database compares and sorts keys by their bytes) with a point in the step range are read: the keys' ranges
+        are read with a LIMIT, so however many keys the job has, no more than `max_keys` + 1 come to this process
+        and the statement has a bound number of parameters.
 
         Each key's points with a step in [min_step, max_step] (points without a step are left out) go into at most
         `max_points` buckets of equal step width over the key's lowest to highest step there (fewer, the same number
@@ -681,6 +689,16 @@ class Store:
             names = {f"k{i}": key for i, key in enumerate(keys)}
             params.update(names)
             key_filter = " AND key IN (" + ", ".join(f":{name}" for name in names) + ")"
+        # Byte order on PostgreSQL too (its database's collation may sort otherwise): the same order as Python's
+        # sort and SQLite's, so that a page's next key continues where it stopped.
+        collate = "" if self.is_sqlite else ' COLLATE "C"'
+        if start_key:
+            params["start_key"] = start_key
+            key_filter += f" AND key{collate} >= :start_key"
+        limit = ""
+        if max_keys is not None:
+            params["max_keys"] = max_keys + 1  # one more: whether a next key exists
+            limit = f" ORDER BY key{collate} LIMIT :max_keys"
         with self.engine.connect() as conn:
             if not self.is_sqlite:
                 # PostgreSQL cannot estimate the number of buckets (it guesses a fifth of the points): its JIT would
@@ -694,20 +712,26 @@ class Store:
             params["cursor"] = int(cursor or 0)
             # One key needs no GROUP BY, which would sort the key's points (SQLite groups by sorting).
             selected, grouped = ("NULL", "") if len(keys) == 1 else ("key", " GROUP BY key")
+            if len(keys) == 1:
+                limit = ""  # no key column to order by: one row
             ranges = [
                 (keys[0] if len(keys) == 1 else key, int(first), int(last))
                 for key, first, last in conn.execute(
                     text(
                         f"SELECT {selected}, min(step), max(step) FROM metrics WHERE job_pk = :job_pk "
-                        f"AND sequence <= :cursor AND step BETWEEN :low AND :high{key_filter}{grouped}"
+                        f"AND sequence <= :cursor AND step BETWEEN :low AND :high{key_filter}{grouped}{limit}"
                     ),
                     params,
                 )
                 if first is not None
             ]
             if not ranges:
-                return {}, params["cursor"]
+                return {}, params["cursor"], ""
             ranges.sort()  # key order (PostgreSQL groups by hashing: any order)
+            next_key = ""
+            if max_keys is not None and len(ranges) > max_keys:
+                next_key = ranges[max_keys][0]
+                del ranges[max_keys:]
             if max_bytes is not None:
                 room = max_bytes - sum(len(key.encode()) + SERIES_KEY_BYTES for key, _, _ in ranges)
                 max_points = max(1, min(max_points, room // (SERIES_BUCKET_BYTES * len(ranges))))
@@ -771,7 +795,7 @@ class Store:
                         nans,
                     )
                 )
-        return series, params["cursor"]
+        return series, params["cursor"], next_key
 
     def logs_after(
         self, job_pk: int, after: int, limit: int, min_level: int = 0, within: Sequence[tuple[int, int]] = ()

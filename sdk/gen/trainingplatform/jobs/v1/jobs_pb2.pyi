@@ -232,18 +232,20 @@ class LogBatch(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[_telemetry_pb2.LogRecord, _Mapping]]] = ...) -> None: ...
 
 class GetMetricSeriesRequest(_message.Message):
-    __slots__ = ("job_id", "keys", "max_points", "min_step", "max_step")
+    __slots__ = ("job_id", "keys", "max_points", "min_step", "max_step", "start_key")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
     MIN_STEP_FIELD_NUMBER: _ClassVar[int]
     MAX_STEP_FIELD_NUMBER: _ClassVar[int]
+    START_KEY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     keys: _containers.RepeatedScalarFieldContainer[str]
     max_points: int
     min_step: int
     max_step: int
-    def __init__(self, job_id: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., max_points: _Optional[int] = ..., min_step: _Optional[int] = ..., max_step: _Optional[int] = ...) -> None: ...
+    start_key: str
+    def __init__(self, job_id: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., max_points: _Optional[int] = ..., min_step: _Optional[int] = ..., max_step: _Optional[int] = ..., start_key: _Optional[str] = ...) -> None: ...
 
 class MetricBucket(_message.Message):
     __slots__ = ("first_step", "last_step", "min", "max", "last", "count", "first_epoch", "last_epoch", "nan_count")
@@ -278,9 +280,11 @@ class MetricSeries(_message.Message):
     def __init__(self, key: _Optional[str] = ..., buckets: _Optional[_Iterable[_Union[MetricBucket, _Mapping]]] = ..., total_points: _Optional[int] = ...) -> None: ...
 
 class GetMetricSeriesResponse(_message.Message):
-    __slots__ = ("series", "last_sequence")
+    __slots__ = ("series", "last_sequence", "next_key")
     SERIES_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_KEY_FIELD_NUMBER: _ClassVar[int]
     series: _containers.RepeatedCompositeFieldContainer[MetricSeries]
     last_sequence: int
-    def __init__(self, series: _Optional[_Iterable[_Union[MetricSeries, _Mapping]]] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    next_key: str
+    def __init__(self, series: _Optional[_Iterable[_Union[MetricSeries, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., next_key: _Optional[str] = ...) -> None: ...

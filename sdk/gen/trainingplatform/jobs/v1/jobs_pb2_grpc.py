@@ -238,9 +238,16 @@ class JobsServiceServicer:
         A key's 1,000,000 points are read in well under a second (bench/bench_series.py): the bucketing runs in
         the database (one scan of the job's points), the answer is at most `max_points` buckets per key.
 
+        An answer covers at most 1,000 keys (the backend's MAX_SERIES_KEYS): the first 1,000 in key order (from
+        `start_key` on, among `keys` when given) that have a point in the range. When the job has more, `next_key`
+        names the first key left out: ask again with `start_key` set to it (and the same other fields) for the next
+        keys, until `next_key` is empty. Each answer is its own consistent read with its own `last_sequence`. With
+        many keys, each key gets fewer buckets (the same number for every key) so that the answer stays within half
+        the largest message.
+
         Auth: as ListMetrics (the internal, front-end or read token; a job's telemetry token for that job only).
 
-        Errors: INVALID_ARGUMENT (a job_id that is not one; more than 1000 keys or a key breaking
+        Errors: INVALID_ARGUMENT (a job_id that is not one; more than 1000 keys, or a key or a start_key breaking
         MetricPoint.key's rules; max_points outside 0 to 10000; min_step or max_step outside 0 to 2^53-1;
         min_step above max_step), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
         """

@@ -835,6 +835,14 @@ export declare type GetMetricSeriesRequest = Message<"trainingplatform.jobs.v1.G
    * @generated from field: optional int64 max_step = 5;
    */
   maxStep?: bigint | undefined;
+
+  /**
+   * Only keys at or after this one in key order (Unicode code point order): the `next_key` of the previous
+   * answer, to continue it. Empty means from the first key; otherwise it follows MetricPoint.key's rules.
+   *
+   * @generated from field: string start_key = 6;
+   */
+  startKey: string;
 };
 
 /**
@@ -976,6 +984,14 @@ export declare type GetMetricSeriesResponse = Message<"trainingplatform.jobs.v1.
    * @generated from field: int64 last_sequence = 2;
    */
   lastSequence: bigint;
+
+  /**
+   * Set when more keys follow than this answer covers (at most 1,000 keys an answer): the first key left out.
+   * Ask again with `start_key` set to it for the next keys. Empty when the answer holds the last key.
+   *
+   * @generated from field: string next_key = 3;
+   */
+  nextKey: string;
 };
 
 /**
@@ -1155,9 +1171,16 @@ export declare const JobsService: GenService<{
    * A key's 1,000,000 points are read in well under a second (bench/bench_series.py): the bucketing runs in
    * the database (one scan of the job's points), the answer is at most `max_points` buckets per key.
    *
+   * An answer covers at most 1,000 keys (the backend's MAX_SERIES_KEYS): the first 1,000 in key order (from
+   * `start_key` on, among `keys` when given) that have a point in the range. When the job has more, `next_key`
+   * names the first key left out: ask again with `start_key` set to it (and the same other fields) for the next
+   * keys, until `next_key` is empty. Each answer is its own consistent read with its own `last_sequence`. With
+   * many keys, each key gets fewer buckets (the same number for every key) so that the answer stays within half
+   * the largest message.
+   *
    * Auth: as ListMetrics (the internal, front-end or read token; a job's telemetry token for that job only).
    *
-   * Errors: INVALID_ARGUMENT (a job_id that is not one; more than 1000 keys or a key breaking
+   * Errors: INVALID_ARGUMENT (a job_id that is not one; more than 1000 keys, or a key or a start_key breaking
    * MetricPoint.key's rules; max_points outside 0 to 10000; min_step or max_step outside 0 to 2^53-1;
    * min_step above max_step), NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED.
    *
