@@ -6,21 +6,61 @@ from __future__ import annotations
 import logging
 
 import grpc
-from sqlalchemy.exc import OperationalError
-from trainingplatform_sdk.server import AuthInterceptor, status_mapping
+from sqlalchemy.exc import DBAPIError, OperationalError
+from trainingplatform_sdk.server import AuthInterceptor, Status, status_mapping
 
 from trainingplatform_backend import auth, metrics
 
 log = logging.getLogger(__name__)
 
-status_of = metrics.counting_refusals(
-    status_mapping(
-        "backend",
-        {OperationalError: (grpc.StatusCode.UNAVAILABLE, "the backend's database is unavailable; retry later")},
-    )
-)
-"""PlatformError keeps its code and message, a database that cannot be reached is UNAVAILABLE, anything else is
-INTERNAL; each status given is counted (`tp_backend_refused_calls`)."""
+DATABASE_UNAVAILABLE: Status = (grpc.StatusCode.UNAVAILABLE, "the backend's database is unavailable; retry later")
+
+# PostgreSQL SQLSTATE classes of a database that cannot serve now (retrying later can succeed): connection
+# exception, transaction rollback (serialization failure, deadlock), insufficient resources (too many connections,
+# disk full), operator intervention (shutdown, statement timeout), system error (I/O).
+_OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+# SQLite's primary result codes of the same kind: BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN,
+# PROTOCOL, NOTADB. Any other (ERROR: no such table, too many SQL variables; TOOBIG...) is a refused statement.
+_OUTAGE_SQLITE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+
+def is_outage(error: DBAPIError) -> bool:
+    """Whether a database error means the database cannot serve now (UNAVAILABLE), not that it refused the
+    statement (INTERNAL: retrying the same call cannot help; a refused statement is a bug of the backend).
+
+    SQLAlchemy reports both as OperationalError: a connection it found broken (`connection_invalidated`), a
+    connection that could not be opened (psycopg's error then carries the failed connection, `pgconn`, or is a
+    timeout), or a database error code of the outage kind is an outage; anything else, such as libpq refusing to
+    send a statement with more than 65,535 parameters or SQLite's "no such table", is not.
+    """
+    if error.connection_invalidated:
+        return True
+    if not isinstance(error, OperationalError):
+        return False
+    orig = error.orig
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int):
+        return (sqlite_code & 0xFF) in _OUTAGE_SQLITE_CODES
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES
+    # No code: the client library failed on its own. An outage when it failed to connect.
+    return getattr(orig, "pgconn", None) is not None or type(orig).__name__ == "ConnectionTimeout"
+
+
+_platform_status = status_mapping("backend")
+
+
+def _status(error: BaseException) -> Status:
+    if isinstance(error, DBAPIError) and is_outage(error):
+        return DATABASE_UNAVAILABLE
+    return _platform_status(error)
+
+
+status_of = metrics.counting_refusals(_status)
+"""PlatformError keeps its code and message, a database that cannot be reached or serve now is UNAVAILABLE
+(`is_outage`), anything else (a statement the database refuses included) is INTERNAL, logged once with its
+traceback by the handler's wrapper; each status given is counted (`tp_backend_refused_calls`)."""
 
 
 class ServiceInterceptor(AuthInterceptor[auth.Principal]):
