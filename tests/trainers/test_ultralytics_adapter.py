@@ -290,3 +290,26 @@ def test_loader_workers_outlive_a_stop_signal_sent_to_the_process_group() -> Non
     assert process.returncode == 0, err
     assert "killed by signal" not in err
     assert out.split() == ["batches"] + ["4"] * 10
+
+
+def test_a_data_yaml_download_script_never_runs_even_when_its_images_vanish(tmp_path: Path) -> None:
+    # Ultralytics runs a data.yaml's `download:` (a URL, or Python code it exec()s) when the yaml's images are
+    # missing. A security review deleted `val` after the trainer's checks passed, and the code ran in tp-train. The
+    # trainer trains on a copy of the yaml without it.
+    from trainingplatform_trainer_ultralytics.datasets import resolve_data_yaml
+    from ultralytics.data.utils import check_det_dataset
+
+    root = tmp_path / "y1"
+    (root / "images" / "train").mkdir(parents=True)
+    marker = tmp_path / "download-ran"
+    (root / "data.yaml").write_text(
+        "train: images/train\nval: images/val\nnames:\n  0: box\n"
+        f"download: |\n  import pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n"
+    )
+    config = DatasetConfig(path=str(root / "data.yaml"), format="yolo")
+    (root / "images" / "val").mkdir()  # present for the trainer's checks...
+    data_yaml = resolve_data_yaml(config, tmp_path / "work", image_size=64)
+    (root / "images" / "val").rmdir()  # ...gone when ultralytics reads the yaml
+    with pytest.raises(Exception, match=r"(?i)not found|missing|download"):
+        check_det_dataset(str(data_yaml), autodownload=True)
+    assert not marker.exists(), "the data.yaml's download code ran"

@@ -97,11 +97,31 @@ def referenced_paths(config: DatasetConfig) -> list[str]:
 
 
 def resolve_data_yaml(config: DatasetConfig, work_dir: Path, image_size: int, seed: int = 0) -> Path:
-    """Returns the data.yaml to train on, writing the built-in dataset under `work_dir` first."""
+    """Returns the data.yaml to train on: the built-in dataset written under `work_dir`, or a copy of the given
+    yaml under `work_dir` without its `download` entry and with an absolute `path`.
+
+    Ultralytics runs a yaml's `download` (a URL to fetch, or Python code it executes) when the yaml's images are
+    missing; trainers never download, and a yaml whose images vanish after the trainer's checks must not run code.
+
+    Raises:
+        ValueError: The yaml is not a mapping (the trainer service refuses such a file at submit).
+    """
     check_dataset(config)
     if config.resolved_format == "builtin":
         return write_shapes_dataset(work_dir / config.name, image_size=image_size, seed=seed)
-    return Path(config.path).resolve()
+    import yaml
+
+    source = Path(config.path).resolve()
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(source)[:100]!r} is not a YOLO data.yaml (a mapping with `train` and `val`)")
+    data.pop("download", None)
+    if data.get("path") in (None, ""):
+        data["path"] = str(source.parent)  # what the original yaml's relative entries are relative to
+    work_dir.mkdir(parents=True, exist_ok=True)
+    copy = work_dir / "data.yaml"
+    copy.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return copy
 
 
 def write_shapes_dataset(
