@@ -12,6 +12,7 @@ input the same way. The mapping of exceptions to status codes is the service's `
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -107,7 +108,12 @@ def wrap_handler(
 
     def leave(token: contextvars.Token[Any] | None) -> None:
         if caller is not None and token is not None:
-            caller[0].reset(token)
+            # Closed from another context (a client cancelled a streaming call while the server waited in a write,
+            # and asyncio's finalizer closes the abandoned generator in a task of its own): that context is the
+            # closer's, discarded after, so there is nothing to restore. Raising there logged "Task exception was
+            # never retrieved" with a traceback at ERROR for every such call.
+            with contextlib.suppress(ValueError):
+                caller[0].reset(token)
 
     streaming_request = bool(handler.stream_unary or handler.stream_stream)
     if handler.unary_unary or handler.stream_unary:
