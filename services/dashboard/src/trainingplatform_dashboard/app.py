@@ -438,12 +438,34 @@ async def job_events(request: Request) -> Response:
         cursor.e,
     )
     client = Client(cursor, int(dashboard.settings.client_queue_events))
+    session: Session = request.scope["state"]["session"]
+    if live:
+        limit = dashboard.settings.max_live_jobs_per_session
+        if job_id not in session.live_jobs and len(session.live_jobs) >= limit:
+            refusal = ApiError(
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"this session already follows {len(session.live_jobs)} job(s) live, the most allowed "
+                "(TP_DASHBOARD_MAX_LIVE_JOBS_PER_SESSION): close another job's page to follow this one",
+            )
+            if "text/event-stream" not in request.headers.get("accept", ""):
+                raise refusal
+            # A browser's EventSource cannot read the body of an error answer: the page gets the error as an event.
+            client.fail(refusal.code, refusal.message)
+            return EventStream(client, dashboard.settings.ping_interval_s, lambda: None)
+        session.live_jobs[job_id] = session.live_jobs.get(job_id, 0) + 1
     task = fanout.attach(job_id, client, live=live)
 
     def close() -> None:
         if task is not None:
             task.cancel()
         fanout.detach(client)
+        if live:
+            left = session.live_jobs.get(job_id, 1) - 1
+            if left > 0:
+                session.live_jobs[job_id] = left
+            else:
+                session.live_jobs.pop(job_id, None)
 
     return EventStream(client, dashboard.settings.ping_interval_s, close, _session_end(request))
 

@@ -15,6 +15,11 @@ client: points and records by sequence, status changes by their sequence, epoch 
 A browser that falls `client_queue_events` events behind is disconnected; its EventSource reconnects with the id
 of the last event it received and resumes from there, so a slow tab never holds back the others or the hub. The
 hub's subscription ends when the job ends (its clients get `event: end`), or `linger_s` after its last client left.
+
+The backend allows TP_MAX_SUBSCRIPTIONS_PER_CALLER open subscriptions per token, and every hub holds one of the read
+token's. A hub the backend refuses (RESOURCE_EXHAUSTED) tells its clients at once (`event: live_unavailable`, with
+the reason and when it tries again), retries with backoff (1 s doubling to 30 s), and sends `event: live_resumed`
+once a subscription holds: a browser never waits on silent pings.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ _RETRYABLE = {
     grpc.StatusCode.ABORTED,
     grpc.StatusCode.CANCELLED,
 }
+_BUSY_FIRST_RETRY_S = 1.0
+_BUSY_MAX_RETRY_S = 30.0
+_RESUMED_AFTER_S = 1.0
+"""A resubscription that no refusal ended within this long holds (the backend refuses at the start of the call)."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +245,13 @@ class Client:
         metrics.count_events_sent(event.kind)
         self.wake.set()
 
+    def notice(self, kind: str, data: str) -> None:
+        """Queues `event: <kind>` without an id (it moves no cursor): the state of the job's live updates."""
+        if self.closed or self.overflowed:
+            return
+        self.queue.append(f"event: {kind}\ndata: {data}\n\n".encode())
+        self.wake.set()
+
     def finish(self, status: str | None) -> None:
         """Queues `event: end` and closes the stream after it."""
         if self.closed:
@@ -267,6 +283,8 @@ class JobHub:
         self.clients: set[Client] = set()
         self.finished = False
         self.status = ""
+        self.unavailable: str | None = None
+        """The `live_unavailable` event's data while the backend refuses the subscription, else None."""
         self._linger: asyncio.TimerHandle | None = None
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"hub-{job_id}")
 
@@ -278,6 +296,8 @@ class JobHub:
         """Adds a client whose cursor `can_join`: replays the retained events after it, then it follows live."""
         for event in self.history:
             client.offer(event)
+        if self.unavailable is not None:
+            client.notice("live_unavailable", self.unavailable)
         self.clients.add(client)
         if self._linger is not None:
             self._linger.cancel()
@@ -303,15 +323,52 @@ class JobHub:
         while len(self.history) > self.fanout.history_events:
             self.base = self.history.popleft().after
 
+    def _refused(self, error: grpc.aio.AioRpcError, retry_in_s: float) -> None:
+        """The backend refused the subscription (RESOURCE_EXHAUSTED): every client is told, and so is the log."""
+        details = error.details() or ""
+        message = (
+            f"live updates are unavailable: the backend refused the dashboard's subscription ({details}). Every job "
+            "followed live holds one of the dashboard's read-token subscriptions (TP_MAX_SUBSCRIPTIONS_PER_CALLER on "
+            "the backend)"
+        )
+        if self.unavailable is None:
+            _LOG.warning(
+                "live updates of job %s unavailable: the backend refused its subscription (%s); retrying in %g s "
+                "(raise the backend's TP_MAX_SUBSCRIPTIONS_PER_CALLER, or lower "
+                "TP_DASHBOARD_MAX_LIVE_JOBS_PER_SESSION)",
+                self.job_id,
+                details,
+                retry_in_s,
+            )
+        self.unavailable = convert.dumps(
+            {"error": {"code": "RESOURCE_EXHAUSTED", "message": message, "field": None}, "retry_in_s": retry_in_s}
+        )
+        for client in tuple(self.clients):
+            client.notice("live_unavailable", self.unavailable)
+
+    def _resumed(self) -> None:
+        """A subscription holds again after refusals: clients get `event: live_resumed`."""
+        if self.unavailable is None:
+            return
+        self.unavailable = None
+        _LOG.info("live updates of job %s resumed", self.job_id)
+        for client in tuple(self.clients):
+            client.notice("live_resumed", "{}")
+
     async def _run(self) -> None:
         delay = 0.2
+        busy_delay = _BUSY_FIRST_RETRY_S
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 self.fanout.counters.hub_subscriptions_total += 1
                 call: Any = self.fanout.backend.subscribe(self.job_id, self.position.proto())
+                resumed = loop.call_later(_RESUMED_AFTER_S, self._resumed) if self.unavailable is not None else None
                 try:
                     async for response in call:
                         delay = 0.2
+                        busy_delay = _BUSY_FIRST_RETRY_S
+                        self._resumed()
                         self.fanout.counters.events_received_total += 1
                         event = build_event(response)
                         self.position = self.position.max(Cursor.from_proto(response.cursor))
@@ -327,6 +384,13 @@ class JobHub:
                     if error.code() not in _RETRYABLE:
                         self._fail(error)
                         return
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        if resumed is not None:
+                            resumed.cancel()
+                        self._refused(error, busy_delay)
+                        await asyncio.sleep(busy_delay)
+                        busy_delay = min(busy_delay * 2, _BUSY_MAX_RETRY_S)
+                        continue
                     _LOG.info(
                         "subscription of job %s broke (%s: %s); resubscribing",
                         self.job_id,
@@ -336,6 +400,8 @@ class JobHub:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                 finally:
+                    if resumed is not None:
+                        resumed.cancel()
                     call.cancel()
             self._end()
         except asyncio.CancelledError:

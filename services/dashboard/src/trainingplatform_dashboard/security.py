@@ -18,7 +18,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
 from starlette.datastructures import MutableHeaders
@@ -69,6 +69,9 @@ class Session:
 
     csrf_token: str
     expires: float
+    live_jobs: dict[str, int] = field(default_factory=dict)
+    """The jobs this session follows live now, with their open event streams (TP_DASHBOARD_MAX_LIVE_JOBS_PER_SESSION
+    bounds the jobs)."""
 
 
 class Sessions:

@@ -60,6 +60,11 @@ class Settings:
     """TP_DASHBOARD_HISTORY_EVENTS: recent events a job's subscription keeps, so a browser resuming from a recent
     id joins it without a backend call of its own."""
 
+    max_live_jobs_per_session: int = 16
+    """TP_DASHBOARD_MAX_LIVE_JOBS_PER_SESSION: jobs one session may follow live at once (tabs of the same job count
+    once). Each job followed live holds one of the backend's TP_MAX_SUBSCRIPTIONS_PER_CALLER (64) subscriptions of
+    the dashboard's read token: this keeps one user from taking them all. An event stream past it is refused (429)."""
+
     ping_interval_s: float = 15.0
     """TP_DASHBOARD_PING_S: seconds between `: ping` comments on an idle event stream."""
 
@@ -142,6 +147,9 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         ),
         history_events=values.whole_number(
             "TP_DASHBOARD_HISTORY_EVENTS", env.get("TP_DASHBOARD_HISTORY_EVENTS", "4096")
+        ),
+        max_live_jobs_per_session=values.whole_number(
+            "TP_DASHBOARD_MAX_LIVE_JOBS_PER_SESSION", env.get("TP_DASHBOARD_MAX_LIVE_JOBS_PER_SESSION", "16")
         ),
         ping_interval_s=_seconds("TP_DASHBOARD_PING_S", env.get("TP_DASHBOARD_PING_S", "15")),
         session_ttl_s=_seconds("TP_DASHBOARD_SESSION_TTL_S", env.get("TP_DASHBOARD_SESSION_TTL_S", str(7 * 86400))),

@@ -86,6 +86,28 @@ export function endWithSession(events) {
   });
 }
 
+/** A job's live updates can be unavailable for a while: the backend refused the dashboard's subscription (it allows
+ * its token TP_MAX_SUBSCRIPTIONS_PER_CALLER of them). The server says so (`event: live_unavailable`, with the reason
+ * and when it tries again) and when they resume (`event: live_resumed`); the page shows it. */
+export function showLiveState(events) {
+  events.addEventListener("live_unavailable", (e) => {
+    let message = "live updates are unavailable";
+    try {
+      const data = JSON.parse(e.data);
+      message = data.error.message || message;
+      if (data.retry_in_s) message += `; retrying in ${data.retry_in_s} s`;
+    } catch {
+      // keep the generic message
+    }
+    document.body.dataset.live = "false";
+    showBanner(message.charAt(0).toUpperCase() + message.slice(1), "warning");
+  });
+  events.addEventListener("live_resumed", () => {
+    document.body.dataset.live = "true";
+    clearBanner();
+  });
+}
+
 /** A message strip at the top of the page (errors, a lost session, the backend being down). */
 export function showBanner(message, kind = "error") {
   let banner = document.getElementById("banner");

@@ -13,6 +13,8 @@ import {
   header,
   jobName,
   renderError,
+  showBanner,
+  showLiveState,
   statusBadge,
 } from "./common.js";
 
@@ -198,13 +200,22 @@ async function compare(jobsBox) {
     if (TERMINAL.has(jobs[i].status)) return;
     const events = new EventSource(`/api/jobs/${encodeURIComponent(store.jobId)}/events?after=m${store.lastSequence}`);
     endWithSession(events);
+    showLiveState(events);
     events.addEventListener("metrics", (e) => {
       for (const key of store.append(JSON.parse(e.data).points || [])) dirty.add(key);
       if (frame === null) frame = requestAnimationFrame(redraw);
     });
     events.addEventListener("end", () => events.close());
     events.addEventListener("error", (e) => {
-      if (e.data) events.close(); // refused by the server (a dropped connection reconnects by itself)
+      if (!e.data) return; // a dropped connection reconnects by itself
+      events.close(); // refused by the server: say why
+      let message = "the live stream was refused";
+      try {
+        message = JSON.parse(e.data).error.message || message;
+      } catch {
+        // keep the generic message
+      }
+      showBanner(`Live updates of ${jobName(jobs[i])} stopped: ${message}`);
     });
   });
 

@@ -10,6 +10,7 @@ import {
   clearBanner,
   el,
   endWithSession,
+  showLiveState,
   flatten,
   formatDuration,
   formatSpecValue,
@@ -316,6 +317,7 @@ logList.addEventListener("scroll", () => {
 function follow(lastSequence) {
   events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events?after=m${lastSequence}`);
   endWithSession(events);
+  showLiveState(events);
   events.addEventListener("open", () => {
     document.body.dataset.live = "true";
     clearBanner();
