@@ -82,6 +82,10 @@ class BackendProcess:
         self.cpus = cpus  # CPUs the process (all its threads) may run on; None: any
         self.data_dir = data_dir
         self.port = port or free_port()
+        # A port picked here may be taken by another test's process before the backend binds it (free_port closes
+        # its probe socket): the first start then moves to another one (see `start`).
+        self._port_picked = port is None
+        self._started = False
         self.address = f"127.0.0.1:{self.port}"
         self.internal_token = secrets.token_urlsafe(24)
         self.read_token = secrets.token_urlsafe(24)
@@ -102,7 +106,22 @@ class BackendProcess:
     # --- process control ---------------------------------------------------------------------------------
 
     def start(self, timeout: float = 60) -> None:
-        """Starts the process and waits until its health check answers SERVING."""
+        """Starts the process and waits until its health check answers SERVING. On the first start, a port this
+        object picked that another process took meanwhile is replaced by a free one (up to 3 times)."""
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+            except RuntimeError as error:
+                movable = self._port_picked and not self._started and self._channel is None and attempt < 2
+                if not (movable and "the port is in use" in str(error)):
+                    raise
+                self.port = free_port()
+                self.address = f"127.0.0.1:{self.port}"
+                continue
+            self._started = True
+            return
+
+    def _start(self, timeout: float) -> None:
         env = {
             **os.environ,
             "INTERNAL_AUTH_TOKEN": self.internal_token,
