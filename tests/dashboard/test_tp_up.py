@@ -67,7 +67,12 @@ def test_tp_up_starts_the_dashboard_and_prints_its_login_url(tmp_path: Path) -> 
         assert client.get("/api/jobs").status_code == 401
         response = client.get(url, follow_redirects=False)
         assert response.status_code == 303 and response.headers["location"] == "/"
-        assert client.get("/api/jobs").json() == {"jobs": []}
+        assert client.get("/api/jobs").json()["jobs"] == []
+        reused = httpx.Client(base_url=f"http://127.0.0.1:{ports[3]}", timeout=10).get(url, follow_redirects=False)
+        assert reused.status_code == 401, f"tp up's login URL logged in a second time ({reused.status_code})"
+        assert "dashboard_login_url" in "".join(lines)
+        next_url = (tmp_path / "data" / "dashboard_login_url").read_text().strip()
+        assert httpx.Client(timeout=10).get(next_url, follow_redirects=False).status_code == 303
         health = client.get("/healthz").json()
         assert health["reads_with_read_token"] is True, "tp up gives the dashboard a read-only token"
         assert (tmp_path / "data" / "read_auth_token").exists()

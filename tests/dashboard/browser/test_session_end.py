@@ -85,3 +85,20 @@ def test_a_deep_link_opened_before_the_login_is_where_the_login_lands(
         assert page.url == f"{stack.url}/"
     finally:
         context.close()
+
+
+def test_the_header_logs_out_and_the_session_ends(chromium: Any, stack: Platform) -> None:
+    job_id, _ = stack.backend.create_job()
+    assert stack.dashboard is not None
+    context = chromium.new_context()
+    try:
+        page = context.new_page()
+        page.goto(stack.dashboard.login_url)
+        page.goto(f"{stack.url}/jobs/{job_id}")
+        wait_js(page, "document.body.dataset.live === 'true'")
+        page.get_by_role("button", name="Log out").click()
+        page.wait_for_url(f"{stack.url}/")
+        assert "not logged in" in page.content()
+        assert page.request.get(f"{stack.url}/api/jobs").status == 401
+    finally:
+        context.close()

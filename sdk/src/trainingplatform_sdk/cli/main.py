@@ -208,6 +208,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             say(
                 "  (the login link of this start: it sets a session cookie and leads to the plain URL; keep it private)"
             )
+            if stack.dashboard_token_one_time:
+                say(f"  (it works once; the next one: cat {stack.data_dir / 'dashboard_login_url'})")
         say("Ctrl-C stops everything.")
         while not stopping:
             dead = [s.name for s in stack.services if s.process is not None and s.process.poll() is not None]

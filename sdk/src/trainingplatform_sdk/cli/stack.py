@@ -175,7 +175,8 @@ class Stack:
         self.read_token = ensure_token(self.data_dir, "READ_AUTH_TOKEN", READ_TOKEN_FILE)
         """The backend's read-only token (READ_AUTH_TOKEN): what the dashboard reads with."""
         self.dashboard_token = os.environ.get("TP_DASHBOARD_TOKEN", "").strip() or secrets.token_urlsafe(24)
-        """The dashboard's login token (TP_DASHBOARD_TOKEN, else random per start)."""
+        """The dashboard's login token (TP_DASHBOARD_TOKEN, else random per start: then it works once)."""
+        self.dashboard_token_one_time = not os.environ.get("TP_DASHBOARD_TOKEN", "").strip()
         self.dashboard_url = f"http://127.0.0.1:{dashboard_port}" if dashboard_port else ""
         self.backend_address = f"127.0.0.1:{backend_port}"
         ports = {"timm": timm_port, "ultralytics": ultralytics_port}
@@ -216,6 +217,7 @@ class Stack:
                         "TP_BACKEND_ADDRESS": self.backend_address,
                         "TP_DASHBOARD_LISTEN": f"127.0.0.1:{dashboard_port}",
                         "TP_DASHBOARD_TOKEN": self.dashboard_token,
+                        "TP_DASHBOARD_TOKEN_ONE_TIME": "true" if self.dashboard_token_one_time else "false",
                         "TP_AUTH_TOKEN": self.frontend_token,
                         "READ_AUTH_TOKEN": self.read_token,
                     },

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -67,6 +68,8 @@ _STATUSES = {name.removeprefix("JOB_STATUS_"): value for name, value in common_p
 _SUMMARY_IDLE_S = 0.3
 _SUMMARY_BUDGET_S = 3.0
 _SUMMARY_LIVE_BUDGET_S = 1.0
+LOGIN_URL_FILE = "dashboard_login_url"
+"""Where, in the data directory, the login URL of a one-time login token is written (mode 0600)."""
 
 
 class Dashboard:
@@ -74,14 +77,44 @@ class Dashboard:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.sessions = Sessions(settings.login_token, settings.session_ttl_s)
+        self.sessions = Sessions(
+            settings.login_token,
+            settings.session_ttl_s,
+            one_time=settings.login_token_one_time,
+            on_spent=self._login_token_spent,
+        )
         self.backend: Backend | None = None
         self.fanout: FanOut | None = None
         self.feed: JobsFeed | None = None
         self.started = time.time()
 
+    def write_login_url(self, token: str) -> Path | None:
+        """Writes the login URL of `token` to `<data dir>/dashboard_login_url` (mode 0600); None when it cannot."""
+        path = self.settings.data_dir / LOGIN_URL_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                os.fchmod(handle.fileno(), 0o600)
+                handle.write(f"{self.settings.url}/login?token={token}\n")
+        except OSError as error:
+            _LOG.warning("cannot write the login URL to %s: %s", path, error)
+            return None
+        return path
+
+    def _login_token_spent(self, token: str) -> None:
+        """The one-time login token logged a browser in: `token` replaces it, its URL goes to the file."""
+        path = self.write_login_url(token)
+        if path is not None:
+            _LOG.info("the login URL was used (it works once); the next one is in %s", path)
+        else:
+            print(
+                f"dashboard: the login URL was used; the next one: {self.settings.url}/login?token={token}", flush=True
+            )
+
     async def start(self) -> None:
         """Opens the backend channel (inside the server's event loop)."""
+        if self.sessions.one_time:
+            self.write_login_url(self.sessions.login_token)
         self.backend = Backend(self.settings)
         self.fanout = FanOut(
             self.backend,
@@ -129,6 +162,12 @@ async def login(request: Request) -> Response:
     dashboard (`safe_next`)."""
     dashboard: Dashboard = request.app.state.dashboard
     if not dashboard.sessions.check_login(request.query_params.get("token", "")):
+        if dashboard.sessions.one_time:
+            return unauthorized(
+                "/login",
+                "That login link is not valid: wrong, from an earlier start, or already used (it works once). The "
+                f"next one is in {LOGIN_URL_FILE} in the dashboard's data directory (TP_DATA_DIR).",
+            )
         return unauthorized("/login", "That login link is not valid (wrong or old token).")
     cookie, _ = dashboard.sessions.create()
     wanted = request.query_params.get("next")
@@ -146,6 +185,15 @@ async def login(request: Request) -> Response:
         samesite="strict",
         secure=dashboard.settings.secure_cookie,
     )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    """POST /logout (CSRF): ends the session (its event streams end at once) and removes its cookie."""
+    dashboard: Dashboard = request.app.state.dashboard
+    dashboard.sessions.drop(request.cookies.get(COOKIE))
+    response = JSONResponse({"logged_out": True})
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=dashboard.settings.secure_cookie)
     return response
 
 
@@ -455,11 +503,13 @@ async def job_events(request: Request) -> Response:
             return EventStream(client, dashboard.settings.ping_interval_s, lambda: None)
         session.live_jobs[job_id] = session.live_jobs.get(job_id, 0) + 1
     task = fanout.attach(job_id, client, live=live)
+    session.streams.add(client)
 
     def close() -> None:
         if task is not None:
             task.cancel()
         fanout.detach(client)
+        session.streams.discard(client)
         if live:
             left = session.live_jobs.get(job_id, 1) - 1
             if left > 0:
@@ -474,7 +524,14 @@ async def jobs_events(request: Request) -> Response:
     """GET /api/events/jobs: `event: job` for every job that appears or changes (one poll for every tab)."""
     dashboard, _, _, feed = _parts(request)
     client = feed.follow()
-    return EventStream(client, dashboard.settings.ping_interval_s, lambda: feed.unfollow(client), _session_end(request))
+    session: Session = request.scope["state"]["session"]
+    session.streams.add(client)
+
+    def close() -> None:
+        feed.unfollow(client)
+        session.streams.discard(client)
+
+    return EventStream(client, dashboard.settings.ping_interval_s, close, _session_end(request))
 
 
 # --- changes --------------------------------------------------------------------------------------------------
@@ -633,6 +690,7 @@ def create_app(settings: Settings) -> Starlette:
 
     routes = [
         Route("/login", login),
+        Route("/logout", logout, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/", page_jobs),
         Route("/jobs/{job_id}", page_job),

@@ -2,6 +2,9 @@
 
 - A browser logs in once with the dashboard's login token (`GET /login?token=...`, the URL `tp up` prints) and gets
   a session cookie `tp_session` (HttpOnly, SameSite=Strict, Path=/), then a redirect to a URL without the token.
+  A one-time login token (the random one of a start) is spent by its first login: a new one replaces it
+  (`on_spent`). An operator's TP_DASHBOARD_TOKEN stays reusable.
+- `POST /logout` (with the CSRF token) ends the session; its event streams end at once (`Session.end`).
 - Every page, static file and API call without a valid session answers 401 (only /login and /healthz are open).
   A page asked for without a session is remembered for ten minutes (cookie `tp_next`, sent only to /login), and
   the login then lands on it; `/login?token=...&next=/path` does the same. Only a same-origin relative path is
@@ -18,7 +21,9 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from starlette.datastructures import MutableHeaders
@@ -59,7 +64,8 @@ LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Training platform: log in</title></head>
 <body><h1>Log in to the dashboard</h1>
 <p>{reason} Open the login URL that <code>tp up</code> (or <code>tp-dashboard</code>) printed:
-<code>http://HOST:PORT/login?token=...</code></p></body></html>
+<code>http://HOST:PORT/login?token=...</code>. A login URL made at random for a start works once; the next one is
+in the file <code>dashboard_login_url</code> of the dashboard's data directory (TP_DATA_DIR).</p></body></html>
 """
 
 
@@ -72,19 +78,56 @@ class Session:
     live_jobs: dict[str, int] = field(default_factory=dict)
     """The jobs this session follows live now, with their open event streams (TP_DASHBOARD_MAX_LIVE_JOBS_PER_SESSION
     bounds the jobs)."""
+    streams: set[Any] = field(default_factory=set)
+    """The clients (`fanout.Client`) of its open event streams: `end` wakes them, and they end."""
+
+    def end(self) -> None:
+        """Ends the session now: its event streams send `event: session_ended` and complete."""
+        self.expires = 0.0
+        for client in tuple(self.streams):
+            client.wake.set()
 
 
 class Sessions:
     """The sessions of this process, by cookie value."""
 
-    def __init__(self, login_token: str, ttl_s: float) -> None:
+    def __init__(
+        self,
+        login_token: str,
+        ttl_s: float,
+        *,
+        one_time: bool = False,
+        on_spent: Callable[[str], None] | None = None,
+    ) -> None:
+        """`one_time`: the login token works once; then a new random one replaces it, given to `on_spent`."""
         self._login_token = login_token.encode()
         self._ttl_s = ttl_s
         self._sessions: dict[str, Session] = {}
+        self.one_time = one_time
+        self._on_spent = on_spent
+
+    @property
+    def login_token(self) -> str:
+        """The login token that works now."""
+        return self._login_token.decode()
 
     def check_login(self, token: str) -> bool:
-        """Whether `token` is the login token (constant time)."""
-        return bool(token) and hmac.compare_digest(token.encode(), self._login_token)
+        """Whether `token` is the login token (constant time). A one-time token is spent by this check."""
+        if not (bool(token) and hmac.compare_digest(token.encode(), self._login_token)):
+            return False
+        if self.one_time:
+            self._login_token = secrets.token_urlsafe(24).encode()
+            if self._on_spent is not None:
+                self._on_spent(self.login_token)
+        return True
+
+    def drop(self, cookie: str | None) -> bool:
+        """Ends the session of a cookie value (logout); False when there was none."""
+        session = self._sessions.pop(cookie, None) if cookie else None
+        if session is None:
+            return False
+        session.end()
+        return True
 
     def create(self) -> tuple[str, Session]:
         """A new session: (cookie value, session)."""
@@ -92,7 +135,7 @@ class Sessions:
         if len(self._sessions) >= _MAX_SESSIONS:
             self._sessions = {k: s for k, s in self._sessions.items() if s.expires > now}
             while len(self._sessions) >= _MAX_SESSIONS:
-                self._sessions.pop(next(iter(self._sessions))).expires = 0.0  # its event streams end
+                self._sessions.pop(next(iter(self._sessions))).end()  # its event streams end
         cookie = secrets.token_urlsafe(32)
         session = Session(csrf_token=secrets.token_urlsafe(32), expires=now + self._ttl_s)
         self._sessions[cookie] = session

@@ -3,7 +3,8 @@
     tp-dashboard [--listen 127.0.0.1:8080] [--backend 127.0.0.1:50051] [--data-dir .data] [--log-level INFO]
 
 Settings and their environment variables are in `settings.py`. When TP_DASHBOARD_TOKEN is not set, a random login
-token is made for this start and the login URL is printed (as Jupyter does): open it in a browser to log in.
+token is made for this start and the login URL is printed (as Jupyter does): open it in a browser to log in. It
+works once: the next one is written to `<TP_DATA_DIR>/dashboard_login_url` (mode 0600).
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dashboard: {settings.url}/ (log in with the URL that started it)", flush=True)
     else:
         print(f"dashboard: open {settings.url}/login?token={settings.login_token}", flush=True)
+        print(
+            f"  (it works once; the next one: cat {settings.data_dir / 'dashboard_login_url'}, or set "
+            "TP_DASHBOARD_TOKEN for a reusable token)",
+            flush=True,
+        )
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -45,6 +45,12 @@ class Settings:
     """TP_DASHBOARD_TOKEN: the token a browser exchanges at /login?token=... for a session. Empty: a random one
     per start, printed with the login URL."""
 
+    login_token_one_time: bool = False
+    """Whether the login token works once: true for the random one (TP_DASHBOARD_TOKEN not set), else
+    TP_DASHBOARD_TOKEN_ONE_TIME (`tp up` sets it for the token it makes). Once a one-time token has logged a
+    browser in, a new one is made and its login URL written to `<TP_DATA_DIR>/dashboard_login_url` (mode 0600).
+    An operator's TP_DASHBOARD_TOKEN stays reusable."""
+
     poll_interval_s: float = 1.0
     """TP_DASHBOARD_POLL_S: how often the jobs feed polls ListJobs (once for all open tabs)."""
 
@@ -140,6 +146,8 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         write_token=env.get("TP_AUTH_TOKEN", "").strip(),
         read_token=env.get("READ_AUTH_TOKEN", "").strip(),
         login_token=env.get("TP_DASHBOARD_TOKEN", "").strip() or secrets.token_urlsafe(24),
+        login_token_one_time=not env.get("TP_DASHBOARD_TOKEN", "").strip()
+        or values.flag("TP_DASHBOARD_TOKEN_ONE_TIME", env.get("TP_DASHBOARD_TOKEN_ONE_TIME", "") or "false"),
         poll_interval_s=_seconds("TP_DASHBOARD_POLL_S", env.get("TP_DASHBOARD_POLL_S", "1")),
         linger_s=values.number("TP_DASHBOARD_LINGER_S", env.get("TP_DASHBOARD_LINGER_S", "5")),
         client_queue_events=values.whole_number(

@@ -137,7 +137,22 @@ export function header(current) {
     {},
     links.map(([id, href, label]) => el("a", { href, class: id === current ? "current" : "", text: label })),
   );
-  const top = el("header", { class: "top" }, el("a", { class: "brand", href: "/", text: "Training platform" }), nav);
+  const logout = el("button", { type: "button", class: "logout", text: "Log out" });
+  logout.addEventListener("click", async () => {
+    try {
+      await api("/logout", { method: "POST" });
+    } catch {
+      // the session may have ended already: either way it is gone
+    }
+    window.location.assign("/");
+  });
+  const top = el(
+    "header",
+    { class: "top" },
+    el("a", { class: "brand", href: "/", text: "Training platform" }),
+    nav,
+    logout,
+  );
   document.body.prepend(top);
 }
 
