@@ -8,8 +8,22 @@ dashboard print that message as one line and exit 2, instead of a traceback or a
 from __future__ import annotations
 
 import errno
+import logging
+import os
+import stat
+from pathlib import Path
 
-__all__ = ["LOG_LEVELS", "flag", "listen_address", "log_level", "number", "port", "port_error", "whole_number"]
+__all__ = [
+    "LOG_LEVELS",
+    "flag",
+    "listen_address",
+    "log_level",
+    "number",
+    "port",
+    "port_error",
+    "tighten_token_file",
+    "whole_number",
+]
 
 #: The logging levels a service's TP_LOG_LEVEL may name (WARN is read as WARNING).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -125,3 +139,30 @@ def port_error(what: str, host: str, port: int, setting: str, error: OSError) ->
     refused = OSError(f"cannot {what} on {address} ({setting}): {why}")  # str() is the message alone
     refused.errno = error.errno
     return refused
+
+
+def tighten_token_file(path: Path, log: logging.Logger) -> None:
+    """Before a token file is read: when group or others may read it, logs a WARNING naming the file and its mode,
+    and makes it 0600 when this process owns it (a file it does not own stays as it is, with the warning)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return  # missing: the caller says so
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & 0o077:
+        return
+    if info.st_uid == os.geteuid():
+        try:
+            os.chmod(path, 0o600)
+        except OSError as error:
+            log.warning(
+                "token file %s has mode %04o (group or others can read it); chmod 600 failed: %s", path, mode, error
+            )
+            return
+        log.warning("token file %s had mode %04o (group or others could read it); it is now 0600", path, mode)
+    else:
+        log.warning(
+            "token file %s has mode %04o (group or others can read it) and belongs to another user: chmod 600 it",
+            path,
+            mode,
+        )

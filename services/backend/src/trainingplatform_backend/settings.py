@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -413,4 +414,5 @@ def _token_file(data_dir: Path, name: str) -> str:
         else:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(32))
+    values.tighten_token_file(path, logging.getLogger(__name__))
     return path.read_text().strip()

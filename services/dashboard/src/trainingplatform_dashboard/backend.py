@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from trainingplatform_sdk import setting_values as values
 from trainingplatform_sdk.channel import auth_metadata, open_aio_channel
 
 from trainingplatform_dashboard.errors import ApiError
 from trainingplatform_dashboard.settings import FRONTEND_TOKEN_FILE, Settings
 
 __all__ = ["Backend"]
+
+_LOG = logging.getLogger("trainingplatform_dashboard")
 
 _RECEIVE_BYTES = 16 * 1024 * 1024
 #: Unary calls in flight at once on the channel. The backend takes 100 streams per connection by default
@@ -91,6 +95,7 @@ class Backend:
         """
         if not self._write_token:
             path = self._settings.data_dir / FRONTEND_TOKEN_FILE
+            values.tighten_token_file(path, _LOG)
             try:
                 self._write_token = path.read_text().strip()
             except OSError:
