@@ -12,6 +12,7 @@ service that still exits at start has its reason (the last error line of its log
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -30,6 +31,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from trainingplatform_sdk.server.processes import parent_death_signal
+from trainingplatform_sdk.setting_values import tighten_token_file
+
+_log = logging.getLogger("trainingplatform_sdk.cli")
 
 TOKEN_FILE = "internal_auth_token"
 FRONTEND_TOKEN_FILE = "frontend_auth_token"
@@ -91,6 +95,7 @@ def ensure_token(data_dir: Path, variable: str = "INTERNAL_AUTH_TOKEN", file_nam
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(32))
+    tighten_token_file(path, _log)
     return path.read_text().strip()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -174,6 +175,7 @@ def _internal_token(env: Mapping[str, str], data_dir: Path) -> str:
     path = data_dir / TOKEN_FILE_NAME
     # Unlike the backend, a trainer never generates a token: one nobody else knows would lock every caller out.
     if path.is_file():
+        values.tighten_token_file(path, logging.getLogger("trainingplatform_sdk.trainer_service"))
         token = path.read_text().strip()
         if token:
             return token
