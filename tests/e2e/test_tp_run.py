@@ -47,6 +47,11 @@ def tp_run(backend: BackendProcess, tmp_path: Path, *args: str) -> subprocess.Co
     )
 
 
+def start_tp(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """`tp ARGS` started with its stdout and stderr piped as text, for a test that reads them while it runs."""
+    return subprocess.Popen([TP, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+
 def script(tmp_path: Path, name: str, body: str) -> str:
     path = tmp_path / name
     path.write_text(textwrap.dedent(body))
@@ -165,14 +170,7 @@ def test_ctrl_c_reaches_the_script_cancels_the_job_and_leaves_no_process(
             raise
         """,
     )
-    process = subprocess.Popen(
-        [TP, "run", "--", sys.executable, path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=tp_env(backend, tmp_path),
-        cwd=tmp_path,
-    )
+    process = start_tp(tp_env(backend, tmp_path), tmp_path, "run", "--", sys.executable, path)
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "ready"
@@ -273,14 +271,7 @@ def test_tp_cancel_stops_the_script(backend: BackendProcess, tmp_path: Path) -> 
             raise SystemExit(4)
         """,
     )
-    process = subprocess.Popen(
-        [TP, "run", "--", sys.executable, path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=tp_env(backend, tmp_path),
-        cwd=tmp_path,
-    )
+    process = start_tp(tp_env(backend, tmp_path), tmp_path, "run", "--", sys.executable, path)
     try:
         assert process.stdout is not None and process.stderr is not None
         first = ""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
-from test_tp_run import TP, assert_nothing_left, job_of, read_job, script, tp_env, tp_run
+from test_tp_run import TP, assert_nothing_left, job_of, read_job, script, start_tp, tp_env, tp_run
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -37,14 +37,7 @@ def test_a_backend_outage_at_the_end_loses_nothing(backend: BackendProcess, tmp_
         """,
     )
     env = {**tp_env(backend, tmp_path), "TP_RUN_DELIVERY_TIMEOUT_S": "2"}
-    process = subprocess.Popen(
-        [TP, "--backend", backend.address, "run", "--", sys.executable, path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    process = start_tp(env, tmp_path, "--backend", backend.address, "run", "--", sys.executable, path)
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "line 1"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from reliability.polling import wait_until
 from support.backend import BackendProcess
-from test_tp_run import TP, job_of, read_job, script, tp_env
+from test_tp_run import TP, job_of, read_job, script, start_tp, tp_env
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
 
 TIMEOUT_S = 2.0
@@ -40,14 +40,7 @@ def test_a_job_whose_tp_run_was_killed_fails_once_its_reporter_is_silent(tmp_pat
         time.sleep(120)
         """,
     )
-    process = subprocess.Popen(
-        [TP, "run", "--", sys.executable, path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=tp_env(backend, tmp_path),
-        cwd=tmp_path,
-    )
+    process = start_tp(tp_env(backend, tmp_path), tmp_path, "run", "--", sys.executable, path)
     try:
         assert process.stderr is not None and process.stdout is not None
         job_id = job_of(process.stderr.readline())
@@ -107,14 +100,7 @@ def test_a_resume_after_the_lease_failed_the_job_delivers_the_lines_and_says_the
             """,
         )
         env = {**tp_env(backend, tmp_path), "TP_RUN_DELIVERY_TIMEOUT_S": "1"}
-        process = subprocess.Popen(
-            [TP, "--backend", backend.address, "run", "--", sys.executable, path],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-        )
+        process = start_tp(env, tmp_path, "--backend", backend.address, "run", "--", sys.executable, path)
         try:
             assert process.stdout is not None
             assert process.stdout.readline().strip() == "line 1"

@@ -6,14 +6,13 @@ import contextlib
 import os
 import queue
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
-from test_tp_run import TP, assert_nothing_left, job_of, read_job, script, tp_env
+from test_tp_run import assert_nothing_left, job_of, read_job, script, start_tp, tp_env
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -33,14 +32,7 @@ def test_ctrl_c_again_sends_sigterm_then_sigkill(backend: BackendProcess, tmp_pa
             time.sleep(0.05)
         """,
     )
-    process = subprocess.Popen(
-        [TP, "run", "--", sys.executable, path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=tp_env(backend, tmp_path),
-        cwd=tmp_path,
-    )
+    process = start_tp(tp_env(backend, tmp_path), tmp_path, "run", "--", sys.executable, path)
     said: list[str] = []
     lines: queue.Queue[str] = queue.Queue()
     assert process.stderr is not None

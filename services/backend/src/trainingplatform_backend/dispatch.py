@@ -234,7 +234,9 @@ class Dispatcher:
             )
         return sorted(addresses, key=lambda address: load.get(address, 0))
 
-    async def _transition(self, job_id: str, target: str, reason: str, error: str = "") -> Transition | None:
+    async def transition(self, job_id: str, target: str, reason: str, error: str = "") -> Transition | None:
+        """Moves a job on for the backend itself (a lease, a dispatch that failed): subscribers are poked, a job
+        ending frees its framework's backoff (`slot_freed`). None when the job had moved on meanwhile."""
         try:
             transition = await asyncio.to_thread(
                 self._store.transition, job_id, target, reason=reason, error_message=error
@@ -353,7 +355,7 @@ class Dispatcher:
             )
             log.warning("job %s: %s", job_id, message)
             metrics.DISPATCHES.labels("timed_out").inc()
-            await self._transition(job_id, statemachine.FAILED, "no trainer accepted the job", message)
+            await self.transition(job_id, statemachine.FAILED, "no trainer accepted the job", message)
             await asyncio.to_thread(self._store.release_dispatch, job_id, reasons="; ".join(reasons))
             return None
         if job_id not in self._announced:
@@ -391,7 +393,7 @@ class Dispatcher:
                 if error.code() in RETRY_NEXT:
                     continue
                 metrics.DISPATCHES.labels("refused").inc()
-                await self._transition(
+                await self.transition(
                     job_id,
                     statemachine.FAILED,
                     "the trainer refused the job",
@@ -586,7 +588,7 @@ class Dispatcher:
                 since = self._unreachable_since.setdefault(address, now)
                 for job_id, _ in jobs:
                     if now - since >= lease and quiet[job_id] >= lease:
-                        await self._transition(
+                        await self.transition(
                             job_id,
                             statemachine.FAILED,
                             "trainer unreachable",
@@ -598,7 +600,7 @@ class Dispatcher:
                 run = runs.get(job_id)
                 if run is None:
                     if quiet[job_id] >= lease:
-                        await self._transition(
+                        await self.transition(
                             job_id,
                             statemachine.FAILED,
                             "trainer lost the run",
@@ -612,7 +614,7 @@ class Dispatcher:
                 if now - ended >= lease and quiet[job_id] >= lease:
                     state = trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_")
                     detail = run.error_message or f"exit code {run.exit_code}"
-                    await self._transition(
+                    await self.transition(
                         job_id,
                         statemachine.FAILED,
                         "training process ended without a status",

@@ -23,12 +23,13 @@ import datetime as dt
 import logging
 import math
 import time
-
-from trainingplatform_sdk.errors import FailedPreconditionError
+from collections.abc import Awaitable, Callable
 
 from trainingplatform_backend import statemachine
-from trainingplatform_backend.store import Store, utcnow
-from trainingplatform_backend.subscriptions import POKE, Hub
+from trainingplatform_backend.store import Store, Transition, utcnow
+
+#: Moves a job on: (job id, target status, reason, error message) -> the transition, None when it had moved on.
+MoveJob = Callable[[str, str, str, str], Awaitable[Transition | None]]
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,10 @@ def contact_write_interval(timeout_s: float) -> float:
 class ReporterLease:
     """Fails the RUNNING jobs without a trainer whose reporter was silent for `timeout_s`, every `interval_s`."""
 
-    def __init__(self, store: Store, hub: Hub, *, timeout_s: float, interval_s: float) -> None:
+    def __init__(self, store: Store, transition: MoveJob, *, timeout_s: float, interval_s: float) -> None:
+        """`transition`: how the backend moves a job on by itself (`Dispatcher.transition`)."""
         self._store = store
-        self._hub = hub
+        self._transition = transition
         self._timeout_s = timeout_s
         self._interval_s = interval_s
         self._started = math.inf
@@ -88,14 +90,8 @@ class ReporterLease:
                 f"{(now - seen).total_seconds():.0f} s (TP_REPORTER_TIMEOUT_S is {self._timeout_s:g} s): it ended "
                 "without reporting a final status (killed?)"
             )
-            try:
-                transition = await asyncio.to_thread(
-                    self._store.transition, job_id, statemachine.FAILED, reason="reporter silent", error_message=error
-                )
-            except FailedPreconditionError:
-                continue  # it reported a final status meanwhile
-            if transition.changed:
+            transition = await self._transition(job_id, statemachine.FAILED, "reporter silent", error)
+            if transition is not None and transition.changed:  # None: it reported a final status meanwhile
                 log.warning("job %s: %s", job_id, error)
-                self._hub.publish(transition.job_pk, POKE)
                 failed.append(job_id)
         return failed

@@ -105,9 +105,6 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
         commit_linger_s=settings.commit_linger_s,
         contact_write_s=contact_write_interval(settings.reporter_timeout_s),
     )
-    reporter_lease = ReporterLease(
-        store, hub, timeout_s=settings.reporter_timeout_s, interval_s=settings.watch_interval_s
-    )
     authenticator = Authenticator(
         internal_token=settings.internal_auth_token,
         read_token=settings.read_auth_token,
@@ -146,6 +143,9 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
         on_attempt=backend.note_attempt,
     )
     backend.on_job_ended = dispatcher.slot_freed
+    reporter_lease = ReporterLease(
+        store, dispatcher.transition, timeout_s=settings.reporter_timeout_s, interval_s=settings.watch_interval_s
+    )
     jobs_pb2_grpc.add_JobsServiceServicer_to_server(
         JobsServicer(
             backend,

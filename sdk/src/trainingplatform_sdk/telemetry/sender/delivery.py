@@ -127,8 +127,7 @@ class Delivery:
         if kind == "connect":
             self._established(cursor)
         else:
-            self._advance(self._metrics, cursor.last_metric_sequence)
-            self._advance(self._logs, cursor.last_log_sequence)
+            self._apply_cursor(cursor)
 
     def _established(self, cursor: telemetry_pb2.GetStreamCursorResponse) -> None:
         """Resumes every stream from the cursor (the first time, also checks the numbering)."""
@@ -176,8 +175,7 @@ class Delivery:
             cursor = self._connection.read_cursor().result(timeout=max(0.0, deadline - time.monotonic()))
         except (grpc.RpcError, grpc.FutureTimeoutError, grpc.FutureCancelledError):
             return
-        self._advance(self._metrics, cursor.last_metric_sequence)
-        self._advance(self._logs, cursor.last_log_sequence)
+        self._apply_cursor(cursor)
 
     def next_poll(self) -> float | None:
         """When the cursor is next due to be read: while points are in flight, every poll interval; with nothing in
@@ -185,9 +183,13 @@ class Delivery:
         None: a read or call is outstanding and its end wakes the sender, or not connected."""
         if self._pending is not None or not self._connection.connected:
             return None
-        if self._metrics.sent <= self._metrics.committed and self._logs.sent <= self._logs.committed:
+        if not self._in_flight():
             return self._last_poll + self.settings.heartbeat_interval_s
         return self._last_poll + self._poll_interval()
+
+    def _in_flight(self) -> bool:
+        """Whether points or records were sent that the committed cursor has not passed yet."""
+        return self._metrics.sent > self._metrics.committed or self._logs.sent > self._logs.committed
 
     def _poll_interval(self) -> float:
         """How often the cursor is read while points are in flight: rarely while nobody watches the job, since the
@@ -219,7 +221,7 @@ class Delivery:
             self._state.save()
 
     def _cursor_due(self, now: float, closing: bool) -> bool:
-        if self._metrics.sent <= self._metrics.committed and self._logs.sent <= self._logs.committed:
+        if not self._in_flight():
             # Nothing in flight: only the heartbeat (cursor reads and calls are the backend's word from the job).
             return not closing and now - self._last_poll >= self.settings.heartbeat_interval_s
         if self._calls.waiting or closing:
@@ -228,6 +230,11 @@ class Delivery:
         if len(self._metrics.memory) > half_memory or len(self._logs.memory) > half_memory:
             return True
         return now - self._last_poll >= self._poll_interval()
+
+    def _apply_cursor(self, cursor: telemetry_pb2.GetStreamCursorResponse) -> None:
+        """Forgets what a cursor read says the backend committed, in both streams."""
+        self._advance(self._metrics, cursor.last_metric_sequence)
+        self._advance(self._logs, cursor.last_log_sequence)
 
     def _advance(self, outbox: AnyOutbox, cursor: int) -> None:
         """Forgets what the committed cursor covers, and the points dropped as too large right above it."""
