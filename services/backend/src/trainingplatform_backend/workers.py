@@ -18,9 +18,10 @@ and it needs PostgreSQL (SQLite takes one writing process: more than one worker 
   TP_MAX_CONCURRENT_RPCS, TP_MAX_CONCURRENT_STREAMS) and the subscribers' buffers (TP_SUBSCRIBER_BUFFER_POINTS).
 
 The port: with SO_REUSEPORT a worker would also join any other server of the same user on that port, at random.
-So the supervisor first takes a lock file of the listen address (a second `--workers` supervisor on the same host and
-port fails on it; it is removed on exit) and checks that nothing listens there (a one-process backend, anything
-else), and says so in one line; a one-process backend started later fails to bind, as before.
+So the supervisor first takes lock files of the listen address (a second `--workers` supervisor on the same host
+and port fails on them, as does one on 0.0.0.0 or :: and the same port; they are removed on exit) and checks that
+nothing listens there (a one-process backend, anything else), and says so in one line; a one-process backend started
+later fails to bind, as before.
 
 Lifecycle: a worker that dies is restarted after a delay (0.5 s, doubling up to 30 s; back to 0.5 s once a worker
 has served for a minute), and each death is logged with its exit code or signal. SIGTERM or SIGINT (also while the
@@ -136,32 +137,39 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
         )
 
 
+_WILDCARDS = frozenset({"", "0.0.0.0", "::", "*"})
+"""Listen hosts that cover every address of the host."""
+
+
 @contextlib.contextmanager
 def claim_port(listen: str) -> Iterator[None]:
-    """Holds the listen address for this supervisor's workers: a lock file of the address, host and port (per user:
-    only the same user's sockets can share a port), then a check that nothing listens there. The lock file is
-    removed when the supervisor ends.
+    """Holds the listen address for this supervisor's workers, then checks that nothing listens there. The locks are
+    files, per user (only the same user's sockets can share a port): a lock of the port, exclusive for a wildcard
+    host (0.0.0.0, ::), which covers every address, and shared for one address, plus an exclusive lock of that
+    address; so 127.0.0.1:P and 127.0.0.2:P run side by side, while 0.0.0.0:P excludes both. The lock files are
+    removed when the supervisor ends (the port's by its last holder).
 
     Raises:
         OSError: another supervisor holds the address, or something listens on it.
     """
     host, _, port = listen.rpartition(":")
-    directory = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    key = re.sub(r"[^A-Za-z0-9.]+", "_", host.strip("[]")) or "any"
-    path = Path(directory) / f"tp-backend-{os.getuid()}-{key}-port-{port}.lock"
-    fd = _lock(path, listen)
-    try:
-        if _port_in_use(host.strip("[]"), int(port)):
+    host = host.strip("[]")
+    directory = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    prefix = f"tp-backend-{os.getuid()}"
+    with contextlib.ExitStack() as held:
+        port_path = directory / f"{prefix}-port-{port}.lock"
+        held.callback(_release, port_path, _lock(port_path, listen, shared=host not in _WILDCARDS))
+        if host not in _WILDCARDS:
+            key = re.sub(r"[^A-Za-z0-9.]+", "_", host)
+            address_path = directory / f"{prefix}-{key}-port-{port}.lock"
+            held.callback(_release, address_path, _lock(address_path, listen, shared=False))
+        if _port_in_use(host, int(port)):
             raise OSError(f"cannot listen on {listen}: the port is in use or the address is not local")
         yield
-    finally:
-        with contextlib.suppress(OSError):
-            path.unlink()  # still locked: a supervisor that opened it meanwhile sees it gone and opens a new one
-        os.close(fd)
 
 
-def _lock(path: Path, listen: str) -> int:
-    """Opens and locks `path`; returns its descriptor.
+def _lock(path: Path, listen: str, *, shared: bool) -> int:
+    """Opens and locks `path` (flock, shared or exclusive); returns its descriptor.
 
     Raises:
         OSError: another supervisor holds it.
@@ -169,7 +177,7 @@ def _lock(path: Path, listen: str) -> int:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise OSError(f"cannot listen on {listen}: another tp-backend --workers serves it") from None
@@ -180,6 +188,19 @@ def _lock(path: Path, listen: str) -> int:
         if named is not None and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
             return fd
         os.close(fd)  # its holder removed it between the open and the lock: the lock of a file nobody finds
+
+
+def _release(path: Path, fd: int) -> None:
+    """Removes a lock file if no one else holds it (a shared holder that remains keeps it), then closes it. A
+    supervisor that opened it meanwhile sees it gone once it has the lock, and opens a new one."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        pass
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    os.close(fd)
 
 
 def _port_in_use(host: str, port: int) -> bool:
