@@ -52,11 +52,13 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         *,
         max_epochs: int = limits.DEFAULT_MAX_EPOCHS,
         max_spec_bytes: int = limits.DEFAULT_MAX_SPEC_BYTES,
+        max_waiting_jobs: int = 0,
         max_subscriptions_per_caller: int = 64,
         max_message_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES,
         page_tokens: convert.PageTokens | None = None,
     ) -> None:
-        """`max_epochs` and `max_spec_bytes` are the server's TP_MAX_EPOCHS and TP_MAX_SPEC_BYTES."""
+        """`max_epochs`, `max_spec_bytes` and `max_waiting_jobs` are the server's TP_MAX_EPOCHS, TP_MAX_SPEC_BYTES
+        and TP_MAX_WAITING_JOBS (0: no limit)."""
         self._backend = backend
         self._dispatcher = dispatcher
         # Open SubscribeTelemetry calls per caller (TP_MAX_SUBSCRIPTIONS_PER_CALLER): per token kind, and per job
@@ -66,6 +68,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         )
         self._max_epochs = max_epochs
         self._max_spec_bytes = max_spec_bytes
+        self._max_waiting_jobs = max_waiting_jobs
         # Every list (and replay) response stays within half the largest message (TP_MAX_MESSAGE_BYTES; 4 MiB by
         # default, which is also gRPC's default receive limit of clients), whatever is stored: pages end early by
         # bytes, and a job too large alone is listed trimmed (`convert.job_within`).
@@ -113,6 +116,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             dataset_config=convert.message_to_dict(spec.dataset),
             training_config=convert.message_to_dict(spec.training),
             advanced_config=convert.message_to_dict(spec.advanced),
+            max_waiting=self._max_waiting_jobs,
         )
         if not created:
             # A retry: the job its key created, with the same token (derived again; only its hash is stored).

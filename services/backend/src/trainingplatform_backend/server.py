@@ -153,6 +153,7 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
             max_subscriptions_per_caller=settings.max_subscriptions_per_caller,
             max_epochs=settings.max_epochs,
             max_spec_bytes=settings.max_spec_bytes,
+            max_waiting_jobs=settings.max_waiting_jobs,
             max_message_bytes=settings.max_message_bytes,
             page_tokens=PageTokens.for_deployment(settings.page_token_key, settings.internal_auth_token),
         ),

@@ -150,6 +150,11 @@ class Settings:
     max_epochs: int = DEFAULT_MAX_EPOCHS
     """TP_MAX_EPOCHS: most epochs a job may ask for."""
 
+    max_waiting_jobs: int = 10_000
+    """TP_MAX_WAITING_JOBS: most jobs waiting to start (PENDING or QUEUED) at once; past it CreateJob gets
+    RESOURCE_EXHAUSTED (a retry of a stored request still gets its job). 0: no limit. With several backend
+    processes on PostgreSQL, creates at the same moment may pass it by a few."""
+
     max_spec_bytes: int = DEFAULT_MAX_SPEC_BYTES
     """TP_MAX_SPEC_BYTES: largest serialized JobSpec CreateJob accepts (64 KiB; at least 1 KiB, at most
     TP_MAX_MESSAGE_BYTES); a larger one gets INVALID_ARGUMENT. Every GetJob and ListJobs returns stored specs, so
@@ -300,6 +305,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         max_epochs=values.whole_number(
             "TP_MAX_EPOCHS", env.get("TP_MAX_EPOCHS", str(DEFAULT_MAX_EPOCHS)), maximum=MAX_EPOCHS
         ),
+        max_waiting_jobs=values.whole_number("TP_MAX_WAITING_JOBS", env.get("TP_MAX_WAITING_JOBS", "10000"), minimum=0),
         max_spec_bytes=values.whole_number(
             "TP_MAX_SPEC_BYTES",
             env.get("TP_MAX_SPEC_BYTES", str(DEFAULT_MAX_SPEC_BYTES)),

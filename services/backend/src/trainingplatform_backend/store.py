@@ -212,13 +212,17 @@ class Store:
         dataset_config: dict[str, Any],
         training_config: dict[str, Any],
         advanced_config: dict[str, Any],
+        max_waiting: int = 0,
     ) -> tuple[JobView, bool]:
         """Stores a PENDING job (then QUEUED when `queued`: the dispatcher takes it from there) with its events and
         empty cursors; returns it and True. With a `request_id` an earlier job created with it is returned
         instead, with False. Without `job_id` and `token_hash` a new id and a random token's hash are used.
+        `max_waiting` (TP_MAX_WAITING_JOBS; 0: no limit) bounds the jobs not yet started (PENDING or QUEUED); with
+        several backend processes on PostgreSQL concurrent creates may pass it by a few.
 
         Raises:
-            PlatformError: ALREADY_EXISTS, the request_id was used by a request with another `request_hash`.
+            PlatformError: ALREADY_EXISTS, the request_id was used by a request with another `request_hash`;
+                RESOURCE_EXHAUSTED, `max_waiting` jobs are waiting to start.
         """
         job_id = job_id or str(uuid.uuid4())
         token_hash = token_hash or mint_job_token(job_id)[1]
@@ -240,6 +244,7 @@ class Store:
                 dataset_config=dataset_config,
                 training_config=training_config,
                 advanced_config=advanced_config,
+                max_waiting=max_waiting,
             )
         except IntegrityError:
             existing = self._job_of_request(request_id, request_hash) if request_id else None
@@ -261,6 +266,18 @@ class Store:
                 )
             return self._view(session, job, with_events=False)
 
+    @staticmethod
+    def _check_waiting(session: Session, max_waiting: int) -> None:
+        waiting = session.scalar(
+            select(func.count()).select_from(Job).where(Job.status.in_((statemachine.PENDING, statemachine.QUEUED)))
+        )
+        if waiting is not None and waiting >= max_waiting:
+            raise PlatformError(
+                f"{waiting} jobs are waiting to start, the most TP_MAX_WAITING_JOBS ({max_waiting}) allows: cancel "
+                "some or wait until trainers take them, then create this job again",
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+
     def _insert_job(
         self,
         *,
@@ -276,9 +293,12 @@ class Store:
         dataset_config: dict[str, Any],
         training_config: dict[str, Any],
         advanced_config: dict[str, Any],
+        max_waiting: int,
     ) -> None:
         now = utcnow()
         with self.write_lock(), self._sessions.begin() as session:
+            if max_waiting:
+                self._check_waiting(session, max_waiting)
             job = Job(
                 job_id=job_id,
                 framework=framework,

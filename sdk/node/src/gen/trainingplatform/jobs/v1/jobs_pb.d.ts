@@ -1033,8 +1033,9 @@ export declare const JobsService: GenService<{
    * framework refuses when asked to validate the spec (StartTraining with validate_only): an unknown model or
    * option with the closest valid names, a value out of range, a dataset path outside the trainer's data roots),
    * NOT_FOUND (the trainer has no such dataset path or checkpoint), FAILED_PRECONDITION (no trainer configured for
-   * the framework), ALREADY_EXISTS (request_id already used by a different request), UNAUTHENTICATED,
-   * PERMISSION_DENIED. A trainer that cannot be reached within 5 s does not block the job: it is validated again
+   * the framework), ALREADY_EXISTS (request_id already used by a different request), RESOURCE_EXHAUSTED (the
+   * backend's TP_MAX_WAITING_JOBS, 10,000 by default, jobs are waiting to start: PENDING or QUEUED; nothing is
+   * stored, try again once some have started), UNAUTHENTICATED, PERMISSION_DENIED. A trainer that cannot be reached within 5 s does not block the job: it is validated again
    * when dispatched.
    *
    * @generated from rpc trainingplatform.jobs.v1.JobsService.CreateJob
