@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-__all__ = ["TlsFiles"]
+__all__ = ["TlsFiles", "check_server_tls"]
 
 
 @dataclass(frozen=True)
@@ -37,3 +37,24 @@ class TlsFiles:
         return grpc.ssl_server_credentials(
             [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
         )
+
+
+def check_server_tls(cert: str, key: str, client_ca: str) -> None:
+    """Checks that a server's TLS settings are whole: TLS is on with both TP_TLS_CERT_FILE and TP_TLS_KEY_FILE, off
+    with neither, and TP_TLS_CLIENT_CA_FILE (mutual TLS) needs TLS on. A part alone would serve plaintext where the
+    operator asked for TLS.
+
+    Raises:
+        ValueError: naming what is missing.
+    """
+    if client_ca and not (cert or key):
+        raise ValueError(
+            "TP_TLS_CLIENT_CA_FILE (mutual TLS) needs TP_TLS_CERT_FILE and TP_TLS_KEY_FILE: set the server's "
+            "certificate and key too, or unset it to serve plaintext"
+        )
+    for given, value, missing, other in (
+        ("TP_TLS_CERT_FILE", cert, "TP_TLS_KEY_FILE", key),
+        ("TP_TLS_KEY_FILE", key, "TP_TLS_CERT_FILE", cert),
+    ):
+        if value and not other:
+            raise ValueError(f"{given} is set but {missing} is not: TLS needs both (and neither serves plaintext)")

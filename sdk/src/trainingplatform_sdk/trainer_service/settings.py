@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainingplatform_sdk import setting_values as values
+from trainingplatform_sdk.server.tls import check_server_tls
 from trainingplatform_sdk.spec.limits import DEFAULT_MAX_EPOCHS, MAX_EPOCHS
 
 __all__ = ["TrainerSettings", "add_arguments", "load"]
@@ -52,7 +53,8 @@ class TrainerSettings:
     a `module:Class` path runs another TrainingAdapter subclass for the same framework (tests use one)."""
 
     tls_cert_file: str = ""
-    """TP_TLS_CERT_FILE: PEM server certificate; with TP_TLS_KEY_FILE it turns TLS on."""
+    """TP_TLS_CERT_FILE: PEM server certificate; with TP_TLS_KEY_FILE it turns TLS on (one without the other, or
+    TP_TLS_CLIENT_CA_FILE without both, is refused at start: `check_server_tls`)."""
 
     tls_key_file: str = ""
     """TP_TLS_KEY_FILE: PEM private key of the server certificate."""
@@ -163,8 +165,7 @@ def load(
         max_concurrent_streams=max_streams,
         metrics_port=metrics_port,
     )
-    if bool(settings.tls_cert_file) != bool(settings.tls_key_file):
-        raise ValueError("TLS needs both TP_TLS_CERT_FILE and TP_TLS_KEY_FILE")
+    check_server_tls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
     return settings
 
 

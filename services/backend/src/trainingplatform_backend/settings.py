@@ -11,6 +11,7 @@ from pathlib import Path
 
 from trainingplatform_sdk import setting_values as values
 from trainingplatform_sdk.channel import parse_backend_address
+from trainingplatform_sdk.server.tls import check_server_tls
 from trainingplatform_sdk.spec.limits import (
     DEFAULT_MAX_EPOCHS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -49,7 +50,8 @@ class Settings:
     """READ_AUTH_TOKEN: optional read-only token for dashboards (jobs, history, subscriptions)."""
 
     tls_cert_file: str = ""
-    """TP_TLS_CERT_FILE: PEM server certificate; with TP_TLS_KEY_FILE it turns TLS on."""
+    """TP_TLS_CERT_FILE: PEM server certificate; with TP_TLS_KEY_FILE it turns TLS on (one without the other, or
+    TP_TLS_CLIENT_CA_FILE without both, is refused at start: `check_server_tls`)."""
 
     tls_key_file: str = ""
     """TP_TLS_KEY_FILE: PEM private key of the server certificate."""
@@ -318,6 +320,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
             named("metrics_port", "TP_METRICS_PORT"), pick("metrics_port", "TP_METRICS_PORT", "0")
         ),
     )
+    check_server_tls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
     _check_trainer_tls(settings)
     if settings.metrics_port and str(settings.metrics_port) == settings.listen.rpartition(":")[2]:
         raise ValueError(
