@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
+from trainingplatform_sdk import TrainingLogger
 
 from .conftest import Platform
 from .helpers import wait_js
@@ -14,12 +16,17 @@ JOBS = 527
 
 
 @pytest.fixture(scope="module")
-def job_ids(stack: Platform) -> list[str]:
-    """527 undispatched jobs, oldest first."""
-    ids = [stack.backend.create_job()[0] for _ in range(5)]
+def jobs(stack: Platform) -> list[tuple[str, str]]:
+    """527 undispatched jobs, oldest first: (job id, telemetry token)."""
+    created = [stack.backend.create_job() for _ in range(5)]
     with ThreadPoolExecutor(8) as pool:
-        ids += [job_id for job_id, _ in pool.map(lambda _: stack.backend.create_job(), range(JOBS - 5))]
-    return ids
+        created += list(pool.map(lambda _: stack.backend.create_job(), range(JOBS - 5)))
+    return created
+
+
+@pytest.fixture(scope="module")
+def job_ids(jobs: list[tuple[str, str]]) -> list[str]:
+    return [job_id for job_id, _ in jobs]
 
 
 def count_text(page: Any) -> str:
@@ -59,3 +66,26 @@ def test_the_compare_picker_loads_the_older_jobs(page: Any, stack: Platform, job
     page.locator("#compare-load-more").click()
     wait_js(page, f"document.querySelectorAll('#compare-picker tbody tr').length === {JOBS}")
     assert str(summary.text_content()) == f"Pick jobs ({JOBS})"
+
+
+def test_a_job_older_than_the_first_page_updates_live_once_loaded(
+    page: Any, stack: Platform, jobs: list[tuple[str, str]], tmp_path: Path
+) -> None:
+    oldest, token = jobs[0]
+    page.goto(stack.url)
+    wait_js(page, "document.querySelectorAll('#jobs-body tr[data-job-id]').length >= 500")
+    page.locator("#load-more").click()
+    row = page.locator(f'#jobs-body tr[data-job-id="{oldest}"]')
+    row.wait_for()
+    status = f"document.querySelector('#jobs-body tr[data-job-id=\"{oldest}\"]')?.dataset.status"
+    assert row.get_attribute("data-status") == "PENDING"
+    logger = TrainingLogger(oldest, backend_address=stack.backend.address, token=token, spool_dir=tmp_path / "spool")
+    try:
+        logger.update_status("RUNNING")
+        assert logger.flush(timeout=15)
+        # The jobs feed follows every job not ended, not only the newest 500: the row changes without a reload.
+        wait_js(page, f"{status} === 'RUNNING'")
+    finally:
+        logger.update_status("COMPLETED")
+        logger.close(timeout=15)
+    wait_js(page, f"{status} === 'COMPLETED'")

@@ -38,7 +38,7 @@ from trainingplatform_sdk.errors import PlatformError
 from trainingplatform_sdk.spec import AdvancedConfig, validate_spec
 
 from trainingplatform_dashboard import convert
-from trainingplatform_dashboard.backend import Backend
+from trainingplatform_dashboard.backend import MAX_METRIC_KEYS, Backend
 from trainingplatform_dashboard.errors import ApiError, from_platform_error, from_rpc_error
 from trainingplatform_dashboard.fanout import Client, Cursor, FanOut
 from trainingplatform_dashboard.feed import JobsFeed
@@ -410,9 +410,19 @@ _MAX_STEP = 2**53 - 1
 
 
 async def get_series(request: Request) -> Response:
-    """GET /api/jobs/{id}/series?keys=a,b&max_points=1000&min_step=&max_step=: bucketed series (GetMetricSeries)."""
+    """GET /api/jobs/{id}/series?keys=a,b&max_points=1000&min_step=&max_step=: bucketed series (GetMetricSeries).
+
+    Every key of the job (or every key of `keys`), however many: the backend answers 1,000 keys a call, and this
+    asks again from each answer's `next_key`, up to `MAX_METRIC_KEYS` keys (then the answer's `next_key` and
+    `message` say which keys are left out). A job with many keys costs as many calls: a page that only needs the
+    key list asks with max_points=1.
+    """
     _, backend, _, _ = _parts(request)
     keys = [key for key in request.query_params.get("keys", "").split(",") if key]
+    if len(keys) > MAX_METRIC_KEYS:
+        raise ApiError(
+            400, "INVALID_ARGUMENT", f"keys names {len(keys)} keys; at most {MAX_METRIC_KEYS} are allowed", "keys"
+        )
     series_request = jobs_pb2.GetMetricSeriesRequest(
         job_id=request.path_params["job_id"],
         keys=keys,
@@ -424,8 +434,15 @@ async def get_series(request: Request) -> Response:
         series_request.min_step = min_step
     if max_step is not None:
         series_request.max_step = max_step
-    response = await _call(backend.metric_series(series_request))
-    return JSONResponse(convert.series_json(response))
+    pages = await _call(backend.metric_series_pages(series_request))
+    if pages.next_key:
+        _LOG.warning(
+            "job %s has more than %d metric keys: the series answer stops before %r",
+            series_request.job_id,
+            pages.keys,
+            pages.next_key,
+        )
+    return JSONResponse(convert.series_json(pages))
 
 
 async def get_logs(request: Request) -> Response:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -21,7 +22,7 @@ from trainingplatform_sdk.channel import auth_metadata, open_aio_channel
 from trainingplatform_dashboard.errors import ApiError
 from trainingplatform_dashboard.settings import FRONTEND_TOKEN_FILE, Settings
 
-__all__ = ["Backend"]
+__all__ = ["MAX_METRIC_KEYS", "Backend", "SeriesPages"]
 
 _LOG = logging.getLogger("trainingplatform_dashboard")
 
@@ -31,6 +32,34 @@ _RECEIVE_BYTES = 16 * 1024 * 1024
 #: subscriptions (the job hubs, the catch-ups) to be refused.
 MAX_UNARY_CALLS = 32
 _READS = ("GetJob", "ListJobs", "ListMetrics", "ListLogs", "GetMetricSeries")
+_SERIES_KEYS_PER_CALL = 1000
+MAX_METRIC_KEYS = 10_000
+"""The most metric keys of one job the dashboard reads (GetMetricSeries answers 1,000 a call: 10 calls)."""
+
+
+@dataclass
+class SeriesPages:
+    """Every GetMetricSeries answer of one read, in key order. Each answer is its own consistent read, with its own
+    `last_sequence`."""
+
+    answers: list[jobs_pb2.GetMetricSeriesResponse] = field(default_factory=list)
+    keys: int = 0
+    """Series read, all answers together."""
+    next_key: str = ""
+    """Set when the read stopped at `MAX_METRIC_KEYS` keys: the first key left out."""
+
+    @property
+    def series(self) -> Iterator[tuple[jobs_pb2.MetricSeries, int]]:
+        """Each series with the `last_sequence` of its answer."""
+        for answer in self.answers:
+            for series in answer.series:
+                yield series, answer.last_sequence
+
+    @property
+    def last_sequence(self) -> int:
+        """The lowest `last_sequence` of the answers: every point committed up to it is in the read, whatever its
+        key (0 when nothing was read)."""
+        return min((answer.last_sequence for answer in self.answers), default=0)
 
 
 def _service_config() -> str:
@@ -143,24 +172,34 @@ class Backend:
 
     async def list_jobs(self, *, statuses: tuple[int, ...] = (), framework: str = "", limit: int = 500) -> list[Any]:
         """ListJobs with the read token: the newest `limit` jobs (pages followed)."""
-        jobs: list[Any] = []
+        jobs, _ = await self.list_jobs_capped(statuses=statuses, framework=framework, limit=limit)
+        return jobs
+
+    async def list_jobs_capped(
+        self, *, statuses: tuple[int, ...] = (), framework: str = "", limit: int
+    ) -> tuple[list[jobs_pb2.Job], bool]:
+        """ListJobs with the read token: the newest `limit` jobs (pages of at most 1,000 followed), and whether
+        more jobs matched than `limit`."""
+        jobs: list[jobs_pb2.Job] = []
         token = ""
-        while len(jobs) < limit:
+        while True:
             response = await self._unary_call(
                 self.stub.ListJobs,
                 jobs_pb2.ListJobsRequest(
                     statuses=list(statuses),  # type: ignore[arg-type]
                     framework=framework,
-                    page_size=min(1000, limit - len(jobs)),
+                    # One more than asked: that one says whether the list was cut.
+                    page_size=min(1000, limit + 1 - len(jobs)),
                     page_token=token,
                 ),
                 self._read(),
             )
             jobs.extend(response.jobs)
             token = response.next_page_token
+            if len(jobs) > limit:
+                return jobs[:limit], True
             if not token:
-                break
-        return jobs[:limit]
+                return jobs, False
 
     async def list_jobs_page(
         self,
@@ -198,8 +237,38 @@ class Backend:
         )
 
     async def metric_series(self, request: jobs_pb2.GetMetricSeriesRequest) -> jobs_pb2.GetMetricSeriesResponse:
-        """GetMetricSeries with the read token."""
+        """One GetMetricSeries answer with the read token (at most 1,000 keys: see `metric_series_pages`)."""
         return await self._unary_call(self.stub.GetMetricSeries, request, self._read())
+
+    async def metric_series_pages(
+        self, request: jobs_pb2.GetMetricSeriesRequest, *, max_keys: int = MAX_METRIC_KEYS
+    ) -> SeriesPages:
+        """GetMetricSeries with the read token, every key: asks again from each answer's `next_key` (and, when
+        `request.keys` holds more than the backend takes in one call, asks for them 1,000 at a time) until no key
+        is left or `max_keys` keys were read; then `next_key` names the first key left out."""
+        keys = list(request.keys)
+        groups = [keys[i : i + _SERIES_KEYS_PER_CALL] for i in range(0, len(keys), _SERIES_KEYS_PER_CALL)] or [[]]
+        pages = SeriesPages()
+        for group in groups:
+            start_key = request.start_key
+            while True:
+                page_request = jobs_pb2.GetMetricSeriesRequest()
+                page_request.CopyFrom(request)
+                del page_request.keys[:]
+                page_request.keys.extend(group)
+                page_request.start_key = start_key
+                response = await self.metric_series(page_request)
+                pages.answers.append(response)
+                pages.keys += len(response.series)
+                if not response.next_key:
+                    break
+                if pages.keys >= max_keys:
+                    pages.next_key = response.next_key
+                    return pages
+                if response.next_key <= start_key:  # a backend that does not move on: never loop
+                    raise RuntimeError(f"GetMetricSeries answered next_key {response.next_key!r} for {start_key!r}")
+                start_key = response.next_key
+        return pages
 
     def subscribe(
         self, job_id: str, after: jobs_pb2.TelemetryCursor | None = None

@@ -18,6 +18,8 @@ from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform_sdk.spec import AdvancedConfig
 
+from trainingplatform_dashboard.backend import MAX_METRIC_KEYS, SeriesPages
+
 __all__ = [
     "dumps",
     "epoch_summary_json",
@@ -188,18 +190,32 @@ def epoch_summary_json(summary: Any) -> dict:
     }
 
 
-def series_json(response: jobs_pb2.GetMetricSeriesResponse) -> dict:
-    """{"series": [{key, total_points, buckets}], "last_sequence"} of a GetMetricSeries answer."""
+def series_json(pages: SeriesPages) -> dict:
+    """{"series": [{key, total_points, buckets, last_sequence}], "last_sequence", "next_key", "message"} of the
+    GetMetricSeries answers of one read (`Backend.metric_series_pages`).
+
+    Each series has the `last_sequence` of the answer it came in (the points of that key it includes); the top
+    `last_sequence` is the lowest of them, where a live stream resumes. `next_key` is set when the read stopped at
+    `MAX_METRIC_KEYS` keys, and `message` then says so in a sentence."""
+    message = ""
+    if pages.next_key:
+        message = (
+            f"This job has more than {pages.keys} metric keys; the dashboard reads at most {MAX_METRIC_KEYS}: the "
+            f"keys from {pages.next_key!r} on (in key order) are left out."
+        )
     return {
         "series": [
             {
                 "key": series.key,
                 "total_points": series.total_points,
                 "buckets": [_bucket(bucket) for bucket in series.buckets],
+                "last_sequence": last_sequence,
             }
-            for series in response.series
+            for series, last_sequence in pages.series
         ],
-        "last_sequence": response.last_sequence,
+        "last_sequence": pages.last_sequence,
+        "next_key": pages.next_key,
+        "message": message,
     }
 
 

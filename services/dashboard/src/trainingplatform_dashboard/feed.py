@@ -1,16 +1,19 @@
-"""The jobs feed: one ListJobs poll a second for every open jobs page together, pushed as `event: job`.
+"""The jobs feed: one poll a second for every open jobs page together, pushed as `event: job`.
 
-While at least one browser follows /api/events/jobs, the feed polls the newest 500 jobs every `poll_interval_s`
-and sends each job that appeared or changed (status, times, name, latest metric) to every follower. A follower
-first receives every job of the last poll, so a page that reconnects is whole again.
+While at least one browser follows /api/events/jobs, the feed polls every `poll_interval_s`: the jobs not ended
+(pending, queued, running: ListJobs with a status filter, paged, however old they are; at most `MAX_UNENDED_JOBS`,
+the newest, with a warning logged when there are more) and the newest `NEWEST_JOBS` (500) jobs. A job the last
+poll saw not ended that is in neither list any more has ended: it is read once (GetJob, at most 100 a poll) and
+its final status is pushed. The feed sends each job that appeared or changed (status, times, name, latest metric)
+to every follower. A follower first receives every job of the last poll, so a page that reconnects is whole again.
 
 While ListJobs fails, the followers keep the jobs of the last good poll and receive `event: backend`
 {"reachable": false, "since": ISO time, "message"} (a new follower first), then {"reachable": true} once a poll
 succeeds again: the page says that what it shows is stale.
 
 The latest metric of a job (the jobs page's "latest key metric") comes from GetMetricSeries with one bucket per
-key; it is read again only when the job's metric cursor moved, at most every `LATEST_REFRESH_S` per job, and never
-again once the job has ended.
+key, every key (the backend answers 1,000 keys a call: the feed follows `next_key`); it is read again only when
+the job's metric cursor moved, at most every `LATEST_REFRESH_S` per job, and never again once the job has ended.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 
 from trainingplatform_dashboard import convert, metrics
 from trainingplatform_dashboard.backend import Backend
 from trainingplatform_dashboard.fanout import Client, Cursor
 
-__all__ = ["JobsFeed", "pick_key_metric"]
+__all__ = ["MAX_UNENDED_JOBS", "NEWEST_JOBS", "JobsFeed", "pick_key_metric"]
 
 _LOG = logging.getLogger("trainingplatform_dashboard.feed")
 
@@ -40,6 +44,13 @@ LATEST_REFRESH_S = 5.0
 _LATEST_CONCURRENCY = 8
 _LATEST_PER_ROUND = 50
 _TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+NEWEST_JOBS = 500
+"""Every poll reads the newest this many jobs, whatever their status."""
+MAX_UNENDED_JOBS = 5000
+"""Every poll also reads the jobs not ended (pending, queued, running), at most this many (the newest; a warning is
+logged when there are more): 5 ListJobs pages of 1,000."""
+_NOT_ENDED = (common_pb2.JOB_STATUS_PENDING, common_pb2.JOB_STATUS_QUEUED, common_pb2.JOB_STATUS_RUNNING)
+_LEFT_READS_PER_POLL = 100
 _PREFERRED = (
     "val/accuracy",
     "val/acc",
@@ -77,8 +88,22 @@ class _Latest:
 class JobsFeed:
     """The shared ListJobs poller and its followers."""
 
-    def __init__(self, backend: Backend, *, poll_interval_s: float, linger_s: float, max_events: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        poll_interval_s: float,
+        linger_s: float,
+        max_events: int,
+        max_unended: int = MAX_UNENDED_JOBS,
+    ) -> None:
         self.backend = backend
+        self.max_unended = max_unended
+        """The most jobs not ended that a poll reads (the newest of them)."""
+        self.unended_cut = False
+        """Whether the last poll found more jobs not ended than `max_unended`."""
+        self._unended: set[str] = set()
+        """Jobs whose last status seen was not terminal: one that leaves both lists is read once (GetJob)."""
         self.poll_interval_s = poll_interval_s
         self.linger_s = linger_s
         self.max_events = max_events
@@ -125,19 +150,20 @@ class JobsFeed:
         async def read(job: jobs_pb2.Job) -> None:
             async with semaphore:
                 try:
-                    response = await self.backend.metric_series(
+                    # Every key (the backend answers 1,000 a call): the key metric may come after the first 1,000.
+                    pages = await self.backend.metric_series_pages(
                         jobs_pb2.GetMetricSeriesRequest(job_id=job.job_id, max_points=1)
                     )
                 except grpc.aio.AioRpcError as error:
                     _LOG.debug("latest metric of %s: %s", job.job_id, error.code().name)
                     return
-                by_key = {series.key: series for series in response.series if series.buckets}
+                by_key = {series.key: series for series, _ in pages.series if series.buckets}
                 key = pick_key_metric(by_key)
                 value = None
                 if key is not None:
                     bucket = by_key[key].buckets[-1]
                     value = {"key": key, "value": convert.number(bucket.last), "step": bucket.last_step}
-                self._latest[job.job_id] = _Latest(response.last_sequence, time.monotonic(), value)
+                self._latest[job.job_id] = _Latest(pages.last_sequence, time.monotonic(), value)
 
         await asyncio.gather(*(read(job) for job in stale))
 
@@ -214,8 +240,23 @@ class JobsFeed:
             client.wake.set()
 
     async def poll(self) -> None:
-        """One ListJobs; sends what changed to every follower."""
-        jobs = await self.backend.list_jobs(limit=500)
+        """One round: the jobs not ended (ListJobs by status, paged, at most `max_unended` of them), the newest
+        `NEWEST_JOBS`, and one GetJob of each job followed as not ended that is in neither list any more; sends
+        what changed to every follower."""
+        unended, cut = await self.backend.list_jobs_capped(statuses=_NOT_ENDED, limit=self.max_unended)
+        self._note_cut(cut)
+        newest = await self.backend.list_jobs(limit=NEWEST_JOBS)
+        by_id = {job.job_id: job for job in unended}
+        by_id.update((job.job_id, job) for job in newest)  # read last: the newer of the two
+        left = sorted(job_id for job_id in self._unended if job_id not in by_id)
+        reading = left[:_LEFT_READS_PER_POLL]
+        read, failed = await self._read_left(reading)
+        by_id.update((job.job_id, job) for job in read)
+        # Followed from now on: every job not ended in the lists (one read after it left them is not: it ended,
+        # or it is past `max_unended`), and those of `left` not read yet or whose read failed.
+        self._unended = {job_id for job_id, job in by_id.items() if job_id not in reading and _not_ended(job)}
+        self._unended.update(left[_LEFT_READS_PER_POLL:], failed)
+        jobs = list(by_id.values())
         self.polls_total += 1
         await self.refresh_latest(jobs)
         seen: dict[str, dict[str, Any]] = {}
@@ -231,12 +272,49 @@ class JobsFeed:
             del self.snapshot[gone]
         self.jobs = seen
 
+    async def _read_left(self, job_ids: list[str]) -> tuple[list[jobs_pb2.Job], list[str]]:
+        """GetJob of each job that left the lists of a poll (to push its final status): (the jobs read, the ids
+        whose read failed). A job the backend no longer has is in neither."""
+        semaphore = asyncio.Semaphore(_LATEST_CONCURRENCY)
+        read: list[jobs_pb2.Job] = []
+        failed: list[str] = []
+
+        async def one(job_id: str) -> None:
+            async with semaphore:
+                try:
+                    read.append((await self.backend.get_job(job_id)).job)
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.NOT_FOUND:
+                        _LOG.debug("jobs feed: GetJob %s: %s", job_id, error.code().name)
+                        failed.append(job_id)
+
+        await asyncio.gather(*(one(job_id) for job_id in job_ids))
+        return read, failed
+
+    def _note_cut(self, cut: bool) -> None:
+        """Logs a warning when the jobs not ended first outnumber `max_unended`, and when they no longer do."""
+        if cut and not self.unended_cut:
+            _LOG.warning(
+                "jobs feed: more than %d jobs are not ended; it follows the newest %d of them and the newest %d "
+                "jobs: the status changes of the others reach an open jobs page only when it loads its list again",
+                self.max_unended,
+                self.max_unended,
+                NEWEST_JOBS,
+            )
+        elif not cut and self.unended_cut:
+            _LOG.info("jobs feed: at most %d jobs are not ended again: it follows all of them", self.max_unended)
+        self.unended_cut = cut
+
     async def close(self) -> None:
         """Stops polling."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
+
+
+def _not_ended(job: jobs_pb2.Job) -> bool:
+    return convert.status_name(job.status) not in _TERMINAL
 
 
 def _job_chunk(job: dict[str, Any]) -> bytes:

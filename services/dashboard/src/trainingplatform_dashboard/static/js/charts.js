@@ -5,11 +5,21 @@
 // million points stays visible. Live points (SSE `metrics`) append raw, as one-point buckets; past RAW_BOUND raw
 // points a key is re-bucketed by the server. Zooming (drag across the chart) re-queries the visible range;
 // a double click goes back to the whole run.
+//
+// A job with more keys than MAX_CHARTS (per page: the job page's non-system keys, the system page's system/ keys)
+// gets a key picker instead of one chart per key: every key is in its list (filtered by a search box), the first
+// MAX_CHARTS keys are charted, and checking or unchecking a key adds or removes its chart. Only the charted keys'
+// series are read and followed. /api/jobs/{id}/series answers every key of the job (the dashboard follows the
+// backend's pages of 1,000 keys), up to the dashboard's bound, and says when that bound left keys out.
 
 import { api, el, formatTick, formatValue } from "./common.js";
 
 export const PALETTE = ["#2f6db5", "#d9622b", "#2e8b57", "#8e44ad", "#b8860b", "#c0392b", "#16a085", "#7f8c8d"];
 const RAW_BOUND = 2000;
+/** The most charts one page draws at once: a job with more keys gets a key picker. */
+export const MAX_CHARTS = 30;
+/** The most keys the picker lists at once (the search box narrows them). */
+const PICKER_ROWS = 200;
 
 /** A drawable number: the API sends non-finite values as the strings "NaN", "Infinity", "-Infinity" (gaps). */
 export function finite(value) {
@@ -44,6 +54,7 @@ export class SeriesStore {
     this.keys = new Map(); // key -> {buckets, raw, base (last_sequence the buckets include), lastSeq}
     this.lastSequence = 0; // of the first full load: the SSE stream resumes after it
     this.epochs = new Map(); // epoch -> [min step, max step]
+    this.tracked = null; // null: every key's points are kept; else only those of the keys in this Set
   }
 
   entry(key) {
@@ -62,11 +73,14 @@ export class SeriesStore {
     return api(`/api/jobs/${encodeURIComponent(this.jobId)}/series?${query}`);
   }
 
-  /** The first load: every key (or `keys`) over the whole run. */
+  /** The first load: every key (or `keys`) over the whole run. The answer may come from several backend reads:
+   * each series says up to which sequence it holds the key's points, and `last_sequence` is the lowest of them. */
   async load(maxPoints, keys = []) {
     const answer = await this.fetch({ keys, maxPoints });
     this.lastSequence = answer.last_sequence || 0;
-    for (const series of answer.series) this.replace(series.key, series.buckets, this.lastSequence);
+    for (const series of answer.series) {
+      this.replace(series.key, series.buckets, series.last_sequence ?? this.lastSequence);
+    }
     return answer;
   }
 
@@ -102,6 +116,7 @@ export class SeriesStore {
   append(points) {
     const changed = new Set();
     for (const p of points) {
+      if (this.tracked !== null && !this.tracked.has(p.key)) continue;
       const entry = this.entry(p.key);
       if (p.sequence <= entry.lastSeq) continue;
       entry.lastSeq = p.sequence;
@@ -400,7 +415,86 @@ export class JobCharts {
     this.frame = null;
     this.rebucketing = new Set();
     this.empty = el("p", { class: "muted empty", text: "No metrics yet: charts appear with the first point." });
-    container.append(this.empty);
+    this.notice = el("p", { class: "banner warning", id: "keys-notice", hidden: true });
+    this.known = new Set(); // every key the page knows that passes the filter (listed or seen live)
+    this.listed = []; // every key of the job's key list (filtered or not), from load()
+    this.picked = null; // null: every key is charted; else the charted keys (the picker is shown)
+    this.picker = null;
+    container.append(this.notice, this.empty);
+  }
+
+  /** Reads the job's key list, then the series of the keys to chart: all of them when there are at most
+   * MAX_CHARTS, else the first MAX_CHARTS with a picker for the others. */
+  async load() {
+    const list = await this.store.fetch({ maxPoints: 1 });
+    if (list.message) {
+      this.notice.textContent = list.message;
+      this.notice.hidden = false;
+    }
+    this.listed = list.series.map((s) => s.key);
+    const keys = this.listed.filter(this.filter);
+    for (const key of keys) this.known.add(key);
+    if (keys.length <= MAX_CHARTS) {
+      await this.store.load(this.maxPoints());
+    } else {
+      this.pick(new Set(keys.slice(0, MAX_CHARTS)));
+      await this.store.load(this.maxPoints(), [...this.picked]);
+    }
+    this.renderAll();
+  }
+
+  /** From now on only `keys` are charted (and their points kept); the picker lists every key. */
+  pick(keys) {
+    this.picked = keys;
+    this.store.tracked = new Set(keys);
+    if (!this.picker) {
+      this.picker = new KeyPicker(this);
+      this.notice.after(this.picker.root);
+    }
+    this.picker.render();
+  }
+
+  /** Charts one more key (checked in the picker); false when MAX_CHARTS are already charted. */
+  add(key) {
+    if (this.picked.has(key)) return true;
+    if (this.picked.size >= MAX_CHARTS) return false;
+    this.picked.add(key);
+    this.store.tracked.add(key);
+    this.ensure(key);
+    this.rebucketing.add(key);
+    this.store
+      .rebucket(key, this.maxPoints())
+      .then(() => {
+        if (this.picked.has(key)) this.dirty.add(key);
+        else this.store.keys.delete(key); // unchecked meanwhile
+      })
+      .catch((error) => {
+        this.notice.textContent = `Could not load ${key}: ${error.message}`;
+        this.notice.hidden = false;
+      })
+      .finally(() => {
+        this.rebucketing.delete(key);
+        this.schedule();
+      });
+    return true;
+  }
+
+  /** Removes a key's chart (unchecked in the picker) and forgets its points. */
+  remove(key) {
+    this.picked.delete(key);
+    this.store.tracked.delete(key);
+    this.store.keys.delete(key);
+    this.dirty.delete(key);
+    const item = this.charts.get(key);
+    if (!item) return;
+    item.chart.destroy();
+    this.charts.delete(key);
+    const prefix = prefixOf(key);
+    const section = this.sections.get(prefix);
+    if (section && section.grid.childElementCount === 0) {
+      section.remove();
+      this.sections.delete(prefix);
+    }
   }
 
   maxPoints() {
@@ -423,6 +517,13 @@ export class JobCharts {
   ensure(key) {
     let item = this.charts.get(key);
     if (item || !this.filter(key)) return item;
+    if (!this.known.has(key)) {
+      this.known.add(key);
+      this.picker?.render();
+    }
+    // Past MAX_CHARTS keys (a live job that keeps adding keys), the next keys go to the picker, not to charts.
+    if (this.picked === null && this.charts.size >= MAX_CHARTS) this.pick(new Set(this.charts.keys()));
+    if (this.picked !== null && !this.picked.has(key)) return undefined;
     this.empty.remove();
     const section = this.section(prefixOf(key));
     const chart = new MetricChart(section.grid, {
@@ -451,6 +552,9 @@ export class JobCharts {
   }
 
   append(points) {
+    for (const p of points) {
+      if (!this.known.has(p.key)) this.ensure(p.key);
+    }
     for (const key of this.store.append(points)) {
       if (!this.ensure(key)) continue;
       this.dirty.add(key);
@@ -530,5 +634,74 @@ export class JobCharts {
   setLog(log) {
     this.log = log;
     for (const item of this.charts.values()) item.chart.setLog(log);
+  }
+}
+
+/** The key list of a job with more keys than MAX_CHARTS: a search box, at most PICKER_ROWS matching keys with a
+ * checkbox each (checked: charted), and a line saying how many keys there are and how many are charted. */
+class KeyPicker {
+  constructor(charts) {
+    this.charts = charts;
+    this.search = el("input", { type: "search", id: "key-search", placeholder: "Search keys", "aria-label": "search metric keys" });
+    this.count = el("span", { class: "muted", id: "key-count" });
+    this.list = el("ul", { class: "key-list", id: "key-list" });
+    this.more = el("p", { class: "muted small", id: "key-more", hidden: true });
+    this.root = el(
+      "details",
+      { class: "key-picker", id: "key-picker", open: true },
+      el("summary", { text: "Metric keys" }),
+      el("div", { class: "toolbar" }, el("label", { class: "grow" }, "Search ", this.search), this.count),
+      this.list,
+      this.more,
+    );
+    let timer = null;
+    this.search.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => this.render(), 150);
+    });
+    this.frame = null;
+  }
+
+  /** Lists the keys matching the search (re-rendered at most once a frame). */
+  render() {
+    if (this.frame !== null) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = null;
+      this.draw();
+    });
+  }
+
+  draw() {
+    const charts = this.charts;
+    const needle = this.search.value.trim().toLowerCase();
+    const keys = [...charts.known].sort();
+    const matching = needle ? keys.filter((k) => k.toLowerCase().includes(needle)) : keys;
+    const shown = matching.slice(0, PICKER_ROWS);
+    this.list.replaceChildren(
+      ...shown.map((key) => {
+        const box = el("input", { type: "checkbox", value: key, checked: charts.picked.has(key) });
+        box.addEventListener("change", () => {
+          if (!box.checked) charts.remove(key);
+          else if (!charts.add(key)) {
+            box.checked = false;
+            this.tell(`At most ${MAX_CHARTS} charts at once: uncheck a key first.`);
+            return;
+          }
+          this.tell("");
+        });
+        return el("li", { "data-key": key }, el("label", {}, box, el("span", { text: key })));
+      }),
+    );
+    this.more.hidden = matching.length <= shown.length;
+    this.more.textContent = `${matching.length - shown.length} more keys match: narrow the search to see them.`;
+    this.tell(this.message || "");
+  }
+
+  /** The count line, with `message` after it. */
+  tell(message) {
+    this.message = message;
+    const charts = this.charts;
+    const base = `${charts.known.size} keys, ${charts.picked.size} charted (at most ${MAX_CHARTS} at once).`;
+    this.count.textContent = message ? `${base} ${message}` : base;
   }
 }

@@ -1,7 +1,8 @@
 // Compare: pick several jobs, overlay the same metric keys (one line and min/max band per job), and see the
-// specs side by side with the differences marked. Running jobs keep drawing live.
+// specs side by side with the differences marked. Running jobs keep drawing live. Jobs with more than MAX_CHARTS
+// keys together: the first MAX_CHARTS keys are compared, and the page says so.
 
-import { MetricChart, SeriesStore, maxPointsFor, prefixOf } from "./charts.js";
+import { MAX_CHARTS, MetricChart, SeriesStore, maxPointsFor, prefixOf } from "./charts.js";
 import {
   TERMINAL,
   api,
@@ -142,12 +143,24 @@ async function compare(jobsBox) {
   const names = labels(jobs);
   const stores = selected.map((id) => new SeriesStore(id));
   const width = maxPointsFor(jobsBox.clientWidth / 2);
-  await Promise.all(stores.map((s) => s.load(width)));
-  const keys = [...new Set(stores.flatMap((s) => [...s.keys.keys()]))].filter((k) => !k.startsWith("system/")).sort();
+  // The key lists first (one bucket per key): past MAX_CHARTS keys, only the first MAX_CHARTS are compared.
+  const lists = await Promise.all(stores.map((s) => s.fetch({ maxPoints: 1 })));
+  const every = [...new Set(lists.flatMap((l) => l.series.map((x) => x.key)))].filter((k) => !k.startsWith("system/")).sort();
+  const keys = every.slice(0, MAX_CHARTS);
+  const cut = every.length > keys.length;
+  if (cut) for (const s of stores) s.tracked = new Set(keys);
+  await Promise.all(stores.map((s) => (cut ? s.load(width, keys) : s.load(width))));
   let xMode = "step";
   let log = false;
   const charts = new Map();
   const chartBox = el("div", { class: "charts", id: "compare-charts" });
+  const notes = lists.map((l) => l.message).filter(Boolean);
+  if (cut) {
+    notes.push(
+      `These jobs have ${every.length} metric keys: the first ${keys.length} in key order are compared (open a job to pick others).`,
+    );
+  }
+  for (const text of notes) chartBox.append(el("p", { class: "banner warning compare-keys-note", text }));
   const sections = new Map();
   for (const key of keys) {
     const prefix = prefixOf(key);

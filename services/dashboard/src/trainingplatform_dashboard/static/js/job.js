@@ -1,8 +1,9 @@
-// One job: status, spec, live charts of every metric key (grouped by prefix), logs following live, epoch
-// summaries, MLflow and artifact links, and a cancel button. The charts load bucketed series first, then follow
-// /api/jobs/{id}/events from the series' last sequence, so each point is shown exactly once.
+// One job: status, spec, live charts of every metric key (grouped by prefix; past MAX_CHARTS keys, a key picker
+// chooses the charted ones), logs following live, epoch summaries, MLflow and artifact links, and a cancel
+// button. The charts load bucketed series first, then follow /api/jobs/{id}/events from the series' last
+// sequence, so each point is shown exactly once.
 
-import { JobCharts, SeriesStore, maxPointsFor } from "./charts.js";
+import { JobCharts, SeriesStore } from "./charts.js";
 import {
   ApiError,
   TERMINAL,
@@ -484,13 +485,12 @@ async function start() {
   charts = new JobCharts(chartBox, store, { filter: (key) => !key.startsWith("system/") });
   let lastSequence = 0;
   try {
-    await store.load(maxPointsFor(chartBox.clientWidth / 2));
+    await charts.load();
     lastSequence = store.lastSequence;
   } catch (error) {
     showBanner(`Could not load the metrics: ${error.message}`);
   }
-  charts.renderAll();
-  const systemKeys = [...store.keys.keys()].filter((k) => k.startsWith("system/")).length;
+  const systemKeys = charts.listed.filter((k) => k.startsWith("system/")).length;
   const note = document.getElementById("system-note");
   if (systemKeys) note.textContent = `${systemKeys} system/ metrics are on the System metrics page.`;
   follow(lastSequence);

@@ -31,6 +31,7 @@ const state = {
   selected: new Set(),
   frameworks: new Set(),
   next: "", // the page token of the older jobs of the current filters ("" once every job is loaded)
+  oldest: "", // created_at of the oldest job loaded for the current filters
   loading: false,
   unreachable: null, // {since, message} while the backend is unreachable: the rows are the last known ones
 };
@@ -160,8 +161,10 @@ function render() {
 let frame = null;
 
 /** A job from the event stream: a changed row is replaced in place; new or filtered rows re-render once a frame
- * (a reconnecting stream first sends every job). */
+ * (a reconnecting stream first sends every job). The stream also follows the jobs not ended that are older than
+ * the pages loaded: such a job is shown once "Load more" (or a search) brings it, not before. */
 function upsert(job) {
+  if (!state.jobs.has(job.job_id) && state.next && String(job.created_at) < state.oldest) return;
   addFramework(job.framework);
   state.jobs.set(job.job_id, job);
   const existing = tbody.querySelector(`tr[data-job-id="${CSS.escape(job.job_id)}"]`);
@@ -202,6 +205,8 @@ async function load(more = false) {
     if (mine !== generation) return; // the filters changed meanwhile
     clearTimeout(retryTimer);
     state.next = answer.next_page_token || "";
+    const created = answer.jobs.map((j) => String(j.created_at)).sort();
+    if (created.length && (!more || created[0] < state.oldest)) state.oldest = created[0];
     // The filtered answer replaces the jobs that match; jobs seen live stay known for later filter changes.
     for (const job of answer.jobs) {
       addFramework(job.framework);

@@ -1,6 +1,6 @@
 // System metrics of one job: the `system/` keys the SDK samples (CPU, memory, GPU where present), live.
 
-import { JobCharts, SeriesStore, maxPointsFor } from "./charts.js";
+import { JobCharts, SeriesStore } from "./charts.js";
 import {
   TERMINAL,
   api,
@@ -52,11 +52,10 @@ async function start() {
   const charts = new JobCharts(chartBox, store, { filter: (key) => key.startsWith("system/") });
   charts.empty.textContent = "No system metrics yet: the SDK samples them every few seconds while the job trains.";
   try {
-    await store.load(maxPointsFor(chartBox.clientWidth / 2));
+    await charts.load();
   } catch (error) {
     showBanner(`Could not load the metrics: ${error.message}`);
   }
-  charts.renderAll();
   if (TERMINAL.has(job.status)) return;
   const events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events?after=m${store.lastSequence}`);
   endWithSession(events);
