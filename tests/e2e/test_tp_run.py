@@ -291,3 +291,27 @@ def test_tp_cancel_stops_the_script(backend: BackendProcess, tmp_path: Path) -> 
     job, logs = read_job(backend, job_id)
     assert job.status == "CANCELLED" and "stopping on request" in [line.message for line in logs]
     assert_nothing_left(tmp_path)
+
+
+def test_no_token_but_the_jobs_own_reaches_the_script(backend: BackendProcess, tmp_path: Path) -> None:
+    """The backend's front-end and read tokens and the dashboard's login token, set where `tp run` starts, could
+    create, cancel and read every job: the script (arbitrary model code) gets none of them, only its job's token."""
+    path = script(
+        tmp_path,
+        "train.py",
+        """
+        import os
+        print("tokens:", sorted(name for name in os.environ if "TOKEN" in name))
+        """,
+    )
+    env = {
+        **tp_env(backend, tmp_path),
+        "FRONTEND_AUTH_TOKEN": "front-end-secret",
+        "READ_AUTH_TOKEN": "read-secret",
+        "TP_DASHBOARD_TOKEN": "dashboard-secret",
+    }
+    result = subprocess.run(
+        [TP, "run", "--", sys.executable, path], capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "tokens: ['JOB_TELEMETRY_TOKEN']" in result.stdout, result.stdout

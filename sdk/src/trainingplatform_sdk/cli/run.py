@@ -5,8 +5,8 @@
 1. Creates a job that no trainer service runs (`dispatch=false`; framework `custom`, model the script's name,
    dataset `custom` and the command's `--epochs` unless given) and moves it to RUNNING.
 2. Runs the command with, in its environment: `BACKEND_API_URL` (the backend `tp` uses), `JOB_TELEMETRY_TOKEN`
-   (the job's token; INTERNAL_AUTH_TOKEN and TP_AUTH_TOKEN are removed), the job id as `TP_JOB_ID` and as `JOB_ID`
-   (the old guide's scripts read `--job-id` from it), `TP_RUN_JOB_ID` (see below) and `PYTHONUNBUFFERED=1`. So
+   (the job's token; the platform's other tokens, `REMOVED_ENVS`, are removed), the job id as `TP_JOB_ID` and as
+   `JOB_ID` (the old guide's scripts read `--job-id` from it), `TP_RUN_JOB_ID` (see below) and `PYTHONUNBUFFERED=1`. So
    `TrainingLogger(job_id=...)`, `TrainingLogger()` and `TrainingLogger.from_env(...)` in the script report to the
    job with no other setup.
 3. Echoes the command's stdout and stderr to the terminal as they come and stores each line in the job's logs:
@@ -71,7 +71,13 @@ __all__ = ["add_run_parser", "resume_delivery", "run_tracked"]
 #: Environment variables the command gets besides BACKEND_API_URL and JOB_TELEMETRY_TOKEN: the job id.
 JOB_ID_ENVS = ("TP_JOB_ID", "JOB_ID")
 #: Front-end and service tokens never reach the script: the job's own token is all it needs.
-REMOVED_ENVS = ("INTERNAL_AUTH_TOKEN", "TP_AUTH_TOKEN")
+REMOVED_ENVS = (
+    "INTERNAL_AUTH_TOKEN",
+    "TP_AUTH_TOKEN",
+    "FRONTEND_AUTH_TOKEN",
+    "READ_AUTH_TOKEN",
+    "TP_DASHBOARD_TOKEN",
+)
 #: Stderr lines kept for the error of a failed command.
 ERROR_TAIL_LINES = 20
 #: Seconds to wait for the output pipes to end once the command exited (a grandchild may still hold them).
