@@ -520,11 +520,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default in --help when it has one worth showing (not None, False or already said)."""
+    """Shows an option's default in --help when it has one worth showing (not None, False, empty or already said)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+        if action.default in (None, False, "", argparse.SUPPRESS) or "default" in text:
             return text
         return super()._get_help_string(action)
 

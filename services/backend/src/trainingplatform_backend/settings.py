@@ -252,7 +252,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
 
     max_bytes = values.whole_number(
         "TP_MAX_MESSAGE_BYTES",
-        pick("max_message_bytes", "TP_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES)),
+        env.get("TP_MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES)),
         minimum=64 * 1024,
     )
     migrate = values.flag("TP_MIGRATE_ON_START", env.get("TP_MIGRATE_ON_START", "true"))
