@@ -65,3 +65,22 @@ def test_a_page_asked_for_without_a_session_is_where_the_login_lands(dashboard: 
     anonymous = httpx.Client(base_url=dashboard.url, timeout=10)
     assert anonymous.get("/api/jobs").status_code == 401
     assert login(anonymous, dashboard) == "/"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"sec-fetch-dest": "image", "accept": "image/avif,image/webp,*/*"},  # Chromium's favicon request
+        {"accept": "image/png"},  # a browser that sends no Sec-Fetch headers
+    ],
+)
+def test_a_request_that_is_no_page_does_not_replace_the_page_asked_for(
+    dashboard: DashboardProcess, headers: dict[str, str]
+) -> None:
+    """The 401 login page made the browser ask for /favicon.ico, which replaced the remembered page: the login then
+    landed on the favicon (the browser test of a deep link failed that way, now and then)."""
+    client = httpx.Client(base_url=dashboard.url, timeout=10)
+    page = client.get("/jobs/abc-123", headers={"sec-fetch-dest": "document", "accept": "text/html"})
+    assert page.status_code == 401
+    assert client.get("/favicon.ico", headers=headers).status_code == 401
+    assert login(client, dashboard) == "/jobs/abc-123"

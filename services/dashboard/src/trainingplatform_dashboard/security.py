@@ -6,9 +6,9 @@
   (`on_spent`). An operator's TP_DASHBOARD_TOKEN stays reusable.
 - `POST /logout` (with the CSRF token) ends the session; its event streams end at once (`Session.end`).
 - Every page, static file and API call without a valid session answers 401 (only /login and /healthz are open).
-  A page asked for without a session is remembered for ten minutes (cookie `tp_next`, sent only to /login), and
-  the login then lands on it; `/login?token=...&next=/path` does the same. Only a same-origin relative path is
-  followed (`safe_next`), never another site.
+  A page asked for without a session (a browser's page request, not its favicon) is remembered for ten minutes
+  (cookie `tp_next`, sent only to /login), and the login then lands on it; `/login?token=...&next=/path` does
+  the same. Only a same-origin relative path is followed (`safe_next`), never another site.
 - A request that changes anything (any method but GET and HEAD) also needs the header `X-CSRF-Token` equal to its
   session's CSRF token (`GET /api/session`), else 403.
 - Every answer carries a Content-Security-Policy without inline script or style, `nosniff` and `no-referrer`.
@@ -61,7 +61,8 @@ _SAFE_METHODS = ("GET", "HEAD")
 _MAX_SESSIONS = 10_000
 
 LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Training platform: log in</title></head>
+<html lang="en"><head><meta charset="utf-8"><title>Training platform: log in</title><link rel="icon" href="data:,">
+</head>
 <body><h1>Log in to the dashboard</h1>
 <p>{reason} Open the login URL that <code>tp up</code> (or <code>tp-dashboard</code>) printed:
 <code>http://HOST:PORT/login?token=...</code>. A login URL made at random for a start works once; the next one is
@@ -191,6 +192,17 @@ def remember_next(response: Response, scope: Scope) -> None:
         )
 
 
+def _is_page(connection: HTTPConnection) -> bool:
+    """Whether a request is a browser opening a page, not one fetching an image for it (the favicon a 401 page makes
+    Chromium ask for would replace the page remembered for the login): `Sec-Fetch-Dest: document`, or without Fetch
+    metadata an Accept that takes HTML."""
+    dest = connection.headers.get("sec-fetch-dest")
+    if dest:
+        return dest == "document"
+    accept = connection.headers.get("accept", "*/*")
+    return "text/html" in accept or "*/*" in accept
+
+
 def unauthorized(path: str, reason: str = "You are not logged in.") -> Response:
     """401: JSON for /api/*, else a small page saying how to log in."""
     if path.startswith("/api/"):
@@ -237,7 +249,7 @@ class SecurityMiddleware:
         session = self.sessions.get(connection.cookies.get(COOKIE))
         if session is None:
             response = unauthorized(path)
-            if scope["method"] == "GET" and not path.startswith(("/api/", "/static/")):
+            if scope["method"] == "GET" and not path.startswith(("/api/", "/static/")) and _is_page(connection):
                 remember_next(response, scope)
             await response(scope, receive, send_with_headers)
             return
