@@ -21,7 +21,7 @@ import math
 import operator
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,6 +258,14 @@ class Prepared:
             assert self.columns is not None
             self._rows = list(zip(*self.columns, strict=True))
         return self._rows
+
+    def each_row(self) -> Iterable[tuple[Any, ...]]:
+        """The rows, in the batch's order; made one at a time from the columns when the batch has them and its rows
+        were not made yet (all at once, a large batch's row tuples take several times the memory of its columns)."""
+        if self._rows is not None:
+            return self._rows
+        assert self.columns is not None
+        return zip(*self.columns, strict=True)
 
     def flat(self) -> list[Any]:
         """Every row's values one after the other (what a multi-row INSERT binds), made from the columns without
@@ -532,17 +540,17 @@ class Ingestor:
                 if flat:
                     _sqlite_insert(conn, table, flat)
                 continue
-            fresh_rows = [
-                row
+            # Each batch's rows one at a time (`Prepared.each_row`): a list of a large round's rows would hold them all.
+            parts = [
+                batch.each_row() if fresh is None else fresh
                 for batch, fresh, *_ in plans
-                if batch.stream == stream
-                for row in (batch.rows if fresh is None else fresh)
+                if batch.stream == stream and (fresh is None or fresh)
             ]
-            if not fresh_rows:
+            if not parts:
                 continue
             with conn.connection.driver_connection.cursor() as cursor, cursor.copy(table.copy) as copy:
                 copy.set_types(list(table.pg_types))
-                for row in fresh_rows:
+                for row in itertools.chain.from_iterable(parts):
                     copy.write_row(row)
         if self._store.is_sqlite:
             # No network here: statements per batch keep each batch's exact count of stored rows.
@@ -810,3 +818,60 @@ def _deliver(round_: list[_Queued], batches: list[Prepared], results: list[Batch
                 log.exception("publishing a committed batch failed")
         if not future.done():
             future.set_result(result)
+
+
+class IngestBudget:
+    """Bounds the bytes of large telemetry messages the process holds parsed at once, all streams together.
+
+    A message parsed, validated and queued for its commit takes several times its size in memory (about 5 to 10
+    times: a protobuf message, then a Python tuple or column entry per point, until its commit ends). A stream
+    takes a share of `limit` (the message's size, as received) before it parses a large message, and gives it back
+    when the message's commit has ended (`hold`); past `limit` it waits, first come first served, holding only the
+    bytes it received (and reads nothing more meanwhile, so HTTP/2 flow control stops its client). One message is
+    let in when nothing else is held, whatever its size, so a message over `limit` waits but is never refused.
+    """
+
+    def __init__(self, limit: int) -> None:
+        """`limit`: the most bytes held at once (TP_MAX_INGEST_BYTES_IN_FLIGHT), at least 1."""
+        self.limit = limit
+        self.held = 0
+        """The bytes held now."""
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def acquire(self, size: int) -> None:
+        """Waits until `size` bytes fit under the limit (or nothing is held), then holds them until `release`."""
+        if not self._waiting and (self.held == 0 or self.held + size <= self.limit):
+            self.held += size
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((size, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(size)  # granted as the wait was cancelled: given back at once
+            else:
+                self._grant()  # the next in line may fit now that this one no longer waits first
+            raise
+
+    def release(self, size: int) -> None:
+        """Gives back `size` bytes that `acquire` granted."""
+        self.held -= size
+        self._grant()
+
+    def hold(self, size: int, future: asyncio.Future[Any]) -> None:
+        """Gives back `size` granted bytes once `future` (a message's commit) is done, whatever its outcome."""
+        future.add_done_callback(lambda _: self.release(size))
+
+    def _grant(self) -> None:
+        """Lets in the streams at the head of the line whose share fits now."""
+        while self._waiting:
+            size, future = self._waiting[0]
+            if future.done():  # its wait was cancelled
+                self._waiting.popleft()
+                continue
+            if self.held and self.held + size > self.limit:
+                return
+            self._waiting.popleft()
+            self.held += size
+            future.set_result(None)

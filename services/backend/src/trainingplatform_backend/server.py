@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
+from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk.channel import ClientTls
 from trainingplatform_sdk.server.lifecycle import LOG_FORMAT, GrpcServer, configure_logging, run_until_signal
 from trainingplatform_sdk.server.options import server_options
@@ -38,7 +38,7 @@ from trainingplatform_backend.reporter_lease import ReporterLease, contact_write
 from trainingplatform_backend.settings import Settings
 from trainingplatform_backend.store import NOTIFY_CHANNEL, WATCH_CHANNEL, Store
 from trainingplatform_backend.subscriptions import Hub, PostgresListener
-from trainingplatform_backend.telemetry_service import Backend, TelemetryServicer
+from trainingplatform_backend.telemetry_service import Backend, TelemetryServicer, add_telemetry_servicer
 
 log = logging.getLogger("trainingplatform_backend")
 
@@ -104,6 +104,7 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
         job_token_grace_s=settings.job_token_grace_s,
         commit_linger_s=settings.commit_linger_s,
         contact_write_s=contact_write_interval(settings.reporter_timeout_s),
+        ingest_bytes_in_flight=settings.max_ingest_bytes_in_flight,
     )
     authenticator = Authenticator(
         internal_token=settings.internal_auth_token,
@@ -123,7 +124,7 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
         ),
         max_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    telemetry_pb2_grpc.add_TrainingTelemetryServiceServicer_to_server(
+    add_telemetry_servicer(
         TelemetryServicer(backend, settings.max_message_bytes, max_streams_per_job=settings.max_streams_per_job),
         server.server,
     )

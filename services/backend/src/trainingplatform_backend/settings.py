@@ -22,6 +22,9 @@ from trainingplatform_sdk.spec.limits import (
 from trainingplatform_backend import db
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_INGEST_BYTES_IN_FLIGHT = 2 * DEFAULT_MAX_MESSAGE_BYTES
+"""TP_MAX_INGEST_BYTES_IN_FLIGHT's default: two messages of the default TP_MAX_MESSAGE_BYTES, so one is parsed and
+validated while the one before it commits."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,14 @@ class Settings:
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     """TP_MAX_MESSAGE_BYTES: largest request message accepted (8 MiB); larger ones get RESOURCE_EXHAUSTED."""
+
+    max_ingest_bytes_in_flight: int = DEFAULT_INGEST_BYTES_IN_FLIGHT
+    """TP_MAX_INGEST_BYTES_IN_FLIGHT: most bytes of large StreamMetrics and StreamLogs messages (over 64 KiB each,
+    as received) the backend parses, validates and commits at once, all streams together (16 MiB). Parsed and
+    until its commit ends, a message takes about 5 to 10 times its size in memory; a stream whose message does not
+    fit waits, holding only the bytes it received (its client waits too: HTTP/2 flow control), so the backend's
+    memory does not grow with the number of streams sending large messages. One message always goes in when
+    nothing else is in, whatever its size: nothing is refused for this limit."""
 
     shutdown_grace_s: float = 10.0
     """TP_SHUTDOWN_GRACE_S: seconds open calls get to finish on SIGTERM before they are cancelled."""
@@ -300,6 +311,10 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
             "TP_MAX_CONCURRENT_STREAMS", env.get("TP_MAX_CONCURRENT_STREAMS", "100")
         ),
         max_concurrent_rpcs=values.whole_number("TP_MAX_CONCURRENT_RPCS", env.get("TP_MAX_CONCURRENT_RPCS", "10000")),
+        max_ingest_bytes_in_flight=values.whole_number(
+            "TP_MAX_INGEST_BYTES_IN_FLIGHT",
+            env.get("TP_MAX_INGEST_BYTES_IN_FLIGHT", str(DEFAULT_INGEST_BYTES_IN_FLIGHT)),
+        ),
         max_streams_per_job=values.whole_number("TP_MAX_STREAMS_PER_JOB", env.get("TP_MAX_STREAMS_PER_JOB", "8")),
         max_subscriptions_per_caller=values.whole_number(
             "TP_MAX_SUBSCRIPTIONS_PER_CALLER", env.get("TP_MAX_SUBSCRIPTIONS_PER_CALLER", "64")

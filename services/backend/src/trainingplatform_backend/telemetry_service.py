@@ -22,6 +22,7 @@ from trainingplatform_sdk.errors import (
     UnavailableError,
     quote,
 )
+from trainingplatform_sdk.server.handlers import MalformedRequest
 from trainingplatform_sdk.spec import limits
 from trainingplatform_sdk.spec.validation import check_job_id, check_number, check_text, check_timestamp
 
@@ -31,12 +32,14 @@ from trainingplatform_backend.ingest import (
     INLINE_ROWS,
     BatchResult,
     GroupCommitter,
+    IngestBudget,
     Ingestor,
     MetricColumns,
     Prepared,
     check_metric_key,
 )
 from trainingplatform_backend.models import LOGS_STREAM, METRICS_STREAM
+from trainingplatform_backend.settings import DEFAULT_INGEST_BYTES_IN_FLIGHT
 from trainingplatform_backend.statemachine import TERMINAL, status_name
 from trainingplatform_backend.store import Store, utcnow
 from trainingplatform_backend.subscriptions import POKE, Batch, Hub
@@ -56,6 +59,9 @@ ATTEMPT_REFRESH_S = 1.0
 COMMIT_LINGER_S = 0.05
 # How many received batches a stream may have waiting for their commit before it stops reading (memory bound).
 MAX_PENDING_BATCHES = 64
+# StreamMetrics and StreamLogs messages larger than this, as received, are parsed only once the process's
+# `IngestBudget` lets them in (TP_MAX_INGEST_BYTES_IN_FLIGHT); smaller ones, the SDK's usual batches, never wait.
+BUDGETED_MESSAGE_BYTES = 64 * 1024
 
 
 class Backend:
@@ -69,13 +75,17 @@ class Backend:
         job_token_grace_s: float = 3600.0,
         commit_linger_s: float = COMMIT_LINGER_S,
         contact_write_s: float = 0.0,
+        ingest_bytes_in_flight: int = DEFAULT_INGEST_BYTES_IN_FLIGHT,
     ) -> None:
         """`job_token_grace_s`: how long after its job ended a job token may still write (TP_JOB_TOKEN_GRACE_S);
         `commit_linger_s`: how long a group-commit round of small batches waits for more (`GroupCommitter`);
-        `contact_write_s`: how often, at most, a job's reporter contact is written per job (`heard_from`; 0: never)."""
+        `contact_write_s`: how often, at most, a job's reporter contact is written per job (`heard_from`; 0: never);
+        `ingest_bytes_in_flight`: the most bytes of large stream messages parsed and not yet committed, all streams
+        together (TP_MAX_INGEST_BYTES_IN_FLIGHT; `IngestBudget`)."""
         self.store = store
         self.ingestor = Ingestor(store)
         self.committer = GroupCommitter(self.ingestor, linger_s=commit_linger_s)
+        self.ingest_budget = IngestBudget(ingest_bytes_in_flight)
         self.hub = hub
         self.shutting_down = asyncio.Event()
         #: How long a stream may stay quiet once the shutdown began before it is ended (see `messages`).
@@ -298,6 +308,27 @@ def _publish_committed(backend: Backend, job_pk: int, kind: str, items: Any, res
     backend.hub.publish(job_pk, event)
 
 
+def _parser(message_type: Any) -> Callable[[bytes], Any]:
+    """What parses a stream's message of `message_type` from its bytes (see `add_telemetry_servicer`).
+
+    Raises (the returned function):
+        MalformedRequest: the bytes are not such a message (INVALID_ARGUMENT, as gRPC's parsing of any other
+            request).
+    """
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except Exception as error:
+            raise MalformedRequest(f"the request is not a valid protobuf message for this method ({error})") from None
+
+    return parse
+
+
+_parse_metrics = _parser(telemetry_pb2.StreamMetricsRequest)
+_parse_logs = _parser(telemetry_pb2.StreamLogsRequest)
+
+
 def _metric_items(request: telemetry_pb2.StreamMetricsRequest) -> Any:
     """The points of a StreamMetrics message: its `points`, or its `columns`.
 
@@ -424,22 +455,37 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
 
     async def _ingest_stream(
         self,
-        requests: AsyncIterator[Any],
+        requests: AsyncIterator[bytes],
+        parse: Callable[[bytes], Any],
         items_of: Callable[[Any], Any],
         kind: str,
         prepare: Callable[[int, Any], Prepared],
         rpc: str,
     ) -> tuple[int, int, int, int]:
+        """Reads, checks and commits a stream's messages (`requests`: each one's bytes, which `parse` parses); returns
+        what it committed, duplicated and skipped, and the last committed sequence.
+
+        Memory: a message over BUDGETED_MESSAGE_BYTES is parsed only once the process's `IngestBudget` lets it in,
+        and holds its share until its commit ended; meanwhile the stream holds the message's bytes alone, and drops
+        its references to the parsed message as soon as it is queued, so memory follows the budget, not the
+        number of streams sending large messages."""
         backend = self._backend
+        budget = backend.ingest_budget
         job_id = ""
         job_pk = 0
         totals = _Totals()
         # The batches received and not yet counted, oldest first (each stream's batches are committed in order).
         pending: collections.deque[asyncio.Future[BatchResult]] = collections.deque()
         large = False
+        held = 0  # the budget's bytes the message being read holds, until its commit is queued
         caller = CALLER.get()
         try:
-            async for request in backend.messages(requests):
+            async for data in backend.messages(requests):
+                if len(data) > BUDGETED_MESSAGE_BYTES:
+                    await budget.acquire(len(data))
+                    held = len(data)
+                request = parse(data)
+                del data
                 if not job_id:
                     if not request.job_id:
                         raise InvalidArgumentError(f"the first {rpc} message must name the job (job_id)")
@@ -455,7 +501,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     )
                 backend.heard_from(job_pk)
                 items = items_of(request)
+                del request
                 if not items:
+                    if held:
+                        budget.release(held)
+                        held = 0
                     continue
                 if not backend.check_attempt_now(job_id, caller):
                     await backend.check_attempt(job_id)
@@ -476,10 +526,20 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     batch = prepare(job_pk, items)
                     # A job watched live is committed at once; any other lingers (see COMMIT_LINGER_S).
                     linger = not backend.hub.watched(job_pk)
-                    pending.append(backend.committer.enqueue(batch, publish, linger=linger))
+                    committed = backend.committer.enqueue(batch, publish, linger=linger)
+                    del batch
                 else:
-                    pending.append(asyncio.ensure_future(self._commit(prepare, job_pk, items, publish)))
+                    committed = asyncio.ensure_future(self._commit(prepare, job_pk, items, publish))
+                # The committer holds the batch now: this frame keeps none of it while it awaits the next message,
+                # and its share of the budget is given back when its commit ended.
+                del items, publish
+                pending.append(committed)
+                if held:
+                    budget.hold(held, committed)
+                    held = 0
         finally:
+            if held:  # the message was refused
+                budget.release(held)
             if job_id:
                 self._close_stream(job_pk)
                 metrics.OPEN_STREAMS.labels(kind).dec()
@@ -510,10 +570,16 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         return await self._backend.committer.enqueue(batch, on_commit)
 
     async def StreamMetrics(
-        self, request_iterator: AsyncIterator[telemetry_pb2.StreamMetricsRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.StreamMetricsResponse:
+        """`request_iterator`: each StreamMetricsRequest's bytes, unparsed (`add_telemetry_servicer`)."""
         committed, duplicates, missing, last = await self._ingest_stream(
-            request_iterator, _metric_items, METRICS_STREAM, self._backend.ingestor.prepare_metrics, "StreamMetrics"
+            request_iterator,
+            _parse_metrics,
+            _metric_items,
+            METRICS_STREAM,
+            self._backend.ingestor.prepare_metrics,
+            "StreamMetrics",
         )
         return telemetry_pb2.StreamMetricsResponse(
             points_committed=committed,
@@ -523,10 +589,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         )
 
     async def StreamLogs(
-        self, request_iterator: AsyncIterator[telemetry_pb2.StreamLogsRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> telemetry_pb2.StreamLogsResponse:
+        """`request_iterator`: each StreamLogsRequest's bytes, unparsed (`add_telemetry_servicer`)."""
         committed, duplicates, missing, last = await self._ingest_stream(
-            request_iterator, _log_items, LOGS_STREAM, self._backend.ingestor.prepare_logs, "StreamLogs"
+            request_iterator, _parse_logs, _log_items, LOGS_STREAM, self._backend.ingestor.prepare_logs, "StreamLogs"
         )
         return telemetry_pb2.StreamLogsResponse(
             records_committed=committed,
@@ -649,3 +716,42 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
             max_message_bytes=self._max_message_bytes,
             unwatched=not self._backend.hub.watched(job_pk),
         )
+
+
+# The methods whose requests reach their handler unparsed (`add_telemetry_servicer`).
+_UNPARSED_REQUESTS = ("StreamMetrics", "StreamLogs")
+
+
+class _MethodHandlers:
+    """Stands in for the server in the generated `add_TrainingTelemetryServiceServicer_to_server`, keeping the
+    method handlers it builds (`add_telemetry_servicer` adds them to the server)."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, generic_handlers: Any) -> None:
+        """The same handlers as `add_registered_method_handlers` gets: `add_telemetry_servicer` adds its own."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        """Keeps the service's name and its method handlers."""
+        self.service = service
+        self.handlers = dict(handlers)
+
+
+def add_telemetry_servicer(servicer: TelemetryServicer, server: grpc.aio.Server) -> None:
+    """Serves TrainingTelemetryService with `servicer`, as the generated
+    `add_TrainingTelemetryServiceServicer_to_server` does, except that StreamMetrics and StreamLogs get each
+    message's bytes unparsed: their handler parses a large message only once the process's `IngestBudget` lets it in
+    (parsed, a message takes several times its size), so a stream waiting for the budget holds no more than the
+    bytes it received."""
+    methods = _MethodHandlers()
+    telemetry_pb2_grpc.add_TrainingTelemetryServiceServicer_to_server(servicer, methods)
+    handlers = methods.handlers
+    for name in _UNPARSED_REQUESTS:
+        handler = handlers[name]
+        handlers[name] = grpc.stream_unary_rpc_method_handler(
+            handler.stream_unary, request_deserializer=None, response_serializer=handler.response_serializer
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(methods.service, handlers),))
+    server.add_registered_method_handlers(methods.service, handlers)
