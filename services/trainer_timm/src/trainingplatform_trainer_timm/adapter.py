@@ -79,6 +79,8 @@ DEFAULT_WEIGHT_DECAY = 0.05
 DEFAULT_SEED = 0
 DEFAULT_LR_SCHEDULER = "cosine"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
+# Skipped dataset files named in the job log; the count covers them all.
+_SKIPPED_SHOWN = 10
 
 
 def resolve_model_name(name: str) -> str:
@@ -255,6 +257,8 @@ class TimmAdapter(TrainingAdapter):
             std=IMAGENET_DEFAULT_STD,
         )
         self.classes = data.classes
+        if data.skipped:
+            self._log_skipped_files(data.skipped)
         batch_size = self.training_config.batch_size or DEFAULT_BATCH_SIZE
         workers = self.training_config.num_workers
         common: dict[str, Any] = {
@@ -442,6 +446,16 @@ class TimmAdapter(TrainingAdapter):
         result = super().fit()
         self._finish_process_group()
         return result
+
+    def _log_skipped_files(self, skipped: list[str]) -> None:
+        root = Path(self.dataset_config.path)
+        names = [os.path.relpath(path, root) for path in skipped]
+        shown = ", ".join(names[:_SKIPPED_SHOWN]) + (", ..." if len(names) > _SKIPPED_SHOWN else "")
+        files = "1 file" if len(names) == 1 else f"{len(names)} files"
+        self.log(
+            f"{files} skipped in {self.dataset_config.path}: not an image format Pillow reads ({shown})",
+            level="WARNING",
+        )
 
     def _image_size(self) -> int:
         if self.model_config.image_size:

@@ -7,11 +7,13 @@ train/val split (1437 / 360 images) so every run and every test sees the same da
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 from torchvision.transforms import v2
@@ -25,7 +27,9 @@ __all__ = [
     "TensorImageDataset",
     "check_dataset",
     "check_num_classes",
+    "image_extensions",
     "load_classification_data",
+    "load_rgb",
 ]
 
 BUILTIN_DATASETS = ("digits",)
@@ -36,6 +40,57 @@ DIGITS_IMAGE_SIZE = 32
 # Augmentation strengths used when `augmentation.enabled` is True and a field is left unset.
 _DEFAULT_FLIP = 0.5
 _DEFAULT_SCALE = 0.5
+# Formats Pillow identifies but cannot decode here: stubs that need a handler, MPEG (identified only), WMF (Windows
+# only), EPS (needs Ghostscript). Their files are skipped and reported like any other non-image file.
+_UNDECODABLE_FORMATS = frozenset({"BUFR", "GRIB", "HDF5", "MPEG", "WMF", "EPS"})
+_MAX_16_BIT = 65535.0
+
+
+def image_extensions() -> tuple[str, ...]:
+    """The file extensions (lower case, with the dot) of every image format this Pillow reads, sorted.
+
+    ImageFolder datasets load files with these extensions (case-insensitive) and skip, and report, every other file.
+    """
+    Image.init()
+    return tuple(
+        sorted(
+            ext
+            for ext, fmt in Image.registered_extensions().items()
+            if fmt in Image.OPEN and fmt not in _UNDECODABLE_FORMATS
+        )
+    )
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Opens an image file as 8-bit RGB; a multi-frame file (an animated GIF, a TIFF stack) gives its first frame.
+
+    Pillow's own `convert("RGB")` clips 16-bit, 32-bit integer and float images at 255 (a 16-bit PNG comes out
+    almost white), so those are scaled to 8 bits first: `I;16` images from 0..65535 to 0..255; `I` images as they
+    are when their values lie in 0..255, from 0..65535 when they lie in that range, else from their own minimum and
+    maximum; `F` images from 0..1 when their values lie in it, else from their own minimum and maximum.
+    """
+    with Image.open(path) as image:
+        image.seek(0)
+        if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+            return Image.fromarray(_to_8_bit(image)).convert("RGB")
+        return image.convert("RGB")
+
+
+def _to_8_bit(image: Image.Image) -> np.ndarray:
+    """The pixels of a single-band 16-bit, 32-bit integer or float image, scaled to uint8 (see `load_rgb`)."""
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and low >= 0 and 255 < high <= _MAX_16_BIT):
+        scaled = values * (255.0 / _MAX_16_BIT)
+    elif image.mode == "I" and low >= 0 and high <= 255:
+        scaled = values
+    elif image.mode == "F" and low >= 0 and high <= 1:
+        scaled = values * 255.0
+    elif high > low:
+        scaled = (values - low) * (255.0 / (high - low))
+    else:
+        scaled = np.zeros_like(values)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -45,6 +100,8 @@ class ClassificationData:
     train: Dataset
     val: Dataset
     classes: list[str]
+    skipped: list[str] = field(default_factory=list)
+    """Files in the class folders that were not loaded (not an image format Pillow reads), sorted."""
 
 
 class TensorImageDataset(Dataset):
@@ -141,15 +198,27 @@ def load_classification_data(
     resize = v2.Resize((image_size, image_size), antialias=True)
     # RandomResizedCrop resizes itself; otherwise every training image is resized like the validation ones.
     sizing = [] if any(isinstance(t, v2.RandomResizedCrop) for t in train_augment) else [resize]
-    train = tv_datasets.ImageFolder(
-        str(Path(config.path) / "train"), transform=v2.Compose([*to_tensor, *sizing, *train_augment, normalize])
-    )
-    val = tv_datasets.ImageFolder(str(Path(config.path) / "val"), transform=v2.Compose([*to_tensor, resize, normalize]))
+    extensions = image_extensions()
+    skipped: list[str] = []
+
+    def is_image(path: str) -> bool:
+        if path.lower().endswith(extensions):
+            return True
+        skipped.append(path)
+        return False
+
+    def folder(split: str, transform: v2.Compose) -> tv_datasets.ImageFolder:
+        return tv_datasets.ImageFolder(
+            str(Path(config.path) / split), transform=transform, loader=load_rgb, is_valid_file=is_image
+        )
+
+    train = folder("train", v2.Compose([*to_tensor, *sizing, *train_augment, normalize]))
+    val = folder("val", v2.Compose([*to_tensor, resize, normalize]))
     if train.classes != val.classes:
         raise ConfigError(
             f"dataset {config.path!r}: train/ and val/ have different classes ({train.classes} vs {val.classes})"
         )
-    return ClassificationData(train=train, val=val, classes=list(train.classes))
+    return ClassificationData(train=train, val=val, classes=list(train.classes), skipped=sorted(skipped))
 
 
 def _augmentation_transforms(augmentation: Augmentation, image_size: int) -> list[v2.Transform]:

@@ -1,0 +1,100 @@
+"""The timm trainer's ImageFolder loading: odd image modes and extensions, read as Pillow reads them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from recording import RecordingSink
+from trainingplatform_sdk.spec.configs import Augmentation, DatasetConfig, ModelConfig, TrainingConfig
+from trainingplatform_sdk.training.adapter import Status
+from trainingplatform_trainer_timm.adapter import TimmAdapter
+from trainingplatform_trainer_timm.datasets import load_classification_data, load_rgb
+
+# A gradient of 16-bit values, as a 16-bit PNG scanner or microscope writes them.
+GRADIENT_16 = np.linspace(91, 65528, 40 * 30).reshape(40, 30).astype(np.uint16)
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float64)
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped_white(tmp_path) -> None:
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(GRADIENT_16).save(path)
+    assert Image.open(path).mode == "I;16"
+    rgb = load_rgb(str(path))
+    assert rgb.mode == "RGB" and rgb.size == (30, 40)
+    pixels = _rgb(rgb)
+    expected = GRADIENT_16.astype(np.float64) * 255 / 65535
+    assert np.abs(pixels[..., 0] - expected).max() <= 1.0
+    assert (pixels == 255).mean() < 0.01  # Pillow's own convert("RGB") makes 99.6 % of them 255
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "expected"),
+    [
+        ("I", np.array([[0, 32768, 65535]], dtype=np.int32), [0, 128, 255]),  # 16-bit range held as 32-bit
+        ("I", np.array([[0, 100, 255]], dtype=np.int32), [0, 100, 255]),  # already 8-bit values
+        ("I", np.array([[0, 2**30, 2**31 - 1]], dtype=np.int32), [0, 128, 255]),  # beyond 16 bits: its own range
+        ("F", np.array([[0.0, 0.5, 1.0]], dtype=np.float32), [0, 128, 255]),  # a float image in [0, 1]
+        ("F", np.array([[-2.0, 0.0, 2.0]], dtype=np.float32), [0, 128, 255]),  # any other range: stretched
+    ],
+)
+def test_32_bit_integer_and_float_images_are_scaled_to_8_bits(tmp_path, mode, values, expected) -> None:
+    path = tmp_path / "image.tiff"
+    Image.fromarray(values, mode).save(path)
+    assert Image.open(path).mode == mode
+    assert _rgb(load_rgb(str(path)))[0, :, 1].round().tolist() == expected
+
+
+def _folder(root, names_per_class):
+    for split in ("train", "val"):
+        for cls, names in names_per_class.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (16, 16), (40 * i, 100, 200)).save(root / split / cls / f"{i}.png")
+            for name in names:
+                (root / split / cls / name).write_bytes((root.parent / name).read_bytes())
+
+
+def test_gif_and_every_extension_pillow_reads_are_loaded_and_other_files_are_reported(tmp_path) -> None:
+    frames = [Image.new("P", (12, 10), color) for color in (5, 200)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(GRADIENT_16).save(tmp_path / "deep.tif")
+    (tmp_path / "notes.txt").write_text("not an image")
+    root = tmp_path / "data"
+    _folder(root, {"a": ["anim.gif", "notes.txt"], "b": ["deep.tif"]})
+
+    data = load_classification_data(
+        DatasetConfig(path=str(root)), 16, Augmentation(), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+    )
+    assert len(data.train) == len(data.val) == 3 + 1 + 3 + 1  # the gif and the tiff count
+    paths = [path for path, _ in data.train.samples]
+    image, _ = data.train[paths.index(str(root / "train" / "a" / "anim.gif"))]
+    assert image.shape == (3, 16, 16)
+    first_frame = torch.tensor(Image.open(tmp_path / "anim.gif").convert("RGB").getpixel((0, 0))) / 255
+    assert torch.allclose(image[:, 0, 0], first_frame, atol=1e-6)
+    assert data.skipped == [str(root / "train" / "a" / "notes.txt"), str(root / "val" / "a" / "notes.txt")]
+
+
+def test_the_job_log_says_how_many_files_were_skipped_and_why(tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "clip.mp4").write_bytes(b"\0" * 8)
+    root = tmp_path / "data"
+    _folder(root, {"a": ["notes.txt", "clip.mp4"], "b": []})
+    sink = RecordingSink()
+    adapter = TimmAdapter(
+        ModelConfig(name="resnet10t", image_size=16),
+        DatasetConfig(path=str(root)),
+        TrainingConfig(epochs=1, batch_size=3),
+        tmp_path / "out",
+        "job-skip",
+        logger=sink,
+    )
+    assert adapter.train().status == Status.COMPLETED
+    warnings = [m for m in sink.messages("WARNING") if "skipped" in m]
+    assert len(warnings) == 1
+    assert "4 files skipped" in warnings[0] and "not an image format Pillow reads" in warnings[0]
+    assert "train/a/notes.txt" in warnings[0] and "val/a/clip.mp4" in warnings[0]
