@@ -233,3 +233,48 @@ def test_a_checkpoint_path_as_model_name_continues_from_its_weights(tmp_path, di
     # Continuing from trained weights: the first batch's loss is far below an untrained model's ln(10) = 2.3.
     assert sink.series("train/batch_loss")[0].value < 0.5
     assert torch.load(result.last_checkpoint, weights_only=True)["model_name"] == "resnet10t"
+
+
+def _square_images(root, per_class):
+    for split in ("train", "val"):
+        for name, base in (("dark", 30), ("bright", 220)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (20, 20), (base + i, base, base - i)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_a_last_training_batch_of_one_image_is_dropped_with_a_log_line(tmp_path) -> None:
+    # 12 images in batches of 11: the last batch would hold 1 image, whose 1x1 features batch norm cannot train on.
+    sink = RecordingSink()
+    adapter = make_adapter(
+        tmp_path, sink, dataset=DatasetConfig(path=str(_square_images(tmp_path / "images", 6))), epochs=2, batch_size=11
+    )
+    result = adapter.train()
+    assert result.status == Status.COMPLETED and result.epochs_completed == 2
+    assert len(adapter.train_loader) == 1 and adapter.global_step == 2
+    dropped = [m for m in sink.messages() if "last training batch" in m]
+    assert dropped == [
+        "The last training batch would hold 1 image (12 images, batch size 11): it is left out of each epoch, "
+        "since batch norm cannot train on a batch of one"
+    ]
+
+
+def test_a_last_batch_of_two_images_is_kept(tmp_path) -> None:
+    sink = RecordingSink()
+    adapter = make_adapter(
+        tmp_path, sink, dataset=DatasetConfig(path=str(_square_images(tmp_path / "images", 6))), batch_size=10
+    )
+    assert adapter.train().status == Status.COMPLETED
+    assert len(adapter.train_loader) == 2
+    assert not [m for m in sink.messages() if "last training batch" in m]
+
+
+def test_batch_size_1_with_batch_norm_fails_at_the_first_step_with_a_clear_error(tmp_path) -> None:
+    sink = RecordingSink()
+    adapter = make_adapter(
+        tmp_path, sink, dataset=DatasetConfig(path=str(_square_images(tmp_path / "images", 2))), batch_size=1
+    )
+    with pytest.raises(ConfigError, match=r"training_config.batch_size: resnet10t cannot train on a batch of 1 image"):
+        adapter.train()
+    assert adapter.global_step == 0

@@ -271,16 +271,25 @@ class TimmAdapter(TrainingAdapter):
         # torch's Dataset declares no __len__; these (tensor and image-folder datasets) have one.
         train_size, val_size = len(cast(Sized, data.train)), len(cast(Sized, data.val))
         run = self.distributed
+        # Batch norm cannot train on a batch of one image (at 1x1 features it raises): a last batch of exactly one
+        # is dropped, every other batch kept. Under torchrun each rank's shard holds ceil(train_size / WORLD_SIZE).
+        shard = train_size if run is None else math.ceil(train_size / run.world_size)
+        drop_last = batch_size > 1 and shard > 1 and shard % batch_size == 1
+        if drop_last:
+            self.log(
+                f"The last training batch would hold 1 image ({shard} images, batch size {batch_size}): it is left "
+                "out of each epoch, since batch norm cannot train on a batch of one"
+            )
         if run is None:
             generator = torch.Generator().manual_seed(self.seed)
-            self.train_loader = DataLoader(data.train, shuffle=True, drop_last=False, generator=generator, **common)
+            self.train_loader = DataLoader(data.train, shuffle=True, drop_last=drop_last, generator=generator, **common)
             self.val_loader = DataLoader(data.val, shuffle=False, **common)
         else:
             # The same seed on every rank: the shards are one shuffle of the dataset, cut in WORLD_SIZE parts.
             sampler: DistributedSampler[Any] = DistributedSampler(
                 data.train, num_replicas=run.world_size, rank=run.rank, seed=self.seed
             )
-            self.train_loader = DataLoader(data.train, sampler=sampler, drop_last=False, **common)
+            self.train_loader = DataLoader(data.train, sampler=sampler, drop_last=drop_last, **common)
             # Not a DistributedSampler: it pads the shards with repeated images, which would count twice.
             self.val_loader = DataLoader(data.val, sampler=range(run.rank, val_size, run.world_size), **common)
         self.log(
@@ -498,7 +507,10 @@ class TimmAdapter(TrainingAdapter):
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                logits = model(images)
+                try:
+                    logits = model(images)
+                except ValueError as error:
+                    raise self._single_image_error(error, images.size(0)) from error
                 loss = self.criterion(logits, targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -523,6 +535,16 @@ class TimmAdapter(TrainingAdapter):
             "train/images_per_s": seen / duration if duration > 0 else 0.0,
         }
         return MetricsResult(metrics=metrics, num_samples=seen, duration_seconds=duration, stopped=stopped)
+
+    def _single_image_error(self, error: ValueError, batch: int) -> Exception:
+        """A clear ConfigError for batch norm's refusal of a batch of one image; any other error as it is."""
+        if batch != 1 or "Expected more than 1 value per channel" not in str(error):
+            return error
+        return ConfigError(
+            f"training_config.batch_size: {self.model_name} cannot train on a batch of 1 image at image size "
+            f"{self.image_size}: its batch-norm layers need more than one value per channel ({error}). Use a "
+            "batch_size of at least 2 (with at least 2 training images), or a larger image size"
+        )
 
     def validate(self, epoch: int) -> MetricsResult:
         """Evaluates loss and top-1 accuracy on the validation set."""
