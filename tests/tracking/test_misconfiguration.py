@@ -65,3 +65,27 @@ def test_credentials_in_the_s3_endpoint_are_never_shown(run_training) -> None:
     run = run_training(env)
     assert_failed_at_start(run, f"AWS_S3_ENDPOINT_URL={url} is not reachable", secrets=("pw-s3cr3t", "u:pw"))
     assert f'"{url}/bkt"' in run.job.error_message  # botocore's URL stays, without its credentials
+
+
+def test_credentials_in_a_scheme_less_s3_endpoint_are_refused_and_never_shown(run_training) -> None:
+    """`user:password@host:port` without http://: botocore's "Invalid endpoint" message repeated it whole."""
+    port = free_port()
+    env = {
+        "AWS_S3_ENDPOINT_URL": f"minio:Sup3rSecretPW@127.0.0.1:{port}",
+        "TP_ARTIFACTS_BUCKET": "bkt",
+        "AWS_ACCESS_KEY_ID": "key-id",
+        "AWS_SECRET_ACCESS_KEY": "key-secret",
+        "TP_MLFLOW_ENABLED": "false",
+    }
+    run = run_training(env)
+    expected = f"AWS_S3_ENDPOINT_URL=127.0.0.1:{port} is not a valid endpoint URL: it must start with http://"
+    assert_failed_at_start(run, expected, secrets=("Sup3rSecretPW", "minio:Sup"))
+    assert "Sup3rSecretPW" not in run.stdout
+
+
+def test_credentials_in_a_scheme_less_tracking_uri_are_refused_and_never_shown(run_training) -> None:
+    port = free_port()
+    run = run_training({"MLFLOW_TRACKING_URI": f"alice:PWsecret9@127.0.0.1:{port}"})
+    expected = f"MLFLOW_TRACKING_URI=127.0.0.1:{port} is not a valid tracking URI: it holds credentials"
+    assert_failed_at_start(run, expected, secrets=("PWsecret9", "alice:"))
+    assert "PWsecret9" not in run.stdout

@@ -8,6 +8,7 @@ import pytest
 from trainingplatform_sdk.training.artifacts import StorageError, StorageSettings
 from trainingplatform_sdk.training.recorder import RecorderSettings
 from trainingplatform_sdk.training.tracking import (
+    TrackingError,
     TrackingSettings,
     flatten_params,
     metric_name,
@@ -59,7 +60,16 @@ def test_an_endpoint_without_a_bucket_is_an_error_naming_both(tmp_path: Path) ->
         ("http://ann:s3cr3t@mlflow:5000/prefix", "http://mlflow:5000/prefix"),
         ("postgresql://u:pw@db/mlflow?sslmode=require&password=pw", "postgresql://db/mlflow?sslmode=require"),
         ("sqlite:////data/mlflow.db", "sqlite:////data/mlflow.db"),
+        ("sqlite:////data/a@b/mlflow.db", "sqlite:////data/a@b/mlflow.db"),
         ("databricks", "databricks"),
+        # An operator's typing: no scheme, a scheme-relative URL, a password with `/`, `?`, `#` or `@` unencoded.
+        ("minio:Sup3r@127.0.0.1:8333", "127.0.0.1:8333"),
+        ("//u:pw@host:1/x", "//host:1/x"),
+        ("http://u:pa/ss@host:1/x", "http://host:1/x"),
+        ("https://u:p?w#x@host", "https://host"),
+        ("http://u:p@ss@host", "http://host"),
+        ("http:/u:pw@host", "host"),
+        ("http://TOKEN@host/", "http://host/"),
     ],
 )
 def test_uris_are_shown_without_credentials(uri: str, shown: str) -> None:
@@ -75,13 +85,55 @@ def test_uris_are_shown_without_credentials(uri: str, shown: str) -> None:
             'Could not connect to the endpoint URL: "http://127.0.0.1:1/bkt"',
         ),
         ("at https://a:b@s3:8333/x and http://c:d@other/ too", "at https://s3:8333/x and http://other/ too"),
-        ("no URL: user:password@host", "no URL: user:password@host"),
+        ("Invalid endpoint: minio:Sup3r@127.0.0.1:8333", "Invalid endpoint: 127.0.0.1:8333"),
+        ("no scheme: user:p/ss@host and 'u:pw@[::1]:9'", "no scheme: host and '[::1]:9'"),
+        ("a time 12:30, a mail bob@example.com", "a time 12:30, a mail bob@example.com"),
         ("fetch https://u:p@h/x?token=t: reset (see https://h/y).", "fetch https://h/x: reset (see https://h/y)."),
-        ("sqlite:////data/mlflow.db and http://host/a@b", "sqlite:////data/mlflow.db and http://host/a@b"),
+        ("sqlite:////data/mlflow.db and http://u:p/w@host/a", "sqlite:////data/mlflow.db and http://host/a"),
     ],
 )
 def test_urls_inside_a_message_lose_their_credentials(text: str, shown: str) -> None:
     assert redact_urls(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "why"),
+    [
+        ("minio:Sup3r@127.0.0.1:8333", "AWS_S3_ENDPOINT_URL=127.0.0.1:8333 is not a valid endpoint URL: it must start"),
+        ("127.0.0.1:8333", "AWS_S3_ENDPOINT_URL=127.0.0.1:8333 is not a valid endpoint URL: it must start"),
+        ("s3://bucket", "AWS_S3_ENDPOINT_URL=s3://bucket is not a valid endpoint URL: it must start"),
+        ("http://u:Sup3r@127.0.0.1:99999", "AWS_S3_ENDPOINT_URL=http://127.0.0.1:99999 is not a valid endpoint URL"),
+        ("http://u:Sup3r@", "AWS_S3_ENDPOINT_URL=http:// is not a valid endpoint URL: it has no host"),
+    ],
+)
+def test_an_endpoint_that_is_not_an_http_url_is_refused_without_its_credentials(
+    tmp_path: Path, endpoint: str, why: str
+) -> None:
+    env = {"AWS_S3_ENDPOINT_URL": endpoint, "TP_ARTIFACTS_BUCKET": "bkt"}
+    with pytest.raises(StorageError) as raised:
+        StorageSettings.from_env(env, data_dir=tmp_path)
+    assert why in str(raised.value)
+    assert "Sup3r" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("uri", "why"),
+    [
+        ("alice:PWsecret9@127.0.0.1:5000", "MLFLOW_TRACKING_URI=127.0.0.1:5000 is not a valid tracking URI: it holds"),
+        ("mlflow:5000", "MLFLOW_TRACKING_URI=mlflow:5000 is not a valid tracking URI: it has no scheme"),
+    ],
+)
+def test_a_tracking_uri_without_a_scheme_is_refused_without_its_credentials(tmp_path: Path, uri: str, why: str) -> None:
+    with pytest.raises(TrackingError) as raised:
+        TrackingSettings.from_env({"MLFLOW_TRACKING_URI": uri}, data_dir=tmp_path)
+    assert why in str(raised.value)
+    assert "PWsecret9" not in str(raised.value)
+
+
+@pytest.mark.parametrize("uri", ["http://u:p@mlflow:5000", "sqlite:////data/mlflow.db", "databricks", "/data/mlruns"])
+def test_tracking_uris_with_a_scheme_or_none_needed_are_accepted(tmp_path: Path, uri: str) -> None:
+    settings = TrackingSettings.from_env({"MLFLOW_TRACKING_URI": uri}, data_dir=tmp_path)
+    assert settings is not None and settings.tracking_uri == uri
 
 
 def test_configs_flatten_into_mlflow_params() -> None:

@@ -18,10 +18,12 @@ Objects go under `<prefix>/jobs/<job_id>/` (`weights/best.pt`, `results.json`, .
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from trainingplatform_sdk.errors import StorageError
 from trainingplatform_sdk.training.files import store_file
@@ -66,10 +68,13 @@ class StorageSettings:
             data_dir: The data directory of local storage.
 
         Raises:
-            StorageError: AWS_S3_ENDPOINT_URL is set without TP_ARTIFACTS_BUCKET (artifacts would silently stay local).
+            StorageError: AWS_S3_ENDPOINT_URL is set without TP_ARTIFACTS_BUCKET (artifacts would silently stay local),
+                or is not an `http://` or `https://` URL with a host (the message shows it without credentials).
         """
         bucket = env.get("TP_ARTIFACTS_BUCKET", "").strip()
         endpoint = env.get("AWS_S3_ENDPOINT_URL", "").strip() or None
+        if endpoint:
+            _check_endpoint(endpoint)
         if endpoint and not bucket:
             raise StorageError(
                 f"AWS_S3_ENDPOINT_URL={redact_uri(endpoint)} is set but TP_ARTIFACTS_BUCKET is not: set the bucket "
@@ -89,6 +94,33 @@ class StorageSettings:
         if self.endpoint_url:
             return f"AWS_S3_ENDPOINT_URL={redact_uri(self.endpoint_url)}"
         return "AWS S3 (AWS_S3_ENDPOINT_URL is not set)"
+
+
+def _check_endpoint(endpoint: str) -> None:
+    """Refuses an endpoint botocore would reject later, repeating it credentials included ("Invalid endpoint").
+
+    Raises:
+        StorageError: Names AWS_S3_ENDPOINT_URL, shown without credentials, and what to fix.
+    """
+    why = ""
+    if not _HTTP_URL.match(endpoint):
+        why = "it must start with http:// or https://"
+    else:
+        try:
+            parts = urlsplit(endpoint)
+            if not parts.hostname:
+                why = "it has no host"
+            parts.port  # noqa: B018 (raises ValueError for a port that is not a number in 0-65535)
+        except ValueError as error:
+            why = f"it is not a URL ({error})"
+    if why:
+        raise StorageError(
+            f"AWS_S3_ENDPOINT_URL={redact_uri(endpoint)} is not a valid endpoint URL: {why} "
+            "(for example https://<account_id>.r2.cloudflarestorage.com or http://minio:9000)"
+        )
+
+
+_HTTP_URL = re.compile(r"https?://", re.IGNORECASE)
 
 
 class ArtifactStore(Protocol):
@@ -177,9 +209,14 @@ class S3ArtifactStore:
             read_timeout=60,
             retries={"max_attempts": 3, "mode": "standard"},
         )
-        self.client: Any = boto3.session.Session().client(
-            "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config
-        )
+        try:
+            self.client: Any = boto3.session.Session().client(
+                "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config
+            )
+        except ValueError as error:  # "Invalid endpoint: <the URL, credentials included>"
+            raise StorageError(
+                redact_urls(f"{settings.endpoint_setting} cannot be used for TP_ARTIFACTS_BUCKET: {error}")
+            ) from error
 
     def uri(self, name: str) -> str:
         """The `s3://` URI of a stored name."""

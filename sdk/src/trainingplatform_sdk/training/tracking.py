@@ -52,6 +52,7 @@ __all__ = [
     "TrackingError",
     "TrackingSettings",
     "flatten_params",
+    "has_scheme",
     "redact_uri",
     "redact_urls",
 ]
@@ -104,11 +105,16 @@ class TrackingSettings:
         Args:
             env: The environment (`os.environ`).
             data_dir: The data directory of the local default store.
+
+        Raises:
+            TrackingError: MLFLOW_TRACKING_URI is not a URI (`user:password@host` or `host:port` without
+                `http://`); the message shows it without its credentials.
         """
         if env.get("TP_MLFLOW_ENABLED", "").strip().lower() in _FALSE:
             return None
         experiment = env.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT_NAME
         uri = env.get("MLFLOW_TRACKING_URI", "").strip()
+        _check_tracking_uri(uri)
         if uri.startswith("sqlite:///"):
             # MLflow would put a new experiment's artifacts in ./mlruns of whatever directory the trainer runs in.
             artifacts = Path(uri.removeprefix("sqlite:///")).absolute().parent / "mlartifacts"
@@ -136,30 +142,76 @@ class TrackingSettings:
         return f"the local MLflow store {self.display_uri} (MLFLOW_TRACKING_URI is not set)"
 
 
+def _check_tracking_uri(uri: str) -> None:
+    """Refuses a tracking URI that would fail later with its credentials in MLflow's message.
+
+    Raises:
+        TrackingError: The URI holds `user:password@` but no `scheme://`, or is a bare `host:port`.
+    """
+    why = ""
+    if uri and not has_scheme(uri) and redact_uri(uri) != uri:
+        why = "it holds credentials (user:password@) but no scheme"
+    elif _HOST_PORT.match(uri):
+        why = "it has no scheme"
+    if why:
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI={redact_uri(uri)} is not a valid tracking URI: {why}. Write the server's URL as "
+            "http://host:port or https://host (credentials as https://user:password@host, or in "
+            "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD)"
+        )
+
+
+#: `host:port` or `host:port/path` typed without `http://`.
+_HOST_PORT = re.compile(r"[\w.-]+:\d+(/|$)")
+
+
 def redact_uri(uri: str) -> str:
-    """Returns `uri` without a `user:password@` part and without secret-looking query parameters."""
+    """Returns `uri` without its credentials and without secret-looking query parameters.
+
+    Credentials are everything between the scheme's `//` (or the start, for a URI typed without a scheme:
+    `user:password@host:9000`) and the last `@`, so a password typed unencoded with `/`, `?`, `#` or `@` in it
+    is removed whole. A path that holds an `@` loses what precedes it: showing too little is the safe mistake.
+    """
+    match = _AUTHORITY_START.match(uri)
+    head, rest = (match.group(0), uri[match.end() :]) if match else ("", uri)
+    if "@" in rest and not (head and rest.startswith("/")):  # `sqlite:///...`, `file:///...`: no authority
+        rest = rest.rpartition("@")[2]
+    redacted = head + rest
+    if "?" not in redacted:
+        return redacted
     try:
-        parts = urlsplit(uri)
+        parts = urlsplit(redacted)
     except ValueError:
         return "<unparseable URI>"
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     kept = [(key, value) for key, value in pairs if not _SECRET_QUERY_KEYS.search(key)]
-    if "@" not in parts.netloc and len(kept) == len(pairs):
-        return uri  # unchanged: urlunsplit would turn `sqlite:////abs/path` into `sqlite://abs/path`
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(kept), parts.fragment))
+    if len(kept) == len(pairs):
+        return redacted  # unchanged: urlunsplit would turn `sqlite:////abs/path` into `sqlite://abs/path`
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
 
 
+def has_scheme(uri: str) -> bool:
+    """True when `uri` starts with `scheme://` (`http://`, `sqlite:///`, ...)."""
+    return _SCHEME.match(uri) is not None
+
+
+#: `scheme://` or a scheme-relative `//`: what precedes a URI's credentials.
+_AUTHORITY_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|//")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 #: A URL inside free text (an exception's message): a scheme, `://`, then anything up to a space or a quote, less
 #: the punctuation that ends a sentence or a clause (`... at https://host/x: connection reset`).
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>`]+(?<![.,:;!?)\]])")
+#: Credentials without a scheme inside free text (`Invalid endpoint: minio:Sup3rSecret@127.0.0.1:9000`): a name,
+#: a colon, then anything but a space or a quote up to an `@` followed by a host.
+_USERINFO_IN_TEXT = re.compile(r"[^\s\"'<>`@/:=]+:[^\s\"'<>`]*@(?=[\w\[])")
 
 
 def redact_urls(text: str) -> str:
-    """Returns `text` with every URL in it passed through `redact_uri`: a library's message (botocore's
-    `Could not connect to the endpoint URL: "http://user:password@host/bucket"`) repeats the URL it was given,
-    credentials included."""
-    return _URL_IN_TEXT.sub(lambda match: redact_uri(match.group(0)), text)
+    """Returns `text` with every URL in it passed through `redact_uri`, and any other `user:password@` removed: a
+    library's message (botocore's `Could not connect to the endpoint URL: "http://user:password@host/bucket"`,
+    `Invalid endpoint: user:password@host`) repeats the URL it was given, credentials included."""
+    text = _URL_IN_TEXT.sub(lambda match: redact_uri(match.group(0)), text)
+    return _USERINFO_IN_TEXT.sub("", text)
 
 
 def flatten_params(sections: Mapping[str, Any]) -> dict[str, str]:

@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name in ("model_config", "dataset_config", "training_config", "advanced_config")
             }
             recorder_settings = RecorderSettings.from_env(os.environ, output_dir=args.output_dir)
-        except (ConfigError, StorageError) as error:
+        except (ConfigError, StorageError, TrackingError) as error:
             # The job exists and waits for a status: a bad argument must end it FAILED, not leave it QUEUED.
             message = redact_urls(str(error))
             _report(logger, f"Training failed: {message}", level="ERROR")
