@@ -89,3 +89,20 @@ def test_credentials_in_a_scheme_less_tracking_uri_are_refused_and_never_shown(r
     expected = f"MLFLOW_TRACKING_URI=127.0.0.1:{port} is not a valid tracking URI: it holds credentials"
     assert_failed_at_start(run, expected, secrets=("PWsecret9", "alice:"))
     assert "PWsecret9" not in run.stdout
+
+
+def test_a_read_only_local_store_fails_the_job_with_the_cause(run_training, tmp_path) -> None:
+    """SQLAlchemy's message starts with a hint ("raised as a result of Query-invoked autoflush"): the job's error
+    must say what went wrong, not only that hint."""
+    from mlflow import MlflowClient
+
+    store = tmp_path / "ro" / "mlflow.db"
+    store.parent.mkdir()
+    MlflowClient(f"sqlite:///{store}").create_experiment("read-only")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///file:{store}?mode=ro&uri=true", "MLFLOW_EXPERIMENT_NAME": "read-only"}
+    run = run_training(env)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert run.job.status == common_pb2.JOB_STATUS_FAILED
+    expected = "cannot create a run in experiment MLFLOW_EXPERIMENT_NAME='read-only': (sqlite3.OperationalError) "
+    assert expected + "attempt to write a readonly database" in run.job.error_message
+    assert "[SQL:" not in run.job.error_message

@@ -334,9 +334,22 @@ def _fail_fast_http() -> Iterator[None]:
                 os.environ[key] = value
 
 
+#: Lines of SQLAlchemy's messages that say nothing of the cause: a hint that comes first ("(raised as a result of
+#: Query-invoked autoflush; ...)"), the statement, its parameters and a link.
+_NOISE_LINES = ("(raised as a result of", "[SQL:", "[parameters:", "(Background on this error")
+
+
 def _describe(error: BaseException, settings: TrackingSettings) -> str:
-    """An error's text, first line only, with the raw tracking URI (which may hold credentials) redacted."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    """An error's text on one line, with the raw tracking URI (which may hold credentials) redacted.
+
+    SQLAlchemy's hint, statement, parameters and link are left out, so the cause ("(sqlite3.OperationalError)
+    attempt to write a readonly database") is what is shown; at most the first 3 remaining lines are kept.
+    """
+    lines = [line.strip() for line in str(error).splitlines()]
+    kept = [line for line in lines if line and not line.startswith(_NOISE_LINES)]
+    if not kept and error.__cause__ is not None:
+        return _describe(error.__cause__, settings)
+    text = " ".join(kept[:3]) or type(error).__name__
     if settings.tracking_uri != settings.display_uri:
         text = text.replace(settings.tracking_uri, settings.display_uri)
         text = text.replace(settings.tracking_uri.rstrip("/"), settings.display_uri.rstrip("/"))
