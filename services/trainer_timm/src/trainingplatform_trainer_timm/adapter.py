@@ -589,13 +589,18 @@ class TimmAdapter(TrainingAdapter):
             "timm_version": timm.__version__,
             "state_dict": self.model.state_dict(),
         }
-        # Write then rename, so a process killed mid-write never leaves a truncated checkpoint behind.
+        # Write then rename, so a process killed mid-write never leaves a truncated checkpoint behind; a write that
+        # fails (a full disk) removes its partial file, which would otherwise keep the disk full for later jobs.
         partial = self.last_checkpoint_path.with_suffix(".pt.partial")
-        torch.save(checkpoint, partial)
-        os.replace(partial, self.last_checkpoint_path)
-        if is_best:
-            shutil.copyfile(self.last_checkpoint_path, partial)
-            os.replace(partial, self.best_checkpoint_path)
+        try:
+            torch.save(checkpoint, partial)
+            os.replace(partial, self.last_checkpoint_path)
+            if is_best:
+                shutil.copyfile(self.last_checkpoint_path, partial)
+                os.replace(partial, self.best_checkpoint_path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         return self.last_checkpoint_path
 
 
