@@ -159,7 +159,7 @@ ULTRA_INVALID = [
     ("bool of the wrong type", {"extra": {"cos_lr": "yes"}}, ["extra.cos_lr", "true or false"]),
     ("below ultralytics' minimum", {"extra": {"nbs": 0}}, ["extra.nbs", "at least 1"]),
     ("workers past the CPUs", {"extra": {"workers": 10**6}}, ["extra.workers", "CPU"]),
-    ("imgsz of 2^31-1", {"extra": {"imgsz": 2**31 - 1}}, ["extra.imgsz", "8192"]),
+    ("imgsz, which --image-size sets", {"extra": {"imgsz": 2**31 - 1}}, ["extra.imgsz", "model_config.image_size"]),
     ("batch of 2^31-1", {"extra": {"batch": 2**31 - 1}}, ["extra.batch", "65536"]),
     ("owned key", {"extra": {"device": "cpu"}}, ["extra.device", "training_config.device"]),
     ("a config file", {"extra": {"cfg": "/etc/passwd"}}, ["extra.cfg"]),

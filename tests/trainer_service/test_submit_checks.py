@@ -148,3 +148,43 @@ def test_a_typed_field_put_under_extra_names_the_field(timm: TrainerProcess) -> 
     assert details == (
         "advanced_config.extra: 'optimizer' is not a timm option but a field: set advanced_config.optimizer instead"
     )
+
+
+def _accepted(trainer: TrainerProcess, job_id: str, job_spec: common_pb2.JobSpec) -> None:
+    request = trainer_pb2.StartTrainingRequest(job_id=job_id, spec=job_spec, validate_only=True)
+    trainer.stub.StartTraining(request, metadata=trainer.metadata, timeout=60)
+
+
+def test_ultralytics_imgsz_in_extra_is_refused_naming_the_image_size_field(ultralytics: TrainerProcess) -> None:
+    """`{"imgsz": 640}` used to override `--image-size` silently."""
+    details = _refused(ultralytics, "imgsz", _set_extra(_ultra_spec(), {"imgsz": 640}), validate_only=True)
+    assert details == "advanced_config.extra.imgsz: set by the platform; use model_config.image_size instead"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("box", 1e308, "advanced_config.extra.box: must be at most 1000, got 1"),  # OverflowError in training
+        ("cls", -1.0, "advanced_config.extra.cls: must be at least 0, got -1"),
+        ("shear", 720.0, "advanced_config.extra.shear: must be at most 90, got 720"),
+        ("time", 1e300, "advanced_config.extra.time: must be at most 1e+06, got 1"),
+        ("close_mosaic", 10**12, "advanced_config.extra.close_mosaic: must be at most 1e+06, got 1000000000000"),
+    ],
+)
+def test_ultralytics_numbers_outside_sane_bounds_are_refused(
+    ultralytics: TrainerProcess, key: str, value: object, message: str
+) -> None:
+    details = _refused(ultralytics, f"bound-{key}", _set_extra(_ultra_spec(), {key: value}), validate_only=True)
+    assert details.startswith(message)
+
+
+@pytest.mark.parametrize("value", ["abc", [0, "a"], -1, 1.5, True])
+def test_ultralytics_classes_must_be_class_ids(ultralytics: TrainerProcess, value: object) -> None:
+    """`{"classes": "abc"}` used to be accepted and then ignored by ultralytics."""
+    details = _refused(ultralytics, "classes", _set_extra(_ultra_spec(), {"classes": value}), validate_only=True)
+    assert details.startswith("advanced_config.extra.classes: a class id or a list of class ids (integers ≥ 0), got")
+
+
+def test_ultralytics_class_ids_and_in_range_gains_are_accepted(ultralytics: TrainerProcess) -> None:
+    for i, extra in enumerate(({"classes": 1}, {"classes": [0, 1]}, {"box": 1000.0, "shear": -90.0, "time": 0.5})):
+        _accepted(ultralytics, f"ok-{i}", _set_extra(_ultra_spec(), extra))

@@ -78,7 +78,7 @@ OPTIMIZERS = {
 #: Train arguments this adapter sets itself: `extra` may not override them.
 OWNED_ARGS = frozenset(
     {"model", "data", "epochs", "project", "name", "exist_ok", "mode", "task", "save_dir", "resume"}
-    | {"device", "cfg", "distill_model"}
+    | {"device", "cfg", "distill_model", "imgsz"}
 )
 #: Augmentation arguments zeroed by `augmentation.enabled = false`.
 AUGMENTATION_ARGS_OFF = (

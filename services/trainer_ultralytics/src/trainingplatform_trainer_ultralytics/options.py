@@ -39,6 +39,7 @@ OWNED = {
     "model": "model_config.name",
     "data": "dataset_config.path",
     "epochs": "training_config.epochs",
+    "imgsz": "model_config.image_size",
     "device": "training_config.device",
     "project": "nothing (the trainer picks the output directory)",
     "name": "nothing (the trainer picks the output directory)",
@@ -59,7 +60,21 @@ PLATFORM_KEYS = {
     )
 }
 # Host limits some arguments are capped by (the generic check applies them).
-_BOUNDS = {"workers": "cpus", "batch": "batch_size", "imgsz": "image_size"}
+_BOUNDS = {"workers": "cpus", "batch": "batch_size"}
+#: Bounds of the numeric arguments ultralytics leaves unbounded, which overflow (`box: 1e308` fails training with
+#: `OverflowError: int too big to convert`) or make no sense far out: loss gains in [0, 1000], angles in degrees,
+#: durations like the typed fields'.
+_LOSS_GAINS = ("angle", "box", "cls", "dfl", "dgrad", "dis", "dlog", "kobj", "pose", "rle")
+_RANGES: dict[str, tuple[float, float]] = {
+    **{key: (0.0, 1000.0) for key in _LOSS_GAINS},
+    "degrees": (-360.0, 360.0),
+    "shear": (-90.0, 90.0),
+    "warmup_epochs": (0.0, 1_000_000.0),
+    "time": (0.0, 1_000_000.0),
+    "workspace": (0.0, 1024.0),
+}
+#: Largest value of an integer argument ultralytics leaves unbounded (`close_mosaic`, `patience`, `max_det`, ...).
+_MAX_INT = 1_000_000
 _SET_NAMES = ("CFG_FLOAT_KEYS", "CFG_FRACTION_KEYS", "CFG_INT_KEYS", "CFG_BOOL_KEYS", "CFG_STR_KEYS")
 #: What `check_extra_values` accepts for the keys ultralytics takes several types for (its messages say the same).
 ACCEPTS = {
@@ -70,6 +85,7 @@ ACCEPTS = {
     "scale": "a number in [0, 1] or a [min, max] pair",
     "fraction": "a ratio in (0, 1] or a count of images above 1",
     "freeze": "a number of layers or a list of layer indices",
+    "classes": "a class id or a list of class ids (integers ≥ 0)",
 }
 # `key: value  # (type) what it does` in default.yaml: the comment, without the type, is an option's `doc`.
 _COMMENTED_KEY = re.compile(r"^([A-Za-z_]\w*):[^#\n]*#\s*(?:\([^)]*\)\s*)?(.*?)\s*$", re.MULTILINE)
@@ -94,11 +110,10 @@ def _docs() -> dict[str, str]:
 
 def _adapter_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
     """The train arguments the UltralyticsAdapter sets itself when `extra` does not (adapter.py `train_args`)."""
-    from trainingplatform_trainer_ultralytics.adapter import DEFAULT_BATCH_SIZE, DEFAULT_IMAGE_SIZE, SHAPES_IMAGE_SIZE
+    from trainingplatform_trainer_ultralytics.adapter import DEFAULT_BATCH_SIZE
 
     return {
         "batch": f"training_config.batch_size, else {DEFAULT_BATCH_SIZE}",
-        "imgsz": f"model_config.image_size, else {DEFAULT_IMAGE_SIZE} ({SHAPES_IMAGE_SIZE} for shapes)",
         "workers": "training_config.num_workers (0)",
         "lr0": f"training_config.learning_rate, else {defaults.get('lr0')}",
         "plots": False,
@@ -183,8 +198,6 @@ def _checked_options(
         elif key == "batch":
             # An int, -1 for AutoBatch, or a fraction of the GPU memory: ultralytics' own check covers the rest.
             options[key] = ExtraOption("number", low=-1, bound="batch_size")
-        elif key == "imgsz":
-            options[key] = ExtraOption("int", low=1, bound="image_size")
         elif key == "workers":
             options[key] = ExtraOption("int", low=0, bound="cpus")
         elif key in sets.get("CFG_BOOL_KEYS", ()):
@@ -192,11 +205,13 @@ def _checked_options(
         elif key == "seed":
             options[key] = ExtraOption("int", low=0, high=MAX_SEED)  # numpy's seeds are 32-bit
         elif key in sets.get("CFG_INT_KEYS", ()):
-            options[key] = ExtraOption("int", low=minimums.get(key), bound=bound)  # type: ignore[arg-type]
+            int_high = None if bound else _MAX_INT
+            options[key] = ExtraOption("int", low=minimums.get(key), high=int_high, bound=bound)  # type: ignore[arg-type]
         elif key in sets.get("CFG_FRACTION_KEYS", ()) and key != "fraction":
             options[key] = ExtraOption("fraction")
         elif key in sets.get("CFG_FLOAT_KEYS", ()):
-            options[key] = ExtraOption("number", low=0 if key == "time" else None)
+            low, high = _RANGES.get(key, (None, None))
+            options[key] = ExtraOption("number", low=low, high=high)
         elif key == "optimizer":
             from trainingplatform_trainer_ultralytics.adapter import OPTIMIZERS
 
@@ -229,6 +244,10 @@ def check_extra_values(extra: dict[str, Any]) -> None:
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "fraction" and not (_number_in(value, 0.0, 1.0, low_open=True) or (_int(value) and value > 1)):
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
+        if key == "classes" and not (
+            value is None or _int(value) or (isinstance(value, list) and all(map(_whole, value)))
+        ):
+            raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "freeze" and not (
             value is None or _int(value) or (isinstance(value, list) and all(_int(v) for v in value))
         ):
@@ -242,6 +261,11 @@ def _short(value: Any) -> str:
 
 def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _whole(value: Any) -> bool:
+    """An integer at least 0, or a float that is one: list items of a JobSpec's `extra` come as floats."""
+    return _int(value) or (isinstance(value, float) and value.is_integer() and value >= 0)
 
 
 def _number_in(value: Any, low: float, high: float, *, low_open: bool = False) -> bool:
