@@ -90,3 +90,16 @@ class WaitingAdapter(CountingAdapter):
             time.sleep(0.01)
             self.global_step += 1
         return MetricsResult(stopped=True)
+
+
+class ColouredErrorAdapter(CountingAdapter):
+    """Fails with ultralytics' coloured message for a data set whose labels are all refused (ANSI escapes included)."""
+
+    MESSAGE = (
+        "No valid images found in /data/labels/train.cache.\n"
+        "\x1b[34m\x1b[1mtrain: \x1b[0m/data/images/train/0.png: ignoring corrupt image/label: "
+        "Label class 5 exceeds dataset class count 2."
+    )
+
+    def train_epoch(self, epoch: int) -> MetricsResult:
+        raise RuntimeError(self.MESSAGE)

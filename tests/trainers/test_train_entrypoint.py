@@ -62,6 +62,34 @@ def test_a_failure_reports_urls_without_their_credentials(tmp_path) -> None:
     assert "ConnectionError" in detail and "fake_adapters.py" in detail
 
 
+def test_a_failure_reports_its_message_without_terminal_colour_codes(tmp_path) -> None:
+    # ultralytics colours its messages: the job's error and log showed `\x1b[34m\x1b[1mtrain: \x1b[0m...`.
+    sink = RecordingSink()
+    assert run(tmp_path, "fake_adapters:ColouredErrorAdapter", sink) == train.EXIT_FAILED
+    _, error, detail, _ = sink.status_calls()[-1]
+    assert error == (
+        "RuntimeError: No valid images found in /data/labels/train.cache.\n"
+        "train: /data/images/train/0.png: ignoring corrupt image/label: Label class 5 exceeds dataset class count 2."
+    )
+    reported = [error, detail, *sink.messages("ERROR")]
+    assert not [text for text in reported if "\x1b" in text], reported
+    assert "train: /data/images/train/0.png" in detail
+
+
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("\x1b[34m\x1b[1mtrain: \x1b[0mok", "train: ok"),
+        ("\x1b[2K\rline", "\rline"),  # erase-line (a progress bar's), the carriage return kept
+        ("\x1b]8;;https://x.example\x1b\\link\x1b]8;;\x1b\\", "link"),  # a terminal hyperlink
+        ("a\x1b(Bb", "ab"),  # a character-set switch
+        ("no escapes [34m here", "no escapes [34m here"),
+    ],
+)
+def test_strip_ansi_removes_escape_sequences_only(text: str, plain: str) -> None:
+    assert train.strip_ansi(text) == plain
+
+
 def test_bad_config_fails_the_job_before_running(tmp_path) -> None:
     sink = RecordingSink()
     code = run(tmp_path, "fake_adapters:CountingAdapter", sink, advanced_config={"weight_decay": "lots"})

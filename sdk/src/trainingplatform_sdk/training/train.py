@@ -17,7 +17,8 @@ when nvidia-ml-py and a driver are there) are logged every 5 s as `system/...` m
 (`telemetry.system`): TP_SYSTEM_METRICS=0 turns this off, TP_SYSTEM_METRICS_INTERVAL_S sets the interval.
 
 The job's status: RUNNING once the configs are valid, the tracking and artifact stores answer and the adapter is
-built, then COMPLETED, FAILED (with the error and the traceback) or CANCELLED. Before training, `tp-train` checks
+built, then COMPLETED, FAILED (with the error and the traceback, URL credentials and terminal colour codes removed)
+or CANCELLED. Before training, `tp-train` checks
 MLflow (MLFLOW_TRACKING_URI) and artifact storage (TP_ARTIFACTS_BUCKET, AWS_S3_ENDPOINT_URL, AWS_*), creates the
 job's MLflow run and stores its config; checkpoints and results are stored when training ends
 (`trainingplatform_sdk.recorder`, settings in docs/tracking.md). Exit codes:
@@ -48,6 +49,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -74,10 +76,25 @@ __all__ = [
     "main",
     "resolve_adapter",
     "run_job",
+    "strip_ansi",
     "torchrun_rank",
 ]
 
 _log = logging.getLogger("trainingplatform_sdk.training.train")
+# ANSI/VT escape sequences: CSI (colours, cursor moves; ESC [ or the 8-bit CSI), OSC (titles, hyperlinks; ended by
+# BEL or ESC \\) and the two-character ones (ESC ( B ...). ultralytics colours its messages with them.
+_ANSI_ESCAPE = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[ -/]*[0-~]")
+
+
+def strip_ansi(text: str) -> str:
+    """`text` without its terminal escape sequences (colours, cursor moves, hyperlinks); every other character kept."""
+    return _ANSI_ESCAPE.sub("", text)
+
+
+def _clean(text: str) -> str:
+    """Error text as a job reports it: URL credentials redacted, terminal escape sequences removed."""
+    return strip_ansi(redact_urls(text))
+
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
@@ -228,8 +245,8 @@ def run_job(
         if system_metrics is not None:
             system_metrics.stop()
         # A library's message repeats the URLs it was given, credentials included: none reaches the job or a log.
-        message = redact_urls(f"{type(error).__name__}: {error}")
-        detail = redact_urls(traceback.format_exc())
+        message = _clean(f"{type(error).__name__}: {error}")
+        detail = _clean(traceback.format_exc())
         reason = "exception in training"
         rank, world_size = torchrun_rank(os.environ)
         if rank != 0:
@@ -327,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             recorder_settings = RecorderSettings.from_env(os.environ, output_dir=args.output_dir)
         except (ConfigError, StorageError, TrackingError) as error:
             # The job exists and waits for a status: a bad argument must end it FAILED, not leave it QUEUED.
-            message = redact_urls(str(error))
+            message = _clean(str(error))
             _report(logger, f"Training failed: {message}", level="ERROR")
             logger.update_status(Status.FAILED, message, reason="invalid configuration")
             return EXIT_FAILED
