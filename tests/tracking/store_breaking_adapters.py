@@ -47,3 +47,27 @@ class CsvBlockingAdapter(CountingAdapter):
         blocker.mkdir(parents=True)
         (blocker / "in-the-way").touch()
         return result
+
+
+class MlflowClosingAdapter(CountingAdapter):
+    """Before the second epoch, writes `mlflow-close` in the output dir for the test to close the MLflow server's
+    endpoint (a proxy it owns, MLFLOW_TRACKING_URI), and goes on once it refuses connections: the second epoch's
+    metrics and every upload to the MLflow run after training then fail, as in an MLflow outage mid-training."""
+
+    def on_batch(self, epoch: int, batch: int) -> None:
+        if (epoch, batch) == (1, 0):
+            (self.output_dir / "mlflow-close").touch()
+            wait_until_refused(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def wait_until_refused(url: str) -> None:
+    """Returns once `url`'s host and port refuse connections; raises after 60 s."""
+    endpoint = urlsplit(url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((endpoint.hostname, endpoint.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"the test did not close {endpoint.hostname}:{endpoint.port} within 60 s")

@@ -10,10 +10,13 @@ training. The MLflow run id and tracking URI (without credentials) and the confi
 During training, `wrap()`'s sink logs each epoch summary's metrics to MLflow (one request per epoch). At the end:
 
 - completed: best and last checkpoints, results.json (final metrics) and results.csv (when the framework wrote
-  one) go to the artifact store; the best checkpoint, results.json and results.csv to MLflow; the URIs to the
-  backend; the run ends FINISHED. A failed upload fails the job (its message names the setting) and ends the run
-  FAILED; results.json then says `failed`, with that message, in the output directory and wherever the completed
-  one was already stored (best effort: a problem is a WARNING line).
+  one) go to the artifact store, the URIs to the backend; then the best checkpoint, results.json and results.csv
+  to MLflow, and the run ends FINISHED. A failed upload to the artifact store fails the job (its message names the
+  setting) and ends the run FAILED; results.json then says `failed`, with that message, in the output directory
+  and in the artifact store when the completed one was already stored there (best effort: a problem is a WARNING
+  line). A failed upload to MLflow (the server went away) leaves the job COMPLETED: the artifact store holds its
+  files, and one WARNING line says what the run misses and where the files are (only on the trainer's disk when
+  TP_ARTIFACTS_BUCKET is not set).
 - cancelled or failed: the last checkpoint and results.json are stored best effort (a problem is a WARNING line),
   and the run ends KILLED or FAILED.
 """
@@ -28,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from trainingplatform_sdk.training.adapter import Status, TelemetrySink, TrainingResult
-from trainingplatform_sdk.training.artifacts import ArtifactStore, StorageError, StorageSettings, open_store
+from trainingplatform_sdk.training.artifacts import (
+    ArtifactStore,
+    LocalArtifactStore,
+    StorageError,
+    StorageSettings,
+    open_store,
+)
 from trainingplatform_sdk.training.tracking import (
     MlflowRun,
     TrackingError,
@@ -159,12 +168,12 @@ class JobRecorder:
         return _EpochTrackingSink(sink, self.run) if self.run is not None else sink
 
     def finish(self, result: TrainingResult) -> None:
-        """Stores the results of a completed job and ends the run FINISHED; after a failed upload, ends it FAILED
-        and leaves a results.json that says so (see the module docstring).
+        """Stores the results of a completed job and ends the run FINISHED; after a failed upload to the artifact
+        store, ends it FAILED and leaves a results.json that says so. A failed upload to the MLflow run is a
+        WARNING line, not a failure: the artifact store holds the files (see the module docstring).
 
         Raises:
             StorageError: An upload to the artifact store failed.
-            TrackingError: An upload to MLflow failed.
         """
         results = self._write_results(result)
         csv = self.output_dir / "results.csv"
@@ -174,26 +183,55 @@ class JobRecorder:
             "results": (results, "results.json"),
             "results_csv": (csv if csv.is_file() else None, "results.csv"),
         }
-        in_mlflow = False  # whether the MLflow run holds the completed results.json
         try:
             for name, (path, key) in uploads.items():
                 if path is not None and Path(path).is_file():
                     self.artifacts[name] = self.store.upload(Path(path), key)
-            if self.run is not None:
-                checkpoint = result.best_checkpoint or result.last_checkpoint
-                if checkpoint is not None and Path(checkpoint).is_file():
-                    self._log_to_mlflow(Path(checkpoint), "checkpoints")
-                self._log_to_mlflow(results, None)
-                in_mlflow = True
-                if csv.is_file():
-                    self._log_to_mlflow(csv, None)
-        except (StorageError, TrackingError) as error:
-            self._store_failed_results(result, redact_urls(str(error)), in_mlflow=in_mlflow)
+        except StorageError as error:
+            self._store_failed_results(result, redact_urls(str(error)))
             self.logger.report_run_info(artifacts=dict(self.artifacts))
             self._end_run(Status.FAILED)
             raise
         self.logger.report_run_info(artifacts=dict(self.artifacts))
+        if self.run is not None:
+            checkpoint = result.best_checkpoint or result.last_checkpoint
+            to_mlflow = [
+                (Path(path), folder)
+                for path, folder in ((checkpoint, "checkpoints"), (results, None), (csv, None))
+                if path is not None and Path(path).is_file()
+            ]
+            if not self._log_to_mlflow_or_warn(to_mlflow):
+                # One more try, without retries: a server still down must not hold the completed job again.
+                self._end_run(Status.COMPLETED, fail_fast=True)
+                return
         self._end_run(Status.COMPLETED)
+
+    def _log_to_mlflow_or_warn(self, files: list[tuple[Path, str | None]]) -> bool:
+        """Uploads `files` (path, artifact folder) to the MLflow run of a completed job, stopping at the first
+        failure. The job's files are already in the artifact store, its durable copy: a failure is one WARNING
+        line that says what the run misses and where the files are, and False is returned."""
+        assert self.run is not None
+        for index, (path, folder) in enumerate(files):
+            try:
+                self._log_to_mlflow(path, folder)
+            except TrackingError as error:
+                missing = ", ".join(f"{folder}/{p.name}" if folder else p.name for p, folder in files[index:])
+                self._warn(
+                    f"The job completed, but the MLflow run {self.run.run_id} is missing {missing}: {error}. "
+                    f"{self._where_files_are()}"
+                )
+                return False
+        return True
+
+    def _where_files_are(self) -> str:
+        """Where a completed job's files are, for a warning about what the MLflow run misses."""
+        where = self.artifacts.get("config", "").rpartition("/")[0] + "/"
+        if isinstance(self.store, LocalArtifactStore):
+            return (
+                f"No remote copy of them exists: they are only on this trainer's disk, in {self.store.root} "
+                "(TP_ARTIFACTS_BUCKET is not set); copy them before this trainer's data directory is cleaned up"
+            )
+        return f"The job's checkpoints and results are stored: they are in {where}"
 
     def abort(
         self, status: Status, *, result: TrainingResult | None = None, last_checkpoint: Path | None = None
@@ -223,10 +261,10 @@ class JobRecorder:
             self.logger.report_run_info(artifacts=dict(self.artifacts))
         self._end_run(status)
 
-    def _store_failed_results(self, result: TrainingResult, error: str, *, in_mlflow: bool) -> None:
+    def _store_failed_results(self, result: TrainingResult, error: str) -> None:
         """After a failed upload in `finish`: results.json says `failed`, with `error`, in the output directory, and
-        replaces the completed one wherever it was already stored (the artifact store, the MLflow run). Nothing is
-        sent to a store that never got it: the store may be what failed. Never raises: a problem is a WARNING line.
+        replaces the completed one wherever it was already stored (the artifact store). Nothing is sent to a store
+        that never got it: the store may be what failed. Never raises: a problem is a WARNING line.
         """
         try:
             results = self._write_results(result, status=Status.FAILED, error=error)
@@ -241,11 +279,6 @@ class JobRecorder:
                     "Replacing the stored results.json of the failed job failed (it still says completed): "
                     + redact_urls(str(upload_error))
                 )
-        if in_mlflow:
-            try:
-                self._log_to_mlflow(results, None)
-            except TrackingError as log_error:
-                self._warn(f"Replacing the MLflow run's results.json failed (it still says completed): {log_error}")
 
     def _log_to_mlflow(self, path: Path, artifact_path: str | None) -> None:
         assert self.run is not None
@@ -275,14 +308,17 @@ class JobRecorder:
         path.write_text(json.dumps(content, indent=2), encoding="utf-8")
         return path
 
-    def _end_run(self, status: Status) -> None:
+    def _end_run(self, status: Status, *, fail_fast: bool = False) -> None:
         if self.run is None or self._ended:
             return
         self._ended = True
         try:
-            self.run.end(_RUN_STATUS[status])
+            self.run.end(_RUN_STATUS[status], fail_fast=fail_fast)
         except Exception as error:
-            self._warn(f"Ending the MLflow run {self.run.run_id} failed: {self.run.describe_error(error)}")
+            self._warn(
+                f"Ending the MLflow run {self.run.run_id} failed (MLflow shows it RUNNING): "
+                f"{self.run.describe_error(error)}"
+            )
 
     def _warn(self, message: str) -> None:
         _log.warning(message)

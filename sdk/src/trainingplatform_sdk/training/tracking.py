@@ -528,9 +528,9 @@ class MlflowRun:
             return None
         return Path(url2pathname(urlsplit(uri).path))
 
-    def end(self, status: str) -> None:
-        """Ends the run: `FINISHED`, `FAILED` or `KILLED`."""
-        with store_lock(self.settings):
+    def end(self, status: str, *, fail_fast: bool = False) -> None:
+        """Ends the run: `FINISHED`, `FAILED` or `KILLED`; `fail_fast`: no retries and a short timeout."""
+        with store_lock(self.settings), _fail_fast_http() if fail_fast else contextlib.nullcontext():
             retry_locked(lambda: self.client.set_terminated(self.run_id, status))
 
     def describe_error(self, error: BaseException) -> str:

@@ -1,0 +1,84 @@
+"""MLflow going away after the job started: the job logs a WARNING and completes as long as its checkpoints reached
+their artifact store; it fails only when that store fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.backend import BackendProcess
+from support.proxy import ChaosProxy
+from trainingplatform.common.v1 import common_pb2
+
+TESTS_DIR = Path(__file__).resolve().parent.parent
+ADAPTERS_PYTHONPATH = os.pathsep.join(str(TESTS_DIR / d) for d in ("tracking", "trainers"))
+COUNTING_JOB = {
+    "framework": "store_breaking_adapters:MlflowClosingAdapter",
+    "model_config": {"name": "counter"},
+    "dataset_config": {"name": "numbers"},
+    "training_config": {"epochs": 2},
+    "advanced_config": {},
+}
+
+
+@pytest.fixture
+def backend(backend: BackendProcess, monkeypatch: pytest.MonkeyPatch) -> Iterator[BackendProcess]:
+    """Jobs are created as framework `counting`; `tp-train` gets the adapter's `module:Class` path."""
+    create_job = backend.create_job
+    monkeypatch.setattr(backend, "create_job", lambda framework, **job: create_job("counting", **job))
+    yield backend
+
+
+def close_on_request(proxy: ChaosProxy, runs_dir: Path) -> None:
+    """Closes the proxy once a job's adapter wrote `mlflow-close` (the adapter then waits for it)."""
+    deadline = time.monotonic() + 120
+    while not list(runs_dir.glob("*/mlflow-close")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proxy.close()
+
+
+def run_with_mlflow_outage(run_training, mlflow_server, tmp_path: Path, env: dict[str, str]):
+    with ChaosProxy(f"127.0.0.1:{mlflow_server.port}", seed=0) as proxy:
+        closer = threading.Thread(target=close_on_request, args=(proxy, tmp_path / "runs"), daemon=True)
+        closer.start()
+        env = {**env, "MLFLOW_TRACKING_URI": f"http://{proxy.address}", "PYTHONPATH": ADAPTERS_PYTHONPATH}
+        run = run_training(env, **COUNTING_JOB)
+        closer.join(10)
+    return run
+
+
+def test_an_mlflow_outage_mid_training_completes_the_job_whose_checkpoints_reached_s3(
+    run_training, s3, mlflow_server, tmp_path
+) -> None:
+    run = run_with_mlflow_outage(run_training, mlflow_server, tmp_path, s3.env())
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.job.status == common_pb2.JOB_STATUS_COMPLETED
+    assert "MLflow metric logging stopped at epoch 1" in run.stderr
+    assert f"the MLflow run {run.job.mlflow_run_id} is missing checkpoints/best.pt, results.json" in run.stderr
+    assert f"they are in s3://{s3.bucket}/jobs/{run.job_id}/" in run.stderr
+    prefix = f"jobs/{run.job_id}/"
+    assert s3.keys(prefix) == [
+        prefix + name for name in ("config.json", "results.json", "weights/best.pt", "weights/last.pt")
+    ]
+    assert json.loads((run.output_dir / "results.json").read_text(encoding="utf-8"))["status"] == "completed"
+
+
+def test_an_mlflow_outage_without_s3_completes_the_job_with_its_checkpoints_on_the_trainer(
+    run_training, mlflow_server, tmp_path
+) -> None:
+    """MLflow's artifact store was the only remote one: the checkpoints stay on the trainer's disk, and the WARNING
+    says so."""
+    run = run_with_mlflow_outage(run_training, mlflow_server, tmp_path, {})
+
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.job.status == common_pb2.JOB_STATUS_COMPLETED
+    stored = tmp_path / "data" / "artifacts" / run.job_id
+    assert f"they are only on this trainer's disk, in {stored}" in run.stderr
+    assert run.artifacts["best_checkpoint"] == (stored / "weights" / "best.pt").as_uri()
+    assert (stored / "weights" / "best.pt").is_file()
