@@ -71,3 +71,41 @@ def wait_until_refused(url: str) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"the test did not close {endpoint.hostname}:{endpoint.port} within 60 s")
+
+
+class MlflowStallingAdapter(CountingAdapter):
+    """Before the second epoch, writes `mlflow-stall` in the output dir and waits for the test to stall the MLflow
+    server's endpoint (a proxy it owns) and write `mlflow-stalled`: the second epoch's metrics then meet a server
+    that accepts connections and never answers. After training, writes `trained` and returns once the endpoint
+    refuses connections (the test closes the proxy)."""
+
+    def on_batch(self, epoch: int, batch: int) -> None:
+        if (epoch, batch) == (1, 0):
+            (self.output_dir / "mlflow-stall").touch()
+            wait_for_file(self.output_dir / "mlflow-stalled")
+
+    def fit(self) -> TrainingResult:
+        result = super().fit()
+        (self.output_dir / "trained").touch()
+        wait_until_refused(os.environ["MLFLOW_TRACKING_URI"])
+        return result
+
+
+class TrainedMarkingAdapter(CountingAdapter):
+    """Trains, writes `trained` in the output dir and waits for the test to write `broken` (after it broke a
+    store) before `tp-train` stores the results."""
+
+    def fit(self) -> TrainingResult:
+        result = super().fit()
+        (self.output_dir / "trained").touch()
+        wait_for_file(self.output_dir / "broken")
+        return result
+
+
+def wait_for_file(path: Path) -> None:
+    """Returns once `path` exists; raises after 60 s."""
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test did not write {path} within 60 s")
+        time.sleep(0.05)

@@ -13,6 +13,10 @@ Settings come from the environment (see docs/tracking.md):
 Objects go under `<prefix>/jobs/<job_id>/` (`weights/best.pt`, `results.json`, ...) and are reported as
 `s3://bucket/key`; local files as `file:///...`. Uploads use boto3's managed transfer: multipart above 8 MiB.
 
+A hung endpoint holds a job for seconds, not minutes: the start-of-job check makes one attempt that waits 10 s for
+an answer (CHECK_READ_TIMEOUT_S), an upload waits 30 s on each read or write (UPLOAD_READ_TIMEOUT_S, not the whole
+upload) with 2 attempts (UPLOAD_ATTEMPTS).
+
 `boto3` is imported inside functions only: the SDK installs without it.
 """
 
@@ -41,6 +45,16 @@ __all__ = [
 
 #: Files larger than this are uploaded in parts of this size (boto3's TransferConfig).
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
+#: Seconds to open a connection to the S3 endpoint.
+CONNECT_TIMEOUT_S = 5
+#: Seconds the start-of-job check (HeadBucket, one attempt) waits for an answer: a hung endpoint fails the job
+#: within about 15 s.
+CHECK_READ_TIMEOUT_S = 10
+#: Seconds an upload waits on each read or write of its connection (not the whole upload: a large checkpoint
+#: takes as long as it needs while bytes flow), with UPLOAD_ATTEMPTS attempts per request: a hung endpoint fails
+#: an upload within about a minute.
+UPLOAD_READ_TIMEOUT_S = 30
+UPLOAD_ATTEMPTS = 2
 DEFAULT_REGION = "auto"
 
 
@@ -198,21 +212,25 @@ class S3ArtifactStore:
         self.settings = settings
         self.bucket = settings.bucket
         self.key_prefix = "/".join(part for part in (settings.prefix, "jobs", job_id) if part)
-        config = Config(
-            signature_version="s3v4",
-            # Path-style works with every S3-compatible server (R2, MinIO, SeaweedFS) and with any bucket name.
-            s3={"addressing_style": "path"},
-            # Only the checksums S3 requires: newer boto3 adds CRC32 headers some S3-compatible servers reject.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            connect_timeout=5,
-            read_timeout=60,
-            retries={"max_attempts": 3, "mode": "standard"},
-        )
-        try:
-            self.client: Any = boto3.session.Session().client(
-                "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config
+
+        def client(read_timeout: int, attempts: int) -> Any:
+            config = Config(
+                signature_version="s3v4",
+                # Path-style works with every S3-compatible server (R2, MinIO, SeaweedFS) and with any bucket name.
+                s3={"addressing_style": "path"},
+                # Only the checksums S3 requires: newer boto3 adds CRC32 headers some S3-compatible servers reject.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                connect_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=read_timeout,
+                retries={"total_max_attempts": attempts, "mode": "standard"},
             )
+            return session.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
+
+        try:
+            session = boto3.session.Session()
+            self.client: Any = client(UPLOAD_READ_TIMEOUT_S, UPLOAD_ATTEMPTS)
+            self.check_client: Any = client(CHECK_READ_TIMEOUT_S, 1)
         except ValueError as error:  # "Invalid endpoint: <the URL, credentials included>"
             raise StorageError(
                 redact_urls(f"{settings.endpoint_setting} cannot be used for TP_ARTIFACTS_BUCKET: {error}")
@@ -229,9 +247,9 @@ class S3ArtifactStore:
             StorageError: The message names AWS_S3_ENDPOINT_URL, the credentials or TP_ARTIFACTS_BUCKET.
         """
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.check_client.head_bucket(Bucket=self.bucket)
         except Exception as error:
-            raise self._error(error, "checking the bucket") from error
+            raise self._error(error, "checking the bucket", CHECK_READ_TIMEOUT_S) from error
 
     def upload(self, path: Path, name: str) -> str:
         """Uploads with boto3's managed transfer (multipart above MULTIPART_THRESHOLD)."""
@@ -241,21 +259,22 @@ class S3ArtifactStore:
         try:
             self.client.upload_file(str(path), self.bucket, f"{self.key_prefix}/{name}", Config=transfer)
         except Exception as error:
-            raise self._error(error, f"uploading {path.name} to {self.uri(name)}") from error
+            raise self._error(error, f"uploading {path.name} to {self.uri(name)}", UPLOAD_READ_TIMEOUT_S) from error
         return self.uri(name)
 
-    def _error(self, error: Exception, action: str) -> StorageError:
+    def _error(self, error: Exception, action: str, read_timeout_s: int) -> StorageError:
         """A StorageError naming the setting behind a boto3 error, with the credentials of every URL in it
         removed (botocore's messages repeat the endpoint URL as it was given)."""
-        return StorageError(redact_urls(self._describe(error, action)))
+        return StorageError(redact_urls(self._describe(error, action, read_timeout_s)))
 
-    def _describe(self, error: Exception, action: str) -> str:
+    def _describe(self, error: Exception, action: str, read_timeout_s: int) -> str:
         from botocore.exceptions import (
             ClientError,
             ConnectTimeoutError,
             EndpointConnectionError,
             NoCredentialsError,
             ParamValidationError,
+            ReadTimeoutError,
         )
 
         endpoint, bucket = self.settings.endpoint_setting, f"TP_ARTIFACTS_BUCKET={self.bucket!r}"
@@ -263,6 +282,8 @@ class S3ArtifactStore:
             return f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set; {bucket} needs them"
         if isinstance(error, EndpointConnectionError | ConnectTimeoutError):
             return f"{endpoint} is not reachable ({action}): {error}"
+        if isinstance(error, ReadTimeoutError):
+            return f"{endpoint} did not answer within {read_timeout_s}s ({action}): {error}"
         if isinstance(error, ParamValidationError):
             return f"{bucket} is not a valid bucket name: {error}"
         if isinstance(error, ClientError):

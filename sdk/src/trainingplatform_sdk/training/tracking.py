@@ -70,9 +70,15 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 #: HTTP settings of the start-of-job checks: an unreachable server must fail the job in seconds, not minutes.
 PREFLIGHT_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-#: Retries of later calls unless the environment sets its own: MLflow's default (7, with exponential backoff)
-#: would hold a finished job for minutes when the server went away during training.
-DEFAULT_HTTP_MAX_RETRIES = "3"
+#: HTTP settings of each epoch's metrics: a hung server stalls the training loop for about 20 s at most, then
+#: MLflow logging stops for the job (one WARNING line).
+EPOCH_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+#: Retries and per-request timeout (seconds) of the final uploads and the end of the run, unless the environment
+#: sets its own. MLflow's defaults (7 retries with exponential backoff, 120 s) held a finished job for many
+#: minutes when the server hung. The timeout bounds the connection and each read or write, not a whole upload: a
+#: large checkpoint takes as long as it needs while bytes flow.
+DEFAULT_HTTP_MAX_RETRIES = "1"
+DEFAULT_HTTP_TIMEOUT = "60"
 #: Longest wait for the lock of a local SQLite store while other jobs write to it, in seconds.
 STORE_LOCK_TIMEOUT_S = 300.0
 #: How long a write that meets "database is locked" is retried, in seconds.
@@ -319,11 +325,16 @@ def retry_locked(call: Callable[[], _T], *, timeout_s: float = LOCKED_RETRY_S) -
         delay = min(delay * 2, 2.0)
 
 
-@contextlib.contextmanager
-def _fail_fast_http() -> Iterator[None]:
+def _fail_fast_http() -> contextlib.AbstractContextManager[None]:
     """No retries and a short timeout for the calls inside, whatever the environment says."""
-    saved = {key: os.environ.get(key) for key in PREFLIGHT_HTTP_ENV}
-    os.environ.update(PREFLIGHT_HTTP_ENV)
+    return _http_settings(PREFLIGHT_HTTP_ENV)
+
+
+@contextlib.contextmanager
+def _http_settings(settings: Mapping[str, str]) -> Iterator[None]:
+    """MLflow's HTTP settings (`MLFLOW_HTTP_REQUEST_*`, read at each request) for the calls inside."""
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
@@ -412,6 +423,7 @@ class MlflowRun:
                 f"(install mlflow, or set TP_MLFLOW_ENABLED=false): {error}"
             ) from error
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", DEFAULT_HTTP_MAX_RETRIES)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", DEFAULT_HTTP_TIMEOUT)
         # MLflow prints "View run <url>" built from the raw tracking URI, credentials included; the job's logs
         # already say where the run is.
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
@@ -494,12 +506,13 @@ class MlflowRun:
             retry_locked(lambda batch=batch: self.client.log_batch(self.run_id, params=batch))  # type: ignore[misc]
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Logs one epoch's metrics with step = `epoch`, in one request (per 1,000 metrics)."""
+        """Logs one epoch's metrics with step = `epoch`, in one request (per 1,000 metrics), with EPOCH_HTTP_ENV's
+        short timeout and single retry: the training loop waits on this call."""
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
         items = [Metric(metric_name(key), float(value), timestamp, epoch) for key, value in metrics.items()]
-        with store_lock(self.settings):
+        with store_lock(self.settings), _http_settings(EPOCH_HTTP_ENV):
             for start in range(0, len(items), MAX_METRICS_PER_BATCH):
                 batch = items[start : start + MAX_METRICS_PER_BATCH]
                 retry_locked(lambda batch=batch: self.client.log_batch(self.run_id, metrics=batch))  # type: ignore[misc]
