@@ -54,7 +54,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor, Generic[CallerT]):
 
         Raises:
             PlatformError: the call is refused (UnauthenticatedError, PermissionDeniedError); its message is logged
-                and sent.
+                and sent. Any other exception (the token could not be checked) refuses the call with the status
+                `status_of` maps it to.
         """
 
     async def intercept_service(
@@ -71,6 +72,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor, Generic[CallerT]):
             caller = await self.authenticate(method, bearer_token(details.invocation_metadata))
         except PlatformError as error:
             self._refusals.refused(method, error.message)
+            return wrap_handler(handler, status_of=self._status_of, log=self._log, refusal=error)
+        except Exception as error:
+            # Refused through the service's one mapping, as a handler's error would be: an outage is UNAVAILABLE,
+            # anything else INTERNAL (logged with its traceback), never UNKNOWN with the exception's text.
             return wrap_handler(handler, status_of=self._status_of, log=self._log, refusal=error)
         return wrap_handler(
             handler,

@@ -11,7 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,20 @@ def create_db_engine(url: str, *, pool_size: int = 8) -> Engine:
         return engine
     # No pre-ping: it costs a round trip per checkout on the hot path. A connection that died with a database
     # restart fails its call once (UNAVAILABLE: clients retry) and the pool replaces it.
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    event.listen(engine, "handle_error", _read_only_is_a_disconnect)
+    return engine
+
+
+def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
+    """A write refused because the session is read-only (SQLSTATE 25006: a failover whose pooled connections still
+    reach the old primary, now a standby, or `default_transaction_read_only` set and lifted) is handled as a lost
+    connection: the pool drops every connection, so the next calls reconnect and find the writable server, and
+    the call fails UNAVAILABLE (clients retry), where the pool kept the read-only sessions until `pool_recycle`
+    (30 minutes) and every call failed INTERNAL."""
+    if getattr(context.original_exception, "sqlstate", None) == "25006":
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = True
 
 
 def alembic_config(url: str) -> Config:

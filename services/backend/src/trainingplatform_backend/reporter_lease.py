@@ -11,7 +11,8 @@ Every `interval_s` each backend process fails the RUNNING jobs without a trainer
 (or which started, never heard from) more than `timeout_s` ago: the process was killed (SIGKILL, the OOM killer, a
 lost machine) before it reported a final status, and would otherwise leave its job RUNNING for good. A backend
 process counts every job as heard from when it started, so an outage of the backends fails nothing: reporters get
-`timeout_s` to come back. A reporter that comes back after its job was failed has its status changes refused
+`timeout_s` to come back; so does an outage of the database (a round that cannot read it counts every job as heard
+from once it reads it again). A reporter that comes back after its job was failed has its status changes refused
 (FAILED is final); its telemetry is still stored within the job token's grace.
 """
 
@@ -53,6 +54,7 @@ class ReporterLease:
         self._timeout_s = timeout_s
         self._interval_s = interval_s
         self._started = math.inf
+        self._database_lost = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -80,9 +82,20 @@ class ReporterLease:
     async def check(self) -> list[str]:
         """One round: fails the jobs whose reporter is silent; returns their ids."""
         if time.monotonic() - self._started < self._timeout_s:
-            return []  # every job counts as heard from when this process started serving
+            return []  # every job counts as heard from when this process started serving, or its database came back
         now = utcnow()
-        silent = await asyncio.to_thread(self._store.silent_reporters, now - dt.timedelta(seconds=self._timeout_s))
+        try:
+            silent = await asyncio.to_thread(self._store.silent_reporters, now - dt.timedelta(seconds=self._timeout_s))
+        except Exception:
+            self._database_lost = True
+            raise
+        if self._database_lost:
+            # The database was away: the reporters' calls could not be written meanwhile (they were refused, or
+            # their contact writes failed), so every job counts as heard from now, as at the start.
+            self._database_lost = False
+            self._started = time.monotonic()
+            log.info("reporter lease: the database is back; reporters get TP_REPORTER_TIMEOUT_S from now")
+            return []
         failed = []
         for job_id, seen in silent:
             error = (

@@ -1,0 +1,175 @@
+"""PostgreSQL faults an operator meets, seen through the public interfaces (found by a review on 2026-12-06; each
+test failed on the code before its fix):
+
+- the database read-only for a few seconds (a failover whose pooled connections still reach the old primary, or
+  `default_transaction_read_only`): every write failed INTERNAL until the pool recycled its connections (30
+  minutes);
+- the backend's connections killed (`pg_terminate_backend`): a job token checked on a dead connection got UNKNOWN
+  with the SQL statement in its message, not UNAVAILABLE;
+- the database unreachable for longer than TP_REPORTER_TIMEOUT_S: the first lease round after it came back failed a
+  job whose reporter streamed all along.
+
+The backend connects as a role that is not a superuser: PostgreSQL lets superusers past `CONNECTION LIMIT`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, text
+from support.backend import PG_ADMIN_URL, BackendProcess, auth
+from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk import LoggerSettings, TrainingLogger
+
+from reliability.polling import wait_until
+
+ROLE = "tp_test_app"
+FAST = LoggerSettings(reconnect_initial_backoff_s=0.05, reconnect_max_backoff_s=0.5)
+
+
+def _admin(sql: str, **params: str) -> None:
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(sql), params)
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _app_database() -> Iterator[tuple[str, str]]:
+    """A fresh database owned by a role that is not a superuser: (its name, the URL the backend connects with)."""
+    name = f"tp_test_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            if conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": ROLE}).first() is None:
+                with contextlib.suppress(Exception):  # another test process made it meanwhile
+                    conn.execute(text(f'CREATE ROLE "{ROLE}" LOGIN'))
+            conn.execute(text(f'CREATE DATABASE "{name}" OWNER "{ROLE}"'))
+        base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgres@", f"{ROLE}@", 1)
+        yield name, f"{base}/{name}"
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+def _terminate(name: str) -> None:
+    _admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()", d=name
+    )
+
+
+def _committed(backend: BackendProcess, job_id: str) -> int:
+    try:
+        return backend.cursor_row(job_id)["committed_count"]
+    except Exception:  # the database is what is failing
+        return 0
+
+
+@pytest.mark.timeout(120)
+def test_writes_resume_at_once_after_the_database_was_read_only(tmp_path: Path) -> None:
+    """Read-only sessions are dropped from the pool at the first refused write (UNAVAILABLE: clients retry), so the
+    first retry once the database takes writes again commits."""
+    with _app_database() as (name, url):
+        backend = BackendProcess(url, tmp_path / "data")
+        backend.start()
+        try:
+            job_id, token = backend.create_job()
+
+            def stream(sequence: int) -> telemetry_pb2.StreamMetricsResponse:
+                point = telemetry_pb2.MetricPoint(key="loss", value=1.0, step=sequence, sequence=sequence, wall_time=1)
+                request = telemetry_pb2.StreamMetricsRequest(job_id=job_id, points=[point])
+                return backend.telemetry().StreamMetrics(iter([request]), metadata=auth(token), timeout=10)
+
+            stream(1)
+            _admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            _terminate(name)
+            for sequence in (2, 3):  # the pool's connections are read-only now, whichever is taken
+                with pytest.raises(grpc.RpcError) as refused:
+                    stream(sequence)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+            _admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            assert stream(2).points_committed == 1  # before: INTERNAL until the pool recycled (30 minutes)
+            assert stream(3).points_committed == 1
+            assert backend.metric_sequences(job_id) == [1, 2, 3]
+        finally:
+            backend.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_job_token_checked_on_a_killed_connection_gets_unavailable_without_sql(tmp_path: Path) -> None:
+    with _app_database() as (name, url):
+        backend = BackendProcess(url, tmp_path / "data")
+        backend.start()
+        try:
+            job_id, token = backend.create_job()  # its token is not checked yet: the check reads the database
+            _terminate(name)
+            with pytest.raises(grpc.RpcError) as failed:
+                backend.telemetry().GetStreamCursor(
+                    telemetry_pb2.GetStreamCursorRequest(job_id=job_id), metadata=auth(token), timeout=10
+                )
+            error = failed.value
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
+            assert "SELECT" not in error.details() and "SQL" not in error.details(), error.details()
+            # The pool replaced its connections: the same call works now.
+            cursor = backend.telemetry().GetStreamCursor(
+                telemetry_pb2.GetStreamCursorRequest(job_id=job_id), metadata=auth(token), timeout=10
+            )
+            assert cursor.last_metric_sequence == 0
+        finally:
+            backend.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_database_outage_longer_than_the_reporter_timeout_fails_no_live_job(tmp_path: Path) -> None:
+    with _app_database() as (name, url):
+        backend = BackendProcess(
+            url, tmp_path / "data", extra_env={"TP_REPORTER_TIMEOUT_S": "10", "TP_WATCH_INTERVAL_S": "1"}
+        )
+        backend.start()
+        stop = threading.Event()
+        try:
+            job_id, token = backend.create_job()
+            logger = TrainingLogger(
+                job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=FAST
+            )
+            logger.update_status("running")
+
+            def train() -> None:
+                step = 0
+                while not stop.is_set():
+                    logger.log_metric("loss", 1.0, step=step)
+                    step += 1
+                    time.sleep(0.01)
+
+            trainer = threading.Thread(target=train, daemon=True)
+            trainer.start()
+            wait_until(lambda: backend.job_status(job_id) == "RUNNING", 30, "RUNNING")
+            time.sleep(12)  # past the lease's start-up grace: the reporter has been heard from
+            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT 0')
+            _terminate(name)
+            time.sleep(20)  # twice the reporter timeout
+            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
+            before = _committed(backend, job_id)
+            wait_until(lambda: _committed(backend, job_id) > before, 30, "commits again")
+            time.sleep(5)  # five lease rounds
+            assert backend.job_status(job_id) == "RUNNING"
+            stop.set()
+            trainer.join(10)
+            logger.update_status("completed")
+            report = logger.close(30)
+            assert report.error is None, report.error
+            assert backend.job_status(job_id) == "COMPLETED"
+        finally:
+            stop.set()
+            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
+            backend.close()
