@@ -7,7 +7,9 @@ test failed on the code before its fix):
 - the backend's connections killed (`pg_terminate_backend`): a job token checked on a dead connection got UNKNOWN
   with the SQL statement in its message, not UNAVAILABLE;
 - the database unreachable for longer than TP_REPORTER_TIMEOUT_S: the first lease round after it came back failed a
-  job whose reporter streamed all along.
+  job whose reporter streamed all along;
+- a lock on the metrics table (VACUUM FULL, an ALTER TABLE) while 8 ListMetrics calls waited on it stalled every
+  other call too (ListJobs: DEADLINE_EXCEEDED): they held all 6 threads of asyncio's default executor.
 
 The backend connects as a role that is not a superuser: PostgreSQL lets superusers past `CONNECTION LIMIT`.
 """
@@ -25,6 +27,7 @@ import grpc
 import pytest
 from sqlalchemy import create_engine, text
 from support.backend import PG_ADMIN_URL, BackendProcess, auth
+from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
 
@@ -172,4 +175,36 @@ def test_a_database_outage_longer_than_the_reporter_timeout_fails_no_live_job(tm
         finally:
             stop.set()
             _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
+            backend.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_lock_on_the_metrics_table_does_not_stall_calls_that_never_read_it(tmp_path: Path) -> None:
+    with _app_database() as (name, url):
+        backend = BackendProcess(url, tmp_path / "data")
+        backend.start()
+        holder = create_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+        conn = holder.connect()
+        try:
+            job_id, _ = backend.create_job()
+            conn.execute(text("LOCK TABLE metrics IN ACCESS EXCLUSIVE MODE"))  # held until the rollback below
+
+            def read_metrics() -> None:
+                with contextlib.suppress(grpc.RpcError), grpc.insecure_channel(backend.address) as channel:
+                    jobs_pb2_grpc.JobsServiceStub(channel).ListMetrics(
+                        jobs_pb2.ListMetricsRequest(job_id=job_id), metadata=auth(backend.internal_token), timeout=20
+                    )
+
+            readers = [threading.Thread(target=read_metrics, daemon=True) for _ in range(8)]
+            for reader in readers:
+                reader.start()
+            time.sleep(2)  # every reader waits on the lock in the backend
+            listed = backend.jobs().ListJobs(
+                jobs_pb2.ListJobsRequest(page_size=5), metadata=auth(backend.internal_token), timeout=5
+            )
+            assert [job.job_id for job in listed.jobs] == [job_id]
+        finally:
+            conn.rollback()
+            conn.close()
+            holder.dispose()
             backend.close()

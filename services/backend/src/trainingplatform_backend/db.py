@@ -104,8 +104,16 @@ def _ensure_sqlite_directory(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def create_db_engine(url: str, *, pool_size: int = 8) -> Engine:
-    """Creates an engine for `url`, with SQLite pragmas or a PostgreSQL connection pool."""
+POOL_SIZE = 8
+"""PostgreSQL connections a backend process keeps open; as many more open under load (`max_overflow`)."""
+
+POOL_CONNECTIONS = 2 * POOL_SIZE
+"""The most PostgreSQL connections a backend process's pool opens."""
+
+
+def create_db_engine(url: str, *, pool_size: int = POOL_SIZE) -> Engine:
+    """Creates an engine for `url`, with SQLite pragmas or a PostgreSQL connection pool (`pool_size` connections
+    kept, as many more opened under load)."""
     parsed = make_url(url)
     _ensure_sqlite_directory(url)
     if parsed.get_backend_name() == "sqlite":

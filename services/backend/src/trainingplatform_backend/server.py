@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy.engine import make_url
@@ -91,6 +92,12 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
     host = settings.listen.rsplit(":", 1)[0]
     if metrics.should_serve(settings.metrics_port):  # before the migrations: a port in use is said at once
         metrics.serve_metrics(settings.metrics_port, host)
+    # The database calls run in threads (`asyncio.to_thread`): one per connection the pool can open, and a few
+    # more, so calls waiting on a lock (a VACUUM FULL of the metrics table) hold their own connections, not every
+    # thread: asyncio's default pool (CPUs + 4 threads) let 8 such calls stall every other call.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=db.POOL_CONNECTIONS + 4, thread_name_prefix="tp-backend-db")
+    )
     if settings.migrate_on_start:
         await asyncio.to_thread(db.migrate, url)
     engine = db.create_db_engine(url)
