@@ -9,7 +9,9 @@ test failed on the code before its fix):
 - the database unreachable for longer than TP_REPORTER_TIMEOUT_S: the first lease round after it came back failed a
   job whose reporter streamed all along;
 - a lock on the metrics table (VACUUM FULL, an ALTER TABLE) while 8 ListMetrics calls waited on it stalled every
-  other call too (ListJobs: DEADLINE_EXCEEDED): they held all 6 threads of asyncio's default executor.
+  other call too (ListJobs: DEADLINE_EXCEEDED): they held all 6 threads of asyncio's default executor;
+- the database unreachable while a trainer accepted a job: the job's row never named the trainer, so CancelJob
+  sent it no CancelTraining and the run trained on.
 
 The backend connects as a role that is not a superuser: PostgreSQL lets superusers past `CONNECTION LIMIT`.
 """
@@ -27,6 +29,8 @@ import grpc
 import pytest
 from sqlalchemy import create_engine, text
 from support.backend import PG_ADMIN_URL, BackendProcess, auth
+from support.fake_trainer import FakeTrainer
+from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
@@ -104,6 +108,68 @@ def test_writes_resume_at_once_after_the_database_was_read_only(tmp_path: Path) 
             assert stream(2).points_committed == 1  # before: INTERNAL until the pool recycled (30 minutes)
             assert stream(3).points_committed == 1
             assert backend.metric_sequences(job_id) == [1, 2, 3]
+        finally:
+            backend.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_commit_ends_a_stream_the_client_keeps_open(tmp_path: Path) -> None:
+    """The SDK keeps its stream open between batches. A commit that failed (the database read-only) ended the call
+    only at the client's next message or half-close: a client with nothing more to send waited on a stream that
+    would never commit, and read an unmoving cursor, until its close."""
+    with _app_database() as (name, url):
+        backend = BackendProcess(url, tmp_path / "data")
+        backend.start()
+        try:
+            job_id, token = backend.create_job()
+            telemetry = backend.telemetry()
+            point = telemetry_pb2.MetricPoint(key="loss", value=1.0, step=1, sequence=1, wall_time=1)
+            first = telemetry_pb2.StreamMetricsRequest(job_id=job_id, points=[point])
+            telemetry.StreamMetrics(iter([first]), metadata=auth(token), timeout=10)  # the job's token is checked
+            _admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            _terminate(name)
+            release = threading.Event()
+
+            def requests() -> Iterator[telemetry_pb2.StreamMetricsRequest]:
+                point = telemetry_pb2.MetricPoint(key="loss", value=1.0, step=2, sequence=2, wall_time=1)
+                yield telemetry_pb2.StreamMetricsRequest(job_id=job_id, points=[point])
+                release.wait(60)  # the client has nothing more to send, and keeps the stream open
+
+            call = telemetry.StreamMetrics.future(requests(), metadata=auth(token), timeout=60)
+            try:
+                error = call.exception(timeout=20)
+            except grpc.FutureTimeoutError:
+                error = None
+            release.set()
+            assert error is not None, "the stream whose commit failed is still open"
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+        finally:
+            _admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            backend.close()
+
+
+@pytest.mark.timeout(180)
+def test_ingest_resumes_soon_after_the_database_was_read_only(tmp_path: Path) -> None:
+    """End to end: a TrainingLogger whose stream's commit failed while the database was read-only delivers what
+    it logs once the database takes writes again (before: nothing until its close)."""
+    with _app_database() as (name, url):
+        backend = BackendProcess(url, tmp_path / "data")
+        backend.start()
+        try:
+            job_id, token = backend.create_job()
+            _admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            _terminate(name)
+            logger = TrainingLogger(
+                job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=FAST
+            )
+            logger.log_metric("loss", 1.0, step=1)
+            time.sleep(5)
+            _admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            for step in range(2, 200):
+                logger.log_metric("loss", 1.0, step=step)
+            wait_until(lambda: _committed(backend, job_id) >= 199, 60, "the 199 points committed once writable")
+            logger.close(10)
+            assert backend.metric_sequences(job_id) == list(range(1, 200))
         finally:
             backend.close()
 
@@ -207,4 +273,41 @@ def test_a_lock_on_the_metrics_table_does_not_stall_calls_that_never_read_it(tmp
             conn.rollback()
             conn.close()
             holder.dispose()
+            backend.close()
+
+
+@pytest.mark.timeout(240)
+def test_a_job_dispatched_during_a_database_outage_can_still_be_cancelled(tmp_path: Path) -> None:
+    spec = common_pb2.JobSpec(
+        framework="timm",
+        model=common_pb2.ModelConfig(name="resnet10t"),
+        dataset=common_pb2.DatasetConfig(name="digits"),
+        training=common_pb2.TrainingConfig(epochs=1),
+    )
+    with FakeTrainer(accept_delay_s=0.3, reply_delay_s=3.0) as trainer, _app_database() as (name, url):
+        backend = BackendProcess(url, tmp_path / "data", extra_env={"TP_TRAINERS": f"timm={trainer.address}"})
+        backend.start()
+        try:
+            jobs, metadata = backend.jobs(), auth(backend.internal_token)
+            job_id = jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec), metadata=metadata, timeout=30).job.job_id
+            wait_until(lambda: trainer.runs_of(job_id), 30, "the trainer accepted the job")
+            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT 0')  # while its StartTraining answer is on its way
+            _terminate(name)
+            time.sleep(4)
+            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
+            run = trainer.runs_of(job_id)[-1]
+            logger = TrainingLogger(
+                job_id,
+                backend_address=backend.address,
+                token=run.telemetry_token,
+                spool_dir=tmp_path / "spool",
+                settings=FAST,
+            )
+            logger.update_status("running")  # the run reports itself
+            assert logger.flush(30)
+            jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id), metadata=metadata, timeout=30)
+            wait_until(lambda: not trainer.training(job_id), 60, "the cancelled job's run stopped")
+            logger.close(5)
+        finally:
+            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
             backend.close()
