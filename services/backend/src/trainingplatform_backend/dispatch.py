@@ -56,6 +56,7 @@ from typing import Any, cast
 
 import grpc
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainingplatform_sdk.channel import ClientTls, open_aio_channel
@@ -63,6 +64,7 @@ from trainingplatform_sdk.errors import FailedPreconditionError
 
 from trainingplatform_backend import convert, metrics, statemachine
 from trainingplatform_backend.auth import derive_job_token
+from trainingplatform_backend.interceptors import RoundFailures, is_outage
 from trainingplatform_backend.models import IngestCursor, Job
 from trainingplatform_backend.store import JobView, Store, Transition, utcnow
 from trainingplatform_backend.subscriptions import POKE, Hub
@@ -147,6 +149,8 @@ class Dispatcher:
         self._dispatching: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
         self._cancels: set[asyncio.Task[bool]] = set()
+        self._round_failures = RoundFailures("dispatch round", log)
+        self._lease_failures = RoundFailures("lease check", log)
         self._tasks: list[asyncio.Task[None]] = []
 
     def has_trainer(self, framework: str) -> bool:
@@ -258,8 +262,10 @@ class Dispatcher:
             self._wake.clear()
             try:
                 await self.dispatch_queued()
-            except Exception:  # the loop must survive anything (a database restart); the next round retries
-                log.exception("dispatch round failed")
+            except Exception as error:  # the loop must survive anything (a database restart); the next round retries
+                self._round_failures.failed(error)
+            else:
+                self._round_failures.succeeded()
 
     async def dispatch_queued(self) -> None:
         """One round: for each framework, starts the dispatch of its oldest queued job held by no backend, unless
@@ -295,8 +301,11 @@ class Dispatcher:
         `dispatch_timeout_s`."""
         try:
             waiting = await self._claim_and_try(job_id)
-        except Exception:
-            log.exception("dispatch of job %s failed; it is tried again", job_id)
+        except Exception as error:
+            if isinstance(error, DBAPIError) and is_outage(error):
+                log.warning("dispatch of job %s: the database is unavailable; it is tried again", job_id)
+            else:
+                log.exception("dispatch of job %s failed; it is tried again", job_id)
             self._backoff(job_id)
             return
         if waiting is None:
@@ -467,8 +476,10 @@ class Dispatcher:
             await asyncio.sleep(self._settings.watch_interval_s)
             try:
                 await self.check_leases()
-            except Exception:  # the loop must survive anything; the next round retries
-                log.exception("lease check failed")
+            except Exception as error:  # the loop must survive anything; the next round retries
+                self._lease_failures.failed(error)
+            else:
+                self._lease_failures.succeeded()
 
     def _live_jobs(self) -> Sequence[tuple[str, str, int]]:
         """Live dispatched jobs with their trainer and how much telemetry they committed so far."""

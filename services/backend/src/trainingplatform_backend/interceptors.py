@@ -4,6 +4,7 @@ rights of each method, and the backend's one mapping of errors to status codes."
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -46,6 +47,37 @@ def is_outage(error: DBAPIError) -> bool:
         return sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES
     # No code: the client library failed on its own. An outage when it failed to connect.
     return getattr(orig, "pgconn", None) is not None or type(orig).__name__ == "ConnectionTimeout"
+
+
+class RoundFailures:
+    """How a background loop (dispatch, leases) logs its failed rounds: an outage of the database as one WARNING when
+    it starts and one INFO when a round succeeds again, not a traceback every round (600 in a five-minute outage);
+    any other error with its traceback, every time."""
+
+    def __init__(self, what: str, logger: logging.Logger) -> None:
+        """`what`: the loop, as the log lines name it ("dispatch round")."""
+        self._what = what
+        self._log = logger
+        self._outage_since: float | None = None
+
+    def failed(self, error: BaseException) -> None:
+        """Logs a failed round."""
+        if isinstance(error, DBAPIError) and is_outage(error):
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                self._log.warning(
+                    "%s failed: the database is unavailable (%s); retrying until it is back",
+                    self._what,
+                    type(error.orig).__name__,
+                )
+            return
+        self._log.error("%s failed", self._what, exc_info=error)
+
+    def succeeded(self) -> None:
+        """Notes a round that reached the database: logs the end of an outage."""
+        if self._outage_since is not None:
+            self._log.info("%s: the database is back after %.0f s", self._what, time.monotonic() - self._outage_since)
+            self._outage_since = None
 
 
 _platform_status = status_mapping("backend")

@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from trainingplatform_backend import statemachine
+from trainingplatform_backend.interceptors import RoundFailures
 from trainingplatform_backend.store import Store, Transition, utcnow
 
 #: Moves a job on: (job id, target status, reason, error message) -> the transition, None when it had moved on.
@@ -55,6 +56,7 @@ class ReporterLease:
         self._interval_s = interval_s
         self._started = math.inf
         self._database_lost = False
+        self._failures = RoundFailures("reporter lease round", log)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -77,7 +79,9 @@ class ReporterLease:
             try:
                 await self.check()
             except Exception as error:  # the database is away: the next round tries again
-                log.warning("reporter lease round failed (%s)", type(error).__name__)
+                self._failures.failed(error)
+            else:
+                self._failures.succeeded()
 
     async def check(self) -> list[str]:
         """One round: fails the jobs whose reporter is silent; returns their ids."""
