@@ -479,6 +479,16 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         large = False
         held = 0  # the budget's bytes the message being read holds, until its commit is queued
         caller = CALLER.get()
+        task = _handler_task()
+        reading = True  # until the stream stops reading messages (`commit_ended` may end it only until then)
+
+        def commit_ended(outcome: asyncio.Future[BatchResult]) -> None:
+            # A failed commit ends the stream now, with its error (raised below), not at the client's next message:
+            # a client with nothing more to send (the SDK keeps its stream open between batches) would otherwise
+            # wait on a stream that cannot commit until it half-closes it, and its cursor reads would not move.
+            if reading and not outcome.cancelled() and outcome.exception() is not None:
+                backend.end_stream(task)
+
         try:
             async for data in backend.messages(requests):
                 if len(data) > BUDGETED_MESSAGE_BYTES:
@@ -533,11 +543,13 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                 # The committer holds the batch now: this frame keeps none of it while it awaits the next message,
                 # and its share of the budget is given back when its commit ended.
                 del items, publish
+                committed.add_done_callback(commit_ended)
                 pending.append(committed)
                 if held:
                     budget.hold(held, committed)
                     held = 0
         finally:
+            reading = False
             if held:  # the message was refused
                 budget.release(held)
             if job_id:
