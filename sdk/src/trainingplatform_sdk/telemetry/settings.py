@@ -65,7 +65,8 @@ class LoggerSettings:
     resumes as soon as the channel is connected again, whatever its own delay."""
 
     reconnect_backoff_multiplier: float = 2.0
-    """Growth of the delay bound per failed attempt."""
+    """Growth of the delay bound per failed attempt. The count starts over only once the backend commits again: a
+    backend that answers `GetStreamCursor` but fails every stream (its database read-only) is asked with backoff."""
 
     reconnect_jitter: float = 1.0
     """Share of the delay bound drawn at random: 1.0 is full jitter (uniform between 0 and the bound)."""

@@ -152,10 +152,13 @@ class Connection:
     """The channel to the backend, whether it is usable, and when to try again after losing it.
 
     Failures other than a final one back off exponentially with jitter; an outage is logged once, at its start,
-    and counted as a reconnect at its end. Every call is non-blocking (a future whose end wakes the sender), so
-    the sender keeps draining and spooling whatever the network does. A reconnect attempt waits for the channel to
-    be ready (gRPC reconnects it with its own, matched backoff) rather than failing at once and sleeping on top,
-    and the channel becoming ready again wakes the sender out of its backoff.
+    and counted as a reconnect when the cursor is read again. It ends, and the backoff starts over, only once the
+    backend commits again (`healthy`): a backend that answers cursor reads but fails every stream (its database
+    read-only) is asked again with backoff, not at once after each answered read. Every call is non-blocking (a
+    future whose end wakes the sender), so the sender keeps draining and spooling whatever the network does. A
+    reconnect attempt waits for the channel to be ready (gRPC reconnects it with its own, matched backoff) rather
+    than failing at once and sleeping on top, and the channel becoming ready again wakes the sender out of its
+    backoff.
     """
 
     def __init__(
@@ -191,6 +194,10 @@ class Connection:
         self._outage_logged = False
         #: Whether this outage's one immediate retry after a waited UNAVAILABLE was used (`lost`).
         self._quick_retry_used = False
+        #: Whether this outage's one immediate retry after an UNAVAILABLE that did not wait was used (`lost`).
+        self._broken_retry_used = False
+        #: Whether this outage's end of unreachability was logged and counted (`established`).
+        self._resume_logged = False
         # No channel.subscribe() to hear when the channel is READY again: its polling thread sits inside gRPC and
         # makes a fork (a DataLoader worker) abort. Attempts after the first use wait_for_ready instead.
 
@@ -232,8 +239,10 @@ class Connection:
     # -- state -------------------------------------------------------------------------------------------------------
 
     def established(self, metric_cursor: int, log_cursor: int) -> None:
-        """Marks the connection usable once the cursor was read; ends an outage (counted and logged)."""
-        if self._outage_logged:
+        """Marks the connection usable once the cursor was read; the first time in an outage, logs and counts the
+        reconnect. The outage and its backoff last until `healthy`."""
+        if self._outage_logged and not self._resume_logged:
+            self._resume_logged = True
             self.reconnects += 1
             _LOG.warning(
                 "job %s: backend reachable again; resending from metric %d / log %d",
@@ -242,9 +251,15 @@ class Connection:
                 log_cursor,
             )
         self._enter(ConnectionState.CONNECTED)
+
+    def healthy(self) -> None:
+        """The backend committed again (its cursor moved), or answered with nothing left to commit: ends the
+        outage, so the next failure is logged as a new one and retried without backoff first."""
         self._attempt = 0
         self._outage_logged = False
+        self._resume_logged = False
         self._quick_retry_used = False
+        self._broken_retry_used = False
 
     def disconnect(self) -> None:
         """Marks a usable connection unusable (a final failure stays final)."""
@@ -268,10 +283,11 @@ class Connection:
     def lost(self, exc: BaseException, what: str, waited: bool = False) -> bool:
         """Handles a failed call or a broken stream; returns True when the failure is final.
 
-        A final failure stops delivery for good. A broken connection (UNAVAILABLE from a call that did not wait,
-        or from the first that did in this outage) makes the next attempt start at once, waiting for the channel to
-        connect; a call that waited its whole deadline for that also lets the next start at once. Any other failure
-        schedules the next attempt with backoff.
+        A final failure stops delivery for good. A broken connection (the first UNAVAILABLE in this outage from a
+        call that did not wait, and the first from one that did) makes the next attempt start at once, waiting for
+        the channel to connect; a call that waited its whole deadline for that also lets the next start at once.
+        Any other failure schedules the next attempt with backoff: a stream failing UNAVAILABLE again after the
+        cursor was read again in the same outage means the backend answers but cannot commit.
         """
         code, details = status_of(exc)
         self.disconnect()
@@ -284,14 +300,18 @@ class Connection:
                 "job %s: the backend is still unreachable after %.1f s", self.job_id, self.settings.rpc_timeout_s
             )
             return False
-        if code is grpc.StatusCode.UNAVAILABLE and (not waited or not self._quick_retry_used):
+        quick_retry_used = self._quick_retry_used if waited else self._broken_retry_used
+        if code is grpc.StatusCode.UNAVAILABLE and not quick_retry_used:
             # The connection broke: the next attempt waits for the channel to connect again (gRPC's reconnect
             # backoff, at most 0.5 s apart), so it starts at once and resumes as soon as the backend is back. The
             # first attempt that waited may still have gone out on the dead connection before gRPC noticed, and
             # failed UNAVAILABLE too: it is retried at once, once per outage. Only an attempt that reached the
-            # channel and still failed after that backs off below (a backend whose database is down).
+            # channel and still failed after that backs off below (a backend whose database is down), and so does
+            # a stream that fails again once the cursor was read (a backend that reads but cannot commit).
             if waited:
                 self._quick_retry_used = True
+            else:
+                self._broken_retry_used = True
             delay = 0.0
         else:
             settings = self.settings

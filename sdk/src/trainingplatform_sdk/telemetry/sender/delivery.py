@@ -126,8 +126,10 @@ class Delivery:
         self.unwatched = cursor.unwatched
         if kind == "connect":
             self._established(cursor)
-        else:
-            self._apply_cursor(cursor)
+            return
+        self._apply_cursor(cursor)
+        if not self._in_flight():
+            self._connection.healthy()  # everything sent is committed (a moved cursor said so already)
 
     def _established(self, cursor: telemetry_pb2.GetStreamCursorResponse) -> None:
         """Resumes every stream from the cursor (the first time, also checks the numbering)."""
@@ -138,10 +140,12 @@ class Delivery:
             self._numbering_checked = True
             for outbox, sequence in sequences:
                 self._check_numbering(outbox, sequence)
+        # Connected first: a cursor that moved since (what a broken stream carried was committed) ends the outage
+        # only after its reconnect was counted.
+        self._connection.established(cursor.last_metric_sequence, cursor.last_log_sequence)
         for outbox, sequence in sequences:
             self._advance(outbox, sequence)
             outbox.sent = max(outbox.committed, sequence)
-        self._connection.established(cursor.last_metric_sequence, cursor.last_log_sequence)
 
     def disconnect(self) -> None:
         """Cancels the open streams and the outstanding call; what they carried is sent again from the cursor on
@@ -246,6 +250,7 @@ class Delivery:
             skipped.difference_update([sequence for sequence in skipped if sequence <= cursor])
         if outbox.advance(cursor):
             self._state.dirty = True
+            self._connection.healthy()  # the backend commits: an outage is over, the backoff starts over
 
     # -- streams and calls -------------------------------------------------------------------------------------------
 
@@ -346,6 +351,7 @@ class Delivery:
             _LOG.error("job %s: %s refused (%s: %s); not retried", self.job_id, call.method, code.name, details)
         else:
             calls.delivered += 1
+            self._connection.healthy()
         calls.pop()
         self._state.dirty = True
         self._state.urgent = True
