@@ -103,21 +103,29 @@ def test_a_job_no_trainer_runs_fails_when_its_reporter_falls_silent_and_not_whil
 def test_a_backend_outage_longer_than_the_timeout_fails_no_job_whose_reporter_comes_back(
     database_url: str, tmp_path: Path
 ):
-    backend = BackendProcess(database_url, tmp_path / "data", extra_env=LEASE_ENV)
+    # A longer timeout than the other tests': the reporter's first call after the restart must land within it even
+    # on a loaded machine (with 2 s, a first call late by 1.5 s failed the job and the test, not the backend).
+    timeout_s = 6.0
+    env = {"TP_REPORTER_TIMEOUT_S": str(timeout_s), "TP_WATCH_INTERVAL_S": "0.2"}
+    backend = BackendProcess(database_url, tmp_path / "data", extra_env=env)
     backend.start()
     reporter = None
     try:
         job_id, token = _running_job(backend)
         backend.stop()
-        time.sleep(2 * TIMEOUT_S)  # the job's last contact grows old while no backend runs
+        time.sleep(timeout_s + 2)  # the job's last contact grows older than the timeout while no backend runs
         backend.start()
-        # The reporter comes back within the timeout of the backend's start (a trainer reconnecting after backoff).
-        time.sleep(TIMEOUT_S / 4)
+        # The reporter comes back within the timeout of the backend's start (a trainer reconnecting after backoff),
+        # after the lease's first rounds (every 0.2 s): only the grace from the backend's start keeps the job running.
+        time.sleep(1.0)
         reporter = _Reporter(backend, job_id, token, streaming=False)
         reporter.start()
-        time.sleep(3 * TIMEOUT_S)
+        time.sleep(2 * timeout_s)
         assert backend.job_status(job_id) == "RUNNING"
         assert not reporter.errors
+        reporter.stop.set()
+        # ... and the lease still holds for it: once it falls silent, its job fails.
+        wait_until(lambda: backend.job_status(job_id) == "FAILED", 5 * timeout_s, "the silent reporter's job failed")
     finally:
         if reporter is not None:
             reporter.stop.set()
