@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 from trainingplatform_sdk.errors import TrackingError
@@ -212,10 +212,39 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>`]+(?<![.,:;!?)\]
 _USERINFO_IN_TEXT = re.compile(r"[^\s\"'<>`@/:=]+:[^\s\"'<>`]*@(?=[\w\[])")
 
 
+#: Settings whose whole value is a secret, and settings holding a URL whose `user:password@` is one.
+_SECRET_SETTINGS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+_URL_SETTINGS = ("AWS_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL")
+#: Shorter secrets are left to the patterns: removing every `abc` from a message would leave nothing to read.
+_MIN_SECRET_LENGTH = 4
+
+
+def _configured_secrets() -> list[str]:
+    """The secrets this process's settings hold (`AWS_SECRET_ACCESS_KEY`, ..., and the password of each URL setting,
+    as typed and percent-decoded), longest first, those of at least 4 characters."""
+    found: set[str] = set()
+    for name in _SECRET_SETTINGS:
+        found.add(os.environ.get(name, ""))
+    for name in _URL_SETTINGS:
+        url = os.environ.get(name, "")
+        match = _AUTHORITY_START.match(url)
+        rest = url[match.end() :] if match else url
+        if "@" not in rest:
+            continue
+        user, colon, password = rest.rpartition("@")[0].partition(":")
+        secret = password if colon else user  # a token alone (`https://token@host`) is a secret too
+        found.update((secret, unquote(secret)))
+    return sorted((s for s in found if len(s) >= _MIN_SECRET_LENGTH), key=len, reverse=True)
+
+
 def redact_urls(text: str) -> str:
-    """Returns `text` with every URL in it passed through `redact_uri`, and any other `user:password@` removed: a
-    library's message (botocore's `Could not connect to the endpoint URL: "http://user:password@host/bucket"`,
-    `Invalid endpoint: user:password@host`) repeats the URL it was given, credentials included."""
+    """Returns `text` with every URL in it passed through `redact_uri`, any other `user:password@` removed, and every
+    secret of this process's settings (`_configured_secrets`) replaced by `***`: a library's message (botocore's
+    `Could not connect to the endpoint URL: "http://user:password@host/bucket"`, `Invalid endpoint:
+    user:password@host`) repeats the URL it was given, credentials included, and a password typed with a space or a
+    quote in it ends the URL for a pattern."""
+    for secret in _configured_secrets():
+        text = text.replace(secret, "***")
     text = _URL_IN_TEXT.sub(lambda match: redact_uri(match.group(0)), text)
     return _USERINFO_IN_TEXT.sub("", text)
 
