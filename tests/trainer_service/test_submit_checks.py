@@ -186,5 +186,12 @@ def test_ultralytics_classes_must_be_class_ids(ultralytics: TrainerProcess, valu
 
 
 def test_ultralytics_class_ids_and_in_range_gains_are_accepted(ultralytics: TrainerProcess) -> None:
-    for i, extra in enumerate(({"classes": 1}, {"classes": [0, 1]}, {"box": 1000.0, "shear": -90.0, "time": 0.5})):
+    accepted = (
+        {"classes": 1},
+        {"classes": [0, 1]},
+        {"box": 1000.0, "shear": -90.0, "time": 0.5},
+        {"freeze": 3},
+        {"freeze": [0, 1, 2]},  # a Struct's list items arrive as floats: they were refused
+    )
+    for i, extra in enumerate(accepted):
         _accepted(ultralytics, f"ok-{i}", _set_extra(_ultra_spec(), extra))

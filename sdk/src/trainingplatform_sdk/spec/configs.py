@@ -389,13 +389,14 @@ class AdvancedConfig(_Config):
     def from_proto(cls, message: common_pb2.AdvancedConfig) -> Self:
         """Builds the config from its protobuf message; unset fields stay None.
 
-        `extra` is a `google.protobuf.Struct`, whose numbers are all doubles: integral values come back as ints
-        so that integer framework options (ultralytics' `close_mosaic`) keep their type.
+        `extra` is a `google.protobuf.Struct`, whose numbers are all doubles: integral values come back as ints, in
+        lists and nested objects too, so that integer framework options (ultralytics' `close_mosaic`, the layer
+        indices of `freeze`) keep their type.
         """
         if message.HasField("extra"):
             check_finite_struct(message.extra, "advanced_config.extra")  # JSON has no NaN: refuse it by name
         extra = json_format.MessageToDict(message.extra) if message.HasField("extra") else {}
-        extra = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in extra.items()}
+        extra = {key: _whole_floats_as_ints(value) for key, value in extra.items()}
         return cls(
             **{key: getattr(message, key) for key in cls._SCALARS if message.HasField(key)},
             augmentation=Augmentation.from_proto(message.augmentation),
@@ -426,3 +427,14 @@ class MetricsResult:
     """Wall-clock time of the pass."""
     stopped: bool = False
     """The pass ended early because a stop was requested; its metrics cover only part of the data."""
+
+
+def _whole_floats_as_ints(value: Any) -> Any:
+    """`value` (read from a Struct) with every integral float, in lists and objects too, an int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole_floats_as_ints(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole_floats_as_ints(item) for key, item in value.items()}
+    return value
