@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import OperationalError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,41 @@ def with_connect_timeout(url: str) -> str:
         return url
     timeout = {"connect_timeout": str(DEFAULT_CONNECT_TIMEOUT_S)}
     return parsed.update_query_dict(timeout).render_as_string(hide_password=False)
+
+
+DEFAULT_DATABASE_TIMEOUT_S = 30.0
+"""TP_DATABASE_TIMEOUT_S's default: the longest a PostgreSQL statement may run, and how long the backend waits on a
+database that does not answer before it fails the call UNAVAILABLE (see `create_db_engine`)."""
+
+NOT_ANSWERING_GRACE_S = 3.0
+"""How much longer than its statement_timeout the backend waits on a statement before it takes the database as not
+answering (a statement PostgreSQL cancels fails with its own error first); at most a tenth of the timeout."""
+
+
+def with_timeouts(url: str, timeout_s: float = DEFAULT_DATABASE_TIMEOUT_S) -> str:
+    """`url` with the connect timeout of `with_connect_timeout` and, for PostgreSQL when `timeout_s` is more than 0,
+    TCP keepalives and `tcp_user_timeout` that find a dead connection (a network partition, a host that is gone)
+    within about `timeout_s`: keepalive probes start after a third of it without traffic, one every sixth, three
+    unanswered close the connection, and data sent but not acknowledged for `timeout_s` closes it. Every parameter
+    the URL sets keeps its value."""
+    url = with_connect_timeout(url)
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: the start says so
+        return url
+    if parsed.get_backend_name() != "postgresql" or timeout_s <= 0:
+        return url
+    defaults = {
+        "keepalives": "1",
+        "keepalives_idle": str(max(1, round(timeout_s / 3))),
+        "keepalives_interval": str(max(1, round(timeout_s / 6))),
+        "keepalives_count": "3",
+        "tcp_user_timeout": str(max(1000, round(timeout_s * 1000))),
+    }
+    added = {key: value for key, value in defaults.items() if key not in parsed.query}
+    if not added:
+        return url
+    return parsed.update_query_dict(added).render_as_string(hide_password=False)
 
 
 def describe_error(error: BaseException, url: str) -> str:
@@ -111,20 +152,195 @@ POOL_CONNECTIONS = 2 * POOL_SIZE
 """The most PostgreSQL connections a backend process's pool opens."""
 
 
-def create_db_engine(url: str, *, pool_size: int = POOL_SIZE) -> Engine:
+def create_db_engine(url: str, *, pool_size: int = POOL_SIZE, timeout_s: float = DEFAULT_DATABASE_TIMEOUT_S) -> Engine:
     """Creates an engine for `url`, with SQLite pragmas or a PostgreSQL connection pool (`pool_size` connections
-    kept, as many more opened under load)."""
+    kept, as many more opened under load).
+
+    On PostgreSQL, when `timeout_s` is more than 0: the server cancels a statement that runs longer
+    (`statement_timeout`, unless the URL's `options` set one), and a statement the database has not answered
+    within `timeout_s` and a little more (`NOT_ANSWERING_GRACE_S`: a server that does not answer, a network that
+    holds the packets) has its connection closed by the backend (`_NotAnsweringGuard`): the call fails
+    UNAVAILABLE (`DatabaseNotAnswering`), the pool drops its connections, and one WARNING says so. Migrations
+    (`migrate`) open their own connections, without either bound.
+    """
     parsed = make_url(url)
     _ensure_sqlite_directory(url)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    connect_args: dict[str, Any] = {}
+    options = parsed.query.get("options", "")
+    if timeout_s > 0 and isinstance(options, str) and "statement_timeout" not in options:
+        # connect_args win over the URL's query: the URL's own options are kept, ours added after them.
+        connect_args["options"] = f"{options} -c statement_timeout={max(1, round(timeout_s * 1000))}".strip()
     # No pre-ping: it costs a round trip per checkout on the hot path. A connection that died with a database
     # restart fails its call once (UNAVAILABLE: clients retry) and the pool replaces it.
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    engine = create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, connect_args=connect_args
+    )
     event.listen(engine, "handle_error", _read_only_is_a_disconnect)
+    if timeout_s > 0:
+        _NotAnsweringGuard(timeout_s, f"{parsed.host or 'localhost'}:{parsed.port or 5432}").watch(engine)
     return engine
+
+
+class DatabaseNotAnswering(OperationalError):
+    """A statement the database did not answer within TP_DATABASE_TIMEOUT_S (and `NOT_ANSWERING_GRACE_S`): its
+    connection was closed by the backend and the pool's connections dropped (UNAVAILABLE: clients retry)."""
+
+
+_NOT_ANSWERED = "tp_not_answered"  # in a connection's pool record `info`: the guard closed it
+
+
+class _NotAnsweringGuard:
+    """Closes the connections of statements the database has not answered within a bound.
+
+    A database that stops answering without closing its connections (a network partition, a frozen primary, a
+    proxy that holds the packets) leaves libpq waiting for ever: keepalives and `tcp_user_timeout` end only the
+    waits on a peer that is gone, a server-side `statement_timeout` only statements the server got. So each
+    connection is armed when a statement, commit or rollback starts (`arm`: a dict write, no lock), and a watchdog
+    thread looks every `tick` s: a connection whose last arming is older than the bound and which still waits on
+    the server (libpq's transaction status ACTIVE) has its socket shut down, so libpq's wait ends with a lost
+    connection, which SQLAlchemy reports as a disconnect (`_on_error` makes it `DatabaseNotAnswering` and drops the
+    pool). A connection past the bound that waits on nothing (idle in its transaction) is left alone.
+    """
+
+    def __init__(self, timeout_s: float, where: str) -> None:
+        self.bound_s = timeout_s + min(NOT_ANSWERING_GRACE_S, timeout_s / 10)
+        self.timeout_s = timeout_s
+        self.where = where
+        self.tick = min(1.0, self.bound_s / 10)
+        self.armed: dict[Any, tuple[float, dict[Any, Any]]] = {}
+        self.not_answering_since: float | None = None
+        from psycopg import pq  # only PostgreSQL engines have a guard
+
+        self.active = pq.TransactionStatus.ACTIVE
+
+    def watch(self, engine: Engine) -> None:
+        """Arms the engine's connections on every statement, commit and rollback, and starts the watchdog (it
+        ends when the engine is gone)."""
+        event.listen(engine, "before_cursor_execute", self._before_execute)
+        event.listen(engine, "commit", self._before_transaction_end)
+        event.listen(engine, "rollback", self._before_transaction_end)
+        event.listen(engine, "handle_error", self._on_error)
+        event.listen(engine.pool, "connect", self._connected)
+        event.listen(engine.pool, "reset", self._pool_reset)
+        for name in ("checkin", "close", "detach"):
+            event.listen(engine.pool, name, self._forget)
+        event.listen(engine.pool, "invalidate", self._forget_invalidated)
+        threading.Thread(
+            target=_watchdog, args=(weakref.ref(self), self.tick), name="tp-backend-db-guard", daemon=True
+        ).start()
+
+    # --- the events (the caller's thread) -------------------------------------------------------------------
+
+    def _before_execute(
+        self, conn: Any, cursor: Any, statement: Any, parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        self.armed[cursor.connection] = (time.monotonic() + self.bound_s, conn.info)
+
+    def _before_transaction_end(self, conn: Any) -> None:
+        if conn.invalidated:  # nothing to send: SQLAlchemy only forgets the transaction
+            return
+        fairy = conn.connection
+        self.armed[fairy.dbapi_connection] = (time.monotonic() + self.bound_s, fairy.info)
+
+    def _pool_reset(self, dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+        self.armed[dbapi_connection] = (time.monotonic() + self.bound_s, record.info)
+
+    def _forget(self, dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:
+            self.armed.pop(dbapi_connection, None)
+
+    def _forget_invalidated(self, dbapi_connection: Any, record: Any, exception: Any) -> None:
+        self._forget(dbapi_connection, record)
+
+    def _connected(self, dbapi_connection: Any, record: Any) -> None:
+        # Which socket this connection is: the watchdog checks it before shutting a descriptor down.
+        with _dup(dbapi_connection.pgconn.socket) as sock:
+            record.info["tp_socket"] = _names(sock)
+        if self.not_answering_since is not None:
+            log.info(
+                "the database at %s answers again (it did not for %.0f s)",
+                self.where,
+                time.monotonic() - self.not_answering_since,
+            )
+            self.not_answering_since = None
+
+    def _on_error(self, context: ExceptionContext) -> OperationalError | None:
+        conn = context.connection
+        try:
+            closed_here = conn is not None and not conn.invalidated and conn.info.pop(_NOT_ANSWERED, False)
+        except Exception:  # no connection to look at
+            return None
+        if not closed_here:
+            return None
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = True  # the others wait on the same database
+        return DatabaseNotAnswering(
+            context.statement,
+            context.parameters,
+            context.original_exception,
+            hide_parameters=True,
+            connection_invalidated=True,
+        )
+
+    # --- the watchdog's thread ------------------------------------------------------------------------------
+
+    def check(self, now: float) -> None:
+        """Closes the connections waiting on the server past their bound; forgets the idle ones past it."""
+        for dbapi_connection, entry in list(self.armed.items()):
+            deadline, info = entry
+            if now < deadline:
+                continue
+            if self.armed.get(dbapi_connection) is entry:
+                self.armed.pop(dbapi_connection, None)  # armed again when its next statement starts
+            try:
+                waiting = dbapi_connection.pgconn.transaction_status == self.active
+            except Exception:  # closed meanwhile
+                continue
+            if waiting:
+                self._close(dbapi_connection, info, now - deadline + self.bound_s)
+
+    def _close(self, dbapi_connection: Any, info: dict[Any, Any], waited_s: float) -> None:
+        try:
+            with _dup(dbapi_connection.pgconn.socket) as sock:
+                if _names(sock) != info.get("tp_socket"):
+                    return  # the statement ended and its descriptor is another socket now
+                info[_NOT_ANSWERED] = True
+                sock.shutdown(socket.SHUT_RDWR)
+        except Exception:  # closed meanwhile: nothing waits on it
+            return
+        if self.not_answering_since is None:
+            self.not_answering_since = time.monotonic() - waited_s
+            log.warning(
+                "the database at %s has not answered a statement for %.0f s (TP_DATABASE_TIMEOUT_S=%g): closing its "
+                "connections; calls fail UNAVAILABLE until it answers again",
+                self.where,
+                waited_s,
+                self.timeout_s,
+            )
+        else:
+            log.debug("closed another connection to %s that waited %.0f s", self.where, waited_s)
+
+
+def _watchdog(guard_ref: weakref.ref[_NotAnsweringGuard], tick: float) -> None:
+    while True:
+        time.sleep(tick)  # the watchdog's period: a bound is kept to within a tick
+        guard = guard_ref()
+        if guard is None:
+            return
+        guard.check(time.monotonic())
+        del guard
+
+
+def _dup(fd: int) -> socket.socket:
+    return socket.socket(fileno=os.dup(fd))
+
+
+def _names(sock: socket.socket) -> tuple[Any, Any]:
+    return sock.getsockname(), sock.getpeername()
 
 
 def _read_only_is_a_disconnect(context: ExceptionContext) -> None:

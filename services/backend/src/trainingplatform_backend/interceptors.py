@@ -10,11 +10,12 @@ import grpc
 from sqlalchemy.exc import DBAPIError, OperationalError
 from trainingplatform_sdk.server import AuthInterceptor, Status, status_mapping
 
-from trainingplatform_backend import auth, metrics
+from trainingplatform_backend import auth, db, metrics
 
 log = logging.getLogger(__name__)
 
 DATABASE_UNAVAILABLE: Status = (grpc.StatusCode.UNAVAILABLE, "the backend's database is unavailable; retry later")
+DATABASE_NOT_ANSWERING: Status = (grpc.StatusCode.UNAVAILABLE, "the backend's database is not answering; retry later")
 
 # PostgreSQL SQLSTATE classes of a database that cannot serve now (retrying later can succeed): connection
 # exception, transaction rollback (serialization failure, deadlock), insufficient resources (too many connections,
@@ -85,14 +86,17 @@ _platform_status = status_mapping("backend")
 
 def _status(error: BaseException) -> Status:
     if isinstance(error, DBAPIError) and is_outage(error):
+        if isinstance(error, db.DatabaseNotAnswering) or type(error.orig).__name__ == "ConnectionTimeout":
+            return DATABASE_NOT_ANSWERING
         return DATABASE_UNAVAILABLE
     return _platform_status(error)
 
 
 status_of = metrics.counting_refusals(_status)
 """PlatformError keeps its code and message, a database that cannot be reached or serve now is UNAVAILABLE
-(`is_outage`), anything else (a statement the database refuses included) is INTERNAL, logged once with its
-traceback by the handler's wrapper; each status given is counted (`tp_backend_refused_calls`)."""
+(`is_outage`; "not answering" when it did not answer within TP_DATABASE_TIMEOUT_S or libpq's connect_timeout),
+anything else (a statement the database refuses included) is INTERNAL, logged once with its traceback by the
+handler's wrapper; each status given is counted (`tp_backend_refused_calls`)."""
 
 
 class ServiceInterceptor(AuthInterceptor[auth.Principal]):

@@ -100,7 +100,7 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
     )
     if settings.migrate_on_start:
         await asyncio.to_thread(db.migrate, url)
-    engine = db.create_db_engine(url)
+    engine = db.create_db_engine(url, timeout_s=settings.database_timeout_s)
     if not settings.migrate_on_start:
         await asyncio.to_thread(db.check_schema, engine)
     store = Store(engine, instance_id=uuid.uuid4().hex)

@@ -45,6 +45,14 @@ class Settings:
     `postgresql+psycopg://user@host:5432/db` (a `postgresql://` URL is read as psycopg 3). A connection that takes
     longer than its `connect_timeout` (`?connect_timeout=N`; 10 s when the URL sets none) fails the start."""
 
+    database_timeout_s: float = db.DEFAULT_DATABASE_TIMEOUT_S
+    """TP_DATABASE_TIMEOUT_S: PostgreSQL only. The longest one statement may run (`statement_timeout`), and how long
+    (plus a tenth, at most 3 s) the backend waits on a database that does not answer (a network partition, a frozen
+    primary) before it closes the connection and fails the call UNAVAILABLE; TCP keepalives and `tcp_user_timeout`
+    find a dead connection in about as long. Parameters the URL sets itself (`?keepalives_idle=`,
+    `?tcp_user_timeout=`, a statement_timeout in `?options=`) keep their values. Migrations have no
+    statement_timeout. 0: none of these."""
+
     internal_auth_token: str = field(default="", repr=False)
     """INTERNAL_AUTH_TOKEN: the service token for service-to-service calls. Empty means a random token is
     generated once and kept in `<data_dir>/internal_auth_token` (mode 0600) for local tools to read."""
@@ -192,7 +200,7 @@ class Settings:
         url = self.database_url or f"sqlite:///{(self.data_dir / 'backend.db').resolve()}"
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        return db.with_connect_timeout(url)
+        return db.with_timeouts(url, self.database_timeout_s)
 
     @property
     def effective_telemetry_endpoint(self) -> str:
@@ -281,6 +289,7 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         ),
         data_dir=Path(pick("data_dir", "TP_DATA_DIR", ".data")),
         database_url=pick("database_url", "DATABASE_URL", ""),
+        database_timeout_s=seconds("TP_DATABASE_TIMEOUT_S", str(db.DEFAULT_DATABASE_TIMEOUT_S)),
         internal_auth_token=env.get("INTERNAL_AUTH_TOKEN", ""),
         read_auth_token=env.get("READ_AUTH_TOKEN", ""),
         tls_cert_file=pick("tls_cert_file", "TP_TLS_CERT_FILE", ""),
