@@ -27,7 +27,9 @@
    not answer (--delivery-timeout, TP_RUN_DELIVERY_TIMEOUT_S). What is left then stays in its spool,
    `$TP_SPOOL_DIR/<job>.tp-run` (final status included, with the job's token in `tp-run.json`, mode 0600), and
    `tp run` says the command that delivers it: `tp run --resume SPOOL_DIR` (exit code 0 once all is delivered,
-   2 while the backend still does not take it). The exit code is the command's all the same.
+   2 while the backend still does not take it). The exit code is the command's all the same. A Ctrl-C (SIGTERM,
+   SIGHUP) meanwhile says what is being delivered and that another stops it; the second stops the delivery, keeps
+   what is left in the spool for `tp run --resume` (and says the command) and exits 130.
 
 One writer per log stream: a job's log records are numbered by their writer, and two writers would collide.
 `tp run` writes the job's logs; a `TrainingLogger` of the same job in the script (`TP_RUN_JOB_ID`) therefore hands
@@ -61,7 +63,7 @@ from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk.cli.output import CliError
 from trainingplatform_sdk.clients import JobsClient
 from trainingplatform_sdk.errors import PlatformError, SpoolLockedError
-from trainingplatform_sdk.telemetry import TrainingLogger, default_spool_dir
+from trainingplatform_sdk.telemetry import DeliveryReport, TrainingLogger, default_spool_dir
 from trainingplatform_sdk.telemetry.relay import RELAY_JOB_ENV, RELAY_MARKER, parse_relayed
 from trainingplatform_sdk.telemetry.spool import Spool, read_state
 from trainingplatform_sdk.telemetry.values import job_status
@@ -232,6 +234,14 @@ class _Run:
         self.final_status: dict[str, Any] | None = None
         self.stderr_tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
         self._lock = threading.Lock()
+        #: Once the command exited: the spool `tp run --resume` delivers, said by the first Ctrl-C of the delivery.
+        self.delivering: Path | None = None
+        #: Ctrl-C (SIGTERM, SIGHUP) during the final delivery: the first says it, the second stops it.
+        self.delivery_signals = 0
+        #: Whether the delivery was stopped by a signal (what is left stays in the spool; exit 130).
+        self.delivery_stopped = False
+        #: Whether the main thread waits on the backend now, so that the second signal may interrupt the wait.
+        self.interruptible = False
         self.stdout = _Echo(sys.stdout)
         self.stderr = _Echo(sys.stderr)
 
@@ -239,7 +249,11 @@ class _Run:
 
     def forward(self, signum: int, _frame: FrameType | None = None) -> None:
         """A signal handler: passes the first signal on to the command's process group, sends SIGTERM on the
-        second and SIGKILL from the third on (a command that ignores Ctrl-C still stops), each said on stderr."""
+        second and SIGKILL from the third on (a command that ignores Ctrl-C still stops), each said on stderr.
+        Once the command exited, see `_during_delivery`."""
+        if self.delivering is not None:
+            self._during_delivery(signum)
+            return
         self.signals += 1
         if self.forwarded is None:
             self.forwarded = signum
@@ -256,6 +270,31 @@ class _Run:
         else:
             _say(f"{name} again: sending SIGKILL to the command")
             self.send(signal.SIGKILL)
+
+    def _during_delivery(self, signum: int) -> None:
+        """A signal while the last lines and the final status are delivered (the command exited): the first says
+        what is delivered and that another stops it; the second stops the delivery (what is left stays in the spool,
+        for `tp run --resume`); later ones change nothing."""
+        self.delivery_signals += 1
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if self.delivery_signals == 1:
+            what = "the last lines and the final status"
+            with contextlib.suppress(Exception):  # the counters are ints read without a lock: never fails in fact
+                stats = self.logger.stats
+                lines = stats.pending_logs
+                what = f"{lines} log line(s) and the final status" if lines else "the final status"
+            _say(
+                f"{name}: delivering {what} to the backend...; {name} again to stop and keep them for "
+                f"`tp run --resume {self.delivering}`"
+            )
+            return
+        if self.delivery_stopped:
+            return
+        self.delivery_stopped = True
+        _say(f"{name} again: stopping the delivery; what is left stays in {self.delivering}")
+        if self.interruptible:
+            self.interruptible = False
+            raise KeyboardInterrupt
 
     def send(self, signum: int) -> None:
         """Sends a signal to the command's process group, if it still runs."""
@@ -411,6 +450,7 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
     previous: dict[int, Any] = {}
     deadline: float | None = None
     outcome = ""
+    code = 0
     try:
         for signum in FORWARDED_SIGNALS:
             previous[signum] = signal.signal(signum, run.forward)
@@ -455,21 +495,24 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
         watcher = threading.Thread(target=_watch_cancel, args=(run, client, job_id, exited), daemon=True)
         watcher.start()
         returncode = run.child.wait()
+        # From here on a Ctrl-C no longer reaches the command: the first says what is delivered, the second stops.
+        run.delivering = spool
         exited.set()
         _drain(run.child.pid, pumps)
         deadline = time.monotonic() + timeout
         status = _final_status(run, client, job_id, returncode, address, token, deadline)
         outcome = f"job {job_id}: {status} (exit code {_exit_code(returncode)})"
-        return _exit_code(returncode)
+        code = _exit_code(returncode)
     finally:
-        for forwarded, handler in previous.items():
-            signal.signal(forwarded, handler)
         if run.child is not None and run.child.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(run.child.pid, signal.SIGKILL)
             run.child.wait()
+        run.delivering = spool  # a signal now stops the delivery (the handlers stay until it is over)
         left = timeout if deadline is None else max(0.0, deadline - time.monotonic())
-        report = logger.close(left)
+        report = _close(run, left)
+        for forwarded, handler in previous.items():
+            signal.signal(forwarded, handler)
         if outcome:
             _say(outcome)
         delivered = not (report.pending_logs or report.pending_metrics or report.calls_pending)
@@ -480,11 +523,31 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
             what = _pending_words(report.pending_logs, spool)
             if script_spool.exists():
                 what.append(f"what the script's logger left in {script_spool}")
+            what_words = " and ".join(what) or "everything"
+            why = (
+                f"delivery stopped: {what_words} kept in {spool}"
+                if run.delivery_stopped
+                else f"the backend did not take {what_words} within {timeout:g} s; kept in {spool}"
+            )
             _say(
-                f"the backend did not take {' and '.join(what) or 'everything'} within {timeout:g} s; kept in {spool}. "
-                "Nothing is lost: deliver them with: "
+                f"{why}. Nothing is lost: deliver them with: "
                 + shlex.join(["tp", "--backend", address, "run", "--resume", str(spool)])
             )
+    return 130 if run.delivery_stopped else code
+
+
+def _close(run: _Run, timeout: float) -> DeliveryReport:
+    """Closes `tp run`'s logger: delivers for up to `timeout` seconds (none once a second Ctrl-C stopped the
+    delivery, which also cuts a delivery under way short); what is left stays in its spool."""
+    if not run.delivery_stopped:
+        run.interruptible = True
+        try:
+            return run.logger.close(timeout)
+        except KeyboardInterrupt:  # the second Ctrl-C: the sender stops now, spooling what is left
+            pass
+        finally:
+            run.interruptible = False
+    return run.logger.close(0)
 
 
 def _watch_cancel(run: _Run, client: JobsClient, job_id: str, exited: threading.Event) -> None:
@@ -524,10 +587,21 @@ def _final_status(
     delivered after the last lines (and after what the script's logger left undelivered in its spool), or kept in
     the spool when the backend does not answer by `deadline`."""
     logger = run.logger
-    answers = logger.flush(max(0.0, deadline - time.monotonic()))
-    script_spool = default_spool_dir(job_id)
-    if answers and script_spool.exists():  # the script's logger could not deliver everything: try again
-        _deliver_spool(job_id, address, token, script_spool, max(0.0, deadline - time.monotonic()))
+    answers, job = False, None
+    if not run.delivery_stopped:
+        run.interruptible = True  # a second Ctrl-C stops the waiting: the status is then kept in the spool
+        try:
+            answers = logger.flush(max(0.0, deadline - time.monotonic()))
+            script_spool = default_spool_dir(job_id)
+            if answers and script_spool.exists():  # the script's logger could not deliver everything: try again
+                _deliver_spool(job_id, address, token, script_spool, max(0.0, deadline - time.monotonic()))
+            if answers and run.final_status is None:
+                with contextlib.suppress(PlatformError):
+                    job = client.get_job(job_id)
+        except KeyboardInterrupt:
+            answers, job = False, None
+        finally:
+            run.interruptible = False
     relayed = run.final_status
     if relayed is not None:
         status = job_status(relayed.get("status", 0))
@@ -538,10 +612,6 @@ def _final_status(
             reason=str(relayed.get("reason") or "set by the script"),
         )
         return _TERMINAL_NAMES[status]
-    job = None
-    if answers:
-        with contextlib.suppress(PlatformError):
-            job = client.get_job(job_id)
     # Ended some other way (`tp cancel`, another client): kept; repeating it changes nothing. Unknown while the
     # backend does not answer: the status from the exit is kept in the spool, and the backend keeps an ended job's.
     if job is not None and job.finished:
