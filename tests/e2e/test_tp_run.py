@@ -315,3 +315,29 @@ def test_no_token_but_the_jobs_own_reaches_the_script(backend: BackendProcess, t
     )
     assert result.returncode == 0, result.stderr
     assert "tokens: ['JOB_TELEMETRY_TOKEN']" in result.stdout, result.stdout
+
+
+def test_a_multi_line_command_gets_a_default_name_and_a_name_with_a_line_break_is_named(
+    backend: BackendProcess, tmp_path: Path
+) -> None:
+    # The default name is the command: a line break in it failed the run with "display_name contains control
+    # characters" (exit 2) though the user gave no name. It is a space in the name now.
+    result = tp_run(backend, tmp_path, "--", "sh", "-c", "echo a\necho b")
+    assert result.returncode == 0, result.stderr
+    job, _ = read_job(backend, job_of(result.stderr))
+    assert job.display_name == "sh -c 'echo a echo b'", job.display_name
+    assert job.status == "COMPLETED"
+
+    named = tp_run(backend, tmp_path, "--name", "two\nlines", "--", "true")
+    assert named.returncode == 2, named.stderr
+    lines = named.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--name" in lines[0] and "control character" in lines[0], named.stderr
+
+
+def test_help_says_that_the_command_reads_an_empty_stdin_on_a_terminal(database_url: str) -> None:
+    # From a terminal the command gets an empty stdin (input(), breakpoint() and pdb end with EOFError): in a
+    # process group of its own, which keeps Ctrl-C going through tp run, reading the terminal would stop it.
+    result = subprocess.run([TP, "run", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "empty stdin" in text and "EOFError" in text and "< input.txt" in text, text

@@ -99,6 +99,8 @@ RESUME_FILE = "tp-run.json"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _MARKER = RELAY_MARKER.encode()
+#: What the backend refuses in a display name.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LEVEL_WORD = re.compile(r"\b(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL)\b")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(:|$)")
 _TERMINAL = frozenset(job_status(name) for name in ("completed", "failed", "cancelled"))
@@ -113,7 +115,10 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
         description="Creates a job (no trainer service runs it), runs COMMAND with BACKEND_API_URL, "
         "JOB_TELEMETRY_TOKEN, TP_JOB_ID and JOB_ID set, stores its output as the job's logs, forwards Ctrl-C "
         "and SIGTERM to it, sets COMPLETED, FAILED or CANCELLED from its exit unless it set a final status, and "
-        "exits with its exit code.",
+        "exits with its exit code. From a terminal the command reads an empty stdin: input(), breakpoint() and "
+        "pdb end with EOFError (it runs in a process group of its own, so that Ctrl-C reaches it once, through tp "
+        "run, and a background group that reads the terminal is stopped); give it input with `< input.txt` or a "
+        "pipe, or run it without tp run to debug it.",
     )
     parser.add_argument("--name", help="the job's display name (default: the command)")
     parser.add_argument("--framework", default="custom", help="the job's framework label (default: custom)")
@@ -150,6 +155,21 @@ def _script_name(command: Sequence[str]) -> str:
     if len(command) > 2 and command[1] == "-m":
         return command[2]
     return Path(command[0]).name
+
+
+def _display_name(name: str | None, command: Sequence[str]) -> str:
+    """The job's display name: `--name`, else the command with its control characters (a line break in a
+    `sh -c` script) as spaces, which the backend refuses in a name.
+
+    Raises:
+        CliError: `--name` holds a control character.
+    """
+    if name:
+        found = _CONTROL.search(name)
+        if found:
+            raise CliError(f"--name must not hold control characters; it holds {found.group()!r}")
+        return name
+    return _CONTROL.sub(" ", shlex.join(command))[:200]
 
 
 def _epochs_of(command: Sequence[str]) -> int:
@@ -439,7 +459,7 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
         model=args.model or _script_name(command),
         dataset=args.dataset or "custom",
         epochs=args.epochs or _epochs_of(command),
-        display_name=args.name or shlex.join(command)[:200],
+        display_name=_display_name(args.name, command),
         dispatch=False,
     )
     job_id, token = created.job.job_id, created.telemetry_token
