@@ -43,3 +43,27 @@ def test_settings_are_frozen() -> None:
 def test_invalid_settings_are_refused(overrides: dict) -> None:
     with pytest.raises(ValueError):
         LoggerSettings(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"flush_interval_s": "1"}, "flush_interval_s"),
+        ({"flush_interval_s": float("nan")}, "flush_interval_s"),
+        ({"rpc_timeout_s": float("inf")}, "rpc_timeout_s"),
+        ({"close_timeout_s": float("nan")}, "close_timeout_s"),
+        ({"close_timeout_s": "30"}, "close_timeout_s"),
+        ({"spool_max_bytes": 1.5}, "spool_max_bytes"),
+        ({"max_batch_points": True, "memory_buffer_points": True}, "max_batch_points"),
+        ({"reconnect_jitter": float("nan")}, "reconnect_jitter"),
+        ({"keepalive_permit_without_calls": "no"}, "keepalive_permit_without_calls"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_refused_naming_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        LoggerSettings(**overrides)
+
+
+def test_close_timeout_may_be_unbounded() -> None:
+    assert LoggerSettings(close_timeout_s=float("inf")).close_timeout_s == float("inf")
+    assert LoggerSettings(flush_interval_s=1).flush_interval_s == 1  # an int is a number of seconds too

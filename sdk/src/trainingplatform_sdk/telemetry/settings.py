@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 from trainingplatform_sdk.spec.limits import DEFAULT_MAX_MESSAGE_BYTES as SERVER_MAX_MESSAGE_BYTES
 
@@ -104,6 +105,7 @@ class LoggerSettings:
     """Ping even when no call is active, so a dead connection is noticed before the next batch."""
 
     def __post_init__(self) -> None:
+        self._check_kinds()
         positive = {
             "flush_interval_s": self.flush_interval_s,
             "unwatched_flush_interval_s": self.unwatched_flush_interval_s,
@@ -140,8 +142,27 @@ class LoggerSettings:
             raise ValueError("reconnect_jitter must be between 0 and 1")
         if self.keepalive_time_ms < 10_000:
             raise ValueError("keepalive_time_ms must be at least 10000: the backend answers faster pings with GOAWAY")
-        if self.close_timeout_s < 0:
-            raise ValueError("close_timeout_s must be 0 or more")
+        if not self.close_timeout_s >= 0:
+            raise ValueError(f"close_timeout_s must be 0 or more seconds (inf: no limit), got {self.close_timeout_s!r}")
+
+    def _check_kinds(self) -> None:
+        """Refuses a value of the wrong kind (text, a bool for a number, a fraction for a count, NaN, an infinite
+        duration but close_timeout_s) with a ValueError naming the field, before the range checks compare it."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.type == "bool":
+                if not isinstance(value, bool):
+                    raise ValueError(f"{field.name} must be True or False, got {value!r}")
+            elif field.type == "int":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"{field.name} must be a whole number, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{field.name} must be a number, got {value!r}")
+            elif field.name == "close_timeout_s":
+                if math.isnan(value):
+                    raise ValueError(f"close_timeout_s must be 0 or more seconds (inf: no limit), got {value!r}")
+            elif not math.isfinite(value):
+                raise ValueError(f"{field.name} must be a finite number, got {value!r}")
 
 
 def channel_options(settings: LoggerSettings) -> list[tuple[str, int]]:
