@@ -12,7 +12,8 @@ client turns a status it receives back into the same class (`PlatformError.from_
     ├── FailedPreconditionError       FAILED_PRECONDITION
     │   ├── StorageError              the artifact store is misconfigured or unreachable
     │   ├── TrackingError             the MLflow tracking server is misconfigured or unreachable
-    │   └── SpoolLockedError          another live process uses the same telemetry spool
+    │   ├── SpoolLockedError          another live process uses the same telemetry spool
+    │   └── SpoolError                the telemetry spool directory cannot be made (also an OSError)
     ├── UnauthenticatedError          UNAUTHENTICATED
     ├── PermissionDeniedError         PERMISSION_DENIED
     ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
@@ -35,6 +36,7 @@ __all__ = [
     "PermissionDeniedError",
     "PlatformError",
     "ResourceExhaustedError",
+    "SpoolError",
     "SpoolLockedError",
     "StorageError",
     "TrackingError",
@@ -182,6 +184,10 @@ class TrackingError(FailedPreconditionError, RuntimeError):
 
 class SpoolLockedError(FailedPreconditionError, RuntimeError):
     """Another live process holds the spool directory of the same job."""
+
+
+class SpoolError(FailedPreconditionError, OSError):
+    """The telemetry spool directory cannot be created or opened; the message names the path and the setting."""
 
 
 # A client sees a deadline that passed as the service being unavailable: both mean "retry later".

@@ -24,7 +24,7 @@ from trainingplatform.telemetry.v1 import telemetry_pb2
 
 from trainingplatform_sdk import grpc_env
 from trainingplatform_sdk.channel import auth_metadata, check_token, open_channel, parse_backend_address
-from trainingplatform_sdk.errors import SpoolLockedError
+from trainingplatform_sdk.errors import SpoolError, SpoolLockedError
 from trainingplatform_sdk.spec.limits import (
     MAX_DURATION_SECONDS,
     MAX_EPOCH,
@@ -214,7 +214,8 @@ class TrainingLogger:
             ValueError: No job id though the logger would be enabled, the address is malformed, the token is not
                 printable ASCII (surrounding whitespace is stripped), or the spool belongs to another job.
             trainingplatform_sdk.errors.SpoolLockedError: Another live process uses the same spool directory.
-            OSError: The spool directory cannot be created.
+            trainingplatform_sdk.errors.SpoolError: The spool directory cannot be created or opened (an OSError
+                too); the message names the directory and the setting it came from (spool_dir, TP_SPOOL_DIR).
         """
         if isinstance(backend_address, _FromEnv):
             backend_address = os.environ.get("BACKEND_API_URL", "").strip() or None
@@ -266,7 +267,20 @@ class TrainingLogger:
         address = parse_backend_address(backend_address)
         check_token(token, token_source)
         directory = Path(spool_dir) if spool_dir is not None else default_spool_dir(job_id)
-        spool = Spool(directory, job_id, self.settings.spool_max_bytes, self.settings.spool_segment_bytes)
+        try:
+            spool = Spool(directory, job_id, self.settings.spool_max_bytes, self.settings.spool_segment_bytes)
+        except OSError as exc:
+            setting = (
+                "the spool_dir argument"
+                if spool_dir is not None
+                else "TP_SPOOL_DIR"
+                if os.environ.get("TP_SPOOL_DIR")
+                else "the default under $HOME; set TP_SPOOL_DIR or pass spool_dir"
+            )
+            raise SpoolError(
+                f"job {job_id}: cannot use the telemetry spool directory {directory} ({setting}): "
+                f"{exc.strerror or exc}; choose a directory this process can create and write"
+            ) from exc
         try:
             channel = open_channel(address, options=channel_options(self.settings))
         except BaseException:
