@@ -3,10 +3,17 @@ the with-block, calls after close, a refusal for good, a spool directory that ca
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+from support.backend import BackendProcess
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.errors import PlatformError
 
@@ -29,3 +36,97 @@ def test_a_spool_directory_that_cannot_be_made_names_the_setting(
     message = str(raised.value)
     assert str(blocker) in message and setting in message
     assert os.listdir(tmp_path) == ["a-file"]
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10])
+def test_close_with_an_unbounded_timeout_delivers_everything(
+    backend: BackendProcess, tmp_path: Path, timeout: float
+) -> None:
+    job_id, token = backend.create_job()
+    logger = TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool")
+    logger.update_status("running")
+    logger.log_metric("loss", 1.0, step=0)
+    logger.update_status("completed")
+    report = logger.close(timeout=timeout)
+    assert report.committed_metrics == 1 and report.calls_delivered == 2 and report.calls_pending == 0
+    assert logger.close() == report
+    assert backend.job_status(job_id) == "COMPLETED"
+
+
+def test_close_refuses_a_nan_timeout(unreachable_address: str, tmp_path: Path) -> None:
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    logger.log_metric("loss", 1.0)
+    with pytest.raises(ValueError, match="timeout"):
+        logger.close(timeout=float("nan"))
+    assert logger.close(0.1).pending_metrics == 1  # the refused close changed nothing
+
+
+_INTERRUPTED_CLOSE = textwrap.dedent(
+    """
+    import dataclasses, json, logging, sys
+    from trainingplatform_sdk import TrainingLogger
+    logging.basicConfig(level=logging.WARNING)
+    job, address, token, spool = sys.argv[1:5]
+    logger = TrainingLogger(job, backend_address=address, token=token, spool_dir=spool)
+    logger.update_status("running")
+    logger.log_metric("loss", 1.0, step=0)
+    logger.update_status("completed")
+    print("closing", flush=True)
+    try:
+        logger.close(timeout=60)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    print(json.dumps(dataclasses.asdict(logger.close(timeout=1))), flush=True)
+    """
+)
+
+
+def test_close_interrupted_by_ctrl_c_then_closed_again_keeps_the_status(
+    backend: BackendProcess, tmp_path: Path
+) -> None:
+    job_id, token = backend.create_job()
+    spool = tmp_path / "spool"
+    backend.kill()  # unreachable: close waits its whole timeout, and Ctrl-C interrupts it
+    child = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED_CLOSE, job_id, backend.address, token, str(spool)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "closing"
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    lines = out.splitlines()
+    assert lines[0] == "interrupted", err
+    report = json.loads(lines[1])
+    # The second close waited for the sender to end: the two statuses are kept in the spool, and said.
+    assert report["calls_pending"] == 2 and report["pending_metrics"] == 1, err
+    assert "not delivered" in err
+    backend.restart()
+    with TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=spool) as replay:
+        assert replay.flush(60)
+    assert backend.job_status(job_id) == "COMPLETED"
+    assert backend.metric_sequences(job_id) == [1]
+
+
+def test_calls_after_close_are_counted_and_warned_about_once(
+    backend: BackendProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id, token = backend.create_job()
+    logger = TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path)
+    logger.update_status("running")
+    report = logger.close(30)
+    assert report.dropped == 0 and report.calls_delivered == 1
+    with caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"):
+        logger.log_metric("late", 1.0)
+        logger.log_metrics({"a": 1.0, "b": 2.0})
+        logger.log_message("late line")
+        logger.update_status("failed", "too late")
+        logger.log_epoch_summary(0, {"a": 1.0})
+    after = logger.stats
+    assert after.dropped == 4 and after.calls_dropped == 2
+    assert logger.close() == after
+    warnings = [r.getMessage() for r in caplog.records if "after close" in r.getMessage()]
+    assert len(warnings) == 1 and "log_metric" in warnings[0]
+    assert backend.job_status(job_id) == "RUNNING"

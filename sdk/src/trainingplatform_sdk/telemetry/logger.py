@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import enum
 import logging
+import math
 import operator
 import os
 import re
@@ -46,6 +47,18 @@ _LOG = logging.getLogger("trainingplatform_sdk.logger")
 _wall_time = time.time
 
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+# The longest wait of `close()`: a timeout above it (infinity) means "as long as it takes". A wait of a lock or a
+# thread fails with OverflowError past threading.TIMEOUT_MAX (about 292 years on Linux, less elsewhere).
+_NO_LIMIT_S = 365 * 24 * 3600.0
+# Longest error message `__exit__` reports for an exception that left the with-block.
+_EXIT_ERROR_CHARS = 500
+# The public name of each call a logger makes, for the warning about calls after close.
+_CALL_NAMES = {
+    "UpdateStatus": "update_status",
+    "RecordEpochSummary": "log_epoch_summary",
+    "ReportRunInfo": "report_run_info",
+}
 
 _TERMINAL = frozenset({common_pb2.JOB_STATUS_COMPLETED, common_pb2.JOB_STATUS_FAILED, common_pb2.JOB_STATUS_CANCELLED})
 
@@ -237,6 +250,13 @@ class TrainingLogger:
         # True once the sender stopped on its own: what is logged from then on is counted as dropped.
         self._discarding = False
         self._discarded = 0
+        self._discarded_calls = 0
+        # True once close() began on a logger with a sender: what is logged from then on is counted and said once.
+        self._closed = False
+        self._after_close = 0
+        self._calls_after_close = 0
+        # Set by the sender thread as it ends: `Thread.is_alive()` is wrong after a join interrupted by Ctrl-C.
+        self._sender_done = threading.Event()
         self._not_mappings = 0
         # Whether a terminal status was asked of this logger (or left in its spool): the job has ended.
         self._ended = False
@@ -338,15 +358,25 @@ class TrainingLogger:
     @property
     def stats(self) -> DeliveryReport:
         """The delivery counters so far; readable at any time from any thread."""
-        if self._final_report is not None:
-            return self._final_report
-        if self._sender is None:
-            return DeliveryReport()
-        report = self._sender.report()
-        if self._discarded:
-            report = dataclasses.replace(report, dropped=report.dropped + self._discarded)
-        if self._not_mappings:
-            report = dataclasses.replace(report, invalid=report.invalid + self._not_mappings)
+        report = self._final_report
+        if report is None:
+            if self._sender is None:
+                return DeliveryReport()
+            report = self._sender.report()
+            if self._discarded or self._discarded_calls:
+                report = dataclasses.replace(
+                    report,
+                    dropped=report.dropped + self._discarded,
+                    calls_dropped=report.calls_dropped + self._discarded_calls,
+                )
+            if self._not_mappings:
+                report = dataclasses.replace(report, invalid=report.invalid + self._not_mappings)
+        if self._after_close or self._calls_after_close:
+            report = dataclasses.replace(
+                report,
+                dropped=report.dropped + self._after_close,
+                calls_dropped=report.calls_dropped + self._calls_after_close,
+            )
         return report
 
     def log_metric(self, key: str, value: float, step: int | None = None, epoch: int | None = None) -> None:
@@ -361,8 +391,8 @@ class TrainingLogger:
             epoch: Epoch (0-based), if the value belongs to one.
         """
         if self._off:
-            if self._discarding:
-                self._discarded += 1
+            if self._discarding or self._closed:
+                self._lost("log_metric", points=1)
             return
         buffer = self._buffer
         # The value is None when not a number: the sender counts and reports it.
@@ -388,8 +418,8 @@ class TrainingLogger:
             self._not_a_mapping(metrics)
             return
         if self._off:
-            if self._discarding:
-                self._discarded += len(metrics)
+            if self._discarding or self._closed:
+                self._lost("log_metrics", points=len(metrics))
             return
         wall_time = _wall_time()
         buffer = self._buffer
@@ -413,8 +443,8 @@ class TrainingLogger:
             step: Optimizer step, if the line belongs to one.
         """
         if self._off:
-            if self._discarding:
-                self._discarded += 1
+            if self._discarding or self._closed:
+                self._lost("log_message", points=1)
             return
         if self._relay:
             record: dict[str, object] = {"kind": "log", "level": int(log_level(level)), "message": log_text(message)}
@@ -563,9 +593,31 @@ class TrainingLogger:
                 type(metrics).__name__,
             )
 
+    def _lost(self, call: str, points: int = 0, calls: int = 0) -> None:
+        """Counts what a call made while the logger is off loses: after close (counted, said once, naming the call),
+        or after the sender stopped on its own (counted; said when it stopped)."""
+        if self._closed:
+            if os.getpid() != self._pid:
+                return
+            first = not (self._after_close or self._calls_after_close)
+            self._after_close += points
+            self._calls_after_close += calls
+            if first:
+                _LOG.warning(
+                    "job %s: %s after close: nothing is sent once the logger is closed (counted as dropped in "
+                    "its stats; said once)",
+                    self.job_id,
+                    call,
+                )
+        elif self._discarding:
+            self._discarded += points
+            self._discarded_calls += calls
+
     def _call(self, method: str, request: Message) -> None:
         sender = self._sender
         if self._off or sender is None:
+            if self._discarding or self._closed:
+                self._lost(_CALL_NAMES.get(method, method), calls=1)
             return
         self._buffer.append((CALL, method, request))
         sender.wake.set()
@@ -574,12 +626,17 @@ class TrainingLogger:
         """Sends what is buffered now and waits until everything logged so far is committed.
 
         Args:
-            timeout: Seconds to wait; None waits as long as it takes.
+            timeout: Seconds to wait; None (or infinity) waits as long as it takes.
 
         Returns:
             True when every point and call logged before this call is committed (also when nothing was, or the
             logger is disabled); False on timeout, after a final error, or when points were dropped.
+
+        Raises:
+            ValueError: The timeout is NaN.
         """
+        if timeout is not None and math.isnan(timeout):
+            raise ValueError("timeout must be a number of seconds (or None: no limit), got nan")
         sender = self._sender
         if sender is None or os.getpid() != self._pid:
             return True
@@ -595,7 +652,7 @@ class TrainingLogger:
                 return False
             if waiter.event.wait(remaining):
                 return waiter.result
-            if not sender.is_alive():
+            if self._sender_done.is_set():
                 return False
 
     def close(self, timeout: float | None = None) -> DeliveryReport:
@@ -604,32 +661,43 @@ class TrainingLogger:
         Whatever is not delivered stays in the spool (points, and the calls not yet made) for the next logger of
         the same job and spool directory, and one WARNING says how much and where. When the job has ended (this
         logger delivered a terminal status, or replayed one from the spool, or it relays to `tp run`, which ends the
-        job) and nothing is pending, the spool directory is removed. Calling close again returns the same report.
+        job) and nothing is pending, the spool directory is removed. Calling close again returns the same report
+        (counting what was logged after close as dropped). A close interrupted (Ctrl-C) can be called again: it
+        waits for the sender anew.
 
         Args:
-            timeout: Seconds to spend delivering; default `settings.close_timeout_s`.
+            timeout: Seconds to spend delivering; default `settings.close_timeout_s`. Infinity waits as long as it
+                takes.
 
         Returns:
             The final delivery report.
+
+        Raises:
+            ValueError: The timeout is NaN.
         """
+        if timeout is not None and math.isnan(timeout):
+            raise ValueError("timeout must be a number of seconds (or None: close_timeout_s), got nan")
         with self._close_lock:
             if self._final_report is not None:
-                return self._final_report
+                return self.stats
             sender = self._sender
             if sender is None or os.getpid() != self._pid:
                 self._off = True
                 return self.stats
             self._off = True
-            lifetime.unregister(self)
+            self._closed = True
             timeout = self.settings.close_timeout_s if timeout is None else max(0.0, timeout)
+            timeout = min(timeout, _NO_LIMIT_S)
             sender.request_close(timeout)
-            # The sender checks its deadline between calls; one call and the half-close may run past it.
-            sender.join(timeout + self.settings.rpc_timeout_s + 1.0)
-            if sender.is_alive():
+            # The sender checks its deadline between calls; one call and the half-close may run past it. Its own
+            # end is waited for, not `join`: after a join interrupted by Ctrl-C, `is_alive()` says False for a
+            # thread that still runs.
+            if not self._sender_done.wait(timeout + self.settings.rpc_timeout_s + 1.0):
                 _LOG.warning("job %s: the telemetry sender did not stop in time", self.job_id)
             self._discard_buffer()
             report = self.stats
             self._final_report = report
+            lifetime.unregister(self)  # not before: an interrupted close is closed again at exit
             undelivered = (report.pending_metrics, report.pending_logs, report.calls_pending)
             if any(undelivered):  # the with-block form drops the report: say it here
                 _LOG.warning(
@@ -639,11 +707,19 @@ class TrainingLogger:
                     *undelivered,
                     self._spool_dir,
                 )
+            if report.dropped or report.calls_dropped:
+                _LOG.warning(
+                    "job %s: closed with %d metric points and log records and %d calls (status, epoch summary, run "
+                    "info) dropped: they were logged after the sender stopped (counted in the delivery report)",
+                    self.job_id,
+                    report.dropped,
+                    report.calls_dropped,
+                )
             # Under `tp run` the job's end is `tp run`'s to deliver, after this process exits: a relaying logger
             # removes its spool once nothing in it is pending.
             if (
                 (self._ended or self._relay)
-                and not sender.is_alive()
+                and self._sender_done.is_set()
                 and report.pending_metrics == report.pending_logs == report.calls_pending == 0
                 and report.error is None
             ):
@@ -652,6 +728,12 @@ class TrainingLogger:
 
     def _sender_stopped(self) -> None:
         """On the sender thread as it ends: unless the logger is closing, stop buffering what nobody will send."""
+        try:
+            self._stop_buffering()
+        finally:
+            self._sender_done.set()
+
+    def _stop_buffering(self) -> None:
         if self._off:
             return
         self._discarding = True
@@ -672,6 +754,8 @@ class TrainingLogger:
                 return
             if item[0] == METRIC or item[0] == LOG:
                 self._discarded += 1
+            elif item[0] == CALL:
+                self._discarded_calls += 1
             elif item[0] == FLUSH:
                 item[1].finish(False)
 

@@ -23,7 +23,8 @@ class DeliveryReport:
         spooled: Points and records written to the on-disk spool (memory full, backend unreachable, or close).
         dropped: Points and records lost: past the spool's cap (spool_max_bytes); past memory_buffer_points while
             the spool could not be written (disk full, read-only, permission denied); left in memory when the
-            sender stopped without a spool to write them to; logged after the sender stopped on its own.
+            sender stopped without a spool to write them to; logged after the sender stopped on its own or after
+            `close()`.
         invalid: Points and records refused before sending (empty or too long key, negative step, non-numeric
             value...); each kind of problem is logged once.
         replayed: Points and records found in the spool at start, left by an earlier process for this job.
@@ -34,6 +35,8 @@ class DeliveryReport:
         calls_delivered: Unary calls (status, epoch summary, run info) the backend accepted.
         calls_pending: Unary calls not yet delivered (kept in the spool's state at close).
         calls_failed: Unary calls the backend refused for good (for example an illegal status transition).
+        calls_dropped: Unary calls lost: made after `close()` or after the sender stopped on its own, or left
+            unread in the caller's buffer when `close()` stopped waiting for the sender.
         reconnects: Times the sender re-established its streams after losing them.
         error: The final error that stopped delivery (bad token, unknown job), if any.
     """
@@ -52,5 +55,6 @@ class DeliveryReport:
     calls_delivered: int = 0
     calls_pending: int = 0
     calls_failed: int = 0
+    calls_dropped: int = 0
     reconnects: int = 0
     error: str | None = None
