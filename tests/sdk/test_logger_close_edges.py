@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from reliability.polling import wait_until
 from support.backend import BackendProcess
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.errors import PlatformError
@@ -130,3 +131,14 @@ def test_calls_after_close_are_counted_and_warned_about_once(
     warnings = [r.getMessage() for r in caplog.records if "after close" in r.getMessage()]
     assert len(warnings) == 1 and "log_metric" in warnings[0]
     assert backend.job_status(job_id) == "RUNNING"
+
+
+def test_a_refusal_for_good_turns_enabled_off(backend: BackendProcess, tmp_path: Path) -> None:
+    job_id, _ = backend.create_job()
+    logger = TrainingLogger(job_id, backend_address=backend.address, token="not-a-token", spool_dir=tmp_path)
+    assert logger.enabled
+    logger.log_metric("loss", 1.0)
+    wait_until(lambda: logger.stats.error is not None, 30, "the refusal")
+    assert not logger.enabled
+    report = logger.close(5)
+    assert report.pending_metrics == 1  # kept in the spool for a later replay, as before

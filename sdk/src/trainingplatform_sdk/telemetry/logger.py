@@ -351,9 +351,10 @@ class TrainingLogger:
 
     @property
     def enabled(self) -> bool:
-        """Whether calls are delivered (False when disabled, closed, in a forked child, or once the sender stopped on
-        its own: what is logged then is counted as dropped)."""
-        return not self._off
+        """Whether calls are delivered (False when disabled, closed, in a forked child, once the sender stopped on
+        its own: what is logged then is counted as dropped, or once the backend refused telemetry for good: what is
+        logged then stays in the spool)."""
+        return not self._off and self._sender is not None and not self._sender.refused
 
     @property
     def stats(self) -> DeliveryReport:

@@ -144,6 +144,11 @@ class Sender(threading.Thread):
         self._close_deadline = time.monotonic() + timeout
         self.wake.set()
 
+    @property
+    def refused(self) -> bool:
+        """Whether the backend refused telemetry for good (a bad token, an unknown job): nothing more is sent."""
+        return self._connection.state is ConnectionState.FAILED
+
     def report(self) -> DeliveryReport:
         """A snapshot of the counters (ints read without a lock; each is consistent on its own)."""
         metrics, logs = self._metrics, self._logs
