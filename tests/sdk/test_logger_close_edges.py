@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from reliability.polling import wait_until
 from support.backend import BackendProcess
-from trainingplatform_sdk import TrainingLogger
+from trainingplatform_sdk import JobsClient, TrainingLogger
 from trainingplatform_sdk.errors import PlatformError
 
 
@@ -142,3 +142,49 @@ def test_a_refusal_for_good_turns_enabled_off(backend: BackendProcess, tmp_path:
     assert not logger.enabled
     report = logger.close(5)
     assert report.pending_metrics == 1  # kept in the spool for a later replay, as before
+
+
+def _job_error(backend: BackendProcess, job_id: str) -> str:
+    with JobsClient(backend.address, backend.internal_token) as client:
+        return client.get_job(job_id).error_message
+
+
+def test_an_exception_leaving_the_with_block_fails_the_job_with_its_text(
+    backend: BackendProcess, tmp_path: Path
+) -> None:
+    job_id, token = backend.create_job()
+    with (
+        pytest.raises(RuntimeError),
+        TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path) as logger,
+    ):
+        logger.update_status("running")
+        logger.log_metric("loss", 1.0, step=0)
+        raise RuntimeError("CUDA out of memory\nTried to allocate 2.00 GiB")
+    assert backend.job_status(job_id) == "FAILED"
+    assert _job_error(backend, job_id) == "RuntimeError: CUDA out of memory"
+    assert backend.metric_sequences(job_id) == [1]
+
+
+def test_ctrl_c_leaving_the_with_block_cancels_the_job(backend: BackendProcess, tmp_path: Path) -> None:
+    job_id, token = backend.create_job()
+    with (
+        pytest.raises(KeyboardInterrupt),
+        TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path) as logger,
+    ):
+        logger.update_status("running")
+        raise KeyboardInterrupt
+    assert backend.job_status(job_id) == "CANCELLED"
+
+
+def test_an_exception_after_a_terminal_status_keeps_that_status(backend: BackendProcess, tmp_path: Path) -> None:
+    job_id, token = backend.create_job()
+    with (
+        pytest.raises(ValueError),
+        TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path) as logger,
+    ):
+        logger.update_status("running")
+        logger.update_status("completed")
+        raise ValueError("raised while cleaning up")
+    assert backend.status_events(job_id)[-1] == "COMPLETED"
+    assert backend.job_status(job_id) == "COMPLETED"
+    assert _job_error(backend, job_id) == ""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,8 +61,13 @@ class ClientTls:
             key_file: Its key; needs `cert_file`.
             names: How the three settings are called in messages (default: the TP_TLS_* variables).
 
+        The files are checked here, before gRPC gets them (it logs its own lines and then fails every connection as
+        unreachable): the roots must hold a PEM certificate, the client certificate a PEM certificate, its key a PEM
+        private key, and the key must be the certificate's.
+
         Raises:
-            ValueError: a certificate without its key or a key without its certificate.
+            ValueError: a certificate without its key or a key without its certificate, or a file that does not
+                hold what it should (the message names the setting, the file and what is wrong).
             OSError: a file cannot be read (the message names the setting and the file).
         """
         ca_name, cert_name, key_name = names or (CA_FILE_ENV, CLIENT_CERT_FILE_ENV, CLIENT_KEY_FILE_ENV)
@@ -76,7 +83,9 @@ class ClientTls:
             except OSError as error:
                 raise OSError(f"{name}: cannot read {path}: {error.strerror or error}") from None
 
-        return cls(read(ca_file, ca_name), read(cert_file, cert_name), read(key_file, key_name))
+        tls = cls(read(ca_file, ca_name), read(cert_file, cert_name), read(key_file, key_name))
+        _check_pem(tls, (ca_file, cert_file, key_file), (ca_name, cert_name, key_name))
+        return tls
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ClientTls:
@@ -98,6 +107,52 @@ class ClientTls:
             private_key=self.private_key,
             certificate_chain=self.certificate_chain,
         )
+
+
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+_PEM_PRIVATE_KEY = re.compile(rb"-----BEGIN ([A-Z]+ )?PRIVATE KEY-----")
+
+
+def _no_passphrase() -> bytes:
+    raise ValueError("the key is encrypted")  # never a terminal prompt: gRPC takes unencrypted keys only
+
+
+def _check_pem(tls: ClientTls, paths: tuple[str, str, str], names: tuple[str, str, str]) -> None:
+    """Raises ValueError, naming the setting and the file, when a TLS file does not hold what it should."""
+    (ca_file, cert_file, key_file), (ca_name, cert_name, key_name) = paths, names
+    if tls.root_certificates is not None:
+        if _PEM_CERTIFICATE not in tls.root_certificates:
+            raise ValueError(f"{ca_name}: {ca_file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+                cadata=tls.root_certificates.decode("ascii", "replace")
+            )
+        except (ssl.SSLError, ValueError) as error:
+            raise ValueError(f"{ca_name}: {ca_file} holds no valid PEM certificate ({_ssl_reason(error)})") from None
+    if tls.certificate_chain is None or tls.private_key is None:
+        return
+    cert_is_key = bool(_PEM_PRIVATE_KEY.search(tls.certificate_chain))
+    key_is_cert = _PEM_CERTIFICATE in tls.private_key
+    if _PEM_CERTIFICATE not in tls.certificate_chain:
+        swapped = f" but a private key: are {cert_name} and {key_name} swapped?" if cert_is_key else ""
+        raise ValueError(f"{cert_name}: {cert_file} holds no PEM certificate{swapped}")
+    if not _PEM_PRIVATE_KEY.search(tls.private_key):
+        swapped = f" but a certificate: are {cert_name} and {key_name} swapped?" if key_is_cert else ""
+        raise ValueError(f"{key_name}: {key_file} holds no PEM private key{swapped}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert_file, key_file, password=_no_passphrase)
+    except (ssl.SSLError, ValueError) as error:
+        reason = _ssl_reason(error)
+        if "KEY_VALUES_MISMATCH" in reason.upper():
+            raise ValueError(f"{key_name}: {key_file} is not the key of the certificate in {cert_file}") from None
+        raise ValueError(f"{cert_name}, {key_name}: cannot use {cert_file} with {key_file} ({reason})") from None
+    except OSError as error:  # the file changed since it was read
+        raise OSError(f"{cert_name}, {key_name}: cannot read {cert_file}, {key_file}: {error}") from None
+
+
+def _ssl_reason(error: Exception) -> str:
+    reason = getattr(error, "reason", None)
+    return str(reason or error).splitlines()[0] if str(reason or error) else type(error).__name__
 
 
 @dataclass(frozen=True)

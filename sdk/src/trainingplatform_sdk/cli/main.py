@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trainingplatform_sdk.channel import CA_FILE_ENV, CLIENT_CERT_FILE_ENV, CLIENT_KEY_FILE_ENV, parse_backend_address
 from trainingplatform_sdk.cli.frameworks import add_frameworks_command
 from trainingplatform_sdk.cli.output import (
     RECONNECT_S,
@@ -671,6 +672,39 @@ _NOT_TLS = ("WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST", "R
 https:// client's hello with an HTTP/2 frame)."""
 
 
+_CLIENT_CERTIFICATE_WANTED = ("CERTIFICATE_REQUIRED",)
+"""OpenSSL's reason for a handshake that a server asking for a client certificate ended (TLS 1.3)."""
+
+
+def _closed_at_connect(address: str) -> str:
+    """The line for a server that took the connection and closed it without a word (gRPC says "Socket closed", which
+    read as "no backend answers"): a TLS server that wants a client certificate, or a plaintext client's HTTP/2
+    that a TLS server cannot read."""
+    try:
+        parsed = parse_backend_address(address)
+    except ValueError:
+        return f"the server at {address} closed the connection"
+    if not parsed.tls:
+        return (
+            f"the server at {address} closed the connection: it may speak TLS only; try https://{parsed.target} "
+            f"(with {CA_FILE_ENV} naming the CA of its certificate)"
+        )
+    return _client_certificate_wanted(address)
+
+
+def _client_certificate_wanted(address: str) -> str:
+    certificate = os.environ.get(CLIENT_CERT_FILE_ENV, "").strip()
+    if certificate:
+        return (
+            f"the server at {address} refused the TLS handshake: it may not trust the client certificate in "
+            f"{CLIENT_CERT_FILE_ENV} ({certificate}); check that its CA signed it"
+        )
+    return (
+        f"the server at {address} refused the TLS handshake: it probably wants a client certificate (mutual TLS); "
+        f"set {CLIENT_CERT_FILE_ENV} and {CLIENT_KEY_FILE_ENV}"
+    )
+
+
 def _handshake_failed(address: str, message: str) -> str:
     """The line for a backend that answered but whose TLS handshake failed (gRPC says "failed to connect", which
     read as "no backend answers")."""
@@ -678,6 +712,8 @@ def _handshake_failed(address: str, message: str) -> str:
     why = f" ({reason.group(1)})" if reason else ""
     if reason and reason.group(1) in _NOT_TLS:
         return f"the TLS handshake with {address} failed{why}: the server may not speak TLS; try without https://"
+    if reason and any(part in reason.group(1) for part in _CLIENT_CERTIFICATE_WANTED):
+        return _client_certificate_wanted(address)
     return (
         f"the TLS handshake with {address} failed{why}: check that TP_TLS_CA_FILE holds the CA of its certificate "
         f"(and, for mutual TLS, TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE); a server that may not speak "
@@ -695,6 +731,8 @@ def _error_line(error: BaseException) -> str:
         connection = _connection
         if connection is not None and isinstance(error, UnavailableError) and "handshake failed" in message.lower():
             return _handshake_failed(connection.address, message)
+        if connection is not None and isinstance(error, UnavailableError) and "socket closed" in message.lower():
+            return _closed_at_connect(connection.address)
         if (
             connection is not None
             and isinstance(error, UnavailableError)

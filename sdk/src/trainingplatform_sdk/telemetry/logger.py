@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,6 +71,13 @@ def _error_text(error: object) -> str:
     if isinstance(error, BaseException):
         return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return str(error)
+
+
+def _exit_error(exc: BaseException) -> str:
+    """The error of an exception that left the with-block, in one line: `<type>: <first line of its message>`."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= _EXIT_ERROR_CHARS else text[: _EXIT_ERROR_CHARS - 3] + "..."
 
 
 def _epoch_summary(
@@ -788,7 +796,36 @@ class TrainingLogger:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        """Closes the logger. When an exception leaves the block and no terminal status was asked of this logger,
+        the job is first moved to FAILED with the exception in one line (`<type>: <message>`, its traceback as the
+        detail), or to CANCELLED for Ctrl-C (KeyboardInterrupt): a job run without a trainer service would stay
+        RUNNING until the backend's reporter timeout. `sys.exit(0)` changes nothing; under `tp run`, `tp run`
+        reports the end from the command's exit."""
+        if exc is not None:
+            self._report_exit(exc)
         self.close()
+
+    def _report_exit(self, exc: BaseException) -> None:
+        """Reports the end of a job whose with-block an exception left, unless a terminal status was asked."""
+        if self._ended or self._off or self._relay or os.getpid() != self._pid:
+            return
+        if isinstance(exc, KeyboardInterrupt):
+            self.update_status("cancelled", reason="KeyboardInterrupt left the TrainingLogger's with-block")
+            return
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            return
+        if not isinstance(exc, Exception | SystemExit):
+            return  # GeneratorExit and the like: not a failure of the training
+        try:
+            detail = "".join(traceback.format_exception(exc))
+        except Exception:
+            detail = ""
+        self.update_status(
+            "failed",
+            _exit_error(exc),
+            error_detail=detail,
+            reason="an exception left the TrainingLogger's with-block",
+        )
 
     def disable_in_forked_child(self) -> None:
         """Turns the logger off in a forked child: it shares the parent's channel and spool and must never send,
