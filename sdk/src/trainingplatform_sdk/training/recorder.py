@@ -19,13 +19,17 @@ During training, `wrap()`'s sink logs each epoch summary's metrics to MLflow (on
   TP_ARTIFACTS_BUCKET is not set).
 - cancelled or failed: the last checkpoint and results.json are stored best effort (a problem is a WARNING line),
   and the run ends KILLED or FAILED.
+- cancelled while the results of a completed training were being stored (`finish` was given a `stop` that became
+  true): no further file is uploaded once the one in flight is done (`StopRequested` is raised), and `abort` then
+  makes every record say cancelled: results.json `cancelled` in the output directory and in both stores (replacing
+  a `completed` one already stored), the run KILLED (even when it had been ended FINISHED).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +50,16 @@ from trainingplatform_sdk.training.tracking import (
     redact_urls,
 )
 
-__all__ = ["JobRecorder", "RecorderSettings"]
+__all__ = ["JobRecorder", "RecorderSettings", "StopRequested"]
 
 _log = logging.getLogger(__name__)
 
 #: MLflow run status of each final job status.
 _RUN_STATUS = {Status.COMPLETED: "FINISHED", Status.FAILED: "FAILED", Status.CANCELLED: "KILLED"}
+
+
+class StopRequested(Exception):
+    """A stop (a cancel) came while `JobRecorder.finish` stored a completed job's results: the job ends cancelled."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,12 @@ class JobRecorder:
         self.logger = logger
         #: Artifact URIs by name, as reported to the backend.
         self.artifacts: dict[str, str] = {}
-        self._ended = False
+        #: The status the MLflow run was ended with; None while it runs.
+        self._ended: Status | None = None
+        #: (local path, artifact folder) of the files logged to the MLflow run: `abort` after `finish` skips them.
+        self._logged: set[tuple[Path, str | None]] = set()
+        #: (local path, key) of the files stored in the artifact store.
+        self._stored: set[tuple[Path, str]] = set()
 
     @classmethod
     def start(
@@ -167,14 +180,27 @@ class JobRecorder:
         """A sink that forwards everything to `sink` and also logs each epoch summary's metrics to MLflow."""
         return _EpochTrackingSink(sink, self.run) if self.run is not None else sink
 
-    def finish(self, result: TrainingResult) -> None:
+    def finish(self, result: TrainingResult, *, stop: Callable[[], bool] | None = None) -> None:
         """Stores the results of a completed job and ends the run FINISHED; after a failed upload to the artifact
         store, ends it FAILED and leaves a results.json that says so. A failed upload to the MLflow run is a
         WARNING line, not a failure: the artifact store holds the files (see the module docstring).
 
+        Args:
+            result: The adapter's result.
+            stop: Whether the job was asked to stop (a cancel), read before each upload and before the run is
+                ended: once true, nothing more is uploaded and StopRequested is raised; the caller then `abort`s.
+
         Raises:
             StorageError: An upload to the artifact store failed.
+            StopRequested: `stop` became true; the run is not ended and results.json may say completed until
+                `abort(Status.CANCELLED, ...)` rewrites it.
         """
+
+        def check_stop() -> None:
+            if stop is not None and stop():
+                raise StopRequested
+
+        check_stop()
         results = self._write_results(result)
         csv = self.output_dir / "results.csv"
         uploads = {
@@ -186,7 +212,8 @@ class JobRecorder:
         try:
             for name, (path, key) in uploads.items():
                 if path is not None and Path(path).is_file():
-                    self.artifacts[name] = self.store.upload(Path(path), key)
+                    check_stop()
+                    self.artifacts[name] = self._upload(Path(path), key)
         except StorageError as error:
             self._store_failed_results(result, redact_urls(str(error)))
             self.logger.report_run_info(artifacts=dict(self.artifacts))
@@ -200,18 +227,22 @@ class JobRecorder:
                 for path, folder in ((checkpoint, "checkpoints"), (results, None), (csv, None))
                 if path is not None and Path(path).is_file()
             ]
-            if not self._log_to_mlflow_or_warn(to_mlflow):
+            if not self._log_to_mlflow_or_warn(to_mlflow, check_stop):
+                check_stop()
                 # One more try, without retries: a server still down must not hold the completed job again.
                 self._end_run(Status.COMPLETED, fail_fast=True)
                 return
+        check_stop()
         self._end_run(Status.COMPLETED)
 
-    def _log_to_mlflow_or_warn(self, files: list[tuple[Path, str | None]]) -> bool:
+    def _log_to_mlflow_or_warn(self, files: list[tuple[Path, str | None]], check_stop: Callable[[], None]) -> bool:
         """Uploads `files` (path, artifact folder) to the MLflow run of a completed job, stopping at the first
         failure. The job's files are already in the artifact store, its durable copy: a failure is one WARNING
-        line that says what the run misses and where the files are, and False is returned."""
+        line that says what the run misses and where the files are, and False is returned. `check_stop` runs
+        before each upload (it raises StopRequested)."""
         assert self.run is not None
         for index, (path, folder) in enumerate(files):
+            check_stop()
             try:
                 self._log_to_mlflow(path, folder)
             except TrackingError as error:
@@ -238,6 +269,9 @@ class JobRecorder:
     ) -> None:
         """Best effort for a cancelled or failed job: stores the last checkpoint and results.json, ends the run.
 
+        After `finish` (a cancel while it stored the results), files it already stored are not sent again, the
+        stored results.json is replaced and the run is ended again, with the status given here.
+
         Never raises: a problem is logged as a WARNING line in the job's logs.
 
         Args:
@@ -248,12 +282,14 @@ class JobRecorder:
         checkpoint = (result.last_checkpoint if result else None) or last_checkpoint
         try:
             results = self._write_results(result, status=status)
-            if checkpoint is not None and Path(checkpoint).is_file():
-                self.artifacts["last_checkpoint"] = self.store.upload(Path(checkpoint), "weights/last.pt")
-            self.artifacts["results"] = self.store.upload(results, "results.json")
+            checkpoint = Path(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
+            if checkpoint is not None and (checkpoint, "weights/last.pt") not in self._stored:
+                self.artifacts["last_checkpoint"] = self._upload(checkpoint, "weights/last.pt")
+            self.artifacts["results"] = self._upload(results, "results.json")
             if self.run is not None:
-                if checkpoint is not None and Path(checkpoint).is_file():
-                    self._log_to_mlflow(Path(checkpoint), "checkpoints")
+                # After `finish`, the run may hold the best checkpoint already: that one is kept, not sent again.
+                if checkpoint is not None and not any(folder == "checkpoints" for _, folder in self._logged):
+                    self._log_to_mlflow(checkpoint, "checkpoints")
                 self._log_to_mlflow(results, None)
         except Exception as error:
             self._warn(f"Storing the {status.value} job's last checkpoint failed: {error}")
@@ -273,12 +309,17 @@ class JobRecorder:
             return
         if "results" in self.artifacts:
             try:
-                self.artifacts["results"] = self.store.upload(results, "results.json")
+                self.artifacts["results"] = self._upload(results, "results.json")
             except Exception as upload_error:
                 self._warn(
                     "Replacing the stored results.json of the failed job failed (it still says completed): "
                     + redact_urls(str(upload_error))
                 )
+
+    def _upload(self, path: Path, key: str) -> str:
+        uri = self.store.upload(path, key)
+        self._stored.add((path, key))
+        return uri
 
     def _log_to_mlflow(self, path: Path, artifact_path: str | None) -> None:
         assert self.run is not None
@@ -289,6 +330,7 @@ class JobRecorder:
                 f"{self.run.settings.setting}: uploading {path.name} to the MLflow run failed: "
                 f"{self.run.describe_error(error)}"
             ) from error
+        self._logged.add((path, artifact_path))
 
     def _write_results(
         self, result: TrainingResult | None, *, status: Status | None = None, error: str | None = None
@@ -309,9 +351,11 @@ class JobRecorder:
         return path
 
     def _end_run(self, status: Status, *, fail_fast: bool = False) -> None:
-        if self.run is None or self._ended:
+        """Ends the run with `status`'s MLflow status; a run ended with another status (FINISHED, then a cancel
+        before the job's status was reported) is ended again."""
+        if self.run is None or self._ended == status:
             return
-        self._ended = True
+        self._ended = status
         try:
             self.run.end(_RUN_STATUS[status], fail_fast=fail_fast)
         except Exception as error:

@@ -29,6 +29,10 @@ job's MLflow run and stores its config; checkpoints and results are stored when 
 - 2: bad command-line arguments (argparse); no status is reported, there may be no job to report to.
 - 143 (128 + SIGTERM): CANCELLED. SIGTERM (or SIGINT) stops training at the next batch boundary, writes the last
   checkpoint and exits 143, so a supervisor can tell a cancelled run from a completed one by the exit code alone.
+  After training, while the results are stored, it stops the upload once the file in flight is stored and ends
+  the job CANCELLED too: results.json says `cancelled` and the MLflow run ends KILLED (`recorder.StopRequested`).
+  So it does when the backend refuses the COMPLETED that followed (it had committed the cancel first), waiting
+  up to FINAL_ANSWER_WAIT_S for that answer; a signal after the backend took COMPLETED changes nothing.
   A second signal kills the process at once. A supervisor may first write why into `<output_dir>/stop_reason`
   (`progress.STOP_REASON_FILE`, one line): the CANCELLED status then gives `stop requested: <that line>` as its
   reason.
@@ -46,6 +50,7 @@ reports FAILED with that rank's error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -65,7 +70,7 @@ from trainingplatform_sdk.telemetry import SystemMetricsSampler, TrainingLogger
 from trainingplatform_sdk.training.adapter import NullSink, Status, TelemetrySink, TrainingAdapter
 from trainingplatform_sdk.training.artifacts import StorageError
 from trainingplatform_sdk.training.progress import STOP_REASON_FILE
-from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings
+from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings, StopRequested
 from trainingplatform_sdk.training.registry import resolve_adapter
 from trainingplatform_sdk.training.tracking import TrackingError, redact_urls
 
@@ -101,6 +106,11 @@ EXIT_FAILED = 1
 EXIT_CANCELLED = 128 + signal.SIGTERM
 #: Seconds `close()` may take to deliver the last telemetry.
 CLOSE_TIMEOUT_S = 30.0
+#: Seconds a job that stored its results waits for the backend to answer its COMPLETED, the signal of a cancel
+#: still handled: a cancel the backend committed first ends the job's records cancelled too.
+FINAL_ANSWER_WAIT_S = 10.0
+#: Seconds the SIGTERM of a cancel may follow the backend's refusal of COMPLETED.
+STOP_AFTER_REFUSAL_WAIT_S = 5.0
 #: The config sections, as named in MLflow params and config.json.
 _SECTIONS = ("model", "dataset", "training", "advanced")
 #: Seconds rank 0, failing, waits for a peer's error file: a failed peer writes it before its connections close.
@@ -222,17 +232,26 @@ def run_job(
         result = adapter.train()
         if system_metrics is not None:
             system_metrics.stop()  # no sample after the final status
-        if result.status == Status.CANCELLED:
-            _report(logger, f"Training cancelled after {result.epochs_completed} epoch(s)")
+        when = ""
+        if result.status != Status.CANCELLED:
+            _report(logger, f"Training completed: {result.epochs_completed} epoch(s)")
+            refused_before = _calls_refused(logger)
             if recorder is not None:
-                recorder.abort(Status.CANCELLED, result=result)
-            logger.update_status(Status.CANCELLED, reason=_stop_reason(Path(output_dir)))
-            return EXIT_CANCELLED
-        _report(logger, f"Training completed: {result.epochs_completed} epoch(s)")
+                with contextlib.suppress(StopRequested):
+                    recorder.finish(result, stop=stop.is_set)
+            when = ", while its results were stored"
+            if not stop.is_set():
+                logger.update_status(Status.COMPLETED)
+                if recorder is None or refused_before is None or not _completed_refused(logger, refused_before, stop):
+                    return EXIT_COMPLETED
+                when = ", after its results were stored (the backend had cancelled the job before COMPLETED came)"
+            # Cancelled while the results were stored, or just after (the backend's job is CANCELLED already when
+            # the trainer service cancelled it): the upload stops and every record says cancelled, none completed.
+        _report(logger, f"Training cancelled after {result.epochs_completed} epoch(s){when}")
         if recorder is not None:
-            recorder.finish(result)
-        logger.update_status(Status.COMPLETED)
-        return EXIT_COMPLETED
+            recorder.abort(Status.CANCELLED, result=result)
+        logger.update_status(Status.CANCELLED, reason=_stop_reason(Path(output_dir)))
+        return EXIT_CANCELLED
     except (TrackingError, StorageError) as error:
         if system_metrics is not None:
             system_metrics.stop()
@@ -267,6 +286,32 @@ def run_job(
             system_metrics.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _calls_refused(logger: TelemetrySink) -> int | None:
+    """How many calls (statuses, run info) the backend refused for good so far; None for a sink that does not say."""
+    calls_failed = getattr(getattr(logger, "stats", None), "calls_failed", None)
+    return calls_failed if isinstance(calls_failed, int) else None
+
+
+def _completed_refused(logger: TelemetrySink, refused_before: int, stop: threading.Event) -> bool:
+    """Whether the job was cancelled at the backend before its COMPLETED arrived: the backend refused a call made
+    since the results began to be stored (COMPLETED, or the run info: the job had ended) and the cancel's SIGTERM
+    came. Waits up to FINAL_ANSWER_WAIT_S for the backend's answer, and STOP_AFTER_REFUSAL_WAIT_S more for the
+    signal, which follows the backend's commit of the cancel. An unreachable backend's answer is not waited for
+    longer: the trainer service reports the end once the process exited."""
+    logger.flush(FINAL_ANSWER_WAIT_S)
+    refused = _calls_refused(logger)
+    if refused is None or refused <= refused_before:
+        return False
+    if stop.wait(STOP_AFTER_REFUSAL_WAIT_S):
+        return True
+    message = (
+        "The backend refused the job's COMPLETED status: the job had already ended (see its status there); "
+        "results.json and the MLflow run say completed"
+    )
+    _report(logger, message, level="WARNING")
+    return False
 
 
 def torchrun_rank(env: Mapping[str, str]) -> tuple[int, int]:
