@@ -366,3 +366,61 @@ def test_tls_to_a_plaintext_backend_is_one_line_without_grpc_log_lines(seeded: S
         f"error: the TLS handshake with https://{seeded.backend.address} "
     ), result.stderr
     assert "may not speak TLS" in lines[0] and "without https://" in lines[0], lines
+
+
+# --- 9. errors that name the flag, the setting or the file -----------------------------------------------------
+
+
+def _one_line(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stderr)
+    return lines[0]
+
+
+def test_an_advanced_config_file_that_cannot_be_read_is_named(seeded: Seeded, tmp_path: Path):
+    # It said "[Errno 2] No such file or directory: '/nonexistent.json'": neither the flag nor what to do.
+    missing = tmp_path / "nonexistent.json"
+    line = _one_line(
+        seeded.tp(
+            "train", "--framework", "timm", "--model", "m", "--dataset", "digits", "--advanced-config", f"@{missing}"
+        )
+    )
+    assert "--advanced-config" in line and str(missing) in line and "No such file" in line, line
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    line = _one_line(
+        seeded.tp(
+            "train", "--framework", "timm", "--model", "m", "--dataset", "digits", "--advanced-config", f"@{binary}"
+        )
+    )
+    assert "--advanced-config" in line and str(binary) in line and "UTF-8" in line, line
+
+
+def test_a_token_file_that_is_not_utf8_names_the_file(seeded: Seeded, tmp_path: Path):
+    # It said "'utf-8' codec can't decode byte 0xff in position 0": which file?
+    (tmp_path / "frontend_auth_token").write_bytes(b"\xff\xfetoken\n")
+    env = seeded.env()
+    del env["INTERNAL_AUTH_TOKEN"]
+    line = _one_line(seeded.tp("--data-dir", str(tmp_path), "jobs", env=env))
+    assert str(tmp_path / "frontend_auth_token") in line and "UTF-8" in line, line
+
+
+@pytest.mark.parametrize(
+    ("address", "said"),
+    [
+        ("[::1", "Invalid IPv6 URL"),  # urlsplit's own words, and nothing else, were the whole error
+        ("nosuchhost.invalid:1", "nosuchhost.invalid"),  # gRPC's "errors resolving ..." with no hint
+    ],
+)
+def test_a_bad_backend_address_names_the_flag(seeded: Seeded, address: str, said: str):
+    line = _one_line(seeded.tp("--backend", address, "jobs"))
+    assert "--backend" in line and said in line, line
+
+
+def test_a_password_in_the_backend_address_is_refused_and_never_shown(seeded: Seeded):
+    # A user and password in the address are not used (the token is), and the error echoed the password.
+    line = _one_line(seeded.tp("--backend", f"https://user:s3cret@{seeded.backend.address}", "jobs"))
+    assert "s3cret" not in line and "--backend" in line and "user name or password" in line, line
+    env = seeded.env(TP_BACKEND_ADDRESS=f"user:s3cret@{seeded.backend.address}")
+    line = _one_line(seeded.tp("jobs", env=env))
+    assert "s3cret" not in line and "TP_BACKEND_ADDRESS" in line, line

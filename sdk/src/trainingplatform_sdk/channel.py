@@ -173,40 +173,63 @@ def parse_backend_address(address: str) -> BackendAddress:
 
     `http://` is read as plaintext and `grpcs://` as TLS; a URL path (left over from the old HTTP API) is ignored.
 
+    A user name or password in it (`https://user:secret@host`) is refused: gRPC would not send it (the token is
+    the credential), and it is never shown in a message.
+
     Raises:
-        ValueError: The address has no host, no port where one is needed, or an unknown scheme.
+        ValueError: The address has no host, no port where one is needed, an unknown scheme, a user name or
+            password, or is no URL at all (an IPv6 host without its closing bracket).
     """
     text = address.strip()
+    shown = redact_address(text)
     if not text:
         raise ValueError("backend address is empty")
-    if "://" in text:
-        parts = urlsplit(text)
-        scheme = parts.scheme.lower()
-        if scheme in _TLS_SCHEMES:
-            tls = True
-        elif scheme in _PLAINTEXT_SCHEMES:
-            tls = False
+    try:
+        if "://" in text:
+            parts = urlsplit(text)
+            scheme = parts.scheme.lower()
+            if scheme in _TLS_SCHEMES:
+                tls = True
+            elif scheme in _PLAINTEXT_SCHEMES:
+                tls = False
+            else:
+                raise ValueError(f"backend address {shown!r}: scheme must be grpc://, http://, https:// or grpcs://")
+            if parts.path not in ("", "/"):
+                _LOG.warning("backend address %r: ignoring the path %r (gRPC has none)", shown, parts.path)
         else:
-            raise ValueError(f"backend address {address!r}: scheme must be grpc://, http://, https:// or grpcs://")
-        if parts.path not in ("", "/"):
-            _LOG.warning("backend address %r: ignoring the path %r (gRPC has none)", address, parts.path)
-    else:
-        parts = urlsplit("//" + text)
-        tls = False
+            parts = urlsplit("//" + text)
+            tls = False
+    except ValueError as exc:
+        if str(exc).startswith("backend address"):
+            raise
+        raise ValueError(f"backend address {shown!r} is malformed: {exc}") from None
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"backend address {shown!r}: a user name or password in it is not used (the token is sent instead); "
+            "remove the `user:password@` part"
+        )
     try:
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"backend address {address!r}: invalid port") from exc
+        raise ValueError(f"backend address {shown!r}: invalid port") from exc
     host = parts.hostname
     if not host:
-        raise ValueError(f"backend address {address!r} has no host")
+        raise ValueError(f"backend address {shown!r} has no host")
     if port is None:
         if not tls:
-            raise ValueError(f"backend address {address!r} needs a port (host:port)")
+            raise ValueError(f"backend address {shown!r} needs a port (host:port)")
         port = 443
     if ":" in host:
         host = f"[{host}]"
     return BackendAddress(target=f"{host}:{port}", tls=tls)
+
+
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/?#]*@")
+
+
+def redact_address(address: str) -> str:
+    """`address` without a `user:password@` part, to be shown in a message."""
+    return _USERINFO.sub(lambda found: found.group(1) or "", address, count=1)
 
 
 def open_channel(

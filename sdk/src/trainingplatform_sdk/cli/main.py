@@ -79,8 +79,13 @@ def _data_dir_given(argv: Sequence[str]) -> bool:
 def _client(args: argparse.Namespace) -> JobsClient:
     """A client of the backend found by `resolve_connection` (flags, environment, per-user config, ./.data)."""
     global _connection
-    _connection = resolve_connection(args.backend, args.data_dir if getattr(args, "data_dir_given", False) else None)
-    return JobsClient(_connection.address, _connection.token)
+    connection = resolve_connection(args.backend, args.data_dir if getattr(args, "data_dir_given", False) else None)
+    try:
+        parse_backend_address(connection.address)
+    except ValueError as error:
+        raise CliError(f"{connection.address_source}: {error}") from None
+    _connection = connection
+    return JobsClient(connection.address, connection.token)
 
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -119,7 +124,14 @@ def _job_label(job: Job) -> str:
 def _load_json(value: str | None) -> dict[str, Any]:
     if not value:
         return {}
-    text = Path(value[1:]).read_text() if value.startswith("@") else value
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise CliError(f"--advanced-config: {value[1:]} is not UTF-8 text") from None
+        except OSError as error:
+            raise CliError(f"--advanced-config: cannot read {value[1:]}: {error.strerror or error}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -733,6 +745,13 @@ def _error_line(error: BaseException) -> str:
             return _handshake_failed(connection.address, message)
         if connection is not None and isinstance(error, UnavailableError) and "socket closed" in message.lower():
             return _closed_at_connect(connection.address)
+        if connection is not None and isinstance(error, UnavailableError) and "errors resolving" in message.lower():
+            found = re.search(r"lookup failed for [^:]+:\d+: (.+?)\]?$", message)
+            why = f" ({found.group(1)})" if found else ""
+            return (
+                f"cannot resolve the host of the backend address {connection.address} (from "
+                f"{connection.address_source}){why}: check the name, or pass --backend / set TP_BACKEND_ADDRESS"
+            )
         if (
             connection is not None
             and isinstance(error, UnavailableError)

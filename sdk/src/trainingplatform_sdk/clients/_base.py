@@ -178,10 +178,22 @@ class Connection:
     """`TP_AUTH_TOKEN`, `INTERNAL_AUTH_TOKEN`, or the token file's path (with how it was found)."""
 
 
+def _read_token(path: Path) -> str:
+    """The token in a token file, stripped.
+
+    Raises:
+        ConfigError: the file is not UTF-8 text (the message names it).
+    """
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"the token file {path} is not UTF-8 text: write the token into it as text") from None
+
+
 def _token_file(directory: Path) -> Path | None:
     for file_name in (FRONTEND_TOKEN_FILE, INTERNAL_TOKEN_FILE):
         path = directory / file_name
-        if path.is_file() and path.read_text().strip():
+        if path.is_file() and _read_token(path):
             return path
     return None
 
@@ -212,7 +224,7 @@ def resolve_connection(address: str | None = None, data_dir: str | os.PathLike[s
 
     def found(path: Path, how: str) -> Connection:
         source = f"{path} ({how})"
-        return Connection(resolved, address_source, check_token(path.read_text().strip(), source), source)
+        return Connection(resolved, address_source, check_token(_read_token(path), source), source)
 
     if data_dir is not None:
         path = _token_file(Path(data_dir))
@@ -230,7 +242,7 @@ def resolve_connection(address: str | None = None, data_dir: str | os.PathLike[s
         looked.append(f"TP_DATA_DIR={os.environ['TP_DATA_DIR'].strip()}")
     if config.get("token_file"):
         path = Path(config["token_file"])
-        if path.is_file() and path.read_text().strip():
+        if path.is_file() and _read_token(path):
             return found(path, where)
         looked.append(f"{path} (named by {where})")
     path = _token_file(Path(DEFAULT_DATA_DIR))
@@ -270,7 +282,7 @@ def default_token(data_dir: str | os.PathLike[str] | None = None) -> str:
     for file_name in (FRONTEND_TOKEN_FILE, INTERNAL_TOKEN_FILE):
         path = directory / file_name
         if path.exists():
-            token = path.read_text().strip()
+            token = _read_token(path)
             if token:
                 return token
     raise UnauthenticatedError(
