@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -72,8 +73,8 @@ _INTERRUPTED_CLOSE = textwrap.dedent(
     logger.update_status("running")
     logger.log_metric("loss", 1.0, step=0)
     logger.update_status("completed")
-    print("closing", flush=True)
     try:
+        print("closing", flush=True)
         logger.close(timeout=60)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
@@ -96,6 +97,7 @@ def test_close_interrupted_by_ctrl_c_then_closed_again_keeps_the_status(
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "closing"
+    time.sleep(1.0)  # into close's wait (of up to 60 s)
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=60)
     lines = out.splitlines()
