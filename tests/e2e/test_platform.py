@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +92,39 @@ def test_train_follows_a_job_to_completion_and_the_read_commands_work(stack: Sta
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     watched = tp(stack, "watch", job_id)
     assert watched.returncode == 0 and "COMPLETED" in watched.stdout
+
+
+def test_train_prints_the_final_status_after_the_last_progress_line(stack: Stack):
+    """`tp train`'s live output ends with the job's final status: the progress bar, complete, comes before it, and
+    nothing of the progress (bar, log lines) after it; the summary follows, after a blank line."""
+    result = tp(
+        stack,
+        "train",
+        "--framework",
+        "timm",
+        "--model",
+        "resnet10t",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--log-every-n-steps",
+        "1",
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    job_id = lines[0].split(" ", 2)[1]
+    final = lines.index("status COMPLETED")
+    live = lines[:final]
+    assert lines[final + 1 :][:2] == ["", lines[final + 2]] and lines[final + 2].startswith(f"job {job_id}: COMPLETED")
+    bars = [line for line in live if re.match(r"epoch \d+/\d+ \[", line)]
+    assert bars and bars[-1].startswith("epoch 1/1 [########################] 100% step "), result.stdout
+    assert live[-1] == bars[-1], result.stdout  # the final bar is the last progress line, right before the status
+    with JobsClient(stack.backend_address, stack.token) as client:
+        last_step = max(point.step for point in client.metrics(job_id) if point.step is not None)
+    assert f" step {last_step} " in bars[-1] + " ", (last_step, bars[-1])
 
 
 def test_cancel_ends_the_job_cancelled_and_keeps_its_telemetry(stack: Stack):

@@ -138,3 +138,21 @@ def test_a_status_ends_the_wait_and_keeps_every_line_in_its_place(clock: _Clock)
         "[info   ] Training completed: 3 epoch(s)",
         "status COMPLETED",
     ]
+
+
+def test_the_final_status_is_printed_last_after_late_lines_and_the_final_bar(clock: _Clock) -> None:
+    # A cancelled job's trainer logs on after the status changed (its last checkpoint stored): those lines and the
+    # final progress bar come before the status, which nothing of the progress follows.
+    out = io.StringIO()
+    follower = Follower(_job(), out)
+    status = StatusChange(3, "RUNNING", "CANCELLED", "stop requested", "", None)
+    follower.feed(TelemetryEvent(kind="status", cursor=Cursor(), status=status))
+    follower.feed(_log(4, "Training cancelled after 1 epoch(s)"))
+    follower.finish()
+    lines = out.getvalue().splitlines()
+    assert lines[-3:] == [
+        "[info   ] Training cancelled after 1 epoch(s)",
+        lines[-2],
+        "status CANCELLED (stop requested)",
+    ]
+    assert lines[-2].startswith("epoch 1/3 [")

@@ -115,6 +115,7 @@ def fmt_value(value: float) -> str:
 
 
 _EPOCH_LOG = re.compile(r"^Epoch (\d+)/\d+: ")
+_FINAL_STATUSES = ("COMPLETED", "FAILED", "CANCELLED")
 
 EPOCH_LINE_WAIT_S = 2.0
 """How long the trainer's own "Epoch N/M: ..." line waits for the epoch's summary, which says the same and is
@@ -146,6 +147,8 @@ class Follower:
         # log lines that came after it, waiting with it.
         self._held: tuple[int, float, str] | None = None
         self._waiting: list[LogLine] = []
+        # The final status (and its error), printed last by `finish`.
+        self._final_lines: list[str] = []
 
     def feed(self, event: TelemetryEvent) -> None:
         """Takes one subscription event."""
@@ -183,9 +186,16 @@ class Follower:
             if self.final_status == "COMPLETED":
                 self.done_epochs = max(self.job.epochs, 1)
             reason = f" ({printable(event.status.reason)})" if event.status.reason else ""
-            self.say(f"status {event.status.to_status}{reason}")
+            lines = [f"status {event.status.to_status}{reason}"]
             if event.status.error_message:
-                self.say(f"error: {printable(event.status.error_message, ' ' * 7)}")
+                lines.append(f"error: {printable(event.status.error_message, ' ' * 7)}")
+            if self.final_status in _FINAL_STATUSES:
+                # Printed by `finish`, after everything that still comes (late logs, the last metrics) and the
+                # final progress bar: the final status is the view's last word.
+                self._final_lines = lines
+            else:
+                for text in lines:
+                    self.say(text)
         elif event.kind == "lagged":
             self.say("(fell behind the live stream; catching up from the database)")
 
@@ -249,12 +259,16 @@ class Follower:
                 return
 
     def finish(self) -> None:
-        """Ends the progress line: the bar as it ends (full when the job completed)."""
+        """Ends the progress: the bar as it ends (full when the job completed), then the final status, if one came:
+        nothing of the progress follows it."""
         self._release()
         if self.tty:
             safe_write(self.out, "\r\033[K" + self._bar() + "\n")
         else:
             safe_write(self.out, self._bar() + "\n")
+        for line in self._final_lines:
+            safe_write(self.out, line + "\n")
+        self._final_lines = []
 
 
 def log_text(line: LogLine, prefix: str = "") -> str:
