@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -237,3 +238,33 @@ def test_a_run_that_ended_during_a_backend_outage_is_delivered_from_its_spool(
     assert steps == list(range(1, 41))  # every batch loss, once, in order
     assert backend.status_events(job_id) == ["PENDING", "RUNNING", "COMPLETED"]
     assert backend.cursor_row(job_id)["duplicate_count"] == 0
+
+
+def test_a_shutdown_while_the_backend_is_down_keeps_an_undelivered_end_for_the_next_start(
+    tmp_path: Path, backend: BackendProcess
+) -> None:
+    """A service stopped while an ended run's spool cannot reach the backend stops within its report budget (it
+    used to wait 60 s for the reports, then 60 s more for the replay thread) and leaves the run unreported; the
+    next start on the same data directory delivers the spool, then the final status, nothing lost or doubled."""
+    trainer = TrainerProcess(tmp_path / "trainer", env={"TP_TRAINER_ADAPTER": FAKE_ADAPTER}).start()
+    try:
+        job_id, token = backend.create_job()
+        backend.stop()
+        run_id = trainer.start_training(
+            job_id, spec(epochs=2, extra={"fake_batches": 20, "fake_batch_s": 0.01}), backend.address, token
+        )
+        trainer.wait_state(run_id, trainer_pb2.RUN_STATE_SUCCEEDED, timeout=180)
+        wait_until(lambda: "replaying" in trainer.log_text(), timeout=60, what="the service to replay the spool")
+        started = time.monotonic()
+        assert trainer.stop() == 0
+        took = time.monotonic() - started
+        assert took < 40, f"the shutdown took {took:.0f} s"  # 10 s for the reports, then the open calls' 5 s
+        assert "is kept for the next start of this service" in trainer.log_text()
+        backend.restart()
+        trainer.start()
+        wait_until(lambda: backend.job_status(job_id) == "COMPLETED", timeout=120, what="the job to complete")
+        steps = [row[3] for row in backend.metric_rows(job_id) if row[1] == "train/batch_loss"]
+        assert steps == list(range(1, 41))
+        assert backend.cursor_row(job_id)["duplicate_count"] == 0
+    finally:
+        trainer.close()

@@ -3,13 +3,15 @@
 When a run ends, `report_end` first delivers whatever the process left in its spool, then the terminal status its
 exit implies, so a status never overtakes the metrics logged before it. The spool is retried with backoff, for up
 to SPOOL_REPLAY_MAX_S, while the backend is unreachable and while another process still holds its lock; the
-status waits for it.
+status waits for it. A shutdown of the service (`stop` set) ends the delivery within about a second, leaving the rest
+in the spool and the run unreported, for the next start of the service on the same data directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +32,8 @@ _log = logging.getLogger(__name__)
 SPOOL_REPLAY_MAX_S = 3600.0
 #: Longest wait between two attempts to deliver an ended run's spool, in seconds.
 SPOOL_REPLAY_MAX_DELAY_S = 30.0
+#: How long one attempt waits for the backend to commit an ended run's spool, in seconds.
+SPOOL_REPLAY_ATTEMPT_S = 60.0
 
 # Worth another try: the backend restarting or briefly overloaded.
 _RETRYABLE = frozenset(
@@ -112,9 +116,16 @@ async def report_status(
         await channel.close()
 
 
-async def report_end(run: Run) -> None:
-    """Delivers an ended run's leftover spool, then reports the terminal status its end implies."""
-    await _deliver_spool(run)
+async def report_end(run: Run, stop: threading.Event | None = None) -> bool:
+    """Delivers an ended run's leftover spool, then reports the terminal status its end implies.
+
+    Returns:
+        False when `stop` (the service shutting down) ended the spool's delivery first: nothing was reported and
+        the rest is in the spool. True otherwise (reported, or given up after SPOOL_REPLAY_MAX_S, logged).
+    """
+    stop = stop or threading.Event()
+    if not await _deliver_spool(run, stop):
+        return False
     if run.state == trainer_pb2.RUN_STATE_SUCCEEDED:
         await _report(run, common_pb2.JOB_STATUS_COMPLETED, "the training process exited with code 0")
     elif run.state == trainer_pb2.RUN_STATE_CANCELLED:
@@ -129,35 +140,40 @@ async def report_end(run: Run) -> None:
             "the trainer service saw the training process end abnormally",
             run.error_message,
         )
+    return True
 
 
-async def _deliver_spool(run: Run) -> None:
+async def _deliver_spool(run: Run, stop: threading.Event) -> bool:
     """Replays what the ended process left in its spool, retrying while the backend is unreachable or while
     another process still holds the spool's lock (a forked data loader worker of the ended process, which may
-    outlive it for a moment)."""
+    outlive it for a moment). False when `stop` ended it first."""
     spool = run.output_dir / "spool"
     if not spool.is_dir():
-        return
+        return True
     delay, deadline = 1.0, time.monotonic() + SPOOL_REPLAY_MAX_S
     while True:
         try:
-            delivered = await asyncio.to_thread(_replay_spool, run, spool)
+            delivered = await asyncio.to_thread(_replay_spool, run, spool, stop)
         except SpoolLockedError as error:
             _log.info("run %s: %s; retrying in %.0fs", run.run_id, error, delay)
             delivered = False
         except Exception:
             _log.exception("replaying the spool of run %s failed", run.run_id)
-            return
+            return True
         if delivered:
-            return
+            return True
+        if stop.is_set():
+            return False
         if time.monotonic() + delay > deadline:
             _log.error(
                 "run %s: the backend stayed unreachable or the spool locked; its spool %s is kept undelivered",
                 run.run_id,
                 spool,
             )
-            return
-        await asyncio.sleep(delay)
+            return True
+        await asyncio.to_thread(stop.wait, delay)
+        if stop.is_set():
+            return False
         delay = min(delay * 2, SPOOL_REPLAY_MAX_DELAY_S)
 
 
@@ -175,14 +191,24 @@ async def _report(run: Run, status: common_pb2.JobStatus, reason: str, error: st
         _log.exception("reporting the end of run %s failed", run.run_id)
 
 
-def _replay_spool(run: Run, spool: Path) -> bool:
-    """Delivers a spool through a TrainingLogger of the job (replayed on creation); True when nothing is left."""
+def _replay_spool(run: Run, spool: Path, stop: threading.Event) -> bool:
+    """Delivers a spool through a TrainingLogger of the job (replayed on creation), for up to
+    SPOOL_REPLAY_ATTEMPT_S or until `stop` is set; True when nothing is left."""
     from trainingplatform_sdk.telemetry.logger import TrainingLogger
 
     logger = TrainingLogger(
         run.job_id, backend_address=run.telemetry_endpoint, token=run.telemetry_token, spool_dir=spool
     )
-    report = logger.close(timeout=60)
+    deadline = time.monotonic() + SPOOL_REPLAY_ATTEMPT_S
+    while not stop.is_set() and logger.enabled:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        began = time.monotonic()
+        if logger.flush(timeout=min(1.0, remaining)):
+            break
+        stop.wait(max(0.0, 1.0 - (time.monotonic() - began)))  # a flush that fails at once is not a busy loop
+    report = logger.close(timeout=0.0 if stop.is_set() else 5.0)
     left = report.pending_metrics + report.pending_logs + report.calls_pending
     if report.replayed or left:
         _log.info("run %s: replayed %d points left in its spool, %d still pending", run.run_id, report.replayed, left)

@@ -34,6 +34,10 @@ the directory (`tp up` runs them so) and leave each other's runs alone.
 - a run that ended without its end reported (the service died meanwhile) is reported now: its spool first, then
   its status;
 - every other run is listed as it ended.
+
+A shutdown waits REPORT_DRAIN_S for the reports of the runs that ended (a backend that does not take them would
+otherwise hold it for as long as the spools' delivery is retried); a run still unreported then keeps its spool and
+stays unreported, so the next start on the same data directory reports it (one WARNING names it).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Coroutine
@@ -97,6 +102,9 @@ _CANCELLED_BY_REQUEST = "cancelled by CancelTraining"
 _CANCELLED_BY_SHUTDOWN = "the trainer service shut down"
 #: Seconds between two checks of an adopted process, which is not the service's child.
 ADOPTED_POLL_S = 0.2
+#: How long a shutdown waits, once the runs have stopped, for their ends to be reported (spools first); what the
+#: backend has not taken by then stays in the spools, and the next start of the service reports it.
+REPORT_DRAIN_S = 10.0
 
 
 class Supervisor:
@@ -120,6 +128,7 @@ class Supervisor:
         self._start_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shutting_down = False
+        self._stop_reporting = threading.Event()  # set when a shutdown stops waiting for the reports
         self._lock_fd = -1
 
     # --- Adopting what a previous service left -------------------------------------------------------------------
@@ -342,7 +351,12 @@ class Supervisor:
                 self._stop(run, self._settings.cancel_grace_s, _CANCELLED_BY_SHUTDOWN)
         await asyncio.gather(*(run.exited.wait() for run in live))
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=60)
+            _done, pending = await asyncio.wait(list(self._tasks), timeout=REPORT_DRAIN_S)
+            if pending:  # a backend that does not take them: the next start of this service reports them
+                self._stop_reporting.set()
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=5)
 
     # --- Watching ---------------------------------------------------------------------------------------------
 
@@ -353,7 +367,19 @@ class Supervisor:
 
     async def _report_end(self, run: Run) -> None:
         if run.telemetry_endpoint:
-            await report_end(run)
+            try:
+                reported = await report_end(run, self._stop_reporting)
+            except asyncio.CancelledError:
+                reported = False
+            if not reported:
+                _log.warning(
+                    "run %s of job %s: its end is not reported yet (the backend did not take it within %.0f s of the "
+                    "shutdown); it is kept for the next start of this service",
+                    run.run_id,
+                    run.job_id,
+                    REPORT_DRAIN_S,
+                )
+                return
         run.reported = True
         run.save()
 
