@@ -37,9 +37,10 @@ sdk/node/node_modules/.package-lock.json: sdk/node/package.json sdk/node/package
 	npm ci --prefix sdk/node --no-audit --no-fund --loglevel=error
 
 # Lint then every test suite, spread over the cores (pytest-xdist: every test makes its own servers, ports and
-# databases); the PostgreSQL tests need the server on 127.0.0.1:5432.
+# databases). Whole modules go to a worker (loadscope), so a module's costly fixture (the timm adapter tests' digits
+# training) runs once, not once per worker. The PostgreSQL tests need the server on 127.0.0.1:5432.
 test: setup lint
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 demo: setup
 	$(VENV)/bin/tp demo
