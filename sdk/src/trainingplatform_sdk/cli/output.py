@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -213,16 +214,22 @@ class Follower:
 
     def _progress(self) -> None:
         if self.tty:
-            safe_write(self.out, "\r\033[K" + self._bar())
+            self._write("\r\033[K" + self._bar())
         elif time.monotonic() - self._last_line > 2.0:  # a log file gets a line every 2 s, not a flood
             self._last_line = time.monotonic()
-            safe_write(self.out, self._bar() + "\n")
+            self._write(self._bar() + "\n")
 
     def say(self, text: str) -> None:
         if self.tty:
-            safe_write(self.out, "\r\033[K" + text + "\n" + self._bar())
+            self._write("\r\033[K" + text + "\n" + self._bar())
         else:
-            safe_write(self.out, text + "\n")
+            self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        """Writes to the output; a reader that went away (`tp watch JOB | head -1`) ends the command as it ends the
+        others (BrokenPipeError: quietly, 141) rather than following the job to its end for nobody."""
+        if not safe_write(self.out, text):
+            raise BrokenPipeError(errno.EPIPE, "the output was closed")
 
     def _log_line(self, line: LogLine) -> None:
         if self._held is not None:
@@ -262,12 +269,9 @@ class Follower:
         """Ends the progress: the bar as it ends (full when the job completed), then the final status, if one came:
         nothing of the progress follows it."""
         self._release()
-        if self.tty:
-            safe_write(self.out, "\r\033[K" + self._bar() + "\n")
-        else:
-            safe_write(self.out, self._bar() + "\n")
+        self._write(("\r\033[K" if self.tty else "") + self._bar() + "\n")
         for line in self._final_lines:
-            safe_write(self.out, line + "\n")
+            self._write(line + "\n")
         self._final_lines = []
 
 
