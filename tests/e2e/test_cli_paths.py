@@ -278,6 +278,53 @@ def test_a_service_that_cannot_start_is_named_with_its_reason_and_the_others_are
     assert wait_gone(listening_processes(up.ports), 60) == []
 
 
+@pytest.mark.parametrize(
+    ("same", "flags"),
+    [((0, 1), "--backend-port and --timm-port"), ((1, 2), "--timm-port and --ultralytics-port")],
+)
+def test_two_services_on_one_port_are_refused_before_anything_starts(
+    tmp_path: Path, same: tuple[int, int], flags: str
+) -> None:
+    # It started everything and wrote the per-user config, then said "error: backend exited; stopping the stack"
+    # (the backend could not listen: the timm trainer had the port and answered its health check).
+    ports = [free_port() for _ in range(4)]
+    ports[same[1]] = ports[same[0]]
+    up = start_up(tmp_path, ports=ports)
+    code = up.process.wait(60)
+    assert up.ready.wait(10)
+    assert code == 2, up.text
+    assert up.text.startswith("error: "), up.text
+    assert len(up.lines) == 1 and flags in up.text and str(ports[same[0]]) in up.text, up.text
+    assert not (tmp_path / "data").exists() and not up.config.exists()
+    assert not listening_processes(ports)
+
+
+def test_a_service_that_dies_after_the_start_is_named_with_its_log_and_the_config_is_taken_back(
+    tmp_path: Path,
+) -> None:
+    # It said "error: backend exited; stopping the stack" (the why only in logs/backend.log), and left the per-user
+    # config pointing at the stopped stack.
+    up = start_up(tmp_path)
+    try:
+        assert up.ready.wait(180), up.text
+        assert up.config.exists()
+        (tmp_path / "data" / "logs" / "backend.log").open("a").write("ERROR the last words of the backend\n")
+        os.kill(up.pids["backend"], signal.SIGKILL)
+        code = up.process.wait(90)
+        assert up.process.stdout is not None
+        rest = up.process.stdout.read()
+    finally:
+        stop_up(up)
+    assert code == 2, up.text + rest
+    error = [line for line in rest.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, rest
+    assert "backend exited" in error[0] and "SIGKILL" in error[0], error[0]
+    assert "ERROR the last words of the backend" in error[0], error[0]
+    assert str(tmp_path / "data" / "logs" / "backend.log") in error[0]
+    assert not up.config.exists(), "the config names a stack that is gone"
+    assert wait_gone(list(up.pids.values())) == []
+
+
 def test_grpc_servers_refuse_a_port_already_served(stack: Up, tmp_path: Path) -> None:
     """grpc.so_reuseport is off: a second backend or trainer on a port already served exits at start, in one
     line saying why (no traceback)."""

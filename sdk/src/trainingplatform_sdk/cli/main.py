@@ -167,7 +167,7 @@ def _silence(stream: Any) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from trainingplatform_sdk.cli.stack import Stack
-    from trainingplatform_sdk.clients import write_config
+    from trainingplatform_sdk.clients import config_path, write_config
 
     stopping: list[str] = []
 
@@ -186,6 +186,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if not started:
             raise KeyboardInterrupt  # during start: stop what was started, then exit
 
+    _distinct_ports(args)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
     stack = Stack(
@@ -212,7 +213,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         token_file = stack.data_dir / "frontend_auth_token"
         if not token_file.exists():
             token_file = stack.data_dir / "internal_auth_token"
+        previous = _read_bytes(config_path())
         config = write_config(backend_address=stack.backend_address, token_file=token_file, data_dir=stack.data_dir)
+        written = _read_bytes(config)
         say(f"every `tp` command finds this stack through {config} (from any directory); other front ends:")
         say(f"  export TP_BACKEND_ADDRESS={stack.backend_address}")
         say(f'  export TP_AUTH_TOKEN="$(cat {token_file})"')
@@ -225,9 +228,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                 say(f"  (it works once; the next one: cat {stack.data_dir / 'dashboard_login_url'})")
         say("Ctrl-C stops everything.")
         while not stopping:
-            dead = [s.name for s in stack.services if s.process is not None and s.process.poll() is not None]
+            dead = [s for s in stack.services if s.process is not None and s.process.poll() is not None]
             if dead:
-                say(f"error: {', '.join(dead)} exited; stopping the stack", sys.stderr)
+                # The config would name a stack that is gone: what it held before comes back (unless another
+                # `tp up` wrote it since).
+                _restore(config, written, previous)
+                reasons = "; ".join(str(stack.exit_error(service)) for service in dead)
+                say(f"error: {reasons}; stopping the stack", sys.stderr)
                 return EXIT_ERROR
             if _reader_gone(sys.stdout.fileno()):
                 stopping.append("output closed")
@@ -241,6 +248,48 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.stop()
         say("stopped")
     return 0
+
+
+def _distinct_ports(args: argparse.Namespace) -> None:
+    """`tp up`: every service on its own port, checked before anything is started or written.
+
+    Raises:
+        CliError: two flags give one port (one line naming both).
+    """
+    flags = [
+        ("--backend-port", args.backend_port),
+        ("--timm-port", args.timm_port),
+        ("--ultralytics-port", args.ultralytics_port),
+    ]
+    if not args.no_dashboard:
+        flags.append(("--dashboard-port", args.dashboard_port))
+    seen: dict[int, str] = {}
+    for flag, port in flags:
+        if port in seen:
+            raise CliError(f"{seen[port]} and {flag} are both {port}: each service of `tp up` needs its own port")
+        seen[port] = flag
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _restore(path: Path, written: bytes | None, previous: bytes | None) -> None:
+    """Puts back what `path` held before `tp up` wrote `written` to it (None: nothing, so it is removed), unless
+    it was changed since."""
+    if _read_bytes(path) != written:
+        return
+    with contextlib.suppress(OSError):
+        if previous is None:
+            path.unlink()
+        else:
+            partial = path.with_name(path.name + f".{os.getpid()}.partial")
+            partial.write_bytes(previous)
+            os.chmod(partial, 0o600)
+            os.replace(partial, path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ service that still exits at start has its reason (the last error line of its log
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -301,7 +302,7 @@ class Stack:
             while True:
                 assert service.process is not None
                 if service.process.poll() is not None:
-                    raise self._exited(service)
+                    raise self.exit_error(service)
                 try:
                     status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                     if status == health_pb2.HealthCheckResponse.SERVING:
@@ -315,20 +316,23 @@ class Stack:
                 time.sleep(0.1)
 
     @staticmethod
-    def _exited(service: Service) -> RuntimeError:
+    def exit_error(service: Service) -> RuntimeError:
+        """The error of a service that exited: its exit code (or the signal that killed it), the last error line
+        of its log (else its last lines) and the log's path."""
         assert service.process is not None
+        code = service.process.returncode
+        how = f"exited with code {code}"
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                how = f"exited (killed by {signal.Signals(-code).name})"
         reason = failure_reason(service.log_path)
-        return RuntimeError(
-            f"{service.name} exited with code {service.process.returncode}"
-            + (f": {reason}" if reason else "")
-            + f" (log {service.log_path})"
-        )
+        return RuntimeError(f"{service.name} {how}" + (f": {reason}" if reason else "") + f" (log {service.log_path})")
 
     def _wait_http(self, service: Service, deadline: float) -> None:
         while True:
             assert service.process is not None
             if service.process.poll() is not None:
-                raise self._exited(service)
+                raise self.exit_error(service)
             try:
                 with urllib.request.urlopen(service.health_url, timeout=1) as response:
                     if response.status == 200:
