@@ -36,6 +36,8 @@ import signal
 import stat
 import sys
 import time
+import unicodedata
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -426,14 +428,49 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             print_epochs(client, job)
     if args.plot:
         path = plot_path(args.plot, job.job_id)
-        title = f"{job.display_name or job.job_id[:8]}: {job.framework} {job.model} on {job.dataset}"
-        if args.key:
-            plot_series({title: series}, path)
-        else:
-            panels = plot_families(series, path, title)
-            print(f"panels: {', '.join(panels)}")
+        title = _shortened(f"{job.display_name or job.job_id[:8]}: {job.framework} {job.model} on {job.dataset}", 64)
+        labelled = _short_labels(series)
+        with warnings.catch_warnings():
+            # A key or name in a script the font lacks (CJK, emoji) is drawn as boxes, and a legend too wide for the
+            # figure is drawn as it is: matplotlib says so in lines of warnings, which are noise here.
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r"Tight layout not applied", category=UserWarning)
+            if args.key:
+                plot_series({title: labelled}, path)
+            else:
+                panels = plot_families(labelled, path, title)
+                print(f"panels: {', '.join(panels)}")
         print(f"wrote {path}")
     return 0
+
+
+_LABEL_CHARS = 48
+
+
+def _shortened(text: str, limit: int) -> str:
+    """`text` cut to `limit` columns (a wide character, as CJK, takes two) with an ellipsis at its end."""
+    widths = [2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text]
+    if sum(widths) <= limit:
+        return text
+    columns = 0
+    for index, width in enumerate(widths):
+        if columns + width > limit - 1:
+            return text[:index] + "\u2026"
+        columns += width
+    return text
+
+
+def _short_labels(series: dict[str, list[tuple[float, float]]]) -> dict[str, list[tuple[float, float]]]:
+    """`series` with each key longer than a legend fits cut in its middle (its start and its last part stay, so
+    `metric_family` puts it in the same panel); a key whose cut form another key already has stays whole."""
+    shown: dict[str, list[tuple[float, float]]] = {}
+    for key in sorted(series, key=len):
+        label = key
+        if len(key) > _LABEL_CHARS:
+            head = _LABEL_CHARS // 2
+            label = key[:head] + "\u2026" + key[-(_LABEL_CHARS - head - 1) :]
+        shown[key if label in shown or label in series else label] = series[key]
+    return shown
 
 
 def plot_path(value: str, job_id: str) -> Path:

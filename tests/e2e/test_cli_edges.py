@@ -1,0 +1,110 @@
+"""`tp` as a subprocess against a real backend (SQLite, no trainer service): edges of its input and output.
+
+- `tp metrics --plot` on CJK, emoji and very long keys and names writes the PNG without matplotlib's warnings;
+- `tp train` for a framework with no trainer says what a `tp` user can do (`tp up`, `tp run`);
+- a stdout that cannot encode non-ASCII (PYTHONIOENCODING=ascii) gets backslash escapes, never an error;
+- an explicit `--data-dir` that does not exist or holds no token is an error naming the flag (no silent fall back
+  to TP_AUTH_TOKEN).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support.backend import BackendProcess
+from trainingplatform_sdk import TrainingLogger
+from trainingplatform_sdk.clients import JobsClient
+
+TP = str(Path(sys.executable).parent / "tp")
+_CLEARED = (
+    "TP_BACKEND_ADDRESS",
+    "BACKEND_API_URL",
+    "TP_AUTH_TOKEN",
+    "INTERNAL_AUTH_TOKEN",
+    "FRONTEND_AUTH_TOKEN",
+    "READ_AUTH_TOKEN",
+    "TP_DATA_DIR",
+    "TP_CONFIG",
+    "PYTHONIOENCODING",
+    "PYTHONWARNINGS",
+)
+CJK_NAME = "データセット学習"
+LONG_KEY = "train/" + "k" * 244  # 250 characters
+KEYS = ("train/損失", "val/精度🎯", LONG_KEY, "train/loss")
+
+
+@dataclass
+class Seeded:
+    backend: BackendProcess
+    job_id: str
+    config: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
+        return {
+            **env,
+            "TP_CONFIG": str(self.config),
+            "TP_BACKEND_ADDRESS": self.backend.address,
+            "TP_AUTH_TOKEN": self.backend.internal_token,
+            **extra,
+        }
+
+    def tp(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([TP, *args], capture_output=True, text=True, env=env or self.env(), timeout=120)
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    """A backend with one job named in CJK, 250 characters long, whose metrics have CJK, emoji and long keys."""
+    data = tmp_path_factory.mktemp("edges")
+    backend = BackendProcess(f"sqlite:///{data / 'backend.db'}", data / "backend-data")
+    backend.start()
+    try:
+        with JobsClient(backend.address, backend.internal_token) as client:
+            created = client.create_job(
+                framework="timm",
+                model="resnet10t",
+                dataset="digits",
+                epochs=1,
+                dispatch=False,
+                display_name=(CJK_NAME * 40)[:250],
+            )
+        logger = TrainingLogger(
+            created.job.job_id,
+            backend_address=backend.address,
+            token=created.telemetry_token,
+            spool_dir=data / "spool",
+        )
+        for step in range(5):
+            for key in KEYS:
+                logger.log_metric(key, 1.0 / (step + 1), step=step)
+        report = logger.close(timeout=30)
+        assert report.pending_metrics == 0
+        yield Seeded(backend, created.job.job_id, data / "no-config.json")
+    finally:
+        backend.close()
+
+
+# --- plots ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("by_key", [False, True], ids=["families", "keys"])
+def test_a_plot_of_cjk_emoji_and_long_keys_is_written_without_matplotlib_warnings(
+    seeded: Seeded, tmp_path: Path, by_key: bool
+) -> None:
+    # It printed ~14 UserWarning lines: "Glyph ... missing from font(s)", "Tight layout not applied".
+    path = tmp_path / "plot.png"
+    keys = [arg for key in KEYS for arg in ("--key", key)] if by_key else []
+    result = seeded.tp("metrics", seeded.job_id[:8], *keys, "--plot", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr and "Glyph" not in result.stderr, result.stderr
+    assert result.stderr == ""
+    assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {path}" in result.stdout
+
