@@ -108,3 +108,17 @@ def test_a_plot_of_cjk_emoji_and_long_keys_is_written_without_matplotlib_warning
     assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {path}" in result.stdout
 
+
+# --- no trainer -----------------------------------------------------------------------------------------------
+
+
+def test_train_without_a_trainer_says_what_a_tp_user_can_do(seeded: Seeded) -> None:
+    # It said "create the job with dispatch=false", which no `tp` flag does.
+    result = seeded.tp("train", "--framework", "timm", "--model", "resnet10t", "--dataset", "digits", "--epochs", "1")
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1, result.stderr
+    assert "no trainer service is configured for framework 'timm'" in error[0]
+    assert "`tp up`" in error[0] and "`tp run" in error[0], error[0]
+    assert "TP_TRAINERS" in error[0]  # for whoever runs the backend
+

@@ -84,8 +84,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         dispatch = request.dispatch if request.HasField("dispatch") else True
         if dispatch and not self._dispatcher.has_trainer(request.spec.framework):
             raise FailedPreconditionError(
-                f"no trainer service is configured for framework {quote(request.spec.framework)} (set TP_TRAINERS), "
-                "or create the job with dispatch=false and run the trainer yourself"
+                f"no trainer service is configured for framework {quote(request.spec.framework)}: start one (a local "
+                "stack: `tp up`; a backend of your own: set its TP_TRAINERS), or run the training yourself in a job "
+                "created with dispatch=false (`tp run -- python train.py` creates one and runs the script)"
             )
         request_hash = ""
         if request.request_id:
