@@ -122,3 +122,28 @@ def test_train_without_a_trainer_says_what_a_tp_user_can_do(seeded: Seeded) -> N
     assert "`tp up`" in error[0] and "`tp run" in error[0], error[0]
     assert "TP_TRAINERS" in error[0]  # for whoever runs the backend
 
+
+# --- encodings ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+@pytest.mark.parametrize("command", ["jobs", "show", "metrics"])
+def test_a_stdout_that_cannot_encode_the_names_gets_escapes(seeded: Seeded, encoding: str, command: str) -> None:
+    # `tp jobs` failed with exit 2 ("'ascii' codec can't encode"), `tp metrics` after printing part of its output.
+    args = [command] if command == "jobs" else [command, seeded.job_id[:8]]
+    result = seeded.tp(*args, env=seeded.env(PYTHONIOENCODING=encoding))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    if command == "metrics":
+        assert "train/\\u640d\\u5931" in result.stdout, result.stdout
+        assert "\\U0001f3af" in result.stdout, result.stdout
+    else:
+        assert "\\u30c7" in result.stdout, result.stdout
+
+
+def test_an_error_on_a_stderr_that_cannot_encode_it_is_escaped(seeded: Seeded) -> None:
+    result = seeded.tp("logs", "データ", env=seeded.env(PYTHONIOENCODING="ascii"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no job id starts with"), result.stderr
+    assert "Traceback" not in result.stderr and "UnicodeEncodeError" not in result.stderr
+

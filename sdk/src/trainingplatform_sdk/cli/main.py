@@ -891,9 +891,20 @@ def _closed_streams() -> None:
             sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (for the process's life)
 
 
+def _escaping_streams() -> None:
+    """stdout and stderr keep their encoding but write what it cannot encode as backslash escapes (a job named in
+    CJK on an ASCII or latin-1 terminal, PYTHONIOENCODING=ascii): output never fails on encoding."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(OSError, ValueError):
+                reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `tp`."""
     _closed_streams()
+    _escaping_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.data_dir_given = _data_dir_given(argv)
