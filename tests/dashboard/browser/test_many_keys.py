@@ -85,3 +85,64 @@ def test_compare_of_jobs_with_1500_keys_charts_a_bounded_number_and_says_so(
     chart(page, "layer/0000").locator("canvas").wait_for()
     assert chart(page, "layer/0000").get_attribute("data-jobs") == "2"
     assert page.locator("#compare-charts figure.chart").count() == MAX_CHARTS
+
+
+def test_compare_past_30_keys_has_a_key_picker_and_charts_a_picked_key_for_every_job(
+    page: Any, stack: Platform, tmp_path: Path
+) -> None:
+    # 40 keys each, 30 shared: 50 keys together. In key order the first 30 are alpha/* and beta/* (each in one job
+    # only) and shared/00..09; shared/29 is past them.
+    shared = [f"shared/{index:02d}" for index in range(30)]
+    own = {"alpha": [f"alpha/{index:02d}" for index in range(10)], "beta": [f"beta/{index:02d}" for index in range(10)]}
+    ids, loggers = [], []
+    for name in ("alpha", "beta"):
+        job_id, logger = fed_job(stack, tmp_path)
+        logger.update_status("RUNNING")
+        for index, key in enumerate(shared + own[name]):
+            logger.log_metric(key, float(index), step=1)
+        assert logger.flush(timeout=30)
+        ids.append(job_id)
+        loggers.append(logger)
+    try:
+        page.goto(f"{stack.url}/compare?jobs={','.join(ids)}")
+        page.locator("#key-picker").wait_for()
+        note = page.locator("#compare-charts .compare-keys-note")
+        assert "50 metric keys" in note.inner_text() and "picker" in note.inner_text()
+        wait_js(page, "document.querySelector('#key-count')?.textContent.startsWith('50 keys, 30 charted')")
+        chart(page, "shared/09").locator("canvas").wait_for()
+        assert page.locator("#compare-charts figure.chart").count() == MAX_CHARTS
+        assert chart(page, "shared/29").count() == 0
+        assert chart(page, "alpha/00").get_attribute("data-jobs") == "1"
+
+        # A 31st key is refused until another is unchecked; unchecking removes that chart.
+        page.locator("#key-search").fill("shared/29")
+        box = page.locator('#key-list li[data-key="shared/29"] input[type="checkbox"]')
+        box.click()
+        wait_js(page, "document.querySelector('#key-count').textContent.includes('uncheck a key first')")
+        assert not box.is_checked() and chart(page, "shared/29").count() == 0
+        page.locator("#key-search").fill("alpha/00")
+        page.locator('#key-list li[data-key="alpha/00"] input[type="checkbox"]').uncheck()
+        wait_js(page, "!document.querySelector('#compare-charts figure.chart[data-key=\"alpha/00\"]')")
+
+        # The picked key is charted for both jobs: one line each, with its point.
+        page.locator("#key-search").fill("shared/29")
+        box.check()
+        picked = chart(page, "shared/29")
+        picked.locator("canvas").wait_for()
+        wait_js(page, "document.querySelector('figure.chart[data-key=\"shared/29\"]')?.dataset.linePoints === '1,1'")
+        assert picked.get_attribute("data-jobs") == "2"
+        assert picked.locator(".legend-item").count() == 2
+        assert page.locator("#compare-charts figure.chart").count() == MAX_CHARTS
+
+        # Live: the picked key follows both running jobs; an unpicked key gets no chart.
+        for logger in loggers:
+            logger.log_metric("shared/29", 2.0, step=2)
+            logger.log_metric("alpha/00", 2.0, step=2)
+            assert logger.flush(timeout=15)
+        wait_js(page, "document.querySelector('figure.chart[data-key=\"shared/29\"]')?.dataset.linePoints === '2,2'")
+        assert chart(page, "alpha/00").count() == 0
+        shot(page, tmp_path, "compare-key-picker")
+    finally:
+        for logger in loggers:
+            logger.update_status("COMPLETED")
+            logger.close(timeout=15)

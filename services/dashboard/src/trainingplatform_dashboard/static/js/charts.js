@@ -6,11 +6,12 @@
 // points a key is re-bucketed by the server. Zooming (drag across the chart) re-queries the visible range;
 // a double click goes back to the whole run.
 //
-// A job with more keys than MAX_CHARTS (per page: the job page's non-system keys, the system page's system/ keys)
-// gets a key picker instead of one chart per key: every key is in its list (filtered by a search box), the first
-// MAX_CHARTS keys are charted, and checking or unchecking a key adds or removes its chart. Only the charted keys'
-// series are read and followed. /api/jobs/{id}/series answers every key of the job (the dashboard follows the
-// backend's pages of 1,000 keys), up to the dashboard's bound, and says when that bound left keys out.
+// A job with more keys than MAX_CHARTS (per page: the job page's non-system keys, the system page's system/ keys,
+// the compare page's keys of every job together) gets a key picker instead of one chart per key: every key is in
+// its list (filtered by a search box), the first MAX_CHARTS keys are charted, and checking or unchecking a key
+// adds or removes its chart. Only the charted keys' series are read and followed. /api/jobs/{id}/series answers
+// every key of the job (the dashboard follows the backend's pages of 1,000 keys), up to the dashboard's bound,
+// and says when that bound left keys out.
 
 import { api, el, formatTick, formatValue } from "./common.js";
 
@@ -637,11 +638,15 @@ export class JobCharts {
   }
 }
 
-/** The key list of a job with more keys than MAX_CHARTS: a search box, at most PICKER_ROWS matching keys with a
- * checkbox each (checked: charted), and a line saying how many keys there are and how many are charted. */
-class KeyPicker {
-  constructor(charts) {
-    this.charts = charts;
+/** The key list of a page with more keys than MAX_CHARTS (the job page, the system page, the compare page): a
+ * search box, at most PICKER_ROWS matching keys with a checkbox each (checked: charted), and a line saying how
+ * many keys there are and how many are charted. `owner` holds the keys: `known` (a Set of every key to list),
+ * `picked` (a Set of the charted ones), `add(key)` (charts one more; false when MAX_CHARTS are charted already)
+ * and `remove(key)` (removes its chart). JobCharts is one; compare.js has another. The owner calls render()
+ * when its keys change. */
+export class KeyPicker {
+  constructor(owner) {
+    this.charts = owner;
     this.search = el("input", { type: "search", id: "key-search", placeholder: "Search keys", "aria-label": "search metric keys" });
     this.count = el("span", { class: "muted", id: "key-count" });
     this.list = el("ul", { class: "key-list", id: "key-list" });

@@ -1,8 +1,9 @@
 // Compare: pick several jobs, overlay the same metric keys (one line and min/max band per job), and see the
 // specs side by side with the differences marked. Running jobs keep drawing live. Jobs with more than MAX_CHARTS
-// keys together: the first MAX_CHARTS keys are compared, and the page says so.
+// keys together: a key picker (the job page's) lists every key and charts the picked ones, the first MAX_CHARTS in
+// key order to start with, and the page says so.
 
-import { MAX_CHARTS, MetricChart, SeriesStore, maxPointsFor, prefixOf } from "./charts.js";
+import { KeyPicker, MAX_CHARTS, MetricChart, SeriesStore, maxPointsFor, prefixOf } from "./charts.js";
 import {
   TERMINAL,
   api,
@@ -143,40 +144,59 @@ async function compare(jobsBox) {
   const names = labels(jobs);
   const stores = selected.map((id) => new SeriesStore(id));
   const width = maxPointsFor(jobsBox.clientWidth / 2);
-  // The key lists first (one bucket per key): past MAX_CHARTS keys, only the first MAX_CHARTS are compared.
+  // The key lists first (one bucket per key): past MAX_CHARTS keys, the first MAX_CHARTS are charted and a key
+  // picker chooses others; only the charted keys' series are read and followed.
   const lists = await Promise.all(stores.map((s) => s.fetch({ maxPoints: 1 })));
-  const every = [...new Set(lists.flatMap((l) => l.series.map((x) => x.key)))].filter((k) => !k.startsWith("system/")).sort();
+  const has = lists.map((l) => new Set(l.series.map((x) => x.key)));
+  const every = [...new Set(has.flatMap((h) => [...h]))].filter((k) => !k.startsWith("system/")).sort();
   const keys = every.slice(0, MAX_CHARTS);
   const cut = every.length > keys.length;
   if (cut) for (const s of stores) s.tracked = new Set(keys);
   await Promise.all(stores.map((s) => (cut ? s.load(width, keys) : s.load(width))));
   let xMode = "step";
   let log = false;
-  const charts = new Map();
+  const charts = new Map(); // key -> {chart, zoom}
+  const dirty = new Set(); // keys with live points not drawn yet
   const chartBox = el("div", { class: "charts", id: "compare-charts" });
   const notes = lists.map((l) => l.message).filter(Boolean);
   if (cut) {
     notes.push(
-      `These jobs have ${every.length} metric keys: the first ${keys.length} in key order are compared (open a job to pick others).`,
+      `These jobs have ${every.length} metric keys: at most ${MAX_CHARTS} are charted at once (the first ${keys.length} ` +
+        "in key order to start with); the key picker below chooses which.",
     );
   }
   for (const text of notes) chartBox.append(el("p", { class: "banner warning compare-keys-note", text }));
-  const sections = new Map();
-  for (const key of keys) {
-    const prefix = prefixOf(key);
-    if (!sections.has(prefix)) {
+  const sections = new Map(); // prefix -> its <section>, whose `grid` holds the charts
+  const sectionFor = (prefix) => {
+    let section = sections.get(prefix);
+    if (!section) {
       const grid = el("div", { class: "chart-grid" });
-      chartBox.append(el("section", { class: "chart-section" }, el("h3", { text: `${prefix}/` }), grid));
-      sections.set(prefix, grid);
+      section = el("section", { class: "chart-section", "data-prefix": prefix }, el("h3", { text: `${prefix}/` }), grid);
+      section.grid = grid;
+      const later = [...sections.keys()].filter((p) => p > prefix).sort()[0];
+      chartBox.insertBefore(section, later ? sections.get(later) : null);
+      sections.set(prefix, section);
     }
-  }
+    return section;
+  };
   const tablesFor = (key, zoom = null) =>
     stores.map((s, i) => (zoom ? s.table(key, xMode, zoom[i].buckets, zoom[i].base) : s.table(key, xMode)));
-  for (const key of keys) {
+  /** Draws a key's chart again from the stores (its zoomed range while zoomed). */
+  const draw = (key, options = {}) => {
+    const item = charts.get(key);
+    if (!item) return;
+    const tables = tablesFor(key, item.zoom);
+    item.chart.setTables(tables, options);
+    item.chart.root.dataset.linePoints = tables.map((t) => t[0].length).join(",");
+  };
+  /** A chart for `key` (one line per job), in key order within its prefix's section. */
+  const addChart = (key) => {
+    const section = sectionFor(prefixOf(key));
     const item = { zoom: null };
-    item.chart = new MetricChart(sections.get(prefixOf(key)), {
+    item.chart = new MetricChart(section.grid, {
       title: key,
       xLabel: xMode,
+      log,
       lines: names.map((n) => ({ label: n })),
       onZoom: async (min, max) => {
         const answers = await Promise.all(
@@ -185,28 +205,73 @@ async function compare(jobsBox) {
           ),
         );
         item.zoom = answers.map((a) => ({ buckets: a.series.find((x) => x.key === key)?.buckets || [], base: a.last_sequence || 0 }));
-        item.chart.setTables(tablesFor(key, item.zoom), { keepScale: true });
+        draw(key, { keepScale: true });
       },
       onReset: () => {
         item.zoom = null;
-        item.chart.setTables(tablesFor(key), { keepScale: false });
+        draw(key, { keepScale: false });
       },
     });
-    item.chart.root.dataset.jobs = String(stores.filter((s) => s.keys.has(key)).length);
-    item.chart.setTables(tablesFor(key));
+    const next = [...section.grid.children].find((n) => n !== item.chart.root && n.dataset.key > key);
+    if (next) section.grid.insertBefore(item.chart.root, next);
+    item.chart.root.dataset.jobs = String(has.filter((h) => h.has(key)).length);
     charts.set(key, item);
+    return item;
+  };
+  if (cut) {
+    // The key picker (charts.js's, as on the job page): checking a key reads its series for every job and charts
+    // it; unchecking removes its chart and stops keeping its points.
+    const owner = {
+      known: new Set(every),
+      picked: new Set(keys),
+      add(key) {
+        if (this.picked.has(key)) return true;
+        if (this.picked.size >= MAX_CHARTS) return false;
+        this.picked.add(key);
+        for (const s of stores) s.tracked.add(key);
+        addChart(key);
+        Promise.all(stores.map((s) => s.rebucket(key, width)))
+          .then(() => {
+            if (this.picked.has(key)) draw(key);
+            else for (const s of stores) s.keys.delete(key); // unchecked meanwhile
+          })
+          .catch((error) => showBanner(`Could not load ${key}: ${error.message}`));
+        return true;
+      },
+      remove(key) {
+        this.picked.delete(key);
+        dirty.delete(key);
+        for (const s of stores) {
+          s.tracked.delete(key);
+          s.keys.delete(key);
+        }
+        const item = charts.get(key);
+        if (!item) return;
+        item.chart.destroy();
+        charts.delete(key);
+        const prefix = prefixOf(key);
+        const section = sections.get(prefix);
+        if (section && section.grid.childElementCount === 0) {
+          section.remove();
+          sections.delete(prefix);
+        }
+      },
+    };
+    const keyPicker = new KeyPicker(owner);
+    chartBox.append(keyPicker.root);
+    keyPicker.render();
+  }
+  for (const key of keys) {
+    addChart(key);
+    draw(key);
   }
   if (keys.length === 0) chartBox.append(el("p", { class: "muted", text: "These jobs have no metrics yet." }));
 
-  // Live: running jobs keep appending.
-  const dirty = new Set();
+  // Live: running jobs keep appending (only the charted keys' points, past MAX_CHARTS keys).
   let frame = null;
   const redraw = () => {
     frame = null;
-    for (const key of dirty) {
-      const item = charts.get(key);
-      if (item) item.chart.setTables(tablesFor(key, item.zoom));
-    }
+    for (const key of dirty) draw(key);
     dirty.clear();
   };
   stores.forEach((store, i) => {
@@ -247,6 +312,7 @@ async function compare(jobsBox) {
       item.chart.xLabel = xMode;
       item.chart.tables = tablesFor(key);
       item.chart.build();
+      item.chart.root.dataset.linePoints = item.chart.tables.map((t) => t[0].length).join(",");
     }
   });
   logBox.addEventListener("change", () => {
