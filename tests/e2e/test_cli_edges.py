@@ -147,3 +147,43 @@ def test_an_error_on_a_stderr_that_cannot_encode_it_is_escaped(seeded: Seeded) -
     assert result.stderr.startswith("error: no job id starts with"), result.stderr
     assert "Traceback" not in result.stderr and "UnicodeEncodeError" not in result.stderr
 
+
+# --- --data-dir -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "a file"])
+def test_an_explicit_data_dir_without_a_token_is_an_error_naming_the_flag(
+    seeded: Seeded, tmp_path: Path, kind: str
+) -> None:
+    # It fell back to TP_AUTH_TOKEN in silence, and listed the jobs of whatever backend that token opened.
+    data_dir = tmp_path / "nonexistent"
+    if kind == "empty":
+        data_dir.mkdir()
+    elif kind == "a file":
+        data_dir.write_text("")
+    result = seeded.tp("--data-dir", str(data_dir), "jobs")
+    assert result.returncode == 2, result.stdout
+    assert result.stdout == ""
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1, result.stderr
+    assert "--data-dir" in error[0] and str(data_dir) in error[0], error[0]
+
+
+def test_gc_on_an_explicit_data_dir_that_does_not_exist_is_an_error(seeded: Seeded, tmp_path: Path) -> None:
+    # `tp gc` reads --data-dir for the files to delete (its token may come from the environment): it must exist.
+    result = seeded.tp("--data-dir", str(tmp_path / "nonexistent"), "gc", "--keep", "0", "--dry-run")
+    assert result.returncode == 2, result.stdout
+    assert "--data-dir" in result.stderr and "does not exist" in result.stderr, result.stderr
+    assert seeded.tp("--data-dir", str(tmp_path), "gc", "--keep", "0", "--dry-run").returncode == 0
+
+
+def test_an_explicit_data_dir_with_a_token_is_used_before_tp_auth_token(seeded: Seeded, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "frontend_auth_token").write_text("not-the-backends-token\n")
+    result = seeded.tp("--data-dir", str(data_dir), "jobs")
+    assert result.returncode == 2
+    assert f"{data_dir / 'frontend_auth_token'} (--data-dir)" in result.stderr, result.stderr
+    # TP_DATA_DIR (not the flag) that holds no token still falls back, as documented.
+    env = seeded.env(TP_DATA_DIR=str(tmp_path / "nowhere"))
+    assert seeded.tp("jobs", env=env).returncode == 0

@@ -13,7 +13,8 @@ under XDG_CONFIG_HOME; TP_CONFIG names another), then `./.data`. The backend is 
 (or BACKEND_API_URL), else the config's, else 127.0.0.1:50051 (`https://` for TLS, with the CA in TP_TLS_CA_FILE
 and, for mutual TLS, TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE). The token is a front end's: the token
 file in --data-dir, else TP_AUTH_TOKEN (the backend's FRONTEND_AUTH_TOKEN), else INTERNAL_AUTH_TOKEN, else the
-token file in TP_DATA_DIR, else the one the config names, else .data/frontend_auth_token. A job is named by its id
+token file in TP_DATA_DIR, else the one the config names, else .data/frontend_auth_token (an explicit --data-dir
+without a token file is an error, not a fall back to the next). A job is named by its id
 or any unique prefix of it, as in git. Errors are one line on stderr. `train` and `watch` exit 0 when the job
 COMPLETED, 1 when it FAILED, 3 when it was CANCELLED; any other error exits 2; Ctrl-C on them exits 130 and leaves
 the job running. A closed stdout (`tp jobs | head -1`, `tp jobs >&-`) ends a command quietly with 141 (128 +
@@ -61,6 +62,7 @@ from trainingplatform_sdk.cli.output import (
 )
 from trainingplatform_sdk.cli.run import add_run_parser
 from trainingplatform_sdk.clients import Connection, Job, JobsClient, resolve_connection
+from trainingplatform_sdk.clients._base import FRONTEND_TOKEN_FILE, INTERNAL_TOKEN_FILE
 from trainingplatform_sdk.clients.jobs import JOB_STATUS_NAMES, LOG_LEVEL_NAMES, LogLine
 from trainingplatform_sdk.errors import PlatformError, UnauthenticatedError, UnavailableError
 
@@ -78,16 +80,51 @@ def _data_dir_given(argv: Sequence[str]) -> bool:
     return any(arg == "--data-dir" or arg.startswith("--data-dir=") for arg in argv)
 
 
-def _client(args: argparse.Namespace) -> JobsClient:
-    """A client of the backend found by `resolve_connection` (flags, environment, per-user config, ./.data)."""
+def _client(args: argparse.Namespace, *, token_in_data_dir: bool = True) -> JobsClient:
+    """A client of the backend found by `resolve_connection` (flags, environment, per-user config, ./.data).
+
+    An explicit --data-dir must exist, and hold a token unless `token_in_data_dir` is false (`tp gc`, for which it
+    names the files to delete: its token may come from the environment)."""
     global _connection
-    connection = resolve_connection(args.backend, args.data_dir if getattr(args, "data_dir_given", False) else None)
+    given = getattr(args, "data_dir_given", False)
+    if given:
+        _check_data_dir_flag(Path(args.data_dir), token=token_in_data_dir)
+    connection = resolve_connection(args.backend, args.data_dir if given else None)
     try:
         parse_backend_address(connection.address)
     except ValueError as error:
         raise CliError(f"{connection.address_source}: {error}") from None
     _connection = connection
     return JobsClient(connection.address, connection.token)
+
+
+def _check_data_dir_flag(data_dir: Path, *, token: bool = True) -> None:
+    """An explicit --data-dir must exist and (`token`) hold a token: falling back to TP_AUTH_TOKEN and the rest in
+    silence would talk to another backend, or with another token, than the one named.
+
+    Raises:
+        CliError: it does not exist, is not a directory, or holds no token file with a token in it.
+    """
+    names = f"{FRONTEND_TOKEN_FILE} or {INTERNAL_TOKEN_FILE}"
+    if not data_dir.exists():
+        why = "does not exist"
+    elif not data_dir.is_dir():
+        why = "is not a directory"
+    elif not token:
+        return
+    else:
+        for name in (FRONTEND_TOKEN_FILE, INTERNAL_TOKEN_FILE):
+            path = data_dir / name
+            try:
+                if path.is_file() and path.read_bytes().strip():
+                    return
+            except OSError:
+                return  # resolve_connection names the file it cannot read
+        why = f"holds no token ({names})"
+    raise CliError(
+        f"--data-dir {data_dir} {why}: give the data directory of a stack (`tp up` writes {FRONTEND_TOKEN_FILE} "
+        f"there), or leave --data-dir out to use TP_AUTH_TOKEN, TP_DATA_DIR or the per-user config"
+    )
 
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -569,7 +606,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if not args.data_dir_given and not os.environ.get("TP_DATA_DIR", "").strip():
         data_dir = Path(config.get("data_dir") or args.data_dir)
     data_dir = data_dir.resolve()
-    with _client(args) as client:
+    with _client(args, token_in_data_dir=False) as client:
         ended = [job for job in client.list_jobs() if job.finished]
     ended.sort(key=lambda j: j.ended_at or j.created_at or dt.datetime.min.replace(tzinfo=dt.UTC), reverse=True)
     now = dt.datetime.now(dt.UTC)
