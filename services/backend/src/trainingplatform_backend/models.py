@@ -118,7 +118,7 @@ class Job(Base):
     trainer_address: Mapped[str] = mapped_column(String(250), default="")
     trainer_run_id: Mapped[str] = mapped_column(String(250), default="")
     mlflow_run_id: Mapped[str] = mapped_column(String(250), default="")
-    mlflow_tracking_uri: Mapped[str] = mapped_column(String(1000), default="")
+    mlflow_tracking_uri: Mapped[str] = mapped_column(String(2000), default="")
     # SHA-256 of the job's telemetry token; the token itself is never stored.
     telemetry_token_hash: Mapped[str] = mapped_column(String(64))
     # Number of status events so far: the next event's sequence is this + 1.
