@@ -311,3 +311,29 @@ def test_a_job_dispatched_during_a_database_outage_can_still_be_cancelled(tmp_pa
         finally:
             _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
             backend.close()
+
+
+def test_a_statement_past_the_database_timeout_is_unavailable_naming_the_setting(tmp_path: Path) -> None:
+    """A statement PostgreSQL cancels at TP_DATABASE_TIMEOUT_S (a lock held by a migration or a VACUUM FULL, a
+    query too heavy for the load) fails its call UNAVAILABLE with a message that names the setting, not as a database
+    outage; the call succeeds once the lock is gone."""
+    with _app_database() as (name, url):
+        backend = BackendProcess(url, tmp_path / "data", extra_env={"TP_DATABASE_TIMEOUT_S": "2"})
+        backend.start()
+        holder = create_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+        conn = holder.connect()
+        try:
+            job_id, _ = backend.create_job()
+            conn.execute(text("LOCK TABLE metrics IN ACCESS EXCLUSIVE MODE"))
+            request = jobs_pb2.ListMetricsRequest(job_id=job_id)
+            with pytest.raises(grpc.RpcError) as caught:
+                backend.jobs().ListMetrics(request, metadata=auth(backend.internal_token), timeout=30)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value
+            assert "TP_DATABASE_TIMEOUT_S (2 s)" in (caught.value.details() or ""), caught.value.details()
+            conn.rollback()
+            backend.jobs().ListMetrics(request, metadata=auth(backend.internal_token), timeout=30)
+        finally:
+            conn.rollback()
+            conn.close()
+            holder.dispose()
+            backend.close()

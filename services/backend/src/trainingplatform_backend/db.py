@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +181,31 @@ def create_db_engine(url: str, *, pool_size: int = POOL_SIZE, timeout_s: float =
         url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, connect_args=connect_args
     )
     event.listen(engine, "handle_error", _read_only_is_a_disconnect)
+    if "statement_timeout" in connect_args.get("options", ""):
+        event.listen(engine, "handle_error", _statement_timed_out(timeout_s))
     if timeout_s > 0:
         _NotAnsweringGuard(timeout_s, f"{parsed.host or 'localhost'}:{parsed.port or 5432}").watch(engine)
     return engine
+
+
+class StatementTimedOut(OperationalError):
+    """A statement PostgreSQL cancelled at its `statement_timeout` of TP_DATABASE_TIMEOUT_S (`timeout_s`): a lock held
+    by something else (a VACUUM FULL, a migration), or a load the database cannot carry now (UNAVAILABLE, the
+    message naming the setting)."""
+
+    timeout_s: float = 0.0
+
+
+def _statement_timed_out(timeout_s: float) -> Callable[[ExceptionContext], OperationalError | None]:
+    def on_error(context: ExceptionContext) -> OperationalError | None:
+        orig = context.original_exception
+        if getattr(orig, "sqlstate", None) != "57014" or "statement timeout" not in str(orig):
+            return None  # not ours: a cancel by an operator (pg_cancel_backend) stays an outage
+        error = StatementTimedOut(context.statement, context.parameters, orig, hide_parameters=True)
+        error.timeout_s = timeout_s
+        return error
+
+    return on_error
 
 
 class DatabaseNotAnswering(OperationalError):

@@ -85,6 +85,12 @@ _platform_status = status_mapping("backend")
 
 
 def _status(error: BaseException) -> Status:
+    if isinstance(error, db.StatementTimedOut):
+        return (
+            grpc.StatusCode.UNAVAILABLE,
+            f"a statement of the backend's database ran past TP_DATABASE_TIMEOUT_S ({error.timeout_s:g} s) and was "
+            "cancelled (a lock held on a table, or more load than the database carries now); retry later",
+        )
     if isinstance(error, DBAPIError) and is_outage(error):
         if isinstance(error, db.DatabaseNotAnswering) or type(error.orig).__name__ == "ConnectionTimeout":
             return DATABASE_NOT_ANSWERING
