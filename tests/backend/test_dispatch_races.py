@@ -139,6 +139,69 @@ def test_a_create_job_retry_returns_one_job(database_url: str, tmp_path: Path):
             backend.close()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_create_job_retry_is_answered_without_asking_the_trainer(database_url: str, tmp_path: Path):
+    """A stored request_id is looked up before the trainer's validate_only check: a retry returns its job at once,
+    even while the trainer is slow or hung; 16 concurrent calls with one new key still make one job."""
+    with FakeTrainer() as trainer:
+        backend = start_backend(database_url, tmp_path, trainer.address)
+        try:
+            stub, metadata = backend.jobs(), auth(backend.internal_token)
+            request = jobs_pb2.CreateJobRequest(spec=SPEC, request_id=str(uuid.uuid4()))
+            first = stub.CreateJob(request, metadata=metadata, timeout=30)
+            assert trainer.calls.get("ValidateTraining") == 1
+            again = stub.CreateJob(request, metadata=metadata, timeout=30)
+            assert (again.job.job_id, again.telemetry_token) == (first.job.job_id, first.telemetry_token)
+            assert trainer.calls.get("ValidateTraining") == 1, "the retry asked the trainer to validate again"
+
+            concurrent = jobs_pb2.CreateJobRequest(spec=SPEC, display_name="raced", request_id=str(uuid.uuid4()))
+            results: list[str] = []
+            errors: list[grpc.RpcError] = []
+
+            def create() -> None:
+                try:
+                    results.append(stub.CreateJob(concurrent, metadata=metadata, timeout=60).job.job_id)
+                except grpc.RpcError as error:
+                    errors.append(error)
+
+            threads = [threading.Thread(target=create) for _ in range(16)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(90)
+            assert not errors, errors
+            assert len(results) == 16 and len(set(results)) == 1, results
+            listed = stub.ListJobs(jobs_pb2.ListJobsRequest(), metadata=metadata, timeout=10).jobs
+            assert sorted(job.job_id for job in listed) == sorted([first.job.job_id, results[0]])
+        finally:
+            backend.close()
+
+
+def test_a_used_request_id_is_answered_before_the_trainer_checks(sqlite_url: str, tmp_path: Path):
+    """A key used by a dispatch=false job, on a backend with no trainer: the identical retry returns the job, and
+    the key reused with dispatch unset (another request) is ALREADY_EXISTS, not "no trainer" (FAILED_PRECONDITION)."""
+    backend = BackendProcess(sqlite_url, tmp_path / "data")
+    backend.start()
+    try:
+        stub, metadata = backend.jobs(), auth(backend.internal_token)
+        key = str(uuid.uuid4())
+        request = jobs_pb2.CreateJobRequest(spec=SPEC, dispatch=False, request_id=key)
+        first = stub.CreateJob(request, metadata=metadata, timeout=30)
+        assert stub.CreateJob(request, metadata=metadata, timeout=30).job.job_id == first.job.job_id
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.CreateJob(jobs_pb2.CreateJobRequest(spec=SPEC, request_id=key), metadata=metadata, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS, refused.value.details()
+        assert key in refused.value.details()
+        # Without a stored key the trainer check still applies.
+        with pytest.raises(grpc.RpcError) as no_trainer:
+            stub.CreateJob(
+                jobs_pb2.CreateJobRequest(spec=SPEC, request_id=str(uuid.uuid4())), metadata=metadata, timeout=30
+            )
+        assert no_trainer.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        backend.close()
+
+
 def test_the_jobs_client_retries_create_job_with_one_request_id(sqlite_url: str, tmp_path: Path):
     """The first CreateJob is committed but its response is lost (the client's deadline passes while the backend
     is stopped after the commit): the client's retry must return that job, not a second one."""

@@ -22,6 +22,7 @@ from trainingplatform_backend.auth import CALLER, Kind, authorize_job
 from trainingplatform_backend.dispatch import Dispatcher
 from trainingplatform_backend.ingest import check_metric_key
 from trainingplatform_backend.models import METRICS_STREAM
+from trainingplatform_backend.store import JobView
 from trainingplatform_backend.subscriptions import POKE, Batch, StreamPosition, Subscriber
 from trainingplatform_backend.telemetry_service import Backend, OpenCalls
 
@@ -82,12 +83,6 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         check_text(request.display_name, "display_name", limits.MAX_NAME_CHARS)
         check_text(request.request_id, "request_id", limits.MAX_REQUEST_ID_CHARS)
         dispatch = request.dispatch if request.HasField("dispatch") else True
-        if dispatch and not self._dispatcher.has_trainer(request.spec.framework):
-            raise FailedPreconditionError(
-                f"no trainer service is configured for framework {quote(request.spec.framework)}: start one (a local "
-                "stack: `tp up`; a backend of your own: set its TP_TRAINERS), or run the training yourself in a job "
-                "created with dispatch=false (`tp run -- python train.py` creates one and runs the script)"
-            )
         request_hash = ""
         if request.request_id:
             # What a retry must repeat: the request without its key, `dispatch` made explicit.
@@ -96,6 +91,17 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             unkeyed.request_id = ""
             unkeyed.dispatch = dispatch
             request_hash = hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).hexdigest()
+            # A stored key is answered before the trainer checks: a retry gets its job (or ALREADY_EXISTS for
+            # another request) at once, whatever the trainers' state now (none configured, slow or hung).
+            existing = await self._backend.run(self._backend.store.job_of_request, request.request_id, request_hash)
+            if existing is not None:
+                return self._retried(request.request_id, existing)
+        if dispatch and not self._dispatcher.has_trainer(request.spec.framework):
+            raise FailedPreconditionError(
+                f"no trainer service is configured for framework {quote(request.spec.framework)}: start one (a local "
+                "stack: `tp up`; a backend of your own: set its TP_TRAINERS), or run the training yourself in a job "
+                "created with dispatch=false (`tp run -- python train.py` creates one and runs the script)"
+            )
         spec = request.spec
         job_id = str(uuid.uuid4())
         if dispatch:
@@ -103,6 +109,8 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             # its host's bounds), so a job that would fail at dispatch is refused now; an unreachable trainer is not.
             await self._dispatcher.validate(spec, job_id)
         token, token_hash = self._dispatcher.job_token(job_id)
+        # The store looks the key up again and, when a concurrent call with the same key inserts first, returns
+        # that call's job (the request_id column is unique).
         view, created = await self._backend.run(
             self._backend.store.create_job,
             job_id=job_id,
@@ -120,18 +128,21 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             max_waiting=self._max_waiting_jobs,
         )
         if not created:
-            # A retry: the job its key created, with the same token (derived again; only its hash is stored).
-            token, token_hash = self._dispatcher.job_token(view.job.job_id)
-            if token_hash != view.job.telemetry_token_hash:
-                raise FailedPreconditionError(
-                    f"request_id {quote(request.request_id)} created job {view.job.job_id}, whose telemetry token can "
-                    "no longer be returned (the internal service token changed)"
-                )
-            log.info("CreateJob retried with request_id %s: job %s", quote(request.request_id), view.job.job_id)
-            return jobs_pb2.CreateJobResponse(job=convert.job_to_proto(view), telemetry_token=token)
+            return self._retried(request.request_id, view)
         log.info("created job %s (%s %s)", view.job.job_id, spec.framework, spec.model.name)
         if dispatch:
             self._dispatcher.wake()  # the dispatcher hands it to a trainer, outside this call
+        return jobs_pb2.CreateJobResponse(job=convert.job_to_proto(view), telemetry_token=token)
+
+    def _retried(self, request_id: str, view: JobView) -> jobs_pb2.CreateJobResponse:
+        """A retry's answer: the job its key created, with the same token (derived again; only its hash is stored)."""
+        token, token_hash = self._dispatcher.job_token(view.job.job_id)
+        if token_hash != view.job.telemetry_token_hash:
+            raise FailedPreconditionError(
+                f"request_id {quote(request_id)} created job {view.job.job_id}, whose telemetry token can no longer "
+                "be returned (the internal service token changed)"
+            )
+        log.info("CreateJob retried with request_id %s: job %s", quote(request_id), view.job.job_id)
         return jobs_pb2.CreateJobResponse(job=convert.job_to_proto(view), telemetry_token=token)
 
     async def GetJob(

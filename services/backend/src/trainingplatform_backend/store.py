@@ -253,6 +253,14 @@ class Store:
             return existing, False  # a concurrent retry with the same key won
         return self.get_job(job_id), True
 
+    def job_of_request(self, request_id: str, request_hash: str) -> JobView | None:
+        """The job an earlier CreateJob with `request_id` created, or None when the key is unused.
+
+        Raises:
+            PlatformError: ALREADY_EXISTS, the request_id was used by a request with another `request_hash`.
+        """
+        return self._job_of_request(request_id, request_hash)
+
     def _job_of_request(self, request_id: str, request_hash: str) -> JobView | None:
         with self._sessions() as session:
             job = session.scalar(select(Job).where(Job.request_id == request_id))
