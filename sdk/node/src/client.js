@@ -48,6 +48,79 @@ export const TERMINAL_STATUSES = new Set([JobStatus.COMPLETED, JobStatus.FAILED,
  */
 const RESUMABLE = new Set([Code.Unavailable, Code.Internal, Code.Canceled]);
 
+/** The largest int64, the type of the telemetry cursor's sequences. */
+const MAX_INT64 = 2n ** 63n - 1n;
+
+/**
+ * A cursor sequence as the BigInt the request carries: a non-negative integer (bigint, a safe integer number or
+ * a decimal string).
+ * @param {string} option the option's name, for the error.
+ * @param {unknown} value
+ * @returns {bigint}
+ */
+function sequence(option, value) {
+  if (value === undefined || value === null) return 0n;
+  // A decimal string (a cursor kept as JSON) is what protobuf-es accepts for an int64 too.
+  if (typeof value === "string" && /^[0-9]{1,19}$/.test(value)) value = BigInt(value);
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value)) {
+      throw new RangeError(`${option} must be a non-negative integer (a bigint above 2^53 - 1), got ${value}`);
+    }
+    value = BigInt(value);
+  }
+  if (typeof value !== "bigint") {
+    throw new TypeError(
+      `${option} must be a bigint, an integer number or a decimal string, got ${typeof value} ${String(value)}`,
+    );
+  }
+  if (value < 0n || value > MAX_INT64) {
+    throw new RangeError(`${option} must be from 0 to 2^63 - 1, got ${value}`);
+  }
+  return value;
+}
+
+/**
+ * An integer option: a number that is a safe integer, at least `min`.
+ * @param {string} option the option's name, for the error.
+ * @param {unknown} value
+ * @param {number} min
+ * @returns {number}
+ */
+function integer(option, value, min) {
+  if (typeof value !== "number") {
+    throw new TypeError(`${option} must be an integer number, got ${typeof value} ${String(value)}`);
+  }
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new RangeError(`${option} must be an integer of at least ${min}, got ${value}`);
+  }
+  return value;
+}
+
+/**
+ * A log level: a LogLevel value, or its name (`WARNING` or `LOG_LEVEL_WARNING`).
+ * @param {unknown} value
+ * @returns {LogLevel}
+ */
+function logLevel(value) {
+  const names = Object.keys(LogLevel).filter((name) => Number.isNaN(Number(name)));
+  if (typeof value === "string") {
+    const name = value.toUpperCase().replace(/^LOG_LEVEL_/, "");
+    if (names.includes(name)) return LogLevel[name];
+  } else if (typeof value === "number" && names.some((name) => LogLevel[name] === value)) {
+    return value;
+  }
+  throw new RangeError(`minLevel must be a LogLevel or one of ${names.join(", ")}, got ${String(value)}`);
+}
+
+/**
+ * Whether the error is the client's own failure to encode a request (Connect reports it as INTERNAL, like a
+ * stream broken on the wire): the caller's input, never resumed.
+ * @param {unknown} error
+ */
+function isLocalSerializeError(error) {
+  return error instanceof ConnectError && error.rawMessage.startsWith("serialize ");
+}
+
 /** The options `createJob` takes: any other is refused rather than dropped. */
 const CREATE_JOB_OPTIONS = new Set([
   "framework",
@@ -160,7 +233,7 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
      * @param {string} spec.model the framework's model name (`resnet10t`, `yolo11n.yaml`).
      * @param {string} [spec.dataset] a built-in dataset (`digits`, `shapes`) or a label for `datasetPath`.
      * @param {string} [spec.datasetPath] a dataset on the trainer's file system.
-     * @param {number} [spec.epochs] at least 1 (default 1).
+     * @param {number} [spec.epochs] an integer, at least 1 (default 1); anything else throws before any call.
      * @param {number} [spec.batchSize] 0: the trainer's default.
      * @param {number} [spec.learningRate] 0: the trainer's default.
      * @param {number} [spec.imageSize] 0: the model's default.
@@ -174,7 +247,13 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
      * @returns {Promise<CreateJobResponse>}
      */
     createJob(spec) {
-      const unknown = Object.keys(spec ?? {}).filter((name) => !CREATE_JOB_OPTIONS.has(name));
+      if (typeof spec !== "object" || spec === null || Array.isArray(spec)) {
+        throw new TypeError(
+          "createJob: takes the job's options as an object, e.g. " +
+            '{ framework: "timm", model: "resnet10t", dataset: "digits" }',
+        );
+      }
+      const unknown = Object.keys(spec).filter((name) => !CREATE_JOB_OPTIONS.has(name));
       if (unknown.length) {
         throw new TypeError(
           `createJob: unknown option${unknown.length > 1 ? "s" : ""} ${unknown.join(", ")} ` +
@@ -198,6 +277,7 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
         dispatch = true,
         requestId = "",
       } = spec;
+      integer("epochs", epochs, 1);
       return jobs.createJob(
         {
           spec: {
@@ -258,10 +338,12 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
     /**
      * A job's committed log records in sequence order, one page (a ListLogsResponse) at a time.
      * @param {string} jobId
-     * @param {{ minLevel?: LogLevel, pageSize?: number }} [options] `minLevel` e.g. `LogLevel.WARNING`.
+     * @param {{ minLevel?: LogLevel | string, pageSize?: number }} [options] `minLevel` e.g. `LogLevel.WARNING` or
+     *   its name, `"WARNING"`; an unknown level throws a RangeError before any call.
      * @returns {AsyncGenerator<ListLogsResponse>}
      */
     async *listLogs(jobId, { minLevel = LogLevel.UNSPECIFIED, pageSize = 10_000 } = {}) {
+      minLevel = logLevel(minLevel);
       let pageToken = "";
       do {
         const page = await retrying(() => jobs.listLogs({ jobId, minLevel, pageSize, pageToken }));
@@ -275,18 +357,21 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
      * until `signal` aborts, with `keepFollowing`). A subscription broken with UNAVAILABLE, INTERNAL or CANCELED
      * (the connection broke: the backend killed or restarted, a proxy restarted) is resumed from the last cursor,
      * with backoff, for up to `maxReconnectMs` without progress; one ended by the caller (`signal` aborted,
-     * `close()`) is not. No deadline.
+     * `close()`) is not. No deadline. Each `after` sequence is a non-negative integer (bigint, or a number up to
+     * 2^53 - 1, or a decimal string); anything else throws a TypeError or RangeError before any call.
      *
      * @param {string} jobId
      * @param {{ after?: Partial<TelemetryCursor>, keepFollowing?: boolean, signal?: AbortSignal, maxReconnectMs?: number }} [options]
      * @returns {AsyncGenerator<TelemetryEvent>}
      */
     async *subscribeTelemetry(jobId, { after = {}, keepFollowing = false, signal, maxReconnectMs = 60_000 } = {}) {
+      // The caller's cursor is checked here, before any call: a bad one throws at once instead of failing to
+      // encode on every reconnect.
       let cursor = {
-        metricSequence: after.metricSequence ?? 0n,
-        logSequence: after.logSequence ?? 0n,
-        statusSequence: after.statusSequence ?? 0n,
-        epochSummarySequence: after.epochSummarySequence ?? 0n,
+        metricSequence: sequence("after.metricSequence", after.metricSequence),
+        logSequence: sequence("after.logSequence", after.logSequence),
+        statusSequence: sequence("after.statusSequence", after.statusSequence),
+        epochSummarySequence: sequence("after.epochSummarySequence", after.epochSummarySequence),
       };
       let delayMs = 200;
       let deadline = Date.now() + maxReconnectMs;
@@ -306,7 +391,8 @@ export function createPlatformClient({ address, token, tls = false, timeoutMs = 
         } catch (error) {
           const code = ConnectError.from(error).code;
           // The caller's own cancellation (its signal, close()) also surfaces as CANCELED: never resumed.
-          if (signal?.aborted || closed() || !RESUMABLE.has(code) || Date.now() > deadline) throw error;
+          if (signal?.aborted || closed() || !RESUMABLE.has(code) || isLocalSerializeError(error)) throw error;
+          if (Date.now() > deadline) throw error;
         }
         await sleep(delayMs * (0.5 + Math.random() / 2), signal);
         delayMs = Math.min(delayMs * 2, 5_000);
