@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,22 @@ def _user_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     yield
     if previous is None:
         os.environ.pop("TP_CONFIG", None)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_restored(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test starts with Python's own SIGINT handler, and one that leaves another behind is named in a warning.
+
+    A test process whose SIGINT is ignored hands that on to every child it starts (an ignored signal stays ignored
+    across exec, and Python then installs no KeyboardInterrupt handler): the Ctrl-C tests that came after such a test
+    in the same xdist worker failed (`tp train` and a closing TrainingLogger never saw their SIGINT)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    left = signal.getsignal(signal.SIGINT)
+    if left is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        warnings.warn(f"{request.node.nodeid} left SIGINT's handler as {left!r}; restored", stacklevel=1)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -1,5 +1,7 @@
-"""jobs.mlflow_tracking_uri: 2000 characters, the limit ReportRunInfo checks (it was 1000: PostgreSQL refused a
-longer URI the call had accepted, INTERNAL, and the job's final status waited behind the failing call)
+"""jobs.mlflow_tracking_uri: 2000 characters, the limit ReportRunInfo checks
+
+It was 1000: on PostgreSQL a longer URI that the call had accepted failed INTERNAL, and the job's final status waited
+behind the failing call.
 
 Revision ID: 0005
 Revises: 0004
