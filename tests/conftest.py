@@ -37,11 +37,15 @@ def _sigint_restored(request: pytest.FixtureRequest) -> Iterator[None]:
     in the same xdist worker failed (`tp train` and a closing TrainingLogger never saw their SIGINT)."""
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a blocked signal stays blocked across exec too
     yield
     left = signal.getsignal(signal.SIGINT)
     if left is not signal.default_int_handler:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         warnings.warn(f"{request.node.nodeid} left SIGINT's handler as {left!r}; restored", stacklevel=1)
+    if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set()):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        warnings.warn(f"{request.node.nodeid} left SIGINT blocked; unblocked", stacklevel=1)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
