@@ -249,6 +249,25 @@ def test_jobs_list_and_a_jobs_detail(backend: BackendProcess, dashboard: Dashboa
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "NOT_FOUND"
 
 
+def test_series_key_parameters_name_keys_with_commas_exactly(
+    backend: BackendProcess, dashboard: DashboardProcess, tmp_path: Path
+) -> None:
+    # A metric key may hold commas (the backend refuses only control characters): `keys=a,b` cannot name one,
+    # each repeated `key` parameter names one key exactly.
+    job_id, token = backend.create_job(epochs=1)
+    logger = logger_for(backend, job_id, token, tmp_path)
+    for key in ("loss, top 1", "loss", " top 1", "a+b&c=d", "損失"):
+        logger.log_metric(key, 1.0, step=1)
+    assert logger.flush(timeout=15)
+    logger.close(timeout=15)
+    client = logged_in(dashboard)
+
+    answer = client.get(f"/api/jobs/{job_id}/series", params=[("key", "loss, top 1"), ("key", "a+b&c=d")]).json()
+    assert sorted(s["key"] for s in answer["series"]) == ["a+b&c=d", "loss, top 1"]
+    answer = client.get(f"/api/jobs/{job_id}/series", params=[("key", "損失"), ("keys", "loss")]).json()
+    assert sorted(s["key"] for s in answer["series"]) == ["loss", "損失"]
+
+
 def test_create_maps_backend_errors_with_their_field(backend: BackendProcess, dashboard: DashboardProcess) -> None:
     client = logged_in(dashboard)
     headers = csrf(client)

@@ -410,15 +410,17 @@ _MAX_STEP = 2**53 - 1
 
 
 async def get_series(request: Request) -> Response:
-    """GET /api/jobs/{id}/series?keys=a,b&max_points=1000&min_step=&max_step=: bucketed series (GetMetricSeries).
+    """GET /api/jobs/{id}/series?key=a&key=b&max_points=1000&min_step=&max_step=: bucketed series (GetMetricSeries).
 
-    Every key of the job (or every key of `keys`), however many: the backend answers 1,000 keys a call, and this
+    Every key of the job (or every key named), however many: the backend answers 1,000 keys a call, and this
     asks again from each answer's `next_key`, up to `MAX_METRIC_KEYS` keys (then the answer's `next_key` and
     `message` say which keys are left out). A job with many keys costs as many calls: a page that only needs the
-    key list asks with max_points=1.
+    key list asks with max_points=1. Each `key` parameter names one key exactly (a metric key may hold commas);
+    `keys=a,b` names keys without commas, as before.
     """
     _, backend, _, _ = _parts(request)
-    keys = [key for key in request.query_params.get("keys", "").split(",") if key]
+    named = request.query_params.getlist("key") + request.query_params.get("keys", "").split(",")
+    keys = list(dict.fromkeys(key for key in named if key))
     if len(keys) > MAX_METRIC_KEYS:
         raise ApiError(
             400, "INVALID_ARGUMENT", f"keys names {len(keys)} keys; at most {MAX_METRIC_KEYS} are allowed", "keys"

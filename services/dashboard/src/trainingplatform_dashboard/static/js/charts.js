@@ -11,7 +11,9 @@
 // its list (filtered by a search box), the first MAX_CHARTS keys are charted, and checking or unchecking a key
 // adds or removes its chart. Only the charted keys' series are read and followed. /api/jobs/{id}/series answers
 // every key of the job (the dashboard follows the backend's pages of 1,000 keys), up to the dashboard's bound,
-// and says when that bound left keys out.
+// and says when that bound left keys out. The picked keys are in the page's address (one `key` parameter each,
+// written with history.replaceState as keys are checked), so a reload or a shared link charts the same keys; with
+// no `key` parameter naming a key of the page, the first MAX_CHARTS are charted.
 
 import { api, el, formatTick, formatValue } from "./common.js";
 
@@ -21,6 +23,23 @@ const RAW_BOUND = 2000;
 export const MAX_CHARTS = 30;
 /** The most keys the picker lists at once (the search box narrows them). */
 const PICKER_ROWS = 200;
+
+/** The keys the page's address picks (its `key` parameters, each one key exactly), among `known` (the page's
+ * keys: others are ignored), at most MAX_CHARTS; null when it names none of them (the page charts its first). */
+export function keysFromAddress(known) {
+  const named = new URLSearchParams(location.search).getAll("key").filter((key) => known.has(key));
+  const keys = [...new Set(named)].sort().slice(0, MAX_CHARTS);
+  return keys.length ? keys : null;
+}
+
+/** Puts the picked keys in the page's address (one `key` parameter each, in key order; the other parameters
+ * stay as they are) without reloading: a reload or the link opened elsewhere charts the same keys. */
+export function keysToAddress(keys) {
+  const others = location.search.slice(1).split("&").filter((part) => part && !/^key(=|$)/.test(part));
+  const named = [...keys].sort().map((key) => `key=${encodeURIComponent(key)}`);
+  const query = [...others, ...named].join("&");
+  history.replaceState(history.state, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
+}
 
 /** A drawable number: the API sends non-finite values as the strings "NaN", "Infinity", "-Infinity" (gaps). */
 export function finite(value) {
@@ -68,7 +87,8 @@ export class SeriesStore {
   }
 
   async fetch({ keys = [], maxPoints = 1000, minStep = null, maxStep = null } = {}) {
-    const query = new URLSearchParams({ keys: keys.join(","), max_points: String(maxPoints) });
+    // One `key` parameter a key: a key may hold commas.
+    const query = new URLSearchParams([...keys.map((key) => ["key", key]), ["max_points", String(maxPoints)]]);
     if (minStep !== null) query.set("min_step", String(Math.floor(minStep)));
     if (maxStep !== null) query.set("max_step", String(Math.ceil(maxStep)));
     return api(`/api/jobs/${encodeURIComponent(this.jobId)}/series?${query}`);
@@ -425,7 +445,8 @@ export class JobCharts {
   }
 
   /** Reads the job's key list, then the series of the keys to chart: all of them when there are at most
-   * MAX_CHARTS, else the first MAX_CHARTS with a picker for the others. */
+   * MAX_CHARTS, else those the page's address picks (the first MAX_CHARTS when it picks none of them) with a
+   * picker for the others. */
   async load() {
     const list = await this.store.fetch({ maxPoints: 1 });
     if (list.message) {
@@ -438,7 +459,7 @@ export class JobCharts {
     if (keys.length <= MAX_CHARTS) {
       await this.store.load(this.maxPoints());
     } else {
-      this.pick(new Set(keys.slice(0, MAX_CHARTS)));
+      this.pick(new Set(keysFromAddress(this.known) || keys.slice(0, MAX_CHARTS)));
       await this.store.load(this.maxPoints(), [...this.picked]);
     }
     this.renderAll();
@@ -455,11 +476,13 @@ export class JobCharts {
     this.picker.render();
   }
 
-  /** Charts one more key (checked in the picker); false when MAX_CHARTS are already charted. */
+  /** Charts one more key (checked in the picker; the address then names it); false when MAX_CHARTS are already
+   * charted. */
   add(key) {
     if (this.picked.has(key)) return true;
     if (this.picked.size >= MAX_CHARTS) return false;
     this.picked.add(key);
+    keysToAddress(this.picked);
     this.store.tracked.add(key);
     this.ensure(key);
     this.rebucketing.add(key);
@@ -480,9 +503,11 @@ export class JobCharts {
     return true;
   }
 
-  /** Removes a key's chart (unchecked in the picker) and forgets its points. */
+  /** Removes a key's chart (unchecked in the picker; the address then no longer names it) and forgets its
+   * points. */
   remove(key) {
     this.picked.delete(key);
+    keysToAddress(this.picked);
     this.store.tracked.delete(key);
     this.store.keys.delete(key);
     this.dirty.delete(key);

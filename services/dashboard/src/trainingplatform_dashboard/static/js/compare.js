@@ -1,9 +1,19 @@
 // Compare: pick several jobs, overlay the same metric keys (one line and min/max band per job), and see the
 // specs side by side with the differences marked. Running jobs keep drawing live. Jobs with more than MAX_CHARTS
 // keys together: a key picker (the job page's) lists every key and charts the picked ones, the first MAX_CHARTS in
-// key order to start with, and the page says so.
+// key order to start with, and the page says so. The picked keys are in the address (`key` parameters, as on the
+// job page): a reload or a shared link charts the same keys.
 
-import { KeyPicker, MAX_CHARTS, MetricChart, SeriesStore, maxPointsFor, prefixOf } from "./charts.js";
+import {
+  KeyPicker,
+  MAX_CHARTS,
+  MetricChart,
+  SeriesStore,
+  keysFromAddress,
+  keysToAddress,
+  maxPointsFor,
+  prefixOf,
+} from "./charts.js";
 import {
   TERMINAL,
   api,
@@ -144,13 +154,14 @@ async function compare(jobsBox) {
   const names = labels(jobs);
   const stores = selected.map((id) => new SeriesStore(id));
   const width = maxPointsFor(jobsBox.clientWidth / 2);
-  // The key lists first (one bucket per key): past MAX_CHARTS keys, the first MAX_CHARTS are charted and a key
-  // picker chooses others; only the charted keys' series are read and followed.
+  // The key lists first (one bucket per key): past MAX_CHARTS keys, those the address picks (else the first
+  // MAX_CHARTS) are charted and a key picker chooses others; only the charted keys' series are read and followed.
   const lists = await Promise.all(stores.map((s) => s.fetch({ maxPoints: 1 })));
   const has = lists.map((l) => new Set(l.series.map((x) => x.key)));
   const every = [...new Set(has.flatMap((h) => [...h]))].filter((k) => !k.startsWith("system/")).sort();
-  const keys = every.slice(0, MAX_CHARTS);
-  const cut = every.length > keys.length;
+  const cut = every.length > MAX_CHARTS;
+  const fromAddress = cut ? keysFromAddress(new Set(every)) : null;
+  const keys = fromAddress || every.slice(0, MAX_CHARTS);
   if (cut) for (const s of stores) s.tracked = new Set(keys);
   await Promise.all(stores.map((s) => (cut ? s.load(width, keys) : s.load(width))));
   let xMode = "step";
@@ -160,9 +171,10 @@ async function compare(jobsBox) {
   const chartBox = el("div", { class: "charts", id: "compare-charts" });
   const notes = lists.map((l) => l.message).filter(Boolean);
   if (cut) {
+    const start = fromAddress ? `the ${keys.length} keys the address names` : `the first ${keys.length} in key order`;
     notes.push(
-      `These jobs have ${every.length} metric keys: at most ${MAX_CHARTS} are charted at once (the first ${keys.length} ` +
-        "in key order to start with); the key picker below chooses which.",
+      `These jobs have ${every.length} metric keys: at most ${MAX_CHARTS} are charted at once (${start} to start ` +
+        "with); the key picker below chooses which.",
     );
   }
   for (const text of notes) chartBox.append(el("p", { class: "banner warning compare-keys-note", text }));
@@ -228,6 +240,7 @@ async function compare(jobsBox) {
         if (this.picked.has(key)) return true;
         if (this.picked.size >= MAX_CHARTS) return false;
         this.picked.add(key);
+        keysToAddress(this.picked);
         for (const s of stores) s.tracked.add(key);
         addChart(key);
         Promise.all(stores.map((s) => s.rebucket(key, width)))
@@ -240,6 +253,7 @@ async function compare(jobsBox) {
       },
       remove(key) {
         this.picked.delete(key);
+        keysToAddress(this.picked);
         dirty.delete(key);
         for (const s of stores) {
           s.tracked.delete(key);

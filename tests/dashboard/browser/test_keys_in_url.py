@@ -1,0 +1,151 @@
+"""The metric keys picked in a key picker (the compare page's, the job page's) are in the page's address, one
+repeated `key` parameter each: a reload, or the link opened in another tab, charts the same keys. A key may hold
+any character but control characters (the backend's rule), so commas, spaces, `+&=#%` and non-ASCII letters must
+come back exactly. Keys the jobs do not have are ignored; no key in the address keeps the first 30."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+
+from .conftest import PageProblems, Platform
+from .helpers import fed_job, shot, wait_js
+
+pytestmark = pytest.mark.timeout(300)
+
+MAX_CHARTS = 30  # charts.js's MAX_CHARTS
+# 32 plain keys: the first 30 are charted to start with. The odd keys sort after them.
+PLAIN = [f"m/{index:02d}" for index in range(32)]
+ODD = ["z/loss, top 1", "z/a+b&c=d#e%2C?", "z/損失 ü"]
+
+
+def finished_job(stack: Platform, tmp_path: Path, keys: list[str]) -> str:
+    """A completed job with one point (step 1) of each of `keys`."""
+    job_id, logger = fed_job(stack, tmp_path)
+    logger.update_status("RUNNING")
+    for index, key in enumerate(keys):
+        logger.log_metric(key, float(index), step=1)
+    logger.update_status("COMPLETED")
+    assert logger.flush(timeout=30)
+    logger.close(timeout=15)
+    return job_id
+
+
+def css(key: str) -> str:
+    """`key` inside a double-quoted CSS attribute value."""
+    return key.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def js(key: str) -> str:
+    """`key` as a JavaScript string literal inside a single-quoted Python-built expression."""
+    return "'" + key.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def charted(page: Any, scope: str) -> set[str]:
+    """The keys with a chart under `scope`."""
+    return set(page.evaluate(f"[...document.querySelectorAll('{scope} figure.chart')].map((f) => f.dataset.key)"))
+
+
+def keys_in_url(url: str) -> list[str]:
+    """The address's `key` parameters, decoded."""
+    return parse_qs(urlsplit(url).query, keep_blank_values=True).get("key", [])
+
+
+def toggle(page: Any, key: str, on: bool) -> None:
+    """Checks or unchecks `key` in the key picker."""
+    page.locator("#key-search").fill(key)
+    box = page.locator(f'#key-list li[data-key="{css(key)}"] input[type="checkbox"]')
+    if on:
+        box.check()
+    else:
+        box.uncheck()
+
+
+def wait_charted(page: Any, scope: str, keys: set[str], attribute: str, points: str) -> None:
+    """Waits until exactly `keys` are charted under `scope`, each chart's `attribute` (its points drawn:
+    `linePoints` on the compare page, `drawnPoints` on the job page) being `points`."""
+    for key in sorted(keys):
+        found = f"[...document.querySelectorAll('{scope} figure.chart')].find((f) => f.dataset.key === {js(key)})"
+        wait_js(page, f"{found}?.dataset.{attribute} === '{points}'")
+    assert charted(page, scope) == keys
+
+
+def test_compare_keeps_the_picked_keys_in_its_address(
+    page: Any, stack: Platform, tmp_path: Path, problems: PageProblems
+) -> None:
+    ids = [finished_job(stack, tmp_path, PLAIN + ODD) for _ in range(2)]
+    base = f"{stack.url}/compare?jobs={','.join(ids)}"
+    page.goto(base)
+    page.locator("#key-picker").wait_for()
+    scope = "#compare-charts"
+    wait_charted(page, scope, set(PLAIN[:MAX_CHARTS]), "linePoints", "1,1")
+    assert keys_in_url(page.url) == []  # the first 30: nothing in the address
+
+    for key in PLAIN[:3]:
+        toggle(page, key, False)
+    for key in ODD:
+        toggle(page, key, True)
+    picked = set(PLAIN[3:MAX_CHARTS]) | set(ODD)
+    wait_charted(page, scope, picked, "linePoints", "1,1")
+    assert sorted(keys_in_url(page.url)) == sorted(picked)
+    assert parse_qs(urlsplit(page.url).query)["jobs"] == [",".join(ids)]
+
+    page.reload()
+    page.locator("#key-picker").wait_for()
+    wait_charted(page, scope, picked, "linePoints", "1,1")
+    wait_js(page, "document.querySelector('#key-count')?.textContent.startsWith('35 keys, 30 charted')")
+    page.locator("#key-search").fill("z/")
+    for key in ODD:
+        assert page.locator(f'#key-list li[data-key="{css(key)}"] input[type="checkbox"]').is_checked()
+
+    other = page.context.new_page()
+    problems.watch(other)
+    other.goto(page.url)
+    other.locator("#key-picker").wait_for()
+    wait_charted(other, scope, picked, "linePoints", "1,1")
+    shot(other, tmp_path, "compare-keys-from-url")
+
+    # Keys the jobs lack are ignored; an address naming none of theirs charts the first 30.
+    other.goto(f"{base}&key=nope&key={quote(ODD[2])}&key={quote(ODD[2])}")
+    other.locator("#key-picker").wait_for()
+    wait_charted(other, scope, {ODD[2]}, "linePoints", "1,1")
+    other.goto(f"{base}&key=nope")
+    other.locator("#key-picker").wait_for()
+    wait_charted(other, scope, set(PLAIN[:MAX_CHARTS]), "linePoints", "1,1")
+
+
+def test_the_job_page_keeps_the_picked_keys_in_its_address(
+    page: Any, stack: Platform, tmp_path: Path, problems: PageProblems
+) -> None:
+    job_id = finished_job(stack, tmp_path, PLAIN + ODD + ["system/cpu_percent"])
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    page.locator("#key-picker").wait_for()
+    scope = "#charts"
+    wait_charted(page, scope, set(PLAIN[:MAX_CHARTS]), "drawnPoints", "1")
+    assert keys_in_url(page.url) == []
+
+    for plain, odd in zip(PLAIN[:3], ODD, strict=True):
+        toggle(page, plain, False)
+        toggle(page, odd, True)
+    picked = set(PLAIN[3:MAX_CHARTS]) | set(ODD)
+    wait_charted(page, scope, picked, "drawnPoints", "1")
+    assert sorted(keys_in_url(page.url)) == sorted(picked)
+
+    page.reload()
+    page.locator("#key-picker").wait_for()
+    wait_charted(page, scope, picked, "drawnPoints", "1")
+
+    other = page.context.new_page()
+    problems.watch(other)
+    other.goto(page.url)
+    other.locator("#key-picker").wait_for()
+    wait_charted(other, scope, picked, "drawnPoints", "1")
+    shot(other, tmp_path, "job-keys-from-url")
+
+    # A system/ key is not the job page's (the System metrics page charts it): ignored like a missing key.
+    other.goto(f"{stack.url}/jobs/{job_id}?key=system%2Fcpu_percent&key=nope&key={quote(ODD[1], safe='')}")
+    other.locator("#key-picker").wait_for()
+    wait_charted(other, scope, {ODD[1]}, "drawnPoints", "1")
