@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
-from trainer_service.trainer_process import FAKE_ADAPTER, TrainerProcess, spec, wait_until
+from trainer_service.trainer_process import FAKE_ADAPTER, TrainerProcess, mlflow_run_ended, spec, wait_until
 from trainingplatform.trainer.v1 import trainer_pb2
 
 EPOCHS = 5
@@ -73,7 +73,8 @@ def test_a_run_that_died_while_its_service_was_down_is_reported_by_the_next_one(
     backend: BackendProcess, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "trainer"
-    first = TrainerProcess(data_dir, env=_ENV).start()
+    tracked = {**_ENV, "TP_MLFLOW_ENABLED": "true"}  # the local MLflow store of the data directory
+    first = TrainerProcess(data_dir, env=tracked).start()
     second: TrainerProcess | None = None
     try:
         job_id, token = backend.create_job(epochs=1000)
@@ -88,12 +89,14 @@ def test_a_run_that_died_while_its_service_was_down_is_reported_by_the_next_one(
         os.killpg(pid, signal.SIGKILL)  # the process dies too, while no service watches it: nobody reports it
         wait_until(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 30, "the process gone")
 
-        second = TrainerProcess(data_dir, env=_ENV).start()
+        second = TrainerProcess(data_dir, env=tracked).start()
         run = second.wait_state(run_id, trainer_pb2.RUN_STATE_FAILED, timeout=60)
         assert run.pid == 0 and "while the trainer service" in run.error_message
         wait_until(lambda: backend.job_status(job_id) == "FAILED", 60, "the job FAILED")
         assert backend.status_events(job_id) == ["PENDING", "RUNNING", "FAILED"]
         assert backend.metric_sequences(job_id)  # what it sent before is kept
+        # The MLflow run the process left RUNNING is ended by the next service.
+        assert "while the trainer service" in mlflow_run_ended(second, backend, job_id, "FAILED")["end_reason"]
     finally:
         first.close()
         if second is not None:

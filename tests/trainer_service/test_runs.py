@@ -16,7 +16,7 @@ from support.backend import BackendProcess, auth
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.trainer.v1 import trainer_pb2
 
-from .trainer_process import FAKE_ADAPTER, TrainerProcess, spec, wait_until
+from .trainer_process import FAKE_ADAPTER, TrainerProcess, mlflow_run_ended, spec, wait_until
 
 RUNNING = trainer_pb2.RUN_STATE_RUNNING
 SUCCEEDED = trainer_pb2.RUN_STATE_SUCCEEDED
@@ -138,8 +138,10 @@ def test_a_run_ignoring_sigterm_is_killed_after_the_grace_period(
     fake_trainer.cancel(run_id, grace=1)
     run = fake_trainer.wait_state(run_id, CANCELLED)
     assert run.exit_code == -signal.SIGKILL
-    # The process could not report; the service did.
+    # The process could not report; the service did, and it ended the MLflow run the process had left RUNNING.
     _backend_status(backend, job_id, "CANCELLED")
+    tags = mlflow_run_ended(fake_trainer, backend, job_id, "KILLED")
+    assert tags["end_reason"] == "cancelled by CancelTraining"
 
 
 def test_a_killed_run_fails_naming_the_signal_and_the_service_keeps_serving(
@@ -157,6 +159,7 @@ def test_a_killed_run_fails_naming_the_signal_and_the_service_keeps_serving(
     assert run.pid == 0
     _backend_status(backend, job_id, "FAILED")
     assert backend.status_events(job_id)[-1] == "FAILED"
+    assert "killed by signal 9 (SIGKILL)" in mlflow_run_ended(fake_trainer, backend, job_id, "FAILED")["end_reason"]
 
     health = health_pb2_grpc.HealthStub(fake_trainer.channel)
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
@@ -177,6 +180,7 @@ def test_an_exception_in_training_fails_the_run_and_the_job(
     assert "exited with code 1" in run.error_message
     assert "fake failure in training" in fake_trainer.train_log(run)
     _backend_status(backend, job_id, "FAILED")
+    assert "end_reason" not in mlflow_run_ended(fake_trainer, backend, job_id, "FAILED")  # the process ended it
 
 
 def test_list_trainings_pages_newest_first(fake_trainer: TrainerProcess) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.backend import free_port
+from support.backend import BackendProcess, auth, free_port
 from trainingplatform.common.v1 import common_pb2
+from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 VENV_BIN = Path(sys.executable).parent
@@ -56,6 +57,19 @@ def spec(
     if extra:
         message.advanced.extra.update(extra)
     return message
+
+
+def mlflow_run_ended(trainer: TrainerProcess, backend: BackendProcess, job_id: str, status: str) -> dict[str, str]:
+    """Waits until the job's MLflow run, in the trainer's local store, shows `status`; returns the run's tags."""
+    from mlflow import MlflowClient
+
+    job = backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=auth(backend.internal_token)).job
+    assert job.mlflow_run_id, "the training process reported no MLflow run"
+    client = MlflowClient(f"sqlite:///{Path(trainer.data_dir).absolute() / 'mlflow.db'}")
+    wait_until(
+        lambda: client.get_run(job.mlflow_run_id).info.status == status, 60, f"the MLflow run of {job_id} {status}"
+    )
+    return client.get_run(job.mlflow_run_id).data.tags
 
 
 class TrainerProcess:

@@ -35,6 +35,12 @@ the directory (`tp up` runs them so) and leave each other's runs alone.
   its status;
 - every other run is listed as it ended.
 
+After the report, a run whose process exited without ending its MLflow run (killed after the cancel grace, by
+the kernel's OOM killer, a crash; `recorder.RUN_FILE` says so) gets it ended KILLED, FAILED or FINISHED, to match
+the run's state, by `python -m trainingplatform_sdk.training.abandoned_run` (a process of its own, with the training
+process's environment, for up to TRACKING_END_TIMEOUT_S), so MLflow does not show it RUNNING for ever. A service
+that died first does it for such runs when it starts again.
+
 A shutdown waits REPORT_DRAIN_S for the reports of the runs that ended (a backend that does not take them would
 otherwise hold it for as long as the spools' delivery is retried); a run still unreported then keeps its spool and
 stays unreported, so the next start on the same data directory reports it (one WARNING names it).
@@ -83,6 +89,7 @@ from trainingplatform_sdk.trainer_service.run import (
 from trainingplatform_sdk.trainer_service.settings import TrainerSettings
 from trainingplatform_sdk.trainer_service.validation import validate_job_id, validate_start
 from trainingplatform_sdk.training.progress import STOP_REASON_FILE
+from trainingplatform_sdk.training.recorder import run_left_open
 
 __all__ = ["LOG_FILE_NAME", "Run", "Supervisor"]
 
@@ -105,6 +112,10 @@ ADOPTED_POLL_S = 0.2
 #: How long a shutdown waits, once the runs have stopped, for their ends to be reported (spools first); what the
 #: backend has not taken by then stays in the spools, and the next start of the service reports it.
 REPORT_DRAIN_S = 10.0
+#: How long the process that ends an abandoned MLflow run may take (MLflow's import, then two fail-fast requests).
+TRACKING_END_TIMEOUT_S = 60.0
+#: The MLflow status of a run's final state.
+_MLFLOW_STATUS = {trainer_pb2.RUN_STATE_SUCCEEDED: "FINISHED", trainer_pb2.RUN_STATE_CANCELLED: "KILLED"}
 
 
 class Supervisor:
@@ -166,6 +177,8 @@ class Supervisor:
             elif not run.reported:
                 _log.info("run %s of job %s ended without its end reported: reporting it", run.run_id, run.job_id)
                 self._spawn_task(self._report_end(run))
+            elif run_left_open(run.output_dir):
+                self._spawn_task(self._end_tracking(run))
 
     async def _watch_adopted(self, run: Run) -> None:
         while process_start_time(run.pid) == run.pid_start_time:
@@ -382,6 +395,45 @@ class Supervisor:
                 return
         run.reported = True
         run.save()
+        await self._end_tracking(run)
+
+    async def _end_tracking(self, run: Run) -> None:
+        """Ends the run's MLflow run when its process exited without ending it (see the module docstring)."""
+        if not await asyncio.to_thread(run_left_open, run.output_dir):
+            return
+        status = _MLFLOW_STATUS.get(run.state, "FAILED")
+        reason = run.cancel_reason or run.error_message or f"exit code {run.exit_code}"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "trainingplatform_sdk.training.abandoned_run",
+            str(run.output_dir.absolute()),
+            status,
+            reason,
+            env=_training_env(self._settings),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), TRACKING_END_TIMEOUT_S)
+        except (TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            _log.warning(
+                "run %s of job %s: its MLflow run is left RUNNING (ending it took over %.0f s)",
+                run.run_id,
+                run.job_id,
+                TRACKING_END_TIMEOUT_S,
+            )
+            return
+        text = output.decode(errors="replace").strip()
+        if process.returncode != 0:
+            _log.warning("run %s of job %s: %s", run.run_id, run.job_id, text or f"exit code {process.returncode}")
+        elif text:
+            _log.info("run %s of job %s: %s", run.run_id, run.job_id, text)
 
     def _finish(self, run: Run, returncode: int | None) -> None:
         """Records the end of the run's process; `returncode` None: unknown (a process adopted after a restart
@@ -470,14 +522,21 @@ def _child_env(job: JobRequest, settings: TrainerSettings) -> dict[str, str]:
     under `runs/<job_id>/` instead of `<data_dir>/`. TP_DATA_ROOTS is handed over too, so the process never sees
     an environment value the service overrode with `--data-roots`.
     """
+    env = _training_env(settings)
+    if job.telemetry_endpoint:
+        env["BACKEND_API_URL"] = job.telemetry_endpoint
+        env["JOB_TELEMETRY_TOKEN"] = job.telemetry_token
+    return env
+
+
+def _training_env(settings: TrainerSettings) -> dict[str, str]:
+    """The environment of a training process without the job's telemetry: the service's, less the withheld
+    variables, plus the settings the process reads (see `_child_env`)."""
     env = {key: value for key, value in os.environ.items() if key not in _WITHHELD_ENV}
     env["PYTHONUNBUFFERED"] = "1"  # train.log shows progress as it happens
     env["TP_DATA_DIR"] = str(settings.data_dir.absolute())
     if settings.data_roots:
         env["TP_DATA_ROOTS"] = os.pathsep.join(str(root.absolute()) for root in settings.data_roots)
-    if job.telemetry_endpoint:
-        env["BACKEND_API_URL"] = job.telemetry_endpoint
-        env["JOB_TELEMETRY_TOKEN"] = job.telemetry_token
     return env
 
 

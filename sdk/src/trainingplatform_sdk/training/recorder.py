@@ -19,6 +19,9 @@ During training, `wrap()`'s sink logs each epoch summary's metrics to MLflow (on
   TP_ARTIFACTS_BUCKET is not set).
 - cancelled or failed: the last checkpoint and results.json are stored best effort (a problem is a WARNING line),
   and the run ends KILLED or FAILED.
+- the training process died before it could end the run (SIGKILL after the cancel grace, the kernel's OOM killer,
+  a crash): `mlflow_run.json` in the output directory names the run and says whether the process ended it, and
+  the trainer service ends a run left RUNNING (`end_abandoned_run`) KILLED or FAILED, with the tag `end_reason`.
 - cancelled while the results of a completed training were being stored (`finish` was given a `stop` that became
   true): no further file is uploaded once the one in flight is done (`StopRequested` is raised), and `abort` then
   makes every record say cancelled: results.json `cancelled` in the output directory and in both stores (replacing
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +54,16 @@ from trainingplatform_sdk.training.tracking import (
     redact_urls,
 )
 
-__all__ = ["JobRecorder", "RecorderSettings", "StopRequested"]
+__all__ = ["RUN_FILE", "JobRecorder", "RecorderSettings", "StopRequested", "end_abandoned_run", "run_left_open"]
 
 _log = logging.getLogger(__name__)
 
 #: MLflow run status of each final job status.
 _RUN_STATUS = {Status.COMPLETED: "FINISHED", Status.FAILED: "FAILED", Status.CANCELLED: "KILLED"}
+#: The output directory's record of the job's MLflow run: its id, its store (without credentials) and the status
+#: the training process ended it with (null until then). The trainer service reads it to end a run whose
+#: process died first.
+RUN_FILE = "mlflow_run.json"
 
 
 class StopRequested(Exception):
@@ -158,6 +166,7 @@ class JobRecorder:
                     f"artifacts the trainer writes itself): {run.describe_error(error)}"
                 ) from error
             recorder.run = run
+            _record_run(output_dir, run, ended=None)
         logger.report_run_info(
             mlflow_run_id=recorder.run.run_id if recorder.run else None,
             mlflow_tracking_uri=settings.tracking.display_uri if settings.tracking else None,
@@ -358,6 +367,7 @@ class JobRecorder:
         self._ended = status
         try:
             self.run.end(_RUN_STATUS[status], fail_fast=fail_fast)
+            _record_run(self.output_dir, self.run, ended=_RUN_STATUS[status])
         except Exception as error:
             self._warn(
                 f"Ending the MLflow run {self.run.run_id} failed (MLflow shows it RUNNING): "
@@ -367,6 +377,69 @@ class JobRecorder:
     def _warn(self, message: str) -> None:
         _log.warning(message)
         self.logger.log_message(message, level="WARNING")
+
+
+def _record_run(output_dir: Path, run: MlflowRun, *, ended: str | None) -> None:
+    _write_record(output_dir, {"run_id": run.run_id, "tracking_uri": run.settings.display_uri, "ended": ended})
+
+
+def _write_record(output_dir: Path, content: dict[str, Any]) -> None:
+    """Writes RUN_FILE (replacing it whole, so a reader never sees half of it); a failure is a log line only."""
+    path = output_dir / RUN_FILE
+    try:
+        partial = path.with_name(RUN_FILE + ".partial")
+        partial.write_text(json.dumps(content) + "\n", encoding="utf-8")
+        os.replace(partial, path)
+    except OSError as error:
+        _log.warning("cannot write %s: %s", path, error)
+
+
+def run_left_open(output_dir: Path) -> bool:
+    """Whether RUN_FILE names an MLflow run that the training process did not end (it may still be running)."""
+    return _open_run_record(output_dir) is not None
+
+
+def _open_run_record(output_dir: Path) -> dict[str, Any] | None:
+    """RUN_FILE's content when it names a run not ended; None without one (tracking off, or the process died
+    before it created the run) or once the run is ended."""
+    try:
+        record = json.loads((output_dir / RUN_FILE).read_text(encoding="utf-8"))
+        if isinstance(record, dict) and record.get("run_id") and record.get("tracking_uri") and not record.get("ended"):
+            return record
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def end_abandoned_run(output_dir: Path, status: str, reason: str, env: Mapping[str, str]) -> str | None:
+    """Ends the MLflow run of a training process that died before it could (see the module docstring).
+
+    Args:
+        output_dir: The job's output directory.
+        status: `FINISHED`, `FAILED` or `KILLED`.
+        reason: Why the process ended (the tag `end_reason` of the run).
+        env: The training process's environment, which says where its MLflow store is.
+
+    Returns:
+        One line for the trainer service's log, or None when there was nothing to do (no run, or the process ended
+        it).
+
+    Raises:
+        TrackingError: The MLflow store did not answer.
+    """
+    record = _open_run_record(output_dir)
+    if record is None:
+        return None
+    run_id, recorded_uri = str(record["run_id"]), str(record["tracking_uri"])
+    settings = RecorderSettings.from_env(env, output_dir=output_dir).tracking
+    if settings is None or settings.display_uri != recorded_uri:
+        now = "tracking is off" if settings is None else f"it is now {settings.display_uri}"
+        return f"MLflow run {run_id} in {recorded_uri} is left as it is: the service's MLflow setting changed ({now})"
+    found = MlflowRun.end_abandoned(settings, run_id, status, reason)
+    _write_record(output_dir, {**record, "ended": status if found == "RUNNING" else found})
+    if found != "RUNNING":
+        return None
+    return f"MLflow run {run_id} ended {status}: its training process died before it could ({reason})"
 
 
 def _end_quietly(run: MlflowRun, status: str) -> None:

@@ -575,6 +575,36 @@ class MlflowRun:
         with store_lock(self.settings), _fail_fast_http() if fail_fast else contextlib.nullcontext():
             retry_locked(lambda: self.client.set_terminated(self.run_id, status))
 
+    @staticmethod
+    def end_abandoned(settings: TrackingSettings, run_id: str, status: str, reason: str) -> str:
+        """Ends a run whose training process died before it could end it (SIGKILL after the cancel grace, the
+        kernel's OOM killer, a crash), so MLflow does not show it RUNNING for ever: only while it is RUNNING,
+        with `status` (`FINISHED`, `FAILED` or `KILLED`) and the tag `end_reason`. No retries, a short timeout.
+
+        Returns:
+            The run's status as MLflow showed it before: `RUNNING` when this call ended it.
+
+        Raises:
+            TrackingError: mlflow is not installed or the server did not answer; the message names the setting.
+        """
+        try:
+            from mlflow import MlflowClient
+        except ImportError as error:
+            raise TrackingError(f"{settings.setting}: the mlflow package is not installed: {error}") from error
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        with store_lock(settings), _fail_fast_http():
+            try:
+                client = MlflowClient(tracking_uri=settings.tracking_uri)
+                found = retry_locked(lambda: client.get_run(run_id)).info.status
+                if found == "RUNNING":
+                    retry_locked(lambda: client.set_tag(run_id, "end_reason", reason[:5000]))
+                    retry_locked(lambda: client.set_terminated(run_id, status))
+            except Exception as error:
+                raise TrackingError(
+                    f"{settings.setting}: cannot end the MLflow run {run_id}: {_describe(error, settings)}"
+                ) from error
+        return str(found)
+
     def describe_error(self, error: BaseException) -> str:
         """An error's text for the job's logs, with the tracking URI's credentials redacted."""
         return _describe(error, self.settings)

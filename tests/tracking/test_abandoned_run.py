@@ -1,0 +1,75 @@
+"""`python -m trainingplatform_sdk.training.abandoned_run`, which the trainer service runs when a training process
+died before it could end its MLflow run (tests/trainer_service/test_runs.py covers it under the service): it ends
+only a run left RUNNING in the store the process used, and says so in one line that holds no credentials."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+from support.backend import free_port
+
+
+def _run(output_dir: Path, status: str, reason: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "TP_"))}
+    command = [sys.executable, "-m", "trainingplatform_sdk.training.abandoned_run", str(output_dir), status, reason]
+    return subprocess.run(command, capture_output=True, text=True, env={**clean, **env}, timeout=120)
+
+
+def _store(tmp_path: Path) -> tuple[str, MlflowClient, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e", artifact_location=tmp_path.as_uri())).info.run_id
+    return uri, client, run_id
+
+
+def _record(output_dir: Path, run_id: str, uri: str, ended: str | None = None) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record = {"run_id": run_id, "tracking_uri": uri, "ended": ended}
+    (output_dir / "mlflow_run.json").write_text(json.dumps(record))
+
+
+def test_a_run_left_running_is_ended_with_the_reason(tmp_path: Path) -> None:
+    uri, client, run_id = _store(tmp_path)
+    _record(tmp_path / "run", run_id, uri)
+
+    done = _run(tmp_path / "run", "KILLED", "cancelled by CancelTraining", MLFLOW_TRACKING_URI=uri)
+
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    died = "its training process died before it could (cancelled by CancelTraining)"
+    assert done.stdout == f"MLflow run {run_id} ended KILLED: {died}\n"
+    run = client.get_run(run_id)
+    assert (run.info.status, run.data.tags["end_reason"]) == ("KILLED", "cancelled by CancelTraining")
+    assert json.loads((tmp_path / "run" / "mlflow_run.json").read_text())["ended"] == "KILLED"
+    again = _run(tmp_path / "run", "FAILED", "twice", MLFLOW_TRACKING_URI=uri)
+    assert (again.returncode, again.stdout) == (0, "")
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_a_run_the_process_ended_or_another_store_is_left_alone(tmp_path: Path) -> None:
+    uri, client, run_id = _store(tmp_path)
+    _record(tmp_path / "ended", run_id, uri, ended="FINISHED")
+    assert _run(tmp_path / "ended", "FAILED", "x", MLFLOW_TRACKING_URI=uri).stdout == ""
+
+    _record(tmp_path / "moved", run_id, "http://mlflow.example:5000")
+    moved = _run(tmp_path / "moved", "FAILED", "x", MLFLOW_TRACKING_URI=uri)
+    assert moved.returncode == 0
+    assert "the service's MLflow setting changed" in moved.stdout
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert _run(tmp_path / "nothing", "FAILED", "x", MLFLOW_TRACKING_URI=uri).stdout == ""  # tracking was off
+
+
+def test_an_unreachable_store_is_one_line_without_its_credentials(tmp_path: Path) -> None:
+    port = free_port()
+    _record(tmp_path / "run", "0123456789abcdef", f"http://127.0.0.1:{port}")  # as recorded: no credentials
+    uri = f"http://user:s3cret@127.0.0.1:{port}"
+
+    done = _run(tmp_path / "run", "FAILED", "x", MLFLOW_TRACKING_URI=uri)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.startswith("the MLflow run of ") and "is left RUNNING" in done.stdout, done.stdout
+    assert "s3cret" not in done.stdout + done.stderr
