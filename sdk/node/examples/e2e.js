@@ -2,8 +2,10 @@
 // End to end with the Node client: creates a timm job, follows its telemetry live until the terminal status
 // event, reads its metric history (every page) and its logs, and prints a JSON summary on stdout.
 //
-//   TP_BACKEND_ADDRESS=127.0.0.1:50051 INTERNAL_AUTH_TOKEN=... node sdk/node/examples/e2e.js
+//   TP_BACKEND_ADDRESS=127.0.0.1:50051 TP_AUTH_TOKEN="$(cat .data/frontend_auth_token)" node sdk/node/examples/e2e.js
 //
+// TP_AUTH_TOKEN is the front-end token, as for `tp`: it may create, cancel and read jobs and nothing more, which is
+// all a client of JobsService needs (INTERNAL_AUTH_TOKEN, the service token, is read when it is not set).
 // Optional: TP_PAGE_SIZE (history page size, default 10000; small values exercise paging),
 // TP_TIMEOUT_S (give up after this long, default 600). Exit code 0 when the job COMPLETED, 1 when it ended
 // otherwise, 2 on an error (one line on stderr).
@@ -11,7 +13,7 @@
 import { createPlatformClient, statusName, JobStatus } from "../src/client.js";
 
 const address = process.env.TP_BACKEND_ADDRESS || process.env.BACKEND_API_URL || "127.0.0.1:50051";
-const token = process.env.INTERNAL_AUTH_TOKEN || "";
+const token = process.env.TP_AUTH_TOKEN || process.env.INTERNAL_AUTH_TOKEN || "";
 const pageSize = Number(process.env.TP_PAGE_SIZE || 10_000);
 const timeoutS = Number(process.env.TP_TIMEOUT_S || 600);
 

@@ -115,16 +115,17 @@ class JobsServiceServicer:
         trainers from the database (retrying busy or unreachable trainers, and resuming after a backend restart),
         so a caller's deadline never interrupts a dispatch. Retries with the same `request_id` return the same job.
 
-        Errors: INVALID_ARGUMENT (missing framework or model name, epochs < 1 or above TP_MAX_EPOCHS, a field out
-        of its range (the bounds are on each field of JobSpec), a spec over TP_MAX_SPEC_BYTES, a display_name or
-        request_id too long or with control characters; and, for a job to be dispatched, whatever a trainer of the
-        framework refuses when asked to validate the spec (StartTraining with validate_only): an unknown model or
-        option with the closest valid names, a value out of range, a dataset path outside the trainer's data roots),
-        NOT_FOUND (the trainer has no such dataset path or checkpoint), FAILED_PRECONDITION (no trainer configured for
-        the framework), ALREADY_EXISTS (request_id already used by a different request), RESOURCE_EXHAUSTED (the
-        backend's TP_MAX_WAITING_JOBS, 10,000 by default, jobs are waiting to start: PENDING or QUEUED; nothing is
-        stored, try again once some have started), UNAUTHENTICATED, PERMISSION_DENIED. A trainer that cannot be reached within 5 s does not block the job: it is validated again
-        when dispatched.
+        Errors: INVALID_ARGUMENT (missing framework or model name, a dataset with neither a name nor a path,
+        epochs < 1 or above TP_MAX_EPOCHS, a field out of its range (the bounds are on each field of JobSpec), a
+        spec over TP_MAX_SPEC_BYTES, a display_name or request_id too long or with control characters; and, for a
+        job to be dispatched, whatever a trainer of the framework refuses when asked to validate the spec
+        (StartTraining with validate_only): an unknown model or option with the closest valid names, a value out of
+        range, a dataset path outside the trainer's data roots), NOT_FOUND (the trainer has no such dataset path or
+        checkpoint), FAILED_PRECONDITION (no trainer configured for the framework), ALREADY_EXISTS (request_id
+        already used by a different request), RESOURCE_EXHAUSTED (the backend's TP_MAX_WAITING_JOBS, 10,000 by
+        default, jobs are waiting to start: PENDING or QUEUED; nothing is stored, try again once some have
+        started), UNAUTHENTICATED, PERMISSION_DENIED. A trainer that cannot be reached within 5 s does not block
+        the job: it is validated again when dispatched.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

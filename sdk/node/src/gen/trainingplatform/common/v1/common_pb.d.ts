@@ -280,7 +280,9 @@ export declare const AdvancedConfigSchema: GenMessage<AdvancedConfig>;
  */
 export declare type JobSpec = Message<"trainingplatform.common.v1.JobSpec"> & {
   /**
-   * Framework that trains the job: `timm` or `ultralytics` (lower case, at most 64 characters). Required.
+   * Framework that trains the job: a lower-case name of at most 64 characters. Required. A job the backend
+   * dispatches needs one it has a trainer for (`timm` or `ultralytics`; else FAILED_PRECONDITION); a job
+   * created with `dispatch` false may name any (`tp run` labels its jobs `custom` unless given `--framework`).
    *
    * @generated from field: string framework = 1;
    */
