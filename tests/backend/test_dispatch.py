@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from reliability.polling import wait_until
 from support.backend import BackendProcess, auth, free_port
 from support.fake_trainer import FakeTrainer
+from support.tp import TP, shell_env
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
@@ -91,9 +90,9 @@ def test_queued_jobs_start_in_the_order_they_were_created_and_say_why_they_wait(
             get = jobs_pb2.GetJobRequest(job_id=oldest)
             waiting = jobs.GetJob(get, metadata=auth(backend.internal_token)).job.waiting_reason
             assert waiting == f"{trainer.address}: RESOURCE_EXHAUSTED this trainer already runs 1 of 1"
-            env = {**os.environ, "TP_AUTH_TOKEN": backend.internal_token, "TP_CONFIG": str(tmp_path / "none.json")}
+            env = shell_env(TP_AUTH_TOKEN=backend.internal_token, TP_CONFIG=str(tmp_path / "none.json"))
             shown = subprocess.run(
-                [str(Path(sys.executable).parent / "tp"), "--backend", backend.address, "show", oldest],
+                [TP, "--backend", backend.address, "show", oldest],
                 capture_output=True,
                 text=True,
                 env=env,

@@ -5,20 +5,16 @@ once it is back, and end with the job.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
+from support.tp import TP, backend_env
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.clients import JobsClient
-
-TP = str(Path(sys.executable).parent / "tp")
-_CLEARED = ("TP_BACKEND_ADDRESS", "BACKEND_API_URL", "TP_AUTH_TOKEN", "INTERNAL_AUTH_TOKEN", "TP_DATA_DIR", "TP_CONFIG")
 
 
 class _Lines:
@@ -58,12 +54,7 @@ def test_a_follow_command_says_once_that_the_backend_is_gone_and_when_it_is_back
         logger.update_status("running")
         logger.log_message("before")
         logger.flush(30)
-        env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
-        env.update(
-            TP_CONFIG=str(tmp_path / "none.json"),
-            TP_BACKEND_ADDRESS=backend.address,
-            INTERNAL_AUTH_TOKEN=backend.internal_token,
-        )
+        env = backend_env(backend, tmp_path / "none.json")
         process = subprocess.Popen(
             [TP, *command, job_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )

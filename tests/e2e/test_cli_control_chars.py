@@ -8,26 +8,23 @@ record, so no record can fake a line of its own (a `status COMPLETED`, another r
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
+from support.tp import TP, backend_env
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.clients import JobsClient
 
-TP = str(Path(sys.executable).parent / "tp")
 ESCAPES = "\x1b[31mred\x1b[0m \x1b]0;TITLE\x07 \x1b[2J\x1b[H"
 FAKE = "first line\r12:00:00 [info] faked\nstatus COMPLETED\n\x9b2J del\x7f"
 TRACEBACK = 'Traceback (most recent call last):\n  File "train.py", line 3, in <module>\nValueError: bad\tvalue'
 ERROR = "boom \x1b[2J\nstatus COMPLETED"
 BIDI_NAME = "\u202eevil name that is long enough to be cut"
-_CLEARED = ("TP_BACKEND_ADDRESS", "BACKEND_API_URL", "TP_AUTH_TOKEN", "INTERNAL_AUTH_TOKEN", "TP_DATA_DIR", "TP_CONFIG")
 # What the terminal must never get from a record: ESC, BEL, CR, C1 CSI, DEL, bidi overrides.
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
@@ -39,12 +36,7 @@ class Seeded:
     config: Path
 
     def tp(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
-        env.update(
-            TP_CONFIG=str(self.config),
-            TP_BACKEND_ADDRESS=self.backend.address,
-            INTERNAL_AUTH_TOKEN=self.backend.internal_token,
-        )
+        env = backend_env(self.backend, self.config)
         # Bytes, decoded as they are: text mode would turn a "\r" into a line break before the test sees it.
         result = subprocess.run([TP, *args], capture_output=True, env=env, timeout=120)
         return subprocess.CompletedProcess(

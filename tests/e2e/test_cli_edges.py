@@ -9,31 +9,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
+from support.tp import TP, backend_env
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.clients import JobsClient
 
-TP = str(Path(sys.executable).parent / "tp")
-_CLEARED = (
-    "TP_BACKEND_ADDRESS",
-    "BACKEND_API_URL",
-    "TP_AUTH_TOKEN",
-    "INTERNAL_AUTH_TOKEN",
-    "FRONTEND_AUTH_TOKEN",
-    "READ_AUTH_TOKEN",
-    "TP_DATA_DIR",
-    "TP_CONFIG",
-    "PYTHONIOENCODING",
-    "PYTHONWARNINGS",
-)
 CJK_NAME = "データセット学習"
 LONG_KEY = "train/" + "k" * 244  # 250 characters
 KEYS = ("train/損失", "val/精度🎯", LONG_KEY, "train/loss")
@@ -46,14 +32,11 @@ class Seeded:
     config: Path
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
-        return {
-            **env,
-            "TP_CONFIG": str(self.config),
-            "TP_BACKEND_ADDRESS": self.backend.address,
-            "TP_AUTH_TOKEN": self.backend.internal_token,
-            **extra,
-        }
+        env = backend_env(self.backend, self.config, token_variable="TP_AUTH_TOKEN")
+        # The tests set these themselves: an encoding or a warnings filter from outside would change what they see.
+        for name in ("PYTHONIOENCODING", "PYTHONWARNINGS"):
+            env.pop(name, None)
+        return {**env, **extra}
 
     def tp(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([TP, *args], capture_output=True, text=True, env=env or self.env(), timeout=120)

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from support.backend import BackendProcess
+from support.tp import TP, backend_env
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.clients import JobsClient
-
-TP = str(Path(sys.executable).parent / "tp")
 
 
 def test_watch_of_a_running_job_ends_with_141_when_its_stdout_is_closed(tmp_path: Path) -> None:
@@ -33,12 +31,7 @@ def test_watch_of_a_running_job_ends_with_141_when_its_stdout_is_closed(tmp_path
         for step in range(5):
             logger.log_message(f"line {step}")
         assert logger.flush(timeout=30)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TP_", "BACKEND_", "INTERNAL_", "READ_"))}
-        env.update(
-            TP_CONFIG=str(tmp_path / "no-config.json"),
-            TP_BACKEND_ADDRESS=backend.address,
-            INTERNAL_AUTH_TOKEN=backend.internal_token,
-        )
+        env = backend_env(backend, tmp_path / "no-config.json")
         read, write = os.pipe()
         os.close(read)  # what `| head -1` leaves once head exited
         try:

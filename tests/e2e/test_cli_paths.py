@@ -21,7 +21,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,26 +29,13 @@ from pathlib import Path
 
 import pytest
 from support.backend import free_port
+from support.tp import TP, shell_env
 from trainingplatform_sdk.clients import JobsClient
-
-TP = str(Path(sys.executable).parent / "tp")
-# What a fresh shell has: nothing that names a backend or a token (the per-user config is the test's own).
-_CLEARED = (
-    "TP_BACKEND_ADDRESS",
-    "BACKEND_API_URL",
-    "TP_AUTH_TOKEN",
-    "INTERNAL_AUTH_TOKEN",
-    "FRONTEND_AUTH_TOKEN",
-    "READ_AUTH_TOKEN",
-    "TP_DATA_DIR",
-    "TP_DASHBOARD_TOKEN",
-    "TP_CONFIG",
-)
 
 
 def clean_env(config: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
-    return {**env, "TP_CONFIG": str(config), **extra}
+    """What a fresh shell has, with the test's own per-user config."""
+    return shell_env(TP_CONFIG=str(config), **extra)
 
 
 def alive(pid: int) -> bool:

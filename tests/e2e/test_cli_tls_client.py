@@ -10,9 +10,7 @@ and what to set, never gRPC's own log lines, never "no backend answers" (one doe
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +18,8 @@ import grpc
 import pytest
 from support.backend import BackendProcess
 from support.certs import Pki, make_pki
+from support.tp import TP, shell_env
 from trainingplatform_sdk.channel import ClientTls
-
-TP = str(Path(sys.executable).parent / "tp")
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +51,7 @@ def mtls_backend(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def tp(backend: BackendProcess, address: str, tmp_path: Path, **tls: str) -> tuple[int, list[str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TP_") and k != "BACKEND_API_URL"}
-    env.update(INTERNAL_AUTH_TOKEN=backend.internal_token, TP_CONFIG=str(tmp_path / "no-config.json"), **tls)
+    env = shell_env(INTERNAL_AUTH_TOKEN=backend.internal_token, TP_CONFIG=str(tmp_path / "no-config.json"), **tls)
     result = subprocess.run(
         [TP, "--backend", address, "jobs", "--limit", "1"], capture_output=True, text=True, env=env, timeout=120
     )

@@ -16,29 +16,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
+from support.tp import TP, backend_env, shell_env
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.cli.stack import Stack
 from trainingplatform_sdk.clients import JobsClient
 
-TP = str(Path(sys.executable).parent / "tp")
 LONG_NAME = "a-very-long-display-name-for-truncation"
 EXACT_NAME = "twenty-chars-exactly"  # 20 characters: fits the NAME column as it is
-_CLEARED = (
-    "TP_BACKEND_ADDRESS",
-    "BACKEND_API_URL",
-    "TP_AUTH_TOKEN",
-    "INTERNAL_AUTH_TOKEN",
-    "FRONTEND_AUTH_TOKEN",
-    "READ_AUTH_TOKEN",
-    "TP_DATA_DIR",
-    "TP_CONFIG",
-)
 
 
 class Seeded:
@@ -48,14 +37,7 @@ class Seeded:
         self.config = config
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
-        return {
-            **env,
-            "TP_CONFIG": str(self.config),
-            "TP_BACKEND_ADDRESS": self.backend.address,
-            "INTERNAL_AUTH_TOKEN": self.backend.internal_token,
-            **extra,
-        }
+        return backend_env(self.backend, self.config, **extra)
 
     def tp(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([TP, *args], capture_output=True, text=True, env=env or self.env(), timeout=120, cwd=cwd)
@@ -98,8 +80,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
 @pytest.mark.parametrize("flag", ["--backend-port", "--dashboard-port", "--timm-port", "--ultralytics-port"])
 @pytest.mark.parametrize("value", ["99999", "-1", "0", "http"])
 def test_up_refuses_a_port_out_of_range_at_parse_time(flag: str, value: str, tmp_path: Path):
-    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
-    env["TP_CONFIG"] = str(tmp_path / "config.json")
+    env = shell_env(TP_CONFIG=str(tmp_path / "config.json"))
     result = subprocess.run(
         [TP, "--data-dir", str(tmp_path / "data"), "up", flag, value],
         capture_output=True,
@@ -133,8 +114,7 @@ def test_up_names_a_data_directory_it_cannot_use(kind: str, why: str, tmp_path: 
         data_dir = tmp_path / "afile" / "data"
     else:
         data_dir = Path("/proc/self")  # a directory no file can be created in, even by root
-    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
-    env["TP_CONFIG"] = str(tmp_path / "config.json")
+    env = shell_env(TP_CONFIG=str(tmp_path / "config.json"))
     result = subprocess.run(
         [TP, "--data-dir", str(data_dir), "up", "--no-dashboard"], capture_output=True, text=True, env=env, timeout=60
     )
@@ -312,9 +292,7 @@ def test_gc_keep_negative_is_refused_and_zero_keeps_none(seeded: Seeded, tmp_pat
 def test_a_malformed_config_is_named_with_what_is_wrong(seeded: Seeded, tmp_path: Path, content: str, wrong: str):
     config = tmp_path / "config.json"
     config.write_text(content)
-    env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
-    env["TP_CONFIG"] = str(config)
-    result = seeded.tp("jobs", env=env, cwd=tmp_path)
+    result = seeded.tp("jobs", env=shell_env(TP_CONFIG=str(config)), cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(config) in lines[0] and wrong in lines[0], result.stderr

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from support.backend import free_port
+from support.tp import TP
 from trainingplatform_sdk.cli.frameworks import BEGIN_MARKER, END_MARKER
 
-TP = str(Path(sys.executable).parent / "tp")
 DOC = Path(__file__).resolve().parents[2] / "docs" / "frameworks.md"
 REGENERATE = "run `.venv/bin/tp frameworks --format markdown --write docs/frameworks.md` (or `make docs`) and commit it"
 

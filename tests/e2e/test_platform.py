@@ -6,17 +6,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.backend import free_port
+from support.tp import TP, shell_env
 from trainingplatform_sdk.cli.stack import Stack
 from trainingplatform_sdk.clients import JobsClient, TrainerClient
-
-TP = str(Path(sys.executable).parent / "tp")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +34,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def tp(stack: Stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TP_BACKEND_ADDRESS": stack.backend_address, "INTERNAL_AUTH_TOKEN": stack.token}
+    env = shell_env(
+        TP_BACKEND_ADDRESS=stack.backend_address,
+        INTERNAL_AUTH_TOKEN=stack.token,
+        TP_CONFIG=str(stack.data_dir / "no-config.json"),
+    )
     return subprocess.run([TP, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 

@@ -13,27 +13,16 @@ from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
+from support.tp import TP, backend_env
 from trainingplatform_sdk.clients import Job, JobsClient, LogLine
 
-TP = str(Path(sys.executable).parent / "tp")
 OLD_SCRIPT = Path(__file__).parents[1] / "sdk" / "old_style_train.py"
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def tp_env(backend: BackendProcess, tmp_path: Path) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("TP_") and key not in {"BACKEND_API_URL", "JOB_TELEMETRY_TOKEN", "JOB_ID"}
-    }
-    return {
-        **env,
-        "TP_BACKEND_ADDRESS": backend.address,
-        "INTERNAL_AUTH_TOKEN": backend.internal_token,
-        "TP_CONFIG": str(tmp_path / "no-config.json"),
-        "TP_SPOOL_DIR": str(tmp_path / "spool"),
-    }
+    return backend_env(backend, tmp_path / "no-config.json", TP_SPOOL_DIR=str(tmp_path / "spool"))
 
 
 def tp_run(backend: BackendProcess, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

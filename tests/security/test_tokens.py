@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import re
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from support.backend import BackendProcess, auth
+from support.tp import TP, shell_env
 from trainer_service.trainer_process import FAKE_ADAPTER, TrainerProcess, spec
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
@@ -28,7 +27,6 @@ from trainingplatform_sdk.clients import JobsClient, default_token
 from trainingplatform_sdk.errors import PermissionDeniedError, UnauthenticatedError
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
-TP = str(Path(sys.executable).parent / "tp")
 SPEC = spec(epochs=1)
 
 
@@ -109,8 +107,11 @@ def test_the_front_end_token_creates_cancels_and_reads_but_writes_no_telemetry(
     with JobsClient(backend.address, token) as client:
         assert client.get_job(job_id).status == "CANCELLED"
     # `tp` with nothing but the backend's data directory uses the front-end token it finds there.
-    env = {k: v for k, v in os.environ.items() if k not in ("TP_AUTH_TOKEN", "INTERNAL_AUTH_TOKEN")}
-    env |= {"TP_BACKEND_ADDRESS": backend.address, "TP_DATA_DIR": str(backend.data_dir)}
+    env = shell_env(
+        TP_BACKEND_ADDRESS=backend.address,
+        TP_DATA_DIR=str(backend.data_dir),
+        TP_CONFIG=str(tmp_path / "no-config.json"),
+    )
     shown = subprocess.run([TP, "show", job_id], capture_output=True, text=True, env=env, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "CANCELLED" in shown.stdout
