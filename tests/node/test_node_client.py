@@ -6,7 +6,6 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,32 +14,12 @@ import grpc
 import pytest
 from support.backend import BackendProcess, free_port
 from support.certs import make_pki
+from support.node import NODE_SDK, ROOT, node_executable, run_node
 from trainingplatform_sdk.cli.stack import Stack
 from trainingplatform_sdk.clients import JobsClient
 
-ROOT = Path(__file__).resolve().parents[2]
-NODE_SDK = ROOT / "sdk" / "node"
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 HERE = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    """The node executable, once the client's packages are installed (never skipped: CI must run these tests)."""
-    executable = shutil.which("node")
-    if executable is None:
-        pytest.fail("Node.js is not installed: the Node client tests need Node.js 20 or newer and npm")
-    missing = [
-        name
-        for name in ("@connectrpc/connect-node", "@bufbuild/protobuf", ".bin/protoc-gen-es")
-        if not (NODE_SDK / "node_modules" / name).exists()
-    ]
-    if missing:
-        pytest.fail(
-            f"sdk/node/node_modules lacks {', '.join(missing)}: run `make setup` "
-            "(it runs `npm ci --prefix sdk/node` from sdk/node/package-lock.json)"
-        )
-    return executable
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +36,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     platform.stop()
 
 
-def run_node(node: str, script: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [node, str(script)], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def test_the_node_client_creates_follows_and_reads_a_job(node: str, stack: Stack):
-    result = run_node(
-        node,
+def test_the_node_client_creates_follows_and_reads_a_job(stack: Stack):
+    output = run_node(
         NODE_SDK / "examples" / "e2e.js",
         # A small page size makes the example read the history over several ListMetrics pages. The front-end
         # token, as the docs show: the example needs no more than what a front end may do.
         {"TP_BACKEND_ADDRESS": stack.backend_address, "TP_AUTH_TOKEN": stack.frontend_token, "TP_PAGE_SIZE": "7"},
         timeout=540,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = json.loads(result.stdout)
+    summary = json.loads(output)
     assert summary["final_status"] == "JOB_STATUS_COMPLETED"
     assert summary["job_status"] == "JOB_STATUS_COMPLETED"
     assert summary["status_sequence"] == [
@@ -100,7 +71,7 @@ def test_the_node_client_creates_follows_and_reads_a_job(node: str, stack: Stack
     assert job.last_log_sequence == len(python_logs) > 0
 
 
-def test_the_node_client_speaks_mutual_tls_and_sends_the_token(node: str, tmp_path: Path):
+def test_the_node_client_speaks_mutual_tls_and_sends_the_token(tmp_path: Path):
     """TLS material reaches the HTTP/2 connection and the interceptor puts the token on every call."""
     pki = make_pki(tmp_path / "pki")
     backend = BackendProcess(
@@ -124,9 +95,7 @@ def test_the_node_client_speaks_mutual_tls_and_sends_the_token(node: str, tmp_pa
 
         def get_job(token: str, job: str = job_id) -> dict:
             env = {"TP_BACKEND_ADDRESS": f"https://{backend.address}", "TP_TOKEN": token, "TP_JOB_ID": job, **tls}
-            result = run_node(node, HERE / "call_get_job.mjs", env, timeout=60)
-            assert result.returncode == 0, result.stderr
-            return json.loads(result.stdout)
+            return json.loads(run_node(HERE / "call_get_job.mjs", env, timeout=60))
 
         assert get_job(backend.read_token) == {"ok": True, "job_id": job_id}
         assert get_job("not-a-token")["code"] == "Unauthenticated"
@@ -135,7 +104,8 @@ def test_the_node_client_speaks_mutual_tls_and_sends_the_token(node: str, tmp_pa
         backend.close()
 
 
-def test_the_generated_node_code_is_current(node: str, tmp_path: Path):
+def test_the_generated_node_code_is_current(tmp_path: Path):
+    node_executable()  # buf runs sdk/node's protoc-gen-es with node
     if not BUF.exists():
         pytest.fail("the buf CLI is missing: run `make setup` (it installs @bufbuild/buf from package-lock.json)")
     template = (ROOT / "buf.gen.ts.yaml").read_text()

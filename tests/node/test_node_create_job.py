@@ -5,49 +5,26 @@ does), and an option the helper does not know is refused before any call instead
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
+from support.node import run_node
 from trainingplatform_sdk.clients import JobsClient
 
 HERE = Path(__file__).parent
-ROOT = HERE.parents[1]
 SPEC = {"framework": "timm", "model": "resnet10t", "dataset": "digits", "dispatch": False}
 
 
 def _create(backend: BackendProcess, options: dict, calls: int = 1) -> dict:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("Node.js is not installed: the Node client tests need Node.js 20 or newer and npm")
-    result = subprocess.run(
-        [node, str(HERE / "create_job.mjs")],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "TP_BACKEND_ADDRESS": backend.address,
-            "TP_TOKEN": backend.internal_token,
-            "TP_CREATE_OPTIONS": json.dumps(options),
-            "TP_CALLS": str(calls),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout)
-
-
-@pytest.fixture
-def backend(tmp_path: Path):
-    process = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data")
-    process.start()
-    yield process
-    process.close()
+    env = {
+        "TP_BACKEND_ADDRESS": backend.address,
+        "TP_TOKEN": backend.internal_token,
+        "TP_CREATE_OPTIONS": json.dumps(options),
+        "TP_CALLS": str(calls),
+    }
+    return json.loads(run_node(HERE / "create_job.mjs", env, timeout=120))
 
 
 def _job_ids(backend: BackendProcess) -> list[str]:

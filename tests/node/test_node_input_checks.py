@@ -6,17 +6,13 @@ for a broken connection and retried for `maxReconnectMs` (60 s by default)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 from support.backend import BackendProcess
+from support.node import run_node
 from trainingplatform_sdk.clients import JobsClient
 
 HERE = Path(__file__).parent
-ROOT = HERE.parents[1]
 
 # case -> (error name, the option its message names)
 EXPECTED = {
@@ -32,35 +28,12 @@ EXPECTED = {
 }
 
 
-@pytest.fixture
-def backend(tmp_path: Path):
-    process = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data")
-    process.start()
-    yield process
-    process.close()
-
-
 def test_node_client_refuses_the_callers_bad_inputs_at_once(backend: BackendProcess) -> None:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("Node.js is not installed: the Node client tests need Node.js 20 or newer and npm")
     with JobsClient(backend.address, backend.internal_token) as client:
         job = client.create_job(framework="timm", model="resnet10t", dataset="digits", dispatch=False).job
-    result = subprocess.run(
-        [node, str(HERE / "bad_inputs.mjs")],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "TP_BACKEND_ADDRESS": backend.address,
-            "TP_TOKEN": backend.internal_token,
-            "TP_JOB_ID": job.job_id,
-        },
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    answers = {answer["case"]: answer for answer in map(json.loads, result.stdout.splitlines())}
+    env = {"TP_BACKEND_ADDRESS": backend.address, "TP_TOKEN": backend.internal_token, "TP_JOB_ID": job.job_id}
+    output = run_node(HERE / "bad_inputs.mjs", env, timeout=150)
+    answers = {answer["case"]: answer for answer in map(json.loads, output.splitlines())}
     for case, (name, option) in EXPECTED.items():
         answer = answers[case]
         assert answer["name"] == name and answer["code"] is None, answer

@@ -5,9 +5,7 @@ the Python client's subscribe does. Stopping it on purpose (the caller's AbortSi
 from __future__ import annotations
 
 import json
-import os
 import select
-import shutil
 import subprocess
 import threading
 import time
@@ -15,33 +13,18 @@ from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
+from support.node import start_node
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.clients import JobsClient
 
 HERE = Path(__file__).parent
-ROOT = HERE.parents[1]
 POINTS = 3000
 
 
 def _start_subscriber(backend: BackendProcess, job_id: str, **env: str) -> subprocess.Popen[str]:
     """The Node subscriber (subscribe_telemetry.mjs), once its first event (the PENDING status) has arrived."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("Node.js is not installed: the Node client tests need Node.js 20 or newer and npm")
-    process = subprocess.Popen(
-        [node, str(HERE / "subscribe_telemetry.mjs")],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "TP_BACKEND_ADDRESS": backend.address,
-            "TP_TOKEN": backend.read_token,
-            "TP_JOB_ID": job_id,
-            **env,
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env = {"TP_BACKEND_ADDRESS": backend.address, "TP_TOKEN": backend.read_token, "TP_JOB_ID": job_id, **env}
+    process = start_node(HERE / "subscribe_telemetry.mjs", env)
     assert process.stderr is not None
     ready, _, _ = select.select([process.stderr], [], [], 30)
     line = process.stderr.readline() if ready else ""
@@ -64,9 +47,7 @@ def _answer(process: subprocess.Popen[str], timeout: float) -> dict:
 
 
 @pytest.mark.timeout(240)
-def test_the_node_subscriber_resumes_after_the_backend_is_killed_mid_stream(tmp_path: Path):
-    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data")
-    backend.start()
+def test_the_node_subscriber_resumes_after_the_backend_is_killed_mid_stream(backend: BackendProcess, tmp_path: Path):
     subscriber: subprocess.Popen[str] | None = None
     try:
         with JobsClient(backend.address, backend.internal_token) as client:
@@ -118,23 +99,17 @@ def test_the_node_subscriber_resumes_after_the_backend_is_killed_mid_stream(tmp_
         if subscriber is not None and subscriber.poll() is None:
             subscriber.kill()
             subscriber.communicate()
-        backend.close()
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("stop", ["abort", "close"])
-def test_stopping_the_node_subscriber_on_purpose_ends_it(tmp_path: Path, stop: str):
+def test_stopping_the_node_subscriber_on_purpose_ends_it(backend: BackendProcess, stop: str):
     """A cancellation the caller asked for (its AbortSignal, or closing the client) is not resumed."""
-    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data")
-    backend.start()
-    try:
-        job_id, _ = backend.create_job()
-        subscriber = _start_subscriber(
-            backend, job_id, TP_KEEP_FOLLOWING="1", TP_STOP_AFTER_MS="1500", TP_STOP=stop, TP_MAX_RECONNECT_MS="60000"
-        )
-        answer = _answer(subscriber, 30)
-        assert answer["statuses"] == ["JOB_STATUS_PENDING"]
-        assert answer["error"] is not None and answer["error"]["code"] == "Canceled", answer
-        assert answer["after_stop_ms"] < 1000, answer  # ended at once, no reconnect attempts
-    finally:
-        backend.close()
+    job_id, _ = backend.create_job()
+    subscriber = _start_subscriber(
+        backend, job_id, TP_KEEP_FOLLOWING="1", TP_STOP_AFTER_MS="1500", TP_STOP=stop, TP_MAX_RECONNECT_MS="60000"
+    )
+    answer = _answer(subscriber, 30)
+    assert answer["statuses"] == ["JOB_STATUS_PENDING"]
+    assert answer["error"] is not None and answer["error"]["code"] == "Canceled", answer
+    assert answer["after_stop_ms"] < 1000, answer  # ended at once, no reconnect attempts

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from support.backend import PG_ADMIN_URL, BackendProcess, auth
 from support.fake_trainer import FakeTrainer
+from support.postgres import admin, app_database, terminate
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2
@@ -37,42 +37,7 @@ from trainingplatform_sdk import LoggerSettings, TrainingLogger
 
 from reliability.polling import wait_until
 
-ROLE = "tp_test_app"
 FAST = LoggerSettings(reconnect_initial_backoff_s=0.05, reconnect_max_backoff_s=0.5)
-
-
-def _admin(sql: str, **params: str) -> None:
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(sql), params)
-    finally:
-        engine.dispose()
-
-
-@contextlib.contextmanager
-def _app_database() -> Iterator[tuple[str, str]]:
-    """A fresh database owned by a role that is not a superuser: (its name, the URL the backend connects with)."""
-    name = f"tp_test_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            if conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": ROLE}).first() is None:
-                with contextlib.suppress(Exception):  # another test process made it meanwhile
-                    conn.execute(text(f'CREATE ROLE "{ROLE}" LOGIN'))
-            conn.execute(text(f'CREATE DATABASE "{name}" OWNER "{ROLE}"'))
-        base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgres@", f"{ROLE}@", 1)
-        yield name, f"{base}/{name}"
-    finally:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
-
-
-def _terminate(name: str) -> None:
-    _admin(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()", d=name
-    )
 
 
 def _committed(backend: BackendProcess, job_id: str) -> int:
@@ -86,7 +51,7 @@ def _committed(backend: BackendProcess, job_id: str) -> int:
 def test_writes_resume_at_once_after_the_database_was_read_only(tmp_path: Path) -> None:
     """Read-only sessions are dropped from the pool at the first refused write (UNAVAILABLE: clients retry), so the
     first retry once the database takes writes again commits."""
-    with _app_database() as (name, url):
+    with app_database() as (name, url):
         backend = BackendProcess(url, tmp_path / "data")
         backend.start()
         try:
@@ -98,13 +63,13 @@ def test_writes_resume_at_once_after_the_database_was_read_only(tmp_path: Path) 
                 return backend.telemetry().StreamMetrics(iter([request]), metadata=auth(token), timeout=10)
 
             stream(1)
-            _admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
-            _terminate(name)
+            admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            terminate(name)
             for sequence in (2, 3):  # the pool's connections are read-only now, whichever is taken
                 with pytest.raises(grpc.RpcError) as refused:
                     stream(sequence)
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
-            _admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
             assert stream(2).points_committed == 1  # before: INTERNAL until the pool recycled (30 minutes)
             assert stream(3).points_committed == 1
             assert backend.metric_sequences(job_id) == [1, 2, 3]
@@ -117,7 +82,7 @@ def test_a_failed_commit_ends_a_stream_the_client_keeps_open(tmp_path: Path) -> 
     """The SDK keeps its stream open between batches. A commit that failed (the database read-only) ended the call
     only at the client's next message or half-close: a client with nothing more to send waited on a stream that
     would never commit, and read an unmoving cursor, until its close."""
-    with _app_database() as (name, url):
+    with app_database() as (name, url):
         backend = BackendProcess(url, tmp_path / "data")
         backend.start()
         try:
@@ -126,8 +91,8 @@ def test_a_failed_commit_ends_a_stream_the_client_keeps_open(tmp_path: Path) -> 
             point = telemetry_pb2.MetricPoint(key="loss", value=1.0, step=1, sequence=1, wall_time=1)
             first = telemetry_pb2.StreamMetricsRequest(job_id=job_id, points=[point])
             telemetry.StreamMetrics(iter([first]), metadata=auth(token), timeout=10)  # the job's token is checked
-            _admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
-            _terminate(name)
+            admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            terminate(name)
             release = threading.Event()
 
             def requests() -> Iterator[telemetry_pb2.StreamMetricsRequest]:
@@ -144,7 +109,7 @@ def test_a_failed_commit_ends_a_stream_the_client_keeps_open(tmp_path: Path) -> 
             assert error is not None, "the stream whose commit failed is still open"
             assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
         finally:
-            _admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
             backend.close()
 
 
@@ -152,19 +117,19 @@ def test_a_failed_commit_ends_a_stream_the_client_keeps_open(tmp_path: Path) -> 
 def test_ingest_resumes_soon_after_the_database_was_read_only(tmp_path: Path) -> None:
     """End to end: a TrainingLogger whose stream's commit failed while the database was read-only delivers what
     it logs once the database takes writes again (before: nothing until its close)."""
-    with _app_database() as (name, url):
+    with app_database() as (name, url):
         backend = BackendProcess(url, tmp_path / "data")
         backend.start()
         try:
             job_id, token = backend.create_job()
-            _admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
-            _terminate(name)
+            admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+            terminate(name)
             logger = TrainingLogger(
                 job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool", settings=FAST
             )
             logger.log_metric("loss", 1.0, step=1)
             time.sleep(5)
-            _admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
             for step in range(2, 200):
                 logger.log_metric("loss", 1.0, step=step)
             wait_until(lambda: _committed(backend, job_id) >= 199, 60, "the 199 points committed once writable")
@@ -176,12 +141,12 @@ def test_ingest_resumes_soon_after_the_database_was_read_only(tmp_path: Path) ->
 
 @pytest.mark.timeout(120)
 def test_a_job_token_checked_on_a_killed_connection_gets_unavailable_without_sql(tmp_path: Path) -> None:
-    with _app_database() as (name, url):
+    with app_database() as (name, url):
         backend = BackendProcess(url, tmp_path / "data")
         backend.start()
         try:
             job_id, token = backend.create_job()  # its token is not checked yet: the check reads the database
-            _terminate(name)
+            terminate(name)
             with pytest.raises(grpc.RpcError) as failed:
                 backend.telemetry().GetStreamCursor(
                     telemetry_pb2.GetStreamCursorRequest(job_id=job_id), metadata=auth(token), timeout=10
@@ -200,7 +165,7 @@ def test_a_job_token_checked_on_a_killed_connection_gets_unavailable_without_sql
 
 @pytest.mark.timeout(180)
 def test_a_database_outage_longer_than_the_reporter_timeout_fails_no_live_job(tmp_path: Path) -> None:
-    with _app_database() as (name, url):
+    with app_database() as (name, url):
         backend = BackendProcess(
             url, tmp_path / "data", extra_env={"TP_REPORTER_TIMEOUT_S": "10", "TP_WATCH_INTERVAL_S": "1"}
         )
@@ -224,10 +189,10 @@ def test_a_database_outage_longer_than_the_reporter_timeout_fails_no_live_job(tm
             trainer.start()
             wait_until(lambda: backend.job_status(job_id) == "RUNNING", 30, "RUNNING")
             time.sleep(12)  # past the lease's start-up grace: the reporter has been heard from
-            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT 0')
-            _terminate(name)
+            admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT 0')
+            terminate(name)
             time.sleep(20)  # twice the reporter timeout
-            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
+            admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
             before = _committed(backend, job_id)
             wait_until(lambda: _committed(backend, job_id) > before, 30, "commits again")
             time.sleep(5)  # five lease rounds
@@ -240,13 +205,13 @@ def test_a_database_outage_longer_than_the_reporter_timeout_fails_no_live_job(tm
             assert backend.job_status(job_id) == "COMPLETED"
         finally:
             stop.set()
-            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
+            admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
             backend.close()
 
 
 @pytest.mark.timeout(180)
 def test_a_lock_on_the_metrics_table_does_not_stall_calls_that_never_read_it(tmp_path: Path) -> None:
-    with _app_database() as (name, url):
+    with app_database() as (name, url):
         backend = BackendProcess(url, tmp_path / "data")
         backend.start()
         holder = create_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
@@ -284,17 +249,17 @@ def test_a_job_dispatched_during_a_database_outage_can_still_be_cancelled(tmp_pa
         dataset=common_pb2.DatasetConfig(name="digits"),
         training=common_pb2.TrainingConfig(epochs=1),
     )
-    with FakeTrainer(accept_delay_s=0.3, reply_delay_s=3.0) as trainer, _app_database() as (name, url):
+    with FakeTrainer(accept_delay_s=0.3, reply_delay_s=3.0) as trainer, app_database() as (name, url):
         backend = BackendProcess(url, tmp_path / "data", extra_env={"TP_TRAINERS": f"timm={trainer.address}"})
         backend.start()
         try:
             jobs, metadata = backend.jobs(), auth(backend.internal_token)
             job_id = jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec), metadata=metadata, timeout=30).job.job_id
             wait_until(lambda: trainer.runs_of(job_id), 30, "the trainer accepted the job")
-            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT 0')  # while its StartTraining answer is on its way
-            _terminate(name)
+            admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT 0')  # while its StartTraining answer is on its way
+            terminate(name)
             time.sleep(4)
-            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
+            admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
             run = trainer.runs_of(job_id)[-1]
             logger = TrainingLogger(
                 job_id,
@@ -309,7 +274,7 @@ def test_a_job_dispatched_during_a_database_outage_can_still_be_cancelled(tmp_pa
             wait_until(lambda: not trainer.training(job_id), 60, "the cancelled job's run stopped")
             logger.close(5)
         finally:
-            _admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
+            admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT -1')
             backend.close()
 
 
@@ -317,7 +282,7 @@ def test_a_statement_past_the_database_timeout_is_unavailable_naming_the_setting
     """A statement PostgreSQL cancels at TP_DATABASE_TIMEOUT_S (a lock held by a migration or a VACUUM FULL, a
     query too heavy for the load) fails its call UNAVAILABLE with a message that names the setting, not as a database
     outage; the call succeeds once the lock is gone."""
-    with _app_database() as (name, url):
+    with app_database() as (name, url):
         backend = BackendProcess(url, tmp_path / "data", extra_env={"TP_DATABASE_TIMEOUT_S": "2"})
         backend.start()
         holder = create_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")

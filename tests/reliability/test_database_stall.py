@@ -17,12 +17,12 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 from support.backend import BackendProcess, auth
+from support.postgres import app_database
 from support.proxy import ChaosProxy
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform_sdk import LoggerSettings, TrainingLogger
 
 from reliability.polling import wait_until
-from reliability.test_database_faults import _app_database
 
 FAST = LoggerSettings(reconnect_initial_backoff_s=0.05, reconnect_max_backoff_s=0.5)
 TIMEOUT_S = 5  # TP_DATABASE_TIMEOUT_S given to the backend
@@ -41,7 +41,7 @@ def _committed(backend: BackendProcess, job_id: str) -> int:
 
 @pytest.mark.timeout(240)
 def test_a_database_that_stops_answering_fails_calls_unavailable_and_they_recover(tmp_path: Path) -> None:
-    with _app_database() as (_, url), ChaosProxy("127.0.0.1:5432", seed=11) as proxy:
+    with app_database() as (_, url), ChaosProxy("127.0.0.1:5432", seed=11) as proxy:
         backend = BackendProcess(
             _through(proxy, url), tmp_path / "data", extra_env={"TP_DATABASE_TIMEOUT_S": str(TIMEOUT_S)}
         )
