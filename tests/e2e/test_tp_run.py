@@ -211,6 +211,8 @@ def test_the_old_guides_script_under_tp_run(backend: BackendProcess, tmp_path: P
     assert messages[0] == "Starting training: tiny-mlp" and messages[-1] == "training finished"
     assert len(backend.log_sequences(job_id)) == len(logs) == len(set(backend.log_sequences(job_id)))
     assert len(backend.metric_rows(job_id)) == 8  # metrics go straight from the script
+    # Two writers by design (the script's metrics, tp run's logs), neither taken for a second logger of the job.
+    assert "another logger is writing" not in result.stdout + result.stderr + "".join(messages)
     assert_nothing_left(tmp_path)
 
 

@@ -60,6 +60,8 @@ class Delivery:
         self._connect_waits = False
         #: Per stream, sequences dropped as too large to send (the cursor is taken past them once reached).
         self._skipped: dict[str, set[int]] = {outbox.name: set() for outbox in self._outboxes}
+        #: Streams whose cursor was seen past this logger's numbering (another writer), said once each.
+        self._other_writer_said: set[str] = set()
         #: What the last cursor read said: nobody watches the job live (the sender may send less often).
         self.unwatched = False
 
@@ -248,6 +250,20 @@ class Delivery:
             while cursor + 1 in skipped:
                 cursor += 1
             skipped.difference_update([sequence for sequence in skipped if sequence <= cursor])
+        if cursor > outbox.assigned and outbox.logged and outbox.name not in self._other_writer_said:
+            # Past the numbering check at connect, only another writer moves the cursor past what this one numbered.
+            # A stream this logger does not write is another's by design: `tp run` writes the log stream of a job
+            # whose script's logger writes its metrics (the relay).
+            self._other_writer_said.add(outbox.name)
+            _LOG.error(
+                "job %s: the backend holds %s numbered up to %d, past the %d this logger numbered: another logger is "
+                "writing this job (the script started twice with the same job?). Where their numbers meet, the "
+                "backend keeps the first and drops the other as a duplicate; a job must have one logger at a time",
+                outbox.codec.job_id,
+                outbox.name,
+                cursor,
+                outbox.assigned,
+            )
         if outbox.advance(cursor):
             self._state.dirty = True
             self._connection.healthy()  # the backend commits: an outage is over, the backoff starts over
