@@ -106,6 +106,9 @@ def test_credentials_in_a_scheme_less_tracking_uri_are_refused_and_never_shown(r
     expected = f"MLFLOW_TRACKING_URI=127.0.0.1:{port} is not a valid tracking URI: it holds credentials"
     assert_failed_at_start(run, expected, secrets=("PWsecret9", "alice:"))
     assert "PWsecret9" not in run.stdout
+    # The hint on where credentials go survives the redaction of the message the job and tp-train report.
+    hint = "credentials as user:password@ between https:// and the host"
+    assert hint in run.job.error_message and hint in run.stderr
 
 
 def test_a_read_only_local_store_fails_the_job_with_the_cause(run_training, tmp_path) -> None:

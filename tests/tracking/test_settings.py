@@ -130,6 +130,24 @@ def test_a_tracking_uri_without_a_scheme_is_refused_without_its_credentials(tmp_
     assert "PWsecret9" not in str(raised.value)
 
 
+#: Where the credentials of a tracking URI go, as the refusal says it: no URL with `user:password@` in it, which the
+#: redaction of every reported message would cut to `https://host` and so hide the very hint.
+CREDENTIALS_HINT = "credentials as user:password@ between https:// and the host"
+
+
+def test_the_refusal_of_a_scheme_less_tracking_uri_keeps_its_hint_once_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = "alice:S3cretPW99@127.0.0.1:1"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # redact_urls also removes the secrets of this process's settings
+    with pytest.raises(TrackingError) as raised:
+        TrackingSettings.from_env({"MLFLOW_TRACKING_URI": uri}, data_dir=tmp_path)
+    shown = redact_urls(str(raised.value))
+    assert CREDENTIALS_HINT in shown
+    assert "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD" in shown
+    assert "S3cretPW99" not in shown and "alice" not in shown
+
+
 @pytest.mark.parametrize("uri", ["http://u:p@mlflow:5000", "sqlite:////data/mlflow.db", "databricks", "/data/mlruns"])
 def test_tracking_uris_with_a_scheme_or_none_needed_are_accepted(tmp_path: Path, uri: str) -> None:
     settings = TrackingSettings.from_env({"MLFLOW_TRACKING_URI": uri}, data_dir=tmp_path)

@@ -160,9 +160,11 @@ def _check_tracking_uri(uri: str) -> None:
     elif _HOST_PORT.match(uri):
         why = "it has no scheme"
     if why:
+        # The hint shows no URL with `user:password@` in it: redact_urls, applied to every message reported, would
+        # cut it to `https://host` and the hint with it.
         raise TrackingError(
             f"MLFLOW_TRACKING_URI={redact_uri(uri)} is not a valid tracking URI: {why}. Write the server's URL as "
-            "http://host:port or https://host (credentials as https://user:password@host, or in "
+            "http://host:port or https://host (credentials as user:password@ between https:// and the host, or in "
             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD)"
         )
 
