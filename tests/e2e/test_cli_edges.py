@@ -4,12 +4,15 @@
 - `tp train` for a framework with no trainer says what a `tp` user can do (`tp up`, `tp run`);
 - a stdout that cannot encode non-ASCII (PYTHONIOENCODING=ascii) gets backslash escapes, never an error;
 - an explicit `--data-dir` that does not exist or holds no token is an error naming the flag (no silent fall back
-  to TP_AUTH_TOKEN).
+  to TP_AUTH_TOKEN); `--data-dir` and `--backend` go before or after the command, with one meaning, and each
+  command's --help lists them; a `--data-dir` in the command of `tp run` is the command's.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,3 +173,75 @@ def test_an_explicit_data_dir_with_a_token_is_used_before_tp_auth_token(seeded: 
     # TP_DATA_DIR (not the flag) that holds no token still falls back, as documented.
     env = seeded.env(TP_DATA_DIR=str(tmp_path / "nowhere"))
     assert seeded.tp("jobs", env=env).returncode == 0
+
+
+def test_the_global_flags_go_before_or_after_the_command(seeded: Seeded, tmp_path: Path) -> None:
+    # `tp jobs --data-dir D`, `tp gc --data-dir D`, `tp up --data-dir D` were refused ("unrecognized arguments"):
+    # only `tp --data-dir D jobs` worked.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    token_file = data_dir / "frontend_auth_token"
+    token_file.write_text("not-the-backends-token\n")
+    for args in (("--data-dir", str(data_dir), "jobs"), ("jobs", "--data-dir", str(data_dir))):
+        result = seeded.tp(*args)
+        assert result.returncode == 2, (args, result.stdout)
+        assert f"refused the token from {token_file} (--data-dir)" in result.stderr, (args, result.stderr)
+    token_file.write_text(seeded.backend.internal_token)
+    listed = seeded.tp("jobs", "--data-dir", str(data_dir), env=seeded.env(TP_AUTH_TOKEN="wrong"))
+    assert listed.returncode == 0, listed.stderr
+    assert seeded.job_id[:8] in listed.stdout
+    # Given on both sides, the one after the command is used (as any repeated flag: the last one).
+    elsewhere = tmp_path / "nonexistent"
+    result = seeded.tp("--data-dir", str(data_dir), "show", seeded.job_id[:8], "--data-dir", str(elsewhere))
+    assert result.returncode == 2 and f"--data-dir {elsewhere} does not exist" in result.stderr, result.stderr
+    gc = seeded.tp("gc", "--data-dir", str(data_dir), "--keep", "0", "--dry-run")
+    assert gc.returncode == 0, gc.stderr
+    assert f"in {data_dir}" in gc.stdout, gc.stdout
+    # --backend after the command beats TP_BACKEND_ADDRESS, as before it.
+    env = seeded.env(TP_BACKEND_ADDRESS="127.0.0.1:1")
+    for args in (("--backend", seeded.backend.address, "jobs"), ("jobs", "--backend", seeded.backend.address)):
+        result = seeded.tp(*args, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+
+
+def test_a_data_dir_in_the_command_of_tp_run_is_the_commands(seeded: Seeded, tmp_path: Path) -> None:
+    # Any --data-dir in argv counted as tp's own, so the command's made `tp run` demand that ./.data hold a token.
+    result = subprocess.run(
+        [TP, "run", "--name", "own-data-dir", "--", sys.executable, "-c", "pass", "--data-dir", "x"],
+        capture_output=True,
+        text=True,
+        env=seeded.env(),
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "frontend_auth_token").write_text(seeded.backend.internal_token)
+    result = seeded.tp(
+        "run", "--data-dir", str(data_dir), "--name", "flag-after-run", "--", sys.executable, "-c", "pass"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("up", ("--data-dir",)),
+        ("demo", ("--data-dir",)),
+        ("train", ("--backend", "--data-dir")),
+        ("jobs", ("--backend", "--data-dir")),
+        ("show", ("--backend", "--data-dir")),
+        ("watch", ("--backend", "--data-dir")),
+        ("cancel", ("--backend", "--data-dir")),
+        ("logs", ("--backend", "--data-dir")),
+        ("metrics", ("--backend", "--data-dir")),
+        ("gc", ("--backend", "--data-dir")),
+        ("run", ("--backend", "--data-dir")),
+    ],
+)
+def test_a_commands_help_lists_the_global_flags_it_uses(command: str, flags: tuple[str, ...]) -> None:
+    result = subprocess.run([TP, command, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for flag in flags:
+        assert re.search(rf"^\s+{flag} ", result.stdout, re.MULTILINE), (flag, result.stdout)

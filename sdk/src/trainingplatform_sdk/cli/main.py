@@ -8,8 +8,9 @@
     tp demo                                 the whole platform end to end on embedded defaults
 
 Every command finds the backend and its token the same way, from any directory (`clients.resolve_connection`):
-flags, then the environment, then the per-user config `tp up` writes (`~/.config/trainingplatform/config.json`, or
-under XDG_CONFIG_HOME; TP_CONFIG names another), then `./.data`. The backend is --backend, else TP_BACKEND_ADDRESS
+flags (--backend and --data-dir, before or after the command), then the environment, then the per-user config
+`tp up` writes (`~/.config/trainingplatform/config.json`, or under XDG_CONFIG_HOME; TP_CONFIG names another), then
+`./.data`. The backend is --backend, else TP_BACKEND_ADDRESS
 (or BACKEND_API_URL), else the config's, else 127.0.0.1:50051 (`https://` for TLS, with the CA in TP_TLS_CA_FILE
 and, for mutual TLS, TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE). The token is a front end's: the token
 file in --data-dir, else TP_AUTH_TOKEN (the backend's FRONTEND_AUTH_TOKEN), else INTERNAL_AUTH_TOKEN, else the
@@ -74,10 +75,6 @@ EXIT_SIGPIPE = 128 + signal.SIGPIPE
 
 _connection: Connection | None = None
 """The backend and token of this invocation (for error messages)."""
-
-
-def _data_dir_given(argv: Sequence[str]) -> bool:
-    return any(arg == "--data-dir" or arg.startswith("--data-dir=") for arg in argv)
 
 
 def _client(args: argparse.Namespace, *, token_in_data_dir: bool = True) -> JobsClient:
@@ -676,16 +673,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `tp`."""
     parser = _Parser(prog="tp", description="The training platform's command line.")
-    parser.add_argument(
-        "--backend",
-        help="backend address; else TP_BACKEND_ADDRESS, BACKEND_API_URL, the address `tp up` wrote to the per-user "
-        "config, 127.0.0.1:50051",
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("TP_DATA_DIR", ".data"),
-        help="local data directory (TP_DATA_DIR); given, its front-end token is used",
-    )
+    _add_global_flags(parser, "global options (also after a command that uses them)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     up = commands.add_parser("up", help="start the backend, both trainer services and the dashboard locally")
@@ -796,7 +784,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the platform end to end on embedded defaults")
     demo.set_defaults(run=cmd_demo)
+
+    for name, command in commands.choices.items():
+        if name in _STACK_COMMANDS:
+            _add_global_flags(command, backend=False, data_dir_help=_STACK_DATA_DIR_HELP)
+        elif name != "frameworks":  # offline: neither flag means anything to it
+            _add_global_flags(command)
     return parser
+
+
+_STACK_COMMANDS = ("up", "demo")
+"""The commands that start a stack: --data-dir is where it keeps its files, and no --backend is asked."""
+
+_STACK_DATA_DIR_HELP = (
+    "the stack's data directory: its database, tokens, logs and runs (default: $TP_DATA_DIR, else .data)"
+)
+
+
+def _add_global_flags(
+    parser: argparse.ArgumentParser,
+    title: str = "global options (also before the command)",
+    *,
+    backend: bool = True,
+    data_dir_help: str = "",
+) -> None:
+    """Adds the flags every command that uses them takes before or after its name (`tp --data-dir D jobs`, `tp
+    jobs --data-dir D`), in a group of their own. Their default is SUPPRESS, so that a subcommand's copy left out
+    does not overwrite a value given before the command; `main` fills in the defaults."""
+    group = parser.add_argument_group(title)
+    if backend:
+        group.add_argument(
+            "--backend",
+            metavar="ADDRESS",
+            default=argparse.SUPPRESS,
+            help="backend address (default: TP_BACKEND_ADDRESS, else BACKEND_API_URL, else the address `tp up` "
+            "wrote to the per-user config, else 127.0.0.1:50051)",
+        )
+    group.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=data_dir_help
+        or "a stack's data directory: given, its front-end token is used, and `tp gc` deletes there (default: "
+        "$TP_DATA_DIR, else .data)",
+    )
 
 
 _UNREACHABLE = ("failed to connect", "connection refused", "dns resolution", "connect failed", "deadline exceeded")
@@ -944,7 +975,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _escaping_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.data_dir_given = _data_dir_given(argv)
+    # Only a flag given (before or after the command) sets these: see `_add_global_flags`.
+    args.data_dir_given = hasattr(args, "data_dir")
+    if not args.data_dir_given:
+        args.data_dir = os.environ.get("TP_DATA_DIR", ".data")
+    if not hasattr(args, "backend"):
+        args.backend = None
     try:
         code = int(args.run(args))
         sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's flush at exit
