@@ -139,6 +139,31 @@ def test_failure_passes_the_exit_code_and_fails_with_the_last_stderr_lines(
     assert_nothing_left(tmp_path)
 
 
+def test_a_traceback_fails_the_job_with_its_whole_exception_not_its_last_line(
+    backend: BackendProcess, tmp_path: Path
+) -> None:
+    """The exception of the last traceback (chained ones come first), its message's lines joined on one line."""
+    path = script(
+        tmp_path,
+        "raises.py",
+        """
+        def load():
+            raise KeyError("config")
+        try:
+            load()
+        except KeyError:
+            raise ValueError("boom here\\nsecond line")
+        """,
+    )
+    result = tp_run(backend, tmp_path, "--", sys.executable, path)
+    assert result.returncode == 1
+    job, _ = read_job(backend, job_of(result.stderr))
+    assert job.status == "FAILED"
+    assert job.error_message == "ValueError: boom here second line (exit code 1)"
+    assert job.error_detail.startswith("Traceback (most recent call last)")  # the whole tail, as before
+    assert "KeyError: 'config'" in job.error_detail and job.error_detail.endswith("ValueError: boom here\nsecond line")
+
+
 def test_ctrl_c_reaches_the_script_cancels_the_job_and_leaves_no_process(
     backend: BackendProcess, tmp_path: Path
 ) -> None:

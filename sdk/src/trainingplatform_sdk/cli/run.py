@@ -20,8 +20,10 @@
    CANCELLED.
 6. Sets the final status, unless the script set one (or the job was cancelled): COMPLETED on exit code 0;
    CANCELLED when a signal was forwarded to it and it then exited non-zero or died (a stop the user asked for);
-   FAILED otherwise, with the last stderr line and the exit code as the error and the last stderr lines as its
-   detail.
+   FAILED otherwise. The error is the exception of the last Python traceback when the last 20 stderr lines end
+   with one (`ValueError: boom here second line`: every line after its indented frame lines, joined on one line),
+   else the last stderr line, followed by the exit code (`(exit code 1)`, `(killed by SIGKILL)`) and cut to fit
+   4 KiB; the detail is those last 20 (non-blank) stderr lines.
 7. Exits with the command's exit code (128 + N when it died of signal N).
 8. Delivers the last log lines and the final status for up to 30 s after the command exited while the backend does
    not answer (--delivery-timeout, TP_RUN_DELIVERY_TIMEOUT_S). What is left then stays in its spool,
@@ -63,6 +65,7 @@ from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk.cli.output import CliError
 from trainingplatform_sdk.clients import JobsClient
 from trainingplatform_sdk.errors import PlatformError, SpoolLockedError
+from trainingplatform_sdk.spec.limits import MAX_ERROR_MESSAGE_BYTES, truncate_utf8
 from trainingplatform_sdk.telemetry import DeliveryReport, TrainingLogger, default_spool_dir
 from trainingplatform_sdk.telemetry.relay import RELAY_JOB_ENV, RELAY_MARKER, parse_relayed
 from trainingplatform_sdk.telemetry.spool import Spool, read_state
@@ -102,6 +105,7 @@ _MARKER = RELAY_MARKER.encode()
 #: What the backend refuses in a display name.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LEVEL_WORD = re.compile(r"\b(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL)\b")
+_TRACEBACK_HEADER = "Traceback (most recent call last):"
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(:|$)")
 _TERMINAL = frozenset(job_status(name) for name in ("completed", "failed", "cancelled"))
 _LEVEL_NAMES = {1: "debug", 2: "info", 3: "warning", 4: "error", 5: "critical"}
@@ -648,14 +652,30 @@ def _final_status(
     with run._lock:
         tail = list(run.stderr_tail)
     how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {code}"
-    last = tail[-1].strip() if tail else ""
+    # Cut to leave room for the exit code: the logger would otherwise cut it off a long message.
+    summary = truncate_utf8(_failure_summary(tail), MAX_ERROR_MESSAGE_BYTES - len(f" ({how})".encode()))
     logger.update_status(
         "failed",
-        error=f"{last} ({how})" if last else f"the command failed ({how})",
+        error=f"{summary} ({how})" if summary else f"the command failed ({how})",
         error_detail="\n".join(tail),
         reason=f"the command exited: {how}",
     )
     return "FAILED"
+
+
+def _failure_summary(tail: Sequence[str]) -> str:
+    """The error of a failed command, from its last stderr lines: when they end with a Python traceback, the
+    exception of the last `Traceback (most recent call last):` block (what follows its indented frame lines, every
+    line of the exception's message) joined on one line; else the last line."""
+    headers = [index for index, line in enumerate(tail) if line.startswith(_TRACEBACK_HEADER)]
+    if headers:
+        after = tail[headers[-1] + 1 :]
+        frames = 0
+        while frames < len(after) and after[frames].startswith((" ", "\t")):
+            frames += 1
+        if frames and frames < len(after):
+            return " ".join(line.strip() for line in after[frames:])
+    return tail[-1].strip() if tail else ""
 
 
 _TERMINAL_NAMES = {
