@@ -2,7 +2,8 @@
 stdout ends a command quietly (exit 141, as a Unix tool killed by SIGPIPE), what `--plot` wrote is what it says it
 wrote, and a cut table cell says it was cut.
 
-- every port flag of `tp up` is checked at parse time (1 to 65535), and a data directory it cannot use is named;
+- every port flag of `tp up` is checked at parse time (1 to 65535), a port in use before anything is written into
+  the data directory, and a data directory it cannot use is named;
 - `tp jobs | head -1`, `tp show JOB | head -1`, `tp logs JOB | head -1` print nothing on stderr, exit 141, and so
   does any command started with stdout closed (`tp jobs >&-`); with stderr closed an error still exits 2;
 - `tp metrics JOB --plot P`: P without a suffix gets `.png`, an existing directory (or a path ending in /) gets
@@ -15,12 +16,13 @@ wrote, and a cut table cell says it was cut.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.backend import BackendProcess
+from support.backend import BackendProcess, free_port
 from support.tp import TP, backend_env, shell_env
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.cli.stack import Stack
@@ -101,6 +103,28 @@ def test_a_stack_refuses_a_port_out_of_range_before_writing_anything(tmp_path: P
     assert not (tmp_path / "data").exists()
 
 
+def test_up_on_a_port_in_use_writes_nothing_into_a_new_data_directory(tmp_path: Path):
+    # The port check came after the tokens were written: a refused start left frontend_auth_token,
+    # internal_auth_token and read_auth_token in the new directory, though nothing was started.
+    data_dir = tmp_path / "new"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [TP, "--data-dir", str(data_dir), "up", "--backend-port", str(port), "--no-dashboard"],
+            capture_output=True,
+            text=True,
+            env=shell_env(TP_CONFIG=str(tmp_path / "config.json")),
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {port} (backend" in lines[0] and "already in use" in lines[0], result.stderr
+    assert not data_dir.exists(), sorted(p.name for p in data_dir.iterdir())
+    assert not (tmp_path / "config.json").exists()
+
+
 @pytest.mark.parametrize(
     ("kind", "why"), [("a file", "it is a file"), ("under a file", "Not a directory"), ("proc", "")]
 )
@@ -116,13 +140,23 @@ def test_up_names_a_data_directory_it_cannot_use(kind: str, why: str, tmp_path: 
         data_dir = Path("/proc/self")  # a directory no file can be created in, even by root
     env = shell_env(TP_CONFIG=str(tmp_path / "config.json"))
     result = subprocess.run(
-        [TP, "--data-dir", str(data_dir), "up", "--no-dashboard"], capture_output=True, text=True, env=env, timeout=60
+        [TP, "--data-dir", str(data_dir), "up", "--no-dashboard", *_free_port_flags()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: the data directory {data_dir} cannot be used: {why}"), lines
     assert lines[0].endswith("; give another one with --data-dir or TP_DATA_DIR"), lines
+
+
+def _free_port_flags() -> list[str]:
+    """Port flags of `tp up` naming free ports: the ports are checked first, and another stack may hold the
+    defaults."""
+    return ["--backend-port", str(free_port()), "--timm-port", str(free_port()), "--ultralytics-port", str(free_port())]
 
 
 # --- 2. a closed stdout ----------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ generated service token, the runs' outputs, the local MLflow store and the artif
 
 No orphans: every child gets SIGTERM from the kernel when the process that started it dies, however it dies
 (PR_SET_PDEATHSIG on Linux), so a `tp up` killed by a closed pipe, SIGHUP or SIGKILL never leaves a service
-running. One listener per port: `start` first checks that every port is free and fails naming the busy one; a
-service that still exits at start has its reason (the last error line of its log) in the error.
+running. One listener per port: making a `Stack` checks that every port is free, before the data directory is
+created or written to, and fails naming the busy one (`start` checks again); a service that still exits at start
+has its reason (the last error line of its log) in the error.
 """
 
 from __future__ import annotations
@@ -116,6 +117,21 @@ def port_in_use(address: str) -> bool:
     return False
 
 
+def check_ports_free(services: list[tuple[str, str]]) -> None:
+    """Every `(name, host:port)` of `services` can be bound now.
+
+    Raises:
+        PortInUseError: one is taken (one line naming the first such port and its service).
+    """
+    for name, address in services:
+        if port_in_use(address):
+            port = address.rpartition(":")[2]
+            raise PortInUseError(
+                f"port {port} ({name}, {address}) is already in use: stop what listens there (another `tp up`?) or "
+                f"choose another port"
+            )
+
+
 def failure_reason(log_path: Path | None) -> str:
     """The last error line of a service's log (`cannot start: ...`, an ERROR line or an exception), else ''."""
     if log_path is None or not log_path.exists():
@@ -156,11 +172,12 @@ class Stack:
     ) -> None:
         """`data_roots`: directories, besides `<data_dir>/datasets`, whose data sets the trainers may read
         (their TP_DATA_ROOTS). `dashboard_port`: also start `tp-dashboard` on 127.0.0.1 at that port (None: no
-        dashboard); its one-time login URL is `dashboard_login_url`.
+        dashboard); its one-time login URL is `dashboard_login_url`. The ports are checked before the data
+        directory is created or anything (a token) is written to it.
 
         Raises:
-            ValueError: a port is not 1-65535 (checked before anything is written), or the data directory cannot be
-                used (a file, not writable).
+            ValueError: a port is not 1-65535, or the data directory cannot be used (a file, not writable).
+            PortInUseError: a port is taken (one line naming it and the service).
         """
         for name, port in (
             ("backend_port", backend_port),
@@ -170,6 +187,16 @@ class Stack:
         ):
             if not 1 <= port <= 65535:
                 raise ValueError(f"{name} must be 1-65535, got {port}")
+        self.backend_address = f"127.0.0.1:{backend_port}"
+        ports = {"timm": timm_port, "ultralytics": ultralytics_port}
+        trainers = {fw: f"127.0.0.1:{ports[fw]}" for fw in frameworks}
+        check_ports_free(
+            [
+                ("backend", self.backend_address),
+                *((f"trainer-{fw}", address) for fw, address in trainers.items()),
+                *([("dashboard", f"127.0.0.1:{dashboard_port}")] if dashboard_port else []),
+            ]
+        )
         check_data_dir(data_dir)
         self.data_dir = data_dir.resolve()
         self.data_roots = ((self.data_dir / "datasets"), *(Path(root).resolve() for root in data_roots))
@@ -184,9 +211,6 @@ class Stack:
         """The dashboard's login token (TP_DASHBOARD_TOKEN, else random per start: then it works once)."""
         self.dashboard_token_one_time = not os.environ.get("TP_DASHBOARD_TOKEN", "").strip()
         self.dashboard_url = f"http://127.0.0.1:{dashboard_port}" if dashboard_port else ""
-        self.backend_address = f"127.0.0.1:{backend_port}"
-        ports = {"timm": timm_port, "ultralytics": ultralytics_port}
-        trainers = {fw: f"127.0.0.1:{ports[fw]}" for fw in frameworks}
         base_env = {"INTERNAL_AUTH_TOKEN": self.token, "TP_DATA_DIR": str(self.data_dir)}
         self.services = [
             Service(
@@ -247,17 +271,11 @@ class Stack:
         On any failure, stops what was started.
 
         Raises:
-            PortInUseError: a port is taken (one line naming it and the service).
+            PortInUseError: a port is taken (one line naming it and the service): taken since the stack was made.
             RuntimeError: a service exited at start (with the reason from its log).
             TimeoutError: a service did not become healthy in time.
         """
-        for service in self.services:
-            if port_in_use(service.address):
-                port = service.address.rpartition(":")[2]
-                raise PortInUseError(
-                    f"port {port} ({service.name}, {service.address}) is already in use: stop what listens there "
-                    f"(another `tp up`?) or choose another port"
-                )
+        check_ports_free([(service.name, service.address) for service in self.services])
         try:
             for service in self.services:
                 self._launch(service)
