@@ -63,7 +63,8 @@ class Service:
 
 
 def check_data_dir(data_dir: Path) -> None:
-    """Creates `data_dir` when missing and checks that a file can be created in it.
+    """Creates `data_dir` when missing, private (0700: it holds every job's metrics and logs), and checks that a file
+    can be created in it. One that exists keeps its mode.
 
     Raises:
         ValueError: It is a file, or a directory where nothing can be written; the message names it as given.
@@ -73,7 +74,7 @@ def check_data_dir(data_dir: Path) -> None:
         why = "it is a file"
     else:
         try:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=data_dir):
                 pass
         except OSError as error:
@@ -92,7 +93,7 @@ def ensure_token(data_dir: Path, variable: str = "INTERNAL_AUTH_TOKEN", file_nam
     if token:
         return token
     path = data_dir / file_name
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

@@ -141,9 +141,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _ensure_sqlite_directory(url: str) -> None:
+    """Creates the directory of a SQLite database when missing, private (0700): the database holds every job's
+    metrics and logs. One that exists keeps its mode."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        Path(parsed.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 POOL_SIZE = 8

@@ -438,7 +438,7 @@ def ensure_frontend_token(settings: Settings) -> Settings:
 def _token_file(data_dir: Path, name: str) -> str:
     """The token kept in `<data_dir>/<name>`, written there first (random, mode 0600) when the file does not exist."""
     path = data_dir / name
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private when created: it holds the jobs' data
     if not path.exists():
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
