@@ -367,6 +367,11 @@ def test_a_refused_token_names_its_source(stack: Up, tmp_path: Path) -> None:
     result = tp(stack, "--data-dir", str(tmp_path), "jobs")
     assert result.returncode == 2
     assert f"refused the token from {tmp_path / 'frontend_auth_token'} (--data-dir)" in result.stderr, result.stderr
+    # The address came from the per-user config (another stack's, as like as not): the line said only where the
+    # token came from, though "no backend answers" says where the address came from.
+    assert f"the backend at {stack.address} (from the config {stack.config}) refused" in result.stderr, result.stderr
+    result = tp(stack, "--backend", stack.address, "jobs", TP_AUTH_TOKEN="not-the-token")
+    assert f"the backend at {stack.address} (from --backend) refused the token from TP_AUTH_TOKEN" in result.stderr
 
 
 # --- 4-7. jobs, Ctrl-C, the live view, plots ------------------------------------------------------------------

@@ -889,7 +889,7 @@ def _handshake_failed(address: str, message: str) -> str:
 
 def _error_line(error: BaseException) -> str:
     """One line for an error; a backend that does not answer gets a hint to run `tp up`, a refused token names
-    where it came from."""
+    where it came from, and where the backend's address came from."""
     if isinstance(error, PlatformError):
         message = (
             (error.details or str(error)).splitlines()[0] if (error.details or str(error)) else type(error).__name__
@@ -916,7 +916,10 @@ def _error_line(error: BaseException) -> str:
                 f"`tp up`, or pass --backend / set TP_BACKEND_ADDRESS"
             )
         if connection is not None and isinstance(error, UnauthenticatedError):
-            return f"the backend at {connection.address} refused the token from {connection.token_source}: {message}"
+            return (
+                f"the backend at {connection.address} (from {connection.address_source}) refused the token from "
+                f"{connection.token_source}: {message}"
+            )
         return message
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
