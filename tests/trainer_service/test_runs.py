@@ -144,6 +144,33 @@ def test_a_run_ignoring_sigterm_is_killed_after_the_grace_period(
     assert tags["end_reason"] == "cancelled by CancelTraining"
 
 
+def test_a_cancel_while_the_backend_is_down_ends_within_the_grace_and_loses_nothing(
+    tmp_path: Path, backend: BackendProcess
+) -> None:
+    """The cancelled process keeps what it could not deliver in its spool and exits (143) well within the grace
+    period. It used to wait 30 s for the unreachable backend, as long as TP_CANCEL_GRACE_S, and be SIGKILLed: a
+    stack whose backend died with it (`tp up` killed) kept its trainer and the trainer's port for 40 s."""
+    trainer = TrainerProcess(tmp_path / "trainer", env={"TP_TRAINER_ADAPTER": FAKE_ADAPTER}).start()
+    try:
+        job_id, token = backend.create_job(epochs=ENDLESS_EPOCHS)
+        run_id = trainer.start_training(job_id, spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS), backend.address, token)
+        trainer.wait_state(run_id, RUNNING)
+        wait_until(lambda: backend.metric_sequences(job_id), 30, "some points committed")
+        backend.stop()
+
+        trainer.cancel(run_id)  # TP_CANCEL_GRACE_S: 30 s
+        run = trainer.wait_state(run_id, CANCELLED, timeout=60)
+        assert run.exit_code == 128 + signal.SIGTERM, trainer.train_log(run)[-2000:]
+        assert "did not stop within" not in trainer.log_text()
+
+        backend.restart()
+        _backend_status(backend, job_id, "CANCELLED")
+        steps = [row[3] for row in backend.metric_rows(job_id) if row[1] == "train/batch_loss"]
+        assert steps == list(range(1, len(steps) + 1))  # every batch loss logged, once, in order
+    finally:
+        trainer.close()
+
+
 def test_a_killed_run_fails_naming_the_signal_and_the_service_keeps_serving(
     fake_trainer: TrainerProcess, backend: BackendProcess
 ) -> None:

@@ -106,6 +106,10 @@ EXIT_FAILED = 1
 EXIT_CANCELLED = 128 + signal.SIGTERM
 #: Seconds `close()` may take to deliver the last telemetry.
 CLOSE_TIMEOUT_S = 30.0
+#: The same for a cancelled job: a stop comes with a grace period (TP_CANCEL_GRACE_S, 30 s by default) after which
+#: the process is killed, and what is not delivered by then is as safe in the spool, which the trainer service
+#: delivers once the process exited.
+CANCELLED_CLOSE_TIMEOUT_S = 5.0
 #: Seconds a job that stored its results waits for the backend to answer its COMPLETED, the signal of a cancel
 #: still handled: a cancel the backend committed first ends the job's records cancelled too.
 FINAL_ANSWER_WAIT_S = 10.0
@@ -380,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = build_logger(args.job_id, args.output_dir) if rank == 0 else NullSink()
     # CPU, memory and GPU use as `system/` metrics, straight to the logger (rank 0: one writer per job stream).
     sampler = SystemMetricsSampler.from_env(logger) if isinstance(logger, TrainingLogger) else None
+    code = EXIT_FAILED
     try:
         try:
             configs = {
@@ -399,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rank == 0:
             epochs = configs["training_config"].get("epochs")
             logger = ProgressSink(logger, args.output_dir, total_epochs=epochs if isinstance(epochs, int) else 0)
-        return run_job(
+        code = run_job(
             job_id=args.job_id,
             framework=args.framework,
             output_dir=args.output_dir,
@@ -409,8 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             system_metrics=sampler,
             **configs,
         )
+        return code
     finally:
-        logger.close(timeout=CLOSE_TIMEOUT_S)
+        logger.close(timeout=CANCELLED_CLOSE_TIMEOUT_S if code == EXIT_CANCELLED else CLOSE_TIMEOUT_S)
 
 
 def _typed(cls: Any, value: Any) -> Any:
