@@ -73,6 +73,16 @@ def wait_charted(page: Any, scope: str, keys: set[str], attribute: str, points: 
     assert charted(page, scope) == keys
 
 
+def opened_anew(page: Any, problems: PageProblems, scope: str, keys: set[str], attribute: str, points: str) -> Any:
+    """Opens the page's address in a new tab and waits until it charts exactly `keys`; returns the new page."""
+    other = page.context.new_page()
+    problems.watch(other)
+    other.goto(page.url)
+    other.locator("#key-picker").wait_for()
+    wait_charted(other, scope, keys, attribute, points)
+    return other
+
+
 def test_compare_keeps_the_picked_keys_in_its_address(
     page: Any, stack: Platform, tmp_path: Path, problems: PageProblems
 ) -> None:
@@ -101,11 +111,7 @@ def test_compare_keeps_the_picked_keys_in_its_address(
     for key in ODD:
         assert page.locator(f'#key-list li[data-key="{css(key)}"] input[type="checkbox"]').is_checked()
 
-    other = page.context.new_page()
-    problems.watch(other)
-    other.goto(page.url)
-    other.locator("#key-picker").wait_for()
-    wait_charted(other, scope, picked, "linePoints", "1,1")
+    other = opened_anew(page, problems, scope, picked, "linePoints", "1,1")
     shot(other, tmp_path, "compare-keys-from-url")
 
     # Keys the jobs lack are ignored; an address naming none of theirs charts the first 30.
@@ -138,11 +144,7 @@ def test_the_job_page_keeps_the_picked_keys_in_its_address(
     page.locator("#key-picker").wait_for()
     wait_charted(page, scope, picked, "drawnPoints", "1")
 
-    other = page.context.new_page()
-    problems.watch(other)
-    other.goto(page.url)
-    other.locator("#key-picker").wait_for()
-    wait_charted(other, scope, picked, "drawnPoints", "1")
+    other = opened_anew(page, problems, scope, picked, "drawnPoints", "1")
     shot(other, tmp_path, "job-keys-from-url")
 
     # A system/ key is not the job page's (the System metrics page charts it): ignored like a missing key.
