@@ -408,6 +408,30 @@ def test_an_advanced_config_file_that_cannot_be_read_is_named(seeded: Seeded, tm
     assert "--advanced-config" in line and str(binary) in line and "UTF-8" in line, line
 
 
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--epochs", "1", "--image-size", "-3"], "--image-size"),
+        (["--epochs", "1", "--lr", "1e9"], "--lr"),
+        (["--epochs", "1", "--advanced-config", '{"momentum": 2}'], "--advanced-config"),
+    ],
+)
+def test_a_refused_job_names_the_tp_train_flag_to_change(seeded: Seeded, args: list[str], flag: str):
+    # It said "spec.training.epochs must be at least 1; got 0": a field of the protos, not what to type.
+    line = _one_line(seeded.tp("train", "--framework", "timm", "--model", "resnet10t", "--dataset", "digits", *args))
+    assert line.endswith(f"(tp train: {flag})"), line
+
+
+def test_dataset_and_dataset_path_are_one_or_the_other(seeded: Seeded, tmp_path: Path):
+    # Both were taken, and the path silently won, though --help says "this or --dataset-path".
+    result = seeded.tp(
+        "train", "--framework", "timm", "--model", "m", "--dataset", "digits", "--dataset-path", str(tmp_path)
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--dataset-path: not allowed with argument --dataset" in result.stderr, result.stderr
+
+
 def test_a_token_file_that_is_not_utf8_names_the_file(seeded: Seeded, tmp_path: Path):
     # It said "'utf-8' codec can't decode byte 0xff in position 0": which file?
     (tmp_path / "frontend_auth_token").write_bytes(b"\xff\xfetoken\n")

@@ -64,8 +64,14 @@ from trainingplatform_sdk.cli.output import (
 from trainingplatform_sdk.cli.run import add_run_parser
 from trainingplatform_sdk.clients import Connection, Job, JobsClient, resolve_connection
 from trainingplatform_sdk.clients._base import FRONTEND_TOKEN_FILE, INTERNAL_TOKEN_FILE
-from trainingplatform_sdk.clients.jobs import JOB_STATUS_NAMES, LOG_LEVEL_NAMES, LogLine
-from trainingplatform_sdk.errors import PlatformError, UnauthenticatedError, UnavailableError
+from trainingplatform_sdk.clients.jobs import JOB_STATUS_NAMES, LOG_LEVEL_NAMES, CreatedJob, LogLine
+from trainingplatform_sdk.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    PlatformError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 
 EXIT_FOR_STATUS = {"COMPLETED": 0, "FAILED": 1, "CANCELLED": 3}
 EXIT_ERROR = 2
@@ -328,22 +334,47 @@ def _restore(path: Path, written: bytes | None, previous: bytes | None) -> None:
             os.replace(partial, path)
 
 
+#: The `tp train` flag of each config field a refusal may name: the backend's `spec.<section>.<field>` or a trainer's
+#: `<section>_config.<field>`; None: the field has no flag of its own (`--advanced-config` holds every other field).
+_TRAIN_FLAGS: dict[tuple[str, str | None], str] = {
+    ("model", "name"): "--model",
+    ("model", "image_size"): "--image-size",
+    ("dataset", "name"): "--dataset",
+    ("dataset", "path"): "--dataset-path",
+    ("dataset", None): "--dataset or --dataset-path",
+    ("training", "epochs"): "--epochs",
+    ("training", "batch_size"): "--batch-size",
+    ("training", "learning_rate"): "--lr",
+    ("training", "device"): "--device",
+    ("training", "log_every_n_steps"): "--log-every-n-steps",
+    ("advanced", None): "--advanced-config",
+}
+_CONFIG_FIELD = re.compile(
+    r"\b(?:spec\.(model|dataset|training|advanced)|(model|dataset|training|advanced)_config)(?:\.(\w+))?"
+)
+
+
+def _train_flags(message: str) -> list[str]:
+    """The `tp train` flags of the config fields a refusal's message names, in order, each once."""
+    flags: list[str] = []
+    for match in _CONFIG_FIELD.finditer(message):
+        section, field = match.group(1) or match.group(2), match.group(3)
+        flag = _TRAIN_FLAGS.get((section, field)) or _TRAIN_FLAGS.get((section, None))
+        if flag and flag not in flags:
+            flags.append(flag)
+    return flags
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        created = client.create_job(
-            framework=args.framework,
-            model=args.model,
-            dataset=args.dataset or "",
-            dataset_path=args.dataset_path or "",
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.lr,
-            image_size=args.image_size,
-            device=args.device or "",
-            log_every_n_steps=args.log_every_n_steps,
-            advanced=_load_json(args.advanced_config),
-            display_name=args.name or "",
-        )
+        try:
+            created = _create_training_job(client, args)
+        except (InvalidArgumentError, NotFoundError) as error:
+            # The refusal names fields of the protos (`spec.training.epochs`): say which flag sets them.
+            flags = _train_flags(error.message)
+            if not flags:
+                raise
+            raise CliError(f"{error.message} (tp train: {', '.join(flags)})") from error
         job = created.job
         print(
             f"job {job.job_id} ({_job_label(job)}{printable(job.framework)} {printable(job.model)} on "
@@ -359,6 +390,24 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 130
         print_summary(job, client=client)
         return EXIT_FOR_STATUS.get(job.status, EXIT_ERROR)
+
+
+def _create_training_job(client: JobsClient, args: argparse.Namespace) -> CreatedJob:
+    """CreateJob with `tp train`'s flags."""
+    return client.create_job(
+        framework=args.framework,
+        model=args.model,
+        dataset=args.dataset or "",
+        dataset_path=args.dataset_path or "",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        image_size=args.image_size,
+        device=args.device or "",
+        log_every_n_steps=args.log_every_n_steps,
+        advanced=_load_json(args.advanced_config),
+        display_name=args.name or "",
+    )
 
 
 def _detached(job_id: str) -> None:
@@ -696,8 +745,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="submit a job and follow it live")
     train.add_argument("--framework", required=True, choices=("timm", "ultralytics"), help="the trainer to run on")
     train.add_argument("--model", required=True, help="timm model name or ultralytics yaml / .pt")
-    train.add_argument("--dataset", help="built-in dataset (digits, shapes); this or --dataset-path")
-    train.add_argument("--dataset-path", help="ImageFolder directory or YOLO data.yaml on the trainer")
+    datasets = train.add_mutually_exclusive_group()
+    datasets.add_argument("--dataset", help="built-in dataset (digits, shapes); this or --dataset-path")
+    datasets.add_argument("--dataset-path", help="ImageFolder directory or YOLO data.yaml on the trainer")
     train.add_argument("--epochs", type=int, default=3, help="epochs to train")
     train.add_argument("--batch-size", type=int, default=0, help="batch size (default: 0, the framework's own)")
     train.add_argument("--lr", type=float, default=0.0, help="learning rate (default: 0, the framework's own)")
