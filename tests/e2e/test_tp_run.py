@@ -163,6 +163,22 @@ def test_a_traceback_fails_the_job_with_its_whole_exception_not_its_last_line(
     assert job.error_detail.startswith("Traceback (most recent call last)")  # the whole tail, as before
     assert "KeyError: 'config'" in job.error_detail and job.error_detail.endswith("ValueError: boom here\nsecond line")
 
+    # A traceback longer than the detail's 20 lines (a deep stack, as torch's are) keeps its whole exception too.
+    deep = script(
+        tmp_path,
+        "deep.py",
+        """
+        nl = chr(10)
+        chain = nl.join(f"def f{i}(): f{i + 1}()" for i in range(30))
+        chain += nl + "def f30(): raise RuntimeError('shape mismatch' + chr(10) + 'expected 3, got 4')" + nl + "f0()"
+        exec(compile(chain, "chain.py", "exec"))  # 31 frames of one line each: no source to show
+        """,
+    )
+    result = tp_run(backend, tmp_path, "--", sys.executable, deep)
+    job, _ = read_job(backend, job_of(result.stderr))
+    assert job.error_message == "RuntimeError: shape mismatch expected 3, got 4 (exit code 1)"
+    assert len(job.error_detail.splitlines()) == 20  # the detail stays the last 20 lines
+
 
 def test_ctrl_c_reaches_the_script_cancels_the_job_and_leaves_no_process(
     backend: BackendProcess, tmp_path: Path

@@ -20,7 +20,7 @@
    CANCELLED.
 6. Sets the final status, unless the script set one (or the job was cancelled): COMPLETED on exit code 0;
    CANCELLED when a signal was forwarded to it and it then exited non-zero or died (a stop the user asked for);
-   FAILED otherwise. The error is the exception of the last Python traceback when the last 20 stderr lines end
+   FAILED otherwise. The error is the exception of the last Python traceback when the last 500 stderr lines end
    with one (`ValueError: boom here second line`: every line after its indented frame lines, joined on one line),
    else the last stderr line, followed by the exit code (`(exit code 1)`, `(killed by SIGKILL)`) and cut to fit
    4 KiB; the detail is those last 20 (non-blank) stderr lines.
@@ -83,8 +83,11 @@ REMOVED_ENVS = (
     "READ_AUTH_TOKEN",
     "TP_DASHBOARD_TOKEN",
 )
-#: Stderr lines kept for the error of a failed command.
+#: Stderr lines kept for the error detail of a failed command.
 ERROR_TAIL_LINES = 20
+#: Stderr lines searched for the last Python traceback, whose exception is the error of a failed command: a deep
+#: stack (torch's) is longer than the detail.
+TRACEBACK_TAIL_LINES = 500
 #: Seconds to wait for the output pipes to end once the command exited (a grandchild may still hold them).
 DRAIN_TIMEOUT_S = 5.0
 #: A line longer than this without a newline is stored as it is.
@@ -256,7 +259,7 @@ class _Run:
         self.forwarded: int | None = None
         self.signals = 0
         self.final_status: dict[str, Any] | None = None
-        self.stderr_tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
+        self.stderr_tail: deque[str] = deque(maxlen=TRACEBACK_TAIL_LINES)
         self._lock = threading.Lock()
         #: Once the command exited: the spool `tp run --resume` delivers, said by the first Ctrl-C of the delivery.
         self.delivering: Path | None = None
@@ -650,10 +653,11 @@ def _final_status(
         logger.update_status("cancelled", reason=f"{name} forwarded by tp run; the command exited with code {code}")
         return "CANCELLED"
     with run._lock:
-        tail = list(run.stderr_tail)
+        lines = list(run.stderr_tail)
+    tail = lines[-ERROR_TAIL_LINES:]
     how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit code {code}"
     # Cut to leave room for the exit code: the logger would otherwise cut it off a long message.
-    summary = truncate_utf8(_failure_summary(tail), MAX_ERROR_MESSAGE_BYTES - len(f" ({how})".encode()))
+    summary = truncate_utf8(_failure_summary(lines), MAX_ERROR_MESSAGE_BYTES - len(f" ({how})".encode()))
     logger.update_status(
         "failed",
         error=f"{summary} ({how})" if summary else f"the command failed ({how})",
