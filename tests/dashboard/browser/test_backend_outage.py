@@ -1,12 +1,18 @@
-"""The pages through a backend outage: a job page opened while the backend is down recovers by itself once it is
-back, and the jobs list says that what it shows is stale while the backend is unreachable."""
+"""The pages through a backend outage: a job or system page opened while the backend is down recovers by itself
+once it is back, an open one says that its live updates are paused while the backend is unreachable and follows
+again once it is back, and the jobs list says that what it shows is stale while the backend is unreachable."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import Platform
-from .helpers import wait_js
+from .helpers import fed_job, total_points, wait_js
+
+pytestmark = pytest.mark.timeout(300)
 
 BANNER = "(() => { const b = document.getElementById('banner'); return b && !b.hidden ? b.textContent : ''; })()"
 
@@ -23,6 +29,51 @@ def test_a_job_page_opened_while_the_backend_is_down_recovers_by_itself(page: An
     title = wait_js(page, "document.getElementById('job-title')?.textContent", timeout=20)
     assert title == job_id, "the job page stayed on the backend error after the backend came back"
     wait_js(page, "document.body.dataset.live === 'true'")
+
+
+@pytest.mark.parametrize("suffix", ["", "/system"], ids=["job", "system"])
+def test_an_open_page_says_when_the_backend_is_unreachable_and_follows_again_once_it_is_back(
+    page: Any, stack: Platform, tmp_path: Path, suffix: str
+) -> None:
+    key = "system/cpu_percent" if suffix else "train/loss"
+    job_id, logger = fed_job(stack, tmp_path)
+    with logger:
+        logger.update_status("running")
+        for step in range(1, 11):
+            logger.log_metric(key, float(step), step=step)
+        logger.flush(10)
+        page.goto(f"{stack.url}/jobs/{job_id}{suffix}")
+        wait_js(page, f"document.querySelector('figure.chart[data-key=\"{key}\"]')?.dataset.totalPoints === '10'")
+        wait_js(page, "document.body.dataset.live === 'true'")
+        stack.backend.stop()
+        try:
+            text = wait_js(page, BANNER, timeout=15)
+            assert "backend is unreachable" in text and "paused" in text, text
+            assert page.evaluate("document.body.dataset.live") == "false"
+        finally:
+            stack.backend.restart()
+        wait_js(page, "document.body.dataset.live === 'true'", timeout=30)
+        assert not page.evaluate(BANNER), "the banner stayed after the backend came back"
+        for step in range(11, 21):
+            logger.log_metric(key, float(step), step=step)
+        logger.flush(30)
+        wait_js(page, f"document.querySelector('figure.chart[data-key=\"{key}\"]')?.dataset.totalPoints === '20'")
+        page.wait_for_timeout(500)
+        assert total_points(page, key) == 20
+
+
+@pytest.mark.parametrize("suffix", ["", "/system"], ids=["job", "system"])
+def test_a_page_opened_while_the_backend_is_down_retries(page: Any, stack: Platform, suffix: str) -> None:
+    job_id, _ = stack.backend.create_job()
+    stack.backend.stop()
+    try:
+        page.goto(f"{stack.url}/jobs/{job_id}{suffix}")
+        wait_js(page, "document.body.dataset.retrying === 'true'", timeout=15)
+        assert "unreachable" in str(page.locator(".error-text").first.text_content())
+    finally:
+        stack.backend.restart()
+    wait_js(page, "document.body.dataset.live === 'true'", timeout=30)
+    assert not page.evaluate("document.body.dataset.retrying")
 
 
 def test_the_jobs_list_says_it_is_stale_while_the_backend_is_unreachable(page: Any, stack: Platform) -> None:

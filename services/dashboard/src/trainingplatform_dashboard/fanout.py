@@ -19,7 +19,9 @@ hub's subscription ends when the job ends (its clients get `event: end`), or `li
 The backend allows TP_MAX_SUBSCRIPTIONS_PER_CALLER open subscriptions per token, and every hub holds one of the read
 token's. A hub the backend refuses (RESOURCE_EXHAUSTED) tells its clients at once (`event: live_unavailable`, with
 the reason and when it tries again), retries with backoff (1 s doubling to 30 s), and sends `event: live_resumed`
-once a subscription holds: a browser never waits on silent pings.
+once a subscription holds: a browser never waits on silent pings. Likewise while the backend is unreachable (the
+subscription fails with UNAVAILABLE; the hub resubscribes, backing off to 5 s): `event: live_unavailable` (code
+UNAVAILABLE) once, then `event: live_resumed`.
 """
 
 from __future__ import annotations
@@ -284,7 +286,10 @@ class JobHub:
         self.finished = False
         self.status = ""
         self.unavailable: str | None = None
-        """The `live_unavailable` event's data while the backend refuses the subscription, else None."""
+        """The `live_unavailable` event's data while the backend refuses the subscription or is unreachable, else
+        None."""
+        self.unreachable = False
+        """Whether `unavailable` says that the backend is unreachable (said once, however many retries fail)."""
         self._linger: asyncio.TimerHandle | None = None
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"hub-{job_id}")
 
@@ -340,9 +345,22 @@ class JobHub:
                 details,
                 retry_in_s,
             )
+        self.unreachable = False
         self.unavailable = convert.dumps(
             {"error": {"code": "RESOURCE_EXHAUSTED", "message": message, "field": None}, "retry_in_s": retry_in_s}
         )
+        for client in tuple(self.clients):
+            client.notice("live_unavailable", self.unavailable)
+
+    def _unreachable(self, error: grpc.aio.AioRpcError) -> None:
+        """The subscription failed with UNAVAILABLE (the backend is down or cannot be reached): every client is told
+        once (`event: live_unavailable`) while the hub keeps resubscribing; `live_resumed` follows once one holds."""
+        if self.unreachable:
+            return  # already said: the retries do not repeat it
+        self.unreachable = True
+        _LOG.warning("live updates of job %s paused: the backend is unreachable (%s)", self.job_id, error.details())
+        message = "the backend is unreachable; live updates paused, retrying"
+        self.unavailable = convert.dumps({"error": {"code": "UNAVAILABLE", "message": message, "field": None}})
         for client in tuple(self.clients):
             client.notice("live_unavailable", self.unavailable)
 
@@ -351,6 +369,7 @@ class JobHub:
         if self.unavailable is None:
             return
         self.unavailable = None
+        self.unreachable = False
         _LOG.info("live updates of job %s resumed", self.job_id)
         for client in tuple(self.clients):
             client.notice("live_resumed", "{}")
@@ -391,6 +410,10 @@ class JobHub:
                         await asyncio.sleep(busy_delay)
                         busy_delay = min(busy_delay * 2, _BUSY_MAX_RETRY_S)
                         continue
+                    if error.code() == grpc.StatusCode.UNAVAILABLE:
+                        if resumed is not None:
+                            resumed.cancel()
+                        self._unreachable(error)
                     _LOG.info(
                         "subscription of job %s broke (%s: %s); resubscribing",
                         self.job_id,

@@ -59,7 +59,7 @@ export async function api(path, { method = "GET", body } = {}) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body ?? {});
   }
-  const response = await fetch(path, init);
+  const response = await fetchOrTimeout(path, init);
   let payload = null;
   try {
     payload = await response.json();
@@ -74,6 +74,29 @@ export async function api(path, { method = "GET", body } = {}) {
   return payload;
 }
 
+/** How long a request may wait for its answer before the page gives up and says so. */
+export const REQUEST_TIMEOUT_MS = 15000;
+
+export const REQUEST_TIMED_OUT =
+  `The dashboard did not answer within ${REQUEST_TIMEOUT_MS / 1000} s. If many dashboard tabs are open in this ` +
+  "browser (it opens at most 6 connections to one server), close some of them or switch away from them, then try " +
+  "again.";
+
+/** fetch() that gives up after REQUEST_TIMEOUT_MS: a request that cannot get a connection (every one this browser
+ * allows to the dashboard is busy) fails with a message that says what to do instead of hanging. */
+async function fetchOrTimeout(path, init) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
+  try {
+    return await fetch(path, { ...init, signal: controller.signal });
+  } catch (error) {
+    if (controller.signal.aborted) throw new Error(REQUEST_TIMED_OUT);
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export const SESSION_ENDED = "Your session has ended: open the login URL that `tp up` (or tp-dashboard) printed.";
 
 /** An event stream ends with its session (`event: session_ended`): stop it (a reconnect would only get a 401) and
@@ -86,9 +109,10 @@ export function endWithSession(events) {
   });
 }
 
-/** A job's live updates can be unavailable for a while: the backend refused the dashboard's subscription (it allows
- * its token TP_MAX_SUBSCRIPTIONS_PER_CALLER of them). The server says so (`event: live_unavailable`, with the reason
- * and when it tries again) and when they resume (`event: live_resumed`); the page shows it. */
+/** A job's live updates can be unavailable for a while: the backend is unreachable, or it refused the dashboard's
+ * subscription (it allows its token TP_MAX_SUBSCRIPTIONS_PER_CALLER of them). The server says so
+ * (`event: live_unavailable`, with the reason and, for a refusal, when it tries again) and when they resume
+ * (`event: live_resumed`); the page shows it. */
 export function showLiveState(events) {
   events.addEventListener("live_unavailable", (e) => {
     let message = "live updates are unavailable";
@@ -106,6 +130,101 @@ export function showLiveState(events) {
     document.body.dataset.live = "true";
     clearBanner();
   });
+}
+
+/** Follows a job's live events (`/api/jobs/{id}/events`) while the page is shown. A hidden page (a tab in the
+ * background) closes its stream, freeing one of the few connections the browser opens to the dashboard, and
+ * reopens it when it is shown again, after the id of the last event it received: nothing is missed or repeated.
+ * `handlers` maps event names (metrics, logs, status, epoch_summary, end) to functions of the event. The page's
+ * banner and `document.body.dataset.live` ("true", "false", "paused", "ended") say how the stream is. */
+export function followJob(jobId, after, handlers) {
+  let cursor = after;
+  let source = null;
+  let stopped = false;
+
+  function stop() {
+    stopped = true;
+    if (source !== null) source.close();
+    source = null;
+  }
+
+  function open() {
+    const events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events?after=${encodeURIComponent(cursor)}`);
+    source = events;
+    endWithSession(events);
+    events.addEventListener("session_ended", stop);
+    showLiveState(events);
+    events.addEventListener("open", () => {
+      document.body.dataset.live = "true";
+      clearBanner();
+    });
+    for (const [name, handler] of Object.entries(handlers)) {
+      events.addEventListener(name, (e) => {
+        if (e.lastEventId) cursor = e.lastEventId;
+        if (name === "end") {
+          stop();
+          document.body.dataset.live = "ended";
+        }
+        handler(e);
+      });
+    }
+    events.addEventListener("error", (e) => {
+      if (e.data) {
+        // The server refused the stream (event: error): say why and stop.
+        stop();
+        let message = "the live stream was refused";
+        try {
+          message = JSON.parse(e.data).error.message || message;
+        } catch {
+          // keep the generic message
+        }
+        document.body.dataset.live = "false";
+        showBanner(`Live updates stopped: ${message}`);
+        return;
+      }
+      if (events.readyState === EventSource.CLOSED || events !== source) return;
+      document.body.dataset.live = "false";
+      showBanner("Live updates interrupted; reconnecting…", "warning");
+    });
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (stopped) return;
+    if (document.visibilityState === "hidden") {
+      if (source !== null) source.close();
+      source = null;
+      document.body.dataset.live = "paused";
+    } else if (source === null) {
+      open();
+    }
+  });
+  if (document.visibilityState === "hidden") document.body.dataset.live = "paused";
+  else open();
+}
+
+/** Loads a job's detail (GET /api/jobs/{id}) for a page. While the backend (or the dashboard) is unreachable it
+ * says so in `container` and tries again by itself, backing off to 10 s. Returns null after showing an error that
+ * a retry cannot mend (no such job, no session). */
+export async function loadJob(jobId, container) {
+  for (let delay = 1000; ; delay = Math.min(delay * 2, 10000)) {
+    try {
+      const detail = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
+      delete document.body.dataset.retrying;
+      return detail;
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 404) {
+        renderError(container, new Error(`No job ${jobId}.`));
+        return null;
+      }
+      if (error instanceof ApiError && error.status < 500) {
+        renderError(container, error);
+        return null;
+      }
+      renderError(container, new Error(`${error.message} (trying again in ${delay / 1000} s)`));
+      document.body.dataset.retrying = "true";
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  }
 }
 
 /** A message strip at the top of the page (errors, a lost session, the backend being down). */

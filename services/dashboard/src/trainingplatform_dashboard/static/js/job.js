@@ -5,21 +5,19 @@
 
 import { JobCharts, SeriesStore } from "./charts.js";
 import {
-  ApiError,
   TERMINAL,
   api,
-  clearBanner,
   el,
-  endWithSession,
-  showLiveState,
   flatten,
   formatDuration,
   formatSpecValue,
   formatTime,
   formatValue,
+  followJob,
   header,
   jobDuration,
   jobName,
+  loadJob,
   renderError,
   safeUrl,
   showBanner,
@@ -34,7 +32,6 @@ const jobId = decodeURIComponent(location.pathname.split("/")[2] || "");
 let job = null;
 let detail = null;
 let charts = null;
-let events = null;
 const logs = { seen: new Set(), records: [], minLevel: "INFO", follow: true };
 const summaries = new Map();
 const timeline = [];
@@ -316,63 +313,38 @@ logList.addEventListener("scroll", () => {
 // --- live events --------------------------------------------------------------------------------------------
 
 function follow(lastSequence) {
-  events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events?after=m${lastSequence}`);
-  endWithSession(events);
-  showLiveState(events);
-  events.addEventListener("open", () => {
-    document.body.dataset.live = "true";
-    clearBanner();
-  });
-  events.addEventListener("metrics", (e) => charts.append(JSON.parse(e.data).points || []));
-  events.addEventListener("logs", (e) => addLogs(JSON.parse(e.data).records || []));
-  events.addEventListener("status", (e) => {
-    const event = JSON.parse(e.data);
-    addStatusEvent(event);
-    if (event.status && event.status !== job.status) {
-      job = { ...job, status: event.status };
-      if (event.status === "RUNNING" && !job.started_at) job.started_at = event.at;
-      if (TERMINAL.has(event.status)) job.ended_at = job.ended_at || event.at;
-      renderHead();
-    }
-  });
-  events.addEventListener("epoch_summary", (e) => {
-    const summary = JSON.parse(e.data);
-    summaries.set(summary.epoch, summary);
-    renderSummaries();
-  });
-  events.addEventListener("end", async (e) => {
-    events.close();
-    document.body.dataset.live = "ended";
-    const status = JSON.parse(e.data).status;
-    if (status) job = { ...job, status };
-    try {
-      const fresh = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
-      job = fresh.job;
-      detail = fresh;
-      for (const event of fresh.status_events || []) addStatusEvent(event);
-      linksHolder.replaceChildren(linksCard());
-    } catch {
-      // The stream's status is enough.
-    }
-    renderHead();
-  });
-  events.addEventListener("error", (e) => {
-    if (e.data) {
-      // The server refused the stream (event: error): say why and stop.
-      events.close();
-      let message = "the live stream was refused";
-      try {
-        message = JSON.parse(e.data).error.message || message;
-      } catch {
-        // keep the generic message
+  followJob(jobId, `m${lastSequence}`, {
+    metrics: (e) => charts.append(JSON.parse(e.data).points || []),
+    logs: (e) => addLogs(JSON.parse(e.data).records || []),
+    status: (e) => {
+      const event = JSON.parse(e.data);
+      addStatusEvent(event);
+      if (event.status && event.status !== job.status) {
+        job = { ...job, status: event.status };
+        if (event.status === "RUNNING" && !job.started_at) job.started_at = event.at;
+        if (TERMINAL.has(event.status)) job.ended_at = job.ended_at || event.at;
+        renderHead();
       }
-      document.body.dataset.live = "false";
-      showBanner(`Live updates stopped: ${message}`);
-      return;
-    }
-    if (events.readyState === EventSource.CLOSED) return;
-    document.body.dataset.live = "false";
-    showBanner("Live updates interrupted; reconnecting…", "warning");
+    },
+    epoch_summary: (e) => {
+      const summary = JSON.parse(e.data);
+      summaries.set(summary.epoch, summary);
+      renderSummaries();
+    },
+    end: async (e) => {
+      const status = JSON.parse(e.data).status;
+      if (status) job = { ...job, status };
+      try {
+        const fresh = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
+        job = fresh.job;
+        detail = fresh;
+        for (const event of fresh.status_events || []) addStatusEvent(event);
+        linksHolder.replaceChildren(linksCard());
+      } catch {
+        // The stream's status is enough.
+      }
+      renderHead();
+    },
   });
 }
 
@@ -405,26 +377,8 @@ async function start() {
     renderError(main, new Error("No job id in the address."));
     return;
   }
-  // While the backend (or the dashboard) is unreachable, say so and try again by itself, backing off to 10 s.
-  for (let delay = 1000; ; delay = Math.min(delay * 2, 10000)) {
-    try {
-      detail = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
-      break;
-    } catch (error) {
-      if (error instanceof ApiError && error.status === 404) {
-        renderError(main, new Error(`No job ${jobId}.`));
-        return;
-      }
-      if (error instanceof ApiError && error.status < 500) {
-        renderError(main, error);
-        return;
-      }
-      renderError(main, new Error(`${error.message} (trying again in ${delay / 1000} s)`));
-      document.body.dataset.retrying = "true";
-      await new Promise((resolve) => setTimeout(resolve, delay));
-    }
-  }
-  delete document.body.dataset.retrying;
+  detail = await loadJob(jobId, main);
+  if (detail === null) return;
   job = detail.job;
   for (const event of detail.status_events || []) addStatusEvent(event);
   for (const summary of detail.epoch_summaries || []) summaries.set(summary.epoch, summary);

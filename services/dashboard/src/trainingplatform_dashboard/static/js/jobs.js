@@ -238,9 +238,33 @@ moreButton.addEventListener("click", () => {
   if (state.next && !state.loading) load(true);
 });
 
+// The feed's stream, open while the page is shown: a hidden page (a tab in the background) closes it, freeing one of
+// the few connections the browser opens to the dashboard, and opens it again when shown (the feed then sends every
+// job again, so the list is whole).
+let events = null;
+let sessionEnded = false;
+
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "hidden") {
+    if (events === null) return;
+    events.close();
+    events = null;
+    document.body.dataset.live = "paused";
+  } else if (document.body.dataset.live === "paused" && !sessionEnded) {
+    follow();
+  }
+});
+
 function follow() {
-  const events = new EventSource("/api/events/jobs");
+  if (document.visibilityState === "hidden") {
+    document.body.dataset.live = "paused";
+    return;
+  }
+  events = new EventSource("/api/events/jobs");
   endWithSession(events);
+  events.addEventListener("session_ended", () => {
+    sessionEnded = true;
+  });
   events.addEventListener("job", (event) => upsert(JSON.parse(event.data)));
   events.addEventListener("backend", (event) => {
     const backend = JSON.parse(event.data);

@@ -1,31 +1,20 @@
-// System metrics of one job: the `system/` keys the SDK samples (CPU, memory, GPU where present), live.
+// System metrics of one job: the `system/` keys the SDK samples (CPU, memory, GPU where present), live (the job
+// page's stream handling: paused while hidden, the backend's outages and refusals shown, retried by itself).
 
 import { JobCharts, SeriesStore } from "./charts.js";
-import {
-  TERMINAL,
-  api,
-  clearBanner,
-  el,
-  endWithSession,
-  header,
-  jobName,
-  renderError,
-  showBanner,
-  statusBadge,
-} from "./common.js";
+import { TERMINAL, el, followJob, header, jobName, loadJob, renderError, showBanner, statusBadge } from "./common.js";
 
 const main = document.getElementById("main");
 const jobId = decodeURIComponent(location.pathname.split("/")[2] || "");
 
 async function start() {
   header("jobs");
-  let detail;
-  try {
-    detail = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
-  } catch (error) {
-    renderError(main, error);
+  if (!jobId) {
+    renderError(main, new Error("No job id in the address."));
     return;
   }
+  const detail = await loadJob(jobId, main);
+  if (detail === null) return;
   const job = detail.job;
   const status = el("span", { id: "job-status" }, statusBadge(job.status));
   const chartBox = el("div", { id: "charts", class: "charts" });
@@ -57,19 +46,10 @@ async function start() {
     showBanner(`Could not load the metrics: ${error.message}`);
   }
   if (TERMINAL.has(job.status)) return;
-  const events = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/events?after=m${store.lastSequence}`);
-  endWithSession(events);
-  events.addEventListener("open", clearBanner);
-  events.addEventListener("metrics", (e) => charts.append(JSON.parse(e.data).points || []));
-  events.addEventListener("status", (e) => status.replaceChildren(statusBadge(JSON.parse(e.data).status)));
-  events.addEventListener("error", (e) => {
-    if (!e.data) return; // a dropped connection: EventSource reconnects by itself
-    events.close();
-    showBanner("Live updates stopped: the server refused the stream.");
-  });
-  events.addEventListener("end", (e) => {
-    events.close();
-    status.replaceChildren(statusBadge(JSON.parse(e.data).status));
+  followJob(jobId, `m${store.lastSequence}`, {
+    metrics: (e) => charts.append(JSON.parse(e.data).points || []),
+    status: (e) => status.replaceChildren(statusBadge(JSON.parse(e.data).status)),
+    end: (e) => status.replaceChildren(statusBadge(JSON.parse(e.data).status)),
   });
 }
 
