@@ -53,6 +53,18 @@ def wait_js(page: Any, expression: str, timeout: float = 20) -> Any:
         page.wait_for_timeout(50)
 
 
+def set_visibility(page: Any, state: str) -> None:
+    """Makes the page hidden or visible to its scripts (as a tab in the background is) and tells it so."""
+    page.evaluate(
+        """(state) => {
+            Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => state});
+            Object.defineProperty(document, 'hidden', {configurable: true, get: () => state === 'hidden'});
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""",
+        state,
+    )
+
+
 def chart(page: Any, key: str) -> Any:
     """The chart of one metric key (its <figure>, whose data-* attributes count what it holds and draws)."""
     return page.locator(f'figure.chart[data-key="{key}"]')

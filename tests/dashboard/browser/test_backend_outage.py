@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from .conftest import Platform
-from .helpers import fed_job, total_points, wait_js
+from .helpers import fed_job, set_visibility, total_points, wait_js
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -60,6 +60,35 @@ def test_an_open_page_says_when_the_backend_is_unreachable_and_follows_again_onc
         wait_js(page, f"document.querySelector('figure.chart[data-key=\"{key}\"]')?.dataset.totalPoints === '20'")
         page.wait_for_timeout(500)
         assert total_points(page, key) == 20
+
+
+def test_a_tab_shown_again_while_the_backend_is_down_follows_once_it_is_back(
+    page: Any, stack: Platform, tmp_path: Path
+) -> None:
+    key = "train/loss"
+    job_id, logger = fed_job(stack, tmp_path)
+    with logger:
+        logger.update_status("running")
+        for step in range(1, 11):
+            logger.log_metric(key, float(step), step=step)
+        logger.flush(10)
+        page.goto(f"{stack.url}/jobs/{job_id}")
+        wait_js(page, "document.body.dataset.live === 'true'")
+        set_visibility(page, "hidden")
+        wait_js(page, "document.body.dataset.live === 'paused'")
+        stack.backend.stop()
+        try:
+            set_visibility(page, "visible")  # its stream is refused (503) while the backend is down
+            text = wait_js(page, BANNER, timeout=15)
+            assert "interrupted" in text, text
+        finally:
+            stack.backend.restart()
+        wait_js(page, "document.body.dataset.live === 'true'", timeout=30)
+        for step in range(11, 21):
+            logger.log_metric(key, float(step), step=step)
+        logger.flush(30)
+        wait_js(page, f"document.querySelector('figure.chart[data-key=\"{key}\"]')?.dataset.totalPoints === '20'")
+        assert not page.evaluate(BANNER)
 
 
 @pytest.mark.parametrize("suffix", ["", "/system"], ids=["job", "system"])

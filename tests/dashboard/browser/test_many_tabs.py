@@ -12,24 +12,12 @@ import pytest
 from support.dashboard import DashboardProcess
 
 from .conftest import PageProblems, Platform
-from .helpers import fed_job, shot, total_points, wait_js
+from .helpers import fed_job, set_visibility, shot, total_points, wait_js
 
 pytestmark = pytest.mark.timeout(300)
 
 KEY = "train/loss"
 BANNER = "(() => { const b = document.getElementById('banner'); return b && !b.hidden ? b.textContent : ''; })()"
-
-
-def set_visibility(page: Any, state: str) -> None:
-    """Makes the page hidden or visible to its scripts (as a tab in the background is) and tells it so."""
-    page.evaluate(
-        """(state) => {
-            Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => state});
-            Object.defineProperty(document, 'hidden', {configurable: true, get: () => state === 'hidden'});
-            document.dispatchEvent(new Event('visibilitychange'));
-        }""",
-        state,
-    )
 
 
 def test_eight_job_tabs_load_and_cancel_while_the_others_are_hidden(

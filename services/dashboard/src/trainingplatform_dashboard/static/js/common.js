@@ -141,11 +141,31 @@ export function followJob(jobId, after, handlers) {
   let cursor = after;
   let source = null;
   let stopped = false;
+  let retryDelay = 1000;
+  let retryTimer = null;
 
   function stop() {
     stopped = true;
+    clearTimeout(retryTimer);
     if (source !== null) source.close();
     source = null;
+  }
+
+  // EventSource gives up when the server answers with an error status (a stream reopened while the backend is
+  // down: 503): try again, backing off to 10 s, unless the session has ended.
+  async function reopen() {
+    retryTimer = null;
+    if (stopped || source !== null || document.visibilityState === "hidden") return;
+    try {
+      await api("/api/session");
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) {
+        stop();
+        document.body.dataset.live = "false";
+        return;
+      }
+    }
+    if (!stopped && source === null && document.visibilityState !== "hidden") open();
   }
 
   function open() {
@@ -155,6 +175,7 @@ export function followJob(jobId, after, handlers) {
     events.addEventListener("session_ended", stop);
     showLiveState(events);
     events.addEventListener("open", () => {
+      retryDelay = 1000;
       document.body.dataset.live = "true";
       clearBanner();
     });
@@ -182,8 +203,15 @@ export function followJob(jobId, after, handlers) {
         showBanner(`Live updates stopped: ${message}`);
         return;
       }
-      if (events.readyState === EventSource.CLOSED || events !== source) return;
+      if (events !== source) return;
       document.body.dataset.live = "false";
+      if (events.readyState === EventSource.CLOSED) {
+        source = null;
+        showBanner(`Live updates interrupted; trying again in ${retryDelay / 1000} s…`, "warning");
+        retryTimer = setTimeout(reopen, retryDelay);
+        retryDelay = Math.min(retryDelay * 2, 10000);
+        return;
+      }
       showBanner("Live updates interrupted; reconnecting…", "warning");
     });
   }
@@ -191,6 +219,7 @@ export function followJob(jobId, after, handlers) {
   document.addEventListener("visibilitychange", () => {
     if (stopped) return;
     if (document.visibilityState === "hidden") {
+      clearTimeout(retryTimer);
       if (source !== null) source.close();
       source = null;
       document.body.dataset.live = "paused";
