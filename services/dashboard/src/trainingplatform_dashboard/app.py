@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import difflib
 import json
 import logging
 import os
@@ -63,6 +64,9 @@ STATIC_DIR = Path(__file__).parent / "static"
 _PAGES = {"jobs": "jobs.html", "job": "job.html", "system": "system.html", "compare": "compare.html", "new": "new.html"}
 _TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 _MAX_BODY_BYTES = 1024 * 1024
+_MAX_BODY_DEPTH = 24
+"""How deeply a request body's objects and arrays may nest (the body itself is level 1): protobuf refuses a spec
+much deeper, and json.loads recurses."""
 _LOG_LEVELS = {name.removeprefix("LOG_LEVEL_"): value for name, value in common_pb2.LogLevel.items()}
 _STATUSES = {name.removeprefix("JOB_STATUS_"): value for name, value in common_pb2.JobStatus.items()}
 _SUMMARY_IDLE_S = 0.3
@@ -594,12 +598,59 @@ def _optional_int(body: dict[str, Any], name: str) -> int:
     return number
 
 
+CREATE_FIELDS = frozenset(
+    {
+        "framework",
+        "model",
+        "dataset",
+        "epochs",
+        "display_name",
+        "image_size",
+        "batch_size",
+        "advanced_config",
+        "request_id",
+    }
+)
+"""The fields of a POST /api/jobs body; any other is refused by name."""
+_DATASET_FIELDS = ("name", "path")
+
+
+def _refuse_unknown(given: dict[str, Any], valid: Any, prefix: str = "") -> None:
+    """Refuses the first key of `given` that is not in `valid`, naming it and the closest valid name."""
+    for key in given:
+        if key in valid:
+            continue
+        close = difflib.get_close_matches(str(key)[:80], sorted(valid), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid fields are {', '.join(sorted(valid))}"
+        raise _body_error(f"{prefix}{key!r} is not a field of a new job{hint}", f"{prefix}{str(key)[:80]}")
+
+
+def _check_depth(body: dict[str, Any]) -> None:
+    """Refuses objects and arrays nested deeper than `_MAX_BODY_DEPTH`, naming the top field (and its section)."""
+    stack: list[tuple[Any, int, tuple[str, ...]]] = [(body, 1, ())]
+    while stack:
+        value, depth, path = stack.pop()
+        if depth > _MAX_BODY_DEPTH:
+            field = ".".join(path[:2]) or None
+            raise _body_error(
+                f"{field or 'the request body'} is nested too deeply: at most {_MAX_BODY_DEPTH} levels of objects "
+                "and arrays are allowed in a request body",
+                field,
+            )
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1, (*path, str(key))) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1, path) for item in value)
+
+
 def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
     """The JobSpec and display name of a create request, checked as the backend checks them.
 
     Raises:
         ApiError: 400 naming the field.
     """
+
+    _refuse_unknown(body, CREATE_FIELDS)
 
     def text(name: str) -> str:
         value = body.get(name, "")
@@ -614,6 +665,7 @@ def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
         dataset = {"name": dataset}
     if not isinstance(dataset, dict):
         raise _body_error('dataset must be {"name": ...} or {"path": ...}', "dataset")
+    _refuse_unknown(dataset, _DATASET_FIELDS, "dataset.")
     dataset_name, dataset_path = dataset.get("name") or "", dataset.get("path") or ""
     if not isinstance(dataset_name, str) or not isinstance(dataset_path, str):
         raise _body_error("dataset.name and dataset.path must be strings", "dataset")
@@ -621,8 +673,9 @@ def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
     if isinstance(advanced, str):
         try:
             advanced = json.loads(advanced) if advanced.strip() else {}
-        except json.JSONDecodeError as error:
-            raise _body_error(f"advanced_config: not valid JSON: {error}", "advanced_config") from None
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise _body_error(f"advanced_config: not valid JSON: {str(error)[:200]}", "advanced_config") from None
+        _check_depth({"advanced_config": advanced})
     try:
         advanced_config = AdvancedConfig.from_mapping(advanced or {})
     except PlatformError as error:
@@ -647,27 +700,55 @@ def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
     return spec, text("display_name")
 
 
+def _too_large() -> ApiError:
+    return ApiError(413, "RESOURCE_EXHAUSTED", f"the request body is over {_MAX_BODY_BYTES} bytes")
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request body, refused (413) by its Content-Length before any of it is read when that is over the limit,
+    else read in chunks and refused as soon as it passes the limit (a chunked body has no Content-Length)."""
+    length = request.headers.get("content-length", "").strip()
+    if length.isdigit() and int(length) > _MAX_BODY_BYTES:
+        raise _too_large()
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > _MAX_BODY_BYTES:
+            raise _too_large()
+    return bytes(raw)
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > _MAX_BODY_BYTES:
-        raise ApiError(413, "INVALID_ARGUMENT", f"the request body is over {_MAX_BODY_BYTES} bytes")
+    raw = await _read_body(request)
     try:
         body = json.loads(raw or b"{}")
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
         raise _body_error(f"the request body is not JSON: {str(error)[:200]}", None) from None
+    except RecursionError:
+        raise _body_error(
+            f"the request body is nested too deeply: at most {_MAX_BODY_DEPTH} levels of objects and arrays are "
+            "allowed",
+            None,
+        ) from None
     if not isinstance(body, dict):
         raise _body_error("the request body must be a JSON object", None)
+    _check_depth(body)
     return body
 
 
 async def create_job(request: Request) -> Response:
-    """POST /api/jobs (CSRF): creates a job with the front-end token; 201 {"job": Job}."""
+    """POST /api/jobs (CSRF): creates a job with the front-end token; 201 {"job": Job}.
+
+    A `request_id` (the new-job form sends one per filled form) makes a retry give the job its first call created
+    (CreateJob's own key); without one every call creates a job."""
     _, backend, _, feed = _parts(request)
-    spec, display_name = spec_from_body(await _json_body(request))
+    body = await _json_body(request)
+    spec, display_name = spec_from_body(body)
+    request_id = body.get("request_id") or str(uuid.uuid4())
+    if not isinstance(request_id, str):
+        raise _body_error("request_id must be a string", "request_id")
     created = await _call(
-        backend.create_job(
-            jobs_pb2.CreateJobRequest(spec=spec, display_name=display_name, request_id=str(uuid.uuid4()))
-        )
+        backend.create_job(jobs_pb2.CreateJobRequest(spec=spec, display_name=display_name, request_id=request_id))
     )
     return JSONResponse({"job": feed.job_json(created.job)}, status_code=201)
 

@@ -84,6 +84,17 @@ function showError(name, message) {
   input.focus();
 }
 
+/** A random request id: crypto.randomUUID where the page is a secure context, else 128 random bits in hex. */
+function newRequestId() {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// One request id per filled form (CreateJob's key): a second submit of the same form, a double click or a retry
+// after a lost answer, gets the job the first one created instead of a second job. A created job or an edit of
+// the form starts a new one.
+let requestId = newRequestId();
+
 function body() {
   const value = (name) => inputs.get(name).value.trim();
   const dataset = value("dataset");
@@ -93,6 +104,7 @@ function body() {
     dataset: dataset.includes("/") ? { path: dataset } : { name: dataset },
     epochs: Number(value("epochs")),
     display_name: value("display_name"),
+    request_id: requestId,
   };
   if (value("image_size")) payload.image_size = Number(value("image_size"));
   if (value("batch_size")) payload.batch_size = Number(value("batch_size"));
@@ -130,18 +142,26 @@ for (const field of FIELDS) {
 }
 form.append(formError, el("div", { class: "form-actions" }, submit, el("a", { href: "/", text: "Back to jobs" })));
 
+form.addEventListener("input", () => {
+  requestId = newRequestId();
+});
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   clearErrors();
   submit.disabled = true;
+  let created = false;
   try {
     const answer = await api("/api/jobs", { method: "POST", body: body() });
+    created = true;
+    requestId = newRequestId();
     location.href = `/jobs/${encodeURIComponent(answer.job.job_id)}`;
   } catch (error) {
     if (error instanceof ApiError) showError(inputFor(error.field), error.message);
     else showError(null, String(error));
   } finally {
-    submit.disabled = false;
+    // After a create the button stays disabled while the job's page loads: a click meanwhile would create again.
+    if (!created) submit.disabled = false;
   }
 });
 

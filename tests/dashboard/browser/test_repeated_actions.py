@@ -1,0 +1,82 @@
+"""What a page does when an action is repeated or goes stale: a create clicked or retried twice makes one job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Platform
+from .helpers import shot, wait_js
+
+pytestmark = pytest.mark.timeout(300)
+
+_QUICK = json.dumps({"extra": {"fake_batches": 2, "fake_batch_s": 0.01}})
+
+
+def _jobs_named(page: Any, stack: Platform, name: str) -> list[dict[str, Any]]:
+    answer = page.request.get(f"{stack.url}/api/jobs", params={"q": name}).json()
+    return [job for job in answer["jobs"] if job["display_name"] == name]
+
+
+def _fill_form(page: Any, stack: Platform, name: str) -> None:
+    page.goto(f"{stack.url}/new")
+    page.fill("#model", "resnet10t")
+    page.fill("#dataset", "digits")
+    page.fill("#epochs", "1")
+    page.fill("#display_name", name)
+    page.fill("#advanced_config", _QUICK)
+
+
+@pytest.mark.timeout(120)
+def test_the_create_button_stays_disabled_while_the_new_jobs_page_loads(
+    page: Any, stack: Platform, tmp_path: Path
+) -> None:
+    """The job's page never comes (its navigation is stopped): the form stays as it was while it loads."""
+    opened: list[str] = []
+
+    def stop_the_job_page(route: Any) -> None:
+        if route.request.resource_type != "document":
+            route.continue_()
+            return
+        opened.append(route.request.url)
+        route.abort("aborted")
+
+    page.route("**/jobs/*", stop_the_job_page)
+    _fill_form(page, stack, "created once")
+    page.click("#submit", no_wait_after=True)
+    for _ in range(200):
+        if opened:
+            break
+        page.wait_for_timeout(50)
+    assert opened, "the form did not open the job's page"
+    page.wait_for_timeout(300)  # the handler's `finally` has run
+    assert page.url.endswith("/new"), page.url
+    assert page.evaluate("document.querySelector('#submit').disabled"), "the button is live again: a click creates"
+    shot(page, tmp_path, "creating")
+    assert len(_jobs_named(page, stack, "created once")) == 1
+
+
+def test_a_create_retried_after_a_lost_answer_gives_the_same_job(page: Any, stack: Platform) -> None:
+    """The first answer never reaches the page (the job was created): the second click sends the same request id
+    and gets that job instead of a second one."""
+    lost: list[str] = []
+
+    def lose_the_first_answer(route: Any) -> None:
+        if route.request.method != "POST" or lost:
+            route.continue_()
+            return
+        response = route.fetch()
+        lost.append(response.json()["job"]["job_id"])
+        route.abort()
+
+    page.route("**/api/jobs", lose_the_first_answer)
+    _fill_form(page, stack, "retried once")
+    page.click("#submit")
+    wait_js(page, "document.querySelector('#form-error').textContent.length > 0")
+    assert lost, "the first create did not reach the dashboard"
+    page.click("#submit")
+    page.wait_for_url(f"**/jobs/{lost[0]}")
+    assert [job["job_id"] for job in _jobs_named(page, stack, "retried once")] == lost
