@@ -101,6 +101,7 @@ def test_cancel_from_the_page_ends_the_job_cancelled(page: Any, stack: Platform,
     wait_js(page, "document.body.dataset.status === 'RUNNING'", 60)
     page.click("#cancel-job")
     assert page.locator("#cancel-job").inner_text() == "Click again to cancel"
+    page.wait_for_timeout(600)  # a confirming click sooner than 500 ms after arming is ignored (a double-click)
     page.click("#cancel-job")
     wait_js(page, "document.body.dataset.status === 'CANCELLED'", 30)
     assert page.locator("#cancel-job").is_hidden()

@@ -1,4 +1,5 @@
-"""What a page does when an action is repeated or goes stale: a create clicked or retried twice makes one job."""
+"""What a page does when an action is repeated or goes stale: a create clicked or retried twice makes one job, a
+double-click on "Cancel job" does not confirm, and a cancel refused because the job ended shows the job as it is."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from trainer_service.trainer_process import wait_until
 
 from .conftest import Platform
-from .helpers import shot, wait_js
+from .helpers import create_through_api, fed_job, shot, wait_js
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -80,3 +82,49 @@ def test_a_create_retried_after_a_lost_answer_gives_the_same_job(page: Any, stac
     page.click("#submit")
     page.wait_for_url(f"**/jobs/{lost[0]}")
     assert [job["job_id"] for job in _jobs_named(page, stack, "retried once")] == lost
+
+
+def test_a_double_click_on_cancel_does_not_confirm_it(page: Any, stack: Platform, tmp_path: Path) -> None:
+    job = create_through_api(
+        page,
+        stack,
+        display_name="double-clicked",
+        advanced_config={"extra": {"fake_batches": 1000, "fake_batch_s": 0.1}},
+    )
+    page.goto(f"{stack.url}/jobs/{job['job_id']}")
+    wait_js(page, "document.body.dataset.status === 'RUNNING'", 60)
+    page.dblclick("#cancel-job")
+    page.wait_for_timeout(1000)
+    assert page.locator("#cancel-job").inner_text() == "Click again to cancel"
+    assert stack.backend.job_status(job["job_id"]) == "RUNNING"
+    shot(page, tmp_path, "armed")
+    page.click("#cancel-job")
+    wait_js(page, "document.body.dataset.status === 'CANCELLED'", 30)
+    wait_until(lambda: stack.backend.job_status(job["job_id"]) == "CANCELLED", 30, "the stored status CANCELLED")
+
+
+def test_a_cancel_refused_because_the_job_ended_shows_the_job_as_it_is(
+    page: Any, stack: Platform, tmp_path: Path
+) -> None:
+    job_id, logger = fed_job(stack, tmp_path)
+    # The page hears nothing live: it learns that the job ended only from the refused cancel.
+    page.route("**/events*", lambda route: route.abort())
+    try:
+        logger.update_status("running")
+        logger.flush(10)
+        page.goto(f"{stack.url}/jobs/{job_id}")
+        wait_js(page, "document.body.dataset.status === 'RUNNING'")
+        logger.update_status("completed")
+        logger.flush(10)
+    finally:
+        logger.close()
+    wait_until(lambda: stack.backend.job_status(job_id) == "COMPLETED", 30, "the stored status COMPLETED")
+    assert page.evaluate("document.body.dataset.status") == "RUNNING"
+    page.click("#cancel-job")
+    page.wait_for_timeout(600)
+    page.click("#cancel-job")
+    wait_js(page, "document.body.dataset.status === 'COMPLETED'")
+    wait_js(page, "document.querySelector('#cancel-note').textContent.includes('Cancel failed')")
+    assert page.locator("#cancel-job").is_hidden()
+    assert "COMPLETED" in page.locator("#status-timeline").inner_text()
+    shot(page, tmp_path, "refused-cancel")

@@ -68,17 +68,38 @@ function renderHead() {
   if (terminal) cancelNote.textContent = "";
 }
 
+/** Reads the job again (status, times, timeline, links) and redraws its head: after a cancel the backend refused
+ * because the job had ended, which the page may not have heard of yet. */
+async function reloadJob() {
+  try {
+    const fresh = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
+    job = fresh.job;
+    detail = fresh;
+    for (const event of fresh.status_events || []) addStatusEvent(event);
+    linksHolder.replaceChildren(linksCard());
+  } catch {
+    // What the page knows is kept.
+  }
+  renderHead();
+}
+
+// The first click arms the button ("Click again to cancel") for 5 s and a second click confirms; a click sooner
+// than CONFIRM_AFTER_MS after arming is ignored, so the second click of a double-click does not confirm.
+const CONFIRM_AFTER_MS = 500;
 let confirmTimer = null;
+let armedAt = 0;
 cancelButton.addEventListener("click", async () => {
   if (!cancelButton.classList.contains("confirm")) {
     cancelButton.classList.add("confirm");
     cancelButton.textContent = "Click again to cancel";
+    armedAt = performance.now();
     confirmTimer = setTimeout(() => {
       cancelButton.classList.remove("confirm");
       cancelButton.textContent = "Cancel job";
     }, 5000);
     return;
   }
+  if (performance.now() - armedAt < CONFIRM_AFTER_MS) return;
   clearTimeout(confirmTimer);
   cancelButton.disabled = true;
   cancelButton.textContent = "Cancelling…";
@@ -88,6 +109,8 @@ cancelButton.addEventListener("click", async () => {
     cancelNote.textContent = "Cancel requested.";
     renderHead();
   } catch (error) {
+    // 409: the job ended meanwhile (the page may not have heard yet): show it as it is now.
+    if (error.status === 409) await reloadJob();
     cancelNote.textContent = `Cancel failed: ${error.message}`;
   } finally {
     cancelButton.disabled = false;
