@@ -1,5 +1,6 @@
 """What a page does when an action is repeated or goes stale: a create clicked or retried twice makes one job, a
-double-click on "Cancel job" does not confirm, and a cancel refused because the job ended shows the job as it is."""
+double-click on "Cancel job" does not confirm, a cancel refused because the job ended shows the job as it is, and
+a change after a login in another tab (a new session, a new CSRF token) still goes through."""
 
 from __future__ import annotations
 
@@ -128,3 +129,21 @@ def test_a_cancel_refused_because_the_job_ended_shows_the_job_as_it_is(
     assert page.locator("#cancel-job").is_hidden()
     assert "COMPLETED" in page.locator("#status-timeline").inner_text()
     shot(page, tmp_path, "refused-cancel")
+
+
+def test_a_change_after_a_login_in_another_tab_goes_through(page: Any, stack: Platform) -> None:
+    # A first change (refused for its epochs) reads and keeps the session's CSRF token.
+    _fill_form(page, stack, "after a new login")
+    page.fill("#epochs", "0")
+    page.click("#submit")
+    wait_js(page, "document.querySelector('#epochs-error').textContent.length > 0")
+    # Another tab logs in again: a new session cookie, whose CSRF token the first tab does not have.
+    other = page.context.new_page()
+    assert stack.dashboard is not None
+    other.goto(stack.dashboard.login_url)
+    other.close()
+    page.fill("#epochs", "1")
+    page.click("#submit")
+    page.wait_for_url("**/jobs/*")
+    page.locator("#job-title").wait_for()
+    assert page.locator("#job-title").inner_text() == "after a new login"

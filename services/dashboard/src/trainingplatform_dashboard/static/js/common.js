@@ -50,8 +50,10 @@ async function csrf() {
   return csrfToken;
 }
 
-/** GET (or POST with `body`) a JSON API path; throws ApiError with the server's code, message and field. */
-export async function api(path, { method = "GET", body } = {}) {
+/** GET (or POST with `body`) a JSON API path; throws ApiError with the server's code, message and field.
+ * A change refused for its CSRF token (403: a login in another tab replaced this browser's session, and with it
+ * the token) reads the token again and is tried once more. */
+export async function api(path, { method = "GET", body, retried = false } = {}) {
   const headers = { Accept: "application/json" };
   const init = { method, headers, credentials: "same-origin" };
   if (method !== "GET") {
@@ -68,6 +70,10 @@ export async function api(path, { method = "GET", body } = {}) {
   }
   if (!response.ok) {
     const error = new ApiError(response.status, payload);
+    if (response.status === 403 && method !== "GET" && !retried && error.code === "PERMISSION_DENIED") {
+      csrfToken = null;
+      return api(path, { method, body, retried: true });
+    }
     if (response.status === 401) showBanner(SESSION_ENDED);
     throw error;
   }
