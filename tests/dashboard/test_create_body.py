@@ -78,6 +78,7 @@ def test_a_create_retried_with_its_request_id_gives_the_same_job(client: httpx.C
         ({**_BASE, "advanced": {}}, "advanced", "advanced_config"),
         ({**_BASE, "dataset": {"nmae": "digits"}}, "dataset.nmae", "name"),
         ({**_BASE, "zzz": 1}, "zzz", None),
+        ({**_BASE, "q" * 100_000: 1}, "q" * 80, None),
     ],
 )
 def test_an_unknown_field_is_refused_by_name_with_the_closest_valid_one(
@@ -88,6 +89,7 @@ def test_an_unknown_field_is_refused_by_name_with_the_closest_valid_one(
     error = response.json()["error"]
     assert error["code"] == "INVALID_ARGUMENT" and error["field"] == field, error
     assert repr(field.rpartition(".")[2]) in error["message"], error
+    assert len(error["message"]) < 400, error
     if closest is not None:
         assert f"did you mean {closest!r}" in error["message"], error
     else:

@@ -615,14 +615,17 @@ CREATE_FIELDS = frozenset(
 _DATASET_FIELDS = ("name", "path")
 
 
-def _refuse_unknown(given: dict[str, Any], valid: Any, prefix: str = "") -> None:
-    """Refuses the first key of `given` that is not in `valid`, naming it and the closest valid name."""
+def _refuse_unknown(given: dict[str, Any], valid: Any, section: str = "") -> None:
+    """Refuses the first key of `given` (the body, or its `section`) that is not in `valid`, naming it (cut to 80
+    characters) and the closest valid name, else every valid name."""
     for key in given:
         if key in valid:
             continue
-        close = difflib.get_close_matches(str(key)[:80], sorted(valid), n=1, cutoff=0.6)
+        name = str(key)[:80]
+        close = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else f"; valid fields are {', '.join(sorted(valid))}"
-        raise _body_error(f"{prefix}{key!r} is not a field of a new job{hint}", f"{prefix}{str(key)[:80]}")
+        where = section or "a new job"
+        raise _body_error(f"{name!r} is not a field of {where}{hint}", f"{section}.{name}" if section else name)
 
 
 def _check_depth(body: dict[str, Any]) -> None:
@@ -665,7 +668,7 @@ def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
         dataset = {"name": dataset}
     if not isinstance(dataset, dict):
         raise _body_error('dataset must be {"name": ...} or {"path": ...}', "dataset")
-    _refuse_unknown(dataset, _DATASET_FIELDS, "dataset.")
+    _refuse_unknown(dataset, _DATASET_FIELDS, "dataset")
     dataset_name, dataset_path = dataset.get("name") or "", dataset.get("path") or ""
     if not isinstance(dataset_name, str) or not isinstance(dataset_path, str):
         raise _body_error("dataset.name and dataset.path must be strings", "dataset")
