@@ -143,7 +143,7 @@ def test_a_tab_behind_the_retained_history_catches_up_then_shares_the_subscripti
         logger.close(timeout=15)
 
 
-def test_a_backend_restart_breaks_nothing_the_stream_resumes_from_its_cursor(tmp_path: Path) -> None:
+def test_a_backend_restart_breaks_nothing_the_stream_says_so_and_resumes_from_its_cursor(tmp_path: Path) -> None:
     with own_stack(tmp_path) as (backend, dashboard):
         job_id, token = backend.create_job()
         client = httpx.Client(base_url=dashboard.url, timeout=30)
@@ -152,6 +152,7 @@ def test_a_backend_restart_breaks_nothing_the_stream_resumes_from_its_cursor(tmp
         logger.update_status("RUNNING")
         reader = SseReader(client, f"/api/jobs/{job_id}/events")
         seen: list[int] = []
+        notices: list[str] = []
 
         def pump(upto: int) -> None:
             while not set(range(1, upto + 1)).issubset(seen):
@@ -159,6 +160,8 @@ def test_a_backend_restart_breaks_nothing_the_stream_resumes_from_its_cursor(tmp
                 assert event is not None
                 if event.event == "metrics":
                     seen.extend(p["sequence"] for p in event.json()["points"])
+                elif event.event.startswith("live_"):
+                    notices.append(event.event)
 
         for step in range(1, 51):
             logger.log_metric("train/loss", float(step), step=step)
@@ -166,11 +169,18 @@ def test_a_backend_restart_breaks_nothing_the_stream_resumes_from_its_cursor(tmp
         backend.kill()
         unavailable = client.get("/api/jobs")
         assert unavailable.status_code == 503 and unavailable.json()["error"]["code"] == "UNAVAILABLE"
+        # The page is told that its live updates are paused (once, however many resubscriptions fail) ...
+        event = reader.next(timeout=15)
+        assert event is not None and event.event == "live_unavailable", event
+        error = event.json()["error"]
+        assert error["code"] == "UNAVAILABLE" and "backend is unreachable" in error["message"], error
+        time.sleep(2)  # several failed resubscriptions
         for step in range(51, 101):  # logged while the backend is down: spooled, sent after the restart
             logger.log_metric("train/loss", float(step), step=step)
         backend.start()
         pump(100)
         assert sorted(seen) == list(range(1, 101))
+        assert notices == ["live_resumed"], notices  # ... and when they resume
         assert dashboard.health()["job_subscriptions_open"] == 1
         reader.close()
         logger.update_status("COMPLETED")
