@@ -4,7 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
-TEST_WORKERS ?= auto
+# One pytest worker more than the cores: the suites spend much of their time waiting on the processes they start
+# (servers, trainings, a browser). On 2 cores, 3 workers ran `make test` in 28:26, 2 workers in 35:23 (2026-12-07).
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 COMPONENTS := -e "./sdk[server,cli]" -e ./services/backend -e ./services/trainer_timm -e ./services/trainer_ultralytics -e ./services/dashboard
 SETUP_STAMP := $(VENV)/.setup-stamp
 export BUF_CACHE_DIR := $(CURDIR)/.cache/buf
