@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.backend import BackendProcess, free_port
-from support.dashboard import DashboardProcess
+from support.dashboard import DashboardProcess, own_stack
 
 _BASE = {"framework": "timm", "model": "resnet10t", "dataset": {"name": "digits"}, "epochs": 1}
 
@@ -24,20 +24,9 @@ _BASE = {"framework": "timm", "model": "resnet10t", "dataset": {"name": "digits"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BackendProcess, DashboardProcess]]:
     """A backend whose timm trainer cannot be reached (a job is stored all the same) and a dashboard."""
-    root = tmp_path_factory.mktemp("create-body")
-    backend = BackendProcess(
-        f"sqlite:///{root / 'backend.db'}",
-        root / "backend-data",
-        extra_env={"TP_TRAINERS": f"timm=127.0.0.1:{free_port()}"},
-    )
-    backend.start()
-    dashboard = DashboardProcess(backend, root)
-    try:
-        dashboard.start()
-        yield backend, dashboard
-    finally:
-        dashboard.close()
-        backend.close()
+    unreachable = {"TP_TRAINERS": f"timm=127.0.0.1:{free_port()}"}
+    with own_stack(tmp_path_factory.mktemp("create-body"), backend_env=unreachable) as pair:
+        yield pair
 
 
 @pytest.fixture

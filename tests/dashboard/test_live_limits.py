@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.backend import BackendProcess
-from support.dashboard import DashboardProcess, SseEvent, SseReader
+from support.dashboard import DashboardProcess, SseEvent, SseReader, own_stack
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.telemetry import LoggerSettings
 
@@ -22,15 +22,8 @@ from trainingplatform_sdk.telemetry import LoggerSettings
 @pytest.fixture
 def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[BackendProcess, DashboardProcess]]:
     backend_env, dashboard_env = request.param
-    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "backend-data", extra_env=backend_env)
-    backend.start()
-    dashboard = DashboardProcess(backend, tmp_path, {"TP_DASHBOARD_LINGER_S": "0.3", **dashboard_env})
-    try:
-        dashboard.start()
-        yield backend, dashboard
-    finally:
-        dashboard.close()
-        backend.close()
+    with own_stack(tmp_path, {"TP_DASHBOARD_LINGER_S": "0.3", **dashboard_env}, backend_env) as pair:
+        yield pair
 
 
 def logged_in(dashboard: DashboardProcess) -> httpx.Client:

@@ -138,11 +138,11 @@ class DashboardProcess:
 
 @contextlib.contextmanager
 def own_stack(
-    tmp_path: Path, dashboard_env: dict[str, str] | None = None
+    tmp_path: Path, dashboard_env: dict[str, str] | None = None, backend_env: dict[str, str] | None = None
 ) -> Iterator[tuple[BackendProcess, DashboardProcess]]:
     """A backend on SQLite and a dashboard in front of it, both under `tmp_path`, for one test; both stopped at the
     end."""
-    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "backend-data")
+    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "backend-data", extra_env=backend_env)
     backend.start()
     dashboard = DashboardProcess(backend, tmp_path, dashboard_env)
     try:

@@ -17,6 +17,16 @@ pytestmark = pytest.mark.timeout(300)
 BANNER = "(() => { const b = document.getElementById('banner'); return b && !b.hidden ? b.textContent : ''; })()"
 
 
+def running_job(stack: Platform, tmp_path: Path, key: str) -> tuple[str, Any]:
+    """A RUNNING job with 10 points of `key` delivered, and its open logger (the caller closes it)."""
+    job_id, logger = fed_job(stack, tmp_path)
+    logger.update_status("running")
+    for step in range(1, 11):
+        logger.log_metric(key, float(step), step=step)
+    logger.flush(10)
+    return job_id, logger
+
+
 def test_a_job_page_opened_while_the_backend_is_down_recovers_by_itself(page: Any, stack: Platform) -> None:
     job_id, _ = stack.backend.create_job()
     stack.backend.stop()
@@ -36,12 +46,8 @@ def test_an_open_page_says_when_the_backend_is_unreachable_and_follows_again_onc
     page: Any, stack: Platform, tmp_path: Path, suffix: str
 ) -> None:
     key = "system/cpu_percent" if suffix else "train/loss"
-    job_id, logger = fed_job(stack, tmp_path)
+    job_id, logger = running_job(stack, tmp_path, key)
     with logger:
-        logger.update_status("running")
-        for step in range(1, 11):
-            logger.log_metric(key, float(step), step=step)
-        logger.flush(10)
         page.goto(f"{stack.url}/jobs/{job_id}{suffix}")
         wait_js(page, f"document.querySelector('figure.chart[data-key=\"{key}\"]')?.dataset.totalPoints === '10'")
         wait_js(page, "document.body.dataset.live === 'true'")
@@ -66,12 +72,8 @@ def test_a_tab_shown_again_while_the_backend_is_down_follows_once_it_is_back(
     page: Any, stack: Platform, tmp_path: Path
 ) -> None:
     key = "train/loss"
-    job_id, logger = fed_job(stack, tmp_path)
+    job_id, logger = running_job(stack, tmp_path, key)
     with logger:
-        logger.update_status("running")
-        for step in range(1, 11):
-            logger.log_metric(key, float(step), step=step)
-        logger.flush(10)
         page.goto(f"{stack.url}/jobs/{job_id}")
         wait_js(page, "document.body.dataset.live === 'true'")
         set_visibility(page, "hidden")

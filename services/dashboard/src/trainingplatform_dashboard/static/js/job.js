@@ -68,8 +68,8 @@ function renderHead() {
   if (terminal) cancelNote.textContent = "";
 }
 
-/** Reads the job again (status, times, timeline, links) and redraws its head: after a cancel the backend refused
- * because the job had ended, which the page may not have heard of yet. */
+/** Reads the job again (status, times, timeline, links) and redraws its head: when its stream ends, and after a
+ * cancel the backend refused because the job had ended, which the page may not have heard of yet. */
 async function reloadJob() {
   try {
     const fresh = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
@@ -357,16 +357,7 @@ function follow(lastSequence) {
     end: async (e) => {
       const status = JSON.parse(e.data).status;
       if (status) job = { ...job, status };
-      try {
-        const fresh = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
-        job = fresh.job;
-        detail = fresh;
-        for (const event of fresh.status_events || []) addStatusEvent(event);
-        linksHolder.replaceChildren(linksCard());
-      } catch {
-        // The stream's status is enough.
-      }
-      renderHead();
+      await reloadJob(); // the stream's status is enough when the job cannot be read
     },
   });
 }
