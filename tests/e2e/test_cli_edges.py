@@ -5,12 +5,14 @@
 - a stdout that cannot encode non-ASCII (PYTHONIOENCODING=ascii) gets backslash escapes, never an error;
 - an explicit `--data-dir` that does not exist or holds no token is an error naming the flag (no silent fall back
   to TP_AUTH_TOKEN); `--data-dir` and `--backend` go before or after the command, with one meaning, and each
-  command's --help lists them; a `--data-dir` in the command of `tp run` is the command's.
+  command's --help lists them; a `--data-dir` in the command of `tp run` is the command's; one a command has no use
+  for (`tp --backend X up`, `tp --data-dir D frameworks`) is a usage error naming it.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -245,3 +247,30 @@ def test_a_commands_help_lists_the_global_flags_it_uses(command: str, flags: tup
     assert result.returncode == 0, result.stderr
     for flag in flags:
         assert re.search(rf"^\s+{flag} ", result.stdout, re.MULTILINE), (flag, result.stdout)
+
+
+def test_a_global_flag_a_command_cannot_use_is_refused(tmp_path: Path) -> None:
+    # `tp --backend X up` started a stack of its own and ignored X; `tp --backend X frameworks` and
+    # `tp --data-dir D frameworks` ignored theirs too. Each is now a usage error naming the flag. The ports given to
+    # `up` are taken, so that the old code, which went on, stopped at its port check instead of starting a stack.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        ports = ["--backend-port", port, "--dashboard-port", port, "--timm-port", port, "--ultralytics-port", port]
+        cases = {
+            ("--backend", "127.0.0.1:1", "up", "--data-dir", str(tmp_path / "up"), *ports): "--backend does not "
+            "apply to tp up: it starts its own backend, on 127.0.0.1 at --backend-port",
+            ("--backend", "127.0.0.1:1", "demo", "--data-dir", str(tmp_path / "up")): "--backend does not apply to "
+            "tp demo",
+            # After the command, argparse took it for --backend-port ("'127.0.0.1:1' is not a port").
+            ("up", "--data-dir", str(tmp_path / "up"), *ports, "--backend", "127.0.0.1:1"): "--backend does not "
+            "apply to tp up",
+            ("--backend", "127.0.0.1:1", "frameworks"): "--backend does not apply to tp frameworks",
+            ("--data-dir", str(tmp_path), "frameworks"): "--data-dir does not apply to tp frameworks",
+        }
+        for args, expected in cases.items():
+            result = subprocess.run([TP, *args], capture_output=True, text=True, timeout=60)
+            assert result.returncode == 2, (args, result.stdout, result.stderr)
+            assert expected in result.stderr, (args, result.stderr)
+    assert not (tmp_path / "up").exists()

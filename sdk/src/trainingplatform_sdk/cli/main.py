@@ -838,6 +838,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in commands.choices.items():
         if name in _STACK_COMMANDS:
             _add_global_flags(command, backend=False, data_dir_help=_STACK_DATA_DIR_HELP)
+            # Taken only to be refused by name: else argparse read `tp up --backend X` as `--backend-port X`.
+            command.add_argument("--backend", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         elif name != "frameworks":  # offline: neither flag means anything to it
             _add_global_flags(command)
     return parser
@@ -1022,12 +1024,33 @@ def _escaping_streams() -> None:
                 reconfigure(errors="backslashreplace")
 
 
+_UNUSED_GLOBAL_FLAGS = {
+    "up": {"--backend": "it starts its own backend, on 127.0.0.1 at --backend-port"},
+    "demo": {"--backend": "it starts its own backend"},
+    "frameworks": {
+        "--backend": "it reads the trainers installed here, not a backend",
+        "--data-dir": "it reads the trainers installed here, not a data directory",
+    },
+}
+"""The global flags (given before the command) that a command has no use for, and why."""
+
+
+def _refuse_unused_global_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error (exit 2) for `tp --backend X up` and the like: a flag given and silently ignored would leave
+    the user believing it was used."""
+    for flag, why in _UNUSED_GLOBAL_FLAGS.get(args.command, {}).items():
+        if hasattr(args, flag[2:].replace("-", "_")):
+            parser.error(f"{flag} does not apply to tp {args.command}: {why}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `tp`."""
     _closed_streams()
     _escaping_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _refuse_unused_global_flags(parser, args)
     # Only a flag given (before or after the command) sets these: see `_add_global_flags`.
     args.data_dir_given = hasattr(args, "data_dir")
     if not args.data_dir_given:
