@@ -151,3 +151,28 @@ def test_the_job_page_keeps_the_picked_keys_in_its_address(
     other.goto(f"{stack.url}/jobs/{job_id}?key=system%2Fcpu_percent&key=nope&key={quote(ODD[1], safe='')}")
     other.locator("#key-picker").wait_for()
     wait_charted(other, scope, {ODD[1]}, "drawnPoints", "1")
+
+
+def test_the_compare_links_carry_the_picked_keys(page: Any, stack: Platform, tmp_path: Path) -> None:
+    # The job page's "Compare…" link and the compare page's "Compare selected" opened the compare page without the
+    # picked keys: adding a job to a comparison threw the picked keys away for the first 30.
+    ids = [finished_job(stack, tmp_path, PLAIN + ODD) for _ in range(2)]
+    page.goto(f"{stack.url}/jobs/{ids[0]}")
+    page.locator("#key-picker").wait_for()
+    toggle(page, PLAIN[0], False)
+    toggle(page, ODD[0], True)
+    picked = set(PLAIN[1:MAX_CHARTS]) | {ODD[0]}
+    wait_charted(page, "#charts", picked, "drawnPoints", "1")
+
+    page.get_by_role("link", name="Compare…").click()
+    page.wait_for_url("**/compare?**")
+    page.locator("#key-picker").wait_for()
+    wait_charted(page, "#compare-charts", picked, "linePoints", "1")
+    assert sorted(keys_in_url(page.url)) == sorted(picked)
+
+    page.locator(f'#compare-picker input[value="{ids[1]}"]').check()
+    page.locator("#compare-apply").click()
+    page.wait_for_url(lambda url: ids[1] in url)
+    page.locator("#key-picker").wait_for()
+    wait_charted(page, "#compare-charts", picked, "linePoints", "1,1")
+    assert sorted(keys_in_url(page.url)) == sorted(picked)

@@ -39,6 +39,18 @@ export function keysToAddress(keys) {
   const named = [...keys].sort().map((key) => `key=${encodeURIComponent(key)}`);
   const query = [...others, ...named].join("&");
   history.replaceState(history.state, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
+  window.dispatchEvent(new Event(KEYS_CHANGED));
+}
+
+/** The event keysToAddress sends on `window` once the address names other keys. */
+export const KEYS_CHANGED = "tp-keys-changed";
+
+/** `path` with the page's picked keys (its address's `key` parameters) appended: a link to another page that
+ * charts the same keys. */
+export function withAddressKeys(path) {
+  const keys = location.search.slice(1).split("&").filter((part) => /^key=./.test(part));
+  if (!keys.length) return path;
+  return `${path}${path.includes("?") ? "&" : "?"}${keys.join("&")}`;
 }
 
 /** A drawable number: the API sends non-finite values as the strings "NaN", "Infinity", "-Infinity" (gaps). */

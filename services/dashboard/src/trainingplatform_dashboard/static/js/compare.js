@@ -2,7 +2,7 @@
 // specs side by side with the differences marked. Running jobs keep drawing live. Jobs with more than MAX_CHARTS
 // keys together: a key picker (the job page's) lists every key and charts the picked ones, the first MAX_CHARTS in
 // key order to start with, and the page says so. The picked keys are in the address (`key` parameters, as on the
-// job page): a reload or a shared link charts the same keys.
+// job page): a reload or a shared link charts the same keys, and so does the page "Compare selected" opens.
 
 import {
   KeyPicker,
@@ -13,6 +13,7 @@ import {
   keysToAddress,
   maxPointsFor,
   prefixOf,
+  withAddressKeys,
 } from "./charts.js";
 import {
   TERMINAL,
@@ -43,7 +44,7 @@ function picker(first) {
   let next = first.next_page_token || "";
   const button = el("button", { type: "button", class: "button primary", id: "compare-apply", text: "Compare selected" });
   button.addEventListener("click", () => {
-    location.href = `/compare?jobs=${[...chosen].map(encodeURIComponent).join(",")}`;
+    location.href = withAddressKeys(`/compare?jobs=${[...chosen].map(encodeURIComponent).join(",")}`);
   });
   const row = (job) => {
     const box = el("input", { type: "checkbox", value: job.job_id, "aria-label": `compare ${jobName(job)}`, checked: chosen.has(job.job_id) });

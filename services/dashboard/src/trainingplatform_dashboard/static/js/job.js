@@ -3,7 +3,7 @@
 // button. The charts load bucketed series first, then follow /api/jobs/{id}/events from the series' last
 // sequence, so each point is shown exactly once.
 
-import { JobCharts, SeriesStore } from "./charts.js";
+import { JobCharts, KEYS_CHANGED, SeriesStore, withAddressKeys } from "./charts.js";
 import {
   TERMINAL,
   api,
@@ -399,6 +399,10 @@ async function start() {
   linksHolder.replaceChildren(linksCard());
 
   const chartBox = el("div", { id: "charts", class: "charts" });
+  // The compare page opens with the keys picked here (they are in this page's address as they change).
+  const compareHref = () => withAddressKeys(`/compare?jobs=${encodeURIComponent(jobId)}`);
+  const compareLink = el("a", { class: "button", href: compareHref(), text: "Compare…" });
+  window.addEventListener(KEYS_CHANGED, () => (compareLink.href = compareHref()));
   main.replaceChildren(
     el(
       "div",
@@ -408,7 +412,7 @@ async function start() {
         "div",
         { class: "actions" },
         el("a", { class: "button", href: `/jobs/${encodeURIComponent(jobId)}/system`, text: "System metrics" }),
-        el("a", { class: "button", href: `/compare?jobs=${encodeURIComponent(jobId)}`, text: "Compare…" }),
+        compareLink,
         cancelButton,
         cancelNote,
       ),
