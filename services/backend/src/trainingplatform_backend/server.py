@@ -218,6 +218,21 @@ async def _serve_as_worker(settings: Settings) -> RunningServer:
     return running
 
 
+def _warn_of_a_password_in_argv(database_url: str | None) -> None:
+    """A WARNING when `--database-url` holds a password: every user of the host reads it in the process list."""
+    if not database_url:
+        return
+    try:
+        password = make_url(database_url).password
+    except (ValueError, SQLAlchemyError):  # a malformed URL fails the start with its own error
+        return
+    if password:
+        log.warning(
+            "--database-url holds a password, which every user of this host can read in the process list: "
+            "set DATABASE_URL instead"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `tp-backend [serve|migrate]`."""
     parser = argparse.ArgumentParser(prog="tp-backend", description="The training platform's backend.")
@@ -240,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=settings.log_level, format=worker_format, stream=sys.stderr)
     else:
         configure_logging(settings.log_level)
+        _warn_of_a_password_in_argv(args.database_url)
     reason = workers.refusal(settings) if args.command == "serve" and not workers.is_worker() else ""
     if reason:
         print(f"tp-backend: error: {reason}", file=sys.stderr)

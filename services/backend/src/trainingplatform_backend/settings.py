@@ -40,10 +40,11 @@ class Settings:
     data_dir: Path = Path(".data")
     """TP_DATA_DIR: directory for the embedded SQLite database and the generated service token."""
 
-    database_url: str = ""
-    """DATABASE_URL: SQLAlchemy URL. Empty means `sqlite:///<data_dir>/backend.db`. PostgreSQL:
-    `postgresql+psycopg://user@host:5432/db` (a `postgresql://` URL is read as psycopg 3). A connection that takes
-    longer than its `connect_timeout` (`?connect_timeout=N`; 10 s when the URL sets none) fails the start."""
+    database_url: str = field(default="", repr=False)
+    """DATABASE_URL: SQLAlchemy URL (not in the repr: it may hold a password). Empty means
+    `sqlite:///<data_dir>/backend.db`. PostgreSQL: `postgresql+psycopg://user@host:5432/db` (a `postgresql://` URL
+    is read as psycopg 3). A connection that takes longer than its `connect_timeout` (`?connect_timeout=N`; 10 s
+    when the URL sets none) fails the start."""
 
     database_timeout_s: float = db.DEFAULT_DATABASE_TIMEOUT_S
     """TP_DATABASE_TIMEOUT_S: PostgreSQL only. The longest one statement may run (`statement_timeout`), and how long
