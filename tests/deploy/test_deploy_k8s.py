@@ -346,3 +346,54 @@ def test_production_overlay_is_replicated_gpu_backed_and_rebalanced(rendered: di
     assert {"AWS_S3_ENDPOINT_URL", "TP_ARTIFACTS_BUCKET", "AWS_REGION"} <= set(trainer_config)
     # No in-cluster database: DATABASE_URL comes from the Secret.
     assert not by_kind(resources, "StatefulSet")
+
+
+def trainer_deployments(resources: list[dict]) -> dict[str, dict]:
+    return {
+        name: deployment
+        for name, deployment in by_kind(resources, "Deployment").items()
+        if deployment["metadata"]["labels"].get("app.kubernetes.io/component") == "trainer"
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trainers_read_weights_and_data_sets_from_read_only_volumes(rendered: dict, overlay: str):
+    # The images set HF_HOME and TORCH_HOME under /models with HF_HUB_OFFLINE=1: without a volume there, no
+    # pretrained weights; and dataset paths must lie under TP_DATA_ROOTS, which must be a mounted volume.
+    trainers = trainer_deployments(rendered[overlay])
+    assert set(trainers) == {"trainer-timm", "trainer-ultralytics"}
+    roots = config_map(rendered[overlay], "trainer-config")["TP_DATA_ROOTS"].split(":")
+    claims = by_kind(rendered[overlay], "PersistentVolumeClaim")
+    for name, deployment in trainers.items():
+        spec = deployment["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for path in ("/models", "/datasets"):
+            assert path in mounts and mounts[path].get("readOnly") is True, f"{name}: {path} read-only"
+            volume = volumes[mounts[path]["name"]]
+            assert "emptyDir" not in volume, f"{name}: {path} must be a volume prepared beforehand"
+            if claim := volume.get("persistentVolumeClaim"):
+                assert claim["claimName"] in claims, f"{name}: {claim['claimName']} is not in the build"
+        assert roots and all(any(root == m or root.startswith(m + "/") for m in mounts) for root in roots), name
+        assert "/datasets" in roots, name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trainer_data_survives_a_restart(rendered: dict, overlay: str):
+    # Checkpoints, runs and undelivered telemetry spools live under /data (docs/trainer_service.md, Shutdown):
+    # an emptyDir would lose them with the pod.
+    claims = by_kind(rendered[overlay], "PersistentVolumeClaim")
+    used = []
+    for name, deployment in trainer_deployments(rendered[overlay]).items():
+        spec = deployment["spec"]["template"]["spec"]
+        (data,) = [m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == "/data"]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == data["name"]]
+        assert set(volume) == {"name", "persistentVolumeClaim"}, f"{name}: /data is {volume}"
+        claim = claims[volume["persistentVolumeClaim"]["claimName"]]
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"], name
+        # ReadWriteOnce is enough only because the old pod is gone before the new one starts.
+        assert deployment["spec"]["strategy"]["type"] == "Recreate", name
+        assert "storageClassName" not in claim["spec"], "left to the cluster's default"
+        used.append(claim["metadata"]["name"])
+    assert len(set(used)) == len(used), "each trainer has a data volume of its own"
