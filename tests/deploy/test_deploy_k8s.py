@@ -397,3 +397,14 @@ def test_trainer_data_survives_a_restart(rendered: dict, overlay: str):
         assert "storageClassName" not in claim["spec"], "left to the cluster's default"
         used.append(claim["metadata"]["name"])
     assert len(set(used)) == len(used), "each trainer has a data volume of its own"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_carries_the_part_of_label(rendered: dict, overlay: str):
+    # docs/deployment.md has a PodMonitor select the pods by it; the selectors stay as they are (immutable).
+    for resource in rendered[overlay]:
+        if resource["kind"] in ("Deployment", "StatefulSet"):
+            name = resource["metadata"]["name"]
+            labels = resource["spec"]["template"]["metadata"]["labels"]
+            assert labels.get("app.kubernetes.io/part-of") == "trainingplatform", name
+            assert "app.kubernetes.io/part-of" not in resource["spec"]["selector"]["matchLabels"], name
