@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -408,3 +409,49 @@ def test_every_pod_carries_the_part_of_label(rendered: dict, overlay: str):
             labels = resource["spec"]["template"]["metadata"]["labels"]
             assert labels.get("app.kubernetes.io/part-of") == "trainingplatform", name
             assert "app.kubernetes.io/part-of" not in resource["spec"]["selector"]["matchLabels"], name
+
+
+def documented_secret_keys() -> dict[str, set[str]]:
+    """docs/deployment.md's list of the Secret keys each pod reads: {"backend": {...}, "trainers": {...}}."""
+    lines = (ROOT / "docs" / "deployment.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Each overlay generates the Secret"))
+    documented: dict[str, set[str]] = {}
+    for line in lines[start + 1 :]:
+        if documented and not line.startswith(("- ", "  ")):
+            break
+        if line.startswith("- "):
+            component, _, keys = line[2:].partition(":")
+            documented[component] = set(re.findall(r"`([A-Z0-9_]+)`", keys))
+    return documented
+
+
+def secret_keys_of(spec: dict) -> set[str]:
+    return {
+        ref["key"]
+        for container in containers(spec)
+        for variable in container.get("env", [])
+        if (ref := variable.get("valueFrom", {}).get("secretKeyRef"))
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_docs_list_the_secret_keys_the_pods_read(rendered: dict, overlay: str):
+    documented = documented_secret_keys()
+    assert set(documented) == {"backend", "trainers"}
+    deployments = by_kind(rendered[overlay], "Deployment")
+    assert documented["backend"] == secret_keys_of(deployments["backend"]["spec"]["template"]["spec"])
+    for name, deployment in trainer_deployments(rendered[overlay]).items():
+        assert documented["trainers"] == secret_keys_of(deployment["spec"]["template"]["spec"]), name
+
+
+def test_the_docs_run_tp_with_the_front_ends_token():
+    # INTERNAL_AUTH_TOKEN is the services' token (it can do anything, report telemetry included): a person's `tp`
+    # sends FRONTEND_AUTH_TOKEN as TP_AUTH_TOKEN.
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    blocks = re.findall(r"^```(?:sh|bash)\n(.*?)^```", text, re.M | re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    commands = [line for line in lines if re.search(r"(^|\s|/)tp\s", line)]
+    assert commands, "the docs run tp somewhere"
+    for command in commands:
+        assert "INTERNAL_AUTH_TOKEN" not in command, command
+        assert "TP_AUTH_TOKEN=" in command, command
