@@ -416,12 +416,15 @@ def documented_secret_keys() -> dict[str, set[str]]:
     lines = (ROOT / "docs" / "deployment.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Each overlay generates the Secret"))
     documented: dict[str, set[str]] = {}
+    component = ""
     for line in lines[start + 1 :]:
         if documented and not line.startswith(("- ", "  ")):
             break
         if line.startswith("- "):
-            component, _, keys = line[2:].partition(":")
-            documented[component] = set(re.findall(r"`([A-Z0-9_]+)`", keys))
+            component, _, line = line[2:].partition(":")
+            documented[component] = set()
+        if component:
+            documented[component] |= set(re.findall(r"`([A-Z0-9_]+)`", line))
     return documented
 
 
@@ -455,3 +458,19 @@ def test_the_docs_run_tp_with_the_front_ends_token():
     for command in commands:
         assert "INTERNAL_AUTH_TOKEN" not in command, command
         assert "TP_AUTH_TOKEN=" in command, command
+
+
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trainers_take_mlflow_credentials_from_the_secret_when_there(rendered: dict, overlay: str):
+    # An MLflow server behind authentication needs them; one without needs none, so the keys are optional.
+    for name, deployment in trainer_deployments(rendered[overlay]).items():
+        env = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        for key in MLFLOW_CREDENTIALS:
+            ref = env[key]["valueFrom"]["secretKeyRef"]
+            assert ref["key"] == key and ref["optional"] is True, f"{name}: {key}"
+    example = (K8S / "overlays" / "production" / "secrets.env.example").read_text()
+    for key in MLFLOW_CREDENTIALS:
+        assert re.search(rf"^#? ?{key}=change-me", example, re.M), f"secrets.env.example shows {key}"
