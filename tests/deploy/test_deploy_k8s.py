@@ -474,3 +474,49 @@ def test_trainers_take_mlflow_credentials_from_the_secret_when_there(rendered: d
     example = (K8S / "overlays" / "production" / "secrets.env.example").read_text()
     for key in MLFLOW_CREDENTIALS:
         assert re.search(rf"^#? ?{key}=change-me", example, re.M), f"secrets.env.example shows {key}"
+
+
+def admits(policy: dict, labels: dict[str, str], port: int, same_namespace: bool) -> bool:
+    """Whether one of the policy's ingress rules admits a pod with `labels` on `port` (TCP)."""
+
+    def peer_matches(peer: dict) -> bool:
+        if "ipBlock" in peer or ("namespaceSelector" in peer and peer["namespaceSelector"] != {}):
+            return False
+        if not same_namespace and "namespaceSelector" not in peer:
+            return False
+        return peer.get("podSelector", {}).get("matchLabels", {}).items() <= labels.items()
+
+    for rule in policy["spec"].get("ingress", []):
+        ports = rule.get("ports")
+        if ports is not None and not any(p.get("port") == port and p.get("protocol", "TCP") == "TCP" for p in ports):
+            continue
+        peers = rule.get("from")
+        if peers is None or any(peer_matches(peer) for peer in peers):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_cover_the_backend_and_let_its_clients_in(rendered: dict, overlay: str):
+    resources = rendered[overlay]
+    policies = by_kind(resources, "NetworkPolicy").values()
+    deployments = by_kind(resources, "Deployment")
+
+    def selecting(name: str) -> list[dict]:
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        return [p for p in policies if p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()]
+
+    backend = selecting("backend")
+    assert backend, "a NetworkPolicy selects the backend pods"
+    # The trainers' training processes stream telemetry to it, any pod of the namespace is a client, and any
+    # Prometheus scrapes its metrics (as the trainers').
+    for name in ("trainer-timm", "trainer-ultralytics"):
+        labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
+        assert any(admits(p, labels, 50051, same_namespace=True) for p in backend), name
+    assert any(admits(p, {"app": "a-client"}, 50051, same_namespace=True) for p in backend)
+    assert any(admits(p, {}, 9090, same_namespace=False) for p in backend)
+    # Only the backend calls the trainers.
+    backend_labels = deployments["backend"]["spec"]["template"]["metadata"]["labels"]
+    for name, port in (("trainer-timm", 50061), ("trainer-ultralytics", 50062)):
+        assert any(admits(p, backend_labels, port, same_namespace=True) for p in selecting(name)), name
+        assert not any(admits(p, {"app": "a-client"}, port, same_namespace=True) for p in selecting(name)), name
