@@ -19,8 +19,10 @@ RUN python -m venv /opt/venv \
 WORKDIR /src
 COPY sdk/ sdk/
 COPY services/trainer_ultralytics/ services/trainer_ultralytics/
+# The two wheels are installed by path, not by name: a name is looked up on PyPI too, where a higher version of
+# it would win (dependency confusion). The trainer's requirement on trainingplatform-sdk[...] is met by the path.
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels ./sdk ./services/trainer_ultralytics \
- && /opt/venv/bin/pip install --find-links /wheels "trainingplatform-sdk[server]" trainingplatform-trainer-ultralytics \
+ && /opt/venv/bin/pip install /wheels/*.whl \
  && /opt/venv/bin/python -c "import torch, torchvision; assert torch.__version__.split('+')[0] == '${TORCH_VERSION}'"
 
 # Runtime: the virtual environment on a clean base, run by a fixed unprivileged user (UID 10001, as in deploy/k8s).

@@ -221,3 +221,49 @@ def test_hadolint_is_not_vacuous(tmp_path: Path):
     result = subprocess.run([str(hadolint), "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "DL3006" in result.stdout  # untagged base image
+
+
+# --- the project's own packages ----------------------------------------------------------------------------------
+
+
+def pip_installs(path: Path) -> list[list[str]]:
+    """The arguments of each `pip install` of a Dockerfile's RUN instructions, quotes removed."""
+    installs = []
+    for run in (arguments for keyword, arguments in instructions(path) if keyword == "RUN"):
+        for command in re.split(r"&&|;|\|\|", run):
+            words = [word.strip("\"'") for word in command.split()]
+            if "pip" in (Path(w).name for w in words) or any(w.endswith("/pip") for w in words):
+                position = next((i for i, w in enumerate(words) if w == "install"), None)
+                if position is not None:
+                    installs.append(words[position + 1 :])
+    return installs
+
+
+def unsafe_local_requirements(arguments: list[str]) -> list[str]:
+    """The project's packages an install names such that a package index could answer for them: by name, without
+    --no-index and without an exact pin. A higher version of that name on PyPI would win (dependency confusion)."""
+    if "--no-index" in arguments:
+        return []
+    return [
+        word
+        for word in arguments
+        if re.match(r"trainingplatform[-_]", word, re.IGNORECASE) and not re.search(r"===?[\w.+!-]+$", word)
+    ]
+
+
+@pytest.mark.parametrize("name", ALL_IMAGES)
+def test_the_projects_packages_come_from_the_build_not_an_index(name: str):
+    installs = pip_installs(dockerfile(name))
+    assert installs, "the image installs something with pip"
+    for arguments in installs:
+        assert not unsafe_local_requirements(arguments), f"{name}: pip install {' '.join(arguments)}"
+    if name in SERVICE_IMAGES:
+        # The wheels the build made are what gets installed: by path, or from /wheels alone.
+        assert any("--no-index" in a or any(w.startswith("/wheels/") for w in a) for a in installs), name
+
+
+def test_the_dependency_confusion_check_is_not_vacuous():
+    assert unsafe_local_requirements(["--find-links", "/wheels", "trainingplatform-sdk[server]", "x"])
+    assert unsafe_local_requirements(["trainingplatform-trainer-timm>=0.1"])
+    assert not unsafe_local_requirements(["--no-index", "--find-links", "/wheels", "trainingplatform-backend"])
+    assert not unsafe_local_requirements(["trainingplatform-sdk[server]==0.1.0", "/wheels/*.whl"])
