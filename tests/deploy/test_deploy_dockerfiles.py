@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from deploy_files import DOCKER_DIR, ROOT, arg_defaults, dockerfile, env_of, instructions, stages, values
+from packaging.requirements import Requirement
 
 SERVICE_IMAGES = {
     # Dockerfile stem: (listen variable, port, entry point, service package directory)
@@ -267,3 +268,14 @@ def test_the_dependency_confusion_check_is_not_vacuous():
     assert unsafe_local_requirements(["trainingplatform-trainer-timm>=0.1"])
     assert not unsafe_local_requirements(["--no-index", "--find-links", "/wheels", "trainingplatform-backend"])
     assert not unsafe_local_requirements(["trainingplatform-sdk[server]==0.1.0", "/wheels/*.whl"])
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_trainer_images_get_the_gpu_metrics(name: str):
+    # telemetry/system.py samples GPU utilization and memory through nvidia-ml-py, the SDK's `gpu` extra, and skips
+    # them silently without it: the trainers (images and `make setup`) must install it.
+    package = tomllib.loads((ROOT / SERVICE_IMAGES[name][3] / "pyproject.toml").read_text())
+    (sdk,) = [Requirement(dep) for dep in package["project"]["dependencies"] if dep.startswith("trainingplatform-sdk")]
+    assert {"server", "gpu"} <= sdk.extras, sdk
+    sdk_package = tomllib.loads((ROOT / "sdk" / "pyproject.toml").read_text())
+    assert any(dep.startswith("nvidia-ml-py") for dep in sdk_package["project"]["optional-dependencies"]["gpu"])
