@@ -111,10 +111,12 @@ def test_kubernetes_pods_announce_their_metrics(path: Path, deployment: dict):
     assert f"TP_METRICS_PORT={METRICS_PORT}" in generated[source["configMapRef"]["name"]], path.name
 
 
-def test_the_trainers_network_policy_lets_prometheus_scrape():
-    (policy,) = read_yaml(BASE / "network-policy.yaml")
-    open_ports = [rule["ports"] for rule in policy["spec"]["ingress"] if "from" not in rule]
-    assert [{"protocol": "TCP", "port": METRICS_PORT}] in open_ports
+def test_the_network_policies_let_prometheus_scrape():
+    policies = read_yaml(BASE / "network-policy.yaml")
+    assert {p["metadata"]["name"] for p in policies} == {"trainers-from-backend", "backend-from-namespace"}
+    for policy in policies:
+        open_ports = [rule["ports"] for rule in policy["spec"]["ingress"] if "from" not in rule]
+        assert [{"protocol": "TCP", "port": METRICS_PORT}] in open_ports, policy["metadata"]["name"]
 
 
 @pytest.mark.parametrize("service", ["backend", "trainer-timm", "trainer-ultralytics"])
