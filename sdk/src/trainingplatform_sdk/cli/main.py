@@ -836,6 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     for name, command in commands.choices.items():
+        command.set_defaults(tp_command=name)  # `command` itself is `tp run`'s command line once parsed
         if name in _STACK_COMMANDS:
             _add_global_flags(command, backend=False, data_dir_help=_STACK_DATA_DIR_HELP)
             # Taken only to be refused by name: else argparse read `tp up --backend X` as `--backend-port X`.
@@ -1038,9 +1039,9 @@ _UNUSED_GLOBAL_FLAGS = {
 def _refuse_unused_global_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """A usage error (exit 2) for `tp --backend X up` and the like: a flag given and silently ignored would leave
     the user believing it was used."""
-    for flag, why in _UNUSED_GLOBAL_FLAGS.get(args.command, {}).items():
+    for flag, why in _UNUSED_GLOBAL_FLAGS.get(args.tp_command, {}).items():
         if hasattr(args, flag[2:].replace("-", "_")):
-            parser.error(f"{flag} does not apply to tp {args.command}: {why}")
+            parser.error(f"{flag} does not apply to tp {args.tp_command}: {why}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
