@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from trainingplatform_sdk.host import usable_cpus
 from trainingplatform_sdk.spec.configs import DatasetConfig
 from trainingplatform_sdk.trainer_service.job import JobRequest
 from trainingplatform_sdk.trainer_service.settings import TrainerSettings
@@ -119,8 +119,9 @@ class HostLimits:
     """Resolved directories dataset paths must lie under (TP_DATA_ROOTS); empty refuses every dataset path."""
     max_epochs: int = 10_000
     """TP_MAX_EPOCHS."""
-    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
-    """CPUs of the host (`os.cpu_count()`): num_workers and thread counts may not exceed it."""
+    cpus: int = field(default_factory=usable_cpus)
+    """CPUs the service may use (`usable_cpus`: its CPU affinity, at most its cgroup's CPU quota): num_workers and
+    thread counts may not exceed it."""
     adapter: str = ""
     """TP_TRAINER_ADAPTER: a `module:Class` adapter run instead of the framework's; the `extra` keys in its
     `supported_extra_keys` are accepted too."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from trainingplatform_sdk import setting_values as values
 from trainingplatform_sdk.channel import parse_backend_address
+from trainingplatform_sdk.host import usable_cpus
 from trainingplatform_sdk.server.tls import check_server_tls
 from trainingplatform_sdk.spec.limits import (
     DEFAULT_MAX_EPOCHS,
@@ -367,9 +368,9 @@ MAX_WORKERS = 64
 
 
 def max_workers() -> int:
-    """The most workers this host runs: MAX_WORKERS_PER_CPU per CPU this process may use, at most MAX_WORKERS."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(MAX_WORKERS, MAX_WORKERS_PER_CPU * max(1, cpus))
+    """The most workers this host runs: MAX_WORKERS_PER_CPU per CPU this process may use (its affinity, at most its
+    cgroup's CPU quota), at most MAX_WORKERS."""
+    return min(MAX_WORKERS, MAX_WORKERS_PER_CPU * usable_cpus())
 
 
 def _workers(name: str, text: str) -> int:

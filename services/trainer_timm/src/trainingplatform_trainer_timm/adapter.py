@@ -65,6 +65,7 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
+from trainingplatform_sdk.host import usable_cpus
 from trainingplatform_sdk.spec.configs import ConfigError, MetricsResult, ModelConfig
 from trainingplatform_sdk.training.adapter import TrainingAdapter, TrainingResult, loader_worker_init
 
@@ -155,10 +156,6 @@ def _cached_weights(name: str) -> tuple[str, bool] | None:
     return None if source == "" else ("the model's pretrained config", True)
 
 
-def _usable_cpus() -> int:
-    # sched_getaffinity honours CPU pinning (containers, taskset) where os.cpu_count() does not.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
 
 @dataclass(frozen=True)
 class DistributedRun:
@@ -237,7 +234,7 @@ class TimmAdapter(TrainingAdapter):
         self.device = self._select_device()
         # Ranks on one machine share its CPUs: one rank each using all of them would oversubscribe them.
         local_ranks = self.distributed.local_world_size if self.distributed is not None else 1
-        threads = int(advanced.extra.get("num_threads") or max(1, _usable_cpus() // local_ranks))
+        threads = int(advanced.extra.get("num_threads") or max(1, usable_cpus() // local_ranks))
         torch.set_num_threads(threads)
         self.seed = advanced.seed if advanced.seed is not None else DEFAULT_SEED
         random.seed(self.seed)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 from collections.abc import Callable
 from functools import cache
@@ -43,6 +42,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainingplatform_sdk.host import usable_cpus
 from trainingplatform_sdk.spec.configs import ConfigError, ModelConfig
 from trainingplatform_sdk.training.adapter import Status, TrainingAdapter, TrainingResult, loader_worker_init
 
@@ -188,7 +188,7 @@ class UltralyticsAdapter(TrainingAdapter):
     def _prepare(self) -> None:
         """Sets up ultralytics for offline use; everything that imports ultralytics calls this first."""
         if not self._prepared:
-            self._num_threads = int(self.advanced_config.extra.get("num_threads") or _usable_cpus())
+            self._num_threads = int(self.advanced_config.extra.get("num_threads") or usable_cpus())
             prepare_offline(self.output_dir / ".ultralytics", self._num_threads)
             loader_workers_ignore_stop_signals()
             self._prepared = True
@@ -373,9 +373,6 @@ def _device_arg(device: str) -> str | None:
         return "0"
     return device.removeprefix("cuda:")
 
-
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _format(metrics: dict[str, float]) -> str:
