@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from deploy_files import DOCKER_DIR, ROOT, arg_defaults, dockerfile, env_of, instructions, stages, values
 from packaging.requirements import Requirement
+from trainingplatform_dashboard import settings as dashboard_settings
 
 SERVICE_IMAGES = {
     # Dockerfile stem: (listen variable, port, entry point, service package directory)
@@ -23,7 +24,9 @@ SERVICE_IMAGES = {
     "trainer-ultralytics": ("TP_TRAINER_LISTEN", 50062, "tp-trainer-ultralytics", "services/trainer_ultralytics"),
 }
 TRAINERS = ("trainer-timm", "trainer-ultralytics")
-ALL_IMAGES = (*SERVICE_IMAGES, "mlflow")
+# The images of the project's own packages: the gRPC services and the web dashboard.
+PROJECT_IMAGES = (*SERVICE_IMAGES, "dashboard")
+ALL_IMAGES = (*PROJECT_IMAGES, "mlflow")
 HEALTH_SCRIPT = "/opt/tp/grpc_health_check.py"
 SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|ACCESS_KEY|DATABASE_URL|CREDENTIAL", re.IGNORECASE)
 NON_ROOT_USER = "10001:10001"
@@ -65,6 +68,20 @@ def test_service_image_checks_health_through_grpc(name: str):
     assert values(final, "EXPOSE") == [str(port)]
     assert values(final, "ENTRYPOINT") == [f'["{entry_point}"]']
     assert env_of(final)["TP_DATA_DIR"] == "/data"
+
+
+def test_dashboard_image_serves_on_every_address_and_checks_healthz():
+    final = stages(dockerfile("dashboard"))[-1]
+    env = env_of(final)
+    # The dashboard binds loopback by default, which nobody outside the container could reach.
+    loaded = dashboard_settings.load(env=env)
+    assert loaded.listen == "0.0.0.0:8080" and loaded.host == "0.0.0.0"
+    assert values(final, "EXPOSE") == [str(loaded.port)]
+    assert values(final, "ENTRYPOINT") == ['["tp-dashboard"]']
+    assert env["TP_DATA_DIR"] == "/data"
+    # GET /healthz (no session needed), on the port TP_DASHBOARD_LISTEN names; test_deploy_healthcheck.py runs it.
+    (healthcheck,) = values(final, "HEALTHCHECK")
+    assert "TP_DASHBOARD_LISTEN" in healthcheck and "http://127.0.0.1:{port}/healthz" in healthcheck
 
 
 def test_mlflow_image_checks_its_health_endpoint():
@@ -258,7 +275,7 @@ def test_the_projects_packages_come_from_the_build_not_an_index(name: str):
     assert installs, "the image installs something with pip"
     for arguments in installs:
         assert not unsafe_local_requirements(arguments), f"{name}: pip install {' '.join(arguments)}"
-    if name in SERVICE_IMAGES:
+    if name in PROJECT_IMAGES:
         # The wheels the build made are what gets installed: by path, or from /wheels alone.
         assert any("--no-index" in a or any(w.startswith("/wheels/") for w in a) for a in installs), name
 
