@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -106,6 +107,18 @@ def interpolate(value: object, env: dict[str, str]) -> object:
 def resolved_compose() -> dict:
     """docker-compose.yml as compose runs it with deploy/.env copied from .env.example."""
     return interpolate(load(COMPOSE_FILE), env_example())
+
+
+def dashboard_variables() -> set[str]:
+    """The environment variables the dashboard's settings loader reads (the names quoted in settings.py)."""
+    source = (ROOT / "services" / "dashboard" / "src" / "trainingplatform_dashboard" / "settings.py").read_text()
+    return set(re.findall(r'"([A-Z][A-Z0-9]*_[A-Z0-9_]+)"', source))
+
+
+def healthcheck_command(path: Path) -> list[str]:
+    """The exec form of a Dockerfile's HEALTHCHECK CMD, as a list."""
+    (healthcheck,) = [arguments for keyword, arguments in instructions(path) if keyword == "HEALTHCHECK"]
+    return json.loads(healthcheck.partition(" CMD ")[2])
 
 
 def environment(service: dict) -> dict[str, str]:

@@ -23,13 +23,17 @@ from deploy_files import (
     GPU_FILE,
     ROOT,
     VARIABLE,
+    dashboard_variables,
+    dockerfile,
     env_example,
     environment,
+    healthcheck_command,
     interpolate,
     load,
     resolved_compose,
 )
 from trainingplatform_backend import settings as backend_settings
+from trainingplatform_dashboard import settings as dashboard_settings
 from trainingplatform_sdk.trainer_service import settings as trainer_settings
 
 OUR_SERVICES = {"backend": 50051, "trainer-timm": 50061, "trainer-ultralytics": 50062}
@@ -40,6 +44,7 @@ SECRET_VARIABLES = (
     "POSTGRES_PASSWORD",
     "S3_ACCESS_KEY_ID",
     "S3_SECRET_ACCESS_KEY",
+    "TP_DASHBOARD_TOKEN",
 )
 
 
@@ -69,7 +74,7 @@ def test_the_specification_check_is_not_vacuous(resolved: dict):
 
 
 def test_the_whole_stack_is_there(compose: dict):
-    assert set(compose["services"]) == {"postgres", "seaweedfs", "mlflow", "backend", *TRAINERS}
+    assert set(compose["services"]) == {"postgres", "seaweedfs", "mlflow", "backend", *TRAINERS, "dashboard"}
 
 
 def test_every_service_has_an_image_a_healthcheck_and_a_restart_policy(compose: dict):
@@ -81,7 +86,7 @@ def test_every_service_has_an_image_a_healthcheck_and_a_restart_policy(compose: 
 
 
 def test_our_images_build_from_the_repository_root(compose: dict):
-    for name in ("mlflow", *OUR_SERVICES):
+    for name in ("mlflow", "dashboard", *OUR_SERVICES):
         build = compose["services"][name]["build"]
         assert (DEPLOY / build["context"]).resolve() == ROOT
         assert (ROOT / build["dockerfile"]).is_file(), build["dockerfile"]
@@ -115,6 +120,7 @@ def test_ports_are_published_on_loopback_only(compose: dict):
     assert published["backend"] == ["127.0.0.1:50051:50051"]
     assert published["mlflow"] == ["127.0.0.1:5000:5000"]
     assert published["seaweedfs"] == ["127.0.0.1:8333:8333"]
+    assert published["dashboard"] == ["127.0.0.1:8080:8080"]
     for name, ports in published.items():
         assert all(port.startswith("127.0.0.1:") for port in ports), name
     # The trainers are called by the backend only, over the compose network.
@@ -162,6 +168,37 @@ def test_backend_settings_accept_the_backend_environment(resolved: dict):
     for (address,) in loaded.trainers.values():
         host, port = address.split(":")
         assert environment(resolved["services"][host])["TP_TRAINER_LISTEN"] == f"0.0.0.0:{port}"
+
+
+def test_dashboard_settings_accept_the_dashboard_environment(resolved: dict):
+    services = resolved["services"]
+    env = environment(services["dashboard"])
+    # Only what the dashboard reads: a variable it ignores would be a setting that silently does nothing.
+    assert set(env) <= dashboard_variables(), sorted(set(env) - dashboard_variables())
+    loaded = dashboard_settings.load(env=env)
+    # Every address of the container, on the port published on the host's loopback.
+    assert loaded.listen == "0.0.0.0:8080"
+    assert services["dashboard"]["ports"] == [f"127.0.0.1:{loaded.port}:{loaded.port}"]
+    # The backend by its service name, on the port it listens on.
+    host, port = loaded.backend_address.split(":")
+    assert environment(services[host])["TP_BACKEND_LISTEN"] == f"0.0.0.0:{port}"
+    assert "backend" in services["dashboard"]["depends_on"]
+    # The backend's front-end token writes, its read token reads, and the login token is the operator's.
+    backend = environment(services["backend"])
+    assert loaded.write_token == backend["FRONTEND_AUTH_TOKEN"] == env_example()["FRONTEND_AUTH_TOKEN"]
+    assert loaded.read_token == backend["READ_AUTH_TOKEN"] == env_example()["READ_AUTH_TOKEN"]
+    assert loaded.login_token == env_example()["TP_DASHBOARD_TOKEN"] and not loaded.login_token_one_time
+    # Served over plain HTTP on loopback: a Secure cookie is for an HTTPS proxy in front (.env can turn it on).
+    assert loaded.secure_cookie is False
+    assert loaded.metrics_port == 9090
+
+
+def test_dashboard_runs_hardened_and_checks_its_health(compose: dict):
+    service = compose["services"]["dashboard"]
+    assert service["healthcheck"]["test"] == ["CMD", *healthcheck_command(dockerfile("dashboard"))]
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert service["read_only"] is True and "/tmp" in service["tmpfs"]
 
 
 @pytest.mark.parametrize("name", TRAINERS)

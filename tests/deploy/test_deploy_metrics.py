@@ -119,7 +119,7 @@ def test_the_network_policies_let_prometheus_scrape():
         assert [{"protocol": "TCP", "port": METRICS_PORT}] in open_ports, policy["metadata"]["name"]
 
 
-@pytest.mark.parametrize("service", ["backend", "trainer-timm", "trainer-ultralytics"])
+@pytest.mark.parametrize("service", ["backend", "trainer-timm", "trainer-ultralytics", "dashboard"])
 def test_compose_services_serve_metrics(service: str):
     compose = load(COMPOSE_FILE)["services"][service]
     assert compose["environment"]["TP_METRICS_PORT"] == str(METRICS_PORT)
