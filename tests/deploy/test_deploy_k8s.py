@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
@@ -21,7 +22,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
+from deploy_files import dashboard_variables
 from trainingplatform_backend import settings as backend_settings
+from trainingplatform_dashboard import settings as dashboard_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -271,6 +274,11 @@ def test_every_pod_is_probed_limited_and_locked_down(rendered: dict, overlay: st
             assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"grpc": port, "metrics": 9090}
             assert main["readinessProbe"]["grpc"] == {"port": port}, name
             assert main["livenessProbe"]["grpc"] == {"port": port}, name
+        if name == "dashboard":
+            # HTTP, and the same metrics port; GET /healthz needs no session.
+            assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"http": 8080, "metrics": 9090}
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert main[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -305,6 +313,53 @@ def test_backend_settings_accept_the_backend_config(rendered: dict, overlay: str
     # Migrations run in the init container, once, before the server.
     backend = by_kind(resources, "Deployment")["backend"]["spec"]["template"]["spec"]
     assert backend["initContainers"][0]["args"] == ["migrate"]
+
+
+def pod_environment(resources: list[dict], container: dict) -> dict[str, str]:
+    """A container's environment as the kubelet gives it: its ConfigMaps, then its own values and Secret keys."""
+    (secret,) = by_kind(resources, "Secret").values()
+    maps = by_kind(resources, "ConfigMap")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]]["data"])
+    for variable in container.get("env", []):
+        if "value" in variable:
+            env[variable["name"]] = variable["value"]
+        elif (ref := variable["valueFrom"]["secretKeyRef"])["key"] in secret["data"]:
+            env[variable["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+    return env
+
+
+def secret_values(resources: list[dict]) -> dict[str, str]:
+    (secret,) = by_kind(resources, "Secret").values()
+    return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_dashboard_settings_accept_the_dashboard_pod_environment(rendered: dict, overlay: str):
+    resources = rendered[overlay]
+    deployment = by_kind(resources, "Deployment")["dashboard"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = pod_environment(resources, container)
+    # Only what the dashboard reads: a variable it ignores would be a setting that silently does nothing.
+    assert set(env) <= dashboard_variables(), sorted(set(env) - dashboard_variables())
+    loaded = dashboard_settings.load(env=env)
+    # Every address of the pod (its loopback default is unreachable), on the port the Service targets.
+    assert loaded.host == "0.0.0.0" and loaded.metrics_port == 9090
+    (port,) = by_kind(resources, "Service")["dashboard"]["spec"]["ports"]
+    assert port["targetPort"] == "http" and loaded.port == 8080
+    # The backend through its Service, on the port it listens on.
+    host, backend_port = loaded.backend_address.split(":")
+    assert [p["port"] for p in by_kind(resources, "Service")[host]["spec"]["ports"]] == [int(backend_port)]
+    # The backend's front-end token writes, its read token reads, and the login token is the operator's, reusable.
+    secrets = secret_values(resources)
+    assert loaded.write_token == secrets["FRONTEND_AUTH_TOKEN"]
+    assert loaded.read_token == secrets["READ_AUTH_TOKEN"]
+    assert loaded.login_token == secrets["TP_DASHBOARD_TOKEN"] and not loaded.login_token_one_time
+    # Behind production's HTTPS ingress the session cookie is Secure; the local overlay is reached over plain HTTP.
+    assert loaded.secure_cookie is (overlay == "production")
+    # Sessions and the login token live in the process: a second replica would not know the first one's sessions.
+    assert deployment["spec"]["replicas"] == 1
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -440,9 +495,10 @@ def secret_keys_of(spec: dict) -> set[str]:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_docs_list_the_secret_keys_the_pods_read(rendered: dict, overlay: str):
     documented = documented_secret_keys()
-    assert set(documented) == {"backend", "trainers"}
+    assert set(documented) == {"backend", "trainers", "dashboard"}
     deployments = by_kind(rendered[overlay], "Deployment")
     assert documented["backend"] == secret_keys_of(deployments["backend"]["spec"]["template"]["spec"])
+    assert documented["dashboard"] == secret_keys_of(deployments["dashboard"]["spec"]["template"]["spec"])
     for name, deployment in trainer_deployments(rendered[overlay]).items():
         assert documented["trainers"] == secret_keys_of(deployment["spec"]["template"]["spec"]), name
 
@@ -520,3 +576,12 @@ def test_network_policies_cover_the_backend_and_let_its_clients_in(rendered: dic
     for name, port in (("trainer-timm", 50061), ("trainer-ultralytics", 50062)):
         assert any(admits(p, backend_labels, port, same_namespace=True) for p in selecting(name)), name
         assert not any(admits(p, {"app": "a-client"}, port, same_namespace=True) for p in selecting(name)), name
+    # The dashboard calls the backend, and its users reach it from anywhere (an ingress controller in another
+    # namespace, a LoadBalancer): its login token protects it. Prometheus scrapes it as the others.
+    dashboard_labels = deployments["dashboard"]["spec"]["template"]["metadata"]["labels"]
+    assert any(admits(p, dashboard_labels, 50051, same_namespace=True) for p in backend)
+    dashboard = selecting("dashboard")
+    assert dashboard, "a NetworkPolicy selects the dashboard pods"
+    assert any(admits(p, {}, 8080, same_namespace=False) for p in dashboard)
+    assert any(admits(p, {}, 9090, same_namespace=False) for p in dashboard)
+    assert not any(admits(p, {}, 50051, same_namespace=False) for p in dashboard)

@@ -88,7 +88,7 @@ def test_the_check_is_not_vacuous():
 
 
 def metered_deployments() -> Iterator[tuple[Path, dict]]:
-    for name in ("backend.yaml", "trainer-timm.yaml", "trainer-ultralytics.yaml"):
+    for name in ("backend.yaml", "trainer-timm.yaml", "trainer-ultralytics.yaml", "dashboard.yaml"):
         for document in read_yaml(BASE / name):
             if document["kind"] == "Deployment":
                 yield BASE / name, document
@@ -113,7 +113,11 @@ def test_kubernetes_pods_announce_their_metrics(path: Path, deployment: dict):
 
 def test_the_network_policies_let_prometheus_scrape():
     policies = read_yaml(BASE / "network-policy.yaml")
-    assert {p["metadata"]["name"] for p in policies} == {"trainers-from-backend", "backend-from-namespace"}
+    assert {p["metadata"]["name"] for p in policies} == {
+        "trainers-from-backend",
+        "backend-from-namespace",
+        "dashboard-from-anywhere",
+    }
     for policy in policies:
         open_ports = [rule["ports"] for rule in policy["spec"]["ingress"] if "from" not in rule]
         assert [{"protocol": "TCP", "port": METRICS_PORT}] in open_ports, policy["metadata"]["name"]
