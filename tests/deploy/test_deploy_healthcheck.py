@@ -9,12 +9,23 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from deploy_files import dockerfile, env_example, env_of, environment, resolved_compose, stages, values
+from deploy_files import (
+    dockerfile,
+    env_example,
+    env_of,
+    environment,
+    healthcheck_command,
+    resolved_compose,
+    stages,
+    values,
+)
 from support.backend import BackendProcess, free_port
 from support.certs import make_pki
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -122,3 +133,57 @@ def test_trainer_starts_healthy_with_its_image_and_compose_environment(name: str
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0, (tmp_path / "trainer.log").read_text()
+
+
+def test_dashboard_starts_healthy_with_its_image_and_compose_environment(tmp_path: Path):
+    # The image's HEALTHCHECK (GET /healthz on the port of TP_DASHBOARD_LISTEN), run as Docker runs it, against a
+    # tp-dashboard started with the environment its image and docker-compose.yml give it (on free ports here).
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in LISTEN_VARIABLES},
+        **image_environment("dashboard", tmp_path),
+        **environment(resolved_compose()["services"]["dashboard"]),
+        "TP_METRICS_PORT": str(metrics_port),
+    }
+    assert env["TP_DASHBOARD_LISTEN"] == "0.0.0.0:8080"
+    env["TP_DASHBOARD_LISTEN"] = f"0.0.0.0:{port}"
+    python, *check = healthcheck_command(dockerfile("dashboard"))
+    assert python == "python"
+
+    def healthcheck() -> int:
+        return subprocess.run([sys.executable, *check], env=env, capture_output=True, timeout=30).returncode
+
+    assert healthcheck() != 0, "nothing listens yet"
+    (entry_point,) = json.loads(values(stages(dockerfile("dashboard"))[-1], "ENTRYPOINT")[0])
+    Path(env["TP_DATA_DIR"]).mkdir(parents=True)
+    log_path = tmp_path / "dashboard.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / entry_point)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        for _ in range(600):
+            assert process.poll() is None, log_path.read_text()
+            if healthcheck() == 0:
+                break
+        else:
+            raise AssertionError(f"the dashboard never became healthy:\n{log_path.read_text()}")
+        # The login token compose gives it logs a browser in (a redirect with the session cookie), and again.
+        token = env_example()["TP_DASHBOARD_TOKEN"]
+        opener = urllib.request.build_opener(NoRedirect)
+        for _ in range(2):
+            with pytest.raises(urllib.error.HTTPError) as redirect:
+                opener.open(f"http://127.0.0.1:{port}/login?token={token}", timeout=10)
+            assert redirect.value.code == 303 and "tp_session" in redirect.value.headers["set-cookie"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            assert b"tp_dashboard_sse_clients" in response.read()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        # uvicorn shuts down cleanly, then re-raises the signal it caught (so the exit status says SIGTERM).
+        assert process.wait(60) in (0, -signal.SIGTERM), log_path.read_text()
+        assert "Application shutdown complete" in log_path.read_text()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
