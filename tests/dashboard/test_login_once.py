@@ -1,9 +1,11 @@
 """The login URL the dashboard prints for a token it made at random works once; an operator's TP_DASHBOARD_TOKEN
-stays reusable. POST /logout (with the CSRF token) ends the session and its event streams."""
+stays reusable. POST /logout (with the CSRF token) ends the session and its event streams. SIGTERM or SIGINT ends
+tp-dashboard with exit code 0."""
 
 from __future__ import annotations
 
 import re
+import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -97,3 +99,18 @@ def test_the_page_header_has_a_logout_button() -> None:
     common = Path(__file__).parents[2] / "services/dashboard/src/trainingplatform_dashboard/static/js/common.js"
     text = common.read_text()
     assert '"/logout"' in text and "Log out" in text
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_the_dashboard_with_exit_code_0(backend: BackendProcess, tmp_path: Path, sig: int) -> None:
+    # uvicorn shut down cleanly, then raised the signal it had caught again: tp-dashboard died of SIGTERM (exit
+    # status -15, 143 in a shell) or printed a KeyboardInterrupt traceback, where the backend and trainers exit 0.
+    dashboard = DashboardProcess(backend, tmp_path)
+    dashboard.start()
+    try:
+        assert dashboard.process is not None
+        dashboard.process.send_signal(sig)
+        assert dashboard.process.wait(30) == 0, dashboard.log_text()[-3000:]
+        assert "Traceback" not in dashboard.log_text()
+    finally:
+        dashboard.close()

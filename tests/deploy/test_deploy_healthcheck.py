@@ -179,8 +179,7 @@ def test_dashboard_starts_healthy_with_its_image_and_compose_environment(tmp_pat
             assert b"tp_dashboard_sse_clients" in response.read()
     finally:
         process.send_signal(signal.SIGTERM)
-        # uvicorn shuts down cleanly, then re-raises the signal it caught (so the exit status says SIGTERM).
-        assert process.wait(60) in (0, -signal.SIGTERM), log_path.read_text()
+        assert process.wait(60) == 0, log_path.read_text()
         assert "Application shutdown complete" in log_path.read_text()
 
 

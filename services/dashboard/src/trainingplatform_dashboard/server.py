@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -80,9 +81,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
+    # uvicorn shuts down on SIGTERM or SIGINT, then raises the signal again for the handler it found: with these
+    # handlers a stop asked for ends the process with exit code 0 (as the backend and the trainers), not killed by
+    # SIGTERM (-15) or with a KeyboardInterrupt traceback. A signal before uvicorn serves ends it the same way.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _stopped)
     with sock:
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except _Stopped:
+            return 0
     return 0 if server.started else 1
+
+
+class _Stopped(BaseException):
+    """Raised by `_stopped`: a stop signal arrived outside uvicorn's own handling."""
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:
