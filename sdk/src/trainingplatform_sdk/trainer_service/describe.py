@@ -104,7 +104,7 @@ def describe(description: FrameworkDescription) -> dict[str, Any]:
     for key, kind, doc in typed_fields():
         entry: dict[str, Any] = {"key": key, "type": kind, "doc": doc, "default": defaults.get(key)}
         if key in FIELD_BOUNDS:
-            low, high, high_open = FIELD_BOUNDS[key]
+            low, high, high_open = description.advanced_bounds.get(key, FIELD_BOUNDS[key])
             entry.update(low=low, high=high, high_open=high_open)
         if key == "lr_scheduler":
             entry["choices"] = list(LR_SCHEDULERS)

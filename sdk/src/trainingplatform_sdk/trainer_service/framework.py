@@ -109,6 +109,10 @@ class FrameworkDescription:
     advanced_defaults: Callable[[], Mapping[str, Any]] | None = None
     """Returns what the adapter uses for each typed `advanced_config` field left unset (`optimizer`,
     `augmentation.scale`, ...): a value, or a few words. Only shown (`tp frameworks`, `--describe`); checks nothing."""
+    advanced_bounds: Mapping[str, tuple[float, float, bool]] = field(default_factory=dict)
+    """Narrower bounds than the contract's for typed numeric `advanced_config` fields (`weight_decay`,
+    `augmentation.scale`, ...): (lowest, highest, whether the highest itself is refused). StartTraining refuses a
+    value outside them (INVALID_ARGUMENT) and `tp frameworks` shows them in place of the contract's."""
 
 
 @dataclass(frozen=True)

@@ -156,9 +156,19 @@ def _check_bounds(job: JobRequest, limits: HostLimits) -> None:
 
 
 def _check_advanced(job: JobRequest, catalog: Catalog) -> None:
-    """The optimizer name and every `extra` key against what the framework accepts."""
+    """The framework's bounds of typed fields, the optimizer name and every `extra` key against what the framework
+    accepts."""
     description = catalog.description
     advanced = job.advanced
+    for key, (low, high, high_open) in description.advanced_bounds.items():
+        *parents, name = key.split(".")
+        value = getattr(advanced.augmentation if parents else advanced, name)
+        if value is not None and not (low <= value and (value < high if high_open else value <= high)):
+            bracket = ")" if high_open else "]"
+            raise InvalidArgumentError(
+                f"advanced_config.{key}: must be in [{low:g}, {high:g}{bracket} for {description.framework}, "
+                f"got {value:g}"
+            )
     optimizers = catalog.optimizers()
     if advanced.optimizer is not None and optimizers is not None:
         name = advanced.optimizer.lower()
