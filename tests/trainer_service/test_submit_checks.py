@@ -195,3 +195,27 @@ def test_ultralytics_class_ids_and_in_range_gains_are_accepted(ultralytics: Trai
     )
     for i, extra in enumerate(accepted):
         _accepted(ultralytics, f"ok-{i}", _set_extra(_ultra_spec(), extra))
+
+
+@pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
+def test_ultralytics_weight_decay_above_1_is_refused(ultralytics: TrainerProcess, validate_only: bool) -> None:
+    # The contract allows [0, 100]; ultralytics failed at training start: "'weight_decay=5.0' is an invalid value".
+    job_spec = _ultra_spec()
+    job_spec.advanced.weight_decay = 5.0
+    details = _refused(ultralytics, f"decay-{validate_only}", job_spec, validate_only=validate_only)
+    assert details == "advanced_config.weight_decay: must be in [0, 1] for ultralytics, got 5"
+
+
+def test_ultralytics_learning_rate_above_1_is_refused(ultralytics: TrainerProcess) -> None:
+    # ultralytics' lr0 is a fraction too: 5 failed at training start like the weight decay.
+    job_spec = _ultra_spec()
+    job_spec.training.learning_rate = 5.0
+    details = _refused(ultralytics, "lr", job_spec, validate_only=True)
+    assert details == "training_config.learning_rate: must be in [0, 1] for ultralytics (its lr0), got 5"
+
+
+def test_ultralytics_weight_decay_and_learning_rate_of_1_are_accepted(ultralytics: TrainerProcess) -> None:
+    job_spec = _ultra_spec()
+    job_spec.advanced.weight_decay = 1.0
+    job_spec.training.learning_rate = 1.0
+    _accepted(ultralytics, "decay-1", job_spec)

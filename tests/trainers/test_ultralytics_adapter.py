@@ -313,3 +313,98 @@ def test_a_data_yaml_download_script_never_runs_even_when_its_images_vanish(tmp_
     with pytest.raises(Exception, match=r"(?i)not found|missing|download"):
         check_det_dataset(str(data_yaml), autodownload=True)
     assert not marker.exists(), "the data.yaml's download code ran"
+
+
+def test_a_learning_rate_without_an_optimizer_trains_with_it_on_sgd(tmp_path) -> None:
+    # With no optimizer, ultralytics' default optimizer=auto replaced lr0 and momentum with its own (AdamW at
+    # 0.001667 here) and said so only in its own log: the job log showed `'lr0': 0.0042`.
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink, learning_rate=0.0042, advanced={"momentum": 0.5, "mosaic": 0.0})
+    result = adapter.train()
+    assert result.status == Status.COMPLETED
+    optimizer = adapter.trainer.optimizer
+    assert type(optimizer).__name__ == "SGD"
+    assert {group["initial_lr"] for group in optimizer.param_groups} == {0.0042}
+    assert (adapter.trainer.args.lr0, adapter.trainer.args.momentum) == (0.0042, 0.5)
+    said = [m for m in sink.messages("INFO") if "given without advanced_config.optimizer: training with SGD" in m]
+    assert len(said) == 1, sink.messages("INFO")
+
+
+def test_no_learning_rate_and_no_optimizer_keeps_ultralytics_auto(tmp_path) -> None:
+    sink = RecordingSink()
+    args = make_adapter(tmp_path, sink).train_args(tmp_path / "data.yaml", 64)
+    assert "optimizer" not in args and "lr0" not in args
+    # An explicit `auto` is the user's choice; it is kept, with a warning that it sets its own learning rate.
+    sink = RecordingSink()
+    args = make_adapter(tmp_path, sink, learning_rate=0.02, advanced={"optimizer": "auto"}).train_args(
+        tmp_path / "data.yaml", 64
+    )
+    assert args["optimizer"] == "auto"
+    assert any("training_config.learning_rate" in m and "auto" in m for m in sink.messages("WARNING"))
+
+
+def test_a_stop_skips_the_validation_of_the_partial_epoch_and_of_best_pt(tmp_path, monkeypatch) -> None:
+    # Ultralytics validated twice after a stop (the partial epoch, then best.pt in final_eval): on a large
+    # validation set that outran the cancel's grace, and the SIGKILL came before last.pt was uploaded.
+    from ultralytics.engine.validator import BaseValidator
+
+    validations: list[int] = []
+    validate = BaseValidator.__call__
+
+    def counting(validator, *args, **kwargs):
+        validations.append(adapter.global_step)
+        return validate(validator, *args, **kwargs)
+
+    monkeypatch.setattr(BaseValidator, "__call__", counting)
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink, epochs=2, log_every_n_steps=1, advanced={"mosaic": 0.0})
+    # Stop during the second epoch: epoch 0 is validated as usual, nothing after the stop.
+    sink.on_metric = lambda p: adapter.request_stop() if p.key == "train/batch_loss" and p.step == 4 else None
+    result = adapter.train()
+    assert result.status == Status.CANCELLED and result.epochs_completed == 1
+    assert validations == [BATCHES_PER_EPOCH]  # epoch 0's validation only
+    assert result.last_checkpoint is not None and result.last_checkpoint.exists()
+    assert not any(m.startswith("Final validation of best.pt") for m in sink.messages("INFO"))
+
+
+def test_epochs_without_validation_report_no_validation_metrics(tmp_path) -> None:
+    # With val=false ultralytics validates only the last epoch; the others carried its placeholder zeros, which
+    # were reported as val/box_loss=0 and mAP50-95=0 (and made epoch 0 the best).
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink, epochs=2, advanced={"mosaic": 0.0, "extra": {"val": False}})
+    result = adapter.train()
+    assert result.status == Status.COMPLETED and result.epochs_completed == 2
+    by_epoch = sink.keys_by_epoch()
+    assert not [k for k in by_epoch[0] if k.startswith(("val/", "metrics/"))], by_epoch[0]
+    assert {"train/box_loss", "lr/pg0", "epoch_time_s"} <= set(by_epoch[0])
+    assert {"val/box_loss", "metrics/mAP50-95"} <= set(by_epoch[1])  # the last epoch is validated
+    assert result.best_epoch == 1
+    assert [epoch for epoch, _, _ in sink.summaries()] == [0, 1]
+    assert not any(k.startswith(("val/", "metrics/")) for k in sink.summaries()[0][1])
+
+
+def test_the_amp_check_never_downloads_and_weights_stay_under_the_config_dir(tmp_path, monkeypatch) -> None:
+    # With amp on (the default) on CUDA, ultralytics' check_amp loaded WEIGHTS_DIR/yolo26n.pt, downloading it from
+    # GitHub, with WEIGHTS_DIR outside the output directory. A model on the meta device takes the same path on CPU.
+    import torch
+    from trainingplatform_trainer_ultralytics import offline
+    from ultralytics.engine import trainer
+    from ultralytics.utils import downloads
+
+    config_dir = tmp_path / "cfg"
+    offline.prepare_offline(config_dir, torch.get_num_threads())
+    downloaded: list[str] = []
+
+    def no_network(*args, **kwargs):
+        downloaded.append(str(kwargs.get("url") or args[0]))
+        raise ConnectionError("no network in this test")
+
+    monkeypatch.setattr(downloads, "safe_download", no_network)
+    assert trainer.check_amp is offline.check_amp
+    assert trainer.check_amp(torch.nn.Linear(2, 2, device="meta")) is True
+    assert trainer.check_amp(torch.nn.Linear(2, 2)) is False  # AMP is for CUDA only, as in ultralytics
+    assert downloaded == []
+    from ultralytics import utils
+
+    weights = (config_dir / "weights").resolve()
+    assert Path(utils.SETTINGS["weights_dir"]) == weights and weights == utils.WEIGHTS_DIR

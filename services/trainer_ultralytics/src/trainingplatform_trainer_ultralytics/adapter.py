@@ -7,16 +7,21 @@ Metrics reported (epoch is 0-based, step is the global batch count, from 1):
 | ---------------------------------------------------- | ------------------------- | --------------------------------- |
 | `train/batch_loss`                                   | every `log_every_n_steps` | box + cls + dfl loss of the batch |
 | `train/box_loss`, `train/cls_loss`, `train/dfl_loss` | each epoch                | mean training losses              |
-| `val/box_loss`, `val/cls_loss`, `val/dfl_loss`       | each epoch                | validation losses                 |
-| `metrics/precision`, `metrics/recall`                | each epoch                | box precision and recall          |
-| `metrics/mAP50`, `metrics/mAP50-95`                  | each epoch                | box mAP (mAP50-95 picks best.pt)  |
+| `val/box_loss`, `val/cls_loss`, `val/dfl_loss`       | each validated epoch      | validation losses                 |
+| `metrics/precision`, `metrics/recall`                | each validated epoch      | box precision and recall          |
+| `metrics/mAP50`, `metrics/mAP50-95`                  | each validated epoch      | box mAP (mAP50-95 picks best.pt)  |
 | `lr/pg0`, `lr/pg1`, `lr/pg2`                         | each epoch                | learning rate per parameter group |
 | `epoch_time_s`                                       | each epoch                | wall time of training + validation|
 
 Per-epoch metrics carry step = the global batch count at the epoch's end; an epoch summary follows each epoch.
 Ultralytics validates best.pt once more after the last epoch (its `on_fit_epoch_end` fires again, with
 epoch == epochs): that result is logged as a message and returned in the TrainingResult, never as a second set of
-per-epoch points.
+per-epoch points. With `extra.val = false` ultralytics validates only the last epoch: the other epochs report no
+`val/` or `metrics/` keys (ultralytics' placeholder zeros are not passed on).
+
+A stop (`request_stop()`, a cancel) ends the epoch at the next batch and saves last.pt with no validation after
+it: neither the partial epoch nor best.pt (ultralytics' final evaluation) is validated, so that last.pt is saved
+and uploaded within the cancel's grace period however large the validation set.
 
 `advanced_config` maps onto ultralytics' train arguments: optimizer (sgd, adam, adamw, nadam, radam, rmsprop,
 adamax, musgd, auto), weight_decay, momentum, warmup_epochs, seed, mixed_precision -> amp, lr_scheduler (cosine ->
@@ -25,7 +30,11 @@ augmentation: horizontal_flip_probability -> fliplr, scale -> scale, color_jitte
 enabled=false -> every augmentation off (mosaic included). `extra` keys that are ultralytics train arguments
 (`mosaic`, `close_mosaic`, `patience`, `plots`, ...) are passed through; `num_threads` sets the CPU threads;
 every other key gets a warning here; the trainer service refuses unknown keys and bad values at submit
-(options.py).
+(options.py). `training_config.learning_rate` -> lr0. Ultralytics' default optimizer, `auto`, picks its own
+optimizer, lr0 and momentum (AdamW or MuSGD) and ignores the given ones: so when a job sets learning_rate or
+momentum but no optimizer, the adapter trains with SGD (ultralytics' own default when not `auto`, lr0 0.01) and
+says so in the job log; an explicit `optimizer: auto` is kept, with a warning. lr0, momentum and weight_decay are
+fractions in [0, 1] for ultralytics (`check_fractions`).
 
 Checkpoints are ultralytics' own: `output_dir/weights/best.pt` and `last.pt`. Everything ultralytics writes
 (settings, font, plots, label caches, the `shapes` dataset) stays under `output_dir` — see offline.py.
@@ -43,11 +52,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainingplatform_sdk.host import usable_cpus
-from trainingplatform_sdk.spec.configs import ConfigError, ModelConfig
+from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, ModelConfig, TrainingConfig
 from trainingplatform_sdk.training.adapter import Status, TrainingAdapter, TrainingResult, loader_worker_init
 
 from trainingplatform_trainer_ultralytics import datasets
 from trainingplatform_trainer_ultralytics.offline import prepare_offline, set_threads
+from trainingplatform_trainer_ultralytics.options import ADVANCED_BOUNDS
 
 if TYPE_CHECKING:
     from ultralytics.engine.trainer import BaseTrainer
@@ -55,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "UltralyticsAdapter",
     "available_model_yamls",
+    "check_fractions",
     "check_pretrained",
     "loader_workers_ignore_stop_signals",
     "resolve_model",
@@ -85,6 +96,8 @@ AUGMENTATION_ARGS_OFF = (
     *("hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud", "fliplr"),
     *("mosaic", "mixup", "cutmix", "copy_paste"),
 )
+#: The optimizer a learning rate or momentum without an optimizer trains with: ultralytics' `auto` would ignore them.
+OPTIMIZER_FOR_GIVEN_LR = "SGD"
 # Ultralytics' metric names carry the task suffix "(B)" (boxes); the platform's keys do not.
 _BOX_SUFFIX = re.compile(r"\(B\)$")
 
@@ -142,6 +155,26 @@ def check_pretrained(model: ModelConfig) -> None:
         )
 
 
+def check_fractions(training: TrainingConfig, advanced: AdvancedConfig) -> None:
+    """lr0 and weight_decay are fractions for ultralytics: above 1 its `check_cfg` fails the training at start.
+
+    The trainer service runs this at StartTraining (server.py's `check_job`; `ADVANCED_BOUNDS` refuses the weight
+    decay there first), the adapter again in `check()`.
+
+    Raises:
+        ConfigError: training_config.learning_rate or advanced_config.weight_decay above 1.
+    """
+    if training.learning_rate > 1:
+        raise ConfigError(
+            "training_config.learning_rate: must be in [0, 1] for ultralytics (its lr0), "
+            f"got {training.learning_rate:g}"
+        )
+    for key, (low, high, _) in ADVANCED_BOUNDS.items():
+        value = getattr(advanced, key)
+        if value is not None and not low <= value <= high:
+            raise ConfigError(f"advanced_config.{key}: must be in [{low:g}, {high:g}] for ultralytics, got {value:g}")
+
+
 def loader_workers_ignore_stop_signals() -> None:
     """Makes ultralytics' loader workers run the platform's `loader_worker_init` after their own seeding.
 
@@ -182,6 +215,8 @@ class UltralyticsAdapter(TrainingAdapter):
         self._epoch_open = False
         self._epoch_train_metrics: dict[str, float] = {}
         self._stopped_in_epoch = False
+        #: Whether ultralytics validated the current epoch (with `val=false` only the last one is).
+        self._validated = False
         self._num_threads = 0
         self._prepared = False
 
@@ -204,6 +239,7 @@ class UltralyticsAdapter(TrainingAdapter):
         """Checks the model name, `pretrained` and the dataset without importing ultralytics' trainer."""
         resolve_model(self.model_config.name)
         check_pretrained(self.model_config)
+        check_fractions(self.training_config, self.advanced_config)
         datasets.check_dataset(self.dataset_config)
         optimizer = self.advanced_config.optimizer
         if optimizer is not None and optimizer.lower() not in OPTIMIZERS:
@@ -272,8 +308,33 @@ class UltralyticsAdapter(TrainingAdapter):
         }
         if training.learning_rate:
             args["lr0"] = training.learning_rate
+        # A learning rate of 0 means "the trainer's default": only a positive one was given.
+        given = [
+            name
+            for name, value in (
+                ("training_config.learning_rate", training.learning_rate or None),
+                ("advanced_config.momentum", advanced.momentum),
+                ("advanced_config.extra.lr0", advanced.extra.get("lr0")),
+                ("advanced_config.extra.momentum", advanced.extra.get("momentum")),
+            )
+            if value is not None
+        ]
         if advanced.optimizer is not None:
             args["optimizer"] = OPTIMIZERS[advanced.optimizer.lower()]
+        optimizer = advanced.extra.get("optimizer", args.get("optimizer"))
+        if optimizer is None and given:
+            # Ultralytics' default, optimizer=auto, would replace lr0 and momentum with its own choice.
+            args["optimizer"] = OPTIMIZER_FOR_GIVEN_LR
+            self.log(
+                f"{' and '.join(given)} given without advanced_config.optimizer: training with "
+                f"{OPTIMIZER_FOR_GIVEN_LR}, since ultralytics' default optimizer 'auto' would ignore them"
+            )
+        elif str(optimizer).lower() == "auto" and given:
+            self.log(
+                f"advanced_config.optimizer 'auto': ultralytics picks the optimizer, its learning rate and "
+                f"momentum itself and ignores {' and '.join(given)}; set another optimizer to use them",
+                "WARNING",
+            )
         for name in ("weight_decay", "momentum", "warmup_epochs"):
             if getattr(advanced, name) is not None:
                 args[name] = getattr(advanced, name)
@@ -307,9 +368,29 @@ class UltralyticsAdapter(TrainingAdapter):
         self.trainer = trainer
         # Ultralytics reset the threads when it selected the device; set them once more, deliberately.
         set_threads(self._num_threads)
+        # Ultralytics calls both as methods of the trainer: these wrappers, set on the instance, replace them.
+        validate, final_eval = trainer.validate, trainer.final_eval
+
+        def validate_unless_stopped() -> tuple[dict[str, Any] | None, float | None]:
+            if self._stopped_in_epoch:
+                # The partial epoch after a stop: no validation, so that last.pt is saved within the cancel's
+                # grace. The previous metrics and no fitness: the stopper stays put and best.pt is not replaced.
+                return trainer.metrics, None
+            self._validated = True
+            return validate()
+
+        def final_eval_unless_stopped() -> None:
+            if self.stop_requested:
+                self.log("Stopped: the final validation of best.pt is skipped")
+                return
+            final_eval()
+
+        trainer.validate = validate_unless_stopped  # type: ignore[method-assign]
+        trainer.final_eval = final_eval_unless_stopped  # type: ignore[method-assign]
 
     def _on_train_epoch_start(self, trainer: BaseTrainer) -> None:
         self._epoch_open = False
+        self._validated = False
 
     def _on_train_batch_end(self, trainer: BaseTrainer) -> None:
         self.global_step += 1
@@ -321,7 +402,11 @@ class UltralyticsAdapter(TrainingAdapter):
             # validates and saves last.pt like at the end of an epoch.
             trainer.stop = True
             self._stopped_in_epoch = True
-            self.log(f"Stopping at step {self.global_step}", epoch=trainer.epoch, step=self.global_step)
+            self.log(
+                f"Stopping at step {self.global_step}: saving last.pt, without validating",
+                epoch=trainer.epoch,
+                step=self.global_step,
+            )
 
     def _on_train_epoch_end(self, trainer: BaseTrainer) -> None:
         self._epoch_open = True
@@ -342,6 +427,9 @@ class UltralyticsAdapter(TrainingAdapter):
         epoch = trainer.epoch
         if self._stopped_in_epoch:
             return  # a partial epoch: checkpointed by ultralytics, not reported as an epoch
+        if not self._validated:
+            # trainer.metrics still holds an earlier epoch's validation, or ultralytics' placeholder zeros.
+            validation = {}
         metrics = {**self._epoch_train_metrics, **validation}
         metrics.pop("fitness", None)
         duration = float(trainer.epoch_time) if trainer.epoch_time is not None else None
@@ -372,7 +460,6 @@ def _device_arg(device: str) -> str | None:
     if device == "cuda":
         return "0"
     return device.removeprefix("cuda:")
-
 
 
 def _format(metrics: dict[str, float]) -> str:

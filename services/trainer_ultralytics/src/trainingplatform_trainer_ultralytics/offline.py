@@ -7,7 +7,9 @@ thread defaults are read once, at import. Out of the box, on a machine without i
 - writes its settings to ~/.config/Ultralytics and would sync anonymous usage events;
 - turns on its own MLflow autologging, which joins or starts a run in `sqlite:///<cwd>/mlflow.db`: a second
   MLflow run beside the platform's own;
-- sets OMP_NUM_THREADS=1 when it is unset, and resets torch to `cpu_count - 1` threads (1 on 2 cores) on CPU.
+- sets OMP_NUM_THREADS=1 when it is unset, and resets torch to `cpu_count - 1` threads (1 on 2 cores) on CPU;
+- with amp on (its default) on CUDA, checks AMP by running yolo26n.pt from its weights directory (by default
+  `weights/` in the working directory), downloading it from GitHub when it is not there.
 
 This module turns all of that off. It imports ultralytics itself, after setting the environment.
 """
@@ -15,14 +17,20 @@ This module turns all of that off. It imports ultralytics itself, after setting 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
-__all__ = ["INTEGRATIONS", "prepare_offline", "set_threads"]
+__all__ = ["INTEGRATIONS", "check_amp", "prepare_offline", "set_threads"]
 
 #: Ultralytics' experiment-tracker integrations, all disabled: the platform tracks runs itself.
 INTEGRATIONS = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
+#: GPUs ultralytics' own check_amp turns AMP off for (NaN losses or zero mAP with AMP), its pattern.
+_AMP_BROKEN_GPUS = re.compile(
+    r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)", re.IGNORECASE
+)
 
 
 def prepare_offline(config_dir: str | Path, num_threads: int) -> Path:
@@ -51,11 +59,44 @@ def prepare_offline(config_dir: str | Path, num_threads: int) -> Path:
     if not font.exists():
         USER_CONFIG_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf", font)
-    wanted = {"sync": False, **dict.fromkeys(INTEGRATIONS, False)}
+    # Weights ultralytics would look up or fetch by name stay under the run's directory (nothing is downloaded:
+    # check_amp below was the one download left on a model yaml).
+    weights_dir = str((Path(config_dir) / "weights").resolve())
+    wanted = {"sync": False, "weights_dir": weights_dir, **dict.fromkeys(INTEGRATIONS, False)}
     if any(SETTINGS.get(key) != value for key, value in wanted.items()):
         SETTINGS.update(wanted)
+    import ultralytics.utils
+    from ultralytics.engine import trainer
+
+    ultralytics.utils.WEIGHTS_DIR = Path(weights_dir)  # read at import from SETTINGS: set it too
+    trainer.check_amp = check_amp  # the trainer calls the name it imported
     set_threads(num_threads)
     return USER_CONFIG_DIR.parent
+
+
+def check_amp(model: Any) -> bool:
+    """The platform's replacement of ultralytics' `check_amp`, which never downloads: whether to train with AMP.
+
+    Ultralytics' own compares FP32 and AMP detections of yolo26n.pt, downloading it from GitHub when it is not in
+    its weights directory (trainers never download; on a host without internet the attempt only costs time). This
+    keeps its other decisions, without the model comparison: no AMP on the CPU or MPS, none on the GPUs ultralytics knows AMP breaks on
+    (with the same warning), AMP on any other device. A job whose losses turn NaN with AMP sets
+    `advanced_config.mixed_precision` to false.
+    """
+    import torch
+    from ultralytics.utils import LOGGER
+
+    device = next(model.parameters()).device
+    if device.type in {"cpu", "mps"}:
+        return False
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+        if _AMP_BROKEN_GPUS.search(gpu):
+            LOGGER.warning(
+                f"AMP: AMP training on {gpu} may cause NaN losses or zero-mAP results, so AMP is off for this training"
+            )
+            return False
+    return True
 
 
 def set_threads(num_threads: int) -> None:

@@ -25,6 +25,7 @@ from trainingplatform_sdk.trainer_service.framework import ExtraOption
 
 __all__ = [
     "ACCEPTS",
+    "ADVANCED_BOUNDS",
     "MAX_SEED",
     "OWNED",
     "advanced_defaults",
@@ -51,6 +52,11 @@ OWNED = {
     "cfg": "advanced_config.extra keys (a config file on the trainer host is not read)",
     "distill_model": "nothing (a teacher model from the trainer host is not loaded)",
 }
+#: Bounds of the typed `advanced_config` fields ultralytics takes as fractions (in its `CFG_FRACTION_KEYS`: its
+#: `check_cfg` refuses more than 1 when training starts), narrower than the contract's [0, 100]: (lowest, highest,
+#: whether the highest itself is refused), as `FrameworkDescription.advanced_bounds` takes them. momentum is [0, 1)
+#: already; training_config.learning_rate (lr0) is checked by the adapter's `check_fractions`.
+ADVANCED_BOUNDS: dict[str, tuple[float, float, bool]] = {"weight_decay": (0.0, 1.0, False)}
 #: Largest seed ultralytics can use (it seeds numpy, whose seeds are 32-bit).
 MAX_SEED = 2**32 - 1
 #: Keys `extra` may set besides ultralytics' own arguments.
@@ -115,7 +121,10 @@ def _adapter_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
     return {
         "batch": f"training_config.batch_size, else {DEFAULT_BATCH_SIZE}",
         "workers": "training_config.num_workers (0)",
-        "lr0": f"training_config.learning_rate, else {defaults.get('lr0')}",
+        "lr0": (
+            f"training_config.learning_rate, else {defaults.get('lr0')}; optimizer `auto` picks its own (a "
+            "learning_rate without advanced_config.optimizer trains with SGD)"
+        ),
         "plots": False,
         "verbose": False,
         "seed": "advanced_config.seed, else 0",
@@ -129,7 +138,10 @@ def advanced_defaults() -> dict[str, Any]:
     if not defaults:
         return {}
     return {
-        "optimizer": defaults.get("optimizer"),
+        "optimizer": (
+            f"{defaults.get('optimizer')} (ultralytics picks the optimizer, lr0 and momentum); SGD when "
+            "training_config.learning_rate or momentum is set"
+        ),
         "lr_scheduler": (
             ("cosine" if defaults.get("cos_lr") else "linear") + f" (to lr0 x lrf = {defaults.get('lrf')}; "
             "`step` runs as linear, with a warning)"

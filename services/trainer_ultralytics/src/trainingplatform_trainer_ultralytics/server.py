@@ -17,6 +17,7 @@ from trainingplatform_sdk.spec.configs import DatasetConfig
 from trainingplatform_sdk.trainer_service import FrameworkDescription, JobRequest, serve
 
 from trainingplatform_trainer_ultralytics.options import (
+    ADVANCED_BOUNDS,
     MAX_SEED,
     advanced_defaults,
     check_extra_values,
@@ -75,9 +76,10 @@ def _check_job(job: JobRequest) -> None:
     # The model and dataset rules of the adapter's own check(), and the values ultralytics accepts several
     # types for. The adapter module imports no ultralytics.
     from trainingplatform_trainer_ultralytics import datasets
-    from trainingplatform_trainer_ultralytics.adapter import check_pretrained
+    from trainingplatform_trainer_ultralytics.adapter import check_fractions, check_pretrained
 
     check_pretrained(job.model)
+    check_fractions(job.training, job.advanced)
     datasets.check_dataset(job.dataset)
     seed = job.advanced.seed
     if seed is not None and not 0 <= seed <= MAX_SEED:
@@ -98,6 +100,7 @@ DESCRIPTION = FrameworkDescription(
     list_optimizers=_optimizers,
     extra_options=extra_options,
     advanced_defaults=advanced_defaults,
+    advanced_bounds=ADVANCED_BOUNDS,
 )
 
 
