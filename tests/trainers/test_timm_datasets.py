@@ -98,3 +98,46 @@ def test_the_job_log_says_how_many_files_were_skipped_and_why(tmp_path) -> None:
     assert len(warnings) == 1
     assert "4 files skipped" in warnings[0] and "not an image format Pillow reads" in warnings[0]
     assert "train/a/notes.txt" in warnings[0] and "val/a/clip.mp4" in warnings[0]
+
+
+def _truncated_jpeg(path) -> None:
+    """A JPEG cut off halfway, as an interrupted copy leaves it: Pillow opens it and fails decoding it."""
+    noise = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_image_is_an_error_naming_its_file(tmp_path) -> None:
+    path = tmp_path / "cut.jpg"
+    _truncated_jpeg(path)
+    with pytest.raises(OSError, match=rf"^cannot read image {path}: image file is truncated"):
+        load_rgb(str(path))
+
+
+def test_a_truncated_image_read_in_a_loader_worker_fails_the_job_naming_the_file(tmp_path) -> None:
+    # With num_workers=1 the job's error was torch's "Caught OSError in DataLoader worker process 0.\nOriginal
+    # Traceback ...", ending in Pillow's "image file is truncated (... bytes not processed)", naming no file.
+    from trainingplatform_sdk.training import train
+
+    root = tmp_path / "images"
+    _folder(root, {"a": [], "b": []})
+    broken = root / "train" / "b" / "broken.jpg"
+    _truncated_jpeg(broken)
+    sink = RecordingSink()
+    code = train.run_job(
+        job_id="job-truncated",
+        framework="timm",
+        model_config={"name": "resnet10t", "image_size": 32},
+        dataset_config={"path": str(root)},
+        training_config={"epochs": 1, "batch_size": 7, "num_workers": 1, "device": "cpu"},
+        advanced_config={},
+        output_dir=tmp_path / "out",
+        logger=sink,
+    )
+    assert code == train.EXIT_FAILED
+    _, error, detail, _ = sink.status_calls()[-1]
+    assert error is not None and detail is not None
+    assert error.startswith(f"OSError: cannot read image {broken}: image file is truncated"), error
+    assert "\n" not in error and "Traceback" not in error and "DataLoader worker" not in error
+    assert "Traceback" in detail and "DataLoader worker process 0" in detail and str(broken) in detail

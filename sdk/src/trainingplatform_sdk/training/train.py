@@ -101,6 +101,21 @@ def _clean(text: str) -> str:
     return strip_ansi(redact_urls(text))
 
 
+# torch's DataLoader re-raises a worker's exception as `Caught OSError in DataLoader worker process 0.\nOriginal
+# Traceback (most recent call last): ...`: the worker's whole traceback as the message.
+_WORKER_WRAPPER = re.compile(r"Caught \w+ in [^\n]*\.\nOriginal Traceback \(most recent call last\):\n")
+
+
+def _error_message(error: BaseException) -> str:
+    """`Type: message` of a failure, for the job's error; a DataLoader worker's exception as its traceback's last
+    line (the original `Type: message`), without the traceback torch wraps around it."""
+    text = str(error)
+    if _WORKER_WRAPPER.match(text):
+        lines = [line for line in text.splitlines() if line.strip()]
+        return lines[-1].strip()
+    return f"{type(error).__name__}: {text}"
+
+
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
 EXIT_CANCELLED = 128 + signal.SIGTERM
@@ -268,8 +283,8 @@ def run_job(
         if system_metrics is not None:
             system_metrics.stop()
         # A library's message repeats the URLs it was given, credentials included: none reaches the job or a log.
-        message = _clean(f"{type(error).__name__}: {error}")
-        detail = _clean(traceback.format_exc())
+        message = _clean(_error_message(error))
+        detail = _clean(traceback.format_exc())  # a DataLoader worker's traceback included
         reason = "exception in training"
         rank, world_size = torchrun_rank(os.environ)
         if rank != 0:

@@ -68,12 +68,19 @@ def load_rgb(path: str) -> Image.Image:
     almost white), so those are scaled to 8 bits first: `I;16` images from 0..65535 to 0..255; `I` images as they
     are when their values lie in 0..255, from 0..65535 when they lie in that range, else from their own minimum and
     maximum; `F` images from 0..1 when their values lie in it, else from their own minimum and maximum.
+
+    Raises:
+        OSError: The file cannot be read or decoded (truncated, corrupt): `cannot read image <path>: <reason>`.
     """
-    with Image.open(path) as image:
-        image.seek(0)
-        if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-            return Image.fromarray(_to_8_bit(image)).convert("RGB")
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            image.seek(0)
+            if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+                return Image.fromarray(_to_8_bit(image)).convert("RGB")
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        # Pillow's messages ("image file is truncated (138 bytes not processed)") do not say which file.
+        raise OSError(f"cannot read image {path}: {error}") from error
 
 
 def _to_8_bit(image: Image.Image) -> np.ndarray:
