@@ -9,6 +9,8 @@ import timm
 import torch
 from PIL import Image
 from recording import RecordingSink
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from torchvision.transforms import v2
 from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
 from trainingplatform_sdk.training.adapter import Status
 from trainingplatform_trainer_timm.adapter import TimmAdapter, lr_factor
@@ -233,6 +235,7 @@ def test_a_checkpoint_path_as_model_name_continues_from_its_weights(tmp_path, di
     # Continuing from trained weights: the first batch's loss is far below an untrained model's ln(10) = 2.3.
     assert sink.series("train/batch_loss")[0].value < 0.5
     assert torch.load(result.last_checkpoint, weights_only=True)["model_name"] == "resnet10t"
+    assert not sink.messages("WARNING")  # the same classes: the checkpoint's classifier is kept
 
 
 def _square_images(root, per_class):
@@ -278,3 +281,137 @@ def test_batch_size_1_with_batch_norm_fails_at_the_first_step_with_a_clear_error
     with pytest.raises(ConfigError, match=r"training_config.batch_size: resnet10t cannot train on a batch of 1 image"):
         adapter.train()
     assert adapter.global_step == 0
+
+
+def _stop_after_first_batch(adapter: TimmAdapter, sink: RecordingSink) -> None:
+    sink.on_metric = lambda p: adapter.request_stop() if p.key == "train/batch_loss" else None
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory):
+    """vit_tiny_patch16_224, a model built for 224x224 images, on digits at 32x32, stopped after its first step."""
+    tmp_path = tmp_path_factory.mktemp("vit")
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink, model="vit_tiny_patch16_224", batch_size=16, log_every_n_steps=1)
+    _stop_after_first_batch(adapter, sink)
+    return adapter, adapter.train(), sink
+
+
+def test_a_model_built_for_224_pixels_trains_at_the_image_size(vit_run) -> None:
+    # It failed at its first step: "AssertionError: Input height (32) doesn't match model (224)".
+    adapter, result, sink = vit_run
+    assert result.status == Status.CANCELLED
+    losses = sink.series("train/batch_loss")
+    assert [p.step for p in losses] == [1] and math.isfinite(losses[0].value)
+    assert adapter.model.patch_embed.img_size == (32, 32)
+
+
+def test_a_fixed_size_checkpoint_continues_at_another_image_size(tmp_path, vit_run) -> None:
+    _, first, _ = vit_run
+    sink = RecordingSink()
+    adapter = TimmAdapter(
+        ModelConfig(name=str(first.last_checkpoint), image_size=48),
+        DatasetConfig(name="digits"),
+        TrainingConfig(epochs=1, batch_size=16, log_every_n_steps=1),
+        tmp_path / "out",
+        "job-vit-48",
+        logger=sink,
+    )
+    _stop_after_first_batch(adapter, sink)
+    assert adapter.train().status == Status.CANCELLED
+    assert adapter.model.patch_embed.img_size == (48, 48)
+    assert adapter.model.pos_embed.shape[1] == 1 + 3 * 3  # the class token and 3x3 patches of 16 pixels
+    assert len(sink.series("train/batch_loss")) == 1
+
+
+def test_a_fixed_size_checkpoint_of_a_model_that_cannot_change_its_size_is_refused(tmp_path) -> None:
+    path = tmp_path / "mixer.pt"
+    model = timm.create_model("mixer_s32_224", num_classes=2, img_size=64)
+    torch.save(
+        {
+            "model_name": "mixer_s32_224",
+            "num_classes": 2,
+            "classes": ["a", "b"],
+            "image_size": 64,
+            "state_dict": model.state_dict(),
+        },
+        path,
+    )
+    adapter = make_adapter(tmp_path, RecordingSink(), model=str(path))  # at image size 32
+    with pytest.raises(
+        ConfigError,
+        match=r"model_config.image_size: the checkpoint .*mixer.pt' was trained at 64x64 "
+        r"and mixer_s32_224 cannot change its input size; use image_size 64",
+    ):
+        adapter.train()
+
+
+@pytest.mark.parametrize(
+    ("model", "mean", "std"),
+    [
+        ("vit_tiny_patch16_224", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ("vit_base_patch16_clip_224.openai", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+        ("resnet10t", IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    ],
+)
+def test_images_are_normalised_with_the_models_pretrained_mean_and_std(
+    tmp_path, tiny_imagefolder, model, mean, std
+) -> None:
+    # Every model was normalised with ImageNet's mean and std, whatever its pretrained weights were trained with.
+    adapter = make_adapter(tmp_path, RecordingSink(), model=model, dataset=DatasetConfig(path=str(tiny_imagefolder)))
+    adapter.build_data()
+    for loader in (adapter.train_loader, adapter.val_loader):
+        (normalize,) = [t for t in loader.dataset.transform.transforms if isinstance(t, v2.Normalize)]
+        assert tuple(normalize.mean) == pytest.approx(mean) and tuple(normalize.std) == pytest.approx(std)
+
+
+def test_checkpoints_keep_their_normalisation_for_the_next_job(tmp_path, vit_run) -> None:
+    _, first, _ = vit_run
+    checkpoint = torch.load(first.last_checkpoint, weights_only=True)
+    assert checkpoint["mean"] == [0.5, 0.5, 0.5] and checkpoint["std"] == [0.5, 0.5, 0.5]
+    adapter = make_adapter(tmp_path, RecordingSink(), model=str(first.last_checkpoint))
+    adapter.build_data()
+    assert (adapter.mean, adapter.std) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    # One written before they were stored was trained with ImageNet's.
+    del checkpoint["mean"], checkpoint["std"]
+    torch.save(checkpoint, tmp_path / "older.pt")
+    adapter = make_adapter(tmp_path, RecordingSink(), model=str(tmp_path / "older.pt"))
+    adapter.build_data()
+    assert adapter.mean == pytest.approx(IMAGENET_DEFAULT_MEAN) and adapter.std == pytest.approx(IMAGENET_DEFAULT_STD)
+
+
+def test_a_checkpoint_fine_tuned_on_other_classes_gets_a_new_classifier(tmp_path, tiny_imagefolder, digits_run) -> None:
+    # A checkpoint of 10 digit classes on a dataset of 2 failed with "size mismatch for fc.weight".
+    _, first, _ = digits_run
+    saved = torch.load(first.best_checkpoint, weights_only=True)
+    sink = RecordingSink()
+    adapter = make_adapter(
+        tmp_path, sink, model=str(first.best_checkpoint), dataset=DatasetConfig(path=str(tiny_imagefolder))
+    )
+    adapter.build_data()
+    adapter.build_model()
+    assert adapter.model.fc.out_features == 2 and adapter.num_classes == 2
+    weights = adapter.model.state_dict()
+    assert torch.equal(weights["conv1.0.weight"], saved["state_dict"]["conv1.0.weight"])  # the rest is kept
+    assert sink.messages("WARNING") == [
+        f"The checkpoint {str(first.best_checkpoint)!r} was trained on 10 classes (0, 1, 2, 3, 4, ...), the dataset "
+        "has 2 classes (bright, dark): its classifier is replaced by a new one with 2 outputs, trained from scratch; "
+        "the rest of the model keeps the checkpoint's weights"
+    ]
+    adapter.fit()
+    assert adapter.global_step > 0
+
+
+def test_a_checkpoint_of_other_class_names_gets_a_new_classifier_not_a_silent_remapping(tmp_path, digits_run) -> None:
+    # The same count with other names: class "a"'s output would have become digit 0's.
+    _, first, _ = digits_run
+    saved = torch.load(first.best_checkpoint, weights_only=True)
+    saved["classes"] = list("abcdefghij")
+    torch.save(saved, tmp_path / "letters.pt")
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink, model=str(tmp_path / "letters.pt"))
+    adapter.build_data()
+    adapter.build_model()
+    assert not torch.equal(adapter.model.fc.weight.detach(), saved["state_dict"]["fc.weight"])
+    assert adapter.model.fc.out_features == 10
+    assert [m for m in sink.messages("WARNING") if "trained on 10 classes (a, b, c, d, e, ...)" in m]

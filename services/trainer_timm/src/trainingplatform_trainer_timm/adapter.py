@@ -23,9 +23,19 @@ default: see datasets.py), `mixed_precision` (float16 autocast on CUDA; ignored 
 `label_smoothing` (cross-entropy label smoothing), `drop_rate` (classifier dropout). Other keys get a warning here;
 the trainer service refuses them at submit (see server.py).
 
+Input: images are resized to `model_config.image_size` (default: a checkpoint's, 32 for `digits`, else the model's
+pretrained input size) and normalised with the mean and standard deviation of the model's pretrained config (0.5 for
+most ViTs, CLIP's for `*_clip_*` models, ImageNet's for most CNNs), for training and validation alike. Models built
+for one input size (ViT, Swin, ...) are created for the image size (timm's `img_size`, which also resizes pretrained
+position embeddings); the others (CNNs) take any size.
+
 Checkpoints: `output_dir/weights/last.pt` after every epoch and `best.pt` for the best validation accuracy, each a
-`torch.save` dict with `state_dict` and metadata (model name, classes, image size, epoch, metrics, job id).
-`model_config.name` may also be the path of such a checkpoint, to continue from its weights.
+`torch.save` dict with `state_dict` and metadata (model name, classes, image size, normalisation mean and std, epoch,
+metrics, job id). `model_config.name` may also be the path of such a checkpoint, to continue from its weights, with
+its normalisation; at another `image_size`, a fixed-size model's input size is changed with its `set_input_size`
+(ViT, Swin, ...; one without it is refused). On a dataset whose classes differ from the checkpoint's (another count,
+or other names), the classifier is replaced by a new one for the dataset's classes, trained from scratch, and the job
+log warns so; the rest of the model keeps the checkpoint's weights.
 
 Distributed data-parallel: started by `torchrun` (WORLD_SIZE > 1 in the environment), every rank runs this adapter
 and joins one process group (`gloo` on CPU, `nccl` on CUDA, each rank on `cuda:LOCAL_RANK`). The model is wrapped
@@ -59,7 +69,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import timm
 import torch
 import torch.distributed as dist
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
 from timm.models import get_pretrained_cfg
 from timm.optim import create_optimizer_v2
 from torch import nn
@@ -156,7 +166,6 @@ def _cached_weights(name: str) -> tuple[str, bool] | None:
     return None if source == "" else ("the model's pretrained config", True)
 
 
-
 @dataclass(frozen=True)
 class DistributedRun:
     """This process's place in a torchrun job (the variables torchrun sets)."""
@@ -246,12 +255,9 @@ class TimmAdapter(TrainingAdapter):
 
         self.checkpoint_meta = self._checkpoint_metadata()
         self.image_size = self._image_size()
+        self.mean, self.std = self._normalization()
         data = datasets.load_classification_data(
-            self.dataset_config,
-            self.image_size,
-            advanced.augmentation,
-            mean=IMAGENET_DEFAULT_MEAN,
-            std=IMAGENET_DEFAULT_STD,
+            self.dataset_config, self.image_size, advanced.augmentation, mean=self.mean, std=self.std
         )
         self.classes = data.classes
         if data.skipped:
@@ -291,7 +297,8 @@ class TimmAdapter(TrainingAdapter):
             self.val_loader = DataLoader(data.val, sampler=range(run.rank, val_size, run.world_size), **common)
         self.log(
             f"Dataset {self.dataset_config.name or self.dataset_config.path}: {train_size} train, "
-            f"{val_size} val images, {len(self.classes)} classes, {self.image_size}x{self.image_size}"
+            f"{val_size} val images, {len(self.classes)} classes, {self.image_size}x{self.image_size}, normalised "
+            f"with mean {_rounded(self.mean)} and std {_rounded(self.std)}"
         )
         if run is not None:
             devices: list[Any] = [None] * run.world_size
@@ -310,9 +317,11 @@ class TimmAdapter(TrainingAdapter):
         datasets.check_num_classes(self.model_config, self.dataset_config, len(self.classes))
         num_classes = self.model_config.num_classes or len(self.classes)
         self.model_name = self.checkpoint_meta.get("model_name", self.model_config.name)
-        self.model = self._create_model(num_classes).to(self.device)
         if "state_dict" in self.checkpoint_meta:
-            self.model.load_state_dict(self.checkpoint_meta.pop("state_dict"))
+            model = self._model_from_checkpoint(num_classes)
+        else:
+            model = self._create_model(num_classes, self.image_size)
+        self.model = model.to(self.device)
         self.num_classes = num_classes
         # `model` stays the plain module (checkpoints, validation); `train_model` is what the training step runs.
         self.train_model: nn.Module = self.model
@@ -352,12 +361,51 @@ class TimmAdapter(TrainingAdapter):
             f"optimizer {optimizer_name}, schedule {schedule}, {warmup_steps} warm-up steps"
         )
 
-    def _create_model(self, num_classes: int) -> nn.Module:
+    def _model_from_checkpoint(self, num_classes: int) -> nn.Module:
+        """The checkpoint's model with its weights; a new classifier when the dataset's classes differ from its."""
+        meta = self.checkpoint_meta
+        saved_classes = [str(name) for name in meta.get("classes", [])]
+        saved_count = int(meta.get("num_classes") or len(saved_classes))
+        saved_size = int(meta.get("image_size") or self.image_size)
+        model = self._create_model(saved_count, saved_size)
+        model.load_state_dict(meta.pop("state_dict"))
+        if saved_size != self.image_size:
+            set_input_size = getattr(model, "set_input_size", None)
+            if _fixed_input_size(model) and set_input_size is None:
+                raise ConfigError(
+                    f"model_config.image_size: the checkpoint {self.model_config.name!r} was trained at "
+                    f"{saved_size}x{saved_size} and {self.model_name} cannot change its input size; "
+                    f"use image_size {saved_size}"
+                )
+            if set_input_size is not None:
+                set_input_size(img_size=(self.image_size, self.image_size))  # resizes the position embeddings
+        if saved_classes != self.classes or saved_count != num_classes:
+            cast(Any, model).reset_classifier(num_classes)  # every timm model has one
+            self.log(
+                f"The checkpoint {self.model_config.name!r} was trained on {_classes_text(saved_classes)}, "
+                f"the dataset has {_classes_text(self.classes)}: its classifier is replaced by a new one with "
+                f"{num_classes} outputs, trained from scratch; the rest of the model keeps the checkpoint's weights",
+                level="WARNING",
+            )
+        return model
+
+    def _create_model(self, num_classes: int, image_size: int) -> nn.Module:
+        """A timm model for `image_size` pixels: models built for one input size (ViT, Swin) take it as `img_size`."""
         name = self.model_name
         kwargs: dict[str, Any] = {"num_classes": num_classes}
         if "drop_rate" in self.advanced_config.extra:
             kwargs["drop_rate"] = float(self.advanced_config.extra["drop_rate"])
         pretrained = self.model_config.pretrained and "state_dict" not in self.checkpoint_meta
+        # Every model whose pretrained config says `fixed_input_size` takes `img_size` (timm's builder passes it);
+        # most others (CNNs) refuse it and take any size.
+        try:
+            return self._create_timm_model(name, pretrained, {**kwargs, "img_size": image_size})
+        except TypeError as error:
+            if "img_size" not in str(error):  # "... got an unexpected keyword argument 'img_size'"
+                raise
+        return self._create_timm_model(name, pretrained, kwargs)
+
+    def _create_timm_model(self, name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
         if not pretrained:
             return timm.create_model(name, pretrained=False, **kwargs)
         # huggingface_hub reads HF_HUB_OFFLINE once at import; a process that imported it before this module would
@@ -473,6 +521,20 @@ class TimmAdapter(TrainingAdapter):
         cfg = get_pretrained_cfg(str(self.checkpoint_meta.get("model_name", self.model_config.name)))
         return int(cfg.input_size[-1]) if cfg is not None else 224
 
+    def _normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The per-channel mean and std images are normalised with: the model's pretrained config's, or a
+        checkpoint's. A checkpoint written before they were stored was trained with ImageNet's."""
+        meta = self.checkpoint_meta
+        if meta:
+            mean = meta.get("mean", IMAGENET_DEFAULT_MEAN)
+            std = meta.get("std", IMAGENET_DEFAULT_STD)
+        else:
+            cfg = get_pretrained_cfg(self.model_config.name)
+            config = resolve_data_config(pretrained_cfg=cfg.to_dict()) if cfg is not None else {}
+            mean = config.get("mean", IMAGENET_DEFAULT_MEAN)
+            std = config.get("std", IMAGENET_DEFAULT_STD)
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
     def _checkpoint_metadata(self) -> dict[str, Any]:
         """The checkpoint given as model name, loaded; {} for a timm model name."""
         if not _is_checkpoint_path(self.model_config.name):
@@ -579,6 +641,8 @@ class TimmAdapter(TrainingAdapter):
             "num_classes": self.num_classes,
             "classes": self.classes,
             "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
             "epoch": epoch,
             "global_step": self.global_step,
             "metrics": dict(self.epoch_metrics),
@@ -599,6 +663,22 @@ class TimmAdapter(TrainingAdapter):
             partial.unlink(missing_ok=True)
             raise
         return self.last_checkpoint_path
+
+
+def _fixed_input_size(model: nn.Module) -> bool:
+    """Whether `model` was built for one input size (its pretrained config's `fixed_input_size`)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return bool(cfg.get("fixed_input_size"))
+
+
+def _rounded(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def _classes_text(classes: list[str], shown: int = 5) -> str:
+    """`3 classes (a, b, c)`, at most `shown` names."""
+    names = ", ".join(classes[:shown]) + (", ..." if len(classes) > shown else "")
+    return f"{len(classes)} classes ({names})"
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
