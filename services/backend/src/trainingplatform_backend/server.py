@@ -219,14 +219,9 @@ async def _serve_as_worker(settings: Settings) -> RunningServer:
 
 
 def _warn_of_a_password_in_argv(database_url: str | None) -> None:
-    """A WARNING when `--database-url` holds a password: every user of the host reads it in the process list."""
-    if not database_url:
-        return
-    try:
-        password = make_url(database_url).password
-    except (ValueError, SQLAlchemyError):  # a malformed URL fails the start with its own error
-        return
-    if password:
+    """A WARNING when `--database-url` holds a password (`user:pw@`, `?password=`, `?sslpassword=`): every user of
+    the host reads it in the process list."""
+    if database_url and db.secrets_of(database_url):  # its password, `?password=`, `?sslpassword=`
         log.warning(
             "--database-url holds a password, which every user of this host can read in the process list: "
             "set DATABASE_URL instead"
