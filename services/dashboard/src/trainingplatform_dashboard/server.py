@@ -84,14 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # uvicorn shuts down on SIGTERM or SIGINT, then raises the signal again for the handler it found: with these
     # handlers a stop asked for ends the process with exit code 0 (as the backend and the trainers), not killed by
     # SIGTERM (-15) or with a KeyboardInterrupt traceback. A signal before uvicorn serves ends it the same way.
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stop_signal, _stopped)
-    with sock:
-        try:
+    try:
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop_signal, _stopped)
+        with sock:
             server.run(sockets=[sock])
-        except _Stopped:
-            return 0
-    return 0 if server.started else 1
+        started = server.started
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):  # a signal from here on: the process ends with 0
+            signal.signal(stop_signal, signal.SIG_IGN)
+    except _Stopped:
+        return 0
+    return 0 if started else 1
 
 
 class _Stopped(BaseException):
