@@ -209,6 +209,9 @@ def test_trainer_settings_accept_the_trainer_environment(resolved: dict, name: s
     assert loaded.internal_auth_token == env_example()["INTERNAL_AUTH_TOKEN"]
     assert loaded.metrics_port == 9090
     assert not {"DATABASE_URL", "POSTGRES_PASSWORD"} & set(env), "trainers never see the database"
+    # Data sets and local .pt models (docs/deployment.md: `/models/yolo11n.pt`) are both paths StartTraining checks
+    # against the data roots: /datasets alone refused every local model.
+    assert {Path("/datasets"), Path("/models")} <= set(loaded.data_roots), loaded.data_roots
 
 
 @pytest.mark.parametrize("name", TRAINERS)
