@@ -107,12 +107,20 @@ _WORKER_WRAPPER = re.compile(r"Caught \w+ in [^\n]*\.\nOriginal Traceback \(most
 
 
 def _error_message(error: BaseException) -> str:
-    """`Type: message` of a failure, for the job's error; a DataLoader worker's exception as its traceback's last
-    line (the original `Type: message`), without the traceback torch wraps around it."""
+    """`Type: message` of a failure, for the job's error; a DataLoader worker's exception as the end of its
+    traceback (the original `Type: message`, every line of the message and its notes), without the traceback
+    torch wraps around it."""
     text = str(error)
     if _WORKER_WRAPPER.match(text):
-        lines = [line for line in text.splitlines() if line.strip()]
-        return lines[-1].strip()
+        lines = text.rstrip().splitlines()
+        # The exception's own lines follow the last traceback's frames, which are indented: a multi-line message,
+        # a note or a message line that looks like `Type: message` stays whole.
+        starts = [i for i, line in enumerate(lines) if line.endswith("Traceback (most recent call last):")]
+        rest = lines[starts[-1] + 1 :]
+        first = next((i for i, line in enumerate(rest) if line.strip() and not line[0].isspace()), None)
+        if first is not None:
+            return "\n".join(rest[first:])
+        return next(line.strip() for line in reversed(lines) if line.strip())
     return f"{type(error).__name__}: {text}"
 
 
