@@ -77,3 +77,15 @@ def backend(database_url: str, tmp_path: Path) -> Iterator[BackendProcess]:
         yield process
     finally:
         process.close()
+
+
+@pytest.fixture(scope="module")
+def module_backend(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendProcess]:
+    """A backend shared by a module's tests, once per database: for tests that each make their own job and look at
+    nothing else (a backend start costs about a second of CPU, and the suite is CPU-bound)."""
+    process = BackendProcess(module_database_url, tmp_path_factory.mktemp("module-backend") / "backend-data")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.close()

@@ -50,11 +50,11 @@ def test_gaps_are_accepted_and_counted(backend):
 
 @pytest.mark.parametrize("form", ["points", "columns"])
 @pytest.mark.parametrize("count", [1, 63, 64, 65, 203])
-def test_every_row_of_a_batch_is_stored_exactly_once_whatever_its_size(backend, count, form):
+def test_every_row_of_a_batch_is_stored_exactly_once_whatever_its_size(module_backend, count, form):
     """Batches are inserted in statements of several rows (SQLite): sizes around and past one statement's rows keep
     every field of every row, and count exactly what a resend stored and what it found there already, whether the
     points came as messages or as columns."""
-    job_id, token = backend.create_job()
+    job_id, token = module_backend.create_job()
     sent = {
         seq: (f"loss/{seq % 3}", seq / 7, seq if seq % 2 else None, seq // 5 if seq % 3 else None, 1.7e9 + seq / 3)
         for seq in range(1, 2 * count)
@@ -69,7 +69,7 @@ def test_every_row_of_a_batch_is_stored_exactly_once_whatever_its_size(backend, 
             return as_columns(message)
         return message
 
-    telemetry = backend.telemetry()
+    telemetry = module_backend.telemetry()
     odd = telemetry.StreamMetrics(iter([request(range(1, 2 * count, 2))]), metadata=auth(token))
     assert (odd.points_committed, odd.missing_sequences) == (count, count - 1)
     # Every sequence again: the even ones fill the holes below the cursor, the odd ones are already there.
@@ -79,7 +79,7 @@ def test_every_row_of_a_batch_is_stored_exactly_once_whatever_its_size(backend, 
         count,
         2 * count - 1,
     )
-    assert backend.metric_rows(job_id) == [(seq, *fields) for seq, fields in sent.items()]
+    assert module_backend.metric_rows(job_id) == [(seq, *fields) for seq, fields in sent.items()]
 
 
 def as_columns(request: telemetry_pb2.StreamMetricsRequest) -> telemetry_pb2.StreamMetricsRequest:
@@ -263,16 +263,16 @@ def test_log_records_are_stored_with_truncation_of_long_text(backend):
 
 
 @pytest.mark.parametrize("page_size", [1, 3, 1000])
-def test_history_pages_cover_everything_once(backend, page_size):
-    job_id, token = backend.create_job()
+def test_history_pages_cover_everything_once(module_backend, page_size):
+    job_id, token = module_backend.create_job()
     request = telemetry_pb2.StreamMetricsRequest(job_id=job_id)
     for seq in range(1, 11):
         request.points.add(key="a" if seq % 2 else "b", value=seq, wall_time=1.0, sequence=seq)
-    backend.telemetry().StreamMetrics(iter([request]), metadata=auth(token))
+    module_backend.telemetry().StreamMetrics(iter([request]), metadata=auth(token))
     seen: list[int] = []
     token_ = ""
     while True:
-        page = backend.jobs().ListMetrics(
+        page = module_backend.jobs().ListMetrics(
             jobs_pb2.ListMetricsRequest(job_id=job_id, keys=["a"], page_size=page_size, page_token=token_),
             metadata=auth(token),
         )

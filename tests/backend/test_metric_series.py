@@ -192,11 +192,11 @@ def test_an_empty_job_has_no_series(job: _Job):
         {"keys": [f"k{i}" for i in range(1001)]},
     ],
 )
-def test_bad_input_is_invalid_argument(backend: BackendProcess, fields: dict[str, object]):
-    job_id, _ = backend.create_job()
+def test_bad_input_is_invalid_argument(module_backend: BackendProcess, fields: dict[str, object]):
+    job_id, _ = module_backend.create_job()
     request = jobs_pb2.GetMetricSeriesRequest(job_id=job_id, **fields)  # type: ignore[arg-type]
     with pytest.raises(grpc.RpcError) as raised:
-        backend.jobs().GetMetricSeries(request, metadata=auth(backend.internal_token), timeout=10)
+        module_backend.jobs().GetMetricSeries(request, metadata=auth(module_backend.internal_token), timeout=10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
 
 

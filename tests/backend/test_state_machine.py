@@ -72,17 +72,17 @@ def test_failed_keeps_the_error_message_and_detail(backend):
         ((), S.JOB_STATUS_COMPLETED),
     ],
 )
-def test_invalid_transitions_are_refused_naming_the_current_status(backend, path, invalid):
-    job_id, token = backend.create_job()
+def test_invalid_transitions_are_refused_naming_the_current_status(module_backend, path, invalid):
+    job_id, token = module_backend.create_job()
     for status in path:
-        update(backend, job_id, token, status)
-    before = backend.status_events(job_id)
+        update(module_backend, job_id, token, status)
+    before = module_backend.status_events(job_id)
     with pytest.raises(grpc.RpcError) as refused:
-        update(backend, job_id, token, invalid)
+        update(module_backend, job_id, token, invalid)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    current = backend.job_status(job_id)
+    current = module_backend.job_status(job_id)
     assert f"job is {current}" in refused.value.details()
-    assert backend.status_events(job_id) == before  # nothing stored
+    assert module_backend.status_events(job_id) == before  # nothing stored
 
 
 def test_cancel_from_pending_queued_and_running_and_not_after_completion(backend):

@@ -213,25 +213,25 @@ def _collect(backend: BackendProcess, job_id: str, token: str, **kwargs) -> Coll
 @pytest.mark.parametrize(
     "terminal", [common_pb2.JOB_STATUS_COMPLETED, common_pb2.JOB_STATUS_FAILED, common_pb2.JOB_STATUS_CANCELLED]
 )
-def test_a_resubscription_to_an_ended_job_ends_whatever_the_cursor(backend, terminal):
-    job_id, token = backend.create_job()
-    stream(backend, job_id, token, 1, 1500)
-    set_status(backend, job_id, token, common_pb2.JOB_STATUS_RUNNING)
-    set_status(backend, job_id, token, terminal)
-    first = _collect(backend, job_id, token)
+def test_a_resubscription_to_an_ended_job_ends_whatever_the_cursor(module_backend, terminal):
+    job_id, token = module_backend.create_job()
+    stream(module_backend, job_id, token, 1, 1500)
+    set_status(module_backend, job_id, token, common_pb2.JOB_STATUS_RUNNING)
+    set_status(module_backend, job_id, token, terminal)
+    first = _collect(module_backend, job_id, token)
     first.join(30)
     assert not first.is_alive() and first.error is None
     assert first.metric_sequences == list(range(1, 1501))
     # Resuming from the last cursor (what the Python and Node clients do after an error): nothing lies after
     # it, and the stream must still end rather than run until the deadline.
-    resumed = _collect(backend, job_id, token, after=first.last_cursor)
+    resumed = _collect(module_backend, job_id, token, after=first.last_cursor)
     resumed.join(30)
     assert not resumed.is_alive(), "a resubscription to an ended job must end"
     assert resumed.error is None
     assert resumed.metric_sequences == [] and resumed.statuses == []
     # Past the terminal status event, with telemetry left after the cursor: sent, then the end.
     after = jobs_pb2.TelemetryCursor(metric_sequence=1000, status_sequence=3)
-    partial = _collect(backend, job_id, token, after=after)
+    partial = _collect(module_backend, job_id, token, after=after)
     partial.join(30)
     assert not partial.is_alive() and partial.error is None
     assert partial.metric_sequences == list(range(1001, 1501))
@@ -243,12 +243,12 @@ def test_a_resubscription_to_an_ended_job_ends_whatever_the_cursor(backend, term
         status_sequence=99,
         epoch_summary_sequence=MAX_EPOCH + 1,
     )
-    far = _collect(backend, job_id, token, after=beyond)
+    far = _collect(module_backend, job_id, token, after=beyond)
     far.join(30)
     assert not far.is_alive() and far.error is None
     assert far.order == []
     # keep_following still keeps the stream open.
-    following = _collect(backend, job_id, token, after=first.last_cursor, keep_following=True)
+    following = _collect(module_backend, job_id, token, after=first.last_cursor, keep_following=True)
     following.join(2)
     assert following.is_alive()
     following.call.cancel()
