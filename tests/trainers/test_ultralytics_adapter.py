@@ -364,6 +364,7 @@ def test_a_stop_skips_the_validation_of_the_partial_epoch_and_of_best_pt(tmp_pat
     assert result.status == Status.CANCELLED and result.epochs_completed == 1
     assert validations == [BATCHES_PER_EPOCH]  # epoch 0's validation only
     assert result.last_checkpoint is not None and result.last_checkpoint.exists()
+    assert result.best_checkpoint is not None  # epoch 0's, validated
     assert not any(m.startswith("Final validation of best.pt") for m in sink.messages("INFO"))
 
 
@@ -408,3 +409,20 @@ def test_the_amp_check_never_downloads_and_weights_stay_under_the_config_dir(tmp
 
     weights = (config_dir / "weights").resolve()
     assert Path(utils.SETTINGS["weights_dir"]) == weights and weights == utils.WEIGHTS_DIR
+
+
+def test_a_stop_in_the_first_epoch_strips_last_pt_and_returns_no_best_pt(tmp_path) -> None:
+    # Skipping ultralytics' final_eval on a stop also skipped its strip_optimizer(last.pt): the cancelled job
+    # uploaded a last.pt with its optimizer state and EMA. And with no epoch validated, ultralytics' `best_fitness
+    # == fitness` (None == None) wrote best.pt from the partial epoch, which the result named as the best.
+    import torch
+
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink, epochs=2, log_every_n_steps=1, advanced={"mosaic": 0.0})
+    sink.on_metric = lambda p: adapter.request_stop() if p.key == "train/batch_loss" and p.step == 1 else None
+    result = adapter.train()
+    assert result.status == Status.CANCELLED and result.epochs_completed == 0
+    assert result.best_checkpoint is None
+    assert result.last_checkpoint is not None
+    checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+    assert checkpoint["optimizer"] is None and checkpoint["ema"] is None and checkpoint["model"] is not None

@@ -21,7 +21,9 @@ per-epoch points. With `extra.val = false` ultralytics validates only the last e
 
 A stop (`request_stop()`, a cancel) ends the epoch at the next batch and saves last.pt with no validation after
 it: neither the partial epoch nor best.pt (ultralytics' final evaluation) is validated, so that last.pt is saved
-and uploaded within the cancel's grace period however large the validation set.
+and uploaded within the cancel's grace period however large the validation set. last.pt is still stripped of its
+optimizer state and training EMA, as ultralytics' final evaluation does, which makes it 3-5x smaller. The result
+names best.pt only once an epoch was validated: before that, ultralytics writes it from unvalidated weights.
 
 `advanced_config` maps onto ultralytics' train arguments: optimizer (sgd, adam, adamw, nadam, radam, rmsprop,
 adamax, musgd, auto), weight_decay, momentum, warmup_epochs, seed, mixed_precision -> amp, lr_scheduler (cosine ->
@@ -217,6 +219,8 @@ class UltralyticsAdapter(TrainingAdapter):
         self._stopped_in_epoch = False
         #: Whether ultralytics validated the current epoch (with `val=false` only the last one is).
         self._validated = False
+        #: Whether ultralytics validated an epoch (and so chose best.pt by its fitness).
+        self._any_validated = False
         self._num_threads = 0
         self._prepared = False
 
@@ -282,7 +286,9 @@ class UltralyticsAdapter(TrainingAdapter):
 
         if self.last_checkpoint_path.exists():
             self._result.last_checkpoint = self.last_checkpoint_path
-        if self.best_checkpoint_path.exists():
+        if self.best_checkpoint_path.exists() and self._any_validated:
+            # Without a validated epoch ultralytics' `best_fitness == fitness` (None == None) wrote best.pt from
+            # the weights of the last (possibly partial) epoch: not a best checkpoint.
             self._result.best_checkpoint = self.best_checkpoint_path
         if self.stop_requested:
             self._result.status = Status.CANCELLED
@@ -377,11 +383,19 @@ class UltralyticsAdapter(TrainingAdapter):
                 # grace. The previous metrics and no fitness: the stopper stays put and best.pt is not replaced.
                 return trainer.metrics, None
             self._validated = True
-            return validate()
+            metrics, fitness = validate()
+            if fitness is not None:
+                self._any_validated = True
+            return metrics, fitness
 
         def final_eval_unless_stopped() -> None:
             if self.stop_requested:
                 self.log("Stopped: the final validation of best.pt is skipped")
+                # What final_eval does first, without validating: last.pt without optimizer state and EMA.
+                from ultralytics.utils.torch_utils import strip_optimizer
+
+                if trainer.last.exists():
+                    strip_optimizer(trainer.last)
                 return
             final_eval()
 
