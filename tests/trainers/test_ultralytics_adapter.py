@@ -386,10 +386,11 @@ def test_epochs_without_validation_report_no_validation_metrics(tmp_path) -> Non
 
 def test_the_amp_check_never_downloads_and_weights_stay_under_the_config_dir(tmp_path, monkeypatch) -> None:
     # With amp on (the default) on CUDA, ultralytics' check_amp loaded WEIGHTS_DIR/yolo26n.pt, downloading it from
-    # GitHub, with WEIGHTS_DIR outside the output directory. A model on the meta device takes the same path on CPU.
+    # GitHub, with WEIGHTS_DIR outside the output directory. A model on the meta device takes the same path on CPU:
+    # ultralytics' own trainer setup runs up to its data loaders, its AMP check included, with that model.
     import torch
     from trainingplatform_trainer_ultralytics import offline
-    from ultralytics.engine import trainer
+    from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils import downloads
 
     config_dir = tmp_path / "cfg"
@@ -401,10 +402,26 @@ def test_the_amp_check_never_downloads_and_weights_stay_under_the_config_dir(tmp
         raise ConnectionError("no network in this test")
 
     monkeypatch.setattr(downloads, "safe_download", no_network)
-    assert trainer.check_amp is offline.check_amp
-    assert trainer.check_amp(torch.nn.Linear(2, 2, device="meta")) is True
-    assert trainer.check_amp(torch.nn.Linear(2, 2)) is False  # AMP is for CUDA only, as in ultralytics
+
+    class LoadersReached(Exception):
+        pass
+
+    class MetaDeviceTrainer(DetectionTrainer):
+        def set_model_attributes(self) -> None:  # the last step before the AMP check that sees the model
+            super().set_model_attributes()
+            self.model = self.model.to("meta")
+
+        def get_dataloader(self, *args, **kwargs):  # the first step after it
+            raise LoadersReached
+
+    data_yaml = write_shapes_dataset(tmp_path / "ds", train_images=2, val_images=1, image_size=32)
+    overrides = {"model": "yolo11n.yaml", "data": str(data_yaml), "imgsz": 32, "device": "cpu", "batch": 2}
+    trainer = MetaDeviceTrainer(overrides={**overrides, "project": str(tmp_path), "name": "run", "plots": False})
+    with pytest.raises(LoadersReached):
+        trainer._setup_train()
     assert downloaded == []
+    assert trainer.args.amp is True and trainer.amp is True  # AMP on, as ultralytics decides off-line
+    assert offline.check_amp(torch.nn.Linear(2, 2)) is False  # AMP is for CUDA only, as in ultralytics
     from ultralytics import utils
 
     weights = (config_dir / "weights").resolve()
