@@ -96,6 +96,18 @@ def test_bad_advanced_values_are_rejected_naming_the_key(data: dict, message: st
     assert message in str(raised.value)
 
 
+def test_a_framework_s_bounds_honour_an_open_highest_value() -> None:
+    # The ultralytics adapter checked its bounds with its own loop, which took every highest value as allowed.
+    bounds = {"momentum": (0.0, 0.9, True), "augmentation.scale": (0.0, 0.5, False)}
+    AdvancedConfig.from_mapping({"momentum": 0.89, "augmentation": {"scale": 0.5}}).check_bounds(bounds, "fw")
+    with pytest.raises(ConfigError, match=r"^advanced_config\.momentum: must be in \[0, 0\.9\) for fw, got 0\.9$"):
+        AdvancedConfig.from_mapping({"momentum": 0.9}).check_bounds(bounds, "fw")
+    with pytest.raises(
+        ConfigError, match=r"^advanced_config\.augmentation\.scale: must be in \[0, 0\.5\] for fw, got 0\.75"
+    ):
+        AdvancedConfig.from_mapping({"augmentation": {"scale": 0.75}}).check_bounds(bounds, "fw")
+
+
 @pytest.mark.parametrize(
     ("cls", "data", "message"),
     [

@@ -168,6 +168,11 @@ def test_missing_dataset_and_bad_options_are_clear_errors(tmp_path) -> None:
         make_adapter(tmp_path, RecordingSink(), advanced={"num_threads": 0}).train()
     with pytest.raises(ConfigError, match=r"advanced_config\.optimizer: ultralytics supports"):
         make_adapter(tmp_path, RecordingSink(), advanced={"optimizer": "lamb"}).train()
+    # Without the trainer service (tp-train), with its message.
+    with pytest.raises(
+        ConfigError, match=r"^advanced_config\.weight_decay: must be in \[0, 1\] for ultralytics, got 5$"
+    ):
+        make_adapter(tmp_path, RecordingSink(), advanced={"weight_decay": 5.0}).check()
 
 
 def test_shapes_dataset_is_deterministic(tmp_path) -> None:

@@ -414,6 +414,23 @@ class AdvancedConfig(_Config):
             message.extra.update(self.extra)
         return message
 
+    def check_bounds(self, bounds: Mapping[str, tuple[float, float, bool]], framework: str) -> None:
+        """Checks typed fields against a framework's narrower bounds (`FrameworkDescription.advanced_bounds`):
+        {field, or `augmentation.<field>`: (lowest, highest, whether the highest itself is refused)}. The trainer
+        service runs this at submit; an adapter may run it again for a run without the service (tp-train).
+
+        Raises:
+            ConfigError: A field outside its bounds; the message names the field, the bounds and the framework.
+        """
+        for key, (low, high, high_open) in bounds.items():
+            *parents, name = key.split(".")
+            value = getattr(self.augmentation if parents else self, name)
+            if value is not None and not (low <= value and (value < high if high_open else value <= high)):
+                bracket = ")" if high_open else "]"
+                raise ConfigError(
+                    f"advanced_config.{key}: must be in [{low:g}, {high:g}{bracket} for {framework}, got {value:g}"
+                )
+
 
 @dataclass
 class MetricsResult:

@@ -160,15 +160,7 @@ def _check_advanced(job: JobRequest, catalog: Catalog) -> None:
     accepts."""
     description = catalog.description
     advanced = job.advanced
-    for key, (low, high, high_open) in description.advanced_bounds.items():
-        *parents, name = key.split(".")
-        value = getattr(advanced.augmentation if parents else advanced, name)
-        if value is not None and not (low <= value and (value < high if high_open else value <= high)):
-            bracket = ")" if high_open else "]"
-            raise InvalidArgumentError(
-                f"advanced_config.{key}: must be in [{low:g}, {high:g}{bracket} for {description.framework}, "
-                f"got {value:g}"
-            )
+    advanced.check_bounds(description.advanced_bounds, description.framework)  # ConfigError: InvalidArgumentError
     optimizers = catalog.optimizers()
     if advanced.optimizer is not None and optimizers is not None:
         name = advanced.optimizer.lower()

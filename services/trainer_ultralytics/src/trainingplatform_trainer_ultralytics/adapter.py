@@ -160,21 +160,19 @@ def check_pretrained(model: ModelConfig) -> None:
 def check_fractions(training: TrainingConfig, advanced: AdvancedConfig) -> None:
     """lr0 and weight_decay are fractions for ultralytics: above 1 its `check_cfg` fails the training at start.
 
-    The trainer service runs this at StartTraining (server.py's `check_job`; `ADVANCED_BOUNDS` refuses the weight
-    decay there first), the adapter again in `check()`.
+    The trainer service runs this at StartTraining (server.py's `check_job`), after its own check of
+    `ADVANCED_BOUNDS` (the weight decay), which is the same `AdvancedConfig.check_bounds`; the adapter runs it
+    again in `check()`, also for a run without the service (tp-train).
 
     Raises:
-        ConfigError: training_config.learning_rate or advanced_config.weight_decay above 1.
+        ConfigError: training_config.learning_rate above 1, or a field of `ADVANCED_BOUNDS` outside its bounds.
     """
     if training.learning_rate > 1:
         raise ConfigError(
             "training_config.learning_rate: must be in [0, 1] for ultralytics (its lr0), "
             f"got {training.learning_rate:g}"
         )
-    for key, (low, high, _) in ADVANCED_BOUNDS.items():
-        value = getattr(advanced, key)
-        if value is not None and not low <= value <= high:
-            raise ConfigError(f"advanced_config.{key}: must be in [{low:g}, {high:g}] for ultralytics, got {value:g}")
+    advanced.check_bounds(ADVANCED_BOUNDS, UltralyticsAdapter.framework)
 
 
 def loader_workers_ignore_stop_signals() -> None:

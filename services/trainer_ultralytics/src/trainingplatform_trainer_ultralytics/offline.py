@@ -27,7 +27,8 @@ __all__ = ["INTEGRATIONS", "check_amp", "prepare_offline", "set_threads"]
 
 #: Ultralytics' experiment-tracker integrations, all disabled: the platform tracks runs itself.
 INTEGRATIONS = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
-#: GPUs ultralytics' own check_amp turns AMP off for (NaN losses or zero mAP with AMP), its pattern.
+#: GPUs ultralytics' own check_amp turns AMP off for (NaN losses or zero mAP with AMP), its pattern, copied from
+#: ultralytics 8.4.190 (ultralytics/utils/checks.py, check_amp): compare it there when upgrading ultralytics.
 _AMP_BROKEN_GPUS = re.compile(
     r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)", re.IGNORECASE
 )
@@ -79,9 +80,9 @@ def check_amp(model: Any) -> bool:
 
     Ultralytics' own compares FP32 and AMP detections of yolo26n.pt, downloading it from GitHub when it is not in
     its weights directory (trainers never download; on a host without internet the attempt only costs time). This
-    keeps its other decisions, without the model comparison: no AMP on the CPU or MPS, none on the GPUs ultralytics knows AMP breaks on
-    (with the same warning), AMP on any other device. A job whose losses turn NaN with AMP sets
-    `advanced_config.mixed_precision` to false.
+    keeps its other decisions, without the model comparison: no AMP on the CPU or MPS, none on the GPUs
+    ultralytics knows AMP breaks on (`_AMP_BROKEN_GPUS`, with the same warning), AMP on any other device. A job
+    whose losses turn NaN with AMP sets `advanced_config.mixed_precision` to false.
     """
     import torch
     from ultralytics.utils import LOGGER
