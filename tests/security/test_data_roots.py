@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from PIL import Image
 from support.backend import BackendProcess, auth
 from trainer_service.trainer_process import FAKE_ADAPTER, TrainerProcess, spec
 from trainingplatform.jobs.v1 import jobs_pb2
@@ -23,6 +24,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for where in (data_root / "inside", base / "outside"):
         for split in ("train", "val"):
             (where / split / "cat").mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(where / split / "cat" / "0.png")  # a class folder without images is refused
     (data_root / "escape").symlink_to(base / "outside")
     (data_root / "inner").symlink_to(data_root / "inside")  # a symlink that stays inside is fine
     return data_root

@@ -78,6 +78,36 @@ def test_timm_num_classes_below_a_builtin_datasets_classes_is_refused(
     assert details == "model_config.num_classes is 1 but the dataset has 10 classes"
 
 
+@pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
+def test_timm_image_folder_layout_errors_are_refused(
+    timm: TrainerProcess, tmp_path_factory: pytest.TempPathFactory, validate_only: bool
+) -> None:
+    # An empty class folder failed the job after it started, with torchvision's "Found no valid file for the
+    # classes b." naming neither the split nor the path.
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("layout")
+    for split, classes in (("train", ("a", "b")), ("val", ("a", "b"))):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+    for split in ("train", "val"):
+        Image.new("RGB", (8, 8)).save(root / split / "a" / "0.png")
+    Image.new("RGB", (8, 8)).save(root / "train" / "b" / "0.png")
+    job_spec = spec(dataset="mine", path=str(root))
+    details = _refused(timm, f"empty-class-{validate_only}", job_spec, validate_only=validate_only)
+    assert details == (
+        f"dataset split '{root / 'val'}': the class folder(s) 'b' hold no image file; put at least one image in "
+        "each class folder of train/ and of val/, or remove the class from both"
+    )
+    (root / "val" / "b").rmdir()
+    details = _refused(timm, f"other-classes-{validate_only}", job_spec, validate_only=validate_only)
+    assert details == f"dataset {str(root)!r}: train/ and val/ have different classes (['a', 'b'] vs ['a'])"
+    (root / "val" / "b").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "val" / "b" / "0.png")
+    request = trainer_pb2.StartTrainingRequest(job_id=f"layout-ok-{validate_only}", spec=job_spec, validate_only=True)
+    assert timm.stub.StartTraining(request, metadata=timm.metadata, timeout=60).run_id == ""
+
+
 def test_timm_num_classes_of_a_builtin_dataset_or_more_is_accepted(timm: TrainerProcess) -> None:
     for num_classes in (10, 12):
         job_spec = spec()

@@ -141,3 +141,60 @@ def test_a_truncated_image_read_in_a_loader_worker_fails_the_job_naming_the_file
     assert error.startswith(f"OSError: cannot read image {broken}: image file is truncated"), error
     assert "\n" not in error and "Traceback" not in error and "DataLoader worker" not in error
     assert "Traceback" in detail and "DataLoader worker process 0" in detail and str(broken) in detail
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_empty_class_folder_fails_the_job_naming_the_split_and_the_folder(tmp_path, split) -> None:
+    # The job failed with torchvision's "FileNotFoundError: Found no valid file for the classes b. Supported
+    # extensions are: ...", which named neither the split nor the data set.
+    from trainingplatform_sdk.training import train
+
+    root = tmp_path / "images"
+    _folder(root, {"a": [], "b": [], "c": []})
+    for cls in ("b", "c"):
+        for image in (root / split / cls).iterdir():
+            image.unlink()
+    (root / split / "c" / "readme.txt").write_text("not an image")
+    sink = RecordingSink()
+    code = train.run_job(
+        job_id="job-empty-class",
+        framework="timm",
+        model_config={"name": "resnet10t", "image_size": 16},
+        dataset_config={"path": str(root)},
+        training_config={"epochs": 1, "batch_size": 4, "device": "cpu"},
+        advanced_config={},
+        output_dir=tmp_path / "out",
+        logger=sink,
+    )
+    assert code == train.EXIT_FAILED
+    error = sink.status_calls()[-1][1]
+    assert error == (
+        f"ConfigError: dataset split '{root / split}': the class folder(s) 'b', 'c' hold no image file; put at "
+        "least one image in each class folder of train/ and of val/, or remove the class from both"
+    )
+
+
+def test_a_split_without_class_folders_is_an_error_naming_it(tmp_path) -> None:
+    # Images straight in train/ and val/: torchvision said "Couldn't find any class folder in .../train."
+    from trainingplatform_sdk.spec.configs import ConfigError
+    from trainingplatform_trainer_timm.datasets import check_dataset
+
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "x.png")
+    with pytest.raises(ConfigError, match=rf"^dataset split '{tmp_path / 'train'}' has no class folders: .*train/cat"):
+        check_dataset(DatasetConfig(path=str(tmp_path)))
+
+
+def test_images_in_nested_folders_of_a_class_count(tmp_path) -> None:
+    # ImageFolder reads a class's images anywhere below its folder: such a class is not empty.
+    root = tmp_path / "data"
+    _folder(root, {"a": [], "b": []})
+    for split in ("train", "val"):
+        (root / split / "b" / "more").mkdir()
+        for image in list((root / split / "b").glob("*.png")):
+            image.rename(root / split / "b" / "more" / image.name)
+    data = load_classification_data(
+        DatasetConfig(path=str(root)), 16, Augmentation(), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+    )
+    assert data.classes == ["a", "b"] and len(data.train) == 6

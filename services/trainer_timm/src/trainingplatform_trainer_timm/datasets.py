@@ -7,6 +7,7 @@ train/val split (1437 / 360 images) so every run and every test sees the same da
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,11 +131,16 @@ class TensorImageDataset(Dataset):
 
 
 def check_dataset(config: DatasetConfig) -> None:
-    """Checks that the dataset exists, without loading it.
+    """Checks that the dataset exists and has the ImageFolder layout, without loading any image.
+
+    Each of train/ and val/ must hold class folders, the same ones, each with at least one image file (an
+    extension `image_extensions()` lists, anywhere below it): torchvision's ImageFolder otherwise fails with a
+    message that names neither the split nor the path. The trainer service runs this at StartTraining.
 
     Raises:
         FileNotFoundError: The ImageFolder directory or its train/ or val/ subdirectory does not exist.
-        ConfigError: An unknown built-in name, or a format the timm trainer does not read.
+        ConfigError: An unknown built-in name, a format the timm trainer does not read, a split without class
+            folders or with a class folder without images, or train/ and val/ with different classes.
     """
     fmt = config.resolved_format
     if fmt == "builtin":
@@ -154,6 +160,40 @@ def check_dataset(config: DatasetConfig) -> None:
             raise FileNotFoundError(
                 f"dataset path {config.path!r} has no {split}/ directory (an ImageFolder dataset needs train/ and val/)"
             )
+    train, val = (_class_folders(root / split) for split in ("train", "val"))
+    if train != val:
+        raise ConfigError(f"dataset {config.path!r}: train/ and val/ have different classes ({train} vs {val})")
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    """The class folder names of one split, sorted as ImageFolder sorts them, once each is known to hold an image.
+
+    Raises:
+        ConfigError: No class folder, or class folders without an image file.
+    """
+    # ImageFolder's own rules: every subdirectory is a class (symbolic links followed), its images anywhere below.
+    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    if not classes:
+        raise ConfigError(
+            f"dataset split {str(split_dir)!r} has no class folders: an ImageFolder split holds one folder per "
+            "class, with that class's images in it (e.g. train/cat/1.jpg)"
+        )
+    extensions = image_extensions()
+    empty = [name for name in classes if not _holds_image(split_dir / name, extensions)]
+    if empty:
+        shown = ", ".join(repr(name) for name in empty[:10]) + (
+            f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        )
+        raise ConfigError(
+            f"dataset split {str(split_dir)!r}: the class folder(s) {shown} hold no image file; put at least one "
+            "image in each class folder of train/ and of val/, or remove the class from both"
+        )
+    return classes
+
+
+def _holds_image(folder: Path, extensions: tuple[str, ...]) -> bool:
+    """Whether any file below `folder` has an image extension; stops at the first."""
+    return any(name.lower().endswith(extensions) for _, _, files in os.walk(folder, followlinks=True) for name in files)
 
 
 def check_num_classes(model: ModelConfig, dataset: DatasetConfig, dataset_classes: int | None = None) -> None:
@@ -221,7 +261,7 @@ def load_classification_data(
 
     train = folder("train", v2.Compose([*to_tensor, *sizing, *train_augment, normalize]))
     val = folder("val", v2.Compose([*to_tensor, resize, normalize]))
-    if train.classes != val.classes:
+    if train.classes != val.classes:  # changed on disk since check_dataset
         raise ConfigError(
             f"dataset {config.path!r}: train/ and val/ have different classes ({train.classes} vs {val.classes})"
         )
