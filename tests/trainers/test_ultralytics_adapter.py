@@ -448,3 +448,20 @@ def test_a_stop_in_the_first_epoch_strips_last_pt_and_returns_no_best_pt(tmp_pat
     assert result.last_checkpoint is not None
     checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
     assert checkpoint["optimizer"] is None and checkpoint["ema"] is None and checkpoint["model"] is not None
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_training_writes_nothing_into_the_data_set_directory(tmp_path) -> None:
+    # Ultralytics wrote labels/train.cache and labels/val.cache beside the data set's labels: jobs on the same data
+    # set rewrote each other's, and a read-only data set mount made it warn. They go under the run's directory.
+    data_yaml = write_shapes_dataset(tmp_path / "ds", image_size=64)
+    before = _files(tmp_path / "ds")
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink, dataset=DatasetConfig(path=str(data_yaml)), advanced={"mosaic": 0.0})
+    assert adapter.train().status == Status.COMPLETED
+    assert _files(tmp_path / "ds") == before
+    caches = sorted(p.name for p in (tmp_path / "out" / ".ultralytics" / "label_caches").iterdir())
+    assert [name.rsplit("-", 1)[-1] for name in caches] == ["train.cache", "val.cache"], caches

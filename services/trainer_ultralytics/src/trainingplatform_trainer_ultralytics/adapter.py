@@ -39,7 +39,10 @@ says so in the job log; an explicit `optimizer: auto` is kept, with a warning. l
 fractions in [0, 1] for ultralytics (`check_fractions`).
 
 Checkpoints are ultralytics' own: `output_dir/weights/best.pt` and `last.pt`. Everything ultralytics writes
-(settings, font, plots, label caches, the `shapes` dataset) stays under `output_dir` — see offline.py.
+(settings, font, plots, label caches, the `shapes` dataset) stays under `output_dir` — see offline.py. Nothing is
+written into the data set's directory, except by two ultralytics behaviours left as they are: `extra.cache: disk`
+saves each image as a `.npy` beside it, and a JPEG with a corrupt end is rewritten in place (ultralytics' "corrupt
+JPEG restored and saved").
 """
 
 from __future__ import annotations

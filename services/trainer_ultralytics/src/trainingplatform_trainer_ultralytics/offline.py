@@ -9,13 +9,17 @@ thread defaults are read once, at import. Out of the box, on a machine without i
   MLflow run beside the platform's own;
 - sets OMP_NUM_THREADS=1 when it is unset, and resets torch to `cpu_count - 1` threads (1 on 2 cores) on CPU;
 - with amp on (its default) on CUDA, checks AMP by running yolo26n.pt from its weights directory (by default
-  `weights/` in the working directory), downloading it from GitHub when it is not there.
+  `weights/` in the working directory), downloading it from GitHub when it is not there;
+- writes its label caches (`labels/train.cache`, `labels/val.cache`) into the data set's own directory, which
+  jobs on the same data set then rewrite under each other, and which a read-only data set mount refuses.
 
-This module turns all of that off. It imports ultralytics itself, after setting the environment.
+This module turns all of that off, and keeps the label caches under the run's configuration directory
+(`label_caches/`). It imports ultralytics itself, after setting the environment.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -23,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["INTEGRATIONS", "check_amp", "prepare_offline", "set_threads"]
+__all__ = ["INTEGRATIONS", "check_amp", "label_cache_path", "prepare_offline", "set_threads"]
 
 #: Ultralytics' experiment-tracker integrations, all disabled: the platform tracks runs itself.
 INTEGRATIONS = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
@@ -32,6 +36,8 @@ INTEGRATIONS = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "
 _AMP_BROKEN_GPUS = re.compile(
     r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)", re.IGNORECASE
 )
+#: Where the label caches of the run that prepared ultralytics last go (`prepare_offline`); None: not prepared.
+_label_cache_dir: Path | None = None
 
 
 def prepare_offline(config_dir: str | Path, num_threads: int) -> Path:
@@ -71,8 +77,40 @@ def prepare_offline(config_dir: str | Path, num_threads: int) -> Path:
 
     ultralytics.utils.WEIGHTS_DIR = Path(weights_dir)  # read at import from SETTINGS: set it too
     trainer.check_amp = check_amp  # the trainer calls the name it imported
+    global _label_cache_dir
+    _label_cache_dir = (Path(config_dir) / "label_caches").resolve()
+    from ultralytics.data import dataset
+
+    # The datasets call the names they imported: every *.cache they read or write goes to the run's directory.
+    dataset.load_dataset_cache_file = _load_label_cache
+    dataset.save_dataset_cache_file = _save_label_cache
     set_threads(num_threads)
     return USER_CONFIG_DIR.parent
+
+
+def label_cache_path(path: str | Path) -> Path:
+    """Where the label cache ultralytics would keep at `path` (beside the data set's labels) goes instead: under
+    the configuration directory of the run that called `prepare_offline` last, named after the cache's absolute
+    path, so that the caches of two label folders never collide."""
+    if _label_cache_dir is None:
+        raise RuntimeError("prepare_offline() has not run")
+    absolute = Path(path).absolute()
+    digest = hashlib.sha256(str(absolute.parent).encode()).hexdigest()[:16]
+    return _label_cache_dir / f"{absolute.parent.name}-{digest}-{absolute.name}"
+
+
+def _load_label_cache(path: Path) -> dict[str, Any]:
+    from ultralytics.data import utils
+
+    return utils.load_dataset_cache_file(label_cache_path(path))
+
+
+def _save_label_cache(prefix: str, path: Path, x: dict[str, Any], version: str) -> None:
+    from ultralytics.data import utils
+
+    target = label_cache_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    utils.save_dataset_cache_file(prefix, target, x, version)
 
 
 def check_amp(model: Any) -> bool:
