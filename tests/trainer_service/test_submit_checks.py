@@ -249,3 +249,21 @@ def test_ultralytics_weight_decay_and_learning_rate_of_1_are_accepted(ultralytic
     job_spec.advanced.weight_decay = 1.0
     job_spec.training.learning_rate = 1.0
     _accepted(ultralytics, "decay-1", job_spec)
+
+
+def test_ultralytics_takes_a_yolo_data_set_directory_for_its_data_yaml(
+    ultralytics: TrainerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The directory was refused: "the ultralytics trainer reads builtin or yolo, not 'imagefolder'".
+    from trainingplatform_trainer_ultralytics.datasets import write_shapes_dataset
+
+    root = tmp_path_factory.mktemp("yolo-dir")
+    write_shapes_dataset(root / "shapes", train_images=2, val_images=1, image_size=32)
+    job_spec = spec(framework="ultralytics", model="yolo11n.yaml", dataset="mine", path=str(root / "shapes"))
+    request = trainer_pb2.StartTrainingRequest(job_id="yolo-dir", spec=job_spec, validate_only=True)
+    assert ultralytics.stub.StartTraining(request, metadata=ultralytics.metadata, timeout=60).run_id == ""
+    job_spec.dataset.path = str(root / "shapes" / "images")
+    details = _refused(ultralytics, "yolo-dir-no-yaml", job_spec, validate_only=True)
+    assert details.startswith(
+        f"dataset_config.path: {str(root / 'shapes' / 'images')!r} is a directory without a YOLO data.yaml"
+    )

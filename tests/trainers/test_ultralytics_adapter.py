@@ -465,3 +465,25 @@ def test_training_writes_nothing_into_the_data_set_directory(tmp_path) -> None:
     assert _files(tmp_path / "ds") == before
     caches = sorted(p.name for p in (tmp_path / "out" / ".ultralytics" / "label_caches").iterdir())
     assert [name.rsplit("-", 1)[-1] for name in caches] == ["train.cache", "val.cache"], caches
+
+
+def test_a_yolo_data_set_directory_stands_for_its_data_yaml(tmp_path) -> None:
+    # A directory was refused with "the ultralytics trainer reads yolo or builtin, not 'imagefolder'".
+    from trainingplatform_trainer_ultralytics import datasets
+
+    data_yaml = write_shapes_dataset(tmp_path / "ds", train_images=2, val_images=1, image_size=32)
+    directory = DatasetConfig(path=str(tmp_path / "ds"))
+    make_adapter(tmp_path, RecordingSink(), dataset=directory).check()
+    copy = datasets.resolve_data_yaml(directory, tmp_path / "work", image_size=32)
+    assert f"path: {(tmp_path / 'ds').resolve()}" in copy.read_text()
+    resolve_dataset = datasets.resolve_dataset
+    assert resolve_dataset(directory) == DatasetConfig(path=str(data_yaml))
+    # Another name: the directory's one yaml with `train` and `val` entries.
+    data_yaml.rename(tmp_path / "ds" / "shapes.yaml")
+    (tmp_path / "ds" / "notes.yaml").write_text("author: me\n")
+    assert resolve_dataset(directory).path == str(tmp_path / "ds" / "shapes.yaml")
+    (tmp_path / "ds" / "other.yml").write_text((tmp_path / "ds" / "shapes.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"is a directory with several YOLO data yamls \(.*other.yml', .*shapes"):
+        resolve_dataset(directory)
+    with pytest.raises(ConfigError, match=r"is a directory without a YOLO data.yaml .*give the path of the data"):
+        make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(path=str(tmp_path / "ds" / "images"))).check()

@@ -99,6 +99,10 @@ class FrameworkDescription:
     list_optimizers: Callable[[], Iterable[str]] | None = None
     """Returns the `advanced_config.optimizer` names the framework accepts (lower case); None accepts any name
     (then `check_job` should check it)."""
+    resolve_dataset: Callable[[DatasetConfig], DatasetConfig] | None = None
+    """Maps a dataset path given in another form to the one the adapter reads (ultralytics: a YOLO data set
+    directory to its data.yaml), before the format check, once the path is known to lie under the data roots. The
+    job trains on what it returns. Raises ValueError (INVALID_ARGUMENT) with a message naming the field."""
     dataset_paths: Callable[[DatasetConfig], Iterable[str]] | None = None
     """Returns the other paths a dataset file refers to (a YOLO data.yaml's `path`, `train`, `val`, `test`),
     absolute; each must lie under the data roots too. Raises ValueError (INVALID_ARGUMENT) for a file it cannot

@@ -277,6 +277,12 @@ def _check_model(model: ModelConfig, catalog: Catalog) -> ModelConfig:
 
 def _check_dataset(dataset: DatasetConfig, catalog: Catalog) -> DatasetConfig:
     description = catalog.description
+    if dataset.path and description.resolve_dataset is not None:
+        _inside_data_roots(dataset.path, catalog.limits.data_roots)  # before the hook looks at what exists there
+        try:
+            dataset = description.resolve_dataset(dataset)
+        except ValueError as error:
+            raise InvalidArgumentError(_cut(str(error))) from None
     fmt = dataset.resolved_format
     if fmt not in description.dataset_formats:
         raise InvalidArgumentError(

@@ -8,6 +8,7 @@ reproducible. It is small on purpose: losses fall within a couple of epochs, but
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -19,6 +20,7 @@ __all__ = [
     "check_dataset",
     "referenced_paths",
     "resolve_data_yaml",
+    "resolve_dataset",
     "write_shapes_dataset",
 ]
 
@@ -26,13 +28,63 @@ BUILTIN_DATASETS = ("shapes",)
 SHAPES_CLASSES = ("rectangle", "circle")
 
 
+def resolve_dataset(config: DatasetConfig) -> DatasetConfig:
+    """The config with a YOLO data set directory as its path replaced by the directory's data.yaml.
+
+    A directory (format left empty, or `yolo`) gives its `data.yaml` (or `data.yml`); without one, its only
+    `*.yaml`/`*.yml` file (not a symbolic link) with `train` and `val` entries. Any other config is returned
+    as it is.
+
+    Raises:
+        ConfigError: A directory without such a yaml, or with several: the message names them.
+    """
+    if config.format not in ("", "yolo") or not config.path:
+        return config
+    directory = Path(config.path)
+    if not directory.is_dir():
+        return config
+    for name in ("data.yaml", "data.yml"):
+        if (directory / name).is_file():
+            return replace(config, path=str(directory / name))
+    # Symbolic links are left out: a yaml is read here before the data roots check of the path returned.
+    candidates = sorted(
+        p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file() and not p.is_symlink()
+    )
+    data_yamls = [p for p in candidates if _has_train_and_val(p)]
+    if len(data_yamls) == 1:
+        return replace(config, path=str(data_yamls[0]))
+    if data_yamls:
+        names = ", ".join(repr(str(p)) for p in data_yamls[:5])
+        raise ConfigError(
+            f"dataset_config.path: {config.path!r} is a directory with several YOLO data yamls ({names}); "
+            "give the one to train on as the dataset path"
+        )
+    raise ConfigError(
+        f"dataset_config.path: {config.path!r} is a directory without a YOLO data.yaml (a yaml with `train` and "
+        "`val` entries); the ultralytics trainer reads YOLO data sets: give the path of the data set's data.yaml"
+    )
+
+
+def _has_train_and_val(path: Path) -> bool:
+    import yaml  # type: ignore[import-untyped]
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "train" in data and "val" in data
+
+
 def check_dataset(config: DatasetConfig) -> None:
-    """Checks that the dataset exists, without reading it.
+    """Checks that the dataset exists, without reading it. A directory stands for its data.yaml
+    (`resolve_dataset`).
 
     Raises:
         FileNotFoundError: The data.yaml does not exist.
-        ConfigError: An unknown built-in name, or a format the ultralytics trainer does not read.
+        ConfigError: An unknown built-in name, a format the ultralytics trainer does not read, or a directory
+            without a data.yaml.
     """
+    config = resolve_dataset(config)
     fmt = config.resolved_format
     if fmt == "builtin":
         if config.name not in BUILTIN_DATASETS:
@@ -56,9 +108,10 @@ def referenced_paths(config: DatasetConfig) -> list[str]:
             (ultralytics would resolve it against its own working or datasets directory, not the yaml's).
         FileNotFoundError: A `train` or `val` entry does not exist (ultralytics would try to download it).
     """
+    config = resolve_dataset(config)
     if config.resolved_format != "yolo":
         return []
-    import yaml  # type: ignore[import-untyped]
+    import yaml
 
     yaml_path = Path(config.path)
     try:
@@ -107,6 +160,7 @@ def resolve_data_yaml(config: DatasetConfig, work_dir: Path, image_size: int, se
         ValueError: The yaml is not a mapping (the trainer service refuses such a file at submit).
     """
     check_dataset(config)
+    config = resolve_dataset(config)
     if config.resolved_format == "builtin":
         return write_shapes_dataset(work_dir / config.name, image_size=image_size, seed=seed)
     import yaml

@@ -72,6 +72,12 @@ def _dataset_paths(dataset: DatasetConfig) -> list[str]:
     return datasets.referenced_paths(dataset)
 
 
+def _resolve_dataset(dataset: DatasetConfig) -> DatasetConfig:
+    from trainingplatform_trainer_ultralytics import datasets
+
+    return datasets.resolve_dataset(dataset)
+
+
 def _check_job(job: JobRequest) -> None:
     # The model and dataset rules of the adapter's own check(), and the values ultralytics accepts several
     # types for. The adapter module imports no ultralytics.
@@ -96,6 +102,7 @@ DESCRIPTION = FrameworkDescription(
     list_models=detection_model_yamls,
     list_devices=_devices,
     check_job=_check_job,
+    resolve_dataset=_resolve_dataset,
     dataset_paths=_dataset_paths,
     list_optimizers=_optimizers,
     extra_options=extra_options,
