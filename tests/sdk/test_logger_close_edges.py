@@ -136,9 +136,14 @@ def test_calls_after_close_are_counted_and_warned_about_once(
 
 
 def test_a_refusal_for_good_turns_enabled_off(backend: BackendProcess, tmp_path: Path) -> None:
-    job_id, _ = backend.create_job()
+    job_id, token = backend.create_job()
+    # A logger the backend accepts stays enabled. (Asserting `enabled` on the refused logger right after creating it
+    # raced with its sender, which may have been refused already on a loaded machine.)
+    accepted = TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / "accepted")
+    accepted.log_metric("loss", 1.0)
+    assert accepted.flush(30) and accepted.enabled
+    accepted.close(10)
     logger = TrainingLogger(job_id, backend_address=backend.address, token="not-a-token", spool_dir=tmp_path)
-    assert logger.enabled
     logger.log_metric("loss", 1.0)
     wait_until(lambda: logger.stats.error is not None, 30, "the refusal")
     assert not logger.enabled
