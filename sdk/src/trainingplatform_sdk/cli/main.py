@@ -747,7 +747,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", required=True, help="timm model name or ultralytics yaml / .pt")
     datasets = train.add_mutually_exclusive_group()
     datasets.add_argument("--dataset", help="built-in dataset (digits, shapes); this or --dataset-path")
-    datasets.add_argument("--dataset-path", help="ImageFolder directory or YOLO data.yaml on the trainer")
+    datasets.add_argument(
+        "--dataset-path",
+        help="on the trainer: an ImageFolder directory, a YOLO data.yaml, or a YOLO data set directory holding one",
+    )
     train.add_argument("--epochs", type=int, default=3, help="epochs to train")
     train.add_argument("--batch-size", type=int, default=0, help="batch size (default: 0, the framework's own)")
     train.add_argument("--lr", type=float, default=0.0, help="learning rate (default: 0, the framework's own)")

@@ -11,7 +11,7 @@ Everything comes from the code StartTraining validates with, so the table cannot
   schedules from `spec.configs.LR_SCHEDULERS`;
 - the defaults from the framework's `advanced_defaults` and each `ExtraOption.default` (shown only).
 
-Bounds that depend on the host (its CPU count, TP_MAX_EPOCHS) are named, not measured: the output is the same on
+Bounds that depend on the host (the CPUs it may use, TP_MAX_EPOCHS) are named, not measured: the output is the same on
 every host with the same framework versions.
 """
 
@@ -43,7 +43,7 @@ FIELD_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "augmentation.color_jitter": (0.0, 1.0, False),
 }
 _KINDS = {"str": "str", "float": "number", "int": "int", "bool": "bool"}
-_BOUND_WORDS = {"cpus": "the trainer's CPU count", "epochs": "the trainer's TP_MAX_EPOCHS"}
+_BOUND_WORDS = {"cpus": "the CPUs the trainer may use", "epochs": "the trainer's TP_MAX_EPOCHS"}
 _BOUND_VALUES = {"batch_size": spec_limits.MAX_BATCH_SIZE, "image_size": spec_limits.MAX_IMAGE_SIZE}
 
 
