@@ -487,6 +487,9 @@ def _claim_runs_dir(runs_dir: Path, framework: str) -> int:
     Raises:
         OSError: Another service of the framework holds it (its pid in the message), or the directory is unusable.
     """
+    # The data directory, when this creates it, is private (0700) as `tp up` and the backend make theirs: it holds
+    # every run's checkpoints, logs and telemetry spool.
+    runs_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     runs_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(runs_dir / f".{framework}-service.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
