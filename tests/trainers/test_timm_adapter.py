@@ -415,3 +415,20 @@ def test_a_checkpoint_of_other_class_names_gets_a_new_classifier_not_a_silent_re
     assert not torch.equal(adapter.model.fc.weight.detach(), saved["state_dict"]["fc.weight"])
     assert adapter.model.fc.out_features == 10
     assert [m for m in sink.messages("WARNING") if "trained on 10 classes (a, b, c, d, e, ...)" in m]
+
+
+@pytest.mark.parametrize(("optimizer", "ignored"), [("adamw", True), ("sgd", False)])
+def test_a_momentum_the_optimizer_has_no_use_for_is_named_in_the_job_log(tmp_path, optimizer, ignored) -> None:
+    # timm's adamw (the default) takes `momentum=` and drops it without a word: the job trained without it.
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink, advanced={"optimizer": optimizer, "momentum": 0.8})
+    adapter.build_data()
+    adapter.build_model()
+    warnings = [message for message in sink.messages("WARNING") if "momentum" in message]
+    if ignored:
+        assert warnings == [
+            "advanced_config.momentum 0.8 is ignored: timm's adamw has no momentum (it uses betas (0.9, 0.999)); "
+            "give an SGD-style advanced_config.optimizer (sgd, momentum, rmsprop) to use it"
+        ]
+    else:
+        assert warnings == [] and adapter.optimizer.param_groups[0]["momentum"] == 0.8

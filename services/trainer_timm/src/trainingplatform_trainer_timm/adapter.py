@@ -345,6 +345,15 @@ class TimmAdapter(TrainingAdapter):
             self.optimizer = create_optimizer_v2(self.model, **optimizer_args)
         except (AssertionError, ValueError) as error:
             raise ConfigError(f"advanced_config.optimizer: {optimizer_name!r} is not usable: {error}") from error
+        group = self.optimizer.param_groups[0]
+        if advanced.momentum is not None and "momentum" not in group:
+            # timm's Adam-style optimizers take `momentum=` and drop it without a word.
+            betas = f" (it uses betas {tuple(group['betas'])})" if "betas" in group else ""
+            self.log(
+                f"advanced_config.momentum {advanced.momentum:g} is ignored: timm's {optimizer_name} has no momentum"
+                f"{betas}; give an SGD-style advanced_config.optimizer (sgd, momentum, rmsprop) to use it",
+                level="WARNING",
+            )
 
         steps_per_epoch = max(1, len(self.train_loader))
         total_steps = steps_per_epoch * self.training_config.epochs
