@@ -125,16 +125,7 @@ def test_a_truncated_image_read_in_a_loader_worker_fails_the_job_naming_the_file
     broken = root / "train" / "b" / "broken.jpg"
     _truncated_jpeg(broken)
     sink = RecordingSink()
-    code = train.run_job(
-        job_id="job-truncated",
-        framework="timm",
-        model_config={"name": "resnet10t", "image_size": 32},
-        dataset_config={"path": str(root)},
-        training_config={"epochs": 1, "batch_size": 7, "num_workers": 1, "device": "cpu"},
-        advanced_config={},
-        output_dir=tmp_path / "out",
-        logger=sink,
-    )
+    code = _run_on(root, tmp_path, sink, image_size=32, batch_size=7, num_workers=1)
     assert code == train.EXIT_FAILED
     _, error, detail, _ = sink.status_calls()[-1]
     assert error is not None and detail is not None
@@ -156,16 +147,7 @@ def test_an_empty_class_folder_fails_the_job_naming_the_split_and_the_folder(tmp
             image.unlink()
     (root / split / "c" / "readme.txt").write_text("not an image")
     sink = RecordingSink()
-    code = train.run_job(
-        job_id="job-empty-class",
-        framework="timm",
-        model_config={"name": "resnet10t", "image_size": 16},
-        dataset_config={"path": str(root)},
-        training_config={"epochs": 1, "batch_size": 4, "device": "cpu"},
-        advanced_config={},
-        output_dir=tmp_path / "out",
-        logger=sink,
-    )
+    code = _run_on(root, tmp_path, sink, image_size=16, batch_size=4)
     assert code == train.EXIT_FAILED
     error = sink.status_calls()[-1][1]
     assert error == (
@@ -198,3 +180,19 @@ def test_images_in_nested_folders_of_a_class_count(tmp_path) -> None:
         DatasetConfig(path=str(root)), 16, Augmentation(), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
     )
     assert data.classes == ["a", "b"] and len(data.train) == 6
+
+
+def _run_on(root, tmp_path, sink, *, image_size, **training) -> int:
+    """`tp-train`'s run_job of one CPU epoch of resnet10t on the ImageFolder at `root`; returns its exit code."""
+    from trainingplatform_sdk.training import train
+
+    return train.run_job(
+        job_id="job-timm-datasets",
+        framework="timm",
+        model_config={"name": "resnet10t", "image_size": image_size},
+        dataset_config={"path": str(root)},
+        training_config={"epochs": 1, "device": "cpu", **training},
+        advanced_config={},
+        output_dir=tmp_path / "out",
+        logger=sink,
+    )

@@ -628,18 +628,22 @@ def _refuse_unknown(given: dict[str, Any], valid: Any, section: str = "") -> Non
         raise _body_error(f"{name!r} is not a field of {where}{hint}", f"{section}.{name}" if section else name)
 
 
+def _too_deep(field: str | None) -> Exception:
+    """The refusal of a body nested deeper than `_MAX_BODY_DEPTH`, naming `field` (the top field) when known."""
+    return _body_error(
+        f"{field or 'the request body'} is nested too deeply: at most {_MAX_BODY_DEPTH} levels of objects and arrays "
+        "are allowed in a request body",
+        field,
+    )
+
+
 def _check_depth(body: dict[str, Any]) -> None:
     """Refuses objects and arrays nested deeper than `_MAX_BODY_DEPTH`, naming the top field (and its section)."""
     stack: list[tuple[Any, int, tuple[str, ...]]] = [(body, 1, ())]
     while stack:
         value, depth, path = stack.pop()
         if depth > _MAX_BODY_DEPTH:
-            field = ".".join(path[:2]) or None
-            raise _body_error(
-                f"{field or 'the request body'} is nested too deeply: at most {_MAX_BODY_DEPTH} levels of objects "
-                "and arrays are allowed in a request body",
-                field,
-            )
+            raise _too_deep(".".join(path[:2]) or None)
         if isinstance(value, dict):
             stack.extend((item, depth + 1, (*path, str(key))) for key, item in value.items())
         elif isinstance(value, list):
@@ -728,11 +732,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
         raise _body_error(f"the request body is not JSON: {str(error)[:200]}", None) from None
     except RecursionError:
-        raise _body_error(
-            f"the request body is nested too deeply: at most {_MAX_BODY_DEPTH} levels of objects and arrays are "
-            "allowed",
-            None,
-        ) from None
+        raise _too_deep(None) from None
     if not isinstance(body, dict):
         raise _body_error("the request body must be a JSON object", None)
     _check_depth(body)
