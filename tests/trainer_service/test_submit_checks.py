@@ -215,6 +215,19 @@ def test_ultralytics_classes_must_be_class_ids(ultralytics: TrainerProcess, valu
     assert details.startswith("advanced_config.extra.classes: a class id or a list of class ids (integers ≥ 0), got")
 
 
+@pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
+def test_ultralytics_cache_on_disk_is_refused(ultralytics: TrainerProcess, validate_only: bool) -> None:
+    # `cache: disk` made ultralytics save a .npy beside each image, inside the data set (read-only in Kubernetes).
+    job_spec = _set_extra(_ultra_spec(), {"cache": "disk"})
+    details = _refused(ultralytics, f"cache-disk-{validate_only}", job_spec, validate_only=validate_only)
+    assert details == (
+        "advanced_config.extra.cache: 'disk' would save a .npy beside each image, inside the data set, and "
+        "trainers never write into a data set: use 'ram' (or true) or false"
+    )
+    for i, value in enumerate(("ram", True, False)):
+        _accepted(ultralytics, f"cache-ok-{validate_only}-{i}", _set_extra(_ultra_spec(), {"cache": value}))
+
+
 def test_ultralytics_class_ids_and_in_range_gains_are_accepted(ultralytics: TrainerProcess) -> None:
     accepted = (
         {"classes": 1},

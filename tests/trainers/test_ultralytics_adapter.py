@@ -175,6 +175,19 @@ def test_missing_dataset_and_bad_options_are_clear_errors(tmp_path) -> None:
         make_adapter(tmp_path, RecordingSink(), advanced={"weight_decay": 5.0}).check()
 
 
+def test_cache_on_disk_is_refused_before_anything_is_written(tmp_path) -> None:
+    # `cache: disk` made ultralytics save a .npy beside each image, inside the data set; tp-train refuses it too.
+    data_yaml = write_shapes_dataset(tmp_path / "ds", train_images=2, val_images=1, image_size=32)
+    before = _files(tmp_path / "ds")
+    adapter = make_adapter(
+        tmp_path, RecordingSink(), dataset=DatasetConfig(path=str(data_yaml)), advanced={"extra": {"cache": "disk"}}
+    )
+    with pytest.raises(ConfigError, match=r"^advanced_config\.extra\.cache: 'disk' would save a \.npy beside each "):
+        adapter.train()
+    assert _files(tmp_path / "ds") == before
+    make_adapter(tmp_path, RecordingSink(), advanced={"extra": {"cache": "ram"}}).check()
+
+
 def test_shapes_dataset_is_deterministic(tmp_path) -> None:
     first = write_shapes_dataset(tmp_path / "a", train_images=4, val_images=2, seed=5)
     second = write_shapes_dataset(tmp_path / "b", train_images=4, val_images=2, seed=5)

@@ -40,9 +40,9 @@ fractions in [0, 1] for ultralytics (`check_fractions`).
 
 Checkpoints are ultralytics' own: `output_dir/weights/best.pt` and `last.pt`. Everything ultralytics writes
 (settings, font, plots, label caches, the `shapes` dataset) stays under `output_dir` — see offline.py. Nothing is
-written into the data set's directory, except by two ultralytics behaviours left as they are: `extra.cache: disk`
-saves each image as a `.npy` beside it, and a JPEG with a corrupt end is rewritten in place (ultralytics' "corrupt
-JPEG restored and saved").
+written into the data set's directory: `extra.cache: disk`, which saves each image as a `.npy` beside it, is refused
+(`check()`, and the trainer service at submit); one ultralytics behaviour is left as it is: a JPEG with a corrupt
+end is rewritten in place (ultralytics' "corrupt JPEG restored and saved").
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from trainingplatform_sdk.training.adapter import Status, TrainingAdapter, Train
 
 from trainingplatform_trainer_ultralytics import datasets
 from trainingplatform_trainer_ultralytics.offline import prepare_offline, set_threads
-from trainingplatform_trainer_ultralytics.options import ADVANCED_BOUNDS
+from trainingplatform_trainer_ultralytics.options import ADVANCED_BOUNDS, check_cache
 
 if TYPE_CHECKING:
     from ultralytics.engine.trainer import BaseTrainer
@@ -251,6 +251,8 @@ class UltralyticsAdapter(TrainingAdapter):
             raise ConfigError(
                 f"advanced_config.optimizer: ultralytics supports {sorted(OPTIMIZERS)}, got {optimizer!r}"
             )
+        if "cache" in self.advanced_config.extra:
+            check_cache(self.advanced_config.extra["cache"])  # never `disk`: it writes into the data set
         threads = self.advanced_config.extra.get("num_threads")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ConfigError(f"advanced_config.extra.num_threads: expected a positive integer, got {threads!r}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
+from trainingplatform_sdk.spec.configs import ConfigError
 from trainingplatform_sdk.trainer_service.framework import ExtraOption
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_SEED",
     "OWNED",
     "advanced_defaults",
+    "check_cache",
     "check_extra_values",
     "extra_options",
     "ultralytics_dir",
@@ -86,7 +88,7 @@ _SET_NAMES = ("CFG_FLOAT_KEYS", "CFG_FRACTION_KEYS", "CFG_INT_KEYS", "CFG_BOOL_K
 ACCEPTS = {
     "pretrained": "true or false (for a checkpoint, give its path as model_config.name)",
     "amp": "true, false, 'fp16', 'bf16' or 'fp32'",
-    "cache": "true, false, 'ram' or 'disk'",
+    "cache": "true, false or 'ram' ('disk' is refused: it would write into the data set)",
     "compile": "true, false or a torch.compile mode",
     "scale": "a number in [0, 1] or a [min, max] pair",
     "fraction": "a ratio in (0, 1] or a count of images above 1",
@@ -248,8 +250,8 @@ def check_extra_values(extra: dict[str, Any]) -> None:
             raise ValueError(f"{where}: {ACCEPTS[key]}")
         if key == "amp" and not (isinstance(value, bool) or str(value).lower() in {"fp16", "bf16", "fp32"}):
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
-        if key == "cache" and not (isinstance(value, bool) or value in ("ram", "disk")):
-            raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
+        if key == "cache":
+            check_cache(value)
         if key == "compile" and not isinstance(value, bool | str):
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "scale" and not (_number_in(value, 0.0, 1.0) or _pair(value)):
@@ -264,6 +266,23 @@ def check_extra_values(extra: dict[str, Any]) -> None:
             value is None or _int(value) or (isinstance(value, list) and all(_int(v) for v in value))
         ):
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
+
+
+def check_cache(value: Any) -> None:
+    """`extra.cache`: true, false or 'ram'. 'disk' is refused: ultralytics saves each image as a `.npy` beside it,
+    inside the data set, which a trainer never writes into (a read-only mount in Kubernetes, shared by jobs).
+
+    Raises:
+        ConfigError: Another value; the message says what to use instead.
+    """
+    where = "advanced_config.extra.cache"
+    if value == "disk":
+        raise ConfigError(
+            f"{where}: 'disk' would save a .npy beside each image, inside the data set, and trainers never write "
+            "into a data set: use 'ram' (or true) or false"
+        )
+    if not (isinstance(value, bool) or value == "ram"):
+        raise ConfigError(f"{where}: {ACCEPTS['cache']}, got {_short(value)}")
 
 
 def _short(value: Any) -> str:
