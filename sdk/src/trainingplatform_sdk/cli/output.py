@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 import math
 import os
 import re
 import sys
 import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-from trainingplatform_sdk.clients import Cursor, EpochSummary, Job, JobsClient, LogLine, TelemetryEvent
+from trainingplatform_sdk.clients import Cursor, EpochSummary, Job, JobsClient, LogLine, MetricPoint, TelemetryEvent
+from trainingplatform_sdk.clients.jobs import StatusChange
 from trainingplatform_sdk.errors import PlatformError, UnavailableError
 
 
@@ -320,6 +323,66 @@ LATE_RESULTS_S = 15.0
 """How long `follow` waits, after a job was cancelled or failed, for its trainer's last logs and checkpoint."""
 
 
+def _status_time(change: StatusChange) -> float:
+    return change.time.timestamp() if change.time is not None else -math.inf
+
+
+def timeline(client: JobsClient, job: Job) -> Iterator[TelemetryEvent]:
+    """The job's telemetry as `follow` shows it: what it holds already (`job` as read before: its status changes,
+    and its metric points and log records up to its cursor) in the order it happened, then what comes live.
+
+    A subscription replays a job's status changes first, then its metric points, then its log records: a view of
+    that story would say "status RUNNING" before the lines logged while the job was QUEUED. So the history is merged
+    here by time (a status change's commit time, a point's or record's wall time; each kind keeps its own order):
+    the status changes and log records in `job` (ListLogs, up to `job.last_log_sequence`) are merged into the
+    subscription's replay of the metric points, which starts after them (no record or status twice, none left
+    out), and follows live from there."""
+    status_sequence = max((change.sequence for change in job.status_events), default=0)
+    log_sequence, metric_sequence = job.last_log_sequence, job.last_metric_sequence
+    records = (
+        itertools.takewhile(lambda line: line.sequence <= log_sequence, client.logs(job.job_id))
+        if log_sequence
+        else iter(())
+    )
+    history: Iterator[tuple[float, TelemetryEvent]] = heapq.merge(
+        ((_status_time(change), TelemetryEvent("status", Cursor(), status=change)) for change in job.status_events),
+        ((line.wall_time, TelemetryEvent("logs", Cursor(), logs=(line,))) for line in records),
+        key=lambda item: item[0],
+    )
+    if not metric_sequence:  # nothing to merge them with: the history as it is, then live
+        yield from (event for _, event in history)
+    pending = next(history, None)
+    after = Cursor(log_sequence=log_sequence, status_sequence=status_sequence)
+    notice = OutageNotice(client.address)
+    for event in client.subscribe(job.job_id, after=after, max_reconnect_s=RECONNECT_S, on_reconnect=notice):
+        if pending is None:
+            yield event
+            continue
+        if event.kind == "metrics" and event.metrics:
+            batch: list[MetricPoint] = []
+            for point in event.metrics:
+                while pending is not None and pending[0] <= point.wall_time:
+                    if batch:
+                        yield TelemetryEvent("metrics", event.cursor, metrics=tuple(batch))
+                        batch = []
+                    yield pending[1]
+                    pending = next(history, None)
+                batch.append(point)
+            yield TelemetryEvent("metrics", event.cursor, metrics=tuple(batch))
+            if max(point.sequence for point in event.metrics) < metric_sequence:
+                continue  # the history's points go on
+        # The history's points are all replayed (or the replay went past them: a status change, a record or an
+        # epoch summary that came since): the rest of its records and status changes came after them.
+        while pending is not None:
+            yield pending[1]
+            pending = next(history, None)
+        if event.kind != "metrics" or not event.metrics:
+            yield event
+    while pending is not None:
+        yield pending[1]
+        pending = next(history, None)
+
+
 def follow(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> Job:
     """Follows a job to its end, printing progress; returns the final job.
 
@@ -327,8 +390,7 @@ def follow(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> Job:
     status changed: those are waited for (up to LATE_RESULTS_S, until the job reports its `results`) and printed
     before the summary."""
     follower = Follower(job, out)
-    notice = OutageNotice(client.address)
-    for event in client.subscribe(job.job_id, max_reconnect_s=RECONNECT_S, on_reconnect=notice):
+    for event in timeline(client, job):
         follower.feed(event)
     final = client.get_job(job.job_id)
     if final.status in ("CANCELLED", "FAILED") and final.trainer_address:
