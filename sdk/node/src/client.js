@@ -102,11 +102,13 @@ function integer(option, value, min) {
  * @returns {LogLevel}
  */
 function logLevel(value) {
-  const names = Object.keys(LogLevel).filter((name) => Number.isNaN(Number(name)));
+  // The enum by name (TypeScript's enum object also maps each number back to its name: those keys are skipped).
+  const byName = /** @type {Record<string, LogLevel>} */ (/** @type {unknown} */ (LogLevel));
+  const names = Object.keys(byName).filter((name) => Number.isNaN(Number(name)));
   if (typeof value === "string") {
     const name = value.toUpperCase().replace(/^LOG_LEVEL_/, "");
-    if (names.includes(name)) return LogLevel[name];
-  } else if (typeof value === "number" && names.some((name) => LogLevel[name] === value)) {
+    if (names.includes(name)) return byName[name];
+  } else if (typeof value === "number" && names.some((name) => byName[name] === value)) {
     return value;
   }
   throw new RangeError(`minLevel must be a LogLevel or one of ${names.join(", ")}, got ${String(value)}`);
