@@ -458,6 +458,9 @@ def test_a_stop_in_the_first_epoch_strips_last_pt_and_returns_no_best_pt(tmp_pat
     result = adapter.train()
     assert result.status == Status.CANCELLED and result.epochs_completed == 0
     assert result.best_checkpoint is None
+    # Nor is that unvalidated best.pt left in the output directory, where it passes for the best checkpoint.
+    assert not adapter.best_checkpoint_path.exists()
+    assert any("best.pt" in m and "removed" in m for m in sink.messages("INFO"))
     assert result.last_checkpoint is not None
     checkpoint = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
     assert checkpoint["optimizer"] is None and checkpoint["ema"] is None and checkpoint["model"] is not None

@@ -23,7 +23,8 @@ A stop (`request_stop()`, a cancel) ends the epoch at the next batch and saves l
 it: neither the partial epoch nor best.pt (ultralytics' final evaluation) is validated, so that last.pt is saved
 and uploaded within the cancel's grace period however large the validation set. last.pt is still stripped of its
 optimizer state and training EMA, as ultralytics' final evaluation does, which makes it 3-5x smaller. The result
-names best.pt only once an epoch was validated: before that, ultralytics writes it from unvalidated weights.
+names best.pt only once an epoch was validated: before that, ultralytics writes it from unvalidated weights, and
+the adapter removes it when training ends.
 
 `advanced_config` maps onto ultralytics' train arguments: optimizer (sgd, adam, adamw, nadam, radam, rmsprop,
 adamax, musgd, auto), weight_decay, momentum, warmup_epochs, seed, mixed_precision -> amp, lr_scheduler (cosine ->
@@ -290,9 +291,13 @@ class UltralyticsAdapter(TrainingAdapter):
         if self.last_checkpoint_path.exists():
             self._result.last_checkpoint = self.last_checkpoint_path
         if self.best_checkpoint_path.exists() and self._any_validated:
-            # Without a validated epoch ultralytics' `best_fitness == fitness` (None == None) wrote best.pt from
-            # the weights of the last (possibly partial) epoch: not a best checkpoint.
             self._result.best_checkpoint = self.best_checkpoint_path
+        elif self.best_checkpoint_path.exists():
+            # Without a validated epoch ultralytics' `best_fitness == fitness` (None == None) wrote best.pt from
+            # the weights of the last (possibly partial) epoch: not a best checkpoint, so it is not left to pass for
+            # one (last.pt holds the same weights).
+            self.best_checkpoint_path.unlink()
+            self.log("No epoch was validated: the best.pt ultralytics wrote from unvalidated weights is removed")
         if self.stop_requested:
             self._result.status = Status.CANCELLED
         return self._result
