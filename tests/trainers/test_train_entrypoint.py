@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -137,6 +138,23 @@ def test_main_rejects_unreadable_config_files_as_failed(tmp_path, monkeypatch) -
     # The trainer service reads the run's progress from the output dir.
     progress = json.loads((tmp_path / "progress.json").read_text())
     assert progress["epoch"] == 0 and progress["metrics"]["val/accuracy"] == 0.5
+
+
+def test_main_creates_a_private_data_dir(tmp_path, monkeypatch) -> None:
+    # Standalone, tp-train made its data directory (the local artifacts and MLflow store) 0755, where the trainer
+    # service and `tp up` make theirs 0700. The default one is the output directory's parent; TP_DATA_DIR another.
+    monkeypatch.delenv("BACKEND_API_URL", raising=False)
+    monkeypatch.delenv("TP_DATA_DIR", raising=False)
+    monkeypatch.setenv("TP_MLFLOW_ENABLED", "false")  # the artifact store alone: no MLflow database to create
+    configs = ["--model-config", '{"name": "counter"}', "--dataset-config", '{"name": "numbers"}']
+    argv = ["--job-id", "j", "--framework", "fake_adapters:CountingAdapter", *configs]
+    assert train.main([*argv, "--output-dir", str(tmp_path / "runs" / "j")]) == 0
+    assert (tmp_path / "runs" / "artifacts" / "j" / "config.json").is_file()
+    assert stat.S_IMODE((tmp_path / "runs").stat().st_mode) == 0o700
+    monkeypatch.setenv("TP_DATA_DIR", str(tmp_path / "data"))
+    assert train.main([*argv, "--output-dir", str(tmp_path / "elsewhere" / "j")]) == 0
+    assert (tmp_path / "data" / "artifacts" / "j" / "config.json").is_file()
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
 
 
 def _subprocess_env() -> dict[str, str]:

@@ -54,7 +54,15 @@ from trainingplatform_sdk.training.tracking import (
     redact_urls,
 )
 
-__all__ = ["RUN_FILE", "JobRecorder", "RecorderSettings", "StopRequested", "end_abandoned_run", "run_left_open"]
+__all__ = [
+    "RUN_FILE",
+    "JobRecorder",
+    "RecorderSettings",
+    "StopRequested",
+    "end_abandoned_run",
+    "local_data_dir",
+    "run_left_open",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -86,11 +94,17 @@ class RecorderSettings:
         Raises:
             StorageError: Contradictory storage settings.
         """
-        data_dir = Path(env.get("TP_DATA_DIR", "").strip() or Path(output_dir).absolute().parent)
+        data_dir = local_data_dir(env, output_dir=output_dir)
         return cls(
             tracking=TrackingSettings.from_env(env, data_dir=data_dir),
             storage=StorageSettings.from_env(env, data_dir=data_dir),
         )
+
+
+def local_data_dir(env: Mapping[str, str], *, output_dir: Path) -> Path:
+    """The data directory of the local defaults (the artifacts directory, the MLflow store): TP_DATA_DIR, else
+    `output_dir`'s parent."""
+    return Path(env.get("TP_DATA_DIR", "").strip() or Path(output_dir).absolute().parent)
 
 
 class JobRecorder:

@@ -70,7 +70,7 @@ from trainingplatform_sdk.telemetry import SystemMetricsSampler, TrainingLogger
 from trainingplatform_sdk.training.adapter import NullSink, Status, TelemetrySink, TrainingAdapter
 from trainingplatform_sdk.training.artifacts import StorageError
 from trainingplatform_sdk.training.progress import STOP_REASON_FILE
-from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings, StopRequested
+from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings, StopRequested, local_data_dir
 from trainingplatform_sdk.training.registry import resolve_adapter
 from trainingplatform_sdk.training.tracking import TrackingError, redact_urls
 
@@ -402,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = f" rank {rank}/{world_size}" if world_size > 1 else ""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
 
+    # The data directory, when this creates it, is private (0700) as the trainer service and `tp up` make theirs:
+    # it holds the local artifacts and MLflow store. One that exists keeps its mode.
+    local_data_dir(os.environ, output_dir=args.output_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     # One writer per job stream: the backend numbers a job's telemetry from one sender, so only rank 0 reports.
     logger = build_logger(args.job_id, args.output_dir) if rank == 0 else NullSink()
