@@ -346,6 +346,25 @@ def test_a_fixed_size_checkpoint_of_a_model_that_cannot_change_its_size_is_refus
         adapter.train()
 
 
+def test_a_model_that_ignores_the_image_size_is_refused_before_training(tmp_path) -> None:
+    # efficientformer_l1 takes `img_size` and ignores it: built for 224x224 whatever the size, it failed at its
+    # first step ("The size of tensor a (4) must match the size of tensor b (49)").
+    adapter = make_adapter(tmp_path, RecordingSink(), model="efficientformer_l1")  # at image size 32
+    adapter.build_data()
+    with pytest.raises(
+        ConfigError,
+        match=r"^model_config.image_size: efficientformer_l1 cannot take 32x32 images: timm builds it for its "
+        r"pretrained input size whatever the image size \(a forward pass at 32x32 fails: RuntimeError: .*\); "
+        r"use image_size 224$",
+    ):
+        adapter.build_model()
+    # swiftformer_xs ignores `img_size` too, but takes any input size: it trains at the image size.
+    adapter = make_adapter(tmp_path, RecordingSink(), model="swiftformer_xs")
+    adapter.build_data()
+    adapter.build_model()
+    assert adapter.model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
 @pytest.mark.parametrize(
     ("model", "mean", "std"),
     [

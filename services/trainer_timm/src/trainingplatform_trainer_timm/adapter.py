@@ -27,7 +27,9 @@ Input: images are resized to `model_config.image_size` (default: a checkpoint's,
 pretrained input size) and normalised with the mean and standard deviation of the model's pretrained config (0.5 for
 most ViTs, CLIP's for `*_clip_*` models, ImageNet's for most CNNs), for training and validation alike. Models built
 for one input size (ViT, Swin, ...) are created for the image size (timm's `img_size`, which also resizes pretrained
-position embeddings); the others (CNNs) take any size.
+position embeddings); the others (CNNs) take any size. A few take `img_size` and ignore it: swiftformer takes any
+size anyway, efficientformer_l1/l3/l7 only 224x224. So a fixed-size model is first run once at the image size, on
+the meta device (no memory, no compute): one that fails is refused before training, naming its pretrained size.
 
 Checkpoints: `output_dir/weights/last.pt` after every epoch and `best.pt` for the best validation accuracy, each a
 `torch.save` dict with `state_dict` and metadata (model name, classes, image size, normalisation mean and std, epoch,
@@ -405,6 +407,7 @@ class TimmAdapter(TrainingAdapter):
         if "drop_rate" in self.advanced_config.extra:
             kwargs["drop_rate"] = float(self.advanced_config.extra["drop_rate"])
         pretrained = self.model_config.pretrained and "state_dict" not in self.checkpoint_meta
+        _check_input_size(name, kwargs, image_size)
         # Every model whose pretrained config says `fixed_input_size` takes `img_size` (timm's builder passes it);
         # most others (CNNs) refuse it and take any size.
         try:
@@ -672,6 +675,45 @@ class TimmAdapter(TrainingAdapter):
             partial.unlink(missing_ok=True)
             raise
         return self.last_checkpoint_path
+
+
+def _create_with_img_size(name: str, kwargs: dict[str, Any], image_size: int) -> nn.Module:
+    """`timm.create_model` without weights, with `img_size` when the model takes it."""
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs, img_size=image_size)
+    except TypeError as error:
+        if "img_size" not in str(error):
+            raise
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _check_input_size(name: str, kwargs: dict[str, Any], image_size: int) -> None:
+    """Refuses an image size a model built for one input size cannot take, before anything is trained or loaded.
+
+    Some such models take timm's `img_size` and ignore it (efficientformer_l1: its attention stage is built for
+    the 7x7 features of 224x224 images, whatever the size), and failed at their first step with a shape error. A
+    twin of the model on the meta device (no memory, no compute) runs one forward pass at the image size first.
+
+    Raises:
+        ConfigError: The forward pass fails; the message names the size the model takes.
+    """
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.fixed_input_size or tuple(cfg.input_size[-2:]) == (image_size, image_size):
+        return
+    with torch.device("meta"):
+        twin = _create_with_img_size(name, kwargs, image_size)
+    try:
+        with torch.no_grad():
+            twin.eval()(torch.empty(2, 3, image_size, image_size, device="meta"))
+    except NotImplementedError:
+        return  # an operation without a meta kernel: nothing learned, training will tell
+    except RuntimeError as error:
+        size = cfg.input_size[-1]
+        raise ConfigError(
+            f"model_config.image_size: {name} cannot take {image_size}x{image_size} images: timm builds it for its "
+            f"pretrained input size whatever the image size (a forward pass at {image_size}x{image_size} fails: "
+            f"{type(error).__name__}: {str(error)[:200]}); use image_size {size}"
+        ) from error
 
 
 def _fixed_input_size(model: nn.Module) -> bool:
