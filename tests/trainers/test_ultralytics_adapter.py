@@ -492,6 +492,16 @@ def test_a_yolo_data_set_directory_stands_for_its_data_yaml(tmp_path) -> None:
     make_adapter(tmp_path, RecordingSink(), dataset=directory).check()
     copy = datasets.resolve_data_yaml(directory, tmp_path / "work", image_size=32)
     assert f"path: {(tmp_path / 'ds').resolve()}" in copy.read_text()
+    # The job log names the data.yaml trained on (the job record keeps the directory as given): it named only the
+    # copy under the run directory. A stop before training: fit() logs the line and trains nothing.
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink, dataset=directory)
+    adapter.request_stop()
+    assert adapter.train().status == Status.CANCELLED
+    assert any(
+        m.startswith(f"Training yolo11n.yaml on {data_yaml.resolve()}, the data yaml of dataset_config.path ")
+        for m in sink.messages("INFO")
+    ), sink.messages("INFO")
     resolve_dataset = datasets.resolve_dataset
     assert resolve_dataset(directory) == DatasetConfig(path=str(data_yaml))
     # Another name: the directory's one yaml with `train` and `val` entries.

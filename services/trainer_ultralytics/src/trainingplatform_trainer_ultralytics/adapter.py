@@ -282,7 +282,10 @@ class UltralyticsAdapter(TrainingAdapter):
         ):
             model.add_callback(event, callback)
         args = self.train_args(data_yaml, image_size)
-        self.log(f"Training {self.model_config.name} on {data_yaml} ({self._num_threads} CPU threads): {args}")
+        self.log(
+            f"Training {self.model_config.name} on {self._data_set_text(data_yaml)} ({self._num_threads} CPU "
+            f"threads): {args}"
+        )
         if self.stop_requested:
             self._result.status = Status.CANCELLED
             return self._result
@@ -301,6 +304,19 @@ class UltralyticsAdapter(TrainingAdapter):
         if self.stop_requested:
             self._result.status = Status.CANCELLED
         return self._result
+
+    def _data_set_text(self, data_yaml: Path) -> str:
+        """The data set trained on, as the job log names it: the data.yaml it resolved to (training reads a copy,
+        `data_yaml`, without its `download`), with the directory given for it; the built-in data set's yaml."""
+        given = self.dataset_config
+        resolved = datasets.resolve_dataset(given)
+        if resolved.resolved_format != "yolo":
+            return str(data_yaml)
+        text = str(Path(resolved.path).resolve())
+        if resolved.path != given.path:
+            # Through the trainer service the path is the data.yaml already; tp-train is given the directory.
+            text += f", the data yaml of dataset_config.path {given.path!r}"
+        return text
 
     def train_args(self, data_yaml: Path, image_size: int) -> dict[str, Any]:
         """The keyword arguments of `YOLO.train` for this job's configs."""
