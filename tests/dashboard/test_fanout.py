@@ -73,7 +73,7 @@ def test_a_client_that_falls_too_far_behind_is_cut_off_and_never_holds_others() 
     asyncio.run(run())
 
 
-def test_invalid_argument_messages_give_their_field() -> None:
+def test_invalid_argument_and_not_found_messages_give_their_field() -> None:
     assert field_of("spec.training.epochs must be between 1 and 10000; got 0") == "spec.training.epochs"
     assert field_of("advanced_config.extra: unknown timm option 'x'; did you mean 'y'") == "advanced_config.extra"
     assert field_of("model_config.name: unknown timm model 'resnet9000'") == "model_config.name"
@@ -90,7 +90,13 @@ def test_invalid_argument_messages_give_their_field() -> None:
     }
     for code, status in statuses.items():
         mapped = from_platform_error(PlatformError("x: y", code=code))
-        assert mapped.status == status and mapped.field is None
+        assert mapped.status == status and mapped.field == ("x" if code == grpc.StatusCode.NOT_FOUND else None)
+    # A trainer's NOT_FOUND names the field as its INVALID_ARGUMENT does: the new-job form shows it there.
+    missing = PlatformError(
+        "dataset_config.path: '/data/x' does not exist on this trainer", code=grpc.StatusCode.NOT_FOUND
+    )
+    assert from_platform_error(missing).field == "dataset_config.path"
+    assert from_platform_error(PlatformError("job 'x' does not exist", code=grpc.StatusCode.NOT_FOUND)).field is None
 
 
 def test_the_jobs_list_shows_a_validation_metric_before_a_loss() -> None:

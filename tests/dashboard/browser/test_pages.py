@@ -239,6 +239,19 @@ def test_new_job_form_shows_the_validation_error_beside_its_field(page: Any, sta
     assert page.locator("#epochs-error").inner_text() == ""
     shot(page, tmp_path, "new-advanced")
 
+    # A dataset path the trainer does not have (NOT_FOUND, not INVALID_ARGUMENT): beside the dataset field too.
+    page.fill("#advanced_config", json.dumps({"extra": {"fake_batches": 2, "fake_batch_s": 0.01}}))
+    page.fill("#dataset", str(stack.root / "no-such-dataset"))
+    page.click("#submit")
+    shown = "document.querySelector('#dataset-error').textContent || document.querySelector('#form-error').textContent"
+    wait_js(page, shown)
+    message = page.locator("#dataset-error").inner_text()
+    assert "no-such-dataset" in message and "does not exist" in message, page.locator("#form-error").inner_text()
+    assert page.locator("#dataset").get_attribute("aria-invalid") == "true"
+    assert page.locator("#form-error").inner_text() == ""
+    assert page.locator("#advanced_config-error").inner_text() == ""
+    page.fill("#dataset", "digits")
+
     # A valid form creates the job and opens its page.
     page.fill("#advanced_config", json.dumps({"extra": {"fake_batches": 2, "fake_batch_s": 0.01}}))
     page.fill("#display_name", "from the form")

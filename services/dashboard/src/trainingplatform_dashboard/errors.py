@@ -1,8 +1,9 @@
 """The one place where errors become HTTP answers: backend gRPC statuses, the SDK's errors and the dashboard's own.
 
 Every JSON error is `{"error": {"code": "INVALID_ARGUMENT", "message": "...", "field": "spec.training.epochs"}}`;
-`field` is the field path an INVALID_ARGUMENT message starts with (the platform's messages name the field first:
-"spec.training.epochs must be ...", "advanced_config.extra: unknown timm option ..."), else null.
+`field` is the field path an INVALID_ARGUMENT or NOT_FOUND message starts with (the platform's messages name the
+field first: "spec.training.epochs must be ...", "advanced_config.extra: unknown timm option ...", a trainer's
+"dataset_config.path: '/data/x' does not exist on this trainer"), else null.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def _api_error(code: grpc.StatusCode, details: str) -> ApiError:
     elif status == 502:
         name = "BACKEND_ERROR"
         details = f"the backend failed: {code.name}: {details}"
-    field = field_of(details) if code == grpc.StatusCode.INVALID_ARGUMENT else None
+    # A trainer's NOT_FOUND (a dataset path or checkpoint it does not have) names its field as INVALID_ARGUMENT does.
+    field = field_of(details) if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else None
     return ApiError(status, name, details, field)
 
 

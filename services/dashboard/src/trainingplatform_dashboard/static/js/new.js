@@ -1,5 +1,6 @@
 // New job: framework, model, dataset, epochs and advanced_config JSON. The backend's INVALID_ARGUMENT message
-// (suggestions included) is shown beside the field it concerns (the API's error.field).
+// (suggestions included), or its NOT_FOUND (a dataset path the trainer does not have), is shown beside the field it
+// concerns (the API's error.field).
 
 import { ApiError, api, el, header } from "./common.js";
 
