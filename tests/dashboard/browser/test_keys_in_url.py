@@ -1,7 +1,8 @@
 """The metric keys picked in a key picker (the compare page's, the job page's) are in the page's address, one
 repeated `key` parameter each: a reload, or the link opened in another tab, charts the same keys. A key may hold
 any character but control characters (the backend's rule), so commas, spaces, `+&=#%` and non-ASCII letters must
-come back exactly. Keys the jobs do not have are ignored; no key in the address keeps the first 30."""
+come back exactly. Keys the jobs do not have are ignored; no key in the address keeps the first 30, and one empty
+`key` (every key unchecked) charts none."""
 
 from __future__ import annotations
 
@@ -83,6 +84,15 @@ def opened_anew(page: Any, problems: PageProblems, scope: str, keys: set[str], a
     return other
 
 
+def assert_none_charted(page: Any, scope: str) -> None:
+    """Reloads the page and checks that its key picker charts no key."""
+    page.reload()
+    page.locator("#key-picker").wait_for()
+    count = wait_js(page, "document.querySelector('#key-count')?.textContent")
+    assert count.startswith("35 keys, 0 charted"), count
+    assert charted(page, scope) == set()
+
+
 def test_compare_keeps_the_picked_keys_in_its_address(
     page: Any, stack: Platform, tmp_path: Path, problems: PageProblems
 ) -> None:
@@ -122,6 +132,14 @@ def test_compare_keeps_the_picked_keys_in_its_address(
     other.locator("#key-picker").wait_for()
     wait_charted(other, scope, set(PLAIN[:MAX_CHARTS]), "linePoints", "1,1")
 
+    # Every key unchecked: the address keeps that choice (one empty `key`), and a reload charts none.
+    other.goto(f"{base}&key={quote(ODD[2])}")
+    other.locator("#key-picker").wait_for()
+    wait_charted(other, scope, {ODD[2]}, "linePoints", "1,1")
+    toggle(other, ODD[2], False)
+    assert keys_in_url(other.url) == [""]
+    assert_none_charted(other, scope)
+
 
 def test_the_job_page_keeps_the_picked_keys_in_its_address(
     page: Any, stack: Platform, tmp_path: Path, problems: PageProblems
@@ -151,6 +169,14 @@ def test_the_job_page_keeps_the_picked_keys_in_its_address(
     other.goto(f"{stack.url}/jobs/{job_id}?key=system%2Fcpu_percent&key=nope&key={quote(ODD[1], safe='')}")
     other.locator("#key-picker").wait_for()
     wait_charted(other, scope, {ODD[1]}, "drawnPoints", "1")
+
+    # Every key unchecked: the address keeps that choice (one empty `key`), and a reload charts none.
+    toggle(other, ODD[1], False)
+    assert keys_in_url(other.url) == [""]
+    assert_none_charted(other, scope)
+    wait_js(other, "document.body.dataset.live === 'ended'")  # the charts are loaded: the stream has followed
+    assert charted(other, scope) == set()
+    assert keys_in_url(other.get_by_role("link", name="Compare…").get_attribute("href") or "") == [""]
 
 
 def test_the_compare_links_carry_the_picked_keys(page: Any, stack: Platform, tmp_path: Path) -> None:

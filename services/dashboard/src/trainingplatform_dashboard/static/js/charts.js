@@ -12,8 +12,9 @@
 // adds or removes its chart. Only the charted keys' series are read and followed. /api/jobs/{id}/series answers
 // every key of the job (the dashboard follows the backend's pages of 1,000 keys), up to the dashboard's bound,
 // and says when that bound left keys out. The picked keys are in the page's address (one `key` parameter each,
-// written with history.replaceState as keys are checked), so a reload or a shared link charts the same keys; with
-// no `key` parameter naming a key of the page, the first MAX_CHARTS are charted.
+// written with history.replaceState as keys are checked), so a reload or a shared link charts the same keys; every
+// key unchecked is one empty `key=`, which charts none; with no `key` parameter naming a key of the page (and no
+// empty one), the first MAX_CHARTS are charted.
 
 import { api, el, formatTick, formatValue } from "./common.js";
 
@@ -25,18 +26,22 @@ export const MAX_CHARTS = 30;
 const PICKER_ROWS = 200;
 
 /** The keys the page's address picks (its `key` parameters, each one key exactly), among `known` (the page's
- * keys: others are ignored), at most MAX_CHARTS; null when it names none of them (the page charts its first). */
+ * keys: others are ignored), at most MAX_CHARTS; [] when it names none of them but has an empty `key` (every key
+ * was unchecked: none is charted); null when it names none of them (the page charts its first). */
 export function keysFromAddress(known) {
-  const named = new URLSearchParams(location.search).getAll("key").filter((key) => known.has(key));
-  const keys = [...new Set(named)].sort().slice(0, MAX_CHARTS);
-  return keys.length ? keys : null;
+  const given = new URLSearchParams(location.search).getAll("key");
+  const keys = [...new Set(given.filter((key) => known.has(key)))].sort().slice(0, MAX_CHARTS);
+  if (keys.length) return keys;
+  return given.includes("") ? [] : null;
 }
 
-/** Puts the picked keys in the page's address (one `key` parameter each, in key order; the other parameters
- * stay as they are) without reloading: a reload or the link opened elsewhere charts the same keys. */
+/** Puts the picked keys in the page's address (one `key` parameter each, in key order, or one empty `key` when
+ * none is picked; the other parameters stay as they are) without reloading: a reload or the link opened elsewhere
+ * charts the same keys. */
 export function keysToAddress(keys) {
   const others = location.search.slice(1).split("&").filter((part) => part && !/^key(=|$)/.test(part));
-  const named = [...keys].sort().map((key) => `key=${encodeURIComponent(key)}`);
+  const picked = [...keys].sort();
+  const named = picked.length ? picked.map((key) => `key=${encodeURIComponent(key)}`) : ["key="];
   const query = [...others, ...named].join("&");
   history.replaceState(history.state, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
   window.dispatchEvent(new Event(KEYS_CHANGED));
@@ -45,10 +50,10 @@ export function keysToAddress(keys) {
 /** The event keysToAddress sends on `window` once the address names other keys. */
 export const KEYS_CHANGED = "tp-keys-changed";
 
-/** `path` with the page's picked keys (its address's `key` parameters) appended: a link to another page that
- * charts the same keys. */
+/** `path` with the page's picked keys (its address's `key` parameters, the empty one of no key included) appended:
+ * a link to another page that charts the same keys. */
 export function withAddressKeys(path) {
-  const keys = location.search.slice(1).split("&").filter((part) => /^key=./.test(part));
+  const keys = location.search.slice(1).split("&").filter((part) => /^key=/.test(part));
   if (!keys.length) return path;
   return `${path}${path.includes("?") ? "&" : "?"}${keys.join("&")}`;
 }
@@ -457,8 +462,8 @@ export class JobCharts {
   }
 
   /** Reads the job's key list, then the series of the keys to chart: all of them when there are at most
-   * MAX_CHARTS, else those the page's address picks (the first MAX_CHARTS when it picks none of them) with a
-   * picker for the others. */
+   * MAX_CHARTS, else those the page's address picks (the first MAX_CHARTS when it names none of them; none when
+   * it holds only an empty `key`) with a picker for the others. */
   async load() {
     const list = await this.store.fetch({ maxPoints: 1 });
     if (list.message) {
@@ -472,7 +477,12 @@ export class JobCharts {
       await this.store.load(this.maxPoints());
     } else {
       this.pick(new Set(keysFromAddress(this.known) || keys.slice(0, MAX_CHARTS)));
-      await this.store.load(this.maxPoints(), [...this.picked]);
+      if (this.picked.size) await this.store.load(this.maxPoints(), [...this.picked]);
+      else {
+        // No key picked: no series to read (asking for none would read every key); live points follow the list.
+        this.store.lastSequence = list.last_sequence || 0;
+        this.empty.textContent = "No metric key is charted: check keys in the list above to chart them.";
+      }
     }
     this.renderAll();
   }

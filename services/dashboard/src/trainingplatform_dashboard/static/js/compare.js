@@ -164,7 +164,16 @@ async function compare(jobsBox) {
   const fromAddress = cut ? keysFromAddress(new Set(every)) : null;
   const keys = fromAddress || every.slice(0, MAX_CHARTS);
   if (cut) for (const s of stores) s.tracked = new Set(keys);
-  await Promise.all(stores.map((s) => (cut ? s.load(width, keys) : s.load(width))));
+  // Every key unchecked (an empty `key` in the address): no series to read (asking for none would read every key);
+  // live points follow each job's key list.
+  await Promise.all(
+    stores.map((s, i) => {
+      if (!cut) return s.load(width);
+      if (keys.length) return s.load(width, keys);
+      s.lastSequence = lists[i].last_sequence || 0;
+      return null;
+    }),
+  );
   let xMode = "step";
   let log = false;
   const charts = new Map(); // key -> {chart, zoom}
@@ -172,7 +181,11 @@ async function compare(jobsBox) {
   const chartBox = el("div", { class: "charts", id: "compare-charts" });
   const notes = lists.map((l) => l.message).filter(Boolean);
   if (cut) {
-    const start = fromAddress ? `the ${keys.length} keys the address names` : `the first ${keys.length} in key order`;
+    const start = !fromAddress
+      ? `the first ${keys.length} in key order`
+      : keys.length
+        ? `the ${keys.length} keys the address names`
+        : "none: the address names no key";
     notes.push(
       `These jobs have ${every.length} metric keys: at most ${MAX_CHARTS} are charted at once (${start} to start ` +
         "with); the key picker below chooses which.",
@@ -280,7 +293,7 @@ async function compare(jobsBox) {
     addChart(key);
     draw(key);
   }
-  if (keys.length === 0) chartBox.append(el("p", { class: "muted", text: "These jobs have no metrics yet." }));
+  if (every.length === 0) chartBox.append(el("p", { class: "muted", text: "These jobs have no metrics yet." }));
 
   // Live: running jobs keep appending (only the charted keys' points, past MAX_CHARTS keys).
   let frame = null;
