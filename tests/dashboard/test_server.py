@@ -154,7 +154,12 @@ def test_a_post_needs_the_session_csrf_token(backend: BackendProcess, dashboard:
     for headers in ({}, {"X-CSRF-Token": ""}, {"X-CSRF-Token": "wrong"}, csrf(other)):
         response = client.post(f"/api/jobs/{job_id}/cancel", headers=headers)
         assert response.status_code == 403, headers
-        assert response.json()["error"]["code"] == "PERMISSION_DENIED"
+        # The field marks the CSRF refusal: the page retries this 403 only (with the token read again).
+        assert response.json()["error"] == {
+            "code": "PERMISSION_DENIED",
+            "message": "missing or wrong X-CSRF-Token header (GET /api/session gives it)",
+            "field": "X-CSRF-Token",
+        }
         response = client.post("/api/jobs", json={"framework": "timm"}, headers=headers)
         assert response.status_code == 403
     assert backend.job_status(job_id) == "PENDING"

@@ -1,6 +1,7 @@
 """What a page does when an action is repeated or goes stale: a create clicked or retried twice makes one job, a
-double-click on "Cancel job" does not confirm, a cancel refused because the job ended shows the job as it is, and
-a change after a login in another tab (a new session, a new CSRF token) still goes through."""
+double-click on "Cancel job" does not confirm, a cancel refused because the job ended (or whose answer is lost)
+shows the job as it is, a change after a login in another tab (a new session, a new CSRF token) still goes through,
+and another 403 is shown, not retried."""
 
 from __future__ import annotations
 
@@ -129,6 +130,65 @@ def test_a_cancel_refused_because_the_job_ended_shows_the_job_as_it_is(
     assert page.locator("#cancel-job").is_hidden()
     assert "COMPLETED" in page.locator("#status-timeline").inner_text()
     shot(page, tmp_path, "refused-cancel")
+
+
+def _arm_and_confirm_cancel(page: Any, stack: Platform, job_id: str) -> None:
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    wait_js(page, "document.body.dataset.status === 'RUNNING'")
+    page.click("#cancel-job")
+    page.wait_for_timeout(600)
+    page.click("#cancel-job")
+
+
+def test_a_cancel_whose_answer_is_lost_says_so_and_shows_the_job_as_it_is(
+    page: Any, stack: Platform, tmp_path: Path
+) -> None:
+    """The cancel reaches the backend, but its answer never reaches the page (a network error): the page says the
+    cancel failed and reads the job again, which shows that it was cancelled."""
+    job_id, logger = fed_job(stack, tmp_path)
+    # The page hears nothing live: it learns what the cancel did only by reading the job again.
+    page.route("**/events*", lambda route: route.abort())
+    answered: list[int] = []
+
+    def lose_the_answer(route: Any) -> None:
+        answered.append(route.fetch().status)
+        route.abort("internetdisconnected")
+
+    page.route("**/api/jobs/*/cancel", lose_the_answer)
+    with logger:
+        logger.update_status("running")
+        logger.flush(10)
+        _arm_and_confirm_cancel(page, stack, job_id)
+        wait_js(page, "document.querySelector('#cancel-note').textContent.includes('Cancel failed')")
+        assert answered == [200], answered
+        wait_js(page, "document.body.dataset.status === 'CANCELLED'")
+        assert page.locator("#cancel-job").is_hidden()
+        assert "CANCELLED" in page.locator("#status-timeline").inner_text()
+        shot(page, tmp_path, "lost-cancel")
+
+
+def test_a_403_that_is_not_the_csrf_refusal_is_shown_and_not_retried(
+    page: Any, stack: Platform, tmp_path: Path
+) -> None:
+    """Only the dashboard's CSRF refusal means a stale token: any other 403 (here a proxy's, in the API's own
+    error shape) is shown as it is, and the change is not sent again."""
+    job_id, logger = fed_job(stack, tmp_path)
+    sent: list[str] = []
+
+    def refuse(route: Any) -> None:
+        sent.append(route.request.url)
+        error = {"code": "PERMISSION_DENIED", "message": "this proxy does not let you cancel jobs", "field": None}
+        route.fulfill(status=403, content_type="application/json", body=json.dumps({"error": error}))
+
+    page.route("**/api/jobs/*/cancel", refuse)
+    with logger:
+        logger.update_status("running")
+        logger.flush(10)
+        _arm_and_confirm_cancel(page, stack, job_id)
+        note = wait_js(page, "document.querySelector('#cancel-note').textContent")
+        assert "Cancel failed" in note and "this proxy does not let you cancel jobs" in note, note
+        assert len(sent) == 1, f"the refused cancel was sent {len(sent)} times"
+        assert stack.backend.job_status(job_id) == "RUNNING"
 
 
 def test_a_change_after_a_login_in_another_tab_goes_through(page: Any, stack: Platform) -> None:

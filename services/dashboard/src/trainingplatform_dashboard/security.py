@@ -10,7 +10,8 @@
   (cookie `tp_next`, sent only to /login), and the login then lands on it; `/login?token=...&next=/path` does
   the same. Only a same-origin relative path is followed (`safe_next`), never another site.
 - A request that changes anything (any method but GET and HEAD) also needs the header `X-CSRF-Token` equal to its
-  session's CSRF token (`GET /api/session`), else 403.
+  session's CSRF token (`GET /api/session`), else 403 PERMISSION_DENIED with the field `X-CSRF-Token` (`CSRF_FIELD`):
+  the mark by which a page tells this refusal (read the token again and retry) from any other 403.
 - Every answer carries a Content-Security-Policy without inline script or style, `nosniff` and `no-referrer`.
 
 Sessions live in this process's memory: a restart logs browsers out (they log in again with the printed URL).
@@ -34,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = [
     "COOKIE",
     "CSP",
+    "CSRF_FIELD",
     "CSRF_HEADER",
     "SecurityMiddleware",
     "Session",
@@ -45,6 +47,8 @@ COOKIE = "tp_session"
 NEXT_COOKIE = "tp_next"
 _NEXT_TTL_S = 600
 CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "X-CSRF-Token"
+"""The `field` of the CSRF refusal (403 PERMISSION_DENIED): only this 403 means a stale token (common.js's retry)."""
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
@@ -261,7 +265,7 @@ class SecurityMiddleware:
                         "error": {
                             "code": "PERMISSION_DENIED",
                             "message": "missing or wrong X-CSRF-Token header (GET /api/session gives it)",
-                            "field": None,
+                            "field": CSRF_FIELD,
                         }
                     },
                     status_code=403,

@@ -50,9 +50,18 @@ async function csrf() {
   return csrfToken;
 }
 
+/** The `field` of the dashboard's refusal of a change for its CSRF token (security.py's). */
+const CSRF_FIELD = "X-CSRF-Token";
+
+/** Whether an error is the dashboard's refusal of a change for its CSRF token (a 403 PERMISSION_DENIED whose field
+ * is the X-CSRF-Token header: security.py's), not any other 403 (a proxy's, a refusal of the change itself). */
+function isCsrfRefusal(error) {
+  return error.status === 403 && error.code === "PERMISSION_DENIED" && error.field === CSRF_FIELD;
+}
+
 /** GET (or POST with `body`) a JSON API path; throws ApiError with the server's code, message and field.
- * A change refused for its CSRF token (403: a login in another tab replaced this browser's session, and with it
- * the token) reads the token again and is tried once more. */
+ * A change refused for its CSRF token (a login in another tab replaced this browser's session, and with it the
+ * token) reads the token again and is tried once more; any other refusal is thrown as it is. */
 export async function api(path, { method = "GET", body, retried = false } = {}) {
   const headers = { Accept: "application/json" };
   const init = { method, headers, credentials: "same-origin" };
@@ -70,7 +79,7 @@ export async function api(path, { method = "GET", body, retried = false } = {}) 
   }
   if (!response.ok) {
     const error = new ApiError(response.status, payload);
-    if (response.status === 403 && method !== "GET" && !retried && error.code === "PERMISSION_DENIED") {
+    if (method !== "GET" && !retried && isCsrfRefusal(error)) {
       csrfToken = null;
       return api(path, { method, body, retried: true });
     }

@@ -5,6 +5,7 @@
 
 import { JobCharts, KEYS_CHANGED, SeriesStore, withAddressKeys } from "./charts.js";
 import {
+  ApiError,
   TERMINAL,
   api,
   el,
@@ -69,18 +70,22 @@ function renderHead() {
 }
 
 /** Reads the job again (status, times, timeline, links) and redraws its head: when its stream ends, and after a
- * cancel the backend refused because the job had ended, which the page may not have heard of yet. */
+ * failed cancel (refused because the job had ended, which the page may not have heard of yet, or whose answer was
+ * lost, so that only the job tells whether it was cancelled). Returns whether the job could be read. */
 async function reloadJob() {
+  let read = false;
   try {
     const fresh = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
     job = fresh.job;
     detail = fresh;
     for (const event of fresh.status_events || []) addStatusEvent(event);
     linksHolder.replaceChildren(linksCard());
+    read = true;
   } catch {
     // What the page knows is kept.
   }
   renderHead();
+  return read;
 }
 
 // The first click arms the button ("Click again to cancel") for 5 s and a second click confirms; a click sooner
@@ -109,9 +114,13 @@ cancelButton.addEventListener("click", async () => {
     cancelNote.textContent = "Cancel requested.";
     renderHead();
   } catch (error) {
-    // 409: the job ended meanwhile (the page may not have heard yet): show it as it is now.
-    if (error.status === 409) await reloadJob();
-    cancelNote.textContent = `Cancel failed: ${error.message}`;
+    // Refused (409: the job ended meanwhile, which the page may not have heard yet) or never answered (the
+    // dashboard unreachable: the cancel may have reached the backend or not): show the job as it is now.
+    const reason = error instanceof ApiError ? error.message : `the dashboard did not answer (${error.message})`;
+    const read = await reloadJob();
+    cancelNote.textContent = read
+      ? `Cancel failed: ${reason}. The job was read again: it is ${job.status}.`
+      : `Cancel failed: ${reason}. The job could not be read again: its status shown is the last known.`;
   } finally {
     cancelButton.disabled = false;
     cancelButton.classList.remove("confirm");
