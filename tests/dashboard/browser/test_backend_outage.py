@@ -1,6 +1,7 @@
 """The pages through a backend outage: a job or system page opened while the backend is down recovers by itself
-once it is back, an open one says that its live updates are paused while the backend is unreachable and follows
-again once it is back, and the jobs list says that what it shows is stale while the backend is unreachable."""
+once it is back, an open one says that its live updates are paused while the backend is unreachable (its status
+marked as the last known) and follows again once it is back, and the jobs list says that what it shows is stale
+while the backend is unreachable."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from .helpers import fed_job, set_visibility, total_points, wait_js
 
 pytestmark = pytest.mark.timeout(300)
 
+STATUS = "document.getElementById('job-status')"
 BANNER = "(() => { const b = document.getElementById('banner'); return b && !b.hidden ? b.textContent : ''; })()"
 
 
@@ -56,10 +58,16 @@ def test_an_open_page_says_when_the_backend_is_unreachable_and_follows_again_onc
             text = wait_js(page, BANNER, timeout=15)
             assert "backend is unreachable" in text and "paused" in text, text
             assert page.evaluate("document.body.dataset.live") == "false"
+            # The status shown is only the last one heard of, and the page says so beside it.
+            wait_js(page, f"{STATUS}.dataset.stale === 'true'", timeout=5)
+            status = page.evaluate(f"{STATUS}.textContent")
+            assert "RUNNING" in status and "last known" in status and "connection lost" in status, status
         finally:
             stack.backend.restart()
         wait_js(page, "document.body.dataset.live === 'true'", timeout=30)
         assert not page.evaluate(BANNER), "the banner stayed after the backend came back"
+        wait_js(page, f"{STATUS}.dataset.stale === 'false'", timeout=5)
+        assert page.evaluate(f"{STATUS}.textContent") == "RUNNING"
         for step in range(11, 21):
             logger.log_metric(key, float(step), step=step)
         logger.flush(30)

@@ -114,12 +114,45 @@ async function fetchOrTimeout(path, init) {
 
 export const SESSION_ENDED = "Your session has ended: open the login URL that `tp up` (or tp-dashboard) printed.";
 
+/** The event `setLive` sends on `window` when the page's live stream changes state. */
+export const LIVE_CHANGED = "tp-live-changed";
+
+let liveLost = "";
+
+/** Sets how the page's live stream is: `document.body.dataset.live` ("true", "false", "paused", "ended"). "false"
+ * comes with why what the page shows may be out of date (`lost`: shown beside a job's status, `showJobStatus`).
+ * Sends LIVE_CHANGED on `window`. */
+export function setLive(state, lost = "connection lost, reconnecting…") {
+  document.body.dataset.live = state;
+  liveLost = state === "false" ? lost : "";
+  window.dispatchEvent(new Event(LIVE_CHANGED));
+}
+
+/** Shows a job's status in `holder` (a page's `#job-status`). While the page's live stream is lost (the backend or
+ * the dashboard unreachable, the stream refused, the session ended), the status of a job not ended is only the last
+ * one the page heard of: the holder says so (`data-stale="true"`, "last known · connection lost, reconnecting…")
+ * until the stream is back. The page calls it again on LIVE_CHANGED. */
+export function showJobStatus(holder, status) {
+  const stale = liveLost !== "" && !TERMINAL.has(String(status));
+  holder.dataset.stale = String(stale);
+  holder.replaceChildren(statusBadge(status));
+  if (stale) {
+    holder.append(
+      el("span", {
+        class: "status-stale",
+        text: `last known · ${liveLost}`,
+        title: "The page cannot hear of the job's changes now: the status shown is the last one it heard of.",
+      }),
+    );
+  }
+}
+
 /** An event stream ends with its session (`event: session_ended`): stop it (a reconnect would only get a 401) and
  * say so. */
 export function endWithSession(events) {
   events.addEventListener("session_ended", () => {
     events.close();
-    document.body.dataset.live = "false";
+    setLive("false", "the session has ended");
     showBanner(SESSION_ENDED);
   });
 }
@@ -138,11 +171,11 @@ export function showLiveState(events) {
     } catch {
       // keep the generic message
     }
-    document.body.dataset.live = "false";
+    setLive("false");
     showBanner(message.charAt(0).toUpperCase() + message.slice(1), "warning");
   });
   events.addEventListener("live_resumed", () => {
-    document.body.dataset.live = "true";
+    setLive("true");
     clearBanner();
   });
 }
@@ -176,7 +209,7 @@ export function followJob(jobId, after, handlers) {
     } catch (error) {
       if (error instanceof ApiError && error.status === 401) {
         stop();
-        document.body.dataset.live = "false";
+        setLive("false", "the session has ended");
         return;
       }
     }
@@ -191,7 +224,7 @@ export function followJob(jobId, after, handlers) {
     showLiveState(events);
     events.addEventListener("open", () => {
       retryDelay = 1000;
-      document.body.dataset.live = "true";
+      setLive("true");
       clearBanner();
     });
     for (const [name, handler] of Object.entries(handlers)) {
@@ -199,7 +232,7 @@ export function followJob(jobId, after, handlers) {
         if (e.lastEventId) cursor = e.lastEventId;
         if (name === "end") {
           stop();
-          document.body.dataset.live = "ended";
+          setLive("ended");
         }
         handler(e);
       });
@@ -214,12 +247,12 @@ export function followJob(jobId, after, handlers) {
         } catch {
           // keep the generic message
         }
-        document.body.dataset.live = "false";
+        setLive("false", "live updates stopped");
         showBanner(`Live updates stopped: ${message}`);
         return;
       }
       if (events !== source) return;
-      document.body.dataset.live = "false";
+      setLive("false");
       if (events.readyState === EventSource.CLOSED) {
         source = null;
         showBanner(`Live updates interrupted; trying again in ${retryDelay / 1000} s…`, "warning");
@@ -237,12 +270,12 @@ export function followJob(jobId, after, handlers) {
       clearTimeout(retryTimer);
       if (source !== null) source.close();
       source = null;
-      document.body.dataset.live = "paused";
+      setLive("paused");
     } else if (source === null) {
       open();
     }
   });
-  if (document.visibilityState === "hidden") document.body.dataset.live = "paused";
+  if (document.visibilityState === "hidden") setLive("paused");
   else open();
 }
 

@@ -6,6 +6,7 @@
 import { JobCharts, KEYS_CHANGED, SeriesStore, withAddressKeys } from "./charts.js";
 import {
   ApiError,
+  LIVE_CHANGED,
   TERMINAL,
   api,
   el,
@@ -22,6 +23,7 @@ import {
   renderError,
   safeUrl,
   showBanner,
+  showJobStatus,
   statusBadge,
 } from "./common.js";
 
@@ -48,7 +50,7 @@ const cancelNote = el("span", { class: "muted", id: "cancel-note" });
 
 function renderHead() {
   title.textContent = jobName(job);
-  statusHolder.replaceChildren(statusBadge(job.status));
+  showJobStatus(statusHolder, job.status);
   document.title = `${jobName(job)} · Training platform`;
   document.body.dataset.status = job.status;
   const rows = [
@@ -343,6 +345,11 @@ logList.addEventListener("scroll", () => {
 });
 
 // --- live events --------------------------------------------------------------------------------------------
+
+// The status shown is marked as the last known while the live stream is lost, and unmarked once it is back.
+window.addEventListener(LIVE_CHANGED, () => {
+  if (job) renderHead();
+});
 
 function follow(lastSequence) {
   followJob(jobId, `m${lastSequence}`, {

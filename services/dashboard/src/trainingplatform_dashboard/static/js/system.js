@@ -2,7 +2,18 @@
 // page's stream handling: paused while hidden, the backend's outages and refusals shown, retried by itself).
 
 import { JobCharts, SeriesStore } from "./charts.js";
-import { TERMINAL, el, followJob, header, jobName, loadJob, renderError, showBanner, statusBadge } from "./common.js";
+import {
+  LIVE_CHANGED,
+  TERMINAL,
+  el,
+  followJob,
+  header,
+  jobName,
+  loadJob,
+  renderError,
+  showBanner,
+  showJobStatus,
+} from "./common.js";
 
 const main = document.getElementById("main");
 const jobId = decodeURIComponent(location.pathname.split("/")[2] || "");
@@ -16,7 +27,15 @@ async function start() {
   const detail = await loadJob(jobId, main);
   if (detail === null) return;
   const job = detail.job;
-  const status = el("span", { id: "job-status" }, statusBadge(job.status));
+  const status = el("span", { id: "job-status" });
+  let current = job.status;
+  const showStatus = (name) => {
+    if (name) current = name;
+    showJobStatus(status, current);
+  };
+  showStatus();
+  // The status is marked as the last known while the live stream is lost, and unmarked once it is back.
+  window.addEventListener(LIVE_CHANGED, () => showStatus());
   const chartBox = el("div", { id: "charts", class: "charts" });
   main.replaceChildren(
     el(
@@ -48,8 +67,8 @@ async function start() {
   if (TERMINAL.has(job.status)) return;
   followJob(jobId, `m${store.lastSequence}`, {
     metrics: (e) => charts.append(JSON.parse(e.data).points || []),
-    status: (e) => status.replaceChildren(statusBadge(JSON.parse(e.data).status)),
-    end: (e) => status.replaceChildren(statusBadge(JSON.parse(e.data).status)),
+    status: (e) => showStatus(JSON.parse(e.data).status),
+    end: (e) => showStatus(JSON.parse(e.data).status),
   });
 }
 
