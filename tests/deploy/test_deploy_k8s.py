@@ -273,7 +273,10 @@ def test_every_pod_is_probed_limited_and_locked_down(rendered: dict, overlay: st
             # gRPC, and Prometheus metrics (TP_METRICS_PORT; test_deploy_metrics.py checks the annotations).
             assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"grpc": port, "metrics": 9090}
             assert main["readinessProbe"]["grpc"] == {"port": port}, name
-            assert main["livenessProbe"]["grpc"] == {"port": port}, name
+            # The backend's readiness follows its database; its liveness does not (a database outage would
+            # restart every backend): the health service `liveness`.
+            liveness = {"port": port, "service": "liveness"} if name == "backend" else {"port": port}
+            assert main["livenessProbe"]["grpc"] == liveness, name
         if name == "dashboard":
             # HTTP, and the same metrics port; GET /healthz needs no session.
             assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"http": 8080, "metrics": 9090}

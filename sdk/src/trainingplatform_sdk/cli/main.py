@@ -483,10 +483,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
             for line in client.logs(args.job, min_level=args.level or ""):
                 print(_log_line(line))
             return 0
+        # The backend filters a history read by level; a subscription sends every record, so they are filtered here.
+        minimum = LOG_LEVEL_NAMES.index(args.level) if args.level else 0
         for event in client.subscribe(args.job, max_reconnect_s=RECONNECT_S, on_reconnect=OutageNotice(client.address)):
             for line in event.logs:
-                print(_log_line(line), flush=True)
+                if _LEVEL_RANK.get(line.level, len(LOG_LEVEL_NAMES)) >= minimum:
+                    print(_log_line(line), flush=True)
     return 0
+
+
+_LEVEL_RANK = {name.upper(): rank for rank, name in enumerate(LOG_LEVEL_NAMES)}
+"""The rank of a record's level (`INFO`) among LOG_LEVEL_NAMES, as `tp logs --level` compares them."""
 
 
 def _log_line(line: LogLine) -> str:

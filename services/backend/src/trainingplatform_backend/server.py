@@ -19,6 +19,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from grpc_health.v1 import health_pb2
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
@@ -32,6 +33,7 @@ from trainingplatform_backend import db, metrics, workers
 from trainingplatform_backend import settings as settings_module
 from trainingplatform_backend.auth import Authenticator
 from trainingplatform_backend.convert import PageTokens
+from trainingplatform_backend.db_health import DatabaseHealth
 from trainingplatform_backend.dispatch import Dispatcher, DispatchSettings
 from trainingplatform_backend.interceptors import ServiceInterceptor
 from trainingplatform_backend.jobs_service import JobsServicer
@@ -48,6 +50,10 @@ SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name,
 )
 
+LIVENESS_SERVICE = "liveness"
+"""A health service name that says SERVING while the process serves, whatever its database does: what a liveness
+probe asks (`""` and the services say NOT_SERVING while the database does not answer: `DatabaseHealth`)."""
+
 
 @dataclass
 class RunningServer:
@@ -60,11 +66,15 @@ class RunningServer:
     reporter_lease: ReporterLease
     settings: Settings
     metrics_task: asyncio.Task[None] | None = None
+    database_health: DatabaseHealth | None = None
 
     async def stop(self) -> None:
         """Graceful shutdown: NOT_SERVING first, then open streams end after committing what they received,
-        then the grace period for other calls, then the database is closed."""
+        then the grace period for other calls, then the database is closed. The database checks end first: a
+        database that answers again during the shutdown does not turn the health SERVING."""
         log.info("shutting down: health NOT_SERVING, grace %.1fs", self.settings.shutdown_grace_s)
+        if self.database_health is not None:
+            await self.database_health.stop()
         await self.server.stop(self.settings.shutdown_grace_s, drain=self._end_streams)
         await self.backend.committer.close()
         await self.dispatcher.stop()
@@ -178,6 +188,16 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
     metrics_task = metrics.start(settings.metrics_port, host, store.engine, serve=False)
     backend.committer.start()
     await server.start(before_serving=dispatcher.start)
+    await server.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    database_health = None
+    if not store.is_sqlite and settings.database_check_interval_s > 0:
+        database_health = DatabaseHealth(
+            url,
+            interval_s=settings.database_check_interval_s,
+            timeout_s=settings.database_check_timeout_s,
+            on_change=lambda answers: _set_health(server, answers),
+        )
+        database_health.start()
     reporter_lease.start()
     log.info(
         "serving on %s:%d (%s, database %s)",
@@ -186,7 +206,14 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
         "TLS" if settings.tls_enabled else "plaintext",
         db.display_url(url),
     )
-    return RunningServer(server, backend, listener, dispatcher, reporter_lease, settings, metrics_task)
+    return RunningServer(server, backend, listener, dispatcher, reporter_lease, settings, metrics_task, database_health)
+
+
+async def _set_health(server: GrpcServer, serving: bool) -> None:
+    """The health of `""` and every service (not `liveness`): SERVING or NOT_SERVING."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *server.service_names):
+        await server.health.set(name, status)
 
 
 def _trainer_tls(settings: Settings) -> ClientTls | None:

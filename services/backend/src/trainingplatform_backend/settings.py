@@ -20,7 +20,7 @@ from trainingplatform_sdk.spec.limits import (
     MAX_EPOCHS,
 )
 
-from trainingplatform_backend import db
+from trainingplatform_backend import db, db_health
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_INGEST_BYTES_IN_FLIGHT = 2 * DEFAULT_MAX_MESSAGE_BYTES
@@ -54,6 +54,17 @@ class Settings:
     find a dead connection in about as long. Parameters the URL sets itself (`?keepalives_idle=`,
     `?tcp_user_timeout=`, a statement_timeout in `?options=`) keep their values. Migrations have no
     statement_timeout. 0: none of these."""
+
+    database_check_interval_s: float = db_health.DEFAULT_CHECK_INTERVAL_S
+    """TP_DATABASE_CHECK_INTERVAL_S: PostgreSQL only. How often (5 s) the backend checks that its database answers
+    (`SELECT 1` on a connection of its own). While a check fails, the gRPC health (`""` and every service) says
+    NOT_SERVING, so readiness probes and load balancers send the calls elsewhere; it says SERVING again at the
+    first check that passes. One WARNING and one INFO line mark the outage. The health service `liveness` is not
+    affected (liveness probes must not restart a backend for its database). 0: no checks."""
+
+    database_check_timeout_s: float = db_health.DEFAULT_CHECK_TIMEOUT_S
+    """TP_DATABASE_CHECK_TIMEOUT_S: how long one database check may take, connecting included (2 s; a database that
+    does not answer within it counts as down). DATABASE_URL's `connect_timeout` does not apply to the checks."""
 
     internal_auth_token: str = field(default="", repr=False)
     """INTERNAL_AUTH_TOKEN: the service token for service-to-service calls. Empty means a random token is
@@ -292,6 +303,10 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         data_dir=Path(pick("data_dir", "TP_DATA_DIR", ".data")),
         database_url=pick("database_url", "DATABASE_URL", ""),
         database_timeout_s=seconds("TP_DATABASE_TIMEOUT_S", str(db.DEFAULT_DATABASE_TIMEOUT_S)),
+        database_check_interval_s=seconds("TP_DATABASE_CHECK_INTERVAL_S", str(db_health.DEFAULT_CHECK_INTERVAL_S)),
+        database_check_timeout_s=seconds(
+            "TP_DATABASE_CHECK_TIMEOUT_S", str(db_health.DEFAULT_CHECK_TIMEOUT_S), above=True
+        ),
         internal_auth_token=env.get("INTERNAL_AUTH_TOKEN", ""),
         read_auth_token=env.get("READ_AUTH_TOKEN", ""),
         tls_cert_file=pick("tls_cert_file", "TP_TLS_CERT_FILE", ""),
