@@ -19,6 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
 
@@ -379,33 +380,97 @@ def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
         context.invalidate_pool_on_disconnect = True
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str, migrations_dir: Path = MIGRATIONS_DIR) -> Config:
     """An Alembic configuration for `url` that needs no alembic.ini."""
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 
-def migrate(url: str) -> None:
-    """Applies every pending migration: the only way the schema is created or changed."""
+def revisions() -> list[str]:
+    """This backend's migration revisions, oldest first (the last is its head)."""
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return [revision.revision for revision in reversed(list(script.walk_revisions()))]
+
+
+def target_revision(to: str) -> str:
+    """The revision `tp-backend migrate --to` names: one of `revisions()`, or `head` (the newest).
+
+    Raises:
+        ValueError: an unknown revision, the message naming the known ones.
+    """
+    known = revisions()
+    if to == "head":
+        return known[-1]
+    if to not in known:
+        raise ValueError(
+            f"--to {to}: no such revision; this backend knows {', '.join(known)} (or head, which is {known[-1]})"
+        )
+    return to
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database at `url` is at; None for a database no migration was applied to."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            heads = MigrationContext.configure(connection).get_current_heads()
+    finally:
+        engine.dispose()
+    return ", ".join(sorted(heads)) or None
+
+
+def migrate(url: str, to: str = "head") -> tuple[str | None, str]:
+    """Upgrades or downgrades the database to revision `to` (`head`: every migration): the only way the schema is
+    created or changed. Logs and returns the revision it was at (None: an empty database) and the one it is at.
+
+    Raises:
+        ValueError: `to` is not a revision of this backend (`target_revision`).
+        SchemaError: the database is at a revision this backend does not know (a newer version migrated it).
+    """
+    target = target_revision(to)
     log.info("applying database migrations to %s", display_url(url))
     _ensure_sqlite_directory(url)
-    command.upgrade(alembic_config(url), "head")
+    before = current_revision(url)
+    known = revisions()
+    if before is not None and before not in known:
+        raise SchemaError(_newer_revision(display_url(url), before, known[-1]))
+    config = alembic_config(url)
+    if before is not None and known.index(target) < known.index(before):
+        command.downgrade(config, target)
+    else:
+        command.upgrade(config, target)
+    after = current_revision(url) or target
+    if before == after:
+        log.info("the database is already at %s%s: nothing to migrate", after, " (head)" if after == known[-1] else "")
+    else:
+        log.info("migrated the database from %s to %s", before or "no revision (an empty database)", after)
+    return before, after
+
+
+def _newer_revision(url: str, current: str, head: str) -> str:
+    return (
+        f"the database {url} is at revision {current}, which this backend does not know (a newer version migrated "
+        f"it; this backend needs {head}): to roll it back, run `tp-backend migrate --to {head}` with the version that "
+        f"migrated it, or run that version or a newer one"
+    )
 
 
 class SchemaError(RuntimeError):
     """The database's schema is not the one this backend's migrations make (it was started with migrations off)."""
 
 
-def check_schema(engine: Engine) -> None:
+def check_schema(engine: Engine, *, migrations_dir: Path = MIGRATIONS_DIR) -> None:
     """Checks that the database is at this backend's migration head, for a backend started with migrations off.
+
+    `migrations_dir`: the migrations whose head is needed (another version's, in the tests of rolling back).
 
     Raises:
         SchemaError: saying what the database is at and what to run.
     """
     url = display_url(engine.url)
-    script = ScriptDirectory.from_config(alembic_config(url))
+    script = ScriptDirectory.from_config(alembic_config(url, migrations_dir))
     heads = set(script.get_heads())
     with engine.connect() as connection:
         current = set(MigrationContext.configure(connection).get_current_heads())
@@ -416,10 +481,7 @@ def check_schema(engine: Engine) -> None:
         raise SchemaError(f"the database {url} has no schema: no migration was applied to it; {fix}")
     known = {revision.revision for revision in script.walk_revisions()}
     if not current <= known:
-        raise SchemaError(
-            f"the database {url} is at revision {', '.join(sorted(current))}, which this backend does not know "
-            f"(a newer version migrated it); run the version that did, or a newer one"
-        )
+        raise SchemaError(_newer_revision(url, ", ".join(sorted(current)), ", ".join(sorted(heads))))
     raise SchemaError(
         f"the database {url} is at revision {', '.join(sorted(current))}; this backend needs "
         f"{', '.join(sorted(heads))}: {fix}"

@@ -263,10 +263,24 @@ def main(argv: list[str] | None = None) -> int:
         nargs="?",
         default="serve",
         choices=("serve", "migrate"),
-        help="serve (default) or only apply database migrations",
+        help="serve (default), or only migrate the database (to the newest revision, or the one --to names)",
+    )
+    parser.add_argument(
+        "--to",
+        metavar="REVISION",
+        help="with migrate: upgrade or downgrade the database to REVISION (a revision of this version, or head); "
+        "run it with the newer version before rolling back to an older one",
     )
     settings_module.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.to is not None and args.command != "migrate":
+        print(f"tp-backend: error: --to goes only with `tp-backend migrate --to {args.to}`", file=sys.stderr)
+        return 2
+    try:
+        target = db.target_revision(args.to) if args.to is not None else "head"
+    except ValueError as error:  # before the database is touched
+        print(f"tp-backend: error: {error}", file=sys.stderr)
+        return 2
     try:
         settings = settings_module.load(args)
     except ValueError as error:  # one line, without argparse's usage block: the flags were fine
@@ -284,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "migrate":
-            db.migrate(settings.effective_database_url)
+            db.migrate(settings.effective_database_url, target)
             return 0
         if workers.is_worker():
             serving = _serve_as_worker(dataclasses.replace(settings, migrate_on_start=False))  # the supervisor did

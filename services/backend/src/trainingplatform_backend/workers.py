@@ -258,7 +258,7 @@ class Supervisor:
         self._metrics: ModuleType | None = None
         self._metrics_dir = ""
 
-    def run(self, before_workers: Callable[[], None] | None = None) -> int:
+    def run(self, before_workers: Callable[[], object] | None = None) -> int:
         """Serves until SIGTERM or SIGINT; returns the exit code (1 when the workers could not start).
 
         `before_workers` (the migrations) runs once `/metrics` is served, before the first worker starts."""
