@@ -64,6 +64,7 @@ def _call(backend: BackendProcess, rpc: str, job_id: str, metadata) -> grpc.Stat
         "CreateJob": lambda: jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec, dispatch=False), metadata=metadata),
         "GetJob": lambda: jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=metadata),
         "ListJobs": lambda: jobs.ListJobs(jobs_pb2.ListJobsRequest(), metadata=metadata),
+        "ListFrameworks": lambda: jobs.ListFrameworks(jobs_pb2.ListFrameworksRequest(), metadata=metadata),
         "CancelJob": lambda: jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id), metadata=metadata),
         "ListMetrics": lambda: jobs.ListMetrics(jobs_pb2.ListMetricsRequest(job_id=job_id), metadata=metadata),
         "GetMetricSeries": lambda: jobs.GetMetricSeries(
@@ -100,6 +101,7 @@ MATRIX = {
     "CreateJob": JOB_WRITE_RULE,
     "CancelJob": JOB_WRITE_RULE,
     "ListJobs": LIST_RULE,
+    "ListFrameworks": LIST_RULE,
     **{name: JOB_READ_RULE for name in ("GetJob", "ListMetrics", "GetMetricSeries", "ListLogs", "SubscribeTelemetry")},
 }
 

@@ -49,6 +49,13 @@ def test_unreachable_trainers_fail_the_job_with_every_reason(database_url: str, 
             assert address in job.error_message
         assert "UNAVAILABLE" in job.error_message
         assert backend.status_events(job.job_id) == ["PENDING", "QUEUED", "FAILED"]
+        # ListFrameworks offers timm, configured, and says that none of its trainers answers now, naming each.
+        listed = backend.jobs().ListFrameworks(jobs_pb2.ListFrameworksRequest(), metadata=auth(backend.read_token))
+        [timm] = listed.frameworks
+        assert (timm.name, timm.trainers, timm.reachable_trainers) == ("timm", 2, 0)
+        assert timm.unreachable_reason.startswith("no timm trainer answered: ")
+        for address in dead:
+            assert f"{address}: UNAVAILABLE" in timm.unreachable_reason
         # A framework with no trainer at all is refused before anything is stored.
         other = common_pb2.JobSpec()
         other.CopyFrom(SPEC)

@@ -112,6 +112,7 @@ def test_every_page_and_api_answers_401_without_a_session(backend: BackendProces
         f"/api/jobs/{job_id}/logs",
         f"/api/jobs/{job_id}/events",
         "/api/events/jobs",
+        "/api/frameworks",
         "/static/js/common.js",
     ):
         response = anonymous.get(path)
@@ -295,6 +296,8 @@ def test_create_maps_backend_errors_with_their_field(backend: BackendProcess, da
     response = client.post("/api/jobs", json={**base, "display_name": "from the dashboard"}, headers=headers)
     assert response.status_code == 409, response.text
     assert response.json()["error"]["code"] == "FAILED_PRECONDITION"
+    # Which is why the new-job form offers no framework here: the backend has none to dispatch to.
+    assert client.get("/api/frameworks").json() == {"frameworks": []}
 
 
 # Every number the new-job form (or a script) can send, as raw JSON text: non-finite values and integers past what

@@ -217,6 +217,16 @@ def test_compare_overlays_two_jobs_and_marks_the_spec_differences(page: Any, sta
 
 def test_new_job_form_shows_the_validation_error_beside_its_field(page: Any, stack: Platform, tmp_path: Path) -> None:
     page.goto(f"{stack.url}/new")
+    # Only what the backend can run is offered (ListFrameworks): timm, whose trainer answers; ultralytics has no
+    # trainer on this stack, so it is listed disabled, saying why.
+    wait_js(page, "document.querySelector('#framework option[value=\"ultralytics\"]')")
+    options = "[...document.querySelectorAll('#framework option')].map((o) => [o.value, o.disabled, o.textContent])"
+    assert page.evaluate(options) == [
+        ["timm", False, "timm"],
+        ["ultralytics", True, "ultralytics (unavailable: no trainer configured)"],
+    ]
+    assert page.locator("#framework").input_value() == "timm"
+    assert "no trainer service for it is configured" in page.locator("#framework-note").inner_text()
     page.fill("#model", "resnet10t")
     page.fill("#dataset", "digits")
     page.fill("#epochs", "0")

@@ -72,6 +72,7 @@ METHOD_RIGHTS: dict[str, frozenset[Kind]] = {
     _JOBS + "CreateJob": frozenset({Kind.INTERNAL, Kind.FRONTEND}),
     _JOBS + "CancelJob": frozenset({Kind.INTERNAL, Kind.FRONTEND}),
     _JOBS + "ListJobs": frozenset({Kind.INTERNAL, Kind.FRONTEND, Kind.READ}),
+    _JOBS + "ListFrameworks": frozenset({Kind.INTERNAL, Kind.FRONTEND, Kind.READ}),
     _JOBS + "GetJob": _JOB_SCOPED_READ,
     _JOBS + "ListMetrics": _JOB_SCOPED_READ,
     _JOBS + "GetMetricSeries": _JOB_SCOPED_READ,

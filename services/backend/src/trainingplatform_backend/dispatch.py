@@ -84,12 +84,26 @@ CLAIM_RENEW_S = 5.0
 # Runs asked per ListTrainings page.
 LIST_PAGE_SIZE = 1000
 
+# How long ListFrameworks waits for a trainer's GetCapabilities answer.
+CAPABILITIES_TIMEOUT_S = 2.0
+
 RETRY_NEXT = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 )
 ENDED_RUN_STATES = frozenset(
     {trainer_pb2.RUN_STATE_SUCCEEDED, trainer_pb2.RUN_STATE_FAILED, trainer_pb2.RUN_STATE_CANCELLED}
 )
+
+
+@dataclass(frozen=True)
+class FrameworkTrainers:
+    """A framework the backend dispatches to, and how many of its trainers answer now (ListFrameworks)."""
+
+    name: str
+    trainers: int
+    reachable: int
+    unreachable_reason: str
+    """Why none answered (each trainer's address and error), when none did; else empty."""
 
 
 @dataclass
@@ -156,6 +170,32 @@ class Dispatcher:
     def has_trainer(self, framework: str) -> bool:
         """Whether a trainer is configured for the framework."""
         return bool(self._settings.trainers.get(framework))
+
+    async def frameworks(self, timeout_s: float = CAPABILITIES_TIMEOUT_S) -> list[FrameworkTrainers]:
+        """Every framework with a trainer configured (TP_TRAINERS), by name, with how many of its trainers answer
+        GetCapabilities now: all of them are asked at once, each within `timeout_s` (ListFrameworks)."""
+
+        async def ask(address: str) -> str:
+            """'' when the trainer answered, else why not."""
+            try:
+                await self._stub(address).GetCapabilities(
+                    trainer_pb2.GetCapabilitiesRequest(), metadata=self._metadata(), timeout=timeout_s
+                )
+            except grpc.aio.AioRpcError as error:
+                return f"{address}: {error.code().name}"
+            return ""
+
+        names = sorted(name for name, addresses in self._settings.trainers.items() if addresses)
+        answers = await asyncio.gather(*(ask(a) for name in names for a in self._settings.trainers[name]))
+        result: list[FrameworkTrainers] = []
+        for name in names:
+            count = len(self._settings.trainers[name])
+            mine, answers = answers[:count], answers[count:]
+            failures = [failure for failure in mine if failure]
+            reachable = count - len(failures)
+            reason = "" if reachable else f"no {name} trainer answered: {'; '.join(failures)}"
+            result.append(FrameworkTrainers(name, count, reachable, reason))
+        return result
 
     def job_token(self, job_id: str) -> tuple[str, str]:
         """The job's telemetry token and its hash (derived: see `auth.derive_job_token`)."""

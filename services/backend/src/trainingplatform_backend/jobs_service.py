@@ -155,6 +155,22 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             job=convert.job_to_proto(view), status_events=[convert.status_event_to_proto(e) for e in view.status_events]
         )
 
+    async def ListFrameworks(
+        self, request: jobs_pb2.ListFrameworksRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ListFrameworksResponse:
+        frameworks = await self._dispatcher.frameworks()
+        return jobs_pb2.ListFrameworksResponse(
+            frameworks=[
+                jobs_pb2.FrameworkAvailability(
+                    name=framework.name,
+                    trainers=framework.trainers,
+                    reachable_trainers=framework.reachable,
+                    unreachable_reason=framework.unreachable_reason,
+                )
+                for framework in frameworks
+            ]
+        )
+
     async def ListJobs(
         self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.ListJobsResponse:

@@ -336,6 +336,27 @@ async def list_jobs(request: Request) -> Response:
     return JSONResponse({"jobs": [feed.job_json(job) for job in jobs], "next_page_token": next_token})
 
 
+async def list_frameworks(request: Request) -> Response:
+    """GET /api/frameworks: {"frameworks": [{"name", "trainers", "reachable_trainers", "unreachable_reason"}]}, the
+    frameworks the backend dispatches jobs to (ListFrameworks: those with a trainer service configured, and how many
+    of their trainers answer now), by name. The new-job form offers these; CreateJob refuses any other."""
+    _, backend, _, _ = _parts(request)
+    response = await _call(backend.list_frameworks())
+    return JSONResponse(
+        {
+            "frameworks": [
+                {
+                    "name": framework.name,
+                    "trainers": framework.trainers,
+                    "reachable_trainers": framework.reachable_trainers,
+                    "unreachable_reason": framework.unreachable_reason,
+                }
+                for framework in response.frameworks
+            ]
+        }
+    )
+
+
 async def _epoch_summaries(backend: Backend, job: jobs_pb2.Job) -> list[dict[str, Any]]:
     """The job's epoch summaries, from a subscription that skips its points and records (complete for an ended
     job; for a live one, those the replay gives within a short budget: the event stream brings the rest)."""
@@ -803,6 +824,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/session", session),
         Route("/api/jobs", list_jobs, methods=["GET"]),
         Route("/api/jobs", create_job, methods=["POST"]),
+        Route("/api/frameworks", list_frameworks),
         Route("/api/jobs/{job_id}", get_job),
         Route("/api/jobs/{job_id}/series", get_series),
         Route("/api/jobs/{job_id}/logs", get_logs),

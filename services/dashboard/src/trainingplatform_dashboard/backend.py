@@ -31,7 +31,7 @@ _RECEIVE_BYTES = 16 * 1024 * 1024
 #: (TP_MAX_CONCURRENT_STREAMS): 200 tabs opening at once must not fill them with GetJob calls and leave the
 #: subscriptions (the job hubs, the catch-ups) to be refused.
 MAX_UNARY_CALLS = 32
-_READS = ("GetJob", "ListJobs", "ListMetrics", "ListLogs", "GetMetricSeries")
+_READS = ("GetJob", "ListJobs", "ListMetrics", "ListLogs", "GetMetricSeries", "ListFrameworks")
 _SERIES_KEYS_PER_CALL = 1000
 MAX_METRIC_KEYS = 10_000
 """The most metric keys of one job the dashboard reads (GetMetricSeries answers 1,000 a call: 10 calls)."""
@@ -169,6 +169,11 @@ class Backend:
     async def get_job(self, job_id: str) -> jobs_pb2.GetJobResponse:
         """GetJob with the read token."""
         return await self._unary_call(self.stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id), self._read())
+
+    async def list_frameworks(self) -> jobs_pb2.ListFrameworksResponse:
+        """ListFrameworks with the read token: the frameworks the backend dispatches to, and whether their trainers
+        answer now."""
+        return await self._unary_call(self.stub.ListFrameworks, jobs_pb2.ListFrameworksRequest(), self._read())
 
     async def list_jobs(self, *, statuses: tuple[int, ...] = (), framework: str = "", limit: int = 500) -> list[Any]:
         """ListJobs with the read token: the newest `limit` jobs (pages followed)."""

@@ -288,3 +288,25 @@ class GetMetricSeriesResponse(_message.Message):
     last_sequence: int
     next_key: str
     def __init__(self, series: _Optional[_Iterable[_Union[MetricSeries, _Mapping]]] = ..., last_sequence: _Optional[int] = ..., next_key: _Optional[str] = ...) -> None: ...
+
+class ListFrameworksRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListFrameworksResponse(_message.Message):
+    __slots__ = ("frameworks",)
+    FRAMEWORKS_FIELD_NUMBER: _ClassVar[int]
+    frameworks: _containers.RepeatedCompositeFieldContainer[FrameworkAvailability]
+    def __init__(self, frameworks: _Optional[_Iterable[_Union[FrameworkAvailability, _Mapping]]] = ...) -> None: ...
+
+class FrameworkAvailability(_message.Message):
+    __slots__ = ("name", "trainers", "reachable_trainers", "unreachable_reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TRAINERS_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_TRAINERS_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    trainers: int
+    reachable_trainers: int
+    unreachable_reason: str
+    def __init__(self, name: _Optional[str] = ..., trainers: _Optional[int] = ..., reachable_trainers: _Optional[int] = ..., unreachable_reason: _Optional[str] = ...) -> None: ...

@@ -88,6 +88,11 @@ class JobsServiceStub:
                 request_serializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesRequest.SerializeToString,
                 response_deserializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesResponse.FromString,
                 _registered_method=True)
+        self.ListFrameworks = channel.unary_unary(
+                '/trainingplatform.jobs.v1.JobsService/ListFrameworks',
+                request_serializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.ListFrameworksRequest.SerializeToString,
+                response_deserializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.ListFrameworksResponse.FromString,
+                _registered_method=True)
 
 
 class JobsServiceServicer:
@@ -257,6 +262,19 @@ class JobsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFrameworks(self, request, context):
+        """Lists the frameworks this backend dispatches jobs to (those with a trainer service configured: TP_TRAINERS),
+        each with how many of its trainer services answer now (each is asked GetCapabilities, all at once, within 2 s).
+        A front end offers these frameworks for a new job: CreateJob refuses any other (FAILED_PRECONDITION) unless
+        `dispatch` is false, and accepts a job of a framework whose trainers do not answer, which then waits QUEUED for
+        one (TP_DISPATCH_TIMEOUT_S).
+
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (a job's telemetry token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -299,6 +317,11 @@ def add_JobsServiceServicer_to_server(servicer, server):
                     servicer.GetMetricSeries,
                     request_deserializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesRequest.FromString,
                     response_serializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesResponse.SerializeToString,
+            ),
+            'ListFrameworks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFrameworks,
+                    request_deserializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.ListFrameworksRequest.FromString,
+                    response_serializer=trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.ListFrameworksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -531,6 +554,33 @@ class JobsService:
             '/trainingplatform.jobs.v1.JobsService/GetMetricSeries',
             trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesRequest.SerializeToString,
             trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.GetMetricSeriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFrameworks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trainingplatform.jobs.v1.JobsService/ListFrameworks',
+            trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.ListFrameworksRequest.SerializeToString,
+            trainingplatform_dot_jobs_dot_v1_dot_jobs__pb2.ListFrameworksResponse.FromString,
             options,
             channel_credentials,
             insecure,

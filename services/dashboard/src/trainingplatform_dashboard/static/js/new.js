@@ -1,4 +1,4 @@
-// New job: framework, model, dataset, epochs and advanced_config JSON. The backend's INVALID_ARGUMENT message
+// New job: framework (those the backend can run), model, dataset, epochs and advanced_config JSON. The backend's INVALID_ARGUMENT message
 // (suggestions included), or its NOT_FOUND (a dataset path the trainer does not have), is shown beside the field it
 // concerns (the API's error.field).
 
@@ -38,15 +38,14 @@ const FIELDS = [
 const inputs = new Map();
 const errors = new Map();
 
+/** The frameworks the platform ships trainers for: one the backend cannot run is listed disabled, with why. */
+const KNOWN_FRAMEWORKS = ["timm", "ultralytics"];
+const frameworkNote = el("p", { class: "muted small", id: "framework-note" });
+
 function control(field) {
   if (field.kind === "framework") {
-    const select = el(
-      "select",
-      { id: field.name, name: field.name },
-      el("option", { value: "timm", text: "timm" }),
-      el("option", { value: "ultralytics", text: "ultralytics" }),
-    );
-    return select;
+    // loadFrameworks() fills it with what the backend can run.
+    return el("select", { id: field.name, name: field.name }, el("option", { value: "", text: "Loading…" }));
   }
   if (field.kind === "json") {
     return el("textarea", { id: field.name, name: field.name, spellcheck: "false", placeholder: "{}" });
@@ -142,6 +141,47 @@ for (const field of FIELDS) {
   );
 }
 form.append(formError, el("div", { class: "form-actions" }, submit, el("a", { href: "/", text: "Back to jobs" })));
+errors.get("framework").after(frameworkNote);
+
+/** Offers the frameworks the backend dispatches jobs to (GET /api/frameworks: a trainer service is configured for
+ * each; CreateJob refuses any other); a known framework it cannot run is listed disabled, saying why. One whose
+ * trainers do not answer now is still offered (its job waits QUEUED for one), saying so. When the list cannot be
+ * read, the known frameworks are offered and the create says whether the backend runs them. */
+async function loadFrameworks() {
+  const select = inputs.get("framework");
+  let listed;
+  try {
+    listed = (await api("/api/frameworks")).frameworks;
+  } catch (error) {
+    select.replaceChildren(...KNOWN_FRAMEWORKS.map((name) => el("option", { value: name, text: name })));
+    frameworkNote.textContent = `Could not read which frameworks the backend runs (${error.message}).`;
+    return;
+  }
+  const offered = new Set(listed.map((framework) => framework.name));
+  const options = listed.map((framework) =>
+    el("option", {
+      value: framework.name,
+      text: framework.reachable_trainers
+        ? framework.name
+        : `${framework.name} (no trainer answers now: the job waits for one)`,
+      title: framework.unreachable_reason || null,
+    }),
+  );
+  const missing = KNOWN_FRAMEWORKS.filter((name) => !offered.has(name));
+  for (const name of missing) {
+    options.push(el("option", { value: name, text: `${name} (unavailable: no trainer configured)`, disabled: true }));
+  }
+  select.replaceChildren(...options);
+  select.value = listed.length ? listed[0].name : "";
+  if (!listed.length) {
+    submit.disabled = true;
+    frameworkNote.textContent =
+      "The backend has no trainer service configured, so it can run no job: start the stack with `tp up`, or set " +
+      "the backend's TP_TRAINERS.";
+  } else if (missing.length) {
+    frameworkNote.textContent = `${missing.join(" and ")}: no trainer service for it is configured on the backend.`;
+  }
+}
 
 form.addEventListener("input", () => {
   requestId = newRequestId();
@@ -168,3 +208,4 @@ form.addEventListener("submit", async (event) => {
 
 header("new");
 main.replaceChildren(el("div", { class: "page-head" }, el("h1", { text: "New job" })), form);
+loadFrameworks();

@@ -1001,6 +1001,81 @@ export declare type GetMetricSeriesResponse = Message<"trainingplatform.jobs.v1.
 export declare const GetMetricSeriesResponseSchema: GenMessage<GetMetricSeriesResponse>;
 
 /**
+ * Request of ListFrameworks.
+ *
+ * @generated from message trainingplatform.jobs.v1.ListFrameworksRequest
+ */
+export declare type ListFrameworksRequest = Message<"trainingplatform.jobs.v1.ListFrameworksRequest"> & {
+};
+
+/**
+ * Describes the message trainingplatform.jobs.v1.ListFrameworksRequest.
+ * Use `create(ListFrameworksRequestSchema)` to create a new message.
+ */
+export declare const ListFrameworksRequestSchema: GenMessage<ListFrameworksRequest>;
+
+/**
+ * Response of ListFrameworks.
+ *
+ * @generated from message trainingplatform.jobs.v1.ListFrameworksResponse
+ */
+export declare type ListFrameworksResponse = Message<"trainingplatform.jobs.v1.ListFrameworksResponse"> & {
+  /**
+   * Every framework with a trainer service configured, by name.
+   *
+   * @generated from field: repeated trainingplatform.jobs.v1.FrameworkAvailability frameworks = 1;
+   */
+  frameworks: FrameworkAvailability[];
+};
+
+/**
+ * Describes the message trainingplatform.jobs.v1.ListFrameworksResponse.
+ * Use `create(ListFrameworksResponseSchema)` to create a new message.
+ */
+export declare const ListFrameworksResponseSchema: GenMessage<ListFrameworksResponse>;
+
+/**
+ * A framework the backend dispatches jobs to, and whether its trainer services answer now.
+ *
+ * @generated from message trainingplatform.jobs.v1.FrameworkAvailability
+ */
+export declare type FrameworkAvailability = Message<"trainingplatform.jobs.v1.FrameworkAvailability"> & {
+  /**
+   * The framework's name, as JobSpec.framework gives it (`timm`).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * How many trainer services are configured for it.
+   *
+   * @generated from field: int32 trainers = 2;
+   */
+  trainers: number;
+
+  /**
+   * How many of them answered GetCapabilities just now.
+   *
+   * @generated from field: int32 reachable_trainers = 3;
+   */
+  reachableTrainers: number;
+
+  /**
+   * When none answered: why, for each trainer service (its address and the error); else empty.
+   *
+   * @generated from field: string unreachable_reason = 4;
+   */
+  unreachableReason: string;
+};
+
+/**
+ * Describes the message trainingplatform.jobs.v1.FrameworkAvailability.
+ * Use `create(FrameworkAvailabilitySchema)` to create a new message.
+ */
+export declare const FrameworkAvailabilitySchema: GenMessage<FrameworkAvailability>;
+
+/**
  * JobsService is served by the backend.
  *
  * Authentication: `authorization: Bearer <token>` metadata. CreateJob and CancelJob need the front-end token
@@ -1192,6 +1267,22 @@ export declare const JobsService: GenService<{
     methodKind: "unary";
     input: typeof GetMetricSeriesRequestSchema;
     output: typeof GetMetricSeriesResponseSchema;
+  },
+  /**
+   * Lists the frameworks this backend dispatches jobs to (those with a trainer service configured: TP_TRAINERS),
+   * each with how many of its trainer services answer now (each is asked GetCapabilities, all at once, within 2 s).
+   * A front end offers these frameworks for a new job: CreateJob refuses any other (FAILED_PRECONDITION) unless
+   * `dispatch` is false, and accepts a job of a framework whose trainers do not answer, which then waits QUEUED for
+   * one (TP_DISPATCH_TIMEOUT_S).
+   *
+   * Errors: UNAUTHENTICATED, PERMISSION_DENIED (a job's telemetry token).
+   *
+   * @generated from rpc trainingplatform.jobs.v1.JobsService.ListFrameworks
+   */
+  listFrameworks: {
+    methodKind: "unary";
+    input: typeof ListFrameworksRequestSchema;
+    output: typeof ListFrameworksResponseSchema;
   },
 }>;
 
