@@ -2,11 +2,14 @@
 with each other.
 
 - `tp logs --follow --level L` prints only the records at L or above, as `tp logs --level L` does (the level was
-  ignored once following).
+  ignored once following);
+- every time `tp` prints is the local time (`tp jobs`, `tp show`, `tp logs`): `tp show` and `tp jobs` printed UTC
+  while `tp logs` printed local time, so a status change and the line logged with it seemed hours apart.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +20,10 @@ from support.backend import BackendProcess
 from support.tp import TP, backend_env
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.clients import Job, JobsClient
+
+OFFSET = dt.timedelta(hours=5, minutes=30)
+ZONE = "TPT-05:30"
+"""A POSIX TZ of UTC+05:30 (no tz database needed): a local time that differs from UTC, by a non-whole hour."""
 
 
 @dataclass
@@ -66,3 +73,24 @@ def test_logs_level_keeps_only_records_at_that_level_or_above(seeded: Seeded, fo
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split("] ", 1)[1] for line in lines] == ["a warning line", "an error line"], result.stdout
+
+
+def test_every_time_tp_prints_is_local_time(seeded: Seeded) -> None:
+    job = seeded.job
+    assert job.created_at is not None and job.status_events[-1].time is not None
+    local = {"TZ": ZONE}
+    created = (job.created_at + OFFSET).strftime("%Y-%m-%d %H:%M:%S")
+    listed = seeded.tp("jobs", "--search", job.job_id, **local)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].endswith(created), listed.stdout
+
+    shown = seeded.tp("show", job.job_id[:8], **local)
+    assert shown.returncode == 0, shown.stderr
+    ended = (job.status_events[-1].time + OFFSET).strftime("%H:%M:%S")
+    assert f"  {ended}     RUNNING -> COMPLETED" in shown.stdout, shown.stdout
+
+    with JobsClient(seeded.backend.address, seeded.backend.internal_token) as client:
+        first = next(iter(client.logs(job.job_id)))
+    logged = (dt.datetime.fromtimestamp(first.wall_time, dt.UTC) + OFFSET).strftime("%H:%M:%S")
+    logs = seeded.tp("logs", job.job_id[:8], **local)
+    assert logs.stdout.splitlines()[0].startswith(f"{logged} [info] "), logs.stdout

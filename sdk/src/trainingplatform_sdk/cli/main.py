@@ -445,7 +445,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             listed.append(job)
         print(f"{'JOB':36}  {'NAME':20}  {'STATUS':9}  {'FRAMEWORK':11}  {'MODEL':18}  CREATED")
         for job in listed:
-            created = job.created_at.strftime("%Y-%m-%d %H:%M:%S") if job.created_at else ""
+            created = job.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if job.created_at else ""
             name = job.display_name or "-"
             print(
                 f"{job.job_id:36}  {cell(name, 20)}  {job.status:9}  {cell(job.framework, 11)}  {cell(job.model, 18)}  "
@@ -470,7 +470,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if job.waiting_reason:
             print(f"  waiting for a trainer: {printable(job.waiting_reason)}")
         for event in job.status_events:
-            when = event.time.strftime("%H:%M:%S") if event.time else ""
+            when = event.time.astimezone().strftime("%H:%M:%S") if event.time else ""  # local, as `tp logs`
             print(f"  {when} {event.from_status:>11} -> {event.to_status:9} {printable(event.reason)}")
         print_summary(job, client=client, epochs=True)
     return 0
