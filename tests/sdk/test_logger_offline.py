@@ -359,6 +359,19 @@ def test_update_status_takes_the_exception_itself_as_the_error(tmp_path: Path, u
     assert request.error_message == "ValueError: the loss went NaN"
 
 
+def test_update_status_refuses_pending_at_once(tmp_path: Path, unreachable_address: str) -> None:
+    # A job is created PENDING and no transition leads back to it: the backend refused the call only later, once
+    # the logger delivered it. `queued` stays allowed (a batch queue around the script says it waits).
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    with pytest.raises(ValueError, match="report queued"):
+        logger.update_status("pending")
+    logger.update_status("queued", reason="waiting in the batch queue")
+    logger.close(0.2)
+    (call,) = read_state(tmp_path)["calls"]
+    request = telemetry_pb2.UpdateStatusRequest.FromString(__import__("base64").b64decode(call["request"]))
+    assert request.status == common_pb2.JOB_STATUS_QUEUED
+
+
 @pytest.mark.parametrize("rank", ["-1", "99999999999", "two"])
 def test_a_rank_variable_out_of_range_is_read_as_0_and_the_records_still_go(
     tmp_path: Path, unreachable_address: str, monkeypatch: pytest.MonkeyPatch, rank: str

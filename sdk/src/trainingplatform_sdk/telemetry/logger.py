@@ -485,18 +485,26 @@ class TrainingLogger:
 
         Args:
             status: `queued`, `running`, `completed`, `failed` or `cancelled` (any case), or a
-                `common_pb2.JobStatus` value.
+                `common_pb2.JobStatus` value. `queued` says the job waits (a batch queue around the script); the
+                backend never hands a job created with dispatch=false to a trainer, whatever its status. A job is
+                created `pending` and never returns to it.
             error: On failure, the error in one line (truncated to 4 KiB), or the exception itself (stored as
                 `<type>: <message>`).
             error_detail: On failure, the detail such as a traceback (truncated to 64 KiB).
             reason: Why the status changed, in a sentence.
 
         Raises:
-            ValueError: The status is unknown.
+            ValueError: The status is unknown, or `pending`.
         """
+        value = job_status(status)
+        if value == common_pb2.JOB_STATUS_PENDING:
+            raise ValueError(
+                "a job is created pending and no status leads back to it; report queued (it waits), running, "
+                "completed, failed or cancelled"
+            )
         request = telemetry_pb2.UpdateStatusRequest(
             job_id=self.job_id,
-            status=job_status(status),
+            status=value,
             reason=reason or "",
             error_message=truncate_utf8(_error_text(error), MAX_ERROR_MESSAGE_BYTES),
             error_detail=truncate_utf8(error_detail or "", MAX_ERROR_DETAIL_BYTES),

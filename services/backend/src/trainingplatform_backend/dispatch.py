@@ -1,7 +1,8 @@
 """Hands queued jobs to trainer services, cancels them there, and fails jobs whose trainer is gone (the lease).
 
 Durable dispatch: `CreateJob` stores the job QUEUED and returns; the dispatcher of every backend process works
-from the database. It picks QUEUED jobs no trainer accepted yet (`Store.dispatchable`), takes one with a claim
+from the database. It picks QUEUED jobs no trainer accepted yet (`Store.dispatchable`; never one created with
+dispatch=false, which its own reporter may have moved to QUEUED), takes one with a claim
 in the jobs table (`dispatch_claimed_until`: of several backends one wins; the claim is a lease renewed while
 the dispatch lasts, so one left by a killed backend expires within CLAIM_LEASE_S, 15 s) and calls StartTraining.
 So a caller's deadline never interrupts a dispatch, and a restarted backend (or another replica) resumes

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -138,6 +140,9 @@ class Job(Base):
     # When a telemetry call of the job's reporter last reached a backend (written at most every few seconds per
     # backend process), for a job that no trainer runs: the reporter lease fails it when this grows too old.
     reporter_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Whether the backend hands the job to a trainer (CreateJob's `dispatch`): false for a job whose reporter runs
+    # the training itself (`tp run`), which the dispatcher never takes, whatever its status.
+    dispatch: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class JobArtifact(Base):

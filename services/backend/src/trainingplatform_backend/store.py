@@ -332,6 +332,7 @@ class Store:
                 dispatch_attempt=0,
                 dispatch_attempt_address="",
                 dispatch_reasons="",
+                dispatch=queued,
             )
             if queued:
                 job.status = statemachine.QUEUED
@@ -448,8 +449,9 @@ class Store:
             return [self._view(session, job, with_events=False) for job in session.scalars(query)]
 
     def dispatchable(self, now: dt.datetime) -> list[tuple[str, str]]:
-        """QUEUED jobs no trainer has accepted yet and no backend holds (its claim expired or never was), oldest
-        first, as (job id, framework)."""
+        """QUEUED jobs created to be dispatched (never one created with dispatch=false, which its own reporter may
+        have moved to QUEUED) that no trainer has accepted yet and no backend holds (its claim expired or never
+        was), oldest first, as (job id, framework)."""
         with self.engine.connect() as conn:
             return list(
                 conn.execute(
@@ -457,6 +459,7 @@ class Store:
                     .where(
                         Job.status == statemachine.QUEUED,
                         Job.trainer_address == "",
+                        Job.dispatch,
                         or_(Job.dispatch_claimed_until.is_(None), Job.dispatch_claimed_until < now),
                     )
                     .order_by(Job.id)
@@ -465,7 +468,8 @@ class Store:
 
     def claim_dispatch(self, job_id: str, *, now: dt.datetime, until: dt.datetime) -> Job | None:
         """Takes a dispatchable job for this backend until `until` (one UPDATE: of several backends, one wins);
-        returns the job, or None when it is no longer QUEUED, already dispatched or held by another backend."""
+        returns the job, or None when it is no longer QUEUED, already dispatched, held by another backend or
+        created with dispatch=false."""
         with self.write_lock(), self._sessions.begin() as session:
             claimed = session.execute(
                 update(Job)
@@ -473,6 +477,7 @@ class Store:
                     Job.job_id == job_id,
                     Job.status == statemachine.QUEUED,
                     Job.trainer_address == "",
+                    Job.dispatch,
                     or_(Job.dispatch_claimed_until.is_(None), Job.dispatch_claimed_until < now),
                 )
                 .values(dispatch_claimed_until=until)
