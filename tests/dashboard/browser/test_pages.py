@@ -79,11 +79,19 @@ def test_job_page_draws_a_chart_that_grows_while_the_job_trains(page: Any, stack
     assert page.locator('section.chart-section[data-prefix="train"] h3').inner_text() == "train/"
     assert chart(page, key).locator("canvas").count() == 1
     assert chart(page, key).locator(".legend-label").inner_text() == key
-    assert "step" in chart(page, key).locator(".u-axis").first.inner_text() or True
     # The status timeline and the spec (advanced_config included).
     timeline = page.locator("#status-timeline").inner_text()
     assert "RUNNING" in timeline and "COMPLETED" in timeline
     assert page.locator('#spec-table th:text-is("advanced.extra.fake_batches")').count() == 1
+    # A 0 that stands for a default (batch_size, learning_rate...) is an unset field, said as such when shown; a 0
+    # that is a value (num_workers: load in the training process) is shown as it is.
+    batch_size = page.locator('#spec-table tr:has(th:text-is("training.batch_size"))')
+    assert batch_size.is_hidden()
+    assert page.locator('#spec-table tr:has(th:text-is("training.num_workers")) td').inner_text() == "0"
+    page.check("#spec-unset")
+    assert batch_size.locator("td").inner_text() == "0 (the trainer's default)"
+    num_classes = page.locator('#spec-table tr:has(th:text-is("model.num_classes")) td')
+    assert num_classes.inner_text() == "0 (from the data set)"
     # Epoch summaries as a table.
     page.locator("#epoch-summaries tr[data-epoch]").first.wait_for(timeout=10_000)
     # x as epoch and a log scale redraw the charts.
@@ -212,6 +220,8 @@ def test_compare_overlays_two_jobs_and_marks_the_spec_differences(page: Any, sta
     assert differing == ["training.epochs"]
     same = page.locator('#spec-compare tr[data-path="model.name"]')
     assert same.get_attribute("class") == ""
+    batch_size = page.locator('#spec-compare tr[data-path="training.batch_size"] td')
+    assert batch_size.all_inner_texts() == ["0 (the trainer's default)"] * 2
     shot(page, tmp_path, "compare")
 
 

@@ -424,7 +424,24 @@ export function flatten(value, prefix = "", out = []) {
   return out;
 }
 
-export function formatSpecValue(value) {
+/** Spec fields whose 0 stands for a default (see their comments in protos/trainingplatform/common/v1/common.proto),
+ * with what it stands for. A 0 elsewhere is a value (num_workers 0: the data loads in the training process). */
+const ZERO_MEANS = new Map([
+  ["model.num_classes", "from the data set"],
+  ["model.image_size", "the model's default"],
+  ["training.batch_size", "the trainer's default"],
+  ["training.learning_rate", "the trainer's default"],
+  ["training.log_every_n_steps", "the trainer's default"],
+]);
+
+/** Whether the spec field at `path` was left to its default: no value, an empty string, or a 0 that means it. */
+export function isUnsetSpecValue(path, value) {
+  return value === null || value === undefined || value === "" || (value === 0 && ZERO_MEANS.has(path));
+}
+
+/** A spec value as text; `path` (`training.batch_size`) says what a 0 stands for. */
+export function formatSpecValue(value, path = "") {
+  if (value === 0 && ZERO_MEANS.has(path)) return `0 (${ZERO_MEANS.get(path)})`;
   if (value === null || value === undefined) return "—";
   if (typeof value === "string") return value === "" ? "\u2014" : value;
   return typeof value === "number" ? formatValue(value) : String(value);

@@ -123,7 +123,7 @@ function specComparison(details, names) {
       "tr",
       { class: differs ? "differs" : "", "data-path": path },
       el("th", { scope: "row", text: path }),
-      flat.map((m) => el("td", { class: differs ? "diff" : "", text: m.has(path) ? formatSpecValue(m.get(path)) : "—" })),
+      flat.map((m) => el("td", { class: differs ? "diff" : "", text: m.has(path) ? formatSpecValue(m.get(path), path) : "—" })),
     );
   });
   const table = el(

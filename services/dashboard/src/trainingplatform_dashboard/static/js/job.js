@@ -13,6 +13,7 @@ import {
   flatten,
   formatDuration,
   formatSpecValue,
+  isUnsetSpecValue,
   formatTime,
   formatValue,
   followJob,
@@ -152,16 +153,12 @@ function addStatusEvent(event) {
   return true;
 }
 
-function isUnset(value) {
-  return value === null || value === undefined || value === "";
-}
-
 /** The spec as path/value rows; fields left unset are hidden until asked for. */
 function specTable(spec) {
   const rows = flatten(spec);
   if (rows.length === 0) return el("p", { class: "muted", text: "No spec." });
   const showUnset = el("input", { type: "checkbox", id: "spec-unset" });
-  const unset = rows.filter(([, value]) => isUnset(value)).length;
+  const unset = rows.filter(([key, value]) => isUnsetSpecValue(key, value)).length;
   const table = el(
     "table",
     { class: "kv", id: "spec-table" },
@@ -171,9 +168,9 @@ function specTable(spec) {
       rows.map(([key, value]) =>
         el(
           "tr",
-          { class: isUnset(value) ? "unset" : "", hidden: isUnset(value) },
+          { class: isUnsetSpecValue(key, value) ? "unset" : "", hidden: isUnsetSpecValue(key, value) },
           el("th", { scope: "row", text: key }),
-          el("td", { text: formatSpecValue(value) }),
+          el("td", { text: formatSpecValue(value, key) }),
         ),
       ),
     ),
