@@ -10,12 +10,15 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from support.fake_trainer import FakeTrainer
+from trainingplatform.common.v1 import common_pb2
 from trainingplatform_backend import dispatch, statemachine
 from trainingplatform_backend.db import create_db_engine, migrate
 from trainingplatform_backend.store import Store
 from trainingplatform_backend.subscriptions import Hub
+from trainingplatform_sdk.errors import NotFoundError
 
 
 @pytest.fixture
@@ -88,6 +91,98 @@ def test_a_job_created_with_dispatch_false_is_never_dispatched_even_once_its_rep
             assert store.get_job(own).job.status == statemachine.QUEUED
             assert store.claim_dispatch(own, now=dispatch.utcnow(), until=dispatch.utcnow()) is None
             store.transition(own, statemachine.RUNNING, reason="the batch job started")  # its reporter goes on
+            await dispatcher.stop()
+
+    run(scenario)
+
+
+# --- replicas that refuse -------------------------------------------------------------------------------------
+
+
+class _RefusesValidation(FakeTrainer):
+    """A trainer that has no file at the spec's dataset path (a path only another host has)."""
+
+    def StartTraining(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if request.validate_only:
+            self._count("ValidateTraining")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no dataset at /data/digits on {self.address}")
+        return super().StartTraining(request, context)
+
+
+def test_one_replica_refusing_for_its_own_host_does_not_fail_the_jobs(store: Store):
+    """The least-loaded replica answered FAILED_PRECONDITION (its disk is full) and every new job failed; now the
+    other replica gets the job, and the refusing one goes last for a while."""
+
+    async def scenario() -> None:
+        with FakeTrainer(refuse=grpc.StatusCode.FAILED_PRECONDITION) as broken, FakeTrainer() as healthy:
+            dispatcher = dispatcher_of(store, {"timm": [broken.address, healthy.address]})
+            first = new_job(store)
+            await settle(dispatcher)
+            assert store.get_job(first).job.status == statemachine.QUEUED  # dispatched, not failed
+            assert [run.job_id for run in healthy.runs] == [first]
+            # The healthy replica runs one job, the broken none: least loaded would ask the broken one first.
+            second = new_job(store)
+            await settle(dispatcher)
+            assert [run.job_id for run in healthy.runs] == [first, second]
+            assert broken.calls["StartTraining"] == 1
+            await dispatcher.stop()
+
+    run(scenario)
+
+
+def test_a_job_every_replica_refuses_fails_naming_each_reason(store: Store):
+    async def scenario() -> None:
+        with (
+            FakeTrainer(refuse=grpc.StatusCode.FAILED_PRECONDITION) as full,
+            FakeTrainer(refuse=grpc.StatusCode.NOT_FOUND) as elsewhere,
+        ):
+            dispatcher = dispatcher_of(store, {"timm": [full.address, elsewhere.address]})
+            job_id = new_job(store)
+            await settle(dispatcher)
+            job = store.get_job(job_id).job
+            assert job.status == statemachine.FAILED
+            assert job.error_message.startswith("every timm trainer refused the job: ")
+            assert f"{full.address}: FAILED_PRECONDITION" in job.error_message
+            assert f"{elsewhere.address}: NOT_FOUND" in job.error_message
+            await dispatcher.stop()
+
+    run(scenario)
+
+
+def test_a_bad_spec_still_fails_at_once(store: Store):
+    async def scenario() -> None:
+        with FakeTrainer(refuse=grpc.StatusCode.INVALID_ARGUMENT) as strict, FakeTrainer() as other:
+            dispatcher = dispatcher_of(store, {"timm": [strict.address, other.address]})
+            job_id = new_job(store)
+            await settle(dispatcher)
+            job = store.get_job(job_id).job
+            assert job.status == statemachine.FAILED
+            assert job.error_message == f"trainer {strict.address} refused the job: the fake trainer refuses"
+            assert "StartTraining" not in other.calls
+            await dispatcher.stop()
+
+    run(scenario)
+
+
+def test_create_job_validation_refuses_a_missing_path_only_when_every_replica_lacks_it(store: Store):
+    spec = common_pb2.JobSpec(
+        framework="timm",
+        model=common_pb2.ModelConfig(name="resnet10t"),
+        dataset=common_pb2.DatasetConfig(name="digits"),
+        training=common_pb2.TrainingConfig(epochs=1),
+    )
+
+    async def scenario() -> None:
+        with _RefusesValidation() as lacking, FakeTrainer() as having, _RefusesValidation() as lacking_too:
+            dispatcher = dispatcher_of(store, {"timm": [lacking.address, having.address]})
+            await dispatcher.validate(spec, "job-1")  # the second replica has it: accepted
+            assert having.calls["ValidateTraining"] == 1
+            await dispatcher.stop()
+            dispatcher = dispatcher_of(store, {"timm": [lacking.address, lacking_too.address]})
+            with pytest.raises(NotFoundError) as refused:
+                await dispatcher.validate(spec, "job-2")
+            for trainer in (lacking, lacking_too):
+                assert f"{trainer.address}: no dataset at /data/digits on {trainer.address}" in str(refused.value)
             await dispatcher.stop()
 
     run(scenario)

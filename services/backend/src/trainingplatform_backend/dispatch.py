@@ -9,14 +9,18 @@ So a caller's deadline never interrupts a dispatch, and a restarted backend (or 
 dispatching the jobs still queued.
 
 Replica policy: a framework may list several trainer addresses (TP_TRAINERS). A job goes to the replica with
-the fewest of this database's live (QUEUED or RUNNING) jobs, ties broken in configuration order. When a replica
-is unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), the next one is tried. Jobs are
+the fewest of this database's live (QUEUED or RUNNING) jobs, ties broken in configuration order, except that a
+replica which refused a job in the last REFUSAL_MEMORY_S (5 minutes) goes after those that did not. When a
+replica is unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), or refuses the job for a
+reason of its own host (FAILED_PRECONDITION: its disk is full, a permission; NOT_FOUND: a dataset path that
+exists only on another host), the next one is tried. Jobs are
 dispatched in the order they were created, one framework's at a time (`dispatch_queued`): a freed slot goes to the
 job that waited longest. When no replica accepts, the job stays QUEUED and the framework's oldest job is tried
 again (backoff from 1 s to 10 s, ended at once when a job ends: its slot may be free, `slot_freed`) until it has
 been QUEUED for `dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s, counted from its creation), then it fails
-with every replica's last reason. A trainer refusing the request itself (INVALID_ARGUMENT, NOT_FOUND,
-FAILED_PRECONDITION: an unknown model, a missing dataset) fails the job at once with the trainer's message.
+with every replica's last reason. A trainer refusing the request itself (INVALID_ARGUMENT: an unknown model, a bad
+option) fails the job at once with the trainer's message; so does a pass in which every replica refused it with
+FAILED_PRECONDITION or NOT_FOUND, the message naming each replica's reason.
 
 Cancel during dispatch: the trainer is recorded under the job's row lock (`Store.set_dispatch`), which also
 returns the job's status; a job cancelled while its trainer was accepting it (CancelJob saw no trainer yet) has
@@ -91,6 +95,11 @@ CAPABILITIES_TIMEOUT_S = 2.0
 RETRY_NEXT = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 )
+# A refusal that may be the replica's own (its disk, its permissions, its files): the next replica is tried, and the
+# job fails only when every replica refused it.
+REFUSED_HERE = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
+# A replica that refused a job goes after the others for this long.
+REFUSAL_MEMORY_S = 300.0
 ENDED_RUN_STATES = frozenset(
     {trainer_pb2.RUN_STATE_SUCCEEDED, trainer_pb2.RUN_STATE_FAILED, trainer_pb2.RUN_STATE_CANCELLED}
 )
@@ -151,6 +160,7 @@ class Dispatcher:
         self._settings = settings
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unreachable_since: dict[str, float] = {}
+        self._refused_at: dict[str, float] = {}  # replica -> when it last refused a job (REFUSED_HERE)
         self._stray_stopped: set[tuple[str, str]] = set()
         # Per live job (pruned each lease round): telemetry seen, since when it is quiet, since when its run ended.
         self._last_committed: dict[str, int] = {}
@@ -230,19 +240,23 @@ class Dispatcher:
         """Asks a trainer of the spec's framework to run every check StartTraining runs, starting nothing
         (StartTraining with `validate_only`): CreateJob refuses at once a job that would fail at dispatch.
 
-        The trainers are asked in configuration order until one answers, all within `timeout_s`. A trainer that is
+        The trainers are asked in configuration order until one accepts, all within `timeout_s`. A trainer that is
         down, slow or answers anything but a refusal is logged and the job accepted: the dispatch's StartTraining
-        checks it again.
+        checks it again. A NOT_FOUND may be one host's (a path only another replica has): the next trainer is
+        asked, and the job is refused only when every trainer of the framework answered NOT_FOUND.
 
         Raises:
             InvalidArgumentError: A trainer refused the spec (INVALID_ARGUMENT), with its message.
-            NotFoundError: A trainer found no dataset or checkpoint at the spec's path (NOT_FOUND), with its message.
+            NotFoundError: Every trainer found no dataset or checkpoint at the spec's path (NOT_FOUND), with their
+                messages.
         """
         from trainingplatform_sdk.errors import InvalidArgumentError, NotFoundError
 
         request = trainer_pb2.StartTrainingRequest(job_id=job_id, spec=spec, validate_only=True)
         deadline = time.monotonic() + timeout_s
-        for address in self._settings.trainers.get(spec.framework, []):
+        addresses = self._settings.trainers.get(spec.framework, [])
+        not_found: list[str] = []
+        for address in addresses:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -253,7 +267,10 @@ class Dispatcher:
                 if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise InvalidArgumentError(error.details() or "the trainer refused the job spec") from None
                 if error.code() == grpc.StatusCode.NOT_FOUND:
-                    raise NotFoundError(error.details() or "the trainer found no such file") from None
+                    not_found.append(error.details() or "the trainer found no such file")
+                    if len(not_found) < len(addresses):
+                        log.info("job %s: trainer %s: %s; asking the next one", job_id, address, not_found[-1])
+                    continue
                 log.info(
                     "job %s: trainer %s could not validate the spec (%s %s); accepting it, the dispatch checks it",
                     job_id,
@@ -261,10 +278,17 @@ class Dispatcher:
                     error.code().name,
                     error.details(),
                 )
+        if not_found and len(not_found) == len(addresses):
+            if len(set(not_found)) == 1:
+                raise NotFoundError(not_found[0])
+            raise NotFoundError(
+                "; ".join(f"{address}: {reason}" for address, reason in zip(addresses, not_found, strict=True))
+            )
         log.info("job %s: no trainer validated the spec; accepted, the dispatch checks it", job_id)
 
     def _replicas(self, framework: str) -> list[str]:
-        """The framework's trainers, least loaded first."""
+        """The framework's trainers, least loaded first, those that refused a job in the last REFUSAL_MEMORY_S
+        last."""
         addresses = self._settings.trainers.get(framework, [])
         with self._store.engine.connect() as conn:
             load = dict(
@@ -277,7 +301,14 @@ class Dispatcher:
                     .group_by(Job.trainer_address)
                 ).all()
             )
-        return sorted(addresses, key=lambda address: load.get(address, 0))
+        now = time.monotonic()
+        return sorted(
+            addresses,
+            key=lambda address: (
+                now - self._refused_at.get(address, -REFUSAL_MEMORY_S) < REFUSAL_MEMORY_S,
+                load.get(address, 0),
+            ),
+        )
 
     async def transition(self, job_id: str, target: str, reason: str, error: str = "") -> Transition | None:
         """Moves a job on for the backend itself (a lease, a dispatch that failed): subscribers are poked, a job
@@ -417,9 +448,11 @@ class Dispatcher:
 
     async def _try_replicas(self, job_id: str, request: trainer_pb2.StartTrainingRequest) -> list[str]:
         """One pass over the replicas. Returns [] when the job was handed over or failed for good, else the
-        reasons every replica gave (all retryable)."""
+        reasons every replica gave (retryable, or a refusal of some replicas' own while others were busy or
+        unreachable)."""
         replicas = await asyncio.to_thread(self._replicas, request.spec.framework)
         reasons: list[str] = []
+        refusals = 0
         for address in replicas:
             # Every StartTraining is an attempt with its own token; a new trainer supersedes the previous attempt,
             # whose run (a StartTraining past its deadline may have started one) is cancelled and fenced.
@@ -441,6 +474,19 @@ class Dispatcher:
             except grpc.aio.AioRpcError as error:
                 reasons.append(f"{address}: {error.code().name} {error.details()}")
                 if error.code() in RETRY_NEXT:
+                    continue
+                if error.code() in REFUSED_HERE:
+                    # Maybe this replica's own trouble (a full disk, a path only another host has): the others
+                    # are asked; the job fails only when every replica refuses it.
+                    log.warning(
+                        "job %s: trainer %s refused it (%s %s); trying the other replicas",
+                        job_id,
+                        address,
+                        error.code().name,
+                        error.details(),
+                    )
+                    self._refused_at[address] = time.monotonic()
+                    refusals += 1
                     continue
                 metrics.DISPATCHES.labels("refused").inc()
                 await self.transition(
@@ -464,8 +510,18 @@ class Dispatcher:
                 )
                 await self.cancel(job_id, address)
                 return []
+            self._refused_at.pop(address, None)
             log.info("job %s dispatched to %s (run %s)", job_id, address, response.run_id)
             metrics.DISPATCHES.labels("started").inc()
+            return []
+        if replicas and refusals == len(replicas):
+            metrics.DISPATCHES.labels("refused").inc()
+            await self.transition(
+                job_id,
+                statemachine.FAILED,
+                "every trainer refused the job",
+                f"every {request.spec.framework} trainer refused the job: " + "; ".join(reasons),
+            )
             return []
         return reasons
 
