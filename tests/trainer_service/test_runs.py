@@ -105,6 +105,44 @@ def test_concurrency_limit_and_idempotent_start(fake_trainer: TrainerProcess) ->
     assert fake_trainer.get(third).job_id == jobs[2]
 
 
+def test_a_start_of_a_job_whose_run_is_stopping_or_of_another_attempt_never_gets_that_run(
+    fake_trainer: TrainerProcess,
+) -> None:
+    """A job sent here again after its run here was cancelled (its dispatch attempt superseded) got the dying run
+    back: nothing trained and the job later failed "without reporting a final status". And a start carrying
+    another telemetry token (another dispatch attempt) got the live run of the old one, whose token is fenced."""
+    job_id = f"job-{uuid.uuid4().hex}"
+    stubborn = spec(epochs=1, extra={"fake_mode": "stubborn", "fake_batches": 1_000_000, "fake_batch_s": 0.05})
+    first = fake_trainer.start_training(job_id, stubborn, telemetry_token="attempt-1")
+    pid = fake_trainer.wait_state(first, RUNNING).pid
+    fake_trainer.cancel(first, grace=600)  # it ignores SIGTERM: stopping until killed
+    try:
+        for token in ("attempt-1", "attempt-2"):
+            with pytest.raises(grpc.RpcError) as caught:
+                fake_trainer.start_training(job_id, stubborn, telemetry_token=token)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert f"run {first} of job {job_id!r} on this trainer is stopping; retry" in caught.value.details()
+    finally:
+        os.killpg(pid, signal.SIGKILL)
+    fake_trainer.wait_state(first, CANCELLED)
+    endless = spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS)
+    second = fake_trainer.start_training(job_id, endless, telemetry_token="attempt-2")
+    assert second != first
+    assert fake_trainer.get(job_id=job_id).run_id == second
+    assert fake_trainer.start_training(job_id, endless, telemetry_token="attempt-2") == second  # a retry
+
+    # Another attempt's start stops the live run of the superseded one, and gets a run of its own once it ended.
+    with pytest.raises(grpc.RpcError) as caught:
+        fake_trainer.start_training(job_id, endless, telemetry_token="attempt-3")
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "another dispatch attempt" in caught.value.details()
+    assert "attempt-" not in caught.value.details()  # tokens are never shown
+    fake_trainer.wait_state(second, CANCELLED)
+    third = fake_trainer.start_training(job_id, endless, telemetry_token="attempt-3")
+    assert third not in (first, second)
+    assert fake_trainer.wait_state(third, RUNNING).job_id == job_id
+
+
 def test_cancel_stops_the_run_and_the_job_ends_cancelled(fake_trainer: TrainerProcess, backend: BackendProcess) -> None:
     job_id, token = backend.create_job(epochs=ENDLESS_EPOCHS)
     run_id = fake_trainer.start_training(job_id, spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS), backend.address, token)

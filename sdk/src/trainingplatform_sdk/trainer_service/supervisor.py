@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hmac
 import itertools
 import json
 import logging
@@ -107,6 +108,7 @@ _WITHHELD_ENV = (
 )
 _CANCELLED_BY_REQUEST = "cancelled by CancelTraining"
 _CANCELLED_BY_SHUTDOWN = "the trainer service shut down"
+_SUPERSEDED = "superseded: the job was started again with another dispatch attempt's telemetry token"
 #: Seconds between two checks of an adopted process, which is not the service's child.
 ADOPTED_POLL_S = 0.2
 #: How long a shutdown waits, once the runs have stopped, for their ends to be reported (spools first); what the
@@ -227,19 +229,35 @@ class Supervisor:
     # --- Starting ---------------------------------------------------------------------------------------------
 
     async def start(self, request: trainer_pb2.StartTrainingRequest) -> Run:
-        """Validates the request and starts its process, or returns the job's live run (idempotent retry).
+        """Validates the request and starts its process, or returns the job's live run when that run was started
+        with the same telemetry endpoint and token (a retry of the same dispatch attempt).
+
+        A job whose live run here is stopping (cancelled, superseded, shutting down) gets UNAVAILABLE until that
+        run has exited: the dying run is never handed back as the one asked for. A live run started with another
+        telemetry endpoint or token belongs to another dispatch attempt of the job, whose token the backend fences
+        once the job went elsewhere: it is stopped (TP_CANCEL_GRACE_S) and the call answers UNAVAILABLE, so the
+        caller's retry starts a run of its own once the old one has exited.
 
         Raises:
             PlatformError: INVALID_ARGUMENT or NOT_FOUND from validation; RESOURCE_EXHAUSTED at the concurrency
-                limit; UNAVAILABLE while shutting down; FAILED_PRECONDITION when the process cannot be started.
+                limit; UNAVAILABLE while shutting down and while the job's previous run here is stopping;
+                FAILED_PRECONDITION when the process cannot be started.
         """
         validate_job_id(request.job_id)
         async with self._start_lock:
-            live = self._live_run(request.job_id)
-            if live is not None:
-                return live
             if self._shutting_down:
                 raise UnavailableError("this trainer is shutting down; start the job on another trainer or retry later")
+            live = self._live_run(request.job_id)
+            if live is not None:
+                if not live.cancel_reason and _same_attempt(live, request):
+                    return live
+                if not live.cancel_reason:
+                    self._stop(live, self._settings.cancel_grace_s, _SUPERSEDED)
+                raise UnavailableError(
+                    f"run {live.run_id} of job {quote(request.job_id)} on this trainer is stopping; retry once it "
+                    "has ended"
+                    + ("" if live.cancel_reason != _SUPERSEDED else " (it was started by another dispatch attempt)")
+                )
             job = await asyncio.to_thread(validate_start, request, self._catalog)
             if len(self._live) >= self._settings.max_concurrent_jobs:
                 metrics.REFUSED_STARTS.labels(self._catalog.description.framework).inc()
@@ -472,6 +490,13 @@ class Supervisor:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("a supervisor task failed", exc_info=task.exception())
+
+
+def _same_attempt(run: Run, request: trainer_pb2.StartTrainingRequest) -> bool:
+    """Whether `run` was started with the request's telemetry endpoint and token: the same dispatch attempt."""
+    return run.telemetry_endpoint == request.telemetry_endpoint.strip() and hmac.compare_digest(
+        run.telemetry_token.encode(), request.telemetry_token.encode()
+    )
 
 
 def _state_label(state: trainer_pb2.RunState) -> str:

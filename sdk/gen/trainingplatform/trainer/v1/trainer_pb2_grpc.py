@@ -74,7 +74,8 @@ class TrainerServiceServicer:
 
     def StartTraining(self, request, context):
         """Validates the request and starts the job in a new process; returns at once with the run id. Starting a job
-        that already has a live run returns that run (idempotent per job id). Every value of the spec is checked
+        that already has a live run started with the same telemetry endpoint and token returns that run (idempotent
+        per job id and dispatch attempt). Every value of the spec is checked
         before anything starts: the model, the dataset path (it must lie under the service's data roots,
         TP_DATA_ROOTS), every advanced option and `advanced.extra` key against what the framework accepts (an unknown
         name gets the closest valid ones), and the host's bounds (num_workers and thread counts at most the CPU
@@ -83,7 +84,9 @@ class TrainerServiceServicer:
         Errors: INVALID_ARGUMENT (unknown model, with the closest valid names; bad config values; a dataset path
         outside the data roots; a value past a bound of this host; a framework this service does not train),
         NOT_FOUND (the dataset path does not exist), RESOURCE_EXHAUSTED (the
-        service already runs its maximum of concurrent jobs), UNAVAILABLE (the service is shutting down),
+        service already runs its maximum of concurrent jobs), UNAVAILABLE (the service is shutting down; the job's
+        previous run here is stopping, or was started with another telemetry token and is stopped now: retry once it
+        has ended),
         UNAUTHENTICATED. Misconfigured tracking or artifact storage (MLflow, S3) is found by the training process
         within seconds of the start, before training: the job ends FAILED with a message naming the setting.
         """
