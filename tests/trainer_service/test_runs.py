@@ -143,6 +143,23 @@ def test_a_start_of_a_job_whose_run_is_stopping_or_of_another_attempt_never_gets
     assert fake_trainer.wait_state(third, RUNNING).job_id == job_id
 
 
+def test_a_start_this_host_cannot_make_is_unavailable_not_a_refusal_of_the_job(fake_trainer: TrainerProcess) -> None:
+    """A local OS error at the process's start (a full disk, too many open files, permissions) answered
+    FAILED_PRECONDITION, which the backend takes as "this job cannot run": another replica could run it."""
+    job_id = f"job-{uuid.uuid4().hex}"
+    blocker = Path(fake_trainer.data_dir, "runs", job_id)
+    blocker.write_text("")  # the run directory cannot be made under it (ENOTDIR), as under a full disk (ENOSPC)
+    with pytest.raises(grpc.RpcError) as caught:
+        fake_trainer.start_training(job_id, spec(epochs=1))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Not a directory (ENOTDIR)" in caught.value.details()
+    assert "this trainer's host, not the job" in caught.value.details()
+
+    blocker.unlink()
+    run_id = fake_trainer.start_training(job_id, spec(epochs=1))
+    fake_trainer.wait_state(run_id, SUCCEEDED)
+
+
 def test_cancel_stops_the_run_and_the_job_ends_cancelled(fake_trainer: TrainerProcess, backend: BackendProcess) -> None:
     job_id, token = backend.create_job(epochs=ENDLESS_EPOCHS)
     run_id = fake_trainer.start_training(job_id, spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS), backend.address, token)

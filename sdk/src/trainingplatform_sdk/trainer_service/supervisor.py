@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hmac
 import itertools
@@ -68,7 +69,6 @@ from typing import Any
 from trainingplatform.trainer.v1 import trainer_pb2
 
 from trainingplatform_sdk.errors import (
-    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
@@ -240,8 +240,8 @@ class Supervisor:
 
         Raises:
             PlatformError: INVALID_ARGUMENT or NOT_FOUND from validation; RESOURCE_EXHAUSTED at the concurrency
-                limit; UNAVAILABLE while shutting down and while the job's previous run here is stopping;
-                FAILED_PRECONDITION when the process cannot be started.
+                limit; UNAVAILABLE while shutting down, while the job's previous run here is stopping, and when
+                this host cannot start the process (a full disk, too many open files, permissions).
         """
         validate_job_id(request.job_id)
         async with self._start_lock:
@@ -315,9 +315,16 @@ class Supervisor:
                     start_new_session=True,
                 )
         except OSError as error:
-            _log.error("cannot start the training process of job %s: %s", job.job_id, error)
-            raise FailedPreconditionError(
-                f"cannot start the training process in {output_dir}: {error.strerror or error}; check TP_DATA_DIR"
+            # Nothing of the job's own makes these fail (its id is checked): a full disk (ENOSPC), too many open
+            # files (EMFILE), permissions, a broken data directory are this host's, and another replica may run
+            # the job: UNAVAILABLE, which the backend retries (elsewhere first), not a refusal of the job.
+            name = errno.errorcode.get(error.errno) if error.errno is not None else None
+            cause = f"{error.strerror or error}" + (f" ({name})" if name else "")
+            _log.error("cannot start the training process of job %s in %s: %s", job.job_id, output_dir, cause)
+            raise UnavailableError(
+                f"this trainer cannot start the training process in {output_dir}: {cause}; a problem of this "
+                "trainer's host, not the job: check its data directory (TP_DATA_DIR: free space, permissions) and "
+                "its open-file limit, or run the job on another trainer"
             ) from None
         run.pid = process.pid
         run.pid_start_time = process_start_time(process.pid) or 0

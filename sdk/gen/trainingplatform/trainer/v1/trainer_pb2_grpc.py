@@ -86,7 +86,8 @@ class TrainerServiceServicer:
         NOT_FOUND (the dataset path does not exist), RESOURCE_EXHAUSTED (the
         service already runs its maximum of concurrent jobs), UNAVAILABLE (the service is shutting down; the job's
         previous run here is stopping, or was started with another telemetry token and is stopped now: retry once it
-        has ended),
+        has ended; this host cannot start the process, a full disk or too many open files, the message naming the
+        cause: retry, or use another trainer),
         UNAUTHENTICATED. Misconfigured tracking or artifact storage (MLflow, S3) is found by the training process
         within seconds of the start, before training: the job ends FAILED with a message naming the setting.
         """
