@@ -4,19 +4,23 @@ with each other.
 - `tp logs --follow --level L` prints only the records at L or above, as `tp logs --level L` does (the level was
   ignored once following);
 - every time `tp` prints is the local time (`tp jobs`, `tp show`, `tp logs`): `tp show` and `tp jobs` printed UTC
-  while `tp logs` printed local time, so a status change and the line logged with it seemed hours apart.
+  while `tp logs` printed local time, so a status change and the line logged with it seemed hours apart;
+- a Ctrl-C on `tp watch` once the job has ended says that it ended, and the view ends with its final status.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from support.backend import BackendProcess
+from support.fake_trainer import FakeTrainer
 from support.tp import TP, backend_env
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.clients import Job, JobsClient
@@ -94,3 +98,45 @@ def test_every_time_tp_prints_is_local_time(seeded: Seeded) -> None:
     logged = (dt.datetime.fromtimestamp(first.wall_time, dt.UTC) + OFFSET).strftime("%H:%M:%S")
     logs = seeded.tp("logs", job.job_id[:8], **local)
     assert logs.stdout.splitlines()[0].startswith(f"{logged} [info] "), logs.stdout
+
+
+def test_ctrl_c_once_the_job_ended_says_so_not_that_it_runs_on(tmp_path: Path) -> None:
+    # A cancelled job's view waits (up to LATE_RESULTS_S) for its trainer's last lines and checkpoint, printing
+    # nothing: a Ctrl-C then said that the job "goes on running on its trainer" and how to cancel it.
+    with FakeTrainer() as trainer:
+        backend = BackendProcess(
+            f"sqlite:///{tmp_path / 'backend.db'}",
+            tmp_path / "backend-data",
+            extra_env={"TP_TRAINERS": f"timm={trainer.address}"},
+        )
+        backend.start()
+        process = None
+        try:
+            with JobsClient(backend.address, backend.internal_token) as client:
+                job_id = client.create_job(framework="timm", model="resnet10t", dataset="digits", epochs=1).job.job_id
+                deadline = time.monotonic() + 30
+                while not client.get_job(job_id).trainer_address:  # the fake trainer took it
+                    assert time.monotonic() < deadline, "the job was never dispatched"
+                    time.sleep(0.05)
+                process = subprocess.Popen(
+                    [TP, "watch", job_id[:8]],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=backend_env(backend, tmp_path / "no-config.json"),
+                )
+                assert process.stdout is not None
+                assert process.stdout.readline().startswith("status PENDING")  # following now
+                client.cancel_job(job_id, reason="enough")
+                time.sleep(2)  # well inside the wait for the trainer's last lines, which the fake never sends
+                process.send_signal(signal.SIGINT)
+                out, err = process.communicate(timeout=60)
+        finally:
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate()
+            backend.close()
+    assert process.returncode == 130, out + err
+    assert "goes on running" not in err and "tp cancel" not in err, err
+    assert f"job {job_id} has ended (CANCELLED)" in err, err
+    assert out.rstrip().endswith("status CANCELLED (enough)"), out  # the view ends as it ends without Ctrl-C

@@ -49,6 +49,7 @@ from trainingplatform_sdk.cli.frameworks import add_frameworks_command
 from trainingplatform_sdk.cli.output import (
     RECONNECT_S,
     CliError,
+    FollowStopped,
     OutageNotice,
     cell,
     clock,
@@ -385,8 +386,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             if not job.finished:
                 job = follow(client, job)
-        except KeyboardInterrupt:
-            _detached(job.job_id)
+        except KeyboardInterrupt as interrupt:
+            _detached(job, interrupt)
             return 130
         print_summary(job, client=client)
         return EXIT_FOR_STATUS.get(job.status, EXIT_ERROR)
@@ -410,13 +411,22 @@ def _create_training_job(client: JobsClient, args: argparse.Namespace) -> Create
     )
 
 
-def _detached(job_id: str) -> None:
-    print(
-        f"\ninterrupted: job {job_id} goes on running on its trainer. Watch it with `tp watch {job_id[:8]}`, "
-        f"cancel it with `tp cancel {job_id[:8]}`.",
-        file=sys.stderr,
-        flush=True,
-    )
+def _detached(job: Job, interrupt: KeyboardInterrupt) -> None:
+    """Says on stderr what a Ctrl-C that stopped following `job` left: a job that goes on running, or one that had
+    ended (`FollowStopped`: while its trainer's last lines were awaited)."""
+    job_id = job.job_id
+    ended = interrupt.status if isinstance(interrupt, FollowStopped) else job.status if job.finished else ""
+    if ended:
+        text = (
+            f"\ninterrupted: job {job_id} has ended ({ended}); `tp logs {job_id[:8]}` shows the last lines its "
+            f"trainer writes."
+        )
+    else:
+        text = (
+            f"\ninterrupted: job {job_id} goes on running on its trainer. Watch it with `tp watch {job_id[:8]}`, "
+            f"cancel it with `tp cancel {job_id[:8]}`."
+        )
+    safe_write(sys.stderr, text + "\n")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -428,8 +438,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 print_summary(job, client=client)
             else:
                 print_summary(job, client=client, epochs=True)
-        except KeyboardInterrupt:
-            _detached(job.job_id)
+        except KeyboardInterrupt as interrupt:
+            _detached(job, interrupt)
             return 130
         return EXIT_FOR_STATUS.get(job.status, EXIT_ERROR)
 

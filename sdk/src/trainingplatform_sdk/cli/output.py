@@ -396,17 +396,30 @@ def follow(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> Job:
     if final.status in ("CANCELLED", "FAILED") and final.trainer_address:
         # A killed process stores nothing: a failed job is given less time than a cancelled one.
         deadline = time.monotonic() + (LATE_RESULTS_S if final.status == "CANCELLED" else LATE_RESULTS_S / 3)
-        while True:
-            for line in client.logs(job.job_id):
-                if line.sequence > follower.last_log_sequence:
-                    follower.last_log_sequence = line.sequence
-                    follower.say(log_text(line))
-            if "results" in final.artifacts or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-            final = client.get_job(job.job_id)
+        try:
+            while True:
+                for line in client.logs(job.job_id):
+                    if line.sequence > follower.last_log_sequence:
+                        follower.last_log_sequence = line.sequence
+                        follower.say(log_text(line))
+                if "results" in final.artifacts or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+                final = client.get_job(job.job_id)
+        except KeyboardInterrupt:
+            follower.finish()  # the view ends as it would have: its final status last
+            raise FollowStopped(final.status) from None
     follower.finish()
     return final
+
+
+class FollowStopped(KeyboardInterrupt):
+    """A Ctrl-C once the followed job had ended, while its trainer's last lines were awaited: `status` is its
+    final status (the job does not go on running)."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 def epoch_summaries(client: JobsClient, job: Job) -> list[EpochSummary]:
