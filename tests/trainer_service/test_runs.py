@@ -287,6 +287,47 @@ def test_list_trainings_pages_newest_first(fake_trainer: TrainerProcess) -> None
     assert [run_id for run_id in seen if run_id in run_ids] == list(reversed(run_ids))
 
 
+def test_the_trainer_forgets_all_but_its_newest_ended_runs_and_pages_what_it_keeps(tmp_path: Path) -> None:
+    """Every run ever started stayed in memory, and the backend's lease walked them all every 10 s (50,000 runs:
+    0.4 s of the trainer's event loop per round, each page a walk of the whole list). Live runs and runs whose end
+    is not reported yet are always kept; of the reported ones, the TP_KEEP_ENDED_RUNS that ended last, also after a
+    restart."""
+    env = {"TP_TRAINER_ADAPTER": FAKE_ADAPTER, "TP_KEEP_ENDED_RUNS": "2", "TP_MAX_CONCURRENT_JOBS": "2"}
+    trainer = TrainerProcess(tmp_path / "trainer", env=env).start()
+    try:
+        live = trainer.start_training(f"job-{uuid.uuid4().hex}", spec(epochs=ENDLESS_EPOCHS, extra=ENDLESS))
+        ended = []
+        for _ in range(3):
+            run_id = trainer.start_training(f"job-{uuid.uuid4().hex}", spec(epochs=1, extra={"fake_batches": 1}))
+            trainer.wait_state(run_id, SUCCEEDED)
+            ended.append(run_id)
+
+        def listed(page_size: int) -> list[str]:
+            seen, token = [], ""
+            while True:
+                request = trainer_pb2.ListTrainingsRequest(page_size=page_size, page_token=token)
+                page = trainer.stub.ListTrainings(request, metadata=trainer.metadata, timeout=10)
+                assert len(page.runs) <= page_size
+                seen += [run.run_id for run in page.runs]
+                if not (token := page.next_page_token):
+                    return seen
+
+        kept = [ended[2], ended[1], live]  # newest first; the live run is the oldest
+        wait_until(lambda: listed(100) == kept, 30, "the oldest ended run to be forgotten")
+        assert listed(1) == listed(2) == kept
+        with pytest.raises(grpc.RpcError) as caught:
+            trainer.get(ended[0])
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert list(Path(tmp_path, "trainer", "runs").glob(f"*/{ended[0]}/run.json"))  # its directory stays
+
+        trainer.stop()  # the live run ends CANCELLED, last: ended[1] goes
+        trainer.start()  # reads every run.json, keeps the same
+        assert listed(1) == [ended[2], live]
+        assert trainer.get(live).state == CANCELLED
+    finally:
+        trainer.close()
+
+
 def test_shutdown_stops_running_jobs(tmp_path: Path, backend: BackendProcess) -> None:
     trainer = TrainerProcess(tmp_path / "trainer", env={"TP_TRAINER_ADAPTER": FAKE_ADAPTER}).start()
     try:

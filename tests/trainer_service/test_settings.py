@@ -21,6 +21,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.listen == LISTEN
     assert settings.max_concurrent_jobs == 1
     assert settings.cancel_grace_s == 30
+    assert settings.keep_ended_runs == 1000
     assert settings.runs_dir == tmp_path / "runs"
     assert not settings.tls_enabled
     assert "secret" not in repr(settings)
@@ -39,7 +40,12 @@ def test_no_token_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("TP_MAX_CONCURRENT_JOBS", "0"), ("TP_CANCEL_GRACE_S", "-1"), ("TP_MAX_CONCURRENT_JOBS", "many")],
+    [
+        ("TP_MAX_CONCURRENT_JOBS", "0"),
+        ("TP_CANCEL_GRACE_S", "-1"),
+        ("TP_MAX_CONCURRENT_JOBS", "many"),
+        ("TP_KEEP_ENDED_RUNS", "-1"),
+    ],
 )
 def test_bad_values_are_refused(variable: str, value: str) -> None:
     with pytest.raises(ValueError, match=variable):

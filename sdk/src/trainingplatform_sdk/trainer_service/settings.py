@@ -80,6 +80,12 @@ class TrainerSettings:
     """TP_MAX_CONCURRENT_STREAMS: most calls open at once on one client connection (HTTP/2
     `grpc.max_concurrent_streams`)."""
 
+    keep_ended_runs: int = 1_000
+    """TP_KEEP_ENDED_RUNS: how many ended runs whose end was reported the service keeps knowing (GetTraining,
+    ListTrainings), those that ended last; older ones are forgotten (their run directories stay). Live runs and runs
+    whose end is not reported yet are always kept. Bounds the memory and the cost of the backend's ListTrainings
+    walk of each lease round."""
+
     metrics_port: int = 0
     """TP_METRICS_PORT: serve Prometheus metrics on `http://<listen host>:<port>/metrics`. 0 (the default): off."""
 
@@ -115,6 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser, default_listen: str) -> None:
     parser.add_argument("--log-level", help="logging level (TP_LOG_LEVEL, default INFO)")
     parser.add_argument("--data-roots", help="directories dataset paths must lie under, ':'-separated (TP_DATA_ROOTS)")
     parser.add_argument("--max-epochs", help="most epochs a job may ask for (TP_MAX_EPOCHS, default 10000)")
+    parser.add_argument(
+        "--keep-ended-runs", help="ended runs the service keeps listing (TP_KEEP_ENDED_RUNS, default 1000)"
+    )
     parser.add_argument("--metrics-port", help="serve Prometheus /metrics on this port (TP_METRICS_PORT, default off)")
 
 
@@ -146,6 +155,9 @@ def load(
     )
     max_rpcs = values.whole_number("TP_MAX_CONCURRENT_RPCS", env.get("TP_MAX_CONCURRENT_RPCS", "1000"))
     max_streams = values.whole_number("TP_MAX_CONCURRENT_STREAMS", env.get("TP_MAX_CONCURRENT_STREAMS", "100"))
+    keep_ended_runs = values.whole_number(
+        "TP_KEEP_ENDED_RUNS", pick("keep_ended_runs", "TP_KEEP_ENDED_RUNS", "1000"), minimum=0
+    )
     metrics_port = values.port("TP_METRICS_PORT", pick("metrics_port", "TP_METRICS_PORT", "0"))
     settings = TrainerSettings(
         listen=values.listen_address("TP_TRAINER_LISTEN", pick("listen", "TP_TRAINER_LISTEN", default_listen)),
@@ -163,6 +175,7 @@ def load(
         max_epochs=max_epochs,
         max_concurrent_rpcs=max_rpcs,
         max_concurrent_streams=max_streams,
+        keep_ended_runs=keep_ended_runs,
         metrics_port=metrics_port,
     )
     check_server_tls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)

@@ -41,6 +41,10 @@ the run's state, by `python -m trainingplatform_sdk.training.abandoned_run` (a p
 process's environment, for up to TRACKING_END_TIMEOUT_S), so MLflow does not show it RUNNING for ever. A service
 that died first does it for such runs when it starts again.
 
+The service keeps knowing (GetTraining, ListTrainings) its live runs, the ended runs whose end is not reported yet,
+and the last `TP_KEEP_ENDED_RUNS` ended runs whose end was reported; older ones are forgotten (their directories
+stay), after a restart too, so memory and the backend's ListTrainings walk of each lease round stay bounded.
+
 A shutdown waits REPORT_DRAIN_S for the reports of the runs that ended (a backend that does not take them would
 otherwise hold it for as long as the spools' delivery is retried); a run still unreported then keeps its spool and
 stays unreported, so the next start on the same data directory reports it (one WARNING names it).
@@ -49,6 +53,8 @@ stays unreported, so the next start on the same data directory reports it (one W
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import contextlib
 import errno
 import fcntl
@@ -132,8 +138,11 @@ class Supervisor:
         self._settings = settings
         self._catalog = catalog
         self._adapter = settings.adapter or catalog.description.framework
+        # The runs the service knows: live ones, ended ones whose end is not reported yet, and the last
+        # `keep_ended_runs` ended and reported (`_retire`). `_ordered` is sorted by sequence (ListTrainings' order).
         self._runs: dict[str, Run] = {}
         self._ordered: list[Run] = []
+        self._retired: collections.deque[Run] = collections.deque()  # ended and reported, in the order they ended
         self._latest_by_job: dict[str, Run] = {}
         self._live: dict[str, Run] = {}
         self._sequence = itertools.count(1)
@@ -161,7 +170,9 @@ class Supervisor:
             self._latest_by_job[run.job_id] = run
         if runs:
             self._sequence = itertools.count(max(run.sequence for run in runs) + 1)
-        for run in runs:
+        for run in sorted((run for run in runs if not run.live and run.reported), key=_ended_at):
+            self._retire(run)  # only the last `keep_ended_runs` to end are kept
+        for run in runs:  # a forgotten run may still have its MLflow run to end (the last case)
             if run.live and run.pid_start_time and process_start_time(run.pid) == run.pid_start_time:
                 self._live[run.run_id] = run
                 self._spawn_task(self._watch_adopted(run))
@@ -221,10 +232,13 @@ class Supervisor:
 
     def newest_first(self, before_sequence: int | None, limit: int) -> tuple[list[Run], int | None]:
         """Up to `limit` runs older than `before_sequence` (all when None), newest first, and the sequence to
-        continue from (None on the last page)."""
-        older = [run for run in reversed(self._ordered) if before_sequence is None or run.sequence < before_sequence]
-        page = older[:limit]
-        return page, (page[-1].sequence if len(older) > limit else None)
+        continue from (None on the last page). Costs O(log n + limit): a page never walks the other runs."""
+        end = len(self._ordered)
+        if before_sequence is not None:
+            end = bisect.bisect_left(self._ordered, before_sequence, key=_sequence)
+        start = max(0, end - limit)
+        page = self._ordered[start:end][::-1]
+        return page, (page[-1].sequence if start > 0 else None)
 
     # --- Starting ---------------------------------------------------------------------------------------------
 
@@ -420,7 +434,27 @@ class Supervisor:
                 return
         run.reported = True
         run.save()
+        self._retire(run)
         await self._end_tracking(run)
+
+    def _retire(self, run: Run) -> None:
+        """Counts `run` (ended, its end reported) among the kept ended runs, and forgets the ones that ended
+        earliest beyond `keep_ended_runs`: nothing is left to do for them, and the backend's lease only asks about
+        the runs of live jobs (their live runs, or ended ones until reported). Their run directories stay."""
+        self._retired.append(run)
+        while len(self._retired) > self._settings.keep_ended_runs:
+            self._forget(self._retired.popleft())
+
+    def _forget(self, run: Run) -> None:
+        if self._runs.pop(run.run_id, None) is None:
+            return
+        index = bisect.bisect_left(self._ordered, run.sequence, key=_sequence)
+        while index < len(self._ordered) and self._ordered[index] is not run:  # equal sequences: rare
+            index += 1
+        if index < len(self._ordered):
+            del self._ordered[index]
+        if self._latest_by_job.get(run.job_id) is run:
+            del self._latest_by_job[run.job_id]
 
     async def _end_tracking(self, run: Run) -> None:
         """Ends the run's MLflow run when its process exited without ending it (see the module docstring)."""
@@ -497,6 +531,14 @@ class Supervisor:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("a supervisor task failed", exc_info=task.exception())
+
+
+def _sequence(run: Run) -> int:
+    return run.sequence
+
+
+def _ended_at(run: Run) -> tuple[float, int]:
+    return (run.end_time or 0.0, run.sequence)
 
 
 def _same_attempt(run: Run, request: trainer_pb2.StartTrainingRequest) -> bool:

@@ -105,7 +105,8 @@ class TrainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTrainings(self, request, context):
-        """Lists the runs this service knows, newest first.
+        """Lists the runs this service knows, newest first: its live runs, the ended runs whose end is not reported yet,
+        and the TP_KEEP_ENDED_RUNS reported runs that ended last (older ones are forgotten).
 
         Errors: INVALID_ARGUMENT (bad page token, page_size outside 0 to 1000), UNAUTHENTICATED.
         """

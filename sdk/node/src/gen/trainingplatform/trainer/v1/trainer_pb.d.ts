@@ -511,7 +511,8 @@ export declare const TrainerService: GenService<{
     output: typeof GetTrainingResponseSchema;
   },
   /**
-   * Lists the runs this service knows, newest first.
+   * Lists the runs this service knows, newest first: its live runs, the ended runs whose end is not reported yet,
+   * and the TP_KEEP_ENDED_RUNS reported runs that ended last (older ones are forgotten).
    *
    * Errors: INVALID_ARGUMENT (bad page token, page_size outside 0 to 1000), UNAUTHENTICATED.
    *
