@@ -1,7 +1,10 @@
 """Training processes: starting them, watching them end, stopping them, and what the service knows of each run.
 
-Each run is a `tp-train` process in its own session (so its process group, data loader workers included, can be
-signalled as a whole and a crash or an OOM kill stays outside the service), writing to `<output_dir>/train.log`.
+Each run is a `tp-train` process in its own session (so its process group can be signalled as a whole, and a
+crash or an OOM kill stays outside the service), writing to `<output_dir>/train.log`. Its data loader workers are
+not in that group: they leave it for groups of their own (`training.adapter.loader_worker_init`), so a stop's
+SIGTERM reaches only the training process, which shuts them down; when it dies instead (SIGKILL, OOM), torch's
+watchdog in each worker ends it within seconds. The group's SIGKILL never reaches them.
 One watcher task per run waits for its exit and decides the final state:
 
 - exit 0: SUCCEEDED (the process reported COMPLETED itself);
@@ -325,7 +328,9 @@ class Supervisor:
                     # The run directory, so framework files written to the working directory stay with the run.
                     cwd=output_dir,
                     env=_child_env(job, self._settings),
-                    # Its own session and process group: signals reach its workers, and the service's don't reach it.
+                    # Its own session and process group: a signal to the service's group (Ctrl-C) doesn't reach it,
+                    # and the service's stop signals reach it and what it starts, not its data loader workers (see
+                    # the module docstring).
                     start_new_session=True,
                 )
         except OSError as error:
@@ -498,7 +503,8 @@ class Supervisor:
         """Records the end of the run's process; `returncode` None: unknown (a process adopted after a restart
         that wrote no final line)."""
         run.refresh()
-        # Data loader workers outlive a killed parent; they belong to the run and go with it.
+        # Whatever the process started that stayed in its group goes with it. Not its data loader workers: they
+        # left the group (loader_worker_init), and torch's watchdog ends them once the process is gone.
         _signal_group(run, signal.SIGKILL)
         run.pid = 0
         run.exit_code = 1 if returncode is None else returncode
