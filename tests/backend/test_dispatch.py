@@ -15,6 +15,7 @@ from support.tp import TP, shell_env
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk.clients import JobsClient
 
 SPEC = common_pb2.JobSpec(
     framework="timm",
@@ -56,6 +57,10 @@ def test_unreachable_trainers_fail_the_job_with_every_reason(database_url: str, 
         assert timm.unreachable_reason.startswith("no timm trainer answered: ")
         for address in dead:
             assert f"{address}: UNAVAILABLE" in timm.unreachable_reason
+        with JobsClient(backend.address, backend.read_token) as client:  # the same through the Python client
+            [listed_timm] = client.list_frameworks()
+        assert (listed_timm.name, listed_timm.trainers, listed_timm.reachable_trainers) == ("timm", 2, 0)
+        assert all(f"{address}: UNAVAILABLE" in listed_timm.unreachable_reason for address in dead)
         # A framework with no trainer at all is refused before anything is stored.
         other = common_pb2.JobSpec()
         other.CopyFrom(SPEC)

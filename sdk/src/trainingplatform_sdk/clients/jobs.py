@@ -134,6 +134,21 @@ class Job:
 
 
 @dataclass(frozen=True)
+class FrameworkAvailability:
+    """A framework the backend dispatches jobs to (a trainer service is configured for it), and whether its
+    trainers answer now."""
+
+    name: str
+    """As `create_job(framework=...)` takes it: `timm`, `ultralytics`."""
+    trainers: int
+    """Trainer services configured for it (`TP_TRAINERS`)."""
+    reachable_trainers: int
+    """How many of them answered just now; 0: a job of it waits QUEUED until one does (`TP_DISPATCH_TIMEOUT_S`)."""
+    unreachable_reason: str
+    """When none answered: each trainer's address and error; else empty."""
+
+
+@dataclass(frozen=True)
 class CreatedJob:
     """The result of create_job: the job and its telemetry token (returned only once)."""
 
@@ -406,6 +421,15 @@ class JobsClient(Client):
         """One job with its status history."""
         response = self._call(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
         return _job(response.job, response.status_events)
+
+    def list_frameworks(self) -> tuple[FrameworkAvailability, ...]:
+        """The frameworks this backend can run a job of (those with a trainer service configured), each with how
+        many of its trainers answer now. A framework missing here is refused by `create_job` (INVALID_ARGUMENT)."""
+        response = self._call(self._stub.ListFrameworks, jobs_pb2.ListFrameworksRequest())
+        return tuple(
+            FrameworkAvailability(f.name, f.trainers, f.reachable_trainers, f.unreachable_reason)
+            for f in response.frameworks
+        )
 
     def list_jobs(
         self, *, statuses: Sequence[str] = (), framework: str = "", text: str = "", page_size: int = 100
