@@ -60,9 +60,9 @@ def dispatcher_of(store: Store, trainers: dict[str, list[str]], **settings: Any)
 
 
 async def settle(dispatcher: dispatch.Dispatcher) -> None:
-    """Rounds until no dispatch is in flight and none starts (backoffs ignored: every round is due)."""
+    """Rounds until no dispatch is in flight and none starts (a framework whose jobs wait backs off: its next
+    round is not due yet)."""
     while True:
-        dispatcher._next_try.clear()
         await dispatcher.dispatch_queued()
         if not dispatcher._dispatching:
             return
@@ -184,5 +184,43 @@ def test_create_job_validation_refuses_a_missing_path_only_when_every_replica_la
             for trainer in (lacking, lacking_too):
                 assert f"{trainer.address}: no dataset at /data/digits on {trainer.address}" in str(refused.value)
             await dispatcher.stop()
+
+    run(scenario)
+
+
+# --- a framework without a trainer ----------------------------------------------------------------------------
+
+
+def test_a_job_whose_framework_lost_its_trainers_times_out_with_a_warning(
+    store: Store, caplog: pytest.LogCaptureFixture
+):
+    """Queued while TP_TRAINERS named a timm trainer; the backend restarted without one. The job stayed QUEUED for
+    ever, with no log line; with TP_TRAINERS empty the dispatch loop did not even start."""
+
+    async def scenario() -> None:
+        job_id = new_job(store)
+        waiting = dispatcher_of(store, {"ultralytics": ["127.0.0.1:1"]})
+        with caplog.at_level("INFO", logger="trainingplatform_backend.dispatch"):
+            await settle(waiting)
+        assert store.get_job(job_id).job.status == statemachine.QUEUED  # not yet past TP_DISPATCH_TIMEOUT_S
+        [warning] = [record for record in caplog.records if job_id in record.getMessage()]
+        assert warning.levelname == "WARNING"
+        assert "no timm trainer is configured (TP_TRAINERS)" in warning.getMessage()
+        await waiting.stop()
+        # No trainer at all, and the job past its timeout: the backend's own loop fails it.
+        none = dispatcher_of(store, {}, dispatch_timeout_s=0.0)
+        none.start()
+        try:
+            for _ in range(200):
+                if store.get_job(job_id).job.status != statemachine.QUEUED:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await none.stop()
+        job = store.get_job(job_id).job
+        assert job.status == statemachine.FAILED
+        assert job.error_message == (
+            "no timm trainer accepted the job within 0 s: no timm trainer is configured (TP_TRAINERS)"
+        )
 
     run(scenario)

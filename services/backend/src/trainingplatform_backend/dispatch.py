@@ -8,19 +8,21 @@ the dispatch lasts, so one left by a killed backend expires within CLAIM_LEASE_S
 So a caller's deadline never interrupts a dispatch, and a restarted backend (or another replica) resumes
 dispatching the jobs still queued.
 
-Replica policy: a framework may list several trainer addresses (TP_TRAINERS). A job goes to the replica with
-the fewest of this database's live (QUEUED or RUNNING) jobs, ties broken in configuration order, except that a
-replica which refused a job in the last REFUSAL_MEMORY_S (5 minutes) goes after those that did not. When a
-replica is unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), or refuses the job for a
-reason of its own host (FAILED_PRECONDITION: its disk is full, a permission; NOT_FOUND: a dataset path that
-exists only on another host), the next one is tried. Jobs are
-dispatched in the order they were created, one framework's at a time (`dispatch_queued`): a freed slot goes to the
-job that waited longest. When no replica accepts, the job stays QUEUED and the framework's oldest job is tried
-again (backoff from 1 s to 10 s, ended at once when a job ends: its slot may be free, `slot_freed`) until it has
-been QUEUED for `dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s, counted from its creation), then it fails
-with every replica's last reason. A trainer refusing the request itself (INVALID_ARGUMENT: an unknown model, a bad
-option) fails the job at once with the trainer's message; so does a pass in which every replica refused it with
-FAILED_PRECONDITION or NOT_FOUND, the message naming each replica's reason.
+Replica policy: a framework may list several trainer addresses (TP_TRAINERS). A job goes to the replica with the
+fewest of this database's live (QUEUED or RUNNING) jobs, ties broken in configuration order, except that a replica
+which refused a job in the last REFUSAL_MEMORY_S (5 minutes) goes after those that did not. When a replica is
+unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), or refuses the job for a reason of its own
+host (FAILED_PRECONDITION: its disk is full, a permission; NOT_FOUND: a dataset path that exists only on another
+host), the next one is tried. Jobs are dispatched in the order they were created, one framework's at a time
+(`dispatch_queued`): a freed slot goes to the job that waited longest. When no replica accepts, the job stays QUEUED
+and the framework's oldest job is tried again (backoff from 1 s to 10 s, ended at once when a job ends: its slot may
+be free, `slot_freed`) until it has been QUEUED for `dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s, counted from
+its creation), then it fails with every replica's last reason. A job whose framework no longer has a trainer
+configured (TP_TRAINERS changed since it was queued) waits the same way, logged as a WARNING, and fails with "no
+<framework> trainer is configured (TP_TRAINERS)"; the loops run even with TP_TRAINERS empty. A trainer refusing the
+request itself (INVALID_ARGUMENT: an unknown model, a bad option) fails the job at once with the trainer's message;
+so does a pass in which every replica refused it with FAILED_PRECONDITION or NOT_FOUND, the message naming each
+replica's reason.
 
 Cancel during dispatch: the trainer is recorded under the job's row lock (`Store.set_dispatch`), which also
 returns the job's status; a job cancelled while its trainer was accepting it (CancelJob saw no trainer yet) has
@@ -429,6 +431,7 @@ class Dispatcher:
         reasons = await self._try_replicas(job_id, request)
         if not reasons:
             return None
+        unconfigured = not self.has_trainer(spec.framework)
         if utcnow() >= job.created_at + dt.timedelta(seconds=settings.dispatch_timeout_s):
             message = (
                 f"no {spec.framework} trainer accepted the job within {settings.dispatch_timeout_s:.0f} s: "
@@ -441,7 +444,13 @@ class Dispatcher:
             return None
         if job_id not in self._announced:
             self._announced.add(job_id)
-            log.info("job %s waits for a %s trainer: %s", job_id, spec.framework, "; ".join(reasons))
+            log.log(
+                logging.WARNING if unconfigured else logging.INFO,
+                "job %s waits for a %s trainer: %s",
+                job_id,
+                spec.framework,
+                "; ".join(reasons),
+            )
         await asyncio.to_thread(self._store.release_dispatch, job_id, reasons="; ".join(reasons))
         metrics.DISPATCHES.labels("retried").inc()
         return spec.framework
@@ -451,6 +460,9 @@ class Dispatcher:
         reasons every replica gave (retryable, or a refusal of some replicas' own while others were busy or
         unreachable)."""
         replicas = await asyncio.to_thread(self._replicas, request.spec.framework)
+        if not replicas:
+            # Queued while the framework had a trainer (TP_TRAINERS changed since): it waits, then times out.
+            return [f"no {request.spec.framework} trainer is configured (TP_TRAINERS)"]
         reasons: list[str] = []
         refusals = 0
         for address in replicas:
@@ -552,12 +564,12 @@ class Dispatcher:
     # --- the lease ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Starts the dispatch loop and the watch loop."""
-        if any(self._settings.trainers.values()):
-            self._tasks = [
-                asyncio.create_task(self._dispatch_loop(), name="dispatcher"),
-                asyncio.create_task(self._watch(), name="trainer-lease"),
-            ]
+        """Starts the dispatch loop and the watch loop, with or without trainers configured: jobs queued while
+        their framework had one still time out, and runs on trainers no longer configured are still watched."""
+        self._tasks = [
+            asyncio.create_task(self._dispatch_loop(), name="dispatcher"),
+            asyncio.create_task(self._watch(), name="trainer-lease"),
+        ]
 
     async def stop(self) -> None:
         """Stops the loops and the dispatches in flight (their claims expire; any backend resumes them), then
