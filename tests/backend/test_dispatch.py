@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -152,4 +153,49 @@ def test_a_job_ending_hands_its_slot_to_the_oldest_queued_job_without_waiting_ou
             wait_until(lambda: trainer.training(second.job_id), 30, "the second job to start")
             assert time.monotonic() - ended < 5, "the freed slot waited out the backoff (10 s)"
         finally:
+            backend.close()
+
+
+class _HungCancel(FakeTrainer):
+    """A trainer whose first CancelTraining hangs until the test lets it go, then fails without cancelling (its
+    loop was stuck); later ones work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self._hung = False
+
+    def CancelTraining(self, request, context):  # type: ignore[no-untyped-def]
+        with self._lock:
+            first, self._hung = not self._hung, True
+        if first:
+            self._count("CancelTraining")
+            self.release.wait(60)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the fake trainer's loop is stuck")
+        return super().CancelTraining(request, context)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_cancel_job_answers_without_waiting_for_a_hung_trainer_and_the_sweep_retries(database_url: str, tmp_path: Path):
+    # CancelJob awaited CancelTraining (up to TP_TRAINER_CALL_TIMEOUT_S, 30 s): the caller got DEADLINE_EXCEEDED
+    # although the job was cancelled.
+    with _HungCancel() as trainer:
+        env = {"TP_TRAINERS": f"timm={trainer.address}", "TP_TRAINER_LEASE_S": "1", "TP_WATCH_INTERVAL_S": "0.5"}
+        backend = BackendProcess(database_url, tmp_path / "data", extra_env=env)
+        backend.start()
+        try:
+            jobs, metadata = backend.jobs(), auth(backend.internal_token)
+            job_id = jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=SPEC), metadata=metadata, timeout=60).job.job_id
+            get = jobs_pb2.GetJobRequest(job_id=job_id)
+            wait_until(lambda: jobs.GetJob(get, metadata=metadata).job.trainer_address, 60, "the dispatch", 0.05)
+            cancelled = jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job_id), metadata=metadata, timeout=5).job
+            assert cancelled.status == common_pb2.JOB_STATUS_CANCELLED
+            assert trainer.training(job_id)  # the trainer's cancel hangs, then fails
+            trainer.release.set()
+            # The lease's sweep finds the run still live on the trainer and cancels it again.
+            wait_until(lambda: not trainer.training(job_id), 60, "the sweep to cancel the run", 0.05)
+            assert trainer.calls["CancelTraining"] >= 2
+            assert backend.job_status(job_id) == "CANCELLED"
+        finally:
+            trainer.release.set()
             backend.close()

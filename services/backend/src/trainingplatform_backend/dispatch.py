@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import DBAPIError
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -475,9 +475,7 @@ class Dispatcher:
                 log.info(
                     "job %s: attempt %d goes to %s; cancelling any run on %s", job_id, attempt, address, superseded
                 )
-                task = asyncio.create_task(self.cancel(job_id, superseded), name=f"cancel-{job_id}")
-                self._cancels.add(task)
-                task.add_done_callback(self._cancels.discard)
+                self.cancel_soon(job_id, superseded)
             request.telemetry_token = derive_job_token(self._settings.internal_token, job_id, attempt)[0]
             try:
                 response = await self._stub(address).StartTraining(
@@ -536,6 +534,16 @@ class Dispatcher:
             )
             return []
         return reasons
+
+    def cancel_soon(self, job_id: str, trainer_address: str) -> None:
+        """`cancel` in a task of its own, tracked until it ends (and cancelled by `stop`): the caller answers
+        without waiting for the trainer, which may be slow or gone. A cancel that fails is retried by the lease's
+        stray-run sweep once the trainer answers (`stop_stray_runs`)."""
+        if not trainer_address:
+            return
+        task = asyncio.create_task(self.cancel(job_id, trainer_address), name=f"cancel-{job_id}")
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
 
     async def cancel(self, job_id: str, trainer_address: str) -> bool:
         """Asks the job's trainer to stop its run; returns whether it answered. An unreachable trainer is logged, not
@@ -625,17 +633,18 @@ class Dispatcher:
 
     def _ended_jobs(self) -> Sequence[tuple[str, str, str]]:
         """Jobs that ended CANCELLED or FAILED more than `lease_s` ago (a run stopping as asked has ended by then)
-        and within `stray_run_window_s`, with their trainer and status."""
+        and within `stray_run_window_s`, with their trainer (that of the dispatch attempt when none was recorded: a
+        trainer may have accepted the job while its row could not be written) and status."""
         now = utcnow()
         since = now - dt.timedelta(seconds=self._settings.stray_run_window_s)
         before = now - dt.timedelta(seconds=self._settings.lease_s)
         with self._store.engine.connect() as conn:
             return [
-                (job_id, address, status)
-                for job_id, address, status in conn.execute(
-                    select(Job.job_id, Job.trainer_address, Job.status).where(
+                (job_id, address or attempt_address, status)
+                for job_id, address, attempt_address, status in conn.execute(
+                    select(Job.job_id, Job.trainer_address, Job.dispatch_attempt_address, Job.status).where(
                         Job.status.in_([statemachine.CANCELLED, statemachine.FAILED]),
-                        Job.trainer_address != "",
+                        or_(Job.trainer_address != "", Job.dispatch_attempt_address != ""),
                         Job.ended_at >= since,
                         Job.ended_at <= before,
                     )

@@ -218,8 +218,9 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         if transition.changed:
             self._backend.hub.publish(job_pk, POKE)
             # A trainer that accepted the job while its row could not be written (a database outage) is named only
-            # by the dispatch attempt; a trainer without a run of the job answers NOT_FOUND.
-            await self._dispatcher.cancel(request.job_id, view.job.trainer_address or view.job.dispatch_attempt_address)
+            # by the dispatch attempt; a trainer without a run of the job answers NOT_FOUND. The job is CANCELLED
+            # now: the trainer is told in the background (it may be slow or gone; the lease's sweep retries).
+            self._dispatcher.cancel_soon(request.job_id, view.job.trainer_address or view.job.dispatch_attempt_address)
         return jobs_pb2.CancelJobResponse(job=convert.job_to_proto(view))
 
     async def ListMetrics(
