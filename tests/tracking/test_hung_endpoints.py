@@ -19,7 +19,8 @@ from trainingplatform.common.v1 import common_pb2
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 ADAPTERS_PYTHONPATH = os.pathsep.join(str(TESTS_DIR / d) for d in ("tracking", "trainers"))
-NO_MLFLOW = {"TP_MLFLOW_ENABLED": "false", "PYTHONPATH": ADAPTERS_PYTHONPATH}
+# One attempt per upload: an endpoint that fails here stays failed (TP_ARTIFACTS_UPLOAD_RETRY_S).
+NO_MLFLOW = {"TP_MLFLOW_ENABLED": "false", "TP_ARTIFACTS_UPLOAD_RETRY_S": "0", "PYTHONPATH": ADAPTERS_PYTHONPATH}
 COUNTING_JOB = {
     "model_config": {"name": "counter"},
     "dataset_config": {"name": "numbers"},

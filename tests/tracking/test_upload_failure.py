@@ -26,7 +26,8 @@ COUNTING_JOB = {
     "training_config": {"epochs": 2},
     "advanced_config": {},
 }
-NO_MLFLOW = {"TP_MLFLOW_ENABLED": "false", "PYTHONPATH": ADAPTERS_PYTHONPATH}
+# One attempt per upload: an endpoint that fails here stays failed (TP_ARTIFACTS_UPLOAD_RETRY_S).
+NO_MLFLOW = {"TP_MLFLOW_ENABLED": "false", "TP_ARTIFACTS_UPLOAD_RETRY_S": "0", "PYTHONPATH": ADAPTERS_PYTHONPATH}
 
 
 @pytest.fixture

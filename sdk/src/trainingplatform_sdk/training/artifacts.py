@@ -9,21 +9,29 @@ Settings come from the environment (see docs/tracking.md):
   they cannot end up in a message or a log).
 - `TP_ARTIFACTS_PREFIX`: a key prefix inside the bucket; default none.
 - `AWS_REGION`: default `auto` (what R2 expects; S3-compatible servers ignore it).
+- `TP_ARTIFACTS_UPLOAD_RETRY_S`: how long the final uploads of a completed job are retried, in seconds;
+  default 300 (DEFAULT_UPLOAD_RETRY_S), 0 = one attempt.
 
 Objects go under `<prefix>/jobs/<job_id>/` (`weights/best.pt`, `results.json`, ...) and are reported as
 `s3://bucket/key`; local files as `file:///...`. Uploads use boto3's managed transfer: multipart above 8 MiB.
 
 A hung endpoint holds a job for seconds, not minutes: the start-of-job check makes one attempt that waits 10 s for
 an answer (CHECK_READ_TIMEOUT_S), an upload waits 30 s on each read or write (UPLOAD_READ_TIMEOUT_S, not the whole
-upload) with 2 attempts (UPLOAD_ATTEMPTS).
+upload) with 2 attempts (UPLOAD_ATTEMPTS). The final uploads of a completed job (`upload(..., retry_s=...)`) are
+retried with exponential backoff (1 s, 2 s, 4 s, ... at most 30 s apart) for up to TP_ARTIFACTS_UPLOAD_RETRY_S: an S3
+endpoint restarting as a long training ends does not fail it. A refusal that a retry cannot change (no
+credentials, access denied, no such bucket) is not retried.
 
 `boto3` is imported inside functions only: the SDK installs without it.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +64,13 @@ CHECK_READ_TIMEOUT_S = 10
 UPLOAD_READ_TIMEOUT_S = 30
 UPLOAD_ATTEMPTS = 2
 DEFAULT_REGION = "auto"
+#: Seconds the final uploads of a completed job are retried (TP_ARTIFACTS_UPLOAD_RETRY_S); 0 = one attempt.
+DEFAULT_UPLOAD_RETRY_S = 300.0
+#: First and longest wait between two retries of an upload, in seconds (doubling in between).
+FIRST_RETRY_DELAY_S = 1.0
+MAX_RETRY_DELAY_S = 30.0
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,8 @@ class StorageSettings:
     """Key prefix inside the bucket, without leading or trailing slashes."""
     region: str = DEFAULT_REGION
     """The region requests are signed for."""
+    upload_retry_s: float = DEFAULT_UPLOAD_RETRY_S
+    """How long the final uploads of a completed job are retried (TP_ARTIFACTS_UPLOAD_RETRY_S); 0 = one attempt."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, data_dir: Path) -> StorageSettings:
@@ -83,7 +100,8 @@ class StorageSettings:
 
         Raises:
             StorageError: AWS_S3_ENDPOINT_URL is set without TP_ARTIFACTS_BUCKET (artifacts would silently stay local),
-                or is not an `http://` or `https://` URL with a host (the message shows it without credentials).
+                or is not an `http://` or `https://` URL with a host (the message shows it without credentials);
+                TP_ARTIFACTS_UPLOAD_RETRY_S is not a number of seconds >= 0.
         """
         bucket = env.get("TP_ARTIFACTS_BUCKET", "").strip()
         endpoint = env.get("AWS_S3_ENDPOINT_URL", "").strip() or None
@@ -100,6 +118,7 @@ class StorageSettings:
             endpoint_url=endpoint,
             prefix=env.get("TP_ARTIFACTS_PREFIX", "").strip().strip("/"),
             region=env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip() or DEFAULT_REGION,
+            upload_retry_s=_retry_seconds(env.get("TP_ARTIFACTS_UPLOAD_RETRY_S", "")),
         )
 
     @property
@@ -108,6 +127,26 @@ class StorageSettings:
         if self.endpoint_url:
             return f"AWS_S3_ENDPOINT_URL={redact_uri(self.endpoint_url)}"
         return "AWS S3 (AWS_S3_ENDPOINT_URL is not set)"
+
+
+def _retry_seconds(value: str) -> float:
+    """TP_ARTIFACTS_UPLOAD_RETRY_S's seconds; DEFAULT_UPLOAD_RETRY_S when empty.
+
+    Raises:
+        StorageError: Not a finite number >= 0.
+    """
+    if not value.strip():
+        return DEFAULT_UPLOAD_RETRY_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds < 0:
+        raise StorageError(
+            f"TP_ARTIFACTS_UPLOAD_RETRY_S={value.strip()!r} is not a number of seconds >= 0 (how long the final "
+            f"uploads are retried; 0 = one attempt; default {DEFAULT_UPLOAD_RETRY_S:.0f})"
+        )
+    return seconds
 
 
 def _check_endpoint(endpoint: str) -> None:
@@ -148,8 +187,12 @@ class ArtifactStore(Protocol):
         """
         ...
 
-    def upload(self, path: Path, name: str) -> str:
+    def upload(self, path: Path, name: str, *, retry_s: float = 0.0, stop: Callable[[], bool] | None = None) -> str:
         """Stores a local file as `name` (a relative path such as `weights/best.pt`) and returns its URI.
+
+        Args:
+            retry_s: How long a failed upload is retried (with exponential backoff); 0 = one attempt.
+            stop: Read while waiting to retry: once true, the last error is raised without waiting further.
 
         Raises:
             StorageError: The upload failed.
@@ -178,8 +221,9 @@ class LocalArtifactStore:
                 f"TP_ARTIFACTS_BUCKET for S3 storage): {error.strerror or error}"
             ) from error
 
-    def upload(self, path: Path, name: str) -> str:
-        """Stores the file under `name` (write then rename, so a reader never sees half a file).
+    def upload(self, path: Path, name: str, *, retry_s: float = 0.0, stop: Callable[[], bool] | None = None) -> str:
+        """Stores the file under `name` (write then rename, so a reader never sees half a file); no retries (a local
+        disk that fails does not get better by waiting).
 
         A checkpoint (`files.CHECKPOINT_SUFFIXES`) is hard-linked rather than copied when it can be (same file system):
         the run directory and the artifacts then share one copy on disk, and either path stays valid when the
@@ -199,9 +243,10 @@ class S3ArtifactStore:
     Args:
         settings: The bucket, endpoint, prefix and region.
         job_id: The job whose files these are.
+        warn: Where each retry of an upload is reported (one line, without credentials); default a log WARNING.
     """
 
-    def __init__(self, settings: StorageSettings, job_id: str) -> None:
+    def __init__(self, settings: StorageSettings, job_id: str, *, warn: Callable[[str], None] | None = None) -> None:
         try:
             import boto3
             from botocore.config import Config
@@ -211,6 +256,7 @@ class S3ArtifactStore:
             ) from error
         self.settings = settings
         self.bucket = settings.bucket
+        self.warn = warn or _log.warning
         self.key_prefix = "/".join(part for part in (settings.prefix, "jobs", job_id) if part)
 
         def client(read_timeout: int, attempts: int) -> Any:
@@ -251,16 +297,32 @@ class S3ArtifactStore:
         except Exception as error:
             raise self._error(error, "checking the bucket", CHECK_READ_TIMEOUT_S) from error
 
-    def upload(self, path: Path, name: str) -> str:
-        """Uploads with boto3's managed transfer (multipart above MULTIPART_THRESHOLD)."""
+    def upload(self, path: Path, name: str, *, retry_s: float = 0.0, stop: Callable[[], bool] | None = None) -> str:
+        """Uploads with boto3's managed transfer (multipart above MULTIPART_THRESHOLD); a failure that a retry may
+        cure (the endpoint unreachable or silent, a 5xx, throttling) is retried with exponential backoff for up to
+        `retry_s` seconds, each retry one line to `warn`."""
         from boto3.s3.transfer import TransferConfig
 
         transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
-        try:
-            self.client.upload_file(str(path), self.bucket, f"{self.key_prefix}/{name}", Config=transfer)
-        except Exception as error:
-            raise self._error(error, f"uploading {path.name} to {self.uri(name)}", UPLOAD_READ_TIMEOUT_S) from error
-        return self.uri(name)
+        action = f"uploading {path.name} to {self.uri(name)}"
+        deadline, delay = time.monotonic() + retry_s, FIRST_RETRY_DELAY_S
+        while True:
+            try:
+                self.client.upload_file(str(path), self.bucket, f"{self.key_prefix}/{name}", Config=transfer)
+                return self.uri(name)
+            except Exception as error:
+                failure = self._error(error, action, UPLOAD_READ_TIMEOUT_S)
+                left = deadline - time.monotonic()
+                if not _retryable(error) or left <= 0 or (stop is not None and stop()):
+                    raise failure from error
+                wait = min(delay, left)
+                self.warn(
+                    f"{failure}; retrying in {wait:.0f}s ({left:.0f}s of TP_ARTIFACTS_UPLOAD_RETRY_S="
+                    f"{retry_s:.0f} left)"
+                )
+                if not _sleep(wait, stop):
+                    raise failure from error
+                delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
     def _error(self, error: Exception, action: str, read_timeout_s: int) -> StorageError:
         """A StorageError naming the setting behind a boto3 error, with the credentials of every URL in it
@@ -286,10 +348,11 @@ class S3ArtifactStore:
             return f"{endpoint} did not answer within {read_timeout_s}s ({action}): {error}"
         if isinstance(error, ParamValidationError):
             return f"{bucket} is not a valid bucket name: {error}"
-        if isinstance(error, ClientError):
-            code = str(error.response.get("Error", {}).get("Code", ""))
-            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            message = error.response.get("Error", {}).get("Message", "") or code
+        if isinstance(client_error := _client_error(error), ClientError):
+            response = client_error.response
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = response.get("Error", {}).get("Message", "") or code
             if code in ("404", "NoSuchBucket"):
                 return f"{bucket} does not exist at {endpoint}: create it or fix the name"
             if status in (401, 403) or code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
@@ -303,12 +366,49 @@ class S3ArtifactStore:
         return f"{action} failed at {endpoint} for {bucket}: {type(error).__name__}: {error}"
 
 
-def open_store(settings: StorageSettings, job_id: str) -> ArtifactStore:
+def _client_error(error: BaseException) -> BaseException:
+    """The ClientError behind boto3's S3UploadFailedError (raised while handling it, without `from`), else `error`."""
+    from botocore.exceptions import ClientError
+
+    cause = error.__cause__ or error.__context__
+    if not isinstance(error, ClientError) and isinstance(cause, ClientError):
+        return cause
+    return error
+
+
+def _retryable(error: BaseException) -> bool:
+    """Whether a retry may cure an upload's failure: not for missing credentials, a bad bucket name or a 4xx refusal
+    (access denied, no such bucket), except a request timeout (408) or throttling (429)."""
+    from botocore.exceptions import ClientError, NoCredentialsError, ParamValidationError
+
+    if isinstance(error, NoCredentialsError | ParamValidationError):
+        return False
+    error = _client_error(error)
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return not (isinstance(status, int) and 400 <= status < 500 and status not in (408, 429))
+    return True
+
+
+def _sleep(seconds: float, stop: Callable[[], bool] | None) -> bool:
+    """Waits `seconds`, checking `stop` every 0.1 s; False when it became true."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stop is not None and stop():
+            return False
+        time.sleep(min(0.1, left))
+    return stop is None or not stop()
+
+
+def open_store(settings: StorageSettings, job_id: str, *, warn: Callable[[str], None] | None = None) -> ArtifactStore:
     """The store of one job: S3 when a bucket is set, else the local directory. Call `check()` before use.
+
+    Args:
+        warn: Where an S3 store reports each retry of an upload (see `S3ArtifactStore`).
 
     Raises:
         StorageError: boto3 is missing for a bucket.
     """
     if settings.bucket:
-        return S3ArtifactStore(settings, job_id)
+        return S3ArtifactStore(settings, job_id, warn=warn)
     return LocalArtifactStore(settings.local_dir / job_id)

@@ -11,12 +11,14 @@ During training, `wrap()`'s sink logs each epoch summary's metrics to MLflow (on
 
 - completed: best and last checkpoints, results.json (final metrics) and results.csv (when the framework wrote
   one) go to the artifact store, the URIs to the backend; then the best checkpoint, results.json and results.csv
-  to MLflow, and the run ends FINISHED. A failed upload to the artifact store fails the job (its message names the
-  setting) and ends the run FAILED; results.json then says `failed`, with that message, in the output directory
-  and in the artifact store when the completed one was already stored there (best effort: a problem is a WARNING
-  line). A failed upload to MLflow (the server went away) leaves the job COMPLETED: the artifact store holds its
-  files, and one WARNING line says what the run misses and where the files are (only on the trainer's disk when
-  TP_ARTIFACTS_BUCKET is not set).
+  to MLflow, and the run ends FINISHED. An upload to the artifact store that fails is retried with backoff for
+  TP_ARTIFACTS_UPLOAD_RETRY_S (each retry a WARNING line). One that still fails fails the job: its message names
+  the setting and where the files still are (this host, the output directory); results.json then says `failed`,
+  with that message, in the output directory and in the artifact store when the completed one was already stored
+  there; the checkpoint and that results.json still go to the MLflow run, which ends FAILED (best effort: a problem
+  is a WARNING line). A failed upload to MLflow (the server went away) leaves the job COMPLETED: the artifact
+  store holds its files, and one WARNING line says what the run misses and where the files are (only on the
+  trainer's disk when TP_ARTIFACTS_BUCKET is not set).
 - cancelled or failed: the last checkpoint and results.json are stored best effort (a problem is a WARNING line),
   and the run ends KILLED or FAILED.
 - the training process died before it could end the run (SIGKILL after the cancel grace, the kernel's OOM killer,
@@ -33,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,9 +114,18 @@ class JobRecorder:
     """One job's MLflow run and artifact store; see the module docstring. Build it with `start`."""
 
     def __init__(
-        self, *, job_id: str, run: MlflowRun | None, store: ArtifactStore, output_dir: Path, logger: TelemetrySink
+        self,
+        *,
+        job_id: str,
+        run: MlflowRun | None,
+        store: ArtifactStore,
+        output_dir: Path,
+        logger: TelemetrySink,
+        upload_retry_s: float = 0.0,
     ) -> None:
         self.job_id = job_id
+        #: How long `finish` retries an upload to the artifact store (TP_ARTIFACTS_UPLOAD_RETRY_S).
+        self.upload_retry_s = upload_retry_s
         self.run = run
         self.store = store
         self.output_dir = output_dir
@@ -152,14 +164,21 @@ class JobRecorder:
             StorageError: The artifact store cannot be used; the message names the setting.
             TrackingError: MLflow cannot be used; the message names the setting.
         """
-        store = open_store(settings.storage, job_id)
+        store = open_store(settings.storage, job_id, warn=lambda message: _warn(logger, message))
         store.check()
         output_dir.mkdir(parents=True, exist_ok=True)
         config_path = output_dir / "config.json"
         config_path.write_text(
             json.dumps({"job_id": job_id, "framework": framework, **configs}, indent=2, default=str), encoding="utf-8"
         )
-        recorder = cls(job_id=job_id, run=None, store=store, output_dir=output_dir, logger=logger)
+        recorder = cls(
+            job_id=job_id,
+            run=None,
+            store=store,
+            output_dir=output_dir,
+            logger=logger,
+            upload_retry_s=settings.storage.upload_retry_s,
+        )
         recorder.artifacts["config"] = store.upload(config_path, "config.json")
         if settings.tracking is not None:
             model_name = str(configs.get("model", {}).get("name", ""))
@@ -232,19 +251,39 @@ class JobRecorder:
             "results": (results, "results.json"),
             "results_csv": (csv if csv.is_file() else None, "results.csv"),
         }
+        checkpoint = result.best_checkpoint or result.last_checkpoint
         try:
             for name, (path, key) in uploads.items():
                 if path is not None and Path(path).is_file():
                     check_stop()
-                    self.artifacts[name] = self._upload(Path(path), key)
+                    self.artifacts[name] = self._upload(Path(path), key, retry_s=self.upload_retry_s, stop=stop)
         except StorageError as error:
-            self._store_failed_results(result, redact_urls(str(error)))
+            check_stop()  # a cancel ended the retries: the job ends cancelled, not failed
+            where = Path(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else self.output_dir
+            failure = StorageError(
+                redact_urls(f"{error}. The job's files are still on host {socket.gethostname()}, in {where.absolute()}")
+            )
+            failed_results = self._store_failed_results(result, str(failure))
             self.logger.report_run_info(artifacts=dict(self.artifacts))
+            if self.run is not None:
+                # MLflow may well be up while S3 is not: the run still gets the checkpoint and the failed results.
+                to_mlflow = [
+                    (Path(path), folder)
+                    for path, folder in ((checkpoint, "checkpoints"), (failed_results, None))
+                    if path is not None and Path(path).is_file()
+                ]
+                for path, folder in to_mlflow:
+                    try:
+                        self._log_to_mlflow(path, folder)
+                    except TrackingError as mlflow_error:
+                        self._warn(
+                            f"The failed job's MLflow run {self.run.run_id} is missing {path.name}: {mlflow_error}"
+                        )
+                        break
             self._end_run(Status.FAILED)
-            raise
+            raise failure from error
         self.logger.report_run_info(artifacts=dict(self.artifacts))
         if self.run is not None:
-            checkpoint = result.best_checkpoint or result.last_checkpoint
             to_mlflow = [
                 (Path(path), folder)
                 for path, folder in ((checkpoint, "checkpoints"), (results, None), (csv, None))
@@ -320,16 +359,19 @@ class JobRecorder:
             self.logger.report_run_info(artifacts=dict(self.artifacts))
         self._end_run(status)
 
-    def _store_failed_results(self, result: TrainingResult, error: str) -> None:
+    def _store_failed_results(self, result: TrainingResult, error: str) -> Path | None:
         """After a failed upload in `finish`: results.json says `failed`, with `error`, in the output directory, and
-        replaces the completed one wherever it was already stored (the artifact store). Nothing is sent to a store
-        that never got it: the store may be what failed. Never raises: a problem is a WARNING line.
+        replaces the completed one wherever it was already stored (the artifact store). Nothing is sent to the
+        artifact store when it never got it: the store may be what failed. Never raises: a problem is a WARNING line.
+
+        Returns:
+            The written results.json; None when it could not be written.
         """
         try:
             results = self._write_results(result, status=Status.FAILED, error=error)
         except OSError as write_error:
             self._warn(f"Writing the failed job's results.json failed: {write_error}")
-            return
+            return None
         if "results" in self.artifacts:
             try:
                 self.artifacts["results"] = self._upload(results, "results.json")
@@ -338,9 +380,10 @@ class JobRecorder:
                     "Replacing the stored results.json of the failed job failed (it still says completed): "
                     + redact_urls(str(upload_error))
                 )
+        return results
 
-    def _upload(self, path: Path, key: str) -> str:
-        uri = self.store.upload(path, key)
+    def _upload(self, path: Path, key: str, *, retry_s: float = 0.0, stop: Callable[[], bool] | None = None) -> str:
+        uri = self.store.upload(path, key, retry_s=retry_s, stop=stop)
         self._stored.add((path, key))
         return uri
 
@@ -389,8 +432,14 @@ class JobRecorder:
             )
 
     def _warn(self, message: str) -> None:
-        _log.warning(message)
-        self.logger.log_message(message, level="WARNING")
+        _warn(self.logger, message)
+
+
+def _warn(logger: TelemetrySink, message: str) -> None:
+    """One WARNING line in this process's log and in the job's logs, without credentials."""
+    message = redact_urls(message)
+    _log.warning(message)
+    logger.log_message(message, level="WARNING")
 
 
 def _record_run(output_dir: Path, run: MlflowRun, *, ended: str | None) -> None:

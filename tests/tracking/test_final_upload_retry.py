@@ -1,0 +1,121 @@
+"""The final uploads of a completed job outlast a short S3 outage (retries with backoff for
+TP_ARTIFACTS_UPLOAD_RETRY_S); an outage that outlasts them fails the job with a message saying where the files still
+are, and the MLflow run, when MLflow is up, still gets the checkpoint. JobRecorder runs in this process against a
+real SeaweedFS (behind a proxy that refuses connections) and a real MLflow server: no training needed."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.proxy import ChaosProxy
+from trainingplatform_sdk.training.adapter import NullSink, Status, TrainingResult
+from trainingplatform_sdk.training.artifacts import StorageError
+from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings
+
+PASSWORD = "pw-s3cr3t"
+
+
+class Lines(NullSink):
+    """Keeps the job's log lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def log_message(self, message: str, level: str = "INFO", epoch: int | None = None, step: int | None = None) -> None:
+        self.lines.append((level, message))
+
+
+@pytest.fixture
+def proxy(s3) -> Iterator[ChaosProxy]:
+    with ChaosProxy(f"127.0.0.1:{s3.port}", seed=0) as proxy:
+        yield proxy
+
+
+def start(s3, proxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> tuple[JobRecorder, Lines, Path]:
+    settings = {
+        **s3.env(),
+        "AWS_S3_ENDPOINT_URL": f"http://u:{PASSWORD}@{proxy.address}",
+        "TP_DATA_DIR": str(tmp_path),
+        "TP_MLFLOW_ENABLED": "false",
+        **env,
+    }
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)  # boto3 reads the credentials; redaction reads the secrets
+    output_dir = tmp_path / "runs" / "job-1"
+    (output_dir / "weights").mkdir(parents=True)
+    (output_dir / "weights" / "best.pt").write_bytes(b"w" * 4096)
+    lines = Lines()
+    recorder = JobRecorder.start(
+        RecorderSettings.from_env(settings, output_dir=output_dir),
+        job_id="job-1",
+        framework="timm",
+        configs={"model": {"name": "m"}},
+        output_dir=output_dir,
+        logger=lines,
+    )
+    return recorder, lines, output_dir
+
+
+def completed(output_dir: Path) -> TrainingResult:
+    return TrainingResult(status=Status.COMPLETED, epochs_completed=3, best_checkpoint=output_dir / "weights/best.pt")
+
+
+def test_an_s3_outage_shorter_than_the_retry_budget_does_not_fail_the_job(s3, proxy, tmp_path, monkeypatch) -> None:
+    recorder, lines, output_dir = start(s3, proxy, tmp_path, monkeypatch, TP_ARTIFACTS_UPLOAD_RETRY_S="120")
+    proxy.pause()  # S3 restarts: every connection refused ...
+    proxy.cut_all()
+    resume = threading.Timer(2.0, proxy.resume)  # ... for 2 s
+    resume.start()
+    try:
+        recorder.finish(completed(output_dir))
+    finally:
+        resume.cancel()
+        proxy.resume()
+
+    stored = s3.client().get_object(Bucket=s3.bucket, Key=recorder.artifacts["results"].split("/", 3)[3])
+    assert json.loads(stored["Body"].read())["status"] == "completed"
+    assert "best_checkpoint" in recorder.artifacts
+    warnings = [message for level, message in lines.lines if level == "WARNING"]
+    assert warnings, lines.lines
+    assert all("retrying in" in message and "TP_ARTIFACTS_UPLOAD_RETRY_S" in message for message in warnings)
+    assert not any(PASSWORD in message or s3.secret_key in message for message in warnings)
+
+
+def test_an_s3_outage_longer_than_the_budget_fails_naming_the_local_copy_and_mlflow_still_gets_it(
+    s3, proxy, mlflow_server, tmp_path, monkeypatch
+) -> None:
+    recorder, lines, output_dir = start(
+        s3,
+        proxy,
+        tmp_path,
+        monkeypatch,
+        TP_ARTIFACTS_UPLOAD_RETRY_S="0",
+        TP_MLFLOW_ENABLED="true",
+        MLFLOW_TRACKING_URI=mlflow_server.uri,
+        MLFLOW_EXPERIMENT_NAME="final-upload-retry",
+    )
+    proxy.close()  # S3 gone for good: refused
+
+    with pytest.raises(StorageError) as raised:
+        recorder.finish(completed(output_dir))
+
+    message = str(raised.value)
+    assert f"on host {socket.gethostname()}, in {output_dir / 'weights' / 'best.pt'}" in message
+    assert PASSWORD not in message
+    assert not any(level == "WARNING" for level, _ in lines.lines)  # 0: one attempt, no retry
+    assert recorder.run is not None
+    client = recorder.run.client
+    stored = {a.path for a in client.list_artifacts(recorder.run.run_id)}
+    stored |= {a.path for a in client.list_artifacts(recorder.run.run_id, "checkpoints")}
+    assert {"checkpoints/best.pt", "results.json", "config.json"} <= stored
+    assert client.get_run(recorder.run.run_id).info.status == "FAILED"
+
+
+def test_the_retry_budget_must_be_seconds(tmp_path) -> None:
+    with pytest.raises(StorageError, match="TP_ARTIFACTS_UPLOAD_RETRY_S='soon' is not a number of seconds >= 0"):
+        RecorderSettings.from_env({"TP_ARTIFACTS_UPLOAD_RETRY_S": "soon"}, output_dir=tmp_path)
