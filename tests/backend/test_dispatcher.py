@@ -5,6 +5,7 @@ the backend's own loops are left out, each test drives the rounds itself."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -12,10 +13,13 @@ from typing import Any
 
 import grpc
 import pytest
+from sqlalchemy import update
+from support.backend import free_port
 from support.fake_trainer import FakeTrainer
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform_backend import dispatch, statemachine
 from trainingplatform_backend.db import create_db_engine, migrate
+from trainingplatform_backend.models import Job
 from trainingplatform_backend.store import Store
 from trainingplatform_backend.subscriptions import Hub
 from trainingplatform_sdk.errors import NotFoundError
@@ -222,5 +226,45 @@ def test_a_job_whose_framework_lost_its_trainers_times_out_with_a_warning(
         assert job.error_message == (
             "no timm trainer accepted the job within 0 s: no timm trainer is configured (TP_TRAINERS)"
         )
+
+    run(scenario)
+
+
+# --- the dispatch timeout ----------------------------------------------------------------------------------------
+
+
+def _age(store: Store, job_id: str, column: str, hours: float) -> None:
+    """Moves one of the job's times `hours` into the past, as if it had waited that long."""
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(Job).where(Job.job_id == job_id).values({column: dispatch.utcnow() - dt.timedelta(hours=hours)})
+        )
+
+
+def test_time_waiting_for_a_busy_trainer_does_not_count_toward_the_dispatch_timeout(store: Store):
+    """TP_DISPATCH_TIMEOUT_S counted from creation even while the trainer answered RESOURCE_EXHAUSTED, so a job
+    queued behind a training longer than the timeout failed although its trainer was healthy."""
+
+    async def scenario() -> None:
+        with FakeTrainer(capacity=0) as busy:
+            job_id = new_job(store)
+            _age(store, job_id, "created_at", 2)  # queued two hours ago, behind long trainings
+            waiting = dispatcher_of(store, {"timm": [busy.address]}, dispatch_timeout_s=600.0)
+            await settle(waiting)
+            await waiting.stop()
+            assert store.get_job(job_id).job.status == statemachine.QUEUED
+        # A fresh backend (the busy answer is in the database) whose trainer is gone: the time since the last busy
+        # answer counts, not the time since creation.
+        gone = dispatcher_of(store, {"timm": [f"127.0.0.1:{free_port()}"]}, dispatch_timeout_s=600.0)
+        await settle(gone)
+        assert store.get_job(job_id).job.status == statemachine.QUEUED
+        _age(store, job_id, "dispatch_busy_at", 1)  # no trainer answered for an hour
+        gone._next_try.clear()
+        await settle(gone)
+        await gone.stop()
+        job = store.get_job(job_id).job
+        assert job.status == statemachine.FAILED
+        assert job.error_message.startswith("no timm trainer accepted the job within 600 s: 127.0.0.1:")
+        assert "UNAVAILABLE" in job.error_message
 
     run(scenario)

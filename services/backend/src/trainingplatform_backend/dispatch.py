@@ -16,13 +16,15 @@ host (FAILED_PRECONDITION: its disk is full, a permission; NOT_FOUND: a dataset 
 host), the next one is tried. Jobs are dispatched in the order they were created, one framework's at a time
 (`dispatch_queued`): a freed slot goes to the job that waited longest. When no replica accepts, the job stays QUEUED
 and the framework's oldest job is tried again (backoff from 1 s to 10 s, ended at once when a job ends: its slot may
-be free, `slot_freed`) until it has been QUEUED for `dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s, counted from
-its creation), then it fails with every replica's last reason. A job whose framework no longer has a trainer
-configured (TP_TRAINERS changed since it was queued) waits the same way, logged as a WARNING, and fails with "no
-<framework> trainer is configured (TP_TRAINERS)"; the loops run even with TP_TRAINERS empty. A trainer refusing the
-request itself (INVALID_ARGUMENT: an unknown model, a bad option) fails the job at once with the trainer's message;
-so does a pass in which every replica refused it with FAILED_PRECONDITION or NOT_FOUND, the message naming each
-replica's reason.
+be free, `slot_freed`) until it has waited `dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s) without any replica
+answering busy, then it fails with every replica's last reason. The timeout counts from the job's creation, and from
+the last pass in which a replica answered RESOURCE_EXHAUSTED (`jobs.dispatch_busy_at`): a busy replica is reachable
+and will free a slot, so time queued behind long trainings never fails a job; only time in which every replica was
+unreachable, refused it or was missing counts. A job whose framework no longer has a trainer configured (TP_TRAINERS
+changed since it was queued) waits the same way, logged as a WARNING, and fails with "no <framework> trainer is
+configured (TP_TRAINERS)"; the loops run even with TP_TRAINERS empty. A trainer refusing the request itself
+(INVALID_ARGUMENT: an unknown model, a bad option) fails the job at once with the trainer's message; so does a pass
+in which every replica refused it with FAILED_PRECONDITION or NOT_FOUND, the message naming each replica's reason.
 
 Cancel during dispatch: the trainer is recorded under the job's row lock (`Store.set_dispatch`), which also
 returns the job's status; a job cancelled while its trainer was accepting it (CancelJob saw no trainer yet) has
@@ -131,7 +133,8 @@ class DispatchSettings:
     call_timeout_s: float = 30.0
     """Deadline of StartTraining and CancelTraining calls."""
     dispatch_timeout_s: float = 600.0
-    """TP_DISPATCH_TIMEOUT_S: how long a job waits for a free or reachable trainer before it fails."""
+    """TP_DISPATCH_TIMEOUT_S: how long a job waits QUEUED, without any trainer answering busy (RESOURCE_EXHAUSTED),
+    before it fails: counted from its creation and from the last busy answer."""
     lease_s: float = 60.0
     """TP_TRAINER_LEASE_S: how long a live job may go without a trainer that runs it."""
     watch_interval_s: float = 10.0
@@ -428,11 +431,15 @@ class Dispatcher:
         request = trainer_pb2.StartTrainingRequest(
             job_id=job_id, spec=spec, telemetry_endpoint=settings.telemetry_endpoint
         )
-        reasons = await self._try_replicas(job_id, request)
+        reasons, busy = await self._try_replicas(job_id, request)
         if not reasons:
             return None
         unconfigured = not self.has_trainer(spec.framework)
-        if utcnow() >= job.created_at + dt.timedelta(seconds=settings.dispatch_timeout_s):
+        # The timeout counts the time without a trainer that answered busy: from the job's creation, or from the last
+        # busy answer (a job queued behind long trainings waits for their slots, however long they take).
+        now = utcnow()
+        since = now if busy else (job.dispatch_busy_at or job.created_at)
+        if now >= since + dt.timedelta(seconds=settings.dispatch_timeout_s):
             message = (
                 f"no {spec.framework} trainer accepted the job within {settings.dispatch_timeout_s:.0f} s: "
                 + "; ".join(reasons)
@@ -451,20 +458,23 @@ class Dispatcher:
                 spec.framework,
                 "; ".join(reasons),
             )
-        await asyncio.to_thread(self._store.release_dispatch, job_id, reasons="; ".join(reasons))
+        await asyncio.to_thread(
+            self._store.release_dispatch, job_id, reasons="; ".join(reasons), busy_at=now if busy else None
+        )
         metrics.DISPATCHES.labels("retried").inc()
         return spec.framework
 
-    async def _try_replicas(self, job_id: str, request: trainer_pb2.StartTrainingRequest) -> list[str]:
-        """One pass over the replicas. Returns [] when the job was handed over or failed for good, else the
+    async def _try_replicas(self, job_id: str, request: trainer_pb2.StartTrainingRequest) -> tuple[list[str], bool]:
+        """One pass over the replicas. Returns ([], False) when the job was handed over or failed for good, else the
         reasons every replica gave (retryable, or a refusal of some replicas' own while others were busy or
-        unreachable)."""
+        unreachable) and whether one answered busy (RESOURCE_EXHAUSTED: reachable, its slots taken)."""
         replicas = await asyncio.to_thread(self._replicas, request.spec.framework)
         if not replicas:
             # Queued while the framework had a trainer (TP_TRAINERS changed since): it waits, then times out.
-            return [f"no {request.spec.framework} trainer is configured (TP_TRAINERS)"]
+            return [f"no {request.spec.framework} trainer is configured (TP_TRAINERS)"], False
         reasons: list[str] = []
         refusals = 0
+        busy = False
         for address in replicas:
             # Every StartTraining is an attempt with its own token; a new trainer supersedes the previous attempt,
             # whose run (a StartTraining past its deadline may have started one) is cancelled and fenced.
@@ -484,6 +494,7 @@ class Dispatcher:
             except grpc.aio.AioRpcError as error:
                 reasons.append(f"{address}: {error.code().name} {error.details()}")
                 if error.code() in RETRY_NEXT:
+                    busy = busy or error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                     continue
                 if error.code() in REFUSED_HERE:
                     # Maybe this replica's own trouble (a full disk, a path only another host has): the others
@@ -505,7 +516,7 @@ class Dispatcher:
                     "the trainer refused the job",
                     f"trainer {address} refused the job: {error.details()}",
                 )
-                return []
+                return [], False
             status = await asyncio.to_thread(
                 self._store.set_dispatch, job_id, trainer_address=address, trainer_run_id=response.run_id
             )
@@ -519,11 +530,11 @@ class Dispatcher:
                     response.run_id,
                 )
                 await self.cancel(job_id, address)
-                return []
+                return [], False
             self._refused_at.pop(address, None)
             log.info("job %s dispatched to %s (run %s)", job_id, address, response.run_id)
             metrics.DISPATCHES.labels("started").inc()
-            return []
+            return [], False
         if replicas and refusals == len(replicas):
             metrics.DISPATCHES.labels("refused").inc()
             await self.transition(
@@ -532,8 +543,8 @@ class Dispatcher:
                 "every trainer refused the job",
                 f"every {request.spec.framework} trainer refused the job: " + "; ".join(reasons),
             )
-            return []
-        return reasons
+            return [], False
+        return reasons, busy
 
     def cancel_soon(self, job_id: str, trainer_address: str) -> None:
         """`cancel` in a task of its own, tracked until it ends (and cancelled by `stop`): the caller answers

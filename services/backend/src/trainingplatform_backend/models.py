@@ -137,6 +137,9 @@ class Job(Base):
     dispatch_claimed_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # Why the last dispatch pass found no trainer (every replica's reason), for the dispatch timeout's error.
     dispatch_reasons: Mapped[str] = mapped_column(Text, default="")
+    # When a trainer last answered busy (RESOURCE_EXHAUSTED) to the job's dispatch: the dispatch timeout counts from
+    # then (from the job's creation before), so waiting for a busy trainer's slot never fails the job.
+    dispatch_busy_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # When a telemetry call of the job's reporter last reached a backend (written at most every few seconds per
     # backend process), for a job that no trainer runs: the reporter lease fails it when this grows too old.
     reporter_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -120,8 +120,9 @@ class Settings:
     Empty means the listen address (127.0.0.1 for a wildcard host), `https://` when TLS is on."""
 
     dispatch_timeout_s: float = 600.0
-    """TP_DISPATCH_TIMEOUT_S: how long a job stays QUEUED waiting for a free or reachable trainer (retried with
-    backoff) before it fails."""
+    """TP_DISPATCH_TIMEOUT_S: how long a job stays QUEUED (retried with backoff) without any trainer of its framework
+    answering busy (RESOURCE_EXHAUSTED) before it fails: counted from its creation and from the last busy answer, so
+    waiting for a busy trainer's slot never fails a job; time with every trainer unreachable or refusing does."""
 
     trainer_lease_s: float = 60.0
     """TP_TRAINER_LEASE_S: a live job whose trainer no longer runs it (process gone without a final status,

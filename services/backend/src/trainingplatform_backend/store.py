@@ -555,14 +555,15 @@ class Store:
             ).all()
         return [(job_id, seen) for job_id, seen in rows]
 
-    def release_dispatch(self, job_id: str, *, reasons: str) -> None:
-        """Gives up this backend's claim on a job no trainer accepted, keeping why for the timeout's message."""
+    def release_dispatch(self, job_id: str, *, reasons: str, busy_at: dt.datetime | None = None) -> None:
+        """Gives up this backend's claim on a job no trainer accepted, keeping why for the timeout's message, and
+        `busy_at` (when given) as when a trainer last answered busy (the dispatch timeout counts from then)."""
+        values: dict[str, Any] = {"dispatch_claimed_until": None, "dispatch_reasons": reasons}
+        if busy_at is not None:
+            values["dispatch_busy_at"] = busy_at
         with self.write_lock(), self._sessions.begin() as session:
             session.execute(
-                update(Job)
-                .where(Job.job_id == job_id)
-                .values(dispatch_claimed_until=None, dispatch_reasons=reasons)
-                .execution_options(synchronize_session=False)
+                update(Job).where(Job.job_id == job_id).values(**values).execution_options(synchronize_session=False)
             )
 
     def set_dispatch(self, job_id: str, *, trainer_address: str, trainer_run_id: str) -> str:
