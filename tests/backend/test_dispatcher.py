@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 from support.backend import free_port
 from support.fake_trainer import FakeTrainer
 from trainingplatform.common.v1 import common_pb2
@@ -268,3 +269,56 @@ def test_time_waiting_for_a_busy_trainer_does_not_count_toward_the_dispatch_time
         assert "UNAVAILABLE" in job.error_message
 
     run(scenario)
+
+
+# --- the dispatch claim -------------------------------------------------------------------------------------------
+
+
+def test_a_failed_claim_renewal_is_tried_again_and_does_not_fail_the_dispatch(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+):
+    """One database error while renewing the claim (a failover, a dropped connection) ended the renewal, so the
+    claim expired mid-dispatch and another backend could take the job, and its exception, raised again when the
+    dispatch ended, made a dispatch the trainer had accepted look failed."""
+    monkeypatch.setattr(dispatch, "CLAIM_LEASE_S", 1.0)
+    monkeypatch.setattr(dispatch, "CLAIM_RENEW_S", 0.2)
+    renew = store.renew_dispatch
+    failures = []
+
+    def renew_once_failing(job_id: str, *, held: dt.datetime, until: dt.datetime) -> bool:
+        if not failures:
+            failures.append(job_id)
+            raise OperationalError("UPDATE jobs", {}, Exception("server closed the connection unexpectedly"))
+        return renew(job_id, held=held, until=until)
+
+    monkeypatch.setattr(store, "renew_dispatch", renew_once_failing)
+
+    async def scenario() -> None:
+        with FakeTrainer(accept_delay_s=2.0) as trainer:
+            dispatcher = dispatcher_of(store, {"timm": [trainer.address]})
+            job_id = new_job(store)
+            await dispatcher.dispatch_queued()
+            for _ in range(3):  # 1.5 s in all: past the first claim's lease, still inside StartTraining
+                await asyncio.sleep(0.5)
+                now = dispatch.utcnow()
+                assert store.claim_dispatch(job_id, now=now, until=now) is None, "the claim expired"
+            await asyncio.gather(*(task for _, task in dispatcher._dispatching.values()))
+            assert failures == [job_id]
+            assert store.get_job(job_id).job.trainer_address == trainer.address
+            assert job_id not in dispatcher._next_try  # not backed off as a dispatch that raised
+            await dispatcher.stop()
+
+    run(scenario)
+
+
+def test_a_late_answer_to_a_superseded_attempt_is_not_recorded(store: Store):
+    job_id = new_job(store)
+    first, _ = store.begin_attempt(job_id, "trainer-a:1")
+    second, superseded = store.begin_attempt(job_id, "trainer-b:1")  # another backend took the job over
+    assert (first, second, superseded) == (1, 2, "trainer-a:1")
+    assert store.set_dispatch(job_id, attempt=first, trainer_address="trainer-a:1", trainer_run_id="run-a") is None
+    assert store.get_job(job_id).job.trainer_address == ""
+    status = store.set_dispatch(job_id, attempt=second, trainer_address="trainer-b:1", trainer_run_id="run-b")
+    assert status == statemachine.QUEUED
+    job = store.get_job(job_id).job
+    assert (job.trainer_address, job.trainer_run_id) == ("trainer-b:1", "run-b")

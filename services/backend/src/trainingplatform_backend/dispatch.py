@@ -34,7 +34,9 @@ Attempts: every StartTraining is a numbered dispatch attempt (`jobs.dispatch_att
 token (`auth.derive_job_token(..., attempt)`). Sending the job to the same trainer again reuses the attempt
 (StartTraining is idempotent per job there); sending it to another trainer (the previous one timed out, and may
 have started a run) makes a new attempt, cancels the previous trainer's run, and fences it: the telemetry
-service refuses a superseded attempt's token with ABORTED (`Backend.check_attempt`).
+service refuses a superseded attempt's token with ABORTED (`Backend.check_attempt`). A late answer to a superseded
+attempt is not recorded (`Store.set_dispatch` checks the attempt) and its run is cancelled. A claim renewal that
+fails (a database error) is logged and tried again at the next renewal, and never turns a dispatch into a failure.
 
 Lease: every `watch_interval_s` the backend asks each trainer of live jobs about its runs (one ListTrainings per
 trainer). A job is failed, with the reason, when its run ended without the job reaching a terminal status and
@@ -410,15 +412,26 @@ class Dispatcher:
             return await self._try_claimed(job)
         finally:
             holding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await holding
+            # Whatever the renewal ended with, the dispatch's own result (or exception) is what counts.
+            await asyncio.gather(holding, return_exceptions=True)
 
     async def _hold_claim(self, job_id: str, until: dt.datetime) -> None:
-        """Renews the claim on `job_id` until cancelled, or until it is found lost."""
+        """Renews the claim on `job_id` until cancelled, or until it is found lost. A renewal that fails (a database
+        error) is logged and tried again at the next tick: the claim lasts CLAIM_LEASE_S, three ticks."""
         while True:
             await asyncio.sleep(CLAIM_RENEW_S)
             renewed = utcnow() + dt.timedelta(seconds=CLAIM_LEASE_S)
-            if not await asyncio.to_thread(self._store.renew_dispatch, job_id, held=until, until=renewed):
+            try:
+                held = await asyncio.to_thread(self._store.renew_dispatch, job_id, held=until, until=renewed)
+            except Exception as error:  # the renewal must outlive a dropped connection or a failover
+                log.warning(
+                    "job %s: could not renew this backend's dispatch claim (%s); trying again in %.0f s",
+                    job_id,
+                    type(error).__name__,
+                    CLAIM_RENEW_S,
+                )
+                continue
+            if not held:
                 log.warning("job %s: this backend's dispatch claim was lost (it expired or was released)", job_id)
                 return
             until = renewed
@@ -518,8 +531,28 @@ class Dispatcher:
                 )
                 return [], False
             status = await asyncio.to_thread(
-                self._store.set_dispatch, job_id, trainer_address=address, trainer_run_id=response.run_id
+                self._store.set_dispatch,
+                job_id,
+                attempt=attempt,
+                trainer_address=address,
+                trainer_run_id=response.run_id,
             )
+            if status is None:
+                # A later attempt superseded this one (this backend lost its claim while the trainer answered):
+                # the job is the later attempt's. Its dispatcher cancelled this trainer's run, maybe before the
+                # run started: cancelled again here, unless the later attempt went to this same trainer.
+                current = await asyncio.to_thread(self._store.get_job, job_id)
+                log.warning(
+                    "job %s: attempt %d's answer from %s (run %s) came after attempt %d superseded it; not recorded",
+                    job_id,
+                    attempt,
+                    address,
+                    response.run_id,
+                    current.job.dispatch_attempt,
+                )
+                if current.job.dispatch_attempt_address != address:
+                    self.cancel_soon(job_id, address)
+                return [], False
             if status in statemachine.TERMINAL:
                 # Cancelled (or failed) while the trainer was accepting it: CancelJob found no trainer to tell.
                 log.info(

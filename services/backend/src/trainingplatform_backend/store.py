@@ -566,14 +566,18 @@ class Store:
                 update(Job).where(Job.job_id == job_id).values(**values).execution_options(synchronize_session=False)
             )
 
-    def set_dispatch(self, job_id: str, *, trainer_address: str, trainer_run_id: str) -> str:
+    def set_dispatch(self, job_id: str, *, attempt: int, trainer_address: str, trainer_run_id: str) -> str | None:
         """Records which trainer runs the job and returns the job's status, read under the same row lock as
         every transition: a job cancelled while its trainer was accepting it is seen CANCELLED here, and the
-        caller must cancel the run."""
+        caller must cancel the run. Only while `attempt` is still the job's current dispatch attempt: a late
+        answer to a superseded attempt (another backend took the job over and sent it elsewhere) writes nothing
+        and returns None."""
         with self.write_lock(), self._sessions.begin() as session:
             job = session.scalar(select(Job).where(Job.job_id == job_id).with_for_update())
             if job is None:
                 raise NotFoundError(f"job {quote(job_id)} does not exist")
+            if job.dispatch_attempt != attempt:
+                return None
             job.trainer_address = trainer_address
             job.trainer_run_id = trainer_run_id
             job.dispatch_claimed_until = None
