@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import errno
 import io
 import json
 import os
 import re
 import select
-import shutil
 import signal
 import stat
 import sys
@@ -46,6 +44,7 @@ from typing import Any
 
 from trainingplatform_sdk.channel import CA_FILE_ENV, CLIENT_CERT_FILE_ENV, CLIENT_KEY_FILE_ENV, parse_backend_address
 from trainingplatform_sdk.cli.frameworks import add_frameworks_command
+from trainingplatform_sdk.cli.gc import add_gc_parser
 from trainingplatform_sdk.cli.output import (
     RECONNECT_S,
     CliError,
@@ -596,17 +595,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
-_AGE_UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def _age_seconds(text: str) -> float:
-    match = _AGE.match(text.strip().lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an age: use e.g. 30m, 12h, 7d, 2w")
-    return float(match.group(1)) * _AGE_UNITS[match.group(2)]
-
-
 def _port(text: str) -> int:
     """An argparse type: a TCP port to listen on, 1 to 65535."""
     try:
@@ -644,65 +632,13 @@ def _one_of(names: tuple[str, ...], what: str) -> Any:
     return parse
 
 
-def _size(paths: list[Path]) -> int:
-    """Bytes trees hold on disk, a hard-linked file once."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for root, _dirs, files in (entry for path in paths for entry in os.walk(path)):
-        for name in files:
-            try:
-                info = os.lstat(os.path.join(root, name))
-            except OSError:
-                continue
-            if (info.st_dev, info.st_ino) not in seen:
-                seen.add((info.st_dev, info.st_ino))
-                total += info.st_size
-    return total
-
-
 def cmd_gc(args: argparse.Namespace) -> int:
-    """Deletes the local files of ended jobs (run directories, local artifacts, local MLflow artifacts), by age
-    or count."""
-    if args.older_than is None and args.keep is None:
-        raise CliError("say what to delete: --older-than AGE (e.g. 7d) and/or --keep N")
-    from trainingplatform_sdk.clients import read_config
+    from trainingplatform_sdk.cli.gc import gc_data_dir, run_gc
 
-    # The data directory as the backend is found: --data-dir, TP_DATA_DIR, the one `tp up` wrote to the config.
-    config = read_config()  # a malformed one is named here, before anything is deleted
-    data_dir = Path(args.data_dir)
-    if not args.data_dir_given and not os.environ.get("TP_DATA_DIR", "").strip():
-        data_dir = Path(config.get("data_dir") or args.data_dir)
-    data_dir = data_dir.resolve()
+    data_dir = gc_data_dir(args)
     with _client(args, token_in_data_dir=False) as client:
         ended = [job for job in client.list_jobs() if job.finished]
-    ended.sort(key=lambda j: j.ended_at or j.created_at or dt.datetime.min.replace(tzinfo=dt.UTC), reverse=True)
-    now = dt.datetime.now(dt.UTC)
-    doomed: list[Job] = []
-    for index, job in enumerate(ended):
-        when = job.ended_at or job.created_at
-        too_old = args.older_than is not None and when is not None and (now - when).total_seconds() > args.older_than
-        beyond = args.keep is not None and index >= args.keep
-        if (args.older_than is None or too_old) and (args.keep is None or beyond):
-            doomed.append(job)
-    freed, count = 0, 0
-    for job in doomed:
-        paths = [p for p in (data_dir / "runs" / job.job_id, data_dir / "artifacts" / job.job_id) if p.exists()]
-        if job.mlflow_run_id and (data_dir / "mlartifacts").is_dir():  # the local MLflow store's copy
-            for pattern in (job.mlflow_run_id, f"*/{job.mlflow_run_id}"):
-                paths += [p for p in (data_dir / "mlartifacts").glob(pattern) if p.is_dir()]
-        if not paths:
-            continue
-        size = _size(paths)
-        freed, count = freed + size, count + 1
-        verb = "would delete" if args.dry_run else "deleting"
-        print(f"{verb} {job.job_id} ({job.status}, {_job_label(job)}{size / 1e6:.1f} MB): {', '.join(map(str, paths))}")
-        if not args.dry_run:
-            for path in paths:
-                shutil.rmtree(path, ignore_errors=True)
-    kept = len(ended) - len(doomed)
-    summary = "would free" if args.dry_run else "freed"
-    print(f"{summary} {freed / 1e6:.1f} MB from {count} ended job(s) in {data_dir}; {kept} ended job(s) kept")
-    return 0
+    return run_gc(args, ended, data_dir, _job_label)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -835,22 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     metrics.set_defaults(run=cmd_metrics)
 
-    gc = commands.add_parser(
-        "gc",
-        help="delete ended jobs' local files in the data directory: run directories, artifacts, the local MLflow "
-        "store's artifacts (the job records and MLflow runs stay)",
-    )
-    gc.add_argument(
-        "--older-than", type=_age_seconds, metavar="AGE", help="jobs that ended longer ago than AGE (30m, 12h, 7d)"
-    )
-    gc.add_argument(
-        "--keep",
-        type=_at_least(0),
-        metavar="N",
-        help="keep the files of the N most recently ended jobs (0: keep none)",
-    )
-    gc.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
-    gc.set_defaults(run=cmd_gc)
+    add_gc_parser(commands).set_defaults(run=cmd_gc)
 
     add_frameworks_command(commands)
 
