@@ -37,13 +37,13 @@ class EndpointClosingAdapter(CountingAdapter):
 
 class CsvBlockingAdapter(CountingAdapter):
     """Trains and writes results.csv (as ultralytics does), then puts a directory where the local artifact store
-    (`TP_DATA_DIR/artifacts/<job_id>`) stores results.csv: the checkpoints and results.json are stored, then
-    storing results.csv fails (a file cannot replace a directory)."""
+    (`TP_DATA_DIR/artifacts/<job_id>/<run>`, the run being the output directory's name) stores results.csv: the
+    checkpoints and results.json are stored, then storing results.csv fails (a file cannot replace a directory)."""
 
     def fit(self) -> TrainingResult:
         result = super().fit()
         (self.output_dir / "results.csv").write_text("epoch,val/accuracy\n0,0.5\n", encoding="utf-8")
-        blocker = Path(os.environ["TP_DATA_DIR"]) / "artifacts" / self.job_id / "results.csv"
+        blocker = Path(os.environ["TP_DATA_DIR"]) / "artifacts" / self.job_id / self.output_dir.name / "results.csv"
         blocker.mkdir(parents=True)
         (blocker / "in-the-way").touch()
         return result

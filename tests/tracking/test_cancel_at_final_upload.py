@@ -158,7 +158,7 @@ def assert_cancelled_everywhere(  # type: ignore[no-untyped-def]
     output_dir = Path(run.output_dir)
     local = json.loads((output_dir / "results.json").read_text())
     assert local["status"] == "cancelled", log[-3000:]
-    prefix = f"jobs/{run.job_id}/"
+    prefix = f"jobs/{run.job_id}/{output_dir.name}/"  # the run's own folder: its run id
     stored = s3.client().get_object(Bucket=s3.bucket, Key=prefix + "results.json")["Body"].read()
     assert json.loads(stored) == local
     artifacts = {artifact.name: artifact.uri for artifact in job.artifacts}

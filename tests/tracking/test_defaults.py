@@ -29,7 +29,7 @@ def test_default_is_a_local_store_and_local_artifacts_in_the_data_dir(run_traini
         "checkpoints/best.pt"
     }
 
-    local = data / "artifacts" / run.job_id
+    local = data / "artifacts" / run.job_id / run.output_dir.name
     assert run.artifacts == {
         "config": (local / "config.json").as_uri(),
         "results": (local / "results.json").as_uri(),

@@ -19,7 +19,7 @@ def test_cancel_keeps_the_last_checkpoint_and_kills_the_run(run_training, s3, ml
     assert run.job.status == common_pb2.JOB_STATUS_CANCELLED
     mlflow_run = MlflowClient(mlflow_server.uri).get_run(run.job.mlflow_run_id)
     assert mlflow_run.info.status == "KILLED"
-    prefix = f"jobs/{run.job_id}/"
+    prefix = f"jobs/{run.job_id}/{run.output_dir.name}/"
     assert s3.keys(prefix) == [prefix + name for name in ("config.json", "results.json", "weights/last.pt")]
     assert run.artifacts["last_checkpoint"] == f"s3://{s3.bucket}/{prefix}weights/last.pt"
     results = s3.client().get_object(Bucket=s3.bucket, Key=prefix + "results.json")["Body"].read()
@@ -34,5 +34,5 @@ def test_an_exception_in_training_fails_the_run(run_training, s3, mlflow_server)
     assert run.job.status == common_pb2.JOB_STATUS_FAILED
     assert "unknown timm model 'resnet10q'" in run.job.error_message
     assert MlflowClient(mlflow_server.uri).get_run(run.job.mlflow_run_id).info.status == "FAILED"
-    prefix = f"jobs/{run.job_id}/"
+    prefix = f"jobs/{run.job_id}/{run.output_dir.name}/"
     assert s3.keys(prefix) == [prefix + "config.json", prefix + "results.json"]

@@ -119,3 +119,47 @@ def test_an_s3_outage_longer_than_the_budget_fails_naming_the_local_copy_and_mlf
 def test_the_retry_budget_must_be_seconds(tmp_path) -> None:
     with pytest.raises(StorageError, match="TP_ARTIFACTS_UPLOAD_RETRY_S='soon' is not a number of seconds >= 0"):
         RecorderSettings.from_env({"TP_ARTIFACTS_UPLOAD_RETRY_S": "soon"}, output_dir=tmp_path)
+
+
+@pytest.mark.parametrize("storage", ["s3", "local"])
+def test_a_superseded_attempt_of_the_job_does_not_overwrite_the_current_ones_files(
+    storage, s3, tmp_path, monkeypatch
+) -> None:
+    # The trainer service runs each dispatch attempt in `<runs>/<job_id>/<run_id>`; the superseded attempt (on a
+    # trainer the backend lost touch with) is cancelled only after the current one completed.
+    env = {"TP_MLFLOW_ENABLED": "false", "TP_DATA_DIR": str(tmp_path / "data")}
+    if storage == "s3":
+        env.update(s3.env())
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    def attempt(run_id: str) -> tuple[JobRecorder, Path]:
+        output_dir = tmp_path / "runs" / "job-2" / run_id
+        (output_dir / "weights").mkdir(parents=True)
+        (output_dir / "weights" / "last.pt").write_text(f"weights of {run_id}")
+        recorder = JobRecorder.start(
+            RecorderSettings.from_env(env, output_dir=output_dir),
+            job_id="job-2",
+            framework="timm",
+            configs={},
+            output_dir=output_dir,
+            logger=NullSink(),
+        )
+        return recorder, output_dir
+
+    current, current_dir = attempt("run-b")
+    stale, stale_dir = attempt("run-a")
+    last = current_dir / "weights/last.pt"
+    current.finish(TrainingResult(status=Status.COMPLETED, epochs_completed=3, last_checkpoint=last))
+    stale.abort(Status.CANCELLED, last_checkpoint=stale_dir / "weights/last.pt")
+
+    def read(uri: str) -> bytes:
+        if uri.startswith("file://"):
+            return Path(uri.removeprefix("file://")).read_bytes()
+        key = uri.removeprefix(f"s3://{s3.bucket}/")
+        return s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+
+    assert read(current.artifacts["last_checkpoint"]) == b"weights of run-b"
+    assert json.loads(read(current.artifacts["results"]))["status"] == "completed"
+    assert read(stale.artifacts["last_checkpoint"]) == b"weights of run-a"
+    assert "/job-2/run-b/" in current.artifacts["results"]

@@ -61,8 +61,8 @@ def test_an_mlflow_outage_mid_training_completes_the_job_whose_checkpoints_reach
     assert run.job.status == common_pb2.JOB_STATUS_COMPLETED
     assert "MLflow metric logging stopped at epoch 1" in run.stderr
     assert f"the MLflow run {run.job.mlflow_run_id} is missing checkpoints/best.pt, results.json" in run.stderr
-    assert f"they are in s3://{s3.bucket}/jobs/{run.job_id}/" in run.stderr
-    prefix = f"jobs/{run.job_id}/"
+    assert f"they are in s3://{s3.bucket}/jobs/{run.job_id}/{run.output_dir.name}/" in run.stderr
+    prefix = f"jobs/{run.job_id}/{run.output_dir.name}/"
     assert s3.keys(prefix) == [
         prefix + name for name in ("config.json", "results.json", "weights/best.pt", "weights/last.pt")
     ]
@@ -78,7 +78,7 @@ def test_an_mlflow_outage_without_s3_completes_the_job_with_its_checkpoints_on_t
 
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.job.status == common_pb2.JOB_STATUS_COMPLETED
-    stored = tmp_path / "data" / "artifacts" / run.job_id
+    stored = tmp_path / "data" / "artifacts" / run.job_id / run.output_dir.name
     assert f"they are only on this trainer's disk, in {stored}" in run.stderr
     assert run.artifacts["best_checkpoint"] == (stored / "weights" / "best.pt").as_uri()
     assert (stored / "weights" / "best.pt").is_file()

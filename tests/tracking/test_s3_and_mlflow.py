@@ -65,7 +65,7 @@ def test_timm_job_is_one_mlflow_run_with_checkpoints_in_the_bucket(run_training,
     # Server-proxied artifacts: the MLflow server wrote them to the bucket.
     assert any(key.endswith(f"{info.run_id}/artifacts/checkpoints/best.pt") for key in s3.keys("mlflow/"))
 
-    job_prefix = f"{PREFIX}/jobs/{run.job_id}/"
+    job_prefix = f"{PREFIX}/jobs/{run.job_id}/{run.output_dir.name}/"
     assert s3.keys(job_prefix) == [
         job_prefix + name for name in ("config.json", "results.json", "weights/best.pt", "weights/last.pt")
     ]
@@ -111,7 +111,7 @@ def test_yolo_job_is_one_mlflow_run_without_ultralytics_autologging(run_training
     }
     assert not list(tmp_path.glob("**/mlflow.db")) and not list(tmp_path.glob("**/mlruns"))
 
-    job_prefix = f"{PREFIX}/jobs/{run.job_id}/"
+    job_prefix = f"{PREFIX}/jobs/{run.job_id}/{run.output_dir.name}/"
     names = ("config.json", "results.csv", "results.json", "weights/best.pt", "weights/last.pt")
     assert s3.keys(job_prefix) == [job_prefix + name for name in names]
     assert run.job.mlflow_run_id == mlflow_run.info.run_id

@@ -65,7 +65,7 @@ def test_an_s3_endpoint_gone_after_training_leaves_a_failed_results_json(run_tra
     assert expected in results["error"]
     assert results["epochs_completed"] == 2  # what was trained is still said
     assert "pw-s3cr3t" not in json.dumps(results) and s3.secret_key not in json.dumps(results)
-    prefix = f"jobs/{run.job_id}/"
+    prefix = f"jobs/{run.job_id}/{run.output_dir.name}/"
     assert s3.keys(prefix) == [prefix + "config.json"]  # stored at job start, before the endpoint went away
     assert "results" not in run.artifacts
 
@@ -89,6 +89,6 @@ def test_a_failed_upload_after_results_json_was_stored_overwrites_it(run_trainin
     results = results_on_disk(run)
     assert results["status"] == "failed"
     assert "results.csv failed: Is a directory" in results["error"]
-    stored = tmp_path / "data" / "artifacts" / run.job_id / "results.json"
+    stored = tmp_path / "data" / "artifacts" / run.job_id / run.output_dir.name / "results.json"
     assert json.loads(stored.read_text(encoding="utf-8")) == results
     assert run.artifacts["results"] == stored.as_uri()

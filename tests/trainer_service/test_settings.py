@@ -64,7 +64,7 @@ def test_service_without_token_exits_with_a_message(tmp_path: Path) -> None:
 
 def test_data_dir_given_as_a_flag_reaches_the_training_process(tmp_path: Path) -> None:
     """`--data-dir data` (relative, TP_DATA_DIR unset): the run's MLflow store and artifacts go to the documented
-    `<data dir>/mlflow.db` and `<data dir>/artifacts/<job_id>/`, not under the run's own directory."""
+    `<data dir>/mlflow.db` and `<data dir>/artifacts/<job_id>/<run_id>/`, not under the run's own directory."""
     trainer = TrainerProcess(Path("data"), env={"TP_TRAINER_ADAPTER": FAKE_ADAPTER}, flags=True, cwd=tmp_path)
     try:
         trainer.start()
@@ -77,6 +77,6 @@ def test_data_dir_given_as_a_flag_reaches_the_training_process(tmp_path: Path) -
     assert Path(run.output_dir).is_relative_to(data_dir / "runs" / job_id)
     log = trainer.train_log(run)
     assert (data_dir / "mlflow.db").is_file(), log[-3000:]
-    assert (data_dir / "artifacts" / job_id / "config.json").is_file(), log[-3000:]
+    assert (data_dir / "artifacts" / job_id / run_id / "config.json").is_file(), log[-3000:]
     assert not (data_dir / "runs" / job_id / "mlflow.db").exists()
     assert not (data_dir / "runs" / job_id / "artifacts").exists()

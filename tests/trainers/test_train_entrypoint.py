@@ -149,11 +149,11 @@ def test_main_creates_a_private_data_dir(tmp_path, monkeypatch) -> None:
     configs = ["--model-config", '{"name": "counter"}', "--dataset-config", '{"name": "numbers"}']
     argv = ["--job-id", "j", "--framework", "fake_adapters:CountingAdapter", *configs]
     assert train.main([*argv, "--output-dir", str(tmp_path / "runs" / "j")]) == 0
-    assert (tmp_path / "runs" / "artifacts" / "j" / "config.json").is_file()
+    assert (tmp_path / "runs" / "artifacts" / "j" / "j" / "config.json").is_file()
     assert stat.S_IMODE((tmp_path / "runs").stat().st_mode) == 0o700
     monkeypatch.setenv("TP_DATA_DIR", str(tmp_path / "data"))
     assert train.main([*argv, "--output-dir", str(tmp_path / "elsewhere" / "j")]) == 0
-    assert (tmp_path / "data" / "artifacts" / "j" / "config.json").is_file()
+    assert (tmp_path / "data" / "artifacts" / "j" / "j" / "config.json").is_file()
     assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
 
 

@@ -3,7 +3,7 @@ directory.
 
 Settings come from the environment (see docs/tracking.md):
 
-- `TP_ARTIFACTS_BUCKET`: the bucket. Unset means local storage under `<data dir>/artifacts/<job_id>/`.
+- `TP_ARTIFACTS_BUCKET`: the bucket. Unset means local storage under `<data dir>/artifacts/<job_id>/<run>/`.
 - `AWS_S3_ENDPOINT_URL`: the S3 endpoint (`https://<account>.r2.cloudflarestorage.com` for R2); unset means AWS.
 - `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`: the credentials, read by boto3 itself (never by this module, so
   they cannot end up in a message or a log).
@@ -12,8 +12,11 @@ Settings come from the environment (see docs/tracking.md):
 - `TP_ARTIFACTS_UPLOAD_RETRY_S`: how long the final uploads of a completed job are retried, in seconds;
   default 300 (DEFAULT_UPLOAD_RETRY_S), 0 = one attempt.
 
-Objects go under `<prefix>/jobs/<job_id>/` (`weights/best.pt`, `results.json`, ...) and are reported as
-`s3://bucket/key`; local files as `file:///...`. Uploads use boto3's managed transfer: multipart above 8 MiB.
+Objects go under `<prefix>/jobs/<job_id>/<run>/` (`weights/best.pt`, `results.json`, ...), local files under
+`<data dir>/artifacts/<job_id>/<run>/`, `<run>` being one run of the job (`run_key`): a superseded dispatch attempt
+of the job, still running on a trainer the backend lost touch with, never overwrites the current attempt's files.
+They are reported as `s3://bucket/key` or `file:///...`: consumers read the URIs from the job. Uploads use
+boto3's managed transfer: multipart above 8 MiB.
 
 A hung endpoint holds a job for seconds, not minutes: the start-of-job check makes one attempt that waits 10 s for
 an answer (CHECK_READ_TIMEOUT_S), an upload waits 30 s on each read or write (UPLOAD_READ_TIMEOUT_S, not the whole
@@ -49,6 +52,7 @@ __all__ = [
     "StorageError",
     "StorageSettings",
     "open_store",
+    "run_key",
 ]
 
 #: Files larger than this are uploaded in parts of this size (boto3's TransferConfig).
@@ -176,6 +180,13 @@ def _check_endpoint(endpoint: str) -> None:
 _HTTP_URL = re.compile(r"https?://", re.IGNORECASE)
 
 
+def run_key(output_dir: Path) -> str:
+    """The folder of one run's files under the job's: the name of the run's output directory, which is the trainer
+    service's run id (`<runs>/<job_id>/<run_id>`): each dispatch attempt of a job has its own. A training process
+    started by hand with `--output-dir DIR` uses DIR's name; a rerun in the same directory replaces its files."""
+    return Path(output_dir).absolute().name or "run"
+
+
 class ArtifactStore(Protocol):
     """Where one job's files go."""
 
@@ -201,7 +212,7 @@ class ArtifactStore(Protocol):
 
 
 class LocalArtifactStore:
-    """Files stored under `root` (`<data dir>/artifacts/<job_id>`), reported as `file://` URIs; checkpoints are
+    """Files stored under `root` (`<data dir>/artifacts/<job_id>/<run>`), reported as `file://` URIs; checkpoints are
     hard links to the run directory's file (one copy on disk), other files copies."""
 
     def __init__(self, root: Path) -> None:
@@ -238,15 +249,18 @@ class LocalArtifactStore:
 
 
 class S3ArtifactStore:
-    """Objects under `<prefix>/jobs/<job_id>/` in an S3-compatible bucket.
+    """Objects under `<prefix>/jobs/<job_id>/<run>/` in an S3-compatible bucket.
 
     Args:
         settings: The bucket, endpoint, prefix and region.
         job_id: The job whose files these are.
+        run: The run of the job (`run_key`).
         warn: Where each retry of an upload is reported (one line, without credentials); default a log WARNING.
     """
 
-    def __init__(self, settings: StorageSettings, job_id: str, *, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, settings: StorageSettings, job_id: str, run: str, *, warn: Callable[[str], None] | None = None
+    ) -> None:
         try:
             import boto3
             from botocore.config import Config
@@ -257,7 +271,7 @@ class S3ArtifactStore:
         self.settings = settings
         self.bucket = settings.bucket
         self.warn = warn or _log.warning
-        self.key_prefix = "/".join(part for part in (settings.prefix, "jobs", job_id) if part)
+        self.key_prefix = "/".join(part for part in (settings.prefix, "jobs", job_id, run) if part)
 
         def client(read_timeout: int, attempts: int) -> Any:
             config = Config(
@@ -400,15 +414,18 @@ def _sleep(seconds: float, stop: Callable[[], bool] | None) -> bool:
     return stop is None or not stop()
 
 
-def open_store(settings: StorageSettings, job_id: str, *, warn: Callable[[str], None] | None = None) -> ArtifactStore:
-    """The store of one job: S3 when a bucket is set, else the local directory. Call `check()` before use.
+def open_store(
+    settings: StorageSettings, job_id: str, run: str, *, warn: Callable[[str], None] | None = None
+) -> ArtifactStore:
+    """The store of one run of a job: S3 when a bucket is set, else the local directory. Call `check()` before use.
 
     Args:
+        run: The run of the job (`run_key`): its files go in a folder of their own.
         warn: Where an S3 store reports each retry of an upload (see `S3ArtifactStore`).
 
     Raises:
         StorageError: boto3 is missing for a bucket.
     """
     if settings.bucket:
-        return S3ArtifactStore(settings, job_id, warn=warn)
-    return LocalArtifactStore(settings.local_dir / job_id)
+        return S3ArtifactStore(settings, job_id, run, warn=warn)
+    return LocalArtifactStore(settings.local_dir / job_id / run)

@@ -48,6 +48,7 @@ from trainingplatform_sdk.training.artifacts import (
     StorageError,
     StorageSettings,
     open_store,
+    run_key,
 )
 from trainingplatform_sdk.training.tracking import (
     MlflowRun,
@@ -164,7 +165,7 @@ class JobRecorder:
             StorageError: The artifact store cannot be used; the message names the setting.
             TrackingError: MLflow cannot be used; the message names the setting.
         """
-        store = open_store(settings.storage, job_id, warn=lambda message: _warn(logger, message))
+        store = open_store(settings.storage, job_id, run_key(output_dir), warn=lambda message: _warn(logger, message))
         store.check()
         output_dir.mkdir(parents=True, exist_ok=True)
         config_path = output_dir / "config.json"
