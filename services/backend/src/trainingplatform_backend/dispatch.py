@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.exc import DBAPIError
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -147,6 +147,22 @@ class DispatchSettings:
     """TLS to trainers (TP_TRAINER_TLS_CA_FILE, with TP_TRAINER_TLS_CERT_FILE and TP_TRAINER_TLS_KEY_FILE for mutual
     TLS): every trainer channel uses it, whatever the address's scheme. None: plaintext for `host:port` (TLS with
     the TP_TLS_* client files of the environment for an `https://` address)."""
+
+
+def live_jobs_query() -> Select[Any]:
+    """The lease's read: live dispatched jobs (job id, trainer, sum of their streams' committed sequences). The sum
+    is a correlated subquery, read by primary key for each live job only: an aggregate over the whole cursors table
+    joined afterwards cost time linear in every job ever run (183 ms at 300,000 jobs), every round of every
+    backend process."""
+    committed = (
+        select(func.sum(IngestCursor.last_sequence))
+        .where(IngestCursor.job_pk == Job.id)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    return select(Job.job_id, Job.trainer_address, committed).where(
+        Job.status.in_([statemachine.QUEUED, statemachine.RUNNING]), Job.trainer_address != ""
+    )
 
 
 class Dispatcher:
@@ -644,20 +660,8 @@ class Dispatcher:
 
     def _live_jobs(self) -> Sequence[tuple[str, str, int]]:
         """Live dispatched jobs with their trainer and how much telemetry they committed so far."""
-        committed = (
-            select(IngestCursor.job_pk, func.sum(IngestCursor.last_sequence).label("total"))
-            .group_by(IngestCursor.job_pk)
-            .subquery()
-        )
         with self._store.engine.connect() as conn:
-            return [
-                (job_id, address, int(total or 0))
-                for job_id, address, total in conn.execute(
-                    select(Job.job_id, Job.trainer_address, committed.c.total)
-                    .join(committed, committed.c.job_pk == Job.id, isouter=True)
-                    .where(Job.status.in_([statemachine.QUEUED, statemachine.RUNNING]), Job.trainer_address != "")
-                )
-            ]
+            return [(job_id, address, int(total or 0)) for job_id, address, total in conn.execute(live_jobs_query())]
 
     async def _runs(self, address: str) -> dict[str, trainer_pb2.TrainingRun]:
         """The newest run of each job the trainer knows (every page of one ListTrainings walk)."""
