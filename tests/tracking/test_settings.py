@@ -148,7 +148,17 @@ def test_the_refusal_of_a_scheme_less_tracking_uri_keeps_its_hint_once_redacted(
     assert "S3cretPW99" not in shown and "alice" not in shown
 
 
-@pytest.mark.parametrize("uri", ["http://u:p@mlflow:5000", "sqlite:////data/mlflow.db", "databricks", "/data/mlruns"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://u:p@mlflow:5000",
+        "sqlite:////data/mlflow.db",
+        "sqlite:///file:/data/mlflow.db?mode=ro&uri=true",
+        "databricks",
+        "/data/mlruns",
+        "file:///data/mlruns",
+    ],
+)
 def test_tracking_uris_with_a_scheme_or_none_needed_are_accepted(tmp_path: Path, uri: str) -> None:
     settings = TrackingSettings.from_env({"MLFLOW_TRACKING_URI": uri}, data_dir=tmp_path)
     assert settings is not None and settings.tracking_uri == uri
@@ -175,3 +185,25 @@ def test_metric_names_mlflow_accepts() -> None:
     assert metric_name("metrics/mAP50-95") == "metrics/mAP50-95"
     assert metric_name("metrics/mAP50(B)") == "metrics/mAP50_B_"
     assert metric_name("a//b/") == "a/b"
+
+
+@pytest.mark.parametrize(
+    ("uri", "absolute"),
+    [
+        ("sqlite:///mlflow.db", "sqlite:////srv/data/mlflow.db"),
+        ("sqlite:///./stores/mlflow.db?timeout=5", "sqlite:////srv/data/mlflow.db"),
+        ("file:./mlruns", "file:///srv/data/mlruns"),
+        ("file:mlruns", "file:///srv/data/mlruns"),
+        ("./mlruns", "file:///srv/data/mlruns"),
+        ("stores/mlruns", "file:///srv/data/mlruns"),
+        ("sqlite:///file:mlflow.db?mode=ro&uri=true", "sqlite:////srv/data/mlflow.db"),
+    ],
+)
+def test_a_relative_local_store_is_refused_showing_the_absolute_form(uri: str, absolute: str) -> None:
+    # Each training process runs in its own run directory: a relative store would be one store per job, not the one
+    # the backend is told of (and `tp gc` deletes it with the run directory).
+    with pytest.raises(TrackingError) as raised:
+        TrackingSettings.from_env({"MLFLOW_TRACKING_URI": uri}, data_dir=Path("/srv/data"))
+    message = str(raised.value)
+    assert f"MLFLOW_TRACKING_URI={uri} is a relative path" in message
+    assert absolute in message

@@ -3,7 +3,9 @@
 Settings come from the environment (see docs/tracking.md):
 
 - `MLFLOW_TRACKING_URI`: the MLflow server (`http://mlflow:5000`) or store. Unset means a local SQLite store in the
-  data directory, `sqlite:///<data dir>/mlflow.db`, with artifacts under `<data dir>/mlartifacts`.
+  data directory, `sqlite:///<data dir>/mlflow.db`, with artifacts under `<data dir>/mlartifacts`. A local store must
+  be given as an absolute path (`sqlite:////abs/mlflow.db`, `file:///abs/mlruns`): each training process runs in its
+  own run directory, where a relative one would be a store per job; it is refused with the absolute form to write.
 - `MLFLOW_EXPERIMENT_NAME`: the experiment of every run; default `trainingplatform`.
 - `TP_MLFLOW_ENABLED`: `false` turns MLflow tracking off (artifact storage stays on).
 
@@ -114,13 +116,14 @@ class TrackingSettings:
 
         Raises:
             TrackingError: MLFLOW_TRACKING_URI is not a URI (`user:password@host` or `host:port` without
-                `http://`); the message shows it without its credentials.
+                `http://`; the message shows it without its credentials) or a relative local store path.
         """
         if env.get("TP_MLFLOW_ENABLED", "").strip().lower() in _FALSE:
             return None
         experiment = env.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT_NAME
         uri = env.get("MLFLOW_TRACKING_URI", "").strip()
         _check_tracking_uri(uri)
+        _check_absolute_store(uri, data_dir.absolute())
         if uri.startswith("sqlite:///"):
             # MLflow would put a new experiment's artifacts in ./mlruns of whatever directory the trainer runs in.
             artifacts = Path(uri.removeprefix("sqlite:///")).absolute().parent / "mlartifacts"
@@ -166,6 +169,34 @@ def _check_tracking_uri(uri: str) -> None:
             f"MLFLOW_TRACKING_URI={redact_uri(uri)} is not a valid tracking URI: {why}. Write the server's URL as "
             "http://host:port or https://host (credentials as user:password@ between https:// and the host, or in "
             "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD)"
+        )
+
+
+def _check_absolute_store(uri: str, data_dir: Path) -> None:
+    """Refuses a local store given as a relative path (`sqlite:///mlflow.db`, MLflow's quickstart form; `file:mlruns`;
+    `./mlruns`): each training process runs in its own run directory, so it would open a store of its own there,
+    not the one the backend is told of, and `tp gc` would delete it with the run directory.
+
+    Raises:
+        TrackingError: Names MLFLOW_TRACKING_URI and shows the absolute form (in the data directory) to write.
+    """
+    relative = ""
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///").split("?", 1)[0].removeprefix("file:")  # SQLite's own `file:` form too
+        if path and path != ":memory:" and not path.startswith("/"):
+            relative = f"sqlite:///{data_dir / Path(path).name}"
+    elif uri.lower().startswith("file:"):
+        path = uri[len("file:") :]
+        if not path.startswith("/"):
+            relative = (data_dir / Path(path).name).as_uri()
+    elif uri and not has_scheme(uri) and ":" not in uri and not uri.startswith("/") and (uri[0] == "." or "/" in uri):
+        relative = (data_dir / Path(uri).name).as_uri()
+    if relative:
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI={redact_uri(uri)} is a relative path: each training process runs in its own run "
+            f"directory and would open a store of its own there, not the one the backend is told of. Give the "
+            f"absolute path, for example {relative} (sqlite:/// followed by /path), or unset MLFLOW_TRACKING_URI for "
+            f"the trainer's default store sqlite:///{data_dir / 'mlflow.db'}"
         )
 
 
