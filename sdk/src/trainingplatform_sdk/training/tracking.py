@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -77,10 +78,14 @@ PREFLIGHT_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUE
 EPOCH_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 #: Retries and per-request timeout (seconds) of the final uploads and the end of the run, unless the environment
 #: sets its own. MLflow's defaults (7 retries with exponential backoff, 120 s) held a finished job for many
-#: minutes when the server hung. The timeout bounds the connection and each read or write, not a whole upload: a
-#: large checkpoint takes as long as it needs while bytes flow.
+#: minutes when the server hung. The timeout bounds the connection and each wait for bytes, the server's answer
+#: included: a server-proxied store (`mlflow server --artifacts-destination s3://...`) answers an upload only once
+#: it pushed the whole file on, so an artifact upload waits longer, see UPLOAD_MIN_BYTES_PER_S.
 DEFAULT_HTTP_MAX_RETRIES = "1"
 DEFAULT_HTTP_TIMEOUT = "60"
+#: The slowest rate an artifact upload is given time for: its timeout is MLFLOW_HTTP_REQUEST_TIMEOUT plus its size
+#: at this rate (a 100 MB checkpoint: 60 s + 191 s), as the server may still be pushing it to its store.
+UPLOAD_MIN_BYTES_PER_S = 512 * 1024
 #: Longest wait for the lock of a local SQLite store while other jobs write to it, in seconds.
 STORE_LOCK_TIMEOUT_S = 300.0
 #: How long a write that meets "database is locked" is retried, in seconds.
@@ -429,6 +434,15 @@ def _describe(error: BaseException, settings: TrackingSettings) -> str:
     return redact_urls(text)[:500]
 
 
+def _env_number(name: str, default: float) -> float:
+    """A number of this process's environment (MLflow's HTTP settings); `default` when unset or not a number."""
+    try:
+        value = float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value >= 0 else default
+
+
 def _http_status(error: BaseException) -> int | None:
     get = getattr(error, "get_http_status_code", None)
     return get() if callable(get) else None
@@ -592,9 +606,57 @@ class MlflowRun:
             # A local store: MLflow would copy the checkpoint; a hard link keeps one copy on disk (issue 15).
             store_file(path, local / (artifact_path or "") / path.name)
             return
-        with _fail_fast_http() if fail_fast else contextlib.nullcontext():
-            # Not under the store's lock: a checkpoint's upload must not hold other jobs' writes.
-            retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        if fail_fast:
+            with _fail_fast_http():
+                # Not under the store's lock: a checkpoint's upload must not hold other jobs' writes.
+                retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+            return
+        self._upload(path, artifact_path)
+
+    def _upload(self, path: Path, artifact_path: str | None) -> None:
+        """Uploads a file with a timeout that grows with its size (UPLOAD_MIN_BYTES_PER_S) and no blind retry.
+
+        MLflow's own retries would send the whole file again after a read timeout while the server still pushes the
+        first copy to its store. So each request is made without them; after a failure the run's artifacts are
+        listed, and a file of the right size there is a success. A timed-out upload is awaited there for as long as
+        the upload itself was given, never sent again; another failure (refused, a 5xx) is tried again up to
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES times.
+        """
+        size = path.stat().st_size
+        base = _env_number("MLFLOW_HTTP_REQUEST_TIMEOUT", float(DEFAULT_HTTP_TIMEOUT))
+        retries = int(_env_number("MLFLOW_HTTP_REQUEST_MAX_RETRIES", float(DEFAULT_HTTP_MAX_RETRIES)))
+        timeout = base + size / UPLOAD_MIN_BYTES_PER_S
+        http = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(math.ceil(timeout))}
+        for attempt in range(retries + 1):
+            try:
+                with _http_settings(http):
+                    retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+                return
+            except Exception as error:
+                timed_out = "timed out" in str(error).lower()
+                if self._has_artifact(path.name, artifact_path, size, wait_s=timeout if timed_out else 0.0):
+                    _log.info("MLflow stored %s although the upload failed: %s", path.name, self.describe_error(error))
+                    return
+                if timed_out or attempt == retries:
+                    raise
+                time.sleep(min(2.0**attempt, 10.0))
+
+    def _has_artifact(self, name: str, artifact_path: str | None, size: int, *, wait_s: float) -> bool:
+        """Whether the run's artifacts hold `name` (in `artifact_path`) with `size` bytes, looking again each second
+        for `wait_s` seconds; False when listing them fails."""
+        wanted = f"{artifact_path}/{name}" if artifact_path else name
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                with _fail_fast_http():
+                    listed = self.client.list_artifacts(self.run_id, artifact_path)
+                if any(item.path == wanted and item.file_size == size for item in listed):
+                    return True
+            except Exception as error:
+                _log.info("listing the MLflow run's artifacts failed: %s", self.describe_error(error))
+            if time.monotonic() + 1.0 > deadline:
+                return False
+            time.sleep(1.0)
 
     def _local_artifact_dir(self) -> Path | None:
         """The run's artifact directory when its artifacts live on this machine's disk (`file://`), else None."""
