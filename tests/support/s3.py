@@ -9,6 +9,7 @@ secret on the expected port: only our process can answer it with 200.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -62,11 +63,16 @@ class SeaweedS3:
     Args:
         data_dir: Directory of SeaweedFS' data, logs and sockets.
         bucket: Bucket created at start (3 to 63 characters).
+        identities: More identities besides this server's own admin key pair, as SeaweedFS' `-s3.config` writes them
+            (`{"name": ..., "credentials": [{"accessKey": ..., "secretKey": ...}], "actions": ["Write:bucket"]}`).
     """
 
-    def __init__(self, data_dir: Path, *, bucket: str = "tp-artifacts") -> None:
+    def __init__(
+        self, data_dir: Path, *, bucket: str = "tp-artifacts", identities: list[dict[str, Any]] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.bucket = bucket
+        self.identities = identities or []
         self.access_key = "tp-test-" + secrets.token_hex(4)
         self.secret_key = secrets.token_urlsafe(24)
         self.region = "auto"
@@ -144,6 +150,15 @@ class SeaweedS3:
             f"-admin.port={admin}",
             f"-admin.port.grpc={admin + GRPC_OFFSET}",
         ]
+        if self.identities:
+            admin_identity = {
+                "name": "admin",
+                "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+            config = d / "s3.json"
+            config.write_text(json.dumps({"identities": [admin_identity, *self.identities]}), encoding="utf-8")
+            command.append(f"-s3.config={config}")
         env = {**os.environ, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

@@ -271,7 +271,9 @@ class S3ArtifactStore:
         self.settings = settings
         self.bucket = settings.bucket
         self.warn = warn or _log.warning
-        self.key_prefix = "/".join(part for part in (settings.prefix, "jobs", job_id, run) if part)
+        #: Where every job's files go: what a key needs to be allowed to write.
+        self.jobs_prefix = "/".join(part for part in (settings.prefix, "jobs") if part)
+        self.key_prefix = f"{self.jobs_prefix}/{job_id}/{run}"
 
         def client(read_timeout: int, attempts: int) -> Any:
             config = Config(
@@ -288,7 +290,7 @@ class S3ArtifactStore:
             return session.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config)
 
         try:
-            session = boto3.session.Session()
+            self._session = session = boto3.session.Session()
             self.client: Any = client(UPLOAD_READ_TIMEOUT_S, UPLOAD_ATTEMPTS)
             self.check_client: Any = client(CHECK_READ_TIMEOUT_S, 1)
         except ValueError as error:  # "Invalid endpoint: <the URL, credentials included>"
@@ -303,11 +305,24 @@ class S3ArtifactStore:
     def check(self) -> None:
         """Checks that the endpoint answers, the credentials are accepted and the bucket exists (HeadBucket).
 
+        A 403 is inconclusive: HeadBucket needs list access (s3:ListBucket), which a least-privilege key that may
+        only write objects lacks, and a HEAD answer has no body to tell a refused key from a missing permission.
+        The config.json upload that follows decides.
+
         Raises:
             StorageError: The message names AWS_S3_ENDPOINT_URL, the credentials or TP_ARTIFACTS_BUCKET.
         """
+        from botocore.exceptions import ClientError
+
         try:
             self.check_client.head_bucket(Bucket=self.bucket)
+        except ClientError as error:
+            if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+                _log.info(
+                    "HeadBucket of %s answered 403 (a key without list access?): the first upload decides", self.bucket
+                )
+                return
+            raise self._error(error, "checking the bucket", CHECK_READ_TIMEOUT_S) from error
         except Exception as error:
             raise self._error(error, "checking the bucket", CHECK_READ_TIMEOUT_S) from error
 
@@ -325,7 +340,9 @@ class S3ArtifactStore:
                 self.client.upload_file(str(path), self.bucket, f"{self.key_prefix}/{name}", Config=transfer)
                 return self.uri(name)
             except Exception as error:
-                failure = self._error(error, action, UPLOAD_READ_TIMEOUT_S)
+                failure = self._error(
+                    error, action, UPLOAD_READ_TIMEOUT_S, permission=f"s3:PutObject on {self.uri(name)}"
+                )
                 left = deadline - time.monotonic()
                 if not _retryable(error) or left <= 0 or (stop is not None and stop()):
                     raise failure from error
@@ -338,12 +355,21 @@ class S3ArtifactStore:
                     raise failure from error
                 delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
-    def _error(self, error: Exception, action: str, read_timeout_s: int) -> StorageError:
+    def _error(self, error: Exception, action: str, read_timeout_s: int, *, permission: str = "") -> StorageError:
         """A StorageError naming the setting behind a boto3 error, with the credentials of every URL in it
-        removed (botocore's messages repeat the endpoint URL as it was given)."""
-        return StorageError(redact_urls(self._describe(error, action, read_timeout_s)))
+        removed (botocore's messages repeat the endpoint URL as it was given). `permission`: what the request
+        needs (`s3:PutObject on s3://...`), named when the key is refused it."""
+        return StorageError(redact_urls(self._describe(error, action, read_timeout_s, permission)))
 
-    def _describe(self, error: Exception, action: str, read_timeout_s: int) -> str:
+    def _access_key_id(self) -> str:
+        """The access key id boto3 found (not a secret: it names the key), or a placeholder."""
+        try:
+            credentials = self._session.get_credentials()
+            return str(credentials.access_key) if credentials is not None else "?"
+        except Exception:
+            return "?"
+
+    def _describe(self, error: Exception, action: str, read_timeout_s: int, permission: str = "") -> str:
         from botocore.exceptions import (
             ClientError,
             ConnectTimeoutError,
@@ -369,6 +395,12 @@ class S3ArtifactStore:
             message = response.get("Error", {}).get("Message", "") or code
             if code in ("404", "NoSuchBucket"):
                 return f"{bucket} does not exist at {endpoint}: create it or fix the name"
+            if permission and code == "AccessDenied":
+                return (
+                    f"AWS_ACCESS_KEY_ID={self._access_key_id()} is not allowed to write to {bucket} at {endpoint} "
+                    f"({action}: {status} {message}): grant the key {permission} (s3:PutObject on "
+                    f"s3://{self.bucket}/{self.jobs_prefix}/*; see docs/tracking.md)"
+                )
             if status in (401, 403) or code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
                 return (
                     f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY were rejected by {endpoint} for {bucket} "
