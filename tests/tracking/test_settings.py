@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trainingplatform_sdk.training.artifacts import StorageError, StorageSettings
+from trainingplatform_sdk.training.artifacts import S3ArtifactStore, StorageError, StorageSettings
 from trainingplatform_sdk.training.recorder import RecorderSettings
 from trainingplatform_sdk.training.tracking import (
     TrackingError,
@@ -207,3 +207,39 @@ def test_a_relative_local_store_is_refused_showing_the_absolute_form(uri: str, a
     message = str(raised.value)
     assert f"MLFLOW_TRACKING_URI={uri} is a relative path" in message
     assert absolute in message
+
+
+@pytest.mark.parametrize("value", ["disabled", "n", "nope", "2"])
+def test_an_unknown_tp_mlflow_enabled_value_is_refused(tmp_path: Path, value: str) -> None:
+    with pytest.raises(TrackingError, match=f"TP_MLFLOW_ENABLED={value!r} is neither true nor false"):
+        TrackingSettings.from_env({"TP_MLFLOW_ENABLED": value}, data_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("value", "on"), [("", True), ("1", True), ("Yes", True), ("on", True), ("OFF", False)])
+def test_tp_mlflow_enabled_values(tmp_path: Path, value: str, on: bool) -> None:
+    settings = TrackingSettings.from_env({"TP_MLFLOW_ENABLED": value}, data_dir=tmp_path)
+    assert (settings is not None) == on
+
+
+def test_aws_s3_without_a_region_lets_boto3_resolve_it(tmp_path: Path) -> None:
+    # `auto` is R2's region: for AWS S3 it made boto3 target s3.auto.amazonaws.com, which does not exist.
+    settings = StorageSettings.from_env({"TP_ARTIFACTS_BUCKET": "models"}, data_dir=tmp_path)
+    assert settings.region is None
+    store = S3ArtifactStore(settings, "job-1", "run-1")
+    assert ".auto." not in store.client.meta.endpoint_url
+    with_endpoint = {"TP_ARTIFACTS_BUCKET": "models", "AWS_S3_ENDPOINT_URL": "https://acct.r2.cloudflarestorage.com"}
+    assert StorageSettings.from_env(with_endpoint, data_dir=tmp_path).region == "auto"
+    with_region = {"TP_ARTIFACTS_BUCKET": "models", "AWS_DEFAULT_REGION": "eu-west-3"}
+    assert StorageSettings.from_env(with_region, data_dir=tmp_path).region == "eu-west-3"
+
+
+def test_an_auto_region_without_an_endpoint_is_named_when_aws_s3_cannot_be_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    env = {"TP_ARTIFACTS_BUCKET": "models", "AWS_REGION": "auto"}
+    store = S3ArtifactStore(StorageSettings.from_env(env, data_dir=tmp_path), "job-1", "run-1")
+    with pytest.raises(StorageError, match="AWS_REGION='auto' is R2's region") as raised:
+        store.check()  # s3.auto.amazonaws.com: no such host
+    assert "set AWS_REGION to the bucket's region" in str(raised.value)

@@ -8,7 +8,8 @@ Settings come from the environment (see docs/tracking.md):
 - `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`: the credentials, read by boto3 itself (never by this module, so
   they cannot end up in a message or a log).
 - `TP_ARTIFACTS_PREFIX`: a key prefix inside the bucket; default none.
-- `AWS_REGION`: default `auto` (what R2 expects; S3-compatible servers ignore it).
+- `AWS_REGION` (then `AWS_DEFAULT_REGION`): default `auto` with an endpoint (what R2 expects; S3-compatible servers
+  ignore it); without one (AWS S3), boto3 resolves it (AWS config, else us-east-1).
 - `TP_ARTIFACTS_UPLOAD_RETRY_S`: how long the final uploads of a completed job are retried, in seconds;
   default 300 (DEFAULT_UPLOAD_RETRY_S), 0 = one attempt.
 
@@ -67,6 +68,7 @@ CHECK_READ_TIMEOUT_S = 10
 #: an upload within about a minute.
 UPLOAD_READ_TIMEOUT_S = 30
 UPLOAD_ATTEMPTS = 2
+#: The region of an S3-compatible endpoint (AWS_S3_ENDPOINT_URL) when none is set: what R2 expects.
 DEFAULT_REGION = "auto"
 #: Seconds the final uploads of a completed job are retried (TP_ARTIFACTS_UPLOAD_RETRY_S); 0 = one attempt.
 DEFAULT_UPLOAD_RETRY_S = 300.0
@@ -89,8 +91,8 @@ class StorageSettings:
     """The S3 endpoint; None means AWS."""
     prefix: str = ""
     """Key prefix inside the bucket, without leading or trailing slashes."""
-    region: str = DEFAULT_REGION
-    """The region requests are signed for."""
+    region: str | None = None
+    """The region requests are signed for; None lets boto3 resolve it (AWS S3 without AWS_REGION)."""
     upload_retry_s: float = DEFAULT_UPLOAD_RETRY_S
     """How long the final uploads of a completed job are retried (TP_ARTIFACTS_UPLOAD_RETRY_S); 0 = one attempt."""
 
@@ -121,7 +123,10 @@ class StorageSettings:
             bucket=bucket,
             endpoint_url=endpoint,
             prefix=env.get("TP_ARTIFACTS_PREFIX", "").strip().strip("/"),
-            region=env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip() or DEFAULT_REGION,
+            # `auto` only for an endpoint: for AWS S3 it would make boto3 target s3.auto.amazonaws.com.
+            region=env.get("AWS_REGION", "").strip()
+            or env.get("AWS_DEFAULT_REGION", "").strip()
+            or (DEFAULT_REGION if endpoint else None),
             upload_retry_s=_retry_seconds(env.get("TP_ARTIFACTS_UPLOAD_RETRY_S", "")),
         )
 
@@ -383,6 +388,12 @@ class S3ArtifactStore:
         if isinstance(error, NoCredentialsError):
             return f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set; {bucket} needs them"
         if isinstance(error, EndpointConnectionError | ConnectTimeoutError):
+            if not self.settings.endpoint_url and (self.settings.region == "auto" or ".auto." in str(error)):
+                return (
+                    f"{endpoint} is not reachable ({action}): AWS_REGION='auto' is R2's region: without "
+                    "AWS_S3_ENDPOINT_URL boto3 targets s3.auto.amazonaws.com, which does not exist; set AWS_REGION to "
+                    f"the bucket's region (or unset it), or AWS_S3_ENDPOINT_URL for R2: {error}"
+                )
             return f"{endpoint} is not reachable ({action}): {error}"
         if isinstance(error, ReadTimeoutError):
             return f"{endpoint} did not answer within {read_timeout_s}s ({action}): {error}"
@@ -407,7 +418,7 @@ class S3ArtifactStore:
                     f"({action}: {status} {message}): check the keys and their access to the bucket"
                 )
             if status == 301 or code in ("PermanentRedirect", "AuthorizationHeaderMalformed"):
-                return f"{bucket} is in another region than AWS_REGION={self.settings.region!r}: {message}"
+                return f"{bucket} is in another region than AWS_REGION={self.settings.region or '(unset)'!r}: {message}"
             return f"{action} failed at {endpoint} for {bucket}: {status} {message}"
         return f"{action} failed at {endpoint} for {bucket}: {type(error).__name__}: {error}"
 

@@ -7,7 +7,8 @@ Settings come from the environment (see docs/tracking.md):
   be given as an absolute path (`sqlite:////abs/mlflow.db`, `file:///abs/mlruns`): each training process runs in its
   own run directory, where a relative one would be a store per job; it is refused with the absolute form to write.
 - `MLFLOW_EXPERIMENT_NAME`: the experiment of every run; default `trainingplatform`.
-- `TP_MLFLOW_ENABLED`: `false` turns MLflow tracking off (artifact storage stays on).
+- `TP_MLFLOW_ENABLED`: `false` (or `0`, `no`, `off`) turns MLflow tracking off (artifact storage stays on);
+  `true`, `1`, `yes`, `on` or unset leave it on; anything else is refused.
 
 The run is named after the job id and tagged with `job_id`, `framework` and `model`; the job's configs are its
 params (flattened: `model.name`, `advanced.extra.mosaic`, ...); each epoch's metrics are one `log_batch` call with
@@ -92,6 +93,7 @@ STORE_LOCK_TIMEOUT_S = 300.0
 LOCKED_RETRY_S = 60.0
 
 _FALSE = ("0", "false", "no", "off")
+_TRUE = ("", "1", "true", "yes", "on")
 # Names MLflow accepts for params and metrics (mlflow.utils.validation.validate_param_and_metric_name).
 _BAD_NAME_CHARACTERS = re.compile(r"[^/\w.\- :]")
 _SECRET_QUERY_KEYS = re.compile(r"pass|secret|token|key|credential|signature", re.IGNORECASE)
@@ -121,10 +123,17 @@ class TrackingSettings:
 
         Raises:
             TrackingError: MLFLOW_TRACKING_URI is not a URI (`user:password@host` or `host:port` without
-                `http://`; the message shows it without its credentials) or a relative local store path.
+                `http://`; the message shows it without its credentials) or a relative local store path;
+                TP_MLFLOW_ENABLED is neither true nor false.
         """
-        if env.get("TP_MLFLOW_ENABLED", "").strip().lower() in _FALSE:
+        enabled = env.get("TP_MLFLOW_ENABLED", "").strip()
+        if enabled.lower() in _FALSE:
             return None
+        if enabled.lower() not in _TRUE:
+            raise TrackingError(
+                f"TP_MLFLOW_ENABLED={enabled!r} is neither true nor false: set false (or 0, no, off) to turn MLflow "
+                "tracking off, true (or 1, yes, on) or nothing to keep it on"
+            )
         experiment = env.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT_NAME
         uri = env.get("MLFLOW_TRACKING_URI", "").strip()
         _check_tracking_uri(uri)
