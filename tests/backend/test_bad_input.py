@@ -313,6 +313,22 @@ CASES = [
         "URI",
     ),
     (
+        "a glob as MLflow run id",  # `tp gc` of an older `tp` globbed it in the data directory's mlartifacts
+        lambda b, j, t: b.telemetry().ReportRunInfo(
+            telemetry_pb2.ReportRunInfoRequest(job_id=j, mlflow_run_id="*"), metadata=auth(t)
+        ),
+        INVALID,
+        "mlflow_run_id '*' is not an MLflow run id",
+    ),
+    (
+        "a path as MLflow run id",
+        lambda b, j, t: b.telemetry().ReportRunInfo(
+            telemetry_pb2.ReportRunInfoRequest(job_id=j, mlflow_run_id="../.."), metadata=auth(t)
+        ),
+        INVALID,
+        "letters, digits, `_` or `-`",
+    ),
+    (
         "job without framework",
         lambda b, j, t: b.jobs().CreateJob(
             jobs_pb2.CreateJobRequest(spec=spec(framework=""), dispatch=False), metadata=auth(b.internal_token)

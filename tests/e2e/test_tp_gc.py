@@ -1,8 +1,9 @@
 """`tp gc` as a subprocess against a real backend (SQLite, no trainer service): what it may delete.
 
-- a job's reported MLflow run id is a name, never a pattern or a path: `*`, `..` and the like delete nothing of the
-  data directory (its MLflow store, its tokens, other jobs' files); only a plain MLflow run id (32 lowercase hex) of
-  a job whose tracking URI is the data directory's own store has its `mlartifacts` copy deleted;
+- a job's reported MLflow run id is a name, never a pattern or a path: `*`, `..` and the like (which the backend now
+  refuses, but a database may hold from before) delete nothing of the data directory (its MLflow store, its tokens,
+  other jobs' files); only a plain MLflow run id (32 lowercase hex) of a job whose tracking URI is the data
+  directory's own store has its `mlartifacts` copy deleted;
 - a job that ended at the backend while its training process lives (CANCELLED during the cancel grace, FAILED by
   the lease) keeps its files: a run directory whose run.json is missing, not reported, names a live process, or
   whose mlflow_run.json names a run not ended, is skipped with the reason said.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 from support.backend import BackendProcess
 from support.tp import TP, backend_env
 from trainingplatform_sdk import TrainingLogger
@@ -36,8 +38,10 @@ class Stack:
         env = backend_env(self.backend, self.root / "no-config.json", TP_DATA_DIR=str(self.data_dir))
         return subprocess.run([TP, "gc", *args], capture_output=True, text=True, env=env, timeout=60)
 
-    def ended_job(self, *, run_id: str = "", tracking_uri: str = "") -> str:
-        """A new CANCELLED job, with `run_id` and `tracking_uri` reported with its telemetry token when given."""
+    def ended_job(self, *, run_id: str = "", tracking_uri: str = "", stored: bool = False) -> str:
+        """A new CANCELLED job, with `run_id` and `tracking_uri` reported with its telemetry token when given; with
+        `stored`, the run id is written to the database instead, as a backend that took any run id stored it (one
+        now refuses what is not MLflow's form)."""
         with JobsClient(self.backend.address, self.backend.internal_token) as client:
             created = client.create_job(framework="timm", model="resnet10t", dataset="digits", epochs=1, dispatch=False)
             job_id = created.job.job_id
@@ -48,8 +52,15 @@ class Stack:
                     token=created.telemetry_token,
                     spool_dir=self.root / "spool" / job_id,
                 )
-                logger.report_run_info(mlflow_run_id=run_id, mlflow_tracking_uri=tracking_uri, artifacts={})
+                reported = "" if stored else run_id
+                logger.report_run_info(mlflow_run_id=reported, mlflow_tracking_uri=tracking_uri, artifacts={})
                 logger.close(timeout=10)
+                if stored:
+                    engine = create_engine(self.backend.database_url)
+                    with engine.begin() as connection:
+                        update = text("UPDATE jobs SET mlflow_run_id = :run WHERE job_id = :job")
+                        connection.execute(update, {"run": run_id, "job": job_id})
+                    engine.dispose()
                 assert client.get_job(job_id).mlflow_run_id == run_id
             client.cancel_job(job_id, "test")
         return job_id
@@ -87,7 +98,7 @@ def test_a_reported_run_id_is_never_a_pattern_or_a_path(stack: Stack) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("keep")
     hostile = ["*", "..", "../..", "*/..", "1", "../outside", RUN_ID.upper(), RUN_ID + "/..", "." * 32]
-    jobs = [stack.ended_job(run_id=run_id, tracking_uri=local) for run_id in hostile]
+    jobs = [stack.ended_job(run_id=run_id, tracking_uri=local, stored=True) for run_id in hostile]
     # A plain run id, but of another store: its copy here (if any) is not this job's.
     jobs.append(stack.ended_job(run_id="a" * 32, tracking_uri="http://mlflow:5000"))
     jobs.append(stack.ended_job(run_id="b" * 32, tracking_uri="sqlite:////elsewhere/mlflow.db"))

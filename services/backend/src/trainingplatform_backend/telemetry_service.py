@@ -9,6 +9,7 @@ import functools
 import itertools
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
@@ -57,6 +58,10 @@ ATTEMPT_REFRESH_S = 1.0
 # change and the end of a stream end the wait, and a job watched live (`Hub.watched`: a subscriber in this process,
 # or one another process announced) is committed at once; history reads see the points up to this much later.
 COMMIT_LINGER_S = 0.05
+# What ReportRunInfo takes as an MLflow run id: MLflow's own rule (mlflow.utils.validation._RUN_ID_REGEX), so that no
+# id an MLflow store makes is refused, while `*`, `..` or `a/b` (which a `tp gc` would have read as a glob or a path
+# in the data directory's mlartifacts) are.
+_MLFLOW_RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]*")
 # How many received batches a stream may have waiting for their commit before it stops reading (memory bound).
 MAX_PENDING_BATCHES = 64
 # StreamMetrics and StreamLogs messages larger than this, as received, are parsed only once the process's
@@ -684,6 +689,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
         job_pk = await self._backend.job_pk(request.job_id)
         self._backend.heard_from(job_pk)
         check_text(request.mlflow_run_id, "mlflow_run_id", limits.MAX_NAME_CHARS)
+        if request.mlflow_run_id and not _MLFLOW_RUN_ID.fullmatch(request.mlflow_run_id):
+            raise InvalidArgumentError(
+                f"mlflow_run_id {quote(request.mlflow_run_id)} is not an MLflow run id: a letter or digit, then "
+                "letters, digits, `_` or `-` (as MLflow makes them, e.g. 32 hex digits)"
+            )
         check_text(request.mlflow_tracking_uri, "mlflow_tracking_uri", limits.MAX_URI_CHARS)
         if len(request.artifacts) > limits.MAX_ARTIFACTS:
             raise InvalidArgumentError(
