@@ -150,6 +150,14 @@ def test_a_job_every_replica_refuses_fails_naming_each_reason(store: Store):
             assert f"{full.address}: FAILED_PRECONDITION" in job.error_message
             assert f"{elsewhere.address}: NOT_FOUND" in job.error_message
             await dispatcher.stop()
+            # With one replica, its own message, as for any refusal.
+            alone = dispatcher_of(store, {"timm": [elsewhere.address]})
+            job_id = new_job(store)
+            await settle(alone)
+            job = store.get_job(job_id).job
+            assert job.status == statemachine.FAILED
+            assert job.error_message == f"trainer {elsewhere.address} refused the job: the fake trainer refuses"
+            await alone.stop()
 
     run(scenario)
 

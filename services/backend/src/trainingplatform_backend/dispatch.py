@@ -504,6 +504,7 @@ class Dispatcher:
         reasons: list[str] = []
         refusals = 0
         busy = False
+        details = ""
         for address in replicas:
             # Every StartTraining is an attempt with its own token; a new trainer supersedes the previous attempt,
             # whose run (a StartTraining past its deadline may have started one) is cancelled and fenced.
@@ -521,7 +522,8 @@ class Dispatcher:
                     request, metadata=self._metadata(), timeout=self._settings.call_timeout_s
                 )
             except grpc.aio.AioRpcError as error:
-                reasons.append(f"{address}: {error.code().name} {error.details()}")
+                details = error.details()
+                reasons.append(f"{address}: {error.code().name} {details}")
                 if error.code() in RETRY_NEXT:
                     busy = busy or error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                     continue
@@ -586,12 +588,12 @@ class Dispatcher:
             return [], False
         if replicas and refusals == len(replicas):
             metrics.DISPATCHES.labels("refused").inc()
-            await self.transition(
-                job_id,
-                statemachine.FAILED,
-                "every trainer refused the job",
-                f"every {request.spec.framework} trainer refused the job: " + "; ".join(reasons),
-            )
+            if len(replicas) == 1:  # the one trainer's message, as for any refusal
+                reason, message = "the trainer refused the job", f"trainer {replicas[0]} refused the job: {details}"
+            else:
+                reason = "every trainer refused the job"
+                message = f"every {request.spec.framework} trainer refused the job: " + "; ".join(reasons)
+            await self.transition(job_id, statemachine.FAILED, reason, message)
             return [], False
         return reasons, busy
 
