@@ -12,8 +12,9 @@ Replica policy: a framework may list several trainer addresses (TP_TRAINERS). A 
 fewest of this database's live (QUEUED or RUNNING) jobs, ties broken in configuration order, except that a replica
 which refused a job in the last REFUSAL_MEMORY_S (5 minutes) goes after those that did not. When a replica is
 unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), or refuses the job for a reason of its own
-host (FAILED_PRECONDITION: its disk is full, a permission; NOT_FOUND: a dataset path that exists only on another
-host), the next one is tried. Jobs are dispatched in the order they were created, one framework's at a time
+host (FAILED_PRECONDITION: a precondition of its own; NOT_FOUND: a dataset path that exists only on another host),
+the next one is tried. (A trainer that cannot start a process at all, its disk full or a permission, answers
+UNAVAILABLE.) Jobs are dispatched in the order they were created, one framework's at a time
 (`dispatch_queued`): a freed slot goes to the job that waited longest. When no replica accepts, the job stays QUEUED
 and the framework's oldest job is tried again (backoff from 1 s to 10 s, ended at once when a job ends: its slot may
 be free, `slot_freed`) until it has waited `dispatch_timeout_s` (TP_DISPATCH_TIMEOUT_S, 600 s) without any replica
