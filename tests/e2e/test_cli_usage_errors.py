@@ -97,6 +97,17 @@ def test_up_refuses_a_port_out_of_range_at_parse_time(flag: str, value: str, tmp
     assert not (tmp_path / "data").exists()  # nothing was started
 
 
+@pytest.mark.parametrize("value", ["-3", "0", "two"])
+def test_run_refuses_epochs_below_one_naming_the_flag(value: str, tmp_path: Path):
+    """Before, 0 fell back to the command's own --epochs unsaid and -3 reached the backend, whose refusal named
+    training_config.epochs, not the flag."""
+    env = shell_env(TP_CONFIG=str(tmp_path / "config.json"))
+    result = subprocess.run([TP, "run", "--epochs", value, "--", "true"], capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert "argument --epochs:" in error and value in error, result.stderr
+
+
 def test_a_stack_refuses_a_port_out_of_range_before_writing_anything(tmp_path: Path):
     with pytest.raises(ValueError, match="timm_port must be 1-65535, got 70000"):
         Stack(tmp_path / "data", timm_port=70000)
@@ -242,6 +253,27 @@ def test_plot_to_a_path_without_a_suffix_gets_png(seeded: Seeded, tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert f"wrote {tmp_path / 'curves.png'}\n" in result.stdout
+
+
+def test_plot_that_cannot_be_written_names_the_flag_and_the_path(seeded: Seeded, tmp_path: Path):
+    (tmp_path / "taken").write_text("a file, not a directory")
+    target = tmp_path / "taken" / "curves.png"
+    result = seeded.tp("metrics", seeded.job_id, "--plot", str(target))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(f"error: --plot {target}: cannot write it: "), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_empty_plot_path_is_a_usage_error(seeded: Seeded):
+    result = seeded.tp("metrics", seeded.job_id, "--plot", "")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--plot: must name a file or a directory" in result.stderr
+
+
+def test_metrics_of_keys_the_job_lacks_names_them_plainly(seeded: Seeded):
+    result = seeded.tp("metrics", seeded.job_id, "--key", "nope", "--key", "nada")
+    assert result.returncode == 2
+    assert f"job {seeded.job_id} has no metrics with the keys nope, nada" in result.stderr, result.stderr
 
 
 def test_plot_help_says_where_the_file_goes(seeded: Seeded):

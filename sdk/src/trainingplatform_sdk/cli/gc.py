@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from trainingplatform_sdk.cli.argtypes import at_least
 from trainingplatform_sdk.cli.output import CliError, printable
 from trainingplatform_sdk.clients import Job
 
@@ -63,16 +64,6 @@ def _age_seconds(text: str) -> float:
     return float(match.group(1)) * _AGE_UNITS[match.group(2)]
 
 
-def _at_least_zero(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
-    return number
-
-
 def add_gc_parser(commands: Any) -> argparse.ArgumentParser:
     """Adds `tp gc` to the subcommands of `tp` and returns its parser (the caller sets its handler)."""
     parser: argparse.ArgumentParser = commands.add_parser(
@@ -86,7 +77,7 @@ def add_gc_parser(commands: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--keep",
-        type=_at_least_zero,
+        type=at_least(0),
         metavar="N",
         help="keep the files of the N most recently ended jobs (0: keep none)",
     )

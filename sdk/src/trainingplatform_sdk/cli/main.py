@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from trainingplatform_sdk.channel import CA_FILE_ENV, CLIENT_CERT_FILE_ENV, CLIENT_KEY_FILE_ENV, parse_backend_address
+from trainingplatform_sdk.cli.argtypes import at_least
 from trainingplatform_sdk.cli.frameworks import add_frameworks_command
 from trainingplatform_sdk.cli.gc import add_gc_parser
 from trainingplatform_sdk.cli.output import (
@@ -523,7 +524,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             x = point.step if point.step is not None else (point.epoch if point.epoch is not None else point.sequence)
             series.setdefault(point.key, []).append((x, point.value))
         if not series:
-            raise CliError(f"job {job.job_id} has no metrics" + (f" with keys {args.key}" if args.key else ""))
+            keys = f" with the keys {', '.join(printable(key) for key in args.key)}" if args.key else ""
+            raise CliError(f"job {job.job_id} has no metrics{keys}")
         for key, values in sorted(series.items()):
             print(f"{printable(key):28} {len(values):7} points  last {fmt_value(values[-1][1])}")
         if job.finished:
@@ -538,11 +540,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             # figure is drawn as it is: matplotlib says so in lines of warnings, which are noise here.
             warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
             warnings.filterwarnings("ignore", message=r"Tight layout not applied", category=UserWarning)
-            if args.key:
-                plot_series({title: labelled}, path)
-            else:
-                panels = plot_families(labelled, path, title)
-                print(f"panels: {', '.join(panels)}")
+            try:
+                if args.key:
+                    plot_series({title: labelled}, path)
+                else:
+                    panels = plot_families(labelled, path, title)
+                    print(f"panels: {', '.join(panels)}")
+            except OSError as error:
+                raise CliError(f"--plot {path}: cannot write it: {error.strerror or error}") from None
         print(f"wrote {path}")
     return 0
 
@@ -595,6 +600,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_target(text: str) -> str:
+    """An argparse type: where `--plot` writes, not empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file or a directory (FILE.png, or DIR/)")
+    return text
+
+
 def _port(text: str) -> int:
     """An argparse type: a TCP port to listen on, 1 to 65535."""
     try:
@@ -604,21 +616,6 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port: must be 1-65535")
     return port
-
-
-def _at_least(minimum: int) -> Any:
-    """An argparse type: an integer not below `minimum`."""
-
-    def parse(text: str) -> int:
-        try:
-            number = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
-        return number
-
-    return parse
 
 
 def _one_of(names: tuple[str, ...], what: str) -> Any:
@@ -733,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     jobs.add_argument(
         "--limit",
-        type=_at_least(1),
+        type=at_least(1),
         default=50,
         help="list at most this many (at least 1); a listing cut short says so on stderr",
     )
@@ -766,6 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument(
         "--plot",
         metavar="FILE.png",
+        type=_plot_target,
         help="write a PNG of the curves: one panel per family (loss, accuracy, ...). Without a suffix, .png is "
         "added; a directory (existing, or ending in /) gets <job id>.png inside it; the file written is printed",
     )

@@ -62,6 +62,7 @@ from typing import IO, Any
 
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
+from trainingplatform_sdk.cli.argtypes import at_least
 from trainingplatform_sdk.cli.output import CliError
 from trainingplatform_sdk.clients import JobsClient
 from trainingplatform_sdk.errors import PlatformError, SpoolLockedError
@@ -133,7 +134,7 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="custom", help="the job's dataset label (default: custom)")
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=at_least(1),
         help="the job's number of epochs, for progress displays (default: the command's --epochs, else 1)",
     )
     parser.add_argument(
