@@ -562,7 +562,8 @@ export declare type ReportRunInfoRequest = Message<"trainingplatform.telemetry.v
   jobId: string;
 
   /**
-   * MLflow run id of the job; empty leaves the stored value. At most 250 characters, no control characters.
+   * MLflow run id of the job; empty leaves the stored value. At most 250 characters, MLflow's own form: a letter or
+   * digit, then letters, digits, `_` or `-` (anything else, such as `*` or `..`, is INVALID_ARGUMENT).
    *
    * @generated from field: string mlflow_run_id = 2;
    */
