@@ -9,6 +9,7 @@ from PIL import Image
 from recording import RecordingSink
 from trainingplatform_sdk.spec.configs import Augmentation, DatasetConfig, ModelConfig, TrainingConfig
 from trainingplatform_sdk.training.adapter import Status
+from trainingplatform_trainer_timm import datasets as timm_datasets
 from trainingplatform_trainer_timm.adapter import TimmAdapter
 from trainingplatform_trainer_timm.datasets import load_classification_data, load_rgb
 
@@ -196,3 +197,36 @@ def _run_on(root, tmp_path, sink, *, image_size, **training) -> int:
         output_dir=tmp_path / "out",
         logger=sink,
     )
+
+
+def _digits(image_size: int, augmentation: Augmentation):
+    return load_classification_data(
+        DatasetConfig(name="digits"), image_size, augmentation, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)
+    )
+
+
+@pytest.mark.parametrize(
+    "augmentation",
+    [Augmentation(), Augmentation(enabled=True, horizontal_flip_probability=0.5, scale=0.5, color_jitter=0.3)],
+)
+def test_digits_too_large_to_upscale_in_memory_are_upscaled_per_image_with_the_same_pixels(
+    monkeypatch, augmentation
+) -> None:
+    precomputed = _digits(24, augmentation)
+    assert precomputed.train.images.shape[-2:] == (24, 24)  # 1797 x 3 x 24 x 24 x 4 bytes: under the threshold
+    # Lowered so that 24 px counts as too large, like 128 px and more does with the real threshold.
+    monkeypatch.setattr(timm_datasets, "DIGITS_PRECOMPUTE_MAX_BYTES", 1797 * 3 * 24 * 24 * 4 - 1)
+    lazy = _digits(24, augmentation)
+    assert lazy.classes == precomputed.classes
+    for split in ("train", "val"):
+        held, reference = getattr(lazy, split), getattr(precomputed, split)
+        assert held.images.shape[-2:] == (8, 8)  # only the original images are held, not the upscaled ones
+        assert len(held) == len(reference)
+        for index in (0, 7, len(held) - 1):
+            torch.manual_seed(index)  # the same random augmentation for both
+            image, label = held[index]
+            torch.manual_seed(index)
+            expected, expected_label = reference[index]
+            assert image.shape == expected.shape == (3, 24, 24)
+            assert label == expected_label
+            assert torch.allclose(image, expected, atol=1e-6)

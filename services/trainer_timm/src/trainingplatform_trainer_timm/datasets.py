@@ -2,7 +2,9 @@
 
 `digits` is scikit-learn's bundled `load_digits()` (1797 real 8x8 grey images of handwritten digits, 10 classes,
 no download), upscaled to the requested size and repeated to 3 channels, with a fixed stratified 80/20
-train/val split (1437 / 360 images) so every run and every test sees the same data.
+train/val split (1437 / 360 images) so every run and every test sees the same data. The images are upscaled once, in
+memory, while the upscaled tensors stay under `DIGITS_PRECOMPUTE_MAX_BYTES`; at larger sizes only the 8x8 images are
+held and each one is upscaled when it is loaded (the same pixels either way).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "BUILTIN_CLASS_COUNTS",
     "BUILTIN_DATASETS",
     "DIGITS_IMAGE_SIZE",
+    "DIGITS_PRECOMPUTE_MAX_BYTES",
     "ClassificationData",
     "TensorImageDataset",
     "check_dataset",
@@ -38,6 +41,11 @@ BUILTIN_DATASETS = ("digits",)
 BUILTIN_CLASS_COUNTS = {"digits": 10}
 #: Default input size of `digits`.
 DIGITS_IMAGE_SIZE = 32
+#: Largest size in bytes of the upscaled float32 `digits` tensors (1797 x 3 x image_size^2 x 4) that is computed
+#: once and held in memory: 64 px (~88 MB) and below. Above it (the size grows with its square, and image_size may
+#: be up to 8192) only the 8x8 images are held and each image is upscaled when it is loaded, so memory stays
+#: O(images x 8 x 8) plus a batch instead of killing or swapping the trainer host.
+DIGITS_PRECOMPUTE_MAX_BYTES = 256 * 1024 * 1024
 # Augmentation strengths used when `augmentation.enabled` is True and a field is left unset.
 _DEFAULT_FLIP = 0.5
 _DEFAULT_SCALE = 0.5
@@ -113,7 +121,7 @@ class ClassificationData:
 
 
 class TensorImageDataset(Dataset):
-    """Images held in memory as one float tensor (N, 3, H, W) in [0, 1], with an optional per-image transform."""
+    """Images held in memory as one float tensor (N, C, H, W) in [0, 1], with an optional per-image transform."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform | None = None) -> None:
         self.images = images
@@ -287,25 +295,47 @@ def _augmentation_transforms(augmentation: Augmentation, image_size: int) -> lis
     return transforms
 
 
+def _upscale_grey(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Grey images (N, 1, h, w) in [0, 1] upscaled bilinearly to (N, 3, image_size, image_size), still in [0, 1]."""
+    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return images.clamp(0.0, 1.0).repeat(1, 3, 1, 1)
+
+
+class _UpscaleGrey:
+    """Per-image `_upscale_grey`: (1, h, w) to (3, image_size, image_size). A class so loader workers can pickle it."""
+
+    def __init__(self, image_size: int) -> None:
+        self.image_size = image_size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return _upscale_grey(image.unsqueeze(0), self.image_size)[0]
+
+
 def _load_digits(image_size: int, train_augment: list[v2.Transform], normalize: v2.Normalize) -> ClassificationData:
     # Imported here: scikit-learn is only needed for the built-in dataset.
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    # Pixel values are 0..16; scale to [0, 1], upscale once, and repeat the grey channel for RGB models.
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    images = images.clamp(0.0, 1.0).repeat(1, 3, 1, 1)
+    # Pixel values are 0..16; scale to [0, 1]. The grey channel is repeated for RGB models when upscaled.
+    grey = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     labels = torch.tensor(digits.target, dtype=torch.long)
     train_idx, val_idx = train_test_split(
         list(range(len(labels))), test_size=0.2, random_state=0, stratify=digits.target
     )
+    classes = [str(name) for name in digits.target_names]
+    upscaled_bytes = len(labels) * 3 * image_size * image_size * grey.element_size()
+    if upscaled_bytes > DIGITS_PRECOMPUTE_MAX_BYTES:
+        # Too large to hold: keep the 8x8 images and upscale each one when it is loaded, augmentation after it.
+        upscale = _UpscaleGrey(image_size)
+        train = TensorImageDataset(grey[train_idx], labels[train_idx], v2.Compose([upscale, *train_augment, normalize]))
+        val = TensorImageDataset(grey[val_idx], labels[val_idx], v2.Compose([upscale, normalize]))
+        return ClassificationData(train=train, val=val, classes=classes)
+    images = _upscale_grey(grey, image_size)
     # Without augmentation the normalised tensors are computed once instead of per image per epoch.
     val_images = normalize(images[val_idx])
     if train_augment:
         train = TensorImageDataset(images[train_idx], labels[train_idx], v2.Compose([*train_augment, normalize]))
     else:
         train = TensorImageDataset(normalize(images[train_idx]), labels[train_idx])
-    classes = [str(name) for name in digits.target_names]
     return ClassificationData(train=train, val=TensorImageDataset(val_images, labels[val_idx]), classes=classes)
