@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from trainingplatform_backend.db import create_db_engine, migrate
 from trainingplatform_backend.models import IngestCursor, Job
 from trainingplatform_backend.store import Store
 from trainingplatform_backend.subscriptions import Hub
-from trainingplatform_sdk.errors import NotFoundError
+from trainingplatform_sdk.errors import InvalidArgumentError, NotFoundError
 
 
 @pytest.fixture
@@ -107,11 +109,21 @@ def test_a_job_created_with_dispatch_false_is_never_dispatched_even_once_its_rep
 class _RefusesValidation(FakeTrainer):
     """A trainer that has no file at the spec's dataset path (a path only another host has)."""
 
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "no dataset at /data/digits on {}"
+
     def StartTraining(self, request: Any, context: grpc.ServicerContext) -> Any:
         if request.validate_only:
             self._count("ValidateTraining")
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no dataset at /data/digits on {self.address}")
+            context.abort(self.code, self.reason.format(self.address))
         return super().StartTraining(request, context)
+
+
+class _RefusesSpec(_RefusesValidation):
+    """A trainer that refuses the spec itself (INVALID_ARGUMENT), as every replica would."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "unknown model on {}"
 
 
 def test_one_replica_refusing_for_its_own_host_does_not_fail_the_jobs(store: Store):
@@ -202,6 +214,49 @@ def test_create_job_validation_refuses_a_missing_path_only_when_every_replica_la
 
 
 # --- a framework without a trainer ----------------------------------------------------------------------------
+
+
+def test_create_job_validation_is_decided_by_the_replica_that_answers_not_the_first_listed(
+    store: Store, caplog: pytest.LogCaptureFixture
+):
+    """The replicas were asked one after another: one listed first that accepts connections but never answers (a
+    blackholed host) took the whole timeout, the others were never asked, and every spec was accepted unchecked.
+    Now they are asked at once and the first decisive answer (an accept or a refusal of the spec) decides."""
+    spec = common_pb2.JobSpec(
+        framework="timm",
+        model=common_pb2.ModelConfig(name="resnet10t"),
+        dataset=common_pb2.DatasetConfig(name="digits"),
+        training=common_pb2.TrainingConfig(epochs=1),
+    )
+    silent = socket.socket()  # listens (the kernel completes connections) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    blackholed = f"127.0.0.1:{silent.getsockname()[1]}"
+
+    async def scenario() -> None:
+        with FakeTrainer() as healthy, _RefusesSpec() as strict, _RefusesValidation() as lacking:
+            dispatcher = dispatcher_of(store, {"timm": [blackholed, healthy.address]})
+            await dispatcher.validate(spec, "job-1")
+            assert healthy.calls["ValidateTraining"] == 1  # the answer that decided
+            await dispatcher.stop()
+            dispatcher = dispatcher_of(store, {"timm": [blackholed, strict.address]})
+            with pytest.raises(InvalidArgumentError, match=f"unknown model on {strict.address}"):
+                await dispatcher.validate(spec, "job-2")
+            await dispatcher.stop()
+            # A NOT_FOUND still refuses only when every replica answers it: the silent one never does.
+            dispatcher = dispatcher_of(store, {"timm": [blackholed, lacking.address]})
+            await dispatcher.validate(spec, "job-3", timeout_s=0.5)
+            assert lacking.calls["ValidateTraining"] == 1
+            await dispatcher.stop()
+
+    with caplog.at_level(logging.INFO, logger="trainingplatform_backend.dispatch"):
+        try:
+            run(scenario)
+        finally:
+            silent.close()
+    decided = [r.getMessage() for r in caplog.records if "job-1" in r.getMessage() or "job-2" in r.getMessage()]
+    assert not [message for message in decided if "could not validate" in message or "accepting it" in message]
+    assert any("job-3" in r.getMessage() and "accepting it" in r.getMessage() for r in caplog.records)
 
 
 def test_a_job_whose_framework_lost_its_trainers_times_out_with_a_warning(

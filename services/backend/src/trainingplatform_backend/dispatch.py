@@ -261,13 +261,15 @@ class Dispatcher:
         return (("authorization", f"Bearer {self._settings.internal_token}"),)
 
     async def validate(self, spec: common_pb2.JobSpec, job_id: str, timeout_s: float = 5.0) -> None:
-        """Asks a trainer of the spec's framework to run every check StartTraining runs, starting nothing
+        """Asks the trainers of the spec's framework to run every check StartTraining runs, starting nothing
         (StartTraining with `validate_only`): CreateJob refuses at once a job that would fail at dispatch.
 
-        The trainers are asked in configuration order until one accepts, all within `timeout_s`. A trainer that is
-        down, slow or answers anything but a refusal is logged and the job accepted: the dispatch's StartTraining
-        checks it again. A NOT_FOUND may be one host's (a path only another replica has): the next trainer is
-        asked, and the job is refused only when every trainer of the framework answered NOT_FOUND.
+        Every trainer of the framework is asked at once, and the first decisive answer decides: an accept, or a
+        refusal of the spec (INVALID_ARGUMENT); the other calls are cancelled. So a trainer that accepts connections
+        but never answers (a blackholed host) does not hold up the others. A NOT_FOUND may be one host's (a path
+        only another replica has): the job is refused only when every trainer of the framework answered NOT_FOUND.
+        When no trainer answered decisively within `timeout_s` (down, slow, or anything but a refusal) that is
+        logged and the job accepted: the dispatch's StartTraining checks it again.
 
         Raises:
             InvalidArgumentError: A trainer refused the spec (INVALID_ARGUMENT), with its message.
@@ -277,38 +279,51 @@ class Dispatcher:
         from trainingplatform_sdk.errors import InvalidArgumentError, NotFoundError
 
         request = trainer_pb2.StartTrainingRequest(job_id=job_id, spec=spec, validate_only=True)
-        deadline = time.monotonic() + timeout_s
         addresses = self._settings.trainers.get(spec.framework, [])
-        not_found: list[str] = []
-        for address in addresses:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
+
+        async def ask(address: str) -> grpc.aio.AioRpcError | None:
             try:
-                await self._stub(address).StartTraining(request, metadata=self._metadata(), timeout=left)
-                return
+                await self._stub(address).StartTraining(request, metadata=self._metadata(), timeout=timeout_s)
             except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise InvalidArgumentError(error.details() or "the trainer refused the job spec") from None
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    not_found.append(error.details() or "the trainer found no such file")
-                    if len(not_found) < len(addresses):
-                        log.info("job %s: trainer %s: %s; asking the next one", job_id, address, not_found[-1])
-                    continue
-                log.info(
-                    "job %s: trainer %s could not validate the spec (%s %s); accepting it, the dispatch checks it",
-                    job_id,
-                    address,
-                    error.code().name,
-                    error.details(),
-                )
-        if not_found and len(not_found) == len(addresses):
-            if len(set(not_found)) == 1:
-                raise NotFoundError(not_found[0])
-            raise NotFoundError(
-                "; ".join(f"{address}: {reason}" for address, reason in zip(addresses, not_found, strict=True))
-            )
-        log.info("job %s: no trainer validated the spec; accepted, the dispatch checks it", job_id)
+                return error
+            return None
+
+        asked = {asyncio.ensure_future(ask(address)): address for address in addresses}
+        pending = set(asked)
+        not_found: dict[str, str] = {}
+        deadline = time.monotonic() + timeout_s
+        try:
+            while pending and (left := deadline - time.monotonic()) > 0:
+                done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=lambda task: addresses.index(asked[task])):
+                    address, error = asked[task], task.result()
+                    if error is None:
+                        return
+                    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                        raise InvalidArgumentError(error.details() or "the trainer refused the job spec")
+                    if error.code() == grpc.StatusCode.NOT_FOUND:
+                        not_found[address] = error.details() or "the trainer found no such file"
+                        log.info("job %s: trainer %s: %s", job_id, address, not_found[address])
+                        continue
+                    log.info(
+                        "job %s: trainer %s could not validate the spec (%s %s)",
+                        job_id,
+                        address,
+                        error.code().name,
+                        error.details(),
+                    )
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in pending:
+            log.info("job %s: trainer %s did not answer within %.1f s", job_id, asked[task], timeout_s)
+        if not_found and not_found.keys() == set(addresses):
+            reasons = {address: not_found[address] for address in addresses}  # in configuration order
+            if len(set(reasons.values())) == 1:
+                raise NotFoundError(not_found[addresses[0]])
+            raise NotFoundError("; ".join(f"{address}: {reason}" for address, reason in reasons.items()))
+        log.info("job %s: no trainer validated the spec; accepting it, the dispatch checks it", job_id)
 
     def _replicas(self, framework: str) -> list[str]:
         """The framework's trainers, least loaded first, those that refused a job in the last REFUSAL_MEMORY_S
