@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from support.backend import BackendProcess
 from support.tp import TP, backend_env
+from trainingplatform_sdk.cli.run import masked_command
 from trainingplatform_sdk.clients import Job, JobsClient, LogLine
 
 OLD_SCRIPT = Path(__file__).parents[1] / "sdk" / "old_style_train.py"
@@ -366,6 +367,54 @@ def test_a_multi_line_command_gets_a_default_name_and_a_name_with_a_line_break_i
     assert len(lines) == 1 and "--name" in lines[0] and "control character" in lines[0], named.stderr
 
 
+def test_secret_arguments_are_masked_in_the_default_name_and_the_status_reason(
+    backend: BackendProcess, tmp_path: Path
+) -> None:
+    # The default name and the RUNNING reason were the whole command line: a `--api-key SECRET` given to the script
+    # was stored in the backend and shown by `tp jobs`, `tp show` and the dashboard to everyone who reads jobs.
+    path = script(tmp_path, "train.py", "import sys; print('args:', sys.argv[1:])")
+    command = ["env", "HF_TOKEN=env-secret", sys.executable, path, "--api-key", "flag-secret", "--lr", "0.1"]
+    result = tp_run(backend, tmp_path, "--", *command, "--db=postgres://me:url-secret@db/x")
+    assert result.returncode == 0, result.stderr
+    # The script gets the real arguments.
+    assert "'--api-key', 'flag-secret', '--lr', '0.1', '--db=postgres://me:url-secret@db/x'" in result.stdout
+    job_id = job_of(result.stderr)
+    job, _ = read_job(backend, job_id)
+    expected = f"env HF_TOKEN=*** {sys.executable} {path} --api-key *** --lr 0.1 --db=postgres://me:***@db/x"
+    assert job.display_name == expected[:200], job.display_name
+    reasons = [event.reason for event in job.status_events]
+    assert f"tp run: {expected}" in reasons, reasons
+    stored = " ".join([job.display_name, *reasons, result.stderr])
+    assert "secret" not in stored.replace(f"{tmp_path}", ""), stored
+
+
+@pytest.mark.parametrize(
+    ("command", "masked"),
+    [
+        (["python", "t.py", "--api-key", "X", "--epochs", "3"], "python t.py --api-key *** --epochs 3"),
+        (["python", "t.py", "--API_KEY=X", "--token", "Y"], "python t.py --API_KEY=*** --token ***"),
+        (["t", "--password=X", "--passwd", "Y", "--secret", "Z"], "t --password=*** --passwd *** --secret ***"),
+        (["t", "--auth-header", "X", "--Authorization=Y"], "t --auth-header *** --Authorization=***"),
+        (["t", "--credentials", "X", "--credential=Y"], "t --credentials *** --credential=***"),
+        (
+            ["t", "--access-key", "X", "--private-key=Y", "--apiKey", "Z"],
+            "t --access-key *** --private-key=*** --apiKey ***",
+        ),
+        (["t", "--hf-token", "--epochs", "2"], "t --hf-token --epochs 2"),  # no value: the next flag stays
+        (["env", "AWS_SECRET_ACCESS_KEY=X", "python", "t.py"], "env AWS_SECRET_ACCESS_KEY=*** python t.py"),
+        (["t", "model.api_key=X", "lr=0.1"], "t model.api_key=*** lr=0.1"),
+        (["t", "--db", "postgresql://u:X@host:5432/db"], "t --db postgresql://u:***@host:5432/db"),
+        (["t", "--monkey", "X", "--keyboard", "Y", "--tokenizer", "Z"], "t --monkey X --keyboard Y --tokenizer Z"),
+        (["sh", "-c", "python t.py --token X\necho done"], "sh -c 'python t.py --token ***\necho done'"),
+        (["t", "--name", "a b", "--api-key="], "t --name 'a b' --api-key="),
+    ],
+)
+def test_masked_command_hides_the_values_of_secret_looking_arguments(
+    database_url: str, command: list[str], masked: str
+) -> None:
+    assert masked_command(command) == masked
+
+
 def test_help_says_that_the_command_reads_an_empty_stdin_on_a_terminal(database_url: str) -> None:
     # From a terminal the command gets an empty stdin (input(), breakpoint() and pdb end with EOFError): in a
     # process group of its own, which keeps Ctrl-C going through tp run, reading the terminal would stop it.
@@ -373,3 +422,4 @@ def test_help_says_that_the_command_reads_an_empty_stdin_on_a_terminal(database_
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "empty stdin" in text and "EOFError" in text and "< input.txt" in text, text
+    assert "secret-looking arguments" in text and "--api-key X" in text and "as ***" in text, text

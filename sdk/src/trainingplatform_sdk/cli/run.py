@@ -3,7 +3,9 @@
     tp run [--name N] [--framework F] [--model M] [--dataset D] -- python my_train.py --epochs 3
 
 1. Creates a job that no trainer service runs (`dispatch=false`; framework `custom`, model the script's name,
-   dataset `custom` and the command's `--epochs` unless given) and moves it to RUNNING.
+   dataset `custom` and the command's `--epochs` unless given) and moves it to RUNNING. Its default name, the
+   RUNNING reason and what `tp run` says show the command with the values of secret-looking arguments as `***`
+   (`masked_command`: secrets never reach the job's records); the command gets them as given.
 2. Runs the command with, in its environment: `BACKEND_API_URL` (the backend `tp` uses), `JOB_TELEMETRY_TOKEN`
    (the job's token; the platform's other tokens, `REMOVED_ENVS`, are removed), the job id as `TP_JOB_ID` and as
    `JOB_ID` (the old guide's scripts read `--job-id` from it), `TP_RUN_JOB_ID` (see below) and `PYTHONUNBUFFERED=1`. So
@@ -72,7 +74,7 @@ from trainingplatform_sdk.telemetry.relay import RELAY_JOB_ENV, RELAY_MARKER, pa
 from trainingplatform_sdk.telemetry.spool import Spool, read_state
 from trainingplatform_sdk.telemetry.values import job_status
 
-__all__ = ["add_run_parser", "resume_delivery", "run_tracked"]
+__all__ = ["add_run_parser", "masked_command", "resume_delivery", "run_tracked"]
 
 #: Environment variables the command gets besides BACKEND_API_URL and JOB_TELEMETRY_TOKEN: the job id.
 JOB_ID_ENVS = ("TP_JOB_ID", "JOB_ID")
@@ -128,7 +130,12 @@ def add_run_parser(commands: Any) -> argparse.ArgumentParser:
         "run, and a background group that reads the terminal is stopped); give it input with `< input.txt` or a "
         "pipe, or run it without tp run to debug it.",
     )
-    parser.add_argument("--name", help="the job's display name (default: the command)")
+    parser.add_argument(
+        "--name",
+        help="the job's display name (default: the command, with the values of secret-looking arguments, such as "
+        "--api-key X, --password=X, AWS_SECRET_ACCESS_KEY=X and the password in user:password@ of a URL, as ***; "
+        "the command itself gets them as given)",
+    )
     parser.add_argument("--framework", default="custom", help="the job's framework label (default: custom)")
     parser.add_argument("--model", help="the job's model label (default: the script's file name)")
     parser.add_argument("--dataset", default="custom", help="the job's dataset label (default: custom)")
@@ -165,9 +172,76 @@ def _script_name(command: Sequence[str]) -> str:
     return Path(command[0]).name
 
 
+#: The word parts of an argument's name that make its value a secret (`--api-key`, `AWS_SECRET_ACCESS_KEY=`); a part
+#: starting with `auth` (`--auth-header`, `--authorization`) does too.
+_SECRET_PARTS = frozenset(
+    {
+        *("token", "tokens", "secret", "secrets", "password", "passwords", "passwd", "key", "keys"),
+        *("credential", "credentials", "apikey", "accesstoken"),
+    }
+)
+_NAME_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_FLAG = re.compile(r"(--?([A-Za-z][\w.-]*))(?:(=)(.*))?", re.DOTALL)
+_ASSIGNMENT = re.compile(r"([A-Za-z_][\w.]*=)(.*)", re.DOTALL)
+_URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^\s/@:]*:)([^\s/@]+)(?=@)")
+#: What a secret value is shown as.
+MASK = "***"
+
+
+def _secret_name(name: str) -> bool:
+    parts = [part.lower() for part in _NAME_PARTS.findall(name)]
+    return any(part in _SECRET_PARTS or part.startswith("auth") for part in parts)
+
+
+def _masked_word(word: str, secret: bool) -> tuple[list[tuple[str, bool]], bool]:
+    """One word of a command as pieces (text, whether it is a secret value), and whether the next word is the value
+    of a secret flag. `secret`: this word is (the value of a secret flag before it)."""
+    if secret and word and not word.startswith("-"):
+        return [(word, True)], False
+    flag = _FLAG.fullmatch(word)
+    if flag and _secret_name(flag.group(2)):
+        if flag.group(3) is None:
+            return [(word, False)], True
+        return [(flag.group(1) + "=", False), (flag.group(4), True)] if flag.group(4) else [(word, False)], False
+    assignment = None if flag else _ASSIGNMENT.fullmatch(word)
+    if assignment and assignment.group(2) and _secret_name(assignment.group(1)):
+        return [(assignment.group(1), False), (assignment.group(2), True)], False
+    pieces: list[tuple[str, bool]] = []
+    start = 0
+    for found in _URL_PASSWORD.finditer(word):  # scheme://user:password@host
+        pieces += [(word[start : found.end(1)], False), (found.group(2), True)]
+        start = found.end()
+    return [*pieces, (word[start:], False)], False
+
+
+def masked_command(command: Sequence[str]) -> str:
+    """The command as shell text (`shlex.join`) with the values of secret-looking arguments as `***`: of a flag
+    whose name has a word part token, secret, password, passwd, key, credential(s) or auth... (`--api-key X`,
+    `--api_key=X`, `--authorization X`; any case), of a `NAME=value` word whose NAME has one
+    (`AWS_SECRET_ACCESS_KEY=x`), and the password of a URL (`scheme://user:***@host`); the same inside a word that
+    is a script (`sh -c '... --token X'`). For what `tp run` stores and says: the command runs as given."""
+    words: list[str] = []
+    secret = False
+    for word in command:
+        if any(character.isspace() for character in word):  # a script (`sh -c`, `python -c`): its words
+            parts = re.split(r"(\s+)", word)
+            inner = False
+            for index in range(0, len(parts), 2):
+                if parts[index]:
+                    pieces, inner = _masked_word(parts[index], inner)
+                    parts[index] = "".join(MASK if hidden else text for text, hidden in pieces)
+            words.append(shlex.quote("".join(parts)))
+            secret = False
+            continue
+        pieces, secret = _masked_word(word, secret)
+        words.append("".join(MASK if hidden else shlex.quote(text) for text, hidden in pieces if text))
+    return " ".join(words)
+
+
 def _display_name(name: str | None, command: Sequence[str]) -> str:
-    """The job's display name: `--name`, else the command with its control characters (a line break in a
-    `sh -c` script) as spaces, which the backend refuses in a name.
+    """The job's display name: `--name`, else the command with its secret-looking values as `***`
+    (`masked_command`) and its control characters (a line break in a `sh -c` script) as spaces, which the backend
+    refuses in a name.
 
     Raises:
         CliError: `--name` holds a control character.
@@ -177,7 +251,7 @@ def _display_name(name: str | None, command: Sequence[str]) -> str:
         if found:
             raise CliError(f"--name must not hold control characters; it holds {found.group()!r}")
         return name
-    return _CONTROL.sub(" ", shlex.join(command))[:200]
+    return _CONTROL.sub(" ", masked_command(command))[:200]
 
 
 def _epochs_of(command: Sequence[str]) -> int:
@@ -482,8 +556,8 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
     try:
         for signum in FORWARDED_SIGNALS:
             previous[signum] = signal.signal(signum, run.forward)
-        logger.update_status("running", reason=f"tp run: {shlex.join(command)}"[:1000])
-        _say(f"job {job_id} ({args.name or _script_name(command)}): running {shlex.join(command)}")
+        logger.update_status("running", reason=f"tp run: {masked_command(command)}"[:1000])
+        _say(f"job {job_id} ({args.name or _script_name(command)}): running {masked_command(command)}")
         env = {**os.environ, "BACKEND_API_URL": address, "JOB_TELEMETRY_TOKEN": token, RELAY_JOB_ENV: job_id}
         env.update(dict.fromkeys(JOB_ID_ENVS, job_id))
         env["PYTHONUNBUFFERED"] = "1"
@@ -505,7 +579,7 @@ def run_tracked(args: argparse.Namespace, client: JobsClient, address: str) -> i
                 process_group=0,
             )
         except OSError as error:
-            message = f"cannot run {command[0]}: {error.strerror or error}"
+            message = f"cannot run {masked_command(command[:1])}: {error.strerror or error}"
             logger.log_message(message, level="ERROR")
             logger.update_status("failed", error=message)
             _say(f"{message}; job {job_id} FAILED")
