@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 from support.proxy import ChaosProxy
+from trainer_service.trainer_process import wait_until
 from trainingplatform_sdk.training.adapter import NullSink, Status, TrainingResult
 from trainingplatform_sdk.training.artifacts import StorageError
-from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings
+from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings, StopRequested
 
 PASSWORD = "pw-s3cr3t"
 
@@ -163,3 +164,67 @@ def test_a_superseded_attempt_of_the_job_does_not_overwrite_the_current_ones_fil
     assert json.loads(read(current.artifacts["results"]))["status"] == "completed"
     assert read(stale.artifacts["last_checkpoint"]) == b"weights of run-a"
     assert "/job-2/run-b/" in current.artifacts["results"]
+
+
+def test_a_cancel_between_retries_stops_them_and_the_job_ends_cancelled(
+    s3, proxy, mlflow_server, tmp_path, monkeypatch
+) -> None:
+    recorder, lines, output_dir = start(
+        s3,
+        proxy,
+        tmp_path,
+        monkeypatch,
+        TP_ARTIFACTS_UPLOAD_RETRY_S="600",
+        TP_MLFLOW_ENABLED="true",
+        MLFLOW_TRACKING_URI=mlflow_server.uri,
+        MLFLOW_EXPERIMENT_NAME="final-upload-retry",
+    )
+    assert recorder.run is not None
+    (output_dir / "weights" / "last.pt").write_bytes(b"l" * 4096)
+    result = TrainingResult(
+        status=Status.COMPLETED,
+        epochs_completed=3,
+        best_checkpoint=output_dir / "weights/best.pt",
+        last_checkpoint=output_dir / "weights/last.pt",
+    )
+    proxy.close()  # S3 gone for longer than the first retries
+    stop = threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def finish() -> None:
+        try:
+            recorder.finish(result, stop=stop.is_set)
+            outcome.append(None)
+        except BaseException as error:  # handed to the test's thread
+            outcome.append(error)
+
+    def retries() -> list[str]:
+        return [m for level, m in lines.lines if level == "WARNING" and "retrying in" in m]
+
+    finishing = threading.Thread(target=finish, daemon=True)
+    finishing.start()
+    wait_until(lambda: len(retries()) >= 2, timeout=30)  # 1 s, then 2 s: waiting to retry again
+    stop.set()  # tp-train's SIGTERM handler sets this
+    finishing.join(timeout=60)  # a guard against a hang, far below the 600 s budget
+    assert not finishing.is_alive(), "the retries went on after the cancel"
+    retried = len(retries())
+
+    # As tp-train does: a cancel during finish is StopRequested, then abort(CANCELLED); not StorageError (FAILED).
+    assert len(outcome) == 1 and isinstance(outcome[0], StopRequested), outcome
+    recorder.abort(Status.CANCELLED, result=result)
+
+    assert len(retries()) == retried  # no retry after the cancel
+    # Nothing reached the store: no URI claims it did (docs/tracking.md, "Cancelled while the results are stored").
+    assert set(recorder.artifacts) == {"config"}
+    local = json.loads((output_dir / "results.json").read_text())
+    assert local["status"] == "cancelled" and "error" not in local
+    client = recorder.run.client
+    assert client.get_run(recorder.run.run_id).info.status == "KILLED"
+    stored = {a.path for a in client.list_artifacts(recorder.run.run_id)}
+    stored |= {a.path for a in client.list_artifacts(recorder.run.run_id, "checkpoints")}
+    # MLflow is up while S3 is not: the cancelled run still gets the last checkpoint and results.json, as when S3
+    # is up ("the last checkpoint and results.json are stored best effort").
+    assert {"checkpoints/last.pt", "results.json", "config.json"} <= stored
+    mlflow_results = Path(client.download_artifacts(recorder.run.run_id, "results.json", str(tmp_path / "dl")))
+    assert json.loads(mlflow_results.read_text())["status"] == "cancelled"
+    assert not any(PASSWORD in m or s3.secret_key in m for _, m in lines.lines)

@@ -20,6 +20,7 @@ During training, `wrap()`'s sink logs each epoch summary's metrics to MLflow (on
   store holds its files, and one WARNING line says what the run misses and where the files are (only on the
   trainer's disk when TP_ARTIFACTS_BUCKET is not set).
 - cancelled or failed: the last checkpoint and results.json are stored best effort (a problem is a WARNING line),
+  in the artifact store and in the MLflow run independently (one of them down does not keep them from the other),
   and the run ends KILLED or FAILED.
 - the training process died before it could end the run (SIGKILL after the cancel grace, the kernel's OOM killer,
   a crash): `mlflow_run.json` in the output directory names the run and says whether the process ended it, and
@@ -335,6 +336,9 @@ class JobRecorder:
         After `finish` (a cancel while it stored the results), files it already stored are not sent again, the
         stored results.json is replaced and the run is ended again, with the status given here.
 
+        The artifact store and the MLflow run each get what they can take: a failed upload to one (S3 down, the
+        cancel having stopped `finish`'s retries) does not keep the files from the other.
+
         Never raises: a problem is logged as a WARNING line in the job's logs.
 
         Args:
@@ -343,19 +347,30 @@ class JobRecorder:
             last_checkpoint: The last checkpoint, when no result names it.
         """
         checkpoint = (result.last_checkpoint if result else None) or last_checkpoint
+        checkpoint = Path(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
         try:
-            results = self._write_results(result, status=status)
-            checkpoint = Path(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
+            results: Path | None = self._write_results(result, status=status)
+        except Exception as error:
+            results = None
+            self._warn(f"Writing the {status.value} job's results.json failed: {error}")
+        # The artifact store and the MLflow run each get what they can: one of them down (S3 restarting while
+        # MLflow is up, a cancel during the final uploads' retries) does not keep the files from the other.
+        try:
             if checkpoint is not None and (checkpoint, "weights/last.pt") not in self._stored:
                 self.artifacts["last_checkpoint"] = self._upload(checkpoint, "weights/last.pt")
-            self.artifacts["results"] = self._upload(results, "results.json")
-            if self.run is not None:
+            if results is not None:
+                self.artifacts["results"] = self._upload(results, "results.json")
+        except Exception as error:
+            self._warn(f"Storing the {status.value} job's last checkpoint and results.json failed: {error}")
+        if self.run is not None:
+            try:
                 # After `finish`, the run may hold the best checkpoint already: that one is kept, not sent again.
                 if checkpoint is not None and not any(folder == "checkpoints" for _, folder in self._logged):
                     self._log_to_mlflow(checkpoint, "checkpoints")
-                self._log_to_mlflow(results, None)
-        except Exception as error:
-            self._warn(f"Storing the {status.value} job's last checkpoint failed: {error}")
+                if results is not None:
+                    self._log_to_mlflow(results, None)
+            except Exception as error:
+                self._warn(f"The {status.value} job's MLflow run {self.run.run_id} is missing files: {error}")
         if self.artifacts:
             self.logger.report_run_info(artifacts=dict(self.artifacts))
         self._end_run(status)
