@@ -3,6 +3,7 @@ a real backend, and `tp-train` run as a subprocess exactly as a trainer service 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,14 +53,17 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
         server.close()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory, s3: SeaweedS3) -> Iterator[MlflowServer]:
-    """An MLflow server whose artifacts go to `s3://tp-artifacts/mlflow` (server-proxied)."""
+@contextlib.contextmanager
+def running_mlflow_server(
+    data_dir: Path, s3: SeaweedS3, *, prefix: str = "mlflow", s3_endpoint_url: str | None = None
+) -> Iterator[MlflowServer]:
+    """An MLflow server whose artifacts go to `s3://tp-artifacts/<prefix>` (server-proxied), reaching SeaweedFS at
+    `s3_endpoint_url` (default its own URL; a proxy's to put a slow or broken link in between)."""
     server = MlflowServer(
-        tmp_path_factory.mktemp("mlflow"),
-        artifacts_destination=f"s3://{s3.bucket}/mlflow",
+        data_dir,
+        artifacts_destination=f"s3://{s3.bucket}/{prefix}",
         env={
-            "MLFLOW_S3_ENDPOINT_URL": s3.endpoint_url,
+            "MLFLOW_S3_ENDPOINT_URL": s3_endpoint_url or s3.endpoint_url,
             "AWS_ACCESS_KEY_ID": s3.access_key,
             "AWS_SECRET_ACCESS_KEY": s3.secret_key,
             "AWS_DEFAULT_REGION": "us-east-1",
@@ -69,6 +73,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, s3: SeaweedS3) -> It
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory, s3: SeaweedS3) -> Iterator[MlflowServer]:
+    """An MLflow server whose artifacts go to `s3://tp-artifacts/mlflow` (server-proxied)."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow"), s3) as server:
+        yield server
 
 
 @dataclass

@@ -13,6 +13,8 @@ from support.mlflow_server import MlflowServer
 from support.throttled_proxy import ThrottledProxy
 from trainingplatform_sdk.training.tracking import MlflowRun, TrackingSettings
 
+from .conftest import running_mlflow_server
+
 RATE = 1_000_000  # bytes/s from the MLflow server to S3
 SIZE = 2 * 1024 * 1024
 
@@ -28,20 +30,13 @@ def slow_s3(s3) -> Iterator[ThrottledProxy]:
 
 @pytest.fixture(scope="module")
 def slow_mlflow(tmp_path_factory: pytest.TempPathFactory, s3, slow_s3: ThrottledProxy) -> Iterator[MlflowServer]:
-    server = MlflowServer(
+    with running_mlflow_server(
         tmp_path_factory.mktemp("mlflow-slow-s3"),
-        artifacts_destination=f"s3://{s3.bucket}/mlflow-slow",
-        env={
-            "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{slow_s3.port}",
-            "AWS_ACCESS_KEY_ID": s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        },
-    ).start()
-    try:
+        s3,
+        prefix="mlflow-slow",
+        s3_endpoint_url=f"http://127.0.0.1:{slow_s3.port}",
+    ) as server:
         yield server
-    finally:
-        server.close()
 
 
 def test_a_checkpoint_slower_to_reach_s3_than_the_request_timeout_is_uploaded_once(
