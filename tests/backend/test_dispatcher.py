@@ -147,6 +147,41 @@ def test_one_replica_refusing_for_its_own_host_does_not_fail_the_jobs(store: Sto
     run(scenario)
 
 
+def test_a_replica_that_did_not_answer_goes_after_those_that_did(store: Store, caplog: pytest.LogCaptureFixture):
+    """A replica that accepts connections but never answers (a blackholed host) has no jobs, so least loaded asked
+    it first in every pass and each job waited out the call timeout before the healthy replica got it. Now a
+    replica whose last StartTraining was UNAVAILABLE or DEADLINE_EXCEEDED goes after those that answered."""
+    silent = socket.socket()  # listens (the kernel completes connections) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    blackholed = f"127.0.0.1:{silent.getsockname()[1]}"
+
+    async def scenario() -> None:
+        with FakeTrainer() as healthy:
+            dispatcher = dispatcher_of(store, {"timm": [blackholed, healthy.address]}, call_timeout_s=0.5)
+            first = new_job(store)  # nothing known yet: the silent replica, listed first and least loaded, is asked
+            await settle(dispatcher)
+            assert [run.job_id for run in healthy.runs] == [first]
+            assert store.get_job(first).job.dispatch_attempt == 2  # attempt 1 went to the silent replica
+            # The healthy replica runs one job, the silent none: least loaded would ask the silent one first.
+            second = new_job(store)
+            await settle(dispatcher)
+            assert [run.job_id for run in healthy.runs] == [first, second]
+            job = store.get_job(second).job
+            assert (job.dispatch_attempt, job.dispatch_attempt_address) == (1, healthy.address)  # the only one asked
+            # Not dropped: it is still tried, after the replicas that answered.
+            assert dispatcher._replicas("timm") == [healthy.address, blackholed]
+            await dispatcher.stop()
+
+    with caplog.at_level(logging.INFO, logger="trainingplatform_backend.dispatch"):
+        try:
+            run(scenario)
+        finally:
+            silent.close()
+    superseded = [r.getMessage() for r in caplog.records if "cancelling any run on" in r.getMessage()]
+    assert len(superseded) == 1  # the first job's; the second was never sent to the silent replica
+
+
 def test_a_job_every_replica_refuses_fails_naming_each_reason(store: Store):
     async def scenario() -> None:
         with (

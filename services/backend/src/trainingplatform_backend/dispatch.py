@@ -10,7 +10,9 @@ dispatching the jobs still queued.
 
 Replica policy: a framework may list several trainer addresses (TP_TRAINERS). A job goes to the replica with the
 fewest of this database's live (QUEUED or RUNNING) jobs, ties broken in configuration order, except that a replica
-which refused a job in the last REFUSAL_MEMORY_S (5 minutes) goes after those that did not. When a replica is
+which refused a job in the last REFUSAL_MEMORY_S (5 minutes) goes after those that did not, and one whose last
+StartTraining was UNAVAILABLE or DEADLINE_EXCEEDED (down, or a host that accepts connections and never answers)
+goes last until it answers again: still tried, but no longer costing every pass the call timeout. When a replica is
 unreachable or full (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), or refuses the job for a reason of its own
 host (FAILED_PRECONDITION: a precondition of its own; NOT_FOUND: a dataset path that exists only on another host),
 the next one is tried. (A trainer that cannot start a process at all, its disk full or a permission, answers
@@ -107,6 +109,9 @@ RETRY_NEXT = frozenset(
 REFUSED_HERE = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
 # A replica that refused a job goes after the others for this long.
 REFUSAL_MEMORY_S = 300.0
+# A replica whose last StartTraining ended so (unreachable, or no answer in time) goes after the others until it
+# answers again: a host that accepts connections and never answers would otherwise cost every pass the call timeout.
+UNANSWERED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 ENDED_RUN_STATES = frozenset(
     {trainer_pb2.RUN_STATE_SUCCEEDED, trainer_pb2.RUN_STATE_FAILED, trainer_pb2.RUN_STATE_CANCELLED}
 )
@@ -185,6 +190,7 @@ class Dispatcher:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unreachable_since: dict[str, float] = {}
         self._refused_at: dict[str, float] = {}  # replica -> when it last refused a job (REFUSED_HERE)
+        self._unanswered: set[str] = set()  # replicas whose last StartTraining ended UNANSWERED
         self._stray_stopped: set[tuple[str, str]] = set()
         # Per live job (pruned each lease round): telemetry seen, since when it is quiet, since when its run ended.
         self._last_committed: dict[str, int] = {}
@@ -327,7 +333,7 @@ class Dispatcher:
 
     def _replicas(self, framework: str) -> list[str]:
         """The framework's trainers, least loaded first, those that refused a job in the last REFUSAL_MEMORY_S
-        last."""
+        after those that did not, and those whose last StartTraining went unanswered (UNANSWERED) last."""
         addresses = self._settings.trainers.get(framework, [])
         with self._store.engine.connect() as conn:
             load = dict(
@@ -344,6 +350,7 @@ class Dispatcher:
         return sorted(
             addresses,
             key=lambda address: (
+                address in self._unanswered,
                 now - self._refused_at.get(address, -REFUSAL_MEMORY_S) < REFUSAL_MEMORY_S,
                 load.get(address, 0),
             ),
@@ -540,6 +547,10 @@ class Dispatcher:
             except grpc.aio.AioRpcError as error:
                 details = error.details()
                 reasons.append(f"{address}: {error.code().name} {details}")
+                if error.code() in UNANSWERED:
+                    self._unanswered.add(address)
+                else:
+                    self._unanswered.discard(address)
                 if error.code() in RETRY_NEXT:
                     busy = busy or error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                     continue
@@ -571,6 +582,7 @@ class Dispatcher:
                 trainer_address=address,
                 trainer_run_id=response.run_id,
             )
+            self._unanswered.discard(address)
             if status is None:
                 # A later attempt superseded this one (this backend lost its claim while the trainer answered):
                 # the job is the later attempt's. Its dispatcher cancelled this trainer's run, maybe before the
