@@ -34,6 +34,20 @@ def _fill_form(page: Any, stack: Platform, name: str) -> None:
     page.fill("#advanced_config", _QUICK)
 
 
+def test_the_create_button_waits_for_the_frameworks_list(page: Any, stack: Platform) -> None:
+    """Before, "Create job" was live while the framework select still said "Loading…" (value ""), and a click then
+    sent a job with no framework: under load the form's first click failed that way."""
+    held: list[Any] = []
+    page.route("**/api/frameworks", lambda route: held.append(route))
+    page.goto(f"{stack.url}/new")
+    wait_until(lambda: bool(held), 30, "the page did not ask for the frameworks")
+    assert page.locator("#framework").input_value() == ""
+    assert page.evaluate("document.querySelector('#submit').disabled"), "Create is live before a framework is listed"
+    held[0].continue_()
+    wait_js(page, "!document.querySelector('#submit').disabled")
+    assert page.locator("#framework").input_value() == "timm"
+
+
 @pytest.mark.timeout(120)
 def test_the_create_button_stays_disabled_while_the_new_jobs_page_loads(
     page: Any, stack: Platform, tmp_path: Path

@@ -125,7 +125,8 @@ function body() {
 }
 
 const formError = el("p", { class: "error-text", id: "form-error", role: "alert" });
-const submit = el("button", { type: "submit", class: "button primary", id: "submit", text: "Create job" });
+// Disabled until loadFrameworks() has filled the framework select: a create meanwhile would send no framework.
+const submit = el("button", { type: "submit", class: "button primary", id: "submit", text: "Create job", disabled: true });
 const form = el("form", { class: "new-job", id: "new-job", novalidate: true });
 
 for (const field of FIELDS) {
@@ -155,6 +156,7 @@ async function loadFrameworks() {
   } catch (error) {
     select.replaceChildren(...KNOWN_FRAMEWORKS.map((name) => el("option", { value: name, text: name })));
     frameworkNote.textContent = `Could not read which frameworks the backend runs (${error.message}).`;
+    submit.disabled = false;
     return;
   }
   const offered = new Set(listed.map((framework) => framework.name));
@@ -173,8 +175,8 @@ async function loadFrameworks() {
   }
   select.replaceChildren(...options);
   select.value = listed.length ? listed[0].name : "";
+  submit.disabled = !listed.length;
   if (!listed.length) {
-    submit.disabled = true;
     frameworkNote.textContent =
       "The backend has no trainer service configured, so it can run no job: start the stack with `tp up`, or set " +
       "the backend's TP_TRAINERS.";
