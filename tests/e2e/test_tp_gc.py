@@ -5,8 +5,8 @@
   other jobs' files); only a plain MLflow run id (32 lowercase hex) of a job whose tracking URI is the data
   directory's own store has its `mlartifacts` copy deleted;
 - a job that ended at the backend while its training process lives (CANCELLED during the cancel grace, FAILED by
-  the lease) keeps its files: a run directory whose run.json is missing, not reported, names a live process, or
-  whose mlflow_run.json names a run not ended, is skipped with the reason said.
+  the lease) keeps its files: a run directory whose run.json is missing (and that changed in the last day), not
+  reported, names a live process, or whose mlflow_run.json names a run not ended, is skipped with the reason said.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,14 @@ def test_the_files_of_a_run_still_in_use_stay(stack: Stack) -> None:
     starting = stack.ended_job()
     (data / "runs" / starting / "r1").mkdir(parents=True)  # no run.json yet: its trainer is starting it
     skipped["no run.json"] = starting
+    # A start that never finished (its trainer died between making the directory and writing run.json), long ago.
+    abandoned = stack.ended_job()
+    stale = data / "runs" / abandoned / "r1"
+    (stale / "weights").mkdir(parents=True)
+    (stale / "train.log").write_text("")
+    day_ago = time.time() - 24 * 3600 - 60
+    for path in (stale / "weights", stale / "train.log", stale):
+        os.utime(path, (day_ago, day_ago))
     # One job with an ended run beside a live one keeps both: its artifacts may still be written.
     mixed = stack.ended_job()
     stack.run_dir(mixed, "old", pid=gone.pid, pid_start_time=1)
@@ -170,6 +179,7 @@ def test_the_files_of_a_run_still_in_use_stay(stack: Stack) -> None:
     result = stack.gc("--keep", "0")
     assert result.returncode == 0, result.stderr
     assert not (data / "runs" / done).exists(), result.stdout
+    assert not (data / "runs" / abandoned).exists(), result.stdout
     for why, job_id in skipped.items():
         assert (data / "runs" / job_id).exists(), (why, result.stdout)
         assert f"skipping {job_id}" in result.stdout, (why, result.stdout)

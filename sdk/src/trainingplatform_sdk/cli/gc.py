@@ -11,7 +11,8 @@ delete them:
   a name looked up in each experiment directory, never a pattern or a path;
 - a job can be ended at the backend while its training process still runs (CANCELLED during the cancel grace,
   FAILED by the lease while its trainer is unreachable, a stray run): a job is skipped, with the reason said, when
-  one of its run directories has no run.json (its trainer is starting it), a run.json whose end the trainer has
+  one of its run directories has no run.json (its trainer is starting it; unless nothing in it changed for a day:
+  a start that never finished), a run.json whose end the trainer has
   not reported (it still needs run.json and the spool to do so), names a process that is alive (pid and start
   time), or an mlflow_run.json that names an MLflow run not ended.
 
@@ -29,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,8 +54,8 @@ DESCRIPTION = (
     "(artifacts/<job>) and the copy of a job's MLflow run in the data directory's own MLflow store "
     "(mlartifacts; only for a job whose tracking URI is that store and whose run id is a plain MLflow run id, 32 "
     "hex digits). The job records and MLflow runs stay. A job whose training process may still run is skipped, "
-    "with the reason: a run directory without run.json, one whose end its trainer has not reported, whose process "
-    "is alive, or whose mlflow_run.json names an MLflow run not ended."
+    "with the reason: a run directory without run.json that changed in the last day, one whose end its trainer "
+    "has not reported, whose process is alive, or whose mlflow_run.json names an MLflow run not ended."
 )
 
 
@@ -145,6 +147,20 @@ def _mlflow_copies(job: Job, data_dir: Path) -> tuple[list[Path], str]:
     return [path for path in candidates if _inside(path, store)], ""
 
 
+ABANDONED_START_S = 24 * 3600
+"""A run directory without run.json in which nothing changed for this long is an abandoned start: a trainer writes
+run.json within a second of making the directory, and a training process writes its log at least every epoch."""
+
+
+def _last_change(run: Path) -> float:
+    """The newest modification time of `run` and of what it holds (symlinks not followed)."""
+    newest = 0.0
+    for path in (run, *run.rglob("*")):
+        with contextlib.suppress(OSError):
+            newest = max(newest, path.lstat().st_mtime)
+    return newest
+
+
 def _in_use(run: Path) -> str:
     """Why the run directory `run` may still be in use by a training process or its trainer; empty when not."""
     # Here, not at the top: every `tp` command imports this module for its parser, and these take ~0.1 s.
@@ -154,7 +170,10 @@ def _in_use(run: Path) -> str:
     try:
         record = json.loads((run / RUN_FILE_NAME).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return f"no {RUN_FILE_NAME}: its trainer may be starting it"
+        quiet = time.time() - _last_change(run)
+        if quiet >= ABANDONED_START_S:
+            return ""  # a start that never finished (the trainer died, or could not write run.json), long ago
+        return f"no {RUN_FILE_NAME}: its trainer may be starting it (nothing in it changed for {quiet:.0f} s)"
     except (OSError, ValueError) as error:
         return f"{RUN_FILE_NAME} unreadable ({printable(str(error))[:200]})"
     if not isinstance(record, dict):
