@@ -562,7 +562,7 @@ class Dispatcher:
                         job_id,
                         address,
                         error.code().name,
-                        error.details(),
+                        details,
                     )
                     self._refused_at[address] = time.monotonic()
                     refusals += 1
@@ -572,7 +572,7 @@ class Dispatcher:
                     job_id,
                     statemachine.FAILED,
                     "the trainer refused the job",
-                    f"trainer {address} refused the job: {error.details()}",
+                    f"trainer {address} refused the job: {details}",
                 )
                 return [], False
             status = await asyncio.to_thread(
