@@ -405,6 +405,8 @@ def test_secret_arguments_are_masked_in_the_default_name_and_the_status_reason(
         (["t", "model.api_key=X", "lr=0.1"], "t model.api_key=*** lr=0.1"),
         (["t", "--db", "postgresql://u:X@host:5432/db"], "t --db postgresql://u:***@host:5432/db"),
         (["t", "--monkey", "X", "--keyboard", "Y", "--tokenizer", "Z"], "t --monkey X --keyboard Y --tokenizer Z"),
+        (["t", "--author", "Ada", "--authors=A,B", "AUTHOR=Ada"], "t --author Ada --authors=A,B AUTHOR=Ada"),
+        (["t", "--auth", "X", "--authtoken=Y"], "t --auth *** --authtoken=***"),
         (["sh", "-c", "python t.py --token X\necho done"], "sh -c 'python t.py --token ***\necho done'"),
         (["t", "--name", "a b", "--api-key="], "t --name 'a b' --api-key="),
     ],

@@ -173,7 +173,7 @@ def _script_name(command: Sequence[str]) -> str:
 
 
 #: The word parts of an argument's name that make its value a secret (`--api-key`, `AWS_SECRET_ACCESS_KEY=`); a part
-#: starting with `auth` (`--auth-header`, `--authorization`) does too.
+#: starting with `auth` (`--auth-header`, `--authorization`) does too, but `author` (`--author`, `--authors`) not.
 _SECRET_PARTS = frozenset(
     {
         *("token", "tokens", "secret", "secrets", "password", "passwords", "passwd", "key", "keys"),
@@ -188,9 +188,13 @@ _URL_PASSWORD = re.compile(r"([A-Za-z][\w+.-]*://[^\s/@:]*:)([^\s/@]+)(?=@)")
 MASK = "***"
 
 
+#: Word parts that start with `auth` but name a person, not a credential.
+_AUTHOR_PARTS = frozenset({"author", "authors", "authored", "authoring", "authorship"})
+
+
 def _secret_name(name: str) -> bool:
     parts = [part.lower() for part in _NAME_PARTS.findall(name)]
-    return any(part in _SECRET_PARTS or part.startswith("auth") for part in parts)
+    return any(part in _SECRET_PARTS or (part.startswith("auth") and part not in _AUTHOR_PARTS) for part in parts)
 
 
 def _masked_word(word: str, secret: bool) -> tuple[list[tuple[str, bool]], bool]:
@@ -216,8 +220,8 @@ def _masked_word(word: str, secret: bool) -> tuple[list[tuple[str, bool]], bool]
 
 def masked_command(command: Sequence[str]) -> str:
     """The command as shell text (`shlex.join`) with the values of secret-looking arguments as `***`: of a flag
-    whose name has a word part token, secret, password, passwd, key, credential(s) or auth... (`--api-key X`,
-    `--api_key=X`, `--authorization X`; any case), of a `NAME=value` word whose NAME has one
+    whose name has a word part token, secret, password, passwd, key, credential(s) or auth... but not author...
+    (`--api-key X`, `--api_key=X`, `--authorization X`; any case), of a `NAME=value` word whose NAME has one
     (`AWS_SECRET_ACCESS_KEY=x`), and the password of a URL (`scheme://user:***@host`); the same inside a word that
     is a script (`sh -c '... --token X'`). For what `tp run` stores and says: the command runs as given."""
     words: list[str] = []
