@@ -86,6 +86,31 @@ def test_logging_never_raises_for_a_value(
         assert sum(f"'{key}'" in message for message in refused) == 1, refused
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_infinite_step_or_epoch_is_counted_invalid_and_the_sender_goes_on(
+    backend: BackendProcess, tmp_path: Path
+) -> None:
+    # int(inf) raises OverflowError, which used to escape the checks and stop the sender: every later point was lost.
+    job_id, token = backend.create_job()
+    logger = TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path, settings=SETTINGS)
+    logger.log_metric("loss", 1.0, step=1)
+    assert logger.flush(30)
+    logger.log_metric("loss", 1.0, step=math.inf)  # type: ignore[arg-type]
+    logger.log_metric("loss", 1.0, step=2, epoch=-math.inf)  # type: ignore[arg-type]
+    logger.log_metric("loss", 1.0, step=np.inf)  # type: ignore[arg-type]
+    logger.log_metric("loss", 1.0, step=decimal.Decimal("Infinity"))  # type: ignore[arg-type]
+    logger.log_message("a line of no step", step=math.inf)  # type: ignore[arg-type]
+    for step in range(2, 12):
+        logger.log_metric("loss", float(step), step=step)
+    logger.log_message("a line", step=11)
+    assert logger.flush(30)
+    assert logger.enabled
+    report = logger.close(30)
+    assert report.invalid == 5 and report.pending_metrics == 0 and report.pending_logs == 0
+    assert backend.metric_sequences(job_id) == list(range(1, 12))
+    assert backend.log_sequences(job_id) == [1]
+
+
 def test_a_dead_sender_turns_the_logger_off_and_counts_what_it_discards(
     tmp_path: Path, unreachable_address: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,8 @@ general one (bools, numpy integers, floats, text)."""
 
 from __future__ import annotations
 
+import decimal
+import math
 import re
 
 import numpy as np
@@ -46,6 +48,14 @@ RANGE = "step must be between 0 and 2**53 - 1, epoch between 0 and 999999999"
         ("x", None, "must be integers"),
         (None, [1], "must be integers"),
         (float("nan"), None, "must be integers"),
+        # int() of an infinity raises OverflowError: it used to escape and stop the sender thread.
+        (math.inf, None, "must be integers"),
+        (-math.inf, None, "must be integers"),
+        (None, math.inf, "must be integers"),
+        (None, -math.inf, "must be integers"),
+        (np.inf, None, "must be integers"),
+        (np.float64(-np.inf), None, "must be integers"),
+        (decimal.Decimal("Infinity"), None, "must be integers"),
     ],
 )
 def test_a_step_or_epoch_out_of_range_or_not_an_integer_is_refused(step: object, epoch: object, problem: str) -> None:
@@ -63,3 +73,29 @@ def test_a_metric_point_is_checked_field_by_field() -> None:
         validator.metric((0, "", 0.5, 3, 1, 12.0))
     with pytest.raises(InvalidPoint, match="between 0"):
         validator.metric((0, "train/loss", 0.5, -3, 1, 12.0))
+
+
+class OddKey(str):
+    """A key whose hash raises: a caller's object behaving oddly inside a check."""
+
+    def __hash__(self) -> int:
+        raise RuntimeError("no hash today")
+
+
+class OddMessage(str):
+    def isascii(self) -> bool:
+        raise RuntimeError("no answer today")
+
+
+def test_a_check_that_raises_anything_else_refuses_the_point() -> None:
+    # The sender catches InvalidPoint only: anything else escaping a check would stop its thread.
+    validator = Validator()
+    with pytest.raises(InvalidPoint, match=r"could not be checked \(RuntimeError\)"):
+        validator.metric((0, OddKey("train/loss"), 0.5, 3, 1, 10.0))
+    with pytest.raises(InvalidPoint, match="must be integers"):
+        validator.metric((0, "train/loss", 0.5, math.inf, 1, 10.0))
+    with pytest.raises(InvalidPoint, match="must be integers"):
+        validator.log((0, "a line", 2, -math.inf, None, 10.0))
+    with pytest.raises(InvalidPoint, match=r"could not be checked \(RuntimeError\)"):
+        validator.log((0, OddMessage("a line"), 2, None, None, 10.0))
+    assert validator.metric((0, "train/loss", 0.5, 3, 1, 10.0)) == ("train/loss", 0.5, 3, 1, 10.0)

@@ -57,15 +57,25 @@ def position(step: int | None, epoch: int | None) -> tuple[int | None, int | Non
     try:
         step = None if step is None else int(step)
         epoch = None if epoch is None else int(epoch)
-    except (TypeError, ValueError):
+    except Exception:  # int() runs the caller's code: TypeError, ValueError, OverflowError (infinity), any other
         raise InvalidPoint("step and epoch must be integers") from None
     if (step is not None and not 0 <= step <= MAX_STEP) or (epoch is not None and not 0 <= epoch <= MAX_EPOCH):
         raise InvalidPoint(_OUT_OF_RANGE)
     return step, epoch
 
 
+def _unchecked(exc: Exception) -> InvalidPoint:
+    """The refusal of a point whose check raised something else than InvalidPoint: a caller's value behaving
+    oddly (a `str` subclass whose methods raise...) is counted invalid, and never stops the sender."""
+    return InvalidPoint(f"a field could not be checked ({type(exc).__name__})")
+
+
 class Validator:
-    """Checks metric points and log records; remembers the keys it has seen valid."""
+    """Checks metric points and log records; remembers the keys it has seen valid.
+
+    Its checks raise nothing but InvalidPoint, whatever the caller logged: the sender counts the point invalid and
+    goes on.
+    """
 
     def __init__(self) -> None:
         self._known_keys: set[str] = set()
@@ -77,15 +87,20 @@ class Validator:
             InvalidPoint: The key, the value, the step or the epoch is not acceptable.
         """
         _, key, value, step, epoch, wall = item
-        if type(key) is not str or key not in self._known_keys:
-            if not valid_key(key):
-                raise InvalidPoint(f"a key must be 1 to {MAX_KEY_CHARS} characters, no control characters")
-            if len(self._known_keys) >= KNOWN_KEYS_LIMIT:
-                self._known_keys.clear()
-            self._known_keys.add(key)
-        if value is None:
-            raise InvalidPoint(f"the value of {key!r} is not a number")
-        step, epoch = position(step, epoch)
+        try:
+            if type(key) is not str or key not in self._known_keys:
+                if not valid_key(key):
+                    raise InvalidPoint(f"a key must be 1 to {MAX_KEY_CHARS} characters, no control characters")
+                if len(self._known_keys) >= KNOWN_KEYS_LIMIT:
+                    self._known_keys.clear()
+                self._known_keys.add(key)
+            if value is None:
+                raise InvalidPoint(f"the value of {key!r} is not a number")
+            step, epoch = position(step, epoch)
+        except InvalidPoint:
+            raise
+        except Exception as exc:
+            raise _unchecked(exc) from None
         return key, value, step, epoch, wall
 
     @staticmethod
@@ -96,8 +111,13 @@ class Validator:
             InvalidPoint: The step or the epoch is not acceptable.
         """
         _, message, level, epoch, step, wall = item
-        step, epoch = position(step, epoch)
-        if not message.isascii():
-            # Lone surrogates cannot be encoded as UTF-8 and would make the whole batch unbuildable.
-            message = message.encode("utf-8", "replace").decode("utf-8")
+        try:
+            step, epoch = position(step, epoch)
+            if not message.isascii():
+                # Lone surrogates cannot be encoded as UTF-8 and would make the whole batch unbuildable.
+                message = message.encode("utf-8", "replace").decode("utf-8")
+        except InvalidPoint:
+            raise
+        except Exception as exc:
+            raise _unchecked(exc) from None
         return message, level, epoch, step, wall
