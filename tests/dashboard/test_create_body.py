@@ -111,6 +111,40 @@ def test_a_body_nested_too_deeply_is_a_400_saying_so(
     assert "Traceback" not in dashboard.log_text()[log_before:]
 
 
+_JSON_HEAD = '{"framework":"timm","model":"resnet10t","dataset":"digits","epochs":1'
+"""A valid body's JSON without its closing brace."""
+_SURROGATE_CASES = [
+    ('{"framework":"\\ud800","model":"resnet10t","dataset":"digits","epochs":1}', "framework"),
+    ('{"framework":"timm","model":"res\\udc00net","dataset":"digits","epochs":1}', "model"),
+    ('{"framework":"timm","model":"resnet10t","dataset":"\\ud800","epochs":1}', "dataset"),
+    ('{"framework":"timm","model":"resnet10t","dataset":{"path":"/d/\\ud800"},"epochs":1}', "dataset.path"),
+    (_JSON_HEAD + ',"display_name":"a\\ud800"}', "display_name"),
+    (_JSON_HEAD + ',"request_id":"\\udfff"}', "request_id"),
+    (_JSON_HEAD + ',"\\ud800":1}', None),
+    (_JSON_HEAD + ',"advanced_config":{"extra":{"\\ud800":1}}}', "advanced_config.extra"),
+    (_JSON_HEAD + ',"advanced_config":{"extra":{"tags":["ok","\\ud800"]}}}', "advanced_config.extra.tags[1]"),
+    # advanced_config as a JSON text, as the form sends it: the surrogate is in the inner JSON.
+    (_JSON_HEAD + ',"advanced_config":"{\\"extra\\": {\\"a\\": \\"\\\\ud800\\"}}"}', "advanced_config.extra.a"),
+]
+
+
+@pytest.mark.parametrize(("raw", "field"), _SURROGATE_CASES, ids=[str(f) for _, f in _SURROGATE_CASES])
+def test_a_lone_surrogate_in_a_string_is_a_400_naming_the_field(
+    client: httpx.Client, stack: tuple[BackendProcess, DashboardProcess], raw: str, field: str | None
+) -> None:
+    """A lone UTF-16 surrogate (`"\\ud800"`) is valid JSON but no text protobuf or the backend can hold: a 400
+    naming where it is, with the security headers of every answer, never a 500 and a traceback."""
+    dashboard = stack[1]
+    log_before = len(dashboard.log_text())
+    response = _post_raw(client, raw)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT" and error.get("field") == field, error
+    assert "surrogate" in error["message"], error
+    assert "content-security-policy" in response.headers and response.headers["x-content-type-options"] == "nosniff"
+    assert "Traceback" not in dashboard.log_text()[log_before:]
+
+
 def _raw_request(url: str, head: str, body: bytes = b"", timeout: float = 10) -> tuple[bytes, float]:
     """Sends `head` (and `body`) on a plain socket: the answer (headers and body) and how long it took."""
     host, _, port = url.removeprefix("http://").partition(":")

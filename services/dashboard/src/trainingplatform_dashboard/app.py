@@ -671,6 +671,51 @@ def _check_depth(body: dict[str, Any]) -> None:
             stack.extend((item, depth + 1, path) for item in value)
 
 
+def _field_path(path: tuple[str | int, ...]) -> str | None:
+    """`("advanced_config", "extra", "tags", 1)` as `advanced_config.extra.tags[1]` (each key cut to 80 characters);
+    None for the body itself."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f"{'.' if text else ''}{part[:80]}"
+    return text or None
+
+
+def _refuse_surrogates(value: Any, path: tuple[str | int, ...] = ()) -> None:
+    """Refuses a string (a key or a value, at any depth) holding a lone UTF-16 surrogate, naming where it is.
+
+    `"\\ud800"` is valid JSON, and json.loads makes it a str that no UTF-8 text can hold: protobuf (and the answer
+    naming it) would raise UnicodeEncodeError. A key is checked before any path names it, so a message never holds
+    one.
+
+    Raises:
+        ApiError: 400 naming the field (the object holding a bad key).
+    """
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, where, "")
+        elif isinstance(item, dict):
+            for key in item:
+                _check_text(str(key), where, "a key of ")
+            stack.extend((child, (*where, str(key))) for key, child in item.items())
+        elif isinstance(item, list):
+            stack.extend((child, (*where, index)) for index, child in enumerate(item))
+
+
+def _check_text(text: str, where: tuple[str | int, ...], what: str) -> None:
+    """Raises the 400 of `_refuse_surrogates` when `text` holds a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        field = _field_path(where)
+        raise _body_error(
+            f"{what}{field or 'the request body'} holds a lone UTF-16 surrogate "
+            f"(\\u{ord(text[error.start]):04x}, character {error.start + 1}): text must be valid Unicode",
+            field,
+        ) from None
+
+
 def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
     """The JobSpec and display name of a create request, checked as the backend checks them.
 
@@ -704,6 +749,7 @@ def spec_from_body(body: dict[str, Any]) -> tuple[common_pb2.JobSpec, str]:
         except (json.JSONDecodeError, RecursionError) as error:
             raise _body_error(f"advanced_config: not valid JSON: {str(error)[:200]}", "advanced_config") from None
         _check_depth({"advanced_config": advanced})
+        _refuse_surrogates(advanced, ("advanced_config",))
     try:
         advanced_config = AdvancedConfig.from_mapping(advanced or {})
     except PlatformError as error:
@@ -757,6 +803,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _body_error("the request body must be a JSON object", None)
     _check_depth(body)
+    _refuse_surrogates(body)
     return body
 
 
