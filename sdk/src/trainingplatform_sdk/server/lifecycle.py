@@ -69,9 +69,15 @@ class GrpcServer:
             The port bound.
 
         Raises:
-            OSError: The address cannot be bound, or a TLS file cannot be read.
+            OSError: The address cannot be bound, or a TLS file cannot be read or does not hold what it should
+                (checked first: gRPC refuses such a pair the way it refuses a port in use).
         """
         port: int
+        if tls is not None:
+            try:
+                tls.check()
+            except ValueError as error:
+                raise OSError(str(error)) from None
         try:
             if tls is not None:
                 port = self.server.add_secure_port(address, tls.credentials())
