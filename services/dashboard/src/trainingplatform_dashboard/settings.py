@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainingplatform_sdk import setting_values as values
+from trainingplatform_sdk.channel import ClientTls, parse_backend_address
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_BACKEND = "127.0.0.1:50051"
@@ -29,7 +30,8 @@ class Settings:
     backend_address: str = DEFAULT_BACKEND
     """TP_BACKEND_ADDRESS (else BACKEND_API_URL): the backend, `host:port`, `grpc://host:port` or `https://host:port`
     (TLS; roots in TP_TLS_CA_FILE, client certificate in TP_TLS_CLIENT_CERT_FILE and TP_TLS_CLIENT_KEY_FILE, as
-    every client of the SDK reads them). Default 127.0.0.1:50051."""
+    every client of the SDK reads them). Default 127.0.0.1:50051. Checked at start, the TLS files too for a TLS
+    address: a bad one stops the dashboard before it serves."""
 
     data_dir: Path = Path(".data")
     """TP_DATA_DIR: where a local backend wrote `frontend_auth_token`, read when TP_AUTH_TOKEN is not set."""
@@ -138,10 +140,9 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         "TP_DASHBOARD_LISTEN", pick("listen", "TP_DASHBOARD_LISTEN", DEFAULT_LISTEN), any_port=False
     )
     metrics_port = values.port("TP_METRICS_PORT", pick("metrics_port", "TP_METRICS_PORT", "0"))
-    backend = pick("backend", "TP_BACKEND_ADDRESS", "") or env.get("BACKEND_API_URL", "") or DEFAULT_BACKEND
     return Settings(
         listen=listen,
-        backend_address=backend,
+        backend_address=_backend_address(args, env),
         data_dir=Path(pick("data_dir", "TP_DATA_DIR", ".data")),
         write_token=env.get("TP_AUTH_TOKEN", "").strip(),
         read_token=env.get("READ_AUTH_TOKEN", "").strip(),
@@ -166,6 +167,34 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
         log_level=values.log_level("TP_LOG_LEVEL", pick("log_level", "TP_LOG_LEVEL", "INFO")),
         metrics_port=metrics_port,
     )
+
+
+def _backend_address(args: argparse.Namespace | None, env: dict[str, str]) -> str:
+    """--backend, else TP_BACKEND_ADDRESS, else BACKEND_API_URL, else the default; checked as the channel will take
+    it, and for a TLS address with the client TLS files it will read (TP_TLS_*), so a bad one stops the start.
+
+    Raises:
+        ValueError: naming the flag or variable (a TLS file: its TP_TLS_* variable).
+    """
+    flag = getattr(args, "backend", None) if args is not None else None
+    if flag:
+        name, address = "--backend (TP_BACKEND_ADDRESS)", str(flag)
+    elif env.get("TP_BACKEND_ADDRESS"):
+        name, address = "TP_BACKEND_ADDRESS", env["TP_BACKEND_ADDRESS"]
+    elif env.get("BACKEND_API_URL"):
+        name, address = "BACKEND_API_URL", env["BACKEND_API_URL"]
+    else:
+        return DEFAULT_BACKEND
+    try:
+        tls = parse_backend_address(address).tls
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    if tls:
+        try:
+            ClientTls.from_env(env)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"{error}, needed for the TLS backend address of {name}") from None
+    return address
 
 
 def _seconds(name: str, text: str) -> float:
