@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from reliability.polling import wait_until
 from support.backend import BackendProcess
-from trainingplatform_sdk import JobsClient, TrainingLogger
+from trainingplatform_sdk import JobsClient, LoggerSettings, TrainingLogger
 from trainingplatform_sdk.errors import PlatformError
 
 
@@ -195,3 +195,82 @@ def test_an_exception_after_a_terminal_status_keeps_that_status(backend: Backend
     assert backend.status_events(job_id)[-1] == "COMPLETED"
     assert backend.job_status(job_id) == "COMPLETED"
     assert _job_error(backend, job_id) == ""
+
+
+# How Python hands a program a file name that is not UTF-8 (os.listdir, sys.argv): a lone surrogate per bad byte.
+UNDECODABLE = os.fsdecode(b"/data/img\xff.jpg")
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text today")
+
+
+@pytest.mark.parametrize(
+    ("error", "stored"),
+    [
+        (RuntimeError(f"cannot decode image {UNDECODABLE}"), "RuntimeError: cannot decode image /data/img?.jpg"),
+        (Unprintable(), "Unprintable: <unprintable Unprintable>"),
+    ],
+)
+def test_an_exception_whose_text_cannot_be_sent_still_fails_the_job(
+    backend: BackendProcess, tmp_path: Path, error: Exception, stored: str
+) -> None:
+    # The UpdateStatusRequest of a lone surrogate could not be built: __exit__ raised UnicodeEncodeError instead of
+    # the caller's exception, the job stayed RUNNING and the logger was not closed.
+    job_id, token = backend.create_job()
+    with (
+        pytest.raises(type(error)) as raised,
+        TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path) as logger,
+    ):
+        logger.update_status("running")
+        raise error
+    assert raised.value is error
+    assert not logger.enabled  # closed by __exit__
+    assert backend.job_status(job_id) == "FAILED"
+    assert _job_error(backend, job_id) == stored
+
+
+def test_status_and_run_info_texts_that_utf8_cannot_encode_are_replaced(
+    backend: BackendProcess, tmp_path: Path
+) -> None:
+    job_id, token = backend.create_job()
+    with TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path) as logger:
+        logger.update_status("running", reason=f"started on {UNDECODABLE}")
+        logger.report_run_info(
+            mlflow_tracking_uri=f"file://{UNDECODABLE}", artifacts={f"best{UNDECODABLE}": f"file://{UNDECODABLE}"}
+        )
+        logger.update_status("failed", error=f"cannot decode {UNDECODABLE}", error_detail=f"at {UNDECODABLE}\n")
+        assert logger.flush(30)
+        report = logger.stats
+    assert report.calls_delivered == 3 and report.calls_failed == 0
+    with JobsClient(backend.address, backend.internal_token) as client:
+        job = client.get_job(job_id)
+    assert (job.status, job.error_message, job.error_detail) == (
+        "FAILED",
+        "cannot decode /data/img?.jpg",
+        "at /data/img?.jpg\n",
+    )
+    assert job.mlflow_tracking_uri == "file:///data/img?.jpg"
+    assert job.artifacts == {"best/data/img?.jpg": "file:///data/img?.jpg"}
+
+
+def test_a_failing_exit_report_never_replaces_the_exception_and_closes_the_logger(
+    unreachable_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No text makes the report fail any more; should anything else, the caller's exception is what leaves the block.
+    def broken(self: TrainingLogger, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the report")
+
+    monkeypatch.setattr(TrainingLogger, "update_status", broken)
+    settings = LoggerSettings(close_timeout_s=0.2)
+    with (
+        caplog.at_level(logging.ERROR, logger="trainingplatform_sdk.logger"),
+        pytest.raises(ValueError, match="the training's own error"),
+        TrainingLogger(
+            "job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path, settings=settings
+        ) as logger,
+    ):
+        raise ValueError("the training's own error")
+    assert not logger.enabled  # closed all the same
+    assert "the end of the job could not be reported" in caplog.text

@@ -64,18 +64,26 @@ _CALL_NAMES = {
 _TERMINAL = frozenset({common_pb2.JOB_STATUS_COMPLETED, common_pb2.JOB_STATUS_FAILED, common_pb2.JOB_STATUS_CANCELLED})
 
 
+def _clean(text: str) -> str:
+    """`text` as a request can carry it: what UTF-8 cannot encode (a lone surrogate, as in a file name that Python
+    decoded with surrogateescape) is replaced by `?`, as in log records. Building a request of such text raises."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _error_text(error: object) -> str:
-    """An error for UpdateStatus: text as it is, an exception as `<type>: <message>` (its type alone when empty)."""
-    if error is None or isinstance(error, str):
-        return error or ""
+    """An error for UpdateStatus: text as it is, an exception as `<type>: <message>` (its type alone when empty);
+    never raises (an exception whose message cannot be printed is named by its type)."""
+    if error is None:
+        return ""
     if isinstance(error, BaseException):
-        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return str(error)
+        message = log_text(error)
+        return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return log_text(error)
 
 
 def _exit_error(exc: BaseException) -> str:
     """The error of an exception that left the with-block, in one line: `<type>: <first line of its message>`."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    lines = [line.strip() for line in log_text(exc).splitlines() if line.strip()]
     text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     return text if len(text) <= _EXIT_ERROR_CHARS else text[: _EXIT_ERROR_CHARS - 3] + "..."
 
@@ -134,9 +142,11 @@ def _run_info(
         raise TypeError("artifacts must map names to URIs, both text, for example {'best_checkpoint': 's3://b/k'}")
     return telemetry_pb2.ReportRunInfoRequest(
         job_id=job_id,
-        mlflow_run_id=mlflow_run_id or "",
-        mlflow_tracking_uri=mlflow_tracking_uri or "",
-        artifacts=[telemetry_pb2.Artifact(name=name, uri=uri) for name, uri in (artifacts or {}).items()],
+        mlflow_run_id=_clean(mlflow_run_id or ""),
+        mlflow_tracking_uri=_clean(mlflow_tracking_uri or ""),
+        artifacts=[
+            telemetry_pb2.Artifact(name=_clean(name), uri=_clean(uri)) for name, uri in (artifacts or {}).items()
+        ],
     )
 
 
@@ -493,6 +503,9 @@ class TrainingLogger:
             error_detail: On failure, the detail such as a traceback (truncated to 64 KiB).
             reason: Why the status changed, in a sentence.
 
+        In `error`, `error_detail` and `reason`, what UTF-8 cannot encode (a lone surrogate, as in a file name
+        decoded with surrogateescape) is replaced by `?`.
+
         Raises:
             ValueError: The status is unknown, or `pending`.
         """
@@ -505,9 +518,9 @@ class TrainingLogger:
         request = telemetry_pb2.UpdateStatusRequest(
             job_id=self.job_id,
             status=value,
-            reason=reason or "",
-            error_message=truncate_utf8(_error_text(error), MAX_ERROR_MESSAGE_BYTES),
-            error_detail=truncate_utf8(error_detail or "", MAX_ERROR_DETAIL_BYTES),
+            reason=_clean(log_text(reason or "")),
+            error_message=truncate_utf8(_clean(_error_text(error)), MAX_ERROR_MESSAGE_BYTES),
+            error_detail=truncate_utf8(_clean(log_text(error_detail or "")), MAX_ERROR_DETAIL_BYTES),
         )
         if request.status in _TERMINAL and not self._off:
             self._ended = True
@@ -587,6 +600,9 @@ class TrainingLogger:
     ) -> None:
         """Records where the run is tracked and stored; fields left None keep their stored values.
 
+        What UTF-8 cannot encode (a lone surrogate) is replaced by `?`. An argument of the wrong type is warned
+        about and nothing is recorded; never raises.
+
         Args:
             mlflow_run_id: The MLflow run id of the job.
             mlflow_tracking_uri: The MLflow tracking URI (never with credentials).
@@ -594,7 +610,7 @@ class TrainingLogger:
         """
         try:
             request = _run_info(self.job_id, mlflow_run_id, mlflow_tracking_uri, artifacts)
-        except TypeError as error:  # telemetry never stops the training: said, and not sent
+        except (TypeError, ValueError) as error:  # telemetry never stops the training: said, and not sent
             _LOG.warning("job %s: run info not recorded: %s", self.job_id, error)
             return
         self._call("ReportRunInfo", request)
@@ -808,10 +824,15 @@ class TrainingLogger:
         the job is first moved to FAILED with the exception in one line (`<type>: <message>`, its traceback as the
         detail), or to CANCELLED for Ctrl-C (KeyboardInterrupt): a job run without a trainer service would stay
         RUNNING until the backend's reporter timeout. `sys.exit(0)` changes nothing; under `tp run`, `tp run`
-        reports the end from the command's exit."""
-        if exc is not None:
-            self._report_exit(exc)
-        self.close()
+        reports the end from the command's exit. The exception that left the block is never replaced: should the
+        report fail, that is logged and the logger is closed all the same."""
+        try:
+            if exc is not None:
+                self._report_exit(exc)
+        except Exception:
+            _LOG.exception("job %s: the end of the job could not be reported", self.job_id)
+        finally:
+            self.close()
 
     def _report_exit(self, exc: BaseException) -> None:
         """Reports the end of a job whose with-block an exception left, unless a terminal status was asked."""
