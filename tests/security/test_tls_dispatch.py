@@ -5,13 +5,15 @@ TLS reason, instead of hanging."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from support.backend import BackendProcess, auth
+from support.backend import VENV_BIN, BackendProcess, auth, free_port
 from support.certs import Pki, make_pki
 from trainer_service.trainer_process import FAKE_ADAPTER, TrainerProcess, spec
 from trainingplatform.common.v1 import common_pb2
@@ -131,37 +133,79 @@ def test_without_the_client_certificate_the_dispatch_fails_with_the_tls_reason(
         backend.close()
 
 
-def test_trainer_tls_settings_are_checked_at_load():
+def test_trainer_tls_settings_are_checked_at_load(pki: Pki):
     with pytest.raises(ValueError, match="TP_TRAINER_TLS_CERT_FILE and TP_TRAINER_TLS_KEY_FILE"):
         backend_settings.load(env={"TP_TRAINER_TLS_CA_FILE": "ca.pem", "TP_TRAINER_TLS_CERT_FILE": "c.pem"})
     with pytest.raises(ValueError, match="TP_TRAINER_TLS_CERT_FILE and TP_TRAINER_TLS_KEY_FILE"):
         backend_settings.load(env={"TP_TRAINER_TLS_CA_FILE": "ca.pem", "TP_TRAINER_TLS_KEY_FILE": "k.pem"})
     with pytest.raises(ValueError, match="need TP_TRAINER_TLS_CA_FILE"):
         backend_settings.load(env={"TP_TRAINER_TLS_CERT_FILE": "c.pem", "TP_TRAINER_TLS_KEY_FILE": "k.pem"})
-    loaded = backend_settings.load(
-        env={
-            "TP_TRAINER_TLS_CA_FILE": "ca.pem",
-            "TP_TRAINER_TLS_CERT_FILE": "c.pem",
-            "TP_TRAINER_TLS_KEY_FILE": "k.pem",
-        }
-    )
-    assert (loaded.trainer_tls_ca_file, loaded.trainer_tls_cert_file, loaded.trainer_tls_key_file) == (
-        "ca.pem",
-        "c.pem",
-        "k.pem",
-    )
+    files = (str(pki.ca_cert), str(pki.client_cert), str(pki.client_key))
+    loaded = backend_settings.load(env=dict(zip(backend_settings.TRAINER_TLS_NAMES, files, strict=True)))
+    assert (loaded.trainer_tls_ca_file, loaded.trainer_tls_cert_file, loaded.trainer_tls_key_file) == files
 
 
-def test_an_unreadable_trainer_tls_file_stops_the_backend_with_one_line(tmp_path: Path):
-    backend = BackendProcess(
-        f"sqlite:///{tmp_path / 'backend.db'}",
-        tmp_path / "data",
-        extra_env={"TP_TRAINERS": "timm=127.0.0.1:1", "TP_TRAINER_TLS_CA_FILE": str(tmp_path / "missing.pem")},
+def _bad_trainer_tls(pki: Pki, tmp_path: Path) -> dict[str, tuple[dict[str, str], list[str]]]:
+    """TP_TRAINER_TLS_* files that cannot be used, and what the backend's line must say about each."""
+    not_pem = tmp_path / "not-pem.txt"
+    not_pem.write_text("hello\n")
+    ca = {"TP_TRAINER_TLS_CA_FILE": str(pki.ca_cert)}
+    return {
+        "CA file missing": (
+            {"TP_TRAINER_TLS_CA_FILE": str(tmp_path / "missing.pem")},
+            ["TP_TRAINER_TLS_CA_FILE: cannot read", str(tmp_path / "missing.pem")],
+        ),
+        "CA file not PEM": (
+            {"TP_TRAINER_TLS_CA_FILE": str(not_pem)},
+            ["TP_TRAINER_TLS_CA_FILE", str(not_pem), "no PEM certificate"],
+        ),
+        "certificate and key swapped": (
+            {
+                **ca,
+                "TP_TRAINER_TLS_CERT_FILE": str(pki.client_key),
+                "TP_TRAINER_TLS_KEY_FILE": str(pki.client_cert),
+            },
+            ["TP_TRAINER_TLS_CERT_FILE", "swapped"],
+        ),
+        "key of another certificate": (
+            {
+                **ca,
+                "TP_TRAINER_TLS_CERT_FILE": str(pki.client_cert),
+                "TP_TRAINER_TLS_KEY_FILE": str(pki.server_key),
+            },
+            ["TP_TRAINER_TLS_KEY_FILE", str(pki.server_key), "not the key of the certificate"],
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["CA file missing", "CA file not PEM", "certificate and key swapped", "key of another certificate"]
+)
+def test_a_bad_trainer_tls_file_stops_the_backend_with_one_line(pki: Pki, tmp_path: Path, case: str):
+    """Before, a file holding the wrong content stopped the backend with a traceback (exit 1), after its migrations;
+    an unreadable one was one line, exit 1. Now both are bad values: one line naming the variable, exit 2."""
+    tls, said = _bad_trainer_tls(pki, tmp_path)[case]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TP_")}
+    env |= {
+        **tls,
+        "TP_TRAINERS": "timm=127.0.0.1:1",
+        "TP_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'backend.db'}",
+    }
+    result = subprocess.run(
+        [str(VENV_BIN / "tp-backend"), "--listen", f"127.0.0.1:{free_port()}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    with pytest.raises(RuntimeError, match="exited with 1"):
-        backend.start(timeout=30)
-    assert "TP_TRAINER_TLS_CA_FILE: cannot read" in backend.log_text()
-    backend.close()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("tp-backend: error: "), result.stderr
+    for part in said:
+        assert part in lines[0], lines[0]
+    assert not (tmp_path / "backend.db").exists(), "refused before the migrations"
 
 
 def test_client_tls_from_the_environment(pki: Pki, monkeypatch: pytest.MonkeyPatch):

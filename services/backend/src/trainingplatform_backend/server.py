@@ -217,19 +217,24 @@ async def _set_health(server: GrpcServer, serving: bool) -> None:
 
 
 def _trainer_tls(settings: Settings) -> ClientTls | None:
-    """The dispatcher's TLS to trainers (TP_TRAINER_TLS_*), read once at start; None when no CA is set.
+    """The dispatcher's TLS to trainers (TP_TRAINER_TLS_*), read once at start; None when no CA is set. The settings
+    loader checked the files already.
 
     Raises:
-        OSError: a file cannot be read (the message names the setting).
+        OSError: a file cannot be read, or no longer holds what it should (it changed since the settings were
+            loaded; the message names the setting).
     """
     if not settings.trainer_tls_ca_file:
         return None
-    return ClientTls.from_files(
-        settings.trainer_tls_ca_file,
-        settings.trainer_tls_cert_file,
-        settings.trainer_tls_key_file,
-        names=("TP_TRAINER_TLS_CA_FILE", "TP_TRAINER_TLS_CERT_FILE", "TP_TRAINER_TLS_KEY_FILE"),
-    )
+    try:
+        return ClientTls.from_files(
+            settings.trainer_tls_ca_file,
+            settings.trainer_tls_cert_file,
+            settings.trainer_tls_key_file,
+            names=settings_module.TRAINER_TLS_NAMES,
+        )
+    except ValueError as error:
+        raise OSError(str(error)) from None
 
 
 async def _serve_as_worker(settings: Settings) -> RunningServer:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainingplatform_sdk import setting_values as values
-from trainingplatform_sdk.channel import parse_backend_address
+from trainingplatform_sdk.channel import ClientTls, parse_backend_address
 from trainingplatform_sdk.host import usable_cpus
 from trainingplatform_sdk.server.tls import check_server_tls
 from trainingplatform_sdk.spec.limits import (
@@ -405,11 +405,17 @@ def _workers(name: str, text: str) -> int:
     return workers
 
 
+TRAINER_TLS_NAMES = ("TP_TRAINER_TLS_CA_FILE", "TP_TRAINER_TLS_CERT_FILE", "TP_TRAINER_TLS_KEY_FILE")
+"""The dispatcher's TLS settings, as messages name them."""
+
+
 def _check_trainer_tls(settings: Settings) -> None:
-    """Mutual TLS to trainers needs both the client certificate and its key, and TLS to trainers needs the CA.
+    """Mutual TLS to trainers needs both the client certificate and its key, and TLS to trainers needs the CA; the
+    files must be readable and hold what they should (`ClientTls.from_files`), so a wrong Secret is one line at
+    start, not a traceback after the migrations.
 
     Raises:
-        ValueError: naming the settings.
+        ValueError: naming the settings (and the file, and what is wrong with it).
     """
     if bool(settings.trainer_tls_cert_file) != bool(settings.trainer_tls_key_file):
         raise ValueError(
@@ -420,6 +426,16 @@ def _check_trainer_tls(settings: Settings) -> None:
             "TP_TRAINER_TLS_CERT_FILE and TP_TRAINER_TLS_KEY_FILE need TP_TRAINER_TLS_CA_FILE: TLS to trainers is on "
             "when the CA that signed their certificates is set"
         )
+    if settings.trainer_tls_ca_file:
+        try:
+            ClientTls.from_files(
+                settings.trainer_tls_ca_file,
+                settings.trainer_tls_cert_file,
+                settings.trainer_tls_key_file,
+                names=TRAINER_TLS_NAMES,
+            )
+        except OSError as error:  # unreadable: a bad value like any other
+            raise ValueError(str(error)) from None
 
 
 def _endpoint(text: str) -> str:
