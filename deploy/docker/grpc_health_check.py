@@ -6,9 +6,11 @@ Exits 0 when the service answers SERVING and 1 otherwise, which is what Docker's
 probe read. ADDRESS defaults to the service's own listen variable (TP_BACKEND_LISTEN, else TP_TRAINER_LISTEN) with
 a wildcard host replaced by 127.0.0.1, so an image's HEALTHCHECK follows a changed port. Health needs no token.
 
-With TP_TLS_CERT_FILE set the service speaks TLS, and so does the check: it trusts TP_TLS_CA_FILE, else the
-service's own certificate, and verifies the name in TP_HEALTHCHECK_TLS_SERVER_NAME when the certificate does not
-name 127.0.0.1. A service that requires client certificates (TP_TLS_CLIENT_CA_FILE) cannot be checked this way.
+With TP_TLS_CERT_FILE set the service speaks TLS, and so does the check: it trusts TP_HEALTHCHECK_TLS_CA_FILE, else
+the service's own certificate (TP_TLS_CERT_FILE: a certificate signed by a CA is trusted as it is), and verifies the
+name in TP_HEALTHCHECK_TLS_SERVER_NAME when the certificate does not name 127.0.0.1. TP_TLS_CA_FILE is not used: on
+a trainer it names the CA of the backend it reports to, not the one that signed its own certificate. A service that
+requires client certificates (TP_TLS_CLIENT_CA_FILE) cannot be checked this way.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ def default_address(env: dict[str, str]) -> str:
 
 
 def open_channel(address: str, env: dict[str, str]) -> grpc.Channel:
-    """A plaintext channel, or a TLS one when the service has TLS on."""
+    """A plaintext channel, or a TLS one when the service has TLS on, trusting TP_HEALTHCHECK_TLS_CA_FILE, else the
+    service's own certificate."""
     cert_file = env.get("TP_TLS_CERT_FILE", "")
     if not cert_file:
         return grpc.insecure_channel(address)
-    roots = Path(env.get("TP_TLS_CA_FILE") or cert_file).read_bytes()
+    roots = Path(env.get("TP_HEALTHCHECK_TLS_CA_FILE") or cert_file).read_bytes()
     options = []
     if server_name := env.get("TP_HEALTHCHECK_TLS_SERVER_NAME", ""):
         options.append(("grpc.ssl_target_name_override", server_name))

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,7 +32,14 @@ from support.certs import make_pki
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "docker" / "grpc_health_check.py"
-LISTEN_VARIABLES = ("TP_BACKEND_LISTEN", "TP_TRAINER_LISTEN", "TP_TLS_CERT_FILE", "TP_TLS_CA_FILE")
+LISTEN_VARIABLES = (
+    "TP_BACKEND_LISTEN",
+    "TP_TRAINER_LISTEN",
+    "TP_TLS_CERT_FILE",
+    "TP_TLS_KEY_FILE",
+    "TP_TLS_CA_FILE",
+    "TP_HEALTHCHECK_TLS_CA_FILE",
+)
 
 
 def run_check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -86,12 +94,50 @@ def test_tls_backend_is_checked_over_tls(tmp_path: Path):
     )
     backend.start()
     try:
-        env = {**tls, "TP_BACKEND_LISTEN": f"0.0.0.0:{backend.port}", "TP_TLS_CA_FILE": str(pki.ca_cert)}
+        env = {**tls, "TP_BACKEND_LISTEN": f"0.0.0.0:{backend.port}", "TP_HEALTHCHECK_TLS_CA_FILE": str(pki.ca_cert)}
         assert run_check(env=env).returncode == 0
         # The same server, asked in plaintext, is not healthy: the check must follow the service's TLS setting.
         assert run_check(backend.address, "--timeout", "2").returncode == 1
     finally:
         backend.close()
+
+
+def test_tls_trainer_is_checked_with_its_own_certificate_not_the_backends_ca(tmp_path: Path):
+    """A trainer's TP_TLS_CA_FILE names the CA of the backend it reports to (docs/trainer_service.md), which need
+    not be the one that signed the trainer's own certificate. The check used it to verify the trainer, so the
+    image's HEALTHCHECK and a Kubernetes exec probe failed for ever (the pod restarted every ~30 s). It trusts
+    TP_HEALTHCHECK_TLS_CA_FILE, else the service's own certificate."""
+    own, backends = make_pki(tmp_path / "own"), make_pki(tmp_path / "backend")
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in LISTEN_VARIABLES},
+        "INTERNAL_AUTH_TOKEN": "a-service-token-for-this-test",
+        "TP_DATA_DIR": str(tmp_path / "data"),
+        "TP_TRAINER_LISTEN": f"0.0.0.0:{port}",
+        "TP_TLS_CERT_FILE": str(own.server_cert),
+        "TP_TLS_KEY_FILE": str(own.server_key),
+        "TP_TLS_CA_FILE": str(backends.ca_cert),
+    }
+    with (tmp_path / "trainer.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "tp-trainer-timm")], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        check_env = {key: env[key] for key in ("TP_TRAINER_LISTEN", "TP_TLS_CERT_FILE", "TP_TLS_CA_FILE")}
+        for _ in range(600):
+            assert process.poll() is None, (tmp_path / "trainer.log").read_text()
+            if "serving on" in (tmp_path / "trainer.log").read_text():
+                break
+            time.sleep(0.1)
+        result = run_check(env=check_env)
+        assert result.returncode == 0, result.stderr
+        # TP_HEALTHCHECK_TLS_CA_FILE comes first: the CA that signed the trainer passes, another fails.
+        assert run_check(env={**check_env, "TP_HEALTHCHECK_TLS_CA_FILE": str(own.ca_cert)}).returncode == 0
+        wrong = run_check("--timeout", "2", env={**check_env, "TP_HEALTHCHECK_TLS_CA_FILE": str(backends.ca_cert)})
+        assert wrong.returncode == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, (tmp_path / "trainer.log").read_text()
 
 
 def image_environment(name: str, root: Path) -> dict[str, str]:
