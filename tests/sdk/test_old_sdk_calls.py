@@ -202,3 +202,39 @@ def test_both_forms_of_log_epoch_summary_are_stored(backend: BackendProcess, tmp
     }
     assert summaries[1].duration_seconds == 2.5
     assert summaries[2].metrics == {"custom": 1.0, "val/accuracy": 0.9}
+
+
+@SQLITE_ONLY
+def test_an_epoch_summary_keeps_its_good_metrics_and_names_the_rest_once(
+    backend: BackendProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A value that is not a number used to vanish without a word, and one key the backend refuses (a control
+    # character, over 250 characters) lost the whole summary while flush() said True.
+    job_id, token = backend.create_job()
+    long_key = "k" * 251
+    with (
+        caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"),
+        TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path) as logger,
+    ):
+        logger.update_status("running")
+        logger.log_epoch_summary(
+            0,
+            {"val/acc": "0.93", "val/loss": None, "train/loss": 0.4, "val/acc\t": 0.9, long_key: 1.0, "": 1.0, 3: 1.0},  # type: ignore[dict-item]
+            val_accuracy="0.9",  # type: ignore[arg-type]
+            learning_rate=0.01,
+        )
+        logger.log_epoch_summary(1, {"val/acc\t": 0.8, "train/loss": 0.3})  # a key already named: not again
+        assert logger.flush(30)
+        logger.update_status("completed")
+        report = logger.close(30)
+    assert report.calls_delivered == 4 and report.calls_failed == 0
+    with JobsClient(backend.address, backend.internal_token) as client:
+        summaries = epoch_summaries(client, job_id)
+    assert summaries[0].metrics == {"train/loss": 0.4, "train/learning_rate": 0.01}
+    assert summaries[1].metrics == {"train/loss": 0.3}
+    warnings = [r.getMessage() for r in caplog.records if "left out of the epoch summary" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    for name in ("'val/acc': not a number", "'val/loss': not a number", "'val/accuracy': not a number"):
+        assert name in warnings[0]
+    for name in ("'val/acc\\t'", "'kkk", "'': a key", "3 (int): a key"):
+        assert name in warnings[0]

@@ -32,6 +32,7 @@ from trainingplatform_sdk.spec.limits import (
     MAX_EPOCH,
     MAX_ERROR_DETAIL_BYTES,
     MAX_ERROR_MESSAGE_BYTES,
+    MAX_KEY_CHARS,
     MAX_LOG_MESSAGE_BYTES,
     truncate_utf8,
 )
@@ -39,6 +40,7 @@ from trainingplatform_sdk.telemetry import lifetime
 from trainingplatform_sdk.telemetry.relay import relay_job_id, write_relayed
 from trainingplatform_sdk.telemetry.report import DeliveryReport
 from trainingplatform_sdk.telemetry.sender import CALL, FLUSH, LOG, METRIC, BufferItem, FlushWaiter, Sender
+from trainingplatform_sdk.telemetry.sender.validation import KNOWN_KEYS_LIMIT, valid_key
 from trainingplatform_sdk.telemetry.settings import LoggerSettings, channel_options
 from trainingplatform_sdk.telemetry.spool import Spool
 from trainingplatform_sdk.telemetry.values import job_status, log_level, log_text, metric_value, torchrun_rank
@@ -60,6 +62,10 @@ _CALL_NAMES = {
     "RecordEpochSummary": "log_epoch_summary",
     "ReportRunInfo": "report_run_info",
 }
+
+# Longest name of a key left out of an epoch summary in the warning about it.
+_KEY_NAME_CHARS = 80
+_BAD_KEY = f"a key must be 1 to {MAX_KEY_CHARS} characters, no control characters"
 
 _TERMINAL = frozenset({common_pb2.JOB_STATUS_COMPLETED, common_pb2.JOB_STATUS_FAILED, common_pb2.JOB_STATUS_CANCELLED})
 
@@ -88,10 +94,17 @@ def _exit_error(exc: BaseException) -> str:
     return text if len(text) <= _EXIT_ERROR_CHARS else text[: _EXIT_ERROR_CHARS - 3] + "..."
 
 
+def _summary_key_name(key: object) -> str:
+    """A key left out of an epoch summary, as a warning names it: its repr, cut to _KEY_NAME_CHARS."""
+    name = repr(key) if isinstance(key, str) else f"{log_text(key)} ({type(key).__name__})"
+    return name if len(name) <= _KEY_NAME_CHARS else name[: _KEY_NAME_CHARS - 3] + "..."
+
+
 def _epoch_summary(
     epoch: object, metrics: Mapping[Any, object], duration_seconds: object
-) -> telemetry_pb2.EpochSummary:
-    """The EpochSummary message of `log_epoch_summary`, ended now.
+) -> tuple[telemetry_pb2.EpochSummary, dict[Any, str]]:
+    """The EpochSummary message of `log_epoch_summary`, ended now, and the metrics left out of it: each key the
+    backend would refuse (the whole summary with it) or whose value is not a number, with the problem in words.
 
     Raises:
         TypeError, ValueError: saying which argument is wrong, in the contract's words.
@@ -102,9 +115,16 @@ def _epoch_summary(
         raise TypeError(f"epoch must be a whole number, got {type(epoch).__name__}") from None
     if not 0 <= number <= MAX_EPOCH:
         raise ValueError(f"epoch must be between 0 and {MAX_EPOCH}, got {number}")
-    if not all(isinstance(key, str) for key in metrics):
-        raise TypeError("metric keys must be text")
-    values = {key: metric_value(value) for key, value in metrics.items()}
+    values: dict[str, float] = {}
+    left_out: dict[Any, str] = {}
+    for key, value in metrics.items():
+        as_float = metric_value(value)
+        if not valid_key(key):
+            left_out[key] = _BAD_KEY
+        elif as_float is None:
+            left_out[key] = "not a number"
+        else:
+            values[key] = as_float
     try:
         if isinstance(duration_seconds, str | bytes):
             raise TypeError
@@ -113,13 +133,9 @@ def _epoch_summary(
         raise TypeError(f"duration_seconds must be a number, got {type(duration_seconds).__name__}") from None
     if not 0 <= duration <= MAX_DURATION_SECONDS:
         raise ValueError(f"duration_seconds must be from 0 to {MAX_DURATION_SECONDS:g} seconds, got {duration!r}")
-    summary = telemetry_pb2.EpochSummary(
-        epoch=number,
-        metrics={key: value for key, value in values.items() if value is not None},
-        duration_seconds=duration,
-    )
+    summary = telemetry_pb2.EpochSummary(epoch=number, metrics=values, duration_seconds=duration)
     summary.end_time.FromNanoseconds(time.time_ns())
-    return summary
+    return summary, left_out
 
 
 def _run_info(
@@ -276,6 +292,8 @@ class TrainingLogger:
         # Set by the sender thread as it ends: `Thread.is_alive()` is wrong after a join interrupted by Ctrl-C.
         self._sender_done = threading.Event()
         self._not_mappings = 0
+        # The keys already warned about as left out of an epoch summary (each is said once).
+        self._summary_keys_warned: set[object] = set()
         # Whether a terminal status was asked of this logger (or left in its spool): the job has ended.
         self._ended = False
         self._spool_dir: Path | None = None
@@ -563,7 +581,10 @@ class TrainingLogger:
 
         Args:
             epoch: The epoch (0-based).
-            metrics: The epoch's final metrics by key, for example `{"val/accuracy": 0.93}`.
+            metrics: The epoch's final metrics by key, for example `{"val/accuracy": 0.93}`; each value as in
+                `log_metric`. A key as `log_metric` refuses it (not text, empty, over 250 characters, a control
+                character) and a value that is not a number are left out, with one warning per key; the rest is
+                recorded.
             duration_seconds: How long the epoch took, if known.
             train_loss: Old form: the epoch's training loss (`train/loss`).
             train_accuracy: Old form: the epoch's training accuracy (`train/accuracy`).
@@ -572,7 +593,16 @@ class TrainingLogger:
             learning_rate: Old form: the learning rate at the end of the epoch (`train/learning_rate`).
             epoch_time: Old form of `duration_seconds`, in seconds.
         """
-        merged: dict[str, object] = dict(metrics or {})
+        try:
+            merged: dict[str, object] = dict(metrics or {})
+        except (TypeError, ValueError):  # telemetry never stops the training: said, and not sent
+            _LOG.warning(
+                "job %s: epoch summary of epoch %r not recorded: metrics must map names to values, got %s",
+                self.job_id,
+                epoch,
+                type(metrics).__name__,
+            )
+            return
         for key, value in (
             ("train/loss", train_loss),
             ("train/accuracy", train_accuracy),
@@ -585,10 +615,12 @@ class TrainingLogger:
         if duration_seconds is None:
             duration_seconds = epoch_time
         try:
-            summary = _epoch_summary(epoch, merged, duration_seconds)
+            summary, left_out = _epoch_summary(epoch, merged, duration_seconds)
         except (TypeError, ValueError) as error:  # telemetry never stops the training: said, and not sent
             _LOG.warning("job %s: epoch summary of epoch %r not recorded: %s", self.job_id, epoch, error)
             return
+        if left_out:
+            self._summary_left_out(summary.epoch, left_out)
         self._call("RecordEpochSummary", telemetry_pb2.RecordEpochSummaryRequest(job_id=self.job_id, summary=summary))
 
     def report_run_info(
@@ -614,6 +646,22 @@ class TrainingLogger:
             _LOG.warning("job %s: run info not recorded: %s", self.job_id, error)
             return
         self._call("ReportRunInfo", request)
+
+    def _summary_left_out(self, epoch: int, left_out: dict[Any, str]) -> None:
+        """Warns, in one line, of the metrics left out of an epoch summary; each key once."""
+        warned = self._summary_keys_warned
+        new = [(key, problem) for key, problem in left_out.items() if key not in warned]
+        if not new:
+            return
+        if len(warned) + len(new) > KNOWN_KEYS_LIMIT:
+            warned.clear()
+        warned.update(key for key, _ in new)
+        _LOG.warning(
+            "job %s: left out of the epoch summary of epoch %d, the rest recorded (each key said once): %s",
+            self.job_id,
+            epoch,
+            "; ".join(f"{_summary_key_name(key)}: {problem}" for key, problem in new),
+        )
 
     def _not_a_mapping(self, metrics: object) -> None:
         """Counts a `log_metrics` argument that is not a mapping as one invalid point, warning the first time."""
