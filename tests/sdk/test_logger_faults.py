@@ -228,3 +228,70 @@ def test_the_spool_stays_while_anything_is_pending(tmp_path: Path, unreachable_a
     report = logger.close(0.2)
     assert report.pending_metrics == 1 and report.calls_pending == 1
     assert [point.value for point in spooled_points(tmp_path / "spool")] == [1.0]
+
+
+def _spool_while_down(backend: BackendProcess, spool_dir: Path, points: int) -> tuple[str, TrainingLogger]:
+    """A logger of a new job that spools `points` metric points while the backend is stopped."""
+    job_id, token = backend.create_job()
+    backend.stop()
+    logger = TrainingLogger(
+        job_id, backend_address=backend.address, token=token, spool_dir=spool_dir, settings=SETTINGS
+    )
+    logger.update_status("running")
+    for step in range(points):
+        logger.log_metric("loss", float(step), step=step)
+    wait_until(lambda: logger.stats.spooled == points, 30, "every point spooled")
+    return job_id, logger
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_sender_survives_a_spooled_segment_that_is_gone(
+    backend: BackendProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A tmp cleaner or a user freeing disk deletes the segments while the backend is away: the replay drops their
+    # points (counted, logged once) and delivers everything logged after them, the terminal status included; the
+    # points spooled after the deletion go to a new segment, not into the deleted one.
+    spool_dir = tmp_path / "spool"
+    with caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"):
+        job_id, logger = _spool_while_down(backend, spool_dir, 100)
+        for segment in spool_dir.glob("metrics-*.seg"):
+            segment.unlink()
+        for step in range(100, 200):
+            logger.log_metric("loss", float(step), step=step)
+        wait_until(lambda: logger.stats.spooled == 200, 30, "the points logged since spooled")
+        backend.restart()
+        logger.update_status("completed")
+        assert logger.flush(30) is False  # points were lost
+        assert logger._sender is not None and logger._sender.is_alive() and logger.enabled
+        report = logger.close(30)
+    assert report.dropped == 100 and report.committed_metrics == 100 and report.pending_metrics == 0
+    assert report.calls_delivered == 2 and report.error is None
+    assert backend.metric_sequences(job_id) == list(range(101, 201))
+    assert backend.job_status(job_id) == "COMPLETED"
+    lost = [r for r in caplog.records if "cannot be read back" in r.getMessage()]
+    assert len(lost) == 1, [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_damaged_spooled_record_is_dropped_and_the_rest_delivered(backend: BackendProcess, tmp_path: Path) -> None:
+    # A record whose bytes changed on disk after it was written (a bad sector, a stray write) fails its checksum
+    # when read back: it is dropped, the records around it are delivered.
+    spool_dir = tmp_path / "spool"
+    job_id, logger = _spool_while_down(backend, spool_dir, 50)
+    for step in range(50, 100):
+        logger.log_metric("loss", float(step), step=step)
+    wait_until(lambda: logger.stats.spooled == 100, 30, "every point spooled")
+    (segment,) = spool_dir.glob("metrics-*.seg")
+    data = bytearray(segment.read_bytes())
+    length = int.from_bytes(data[:4], "little")
+    data[40 : 40 + 8] = b"\xff" * 8  # inside the first record's payload (the header is 28 bytes)
+    assert length > 20  # the damage lies inside it
+    segment.write_bytes(bytes(data))
+    backend.restart()
+    logger.update_status("completed")
+    report = logger.close(30)
+    stored = backend.metric_sequences(job_id)
+    first_record = 100 - len(stored)
+    assert report.dropped == first_record > 0 and report.committed_metrics == len(stored)
+    assert stored == list(range(first_record + 1, 101))
+    assert backend.job_status(job_id) == "COMPLETED"

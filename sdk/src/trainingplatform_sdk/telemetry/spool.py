@@ -196,6 +196,12 @@ class Spool:
         if self.size_bytes + size > self.max_bytes:
             return False
         active = self._active[kind]
+        if active is not None and os.fstat(active[1]).st_nlink == 0:
+            # Deleted under us (a tmp cleaner, a user freeing disk): what it holds cannot be read back by its path,
+            # and nothing more goes into it.
+            _LOG.warning("spool segment %s was deleted while in use; starting a new one", active[0].path)
+            self._close_active(kind)
+            active = None
         if active is None or active[0].size >= self.segment_bytes:
             active = self._open_segment(kind, first)
         segment, fd = active
@@ -249,10 +255,38 @@ class Spool:
             self._active[kind] = None
 
     def read(self, record: SpoolRecord) -> bytes:
-        """The payload of a record."""
+        """The payload of a record, checked against the length and CRC-32 of its header.
+
+        Raises:
+            OSError: The segment cannot be read (deleted by a tmp cleaner or a user freeing disk, an I/O error),
+                or the record is no longer what was written (cut short, overwritten): errno EIO then.
+        """
         with open(record.segment.path, "rb") as handle:
-            handle.seek(record.offset)
-            return handle.read(record.length)
+            handle.seek(record.offset - _HEADER.size)
+            data = handle.read(_HEADER.size + record.length)
+        if len(data) == _HEADER.size + record.length:
+            length, crc, *_ = _HEADER.unpack_from(data)
+            payload = data[_HEADER.size :]
+            if length == record.length and zlib.crc32(payload) == crc:
+                return payload
+        raise OSError(errno.EIO, f"the record at byte {record.offset} of {record.segment.path} is damaged or cut short")
+
+    def forget(self, kind: str, record: SpoolRecord) -> None:
+        """Forgets a record that cannot be read back (`read` failed), deleting its segment once nothing is left in
+        it; its segment takes no more records (a new one is opened for the next)."""
+        segment = record.segment
+        active = self._active[kind]
+        if active is not None and active[0] is segment:
+            self._close_active(kind)
+        segment.records.remove(record)
+        self.pending[kind] -= record.count
+        if not segment.records:
+            self._segments[kind].remove(segment)
+            self.size_bytes -= segment.size
+            try:
+                segment.path.unlink(missing_ok=True)
+            except OSError as exc:
+                _LOG.warning("cannot delete the unreadable spool segment %s (%s)", segment.path, exc)
 
     def trim(self, kind: str, committed: int) -> int:
         """Forgets the points at or below the committed cursor, deleting segments left empty; returns how many."""

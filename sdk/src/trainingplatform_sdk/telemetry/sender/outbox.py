@@ -8,9 +8,11 @@ import time
 from collections import deque
 from typing import Generic
 
+from google.protobuf.message import DecodeError
+
 from trainingplatform_sdk.telemetry.sender.codec import BufferedLog, BufferedMetric, Codec, Point
 from trainingplatform_sdk.telemetry.sender.connection import OpenStream
-from trainingplatform_sdk.telemetry.spool import Spool
+from trainingplatform_sdk.telemetry.spool import Spool, SpoolRecord
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
 
@@ -62,6 +64,9 @@ class Outbox(Generic[Point]):
         #: The last error of a spool write, None once a write succeeds again.
         self.spool_error: OSError | None = None
         self._spool_retry_at = 0.0
+        #: The highest sequence of a spooled record dropped as unreadable (`_lost`), and whether that was logged.
+        self._lost_up_to = 0
+        self._lost_logged = False
 
     def state(self) -> dict[str, int]:
         """The numbering as the spool state keeps it."""
@@ -88,16 +93,23 @@ class Outbox(Generic[Point]):
 
     def advance(self, cursor: int) -> bool:
         """Forgets what the committed cursor covers; returns whether the cursor moved."""
-        if cursor <= self.committed:
-            return False
-        self.committed = cursor
-        removed = self._spool.trim(self.name, cursor)
-        memory = self.memory
-        while memory and memory[0][0] <= cursor:
-            memory.popleft()
-            removed += 1
-        self.committed_count += removed
-        return True
+        moved = cursor > self.committed
+        if moved:
+            self.committed = cursor
+            removed = self._spool.trim(self.name, cursor)
+            memory = self.memory
+            while memory and memory[0][0] <= cursor:
+                memory.popleft()
+                removed += 1
+            self.committed_count += removed
+        if self._lost_up_to > self.committed:
+            # The backend never gets the points of a record that could not be read back: once nothing below them
+            # waits, the cursor passes them as it passes a gap.
+            lowest = self.lowest()
+            if lowest is None or lowest > self._lost_up_to:
+                self.committed = self._lost_up_to
+                moved = True
+        return moved
 
     def continue_after(self, cursor: int) -> int:
         """Moves the numbering above a cursor that is ahead of what the spool state remembers (state lost).
@@ -137,10 +149,15 @@ class Outbox(Generic[Point]):
 
         From memory only a full batch, unless `partial`; None when there is nothing (more) to send.
         """
-        record = self._spool.first_record_after(self.name, self.sent)
-        if record is not None:
-            # The codec may cut a record written under a larger budget: the rest follows in the next message.
-            return self.codec.parse(self._spool.read(record), self.sent)
+        spool = self._spool
+        record = spool.first_record_after(self.name, self.sent)
+        while record is not None:
+            try:
+                # The codec may cut a record written under a larger budget: the rest follows in the next message.
+                return self.codec.parse(spool.read(record), self.sent)
+            except (OSError, DecodeError) as exc:
+                self._lost(record, exc)
+            record = spool.first_record_after(self.name, self.sent)
         if not self.unsent():
             return None
         memory = self.memory
@@ -150,6 +167,23 @@ class Outbox(Generic[Point]):
         if not full and not partial:
             return None
         return self.codec.encode(batch), batch[-1][0], len(batch)
+
+    def _lost(self, record: SpoolRecord, exc: Exception) -> None:
+        """Drops a spooled record that cannot be read back (counted, logged once): the sender goes on with the
+        next one, and the committed cursor is taken past it once nothing below it waits (`advance`)."""
+        if not self._lost_logged:
+            self._lost_logged = True
+            _LOG.error(
+                "job %s: spooled %s cannot be read back (%s); they are dropped (counted in the delivery report, "
+                "logged once)",
+                self.codec.job_id,
+                self.name,
+                exc,
+            )
+        self._spool.forget(self.name, record)
+        self.dropped += record.count
+        self.sent = max(self.sent, record.last)
+        self._lost_up_to = max(self._lost_up_to, record.last)
 
     def unsent(self) -> bool:
         """Whether points in memory wait for a message (those in the spool are sent whenever there is room)."""
