@@ -307,6 +307,8 @@ class TrainingLogger:
         self._final_report: DeliveryReport | None = None
         # Under `tp run` for this job: log records and statuses go to `tp run` on stderr (telemetry/relay.py).
         self._relay = False
+        # Whether a record that could not be written to `tp run` was warned about (said once).
+        self._relay_failed = False
         if not enabled:
             _LOG.warning("job %s: telemetry disabled (enabled=False): every call is a no-op", job_id or "-")
             return
@@ -489,7 +491,7 @@ class TrainingLogger:
                 if number is not None:
                     with contextlib.suppress(TypeError, ValueError, OverflowError):
                         record[name] = int(number)  # numpy and torch integers too
-            write_relayed(record)
+            self._write_relayed(record)
             return
         buffer = self._buffer
         buffer.append(
@@ -546,7 +548,7 @@ class TrainingLogger:
             # `tp run` moves the job after the log lines before this call; what this logger sent goes first.
             if request.status in _TERMINAL:
                 self.flush(self.settings.close_timeout_s)
-            write_relayed(
+            self._write_relayed(
                 {
                     "kind": "status",
                     "status": int(request.status),
@@ -646,6 +648,18 @@ class TrainingLogger:
             _LOG.warning("job %s: run info not recorded: %s", self.job_id, error)
             return
         self._call("ReportRunInfo", request)
+
+    def _write_relayed(self, record: dict[str, object]) -> None:
+        """Relays a log record or a status to `tp run`; warns once when one cannot be written (it is lost)."""
+        if write_relayed(record) or self._relay_failed:
+            return
+        self._relay_failed = True
+        _LOG.warning(
+            "job %s: a %s could not be written to `tp run` on stderr (closed, or `tp run` is gone): it is lost, and "
+            "so is any other that cannot be (said once)",
+            self.job_id,
+            "status" if record.get("kind") == "status" else "log record",
+        )
 
     def _summary_left_out(self, epoch: int, left_out: dict[Any, str]) -> None:
         """Warns, in one line, of the metrics left out of an epoch summary; each key once."""

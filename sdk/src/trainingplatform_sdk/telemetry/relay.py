@@ -32,9 +32,14 @@ def relay_job_id() -> str | None:
 
 
 def write_relayed(record: dict[str, Any], fd: int = 2) -> bool:
-    """Writes one relayed line to `fd` (stderr); False when it cannot be written (`tp run` is gone). Never raises."""
+    """Writes one relayed line to `fd` (stderr); False when it cannot be written (`tp run` is gone). Never raises.
+
+    What UTF-8 cannot encode (a lone surrogate, as in a file name decoded with surrogateescape) is replaced by `?`,
+    as in the records a logger streams itself.
+    """
     try:
-        data = (RELAY_MARKER + json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        line = RELAY_MARKER + json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+        data = line.encode("utf-8", "replace")
     except (TypeError, ValueError):
         return False
     try:
