@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.streams import request_points
+from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk import LoggerSettings, TrainingLogger
 from trainingplatform_sdk.telemetry.spool import Spool, SpoolLockedError
 
 
@@ -94,6 +97,29 @@ def test_the_cap_refuses_appends(tmp_path: Path) -> None:
     assert not spool.append("metrics", b"x" * 100, 2, 2, 1)
     assert spool.pending["metrics"] == 1
     spool.close()
+
+
+def test_past_the_cap_the_spool_keeps_the_oldest_points(tmp_path: Path, unreachable_address: str) -> None:
+    # What the spool holds stays; the points that would take it past its cap are dropped, so the spool is a gapless
+    # prefix of what was logged (docs/architecture.md says so).
+    settings = LoggerSettings(spool_max_bytes=20_000, reconnect_initial_backoff_s=0.05, reconnect_max_backoff_s=0.1)
+    logger = TrainingLogger(
+        "job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path, settings=settings
+    )
+    for step in range(3000):
+        logger.log_metric("loss", float(step), step=step)
+        if step % 100 == 0:
+            time.sleep(0.06)  # several spills, so the cap is hit more than once
+    report = logger.close(0.2)
+    spool = _open(tmp_path)
+    steps = [
+        point.step
+        for record in spool.records("metrics")
+        for point in request_points(telemetry_pb2.StreamMetricsRequest.FromString(spool.read(record)))
+    ]
+    spool.close()
+    assert 0 < report.dropped < 3000 and len(steps) == 3000 - report.dropped
+    assert steps == list(range(len(steps)))
 
 
 def test_one_process_at_a_time(tmp_path: Path) -> None:
