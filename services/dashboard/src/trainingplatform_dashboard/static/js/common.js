@@ -180,6 +180,54 @@ export function showLiveState(events) {
   });
 }
 
+/** Reopens an event stream the browser gave up on. EventSource reconnects by itself after a dropped connection, but
+ * closes for good when an answer is not a stream: a restarted dashboard's 401 (sessions live in memory), a proxy's
+ * 502, a 503 while the backend is down. `later()` asks /api/session after a delay (1 s, doubling to 10 s; `opened()`
+ * resets it): on a 401 the session has ended, the page says so and `onSessionEnded` runs; on anything else `open`
+ * makes the stream again. Each step first checks `wanted()` (the page still wants a stream: not hidden, not ended,
+ * none open). */
+export function streamRetry(open, { wanted = () => true, onSessionEnded = () => {} } = {}) {
+  let delay = 1000;
+  let timer = null;
+
+  async function attempt() {
+    timer = null;
+    if (!wanted()) return;
+    try {
+      await api("/api/session"); // a 401 shows the session-ended banner
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) {
+        setLive("false", "the session has ended");
+        onSessionEnded();
+        return;
+      }
+    }
+    if (wanted()) open();
+  }
+
+  return {
+    /** Tries again after the current delay; returns it in seconds (for the page's banner). */
+    later() {
+      clearTimeout(timer);
+      const wait = delay;
+      delay = Math.min(delay * 2, 10000);
+      timer = setTimeout(attempt, wait);
+      return wait / 1000;
+    },
+    /** The stream is open: the next retry waits 1 s again. */
+    opened() {
+      delay = 1000;
+    },
+    /** Drops a retry not yet started; returns whether there was one. */
+    cancel() {
+      const waiting = timer !== null;
+      clearTimeout(timer);
+      timer = null;
+      return waiting;
+    },
+  };
+}
+
 /** Follows a job's live events (`/api/jobs/{id}/events`) while the page is shown. A hidden page (a tab in the
  * background) closes its stream, freeing one of the few connections the browser opens to the dashboard, and
  * reopens it when it is shown again, after the id of the last event it received: nothing is missed or repeated.
@@ -189,31 +237,16 @@ export function followJob(jobId, after, handlers) {
   let cursor = after;
   let source = null;
   let stopped = false;
-  let retryDelay = 1000;
-  let retryTimer = null;
+  const retry = streamRetry(open, {
+    wanted: () => !stopped && source === null && document.visibilityState !== "hidden",
+    onSessionEnded: stop,
+  });
 
   function stop() {
     stopped = true;
-    clearTimeout(retryTimer);
+    retry.cancel();
     if (source !== null) source.close();
     source = null;
-  }
-
-  // EventSource gives up when the server answers with an error status (a stream reopened while the backend is
-  // down: 503): try again, backing off to 10 s, unless the session has ended.
-  async function reopen() {
-    retryTimer = null;
-    if (stopped || source !== null || document.visibilityState === "hidden") return;
-    try {
-      await api("/api/session");
-    } catch (error) {
-      if (error instanceof ApiError && error.status === 401) {
-        stop();
-        setLive("false", "the session has ended");
-        return;
-      }
-    }
-    if (!stopped && source === null && document.visibilityState !== "hidden") open();
   }
 
   function open() {
@@ -223,7 +256,7 @@ export function followJob(jobId, after, handlers) {
     events.addEventListener("session_ended", stop);
     showLiveState(events);
     events.addEventListener("open", () => {
-      retryDelay = 1000;
+      retry.opened();
       setLive("true");
       clearBanner();
     });
@@ -255,9 +288,7 @@ export function followJob(jobId, after, handlers) {
       setLive("false");
       if (events.readyState === EventSource.CLOSED) {
         source = null;
-        showBanner(`Live updates interrupted; trying again in ${retryDelay / 1000} s…`, "warning");
-        retryTimer = setTimeout(reopen, retryDelay);
-        retryDelay = Math.min(retryDelay * 2, 10000);
+        showBanner(`Live updates interrupted; trying again in ${retry.later()} s…`, "warning");
         return;
       }
       showBanner("Live updates interrupted; reconnecting…", "warning");
@@ -267,7 +298,7 @@ export function followJob(jobId, after, handlers) {
   document.addEventListener("visibilitychange", () => {
     if (stopped) return;
     if (document.visibilityState === "hidden") {
-      clearTimeout(retryTimer);
+      retry.cancel();
       if (source !== null) source.close();
       source = null;
       setLive("paused");

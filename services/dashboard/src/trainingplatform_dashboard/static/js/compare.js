@@ -29,6 +29,7 @@ import {
   showBanner,
   showLiveState,
   statusBadge,
+  streamRetry,
 } from "./common.js";
 
 const main = document.getElementById("main");
@@ -302,27 +303,56 @@ async function compare(jobsBox) {
     for (const key of dirty) draw(key);
     dirty.clear();
   };
+  // A stream the browser gave up on (a restarted dashboard's 401, a proxy's 502) is opened again after the last
+  // event it received, unless the session has ended.
   stores.forEach((store, i) => {
     if (TERMINAL.has(jobs[i].status)) return;
-    const events = new EventSource(`/api/jobs/${encodeURIComponent(store.jobId)}/events?after=m${store.lastSequence}`);
-    endWithSession(events);
-    showLiveState(events);
-    events.addEventListener("metrics", (e) => {
-      for (const key of store.append(JSON.parse(e.data).points || [])) dirty.add(key);
-      if (frame === null) frame = requestAnimationFrame(redraw);
+    let cursor = `m${store.lastSequence}`;
+    let source = null;
+    let stopped = false;
+    const retry = streamRetry(open, {
+      wanted: () => !stopped && source === null,
+      onSessionEnded: () => {
+        stopped = true;
+      },
     });
-    events.addEventListener("end", () => events.close());
-    events.addEventListener("error", (e) => {
-      if (!e.data) return; // a dropped connection reconnects by itself
-      events.close(); // refused by the server: say why
-      let message = "the live stream was refused";
-      try {
-        message = JSON.parse(e.data).error.message || message;
-      } catch {
-        // keep the generic message
-      }
-      showBanner(`Live updates of ${jobName(jobs[i])} stopped: ${message}`);
-    });
+    const stop = () => {
+      stopped = true;
+      retry.cancel();
+      if (source !== null) source.close();
+    };
+    function open() {
+      const events = new EventSource(`/api/jobs/${encodeURIComponent(store.jobId)}/events?after=${encodeURIComponent(cursor)}`);
+      source = events;
+      endWithSession(events);
+      events.addEventListener("session_ended", stop);
+      showLiveState(events);
+      events.addEventListener("open", () => retry.opened());
+      events.addEventListener("metrics", (e) => {
+        if (e.lastEventId) cursor = e.lastEventId;
+        for (const key of store.append(JSON.parse(e.data).points || [])) dirty.add(key);
+        if (frame === null) frame = requestAnimationFrame(redraw);
+      });
+      events.addEventListener("end", stop);
+      events.addEventListener("error", (e) => {
+        if (events !== source || stopped) return;
+        if (e.data) {
+          stop(); // refused by the server: say why
+          let message = "the live stream was refused";
+          try {
+            message = JSON.parse(e.data).error.message || message;
+          } catch {
+            // keep the generic message
+          }
+          showBanner(`Live updates of ${jobName(jobs[i])} stopped: ${message}`);
+          return;
+        }
+        if (events.readyState !== EventSource.CLOSED) return; // a dropped connection reconnects by itself
+        source = null;
+        showBanner(`Live updates of ${jobName(jobs[i])} interrupted; trying again in ${retry.later()} s…`, "warning");
+      });
+    }
+    open();
   });
 
   const xSelect = el(

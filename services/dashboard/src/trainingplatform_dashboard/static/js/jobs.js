@@ -18,6 +18,7 @@ import {
   renderError,
   showBanner,
   statusBadge,
+  streamRetry,
 } from "./common.js";
 
 const STATUSES = ["", "PENDING", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"];
@@ -240,14 +241,22 @@ moreButton.addEventListener("click", () => {
 
 // The feed's stream, open while the page is shown: a hidden page (a tab in the background) closes it, freeing one of
 // the few connections the browser opens to the dashboard, and opens it again when shown (the feed then sends every
-// job again, so the list is whole).
+// job again, so the list is whole). A stream the browser gave up on (a restarted dashboard's 401, a proxy's 502) is
+// opened again by `retry`, unless the session has ended.
 let events = null;
 let sessionEnded = false;
+const retry = streamRetry(follow, {
+  wanted: () => events === null && !sessionEnded && document.visibilityState !== "hidden",
+  onSessionEnded: () => {
+    sessionEnded = true;
+  },
+});
 
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "hidden") {
-    if (events === null) return;
-    events.close();
+    const waiting = retry.cancel();
+    if (events === null && !waiting) return;
+    if (events !== null) events.close();
     events = null;
     document.body.dataset.live = "paused";
   } else if (document.body.dataset.live === "paused" && !sessionEnded) {
@@ -260,13 +269,14 @@ function follow() {
     document.body.dataset.live = "paused";
     return;
   }
-  events = new EventSource("/api/events/jobs");
-  endWithSession(events);
-  events.addEventListener("session_ended", () => {
+  const stream = new EventSource("/api/events/jobs");
+  events = stream;
+  endWithSession(stream);
+  stream.addEventListener("session_ended", () => {
     sessionEnded = true;
   });
-  events.addEventListener("job", (event) => upsert(JSON.parse(event.data)));
-  events.addEventListener("backend", (event) => {
+  stream.addEventListener("job", (event) => upsert(JSON.parse(event.data)));
+  stream.addEventListener("backend", (event) => {
     const backend = JSON.parse(event.data);
     if (backend.reachable) {
       const wasStale = state.unreachable !== null;
@@ -279,12 +289,19 @@ function follow() {
       showStale();
     }
   });
-  events.addEventListener("open", () => {
+  stream.addEventListener("open", () => {
+    retry.opened();
     document.body.dataset.live = "true";
     if (!state.unreachable) clearBanner();
   });
-  events.addEventListener("error", () => {
+  stream.addEventListener("error", () => {
+    if (stream !== events) return;
     document.body.dataset.live = "false";
+    if (stream.readyState === EventSource.CLOSED) {
+      events = null;
+      showBanner(`Live updates interrupted; trying again in ${retry.later()} s…`, "warning");
+      return;
+    }
     showBanner("Live updates interrupted; reconnecting…", "warning");
   });
 }
