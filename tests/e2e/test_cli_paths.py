@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from support.backend import free_port
+from support.certs import make_pki
 from support.tp import TP, shell_env
 from trainingplatform_sdk.clients import JobsClient
 
@@ -309,6 +310,31 @@ def test_a_service_that_dies_after_the_start_is_named_with_its_log_and_the_confi
     assert str(tmp_path / "data" / "logs" / "backend.log") in error[0]
     assert not up.config.exists(), "the config names a stack that is gone"
     assert wait_gone(list(up.pids.values())) == []
+
+
+def test_one_process_settings_of_the_callers_environment_are_not_given_to_the_services(tmp_path: Path) -> None:
+    """An exported TP_METRICS_PORT (README shows one for tp-backend), or a server certificate and key, reached all
+    four services `tp up` starts: they all tried the same metrics port (the second failed, so `tp up` never started)
+    and all served TLS, which its own health checks do not speak. They are withheld, and `tp up` says so."""
+    pki = make_pki(tmp_path / "pki")
+    metrics_port = free_port()
+    withheld = {
+        "TP_METRICS_PORT": str(metrics_port),
+        "TP_TLS_CERT_FILE": str(pki.server_cert),
+        "TP_TLS_KEY_FILE": str(pki.server_key),
+        "TP_BACKEND_LISTEN": f"127.0.0.1:{free_port()}",
+    }
+    up = start_up(tmp_path, dashboard=True, extra_env=withheld)
+    try:
+        assert up.ready.wait(240), up.text
+        assert up.process.poll() is None, up.text
+        notes = [line for line in up.lines if "not given to the services" in line]
+        assert len(notes) == 1 and all(name in notes[0] for name in withheld), up.text
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", metrics_port)) != 0, "no service serves metrics"
+        assert tp(up, "jobs").returncode == 0, "the backend serves plaintext on its port"
+    finally:
+        stop_up(up)
 
 
 def test_grpc_servers_refuse_a_port_already_served(stack: Up, tmp_path: Path) -> None:

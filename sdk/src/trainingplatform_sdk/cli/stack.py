@@ -44,6 +44,18 @@ READ_TOKEN_FILE = "read_auth_token"
 _TRAINER_WITHHELD_ENV = ("FRONTEND_AUTH_TOKEN", "TP_AUTH_TOKEN", "READ_AUTH_TOKEN", "TP_DASHBOARD_TOKEN")
 # The dashboard holds the front-end token (as TP_AUTH_TOKEN) and the read token, never the service token.
 _DASHBOARD_WITHHELD_ENV = ("INTERNAL_AUTH_TOKEN", "FRONTEND_AUTH_TOKEN")
+ONE_PROCESS_ENV = (
+    "TP_METRICS_PORT",
+    "TP_BACKEND_LISTEN",
+    "TP_TRAINER_LISTEN",
+    "TP_DASHBOARD_LISTEN",
+    "TP_TLS_CERT_FILE",
+    "TP_TLS_KEY_FILE",
+    "TP_TLS_CLIENT_CA_FILE",
+)
+"""Settings of one server process, withheld from every service of the stack: given to all four, they would all
+bind one metrics port (all but the first fail) or serve TLS, which the stack's health checks and the address it
+prints do not speak. The stack sets each service's listen address itself."""
 
 
 @dataclass
@@ -212,6 +224,8 @@ class Stack:
         """The dashboard's login token (TP_DASHBOARD_TOKEN, else random per start: then it works once)."""
         self.dashboard_token_one_time = not os.environ.get("TP_DASHBOARD_TOKEN", "").strip()
         self.dashboard_url = f"http://127.0.0.1:{dashboard_port}" if dashboard_port else ""
+        self.withheld_settings = tuple(name for name in ONE_PROCESS_ENV if name in os.environ)
+        """The `ONE_PROCESS_ENV` variables of this process's environment, which no service gets."""
         base_env = {"INTERNAL_AUTH_TOKEN": self.token, "TP_DATA_DIR": str(self.data_dir)}
         self.services = [
             Service(
@@ -301,7 +315,11 @@ class Stack:
             service.process = subprocess.Popen(
                 service.command,
                 env={
-                    **{k: v for k, v in os.environ.items() if k not in service.withheld_env},
+                    **{
+                        k: v
+                        for k, v in os.environ.items()
+                        if k not in service.withheld_env and k not in ONE_PROCESS_ENV
+                    },
                     **service.env,
                 },
                 stdout=log,
