@@ -12,7 +12,8 @@
 - A request that changes anything (any method but GET and HEAD) also needs the header `X-CSRF-Token` equal to its
   session's CSRF token (`GET /api/session`), else 403 PERMISSION_DENIED with the field `X-CSRF-Token` (`CSRF_FIELD`):
   the mark by which a page tells this refusal (read the token again and retry) from any other 403.
-- Every answer carries a Content-Security-Policy without inline script or style, `nosniff` and `no-referrer`.
+- Every answer carries a Content-Security-Policy without inline script or style, `nosniff` and `no-referrer`; an
+  unexpected error is a JSON 500 INTERNAL with them too (and a traceback in the log), not Starlette's plain text.
 
 Sessions live in this process's memory: a restart logs browsers out (they log in again with the printed URL).
 """
@@ -20,6 +21,7 @@ Sessions live in this process's memory: a restart logs browsers out (they log in
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -44,6 +46,8 @@ __all__ = [
 ]
 
 COOKIE = "tp_session"
+_LOG = logging.getLogger("trainingplatform_dashboard")
+
 NEXT_COOKIE = "tp_next"
 _NEXT_TTL_S = 600
 CSRF_HEADER = "x-csrf-token"
@@ -223,6 +227,20 @@ def unauthorized(path: str, reason: str = "You are not logged in.") -> Response:
     return HTMLResponse(LOGIN_PAGE.format(reason=reason), status_code=401)
 
 
+def internal_error() -> Response:
+    """500 INTERNAL: what an unexpected error of the dashboard itself answers (the details are in its log)."""
+    return JSONResponse(
+        {
+            "error": {
+                "code": "INTERNAL",
+                "message": "the dashboard failed to answer this request; its log says why",
+                "field": None,
+            }
+        },
+        status_code=500,
+    )
+
+
 class SecurityMiddleware:
     """Adds the security headers to every answer, and refuses requests without a session (401) or, when they
     change something, without the session's CSRF token (403). The session is put in `scope["state"]["session"]`."""
@@ -236,8 +254,12 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 for name, value in _HEADERS.items():
                     headers[name] = value
@@ -245,9 +267,20 @@ class SecurityMiddleware:
                     headers["cache-control"] = "no-store"
             await send(message)
 
+        async def call_app() -> None:
+            # An error no handler maps would reach Starlette's outermost error middleware, whose plain-text 500 goes
+            # around this one: no security headers. It is answered here, as JSON with them, and logged once.
+            try:
+                await self.app(scope, receive, send_with_headers)
+            except Exception:
+                if started:
+                    raise
+                _LOG.exception("%s %s failed", scope["method"], scope["path"])
+                await internal_error()(scope, receive, send_with_headers)
+
         path: str = scope["path"]
         if path in _OPEN_PATHS:
-            await self.app(scope, receive, send_with_headers)
+            await call_app()
             return
         connection = HTTPConnection(scope)
         session = self.sessions.get(connection.cookies.get(COOKIE))
@@ -273,4 +306,4 @@ class SecurityMiddleware:
                 await response(scope, receive, send_with_headers)
                 return
         scope.setdefault("state", {})["session"] = session
-        await self.app(scope, receive, send_with_headers)
+        await call_app()
