@@ -262,3 +262,47 @@ def test_remove_deletes_an_empty_spool_only(tmp_path: Path) -> None:
     spool.trim("metrics", 1)
     assert spool.remove()
     assert not directory.exists()
+
+
+def test_renumbered_records_keep_their_numbers_across_a_reopen(tmp_path: Path) -> None:
+    spool = _open(tmp_path, segment_bytes=64)
+    spool.append("metrics", b"x" * 100, 1, 10, 10)  # before the backend answered: numbered from 1
+    spool.append("metrics", b"x" * 100, 11, 20, 10)
+    assert spool.renumber("metrics", 0, 100) == 20  # the backend already held 100
+    spool.append("metrics", b"x" * 100, 121, 130, 10)  # numbered after it
+    expected = [(101, 110), (111, 120), (121, 130)]
+    assert [(r.first, r.last) for r in spool.records("metrics")] == expected
+    spool.close()
+    reopened = _open(tmp_path)
+    assert [(r.first, r.last) for r in reopened.records("metrics")] == expected
+    assert [r.segment.shift for r in reopened.records("metrics")] == [100, 100, 0]
+    assert reopened.trim("metrics", 110) == 10
+    reopened.close()
+
+
+def test_a_renumbering_cut_short_leaves_the_segments_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A crash (here: a failed rename) halfway through: the segments are renamed last first, so those renumbered
+    # lie above those not yet, and a reopened spool still has them in order.
+    spool = _open(tmp_path, segment_bytes=64)
+    for first in (1, 11, 21):
+        spool.append("metrics", b"x" * 100, first, first + 9, 10)
+    real_rename = os.rename
+    renames: list[str] = []
+
+    def rename_once(source: Path, target: Path) -> None:
+        if renames:
+            raise OSError(5, "Input/output error")
+        renames.append(str(target))
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename_once)
+    with pytest.raises(OSError):
+        spool.renumber("metrics", 0, 100)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert [(r.first, r.last) for r in spool.records("metrics")] == [(1, 10), (11, 20), (121, 130)]
+    spool.close()
+    reopened = _open(tmp_path)
+    assert [(r.first, r.last) for r in reopened.records("metrics")] == [(1, 10), (11, 20), (121, 130)]
+    assert reopened.renumber("metrics", 0, 100) == 20  # the rest follows on the next try
+    assert [(r.first, r.last) for r in reopened.records("metrics")] == [(101, 110), (111, 120), (121, 130)]
+    reopened.close()

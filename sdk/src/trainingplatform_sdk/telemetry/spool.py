@@ -11,7 +11,11 @@ Layout of a spool directory (one job):
     power loss every valid slot holds at least the last reservation, and a restart never reuses a sequence;
   - `<kind>-<first sequence>.seg`: append-only segments of records. A record is a header (payload length, CRC-32,
     first and last sequence, point count) and a payload (a serialized StreamMetricsRequest or StreamLogsRequest).
-    A record torn by a crash fails its length or CRC check and ends the segment's readable part;
+    A record torn by a crash fails its length or CRC check and ends the segment's readable part. A segment named
+    `<kind>-<first sequence>+<shift>.seg` was renumbered (`renumber`): the real sequences of its points are those
+    written in it plus `shift` (its records' `first` and `last` here are the real ones; the sender shifts the
+    payload's when it sends it). Renaming is the one atomic step, so a crash leaves each segment either renumbered
+    or not, never half;
   - `lock`: locked while a logger uses the directory, so two processes never number the same job's points. A POSIX
     record lock (`lockf`): unlike `flock`, a forked child (a DataLoader worker) does not inherit it, so a child
     that outlives the training process never keeps the spool from being replayed. Such a lock does not exclude
@@ -79,6 +83,8 @@ class Segment:
     path: Path
     size: int
     records: list[SpoolRecord] = field(default_factory=list)
+    #: What to add to the sequences written in the segment to get their real ones (see `Spool.renumber`).
+    shift: int = 0
 
 
 class Spool:
@@ -145,7 +151,8 @@ class Spool:
 
     def _load_segment(self, kind: str, path: Path) -> None:
         data = path.read_bytes()
-        segment = Segment(path=path, size=len(data))
+        _, plus, shift = path.stem.rpartition("+")
+        segment = Segment(path=path, size=len(data), shift=int(shift) if plus and shift.isdigit() else 0)
         offset = 0
         while offset + _HEADER.size <= len(data):
             length, crc, first, last, count = _HEADER.unpack_from(data, offset)
@@ -154,7 +161,9 @@ class Spool:
             if len(payload) != length or zlib.crc32(payload) != crc:
                 _LOG.warning("spool segment %s: torn record at byte %d ignored (a crash while writing)", path, offset)
                 break
-            segment.records.append(SpoolRecord(segment, start, length, first, last, count))
+            segment.records.append(
+                SpoolRecord(segment, start, length, first + segment.shift, last + segment.shift, count)
+            )
             offset = start + length
         if segment.records:
             self._segments[kind].append(segment)
@@ -219,6 +228,38 @@ class Spool:
         self.size_bytes += size
         self.pending[kind] += count
         return True
+
+    def renumber(self, kind: str, above: int, shift: int) -> int:
+        """Moves the sequences of every record numbered above `above` (and not renumbered before) up by `shift`;
+        returns how many points moved.
+
+        The sender numbers points before the backend can say what it holds; when its cursor shows the numbering
+        must move, the records numbered since move with it. Each segment is renamed to `<name>+<shift>.seg`, the
+        last first: a crash halfway leaves the renumbered segments above the others, in order. The directory is
+        synced before this returns, so the renames are on disk before the state that follows them.
+
+        Raises:
+            OSError: A segment cannot be renamed (those renamed before stay renamed).
+        """
+        self._close_active(kind)  # later records are numbered anew: they go to a segment of their own
+        moved = 0
+        try:
+            for segment in reversed(self._segments[kind]):
+                if segment.shift or not segment.records or segment.records[0].first <= above:
+                    continue
+                path = segment.path.with_name(f"{segment.path.stem}+{shift}.seg")
+                os.rename(segment.path, path)
+                segment.path = path
+                segment.shift = shift
+                for record in segment.records:
+                    record.first += shift
+                    record.last += shift
+                    moved += record.count
+        finally:
+            self._segments[kind].sort(key=lambda segment: segment.records[0].first)
+        if moved:
+            _fsync_directory(self.directory)
+        return moved
 
     def _open_segment(self, kind: str, first: int) -> tuple[Segment, int]:
         self._close_active(kind)

@@ -177,6 +177,8 @@ class Delivery:
     def read_cursor_until(self, deadline: float) -> None:
         """Reads the committed cursor once, waiting until `deadline`, and forgets what it covers; a failed read
         changes nothing. After a final refusal: a job's token still reads its cursor once the job ended."""
+        if not self._numbering_checked:
+            return  # what of this logger's provisional numbering the cursor covers is unknown: nothing
         try:
             cursor = self._connection.read_cursor().result(timeout=max(0.0, deadline - time.monotonic()))
         except (grpc.RpcError, grpc.FutureTimeoutError, grpc.FutureCancelledError):
@@ -219,12 +221,16 @@ class Delivery:
     # -- the cursor --------------------------------------------------------------------------------------------------
 
     def _check_numbering(self, outbox: AnyOutbox, cursor: int) -> None:
-        """Moves the numbering above a cursor that is ahead of what the spool state remembers (state lost)."""
+        """Moves the numbering above a cursor that is ahead of what the spool knew (a new spool, or its state lost),
+        points in memory and in the spool alike. Saved durably before anything is sent: a restart must never take
+        a numbering already checked (and points then sent) for a provisional one and renumber it again."""
         base = outbox.base
+        checked = outbox.checked
         shift = outbox.continue_after(cursor)
         if shift:
             self._calls.shift_barriers(outbox.name, base, shift)
-            self._state.save()
+        if shift or not checked:
+            self._state.save(durable=True)
 
     def _cursor_due(self, now: float, closing: bool) -> bool:
         if not self._in_flight():

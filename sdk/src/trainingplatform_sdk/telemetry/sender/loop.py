@@ -175,8 +175,9 @@ class Sender(threading.Thread):
 
     def run(self) -> None:
         try:
-            # Ask the cursor before numbering anything, so a lost spool state cannot reuse committed sequences (the
-            # answer comes on a later iteration: nothing is spilled until then, and memory renumbered if needed).
+            # Ask the cursor before sending anything, so a new spool or a lost spool state cannot reuse committed
+            # sequences: the answer comes on a later iteration, and whatever was numbered until then, in memory or
+            # spooled (the backend may be away for long), is renumbered after the cursor if needed.
             self._delivery.connect()
             self._loop()
         except Exception:

@@ -9,6 +9,7 @@ from collections import deque
 from typing import Generic
 
 from google.protobuf.message import DecodeError
+from trainingplatform.telemetry.v1 import telemetry_pb2
 
 from trainingplatform_sdk.telemetry.sender.codec import BufferedLog, BufferedMetric, Codec, Point
 from trainingplatform_sdk.telemetry.sender.connection import OpenStream
@@ -42,8 +43,13 @@ class Outbox(Generic[Point]):
             int(saved.get("assigned", 0)), int(saved.get("reserved", 0)), spool.highest_sequence(self.name)
         )
         self.reserved = self.assigned
-        #: `assigned` as loaded at start, until the backend's cursor shows it was lost (see `continue_after`).
-        self.base = self.assigned
+        #: Whether the numbering was checked against the backend's cursor (`continue_after`) since the spool was
+        #: made: until then it is provisional. A spool of an earlier SDK, or one whose state was lost while records
+        #: remained, counts as checked.
+        self.checked = bool(saved.get("checked", True)) if saved else spool.highest_sequence(self.name) > 0
+        #: The highest sequence known to continue the backend's numbering (see `continue_after`): `assigned` as
+        #: loaded at start, 0 while the numbering is provisional.
+        self.base = self.assigned if self.checked else 0
         self.committed = int(saved.get("committed", 0))
         # Records are append-only, so a partly committed one is trimmed again from the saved cursor.
         spool.trim(self.name, self.committed)
@@ -68,9 +74,14 @@ class Outbox(Generic[Point]):
         self._lost_up_to = 0
         self._lost_logged = False
 
-    def state(self) -> dict[str, int]:
+    def state(self) -> dict[str, int | bool]:
         """The numbering as the spool state keeps it."""
-        return {"assigned": self.assigned, "reserved": self.reserved, "committed": self.committed}
+        return {
+            "assigned": self.assigned,
+            "reserved": self.reserved,
+            "committed": self.committed,
+            "checked": self.checked,
+        }
 
     @property
     def pending(self) -> int:
@@ -112,36 +123,61 @@ class Outbox(Generic[Point]):
         return moved
 
     def continue_after(self, cursor: int) -> int:
-        """Moves the numbering above a cursor that is ahead of what the spool state remembers (state lost).
+        """Checks the numbering against the backend's first cursor answer: when the cursor is above `base` (the
+        spool was new, or its state lost, and the job already has points on the backend), every point numbered
+        above `base`, in memory and in the spool, is renumbered after the cursor, so that none is taken for a
+        duplicate of what the backend holds. Nothing numbered above `base` was sent before (points are sent only
+        after this check), so nothing is stored twice.
 
         Returns the shift of the numbering, 0 when the cursor is not ahead. `base` becomes the cursor.
+
+        Spooled points that cannot be renumbered (the spool's directory cannot be written) are dropped, counted.
         """
         if cursor <= self.base:
+            self.checked = True
             return 0
         shift = cursor - self.base
-        job_id = self.codec.job_id
-        if self._spool.highest_sequence(self.name) > self.base:
-            _LOG.error(
-                "job %s: the backend already holds %s up to %d but the spool numbered from %d; "
-                "points spooled since may be taken for duplicates",
-                job_id,
-                self.name,
-                cursor,
-                self.base,
-            )
-        _LOG.warning(
-            "job %s: the spool state knew %s up to %d, the backend %d; numbering continues after %d",
-            job_id,
+        try:
+            spooled = self._spool.renumber(self.name, self.base, shift)
+        except OSError as exc:
+            spooled = 0
+            self._drop_unrenumbered(exc)
+        # Worth a warning when points moved; a logger that has numbered nothing yet (a new spool of a job with
+        # points, the relay's metrics) only continues after the cursor.
+        _LOG.log(
+            logging.WARNING if spooled or self.memory else logging.INFO,
+            "job %s: the backend already holds %s up to %d, above the %d this spool knew; the %d points numbered "
+            "since (%d of them spooled) are renumbered after it",
+            self.codec.job_id,
             self.name,
+            cursor,
             self.base,
-            cursor,
-            cursor,
+            spooled + len(self.memory),
+            spooled,
         )
         # Concatenation, not `(point[0] + shift, *point[1:])`: mypy cannot type that under a constrained TypeVar.
         self.memory = deque((point[0] + shift,) + point[1:] for point in self.memory)  # noqa: RUF005
         self.assigned += shift  # past `reserved` now, if it was in the block: the next save reserves a new one
         self.base = cursor
+        self.checked = True
         return shift
+
+    def _drop_unrenumbered(self, exc: OSError) -> None:
+        """Drops (counted, logged) the spooled points numbered above `base` that could not be renumbered: sent
+        with their numbers, the backend would take them for duplicates of what it holds."""
+        spool = self._spool
+        lost = [record for record in spool.records(self.name) if not record.segment.shift and record.first > self.base]
+        for record in lost:
+            spool.forget(self.name, record)
+        count = sum(record.count for record in lost)
+        self.dropped += count
+        _LOG.error(
+            "job %s: cannot renumber the spooled %s (%s); %d points numbered before the backend answered are dropped",
+            self.codec.job_id,
+            self.name,
+            exc,
+            count,
+        )
 
     def next_message(self, partial: bool) -> tuple[bytes, int, int] | None:
         """The next request to send, serialized, with its last sequence and its number of points: spooled records
@@ -153,8 +189,11 @@ class Outbox(Generic[Point]):
         record = spool.first_record_after(self.name, self.sent)
         while record is not None:
             try:
+                payload = spool.read(record)
+                if record.segment.shift:
+                    payload = _renumbered(self.codec, payload, record.segment.shift)
                 # The codec may cut a record written under a larger budget: the rest follows in the next message.
-                return self.codec.parse(spool.read(record), self.sent)
+                return self.codec.parse(payload, self.sent)
             except (OSError, DecodeError) as exc:
                 self._lost(record, exc)
             record = spool.first_record_after(self.name, self.sent)
@@ -261,6 +300,19 @@ class Outbox(Generic[Point]):
         if self.stream is not None:
             self.stream.cancel()
             self.stream = None
+
+
+def _renumbered(codec: Codec[Point], payload: bytes, shift: int) -> bytes:
+    """A spooled record's payload with every sequence moved up by `shift` (a renumbered segment's record)."""
+    request = codec.request_type.FromString(payload)
+    for point in getattr(request, codec.points_field):
+        point.sequence += shift
+    if isinstance(request, telemetry_pb2.StreamMetricsRequest) and request.columns.sequences:
+        sequences = request.columns.sequences
+        moved = [sequence + shift for sequence in sequences]
+        del sequences[:]
+        sequences.extend(moved)
+    return request.SerializeToString()
 
 
 AnyOutbox = Outbox[BufferedMetric] | Outbox[BufferedLog]

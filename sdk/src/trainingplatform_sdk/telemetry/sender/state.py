@@ -78,12 +78,11 @@ class SavedState:
             outbox.reserved = outbox.assigned
         self._write(durable=True)
 
-    def save(self) -> None:
-        """Writes the state now (durably when a new block of sequences is reserved); a failure is logged and leaves
-        it dirty."""
+    def save(self, durable: bool = False) -> None:
+        """Writes the state now (durably when asked or when a new block of sequences is reserved); a failure is
+        logged and leaves it dirty."""
         outboxes: tuple[AnyOutbox, ...] = (self._metrics, self._logs)
         reserved = [outbox.reserved for outbox in outboxes]
-        durable = False
         for outbox in outboxes:
             if outbox.assigned > outbox.reserved:
                 outbox.reserved = outbox.assigned + SEQUENCE_BLOCK
