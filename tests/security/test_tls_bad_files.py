@@ -135,3 +135,21 @@ def test_grpc_server_bind_names_a_bad_tls_file_not_the_port(pki: Pki, tmp_path: 
 
 def test_grpc_server_binds_good_tls_files(pki: Pki) -> None:
     assert _bind(TlsFiles(str(pki.server_cert), str(pki.server_key), str(pki.ca_cert))) > 0
+
+
+def test_tp_backend_migrate_does_not_read_the_servers_tls_files(tmp_path: Path) -> None:
+    """The Kubernetes init container runs `tp-backend migrate` with the backend's ConfigMap; it serves nothing, so a
+    TLS Secret mounted on the server container only must not stop it."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TP_")}
+    env |= {
+        "TP_TLS_CERT_FILE": str(tmp_path / "not-mounted" / "tls.crt"),
+        "TP_TLS_KEY_FILE": str(tmp_path / "not-mounted" / "tls.key"),
+        "TP_TRAINER_TLS_CA_FILE": str(tmp_path / "not-mounted" / "ca.crt"),
+        "TP_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'backend.db'}",
+    }
+    result = subprocess.run(
+        [str(VENV_BIN / "tp-backend"), "migrate"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "backend.db").exists()

@@ -58,10 +58,11 @@ class TlsFiles:
         )
 
 
-def check_server_tls(cert: str, key: str, client_ca: str) -> None:
+def check_server_tls(cert: str, key: str, client_ca: str, *, check_files: bool = True) -> None:
     """Checks that a server's TLS settings are whole: TLS is on with both TP_TLS_CERT_FILE and TP_TLS_KEY_FILE, off
     with neither, and TP_TLS_CLIENT_CA_FILE (mutual TLS) needs TLS on. A part alone would serve plaintext where the
-    operator asked for TLS. With TLS on, the files are checked too (`TlsFiles.check`).
+    operator asked for TLS. With TLS on and `check_files`, the files are checked too (`TlsFiles.check`); a command
+    that serves nothing (`tp-backend migrate`) leaves them out.
 
     Raises:
         ValueError: naming what is missing, or the file that cannot be read or does not hold what it should.
@@ -77,5 +78,5 @@ def check_server_tls(cert: str, key: str, client_ca: str) -> None:
     ):
         if value and not other:
             raise ValueError(f"{given} is set but {missing} is not: TLS needs both (and neither serves plaintext)")
-    if cert and key:
+    if cert and key and check_files:
         TlsFiles(cert, key, client_ca).check()

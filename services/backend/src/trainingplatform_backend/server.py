@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tp-backend: error: {error}", file=sys.stderr)
         return 2
     try:
-        settings = settings_module.load(args)
+        settings = settings_module.load(args, check_files=args.command == "serve")
     except ValueError as error:  # one line, without argparse's usage block: the flags were fine
         print(f"tp-backend: error: {error}", file=sys.stderr)
         return 2

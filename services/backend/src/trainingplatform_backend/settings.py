@@ -267,10 +267,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = None) -> Settings:
+def load(
+    args: argparse.Namespace | None = None, env: dict[str, str] | None = None, *, check_files: bool = True
+) -> Settings:
     """Builds the settings from parsed flags, then the environment, then the defaults.
 
     Tokens are only read from the environment: a token on a command line is visible to every user of the host.
+    `check_files`: read and check the TLS files (TP_TLS_*, TP_TRAINER_TLS_*); `tp-backend migrate`, which serves
+    nothing and calls no trainer, does not (its init container need not mount them).
     """
     env = dict(os.environ if env is None else env)
 
@@ -362,8 +366,10 @@ def load(args: argparse.Namespace | None = None, env: dict[str, str] | None = No
             named("metrics_port", "TP_METRICS_PORT"), pick("metrics_port", "TP_METRICS_PORT", "0")
         ),
     )
-    check_server_tls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
-    _check_trainer_tls(settings)
+    check_server_tls(
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file, check_files=check_files
+    )
+    _check_trainer_tls(settings, check_files=check_files)
     if settings.metrics_port and str(settings.metrics_port) == settings.listen.rpartition(":")[2]:
         raise ValueError(
             f"{named('metrics_port', 'TP_METRICS_PORT')} must differ from the port of "
@@ -409,10 +415,10 @@ TRAINER_TLS_NAMES = ("TP_TRAINER_TLS_CA_FILE", "TP_TRAINER_TLS_CERT_FILE", "TP_T
 """The dispatcher's TLS settings, as messages name them."""
 
 
-def _check_trainer_tls(settings: Settings) -> None:
+def _check_trainer_tls(settings: Settings, *, check_files: bool) -> None:
     """Mutual TLS to trainers needs both the client certificate and its key, and TLS to trainers needs the CA; the
-    files must be readable and hold what they should (`ClientTls.from_files`), so a wrong Secret is one line at
-    start, not a traceback after the migrations.
+    files must be readable and hold what they should (`ClientTls.from_files`; when `check_files`), so a wrong
+    Secret is one line at start, not a traceback after the migrations.
 
     Raises:
         ValueError: naming the settings (and the file, and what is wrong with it).
@@ -426,7 +432,7 @@ def _check_trainer_tls(settings: Settings) -> None:
             "TP_TRAINER_TLS_CERT_FILE and TP_TRAINER_TLS_KEY_FILE need TP_TRAINER_TLS_CA_FILE: TLS to trainers is on "
             "when the CA that signed their certificates is set"
         )
-    if settings.trainer_tls_ca_file:
+    if settings.trainer_tls_ca_file and check_files:
         try:
             ClientTls.from_files(
                 settings.trainer_tls_ca_file,
