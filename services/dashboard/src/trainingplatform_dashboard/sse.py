@@ -1,9 +1,13 @@
 """The Server-Sent Events response: a client's queued chunks as they come, `: ping` when idle.
 
 A browser that stops reading is never waited for: while a chunk is being sent, the stream also watches its
-client, and when the client overflows (its queue passed its bound because the socket accepts nothing) the
-connection is dropped at once. The browser's EventSource then reconnects with the id of the last event it received
-and resumes from there, so nothing is lost; meanwhile no other browser and no backend subscription waited for it.
+client, and when the client overflows (its queue passed its bound because the socket accepts nothing) the stream
+leaves the fan-out at once, drops what was queued and ends its response. The browser's EventSource then reconnects
+with the id of the last event it received and resumes from there, so nothing is lost; meanwhile no other browser
+and no backend subscription waited for it.
+
+When the server stops, it cancels the streams still open after its graceful-shutdown wait: each ends its response
+(the browser reconnects, to the next server) without an error in the log.
 
 A stream lives no longer than its session: when the session expires (or is dropped) the stream sends
 `event: session_ended` and completes, within a chunk or at the expiry time, however busy or quiet the job is (the
@@ -32,9 +36,10 @@ SESSION_ENDED = (
 
 
 class EventStream(Response):
-    """text/event-stream of one `Client` until it is closed (end of the job: the response completes), overflows
-    (too slow: the connection is dropped), the session ends (`expires()`: the session's end, time.time() seconds;
-    0 once it was dropped) or the browser goes away. `on_close` runs once, whatever the end."""
+    """text/event-stream of one `Client` until it is closed (end of the job), overflows (too slow: the stream ends
+    at once, what was queued is dropped), the session ends (`expires()`: the session's end, time.time() seconds; 0
+    once it was dropped), the browser goes away or the server stops. `on_close` runs once, whatever the end, and the
+    response completes (unless the browser went away)."""
 
     media_type = "text/event-stream"
 
@@ -56,11 +61,15 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         listener = asyncio.get_running_loop().create_task(self._listen(receive))
+        started = False
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            if await self._pump(send):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            # Otherwise return without completing the response: the server closes the connection.
+            started = True
+            await self._pump(send)
+        except asyncio.CancelledError:
+            # The server stops: uvicorn cancels the responses still open after its graceful-shutdown wait. The
+            # response completes below (the browser reconnects), quietly: raised, it would log a traceback per tab.
+            pass
         except OSError:
             pass  # the browser went away mid-send
         finally:
@@ -68,6 +77,14 @@ class EventStream(Response):
             with contextlib.suppress(BaseException):
                 await listener
             self.on_close()
+            if self.client.overflowed:
+                self.client.queue.clear()
+        if started and not self._gone:
+            # The end of the response, also for a client dropped as too slow: its EventSource reconnects with the
+            # id of the last event it received. Past a full socket buffer this waits until the browser reads or
+            # goes away (the client already left the fan-out above); cancelled then, the server closes it.
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _listen(self, receive: Receive) -> None:
         while True:
@@ -79,31 +96,30 @@ class EventStream(Response):
                     self.client.interrupt()
                 return
 
-    async def _pump(self, send: Send) -> bool:
-        """Sends until the end; True when the response may complete normally, False to drop the connection."""
+    async def _pump(self, send: Send) -> None:
+        """Sends until the end: the client closed, overflowed or left, or the session ended."""
         client = self.client
         if not await self._send(send, b"retry: 1000\n\n"):
-            return False
+            return
         while True:
             client.wake.clear()
             if self._gone:
-                return False
+                return
             left = self._session_left()
             if left <= 0:
-                return await self._send(send, SESSION_ENDED)
+                await self._send(send, SESSION_ENDED)
+                return
             if client.queue:
                 if not await self._send(send, client.take()):
-                    return False
+                    return
                 continue
-            if client.closed:
-                return True
-            if client.overflowed:
-                return False
+            if client.closed or client.overflowed:
+                return
             try:
                 await asyncio.wait_for(client.wake.wait(), timeout=min(self.ping_s, left))
             except TimeoutError:
                 if self._session_left() > 0 and not await self._send(send, b": ping\n\n"):
-                    return False
+                    return
 
     def _session_left(self) -> float:
         """Seconds until the session ends (infinite without a session to watch)."""
