@@ -235,17 +235,24 @@ class Client:
         elif event.kind == "epoch_summary" and event.after.e <= cursor.e:
             data = None
         self.cursor = cursor.max(event.after)
-        if data is None:
-            return
+        if data is not None and self.push(f"id: {self.cursor.text()}\nevent: {event.kind}\ndata: {data}\n\n".encode()):
+            metrics.count_events_sent(event.kind)
+
+    def push(self, chunk: bytes) -> bool:
+        """Queues one SSE chunk; False when it was not queued: the stream is closed or overflowed, or the queue
+        holds `max_events` already (then the client is marked overflowed, and a send in flight is interrupted: the
+        stream ends at once, even while its socket accepts nothing, and the browser resumes)."""
+        if self.closed or self.overflowed:
+            return False
         if len(self.queue) >= self.max_events:
             self.overflowed = True
             self.wake.set()
             if self.interrupt is not None:
                 self.interrupt()
-            return
-        self.queue.append(f"id: {self.cursor.text()}\nevent: {event.kind}\ndata: {data}\n\n".encode())
-        metrics.count_events_sent(event.kind)
+            return False
+        self.queue.append(chunk)
         self.wake.set()
+        return True
 
     def notice(self, kind: str, data: str) -> None:
         """Queues `event: <kind>` without an id (it moves no cursor): the state of the job's live updates."""

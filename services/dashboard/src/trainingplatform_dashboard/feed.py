@@ -174,12 +174,13 @@ class JobsFeed:
     # --- followers --------------------------------------------------------------------------------------------
 
     def follow(self) -> Client:
-        """A new follower: queued the last poll's jobs, then every change."""
-        client = Client(cursor=Cursor(), max_events=self.max_events + len(self.jobs))
-        for job in self.jobs.values():
-            client.queue.append(_job_chunk(job))
+        """A new follower: queued the last poll's jobs (as one chunk, so that they count as one event of its
+        `max_events`), then every change."""
+        client = Client(cursor=Cursor(), max_events=self.max_events)
+        if self.jobs:
+            client.push(b"".join(_job_chunk(job) for job in self.jobs.values()))
         if self.unreachable_since is not None:
-            client.queue.append(self._backend_chunk())
+            client.push(self._backend_chunk())
         client.wake.set()
         self.clients.add(client)
         self._idle_since = None
@@ -233,11 +234,10 @@ class JobsFeed:
             self._broadcast(self._backend_chunk())
 
     def _broadcast(self, chunk: bytes) -> None:
+        """Queues a chunk to every follower: one that falls `max_events` behind gets nothing more and its stream
+        ends at once (`Client.push`); its page reconnects and receives every job of the last poll again."""
         for client in tuple(self.clients):
-            client.queue.append(chunk)
-            if len(client.queue) > client.max_events:
-                client.overflowed = True
-            client.wake.set()
+            client.push(chunk)
 
     async def poll(self) -> None:
         """One round: the jobs not ended (ListJobs by status, paged, at most `max_unended` of them), the newest
