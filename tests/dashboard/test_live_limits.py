@@ -90,6 +90,47 @@ def test_a_job_the_backend_refuses_to_subscribe_says_so_and_resumes_when_a_slot_
             reader.close()
 
 
+@pytest.mark.parametrize("stack", [({"TP_MAX_SUBSCRIPTIONS_PER_CALLER": "2"}, {})], indirect=True)
+def test_an_ended_jobs_stream_the_backend_refuses_waits_for_a_slot_then_replays_the_job(
+    stack: tuple[BackendProcess, DashboardProcess], tmp_path: Path
+) -> None:
+    backend, dashboard = stack
+    live = [backend.create_job()[0] for _ in range(2)]
+    ended, token = backend.create_job()
+    logger = TrainingLogger(ended, backend_address=backend.address, token=token, spool_dir=tmp_path / "spool")
+    logger.update_status("RUNNING")
+    logger.log_message("hello from the ended job")
+    logger.update_status("COMPLETED")
+    logger.close(timeout=15)
+    client = logged_in(dashboard)
+    readers = [SseReader(client, f"/api/jobs/{job_id}/events") for job_id in live]
+    try:
+        time.sleep(1.0)  # both hubs' subscriptions are open: the read token's two slots are taken
+        # An ended job's stream reads the job on a subscription of its own: refused, it waits for a slot (and
+        # says so) instead of failing for good.
+        stream = SseReader(client, f"/api/jobs/{ended}/events")
+        readers.append(stream)
+        event = next_event(stream, 8, "live_unavailable event")
+        assert event.event == "live_unavailable", event
+        data = event.json()
+        assert data["error"]["code"] == "RESOURCE_EXHAUSTED" and data["retry_in_s"] > 0, data
+        readers[0].close()  # a slot frees once the first job's subscription lingered out
+        kinds = []
+        while "end" not in kinds:
+            event = next_event(stream, 20, "the ended job's events after a slot freed")
+            assert event.event != "error", event
+            kinds.append(event.event)
+            if event.event == "logs":
+                assert [r["message"] for r in event.json()["records"]] == ["hello from the ended job"]
+        assert "live_resumed" in kinds and "logs" in kinds, kinds
+        assert kinds.index("live_resumed") < kinds.index("logs"), kinds
+        assert set(kinds[: kinds.index("live_resumed")]) <= {"live_unavailable"}, kinds
+        assert event.json() == {"status": "COMPLETED"}
+    finally:
+        for reader in readers:
+            reader.close()
+
+
 @pytest.mark.parametrize("stack", [({}, {"TP_DASHBOARD_MAX_LIVE_JOBS_PER_SESSION": "2"})], indirect=True)
 def test_one_session_follows_at_most_the_configured_number_of_jobs_live(
     stack: tuple[BackendProcess, DashboardProcess],

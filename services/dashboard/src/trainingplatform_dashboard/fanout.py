@@ -17,11 +17,12 @@ of the last event it received and resumes from there, so a slow tab never holds 
 hub's subscription ends when the job ends (its clients get `event: end`), or `linger_s` after its last client left.
 
 The backend allows TP_MAX_SUBSCRIPTIONS_PER_CALLER open subscriptions per token, and every hub holds one of the read
-token's. A hub the backend refuses (RESOURCE_EXHAUSTED) tells its clients at once (`event: live_unavailable`, with
-the reason and when it tries again), retries with backoff (1 s doubling to 30 s), and sends `event: live_resumed`
-once a subscription holds: a browser never waits on silent pings. Likewise while the backend is unreachable (the
-subscription fails with UNAVAILABLE; the hub resubscribes, backing off to 5 s): `event: live_unavailable` (code
-UNAVAILABLE) once, then `event: live_resumed`.
+token's (and so does a catch-up while it runs, an ended job's stream included). A hub or catch-up the backend
+refuses (RESOURCE_EXHAUSTED) tells its clients at once (`event: live_unavailable`, with the reason and when it tries
+again), retries with backoff (1 s doubling to 30 s) from where its clients are, and sends `event: live_resumed` once
+a subscription holds: a browser never waits on silent pings, and a stream never fails for a refusal. Likewise while
+the backend is unreachable (the subscription fails with UNAVAILABLE; it resubscribes, backing off to 5 s):
+`event: live_unavailable` (code UNAVAILABLE) once, then `event: live_resumed`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,30 @@ _BUSY_FIRST_RETRY_S = 1.0
 _BUSY_MAX_RETRY_S = 30.0
 _RESUMED_AFTER_S = 1.0
 """A resubscription that no refusal ended within this long holds (the backend refuses at the start of the call)."""
+
+
+_UNREACHABLE_NOTICE = convert.dumps(
+    {
+        "error": {
+            "code": "UNAVAILABLE",
+            "message": "the backend is unreachable; live updates paused, retrying",
+            "field": None,
+        }
+    }
+)
+"""The `live_unavailable` data while subscriptions fail with UNAVAILABLE."""
+
+
+def _refused_notice(error: grpc.aio.AioRpcError, retry_in_s: float) -> str:
+    """The `live_unavailable` data of a subscription the backend refused (RESOURCE_EXHAUSTED)."""
+    message = (
+        f"live updates are unavailable: the backend refused the dashboard's subscription ({error.details() or ''}). "
+        "Every job followed live holds one of the dashboard's read-token subscriptions "
+        "(TP_MAX_SUBSCRIPTIONS_PER_CALLER on the backend)"
+    )
+    return convert.dumps(
+        {"error": {"code": "RESOURCE_EXHAUSTED", "message": message, "field": None}, "retry_in_s": retry_in_s}
+    )
 
 
 @dataclass(frozen=True)
@@ -338,11 +363,6 @@ class JobHub:
     def _refused(self, error: grpc.aio.AioRpcError, retry_in_s: float) -> None:
         """The backend refused the subscription (RESOURCE_EXHAUSTED): every client is told, and so is the log."""
         details = error.details() or ""
-        message = (
-            f"live updates are unavailable: the backend refused the dashboard's subscription ({details}). Every job "
-            "followed live holds one of the dashboard's read-token subscriptions (TP_MAX_SUBSCRIPTIONS_PER_CALLER on "
-            "the backend)"
-        )
         if self.unavailable is None:
             _LOG.warning(
                 "live updates of job %s unavailable: the backend refused its subscription (%s); retrying in %g s "
@@ -353,9 +373,7 @@ class JobHub:
                 retry_in_s,
             )
         self.unreachable = False
-        self.unavailable = convert.dumps(
-            {"error": {"code": "RESOURCE_EXHAUSTED", "message": message, "field": None}, "retry_in_s": retry_in_s}
-        )
+        self.unavailable = _refused_notice(error, retry_in_s)
         for client in tuple(self.clients):
             client.notice("live_unavailable", self.unavailable)
 
@@ -366,8 +384,7 @@ class JobHub:
             return  # already said: the retries do not repeat it
         self.unreachable = True
         _LOG.warning("live updates of job %s paused: the backend is unreachable (%s)", self.job_id, error.details())
-        message = "the backend is unreachable; live updates paused, retrying"
-        self.unavailable = convert.dumps({"error": {"code": "UNAVAILABLE", "message": message, "field": None}})
+        self.unavailable = _UNREACHABLE_NOTICE
         for client in tuple(self.clients):
             client.notice("live_unavailable", self.unavailable)
 
@@ -508,37 +525,93 @@ class FanOut:
             client.hub = None
 
     async def _catch_up(self, job_id: str, client: Client, *, live: bool) -> None:
-        self.counters.catchup_subscriptions_total += 1
-        try:
-            call: Any = self.backend.subscribe(job_id, client.cursor.proto())
-        except ApiError as error:  # no backend token
-            client.fail(error.code, error.message)
-            return
+        """Feeds `client` from a subscription of its own from its cursor: to the end of an ended job, or until it
+        can join the job's hub. The backend refusing it (RESOURCE_EXHAUSTED) or unreachable (UNAVAILABLE) does not
+        end the stream: as a hub, it says so (`event: live_unavailable`), resubscribes from the client's cursor with
+        backoff and says `event: live_resumed` once a subscription holds; another retryable error resubscribes
+        quietly, the others end the stream with `event: error`."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        busy_delay = _BUSY_FIRST_RETRY_S
+        unavailable = ""  # the `live_unavailable` data the client was last sent ("" once resumed)
+
+        def resumed() -> None:
+            nonlocal unavailable
+            if unavailable:
+                unavailable = ""
+                _LOG.info("catch-up of job %s resumed", job_id)
+                client.notice("live_resumed", "{}")
+
         status = ""
-        try:
-            async for response in call:
-                event = build_event(response)
-                if event is not None:
-                    if event.kind == "status":
-                        status = event.status
-                    client.offer(event)
-                else:
-                    client.cursor = client.cursor.max(Cursor.from_proto(response.cursor))
-                if client.closed or client.overflowed:
-                    return
-                if live and status not in _TERMINAL:
-                    hub = self._hub_for(job_id, client)
-                    if hub is not None:
-                        hub.join(client)
-                        client.hub = hub
+        while True:
+            self.counters.catchup_subscriptions_total += 1
+            try:
+                call: Any = self.backend.subscribe(job_id, client.cursor.proto())
+            except ApiError as error:  # no backend token
+                client.fail(error.code, error.message)
+                return
+            holds = loop.call_later(_RESUMED_AFTER_S, resumed) if unavailable else None
+            try:
+                async for response in call:
+                    delay = 0.2
+                    busy_delay = _BUSY_FIRST_RETRY_S
+                    resumed()
+                    event = build_event(response)
+                    if event is not None:
+                        if event.kind == "status":
+                            status = event.status
+                        client.offer(event)
+                    else:
+                        client.cursor = client.cursor.max(Cursor.from_proto(response.cursor))
+                    if client.closed or client.overflowed:
                         return
-                await client.room()
-            client.finish(status or None)
-        except grpc.aio.AioRpcError as error:
-            api = from_rpc_error(error)
-            client.fail(api.code, api.message)
-        finally:
-            call.cancel()
+                    if live and status not in _TERMINAL:
+                        hub = self._hub_for(job_id, client)
+                        if hub is not None:
+                            hub.join(client)
+                            client.hub = hub
+                            return
+                    await client.room()
+                resumed()
+                client.finish(status or None)
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _RETRYABLE:
+                    api = from_rpc_error(error)
+                    client.fail(api.code, api.message)
+                    return
+                if holds is not None:
+                    holds.cancel()
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    if not unavailable:
+                        _LOG.warning(
+                            "catch-up of job %s refused by the backend (%s); retrying in %g s (raise the "
+                            "backend's TP_MAX_SUBSCRIPTIONS_PER_CALLER)",
+                            job_id,
+                            error.details(),
+                            busy_delay,
+                        )
+                    unavailable = _refused_notice(error, busy_delay)
+                    client.notice("live_unavailable", unavailable)
+                    await asyncio.sleep(busy_delay)
+                    busy_delay = min(busy_delay * 2, _BUSY_MAX_RETRY_S)
+                    continue
+                if error.code() == grpc.StatusCode.UNAVAILABLE and unavailable != _UNREACHABLE_NOTICE:
+                    _LOG.warning("catch-up of job %s paused: the backend is unreachable (%s)", job_id, error.details())
+                    unavailable = _UNREACHABLE_NOTICE
+                    client.notice("live_unavailable", unavailable)
+                _LOG.info(
+                    "catch-up subscription of job %s broke (%s: %s); resubscribing",
+                    job_id,
+                    error.code().name,
+                    error.details(),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if holds is not None:
+                    holds.cancel()
+                call.cancel()
 
     async def close(self) -> None:
         """Ends every subscription (shutdown)."""
