@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -166,3 +167,34 @@ def test_the_jobs_not_ended_that_a_poll_reads_are_capped_with_a_warning(
         backend.jobs().ListJobs(jobs_pb2.ListJobsRequest(page_size=1000), metadata=auth(backend.read_token)).jobs
     )
     assert len(feed.jobs) == min(jobs, NEWEST_JOBS), "the poll read more than the newest 500 and 3 jobs not ended"
+
+
+def test_the_jobs_feed_keeps_the_latest_metric_of_the_jobs_read_last_only(
+    stack: tuple[BackendProcess, DashboardProcess], tmp_path: Path
+) -> None:
+    backend, _ = stack
+    jobs = []
+    for index in range(5):
+        job_id, token = backend.create_job()
+        logger = TrainingLogger(
+            job_id, backend_address=backend.address, token=token, spool_dir=tmp_path / f"spool-{index}"
+        )
+        logger.log_metric("train/loss", float(index), step=1)
+        logger.close(timeout=15)
+        jobs.append(job_id)
+
+    async def read() -> list[dict[str, Any] | None]:
+        client = Backend(
+            Settings(backend_address=backend.address, data_dir=backend.data_dir, read_token=backend.read_token)
+        )
+        feed = JobsFeed(client, poll_interval_s=1, linger_s=1, max_events=100, max_latest=3)
+        try:
+            for job_id in jobs:  # one job after another (as pages of the jobs list, or job pages, read them)
+                await feed.refresh_latest([(await client.get_job(job_id)).job])
+            return [feed.latest(job_id) for job_id in jobs]
+        finally:
+            await client.close()
+
+    latest = asyncio.run(read())
+    assert latest[:2] == [None, None], "the cache keeps every job ever shown"
+    assert [entry and entry["value"] for entry in latest[2:]] == [2.0, 3.0, 4.0]

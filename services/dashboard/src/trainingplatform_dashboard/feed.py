@@ -13,7 +13,8 @@ succeeds again: the page says that what it shows is stale.
 
 The latest metric of a job (the jobs page's "latest key metric") comes from GetMetricSeries with one bucket per
 key, every key (the backend answers 1,000 keys a call: the feed follows `next_key`); it is read again only when
-the job's metric cursor moved, at most every `LATEST_REFRESH_S` per job, and never again once the job has ended.
+the job's metric cursor moved, at most every `LATEST_REFRESH_S` per job, and never again once the job has ended
+(unless it left the cache, which keeps those of the `MAX_LATEST_CACHED` jobs read last).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from trainingplatform_dashboard import convert, metrics
 from trainingplatform_dashboard.backend import Backend
 from trainingplatform_dashboard.fanout import Client, Cursor
 
-__all__ = ["MAX_UNENDED_JOBS", "NEWEST_JOBS", "JobsFeed", "pick_key_metric"]
+__all__ = ["MAX_LATEST_CACHED", "MAX_UNENDED_JOBS", "NEWEST_JOBS", "JobsFeed", "pick_key_metric"]
 
 _LOG = logging.getLogger("trainingplatform_dashboard.feed")
 
@@ -51,6 +52,9 @@ MAX_UNENDED_JOBS = 5000
 logged when there are more): 5 ListJobs pages of 1,000."""
 _NOT_ENDED = (common_pb2.JOB_STATUS_PENDING, common_pb2.JOB_STATUS_QUEUED, common_pb2.JOB_STATUS_RUNNING)
 _LEFT_READS_PER_POLL = 100
+MAX_LATEST_CACHED = 20_000
+"""The latest key metrics kept: those of the jobs read last (a poll's jobs, at most `MAX_UNENDED_JOBS` +
+`NEWEST_JOBS`, fit several times); one dropped is read again when its job is shown again."""
 _PREFERRED = (
     "val/accuracy",
     "val/acc",
@@ -96,8 +100,11 @@ class JobsFeed:
         linger_s: float,
         max_events: int,
         max_unended: int = MAX_UNENDED_JOBS,
+        max_latest: int = MAX_LATEST_CACHED,
     ) -> None:
         self.backend = backend
+        self.max_latest = max_latest
+        """The most jobs whose latest key metric is kept (those read last)."""
         self.max_unended = max_unended
         """The most jobs not ended that a poll reads (the newest of them)."""
         self.unended_cut = False
@@ -127,7 +134,8 @@ class JobsFeed:
         return entry.value if entry else None
 
     async def refresh_latest(self, jobs: list[jobs_pb2.Job]) -> None:
-        """Reads the latest key metric of the jobs whose metric cursor moved (bounded per call)."""
+        """Reads the latest key metric of the jobs whose metric cursor moved (bounded per call); the cache keeps
+        those of the `max_latest` jobs read last."""
         now = time.monotonic()
         stale: list[jobs_pb2.Job] = []
         for job in jobs:
@@ -163,7 +171,10 @@ class JobsFeed:
                 if key is not None:
                     bucket = by_key[key].buckets[-1]
                     value = {"key": key, "value": convert.number(bucket.last), "step": bucket.last_step}
+                self._latest.pop(job.job_id, None)  # kept in the order read: the first ones go first
                 self._latest[job.job_id] = _Latest(pages.last_sequence, time.monotonic(), value)
+                while len(self._latest) > self.max_latest:
+                    del self._latest[next(iter(self._latest))]
 
         await asyncio.gather(*(read(job) for job in stale))
 
