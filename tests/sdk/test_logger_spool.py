@@ -306,3 +306,22 @@ def test_a_renumbering_cut_short_leaves_the_segments_in_order(tmp_path: Path, mo
     assert reopened.renumber("metrics", 0, 100) == 20  # the rest follows on the next try
     assert [(r.first, r.last) for r in reopened.records("metrics")] == [(101, 110), (111, 120), (121, 130)]
     reopened.close()
+
+
+def test_an_outage_leaves_about_one_record_per_second_and_stream(tmp_path: Path, unreachable_address: str) -> None:
+    # Each spooled record costs memory while the spool holds it: an outage must not leave one per flush interval
+    # (20 a second and stream; an hour's outage was 17 MB per stream).
+    logger = TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=tmp_path)
+    start = time.monotonic()
+    step = 0
+    while time.monotonic() - start < 3:
+        logger.log_metric("loss", 1.0, step=step)
+        logger.log_message(f"line {step}")
+        step += 1
+        time.sleep(0.01)
+    report = logger.close(0.2)
+    assert report.pending_metrics == report.pending_logs == step  # nothing lost by spilling less often
+    spool = _open(tmp_path)
+    records = [len(spool.records(kind)) for kind in ("metrics", "logs")]
+    spool.close()
+    assert all(1 <= count <= 6 for count in records), records  # 3 s, the close's, and some slack

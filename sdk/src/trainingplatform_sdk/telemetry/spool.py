@@ -64,9 +64,10 @@ def _forget_locks_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class SpoolRecord:
-    """One record of a segment: a batch of points with contiguous sequences."""
+    """One record of a segment: a batch of points with contiguous sequences (slots: a spool near its cap holds
+    millions of them)."""
 
     segment: Segment
     offset: int
@@ -76,7 +77,7 @@ class SpoolRecord:
     count: int
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class Segment:
     """An append-only segment file and its records that are not yet committed."""
 
@@ -335,11 +336,13 @@ class Spool:
         segments = self._segments[kind]
         while segments:
             segment = segments[0]
-            while segment.records and segment.records[0].first <= committed:
-                record = segment.records[0]
+            records = segment.records
+            gone = 0  # whole records committed, removed at once (popping each from the front is quadratic)
+            while gone < len(records) and records[gone].first <= committed:
+                record = records[gone]
                 if record.last <= committed:
                     removed += record.count
-                    segment.records.pop(0)
+                    gone += 1
                 else:
                     # Sequences inside a record are contiguous, so the committed part is a prefix of known length.
                     done = min(committed - record.first + 1, record.count - 1)
@@ -347,7 +350,8 @@ class Spool:
                     record.first = committed + 1
                     record.count -= done
                     break
-            if segment.records:
+            del records[:gone]
+            if records:
                 break
             active = self._active[kind]
             if active is not None and active[0] is segment:

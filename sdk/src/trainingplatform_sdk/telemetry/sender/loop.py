@@ -63,6 +63,9 @@ MIN_FLUSH_INTERVAL_S = 0.01
 # Flush intervals after the last point during which the thread looks at the buffer each interval on its own;
 # after them it sleeps until the caller's next point wakes it (`Sender.wake_at_length`).
 ACTIVE_INTERVALS = 10
+# Least time between two moves of memory to the spool during an outage: an outage leaves about one spool record per
+# second and stream rather than one per flush interval (each record costs memory while it is spooled).
+OUTAGE_SPILL_INTERVAL_S = 1.0
 
 
 class Sender(threading.Thread):
@@ -114,6 +117,8 @@ class Sender(threading.Thread):
         self._flush_now = False
         self._close_deadline: float | None = None
         self._dropped_logged = False
+        #: When memory last moved to the spool during an outage (`OUTAGE_SPILL_INTERVAL_S`).
+        self._spilled_at = 0.0
         #: Called on this thread when it ends, for whatever reason (the logger stops buffering for it).
         self.on_exit: Callable[[], None] | None = None
         self._calls.load(spool.state.get("calls", []))
@@ -313,13 +318,15 @@ class Sender(threading.Thread):
                 # (a trainer in a long evaluation may log nothing for minutes).
                 self._set_due(now)
             self._calls.release_flushes()
-            # Unreachable or stopped: move memory to disk so an outage of minutes costs no memory and no data.
+            # Unreachable or stopped: move memory to disk so an outage of minutes costs no memory and no data (at
+            # most once per OUTAGE_SPILL_INTERVAL_S, unless memory is full: the thread wakes at least that often).
             if (
-                connection.unreachable
+                (connection.unreachable and now >= self._spilled_at + OUTAGE_SPILL_INTERVAL_S)
                 or len(self._metrics.memory) > memory_limit
                 or len(self._logs.memory) > memory_limit
             ):
                 self._spill(*self._outboxes)
+                self._spilled_at = now
             self._state.save_if_due()
             if self._close_deadline is not None and (
                 self._all_delivered()
