@@ -805,7 +805,8 @@ class TrainingLogger:
             if report.dropped or report.calls_dropped:
                 _LOG.warning(
                     "job %s: closed with %d metric points and log records and %d calls (status, epoch summary, run "
-                    "info) dropped: they were logged after the sender stopped (counted in the delivery report)",
+                    "info) dropped: past the spool's cap, with the spool unwritable or unreadable, or logged after "
+                    "the sender stopped (the WARNING or ERROR lines above say which; counted in the delivery report)",
                     self.job_id,
                     report.dropped,
                     report.calls_dropped,

@@ -22,9 +22,9 @@ class DeliveryReport:
             closed by this logger).
         spooled: Points and records written to the on-disk spool (memory full, backend unreachable, or close).
         dropped: Points and records lost: past the spool's cap (spool_max_bytes); past memory_buffer_points while
-            the spool could not be written (disk full, read-only, permission denied); left in memory when the
-            sender stopped without a spool to write them to; logged after the sender stopped on its own or after
-            `close()`.
+            the spool could not be written (disk full, read-only, permission denied); spooled but unreadable (a
+            segment deleted or damaged); left in memory when the sender stopped without a spool to write them to;
+            logged after the sender stopped on its own or after `close()`.
         invalid: Points and records refused before sending (empty or too long key, negative step, non-numeric
             value...); each kind of problem is logged once.
         replayed: Points and records found in the spool at start, left by an earlier process for this job.
