@@ -218,6 +218,8 @@ class Client:
         self.wake = asyncio.Event()
         self.overflowed = False
         self.closed = False
+        self.stopped = False
+        """Set when the server begins to stop: the stream ends now (the browser resumes, from the next server)."""
         self.hub: JobHub | None = None
         """The hub the client joined (None while it catches up on its own subscription)."""
         self.drained = asyncio.Event()

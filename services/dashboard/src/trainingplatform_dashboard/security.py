@@ -115,6 +115,16 @@ class Sessions:
         self.one_time = one_time
         self._on_spent = on_spent
 
+    def stop_streams(self) -> None:
+        """Ends every session's event streams now (the server stops): each completes its response, and its browser
+        reconnects and resumes. The sessions stay."""
+        for session in self._sessions.values():
+            for client in tuple(session.streams):
+                client.stopped = True
+                client.wake.set()
+                if client.interrupt is not None:
+                    client.interrupt()
+
     @property
     def login_token(self) -> str:
         """The login token that works now."""

@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import uvicorn
 from trainingplatform_sdk import setting_values as values
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lifespan="on",
         timeout_graceful_shutdown=2,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, on_stop=app.state.dashboard.sessions.stop_streams)
     # uvicorn shuts down on SIGTERM or SIGINT, then raises the signal again for the handler it found: with these
     # handlers a stop asked for ends the process with exit code 0 (as the backend and the trainers), not killed by
     # SIGTERM (-15) or with a KeyboardInterrupt traceback. A signal before uvicorn serves ends it the same way.
@@ -95,6 +95,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Stopped:
         return 0
     return 0 if started else 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which ends the open event streams as soon as a stop begins: uvicorn waits for responses to
+    complete, and an event stream never does on its own (it would be cancelled after the graceful-shutdown wait,
+    with an ERROR line for every stop)."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_stop = on_stop
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_stop()
+        await super().shutdown(sockets)
 
 
 class _Stopped(BaseException):

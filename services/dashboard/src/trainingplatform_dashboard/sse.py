@@ -6,8 +6,9 @@ leaves the fan-out at once, drops what was queued and ends its response. The bro
 with the id of the last event it received and resumes from there, so nothing is lost; meanwhile no other browser
 and no backend subscription waited for it.
 
-When the server stops, it cancels the streams still open after its graceful-shutdown wait: each ends its response
-(the browser reconnects, to the next server) without an error in the log.
+When the server begins to stop, every stream ends its response at once (`Sessions.stop_streams`; the browser
+reconnects, to the next server, and resumes from its last event id). One still open after uvicorn's graceful-shutdown
+wait (its socket accepts nothing) is cancelled and ends without a traceback in the log.
 
 A stream lives no longer than its session: when the session expires (or is dropped) the stream sends
 `event: session_ended` and completes, within a chunk or at the expiry time, however busy or quiet the job is (the
@@ -103,7 +104,7 @@ class EventStream(Response):
             return
         while True:
             client.wake.clear()
-            if self._gone:
+            if self._gone or client.stopped:
                 return
             left = self._session_left()
             if left <= 0:
