@@ -14,12 +14,14 @@ from typing import TypeVar
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import create_engine, text
 from support.backend import BackendProcess, auth
 from trainer_service.trainer_process import FAKE_ADAPTER, TrainerProcess
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2, telemetry_pb2_grpc
 from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from trainingplatform_backend.auth import derive_job_token
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 T = TypeVar("T")
@@ -124,6 +126,68 @@ def test_telemetry_streams_per_job_are_limited_and_released(make_backend) -> Non
 
     asyncio.run(scenario())
     assert backend.metric_sequences(job_id) == [1, 3, 4, 5]
+
+
+def test_a_refused_token_takes_no_stream_slot_whatever_its_first_message_carries(make_backend) -> None:
+    """A superseded dispatch attempt's token, and a job token past TP_JOB_TOKEN_GRACE_S, are refused at a stream's
+    first message even when it carries nothing (only the job id): neither holds one of the job's stream slots
+    open against the current attempt's trainer."""
+    backend = make_backend({"TP_MAX_STREAMS_PER_JOB": "1", "TP_JOB_TOKEN_GRACE_S": "1"})
+    job_id, job_token = backend.create_job()
+    with create_engine(backend.database_url).begin() as connection:  # the job went to another trainer
+        connection.execute(
+            text("UPDATE jobs SET dispatch_attempt = 2, dispatch_attempt_address = 'x:1' WHERE job_id = :job"),
+            {"job": job_id},
+        )
+    superseded = derive_job_token(backend.internal_token, job_id, 1)[0]
+    current = derive_job_token(backend.internal_token, job_id, 2)[0]
+
+    async def empty_stream(token: str, rpc: str) -> grpc.aio.AioRpcError:
+        """The error that ends a stream whose only message (kept open after it) names the job."""
+        async with grpc.aio.insecure_channel(backend.address) as channel:
+            telemetry = telemetry_pb2_grpc.TrainingTelemetryServiceStub(channel)
+            call: grpc.aio.StreamUnaryCall
+            if rpc == "StreamMetrics":
+                call = telemetry.StreamMetrics(metadata=auth(token), timeout=10)
+                await call.write(telemetry_pb2.StreamMetricsRequest(job_id=job_id))
+            else:
+                call = telemetry.StreamLogs(metadata=auth(token), timeout=10)
+                await call.write(telemetry_pb2.StreamLogsRequest(job_id=job_id))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            return refused.value
+
+    async def current_attempt_writes(sequence: int) -> int:
+        async with grpc.aio.insecure_channel(backend.address) as channel:
+            telemetry = telemetry_pb2_grpc.TrainingTelemetryServiceStub(channel)
+            response = await telemetry.StreamMetrics(
+                iter([telemetry_pb2.StreamMetricsRequest(job_id=job_id, points=[point(sequence)])]),
+                metadata=auth(current),
+                timeout=10,
+            )
+            return response.points_committed
+
+    async def scenario() -> None:
+        for rpc in ("StreamMetrics", "StreamLogs"):
+            refused = await empty_stream(superseded, rpc)
+            assert refused.code() is grpc.StatusCode.ABORTED, (rpc, refused.code(), refused.details())
+            assert "superseded by attempt 2" in (refused.details() or "")
+            assert await current_attempt_writes(1 if rpc == "StreamMetrics" else 2) == 1
+        async with grpc.aio.insecure_channel(backend.address) as channel:
+            telemetry = telemetry_pb2_grpc.TrainingTelemetryServiceStub(channel)
+            await telemetry.UpdateStatus(
+                telemetry_pb2.UpdateStatusRequest(job_id=job_id, status=common_pb2.JOB_STATUS_FAILED),
+                metadata=auth(current),
+                timeout=10,
+            )
+        await asyncio.sleep(2.5)  # past the end + 1 s of grace, and past the 1 s between reads of a job's end
+        for rpc in ("StreamMetrics", "StreamLogs"):
+            refused = await empty_stream(job_token, rpc)
+            assert refused.code() is grpc.StatusCode.PERMISSION_DENIED, (rpc, refused.code(), refused.details())
+            assert "its token stopped writing" in (refused.details() or "")
+
+    asyncio.run(scenario())
+    assert backend.metric_sequences(job_id) == [1, 2]
 
 
 def test_subscriptions_per_caller_are_limited_per_token_and_job_and_released(make_backend) -> None:

@@ -507,13 +507,21 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     check_job_id(request.job_id)
                     authorize_job(request.job_id)
                     job_pk = await backend.job_pk(request.job_id)
+                    # Checked before the stream takes one of the job's slots, whatever its first message carries:
+                    # a superseded attempt's token (or a job token past its grace) holding streams open with empty
+                    # messages would otherwise keep the current attempt's trainer out (TP_MAX_STREAMS_PER_JOB).
+                    await backend.check_attempt(request.job_id)
                     self._open_stream(request.job_id, job_pk)  # closed below, however the stream ends
                     metrics.OPEN_STREAMS.labels(kind).inc()
                     job_id = request.job_id
-                elif request.job_id and request.job_id != job_id:
-                    raise InvalidArgumentError(
-                        f"one {rpc} call carries one job: got job_id {quote(request.job_id)} after {job_id!r}"
-                    )
+                else:
+                    if request.job_id and request.job_id != job_id:
+                        raise InvalidArgumentError(
+                            f"one {rpc} call carries one job: got job_id {quote(request.job_id)} after {job_id!r}"
+                        )
+                    # Every message, empty or not: a stream whose attempt was superseded meanwhile ends at once.
+                    if not backend.check_attempt_now(job_id, caller):
+                        await backend.check_attempt(job_id)
                 backend.heard_from(job_pk)
                 items = items_of(request)
                 del request
@@ -522,8 +530,6 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                         budget.release(held)
                         held = 0
                     continue
-                if not backend.check_attempt_now(job_id, caller):
-                    await backend.check_attempt(job_id)
                 # Earlier batches commit while this one is received and parsed; a failed commit ends the stream
                 # before anything after it is queued (the committer fails what was queued behind it). A large batch
                 # is validated in a worker thread and queued only then: everything before it is committed first,
