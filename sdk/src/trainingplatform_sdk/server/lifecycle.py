@@ -9,6 +9,8 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -18,7 +20,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from trainingplatform_sdk.server.reflection import enable_reflection
 from trainingplatform_sdk.server.tls import TlsFiles
 
-__all__ = ["LOG_FORMAT", "GrpcServer", "Stoppable", "configure_logging", "run_until_signal"]
+__all__ = [
+    "LOG_FORMAT",
+    "NON_UTF8_HEADER_INTERVAL_S",
+    "GrpcServer",
+    "NonUtf8HeaderFilter",
+    "Stoppable",
+    "configure_logging",
+    "run_until_signal",
+]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 """The format of every server process's log lines (on stderr)."""
@@ -150,6 +160,57 @@ async def _let_tasks_finish(timeout: float) -> None:
         await asyncio.wait(pending, timeout=timeout)
 
 
-def configure_logging(level: int | str) -> None:
-    """Sends the process's log records of `level` and above to stderr as `LOG_FORMAT` lines."""
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+#: How often a header value that is not valid UTF-8 is logged at most (see `NonUtf8HeaderFilter`).
+NON_UTF8_HEADER_INTERVAL_S = 60.0
+
+
+class NonUtf8HeaderFilter(logging.Filter):
+    """Drops gRPC's `Invalid encoding on b'<value>'` records and logs, at most once per `interval_s`, a WARNING
+    that does not show the value (with the count of such records since the last one: those after the last line
+    are counted in the next, if any).
+
+    gRPC logs such a record, with a traceback, for every call with a header value that is not valid UTF-8 (on any
+    method, the health check included; it then reads the value as Latin-1): the value is often a token, and any
+    client can send one on every call.
+
+    Args:
+        log: Where the line that replaces them goes.
+        interval_s: The least time between two such lines.
+    """
+
+    def __init__(self, log: logging.Logger, interval_s: float = NON_UTF8_HEADER_INTERVAL_S) -> None:
+        super().__init__()
+        self._log = log
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._next_line_at = 0.0
+        self._dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for gRPC's record of a value that is not UTF-8 (logging the line that replaces it when due)."""
+        if not str(record.msg).startswith("Invalid encoding on"):
+            return True
+        now = time.monotonic()
+        with self._lock:
+            self._dropped += 1
+            if now < self._next_line_at:
+                return False
+            count, self._dropped = self._dropped, 0
+            self._next_line_at = now + self._interval_s
+        self._log.warning(
+            "a call had a header value that is not valid UTF-8 (value not shown; read as Latin-1): %d such call(s) "
+            "since the last line like this, one line per %.0f s at most",
+            count,
+            self._interval_s,
+        )
+        return False
+
+
+def configure_logging(level: int | str, log_format: str = LOG_FORMAT) -> None:
+    """Sends the process's log records of `level` and above to stderr as `log_format` lines, and replaces gRPC's
+    records of header values that are not UTF-8 (which show the value, a token as often as not) with
+    `NonUtf8HeaderFilter`'s line."""
+    logging.basicConfig(level=level, format=log_format, stream=sys.stderr)
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(existing, NonUtf8HeaderFilter) for existing in grpc_log.filters):
+        grpc_log.addFilter(NonUtf8HeaderFilter(logging.getLogger(__name__)))

@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if workers.is_worker():
         worker_format = LOG_FORMAT.replace("%(name)s:", f"%(name)s [worker {workers.worker_index()}]:")
-        logging.basicConfig(level=settings.log_level, format=worker_format, stream=sys.stderr)
+        configure_logging(settings.log_level, worker_format)
     else:
         configure_logging(settings.log_level)
         _warn_of_a_password_in_argv(args.database_url)
