@@ -7,8 +7,10 @@ import heapq
 import itertools
 import math
 import os
+import queue
 import re
 import sys
+import threading
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -125,7 +127,9 @@ EPOCH_LINE_WAIT_S = 2.0
 """How long the trainer's own "Epoch N/M: ..." line waits for the epoch's summary, which says the same and is
 printed instead when it comes. The trainer logs the line right after the summary, but the summary is a call made
 once the epoch's points are committed, so the line can reach the view first. The log lines after it wait with it,
-keeping their order; a status ends the wait (the trainer's summary call comes before its status call)."""
+keeping their order; a status ends the wait (the trainer's summary call comes before its status call). The wait ends
+on time whether or not another event comes: a script that reports no summaries (a `tp run` script) and is quiet
+for the rest of its epoch has its line shown after this wait, not with its next event."""
 
 
 class Follower:
@@ -153,12 +157,12 @@ class Follower:
         self._waiting: list[LogLine] = []
         # The final status (and its error), printed last by `finish`.
         self._final_lines: list[str] = []
+        # One write at a time: `follow` reads the job's events on a thread of its own.
+        self._lock = threading.Lock()
 
     def feed(self, event: TelemetryEvent) -> None:
         """Takes one subscription event."""
-        if self._held is not None and (
-            event.kind in ("status", "lagged") or time.monotonic() - self._held[1] > EPOCH_LINE_WAIT_S
-        ):
+        if self._held is not None and (event.kind in ("status", "lagged") or self.release_in() == 0.0):
             self._release()  # the summary is late, or will not come: the trainer's line it is
         if event.kind == "metrics":
             for point in event.metrics:
@@ -203,6 +207,18 @@ class Follower:
         elif event.kind == "lagged":
             self.say("(fell behind the live stream; catching up from the database)")
 
+    def release_in(self) -> float | None:
+        """Seconds until the held "Epoch N/M" line is printed (0 when it is due), None when no line is held."""
+        if self._held is None:
+            return None
+        return max(0.0, self._held[1] + EPOCH_LINE_WAIT_S - time.monotonic())
+
+    def release_due(self) -> None:
+        """Prints the held "Epoch N/M" line, and the lines after it, once it waited EPOCH_LINE_WAIT_S for its epoch's
+        summary: called by `follow` when no event came meanwhile."""
+        if self.release_in() == 0.0:
+            self._release()
+
     def _bar(self) -> str:
         total = max(self.job.epochs, 1)
         done = min(max(self.done_epochs, self.epoch), total)
@@ -231,7 +247,9 @@ class Follower:
     def _write(self, text: str) -> None:
         """Writes to the output; a reader that went away (`tp watch JOB | head -1`) ends the command as it ends the
         others (BrokenPipeError: quietly, 141) rather than following the job to its end for nobody."""
-        if not safe_write(self.out, text):
+        with self._lock:
+            written = safe_write(self.out, text)
+        if not written:
             raise BrokenPipeError(errno.EPIPE, "the output was closed")
 
     def _log_line(self, line: LogLine) -> None:
@@ -383,6 +401,63 @@ def timeline(client: JobsClient, job: Job) -> Iterator[TelemetryEvent]:
         pending = next(history, None)
 
 
+class _Ahead:
+    """The events of an iterator, read on a thread of their own, so that their reader can wait for the next one for
+    a while only (`get`): `follow` shows a held line on time though the job is quiet."""
+
+    _QUEUED = 256
+    """Events read ahead at most: a long history replayed to a slow terminal is not all read into memory."""
+
+    def __init__(self, events: Iterator[TelemetryEvent]) -> None:
+        self._events = events
+        self._queue: queue.Queue[tuple[TelemetryEvent | None, BaseException | None]] = queue.Queue(self._QUEUED)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="tp-follow", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        """Puts each event on the queue, then (None, None) at the end, or (None, error) for what the iterator
+        raised; ends early, closing the iterator (its subscription), once `close` was called."""
+        try:
+            for event in self._events:
+                if not self._put((event, None)):
+                    break
+            else:
+                self._put((None, None))
+        except BaseException as error:  # passed on to the reader, raised there
+            self._put((None, error))
+        finally:
+            close = getattr(self._events, "close", None)
+            if close is not None:
+                close()
+
+    def _put(self, item: tuple[TelemetryEvent | None, BaseException | None]) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def get(self, timeout: float | None) -> TelemetryEvent | None:
+        """The next event; None when `timeout` seconds passed without one (None: no limit); StopIteration at the
+        end, and what the iterator raised, raised here."""
+        try:
+            event, error = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if error is not None:
+            raise error
+        if event is None:
+            raise StopIteration
+        return event
+
+    def close(self) -> None:
+        """Stops reading ahead; the thread closes the iterator with its next event (or when the channel closes)."""
+        self._stopped.set()
+
+
 def follow(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> Job:
     """Follows a job to its end, printing progress; returns the final job.
 
@@ -390,8 +465,19 @@ def follow(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> Job:
     status changed: those are waited for (up to LATE_RESULTS_S, until the job reports its `results`) and printed
     before the summary."""
     follower = Follower(job, out)
-    for event in timeline(client, job):
-        follower.feed(event)
+    events = _Ahead(timeline(client, job))
+    try:
+        while True:
+            try:
+                event = events.get(timeout=follower.release_in())
+            except StopIteration:
+                break
+            if event is None:
+                follower.release_due()  # no event came while the held line waited: it is shown on time
+            else:
+                follower.feed(event)
+    finally:
+        events.close()
     final = client.get_job(job.job_id)
     if final.status in ("CANCELLED", "FAILED") and final.trainer_address:
         # A killed process stores nothing: a failed job is given less time than a cancelled one.
