@@ -15,11 +15,16 @@ import time
 import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
+from types import ModuleType
+from typing import TYPE_CHECKING, TextIO
 
 from trainingplatform_sdk.clients import Cursor, EpochSummary, Job, JobsClient, LogLine, MetricPoint, TelemetryEvent
 from trainingplatform_sdk.clients.jobs import StatusChange
 from trainingplatform_sdk.errors import PlatformError, UnavailableError
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 class CliError(Exception):
@@ -553,30 +558,53 @@ def print_summary(
     out.flush()
 
 
-def plot_series(
-    jobs: dict[str, dict[str, list[tuple[float, float]]]], path: Path, keys: Iterable[str] | None = None
-) -> None:
-    """A PNG with one panel per job: the curves of its (loss) metrics against step or epoch."""
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot, drawing to no screen; a CliError when matplotlib is not installed."""
     os.environ.setdefault("MPLBACKEND", "Agg")
     try:
         import matplotlib.pyplot as plt
     except ImportError:
         raise CliError("--plot needs matplotlib: pip install 'trainingplatform-sdk[cli]'") from None
+    return plt
+
+
+def _curves(axis: Axes, series: dict[str, list[tuple[float, float]]], keys: Iterable[str], fontsize: int) -> None:
+    """Draws the curve of each key of `keys` in `series` and a legend naming each of them: the curves are given to
+    the legend, which otherwise leaves out a label that starts with "_" (matplotlib's mark of a hidden one)."""
+    lines, labels = [], []
+    for key in keys:
+        if key in series:
+            xs, ys = zip(*series[key], strict=True)
+            lines.extend(axis.plot(xs, ys, label=key, marker="." if len(xs) < 20 else None))
+            labels.append(key)
+    axis.legend(lines, labels, fontsize=fontsize)
+
+
+def series_figure(jobs: dict[str, dict[str, list[tuple[float, float]]]], keys: Iterable[str] | None = None) -> Figure:
+    """The figure `plot_series` writes (close it with `matplotlib.pyplot.close`)."""
+    plt = _pyplot()
+    wanted = list(keys) if keys else None
     figure, axes = plt.subplots(1, len(jobs), figsize=(6 * len(jobs), 4), squeeze=False)
     for axis, (title, series) in zip(axes[0], jobs.items(), strict=True):
-        wanted = list(keys) if keys else sorted(series)
-        for key in wanted:
-            if key in series:
-                xs, ys = zip(*series[key], strict=True)
-                axis.plot(xs, ys, label=key, marker="." if len(xs) < 20 else None)
+        _curves(axis, series, wanted or sorted(series), 8)
         axis.set_title(title)
         axis.set_xlabel("epoch / step")
-        axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
+
+
+def plot_series(
+    jobs: dict[str, dict[str, list[tuple[float, float]]]], path: Path, keys: Iterable[str] | None = None
+) -> None:
+    """A PNG with one panel per job: the curves of its (loss) metrics against step or epoch."""
+    plt = _pyplot()
+    figure = series_figure(jobs, keys)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=110)
+    finally:
+        plt.close(figure)
 
 
 def metric_family(key: str) -> str:
@@ -602,15 +630,9 @@ def metric_family(key: str) -> str:
     return "other"
 
 
-def plot_families(series: dict[str, list[tuple[float, float]]], path: Path, title: str) -> list[str]:
-    """A PNG with one panel per metric family (losses, accuracies, throughput, learning rate, ...; `metric_family`),
-    so a throughput of ~600 never flattens the losses; "other" keys are split by order of magnitude. Each panel has
-    its y label; the figure has `title`. Returns the panels' names."""
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CliError("--plot needs matplotlib: pip install 'trainingplatform-sdk[cli]'") from None
+def families_figure(series: dict[str, list[tuple[float, float]]], title: str) -> tuple[Figure, list[str]]:
+    """The figure `plot_families` writes (close it with `matplotlib.pyplot.close`), and its panels' names."""
+    plt = _pyplot()
     panels: dict[str, list[str]] = {}
     for key in sorted(series):
         family = metric_family(key)
@@ -629,19 +651,27 @@ def plot_families(series: dict[str, list[tuple[float, float]]], path: Path, titl
     figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.6 * rows + 0.6), squeeze=False)
     for index, (family, keys) in enumerate(panels.items()):
         axis = axes[index // columns][index % columns]
-        for key in keys:
-            xs, ys = zip(*series[key], strict=True)
-            axis.plot(xs, ys, label=key, marker="." if len(xs) < 20 else None)
+        _curves(axis, series, keys, 7)
         axis.set_title(family, fontsize=10)
         axis.set_ylabel(family)
         axis.set_xlabel("step (or epoch)")
-        axis.legend(fontsize=7)
         axis.grid(alpha=0.3)
     for index in range(count, rows * columns):
         axes[index // columns][index % columns].set_visible(False)
     figure.suptitle(title)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return list(panels)
+    return figure, list(panels)
+
+
+def plot_families(series: dict[str, list[tuple[float, float]]], path: Path, title: str) -> list[str]:
+    """A PNG with one panel per metric family (losses, accuracies, throughput, learning rate, ...; `metric_family`),
+    so a throughput of ~600 never flattens the losses; "other" keys are split by order of magnitude. Each panel has
+    its y label; the figure has `title`. Returns the panels' names."""
+    plt = _pyplot()
+    figure, panels = families_figure(series, title)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=110)
+    finally:
+        plt.close(figure)
+    return panels
