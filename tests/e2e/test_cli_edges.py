@@ -1,6 +1,7 @@
 """`tp` as a subprocess against a real backend (SQLite, no trainer service): edges of its input and output.
 
-- `tp metrics --plot` on CJK, emoji and very long keys and names writes the PNG without matplotlib's warnings;
+- `tp metrics --plot` on CJK, emoji and very long keys and names writes the PNG without matplotlib's warnings, and
+  one of keys and a name holding `$...$` (drawn as text, not math);
 - `tp train` for a framework with no trainer says what a `tp` user can do (`tp up`, `tp run`);
 - a stdout that cannot encode non-ASCII (PYTHONIOENCODING=ascii) gets backslash escapes, never an error;
 - an explicit `--data-dir` that does not exist or holds no token is an error naming the flag (no silent fall back
@@ -95,6 +96,31 @@ def test_a_plot_of_cjk_emoji_and_long_keys_is_written_without_matplotlib_warning
     assert result.stderr == ""
     assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"wrote {path}" in result.stdout
+
+
+@pytest.mark.parametrize("by_key", [False, True], ids=["families", "keys"])
+def test_a_plot_of_keys_and_a_name_with_dollars_is_written(seeded: Seeded, tmp_path: Path, by_key: bool) -> None:
+    # It failed with an empty "error: ": matplotlib read `$...$` as math, and its error starts with a line break.
+    keys = ("$\\foo$/acc", "_hidden/loss", "train/loss")
+    with JobsClient(seeded.backend.address, seeded.backend.internal_token) as client:
+        created = client.create_job(
+            framework="timm", model="resnet10t", dataset="digits", epochs=1, dispatch=False, display_name="$x$ run"
+        )
+    logger = TrainingLogger(
+        created.job.job_id,
+        backend_address=seeded.backend.address,
+        token=created.telemetry_token,
+        spool_dir=tmp_path / "spool",
+    )
+    for step in range(3):
+        for key in keys:
+            logger.log_metric(key, 1.0 / (step + 1), step=step)
+    assert logger.close(timeout=30).pending_metrics == 0
+    path = tmp_path / "plot.png"
+    chosen = [arg for key in keys for arg in ("--key", key)] if by_key else []
+    result = seeded.tp("metrics", created.job.job_id[:8], *chosen, "--plot", str(path))
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --- no trainer -----------------------------------------------------------------------------------------------

@@ -558,6 +558,11 @@ def print_summary(
     out.flush()
 
 
+_PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+"""matplotlib settings for a plot's texts: a metric key or job name is drawn as it is written, never as math
+(`$...$`) or LaTeX, which would fail on keys a script may choose (`$\\foo$/acc`)."""
+
+
 def _pyplot() -> ModuleType:
     """matplotlib's pyplot, drawing to no screen; a CliError when matplotlib is not installed."""
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -584,13 +589,14 @@ def series_figure(jobs: dict[str, dict[str, list[tuple[float, float]]]], keys: I
     """The figure `plot_series` writes (close it with `matplotlib.pyplot.close`)."""
     plt = _pyplot()
     wanted = list(keys) if keys else None
-    figure, axes = plt.subplots(1, len(jobs), figsize=(6 * len(jobs), 4), squeeze=False)
-    for axis, (title, series) in zip(axes[0], jobs.items(), strict=True):
-        _curves(axis, series, wanted or sorted(series), 8)
-        axis.set_title(title)
-        axis.set_xlabel("epoch / step")
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
+    with plt.rc_context(_PLAIN_TEXT):
+        figure, axes = plt.subplots(1, len(jobs), figsize=(6 * len(jobs), 4), squeeze=False)
+        for axis, (title, series) in zip(axes[0], jobs.items(), strict=True):
+            _curves(axis, series, wanted or sorted(series), 8)
+            axis.set_title(title)
+            axis.set_xlabel("epoch / step")
+            axis.grid(alpha=0.3)
+        figure.tight_layout()
     return figure
 
 
@@ -648,18 +654,19 @@ def families_figure(series: dict[str, list[tuple[float, float]]], title: str) ->
     count = len(panels)
     columns = min(count, 3)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.6 * rows + 0.6), squeeze=False)
-    for index, (family, keys) in enumerate(panels.items()):
-        axis = axes[index // columns][index % columns]
-        _curves(axis, series, keys, 7)
-        axis.set_title(family, fontsize=10)
-        axis.set_ylabel(family)
-        axis.set_xlabel("step (or epoch)")
-        axis.grid(alpha=0.3)
-    for index in range(count, rows * columns):
-        axes[index // columns][index % columns].set_visible(False)
-    figure.suptitle(title)
-    figure.tight_layout()
+    with plt.rc_context(_PLAIN_TEXT):
+        figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.6 * rows + 0.6), squeeze=False)
+        for index, (family, keys) in enumerate(panels.items()):
+            axis = axes[index // columns][index % columns]
+            _curves(axis, series, keys, 7)
+            axis.set_title(family, fontsize=10)
+            axis.set_ylabel(family)
+            axis.set_xlabel("step (or epoch)")
+            axis.grid(alpha=0.3)
+        for index in range(count, rows * columns):
+            axes[index // columns][index % columns].set_visible(False)
+        figure.suptitle(title)
+        figure.tight_layout()
     return figure, list(panels)
 
 
