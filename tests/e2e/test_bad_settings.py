@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.backend import VENV_BIN
+from support.backend import VENV_BIN, BackendProcess, auth
+from trainer_service.trainer_process import spec
+from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform_backend import settings as backend_settings
 from trainingplatform_dashboard import settings as dashboard_settings
 from trainingplatform_sdk.trainer_service import settings as trainer_settings
@@ -55,6 +57,66 @@ def test_the_backend_reads_good_values_of_the_same_settings() -> None:
     assert settings.effective_telemetry_endpoint == "https://backend.example.com"
 
 
+TOKEN_SETTINGS = ("INTERNAL_AUTH_TOKEN", "FRONTEND_AUTH_TOKEN", "READ_AUTH_TOKEN")
+UNSENDABLE_TOKENS = {"non-ASCII": "svc-tökén", "control character": "svc\x01token", "white space only": " \n"}
+
+
+@pytest.mark.parametrize("value", UNSENDABLE_TOKENS.values(), ids=UNSENDABLE_TOKENS.keys())
+@pytest.mark.parametrize("name", TOKEN_SETTINGS)
+def test_the_backend_refuses_a_token_no_client_can_send_naming_the_setting_not_the_token(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=name) as refused:
+        backend_settings.load(env={name: value})
+    assert "svc" not in str(refused.value) and "ö" not in str(refused.value)
+
+
+def test_the_backend_strips_white_space_around_its_tokens() -> None:
+    """A token from a Kubernetes Secret written with `echo` ends in a newline: clients send it without one (gRPC
+    cannot send one), so every call would be refused."""
+    settings = backend_settings.load(
+        env={
+            "INTERNAL_AUTH_TOKEN": "svc-token\n",
+            "FRONTEND_AUTH_TOKEN": " front-token \r\n",
+            "READ_AUTH_TOKEN": "\tread",
+        }
+    )
+    assert settings.internal_auth_token == "svc-token"
+    assert settings.frontend_auth_token == "front-token"
+    assert settings.read_auth_token == "read"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"INTERNAL_AUTH_TOKEN": "same", "READ_AUTH_TOKEN": "same"}, "READ_AUTH_TOKEN must differ from"),
+        ({"INTERNAL_AUTH_TOKEN": "same\n", "READ_AUTH_TOKEN": "same"}, "READ_AUTH_TOKEN must differ from"),
+        ({"INTERNAL_AUTH_TOKEN": "same\n", "FRONTEND_AUTH_TOKEN": " same"}, "FRONTEND_AUTH_TOKEN must differ from"),
+    ],
+)
+def test_the_backend_refuses_a_read_or_front_end_token_equal_to_a_stronger_one(
+    env: dict[str, str], message: str
+) -> None:
+    """The read token equal to the internal token would let readers create and cancel jobs, and write telemetry."""
+    with pytest.raises(ValueError, match=message) as refused:
+        backend_settings.load(env=env)
+    assert "same" not in str(refused.value)
+
+
+def test_a_backend_given_tokens_ending_in_a_newline_takes_them_as_clients_send_them(tmp_path: Path) -> None:
+    backend = BackendProcess(f"sqlite:///{tmp_path / 'backend.db'}", tmp_path / "data")
+    backend.extra_env = {
+        "INTERNAL_AUTH_TOKEN": backend.internal_token + "\n",
+        "READ_AUTH_TOKEN": backend.read_token + "\n",
+    }
+    backend.start()
+    try:
+        create = jobs_pb2.CreateJobRequest(spec=spec(), dispatch=False)
+        created = backend.jobs().CreateJob(create, metadata=auth(backend.internal_token), timeout=10)
+        listed = backend.jobs().ListJobs(jobs_pb2.ListJobsRequest(), metadata=auth(backend.read_token), timeout=10)
+        assert [job.job_id for job in listed.jobs] == [created.job.job_id]
+    finally:
+        backend.close()
+
+
 TRAINER_CASES = [
     ({"TP_TRAINER_LISTEN": "127.0.0.1:99999"}, "TP_TRAINER_LISTEN"),
     ({"TP_LOG_LEVEL": "chatty"}, "TP_LOG_LEVEL"),
@@ -97,6 +159,9 @@ def test_the_dashboard_refuses_a_bad_setting_naming_it(env: dict[str, str], name
         ("tp-dashboard", ["--metrics-port", "abc"], {}, "TP_METRICS_PORT"),
         ("tp-trainer-timm", ["--listen", "127.0.0.1:65537"], {"INTERNAL_AUTH_TOKEN": "t"}, "TP_TRAINER_LISTEN"),
         ("tp-dashboard", [], {"TP_LOG_LEVEL": "verbose"}, "TP_LOG_LEVEL"),
+        ("tp-backend", [], {"INTERNAL_AUTH_TOKEN": "svc-tökén"}, "INTERNAL_AUTH_TOKEN"),
+        ("tp-backend", [], {"FRONTEND_AUTH_TOKEN": "  "}, "FRONTEND_AUTH_TOKEN"),
+        ("tp-backend", [], {"INTERNAL_AUTH_TOKEN": "same", "READ_AUTH_TOKEN": "same"}, "READ_AUTH_TOKEN"),
     ],
 )
 def test_a_service_started_with_a_bad_setting_exits_2_in_one_line(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainingplatform_sdk import setting_values as values
-from trainingplatform_sdk.channel import ClientTls, parse_backend_address
+from trainingplatform_sdk.channel import ClientTls, check_token, parse_backend_address
 from trainingplatform_sdk.host import usable_cpus
 from trainingplatform_sdk.server.tls import check_server_tls
 from trainingplatform_sdk.spec.limits import (
@@ -312,8 +312,8 @@ def load(
         database_check_timeout_s=seconds(
             "TP_DATABASE_CHECK_TIMEOUT_S", str(db_health.DEFAULT_CHECK_TIMEOUT_S), above=True
         ),
-        internal_auth_token=env.get("INTERNAL_AUTH_TOKEN", ""),
-        read_auth_token=env.get("READ_AUTH_TOKEN", ""),
+        internal_auth_token=_token(env, "INTERNAL_AUTH_TOKEN"),
+        read_auth_token=_token(env, "READ_AUTH_TOKEN"),
         tls_cert_file=pick("tls_cert_file", "TP_TLS_CERT_FILE", ""),
         tls_key_file=pick("tls_key_file", "TP_TLS_KEY_FILE", ""),
         tls_client_ca_file=pick("tls_client_ca_file", "TP_TLS_CLIENT_CA_FILE", ""),
@@ -332,7 +332,7 @@ def load(
         watch_interval_s=seconds("TP_WATCH_INTERVAL_S", "10", above=True),
         reporter_timeout_s=seconds("TP_REPORTER_TIMEOUT_S", "300"),
         trainer_call_timeout_s=seconds("TP_TRAINER_CALL_TIMEOUT_S", "30", above=True),
-        frontend_auth_token=env.get("FRONTEND_AUTH_TOKEN", ""),
+        frontend_auth_token=_token(env, "FRONTEND_AUTH_TOKEN"),
         job_token_grace_s=seconds("TP_JOB_TOKEN_GRACE_S", "3600"),
         commit_linger_s=values.number("TP_COMMIT_LINGER_S", env.get("TP_COMMIT_LINGER_S", "0.05"), maximum=1),
         trainer_tls_ca_file=env.get("TP_TRAINER_TLS_CA_FILE", ""),
@@ -380,7 +380,26 @@ def load(
         settings.read_auth_token,
     ):
         raise ValueError("FRONTEND_AUTH_TOKEN must differ from INTERNAL_AUTH_TOKEN and READ_AUTH_TOKEN")
+    if settings.read_auth_token and settings.read_auth_token == settings.internal_auth_token:
+        # The read token would then create and cancel jobs, write telemetry and start training.
+        raise ValueError("READ_AUTH_TOKEN must differ from INTERNAL_AUTH_TOKEN")
     return settings
+
+
+def _token(env: dict[str, str], name: str) -> str:
+    """A token setting (INTERNAL_AUTH_TOKEN, FRONTEND_AUTH_TOKEN, READ_AUTH_TOKEN): without surrounding white space
+    (a value from a Kubernetes Secret written with `echo`, or from a file saved on Windows, ends in a newline,
+    which clients never send), and printable ASCII, as a gRPC header value must be. Empty when unset or empty.
+
+    Raises:
+        ValueError: naming the setting, never the token: it holds only white space, or a character that is not
+            printable ASCII.
+    """
+    text = env.get(name, "")
+    token = text.strip()
+    if text and not token:
+        raise ValueError(f"{name} holds only white space: set a token, or leave it empty")
+    return check_token(token, name)
 
 
 MAX_WORKERS_PER_CPU = 4
