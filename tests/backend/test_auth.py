@@ -156,6 +156,26 @@ def test_auth_matrix_on_every_rpc_and_no_token_in_logs(debug_backend: BackendPro
         assert token.split(".")[-1] not in log_text
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the metadata, not the database, is under test
+@pytest.mark.parametrize("internal_first", [True, False], ids=["internal first", "internal last"])
+def test_a_call_with_two_authorization_headers_is_refused_whatever_their_order(
+    backend: BackendProcess, internal_first: bool
+):
+    """Which of two headers counted depended on their order (a proxy that adds one could decide it): neither does."""
+    job_id, _ = backend.create_job()
+    headers = [("authorization", f"Bearer {backend.internal_token}"), ("authorization", "Bearer not-a-token")]
+    metadata = tuple(headers if internal_first else reversed(headers))
+    request = jobs_pb2.GetJobRequest(job_id=job_id)
+    with pytest.raises(grpc.RpcError) as refused:
+        backend.jobs().GetJob(request, metadata=metadata, timeout=10)
+    assert refused.value.code() == UNAUTH
+    assert "more than one authorization header" in refused.value.details()
+    twice = (("authorization", f"Bearer {backend.internal_token}"),) * 2
+    with pytest.raises(grpc.RpcError) as refused:
+        backend.jobs().GetJob(request, metadata=twice, timeout=10)
+    assert refused.value.code() == UNAUTH
+
+
 def test_health_needs_no_token(backend: BackendProcess):
     health = health_pb2_grpc.HealthStub(backend.channel)
     assert (

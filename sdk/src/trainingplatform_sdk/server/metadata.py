@@ -34,13 +34,15 @@ def bearer_token(invocation_metadata: Metadata) -> str:
     The scheme is matched without regard to case. Whether the server knows the token is the caller's check.
 
     Raises:
-        UnauthenticatedError: the metadata is missing, or not of the form `Bearer <token>`.
+        UnauthenticatedError: the metadata is missing, given more than once (which one counted would depend on their
+            order, which a proxy adding one may decide), or not of the form `Bearer <token>`.
     """
+    headers = [value for key, value in invocation_metadata or () if key == "authorization"]
+    if len(headers) > 1:
+        raise UnauthenticatedError("more than one authorization header")
     header = ""
-    for key, value in invocation_metadata or ():
-        if key == "authorization":
-            header = value if isinstance(value, str) else value.decode()
-            break
+    if headers:
+        header = headers[0] if isinstance(headers[0], str) else headers[0].decode("latin-1")
     if not header:
         raise UnauthenticatedError("missing `authorization: Bearer <token>` metadata")
     scheme, _, token = header.partition(" ")
