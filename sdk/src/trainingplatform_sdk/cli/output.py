@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, TextIO
@@ -224,6 +224,12 @@ class Follower:
         if self.release_in() == 0.0:
             self._release()
 
+    def redraw(self) -> None:
+        """Draws the progress bar again on a terminal, where something else (an outage notice on stderr) cleared
+        its line."""
+        if self.tty:
+            self._write("\r\033[K" + self._bar())
+
     def _bar(self) -> str:
         total = max(self.job.epochs, 1)
         done = min(max(self.done_epochs, self.epoch), total)
@@ -322,24 +328,34 @@ RECONNECT_S = 60.0
 class OutageNotice:
     """A subscription's `on_reconnect` for `tp`: says on stderr, once per outage, that the backend does not answer
     and that the command keeps retrying, and once it answers again, that it is back. The job's output (stdout) gets
-    neither."""
+    neither. On a terminal a notice first clears the line it starts on (a progress bar drawn in place), and
+    `redraw`, when given, draws that bar again after it."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, redraw: Callable[[], None] | None = None) -> None:
         self.address = address
+        self.redraw = redraw
         self.down = False
 
     def __call__(self, error: PlatformError | None) -> None:
         if error is None:
             if self.down:
                 self.down = False
-                safe_write(sys.stderr, f"tp: the backend at {self.address} is back; following again\n")
+                self._say(f"tp: the backend at {self.address} is back; following again")
         elif isinstance(error, UnavailableError) and not self.down:
             self.down = True
-            safe_write(
-                sys.stderr,
+            self._say(
                 f"tp: the backend at {self.address} is unreachable; retrying for up to "
-                f"{RECONNECT_S:.0f}s without an answer (Ctrl-C stops following, not the job)\n",
+                f"{RECONNECT_S:.0f}s without an answer (Ctrl-C stops following, not the job)"
             )
+
+    def _say(self, text: str) -> None:
+        try:
+            terminal = sys.stderr.isatty()
+        except (ValueError, OSError, AttributeError):  # closed, or none
+            terminal = False
+        safe_write(sys.stderr, ("\r\033[K" if terminal else "") + text + "\n")
+        if self.redraw is not None:
+            self.redraw()
 
 
 LATE_RESULTS_S = 15.0
@@ -350,7 +366,7 @@ def _status_time(change: StatusChange) -> float:
     return change.time.timestamp() if change.time is not None else -math.inf
 
 
-def timeline(client: JobsClient, job: Job) -> Iterator[TelemetryEvent]:
+def timeline(client: JobsClient, job: Job, notice: OutageNotice | None = None) -> Iterator[TelemetryEvent]:
     """The job's telemetry as `follow` shows it: what it holds already (`job` as read before: its status changes,
     and its metric points and log records up to its cursor) in the order it happened, then what comes live.
 
@@ -359,7 +375,7 @@ def timeline(client: JobsClient, job: Job) -> Iterator[TelemetryEvent]:
     here by time (a status change's commit time, a point's or record's wall time; each kind keeps its own order):
     the status changes and log records in `job` (ListLogs, up to `job.last_log_sequence`) are merged into the
     subscription's replay of the metric points, which starts after them (no record or status twice, none left
-    out), and follows live from there."""
+    out), and follows live from there. `notice` (by default an `OutageNotice`) hears of an outage of the backend."""
     status_sequence = max((change.sequence for change in job.status_events), default=0)
     log_sequence, metric_sequence = job.last_log_sequence, job.last_metric_sequence
     records = (
@@ -376,7 +392,7 @@ def timeline(client: JobsClient, job: Job) -> Iterator[TelemetryEvent]:
         yield from (event for _, event in history)
     pending = next(history, None)
     after = Cursor(log_sequence=log_sequence, status_sequence=status_sequence)
-    notice = OutageNotice(client.address)
+    notice = notice or OutageNotice(client.address)
     for event in client.subscribe(job.job_id, after=after, max_reconnect_s=RECONNECT_S, on_reconnect=notice):
         if pending is None:
             yield event
@@ -470,7 +486,7 @@ def follow(client: JobsClient, job: Job, out: TextIO = sys.stdout) -> Job:
     status changed: those are waited for (up to LATE_RESULTS_S, until the job reports its `results`) and printed
     before the summary."""
     follower = Follower(job, out)
-    events = _Ahead(timeline(client, job))
+    events = _Ahead(timeline(client, job, OutageNotice(client.address, redraw=follower.redraw)))
     try:
         while True:
             try:
