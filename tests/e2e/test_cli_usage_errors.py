@@ -455,6 +455,12 @@ def test_a_refused_job_names_the_tp_train_flag_to_change(seeded: Seeded, args: l
     assert line.endswith(f"(tp train: {flag})"), line
 
 
+def test_an_empty_backend_flag_is_refused_not_passed_over(seeded: Seeded):
+    # `tp --backend "$UNSET" jobs` quietly talked to TP_BACKEND_ADDRESS's backend (" " was refused).
+    line = _one_line(seeded.tp("--backend", "", "jobs"))
+    assert "--backend" in line and "empty" in line, line
+
+
 def test_dataset_and_dataset_path_are_one_or_the_other(seeded: Seeded, tmp_path: Path):
     # Both were taken, and the path silently won, though --help says "this or --dataset-path".
     result = seeded.tp(

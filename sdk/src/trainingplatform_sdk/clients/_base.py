@@ -203,6 +203,8 @@ def resolve_connection(address: str | None = None, data_dir: str | os.PathLike[s
     the per-user config `tp up` writes (`config_path()`), then `./.data` (and 127.0.0.1:50051).
 
     Address: `address`, TP_BACKEND_ADDRESS, BACKEND_API_URL, the config's `backend_address`, 127.0.0.1:50051.
+    Only None leaves `address` unsaid: an empty one is taken as given (`tp --backend ""`, from an unset variable,
+    is refused when the address is parsed, rather than silently replaced by another backend).
     Token: the token file in `data_dir` (a flag), TP_AUTH_TOKEN, INTERNAL_AUTH_TOKEN, the token file in TP_DATA_DIR,
     the config's `token_file`, the token file in `./.data` (`frontend_auth_token`, else `internal_auth_token`).
 
@@ -211,7 +213,7 @@ def resolve_connection(address: str | None = None, data_dir: str | os.PathLike[s
     """
     config = read_config()
     where = f"the config {config_path()}"
-    if address:
+    if address is not None:  # given, even empty: an empty --backend is refused, not passed over for the next
         resolved, address_source = address, "--backend"
     elif os.environ.get("TP_BACKEND_ADDRESS", "").strip():
         resolved, address_source = os.environ["TP_BACKEND_ADDRESS"].strip(), "TP_BACKEND_ADDRESS"
