@@ -455,6 +455,12 @@ def test_a_refused_job_names_the_tp_train_flag_to_change(seeded: Seeded, args: l
     assert line.endswith(f"(tp train: {flag})"), line
 
 
+def test_jobs_search_with_a_control_character_names_the_flag(seeded: Seeded):
+    # It said "text contains control characters": the request's field, not the flag.
+    line = _one_line(seeded.tp("jobs", "--search", "x\x1by"))
+    assert line.startswith("error: --search: ") and "control characters" in line, line
+
+
 def test_an_empty_backend_flag_is_refused_not_passed_over(seeded: Seeded):
     # `tp --backend "$UNSET" jobs` quietly talked to TP_BACKEND_ADDRESS's backend (" " was refused).
     line = _one_line(seeded.tp("--backend", "", "jobs"))

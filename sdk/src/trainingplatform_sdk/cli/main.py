@@ -457,11 +457,17 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     with _client(args) as client:
         listed: list[Job] = []
         more = False
-        for job in client.list_jobs(statuses=args.status or (), framework=args.framework or "", text=args.search):
-            if len(listed) >= args.limit:
-                more = True
-                break
-            listed.append(job)
+        try:
+            for job in client.list_jobs(statuses=args.status or (), framework=args.framework or "", text=args.search):
+                if len(listed) >= args.limit:
+                    more = True
+                    break
+                listed.append(job)
+        except InvalidArgumentError as error:
+            # The refusal names the request's field (`text contains control characters`): say the flag that set it.
+            if args.search and error.message.startswith("text "):
+                raise CliError(f"--search: the {error.message}") from error
+            raise
         print(f"{'JOB':36}  {'NAME':20}  {'STATUS':9}  {'FRAMEWORK':11}  {'MODEL':18}  CREATED")
         for job in listed:
             created = job.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if job.created_at else ""
