@@ -467,6 +467,15 @@ def test_an_empty_backend_flag_is_refused_not_passed_over(seeded: Seeded):
     assert "--backend" in line and "empty" in line, line
 
 
+def test_frameworks_write_to_a_file_that_is_not_utf8_names_the_flag_and_file(seeded: Seeded, tmp_path: Path):
+    # It said "'utf-8' codec can't decode byte 0xff in position 0": which file?
+    target = tmp_path / "frameworks.md"
+    target.write_bytes(b"\xff\xfe")
+    line = _one_line(seeded.tp("frameworks", "--format", "markdown", "--write", str(target)))
+    assert f"--write {target}" in line and "UTF-8" in line, line
+    assert target.read_bytes() == b"\xff\xfe"
+
+
 def test_dataset_and_dataset_path_are_one_or_the_other(seeded: Seeded, tmp_path: Path):
     # Both were taken, and the path silently won, though --help says "this or --dataset-path".
     result = seeded.tp(

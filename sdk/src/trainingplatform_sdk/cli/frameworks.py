@@ -63,7 +63,15 @@ def cmd_frameworks(args: argparse.Namespace) -> int:
     text = ""
     if args.write:
         path = Path(args.write)
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"--write {path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}): "
+                "name the Markdown file whose generated section to replace"
+            ) from None
+        except OSError as error:
+            raise ValueError(f"--write {path}: {error.strerror or error}") from None
         replace_section(text, "")  # the markers are there, before the trainers are asked
     output = render(describe_frameworks(args.framework), args.format)
     if not args.write:
