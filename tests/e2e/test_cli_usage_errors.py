@@ -447,12 +447,32 @@ def test_an_advanced_config_file_that_cannot_be_read_is_named(seeded: Seeded, tm
         (["--epochs", "1", "--image-size", "-3"], "--image-size"),
         (["--epochs", "1", "--lr", "1e9"], "--lr"),
         (["--epochs", "1", "--advanced-config", '{"momentum": 2}'], "--advanced-config"),
+        # The job's display name: it said "display_name contains control characters", with no flag.
+        (["--name", "a\tb"], "--name"),
+        (["--name", "n" * 300], "--name"),
     ],
 )
 def test_a_refused_job_names_the_tp_train_flag_to_change(seeded: Seeded, args: list[str], flag: str):
     # It said "spec.training.epochs must be at least 1; got 0": a field of the protos, not what to type.
     line = _one_line(seeded.tp("train", "--framework", "timm", "--model", "resnet10t", "--dataset", "digits", *args))
     assert line.endswith(f"(tp train: {flag})"), line
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--epochs", "2147483648"),
+        ("--batch-size", "99999999999"),
+        ("--image-size", "-2147483649"),
+        ("--log-every-n-steps", "2147483648"),
+    ],
+)
+def test_a_train_integer_beyond_int32_is_refused_naming_its_flag(seeded: Seeded, flag: str, value: str):
+    # It said "error: Value out of range: 2147483648" (protobuf's words as the request was built): which flag?
+    result = seeded.tp("train", "--framework", "timm", "--model", "resnet10t", "--dataset", "digits", flag, value)
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert f"argument {flag}:" in error and value in error and "must be at" in error, result.stderr
 
 
 def test_jobs_search_with_a_control_character_names_the_flag(seeded: Seeded):

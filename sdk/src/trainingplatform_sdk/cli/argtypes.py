@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+"""The range of the protos' int32 fields: a value outside it cannot even be sent (protobuf's 'Value out of range')."""
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer not below `minimum`."""
+
+def in_range(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from `minimum` to `maximum` (None: no upper bound)."""
 
     def parse(text: str) -> int:
         try:
@@ -16,6 +20,13 @@ def at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if number < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
+        if maximum is not None and number > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {number}")
         return number
 
     return parse
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer not below `minimum`."""
+    return in_range(minimum)

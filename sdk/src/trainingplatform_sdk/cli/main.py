@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from trainingplatform_sdk.channel import CA_FILE_ENV, CLIENT_CERT_FILE_ENV, CLIENT_KEY_FILE_ENV, parse_backend_address
-from trainingplatform_sdk.cli.argtypes import at_least
+from trainingplatform_sdk.cli.argtypes import INT32_MAX, INT32_MIN, at_least, in_range
 from trainingplatform_sdk.cli.frameworks import add_frameworks_command
 from trainingplatform_sdk.cli.gc import add_gc_parser
 from trainingplatform_sdk.cli.output import (
@@ -344,8 +344,9 @@ def _restore(path: Path, written: bytes | None, previous: bytes | None) -> None:
             os.replace(partial, path)
 
 
-#: The `tp train` flag of each config field a refusal may name: the backend's `spec.<section>.<field>` or a trainer's
-#: `<section>_config.<field>`; None: the field has no flag of its own (`--advanced-config` holds every other field).
+#: The `tp train` flag of each config field a refusal may name: the backend's `spec.<section>.<field>`, a trainer's
+#: `<section>_config.<field>`, or the job's `display_name`; None: the field has no flag of its own
+#: (`--advanced-config` holds every other field).
 _TRAIN_FLAGS: dict[tuple[str, str | None], str] = {
     ("model", "name"): "--model",
     ("model", "image_size"): "--image-size",
@@ -358,9 +359,11 @@ _TRAIN_FLAGS: dict[tuple[str, str | None], str] = {
     ("training", "device"): "--device",
     ("training", "log_every_n_steps"): "--log-every-n-steps",
     ("advanced", None): "--advanced-config",
+    ("display_name", None): "--name",
 }
 _CONFIG_FIELD = re.compile(
-    r"\b(?:spec\.(model|dataset|training|advanced)|(model|dataset|training|advanced)_config)(?:\.(\w+))?"
+    r"\b(?:spec\.(model|dataset|training|advanced)|(model|dataset|training|advanced)_config|(display_name)\b)"
+    r"(?:\.(\w+))?"
 )
 
 
@@ -368,7 +371,7 @@ def _train_flags(message: str) -> list[str]:
     """The `tp train` flags of the config fields a refusal's message names, in order, each once."""
     flags: list[str] = []
     for match in _CONFIG_FIELD.finditer(message):
-        section, field = match.group(1) or match.group(2), match.group(3)
+        section, field = match.group(1) or match.group(2) or match.group(3), match.group(4)
         flag = _TRAIN_FLAGS.get((section, field)) or _TRAIN_FLAGS.get((section, None))
         if flag and flag not in flags:
             flags.append(flag)
@@ -716,13 +719,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset-path",
         help="on the trainer: an ImageFolder directory, a YOLO data.yaml, or a YOLO data set directory holding one",
     )
-    train.add_argument("--epochs", type=int, default=3, help="epochs to train")
-    train.add_argument("--batch-size", type=int, default=0, help="batch size (default: 0, the framework's own)")
+    # The integers are int32 fields of the protos: a value outside their range is a usage error naming the flag
+    # (protobuf's own 'Value out of range' named none); the backend checks the rest, and its refusal names the flag.
+    int32 = in_range(INT32_MIN, INT32_MAX)
+    train.add_argument("--epochs", type=int32, default=3, help="epochs to train")
+    train.add_argument("--batch-size", type=int32, default=0, help="batch size (default: 0, the framework's own)")
     train.add_argument("--lr", type=float, default=0.0, help="learning rate (default: 0, the framework's own)")
-    train.add_argument("--image-size", type=int, default=0, help="input size in pixels (default: 0, the model's own)")
+    train.add_argument("--image-size", type=int32, default=0, help="input size in pixels (default: 0, the model's own)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: auto)")
     train.add_argument(
-        "--log-every-n-steps", type=int, default=0, help="log batch metrics every N steps (default: 0, every 100)"
+        "--log-every-n-steps", type=int32, default=0, help="log batch metrics every N steps (default: 0, every 100)"
     )
     train.add_argument("--advanced-config", help="JSON object or @file.json")
     train.add_argument("--name", help="display name")
