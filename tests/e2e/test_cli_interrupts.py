@@ -1,12 +1,15 @@
 """Ctrl-C on `tp`, as a subprocess against a real backend: however and whenever it comes, `tp` exits 130 without a
 traceback (README: "Ctrl-C exits 130 and leaves the job running").
 
+- two quick Ctrl-C on `tp watch` of a live job (the second 0-30 ms after the first): the second one cut grpc's
+  channel close short, and `tp` either died of SIGINT (exit -2) or hung for good in the channel's `__del__`;
 - a Ctrl-C while `tp` still imports (its first few tenths of a second) printed a Python traceback: the console
   script's own import of the CLI ran before `main` handled KeyboardInterrupt.
 """
 
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import threading
@@ -20,6 +23,8 @@ from support.backend import BackendProcess
 from support.tp import TP, backend_env
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.clients import JobsClient
+
+TRIES = 10
 
 
 @dataclass
@@ -82,6 +87,27 @@ def _ended(process: subprocess.Popen[str], timeout: float) -> tuple[int | None, 
         _, err = process.communicate()
         return None, err
     return process.returncode, err
+
+
+def test_two_quick_ctrl_c_on_watch_exit_130_every_time(live_job: LiveJob) -> None:
+    seed = random.randrange(1 << 30)
+    gaps = random.Random(seed)
+    for attempt in range(TRIES):
+        gap = round(gaps.uniform(0.0, 0.03), 3)
+        process = live_job.start_tp("watch", live_job.job_id)
+        assert process.stdout is not None
+        for line in process.stdout:  # following live now, its subscription's stream open
+            if line.startswith("status RUNNING"):
+                break
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        code, err = _ended(process, 20)
+        said = f"try {attempt} (seed {seed}), second Ctrl-C {gap * 1000:.0f} ms after the first"
+        assert code == 130, f"{said}: exit {code} (None: hung)\n{err}"
+        assert "Traceback" not in err and f"job {live_job.job_id} goes on running" in err, f"{said}\n{err}"
 
 
 def _loaded(pid: int, library: str, timeout: float = 20) -> bool:

@@ -35,12 +35,15 @@ import select
 import signal
 import stat
 import sys
+import threading
 import time
 import unicodedata
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from trainingplatform_tp import EXIT_INTERRUPTED, install_interrupt_handler
 
 from trainingplatform_sdk.channel import CA_FILE_ENV, CLIENT_CERT_FILE_ENV, CLIENT_KEY_FILE_ENV, parse_backend_address
 from trainingplatform_sdk.cli.argtypes import INT32_MAX, INT32_MIN, at_least, in_range
@@ -439,6 +442,31 @@ def _detached(job: Job, interrupt: KeyboardInterrupt) -> None:
             f"cancel it with `tp cancel {job_id[:8]}`."
         )
     safe_write(sys.stderr, text + "\n")
+    _exit_unless_done_in(INTERRUPTED_CLEANUP_S)
+
+
+INTERRUPTED_CLEANUP_S = 5.0
+"""How long the cleanup after a Ctrl-C that `_detached` reported (closing the gRPC channel) may take."""
+
+_cleanup_deadline: threading.Timer | None = None
+"""The timer that ends the process if that cleanup blocks (`_exit_unless_done_in`); `main` cancels it."""
+
+
+def _exit_unless_done_in(seconds: float) -> None:
+    """A safety net once a Ctrl-C was reported: all that is left is closing the channel, which a Ctrl-C can no
+    longer interrupt (`interrupt_once`); should it block all the same, the process ends with 130 after `seconds`,
+    its output flushed, rather than hang with the job's fate already said."""
+    global _cleanup_deadline
+
+    def stuck() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    _cleanup_deadline = threading.Timer(seconds, stuck)
+    _cleanup_deadline.daemon = True
+    _cleanup_deadline.start()
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -1005,7 +1033,22 @@ def _refuse_unused_global_flags(parser: argparse.ArgumentParser, args: argparse.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `tp`."""
+    """Entry point of `tp` (the console script runs it through `trainingplatform_tp.main`).
+
+    A Ctrl-C exits 130: the first raises KeyboardInterrupt, and any later one is ignored from then on
+    (`interrupt_once`), so that the cleanup the first one starts cannot be cut short."""
+    install_interrupt_handler()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        if _cleanup_deadline is not None:
+            _cleanup_deadline.cancel()
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    """`main`, but for its handling of Ctrl-C."""
     _closed_streams()
     _escaping_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1034,7 +1077,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         safe_write(sys.stderr, f"error: {printable(_error_line(error))}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
