@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -181,6 +183,26 @@ def test_images_in_nested_folders_of_a_class_count(tmp_path) -> None:
         DatasetConfig(path=str(root)), 16, Augmentation(), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
     )
     assert data.classes == ["a", "b"] and len(data.train) == 6
+
+
+def test_a_symlink_loop_in_a_class_folder_fails_the_job_before_any_image_is_read(tmp_path) -> None:
+    # ImageFolder follows links: with `train/a/again -> .` it counted each image of class a ~41 times, and the job
+    # trained on that and COMPLETED.
+    from trainingplatform_sdk.spec.configs import ConfigError
+    from trainingplatform_sdk.training import train
+
+    root = tmp_path / "images"
+    _folder(root, {"a": [], "b": []})
+    link = root / "train" / "a" / "again"
+    link.symlink_to(".")
+    message = f"dataset class folder '{root / 'train' / 'a'}': symlink loop at '{link}': it leads to"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        load_classification_data(
+            DatasetConfig(path=str(root)), 16, Augmentation(), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+        )
+    sink = RecordingSink()
+    assert _run_on(root, tmp_path, sink, image_size=16, batch_size=4) == train.EXIT_FAILED
+    assert sink.status_calls()[-1][1].startswith(f"ConfigError: {message}")
 
 
 def _run_on(root, tmp_path, sink, *, image_size, **training) -> int:

@@ -10,6 +10,7 @@ held and each one is upscaled when it is loaded (the same pixels either way).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,12 +144,15 @@ def check_dataset(config: DatasetConfig) -> None:
 
     Each of train/ and val/ must hold class folders, the same ones, each with at least one image file (an
     extension `image_extensions()` lists, anywhere below it): torchvision's ImageFolder otherwise fails with a
-    message that names neither the split nor the path. The trainer service runs this at StartTraining.
+    message that names neither the split nor the path. A symbolic link that leads a class folder back to a directory
+    it already holds (`train/cat/again -> .`) is refused: ImageFolder follows links and would read its images again
+    and again (or, with two such links, for ever). The trainer service runs this at StartTraining.
 
     Raises:
         FileNotFoundError: The ImageFolder directory or its train/ or val/ subdirectory does not exist.
         ConfigError: An unknown built-in name, a format the timm trainer does not read, a split without class
-            folders or with a class folder without images, or train/ and val/ with different classes.
+            folders or with a class folder without images, a symbolic link loop, or train/ and val/ with different
+            classes.
     """
     fmt = config.resolved_format
     if fmt == "builtin":
@@ -200,8 +204,54 @@ def _class_folders(split_dir: Path) -> list[str]:
 
 
 def _holds_image(folder: Path, extensions: tuple[str, ...]) -> bool:
-    """Whether any file below `folder` has an image extension; stops at the first."""
-    return any(name.lower().endswith(extensions) for _, _, files in os.walk(folder, followlinks=True) for name in files)
+    """Whether any file below `folder` has an image extension, walked as ImageFolder walks it (links followed).
+
+    The whole folder is walked, not only up to the first image: a symbolic link loop anywhere below it would make
+    ImageFolder read the same images many times over.
+
+    Raises:
+        ConfigError: A directory below `folder` is reached a second time (a symbolic link loop).
+    """
+    found = False
+    for _, files in _walk_directories(folder):
+        found = found or any(name.lower().endswith(extensions) for name in files)
+    return found
+
+
+def _walk_directories(folder: Path) -> Iterator[tuple[str, list[str]]]:
+    """Each directory below `folder` (itself included) with the names of its files, symbolic links followed, like
+    `os.walk(followlinks=True)` (unreadable directories skipped), but each directory once.
+
+    Raises:
+        ConfigError: A directory is reached a second time, through a symbolic link (a loop such as `again -> .`,
+            or two links to one directory): the path that reaches it again is named.
+    """
+    seen: dict[tuple[int, int], str] = {}
+    pending = [str(folder)]
+    while pending:
+        path = pending.pop()
+        try:
+            status = os.stat(path)
+        except OSError:
+            continue
+        key = (status.st_dev, status.st_ino)
+        if key in seen:
+            raise ConfigError(
+                f"dataset class folder {str(folder)!r}: symlink loop at {path!r}: it leads to {seen[key]!r}, which "
+                "the class folder already holds, so its images would be read again and again; remove the link"
+            )
+        seen[key] = path
+        files: list[str] = []
+        try:
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        pending.append(entry.path)
+                    else:
+                        files.append(entry.name)
+        except OSError:
+            continue
+        yield path, files
 
 
 def check_num_classes(model: ModelConfig, dataset: DatasetConfig, dataset_classes: int | None = None) -> None:

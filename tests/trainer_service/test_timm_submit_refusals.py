@@ -1,0 +1,91 @@
+"""Jobs the timm trainer accepted at StartTraining (and its `validate_only`, which the backend's CreateJob asks) and
+that then hung the check, failed in the training process, or trained on wrong data, are refused at submit with
+INVALID_ARGUMENT naming the field, starting nothing.
+
+A real `tp-trainer-timm` service with its real adapter; nothing is downloaded or trained.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from PIL import Image
+from trainingplatform.common.v1 import common_pb2
+from trainingplatform.trainer.v1 import trainer_pb2
+
+from .trainer_process import TrainerProcess, spec
+
+
+@pytest.fixture(scope="module")
+def timm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProcess]:
+    env = {"HF_HUB_CACHE": str(tmp_path_factory.mktemp("empty-hub")), "TORCH_HOME": str(tmp_path_factory.mktemp("th"))}
+    process = TrainerProcess(tmp_path_factory.mktemp("refusals-timm"), env=env).start()
+    yield process
+    process.close()
+
+
+def _refused(trainer: TrainerProcess, job_id: str, job_spec: common_pb2.JobSpec, *, validate_only: bool = True) -> str:
+    """StartTraining's INVALID_ARGUMENT message; asserts that nothing started."""
+    request = trainer_pb2.StartTrainingRequest(job_id=job_id, spec=job_spec, validate_only=validate_only)
+    with pytest.raises(grpc.RpcError) as caught:
+        trainer.stub.StartTraining(request, metadata=trainer.metadata, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert not any(run.job_id == job_id for run in trainer.list_all())
+    assert not (trainer.data_dir / "runs" / job_id).exists()
+    return caught.value.details()
+
+
+def _accepted(trainer: TrainerProcess, job_id: str, job_spec: common_pb2.JobSpec) -> None:
+    request = trainer_pb2.StartTrainingRequest(job_id=job_id, spec=job_spec, validate_only=True)
+    assert trainer.stub.StartTraining(request, metadata=trainer.metadata, timeout=60).run_id == ""
+
+
+def _image_folder(root: Path, classes: tuple[str, ...] = ("bright", "dark")) -> Path:
+    for split in ("train", "val"):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(root / split / cls / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
+def test_a_symlink_loop_in_a_class_folder_is_refused_naming_it(
+    timm: TrainerProcess, tmp_path_factory: pytest.TempPathFactory, validate_only: bool
+) -> None:
+    # torchvision's ImageFolder follows links: `again -> .` made it count each image of the class ~41 times, and
+    # the job trained on that and was reported COMPLETED.
+    root = _image_folder(tmp_path_factory.mktemp("loop"))
+    link = root / "train" / "bright" / "again"
+    os.symlink(".", link)
+    details = _refused(timm, f"loop-{validate_only}", spec(dataset="", path=str(root)), validate_only=validate_only)
+    assert details.startswith(f"dataset class folder '{root / 'train' / 'bright'}': symlink loop at '{link}'")
+
+
+def test_two_symlinks_to_an_image_less_class_folder_are_refused_at_once(
+    timm: TrainerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # `a -> .` and `b -> .` in a class folder without images: the check walked ~2^40 paths, StartTraining ran past
+    # its deadline and the service, still walking, no longer ended on SIGTERM.
+    root = _image_folder(tmp_path_factory.mktemp("loop2"))
+    empty = root / "train" / "dark"
+    (empty / "0.png").unlink()
+    os.symlink(".", empty / "a")
+    os.symlink(".", empty / "b")
+    started = time.monotonic()
+    details = _refused(timm, "loop2", spec(dataset="", path=str(root)))
+    assert time.monotonic() - started < 10
+    assert details.startswith(f"dataset class folder '{empty}': symlink loop at '{empty}/")
+    _accepted(timm, "after-loop2", spec())  # the service is still free to answer
+
+
+def test_two_links_to_another_class_are_not_a_loop(
+    timm: TrainerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = _image_folder(tmp_path_factory.mktemp("cross"))
+    os.symlink("../dark", root / "train" / "bright" / "dark-too")
+    _accepted(timm, "cross-links", spec(dataset="", path=str(root)))
