@@ -89,3 +89,20 @@ def test_two_links_to_another_class_are_not_a_loop(
     root = _image_folder(tmp_path_factory.mktemp("cross"))
     os.symlink("../dark", root / "train" / "bright" / "dark-too")
     _accepted(timm, "cross-links", spec(dataset="", path=str(root)))
+
+
+@pytest.mark.parametrize("pretrained", [True, False], ids=["pretrained", "random"])
+def test_an_unknown_pretrained_tag_is_refused_listing_the_models_tags(timm: TrainerProcess, pretrained: bool) -> None:
+    # With pretrained: INTERNAL ("could not validate" to the backend), then "internal error" at dispatch; without:
+    # accepted, then FAILED with timm's "Invalid pretrained tag" in the training process.
+    job_spec = spec(model="resnet10t.bogus_tag")
+    job_spec.model.pretrained = pretrained
+    details = _refused(timm, f"bogus-tag-{pretrained}", job_spec)
+    assert details == (
+        "model_config.name: 'bogus_tag' is not a pretrained tag of the timm model 'resnet10t' "
+        "(its tags are c3_in1k; or give 'resnet10t' alone)"
+    )
+
+
+def test_a_known_pretrained_tag_is_accepted(timm: TrainerProcess) -> None:
+    _accepted(timm, "known-tag", spec(model="resnet10t.c3_in1k"))

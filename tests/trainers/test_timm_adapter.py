@@ -143,6 +143,20 @@ def test_bad_extra_option_type_is_rejected(tmp_path) -> None:
         make_adapter(tmp_path, RecordingSink(), advanced={"num_threads": "two"}).train()
 
 
+@pytest.mark.parametrize("pretrained", [True, False], ids=["pretrained", "random"])
+def test_an_unknown_pretrained_tag_fails_before_anything_is_loaded(tmp_path, pretrained) -> None:
+    # Failed at build time with timm's "Invalid pretrained tag (bogus_tag) for resnet10t." (a RuntimeError).
+    adapter = TimmAdapter(
+        ModelConfig(name="resnet10t.bogus_tag", pretrained=pretrained, image_size=32),
+        DatasetConfig(name="digits"),
+        TrainingConfig(epochs=1),
+        tmp_path / "out",
+        "job-tag",
+    )
+    with pytest.raises(ConfigError, match=r"^model_config.name: 'bogus_tag' is not a pretrained tag of the timm "):
+        adapter.check()
+
+
 def test_pretrained_weights_missing_from_the_cache_fail_fast(tmp_path, monkeypatch) -> None:
     import huggingface_hub.constants
 

@@ -97,17 +97,28 @@ _SKIPPED_SHOWN = 10
 
 
 def resolve_model_name(name: str) -> str:
-    """Returns `name` when timm knows it (with or without a `.pretrained_tag`).
+    """Returns `name` when timm knows it (with or without a `.pretrained_tag`, which must be one of the model's).
 
     Raises:
         ValueError: Unknown name; the message lists the closest valid names.
+        ConfigError: A pretrained tag timm does not know for the model; the message lists the model's tags.
     """
-    architecture = name.split(".", 1)[0]
-    if timm.is_model(architecture):
-        return name
-    close = difflib.get_close_matches(architecture, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; closest valid names: {', '.join(close)}" if close else ""
-    raise ValueError(f"unknown timm model {name!r}{hint}")
+    architecture, _, tag = name.partition(".")
+    if not timm.is_model(architecture):
+        close = difflib.get_close_matches(architecture, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; closest valid names: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown timm model {name!r}{hint}")
+    if tag:
+        try:
+            get_pretrained_cfg(name)  # timm's own check, which create_model runs too: "Invalid pretrained tag"
+        except RuntimeError:
+            tags = [known.partition(".")[2] for known in timm.list_pretrained(f"{architecture}.*")]
+            valid = f"its tags are {', '.join(tags)}" if tags else "it has none"
+            raise ConfigError(
+                f"model_config.name: {tag[:100]!r} is not a pretrained tag of the timm model {architecture!r} "
+                f"({valid}; or give {architecture!r} alone)"
+            ) from None
+    return name
 
 
 def _is_checkpoint_path(name: str) -> bool:

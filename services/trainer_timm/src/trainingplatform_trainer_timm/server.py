@@ -74,12 +74,15 @@ def _advanced_defaults() -> dict[str, Any]:
 
 def _check_job(job: JobRequest) -> None:
     # The train/ and val/ subdirectories of an ImageFolder dataset, checked the way the adapter will read them,
-    # num_classes against a built-in dataset's classes, and pretrained weights in the local cache.
+    # num_classes against a built-in dataset's classes, a model name's pretrained tag, and pretrained weights in
+    # the local cache.
     from trainingplatform_trainer_timm import datasets
-    from trainingplatform_trainer_timm.adapter import check_pretrained
+    from trainingplatform_trainer_timm.adapter import CHECKPOINT_SUFFIXES, check_pretrained, resolve_model_name
 
     datasets.check_dataset(job.dataset)
     datasets.check_num_classes(job.model, job.dataset)
+    if not job.model.name.endswith(CHECKPOINT_SUFFIXES):
+        resolve_model_name(job.model.name)
     check_pretrained(job.model)
     _check_optimizer(job)
 
