@@ -106,3 +106,12 @@ def test_an_unknown_pretrained_tag_is_refused_listing_the_models_tags(timm: Trai
 
 def test_a_known_pretrained_tag_is_accepted(timm: TrainerProcess) -> None:
     _accepted(timm, "known-tag", spec(model="resnet10t.c3_in1k"))
+
+
+@pytest.mark.parametrize("optimizer", ["adahessian", "lookahead_adahessian"])
+def test_a_second_order_optimizer_is_refused(timm: TrainerProcess, optimizer: str) -> None:
+    # Built fine at submit, then failed at the first step: "element 0 of tensors does not require grad".
+    job_spec = spec()
+    job_spec.advanced.optimizer = optimizer
+    details = _refused(timm, f"opt-{optimizer}", job_spec)
+    assert details.startswith(f"advanced_config.optimizer: {optimizer!r} is a second-order optimizer, which the timm")

@@ -157,6 +157,17 @@ def test_an_unknown_pretrained_tag_fails_before_anything_is_loaded(tmp_path, pre
         adapter.check()
 
 
+@pytest.mark.parametrize("optimizer", ["adahessian", "lookahead_adahessian"])
+def test_a_second_order_optimizer_fails_before_the_first_step(tmp_path, tiny_imagefolder, optimizer) -> None:
+    # Failed at the first step with "element 0 of tensors does not require grad and does not have a grad_fn".
+    adapter = make_adapter(
+        tmp_path, RecordingSink(), dataset=DatasetConfig(path=str(tiny_imagefolder)), advanced={"optimizer": optimizer}
+    )
+    with pytest.raises(ConfigError, match=rf"^advanced_config.optimizer: '{optimizer}' is a second-order optimizer"):
+        adapter.train()
+    assert adapter.global_step == 0
+
+
 def test_pretrained_weights_missing_from_the_cache_fail_fast(tmp_path, monkeypatch) -> None:
     import huggingface_hub.constants
 

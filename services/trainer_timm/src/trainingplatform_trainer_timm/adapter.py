@@ -15,7 +15,8 @@ Metrics reported (epoch is 0-based, step is the global optimizer step, counted f
 
 Per-epoch metrics carry step = the global step at the epoch's end; an epoch summary follows each epoch.
 
-`advanced_config`: `optimizer` (any `timm.optim.create_optimizer_v2` name; default adamw), `lr_scheduler`
+`advanced_config`: `optimizer` (any `timm.optim.create_optimizer_v2` name but the second-order adahessian and
+lookahead_adahessian; default adamw), `lr_scheduler`
 (cosine (default), step (x0.1 at 1/3 and 2/3 of training), linear (to 0), constant), `warmup_epochs` (linear,
 fractional allowed), `weight_decay` (default 0.05), `momentum` (SGD-style optimizers), `augmentation` (off by
 default: see datasets.py), `mixed_precision` (float16 autocast on CUDA; ignored with a log line on CPU), `seed`
@@ -83,7 +84,7 @@ from trainingplatform_sdk.training.adapter import TrainingAdapter, TrainingResul
 
 from trainingplatform_trainer_timm import datasets
 
-__all__ = ["DistributedRun", "TimmAdapter", "check_pretrained", "resolve_model_name"]
+__all__ = ["DistributedRun", "TimmAdapter", "check_pretrained", "refuse_second_order", "resolve_model_name"]
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_LEARNING_RATE = 1e-3
@@ -177,6 +178,20 @@ def _cached_weights(name: str) -> tuple[str, bool] | None:
     if source in ("file", "local-dir"):
         return str(location), Path(str(location)).exists()
     return None if source == "" else ("the model's pretrained config", True)
+
+
+def refuse_second_order(optimizer: torch.optim.Optimizer, name: str) -> None:
+    """Refuses a second-order optimizer (adahessian, lookahead_adahessian): its step needs the gradients' own graph
+    (`backward(create_graph=True)`), which this trainer's loop does not keep, so its first step would fail.
+
+    Raises:
+        ConfigError: `optimizer` is second-order (timm's `is_second_order`).
+    """
+    if getattr(optimizer, "is_second_order", False):
+        raise ConfigError(
+            f"advanced_config.optimizer: {name[:100]!r} is a second-order optimizer, which the timm trainer does "
+            "not support (its training step does not keep the gradients' graph); choose another optimizer"
+        )
 
 
 @dataclass(frozen=True)
@@ -358,6 +373,7 @@ class TimmAdapter(TrainingAdapter):
             self.optimizer = create_optimizer_v2(self.model, **optimizer_args)
         except (AssertionError, ValueError) as error:
             raise ConfigError(f"advanced_config.optimizer: {optimizer_name!r} is not usable: {error}") from error
+        refuse_second_order(self.optimizer, optimizer_name)
         group = self.optimizer.param_groups[0]
         if advanced.momentum is not None and "momentum" not in group:
             # timm's Adam-style optimizers take `momentum=` and drop it without a word.

@@ -89,11 +89,12 @@ def _check_job(job: JobRequest) -> None:
 
 def _check_optimizer(job: JobRequest) -> None:
     """Builds the optimizer the adapter will build, on a one-parameter model: a name timm lists but cannot build
-    here (APEX or bitsandbytes without CUDA or the package) is refused now, not in the training process."""
+    here (APEX or bitsandbytes without CUDA or the package), or a second-order one the training step cannot feed
+    (adahessian), is refused now, not in the training process."""
     import torch
     from timm.optim import create_optimizer_v2
 
-    from trainingplatform_trainer_timm.adapter import DEFAULT_OPTIMIZER, DEFAULT_WEIGHT_DECAY
+    from trainingplatform_trainer_timm.adapter import DEFAULT_OPTIMIZER, DEFAULT_WEIGHT_DECAY, refuse_second_order
 
     advanced = job.advanced
     name = advanced.optimizer or DEFAULT_OPTIMIZER
@@ -104,12 +105,13 @@ def _check_optimizer(job: JobRequest) -> None:
     if advanced.momentum is not None:
         args["momentum"] = advanced.momentum
     try:
-        create_optimizer_v2(torch.nn.Linear(1, 1), opt=name, **args)
+        optimizer = create_optimizer_v2(torch.nn.Linear(1, 1), opt=name, **args)
     except Exception as error:
         raise ValueError(
             f"advanced_config.optimizer: timm cannot build {name[:100]!r} on this trainer: "
             f"{type(error).__name__}: {str(error)[:300]}"
         ) from None
+    refuse_second_order(optimizer, name)
 
 
 DESCRIPTION = FrameworkDescription(
