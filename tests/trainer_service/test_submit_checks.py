@@ -7,6 +7,7 @@ Real services: `tp-trainer-timm` and `tp-trainer-ultralytics` with their real ad
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -280,3 +281,55 @@ def test_ultralytics_takes_a_yolo_data_set_directory_for_its_data_yaml(
     assert details.startswith(
         f"dataset_config.path: {str(root / 'shapes' / 'images')!r} is a directory without a YOLO data.yaml"
     )
+
+
+@pytest.fixture(scope="module")
+def yolo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 2-class YOLO data set (the shapes generator's), under the trainer's data roots."""
+    from trainingplatform_trainer_ultralytics.datasets import write_shapes_dataset
+
+    root = tmp_path_factory.mktemp("yolo-classes")
+    write_shapes_dataset(root / "shapes", train_images=2, val_images=1, image_size=32)
+    return root / "shapes"
+
+
+def _yolo_spec(data_yaml: Path) -> common_pb2.JobSpec:
+    return spec(framework="ultralytics", model="yolo11n.yaml", dataset="mine", path=str(data_yaml), image_size=64)
+
+
+def _with_yaml(yolo_root: Path, name: str, names_block: str) -> Path:
+    """A data.yaml beside the shapes data set's, with `names_block` in place of its `names`."""
+    text = (yolo_root / "data.yaml").read_text().split("names:", 1)[0]
+    path = yolo_root / name
+    path.write_text(text + names_block)
+    return path
+
+
+@pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
+def test_ultralytics_data_yaml_without_names_or_nc_is_refused_naming_it(
+    ultralytics: TrainerProcess, yolo_root: Path, validate_only: bool
+) -> None:
+    # It was accepted; the job failed when training started, naming the trainer's copy runs/<job>/data/data.yaml.
+    data_yaml = _with_yaml(yolo_root, "nonames.yaml", "")
+    details = _refused(ultralytics, f"nonames-{validate_only}", _yolo_spec(data_yaml), validate_only=validate_only)
+    assert details == (
+        f"dataset_config.path: {str(data_yaml)!r} has neither `names` (the class names: a list, or a mapping from "
+        "class id) nor `nc` (the number of classes); ultralytics needs one of them"
+    )
+
+
+def test_ultralytics_data_yaml_whose_nc_and_names_disagree_is_refused(
+    ultralytics: TrainerProcess, yolo_root: Path
+) -> None:
+    data_yaml = _with_yaml(yolo_root, "nc3.yaml", "nc: 3\nnames: [a, b]\n")
+    details = _refused(ultralytics, "nc-names", _yolo_spec(data_yaml), validate_only=True)
+    assert details == (
+        f"dataset_config.path: {str(data_yaml)!r}: `nc` is 3 but `names` has 2 classes; make them match (or leave "
+        "`nc` out)"
+    )
+    data_yaml = _with_yaml(yolo_root, "ids.yaml", "names:\n  0: a\n  2: b\n")
+    details = _refused(ultralytics, "names-ids", _yolo_spec(data_yaml), validate_only=True)
+    assert details == f"dataset_config.path: {str(data_yaml)!r}: the class ids of `names` must be 0 to 1, got 0, 2"
+    # `nc` alone is enough for ultralytics (it names the classes class_0, ...), and so are matching ones.
+    for i, block in enumerate(("nc: 2\n", "nc: 2\nnames: [a, b]\n", "names:\n  0: a\n  1: b\n")):
+        _accepted(ultralytics, f"classes-ok-{i}", _yolo_spec(_with_yaml(yolo_root, f"ok{i}.yaml", block)))

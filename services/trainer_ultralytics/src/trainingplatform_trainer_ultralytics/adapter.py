@@ -247,6 +247,7 @@ class UltralyticsAdapter(TrainingAdapter):
         check_pretrained(self.model_config)
         check_fractions(self.training_config, self.advanced_config)
         datasets.check_dataset(self.dataset_config)
+        datasets.class_count(self.dataset_config)
         optimizer = self.advanced_config.optimizer
         if optimizer is not None and optimizer.lower() not in OPTIMIZERS:
             raise ConfigError(

@@ -18,6 +18,8 @@ __all__ = [
     "BUILTIN_DATASETS",
     "SHAPES_CLASSES",
     "check_dataset",
+    "class_count",
+    "describe",
     "referenced_paths",
     "resolve_data_yaml",
     "resolve_dataset",
@@ -97,6 +99,66 @@ def check_dataset(config: DatasetConfig) -> None:
         raise ConfigError(f"dataset_config.format: the ultralytics trainer reads yolo or builtin, not {fmt!r}")
     if not Path(config.path).is_file():
         raise FileNotFoundError(f"dataset path {config.path!r} does not exist (expected a YOLO data.yaml file)")
+
+
+def describe(config: DatasetConfig) -> str:
+    """The data set as messages name it: the built-in's name, or its data.yaml as given (a directory resolved)."""
+    config = resolve_dataset(config)
+    if config.resolved_format == "builtin":
+        return f"the built-in data set {config.name!r}"
+    return f"{str(config.path)[:100]!r}"
+
+
+def class_count(config: DatasetConfig) -> int:
+    """The number of classes of the data set: the built-in's, or what its data.yaml's `names` (or `nc`) says,
+    checked the way ultralytics checks them when training starts (where its error names the trainer's copy of
+    the yaml under the run directory, not the user's).
+
+    Raises:
+        ConfigError: The yaml is unreadable or not a mapping, has neither `names` nor `nc`, an `nc` that is not a
+            whole number of at least 1, `names` that are empty or neither a list nor a mapping of the ids 0 to n-1,
+            or an `nc` other than the number of `names`; the message names the yaml.
+    """
+    config = resolve_dataset(config)
+    if config.resolved_format == "builtin":
+        return len(SHAPES_CLASSES)
+    import yaml
+
+    where = f"dataset_config.path: {describe(config)}"
+    try:
+        data = yaml.safe_load(Path(config.path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{where} is not a readable YOLO data.yaml ({type(error).__name__})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} is not a YOLO data.yaml (a mapping with `train` and `val`)")
+    names, nc = data.get("names"), data.get("nc")
+    if names is None and nc is None:
+        raise ConfigError(
+            f"{where} has neither `names` (the class names: a list, or a mapping from class id) nor `nc` (the "
+            "number of classes); ultralytics needs one of them"
+        )
+    if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or nc < 1):
+        raise ConfigError(f"{where}: `nc` must be a whole number of classes, at least 1, got {nc!r}")
+    if names is None and isinstance(nc, int):
+        return nc
+    if isinstance(names, dict):
+        ids = sorted(str(key) for key in names)
+        if ids != sorted(str(i) for i in range(len(names))):
+            raise ConfigError(
+                f"{where}: the class ids of `names` must be 0 to {len(names) - 1}, got {', '.join(ids[:10])}"
+            )
+    elif not isinstance(names, list):
+        raise ConfigError(
+            f"{where}: `names` must be a list of class names or a mapping from class id to name, "
+            f"not {type(names).__name__}"
+        )
+    if not names:
+        raise ConfigError(f"{where}: `names` is empty; a data set needs at least one class")
+    if nc is not None and nc != len(names):
+        raise ConfigError(
+            f"{where}: `nc` is {nc} but `names` has {len(names)} classes; make them match (or leave `nc` out)"
+        )
+    return len(names)
 
 
 def referenced_paths(config: DatasetConfig) -> list[str]:

@@ -82,11 +82,15 @@ def _check_job(job: JobRequest) -> None:
     # The model and dataset rules of the adapter's own check(), and the values ultralytics accepts several
     # types for. The adapter module imports no ultralytics.
     from trainingplatform_trainer_ultralytics import datasets
-    from trainingplatform_trainer_ultralytics.adapter import check_fractions, check_pretrained
+    from trainingplatform_trainer_ultralytics.adapter import (
+        check_fractions,
+        check_pretrained,
+    )
 
     check_pretrained(job.model)
     check_fractions(job.training, job.advanced)
     datasets.check_dataset(job.dataset)
+    datasets.class_count(job.dataset)
     seed = job.advanced.seed
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ValueError(f"advanced_config.seed: from 0 to {MAX_SEED} for ultralytics (a numpy seed), got {seed}")
