@@ -333,3 +333,28 @@ def test_ultralytics_data_yaml_whose_nc_and_names_disagree_is_refused(
     # `nc` alone is enough for ultralytics (it names the classes class_0, ...), and so are matching ones.
     for i, block in enumerate(("nc: 2\n", "nc: 2\nnames: [a, b]\n", "names:\n  0: a\n  1: b\n")):
         _accepted(ultralytics, f"classes-ok-{i}", _yolo_spec(_with_yaml(yolo_root, f"ok{i}.yaml", block)))
+
+
+@pytest.mark.parametrize("num_classes", [1, 7])
+def test_ultralytics_num_classes_other_than_the_data_sets_is_refused(
+    ultralytics: TrainerProcess, yolo_root: Path, num_classes: int
+) -> None:
+    # The ultralytics trainer ignored model_config.num_classes and trained with the data set's 2 classes.
+    job_spec = _yolo_spec(yolo_root / "data.yaml")
+    job_spec.model.num_classes = num_classes
+    details = _refused(ultralytics, f"num-classes-{num_classes}", job_spec, validate_only=True)
+    assert details == (
+        f"model_config.num_classes is {num_classes} but the data set ({str(yolo_root / 'data.yaml')!r}) has 2 "
+        "classes; ultralytics trains with the data set's classes: leave num_classes at 0 or set it to 2"
+    )
+    job_spec = _ultra_spec()
+    job_spec.model.num_classes = num_classes
+    details = _refused(ultralytics, f"num-classes-shapes-{num_classes}", job_spec, validate_only=True)
+    assert "but the data set (the built-in data set 'shapes') has 2 classes" in details
+
+
+def test_ultralytics_num_classes_of_the_data_set_or_0_is_accepted(ultralytics: TrainerProcess, yolo_root: Path) -> None:
+    for num_classes in (0, 2):
+        job_spec = _yolo_spec(yolo_root / "data.yaml")
+        job_spec.model.num_classes = num_classes
+        _accepted(ultralytics, f"num-classes-ok-{num_classes}", job_spec)

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainingplatform_sdk.host import usable_cpus
-from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, ModelConfig, TrainingConfig
+from trainingplatform_sdk.spec.configs import AdvancedConfig, ConfigError, DatasetConfig, ModelConfig, TrainingConfig
 from trainingplatform_sdk.training.adapter import Status, TrainingAdapter, TrainingResult, loader_worker_init
 
 from trainingplatform_trainer_ultralytics import datasets
@@ -72,6 +72,7 @@ __all__ = [
     "UltralyticsAdapter",
     "available_model_yamls",
     "check_fractions",
+    "check_num_classes",
     "check_pretrained",
     "loader_workers_ignore_stop_signals",
     "resolve_model",
@@ -161,6 +162,21 @@ def check_pretrained(model: ModelConfig) -> None:
         )
 
 
+def check_num_classes(model: ModelConfig, dataset: DatasetConfig, classes: int) -> None:
+    """Ultralytics takes the class count from the data set (`classes`, `datasets.class_count`): a
+    model_config.num_classes other than it was silently trained with the data set's count.
+
+    Raises:
+        ConfigError: A num_classes other than 0 (the data set's) and `classes`.
+    """
+    if model.num_classes and model.num_classes != classes:
+        raise ConfigError(
+            f"model_config.num_classes is {model.num_classes} but the data set ({datasets.describe(dataset)}) has "
+            f"{classes} classes; ultralytics trains with the data set's classes: leave num_classes at 0 or set "
+            f"it to {classes}"
+        )
+
+
 def check_fractions(training: TrainingConfig, advanced: AdvancedConfig) -> None:
     """lr0 and weight_decay are fractions for ultralytics: above 1 its `check_cfg` fails the training at start.
 
@@ -247,7 +263,8 @@ class UltralyticsAdapter(TrainingAdapter):
         check_pretrained(self.model_config)
         check_fractions(self.training_config, self.advanced_config)
         datasets.check_dataset(self.dataset_config)
-        datasets.class_count(self.dataset_config)
+        classes = datasets.class_count(self.dataset_config)
+        check_num_classes(self.model_config, self.dataset_config, classes)
         optimizer = self.advanced_config.optimizer
         if optimizer is not None and optimizer.lower() not in OPTIMIZERS:
             raise ConfigError(

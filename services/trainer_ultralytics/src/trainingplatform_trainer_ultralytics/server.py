@@ -84,13 +84,15 @@ def _check_job(job: JobRequest) -> None:
     from trainingplatform_trainer_ultralytics import datasets
     from trainingplatform_trainer_ultralytics.adapter import (
         check_fractions,
+        check_num_classes,
         check_pretrained,
     )
 
     check_pretrained(job.model)
     check_fractions(job.training, job.advanced)
     datasets.check_dataset(job.dataset)
-    datasets.class_count(job.dataset)
+    classes = datasets.class_count(job.dataset)
+    check_num_classes(job.model, job.dataset, classes)
     seed = job.advanced.seed
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ValueError(f"advanced_config.seed: from 0 to {MAX_SEED} for ultralytics (a numpy seed), got {seed}")
