@@ -358,3 +358,15 @@ def test_ultralytics_num_classes_of_the_data_set_or_0_is_accepted(ultralytics: T
         job_spec = _yolo_spec(yolo_root / "data.yaml")
         job_spec.model.num_classes = num_classes
         _accepted(ultralytics, f"num-classes-ok-{num_classes}", job_spec)
+
+
+@pytest.mark.parametrize(("value", "outside"), [([7], "7"), (2, "2"), ([0, 1, 2, 5], "2, 5")])
+def test_ultralytics_class_ids_the_data_set_lacks_are_refused(
+    ultralytics: TrainerProcess, yolo_root: Path, value: object, outside: str
+) -> None:
+    # `classes: [7]` on a 2-class data set trained on no labels at all, and the job COMPLETED.
+    job_spec = _set_extra(_yolo_spec(yolo_root / "data.yaml"), {"classes": value})
+    details = _refused(ultralytics, "class-ids", job_spec, validate_only=True)
+    assert details == (
+        f"advanced_config.extra.classes: class id(s) {outside} not in the data set, which has 2 classes (ids 0 to 1)"
+    )

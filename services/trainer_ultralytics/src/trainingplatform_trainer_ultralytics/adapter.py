@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 __all__ = [
     "UltralyticsAdapter",
     "available_model_yamls",
+    "check_class_ids",
     "check_fractions",
     "check_num_classes",
     "check_pretrained",
@@ -177,6 +178,23 @@ def check_num_classes(model: ModelConfig, dataset: DatasetConfig, classes: int) 
         )
 
 
+def check_class_ids(extra: dict[str, Any], classes: int) -> None:
+    """`extra.classes` keeps only the labels of the given class ids: an id the data set lacks (`classes` ids, 0 to
+    classes - 1) left nothing to train on, and the job still completed.
+
+    Raises:
+        ConfigError: An id of `extra.classes` at or above `classes`.
+    """
+    value = extra.get("classes")
+    ids = value if isinstance(value, list) else [] if value is None else [value]
+    outside = [int(i) for i in ids if isinstance(i, int | float) and not isinstance(i, bool) and i >= classes]
+    if outside:
+        raise ConfigError(
+            f"advanced_config.extra.classes: class id(s) {', '.join(map(str, outside))} not in the data set, which "
+            f"has {classes} classes (ids 0 to {classes - 1})"
+        )
+
+
 def check_fractions(training: TrainingConfig, advanced: AdvancedConfig) -> None:
     """lr0 and weight_decay are fractions for ultralytics: above 1 its `check_cfg` fails the training at start.
 
@@ -265,6 +283,7 @@ class UltralyticsAdapter(TrainingAdapter):
         datasets.check_dataset(self.dataset_config)
         classes = datasets.class_count(self.dataset_config)
         check_num_classes(self.model_config, self.dataset_config, classes)
+        check_class_ids(self.advanced_config.extra, classes)
         optimizer = self.advanced_config.optimizer
         if optimizer is not None and optimizer.lower() not in OPTIMIZERS:
             raise ConfigError(

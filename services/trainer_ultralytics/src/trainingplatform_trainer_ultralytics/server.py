@@ -83,6 +83,7 @@ def _check_job(job: JobRequest) -> None:
     # types for. The adapter module imports no ultralytics.
     from trainingplatform_trainer_ultralytics import datasets
     from trainingplatform_trainer_ultralytics.adapter import (
+        check_class_ids,
         check_fractions,
         check_num_classes,
         check_pretrained,
@@ -93,6 +94,7 @@ def _check_job(job: JobRequest) -> None:
     datasets.check_dataset(job.dataset)
     classes = datasets.class_count(job.dataset)
     check_num_classes(job.model, job.dataset, classes)
+    check_class_ids(job.advanced.extra, classes)
     seed = job.advanced.seed
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ValueError(f"advanced_config.seed: from 0 to {MAX_SEED} for ultralytics (a numpy seed), got {seed}")
