@@ -7,6 +7,7 @@ A real `tp-trainer-timm` service with its real adapter; nothing is downloaded or
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from PIL import Image
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2
@@ -115,3 +117,20 @@ def test_a_second_order_optimizer_is_refused(timm: TrainerProcess, optimizer: st
     job_spec.advanced.optimizer = optimizer
     details = _refused(timm, f"opt-{optimizer}", job_spec)
     assert details.startswith(f"advanced_config.optimizer: {optimizer!r} is a second-order optimizer, which the timm")
+
+
+def test_another_frameworks_checkpoint_is_refused_without_torchs_unsafe_advice(
+    timm: TrainerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The job failed with torch's "Weights only load failed. This file can still be loaded ... if you trust the
+    # source", which named no field and invited loading a pickle from anywhere.
+    where = tmp_path_factory.mktemp("checkpoints")
+    foreign = where / "other.pt"
+    torch.save({"model": argparse.Namespace(layers=3), "state_dict": {}}, foreign)
+    details = _refused(timm, "foreign-checkpoint", spec(model=str(foreign)))
+    assert details == (
+        f"model_config.name: '{foreign}' is not a checkpoint of the timm trainer (saved by another framework?)"
+    )
+    ours = where / "ours.pt"
+    torch.save({"model_name": "resnet10t", "classes": [str(i) for i in range(10)], "state_dict": {}}, ours)
+    _accepted(timm, "own-checkpoint", spec(model=str(ours)))

@@ -168,6 +168,19 @@ def test_a_second_order_optimizer_fails_before_the_first_step(tmp_path, tiny_ima
     assert adapter.global_step == 0
 
 
+def test_another_frameworks_checkpoint_is_refused_naming_the_field(tmp_path) -> None:
+    # torch's "Weights only load failed. This file can still be loaded ... if you trust the source" named no field.
+    import argparse
+
+    foreign = tmp_path / "other.pt"
+    torch.save({"model": argparse.Namespace(layers=3)}, foreign)
+    with pytest.raises(ConfigError) as caught:
+        make_adapter(tmp_path, RecordingSink(), model=str(foreign)).train()
+    assert str(caught.value) == (
+        f"model_config.name: '{foreign}' is not a checkpoint of the timm trainer (saved by another framework?)"
+    )
+
+
 def test_pretrained_weights_missing_from_the_cache_fail_fast(tmp_path, monkeypatch) -> None:
     import huggingface_hub.constants
 

@@ -34,11 +34,12 @@ the meta device (no memory, no compute): one that fails is refused before traini
 
 Checkpoints: `output_dir/weights/last.pt` after every epoch and `best.pt` for the best validation accuracy, each a
 `torch.save` dict with `state_dict` and metadata (model name, classes, image size, normalisation mean and std, epoch,
-metrics, job id). `model_config.name` may also be the path of such a checkpoint, to continue from its weights, with
-its normalisation; at another `image_size`, a fixed-size model's input size is changed with its `set_input_size`
-(ViT, Swin, ...; one without it is refused). On a dataset whose classes differ from the checkpoint's (another count,
-or other names), the classifier is replaced by a new one for the dataset's classes, trained from scratch, and the job
-log warns so; the rest of the model keeps the checkpoint's weights.
+metrics, job id). `model_config.name` may also be the path of such a checkpoint (loaded with torch's `weights_only`;
+another framework's is refused), to continue from its weights, with its normalisation; at another `image_size`, a
+fixed-size model's input size is changed with its `set_input_size` (ViT, Swin, ...; one without it is refused). On a
+dataset whose classes differ from the checkpoint's (another count, or other names), the classifier is replaced by a
+new one for the dataset's classes, trained from scratch, and the job log warns so; the rest of the model keeps the
+checkpoint's weights.
 
 Distributed data-parallel: started by `torchrun` (WORLD_SIZE > 1 in the environment), every rank runs this adapter
 and joins one process group (`gloo` on CPU, `nccl` on CUDA, each rank on `cuda:LOCAL_RANK`). The model is wrapped
@@ -59,6 +60,7 @@ import os
 import random
 import shutil
 import time
+import zipfile
 from collections.abc import Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +86,14 @@ from trainingplatform_sdk.training.adapter import TrainingAdapter, TrainingResul
 
 from trainingplatform_trainer_timm import datasets
 
-__all__ = ["DistributedRun", "TimmAdapter", "check_pretrained", "refuse_second_order", "resolve_model_name"]
+__all__ = [
+    "DistributedRun",
+    "TimmAdapter",
+    "check_pretrained",
+    "load_checkpoint",
+    "refuse_second_order",
+    "resolve_model_name",
+]
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_LEARNING_RATE = 1e-3
@@ -178,6 +187,32 @@ def _cached_weights(name: str) -> tuple[str, bool] | None:
     if source in ("file", "local-dir"):
         return str(location), Path(str(location)).exists()
     return None if source == "" else ("the model's pretrained config", True)
+
+
+def load_checkpoint(path: str, *, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint this trainer saved (see the module docstring), loaded on the CPU with torch's `weights_only`.
+
+    Args:
+        path: The `.pt` / `.pth` file.
+        mmap: Map the tensors' storage instead of reading it (the trainer service's cheap check at submit); a file
+            in torch's old, non-zip format, which cannot be mapped, is read.
+
+    Raises:
+        OSError: The file cannot be read.
+        ConfigError: Not a checkpoint of the timm trainer: another framework's (a `weights_only` load refuses the
+            classes it pickled), another dict, or not a torch file at all. It is never loaded without `weights_only`,
+            and torch's advice to do so "if you trust the source" is not passed on.
+    """
+    refused = f"model_config.name: {path!r} is not a checkpoint of the timm trainer (saved by another framework?)"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except OSError:
+        raise
+    except Exception:  # pickle.UnpicklingError for another framework's classes; anything for a file of another kind
+        raise ConfigError(refused) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "model_name" not in checkpoint:
+        raise ConfigError(refused)
+    return checkpoint
 
 
 def refuse_second_order(optimizer: torch.optim.Optimizer, name: str) -> None:
@@ -578,10 +613,7 @@ class TimmAdapter(TrainingAdapter):
         """The checkpoint given as model name, loaded; {} for a timm model name."""
         if not _is_checkpoint_path(self.model_config.name):
             return {}
-        checkpoint = torch.load(self.model_config.name, map_location="cpu", weights_only=True)
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "model_name" not in checkpoint:
-            raise ConfigError(f"model_config.name: {self.model_config.name!r} is not a checkpoint of this trainer")
-        return checkpoint
+        return load_checkpoint(self.model_config.name)
 
     # --- The loop -------------------------------------------------------------------------------------------
 
