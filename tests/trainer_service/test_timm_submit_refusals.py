@@ -134,3 +134,14 @@ def test_another_frameworks_checkpoint_is_refused_without_torchs_unsafe_advice(
     ours = where / "ours.pt"
     torch.save({"model_name": "resnet10t", "classes": [str(i) for i in range(10)], "state_dict": {}}, ours)
     _accepted(timm, "own-checkpoint", spec(model=str(ours)))
+
+
+def test_num_classes_below_an_image_folders_class_count_is_refused(
+    timm: TrainerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = _image_folder(tmp_path_factory.mktemp("classes"), ("a", "b", "c"))
+    job_spec = spec(dataset="", path=str(root))
+    job_spec.model.num_classes = 2
+    assert _refused(timm, "folder-classes", job_spec) == "model_config.num_classes is 2 but the dataset has 3 classes"
+    job_spec.model.num_classes = 3
+    _accepted(timm, "folder-classes-ok", job_spec)

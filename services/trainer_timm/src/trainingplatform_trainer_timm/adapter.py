@@ -286,8 +286,8 @@ class TimmAdapter(TrainingAdapter):
                 raise FileNotFoundError(f"model checkpoint {name!r} does not exist")
         else:
             resolve_model_name(name)
-        datasets.check_dataset(self.dataset_config)
-        datasets.check_num_classes(self.model_config, self.dataset_config)
+        classes = datasets.check_dataset(self.dataset_config)
+        datasets.check_num_classes(self.model_config, self.dataset_config, classes)
         check_pretrained(self.model_config)
         extra = self.advanced_config.extra
         for key, kinds in (("num_threads", int), ("label_smoothing", (int, float)), ("drop_rate", (int, float))):

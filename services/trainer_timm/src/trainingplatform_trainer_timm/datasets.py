@@ -139,7 +139,7 @@ class TensorImageDataset(Dataset):
         return image, int(self.labels[index])
 
 
-def check_dataset(config: DatasetConfig) -> None:
+def check_dataset(config: DatasetConfig) -> int:
     """Checks that the dataset exists and has the ImageFolder layout, without loading any image.
 
     Each of train/ and val/ must hold class folders, the same ones, each with at least one image file (an
@@ -147,6 +147,9 @@ def check_dataset(config: DatasetConfig) -> None:
     message that names neither the split nor the path. A symbolic link that leads a class folder back to a directory
     it already holds (`train/cat/again -> .`) is refused: ImageFolder follows links and would read its images again
     and again (or, with two such links, for ever). The trainer service runs this at StartTraining.
+
+    Returns:
+        The dataset's class count (a built-in dataset's known one).
 
     Raises:
         FileNotFoundError: The ImageFolder directory or its train/ or val/ subdirectory does not exist.
@@ -161,7 +164,7 @@ def check_dataset(config: DatasetConfig) -> None:
                 f"dataset_config.name: unknown built-in dataset {config.name!r}; the timm trainer has "
                 f"{list(BUILTIN_DATASETS)} (or give an ImageFolder `path`)"
             )
-        return
+        return BUILTIN_CLASS_COUNTS[config.name]
     if fmt != "imagefolder":
         raise ConfigError(f"dataset_config.format: the timm trainer reads imagefolder or builtin, not {fmt!r}")
     root = Path(config.path)
@@ -175,6 +178,7 @@ def check_dataset(config: DatasetConfig) -> None:
     train, val = (_class_folders(root / split) for split in ("train", "val"))
     if train != val:
         raise ConfigError(f"dataset {config.path!r}: train/ and val/ have different classes ({train} vs {val})")
+    return len(train)
 
 
 def _class_folders(split_dir: Path) -> list[str]:

@@ -74,8 +74,8 @@ def _advanced_defaults() -> dict[str, Any]:
 
 def _check_job(job: JobRequest) -> None:
     # The train/ and val/ subdirectories of an ImageFolder dataset, checked the way the adapter will read them,
-    # num_classes against a built-in dataset's classes, a model name's pretrained tag, a checkpoint's format (its
-    # tensors mapped, not read), and pretrained weights in the local cache.
+    # num_classes against the dataset's classes, a model name's pretrained tag, a checkpoint's format (its tensors
+    # mapped, not read), and pretrained weights in the local cache.
     from trainingplatform_trainer_timm import datasets
     from trainingplatform_trainer_timm.adapter import (
         CHECKPOINT_SUFFIXES,
@@ -84,8 +84,8 @@ def _check_job(job: JobRequest) -> None:
         resolve_model_name,
     )
 
-    datasets.check_dataset(job.dataset)
-    datasets.check_num_classes(job.model, job.dataset)
+    classes = datasets.check_dataset(job.dataset)
+    datasets.check_num_classes(job.model, job.dataset, classes)
     if job.model.name.endswith(CHECKPOINT_SUFFIXES):
         load_checkpoint(job.model.name, mmap=True)
     else:
