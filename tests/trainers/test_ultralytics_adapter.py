@@ -513,3 +513,45 @@ def test_a_yolo_data_set_directory_stands_for_its_data_yaml(tmp_path) -> None:
         resolve_dataset(directory)
     with pytest.raises(ConfigError, match=r"is a directory without a YOLO data.yaml .*give the path of the data"):
         make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(path=str(tmp_path / "ds" / "images"))).check()
+
+
+def _relabel(label_file: Path, class_id: int) -> None:
+    """Gives every object of a YOLO label file the class `class_id`."""
+    lines = label_file.read_text().splitlines()
+    label_file.write_text("".join(f"{class_id} {line.split(' ', 1)[1]}\n" for line in lines))
+
+
+def test_images_ultralytics_ignores_are_named_in_the_job_log(tmp_path) -> None:
+    # 3 of 8 training label files naming class 5 of a 2-class data set: ultralytics dropped those images, said so
+    # only in its own log (train.log), and the job completed with a silent job log.
+    data_yaml = write_shapes_dataset(tmp_path / "ds", train_images=8, val_images=2, image_size=64)
+    for index in range(3):
+        _relabel(tmp_path / "ds" / "labels" / "train" / f"{index:04d}.txt", 5)
+    sink = RecordingSink()
+    adapter = make_adapter(
+        tmp_path, sink, dataset=DatasetConfig(path=str(data_yaml)), log_every_n_steps=1, advanced={"mosaic": 0.0}
+    )
+    # The warning comes before the first batch, which then ends the training (a stop skips the validations).
+    sink.on_metric = lambda point: adapter.request_stop()
+    assert adapter.train().status == Status.CANCELLED
+    assert sink.messages("WARNING") == [
+        "3 of 8 training images ignored: Label class 5 exceeds dataset class count 2. Possible class labels are 0-1 "
+        "(labels/train/0000.txt, labels/train/0001.txt, labels/train/0002.txt)"
+    ]
+
+
+def test_a_split_without_a_usable_image_fails_with_the_data_set_and_the_reason(tmp_path) -> None:
+    # Every label bad: the job failed with "RuntimeError: No valid images found in .../labels/train.cache", a file
+    # that does not exist (the caches live under the run directory), the reasons only on further lines.
+    data_yaml = write_shapes_dataset(tmp_path / "ds", train_images=2, val_images=1, image_size=32)
+    for label_file in (tmp_path / "ds" / "labels" / "train").glob("*.txt"):
+        _relabel(label_file, 5)
+    adapter = make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(path=str(data_yaml)))
+    with pytest.raises(ConfigError) as caught:
+        adapter.train()
+    assert str(caught.value) == (
+        f"dataset_config.path: ultralytics ignored every training image of {str(data_yaml)!r}: Label class 5 exceeds "
+        "dataset class count 2. Possible class labels are 0-1; check the label files: one `class x_center y_center "
+        "width height` line per object, coordinates normalised to [0, 1], class ids below the data set's number of "
+        "classes"
+    )

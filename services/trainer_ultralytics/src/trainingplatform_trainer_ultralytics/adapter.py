@@ -39,6 +39,11 @@ momentum but no optimizer, the adapter trains with SGD (ultralytics' own default
 says so in the job log; an explicit `optimizer: auto` is kept, with a warning. lr0, momentum and weight_decay are
 fractions in [0, 1] for ultralytics (`check_fractions`).
 
+Ultralytics drops an image whose label file it cannot use (a class id at or above the data set's number of classes, a
+malformed line) and says so only in its own log (train.log): once the data loaders are built the adapter warns in
+the job log with the count, the files and the reason; a split it drops every image of fails with a ConfigError
+naming the data set and the reason instead of ultralytics' "No valid images found in <a cache that is not there>".
+
 Checkpoints are ultralytics' own: `output_dir/weights/best.pt` and `last.pt`. Everything ultralytics writes
 (settings, font, plots, label caches, the `shapes` dataset) stays under `output_dir` — see offline.py. Nothing is
 written into the data set's directory: `extra.cache: disk`, which saves each image as a `.npy` beside it, is refused
@@ -311,6 +316,7 @@ class UltralyticsAdapter(TrainingAdapter):
         if model.task != "detect":
             raise ConfigError(f"model_config.name: {self.model_config.name!r} is a {model.task} model, not detect")
         for event, callback in (
+            ("on_pretrain_routine_end", self._on_pretrain_routine_end),
             ("on_train_start", self._on_train_start),
             ("on_train_epoch_start", self._on_train_epoch_start),
             ("on_train_batch_end", self._on_train_batch_end),
@@ -326,7 +332,12 @@ class UltralyticsAdapter(TrainingAdapter):
         if self.stop_requested:
             self._result.status = Status.CANCELLED
             return self._result
-        model.train(**args)
+        try:
+            model.train(**args)
+        except RuntimeError as error:
+            if "No valid images found" not in str(error):
+                raise
+            raise ConfigError(self._no_valid_images_text(str(error))) from None
 
         if self.last_checkpoint_path.exists():
             self._result.last_checkpoint = self.last_checkpoint_path
@@ -429,7 +440,29 @@ class UltralyticsAdapter(TrainingAdapter):
         args.update({key: value for key, value in advanced.extra.items() if key in accepted})
         return args
 
+    def _no_valid_images_text(self, error: str) -> str:
+        """The job's error for ultralytics' "No valid images found in <labels>.cache" (a cache file that is
+        never written, with the reasons on further lines): the data set and why its images were ignored."""
+        reasons = sorted({reason for _, reason in _ignored_reasons(error.splitlines()[1:])})
+        why = f": {'; '.join(reasons[:_SHOWN])}" if reasons else ""
+        prefix = re.search(r"^\s*(?:\x1b\[[0-9;]*m)*(train|val)\w*: ", error, re.MULTILINE)
+        split = {"train": "training image", "val": "validation image"}[prefix[1]] if prefix else "image of a split"
+        return (
+            f"dataset_config.path: ultralytics ignored every {split} of {datasets.describe(self.dataset_config)}"
+            f"{why}; check the label files: one `class x_center y_center width height` line per object, "
+            "coordinates normalised to [0, 1], class ids below the data set's number of classes"
+        )
+
     # --- Callbacks (run on the training thread) ---------------------------------------------------------------
+
+    def _on_pretrain_routine_end(self, trainer: BaseTrainer) -> None:
+        # Ultralytics drops the images whose label (or image) file it finds unusable, saying so only in its own log
+        # (train.log): the job log says how many, which, and why.
+        root = Path(str(trainer.data.get("path") or "")) if isinstance(trainer.data, dict) else None
+        for loader, split in ((trainer.train_loader, "training"), (trainer.test_loader, "validation")):
+            text = _ignored_images_text(getattr(loader, "dataset", None), split, root)
+            if text:
+                self.log(text, "WARNING")
 
     def _on_train_start(self, trainer: BaseTrainer) -> None:
         self.trainer = trainer
@@ -521,6 +554,54 @@ class UltralyticsAdapter(TrainingAdapter):
             result.best_epoch, result.best_value = epoch, value
         result.epochs_completed += 1
         result.metrics = metrics
+
+
+#: Ultralytics' label cache message for an image it drops: `<prefix><image path>: ignoring corrupt image/label: why`.
+_IGNORED = re.compile(r"(?:\x1b\[[0-9;]*m|\w+: )*(?P<image>.+?): ignoring corrupt image/label: (?P<reason>.+)$")
+#: How many reasons, and files per reason, a warning about ignored images names.
+_SHOWN = 3
+
+
+def _ignored_reasons(messages: list[str]) -> list[tuple[str, str]]:
+    """(image path, reason) of each of ultralytics' label cache messages about an ignored image."""
+    found = (_IGNORED.match(message.strip()) for message in messages)
+    return [(match["image"], match["reason"].strip()) for match in found if match]
+
+
+def _ignored_images_text(dataset: Any, split: str, root: Path | None) -> str:
+    """A warning naming the images of an ultralytics YOLODataset that it ignored, with the reasons its label cache
+    holds; empty when it kept every image. Its `label_files` are those of every listed image, its `im_files` only
+    the kept ones."""
+    listed = list(getattr(dataset, "label_files", None) or [])
+    kept_images = list(getattr(dataset, "im_files", None) or [])
+    if not listed or len(kept_images) >= len(listed):
+        return ""
+    from ultralytics.data import dataset as dataset_module
+    from ultralytics.data.utils import img2label_paths
+
+    kept = set(img2label_paths(kept_images))
+    ignored = [label for label in listed if label not in kept]
+    try:  # the cache ultralytics just read or wrote (offline.py keeps it under the run directory)
+        cache = dataset_module.load_dataset_cache_file(Path(listed[0]).parent.with_suffix(".cache"))
+        messages = list(cache.get("msgs") or [])
+    except Exception:  # without the cache the warning names no reason
+        messages = []
+    reason_of = {img2label_paths([image])[0]: reason for image, reason in _ignored_reasons(messages)}
+    by_reason: dict[str, list[str]] = {}
+    for label in ignored:
+        by_reason.setdefault(reason_of.get(label, "unusable image or label file"), []).append(_relative(label, root))
+    parts = []
+    for reason, files in list(by_reason.items())[:_SHOWN]:
+        more = f", and {len(files) - _SHOWN} more" if len(files) > _SHOWN else ""
+        parts.append(f"{reason} ({', '.join(files[:_SHOWN])}{more})")
+    return f"{len(ignored)} of {len(listed)} {split} images ignored: {'; '.join(parts)}"
+
+
+def _relative(path: str, root: Path | None) -> str:
+    """`path` relative to the data set's root when under it."""
+    if root is not None and Path(path).is_relative_to(root):
+        return str(Path(path).relative_to(root))
+    return path
 
 
 def _loss_values(loss_items: Any) -> list[Any]:
