@@ -370,3 +370,22 @@ def test_ultralytics_class_ids_the_data_set_lacks_are_refused(
     assert details == (
         f"advanced_config.extra.classes: class id(s) {outside} not in the data set, which has 2 classes (ids 0 to 1)"
     )
+
+
+@pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
+def test_ultralytics_checkpoint_of_another_framework_is_refused(
+    ultralytics: TrainerProcess, yolo_root: Path, validate_only: bool
+) -> None:
+    # A timm checkpoint failed the job when training started: "TypeError: ERROR ... references types outside the
+    # supported Ultralytics checkpoint format".
+    import torch
+
+    checkpoint = yolo_root.parent / "timm.pt"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(2, 2)}, "epoch": 1}, checkpoint)
+    job_spec = _yolo_spec(yolo_root / "data.yaml")
+    job_spec.model.name = str(checkpoint)
+    details = _refused(ultralytics, f"timm-pt-{validate_only}", job_spec, validate_only=validate_only)
+    assert details == (
+        f"model_config.name: {str(checkpoint)!r} is not an ultralytics checkpoint (saved by another framework?); "
+        "give a .pt saved by ultralytics (a job's best.pt or last.pt) or a model yaml such as yolo11n.yaml"
+    )

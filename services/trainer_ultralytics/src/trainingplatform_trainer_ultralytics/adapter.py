@@ -55,7 +55,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import pickletools
 import re
+import zipfile
 from collections.abc import Callable
 from functools import cache
 from importlib.util import find_spec
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
 __all__ = [
     "UltralyticsAdapter",
     "available_model_yamls",
+    "check_checkpoint",
     "check_class_ids",
     "check_fractions",
     "check_num_classes",
@@ -165,6 +168,37 @@ def check_pretrained(model: ModelConfig) -> None:
         raise ConfigError(
             "model_config.pretrained: ultralytics pretrained weights come from a local .pt; "
             "give its path as model_config.name"
+        )
+
+
+def check_checkpoint(model: ModelConfig) -> None:
+    """A local `.pt` given as the model must be an ultralytics checkpoint: one saved by another framework (a timm
+    `.pt`) failed the job when training started with ultralytics' "references types outside the supported
+    Ultralytics checkpoint format". Only the checkpoint's pickled structure is read (nothing is unpickled): an
+    ultralytics checkpoint refers to ultralytics' classes. A file in torch's legacy format is left to ultralytics.
+
+    The trainer service runs this at StartTraining (server.py's `check_job`), the adapter again in `check()`.
+
+    Raises:
+        ConfigError: A `.pt` that refers to no ultralytics class.
+    """
+    path = Path(model.name)
+    if path.suffix != ".pt" or not path.is_file() or not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [name for name in archive.namelist() if name.rsplit("/", 1)[-1] == "data.pkl"]
+            structure = archive.read(pickles[0]) if pickles else b""
+        # GLOBAL's argument is "module name"; STACK_GLOBAL's module comes as a string before it.
+        ultralytics = any(
+            isinstance(arg, str) and arg.startswith("ultralytics.") for _, arg, _ in pickletools.genops(structure)
+        )
+    except (OSError, zipfile.BadZipFile, ValueError):
+        ultralytics = False
+    if not ultralytics:
+        raise ConfigError(
+            f"model_config.name: {model.name!r} is not an ultralytics checkpoint (saved by another framework?); "
+            "give a .pt saved by ultralytics (a job's best.pt or last.pt) or a model yaml such as yolo11n.yaml"
         )
 
 
@@ -284,6 +318,7 @@ class UltralyticsAdapter(TrainingAdapter):
         """Checks the model name, `pretrained` and the dataset without importing ultralytics' trainer."""
         resolve_model(self.model_config.name)
         check_pretrained(self.model_config)
+        check_checkpoint(self.model_config)
         check_fractions(self.training_config, self.advanced_config)
         datasets.check_dataset(self.dataset_config)
         classes = datasets.class_count(self.dataset_config)
@@ -312,7 +347,15 @@ class UltralyticsAdapter(TrainingAdapter):
         data_yaml = datasets.resolve_data_yaml(
             self.dataset_config, self.output_dir / "data", image_size=SHAPES_IMAGE_SIZE, seed=seed
         )
-        model = YOLO(resolve_model(self.model_config.name))
+        try:
+            model = YOLO(resolve_model(self.model_config.name))
+        except TypeError as error:
+            if "outside the supported Ultralytics checkpoint format" not in str(error):
+                raise
+            raise ConfigError(
+                f"model_config.name: {self.model_config.name!r} is not an ultralytics checkpoint (saved by another "
+                "framework?); give a .pt saved by ultralytics or a model yaml such as yolo11n.yaml"
+            ) from None
         if model.task != "detect":
             raise ConfigError(f"model_config.name: {self.model_config.name!r} is a {model.task} model, not detect")
         for event, callback in (

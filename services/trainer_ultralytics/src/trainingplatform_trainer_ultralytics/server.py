@@ -83,6 +83,7 @@ def _check_job(job: JobRequest) -> None:
     # types for. The adapter module imports no ultralytics.
     from trainingplatform_trainer_ultralytics import datasets
     from trainingplatform_trainer_ultralytics.adapter import (
+        check_checkpoint,
         check_class_ids,
         check_fractions,
         check_num_classes,
@@ -90,6 +91,7 @@ def _check_job(job: JobRequest) -> None:
     )
 
     check_pretrained(job.model)
+    check_checkpoint(job.model)
     check_fractions(job.training, job.advanced)
     datasets.check_dataset(job.dataset)
     classes = datasets.class_count(job.dataset)
