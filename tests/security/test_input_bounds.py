@@ -275,6 +275,35 @@ def test_long_strings_elsewhere_are_refused_with_short_messages(backend: Backend
     assert backend.metric_sequences(job_id) == []
 
 
+@pytest.mark.parametrize(
+    ("reported", "stored"),
+    [
+        ("https://alice:s3cr3t-pass@mlflow.example.com", "https://mlflow.example.com"),
+        ("https://TOKEN123@mlflow.example.com/prefix", "https://mlflow.example.com/prefix"),
+        ("postgresql://u:pw@db/mlflow?sslmode=require&password=pw", "postgresql://db/mlflow?sslmode=require"),
+        ("http://mlflow:5000/?token=t0k&x=1", "http://mlflow:5000/?x=1"),
+        ("sqlite:////data/a@b/mlflow.db", "sqlite:////data/a@b/mlflow.db"),
+        ("http://mlflow:5000", "http://mlflow:5000"),
+    ],
+)
+def test_a_reported_tracking_uri_is_stored_and_served_without_credentials(
+    backend: BackendProcess, reported: str, stored: str
+) -> None:
+    """Whatever a reporter sends (a user's script passes its own value to `report_run_info`), no reader, the
+    read token's included, gets the tracking URI's password, token or secret query parameters back."""
+    job_id, token = backend.create_job()
+    backend.telemetry().ReportRunInfo(
+        telemetry_pb2.ReportRunInfoRequest(job_id=job_id, mlflow_tracking_uri=reported),
+        metadata=auth(token),
+        timeout=10,
+    )
+    job = backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=auth(backend.read_token), timeout=10)
+    assert job.job.mlflow_tracking_uri == stored
+    with backend._engine.connect() as conn:
+        row = conn.execute(text("SELECT mlflow_tracking_uri FROM jobs WHERE job_id = :j"), {"j": job_id}).scalar_one()
+    assert row == stored
+
+
 def test_subscription_cursor_past_the_bounds_is_refused(backend: BackendProcess) -> None:
     job_id, token = backend.create_job()
     cursor = jobs_pb2.TelemetryCursor(metric_sequence=limits.MAX_SEQUENCE + 1)

@@ -41,10 +41,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 from trainingplatform_sdk.errors import TrackingError
+from trainingplatform_sdk.spec.uris import AUTHORITY_START, redact_uri
 from trainingplatform_sdk.training.files import is_checkpoint, store_file
 
 if TYPE_CHECKING:
@@ -96,7 +97,6 @@ _FALSE = ("0", "false", "no", "off")
 _TRUE = ("", "1", "true", "yes", "on")
 # Names MLflow accepts for params and metrics (mlflow.utils.validation.validate_param_and_metric_name).
 _BAD_NAME_CHARACTERS = re.compile(r"[^/\w.\- :]")
-_SECRET_QUERY_KEYS = re.compile(r"pass|secret|token|key|credential|signature", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -218,38 +218,11 @@ def _check_absolute_store(uri: str, data_dir: Path) -> None:
 _HOST_PORT = re.compile(r"[\w.-]+:\d+(/|$)")
 
 
-def redact_uri(uri: str) -> str:
-    """Returns `uri` without its credentials and without secret-looking query parameters.
-
-    Credentials are everything between the scheme's `//` (or the start, for a URI typed without a scheme:
-    `user:password@host:9000`) and the last `@`, so a password typed unencoded with `/`, `?`, `#` or `@` in it
-    is removed whole. A path that holds an `@` loses what precedes it: showing too little is the safe mistake.
-    """
-    match = _AUTHORITY_START.match(uri)
-    head, rest = (match.group(0), uri[match.end() :]) if match else ("", uri)
-    if "@" in rest and not (head and rest.startswith("/")):  # `sqlite:///...`, `file:///...`: no authority
-        rest = rest.rpartition("@")[2]
-    redacted = head + rest
-    if "?" not in redacted:
-        return redacted
-    try:
-        parts = urlsplit(redacted)
-    except ValueError:
-        return "<unparseable URI>"
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [(key, value) for key, value in pairs if not _SECRET_QUERY_KEYS.search(key)]
-    if len(kept) == len(pairs):
-        return redacted  # unchanged: urlunsplit would turn `sqlite:////abs/path` into `sqlite://abs/path`
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment))
-
-
 def has_scheme(uri: str) -> bool:
     """True when `uri` starts with `scheme://` (`http://`, `sqlite:///`, ...)."""
     return _SCHEME.match(uri) is not None
 
 
-#: `scheme://` or a scheme-relative `//`: what precedes a URI's credentials.
-_AUTHORITY_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|//")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 #: A URL inside free text (an exception's message): a scheme, `://`, then anything up to a space or a quote, less
 #: the punctuation that ends a sentence or a clause (`... at https://host/x: connection reset`).
@@ -274,7 +247,7 @@ def _configured_secrets() -> list[str]:
         found.add(os.environ.get(name, ""))
     for name in _URL_SETTINGS:
         url = os.environ.get(name, "")
-        match = _AUTHORITY_START.match(url)
+        match = AUTHORITY_START.match(url)
         rest = url[match.end() :] if match else url
         if "@" not in rest:
             continue

@@ -25,6 +25,7 @@ from trainingplatform_sdk.errors import (
 )
 from trainingplatform_sdk.server.handlers import MalformedRequest
 from trainingplatform_sdk.spec import limits
+from trainingplatform_sdk.spec.uris import redact_uri
 from trainingplatform_sdk.spec.validation import check_job_id, check_number, check_text, check_timestamp
 
 from trainingplatform_backend import metrics
@@ -722,7 +723,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
             self._backend.store.report_run_info,
             job_pk,
             mlflow_run_id=request.mlflow_run_id,
-            mlflow_tracking_uri=request.mlflow_tracking_uri,
+            # Stored (and served to every reader, the read token's included) without credentials, whatever sent it.
+            mlflow_tracking_uri=redact_uri(request.mlflow_tracking_uri),
             artifacts=artifacts,
         )
         return telemetry_pb2.ReportRunInfoResponse()

@@ -107,7 +107,7 @@ export declare type Job = Message<"trainingplatform.jobs.v1.Job"> & {
   mlflowRunId: string;
 
   /**
-   * MLflow tracking URI of the run.
+   * MLflow tracking URI of the run, without credentials (see ReportRunInfoRequest).
    *
    * @generated from field: string mlflow_tracking_uri = 13;
    */

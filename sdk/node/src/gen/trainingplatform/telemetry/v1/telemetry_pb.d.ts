@@ -570,8 +570,9 @@ export declare type ReportRunInfoRequest = Message<"trainingplatform.telemetry.v
   mlflowRunId: string;
 
   /**
-   * MLflow tracking URI the run lives in (never with credentials); empty leaves the stored value. At most 2000
-   * characters, no control characters.
+   * MLflow tracking URI the run lives in; empty leaves the stored value. At most 2000 characters, no control
+   * characters. Stored without credentials, whoever sends it: a `user:password@` (or `token@`) part and query
+   * parameters whose name holds pass, secret, token, key, credential or signature are removed first.
    *
    * @generated from field: string mlflow_tracking_uri = 3;
    */
