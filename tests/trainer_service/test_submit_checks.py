@@ -389,3 +389,37 @@ def test_ultralytics_checkpoint_of_another_framework_is_refused(
         f"model_config.name: {str(checkpoint)!r} is not an ultralytics checkpoint (saved by another framework?); "
         "give a .pt saved by ultralytics (a job's best.pt or last.pt) or a model yaml such as yolo11n.yaml"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (8, "8 (INT8 quantization-aware training) needs the nvidia-modelopt package, which is not installed"),
+        ("int8", "'int8' (INT8 quantization-aware training) needs the nvidia-modelopt package"),
+        ("abc", "8 (or 'int8', 'w8a8': quantization-aware training, with nvidia-modelopt installed), 32 (or 'fp32', "),
+        (16, "8 (or 'int8', 'w8a8'"),
+    ],
+)
+def test_ultralytics_quantize_that_training_cannot_use_is_refused(
+    ultralytics: TrainerProcess, value: object, message: str
+) -> None:
+    # `quantize: 8` was accepted and the job failed at training start: "No module named 'modelopt'".
+    from importlib.util import find_spec
+
+    if find_spec("modelopt") is not None:
+        pytest.skip("nvidia-modelopt is installed here")
+    details = _refused(ultralytics, "quantize", _set_extra(_ultra_spec(), {"quantize": value}), validate_only=True)
+    assert details.startswith(f"advanced_config.extra.quantize: {message}"), details
+
+
+def test_ultralytics_compile_must_be_a_torch_compile_mode(ultralytics: TrainerProcess) -> None:
+    # Any string was accepted; torch.compile refused it and ultralytics trained uncompiled, saying so in train.log.
+    details = _refused(ultralytics, "compile", _set_extra(_ultra_spec(), {"compile": "fast"}), validate_only=True)
+    assert details == (
+        "advanced_config.extra.compile: true, false or a torch.compile mode ('default', 'reduce-overhead', "
+        "'max-autotune', 'max-autotune-no-cudagraphs'), got 'fast'"
+    )
+    for i, extra in enumerate(
+        ({"compile": "max-autotune"}, {"compile": False}, {"quantize": 32}, {"quantize": "fp32"})
+    ):
+        _accepted(ultralytics, f"compile-ok-{i}", _set_extra(_ultra_spec(), extra))

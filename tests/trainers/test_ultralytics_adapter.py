@@ -555,3 +555,39 @@ def test_a_split_without_a_usable_image_fails_with_the_data_set_and_the_reason(t
         "width height` line per object, coordinates normalised to [0, 1], class ids below the data set's number of "
         "classes"
     )
+
+
+def test_tp_train_refuses_what_the_trainer_service_refuses_about_classes_and_checkpoints(tmp_path) -> None:
+    # Without the trainer service (tp-train) the same checks run in check(), before anything trains.
+    import torch
+
+    data_yaml = write_shapes_dataset(tmp_path / "ds", train_images=2, val_images=1, image_size=32)
+    dataset = DatasetConfig(path=str(data_yaml))
+
+    def adapter(model: ModelConfig, extra: dict | None = None) -> UltralyticsAdapter:
+        return UltralyticsAdapter(
+            model,
+            dataset,
+            TrainingConfig(epochs=1, batch_size=2, device="cpu"),
+            tmp_path / "out",
+            "job-yolo",
+            logger=RecordingSink(),
+            advanced_config=AdvancedConfig.from_mapping({"extra": extra or {}}),
+        )
+
+    with pytest.raises(ConfigError, match=r"^model_config\.num_classes is 3 but the data set \('.*data\.yaml'\) has 2"):
+        adapter(ModelConfig(name="yolo11n.yaml", num_classes=3)).check()
+    with pytest.raises(ConfigError, match=r"^advanced_config\.extra\.classes: class id\(s\) 4 not in the data set"):
+        adapter(ModelConfig(name="yolo11n.yaml"), {"classes": [0, 4]}).check()
+    with pytest.raises(ValueError, match=r"^advanced_config\.extra\.quantize: 8 \(INT8 quantization-aware training\)"):
+        adapter(ModelConfig(name="yolo11n.yaml"), {"quantize": 8}).check()
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2)}}, tmp_path / "timm.pt")
+    with pytest.raises(
+        ConfigError, match=r"^model_config\.name: '.*timm\.pt' is not an ultralytics checkpoint \(saved"
+    ):
+        adapter(ModelConfig(name=str(tmp_path / "timm.pt"))).check()
+    data_yaml.write_text(data_yaml.read_text().split("names:", 1)[0])
+    with pytest.raises(ConfigError, match=r"^dataset_config\.path: '.*data\.yaml' has neither `names`"):
+        adapter(ModelConfig(name="yolo11n.yaml")).check()
+    data_yaml.write_text(data_yaml.read_text() + "names: [a, b]\n")
+    adapter(ModelConfig(name="yolo11n.yaml", num_classes=2), {"classes": [0, 1]}).check()

@@ -70,7 +70,7 @@ from trainingplatform_sdk.training.adapter import Status, TrainingAdapter, Train
 
 from trainingplatform_trainer_ultralytics import datasets
 from trainingplatform_trainer_ultralytics.offline import prepare_offline, set_threads
-from trainingplatform_trainer_ultralytics.options import ADVANCED_BOUNDS, check_cache
+from trainingplatform_trainer_ultralytics.options import ADVANCED_BOUNDS, check_cache, check_extra_values
 
 if TYPE_CHECKING:
     from ultralytics.engine.trainer import BaseTrainer
@@ -324,6 +324,7 @@ class UltralyticsAdapter(TrainingAdapter):
         classes = datasets.class_count(self.dataset_config)
         check_num_classes(self.model_config, self.dataset_config, classes)
         check_class_ids(self.advanced_config.extra, classes)
+        check_extra_values(self.advanced_config.extra)
         optimizer = self.advanced_config.optimizer
         if optimizer is not None and optimizer.lower() not in OPTIMIZERS:
             raise ConfigError(

@@ -32,6 +32,7 @@ __all__ = [
     "advanced_defaults",
     "check_cache",
     "check_extra_values",
+    "check_quantize",
     "extra_options",
     "ultralytics_dir",
 ]
@@ -89,12 +90,24 @@ ACCEPTS = {
     "pretrained": "true or false (for a checkpoint, give its path as model_config.name)",
     "amp": "true, false, 'fp16', 'bf16' or 'fp32'",
     "cache": "true, false or 'ram' ('disk' is refused: it would write into the data set)",
-    "compile": "true, false or a torch.compile mode",
+    "compile": "true, false or a torch.compile mode ('default', 'reduce-overhead', 'max-autotune', "
+    "'max-autotune-no-cudagraphs')",
+    "quantize": "8 (or 'int8', 'w8a8': quantization-aware training, with nvidia-modelopt installed), 32 (or "
+    "'fp32', 'w32a32': the default) or null",
     "scale": "a number in [0, 1] or a [min, max] pair",
     "fraction": "a ratio in (0, 1] or a count of images above 1",
     "freeze": "a number of layers or a list of layer indices",
     "classes": "a class id or a list of class ids (integers ≥ 0)",
 }
+#: torch.compile's modes (ultralytics passes a string `compile` on as the mode; another string made torch.compile
+#: fail, and ultralytics then trained uncompiled, saying so only in train.log).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: `quantize` values that make ultralytics train with INT8 quantization-aware training, which imports modelopt.
+QAT_VALUES = frozenset({"8", "int8", "w8a8"})
+#: `quantize` values training takes without effect (FP32, the default).
+FP32_VALUES = frozenset({"32", "fp32", "w32a32"})
+#: The package INT8 quantization-aware training needs (ultralytics' MODELOPT_REQUIREMENTS) and its module.
+QAT_PACKAGE, QAT_MODULE = "nvidia-modelopt", "modelopt"
 # `key: value  # (type) what it does` in default.yaml: the comment, without the type, is an option's `doc`.
 _COMMENTED_KEY = re.compile(r"^([A-Za-z_]\w*):[^#\n]*#\s*(?:\([^)]*\)\s*)?(.*?)\s*$", re.MULTILINE)
 
@@ -252,8 +265,10 @@ def check_extra_values(extra: dict[str, Any]) -> None:
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "cache":
             check_cache(value)
-        if key == "compile" and not isinstance(value, bool | str):
+        if key == "compile" and not (isinstance(value, bool) or value in COMPILE_MODES):
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
+        if key == "quantize":
+            check_quantize(value)
         if key == "scale" and not (_number_in(value, 0.0, 1.0) or _pair(value)):
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "fraction" and not (_number_in(value, 0.0, 1.0, low_open=True) or (_int(value) and value > 1)):
@@ -266,6 +281,31 @@ def check_extra_values(extra: dict[str, Any]) -> None:
             value is None or _int(value) or (isinstance(value, list) and all(_int(v) for v in value))
         ):
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
+
+
+def check_quantize(value: Any) -> None:
+    """`extra.quantize` for training: 8 is INT8 quantization-aware training, which needs the nvidia-modelopt
+    package (without it the job failed when training started: "No module named 'modelopt'"); 32 is the default.
+    Ultralytics' other values (16, 'w8a16', 'w8a32') are for prediction and export: training ignores them.
+
+    Raises:
+        ValueError: Another value, or 8 without nvidia-modelopt installed; the message says why.
+    """
+    where = "advanced_config.extra.quantize"
+    if value is None or isinstance(value, bool):
+        if value is None:
+            return
+        raise ValueError(f"{where}: {ACCEPTS['quantize']}, got {_short(value)}")
+    text = str(value).lower()
+    if text in QAT_VALUES:
+        if find_spec(QAT_MODULE) is None:
+            raise ValueError(
+                f"{where}: {_short(value)} (INT8 quantization-aware training) needs the {QAT_PACKAGE} package, "
+                "which is not installed on this trainer; leave quantize out"
+            )
+        return
+    if text not in FP32_VALUES:
+        raise ValueError(f"{where}: {ACCEPTS['quantize']}, got {_short(value)}")
 
 
 def check_cache(value: Any) -> None:
