@@ -7,6 +7,7 @@ takes as long as the test wants and whose runs "train" until cancelled.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from reliability.polling import wait_until
+from sqlalchemy import create_engine, text
 from support.backend import BackendProcess, auth, free_port
 from support.fake_trainer import FakeTrainer
 from trainingplatform.common.v1 import common_pb2
@@ -198,6 +200,53 @@ def test_a_used_request_id_is_answered_before_the_trainer_checks(sqlite_url: str
                 jobs_pb2.CreateJobRequest(spec=SPEC, request_id=str(uuid.uuid4())), metadata=metadata, timeout=30
             )
         assert no_trainer.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        backend.close()
+
+
+def test_a_retry_that_stores_the_same_job_is_the_same_request(sqlite_url: str, tmp_path: Path):
+    """request_id compares what the job stores, not the request's bytes: an empty sub-message present or not is the
+    same request; another value is not. A key stored by an earlier version (the hash of the request's own bytes)
+    still matches its exact retry."""
+    backend = BackendProcess(sqlite_url, tmp_path / "data")
+    backend.start()
+    try:
+        stub, metadata = backend.jobs(), auth(backend.internal_token)
+
+        def create(spec: common_pb2.JobSpec, key: str, **fields: Any) -> jobs_pb2.CreateJobResponse:
+            request = jobs_pb2.CreateJobRequest(spec=spec, dispatch=False, request_id=key, **fields)
+            return stub.CreateJob(request, metadata=metadata, timeout=30)
+
+        with_empty = common_pb2.JobSpec()
+        with_empty.CopyFrom(SPEC)
+        with_empty.advanced.SetInParent()
+        assert not SPEC.HasField("advanced")
+        for first, retry in ((SPEC, with_empty), (with_empty, SPEC)):
+            key = str(uuid.uuid4())
+            job_id = create(first, key).job.job_id
+            assert create(retry, key).job.job_id == job_id
+            changed = common_pb2.JobSpec()
+            changed.CopyFrom(retry)
+            changed.training.epochs += 1
+            for other_spec, display_name in ((changed, ""), (retry, "other")):
+                with pytest.raises(grpc.RpcError) as refused:
+                    create(other_spec, key, display_name=display_name)
+                assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS, refused.value.details()
+
+        # A key stored before: the hash of the request's bytes, `dispatch` explicit, the key left out.
+        key = str(uuid.uuid4())
+        job_id = create(with_empty, key).job.job_id
+        old_hash = hashlib.sha256(
+            jobs_pb2.CreateJobRequest(spec=with_empty, dispatch=False).SerializeToString(deterministic=True)
+        ).hexdigest()
+        with create_engine(backend.database_url).begin() as connection:
+            connection.execute(
+                text("UPDATE jobs SET request_hash = :hash WHERE job_id = :job"), {"hash": old_hash, "job": job_id}
+            )
+        assert create(with_empty, key).job.job_id == job_id
+        with pytest.raises(grpc.RpcError) as refused:
+            create(with_empty, key, display_name="other")
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
     finally:
         backend.close()
 

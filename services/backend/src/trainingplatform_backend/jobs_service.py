@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from google.protobuf import json_format
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2, jobs_pb2_grpc
 from trainingplatform.telemetry.v1 import telemetry_pb2
@@ -41,6 +42,30 @@ _RESPONSE_RESERVE_BYTES = 4096
 # size limit may be megabytes) and log records (up to 16 KiB) are read a little at a time; metric points are small.
 _FIRST_JOBS = 16
 _FIRST_LOGS = 256
+
+
+def request_hashes(request: jobs_pb2.CreateJobRequest, dispatch: bool) -> tuple[str, str]:
+    """What a retry of a keyed CreateJob must repeat, hashed: the request without its key, `dispatch` made explicit.
+
+    Returns the hash stored with the job, of the request as the job stores it: each section of the spec goes
+    through its stored JSON form and back (`convert.message_to_dict`, read back as `convert.job_to_proto` does),
+    so two requests that store the same job hash the same, an empty sub-message present (`advanced {}`) or not.
+    Then the hash of the request's own bytes, which versions before this one stored: a key stored by them still
+    matches its exact retry (and for a request without an empty sub-message both hashes are the same).
+    """
+    stored = jobs_pb2.CreateJobRequest(
+        spec=common_pb2.JobSpec(framework=request.spec.framework), display_name=request.display_name, dispatch=dispatch
+    )
+    for section in ("model", "dataset", "training", "advanced"):
+        json_format.ParseDict(convert.message_to_dict(getattr(request.spec, section)), getattr(stored.spec, section))
+    unkeyed = jobs_pb2.CreateJobRequest()
+    unkeyed.CopyFrom(request)
+    unkeyed.request_id = ""
+    unkeyed.dispatch = dispatch
+    return (
+        hashlib.sha256(stored.SerializeToString(deterministic=True)).hexdigest(),
+        hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).hexdigest(),
+    )
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
@@ -83,17 +108,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         check_text(request.display_name, "display_name", limits.MAX_NAME_CHARS)
         check_text(request.request_id, "request_id", limits.MAX_REQUEST_ID_CHARS)
         dispatch = request.dispatch if request.HasField("dispatch") else True
-        request_hash = ""
+        request_hash = legacy_hash = ""
         if request.request_id:
-            # What a retry must repeat: the request without its key, `dispatch` made explicit.
-            unkeyed = jobs_pb2.CreateJobRequest()
-            unkeyed.CopyFrom(request)
-            unkeyed.request_id = ""
-            unkeyed.dispatch = dispatch
-            request_hash = hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).hexdigest()
+            request_hash, legacy_hash = request_hashes(request, dispatch)
             # A stored key is answered before the trainer checks: a retry gets its job (or ALREADY_EXISTS for
             # another request) at once, whatever the trainers' state now (none configured, slow or hung).
-            existing = await self._backend.run(self._backend.store.job_of_request, request.request_id, request_hash)
+            existing = await self._backend.run(
+                self._backend.store.job_of_request, request.request_id, request_hash, legacy_hash
+            )
             if existing is not None:
                 return self._retried(request.request_id, existing)
         if dispatch and not self._dispatcher.has_trainer(request.spec.framework):
@@ -118,6 +140,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             queued=dispatch,
             request_id=request.request_id,
             request_hash=request_hash,
+            legacy_request_hash=legacy_hash,
             framework=spec.framework,
             model_name=spec.model.name,
             display_name=request.display_name,

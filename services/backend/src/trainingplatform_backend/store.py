@@ -205,6 +205,7 @@ class Store:
         queued: bool = False,
         request_id: str = "",
         request_hash: str = "",
+        legacy_request_hash: str = "",
         framework: str,
         model_name: str,
         display_name: str,
@@ -218,7 +219,8 @@ class Store:
         empty cursors; returns it and True. With a `request_id` an earlier job created with it is returned
         instead, with False. Without `job_id` and `token_hash` a new id and a random token's hash are used.
         `max_waiting` (TP_MAX_WAITING_JOBS; 0: no limit) bounds the jobs not yet started (PENDING or QUEUED); with
-        several backend processes on PostgreSQL concurrent creates may pass it by a few.
+        several backend processes on PostgreSQL concurrent creates may pass it by a few. `legacy_request_hash`:
+        see `job_of_request`.
 
         Raises:
             PlatformError: ALREADY_EXISTS, the request_id was used by a request with another `request_hash`;
@@ -227,7 +229,7 @@ class Store:
         job_id = job_id or str(uuid.uuid4())
         token_hash = token_hash or mint_job_token(job_id)[1]
         if request_id:
-            existing = self._job_of_request(request_id, request_hash)
+            existing = self._job_of_request(request_id, request_hash, legacy_request_hash)
             if existing is not None:
                 return existing, False
         try:
@@ -247,26 +249,30 @@ class Store:
                 max_waiting=max_waiting,
             )
         except IntegrityError:
-            existing = self._job_of_request(request_id, request_hash) if request_id else None
+            existing = self._job_of_request(request_id, request_hash, legacy_request_hash) if request_id else None
             if existing is None:
                 raise
             return existing, False  # a concurrent retry with the same key won
         return self.get_job(job_id), True
 
-    def job_of_request(self, request_id: str, request_hash: str) -> JobView | None:
-        """The job an earlier CreateJob with `request_id` created, or None when the key is unused.
+    def job_of_request(self, request_id: str, request_hash: str, legacy_request_hash: str = "") -> JobView | None:
+        """The job an earlier CreateJob with `request_id` created, or None when the key is unused. The stored hash
+        must be `request_hash`, or `legacy_request_hash` when given (the hash earlier versions stored for the same
+        request: `jobs_service.request_hashes`).
 
         Raises:
             PlatformError: ALREADY_EXISTS, the request_id was used by a request with another `request_hash`.
         """
-        return self._job_of_request(request_id, request_hash)
+        return self._job_of_request(request_id, request_hash, legacy_request_hash)
 
-    def _job_of_request(self, request_id: str, request_hash: str) -> JobView | None:
+    def _job_of_request(self, request_id: str, request_hash: str, legacy_request_hash: str = "") -> JobView | None:
         with self._sessions() as session:
             job = session.scalar(select(Job).where(Job.request_id == request_id))
             if job is None:
                 return None
-            if job.request_hash != request_hash:
+            if job.request_hash != request_hash and not (
+                legacy_request_hash and job.request_hash == legacy_request_hash
+            ):
                 raise PlatformError(
                     f"request_id {request_id!r} was already used by a different CreateJob request (job "
                     f"{job.job_id}); send a new request_id for a new job",
