@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -15,7 +15,10 @@ from support.backend import BackendProcess, auth
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_sdk.errors import InvalidArgumentError
 from trainingplatform_sdk.spec import limits
+from trainingplatform_sdk.spec.validation import check_job_id
+from trainingplatform_sdk.trainer_service.validation import validate_job_id
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 LONG_ID = "j" * 20_000
@@ -215,6 +218,46 @@ def test_a_forged_page_position_is_refused(backend: BackendProcess, method: str,
 )
 def test_a_20000_character_job_id_gets_a_short_invalid_argument(backend: BackendProcess, call) -> None:  # type: ignore[no-untyped-def]
     _refused(lambda: call(backend), names="job_id")
+
+
+def test_a_job_id_with_a_final_newline_is_invalid_not_unknown(backend: BackendProcess) -> None:
+    """Python's `$` matches before a final newline: the job id rule must refuse `"<id>\n"` (INVALID_ARGUMENT), not
+    look it up (NOT_FOUND), and a trainer must not take a 129-character id as a directory name."""
+    job_id, _ = backend.create_job()
+    metadata = auth(backend.internal_token)
+
+    def calls(bad: str) -> dict[str, Callable[[], object]]:
+        return {
+            "GetJob": lambda: backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=bad), metadata=metadata, timeout=10),
+            "CancelJob": lambda: backend.jobs().CancelJob(
+                jobs_pb2.CancelJobRequest(job_id=bad), metadata=metadata, timeout=10
+            ),
+            "GetStreamCursor": lambda: backend.telemetry().GetStreamCursor(
+                telemetry_pb2.GetStreamCursorRequest(job_id=bad), metadata=metadata, timeout=10
+            ),
+            "StreamMetrics": lambda: backend.telemetry().StreamMetrics(
+                iter([telemetry_pb2.StreamMetricsRequest(job_id=bad)]), metadata=metadata, timeout=10
+            ),
+        }
+
+    for bad in (job_id + "\n", "j\n"):
+        for rpc, call in calls(bad).items():
+            assert "job_id" in _refused(call, names="job_id"), rpc
+    assert backend.job_status(job_id) == "PENDING"  # the CancelJob above touched nothing
+    framework = _spec()
+    framework.framework = "timm\n"
+    _refused(
+        lambda: backend.jobs().CreateJob(
+            jobs_pb2.CreateJobRequest(spec=framework, dispatch=False), metadata=metadata, timeout=10
+        ),
+        names="framework",
+    )
+    for bad in ("a" * 128 + "\n", "job\n"):
+        with pytest.raises(InvalidArgumentError):
+            check_job_id(bad)
+        with pytest.raises(InvalidArgumentError):
+            validate_job_id(bad)
+    assert validate_job_id("a" * 128) == check_job_id("a" * 128) == "a" * 128
 
 
 def test_a_long_second_job_id_in_a_stream_is_quoted_short(backend: BackendProcess) -> None:

@@ -43,7 +43,7 @@ from trainingplatform_sdk.clients import Job
 
 __all__ = ["add_gc_parser", "gc_data_dir", "run_gc"]
 
-MLFLOW_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+MLFLOW_RUN_ID = re.compile(r"[0-9a-f]{32}")
 """A run id of MLflow's SQL store (`uuid.uuid4().hex`): the only kind `tp gc` looks up in `mlartifacts`."""
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
@@ -135,7 +135,7 @@ def _mlflow_copies(job: Job, data_dir: Path) -> tuple[list[Path], str]:
     store = data_dir / "mlartifacts"
     if not job.mlflow_run_id or not store.is_dir() or not _local_store(job.mlflow_tracking_uri, data_dir):
         return [], ""
-    if not MLFLOW_RUN_ID.match(job.mlflow_run_id):
+    if not MLFLOW_RUN_ID.fullmatch(job.mlflow_run_id):
         shown = printable(job.mlflow_run_id[:100])
         return [], f"its MLflow run id {shown!r} is not an MLflow run id (32 lowercase hex digits): mlartifacts kept"
     # MLflow keeps a run's artifacts in <experiment's location>/<run id>: `mlartifacts` itself for the

@@ -41,8 +41,10 @@ MAX_JOB_ID_CHARS = 128
 """Longest job id a request may carry (the backend mints UUIDs, 36 characters; a trainer's job id becomes a
 directory name): letters, digits, `.`, `_` and `-`, starting with a letter or digit (`JOB_ID`)."""
 
-JOB_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-"""The form of a job id (a regular expression): usable as a directory name, nothing a shell or file system minds."""
+JOB_ID = r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"
+"""The form of a job id (a regular expression): usable as a directory name, nothing a shell or file system minds.
+Anchored with `\\A` and `\\Z`, not `^` and `$`: Python's `$` also matches before a final newline, so a job id
+ending in a newline would pass."""
 
 MAX_REQUEST_ID_CHARS = 64
 """Longest CreateJob idempotency key (`request_id`)."""

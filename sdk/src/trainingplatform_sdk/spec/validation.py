@@ -29,7 +29,7 @@ __all__ = [
     "validate_spec",
 ]
 
-FRAMEWORK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+FRAMEWORK_NAME = re.compile(r"\A[a-z][a-z0-9_-]{0,63}\Z")  # \Z: `$` would let a final newline through
 """A framework's name: lower case, as in `timm` or `ultralytics`."""
 
 _JOB_ID = re.compile(limits.JOB_ID)
@@ -44,7 +44,7 @@ def check_job_id(job_id: str, field: str = "job_id") -> str:
     """
     if not job_id:
         raise InvalidArgumentError(f"{field} is required")
-    if len(job_id) > limits.MAX_JOB_ID_CHARS or not _JOB_ID.match(job_id):
+    if len(job_id) > limits.MAX_JOB_ID_CHARS or not _JOB_ID.fullmatch(job_id):
         raise InvalidArgumentError(
             f"{field} must be 1 to {limits.MAX_JOB_ID_CHARS} letters, digits, '.', '_' or '-', starting with a "
             f"letter or digit; got {quote(job_id)}"
@@ -159,7 +159,7 @@ def validate_spec(
     size = spec.ByteSize()
     if size > max_spec_bytes:
         raise InvalidArgumentError(f"spec is {size} bytes serialized; the limit is {max_spec_bytes}")
-    if not FRAMEWORK_NAME.match(spec.framework):
+    if not FRAMEWORK_NAME.fullmatch(spec.framework):
         what = "is required:" if not spec.framework else "must be"
         raise InvalidArgumentError(
             f"spec.framework {what} a lower-case name such as `timm` or `ultralytics`, at most "

@@ -56,8 +56,9 @@ def suggest(name: str, valid: Iterable[str], n: int = 3, cutoff: float = 0.6) ->
     return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
-# The job id becomes a directory name: no separators, no `..`, nothing a shell or a file system minds.
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# The job id becomes a directory name: no separators, no `..`, nothing a shell or a file system minds (and no final
+# newline, which `^...$` would let through).
+_JOB_ID = re.compile(spec_limits.JOB_ID)
 
 
 def validate_job_id(job_id: str) -> str:
@@ -68,7 +69,7 @@ def validate_job_id(job_id: str) -> str:
     """
     if not job_id:
         raise InvalidArgumentError("job_id: required")
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise InvalidArgumentError(
             "job_id: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit, got " + quote(job_id)
         )

@@ -28,7 +28,7 @@ __all__ = ["DESCRIPTION", "detection_model_yamls", "main"]
 
 # Detection configs are the plain family files (`yolo11.yaml`, `yolov8.yaml`, `yolov10n.yaml`); variants for other
 # tasks carry a suffix (`yolo11-seg.yaml`, `yolov8-cls.yaml`).
-_DETECTION_YAML = re.compile(r"^yolov?\d+[a-z]?\.yaml$")
+_DETECTION_YAML = re.compile(r"yolov?\d+[a-z]?\.yaml")
 _SCALES_BLOCK = re.compile(r"^scales:.*?\n((?:[ \t]+.*\n|#.*\n|\s*\n)+)", re.MULTILINE)
 _SCALE_KEY = re.compile(r"^[ \t]+([a-z]):", re.MULTILINE)
 
@@ -42,7 +42,7 @@ def detection_model_yamls() -> list[str]:
     models_dir = Path(next(iter(spec.submodule_search_locations))) / "cfg" / "models"
     names: list[str] = []
     for path in models_dir.glob("*/*.yaml"):
-        if not _DETECTION_YAML.match(path.name):
+        if not _DETECTION_YAML.fullmatch(path.name):
             continue
         block = _SCALES_BLOCK.search(path.read_text(encoding="utf-8"))
         scales = _SCALE_KEY.findall(block.group(1)) if block else []
