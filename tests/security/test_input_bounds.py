@@ -347,6 +347,20 @@ def test_a_reported_tracking_uri_is_stored_and_served_without_credentials(
     assert row == stored
 
 
+def test_a_tracking_uri_stored_with_credentials_before_is_served_without_them(backend: BackendProcess) -> None:
+    job_id, _ = backend.create_job()
+    with backend._engine.begin() as conn:
+        conn.execute(
+            text("UPDATE jobs SET mlflow_tracking_uri = :uri WHERE job_id = :j"),
+            {"uri": "https://alice:s3cr3t-pass@mlflow.example.com/?token=t", "j": job_id},
+        )
+    read = auth(backend.read_token)
+    job = backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=read, timeout=10).job
+    assert job.mlflow_tracking_uri == "https://mlflow.example.com/"
+    listed = backend.jobs().ListJobs(jobs_pb2.ListJobsRequest(), metadata=read, timeout=10).jobs
+    assert [j.mlflow_tracking_uri for j in listed if j.job_id == job_id] == ["https://mlflow.example.com/"]
+
+
 def test_subscription_cursor_past_the_bounds_is_refused(backend: BackendProcess) -> None:
     job_id, token = backend.create_job()
     cursor = jobs_pb2.TelemetryCursor(metric_sequence=limits.MAX_SEQUENCE + 1)

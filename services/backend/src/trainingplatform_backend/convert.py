@@ -16,6 +16,7 @@ from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
 from trainingplatform_sdk.errors import InvalidArgumentError
+from trainingplatform_sdk.spec.uris import redact_uri
 
 from trainingplatform_backend.models import LogRecord, StatusEvent
 from trainingplatform_backend.statemachine import status_value
@@ -61,7 +62,8 @@ def job_to_proto(view: JobView) -> jobs_pb2.Job:
         trainer_address=job.trainer_address,
         trainer_run_id=job.trainer_run_id,
         mlflow_run_id=job.mlflow_run_id,
-        mlflow_tracking_uri=job.mlflow_tracking_uri,
+        # Stored without credentials since ReportRunInfo strips them; a row stored before is shown stripped too.
+        mlflow_tracking_uri=redact_uri(job.mlflow_tracking_uri),
         artifacts=[telemetry_pb2.Artifact(name=a.name, uri=a.uri, size_bytes=a.size_bytes) for a in view.artifacts],
         display_name=job.display_name,
         cursor=telemetry_pb2.GetStreamCursorResponse(
