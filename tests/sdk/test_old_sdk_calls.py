@@ -14,6 +14,7 @@ from support.backend import BackendProcess
 from trainingplatform_sdk import TrainingLogger
 from trainingplatform_sdk.clients import JobsClient
 from trainingplatform_sdk.clients.jobs import EpochSummary
+from trainingplatform_sdk.spec.limits import MAX_SUMMARY_METRICS
 
 OLD_SCRIPT = Path(__file__).with_name("old_style_train.py")
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -238,3 +239,27 @@ def test_an_epoch_summary_keeps_its_good_metrics_and_names_the_rest_once(
         assert name in warnings[0]
     for name in ("'val/acc\\t'", "'kkk", "'': a key", "3 (int): a key"):
         assert name in warnings[0]
+
+
+def test_an_epoch_summary_past_the_metrics_limit_keeps_the_first_ones(
+    backend: BackendProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The backend refused a summary of more than MAX_SUMMARY_METRICS metrics whole (INVALID_ARGUMENT, not retried).
+    job_id, token = backend.create_job()
+    metrics = {f"class_{index}/acc": 0.5 for index in range(MAX_SUMMARY_METRICS + 30)}
+    with (
+        caplog.at_level(logging.WARNING, logger="trainingplatform_sdk.logger"),
+        TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path) as logger,
+    ):
+        logger.update_status("running")
+        logger.log_epoch_summary(0, metrics)
+        assert logger.flush(30)
+        logger.update_status("completed")
+        report = logger.close(30)
+    assert report.calls_delivered == 3 and report.calls_failed == 0
+    with JobsClient(backend.address, backend.internal_token) as client:
+        [summary] = epoch_summaries(client, job_id).values()
+    assert set(summary.metrics) == set(list(metrics)[:MAX_SUMMARY_METRICS])
+    [warning] = [r.getMessage() for r in caplog.records if "left out of the epoch summary" in r.getMessage()]
+    assert f"'class_{MAX_SUMMARY_METRICS}/acc': past the 10,000 metrics a summary holds" in warning
+    assert "; and 10 more" in warning and len(warning) < 3000, warning

@@ -34,6 +34,7 @@ from trainingplatform_sdk.spec.limits import (
     MAX_ERROR_MESSAGE_BYTES,
     MAX_KEY_CHARS,
     MAX_LOG_MESSAGE_BYTES,
+    MAX_SUMMARY_METRICS,
     truncate_utf8,
 )
 from trainingplatform_sdk.telemetry import lifetime
@@ -65,6 +66,8 @@ _CALL_NAMES = {
 
 # Longest name of a key left out of an epoch summary in the warning about it.
 _KEY_NAME_CHARS = 80
+_SUMMARY_KEYS_SHOWN = 20
+"""The keys left out of an epoch summary that its warning names; the rest are counted."""
 _BAD_KEY = f"a key must be 1 to {MAX_KEY_CHARS} characters, no control characters"
 
 _TERMINAL = frozenset({common_pb2.JOB_STATUS_COMPLETED, common_pb2.JOB_STATUS_FAILED, common_pb2.JOB_STATUS_CANCELLED})
@@ -123,6 +126,8 @@ def _epoch_summary(
             left_out[key] = _BAD_KEY
         elif as_float is None:
             left_out[key] = "not a number"
+        elif len(values) >= MAX_SUMMARY_METRICS:
+            left_out[key] = f"past the {MAX_SUMMARY_METRICS:,} metrics a summary holds"
         else:
             values[key] = as_float
     try:
@@ -670,11 +675,14 @@ class TrainingLogger:
         if len(warned) + len(new) > KNOWN_KEYS_LIMIT:
             warned.clear()
         warned.update(key for key, _ in new)
+        shown = "; ".join(f"{_summary_key_name(key)}: {problem}" for key, problem in new[:_SUMMARY_KEYS_SHOWN])
+        if len(new) > _SUMMARY_KEYS_SHOWN:
+            shown += f"; and {len(new) - _SUMMARY_KEYS_SHOWN:,} more"
         _LOG.warning(
             "job %s: left out of the epoch summary of epoch %d, the rest recorded (each key said once): %s",
             self.job_id,
             epoch,
-            "; ".join(f"{_summary_key_name(key)}: {problem}" for key, problem in new),
+            shown,
         )
 
     def _not_a_mapping(self, metrics: object) -> None:
