@@ -33,6 +33,16 @@ def test_token_from_the_data_directory(tmp_path: Path) -> None:
     assert settings.internal_auth_token == "from-file"
 
 
+def test_a_token_that_is_not_printable_ascii_is_refused_without_showing_it(tmp_path: Path) -> None:
+    # Accepted before: every call the backend made to this trainer then failed with INTERNAL 'Invalid metadata'.
+    with pytest.raises(ValueError, match="the token from INTERNAL_AUTH_TOKEN must be printable ASCII") as refused:
+        settings_module.load(LISTEN, env={"INTERNAL_AUTH_TOKEN": "svc-tökén", "TP_DATA_DIR": str(tmp_path)})
+    assert "tök" not in str(refused.value)
+    (tmp_path / "internal_auth_token").write_text("from\x01file\n")
+    with pytest.raises(ValueError, match="internal_auth_token must be printable ASCII"):
+        settings_module.load(LISTEN, env={"TP_DATA_DIR": str(tmp_path)})
+
+
 def test_no_token_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="INTERNAL_AUTH_TOKEN"):
         settings_module.load(LISTEN, env={"TP_DATA_DIR": str(tmp_path)})

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainingplatform_sdk import setting_values as values
+from trainingplatform_sdk.channel import check_token
 from trainingplatform_sdk.server.tls import check_server_tls
 from trainingplatform_sdk.spec.limits import DEFAULT_MAX_EPOCHS, MAX_EPOCHS
 
@@ -185,14 +186,14 @@ def load(
 def _internal_token(env: Mapping[str, str], data_dir: Path) -> str:
     token = env.get("INTERNAL_AUTH_TOKEN", "").strip()
     if token:
-        return token
+        return check_token(token, "INTERNAL_AUTH_TOKEN")
     path = data_dir / TOKEN_FILE_NAME
     # Unlike the backend, a trainer never generates a token: one nobody else knows would lock every caller out.
     if path.is_file():
         values.tighten_token_file(path, logging.getLogger("trainingplatform_sdk.trainer_service"))
         token = path.read_text().strip()
         if token:
-            return token
+            return check_token(token, str(path))
     raise ValueError(
         f"no service token: set INTERNAL_AUTH_TOKEN to the backend's internal token, or point TP_DATA_DIR at "
         f"a data directory holding {TOKEN_FILE_NAME} (looked for {path})"
