@@ -932,9 +932,7 @@ def _error_line(error: BaseException) -> str:
     """One line for an error; a backend that does not answer gets a hint to run `tp up`, a refused token names
     where it came from, and where the backend's address came from."""
     if isinstance(error, PlatformError):
-        message = (
-            (error.details or str(error)).splitlines()[0] if (error.details or str(error)) else type(error).__name__
-        )
+        message = _first_line(error.details or str(error)) or type(error).__name__
         connection = _connection
         if connection is not None and isinstance(error, UnavailableError) and "handshake failed" in message.lower():
             return _handshake_failed(connection.address, message)
@@ -962,7 +960,12 @@ def _error_line(error: BaseException) -> str:
                 f"{connection.token_source}: {message}"
             )
         return message
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return _first_line(str(error)) or type(error).__name__
+
+
+def _first_line(text: str) -> str:
+    """The first line of `text` that is not blank (a library's message may start with a line break)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def _stdout_closed() -> bool:
