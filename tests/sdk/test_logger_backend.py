@@ -67,7 +67,6 @@ def test_exactly_once_while_the_backend_is_killed_twice(backend: BackendProcess,
     assert [row[2] for row in backend.metric_rows(job_id)] == [float(i) for i in range(total)]
     assert report.logged_metrics == report.committed_metrics == total
     assert report.reconnects >= 2
-    assert report.spooled > 0  # the outages went to disk
     assert_report_matches_database(report, backend, job_id)
     assert list(tmp_path.glob("*.seg")) == []  # delivered segments are deleted
 
