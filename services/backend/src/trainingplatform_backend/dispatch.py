@@ -375,8 +375,11 @@ class Dispatcher:
 
     async def _dispatch_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that arrives as the wait ends
+            # (a job ending wakes this loop just as `stop` cancels it), and `stop` then waited for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), DISPATCH_POLL_S)
+                async with asyncio.timeout(DISPATCH_POLL_S):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.dispatch_queued()

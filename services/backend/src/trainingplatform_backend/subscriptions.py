@@ -302,8 +302,9 @@ class PostgresListener:
     async def _announce_watched(self) -> None:
         while True:
             # Every WATCH_ANNOUNCE_S, and at once when a job gets its first subscriber here.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._announce_now.wait(), WATCH_ANNOUNCE_S)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: see Dispatcher._dispatch_loop
+                async with asyncio.timeout(WATCH_ANNOUNCE_S):
+                    await self._announce_now.wait()
             self._announce_now.clear()
             watched = self._hub.watched_here()
             if not watched:
