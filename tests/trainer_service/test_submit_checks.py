@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2
 
-from .trainer_process import TrainerProcess, spec
+from .trainer_process import TrainerProcess, refused_start, spec
 
 #: A Hugging Face hub cache holding (a stand-in for) resnet18's default weights, as `hf download` leaves it.
 CACHED_REPO, CACHED_REVISION = "timm/resnet18.a1_in1k", "0123456789abcdef0123456789abcdef01234567"
@@ -45,24 +44,13 @@ def _ultra_spec() -> common_pb2.JobSpec:
     return spec(framework="ultralytics", model="yolo11n.yaml", dataset="shapes", image_size=64)
 
 
-def _refused(trainer: TrainerProcess, job_id: str, job_spec: common_pb2.JobSpec, *, validate_only: bool) -> str:
-    """StartTraining's INVALID_ARGUMENT message; asserts that nothing started."""
-    request = trainer_pb2.StartTrainingRequest(job_id=job_id, spec=job_spec, validate_only=validate_only)
-    with pytest.raises(grpc.RpcError) as caught:
-        trainer.stub.StartTraining(request, metadata=trainer.metadata, timeout=60)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
-    assert not any(run.job_id == job_id for run in trainer.list_all())
-    assert not (trainer.data_dir / "runs" / job_id).exists()
-    return caught.value.details()
-
-
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_ultralytics_pretrained_without_a_checkpoint_is_refused(
+def test_ultralytics_pretrained_without_a_checkpoint_isrefused_start(
     ultralytics: TrainerProcess, validate_only: bool
 ) -> None:
     job_spec = _ultra_spec()
     job_spec.model.pretrained = True
-    details = _refused(ultralytics, f"pretrained-{validate_only}", job_spec, validate_only=validate_only)
+    details = refused_start(ultralytics, f"pretrained-{validate_only}", job_spec, validate_only=validate_only)
     assert details == (
         "model_config.pretrained: ultralytics pretrained weights come from a local .pt; "
         "give its path as model_config.name"
@@ -70,17 +58,17 @@ def test_ultralytics_pretrained_without_a_checkpoint_is_refused(
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_timm_num_classes_below_a_builtin_datasets_classes_is_refused(
+def test_timm_num_classes_below_a_builtin_datasets_classes_isrefused_start(
     timm: TrainerProcess, validate_only: bool
 ) -> None:
     job_spec = spec()
     job_spec.model.num_classes = 1
-    details = _refused(timm, f"classes-{validate_only}", job_spec, validate_only=validate_only)
+    details = refused_start(timm, f"classes-{validate_only}", job_spec, validate_only=validate_only)
     assert details == "model_config.num_classes is 1 but the dataset has 10 classes"
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_timm_image_folder_layout_errors_are_refused(
+def test_timm_image_folder_layout_errors_arerefused_start(
     timm: TrainerProcess, tmp_path_factory: pytest.TempPathFactory, validate_only: bool
 ) -> None:
     # An empty class folder failed the job after it started, with torchvision's "Found no valid file for the
@@ -95,13 +83,13 @@ def test_timm_image_folder_layout_errors_are_refused(
         Image.new("RGB", (8, 8)).save(root / split / "a" / "0.png")
     Image.new("RGB", (8, 8)).save(root / "train" / "b" / "0.png")
     job_spec = spec(dataset="mine", path=str(root))
-    details = _refused(timm, f"empty-class-{validate_only}", job_spec, validate_only=validate_only)
+    details = refused_start(timm, f"empty-class-{validate_only}", job_spec, validate_only=validate_only)
     assert details == (
         f"dataset split '{root / 'val'}': the class folder(s) 'b' hold no image file; put at least one image in "
         "each class folder of train/ and of val/, or remove the class from both"
     )
     (root / "val" / "b").rmdir()
-    details = _refused(timm, f"other-classes-{validate_only}", job_spec, validate_only=validate_only)
+    details = refused_start(timm, f"other-classes-{validate_only}", job_spec, validate_only=validate_only)
     assert details == f"dataset {str(root)!r}: train/ and val/ have different classes (['a', 'b'] vs ['a'])"
     (root / "val" / "b").mkdir()
     Image.new("RGB", (8, 8)).save(root / "val" / "b" / "0.png")
@@ -118,20 +106,22 @@ def test_timm_num_classes_of_a_builtin_dataset_or_more_is_accepted(timm: Trainer
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_timm_pretrained_weights_missing_from_the_cache_are_refused(timm: TrainerProcess, validate_only: bool) -> None:
+def test_timm_pretrained_weights_missing_from_the_cache_arerefused_start(
+    timm: TrainerProcess, validate_only: bool
+) -> None:
     # The job was accepted and failed a few seconds into the training process.
     job_spec = spec(model="resnet10t")
     job_spec.model.pretrained = True
-    details = _refused(timm, f"pretrained-{validate_only}", job_spec, validate_only=validate_only)
+    details = refused_start(timm, f"pretrained-{validate_only}", job_spec, validate_only=validate_only)
     assert details.startswith("model_config.pretrained: the pretrained weights of 'resnet10t' are not in the local")
     assert "timm/resnet10t.c3_in1k in " in details and "trainers never download" in details
 
 
-def test_timm_pretrained_for_a_model_timm_has_no_weights_of_is_refused(timm: TrainerProcess) -> None:
+def test_timm_pretrained_for_a_model_timm_has_no_weights_of_isrefused_start(timm: TrainerProcess) -> None:
     # timm would train it from random weights, with only a warning in the log.
     job_spec = spec(model="botnet50ts_256")
     job_spec.model.pretrained = True
-    details = _refused(timm, "no-weights", job_spec, validate_only=True)
+    details = refused_start(timm, "no-weights", job_spec, validate_only=True)
     assert details == "model_config.pretrained: timm has no pretrained weights of 'botnet50ts_256'; set it to false"
 
 
@@ -151,13 +141,13 @@ def test_timm_unknown_advanced_key_suggests_every_valid_key(timm: TrainerProcess
     """`--advanced-config '{"optimiser": "sgd"}'`: the unknown key lands in `extra`; the suggestion and the hint
     cover the typed fields too, not only timm's own extra options."""
     job_spec = spec(extra={key: "sgd"})
-    details = _refused(timm, "unknown-key", job_spec, validate_only=True)
+    details = refused_start(timm, "unknown-key", job_spec, validate_only=True)
     assert f"unknown timm option {key!r}" in details
     assert f"did you mean {suggested}" in details
 
 
 def test_timm_unknown_advanced_key_lists_every_valid_key(timm: TrainerProcess) -> None:
-    details = _refused(timm, "unknown-key", spec(extra={"zzz": 1}), validate_only=True)
+    details = refused_start(timm, "unknown-key", spec(extra={"zzz": 1}), validate_only=True)
     assert "valid keys: " in details
     listed = details.split("valid keys: ", 1)[1]
     for key in ("optimizer", "lr_scheduler", "seed", "augmentation.scale", "drop_rate", "num_threads"):
@@ -165,7 +155,9 @@ def test_timm_unknown_advanced_key_lists_every_valid_key(timm: TrainerProcess) -
 
 
 def test_ultralytics_unknown_advanced_key_still_suggests(ultralytics: TrainerProcess) -> None:
-    details = _refused(ultralytics, "unknown-key", _set_extra(_ultra_spec(), {"optimiser": "SGD"}), validate_only=True)
+    details = refused_start(
+        ultralytics, "unknown-key", _set_extra(_ultra_spec(), {"optimiser": "SGD"}), validate_only=True
+    )
     assert "did you mean 'optimizer'" in details
 
 
@@ -175,7 +167,7 @@ def _set_extra(job_spec: common_pb2.JobSpec, extra: dict[str, object]) -> common
 
 
 def test_a_typed_field_put_under_extra_names_the_field(timm: TrainerProcess) -> None:
-    details = _refused(timm, "typed-in-extra", _set_extra(spec(), {"optimizer": "sgd"}), validate_only=True)
+    details = refused_start(timm, "typed-in-extra", _set_extra(spec(), {"optimizer": "sgd"}), validate_only=True)
     assert details == (
         "advanced_config.extra: 'optimizer' is not a timm option but a field: set advanced_config.optimizer instead"
     )
@@ -188,7 +180,7 @@ def _accepted(trainer: TrainerProcess, job_id: str, job_spec: common_pb2.JobSpec
 
 def test_ultralytics_imgsz_in_extra_is_refused_naming_the_image_size_field(ultralytics: TrainerProcess) -> None:
     """`{"imgsz": 640}` used to override `--image-size` silently."""
-    details = _refused(ultralytics, "imgsz", _set_extra(_ultra_spec(), {"imgsz": 640}), validate_only=True)
+    details = refused_start(ultralytics, "imgsz", _set_extra(_ultra_spec(), {"imgsz": 640}), validate_only=True)
     assert details == "advanced_config.extra.imgsz: set by the platform; use model_config.image_size instead"
 
 
@@ -202,25 +194,25 @@ def test_ultralytics_imgsz_in_extra_is_refused_naming_the_image_size_field(ultra
         ("close_mosaic", 10**12, "advanced_config.extra.close_mosaic: must be at most 1e+06, got 1000000000000"),
     ],
 )
-def test_ultralytics_numbers_outside_sane_bounds_are_refused(
+def test_ultralytics_numbers_outside_sane_bounds_arerefused_start(
     ultralytics: TrainerProcess, key: str, value: object, message: str
 ) -> None:
-    details = _refused(ultralytics, f"bound-{key}", _set_extra(_ultra_spec(), {key: value}), validate_only=True)
+    details = refused_start(ultralytics, f"bound-{key}", _set_extra(_ultra_spec(), {key: value}), validate_only=True)
     assert details.startswith(message)
 
 
 @pytest.mark.parametrize("value", ["abc", [0, "a"], -1, 1.5, True])
 def test_ultralytics_classes_must_be_class_ids(ultralytics: TrainerProcess, value: object) -> None:
     """`{"classes": "abc"}` used to be accepted and then ignored by ultralytics."""
-    details = _refused(ultralytics, "classes", _set_extra(_ultra_spec(), {"classes": value}), validate_only=True)
+    details = refused_start(ultralytics, "classes", _set_extra(_ultra_spec(), {"classes": value}), validate_only=True)
     assert details.startswith("advanced_config.extra.classes: a class id or a list of class ids (integers ≥ 0), got")
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_ultralytics_cache_on_disk_is_refused(ultralytics: TrainerProcess, validate_only: bool) -> None:
+def test_ultralytics_cache_on_disk_isrefused_start(ultralytics: TrainerProcess, validate_only: bool) -> None:
     # `cache: disk` made ultralytics save a .npy beside each image, inside the data set (read-only in Kubernetes).
     job_spec = _set_extra(_ultra_spec(), {"cache": "disk"})
-    details = _refused(ultralytics, f"cache-disk-{validate_only}", job_spec, validate_only=validate_only)
+    details = refused_start(ultralytics, f"cache-disk-{validate_only}", job_spec, validate_only=validate_only)
     assert details == (
         "advanced_config.extra.cache: 'disk' would save a .npy beside each image, inside the data set, and "
         "trainers never write into a data set: use 'ram' (or true) or false"
@@ -242,19 +234,19 @@ def test_ultralytics_class_ids_and_in_range_gains_are_accepted(ultralytics: Trai
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_ultralytics_weight_decay_above_1_is_refused(ultralytics: TrainerProcess, validate_only: bool) -> None:
+def test_ultralytics_weight_decay_above_1_isrefused_start(ultralytics: TrainerProcess, validate_only: bool) -> None:
     # The contract allows [0, 100]; ultralytics failed at training start: "'weight_decay=5.0' is an invalid value".
     job_spec = _ultra_spec()
     job_spec.advanced.weight_decay = 5.0
-    details = _refused(ultralytics, f"decay-{validate_only}", job_spec, validate_only=validate_only)
+    details = refused_start(ultralytics, f"decay-{validate_only}", job_spec, validate_only=validate_only)
     assert details == "advanced_config.weight_decay: must be in [0, 1] for ultralytics, got 5"
 
 
-def test_ultralytics_learning_rate_above_1_is_refused(ultralytics: TrainerProcess) -> None:
+def test_ultralytics_learning_rate_above_1_isrefused_start(ultralytics: TrainerProcess) -> None:
     # ultralytics' lr0 is a fraction too: 5 failed at training start like the weight decay.
     job_spec = _ultra_spec()
     job_spec.training.learning_rate = 5.0
-    details = _refused(ultralytics, "lr", job_spec, validate_only=True)
+    details = refused_start(ultralytics, "lr", job_spec, validate_only=True)
     assert details == "training_config.learning_rate: must be in [0, 1] for ultralytics (its lr0), got 5"
 
 
@@ -277,7 +269,7 @@ def test_ultralytics_takes_a_yolo_data_set_directory_for_its_data_yaml(
     request = trainer_pb2.StartTrainingRequest(job_id="yolo-dir", spec=job_spec, validate_only=True)
     assert ultralytics.stub.StartTraining(request, metadata=ultralytics.metadata, timeout=60).run_id == ""
     job_spec.dataset.path = str(root / "shapes" / "images")
-    details = _refused(ultralytics, "yolo-dir-no-yaml", job_spec, validate_only=True)
+    details = refused_start(ultralytics, "yolo-dir-no-yaml", job_spec, validate_only=True)
     assert details.startswith(
         f"dataset_config.path: {str(root / 'shapes' / 'images')!r} is a directory without a YOLO data.yaml"
     )
@@ -311,24 +303,24 @@ def test_ultralytics_data_yaml_without_names_or_nc_is_refused_naming_it(
 ) -> None:
     # It was accepted; the job failed when training started, naming the trainer's copy runs/<job>/data/data.yaml.
     data_yaml = _with_yaml(yolo_root, "nonames.yaml", "")
-    details = _refused(ultralytics, f"nonames-{validate_only}", _yolo_spec(data_yaml), validate_only=validate_only)
+    details = refused_start(ultralytics, f"nonames-{validate_only}", _yolo_spec(data_yaml), validate_only=validate_only)
     assert details == (
         f"dataset_config.path: {str(data_yaml)!r} has neither `names` (the class names: a list, or a mapping from "
         "class id) nor `nc` (the number of classes); ultralytics needs one of them"
     )
 
 
-def test_ultralytics_data_yaml_whose_nc_and_names_disagree_is_refused(
+def test_ultralytics_data_yaml_whose_nc_and_names_disagree_isrefused_start(
     ultralytics: TrainerProcess, yolo_root: Path
 ) -> None:
     data_yaml = _with_yaml(yolo_root, "nc3.yaml", "nc: 3\nnames: [a, b]\n")
-    details = _refused(ultralytics, "nc-names", _yolo_spec(data_yaml), validate_only=True)
+    details = refused_start(ultralytics, "nc-names", _yolo_spec(data_yaml), validate_only=True)
     assert details == (
         f"dataset_config.path: {str(data_yaml)!r}: `nc` is 3 but `names` has 2 classes; make them match (or leave "
         "`nc` out)"
     )
     data_yaml = _with_yaml(yolo_root, "ids.yaml", "names:\n  0: a\n  2: b\n")
-    details = _refused(ultralytics, "names-ids", _yolo_spec(data_yaml), validate_only=True)
+    details = refused_start(ultralytics, "names-ids", _yolo_spec(data_yaml), validate_only=True)
     assert details == f"dataset_config.path: {str(data_yaml)!r}: the class ids of `names` must be 0 to 1, got 0, 2"
     # `nc` alone is enough for ultralytics (it names the classes class_0, ...), and so are matching ones.
     for i, block in enumerate(("nc: 2\n", "nc: 2\nnames: [a, b]\n", "names:\n  0: a\n  1: b\n")):
@@ -336,20 +328,20 @@ def test_ultralytics_data_yaml_whose_nc_and_names_disagree_is_refused(
 
 
 @pytest.mark.parametrize("num_classes", [1, 7])
-def test_ultralytics_num_classes_other_than_the_data_sets_is_refused(
+def test_ultralytics_num_classes_other_than_the_data_sets_isrefused_start(
     ultralytics: TrainerProcess, yolo_root: Path, num_classes: int
 ) -> None:
     # The ultralytics trainer ignored model_config.num_classes and trained with the data set's 2 classes.
     job_spec = _yolo_spec(yolo_root / "data.yaml")
     job_spec.model.num_classes = num_classes
-    details = _refused(ultralytics, f"num-classes-{num_classes}", job_spec, validate_only=True)
+    details = refused_start(ultralytics, f"num-classes-{num_classes}", job_spec, validate_only=True)
     assert details == (
         f"model_config.num_classes is {num_classes} but the data set ({str(yolo_root / 'data.yaml')!r}) has 2 "
         "classes; ultralytics trains with the data set's classes: leave num_classes at 0 or set it to 2"
     )
     job_spec = _ultra_spec()
     job_spec.model.num_classes = num_classes
-    details = _refused(ultralytics, f"num-classes-shapes-{num_classes}", job_spec, validate_only=True)
+    details = refused_start(ultralytics, f"num-classes-shapes-{num_classes}", job_spec, validate_only=True)
     assert "but the data set (the built-in data set 'shapes') has 2 classes" in details
 
 
@@ -361,19 +353,19 @@ def test_ultralytics_num_classes_of_the_data_set_or_0_is_accepted(ultralytics: T
 
 
 @pytest.mark.parametrize(("value", "outside"), [([7], "7"), (2, "2"), ([0, 1, 2, 5], "2, 5")])
-def test_ultralytics_class_ids_the_data_set_lacks_are_refused(
+def test_ultralytics_class_ids_the_data_set_lacks_arerefused_start(
     ultralytics: TrainerProcess, yolo_root: Path, value: object, outside: str
 ) -> None:
     # `classes: [7]` on a 2-class data set trained on no labels at all, and the job COMPLETED.
     job_spec = _set_extra(_yolo_spec(yolo_root / "data.yaml"), {"classes": value})
-    details = _refused(ultralytics, "class-ids", job_spec, validate_only=True)
+    details = refused_start(ultralytics, "class-ids", job_spec, validate_only=True)
     assert details == (
         f"advanced_config.extra.classes: class id(s) {outside} not in the data set, which has 2 classes (ids 0 to 1)"
     )
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_ultralytics_checkpoint_of_another_framework_is_refused(
+def test_ultralytics_checkpoint_of_another_framework_isrefused_start(
     ultralytics: TrainerProcess, yolo_root: Path, validate_only: bool
 ) -> None:
     # A timm checkpoint failed the job when training started: "TypeError: ERROR ... references types outside the
@@ -384,7 +376,7 @@ def test_ultralytics_checkpoint_of_another_framework_is_refused(
     torch.save({"state_dict": {"conv1.weight": torch.zeros(2, 2)}, "epoch": 1}, checkpoint)
     job_spec = _yolo_spec(yolo_root / "data.yaml")
     job_spec.model.name = str(checkpoint)
-    details = _refused(ultralytics, f"timm-pt-{validate_only}", job_spec, validate_only=validate_only)
+    details = refused_start(ultralytics, f"timm-pt-{validate_only}", job_spec, validate_only=validate_only)
     assert details == (
         f"model_config.name: {str(checkpoint)!r} is not an ultralytics checkpoint (saved by another framework?); "
         "give a .pt saved by ultralytics (a job's best.pt or last.pt) or a model yaml such as yolo11n.yaml"
@@ -400,7 +392,7 @@ def test_ultralytics_checkpoint_of_another_framework_is_refused(
         (16, "8 (or 'int8', 'w8a8'"),
     ],
 )
-def test_ultralytics_quantize_that_training_cannot_use_is_refused(
+def test_ultralytics_quantize_that_training_cannot_use_isrefused_start(
     ultralytics: TrainerProcess, value: object, message: str
 ) -> None:
     # `quantize: 8` was accepted and the job failed at training start: "No module named 'modelopt'".
@@ -408,13 +400,13 @@ def test_ultralytics_quantize_that_training_cannot_use_is_refused(
 
     if find_spec("modelopt") is not None:
         pytest.skip("nvidia-modelopt is installed here")
-    details = _refused(ultralytics, "quantize", _set_extra(_ultra_spec(), {"quantize": value}), validate_only=True)
+    details = refused_start(ultralytics, "quantize", _set_extra(_ultra_spec(), {"quantize": value}), validate_only=True)
     assert details.startswith(f"advanced_config.extra.quantize: {message}"), details
 
 
 def test_ultralytics_compile_must_be_a_torch_compile_mode(ultralytics: TrainerProcess) -> None:
     # Any string was accepted; torch.compile refused it and ultralytics trained uncompiled, saying so in train.log.
-    details = _refused(ultralytics, "compile", _set_extra(_ultra_spec(), {"compile": "fast"}), validate_only=True)
+    details = refused_start(ultralytics, "compile", _set_extra(_ultra_spec(), {"compile": "fast"}), validate_only=True)
     assert details == (
         "advanced_config.extra.compile: true, false or a torch.compile mode ('default', 'reduce-overhead', "
         "'max-autotune', 'max-autotune-no-cudagraphs'), got 'fast'"

@@ -13,14 +13,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 import torch
 from PIL import Image
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2
 
-from .trainer_process import TrainerProcess, spec
+from .trainer_process import TrainerProcess, refused_start, spec
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +31,7 @@ def timm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProcess]:
 
 
 def _refused(trainer: TrainerProcess, job_id: str, job_spec: common_pb2.JobSpec, *, validate_only: bool = True) -> str:
-    """StartTraining's INVALID_ARGUMENT message; asserts that nothing started."""
-    request = trainer_pb2.StartTrainingRequest(job_id=job_id, spec=job_spec, validate_only=validate_only)
-    with pytest.raises(grpc.RpcError) as caught:
-        trainer.stub.StartTraining(request, metadata=trainer.metadata, timeout=60)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
-    assert not any(run.job_id == job_id for run in trainer.list_all())
-    assert not (trainer.data_dir / "runs" / job_id).exists()
-    return caught.value.details()
+    return refused_start(trainer, job_id, job_spec, validate_only=validate_only)
 
 
 def _accepted(trainer: TrainerProcess, job_id: str, job_spec: common_pb2.JobSpec) -> None:

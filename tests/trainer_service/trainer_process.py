@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.backend import BackendProcess, auth, free_port
 from trainingplatform.common.v1 import common_pb2
@@ -227,3 +228,14 @@ class TrainerProcess:
         wait_until(
             lambda: all(run.state in TERMINAL_STATES for run in self.list_all()), 60, "every run of the trainer to end"
         )
+
+
+def refused_start(trainer: TrainerProcess, job_id: str, job_spec: common_pb2.JobSpec, *, validate_only: bool) -> str:
+    """StartTraining's INVALID_ARGUMENT message for `job_spec`; asserts that nothing started."""
+    request = trainer_pb2.StartTrainingRequest(job_id=job_id, spec=job_spec, validate_only=validate_only)
+    with pytest.raises(grpc.RpcError) as caught:
+        trainer.stub.StartTraining(request, metadata=trainer.metadata, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert not any(run.job_id == job_id for run in trainer.list_all())
+    assert not (trainer.data_dir / "runs" / job_id).exists()
+    return caught.value.details()
