@@ -45,7 +45,7 @@ def _ultra_spec() -> common_pb2.JobSpec:
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_ultralytics_pretrained_without_a_checkpoint_isrefused_start(
+def test_ultralytics_pretrained_without_a_checkpoint_is_refused(
     ultralytics: TrainerProcess, validate_only: bool
 ) -> None:
     job_spec = _ultra_spec()
@@ -58,7 +58,7 @@ def test_ultralytics_pretrained_without_a_checkpoint_isrefused_start(
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_timm_num_classes_below_a_builtin_datasets_classes_isrefused_start(
+def test_timm_num_classes_below_a_builtin_datasets_classes_is_refused(
     timm: TrainerProcess, validate_only: bool
 ) -> None:
     job_spec = spec()
@@ -68,7 +68,7 @@ def test_timm_num_classes_below_a_builtin_datasets_classes_isrefused_start(
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_timm_image_folder_layout_errors_arerefused_start(
+def test_timm_image_folder_layout_errors_are_refused(
     timm: TrainerProcess, tmp_path_factory: pytest.TempPathFactory, validate_only: bool
 ) -> None:
     # An empty class folder failed the job after it started, with torchvision's "Found no valid file for the
@@ -106,9 +106,7 @@ def test_timm_num_classes_of_a_builtin_dataset_or_more_is_accepted(timm: Trainer
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_timm_pretrained_weights_missing_from_the_cache_arerefused_start(
-    timm: TrainerProcess, validate_only: bool
-) -> None:
+def test_timm_pretrained_weights_missing_from_the_cache_are_refused(timm: TrainerProcess, validate_only: bool) -> None:
     # The job was accepted and failed a few seconds into the training process.
     job_spec = spec(model="resnet10t")
     job_spec.model.pretrained = True
@@ -117,7 +115,7 @@ def test_timm_pretrained_weights_missing_from_the_cache_arerefused_start(
     assert "timm/resnet10t.c3_in1k in " in details and "trainers never download" in details
 
 
-def test_timm_pretrained_for_a_model_timm_has_no_weights_of_isrefused_start(timm: TrainerProcess) -> None:
+def test_timm_pretrained_for_a_model_timm_has_no_weights_of_is_refused(timm: TrainerProcess) -> None:
     # timm would train it from random weights, with only a warning in the log.
     job_spec = spec(model="botnet50ts_256")
     job_spec.model.pretrained = True
@@ -194,7 +192,7 @@ def test_ultralytics_imgsz_in_extra_is_refused_naming_the_image_size_field(ultra
         ("close_mosaic", 10**12, "advanced_config.extra.close_mosaic: must be at most 1e+06, got 1000000000000"),
     ],
 )
-def test_ultralytics_numbers_outside_sane_bounds_arerefused_start(
+def test_ultralytics_numbers_outside_sane_bounds_are_refused(
     ultralytics: TrainerProcess, key: str, value: object, message: str
 ) -> None:
     details = refused_start(ultralytics, f"bound-{key}", _set_extra(_ultra_spec(), {key: value}), validate_only=True)
@@ -209,7 +207,7 @@ def test_ultralytics_classes_must_be_class_ids(ultralytics: TrainerProcess, valu
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_ultralytics_cache_on_disk_isrefused_start(ultralytics: TrainerProcess, validate_only: bool) -> None:
+def test_ultralytics_cache_on_disk_is_refused(ultralytics: TrainerProcess, validate_only: bool) -> None:
     # `cache: disk` made ultralytics save a .npy beside each image, inside the data set (read-only in Kubernetes).
     job_spec = _set_extra(_ultra_spec(), {"cache": "disk"})
     details = refused_start(ultralytics, f"cache-disk-{validate_only}", job_spec, validate_only=validate_only)
@@ -234,7 +232,7 @@ def test_ultralytics_class_ids_and_in_range_gains_are_accepted(ultralytics: Trai
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_ultralytics_weight_decay_above_1_isrefused_start(ultralytics: TrainerProcess, validate_only: bool) -> None:
+def test_ultralytics_weight_decay_above_1_is_refused(ultralytics: TrainerProcess, validate_only: bool) -> None:
     # The contract allows [0, 100]; ultralytics failed at training start: "'weight_decay=5.0' is an invalid value".
     job_spec = _ultra_spec()
     job_spec.advanced.weight_decay = 5.0
@@ -242,7 +240,7 @@ def test_ultralytics_weight_decay_above_1_isrefused_start(ultralytics: TrainerPr
     assert details == "advanced_config.weight_decay: must be in [0, 1] for ultralytics, got 5"
 
 
-def test_ultralytics_learning_rate_above_1_isrefused_start(ultralytics: TrainerProcess) -> None:
+def test_ultralytics_learning_rate_above_1_is_refused(ultralytics: TrainerProcess) -> None:
     # ultralytics' lr0 is a fraction too: 5 failed at training start like the weight decay.
     job_spec = _ultra_spec()
     job_spec.training.learning_rate = 5.0
@@ -310,7 +308,7 @@ def test_ultralytics_data_yaml_without_names_or_nc_is_refused_naming_it(
     )
 
 
-def test_ultralytics_data_yaml_whose_nc_and_names_disagree_isrefused_start(
+def test_ultralytics_data_yaml_whose_nc_and_names_disagree_is_refused(
     ultralytics: TrainerProcess, yolo_root: Path
 ) -> None:
     data_yaml = _with_yaml(yolo_root, "nc3.yaml", "nc: 3\nnames: [a, b]\n")
@@ -328,7 +326,7 @@ def test_ultralytics_data_yaml_whose_nc_and_names_disagree_isrefused_start(
 
 
 @pytest.mark.parametrize("num_classes", [1, 7])
-def test_ultralytics_num_classes_other_than_the_data_sets_isrefused_start(
+def test_ultralytics_num_classes_other_than_the_data_sets_is_refused(
     ultralytics: TrainerProcess, yolo_root: Path, num_classes: int
 ) -> None:
     # The ultralytics trainer ignored model_config.num_classes and trained with the data set's 2 classes.
@@ -353,7 +351,7 @@ def test_ultralytics_num_classes_of_the_data_set_or_0_is_accepted(ultralytics: T
 
 
 @pytest.mark.parametrize(("value", "outside"), [([7], "7"), (2, "2"), ([0, 1, 2, 5], "2, 5")])
-def test_ultralytics_class_ids_the_data_set_lacks_arerefused_start(
+def test_ultralytics_class_ids_the_data_set_lacks_are_refused(
     ultralytics: TrainerProcess, yolo_root: Path, value: object, outside: str
 ) -> None:
     # `classes: [7]` on a 2-class data set trained on no labels at all, and the job COMPLETED.
@@ -365,7 +363,7 @@ def test_ultralytics_class_ids_the_data_set_lacks_arerefused_start(
 
 
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
-def test_ultralytics_checkpoint_of_another_framework_isrefused_start(
+def test_ultralytics_checkpoint_of_another_framework_is_refused(
     ultralytics: TrainerProcess, yolo_root: Path, validate_only: bool
 ) -> None:
     # A timm checkpoint failed the job when training started: "TypeError: ERROR ... references types outside the
@@ -392,7 +390,7 @@ def test_ultralytics_checkpoint_of_another_framework_isrefused_start(
         (16, "8 (or 'int8', 'w8a8'"),
     ],
 )
-def test_ultralytics_quantize_that_training_cannot_use_isrefused_start(
+def test_ultralytics_quantize_that_training_cannot_use_is_refused(
     ultralytics: TrainerProcess, value: object, message: str
 ) -> None:
     # `quantize: 8` was accepted and the job failed at training start: "No module named 'modelopt'".
