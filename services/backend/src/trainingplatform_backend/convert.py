@@ -64,7 +64,9 @@ def job_to_proto(view: JobView) -> jobs_pb2.Job:
         mlflow_run_id=job.mlflow_run_id,
         # Stored without credentials since ReportRunInfo strips them; a row stored before is shown stripped too.
         mlflow_tracking_uri=redact_uri(job.mlflow_tracking_uri),
-        artifacts=[telemetry_pb2.Artifact(name=a.name, uri=a.uri, size_bytes=a.size_bytes) for a in view.artifacts],
+        artifacts=[
+            telemetry_pb2.Artifact(name=a.name, uri=redact_uri(a.uri), size_bytes=a.size_bytes) for a in view.artifacts
+        ],
         display_name=job.display_name,
         cursor=telemetry_pb2.GetStreamCursorResponse(
             last_metric_sequence=view.cursor[0], last_log_sequence=view.cursor[1]

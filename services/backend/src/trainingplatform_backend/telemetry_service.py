@@ -716,9 +716,16 @@ class TelemetryServicer(telemetry_pb2_grpc.TrainingTelemetryServiceServicer):
                     f"artifact {quote(artifact.name)} needs a URI of at most {limits.MAX_URI_CHARS} characters"
                 )
             check_text(artifact.uri, "artifacts.uri", limits.MAX_URI_CHARS)
+            # Stored and served (to every reader, the read token's included) without credentials, as the tracking
+            # URI: a pre-signed URL's signature or a `user:password@` is removed.
+            uri = redact_uri(artifact.uri)
+            if not uri:
+                raise InvalidArgumentError(
+                    f"artifact {quote(artifact.name)} has a URI of credentials alone; send where the file is"
+                )
             if artifact.size_bytes < 0:
                 raise InvalidArgumentError(f"artifact {quote(artifact.name)} size_bytes must be >= 0")
-            artifacts.append((artifact.name, artifact.uri, artifact.size_bytes))
+            artifacts.append((artifact.name, uri, artifact.size_bytes))
         await self._backend.run(
             self._backend.store.report_run_info,
             job_pk,
