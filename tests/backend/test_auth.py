@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.backend import BackendProcess, auth
 from support.certs import make_pki
+from support.raw_h2 import call, response_data
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
@@ -174,6 +175,35 @@ def test_a_call_with_two_authorization_headers_is_refused_whatever_their_order(
     with pytest.raises(grpc.RpcError) as refused:
         backend.jobs().GetJob(request, metadata=twice, timeout=10)
     assert refused.value.code() == UNAUTH
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the metadata, not the database, is under test
+def test_only_ascii_space_and_tab_around_the_bearer_token_are_ignored(backend: BackendProcess):
+    """HTTP allows only SP and HTAB as white space around a header value: a token with other (Unicode) white space
+    around it is not the token, however `str.strip` sees it. gRPC's clients refuse to send such a value, any HTTP/2
+    client can."""
+    job_id, _ = backend.create_job()
+    request = jobs_pb2.GetJobRequest(job_id=job_id).SerializeToString()
+    token = backend.read_token
+
+    def answered(value: bytes) -> bool:
+        reply = call(
+            backend.address, "/trainingplatform.jobs.v1.JobsService/GetJob", [(b"authorization", value)], request
+        )
+        return bool(response_data(reply))
+
+    assert answered(f"Bearer {token}".encode())
+    assert answered(f"Bearer  \t {token}".encode())  # ASCII white space after the scheme
+    for value in (
+        f"Bearer \u00a0{token}".encode(),  # no-break space, as UTF-8
+        f"Bearer {token}\u2003".encode(),  # em space
+        f"Bearer \u3000{token}".encode(),  # ideographic space
+        f"Bearer {token}\x85".encode(),  # next line, as UTF-8
+        f"Bearer {token}\xa0".encode("latin-1"),  # no-break space, as one byte (not UTF-8)
+        f"Bearer {token}\x0b".encode(),  # vertical tab: ASCII, but not HTTP white space
+    ):
+        assert not answered(value), value
+    assert job_id in backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=auth(token)).job.job_id
 
 
 def test_health_needs_no_token(backend: BackendProcess):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, SETTINGS = 0, 1, 4
@@ -67,14 +67,24 @@ def call(address: str, method: str, headers: Sequence[tuple[bytes, bytes]], mess
     return received
 
 
-def _stream_ended(received: bytes) -> bool:
-    """Whether `received` holds the frame that ends stream 1 (the call's trailers)."""
+def _frames(received: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """The (kind, flags, stream, payload) of each whole frame in `received`."""
     offset = 0
     while offset + 9 <= len(received):
         length = int.from_bytes(received[offset : offset + 3], "big")
         kind, flags = received[offset + 3], received[offset + 4]
         stream = int.from_bytes(received[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
-        if stream == 1 and flags & END_STREAM and kind in (DATA, HEADERS):
-            return True
+        yield kind, flags, stream, received[offset + 9 : offset + 9 + length]
         offset += 9 + length
-    return False
+
+
+def _stream_ended(received: bytes) -> bool:
+    """Whether `received` holds the frame that ends stream 1 (the call's trailers)."""
+    return any(
+        stream == 1 and flags & END_STREAM and kind in (DATA, HEADERS) for kind, flags, stream, _ in _frames(received)
+    )
+
+
+def response_data(received: bytes) -> bytes:
+    """The DATA the server sent on the call (stream 1): empty when it refused the call (trailers only)."""
+    return b"".join(payload for kind, _, stream, payload in _frames(received) if kind == DATA and stream == 1)

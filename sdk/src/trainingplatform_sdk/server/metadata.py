@@ -28,14 +28,21 @@ def is_public(method: str) -> bool:
     return method.startswith(PUBLIC_METHOD_PREFIXES)
 
 
-def bearer_token(invocation_metadata: Metadata) -> str:
-    """The token of the call's `authorization: Bearer <token>` metadata, without surrounding white space.
+#: HTTP's optional white space around a header value (RFC 9110, 5.6.3): SP and HTAB, nothing else.
+_OWS = " \t"
 
-    The scheme is matched without regard to case. Whether the server knows the token is the caller's check.
+
+def bearer_token(invocation_metadata: Metadata) -> str:
+    """The token of the call's `authorization: Bearer <token>` metadata, without surrounding SP and HTAB.
+
+    The scheme is matched without regard to case. Whether the server knows the token is the caller's check. Only
+    HTTP's white space is ignored: a token with any other character outside printable ASCII (a no-break space, an
+    em space, a byte that is not UTF-8) is refused, not trimmed to the token it would be without it.
 
     Raises:
         UnauthenticatedError: the metadata is missing, given more than once (which one counted would depend on their
-            order, which a proxy adding one may decide), or not of the form `Bearer <token>`.
+            order, which a proxy adding one may decide), not of the form `Bearer <token>`, or its token holds a
+            character outside printable ASCII.
     """
     headers = [value for key, value in invocation_metadata or () if key == "authorization"]
     if len(headers) > 1:
@@ -46,6 +53,9 @@ def bearer_token(invocation_metadata: Metadata) -> str:
     if not header:
         raise UnauthenticatedError("missing `authorization: Bearer <token>` metadata")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip(_OWS)
+    if scheme.lower() != "bearer" or not token:
         raise UnauthenticatedError("the authorization metadata must be `Bearer <token>`")
-    return token.strip()
+    if not all(" " <= char <= "~" for char in token):
+        raise UnauthenticatedError("the bearer token must be printable ASCII (only SP and HTAB around it are ignored)")
+    return token
