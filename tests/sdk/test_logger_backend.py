@@ -301,9 +301,30 @@ def test_a_refused_status_is_not_retried_and_does_not_block(backend: BackendProc
         logger.update_status("completed")  # PENDING -> COMPLETED is not a legal transition
         logger.update_status("running")
         logger.log_metric("loss", 1.0)
-        assert logger.flush(30)
+        began = time.monotonic()
+        assert not logger.flush(30)  # the refused call is not committed: said by this flush
+        assert time.monotonic() - began < 20
     assert logger.stats.calls_failed == 1 and logger.stats.calls_delivered == 1
     assert backend.job_status(job_id) == "RUNNING"
+
+
+def test_flush_says_false_once_for_a_call_refused_for_good(backend: BackendProcess, tmp_path: Path) -> None:
+    job_id, token = backend.create_job()
+    with TrainingLogger(job_id, backend_address=backend.address, token=token, spool_dir=tmp_path) as logger:
+        logger.update_status("running")
+        logger.log_metric("loss", 1.0)
+        assert logger.flush(30)
+        logger.update_status("queued")  # RUNNING -> QUEUED is not a legal transition: refused for good
+        logger.log_metric("loss", 0.5)
+        assert not logger.flush(30)
+        assert logger.stats.calls_failed == 1 and logger.stats.error is None
+        # Each refusal is said by the flush after it; what is logged later is committed, and said so.
+        logger.log_metric("loss", 0.25)
+        assert logger.flush(30)
+        logger.update_status("completed")
+        assert logger.flush(30)
+    assert logger.stats.calls_delivered == 2 and logger.stats.calls_failed == 1
+    assert backend.job_status(job_id) == "COMPLETED"
 
 
 @pytest.mark.parametrize("problem", ["bad token", "unknown job", "another job's token"])

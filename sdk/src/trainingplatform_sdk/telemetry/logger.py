@@ -733,7 +733,10 @@ class TrainingLogger:
 
         Returns:
             True when every point and call logged before this call is committed (also when nothing was, or the
-            logger is disabled); False on timeout, after a final error, or when points were dropped.
+            logger is disabled); False on timeout, after a final error (the backend refused the telemetry for
+            good: `stats.error`), when points were dropped, or when a call (status, epoch summary, run info) made
+            since the previous flush was refused for good (`stats.calls_failed` counts them; each refusal fails
+            only the flush that follows it).
 
         Raises:
             ValueError: The timeout is NaN.

@@ -34,7 +34,8 @@ class DeliveryReport:
         pending_logs: Log records not yet known committed.
         calls_delivered: Unary calls (status, epoch summary, run info) the backend accepted.
         calls_pending: Unary calls not yet delivered (kept in the spool's state at close).
-        calls_failed: Unary calls the backend refused for good (for example an illegal status transition).
+        calls_failed: Unary calls the backend refused for good (for example an illegal status transition); the
+            `flush()` that follows each refusal returns False.
         calls_dropped: Unary calls lost: made after `close()` or after the sender stopped on its own, or left
             unread in the caller's buffer when `close()` stopped waiting for the sender.
         reconnects: Times the sender re-established its streams after losing them.

@@ -70,6 +70,8 @@ class CallQueue:
         self.waiting = False
         self.delivered = 0
         self.failed = 0
+        #: Whether a call was refused for good since the last flush finished (the next flush then says False).
+        self._refused_since_flush = False
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -137,7 +139,8 @@ class CallQueue:
     def release_flushes(self) -> None:
         """Finishes the flushes at the head of the queue whose points are all committed (no network).
 
-        A flush succeeds unless points were dropped at the spool's cap.
+        A flush succeeds unless points were dropped, or a call made since the flush before it was refused for good
+        (each refusal fails one flush: the first that follows it).
         """
         entries = self._entries
         while entries:
@@ -145,7 +148,8 @@ class CallQueue:
             if not isinstance(head, PendingFlush) or not self._passed(head):
                 return
             entries.popleft()
-            head.waiter.finish(all(outbox.dropped == 0 for outbox in self._outboxes))
+            refused, self._refused_since_flush = self._refused_since_flush, False
+            head.waiter.finish(not refused and all(outbox.dropped == 0 for outbox in self._outboxes))
 
     def next_call(self) -> PendingCall | None:
         """The call at the head once its barriers are passed, after releasing the flushes ahead of it.
@@ -164,8 +168,15 @@ class CallQueue:
         return head
 
     def pop(self) -> None:
-        """Removes the call at the head: made, or refused for good."""
+        """Removes the call at the head: made."""
         self._entries.popleft()
+        self.delivered += 1
+
+    def refuse(self) -> None:
+        """Removes the call at the head: refused for good; the next flush says False."""
+        self._entries.popleft()
+        self.failed += 1
+        self._refused_since_flush = True
 
     def _passed(self, entry: PendingCall | PendingFlush) -> bool:
         for outbox in self._outboxes:

@@ -369,12 +369,11 @@ class Delivery:
             if code not in CALL_REFUSED_CODES and not too_large(exc):
                 self._rpc_failed(exc, call.method)
                 return
-            calls.failed += 1
+            calls.refuse()
             _LOG.error("job %s: %s refused (%s: %s); not retried", self.job_id, call.method, code.name, details)
         else:
-            calls.delivered += 1
+            calls.pop()
             self._connection.healthy()
-        calls.pop()
         self._state.dirty = True
         self._state.urgent = True
 
