@@ -288,6 +288,8 @@ class TrainingLogger:
         self._off = True
         # True once the sender stopped on its own: what is logged from then on is counted as dropped.
         self._discarding = False
+        # Points and records (and calls) lost on the caller's side, counted as dropped: logged after the sender
+        # stopped on its own, left in the buffer at close, or not written to `tp run` (relayed).
         self._discarded = 0
         self._discarded_calls = 0
         # True once close() began on a logger with a sender: what is logged from then on is counted and said once.
@@ -655,8 +657,15 @@ class TrainingLogger:
         self._call("ReportRunInfo", request)
 
     def _write_relayed(self, record: dict[str, object]) -> None:
-        """Relays a log record or a status to `tp run`; warns once when one cannot be written (it is lost)."""
-        if write_relayed(record) or self._relay_failed:
+        """Relays a log record or a status to `tp run`; one that cannot be written is lost: counted as dropped (a
+        status in `calls_dropped`), and warned about once."""
+        if write_relayed(record):
+            return
+        if record.get("kind") == "status":
+            self._discarded_calls += 1
+        else:
+            self._discarded += 1
+        if self._relay_failed:
             return
         self._relay_failed = True
         _LOG.warning(
@@ -816,8 +825,9 @@ class TrainingLogger:
             if report.dropped or report.calls_dropped:
                 _LOG.warning(
                     "job %s: closed with %d metric points and log records and %d calls (status, epoch summary, run "
-                    "info) dropped: past the spool's cap, with the spool unwritable or unreadable, or logged after "
-                    "the sender stopped (the WARNING or ERROR lines above say which; counted in the delivery report)",
+                    "info) dropped: past the spool's cap, with the spool unwritable or unreadable, logged after the "
+                    "sender stopped, or not written to `tp run` (the WARNING or ERROR lines above say which; counted "
+                    "in the delivery report)",
                     self.job_id,
                     report.dropped,
                     report.calls_dropped,

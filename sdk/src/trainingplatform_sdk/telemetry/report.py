@@ -24,7 +24,8 @@ class DeliveryReport:
         dropped: Points and records lost: past the spool's cap (spool_max_bytes); past memory_buffer_points while
             the spool could not be written (disk full, read-only, permission denied); spooled but unreadable (a
             segment deleted or damaged); left in memory when the sender stopped without a spool to write them to;
-            logged after the sender stopped on its own or after `close()`.
+            logged after the sender stopped on its own or after `close()`; under `tp run`, log records that could
+            not be written to `tp run` (`telemetry/relay.py`: its stderr closed, or `tp run` gone).
         invalid: Points and records refused before sending (empty or too long key, negative step, non-numeric
             value...); each kind of problem is logged once.
         replayed: Points and records found in the spool at start, left by an earlier process for this job.
@@ -36,8 +37,9 @@ class DeliveryReport:
         calls_pending: Unary calls not yet delivered (kept in the spool's state at close).
         calls_failed: Unary calls the backend refused for good (for example an illegal status transition); the
             `flush()` that follows each refusal returns False.
-        calls_dropped: Unary calls lost: made after `close()` or after the sender stopped on its own, or left
-            unread in the caller's buffer when `close()` stopped waiting for the sender.
+        calls_dropped: Unary calls lost: made after `close()` or after the sender stopped on its own, left
+            unread in the caller's buffer when `close()` stopped waiting for the sender, or, under `tp run`, a
+            status that could not be written to `tp run`.
         reconnects: Times the sender re-established its streams after losing them.
         error: The final error that stopped delivery (bad token, unknown job), if any.
     """
