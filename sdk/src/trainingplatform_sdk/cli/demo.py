@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from trainingplatform_sdk.cli.output import follow, plot_series, print_summary
-from trainingplatform_sdk.cli.stack import Stack, _executable
+from trainingplatform_sdk.cli.stack import ONE_PROCESS_ENV, Stack, _executable
 from trainingplatform_sdk.clients import Job, JobsClient
 
 JOBS = (
@@ -83,7 +83,11 @@ def screenshot_dashboard(stack: Stack, jobs: list[Job], directory: Path, out: Te
     url = f"http://127.0.0.1:{port}"
     token = secrets.token_urlsafe(24)
     env = {
-        **{k: v for k, v in os.environ.items() if k not in ("READ_AUTH_TOKEN", "INTERNAL_AUTH_TOKEN")},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("READ_AUTH_TOKEN", "INTERNAL_AUTH_TOKEN") and k not in ONE_PROCESS_ENV
+        },
         "TP_BACKEND_ADDRESS": stack.backend_address,
         "TP_DATA_DIR": str(stack.data_dir),
         "TP_AUTH_TOKEN": stack.frontend_token,
@@ -140,6 +144,8 @@ def run_demo(data_dir: Path, out=sys.stdout) -> int:
     data_dir = data_dir.resolve()
     stack = Stack(data_dir, backend_port=_free_port(), timm_port=_free_port(), ultralytics_port=_free_port())
     out.write(f"starting the backend and both trainers (data in {data_dir}) ...\n")
+    if note := stack.withheld_note():
+        out.write(f"{note}\n")
     out.flush()
     finished: list[Job] = []
     with stack:

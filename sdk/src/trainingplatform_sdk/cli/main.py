@@ -249,11 +249,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     say(f"starting the stack in {stack.data_dir} ...")
     say(f"trainers read data sets under {', '.join(str(root) for root in stack.data_roots)}")
-    if stack.withheld_settings:
-        say(
-            f"{', '.join(stack.withheld_settings)}: not given to the services (settings of one server, which all of "
-            "them would share: one metrics port, TLS the stack does not speak)"
-        )
+    if note := stack.withheld_note():
+        say(note)
     try:
         stack.start()  # stops what it started when it fails
     except KeyboardInterrupt:

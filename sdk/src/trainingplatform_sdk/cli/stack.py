@@ -281,6 +281,15 @@ class Stack:
         """The embedded SQLite database."""
         return self.data_dir / "backend.db"
 
+    def withheld_note(self) -> str:
+        """One line naming the `withheld_settings` and why no service gets them; empty when there are none."""
+        if not self.withheld_settings:
+            return ""
+        return (
+            f"{', '.join(self.withheld_settings)}: not given to the services (settings of one server, which all of "
+            "them would share: one metrics port, TLS the stack does not speak)"
+        )
+
     def start(self, timeout: float = 120.0) -> None:
         """Checks that every port is free, starts every service and waits until each answers its health check.
         On any failure, stops what was started.
