@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,7 @@ from support.tp import TP, shell_env
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_backend.dispatch import FRAMEWORKS_TTL_S
 from trainingplatform_sdk.clients import JobsClient
 
 SPEC = common_pb2.JobSpec(
@@ -71,6 +73,48 @@ def test_unreachable_trainers_fail_the_job_with_every_reason(database_url: str, 
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_list_frameworks_asks_the_trainers_at_most_once_a_ttl_and_sees_a_new_trainer_after_it(
+    database_url: str, tmp_path: Path
+):
+    """ListFrameworks asked every trainer on each call: a flood of calls (the read token may make them) became as
+    many GetCapabilities calls on the trainers. The answer is kept FRAMEWORKS_TTL_S; concurrent callers share one
+    refresh."""
+    trainer = FakeTrainer()  # not started yet: nothing answers at its address
+    backend = BackendProcess(database_url, tmp_path / "data", extra_env={"TP_TRAINERS": f"timm={trainer.address}"})
+    backend.start()
+    try:
+        jobs, read = backend.jobs(), auth(backend.read_token)
+
+        def reachable(_: object = None) -> int:
+            [timm] = jobs.ListFrameworks(jobs_pb2.ListFrameworksRequest(), metadata=read, timeout=10).frameworks
+            return timm.reachable_trainers
+
+        def flood() -> tuple[list[int], int, float]:
+            """40 quick calls, 8 at a time: their answers, the trainer calls they cost and how long they took."""
+            before, started = trainer.calls.get("GetCapabilities", 0), time.monotonic()
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(reachable, range(40)))
+            return answers, trainer.calls.get("GetCapabilities", 0) - before, time.monotonic() - started
+
+        first = time.monotonic()
+        assert reachable() == 0
+        trainer.start()
+        answers, asked, _ = flood()
+        since = time.monotonic() - first
+        assert asked <= int(since / FRAMEWORKS_TTL_S), (asked, since)  # 40 before the answer was kept
+        if since < FRAMEWORKS_TTL_S:
+            assert set(answers) == {0}  # the kept answer: the trainer is not asked yet
+        # The trainer that started shows once the kept answer is older than the TTL.
+        wait_until(lambda: reachable() == 1, FRAMEWORKS_TTL_S + 10, "the started trainer to be listed")
+        answers, asked, took = flood()
+        assert set(answers) == {1}
+        assert asked <= 1 + int(took / FRAMEWORKS_TTL_S), (asked, took)
+    finally:
+        backend.close()
+        trainer.close()
 
 
 @pytest.mark.timeout(300)

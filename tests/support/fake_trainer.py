@@ -169,3 +169,9 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
                     return trainer_pb2.CancelTrainingResponse(run=run.proto())
         context.abort(grpc.StatusCode.NOT_FOUND, "no such run")
         raise AssertionError  # unreachable
+
+    def GetCapabilities(
+        self, request: trainer_pb2.GetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.GetCapabilitiesResponse:
+        self._count("GetCapabilities")
+        return trainer_pb2.GetCapabilitiesResponse(framework="timm", max_concurrent_jobs=self.capacity or 0)

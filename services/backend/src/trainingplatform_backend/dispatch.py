@@ -100,6 +100,9 @@ LIST_PAGE_SIZE = 1000
 
 # How long ListFrameworks waits for a trainer's GetCapabilities answer.
 CAPABILITIES_TIMEOUT_S = 2.0
+# How long ListFrameworks serves the trainers' last answers before asking them again: a flood of calls (the read
+# token may make them) costs the trainers at most one GetCapabilities each per this time and backend process.
+FRAMEWORKS_TTL_S = 5.0
 
 RETRY_NEXT = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -207,14 +210,35 @@ class Dispatcher:
         self._round_failures = RoundFailures("dispatch round", log)
         self._lease_failures = RoundFailures("lease check", log)
         self._tasks: list[asyncio.Task[None]] = []
+        # ListFrameworks: the last answer and when it came (monotonic), and the refresh in flight that every caller
+        # waiting for a newer one shares.
+        self._frameworks: tuple[float, list[FrameworkTrainers]] | None = None
+        self._frameworks_refresh: asyncio.Task[list[FrameworkTrainers]] | None = None
 
     def has_trainer(self, framework: str) -> bool:
         """Whether a trainer is configured for the framework."""
         return bool(self._settings.trainers.get(framework))
 
-    async def frameworks(self, timeout_s: float = CAPABILITIES_TIMEOUT_S) -> list[FrameworkTrainers]:
-        """Every framework with a trainer configured (TP_TRAINERS), by name, with how many of its trainers answer
-        GetCapabilities now: all of them are asked at once, each within `timeout_s` (ListFrameworks)."""
+    async def frameworks(self) -> list[FrameworkTrainers]:
+        """Every framework with a trainer configured (TP_TRAINERS), by name, with how many of its trainers answered
+        GetCapabilities at most FRAMEWORKS_TTL_S ago (ListFrameworks). Concurrent callers share one refresh, which
+        a caller's cancel (its deadline) does not stop."""
+        kept = self._frameworks
+        if kept is not None and time.monotonic() - kept[0] < FRAMEWORKS_TTL_S:
+            return kept[1]
+        refresh = self._frameworks_refresh
+        if refresh is None:
+            refresh = self._frameworks_refresh = asyncio.create_task(self._ask_frameworks())
+            refresh.add_done_callback(self._frameworks_refreshed)
+        return await asyncio.shield(refresh)
+
+    def _frameworks_refreshed(self, refresh: asyncio.Task[list[FrameworkTrainers]]) -> None:
+        self._frameworks_refresh = None
+        if not refresh.cancelled() and refresh.exception() is None:  # an error reaches the callers, is not kept
+            self._frameworks = (time.monotonic(), refresh.result())
+
+    async def _ask_frameworks(self, timeout_s: float = CAPABILITIES_TIMEOUT_S) -> list[FrameworkTrainers]:
+        """`frameworks` asked now: every trainer at once, each within `timeout_s`."""
 
         async def ask(address: str) -> str:
             """'' when the trainer answered, else why not."""
@@ -675,7 +699,8 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stops the loops and the dispatches in flight (their claims expire; any backend resumes them), then
         closes the channels."""
-        for task in [*self._tasks, *(task for _, task in self._dispatching.values()), *self._cancels]:
+        refresh = [self._frameworks_refresh] if self._frameworks_refresh is not None else []
+        for task in [*self._tasks, *(task for _, task in self._dispatching.values()), *self._cancels, *refresh]:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         for channel in self._channels.values():
