@@ -3,6 +3,7 @@ the with-block, calls after close, a refusal for good, a spool directory that ca
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from reliability.polling import wait_until
 from support.backend import BackendProcess
 from trainingplatform_sdk import JobsClient, LoggerSettings, TrainingLogger
 from trainingplatform_sdk.errors import PlatformError
+from trainingplatform_sdk.telemetry.spool import Spool
 
 
 @pytest.mark.parametrize("where", ["argument", "TP_SPOOL_DIR"])
@@ -38,6 +40,29 @@ def test_a_spool_directory_that_cannot_be_made_names_the_setting(
     message = str(raised.value)
     assert str(blocker) in message and setting in message
     assert os.listdir(tmp_path) == ["a-file"]
+
+
+def test_a_spool_whose_state_cannot_be_written_is_refused_at_start(
+    unreachable_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The state file unwritable (permission denied, a read-only file): the logger used to start, spool its points
+    # under a numbering nobody could check and its calls nowhere, and say at close that they were kept; a later
+    # logger then took them for checked and the backend dropped them as duplicates, the status lost.
+    spool_dir = tmp_path / "spool"
+    real_save = Spool.save_state
+
+    def denied(self: Spool, durable: bool = False) -> None:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.directory / "state.0"))
+
+    monkeypatch.setattr(Spool, "save_state", denied)
+    with pytest.raises(PlatformError) as raised:
+        TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=spool_dir)
+    assert isinstance(raised.value, OSError)
+    message = str(raised.value)
+    assert str(spool_dir / "state.0") in message and "spool_dir" in message and "Permission denied" in message
+    # Nothing holds the directory: once the state can be written, a logger uses it.
+    monkeypatch.setattr(Spool, "save_state", real_save)
+    TrainingLogger("job-1", backend_address=unreachable_address, token="t", spool_dir=spool_dir).close(0.1)
 
 
 @pytest.mark.parametrize("timeout", [float("inf"), 1e10])

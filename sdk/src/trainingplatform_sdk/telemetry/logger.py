@@ -79,6 +79,24 @@ def _clean(text: str) -> str:
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _spool_error(job_id: str, directory: Path, passed: bool, exc: OSError) -> SpoolError:
+    """The error of a spool directory a logger cannot use: it names the directory, the file and the setting."""
+    setting = (
+        "the spool_dir argument"
+        if passed
+        else "TP_SPOOL_DIR"
+        if os.environ.get("TP_SPOOL_DIR")
+        else "the default under $HOME; set TP_SPOOL_DIR or pass spool_dir"
+    )
+    problem = exc.strerror or str(exc)
+    if exc.strerror and exc.filename and Path(exc.filename) != directory:
+        problem = f"{exc.strerror}: {exc.filename}"
+    return SpoolError(
+        f"job {job_id}: cannot use the telemetry spool directory {directory} ({setting}): {problem}; choose a "
+        "directory this process can create and write"
+    )
+
+
 def _error_text(error: object) -> str:
     """An error for UpdateStatus: text as it is, an exception as `<type>: <message>` (its type alone when empty);
     never raises (an exception whose message cannot be printed is named by its type)."""
@@ -266,8 +284,9 @@ class TrainingLogger:
             ValueError: No job id though the logger would be enabled, the address is malformed, the token is not
                 printable ASCII (surrounding whitespace is stripped), or the spool belongs to another job.
             trainingplatform_sdk.errors.SpoolLockedError: Another live process uses the same spool directory.
-            trainingplatform_sdk.errors.SpoolError: The spool directory cannot be created or opened (an OSError
-                too); the message names the directory and the setting it came from (spool_dir, TP_SPOOL_DIR).
+            trainingplatform_sdk.errors.SpoolError: The spool directory cannot be created or opened, or its state
+                cannot be written (an OSError too); the message names the directory, the file and the setting it
+                came from (spool_dir, TP_SPOOL_DIR).
         """
         if isinstance(backend_address, _FromEnv):
             backend_address = os.environ.get("BACKEND_API_URL", "").strip() or None
@@ -335,17 +354,7 @@ class TrainingLogger:
         try:
             spool = Spool(directory, job_id, self.settings.spool_max_bytes, self.settings.spool_segment_bytes)
         except OSError as exc:
-            setting = (
-                "the spool_dir argument"
-                if spool_dir is not None
-                else "TP_SPOOL_DIR"
-                if os.environ.get("TP_SPOOL_DIR")
-                else "the default under $HOME; set TP_SPOOL_DIR or pass spool_dir"
-            )
-            raise SpoolError(
-                f"job {job_id}: cannot use the telemetry spool directory {directory} ({setting}): "
-                f"{exc.strerror or exc}; choose a directory this process can create and write"
-            ) from exc
+            raise _spool_error(job_id, directory, spool_dir is not None, exc) from exc
         try:
             channel = open_channel(address, options=channel_options(self.settings))
         except BaseException:
@@ -353,9 +362,16 @@ class TrainingLogger:
             raise
         self._spool_dir = directory
         self._ended = any(_ends_the_job(call) for call in spool.state.get("calls", []))
-        self._sender = Sender(
-            job_id, self._buffer, channel, auth_metadata(token), spool, self.settings, torchrun_rank()
-        )
+        try:
+            self._sender = Sender(
+                job_id, self._buffer, channel, auth_metadata(token), spool, self.settings, torchrun_rank()
+            )
+        except BaseException as exc:
+            spool.close()
+            channel.close()
+            if isinstance(exc, OSError):  # the spool's state cannot be written
+                raise _spool_error(job_id, directory, spool_dir is not None, exc) from exc
+            raise
         self._sender.on_exit = self._sender_stopped
         self._wake = self._sender
         self._relay = relay_job_id() == job_id

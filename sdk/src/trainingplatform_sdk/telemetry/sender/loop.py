@@ -81,7 +81,11 @@ class Sender(threading.Thread):
         settings: LoggerSettings,
         rank: int,
     ) -> None:
-        """Takes up what an earlier process left in the spool; the thread starts with `start()`."""
+        """Takes up what an earlier process left in the spool and saves it back; the thread starts with `start()`.
+
+        Raises:
+            OSError: The spool state cannot be written (`SavedState.save_at_start`).
+        """
         super().__init__(name=f"trainingplatform-telemetry-sender[{job_id}]", daemon=True)
         self.job_id = job_id
         self.settings = settings
@@ -122,6 +126,7 @@ class Sender(threading.Thread):
         #: Called on this thread when it ends, for whatever reason (the logger stops buffering for it).
         self.on_exit: Callable[[], None] | None = None
         self._calls.load(spool.state.get("calls", []))
+        self._state.save_at_start()
         replayed = self._metrics.replayed + self._logs.replayed
         if replayed or len(self._calls):
             _LOG.info(

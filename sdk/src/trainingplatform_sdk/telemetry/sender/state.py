@@ -92,7 +92,20 @@ class SavedState:
             for outbox, before in zip(outboxes, reserved, strict=True):
                 outbox.reserved = before
 
-    def _write(self, durable: bool) -> bool:
+    def save_at_start(self) -> None:
+        """Saves the state as taken up from the spool, durably, before anything is numbered.
+
+        A spool whose state cannot be written must not be used: its points would be spooled under a numbering the
+        next logger cannot tell from a checked one (it would send them as they are, and the backend drop them as
+        duplicates of what it holds), and its calls kept nowhere.
+
+        Raises:
+            OSError: The state cannot be written (permission denied, a read-only file or file system...).
+        """
+        self._store(durable=True)
+        self.dirty = False
+
+    def _store(self, durable: bool) -> None:
         self._spool.state.update(
             {
                 self._metrics.name: self._metrics.state(),
@@ -100,8 +113,11 @@ class SavedState:
                 "calls": self._calls.saved(),
             }
         )
+        self._spool.save_state(durable)
+
+    def _write(self, durable: bool) -> bool:
         try:
-            self._spool.save_state(durable)
+            self._store(durable)
         except OSError as exc:
             if not self._failing:
                 self._failing = True
