@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +17,9 @@ from support.raw_h2 import call, response_data
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.jobs.v1 import jobs_pb2
 from trainingplatform.telemetry.v1 import telemetry_pb2
+from trainingplatform_backend.auth import Authenticator, Kind, Principal, mint_job_token
+from trainingplatform_backend.store import Store
+from trainingplatform_sdk.errors import UnauthenticatedError
 
 OK = grpc.StatusCode.OK
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
@@ -204,6 +210,42 @@ def test_only_ascii_space_and_tab_around_the_bearer_token_are_ignored(backend: B
     ):
         assert not answered(value), value
     assert job_id in backend.jobs().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=auth(token)).job.job_id
+
+
+def test_an_unknown_job_token_costs_one_lookup_a_ttl_and_its_job_created_later_is_accepted_after_it(store: Store):
+    """A token naming a job id no job has cost a database query on every call; the answer is kept a short time, so
+    a job created meanwhile (by another backend process) is accepted once it has passed."""
+    lookups: list[str] = []
+
+    def counted(job_id: str) -> str | None:
+        lookups.append(job_id)
+        return store.token_hash(job_id)
+
+    authenticator = Authenticator(internal_token="internal", read_token="", job_token_hash=counted, missing_ttl_s=1.0)
+    job_id = str(uuid.uuid4())
+    token, token_hash = mint_job_token(job_id)
+
+    async def refused(calls: int) -> None:
+        for _ in range(calls):
+            with pytest.raises(UnauthenticatedError):
+                await authenticator.authenticate(token)
+
+    asyncio.run(refused(100))
+    assert len(lookups) == 1
+    store.create_job(
+        job_id=job_id,
+        token_hash=token_hash,
+        framework="timm",
+        model_name="resnet10t",
+        display_name="",
+        model_config={"name": "resnet10t"},
+        dataset_config={"name": "digits"},
+        training_config={"epochs": 1},
+        advanced_config={},
+    )
+    time.sleep(1.0)
+    assert asyncio.run(authenticator.authenticate(token)) == Principal(Kind.JOB, job_id)
+    assert len(lookups) == 2
 
 
 def test_health_needs_no_token(backend: BackendProcess):

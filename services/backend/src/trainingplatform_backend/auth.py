@@ -120,6 +120,13 @@ def authorize_job(job_id: str) -> None:
         raise PermissionDeniedError("this telemetry token belongs to another job")
 
 
+#: How long a job id no job has is answered missing without a database query (`Authenticator`): a client repeating
+#: a token of a job that does not exist costs one query per this time, not one per call. A job created meanwhile
+#: can only be one whose id the token's sender knew before it existed (CreateJob draws ids at random), so its token
+#: is refused at most this long.
+MISSING_JOB_TTL_S = 5.0
+
+
 class Authenticator:
     """Turns the bearer token of a call into a Principal."""
 
@@ -131,13 +138,16 @@ class Authenticator:
         job_token_hash: Callable[[str], str | None],
         frontend_token: str = "",
         cache_size: int = 10_000,
+        missing_ttl_s: float = MISSING_JOB_TTL_S,
     ) -> None:
         """Args:
         internal_token: the service token (required, non-empty).
         read_token: the read-only token, or empty for none.
         frontend_token: the front ends' token, or empty for none.
         job_token_hash: looks up the stored hash of a job's token (blocking; run in a thread), None if no job.
-        cache_size: how many job token hashes to keep in memory; hashes never change.
+        cache_size: how many job token hashes, and how many job ids found missing, to keep in memory; hashes never
+            change.
+        missing_ttl_s: how long a job id found missing is answered missing without asking the database again.
         """
         if not internal_token:
             raise ValueError("the internal service token must not be empty")
@@ -147,6 +157,8 @@ class Authenticator:
         self._lookup = job_token_hash
         self._cache: OrderedDict[str, str] = OrderedDict()
         self._cache_size = cache_size
+        self._missing: OrderedDict[str, float] = OrderedDict()  # job id -> when it was found missing (monotonic)
+        self._missing_ttl_s = missing_ttl_s
 
     async def authenticate(self, token: str) -> Principal:
         """Returns the caller presenting `token` (the bearer token, without surrounding white space).
@@ -179,11 +191,20 @@ class Authenticator:
         if cached is not None:
             self._cache.move_to_end(job_id)
             return cached
+        missing_at = self._missing.get(job_id)
+        if missing_at is not None and time.monotonic() - missing_at < self._missing_ttl_s:
+            return None
         stored = await asyncio.to_thread(self._lookup, job_id)
         if stored is not None:
+            self._missing.pop(job_id, None)
             self._cache[job_id] = stored
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
+        else:
+            self._missing[job_id] = time.monotonic()
+            self._missing.move_to_end(job_id)
+            if len(self._missing) > self._cache_size:
+                self._missing.popitem(last=False)
         return stored
 
 
