@@ -44,7 +44,14 @@ from trainingplatform_sdk.telemetry.sender import CALL, FLUSH, LOG, METRIC, Buff
 from trainingplatform_sdk.telemetry.sender.validation import KNOWN_KEYS_LIMIT, valid_key
 from trainingplatform_sdk.telemetry.settings import LoggerSettings, channel_options
 from trainingplatform_sdk.telemetry.spool import Spool
-from trainingplatform_sdk.telemetry.values import job_status, log_level, log_text, metric_value, torchrun_rank
+from trainingplatform_sdk.telemetry.values import (
+    job_status,
+    log_level,
+    log_text,
+    metric_value,
+    torchrun_rank,
+    utf8_text,
+)
 
 _LOG = logging.getLogger("trainingplatform_sdk.logger")
 # The wall clock of a point, bound once: the log calls run at every training step, and this saves them a lookup.
@@ -71,12 +78,6 @@ _SUMMARY_KEYS_SHOWN = 20
 _BAD_KEY = f"a key must be 1 to {MAX_KEY_CHARS} characters, no control characters"
 
 _TERMINAL = frozenset({common_pb2.JOB_STATUS_COMPLETED, common_pb2.JOB_STATUS_FAILED, common_pb2.JOB_STATUS_CANCELLED})
-
-
-def _clean(text: str) -> str:
-    """`text` as a request can carry it: what UTF-8 cannot encode (a lone surrogate, as in a file name that Python
-    decoded with surrogateescape) is replaced by `?`, as in log records. Building a request of such text raises."""
-    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _spool_error(job_id: str, directory: Path, passed: bool, exc: OSError) -> SpoolError:
@@ -181,10 +182,10 @@ def _run_info(
         raise TypeError("artifacts must map names to URIs, both text, for example {'best_checkpoint': 's3://b/k'}")
     return telemetry_pb2.ReportRunInfoRequest(
         job_id=job_id,
-        mlflow_run_id=_clean(mlflow_run_id or ""),
-        mlflow_tracking_uri=_clean(mlflow_tracking_uri or ""),
+        mlflow_run_id=utf8_text(mlflow_run_id or ""),
+        mlflow_tracking_uri=utf8_text(mlflow_tracking_uri or ""),
         artifacts=[
-            telemetry_pb2.Artifact(name=_clean(name), uri=_clean(uri)) for name, uri in (artifacts or {}).items()
+            telemetry_pb2.Artifact(name=utf8_text(name), uri=utf8_text(uri)) for name, uri in (artifacts or {}).items()
         ],
     )
 
@@ -561,9 +562,9 @@ class TrainingLogger:
         request = telemetry_pb2.UpdateStatusRequest(
             job_id=self.job_id,
             status=value,
-            reason=_clean(log_text(reason or "")),
-            error_message=truncate_utf8(_clean(_error_text(error)), MAX_ERROR_MESSAGE_BYTES),
-            error_detail=truncate_utf8(_clean(log_text(error_detail or "")), MAX_ERROR_DETAIL_BYTES),
+            reason=utf8_text(log_text(reason or "")),
+            error_message=truncate_utf8(utf8_text(_error_text(error)), MAX_ERROR_MESSAGE_BYTES),
+            error_detail=truncate_utf8(utf8_text(log_text(error_detail or "")), MAX_ERROR_DETAIL_BYTES),
         )
         if request.status in _TERMINAL and not self._off:
             self._ended = True

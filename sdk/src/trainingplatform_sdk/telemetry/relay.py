@@ -17,6 +17,8 @@ import json
 import os
 from typing import Any
 
+from trainingplatform_sdk.telemetry.values import utf8_text
+
 __all__ = ["RELAY_JOB_ENV", "RELAY_MARKER", "parse_relayed", "relay_job_id", "write_relayed"]
 
 RELAY_JOB_ENV = "TP_RUN_JOB_ID"
@@ -39,7 +41,7 @@ def write_relayed(record: dict[str, Any], fd: int = 2) -> bool:
     """
     try:
         line = RELAY_MARKER + json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
-        data = line.encode("utf-8", "replace")
+        data = utf8_text(line).encode("utf-8")
     except (TypeError, ValueError):
         return False
     try:

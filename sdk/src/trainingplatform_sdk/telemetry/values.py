@@ -9,7 +9,7 @@ from typing import cast
 
 from trainingplatform.common.v1 import common_pb2
 
-__all__ = ["job_status", "log_level", "log_text", "metric_value", "torchrun_rank"]
+__all__ = ["job_status", "log_level", "log_text", "metric_value", "torchrun_rank", "utf8_text"]
 
 _STATUSES: dict[str, common_pb2.JobStatus] = {
     "pending": common_pb2.JOB_STATUS_PENDING,
@@ -58,6 +58,13 @@ def log_text(message: object) -> str:
         return str(message)
     except Exception:
         return f"<unprintable {type(message).__name__}>"
+
+
+def utf8_text(text: str) -> str:
+    """`text` as a request (or a line to `tp run`) can carry it: what UTF-8 cannot encode (a lone surrogate, as in a
+    file name that Python decoded with surrogateescape) is replaced by `?`. Encoding such text raises, and a request
+    holding it cannot be built."""
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 
 _MAX_RANK = 2**31 - 1  # LogRecord.rank is an int32 of at least 0

@@ -11,6 +11,7 @@ from typing import TypeGuard
 
 from trainingplatform_sdk.spec.limits import MAX_EPOCH, MAX_KEY_CHARS, MAX_STEP
 from trainingplatform_sdk.telemetry.sender.buffer import LogItem, MetricItem
+from trainingplatform_sdk.telemetry.values import utf8_text
 
 _OUT_OF_RANGE = f"step must be between 0 and 2**53 - 1, epoch between 0 and {MAX_EPOCH}"
 """The backend's bounds (MAX_STEP, MAX_EPOCH): a point past them would make it refuse the whole stream."""
@@ -113,9 +114,8 @@ class Validator:
         _, message, level, epoch, step, wall = item
         try:
             step, epoch = position(step, epoch)
-            if not message.isascii():
-                # Lone surrogates cannot be encoded as UTF-8 and would make the whole batch unbuildable.
-                message = message.encode("utf-8", "replace").decode("utf-8")
+            # Lone surrogates cannot be encoded as UTF-8 and would make the whole batch unbuildable.
+            message = utf8_text(message)
         except InvalidPoint:
             raise
         except Exception as exc:
