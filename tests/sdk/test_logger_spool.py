@@ -170,6 +170,44 @@ def test_trim_accounts_for_every_point_once(tmp_path_factory: pytest.TempPathFac
     reopened.close()
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batches=st.lists(st.tuples(st.integers(1, 30), st.integers(0, 5)), min_size=1, max_size=25),
+    cursor=st.integers(min_value=0, max_value=1000),
+    forgotten=st.integers(min_value=0, max_value=30),
+)
+def test_first_record_after_finds_the_record_holding_the_next_point(  # type: ignore[no-untyped-def]
+    tmp_path_factory: pytest.TempPathFactory, batches, cursor, forgotten
+) -> None:
+    # The sender asks it for every message it sends from the spool; it must find the record a scan from the
+    # first record would, across segments, after a trim (a record's committed prefix cut), a forgotten record
+    # (unreadable) and a reopen.
+    directory = tmp_path_factory.mktemp("spool")
+    spool = _open(directory, segment_bytes=100)
+    sequence = 0
+    for size, gap in batches:
+        first = sequence + gap + 1  # a gap: sequences renumbered, or points dropped before they were spooled
+        spool.append("metrics", b"p" * size, first, first + size - 1, size)
+        sequence = first + size - 1
+    spool.trim("metrics", cursor)
+    records = spool.records("metrics")
+    if records:
+        spool.forget("metrics", records[forgotten % len(records)])
+
+    def check(opened: Spool) -> None:
+        records = opened.records("metrics")
+        for sent in range(sequence + 2):
+            expected = next((record for record in records if record.last > sent), None)
+            assert opened.first_record_after("metrics", sent) is expected, sent
+        assert opened.first_record_after("logs", 0) is None
+
+    check(spool)
+    spool.close()
+    reopened = _open(directory)
+    check(reopened)
+    reopened.close()
+
+
 def test_a_save_torn_by_a_crash_leaves_the_previous_state(tmp_path: Path) -> None:
     spool = _open(tmp_path)
     spool.state["metrics"] = {"assigned": 10}
