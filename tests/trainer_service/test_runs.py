@@ -395,3 +395,49 @@ def test_a_shutdown_while_the_backend_is_down_keeps_an_undelivered_end_for_the_n
         assert backend.cursor_row(job_id)["duplicate_count"] == 0
     finally:
         trainer.close()
+
+
+def _slow_image_folder(root: Path, classes: int = 1000, directories: int = 2000) -> Path:
+    """An ImageFolder data set whose submit check walks for a minute or more on this machine: every class folder
+    of train/ and val/ is a symbolic link to one shared folder of `directories` empty directories and one image
+    (legal: no link loop within a class folder), so the check walks it once per class."""
+    from PIL import Image
+
+    shared = root / "shared"
+    for i in range(directories):
+        (shared / f"d{i}").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(shared / "0.png")
+    for split in ("train", "val"):
+        (root / split).mkdir()
+        for i in range(classes):
+            os.symlink(shared, root / split / f"class{i}")
+    return root
+
+
+@pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
+def test_sigterm_during_a_long_submit_check_stops_the_service_within_its_grace(
+    tmp_path: Path, validate_only: bool
+) -> None:
+    """SIGTERM while StartTraining checked a large data set waited for the check to end (minutes) before the
+    shutdown began: the start held the lock the shutdown takes, and the check's worker thread kept the process from
+    exiting. The shutdown now begins at once, the call is answered UNAVAILABLE (or cancelled) and the process exits
+    within TP_SHUTDOWN_GRACE_S."""
+    dataset = _slow_image_folder(tmp_path / "big")
+    trainer = TrainerProcess(tmp_path / "trainer", env={"TP_SHUTDOWN_GRACE_S": "2"}).start()
+    try:
+        request = trainer_pb2.StartTrainingRequest(
+            job_id="slow-check", spec=spec(dataset="", path=str(dataset)), validate_only=validate_only
+        )
+        call = trainer.stub.StartTraining.future(request, metadata=trainer.metadata, timeout=300)
+        time.sleep(3)  # the check is walking
+        assert not call.done()
+        assert trainer.process is not None
+        trainer.process.send_signal(signal.SIGTERM)
+        # The check alone walks for a minute or more; the grace is 2 s, the rest the interpreter's own teardown
+        # (torch is imported), a few seconds on a loaded machine.
+        assert trainer.process.wait(timeout=20) == 0
+        with pytest.raises(grpc.RpcError) as caught:
+            call.result(timeout=10)
+        assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), caught.value
+    finally:
+        trainer.close()

@@ -3,7 +3,8 @@
 It is built from `trainingplatform_sdk.server` like the backend: the same keepalive (`server.options`), TLS,
 health, reflection and shutdown order.
 
-Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING, StartTraining answers UNAVAILABLE, every live run is
+Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING, StartTraining answers UNAVAILABLE (a call still in its
+submit checks too, at once: `Supervisor.validate`), every live run is
 stopped like a cancel (SIGTERM, SIGKILL after TP_CANCEL_GRACE_S; checkpoints and telemetry so far are kept, the
 jobs end CANCELLED), reads keep being answered until the processes have exited, then the server stops with
 TP_SHUTDOWN_GRACE_S for open calls. Runs are stopped rather than left behind because nothing would watch,

@@ -12,7 +12,6 @@ from trainingplatform.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from trainingplatform_sdk.errors import InvalidArgumentError
 from trainingplatform_sdk.trainer_service.framework import Catalog
 from trainingplatform_sdk.trainer_service.supervisor import Supervisor
-from trainingplatform_sdk.trainer_service.validation import validate_start
 
 __all__ = ["TrainerServicer"]
 
@@ -41,7 +40,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ) -> trainer_pb2.StartTrainingResponse:
         if request.validate_only:
             # Every check a start runs, and nothing else: no run, no process, no slot of the concurrency limit.
-            await asyncio.to_thread(validate_start, request, self._catalog)
+            await self._supervisor.validate(request)
             return trainer_pb2.StartTrainingResponse()
         run = await self._supervisor.start(request)
         return trainer_pb2.StartTrainingResponse(run_id=run.run_id)

@@ -71,9 +71,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from trainingplatform.trainer.v1 import trainer_pb2
 
@@ -104,6 +104,7 @@ from trainingplatform_sdk.training.recorder import run_left_open
 __all__ = ["LOG_FILE_NAME", "Run", "Supervisor"]
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # Never handed to a training process: it runs arbitrary model code and needs only its job's telemetry token.
 # The service's own credentials never reach model code; the run gets only its job's token.
@@ -117,6 +118,7 @@ _WITHHELD_ENV = (
 )
 _CANCELLED_BY_REQUEST = "cancelled by CancelTraining"
 _CANCELLED_BY_SHUTDOWN = "the trainer service shut down"
+_SHUTTING_DOWN = "this trainer is shutting down; start the job on another trainer or retry later"
 _SUPERSEDED = "superseded: the job was started again with another dispatch attempt's telemetry token"
 #: Seconds between two checks of an adopted process, which is not the service's child.
 ADOPTED_POLL_S = 0.2
@@ -153,6 +155,7 @@ class Supervisor:
         self._start_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shutting_down = False
+        self._stopping = asyncio.Event()  # set with `_shutting_down`: ends the submit checks in progress
         self._stop_reporting = threading.Event()  # set when a shutdown stops waiting for the reports
         self._lock_fd = -1
 
@@ -263,7 +266,7 @@ class Supervisor:
         validate_job_id(request.job_id)
         async with self._start_lock:
             if self._shutting_down:
-                raise UnavailableError("this trainer is shutting down; start the job on another trainer or retry later")
+                raise UnavailableError(_SHUTTING_DOWN)
             live = self._live_run(request.job_id)
             if live is not None:
                 if not live.cancel_reason and _same_attempt(live, request):
@@ -275,7 +278,7 @@ class Supervisor:
                     "has ended"
                     + ("" if live.cancel_reason != _SUPERSEDED else " (it was started by another dispatch attempt)")
                 )
-            job = await asyncio.to_thread(validate_start, request, self._catalog)
+            job = await self.validate(request)
             if len(self._live) >= self._settings.max_concurrent_jobs:
                 metrics.REFUSED_STARTS.labels(self._catalog.description.framework).inc()
                 raise ResourceExhaustedError(
@@ -283,6 +286,28 @@ class Supervisor:
                     "concurrent job(s) and keeps no queue; retry later or use another trainer"
                 )
             return await self._spawn(job)
+
+    async def validate(self, request: trainer_pb2.StartTrainingRequest) -> JobRequest:
+        """StartTraining's checks (`validate_start`), in a daemon thread: they may walk a large data set for
+        minutes, and a shutdown does not wait for them. Once it begins, the call answers UNAVAILABLE at once and the
+        thread's result is dropped; being a daemon, the thread does not keep the process from exiting.
+
+        Raises:
+            PlatformError: The checks' refusal; UNAVAILABLE when the service is (or starts) shutting down.
+        """
+        if self._shutting_down:
+            raise UnavailableError(_SHUTTING_DOWN)
+        check = _in_daemon_thread(validate_start, request, self._catalog)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((check, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not check.done():  # a shutdown, or the call was cancelled: the thread's result goes nowhere
+                check.cancel()
+        if check.cancelled():
+            raise UnavailableError(_SHUTTING_DOWN)
+        return check.result()
 
     async def _spawn(self, job: JobRequest) -> Run:
         run_id = uuid.uuid4().hex
@@ -401,7 +426,8 @@ class Supervisor:
         """Refuses new starts, stops every live run (SIGTERM, SIGKILL after TP_CANCEL_GRACE_S), waits for the
         processes to exit and for the status reports to the backend."""
         self._shutting_down = True
-        async with self._start_lock:  # a start in progress finishes first, and its run is stopped too
+        self._stopping.set()  # a start still checking its request answers UNAVAILABLE at once
+        async with self._start_lock:  # a start past its checks finishes first, and its run is stopped too
             live = list(self._live.values())
         for run in live:
             if not run.cancel_reason:
@@ -537,6 +563,33 @@ class Supervisor:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("a supervisor task failed", exc_info=task.exception())
+
+
+def _in_daemon_thread(function: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+    """`function(*args)` in a new daemon thread, as a future of the running loop. Cancelling the future does not
+    stop the thread: its result is dropped, and the process may exit before it ends (unlike `asyncio.to_thread`,
+    whose executor's threads the interpreter waits for at exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = function(*args), None
+        except BaseException as raised:  # handed to the awaiting coroutine
+            result, error = None, raised
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name=f"tp-{getattr(function, '__name__', 'check')}", daemon=True).start()
+    return future
 
 
 def _sequence(run: Run) -> int:
