@@ -99,6 +99,10 @@ class FrameworkDescription:
     list_optimizers: Callable[[], Iterable[str]] | None = None
     """Returns the `advanced_config.optimizer` names the framework accepts (lower case); None accepts any name
     (then `check_job` should check it)."""
+    refused_optimizers: Callable[[], Mapping[str, str]] | None = None
+    """Returns the optimizer names the framework has but this trainer refuses (lower case), each with why: the words
+    after the quoted name (`is a second-order optimizer, ...`). `list_optimizers` leaves them out (so `tp frameworks`
+    does not list them), and StartTraining refuses them with that reason rather than as unknown names."""
     resolve_dataset: Callable[[DatasetConfig], DatasetConfig] | None = None
     """Maps a dataset path given in another form to the one the adapter reads (ultralytics: a YOLO data set
     directory to its data.yaml), before the format check, once the path is known to lie under the data roots. The
@@ -162,6 +166,7 @@ class Catalog:
         self._model_set: frozenset[str] = frozenset()
         self._devices: tuple[str, ...] | None = None
         self._optimizers: frozenset[str] | None = None
+        self._refused_optimizers: dict[str, str] | None = None
         self._extra_options: dict[str, ExtraOption] | None = None
 
     def load(self) -> None:
@@ -169,6 +174,7 @@ class Catalog:
         self.models()
         self.devices()
         self.optimizers()
+        self.refused_optimizers()
         self.extra_options()
 
     def optimizers(self) -> frozenset[str] | None:
@@ -179,6 +185,16 @@ class Catalog:
             if self._optimizers is None:
                 self._optimizers = frozenset(name.lower() for name in self.description.list_optimizers())
             return self._optimizers
+
+    def refused_optimizers(self) -> dict[str, str]:
+        """The optimizer names the framework has but this trainer refuses (lower case), each with why."""
+        if self.description.refused_optimizers is None:
+            return {}
+        with self._lock:
+            if self._refused_optimizers is None:
+                refused = self.description.refused_optimizers()
+                self._refused_optimizers = {name.lower(): why for name, why in refused.items()}
+            return self._refused_optimizers
 
     def extra_options(self) -> dict[str, ExtraOption] | None:
         """The `advanced_config.extra` keys accepted, None when any key is (the framework lists none).

@@ -163,9 +163,12 @@ def _check_advanced(job: JobRequest, catalog: Catalog) -> None:
     advanced = job.advanced
     advanced.check_bounds(description.advanced_bounds, description.framework)  # ConfigError: InvalidArgumentError
     optimizers = catalog.optimizers()
-    if advanced.optimizer is not None and optimizers is not None:
+    if advanced.optimizer is not None:
         name = advanced.optimizer.lower()
-        if name not in optimizers:
+        why = catalog.refused_optimizers().get(name)
+        if why is not None:
+            raise InvalidArgumentError(f"advanced_config.optimizer: {quote(advanced.optimizer)} {why}")
+        if optimizers is not None and name not in optimizers:
             raise InvalidArgumentError(
                 f"advanced_config.optimizer: unknown {description.framework} optimizer {quote(advanced.optimizer)}"
                 f"{suggest(name, optimizers) or '; valid names: ' + _short_list(sorted(optimizers))}"

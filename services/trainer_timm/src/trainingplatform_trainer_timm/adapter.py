@@ -87,6 +87,7 @@ from trainingplatform_sdk.training.adapter import TrainingAdapter, TrainingResul
 from trainingplatform_trainer_timm import datasets
 
 __all__ = [
+    "SECOND_ORDER_REFUSAL",
     "DistributedRun",
     "TimmAdapter",
     "check_pretrained",
@@ -215,6 +216,13 @@ def load_checkpoint(path: str, *, mmap: bool = False) -> dict[str, Any]:
     return checkpoint
 
 
+#: Why a second-order optimizer is refused (after its quoted name); the service refuses those names at submit.
+SECOND_ORDER_REFUSAL = (
+    "is a second-order optimizer, which the timm trainer does not support (its training step does not keep the "
+    "gradients' graph); choose another optimizer"
+)
+
+
 def refuse_second_order(optimizer: torch.optim.Optimizer, name: str) -> None:
     """Refuses a second-order optimizer (adahessian, lookahead_adahessian): its step needs the gradients' own graph
     (`backward(create_graph=True)`), which this trainer's loop does not keep, so its first step would fail.
@@ -223,10 +231,7 @@ def refuse_second_order(optimizer: torch.optim.Optimizer, name: str) -> None:
         ConfigError: `optimizer` is second-order (timm's `is_second_order`).
     """
     if getattr(optimizer, "is_second_order", False):
-        raise ConfigError(
-            f"advanced_config.optimizer: {name[:100]!r} is a second-order optimizer, which the timm trainer does "
-            "not support (its training step does not keep the gradients' graph); choose another optimizer"
-        )
+        raise ConfigError(f"advanced_config.optimizer: {name[:100]!r} {SECOND_ORDER_REFUSAL}")
 
 
 @dataclass(frozen=True)

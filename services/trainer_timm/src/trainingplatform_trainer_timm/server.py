@@ -42,12 +42,30 @@ def _model_key(name: str) -> str:
     return name.split(".", 1)[0]
 
 
-def _optimizers() -> list[str]:
+def _all_optimizers() -> list[str]:
     import timm.optim
 
     names = [str(name) for name in timm.optim.list_optimizers()]
     # create_optimizer_v2 also takes `lookahead_<name>`.
     return names + [f"lookahead_{name}" for name in names]
+
+
+def _second_order(name: str) -> bool:
+    import timm.optim
+
+    return bool(timm.optim.get_optimizer_info(name.removeprefix("lookahead_")).second_order)
+
+
+def _optimizers() -> list[str]:
+    # The second-order ones (adahessian) are refused (`_refused_optimizers`): their step needs a backward pass that
+    # keeps the gradients' graph, which the TimmAdapter's loop does not make.
+    return [name for name in _all_optimizers() if not _second_order(name)]
+
+
+def _refused_optimizers() -> dict[str, str]:
+    from trainingplatform_trainer_timm.adapter import SECOND_ORDER_REFUSAL
+
+    return {name: SECOND_ORDER_REFUSAL for name in _all_optimizers() if _second_order(name)}
 
 
 def _advanced_defaults() -> dict[str, Any]:
@@ -132,6 +150,7 @@ DESCRIPTION = FrameworkDescription(
     model_key=_model_key,
     check_job=_check_job,
     list_optimizers=_optimizers,
+    refused_optimizers=_refused_optimizers,
     extra_options=lambda: EXTRA_OPTIONS,
     advanced_defaults=_advanced_defaults,
 )
