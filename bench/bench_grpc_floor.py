@@ -7,12 +7,15 @@ call) with nothing of this project on either side:
 - the client is this process: a thread puts the prebuilt serialized message into a queue that gRPC's request
   iterator reads, as the SDK hands its messages to gRPC;
 - then the same with the other client API, as an SDK built on it would send: a `grpc.aio` channel on an event loop
-  in a thread of its own, the ticking thread handing it each message with `call_soon_threadsafe`.
+  in a thread of its own, the ticking thread handing it each message with `call_soon_threadsafe`;
+- then with no gRPC library on the client at all: the ticking thread writes each message as an HTTP/2 DATA frame
+  on a plain socket (`tests/support/raw_h2.py`'s `ClientStream`), to the same bare server, which counts them as
+  before: what a transport below gRPC's Python layer would cost the SDK.
 
-Reported: `grpc_floor_ms_server` (the server process's CPU per message), `grpc_floor_ms_client` and
-`grpc_floor_ms_client_aio` (this process's CPU per message, less that of the same loop sending nothing, measured
-beside it). What the platform's numbers have above these is what its own code costs; a target below them cannot be
-met without another transport.
+Reported: `grpc_floor_ms_server` (the server process's CPU per message), `grpc_floor_ms_client`,
+`grpc_floor_ms_client_aio` and `raw_h2_ms_client` (this process's CPU per message, less that of the same loop
+sending nothing, measured beside it). What the platform's numbers have above the first three is what its own code
+costs; a target below them cannot be met without another transport.
 
     .venv/bin/python bench/bench_grpc_floor.py [--seconds 10]
 """
@@ -29,9 +32,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 from proc_cpu import process_cpu_s
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support.raw_h2 import ClientStream, response_data
 from trainingplatform.telemetry.v1 import telemetry_pb2
 
 _SERVICE = "bench.Floor"
@@ -127,6 +135,20 @@ def _aio_client_cpu_s(address: str, messages: int, message: bytes) -> tuple[floa
     return idle_cpu, client_cpu
 
 
+def _raw_client_cpu_s(address: str, messages: int, message: bytes) -> tuple[float, float]:
+    """This process's CPU for `messages` ticks sending nothing and for as many writing `message` each as an HTTP/2
+    DATA frame on a socket of its own (no gRPC library on this side)."""
+    stream = ClientStream(address, _METHOD)
+    stream.send(message)  # the call is open before the measurement
+    time.sleep(0.5)
+    idle_cpu = _loop(messages, lambda: None)
+    client_cpu = _loop(messages, lambda: stream.send(message))
+    received = int.from_bytes(response_data(stream.finish())[5:], "little")
+    if received != messages + 1:
+        raise RuntimeError(f"the bare server read {received} of {messages + 1} messages from the raw HTTP/2 client")
+    return idle_cpu, client_cpu
+
+
 def run(seconds: float = 10.0) -> dict[str, float]:
     """The bare client's and server's CPU per one-point message, in milliseconds."""
     with socket.socket() as probe:
@@ -159,6 +181,7 @@ def run(seconds: float = 10.0) -> dict[str, float]:
         if received != messages + 1:
             raise RuntimeError(f"the bare server read {received} of {messages + 1} messages")
         aio_idle_cpu, aio_client_cpu = _aio_client_cpu_s(f"127.0.0.1:{port}", messages, message)
+        raw_idle_cpu, raw_client_cpu = _raw_client_cpu_s(f"127.0.0.1:{port}", messages, message)
     finally:
         server.kill()
         server.wait()
@@ -166,6 +189,7 @@ def run(seconds: float = 10.0) -> dict[str, float]:
         "grpc_floor_ms_client": max(0.0, client_cpu - idle_cpu) / messages * 1000,
         "grpc_floor_ms_client_aio": max(0.0, aio_client_cpu - aio_idle_cpu) / messages * 1000,
         "grpc_floor_ms_server": server_cpu / messages * 1000,
+        "raw_h2_ms_client": max(0.0, raw_client_cpu - raw_idle_cpu) / messages * 1000,
     }
 
 

@@ -95,6 +95,12 @@ ROWS: list[Row] = [
         lambda r: (
             f"{_n(r['grpc_floor_ms_server'], 2)} / {_n(r['grpc_floor_ms_client'], 2)} ms; "
             f"{_n(r['grpc_floor_ms_client_aio'], 2)} ms"
+            + (
+                "; a client with no gRPC library, HTTP/2 frames written on its own socket: "
+                f"{_n(r['raw_h2_ms_client'], 2)} ms"
+                if "raw_h2_ms_client" in r
+                else ""
+            )
         ),
         lambda r: "",
     ),

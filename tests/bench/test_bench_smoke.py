@@ -64,6 +64,7 @@ def test_bench_smoke_reports_every_metric():
     # messages is several clock ticks, the client's share (less an idle loop) may round to 0 in a 1-second run
     assert results["grpc_floor_ms_server"] > 0
     assert "grpc_floor_ms_client" in results and "grpc_floor_ms_client_aio" in results
+    assert "raw_h2_ms_client" in results  # and the server read every frame of the client with no gRPC library
     assert results["fanin_lost"] == 0 and results["fanin_duplicates"] == 0
     # where the fan-in's CPU went: the loggers and the backend worked (PostgreSQL's share may round to 0 in 1 s)
     assert results["fanin_backend_cpu_us_per_point"] > 0
