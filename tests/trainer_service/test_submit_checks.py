@@ -381,6 +381,28 @@ def test_ultralytics_checkpoint_of_another_framework_is_refused(
     )
 
 
+def test_ultralytics_encrypted_checkpoint_is_refused_not_an_internal_error(
+    ultralytics: TrainerProcess, yolo_root: Path
+) -> None:
+    # zipfile's RuntimeError ("File 'archive/data.pkl' is encrypted, password required for extraction") escaped the
+    # check: INTERNAL, "internal error in the trainer", naming no field.
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", b"not read")
+    data = bytearray(buffer.getvalue())
+    for header, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # the entry's "encrypted" flag bit
+        data[data.index(header) + flags_at] |= 1
+    checkpoint = yolo_root.parent / "encrypted.pt"
+    checkpoint.write_bytes(bytes(data))
+    job_spec = _yolo_spec(yolo_root / "data.yaml")
+    job_spec.model.name = str(checkpoint)
+    details = refused_start(ultralytics, "encrypted-pt", job_spec, validate_only=True)
+    assert details.startswith(f"model_config.name: {str(checkpoint)!r} is not an ultralytics checkpoint"), details
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

@@ -98,6 +98,19 @@ def test_an_unknown_pretrained_tag_is_refused_listing_the_models_tags(timm: Trai
     )
 
 
+@pytest.mark.parametrize("pretrained", [True, False], ids=["pretrained", "random"])
+def test_an_empty_pretrained_tag_is_refused_naming_the_field(timm: TrainerProcess, pretrained: bool) -> None:
+    # `resnet10t.` with pretrained: timm's RuntimeError "Invalid pretrained tag () for resnet10t." escaped the check
+    # as INTERNAL ("internal error in the trainer"); without: accepted, then the same error failed the training.
+    job_spec = spec(model="resnet10t.")
+    job_spec.model.pretrained = pretrained
+    details = _refused(timm, f"empty-tag-{pretrained}", job_spec)
+    assert details == (
+        "model_config.name: 'resnet10t.' has no pretrained tag after its '.' (the tags of the timm model "
+        "'resnet10t' are c3_in1k; or give 'resnet10t' alone)"
+    )
+
+
 def test_a_known_pretrained_tag_is_accepted(timm: TrainerProcess) -> None:
     _accepted(timm, "known-tag", spec(model="resnet10t.c3_in1k"))
 

@@ -124,6 +124,9 @@ def validate_start(request: trainer_pb2.StartTrainingRequest, catalog: Catalog) 
             raise NotFoundError(_cut(str(error))) from None
         except ValueError as error:
             raise InvalidArgumentError(_cut(str(error))) from None
+        # Anything else, a framework's RuntimeError included, is a gap in the check: INTERNAL, with its traceback in
+        # the log. Not INVALID_ARGUMENT: it would blame the job for a bug or a host fault (torch raises RuntimeError
+        # for both), and its message names no field; an input found to raise one is refused where it is checked.
     return job
 
 

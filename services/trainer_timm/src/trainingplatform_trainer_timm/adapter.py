@@ -114,17 +114,23 @@ def resolve_model_name(name: str) -> str:
         ValueError: Unknown name; the message lists the closest valid names.
         ConfigError: A pretrained tag timm does not know for the model; the message lists the model's tags.
     """
-    architecture, _, tag = name.partition(".")
+    architecture, dot, tag = name.partition(".")
     if not timm.is_model(architecture):
         close = difflib.get_close_matches(architecture, timm.list_models(), n=5, cutoff=0.6)
         hint = f"; closest valid names: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown timm model {name!r}{hint}")
-    if tag:
+    if dot:  # `resnet10t.` too: timm's pretrained config lookup (the adapter's, and pretrained) refuses the empty tag
         try:
             get_pretrained_cfg(name)  # timm's own check, which create_model runs too: "Invalid pretrained tag"
         except RuntimeError:
             tags = [known.partition(".")[2] for known in timm.list_pretrained(f"{architecture}.*")]
-            valid = f"its tags are {', '.join(tags)}" if tags else "it has none"
+            listed = ", ".join(tags) or "none"
+            if not tag:
+                raise ConfigError(
+                    f"model_config.name: {name[:100]!r} has no pretrained tag after its '.' (the tags of the timm "
+                    f"model {architecture!r} are {listed}; or give {architecture!r} alone)"
+                ) from None
+            valid = f"its tags are {listed}" if tags else "it has none"
             raise ConfigError(
                 f"model_config.name: {tag[:100]!r} is not a pretrained tag of the timm model {architecture!r} "
                 f"({valid}; or give {architecture!r} alone)"

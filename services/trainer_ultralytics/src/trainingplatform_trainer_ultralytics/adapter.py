@@ -193,7 +193,9 @@ def check_checkpoint(model: ModelConfig) -> None:
         ultralytics = any(
             isinstance(arg, str) and arg.startswith("ultralytics.") for _, arg, _ in pickletools.genops(structure)
         )
-    except (OSError, zipfile.BadZipFile, ValueError):
+    except (OSError, zipfile.BadZipFile, ValueError, RuntimeError):
+        # RuntimeError: an encrypted entry (NotImplementedError: a compression method zipfile lacks); torch reads
+        # neither, and it escaped this check as an internal error.
         ultralytics = False
     if not ultralytics:
         raise ConfigError(
