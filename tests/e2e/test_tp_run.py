@@ -326,6 +326,51 @@ def test_tp_cancel_stops_the_script(backend: BackendProcess, tmp_path: Path) -> 
     assert_nothing_left(tmp_path)
 
 
+def test_a_job_cancelled_while_a_script_that_exits_0_ran_stays_cancelled_after_a_refused_call(
+    backend: BackendProcess, tmp_path: Path
+) -> None:
+    """A script that catches the forwarded Ctrl-C and exits 0 (saves its checkpoint, say) after the job was
+    cancelled: `tp run` asks the backend and reports CANCELLED, also when one of the script's calls was refused for
+    good during the run (then `flush()` says False, which is no sign that the backend does not answer)."""
+    path = script(
+        tmp_path,
+        "polite.py",
+        """
+        import time
+        from trainingplatform_sdk import TrainingLogger
+        logger = TrainingLogger()
+        logger.update_status("queued")  # the job is RUNNING: refused for good
+        logger.flush(30)
+        try:
+            print("ready", flush=True)
+            while True:
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            print("checkpoint saved", flush=True)
+        """,
+    )
+    process = start_tp(tp_env(backend, tmp_path), tmp_path, "run", "--", sys.executable, path)
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        first = ""
+        while "tp run: job" not in first:
+            first = process.stderr.readline()
+            assert first, "tp run ended before naming its job"
+        job_id = job_of(first)
+        assert process.stdout.readline().strip() == "ready"
+        with JobsClient(backend.address, backend.internal_token) as client:
+            assert client.cancel_job(job_id, reason="enough").status == "CANCELLED"
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "checkpoint saved" in stdout
+    assert f"job {job_id}: CANCELLED" in stderr, stderr
+    job, _ = read_job(backend, job_id)
+    assert job.status == "CANCELLED"
+
+
 def test_no_token_but_the_jobs_own_reaches_the_script(backend: BackendProcess, tmp_path: Path) -> None:
     """The backend's front-end and read tokens and the dashboard's login token, set where `tp run` starts, could
     create, cancel and read every job: the script (arbitrary model code) gets none of them, only its job's token."""

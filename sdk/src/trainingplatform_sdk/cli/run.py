@@ -697,7 +697,12 @@ def _final_status(
     if not run.delivery_stopped:
         run.interruptible = True  # a second Ctrl-C stops the waiting: the status is then kept in the spool
         try:
-            answers = logger.flush(max(0.0, deadline - time.monotonic()))
+            flushed = logger.flush(max(0.0, deadline - time.monotonic()))
+            # The backend answered everything sent so far; a call it refused for good makes flush() False too.
+            stats = logger.stats
+            answers = flushed or (
+                stats.error is None and stats.pending_metrics == stats.pending_logs == stats.calls_pending == 0
+            )
             script_spool = default_spool_dir(job_id)
             if answers and script_spool.exists():  # the script's logger could not deliver everything: try again
                 _deliver_spool(job_id, address, token, script_spool, max(0.0, deadline - time.monotonic()))
