@@ -289,21 +289,9 @@ def test_a_final_status_set_by_the_script_is_kept(backend: BackendProcess, tmp_p
     assert_nothing_left(tmp_path)
 
 
-def test_tp_cancel_stops_the_script(backend: BackendProcess, tmp_path: Path) -> None:
-    path = script(
-        tmp_path,
-        "forever.py",
-        """
-        import time
-        try:  # "ready" inside: a SIGINT that lands as print() returns is still caught here
-            print("ready", flush=True)
-            while True:
-                time.sleep(0.1)
-        except KeyboardInterrupt:
-            print("stopping on request", flush=True)
-            raise SystemExit(4)
-        """,
-    )
+def run_and_cancel(backend: BackendProcess, tmp_path: Path, path: str) -> tuple[subprocess.Popen[str], str, str, str]:
+    """`tp run` of the script at `path`, which prints "ready" when it runs; cancels the job then, with the internal
+    token (as `tp cancel` would); returns the ended process, the job id, and what tp run wrote to stdout and stderr."""
     process = start_tp(tp_env(backend, tmp_path), tmp_path, "run", "--", sys.executable, path)
     try:
         assert process.stdout is not None and process.stderr is not None
@@ -319,6 +307,25 @@ def test_tp_cancel_stops_the_script(backend: BackendProcess, tmp_path: Path) -> 
     finally:
         if process.poll() is None:
             process.kill()
+    return process, job_id, stdout, stderr
+
+
+def test_tp_cancel_stops_the_script(backend: BackendProcess, tmp_path: Path) -> None:
+    path = script(
+        tmp_path,
+        "forever.py",
+        """
+        import time
+        try:  # "ready" inside: a SIGINT that lands as print() returns is still caught here
+            print("ready", flush=True)
+            while True:
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            print("stopping on request", flush=True)
+            raise SystemExit(4)
+        """,
+    )
+    process, job_id, stdout, stderr = run_and_cancel(backend, tmp_path, path)
     assert process.returncode == 4, stderr
     assert "stopping on request" in stdout and f"job {job_id}: CANCELLED" in stderr
     job, logs = read_job(backend, job_id)
@@ -349,21 +356,7 @@ def test_a_job_cancelled_while_a_script_that_exits_0_ran_stays_cancelled_after_a
             print("checkpoint saved", flush=True)
         """,
     )
-    process = start_tp(tp_env(backend, tmp_path), tmp_path, "run", "--", sys.executable, path)
-    try:
-        assert process.stdout is not None and process.stderr is not None
-        first = ""
-        while "tp run: job" not in first:
-            first = process.stderr.readline()
-            assert first, "tp run ended before naming its job"
-        job_id = job_of(first)
-        assert process.stdout.readline().strip() == "ready"
-        with JobsClient(backend.address, backend.internal_token) as client:
-            assert client.cancel_job(job_id, reason="enough").status == "CANCELLED"
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    process, job_id, stdout, stderr = run_and_cancel(backend, tmp_path, path)
     assert process.returncode == 0, stderr
     assert "checkpoint saved" in stdout
     assert f"job {job_id}: CANCELLED" in stderr, stderr
