@@ -591,3 +591,29 @@ def test_tp_train_refuses_what_the_trainer_service_refuses_about_classes_and_che
         adapter(ModelConfig(name="yolo11n.yaml")).check()
     data_yaml.write_text(data_yaml.read_text() + "names: [a, b]\n")
     adapter(ModelConfig(name="yolo11n.yaml", num_classes=2), {"classes": [0, 1]}).check()
+
+
+def test_a_checkpoint_with_another_class_count_gets_a_new_head_and_the_log_says_so(tmp_path, shapes_run) -> None:
+    # num_classes was checked against the data set only, never against the .pt's head: ultralytics builds the
+    # model for the data set's classes and keeps the checkpoint's other weights, which the job log did not say.
+    data_yaml = write_shapes_dataset(tmp_path / "ds", train_images=8, val_images=2, image_size=64)
+    _relabel(tmp_path / "ds" / "labels" / "train" / "0000.txt", 2)
+    data_yaml.write_text(data_yaml.read_text() + "  2: triangle\n")
+    local_pt = str(shapes_run[1].last_checkpoint)  # 2 classes
+    sink = RecordingSink()
+    adapter = UltralyticsAdapter(
+        ModelConfig(name=local_pt, image_size=64, num_classes=3),
+        DatasetConfig(path=str(data_yaml)),
+        TrainingConfig(epochs=1, batch_size=8, device="cpu"),
+        tmp_path / "out",
+        "job-new-head",
+        logger=sink,
+        advanced_config=AdvancedConfig.from_mapping({"mosaic": 0.0, "val": False}),
+    )
+    result = adapter.train()
+    assert result.status == Status.COMPLETED
+    assert adapter.trainer.model.nc == 3
+    assert (
+        f"model_config.name: {local_pt!r} has a 2-class head; ultralytics builds a new 3-class head for this data "
+        "set (the checkpoint's other weights are kept)"
+    ) in sink.messages("INFO"), sink.messages("INFO")

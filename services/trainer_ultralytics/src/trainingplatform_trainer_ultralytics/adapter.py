@@ -361,6 +361,7 @@ class UltralyticsAdapter(TrainingAdapter):
             ) from None
         if model.task != "detect":
             raise ConfigError(f"model_config.name: {self.model_config.name!r} is a {model.task} model, not detect")
+        self._log_new_head(model)
         for event, callback in (
             ("on_pretrain_routine_end", self._on_pretrain_routine_end),
             ("on_train_start", self._on_train_start),
@@ -398,6 +399,20 @@ class UltralyticsAdapter(TrainingAdapter):
         if self.stop_requested:
             self._result.status = Status.CANCELLED
         return self._result
+
+    def _log_new_head(self, model: Any) -> None:
+        """Says so when a checkpoint's head has another class count than the data set: ultralytics then builds the
+        model for the data set's classes (`num_classes` is checked against those) and loads the checkpoint's other
+        weights into it, so the job is not refused."""
+        head_classes = (getattr(model.model, "yaml", None) or {}).get("nc")
+        if not model.ckpt or not isinstance(head_classes, int):
+            return
+        classes = datasets.class_count(self.dataset_config)
+        if head_classes != classes:
+            self.log(
+                f"model_config.name: {self.model_config.name!r} has a {head_classes}-class head; ultralytics builds "
+                f"a new {classes}-class head for this data set (the checkpoint's other weights are kept)"
+            )
 
     def _data_set_text(self, data_yaml: Path) -> str:
         """The data set trained on, as the job log names it: the data.yaml it resolved to (training reads a copy,
