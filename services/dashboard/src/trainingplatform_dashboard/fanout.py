@@ -32,7 +32,7 @@ import contextlib
 import logging
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ from trainingplatform_dashboard import convert, metrics
 from trainingplatform_dashboard.backend import Backend
 from trainingplatform_dashboard.errors import ApiError, from_rpc_error
 
-__all__ = ["Client", "Counters", "Cursor", "Event", "FanOut", "JobHub"]
+__all__ = ["Client", "Counters", "Cursor", "Event", "FanOut", "JobHub", "Resubscribing"]
 
 _LOG = logging.getLogger("trainingplatform_dashboard.fanout")
 
@@ -195,6 +195,113 @@ def build_event(response: jobs_pb2.SubscribeTelemetryResponse) -> Event | None:
     return None
 
 
+class Resubscribing:
+    """A job's SubscribeTelemetry call that resubscribes from its cursor: what a hub and a catch-up both follow.
+
+    `responses()` yields every response of the job's subscription from `cursor()` (read at each (re)subscription:
+    the position its reader reached), and returns when the backend ends the stream (the job ended). A retryable error
+    resubscribes: a refusal (RESOURCE_EXHAUSTED) is told at once (`notify("live_unavailable", ...)`, with the reason
+    and when it tries again), retried with backoff (1 s doubling to 30 s); the backend unreachable (UNAVAILABLE) is
+    told once, retried backing off to 5 s, as is any other retryable error (quietly); `live_resumed` is told once a
+    subscription holds again. Another error is raised (`grpc.aio.AioRpcError`), as is `ApiError` (no backend token).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        job_id: str,
+        *,
+        what: str,
+        cursor: Callable[[], Cursor],
+        notify: Callable[[str, str], None],
+        counted: Callable[[], None],
+    ) -> None:
+        self.backend = backend
+        self.job_id = job_id
+        self.what = what
+        """What the log calls it: "live updates of job <id>" or "catch-up of job <id>"."""
+        self.cursor = cursor
+        self.notify = notify
+        self.counted = counted
+        self.unavailable: str | None = None
+        """The `live_unavailable` event's data while the backend refuses the subscription or is unreachable, else
+        None."""
+        self.unreachable = False
+        """Whether `unavailable` says that the backend is unreachable (said once, however many retries fail)."""
+
+    def _refused(self, error: grpc.aio.AioRpcError, retry_in_s: float) -> None:
+        """The backend refused the subscription (RESOURCE_EXHAUSTED): the readers are told, and so is the log."""
+        if self.unavailable is None:
+            _LOG.warning(
+                "%s unavailable: the backend refused its subscription (%s); retrying in %g s (raise the backend's "
+                "TP_MAX_SUBSCRIPTIONS_PER_CALLER, or lower TP_DASHBOARD_MAX_LIVE_JOBS_PER_SESSION)",
+                self.what,
+                error.details() or "",
+                retry_in_s,
+            )
+        self.unreachable = False
+        self.unavailable = _refused_notice(error, retry_in_s)
+        self.notify("live_unavailable", self.unavailable)
+
+    def _unreachable(self, error: grpc.aio.AioRpcError) -> None:
+        """The subscription failed with UNAVAILABLE: the readers are told once while it keeps resubscribing."""
+        if self.unreachable:
+            return  # already said: the retries do not repeat it
+        self.unreachable = True
+        _LOG.warning("%s paused: the backend is unreachable (%s)", self.what, error.details())
+        self.unavailable = _UNREACHABLE_NOTICE
+        self.notify("live_unavailable", self.unavailable)
+
+    def _resumed(self) -> None:
+        """A subscription holds again after refusals or failures: the readers are told (`live_resumed`)."""
+        if self.unavailable is None:
+            return
+        self.unavailable = None
+        self.unreachable = False
+        _LOG.info("%s resumed", self.what)
+        self.notify("live_resumed", "{}")
+
+    async def responses(self) -> AsyncGenerator[jobs_pb2.SubscribeTelemetryResponse, None]:
+        """The responses from `cursor()` on, across resubscriptions, until the job's stream ends (use it in
+        `contextlib.aclosing`, so that a reader that stops early ends the call at once)."""
+        loop = asyncio.get_running_loop()
+        delay = 0.2
+        busy_delay = _BUSY_FIRST_RETRY_S
+        while True:
+            self.counted()
+            call: Any = self.backend.subscribe(self.job_id, self.cursor().proto())
+            holds = loop.call_later(_RESUMED_AFTER_S, self._resumed) if self.unavailable is not None else None
+            try:
+                async for response in call:
+                    delay = 0.2
+                    busy_delay = _BUSY_FIRST_RETRY_S
+                    self._resumed()
+                    yield response
+                self._resumed()
+                return  # the job ended: the backend ends the stream after its terminal status
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _RETRYABLE:
+                    raise
+                if holds is not None:
+                    holds.cancel()
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self._refused(error, busy_delay)
+                    await asyncio.sleep(busy_delay)
+                    busy_delay = min(busy_delay * 2, _BUSY_MAX_RETRY_S)
+                    continue
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._unreachable(error)
+                _LOG.info(
+                    "%s: the subscription broke (%s: %s); resubscribing", self.what, error.code().name, error.details()
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                if holds is not None:
+                    holds.cancel()
+                call.cancel()
+
+
 @dataclass
 class Counters:
     """What /healthz reports about the fan-out (no secrets)."""
@@ -319,11 +426,14 @@ class JobHub:
         self.clients: set[Client] = set()
         self.finished = False
         self.status = ""
-        self.unavailable: str | None = None
-        """The `live_unavailable` event's data while the backend refuses the subscription or is unreachable, else
-        None."""
-        self.unreachable = False
-        """Whether `unavailable` says that the backend is unreachable (said once, however many retries fail)."""
+        self.subscription = Resubscribing(
+            fanout.backend,
+            job_id,
+            what=f"live updates of job {job_id}",
+            cursor=lambda: self.position,
+            notify=self._notify,
+            counted=self._counted,
+        )
         self._linger: asyncio.TimerHandle | None = None
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"hub-{job_id}")
 
@@ -335,8 +445,8 @@ class JobHub:
         """Adds a client whose cursor `can_join`: replays the retained events after it, then it follows live."""
         for event in self.history:
             client.offer(event)
-        if self.unavailable is not None:
-            client.notice("live_unavailable", self.unavailable)
+        if self.subscription.unavailable is not None:
+            client.notice("live_unavailable", self.subscription.unavailable)
         self.clients.add(client)
         if self._linger is not None:
             self._linger.cancel()
@@ -362,97 +472,31 @@ class JobHub:
         while len(self.history) > self.fanout.history_events:
             self.base = self.history.popleft().after
 
-    def _refused(self, error: grpc.aio.AioRpcError, retry_in_s: float) -> None:
-        """The backend refused the subscription (RESOURCE_EXHAUSTED): every client is told, and so is the log."""
-        details = error.details() or ""
-        if self.unavailable is None:
-            _LOG.warning(
-                "live updates of job %s unavailable: the backend refused its subscription (%s); retrying in %g s "
-                "(raise the backend's TP_MAX_SUBSCRIPTIONS_PER_CALLER, or lower "
-                "TP_DASHBOARD_MAX_LIVE_JOBS_PER_SESSION)",
-                self.job_id,
-                details,
-                retry_in_s,
-            )
-        self.unreachable = False
-        self.unavailable = _refused_notice(error, retry_in_s)
+    def _notify(self, kind: str, data: str) -> None:
+        """Tells every client the state of the job's live updates (`live_unavailable`, `live_resumed`)."""
         for client in tuple(self.clients):
-            client.notice("live_unavailable", self.unavailable)
+            client.notice(kind, data)
 
-    def _unreachable(self, error: grpc.aio.AioRpcError) -> None:
-        """The subscription failed with UNAVAILABLE (the backend is down or cannot be reached): every client is told
-        once (`event: live_unavailable`) while the hub keeps resubscribing; `live_resumed` follows once one holds."""
-        if self.unreachable:
-            return  # already said: the retries do not repeat it
-        self.unreachable = True
-        _LOG.warning("live updates of job %s paused: the backend is unreachable (%s)", self.job_id, error.details())
-        self.unavailable = _UNREACHABLE_NOTICE
-        for client in tuple(self.clients):
-            client.notice("live_unavailable", self.unavailable)
-
-    def _resumed(self) -> None:
-        """A subscription holds again after refusals: clients get `event: live_resumed`."""
-        if self.unavailable is None:
-            return
-        self.unavailable = None
-        self.unreachable = False
-        _LOG.info("live updates of job %s resumed", self.job_id)
-        for client in tuple(self.clients):
-            client.notice("live_resumed", "{}")
+    def _counted(self) -> None:
+        self.fanout.counters.hub_subscriptions_total += 1
 
     async def _run(self) -> None:
-        delay = 0.2
-        busy_delay = _BUSY_FIRST_RETRY_S
-        loop = asyncio.get_running_loop()
         try:
-            while True:
-                self.fanout.counters.hub_subscriptions_total += 1
-                call: Any = self.fanout.backend.subscribe(self.job_id, self.position.proto())
-                resumed = loop.call_later(_RESUMED_AFTER_S, self._resumed) if self.unavailable is not None else None
-                try:
-                    async for response in call:
-                        delay = 0.2
-                        busy_delay = _BUSY_FIRST_RETRY_S
-                        self._resumed()
-                        self.fanout.counters.events_received_total += 1
-                        event = build_event(response)
-                        self.position = self.position.max(Cursor.from_proto(response.cursor))
-                        if event is None:
-                            continue
-                        if event.kind == "status":
-                            self.status = event.status
-                        self._record(event)
-                        for client in tuple(self.clients):
-                            client.offer(event)
-                    break  # the job ended: the backend ends the stream after its terminal status
-                except grpc.aio.AioRpcError as error:
-                    if error.code() not in _RETRYABLE:
-                        self._fail(error)
-                        return
-                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        if resumed is not None:
-                            resumed.cancel()
-                        self._refused(error, busy_delay)
-                        await asyncio.sleep(busy_delay)
-                        busy_delay = min(busy_delay * 2, _BUSY_MAX_RETRY_S)
+            async with contextlib.aclosing(self.subscription.responses()) as responses:
+                async for response in responses:
+                    self.fanout.counters.events_received_total += 1
+                    event = build_event(response)
+                    self.position = self.position.max(Cursor.from_proto(response.cursor))
+                    if event is None:
                         continue
-                    if error.code() == grpc.StatusCode.UNAVAILABLE:
-                        if resumed is not None:
-                            resumed.cancel()
-                        self._unreachable(error)
-                    _LOG.info(
-                        "subscription of job %s broke (%s: %s); resubscribing",
-                        self.job_id,
-                        error.code().name,
-                        error.details(),
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                finally:
-                    if resumed is not None:
-                        resumed.cancel()
-                    call.cancel()
+                    if event.kind == "status":
+                        self.status = event.status
+                    self._record(event)
+                    for client in tuple(self.clients):
+                        client.offer(event)
             self._end()
+        except grpc.aio.AioRpcError as error:  # not retryable
+            self._fail(error)
         except asyncio.CancelledError:
             pass
         except Exception:  # never leave clients hanging on a hub that died
@@ -530,34 +574,24 @@ class FanOut:
         """Feeds `client` from a subscription of its own from its cursor: to the end of an ended job, or until it
         can join the job's hub. The backend refusing it (RESOURCE_EXHAUSTED) or unreachable (UNAVAILABLE) does not
         end the stream: as a hub, it says so (`event: live_unavailable`), resubscribes from the client's cursor with
-        backoff and says `event: live_resumed` once a subscription holds; another retryable error resubscribes
-        quietly, the others end the stream with `event: error`."""
-        loop = asyncio.get_running_loop()
-        delay = 0.2
-        busy_delay = _BUSY_FIRST_RETRY_S
-        unavailable = ""  # the `live_unavailable` data the client was last sent ("" once resumed)
+        backoff and says `event: live_resumed` once a subscription holds (`Resubscribing`); another retryable error
+        resubscribes quietly, the others end the stream with `event: error`."""
 
-        def resumed() -> None:
-            nonlocal unavailable
-            if unavailable:
-                unavailable = ""
-                _LOG.info("catch-up of job %s resumed", job_id)
-                client.notice("live_resumed", "{}")
-
-        status = ""
-        while True:
+        def counted() -> None:
             self.counters.catchup_subscriptions_total += 1
-            try:
-                call: Any = self.backend.subscribe(job_id, client.cursor.proto())
-            except ApiError as error:  # no backend token
-                client.fail(error.code, error.message)
-                return
-            holds = loop.call_later(_RESUMED_AFTER_S, resumed) if unavailable else None
-            try:
-                async for response in call:
-                    delay = 0.2
-                    busy_delay = _BUSY_FIRST_RETRY_S
-                    resumed()
+
+        subscription = Resubscribing(
+            self.backend,
+            job_id,
+            what=f"catch-up of job {job_id}",
+            cursor=lambda: client.cursor,
+            notify=client.notice,
+            counted=counted,
+        )
+        status = ""
+        try:
+            async with contextlib.aclosing(subscription.responses()) as responses:
+                async for response in responses:
                     event = build_event(response)
                     if event is not None:
                         if event.kind == "status":
@@ -574,46 +608,14 @@ class FanOut:
                             client.hub = hub
                             return
                     await client.room()
-                resumed()
-                client.finish(status or None)
-                return
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in _RETRYABLE:
-                    api = from_rpc_error(error)
-                    client.fail(api.code, api.message)
-                    return
-                if holds is not None:
-                    holds.cancel()
-                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    if not unavailable:
-                        _LOG.warning(
-                            "catch-up of job %s refused by the backend (%s); retrying in %g s (raise the "
-                            "backend's TP_MAX_SUBSCRIPTIONS_PER_CALLER)",
-                            job_id,
-                            error.details(),
-                            busy_delay,
-                        )
-                    unavailable = _refused_notice(error, busy_delay)
-                    client.notice("live_unavailable", unavailable)
-                    await asyncio.sleep(busy_delay)
-                    busy_delay = min(busy_delay * 2, _BUSY_MAX_RETRY_S)
-                    continue
-                if error.code() == grpc.StatusCode.UNAVAILABLE and unavailable != _UNREACHABLE_NOTICE:
-                    _LOG.warning("catch-up of job %s paused: the backend is unreachable (%s)", job_id, error.details())
-                    unavailable = _UNREACHABLE_NOTICE
-                    client.notice("live_unavailable", unavailable)
-                _LOG.info(
-                    "catch-up subscription of job %s broke (%s: %s); resubscribing",
-                    job_id,
-                    error.code().name,
-                    error.details(),
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                if holds is not None:
-                    holds.cancel()
-                call.cancel()
+        except ApiError as error:  # no backend token
+            client.fail(error.code, error.message)
+            return
+        except grpc.aio.AioRpcError as error:  # not retryable
+            api = from_rpc_error(error)
+            client.fail(api.code, api.message)
+            return
+        client.finish(status or None)
 
     async def close(self) -> None:
         """Ends every subscription (shutdown)."""
