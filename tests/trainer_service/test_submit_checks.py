@@ -231,6 +231,22 @@ def test_ultralytics_class_ids_and_in_range_gains_are_accepted(ultralytics: Trai
         _accepted(ultralytics, f"ok-{i}", _set_extra(_ultra_spec(), extra))
 
 
+def test_ultralytics_freeze_takes_module_names_as_ultralytics_does(ultralytics: TrainerProcess) -> None:
+    # ultralytics documents `freeze` as a number of layers or a list of "layer indices or module names like
+    # '23.cv2'"; a name was refused ("a number of layers or a list of layer indices").
+    for i, value in enumerate((["23.cv2"], [0, "23.cv2.0"], ["22", "23"])):
+        _accepted(ultralytics, f"freeze-ok-{i}", _set_extra(_ultra_spec(), {"freeze": value}))
+    # What ultralytics would match against no parameter (it prefixes `model.`), or cannot take at all.
+    for i, value in enumerate((["model.23"], ["cv2"], ["23 .cv2"], [-1], [1.5], "23.cv2")):
+        details = refused_start(
+            ultralytics, f"freeze-bad-{i}", _set_extra(_ultra_spec(), {"freeze": value}), validate_only=True
+        )
+        assert details.startswith(
+            "advanced_config.extra.freeze: a number of layers, or a list of layer indices and module names such as "
+            "'23.cv2' (a layer index, then attribute names), got"
+        ), details
+
+
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
 def test_ultralytics_weight_decay_above_1_is_refused(ultralytics: TrainerProcess, validate_only: bool) -> None:
     # The contract allows [0, 100]; ultralytics failed at training start: "'weight_decay=5.0' is an invalid value".

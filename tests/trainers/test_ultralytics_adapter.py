@@ -617,3 +617,19 @@ def test_a_checkpoint_with_another_class_count_gets_a_new_head_and_the_log_says_
         f"model_config.name: {local_pt!r} has a 2-class head; ultralytics builds a new 3-class head for this data "
         "set (the checkpoint's other weights are kept)"
     ) in sink.messages("INFO"), sink.messages("INFO")
+
+
+def test_freeze_by_module_name_freezes_that_module_only(tmp_path) -> None:
+    # `freeze: ["23.cv2"]` (ultralytics' documented form) was refused; it freezes the Detect head's box branch.
+    data_yaml = write_shapes_dataset(tmp_path / "ds", train_images=2, val_images=1, image_size=64)
+    adapter = make_adapter(
+        tmp_path,
+        RecordingSink(),
+        dataset=DatasetConfig(path=str(data_yaml)),
+        advanced={"mosaic": 0.0, "val": False, "freeze": [0, "23.cv2"]},
+    )
+    assert adapter.train().status == Status.COMPLETED
+    frozen = {name for name, p in adapter.trainer.model.named_parameters() if not p.requires_grad}
+    assert frozen
+    assert all(name.startswith(("model.0.", "model.23.cv2.", "model.23.dfl.")) for name in frozen), frozen
+    assert any(name.startswith("model.23.cv2.") for name in frozen)

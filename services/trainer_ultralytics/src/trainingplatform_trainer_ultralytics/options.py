@@ -84,6 +84,8 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 #: Largest value of an integer argument ultralytics leaves unbounded (`close_mosaic`, `patience`, `max_det`, ...).
 _MAX_INT = 1_000_000
+#: A module of a model's layer list, as ultralytics' `freeze` takes it: its index, then attribute names or indices.
+_MODULE_NAME = re.compile(r"\d+(?:\.\w+)*", re.ASCII)
 _SET_NAMES = ("CFG_FLOAT_KEYS", "CFG_FRACTION_KEYS", "CFG_INT_KEYS", "CFG_BOOL_KEYS", "CFG_STR_KEYS")
 #: What `check_extra_values` accepts for the keys ultralytics takes several types for (its messages say the same).
 ACCEPTS = {
@@ -96,7 +98,8 @@ ACCEPTS = {
     "'fp32', 'w32a32': the default) or null",
     "scale": "a number in [0, 1] or a [min, max] pair",
     "fraction": "a ratio in (0, 1] or a count of images above 1",
-    "freeze": "a number of layers or a list of layer indices",
+    "freeze": "a number of layers, or a list of layer indices and module names such as '23.cv2' (a layer index, "
+    "then attribute names)",
     "classes": "a class id or a list of class ids (integers ≥ 0)",
 }
 #: torch.compile's modes (ultralytics passes a string `compile` on as the mode; another string made torch.compile
@@ -278,7 +281,7 @@ def check_extra_values(extra: dict[str, Any]) -> None:
         ):
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "freeze" and not (
-            value is None or _int(value) or (isinstance(value, list) and all(_int(v) for v in value))
+            value is None or _int(value) or (isinstance(value, list) and all(map(_layer, value)))
         ):
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
 
@@ -332,6 +335,12 @@ def _short(value: Any) -> str:
 
 def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _layer(value: Any) -> bool:
+    """A `freeze` list item: a layer index, or a module name below one (`23.cv2`): ultralytics freezes every
+    parameter whose name holds `model.<item>.`, so anything else (`model.23`, `cv2`) would freeze nothing."""
+    return _int(value) or (isinstance(value, str) and _MODULE_NAME.fullmatch(value) is not None)
 
 
 def _whole(value: Any) -> bool:
