@@ -1,6 +1,7 @@
 """Alembic migrations are the schema: upgrading an empty database and `alembic check` agree with the models, every
 migration has a downgrade that gives back the schema before it, and `tp-backend migrate --to REVISION` rolls a
-database back (and forward again) keeping its data."""
+database back (and forward again) keeping its data; backends that migrate one PostgreSQL database at once take
+turns."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import itertools
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
-from support.backend import VENV_BIN, BackendProcess, free_port
+from support.backend import VENV_BIN, BackendProcess, free_port, postgres_database
 from support.ingest import new_job
 from trainingplatform_backend import db
 from trainingplatform_backend.store import Store
@@ -250,3 +252,45 @@ def test_a_database_a_newer_version_migrated_is_refused_saying_how_to_roll_it_ba
         assert result.returncode == 1, result.stderr
         assert "Traceback" not in result.stderr, result.stderr
         assert "9999" in result.stderr and f"tp-backend migrate --to {head}" in result.stderr, result.stderr
+
+
+_MIGRATE_ON_GO = """
+import logging
+import sys
+from trainingplatform_backend import db
+logging.basicConfig(level=logging.INFO)
+print("ready", flush=True)
+sys.stdin.readline()
+db.migrate(sys.argv[1])
+"""
+
+
+@pytest.mark.timeout(120)
+def test_backends_that_migrate_one_postgresql_database_at_once_all_start():
+    """Replicas started together (pods of one rollout, each migrating on start) all migrate an empty database: the
+    first applies the migrations, the others wait for it and find the schema at head, where all but one failed
+    (`duplicate key value violates unique constraint "pg_type_typname_nsp_index"`)."""
+    for _ in range(3):
+        with postgres_database() as url:
+            migrators = [
+                subprocess.Popen(
+                    [sys.executable, "-c", _MIGRATE_ON_GO, url],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(4)
+            ]
+            for migrator in migrators:  # every one imported, connected to nothing yet
+                assert migrator.stdout is not None and migrator.stdout.readline() == "ready\n"
+            for migrator in migrators:
+                assert migrator.stdin is not None
+                migrator.stdin.write("go\n")
+                migrator.stdin.flush()
+            outcomes = [(migrator.wait(60), migrator.communicate()[1]) for migrator in migrators]
+            assert all(code == 0 for code, _ in outcomes), "\n".join(err[-2000:] for _, err in outcomes)
+            logs = "".join(err for _, err in outcomes)
+            assert logs.count("from no revision (an empty database)") == 1, logs
+            assert logs.count("already at") == 3, logs
+            assert db.current_revision(url) == db.revisions()[-1]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
@@ -432,6 +433,37 @@ def migrate(url: str, to: str = "head") -> tuple[str | None, str]:
     target = target_revision(to)
     log.info("applying database migrations to %s", display_url(url))
     _ensure_sqlite_directory(url)
+    with _migration_lock(url):
+        return _migrate(url, target)
+
+
+MIGRATION_LOCK_KEY = 0x74702D6D696772
+"""The PostgreSQL advisory lock (per database) a backend holds while it migrates (`_migration_lock`)."""
+
+
+@contextlib.contextmanager
+def _migration_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, holds the migration lock of the database (a session advisory lock, on a connection of its own,
+    released when it closes, or when the process dies): backends that migrate one database at once (the replicas
+    of a rollout, each migrating on start) take turns, and each reads the revision once it holds the lock, so the
+    later ones find the schema at head. Without it all but one failed (`duplicate key value violates unique
+    constraint "pg_type_typname_nsp_index"`, a column that already exists). Logs once when it has to wait."""
+    if make_url(url).get_backend_name() != "postgresql":
+        yield
+        return
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            lock = {"key": MIGRATION_LOCK_KEY}
+            if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), lock).scalar_one():
+                log.info("another backend is migrating %s: waiting for it to finish", display_url(url))
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), lock)
+            yield
+    finally:
+        engine.dispose()
+
+
+def _migrate(url: str, target: str) -> tuple[str | None, str]:
     before = current_revision(url)
     known = revisions()
     if before is not None and before not in known:
