@@ -104,6 +104,24 @@ def test_a_jobs_page_that_stops_reading_is_dropped_and_its_response_completes(tm
         assert UNFINISHED not in dashboard.log_text()
 
 
+def test_the_first_jobs_page_of_a_fresh_feed_gets_a_first_poll_larger_than_its_queue(tmp_path: Path) -> None:
+    queue_events, jobs = 5, 20
+    with own_stack(tmp_path, {"TP_DASHBOARD_CLIENT_QUEUE": str(queue_events)}) as (backend, dashboard):
+        created = {backend.create_job()[0] for _ in range(jobs)}
+        client, _ = logged_in(dashboard)
+        reader = SseReader(client, "/api/events/jobs")  # the first follower: the feed starts with it
+        try:
+            seen: set[str] = set()
+            while not created <= seen:
+                event = reader.next(timeout=20)
+                assert event is not None, f"the first jobs page was dropped as slow after {len(seen)} of {jobs} jobs"
+                if event.event == "job":
+                    seen.add(event.json()["job_id"])
+            assert dashboard.health()["jobs_feed_clients"] == 1, "its stream goes on"
+        finally:
+            reader.close()
+
+
 def test_a_stop_ends_every_open_stream_without_an_error_in_the_log(tmp_path: Path) -> None:
     with own_stack(tmp_path) as (backend, dashboard):
         job_id, _ = backend.create_job()

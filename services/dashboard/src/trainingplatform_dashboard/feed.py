@@ -5,7 +5,9 @@ While at least one browser follows /api/events/jobs, the feed polls every `poll_
 the newest, with a warning logged when there are more) and the newest `NEWEST_JOBS` (500) jobs. A job the last
 poll saw not ended that is in neither list any more has ended: it is read once (GetJob, at most 100 a poll) and
 its final status is pushed. The feed sends each job that appeared or changed (status, times, name, latest metric)
-to every follower. A follower first receives every job of the last poll, so a page that reconnects is whole again.
+to every follower. A follower first receives every job of the last poll (one that came before a poll found any
+job: every job of the next one) at once, as one event of its `max_events` however many jobs there are: a page that
+reconnects is whole again, and none is dropped as slow for the jobs it opens with.
 
 While ListJobs fails, the followers keep the jobs of the last good poll and receive `event: backend`
 {"reachable": false, "since": ISO time, "message"} (a new follower first), then {"reachable": true} once a poll
@@ -115,6 +117,8 @@ class JobsFeed:
         self.linger_s = linger_s
         self.max_events = max_events
         self.clients: set[Client] = set()
+        self._first: set[Client] = set()
+        """Followers that came before the feed knew any job: the next poll's jobs are their first, sent at once."""
         self.snapshot: dict[str, str] = {}
         """Job id -> the JSON last sent (without the duration, which changes every second)."""
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -186,10 +190,12 @@ class JobsFeed:
 
     def follow(self) -> Client:
         """A new follower: queued the last poll's jobs (as one chunk, so that they count as one event of its
-        `max_events`), then every change."""
+        `max_events`; before the first poll, that poll's jobs, likewise), then every change."""
         client = Client(cursor=Cursor(), max_events=self.max_events)
         if self.jobs:
             client.push(b"".join(_job_chunk(job) for job in self.jobs.values()))
+        else:
+            self._first.add(client)
         if self.unreachable_since is not None:
             client.push(self._backend_chunk())
         client.wake.set()
@@ -202,6 +208,7 @@ class JobsFeed:
     def unfollow(self, client: Client) -> None:
         """A follower left."""
         self.clients.discard(client)
+        self._first.discard(client)
         if not self.clients:
             self._idle_since = time.monotonic()
 
@@ -271,14 +278,25 @@ class JobsFeed:
         self.polls_total += 1
         await self.refresh_latest(jobs)
         seen: dict[str, dict[str, Any]] = {}
+        changed: list[bytes] = []
         for job in jobs:
             data = self.job_json(job)
             seen[job.job_id] = data
             signature = convert.dumps({**data, "duration_s": None})
             if self.snapshot.get(job.job_id) != signature:
                 self.snapshot[job.job_id] = signature
-                self._broadcast(_job_chunk(data))
-                metrics.count_events_sent("job", len(self.clients))
+                changed.append(_job_chunk(data))
+        # Those that came before any job was known get this poll's jobs, their first, as one chunk (as `follow`
+        # gives the last poll's): a first poll longer than their queue does not drop them as slow.
+        first, self._first = self._first, set()
+        for client in tuple(self.clients):
+            if client in first:
+                if changed:
+                    client.push(b"".join(changed))
+            else:
+                for chunk in changed:
+                    client.push(chunk)
+        metrics.count_events_sent("job", len(self.clients) * len(changed))
         for gone in set(self.snapshot) - set(seen):
             del self.snapshot[gone]
         self.jobs = seen
