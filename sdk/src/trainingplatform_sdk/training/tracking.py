@@ -46,6 +46,8 @@ from urllib.request import url2pathname
 
 from trainingplatform_sdk.errors import TrackingError
 from trainingplatform_sdk.spec.uris import AUTHORITY_START, redact_uri
+from trainingplatform_sdk.telemetry.sender.validation import valid_key
+from trainingplatform_sdk.telemetry.values import metric_value
 from trainingplatform_sdk.training.files import is_checkpoint, store_file
 
 if TYPE_CHECKING:
@@ -565,11 +567,19 @@ class MlflowRun:
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Logs one epoch's metrics with step = `epoch`, in one request (per 1,000 metrics), with EPOCH_HTTP_ENV's
-        short timeout and single retry: the training loop waits on this call."""
+        short timeout and single retry: the training loop waits on this call.
+
+        A metric the backend leaves out of an epoch summary (a key that is not text of 1 to 250 characters, a value
+        that is not a number: `TrainingLogger.log_epoch_summary` warns of each) is left out here too, not sent to
+        fail the whole request."""
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
-        items = [Metric(metric_name(key), float(value), timestamp, epoch) for key, value in metrics.items()]
+        items = [
+            Metric(metric_name(key), number, timestamp, epoch)
+            for key, value in metrics.items()
+            if valid_key(key) and (number := metric_value(value)) is not None
+        ]
         with store_lock(self.settings), _http_settings(EPOCH_HTTP_ENV):
             for start in range(0, len(items), MAX_METRICS_PER_BATCH):
                 batch = items[start : start + MAX_METRICS_PER_BATCH]
