@@ -82,7 +82,7 @@ def _answer(trainer: TrainerProcess, framework: str, section: str, key: str, val
 def _probes(entry: dict[str, Any]) -> list[tuple[Any, bool]]:
     """(value, accepted?) pairs at the edges of what the entry says."""
     kind, low, high = entry["type"], entry.get("low"), entry.get("high")
-    if kind == "owned":
+    if kind in ("owned", "ignored"):
         return [(1, False)]
     if kind == "bool":
         return [(True, True), (False, True), ("yes", False)]
@@ -130,6 +130,8 @@ def test_every_listed_range_type_and_choice_is_what_start_training_enforces(
                 wrong.append(f"{section}.{entry['key']}={value!r} ({entry['range']}) accepted")
             elif entry["type"] == "owned" and entry["use_instead"].split(" ")[0] not in message:
                 wrong.append(f"{section}.{entry['key']}: the refusal does not name {entry['use_instead']}: {message}")
+            elif entry["type"] == "ignored" and "never by training" not in message:
+                wrong.append(f"{section}.{entry['key']}: the refusal does not say training ignores it: {message}")
     assert probed > 40
     assert not wrong, "\n".join(wrong)
 

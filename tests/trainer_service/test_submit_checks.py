@@ -247,6 +247,22 @@ def test_ultralytics_freeze_takes_module_names_as_ultralytics_does(ultralytics: 
         ), details
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("show", True), ("format", "onnx"), ("source", "x.jpg"), ("line_width", 2), ("tracker", "x.yaml"), ("dnn", True)],
+)
+def test_ultralytics_prediction_and_export_arguments_are_refused_naming_the_key(
+    ultralytics: TrainerProcess, key: str, value: object
+) -> None:
+    # They were accepted (default.yaml lists every mode's arguments) and training never read them: a job asking for
+    # `format: onnx` or `show: true` trained as if they were not there.
+    details = refused_start(ultralytics, f"ignored-{key}", _set_extra(_ultra_spec(), {key: value}), validate_only=True)
+    assert details == (
+        f"advanced_config.extra.{key}: read only when predicting, exporting or tracking, never by training; "
+        "leave it out"
+    )
+
+
 @pytest.mark.parametrize("validate_only", [True, False], ids=["validate-only", "start"])
 def test_ultralytics_weight_decay_above_1_is_refused(ultralytics: TrainerProcess, validate_only: bool) -> None:
     # The contract allows [0, 100]; ultralytics failed at training start: "'weight_decay=5.0' is an invalid value".

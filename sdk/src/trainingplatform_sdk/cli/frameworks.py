@@ -212,8 +212,16 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _split(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    return [e for e in entries if e["type"] != "owned"], [e for e in entries if e["type"] == "owned"]
+def _split(
+    entries: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[str]]]:
+    """The accepted entries, the `owned` ones, and the keys of the `ignored` ones by when the framework reads them."""
+    ignored: dict[str, list[str]] = {}
+    for e in entries:
+        if e["type"] == "ignored":
+            ignored.setdefault(e["use_instead"], []).append(e["key"])
+    accepted = [e for e in entries if e["type"] not in ("owned", "ignored")]
+    return accepted, [e for e in entries if e["type"] == "owned"], ignored
 
 
 def _markdown(d: dict[str, Any]) -> str:
@@ -251,7 +259,7 @@ def _markdown(d: dict[str, Any]) -> str:
     if d.get("extra") is None:
         lines += ["`advanced_config.extra`: any key, passed to the framework unchecked.", ""]
         return "\n".join(lines)
-    accepted, owned = _split(d["extra"])
+    accepted, owned, ignored = _split(d["extra"])
     lines += [
         f"`advanced_config.extra` keys ({len(accepted)}; under `extra`, or at the top level of `advanced_config`, "
         "where a key that is not a typed field is moved into `extra`; any other key is refused at submit, with the "
@@ -270,6 +278,10 @@ def _markdown(d: dict[str, Any]) -> str:
         lines += ["Refused in `extra`, because the platform sets them (what to use instead):", ""]
         lines += [f"- `{e['key']}`: {_cell(e['use_instead'])}" for e in owned]
         lines.append("")
+    for when, keys in ignored.items():
+        listed = ", ".join(f"`{key}`" for key in keys)
+        why = f"because {framework} reads them only when {when}, never when training"
+        lines += [f"Refused in `extra`, {why}: {listed}.", ""]
     return "\n".join(lines)
 
 
@@ -308,7 +320,7 @@ def _text(d: dict[str, Any]) -> str:
     if d.get("extra") is None:
         lines.append("  advanced_config.extra: any key, unchecked")
         return "\n".join(lines) + "\n"
-    accepted, owned = _split(d["extra"])
+    accepted, owned, ignored = _split(d["extra"])
     lines.append("  advanced_config.extra keys (also accepted at the top level of advanced_config):")
     rows = [header] + [
         (e["key"], _type_words(e["type"]), e["range"], _value(e["default"], False), e["doc"]) for e in accepted
@@ -317,4 +329,6 @@ def _text(d: dict[str, Any]) -> str:
     if owned:
         lines.append("  refused in extra (what to use instead):")
         lines += [f"    {e['key']}: {e['use_instead']}" for e in owned]
+    for when, keys in ignored.items():
+        lines.append(f"  refused in extra (read only when {when}, never when training): {', '.join(keys)}")
     return "\n".join(lines) + "\n"

@@ -171,6 +171,8 @@ def range_text(entry: dict[str, Any]) -> str:
     kind = entry["type"]
     if kind == "owned":
         return f"refused: set by {entry.get('use_instead') or 'the platform'}"
+    if kind == "ignored":
+        return f"refused: read only when {entry.get('use_instead') or 'not training'}"
     if kind == "bool":
         return "true or false"
     if kind == "any":

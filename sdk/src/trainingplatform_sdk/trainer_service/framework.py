@@ -16,9 +16,10 @@ from trainingplatform_sdk.trainer_service.settings import TrainerSettings
 __all__ = ["Catalog", "ExtraOption", "FrameworkDescription", "HostLimits"]
 
 #: What an `advanced_config.extra` value must be: `int`, `number` (int or float), `fraction` (a number in
-#: [0, 1]), `bool`, `str`, `any` (checked by the framework's `check_job`), or `owned` (set by the platform from
-#: another field: refused, naming that field).
-OptionKind = Literal["int", "number", "fraction", "bool", "str", "any", "owned"]
+#: [0, 1]), `bool`, `str`, `any` (checked by the framework's `check_job`), `owned` (set by the platform from
+#: another field: refused, naming that field), or `ignored` (a framework argument training never reads, such as a
+#: prediction or export one: refused, saying what reads it, rather than silently ignored).
+OptionKind = Literal["int", "number", "fraction", "bool", "str", "any", "owned", "ignored"]
 #: A host limit an option's value is capped by: the CPU count, the batch size or image size bound, TP_MAX_EPOCHS.
 OptionBound = Literal["", "cpus", "batch_size", "image_size", "epochs"]
 
@@ -38,7 +39,8 @@ class ExtraOption:
     bound: OptionBound = ""
     """The host limit the value may not exceed."""
     use_instead: str = ""
-    """For `owned`: the JobSpec field that sets this option."""
+    """For `owned`: the JobSpec field that sets this option. For `ignored`: when the framework reads it instead
+    (`predicting, exporting or tracking`)."""
     default: Any = None
     """What the adapter uses when the key is not given (shown by `tp frameworks`; None: nothing set)."""
     doc: str = ""

@@ -215,6 +215,8 @@ def _check_option(where: str, value: Any, option: ExtraOption, limits: HostLimit
     kind = option.kind
     if kind == "owned":
         raise InvalidArgumentError(f"{where}: set by the platform; use {option.use_instead} instead")
+    if kind == "ignored":
+        raise InvalidArgumentError(f"{where}: read only when {option.use_instead}, never by training; leave it out")
     if kind == "any":
         return
     if kind == "bool":

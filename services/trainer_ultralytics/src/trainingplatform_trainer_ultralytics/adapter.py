@@ -70,7 +70,12 @@ from trainingplatform_sdk.training.adapter import Status, TrainingAdapter, Train
 
 from trainingplatform_trainer_ultralytics import datasets
 from trainingplatform_trainer_ultralytics.offline import prepare_offline, set_threads
-from trainingplatform_trainer_ultralytics.options import ADVANCED_BOUNDS, check_cache, check_extra_values
+from trainingplatform_trainer_ultralytics.options import (
+    ADVANCED_BOUNDS,
+    NOT_READ_BY_TRAINING,
+    check_cache,
+    check_extra_values,
+)
 
 if TYPE_CHECKING:
     from ultralytics.engine.trainer import BaseTrainer
@@ -310,11 +315,12 @@ class UltralyticsAdapter(TrainingAdapter):
             self._prepared = True
 
     def accepted_extra_keys(self) -> set[str]:
-        """`num_threads` and ultralytics' own train arguments (except those the adapter sets itself)."""
+        """`num_threads` and ultralytics' own train arguments (except those the adapter sets itself and those only
+        prediction, export or tracking read: a run without the service warns that they are ignored)."""
         self._prepare()
         from ultralytics.utils import DEFAULT_CFG_KEYS
 
-        return {"num_threads", *(set(DEFAULT_CFG_KEYS) - OWNED_ARGS)}
+        return {"num_threads", *(set(DEFAULT_CFG_KEYS) - OWNED_ARGS - NOT_READ_BY_TRAINING)}
 
     def check(self) -> None:
         """Checks the model name, `pretrained` and the dataset without importing ultralytics' trainer."""

@@ -28,6 +28,7 @@ __all__ = [
     "ACCEPTS",
     "ADVANCED_BOUNDS",
     "MAX_SEED",
+    "NOT_READ_BY_TRAINING",
     "OWNED",
     "advanced_defaults",
     "check_cache",
@@ -55,6 +56,18 @@ OWNED = {
     "cfg": "advanced_config.extra keys (a config file on the trainer host is not read)",
     "distill_model": "nothing (a teacher model from the trainer host is not loaded)",
 }
+#: Arguments of default.yaml only prediction, export or tracking read (`engine/predictor.py`, `engine/exporter.py`,
+#: `trackers/`, `Model.embed`), never training nor its validation (which skips `augment` and `dnn`): a job setting
+#: one trained as if it were not there, so it is refused. The other predict and visualize arguments (`conf`,
+#: `agnostic_nms`, `save_txt`, `visualize`, ...) are read by the validation of each epoch.
+NOT_READ_BY_TRAINING = frozenset(
+    {
+        "source", "vid_stride", "stream_buffer", "augment", "embed", "retina_masks",
+        "show", "save_frames", "save_crop", "show_boxes", "line_width",
+        "format", "optimize", "dynamic", "simplify", "opset", "workspace", "keras", "int8",
+        "tracker", "dnn",
+    }
+)  # fmt: skip
 #: Bounds of the typed `advanced_config` fields ultralytics takes as fractions (in its `CFG_FRACTION_KEYS`: its
 #: `check_cfg` refuses more than 1 when training starts), narrower than the contract's [0, 100]: (lowest, highest,
 #: whether the highest itself is refused), as `FrameworkDescription.advanced_bounds` takes them. momentum is [0, 1)
@@ -80,7 +93,6 @@ _RANGES: dict[str, tuple[float, float]] = {
     "shear": (-90.0, 90.0),
     "warmup_epochs": (0.0, 1_000_000.0),
     "time": (0.0, 1_000_000.0),
-    "workspace": (0.0, 1024.0),
 }
 #: Largest value of an integer argument ultralytics leaves unbounded (`close_mosaic`, `patience`, `max_det`, ...).
 _MAX_INT = 1_000_000
@@ -225,6 +237,8 @@ def _checked_options(
         bound = _BOUNDS.get(key, "")
         if key in OWNED:
             options[key] = ExtraOption("owned", use_instead=OWNED[key])
+        elif key in NOT_READ_BY_TRAINING:
+            options[key] = ExtraOption("ignored", use_instead="predicting, exporting or tracking")
         elif key == "batch":
             # An int, -1 for AutoBatch, or a fraction of the GPU memory: ultralytics' own check covers the rest.
             options[key] = ExtraOption("number", low=-1, bound="batch_size")
