@@ -247,6 +247,22 @@ def test_ultralytics_freeze_takes_module_names_as_ultralytics_does(ultralytics: 
         ), details
 
 
+def test_ultralytics_fraction_takes_per_split_lists_and_never_selects_no_image(ultralytics: TrainerProcess) -> None:
+    # ultralytics documents `fraction` as a ratio, a count, or [train, val] / [train, val, test] "split values"; a
+    # list was refused. A ratio that rounds to no image of a small set keeps one (ultralytics' max(1, ...)), so only
+    # 0 selects nothing, for train and val: refused (ultralytics' own check failed the training at its start).
+    for i, value in enumerate((0.01, 3, [0.5, 1], [2, 0.5, 0], [1, 1, 1])):
+        _accepted(ultralytics, f"fraction-ok-{i}", _set_extra(_ultra_spec(), {"fraction": value}))
+    for i, value in enumerate((0, [0, 1], [1, 0], [0.5], [1, 1, 1, 1], [1.5, 1], [-1, 1], ["a", 1])):
+        details = refused_start(
+            ultralytics, f"fraction-bad-{i}", _set_extra(_ultra_spec(), {"fraction": value}), validate_only=True
+        )
+        assert details.startswith(
+            "advanced_config.extra.fraction: a ratio in (0, 1] or a count of images above 1, or a [train, val] or "
+            "[train, val, test] list of ratios and counts (train and val not 0), got"
+        ), details
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [("show", True), ("format", "onnx"), ("source", "x.jpg"), ("line_width", 2), ("tracker", "x.yaml"), ("dnn", True)],

@@ -633,3 +633,17 @@ def test_freeze_by_module_name_freezes_that_module_only(tmp_path) -> None:
     assert frozen
     assert all(name.startswith(("model.0.", "model.23.cv2.", "model.23.dfl.")) for name in frozen), frozen
     assert any(name.startswith("model.23.cv2.") for name in frozen)
+
+
+def test_a_per_split_fraction_list_trains_on_that_share_of_each_split(tmp_path) -> None:
+    # `fraction: [train, val]`, ultralytics' documented split form, was refused.
+    data_yaml = write_shapes_dataset(tmp_path / "ds", train_images=4, val_images=2, image_size=64)
+    adapter = make_adapter(
+        tmp_path,
+        RecordingSink(),
+        dataset=DatasetConfig(path=str(data_yaml)),
+        advanced={"mosaic": 0.0, "fraction": [0.5, 1]},
+    )
+    assert adapter.train().status == Status.COMPLETED
+    assert len(adapter.trainer.train_loader.dataset) == 2
+    assert len(adapter.trainer.validator.dataloader.dataset) == 2

@@ -109,7 +109,8 @@ ACCEPTS = {
     "quantize": "8 (or 'int8', 'w8a8': quantization-aware training, with nvidia-modelopt installed), 32 (or "
     "'fp32', 'w32a32': the default) or null",
     "scale": "a number in [0, 1] or a [min, max] pair",
-    "fraction": "a ratio in (0, 1] or a count of images above 1",
+    "fraction": "a ratio in (0, 1] or a count of images above 1, or a [train, val] or [train, val, test] list of "
+    "ratios and counts (train and val not 0)",
     "freeze": "a number of layers, or a list of layer indices and module names such as '23.cv2' (a layer index, "
     "then attribute names)",
     "classes": "a class id or a list of class ids (integers ≥ 0)",
@@ -288,7 +289,9 @@ def check_extra_values(extra: dict[str, Any]) -> None:
             check_quantize(value)
         if key == "scale" and not (_number_in(value, 0.0, 1.0) or _pair(value)):
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
-        if key == "fraction" and not (_number_in(value, 0.0, 1.0, low_open=True) or (_int(value) and value > 1)):
+        if key == "fraction" and not (
+            _number_in(value, 0.0, 1.0, low_open=True) or (_int(value) and value > 1) or _split_fractions(value)
+        ):
             raise ValueError(f"{where}: {ACCEPTS[key]}, got {_short(value)}")
         if key == "classes" and not (
             value is None or _int(value) or (isinstance(value, list) and all(map(_whole, value)))
@@ -349,6 +352,17 @@ def _short(value: Any) -> str:
 
 def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _split_fractions(value: Any) -> bool:
+    """`fraction` per split, as ultralytics' `check_cfg` takes it: [train, val] or [train, val, test], each a ratio
+    in [0, 1] or a count (an integer; 1 means all), train and val not 0 (a ratio keeps at least one image)."""
+    return (
+        isinstance(value, list)
+        and len(value) in (2, 3)
+        and all(_int(v) or _number_in(v, 0.0, 1.0) for v in value)
+        and all(value[:2])
+    )
 
 
 def _layer(value: Any) -> bool:
