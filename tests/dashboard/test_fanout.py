@@ -149,6 +149,52 @@ def test_a_tab_behind_the_retained_history_catches_up_then_shares_the_subscripti
         logger.close(timeout=15)
 
 
+def test_a_tab_joining_a_busy_job_gets_the_retained_history_without_being_dropped(tmp_path: Path) -> None:
+    # More events retained than a tab's queue holds: a tab that joins is sent them all at once.
+    with own_stack(tmp_path, {"TP_DASHBOARD_CLIENT_QUEUE": "4", "TP_DASHBOARD_HISTORY_EVENTS": "500"}) as (
+        backend,
+        dashboard,
+    ):
+        job_id, token = backend.create_job()
+        client = httpx.Client(base_url=dashboard.url, timeout=30)
+        assert client.get(dashboard.login_url, follow_redirects=False).status_code == 303
+        logger = TrainingLogger(
+            job_id,
+            backend_address=backend.address,
+            token=token,
+            spool_dir=tmp_path / "spool",
+            settings=LoggerSettings(flush_interval_s=0.01),
+        )
+        logger.update_status("RUNNING")
+        first = SseReader(client, f"/api/jobs/{job_id}/events")
+        for step in range(1, 101):  # many small batches: about 100 events retained
+            logger.log_metric("train/loss", float(step), step=step)
+            time.sleep(0.002)
+        assert logger.flush(timeout=15)
+        seen_first: list[int] = []
+        while not set(range(1, 101)) <= set(seen_first):
+            event = first.next(timeout=15)
+            assert event is not None
+            if event.event == "metrics":
+                seen_first.extend(p["sequence"] for p in event.json()["points"])
+        before = dashboard.health()
+        late = SseReader(client, f"/api/jobs/{job_id}/events")  # joins the job's subscription from the start
+        seen: list[int] = []
+        while not set(range(1, 101)) <= set(seen):
+            event = late.next(timeout=15)
+            assert event is not None, f"the joining tab was dropped after {len(seen)} of 100 points"
+            if event.event == "metrics":
+                seen.extend(p["sequence"] for p in event.json()["points"])
+        assert sorted(seen) == list(range(1, 101)), "every point once"
+        after = dashboard.health()
+        assert after["slow_clients_dropped_total"] == before["slow_clients_dropped_total"], after
+        assert after["catchup_subscriptions_total"] == before["catchup_subscriptions_total"], "it joined the hub"
+        first.close()
+        late.close()
+        logger.update_status("COMPLETED")
+        logger.close(timeout=15)
+
+
 def test_a_backend_restart_breaks_nothing_the_stream_says_so_and_resumes_from_its_cursor(tmp_path: Path) -> None:
     with own_stack(tmp_path) as (backend, dashboard):
         job_id, token = backend.create_job()

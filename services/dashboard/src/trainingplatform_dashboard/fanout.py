@@ -13,7 +13,9 @@ resumes with nothing missed and nothing twice (events a client's cursor already 
 client: points and records by sequence, status changes by their sequence, epoch summaries by position).
 
 A browser that falls `client_queue_events` events behind is disconnected; its EventSource reconnects with the id
-of the last event it received and resumes from there, so a slow tab never holds back the others or the hub. The
+of the last event it received and resumes from there, so a slow tab never holds back the others or the hub. (The
+retained events replayed to a client that joins are queued at once, as one event of that bound: a tab is never
+dropped for the history it asked for, however much longer than its queue.) The
 hub's subscription ends when the job ends (its clients get `event: end`), or `linger_s` after its last client left.
 
 The backend allows TP_MAX_SUBSCRIPTIONS_PER_CALLER open subscriptions per token, and every hub holds one of the read
@@ -32,7 +34,7 @@ import contextlib
 import logging
 import re
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,8 +353,23 @@ class Client:
     def offer(self, event: Event) -> None:
         """Queues the part of `event` after the client's cursor (never blocks; past the bound the client is
         marked overflowed and receives nothing more: its stream ends and the browser resumes from its id)."""
+        chunk = self._chunk(event)
+        if chunk is not None and self.push(chunk):
+            metrics.count_events_sent(event.kind)
+
+    def replay(self, events: Iterable[Event]) -> None:
+        """Queues the part of `events` after the client's cursor as one chunk, one event of its bound: the retained
+        history a joining client asked for never drops it as slow, however much longer than its queue it is."""
+        sent = [(event.kind, chunk) for event in events if (chunk := self._chunk(event)) is not None]
+        if sent and self.push(b"".join(chunk for _, chunk in sent)):
+            for kind, _ in sent:
+                metrics.count_events_sent(kind)
+
+    def _chunk(self, event: Event) -> bytes | None:
+        """The SSE chunk of the part of `event` after the client's cursor (None when it has none, or the stream
+        ended), moving the cursor past the event."""
         if self.closed or self.overflowed:
-            return
+            return None
         cursor = self.cursor
         data: str | None = event.data
         if event.kind == "metrics":
@@ -369,8 +386,9 @@ class Client:
         elif event.kind == "epoch_summary" and event.after.e <= cursor.e:
             data = None
         self.cursor = cursor.max(event.after)
-        if data is not None and self.push(f"id: {self.cursor.text()}\nevent: {event.kind}\ndata: {data}\n\n".encode()):
-            metrics.count_events_sent(event.kind)
+        if data is None:
+            return None
+        return f"id: {self.cursor.text()}\nevent: {event.kind}\ndata: {data}\n\n".encode()
 
     def push(self, chunk: bytes) -> bool:
         """Queues one SSE chunk; False when it was not queued: the stream is closed or overflowed, or the queue
@@ -442,9 +460,9 @@ class JobHub:
         return not self.finished and client.cursor.covers(self.base)
 
     def join(self, client: Client) -> None:
-        """Adds a client whose cursor `can_join`: replays the retained events after it, then it follows live."""
-        for event in self.history:
-            client.offer(event)
+        """Adds a client whose cursor `can_join`: replays the retained events after it (at once, as one event of
+        its queue's bound), then it follows live."""
+        client.replay(self.history)
         if self.subscription.unavailable is not None:
             client.notice("live_unavailable", self.subscription.unavailable)
         self.clients.add(client)
