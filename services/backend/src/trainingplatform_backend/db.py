@@ -443,21 +443,22 @@ MIGRATION_LOCK_KEY = 0x74702D6D696772
 
 @contextlib.contextmanager
 def _migration_lock(url: str) -> Iterator[None]:
-    """On PostgreSQL, holds the migration lock of the database (a session advisory lock, on a connection of its own,
-    released when it closes, or when the process dies): backends that migrate one database at once (the replicas
-    of a rollout, each migrating on start) take turns, and each reads the revision once it holds the lock, so the
-    later ones find the schema at head. Without it all but one failed (`duplicate key value violates unique
-    constraint "pg_type_typname_nsp_index"`, a column that already exists). Logs once when it has to wait."""
+    """On PostgreSQL, holds the migration lock of the database (an advisory lock of a transaction kept open on a
+    connection of its own, released when it ends, or when the process dies; a transaction's lock, not a session's,
+    so a pooler in transaction mode cannot keep it): backends that migrate one database at once (the replicas of a
+    rollout, each migrating on start) take turns, and each reads the revision once it holds the lock, so the later
+    ones find the schema at head. Without it all but one failed (`duplicate key value violates unique constraint
+    "pg_type_typname_nsp_index"`, a column that already exists). Logs once when it has to wait."""
     if make_url(url).get_backend_name() != "postgresql":
         yield
         return
-    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    engine = create_engine(url, poolclass=NullPool)
     try:
-        with engine.connect() as connection:
+        with engine.connect() as connection, connection.begin():
             lock = {"key": MIGRATION_LOCK_KEY}
-            if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), lock).scalar_one():
+            if not connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), lock).scalar_one():
                 log.info("another backend is migrating %s: waiting for it to finish", display_url(url))
-                connection.execute(text("SELECT pg_advisory_lock(:key)"), lock)
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), lock)
             yield
     finally:
         engine.dispose()
