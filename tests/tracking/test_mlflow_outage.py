@@ -1,5 +1,6 @@
 """MLflow going away after the job started: the job logs a WARNING and completes as long as its checkpoints reached
-their artifact store; it fails only when that store fails."""
+their artifact store; it fails only when that store fails. The epochs' metrics logged meanwhile reach the run once
+MLflow answers again."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import pytest
 from support.backend import BackendProcess
 from support.proxy import ChaosProxy
 from trainingplatform.common.v1 import common_pb2
+from trainingplatform_sdk.training import recorder as recorder_module
+from trainingplatform_sdk.training.adapter import Status, TrainingResult
+
+from tracking.test_epoch_metrics import history, start_recorder
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 ADAPTERS_PYTHONPATH = os.pathsep.join(str(TESTS_DIR / d) for d in ("tracking", "trainers"))
@@ -59,7 +64,7 @@ def test_an_mlflow_outage_mid_training_completes_the_job_whose_checkpoints_reach
 
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.job.status == common_pb2.JOB_STATUS_COMPLETED
-    assert "MLflow metric logging stopped at epoch 1" in run.stderr
+    assert "MLflow metric logging paused at epoch 1" in run.stderr
     assert f"the MLflow run {run.job.mlflow_run_id} is missing checkpoints/best.pt, results.json" in run.stderr
     assert f"they are in s3://{s3.bucket}/jobs/{run.job_id}/{run.output_dir.name}/" in run.stderr
     prefix = f"jobs/{run.job_id}/{run.output_dir.name}/"
@@ -82,3 +87,38 @@ def test_an_mlflow_outage_without_s3_completes_the_job_with_its_checkpoints_on_t
     assert f"they are only on this trainer's disk, in {stored}" in run.stderr
     assert run.artifacts["best_checkpoint"] == (stored / "weights" / "best.pt").as_uri()
     assert (stored / "weights" / "best.pt").is_file()
+
+
+def test_metrics_logged_while_mlflow_is_down_reach_the_run_once_it_answers_again(
+    mlflow_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short MLflow outage mid-training (a restart) used to stop MLflow metric logging for the rest of the job."""
+    monkeypatch.setattr(recorder_module, "METRICS_RETRY_FIRST_DELAY_S", 1.0, raising=False)
+    with ChaosProxy(f"127.0.0.1:{mlflow_server.port}", seed=0) as proxy:
+        recorder, lines = start_recorder(f"http://{proxy.address}", tmp_path, "outage-resume")
+        assert recorder.run is not None
+        sink = recorder.wrap(lines)
+        sink.log_epoch_summary(0, {"train/loss": 1.0})
+        proxy.pause()
+        proxy.cut_all()
+        sink.log_epoch_summary(1, {"train/loss": 0.5})
+        sink.log_epoch_summary(2, {"train/loss": 0.25})  # before the next try: kept
+        proxy.resume()
+        time.sleep(1.5)
+        sink.log_epoch_summary(3, {"train/loss": 0.125})
+        after_outage = history(mlflow_server.uri, recorder.run.run_id, "train/loss")
+
+        proxy.pause()
+        proxy.cut_all()
+        sink.log_epoch_summary(4, {"train/loss": 0.0625})
+        proxy.resume()
+        checkpoint = recorder.output_dir / "weights" / "best.pt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"w" * 1024)
+        recorder.finish(TrainingResult(status=Status.COMPLETED, epochs_completed=5, best_checkpoint=checkpoint))
+
+    assert after_outage == [(0, 1.0), (1, 0.5), (2, 0.25), (3, 0.125)]
+    assert history(mlflow_server.uri, recorder.run.run_id, "train/loss")[-1] == (4, 0.0625)  # sent by finish
+    messages = [message for _, message in lines.lines]
+    assert any(message.startswith("MLflow metric logging paused at epoch 1:") for message in messages), messages
+    assert any("MLflow metric logging resumed at epoch 3" in message for message in messages), messages

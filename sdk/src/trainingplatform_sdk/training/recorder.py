@@ -7,7 +7,8 @@ fails the job at once with a message naming the setting (TrackingError or Storag
 training. The MLflow run id and tracking URI (without credentials) and the config's URI go to the backend through
 `report_run_info`, so `GetJob` shows them while the job runs.
 
-During training, `wrap()`'s sink logs each epoch summary's metrics to MLflow (one request per epoch). At the end:
+During training, `wrap()`'s sink logs each epoch summary's metrics to MLflow (one request per epoch; while
+MLflow does not answer, they are kept and sent once it does: `_EpochTrackingSink`). At the end:
 
 - completed: best and last checkpoints, results.json (final metrics) and results.csv (when the framework wrote
   one) go to the artifact store, the URIs to the backend; then the best checkpoint, results.json and results.csv
@@ -37,6 +38,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,12 @@ _RUN_STATUS = {Status.COMPLETED: "FINISHED", Status.FAILED: "FAILED", Status.CAN
 #: the training process ended it with (null until then). The trainer service reads it to end a run whose
 #: process died first.
 RUN_FILE = "mlflow_run.json"
+#: After MLflow failed to take an epoch's metrics, seconds until the next try (at the first epoch end after it),
+#: doubling after each failed try up to METRICS_RETRY_MAX_DELAY_S; the epochs in between are kept and sent then.
+METRICS_RETRY_FIRST_DELAY_S = 30.0
+METRICS_RETRY_MAX_DELAY_S = 600.0
+#: Most epochs whose metrics are kept while MLflow does not take them; the oldest are dropped beyond.
+MAX_PENDING_EPOCHS = 10_000
 
 
 class StopRequested(Exception):
@@ -140,6 +148,8 @@ class JobRecorder:
         self._logged: set[tuple[Path, str | None]] = set()
         #: (local path, key) of the files stored in the artifact store.
         self._stored: set[tuple[Path, str]] = set()
+        #: The sink of `wrap`, which keeps the epochs' metrics MLflow has not taken yet.
+        self._tracking_sink: _EpochTrackingSink | None = None
 
     @classmethod
     def start(
@@ -222,7 +232,10 @@ class JobRecorder:
 
     def wrap(self, sink: TelemetrySink) -> TelemetrySink:
         """A sink that forwards everything to `sink` and also logs each epoch summary's metrics to MLflow."""
-        return _EpochTrackingSink(sink, self.run) if self.run is not None else sink
+        if self.run is None:
+            return sink
+        self._tracking_sink = _EpochTrackingSink(sink, self.run)
+        return self._tracking_sink
 
     def finish(self, result: TrainingResult, *, stop: Callable[[], bool] | None = None) -> None:
         """Stores the results of a completed job and ends the run FINISHED; after a failed upload to the artifact
@@ -268,6 +281,7 @@ class JobRecorder:
             failed_results = self._store_failed_results(result, str(failure))
             self.logger.report_run_info(artifacts=dict(self.artifacts))
             if self.run is not None:
+                self._send_pending_metrics()
                 # MLflow may well be up while S3 is not: the run still gets the checkpoint and the failed results.
                 to_mlflow = [
                     (Path(path), folder)
@@ -286,6 +300,8 @@ class JobRecorder:
             raise failure from error
         self.logger.report_run_info(artifacts=dict(self.artifacts))
         if self.run is not None:
+            check_stop()
+            self._send_pending_metrics()
             to_mlflow = [
                 (Path(path), folder)
                 for path, folder in ((checkpoint, "checkpoints"), (results, None), (csv, None))
@@ -363,6 +379,7 @@ class JobRecorder:
         except Exception as error:
             self._warn(f"Storing the {status.value} job's last checkpoint and results.json failed: {error}")
         if self.run is not None:
+            self._send_pending_metrics()
             try:
                 # After `finish`, the run may hold the best checkpoint already: that one is kept, not sent again.
                 if checkpoint is not None and not any(folder == "checkpoints" for _, folder in self._logged):
@@ -374,6 +391,22 @@ class JobRecorder:
         if self.artifacts:
             self.logger.report_run_info(artifacts=dict(self.artifacts))
         self._end_run(status)
+
+    def _send_pending_metrics(self) -> None:
+        """Sends the epochs' metrics MLflow did not take during training (one try); a WARNING line says which the run
+        is missing when it fails again. Never raises."""
+        sink = self._tracking_sink
+        if sink is None or self.run is None:
+            return
+        try:
+            if sink.send_pending():
+                return
+            why = sink.last_error
+        except Exception as error:
+            why = self.run.describe_error(error)
+        self._warn(
+            f"The MLflow run {self.run.run_id} is missing the metrics of {sink.missing()} (the backend has them): {why}"
+        )
 
     def _store_failed_results(self, result: TrainingResult, error: str) -> Path | None:
         """After a failed upload in `finish`: results.json says `failed`, with `error`, in the output directory, and
@@ -531,13 +564,26 @@ def _end_quietly(run: MlflowRun, status: str) -> None:
 class _EpochTrackingSink:
     """Forwards every call to the inner sink; logs each epoch summary's metrics to the MLflow run as well.
 
-    An MLflow error during training is one WARNING line in the job's logs, and MLflow metric logging stops for the
-    job: the server answered at job start, and training should not wait on it epoch after epoch.
+    When MLflow does not take an epoch's metrics (a restart, an outage, a hung server), the job logs one WARNING line
+    and training goes on without waiting on MLflow at each epoch: the epochs' metrics are kept (up to
+    MAX_PENDING_EPOCHS) and sent, oldest first, at the first epoch end METRICS_RETRY_FIRST_DELAY_S later (doubling
+    after each failed try, up to METRICS_RETRY_MAX_DELAY_S), each try without retries (10 s at most on a hung
+    server). One INFO line says when MLflow took them again; `send_pending` tries once more as the job ends.
     """
 
     def __init__(self, inner: TelemetrySink, run: MlflowRun) -> None:
         self._inner = inner
-        self._run: MlflowRun | None = run
+        self._run = run
+        #: Metrics by epoch not yet taken by MLflow, oldest first.
+        self._pending: dict[int, dict[str, float]] = {}
+        #: Epochs dropped from `_pending` (past MAX_PENDING_EPOCHS) during the current outage.
+        self._dropped = 0
+        #: The epoch at which MLflow stopped taking metrics; None while it takes them.
+        self._paused_at: int | None = None
+        self._retry_at = 0.0
+        self._delay = METRICS_RETRY_FIRST_DELAY_S
+        #: Why the last try failed (the setting, the error without credentials).
+        self.last_error = ""
 
     def __getattr__(self, name: str) -> Any:
         # Anything beyond the TelemetrySink protocol (stats, ...) is the inner sink's.
@@ -564,20 +610,59 @@ class _EpochTrackingSink:
     def log_epoch_summary(
         self, epoch: int, metrics: Mapping[str, float], duration_seconds: float | None = None
     ) -> None:
-        """Forwards the summary and logs its metrics to MLflow with step = `epoch`."""
+        """Forwards the summary and logs its metrics to MLflow with step = `epoch` (see the class docstring)."""
         self._inner.log_epoch_summary(epoch, metrics, duration_seconds=duration_seconds)
-        if self._run is None:
-            return
         try:
-            self._run.log_epoch(epoch, metrics)
-        except Exception as error:
-            message = (
-                f"MLflow metric logging stopped at epoch {epoch}: {self._run.settings.setting}: "
-                f"{self._run.describe_error(error)}"
+            self._pending.setdefault(epoch, {}).update(metrics)
+        except (TypeError, ValueError):  # not a mapping: the inner sink warned of it
+            return
+        while len(self._pending) > MAX_PENDING_EPOCHS:
+            del self._pending[next(iter(self._pending))]
+            self._dropped += 1
+        if time.monotonic() >= self._retry_at:
+            self.send_pending(epoch)
+
+    def send_pending(self, epoch: int | None = None) -> bool:
+        """Sends the kept epochs' metrics to MLflow, oldest first; True when none is left. A failure starts or
+        continues the pause (see the class docstring). `epoch`: the epoch that ends now, None as the job ends."""
+        while self._pending:
+            oldest = next(iter(self._pending))
+            try:
+                self._run.log_epoch(oldest, self._pending[oldest], fail_fast=self._paused_at is not None)
+            except Exception as error:
+                self._paused(oldest if epoch is None else epoch, error)
+                return False
+            del self._pending[oldest]
+        if self._paused_at is not None:
+            dropped = f"; the {self._dropped} oldest epoch(s) were dropped" if self._dropped else ""
+            at = f"at epoch {epoch}" if epoch is not None else "as the job ended"
+            message = f"MLflow metric logging resumed {at}: the metrics kept since epoch {self._paused_at} were sent"
+            _log.info(message + dropped)
+            self._inner.log_message(message + dropped, level="INFO", epoch=epoch)
+            self._paused_at, self._dropped = None, 0
+            self._delay = METRICS_RETRY_FIRST_DELAY_S
+        return not self._pending
+
+    def missing(self) -> str:
+        """The epochs whose metrics MLflow has not taken, in words (`epochs 3-7`), or "" when none."""
+        if not self._pending:
+            return ""
+        epochs = list(self._pending)
+        return f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}"
+
+    def _paused(self, epoch: int, error: Exception) -> None:
+        self._retry_at = time.monotonic() + self._delay
+        self.last_error = why = f"{self._run.settings.setting}: {self._run.describe_error(error)}"
+        if self._paused_at is None:
+            self._paused_at = epoch
+            _warn(
+                self._inner,
+                f"MLflow metric logging paused at epoch {epoch}: {why}. Training goes on; the epochs' metrics are "
+                f"kept and sent once MLflow answers (next try in {self._delay:.0f}s, at an epoch end)",
             )
-            _log.warning(message)
-            self._inner.log_message(message, level="WARNING", epoch=epoch)
-            self._run = None
+        else:
+            _log.info("MLflow still does not take the metrics (epoch %s): %s", epoch, why)
+        self._delay = min(self._delay * 2, METRICS_RETRY_MAX_DELAY_S)
 
     def report_run_info(self, **kwargs: Any) -> None:
         """Forwards the information."""

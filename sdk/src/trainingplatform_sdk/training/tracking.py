@@ -78,7 +78,7 @@ MAX_METRICS_PER_BATCH = 1000
 #: HTTP settings of the start-of-job checks: an unreachable server must fail the job in seconds, not minutes.
 PREFLIGHT_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 #: HTTP settings of each epoch's metrics: a hung server stalls the training loop for about 20 s at most, then
-#: MLflow logging stops for the job (one WARNING line).
+#: MLflow logging pauses (one WARNING line; see recorder._EpochTrackingSink: later tries wait 10 s at most).
 EPOCH_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 #: Retries and per-request timeout (seconds) of the final uploads and the end of the run, unless the environment
 #: sets its own. MLflow's defaults (7 retries with exponential backoff, 120 s) held a finished job for many
@@ -565,9 +565,9 @@ class MlflowRun:
             batch = items[start : start + MAX_PARAMS_PER_BATCH]
             retry_locked(lambda batch=batch: self.client.log_batch(self.run_id, params=batch))  # type: ignore[misc]
 
-    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float], *, fail_fast: bool = False) -> None:
         """Logs one epoch's metrics with step = `epoch`, in one request (per 1,000 metrics), with EPOCH_HTTP_ENV's
-        short timeout and single retry: the training loop waits on this call.
+        short timeout and single retry (`fail_fast`: no retry): the training loop waits on this call.
 
         A metric the backend leaves out of an epoch summary (a key that is not text of 1 to 250 characters, a value
         that is not a number: `TrainingLogger.log_epoch_summary` warns of each) is left out here too, not sent to
@@ -580,7 +580,7 @@ class MlflowRun:
             for key, value in metrics.items()
             if valid_key(key) and (number := metric_value(value)) is not None
         ]
-        with store_lock(self.settings), _http_settings(EPOCH_HTTP_ENV):
+        with store_lock(self.settings), _http_settings(PREFLIGHT_HTTP_ENV if fail_fast else EPOCH_HTTP_ENV):
             for start in range(0, len(items), MAX_METRICS_PER_BATCH):
                 batch = items[start : start + MAX_METRICS_PER_BATCH]
                 retry_locked(lambda batch=batch: self.client.log_batch(self.run_id, metrics=batch))  # type: ignore[misc]
