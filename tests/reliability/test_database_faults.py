@@ -19,6 +19,8 @@ The backend connects as a role that is not a superuser: PostgreSQL lets superuse
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from pathlib import Path
 import grpc
 import pytest
 from sqlalchemy import create_engine, text
-from support.backend import PG_ADMIN_URL, BackendProcess, auth
+from support.backend import PG_ADMIN_URL, VENV_BIN, BackendProcess, auth
 from support.fake_trainer import FakeTrainer
 from support.postgres import admin, app_database, terminate
 from trainingplatform.common.v1 import common_pb2
@@ -309,4 +311,30 @@ def test_a_statement_past_the_database_timeout_is_unavailable_naming_the_setting
             conn.rollback()
             conn.close()
             holder.dispose()
+            backend.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_listen_connection_the_database_refuses_is_named_with_its_reason(tmp_path: Path) -> None:
+    """A database that takes the pool's connection but refuses one more (its CONNECTION LIMIT, a full
+    max_connections): the backend used to wait 30 s and exit with `cannot start: TimeoutError`, the warnings before
+    it naming only `OperationalError`. The reason PostgreSQL gave is in both now, without the URL's secrets."""
+    with app_database() as (name, url):
+        url = url.replace("@", ":s3cret-pw@", 1)  # trust authentication: a password to keep out of the log
+        migrate = subprocess.run(
+            [str(VENV_BIN / "tp-backend"), "migrate"], env={**os.environ, "DATABASE_URL": url}, capture_output=True
+        )
+        assert migrate.returncode == 0, migrate.stderr
+        admin(f'ALTER DATABASE "{name}" CONNECTION LIMIT 1')
+        backend = BackendProcess(url, tmp_path / "data", extra_env={"TP_MIGRATE_ON_START": "false"})
+        try:
+            with pytest.raises(RuntimeError, match="backend exited with 1"):
+                backend.start(timeout=90)
+            text = backend.log_text()
+            warnings = [line for line in text.splitlines() if "LISTEN connection" in line and "WARNING" in line]
+            assert warnings and all("too many connections" in line for line in warnings), text
+            error = [line for line in text.splitlines() if "cannot start" in line]
+            assert len(error) == 1 and "LISTEN" in error[0] and "too many connections" in error[0], text
+            assert "s3cret-pw" not in text
+        finally:
             backend.close()

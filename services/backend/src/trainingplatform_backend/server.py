@@ -50,6 +50,9 @@ SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobsService"].full_name,
 )
 
+LISTEN_START_TIMEOUT_S = 30.0
+"""How long a start on PostgreSQL waits for its LISTEN connection before it gives up, naming the last failure."""
+
 LIVENESS_SERVICE = "liveness"
 """A health service name that says SERVING while the process serves, whatever its database does: what a liveness
 probe asks (`""` and the services say NOT_SERVING while the database does not answer: `DatabaseHealth`)."""
@@ -184,7 +187,14 @@ async def start(settings: Settings, *, reuse_port: bool = False) -> RunningServe
         dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         listener = PostgresListener(dsn, NOTIFY_CHANNEL, WATCH_CHANNEL, store.instance_id, hub, store.announce_watched)
         listener.start()
-        await asyncio.wait_for(listener.ready.wait(), timeout=30)
+        try:
+            await asyncio.wait_for(listener.ready.wait(), timeout=LISTEN_START_TIMEOUT_S)
+        except TimeoutError:
+            await listener.stop()
+            raise TimeoutError(
+                f"the PostgreSQL LISTEN connection did not open within {LISTEN_START_TIMEOUT_S:.0f} s"
+                + (f": {listener.last_error}" if listener.last_error else "")
+            ) from None
     metrics_task = metrics.start(settings.metrics_port, host, store.engine, serve=False)
     backend.committer.start()
     await server.start(before_serving=dispatcher.start)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainingplatform_backend import metrics
+from trainingplatform_backend.db import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,8 @@ class PostgresListener:
         hub.on_newly_watched = self._announce_now.set
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
+        self.last_error = ""
+        """Why the LISTEN connection last failed to open or was lost (the first line, without the DSN's secrets)."""
 
     def start(self) -> None:
         """Starts listening, and announcing this process's watched jobs, in the background (reconnecting after
@@ -342,8 +345,7 @@ class PostgresListener:
                 raise
             except Exception as error:
                 self.ready.clear()
-                log.warning(
-                    "PostgreSQL LISTEN connection lost (%s); reconnecting in %.1fs", type(error).__name__, delay
-                )
+                self.last_error = describe_error(error, self._dsn)
+                log.warning("PostgreSQL LISTEN connection failed (%s); reconnecting in %.1fs", self.last_error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, LISTEN_RECONNECT_MAX_DELAY_S)
