@@ -105,11 +105,18 @@ def run_training(backend: BackendProcess, tmp_path: Path) -> Callable[..., Train
     """Runs one job through `tp-train` in a subprocess against the backend; returns its TrainRun.
 
     Arguments: `env` (the tracking and storage settings); `cancel_after_checkpoint=True` sends SIGTERM once the
-    first last.pt is written; `framework`, `model_config`, `dataset_config`, `training_config` and
-    `advanced_config` override TIMM_JOB.
+    first last.pt is written; `while_running(process, output_dir)` is called once the process started (to act on it
+    mid-run); `framework`, `model_config`, `dataset_config`, `training_config` and `advanced_config` override
+    TIMM_JOB.
     """
 
-    def run(env: Mapping[str, str], *, cancel_after_checkpoint: bool = False, **job: Any) -> TrainRun:
+    def run(
+        env: Mapping[str, str],
+        *,
+        cancel_after_checkpoint: bool = False,
+        while_running: Callable[[subprocess.Popen[bytes], Path], None] | None = None,
+        **job: Any,
+    ) -> TrainRun:
         spec = {**TIMM_JOB, **job}
         job_id, token = backend.create_job(
             framework=spec["framework"],
@@ -134,6 +141,8 @@ def run_training(backend: BackendProcess, tmp_path: Path) -> Callable[..., Train
         process = subprocess.Popen(
             command, env=process_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
+        if while_running is not None:
+            while_running(process, output_dir)
         if cancel_after_checkpoint:
             checkpoint = output_dir / "weights" / "last.pt"
             deadline = time.monotonic() + 300

@@ -1,6 +1,7 @@
 """`python -m trainingplatform_sdk.training.abandoned_run`, which the trainer service runs when a training process
 died before it could end its MLflow run (tests/trainer_service/test_runs.py covers it under the service): it ends
-only a run left RUNNING in the store the process used, and says so in one line that holds no credentials."""
+only a run left RUNNING in the store the process used, and says so in one line that holds no credentials. A process
+killed as soon as its run exists has left the record that names it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from mlflow import MlflowClient
 from support.backend import free_port
+from support.proxy import ChaosProxy
+from trainingplatform_sdk.training.recorder import end_abandoned_run
 
 
 def _run(output_dir: Path, status: str, reason: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -73,3 +77,44 @@ def test_an_unreachable_store_is_one_line_without_its_credentials(tmp_path: Path
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.startswith("the MLflow run of ") and "is left RUNNING" in done.stdout, done.stdout
     assert "s3cret" not in done.stdout + done.stderr
+
+
+def test_a_process_killed_while_its_new_run_logs_its_params_leaves_the_record_that_names_the_run(
+    run_training, s3, mlflow_server
+) -> None:
+    """The run is created, then its params are logged (4,000 here: 40 requests) and config.json is uploaded to it:
+    a process killed meanwhile (SIGKILL after a cancel's grace, the OOM killer) left no mlflow_run.json, and its run
+    RUNNING for ever."""
+    experiment = "killed-at-start"
+    client = MlflowClient(mlflow_server.uri)
+    with ChaosProxy(f"127.0.0.1:{mlflow_server.port}", seed=0) as proxy:
+
+        def kill_once_the_run_exists(process: subprocess.Popen[bytes], output_dir: Path) -> None:
+            deadline = time.monotonic() + 120
+            while process.poll() is None and time.monotonic() < deadline:
+                found = client.get_experiment_by_name(experiment)
+                runs = client.search_runs([found.experiment_id]) if found is not None else []
+                if runs and runs[0].data.params:  # the process got its run's id: it is logging the params
+                    proxy.stall()  # the process waits on MLflow
+                    process.kill()
+                    return
+                time.sleep(0.02)
+
+        env = {**s3.env(), "MLFLOW_TRACKING_URI": f"http://{proxy.address}", "MLFLOW_EXPERIMENT_NAME": experiment}
+        run = run_training(
+            env,
+            while_running=kill_once_the_run_exists,
+            advanced_config={"extra": {f"option_{i:04d}": i for i in range(4000)}},
+        )
+        proxy.unstall()
+        assert run.returncode == -9, run.stderr[-3000:]
+        (mlflow_run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+        assert mlflow_run.info.status == "RUNNING"
+
+        line = end_abandoned_run(run.output_dir, "KILLED", "killed by signal 9 (SIGKILL)", env)
+
+    assert line == (
+        f"MLflow run {mlflow_run.info.run_id} ended KILLED: its training process died before it could "
+        "(killed by signal 9 (SIGKILL))"
+    )
+    assert client.get_run(mlflow_run.info.run_id).info.status == "KILLED"

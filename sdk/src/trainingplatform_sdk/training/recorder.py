@@ -200,18 +200,21 @@ class JobRecorder:
                 framework=framework,
                 model_name=model_name,
                 params={"framework": framework, **flatten_params(configs)},
+                # Recorded before anything else is asked of MLflow: if this process dies from here on, the trainer
+                # service ends the run (end_abandoned_run).
+                on_created=lambda created: _record_run(output_dir, created, ended=None),
             )
             try:
                 run.log_artifact(config_path, fail_fast=True)
             except Exception as error:
-                _end_quietly(run, "FAILED")
+                if _end_quietly(run, "FAILED"):
+                    _record_run(output_dir, run, ended="FAILED")
                 raise TrackingError(
                     f"{settings.tracking.setting}: the run's artifact store does not accept files (check the "
                     f"server's --artifacts-destination, or MLFLOW_S3_ENDPOINT_URL and the AWS_* credentials for "
                     f"artifacts the trainer writes itself): {run.describe_error(error)}"
                 ) from error
             recorder.run = run
-            _record_run(output_dir, run, ended=None)
         logger.report_run_info(
             mlflow_run_id=recorder.run.run_id if recorder.run else None,
             mlflow_tracking_uri=settings.tracking.display_uri if settings.tracking else None,
@@ -554,11 +557,14 @@ def end_abandoned_run(output_dir: Path, status: str, reason: str, env: Mapping[s
     return f"MLflow run {run_id} ended {status}: its training process died before it could ({reason})"
 
 
-def _end_quietly(run: MlflowRun, status: str) -> None:
+def _end_quietly(run: MlflowRun, status: str) -> bool:
+    """Ends the run with `status`; False (and a log line) when that failed."""
     try:
         run.end(status)
     except Exception as error:
         _log.warning("ending the MLflow run %s failed: %s", run.run_id, run.describe_error(error))
+        return False
+    return True
 
 
 class _EpochTrackingSink:

@@ -459,6 +459,7 @@ class MlflowRun:
         framework: str,
         model_name: str,
         params: Mapping[str, str],
+        on_created: Callable[[MlflowRun], None] | None = None,
     ) -> MlflowRun:
         """Checks that the tracking server answers, then creates the run and logs its params.
 
@@ -470,6 +471,8 @@ class MlflowRun:
             framework: The `framework` tag.
             model_name: The `model` tag.
             params: The run's params (see `flatten_params`).
+            on_created: Called with the run as soon as it exists, before its params are logged: to record it where
+                a process outliving this one finds it (the run is left RUNNING if this process dies).
 
         Raises:
             TrackingError: mlflow is not installed, the server is unreachable or rejects the credentials, or the
@@ -517,6 +520,8 @@ class MlflowRun:
                     f"{settings.experiment_name!r}: {_describe(error, settings)}"
                 ) from error
             tracked = cls(client, run.info.run_id, settings, run.info.artifact_uri)
+            if on_created is not None:
+                on_created(tracked)
             try:
                 tracked._log_params(params)
             except Exception as error:
