@@ -554,6 +554,41 @@ def test_events_accept_the_largest_cursor_the_backend_takes(
         reader.close()
 
 
+@pytest.mark.parametrize("forged", ["e50", "e1000000000"])
+def test_an_epoch_summary_part_past_the_jobs_summaries_resumes_from_the_last_one_it_has(
+    backend: BackendProcess, dashboard: DashboardProcess, tmp_path: Path, forged: str
+) -> None:
+    # An id past the job's epoch summaries (forged, or from another deployment) skips none that come later, for the
+    # tab that sent it and for the others, which share the job's one subscription.
+    job_id, token = backend.create_job()
+    client = logged_in(dashboard)
+    logger = logger_for(backend, job_id, token, tmp_path)
+    logger.update_status("RUNNING")
+    for epoch in (0, 1):
+        logger.log_epoch_summary(epoch, {"val/accuracy": epoch / 10})
+    assert logger.flush(timeout=15)
+    tabs = [  # the forged id first: it starts the job's subscription
+        SseReader(client, f"/api/jobs/{job_id}/events", headers={"Last-Event-ID": forged}),
+        SseReader(client, f"/api/jobs/{job_id}/events"),
+    ]
+    try:
+        for epoch in (2, 3):
+            logger.log_epoch_summary(epoch, {"val/accuracy": epoch / 10})
+        assert logger.flush(timeout=15)
+        for tab, expected in zip(tabs, ([2, 3], [0, 1, 2, 3]), strict=True):
+            epochs: list[int] = []
+            while epochs != expected:
+                event = tab.next(timeout=15)
+                assert event is not None and len(epochs) < len(expected), (forged, epochs)
+                if event.event == "epoch_summary":
+                    epochs.append(event.json()["epoch"])
+    finally:
+        for tab in tabs:
+            tab.close()
+        logger.update_status("COMPLETED")
+        logger.close(timeout=15)
+
+
 def test_two_tabs_share_one_backend_subscription(
     backend: BackendProcess, dashboard: DashboardProcess, tmp_path: Path
 ) -> None:

@@ -520,14 +520,15 @@ async def job_events(request: Request) -> Response:
     response = await _call(backend.get_job(job_id))
     live = convert.status_name(response.job.status) not in _TERMINAL
     # An id past what the job has committed (forged or from another deployment) would start the job's shared
-    # subscription past events other tabs need: metrics and logs resume at most from the job's cursor.
+    # subscription past events other tabs need: metrics and logs resume at most from the job's cursor, status
+    # changes from its last one and epoch summaries from its last one.
     committed = response.job.cursor
     last_status = max((event.sequence for event in response.status_events), default=0)
     cursor = Cursor(
         min(cursor.m, committed.last_metric_sequence),
         min(cursor.l, committed.last_log_sequence),
         min(cursor.s, last_status),
-        cursor.e,
+        await fanout.summary_cap(job_id, cursor.e),
     )
     client = Client(cursor, int(dashboard.settings.client_queue_events))
     session: Session = request.scope["state"]["session"]

@@ -65,6 +65,8 @@ _BUSY_FIRST_RETRY_S = 1.0
 _BUSY_MAX_RETRY_S = 30.0
 _RESUMED_AFTER_S = 1.0
 """A resubscription that no refusal ended within this long holds (the backend refuses at the start of the call)."""
+_SUMMARY_QUIET_S = 1.0
+"""A read of a live job's epoch summaries has them all once it gave none for this long."""
 
 
 _UNREACHABLE_NOTICE = convert.dumps(
@@ -578,6 +580,42 @@ class FanOut:
                 client.hub = hub
                 return None
         return asyncio.get_running_loop().create_task(self._catch_up(job_id, client, live=live))
+
+    async def summary_cap(self, job_id: str, claimed: int) -> int:
+        """The epoch-summary position (epoch + 1) a client may resume from: `claimed` when the job has a summary
+        there or later (the job's subscription saw one, or a read of its summaries finds one), else the position of
+        its last summary (an id past them, forged or from another deployment, must not start the job's shared
+        subscription past summaries still to come)."""
+        hub = self.hubs.get(job_id)
+        if claimed == 0 or (hub is not None and not hub.finished and hub.position.e >= claimed):
+            return claimed
+        if await self._last_summary(job_id, claimed - 1, claimed) >= claimed:
+            return claimed
+        return min(claimed, await self._last_summary(job_id, 0, claimed))
+
+    async def _last_summary(self, job_id: str, after: int, enough: int) -> int:
+        """The position of the last epoch summary past `after` (`after` when none is), read on a short subscription
+        that skips every other event, until it reaches `enough`, ends (an ended job) or gives nothing for
+        `_SUMMARY_QUIET_S` (a live job; a backend error ends it too: the cap is then lower, and a summary is sent
+        again rather than skipped)."""
+        start = jobs_pb2.TelemetryCursor(
+            metric_sequence=limits.MAX_SEQUENCE,
+            log_sequence=limits.MAX_SEQUENCE,
+            status_sequence=limits.MAX_STATUS_SEQUENCE,
+            epoch_summary_sequence=after,
+        )
+        call: Any = self.backend.subscribe(job_id, start)
+        position = after
+        try:
+            responses = call.__aiter__()
+            while position < enough:
+                response = await asyncio.wait_for(responses.__anext__(), timeout=_SUMMARY_QUIET_S)
+                position = max(position, response.cursor.epoch_summary_sequence)
+        except (StopAsyncIteration, TimeoutError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            call.cancel()
+        return position
 
     def detach(self, client: Client) -> None:
         """The client's stream ended (browser gone, overflow, end of job)."""
