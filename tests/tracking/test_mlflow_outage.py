@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from support.backend import BackendProcess
 from support.proxy import ChaosProxy
 from trainingplatform.common.v1 import common_pb2
@@ -103,10 +104,12 @@ def test_metrics_logged_while_mlflow_is_down_reach_the_run_once_it_answers_again
         proxy.cut_all()
         sink.log_epoch_summary(1, {"train/loss": 0.5})
         sink.log_epoch_summary(2, {"train/loss": 0.25})  # before the next try: kept
+        resumed_ms = time.time() * 1000
         proxy.resume()
         time.sleep(1.5)
         sink.log_epoch_summary(3, {"train/loss": 0.125})
         after_outage = history(mlflow_server.uri, recorder.run.run_id, "train/loss")
+        points = MlflowClient(mlflow_server.uri).get_metric_history(recorder.run.run_id, "train/loss")
 
         proxy.pause()
         proxy.cut_all()
@@ -118,6 +121,8 @@ def test_metrics_logged_while_mlflow_is_down_reach_the_run_once_it_answers_again
         recorder.finish(TrainingResult(status=Status.COMPLETED, epochs_completed=5, best_checkpoint=checkpoint))
 
     assert after_outage == [(0, 1.0), (1, 0.5), (2, 0.25), (3, 0.125)]
+    # Sent late, stamped with the time of their epoch's end, once: a resent epoch adds no point of its own.
+    assert [point.timestamp < resumed_ms for point in points] == [True, True, True, False]
     assert history(mlflow_server.uri, recorder.run.run_id, "train/loss")[-1] == (4, 0.0625)  # sent by finish
     messages = [message for _, message in lines.lines]
     assert any(message.startswith("MLflow metric logging paused at epoch 1:") for message in messages), messages

@@ -580,8 +580,8 @@ class _EpochTrackingSink:
     def __init__(self, inner: TelemetrySink, run: MlflowRun) -> None:
         self._inner = inner
         self._run = run
-        #: Metrics by epoch not yet taken by MLflow, oldest first.
-        self._pending: dict[int, dict[str, float]] = {}
+        #: (when it ended, in ms since the epoch, its metrics) by epoch not yet taken by MLflow, oldest first.
+        self._pending: dict[int, tuple[int, dict[str, float]]] = {}
         #: Epochs dropped from `_pending` (past MAX_PENDING_EPOCHS) during the current outage.
         self._dropped = 0
         #: The epoch at which MLflow stopped taking metrics; None while it takes them.
@@ -619,7 +619,8 @@ class _EpochTrackingSink:
         """Forwards the summary and logs its metrics to MLflow with step = `epoch` (see the class docstring)."""
         self._inner.log_epoch_summary(epoch, metrics, duration_seconds=duration_seconds)
         try:
-            self._pending.setdefault(epoch, {}).update(metrics)
+            _, kept = self._pending.get(epoch, (0, {}))
+            self._pending[epoch] = (int(time.time() * 1000), {**kept, **metrics})
         except (TypeError, ValueError):  # not a mapping: the inner sink warned of it
             return
         while len(self._pending) > MAX_PENDING_EPOCHS:
@@ -634,7 +635,8 @@ class _EpochTrackingSink:
         while self._pending:
             oldest = next(iter(self._pending))
             try:
-                self._run.log_epoch(oldest, self._pending[oldest], fail_fast=self._paused_at is not None)
+                ended_ms, metrics = self._pending[oldest]
+                self._run.log_epoch(oldest, metrics, timestamp_ms=ended_ms, fail_fast=self._paused_at is not None)
             except Exception as error:
                 self._paused(oldest if epoch is None else epoch, error)
                 return False

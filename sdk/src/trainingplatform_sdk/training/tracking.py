@@ -570,16 +570,19 @@ class MlflowRun:
             batch = items[start : start + MAX_PARAMS_PER_BATCH]
             retry_locked(lambda batch=batch: self.client.log_batch(self.run_id, params=batch))  # type: ignore[misc]
 
-    def log_epoch(self, epoch: int, metrics: Mapping[str, float], *, fail_fast: bool = False) -> None:
+    def log_epoch(
+        self, epoch: int, metrics: Mapping[str, float], *, timestamp_ms: int | None = None, fail_fast: bool = False
+    ) -> None:
         """Logs one epoch's metrics with step = `epoch`, in one request (per 1,000 metrics), with EPOCH_HTTP_ENV's
-        short timeout and single retry (`fail_fast`: no retry): the training loop waits on this call.
+        short timeout and single retry (`fail_fast`: no retry): the training loop waits on this call. `timestamp_ms`:
+        when the epoch ended (default now); the same on a resend, MLflow keeps one point.
 
         A metric the backend leaves out of an epoch summary (a key that is not text of 1 to 250 characters, a value
         that is not a number: `TrainingLogger.log_epoch_summary` warns of each) is left out here too, not sent to
         fail the whole request."""
         from mlflow.entities import Metric
 
-        timestamp = int(time.time() * 1000)
+        timestamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         items = [
             Metric(metric_name(key), number, timestamp, epoch)
             for key, value in metrics.items()
