@@ -83,8 +83,9 @@ RUN_FILE = "mlflow_run.json"
 #: doubling after each failed try up to METRICS_RETRY_MAX_DELAY_S; the epochs in between are kept and sent then.
 METRICS_RETRY_FIRST_DELAY_S = 30.0
 METRICS_RETRY_MAX_DELAY_S = 600.0
-#: Most epochs whose metrics are kept while MLflow does not take them; the oldest are dropped beyond.
-MAX_PENDING_EPOCHS = 10_000
+#: Most metric values kept while MLflow does not take them (about 100 MB at most); the oldest epochs are dropped
+#: beyond.
+MAX_PENDING_POINTS = 1_000_000
 
 
 class StopRequested(Exception):
@@ -572,9 +573,9 @@ class _EpochTrackingSink:
 
     When MLflow does not take an epoch's metrics (a restart, an outage, a hung server), the job logs one WARNING line
     and training goes on without waiting on MLflow at each epoch: the epochs' metrics are kept (up to
-    MAX_PENDING_EPOCHS) and sent, oldest first, at the first epoch end METRICS_RETRY_FIRST_DELAY_S later (doubling
-    after each failed try, up to METRICS_RETRY_MAX_DELAY_S), each try without retries (10 s at most on a hung
-    server). One INFO line says when MLflow took them again; `send_pending` tries once more as the job ends.
+    MAX_PENDING_POINTS values) and sent, oldest first, at the first epoch end METRICS_RETRY_FIRST_DELAY_S later
+    (doubling after each failed try, up to METRICS_RETRY_MAX_DELAY_S), each try without retries (10 s at most on a
+    hung server). One INFO line says when MLflow took them again; `send_pending` tries once more as the job ends.
     """
 
     def __init__(self, inner: TelemetrySink, run: MlflowRun) -> None:
@@ -582,7 +583,9 @@ class _EpochTrackingSink:
         self._run = run
         #: (when it ended, in ms since the epoch, its metrics) by epoch not yet taken by MLflow, oldest first.
         self._pending: dict[int, tuple[int, dict[str, float]]] = {}
-        #: Epochs dropped from `_pending` (past MAX_PENDING_EPOCHS) during the current outage.
+        #: Metric values in `_pending`.
+        self._pending_points = 0
+        #: Epochs dropped from `_pending` (past MAX_PENDING_POINTS) during the current outage.
         self._dropped = 0
         #: The epoch at which MLflow stopped taking metrics; None while it takes them.
         self._paused_at: int | None = None
@@ -620,11 +623,13 @@ class _EpochTrackingSink:
         self._inner.log_epoch_summary(epoch, metrics, duration_seconds=duration_seconds)
         try:
             _, kept = self._pending.get(epoch, (0, {}))
-            self._pending[epoch] = (int(time.time() * 1000), {**kept, **metrics})
-        except (TypeError, ValueError):  # not a mapping: the inner sink warned of it
+            merged = {**kept, **metrics}
+            self._pending[epoch] = (int(time.time() * 1000), merged)
+        except (TypeError, ValueError):  # not a mapping, or an epoch that is not a number: the inner sink warned
             return
-        while len(self._pending) > MAX_PENDING_EPOCHS:
-            del self._pending[next(iter(self._pending))]
+        self._pending_points += len(merged) - len(kept)
+        while self._pending_points > MAX_PENDING_POINTS and len(self._pending) > 1:
+            self._pending_points -= len(self._pending.pop(next(iter(self._pending)))[1])
             self._dropped += 1
         if time.monotonic() >= self._retry_at:
             self.send_pending(epoch)
@@ -641,6 +646,7 @@ class _EpochTrackingSink:
                 self._paused(oldest if epoch is None else epoch, error)
                 return False
             del self._pending[oldest]
+            self._pending_points -= len(metrics)
         if self._paused_at is not None:
             dropped = f"; the {self._dropped} oldest epoch(s) were dropped" if self._dropped else ""
             at = f"at epoch {epoch}" if epoch is not None else "as the job ended"
@@ -656,7 +662,8 @@ class _EpochTrackingSink:
         if not self._pending:
             return ""
         epochs = list(self._pending)
-        return f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}"
+        kept = f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}"
+        return kept + (f" and of {self._dropped} older epoch(s) dropped" if self._dropped else "")
 
     def _paused(self, epoch: int, error: Exception) -> None:
         self._retry_at = time.monotonic() + self._delay
