@@ -181,9 +181,9 @@ class JobRecorder:
         store.check()
         output_dir.mkdir(parents=True, exist_ok=True)
         config_path = output_dir / "config.json"
-        config_path.write_text(
-            json.dumps({"job_id": job_id, "framework": framework, **configs}, indent=2, default=str), encoding="utf-8"
-        )
+        # Without the credentials a URL in a config holds: the file goes to the artifact store and the MLflow run.
+        config = json.dumps({"job_id": job_id, "framework": framework, **configs}, indent=2, default=str)
+        config_path.write_text(redact_urls(config), encoding="utf-8")
         recorder = cls(
             job_id=job_id,
             run=None,

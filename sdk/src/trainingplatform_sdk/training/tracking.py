@@ -275,7 +275,8 @@ def flatten_params(sections: Mapping[str, Any]) -> dict[str, str]:
     """Flattens nested configs into MLflow params: `{"advanced": {"extra": {"mosaic": 0}}}` -> `advanced.extra.mosaic`.
 
     None values (a setting left at the adapter's default) are left out; lists become JSON; keys and values are cut
-    to MLflow's limits, and characters MLflow rejects in keys become `_`.
+    to MLflow's limits, and characters MLflow rejects in keys become `_`. A URL in a value is shown without its
+    credentials (`redact_urls`: `user:password@`, secret query parameters, this process's secrets).
     """
     params: dict[str, str] = {}
 
@@ -287,7 +288,7 @@ def flatten_params(sections: Mapping[str, Any]) -> dict[str, str]:
         if value is None:
             return
         text = json.dumps(value, default=str) if isinstance(value, list | tuple) else str(value)
-        params[metric_name(prefix)[:MAX_PARAM_KEY_LENGTH]] = text[:MAX_PARAM_VALUE_LENGTH]
+        params[metric_name(prefix)[:MAX_PARAM_KEY_LENGTH]] = redact_urls(text)[:MAX_PARAM_VALUE_LENGTH]
 
     visit("", sections)
     return params
