@@ -157,3 +157,12 @@ def test_keys_are_grouped_only_by_a_leading_name_not_at_any_slash(page: Any, sta
     other = page.locator('section.chart-section[data-prefix="other"]')
     assert other.locator("figure.chart").count() == 2
     assert sorted(other.locator("figure.chart .chart-title").all_inner_texts()) == sorted(["loss", script])
+
+
+def test_axis_ticks_of_very_large_values_stay_short(page: Any, stack: Platform) -> None:
+    page.goto(f"{stack.url}/")
+    ticks = page.evaluate(
+        "import('/static/js/common.js').then((m) => [1e15, 2.5e17, 1e21, 1.5e30, -3e20, 999e12].map(m.formatTick))"
+    )
+    # Short enough to sit beside the chart (its y axis is 64 px wide), and the value they stand for.
+    assert ticks == ["1e15", "2.5e17", "1e21", "1.5e30", "-3e20", "999T"], ticks

@@ -490,10 +490,14 @@ const SI = [
   [1e3, "k"],
 ];
 
-/** An axis tick: short enough to sit beside the chart (12.5k, 1.53G, 0.0025, 1e-5). */
+/** Past this, a tick is written with its exponent (1e15, 2.5e30): in T it would be a row of digits. */
+const TICK_EXPONENT_FROM = 1e15;
+
+/** An axis tick: short enough to sit beside the chart (12.5k, 1.53G, 0.0025, 1e-5, 2.5e17). */
 export function formatTick(value) {
   if (value === null || value === undefined || !Number.isFinite(value)) return "";
   const abs = Math.abs(value);
+  if (abs >= TICK_EXPONENT_FROM) return Number(value.toPrecision(3)).toExponential().replace("e+", "e");
   for (const [size, suffix] of SI) {
     if (abs >= size) return `${Number((value / size).toPrecision(3))}${suffix}`;
   }
