@@ -6,8 +6,10 @@ real SeaweedFS (behind a proxy that refuses connections) and a real MLflow serve
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 from support.proxy import ChaosProxy
 from trainer_service.trainer_process import wait_until
 from trainingplatform_sdk.training.adapter import NullSink, Status, TrainingResult
-from trainingplatform_sdk.training.artifacts import StorageError
+from trainingplatform_sdk.training.artifacts import MULTIPART_THRESHOLD, StorageError
 from trainingplatform_sdk.training.recorder import JobRecorder, RecorderSettings, StopRequested
 
 PASSWORD = "pw-s3cr3t"
@@ -115,6 +117,37 @@ def test_an_s3_outage_longer_than_the_budget_fails_naming_the_local_copy_and_mlf
     stored |= {a.path for a in client.list_artifacts(recorder.run.run_id, "checkpoints")}
     assert {"checkpoints/best.pt", "results.json", "config.json"} <= stored
     assert client.get_run(recorder.run.run_id).info.status == "FAILED"
+
+
+def test_a_large_upload_cut_midway_leaves_no_stale_parts_once_a_retry_stored_it(
+    s3, proxy, tmp_path, monkeypatch
+) -> None:
+    """The endpoint went away during a multipart upload, so boto3 could not abort it: its parts stayed in the bucket,
+    invisible and billed, after the retry stored the file."""
+    recorder, lines, output_dir = start(s3, proxy, tmp_path, monkeypatch, TP_ARTIFACTS_UPLOAD_RETRY_S="120")
+    checkpoint = output_dir / "weights" / "best.pt"
+    content = os.urandom(6 * MULTIPART_THRESHOLD)
+    checkpoint.write_bytes(content)
+    key = "jobs/job-1/job-1/weights/best.pt"
+    client = s3.client()
+
+    def cut_once_parts_flow() -> None:
+        wait_until(lambda: client.list_multipart_uploads(Bucket=s3.bucket, Prefix=key).get("Uploads"), timeout=60)
+        proxy.stall()  # S3 goes away mid-upload ...
+        proxy.pause()
+        proxy.cut_all()
+        time.sleep(2.0)  # ... for 2 s
+        proxy.unstall()
+        proxy.resume()
+
+    cutter = threading.Thread(target=cut_once_parts_flow, daemon=True)
+    cutter.start()
+    recorder.finish(completed(output_dir))
+    cutter.join(30)
+
+    assert any("retrying in" in message for level, message in lines.lines if level == "WARNING"), lines.lines
+    assert client.get_object(Bucket=s3.bucket, Key=key)["Body"].read() == content
+    assert client.list_multipart_uploads(Bucket=s3.bucket, Prefix=key).get("Uploads", []) == []
 
 
 def test_the_retry_budget_must_be_seconds(tmp_path) -> None:

@@ -17,7 +17,8 @@ Objects go under `<prefix>/jobs/<job_id>/<run>/` (`weights/best.pt`, `results.js
 `<data dir>/artifacts/<job_id>/<run>/`, `<run>` being one run of the job (`run_key`): a superseded dispatch attempt
 of the job, still running on a trainer the backend lost touch with, never overwrites the current attempt's files.
 They are reported as `s3://bucket/key` or `file:///...`: consumers read the URIs from the job. Uploads use
-boto3's managed transfer: multipart above 8 MiB.
+boto3's managed transfer: multipart above 8 MiB; the multipart uploads of failed attempts are aborted once a retry
+stored the file.
 
 A hung endpoint holds a job for seconds, not minutes: the start-of-job check makes one attempt that waits 10 s for
 an answer (CHECK_READ_TIMEOUT_S), an upload waits 30 s on each read or write (UPLOAD_READ_TIMEOUT_S, not the whole
@@ -302,6 +303,31 @@ class S3ArtifactStore:
             raise StorageError(
                 redact_urls(f"{settings.endpoint_setting} cannot be used for TP_ARTIFACTS_BUCKET: {error}")
             ) from error
+        #: (key, upload id) of each multipart upload this store started, in order (see `_abort_stale_uploads`).
+        self._multipart: list[tuple[str, str]] = []
+        self.client.meta.events.register("after-call.s3.CreateMultipartUpload", self._note_multipart)
+
+    def _note_multipart(self, parsed: Mapping[str, Any], **_: Any) -> None:
+        if parsed.get("UploadId") and parsed.get("Key"):
+            self._multipart.append((str(parsed["Key"]), str(parsed["UploadId"])))
+
+    def _abort_stale_uploads(self, key: str) -> None:
+        """Once an attempt stored `key`, aborts the multipart uploads of `key` that the failed attempts before it
+        started (not the last one: it stored the file). boto3 aborts a failed one itself, but not while the endpoint
+        is unreachable, and its parts would stay in the bucket, invisible and billed. Best effort, one request each
+        (s3:AbortMultipartUpload): stops at the first that does not get an answer."""
+        from botocore.exceptions import ClientError
+
+        ours = [upload_id for uploaded, upload_id in self._multipart if uploaded == key]
+        self._multipart = [(uploaded, upload_id) for uploaded, upload_id in self._multipart if uploaded != key]
+        for upload_id in ours[:-1]:
+            try:
+                self.check_client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except ClientError as error:  # aborted already by boto3 (NoSuchUpload), or not allowed
+                _log.info("aborting an interrupted multipart upload of %s: %s", key, redact_urls(str(error)))
+            except Exception as error:
+                _log.info("aborting an interrupted multipart upload of %s failed: %s", key, redact_urls(str(error)))
+                return
 
     def uri(self, name: str) -> str:
         """The `s3://` URI of a stored name."""
@@ -340,10 +366,10 @@ class S3ArtifactStore:
         transfer = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
         action = f"uploading {path.name} to {self.uri(name)}"
         deadline, delay = time.monotonic() + retry_s, FIRST_RETRY_DELAY_S
+        key = f"{self.key_prefix}/{name}"
         while True:
             try:
-                self.client.upload_file(str(path), self.bucket, f"{self.key_prefix}/{name}", Config=transfer)
-                return self.uri(name)
+                self.client.upload_file(str(path), self.bucket, key, Config=transfer)
             except Exception as error:
                 failure = self._error(
                     error, action, UPLOAD_READ_TIMEOUT_S, permission=f"s3:PutObject on {self.uri(name)}"
@@ -359,6 +385,9 @@ class S3ArtifactStore:
                 if not _sleep(wait, stop):
                     raise failure from error
                 delay = min(delay * 2, MAX_RETRY_DELAY_S)
+            else:
+                self._abort_stale_uploads(key)
+                return self.uri(name)
 
     def _error(self, error: Exception, action: str, read_timeout_s: int, *, permission: str = "") -> StorageError:
         """A StorageError naming the setting behind a boto3 error, with the credentials of every URL in it
