@@ -148,6 +148,23 @@ def test_zoom_keys_and_nan(job: _Job):
     assert all(math.isnan(b.min) and math.isnan(b.max) and math.isnan(b.last) for b in all_nan.buckets)
 
 
+def test_a_key_with_few_points_gets_a_bucket_per_step_however_far_apart_its_steps(job: _Job):
+    # "with fewer distinct steps than max_points, every point has a bucket of its own": steps 0 and 1 of an
+    # evaluation logged at 0, 1, 2, 1000 and 3,000,000 shared one bucket of equal width (a chart lost points).
+    steps = [0, 1, 2, 1000, 3_000_000]
+    job.stream([(ACC, step, None, step / 10) for step in steps])
+    job.stream([(LOSS, step, None, 1.0) for step in (5, 5, 6, 2_000_000)])  # two points at step 5
+    for fields in ({"keys": [ACC]}, {}):  # one key, and several keys in one answer
+        by_key = {s.key: s for s in job.series(max_points=10, **fields).series}  # type: ignore[arg-type]
+        assert [(b.first_step, b.last_step, b.count, b.last) for b in by_key[ACC].buckets] == [
+            (step, step, 1, step / 10) for step in steps
+        ]
+        _check_tiling(by_key[ACC], job.sent[ACC])
+    (loss,) = job.series(keys=[LOSS], max_points=4).series
+    buckets = [(b.first_step, b.last_step, b.count) for b in loss.buckets]
+    assert buckets == [(5, 5, 2), (6, 6, 1), (2_000_000, 2_000_000, 1)]
+
+
 def test_last_sequence_lets_a_subscriber_continue_without_a_gap(job: _Job):
     job.stream([(LOSS, step, 0, _loss(step)) for step in range(1000)])
     response = job.series(keys=[LOSS])

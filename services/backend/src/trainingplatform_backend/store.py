@@ -103,8 +103,6 @@ class SeriesBucket(NamedTuple):
 # MetricSeries beside its key and buckets: what bounds GetMetricSeries's answer.
 SERIES_BUCKET_BYTES = 96
 SERIES_KEY_BYTES = 24
-# (key, bucket) as one integer group number, key index * this + bucket: above any max_points.
-_SERIES_GROUPS_PER_KEY = 1 << 20
 _SERIES_RANGES_TABLE = (
     "CREATE TEMP TABLE IF NOT EXISTS series_ranges "
     "(key TEXT PRIMARY KEY, idx INTEGER, lo INTEGER, hi INTEGER, width INTEGER) WITHOUT ROWID"
@@ -124,10 +122,19 @@ FROM (
         min(m.epoch) AS e0, max(m.epoch) AS e1, max(m.sequence) AS last_sequence
     FROM metrics m {ranges}
     WHERE m.job_pk = :job_pk AND m.sequence <= :cursor AND {step_range}
-    GROUP BY bucket
+    GROUP BY {group}
 ) b
 ORDER BY b.idx, b.first_step
 """
+
+
+def _bucket_width(first: int, last: int, points: int, max_points: int) -> int:
+    """The step width of a key's buckets: its steps `first` to `last` in at most `max_points` buckets of equal width;
+    one step when the key has at most `max_points` points there, so that each of its steps has a bucket of its own (at
+    most `max_points` of them: empty buckets are left out), however far apart the steps are."""
+    if points <= max_points:
+        return 1
+    return (last - first + max_points) // max_points
 
 
 class Store:
@@ -759,10 +766,10 @@ class Store:
             if len(keys) == 1:
                 limit = ""  # no key column to order by: one row
             ranges = [
-                (keys[0] if len(keys) == 1 else key, int(first), int(last))
-                for key, first, last in conn.execute(
+                (keys[0] if len(keys) == 1 else key, int(first), int(last), int(points))
+                for key, first, last, points in conn.execute(
                     text(
-                        f"SELECT {selected}, min(step), max(step) FROM metrics WHERE job_pk = :job_pk "
+                        f"SELECT {selected}, min(step), max(step), count(*) FROM metrics WHERE job_pk = :job_pk "
                         f"AND sequence <= :cursor AND step BETWEEN :low AND :high{key_filter}{grouped}{limit}"
                     ),
                     params,
@@ -777,18 +784,19 @@ class Store:
                 next_key = ranges[max_keys][0]
                 del ranges[max_keys:]
             if max_bytes is not None:
-                room = max_bytes - sum(len(key.encode()) + SERIES_KEY_BYTES for key, _, _ in ranges)
+                room = max_bytes - sum(len(key.encode()) + SERIES_KEY_BYTES for key, _, _, _ in ranges)
                 max_points = max(1, min(max_points, room // (SERIES_BUCKET_BYTES * len(ranges))))
             value = "m.value" if self.is_sqlite else "NULLIF(m.value, CAST('NaN' AS DOUBLE PRECISION))"
             # The ranges' numbers are integers read from the database, written into the statement as literals (so
             # that PostgreSQL divides integers, whatever type a driver would give a bound parameter).
             if len(ranges) == 1:
                 # One key (the usual chart): its range is in the WHERE clause, the bucket a plain expression.
-                key, first, last = ranges[0]
+                key, first, last, points = ranges[0]
                 params["key"] = key
                 query = _SERIES_BUCKETS.format(
                     idx="0",
-                    bucket=f"(m.step - {first}) / {(last - first + max_points) // max_points}",
+                    bucket=f"(m.step - {first}) / {_bucket_width(first, last, points, max_points)}",
+                    group="bucket",
                     value=value,
                     ranges="",
                     step_range=f"m.key = :key AND m.step BETWEEN {first} AND {last}",
@@ -796,8 +804,8 @@ class Store:
             else:
                 # Several keys: their ranges joined by key; one integer group number per (key, bucket).
                 rows = [
-                    (key, index, first, last, (last - first + max_points) // max_points)
-                    for index, (key, first, last) in enumerate(ranges)
+                    (key, index, first, last, _bucket_width(first, last, points, max_points))
+                    for index, (key, first, last, points) in enumerate(ranges)
                 ]
                 if self.is_sqlite:
                     # A temporary table with a primary key (this connection's, rolled back with its read): SQLite
@@ -816,9 +824,11 @@ class Store:
                         values.append(f"(:rk{index}, {index}, {first}, {last}, {width})")
                     table = f"JOIN (VALUES {', '.join(values)}) AS r(key, idx, lo, hi, width)"
                 query = _SERIES_BUCKETS.format(
-                    idx="min(r.idx)",
-                    # 64-bit: a PostgreSQL VALUES column of small literals is a 32-bit integer (2,048 keys overflow).
-                    bucket=f"CAST(r.idx AS BIGINT) * {_SERIES_GROUPS_PER_KEY} + (m.step - r.lo) / r.width",
+                    idx="r.idx",
+                    # Grouped by key and bucket: a key of few points has a bucket per step, whatever its step range,
+                    # so no integer of (key, bucket) packed together would hold every bucket number.
+                    bucket="(m.step - r.lo) / r.width",
+                    group="r.idx, bucket",
                     value=value,
                     ranges=f"{table} ON m.key = r.key",
                     step_range="m.step BETWEEN r.lo AND r.hi",

@@ -234,8 +234,9 @@ class JobsServiceServicer:
         key's lowest to highest step in that range, divided evenly), and each bucket gives its first and last
         step, the lowest and highest value, the last value and the number of points. A chart draws the min/max
         band and the last-value line, so a spike is never hidden however many points a bucket holds. A bucket
-        holding at most one point per step is exact: with fewer distinct steps than `max_points`, every point
-        has a bucket of its own.
+        of one step is exact: a key with at most `max_points` points in the range (or whose lowest and highest
+        steps there are less than `max_points` apart) gets a bucket for each of its steps instead, however far
+        apart they are, so each of its points has a bucket of its own unless two share a step.
 
         Points without a step (per-epoch values logged without one) are in no bucket. Keys come in key order,
         buckets in step order; empty buckets are left out. The answer is one consistent read: it holds every
