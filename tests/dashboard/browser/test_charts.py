@@ -166,3 +166,26 @@ def test_axis_ticks_of_very_large_values_stay_short(page: Any, stack: Platform) 
     )
     # Short enough to sit beside the chart (its y axis is 64 px wide), and the value they stand for.
     assert ticks == ["1e15", "2.5e17", "1e21", "1.5e30", "-3e20", "999T"], ticks
+
+
+def test_a_chart_of_very_small_values_is_scaled_to_them_not_flat_at_zero(
+    page: Any, stack: Platform, tmp_path: Path
+) -> None:
+    job_id, logger = fed_job(stack, tmp_path)
+    logger.update_status("RUNNING")
+    for step in range(1, 6):
+        logger.log_metric("train/tiny", step * 1e-30, step=step)
+        logger.log_metric("train/grad_norm", -step * 1e-18, step=step)
+    logger.update_status("COMPLETED")
+    logger.close(timeout=15)
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    for key, lowest, highest in (("train/tiny", 1e-30, 5e-30), ("train/grad_norm", -5e-18, -1e-18)):
+        chart(page, key).locator("canvas").wait_for()
+        wait_js(page, f"document.querySelector('figure.chart[data-key=\"{key}\"]').dataset.yRange")
+        low, high = map(float, dataset(page, key, "y-range").split())
+        span = highest - lowest
+        # The y axis spans the values (not uPlot's 0..100 of a series it cannot range, with the line flat at 0).
+        assert low <= lowest and high >= highest, f"{key}: the y axis {low}..{high} leaves out {lowest}..{highest}"
+        assert high - low < 10 * span, f"{key}: the y axis {low}..{high} is far wider than the values"
+    assert dataset(page, "train/tiny", "y-unit") == "1e-30"  # the axis says its unit
+    shot(page, tmp_path, "tiny")

@@ -247,6 +247,22 @@ function positiveOnly(column) {
   return column.map((v) => (v !== null && v > 0 ? v : null));
 }
 
+/** Below this, uPlot cannot range a linear scale (it rounds scales to 24 decimals and has no tick step under
+ * 1e-16: a series of 1e-30s is drawn flat at 0 on a 0..100 axis). */
+const TINY = 1e-10;
+
+/** The unit a linear chart of `tables` is drawn in: 1, or for values all smaller than TINY the power of ten of the
+ * largest (the y axis then says it: "loss (×1e-30)"). */
+function unitOf(tables) {
+  let largest = 0;
+  for (const table of tables) {
+    for (const column of table.slice(1, 4)) {
+      for (const v of column) if (v !== null && Math.abs(v) > largest) largest = Math.abs(v);
+    }
+  }
+  return largest > 0 && largest < TINY ? 10 ** Math.floor(Math.log10(largest)) : 1;
+}
+
 /**
  * One uPlot chart with its own legend. `lines`: [{label, color}]; setTables() gets one [x, min, max, last]
  * table per line.
@@ -263,6 +279,7 @@ export class MetricChart {
     this.zoomed = false;
     this.plot = null;
     this.tables = lines.map(() => [[], [], [], []]);
+    this.unit = 1; // of the linear y axis: unitOf(this.tables)
     this.legendValues = [];
     const legend = el(
       "div",
@@ -323,7 +340,7 @@ export class MetricChart {
         { ...axis, label: this.xLabel, labelSize: 18, size: 36, values: (u, values) => values.map((v) => formatTick(v)) },
         {
           ...axis,
-          label: this.yLabel,
+          label: this.unit === 1 || this.log ? this.yLabel : `${this.yLabel} (×${formatTick(this.unit)})`,
           labelSize: 18,
           size: 64,
           // Log axes leave some ticks unlabelled (null) so that labels never overlap.
@@ -336,26 +353,42 @@ export class MetricChart {
       hooks: {
         setSelect: [(u) => this.selected(u)],
         setCursor: [(u) => this.showCursor(u)],
+        setScale: [(u, key) => this.showYRange(u, key)],
       },
     };
   }
 
+  /** The y axis's range, in the values' units, as `data-y-range` ("min max") on the chart. */
+  showYRange(u, key) {
+    if (key !== "y") return;
+    const unit = this.log ? 1 : this.unit;
+    this.root.dataset.yRange = `${u.scales.y.min * unit} ${u.scales.y.max * unit}`;
+  }
+
   build() {
     this.plot?.destroy();
+    this.unit = unitOf(this.tables);
+    this.root.dataset.yUnit = formatTick(this.unit);
     this.plot = new uPlot(this.options(), this.data(), this.box);
     this.plot.over.addEventListener("dblclick", () => this.resetZoom());
     this.showCursor(this.plot);
   }
 
   data() {
-    const tables = this.tables.map((t) => (this.log ? [t[0], positiveOnly(t[1]), positiveOnly(t[2]), positiveOnly(t[3])] : t));
+    const unit = this.unit;
+    const inUnit = (column) => column.map((v) => (v === null ? null : v / unit));
+    const tables = this.tables.map((t) => {
+      if (this.log) return [t[0], positiveOnly(t[1]), positiveOnly(t[2]), positiveOnly(t[3])];
+      return unit === 1 ? t : [t[0], inUnit(t[1]), inUnit(t[2]), inUnit(t[3])];
+    });
     if (tables.length === 1) return tables[0];
     return uPlot.join(tables);
   }
 
   setTables(tables, { keepScale = this.zoomed } = {}) {
     this.tables = tables;
-    if (!this.plot) this.build();
+    // A new unit is a new y axis label: the chart is made again.
+    if (!this.plot || unitOf(tables) !== this.unit) this.build();
     else this.plot.setData(this.data(), !keepScale);
     this.showCursor(this.plot);
     this.noteNonFinite();
