@@ -310,3 +310,29 @@ def test_without_a_session_pages_and_api_answer_401_and_a_post_without_csrf_is_r
     # The pages carry the strict CSP.
     policy = page.request.get(f"{url}/").headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+
+
+def test_the_latest_metric_of_a_right_to_left_key_reads_key_then_value(
+    page: Any, stack: Platform, tmp_path: Path
+) -> None:
+    job_id, logger = fed_job(stack, tmp_path)
+    key = "val/דיוק"  # Hebrew: "accuracy"
+    with logger:
+        logger.update_status("running")
+        logger.log_metric(key, 0.75, step=12)
+        logger.flush(10)
+        cell = page.locator(f'tr[data-job-id="{job_id}"] td.metric')
+        wait_js(page, f"document.querySelector('tr[data-job-id=\"{job_id}\"] td.metric .metric-value')")
+        assert cell.inner_text() == f"{key} 0.75 @ 12"
+        # On screen: the key, then the value, then its step, left to right. Unisolated, the Hebrew word took the
+        # number after it into its right-to-left run ("val/12 @ 0.75 דיוק").
+        boxes = page.evaluate(
+            """(id) => [...document.querySelector(`tr[data-job-id="${id}"] td.metric`).children].map((span) => {
+                const rects = [...span.getClientRects()];
+                return [Math.min(...rects.map((r) => r.left)), Math.max(...rects.map((r) => r.right))];
+            })""",
+            job_id,
+        )
+        (_, key_right), (value_left, value_right), (step_left, _) = boxes
+        assert key_right <= value_left and value_right <= step_left, f"key, value and step overlap: {boxes}"
+        logger.update_status("completed")
