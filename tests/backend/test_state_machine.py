@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from support.backend import auth
@@ -182,3 +184,38 @@ def test_list_jobs_finds_text_in_the_name_id_or_model_in_every_case_and_pages_wi
             jobs.ListJobs(jobs_pb2.ListJobsRequest(text=bad), metadata=internal)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "text" in refused.value.details()
+
+
+# The transitions common.proto's JobStatus comment documents (the contract other languages' clients follow).
+DOCUMENTED = {
+    S.JOB_STATUS_PENDING: {S.JOB_STATUS_QUEUED, S.JOB_STATUS_RUNNING, S.JOB_STATUS_CANCELLED, S.JOB_STATUS_FAILED},
+    S.JOB_STATUS_QUEUED: {S.JOB_STATUS_RUNNING, S.JOB_STATUS_CANCELLED, S.JOB_STATUS_FAILED},
+    S.JOB_STATUS_RUNNING: {S.JOB_STATUS_COMPLETED, S.JOB_STATUS_FAILED, S.JOB_STATUS_CANCELLED},
+}
+COMMON_PROTO = Path(__file__).resolve().parents[2] / "protos/trainingplatform/common/v1/common.proto"
+
+
+def test_the_server_allows_exactly_the_transitions_the_contract_documents(module_backend):
+    # PENDING -> RUNNING (how a job created with dispatch=false starts) was allowed but missing from the comment.
+    comment = COMMON_PROTO.read_text().split("enum JobStatus")[0].split("// The lifecycle of a training job.")[1]
+    assert "PENDING -> RUNNING" in " ".join(comment.replace("//", " ").split())
+    paths = {
+        S.JOB_STATUS_PENDING: (),
+        S.JOB_STATUS_QUEUED: (S.JOB_STATUS_QUEUED,),
+        S.JOB_STATUS_RUNNING: (S.JOB_STATUS_RUNNING,),
+    }
+    allowed = {}
+    for current, path in paths.items():
+        for target in range(S.JOB_STATUS_PENDING, S.JOB_STATUS_CANCELLED + 1):
+            if target == current:
+                continue
+            job_id, token = module_backend.create_job()
+            for status in path:
+                update(module_backend, job_id, token, status)
+            try:
+                update(module_backend, job_id, token, target)
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+            else:
+                allowed.setdefault(current, set()).add(target)
+    assert allowed == DOCUMENTED

@@ -65,7 +65,8 @@ export const JobStatusSchema = /*@__PURE__*/
 /**
  * The lifecycle of a training job.
  *
- * Allowed transitions: PENDING -> QUEUED -> RUNNING -> COMPLETED | FAILED | CANCELLED, and CANCELLED or FAILED
+ * Allowed transitions: PENDING -> QUEUED -> RUNNING -> COMPLETED | FAILED | CANCELLED, PENDING -> RUNNING (a job
+ * created with `dispatch` false, whose trainer the caller runs itself, usually starts so), and CANCELLED or FAILED
  * from PENDING and QUEUED. COMPLETED, FAILED and CANCELLED are terminal: nothing follows them.
  *
  * @generated from enum trainingplatform.common.v1.JobStatus
