@@ -393,6 +393,18 @@ CASES = [
         "cursor",
     ),
     (
+        "list jobs by an unknown status: the message names the field",
+        lambda b, j, t: b.jobs().ListJobs(jobs_pb2.ListJobsRequest(statuses=[1, 99]), metadata=auth(b.read_token)),
+        INVALID,
+        "statuses holds 99, which is not a JobStatus",
+    ),
+    (
+        "list jobs by the unspecified status: the message names the field",
+        lambda b, j, t: b.jobs().ListJobs(jobs_pb2.ListJobsRequest(statuses=[0]), metadata=auth(b.read_token)),
+        INVALID,
+        "statuses holds JOB_STATUS_UNSPECIFIED",
+    ),
+    (
         "get job without id",
         lambda b, j, t: b.jobs().GetJob(jobs_pb2.GetJobRequest(), metadata=auth(b.internal_token)),
         INVALID,

@@ -200,7 +200,7 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
         check_text(request.framework, "framework", limits.MAX_SHORT_NAME_CHARS)
         check_text(request.text, "text", limits.MAX_NAME_CHARS)
         size = convert.page_size(request.page_size, default=limits.DEFAULT_JOBS_PAGE, maximum=limits.MAX_JOBS_PAGE)
-        statuses = sorted({statemachine.status_name(s) for s in request.statuses})
+        statuses = _status_filter(request.statuses)
         scope = _scope("jobs", statuses, request.framework, request.text)
         after = None
         if request.page_token:
@@ -512,6 +512,19 @@ class JobsServicer(jobs_pb2_grpc.JobsServiceServicer):
             (summary.epoch, jobs_pb2.SubscribeTelemetryResponse(epoch_summary=convert.epoch_summary_to_proto(summary)))
             for summary in self._backend.store.epoch_summaries_after(job_pk, after_epoch)
         ]
+
+
+def _status_filter(values: Sequence[int]) -> list[str]:
+    """ListJobs's `statuses`: the stored names, each once, in order; INVALID_ARGUMENT naming the field for a value
+    that is no status."""
+    for value in values:
+        if value == common_pb2.JOB_STATUS_UNSPECIFIED:
+            raise InvalidArgumentError(
+                "statuses holds JOB_STATUS_UNSPECIFIED, which no job has: leave statuses empty for every status"
+            )
+        if value not in common_pb2.JobStatus.values():
+            raise InvalidArgumentError(f"statuses holds {value}, which is not a JobStatus")
+    return sorted({statemachine.status_name(value) for value in values})
 
 
 def _subscriber_key() -> tuple[str, str]:

@@ -161,7 +161,8 @@ class JobsServiceServicer:
         has no artifacts and no error detail. GetJob returns it whole (when it fits in the largest message). No
         stored job can make ListJobs fail.
 
-        Errors: INVALID_ARGUMENT (bad page token or page size), UNAUTHENTICATED, PERMISSION_DENIED.
+        Errors: INVALID_ARGUMENT (bad page token or page size; in `statuses`, UNSPECIFIED or a value that is no
+        JobStatus; a framework or text breaking its field's rules), UNAUTHENTICATED, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
