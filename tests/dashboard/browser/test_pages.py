@@ -225,6 +225,30 @@ def test_compare_overlays_two_jobs_and_marks_the_spec_differences(page: Any, sta
     shot(page, tmp_path, "compare")
 
 
+def test_compare_charts_a_key_the_running_jobs_log_after_it_opened(page: Any, stack: Platform, tmp_path: Path) -> None:
+    fed = [fed_job(stack, tmp_path) for _ in range(2)]
+    for _, logger in fed:
+        logger.update_status("running")
+        logger.log_metric("train/loss", 1.0, step=1, epoch=0)
+        logger.flush(10)
+    page.goto(f"{stack.url}/compare?jobs={','.join(job_id for job_id, _ in fed)}")
+    chart(page, "train/loss").locator("canvas").wait_for()
+    # The first epoch ends: both jobs log a validation metric the page has not seen yet.
+    for scale, (_, logger) in enumerate(fed, start=1):
+        logger.log_metric("val/accuracy", 0.5 * scale, step=1, epoch=0)
+        logger.log_metric("train/loss", 0.5, step=2, epoch=0)
+        logger.flush(10)
+    wait_js(page, "document.querySelector('figure.chart[data-key=\"train/loss\"]')?.dataset.linePoints === '2,2'")
+    accuracy = chart(page, "val/accuracy")
+    accuracy.locator("canvas").wait_for(timeout=10_000)
+    wait_js(page, "document.querySelector('figure.chart[data-key=\"val/accuracy\"]').dataset.linePoints === '1,1'")
+    assert accuracy.locator(".legend-value").all_inner_texts() == ["0.5", "1"]
+    assert accuracy.get_attribute("data-jobs") == "2"
+    for _, logger in fed:
+        logger.update_status("completed")
+        logger.close(10)
+
+
 def test_new_job_form_shows_the_validation_error_beside_its_field(page: Any, stack: Platform, tmp_path: Path) -> None:
     page.goto(f"{stack.url}/new")
     # Only what the backend can run is offered (ListFrameworks): timm, whose trainer answers; ultralytics has no

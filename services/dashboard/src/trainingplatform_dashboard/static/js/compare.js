@@ -215,6 +215,7 @@ async function compare(jobsBox) {
     const tables = tablesFor(key, item.zoom);
     item.chart.setTables(tables, options);
     item.chart.root.dataset.linePoints = tables.map((t) => t[0].length).join(",");
+    item.chart.root.dataset.jobs = String(has.filter((h) => h.has(key)).length);
   };
   /** A chart for `key` (one line per job), in key order within its prefix's section. */
   const addChart = (key) => {
@@ -241,7 +242,6 @@ async function compare(jobsBox) {
     });
     const next = [...section.grid.children].find((n) => n !== item.chart.root && n.dataset.key > key);
     if (next) section.grid.insertBefore(item.chart.root, next);
-    item.chart.root.dataset.jobs = String(has.filter((h) => h.has(key)).length);
     charts.set(key, item);
     return item;
   };
@@ -294,13 +294,22 @@ async function compare(jobsBox) {
     addChart(key);
     draw(key);
   }
-  if (every.length === 0) chartBox.append(el("p", { class: "muted", text: "These jobs have no metrics yet." }));
+  const noMetrics = el("p", { class: "muted", text: "These jobs have no metrics yet." });
+  if (every.length === 0) chartBox.append(noMetrics);
 
-  // Live: running jobs keep appending (only the charted keys' points, past MAX_CHARTS keys).
+  // Live: running jobs keep appending (only the charted keys' points, past MAX_CHARTS keys). A key a job logs
+  // after the page opened (its validation metrics, at the end of its first epoch) gets its chart then, while fewer
+  // than MAX_CHARTS are charted; past that, or with the key picker, it is not charted (a reload lists it).
   let frame = null;
   const redraw = () => {
     frame = null;
-    for (const key of dirty) draw(key);
+    for (const key of dirty) {
+      if (!charts.has(key) && !cut && !key.startsWith("system/") && charts.size < MAX_CHARTS) {
+        noMetrics.remove();
+        addChart(key);
+      }
+      draw(key);
+    }
     dirty.clear();
   };
   // A stream the browser gave up on (a restarted dashboard's 401, a proxy's 502) is opened again after the last
@@ -330,7 +339,10 @@ async function compare(jobsBox) {
       events.addEventListener("open", () => retry.opened());
       events.addEventListener("metrics", (e) => {
         if (e.lastEventId) cursor = e.lastEventId;
-        for (const key of store.append(JSON.parse(e.data).points || [])) dirty.add(key);
+        for (const key of store.append(JSON.parse(e.data).points || [])) {
+          has[i].add(key);
+          dirty.add(key);
+        }
         if (frame === null) frame = requestAnimationFrame(redraw);
       });
       events.addEventListener("end", stop);
