@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import grpc
@@ -207,6 +208,18 @@ def test_reads_name_what_is_missing(timm_trainer: TrainerProcess) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         (stub.ListTrainings, trainer_pb2.ListTrainingsRequest(page_token="garbage"), grpc.StatusCode.INVALID_ARGUMENT),
+        # Tokens the service never issues (it writes `before:<sequence>` in base64): forged ones answered an empty or
+        # a wrong page as if they were valid.
+        *(
+            (stub.ListTrainings, trainer_pb2.ListTrainingsRequest(page_token=token), grpc.StatusCode.INVALID_ARGUMENT)
+            for token in (
+                base64.urlsafe_b64encode(b"before:-5").decode(),
+                base64.urlsafe_b64encode(b"before: 5").decode(),
+                base64.urlsafe_b64encode(b"before:05").decode(),
+                base64.urlsafe_b64encode(b"before:1_0").decode(),
+                base64.urlsafe_b64encode(b"before:" + b"9" * 5000).decode(),
+            )
+        ),
         (stub.ListTrainings, trainer_pb2.ListTrainingsRequest(page_size=-1), grpc.StatusCode.INVALID_ARGUMENT),
         # "at most 1000", as ListJobs, which refuses more (ListTrainings took 1001 as 1000).
         (stub.ListTrainings, trainer_pb2.ListTrainingsRequest(page_size=1001), grpc.StatusCode.INVALID_ARGUMENT),

@@ -93,12 +93,18 @@ def _encode_page_token(sequence: int) -> str:
 
 
 def _decode_page_token(token: str) -> int | None:
+    """The sequence a page token continues before; None without a token.
+
+    Raises:
+        InvalidArgumentError: Anything but a token `_encode_page_token` writes (a forged `before:-5` would answer an
+            empty page as if it were the last).
+    """
     if not token:
         return None
     try:
-        text = base64.urlsafe_b64decode(token.encode()).decode()
-        if text.startswith(_TOKEN_PREFIX):
-            return int(text.removeprefix(_TOKEN_PREFIX))
+        digits = base64.urlsafe_b64decode(token.encode()).decode().removeprefix(_TOKEN_PREFIX)
+        if digits.isascii() and digits.isdigit() and _encode_page_token(int(digits)) == token:
+            return int(digits)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise InvalidArgumentError("page_token: not a next_page_token of ListTrainings")
