@@ -726,7 +726,8 @@ class Store:
 
         Each key's points with a step in [min_step, max_step] (points without a step are left out) go into at most
         `max_points` buckets of equal step width over the key's lowest to highest step there (fewer, the same number
-        for every key, when the answer would otherwise need more than `max_bytes` on the wire). Min and max leave
+        for every key, when the answer would otherwise need more than `max_bytes` on the wire), one step wide for a
+        key with at most that many points there (`_bucket_width`). Min and max leave
         NaN out (NaN when every value of the bucket is); the last value is the one of the bucket's highest
         sequence. Two scans of the job's primary-key range (the keys' step ranges, then the buckets), both limited
         to the committed cursor read first, so the answer holds exactly the points up to it (bar a point filling a
