@@ -360,3 +360,27 @@ def test_the_latest_metric_of_a_right_to_left_key_reads_key_then_value(
         (_, key_right), (value_left, value_right), (step_left, _) = boxes
         assert key_right <= value_left and value_right <= step_left, f"key, value and step overlap: {boxes}"
         logger.update_status("completed")
+
+
+def test_text_selected_on_a_running_jobs_page_stays_selected(page: Any, stack: Platform, tmp_path: Path) -> None:
+    job_id, logger = fed_job(stack, tmp_path)
+    with logger:
+        logger.update_status("running")
+        logger.flush(10)
+        page.goto(f"{stack.url}/jobs/{job_id}")
+        wait_js(page, "document.body.dataset.status === 'RUNNING'")
+        # A user selects the job id (to copy it), then the job's name.
+        for selector in ("dl.facts dd", "#job-title"):
+            page.evaluate(
+                """(selector) => {
+                    const range = document.createRange();
+                    range.selectNodeContents(document.querySelector(selector));
+                    getSelection().removeAllRanges();
+                    getSelection().addRange(range);
+                }""",
+                selector,
+            )
+            page.wait_for_timeout(2500)  # the running duration ticks meanwhile
+            assert page.evaluate("getSelection().toString()") == job_id, f"the selection of {selector} was lost"
+            assert page.locator("dl.facts dd").nth(7).inner_text().endswith(" s")
+        logger.update_status("completed")

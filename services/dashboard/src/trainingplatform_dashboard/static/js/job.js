@@ -49,8 +49,14 @@ const errorLine = el("p", { class: "error-text", id: "job-error", hidden: true }
 const cancelButton = el("button", { type: "button", id: "cancel-job", class: "button danger", text: "Cancel job" });
 const cancelNote = el("span", { class: "muted", id: "cancel-note" });
 
+/** Sets a node's text only when it changes: the head is drawn again every second while the job runs, and text a
+ * user has selected there (to copy the job id or the error) stays selected. */
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
 function renderHead() {
-  title.textContent = jobName(job);
+  setText(title, jobName(job));
   showJobStatus(statusHolder, job.status);
   document.title = `${jobName(job)} · Training platform`;
   document.body.dataset.status = job.status;
@@ -64,9 +70,12 @@ function renderHead() {
     ["Ended", formatTime(job.ended_at)],
     ["Duration", formatDuration(jobDuration(job))],
   ];
-  facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v || "—" })]));
+  if (facts.children.length !== rows.length * 2) {
+    facts.replaceChildren(...rows.flatMap(([k]) => [el("dt", { text: k }), el("dd")]));
+  }
+  rows.forEach(([, v], i) => setText(facts.children[i * 2 + 1], String(v || "—")));
   errorLine.hidden = !job.error_message;
-  errorLine.textContent = job.error_message || "";
+  setText(errorLine, job.error_message || "");
   const terminal = TERMINAL.has(job.status);
   cancelButton.hidden = terminal;
   if (terminal) cancelNote.textContent = "";
