@@ -126,3 +126,19 @@ def test_a_read_only_local_store_fails_the_job_with_the_cause(run_training, tmp_
     expected = "cannot create a run in experiment MLFLOW_EXPERIMENT_NAME='read-only': (sqlite3.OperationalError) "
     assert expected + "attempt to write a readonly database" in run.job.error_message
     assert "[SQL:" not in run.job.error_message
+
+
+def test_an_aws_profile_that_does_not_exist_is_named(run_training, s3, tmp_path) -> None:
+    """boto3 raised ProfileNotFound from the store's construction: the job failed as an exception in training, with
+    a stack trace, instead of naming AWS_PROFILE."""
+    env = {
+        **s3.env(),
+        "AWS_PROFILE": "no-such-profile",
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),  # none: no profile exists
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
+        "TP_MLFLOW_ENABLED": "false",
+    }
+    run = run_training(env)
+    expected = f"TP_ARTIFACTS_BUCKET={s3.bucket!r} cannot be used with AWS_PROFILE='no-such-profile'"
+    assert_failed_at_start(run, expected, secrets=(s3.secret_key,))
+    assert "The config profile (no-such-profile) could not be found" in run.job.error_message

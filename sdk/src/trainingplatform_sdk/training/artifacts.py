@@ -270,6 +270,7 @@ class S3ArtifactStore:
         try:
             import boto3
             from botocore.config import Config
+            from botocore.exceptions import BotoCoreError, ProfileNotFound
         except ImportError as error:
             raise StorageError(
                 f"TP_ARTIFACTS_BUCKET={settings.bucket!r} needs boto3, which is not installed in this trainer"
@@ -302,6 +303,16 @@ class S3ArtifactStore:
         except ValueError as error:  # "Invalid endpoint: <the URL, credentials included>"
             raise StorageError(
                 redact_urls(f"{settings.endpoint_setting} cannot be used for TP_ARTIFACTS_BUCKET: {error}")
+            ) from error
+        except ProfileNotFound as error:  # AWS_PROFILE (or AWS_DEFAULT_PROFILE) names no profile of the AWS config
+            raise StorageError(
+                f"TP_ARTIFACTS_BUCKET={settings.bucket!r} cannot be used with AWS_PROFILE="
+                f"{error.kwargs.get('profile', '')!r}: {error} in the AWS config (~/.aws/config, AWS_CONFIG_FILE): "
+                "fix the name, or unset AWS_PROFILE to use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            ) from error
+        except BotoCoreError as error:  # another AWS setting boto3 cannot use
+            raise StorageError(
+                redact_urls(f"TP_ARTIFACTS_BUCKET={settings.bucket!r} cannot be used: the AWS settings: {error}")
             ) from error
         #: (key, upload id) of each multipart upload this store started, in order (see `_abort_stale_uploads`).
         self._multipart: list[tuple[str, str]] = []
