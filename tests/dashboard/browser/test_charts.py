@@ -189,3 +189,24 @@ def test_a_chart_of_very_small_values_is_scaled_to_them_not_flat_at_zero(
         assert high - low < 10 * span, f"{key}: the y axis {low}..{high} is far wider than the values"
     assert dataset(page, "train/tiny", "y-unit") == "1e-30"  # the axis says its unit
     shot(page, tmp_path, "tiny")
+
+
+def test_on_a_log_scale_a_chart_says_which_values_it_cannot_draw(page: Any, stack: Platform, tmp_path: Path) -> None:
+    job_id, logger = fed_job(stack, tmp_path)
+    logger.update_status("RUNNING")
+    for step in range(1, 5):
+        logger.log_metric("train/margin", -float(step), step=step)  # never positive
+        logger.log_metric("train/loss", float(step - 1), step=step)  # 0, then positive
+    logger.update_status("COMPLETED")
+    logger.close(timeout=15)
+    page.goto(f"{stack.url}/jobs/{job_id}")
+    chart(page, "train/margin").locator("canvas").wait_for()
+    assert not chart(page, "train/margin").locator(".chart-note").is_visible()  # linear: every value drawn
+    page.check("#log-scale")
+    for key, says in (("train/margin", "every value"), ("train/loss", "1 of 4 values")):
+        note = chart(page, key).locator(".chart-note")
+        assert note.is_visible(), f"the log-scale chart of {key} does not say what it leaves out"
+        assert says in note.inner_text() and "log scale" in note.inner_text(), note.inner_text()
+    page.uncheck("#log-scale")
+    assert not chart(page, "train/margin").locator(".chart-note").is_visible()
+    shot(page, tmp_path, "log-scale")

@@ -372,6 +372,7 @@ export class MetricChart {
     this.plot = new uPlot(this.options(), this.data(), this.box);
     this.plot.over.addEventListener("dblclick", () => this.resetZoom());
     this.showCursor(this.plot);
+    this.noteNonFinite();
   }
 
   data() {
@@ -404,12 +405,28 @@ export class MetricChart {
       odd += shown.filter(nonFinite).length;
     }
     this.root.dataset.nonFinite = String(odd);
-    this.note.hidden = odd === 0;
-    if (odd === 0) return;
-    this.note.textContent =
-      odd === all
-        ? "NaN or ±∞: every value of this chart is NaN, ∞ or −∞, which cannot be drawn (the legend shows them)."
-        : `${odd} of ${all} values are NaN, ∞ or −∞ and cannot be drawn: they are gaps (the legend shows them).`;
+    // A log scale cannot draw 0 or a negative value either: said too, or a chart of them would be blank.
+    let notPositive = 0;
+    if (this.log) {
+      for (const table of this.tables) notPositive += (table.shown || []).filter((v) => finite(v) !== null && finite(v) <= 0).length;
+    }
+    const notes = [];
+    if (odd) {
+      notes.push(
+        odd === all
+          ? "NaN or ±∞: every value of this chart is NaN, ∞ or −∞, which cannot be drawn (the legend shows them)."
+          : `${odd} of ${all} values are NaN, ∞ or −∞ and cannot be drawn: they are gaps (the legend shows them).`,
+      );
+    }
+    if (notPositive) {
+      notes.push(
+        notPositive === all
+          ? "On a log scale: every value of this chart is 0 or negative, which a log scale cannot draw."
+          : `On a log scale: ${notPositive} of ${all} values are 0 or negative and cannot be drawn: they are gaps.`,
+      );
+    }
+    this.note.hidden = notes.length === 0;
+    this.note.textContent = notes.join(" ");
   }
 
   setLog(log) {
