@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from trainingplatform.common.v1 import common_pb2
 from trainingplatform.trainer.v1 import trainer_pb2
@@ -95,6 +96,23 @@ def test_timm_image_folder_layout_errors_are_refused(
     Image.new("RGB", (8, 8)).save(root / "val" / "b" / "0.png")
     request = trainer_pb2.StartTrainingRequest(job_id=f"layout-ok-{validate_only}", spec=job_spec, validate_only=True)
     assert timm.stub.StartTraining(request, metadata=timm.metadata, timeout=60).run_id == ""
+
+
+def test_timm_a_data_set_path_that_is_a_file_or_lacks_a_split_is_refused_naming_the_field(
+    timm: TrainerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # A file was NOT_FOUND, "dataset path '...' does not exist or is not a directory" though it exists, and neither
+    # message named the field to fix. A missing split stays NOT_FOUND: another trainer's host may have it.
+    root = tmp_path_factory.mktemp("not-a-tree")
+    (root / "images.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    details = refused_start(timm, "a-file", spec(dataset="mine", path=str(root / "images.zip")), validate_only=True)
+    assert details.startswith(f"dataset_config.path: {str(root / 'images.zip')!r} is a file, not a directory"), details
+    (root / "train" / "a").mkdir(parents=True)
+    request = trainer_pb2.StartTrainingRequest(job_id="no-val", spec=spec(dataset="mine", path=str(root)))
+    with pytest.raises(grpc.RpcError) as caught:
+        timm.stub.StartTraining(request, metadata=timm.metadata, timeout=60)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert caught.value.details().startswith(f"dataset_config.path: {str(root)!r} has no val/ directory")
 
 
 def test_timm_num_classes_of_a_builtin_dataset_or_more_is_accepted(timm: TrainerProcess) -> None:

@@ -121,10 +121,10 @@ def test_unknown_model_suggests_close_names(tmp_path) -> None:
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"dataset path .*nowhere.* does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"dataset_config\.path: .*nowhere.* does not exist"):
         make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(path=str(tmp_path / "nowhere"))).train()
     (tmp_path / "half" / "train").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="has no val/ directory"):
+    with pytest.raises(FileNotFoundError, match=r"dataset_config\.path: .* has no val/ directory"):
         make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(path=str(tmp_path / "half"))).train()
     with pytest.raises(ConfigError, match="unknown built-in dataset 'mnist'"):
         make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(name="mnist")).train()

@@ -160,7 +160,7 @@ def test_unknown_model_suggests_close_names(tmp_path) -> None:
 
 def test_missing_dataset_and_bad_options_are_clear_errors(tmp_path) -> None:
     missing = DatasetConfig(path=str(tmp_path / "none" / "data.yaml"))
-    with pytest.raises(FileNotFoundError, match=r"dataset path .*data.yaml' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"dataset_config\.path: .*data.yaml' does not exist"):
         make_adapter(tmp_path, RecordingSink(), dataset=missing).train()
     with pytest.raises(ConfigError, match="unknown built-in dataset 'coco'"):
         make_adapter(tmp_path, RecordingSink(), dataset=DatasetConfig(name="coco")).train()

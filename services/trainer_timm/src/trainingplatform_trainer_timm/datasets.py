@@ -153,7 +153,8 @@ def check_dataset(config: DatasetConfig) -> int:
 
     Raises:
         FileNotFoundError: The ImageFolder directory or its train/ or val/ subdirectory does not exist.
-        ConfigError: An unknown built-in name, a format the timm trainer does not read, a split without class
+        ConfigError: A path that is a file, an unknown built-in name, a format
+            the timm trainer does not read, a split without class
             folders or with a class folder without images, a symbolic link loop, or train/ and val/ with different
             classes.
     """
@@ -168,12 +169,18 @@ def check_dataset(config: DatasetConfig) -> int:
     if fmt != "imagefolder":
         raise ConfigError(f"dataset_config.format: the timm trainer reads imagefolder or builtin, not {fmt!r}")
     root = Path(config.path)
+    if not root.exists():
+        raise FileNotFoundError(f"dataset_config.path: {config.path!r} does not exist")
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset path {config.path!r} does not exist or is not a directory")
+        raise ConfigError(
+            f"dataset_config.path: {config.path!r} is a file, not a directory; the timm trainer reads an ImageFolder "
+            "directory holding train/ and val/ (unpack an archive first)"
+        )
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise FileNotFoundError(
-                f"dataset path {config.path!r} has no {split}/ directory (an ImageFolder dataset needs train/ and val/)"
+            raise FileNotFoundError(  # NOT_FOUND: another trainer's host may have it
+                f"dataset_config.path: {config.path!r} has no {split}/ directory (an ImageFolder dataset needs train/ "
+                "and val/)"
             )
     train, val = (_class_folders(root / split) for split in ("train", "val"))
     if train != val:

@@ -98,7 +98,9 @@ def check_dataset(config: DatasetConfig) -> None:
     if fmt != "yolo":
         raise ConfigError(f"dataset_config.format: the ultralytics trainer reads yolo or builtin, not {fmt!r}")
     if not Path(config.path).is_file():
-        raise FileNotFoundError(f"dataset path {config.path!r} does not exist (expected a YOLO data.yaml file)")
+        raise FileNotFoundError(
+            f"dataset_config.path: {config.path!r} does not exist or is not a file (expected a YOLO data.yaml file)"
+        )
 
 
 def describe(config: DatasetConfig) -> str:
