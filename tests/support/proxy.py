@@ -81,6 +81,9 @@ class ChaosProxy:
         if self._server is not None:
             self._server.close()
             self._call(self._server.wait_closed())
+        # Connections still being set up or pumped end here, not when their tasks are garbage-collected later (an
+        # asyncio ERROR, "Task was destroyed but it is pending!", in whatever test the process runs then).
+        self._call(self._cancel_tasks())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -146,6 +149,13 @@ class ChaosProxy:
             # The chaos itself: a random pause between faults, not a synchronisation.
             await asyncio.sleep(self._rng.uniform(min_interval_s, max_interval_s))
             await self._cut_all()
+
+    @staticmethod
+    async def _cancel_tasks() -> None:
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _cut_all(self) -> int:
         connections = list(self._connections)
