@@ -4,10 +4,13 @@ retained history (real processes), and the one place that maps backend errors to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -105,8 +108,22 @@ def test_the_jobs_list_shows_a_validation_metric_before_a_loss() -> None:
     assert pick_key_metric(["system/cpu"]) is None
 
 
-def test_a_tab_behind_the_retained_history_catches_up_then_shares_the_subscription(tmp_path: Path) -> None:
-    with own_stack(tmp_path, {"TP_DASHBOARD_HISTORY_EVENTS": "2"}) as (backend, dashboard):
+def _sequences(reader: SseReader, upto: int, seen: list[int]) -> list[int]:
+    """Reads `reader`'s metric events until `seen` holds every sequence from 1 to `upto`; returns `seen`."""
+    while not set(range(1, upto + 1)) <= set(seen):
+        event = reader.next(timeout=15)
+        assert event is not None, f"the tab's stream ended after {len(seen)} of {upto} points"
+        if event.event == "metrics":
+            seen.extend(p["sequence"] for p in event.json()["points"])
+    return seen
+
+
+@contextlib.contextmanager
+def _busy_job(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[Any, httpx.Client, str, TrainingLogger]]:
+    """A dashboard (`env`) on its own backend, a logged-in client, and a RUNNING job whose logger sent 100 points in
+    about 100 small batches, every one read by a first tab (one event each); yields (dashboard, client, job id,
+    logger) and completes the job at the end."""
+    with own_stack(tmp_path, env) as (backend, dashboard):
         job_id, token = backend.create_job()
         client = httpx.Client(base_url=dashboard.url, timeout=30)
         assert client.get(dashboard.login_url, follow_redirects=False).status_code == 303
@@ -119,80 +136,43 @@ def test_a_tab_behind_the_retained_history_catches_up_then_shares_the_subscripti
         )
         logger.update_status("RUNNING")
         first = SseReader(client, f"/api/jobs/{job_id}/events")
-        for step in range(1, 101):  # many small batches: far more events than the 2 retained
+        for step in range(1, 101):
             logger.log_metric("train/loss", float(step), step=step)
             time.sleep(0.002)
         assert logger.flush(timeout=15)
+        assert sorted(_sequences(first, 100, [])) == list(range(1, 101))
+        yield dashboard, client, job_id, logger
+        first.close()
+        logger.update_status("COMPLETED")
+        logger.close(timeout=15)
 
-        def pump(reader: SseReader, seen: list[int], upto: int) -> list[int]:
-            while not set(range(1, upto + 1)).issubset(seen):
-                event = reader.next(timeout=15)
-                assert event is not None
-                if event.event == "metrics":
-                    seen.extend(p["sequence"] for p in event.json()["points"])
-            return seen
 
-        assert sorted(pump(first, [], 100)) == list(range(1, 101))
+def test_a_tab_behind_the_retained_history_catches_up_then_shares_the_subscription(tmp_path: Path) -> None:
+    with _busy_job(tmp_path, {"TP_DASHBOARD_HISTORY_EVENTS": "2"}) as (dashboard, client, job_id, logger):
         before = dashboard.health()
         late = SseReader(client, f"/api/jobs/{job_id}/events")  # from the start: behind the retained history
-        seen_late = pump(late, [], 100)
+        seen_late = _sequences(late, 100, [])
         for step in range(101, 151):
             logger.log_metric("train/loss", float(step), step=step)
-        pump(late, seen_late, 150)
+        _sequences(late, 150, seen_late)
         assert sorted(seen_late) == list(range(1, 151)), "every point once across the catch-up and the join"
         after = dashboard.health()
         assert after["catchup_subscriptions_total"] == before["catchup_subscriptions_total"] + 1
         assert after["job_subscriptions_total"] == before["job_subscriptions_total"]  # it joined the hub
-        first.close()
         late.close()
-        logger.update_status("COMPLETED")
-        logger.close(timeout=15)
 
 
 def test_a_tab_joining_a_busy_job_gets_the_retained_history_without_being_dropped(tmp_path: Path) -> None:
-    # More events retained than a tab's queue holds: a tab that joins is sent them all at once.
-    with own_stack(tmp_path, {"TP_DASHBOARD_CLIENT_QUEUE": "4", "TP_DASHBOARD_HISTORY_EVENTS": "500"}) as (
-        backend,
-        dashboard,
-    ):
-        job_id, token = backend.create_job()
-        client = httpx.Client(base_url=dashboard.url, timeout=30)
-        assert client.get(dashboard.login_url, follow_redirects=False).status_code == 303
-        logger = TrainingLogger(
-            job_id,
-            backend_address=backend.address,
-            token=token,
-            spool_dir=tmp_path / "spool",
-            settings=LoggerSettings(flush_interval_s=0.01),
-        )
-        logger.update_status("RUNNING")
-        first = SseReader(client, f"/api/jobs/{job_id}/events")
-        for step in range(1, 101):  # many small batches: about 100 events retained
-            logger.log_metric("train/loss", float(step), step=step)
-            time.sleep(0.002)
-        assert logger.flush(timeout=15)
-        seen_first: list[int] = []
-        while not set(range(1, 101)) <= set(seen_first):
-            event = first.next(timeout=15)
-            assert event is not None
-            if event.event == "metrics":
-                seen_first.extend(p["sequence"] for p in event.json()["points"])
+    # More events retained (about 100) than a tab's queue holds (4): a tab that joins is sent them all at once.
+    env = {"TP_DASHBOARD_CLIENT_QUEUE": "4", "TP_DASHBOARD_HISTORY_EVENTS": "500"}
+    with _busy_job(tmp_path, env) as (dashboard, client, job_id, _):
         before = dashboard.health()
         late = SseReader(client, f"/api/jobs/{job_id}/events")  # joins the job's subscription from the start
-        seen: list[int] = []
-        while not set(range(1, 101)) <= set(seen):
-            event = late.next(timeout=15)
-            assert event is not None, f"the joining tab was dropped after {len(seen)} of 100 points"
-            if event.event == "metrics":
-                seen.extend(p["sequence"] for p in event.json()["points"])
-        assert sorted(seen) == list(range(1, 101)), "every point once"
+        assert sorted(_sequences(late, 100, [])) == list(range(1, 101)), "every point once"
         after = dashboard.health()
         assert after["slow_clients_dropped_total"] == before["slow_clients_dropped_total"], after
         assert after["catchup_subscriptions_total"] == before["catchup_subscriptions_total"], "it joined the hub"
-        first.close()
         late.close()
-        logger.update_status("COMPLETED")
-        logger.close(timeout=15)
 
 
 def test_a_backend_restart_breaks_nothing_the_stream_says_so_and_resumes_from_its_cursor(tmp_path: Path) -> None:
